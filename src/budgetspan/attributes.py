@@ -1,0 +1,143 @@
+"""Every span attribute, event and metric name budgetspan uses, in one place.
+
+The OpenTelemetry GenAI conventions are still in Development and names move; keeping them
+here makes a rename a one-file change.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# --- GenAI semantic conventions (gen_ai.*) --------------------------------------------------
+GEN_AI_OPERATION_NAME: Final = "gen_ai.operation.name"
+GEN_AI_PROVIDER_NAME: Final = "gen_ai.provider.name"
+GEN_AI_SYSTEM_DEPRECATED: Final = "gen_ai.system"  # read from foreign spans only
+GEN_AI_REQUEST_MODEL: Final = "gen_ai.request.model"
+GEN_AI_REQUEST_MAX_TOKENS: Final = "gen_ai.request.max_tokens"
+GEN_AI_REQUEST_TEMPERATURE: Final = "gen_ai.request.temperature"
+GEN_AI_RESPONSE_MODEL: Final = "gen_ai.response.model"
+GEN_AI_RESPONSE_ID: Final = "gen_ai.response.id"
+GEN_AI_RESPONSE_FINISH_REASONS: Final = "gen_ai.response.finish_reasons"
+GEN_AI_USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
+GEN_AI_USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
+GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: Final = "gen_ai.usage.cache_read.input_tokens"
+GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS: Final = "gen_ai.usage.cache_creation.input_tokens"
+GEN_AI_USAGE_REASONING_OUTPUT_TOKENS: Final = "gen_ai.usage.reasoning.output_tokens"
+# Older names other instrumentations still emit; read-only fallbacks.
+GEN_AI_USAGE_PROMPT_TOKENS_LEGACY: Final = "gen_ai.usage.prompt_tokens"
+GEN_AI_USAGE_COMPLETION_TOKENS_LEGACY: Final = "gen_ai.usage.completion_tokens"
+# Cost in USD: the name OpenLIT emits and Langfuse ingests as the call's cost.
+GEN_AI_USAGE_COST: Final = "gen_ai.usage.cost"
+GEN_AI_TOOL_NAME: Final = "gen_ai.tool.name"
+GEN_AI_TOOL_CALL_ID: Final = "gen_ai.tool.call.id"
+GEN_AI_TOOL_TYPE: Final = "gen_ai.tool.type"
+GEN_AI_DATA_SOURCE_ID: Final = "gen_ai.data_source.id"
+GEN_AI_AGENT_NAME: Final = "gen_ai.agent.name"
+GEN_AI_CONVERSATION_ID: Final = "gen_ai.conversation.id"
+GEN_AI_INPUT_MESSAGES: Final = "gen_ai.input.messages"
+GEN_AI_OUTPUT_MESSAGES: Final = "gen_ai.output.messages"
+SERVER_ADDRESS: Final = "server.address"
+SERVER_PORT: Final = "server.port"
+ERROR_TYPE: Final = "error.type"
+
+# gen_ai.operation.name values
+OP_CHAT: Final = "chat"
+OP_TEXT_COMPLETION: Final = "text_completion"
+OP_GENERATE_CONTENT: Final = "generate_content"
+OP_EMBEDDINGS: Final = "embeddings"
+OP_EXECUTE_TOOL: Final = "execute_tool"
+OP_INVOKE_AGENT: Final = "invoke_agent"
+OP_RETRIEVAL: Final = "retrieval"
+MODEL_OPERATIONS: Final = frozenset({OP_CHAT, OP_TEXT_COMPLETION, OP_GENERATE_CONTENT, OP_EMBEDDINGS})
+
+# --- budgetspan.* ---------------------------------------------------------------------------
+RUN_ID: Final = "budgetspan.run.id"
+WORKFLOW: Final = "budgetspan.workflow"
+BUDGET_PROFILE: Final = "budgetspan.budget.profile"
+BUDGET_MODE: Final = "budgetspan.budget.mode"
+LIMIT_PREFIX: Final = "budgetspan.limit."  # + limit name, e.g. budgetspan.limit.max_cost_usd
+USAGE_PREFIX: Final = "budgetspan.usage."  # + usage field, e.g. budgetspan.usage.model_calls
+RUN_OUTCOME: Final = "budgetspan.run.outcome"
+EXHAUSTED_REASON: Final = "budgetspan.exhausted.reason"
+EXHAUSTED_EXPLANATION: Final = "budgetspan.exhausted.explanation"
+RUN_BUSY_S: Final = "budgetspan.run.busy_s"  # summed duration of the run's direct work
+RUN_WALL_S: Final = "budgetspan.run.wall_s"
+RUN_PARALLELISM: Final = "budgetspan.run.parallelism"  # busy / wall
+PHASE: Final = "budgetspan.phase"
+PHASE_LABEL: Final = "budgetspan.phase.label"
+RETRIES: Final = "budgetspan.retries"
+ATTEMPTS: Final = "budgetspan.attempts"
+TIME_TO_FIRST_TOKEN_S: Final = "budgetspan.time_to_first_token_s"
+USAGE_UNREPORTED: Final = "budgetspan.usage.unreported"  # the provider never said the tokens
+COST_UNPRICED: Final = "budgetspan.cost.unpriced"
+WORST_CASE_COST: Final = "budgetspan.cost.worst_case_usd"
+TOOL_TIMEOUT_S: Final = "budgetspan.tool.timeout_s"
+TOOL_TIMED_OUT: Final = "budgetspan.tool.timed_out"
+TOOL_SERVER: Final = "budgetspan.tool.server"
+RETRIEVAL_DOCUMENTS: Final = "budgetspan.retrieval.documents"
+RETRIEVAL_QUERY_S: Final = "budgetspan.retrieval.query_s"
+READ_ONLY: Final = "budgetspan.read_only"
+WOULD_REFUSE: Final = "budgetspan.observe.would_refuse"  # observe mode: the limit that would have refused
+STREAM: Final = "budgetspan.stream"
+STREAM_END: Final = "budgetspan.stream.end"  # consumed | closed | abandoned | error | cancelled
+
+# span events
+EVENT_BUDGET_EXHAUSTED: Final = "budgetspan.budget_exhausted"
+EVENT_WOULD_EXHAUST: Final = "budgetspan.budget_would_exhaust"
+EVENT_CANCELLED: Final = "budgetspan.cancelled"
+
+# span names (format strings)
+SPAN_RUN: Final = "invoke_agent {workflow}"
+SPAN_PHASE: Final = "phase {phase}"
+SPAN_TOOL: Final = "execute_tool {tool}"
+SPAN_RETRIEVAL: Final = "retrieval {source}"
+
+INSTRUMENTATION_SCOPE: Final = "budgetspan"
+
+# --- Prometheus metric names (exposition names; counters get _total from the client) -------
+METRIC_PREFIX: Final = "budgetspan_"
+M_RUNS: Final = "budgetspan_runs"  # counter: workflow, outcome
+M_RUN_COST: Final = "budgetspan_run_cost_usd"  # histogram: workflow, outcome
+M_RUN_DURATION: Final = "budgetspan_run_duration_seconds"  # histogram: workflow, outcome
+M_BUDGET_EXHAUSTIONS: Final = "budgetspan_budget_exhaustions"  # counter: workflow, reason
+M_BUDGET_WOULD_EXHAUST: Final = "budgetspan_budget_would_exhaust"  # counter (observe): workflow, reason
+M_BUDGET_UTILISATION: Final = "budgetspan_budget_utilisation_ratio"  # histogram: workflow, limit
+M_MODEL_CALLS: Final = "budgetspan_model_calls"  # counter: workflow, provider, model, status
+M_TOKENS: Final = "budgetspan_tokens"  # counter: workflow, provider, model, type
+M_COST: Final = "budgetspan_cost_usd"  # counter: workflow, phase, provider, model
+M_UNPRICED_CALLS: Final = "budgetspan_unpriced_calls"  # counter: provider, model
+M_UNREPORTED_USAGE_CALLS: Final = "budgetspan_unreported_usage_calls"  # counter: provider, model
+M_PHASE_DURATION: Final = "budgetspan_phase_duration_seconds"  # histogram: workflow, phase
+M_TOOL_CALLS: Final = "budgetspan_tool_calls"  # counter: workflow, tool, status
+M_TOOL_DURATION: Final = "budgetspan_tool_duration_seconds"  # histogram: workflow, tool
+M_RETRIES: Final = "budgetspan_retries"  # counter: workflow, type (model | tool)
+M_TIME_TO_FIRST_TOKEN: Final = "budgetspan_time_to_first_token_seconds"  # histogram: provider, model
+M_MODEL_CALL_DURATION: Final = "budgetspan_model_call_duration_seconds"  # histogram: provider, model
+M_RETRIEVALS: Final = "budgetspan_retrievals"  # counter: workflow, status
+M_LIVE_RUNS: Final = "budgetspan_live_runs"  # gauge: workflow
+M_SPANS_DROPPED: Final = "budgetspan_spans_dropped"  # counter: reason
+M_INTERNAL_ERRORS: Final = "budgetspan_internal_errors"  # counter: type
+
+# Metric label names (bounded values only: never run ids, user ids or text).
+L_WORKFLOW: Final = "workflow"
+L_OUTCOME: Final = "outcome"
+L_REASON: Final = "reason"
+L_PHASE: Final = "phase"
+L_PROVIDER: Final = "provider"
+L_MODEL: Final = "model"
+L_TOOL: Final = "tool"
+L_TYPE: Final = "type"
+L_STATUS: Final = "status"
+L_LIMIT: Final = "limit"
+LABEL_OVERFLOW_VALUE: Final = "other"
+
+# --- Environment variables -----------------------------------------------------------------
+ENV_BUDGET: Final = "BUDGETSPAN_BUDGET"
+ENV_CONFIG: Final = "BUDGETSPAN_CONFIG"
+ENV_MODE: Final = "BUDGETSPAN_MODE"
+ENV_METRICS_PORT: Final = "BUDGETSPAN_METRICS_PORT"
+ENV_METRICS_ADDR: Final = "BUDGETSPAN_METRICS_ADDR"
+ENV_PRICES: Final = "BUDGETSPAN_PRICES"
+ENV_TRACES_FILE: Final = "BUDGETSPAN_TRACES_FILE"
+ENV_ENFORCE_FOREIGN: Final = "BUDGETSPAN_ENFORCE_FOREIGN_SPANS"
+ENV_CAPTURE_CONTENT: Final = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"

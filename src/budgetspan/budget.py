@@ -1,0 +1,285 @@
+"""Budget (immutable limits), Usage (what a run consumed) and BudgetExhausted (the one exception).
+
+A limit of ``None`` means "no limit". Limits are plain numbers so a budget can be written in an
+environment variable, a TOML file or code and mean the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from types import MappingProxyType
+from typing import Any
+
+
+class Limit(str, Enum):
+    """The limits a run can reach; the value is the limit's name and the metric's ``reason``."""
+
+    MODEL_CALLS = "max_model_calls"
+    TOOL_CALLS = "max_tool_calls"
+    STEPS = "max_steps"
+    INPUT_TOKENS = "max_input_tokens"
+    OUTPUT_TOKENS = "max_output_tokens"
+    TOTAL_TOKENS = "max_total_tokens"
+    COST_USD = "max_cost_usd"
+    WALL_CLOCK_S = "max_wall_clock_s"
+    RETRIES = "max_retries"
+    TOOL_MAX_CALLS = "tool.max_calls"
+    TOOL_MAX_RETRIES = "tool.max_retries"
+    TOOL_TIMEOUT_S = "tool.timeout_s"
+    CANCELLED = "cancelled"
+
+
+COUNT_LIMITS = (Limit.MODEL_CALLS, Limit.TOOL_CALLS, Limit.STEPS, Limit.RETRIES)
+INT_LIMIT_NAMES = (
+    "max_model_calls",
+    "max_tool_calls",
+    "max_steps",
+    "max_input_tokens",
+    "max_output_tokens",
+    "max_total_tokens",
+    "max_retries",
+)
+FLOAT_LIMIT_NAMES = ("max_cost_usd", "max_wall_clock_s")
+LIMIT_NAMES = INT_LIMIT_NAMES + FLOAT_LIMIT_NAMES
+TOOL_LIMIT_NAMES = ("timeout_s", "max_calls", "max_retries")
+
+
+def _check_limit(name: str, value: Any) -> float | int | None:
+    """Validate one limit: a non-negative finite number (int for counts), or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number or None, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+    if name in INT_LIMIT_NAMES or name in ("max_calls",):
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"{name} must be a whole number, got {value!r}")
+        return int(value)
+    return float(value)
+
+
+@dataclass(frozen=True)
+class ToolLimits:
+    """Limits for one named tool: a timeout per call, a call cap and a retry cap per run."""
+
+    timeout_s: float | None = None
+    max_calls: int | None = None
+    max_retries: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in TOOL_LIMIT_NAMES:
+            object.__setattr__(self, name, _check_limit(name, getattr(self, name)))
+
+    def merged(self, other: ToolLimits) -> ToolLimits:
+        """Limits of ``other`` where set, else ours."""
+        return ToolLimits(
+            **{
+                n: getattr(other, n) if getattr(other, n) is not None else getattr(self, n)
+                for n in TOOL_LIMIT_NAMES
+            }
+        )
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The limits of one run. Immutable: derive variants with :meth:`merged`."""
+
+    max_model_calls: int | None = None
+    max_tool_calls: int | None = None
+    max_steps: int | None = None
+    max_input_tokens: int | None = None
+    max_output_tokens: int | None = None
+    max_total_tokens: int | None = None
+    max_cost_usd: float | None = None
+    max_wall_clock_s: float | None = None
+    max_retries: int | None = None
+    tools: Mapping[str, ToolLimits] = field(default_factory=dict)
+    profile: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in LIMIT_NAMES:
+            object.__setattr__(self, name, _check_limit(name, getattr(self, name)))
+        tools = {str(k): v if isinstance(v, ToolLimits) else ToolLimits(**v) for k, v in self.tools.items()}
+        object.__setattr__(self, "tools", MappingProxyType(tools))
+
+    def limits(self) -> dict[str, float | int]:
+        """The limits that are set, by name."""
+        return {n: getattr(self, n) for n in LIMIT_NAMES if getattr(self, n) is not None}
+
+    def tool_limits(self, tool: str) -> ToolLimits:
+        return self.tools.get(tool) or ToolLimits()
+
+    def merged(self, other: Budget | None = None, **limits: Any) -> Budget:
+        """A new budget: ours, overridden by the limits set in ``other`` and then ``limits``."""
+        values: dict[str, Any] = {n: getattr(self, n) for n in LIMIT_NAMES}
+        tools = dict(self.tools)
+        profile = self.profile
+        if other is not None:
+            values.update(other.limits())
+            for name, tl in other.tools.items():
+                tools[name] = tools[name].merged(tl) if name in tools else tl
+            profile = other.profile or profile
+        unknown = set(limits) - set(LIMIT_NAMES) - {"tools", "profile"}
+        if unknown:
+            raise ValueError(f"unknown budget limit(s): {', '.join(sorted(unknown))}")
+        for k, v in limits.items():
+            if k == "tools":
+                tools.update(v)
+            elif k == "profile":
+                profile = v
+            else:
+                values[k] = v
+        return Budget(**values, tools=tools, profile=profile)
+
+    @property
+    def is_unlimited(self) -> bool:
+        return not self.limits() and not self.tools
+
+
+@dataclass
+class Usage:
+    """What a run has consumed so far. Tokens the provider never reported are not guessed."""
+
+    model_calls: int = 0
+    tool_calls: int = 0
+    retries: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: float = 0.0
+    unpriced_calls: int = 0
+    unreported_usage_calls: int = 0
+    tools_finished: int = 0
+    tool_calls_by_name: dict[str, int] = field(default_factory=dict)
+    tool_retries_by_name: dict[str, int] = field(default_factory=dict)
+    wall_clock_s: float = 0.0
+
+    @property
+    def steps(self) -> int:
+        """One step is one model call or one tool call."""
+        return self.model_calls + self.tool_calls
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def value_of(self, limit: str) -> float:
+        """The usage figure that a limit named ``limit`` is compared to."""
+        return float(
+            {
+                "max_model_calls": self.model_calls,
+                "max_tool_calls": self.tool_calls,
+                "max_steps": self.steps,
+                "max_input_tokens": self.input_tokens,
+                "max_output_tokens": self.output_tokens,
+                "max_total_tokens": self.total_tokens,
+                "max_cost_usd": self.cost_usd,
+                "max_wall_clock_s": self.wall_clock_s,
+                "max_retries": self.retries,
+            }[limit]
+        )
+
+    def copy(self) -> Usage:
+        u = dataclasses.replace(self)
+        u.tool_calls_by_name = dict(self.tool_calls_by_name)
+        u.tool_retries_by_name = dict(self.tool_retries_by_name)
+        return u
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["steps"] = self.steps
+        d["total_tokens"] = self.total_tokens
+        return d
+
+
+def _money(x: float) -> str:
+    return f"${x:.2f}" if x >= 0.01 or x == 0 else f"${x:.4f}"
+
+
+def explain(reason: str, limit: float | None, usage: Usage, tool: str | None = None) -> str:
+    """One plain sentence saying why the run stopped and what it had done.
+
+    e.g. "Stopped after 6 of 6 model calls; 2 of 3 tools finished; $0.21 of $0.25 spent."
+    """
+    lim = "?" if limit is None else (f"{limit:g}")
+    head = {
+        "max_model_calls": f"Stopped after {usage.model_calls} of {lim} model calls",
+        "max_tool_calls": f"Stopped after {usage.tool_calls} of {lim} tool calls",
+        "max_steps": f"Stopped after {usage.steps} of {lim} steps",
+        "max_input_tokens": f"Stopped at {usage.input_tokens} of {lim} input tokens",
+        "max_output_tokens": f"Stopped at {usage.output_tokens} of {lim} output tokens",
+        "max_total_tokens": f"Stopped at {usage.total_tokens} of {lim} tokens",
+        "max_cost_usd": "Stopped at the cost limit",
+        "max_wall_clock_s": f"Stopped at the {lim} s time limit after {usage.wall_clock_s:.1f} s",
+        "max_retries": f"Stopped after {usage.retries} of {lim} retries",
+        "tool.max_calls": f"Stopped: tool {tool!r} was called {usage.tool_calls_by_name.get(tool or '', 0)} of {lim} times",
+        "tool.max_retries": f"Stopped: tool {tool!r} used {usage.tool_retries_by_name.get(tool or '', 0)} of {lim} retries",
+        "tool.timeout_s": f"Stopped: tool {tool!r} ran past its {lim} s timeout",
+        "cancelled": "Cancelled",
+    }.get(reason, f"Stopped at limit {reason}")
+    parts = [head]
+    if usage.tool_calls or reason in ("max_tool_calls", "tool.max_calls"):
+        parts.append(f"{usage.tools_finished} of {usage.tool_calls} tools finished")
+    if reason != "max_model_calls" and usage.model_calls:
+        parts.append(f"{usage.model_calls} model calls made")
+    if reason == "max_cost_usd" and limit is not None:
+        parts.append(f"{_money(usage.cost_usd)} of {_money(float(limit))} spent")
+    else:
+        spent = _money(usage.cost_usd) + " spent"
+        if usage.unpriced_calls:
+            spent += f" (+{usage.unpriced_calls} unpriced calls)"
+        parts.append(spent)
+    return "; ".join(parts) + "."
+
+
+class BudgetExhausted(Exception):
+    """Raised by the next call after a run reached a limit (or was cancelled).
+
+    ``partial`` holds what the run already produced (finished tool results, the last model
+    answer, anything recorded with ``Run.add_partial``); ``explanation`` is one plain sentence.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        limit: float | None,
+        usage: Usage,
+        partial: Mapping[str, Any] | None = None,
+        explanation: str | None = None,
+        *,
+        run_id: str | None = None,
+        workflow: str | None = None,
+        tool: str | None = None,
+    ) -> None:
+        self.reason = reason
+        self.limit = limit
+        self.usage = usage
+        self.partial: dict[str, Any] = dict(partial or {})
+        self.explanation = explanation or explain(reason, limit, usage, tool)
+        self.run_id = run_id
+        self.workflow = workflow
+        self.tool = tool
+        super().__init__(self.explanation)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rebuild_exhausted,
+            (type(self), self.reason, self.limit, self.usage, self.partial, self.explanation),
+        )
+
+
+def _rebuild_exhausted(cls: type[BudgetExhausted], *args: Any) -> BudgetExhausted:
+    return cls(*args)
+
+
+class RunCancelled(BudgetExhausted):
+    """The run was cancelled with ``budgetspan.cancel(run_id)``; its outcome is ``cancelled``."""

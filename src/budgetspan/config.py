@@ -1,0 +1,225 @@
+"""Budgets and profiles from the environment and a TOML file.
+
+- ``BUDGETSPAN_BUDGET``: inline limits, ``max_cost_usd=0.25,max_model_calls=6``, optionally
+  naming a profile: ``profile=interactive,max_cost_usd=1`` (or just ``interactive``).
+- ``BUDGETSPAN_CONFIG``: a TOML file with ``[profiles.NAME]``, ``[workflows.NAME]`` (limits and an
+  optional ``profile``) and ``[tools.NAME]`` (``timeout_s``, ``max_calls``, ``max_retries``).
+- ``BUDGETSPAN_MODE``: ``enforce`` (default) or ``observe``.
+
+A bad value is a ``ConfigError`` naming the variable and the accepted form, raised at start-up.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from budgetspan.attributes import ENV_BUDGET, ENV_CONFIG, ENV_MODE
+from budgetspan.budget import LIMIT_NAMES, TOOL_LIMIT_NAMES, Budget, ToolLimits
+from budgetspan.ledger import Mode
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover
+    import tomli as tomllib  # type: ignore[no-redef]
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used. The message names the source and the form."""
+
+
+INLINE_FORM = (
+    "comma-separated name=value pairs, e.g. 'max_cost_usd=0.25,max_model_calls=6', "
+    f"with names from: profile, {', '.join(LIMIT_NAMES)}"
+)
+MODE_FORM = "'enforce' or 'observe'"
+CONFIG_FORM = (
+    "a TOML file with [profiles.NAME] and [workflows.NAME] tables of limits "
+    f"({', '.join(LIMIT_NAMES)}; workflows may name a 'profile') and [tools.NAME] tables "
+    f"({', '.join(TOOL_LIMIT_NAMES)})"
+)
+
+# Built-in profiles: sensible starting points, overridable from the config file.
+BUILTIN_PROFILES: dict[str, Budget] = {
+    "interactive": Budget(
+        max_model_calls=8, max_tool_calls=12, max_total_tokens=60_000, max_cost_usd=0.25,
+        max_wall_clock_s=60, max_retries=3, profile="interactive",
+    ),
+    "background": Budget(
+        max_model_calls=40, max_tool_calls=80, max_total_tokens=400_000, max_cost_usd=2.0,
+        max_wall_clock_s=900, max_retries=10, profile="background",
+    ),
+    "high_value": Budget(
+        max_model_calls=100, max_tool_calls=200, max_total_tokens=2_000_000, max_cost_usd=10.0,
+        max_wall_clock_s=3600, max_retries=20, profile="high_value",
+    ),
+}
+
+
+def _limit_value(source: str, name: str, raw: Any, form: str) -> Any:
+    value = raw
+    if isinstance(raw, str):
+        text = raw.strip().lower()
+        if text in ("none", "off", "unlimited", ""):
+            return None
+        try:
+            value = float(text) if any(c in text for c in ".e") or text in ("inf", "nan") else int(text)
+        except ValueError:
+            raise ConfigError(f"{source}: {name}={raw!r} is not a number; expected {form}") from None
+    try:
+        Budget(**{name: value}) if name in LIMIT_NAMES else ToolLimits(**{name: value})
+    except ValueError as e:
+        raise ConfigError(f"{source}: {e}; expected {form}") from None
+    return value
+
+
+def _limits_table(source: str, table: Mapping[str, Any], allowed: tuple[str, ...], form: str) -> dict[str, Any]:
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{source}: expected a table, got {table!r}; expected {form}")
+    out: dict[str, Any] = {}
+    for k, v in table.items():
+        if k not in allowed:
+            raise ConfigError(f"{source}: unknown key {k!r}; expected {form}")
+        out[k] = _limit_value(source, k, v, form) if k != "profile" else v
+    return out
+
+
+def parse_inline_budget(text: str, profiles: Mapping[str, Budget] | None = None, source: str = ENV_BUDGET) -> Budget:
+    """Parse ``max_cost_usd=0.25,max_model_calls=6`` (or a profile name) into a Budget."""
+    profiles = profiles if profiles is not None else BUILTIN_PROFILES
+    text = text.strip()
+    if not text:
+        return Budget()
+    if "=" not in text:
+        if text in profiles:
+            return profiles[text]
+        raise ConfigError(
+            f"{source}={text!r}: not a known profile ({', '.join(sorted(profiles))}) nor {INLINE_FORM}"
+        )
+    values: dict[str, Any] = {}
+    base = Budget()
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        if "=" not in part:
+            raise ConfigError(f"{source}: {part.strip()!r} has no '='; expected {INLINE_FORM}")
+        name, raw = (s.strip() for s in part.split("=", 1))
+        if name == "profile":
+            if raw not in profiles:
+                raise ConfigError(f"{source}: unknown profile {raw!r}; known: {', '.join(sorted(profiles))}")
+            base = profiles[raw]
+            continue
+        if name not in LIMIT_NAMES:
+            raise ConfigError(f"{source}: unknown limit {name!r}; expected {INLINE_FORM}")
+        values[name] = _limit_value(source, name, raw, INLINE_FORM)
+    return base.merged(**values)
+
+
+def parse_mode(text: str | None, source: str = ENV_MODE) -> Mode:
+    if text is None or not text.strip():
+        return Mode.ENFORCE
+    try:
+        return Mode(text.strip().lower())
+    except ValueError:
+        raise ConfigError(f"{source}={text!r}: expected {MODE_FORM}") from None
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything budgetspan reads from its environment, resolved once."""
+
+    default_budget: Budget = field(default_factory=Budget)
+    mode: Mode = Mode.ENFORCE
+    profiles: Mapping[str, Budget] = field(default_factory=lambda: dict(BUILTIN_PROFILES))
+    workflows: Mapping[str, Budget] = field(default_factory=dict)
+    tools: Mapping[str, ToolLimits] = field(default_factory=dict)
+
+    def budget_for(self, workflow: str | None, budget: Budget | str | Mapping[str, Any] | None = None, **limits: Any) -> Budget:
+        """Resolve a run's budget: default, then the workflow's entry, then what the code passed."""
+        result = self.default_budget
+        if workflow and workflow in self.workflows:
+            result = result.merged(self.workflows[workflow])
+        if isinstance(budget, str):
+            if budget not in self.profiles:
+                raise ConfigError(f"unknown budget profile {budget!r}; known: {', '.join(sorted(self.profiles))}")
+            result = result.merged(self.profiles[budget])
+        elif isinstance(budget, Budget):
+            result = result.merged(budget)
+        elif isinstance(budget, Mapping):
+            result = result.merged(Budget(**budget))
+        elif budget is not None:
+            raise TypeError(f"budget must be a Budget, a profile name or a mapping, got {type(budget).__name__}")
+        if limits:
+            result = result.merged(**limits)
+        if self.tools:
+            merged_tools = dict(self.tools)
+            for name, tl in result.tools.items():
+                merged_tools[name] = merged_tools[name].merged(tl) if name in merged_tools else tl
+            result = Budget(**{n: getattr(result, n) for n in LIMIT_NAMES}, tools=merged_tools, profile=result.profile)
+        return result
+
+
+def parse_config_file(path: str, source: str = ENV_CONFIG) -> tuple[dict[str, Budget], dict[str, Budget], dict[str, ToolLimits]]:
+    """Read a TOML config file into (profiles, workflows, tools)."""
+    where = f"{source}={path!r}"
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot read the file ({e.strerror}); expected {CONFIG_FORM}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{where}: not valid TOML ({e}); expected {CONFIG_FORM}") from None
+    unknown = set(data) - {"profiles", "workflows", "tools"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown section(s) {sorted(unknown)}; expected {CONFIG_FORM}")
+    profiles = dict(BUILTIN_PROFILES)
+    for name, table in (data.get("profiles") or {}).items():
+        values = _limits_table(f"{where} [profiles.{name}]", table, LIMIT_NAMES, CONFIG_FORM)
+        profiles[name] = Budget(**values, profile=name)
+    workflows: dict[str, Budget] = {}
+    for name, table in (data.get("workflows") or {}).items():
+        values = _limits_table(f"{where} [workflows.{name}]", table, (*LIMIT_NAMES, "profile"), CONFIG_FORM)
+        base = Budget()
+        prof = values.pop("profile", None)
+        if prof is not None:
+            if prof not in profiles:
+                raise ConfigError(f"{where} [workflows.{name}]: unknown profile {prof!r}; known: {', '.join(sorted(profiles))}")
+            base = profiles[prof]
+        workflows[name] = base.merged(**values)
+    tools: dict[str, ToolLimits] = {}
+    for name, table in (data.get("tools") or {}).items():
+        values = _limits_table(f"{where} [tools.{name}]", table, TOOL_LIMIT_NAMES, CONFIG_FORM)
+        tools[name] = ToolLimits(**values)
+    return profiles, workflows, tools
+
+
+def load_config(environ: Mapping[str, str] | None = None) -> Config:
+    """Read BUDGETSPAN_CONFIG, BUDGETSPAN_BUDGET and BUDGETSPAN_MODE. Raises ConfigError."""
+    env = os.environ if environ is None else environ
+    profiles: dict[str, Budget] = dict(BUILTIN_PROFILES)
+    workflows: dict[str, Budget] = {}
+    tools: dict[str, ToolLimits] = {}
+    path = env.get(ENV_CONFIG, "").strip()
+    if path:
+        profiles, workflows, tools = parse_config_file(path)
+    default = parse_inline_budget(env.get(ENV_BUDGET, ""), profiles)
+    return Config(default, parse_mode(env.get(ENV_MODE)), profiles, workflows, tools)
+
+
+_current: Config | None = None
+
+
+def get_config() -> Config:
+    """The process configuration (read from the environment on first use)."""
+    global _current
+    if _current is None:
+        _current = load_config()
+    return _current
+
+
+def set_config(config: Config | None) -> None:
+    """Replace the process configuration (None: re-read the environment on next use)."""
+    global _current
+    _current = config

@@ -1,0 +1,78 @@
+"""Listeners for what runs and calls do: metrics, progress and reports subscribe here.
+
+The ledger and the wrappers emit these whether or not the span is sampled, so metrics stay
+right under any sampler. A listener that raises is logged and skipped: it can never break the
+user's program.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from budgetspan.ledger import Spend
+    from budgetspan.run import Run
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CallRecord:
+    """One finished model call, tool call or retrieval."""
+
+    kind: str  # "model" | "tool" | "retrieval"
+    workflow: str
+    phase: str
+    duration_s: float
+    status: str = "ok"  # ok | error | timeout | cancelled | refused
+    provider: str | None = None
+    model: str | None = None
+    tool: str | None = None
+    spend: Spend | None = None
+    cost_usd: float | None = None
+    unreported_usage: bool = False
+    unpriced: bool = False
+    retries: int = 0
+    time_to_first_token_s: float | None = None
+    documents: int | None = None
+    label: str | None = None  # a readable milestone label ("Searching policy")
+    run: Run | None = field(default=None, repr=False)
+
+
+class Listener(Protocol):
+    """Implement any subset; missing methods are skipped."""
+
+    def on_run_start(self, run: Run) -> None: ...
+    def on_run_end(self, run: Run) -> None: ...
+    def on_call_start(self, kind: str, name: str, run: Run | None, phase: str, label: str | None) -> None: ...
+    def on_call_end(self, record: CallRecord) -> None: ...
+    def on_phase_start(self, run: Run | None, phase: str, label: str | None) -> None: ...
+    def on_phase_end(self, run: Run | None, workflow: str, phase: str, duration_s: float) -> None: ...
+    def on_exhausted(self, run: Run, reason: str, observe: bool) -> None: ...
+
+
+_listeners: list[Any] = []
+
+
+def add_listener(listener: Any) -> None:
+    if listener not in _listeners:
+        _listeners.append(listener)
+
+
+def remove_listener(listener: Any) -> None:
+    if listener in _listeners:
+        _listeners.remove(listener)
+
+
+def emit(event: str, *args: Any) -> None:
+    """Call ``event`` on every listener that has it; errors are logged, never raised."""
+    for listener in tuple(_listeners):
+        fn = getattr(listener, event, None)
+        if fn is None:
+            continue
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("budgetspan listener %r failed in %s", listener, event)

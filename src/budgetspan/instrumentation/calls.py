@@ -1,0 +1,383 @@
+"""The shared wrapper core: one counted operation (model call, tool call, retrieval).
+
+``Call`` reserves in the ledger *before* the span opens and before the request is sent (so a
+refused call never leaves the process), writes tokens and cost on the span *before* it ends
+(``_on_ending`` cannot change a span), commits to the ledger whether or not the span is
+sampled, and ends exactly once whatever path the caller takes.
+
+Only ``BudgetExhausted`` (and its ``RunCancelled``) escape from here on purpose; any other error
+inside budgetspan is logged and swallowed so the user's call goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from budgetspan import attributes as A
+from budgetspan import events
+from budgetspan.budget import BudgetExhausted, Limit, ToolLimits
+from budgetspan.events import CallRecord
+from budgetspan.ledger import CallKind, Refusal, Reservation, Spend
+from budgetspan.phase import DEFAULT_PHASE_BY_OPERATION
+from budgetspan.pricing import default_resolver
+from budgetspan.run import Run, _in_call, current_phase, get_tracer, resolve_run
+
+log = logging.getLogger("budgetspan")
+
+_KIND_BY_OPERATION = {A.OP_EXECUTE_TOOL: CallKind.TOOL, A.OP_RETRIEVAL: None}
+_internal_errors = 0
+
+
+def internal_error(where: str) -> None:
+    """Log an error inside budgetspan (never raised to the user) and count it."""
+    global _internal_errors
+    _internal_errors += 1
+    log.warning("budgetspan internal error in %s (the call goes on)", where, exc_info=True)
+    events.emit("on_internal_error", where)
+
+
+def capture_content() -> bool:
+    """Message content is recorded only when the standard GenAI switch says so."""
+    return os.environ.get(A.ENV_CAPTURE_CONTENT, "").strip().lower() in ("true", "1", "yes")
+
+
+class Call:
+    """One counted operation. Use ``start()``, then ``end()`` once (further ends are ignored)."""
+
+    __slots__ = (
+        "_committed", "_ended_lock", "_outer", "_token", "attributes", "cost_usd", "ended", "kind",
+        "label", "model", "operation", "phase", "provider", "reservation", "response_model", "retries",
+        "run", "span", "span_kind", "span_name", "start_ns", "started", "t0", "tool", "ttft_s", "usage",
+        "worst_case_cost", "worst_case_tokens", "documents", "tool_limits",
+    )
+
+    def __init__(
+        self,
+        operation: str,
+        span_name: str,
+        attributes: dict[str, Any] | None = None,
+        *,
+        provider: str | None = None,
+        model: str | None = None,
+        tool: str | None = None,
+        span_kind: SpanKind = SpanKind.CLIENT,
+        worst_case_cost: float | None = None,
+        worst_case_tokens: int | None = None,
+        label: str | None = None,
+        tool_limits: ToolLimits | None = None,
+    ) -> None:
+        self.operation = operation
+        self.tool_limits = tool_limits
+        self.kind: CallKind | None = _KIND_BY_OPERATION.get(operation, CallKind.MODEL)
+        self.span_name = span_name
+        self.attributes = attributes if attributes is not None else {}
+        self.provider = provider
+        self.model = model
+        self.response_model: str | None = None
+        self.tool = tool
+        self.span_kind = span_kind
+        self.worst_case_cost = worst_case_cost
+        self.worst_case_tokens = worst_case_tokens
+        self.label = label
+        self.run: Run | None = None
+        self.span: Span | None = None
+        self.reservation: Reservation | None = None
+        self.phase = ""
+        self.usage: Spend | None = None
+        self._committed = Spend(0, 0, 0, 0, 0, 0.0)
+        self.cost_usd: float | None = None
+        self.retries = 0
+        self.ttft_s: float | None = None
+        self.documents: int | None = None
+        self.t0 = 0.0
+        self.start_ns = 0
+        self.started = False
+        self.ended = False
+        self._ended_lock = threading.Lock()
+        self._outer = False
+        self._token: Any = None
+
+    # start -------------------------------------------------------------------------------
+    def start(self) -> Call:
+        """Reserve and open the span. Raises BudgetExhausted if a limit refuses the call."""
+        try:
+            self.run = resolve_run()
+            self.phase = current_phase() or DEFAULT_PHASE_BY_OPERATION.get(self.operation, "model_decision")
+            if self.kind is CallKind.MODEL and self.worst_case_cost is None and self.worst_case_tokens and self.model:
+                self.worst_case_cost = default_resolver().worst_case_cost(
+                    self.provider or "", self.model, 0, self.worst_case_tokens
+                )
+        except Exception:
+            internal_error("Call.start")
+            self.run = None
+        if self.run is not None and self.kind is not None:
+            # BudgetExhausted propagates: the call must not start.
+            self.reservation = self.run.reserve(
+                self.kind, tool=self.tool, worst_case_cost=self.worst_case_cost,
+                worst_case_tokens=self.worst_case_tokens if self.kind is CallKind.MODEL else None,
+                tool_limits=self.tool_limits,
+            )
+        elif self.run is not None:
+            self.run.check()
+        try:
+            attrs = self.attributes
+            attrs[A.GEN_AI_OPERATION_NAME] = self.operation
+            attrs[A.PHASE] = self.phase
+            if self.run is not None:
+                attrs[A.RUN_ID] = self.run.id
+                attrs[A.WORKFLOW] = self.run.workflow
+            if self.reservation is not None and self.reservation.would_refuse is not None:
+                attrs[A.WOULD_REFUSE] = self.reservation.would_refuse.reason
+            if self.worst_case_cost is not None:
+                attrs[A.WORST_CASE_COST] = self.worst_case_cost
+            self.span = get_tracer().start_span(self.span_name, kind=self.span_kind, attributes=attrs)
+            self._outer = not _in_call.get()
+            self.t0 = time.monotonic()
+            self.started = True
+            events.emit("on_call_start", self.kind.value if self.kind else "retrieval", self.span_name, self.run, self.phase, self.label)
+        except Exception:
+            internal_error("Call.start span")
+        return self
+
+    @contextmanager
+    def activate(self) -> Iterator[None]:
+        """Make the span current (and mark 'inside a call') for the duration of the SDK call."""
+        tokens = None
+        try:
+            if self.span is not None:
+                tokens = (otel_context.attach(trace.set_span_in_context(self.span)), _in_call.set(True))
+        except Exception:
+            internal_error("Call.activate")
+        try:
+            yield
+        finally:
+            if tokens is not None:
+                try:
+                    _in_call.reset(tokens[1])
+                    otel_context.detach(tokens[0])
+                except Exception:
+                    internal_error("Call.deactivate")
+
+    # during -------------------------------------------------------------------------------
+    def first_token(self) -> None:
+        if self.ttft_s is None and self.started:
+            self.ttft_s = time.monotonic() - self.t0
+
+    def retry(self) -> None:
+        """One more attempt of this call; counted against max_retries (may raise BudgetExhausted)."""
+        self.retries += 1
+        if self.run is not None:
+            self.run.reserve(CallKind.RETRY, tool=self.tool, tool_limits=self.tool_limits)
+
+    def set_usage(self, spend: Spend) -> None:
+        """The call's cumulative usage so far (as last reported). Commits the increase to the ledger."""
+        try:
+            self.usage = spend
+            if self.run is None:
+                return
+            cost = self._price(spend)
+            delta = Spend(
+                _inc(spend.input_tokens, self._committed.input_tokens),
+                _inc(spend.output_tokens, self._committed.output_tokens),
+                _inc(spend.cache_read_tokens, self._committed.cache_read_tokens),
+                _inc(spend.cache_write_tokens, self._committed.cache_write_tokens),
+                _inc(spend.reasoning_tokens, self._committed.reasoning_tokens),
+                None if cost is None else max(0.0, cost - (self._committed.cost_usd or 0.0)),
+            )
+            self._committed = Spend(
+                max(spend.input_tokens or 0, self._committed.input_tokens or 0),
+                max(spend.output_tokens or 0, self._committed.output_tokens or 0),
+                max(spend.cache_read_tokens or 0, self._committed.cache_read_tokens or 0),
+                max(spend.cache_write_tokens or 0, self._committed.cache_write_tokens or 0),
+                max(spend.reasoning_tokens or 0, self._committed.reasoning_tokens or 0),
+                max(cost or 0.0, self._committed.cost_usd or 0.0),
+            )
+            self.run.add_spend(delta)
+        except Exception:
+            internal_error("Call.set_usage")
+
+    def _price(self, spend: Spend) -> float | None:
+        if spend.cost_usd is not None:
+            return spend.cost_usd
+        model = self.response_model or self.model
+        cost = default_resolver().cost(
+            self.provider or "", model, spend.input_tokens, spend.output_tokens,
+            spend.cache_read_tokens, spend.cache_write_tokens,
+        )
+        if cost is None and self.response_model and self.model and self.response_model != self.model:
+            cost = default_resolver().cost(
+                self.provider or "", self.model, spend.input_tokens, spend.output_tokens,
+                spend.cache_read_tokens, spend.cache_write_tokens,
+            )
+        self.cost_usd = cost
+        return cost
+
+    # end ----------------------------------------------------------------------------------
+    def end(self, error: BaseException | None = None, *, status: str | None = None, stream_end: str | None = None) -> None:
+        """End the span and commit, exactly once."""
+        with self._ended_lock:
+            if self.ended:
+                return
+            self.ended = True
+        try:
+            self._end(error, status, stream_end)
+        except Exception:
+            internal_error("Call.end")
+            if self.span is not None:
+                try:
+                    self.span.end()
+                except Exception:
+                    pass
+
+    def _end(self, error: BaseException | None, status: str | None, stream_end: str | None) -> None:
+        duration = time.monotonic() - self.t0 if self.started else 0.0
+        if status is None:
+            if error is None:
+                status = "ok"
+            elif isinstance(error, (asyncio.CancelledError, KeyboardInterrupt)):
+                status = "cancelled"
+            elif isinstance(error, (TimeoutError, asyncio.TimeoutError)):
+                status = "timeout"
+            elif isinstance(error, BudgetExhausted):
+                status = "refused"
+            else:
+                status = "error"
+        is_model = self.kind is CallKind.MODEL
+        unreported = is_model and (self.usage is None or (self.usage.input_tokens is None and self.usage.output_tokens is None))
+        spend = self.usage
+        if is_model and spend is not None and not unreported:
+            self._price(spend)  # the response model may have arrived after the last usage report
+        unpriced = is_model and not unreported and self.cost_usd is None
+        span = self.span
+        if span is not None:
+            attrs: dict[str, Any] = {}
+            if self.response_model:
+                attrs[A.GEN_AI_RESPONSE_MODEL] = self.response_model
+            if is_model:
+                if unreported:
+                    attrs[A.USAGE_UNREPORTED] = True
+                else:
+                    assert spend is not None
+                    _put(attrs, A.GEN_AI_USAGE_INPUT_TOKENS, spend.input_tokens)
+                    _put(attrs, A.GEN_AI_USAGE_OUTPUT_TOKENS, spend.output_tokens)
+                    _put(attrs, A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, spend.cache_read_tokens)
+                    _put(attrs, A.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS, spend.cache_write_tokens)
+                    _put(attrs, A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, spend.reasoning_tokens)
+                    if self.cost_usd is not None:
+                        attrs[A.GEN_AI_USAGE_COST] = self.cost_usd
+                    else:
+                        attrs[A.COST_UNPRICED] = True
+                if self.ttft_s is not None:
+                    attrs[A.TIME_TO_FIRST_TOKEN_S] = self.ttft_s
+            if self.retries:
+                attrs[A.RETRIES] = self.retries
+                attrs[A.ATTEMPTS] = self.retries + 1
+            if self.documents is not None:
+                attrs[A.RETRIEVAL_DOCUMENTS] = self.documents
+            if stream_end is not None:
+                attrs[A.STREAM_END] = stream_end
+            if status == "timeout":
+                attrs[A.TOOL_TIMED_OUT] = True
+            if error is not None and status != "ok":
+                attrs[A.ERROR_TYPE] = type(error).__qualname__
+                if status != "cancelled":
+                    span.record_exception(error)
+                span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}"))
+            elif status not in ("ok",):
+                attrs[A.ERROR_TYPE] = status
+                span.set_status(Status(StatusCode.ERROR, status))
+            span.set_attributes(attrs)
+            span.end()
+        run = self.run
+        if run is not None:
+            if self._outer:
+                run.busy_s += duration
+            if self.reservation is not None:
+                # Usage was committed as it arrived (set_usage); only a re-priced cost is left.
+                rest = None
+                if self.cost_usd is not None and self.cost_usd > (self._committed.cost_usd or 0.0):
+                    rest = Spend(cost_usd=self.cost_usd - (self._committed.cost_usd or 0.0))
+                run.commit(self.reservation, rest, finished=status == "ok", unreported=unreported, unpriced=unpriced)
+        events.emit(
+            "on_call_end",
+            CallRecord(
+                kind=self.kind.value if self.kind else "retrieval",
+                workflow=run.workflow if run is not None else "default",
+                phase=self.phase,
+                duration_s=duration,
+                status=status,
+                provider=self.provider,
+                model=self.response_model or self.model,
+                tool=self.tool,
+                spend=spend,
+                cost_usd=self.cost_usd,
+                unreported_usage=unreported,
+                unpriced=unpriced,
+                retries=self.retries,
+                time_to_first_token_s=self.ttft_s,
+                documents=self.documents,
+                label=self.label,
+                run=run,
+            ),
+        )
+
+    # deadlines and cancellation for async calls ---------------------------------------------
+    @asynccontextmanager
+    async def deadline(self, timeout_s: float | None = None) -> AsyncIterator[None]:
+        """Bound an awaited call by the run's remaining wall-clock time (and ``timeout_s``).
+
+        The run's deadline turns into BudgetExhausted(max_wall_clock_s); ``timeout_s`` into
+        TimeoutError; ``budgetspan.cancel`` into RunCancelled.
+        """
+        run = self.run
+        remaining = run.remaining_s() if run is not None else None
+        limit = min((t for t in (remaining, timeout_s) if t is not None), default=None)
+        task = asyncio.current_task()
+        untrack = run._track_task(task) if (run is not None and task is not None) else None
+        try:
+            if limit is None:
+                try:
+                    yield
+                except asyncio.CancelledError:
+                    if run is not None and run.cancelled and task is not None:
+                        task.uncancel()
+                        raise run.exhaust(Refusal(Limit.CANCELLED.value, None)) from None
+                    raise
+                return
+            try:
+                async with asyncio.timeout(limit):
+                    yield
+            except TimeoutError:
+                if run is not None and remaining is not None and remaining <= (timeout_s if timeout_s is not None else float("inf")):
+                    raise run.exhaust(Refusal(Limit.WALL_CLOCK_S.value, run.budget.max_wall_clock_s)) from None
+                raise
+            except asyncio.CancelledError:
+                if run is not None and run.cancelled and task is not None:
+                    task.uncancel()
+                    raise run.exhaust(Refusal(Limit.CANCELLED.value, None)) from None
+                raise
+        finally:
+            if untrack is not None:
+                untrack()
+
+
+def _inc(now: int | None, before: int | None) -> int | None:
+    if now is None:
+        return None
+    return max(0, now - (before or 0))
+
+
+def _put(attrs: dict[str, Any], key: str, value: int | None) -> None:
+    if value is not None:
+        attrs[key] = value

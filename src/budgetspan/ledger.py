@@ -1,0 +1,359 @@
+"""Concurrency-safe accounting per run: reserve -> commit / release.
+
+The ledger is the single authority on limits. A call reserves *before* it starts: a count limit
+is checked and incremented under one lock, so the (N+1)-th call is refused even when calls race.
+Tokens and dollars are committed when the response (or a stream chunk) reports them.
+
+``Ledger`` is the interface a shared backend (e.g. Redis) implements; ``InMemoryLedger`` is the
+process-local one.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+
+from budgetspan.budget import Budget, Limit, ToolLimits, Usage
+
+
+class Mode(str, Enum):
+    ENFORCE = "enforce"
+    OBSERVE = "observe"
+
+
+class CallKind(str, Enum):
+    MODEL = "model"
+    TOOL = "tool"
+    RETRY = "retry"  # one extra attempt of a model or tool call
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a reservation was (or, in observe mode, would have been) refused."""
+
+    reason: str
+    limit: float | None
+    tool: str | None = None
+
+
+@dataclass
+class Reservation:
+    """A granted slot. ``would_refuse`` is set in observe mode when enforce mode would refuse."""
+
+    run_id: str
+    kind: CallKind
+    tool: str | None = None
+    worst_case_cost: float = 0.0
+    would_refuse: Refusal | None = None
+    done: bool = False
+
+
+@dataclass
+class Spend:
+    """What one call consumed, as reported by the provider (None: not reported)."""
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_read_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    cost_usd: float | None = None
+
+
+class LedgerRefused(Exception):
+    """Internal: the ledger refused a reservation in enforce mode. Turned into BudgetExhausted."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.reason)
+        self.refusal = refusal
+
+
+class Ledger(ABC):
+    """Accounting backend. Every method is safe to call from any thread."""
+
+    @abstractmethod
+    def open(self, run_id: str, budget: Budget, mode: Mode, started_at: float | None = None) -> None:
+        """Start accounting a run (idempotent)."""
+
+    @abstractmethod
+    def reserve(
+        self,
+        run_id: str,
+        kind: CallKind,
+        *,
+        tool: str | None = None,
+        worst_case_cost: float | None = None,
+        worst_case_tokens: int | None = None,
+        force: bool = False,
+        tool_limits: ToolLimits | None = None,
+    ) -> Reservation:
+        """Reserve one call; raise LedgerRefused (enforce) or mark would_refuse (observe).
+
+        ``force``: count the call even if a limit would refuse it (a call we cannot stop, such
+        as one made by another instrumentation); the refusal is returned in ``would_refuse``.
+        ``tool_limits``: the tool's own defaults (from ``@tool``); the budget's entry wins.
+        """
+
+    @abstractmethod
+    def commit(
+        self, reservation: Reservation, spend: Spend | None = None, *,
+        finished: bool = True, unreported: bool = False, unpriced: bool = False,
+    ) -> Refusal | None:
+        """Add what the call consumed (beyond ``add_spend``); return the limit now reached, if any.
+
+        ``unreported``: the provider never said the tokens; ``unpriced``: no price for the model.
+        """
+
+    @abstractmethod
+    def add_spend(self, run_id: str, spend: Spend) -> Refusal | None:
+        """Add usage reported mid-call (a stream chunk); return the limit now reached, if any."""
+
+    @abstractmethod
+    def release(self, reservation: Reservation) -> None:
+        """Give back a reservation whose call never started."""
+
+    @abstractmethod
+    def usage(self, run_id: str) -> Usage:
+        """A copy of the run's usage so far."""
+
+    @abstractmethod
+    def check(self, run_id: str) -> Refusal | None:
+        """The limit the run has reached (or its cancellation), without reserving anything."""
+
+    @abstractmethod
+    def cancel(self, run_id: str) -> bool:
+        """Mark the run cancelled; its next reservation is refused. False if unknown."""
+
+    @abstractmethod
+    def close(self, run_id: str) -> Usage:
+        """Stop accounting the run and return its final usage."""
+
+    @abstractmethod
+    def deadline(self, run_id: str) -> float | None:
+        """The run's wall-clock deadline on the ``time.monotonic`` clock, if any."""
+
+
+@dataclass
+class _RunBook:
+    budget: Budget
+    mode: Mode
+    started_at: float
+    usage: Usage = field(default_factory=Usage)
+    inflight_worst_cost: float = 0.0
+    cancelled: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def deadline(self) -> float | None:
+        w = self.budget.max_wall_clock_s
+        return None if w is None else self.started_at + w
+
+
+def _spent_refusal(b: Budget, u: Usage, extra_cost: float = 0.0, extra_tokens: int = 0) -> Refusal | None:
+    """The token or dollar limit that is used up (``>=``), or that this call's worst case breaks."""
+    if b.max_cost_usd is not None and (
+        u.cost_usd >= b.max_cost_usd or (extra_cost > 0 and u.cost_usd + extra_cost > b.max_cost_usd)
+    ):
+        return Refusal(Limit.COST_USD.value, b.max_cost_usd)
+    if b.max_input_tokens is not None and u.input_tokens >= b.max_input_tokens:
+        return Refusal(Limit.INPUT_TOKENS.value, b.max_input_tokens)
+    if b.max_output_tokens is not None and (
+        u.output_tokens >= b.max_output_tokens
+        or (extra_tokens > 0 and u.output_tokens + extra_tokens > b.max_output_tokens)
+    ):
+        return Refusal(Limit.OUTPUT_TOKENS.value, b.max_output_tokens)
+    if b.max_total_tokens is not None and u.total_tokens >= b.max_total_tokens:
+        return Refusal(Limit.TOTAL_TOKENS.value, b.max_total_tokens)
+    return None
+
+
+class InMemoryLedger(Ledger):
+    """Process-local ledger: one lock per run, a dict of runs guarded by a registry lock."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._runs: dict[str, _RunBook] = {}
+        self._lock = threading.Lock()
+        self._monotonic = clock
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+    def open(self, run_id: str, budget: Budget, mode: Mode, started_at: float | None = None) -> None:
+        with self._lock:
+            if run_id not in self._runs:
+                start = self._monotonic() if started_at is None else started_at
+                self._runs[run_id] = _RunBook(budget, mode, start)
+
+    def _book(self, run_id: str) -> _RunBook:
+        book = self._runs.get(run_id)
+        if book is None:
+            raise KeyError(f"run {run_id!r} is not open in the ledger")
+        return book
+
+    def _refusal(
+        self, book: _RunBook, kind: CallKind, tool: str | None, worst_cost: float, worst_tokens: int,
+        defaults: ToolLimits | None = None,
+    ) -> Refusal | None:
+        b, u = book.budget, book.usage
+        tlim = b.tool_limits(tool) if tool is not None else ToolLimits()
+        if defaults is not None:
+            tlim = defaults.merged(tlim)
+        if book.cancelled:
+            return Refusal(Limit.CANCELLED.value, None)
+        deadline = book.deadline
+        if deadline is not None and self._monotonic() >= deadline:
+            return Refusal(Limit.WALL_CLOCK_S.value, b.max_wall_clock_s)
+        if kind is CallKind.RETRY:
+            if b.max_retries is not None and u.retries >= b.max_retries:
+                return Refusal(Limit.RETRIES.value, b.max_retries)
+            if tool is not None:
+                tl = tlim.max_retries
+                if tl is not None and u.tool_retries_by_name.get(tool, 0) >= tl:
+                    return Refusal(Limit.TOOL_MAX_RETRIES.value, tl, tool)
+            return None
+        if b.max_steps is not None and u.steps >= b.max_steps:
+            return Refusal(Limit.STEPS.value, b.max_steps)
+        if kind is CallKind.MODEL:
+            if b.max_model_calls is not None and u.model_calls >= b.max_model_calls:
+                return Refusal(Limit.MODEL_CALLS.value, b.max_model_calls)
+            return _spent_refusal(b, u, worst_cost + book.inflight_worst_cost if worst_cost else 0.0, worst_tokens)
+        if b.max_tool_calls is not None and u.tool_calls >= b.max_tool_calls:
+            return Refusal(Limit.TOOL_CALLS.value, b.max_tool_calls)
+        if tool is not None:
+            tl = tlim.max_calls
+            if tl is not None and u.tool_calls_by_name.get(tool, 0) >= tl:
+                return Refusal(Limit.TOOL_MAX_CALLS.value, tl, tool)
+        return _spent_refusal(b, u)
+
+    def reserve(
+        self,
+        run_id: str,
+        kind: CallKind,
+        *,
+        tool: str | None = None,
+        worst_case_cost: float | None = None,
+        worst_case_tokens: int | None = None,
+        force: bool = False,
+        tool_limits: ToolLimits | None = None,
+    ) -> Reservation:
+        book = self._book(run_id)
+        worst = float(worst_case_cost or 0.0)
+        with book.lock:
+            refusal = self._refusal(book, kind, tool, worst, int(worst_case_tokens or 0), tool_limits)
+            if refusal is not None and not force and (
+                book.mode is Mode.ENFORCE or refusal.reason == Limit.CANCELLED.value
+            ):
+                raise LedgerRefused(refusal)
+            u = book.usage
+            if kind is CallKind.MODEL:
+                u.model_calls += 1
+            elif kind is CallKind.TOOL:
+                u.tool_calls += 1
+                if tool is not None:
+                    u.tool_calls_by_name[tool] = u.tool_calls_by_name.get(tool, 0) + 1
+            else:
+                u.retries += 1
+                if tool is not None:
+                    u.tool_retries_by_name[tool] = u.tool_retries_by_name.get(tool, 0) + 1
+            book.inflight_worst_cost += worst
+        return Reservation(run_id, kind, tool, worst, refusal)
+
+    @staticmethod
+    def _add(u: Usage, s: Spend) -> None:
+        u.input_tokens += max(0, s.input_tokens or 0)
+        u.output_tokens += max(0, s.output_tokens or 0)
+        u.cache_read_tokens += max(0, s.cache_read_tokens or 0)
+        u.cache_write_tokens += max(0, s.cache_write_tokens or 0)
+        u.reasoning_tokens += max(0, s.reasoning_tokens or 0)
+        if s.cost_usd is not None and s.cost_usd > 0:
+            u.cost_usd += s.cost_usd
+
+    def commit(
+        self, reservation: Reservation, spend: Spend | None = None, *,
+        finished: bool = True, unreported: bool = False, unpriced: bool = False,
+    ) -> Refusal | None:
+        book = self._runs.get(reservation.run_id)
+        if book is None or reservation.done:
+            return None
+        with book.lock:
+            reservation.done = True
+            book.inflight_worst_cost = max(0.0, book.inflight_worst_cost - reservation.worst_case_cost)
+            if spend is not None:
+                self._add(book.usage, spend)
+            book.usage.unreported_usage_calls += unreported
+            book.usage.unpriced_calls += unpriced
+            if reservation.kind is CallKind.TOOL and finished:
+                book.usage.tools_finished += 1
+            return _spent_refusal(book.budget, book.usage)
+
+    def add_spend(self, run_id: str, spend: Spend) -> Refusal | None:
+        book = self._runs.get(run_id)
+        if book is None:
+            return None
+        with book.lock:
+            self._add(book.usage, spend)
+            return _spent_refusal(book.budget, book.usage)
+
+    def release(self, reservation: Reservation) -> None:
+        book = self._runs.get(reservation.run_id)
+        if book is None or reservation.done:
+            return
+        with book.lock:
+            reservation.done = True
+            u = book.usage
+            book.inflight_worst_cost = max(0.0, book.inflight_worst_cost - reservation.worst_case_cost)
+            if reservation.kind is CallKind.MODEL:
+                u.model_calls -= 1
+            elif reservation.kind is CallKind.TOOL:
+                u.tool_calls -= 1
+                if reservation.tool is not None:
+                    u.tool_calls_by_name[reservation.tool] -= 1
+            else:
+                u.retries -= 1
+                if reservation.tool is not None:
+                    u.tool_retries_by_name[reservation.tool] -= 1
+
+    def usage(self, run_id: str) -> Usage:
+        book = self._book(run_id)
+        with book.lock:
+            u = book.usage.copy()
+        u.wall_clock_s = self._monotonic() - book.started_at
+        return u
+
+    def check(self, run_id: str) -> Refusal | None:
+        book = self._runs.get(run_id)
+        if book is None:
+            return None
+        with book.lock:
+            if book.cancelled:
+                return Refusal(Limit.CANCELLED.value, None)
+            d = book.deadline
+            if d is not None and self._monotonic() >= d:
+                return Refusal(Limit.WALL_CLOCK_S.value, book.budget.max_wall_clock_s)
+            return _spent_refusal(book.budget, book.usage)
+
+    def cancel(self, run_id: str) -> bool:
+        book = self._runs.get(run_id)
+        if book is None:
+            return False
+        with book.lock:
+            book.cancelled = True
+        return True
+
+    def close(self, run_id: str) -> Usage:
+        with self._lock:
+            book = self._runs.pop(run_id, None)
+        if book is None:
+            return Usage()
+        with book.lock:
+            u = book.usage.copy()
+        u.wall_clock_s = self._monotonic() - book.started_at
+        return u
+
+    def deadline(self, run_id: str) -> float | None:
+        book = self._runs.get(run_id)
+        return None if book is None else book.deadline

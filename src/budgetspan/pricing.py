@@ -1,0 +1,209 @@
+"""Dollar cost of one call from provider + model + token usage.
+
+Prices come from genai-prices' bundled offline snapshot (no network at start-up; its refresh is
+opt-in), behind our own resolver so that:
+
+- an unknown model is *unpriced* (``None``), never a fake $0;
+- the per-model lookup is cached (a full ``calc_price`` costs tens of microseconds);
+- ``BUDGETSPAN_PRICES`` (a TOML file) overrides or adds prices, e.g. for fine-tunes or self-hosted models.
+
+Token figures follow the OpenTelemetry convention: ``input_tokens`` *includes* cache reads and
+writes (Anthropic's raw ``input_tokens`` must be summed up before it is passed here).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+from budgetspan.attributes import ENV_PRICES
+
+log = logging.getLogger(__name__)
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover
+    import tomli as tomllib  # type: ignore[no-redef]
+
+
+@dataclass(frozen=True)
+class TokenPrice:
+    """A price override in USD per million tokens."""
+
+    input_mtok: float
+    output_mtok: float
+    cache_read_mtok: float | None = None
+    cache_write_mtok: float | None = None
+
+    def cost(self, inp: int, out: int, cache_read: int, cache_write: int) -> float:
+        cr = self.input_mtok if self.cache_read_mtok is None else self.cache_read_mtok
+        cw = self.input_mtok if self.cache_write_mtok is None else self.cache_write_mtok
+        uncached = max(0, inp - cache_read - cache_write)
+        return (uncached * self.input_mtok + cache_read * cr + cache_write * cw + out * self.output_mtok) / 1e6
+
+
+class PriceConfigError(ValueError):
+    """A price file that cannot be used; names the variable and the accepted form."""
+
+
+PRICE_FILE_FORM = (
+    'a TOML file with one table per "provider/model", e.g. ["openai/my-model"] '
+    "input_mtok = 1.0, output_mtok = 2.0 (optional cache_read_mtok, cache_write_mtok), in USD per million tokens"
+)
+
+
+def _number(where: str, key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise PriceConfigError(f"{ENV_PRICES}: {where}.{key} must be a non-negative number, got {value!r}; expected {PRICE_FILE_FORM}")
+    return float(value)
+
+
+def parse_price_overrides(data: dict[str, Any], source: str = ENV_PRICES) -> dict[tuple[str, str], TokenPrice]:
+    """Validate a parsed price table; every error names the entry and the accepted form."""
+    out: dict[tuple[str, str], TokenPrice] = {}
+    for key, entry in data.items():
+        if not isinstance(entry, dict) or "/" not in key:
+            raise PriceConfigError(f"{source}: entry {key!r} is not a \"provider/model\" table; expected {PRICE_FILE_FORM}")
+        unknown = set(entry) - {"input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok"}
+        if unknown or "input_mtok" not in entry or "output_mtok" not in entry:
+            raise PriceConfigError(f"{source}: entry {key!r} has keys {sorted(entry)}; expected {PRICE_FILE_FORM}")
+        provider, model = key.split("/", 1)
+        out[(provider.lower(), model)] = TokenPrice(
+            _number(key, "input_mtok", entry["input_mtok"]),
+            _number(key, "output_mtok", entry["output_mtok"]),
+            None if entry.get("cache_read_mtok") is None else _number(key, "cache_read_mtok", entry["cache_read_mtok"]),
+            None if entry.get("cache_write_mtok") is None else _number(key, "cache_write_mtok", entry["cache_write_mtok"]),
+        )
+    return out
+
+
+def load_price_file(path: str) -> dict[tuple[str, str], TokenPrice]:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise PriceConfigError(f"{ENV_PRICES}={path!r}: cannot read the file ({e.strerror}); expected {PRICE_FILE_FORM}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise PriceConfigError(f"{ENV_PRICES}={path!r}: not valid TOML ({e}); expected {PRICE_FILE_FORM}") from e
+    return parse_price_overrides(data, f"{ENV_PRICES}={path!r}")
+
+
+# genai-prices provider ids for our gen_ai.provider.name values where they differ.
+_PROVIDER_IDS = {
+    "azure.ai.openai": "azure",
+    "azure.ai.inference": "azure",
+    "gcp.vertex_ai": "google",
+    "gcp.gemini": "google",
+    "gcp.gen_ai": "google",
+    "aws.bedrock": "aws",
+    "x_ai": "x-ai",
+    "mistral_ai": "mistral",
+}
+
+_MISSING = object()
+
+
+class PriceResolver:
+    """Cached lookups; thread-safe (a benign race computes a lookup twice)."""
+
+    def __init__(self, overrides: dict[tuple[str, str], TokenPrice] | None = None) -> None:
+        self.overrides = dict(overrides or {})
+        self._cache: dict[tuple[str, str], Any] = {}
+        self._lock = threading.Lock()
+
+    def _model_price(self, provider: str, model: str) -> Any:
+        key = (provider, model)
+        hit = self._cache.get(key, _MISSING)
+        if hit is not _MISSING:
+            return hit
+        found: Any = self.overrides.get((provider.lower(), model)) or self.overrides.get(("*", model))
+        if found is None:
+            found = _lookup_genai_prices(provider, model)
+        with self._lock:
+            if len(self._cache) > 4096:  # unbounded model names must not grow memory forever
+                self._cache.clear()
+            self._cache[key] = found
+        return found
+
+    def is_priced(self, provider: str, model: str) -> bool:
+        return self._model_price(provider, model) is not None
+
+    def cost(
+        self,
+        provider: str,
+        model: str | None,
+        input_tokens: int | None,
+        output_tokens: int | None,
+        cache_read_tokens: int | None = None,
+        cache_write_tokens: int | None = None,
+    ) -> float | None:
+        """USD cost, or None when the model is unknown or the usage was not reported."""
+        if not model or (input_tokens is None and output_tokens is None):
+            return None
+        price = self._model_price(provider or "", model)
+        if price is None:
+            return None
+        inp, out = max(0, input_tokens or 0), max(0, output_tokens or 0)
+        cr, cw = max(0, cache_read_tokens or 0), max(0, cache_write_tokens or 0)
+        cr, cw = min(cr, inp), min(cw, max(0, inp - cr))  # cache figures cannot exceed the input
+        if isinstance(price, TokenPrice):
+            value = price.cost(inp, out, cr, cw)
+        else:
+            try:
+                from genai_prices import Usage as GPUsage
+
+                usage = GPUsage(input_tokens=inp, output_tokens=out, cache_read_tokens=cr, cache_write_tokens=cw)
+                value = float(price.calc_price(usage)["total_price"])
+            except Exception:  # an odd price shape must not break the caller: unpriced
+                log.debug("genai-prices failed for %s/%s", provider, model, exc_info=True)
+                return None
+        return value if math.isfinite(value) and value >= 0 else None
+
+    def worst_case_cost(self, provider: str, model: str | None, input_tokens_estimate: int, max_output_tokens: int | None) -> float | None:
+        """Cost if the call used all of ``max_output_tokens``; None when either is unknown."""
+        if max_output_tokens is None or not model:
+            return None
+        return self.cost(provider, model, input_tokens_estimate, max_output_tokens)
+
+
+def _lookup_genai_prices(provider: str, model: str) -> Any:
+    try:
+        from genai_prices import Usage as GPUsage
+        from genai_prices import calc_price
+    except Exception:  # pragma: no cover - dependency missing
+        return None
+    pid = _PROVIDER_IDS.get(provider, provider) or None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return calc_price(GPUsage(input_tokens=1, output_tokens=1), model_ref=model, provider_id=pid).model_price
+        except LookupError:  # unknown model: unpriced, never a guessed price from another provider
+            return None
+        except Exception:
+            log.debug("genai-prices lookup failed for %s/%s", provider, model, exc_info=True)
+            return None
+
+
+_default: PriceResolver | None = None
+_default_lock = threading.Lock()
+
+
+def default_resolver() -> PriceResolver:
+    """The process-wide resolver, with ``BUDGETSPAN_PRICES`` applied (read once)."""
+    global _default
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                path = os.environ.get(ENV_PRICES, "").strip()
+                _default = PriceResolver(load_price_file(path) if path else None)
+    return _default
+
+
+def set_default_resolver(resolver: PriceResolver | None) -> None:
+    global _default
+    _default = resolver

@@ -1,0 +1,1 @@
+"""Span processors: budget enforcement/accounting and Prometheus metrics."""

@@ -1,0 +1,162 @@
+"""BudgetSpanProcessor: accounts every GenAI span, whoever made it, in the run's ledger.
+
+budgetspan's own wrappers reserve in the ledger before they open a span (so a refused call never
+starts, and sampled-out calls are still counted); this processor skips their spans. Spans from
+other instrumentations (OpenLLMetry, the official OpenAI instrumentation, a hand-made span) are
+recognised by ``gen_ai.operation.name``: reserved in ``on_start``, committed in ``on_end`` with the
+cost computed from the span's usage where it has none.
+
+The SDK calls ``on_start`` without a try/except, so raising there escapes into whatever code
+started the span. By default this processor therefore never raises for a span it did not make: a
+foreign call over a limit is counted and marked (``budgetspan.observe.would_refuse``), the run
+becomes exhausted, and the next budgetspan-instrumented call raises. ``enforce_foreign=True``
+(or ``BUDGETSPAN_ENFORCE_FOREIGN_SPANS=true``) refuses foreign spans in ``on_start`` instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+
+from budgetspan import attributes as A
+from budgetspan import events
+from budgetspan.budget import BudgetExhausted
+from budgetspan.events import CallRecord
+from budgetspan.ledger import CallKind, LedgerRefused, Mode, Reservation, Spend
+from budgetspan.phase import DEFAULT_PHASE_BY_OPERATION
+from budgetspan.pricing import default_resolver
+from budgetspan.run import Run, current_phase, end_trace_run, has_trace_run, resolve_run
+
+log = logging.getLogger(__name__)
+
+_ACCOUNTED_OPS = A.MODEL_OPERATIONS | {A.OP_EXECUTE_TOOL}
+
+
+def _int_attr(attrs: Any, *keys: str) -> int | None:
+    for key in keys:
+        v = attrs.get(key)
+        if isinstance(v, bool):
+            continue
+        if isinstance(v, (int, float)) and v >= 0 and v == v:
+            return int(v)
+    return None
+
+
+class BudgetSpanProcessor(SpanProcessor):
+    """The single authority on limits for spans that budgetspan's wrappers did not make."""
+
+    def __init__(self, enforce_foreign: bool | None = None) -> None:
+        if enforce_foreign is None:
+            enforce_foreign = os.environ.get(A.ENV_ENFORCE_FOREIGN, "").strip().lower() in ("1", "true", "yes")
+        self.enforce_foreign = enforce_foreign
+        self._foreign: dict[int, tuple[Run, Reservation | None, str]] = {}
+        self._lock = threading.Lock()
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        scope = span.instrumentation_scope
+        if scope is not None and scope.name == A.INSTRUMENTATION_SCOPE:
+            return
+        attrs = span.attributes or {}
+        op = attrs.get(A.GEN_AI_OPERATION_NAME)
+        if op not in _ACCOUNTED_OPS:
+            return
+        refused: BudgetExhausted | None = None
+        try:
+            refused = self._account_start(span, attrs, str(op))
+        except Exception:
+            log.warning("budgetspan: accounting a foreign span failed", exc_info=True)
+        if refused is not None:
+            raise refused  # only with enforce_foreign: the caller asked for refusal here
+
+    def _account_start(self, span: Span, attrs: Any, op: str) -> BudgetExhausted | None:
+        run = resolve_run()
+        phase = current_phase() or attrs.get(A.PHASE) or DEFAULT_PHASE_BY_OPERATION.get(op, "model_decision")
+        span.set_attribute(A.PHASE, phase)
+        span.set_attribute(A.RUN_ID, run.id)
+        kind = CallKind.TOOL if op == A.OP_EXECUTE_TOOL else CallKind.MODEL
+        tool = attrs.get(A.GEN_AI_TOOL_NAME) if kind is CallKind.TOOL else None
+        enforce = self.enforce_foreign and run.mode is Mode.ENFORCE
+        try:
+            res = run._ledger.reserve(run.id, kind, tool=tool, force=not enforce)
+        except LedgerRefused as r:
+            span.set_attribute(A.WOULD_REFUSE, r.refusal.reason)
+            return run.exhaust(r.refusal)
+        except KeyError:
+            return None
+        if res.would_refuse is not None:
+            span.set_attribute(A.WOULD_REFUSE, res.would_refuse.reason)
+            if run.mode is Mode.ENFORCE:
+                run.exhaust(res.would_refuse)  # counted; the next budgetspan call is refused
+            else:
+                run.note_would_refuse(res.would_refuse)
+        ctx = span.get_span_context()
+        if ctx is not None:
+            with self._lock:
+                self._foreign[ctx.span_id] = (run, res, str(phase))
+        return None
+
+    def on_end(self, span: ReadableSpan) -> None:
+        try:
+            ctx = span.context
+            if ctx is None:
+                return
+            if self._foreign:
+                with self._lock:
+                    entry = self._foreign.pop(ctx.span_id, None)
+                if entry is not None:
+                    self._account_end(span, *entry)
+            parent = span.parent
+            if (parent is None or parent.is_remote) and has_trace_run(ctx.trace_id):
+                end_trace_run(ctx.trace_id, error=not span.status.is_ok)
+        except Exception:
+            log.warning("budgetspan: accounting a finished span failed", exc_info=True)
+
+    def _account_end(self, span: ReadableSpan, run: Run, res: Reservation | None, phase: str) -> None:
+        attrs = span.attributes or {}
+        op = attrs.get(A.GEN_AI_OPERATION_NAME)
+        provider = str(attrs.get(A.GEN_AI_PROVIDER_NAME) or attrs.get(A.GEN_AI_SYSTEM_DEPRECATED) or "")
+        model = attrs.get(A.GEN_AI_RESPONSE_MODEL) or attrs.get(A.GEN_AI_REQUEST_MODEL)
+        model = str(model) if model else None
+        duration = ((span.end_time or 0) - (span.start_time or 0)) / 1e9
+        ok = span.status.is_ok
+        if op == A.OP_EXECUTE_TOOL:
+            if res is not None:
+                run.commit(res, None, finished=ok)
+            events.emit("on_call_end", CallRecord(
+                "tool", run.workflow, phase, duration, "ok" if ok else "error",
+                tool=str(attrs.get(A.GEN_AI_TOOL_NAME) or "unknown"), run=run,
+            ))
+            return
+        inp = _int_attr(attrs, A.GEN_AI_USAGE_INPUT_TOKENS, A.GEN_AI_USAGE_PROMPT_TOKENS_LEGACY)
+        out = _int_attr(attrs, A.GEN_AI_USAGE_OUTPUT_TOKENS, A.GEN_AI_USAGE_COMPLETION_TOKENS_LEGACY)
+        cr = _int_attr(attrs, A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS)
+        cw = _int_attr(attrs, A.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS)
+        reasoning = _int_attr(attrs, A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS)
+        unreported = inp is None and out is None
+        cost_attr = attrs.get(A.GEN_AI_USAGE_COST)
+        cost: float | None = None
+        if isinstance(cost_attr, (int, float)) and not isinstance(cost_attr, bool) and cost_attr >= 0:
+            cost = float(cost_attr)
+        elif not unreported:
+            cost = default_resolver().cost(provider, model, inp, out, cr, cw)
+        spend = Spend(inp, out, cr, cw, reasoning, cost)
+        unpriced = not unreported and cost is None
+        if res is not None:
+            run.commit(res, None if unreported else spend, finished=ok, unreported=unreported, unpriced=unpriced)
+        events.emit("on_call_end", CallRecord(
+            "model", run.workflow, phase, duration, "ok" if ok else "error", provider=provider or None,
+            model=model, spend=None if unreported else spend, cost_usd=cost, unreported_usage=unreported,
+            unpriced=unpriced, run=run,
+        ))
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._foreign.clear()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True

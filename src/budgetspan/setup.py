@@ -1,0 +1,108 @@
+"""``configure()``: everything set up in code, for programs not launched by opentelemetry-instrument.
+
+Idempotent: the processors are added to a tracer provider once, and instrumentors are singletons
+that ignore a second ``instrument()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+
+from budgetspan import attributes as A
+from budgetspan.budget import Budget
+from budgetspan.config import get_config, load_config, parse_inline_budget, parse_mode, set_config
+from budgetspan.instrumentation import available_instrumentors
+from budgetspan.ledger import Mode
+from budgetspan.processors.budget import BudgetSpanProcessor
+from budgetspan.run import set_tracer_provider
+
+log = logging.getLogger(__name__)
+_MARK = "_budgetspan_processors"
+_lock = threading.Lock()
+
+
+def install_processors(provider: Any, *, metrics_port: int | None = None) -> bool:
+    """Add budgetspan's span processors to an SDK provider, once. False if not an SDK provider."""
+    if not isinstance(provider, TracerProvider):
+        log.warning("budgetspan: the tracer provider is %s, not the SDK's; budgets are enforced by "
+                    "budgetspan's own wrappers only", type(provider).__name__)
+        return False
+    with _lock:
+        if getattr(provider, _MARK, None):
+            return True
+        processors: list[Any] = [BudgetSpanProcessor()]
+        try:
+            from budgetspan.processors import metrics
+
+            processors.append(metrics.install(metrics_port))
+        except ImportError:
+            pass
+        except Exception:
+            log.warning("budgetspan: metrics are off", exc_info=True)
+        traces_file = os.environ.get(A.ENV_TRACES_FILE, "").strip()
+        if traces_file:
+            try:
+                from budgetspan.exporters import file_span_processor
+
+                processors.append(file_span_processor(traces_file))
+            except ImportError:
+                pass
+            except Exception:
+                log.warning("budgetspan: cannot write spans to %s", traces_file, exc_info=True)
+        for p in processors:
+            provider.add_span_processor(p)
+        setattr(provider, _MARK, processors)
+    return True
+
+
+def configure(
+    tracer_provider: Any = None,
+    *,
+    budget: Budget | str | None = None,
+    mode: Mode | str | None = None,
+    metrics_port: int | None = None,
+    instrument: bool = True,
+) -> Any:
+    """Set budgetspan up in code: configuration, processors and every available instrumentor.
+
+    ``budget`` (a Budget, inline limits or a profile name) and ``mode`` override the
+    environment's defaults. Returns the tracer provider in use. Raises ConfigError on a bad value.
+    """
+    cfg = load_config()
+    if budget is not None or mode is not None:
+        default = cfg.default_budget
+        if isinstance(budget, Budget):
+            default = default.merged(budget)
+        elif isinstance(budget, str):
+            default = default.merged(parse_inline_budget(budget, cfg.profiles, source="configure(budget=...)"))
+        new_mode = cfg.mode if mode is None else parse_mode(str(getattr(mode, "value", mode)), "configure(mode=...)")
+        cfg = type(cfg)(default, new_mode, cfg.profiles, cfg.workflows, cfg.tools)
+    set_config(cfg)
+    provider = tracer_provider
+    if provider is None:
+        provider = trace.get_tracer_provider()
+        if not isinstance(provider, TracerProvider):
+            provider = TracerProvider()
+            trace.set_tracer_provider(provider)
+            provider = trace.get_tracer_provider()
+    install_processors(provider, metrics_port=metrics_port)
+    set_tracer_provider(provider)
+    if instrument:
+        for inst in available_instrumentors():
+            try:
+                if not inst.is_instrumented_by_opentelemetry:
+                    inst.instrument(tracer_provider=provider)
+            except Exception:
+                log.warning("budgetspan: %s failed to instrument", type(inst).__name__, exc_info=True)
+    return provider
+
+
+def current_config_summary() -> dict[str, Any]:
+    cfg = get_config()
+    return {"mode": cfg.mode.value, "default_budget": cfg.default_budget.limits()}

@@ -1,0 +1,183 @@
+"""``@budgetspan.tool``: budgets, timeouts and retries for plain sync and async functions.
+
+Each call is an ``execute_tool {name}`` span counted against the run's tool budget *before* the
+function runs. Per-tool limits come from the decorator and are overridden by the configuration
+(``[tools.NAME]`` in ``BUDGETSPAN_CONFIG``), so operations can tighten them without a code change.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextvars
+import functools
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar, cast, overload
+
+from opentelemetry.trace import SpanKind
+
+from budgetspan import attributes as A
+from budgetspan.budget import BudgetExhausted, ToolLimits
+from budgetspan.instrumentation.calls import Call
+from budgetspan.run import Run
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class ToolTimeout(TimeoutError):
+    """A tool ran past its ``timeout_s``; the call was cancelled (async) or abandoned (sync)."""
+
+    def __init__(self, tool: str, timeout_s: float) -> None:
+        super().__init__(f"tool {tool!r} ran past its {timeout_s:g} s timeout")
+        self.tool = tool
+        self.timeout_s = timeout_s
+
+
+_sync_pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _pool() -> concurrent.futures.ThreadPoolExecutor:
+    global _sync_pool
+    if _sync_pool is None:
+        _sync_pool = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="budgetspan-tool")
+    return _sync_pool
+
+
+def _effective(run: Run | None, name: str, defaults: ToolLimits) -> ToolLimits:
+    return defaults.merged(run.budget.tool_limits(name)) if run is not None else defaults
+
+
+def tool_call(name: str, *, limits: ToolLimits | None = None, label: str | None = None,
+              read_only: bool = False, call_id: str | None = None, server: str | None = None) -> Call:
+    """A started-later ``Call`` for one tool invocation (used by ``@tool`` and the tool instrumentations)."""
+    attrs: dict[str, Any] = {A.GEN_AI_TOOL_NAME: name}
+    if call_id:
+        attrs[A.GEN_AI_TOOL_CALL_ID] = call_id
+    if read_only:
+        attrs[A.READ_ONLY] = True
+    if server:
+        attrs[A.TOOL_SERVER] = server
+    return Call(
+        A.OP_EXECUTE_TOOL, A.SPAN_TOOL.format(tool=name), attrs, tool=name,
+        span_kind=SpanKind.INTERNAL, label=label, tool_limits=limits,
+    )
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, Exception) and not isinstance(exc, BudgetExhausted)
+
+
+@overload
+def tool(fn: Callable[P, R], /) -> Callable[P, R]: ...
+@overload
+def tool(
+    *, name: str | None = None, timeout_s: float | None = None, max_retries: int | None = None,
+    max_calls: int | None = None, read_only: bool = False, label: str | None = None,
+) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+
+
+def tool(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    timeout_s: float | None = None,
+    max_retries: int | None = None,
+    max_calls: int | None = None,
+    read_only: bool = False,
+    label: str | None = None,
+) -> Any:
+    """Make a function a budgeted tool. ``read_only`` marks reads that could run in parallel."""
+    defaults = ToolLimits(timeout_s=timeout_s, max_calls=max_calls, max_retries=max_retries)
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        tool_name = name or func.__name__
+
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def awrapper(*args: Any, **kwargs: Any) -> Any:
+                call = tool_call(tool_name, limits=defaults, label=label, read_only=read_only).start()
+                lim = _effective(call.run, tool_name, defaults)
+                if lim.timeout_s is not None:
+                    call.attributes[A.TOOL_TIMEOUT_S] = lim.timeout_s
+                    if call.span is not None:
+                        call.span.set_attribute(A.TOOL_TIMEOUT_S, lim.timeout_s)
+                while True:
+                    try:
+                        with call.activate():
+                            async with call.deadline(lim.timeout_s):
+                                result = await cast(Callable[..., Awaitable[Any]], func)(*args, **kwargs)
+                    except TimeoutError as e:
+                        err: BaseException = ToolTimeout(tool_name, lim.timeout_s or 0.0) if not isinstance(e, ToolTimeout) else e
+                        if _retry(call, err):
+                            continue
+                        call.end(err, status="timeout")
+                        raise err from None
+                    except BaseException as e:
+                        if _retryable(e) and _retry(call, e):
+                            continue
+                        call.end(e)
+                        raise
+                    call.end()
+                    if call.run is not None:
+                        call.run.record_tool_result(tool_name, result)
+                    return result
+
+            return awrapper
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            call = tool_call(tool_name, limits=defaults, label=label, read_only=read_only).start()
+            lim = _effective(call.run, tool_name, defaults)
+            if lim.timeout_s is not None and call.span is not None:
+                call.span.set_attribute(A.TOOL_TIMEOUT_S, lim.timeout_s)
+            while True:
+                try:
+                    with call.activate():
+                        if lim.timeout_s is None:
+                            result = func(*args, **kwargs)
+                        else:
+                            # A thread cannot be killed: past the timeout it is abandoned, not awaited.
+                            ctx = contextvars.copy_context()
+                            fut = _pool().submit(ctx.run, func, *args, **kwargs)
+                            try:
+                                result = fut.result(timeout=lim.timeout_s)
+                            except concurrent.futures.TimeoutError:
+                                fut.cancel()
+                                raise ToolTimeout(tool_name, lim.timeout_s) from None
+                except ToolTimeout as e:
+                    if _retry(call, e):
+                        continue
+                    call.end(e, status="timeout")
+                    raise
+                except BaseException as e:
+                    if _retryable(e) and _retry(call, e):
+                        continue
+                    call.end(e)
+                    raise
+                call.end()
+                if call.run is not None:
+                    call.run.record_tool_result(tool_name, result)
+                return result
+
+        return wrapper
+
+    return decorate(fn) if fn is not None else decorate
+
+
+def _retry(call: Call, error: BaseException) -> bool:
+    """Whether to try again: the tool's retry limit and the run's retry budget both allow it."""
+    lim = _effective(call.run, call.tool or "", call.tool_limits or ToolLimits())
+    if not lim.max_retries or call.retries >= lim.max_retries:
+        return False
+    try:
+        call.retry()
+    except BudgetExhausted as exhausted:  # the run's retry budget is spent: that is the stop reason
+        call.end(error, status="refused")
+        raise exhausted from error
+    return True
+
+
+__all__ = ["ToolTimeout", "tool", "tool_call"]
