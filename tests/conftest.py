@@ -1,0 +1,54 @@
+"""Shared fixtures: an SDK tracer provider with an in-memory exporter, and clean global state."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import budgetspan
+from budgetspan import config as bs_config
+from budgetspan import run as bs_run
+from budgetspan.ledger import InMemoryLedger
+from budgetspan.processors.budget import BudgetSpanProcessor
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = Path(os.environ.get("BUDGETSPAN_FIXTURES", REPO.parent / "shared" / "fixtures" / "recorded"))
+
+
+class Tracing:
+    def __init__(self) -> None:
+        self.exporter = InMemorySpanExporter()
+        self.provider = TracerProvider()
+        self.processor = BudgetSpanProcessor()
+        self.provider.add_span_processor(self.processor)
+        self.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+
+    def spans(self, name_prefix: str = "") -> list:  # type: ignore[type-arg]
+        return [s for s in self.exporter.get_finished_spans() if s.name.startswith(name_prefix)]
+
+
+@pytest.fixture
+def tracing(monkeypatch: pytest.MonkeyPatch) -> Iterator[Tracing]:
+    """budgetspan wired to a fresh provider and ledger, environment cleared of BUDGETSPAN_*."""
+    for key in list(os.environ):
+        if key.startswith("BUDGETSPAN_"):
+            monkeypatch.delenv(key, raising=False)
+    t = Tracing()
+    bs_config.set_config(None)
+    bs_run.set_ledger(InMemoryLedger())
+    bs_run.set_tracer_provider(t.provider)
+    bs_run.end_process_run()
+    yield t
+    bs_run.end_process_run()
+    bs_run.set_tracer_provider(None)
+    bs_config.set_config(None)
+    t.provider.shutdown()
+
+
+__all__ = ["FIXTURES", "REPO", "Tracing", "budgetspan"]
