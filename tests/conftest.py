@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,9 +15,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import budgetspan
 from budgetspan import config as bs_config
-from budgetspan import run as bs_run
 from budgetspan.ledger import InMemoryLedger
 from budgetspan.processors.budget import BudgetSpanProcessor
+
+# `budgetspan.run` is the RunScope (the public API), so `from budgetspan import run` would not
+# give the module.
+bs_run = importlib.import_module("budgetspan.run")
+
+bs_run = sys.modules["budgetspan.run"]
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(os.environ.get("BUDGETSPAN_FIXTURES", REPO.parent / "shared" / "fixtures" / "recorded"))
