@@ -271,7 +271,13 @@ class Run:
         worst_case_tokens: int | None = None,
         tool_limits: ToolLimits | None = None,
     ) -> Reservation:
-        """Reserve one call in the ledger; raise BudgetExhausted when a limit refuses it."""
+        """Reserve one call in the ledger; raise BudgetExhausted when a limit refuses it.
+
+        Exhaustion is sticky: once a run has stopped at a limit, every later call is refused too.
+        """
+        stopped = self.exhausted
+        if stopped is not None and self.mode is Mode.ENFORCE:
+            raise self.exhaust(Refusal(stopped.reason, stopped.limit, stopped.tool))
         try:
             res = self._ledger.reserve(
                 self.id, kind, tool=tool, worst_case_cost=worst_case_cost,

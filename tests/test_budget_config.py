@@ -1,0 +1,128 @@
+"""Budgets, the explanation sentence, and configuration from the environment and TOML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from budgetspan import Budget, BudgetExhausted, ConfigError, ToolLimits, Usage
+from budgetspan.budget import explain
+from budgetspan.config import load_config, parse_inline_budget, parse_mode
+from budgetspan.ledger import Mode
+
+
+def test_budget_rejects_bad_limits() -> None:
+    with pytest.raises(ValueError, match="max_model_calls"):
+        Budget(max_model_calls=-1)
+    with pytest.raises(ValueError, match="whole number"):
+        Budget(max_tool_calls=2.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="finite"):
+        Budget(max_cost_usd=float("nan"))
+    with pytest.raises(ValueError, match="unknown budget limit"):
+        Budget().merged(max_dollars=3)
+
+
+def test_budget_is_immutable_and_merges() -> None:
+    base = Budget(max_model_calls=6, max_cost_usd=0.25, tools={"s": ToolLimits(timeout_s=2)})
+    with pytest.raises(AttributeError):
+        base.max_model_calls = 3  # type: ignore[misc]
+    merged = base.merged(Budget(max_cost_usd=1.0, tools={"s": ToolLimits(max_calls=3)}), max_retries=2)
+    assert merged.limits() == {"max_model_calls": 6, "max_cost_usd": 1.0, "max_retries": 2}
+    assert merged.tool_limits("s") == ToolLimits(timeout_s=2, max_calls=3)
+    assert base.max_cost_usd == 0.25
+
+
+def test_explanation_sentence_matches_the_design() -> None:
+    u = Usage(model_calls=6, tool_calls=3, tools_finished=2, cost_usd=0.21)
+    assert explain("max_model_calls", 6, u) == (
+        "Stopped after 6 of 6 model calls; 2 of 3 tools finished; $0.21 spent."
+    )
+    assert explain("max_cost_usd", 0.25, u) == (
+        "Stopped at the cost limit; 2 of 3 tools finished; 6 model calls made; $0.21 of $0.25 spent."
+    )
+    exc = BudgetExhausted("max_model_calls", 6, u, {"tool_results": []})
+    assert str(exc) == exc.explanation and exc.reason == "max_model_calls" and exc.limit == 6
+
+
+def test_inline_budget_and_profiles() -> None:
+    b = parse_inline_budget("max_cost_usd=0.25, max_model_calls=6")
+    assert b.limits() == {"max_cost_usd": 0.25, "max_model_calls": 6}
+    assert parse_inline_budget("interactive").profile == "interactive"
+    p = parse_inline_budget("profile=background,max_cost_usd=1")
+    assert p.max_cost_usd == 1.0 and p.max_model_calls == 40
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("max_cost_usd=abc", "not a number"),
+        ("max_calls=3", "unknown limit 'max_calls'"),
+        ("max_model_calls=-2", ">= 0"),
+        ("max_model_calls", "not a known profile"),
+        ("profile=turbo", "unknown profile 'turbo'"),
+    ],
+)
+def test_bad_inline_budget_names_the_variable_and_form(text: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config({"BUDGETSPAN_BUDGET": text})
+    assert "BUDGETSPAN_BUDGET" in str(info.value) and needle in str(info.value)
+
+
+def test_bad_mode() -> None:
+    assert parse_mode("OBSERVE") is Mode.OBSERVE
+    with pytest.raises(ConfigError, match="BUDGETSPAN_MODE.*'enforce' or 'observe'"):
+        load_config({"BUDGETSPAN_MODE": "strict"})
+
+
+def test_toml_config_profiles_workflows_tools(tmp_path: Path) -> None:
+    path = tmp_path / "budgets.toml"
+    path.write_text(
+        """
+[profiles.tight]
+max_model_calls = 2
+max_cost_usd = 0.05
+
+[workflows.resolve_ticket]
+profile = "tight"
+max_tool_calls = 4
+
+[tools.search_orders]
+timeout_s = 2
+max_calls = 3
+max_retries = 1
+"""
+    )
+    cfg = load_config({"BUDGETSPAN_CONFIG": str(path), "BUDGETSPAN_BUDGET": "max_retries=5"})
+    b = cfg.budget_for("resolve_ticket")
+    assert b.limits() == {"max_model_calls": 2, "max_tool_calls": 4, "max_cost_usd": 0.05, "max_retries": 5}
+    assert b.tool_limits("search_orders") == ToolLimits(timeout_s=2, max_calls=3, max_retries=1)
+    # code overrides configuration; a profile name from code works too
+    assert cfg.budget_for("resolve_ticket", max_model_calls=9).max_model_calls == 9
+    assert cfg.budget_for("other", "tight").max_model_calls == 2
+    with pytest.raises(ConfigError, match="unknown budget profile"):
+        cfg.budget_for("other", "nope")
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ("[profiles.x]\nmax_model_calls = 'many'", "not a number"),
+        ("[profiles.x]\nmax_tokens = 3", "unknown key 'max_tokens'"),
+        ("[workflows.w]\nprofile = 'ghost'", "unknown profile 'ghost'"),
+        ("[tools.t]\ntimeout_s = -1", ">= 0"),
+        ("[budgets]\nx = 1", "unknown section"),
+        ("this is not toml =", "not valid TOML"),
+    ],
+)
+def test_bad_toml_config(tmp_path: Path, body: str, needle: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(body)
+    with pytest.raises(ConfigError) as info:
+        load_config({"BUDGETSPAN_CONFIG": str(path)})
+    assert "BUDGETSPAN_CONFIG" in str(info.value) and needle in str(info.value)
+
+
+def test_missing_config_file() -> None:
+    with pytest.raises(ConfigError, match="BUDGETSPAN_CONFIG.*cannot read"):
+        load_config({"BUDGETSPAN_CONFIG": "/nonexistent/budgets.toml"})
