@@ -205,20 +205,24 @@ def test_threads_racing_never_exceed_a_count_limit() -> None:
 
 # An operation: (kind, action) where action is reserve / commit the oldest / release the oldest.
 _ops = st.lists(
-    st.tuples(st.sampled_from([CallKind.MODEL, CallKind.TOOL, CallKind.RETRY]),
-              st.sampled_from(["reserve", "commit", "release"])),
+    st.tuples(
+        st.sampled_from([CallKind.MODEL, CallKind.TOOL, CallKind.RETRY]),
+        st.sampled_from(["reserve", "commit", "release"]),
+    ),
     max_size=60,
 )
 
 
 @settings(max_examples=300, deadline=None)
 @given(
-    limits=st.fixed_dictionaries({
-        "max_model_calls": st.none() | st.integers(0, 6),
-        "max_tool_calls": st.none() | st.integers(0, 6),
-        "max_steps": st.none() | st.integers(0, 8),
-        "max_retries": st.none() | st.integers(0, 3),
-    }),
+    limits=st.fixed_dictionaries(
+        {
+            "max_model_calls": st.none() | st.integers(0, 6),
+            "max_tool_calls": st.none() | st.integers(0, 6),
+            "max_steps": st.none() | st.integers(0, 8),
+            "max_retries": st.none() | st.integers(0, 3),
+        }
+    ),
     ops=_ops,
     mode=st.sampled_from([Mode.ENFORCE]),
 )
@@ -236,8 +240,12 @@ def test_property_no_interleaving_exceeds_a_count_limit(limits: dict, ops: list,
             res = open_res.pop(0)
             ledger.commit(res) if action == "commit" else ledger.release(res)
         u = ledger.usage("r")
-        for name, used in (("max_model_calls", u.model_calls), ("max_tool_calls", u.tool_calls),
-                           ("max_steps", u.steps), ("max_retries", u.retries)):
+        for name, used in (
+            ("max_model_calls", u.model_calls),
+            ("max_tool_calls", u.tool_calls),
+            ("max_steps", u.steps),
+            ("max_retries", u.retries),
+        ):
             if limits[name] is not None:
                 assert used <= limits[name], (name, used, limits[name])
         assert min(u.model_calls, u.tool_calls, u.retries) >= 0
@@ -245,7 +253,9 @@ def test_property_no_interleaving_exceeds_a_count_limit(limits: dict, ops: list,
 
 @settings(max_examples=60, deadline=None)
 @given(limit=st.integers(0, 20), threads=st.integers(2, 8), attempts=st.integers(1, 30))
-def test_property_threads_interleaving_grant_exactly_min_of_limit_and_attempts(limit: int, threads: int, attempts: int) -> None:
+def test_property_threads_interleaving_grant_exactly_min_of_limit_and_attempts(
+    limit: int, threads: int, attempts: int
+) -> None:
     ledger, _ = _ledger(Budget(max_model_calls=limit))
     granted = []
 

@@ -195,6 +195,7 @@ def test_observe_mode_refuses_nothing_and_records_what_it_would_have(tracing: Tr
     listener = L()
     events.add_listener(listener)
     try:
+
         @budgetspan.tool
         def t() -> int:
             return 1
@@ -214,7 +215,11 @@ def test_observe_mode_refuses_nothing_and_records_what_it_would_have(tracing: Tr
 def _hand_made_chat(tracer: trace.Tracer, model: str = "gpt-4o-mini") -> None:
     with tracer.start_as_current_span(
         f"chat {model}",
-        attributes={A.GEN_AI_OPERATION_NAME: "chat", A.GEN_AI_PROVIDER_NAME: "openai", A.GEN_AI_REQUEST_MODEL: model},
+        attributes={
+            A.GEN_AI_OPERATION_NAME: "chat",
+            A.GEN_AI_PROVIDER_NAME: "openai",
+            A.GEN_AI_REQUEST_MODEL: model,
+        },
     ) as span:
         span.set_attribute(A.GEN_AI_USAGE_INPUT_TOKENS, 1000)
         span.set_attribute(A.GEN_AI_USAGE_OUTPUT_TOKENS, 100)
@@ -259,8 +264,10 @@ def test_enforce_foreign_refuses_in_on_start(tracing: Tracing) -> None:
     assert run.usage.model_calls == 1
 
 
-def test_the_trace_is_the_run_when_none_is_declared(tracing: Tracing, monkeypatch: pytest.MonkeyPatch) -> None:
-    from budgetspan.config import set_config, load_config
+def test_the_trace_is_the_run_when_none_is_declared(
+    tracing: Tracing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from budgetspan.config import load_config, set_config
 
     set_config(load_config({"BUDGETSPAN_BUDGET": "max_tool_calls=2"}))
     ended: list[budgetspan.Run] = []
@@ -437,6 +444,7 @@ def test_a_failing_listener_never_reaches_the_program(tracing: Tracing) -> None:
     b = Broken()
     events.add_listener(b)
     try:
+
         @budgetspan.tool
         def t() -> int:
             return 7

@@ -141,3 +141,15 @@ ENV_PRICES: Final = "BUDGETSPAN_PRICES"
 ENV_TRACES_FILE: Final = "BUDGETSPAN_TRACES_FILE"
 ENV_ENFORCE_FOREIGN: Final = "BUDGETSPAN_ENFORCE_FOREIGN_SPANS"
 ENV_CAPTURE_CONTENT: Final = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+
+# --- Metrics exposition (processors/metrics.py) --------------------------------------------
+M_RUN_TOKENS: Final = "budgetspan_run_tokens"  # histogram: workflow, outcome (input + output)
+ENV_METRICS_MAX_LABEL_VALUES: Final = "BUDGETSPAN_METRICS_MAX_LABEL_VALUES"  # per label, then "other"
+ENV_PROMETHEUS_MULTIPROC_DIR: Final = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own variable
+
+# --- retrievers and tool clients (instrumentation: langchain, llamaindex, mcp, chroma, qdrant) ---
+RETRIEVAL_SYSTEM: Final = "budgetspan.retrieval.system"  # langchain | llamaindex | chroma | qdrant
+RETRIEVAL_NESTED_SYSTEMS: Final = "budgetspan.retrieval.nested_systems"  # folded inner retrievals
+TOOL_SYSTEM: Final = "budgetspan.tool.system"  # langchain | mcp
+TOOL_TYPE_FUNCTION: Final = "function"  # gen_ai.tool.type values
+TOOL_TYPE_EXTENSION: Final = "extension"

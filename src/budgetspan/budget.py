@@ -87,6 +87,9 @@ class ToolLimits:
         )
 
 
+NO_TOOL_LIMITS = ToolLimits()
+
+
 @dataclass(frozen=True)
 class Budget:
     """The limits of one run. Immutable: derive variants with :meth:`merged`."""
@@ -114,7 +117,7 @@ class Budget:
         return {n: getattr(self, n) for n in LIMIT_NAMES if getattr(self, n) is not None}
 
     def tool_limits(self, tool: str) -> ToolLimits:
-        return self.tools.get(tool) or ToolLimits()
+        return self.tools.get(tool) or NO_TOOL_LIMITS
 
     def merged(self, other: Budget | None = None, **limits: Any) -> Budget:
         """A new budget: ours, overridden by the limits set in ``other`` and then ``limits``."""

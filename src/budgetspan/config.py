@@ -44,16 +44,31 @@ CONFIG_FORM = (
 # Built-in profiles: sensible starting points, overridable from the config file.
 BUILTIN_PROFILES: dict[str, Budget] = {
     "interactive": Budget(
-        max_model_calls=8, max_tool_calls=12, max_total_tokens=60_000, max_cost_usd=0.25,
-        max_wall_clock_s=60, max_retries=3, profile="interactive",
+        max_model_calls=8,
+        max_tool_calls=12,
+        max_total_tokens=60_000,
+        max_cost_usd=0.25,
+        max_wall_clock_s=60,
+        max_retries=3,
+        profile="interactive",
     ),
     "background": Budget(
-        max_model_calls=40, max_tool_calls=80, max_total_tokens=400_000, max_cost_usd=2.0,
-        max_wall_clock_s=900, max_retries=10, profile="background",
+        max_model_calls=40,
+        max_tool_calls=80,
+        max_total_tokens=400_000,
+        max_cost_usd=2.0,
+        max_wall_clock_s=900,
+        max_retries=10,
+        profile="background",
     ),
     "high_value": Budget(
-        max_model_calls=100, max_tool_calls=200, max_total_tokens=2_000_000, max_cost_usd=10.0,
-        max_wall_clock_s=3600, max_retries=20, profile="high_value",
+        max_model_calls=100,
+        max_tool_calls=200,
+        max_total_tokens=2_000_000,
+        max_cost_usd=10.0,
+        max_wall_clock_s=3600,
+        max_retries=20,
+        profile="high_value",
     ),
 }
 
@@ -75,7 +90,9 @@ def _limit_value(source: str, name: str, raw: Any, form: str) -> Any:
     return value
 
 
-def _limits_table(source: str, table: Mapping[str, Any], allowed: tuple[str, ...], form: str) -> dict[str, Any]:
+def _limits_table(
+    source: str, table: Mapping[str, Any], allowed: tuple[str, ...], form: str
+) -> dict[str, Any]:
     if not isinstance(table, Mapping):
         raise ConfigError(f"{source}: expected a table, got {table!r}; expected {form}")
     out: dict[str, Any] = {}
@@ -86,7 +103,9 @@ def _limits_table(source: str, table: Mapping[str, Any], allowed: tuple[str, ...
     return out
 
 
-def parse_inline_budget(text: str, profiles: Mapping[str, Budget] | None = None, source: str = ENV_BUDGET) -> Budget:
+def parse_inline_budget(
+    text: str, profiles: Mapping[str, Budget] | None = None, source: str = ENV_BUDGET
+) -> Budget:
     """Parse ``max_cost_usd=0.25,max_model_calls=6`` (or a profile name) into a Budget."""
     profiles = profiles if profiles is not None else BUILTIN_PROFILES
     text = text.strip()
@@ -136,32 +155,42 @@ class Config:
     workflows: Mapping[str, Budget] = field(default_factory=dict)
     tools: Mapping[str, ToolLimits] = field(default_factory=dict)
 
-    def budget_for(self, workflow: str | None, budget: Budget | str | Mapping[str, Any] | None = None, **limits: Any) -> Budget:
+    def budget_for(
+        self, workflow: str | None, budget: Budget | str | Mapping[str, Any] | None = None, **limits: Any
+    ) -> Budget:
         """Resolve a run's budget: default, then the workflow's entry, then what the code passed."""
         result = self.default_budget
         if workflow and workflow in self.workflows:
             result = result.merged(self.workflows[workflow])
         if isinstance(budget, str):
             if budget not in self.profiles:
-                raise ConfigError(f"unknown budget profile {budget!r}; known: {', '.join(sorted(self.profiles))}")
+                raise ConfigError(
+                    f"unknown budget profile {budget!r}; known: {', '.join(sorted(self.profiles))}"
+                )
             result = result.merged(self.profiles[budget])
         elif isinstance(budget, Budget):
             result = result.merged(budget)
         elif isinstance(budget, Mapping):
             result = result.merged(Budget(**budget))
         elif budget is not None:
-            raise TypeError(f"budget must be a Budget, a profile name or a mapping, got {type(budget).__name__}")
+            raise TypeError(
+                f"budget must be a Budget, a profile name or a mapping, got {type(budget).__name__}"
+            )
         if limits:
             result = result.merged(**limits)
         if self.tools:
             merged_tools = dict(self.tools)
             for name, tl in result.tools.items():
                 merged_tools[name] = merged_tools[name].merged(tl) if name in merged_tools else tl
-            result = Budget(**{n: getattr(result, n) for n in LIMIT_NAMES}, tools=merged_tools, profile=result.profile)
+            result = Budget(
+                **{n: getattr(result, n) for n in LIMIT_NAMES}, tools=merged_tools, profile=result.profile
+            )
         return result
 
 
-def parse_config_file(path: str, source: str = ENV_CONFIG) -> tuple[dict[str, Budget], dict[str, Budget], dict[str, ToolLimits]]:
+def parse_config_file(
+    path: str, source: str = ENV_CONFIG
+) -> tuple[dict[str, Budget], dict[str, Budget], dict[str, ToolLimits]]:
     """Read a TOML config file into (profiles, workflows, tools)."""
     where = f"{source}={path!r}"
     try:
@@ -185,7 +214,9 @@ def parse_config_file(path: str, source: str = ENV_CONFIG) -> tuple[dict[str, Bu
         prof = values.pop("profile", None)
         if prof is not None:
             if prof not in profiles:
-                raise ConfigError(f"{where} [workflows.{name}]: unknown profile {prof!r}; known: {', '.join(sorted(profiles))}")
+                raise ConfigError(
+                    f"{where} [workflows.{name}]: unknown profile {prof!r}; known: {', '.join(sorted(profiles))}"
+                )
             base = profiles[prof]
         workflows[name] = base.merged(**values)
     tools: dict[str, ToolLimits] = {}

@@ -66,6 +66,11 @@ def remove_listener(listener: Any) -> None:
         _listeners.remove(listener)
 
 
+def has_listeners() -> bool:
+    """Whether anyone listens: lets hot paths skip building records nobody reads."""
+    return bool(_listeners)
+
+
 def emit(event: str, *args: Any) -> None:
     """Call ``event`` on every listener that has it; errors are logged, never raised."""
     for listener in tuple(_listeners):

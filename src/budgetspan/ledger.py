@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
-from budgetspan.budget import Budget, Limit, ToolLimits, Usage
+from budgetspan.budget import NO_TOOL_LIMITS, Budget, Limit, ToolLimits, Usage
 
 
 class Mode(str, Enum):
@@ -40,7 +40,7 @@ class Refusal:
     tool: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Reservation:
     """A granted slot. ``would_refuse`` is set in observe mode when enforce mode would refuse."""
 
@@ -52,7 +52,7 @@ class Reservation:
     done: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class Spend:
     """What one call consumed, as reported by the provider (None: not reported)."""
 
@@ -100,8 +100,13 @@ class Ledger(ABC):
 
     @abstractmethod
     def commit(
-        self, reservation: Reservation, spend: Spend | None = None, *,
-        finished: bool = True, unreported: bool = False, unpriced: bool = False,
+        self,
+        reservation: Reservation,
+        spend: Spend | None = None,
+        *,
+        finished: bool = True,
+        unreported: bool = False,
+        unpriced: bool = False,
     ) -> Refusal | None:
         """Add what the call consumed (beyond ``add_spend``); return the limit now reached, if any.
 
@@ -195,11 +200,16 @@ class InMemoryLedger(Ledger):
         return book
 
     def _refusal(
-        self, book: _RunBook, kind: CallKind, tool: str | None, worst_cost: float, worst_tokens: int,
+        self,
+        book: _RunBook,
+        kind: CallKind,
+        tool: str | None,
+        worst_cost: float,
+        worst_tokens: int,
         defaults: ToolLimits | None = None,
     ) -> Refusal | None:
         b, u = book.budget, book.usage
-        tlim = b.tool_limits(tool) if tool is not None else ToolLimits()
+        tlim = b.tool_limits(tool) if tool is not None else NO_TOOL_LIMITS
         if defaults is not None:
             tlim = defaults.merged(tlim)
         if book.cancelled:
@@ -220,7 +230,9 @@ class InMemoryLedger(Ledger):
         if kind is CallKind.MODEL:
             if b.max_model_calls is not None and u.model_calls >= b.max_model_calls:
                 return Refusal(Limit.MODEL_CALLS.value, b.max_model_calls)
-            return _spent_refusal(b, u, worst_cost + book.inflight_worst_cost if worst_cost else 0.0, worst_tokens)
+            return _spent_refusal(
+                b, u, worst_cost + book.inflight_worst_cost if worst_cost else 0.0, worst_tokens
+            )
         if b.max_tool_calls is not None and u.tool_calls >= b.max_tool_calls:
             return Refusal(Limit.TOOL_CALLS.value, b.max_tool_calls)
         if tool is not None:
@@ -244,8 +256,10 @@ class InMemoryLedger(Ledger):
         worst = float(worst_case_cost or 0.0)
         with book.lock:
             refusal = self._refusal(book, kind, tool, worst, int(worst_case_tokens or 0), tool_limits)
-            if refusal is not None and not force and (
-                book.mode is Mode.ENFORCE or refusal.reason == Limit.CANCELLED.value
+            if (
+                refusal is not None
+                and not force
+                and (book.mode is Mode.ENFORCE or refusal.reason == Limit.CANCELLED.value)
             ):
                 raise LedgerRefused(refusal)
             u = book.usage
@@ -273,8 +287,13 @@ class InMemoryLedger(Ledger):
             u.cost_usd += s.cost_usd
 
     def commit(
-        self, reservation: Reservation, spend: Spend | None = None, *,
-        finished: bool = True, unreported: bool = False, unpriced: bool = False,
+        self,
+        reservation: Reservation,
+        spend: Spend | None = None,
+        *,
+        finished: bool = True,
+        unreported: bool = False,
+        unpriced: bool = False,
     ) -> Refusal | None:
         book = self._runs.get(reservation.run_id)
         if book is None or reservation.done:

@@ -33,7 +33,16 @@ from budgetspan import attributes as A
 from budgetspan import events
 from budgetspan.budget import Budget, BudgetExhausted, Limit, RunCancelled, ToolLimits, Usage
 from budgetspan.config import get_config
-from budgetspan.ledger import CallKind, InMemoryLedger, Ledger, LedgerRefused, Mode, Refusal, Reservation, Spend
+from budgetspan.ledger import (
+    CallKind,
+    InMemoryLedger,
+    Ledger,
+    LedgerRefused,
+    Mode,
+    Refusal,
+    Reservation,
+    Spend,
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -166,11 +175,11 @@ class Run:
             if self._ended:
                 return
             self._ended = True
-        if isinstance(exc, RunCancelled) or (self.exhausted is not None and isinstance(self.exhausted, RunCancelled)):
+        if isinstance(exc, RunCancelled) or (
+            self.exhausted is not None and isinstance(self.exhausted, RunCancelled)
+        ):
             self.outcome = Outcome.CANCELLED
-        elif self.exhausted is not None:
-            self.outcome = Outcome.BUDGET_EXHAUSTED
-        elif isinstance(exc, BudgetExhausted):
+        elif self.exhausted is not None or isinstance(exc, BudgetExhausted):
             self.outcome = Outcome.BUDGET_EXHAUSTED
         elif isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)) and not self._explicit_outcome:
             self.outcome = Outcome.CANCELLED
@@ -280,8 +289,12 @@ class Run:
             raise self.exhaust(Refusal(stopped.reason, stopped.limit, stopped.tool))
         try:
             res = self._ledger.reserve(
-                self.id, kind, tool=tool, worst_case_cost=worst_case_cost,
-                worst_case_tokens=worst_case_tokens, tool_limits=tool_limits,
+                self.id,
+                kind,
+                tool=tool,
+                worst_case_cost=worst_case_cost,
+                worst_case_tokens=worst_case_tokens,
+                tool_limits=tool_limits,
             )
         except LedgerRefused as refused:
             raise self.exhaust(refused.refusal) from None
@@ -303,8 +316,13 @@ class Run:
         """Build the exception for ``refusal``; the first one sets the outcome and is recorded."""
         cls = RunCancelled if refusal.reason == Limit.CANCELLED.value else BudgetExhausted
         exc = cls(
-            refusal.reason, refusal.limit, self.usage, self.partial,
-            run_id=self.id, workflow=self.workflow, tool=refusal.tool,
+            refusal.reason,
+            refusal.limit,
+            self.usage,
+            self.partial,
+            run_id=self.id,
+            workflow=self.workflow,
+            tool=refusal.tool,
         )
         first = False
         with self._lock:
@@ -332,10 +350,17 @@ class Run:
         events.emit("on_exhausted", self, refusal.reason, True)
 
     def commit(
-        self, reservation: Reservation, spend: Spend | None = None, *,
-        finished: bool = True, unreported: bool = False, unpriced: bool = False,
+        self,
+        reservation: Reservation,
+        spend: Spend | None = None,
+        *,
+        finished: bool = True,
+        unreported: bool = False,
+        unpriced: bool = False,
     ) -> None:
-        refusal = self._ledger.commit(reservation, spend, finished=finished, unreported=unreported, unpriced=unpriced)
+        refusal = self._ledger.commit(
+            reservation, spend, finished=finished, unreported=unreported, unpriced=unpriced
+        )
         if refusal is not None and self.mode is Mode.OBSERVE:
             self.note_would_refuse(refusal)
 

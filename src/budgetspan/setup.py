@@ -30,8 +30,11 @@ _lock = threading.Lock()
 def install_processors(provider: Any, *, metrics_port: int | None = None) -> bool:
     """Add budgetspan's span processors to an SDK provider, once. False if not an SDK provider."""
     if not isinstance(provider, TracerProvider):
-        log.warning("budgetspan: the tracer provider is %s, not the SDK's; budgets are enforced by "
-                    "budgetspan's own wrappers only", type(provider).__name__)
+        log.warning(
+            "budgetspan: the tracer provider is %s, not the SDK's; budgets are enforced by "
+            "budgetspan's own wrappers only",
+            type(provider).__name__,
+        )
         return False
     with _lock:
         if getattr(provider, _MARK, None):
@@ -80,8 +83,12 @@ def configure(
         if isinstance(budget, Budget):
             default = default.merged(budget)
         elif isinstance(budget, str):
-            default = default.merged(parse_inline_budget(budget, cfg.profiles, source="configure(budget=...)"))
-        new_mode = cfg.mode if mode is None else parse_mode(str(getattr(mode, "value", mode)), "configure(mode=...)")
+            default = default.merged(
+                parse_inline_budget(budget, cfg.profiles, source="configure(budget=...)")
+            )
+        new_mode = (
+            cfg.mode if mode is None else parse_mode(str(getattr(mode, "value", mode)), "configure(mode=...)")
+        )
         cfg = type(cfg)(default, new_mode, cfg.profiles, cfg.workflows, cfg.tools)
     set_config(cfg)
     provider = tracer_provider

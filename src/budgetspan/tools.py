@@ -40,7 +40,9 @@ _sync_pool: concurrent.futures.ThreadPoolExecutor | None = None
 def _pool() -> concurrent.futures.ThreadPoolExecutor:
     global _sync_pool
     if _sync_pool is None:
-        _sync_pool = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="budgetspan-tool")
+        _sync_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=32, thread_name_prefix="budgetspan-tool"
+        )
     return _sync_pool
 
 
@@ -48,8 +50,15 @@ def _effective(run: Run | None, name: str, defaults: ToolLimits) -> ToolLimits:
     return defaults.merged(run.budget.tool_limits(name)) if run is not None else defaults
 
 
-def tool_call(name: str, *, limits: ToolLimits | None = None, label: str | None = None,
-              read_only: bool = False, call_id: str | None = None, server: str | None = None) -> Call:
+def tool_call(
+    name: str,
+    *,
+    limits: ToolLimits | None = None,
+    label: str | None = None,
+    read_only: bool = False,
+    call_id: str | None = None,
+    server: str | None = None,
+) -> Call:
     """A started-later ``Call`` for one tool invocation (used by ``@tool`` and the tool instrumentations)."""
     attrs: dict[str, Any] = {A.GEN_AI_TOOL_NAME: name}
     if call_id:
@@ -59,8 +68,13 @@ def tool_call(name: str, *, limits: ToolLimits | None = None, label: str | None 
     if server:
         attrs[A.TOOL_SERVER] = server
     return Call(
-        A.OP_EXECUTE_TOOL, A.SPAN_TOOL.format(tool=name), attrs, tool=name,
-        span_kind=SpanKind.INTERNAL, label=label, tool_limits=limits,
+        A.OP_EXECUTE_TOOL,
+        A.SPAN_TOOL.format(tool=name),
+        attrs,
+        tool=name,
+        span_kind=SpanKind.INTERNAL,
+        label=label,
+        tool_limits=limits,
     )
 
 
@@ -72,8 +86,13 @@ def _retryable(exc: BaseException) -> bool:
 def tool(fn: Callable[P, R], /) -> Callable[P, R]: ...
 @overload
 def tool(
-    *, name: str | None = None, timeout_s: float | None = None, max_retries: int | None = None,
-    max_calls: int | None = None, read_only: bool = False, label: str | None = None,
+    *,
+    name: str | None = None,
+    timeout_s: float | None = None,
+    max_retries: int | None = None,
+    max_calls: int | None = None,
+    read_only: bool = False,
+    label: str | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
@@ -110,7 +129,11 @@ def tool(
                             async with call.deadline(lim.timeout_s):
                                 result = await cast(Callable[..., Awaitable[Any]], func)(*args, **kwargs)
                     except TimeoutError as e:
-                        err: BaseException = ToolTimeout(tool_name, lim.timeout_s or 0.0) if not isinstance(e, ToolTimeout) else e
+                        err: BaseException = (
+                            ToolTimeout(tool_name, lim.timeout_s or 0.0)
+                            if not isinstance(e, ToolTimeout)
+                            else e
+                        )
                         if _retry(call, err):
                             continue
                         call.end(err, status="timeout")

@@ -56,10 +56,36 @@ class Call:
     """One counted operation. Use ``start()``, then ``end()`` once (further ends are ignored)."""
 
     __slots__ = (
-        "_committed", "_ended_lock", "_outer", "_token", "attributes", "cost_usd", "ended", "kind",
-        "label", "model", "operation", "phase", "provider", "reservation", "response_model", "retries",
-        "run", "span", "span_kind", "span_name", "start_ns", "started", "t0", "tool", "ttft_s", "usage",
-        "worst_case_cost", "worst_case_tokens", "documents", "tool_limits",
+        "_committed",
+        "_ended_lock",
+        "_outer",
+        "_token",
+        "attributes",
+        "cost_usd",
+        "documents",
+        "ended",
+        "kind",
+        "label",
+        "model",
+        "operation",
+        "phase",
+        "provider",
+        "reservation",
+        "response_model",
+        "retries",
+        "run",
+        "span",
+        "span_kind",
+        "span_name",
+        "start_ns",
+        "started",
+        "t0",
+        "tool",
+        "tool_limits",
+        "ttft_s",
+        "usage",
+        "worst_case_cost",
+        "worst_case_tokens",
     )
 
     def __init__(
@@ -114,7 +140,12 @@ class Call:
         try:
             self.run = resolve_run()
             self.phase = current_phase() or DEFAULT_PHASE_BY_OPERATION.get(self.operation, "model_decision")
-            if self.kind is CallKind.MODEL and self.worst_case_cost is None and self.worst_case_tokens and self.model:
+            if (
+                self.kind is CallKind.MODEL
+                and self.worst_case_cost is None
+                and self.worst_case_tokens
+                and self.model
+            ):
                 self.worst_case_cost = default_resolver().worst_case_cost(
                     self.provider or "", self.model, 0, self.worst_case_tokens
                 )
@@ -124,7 +155,9 @@ class Call:
         if self.run is not None and self.kind is not None:
             # BudgetExhausted propagates: the call must not start.
             self.reservation = self.run.reserve(
-                self.kind, tool=self.tool, worst_case_cost=self.worst_case_cost,
+                self.kind,
+                tool=self.tool,
+                worst_case_cost=self.worst_case_cost,
                 worst_case_tokens=self.worst_case_tokens if self.kind is CallKind.MODEL else None,
                 tool_limits=self.tool_limits,
             )
@@ -145,7 +178,14 @@ class Call:
             self._outer = not _in_call.get()
             self.t0 = time.monotonic()
             self.started = True
-            events.emit("on_call_start", self.kind.value if self.kind else "retrieval", self.span_name, self.run, self.phase, self.label)
+            events.emit(
+                "on_call_start",
+                self.kind.value if self.kind else "retrieval",
+                self.span_name,
+                self.run,
+                self.phase,
+                self.label,
+            )
         except Exception:
             internal_error("Call.start span")
         return self
@@ -212,19 +252,29 @@ class Call:
             return spend.cost_usd
         model = self.response_model or self.model
         cost = default_resolver().cost(
-            self.provider or "", model, spend.input_tokens, spend.output_tokens,
-            spend.cache_read_tokens, spend.cache_write_tokens,
+            self.provider or "",
+            model,
+            spend.input_tokens,
+            spend.output_tokens,
+            spend.cache_read_tokens,
+            spend.cache_write_tokens,
         )
         if cost is None and self.response_model and self.model and self.response_model != self.model:
             cost = default_resolver().cost(
-                self.provider or "", self.model, spend.input_tokens, spend.output_tokens,
-                spend.cache_read_tokens, spend.cache_write_tokens,
+                self.provider or "",
+                self.model,
+                spend.input_tokens,
+                spend.output_tokens,
+                spend.cache_read_tokens,
+                spend.cache_write_tokens,
             )
         self.cost_usd = cost
         return cost
 
     # end ----------------------------------------------------------------------------------
-    def end(self, error: BaseException | None = None, *, status: str | None = None, stream_end: str | None = None) -> None:
+    def end(
+        self, error: BaseException | None = None, *, status: str | None = None, stream_end: str | None = None
+    ) -> None:
         """End the span and commit, exactly once."""
         with self._ended_lock:
             if self.ended:
@@ -254,7 +304,9 @@ class Call:
             else:
                 status = "error"
         is_model = self.kind is CallKind.MODEL
-        unreported = is_model and (self.usage is None or (self.usage.input_tokens is None and self.usage.output_tokens is None))
+        unreported = is_model and (
+            self.usage is None or (self.usage.input_tokens is None and self.usage.output_tokens is None)
+        )
         spend = self.usage
         if is_model and spend is not None and not unreported:
             self._price(spend)  # the response model may have arrived after the last usage report
@@ -308,7 +360,9 @@ class Call:
                 rest = None
                 if self.cost_usd is not None and self.cost_usd > (self._committed.cost_usd or 0.0):
                     rest = Spend(cost_usd=self.cost_usd - (self._committed.cost_usd or 0.0))
-                run.commit(self.reservation, rest, finished=status == "ok", unreported=unreported, unpriced=unpriced)
+                run.commit(
+                    self.reservation, rest, finished=status == "ok", unreported=unreported, unpriced=unpriced
+                )
         events.emit(
             "on_call_end",
             CallRecord(
@@ -359,8 +413,14 @@ class Call:
                 async with asyncio.timeout(limit):
                     yield
             except TimeoutError:
-                if run is not None and remaining is not None and remaining <= (timeout_s if timeout_s is not None else float("inf")):
-                    raise run.exhaust(Refusal(Limit.WALL_CLOCK_S.value, run.budget.max_wall_clock_s)) from None
+                if (
+                    run is not None
+                    and remaining is not None
+                    and remaining <= (timeout_s if timeout_s is not None else float("inf"))
+                ):
+                    raise run.exhaust(
+                        Refusal(Limit.WALL_CLOCK_S.value, run.budget.max_wall_clock_s)
+                    ) from None
                 raise
             except asyncio.CancelledError:
                 if run is not None and run.cancelled and task is not None:

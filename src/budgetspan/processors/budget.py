@@ -52,7 +52,11 @@ class BudgetSpanProcessor(SpanProcessor):
 
     def __init__(self, enforce_foreign: bool | None = None) -> None:
         if enforce_foreign is None:
-            enforce_foreign = os.environ.get(A.ENV_ENFORCE_FOREIGN, "").strip().lower() in ("1", "true", "yes")
+            enforce_foreign = os.environ.get(A.ENV_ENFORCE_FOREIGN, "").strip().lower() in (
+                "1",
+                "true",
+                "yes",
+            )
         self.enforce_foreign = enforce_foreign
         self._foreign: dict[int, tuple[Run, Reservation | None, str]] = {}
         self._lock = threading.Lock()
@@ -76,8 +80,7 @@ class BudgetSpanProcessor(SpanProcessor):
     def _account_start(self, span: Span, attrs: Any, op: str) -> BudgetExhausted | None:
         run = resolve_run()
         phase = current_phase() or attrs.get(A.PHASE) or DEFAULT_PHASE_BY_OPERATION.get(op, "model_decision")
-        span.set_attribute(A.PHASE, phase)
-        span.set_attribute(A.RUN_ID, run.id)
+        span.set_attributes({A.PHASE: phase, A.RUN_ID: run.id})
         kind = CallKind.TOOL if op == A.OP_EXECUTE_TOOL else CallKind.MODEL
         tool = attrs.get(A.GEN_AI_TOOL_NAME) if kind is CallKind.TOOL else None
         enforce = self.enforce_foreign and run.mode is Mode.ENFORCE
@@ -117,7 +120,7 @@ class BudgetSpanProcessor(SpanProcessor):
             log.warning("budgetspan: accounting a finished span failed", exc_info=True)
 
     def _account_end(self, span: ReadableSpan, run: Run, res: Reservation | None, phase: str) -> None:
-        attrs = span.attributes or {}
+        attrs = dict(span.attributes or {})
         op = attrs.get(A.GEN_AI_OPERATION_NAME)
         provider = str(attrs.get(A.GEN_AI_PROVIDER_NAME) or attrs.get(A.GEN_AI_SYSTEM_DEPRECATED) or "")
         model = attrs.get(A.GEN_AI_RESPONSE_MODEL) or attrs.get(A.GEN_AI_REQUEST_MODEL)
@@ -127,10 +130,20 @@ class BudgetSpanProcessor(SpanProcessor):
         if op == A.OP_EXECUTE_TOOL:
             if res is not None:
                 run.commit(res, None, finished=ok)
-            events.emit("on_call_end", CallRecord(
-                "tool", run.workflow, phase, duration, "ok" if ok else "error",
-                tool=str(attrs.get(A.GEN_AI_TOOL_NAME) or "unknown"), run=run,
-            ))
+            if not events.has_listeners():
+                return
+            events.emit(
+                "on_call_end",
+                CallRecord(
+                    "tool",
+                    run.workflow,
+                    phase,
+                    duration,
+                    "ok" if ok else "error",
+                    tool=str(attrs.get(A.GEN_AI_TOOL_NAME) or "unknown"),
+                    run=run,
+                ),
+            )
             return
         inp = _int_attr(attrs, A.GEN_AI_USAGE_INPUT_TOKENS, A.GEN_AI_USAGE_PROMPT_TOKENS_LEGACY)
         out = _int_attr(attrs, A.GEN_AI_USAGE_OUTPUT_TOKENS, A.GEN_AI_USAGE_COMPLETION_TOKENS_LEGACY)
@@ -147,12 +160,28 @@ class BudgetSpanProcessor(SpanProcessor):
         spend = Spend(inp, out, cr, cw, reasoning, cost)
         unpriced = not unreported and cost is None
         if res is not None:
-            run.commit(res, None if unreported else spend, finished=ok, unreported=unreported, unpriced=unpriced)
-        events.emit("on_call_end", CallRecord(
-            "model", run.workflow, phase, duration, "ok" if ok else "error", provider=provider or None,
-            model=model, spend=None if unreported else spend, cost_usd=cost, unreported_usage=unreported,
-            unpriced=unpriced, run=run,
-        ))
+            run.commit(
+                res, None if unreported else spend, finished=ok, unreported=unreported, unpriced=unpriced
+            )
+        if not events.has_listeners():
+            return
+        events.emit(
+            "on_call_end",
+            CallRecord(
+                "model",
+                run.workflow,
+                phase,
+                duration,
+                "ok" if ok else "error",
+                provider=provider or None,
+                model=model,
+                spend=None if unreported else spend,
+                cost_usd=cost,
+                unreported_usage=unreported,
+                unpriced=unpriced,
+                run=run,
+            ),
+        )
 
     def shutdown(self) -> None:
         with self._lock:

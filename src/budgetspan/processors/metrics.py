@@ -1,0 +1,379 @@
+"""Prometheus metrics for runs, calls, phases and budgets, with ``prometheus-client``.
+
+Where the numbers come from: the ``budgetspan.events`` listeners, not the spans. Runs, calls and
+phases emit events whether or not their span is sampled, and processors never see sampled-out
+spans, so metrics fed from spans would be wrong under any sampler. The ``MetricsSpanProcessor``
+that ``install()`` returns is therefore a no-op for spans; it exists so that the tracer
+provider owns the exposition server's lifecycle (``shutdown()`` closes it). Foreign GenAI spans
+(other instrumentations) still count: ``BudgetSpanProcessor`` turns them into call events.
+
+Phase durations: every ``budgetspan.phase(...)`` block is observed once, under its phase; a
+call made outside any phase block is observed under its default phase (``model_decision`` for a
+chat, ``tool_execution`` for a tool, ``context_assembly`` for embeddings and retrieval), so p95
+per phase is meaningful for code that never marks a phase. A call inside a phase block is not
+observed again (its time is already in the block).
+
+Exposition: ``BUDGETSPAN_METRICS_PORT`` on 127.0.0.1 (``BUDGETSPAN_METRICS_ADDR`` to change).
+A port already in use is logged as an error and the program goes on. With
+``PROMETHEUS_MULTIPROC_DIR`` set *before* ``prometheus_client`` is imported (pre-forking
+servers such as gunicorn), each worker writes its values to that directory and the endpoint
+serves the sum over all workers; the live-runs gauge uses ``livesum`` (call
+``prometheus_client.multiprocess.mark_process_dead(pid)`` from the server's child-exit hook).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import start_http_server
+
+from budgetspan import attributes as A
+from budgetspan import events
+from budgetspan.processors.labels import LabelCaps
+from budgetspan.run import current_phase
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
+
+    from budgetspan.events import CallRecord
+    from budgetspan.run import Run
+
+log = logging.getLogger(__name__)
+
+# Buckets in base units. Dollars: a cheap call is a fraction of a cent, a long agent run dollars.
+COST_BUCKETS: Final = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+)
+# Runs and phases: from a cached answer to a human approval.
+RUN_SECONDS_BUCKETS: Final = (
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
+    600.0, 1800.0, 3600.0,
+)
+# One model or tool call, and time to first token.
+CALL_SECONDS_BUCKETS: Final = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0,
+)
+TOKEN_BUCKETS: Final = (
+    100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 25000.0, 50000.0, 100000.0,
+    250000.0, 500000.0, 1000000.0,
+)
+# Share of a limit used at run end; above 1 happens in observe mode and with in-flight overshoot.
+UTILISATION_BUCKETS: Final = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.25, 1.5, 2.0)
+
+TOKEN_TYPES: Final = ("input", "output", "cache_read", "cache_write", "reasoning")
+_CACHE_LIMIT: Final = 4096  # labelled children cached per metric (label values are capped anyway)
+
+
+class _Family:
+    """A labelled metric with per-label value caps and a cache of its labelled children."""
+
+    __slots__ = ("cache", "caps", "metric")
+
+    def __init__(self, metric: Any, labels: Sequence[str], caps: LabelCaps) -> None:
+        self.metric = metric
+        self.caps = tuple(caps[name] for name in labels)
+        self.cache: dict[tuple[Any, ...], Any] = {}
+
+    def child(self, *values: Any) -> Any:
+        c = self.cache.get(values)
+        if c is None:
+            c = self.metric.labels(*(cap(v) for cap, v in zip(self.caps, values, strict=True)))
+            if len(self.cache) < _CACHE_LIMIT:
+                self.cache[values] = c
+        return c
+
+
+def _multiprocess() -> bool:
+    return bool(os.environ.get(A.ENV_PROMETHEUS_MULTIPROC_DIR))
+
+
+class BudgetspanMetrics:
+    """The metric families and the ``budgetspan.events`` listener that feeds them."""
+
+    def __init__(
+        self, registry: CollectorRegistry | None = REGISTRY, max_label_values: int | None = None
+    ) -> None:
+        self.registry = registry
+        self.caps = LabelCaps(max_label_values)
+        self._live: dict[str, str] = {}  # run id -> workflow, for runs seen starting
+        self._live_lock = threading.Lock()
+        wf, out, reason, phase = A.L_WORKFLOW, A.L_OUTCOME, A.L_REASON, A.L_PHASE
+        prov, model, tool, typ, status = A.L_PROVIDER, A.L_MODEL, A.L_TOOL, A.L_TYPE, A.L_STATUS
+
+        def counter(name: str, doc: str, labels: Sequence[str], unit: str = "") -> _Family:
+            return _Family(
+                Counter(name, doc, labels, unit=unit, registry=registry), labels, self.caps
+            )
+
+        def hist(
+            name: str, doc: str, labels: Sequence[str], buckets: Sequence[float], unit: str = ""
+        ) -> _Family:
+            metric = Histogram(name, doc, labels, unit=unit, buckets=buckets, registry=registry)
+            return _Family(metric, labels, self.caps)
+
+        self.runs = counter(A.M_RUNS, "Finished runs by outcome.", (wf, out))
+        self.run_cost = hist(
+            A.M_RUN_COST, "Dollar cost of a run (priced calls only).", (wf, out), COST_BUCKETS
+        )
+        self.run_duration = hist(
+            A.M_RUN_DURATION, "Wall-clock duration of a run.", (wf, out), RUN_SECONDS_BUCKETS,
+        )
+        self.run_tokens = hist(
+            A.M_RUN_TOKENS, "Input plus output tokens of a run.", (wf, out), TOKEN_BUCKETS
+        )
+        self.exhaustions = counter(
+            A.M_BUDGET_EXHAUSTIONS, "Runs stopped at a budget limit, by limit.", (wf, reason)
+        )
+        self.would_exhaust = counter(
+            A.M_BUDGET_WOULD_EXHAUST,
+            "Observe mode: runs that enforce mode would have stopped, by limit.", (wf, reason),
+        )
+        self.utilisation = hist(
+            A.M_BUDGET_UTILISATION, "Share of each set limit used when the run ended.",
+            (wf, A.L_LIMIT), UTILISATION_BUCKETS,
+        )
+        self.model_calls = counter(
+            A.M_MODEL_CALLS, "Model calls (chat, completion, embeddings).", (wf, prov, model, status)
+        )
+        self.tokens = counter(
+            A.M_TOKENS, "Tokens by type; input includes cache_read and cache_write (OTel).",
+            (wf, prov, model, typ),
+        )
+        self.cost = counter(A.M_COST, "Dollar cost of model calls.", (wf, phase, prov, model))
+        self.unpriced = counter(
+            A.M_UNPRICED_CALLS, "Model calls with usage but no known price.", (prov, model)
+        )
+        self.unreported = counter(
+            A.M_UNREPORTED_USAGE_CALLS, "Model calls whose provider never reported tokens.",
+            (prov, model),
+        )
+        self.model_duration = hist(
+            A.M_MODEL_CALL_DURATION, "Duration of one model call.", (prov, model),
+            CALL_SECONDS_BUCKETS,
+        )
+        self.ttft = hist(
+            A.M_TIME_TO_FIRST_TOKEN, "Time to the first streamed token.", (prov, model),
+            CALL_SECONDS_BUCKETS,
+        )
+        self.phase_duration = hist(
+            A.M_PHASE_DURATION, "Duration of a phase block, or of a call outside any block.",
+            (wf, phase), RUN_SECONDS_BUCKETS,
+        )
+        self.tool_calls = counter(A.M_TOOL_CALLS, "Tool calls by status.", (wf, tool, status))
+        self.tool_duration = hist(
+            A.M_TOOL_DURATION, "Duration of one tool call (all attempts).", (wf, tool),
+            CALL_SECONDS_BUCKETS,
+        )
+        self.retries = counter(A.M_RETRIES, "Retries of model and tool calls.", (wf, typ))
+        self.retrievals = counter(A.M_RETRIEVALS, "Retrievals by status.", (wf, status))
+        self.internal_errors = counter(
+            A.M_INTERNAL_ERRORS, "Errors inside budgetspan (logged, never raised).", (typ,)
+        )
+        live = Gauge(
+            A.M_LIVE_RUNS, "Runs in progress.", (wf,), registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.live_runs = _Family(live, (wf,), self.caps)
+
+    # runs ------------------------------------------------------------------------------------
+    def on_run_start(self, run: Run) -> None:
+        with self._live_lock:
+            self._live[run.id] = run.workflow
+        self.live_runs.child(run.workflow).inc()
+
+    def on_run_end(self, run: Run) -> None:
+        with self._live_lock:
+            started = self._live.pop(run.id, None)
+        if started is not None:  # a run that started before metrics were installed is not live here
+            self.live_runs.child(started).dec()
+        wf = run.workflow
+        outcome = run.outcome.value if run.outcome is not None else "unknown"
+        usage = run.usage
+        self.runs.child(wf, outcome).inc()
+        self.run_cost.child(wf, outcome).observe(usage.cost_usd)
+        self.run_tokens.child(wf, outcome).observe(usage.input_tokens + usage.output_tokens)
+        duration = run.duration_s if run.duration_s is not None else usage.wall_clock_s
+        self.run_duration.child(wf, outcome).observe(duration)
+        for limit, allowed in run.budget.limits().items():
+            if allowed <= 0:
+                continue  # a zero limit has no share to speak of
+            used = duration if limit == "max_wall_clock_s" else usage.value_of(limit)
+            self.utilisation.child(wf, limit).observe(used / allowed)
+
+    def on_exhausted(self, run: Run, reason: str, observe: bool) -> None:
+        if reason == "cancelled":
+            return  # a cancellation is an outcome, not a budget limit
+        family = self.would_exhaust if observe else self.exhaustions
+        family.child(run.workflow, reason).inc()
+
+    def on_phase_end(self, run: Run | None, workflow: str, phase: str, duration_s: float) -> None:
+        self.phase_duration.child(workflow, phase).observe(duration_s)
+
+    # calls -----------------------------------------------------------------------------------
+    def on_call_end(self, r: CallRecord) -> None:
+        wf = r.workflow
+        if r.kind == "model":
+            self._model_call(r)
+        elif r.kind == "tool":
+            self.tool_calls.child(wf, r.tool, r.status).inc()
+            self.tool_duration.child(wf, r.tool).observe(r.duration_s)
+        else:
+            self.retrievals.child(wf, r.status).inc()
+        if r.retries:
+            self.retries.child(wf, r.kind).inc(r.retries)
+        if current_phase() is None:  # not inside a phase block: the call stands for its phase
+            self.phase_duration.child(wf, r.phase).observe(r.duration_s)
+
+    def _model_call(self, r: CallRecord) -> None:
+        wf, prov, model = r.workflow, r.provider, r.model
+        self.model_calls.child(wf, prov, model, r.status).inc()
+        self.model_duration.child(prov, model).observe(r.duration_s)
+        if r.time_to_first_token_s is not None:
+            self.ttft.child(prov, model).observe(r.time_to_first_token_s)
+        spend = r.spend
+        if spend is not None:
+            for typ, n in zip(
+                TOKEN_TYPES,
+                (spend.input_tokens, spend.output_tokens, spend.cache_read_tokens,
+                 spend.cache_write_tokens, spend.reasoning_tokens),
+                strict=True,
+            ):
+                if n:
+                    self.tokens.child(wf, prov, model, typ).inc(n)
+        cost = r.cost_usd if r.cost_usd is not None else (spend.cost_usd if spend else None)
+        if cost is not None:
+            self.cost.child(wf, r.phase, prov, model).inc(cost)
+        elif r.unpriced:
+            self.unpriced.child(prov, model).inc()
+        if r.unreported_usage:
+            self.unreported.child(prov, model).inc()
+
+    def on_internal_error(self, where: str) -> None:
+        self.internal_errors.child(where).inc()
+
+
+# --- process-wide installation ---------------------------------------------------------------
+
+_lock = threading.Lock()
+_metrics: BudgetspanMetrics | None = None
+_server: Any = None  # the WSGI server serving /metrics, if any
+
+
+def get_metrics() -> BudgetspanMetrics:
+    """The process's metrics on the default registry, created and subscribed on first use."""
+    global _metrics
+    with _lock:
+        if _metrics is None:
+            _metrics = BudgetspanMetrics(REGISTRY)
+            events.add_listener(_metrics)
+        return _metrics
+
+
+def exposition_registry() -> CollectorRegistry:
+    """What /metrics serves: the default registry, or the workers' sum in multiprocess mode."""
+    if not _multiprocess():
+        return REGISTRY
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
+
+
+def port_from_env() -> int | None:
+    """``BUDGETSPAN_METRICS_PORT`` as a port number; unset or empty: None (no endpoint)."""
+    raw = os.environ.get(A.ENV_METRICS_PORT, "").strip()
+    if not raw:
+        return None
+    try:
+        port = int(raw)
+        if not 0 <= port <= 65535:
+            raise ValueError
+    except ValueError:
+        log.error(
+            "budgetspan: %s=%r is not a port number (0-65535); the metrics endpoint is off",
+            A.ENV_METRICS_PORT, raw,
+        )
+        return None
+    return port
+
+
+def serve(port: int, addr: str | None = None) -> tuple[str, int] | None:
+    """Serve /metrics on ``addr:port`` (once per process). Returns the bound address, or None.
+
+    Port 0 picks a free port. A port in use (say, a second worker of a pre-forking server) is
+    logged as an error and the program goes on without its own endpoint.
+    """
+    global _server
+    host = addr or os.environ.get(A.ENV_METRICS_ADDR, "").strip() or "127.0.0.1"
+    with _lock:
+        if _server is not None:
+            return server_address()
+        try:
+            server, _thread = start_http_server(port, host, exposition_registry())
+        except OSError as e:
+            log.error(
+                "budgetspan: cannot serve Prometheus metrics on %s:%d (%s: %s); set %s to a free "
+                "port. The program goes on without a metrics endpoint.",
+                host, port, type(e).__name__, e.strerror or e, A.ENV_METRICS_PORT,
+            )
+            return None
+        _server = server
+    bound = server_address()
+    log.info("budgetspan: Prometheus metrics on http://%s:%d/metrics", *(bound or (host, port)))
+    return bound
+
+
+def server_address() -> tuple[str, int] | None:
+    server = _server
+    if server is None:
+        return None
+    host, port = server.server_address[:2]
+    return str(host), int(port)
+
+
+def stop_server() -> None:
+    global _server
+    with _lock:
+        server, _server = _server, None
+    if server is not None:
+        server.shutdown()
+        server.server_close()
+
+
+class MetricsSpanProcessor(SpanProcessor):
+    """No-op for spans (metrics come from events); closes the endpoint when the provider shuts down."""
+
+    def __init__(self, metrics: BudgetspanMetrics, address: tuple[str, int] | None) -> None:
+        self.metrics = metrics
+        self.address = address
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        pass
+
+    def on_end(self, span: ReadableSpan) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        if self.address is not None and self.address == server_address():
+            stop_server()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+def install(port: int | None = None, addr: str | None = None) -> MetricsSpanProcessor:
+    """Subscribe the metrics to budgetspan's events and, with a port (argument or
+    ``BUDGETSPAN_METRICS_PORT``), serve them. Called by ``budgetspan.setup.install_processors``."""
+    metrics = get_metrics()
+    if port is None:
+        port = port_from_env()
+    address = serve(port, addr) if port is not None else None
+    return MetricsSpanProcessor(metrics, address)
