@@ -20,10 +20,7 @@ from budgetspan.attributes import ENV_BUDGET, ENV_CONFIG, ENV_MODE
 from budgetspan.budget import LIMIT_NAMES, TOOL_LIMIT_NAMES, Budget, ToolLimits
 from budgetspan.ledger import Mode
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover
-    import tomli as tomllib  # type: ignore[no-redef]
+import tomllib
 
 
 class ConfigError(ValueError):

@@ -26,10 +26,7 @@ from budgetspan.attributes import ENV_PRICES
 
 log = logging.getLogger(__name__)
 
-try:  # Python 3.11+
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover
-    import tomli as tomllib  # type: ignore[no-redef]
+import tomllib
 
 
 @dataclass(frozen=True)

@@ -479,15 +479,19 @@ class RunScope:
 
             @functools.wraps(fn)
             async def awrapper(*args: Any, **kwargs: Any) -> Any:
+                result: Any = None
                 async with fresh():
-                    return await cast(Callable[..., Awaitable[Any]], fn)(*args, **kwargs)
+                    result = await cast(Callable[..., Awaitable[Any]], fn)(*args, **kwargs)
+                return result
 
             return cast(Callable[P, R], awrapper)
 
         @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            result: Any = None  # stays None when suppress_exhausted swallowed BudgetExhausted
             with fresh():
-                return fn(*args, **kwargs)
+                result = fn(*args, **kwargs)
+            return cast(R, result)
 
         return wrapper
 
