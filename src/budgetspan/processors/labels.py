@@ -56,7 +56,9 @@ class LabelCap:
                 log.warning(
                     "budgetspan: label %r reached %d distinct values; further values are "
                     "reported as %r (raise %s to keep more)",
-                    self.label, self.max_values, A.LABEL_OVERFLOW_VALUE,
+                    self.label,
+                    self.max_values,
+                    A.LABEL_OVERFLOW_VALUE,
                     A.ENV_METRICS_MAX_LABEL_VALUES,
                 )
         return A.LABEL_OVERFLOW_VALUE
@@ -77,7 +79,9 @@ def max_values_from_env() -> int:
     except ValueError:
         log.error(
             "budgetspan: %s=%r is not a positive integer; using %d",
-            A.ENV_METRICS_MAX_LABEL_VALUES, raw, DEFAULT_MAX_VALUES,
+            A.ENV_METRICS_MAX_LABEL_VALUES,
+            raw,
+            DEFAULT_MAX_VALUES,
         )
         return DEFAULT_MAX_VALUES
     return value

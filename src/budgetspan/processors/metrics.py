@@ -48,21 +48,76 @@ log = logging.getLogger(__name__)
 
 # Buckets in base units. Dollars: a cheap call is a fraction of a cent, a long agent run dollars.
 COST_BUCKETS: Final = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    2.5, 5.0, 10.0,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
 )
 # Runs and phases: from a cached answer to a human approval.
 RUN_SECONDS_BUCKETS: Final = (
-    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
-    600.0, 1800.0, 3600.0,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    20.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1800.0,
+    3600.0,
 )
 # One model or tool call, and time to first token.
 CALL_SECONDS_BUCKETS: Final = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.0,
+    5.0,
+    10.0,
+    20.0,
+    30.0,
+    60.0,
+    120.0,
 )
 TOKEN_BUCKETS: Final = (
-    100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 25000.0, 50000.0, 100000.0,
-    250000.0, 500000.0, 1000000.0,
+    100.0,
+    250.0,
+    500.0,
+    1000.0,
+    2500.0,
+    5000.0,
+    10000.0,
+    25000.0,
+    50000.0,
+    100000.0,
+    250000.0,
+    500000.0,
+    1000000.0,
 )
 # Share of a limit used at run end; above 1 happens in observe mode and with in-flight overshoot.
 UTILISATION_BUCKETS: Final = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.25, 1.5, 2.0)
@@ -108,9 +163,7 @@ class BudgetspanMetrics:
         prov, model, tool, typ, status = A.L_PROVIDER, A.L_MODEL, A.L_TOOL, A.L_TYPE, A.L_STATUS
 
         def counter(name: str, doc: str, labels: Sequence[str], unit: str = "") -> _Family:
-            return _Family(
-                Counter(name, doc, labels, unit=unit, registry=registry), labels, self.caps
-            )
+            return _Family(Counter(name, doc, labels, unit=unit, registry=registry), labels, self.caps)
 
         def hist(
             name: str, doc: str, labels: Sequence[str], buckets: Sequence[float], unit: str = ""
@@ -123,27 +176,32 @@ class BudgetspanMetrics:
             A.M_RUN_COST, "Dollar cost of a run (priced calls only).", (wf, out), COST_BUCKETS
         )
         self.run_duration = hist(
-            A.M_RUN_DURATION, "Wall-clock duration of a run.", (wf, out), RUN_SECONDS_BUCKETS,
+            A.M_RUN_DURATION,
+            "Wall-clock duration of a run.",
+            (wf, out),
+            RUN_SECONDS_BUCKETS,
         )
-        self.run_tokens = hist(
-            A.M_RUN_TOKENS, "Input plus output tokens of a run.", (wf, out), TOKEN_BUCKETS
-        )
+        self.run_tokens = hist(A.M_RUN_TOKENS, "Input plus output tokens of a run.", (wf, out), TOKEN_BUCKETS)
         self.exhaustions = counter(
             A.M_BUDGET_EXHAUSTIONS, "Runs stopped at a budget limit, by limit.", (wf, reason)
         )
         self.would_exhaust = counter(
             A.M_BUDGET_WOULD_EXHAUST,
-            "Observe mode: runs that enforce mode would have stopped, by limit.", (wf, reason),
+            "Observe mode: runs that enforce mode would have stopped, by limit.",
+            (wf, reason),
         )
         self.utilisation = hist(
-            A.M_BUDGET_UTILISATION, "Share of each set limit used when the run ended.",
-            (wf, A.L_LIMIT), UTILISATION_BUCKETS,
+            A.M_BUDGET_UTILISATION,
+            "Share of each set limit used when the run ended.",
+            (wf, A.L_LIMIT),
+            UTILISATION_BUCKETS,
         )
         self.model_calls = counter(
             A.M_MODEL_CALLS, "Model calls (chat, completion, embeddings).", (wf, prov, model, status)
         )
         self.tokens = counter(
-            A.M_TOKENS, "Tokens by type; input includes cache_read and cache_write (OTel).",
+            A.M_TOKENS,
+            "Tokens by type; input includes cache_read and cache_write (OTel).",
             (wf, prov, model, typ),
         )
         self.cost = counter(A.M_COST, "Dollar cost of model calls.", (wf, phase, prov, model))
@@ -151,24 +209,33 @@ class BudgetspanMetrics:
             A.M_UNPRICED_CALLS, "Model calls with usage but no known price.", (prov, model)
         )
         self.unreported = counter(
-            A.M_UNREPORTED_USAGE_CALLS, "Model calls whose provider never reported tokens.",
+            A.M_UNREPORTED_USAGE_CALLS,
+            "Model calls whose provider never reported tokens.",
             (prov, model),
         )
         self.model_duration = hist(
-            A.M_MODEL_CALL_DURATION, "Duration of one model call.", (prov, model),
+            A.M_MODEL_CALL_DURATION,
+            "Duration of one model call.",
+            (prov, model),
             CALL_SECONDS_BUCKETS,
         )
         self.ttft = hist(
-            A.M_TIME_TO_FIRST_TOKEN, "Time to the first streamed token.", (prov, model),
+            A.M_TIME_TO_FIRST_TOKEN,
+            "Time to the first streamed token.",
+            (prov, model),
             CALL_SECONDS_BUCKETS,
         )
         self.phase_duration = hist(
-            A.M_PHASE_DURATION, "Duration of a phase block, or of a call outside any block.",
-            (wf, phase), RUN_SECONDS_BUCKETS,
+            A.M_PHASE_DURATION,
+            "Duration of a phase block, or of a call outside any block.",
+            (wf, phase),
+            RUN_SECONDS_BUCKETS,
         )
         self.tool_calls = counter(A.M_TOOL_CALLS, "Tool calls by status.", (wf, tool, status))
         self.tool_duration = hist(
-            A.M_TOOL_DURATION, "Duration of one tool call (all attempts).", (wf, tool),
+            A.M_TOOL_DURATION,
+            "Duration of one tool call (all attempts).",
+            (wf, tool),
             CALL_SECONDS_BUCKETS,
         )
         self.retries = counter(A.M_RETRIES, "Retries of model and tool calls.", (wf, typ))
@@ -177,7 +244,10 @@ class BudgetspanMetrics:
             A.M_INTERNAL_ERRORS, "Errors inside budgetspan (logged, never raised).", (typ,)
         )
         live = Gauge(
-            A.M_LIVE_RUNS, "Runs in progress.", (wf,), registry=registry,
+            A.M_LIVE_RUNS,
+            "Runs in progress.",
+            (wf,),
+            registry=registry,
             multiprocess_mode="livesum",
         )
         self.live_runs = _Family(live, (wf,), self.caps)
@@ -241,8 +311,13 @@ class BudgetspanMetrics:
         if spend is not None:
             for typ, n in zip(
                 TOKEN_TYPES,
-                (spend.input_tokens, spend.output_tokens, spend.cache_read_tokens,
-                 spend.cache_write_tokens, spend.reasoning_tokens),
+                (
+                    spend.input_tokens,
+                    spend.output_tokens,
+                    spend.cache_read_tokens,
+                    spend.cache_write_tokens,
+                    spend.reasoning_tokens,
+                ),
                 strict=True,
             ):
                 if n:
@@ -299,7 +374,8 @@ def port_from_env() -> int | None:
     except ValueError:
         log.error(
             "budgetspan: %s=%r is not a port number (0-65535); the metrics endpoint is off",
-            A.ENV_METRICS_PORT, raw,
+            A.ENV_METRICS_PORT,
+            raw,
         )
         return None
     return port
@@ -322,7 +398,11 @@ def serve(port: int, addr: str | None = None) -> tuple[str, int] | None:
             log.error(
                 "budgetspan: cannot serve Prometheus metrics on %s:%d (%s: %s); set %s to a free "
                 "port. The program goes on without a metrics endpoint.",
-                host, port, type(e).__name__, e.strerror or e, A.ENV_METRICS_PORT,
+                host,
+                port,
+                type(e).__name__,
+                e.strerror or e,
+                A.ENV_METRICS_PORT,
             )
             return None
         _server = server
