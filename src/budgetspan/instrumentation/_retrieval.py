@@ -1,0 +1,375 @@
+"""Shared wrappers for the retriever and tool-client instrumentations.
+
+Retrievals (LangChain, LlamaIndex, Chroma, Qdrant) become ``retrieval {source}`` spans in the
+``context_assembly`` phase with the number of documents returned. A retrieval that runs inside
+another one (a LangChain retriever over a Chroma collection) is the same logical read: it is
+folded into the outer span (named in ``budgetspan.retrieval.nested_systems``), never a second span.
+
+Tool calls (LangChain tools, MCP ``call_tool``) are ``execute_tool {name}`` calls counted against
+the tool budget *before* they run, with the per-tool timeout and retry limits of the run's budget
+(``[tools.NAME]`` in the configuration). A tool call inside a tool call *of the same name* (a
+LangChain tool that forwards to an MCP server, as MCP adapters do) is the same call: it is counted
+once, and the outer span gets the server's name.
+
+Only BudgetExhausted / RunCancelled are raised on purpose; the rest of our own errors are logged.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextvars
+import logging
+import time
+from collections.abc import Awaitable, Callable, Collection
+from contextvars import ContextVar
+from typing import Any
+
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
+from opentelemetry.trace import SpanKind
+
+from budgetspan import attributes as A
+from budgetspan.budget import ToolLimits
+from budgetspan.instrumentation.calls import Call, internal_error
+from budgetspan.tools import ToolTimeout, _pool, _retry, _retryable, tool_call
+
+log = logging.getLogger(__name__)
+
+_retrieval: ContextVar[Call | None] = ContextVar("budgetspan_retrieval", default=None)
+_tool: ContextVar[Call | None] = ContextVar("budgetspan_instrumented_tool", default=None)
+
+Counter = Callable[[Any], int | None]
+
+
+# --- retrievals ---------------------------------------------------------------------------------
+
+
+def retrieval_call(source: str, system: str) -> Call:
+    """A not-yet-started retrieval ``Call`` (not counted in the ledger; the run's limits are checked)."""
+    attrs: dict[str, Any] = {
+        A.GEN_AI_DATA_SOURCE_ID: source,
+        A.RETRIEVAL_SYSTEM: system,
+        A.READ_ONLY: True,
+    }
+    return Call(A.OP_RETRIEVAL, A.SPAN_RETRIEVAL.format(source=source), attrs, span_kind=SpanKind.INTERNAL)
+
+
+def _fold(outer: Call, system: str) -> None:
+    """Name an inner retrieval's system on the outer span (once each)."""
+    try:
+        if outer.span is None or system == outer.attributes.get(A.RETRIEVAL_SYSTEM):
+            return
+        nested = list(outer.attributes.get(A.RETRIEVAL_NESTED_SYSTEMS, ()))
+        if system not in nested:
+            nested.append(system)
+            outer.attributes[A.RETRIEVAL_NESTED_SYSTEMS] = tuple(nested)
+            outer.span.set_attribute(A.RETRIEVAL_NESTED_SYSTEMS, nested)
+    except Exception:
+        internal_error("retrieval fold")
+
+
+def _finish_retrieval(call: Call, result: Any, count: Counter, t0: float) -> None:
+    try:
+        call.documents = count(result)
+        if call.span is not None:
+            call.span.set_attribute(A.RETRIEVAL_QUERY_S, time.monotonic() - t0)
+    except Exception:
+        internal_error("retrieval result")
+    call.end()
+
+
+def _prepare_retrieval(source: Callable[[], str], system: str) -> Call | None:
+    try:
+        return retrieval_call(source(), system)
+    except Exception:
+        internal_error("retrieval setup")
+        return None
+
+
+def traced_retrieval(
+    wrapped: Callable[..., Any],
+    args: Any,
+    kwargs: Any,
+    *,
+    source: Callable[[], str],
+    system: str,
+    count: Counter,
+) -> Any:
+    """Run a synchronous retrieval inside a ``retrieval`` span (or fold it into the enclosing one)."""
+    outer = _retrieval.get()
+    if outer is not None:
+        _fold(outer, system)
+        return wrapped(*args, **kwargs)
+    call = _prepare_retrieval(source, system)
+    if call is None:
+        return wrapped(*args, **kwargs)
+    call.start()  # BudgetExhausted propagates: a run at its limit does no more work
+    token = _retrieval.set(call)
+    t0 = time.monotonic()
+    try:
+        with call.activate():
+            result = wrapped(*args, **kwargs)
+    except BaseException as e:
+        call.end(e)
+        raise
+    finally:
+        _retrieval.reset(token)
+    _finish_retrieval(call, result, count, t0)
+    return result
+
+
+async def atraced_retrieval(
+    wrapped: Callable[..., Awaitable[Any]],
+    args: Any,
+    kwargs: Any,
+    *,
+    source: Callable[[], str],
+    system: str,
+    count: Counter,
+) -> Any:
+    """The async twin of :func:`traced_retrieval`; bounded by the run's remaining wall-clock time."""
+    outer = _retrieval.get()
+    if outer is not None:
+        _fold(outer, system)
+        return await wrapped(*args, **kwargs)
+    call = _prepare_retrieval(source, system)
+    if call is None:
+        return await wrapped(*args, **kwargs)
+    call.start()
+    token = _retrieval.set(call)
+    t0 = time.monotonic()
+    try:
+        with call.activate():
+            async with call.deadline():
+                result = await wrapped(*args, **kwargs)
+    except BaseException as e:
+        call.end(e)
+        raise
+    finally:
+        _retrieval.reset(token)
+    _finish_retrieval(call, result, count, t0)
+    return result
+
+
+# --- tools --------------------------------------------------------------------------------------
+
+
+def _same_tool(name: str, server: str | None) -> Call | None:
+    """The enclosing instrumented tool call if it is this same tool (counted once), else None."""
+    outer = _tool.get()
+    if outer is None or outer.tool != name:
+        return None
+    if server:
+        try:
+            outer.attributes[A.TOOL_SERVER] = server
+            if outer.span is not None:
+                outer.span.set_attribute(A.TOOL_SERVER, server)
+        except Exception:
+            internal_error("tool fold")
+    return outer
+
+
+def _start_tool(
+    name: str,
+    *,
+    system: str,
+    tool_type: str,
+    server: str | None,
+    call_id: str | None,
+    read_only: bool,
+) -> tuple[Call, ToolLimits]:
+    call = tool_call(name, server=server, call_id=call_id, read_only=read_only)
+    call.attributes[A.TOOL_SYSTEM] = system
+    call.attributes[A.GEN_AI_TOOL_TYPE] = tool_type
+    call.start()  # BudgetExhausted propagates: a tool over its limits never runs
+    limits = ToolLimits()
+    try:
+        if call.run is not None:
+            limits = call.run.budget.tool_limits(name)
+        if limits.timeout_s is not None and call.span is not None:
+            call.span.set_attribute(A.TOOL_TIMEOUT_S, limits.timeout_s)
+    except Exception:
+        internal_error("tool limits")
+    return call, limits
+
+
+def _finish_tool(call: Call, name: str, result: Any, is_error: Callable[[Any], bool] | None) -> None:
+    failed = False
+    if is_error is not None:
+        try:
+            failed = bool(is_error(result))
+        except Exception:
+            internal_error("tool result")
+    call.end(status="error" if failed else None)
+    if not failed and call.run is not None:
+        try:
+            call.run.record_tool_result(name, result)
+        except Exception:
+            internal_error("tool partial result")
+
+
+def traced_tool(
+    wrapped: Callable[..., Any],
+    args: Any,
+    kwargs: Any,
+    *,
+    name: str,
+    system: str,
+    tool_type: str = A.TOOL_TYPE_FUNCTION,
+    server: str | None = None,
+    call_id: str | None = None,
+    read_only: bool = False,
+    is_error: Callable[[Any], bool] | None = None,
+) -> Any:
+    """Run a synchronous tool as one budgeted call: limits, timeout (abandoned thread), retries.
+
+    ``is_error`` tells an error *result* (the tool answered, but with a failure) from a success.
+    """
+    if _same_tool(name, server) is not None:
+        return wrapped(*args, **kwargs)
+    call, limits = _start_tool(
+        name, system=system, tool_type=tool_type, server=server, call_id=call_id, read_only=read_only
+    )
+    token = _tool.set(call)
+    try:
+        while True:
+            try:
+                with call.activate():
+                    if limits.timeout_s is None:
+                        result = wrapped(*args, **kwargs)
+                    else:
+                        # A thread cannot be killed: past its timeout the tool is abandoned.
+                        ctx = contextvars.copy_context()
+                        future = _pool().submit(ctx.run, wrapped, *args, **kwargs)
+                        try:
+                            result = future.result(timeout=limits.timeout_s)
+                        except concurrent.futures.TimeoutError:
+                            future.cancel()
+                            raise ToolTimeout(name, limits.timeout_s) from None
+            except ToolTimeout as e:
+                if _retry(call, e):
+                    continue
+                call.end(e, status="timeout")
+                raise
+            except BaseException as e:
+                if _retryable(e) and _retry(call, e):
+                    continue
+                call.end(e)
+                raise
+            break
+    finally:
+        _tool.reset(token)
+    _finish_tool(call, name, result, is_error)
+    return result
+
+
+async def atraced_tool(
+    wrapped: Callable[..., Awaitable[Any]],
+    args: Any,
+    kwargs: Any,
+    *,
+    name: str,
+    system: str,
+    tool_type: str = A.TOOL_TYPE_FUNCTION,
+    server: str | None = None,
+    call_id: str | None = None,
+    read_only: bool = False,
+    is_error: Callable[[Any], bool] | None = None,
+) -> Any:
+    """Run an async tool as one budgeted call; past its timeout it is cancelled (status timeout)."""
+    if _same_tool(name, server) is not None:
+        return await wrapped(*args, **kwargs)
+    call, limits = _start_tool(
+        name, system=system, tool_type=tool_type, server=server, call_id=call_id, read_only=read_only
+    )
+    token = _tool.set(call)
+    try:
+        while True:
+            try:
+                with call.activate():
+                    async with call.deadline(limits.timeout_s):
+                        result = await wrapped(*args, **kwargs)
+            except TimeoutError as e:
+                if limits.timeout_s is None:  # the tool's own TimeoutError, not our timeout
+                    if _retry(call, e):
+                        continue
+                    call.end(e)
+                    raise
+                err = e if isinstance(e, ToolTimeout) else ToolTimeout(name, limits.timeout_s)
+                if _retry(call, err):
+                    continue
+                call.end(err, status="timeout")
+                raise err from None
+            except BaseException as e:
+                if _retryable(e) and _retry(call, e):
+                    continue
+                call.end(e)
+                raise
+            break
+    finally:
+        _tool.reset(token)
+    _finish_tool(call, name, result, is_error)
+    return result
+
+
+# --- patch tables ---------------------------------------------------------------------------------
+
+# (module, class, method, wrapper(wrapped, instance, args, kwargs))
+Patch = tuple[str, str, str, Callable[..., Any]]
+
+
+def apply_patches(patches: tuple[Patch, ...]) -> list[tuple[Any, str]]:
+    """Wrap each method the installed library version defines; skip (quietly) those it lacks."""
+    import importlib
+
+    import wrapt
+
+    done: list[tuple[Any, str]] = []
+    for module, cls, method, wrapper in patches:
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            log.debug("budgetspan: %s is not installed; %s.%s not instrumented", module, cls, method)
+            continue
+        try:
+            owner = getattr(mod, cls, None)
+            if owner is None or method not in vars(owner):
+                continue  # not in this version of the library (e.g. Qdrant's removed search)
+            wrapt.wrap_function_wrapper(owner, method, wrapper)
+            done.append((owner, method))
+        except Exception:
+            internal_error(f"instrumenting {module}.{cls}.{method}")
+    return done
+
+
+def remove_patches(done: list[tuple[Any, str]]) -> None:
+    from opentelemetry.instrumentation.utils import unwrap
+
+    while done:
+        owner, method = done.pop()
+        try:
+            unwrap(owner, method)
+        except Exception:
+            internal_error(f"uninstrumenting {owner!r}.{method}")
+
+
+def arg(args: Any, kwargs: Any, index: int, name: str) -> Any:
+    """A call's argument by position or keyword (None when absent)."""
+    if name in kwargs:
+        return kwargs[name]
+    return args[index] if len(args) > index else None
+
+
+class PatchInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """A BaseInstrumentor driven by a patch table; the library is imported only in ``_instrument``."""
+
+    PATCHES: tuple[Patch, ...] = ()
+    DEPENDENCIES: tuple[str, ...] = ()
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return self.DEPENDENCIES
+
+    def _instrument(self, **kwargs: Any) -> None:
+        self._patched = apply_patches(self.PATCHES)
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        remove_patches(getattr(self, "_patched", []))

@@ -1,0 +1,54 @@
+"""Chroma (``chromadb``): ``Collection.query`` (sync and async) as ``retrieval {collection}`` spans.
+
+Documents: the results over all query embeddings of the batch. Embedding the query text (when
+``query_texts`` is given) happens inside the query and is part of its time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from budgetspan.instrumentation._retrieval import (
+    Patch,
+    PatchInstrumentor,
+    atraced_retrieval,
+    traced_retrieval,
+)
+
+SYSTEM = "chroma"
+
+
+def _count(result: Any) -> int | None:
+    ids = result.get("ids") if isinstance(result, dict) else None
+    if ids is None:
+        return None
+    return sum(len(batch) for batch in ids)
+
+
+def _name(instance: Any) -> str:
+    return str(getattr(instance, "name", None) or "chroma")
+
+
+def _query(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    return traced_retrieval(
+        wrapped, args, kwargs, source=lambda: _name(instance), system=SYSTEM, count=_count
+    )
+
+
+def _aquery(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    return atraced_retrieval(
+        wrapped, args, kwargs, source=lambda: _name(instance), system=SYSTEM, count=_count
+    )
+
+
+_PATCHES: tuple[Patch, ...] = (
+    ("chromadb.api.models.Collection", "Collection", "query", _query),
+    ("chromadb.api.models.AsyncCollection", "AsyncCollection", "query", _aquery),
+)
+
+
+class ChromaInstrumentor(PatchInstrumentor):
+    """Queries of ``chromadb`` collections."""
+
+    PATCHES = _PATCHES
+    DEPENDENCIES = ("chromadb >= 0.5",)

@@ -1,0 +1,99 @@
+"""LangChain (``langchain-core``): retrievers as ``retrieval`` spans, tools as budgeted tool calls.
+
+- ``BaseRetriever.invoke`` / ``ainvoke``: one ``retrieval {retriever name}`` span, documents counted.
+- ``BaseTool.run`` / ``arun``: one ``execute_tool {tool name}`` call counted against the tool
+  budget before it runs, with the tool's timeout and retries from the configuration
+  (``[tools.NAME]``). ``invoke`` / ``ainvoke`` go through ``run`` / ``arun``, so wrapping only the
+  latter counts each call once whichever entry point the agent used. A tool that handles its own
+  error (``handle_tool_error``) answers with an error ``ToolMessage``: the span is marked an error.
+- Chat models are deliberately *not* wrapped. Money is spent where the provider SDK sends the
+  request, and the OpenAI / Anthropic instrumentations make that span; a second span at the
+  LangChain layer would double every model call. A LangChain model with no instrumented SDK
+  underneath (a fake model in tests, a provider budgetspan does not instrument) therefore makes
+  no model span and is not counted as a model call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from budgetspan.instrumentation._retrieval import (
+    Patch,
+    PatchInstrumentor,
+    atraced_retrieval,
+    atraced_tool,
+    traced_retrieval,
+    traced_tool,
+)
+
+SYSTEM = "langchain"
+
+
+def _count(result: Any) -> int | None:
+    return len(result) if isinstance(result, list) else None
+
+
+def _retriever_name(instance: Any) -> str:
+    try:
+        return str(instance.get_name())
+    except Exception:
+        return type(instance).__name__
+
+
+def _is_error_message(result: Any) -> bool:
+    return getattr(result, "type", None) == "tool" and getattr(result, "status", None) == "error"
+
+
+def _tool_name(instance: Any) -> str:
+    return str(getattr(instance, "name", None) or type(instance).__name__)
+
+
+def _invoke(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    return traced_retrieval(
+        wrapped, args, kwargs, source=lambda: _retriever_name(instance), system=SYSTEM, count=_count
+    )
+
+
+def _ainvoke(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    return atraced_retrieval(
+        wrapped, args, kwargs, source=lambda: _retriever_name(instance), system=SYSTEM, count=_count
+    )
+
+
+def _run(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    return traced_tool(
+        wrapped,
+        args,
+        kwargs,
+        name=_tool_name(instance),
+        system=SYSTEM,
+        call_id=kwargs.get("tool_call_id"),
+        is_error=_is_error_message,
+    )
+
+
+def _arun(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    return atraced_tool(
+        wrapped,
+        args,
+        kwargs,
+        name=_tool_name(instance),
+        system=SYSTEM,
+        call_id=kwargs.get("tool_call_id"),
+        is_error=_is_error_message,
+    )
+
+
+_PATCHES: tuple[Patch, ...] = (
+    ("langchain_core.retrievers", "BaseRetriever", "invoke", _invoke),
+    ("langchain_core.retrievers", "BaseRetriever", "ainvoke", _ainvoke),
+    ("langchain_core.tools.base", "BaseTool", "run", _run),
+    ("langchain_core.tools.base", "BaseTool", "arun", _arun),
+)
+
+
+class LangChainInstrumentor(PatchInstrumentor):
+    """Retrievers and tools of ``langchain-core``; chat models are left to the SDK instrumentations."""
+
+    PATCHES = _PATCHES
+    DEPENDENCIES = ("langchain-core >= 0.3",)
