@@ -1,0 +1,172 @@
+"""The shared ledger on a real Redis server: the same limits hold across processes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+redis = pytest.importorskip("redis")
+
+from budgetspan.budget import Budget, ToolLimits  # noqa: E402
+from budgetspan.ledger import CallKind, LedgerRefused, Mode, Spend  # noqa: E402
+from budgetspan.ledger_redis import RedisLedger  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("redis-server") is None, reason="Debian redis-server not installed"
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = _free_port()
+    d: Path = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(d),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(5)
+
+
+@pytest.fixture
+def ledger(redis_url: str) -> RedisLedger:
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    return RedisLedger(client)
+
+
+def test_count_limits_and_release(ledger: RedisLedger) -> None:
+    ledger.open("r", Budget(max_model_calls=2, max_steps=3), Mode.ENFORCE)
+    a = ledger.reserve("r", CallKind.MODEL)
+    ledger.reserve("r", CallKind.MODEL)
+    with pytest.raises(LedgerRefused) as info:
+        ledger.reserve("r", CallKind.MODEL)
+    assert (info.value.refusal.reason, info.value.refusal.limit) == ("max_model_calls", 2)
+    ledger.release(a)
+    ledger.reserve("r", CallKind.MODEL)
+    ledger.reserve("r", CallKind.TOOL, tool="t")
+    with pytest.raises(LedgerRefused, match="max_steps"):
+        ledger.reserve("r", CallKind.TOOL, tool="t")
+    assert ledger.usage("r").model_calls == 2
+
+
+def test_tokens_dollars_and_worst_case(ledger: RedisLedger) -> None:
+    ledger.open("r", Budget(max_cost_usd=0.10, max_total_tokens=1000), Mode.ENFORCE)
+    res = ledger.reserve("r", CallKind.MODEL)
+    assert ledger.commit(res, Spend(100, 50, 10, 0, 5, 0.04)) is None
+    with pytest.raises(LedgerRefused, match="max_cost_usd"):
+        ledger.reserve("r", CallKind.MODEL, worst_case_cost=0.07)
+    res = ledger.reserve("r", CallKind.MODEL, worst_case_cost=0.05)
+    reached = ledger.commit(res, Spend(800, 100, cost_usd=0.01))
+    assert reached is not None and reached.reason == "max_total_tokens"
+    u = ledger.usage("r")
+    assert (u.input_tokens, u.output_tokens, u.cache_read_tokens, u.reasoning_tokens) == (900, 150, 10, 5)
+    assert u.cost_usd == pytest.approx(0.05)
+
+
+def test_per_tool_limits_wall_clock_cancel_and_observe(ledger: RedisLedger) -> None:
+    ledger.open("t", Budget(tools={"search": ToolLimits(max_calls=1)}), Mode.ENFORCE)
+    ledger.reserve("t", CallKind.TOOL, tool="search")
+    with pytest.raises(LedgerRefused, match="tool.max_calls"):
+        ledger.reserve("t", CallKind.TOOL, tool="search")
+    ledger.reserve("t", CallKind.TOOL, tool="fetch", tool_limits=ToolLimits(max_calls=1))
+    with pytest.raises(LedgerRefused, match="tool.max_calls"):
+        ledger.reserve("t", CallKind.TOOL, tool="fetch", tool_limits=ToolLimits(max_calls=1))
+
+    ledger.open("w", Budget(max_wall_clock_s=0.2), Mode.ENFORCE)
+    ledger.reserve("w", CallKind.MODEL)
+    time.sleep(0.25)
+    with pytest.raises(LedgerRefused, match="max_wall_clock_s"):
+        ledger.reserve("w", CallKind.MODEL)
+
+    ledger.open("c", Budget(), Mode.OBSERVE)
+    assert ledger.cancel("c") and not ledger.cancel("nope")
+    with pytest.raises(LedgerRefused, match="cancelled"):
+        ledger.reserve("c", CallKind.TOOL)
+
+    ledger.open("o", Budget(max_tool_calls=1), Mode.OBSERVE)
+    ledger.reserve("o", CallKind.TOOL)
+    res = ledger.reserve("o", CallKind.TOOL)
+    assert res.would_refuse is not None and res.would_refuse.reason == "max_tool_calls"
+    assert ledger.usage("o").tool_calls == 2
+
+
+def _racer(url: str, attempts: int, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    led = RedisLedger(redis.Redis.from_url(url))
+    granted = 0
+    for _ in range(attempts):
+        try:
+            led.reserve("shared", CallKind.TOOL, tool="t")
+            granted += 1
+        except LedgerRefused:
+            pass
+    out.put(granted)
+
+
+def test_four_processes_racing_share_one_limit(ledger: RedisLedger, redis_url: str) -> None:
+    ledger.open("shared", Budget(max_tool_calls=29), Mode.ENFORCE)
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_racer, args=(redis_url, 40, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    granted = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(10)
+    assert sum(granted) == 29 == ledger.usage("shared").tool_calls
+
+
+def test_budgetspan_runs_on_the_shared_ledger(ledger: RedisLedger, tracing: object) -> None:
+    import budgetspan
+
+    budgetspan.set_ledger(ledger)
+    try:
+
+        @budgetspan.tool
+        def t() -> int:
+            return 1
+
+        with pytest.raises(budgetspan.BudgetExhausted) as info:
+            with budgetspan.run("shared-run", max_tool_calls=2, run_id="ticket-42") as run:
+                t()
+                t()
+                t()
+        assert info.value.reason == "max_tool_calls"
+        assert run.usage.tool_calls == 2 and run.usage.tools_finished == 2
+    finally:
+        from budgetspan.ledger import InMemoryLedger
+
+        budgetspan.set_ledger(InMemoryLedger())
