@@ -1,0 +1,144 @@
+"""Token usage parsers for OpenAI and Anthropic responses and stream events.
+
+Each parser takes an SDK object *or* a plain dict (raw-response bodies are parsed JSON) and returns
+a ``Spend`` in OpenTelemetry terms (``input_tokens`` includes cache reads and writes), or ``None``
+when the provider reported nothing usable. A malformed figure (a string, a negative number, a
+bool, NaN) is *unreported* (``None``) for that field, never a guessed 0 and never an exception:
+the SDKs build their models without validation, so whatever the server sent ends up here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from budgetspan.ledger import Spend
+
+
+def field(obj: Any, name: str) -> Any:
+    """``obj.name`` or ``obj[name]``; None when absent (SDK models and dicts alike)."""
+    if obj is None:
+        return None
+    if isinstance(obj, dict):
+        return obj.get(name)
+    try:
+        return getattr(obj, name, None)
+    except Exception:
+        return None
+
+
+def count(value: Any) -> int | None:
+    """A token count, or None when the value is not a finite non-negative number."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, float) and math.isfinite(value) and value >= 0 and value.is_integer():
+        return int(value)
+    return None
+
+
+def _spend(
+    inp: int | None, out: int | None, cr: int | None = None, cw: int | None = None, rs: int | None = None
+) -> Spend | None:
+    if inp is None and out is None:
+        return None
+    return Spend(inp, out, cr, cw, rs)
+
+
+# --- OpenAI ---------------------------------------------------------------------------------
+
+
+def openai_usage(usage: Any) -> Spend | None:
+    """Chat Completions, Responses and Embeddings usage (OpenAI's input already includes cached).
+
+    Chat: ``prompt_tokens`` / ``completion_tokens`` with ``prompt_tokens_details.cached_tokens`` and
+    ``completion_tokens_details.reasoning_tokens``. Responses: ``input_tokens`` / ``output_tokens``
+    with ``input_tokens_details`` / ``output_tokens_details``. Embeddings: ``prompt_tokens`` only.
+    """
+    if usage is None:
+        return None
+    inp = count(field(usage, "prompt_tokens"))
+    if inp is None:
+        inp = count(field(usage, "input_tokens"))
+    out = count(field(usage, "completion_tokens"))
+    if out is None:
+        out = count(field(usage, "output_tokens"))
+    in_details = field(usage, "prompt_tokens_details") or field(usage, "input_tokens_details")
+    out_details = field(usage, "completion_tokens_details") or field(usage, "output_tokens_details")
+    cached = count(field(in_details, "cached_tokens"))
+    reasoning = count(field(out_details, "reasoning_tokens"))
+    if inp is not None and cached is not None and cached > inp:
+        cached = None  # contradicts the total it is part of: not trustworthy
+    return _spend(inp, out, cached, None, reasoning)
+
+
+def openai_embeddings_usage(usage: Any) -> Spend | None:
+    """Embeddings report input only; their output is no tokens at all (0, not unreported)."""
+    inp = count(field(usage, "prompt_tokens"))
+    if inp is None:
+        return None
+    return Spend(inp, 0)
+
+
+# --- Anthropic ------------------------------------------------------------------------------
+
+
+def anthropic_usage(usage: Any) -> Spend | None:
+    """Anthropic usage: its ``input_tokens`` EXCLUDES cache reads and writes, so they are added."""
+    if usage is None:
+        return None
+    raw_in = count(field(usage, "input_tokens"))
+    out = count(field(usage, "output_tokens"))
+    cr = count(field(usage, "cache_read_input_tokens"))
+    cw = count(field(usage, "cache_creation_input_tokens"))
+    inp = None if raw_in is None else raw_in + (cr or 0) + (cw or 0)
+    return _spend(inp, out, cr, cw)
+
+
+class AnthropicStreamUsage:
+    """Usage across a Messages stream.
+
+    ``message_start`` carries the input side (and a small provisional output count);
+    ``message_delta`` carries the *cumulative* output count (and, on newer API versions, may
+    restate the input side). Cumulative means it replaces, never adds: 3 then 171 is 171.
+    """
+
+    __slots__ = ("cache_read", "cache_write", "output", "raw_input")
+
+    def __init__(self) -> None:
+        self.raw_input: int | None = None
+        self.output: int | None = None
+        self.cache_read: int | None = None
+        self.cache_write: int | None = None
+
+    def _take(self, usage: Any) -> None:
+        for attr, name in (
+            ("raw_input", "input_tokens"),
+            ("output", "output_tokens"),
+            ("cache_read", "cache_read_input_tokens"),
+            ("cache_write", "cache_creation_input_tokens"),
+        ):
+            value = count(field(usage, name))
+            if value is not None:
+                setattr(self, attr, value)
+
+    def on_event(self, event: Any) -> bool:
+        """Take the usage of one raw stream event; True when it carried usage."""
+        kind = field(event, "type")
+        if kind == "message_start":
+            usage = field(field(event, "message"), "usage")
+        elif kind == "message_delta":
+            usage = field(event, "usage")
+        else:
+            return False
+        if usage is None:
+            return False
+        self._take(usage)
+        return True
+
+    def spend(self) -> Spend | None:
+        inp = None
+        if self.raw_input is not None:
+            inp = self.raw_input + (self.cache_read or 0) + (self.cache_write or 0)
+        return _spend(inp, self.output, self.cache_read, self.cache_write)

@@ -1,0 +1,326 @@
+"""Anthropic SDK instrumentation: ``messages.create`` (incl. ``stream=True``), ``messages.parse``
+and ``messages.stream``, sync and async.
+
+Anthropic's ``input_tokens`` excludes cache reads and writes (unlike OpenAI); ``_usage`` adds them
+so spans follow the OpenTelemetry convention. In a stream, ``message_delta`` carries the
+*cumulative* output count, which replaces the provisional one from ``message_start``.
+
+``messages.stream`` builds its request lazily and sends it when the manager is entered, so the
+call is reserved there; the helper's raw event stream is swapped for our proxy before any event is
+read, so iteration, ``text_stream``, ``get_final_message()`` and ``close()`` all end the call once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from typing import Any
+
+import wrapt
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
+
+from budgetspan import attributes as A
+from budgetspan.instrumentation._streams import (
+    AsyncStreamProxy,
+    Observer,
+    Patch,
+    SyncStreamProxy,
+    ainvoke,
+    apply_patches,
+    content_json,
+    in_model_call,
+    invoke,
+    remove_patches,
+    retry_patch,
+)
+from budgetspan.instrumentation._usage import AnthropicStreamUsage, anthropic_usage, field
+from budgetspan.instrumentation.calls import Call, capture_content, internal_error
+from budgetspan.instrumentation.openai import provider_from_url
+
+
+def _given(value: Any) -> Any:
+    if value is None or type(value).__name__ in ("Omit", "NotGiven"):
+        return None
+    return value
+
+
+def _provider(instance: Any) -> tuple[str, str | None, int | None]:
+    client = getattr(instance, "_client", None)
+    name = type(client).__name__ if client is not None else ""
+    _, host, port = provider_from_url(str(getattr(client, "base_url", "") or ""))
+    if "Bedrock" in name:
+        return "aws.bedrock", host, port
+    if "Vertex" in name:
+        return "gcp.vertex_ai", host, port
+    return "anthropic", host, port
+
+
+def _new_call(instance: Any, kwargs: dict[str, Any], streaming: bool) -> tuple[Call, MessagesObserver]:
+    provider, host, port = _provider(instance)
+    model = _given(kwargs.get("model"))
+    model = model if isinstance(model, str) else None
+    max_tokens = _given(kwargs.get("max_tokens"))
+    if not (isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens > 0):
+        max_tokens = None
+    attrs: dict[str, Any] = {A.GEN_AI_PROVIDER_NAME: provider}
+    if model:
+        attrs[A.GEN_AI_REQUEST_MODEL] = model
+    if host:
+        attrs[A.SERVER_ADDRESS] = host
+    if port:
+        attrs[A.SERVER_PORT] = port
+    if max_tokens is not None:
+        attrs[A.GEN_AI_REQUEST_MAX_TOKENS] = max_tokens
+    temperature = _given(kwargs.get("temperature"))
+    if isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
+        attrs[A.GEN_AI_REQUEST_TEMPERATURE] = float(temperature)
+    if streaming:
+        attrs[A.STREAM] = True
+    if capture_content():
+        messages = _given(kwargs.get("messages"))
+        system = _given(kwargs.get("system"))
+        if isinstance(messages, (list, tuple)):
+            payload = list(messages)
+            if system is not None:
+                payload = [{"role": "system", "content": system}, *payload]
+            encoded = content_json(payload)
+            if encoded is not None:
+                attrs[A.GEN_AI_INPUT_MESSAGES] = encoded
+    call = Call(
+        A.OP_CHAT,
+        f"{A.OP_CHAT} {model}" if model else A.OP_CHAT,
+        attrs,
+        provider=provider,
+        model=model,
+        worst_case_tokens=max_tokens,
+    )
+    return call, MessagesObserver(call)
+
+
+class MessagesObserver(Observer):
+    """A Message (or dict) or the raw stream events of one Messages call."""
+
+    def __init__(self, call: Call) -> None:
+        super().__init__(call)
+        self.response_id: str | None = None
+        self.stop_reason: str | None = None
+        self.text: list[str] = []
+        self.tool_calls: list[dict[str, Any]] = []
+        self.stream_usage = AnthropicStreamUsage()
+
+    def _message_head(self, message: Any) -> None:
+        rid = field(message, "id")
+        if isinstance(rid, str) and self.response_id is None:
+            self.response_id = rid
+        model = field(message, "model")
+        if isinstance(model, str) and model and self.call.response_model is None:
+            self.call.response_model = model
+
+    def on_response(self, response: Any) -> None:
+        self._message_head(response)
+        reason = field(response, "stop_reason")
+        if isinstance(reason, str):
+            self.stop_reason = reason
+        if not self.text:
+            for block in field(response, "content") or ():
+                kind = field(block, "type")
+                if kind == "text" and isinstance(field(block, "text"), str):
+                    self.text.append(field(block, "text"))
+                elif kind == "tool_use":
+                    self.tool_calls.append({"id": field(block, "id"), "name": field(block, "name")})
+        self.set_usage(anthropic_usage(field(response, "usage")))
+
+    def on_item(self, item: Any) -> None:
+        kind = field(item, "type")
+        if kind == "content_block_delta":
+            delta = field(item, "delta")
+            if field(delta, "type") == "text_delta" and isinstance(field(delta, "text"), str):
+                self.text.append(field(delta, "text"))
+            return
+        if kind == "content_block_start":
+            block = field(item, "content_block")
+            if field(block, "type") == "tool_use":
+                self.tool_calls.append({"id": field(block, "id"), "name": field(block, "name")})
+            return
+        if kind == "message_start":
+            self._message_head(field(item, "message"))
+        elif kind == "message_delta":
+            reason = field(field(item, "delta"), "stop_reason")
+            if isinstance(reason, str):
+                self.stop_reason = reason
+        else:
+            return
+        if self.stream_usage.on_event(item):
+            self.set_usage(self.stream_usage.spend())
+
+    def finish(self) -> None:
+        call = self.call
+        text = "".join(self.text) or None
+        span = call.span
+        if span is not None:
+            attrs: dict[str, Any] = {}
+            if self.response_id:
+                attrs[A.GEN_AI_RESPONSE_ID] = self.response_id
+            if self.stop_reason:
+                attrs[A.GEN_AI_RESPONSE_FINISH_REASONS] = [self.stop_reason]
+            if capture_content() and (text or self.tool_calls):
+                parts: list[dict[str, Any]] = []
+                if text:
+                    parts.append({"type": "text", "content": text})
+                parts.extend({"type": "tool_call", **tc} for tc in self.tool_calls)
+                message: dict[str, Any] = {"role": "assistant", "parts": parts}
+                if self.stop_reason:
+                    message["finish_reason"] = self.stop_reason
+                encoded = content_json([message])
+                if encoded is not None:
+                    attrs[A.GEN_AI_OUTPUT_MESSAGES] = encoded
+            span.set_attributes(attrs)
+        if text and call.run is not None:
+            call.run.record_model_answer(text)
+
+
+# --- messages.create / parse -------------------------------------------------------------------
+
+
+def _create_factory(asynchronous: bool) -> Callable[..., Any]:
+    if asynchronous:
+
+        async def awrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+            if in_model_call():
+                return await wrapped(*args, **kwargs)
+            try:
+                call, observer = _new_call(instance, kwargs, _given(kwargs.get("stream")) is True)
+            except Exception:
+                internal_error("anthropic call setup")
+                return await wrapped(*args, **kwargs)
+            return await ainvoke(call, observer, wrapped, args, kwargs)
+
+        return awrapper
+
+    def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        if in_model_call():
+            return wrapped(*args, **kwargs)
+        try:
+            call, observer = _new_call(instance, kwargs, _given(kwargs.get("stream")) is True)
+        except Exception:
+            internal_error("anthropic call setup")
+            return wrapped(*args, **kwargs)
+        return invoke(call, observer, wrapped, args, kwargs)
+
+    return wrapper
+
+
+# --- messages.stream ---------------------------------------------------------------------------
+
+
+def _adopt_stream(message_stream: Any, call: Call, observer: Observer, asynchronous: bool) -> None:
+    raw = getattr(message_stream, "_raw_stream", None)
+    if raw is None:  # an SDK without the attribute: the call ends now, usage unreported
+        call.end(stream_end="unobserved")
+        return
+    cls = AsyncStreamProxy if asynchronous else SyncStreamProxy
+    message_stream._raw_stream = cls(raw, call, observer)
+
+
+class _StreamManager(wrapt.ObjectProxy):  # type: ignore[misc]
+    """``messages.stream(...)``: the call starts (and is reserved) when the manager is entered."""
+
+    def __init__(self, wrapped: Any, instance: Any, kwargs: dict[str, Any]) -> None:
+        super().__init__(wrapped)
+        self._self_instance = instance
+        self._self_kwargs = kwargs
+
+    def _self_new_call(self) -> tuple[Call, MessagesObserver] | None:
+        try:
+            return _new_call(self._self_instance, self._self_kwargs, True)
+        except Exception:
+            internal_error("anthropic stream setup")
+            return None
+
+    def __enter__(self) -> Any:
+        built = None if in_model_call() else self._self_new_call()
+        if built is None:
+            return self.__wrapped__.__enter__()
+        call, observer = built
+        call.start()
+        try:
+            with call.activate():
+                message_stream = self.__wrapped__.__enter__()
+        except BaseException as e:
+            call.end(e)
+            raise
+        try:
+            _adopt_stream(message_stream, call, observer, asynchronous=False)
+        except Exception:
+            internal_error("anthropic stream adopt")
+            call.end(stream_end="unobserved")
+        return message_stream
+
+    def __exit__(self, et: Any, exc: Any, tb: Any) -> Any:
+        return self.__wrapped__.__exit__(et, exc, tb)
+
+    async def __aenter__(self) -> Any:
+        built = None if in_model_call() else self._self_new_call()
+        if built is None:
+            return await self.__wrapped__.__aenter__()
+        call, observer = built
+        call.start()
+        try:
+            with call.activate():
+                async with call.deadline():
+                    message_stream = await self.__wrapped__.__aenter__()
+        except BaseException as e:
+            call.end(e)
+            raise
+        try:
+            _adopt_stream(message_stream, call, observer, asynchronous=True)
+        except Exception:
+            internal_error("anthropic stream adopt")
+            call.end(stream_end="unobserved")
+        return message_stream
+
+    async def __aexit__(self, et: Any, exc: Any, tb: Any) -> Any:
+        return await self.__wrapped__.__aexit__(et, exc, tb)
+
+
+def _stream_factory(asynchronous: bool) -> Callable[..., Any]:
+    def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        manager = wrapped(*args, **kwargs)
+        try:
+            return _StreamManager(manager, instance, dict(kwargs))
+        except Exception:
+            internal_error("anthropic stream manager")
+            return manager
+
+    return wrapper
+
+
+_MESSAGES = "anthropic.resources.messages.messages"
+_BASE = "anthropic._base_client"
+
+PATCHES: tuple[Patch, ...] = (
+    (_MESSAGES, "Messages.create", _create_factory, False),
+    (_MESSAGES, "Messages.parse", _create_factory, False),
+    (_MESSAGES, "AsyncMessages.create", _create_factory, True),
+    (_MESSAGES, "AsyncMessages.parse", _create_factory, True),
+    (_MESSAGES, "Messages.stream", _stream_factory, False),
+    (_MESSAGES, "AsyncMessages.stream", _stream_factory, True),
+    (_BASE, "SyncAPIClient._sleep_for_retry", retry_patch, False),
+    (_BASE, "AsyncAPIClient._sleep_for_retry", retry_patch, True),
+)
+
+
+class AnthropicInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """``opentelemetry-instrument`` entry point ``budgetspan_anthropic``; also used by configure()."""
+
+    _done: list[tuple[str, str]]
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return ("anthropic >= 0.40",)
+
+    def _instrument(self, **kwargs: Any) -> None:
+        import anthropic  # noqa: F401  (lazily: a missing SDK must not break our other instrumentors)
+
+        self._done = apply_patches(PATCHES)
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        remove_patches(getattr(self, "_done", []))
