@@ -1,0 +1,1 @@
+"""Reliability and security suite (issue 7): load, memory, faults, bad input, privacy."""
