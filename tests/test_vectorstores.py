@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import chromadb
@@ -224,3 +225,68 @@ async def test_async_qdrant_search_is_a_retrieval_span(instrumented: Tracing) ->
     (span,) = instrumented.spans("retrieval kb")
     assert _attrs(span)[A.RETRIEVAL_DOCUMENTS] == 1
     assert _attrs(span)[A.RUN_ID] == run.id
+
+
+# --- a library that is not installed ------------------------------------------------------------
+
+_HIDDEN_SCRIPT = r"""
+import json, logging, sys
+HIDDEN = ["langchain_core", "llama_index", "mcp", "chromadb", "qdrant_client"]
+for name in HIDDEN:
+    sys.modules[name] = None  # import fails exactly as if the package were not installed
+records = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        records.append(record)
+logging.getLogger().addHandler(Keep(level=logging.WARNING))
+
+import importlib
+import budgetspan
+from budgetspan.instrumentation import INSTRUMENTORS, available_instrumentors, calls
+
+found = sorted(type(i).__name__ for i in available_instrumentors())
+patched = {}
+for module, cls, library in INSTRUMENTORS:
+    if library.split(".")[0] not in HIDDEN:
+        continue
+    inst = getattr(importlib.import_module("budgetspan.instrumentation." + module), cls)()
+    inst.instrument()  # the library's metadata is still there: this reaches _instrument
+    patched[cls] = len(getattr(inst, "_patched", []))
+    inst.uninstrument()
+budgetspan.configure(instrument=True)
+print(json.dumps({
+    "found": found,
+    "patched": patched,
+    "warnings": [r.getMessage() for r in records],
+    "internal_errors": calls._internal_errors,
+    "leaked": sorted(n for n in HIDDEN if sys.modules.get(n) is not None),
+}))
+"""
+
+
+def test_each_instrumentation_is_skipped_cleanly_without_its_library() -> None:
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _HIDDEN_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    ours = {
+        "LangChainInstrumentor",
+        "LlamaIndexInstrumentor",
+        "MCPInstrumentor",
+        "ChromaInstrumentor",
+        "QdrantInstrumentor",
+    }
+    assert ours.isdisjoint(report["found"])
+    assert report["patched"] == dict.fromkeys(sorted(ours), 0)
+    assert report["warnings"] == [] and report["internal_errors"] == 0
+    assert report["leaked"] == []
+    assert "Traceback" not in out.stderr
