@@ -1,0 +1,62 @@
+"""The ``budgetspan`` command: ``demo`` and ``report``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from budgetspan import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from budgetspan import report
+    from budgetspan.demo import runner
+
+    parser = argparse.ArgumentParser(
+        prog="budgetspan",
+        description="Cost and latency of LLM agents, visible and bounded.",
+    )
+    parser.add_argument("--version", action="version", version=f"budgetspan {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    demo = sub.add_parser(
+        "demo",
+        help="run a support-ticket agent through the instrumented OpenAI SDK and show where time and money go",
+        description="Runs a bundled support-ticket agent against an embedded OpenAI-compatible model "
+        "server (or a real provider when OPENAI_API_KEY is set), with budgets, progress and a "
+        "table per run and per phase at the end.",
+    )
+    runner.add_arguments(demo)
+    rep = sub.add_parser(
+        "report",
+        help="time and cost by phase, largest contributors, sequential reads, plan versus actual",
+        description="Reads OTLP JSON lines (BUDGETSPAN_TRACES_FILE output, or the OpenTelemetry "
+        "Collector's file exporter) and reports, per workflow, where time and money went. "
+        "Exit status: 0, 1 if some lines could not be read (the rest is reported), 2 on a usage error.",
+    )
+    report.add_arguments(rep)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from budgetspan.demo import runner
+
+        return runner.run_demo(runner.options_from(args))
+    if args.command == "report":
+        from budgetspan import report
+
+        try:
+            return report.run_report(args)
+        except BrokenPipeError:  # `budgetspan report ... | head`
+            return 0
+    parser.print_help(sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,303 @@
+"""``budgetspan demo``: run the tickets, show progress, then a table per run and per phase.
+
+Everything goes through the public API: ``budgetspan.configure()`` instruments the ``openai``
+SDK, the spans go to an OTLP JSON lines file that ``budgetspan report`` reads, and the tables
+at the end are computed by the report's own analysis from the same spans.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import IO, Any
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+
+import budgetspan
+from budgetspan import attributes as A
+from budgetspan.config import Config, ConfigError, get_config, parse_config_file, set_config
+from budgetspan.demo.agent import SupportAgent, TicketResult
+from budgetspan.demo.data import TICKETS, Ticket
+from budgetspan.demo.server import Latency, ModelServer
+from budgetspan.exporters import encode_request, file_span_processor
+from budgetspan.progress import Milestone, subscribe_progress
+from budgetspan.report import Table, money, pct, runs_table, secs
+from budgetspan.report_analysis import Analysis, analyze
+from budgetspan.report_load import parse_request
+from budgetspan.run import set_tracer_provider
+
+DEFAULT_TRACES = "budgetspan-demo.jsonl"
+DEFAULT_METRICS_PORT = 9464
+
+
+class _Collect(SpanProcessor):
+    """Keeps the finished spans in memory for the tables at the end."""
+
+    def __init__(self) -> None:
+        self.spans: list[ReadableSpan] = []
+        self._lock = threading.Lock()
+
+    def on_end(self, span: ReadableSpan) -> None:
+        with self._lock:
+            self.spans.append(span)
+
+
+@dataclass
+class DemoOptions:
+    traces: str | None = None
+    serve: bool = False
+    metrics_port: int | None = None
+    latency_scale: float = 1.0
+    offline: bool = False
+    tickets: Sequence[str] = ()
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--traces",
+        metavar="FILE",
+        help=f"write spans (OTLP JSON lines) here; default: $BUDGETSPAN_TRACES_FILE, else ./{DEFAULT_TRACES}",
+    )
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="keep the Prometheus metrics endpoint up after the demo (Ctrl-C to stop)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help=f"metrics port (default with --serve: $BUDGETSPAN_METRICS_PORT, else {DEFAULT_METRICS_PORT}; 0: any free port)",
+    )
+    p.add_argument(
+        "--offline", action="store_true", help="use the embedded model server even when OPENAI_API_KEY is set"
+    )
+    p.add_argument(
+        "--ticket", action="append", default=[], metavar="ID", help="run only this ticket (repeatable)"
+    )
+    p.add_argument("--latency-scale", type=float, default=1.0, help=argparse.SUPPRESS)
+
+
+def options_from(args: argparse.Namespace) -> DemoOptions:
+    return DemoOptions(
+        traces=args.traces,
+        serve=args.serve,
+        metrics_port=args.metrics_port,
+        latency_scale=args.latency_scale,
+        offline=args.offline,
+        tickets=tuple(args.ticket),
+    )
+
+
+def _demo_config() -> tuple[Config, str]:
+    """The demo's budgets, unless the user points BUDGETSPAN_CONFIG at their own."""
+    current = get_config()
+    if os.environ.get(A.ENV_CONFIG, "").strip():
+        return current, os.environ[A.ENV_CONFIG]
+    ref = resources.files("budgetspan.demo") / "budgets.toml"
+    with resources.as_file(ref) as path:
+        profiles, workflows, tools = parse_config_file(str(path), source="budgetspan demo budgets")
+    return Config(current.default_budget, current.mode, profiles, workflows, tools), "bundled demo budgets"
+
+
+def _budget_line(cfg: Config, profile: str) -> str:
+    b = cfg.profiles[profile]
+    parts = []
+    if b.max_model_calls is not None:
+        parts.append(f"{b.max_model_calls} model calls")
+    if b.max_tool_calls is not None:
+        parts.append(f"{b.max_tool_calls} tool calls")
+    if b.max_cost_usd is not None:
+        parts.append(f"${b.max_cost_usd:g}")
+    if b.max_wall_clock_s is not None:
+        parts.append(f"{b.max_wall_clock_s:g} s")
+    return f"{profile}: " + ", ".join(parts)
+
+
+class _Printer:
+    """Prints milestones under the ticket being worked on."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self.out = out
+        self._lock = threading.Lock()
+
+    def __call__(self, m: Milestone) -> None:
+        if m.kind == "end":
+            return  # the outcome line says it better
+        with self._lock:
+            self.out.write(f"    {m.elapsed_s:5.2f} s  {m.label}\n")
+            self.out.flush()
+
+
+def _outcome_line(r: TicketResult) -> list[str]:
+    head = f"  -> {r.outcome} in {secs(r.duration_s)}, {money(r.cost_usd)}"
+    if r.exhausted is not None:
+        e = r.exhausted
+        lines = [f"{head}: budget {e.reason} reached", f"     {e.explanation}"]
+        answered = e.partial.get("answered_orders") or []
+        if answered:
+            done = ", ".join(a["order"] for a in answered)
+            lines.append(
+                f"     Partial result kept: answers for {len(answered)} of {len(r.ticket.orders)} orders "
+                f"({done}), ready for a person to finish."
+            )
+        elif e.partial.get("last_model_answer"):
+            lines.append("     Partial result kept: the last draft, ready for a person to finish.")
+        return lines
+    if r.error is not None:
+        return [f"{head}: {type(r.error).__name__}: {r.error}"]
+    if r.escalation:
+        return [f"{head}: {r.escalation}"]
+    notes = [f"     note: {n}" for n in r.notes]
+    return [f"{head}: reply sent", *notes]
+
+
+async def _run_tickets(agent: SupportAgent, tickets: Sequence[Ticket], out: IO[str]) -> list[TicketResult]:
+    results = []
+    for t in tickets:
+        out.write(f'\n{t.id}  {t.profile:<11}  "{t.subject}"  ({t.story})\n')
+        out.flush()
+        r = await agent.resolve(t)
+        out.write("\n".join(_outcome_line(r)) + "\n")
+        out.flush()
+        results.append(r)
+    return results
+
+
+def _tables(analysis: Analysis, results: list[TicketResult], out: IO[str]) -> None:
+    labels = {r.run_id: r.ticket.id for r in results}
+    runs = [r for r in analysis.runs if r.run_id in labels]
+    out.write("\nPer run\n\n")
+    out.write(runs_table(runs, label=labels).render() + "\n")
+    for wf in analysis.workflows:
+        out.write(f"\nPer phase ({wf.workflow}, {wf.runs} runs)\n\n")
+        t = Table(["phase", "time", "share", "p50", "p95", "cost", "share of cost", "calls"])
+        for p in wf.phases:
+            t.add(
+                p.phase,
+                secs(p.time_s),
+                pct(p.time_share),
+                secs(p.p50_s),
+                secs(p.p95_s),
+                money(p.cost_usd),
+                pct(p.cost_share),
+                p.calls,
+            )
+        t.add("total", secs(wf.total_time_s), "100%", "", "", money(wf.total_cost_usd), "", "")
+        out.write(t.render() + "\n")
+    total = sum(r.cost_usd for r in runs)
+    ok = sum(1 for r in runs if r.outcome == "success")
+    per = money(total / ok) if ok else "n/a"
+    out.write(
+        f"\nCost per successful ticket: {per}  ({money(total)} over {len(runs)} tickets, {ok} succeeded; "
+        "the cost of failed, escalated and stopped tickets stays in)\n"
+    )
+
+
+def run_demo(opts: DemoOptions, out: IO[str] | None = None) -> int:
+    out = out or sys.stdout
+    tickets = [t for t in TICKETS if not opts.tickets or t.id in opts.tickets]
+    if not tickets:
+        print(f"budgetspan demo: no such ticket; known: {', '.join(t.id for t in TICKETS)}", file=sys.stderr)
+        return 2
+    real = bool(os.environ.get("OPENAI_API_KEY")) and not opts.offline
+    env_traces = os.environ.get(A.ENV_TRACES_FILE, "").strip()
+    traces = opts.traces or env_traces or DEFAULT_TRACES
+    metrics_port = opts.metrics_port
+    if opts.serve and metrics_port is None:
+        from_env = os.environ.get(A.ENV_METRICS_PORT, "").strip()
+        metrics_port = int(from_env) if from_env.isdigit() else DEFAULT_METRICS_PORT
+
+    server: ModelServer | None = None
+    provider = TracerProvider(resource=Resource.create({"service.name": "budgetspan-demo"}))
+    collector = _Collect()
+    try:
+        # Only the openai instrumentation: configure() would also import every other instrumented
+        # library that happens to be installed, which costs seconds and is not needed here.
+        budgetspan.configure(tracer_provider=provider, metrics_port=metrics_port, instrument=False)
+        _instrument_openai(provider)
+        cfg, budgets_source = _demo_config()
+        set_config(cfg)
+        if traces != env_traces:  # our own file: start it afresh (the user's env file is appended to)
+            open(traces, "w").close()
+            provider.add_span_processor(file_span_processor(traces))
+        provider.add_span_processor(collector)
+
+        from openai import AsyncOpenAI
+
+        if real:
+            client = AsyncOpenAI()
+            where = f"a real provider at {client.base_url} (OPENAI_API_KEY is set; --offline to avoid it)"
+        else:
+            server = ModelServer(Latency(scale=opts.latency_scale)).start()
+            client = AsyncOpenAI(base_url=server.base_url, api_key="demo-key-not-used", max_retries=0)
+            where = f"the embedded OpenAI-compatible server at {server.base_url} (deterministic answers)"
+        agent = SupportAgent(client, scale=opts.latency_scale)
+        out.write(f"budgetspan demo: {len(tickets)} support tickets through the instrumented OpenAI SDK\n")
+        out.write(f"Model: {where}\n")
+        out.write(
+            f"Budgets ({budgets_source}): {_budget_line(cfg, 'interactive')}; {_budget_line(cfg, 'background')}\n"
+        )
+        out.write(f"Spans: {traces}\n")
+        t0 = time.monotonic()
+        with subscribe_progress(_Printer(out), workflow="resolve_ticket"):
+            results = asyncio.run(_run_tickets(agent, tickets, out))
+        provider.force_flush()
+        records = parse_request(encode_request(collector.spans))
+        _tables(analyze(records), results, out)
+        out.write(
+            f"\nAll {len(tickets)} tickets in {time.monotonic() - t0:.1f} s. "
+            f"Next: budgetspan report {traces}\n"
+        )
+        out.flush()
+        if opts.serve:
+            _serve(out)
+    except ConfigError as e:
+        print(f"budgetspan demo: configuration error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        provider.shutdown()
+        set_tracer_provider(None)
+        set_config(None)
+        if server is not None:
+            server.stop()
+    return 0
+
+
+def _instrument_openai(provider: TracerProvider) -> None:
+    from budgetspan.instrumentation.openai import OpenAIInstrumentor
+
+    inst = OpenAIInstrumentor()
+    if not inst.is_instrumented_by_opentelemetry:
+        inst.instrument(tracer_provider=provider)
+
+
+def _serve(out: IO[str]) -> None:
+    address: Any = None
+    try:
+        from budgetspan.processors import metrics
+
+        address = metrics.server_address()
+    except ImportError:
+        pass
+    if address is None:
+        out.write("The metrics endpoint is not running (see the log above).\n")
+        return
+    out.write(f"Prometheus metrics on http://{address[0]}:{address[1]}/metrics  (Ctrl-C to stop)\n")
+    out.flush()
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        out.write("\nStopped.\n")
+
+
+__all__ = ["DemoOptions", "add_arguments", "options_from", "run_demo"]

@@ -1,0 +1,316 @@
+"""``budgetspan report``: where time and money went, per workflow, as a table, Markdown or JSON.
+
+Reads OTLP JSON lines (``BUDGETSPAN_TRACES_FILE``, or the Collector's file exporter). Bad lines
+are named with their line number on stderr and skipped; the rest is still reported, and the exit
+status is 1 so scripts notice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+from collections.abc import Sequence
+from typing import IO, Any
+
+from budgetspan.report_analysis import (
+    Analysis,
+    Contributor,
+    PlanError,
+    RunStat,
+    WorkflowStat,
+    analyze,
+    load_plan,
+)
+from budgetspan.report_load import load_files
+
+FORMATS = ("table", "markdown", "json")
+
+
+# --- formatting helpers ---------------------------------------------------------------------
+
+
+def money(x: float | None) -> str:
+    if x is None:
+        return "n/a"
+    if x == 0:
+        return "$0"
+    return f"${x:,.2f}" if abs(x) >= 1 else f"${x:.4f}"
+
+
+def secs(x: float) -> str:
+    return f"{x * 1000:.0f} ms" if abs(x) < 1 else f"{x:.2f} s"
+
+
+def pct(x: float) -> str:
+    return f"{x * 100:.0f}%"
+
+
+def num(x: float) -> str:
+    return f"{x:g}" if float(x).is_integer() else f"{x:.2f}"
+
+
+class Table:
+    """Rows of cells rendered as aligned text or a Markdown table (numbers right-aligned)."""
+
+    def __init__(self, headers: Sequence[str], right: Sequence[bool] | None = None) -> None:
+        self.headers = list(headers)
+        self.right = list(right) if right is not None else [False] + [True] * (len(headers) - 1)
+        self.rows: list[list[str]] = []
+
+    def add(self, *cells: object) -> None:
+        self.rows.append([str(c) for c in cells])
+
+    def render(self, markdown: bool = False) -> str:
+        if markdown:
+            out = ["| " + " | ".join(self.headers) + " |"]
+            out.append("|" + "|".join("---:" if r else "---" for r in self.right) + "|")
+            out += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in self.rows]
+            return "\n".join(out)
+        widths = [
+            max(len(h), *(len(r[i]) for r in self.rows)) if self.rows else len(h)
+            for i, h in enumerate(self.headers)
+        ]
+
+        def line(cells: Sequence[str]) -> str:
+            parts = [
+                c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, self.right, strict=True)
+            ]
+            return "  ".join(parts).rstrip()
+
+        return "\n".join([line(self.headers), line(["-" * w for w in widths]), *(line(r) for r in self.rows)])
+
+
+class _Out:
+    def __init__(self, markdown: bool) -> None:
+        self.markdown = markdown
+        self.parts: list[str] = []
+
+    def heading(self, text: str, level: int = 2) -> None:
+        if self.markdown:
+            self.parts.append("#" * level + " " + text + "\n")
+        else:
+            self.parts.append(text + "\n" + ("=" if level == 1 else "-") * len(text) + "\n")
+
+    def text(self, text: str) -> None:
+        self.parts.append(text + "\n")
+
+    def table(self, table: Table) -> None:
+        self.parts.append(table.render(self.markdown) + "\n")
+
+    def render(self) -> str:
+        return "\n".join(self.parts)
+
+
+# --- sections ---------------------------------------------------------------------------------
+
+
+def outcome_summary(outcomes: dict[str, int]) -> str:
+    return ", ".join(f"{n} {o}" for o, n in outcomes.items())
+
+
+def _contributors_table(rows: list[Contributor], by_cost: bool) -> Table:
+    t = Table(
+        ["contributor", "phase", "count", "time", "share of time", "cost", "share of cost"],
+        [False, False, True, True, True, True, True],
+    )
+    for c in rows:
+        t.add(
+            c.name, c.phase, c.count, secs(c.time_s), pct(c.time_share), money(c.cost_usd), pct(c.cost_share)
+        )
+    return t
+
+
+def _workflow(out: _Out, wf: WorkflowStat) -> None:
+    out.heading(f"Workflow {wf.workflow}", 2)
+    out.text(
+        f"{wf.runs} run{'s' if wf.runs != 1 else ''} ({outcome_summary(wf.outcomes)}); "
+        f"total {money(wf.total_cost_usd)} and {secs(wf.total_time_s)}; "
+        f"cost per successful run {money(wf.cost_per_success)}"
+        + (" (no successful runs)" if wf.cost_per_success is None else "")
+        + "."
+    )
+    t = Table(["phase", "runs", "time", "share", "p50", "p95", "cost", "share of cost", "calls"])
+    for p in wf.phases:
+        t.add(
+            p.phase,
+            p.runs,
+            secs(p.time_s),
+            pct(p.time_share),
+            secs(p.p50_s),
+            secs(p.p95_s),
+            money(p.cost_usd),
+            pct(p.cost_share),
+            p.calls,
+        )
+    out.heading("Time and cost by phase", 3)
+    out.table(t)
+    if wf.top_by_time:
+        out.heading("Largest contributors by time", 3)
+        out.table(_contributors_table(wf.top_by_time, False))
+    if wf.top_by_cost:
+        out.heading("Largest contributors by cost", 3)
+        out.table(_contributors_table(wf.top_by_cost, True))
+    out.heading("Budgets and retries", 3)
+    if wf.exhaustions:
+        out.text(
+            "Budget exhausted: "
+            + "; ".join(f"{r.reason} in {r.runs} of {wf.runs} runs ({pct(r.rate)})" for r in wf.exhaustions)
+            + "."
+        )
+    else:
+        out.text("Budget exhausted: never.")
+    if wf.would_exhaust:
+        out.text(
+            "Would have been exhausted (observe mode): "
+            + "; ".join(f"{r.reason} in {r.runs} of {wf.runs} runs ({pct(r.rate)})" for r in wf.would_exhaust)
+            + "."
+        )
+    if wf.retries:
+        out.text(
+            f"Retries: {wf.retries} ("
+            + ", ".join(f"{name} {n}" for name, n in wf.retries_by_call.items())
+            + ")."
+        )
+    else:
+        out.text("Retries: none.")
+    if wf.unpriced_calls:
+        out.text(f"Unpriced model calls: {wf.unpriced_calls} (their cost is unknown, not counted as $0).")
+    out.heading("Independent reads that ran one after another", 3)
+    if not wf.sequential_reads:
+        out.text("None: read-only calls under the same parent overlapped in time.")
+    else:
+        runs = len({f.run_id for f in wf.sequential_reads})
+        saving = sum(f.saving_s for f in wf.sequential_reads)
+        out.text(
+            f"{runs} of {wf.runs} runs made read-only calls one after another under the same parent; "
+            f"running them in parallel could save up to {secs(saving)} in total."
+        )
+        t = Table(
+            ["run", "under", "reads in order (start +offset, duration)", "could save"],
+            [False, False, False, True],
+        )
+        for f in wf.sequential_reads:
+            reads = " then ".join(f"{r.name} (+{secs(r.offset_s)}, {secs(r.duration_s)})" for r in f.reads)
+            t.add(f.run_id[:8], f.parent, reads, secs(f.saving_s))
+        out.table(t)
+
+
+def _plan(out: _Out, a: Analysis) -> None:
+    out.heading("Plan versus actual (biggest misses first)", 2)
+    t = Table(
+        ["workflow", "item", "estimate", "actual (mean)", "actual (p95)", "miss", ""],
+        [False, False, True, True, True, True, False],
+    )
+    for r in a.plan:
+        miss = "n/a" if math.isinf(r.miss) else f"{r.miss * 100:+.0f}%"
+        t.add(
+            r.workflow,
+            r.item,
+            num(r.estimate),
+            num(r.actual),
+            num(r.actual_p95),
+            miss,
+            "MISS" if r.is_miss else "ok",
+        )
+    out.table(t)
+    for note in a.plan_notes:
+        out.text(note)
+
+
+def runs_table(runs: Sequence[RunStat], *, label: dict[str, str] | None = None) -> Table:
+    """One row per run: time, cost, calls, outcome and the budget closest to its limit."""
+    t = Table(
+        ["run", "profile", "outcome", "time", "cost", "model", "tools", "retrievals", "budget used"],
+        [False, False, False, True, True, True, True, True, False],
+    )
+    for r in runs:
+        used = r.budget_used()
+        t.add(
+            (label or {}).get(r.run_id, r.run_id[:8]),
+            r.profile or "-",
+            r.outcome,
+            secs(r.wall_s),
+            money(r.cost_usd),
+            r.model_calls,
+            r.tool_calls,
+            r.retrievals,
+            f"{pct(used[1])} of {used[0]}" if used else "-",
+        )
+    return t
+
+
+def render(a: Analysis, fmt: str = "table") -> str:
+    if fmt == "json":
+        return json.dumps(to_jsonable(a), indent=2) + "\n"
+    out = _Out(markdown=fmt == "markdown")
+    out.heading("budgetspan report", 1)
+    out.text(
+        f"{a.spans:,} spans, {len(a.runs)} runs, {len(a.workflows)} workflow{'s' if len(a.workflows) != 1 else ''}."
+    )
+    for wf in a.workflows:
+        _workflow(out, wf)
+    if a.plan or a.plan_notes:
+        _plan(out, a)
+    return out.render()
+
+
+def to_jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        d = {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        if isinstance(obj, RunStat):
+            d["wall_s"] = obj.wall_s
+        return d
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(x) for x in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+# --- command ---------------------------------------------------------------------------------
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="+", metavar="FILE", help="OTLP JSON lines (BUDGETSPAN_TRACES_FILE output)")
+    p.add_argument("--plan", metavar="PLAN.toml", help="per-workflow estimates to compare against")
+    p.add_argument("--format", choices=FORMATS, default="table")
+    p.add_argument("--top", type=int, default=5, help="how many largest contributors to list")
+    p.add_argument(
+        "--progress", action="store_true", help="show a progress bar even when stderr is not a terminal"
+    )
+
+
+def run_report(args: argparse.Namespace, stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> int:
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    plan = None
+    if args.plan:
+        try:
+            plan = load_plan(args.plan)
+        except PlanError as e:
+            print(f"budgetspan report: {e}", file=stderr)
+            return 2
+    show_progress = bool(args.progress) or stderr.isatty()
+    spans, errors = load_files(
+        args.files,
+        progress=show_progress,
+        on_error=lambda e: print(f"budgetspan report: {e}", file=stderr),
+    )
+    analysis = analyze(spans, plan, top=args.top)
+    stdout.write(render(analysis, args.format))
+    if errors:
+        print(
+            f"budgetspan report: {len(errors)} bad line{'s' if len(errors) != 1 else ''} skipped; "
+            "the report covers the rest.",
+            file=stderr,
+        )
+        return 1
+    return 0
+
+
+__all__ = ["FORMATS", "Table", "add_arguments", "money", "render", "run_report", "runs_table", "secs"]
