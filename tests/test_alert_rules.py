@@ -1,0 +1,143 @@
+"""collector-config/: promtool on the rules, their unit tests and the Prometheus config; the
+structure of the collector, Alertmanager, Grafana provisioning and compose files."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+CFG = REPO / "collector-config"
+REQUIRED_ALERTS = {
+    "BudgetspanBudgetExhaustionRateHigh",
+    "BudgetspanCostPerSuccessfulTaskHigh",
+    "BudgetspanPhaseLatencyP95High",
+    "BudgetspanUnpricedModelCalls",
+}
+
+pytestmark = pytest.mark.skipif(shutil.which("promtool") is None, reason="needs promtool")
+
+
+def promtool(*args: str, cwd: Path = CFG) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["promtool", *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def load(name: str) -> Any:
+    return yaml.safe_load((CFG / name).read_text())
+
+
+def rules() -> list[dict[str, Any]]:
+    return [r for g in load("alerts.yml")["groups"] for r in g["rules"] if "alert" in r]
+
+
+def test_promtool_check_rules_and_config() -> None:
+    r = promtool("check", "rules", "alerts.yml")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"SUCCESS: {len(rules())} rules found" in r.stdout
+    r = promtool("check", "config", "prometheus.yml")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_promtool_unit_tests_pass() -> None:
+    r = promtool("test", "rules", "alerts_test.yml")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "SUCCESS" in r.stdout
+
+
+def test_every_alert_is_documented_and_tested_both_ways() -> None:
+    alerts = {r["alert"]: r for r in rules()}
+    assert set(alerts) >= REQUIRED_ALERTS
+    for name, rule in alerts.items():
+        ann = rule["annotations"]
+        assert ann.get("summary") and ann.get("description"), name
+        assert len(ann.get("runbook", "")) > 200, f"{name}: runbook paragraph missing"
+        assert rule["labels"]["severity"] in {"info", "warning", "critical"}
+    fires: set[str] = set()
+    quiet: set[str] = set()
+    for case in load("alerts_test.yml")["tests"]:
+        for check in case["alert_rule_test"]:
+            (fires if check["exp_alerts"] else quiet).add(check["alertname"])
+    assert fires == set(alerts), "every alert needs a case where it fires"
+    assert quiet == set(alerts), "every alert needs a case where it does not fire"
+
+
+def test_unit_tests_catch_a_broken_threshold(tmp_path: Path) -> None:
+    """The rule tests are not vacuous: loosen a threshold and they fail."""
+    text = (CFG / "alerts.yml").read_text()
+    broken = text.replace(") > 0.2\n", ") > 0.05\n").replace("> 0.5\n", "> 0.05\n")
+    assert broken != text
+    (tmp_path / "alerts.yml").write_text(broken)
+    shutil.copy(CFG / "alerts_test.yml", tmp_path / "alerts_test.yml")
+    r = promtool("test", "rules", "alerts_test.yml", cwd=tmp_path)
+    assert r.returncode != 0
+    assert "BudgetspanBudgetExhaustionRateHigh" in r.stdout + r.stderr
+    assert "BudgetspanCostPerSuccessfulTaskHigh" in r.stdout + r.stderr
+
+
+def test_collector_pipelines_are_wired() -> None:
+    cfg = load("otel-collector.yaml")
+    defined = {
+        kind: set(cfg.get(kind, {})) for kind in ("receivers", "processors", "exporters", "connectors")
+    }
+    pipelines = cfg["service"]["pipelines"]
+    for name, p in pipelines.items():
+        for r in p["receivers"]:
+            assert r in defined["receivers"] | defined["connectors"], (name, r)
+        for e in p["exporters"]:
+            assert e in defined["exporters"] | defined["connectors"], (name, e)
+        assert p["processors"][0] == "memory_limiter", f"{name}: memory_limiter must come first"
+        assert "batch" in p["processors"]
+    traces = pipelines["traces"]
+    assert traces["receivers"] == ["otlp"]
+    assert "spanmetrics" in traces["exporters"]  # the span-metrics path ...
+    assert any("spanmetrics" in p["receivers"] for p in pipelines.values())  # ... to Prometheus
+    assert any(e.startswith("otlp") for e in traces["exporters"])  # a tracing backend
+    dims = {d["name"] for d in cfg["connectors"]["spanmetrics"]["dimensions"]}
+    assert {"budgetspan.phase", "budgetspan.workflow", "gen_ai.request.model"} <= dims
+    # Prometheus scrapes the collector's span metrics where the collector serves them.
+    port = cfg["exporters"]["prometheus"]["endpoint"].rsplit(":", 1)[1]
+    targets = [
+        t
+        for job in load("prometheus.yml")["scrape_configs"]
+        for sc in job.get("static_configs", [])
+        for t in sc["targets"]
+    ]
+    assert f"otel-collector:{port}" in targets
+
+
+def test_alertmanager_routes_to_defined_receivers() -> None:
+    am = load("alertmanager.yml")
+    names = {r["name"] for r in am["receivers"]}
+    routes = [am["route"], *am["route"].get("routes", [])]
+    assert all(r["receiver"] in names for r in routes)
+    alerts = {r["alert"] for r in rules()}
+    for inhibit in am.get("inhibit_rules", []):
+        for m in inhibit["source_matchers"] + inhibit["target_matchers"]:
+            assert m.split("=", 1)[1].strip('"') in alerts
+
+
+def test_compose_mounts_exist_and_grafana_provisioning_matches() -> None:
+    compose = load("compose.yaml")
+    services = compose["services"]
+    assert {"otel-collector", "prometheus", "alertmanager", "grafana"} <= set(services)
+    for svc in services.values():
+        for vol in svc.get("volumes", []):
+            src, _dest = vol.split(":")[:2]
+            assert (CFG / src).resolve().exists(), f"compose mounts missing {src}"
+    prom_mounts = {v.split(":")[1] for v in services["prometheus"]["volumes"]}
+    assert "/etc/prometheus/alerts.yml" in prom_mounts  # rule_files: alerts.yml, next to the config
+    grafana_dest = {v.split(":")[1]: v.split(":")[0] for v in services["grafana"]["volumes"]}
+    prov = yaml.safe_load((CFG / "grafana/provisioning/dashboards/budgetspan.yml").read_text())
+    path = prov["providers"][0]["options"]["path"]
+    assert (CFG / grafana_dest[path]).resolve() == REPO / "dashboards"
+    assert list((REPO / "dashboards").glob("*.json")), "no dashboards to provision"
+    ds = yaml.safe_load((CFG / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    assert ds["datasources"][0]["type"] == "prometheus"
+    assert ds["datasources"][0]["url"].endswith(":9090")
