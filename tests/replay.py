@@ -118,6 +118,21 @@ class _HangingStream(httpx2.AsyncByteStream):
         await asyncio.sleep(3600)
 
 
+class _Chunks(httpx2.SyncByteStream):
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.data
+
+
+def streamed_json(body: dict[str, Any]) -> Any:
+    """A JSON answer whose body is only read when the client reads it (like the network)."""
+    return lambda request: httpx2.Response(
+        200, stream=_Chunks(json.dumps(body).encode()), headers={"content-type": "application/json"}
+    )
+
+
 def broken_sse(head: bytes) -> Any:
     return lambda request: httpx2.Response(
         200, stream=_BrokenStream(head), headers={"content-type": "text/event-stream"}

@@ -334,13 +334,23 @@ def _watch_raw(call: Call, observer: Observer, raw: Any, asynchronous: bool) -> 
     if inspect.iscoroutinefunction(original_parse):
 
         async def aparse(*args: Any, **kwargs: Any) -> Any:
-            return _adopt(await original_parse(*args, **kwargs))
+            state.in_next = True  # reading the body closes the response: not an early close
+            try:
+                parsed = await original_parse(*args, **kwargs)
+            finally:
+                state.in_next = False
+            return _adopt(parsed)
 
         raw.parse = aparse
     else:
 
         def parse(*args: Any, **kwargs: Any) -> Any:
-            return _adopt(original_parse(*args, **kwargs))
+            state.in_next = True  # reading the body closes the response: not an early close
+            try:
+                parsed = original_parse(*args, **kwargs)
+            finally:
+                state.in_next = False
+            return _adopt(parsed)
 
         raw.parse = parse
     _hook_close_raw(state, http, observer)
@@ -349,7 +359,7 @@ def _watch_raw(call: Call, observer: Observer, raw: Any, asynchronous: bool) -> 
 
 def _hook_close_raw(state: _State, http: Any, observer: Observer) -> None:
     def closed() -> None:
-        if state.ended:
+        if state.ended or state.in_next:
             return
         body = _body_json(http)
         if isinstance(body, dict):

@@ -1,0 +1,211 @@
+"""OpenAI streams end their span exactly once on every path, over a local recording transport:
+consumed, closed early, context-managed, abandoned (GC), failed mid-way, cancelled; and the raw /
+streaming-response variants count one call, never two."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from typing import Any
+
+import openai
+import pytest
+from opentelemetry.trace import StatusCode
+
+import budgetspan
+from budgetspan import attributes as A
+from tests.replay import (  # noqa: F401
+    Recorder,
+    broken_sse,
+    chat_chunks,
+    chat_completion,
+    hanging_sse,
+    instrumented,
+    json_response,
+    openai_sse,
+    sse_response,
+    streamed_json,
+)
+
+USAGE = {"prompt_tokens": 11, "completion_tokens": 2, "total_tokens": 13}
+ARGS: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def client(rec: Recorder) -> openai.OpenAI:
+    return openai.OpenAI(api_key="test", http_client=rec.sync(), max_retries=0)
+
+
+def aclient(rec: Recorder) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(api_key="test", http_client=rec.asynchronous(), max_retries=0)
+
+
+def only_span(tracing: Any) -> Any:
+    spans = tracing.spans("chat")
+    assert len(spans) == 1, [s.name for s in spans]
+    return spans[0]
+
+
+def test_consumed_stream_has_usage_and_time_to_first_token(instrumented: Any) -> None:  # noqa: F811
+    rec = Recorder(sse_response(openai_sse(chat_chunks(usage=USAGE))))
+    with budgetspan.run("s") as run:
+        pieces = [
+            c.choices[0].delta.content
+            for c in client(rec).chat.completions.create(stream=True, **ARGS)
+            if c.choices
+        ]
+    assert "".join(p for p in pieces if p) == "Hello"
+    span = only_span(instrumented)
+    assert span.attributes[A.STREAM_END] == "consumed"
+    assert span.attributes[A.GEN_AI_USAGE_INPUT_TOKENS] == 11
+    assert span.attributes[A.GEN_AI_USAGE_OUTPUT_TOKENS] == 2
+    assert span.attributes[A.TIME_TO_FIRST_TOKEN_S] >= 0
+    assert span.attributes[A.GEN_AI_RESPONSE_FINISH_REASONS] == ("stop",)
+    assert span.status.status_code is not StatusCode.ERROR
+    assert run.partial["last_model_answer"] == "Hello"
+    assert run.usage.output_tokens == 2
+
+
+def test_closed_early_ends_once_as_unreported(instrumented: Any) -> None:  # noqa: F811
+    rec = Recorder(sse_response(openai_sse(chat_chunks(usage=USAGE))))
+    with budgetspan.run("s") as run:
+        stream = client(rec).chat.completions.create(stream=True, **ARGS)
+        next(stream)
+        stream.close()
+        stream.close()  # a second close changes nothing
+    span = only_span(instrumented)
+    assert span.attributes[A.STREAM_END] == "closed"
+    assert span.attributes[A.USAGE_UNREPORTED] is True  # the usage chunk never arrived
+    assert A.GEN_AI_USAGE_OUTPUT_TOKENS not in span.attributes
+    assert run.usage.model_calls == 1
+
+
+def test_context_manager_exit_ends_the_stream(instrumented: Any) -> None:  # noqa: F811
+    rec = Recorder(sse_response(openai_sse(chat_chunks(usage=USAGE))))
+    with client(rec).chat.completions.create(stream=True, **ARGS) as stream:
+        next(stream)
+        assert instrumented.spans("chat") == []  # still open while the stream is
+    assert only_span(instrumented).attributes[A.STREAM_END] == "closed"
+
+
+def test_abandoned_stream_is_ended_by_garbage_collection(instrumented: Any) -> None:  # noqa: F811
+    rec = Recorder(sse_response(openai_sse(chat_chunks(usage=USAGE))))
+
+    def leak() -> None:
+        stream = client(rec).chat.completions.create(stream=True, **ARGS)
+        next(stream)
+
+    leak()
+    gc.collect()
+    assert only_span(instrumented).attributes[A.STREAM_END] == "abandoned"
+
+
+def test_failed_mid_stream_is_error_and_the_sdk_exception_propagates(instrumented: Any) -> None:  # noqa: F811
+    head = openai_sse(chat_chunks(usage=None)[:1], done=False)
+    rec = Recorder(broken_sse(head))
+    stream = client(rec).chat.completions.create(stream=True, **ARGS)
+    with pytest.raises(openai.APIConnectionError):
+        for _ in stream:
+            pass
+    span = only_span(instrumented)
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.attributes[A.STREAM_END] == "error"
+    assert span.attributes[A.ERROR_TYPE] == "APIConnectionError"
+
+
+async def test_cancelled_mid_stream(instrumented: Any) -> None:  # noqa: F811
+    head = openai_sse(chat_chunks(usage=None)[:1], done=False)
+    rec = Recorder(hanging_sse(head))
+    got_first = asyncio.Event()
+
+    async def consume() -> None:
+        stream = await aclient(rec).chat.completions.create(stream=True, **ARGS)
+        async for _ in stream:
+            got_first.set()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(got_first.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    span = only_span(instrumented)
+    assert span.attributes[A.STREAM_END] == "cancelled"
+    assert span.status.status_code is StatusCode.ERROR
+
+
+async def test_async_stream_consumed_and_closed(instrumented: Any) -> None:  # noqa: F811
+    rec = Recorder(sse_response(openai_sse(chat_chunks(usage=USAGE))))
+    c = aclient(rec)
+    stream = await c.chat.completions.create(stream=True, **ARGS)
+    async for _ in stream:
+        pass
+    stream2 = await c.chat.completions.create(stream=True, **ARGS)
+    await stream2.__anext__()
+    await stream2.close()
+    first, second = instrumented.spans("chat")
+    assert first.attributes[A.STREAM_END] == "consumed"
+    assert first.attributes[A.GEN_AI_USAGE_OUTPUT_TOKENS] == 2
+    assert second.attributes[A.STREAM_END] == "closed"
+
+
+def test_chat_stream_helper_counts_once(instrumented: Any) -> None:  # noqa: F811
+    rec = Recorder(sse_response(openai_sse(chat_chunks(usage=USAGE))))
+    c = client(rec)
+    with c.chat.completions.stream(**ARGS) as stream:
+        final = stream.get_final_completion()
+    assert final.choices[0].message.content == "Hello"
+    with c.chat.completions.stream(**ARGS) as stream:
+        for _ in stream:
+            break  # leave early: the helper closes the HTTP response itself
+    first, second = instrumented.spans("chat")
+    assert first.attributes[A.STREAM_END] == "consumed"
+    assert first.attributes[A.GEN_AI_USAGE_INPUT_TOKENS] == 11
+    assert second.attributes[A.STREAM_END] == "closed"
+    assert len(rec.requests) == 2
+
+
+def test_with_raw_response_counts_once_with_usage(instrumented: Any) -> None:  # noqa: F811
+    rec = Recorder(json_response(chat_completion(usage=USAGE)))
+    with budgetspan.run("raw") as run:
+        raw = client(rec).chat.completions.with_raw_response.create(**ARGS)
+        completion = raw.parse()
+    assert completion.choices[0].message.content == "hello"
+    span = only_span(instrumented)
+    assert span.attributes[A.GEN_AI_USAGE_INPUT_TOKENS] == 11
+    assert run.usage.model_calls == 1 and run.usage.input_tokens == 11
+
+
+def test_with_raw_response_stream(instrumented: Any) -> None:  # noqa: F811
+    rec = Recorder(sse_response(openai_sse(chat_chunks(usage=USAGE))))
+    raw = client(rec).chat.completions.with_raw_response.create(stream=True, **ARGS)
+    assert instrumented.spans("chat") == []
+    for _ in raw.parse():
+        pass
+    span = only_span(instrumented)
+    assert span.attributes[A.STREAM_END] == "consumed"
+    assert span.attributes[A.GEN_AI_USAGE_OUTPUT_TOKENS] == 2
+
+
+def test_with_streaming_response(instrumented: Any) -> None:  # noqa: F811
+    rec = Recorder(streamed_json(chat_completion(usage=USAGE)))
+    c = client(rec)
+    with c.chat.completions.with_streaming_response.create(**ARGS) as response:
+        assert response.parse().usage is not None
+    with c.chat.completions.with_streaming_response.create(**ARGS) as response:
+        pass  # never read: counted, usage unreported
+    first, second = instrumented.spans("chat")
+    assert first.attributes[A.GEN_AI_USAGE_INPUT_TOKENS] == 11
+    assert second.attributes[A.USAGE_UNREPORTED] is True
+    assert second.attributes[A.STREAM_END] == "closed"
+
+
+def test_sdk_error_is_error_status_and_propagates_unchanged(instrumented: Any) -> None:  # noqa: F811
+    body = {"error": {"message": "bad model", "type": "invalid_request_error", "code": None}}
+    rec = Recorder(json_response(body, status=400))
+    with budgetspan.run("err") as run, pytest.raises(openai.BadRequestError) as info:
+        client(rec).chat.completions.create(**ARGS)
+    assert "bad model" in str(info.value)
+    span = only_span(instrumented)
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.attributes[A.ERROR_TYPE] == "BadRequestError"
+    assert span.attributes[A.USAGE_UNREPORTED] is True
+    assert run.usage.model_calls == 1
