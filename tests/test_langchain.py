@@ -307,3 +307,47 @@ def test_chat_model_without_an_instrumented_sdk_makes_no_model_span(instrumented
         assert model.invoke("hi").content == "hello"
     assert [s.name for s in instrumented.exporter.get_finished_spans()] == ["invoke_agent support"]
     assert run.usage.model_calls == 0
+
+
+def test_chat_model_backed_by_the_openai_sdk_is_one_model_span(instrumented: Tracing) -> None:
+    """A LangChain chat model that calls the OpenAI SDK: the SDK instrumentation makes the one
+    span (with tokens and cost); LangChain adds none, so the model call is counted once."""
+    import openai
+    from langchain_core.language_models import BaseChatModel
+    from langchain_core.messages import AIMessage, BaseMessage
+    from langchain_core.outputs import ChatGeneration, ChatResult
+
+    from budgetspan.instrumentation.openai import OpenAIInstrumentor
+    from tests.replay import replay, requests_of
+
+    cassette = "openai/test_chat__test_chat.yaml"
+
+    class SDKChat(BaseChatModel):
+        model: str = "gpt-3.5-turbo"
+
+        @property
+        def _llm_type(self) -> str:
+            return "sdk-chat"
+
+        def _generate(
+            self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any
+        ) -> ChatResult:
+            client = openai.OpenAI(api_key="test", max_retries=0)
+            body = [{"role": "user", "content": str(m.content)} for m in messages]
+            out = client.chat.completions.create(model=self.model, messages=body)  # type: ignore[arg-type]
+            text = out.choices[0].message.content or ""
+            return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
+
+    sdk = OpenAIInstrumentor()
+    sdk.instrument()
+    try:
+        prompt = requests_of(cassette)[0]["messages"][0]["content"]
+        with budgetspan.run("support") as run, replay(cassette):
+            reply = SDKChat().invoke(prompt)
+    finally:
+        sdk.uninstrument()
+    assert "baggage" in str(reply.content)
+    names = [s.name for s in instrumented.exporter.get_finished_spans()]
+    assert names == ["chat gpt-3.5-turbo", "invoke_agent support"]
+    assert run.usage.model_calls == 1
+    assert run.usage.input_tokens == 15 and run.usage.output_tokens == 19
