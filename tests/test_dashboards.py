@@ -1,0 +1,245 @@
+"""dashboards/: the committed JSON is what the generator makes, is importable Grafana JSON, and
+only queries metrics budgetspan actually exposes. (Every query also runs on a real Prometheus in
+test_prometheus_e2e.py.)"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+import warnings
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import jsonschema
+import pytest
+from prometheus_client import CollectorRegistry
+
+import budgetspan
+from budgetspan import events
+from budgetspan.ledger import Spend
+from budgetspan.processors.metrics import BudgetspanMetrics
+
+REPO = Path(__file__).resolve().parent.parent
+DASHBOARDS = REPO / "dashboards"
+BUILTINS = {"__rate_interval", "__range", "__interval", "datasource"}
+
+
+def generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bs_dash_generate", DASHBOARDS / "generate.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it loads
+    spec.loader.exec_module(module)
+    return module
+
+
+def load(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((DASHBOARDS / name).read_text())
+    return data
+
+
+def panels(dash: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for p in dash["panels"] if p["type"] != "row"]
+
+
+NAMES = ["budgetspan-overview.json", "budgetspan-workflow.json"]
+
+# What Grafana's importer needs of a classic (v1) dashboard, and what we promise on top.
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["title", "uid", "schemaVersion", "panels", "templating", "time", "tags"],
+    "properties": {
+        "uid": {"type": "string", "pattern": "^[a-zA-Z0-9_-]{1,40}$"},
+        "schemaVersion": {"type": "integer", "minimum": 36},
+        "templating": {
+            "type": "object",
+            "required": ["list"],
+            "properties": {
+                "list": {
+                    "type": "array",
+                    "items": {"type": "object", "required": ["name", "type"]},
+                }
+            },
+        },
+        "panels": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["id", "type", "title", "gridPos"],
+                "properties": {
+                    "id": {"type": "integer", "minimum": 1},
+                    "type": {"enum": ["row", "stat", "timeseries"]},
+                    "gridPos": {
+                        "type": "object",
+                        "required": ["h", "w", "x", "y"],
+                        "properties": {
+                            "w": {"type": "integer", "minimum": 1, "maximum": 24},
+                            "x": {"type": "integer", "minimum": 0, "maximum": 23},
+                        },
+                    },
+                    "targets": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["refId", "expr"],
+                            "properties": {
+                                "refId": {"type": "string", "pattern": "^[A-Z]$"},
+                                "expr": {"type": "string", "minLength": 1},
+                            },
+                        },
+                    },
+                    "datasource": {
+                        "type": "object",
+                        "required": ["type", "uid"],
+                        "properties": {"type": {"const": "prometheus"}},
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def test_committed_json_is_freshly_generated(tmp_path: Path) -> None:
+    gen = generator()
+    assert gen.main(["--out", str(tmp_path)]) == 0
+    for name in NAMES:
+        assert (tmp_path / name).read_text() == (DASHBOARDS / name).read_text(), (
+            f"{name} is stale: run .venv/bin/python dashboards/generate.py"
+        )
+    assert gen.main(["--check"]) == 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_dashboard_is_valid_grafana_json(name: str) -> None:
+    dash = load(name)
+    jsonschema.validate(dash, SCHEMA)
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    # No two panels overlap on the 24-column grid.
+    cells: set[tuple[int, int]] = set()
+    for p in dash["panels"]:
+        g = p["gridPos"]
+        assert g["x"] + g["w"] <= 24, p["title"]
+        mine = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+        assert not cells & mine, f"{p['title']} overlaps another panel"
+        cells |= mine
+    variables = {v["name"] for v in dash["templating"]["list"]}
+    assert "datasource" in variables
+    for p in panels(dash):
+        assert p["datasource"]["uid"] == "${datasource}"
+        refs = [t["refId"] for t in p["targets"]]
+        assert refs and len(refs) == len(set(refs)), p["title"]
+        for t in p["targets"]:
+            for var in re.findall(r"\$\{?(\w+)", t["expr"]):
+                assert var in variables | BUILTINS, f"{p['title']}: undefined ${var}"
+    # It also parses into grafana-foundation-sdk's typed models and back, unchanged.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from grafana_foundation_sdk.cog.encoder import JSONEncoder
+        from grafana_foundation_sdk.cog.plugins import register_default_plugins
+        from grafana_foundation_sdk.models.dashboard import Dashboard
+        from grafana_foundation_sdk.models.prometheus import Dataquery
+
+        register_default_plugins()
+        model = Dashboard.from_json(dash)
+    assert json.loads(JSONEncoder(sort_keys=True).encode(model)) == dash
+    typed = [t for p in (model.panels or []) for t in (getattr(p, "targets", None) or [])]
+    assert typed and all(isinstance(t, Dataquery) for t in typed)
+
+
+def exposed_names() -> set[str]:
+    """Every sample name budgetspan's metrics can expose, from a real registry after real runs."""
+    registry = CollectorRegistry()
+    metrics = BudgetspanMetrics(registry)
+    out: set[str] = set()
+    for family in registry.collect():
+        if family.type == "counter":
+            out.add(family.name + "_total")
+        elif family.type == "histogram":
+            out |= {family.name + "_bucket", family.name + "_sum", family.name + "_count"}
+        else:
+            out.add(family.name)
+    del metrics
+    return out
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_queries_only_use_exposed_metric_names(name: str) -> None:
+    known = exposed_names()
+    assert "budgetspan_runs_total" in known and "budgetspan_run_cost_usd_sum" in known
+    used = {
+        m
+        for p in panels(load(name))
+        for t in p["targets"]
+        for m in re.findall(r"\bbudgetspan_\w+", t["expr"])
+    }
+    for v in load(name)["templating"]["list"]:
+        used |= set(re.findall(r"\bbudgetspan_\w+", str(v.get("query", ""))))
+    assert used, "no budgetspan metric queried"
+    assert used <= known, f"queries name metrics nobody exposes: {sorted(used - known)}"
+
+
+def test_overview_has_the_required_panels() -> None:
+    titles = {p["title"] for p in panels(load("budgetspan-overview.json"))}
+    for required in (
+        "Cost per successful task",
+        "Spend rate",
+        "Runs by outcome",
+        "Budget exhaustions by reason",
+        "Budget-exhaustion rate",
+        "p95 duration by phase",
+        "Cost by phase and model ($/h)",
+        "Tokens by type",
+        "Cache-read share of input tokens",
+        "Tool latency p95 by tool",
+        "Tool errors by tool",
+        "Retries by type",
+        "Unpriced model calls",
+        "Live runs",
+    ):
+        assert required in titles, required
+
+
+def test_drilldown_is_per_workflow() -> None:
+    dash = load("budgetspan-workflow.json")
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables["workflow"]["type"] == "query" and not variables["workflow"]["multi"]
+    assert "$workflow" in variables["phase"]["query"]
+    for p in panels(dash):
+        for t in p["targets"]:
+            assert 'workflow="$workflow"' in t["expr"], p["title"]
+
+
+def test_cost_per_success_keeps_failed_runs_cost(tracing: Any) -> None:
+    """The panel's formula, checked on real numbers: all runs' cost / successful runs."""
+    registry = CollectorRegistry()
+    metrics = BudgetspanMetrics(registry)
+    events.add_listener(metrics)
+    try:
+        for outcome in ("success", "fail"):
+            with budgetspan.run("wf") as run:
+                run.add_spend(Spend(cost_usd=0.25))
+                if outcome == "fail":
+                    run.fail()
+    finally:
+        events.remove_listener(metrics)
+    total = sum(
+        registry.get_sample_value("budgetspan_run_cost_usd_sum", {"workflow": "wf", "outcome": o}) or 0.0
+        for o in ("success", "failure")
+    )
+    successes = registry.get_sample_value("budgetspan_runs_total", {"workflow": "wf", "outcome": "success"})
+    assert successes == 1
+    assert total / successes == pytest.approx(0.5)
+    expr = next(
+        t["expr"]
+        for p in panels(load("budgetspan-overview.json"))
+        if p["title"] == "Cost per successful task"
+        for t in p["targets"]
+    )
+    assert "budgetspan_run_cost_usd_sum{" in expr and 'outcome="success"' in expr.split("/")[1]
+    assert 'outcome="success"' not in expr.split("/")[0]
