@@ -13,6 +13,7 @@ from budgetspan.events import CallRecord, add_listener, remove_listener
 from budgetspan.ledger import InMemoryLedger, Ledger, Mode
 from budgetspan.phase import Phase
 from budgetspan.processors.budget import BudgetSpanProcessor
+from budgetspan.progress import Milestone, ProgressSubscription, subscribe_progress
 from budgetspan.run import (
     Outcome,
     Run,
@@ -41,9 +42,11 @@ __all__ = [
     "InMemoryLedger",
     "Ledger",
     "Limit",
+    "Milestone",
     "Mode",
     "Outcome",
     "Phase",
+    "ProgressSubscription",
     "Run",
     "RunCancelled",
     "ToolLimits",
@@ -61,5 +64,6 @@ __all__ = [
     "remove_listener",
     "run",
     "set_ledger",
+    "subscribe_progress",
     "tool",
 ]
