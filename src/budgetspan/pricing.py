@@ -124,6 +124,7 @@ _PROVIDER_IDS = {
     "aws.bedrock": "aws",
     "x_ai": "x-ai",
     "mistral_ai": "mistral",
+    "together_ai": "together",
 }
 
 _MISSING = object()
@@ -173,7 +174,10 @@ class PriceResolver:
         cr, cw = max(0, cache_read_tokens or 0), max(0, cache_write_tokens or 0)
         cr, cw = min(cr, inp), min(cw, max(0, inp - cr))  # cache figures cannot exceed the input
         if isinstance(price, TokenPrice):
-            value = price.cost(inp, out, cr, cw)
+            try:
+                value = price.cost(inp, out, cr, cw)
+            except (OverflowError, TypeError, ValueError):  # absurd token figures: unpriced
+                return None
         else:
             try:
                 from genai_prices import Usage as GPUsage

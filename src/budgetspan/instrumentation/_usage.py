@@ -52,7 +52,8 @@ def _spend(
 def openai_usage(usage: Any) -> Spend | None:
     """Chat Completions, Responses and Embeddings usage (OpenAI's input already includes cached).
 
-    Chat: ``prompt_tokens`` / ``completion_tokens`` with ``prompt_tokens_details.cached_tokens`` and
+    Chat: ``prompt_tokens`` / ``completion_tokens`` with ``prompt_tokens_details.cached_tokens``
+    (cache reads), ``.cache_write_tokens`` (newer SDKs) and
     ``completion_tokens_details.reasoning_tokens``. Responses: ``input_tokens`` / ``output_tokens``
     with ``input_tokens_details`` / ``output_tokens_details``. Embeddings: ``prompt_tokens`` only.
     """
@@ -67,10 +68,11 @@ def openai_usage(usage: Any) -> Spend | None:
     in_details = field(usage, "prompt_tokens_details") or field(usage, "input_tokens_details")
     out_details = field(usage, "completion_tokens_details") or field(usage, "output_tokens_details")
     cached = count(field(in_details, "cached_tokens"))
+    written = count(field(in_details, "cache_write_tokens"))
     reasoning = count(field(out_details, "reasoning_tokens"))
-    if inp is not None and cached is not None and cached > inp:
-        cached = None  # contradicts the total it is part of: not trustworthy
-    return _spend(inp, out, cached, None, reasoning)
+    if inp is not None and (cached or 0) + (written or 0) > inp:
+        cached = written = None  # contradicts the total they are part of: not trustworthy
+    return _spend(inp, out, cached, written, reasoning)
 
 
 def openai_embeddings_usage(usage: Any) -> Spend | None:

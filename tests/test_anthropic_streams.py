@@ -1,0 +1,200 @@
+"""Anthropic streams and calls over a recording local transport: every exit path ends the span
+once, the cumulative ``message_delta`` replaces (never adds to) ``message_start``, refused calls
+send nothing, retries count, errors propagate unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from typing import Any
+
+import anthropic
+import httpx2
+import pytest
+from opentelemetry.trace import StatusCode
+
+import budgetspan
+from budgetspan import attributes as A
+from tests.replay import (  # noqa: F401
+    Recorder,
+    anthropic_events,
+    anthropic_message,
+    anthropic_sse,
+    broken_sse,
+    hanging_sse,
+    instrumented,
+    json_response,
+    sse_response,
+)
+
+ARGS: dict[str, Any] = {
+    "model": "claude-3-haiku-20240307",
+    "max_tokens": 100,
+    "messages": [{"role": "user", "content": "hi"}],
+}
+
+
+def client(rec: Recorder, **kw: Any) -> anthropic.Anthropic:
+    kw.setdefault("max_retries", 0)
+    return anthropic.Anthropic(api_key="test", http_client=rec.sync(), **kw)
+
+
+def aclient(rec: Recorder) -> anthropic.AsyncAnthropic:
+    return anthropic.AsyncAnthropic(api_key="test", http_client=rec.asynchronous(), max_retries=0)
+
+
+def only_span(tracing: Any) -> Any:
+    spans = tracing.spans("chat")
+    assert len(spans) == 1, [s.name for s in spans]
+    return spans[0]
+
+
+def test_stream_usage_is_cumulative_and_cache_aware(instrumented: Any) -> None:  # noqa: F811
+    events = anthropic_events(
+        start_usage={
+            "input_tokens": 5,
+            "output_tokens": 1,
+            "cache_read_input_tokens": 100,
+            "cache_creation_input_tokens": 20,
+        },
+        delta_usage={"output_tokens": 40},
+    )
+    rec = Recorder(sse_response(anthropic_sse(events)))
+    with budgetspan.run("s") as run, client(rec).messages.stream(**ARGS) as stream:
+        text = "".join(stream.text_stream)
+    assert text == "Hi there"
+    span = only_span(instrumented)
+    assert span.attributes[A.GEN_AI_USAGE_INPUT_TOKENS] == 125  # 5 + cache read + cache write
+    assert span.attributes[A.GEN_AI_USAGE_OUTPUT_TOKENS] == 40  # not 41
+    assert span.attributes[A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] == 100
+    assert span.attributes[A.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS] == 20
+    assert span.attributes[A.GEN_AI_RESPONSE_FINISH_REASONS] == ("end_turn",)
+    assert run.usage.output_tokens == 40 and run.usage.input_tokens == 125
+    assert run.partial["last_model_answer"] == "Hi there"
+
+
+def test_stream_closed_early_keeps_what_was_reported(instrumented: Any) -> None:  # noqa: F811
+    rec = Recorder(sse_response(anthropic_sse(anthropic_events())))
+    with client(rec).messages.stream(**ARGS) as stream:
+        for event in stream:
+            if event.type == "content_block_delta":
+                break
+    span = only_span(instrumented)
+    assert span.attributes[A.STREAM_END] == "closed"
+    assert span.attributes[A.GEN_AI_USAGE_INPUT_TOKENS] == 12  # from message_start
+    assert span.attributes[A.GEN_AI_USAGE_OUTPUT_TOKENS] == 1  # provisional: all we were told
+
+
+def test_raw_stream_abandoned_is_ended_by_gc(instrumented: Any) -> None:  # noqa: F811
+    rec = Recorder(sse_response(anthropic_sse(anthropic_events())))
+
+    def leak() -> None:
+        stream = client(rec).messages.create(stream=True, **ARGS)
+        next(iter(stream))
+
+    leak()
+    gc.collect()
+    assert only_span(instrumented).attributes[A.STREAM_END] == "abandoned"
+
+
+def test_stream_failing_mid_way_is_error(instrumented: Any) -> None:  # noqa: F811
+    head = anthropic_sse(anthropic_events()[:3])
+    rec = Recorder(broken_sse(head))
+    # anthropic's stream lets the transport error through as is; so must we
+    with pytest.raises(httpx2.ReadError), client(rec).messages.stream(**ARGS) as stream:
+        stream.get_final_message()
+    span = only_span(instrumented)
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.attributes[A.STREAM_END] == "error"
+
+
+async def test_async_stream_cancelled_mid_way(instrumented: Any) -> None:  # noqa: F811
+    rec = Recorder(hanging_sse(anthropic_sse(anthropic_events()[:3])))
+    seen = asyncio.Event()
+
+    async def consume() -> None:
+        async with aclient(rec).messages.stream(**ARGS) as stream:
+            async for _ in stream:
+                seen.set()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(seen.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert only_span(instrumented).attributes[A.STREAM_END] == "cancelled"
+
+
+async def test_async_create_stream_consumed(instrumented: Any) -> None:  # noqa: F811
+    rec = Recorder(sse_response(anthropic_sse(anthropic_events())))
+    stream = await aclient(rec).messages.create(stream=True, **ARGS)
+    kinds = [e.type async for e in stream]
+    assert kinds[-1] == "message_stop"
+    span = only_span(instrumented)
+    assert span.attributes[A.STREAM_END] == "consumed"
+    assert span.attributes[A.GEN_AI_USAGE_OUTPUT_TOKENS] == 7
+
+
+def test_refused_call_and_refused_stream_send_nothing(instrumented: Any) -> None:  # noqa: F811
+    rec = Recorder(json_response(anthropic_message()))
+    c = client(rec)
+    with budgetspan.run("r", max_model_calls=0):
+        with pytest.raises(budgetspan.BudgetExhausted):
+            c.messages.create(**ARGS)
+        with pytest.raises(budgetspan.BudgetExhausted), c.messages.stream(**ARGS):
+            pass
+    assert rec.requests == []
+    assert instrumented.spans("chat") == []
+
+
+def test_worst_case_from_max_tokens(instrumented: Any) -> None:  # noqa: F811
+    rec = Recorder(json_response(anthropic_message()))
+    big = {**ARGS, "max_tokens": 200_000, "model": "claude-3-opus-20240229"}
+    with budgetspan.run("r", max_cost_usd=0.5), pytest.raises(budgetspan.BudgetExhausted) as info:
+        client(rec).messages.create(**big)  # 200k output tokens of Opus: ~$15 worst case
+    assert info.value.reason == "max_cost_usd"
+    assert rec.requests == []
+
+
+def test_retries_counted(instrumented: Any) -> None:  # noqa: F811
+    err = {"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}
+    rec = Recorder(
+        json_response(err, status=529, headers={"retry-after-ms": "1"}),
+        json_response(anthropic_message()),
+    )
+    with budgetspan.run("r") as run:
+        client(rec, max_retries=2).messages.create(**ARGS)
+    assert len(rec.requests) == 2
+    assert only_span(instrumented).attributes[A.ATTEMPTS] == 2
+    assert run.usage.retries == 1
+
+
+def test_sdk_error_propagates_unchanged(instrumented: Any) -> None:  # noqa: F811
+    err = {"type": "error", "error": {"type": "invalid_request_error", "message": "nope"}}
+    rec = Recorder(json_response(err, status=400))
+    with pytest.raises(anthropic.BadRequestError, match="nope"):
+        client(rec).messages.create(**ARGS)
+    span = only_span(instrumented)
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.attributes[A.ERROR_TYPE] == "BadRequestError"
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [{"input_tokens": "12", "output_tokens": "x"}, {"input_tokens": -1}, {}],
+)
+def test_malformed_usage_is_unreported(instrumented: Any, usage: Any) -> None:  # noqa: F811
+    rec = Recorder(json_response(anthropic_message(usage=usage)))
+    msg = client(rec).messages.create(**ARGS)
+    assert msg.content[0].text == "hi"
+    span = only_span(instrumented)
+    assert span.attributes[A.USAGE_UNREPORTED] is True
+    assert A.GEN_AI_USAGE_COST not in span.attributes
+
+
+def test_with_raw_response_counts_once(instrumented: Any) -> None:  # noqa: F811
+    rec = Recorder(json_response(anthropic_message()))
+    raw = client(rec).messages.with_raw_response.create(**ARGS)
+    assert raw.parse().content[0].text == "hi"
+    span = only_span(instrumented)
+    assert span.attributes[A.GEN_AI_USAGE_INPUT_TOKENS] == 10

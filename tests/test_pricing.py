@@ -1,0 +1,101 @@
+"""Prices: genai-prices' own figures, cached lookups, unknown => None (never $0, never a guess
+from another provider), and BUDGETSPAN_PRICES overrides reaching the spans."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from genai_prices import Usage, calc_price
+
+from budgetspan import attributes as A
+from budgetspan import pricing
+from budgetspan.pricing import PriceConfigError, PriceResolver, load_price_file
+from tests.replay import Recorder, chat_completion, instrumented, json_response  # noqa: F401
+
+
+def test_known_model_matches_genai_prices_with_cache() -> None:
+    r = PriceResolver()
+    got = r.cost("openai", "gpt-4o-mini", 1149, 353, 1024, 0)
+    want = calc_price(
+        Usage(input_tokens=1149, output_tokens=353, cache_read_tokens=1024),
+        model_ref="gpt-4o-mini",
+        provider_id="openai",
+    ).total_price
+    assert got == pytest.approx(float(want), rel=1e-12)
+    # cached tokens are cheaper than fresh ones
+    assert got < r.cost("openai", "gpt-4o-mini", 1149, 353)
+
+
+def test_unknown_model_and_unknown_provider_are_unpriced() -> None:
+    r = PriceResolver()
+    assert r.cost("openai", "acme-llm-7", 10, 10) is None
+    # a self-hosted server gets no price borrowed from a hosted provider
+    assert r.cost("vllm", "gpt-4o-mini", 10, 10) is None
+    # an unknown gateway serving an OpenAI model name is priced as genai-prices resolves it
+    assert r.cost("openai_compatible", "gpt-4o-mini", 10, 10) == r.cost("openai", "gpt-4o-mini", 10, 10)
+    assert r.cost("openai_compatible", "llama-3-8b-local", 10, 10) is None
+    assert r.cost("openai", "gpt-4o-mini", None, None) is None  # nothing reported: no cost either
+
+
+def test_semconv_provider_names_map_to_price_tables() -> None:
+    r = PriceResolver()
+    assert r.is_priced("anthropic", "claude-3-haiku-20240307")
+    assert r.is_priced("azure.ai.openai", "gpt-4o-mini")
+
+
+def test_lookup_is_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, str]] = []
+    real = pricing._lookup_genai_prices
+
+    def spy(provider: str, model: str) -> Any:
+        calls.append((provider, model))
+        return real(provider, model)
+
+    monkeypatch.setattr(pricing, "_lookup_genai_prices", spy)
+    r = PriceResolver()
+    for _ in range(5):
+        r.cost("openai", "gpt-4o-mini", 10, 10)
+        r.cost("openai", "nope-model", 10, 10)
+    assert calls == [("openai", "gpt-4o-mini"), ("openai", "nope-model")]
+
+
+def test_worst_case_cost() -> None:
+    r = PriceResolver()
+    assert r.worst_case_cost("openai", "gpt-4o-mini", 0, 1_000_000) == pytest.approx(0.6)
+    assert r.worst_case_cost("openai", "gpt-4o-mini", 0, None) is None
+    assert r.worst_case_cost("openai", "acme-llm-7", 0, 100) is None
+
+
+def test_price_file_errors_name_the_variable(tmp_path: Path) -> None:
+    bad = tmp_path / "p.toml"
+    bad.write_text('["vllm/llama"]\ninput_mtok = "cheap"\noutput_mtok = 1\n')
+    with pytest.raises(PriceConfigError, match=A.ENV_PRICES):
+        load_price_file(str(bad))
+    with pytest.raises(PriceConfigError, match=A.ENV_PRICES):
+        load_price_file(str(tmp_path / "missing.toml"))
+
+
+def test_override_file_prices_a_self_hosted_model_on_the_span(
+    instrumented: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    prices = tmp_path / "prices.toml"
+    prices.write_text('["vllm/llama-3-8b"]\ninput_mtok = 1.0\noutput_mtok = 2.0\n')
+    monkeypatch.setenv(A.ENV_PRICES, str(prices))
+    pricing.set_default_resolver(None)
+    try:
+        usage = {"prompt_tokens": 1000, "completion_tokens": 500}
+        rec = Recorder(json_response(chat_completion(model="llama-3-8b", usage=usage)))
+        c = openai.OpenAI(
+            api_key="t", base_url="http://127.0.0.1:8000/v1", http_client=rec.sync(), max_retries=0
+        )
+        c.chat.completions.create(model="llama-3-8b", messages=[{"role": "user", "content": "hi"}])
+    finally:
+        pricing.set_default_resolver(None)
+    (span,) = instrumented.spans("chat")
+    assert span.attributes[A.GEN_AI_PROVIDER_NAME] == "vllm"
+    assert span.attributes[A.GEN_AI_USAGE_COST] == pytest.approx((1000 * 1.0 + 500 * 2.0) / 1e6)
