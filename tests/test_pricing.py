@@ -79,7 +79,7 @@ def test_price_file_errors_name_the_variable(tmp_path: Path) -> None:
 
 
 def test_override_file_prices_a_self_hosted_model_on_the_span(
-    instrumented: Any,
+    instrumented: Any,  # noqa: F811
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

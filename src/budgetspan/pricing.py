@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import threading
+import tomllib
 import warnings
 from dataclasses import dataclass
 from decimal import Decimal
@@ -25,8 +26,6 @@ from typing import Any
 from budgetspan.attributes import ENV_PRICES
 
 log = logging.getLogger(__name__)
-
-import tomllib
 
 
 @dataclass(frozen=True)
