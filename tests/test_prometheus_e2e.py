@@ -1,0 +1,280 @@
+"""End to end on a real Prometheus: it scrapes a workload process making real instrumented calls,
+then every dashboard panel's query runs through the HTTP API and must return data; the bundled
+alert rules load, evaluate without error and go pending on the workload's real exhaustion rate;
+``promtool check metrics`` passes on our exposition."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import select
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+WORKLOAD = REPO / "tests" / "workloads" / "agent_workload.py"
+DASHBOARDS = REPO / "dashboards"
+ALERTS = REPO / "collector-config" / "alerts.yml"
+# Grafana's macros, as Grafana would expand them for a short, fresh time range.
+# Which model calls the workload makes: auto (openai SDK if instrumented, else gen_ai spans).
+MODELS = os.environ.get("E2E_WORKLOAD_MODELS", "auto")
+MACROS = {"$__rate_interval": "15s", "$__range": "5m", "$__interval": "2s"}
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("prometheus") is None or shutil.which("promtool") is None,
+    reason="needs Debian's prometheus package (prometheus, promtool)",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    prom: str  # base URL of Prometheus
+    metrics_url: str  # the workload's /metrics
+    models: str  # which model-call path the workload used
+
+    def api(self, path: str, **params: str) -> Any:
+        url = f"{self.prom}/api/v1/{path}"
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            body = json.loads(resp.read())
+        assert body["status"] == "success", body
+        return body["data"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        data = self.api("query", query=expr)
+        assert data["resultType"] == "vector", (expr, data["resultType"])
+        result: list[dict[str, Any]] = data["result"]
+        return result
+
+
+def _wait(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("prom")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("BUDGETSPAN_") and k != "PROMETHEUS_MULTIPROC_DIR"
+    }
+    if os.environ.get("BUDGETSPAN_FIXTURES"):
+        env["BUDGETSPAN_FIXTURES"] = os.environ["BUDGETSPAN_FIXTURES"]
+    work_log = (tmp / "workload.log").open("w")
+    workload = subprocess.Popen(
+        [sys.executable, str(WORKLOAD), "--port", "0", "--interval", "0.25", "--models", MODELS],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=work_log,
+        env=env,
+        text=True,
+    )
+    prom: subprocess.Popen[bytes] | None = None
+    try:
+        assert workload.stdout is not None
+        ready, _, _ = select.select([workload.stdout], [], [], 60)
+        line = workload.stdout.readline() if ready else ""
+        m = re.match(r"METRICS_PORT (\d+) MODELS (\w+)", line)
+        assert m, f"workload did not start: {line!r}\n{(tmp / 'workload.log').read_text()}"
+        metrics_port, models = int(m.group(1)), m.group(2)
+
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(ALERTS)],
+            "scrape_configs": [
+                {
+                    "job_name": "budgetspan",
+                    "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}],
+                }
+            ],
+        }
+        cfg = tmp / "prometheus.yml"
+        cfg.write_text(yaml.safe_dump(config))
+        check = subprocess.run(
+            ["promtool", "check", "config", str(cfg)], capture_output=True, text=True, timeout=60
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
+        port = free_port()
+        prom = subprocess.Popen(
+            [
+                "prometheus",
+                f"--config.file={cfg}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                f"--storage.tsdb.path={tmp / 'data'}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=(tmp / "prometheus.log").open("w"),
+        )
+        s = Stack(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics", models)
+
+        def up() -> bool:
+            r = s.query('up{job="budgetspan"}')
+            return bool(r) and r[0]["value"][1] == "1"
+
+        _wait(up, 60, "the first scrape")
+        # Enough scrapes for rates and quantiles over the 15s windows.
+        _wait(
+            lambda: float(s.query('count_over_time(up{job="budgetspan"}[1m])')[0]["value"][1]) >= 6,
+            60,
+            "six scrapes",
+        )
+        yield s
+    finally:
+        if workload.stdin:
+            workload.stdin.close()
+        for proc in (workload, prom):
+            if proc is None:
+                continue
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        work_log.close()
+
+
+def _finite(value: str) -> bool:
+    return math.isfinite(float(value))
+
+
+def _expand(expr: str, variables: dict[str, str]) -> str:
+    for macro, value in MACROS.items():
+        expr = expr.replace(macro, value)
+    for name, value in variables.items():
+        expr = expr.replace(f"${name}", value)
+    assert "$" not in expr, f"unexpanded variable in {expr}"
+    return expr
+
+
+def _dashboard(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((DASHBOARDS / name).read_text())
+    return data
+
+
+def _label_values(stack: Stack, query: str) -> list[str]:
+    """Grafana's ``label_values(selector, label)`` through the HTTP API."""
+    m = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", query)
+    assert m, query
+    values: list[str] = stack.api(f"label/{m.group(2)}/values", **{"match[]": m.group(1)})
+    return values
+
+
+def _check_panels(stack: Stack, dash: dict[str, Any], variables: dict[str, str]) -> list[str]:
+    """Run every target of every panel; return the panels that got no data."""
+    empty: list[str] = []
+    end = time.time()
+    for panel in dash["panels"]:
+        for target in panel.get("targets", []):
+            expr = _expand(target["expr"], variables)
+            where = f"{dash['uid']} / {panel['title']} / {target['refId']}: {expr}"
+            if panel["type"] == "stat":
+                rows = stack.query(expr)
+                ok = any(_finite(r["value"][1]) for r in rows)
+            else:  # time series panels ask for a range, as Grafana does
+                data = stack.api("query_range", query=expr, start=str(end - 30), end=str(end), step="2")
+                ok = any(_finite(v) for r in data["result"] for _, v in r["values"])
+            if not ok:
+                empty.append(where)
+    return empty
+
+
+def test_every_overview_panel_returns_data(stack: Stack) -> None:
+    dash = _dashboard("budgetspan-overview.json")
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    workflows = _label_values(stack, variables["workflow"]["query"])
+    assert {"resolve_ticket", "triage"} <= set(workflows)  # finished runs only
+    empty = _check_panels(stack, dash, {"workflow": variables["workflow"]["allValue"]})
+    assert not empty, "panels without data:\n" + "\n".join(empty)
+
+
+def test_every_workflow_panel_returns_data(stack: Stack) -> None:
+    dash = _dashboard("budgetspan-workflow.json")
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    workflow = "resolve_ticket"
+    assert workflow in _label_values(stack, variables["workflow"]["query"])
+    phase_query = variables["phase"]["query"].replace("$workflow", workflow)
+    phases = set(_label_values(stack, phase_query))
+    assert {
+        "context_assembly",
+        "model_decision",
+        "tool_execution",
+        "verification",
+        "approval",
+        "final_response",
+    } <= phases
+    empty = _check_panels(stack, dash, {"workflow": workflow, "phase": variables["phase"]["allValue"]})
+    assert not empty, "panels without data:\n" + "\n".join(empty)
+
+
+def test_values_match_what_the_workload_did(stack: Stack) -> None:
+    # One run is held open for the whole test.
+    live = stack.query('sum(budgetspan_live_runs{workflow="long_research"})')
+    assert float(live[0]["value"][1]) == 1
+    # Every round: 2 resolve_ticket runs (1 exhausted) + 4 triage runs (2 exhausted), and an
+    # escalation every third round; so the exhausted share is between 3/7 and 3/6.
+    share = stack.query('sum(budgetspan_runs_total{outcome="budget_exhausted"}) / sum(budgetspan_runs_total)')
+    assert 3 / 7 - 0.05 <= float(share[0]["value"][1]) <= 0.5 + 0.05
+    reasons = {r["metric"]["reason"] for r in stack.query("budgetspan_budget_exhaustions_total")}
+    assert reasons == {"max_model_calls", "max_tool_calls", "max_cost_usd"}
+    unpriced = stack.query("sum(budgetspan_unpriced_calls_total)")
+    assert float(unpriced[0]["value"][1]) > 0
+    cache = stack.query('sum(budgetspan_tokens_total{type="cache_read"})')
+    assert float(cache[0]["value"][1]) > 0
+    retries = stack.query('sum(budgetspan_retries_total{type="tool"})')
+    assert float(retries[0]["value"][1]) > 0
+
+
+def test_alert_rules_evaluate_on_real_series(stack: Stack) -> None:
+    groups = stack.api("rules")["groups"]
+    rules = {r["name"]: r for g in groups for r in g["rules"]}
+    assert len(rules) >= 5
+    for name, rule in rules.items():
+        assert rule["health"] == "ok", (name, rule.get("lastError"))
+
+    def pending() -> bool:
+        states = {a["labels"]["alertname"]: a["state"] for a in stack.api("alerts")["alerts"]}
+        return states.get("BudgetspanBudgetExhaustionRateHigh") in ("pending", "firing") and states.get(
+            "BudgetspanUnpricedModelCalls"
+        ) in ("pending", "firing")
+
+    _wait(pending, 20, "the exhaustion and unpriced alerts to go pending")
+
+
+def test_promtool_check_metrics_on_our_exposition(stack: Stack) -> None:
+    with urllib.request.urlopen(stack.metrics_url, timeout=10) as resp:
+        body = resp.read()
+    assert b"budgetspan_runs_total" in body
+    r = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, timeout=60)
+    problems = (r.stdout + r.stderr).decode()
+    assert r.returncode == 0, problems
+    assert "budgetspan_" not in problems, problems
