@@ -35,7 +35,11 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     cwd = tmp_path_factory.mktemp("demo")
     proc = subprocess.run(
         [sys.executable, "-m", "budgetspan.cli", "demo"],
-        cwd=cwd, env=demo_env(), capture_output=True, text=True, timeout=120,
+        cwd=cwd,
+        env=demo_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     traces = cwd / "budgetspan-demo.jsonl"  # the default file, in the current directory
     return {"proc": proc, "out": proc.stdout, "traces": traces}
@@ -88,7 +92,11 @@ def test_exhausted_ticket_ends_with_partial_result_and_explanation(demo: dict[st
 
 def test_progress_milestones_are_readable(demo: dict[str, Any]) -> None:
     sections = _sections(demo["out"])
-    milestones = [re.sub(r"^\s+\d+\.\d\d s  ", "", ln) for ln in sections["T-1001"] if re.match(r"^\s+\d+\.\d\d s  ", ln)]
+    milestones = [
+        re.sub(r"^\s+\d+\.\d\d s  ", "", ln)
+        for ln in sections["T-1001"]
+        if re.match(r"^\s+\d+\.\d\d s  ", ln)
+    ]
     assert milestones == [
         "Searching policy",
         "Checking order status",
@@ -113,10 +121,19 @@ def test_tables_per_run_and_per_phase_and_cost_per_success(demo: dict[str, Any])
     assert "100% of max_model_calls" in rows["T-1004"]
     assert "budget_exhausted" in rows["T-1004"]
     phases = out.split("Per phase", 1)[1]
-    for phase in ("context_assembly", "model_decision", "tool_execution", "verification", "approval",
-                  "final_response", "total"):
+    for phase in (
+        "context_assembly",
+        "model_decision",
+        "tool_execution",
+        "verification",
+        "approval",
+        "final_response",
+        "total",
+    ):
         assert re.search(rf"^{phase}\s", phases, re.M), phase
-    m = re.search(r"Cost per successful ticket: \$(\d+\.\d+)  \(\$(\d+\.\d+) over 7 tickets, 4 succeeded", out)
+    m = re.search(
+        r"Cost per successful ticket: \$(\d+\.\d+)  \(\$(\d+\.\d+) over 7 tickets, 4 succeeded", out
+    )
     assert m, out
     assert float(m.group(1)) == pytest.approx(float(m.group(2)) / 4, abs=1e-4)
     assert "Next: budgetspan report budgetspan-demo.jsonl" in out
@@ -158,7 +175,11 @@ def test_spans_file_holds_priced_model_calls_and_no_refused_one(demo: dict[str, 
 def test_unknown_ticket_is_a_usage_error(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "budgetspan.cli", "demo", "--ticket", "T-0000"],
-        cwd=tmp_path, env=demo_env(), capture_output=True, text=True, timeout=60,
+        cwd=tmp_path,
+        env=demo_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2
     assert "no such ticket" in proc.stderr and "T-1001" in proc.stderr
@@ -170,7 +191,10 @@ def test_unknown_ticket_is_a_usage_error(tmp_path: Path) -> None:
 def test_server_speaks_openai_plain_and_streamed_with_consistent_usage() -> None:
     messages = [
         {"role": "system", "content": "You write replies."},
-        {"role": "user", "content": "Customer: Dana Ruiz (C-101)\nRequest: the delivery.\nFacts:\n- order A-1 shipped"},
+        {
+            "role": "user",
+            "content": "Customer: Dana Ruiz (C-101)\nRequest: the delivery.\nFacts:\n- order A-1 shipped",
+        },
     ]
     with ModelServer(Latency(scale=0.01)) as server:
         client = OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
@@ -183,7 +207,9 @@ def test_server_speaks_openai_plain_and_streamed_with_consistent_usage() -> None
         assert plain.usage.total_tokens == plain.usage.prompt_tokens + plain.usage.completion_tokens
 
         stream = client.chat.completions.create(
-            model="gpt-4o-mini", messages=messages, stream=True,  # type: ignore[arg-type]
+            model="gpt-4o-mini",
+            messages=messages,
+            stream=True,  # type: ignore[arg-type]
             stream_options={"include_usage": True},
         )
         parts, usage = [], None
@@ -210,7 +236,10 @@ def test_server_reviews_return_a_json_verdict() -> None:
                 model="gpt-4o-mini",
                 messages=[
                     {"role": "system", "content": "You review a support reply."},
-                    {"role": "user", "content": f"- order A-2001 is delivered\n- order A-2002 is lost\n\nDraft:\n{draft}"},
+                    {
+                        "role": "user",
+                        "content": f"- order A-2001 is delivered\n- order A-2002 is lost\n\nDraft:\n{draft}",
+                    },
                 ],
             )
             return json.loads(r.choices[0].message.content or "")  # type: ignore[no-any-return]

@@ -65,7 +65,9 @@ def test_line_is_otlp_json_with_hex_ids_integer_enums_and_string_int64(tracing) 
     assert line.endswith("\n") and "\n" not in line[:-1]
     data = json.loads(line)
     (rs,) = data["resourceSpans"]
-    assert {"key": "telemetry.sdk.language", "value": {"stringValue": "python"}} in rs["resource"]["attributes"]
+    assert {"key": "telemetry.sdk.language", "value": {"stringValue": "python"}} in rs["resource"][
+        "attributes"
+    ]
     (ss,) = rs["scopeSpans"]
     assert ss["scope"]["name"] == A.INSTRUMENTATION_SCOPE
     out = {s["name"]: s for s in ss["spans"]}
@@ -138,7 +140,9 @@ def test_concurrent_exports_never_interleave_lines(tmp_path: Path, tracing) -> N
     assert all(len(json.loads(ln)["resourceSpans"][0]["scopeSpans"][0]["spans"]) == 4 for ln in lines)
 
 
-def test_setup_writes_spans_to_budgetspan_traces_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tracing) -> None:
+def test_setup_writes_spans_to_budgetspan_traces_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tracing
+) -> None:
     path = tmp_path / "nested" / "traces.jsonl"
     monkeypatch.setenv(A.ENV_TRACES_FILE, str(path))
     provider = TracerProvider()

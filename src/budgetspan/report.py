@@ -299,6 +299,7 @@ def run_report(args: argparse.Namespace, stdout: IO[str] | None = None, stderr: 
     spans, errors = load_files(
         args.files,
         progress=show_progress,
+        progress_stream=stderr,
         on_error=lambda e: print(f"budgetspan report: {e}", file=stderr),
     )
     analysis = analyze(spans, plan, top=args.top)

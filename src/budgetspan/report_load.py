@@ -204,6 +204,7 @@ def load_files(
     paths: Sequence[str],
     *,
     progress: bool = False,
+    progress_stream: IO[str] | None = None,
     on_error: Callable[[LoadError], None] | None = None,
 ) -> tuple[list[SpanRec], list[LoadError]]:
     """Read every file; returns (spans, errors). A missing file is an error, not an exception."""
@@ -216,7 +217,7 @@ def load_files(
             total += os.path.getsize(p)
         except OSError:
             pass
-    bar = Progress(total, progress)
+    bar = Progress(total, progress, progress_stream)
     try:
         for p in paths:
             before = len(errors)
