@@ -139,7 +139,7 @@ def test_plan_comparison_puts_the_wrong_estimate_first(demo_traces: Path, tmp_pa
 
     code, text, _ = report(str(demo_traces), "--plan", str(plan))
     section = text.split("Plan versus actual (biggest misses first)", 1)[1]
-    first_row = [ln for ln in section.splitlines() if ln.startswith("resolve_ticket")][0]
+    first_row = next(ln for ln in section.splitlines() if ln.startswith("resolve_ticket"))
     assert "model_calls" in first_row and first_row.rstrip().endswith("MISS")
 
 
