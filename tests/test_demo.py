@@ -247,3 +247,58 @@ def test_server_reviews_return_a_json_verdict() -> None:
         assert review("A-2001 and A-2002 are covered")["verdict"] == "approve"
         verdict = review("only A-2001")
         assert verdict["verdict"] == "revise" and "A-2002" in verdict["issues"][0]
+
+
+def test_with_an_api_key_the_demo_uses_the_configured_provider(tmp_path: Path) -> None:
+    """The real-provider path (OPENAI_API_KEY set), pointed at a loopback server, not the network."""
+    with ModelServer(Latency(scale=0.05)) as server:
+        env = demo_env()
+        env["OPENAI_API_KEY"] = "sk-test-not-a-real-key"
+        env["OPENAI_BASE_URL"] = server.base_url
+        proc = subprocess.run(
+            [sys.executable, "-m", "budgetspan.cli", "demo", "--ticket", "T-1001", "--traces", "t.jsonl"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert f"Model: a real provider at {server.base_url}" in proc.stdout
+        assert _outcomes(proc.stdout) == {"T-1001": "success"}
+        assert server.requests == 2  # the draft and the review went to the configured provider
+
+
+def test_user_budgets_replace_the_bundled_ones(tmp_path: Path) -> None:
+    config = tmp_path / "budgets.toml"
+    config.write_text(
+        "[profiles.interactive]\nmax_model_calls = 1\n\n[profiles.background]\nmax_tool_calls = 20\n"
+    )
+    env = demo_env()
+    env["BUDGETSPAN_CONFIG"] = str(config)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "budgetspan.cli",
+            "demo",
+            "--ticket",
+            "T-1001",
+            "--ticket",
+            "T-1005",
+            "--latency-scale",
+            "0.1",
+            "--traces",
+            "t.jsonl",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"Budgets ({config})" in proc.stdout
+    assert _outcomes(proc.stdout) == {"T-1001": "budget_exhausted", "T-1005": "success"}
+    assert "Stopped after 1 of 1 model calls" in proc.stdout
+    assert "Partial result kept: the last draft" in proc.stdout
