@@ -89,6 +89,10 @@ class SupportAgent:
         self._history_attempts: dict[str, int] = {}
         self._make_tools()
 
+    def reset(self) -> None:
+        """Forget the simulated services' state (the flaky one fails once again)."""
+        self._history_attempts.clear()
+
     async def _wait(self, key: str, low: float, high: float) -> None:
         await asyncio.sleep(_jitter(key, low, high) * self.scale)
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import os
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import IO, Any
@@ -58,6 +59,7 @@ class DemoOptions:
     latency_scale: float = 1.0
     offline: bool = False
     tickets: Sequence[str] = ()
+    every_s: float | None = None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -78,6 +80,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"metrics port (default with --serve: $BUDGETSPAN_METRICS_PORT, else {DEFAULT_METRICS_PORT}; 0: any free port)",
     )
     p.add_argument(
+        "--every",
+        type=float,
+        metavar="SECONDS",
+        help="with --serve: run the tickets again every SECONDS, so dashboards see live rates",
+    )
+    p.add_argument(
         "--offline", action="store_true", help="use the embedded model server even when OPENAI_API_KEY is set"
     )
     p.add_argument(
@@ -94,6 +102,7 @@ def options_from(args: argparse.Namespace) -> DemoOptions:
         latency_scale=args.latency_scale,
         offline=args.offline,
         tickets=tuple(args.ticket),
+        every_s=args.every,
     )
 
 
@@ -217,6 +226,7 @@ def run_demo(opts: DemoOptions, out: IO[str] | None = None) -> int:
         metrics_port = int(from_env) if from_env.isdigit() else DEFAULT_METRICS_PORT
 
     server: ModelServer | None = None
+
     provider = TracerProvider(resource=Resource.create({"service.name": "budgetspan-demo"}))
     collector = _Collect()
     try:
@@ -233,13 +243,21 @@ def run_demo(opts: DemoOptions, out: IO[str] | None = None) -> int:
 
         from openai import AsyncOpenAI
 
+        if not real:
+            server = ModelServer(Latency(scale=opts.latency_scale)).start()
+        base_url = server.base_url if server is not None else None
+
+        def new_client() -> Any:
+            # One client per event loop: an async client's connections belong to the loop it ran in.
+            if base_url is None:
+                return AsyncOpenAI()
+            return AsyncOpenAI(base_url=base_url, api_key="demo-key-not-used", max_retries=0)
+
+        client = new_client()
         if real:
-            client = AsyncOpenAI()
             where = f"a real provider at {client.base_url} (OPENAI_API_KEY is set; --offline to avoid it)"
         else:
-            server = ModelServer(Latency(scale=opts.latency_scale)).start()
-            client = AsyncOpenAI(base_url=server.base_url, api_key="demo-key-not-used", max_retries=0)
-            where = f"the embedded OpenAI-compatible server at {server.base_url} (deterministic answers)"
+            where = f"the embedded OpenAI-compatible server at {base_url} (deterministic answers)"
         agent = SupportAgent(client, scale=opts.latency_scale)
         out.write(f"budgetspan demo: {len(tickets)} support tickets through the instrumented OpenAI SDK\n")
         out.write(f"Model: {where}\n")
@@ -259,7 +277,17 @@ def run_demo(opts: DemoOptions, out: IO[str] | None = None) -> int:
         )
         out.flush()
         if opts.serve:
-            _serve(out)
+
+            def again() -> None:
+                collector.spans.clear()
+                agent.reset()
+                agent.client = new_client()
+                quiet = _Summary()
+                asyncio.run(_run_tickets(agent, tickets, quiet))
+                out.write(f"{time.strftime('%H:%M:%S')}  {quiet.line()}\n")
+                out.flush()
+
+            _serve(out, again if opts.every_s else None, opts.every_s or 0.0)
     except ConfigError as e:
         print(f"budgetspan demo: configuration error: {e}", file=sys.stderr)
         return 2
@@ -280,7 +308,19 @@ def _instrument_openai(provider: TracerProvider) -> None:
         inst.instrument(tracer_provider=provider)
 
 
-def _serve(out: IO[str]) -> None:
+class _Summary(io.StringIO):
+    """Swallows a pass's ticket lines and sums its outcomes into one line."""
+
+    def line(self) -> str:
+        outcomes: dict[str, int] = {}
+        for ln in self.getvalue().splitlines():
+            if ln.startswith("  -> "):
+                word = ln.split()[1]
+                outcomes[word] = outcomes.get(word, 0) + 1
+        return "another pass: " + ", ".join(f"{n} {o}" for o, n in outcomes.items())
+
+
+def _serve(out: IO[str], again: Callable[[], None] | None, every_s: float) -> None:
     address: Any = None
     try:
         from budgetspan.processors import metrics
@@ -292,12 +332,13 @@ def _serve(out: IO[str]) -> None:
         out.write("The metrics endpoint is not running (see the log above).\n")
         return
     out.write(f"Prometheus metrics on http://{address[0]}:{address[1]}/metrics  (Ctrl-C to stop)\n")
+    if again is not None:
+        out.write(f"Running the tickets again every {every_s:g} s.\n")
     out.flush()
     try:
         while True:
-            time.sleep(3600)
+            time.sleep(every_s if again is not None else 3600)
+            if again is not None:
+                again()
     except KeyboardInterrupt:
         out.write("\nStopped.\n")
-
-
-__all__ = ["DemoOptions", "add_arguments", "options_from", "run_demo"]
