@@ -1,0 +1,199 @@
+"""Zero-code: ``opentelemetry-instrument python script.py`` with only ``BUDGETSPAN_BUDGET`` set.
+
+The script talks to a loopback OpenAI-compatible server (``http.server`` in a thread) through the
+real ``openai`` SDK. The third call must raise BudgetExhausted before any HTTP request leaves.
+
+Two launches: a bare one (no OpenTelemetry distro installed: no SDK tracer provider, budgets are
+still enforced by our wrappers and the post-instrument hook says why there are no spans), and one
+with the OpenTelemetry SDK configurator registered the way ``opentelemetry-distro`` registers it
+(a throwaway ``.dist-info`` on PYTHONPATH), where the hook adds our processors and the console
+exporter prints our spans.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+SCRIPT = r"""
+import json, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import budgetspan
+import openai
+from opentelemetry import trace
+
+received = []
+BODY = json.dumps({
+    "id": "chatcmpl-zc", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "pong"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10},
+}).encode()
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        received.append(self.path)
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(BODY)))
+        self.end_headers()
+        self.wfile.write(BODY)
+
+    def log_message(self, *args):
+        pass
+
+
+server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+client = openai.OpenAI(api_key="test", base_url=f"http://127.0.0.1:{server.server_port}/v1", max_retries=0)
+
+answers, refused = [], None
+for i in range(3):
+    try:
+        r = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": f"ping {i}"}])
+        answers.append(r.choices[0].message.content)
+    except budgetspan.BudgetExhausted as e:
+        refused = {"reason": e.reason, "after_requests": len(received), "partial": e.partial.get("last_model_answer"),
+                   "explanation": e.explanation}
+provider = trace.get_tracer_provider()
+print("RESULT " + json.dumps({
+    "answers": answers, "refused": refused, "requests": len(received),
+    "provider": type(provider).__name__,
+    "processors": [type(p).__name__ for p in getattr(provider, "_budgetspan_processors", None) or []],
+    "wrapped": type(openai.resources.chat.completions.completions.Completions.create).__name__,
+}), flush=True)
+server.shutdown()
+"""
+
+# The configurator opentelemetry-distro registers is a subclass of this SDK class.
+SDK_CONFIGURATOR = """[opentelemetry_configurator]
+budgetspan_test_sdk = opentelemetry.sdk._configuration:_OTelSDKConfigurator
+"""
+
+
+def _launch(tmp_path: Path, extra_path: str | None) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "agent.py"
+    script.write_text(SCRIPT)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BUDGETSPAN_", "OTEL_"))}
+    env.update(
+        BUDGETSPAN_BUDGET="max_model_calls=2",
+        OTEL_TRACES_EXPORTER="console",
+        OTEL_METRICS_EXPORTER="none",
+        OTEL_LOGS_EXPORTER="none",
+        OTEL_SERVICE_NAME="zero-code-test",
+        OTEL_BSP_SCHEDULE_DELAY="50",
+        # Only the two SDK instrumentors under test: the others' libraries take seconds to import.
+        OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=(
+            "budgetspan_langchain,budgetspan_llamaindex,budgetspan_mcp,budgetspan_chroma,budgetspan_qdrant"
+        ),
+    )
+    if extra_path:
+        env["PYTHONPATH"] = extra_path
+    instrument = Path(sys.executable).parent / "opentelemetry-instrument"
+    return subprocess.run(
+        [str(instrument), sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=env,
+        cwd=str(tmp_path),
+    )
+
+
+def _result(proc: subprocess.CompletedProcess[str]) -> dict:  # type: ignore[type-arg]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, f"no result\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def _check_refusal(res: dict) -> None:  # type: ignore[type-arg]
+    assert res["answers"] == ["pong", "pong"]
+    assert res["refused"]["reason"] == "max_model_calls"
+    assert res["refused"]["after_requests"] == 2  # the third request never left the process
+    assert res["requests"] == 2
+    assert res["refused"]["partial"] == "pong"
+    assert "2 of 2 model calls" in res["refused"]["explanation"]
+    assert res["wrapped"] == "BoundFunctionWrapper" or res["wrapped"] == "FunctionWrapper"
+
+
+@pytest.mark.skipif(
+    not (Path(sys.executable).parent / "opentelemetry-instrument").exists(),
+    reason="opentelemetry-instrument not installed",
+)
+def test_zero_code_without_a_distro_still_enforces(tmp_path: Path) -> None:
+    proc = _launch(tmp_path, None)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = _result(proc)
+    _check_refusal(res)
+    assert res["provider"] == "ProxyTracerProvider"
+    # the post-instrument hook ran and said why there are no spans
+    assert "not the SDK's" in proc.stderr
+
+
+@pytest.mark.skipif(
+    not (Path(sys.executable).parent / "opentelemetry-instrument").exists(),
+    reason="opentelemetry-instrument not installed",
+)
+def test_zero_code_with_the_sdk_configurator(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    dist = site / "budgetspan_test_sdk_configurator-0.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: budgetspan-test-sdk-configurator\nVersion: 0.0\n"
+    )
+    (dist / "entry_points.txt").write_text(SDK_CONFIGURATOR)
+    proc = _launch(tmp_path, str(site))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = _result(proc)
+    _check_refusal(res)
+    assert res["provider"] == "TracerProvider"
+    assert "BudgetSpanProcessor" in res["processors"]  # installed by the post-instrument hook
+    # the console exporter printed our two model spans with tokens and cost
+    spans = _console_spans(proc.stdout)
+    chat = [s for s in spans if s["name"] == "chat gpt-4o-mini"]
+    assert len(chat) == 2
+    for s in chat:
+        attrs = s["attributes"]
+        assert attrs["gen_ai.usage.input_tokens"] == 9
+        assert attrs["gen_ai.usage.output_tokens"] == 1
+        assert attrs["server.address"] == "127.0.0.1"
+        assert attrs["gen_ai.provider.name"] == "openai_compatible"
+        assert s["kind"] == "SpanKind.CLIENT"
+
+
+def _console_spans(stdout: str) -> list[dict]:  # type: ignore[type-arg]
+    """The ConsoleSpanExporter prints one indented JSON object per span."""
+    spans, depth, buf = [], 0, []
+    for line in stdout.splitlines():
+        if line.startswith("RESULT "):
+            continue
+        if depth == 0 and line.strip() != "{":
+            continue
+        buf.append(line)
+        depth += line.count("{") - line.count("}")
+        if depth == 0 and buf:
+            try:
+                spans.append(json.loads("\n".join(buf)))
+            except json.JSONDecodeError:
+                pass
+            buf = []
+    return spans
+
+
+def test_repo_is_installed_with_our_entry_points() -> None:
+    from importlib.metadata import entry_points
+
+    names = {e.name for e in entry_points(group="opentelemetry_instrumentor")}
+    assert {"budgetspan_openai", "budgetspan_anthropic"} <= names
+    hooks = {e.value for e in entry_points(group="opentelemetry_post_instrument")}
+    assert "budgetspan.autoinstrument:post_instrument" in hooks
+    assert (REPO / "src" / "budgetspan" / "autoinstrument.py").exists()
