@@ -153,3 +153,26 @@ async def test_langchain_tool_forwarding_to_mcp_is_one_tool_call(instrumented: T
     a = _attrs(span)
     assert a[A.TOOL_SYSTEM] == "langchain" and a[A.TOOL_SERVER] == "orders"
     assert run.usage.tool_calls == 1 and run.usage.tools_finished == 1
+
+
+async def test_in_process_server_span_is_not_a_second_tool_call(
+    instrumented: Tracing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The MCP server SDK makes its own ``execute_tool`` SERVER span (on by default). With the
+    server in the same process (the in-memory ``Client(server)``), that span is the far side of
+    the call budgetspan already counted: the budget processor must not count it again."""
+    import mcp.shared._otel as mcp_otel
+    from mcp.client.client import Client
+
+    from tests.mcp_server import server
+
+    monkeypatch.setattr(mcp_otel, "_tracer", instrumented.provider.get_tracer("mcp-python-sdk"))
+    async with Client(server) as client, budgetspan.run("support") as run:
+        result = await client.call_tool("lookup_order", {"order_id": "B-1"})
+    assert result.content[0].text == "order B-1: shipped"
+    (ours,) = instrumented.spans("execute_tool lookup_order")
+    (theirs,) = instrumented.spans("tools/call lookup_order")
+    assert _attrs(theirs)[A.GEN_AI_OPERATION_NAME] == "execute_tool"  # the server SDK's span
+    assert theirs.parent.span_id == ours.context.span_id
+    assert run.usage.tool_calls == 1
+    assert _attrs(ours)[A.TOOL_SERVER] == "orders"

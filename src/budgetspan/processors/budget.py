@@ -22,6 +22,7 @@ from typing import Any
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.trace import SpanKind
 
 from budgetspan import attributes as A
 from budgetspan import events
@@ -30,7 +31,14 @@ from budgetspan.events import CallRecord
 from budgetspan.ledger import CallKind, LedgerRefused, Mode, Reservation, Spend
 from budgetspan.phase import DEFAULT_PHASE_BY_OPERATION
 from budgetspan.pricing import default_resolver
-from budgetspan.run import Run, current_phase, end_trace_run, has_trace_run, resolve_run
+from budgetspan.run import (
+    Run,
+    _in_call,
+    current_phase,
+    end_trace_run,
+    has_trace_run,
+    resolve_run,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +77,8 @@ class BudgetSpanProcessor(SpanProcessor):
         op = attrs.get(A.GEN_AI_OPERATION_NAME)
         if op not in _ACCOUNTED_OPS:
             return
+        if op == A.OP_EXECUTE_TOOL and span.kind is SpanKind.SERVER and _in_call.get():
+            return  # an in-process tool server (MCP in-memory) serving a call already counted
         refused: BudgetExhausted | None = None
         try:
             refused = self._account_start(span, attrs, str(op))
