@@ -389,3 +389,13 @@ def test_percentile_interpolates() -> None:
     assert percentile([3.0], 50) == 3.0
     assert percentile([1.0, 2.0, 3.0, 4.0], 50) == pytest.approx(2.5)
     assert percentile([float(x) for x in range(1, 101)], 95) == pytest.approx(95.05)
+
+
+def test_many_bad_lines_are_counted_not_all_listed(demo_traces: Path, tmp_path: Path) -> None:
+    path = tmp_path / "noisy.jsonl"
+    path.write_text(demo_traces.read_text() + "garbage\n" * 30)
+    code, out, err = report(str(path))
+    assert code == 1
+    assert err.count("not valid JSON") == 20
+    assert "... and 10 more" in err and "30 bad lines skipped" in err
+    assert "7 runs" in out

@@ -24,9 +24,10 @@ from budgetspan.report_analysis import (
     analyze,
     load_plan,
 )
-from budgetspan.report_load import load_files
+from budgetspan.report_load import LoadError, load_files
 
 FORMATS = ("table", "markdown", "json")
+MAX_ERRORS_SHOWN = 20  # bad lines named one by one; the rest are counted
 
 
 # --- formatting helpers ---------------------------------------------------------------------
@@ -296,15 +297,20 @@ def run_report(args: argparse.Namespace, stdout: IO[str] | None = None, stderr: 
             print(f"budgetspan report: {e}", file=stderr)
             return 2
     show_progress = bool(args.progress) or stderr.isatty()
-    spans, errors = load_files(
-        args.files,
-        progress=show_progress,
-        progress_stream=stderr,
-        on_error=lambda e: print(f"budgetspan report: {e}", file=stderr),
-    )
+    shown = 0
+
+    def bad_line(e: LoadError) -> None:
+        nonlocal shown
+        if shown < MAX_ERRORS_SHOWN:
+            print(f"budgetspan report: {e}", file=stderr)
+        shown += 1
+
+    spans, errors = load_files(args.files, progress=show_progress, progress_stream=stderr, on_error=bad_line)
     analysis = analyze(spans, plan, top=args.top)
     stdout.write(render(analysis, args.format))
     if errors:
+        if len(errors) > MAX_ERRORS_SHOWN:
+            print(f"budgetspan report: ... and {len(errors) - MAX_ERRORS_SHOWN} more", file=stderr)
         print(
             f"budgetspan report: {len(errors)} bad line{'s' if len(errors) != 1 else ''} skipped; "
             "the report covers the rest.",
