@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import threading
 import weakref
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
@@ -59,7 +60,7 @@ class Observer:
 class _State:
     """End-once bookkeeping shared by a stream proxy, its response hook and its finalizer."""
 
-    __slots__ = ("__weakref__", "call", "ended", "first", "in_next", "observer")
+    __slots__ = ("__weakref__", "call", "ended", "finalizer", "first", "in_next", "lock", "observer")
 
     def __init__(self, call: Call, observer: Observer) -> None:
         self.call = call
@@ -67,6 +68,8 @@ class _State:
         self.ended = False
         self.first = True
         self.in_next = False
+        self.lock = threading.Lock()
+        self.finalizer: weakref.finalize[Any, Any] | None = None
 
     def item(self, item: Any) -> None:
         if self.first:
@@ -78,9 +81,12 @@ class _State:
             internal_error("stream item")
 
     def finish(self, error: BaseException | None, stream_end: str) -> None:
-        if self.ended:
-            return
-        self.ended = True
+        with self.lock:  # a GC finalizer may race a close in another thread
+            if self.ended:
+                return
+            self.ended = True
+        if self.finalizer is not None:
+            self.finalizer.detach()  # nothing left for the collector to end
         try:
             self.observer.finish()
         except Exception:
@@ -142,15 +148,15 @@ def _hook_close(state: _State, response: Any, asynchronous: bool) -> None:
         internal_error("stream close hook")
 
 
-class SyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+class SyncStreamProxy(wrapt.ObjectProxy[Any]):
     """A synchronous SDK stream that ends its call exactly once."""
 
     def __init__(self, wrapped: Any, call: Call, observer: Observer) -> None:
         super().__init__(wrapped)
         state = _State(call, observer)
         self._self_state = state
-        # The state is kept alive by the finalizer until the proxy goes away.
-        self._self_finalizer = weakref.finalize(self, _finalize, state)
+        # The state is kept alive by the finalizer until the proxy goes away (or the call ends).
+        state.finalizer = weakref.finalize(self, _finalize, state)
         _hook_close(state, getattr(wrapped, "response", None), asynchronous=False)
 
     def __iter__(self) -> SyncStreamProxy:
@@ -193,7 +199,7 @@ class SyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
             self._self_state.finish(None, "closed")
 
 
-class AsyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+class AsyncStreamProxy(wrapt.ObjectProxy[Any]):
     """An asynchronous SDK stream that ends its call exactly once; each chunk is bounded by the
     run's remaining wall-clock time."""
 
@@ -201,7 +207,7 @@ class AsyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
         super().__init__(wrapped)
         state = _State(call, observer)
         self._self_state = state
-        self._self_finalizer = weakref.finalize(self, _finalize, state)
+        state.finalizer = weakref.finalize(self, _finalize, state)
         _hook_close(state, getattr(wrapped, "response", None), asynchronous=True)
 
     def __aiter__(self) -> AsyncStreamProxy:
@@ -354,7 +360,7 @@ def _watch_raw(call: Call, observer: Observer, raw: Any, asynchronous: bool) -> 
 
         raw.parse = parse
     _hook_close_raw(state, http, observer)
-    weakref.finalize(raw, _finalize, state)
+    state.finalizer = weakref.finalize(raw, _finalize, state)
 
 
 def _hook_close_raw(state: _State, http: Any, observer: Observer) -> None:

@@ -221,7 +221,7 @@ def _adopt_stream(message_stream: Any, call: Call, observer: Observer, asynchron
     message_stream._raw_stream = cls(raw, call, observer)
 
 
-class _StreamManager(wrapt.ObjectProxy):  # type: ignore[misc]
+class _StreamManager(wrapt.ObjectProxy[Any]):
     """``messages.stream(...)``: the call starts (and is reserved) when the manager is entered."""
 
     def __init__(self, wrapped: Any, instance: Any, kwargs: dict[str, Any]) -> None:
