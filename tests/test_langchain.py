@@ -351,3 +351,26 @@ def test_chat_model_backed_by_the_openai_sdk_is_one_model_span(instrumented: Tra
     assert names == ["chat gpt-3.5-turbo", "invoke_agent support"]
     assert run.usage.model_calls == 1
     assert run.usage.input_tokens == 15 and run.usage.output_tokens == 19
+
+
+def test_async_wrappers_work_off_asyncio(tracing: Tracing) -> None:
+    """Under another event loop (trio through anyio, as MCP allows) there is no asyncio task:
+    the call must still run and be recorded, just without an asyncio deadline."""
+    from budgetspan.instrumentation._retrieval import atraced_retrieval, atraced_tool
+
+    async def answer(x: int) -> list[int]:
+        return [x, x]
+
+    def drive(coro: Any) -> Any:
+        with pytest.raises(StopIteration) as stop:
+            coro.send(None)  # no event loop at all: asyncio.current_task() raises
+        return stop.value.value
+
+    with budgetspan.run("support") as run:
+        got = drive(atraced_tool(answer, (1,), {}, name="t", system="test"))
+        docs = drive(atraced_retrieval(answer, (2,), {}, source=lambda: "kb", system="test", count=len))
+    assert got == [1, 1] and docs == [2, 2]
+    assert [s.name for s in tracing.spans("execute_tool")] == ["execute_tool t"]
+    (retrieval,) = tracing.spans("retrieval kb")
+    assert _attrs(retrieval)[A.RETRIEVAL_DOCUMENTS] == 2
+    assert run.usage.tool_calls == 1 and run.usage.tools_finished == 1

@@ -16,11 +16,13 @@ Only BudgetExhausted / RunCancelled are raised on purpose; the rest of our own e
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextvars import ContextVar
 from typing import Any
 
@@ -38,6 +40,21 @@ _retrieval: ContextVar[Call | None] = ContextVar("budgetspan_retrieval", default
 _tool: ContextVar[Call | None] = ContextVar("budgetspan_instrumented_tool", default=None)
 
 Counter = Callable[[Any], int | None]
+
+
+def _bounded(call: Call, timeout_s: float | None = None) -> contextlib.AbstractAsyncContextManager[None]:
+    """``call.deadline`` on asyncio; on another event loop (trio via anyio) no bound at all,
+    rather than an error in the user's call."""
+    try:
+        asyncio.current_task()
+    except RuntimeError:
+        return _unbounded()
+    return call.deadline(timeout_s)
+
+
+@contextlib.asynccontextmanager
+async def _unbounded() -> AsyncIterator[None]:
+    yield
 
 
 # --- retrievals ---------------------------------------------------------------------------------
@@ -139,7 +156,7 @@ async def atraced_retrieval(
     t0 = time.monotonic()
     try:
         with call.activate():
-            async with call.deadline():
+            async with _bounded(call):
                 result = await wrapped(*args, **kwargs)
     except BaseException as e:
         call.end(e)
@@ -286,7 +303,7 @@ async def atraced_tool(
         while True:
             try:
                 with call.activate():
-                    async with call.deadline(limits.timeout_s):
+                    async with _bounded(call, limits.timeout_s):
                         result = await wrapped(*args, **kwargs)
             except TimeoutError as e:
                 if limits.timeout_s is None:  # the tool's own TimeoutError, not our timeout
