@@ -399,3 +399,28 @@ def test_many_bad_lines_are_counted_not_all_listed(demo_traces: Path, tmp_path: 
     assert err.count("not valid JSON") == 20
     assert "... and 10 more" in err and "30 bad lines skipped" in err
     assert "7 runs" in out
+
+
+def test_phase_blocks_of_an_implicit_run_count_for_that_run() -> None:
+    """No declared run: phase spans carry no run id, the calls do (set by budgetspan)."""
+    spans = [
+        SpanRec("t" * 32, "root", None, "GET /ticket", 0, 10 * S, {}),
+        SpanRec("t" * 32, "p1", "root", "phase verification", 2 * S, 6 * S, {A.PHASE: "verification"}),
+        _span(
+            "chat m",
+            "c1",
+            "p1",
+            3,
+            5,
+            gen_ai__operation__name="chat",
+            budgetspan__phase="verification",
+            gen_ai__usage__cost=0.5,
+        ),
+        SpanRec(
+            "t" * 32, "p2", "root", "phase approval", 6 * S, 8 * S, {A.PHASE: "approval"}
+        ),  # no calls: not ours
+    ]
+    (run,) = analyze(spans).runs
+    assert run.wall_s == pytest.approx(4.0)  # the window of what the run's spans cover
+    assert {p: st.time_s for p, st in run.phases.items()} == pytest.approx({"verification": 4.0})
+    assert run.verification_steps == 1 and run.cost_usd == pytest.approx(0.5)

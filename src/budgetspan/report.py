@@ -112,7 +112,7 @@ def outcome_summary(outcomes: dict[str, int]) -> str:
     return ", ".join(f"{n} {o}" for o, n in outcomes.items())
 
 
-def _contributors_table(rows: list[Contributor], by_cost: bool) -> Table:
+def _contributors_table(rows: list[Contributor]) -> Table:
     t = Table(
         ["contributor", "phase", "count", "time", "share of time", "cost", "share of cost"],
         [False, False, True, True, True, True, True],
@@ -150,10 +150,10 @@ def _workflow(out: _Out, wf: WorkflowStat) -> None:
     out.table(t)
     if wf.top_by_time:
         out.heading("Largest contributors by time", 3)
-        out.table(_contributors_table(wf.top_by_time, False))
+        out.table(_contributors_table(wf.top_by_time))
     if wf.top_by_cost:
         out.heading("Largest contributors by cost", 3)
-        out.table(_contributors_table(wf.top_by_cost, True))
+        out.table(_contributors_table(wf.top_by_cost))
     out.heading("Budgets and retries", 3)
     if wf.exhaustions:
         out.text(

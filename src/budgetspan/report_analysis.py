@@ -472,6 +472,8 @@ def analyze(
         rid = s.attrs.get(A.RUN_ID)
         if isinstance(rid, str) and rid:
             by_run[rid].append(s)
+    _adopt_phase_spans(by_run, index)
+    has_calls = _phases_with_calls(spans, index)
     built = [_build_run(rid, group, index) for rid, group in by_run.items()]
     built.sort(key=lambda rc: rc[0].start_ns)
     by_workflow: dict[str, list[tuple[RunStat, list[SpanRec]]]] = defaultdict(list)
@@ -507,8 +509,12 @@ def analyze(
                     sum(st.calls for st in per_run),
                 )
             )
-        run_ids = {r.run_id for r in runs}
-        empty_phases = _phases_without_calls(spans, run_ids, index)
+        empty_phases = [
+            s
+            for r in runs
+            for s in by_run[r.run_id]
+            if _is_phase_span(s) and (s.trace_id, s.span_id) not in has_calls
+        ]
         contributors = _contributors(items, empty_phases, total_time, phase_cost_total)
         retries_by_call: Counter[str] = Counter()
         for _r, calls in items:
@@ -546,21 +552,33 @@ def analyze(
     return result
 
 
-def _phases_without_calls(spans: list[SpanRec], run_ids: set[str], index: _Index) -> list[SpanRec]:
+def _adopt_phase_spans(by_run: dict[str, list[SpanRec]], index: _Index) -> None:
+    """Phase blocks outside a declared run carry no run id: they belong to the run of their calls."""
+    for group in by_run.values():
+        have = {(s.trace_id, s.span_id) for s in group}
+        for s in list(group):
+            if s.operation not in CALL_OPS:
+                continue
+            node, hops = index.parent(s), 0
+            while node is not None and hops < 256:
+                key = (node.trace_id, node.span_id)
+                if _is_phase_span(node) and A.RUN_ID not in node.attrs and key not in have:
+                    have.add(key)
+                    group.append(node)
+                node, hops = index.parent(node), hops + 1
+
+
+def _phases_with_calls(spans: list[SpanRec], index: _Index) -> set[tuple[str, str]]:
+    """Phase spans with a call somewhere below them (the others are waits or the agent's own work)."""
     has_calls: set[tuple[str, str]] = set()
     for s in spans:
         if s.operation in CALL_OPS:
-            node = index.parent(s)
-            hops = 0
+            node, hops = index.parent(s), 0
             while node is not None and hops < 256:
                 if _is_phase_span(node):
                     has_calls.add((node.trace_id, node.span_id))
                 node, hops = index.parent(node), hops + 1
-    return [
-        s
-        for s in spans
-        if _is_phase_span(s) and s.attrs.get(A.RUN_ID) in run_ids and (s.trace_id, s.span_id) not in has_calls
-    ]
+    return has_calls
 
 
 # --- plan ------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """``budgetspan demo``: run the tickets, show progress, then a table per run and per phase.
 
-Everything goes through the public API: ``budgetspan.configure()`` instruments the ``openai``
-SDK, the spans go to an OTLP JSON lines file that ``budgetspan report`` reads, and the tables
-at the end are computed by the report's own analysis from the same spans.
+Everything goes through the public API: ``budgetspan.configure()`` sets budgetspan up on the
+demo's tracer provider and the ``openai`` SDK is instrumented, the spans go to an OTLP JSON lines
+file that ``budgetspan report`` reads, and the tables at the end are computed by the report's
+own analysis from the same spans.
 """
 
 from __future__ import annotations
