@@ -157,6 +157,7 @@ async def test_small_agent_span_tree(instrumented: Tracing, policies: Any) -> No
     assert phases == {"verification": 1, "approval": 1, "final_response": 1}
     (approval,) = [s for s in spans if s.name == "phase approval"]
     assert _attrs(approval)[A.PHASE_LABEL] == "refund sign-off"
+    assert approval.end_time - approval.start_time >= 50_000_000  # it measured the human wait
 
     # The run's counts and spend.
     usage = run.usage
