@@ -374,3 +374,17 @@ def test_async_wrappers_work_off_asyncio(tracing: Tracing) -> None:
     (retrieval,) = tracing.spans("retrieval kb")
     assert _attrs(retrieval)[A.RETRIEVAL_DOCUMENTS] == 2
     assert run.usage.tool_calls == 1 and run.usage.tools_finished == 1
+
+
+def test_vector_store_retriever_is_named_after_its_store(instrumented: Tracing) -> None:
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+    from langchain_core.vectorstores import InMemoryVectorStore
+
+    store = InMemoryVectorStore(embedding=DeterministicFakeEmbedding(size=8))
+    store.add_texts(POLICIES)
+    with budgetspan.run("support"):
+        docs = store.as_retriever(search_kwargs={"k": 2}).invoke("refund")
+    assert len(docs) == 2
+    (span,) = instrumented.spans("retrieval")
+    assert span.name == "retrieval InMemoryVectorStore"
+    assert _attrs(span)[A.RETRIEVAL_DOCUMENTS] == 2

@@ -1,6 +1,7 @@
 """LangChain (``langchain-core``): retrievers as ``retrieval`` spans, tools as budgeted tool calls.
 
-- ``BaseRetriever.invoke`` / ``ainvoke``: one ``retrieval {retriever name}`` span, documents counted.
+- ``BaseRetriever.invoke`` / ``ainvoke``: one ``retrieval {name}`` span (the retriever's name, or
+  the vector store's class for a vector-store retriever), documents counted.
 - ``BaseTool.run`` / ``arun``: one ``execute_tool {tool name}`` call counted against the tool
   budget before it runs, with the tool's timeout and retries from the configuration
   (``[tools.NAME]``). ``invoke`` / ``ainvoke`` go through ``run`` / ``arun``, so wrapping only the
@@ -34,6 +35,11 @@ def _count(result: Any) -> int | None:
 
 
 def _retriever_name(instance: Any) -> str:
+    """The vector store's class for a vector-store retriever (they all share one class), else
+    the retriever's own name."""
+    store = getattr(instance, "vectorstore", None)
+    if store is not None:
+        return type(store).__name__
     try:
         return str(instance.get_name())
     except Exception:
