@@ -260,12 +260,14 @@ class AsyncStreamProxy(wrapt.ObjectProxy[Any]):
 
 
 def _is_stream(result: Any) -> bool:
+    # class-level checks: instance lookups on pydantic models go through a slow __getattr__
     cls = type(result)
-    return hasattr(result, "response") and (hasattr(cls, "__next__") or hasattr(cls, "__anext__"))
+    return hasattr(cls, "__next__") or hasattr(cls, "__anext__")
 
 
 def _is_raw(result: Any) -> bool:
-    return hasattr(result, "http_response") and hasattr(result, "parse")
+    """``with_raw_response`` / ``with_streaming_response`` objects (LegacyAPIResponse, APIResponse)."""
+    return hasattr(type(result), "parse") and "http_response" in getattr(result, "__dict__", ())
 
 
 def _finish_now(call: Call, observer: Observer) -> None:

@@ -14,14 +14,28 @@ from typing import Any
 
 from budgetspan.ledger import Spend
 
+_ABSENT = object()
+
 
 def field(obj: Any, name: str) -> Any:
-    """``obj.name`` or ``obj[name]``; None when absent (SDK models and dicts alike)."""
+    """``obj.name`` or ``obj[name]``; None when absent (SDK models and dicts alike).
+
+    SDK models are pydantic: their fields live in ``__dict__`` (extras in ``__pydantic_extra__``);
+    reading there first avoids pydantic's slow ``__getattr__`` for absent names.
+    """
     if obj is None:
         return None
     if isinstance(obj, dict):
         return obj.get(name)
     try:
+        values = getattr(obj, "__dict__", None)
+        if values is not None:
+            value = values.get(name, _ABSENT)
+            if value is not _ABSENT:
+                return value
+            if not hasattr(type(obj), name):
+                extra = getattr(obj, "__pydantic_extra__", None)
+                return extra.get(name) if isinstance(extra, dict) else None
         return getattr(obj, name, None)
     except Exception:
         return None

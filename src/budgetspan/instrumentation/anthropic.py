@@ -75,7 +75,8 @@ def _new_call(instance: Any, kwargs: dict[str, Any], streaming: bool) -> tuple[C
         attrs[A.GEN_AI_REQUEST_TEMPERATURE] = float(temperature)
     if streaming:
         attrs[A.STREAM] = True
-    if capture_content():
+    capture = capture_content()
+    if capture:
         messages = _given(kwargs.get("messages"))
         system = _given(kwargs.get("system"))
         if isinstance(messages, (list, tuple)):
@@ -93,14 +94,15 @@ def _new_call(instance: Any, kwargs: dict[str, Any], streaming: bool) -> tuple[C
         model=model,
         worst_case_tokens=max_tokens,
     )
-    return call, MessagesObserver(call)
+    return call, MessagesObserver(call, capture)
 
 
 class MessagesObserver(Observer):
     """A Message (or dict) or the raw stream events of one Messages call."""
 
-    def __init__(self, call: Call) -> None:
+    def __init__(self, call: Call, capture: bool = False) -> None:
         super().__init__(call)
+        self.capture = capture
         self.response_id: str | None = None
         self.stop_reason: str | None = None
         self.text: list[str] = []
@@ -162,7 +164,7 @@ class MessagesObserver(Observer):
                 attrs[A.GEN_AI_RESPONSE_ID] = self.response_id
             if self.stop_reason:
                 attrs[A.GEN_AI_RESPONSE_FINISH_REASONS] = [self.stop_reason]
-            if capture_content() and (text or self.tool_calls):
+            if self.capture and (text or self.tool_calls):
                 parts: list[dict[str, Any]] = []
                 if text:
                     parts.append({"type": "text", "content": text})

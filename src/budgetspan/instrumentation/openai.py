@@ -56,8 +56,21 @@ _LOCAL_PORTS = {11434: "ollama", 8000: "vllm", 1234: "lm_studio"}
 _LOOPBACK = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "host.docker.internal"}
 
 
+_by_url: dict[str, tuple[str, str | None, int | None]] = {}
+
+
 def provider_from_url(url: str) -> tuple[str, str | None, int | None]:
-    """(gen_ai.provider.name, server.address, server.port) for a client's base URL."""
+    """(gen_ai.provider.name, server.address, server.port) for a client's base URL (cached)."""
+    found = _by_url.get(url)
+    if found is None:
+        found = _provider_from_url(url)
+        if len(_by_url) > 256:
+            _by_url.clear()
+        _by_url[url] = found
+    return found
+
+
+def _provider_from_url(url: str) -> tuple[str, str | None, int | None]:
     try:
         parts = urlsplit(url)
         host = (parts.hostname or "").lower()
@@ -137,8 +150,9 @@ def _put_content(call: Call, key: str, value: Any) -> None:
 class _ResultObserver(Observer):
     """What every OpenAI observer keeps: id, model, finish reasons, answer text, tool calls."""
 
-    def __init__(self, call: Call) -> None:
+    def __init__(self, call: Call, capture: bool = False) -> None:
         super().__init__(call)
+        self.capture = capture  # read once per call: the environment lookup is not free
         self.response_id: str | None = None
         self.finish_reasons: list[str] = []
         self.text: list[str] = []
@@ -162,7 +176,7 @@ class _ResultObserver(Observer):
                 attrs[A.GEN_AI_RESPONSE_ID] = self.response_id
             if self.finish_reasons:
                 attrs[A.GEN_AI_RESPONSE_FINISH_REASONS] = list(self.finish_reasons)
-            if capture_content() and (text or self.tool_calls):
+            if self.capture and (text or self.tool_calls):
                 message: dict[str, Any] = {"role": "assistant", "parts": []}
                 if text:
                     message["parts"].append({"type": "text", "content": text})
@@ -265,14 +279,16 @@ class EmbeddingsObserver(_ResultObserver):
 def _chat_call(instance: Any, kwargs: dict[str, Any]) -> tuple[Call, Observer]:
     max_tokens = _int_arg(kwargs.get("max_completion_tokens")) or _int_arg(kwargs.get("max_tokens"))
     call = _new_call(A.OP_CHAT, instance, kwargs, max_tokens)
-    if capture_content():
+    capture = capture_content()
+    if capture:
         _put_content(call, A.GEN_AI_INPUT_MESSAGES, _given(kwargs.get("messages")))
-    return call, ChatObserver(call)
+    return call, ChatObserver(call, capture)
 
 
 def _responses_call(instance: Any, kwargs: dict[str, Any]) -> tuple[Call, Observer]:
     call = _new_call(A.OP_CHAT, instance, kwargs, _int_arg(kwargs.get("max_output_tokens")))
-    if capture_content():
+    capture = capture_content()
+    if capture:
         inp = _given(kwargs.get("input"))
         instructions = _given(kwargs.get("instructions"))
         if isinstance(inp, str):
@@ -280,7 +296,7 @@ def _responses_call(instance: Any, kwargs: dict[str, Any]) -> tuple[Call, Observ
         if isinstance(instructions, str) and isinstance(inp, list):
             inp = [{"role": "system", "content": instructions}, *inp]
         _put_content(call, A.GEN_AI_INPUT_MESSAGES, inp)
-    return call, ResponsesObserver(call)
+    return call, ResponsesObserver(call, capture)
 
 
 def _embeddings_call(instance: Any, kwargs: dict[str, Any]) -> tuple[Call, Observer]:
