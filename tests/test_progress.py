@@ -165,3 +165,56 @@ async def test_parallel_async_tools_each_report_once(tracing) -> None:
     assert labels.count("Checking order status") == 1
     assert labels.count("Checking customer history") == 1
     assert labels[-1] == "Done"
+
+
+async def test_async_iteration_follows_a_run_to_its_end(tracing) -> None:
+    started = asyncio.Event()
+    proceed = asyncio.Event()
+    holder: dict[str, budgetspan.Run] = {}
+
+    @budgetspan.tool(read_only=True, label="Checking order status")
+    async def order(i: str) -> str:
+        return i
+
+    async def agent() -> None:
+        async with budgetspan.run("support") as run:
+            holder["run"] = run
+            started.set()
+            await proceed.wait()
+            async with budgetspan.phase("context_assembly", label="Searching policy"):
+                await order("A-1")
+            async with budgetspan.approval():
+                await asyncio.sleep(0.01)
+
+    task = asyncio.create_task(agent())
+    await started.wait()
+    seen: list[str] = []
+    async with budgetspan.subscribe_progress(run=holder["run"]) as sub:
+        proceed.set()
+        async for m in sub:  # ends by itself after the run's end milestone
+            seen.append(m.label)
+    await task
+    assert seen == ["Searching policy", "Checking order status", "Waiting for approval", "Done"]
+
+
+async def test_async_iteration_receives_milestones_from_threads_and_stops_at_close(tracing) -> None:
+    sub = budgetspan.subscribe_progress(workflow="batch")
+
+    def worker(n: int) -> None:
+        with budgetspan.run("batch"):
+            check_order(f"A-{n}")
+
+    async def consume() -> list[budgetspan.Milestone]:
+        return [m async for m in sub]
+
+    consumer = asyncio.create_task(consume())
+    await asyncio.gather(*(asyncio.to_thread(worker, n) for n in range(3)))
+    sub.close()
+    got = await asyncio.wait_for(consumer, timeout=5)
+    assert sorted(m.label for m in got) == ["Checking order status"] * 3 + ["Done"] * 3
+    assert len({m.run_id for m in got}) == 3
+
+
+def test_a_callback_subscription_cannot_be_iterated(tracing) -> None:
+    with budgetspan.subscribe_progress(print) as sub, pytest.raises(TypeError, match="callback"):
+        sub.__aiter__()

@@ -12,16 +12,21 @@ back to back within a run is reported once.
     with budgetspan.subscribe_progress(show, run=run.id):
         ...
 
+    async with budgetspan.subscribe_progress(run=run) as progress:   # or iterate, e.g. to stream
+        async for m in progress:                                      # to a browser; ends with
+            await send(m.label)                                       # the run
+
 Callbacks run synchronously in the thread that reached the milestone; keep them quick. An error
 in a callback is logged and never reaches the run.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,7 +77,9 @@ def _tool_label(name: str) -> str:
 class ProgressSubscription:
     """A live subscription; ``close()`` (or leaving the ``with`` block) stops it.
 
-    Without a callback, milestones are collected in ``milestones``.
+    Without a callback, milestones are collected in ``milestones`` and can be consumed with
+    ``async for`` (from any thread's milestones); iterating a one-run subscription ends after
+    that run's end milestone, any other ends at ``close()``.
     """
 
     def __init__(
@@ -90,17 +97,66 @@ class ProgressSubscription:
         self._lock = threading.Lock()
         self._t0 = time.monotonic()
         self._failed = False
+        self._closed = False
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
         events.add_listener(self)
 
     # subscription ----------------------------------------------------------------------
     def close(self) -> None:
         events.remove_listener(self)
+        with self._lock:
+            self._closed = True
+        self._wake()
 
     def __enter__(self) -> ProgressSubscription:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    async def __aenter__(self) -> ProgressSubscription:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    def __aiter__(self) -> AsyncIterator[Milestone]:
+        if self.callback is not None:
+            raise TypeError("a subscription with a callback delivers there; subscribe without one to iterate")
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Milestone]:
+        waiter = (asyncio.get_running_loop(), asyncio.Event())
+        with self._lock:
+            self._waiters.append(waiter)
+        seen = 0
+        try:
+            while True:
+                waiter[1].clear()
+                with self._lock:
+                    batch = self.milestones[seen:]
+                    closed = self._closed
+                seen += len(batch)
+                for m in batch:
+                    yield m
+                    if m.kind == "end" and self.run_id is not None:
+                        return
+                if closed:
+                    return
+                if not batch:
+                    await waiter[1].wait()
+        finally:
+            with self._lock:
+                self._waiters.remove(waiter)
+
+    def _wake(self) -> None:
+        with self._lock:
+            waiters = list(self._waiters)
+        for loop, event in waiters:
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:  # that loop is closed
+                pass
 
     def _wanted(self, run: Run | None) -> bool:
         if self.run_id is not None and (run is None or run.id != self.run_id):
@@ -131,6 +187,7 @@ class ProgressSubscription:
         if self.callback is None:
             with self._lock:
                 self.milestones.append(m)
+            self._wake()
             return
         try:
             self.callback(m)

@@ -126,7 +126,7 @@ def _budget_line(cfg: Config, profile: str) -> str:
     if b.max_tool_calls is not None:
         parts.append(f"{b.max_tool_calls} tool calls")
     if b.max_cost_usd is not None:
-        parts.append(f"${b.max_cost_usd:g}")
+        parts.append(f"${b.max_cost_usd:.2f}")
     if b.max_wall_clock_s is not None:
         parts.append(f"{b.max_wall_clock_s:g} s")
     return f"{profile}: " + ", ".join(parts)
