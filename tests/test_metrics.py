@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import socket
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -365,3 +369,50 @@ def test_bad_port_env_is_a_clear_error(
     assert "BUDGETSPAN_METRICS_PORT='nine' is not a port number" in caplog.text
     monkeypatch.setenv(A.ENV_METRICS_PORT, "9464")
     assert M.port_from_env() == 9464
+
+
+ZERO_CODE_AGENT = """
+import urllib.request
+import budgetspan
+from budgetspan.processors import metrics
+
+@budgetspan.tool
+def lookup(q):
+    return q
+
+with budgetspan.run("zero_code"):
+    lookup("x")
+host, port = metrics.server_address()
+print(urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10).read().decode())
+"""
+
+
+def test_zero_code_serves_metrics_under_opentelemetry_instrument(tmp_path: Any) -> None:
+    """BUDGETSPAN_METRICS_PORT alone turns the endpoint on under opentelemetry-instrument, even
+    with no SDK tracer provider configured (metrics come from events, not spans)."""
+    script = tmp_path / "agent.py"
+    script.write_text(ZERO_CODE_AGENT)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BUDGETSPAN_", "OTEL_"))}
+    env.update(
+        {
+            A.ENV_METRICS_PORT: "0",
+            "OTEL_TRACES_EXPORTER": "none",
+            # Only the hook matters here; skip importing the heavy instrumented libraries.
+            "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": ",".join(
+                f"budgetspan_{n}"
+                for n in ("openai", "anthropic", "langchain", "llamaindex", "mcp", "chroma", "qdrant")
+            ),
+        }
+    )
+    bindir = Path(sys.executable).parent
+    r = subprocess.run(
+        [str(bindir / "opentelemetry-instrument"), sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    assert 'budgetspan_runs_total{outcome="success",workflow="zero_code"} 1.0' in r.stdout
+    assert 'budgetspan_tool_calls_total{status="ok",tool="lookup",workflow="zero_code"} 1.0' in r.stdout

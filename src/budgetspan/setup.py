@@ -35,6 +35,7 @@ def install_processors(provider: Any, *, metrics_port: int | None = None) -> boo
             "budgetspan's own wrappers only",
             type(provider).__name__,
         )
+        _metrics_without_provider(metrics_port)
         return False
     with _lock:
         if getattr(provider, _MARK, None):
@@ -62,6 +63,18 @@ def install_processors(provider: Any, *, metrics_port: int | None = None) -> boo
             provider.add_span_processor(p)
         setattr(provider, _MARK, processors)
     return True
+
+
+def _metrics_without_provider(metrics_port: int | None) -> None:
+    """Metrics come from budgetspan's events, not spans: serve them even with no SDK provider."""
+    try:
+        from budgetspan.processors import metrics
+
+        metrics.install(metrics_port)
+    except ImportError:
+        pass
+    except Exception:
+        log.warning("budgetspan: metrics are off", exc_info=True)
 
 
 def configure(
