@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 import budgetspan
 from budgetspan import attributes as A
 from budgetspan import events
+from budgetspan.events import CallRecord
 from budgetspan.instrumentation.calls import Call
 from budgetspan.ledger import Spend
 from budgetspan.pricing import default_resolver
@@ -277,6 +278,29 @@ def test_label_values_are_capped_per_label(tracing: Any) -> None:
     models = {s["model"] for s in r.series("budgetspan_unpriced_calls_total")}
     assert models == {"model-a", "model-b", "other"}
     assert r.value("budgetspan_unpriced_calls_total", provider="acme", model="other") == 2
+
+
+def test_non_finite_or_negative_figures_never_poison_a_series() -> None:
+    r = Reader()
+    for bad in (float("nan"), float("inf"), -1.0):
+        r.metrics.on_call_end(
+            CallRecord(
+                "model",
+                "wf",
+                "model_decision",
+                0.1,
+                provider="p",
+                model="m",
+                spend=Spend(-5, 10, None, None, None, None),
+                cost_usd=bad,
+            )
+        )
+    assert r.series("budgetspan_cost_usd_total") == []
+    assert r.value("budgetspan_tokens_total", workflow="wf", provider="p", model="m", type="output") == 30
+    assert r.series("budgetspan_tokens_total") == [
+        {"workflow": "wf", "provider": "p", "model": "m", "type": "output"}
+    ]
+    assert r.value("budgetspan_model_calls_total", workflow="wf", provider="p", model="m", status="ok") == 3
 
 
 def test_label_cap_unit() -> None:

@@ -24,6 +24,7 @@ serves the sum over all workers; the live-runs gauge uses ``livesum`` (call
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from collections.abc import Sequence
@@ -143,6 +144,11 @@ class _Family:
             if len(self.cache) < _CACHE_LIMIT:
                 self.cache[values] = c
         return c
+
+
+def _sane(value: float) -> bool:
+    """Finite and not negative: one NaN or inf from a foreign span would poison a series forever."""
+    return 0.0 <= value < math.inf
 
 
 def _multiprocess() -> bool:
@@ -267,7 +273,8 @@ class BudgetspanMetrics:
         outcome = run.outcome.value if run.outcome is not None else "unknown"
         usage = run.usage
         self.runs.child(wf, outcome).inc()
-        self.run_cost.child(wf, outcome).observe(usage.cost_usd)
+        if _sane(usage.cost_usd):
+            self.run_cost.child(wf, outcome).observe(usage.cost_usd)
         self.run_tokens.child(wf, outcome).observe(usage.input_tokens + usage.output_tokens)
         duration = run.duration_s if run.duration_s is not None else usage.wall_clock_s
         self.run_duration.child(wf, outcome).observe(duration)
@@ -275,7 +282,8 @@ class BudgetspanMetrics:
             if allowed <= 0:
                 continue  # a zero limit has no share to speak of
             used = duration if limit == "max_wall_clock_s" else usage.value_of(limit)
-            self.utilisation.child(wf, limit).observe(used / allowed)
+            if _sane(used):
+                self.utilisation.child(wf, limit).observe(used / allowed)
 
     def on_exhausted(self, run: Run, reason: str, observe: bool) -> None:
         if reason == "cancelled":
@@ -320,10 +328,10 @@ class BudgetspanMetrics:
                 ),
                 strict=True,
             ):
-                if n:
+                if n is not None and n > 0:
                     self.tokens.child(wf, prov, model, typ).inc(n)
         cost = r.cost_usd if r.cost_usd is not None else (spend.cost_usd if spend else None)
-        if cost is not None:
+        if cost is not None and _sane(cost):
             self.cost.child(wf, r.phase, prov, model).inc(cost)
         elif r.unpriced:
             self.unpriced.child(prov, model).inc()
