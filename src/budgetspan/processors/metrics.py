@@ -355,7 +355,7 @@ def get_metrics() -> BudgetspanMetrics:
     with _lock:
         if _metrics is None:
             _metrics = BudgetspanMetrics(REGISTRY)
-            events.add_listener(_metrics)
+        events.add_listener(_metrics)  # again if it was removed (add_listener ignores repeats)
         return _metrics
 
 
