@@ -156,6 +156,8 @@ def test_table_and_markdown_output(demo_traces: Path) -> None:
         assert heading in text
     assert "cost per successful run $" in text
     assert "max_model_calls in 1 of 7 runs (14%)" in text
+    stopped = text.split("why it stopped", 1)[1].splitlines()[2]
+    assert "interactive" in stopped and "Stopped after 4 of 4 model calls" in stopped
     code, md, _ = report(str(demo_traces), "--format", "markdown")
     assert "## Workflow resolve_ticket" in md
     assert "| phase | runs | time |" in md and "|---|---:|" in md

@@ -28,6 +28,7 @@ from budgetspan.report_load import LoadError, load_files
 
 FORMATS = ("table", "markdown", "json")
 MAX_ERRORS_SHOWN = 20  # bad lines named one by one; the rest are counted
+MAX_RUNS_LISTED = 5  # exhausted runs listed with their explanation
 
 
 # --- formatting helpers ---------------------------------------------------------------------
@@ -124,7 +125,7 @@ def _contributors_table(rows: list[Contributor]) -> Table:
     return t
 
 
-def _workflow(out: _Out, wf: WorkflowStat) -> None:
+def _workflow(out: _Out, wf: WorkflowStat, runs: Sequence[RunStat] = ()) -> None:
     out.heading(f"Workflow {wf.workflow}", 2)
     out.text(
         f"{wf.runs} run{'s' if wf.runs != 1 else ''} ({outcome_summary(wf.outcomes)}); "
@@ -161,6 +162,14 @@ def _workflow(out: _Out, wf: WorkflowStat) -> None:
             + "; ".join(f"{r.reason} in {r.runs} of {wf.runs} runs ({pct(r.rate)})" for r in wf.exhaustions)
             + "."
         )
+        if runs:
+            stopped = [r for r in runs if r.workflow == wf.workflow and r.outcome == "budget_exhausted"]
+            t = Table(["run", "profile", "why it stopped"], [False, False, False])
+            for r in stopped[:MAX_RUNS_LISTED]:
+                t.add(r.run_id[:8], r.profile or "-", r.explanation or r.reason or "?")
+            out.table(t)
+            if len(stopped) > MAX_RUNS_LISTED:
+                out.text(f"... and {len(stopped) - MAX_RUNS_LISTED} more.")
     else:
         out.text("Budget exhausted: never.")
     if wf.would_exhaust:
@@ -183,10 +192,10 @@ def _workflow(out: _Out, wf: WorkflowStat) -> None:
     if not wf.sequential_reads:
         out.text("None: read-only calls under the same parent overlapped in time.")
     else:
-        runs = len({f.run_id for f in wf.sequential_reads})
+        flagged = len({f.run_id for f in wf.sequential_reads})
         saving = sum(f.saving_s for f in wf.sequential_reads)
         out.text(
-            f"{runs} of {wf.runs} runs made read-only calls one after another under the same parent; "
+            f"{flagged} of {wf.runs} runs made read-only calls one after another under the same parent; "
             f"running them in parallel could save up to {secs(saving)} in total."
         )
         t = Table(
@@ -252,7 +261,7 @@ def render(a: Analysis, fmt: str = "table") -> str:
         f"{a.spans:,} spans, {len(a.runs)} runs, {len(a.workflows)} workflow{'s' if len(a.workflows) != 1 else ''}."
     )
     for wf in a.workflows:
-        _workflow(out, wf)
+        _workflow(out, wf, a.runs)
     if a.plan or a.plan_notes:
         _plan(out, a)
     return out.render()
