@@ -388,3 +388,19 @@ def test_vector_store_retriever_is_named_after_its_store(instrumented: Tracing) 
     (span,) = instrumented.spans("retrieval")
     assert span.name == "retrieval InMemoryVectorStore"
     assert _attrs(span)[A.RETRIEVAL_DOCUMENTS] == 2
+
+
+def test_read_only_tools_are_marked(instrumented: Tracing) -> None:
+    def status(order_id: str) -> str:
+        return "shipped"
+
+    reads = StructuredTool.from_function(
+        func=status, name="status", description="Status.", metadata={"readOnlyHint": True}
+    )
+    writes = StructuredTool.from_function(func=status, name="cancel", description="Cancel.")
+    with budgetspan.run("support"):
+        reads.invoke({"order_id": "1"})
+        writes.invoke({"order_id": "1"})
+    read_span, write_span = instrumented.spans("execute_tool")
+    assert _attrs(read_span)[A.READ_ONLY] is True
+    assert A.READ_ONLY not in _attrs(write_span)

@@ -7,6 +7,8 @@
   (``[tools.NAME]``). ``invoke`` / ``ainvoke`` go through ``run`` / ``arun``, so wrapping only the
   latter counts each call once whichever entry point the agent used. A tool that handles its own
   error (``handle_tool_error``) answers with an error ``ToolMessage``: the span is marked an error.
+  A tool whose ``metadata`` says ``read_only`` (or carries MCP's ``readOnlyHint``, as MCP adapters
+  copy it) is marked ``budgetspan.read_only``, so sequential independent reads can be found.
 - Chat models are deliberately *not* wrapped. Money is spent where the provider SDK sends the
   request, and the OpenAI / Anthropic instrumentations make that span; a second span at the
   LangChain layer would double every model call. A LangChain model with no instrumented SDK
@@ -50,6 +52,17 @@ def _is_error_message(result: Any) -> bool:
     return getattr(result, "type", None) == "tool" and getattr(result, "status", None) == "error"
 
 
+_READ_ONLY_KEYS = ("read_only", "readOnlyHint", "read_only_hint")
+
+
+def _read_only(instance: Any) -> bool:
+    """``metadata={"read_only": True}``, or the MCP ``readOnlyHint`` that MCP adapters copy there."""
+    metadata = getattr(instance, "metadata", None)
+    if not isinstance(metadata, dict):
+        return False
+    return any(metadata.get(key) is True for key in _READ_ONLY_KEYS)
+
+
 def _tool_name(instance: Any) -> str:
     return str(getattr(instance, "name", None) or type(instance).__name__)
 
@@ -74,6 +87,7 @@ def _run(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         name=_tool_name(instance),
         system=SYSTEM,
         call_id=kwargs.get("tool_call_id"),
+        read_only=_read_only(instance),
         is_error=_is_error_message,
     )
 
@@ -86,6 +100,7 @@ def _arun(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         name=_tool_name(instance),
         system=SYSTEM,
         call_id=kwargs.get("tool_call_id"),
+        read_only=_read_only(instance),
         is_error=_is_error_message,
     )
 
