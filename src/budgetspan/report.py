@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import IO, Any
 
 from budgetspan.report_analysis import (
+    PLAN_ITEMS,
     Analysis,
     Contributor,
     PlanError,
@@ -287,7 +288,11 @@ def to_jsonable(obj: Any) -> Any:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", metavar="FILE", help="OTLP JSON lines (BUDGETSPAN_TRACES_FILE output)")
-    p.add_argument("--plan", metavar="PLAN.toml", help="per-workflow estimates to compare against")
+    p.add_argument(
+        "--plan",
+        metavar="PLAN.toml",
+        help="per-run estimates to compare against: [workflows.NAME] with any of " + ", ".join(PLAN_ITEMS),
+    )
     p.add_argument("--format", choices=FORMATS, default="table")
     p.add_argument("--top", type=int, default=5, help="how many largest contributors to list")
     p.add_argument(

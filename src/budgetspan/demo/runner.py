@@ -218,6 +218,9 @@ def run_demo(opts: DemoOptions, out: IO[str] | None = None) -> int:
     if not tickets:
         print(f"budgetspan demo: no such ticket; known: {', '.join(t.id for t in TICKETS)}", file=sys.stderr)
         return 2
+    if opts.every_s is not None and (not opts.serve or opts.every_s <= 0):
+        print("budgetspan demo: --every needs --serve and a number of seconds > 0", file=sys.stderr)
+        return 2
     real = bool(os.environ.get("OPENAI_API_KEY")) and not opts.offline
     env_traces = os.environ.get(A.ENV_TRACES_FILE, "").strip()
     traces = opts.traces or env_traces or DEFAULT_TRACES
