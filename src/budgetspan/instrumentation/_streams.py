@@ -60,21 +60,18 @@ class Observer:
 class _State:
     """End-once bookkeeping shared by a stream proxy, its response hook and its finalizer."""
 
-    __slots__ = ("__weakref__", "call", "ended", "finalizer", "first", "in_next", "lock", "observer")
+    __slots__ = ("__weakref__", "call", "ended", "finalizer", "in_next", "lock", "observer")
 
     def __init__(self, call: Call, observer: Observer) -> None:
         self.call = call
         self.observer = observer
         self.ended = False
-        self.first = True
         self.in_next = False
         self.lock = threading.Lock()
         self.finalizer: weakref.finalize[Any, Any] | None = None
 
     def item(self, item: Any) -> None:
-        if self.first:
-            self.first = False
-            self.call.first_token()
+        # Time to first token is marked by the observer, on the first item carrying output.
         try:
             self.observer.on_item(item)
         except Exception:

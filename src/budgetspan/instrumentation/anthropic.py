@@ -134,6 +134,7 @@ class MessagesObserver(Observer):
     def on_item(self, item: Any) -> None:
         kind = field(item, "type")
         if kind == "content_block_delta":
+            self.call.first_token()
             delta = field(item, "delta")
             if field(delta, "type") == "text_delta" and isinstance(field(delta, "text"), str):
                 self.text.append(field(delta, "text"))

@@ -221,8 +221,11 @@ class ChatObserver(_ResultObserver):
             delta = field(choice, "delta")
             content = field(delta, "content")
             if isinstance(content, str):
+                if content:
+                    self.call.first_token()
                 self.text.append(content)
             for tc in field(delta, "tool_calls") or ():
+                self.call.first_token()
                 name = field(field(tc, "function"), "name")
                 if isinstance(name, str):
                     self.tool_calls.append({"id": field(tc, "id"), "name": name})
@@ -258,7 +261,10 @@ class ResponsesObserver(_ResultObserver):
         if kind == "response.output_text.delta":
             delta = field(item, "delta")
             if isinstance(delta, str):
+                self.call.first_token()
                 self.text.append(delta)
+        elif isinstance(kind, str) and kind.endswith(".delta"):
+            self.call.first_token()  # tool-call arguments, reasoning summaries, audio...
         elif kind in ("response.created", "response.in_progress"):
             response = field(item, "response")
             self._id(field(response, "id"))
