@@ -254,12 +254,24 @@ for module, cls, library in INSTRUMENTORS:
     patched[cls] = len(getattr(inst, "_patched", []))
     inst.uninstrument()
 budgetspan.configure(instrument=True)
+warnings_hidden = [r.getMessage() for r in records]
+leaked = sorted(n for n in HIDDEN if sys.modules.get(n) is not None)
+for name in HIDDEN:  # now the libraries are back: configure() picks every one of them up
+    del sys.modules[name]
+budgetspan.configure(instrument=True)
+after = {}
+for module, cls, library in INSTRUMENTORS:
+    if library.split(".")[0] in HIDDEN:
+        inst = getattr(importlib.import_module("budgetspan.instrumentation." + module), cls)()
+        after[cls] = len(getattr(inst, "_patched", [])) if inst.is_instrumented_by_opentelemetry else -1
 print(json.dumps({
+    "after": after,
     "found": found,
     "patched": patched,
-    "warnings": [r.getMessage() for r in records],
+    "warnings": warnings_hidden,
+    "warnings_after": [r.getMessage() for r in records[len(warnings_hidden):]],
     "internal_errors": calls._internal_errors,
-    "leaked": sorted(n for n in HIDDEN if sys.modules.get(n) is not None),
+    "leaked": leaked,
 }))
 """
 
@@ -289,4 +301,13 @@ def test_each_instrumentation_is_skipped_cleanly_without_its_library() -> None:
     assert report["patched"] == dict.fromkeys(sorted(ours), 0)
     assert report["warnings"] == [] and report["internal_errors"] == 0
     assert report["leaked"] == []
+    # The same process with the libraries present: configure() instruments each one.
+    assert report["after"] == {
+        "LangChainInstrumentor": 4,  # retriever invoke/ainvoke, tool run/arun
+        "LlamaIndexInstrumentor": 2,
+        "MCPInstrumentor": 2,  # call_tool, list_tools (read-only hints)
+        "ChromaInstrumentor": 2,
+        "QdrantInstrumentor": 6,  # query_points, _batch_, _groups on both clients
+    }
+    assert report["warnings_after"] == []
     assert "Traceback" not in out.stderr
