@@ -212,17 +212,18 @@ def _workflow(out: _Out, wf: WorkflowStat, runs: Sequence[RunStat] = ()) -> None
 def _plan(out: _Out, a: Analysis) -> None:
     out.heading("Plan versus actual (biggest misses first)", 2)
     t = Table(
-        ["workflow", "item", "estimate", "actual (mean)", "actual (p95)", "miss", ""],
+        ["workflow", "item", "estimate", "actual (mean)", "actual (p95)", "miss", "verdict"],
         [False, False, True, True, True, True, False],
     )
     for r in a.plan:
         miss = "n/a" if math.isinf(r.miss) else f"{r.miss * 100:+.0f}%"
+        fmt = {"cost_usd": money, "duration_s": secs}.get(r.item, num)
         t.add(
             r.workflow,
             r.item,
-            num(r.estimate),
-            num(r.actual),
-            num(r.actual_p95),
+            fmt(r.estimate),
+            fmt(r.actual),
+            fmt(r.actual_p95),
             miss,
             "MISS" if r.is_miss else "ok",
         )
