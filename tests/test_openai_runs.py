@@ -221,3 +221,33 @@ def test_anthropic_content_only_when_asked(instrumented: Any, monkeypatch: pytes
         "content": "sys prompt",
     }
     assert json.loads(on.attributes[A.GEN_AI_OUTPUT_MESSAGES])[0]["parts"][0]["content"] == "private reply"
+
+
+async def test_budgetspan_cancel_stops_an_in_flight_async_call(instrumented: Any) -> None:  # noqa: F811
+    import httpx2
+
+    started = asyncio.Event()
+
+    async def slow(request: httpx2.Request) -> httpx2.Response:
+        started.set()
+        await asyncio.sleep(30)
+        return httpx2.Response(200, json=chat_completion(usage=USAGE))
+
+    c = openai.AsyncOpenAI(
+        api_key="t", http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(slow)), max_retries=0
+    )
+
+    async def agent() -> None:
+        async with budgetspan.run("r") as run:
+            holder.append(run)
+            await c.chat.completions.create(**ARGS)
+
+    holder: list[Any] = []
+    task = asyncio.create_task(agent())
+    await asyncio.wait_for(started.wait(), 5)
+    assert budgetspan.cancel(holder[0].id)
+    with pytest.raises(budgetspan.RunCancelled):
+        await asyncio.wait_for(task, 5)
+    assert holder[0].outcome is budgetspan.Outcome.CANCELLED
+    (span,) = instrumented.spans("chat")
+    assert span.status.status_code.name == "ERROR"
