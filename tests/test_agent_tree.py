@@ -207,6 +207,28 @@ async def test_agent_over_its_tool_budget_stops_in_a_useful_state(
 ) -> None:
     """A tool past its timeout is cancelled and recorded; the next one over the cap never runs."""
     checked.clear()
+    records: list[budgetspan.CallRecord] = []
+
+    class Listener:
+        def on_call_end(self, record: budgetspan.CallRecord) -> None:
+            records.append(record)
+
+    listener = Listener()
+    budgetspan.add_listener(listener)
+    try:
+        await _over_budget(instrumented, policies)
+    finally:
+        budgetspan.remove_listener(listener)
+    # What metrics see: the timeout is a tool call with status "timeout"; the refused one is absent.
+    assert [(r.kind, r.tool, r.status) for r in records] == [
+        ("retrieval", None, "ok"),
+        ("tool", "lookup_order", "ok"),
+        ("tool", "slow", "timeout"),
+    ]
+    assert records[0].documents == 1
+
+
+async def _over_budget(instrumented: Tracing, policies: Any) -> None:
     async with connect() as session:
         with pytest.raises(budgetspan.BudgetExhausted) as info:
             async with budgetspan.run(
