@@ -56,6 +56,8 @@ MODEL_CALLS = A.M_MODEL_CALLS + "_total"
 TOKENS = A.M_TOKENS + "_total"
 COST = A.M_COST + "_total"
 UNPRICED = A.M_UNPRICED_CALLS + "_total"
+UNREPORTED = A.M_UNREPORTED_USAGE_CALLS + "_total"
+WOULD_EXHAUST = A.M_BUDGET_WOULD_EXHAUST + "_total"
 PHASE_DURATION = A.M_PHASE_DURATION
 TOOL_CALLS = A.M_TOOL_CALLS + "_total"
 TOOL_DURATION = A.M_TOOL_DURATION
@@ -340,6 +342,25 @@ def overview() -> dict[str, Any]:
                     "reqps",
                     [(f"sum by (provider, model) (rate({UNPRICED}[{RATE}]))", "{{provider}} {{model}}")],
                 ),
+                Spec(
+                    "Model calls with no reported usage",
+                    "reqps",
+                    [(f"sum by (provider, model) (rate({UNREPORTED}[{RATE}]))", "{{provider}} {{model}}")],
+                    description="The provider never said the tokens (a stream without a usage "
+                    "chunk): not counted as 0, and token budgets cannot see them.",
+                ),
+                Spec(
+                    "Would-be exhaustions in observe mode by reason",
+                    "reqps",
+                    [
+                        (
+                            f"sum by (workflow, reason) (rate({WOULD_EXHAUST}{{{wf}}}[{RATE}]))",
+                            "{{workflow}} {{reason}}",
+                        )
+                    ],
+                    description="Runs in BUDGETSPAN_MODE=observe that enforce mode would have "
+                    "stopped: check this before switching a workflow to enforce.",
+                ),
             ],
         ),
     ]
@@ -419,6 +440,11 @@ def workflow_drilldown() -> dict[str, Any]:
                     "Budget exhaustions by reason",
                     "reqps",
                     [(f"sum by (reason) (rate({EXHAUSTIONS}{{{wf}}}[{RATE}]))", "{{reason}}")],
+                ),
+                Spec(
+                    "Would-be exhaustions in observe mode by reason",
+                    "reqps",
+                    [(f"sum by (reason) (rate({WOULD_EXHAUST}{{{wf}}}[{RATE}]))", "{{reason}}")],
                 ),
                 Spec(
                     "Budget utilisation p50 / p95 by limit",

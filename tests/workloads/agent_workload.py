@@ -54,6 +54,7 @@ class Models(Protocol):
     def chat(self, big: bool = False) -> None: ...
     def chat_unpriced(self) -> None: ...
     def stream(self) -> None: ...
+    def stream_without_usage(self) -> None: ...
     def embed(self) -> None: ...
 
 
@@ -111,6 +112,10 @@ class SpanModels:
             },
         )
 
+    def stream_without_usage(self) -> None:
+        # A streamed call whose provider never said how many tokens it used.
+        self._span(A.OP_CHAT, "openai", "gpt-3.5-turbo-0125", {})
+
     def stream(self) -> None:
         # A streamed answer through budgetspan's own wrapper (what the SDK instrumentations use).
         call = Call(
@@ -146,6 +151,8 @@ class OpenAIModels:
             ),  # the exchange where 1024 of 1149 input tokens were cached
             "embeddings": _recorded_body("openai/test_embeddings__test_embeddings.yaml"),
             "responses": _recorded_body("openai/test_responses__test_responses_streaming.yaml"),
+            # A streamed chat without a usage chunk: tokens never reported.
+            "chat_stream": _recorded_body("openai/test_chat__test_chat_tools_streaming.yaml"),
         }
 
         def handler(request: httpx.Request) -> httpx.Response:
@@ -153,6 +160,12 @@ class OpenAIModels:
             path = request.url.path
             if path.endswith("/chat/completions"):
                 body = json.loads(request.content)
+                if body.get("stream"):
+                    return httpx.Response(
+                        200,
+                        content=self.bodies["chat_stream"],
+                        headers={"content-type": "text/event-stream"},
+                    )
                 if body.get("model") == "acme-local-7b":
                     reply = json.loads(self.bodies["chat"])
                     reply["model"] = "acme-local-7b"
@@ -186,6 +199,15 @@ class OpenAIModels:
 
     def embed(self) -> None:
         self.client.embeddings.create(model="text-embedding-ada-002", input="refund policy")
+
+    def stream_without_usage(self) -> None:
+        stream = self.client.chat.completions.create(
+            model="gpt-3.5-turbo",
+            messages=[{"role": "user", "content": "weather?"}],
+            stream=True,
+        )
+        for _chunk in stream:
+            pass
 
     def stream(self) -> None:
         for _event in self.client.responses.create(model="gpt-4o", input="write the answer", stream=True):
@@ -278,6 +300,14 @@ def triage_ok(models: Models) -> None:
         run.succeed()
 
 
+def resolve_ticket_observed(models: Models) -> None:
+    # Observe mode: the second call is over the limit but allowed; it counts as "would exhaust".
+    with budgetspan.run("resolve_ticket", mode="observe", max_model_calls=1) as run:
+        models.chat()
+        models.stream_without_usage()
+        run.succeed()
+
+
 def triage_failed() -> None:
     try:
         with budgetspan.run("triage"):
@@ -299,6 +329,7 @@ def one_round(models: Models) -> None:
     triage_tools_exhausted()
     triage_cost_exhausted(models)
     triage_ok(models)
+    resolve_ticket_observed(models)
     triage_failed()
     if state["round"] % 3 == 0:
         resolve_ticket_escalated(models)
