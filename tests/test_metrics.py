@@ -369,6 +369,18 @@ def test_install_serves_and_port_in_use_is_logged(
         events.remove_listener(M.get_metrics())
 
 
+def test_metrics_addr_env_chooses_the_interface(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(M, "_server", None)
+    monkeypatch.setenv(A.ENV_METRICS_ADDR, "127.0.0.2")  # another loopback address
+    try:
+        address = M.serve(0)
+        assert address is not None and address[0] == "127.0.0.2"
+        with urllib.request.urlopen(f"http://127.0.0.2:{address[1]}/metrics", timeout=5) as r:
+            assert r.status == 200
+    finally:
+        M.stop_server()
+
+
 def test_processor_shutdown_stops_the_endpoint(tracing: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(M, "_server", None)
     proc = M.install(0)

@@ -4,12 +4,13 @@ It serves budgetspan's metrics, prints ``METRICS_PORT <port>`` on stdout, then k
 rounds of agent runs until its stdin closes (so Prometheus sees rates, not a constant).
 
 Every round makes runs that succeed, fail, escalate and exhaust budgets (model calls, tool
-calls, cost), with ``@budgetspan.tool`` tools (one flaky, retried; one failing), phases, an
-approval, and model calls of two kinds:
+calls, cost), one in observe mode that goes over its limit, with ``@budgetspan.tool`` tools
+(one flaky, retried; one failing), phases, an approval, and model calls of two kinds:
 
 - ``--models openai``: the real ``openai`` SDK, instrumented by budgetspan, answered by a local
   ``httpx.MockTransport`` from the recorded API exchanges (non-streamed chat with cached
-  tokens; a streamed Responses call for time to first token; embeddings);
+  tokens; a streamed Responses call for time to first token; a streamed chat with no usage
+  chunk; embeddings);
 - ``--models spans``: hand-made spans carrying ``gen_ai.*`` attributes, as any other
   instrumentation would make them (the BudgetSpanProcessor accounts them), plus budgetspan's
   own ``Call`` wrapper for a streamed call (time to first token).
