@@ -403,14 +403,20 @@ def serve(port: int, addr: str | None = None) -> tuple[str, int] | None:
         try:
             server, _thread = start_http_server(port, host, exposition_registry())
         except OSError as e:
+            hint = (
+                " In multiprocess mode another worker may be serving every worker's metrics."
+                if _multiprocess()
+                else ""
+            )
             log.error(
                 "budgetspan: cannot serve Prometheus metrics on %s:%d (%s: %s); set %s to a free "
-                "port. The program goes on without a metrics endpoint.",
+                "port. The program goes on without a metrics endpoint.%s",
                 host,
                 port,
                 type(e).__name__,
                 e.strerror or e,
                 A.ENV_METRICS_PORT,
+                hint,
             )
             return None
         _server = server
