@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import select
+import shutil
 import socket
 import subprocess
 import sys
@@ -96,6 +97,16 @@ def test_workers_are_summed_and_dead_workers_leave_live_runs(tmp_path: Path) -> 
         assert values["budgetspan_tool_calls_total"] == 8
         assert values["budgetspan_run_duration_seconds_count"] == 8
         assert values["budgetspan_live_runs"] == 3
+        if shutil.which("promtool"):  # the summed exposition is well-formed too
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                check = subprocess.run(
+                    ["promtool", "check", "metrics"],
+                    input=r.read(),
+                    capture_output=True,
+                    timeout=60,
+                    check=False,
+                )
+            assert check.returncode == 0, check.stdout + check.stderr
         assert b.stdin is not None
         b.stdin.close()
         assert b.wait(timeout=30) == 0
