@@ -118,11 +118,14 @@ class _HangingStream(httpx2.AsyncByteStream):
         await asyncio.sleep(3600)
 
 
-class _Chunks(httpx2.SyncByteStream):
+class _Chunks(httpx2.SyncByteStream, httpx2.AsyncByteStream):
     def __init__(self, data: bytes) -> None:
         self.data = data
 
     def __iter__(self) -> Iterator[bytes]:
+        yield self.data
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
         yield self.data
 
 

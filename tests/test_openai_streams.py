@@ -209,3 +209,23 @@ def test_sdk_error_is_error_status_and_propagates_unchanged(instrumented: Any) -
     assert span.attributes[A.ERROR_TYPE] == "BadRequestError"
     assert span.attributes[A.USAGE_UNREPORTED] is True
     assert run.usage.model_calls == 1
+
+
+async def test_async_raw_and_streaming_response(instrumented: Any) -> None:  # noqa: F811
+    rec = Recorder(
+        json_response(chat_completion(usage=USAGE)),
+        streamed_json(chat_completion(usage=USAGE)),
+        sse_response(openai_sse(chat_chunks(usage=USAGE))),
+    )
+    c = aclient(rec)
+    raw = await c.chat.completions.with_raw_response.create(**ARGS)
+    assert raw.parse().usage is not None
+    async with c.chat.completions.with_streaming_response.create(**ARGS) as response:
+        assert (await response.parse()).usage is not None
+    raw_stream = await c.chat.completions.with_raw_response.create(stream=True, **ARGS)
+    async for _ in raw_stream.parse():
+        pass
+    spans = instrumented.spans("chat")
+    assert len(spans) == 3
+    assert [s.attributes[A.GEN_AI_USAGE_INPUT_TOKENS] for s in spans] == [11, 11, 11]
+    assert spans[2].attributes[A.STREAM_END] == "consumed"
