@@ -168,6 +168,7 @@ async def test_in_process_server_span_is_not_a_second_tool_call(
 
     monkeypatch.setattr(mcp_otel, "_tracer", instrumented.provider.get_tracer("mcp-python-sdk"))
     async with Client(server) as client, budgetspan.run("support") as run:
+        await client.list_tools()
         result = await client.call_tool("lookup_order", {"order_id": "B-1"})
     assert result.content[0].text == "order B-1: shipped"
     (ours,) = instrumented.spans("execute_tool lookup_order")
@@ -175,4 +176,4 @@ async def test_in_process_server_span_is_not_a_second_tool_call(
     assert _attrs(theirs)[A.GEN_AI_OPERATION_NAME] == "execute_tool"  # the server SDK's span
     assert theirs.parent.span_id == ours.context.span_id
     assert run.usage.tool_calls == 1
-    assert _attrs(ours)[A.TOOL_SERVER] == "orders"
+    assert _attrs(ours)[A.TOOL_SERVER] == "orders" and _attrs(ours)[A.READ_ONLY] is True

@@ -305,7 +305,7 @@ def test_each_instrumentation_is_skipped_cleanly_without_its_library() -> None:
     assert report["after"] == {
         "LangChainInstrumentor": 4,  # retriever invoke/ainvoke, tool run/arun
         "LlamaIndexInstrumentor": 2,
-        "MCPInstrumentor": 2,  # call_tool, list_tools (read-only hints)
+        "MCPInstrumentor": 3,  # ClientSession.call_tool, Client.call_tool, list_tools (hints)
         "ChromaInstrumentor": 2,
         "QdrantInstrumentor": 6,  # query_points, _batch_, _groups on both clients
     }

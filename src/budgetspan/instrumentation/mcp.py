@@ -1,4 +1,5 @@
-"""MCP (``mcp``): ``ClientSession.call_tool`` as a budgeted ``execute_tool {tool}`` call.
+"""MCP (``mcp``): ``ClientSession.call_tool`` (and ``Client.call_tool``) as a budgeted
+``execute_tool {tool}`` call.
 
 The span names the server (``budgetspan.tool.server``, from the server's own ``serverInfo``), is
 counted against the tool budget before the request is sent, and gets the tool's timeout from the
@@ -46,10 +47,25 @@ def _is_error(result: Any) -> bool:
 
 
 def _call_tool(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    return _traced_call(wrapped, instance, args, kwargs)
+
+
+def _client_call_tool(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    """``Client.call_tool`` is one logical call even when it takes several ``tools/call`` rounds
+    (input-required rounds, a resend after a header mismatch): the session's rounds inside it
+    have the same tool name and are folded into it."""
+    try:
+        session = instance.session
+    except Exception:  # not connected: the SDK raises its own error
+        return wrapped(*args, **kwargs)
+    return _traced_call(wrapped, session, args, kwargs)
+
+
+def _traced_call(wrapped: Any, session: Any, args: Any, kwargs: Any) -> Any:
     name = str(arg(args, kwargs, 0, "name") or "unknown")
     read_only = False
     try:
-        read_only = _read_only.get(instance, {}).get(name, False)
+        read_only = _read_only.get(session, {}).get(name, False)
     except Exception:
         internal_error("mcp read-only hint")
     return atraced_tool(
@@ -59,7 +75,7 @@ def _call_tool(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         name=name,
         system=SYSTEM,
         tool_type=A.TOOL_TYPE_EXTENSION,
-        server=_server_name(instance),
+        server=_server_name(session),
         read_only=read_only,
         is_error=_is_error,
     )
@@ -89,6 +105,7 @@ def _list_tools(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
 
 _PATCHES: tuple[Patch, ...] = (
     ("mcp.client.session", "ClientSession", "call_tool", _call_tool),
+    ("mcp.client.client", "Client", "call_tool", _client_call_tool),
     ("mcp.client.session", "ClientSession", "list_tools", _list_tools),
 )
 
