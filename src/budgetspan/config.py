@@ -200,6 +200,9 @@ def parse_config_file(
     unknown = set(data) - {"profiles", "workflows", "tools"}
     if unknown:
         raise ConfigError(f"{where}: unknown section(s) {sorted(unknown)}; expected {CONFIG_FORM}")
+    for section in ("profiles", "workflows", "tools"):
+        if not isinstance(data.get(section, {}), dict):
+            raise ConfigError(f"{where}: {section!r} must be a table of tables; expected {CONFIG_FORM}")
     profiles = dict(BUILTIN_PROFILES)
     for name, table in (data.get("profiles") or {}).items():
         values = _limits_table(f"{where} [profiles.{name}]", table, LIMIT_NAMES, CONFIG_FORM)
@@ -210,7 +213,7 @@ def parse_config_file(
         base = Budget()
         prof = values.pop("profile", None)
         if prof is not None:
-            if prof not in profiles:
+            if not isinstance(prof, str) or prof not in profiles:
                 raise ConfigError(
                     f"{where} [workflows.{name}]: unknown profile {prof!r}; known: {', '.join(sorted(profiles))}"
                 )

@@ -56,13 +56,15 @@ PRICE_FILE_FORM = (
 )
 
 
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond the float range
+        return False
+
+
 def _number(where: str, key: str, value: Any) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value < 0
-    ):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value) or value < 0:
         raise PriceConfigError(
             f"{ENV_PRICES}: {where}.{key} must be a non-negative number, got {value!r}; expected {PRICE_FILE_FORM}"
         )
@@ -169,15 +171,15 @@ class PriceResolver:
         price = self._model_price(provider or "", model)
         if price is None:
             return None
-        inp, out = max(0, input_tokens or 0), max(0, output_tokens or 0)
-        cr, cw = max(0, cache_read_tokens or 0), max(0, cache_write_tokens or 0)
-        cr, cw = min(cr, inp), min(cw, max(0, inp - cr))  # cache figures cannot exceed the input
-        if isinstance(price, TokenPrice):
-            try:
+        try:  # absurd token figures (beyond float range, not numbers) are unpriced
+            inp, out = max(0, input_tokens or 0), max(0, output_tokens or 0)
+            cr, cw = max(0, cache_read_tokens or 0), max(0, cache_write_tokens or 0)
+            cr, cw = min(cr, inp), min(cw, max(0, inp - cr))  # cache figures cannot exceed the input
+            if isinstance(price, TokenPrice):
                 value = price.cost(inp, out, cr, cw)
-            except (OverflowError, TypeError, ValueError):  # absurd token figures: unpriced
-                return None
-        else:
+        except (OverflowError, TypeError, ValueError):
+            return None
+        if not isinstance(price, TokenPrice):
             try:
                 from genai_prices import Usage as GPUsage
 

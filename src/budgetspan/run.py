@@ -195,7 +195,8 @@ class Run:
         span = self.span
         if span is not None:
             try:
-                self._finish_span(span, exc)
+                if span.is_recording():  # a sampled-out span would drop the attributes anyway
+                    self._finish_span(span, exc)
             finally:
                 span.end()
         events.emit("on_run_end", self)

@@ -26,7 +26,7 @@ from tests.reliability.conftest import Lean, scaled
 
 RUNS = scaled(100_000, minimum=2_000)  # sequential runs on the lean path (spans sampled out)
 TRACED = scaled(10_000, minimum=1_000)  # of which the last ones run under tracemalloc
-RECORDED = scaled(5_000, minimum=1_000)  # runs with recorded spans and a foreign chat span
+RECORDED = scaled(3_000, minimum=1_000)  # runs with recorded spans and a foreign chat span
 WARM_UP = 2_000
 MAX_BYTES_PER_RUN = 50  # amortised traced growth allowed after the warm-up
 MAX_OBJECTS_PER_RUN = 0.01  # gc-tracked objects left behind per run

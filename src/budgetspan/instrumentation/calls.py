@@ -439,5 +439,6 @@ def _inc(now: int | None, before: int | None) -> int | None:
 
 
 def _put(attrs: dict[str, Any], key: str, value: int | None) -> None:
-    if value is not None:
+    # A count no provider could mean (negative, beyond int64: OTLP cannot encode it) is not written.
+    if value is not None and 0 <= value < 2**63:
         attrs[key] = value
