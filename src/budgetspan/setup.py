@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Iterable
 from typing import Any
 
 from opentelemetry import trace
@@ -17,7 +18,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from budgetspan import attributes as A
 from budgetspan.budget import Budget
 from budgetspan.config import get_config, load_config, parse_inline_budget, parse_mode, set_config
-from budgetspan.instrumentation import available_instrumentors
+from budgetspan.instrumentation import instrument_all
 from budgetspan.ledger import Mode
 from budgetspan.processors.budget import BudgetSpanProcessor
 from budgetspan.run import set_tracer_provider
@@ -83,12 +84,14 @@ def configure(
     budget: Budget | str | None = None,
     mode: Mode | str | None = None,
     metrics_port: int | None = None,
-    instrument: bool = True,
+    instrument: bool | Iterable[str] = True,
 ) -> Any:
     """Set budgetspan up in code: configuration, processors and every available instrumentor.
 
     ``budget`` (a Budget, inline limits or a profile name) and ``mode`` override the
-    environment's defaults. Returns the tracer provider in use. Raises ConfigError on a bad value.
+    environment's defaults. ``instrument``: True for every installed library, False for none, or
+    module names (``["openai", "anthropic"]``); libraries not yet imported are patched when the
+    program imports them. Returns the tracer provider in use. Raises ConfigError on a bad value.
     """
     cfg = load_config()
     if budget is not None or mode is not None:
@@ -114,12 +117,7 @@ def configure(
     install_processors(provider, metrics_port=metrics_port)
     set_tracer_provider(provider)
     if instrument:
-        for inst in available_instrumentors():
-            try:
-                if not inst.is_instrumented_by_opentelemetry:
-                    inst.instrument(tracer_provider=provider)
-            except Exception:
-                log.warning("budgetspan: %s failed to instrument", type(inst).__name__, exc_info=True)
+        instrument_all(provider, None if instrument is True else list(instrument))  # type: ignore[arg-type]
     return provider
 
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import sys
+import threading
+from collections.abc import Iterable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -30,6 +33,62 @@ def _library_present(name: str) -> bool:
         return importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):
         return False
+
+
+def _load_instrumentor(module: str, cls: str) -> Any | None:
+    try:
+        mod = importlib.import_module(f"budgetspan.instrumentation.{module}")
+        return getattr(mod, cls)()
+    except Exception:
+        log.warning("budgetspan: cannot load the %s instrumentation", module, exc_info=True)
+        return None
+
+
+def _instrument(module: str, cls: str, provider: Any) -> None:
+    inst = _load_instrumentor(module, cls)
+    if inst is None:
+        return
+    try:
+        if not inst.is_instrumented_by_opentelemetry:
+            inst.instrument(tracer_provider=provider)
+    except Exception:
+        log.warning("budgetspan: %s failed to instrument", cls, exc_info=True)
+
+
+_hooked: set[str] = set()
+_hook_lock = threading.Lock()
+
+
+def instrument_all(provider: Any, only: Iterable[str] | None = None) -> list[str]:
+    """Instrument every installed library (or those named in ``only``, by module name).
+
+    A library that is already imported is patched now; one that is not yet imported is patched
+    by a post-import hook when the program imports it, so start-up never pays for importing
+    chromadb or llama_index that the program may not use. Returns the modules patched or hooked.
+    """
+    import wrapt
+
+    wanted = None if only is None else set(only)
+    done = []
+    for module, cls, library in INSTRUMENTORS:
+        if wanted is not None and module not in wanted and library not in wanted:
+            continue
+        if not _library_present(library):
+            continue
+        if library in sys.modules:
+            _instrument(module, cls, provider)
+        else:
+            with _hook_lock:
+                if library in _hooked:
+                    continue
+                _hooked.add(library)
+
+            def hook(_mod: Any, module: str = module, cls: str = cls) -> None:
+                _instrument(module, cls, provider)
+
+            wrapt.register_post_import_hook(hook, library)
+        done.append(module)
+    return done
 
 
 def available_instrumentors() -> list[Any]:
