@@ -247,3 +247,59 @@ def test_uninstrument_restores_the_sdk(instrumented: Any) -> None:  # noqa: F811
         OpenAIInstrumentor().instrument()
     client(rec).chat.completions.create(**ARGS)
     assert len(instrumented.spans("chat")) == 1
+
+
+def test_a_bug_in_our_parsing_never_breaks_the_call(
+    instrumented: Any,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from budgetspan import events
+    from budgetspan.instrumentation import openai as ours
+
+    errors: list[str] = []
+
+    class Listener:
+        def on_internal_error(self, where: str) -> None:
+            errors.append(where)
+
+    def boom(*_: Any) -> Any:
+        raise RuntimeError("parser bug")
+
+    listener = Listener()
+    events.add_listener(listener)
+    try:
+        monkeypatch.setattr(ours, "openai_usage", boom)
+        rec = Recorder(json_response(chat_completion(usage=USAGE)))
+        result = client(rec).chat.completions.create(**ARGS)
+        assert result.choices[0].message.content == "hello"
+        (span,) = instrumented.spans("chat")
+        assert span.attributes[A.USAGE_UNREPORTED] is True  # we could not read it: not a fake 0
+        assert errors
+
+        monkeypatch.setattr(ours, "_new_call", boom)  # setting the call up fails: uninstrumented
+        result = client(rec).chat.completions.create(**ARGS)
+        assert result.choices[0].message.content == "hello"
+        assert len(instrumented.spans("chat")) == 1
+        assert "openai call setup" in errors
+    finally:
+        events.remove_listener(listener)
+
+
+def test_instrument_with_a_tracer_provider_sends_spans_there(tracing: Any) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from budgetspan.instrumentation.openai import OpenAIInstrumentor
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    OpenAIInstrumentor().instrument(tracer_provider=provider)
+    try:
+        rec = Recorder(json_response(chat_completion(usage=USAGE)))
+        client(rec).chat.completions.create(**ARGS)
+    finally:
+        OpenAIInstrumentor().uninstrument()
+    assert [s.name for s in exporter.get_finished_spans()] == ["chat gpt-4o-mini"]
+    assert tracing.spans("chat") == []

@@ -515,5 +515,13 @@ def remove_patches(done: list[tuple[str, str]]) -> None:
     done.clear()
 
 
+def use_provider(provider: Any) -> None:
+    """``instrument(tracer_provider=...)``: budgetspan's spans go to that provider."""
+    if provider is not None:
+        from budgetspan.run import set_tracer_provider
+
+        set_tracer_provider(provider)
+
+
 def retry_patch(asynchronous: bool) -> Callable[..., Any]:
     return aretry_hook if asynchronous else retry_hook

@@ -31,6 +31,7 @@ from budgetspan.instrumentation._streams import (
     invoke,
     remove_patches,
     retry_patch,
+    use_provider,
 )
 from budgetspan.instrumentation._usage import AnthropicStreamUsage, anthropic_usage, field
 from budgetspan.instrumentation.calls import Call, capture_content, internal_error
@@ -323,6 +324,7 @@ class AnthropicInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _instrument(self, **kwargs: Any) -> None:
         import anthropic  # noqa: F401  (lazily: a missing SDK must not break our other instrumentors)
 
+        use_provider(kwargs.get("tracer_provider"))
         self._done = apply_patches(PATCHES)
 
     def _uninstrument(self, **kwargs: Any) -> None:

@@ -26,6 +26,7 @@ from budgetspan.instrumentation._streams import (
     invoke,
     remove_patches,
     retry_patch,
+    use_provider,
 )
 from budgetspan.instrumentation._usage import field, openai_embeddings_usage, openai_usage
 from budgetspan.instrumentation.calls import Call, capture_content, internal_error
@@ -378,6 +379,7 @@ class OpenAIInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _instrument(self, **kwargs: Any) -> None:
         import openai  # noqa: F401  (lazily: a missing SDK must not break our other instrumentors)
 
+        use_provider(kwargs.get("tracer_provider"))
         self._done = apply_patches(PATCHES)
 
     def _uninstrument(self, **kwargs: Any) -> None:
