@@ -117,7 +117,7 @@ def configure(
     install_processors(provider, metrics_port=metrics_port)
     set_tracer_provider(provider)
     if instrument:
-        instrument_all(provider, None if instrument is True else list(instrument))  # type: ignore[arg-type]
+        instrument_all(provider, None if instrument is True else list(instrument))
     return provider
 
 
