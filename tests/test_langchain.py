@@ -404,3 +404,28 @@ def test_read_only_tools_are_marked(instrumented: Tracing) -> None:
     read_span, write_span = instrumented.spans("execute_tool")
     assert _attrs(read_span)[A.READ_ONLY] is True
     assert A.READ_ONLY not in _attrs(write_span)
+
+
+async def test_langchain_tool_over_a_budgetspan_tool_counts_once(instrumented: Tracing) -> None:
+    """``@tool`` over ``@budgetspan.tool``: the decorator's budgeted call is the one call."""
+
+    @tool
+    @budgetspan.tool(read_only=True)
+    def stock(sku: str) -> str:
+        """Stock level."""
+        return f"{sku}: 3"
+
+    @tool
+    @budgetspan.tool
+    async def price(sku: str) -> str:
+        """Price."""
+        return f"{sku}: $5"
+
+    async with budgetspan.run("support") as run:
+        assert stock.invoke({"sku": "A"}) == "A: 3"
+        assert await price.ainvoke({"sku": "A"}) == "A: $5"
+    assert [s.name for s in instrumented.spans("execute_tool")] == [
+        "execute_tool stock",
+        "execute_tool price",
+    ]
+    assert run.usage.tool_calls == 2

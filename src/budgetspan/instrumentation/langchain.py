@@ -9,6 +9,7 @@
   error (``handle_tool_error``) answers with an error ``ToolMessage``: the span is marked an error.
   A tool whose ``metadata`` says ``read_only`` (or carries MCP's ``readOnlyHint``, as MCP adapters
   copy it) is marked ``budgetspan.read_only``, so sequential independent reads can be found.
+  A tool made from an ``@budgetspan.tool`` function is left to that decorator (counted once).
 - Chat models are deliberately *not* wrapped. Money is spent where the provider SDK sends the
   request, and the OpenAI / Anthropic instrumentations make that span; a second span at the
   LangChain layer would double every model call. A LangChain model with no instrumented SDK
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from budgetspan import tools as budgetspan_tools
 from budgetspan.instrumentation._retrieval import (
     Patch,
     PatchInstrumentor,
@@ -63,6 +65,20 @@ def _read_only(instance: Any) -> bool:
     return any(metadata.get(key) is True for key in _READ_ONLY_KEYS)
 
 
+def _budgeted_already(instance: Any) -> bool:
+    """A LangChain tool made from an ``@budgetspan.tool`` function is a budgeted call already
+    (with that decorator's limits): wrapping it again would count it twice."""
+    for attr in ("func", "coroutine"):
+        code = getattr(getattr(instance, attr, None), "__code__", None)
+        if code is not None and code.co_filename == _TOOLS_FILE and code.co_name in _TOOL_WRAPPERS:
+            return True
+    return False
+
+
+_TOOLS_FILE = budgetspan_tools.__file__
+_TOOL_WRAPPERS = ("wrapper", "awrapper")
+
+
 def _tool_name(instance: Any) -> str:
     return str(getattr(instance, "name", None) or type(instance).__name__)
 
@@ -80,6 +96,8 @@ def _ainvoke(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
 
 
 def _run(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    if _budgeted_already(instance):
+        return wrapped(*args, **kwargs)
     return traced_tool(
         wrapped,
         args,
@@ -93,6 +111,8 @@ def _run(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
 
 
 def _arun(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    if _budgeted_already(instance):
+        return wrapped(*args, **kwargs)
     return atraced_tool(
         wrapped,
         args,
