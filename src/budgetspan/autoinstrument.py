@@ -7,10 +7,13 @@ A bad BUDGETSPAN_* value stops the program at start-up with a message naming the
 
 from __future__ import annotations
 
+import os
 import sys
 
 from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
 
+from budgetspan.attributes import ENV_TRACES_FILE
 from budgetspan.config import ConfigError, load_config, set_config
 from budgetspan.setup import install_processors
 
@@ -21,4 +24,10 @@ def post_instrument(**_: object) -> None:
     except ConfigError as e:
         print(f"budgetspan: configuration error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    install_processors(trace.get_tracer_provider())
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider) and os.environ.get(ENV_TRACES_FILE, "").strip():
+        # No configurator set up the SDK (no distro), yet spans were asked for in a file:
+        # an SDK provider of our own is the only way to write them.
+        trace.set_tracer_provider(TracerProvider())
+        provider = trace.get_tracer_provider()
+    install_processors(provider)
