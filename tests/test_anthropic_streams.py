@@ -198,3 +198,21 @@ def test_with_raw_response_counts_once(instrumented: Any) -> None:  # noqa: F811
     assert raw.parse().content[0].text == "hi"
     span = only_span(instrumented)
     assert span.attributes[A.GEN_AI_USAGE_INPUT_TOKENS] == 10
+
+
+def test_beta_messages_are_instrumented_too(instrumented: Any) -> None:  # noqa: F811
+    rec = Recorder(
+        json_response(
+            anthropic_message(usage={"input_tokens": 3, "output_tokens": 4, "cache_read_input_tokens": 50})
+        ),
+        sse_response(anthropic_sse(anthropic_events())),
+    )
+    c = client(rec)
+    c.beta.messages.create(**ARGS)
+    with c.beta.messages.stream(**ARGS) as stream:
+        stream.get_final_message()
+    first, second = instrumented.spans("chat")
+    assert first.attributes[A.GEN_AI_USAGE_INPUT_TOKENS] == 53
+    assert first.attributes[A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] == 50
+    assert second.attributes[A.GEN_AI_USAGE_OUTPUT_TOKENS] == 7
+    assert second.attributes[A.STREAM_END] == "consumed"

@@ -1,5 +1,5 @@
 """Anthropic SDK instrumentation: ``messages.create`` (incl. ``stream=True``), ``messages.parse``
-and ``messages.stream``, sync and async.
+and ``messages.stream``, sync and async, and the same three under ``beta.messages``.
 
 Anthropic's ``input_tokens`` excludes cache reads and writes (unlike OpenAI); ``_usage`` adds them
 so spans follow the OpenTelemetry convention. In a stream, ``message_delta`` carries the
@@ -299,15 +299,19 @@ def _stream_factory(asynchronous: bool) -> Callable[..., Any]:
 
 
 _MESSAGES = "anthropic.resources.messages.messages"
+_BETA = "anthropic.resources.beta.messages.messages"  # same shapes (BetaMessage, beta events)
 _BASE = "anthropic._base_client"
 
-PATCHES: tuple[Patch, ...] = (
-    (_MESSAGES, "Messages.create", _create_factory, False),
-    (_MESSAGES, "Messages.parse", _create_factory, False),
-    (_MESSAGES, "AsyncMessages.create", _create_factory, True),
-    (_MESSAGES, "AsyncMessages.parse", _create_factory, True),
-    (_MESSAGES, "Messages.stream", _stream_factory, False),
-    (_MESSAGES, "AsyncMessages.stream", _stream_factory, True),
+PATCHES: tuple[Patch, ...] = tuple(
+    (module, f"{cls}.{method}", factory, cls.startswith("Async"))
+    for module in (_MESSAGES, _BETA)
+    for cls in ("Messages", "AsyncMessages")
+    for method, factory in (
+        ("create", _create_factory),
+        ("parse", _create_factory),
+        ("stream", _stream_factory),
+    )
+) + (
     (_BASE, "SyncAPIClient._sleep_for_retry", retry_patch, False),
     (_BASE, "AsyncAPIClient._sleep_for_retry", retry_patch, True),
 )
