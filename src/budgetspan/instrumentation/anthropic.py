@@ -302,16 +302,19 @@ _MESSAGES = "anthropic.resources.messages.messages"
 _BETA = "anthropic.resources.beta.messages.messages"  # same shapes (BetaMessage, beta events)
 _BASE = "anthropic._base_client"
 
-PATCHES: tuple[Patch, ...] = tuple(
-    (module, f"{cls}.{method}", factory, cls.startswith("Async"))
-    for module in (_MESSAGES, _BETA)
-    for cls in ("Messages", "AsyncMessages")
-    for method, factory in (
-        ("create", _create_factory),
-        ("parse", _create_factory),
-        ("stream", _stream_factory),
-    )
-) + (
+PATCHES: tuple[Patch, ...] = (
+    (_MESSAGES, "Messages.create", _create_factory, False),
+    (_MESSAGES, "Messages.parse", _create_factory, False),
+    (_MESSAGES, "Messages.stream", _stream_factory, False),
+    (_MESSAGES, "AsyncMessages.create", _create_factory, True),
+    (_MESSAGES, "AsyncMessages.parse", _create_factory, True),
+    (_MESSAGES, "AsyncMessages.stream", _stream_factory, True),
+    (_BETA, "Messages.create", _create_factory, False),
+    (_BETA, "Messages.parse", _create_factory, False),
+    (_BETA, "Messages.stream", _stream_factory, False),
+    (_BETA, "AsyncMessages.create", _create_factory, True),
+    (_BETA, "AsyncMessages.parse", _create_factory, True),
+    (_BETA, "AsyncMessages.stream", _stream_factory, True),
     (_BASE, "SyncAPIClient._sleep_for_retry", retry_patch, False),
     (_BASE, "AsyncAPIClient._sleep_for_retry", retry_patch, True),
 )
