@@ -303,3 +303,43 @@ def test_instrument_with_a_tracer_provider_sends_spans_there(tracing: Any) -> No
         OpenAIInstrumentor().uninstrument()
     assert [s.name for s in exporter.get_finished_spans()] == ["chat gpt-4o-mini"]
     assert tracing.spans("chat") == []
+
+
+def test_legacy_text_completions(instrumented: Any) -> None:  # noqa: F811
+    body = {
+        "id": "cmpl-1",
+        "object": "text_completion",
+        "created": 1,
+        "model": "llama-3-8b",
+        "choices": [{"index": 0, "text": "four", "finish_reason": "stop", "logprobs": None}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+    }
+    chunks = [
+        {
+            **body,
+            "choices": [{"index": 0, "text": "fo", "finish_reason": None, "logprobs": None}],
+            "usage": None,
+        },
+        {
+            **body,
+            "choices": [{"index": 0, "text": "ur", "finish_reason": "stop", "logprobs": None}],
+            "usage": None,
+        },
+        {**body, "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}},
+    ]
+    rec = Recorder(json_response(body), sse_response(openai_sse(chunks)))
+    c = client(rec, base_url="http://localhost:8000/v1")
+    with budgetspan.run("r") as run:
+        c.completions.create(model="llama-3-8b", prompt="2+2=", max_tokens=5)
+        for _ in c.completions.create(model="llama-3-8b", prompt="2+2=", max_tokens=5, stream=True):
+            pass
+    whole, streamed = instrumented.spans("text_completion")
+    assert whole.name == "text_completion llama-3-8b"
+    assert whole.attributes[A.GEN_AI_OPERATION_NAME] == "text_completion"
+    assert whole.attributes[A.GEN_AI_PROVIDER_NAME] == "vllm"
+    assert whole.attributes[A.GEN_AI_USAGE_OUTPUT_TOKENS] == 1
+    assert whole.attributes[A.COST_UNPRICED] is True  # self-hosted: no borrowed price
+    assert streamed.attributes[A.GEN_AI_USAGE_OUTPUT_TOKENS] == 2
+    assert streamed.attributes[A.STREAM_END] == "consumed"
+    assert run.partial["last_model_answer"] == "four"
+    assert run.usage.model_calls == 2

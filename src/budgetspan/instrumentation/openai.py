@@ -1,4 +1,5 @@
-"""OpenAI SDK instrumentation: chat completions, Responses API, embeddings; sync and async.
+"""OpenAI SDK instrumentation: chat completions, Responses API, embeddings and the legacy
+Completions API (still what many self-hosted servers are called through); sync and async.
 
 Every patched method becomes one budgeted ``Call`` (reserved before the request). Streams come
 back behind a proxy that ends the call once (see ``_streams``). ``with_raw_response`` and
@@ -238,6 +239,31 @@ class ChatObserver(_ResultObserver):
             self.set_usage(openai_usage(usage))
 
 
+class TextCompletionObserver(_ResultObserver):
+    """The legacy Completions API (``choices[].text``), whole or streamed."""
+
+    def on_response(self, response: Any) -> None:
+        self.on_item(response)
+
+    def on_item(self, item: Any) -> None:
+        self._id(field(item, "id"))
+        self._model(field(item, "model"))
+        for choice in field(item, "choices") or ():
+            if field(choice, "index") not in (0, None):
+                continue
+            text = field(choice, "text")
+            if isinstance(text, str):
+                if text:
+                    self.call.first_token()
+                self.text.append(text)
+            reason = field(choice, "finish_reason")
+            if isinstance(reason, str):
+                self.finish_reasons.append(reason)
+        usage = field(item, "usage")
+        if usage is not None:
+            self.set_usage(openai_usage(usage))
+
+
 class ResponsesObserver(_ResultObserver):
     """Responses API: a Response (or dict), or its server-sent events."""
 
@@ -306,6 +332,16 @@ def _responses_call(instance: Any, kwargs: dict[str, Any]) -> tuple[Call, Observ
     return call, ResponsesObserver(call, capture)
 
 
+def _text_completion_call(instance: Any, kwargs: dict[str, Any]) -> tuple[Call, Observer]:
+    call = _new_call(A.OP_TEXT_COMPLETION, instance, kwargs, _int_arg(kwargs.get("max_tokens")))
+    capture = capture_content()
+    if capture:
+        prompt = _given(kwargs.get("prompt"))
+        if isinstance(prompt, str):
+            _put_content(call, A.GEN_AI_INPUT_MESSAGES, [{"role": "user", "content": prompt}])
+    return call, TextCompletionObserver(call, capture)
+
+
 def _embeddings_call(instance: Any, kwargs: dict[str, Any]) -> tuple[Call, Observer]:
     call = _new_call(A.OP_EMBEDDINGS, instance, kwargs, None)
     return call, EmbeddingsObserver(call)
@@ -350,6 +386,7 @@ def wrapper_for(build: Builder) -> Callable[[bool], Callable[..., Any]]:
 _CHAT = "openai.resources.chat.completions.completions"
 _RESPONSES = "openai.resources.responses.responses"
 _EMBEDDINGS = "openai.resources.embeddings"
+_COMPLETIONS = "openai.resources.completions"
 _BASE = "openai._base_client"
 
 PATCHES: tuple[Patch, ...] = (
@@ -361,6 +398,8 @@ PATCHES: tuple[Patch, ...] = (
     (_RESPONSES, "Responses.parse", wrapper_for(_responses_call), False),
     (_RESPONSES, "AsyncResponses.create", wrapper_for(_responses_call), True),
     (_RESPONSES, "AsyncResponses.parse", wrapper_for(_responses_call), True),
+    (_COMPLETIONS, "Completions.create", wrapper_for(_text_completion_call), False),
+    (_COMPLETIONS, "AsyncCompletions.create", wrapper_for(_text_completion_call), True),
     (_EMBEDDINGS, "Embeddings.create", wrapper_for(_embeddings_call), False),
     (_EMBEDDINGS, "AsyncEmbeddings.create", wrapper_for(_embeddings_call), True),
     (_BASE, "SyncAPIClient._sleep_for_retry", retry_patch, False),
