@@ -229,3 +229,30 @@ async def test_async_raw_and_streaming_response(instrumented: Any) -> None:  # n
     assert len(spans) == 3
     assert [s.attributes[A.GEN_AI_USAGE_INPUT_TOKENS] for s in spans] == [11, 11, 11]
     assert spans[2].attributes[A.STREAM_END] == "consumed"
+
+
+def test_no_reference_cycles_left_behind(instrumented: Any) -> None:  # noqa: F811
+    """Our hooks live on the SDK's objects; they must not keep them alive until a GC pass."""
+    import weakref
+
+    rec = Recorder(
+        sse_response(openai_sse(chat_chunks(usage=USAGE))), streamed_json(chat_completion(usage=USAGE))
+    )
+    c = client(rec)
+    gc.collect()
+    gc.disable()
+    try:
+        stream = c.chat.completions.create(stream=True, **ARGS)
+        stream_response = weakref.ref(stream.response)
+        for _ in stream:
+            pass
+        del stream
+        with c.chat.completions.with_streaming_response.create(**ARGS) as raw:
+            raw.parse()
+            raw_http, raw_ref = weakref.ref(raw.http_response), weakref.ref(raw)
+        del raw
+        assert stream_response() is None
+        assert raw_http() is None and raw_ref() is None
+    finally:
+        gc.enable()
+    assert len(instrumented.spans("chat")) == 2

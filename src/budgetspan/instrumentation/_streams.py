@@ -111,14 +111,34 @@ def _finalize(state: _State) -> None:
         pass
 
 
+def _method(obj: Any, name: str) -> Callable[[], Any] | None:
+    """``obj.name`` as a callable that holds ``obj`` only weakly.
+
+    Hooks are stored on the object itself; a closure over a bound method would make a reference
+    cycle (object -> hook -> bound method -> object), leaving every response to the cyclic GC.
+    """
+    if name in getattr(obj, "__dict__", {}):
+        return getattr(obj, name)  # type: ignore[no-any-return]  # already an instance hook
+    function = getattr(type(obj), name, None)
+    if function is None:
+        return None
+    ref = weakref.ref(obj)
+
+    def call() -> Any:
+        target = ref()
+        return None if target is None else function(target)
+
+    return call
+
+
 def _hook_close(state: _State, response: Any, asynchronous: bool) -> None:
     """Let a close of the HTTP response (by a stream helper, a context manager) end the call."""
     if response is None:
         return
     ref = weakref.ref(state)
     try:
-        if asynchronous and hasattr(response, "aclose"):
-            original_aclose = response.aclose
+        original_aclose = _method(response, "aclose") if asynchronous else None
+        if original_aclose is not None:
 
             async def aclose() -> None:
                 try:
@@ -129,8 +149,8 @@ def _hook_close(state: _State, response: Any, asynchronous: bool) -> None:
                         st.response_closed()
 
             response.aclose = aclose
-        original_close = getattr(response, "close", None)
-        if original_close is not None and not inspect.iscoroutinefunction(original_close):
+        original_close = _method(response, "close")
+        if original_close is not None:
 
             def close() -> None:
                 try:
@@ -292,6 +312,8 @@ def take_result(call: Call, observer: Observer, result: Any, asynchronous: bool)
 
 
 def _body_json(http: Any) -> Any:
+    if http is None:
+        return None
     try:
         content = http.content  # raises when the body has not been read
     except Exception:
@@ -335,8 +357,16 @@ def _watch_raw(call: Call, observer: Observer, raw: Any, asynchronous: bool) -> 
             state.finish(None, "consumed")
         return parsed
 
-    original_parse = raw.parse
-    if inspect.iscoroutinefunction(original_parse):
+    parse_function = type(raw).parse
+    raw_ref = weakref.ref(raw)  # the hook lives on ``raw``: hold it weakly (no cycle)
+
+    def original_parse(*args: Any, **kwargs: Any) -> Any:
+        target = raw_ref()
+        if target is None:
+            raise ReferenceError("the raw response is gone")
+        return parse_function(target, *args, **kwargs)
+
+    if inspect.iscoroutinefunction(parse_function):
 
         async def aparse(*args: Any, **kwargs: Any) -> Any:
             state.in_next = True  # reading the body closes the response: not an early close
@@ -363,10 +393,12 @@ def _watch_raw(call: Call, observer: Observer, raw: Any, asynchronous: bool) -> 
 
 
 def _hook_close_raw(state: _State, http: Any, observer: Observer) -> None:
+    http_ref = weakref.ref(http)  # the hook lives on ``http``: hold it weakly (no cycle)
+
     def closed() -> None:
         if state.ended or state.in_next:
             return
-        body = _body_json(http)
+        body = _body_json(http_ref())
         if isinstance(body, dict):
             try:
                 observer.on_response(body)
@@ -375,12 +407,13 @@ def _hook_close_raw(state: _State, http: Any, observer: Observer) -> None:
         state.finish(None, "closed")
 
     try:
-        original_close = http.close
-        original_aclose = getattr(http, "aclose", None)
+        original_close = _method(http, "close")
+        original_aclose = _method(http, "aclose")
 
         def close() -> None:
             try:
-                original_close()
+                if original_close is not None:
+                    original_close()
             finally:
                 closed()
 
