@@ -470,3 +470,16 @@ def test_configure_rejects_bad_environment(tracing: Tracing, monkeypatch: pytest
     monkeypatch.setenv("BUDGETSPAN_BUDGET", "max_cost_usd=lots")
     with pytest.raises(budgetspan.ConfigError, match="BUDGETSPAN_BUDGET"):
         budgetspan.configure(instrument=False)
+
+
+def test_a_cost_reported_by_the_provider_is_used_and_not_unpriced(tracing: Tracing) -> None:
+    from budgetspan.instrumentation.calls import Call
+    from budgetspan.ledger import Spend
+
+    with budgetspan.run("provider-cost") as run:
+        call = Call(A.OP_CHAT, "chat my-router-model", provider="openrouter", model="my-router-model").start()
+        call.set_usage(Spend(input_tokens=10, output_tokens=5, cost_usd=0.0123))
+        call.end()
+    assert run.usage.cost_usd == pytest.approx(0.0123) and run.usage.unpriced_calls == 0
+    a = _attrs(tracing.spans("chat my-router-model")[0])
+    assert a[A.GEN_AI_USAGE_COST] == pytest.approx(0.0123) and A.COST_UNPRICED not in a

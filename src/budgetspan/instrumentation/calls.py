@@ -248,7 +248,8 @@ class Call:
             internal_error("Call.set_usage")
 
     def _price(self, spend: Spend) -> float | None:
-        if spend.cost_usd is not None:
+        if spend.cost_usd is not None:  # the provider said what the call cost: that wins
+            self.cost_usd = spend.cost_usd
             return spend.cost_usd
         model = self.response_model or self.model
         cost = default_resolver().cost(
