@@ -313,3 +313,16 @@ def test_each_instrumentation_is_skipped_cleanly_without_its_library() -> None:
     }
     assert report["warnings_after"] == []
     assert "Traceback" not in out.stderr
+
+
+def test_instrument_with_a_tracer_provider_sends_spans_there(tracing: Tracing, policies: Any) -> None:
+    import importlib
+
+    importlib.import_module("budgetspan.run").set_tracer_provider(None)  # the global (no-op) one
+    inst = ChromaInstrumentor()
+    inst.instrument(tracer_provider=tracing.provider)
+    try:
+        policies.query(query_embeddings=[[1.0, 0.0, 0.0]], n_results=1)
+    finally:
+        inst.uninstrument()
+    assert [s.name for s in tracing.spans("retrieval")] == [f"retrieval {policies.name}"]

@@ -386,6 +386,11 @@ class PatchInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         return self.DEPENDENCIES
 
     def _instrument(self, **kwargs: Any) -> None:
+        provider = kwargs.get("tracer_provider")
+        if provider is not None:  # budgetspan's spans (all of them) go to that provider
+            from budgetspan.run import set_tracer_provider
+
+            set_tracer_provider(provider)
         self._patched = apply_patches(self.PATCHES)
 
     def _uninstrument(self, **kwargs: Any) -> None:
