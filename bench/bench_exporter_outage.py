@@ -11,7 +11,8 @@ The fake endpoints live in this (parent) process so their threads do not share t
 Scenarios: ``none`` (no exporter: the baseline), ``ok`` (loopback server answering 200),
 ``down`` (closed port), ``slow`` (answers after 15 s, past the exporter timeout), ``error_500``.
 Reported per scenario: median and p99 µs per step (median over rounds), the difference to
-``none``, and the spans the SDK counted as dropped at the queue or failed at export.
+``none`` and to a healthy endpoint (``ok``: what an outage adds), and the spans the SDK counted
+as dropped at the queue or failed at export (its counters need OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED).
 """
 
 from __future__ import annotations
@@ -144,15 +145,22 @@ def main() -> None:
                 )
                 results[scenario].append(json.loads(out.stdout.strip().splitlines()[-1]))
     base = statistics.median(r["median_us"] for r in results["none"])
+    healthy = statistics.median(r["median_us"] for r in results["ok"])
     print(f"{args.runs} steps (run + chat + tool) per scenario, median of {args.rounds} rounds")
-    print(f"{'scenario':<10} {'median µs':>10} {'p99 µs':>10} {'Δ median':>10} {'dropped':>8} {'failed':>8}")
+    print(
+        f"{'scenario':<10} {'median µs':>10} {'p99 µs':>10} {'Δ none':>8} {'Δ ok':>8} "
+        f"{'dropped':>8} {'failed':>8}"
+    )
     for scenario in SCENARIOS:
         rs = results[scenario]
         med = statistics.median(r["median_us"] for r in rs)
         p99 = statistics.median(r["p99_us"] for r in rs)
         dropped = statistics.median(r["dropped"] for r in rs)
         failed = statistics.median(r["failed"] for r in rs)
-        print(f"{scenario:<10} {med:>10.1f} {p99:>10.1f} {med - base:>+10.1f} {dropped:>8.0f} {failed:>8.0f}")
+        print(
+            f"{scenario:<10} {med:>10.1f} {p99:>10.1f} {med - base:>+8.1f} {med - healthy:>+8.1f} "
+            f"{dropped:>8.0f} {failed:>8.0f}"
+        )
 
 
 if __name__ == "__main__":
