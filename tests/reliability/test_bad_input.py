@@ -424,7 +424,8 @@ foreign_numbers = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(min_value=-(2**63), max_value=2**63 - 1),
-    st.floats(allow_nan=True, allow_infinity=False),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(min_value=2**63, max_value=10**400),
     st.text(max_size=4),
 )
 
@@ -456,15 +457,10 @@ def test_foreign_spans_with_malformed_usage_never_break_the_app_or_the_ledger(
             pass
     u = run.usage
     assert u.model_calls == 1
-    assert not math.isnan(u.cost_usd) and u.cost_usd >= 0
+    assert math.isfinite(u.cost_usd) and u.cost_usd >= 0
     assert u.input_tokens >= 0 and u.output_tokens >= 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BudgetSpanProcessor accepts gen_ai.usage.cost=inf from a foreign span (run cost "
-    "becomes inf) and an infinite token count fails its accounting (OverflowError, logged)",
-)
 @pytest.mark.parametrize(
     "attrs",
     [
@@ -478,6 +474,6 @@ def test_foreign_span_with_infinite_usage_is_marked_unknown(lean: Lean, attrs: d
         span_attrs = {A.GEN_AI_OPERATION_NAME: A.OP_CHAT, A.GEN_AI_REQUEST_MODEL: "gpt-4o-mini", **attrs}
         with app.start_as_current_span("chat", attributes=span_attrs):
             pass
-    u = run.usage
-    assert math.isfinite(u.cost_usd)
-    assert u.unreported_usage_calls + u.unpriced_calls == 1 or u.input_tokens == 5
+    u = run.usage  # the infinite figure is ignored (unreported), the rest is accounted
+    assert math.isfinite(u.cost_usd) and u.cost_usd >= 0
+    assert u.model_calls == 1 and u.input_tokens + u.output_tokens in (1, 5)

@@ -16,9 +16,10 @@ becomes exhausted, and the next budgetspan-instrumented call raises. ``enforce_f
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
-from typing import Any
+from typing import Any, TypeGuard
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
@@ -45,12 +46,20 @@ log = logging.getLogger(__name__)
 _ACCOUNTED_OPS = A.MODEL_OPERATIONS | {A.OP_EXECUTE_TOOL}
 
 
+def _amount(v: Any) -> TypeGuard[int | float]:
+    """A usable figure: a finite non-negative number (not a bool, NaN, inf or an int past floats)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(v) and v >= 0
+    except OverflowError:
+        return False
+
+
 def _int_attr(attrs: Any, *keys: str) -> int | None:
     for key in keys:
         v = attrs.get(key)
-        if isinstance(v, bool):
-            continue
-        if isinstance(v, (int, float)) and v >= 0 and v == v:
+        if _amount(v):
             return int(v)
     return None
 
@@ -163,7 +172,7 @@ class BudgetSpanProcessor(SpanProcessor):
         unreported = inp is None and out is None
         cost_attr = attrs.get(A.GEN_AI_USAGE_COST)
         cost: float | None = None
-        if isinstance(cost_attr, (int, float)) and not isinstance(cost_attr, bool) and cost_attr >= 0:
+        if _amount(cost_attr):
             cost = float(cost_attr)
         elif not unreported:
             cost = default_resolver().cost(provider, model, inp, out, cr, cw)
