@@ -483,3 +483,19 @@ def test_a_cost_reported_by_the_provider_is_used_and_not_unpriced(tracing: Traci
     assert run.usage.cost_usd == pytest.approx(0.0123) and run.usage.unpriced_calls == 0
     a = _attrs(tracing.spans("chat my-router-model")[0])
     assert a[A.GEN_AI_USAGE_COST] == pytest.approx(0.0123) and A.COST_UNPRICED not in a
+
+
+def test_a_tools_own_timeout_error_is_an_error_not_our_timeout(tracing: Tracing) -> None:
+    @budgetspan.tool
+    async def upstream() -> None:
+        raise TimeoutError("the upstream API timed out")
+
+    async def main() -> None:
+        async with budgetspan.run("own-timeout"):
+            with pytest.raises(TimeoutError, match="upstream") as info:
+                await upstream()
+            assert not isinstance(info.value, budgetspan.ToolTimeout)
+
+    asyncio.run(main())
+    (span,) = tracing.spans("execute_tool upstream")
+    assert A.TOOL_TIMED_OUT not in _attrs(span) and _attrs(span)[A.ERROR_TYPE] == "TimeoutError"

@@ -12,7 +12,7 @@ import contextvars
 import functools
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import Any, ParamSpec, TypeVar, cast, overload
+from typing import Any, ParamSpec, TypeVar, overload
 
 from opentelemetry.trace import SpanKind
 
@@ -119,34 +119,12 @@ def tool(
             async def awrapper(*args: Any, **kwargs: Any) -> Any:
                 call = tool_call(tool_name, limits=defaults, label=label, read_only=read_only).start()
                 lim = _effective(call.run, tool_name, defaults)
-                if lim.timeout_s is not None:
-                    call.attributes[A.TOOL_TIMEOUT_S] = lim.timeout_s
-                    if call.span is not None:
-                        call.span.set_attribute(A.TOOL_TIMEOUT_S, lim.timeout_s)
-                while True:
-                    try:
-                        with call.activate():
-                            async with call.deadline(lim.timeout_s):
-                                result = await cast(Callable[..., Awaitable[Any]], func)(*args, **kwargs)
-                    except TimeoutError as e:
-                        err: BaseException = (
-                            ToolTimeout(tool_name, lim.timeout_s or 0.0)
-                            if not isinstance(e, ToolTimeout)
-                            else e
-                        )
-                        if _retry(call, err):
-                            continue
-                        call.end(err, status="timeout")
-                        raise err from None
-                    except BaseException as e:
-                        if _retryable(e) and _retry(call, e):
-                            continue
-                        call.end(e)
-                        raise
-                    call.end()
-                    if call.run is not None:
-                        call.run.record_tool_result(tool_name, result)
-                    return result
+                _note_timeout(call, lim.timeout_s)
+                result = await arun_tool(call, tool_name, lim.timeout_s, func, args, kwargs)
+                call.end()
+                if call.run is not None:
+                    call.run.record_tool_result(tool_name, result)
+                return result
 
             return awrapper
 
@@ -154,40 +132,87 @@ def tool(
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             call = tool_call(tool_name, limits=defaults, label=label, read_only=read_only).start()
             lim = _effective(call.run, tool_name, defaults)
-            if lim.timeout_s is not None and call.span is not None:
-                call.span.set_attribute(A.TOOL_TIMEOUT_S, lim.timeout_s)
-            while True:
-                try:
-                    with call.activate():
-                        if lim.timeout_s is None:
-                            result = func(*args, **kwargs)
-                        else:
-                            # A thread cannot be killed: past the timeout it is abandoned, not awaited.
-                            ctx = contextvars.copy_context()
-                            fut = _pool().submit(ctx.run, func, *args, **kwargs)
-                            try:
-                                result = fut.result(timeout=lim.timeout_s)
-                            except concurrent.futures.TimeoutError:
-                                fut.cancel()
-                                raise ToolTimeout(tool_name, lim.timeout_s) from None
-                except ToolTimeout as e:
-                    if _retry(call, e):
-                        continue
-                    call.end(e, status="timeout")
-                    raise
-                except BaseException as e:
-                    if _retryable(e) and _retry(call, e):
-                        continue
-                    call.end(e)
-                    raise
-                call.end()
-                if call.run is not None:
-                    call.run.record_tool_result(tool_name, result)
-                return result
+            _note_timeout(call, lim.timeout_s)
+            result = run_tool(call, tool_name, lim.timeout_s, func, args, kwargs)
+            call.end()
+            if call.run is not None:
+                call.run.record_tool_result(tool_name, result)
+            return result
 
         return wrapper
 
     return decorate(fn) if fn is not None else decorate
+
+
+def _note_timeout(call: Call, timeout_s: float | None) -> None:
+    if timeout_s is not None and call.span is not None:
+        call.span.set_attribute(A.TOOL_TIMEOUT_S, timeout_s)
+
+
+def run_tool(
+    call: Call, name: str, timeout_s: float | None, func: Callable[..., Any], args: Any, kwargs: Any
+) -> Any:
+    """Run a sync tool under a started ``call``: timeout and retries.
+
+    A thread cannot be killed, so past ``timeout_s`` the tool is abandoned (not awaited). On
+    failure the call is ended and the error raised; on success the result is returned with the
+    call still open, so the caller decides what the result means (e.g. an MCP error result).
+    """
+    while True:
+        try:
+            with call.activate():
+                if timeout_s is None:
+                    return func(*args, **kwargs)
+                ctx = contextvars.copy_context()
+                fut = _pool().submit(ctx.run, func, *args, **kwargs)
+                try:
+                    return fut.result(timeout=timeout_s)
+                except concurrent.futures.TimeoutError:
+                    fut.cancel()
+                    raise ToolTimeout(name, timeout_s) from None
+        except ToolTimeout as e:
+            if _retry(call, e):
+                continue
+            call.end(e, status="timeout")
+            raise
+        except BaseException as e:
+            if _retryable(e) and _retry(call, e):
+                continue
+            call.end(e)
+            raise
+
+
+async def arun_tool(
+    call: Call,
+    name: str,
+    timeout_s: float | None,
+    func: Callable[..., Awaitable[Any]],
+    args: Any,
+    kwargs: Any,
+) -> Any:
+    """Run an async tool under a started ``call``: past ``timeout_s`` it is cancelled (status timeout),
+    and the run's wall clock bounds it. Ends the call on failure, like ``run_tool``."""
+    while True:
+        try:
+            with call.activate():
+                async with call.deadline(timeout_s):
+                    return await func(*args, **kwargs)
+        except TimeoutError as e:
+            if timeout_s is None:  # the tool's own TimeoutError, not our timeout
+                if _retry(call, e):
+                    continue
+                call.end(e)
+                raise
+            err = e if isinstance(e, ToolTimeout) else ToolTimeout(name, timeout_s)
+            if _retry(call, err):
+                continue
+            call.end(err, status="timeout")
+            raise err from None
+        except BaseException as e:
+            if _retryable(e) and _retry(call, e):
+                continue
+            call.end(e)
+            raise
 
 
 def _retry(call: Call, error: BaseException) -> bool:
@@ -203,4 +228,4 @@ def _retry(call: Call, error: BaseException) -> bool:
     return True
 
 
-__all__ = ["ToolTimeout", "tool", "tool_call"]
+__all__ = ["ToolTimeout", "arun_tool", "run_tool", "tool", "tool_call"]

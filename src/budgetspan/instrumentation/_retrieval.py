@@ -17,9 +17,7 @@ Only BudgetExhausted / RunCancelled are raised on purpose; the rest of our own e
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
-import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
@@ -32,7 +30,7 @@ from opentelemetry.trace import SpanKind
 from budgetspan import attributes as A
 from budgetspan.budget import ToolLimits
 from budgetspan.instrumentation.calls import Call, internal_error
-from budgetspan.tools import ToolTimeout, _pool, _retry, _retryable, tool_call
+from budgetspan.tools import arun_tool, run_tool, tool_call
 
 log = logging.getLogger(__name__)
 
@@ -248,31 +246,7 @@ def traced_tool(
     )
     token = _tool.set(call)
     try:
-        while True:
-            try:
-                with call.activate():
-                    if limits.timeout_s is None:
-                        result = wrapped(*args, **kwargs)
-                    else:
-                        # A thread cannot be killed: past its timeout the tool is abandoned.
-                        ctx = contextvars.copy_context()
-                        future = _pool().submit(ctx.run, wrapped, *args, **kwargs)
-                        try:
-                            result = future.result(timeout=limits.timeout_s)
-                        except concurrent.futures.TimeoutError:
-                            future.cancel()
-                            raise ToolTimeout(name, limits.timeout_s) from None
-            except ToolTimeout as e:
-                if _retry(call, e):
-                    continue
-                call.end(e, status="timeout")
-                raise
-            except BaseException as e:
-                if _retryable(e) and _retry(call, e):
-                    continue
-                call.end(e)
-                raise
-            break
+        result = run_tool(call, name, limits.timeout_s, wrapped, args, kwargs)
     finally:
         _tool.reset(token)
     _finish_tool(call, name, result, is_error)
@@ -300,28 +274,7 @@ async def atraced_tool(
     )
     token = _tool.set(call)
     try:
-        while True:
-            try:
-                with call.activate():
-                    async with _bounded(call, limits.timeout_s):
-                        result = await wrapped(*args, **kwargs)
-            except TimeoutError as e:
-                if limits.timeout_s is None:  # the tool's own TimeoutError, not our timeout
-                    if _retry(call, e):
-                        continue
-                    call.end(e)
-                    raise
-                err = e if isinstance(e, ToolTimeout) else ToolTimeout(name, limits.timeout_s)
-                if _retry(call, err):
-                    continue
-                call.end(err, status="timeout")
-                raise err from None
-            except BaseException as e:
-                if _retryable(e) and _retry(call, e):
-                    continue
-                call.end(e)
-                raise
-            break
+        result = await arun_tool(call, name, limits.timeout_s, wrapped, args, kwargs)
     finally:
         _tool.reset(token)
     _finish_tool(call, name, result, is_error)

@@ -398,7 +398,11 @@ class Call:
         run = self.run
         remaining = run.remaining_s() if run is not None else None
         limit = min((t for t in (remaining, timeout_s) if t is not None), default=None)
-        task = asyncio.current_task()
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # not on asyncio (trio via anyio): no bound, rather than an error
+            yield
+            return
         untrack = run._track_task(task) if (run is not None and task is not None) else None
         try:
             if limit is None:
