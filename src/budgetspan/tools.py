@@ -201,7 +201,7 @@ async def arun_tool(
             if timeout_s is None:  # the tool's own TimeoutError, not our timeout
                 if _retry(call, e):
                     continue
-                call.end(e)
+                call.end(e, status="error")
                 raise
             err = e if isinstance(e, ToolTimeout) else ToolTimeout(name, timeout_s)
             if _retry(call, err):
