@@ -8,6 +8,10 @@ BudgetSpanProcessor, and one "agent step" per measured call: ``budgetspan.run`` 
 instrumented ``openai`` chat completion (mock transport, recorded-style body) and one ``@tool``.
 The fake endpoints live in this (parent) process so their threads do not share the worker's GIL.
 
+Between steps the worker pauses ``--think-ms`` (untimed), as an agent waiting on a model would: a
+loop that never yields starves the exporter thread (each of its socket reads waits for the GIL),
+and then spans are dropped even with a healthy endpoint (``--think-ms 0`` shows it).
+
 Scenarios: ``none`` (no exporter: the baseline), ``ok`` (loopback server answering 200),
 ``down`` (closed port), ``slow`` (answers after 15 s, past the exporter timeout), ``error_500``.
 Reported per scenario: median and p99 µs per step (median over rounds), the difference to
@@ -32,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 SCENARIOS = ("none", "ok", "down", "slow", "error_500")
 
 
-def worker(scenario: str, url: str, runs: int) -> dict[str, object]:
+def worker(scenario: str, url: str, runs: int, think_ms: float) -> None:
     import time
 
     os.environ["OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED"] = "true"
@@ -78,6 +82,8 @@ def worker(scenario: str, url: str, runs: int) -> dict[str, object]:
         t0 = time.perf_counter()
         step(i)
         times.append(time.perf_counter() - t0)
+        if think_ms:
+            time.sleep(think_ms / 1000)  # the app waiting on something else: not timed
     times.sort()
     dropped = failed = 0
     data = reader.get_metrics_data()
@@ -103,12 +109,13 @@ def worker(scenario: str, url: str, runs: int) -> dict[str, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=3000)
+    parser.add_argument("--runs", type=int, default=2000)
+    parser.add_argument("--think-ms", type=float, default=1.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--worker", nargs=2, metavar=("SCENARIO", "URL"))
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker[0], args.worker[1], args.runs)
+        worker(args.worker[0], args.worker[1], args.runs, args.think_ms)
         return
 
     from tests.reliability._support import OtlpEndpoint, closed_port
@@ -146,20 +153,24 @@ def main() -> None:
                 results[scenario].append(json.loads(out.stdout.strip().splitlines()[-1]))
     base = statistics.median(r["median_us"] for r in results["none"])
     healthy = statistics.median(r["median_us"] for r in results["ok"])
-    print(f"{args.runs} steps (run + chat + tool) per scenario, median of {args.rounds} rounds")
+    print(
+        f"{args.runs} steps (run + chat + tool) per scenario, {args.think_ms:g} ms untimed pause "
+        f"between steps, median of {args.rounds} rounds"
+    )
     print(
         f"{'scenario':<10} {'median µs':>10} {'p99 µs':>10} {'Δ none':>8} {'Δ ok':>8} "
-        f"{'dropped':>8} {'failed':>8}"
+        f"{'dropped':>8} {'failed':>8}  round medians µs"
     )
     for scenario in SCENARIOS:
         rs = results[scenario]
-        med = statistics.median(r["median_us"] for r in rs)
+        meds = [r["median_us"] for r in rs]
+        med = statistics.median(meds)
         p99 = statistics.median(r["p99_us"] for r in rs)
         dropped = statistics.median(r["dropped"] for r in rs)
         failed = statistics.median(r["failed"] for r in rs)
         print(
             f"{scenario:<10} {med:>10.1f} {p99:>10.1f} {med - base:>+8.1f} {med - healthy:>+8.1f} "
-            f"{dropped:>8.0f} {failed:>8.0f}"
+            f"{dropped:>8.0f} {failed:>8.0f}  {min(meds):.0f}-{max(meds):.0f}"
         )
 
 
