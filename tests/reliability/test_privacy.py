@@ -148,11 +148,6 @@ def test_content_capture_switch_does_export_content(
     assert PROMPT_MARK.encode() in wire and ANSWER_MARK.encode() in wire
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Call.end records the SDK exception with its message and stacktrace; a provider error "
-    "that quotes the input puts prompt text in the chat span's exception event (reported)",
-)
 def test_provider_error_echoing_the_prompt_is_not_exported(
     exported: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -174,6 +169,11 @@ def test_provider_error_echoing_the_prompt_is_not_exported(
         if PROMPT_MARK in str(v)
     ]
     assert leaks == []
+    (chat,) = [s for s in exported.get_finished_spans() if s.name.startswith("chat")]
+    (event,) = [e for e in chat.events if e.name == "exception"]
+    assert event.attributes["exception.type"].endswith("BadRequestError")
+    assert event.attributes["exception.message"] == "BadRequestError (HTTP 400)"
+    assert "create" in event.attributes["exception.stacktrace"]  # frames kept for debugging
 
 
 # --- metrics: bounded labels, loopback endpoint ------------------------------------------------

@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+import traceback
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -345,7 +346,7 @@ class Call:
             if error is not None and status != "ok":
                 attrs[A.ERROR_TYPE] = type(error).__qualname__
                 if status != "cancelled":
-                    span.record_exception(error)
+                    _record_error(span, error, redact=is_model and not capture_content())
                 span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}"))
             elif status not in ("ok",):
                 attrs[A.ERROR_TYPE] = status
@@ -435,6 +436,21 @@ class Call:
         finally:
             if untrack is not None:
                 untrack()
+
+
+def _record_error(span: Span, error: BaseException, *, redact: bool) -> None:
+    """Record the exception; for model calls without content capture, without its message.
+
+    A provider's error often quotes the request ("Invalid content: '...'"): its message and the
+    last line of the stack trace would put prompt text on the span. The frames stay, for debugging.
+    """
+    if not redact:
+        span.record_exception(error)
+        return
+    status = getattr(error, "status_code", None)
+    message = type(error).__name__ + (f" (HTTP {status})" if isinstance(status, int) else "")
+    frames = "".join(traceback.format_tb(error.__traceback__)) + message
+    span.record_exception(error, attributes={"exception.message": message, "exception.stacktrace": frames})
 
 
 def _inc(now: int | None, before: int | None) -> int | None:
