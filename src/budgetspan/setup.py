@@ -21,6 +21,7 @@ from budgetspan.config import get_config, load_config, parse_inline_budget, pars
 from budgetspan.instrumentation import instrument_all
 from budgetspan.ledger import Mode
 from budgetspan.processors.budget import BudgetSpanProcessor
+from budgetspan.processors.export_watch import watch_provider
 from budgetspan.run import set_tracer_provider
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ def install_processors(provider: Any, *, metrics_port: int | None = None) -> boo
         for p in processors:
             provider.add_span_processor(p)
         setattr(provider, _MARK, processors)
+        watch_provider(provider)  # count spans the exporters lose (budgetspan_spans_dropped_total)
     return True
 
 

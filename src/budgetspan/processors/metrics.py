@@ -249,6 +249,9 @@ class BudgetspanMetrics:
         self.internal_errors = counter(
             A.M_INTERNAL_ERRORS, "Errors inside budgetspan (logged, never raised).", (typ,)
         )
+        self.spans_dropped = counter(
+            A.M_SPANS_DROPPED, "Spans the exporter pipeline lost (queue full, export failed).", (A.L_REASON,)
+        )
         live = Gauge(
             A.M_LIVE_RUNS,
             "Runs in progress.",
@@ -340,6 +343,9 @@ class BudgetspanMetrics:
 
     def on_internal_error(self, where: str) -> None:
         self.internal_errors.child(where).inc()
+
+    def on_spans_dropped(self, reason: str, count: int) -> None:
+        self.spans_dropped.child(reason).inc(count)
 
 
 # --- process-wide installation ---------------------------------------------------------------
