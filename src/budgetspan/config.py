@@ -12,6 +12,7 @@ A bad value is a ``ConfigError`` naming the variable and the accepted form, rais
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,8 +20,6 @@ from typing import Any
 from budgetspan.attributes import ENV_BUDGET, ENV_CONFIG, ENV_MODE
 from budgetspan.budget import LIMIT_NAMES, TOOL_LIMIT_NAMES, Budget, ToolLimits
 from budgetspan.ledger import Mode
-
-import tomllib
 
 
 class ConfigError(ValueError):
