@@ -11,6 +11,7 @@ from budgetspan.budget import Budget, BudgetExhausted, Limit, RunCancelled, Tool
 from budgetspan.config import BUILTIN_PROFILES, ConfigError
 from budgetspan.events import CallRecord, add_listener, remove_listener
 from budgetspan.ledger import InMemoryLedger, Ledger, Mode
+from budgetspan.ledger_redis import RedisLedger
 from budgetspan.phase import Phase
 from budgetspan.processors.budget import BudgetSpanProcessor
 from budgetspan.progress import Milestone, ProgressSubscription, subscribe_progress
@@ -47,6 +48,7 @@ __all__ = [
     "Outcome",
     "Phase",
     "ProgressSubscription",
+    "RedisLedger",
     "Run",
     "RunCancelled",
     "ToolLimits",
