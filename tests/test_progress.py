@@ -142,9 +142,11 @@ def test_a_failing_callback_never_breaks_the_run(tracing, caplog: pytest.LogCapt
 def test_closed_subscription_receives_nothing(tracing) -> None:
     sub = budgetspan.subscribe_progress()
     sub.close()
-    with budgetspan.run("support"):
-        check_order("A-1")
+    with budgetspan.subscribe_progress() as open_sub:  # positive control: the run does report
+        with budgetspan.run("support"):
+            check_order("A-1")
     assert sub.milestones == []
+    assert [m.label for m in open_sub.milestones] == ["Checking order status", "Done"]
 
 
 async def test_parallel_async_tools_each_report_once(tracing) -> None:

@@ -383,7 +383,10 @@ def test_foreign_spans_in_collector_format_are_priced_and_implicit_runs_grouped(
 def test_same_spans_given_twice_are_counted_once(demo_traces: Path) -> None:
     once, _ = load_files([str(demo_traces)])
     twice, _ = load_files([str(demo_traces), str(demo_traces)])
+    assert len(once) > 0  # a loader that read nothing would make the comparison trivial
     assert len(once) == len(twice)
+    ids = [(s.trace_id, s.span_id) for s in twice]
+    assert len(set(ids)) == len(ids) and set(ids) == {(s.trace_id, s.span_id) for s in once}
 
 
 def test_percentile_interpolates() -> None:

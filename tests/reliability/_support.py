@@ -92,8 +92,14 @@ def sync_client(handler: Handler = ok_handler) -> openai.OpenAI:
     )
 
 
-def async_client(handler: Handler = ok_handler, delay_s: float = 0.0) -> openai.AsyncOpenAI:
+def async_client(
+    handler: Handler = ok_handler, delay_s: float = 0.0, arrived: asyncio.Event | None = None
+) -> openai.AsyncOpenAI:
+    """``arrived`` is set when a request reaches the transport: the call is in flight."""
+
     async def answer(request: httpx2.Request) -> httpx2.Response:
+        if arrived is not None:
+            arrived.set()
         if delay_s:
             await asyncio.sleep(delay_s)
         return handler(request)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,11 @@ def _ok_number(x: Any) -> bool:
     return x is None or (
         isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0
     )
+
+
+def _small_count(x: Any) -> bool:
+    """A plain token count (an int, not a bool, in a sane range)."""
+    return type(x) is int and 0 <= x <= 10**9
 
 
 def _check_spend(spend: Spend | None) -> None:
@@ -266,9 +272,16 @@ def test_price_file_that_is_not_toml_is_a_price_config_error(text: str) -> None:
         path = Path(tmp) / "prices.toml"
         path.write_text(text, encoding="utf-8", errors="surrogatepass")
         try:
+            tomllib.loads(path.read_bytes().decode("utf-8"))
+            parses = True
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+            parses = False
+        try:
             load_price_file(str(path))
         except PriceConfigError as e:
             assert "BUDGETSPAN_PRICES" in str(e)
+        else:
+            assert parses, "a file that is not TOML was accepted as a price file"
 
 
 RESOLVER = PriceResolver({("openai", "flat-model"): TokenPrice(0.15, 0.6, 0.075, None)})
@@ -286,6 +299,10 @@ def test_price_resolver_cost_is_none_or_a_finite_non_negative_number(
 ) -> None:
     cost = RESOLVER.cost(provider, model, inp, out, cr, cw)
     assert cost is None or (type(cost) is float and math.isfinite(cost) and cost >= 0), cost
+    if provider == "openai" and model == "flat-model" and _small_count(inp) and _small_count(out):
+        # positive control: plain figures for a known price are priced, not given up on
+        assert cost is not None and cost >= (out * 0.6) / 1e6 - 1e-12, cost
+    assert RESOLVER.cost("openai", "flat-model", 1_000_000, 1_000_000) == pytest.approx(0.75)
 
 
 # --- provider usage ------------------------------------------------------------------------------
@@ -296,6 +313,10 @@ def test_price_resolver_cost_is_none_or_a_finite_non_negative_number(
 def test_usage_parsers_give_a_spend_or_none_never_an_exception(usage: Any) -> None:
     for parse in (_usage.openai_usage, _usage.openai_embeddings_usage, _usage.anthropic_usage):
         _check_spend(parse(usage))
+    if isinstance(usage, dict) and _small_count(usage.get("prompt_tokens")):
+        # positive control: a valid count among garbage is still read, exactly
+        spend = _usage.openai_usage(usage)
+        assert spend is not None and spend.input_tokens == usage["prompt_tokens"], spend
     for parse in (_usage.openai_usage, _usage.anthropic_usage):
         built = openai.types.CompletionUsage.model_construct(**usage) if isinstance(usage, dict) else usage
         _check_spend(parse(built))
@@ -312,8 +333,15 @@ def test_anthropic_stream_usage_survives_malformed_events(events: list[tuple[str
     acc = _usage.AnthropicStreamUsage()
     for kind, usage in events:
         event = {"type": kind, "usage": usage, "message": {"usage": usage}}
-        assert acc.on_event(event) in (True, False)
+        carried = acc.on_event(event)
+        assert carried is (kind in ("message_start", "message_delta") and usage is not None)
     _check_spend(acc.spend())
+    # positive control: garbage earlier does not stop well-formed events from being read
+    acc.on_event({"type": "message_start", "message": {"usage": {
+        "input_tokens": 7, "output_tokens": 1,
+        "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}}})  # fmt: skip
+    acc.on_event({"type": "message_delta", "usage": {"output_tokens": 9}})
+    assert acc.spend() == Spend(7, 9, 0, 0)
 
 
 def _assert_span_numbers(exporter: InMemorySpanExporter) -> None:

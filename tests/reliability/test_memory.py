@@ -210,10 +210,14 @@ def test_implicit_run_of_a_sampled_trace_ends_with_its_root(lean: Lean) -> None:
     def fetch() -> str:
         return "ok"
 
+    during: set[tuple[int, int]] = set()
     for _ in range(scaled(1_000)):
         with app.start_as_current_span("GET /orders"):
             fetch()
             fetch()
+            run = bs_run.resolve_run()  # positive control: each trace had its own live run
+            during.add((len(bs_run._trace_runs), run.usage.tool_calls if run else -1))
+    assert during == {(1, 2)}
     assert len(bs_run._trace_runs) == 0
     assert budgetspan.live_runs() == []
     assert len(lean.ledger) == 0
