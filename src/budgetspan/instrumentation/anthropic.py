@@ -12,36 +12,32 @@ read, so iteration, ``text_stream``, ``get_final_message()`` and ``close()`` all
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import Any
 
 import wrapt
-from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from budgetspan import attributes as A
+from budgetspan.instrumentation._sdk import (
+    ResultObserver,
+    SDKInstrumentor,
+    given,
+    model_call,
+    positive_int,
+    retry_patches,
+    wrapper_for,
+)
 from budgetspan.instrumentation._streams import (
     AsyncStreamProxy,
     Observer,
     Patch,
     SyncStreamProxy,
-    ainvoke,
-    apply_patches,
     content_json,
     in_model_call,
-    invoke,
-    remove_patches,
-    retry_patch,
-    use_provider,
 )
 from budgetspan.instrumentation._usage import AnthropicStreamUsage, anthropic_usage, field
 from budgetspan.instrumentation.calls import Call, capture_content, internal_error
 from budgetspan.instrumentation.openai import provider_from_url
-
-
-def _given(value: Any) -> Any:
-    if value is None or type(value).__name__ in ("Omit", "NotGiven"):
-        return None
-    return value
 
 
 def _provider(instance: Any) -> tuple[str, str | None, int | None]:
@@ -56,73 +52,39 @@ def _provider(instance: Any) -> tuple[str, str | None, int | None]:
 
 
 def _new_call(instance: Any, kwargs: dict[str, Any], streaming: bool) -> tuple[Call, MessagesObserver]:
-    provider, host, port = _provider(instance)
-    model = _given(kwargs.get("model"))
-    model = model if isinstance(model, str) else None
-    max_tokens = _given(kwargs.get("max_tokens"))
-    if not (isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens > 0):
-        max_tokens = None
-    attrs: dict[str, Any] = {A.GEN_AI_PROVIDER_NAME: provider}
-    if model:
-        attrs[A.GEN_AI_REQUEST_MODEL] = model
-    if host:
-        attrs[A.SERVER_ADDRESS] = host
-    if port:
-        attrs[A.SERVER_PORT] = port
-    if max_tokens is not None:
-        attrs[A.GEN_AI_REQUEST_MAX_TOKENS] = max_tokens
-    temperature = _given(kwargs.get("temperature"))
-    if isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
-        attrs[A.GEN_AI_REQUEST_TEMPERATURE] = float(temperature)
-    if streaming:
-        attrs[A.STREAM] = True
+    max_tokens = positive_int(kwargs.get("max_tokens"))
+    call = model_call(A.OP_CHAT, _provider(instance), kwargs, max_tokens, streaming)
     capture = capture_content()
     if capture:
-        messages = _given(kwargs.get("messages"))
-        system = _given(kwargs.get("system"))
+        messages = given(kwargs.get("messages"))
+        system = given(kwargs.get("system"))
         if isinstance(messages, (list, tuple)):
             payload = list(messages)
             if system is not None:
                 payload = [{"role": "system", "content": system}, *payload]
             encoded = content_json(payload)
             if encoded is not None:
-                attrs[A.GEN_AI_INPUT_MESSAGES] = encoded
-    call = Call(
-        A.OP_CHAT,
-        f"{A.OP_CHAT} {model}" if model else A.OP_CHAT,
-        attrs,
-        provider=provider,
-        model=model,
-        worst_case_tokens=max_tokens,
-    )
+                call.attributes[A.GEN_AI_INPUT_MESSAGES] = encoded
     return call, MessagesObserver(call, capture)
 
 
-class MessagesObserver(Observer):
-    """A Message (or dict) or the raw stream events of one Messages call."""
+class MessagesObserver(ResultObserver):
+    """A Message (or dict) or the raw stream events of one Messages call.
+
+    Anthropic has one ``stop_reason``, the latest seen: ``finish_reasons`` holds it alone.
+    """
 
     def __init__(self, call: Call, capture: bool = False) -> None:
-        super().__init__(call)
-        self.capture = capture
-        self.response_id: str | None = None
-        self.stop_reason: str | None = None
-        self.text: list[str] = []
-        self.tool_calls: list[dict[str, Any]] = []
+        super().__init__(call, capture)
         self.stream_usage = AnthropicStreamUsage()
 
-    def _message_head(self, message: Any) -> None:
-        rid = field(message, "id")
-        if isinstance(rid, str) and self.response_id is None:
-            self.response_id = rid
-        model = field(message, "model")
-        if isinstance(model, str) and model and self.call.response_model is None:
-            self.call.response_model = model
+    def _stop_reason(self, reason: Any) -> None:
+        if isinstance(reason, str):
+            self.finish_reasons = [reason] if reason else []
 
     def on_response(self, response: Any) -> None:
-        self._message_head(response)
-        reason = field(response, "stop_reason")
-        if isinstance(reason, str):
-            self.stop_reason = reason
+        self._head(response)
+        self._stop_reason(field(response, "stop_reason"))
         if not self.text:
             for block in field(response, "content") or ():
                 kind = field(block, "type")
@@ -146,71 +108,23 @@ class MessagesObserver(Observer):
                 self.tool_calls.append({"id": field(block, "id"), "name": field(block, "name")})
             return
         if kind == "message_start":
-            self._message_head(field(item, "message"))
+            self._head(field(item, "message"))
         elif kind == "message_delta":
-            reason = field(field(item, "delta"), "stop_reason")
-            if isinstance(reason, str):
-                self.stop_reason = reason
+            self._stop_reason(field(field(item, "delta"), "stop_reason"))
         else:
             return
         if self.stream_usage.on_event(item):
             self.set_usage(self.stream_usage.spend())
 
-    def finish(self) -> None:
-        call = self.call
-        text = "".join(self.text) or None
-        span = call.span
-        if span is not None:
-            attrs: dict[str, Any] = {}
-            if self.response_id:
-                attrs[A.GEN_AI_RESPONSE_ID] = self.response_id
-            if self.stop_reason:
-                attrs[A.GEN_AI_RESPONSE_FINISH_REASONS] = [self.stop_reason]
-            if self.capture and (text or self.tool_calls):
-                parts: list[dict[str, Any]] = []
-                if text:
-                    parts.append({"type": "text", "content": text})
-                parts.extend({"type": "tool_call", **tc} for tc in self.tool_calls)
-                message: dict[str, Any] = {"role": "assistant", "parts": parts}
-                if self.stop_reason:
-                    message["finish_reason"] = self.stop_reason
-                encoded = content_json([message])
-                if encoded is not None:
-                    attrs[A.GEN_AI_OUTPUT_MESSAGES] = encoded
-            span.set_attributes(attrs)
-        if text and call.run is not None:
-            call.run.record_model_answer(text)
-
 
 # --- messages.create / parse -------------------------------------------------------------------
 
 
-def _create_factory(asynchronous: bool) -> Callable[..., Any]:
-    if asynchronous:
+def _create_call(instance: Any, kwargs: dict[str, Any]) -> tuple[Call, Observer]:
+    return _new_call(instance, kwargs, given(kwargs.get("stream")) is True)
 
-        async def awrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-            if in_model_call():
-                return await wrapped(*args, **kwargs)
-            try:
-                call, observer = _new_call(instance, kwargs, _given(kwargs.get("stream")) is True)
-            except Exception:
-                internal_error("anthropic call setup")
-                return await wrapped(*args, **kwargs)
-            return await ainvoke(call, observer, wrapped, args, kwargs)
 
-        return awrapper
-
-    def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        if in_model_call():
-            return wrapped(*args, **kwargs)
-        try:
-            call, observer = _new_call(instance, kwargs, _given(kwargs.get("stream")) is True)
-        except Exception:
-            internal_error("anthropic call setup")
-            return wrapped(*args, **kwargs)
-        return invoke(call, observer, wrapped, args, kwargs)
-
-    return wrapper
+_create_factory = wrapper_for(_create_call, "anthropic call setup")
 
 
 # --- messages.stream ---------------------------------------------------------------------------
@@ -315,24 +229,13 @@ PATCHES: tuple[Patch, ...] = (
     (_BETA, "AsyncMessages.create", _create_factory, True),
     (_BETA, "AsyncMessages.parse", _create_factory, True),
     (_BETA, "AsyncMessages.stream", _stream_factory, True),
-    (_BASE, "SyncAPIClient._sleep_for_retry", retry_patch, False),
-    (_BASE, "AsyncAPIClient._sleep_for_retry", retry_patch, True),
+    *retry_patches(_BASE),
 )
 
 
-class AnthropicInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+class AnthropicInstrumentor(SDKInstrumentor):
     """``opentelemetry-instrument`` entry point ``budgetspan_anthropic``; also used by configure()."""
 
-    _done: list[tuple[str, str]]
-
-    def instrumentation_dependencies(self) -> Collection[str]:
-        return ("anthropic >= 0.40",)
-
-    def _instrument(self, **kwargs: Any) -> None:
-        import anthropic  # noqa: F401  (lazily: a missing SDK must not break our other instrumentors)
-
-        use_provider(kwargs.get("tracer_provider"))
-        self._done = apply_patches(PATCHES)
-
-    def _uninstrument(self, **kwargs: Any) -> None:
-        remove_patches(getattr(self, "_done", []))
+    LIBRARY = "anthropic"
+    DEPENDENCIES = ("anthropic >= 0.40",)
+    PATCHES = PATCHES

@@ -10,27 +10,22 @@ usage is read from the body when the body is JSON. OpenAI-compatible servers are
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
 from typing import Any
 from urllib.parse import urlsplit
 
-from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
-
 from budgetspan import attributes as A
-from budgetspan.instrumentation._streams import (
-    Observer,
-    Patch,
-    ainvoke,
-    apply_patches,
-    content_json,
-    in_model_call,
-    invoke,
-    remove_patches,
-    retry_patch,
-    use_provider,
+from budgetspan.instrumentation._sdk import (
+    ResultObserver,
+    SDKInstrumentor,
+    given,
+    model_call,
+    positive_int,
+    retry_patches,
+    wrapper_for,
 )
+from budgetspan.instrumentation._streams import Observer, Patch, content_json
 from budgetspan.instrumentation._usage import field, openai_embeddings_usage, openai_usage
-from budgetspan.instrumentation.calls import Call, capture_content, internal_error
+from budgetspan.instrumentation.calls import Call, capture_content
 
 # --- provider detection -----------------------------------------------------------------------
 
@@ -99,44 +94,9 @@ def _client_provider(instance: Any) -> tuple[str, str | None, int | None]:
     return provider_from_url(str(getattr(client, "base_url", "") or ""))
 
 
-def _given(value: Any) -> Any:
-    """The SDK's ``omit`` / ``NOT_GIVEN`` sentinels (passed by its stream helpers) count as absent."""
-    if value is None or type(value).__name__ in ("Omit", "NotGiven"):
-        return None
-    return value
-
-
-def _int_arg(value: Any) -> int | None:
-    value = _given(value)
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
-
-
 def _new_call(operation: str, instance: Any, kwargs: dict[str, Any], max_tokens: int | None) -> Call:
-    provider, host, port = _client_provider(instance)
-    model = _given(kwargs.get("model"))
-    model = model if isinstance(model, str) else None
-    attrs: dict[str, Any] = {A.GEN_AI_PROVIDER_NAME: provider}
-    if model:
-        attrs[A.GEN_AI_REQUEST_MODEL] = model
-    if host:
-        attrs[A.SERVER_ADDRESS] = host
-    if port:
-        attrs[A.SERVER_PORT] = port
-    if max_tokens is not None:
-        attrs[A.GEN_AI_REQUEST_MAX_TOKENS] = max_tokens
-    temperature = _given(kwargs.get("temperature"))
-    if isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
-        attrs[A.GEN_AI_REQUEST_TEMPERATURE] = float(temperature)
-    if _given(kwargs.get("stream")) is True:
-        attrs[A.STREAM] = True
-    return Call(
-        operation,
-        f"{operation} {model}" if model else operation,
-        attrs,
-        provider=provider,
-        model=model,
-        worst_case_tokens=max_tokens,
-    )
+    streaming = given(kwargs.get("stream")) is True
+    return model_call(operation, _client_provider(instance), kwargs, max_tokens, streaming)
 
 
 def _put_content(call: Call, key: str, value: Any) -> None:
@@ -149,57 +109,11 @@ def _put_content(call: Call, key: str, value: Any) -> None:
 # --- observers --------------------------------------------------------------------------------
 
 
-class _ResultObserver(Observer):
-    """What every OpenAI observer keeps: id, model, finish reasons, answer text, tool calls."""
-
-    def __init__(self, call: Call, capture: bool = False) -> None:
-        super().__init__(call)
-        self.capture = capture  # read once per call: the environment lookup is not free
-        self.response_id: str | None = None
-        self.finish_reasons: list[str] = []
-        self.text: list[str] = []
-        self.tool_calls: list[Any] = []
-
-    def _model(self, model: Any) -> None:
-        if isinstance(model, str) and model and self.call.response_model is None:
-            self.call.response_model = model
-
-    def _id(self, value: Any) -> None:
-        if isinstance(value, str) and self.response_id is None:
-            self.response_id = value
-
-    def finish(self) -> None:
-        call = self.call
-        span = call.span
-        text = "".join(self.text) or None
-        if span is not None:
-            attrs: dict[str, Any] = {}
-            if self.response_id:
-                attrs[A.GEN_AI_RESPONSE_ID] = self.response_id
-            if self.finish_reasons:
-                attrs[A.GEN_AI_RESPONSE_FINISH_REASONS] = list(self.finish_reasons)
-            if self.capture and (text or self.tool_calls):
-                message: dict[str, Any] = {"role": "assistant", "parts": []}
-                if text:
-                    message["parts"].append({"type": "text", "content": text})
-                for tc in self.tool_calls:
-                    message["parts"].append({"type": "tool_call", **tc})
-                if self.finish_reasons:
-                    message["finish_reason"] = self.finish_reasons[0]
-                encoded = content_json([message])
-                if encoded is not None:
-                    attrs[A.GEN_AI_OUTPUT_MESSAGES] = encoded
-            span.set_attributes(attrs)
-        if text and call.run is not None:
-            call.run.record_model_answer(text)
-
-
-class ChatObserver(_ResultObserver):
+class ChatObserver(ResultObserver):
     """ChatCompletion / ParsedChatCompletion objects (or dicts) and ChatCompletionChunk items."""
 
     def on_response(self, response: Any) -> None:
-        self._id(field(response, "id"))
-        self._model(field(response, "model"))
+        self._head(response)
         for choice in field(response, "choices") or ():
             reason = field(choice, "finish_reason")
             if isinstance(reason, str):
@@ -215,8 +129,7 @@ class ChatObserver(_ResultObserver):
         self.set_usage(openai_usage(field(response, "usage")))
 
     def on_item(self, item: Any) -> None:
-        self._id(field(item, "id"))
-        self._model(field(item, "model"))
+        self._head(item)
         for choice in field(item, "choices") or ():
             if field(choice, "index") not in (0, None):
                 continue
@@ -239,15 +152,14 @@ class ChatObserver(_ResultObserver):
             self.set_usage(openai_usage(usage))
 
 
-class TextCompletionObserver(_ResultObserver):
+class TextCompletionObserver(ResultObserver):
     """The legacy Completions API (``choices[].text``), whole or streamed."""
 
     def on_response(self, response: Any) -> None:
         self.on_item(response)
 
     def on_item(self, item: Any) -> None:
-        self._id(field(item, "id"))
-        self._model(field(item, "model"))
+        self._head(item)
         for choice in field(item, "choices") or ():
             if field(choice, "index") not in (0, None):
                 continue
@@ -264,12 +176,11 @@ class TextCompletionObserver(_ResultObserver):
             self.set_usage(openai_usage(usage))
 
 
-class ResponsesObserver(_ResultObserver):
+class ResponsesObserver(ResultObserver):
     """Responses API: a Response (or dict), or its server-sent events."""
 
     def on_response(self, response: Any) -> None:
-        self._id(field(response, "id"))
-        self._model(field(response, "model"))
+        self._head(response)
         status = field(response, "status")
         if isinstance(status, str) and not self.finish_reasons:
             reason = field(field(response, "incomplete_details"), "reason")
@@ -293,14 +204,12 @@ class ResponsesObserver(_ResultObserver):
         elif isinstance(kind, str) and kind.endswith(".delta"):
             self.call.first_token()  # tool-call arguments, reasoning summaries, audio...
         elif kind in ("response.created", "response.in_progress"):
-            response = field(item, "response")
-            self._id(field(response, "id"))
-            self._model(field(response, "model"))
+            self._head(field(item, "response"))
         elif kind in ("response.completed", "response.incomplete", "response.failed"):
             self.on_response(field(item, "response"))
 
 
-class EmbeddingsObserver(_ResultObserver):
+class EmbeddingsObserver(ResultObserver):
     def on_response(self, response: Any) -> None:
         self._model(field(response, "model"))
         self.set_usage(openai_embeddings_usage(field(response, "usage")))
@@ -310,20 +219,20 @@ class EmbeddingsObserver(_ResultObserver):
 
 
 def _chat_call(instance: Any, kwargs: dict[str, Any]) -> tuple[Call, Observer]:
-    max_tokens = _int_arg(kwargs.get("max_completion_tokens")) or _int_arg(kwargs.get("max_tokens"))
+    max_tokens = positive_int(kwargs.get("max_completion_tokens")) or positive_int(kwargs.get("max_tokens"))
     call = _new_call(A.OP_CHAT, instance, kwargs, max_tokens)
     capture = capture_content()
     if capture:
-        _put_content(call, A.GEN_AI_INPUT_MESSAGES, _given(kwargs.get("messages")))
+        _put_content(call, A.GEN_AI_INPUT_MESSAGES, given(kwargs.get("messages")))
     return call, ChatObserver(call, capture)
 
 
 def _responses_call(instance: Any, kwargs: dict[str, Any]) -> tuple[Call, Observer]:
-    call = _new_call(A.OP_CHAT, instance, kwargs, _int_arg(kwargs.get("max_output_tokens")))
+    call = _new_call(A.OP_CHAT, instance, kwargs, positive_int(kwargs.get("max_output_tokens")))
     capture = capture_content()
     if capture:
-        inp = _given(kwargs.get("input"))
-        instructions = _given(kwargs.get("instructions"))
+        inp = given(kwargs.get("input"))
+        instructions = given(kwargs.get("instructions"))
         if isinstance(inp, str):
             inp = [{"role": "user", "content": inp}]
         if isinstance(instructions, str) and isinstance(inp, list):
@@ -333,10 +242,10 @@ def _responses_call(instance: Any, kwargs: dict[str, Any]) -> tuple[Call, Observ
 
 
 def _text_completion_call(instance: Any, kwargs: dict[str, Any]) -> tuple[Call, Observer]:
-    call = _new_call(A.OP_TEXT_COMPLETION, instance, kwargs, _int_arg(kwargs.get("max_tokens")))
+    call = _new_call(A.OP_TEXT_COMPLETION, instance, kwargs, positive_int(kwargs.get("max_tokens")))
     capture = capture_content()
     if capture:
-        prompt = _given(kwargs.get("prompt"))
+        prompt = given(kwargs.get("prompt"))
         if isinstance(prompt, str):
             _put_content(call, A.GEN_AI_INPUT_MESSAGES, [{"role": "user", "content": prompt}])
     return call, TextCompletionObserver(call, capture)
@@ -347,41 +256,10 @@ def _embeddings_call(instance: Any, kwargs: dict[str, Any]) -> tuple[Call, Obser
     return call, EmbeddingsObserver(call)
 
 
-Builder = Callable[[Any, dict[str, Any]], tuple[Call, Observer]]
-
-
-def wrapper_for(build: Builder) -> Callable[[bool], Callable[..., Any]]:
-    """A wrapper factory (sync or async) that runs the SDK method as one budgeted call."""
-
-    def factory(asynchronous: bool) -> Callable[..., Any]:
-        if asynchronous:
-
-            async def awrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-                if in_model_call():
-                    return await wrapped(*args, **kwargs)
-                try:
-                    call, observer = build(instance, kwargs)
-                except Exception:
-                    internal_error("openai call setup")
-                    return await wrapped(*args, **kwargs)
-                return await ainvoke(call, observer, wrapped, args, kwargs)
-
-            return awrapper
-
-        def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-            if in_model_call():
-                return wrapped(*args, **kwargs)
-            try:
-                call, observer = build(instance, kwargs)
-            except Exception:
-                internal_error("openai call setup")
-                return wrapped(*args, **kwargs)
-            return invoke(call, observer, wrapped, args, kwargs)
-
-        return wrapper
-
-    return factory
-
+_CHAT_WRAPPER = wrapper_for(_chat_call, "openai call setup")
+_RESPONSES_WRAPPER = wrapper_for(_responses_call, "openai call setup")
+_TEXT_WRAPPER = wrapper_for(_text_completion_call, "openai call setup")
+_EMBEDDINGS_WRAPPER = wrapper_for(_embeddings_call, "openai call setup")
 
 _CHAT = "openai.resources.chat.completions.completions"
 _RESPONSES = "openai.resources.responses.responses"
@@ -390,36 +268,25 @@ _COMPLETIONS = "openai.resources.completions"
 _BASE = "openai._base_client"
 
 PATCHES: tuple[Patch, ...] = (
-    (_CHAT, "Completions.create", wrapper_for(_chat_call), False),
-    (_CHAT, "Completions.parse", wrapper_for(_chat_call), False),
-    (_CHAT, "AsyncCompletions.create", wrapper_for(_chat_call), True),
-    (_CHAT, "AsyncCompletions.parse", wrapper_for(_chat_call), True),
-    (_RESPONSES, "Responses.create", wrapper_for(_responses_call), False),
-    (_RESPONSES, "Responses.parse", wrapper_for(_responses_call), False),
-    (_RESPONSES, "AsyncResponses.create", wrapper_for(_responses_call), True),
-    (_RESPONSES, "AsyncResponses.parse", wrapper_for(_responses_call), True),
-    (_COMPLETIONS, "Completions.create", wrapper_for(_text_completion_call), False),
-    (_COMPLETIONS, "AsyncCompletions.create", wrapper_for(_text_completion_call), True),
-    (_EMBEDDINGS, "Embeddings.create", wrapper_for(_embeddings_call), False),
-    (_EMBEDDINGS, "AsyncEmbeddings.create", wrapper_for(_embeddings_call), True),
-    (_BASE, "SyncAPIClient._sleep_for_retry", retry_patch, False),
-    (_BASE, "AsyncAPIClient._sleep_for_retry", retry_patch, True),
+    (_CHAT, "Completions.create", _CHAT_WRAPPER, False),
+    (_CHAT, "Completions.parse", _CHAT_WRAPPER, False),
+    (_CHAT, "AsyncCompletions.create", _CHAT_WRAPPER, True),
+    (_CHAT, "AsyncCompletions.parse", _CHAT_WRAPPER, True),
+    (_RESPONSES, "Responses.create", _RESPONSES_WRAPPER, False),
+    (_RESPONSES, "Responses.parse", _RESPONSES_WRAPPER, False),
+    (_RESPONSES, "AsyncResponses.create", _RESPONSES_WRAPPER, True),
+    (_RESPONSES, "AsyncResponses.parse", _RESPONSES_WRAPPER, True),
+    (_COMPLETIONS, "Completions.create", _TEXT_WRAPPER, False),
+    (_COMPLETIONS, "AsyncCompletions.create", _TEXT_WRAPPER, True),
+    (_EMBEDDINGS, "Embeddings.create", _EMBEDDINGS_WRAPPER, False),
+    (_EMBEDDINGS, "AsyncEmbeddings.create", _EMBEDDINGS_WRAPPER, True),
+    *retry_patches(_BASE),
 )
 
 
-class OpenAIInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+class OpenAIInstrumentor(SDKInstrumentor):
     """``opentelemetry-instrument`` entry point ``budgetspan_openai``; also used by configure()."""
 
-    _done: list[tuple[str, str]]
-
-    def instrumentation_dependencies(self) -> Collection[str]:
-        return ("openai >= 1.40",)
-
-    def _instrument(self, **kwargs: Any) -> None:
-        import openai  # noqa: F401  (lazily: a missing SDK must not break our other instrumentors)
-
-        use_provider(kwargs.get("tracer_provider"))
-        self._done = apply_patches(PATCHES)
-
-    def _uninstrument(self, **kwargs: Any) -> None:
-        remove_patches(getattr(self, "_done", []))
+    LIBRARY = "openai"
+    DEPENDENCIES = ("openai >= 1.40",)
+    PATCHES = PATCHES

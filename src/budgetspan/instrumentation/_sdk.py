@@ -1,0 +1,197 @@
+"""What the OpenAI and Anthropic instrumentations share above the stream machinery of ``_streams``.
+
+The two SDKs are built alike (Stainless): the same ``omit`` / ``NOT_GIVEN`` sentinels, the same
+request fields, the same wrapped-method shape and the same lazy import. One piece of code serves
+both so that a fix to the request attributes, the answer attributes or the setup error handling
+reaches both providers at once.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Collection
+from typing import Any
+
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
+
+from budgetspan import attributes as A
+from budgetspan.instrumentation._streams import (
+    Observer,
+    Patch,
+    ainvoke,
+    apply_patches,
+    content_json,
+    in_model_call,
+    invoke,
+    remove_patches,
+    retry_patch,
+    use_provider,
+)
+from budgetspan.instrumentation._usage import field
+from budgetspan.instrumentation.calls import Call, internal_error
+
+#: (gen_ai.provider.name, server.address, server.port)
+Where = tuple[str, str | None, int | None]
+
+
+def given(value: Any) -> Any:
+    """The SDK's ``omit`` / ``NOT_GIVEN`` sentinels (passed by its stream helpers) count as absent."""
+    if value is None or type(value).__name__ in ("Omit", "NotGiven"):
+        return None
+    return value
+
+
+def positive_int(value: Any) -> int | None:
+    """A request's token limit when it is a real positive int (not a bool, not a sentinel)."""
+    value = given(value)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def model_call(
+    operation: str, where: Where, kwargs: dict[str, Any], max_tokens: int | None, streaming: bool
+) -> Call:
+    """A not-yet-started model ``Call`` with the request attributes both SDKs take alike."""
+    provider, host, port = where
+    model = given(kwargs.get("model"))
+    model = model if isinstance(model, str) else None
+    attrs: dict[str, Any] = {A.GEN_AI_PROVIDER_NAME: provider}
+    if model:
+        attrs[A.GEN_AI_REQUEST_MODEL] = model
+    if host:
+        attrs[A.SERVER_ADDRESS] = host
+    if port:
+        attrs[A.SERVER_PORT] = port
+    if max_tokens is not None:
+        attrs[A.GEN_AI_REQUEST_MAX_TOKENS] = max_tokens
+    temperature = given(kwargs.get("temperature"))
+    if isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
+        attrs[A.GEN_AI_REQUEST_TEMPERATURE] = float(temperature)
+    if streaming:
+        attrs[A.STREAM] = True
+    return Call(
+        operation,
+        f"{operation} {model}" if model else operation,
+        attrs,
+        provider=provider,
+        model=model,
+        worst_case_tokens=max_tokens,
+    )
+
+
+class ResultObserver(Observer):
+    """What every model observer keeps: id, model, finish reasons, answer text, tool calls."""
+
+    def __init__(self, call: Call, capture: bool = False) -> None:
+        super().__init__(call)
+        self.capture = capture  # read once per call: the environment lookup is not free
+        self.response_id: str | None = None
+        self.finish_reasons: list[str] = []
+        self.text: list[str] = []
+        self.tool_calls: list[Any] = []
+
+    def _model(self, model: Any) -> None:
+        if isinstance(model, str) and model and self.call.response_model is None:
+            self.call.response_model = model
+
+    def _id(self, value: Any) -> None:
+        if isinstance(value, str) and self.response_id is None:
+            self.response_id = value
+
+    def _head(self, response: Any) -> None:
+        """The first id and model seen (a whole response, a chunk, a start event)."""
+        self._id(field(response, "id"))
+        self._model(field(response, "model"))
+
+    def finish(self) -> None:
+        call = self.call
+        span = call.span
+        text = "".join(self.text) or None
+        if span is not None:
+            attrs: dict[str, Any] = {}
+            if self.response_id:
+                attrs[A.GEN_AI_RESPONSE_ID] = self.response_id
+            if self.finish_reasons:
+                attrs[A.GEN_AI_RESPONSE_FINISH_REASONS] = list(self.finish_reasons)
+            if self.capture and (text or self.tool_calls):
+                message: dict[str, Any] = {"role": "assistant", "parts": []}
+                if text:
+                    message["parts"].append({"type": "text", "content": text})
+                for tc in self.tool_calls:
+                    message["parts"].append({"type": "tool_call", **tc})
+                if self.finish_reasons:
+                    message["finish_reason"] = self.finish_reasons[0]
+                encoded = content_json([message])
+                if encoded is not None:
+                    attrs[A.GEN_AI_OUTPUT_MESSAGES] = encoded
+            span.set_attributes(attrs)
+        if text and call.run is not None:
+            call.run.record_model_answer(text)
+
+
+#: Builds the call and its observer from the patched method's ``instance`` and ``kwargs``.
+Builder = Callable[[Any, dict[str, Any]], tuple[Call, Observer]]
+
+
+def wrapper_for(build: Builder, where: str) -> Callable[[bool], Callable[..., Any]]:
+    """A wrapper factory (sync or async) that runs the SDK method as one budgeted call.
+
+    A failure in ``build`` is ours: it is reported as ``where`` and the method runs uninstrumented.
+    """
+
+    def factory(asynchronous: bool) -> Callable[..., Any]:
+        if asynchronous:
+
+            async def awrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+                if in_model_call():
+                    return await wrapped(*args, **kwargs)
+                try:
+                    call, observer = build(instance, kwargs)
+                except Exception:
+                    internal_error(where)
+                    return await wrapped(*args, **kwargs)
+                return await ainvoke(call, observer, wrapped, args, kwargs)
+
+            return awrapper
+
+        def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+            if in_model_call():
+                return wrapped(*args, **kwargs)
+            try:
+                call, observer = build(instance, kwargs)
+            except Exception:
+                internal_error(where)
+                return wrapped(*args, **kwargs)
+            return invoke(call, observer, wrapped, args, kwargs)
+
+        return wrapper
+
+    return factory
+
+
+def retry_patches(base_client_module: str) -> tuple[Patch, ...]:
+    """The SDK client's ``_sleep_for_retry`` (sync and async): each extra attempt is a retry."""
+    return (
+        (base_client_module, "SyncAPIClient._sleep_for_retry", retry_patch, False),
+        (base_client_module, "AsyncAPIClient._sleep_for_retry", retry_patch, True),
+    )
+
+
+class SDKInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """A BaseInstrumentor for one SDK's patch table; the SDK is imported only in ``_instrument``."""
+
+    LIBRARY: str = ""
+    DEPENDENCIES: tuple[str, ...] = ()
+    PATCHES: tuple[Patch, ...] = ()
+
+    _done: list[tuple[str, str]]
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return self.DEPENDENCIES
+
+    def _instrument(self, **kwargs: Any) -> None:
+        importlib.import_module(self.LIBRARY)  # lazily: a missing SDK must not break the others
+        use_provider(kwargs.get("tracer_provider"))
+        self._done = apply_patches(self.PATCHES)
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        remove_patches(getattr(self, "_done", []))
