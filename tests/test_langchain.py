@@ -287,7 +287,7 @@ async def test_parallel_tools_overlap_and_show_in_parallelism(instrumented: Trac
     busy = sum((s.end_time - s.start_time) / 1e9 for s in (sa, sb))
     (run_span,) = instrumented.spans("invoke_agent")
     ra = _attrs(run_span)
-    assert ra[A.RUN_BUSY_S] == pytest.approx(busy, rel=0.05)
+    assert 0.299 <= ra[A.RUN_BUSY_S] <= busy + 1e-3  # both 150 ms waits, measured inside the spans
     assert ra[A.RUN_BUSY_S] > ra[A.RUN_WALL_S]  # more work than wall time: it ran in parallel
     assert ra[A.RUN_PARALLELISM] == pytest.approx(ra[A.RUN_BUSY_S] / ra[A.RUN_WALL_S])
     assert run.usage.tool_calls == 2

