@@ -168,13 +168,25 @@ class PriceResolver:
         """USD cost, or None when the model is unknown or the usage was not reported."""
         if not model or (input_tokens is None and output_tokens is None):
             return None
-        price = self._model_price(provider or "", model)
+        price = self._cache.get((provider or "", model), _MISSING)
+        if price is _MISSING:
+            price = self._model_price(provider or "", model)
         if price is None:
             return None
         try:  # absurd token figures (beyond float range, not numbers) are unpriced
-            inp, out = max(0, input_tokens or 0), max(0, output_tokens or 0)
-            cr, cw = max(0, cache_read_tokens or 0), max(0, cache_write_tokens or 0)
-            cr, cw = min(cr, inp), min(cw, max(0, inp - cr))  # cache figures cannot exceed the input
+            # max(0, x or 0) and min(a, b), spelt out: this runs on every model call.
+            inp = input_tokens or 0
+            inp = inp if inp > 0 else 0
+            out = output_tokens or 0
+            out = out if out > 0 else 0
+            cr = cache_read_tokens or 0
+            cr = cr if cr > 0 else 0
+            cw = cache_write_tokens or 0
+            cw = cw if cw > 0 else 0
+            cr = inp if inp < cr else cr  # cache figures cannot exceed the input
+            rest = inp - cr
+            rest = rest if rest > 0 else 0
+            cw = rest if rest < cw else cw
             if isinstance(price, TokenPrice):
                 value = price.cost(inp, out, cr, cw)
         except (OverflowError, TypeError, ValueError):

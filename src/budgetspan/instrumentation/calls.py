@@ -37,6 +37,7 @@ from budgetspan.run import Run, _in_call, current_phase, get_tracer, resolve_run
 log = logging.getLogger("budgetspan")
 
 _KIND_BY_OPERATION = {A.OP_EXECUTE_TOOL: CallKind.TOOL, A.OP_RETRIEVAL: None}
+_KIND_NAME: dict[CallKind | None, str] = {k: k.value for k in CallKind} | {None: "retrieval"}
 _internal_errors = 0
 
 
@@ -60,6 +61,7 @@ class Call:
         "_committed",
         "_ended_lock",
         "_outer",
+        "_priced",
         "_token",
         "attributes",
         "cost_usd",
@@ -133,6 +135,7 @@ class Call:
         self.ended = False
         self._ended_lock = threading.Lock()
         self._outer = False
+        self._priced: tuple[Any, ...] | None = None  # (spend, response_model, model) last priced
         self._token: Any = None
 
     # start -------------------------------------------------------------------------------
@@ -181,7 +184,7 @@ class Call:
             self.started = True
             events.emit(
                 "on_call_start",
-                self.kind.value if self.kind else "retrieval",
+                _KIND_NAME[self.kind],
                 self.span_name,
                 self.run,
                 self.phase,
@@ -228,27 +231,40 @@ class Call:
             if self.run is None:
                 return
             cost = self._price(spend)
+            c = self._committed  # every figure an int (a float for the cost), never None
+            i, o, cr, cw, r = (
+                spend.input_tokens,
+                spend.output_tokens,
+                spend.cache_read_tokens,
+                spend.cache_write_tokens,
+                spend.reasoning_tokens,
+            )
+            ci, co, ccr, ccw, cr_ = (
+                c.input_tokens or 0,
+                c.output_tokens or 0,
+                c.cache_read_tokens or 0,
+                c.cache_write_tokens or 0,
+                c.reasoning_tokens or 0,
+            )
+            cc = c.cost_usd or 0.0
+            dc = None if cost is None else cost - cc
             delta = Spend(
-                _inc(spend.input_tokens, self._committed.input_tokens),
-                _inc(spend.output_tokens, self._committed.output_tokens),
-                _inc(spend.cache_read_tokens, self._committed.cache_read_tokens),
-                _inc(spend.cache_write_tokens, self._committed.cache_write_tokens),
-                _inc(spend.reasoning_tokens, self._committed.reasoning_tokens),
-                None if cost is None else max(0.0, cost - (self._committed.cost_usd or 0.0)),
+                _inc(i, ci),
+                _inc(o, co),
+                _inc(cr, ccr),
+                _inc(cw, ccw),
+                _inc(r, cr_),
+                None if dc is None else (dc if dc > 0.0 else 0.0),
             )
             self._committed = Spend(
-                max(spend.input_tokens or 0, self._committed.input_tokens or 0),
-                max(spend.output_tokens or 0, self._committed.output_tokens or 0),
-                max(spend.cache_read_tokens or 0, self._committed.cache_read_tokens or 0),
-                max(spend.cache_write_tokens or 0, self._committed.cache_write_tokens or 0),
-                max(spend.reasoning_tokens or 0, self._committed.reasoning_tokens or 0),
-                max(cost or 0.0, self._committed.cost_usd or 0.0),
+                _hi(i, ci), _hi(o, co), _hi(cr, ccr), _hi(cw, ccw), _hi(r, cr_), _hi(cost or 0.0, cc)
             )
             self.run.add_spend(delta)
         except Exception:
             internal_error("Call.set_usage")
 
     def _price(self, spend: Spend) -> float | None:
+        self._priced = (spend, self.response_model, self.model, self.provider)
         if spend.cost_usd is not None:  # the provider said what the call cost: that wins
             self.cost_usd = spend.cost_usd
             return spend.cost_usd
@@ -311,7 +327,15 @@ class Call:
         )
         spend = self.usage
         if is_model and spend is not None and not unreported:
-            self._price(spend)  # the response model may have arrived after the last usage report
+            priced = self._priced  # re-price only if the response model arrived after the last report
+            if (
+                priced is None
+                or priced[0] is not spend
+                or priced[1] != self.response_model
+                or priced[2] != self.model
+                or priced[3] != self.provider
+            ):
+                self._price(spend)
         unpriced = is_model and not unreported and self.cost_usd is None
         span = self.span
         if span is not None:
@@ -365,26 +389,28 @@ class Call:
                 run.commit(
                     self.reservation, rest, finished=status == "ok", unreported=unreported, unpriced=unpriced
                 )
+        if not events.has_listeners():
+            return  # nobody reads the record: do not build it
         events.emit(
             "on_call_end",
             CallRecord(
-                kind=self.kind.value if self.kind else "retrieval",
-                workflow=run.workflow if run is not None else "default",
-                phase=self.phase,
-                duration_s=duration,
-                status=status,
-                provider=self.provider,
-                model=self.response_model or self.model,
-                tool=self.tool,
-                spend=spend,
-                cost_usd=self.cost_usd,
-                unreported_usage=unreported,
-                unpriced=unpriced,
-                retries=self.retries,
-                time_to_first_token_s=self.ttft_s,
-                documents=self.documents,
-                label=self.label,
-                run=run,
+                _KIND_NAME[self.kind],
+                run.workflow if run is not None else "default",
+                self.phase,
+                duration,
+                status,
+                self.provider,
+                self.response_model or self.model,
+                self.tool,
+                spend,
+                self.cost_usd,
+                unreported,
+                unpriced,
+                self.retries,
+                self.ttft_s,
+                self.documents,
+                self.label,
+                run,
             ),
         )
 
@@ -453,10 +479,18 @@ def _record_error(span: Span, error: BaseException, *, redact: bool) -> None:
     span.record_exception(error, attributes={"exception.message": message, "exception.stacktrace": frames})
 
 
-def _inc(now: int | None, before: int | None) -> int | None:
+def _inc(now: int | None, before: int) -> int | None:
+    """``max(0, now - before)`` (None stays None), without the builtin's call overhead."""
     if now is None:
         return None
-    return max(0, now - (before or 0))
+    d = now - before
+    return d if d > 0 else 0
+
+
+def _hi(now: Any, before: Any) -> Any:
+    """``max(now or 0, before)``, same result (NaN included), without the call overhead."""
+    a = now or 0
+    return before if before > a else a
 
 
 def _put(attrs: dict[str, Any], key: str, value: int | None) -> None:

@@ -127,6 +127,20 @@ TOKEN_TYPES: Final = ("input", "output", "cache_read", "cache_write", "reasoning
 _CACHE_LIMIT: Final = 4096  # labelled children cached per metric (label values are capped anyway)
 
 
+class _ModelSeries:
+    """The labelled children one kind of model call feeds, found once per label set."""
+
+    __slots__ = ("calls", "cost", "duration", "phase", "tokens", "ttft")
+
+    def __init__(self) -> None:
+        self.calls: Any = None
+        self.duration: Any = None
+        self.ttft: Any = None
+        self.tokens: list[Any] = [None] * len(TOKEN_TYPES)
+        self.cost: Any = None
+        self.phase: Any = None
+
+
 class _Family:
     """A labelled metric with per-label value caps and a cache of its labelled children."""
 
@@ -165,6 +179,7 @@ class BudgetspanMetrics:
         self.caps = LabelCaps(max_label_values)
         self._live: dict[str, str] = {}  # run id -> workflow, for runs seen starting
         self._live_lock = threading.Lock()
+        self._model_series: dict[tuple[Any, ...], _ModelSeries] = {}
         wf, out, reason, phase = A.L_WORKFLOW, A.L_OUTCOME, A.L_REASON, A.L_PHASE
         prov, model, tool, typ, status = A.L_PROVIDER, A.L_MODEL, A.L_TOOL, A.L_TYPE, A.L_STATUS
 
@@ -301,8 +316,16 @@ class BudgetspanMetrics:
     def on_call_end(self, r: CallRecord) -> None:
         wf = r.workflow
         if r.kind == "model":
-            self._model_call(r)
-        elif r.kind == "tool":
+            series = self._model_call(r)
+            if r.retries:
+                self.retries.child(wf, r.kind).inc(r.retries)
+            if current_phase() is None:  # not inside a phase block: the call stands for its phase
+                ph = series.phase
+                if ph is None:
+                    ph = series.phase = self.phase_duration.child(wf, r.phase)
+                ph.observe(r.duration_s)
+            return
+        if r.kind == "tool":
             self.tool_calls.child(wf, r.tool, r.status).inc()
             self.tool_duration.child(wf, r.tool).observe(r.duration_s)
         else:
@@ -312,34 +335,58 @@ class BudgetspanMetrics:
         if current_phase() is None:  # not inside a phase block: the call stands for its phase
             self.phase_duration.child(wf, r.phase).observe(r.duration_s)
 
-    def _model_call(self, r: CallRecord) -> None:
+    def _model_call(self, r: CallRecord) -> _ModelSeries:
         wf, prov, model = r.workflow, r.provider, r.model
-        self.model_calls.child(wf, prov, model, r.status).inc()
-        self.model_duration.child(prov, model).observe(r.duration_s)
+        key = (wf, prov, model, r.status, r.phase)
+        s = self._model_series.get(key)
+        if s is None:
+            s = _ModelSeries()
+            if len(self._model_series) < _CACHE_LIMIT:
+                self._model_series[key] = s
+        # Each labelled child is looked up once per label set, then kept on ``s``: a model call
+        # touches up to 7 series, and a family lookup (tuple, dict, caps) costs about a µs.
+        # Children are made only when first used, so no empty series appears in the exposition.
+        c = s.calls
+        if c is None:
+            c = s.calls = self.model_calls.child(wf, prov, model, r.status)
+        c.inc()
+        c = s.duration
+        if c is None:
+            c = s.duration = self.model_duration.child(prov, model)
+        c.observe(r.duration_s)
         if r.time_to_first_token_s is not None:
-            self.ttft.child(prov, model).observe(r.time_to_first_token_s)
+            c = s.ttft
+            if c is None:
+                c = s.ttft = self.ttft.child(prov, model)
+            c.observe(r.time_to_first_token_s)
         spend = r.spend
         if spend is not None:
-            for typ, n in zip(
-                TOKEN_TYPES,
+            tokens = s.tokens
+            for i, n in enumerate(
                 (
                     spend.input_tokens,
                     spend.output_tokens,
                     spend.cache_read_tokens,
                     spend.cache_write_tokens,
                     spend.reasoning_tokens,
-                ),
-                strict=True,
+                )
             ):
                 if n is not None and n > 0:
-                    self.tokens.child(wf, prov, model, typ).inc(n)
+                    c = tokens[i]
+                    if c is None:
+                        c = tokens[i] = self.tokens.child(wf, prov, model, TOKEN_TYPES[i])
+                    c.inc(n)
         cost = r.cost_usd if r.cost_usd is not None else (spend.cost_usd if spend else None)
         if cost is not None and _sane(cost):
-            self.cost.child(wf, r.phase, prov, model).inc(cost)
+            c = s.cost
+            if c is None:
+                c = s.cost = self.cost.child(wf, r.phase, prov, model)
+            c.inc(cost)
         elif r.unpriced:
             self.unpriced.child(prov, model).inc()
         if r.unreported_usage:
             self.unreported.child(prov, model).inc()
+        return s
 
     def on_internal_error(self, where: str) -> None:
         self.internal_errors.child(where).inc()
