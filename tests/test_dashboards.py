@@ -112,6 +112,11 @@ def test_committed_json_is_freshly_generated(tmp_path: Path) -> None:
             f"{name} is stale: run .venv/bin/python dashboards/generate.py"
         )
     assert gen.main(["--check"]) == 0
+    # positive control: --check does catch a stale file
+    assert gen.main(["--check", "--out", str(tmp_path)]) == 0
+    stale = tmp_path / NAMES[0]
+    stale.write_text(stale.read_text().replace('"title"', '"titel"', 1))
+    assert gen.main(["--check", "--out", str(tmp_path)]) == 1
 
 
 @pytest.mark.parametrize("name", NAMES)

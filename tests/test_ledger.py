@@ -43,10 +43,13 @@ def test_count_limit_refuses_the_n_plus_first_call_and_counts_nothing_for_it() -
 def test_release_gives_the_slot_back() -> None:
     ledger, _ = _ledger(Budget(max_tool_calls=1))
     res = ledger.reserve("r", CallKind.TOOL, tool="t")
+    assert ledger.usage("r").tool_calls == 1  # positive control: the reservation counted
     ledger.release(res)
     ledger.release(res)  # twice is harmless
     assert ledger.usage("r").tool_calls == 0
     ledger.reserve("r", CallKind.TOOL, tool="t")
+    with pytest.raises(LedgerRefused, match="max_tool_calls"):  # one slot, given back once only
+        ledger.reserve("r", CallKind.TOOL, tool="t")
 
 
 def test_steps_count_model_and_tool_calls_together() -> None:

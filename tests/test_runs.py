@@ -160,13 +160,26 @@ def test_wall_clock_refuses_sync_calls_after_the_deadline(tracing: Tracing) -> N
 
 
 def test_cancel_by_id_cancels_in_flight_async_calls(tracing: Tracing) -> None:
+    state: list[str] = []
+    entered = threading.Event()
+
     @budgetspan.tool
     async def wait_forever() -> None:
-        await asyncio.sleep(30)
+        state.append("entered")
+        entered.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            state.append("cancelled")
+            raise
+
+    def cancel_once_in_flight(run_id: str) -> None:
+        if entered.wait(10):  # cancel from another thread while the call is in flight
+            budgetspan.cancel(run_id)
 
     async def main() -> budgetspan.Run:
         async with budgetspan.run("cancel-me", suppress_exhausted=True) as run:
-            threading.Timer(0.05, budgetspan.cancel, args=(run.id,)).start()
+            threading.Thread(target=cancel_once_in_flight, args=(run.id,), daemon=True).start()
             with pytest.raises(budgetspan.RunCancelled):
                 await wait_forever()
             with pytest.raises(budgetspan.RunCancelled):
@@ -174,6 +187,7 @@ def test_cancel_by_id_cancels_in_flight_async_calls(tracing: Tracing) -> None:
         return run
 
     run = asyncio.run(main())
+    assert state == ["entered", "cancelled"]  # the first was cut mid-call; the second never ran
     assert run.outcome is budgetspan.Outcome.CANCELLED
     assert _attrs(tracing.spans("invoke_agent cancel-me")[0])[A.RUN_OUTCOME] == "cancelled"
     assert budgetspan.cancel(run.id) is False  # no longer live

@@ -123,6 +123,9 @@ def test_anthropic_stream_without_usage_is_unreported() -> None:
     acc.on_event({"type": "message_start", "message": {}})
     acc.on_event({"type": "message_delta", "usage": {"output_tokens": "lots"}})
     assert acc.spend() is None
+    # positive control: the same accumulator does take a usable count when one comes
+    acc.on_event({"type": "message_delta", "usage": {"output_tokens": 9}})
+    assert acc.spend() == Spend(None, 9)
 
 
 def test_count() -> None:
