@@ -165,6 +165,22 @@ async def atraced_retrieval(
     return result
 
 
+def retrieval_wrapper(
+    source: Callable[[Any, Any, Any], str], system: str, count: Counter, asynchronous: bool
+) -> Callable[..., Any]:
+    """A patch-table wrapper: the method runs as a retrieval of ``source(instance, args, kwargs)``
+    (called only when a span is made)."""
+    traced = atraced_retrieval if asynchronous else traced_retrieval
+
+    def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        def source_name() -> str:
+            return source(instance, args, kwargs)
+
+        return traced(wrapped, args, kwargs, source=source_name, system=system, count=count)
+
+    return wrapper
+
+
 # --- tools --------------------------------------------------------------------------------------
 
 

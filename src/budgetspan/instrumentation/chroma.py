@@ -11,8 +11,7 @@ from typing import Any
 from budgetspan.instrumentation._retrieval import (
     Patch,
     PatchInstrumentor,
-    atraced_retrieval,
-    traced_retrieval,
+    retrieval_wrapper,
 )
 
 SYSTEM = "chroma"
@@ -25,20 +24,12 @@ def _count(result: Any) -> int | None:
     return sum(len(batch) for batch in ids)
 
 
-def _name(instance: Any) -> str:
+def _name(instance: Any, *_: Any) -> str:
     return str(getattr(instance, "name", None) or "chroma")
 
 
-def _query(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    return traced_retrieval(
-        wrapped, args, kwargs, source=lambda: _name(instance), system=SYSTEM, count=_count
-    )
-
-
-def _aquery(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    return atraced_retrieval(
-        wrapped, args, kwargs, source=lambda: _name(instance), system=SYSTEM, count=_count
-    )
+_query = retrieval_wrapper(_name, SYSTEM, _count, False)
+_aquery = retrieval_wrapper(_name, SYSTEM, _count, True)
 
 
 _PATCHES: tuple[Patch, ...] = (

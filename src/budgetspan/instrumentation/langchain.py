@@ -19,15 +19,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from budgetspan import tools as budgetspan_tools
 from budgetspan.instrumentation._retrieval import (
     Patch,
     PatchInstrumentor,
-    atraced_retrieval,
     atraced_tool,
-    traced_retrieval,
+    retrieval_wrapper,
     traced_tool,
 )
 
@@ -38,7 +38,7 @@ def _count(result: Any) -> int | None:
     return len(result) if isinstance(result, list) else None
 
 
-def _retriever_name(instance: Any) -> str:
+def _retriever_name(instance: Any, *_: Any) -> str:
     """The vector store's class for a vector-store retriever (they all share one class), else
     the retriever's own name."""
     store = getattr(instance, "vectorstore", None)
@@ -83,46 +83,30 @@ def _tool_name(instance: Any) -> str:
     return str(getattr(instance, "name", None) or type(instance).__name__)
 
 
-def _invoke(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    return traced_retrieval(
-        wrapped, args, kwargs, source=lambda: _retriever_name(instance), system=SYSTEM, count=_count
-    )
+def _tool_wrapper(asynchronous: bool) -> Callable[..., Any]:
+    traced = atraced_tool if asynchronous else traced_tool
+
+    def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        if _budgeted_already(instance):
+            return wrapped(*args, **kwargs)
+        return traced(
+            wrapped,
+            args,
+            kwargs,
+            name=_tool_name(instance),
+            system=SYSTEM,
+            call_id=kwargs.get("tool_call_id"),
+            read_only=_read_only(instance),
+            is_error=_is_error_message,
+        )
+
+    return wrapper
 
 
-def _ainvoke(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    return atraced_retrieval(
-        wrapped, args, kwargs, source=lambda: _retriever_name(instance), system=SYSTEM, count=_count
-    )
-
-
-def _run(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    if _budgeted_already(instance):
-        return wrapped(*args, **kwargs)
-    return traced_tool(
-        wrapped,
-        args,
-        kwargs,
-        name=_tool_name(instance),
-        system=SYSTEM,
-        call_id=kwargs.get("tool_call_id"),
-        read_only=_read_only(instance),
-        is_error=_is_error_message,
-    )
-
-
-def _arun(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    if _budgeted_already(instance):
-        return wrapped(*args, **kwargs)
-    return atraced_tool(
-        wrapped,
-        args,
-        kwargs,
-        name=_tool_name(instance),
-        system=SYSTEM,
-        call_id=kwargs.get("tool_call_id"),
-        read_only=_read_only(instance),
-        is_error=_is_error_message,
-    )
+_invoke = retrieval_wrapper(_retriever_name, SYSTEM, _count, False)
+_ainvoke = retrieval_wrapper(_retriever_name, SYSTEM, _count, True)
+_run = _tool_wrapper(False)
+_arun = _tool_wrapper(True)
 
 
 _PATCHES: tuple[Patch, ...] = (

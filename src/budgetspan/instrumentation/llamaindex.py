@@ -11,8 +11,7 @@ from typing import Any
 from budgetspan.instrumentation._retrieval import (
     Patch,
     PatchInstrumentor,
-    atraced_retrieval,
-    traced_retrieval,
+    retrieval_wrapper,
 )
 
 SYSTEM = "llamaindex"
@@ -22,16 +21,12 @@ def _count(result: Any) -> int | None:
     return len(result) if isinstance(result, list) else None
 
 
-def _retrieve(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    return traced_retrieval(
-        wrapped, args, kwargs, source=lambda: type(instance).__name__, system=SYSTEM, count=_count
-    )
+def _class_name(instance: Any, *_: Any) -> str:
+    return type(instance).__name__
 
 
-def _aretrieve(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    return atraced_retrieval(
-        wrapped, args, kwargs, source=lambda: type(instance).__name__, system=SYSTEM, count=_count
-    )
+_retrieve = retrieval_wrapper(_class_name, SYSTEM, _count, False)
+_aretrieve = retrieval_wrapper(_class_name, SYSTEM, _count, True)
 
 
 _PATCHES: tuple[Patch, ...] = (

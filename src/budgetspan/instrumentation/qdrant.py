@@ -14,8 +14,7 @@ from budgetspan.instrumentation._retrieval import (
     Patch,
     PatchInstrumentor,
     arg,
-    atraced_retrieval,
-    traced_retrieval,
+    retrieval_wrapper,
 )
 
 SYSTEM = "qdrant"
@@ -43,16 +42,8 @@ def _hits_batch(result: Any) -> int | None:
     return sum(len(r) for r in result) if isinstance(result, list) else None
 
 
-def _wrapper(count: Callable[[Any], int | None], is_async: bool) -> Callable[..., Any]:
-    traced = atraced_retrieval if is_async else traced_retrieval
-
-    def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        def source() -> str:
-            return str(arg(args, kwargs, 0, "collection_name") or "qdrant")
-
-        return traced(wrapped, args, kwargs, source=source, system=SYSTEM, count=count)
-
-    return wrapper
+def _collection(_instance: Any, args: Any, kwargs: Any) -> str:
+    return str(arg(args, kwargs, 0, "collection_name") or "qdrant")
 
 
 _METHODS: tuple[tuple[str, Callable[[Any], int | None]], ...] = (
@@ -65,7 +56,7 @@ _METHODS: tuple[tuple[str, Callable[[Any], int | None]], ...] = (
 )
 
 _PATCHES: tuple[Patch, ...] = tuple(
-    (module, cls, method, _wrapper(count, is_async))
+    (module, cls, method, retrieval_wrapper(_collection, SYSTEM, count, is_async))
     for module, cls, is_async in (
         ("qdrant_client.qdrant_client", "QdrantClient", False),
         ("qdrant_client.async_qdrant_client", "AsyncQdrantClient", True),
