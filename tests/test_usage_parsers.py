@@ -136,7 +136,9 @@ def test_count() -> None:
 
 junk = st.recursive(
     st.none() | st.booleans() | st.integers(-10, 10**9) | st.floats(allow_nan=True) | st.text(max_size=5),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=30), inner, max_size=4),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=30), inner, max_size=4)
+    ),
     max_leaves=10,
 )
 keys = st.sampled_from(
@@ -175,3 +177,13 @@ def test_parsers_never_crash_and_never_invent_negative_numbers(usage: dict[str, 
     acc.on_event({"type": "message_delta", "usage": usage})
     spend = acc.spend()
     assert spend is None or spend.input_tokens is None or spend.input_tokens >= 0
+    # Positive controls: a plain count among the junk is read, exactly (a parser that gave up on
+    # everything would pass the checks above).
+    prompt = usage.get("prompt_tokens")
+    if type(prompt) is int and prompt >= 0:
+        parsed = openai_usage(usage)
+        assert parsed is not None and parsed.input_tokens == prompt
+    out = usage.get("output_tokens")
+    if type(out) is int and out >= 0:
+        parsed = anthropic_usage(usage)
+        assert parsed is not None and parsed.output_tokens == out

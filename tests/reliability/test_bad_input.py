@@ -334,13 +334,15 @@ def test_anthropic_stream_usage_survives_malformed_events(events: list[tuple[str
     for kind, usage in events:
         event = {"type": kind, "usage": usage, "message": {"usage": usage}}
         carried = acc.on_event(event)
-        assert carried is (kind in ("message_start", "message_delta") and usage is not None)
+        assert carried in (True, False)
+        if kind not in ("message_start", "message_delta") or usage is None:
+            assert carried is False  # nothing there to take
     _check_spend(acc.spend())
     # positive control: garbage earlier does not stop well-formed events from being read
-    acc.on_event({"type": "message_start", "message": {"usage": {
+    assert acc.on_event({"type": "message_start", "message": {"usage": {
         "input_tokens": 7, "output_tokens": 1,
-        "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}}})  # fmt: skip
-    acc.on_event({"type": "message_delta", "usage": {"output_tokens": 9}})
+        "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}}}) is True  # fmt: skip
+    assert acc.on_event({"type": "message_delta", "usage": {"output_tokens": 9}}) is True
     assert acc.spend() == Spend(7, 9, 0, 0)
 
 
