@@ -109,15 +109,42 @@ def _put_content(call: Call, key: str, value: Any) -> None:
 # --- observers --------------------------------------------------------------------------------
 
 
-class ChatObserver(ResultObserver):
+class _ChoicesObserver(ResultObserver):
+    """Chat and legacy completions stream alike: pieces of ``choices[0]``, a finish reason, and
+    the usage in a last chunk; only the piece differs (``delta`` vs ``text``)."""
+
+    def on_item(self, item: Any) -> None:
+        self._head(item)
+        for choice in field(item, "choices") or ():
+            if field(choice, "index") not in (0, None):
+                continue
+            self._piece(choice)
+            self._reason(field(choice, "finish_reason"))
+        usage = field(item, "usage")
+        if usage is not None:
+            self.set_usage(openai_usage(usage))
+
+    def _piece(self, choice: Any) -> None:
+        """The new output one streamed choice carries."""
+
+    def _text(self, text: Any) -> None:
+        if isinstance(text, str):
+            if text:
+                self.call.first_token()
+            self.text.append(text)
+
+    def _reason(self, reason: Any) -> None:
+        if isinstance(reason, str):
+            self.finish_reasons.append(reason)
+
+
+class ChatObserver(_ChoicesObserver):
     """ChatCompletion / ParsedChatCompletion objects (or dicts) and ChatCompletionChunk items."""
 
     def on_response(self, response: Any) -> None:
         self._head(response)
         for choice in field(response, "choices") or ():
-            reason = field(choice, "finish_reason")
-            if isinstance(reason, str):
-                self.finish_reasons.append(reason)
+            self._reason(field(choice, "finish_reason"))
             message = field(choice, "message")
             if field(choice, "index") in (0, None) and not self.text:
                 content = field(message, "content")
@@ -128,52 +155,24 @@ class ChatObserver(ResultObserver):
                     self.tool_calls.append({"id": field(tc, "id"), "name": field(fn, "name")})
         self.set_usage(openai_usage(field(response, "usage")))
 
-    def on_item(self, item: Any) -> None:
-        self._head(item)
-        for choice in field(item, "choices") or ():
-            if field(choice, "index") not in (0, None):
-                continue
-            delta = field(choice, "delta")
-            content = field(delta, "content")
-            if isinstance(content, str):
-                if content:
-                    self.call.first_token()
-                self.text.append(content)
-            for tc in field(delta, "tool_calls") or ():
-                self.call.first_token()
-                name = field(field(tc, "function"), "name")
-                if isinstance(name, str):
-                    self.tool_calls.append({"id": field(tc, "id"), "name": name})
-            reason = field(choice, "finish_reason")
-            if isinstance(reason, str):
-                self.finish_reasons.append(reason)
-        usage = field(item, "usage")
-        if usage is not None:
-            self.set_usage(openai_usage(usage))
+    def _piece(self, choice: Any) -> None:
+        delta = field(choice, "delta")
+        self._text(field(delta, "content"))
+        for tc in field(delta, "tool_calls") or ():
+            self.call.first_token()
+            name = field(field(tc, "function"), "name")
+            if isinstance(name, str):
+                self.tool_calls.append({"id": field(tc, "id"), "name": name})
 
 
-class TextCompletionObserver(ResultObserver):
+class TextCompletionObserver(_ChoicesObserver):
     """The legacy Completions API (``choices[].text``), whole or streamed."""
 
     def on_response(self, response: Any) -> None:
         self.on_item(response)
 
-    def on_item(self, item: Any) -> None:
-        self._head(item)
-        for choice in field(item, "choices") or ():
-            if field(choice, "index") not in (0, None):
-                continue
-            text = field(choice, "text")
-            if isinstance(text, str):
-                if text:
-                    self.call.first_token()
-                self.text.append(text)
-            reason = field(choice, "finish_reason")
-            if isinstance(reason, str):
-                self.finish_reasons.append(reason)
-        usage = field(item, "usage")
-        if usage is not None:
-            self.set_usage(openai_usage(usage))
+    def _piece(self, choice: Any) -> None:
+        self._text(field(choice, "text"))
 
 
 class ResponsesObserver(ResultObserver):
