@@ -30,7 +30,7 @@ from budgetspan.budget import LIMIT_NAMES, TOOL_LIMIT_NAMES, Budget
 from budgetspan.config import ConfigError, load_config, parse_config_file, parse_inline_budget
 from budgetspan.instrumentation import _usage
 from budgetspan.instrumentation.anthropic import AnthropicInstrumentor
-from budgetspan.ledger import Spend
+from budgetspan.ledger import Mode, Spend
 from budgetspan.pricing import (
     PriceConfigError,
     PriceResolver,
@@ -157,6 +157,11 @@ def _check_budget(b: Budget) -> None:
 def test_inline_budget_gives_a_budget_or_a_config_error_naming_the_variable(
     pairs: list[tuple[str, str]], junk: str
 ) -> None:
+    # positive controls: good text is read exactly, bad text is refused (not silently defaulted)
+    good = parse_inline_budget("max_model_calls=3,max_cost_usd=0.5")
+    assert (good.max_model_calls, good.max_cost_usd) == (3, 0.5)
+    with pytest.raises(ConfigError, match="BUDGETSPAN_BUDGET"):
+        parse_inline_budget("max_model_calls=-1")
     for text in (",".join(f"{k}={v}" for k, v in pairs), junk):
         try:
             budget = parse_inline_budget(text)
@@ -174,6 +179,10 @@ def test_inline_budget_gives_a_budget_or_a_config_error_naming_the_variable(
     | st.text(max_size=6),
 )
 def test_load_config_from_environment_names_the_bad_variable(budget: str | None, mode: str | None) -> None:
+    good = load_config({"BUDGETSPAN_BUDGET": "max_cost_usd=0.5", "BUDGETSPAN_MODE": "observe"})
+    assert good.default_budget.max_cost_usd == 0.5 and good.mode is Mode.OBSERVE  # positive control
+    with pytest.raises(ConfigError, match="BUDGETSPAN_MODE"):
+        load_config({"BUDGETSPAN_MODE": "block"})
     env = {k: v for k, v in (("BUDGETSPAN_BUDGET", budget), ("BUDGETSPAN_MODE", mode)) if v is not None}
     try:
         cfg = load_config(env)
@@ -447,6 +456,9 @@ def test_ledger_and_spans_stay_sane_whatever_usage_a_wrapper_reports(
     assert math.isfinite(u.cost_usd) and u.cost_usd >= 0
     for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"):
         assert getattr(u, name) >= 0
+    for name in ("input_tokens", "output_tokens"):  # positive control: sane figures are kept
+        if _small_count(getattr(spend, name)):
+            assert getattr(u, name) == getattr(spend, name), (name, spend, u)
     _assert_span_numbers(recorded)
 
 
