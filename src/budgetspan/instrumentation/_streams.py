@@ -71,11 +71,21 @@ class _State:
         self.finalizer: weakref.finalize[Any, Any] | None = None
 
     def item(self, item: Any) -> None:
+        """The iterator gave ``item``."""
+        self.in_next = False
         # Time to first token is marked by the observer, on the first item carrying output.
         try:
             self.observer.on_item(item)
         except Exception:
             internal_error("stream item")
+
+    def stopped(self, error: BaseException | None) -> None:
+        """The iterator raised: its end (``error`` None) or an error / a cancellation."""
+        self.in_next = False
+        if error is None:
+            self.finish(None, "consumed")
+        else:
+            self.finish(error, _end_kind(error))
 
     def finish(self, error: BaseException | None, stream_end: str) -> None:
         with self.lock:  # a GC finalizer may race a close in another thread
@@ -165,16 +175,21 @@ def _hook_close(state: _State, response: Any, asynchronous: bool) -> None:
         internal_error("stream close hook")
 
 
+def _proxy_state(proxy: Any, call: Call, observer: Observer, asynchronous: bool) -> _State:
+    """A stream proxy's state, ended by a close of the HTTP response or the proxy's collection."""
+    state = _State(call, observer)
+    # The state is kept alive by the finalizer until the proxy goes away (or the call ends).
+    state.finalizer = weakref.finalize(proxy, _finalize, state)
+    _hook_close(state, getattr(proxy.__wrapped__, "response", None), asynchronous)
+    return state
+
+
 class SyncStreamProxy(wrapt.ObjectProxy[Any]):
     """A synchronous SDK stream that ends its call exactly once."""
 
     def __init__(self, wrapped: Any, call: Call, observer: Observer) -> None:
         super().__init__(wrapped)
-        state = _State(call, observer)
-        self._self_state = state
-        # The state is kept alive by the finalizer until the proxy goes away (or the call ends).
-        state.finalizer = weakref.finalize(self, _finalize, state)
-        _hook_close(state, getattr(wrapped, "response", None), asynchronous=False)
+        self._self_state = _proxy_state(self, call, observer, asynchronous=False)
 
     def __iter__(self) -> SyncStreamProxy:
         return self
@@ -185,14 +200,11 @@ class SyncStreamProxy(wrapt.ObjectProxy[Any]):
         try:
             item = self.__wrapped__.__next__()
         except StopIteration:
-            state.in_next = False
-            state.finish(None, "consumed")
+            state.stopped(None)
             raise
         except BaseException as e:
-            state.in_next = False
-            state.finish(e, _end_kind(e))
+            state.stopped(e)
             raise
-        state.in_next = False
         state.item(item)
         return item
 
@@ -222,10 +234,7 @@ class AsyncStreamProxy(wrapt.ObjectProxy[Any]):
 
     def __init__(self, wrapped: Any, call: Call, observer: Observer) -> None:
         super().__init__(wrapped)
-        state = _State(call, observer)
-        self._self_state = state
-        state.finalizer = weakref.finalize(self, _finalize, state)
-        _hook_close(state, getattr(wrapped, "response", None), asynchronous=True)
+        self._self_state = _proxy_state(self, call, observer, asynchronous=True)
 
     def __aiter__(self) -> AsyncStreamProxy:
         return self
@@ -237,14 +246,11 @@ class AsyncStreamProxy(wrapt.ObjectProxy[Any]):
             async with state.call.deadline():
                 item = await self.__wrapped__.__anext__()
         except StopAsyncIteration:
-            state.in_next = False
-            state.finish(None, "consumed")
+            state.stopped(None)
             raise
         except BaseException as e:
-            state.in_next = False
-            state.finish(e, _end_kind(e))
+            state.stopped(e)
             raise
-        state.in_next = False
         state.item(item)
         return item
 
