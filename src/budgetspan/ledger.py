@@ -278,13 +278,25 @@ class InMemoryLedger(Ledger):
 
     @staticmethod
     def _add(u: Usage, s: Spend) -> None:
-        u.input_tokens += max(0, s.input_tokens or 0)
-        u.output_tokens += max(0, s.output_tokens or 0)
-        u.cache_read_tokens += max(0, s.cache_read_tokens or 0)
-        u.cache_write_tokens += max(0, s.cache_write_tokens or 0)
-        u.reasoning_tokens += max(0, s.reasoning_tokens or 0)
-        if s.cost_usd is not None and s.cost_usd > 0:
-            u.cost_usd += s.cost_usd
+        # Only positive figures count (None, 0, negatives, NaN add nothing); runs on every report.
+        v = s.input_tokens
+        if v and v > 0:
+            u.input_tokens += v
+        v = s.output_tokens
+        if v and v > 0:
+            u.output_tokens += v
+        v = s.cache_read_tokens
+        if v and v > 0:
+            u.cache_read_tokens += v
+        v = s.cache_write_tokens
+        if v and v > 0:
+            u.cache_write_tokens += v
+        v = s.reasoning_tokens
+        if v and v > 0:
+            u.reasoning_tokens += v
+        c = s.cost_usd
+        if c is not None and c > 0:
+            u.cost_usd += c
 
     def commit(
         self,

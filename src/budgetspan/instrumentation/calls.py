@@ -17,8 +17,8 @@ import os
 import threading
 import time
 import traceback
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -194,24 +194,9 @@ class Call:
             internal_error("Call.start span")
         return self
 
-    @contextmanager
-    def activate(self) -> Iterator[None]:
+    def activate(self) -> _Activation:
         """Make the span current (and mark 'inside a call') for the duration of the SDK call."""
-        tokens = None
-        try:
-            if self.span is not None:
-                tokens = (otel_context.attach(trace.set_span_in_context(self.span)), _in_call.set(True))
-        except Exception:
-            internal_error("Call.activate")
-        try:
-            yield
-        finally:
-            if tokens is not None:
-                try:
-                    _in_call.reset(tokens[1])
-                    otel_context.detach(tokens[0])
-                except Exception:
-                    internal_error("Call.deactivate")
+        return _Activation(self)
 
     # during -------------------------------------------------------------------------------
     def first_token(self) -> None:
@@ -462,6 +447,38 @@ class Call:
         finally:
             if untrack is not None:
                 untrack()
+
+
+class _Activation:
+    """``Call.activate()``: a plain class, as it wraps every SDK call (a generator-based context
+    manager costs a few µs more per use)."""
+
+    __slots__ = ("_call", "_tokens")
+
+    def __init__(self, call: Call) -> None:
+        self._call = call
+        self._tokens: tuple[Any, Any] | None = None
+
+    def __enter__(self) -> None:
+        try:
+            span = self._call.span
+            if span is not None:
+                self._tokens = (
+                    otel_context.attach(trace.set_span_in_context(span)),
+                    _in_call.set(True),
+                )
+        except Exception:
+            internal_error("Call.activate")
+
+    def __exit__(self, et: Any, exc: BaseException | None, tb: Any) -> None:
+        tokens = self._tokens
+        if tokens is not None:
+            self._tokens = None
+            try:
+                _in_call.reset(tokens[1])
+                otel_context.detach(tokens[0])
+            except Exception:
+                internal_error("Call.deactivate")
 
 
 def _record_error(span: Span, error: BaseException, *, redact: bool) -> None:
