@@ -131,12 +131,17 @@ _create_factory = wrapper_for(_create_call, "anthropic call setup")
 
 
 def _adopt_stream(message_stream: Any, call: Call, observer: Observer, asynchronous: bool) -> None:
-    raw = getattr(message_stream, "_raw_stream", None)
-    if raw is None:  # an SDK without the attribute: the call ends now, usage unreported
+    """Swap the helper's raw event stream for our proxy; failing that, end the call unobserved."""
+    try:
+        raw = getattr(message_stream, "_raw_stream", None)
+        if raw is None:  # an SDK without the attribute: the call ends now, usage unreported
+            call.end(stream_end="unobserved")
+            return
+        cls = AsyncStreamProxy if asynchronous else SyncStreamProxy
+        message_stream._raw_stream = cls(raw, call, observer)
+    except Exception:
+        internal_error("anthropic stream adopt")
         call.end(stream_end="unobserved")
-        return
-    cls = AsyncStreamProxy if asynchronous else SyncStreamProxy
-    message_stream._raw_stream = cls(raw, call, observer)
 
 
 class _StreamManager(wrapt.ObjectProxy[Any]):
@@ -166,11 +171,7 @@ class _StreamManager(wrapt.ObjectProxy[Any]):
         except BaseException as e:
             call.end(e)
             raise
-        try:
-            _adopt_stream(message_stream, call, observer, asynchronous=False)
-        except Exception:
-            internal_error("anthropic stream adopt")
-            call.end(stream_end="unobserved")
+        _adopt_stream(message_stream, call, observer, asynchronous=False)
         return message_stream
 
     def __exit__(self, et: Any, exc: Any, tb: Any) -> Any:
@@ -189,11 +190,7 @@ class _StreamManager(wrapt.ObjectProxy[Any]):
         except BaseException as e:
             call.end(e)
             raise
-        try:
-            _adopt_stream(message_stream, call, observer, asynchronous=True)
-        except Exception:
-            internal_error("anthropic stream adopt")
-            call.end(stream_end="unobserved")
+        _adopt_stream(message_stream, call, observer, asynchronous=True)
         return message_stream
 
     async def __aexit__(self, et: Any, exc: Any, tb: Any) -> Any:
