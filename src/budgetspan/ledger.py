@@ -16,8 +16,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import lru_cache
 
-from budgetspan.budget import NO_TOOL_LIMITS, Budget, Limit, ToolLimits, Usage
+from budgetspan.budget import Budget, Limit, ToolLimits, Usage
 
 
 class Mode(str, Enum):
@@ -176,6 +177,22 @@ def _spent_refusal(b: Budget, u: Usage, extra_cost: float = 0.0, extra_tokens: i
     return None
 
 
+def _tool_limits(b: Budget, tool: str, defaults: ToolLimits | None) -> ToolLimits:
+    """The tool's limits: the budget's entry, over the tool's own defaults (from ``@tool``)."""
+    tlim = b.tool_limits(tool)
+    if defaults is None:
+        return tlim
+    try:
+        return _merged(defaults, tlim)
+    except TypeError:  # an unhashable limit value: merge without the cache
+        return defaults.merged(tlim)
+
+
+@lru_cache(maxsize=256)
+def _merged(defaults: ToolLimits, tlim: ToolLimits) -> ToolLimits:
+    return defaults.merged(tlim)
+
+
 class InMemoryLedger(Ledger):
     """Process-local ledger: one lock per run, a dict of runs guarded by a registry lock."""
 
@@ -209,9 +226,6 @@ class InMemoryLedger(Ledger):
         defaults: ToolLimits | None = None,
     ) -> Refusal | None:
         b, u = book.budget, book.usage
-        tlim = b.tool_limits(tool) if tool is not None else NO_TOOL_LIMITS
-        if defaults is not None:
-            tlim = defaults.merged(tlim)
         if book.cancelled:
             return Refusal(Limit.CANCELLED.value, None)
         deadline = book.deadline
@@ -221,7 +235,7 @@ class InMemoryLedger(Ledger):
             if b.max_retries is not None and u.retries >= b.max_retries:
                 return Refusal(Limit.RETRIES.value, b.max_retries)
             if tool is not None:
-                tl = tlim.max_retries
+                tl = _tool_limits(b, tool, defaults).max_retries
                 if tl is not None and u.tool_retries_by_name.get(tool, 0) >= tl:
                     return Refusal(Limit.TOOL_MAX_RETRIES.value, tl, tool)
             return None
@@ -236,7 +250,7 @@ class InMemoryLedger(Ledger):
         if b.max_tool_calls is not None and u.tool_calls >= b.max_tool_calls:
             return Refusal(Limit.TOOL_CALLS.value, b.max_tool_calls)
         if tool is not None:
-            tl = tlim.max_calls
+            tl = _tool_limits(b, tool, defaults).max_calls
             if tl is not None and u.tool_calls_by_name.get(tool, 0) >= tl:
                 return Refusal(Limit.TOOL_MAX_CALLS.value, tl, tool)
         return _spent_refusal(b, u)

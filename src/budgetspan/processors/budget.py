@@ -61,11 +61,13 @@ def _amount(v: Any) -> TypeGuard[int | float]:
 
 def _int_attr(attrs: Any, key: str, legacy: str | None = None) -> int | None:
     v = attrs.get(key)
-    if _amount(v):
+    if type(v) is int and 0 <= v < _INT_FAST_LIMIT:
+        return v
+    if v is not None and _amount(v):
         return int(v)
     if legacy is not None:
         v = attrs.get(legacy)
-        if _amount(v):
+        if v is not None and _amount(v):
             return int(v)
     return None
 
