@@ -159,7 +159,7 @@ class _RunBook:
         return None if w is None else self.started_at + w
 
 
-def _spent_refusal(b: Budget, u: Usage, extra_cost: float = 0.0, extra_tokens: int = 0) -> Refusal | None:
+def spent_refusal(b: Budget, u: Usage, extra_cost: float = 0.0, extra_tokens: int = 0) -> Refusal | None:
     """The token or dollar limit that is used up (``>=``), or that this call's worst case breaks."""
     if b.max_cost_usd is not None and (
         u.cost_usd >= b.max_cost_usd or (extra_cost > 0 and u.cost_usd + extra_cost > b.max_cost_usd)
@@ -244,7 +244,7 @@ class InMemoryLedger(Ledger):
         if kind is CallKind.MODEL:
             if b.max_model_calls is not None and u.model_calls >= b.max_model_calls:
                 return Refusal(Limit.MODEL_CALLS.value, b.max_model_calls)
-            return _spent_refusal(
+            return spent_refusal(
                 b, u, worst_cost + book.inflight_worst_cost if worst_cost else 0.0, worst_tokens
             )
         if b.max_tool_calls is not None and u.tool_calls >= b.max_tool_calls:
@@ -253,7 +253,7 @@ class InMemoryLedger(Ledger):
             tl = _tool_limits(b, tool, defaults).max_calls
             if tl is not None and u.tool_calls_by_name.get(tool, 0) >= tl:
                 return Refusal(Limit.TOOL_MAX_CALLS.value, tl, tool)
-        return _spent_refusal(b, u)
+        return spent_refusal(b, u)
 
     def reserve(
         self,
@@ -333,7 +333,7 @@ class InMemoryLedger(Ledger):
             book.usage.unpriced_calls += unpriced
             if reservation.kind is CallKind.TOOL and finished:
                 book.usage.tools_finished += 1
-            return _spent_refusal(book.budget, book.usage)
+            return spent_refusal(book.budget, book.usage)
 
     def add_spend(self, run_id: str, spend: Spend) -> Refusal | None:
         book = self._runs.get(run_id)
@@ -341,7 +341,7 @@ class InMemoryLedger(Ledger):
             return None
         with book.lock:
             self._add(book.usage, spend)
-            return _spent_refusal(book.budget, book.usage)
+            return spent_refusal(book.budget, book.usage)
 
     def release(self, reservation: Reservation) -> None:
         book = self._runs.get(reservation.run_id)
@@ -379,7 +379,7 @@ class InMemoryLedger(Ledger):
             d = book.deadline
             if d is not None and self._monotonic() >= d:
                 return Refusal(Limit.WALL_CLOCK_S.value, book.budget.max_wall_clock_s)
-            return _spent_refusal(book.budget, book.usage)
+            return spent_refusal(book.budget, book.usage)
 
     def cancel(self, run_id: str) -> bool:
         book = self._runs.get(run_id)

@@ -13,10 +13,20 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from budgetspan.budget import Budget, Limit, ToolLimits, Usage
-from budgetspan.ledger import CallKind, Ledger, LedgerRefused, Mode, Refusal, Reservation, Spend
+from budgetspan.budget import FLOAT_LIMIT_NAMES, Budget, Limit, ToolLimits, Usage
+from budgetspan.ledger import (
+    CallKind,
+    Ledger,
+    LedgerRefused,
+    Mode,
+    Refusal,
+    Reservation,
+    Spend,
+    spent_refusal,
+)
 
 _PREFIX = "budgetspan:run:"
+_SPEND_LIMITS = ("max_cost_usd", "max_input_tokens", "max_output_tokens", "max_total_tokens")
 
 # KEYS[1] run hash. ARGV: kind, tool ('' = none), worst_cost, worst_tokens, force(0/1),
 # tool_max_calls, tool_max_retries ('' = none; the budget's own tool limits are stored at open).
@@ -199,17 +209,13 @@ class RedisLedger(Ledger):
         h = self._hash(run_id)
         if not h:
             return None
-        u = self._usage_from(h)
-        for name, used in (
-            ("max_cost_usd", u.cost_usd),
-            ("max_input_tokens", u.input_tokens),
-            ("max_output_tokens", u.output_tokens),
-            ("max_total_tokens", u.total_tokens),
-        ):
-            lim = h.get("limit:" + name)
-            if lim is not None and used >= float(lim):
-                return Refusal(name, float(lim))
-        return None
+        # The same check as the in-memory ledger's, on the limits this run was opened with.
+        limits = {
+            name: (float(h[key]) if name in FLOAT_LIMIT_NAMES else int(float(h[key])))
+            for name in _SPEND_LIMITS
+            if (key := "limit:" + name) in h
+        }
+        return spent_refusal(Budget().merged(**limits), self._usage_from(h))
 
     def commit(
         self,
