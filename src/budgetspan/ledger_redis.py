@@ -210,7 +210,7 @@ class RedisLedger(Ledger):
         if not h:
             return None
         # The same check as the in-memory ledger's, on the limits this run was opened with.
-        limits = {
+        limits: dict[str, Any] = {
             name: (float(h[key]) if name in FLOAT_LIMIT_NAMES else int(float(h[key])))
             for name in _SPEND_LIMITS
             if (key := "limit:" + name) in h
