@@ -145,10 +145,13 @@ def test_workers_are_summed_and_dead_workers_leave_live_runs(tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("mode", ["livesum"])
-def test_live_runs_gauge_declares_a_multiprocess_mode(mode: str) -> None:
+def test_live_runs_gauge_declares_a_multiprocess_mode(
+    mode: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     from prometheus_client import CollectorRegistry
 
     from budgetspan.processors.metrics import BudgetspanMetrics
 
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))  # client mode: prometheus-client's classes
     metrics = BudgetspanMetrics(CollectorRegistry())
     assert metrics.live_runs.metric._multiprocess_mode == mode

@@ -54,29 +54,54 @@ class Listener(Protocol):
 
 
 _listeners: list[Any] = []
+# event name -> the bound methods that handle it, rebuilt when listeners change: an event that
+# nobody handles (``on_call_start`` when only metrics listen) then costs one dict lookup.
+_handlers: dict[str, tuple[tuple[Any, Any], ...]] = {}
+_EVENTS = (
+    "on_run_start",
+    "on_run_end",
+    "on_call_start",
+    "on_call_end",
+    "on_phase_start",
+    "on_phase_end",
+    "on_exhausted",
+    "on_internal_error",
+    "on_spans_dropped",
+)
+
+
+def _rebuild() -> None:
+    global _handlers
+    table: dict[str, tuple[tuple[Any, Any], ...]] = {}
+    for event in _EVENTS:
+        found = tuple(
+            (listener, fn) for listener in _listeners if (fn := getattr(listener, event, None)) is not None
+        )
+        if found:
+            table[event] = found
+    _handlers = table
 
 
 def add_listener(listener: Any) -> None:
     if listener not in _listeners:
         _listeners.append(listener)
+        _rebuild()
 
 
 def remove_listener(listener: Any) -> None:
     if listener in _listeners:
         _listeners.remove(listener)
+        _rebuild()
 
 
-def has_listeners() -> bool:
-    """Whether anyone listens: lets hot paths skip building records nobody reads."""
-    return bool(_listeners)
+def has_listeners(event: str = "on_call_end") -> bool:
+    """Whether anyone handles ``event``: lets hot paths skip building records nobody reads."""
+    return event in _handlers
 
 
 def emit(event: str, *args: Any) -> None:
     """Call ``event`` on every listener that has it; errors are logged, never raised."""
-    for listener in tuple(_listeners):
-        fn = getattr(listener, event, None)
-        if fn is None:
-            continue
+    for listener, fn in _handlers.get(event, ()):
         try:
             fn(*args)
         except Exception:

@@ -61,7 +61,10 @@ def lean(monkeypatch: pytest.MonkeyPatch) -> Iterator[Lean]:
         stale = list(bs_run._trace_runs)
     for trace_id in stale:
         bs_run.end_trace_run(trace_id)
-    events._listeners[:] = listeners
+    for extra in [x for x in events._listeners if x not in listeners]:
+        events.remove_listener(extra)
+    for missing in listeners:
+        events.add_listener(missing)
     bs_run.set_ledger(InMemoryLedger())
     bs_run.set_tracer_provider(None)
     bs_config.set_config(None)

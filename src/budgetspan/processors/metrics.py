@@ -37,6 +37,7 @@ from prometheus_client.exposition import start_http_server
 from budgetspan import attributes as A
 from budgetspan import events
 from budgetspan.processors.labels import LabelCaps
+from budgetspan.processors.metric_cells import LocalCollector, LocalFamily
 from budgetspan.run import current_phase
 
 if TYPE_CHECKING:
@@ -177,20 +178,35 @@ class BudgetspanMetrics:
     ) -> None:
         self.registry = registry
         self.caps = LabelCaps(max_label_values)
+        # One lock per event for every update it makes (and for the scrape's snapshot).
+        self._lock = threading.Lock()
         self._live: dict[str, str] = {}  # run id -> workflow, for runs seen starting
-        self._live_lock = threading.Lock()
         self._model_series: dict[tuple[Any, ...], _ModelSeries] = {}
         wf, out, reason, phase = A.L_WORKFLOW, A.L_OUTCOME, A.L_REASON, A.L_PHASE
         prov, model, tool, typ, status = A.L_PROVIDER, A.L_MODEL, A.L_TOOL, A.L_TYPE, A.L_STATUS
+        client = _multiprocess()  # values must go to prometheus-client's per-process files
+        local: list[LocalFamily] = []
 
-        def counter(name: str, doc: str, labels: Sequence[str], unit: str = "") -> _Family:
-            return _Family(Counter(name, doc, labels, unit=unit, registry=registry), labels, self.caps)
-
-        def hist(
-            name: str, doc: str, labels: Sequence[str], buckets: Sequence[float], unit: str = ""
+        def family(
+            kind: str, name: str, doc: str, labels: Sequence[str], buckets: Sequence[float]
         ) -> _Family:
-            metric = Histogram(name, doc, labels, unit=unit, buckets=buckets, registry=registry)
+            metric: Any
+            if not client:
+                metric = LocalFamily(kind, name, doc, labels, buckets)
+                local.append(metric)
+            elif kind == "counter":
+                metric = Counter(name, doc, labels, registry=registry)
+            elif kind == "gauge":
+                metric = Gauge(name, doc, labels, registry=registry, multiprocess_mode="livesum")
+            else:
+                metric = Histogram(name, doc, labels, buckets=buckets, registry=registry)
             return _Family(metric, labels, self.caps)
+
+        def counter(name: str, doc: str, labels: Sequence[str]) -> _Family:
+            return family("counter", name, doc, labels, ())
+
+        def hist(name: str, doc: str, labels: Sequence[str], buckets: Sequence[float]) -> _Family:
+            return family("histogram", name, doc, labels, buckets)
 
         self.runs = counter(A.M_RUNS, "Finished runs by outcome.", (wf, out))
         self.run_cost = hist(
@@ -267,24 +283,22 @@ class BudgetspanMetrics:
         self.spans_dropped = counter(
             A.M_SPANS_DROPPED, "Spans the exporter pipeline lost (queue full, export failed).", (A.L_REASON,)
         )
-        live = Gauge(
-            A.M_LIVE_RUNS,
-            "Runs in progress.",
-            (wf,),
-            registry=registry,
-            multiprocess_mode="livesum",
-        )
-        self.live_runs = _Family(live, (wf,), self.caps)
+        self.live_runs = family("gauge", A.M_LIVE_RUNS, "Runs in progress.", (wf,), ())
+        if local and registry is not None:
+            registry.register(LocalCollector(local, self._lock))
 
     # runs ------------------------------------------------------------------------------------
     def on_run_start(self, run: Run) -> None:
-        with self._live_lock:
+        with self._lock:
             self._live[run.id] = run.workflow
-        self.live_runs.child(run.workflow).inc()
+            self.live_runs.child(run.workflow).inc()
 
     def on_run_end(self, run: Run) -> None:
-        with self._live_lock:
-            started = self._live.pop(run.id, None)
+        with self._lock:
+            self._run_end(run)
+
+    def _run_end(self, run: Run) -> None:
+        started = self._live.pop(run.id, None)
         if started is not None:  # a run that started before metrics were installed is not live here
             self.live_runs.child(started).dec()
         wf = run.workflow
@@ -307,19 +321,26 @@ class BudgetspanMetrics:
         if reason == "cancelled":
             return  # a cancellation is an outcome, not a budget limit
         family = self.would_exhaust if observe else self.exhaustions
-        family.child(run.workflow, reason).inc()
+        with self._lock:
+            family.child(run.workflow, reason).inc()
 
     def on_phase_end(self, run: Run | None, workflow: str, phase: str, duration_s: float) -> None:
-        self.phase_duration.child(workflow, phase).observe(duration_s)
+        with self._lock:
+            self.phase_duration.child(workflow, phase).observe(duration_s)
 
     # calls -----------------------------------------------------------------------------------
     def on_call_end(self, r: CallRecord) -> None:
+        in_block = current_phase() is not None
+        with self._lock:
+            self._call_end(r, in_block)
+
+    def _call_end(self, r: CallRecord, in_block: bool) -> None:
         wf = r.workflow
         if r.kind == "model":
             series = self._model_call(r)
             if r.retries:
                 self.retries.child(wf, r.kind).inc(r.retries)
-            if current_phase() is None:  # not inside a phase block: the call stands for its phase
+            if not in_block:  # not inside a phase block: the call stands for its phase
                 ph = series.phase
                 if ph is None:
                     ph = series.phase = self.phase_duration.child(wf, r.phase)
@@ -332,7 +353,7 @@ class BudgetspanMetrics:
             self.retrievals.child(wf, r.status).inc()
         if r.retries:
             self.retries.child(wf, r.kind).inc(r.retries)
-        if current_phase() is None:  # not inside a phase block: the call stands for its phase
+        if not in_block:  # not inside a phase block: the call stands for its phase
             self.phase_duration.child(wf, r.phase).observe(r.duration_s)
 
     def _model_call(self, r: CallRecord) -> _ModelSeries:
@@ -389,10 +410,12 @@ class BudgetspanMetrics:
         return s
 
     def on_internal_error(self, where: str) -> None:
-        self.internal_errors.child(where).inc()
+        with self._lock:
+            self.internal_errors.child(where).inc()
 
     def on_spans_dropped(self, reason: str, count: int) -> None:
-        self.spans_dropped.child(reason).inc(count)
+        with self._lock:
+            self.spans_dropped.child(reason).inc(count)
 
 
 # --- process-wide installation ---------------------------------------------------------------
