@@ -119,7 +119,7 @@ class LocalFamily:
 
 def _le(bound: float) -> str:
     """The ``le`` label exactly as prometheus-client writes it (``0.5``, ``100.0``, ``1e+06``)."""
-    return str(floatToGoString(bound))
+    return str(floatToGoString(bound))  # type: ignore[no-untyped-call]
 
 
 class LocalCollector(Collector):
