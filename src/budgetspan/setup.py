@@ -42,11 +42,16 @@ def install_processors(provider: Any, *, metrics_port: int | None = None) -> boo
     with _lock:
         if getattr(provider, _MARK, None):
             return True
-        processors: list[Any] = [BudgetSpanProcessor()]
+        metrics_processor: Any = None
+        budget = BudgetSpanProcessor()
+        processors: list[Any] = [budget]
         try:
             from budgetspan.processors import metrics
 
-            processors.append(metrics.install(metrics_port))
+            # Not added to the provider (it does nothing per span: metrics come from events);
+            # the budget processor's shutdown closes its endpoint.
+            metrics_processor = metrics.install(metrics_port)
+            budget.closers.append(metrics_processor.shutdown)
         except ImportError:
             pass
         except Exception:
@@ -63,7 +68,7 @@ def install_processors(provider: Any, *, metrics_port: int | None = None) -> boo
                 log.warning("budgetspan: cannot write spans to %s", traces_file, exc_info=True)
         for p in processors:
             provider.add_span_processor(p)
-        setattr(provider, _MARK, processors)
+        setattr(provider, _MARK, [*processors, *([metrics_processor] if budget.closers else [])])
         watch_provider(provider)  # count spans the exporters lose (budgetspan_spans_dropped_total)
     return True
 

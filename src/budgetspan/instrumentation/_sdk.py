@@ -34,9 +34,12 @@ from budgetspan.instrumentation.calls import Call, internal_error
 Where = tuple[str, str | None, int | None]
 
 
+_SENTINELS = ("Omit", "NotGiven")
+
+
 def given(value: Any) -> Any:
     """The SDK's ``omit`` / ``NOT_GIVEN`` sentinels (passed by its stream helpers) count as absent."""
-    if value is None or type(value).__name__ in ("Omit", "NotGiven"):
+    if value is None or type(value).__name__ in _SENTINELS:
         return None
     return value
 
@@ -52,8 +55,8 @@ def model_call(
 ) -> Call:
     """A not-yet-started model ``Call`` with the request attributes both SDKs take alike."""
     provider, host, port = where
-    model = given(kwargs.get("model"))
-    model = model if isinstance(model, str) else None
+    model = kwargs.get("model")
+    model = model if type(model) is str else given(model) if isinstance(model, str) else None
     attrs: dict[str, Any] = {A.GEN_AI_PROVIDER_NAME: provider}
     if model:
         attrs[A.GEN_AI_REQUEST_MODEL] = model
@@ -63,8 +66,12 @@ def model_call(
         attrs[A.SERVER_PORT] = port
     if max_tokens is not None:
         attrs[A.GEN_AI_REQUEST_MAX_TOKENS] = max_tokens
-    temperature = given(kwargs.get("temperature"))
-    if isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
+    temperature = kwargs.get("temperature")  # absent mostly: no call for that
+    if (
+        temperature is not None
+        and isinstance(given(temperature), (int, float))
+        and not isinstance(temperature, bool)
+    ):
         attrs[A.GEN_AI_REQUEST_TEMPERATURE] = float(temperature)
     if streaming:
         attrs[A.STREAM] = True
@@ -104,14 +111,15 @@ class ResultObserver(Observer):
 
     def finish(self) -> None:
         call = self.call
-        span = call.span
         text = "".join(self.text) or None
-        if span is not None:
-            attrs: dict[str, Any] = {}
+        if call.span is not None:
+            attrs = call.end_attributes
+            if attrs is None:
+                attrs = call.end_attributes = {}
             if self.response_id:
                 attrs[A.GEN_AI_RESPONSE_ID] = self.response_id
             if self.finish_reasons:
-                attrs[A.GEN_AI_RESPONSE_FINISH_REASONS] = list(self.finish_reasons)
+                attrs[A.GEN_AI_RESPONSE_FINISH_REASONS] = tuple(self.finish_reasons)
             if self.capture and (text or self.tool_calls):
                 message: dict[str, Any] = {"role": "assistant", "parts": []}
                 if text:
@@ -123,7 +131,6 @@ class ResultObserver(Observer):
                 encoded = content_json([message])
                 if encoded is not None:
                     attrs[A.GEN_AI_OUTPUT_MESSAGES] = encoded
-            span.set_attributes(attrs)
         if text and call.run is not None:
             call.run.record_model_answer(text)
 

@@ -310,6 +310,7 @@ def take_result(call: Call, observer: Observer, result: Any, asynchronous: bool)
         if _is_raw(result):
             _watch_raw(call, observer, result, asynchronous)
             return result
+        call.defer_commit = True  # the call ends right below: one ledger commit for all of it
         observer.on_response(result)
     except Exception:
         internal_error("take_result")

@@ -41,6 +41,34 @@ def field(obj: Any, name: str) -> Any:
         return None
 
 
+def pick(obj: Any, names: tuple[str, ...]) -> list[Any]:
+    """``[field(obj, n) for n in names]`` in one call: an SDK model's ``__dict__`` is read once.
+
+    This runs on every response; one call per object instead of one per field is most of what a
+    response costs to read. Names absent from ``__dict__`` still go through ``field`` (extras).
+    """
+    if obj is None:
+        return [None] * len(names)
+    values = obj if type(obj) is dict else getattr(obj, "__dict__", None)
+    if type(values) is not dict:
+        return [field(obj, n) for n in names]
+    out = []
+    extra: Any = _ABSENT
+    for n in names:
+        v = values.get(n, _ABSENT)
+        if v is _ABSENT:  # what ``field`` does, without a call per absent name
+            if type(obj) is dict:
+                v = None
+            elif hasattr(type(obj), n):
+                v = getattr(obj, n, None)
+            else:
+                if extra is _ABSENT:
+                    extra = getattr(obj, "__pydantic_extra__", None)
+                v = extra.get(n) if type(extra) is dict else None
+        out.append(v)
+    return out
+
+
 def count(value: Any) -> int | None:
     """A token count, or None when the value is not a finite non-negative number."""
     if value is None or isinstance(value, bool):
@@ -73,20 +101,43 @@ def openai_usage(usage: Any) -> Spend | None:
     """
     if usage is None:
         return None
-    inp = count(field(usage, "prompt_tokens"))
+    pt, ct, it, ot, ptd, ctd, itd, otd = pick(usage, _OPENAI_USAGE_FIELDS)
+    # ``x if type(x) is int and x >= 0 else count(x)``: the common case without a call.
+    inp = pt if type(pt) is int and pt >= 0 else count(pt)
     if inp is None:
-        inp = count(field(usage, "input_tokens"))
-    out = count(field(usage, "completion_tokens"))
+        inp = count(it)
+    out = ct if type(ct) is int and ct >= 0 else count(ct)
     if out is None:
-        out = count(field(usage, "output_tokens"))
-    in_details = field(usage, "prompt_tokens_details") or field(usage, "input_tokens_details")
-    out_details = field(usage, "completion_tokens_details") or field(usage, "output_tokens_details")
-    cached = count(field(in_details, "cached_tokens"))
-    written = count(field(in_details, "cache_write_tokens"))
-    reasoning = count(field(out_details, "reasoning_tokens"))
+        out = count(ot)
+    cached = written = reasoning = None
+    details = ptd or itd
+    if details is not None:
+        cached, written = pick(details, _OPENAI_IN_DETAILS)
+        cached = cached if type(cached) is int and cached >= 0 else count(cached)
+        written = written if type(written) is int and written >= 0 else count(written)
+    details = ctd or otd
+    if details is not None:
+        reasoning = pick(details, _OPENAI_OUT_DETAILS)[0]
+        reasoning = reasoning if type(reasoning) is int and reasoning >= 0 else count(reasoning)
     if inp is not None and (cached or 0) + (written or 0) > inp:
         cached = written = None  # contradicts the total they are part of: not trustworthy
-    return _spend(inp, out, cached, written, reasoning)
+    if inp is None and out is None:
+        return None
+    return Spend(inp, out, cached, written, reasoning)
+
+
+_OPENAI_USAGE_FIELDS = (
+    "prompt_tokens",
+    "completion_tokens",
+    "input_tokens",
+    "output_tokens",
+    "prompt_tokens_details",
+    "completion_tokens_details",
+    "input_tokens_details",
+    "output_tokens_details",
+)
+_OPENAI_IN_DETAILS = ("cached_tokens", "cache_write_tokens")
+_OPENAI_OUT_DETAILS = ("reasoning_tokens",)
 
 
 def openai_embeddings_usage(usage: Any) -> Spend | None:
@@ -104,12 +155,17 @@ def anthropic_usage(usage: Any) -> Spend | None:
     """Anthropic usage: its ``input_tokens`` EXCLUDES cache reads and writes, so they are added."""
     if usage is None:
         return None
-    raw_in = count(field(usage, "input_tokens"))
-    out = count(field(usage, "output_tokens"))
-    cr = count(field(usage, "cache_read_input_tokens"))
-    cw = count(field(usage, "cache_creation_input_tokens"))
+    raw_in, out, cr, cw = (count(v) for v in pick(usage, _ANTHROPIC_USAGE_FIELDS))
     inp = None if raw_in is None else raw_in + (cr or 0) + (cw or 0)
     return _spend(inp, out, cr, cw)
+
+
+_ANTHROPIC_USAGE_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+)
 
 
 class AnthropicStreamUsage:

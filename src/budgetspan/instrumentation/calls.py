@@ -30,6 +30,7 @@ from budgetspan import events
 from budgetspan.budget import BudgetExhausted, Limit, ToolLimits
 from budgetspan.events import CallRecord
 from budgetspan.ledger import CallKind, Refusal, Reservation, Spend
+from budgetspan.instrumentation.trusted_attributes import set_trusted_attributes
 from budgetspan.phase import DEFAULT_PHASE_BY_OPERATION
 from budgetspan.pricing import default_resolver
 from budgetspan.run import Run, _in_call, current_phase, get_tracer, resolve_run
@@ -51,7 +52,19 @@ def internal_error(where: str) -> None:
 
 def capture_content() -> bool:
     """Message content is recorded only when the standard GenAI switch says so."""
+    if _ENV_DATA is not None and _ENV_DATA.get(_CAPTURE_KEY) is None:
+        return False  # unset (the usual case): one dict lookup, not os.environ's codecs
     return os.environ.get(A.ENV_CAPTURE_CONTENT, "").strip().lower() in ("true", "1", "yes")
+
+
+# ``os.environ`` keeps its values in ``_data`` (keys encoded); setenv/putenv go through it.
+_ENV_DATA: Any = getattr(os.environ, "_data", None)
+try:
+    _CAPTURE_KEY: Any = os.environ.encodekey(A.ENV_CAPTURE_CONTENT)
+except Exception:
+    _ENV_DATA = None
+if not isinstance(_ENV_DATA, dict):
+    _ENV_DATA = None
 
 
 class Call:
@@ -65,7 +78,9 @@ class Call:
         "_token",
         "attributes",
         "cost_usd",
+        "defer_commit",
         "documents",
+        "end_attributes",
         "ended",
         "kind",
         "label",
@@ -124,7 +139,12 @@ class Call:
         self.reservation: Reservation | None = None
         self.phase = ""
         self.usage: Spend | None = None
-        self._committed = Spend(0, 0, 0, 0, 0, 0.0)
+        self._committed = _NOTHING
+        # Written with the usage in the one set_attributes at the end (response id, reasons...).
+        self.end_attributes: dict[str, Any] | None = None
+        # A whole response: its usage is committed with the reservation at the end, in one
+        # ledger operation; streams commit each report as it arrives.
+        self.defer_commit = False
         self.cost_usd: float | None = None
         self.retries = 0
         self.ttft_s: float | None = None
@@ -168,16 +188,20 @@ class Call:
         elif self.run is not None:
             self.run.check()
         try:
-            attrs = self.attributes
+            attrs = self.attributes  # the request's: at span creation, where samplers see them
             attrs[A.GEN_AI_OPERATION_NAME] = self.operation
-            attrs[A.PHASE] = self.phase
+            # budgetspan's own are written with the results at the end, in one trusted write.
+            ours = self.end_attributes
+            if ours is None:
+                ours = self.end_attributes = {}
+            ours[A.PHASE] = self.phase
             if self.run is not None:
-                attrs[A.RUN_ID] = self.run.id
-                attrs[A.WORKFLOW] = self.run.workflow
+                ours[A.RUN_ID] = self.run.id
+                ours[A.WORKFLOW] = self.run.workflow
             if self.reservation is not None and self.reservation.would_refuse is not None:
-                attrs[A.WOULD_REFUSE] = self.reservation.would_refuse.reason
+                ours[A.WOULD_REFUSE] = self.reservation.would_refuse.reason
             if self.worst_case_cost is not None:
-                attrs[A.WORST_CASE_COST] = self.worst_case_cost
+                ours[A.WORST_CASE_COST] = self.worst_case_cost
             self.span = get_tracer().start_span(self.span_name, kind=self.span_kind, attributes=attrs)
             self._outer = not _in_call.get()
             self.t0 = time.monotonic()
@@ -213,7 +237,7 @@ class Call:
         """The call's cumulative usage so far (as last reported). Commits the increase to the ledger."""
         try:
             self.usage = spend
-            if self.run is None:
+            if self.run is None or self.defer_commit:
                 return
             cost = self._price(spend)
             c = self._committed  # every figure an int (a float for the cost), never None
@@ -324,7 +348,7 @@ class Call:
         unpriced = is_model and not unreported and self.cost_usd is None
         span = self.span
         if span is not None:
-            attrs: dict[str, Any] = {}
+            attrs = self.end_attributes if self.end_attributes is not None else {}
             if self.response_model:
                 attrs[A.GEN_AI_RESPONSE_MODEL] = self.response_model
             if is_model:
@@ -332,11 +356,20 @@ class Call:
                     attrs[A.USAGE_UNREPORTED] = True
                 else:
                     assert spend is not None
-                    _put(attrs, A.GEN_AI_USAGE_INPUT_TOKENS, spend.input_tokens)
-                    _put(attrs, A.GEN_AI_USAGE_OUTPUT_TOKENS, spend.output_tokens)
-                    _put(attrs, A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, spend.cache_read_tokens)
-                    _put(attrs, A.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS, spend.cache_write_tokens)
-                    _put(attrs, A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, spend.reasoning_tokens)
+                    # A count no provider could mean (negative, beyond int64: OTLP cannot encode
+                    # it) is not written.
+                    v = spend.input_tokens
+                    if v is not None and 0 <= v < _INT64:
+                        attrs[A.GEN_AI_USAGE_INPUT_TOKENS] = v
+                    v = spend.output_tokens
+                    if v is not None and 0 <= v < _INT64:
+                        attrs[A.GEN_AI_USAGE_OUTPUT_TOKENS] = v
+                    if spend.cache_read_tokens is not None:
+                        _put(attrs, A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, spend.cache_read_tokens)
+                    if spend.cache_write_tokens is not None:
+                        _put(attrs, A.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS, spend.cache_write_tokens)
+                    if spend.reasoning_tokens is not None:
+                        _put(attrs, A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, spend.reasoning_tokens)
                     if self.cost_usd is not None:
                         attrs[A.GEN_AI_USAGE_COST] = self.cost_usd
                     else:
@@ -360,16 +393,27 @@ class Call:
             elif status not in ("ok",):
                 attrs[A.ERROR_TYPE] = status
                 span.set_status(Status(StatusCode.ERROR, status))
-            span.set_attributes(attrs)
+            set_trusted_attributes(span, attrs)
             span.end()
         run = self.run
         if run is not None:
             if self._outer:
                 run.busy_s += duration
             if self.reservation is not None:
-                # Usage was committed as it arrived (set_usage); only a re-priced cost is left.
                 rest = None
-                if self.cost_usd is not None and self.cost_usd > (self._committed.cost_usd or 0.0):
+                if self._committed is _NOTHING:
+                    # Nothing committed along the way (a whole response): all of it, now.
+                    if spend is not None:
+                        rest = Spend(
+                            spend.input_tokens,
+                            spend.output_tokens,
+                            spend.cache_read_tokens,
+                            spend.cache_write_tokens,
+                            spend.reasoning_tokens,
+                            self.cost_usd,
+                        )
+                elif self.cost_usd is not None and self.cost_usd > (self._committed.cost_usd or 0.0):
+                    # Usage was committed as it arrived (set_usage); only a re-priced cost is left.
                     rest = Spend(cost_usd=self.cost_usd - (self._committed.cost_usd or 0.0))
                 run.commit(
                     self.reservation, rest, finished=status == "ok", unreported=unreported, unpriced=unpriced
@@ -510,7 +554,10 @@ def _hi(now: Any, before: Any) -> Any:
     return before if before > a else a
 
 
+_INT64 = 2**63
+_NOTHING = Spend(0, 0, 0, 0, 0, 0.0)  # what a call has committed before its first usage report
+
+
 def _put(attrs: dict[str, Any], key: str, value: int | None) -> None:
-    # A count no provider could mean (negative, beyond int64: OTLP cannot encode it) is not written.
-    if value is not None and 0 <= value < 2**63:
+    if value is not None and 0 <= value < _INT64:
         attrs[key] = value

@@ -24,7 +24,7 @@ from budgetspan.instrumentation._sdk import (
     wrapper_for,
 )
 from budgetspan.instrumentation._streams import Observer, Patch, content_json
-from budgetspan.instrumentation._usage import field, openai_embeddings_usage, openai_usage
+from budgetspan.instrumentation._usage import field, openai_embeddings_usage, openai_usage, pick
 from budgetspan.instrumentation.calls import Call, capture_content
 
 # --- provider detection -----------------------------------------------------------------------
@@ -95,7 +95,7 @@ def _client_provider(instance: Any) -> tuple[str, str | None, int | None]:
 
 
 def _new_call(operation: str, instance: Any, kwargs: dict[str, Any], max_tokens: int | None) -> Call:
-    streaming = given(kwargs.get("stream")) is True
+    streaming = kwargs.get("stream") is True
     return model_call(operation, _client_provider(instance), kwargs, max_tokens, streaming)
 
 
@@ -138,22 +138,32 @@ class _ChoicesObserver(ResultObserver):
             self.finish_reasons.append(reason)
 
 
+_RESPONSE_FIELDS = ("id", "model", "choices", "usage")
+_CHOICE_FIELDS = ("index", "finish_reason", "message")
+_MESSAGE_FIELDS = ("content", "tool_calls")
+
+
 class ChatObserver(_ChoicesObserver):
     """ChatCompletion / ParsedChatCompletion objects (or dicts) and ChatCompletionChunk items."""
 
     def on_response(self, response: Any) -> None:
-        self._head(response)
-        for choice in field(response, "choices") or ():
-            self._reason(field(choice, "finish_reason"))
-            message = field(choice, "message")
-            if field(choice, "index") in (0, None) and not self.text:
-                content = field(message, "content")
+        rid, model, choices, usage = pick(response, _RESPONSE_FIELDS)
+        if type(rid) is str and self.response_id is None:
+            self.response_id = rid
+        if type(model) is str and model and self.call.response_model is None:
+            self.call.response_model = model
+        for choice in choices or ():
+            index, reason, message = pick(choice, _CHOICE_FIELDS)
+            if type(reason) is str:
+                self.finish_reasons.append(reason)
+            if index in (0, None) and not self.text:
+                content, tool_calls = pick(message, _MESSAGE_FIELDS)
                 if isinstance(content, str):
                     self.text.append(content)
-                for tc in field(message, "tool_calls") or ():
+                for tc in tool_calls or ():
                     fn = field(tc, "function")
                     self.tool_calls.append({"id": field(tc, "id"), "name": field(fn, "name")})
-        self.set_usage(openai_usage(field(response, "usage")))
+        self.set_usage(openai_usage(usage))
 
     def _piece(self, choice: Any) -> None:
         delta = field(choice, "delta")
@@ -218,7 +228,10 @@ class EmbeddingsObserver(ResultObserver):
 
 
 def _chat_call(instance: Any, kwargs: dict[str, Any]) -> tuple[Call, Observer]:
-    max_tokens = positive_int(kwargs.get("max_completion_tokens")) or positive_int(kwargs.get("max_tokens"))
+    limit = kwargs.get("max_completion_tokens")
+    max_tokens = positive_int(limit) if limit is not None else None
+    if max_tokens is None and (limit := kwargs.get("max_tokens")) is not None:
+        max_tokens = positive_int(limit)
     call = _new_call(A.OP_CHAT, instance, kwargs, max_tokens)
     capture = capture_content()
     if capture:

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import threading
+from collections.abc import Callable
 from typing import Any, TypeGuard
 
 from opentelemetry.context import Context
@@ -29,6 +30,7 @@ from budgetspan import attributes as A
 from budgetspan import events
 from budgetspan.budget import BudgetExhausted
 from budgetspan.events import CallRecord
+from budgetspan.instrumentation.trusted_attributes import set_trusted_attributes
 from budgetspan.ledger import CallKind, LedgerRefused, Mode, Reservation, Spend
 from budgetspan.phase import DEFAULT_PHASE_BY_OPERATION
 from budgetspan.pricing import default_resolver
@@ -98,6 +100,9 @@ class BudgetSpanProcessor(SpanProcessor):
         self.enforce_foreign = enforce_foreign
         self._foreign: dict[int, tuple[Run, Reservation | None, str]] = {}
         self._lock = threading.Lock()
+        #: Called on shutdown: what the provider's lifetime owns but need not see every span
+        #: (the metrics endpoint).
+        self.closers: list[Callable[[], None]] = []
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         scope = span.instrumentation_scope
@@ -120,7 +125,7 @@ class BudgetSpanProcessor(SpanProcessor):
     def _account_start(self, span: Span, attrs: Any, op: str) -> BudgetExhausted | None:
         run = resolve_run()
         phase = current_phase() or attrs.get(A.PHASE) or DEFAULT_PHASE_BY_OPERATION.get(op, "model_decision")
-        span.set_attributes({A.PHASE: phase, A.RUN_ID: run.id})
+        set_trusted_attributes(span, {A.PHASE: phase, A.RUN_ID: run.id})
         kind = CallKind.TOOL if op == A.OP_EXECUTE_TOOL else CallKind.MODEL
         tool = attrs.get(A.GEN_AI_TOOL_NAME) if kind is CallKind.TOOL else None
         enforce = self.enforce_foreign and run.mode is Mode.ENFORCE
@@ -226,6 +231,11 @@ class BudgetSpanProcessor(SpanProcessor):
     def shutdown(self) -> None:
         with self._lock:
             self._foreign.clear()
+        for close in self.closers:
+            try:
+                close()
+            except Exception:
+                log.warning("budgetspan: closing %r failed", close, exc_info=True)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True

@@ -1,0 +1,83 @@
+"""The trusted attribute write gives exactly what ``set_attributes`` gives, or falls back to it."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import NonRecordingSpan, SpanContext
+
+from budgetspan.instrumentation import trusted_attributes as T
+
+VALUES: dict[str, Any] = {
+    "gen_ai.response.id": "chatcmpl-1",
+    "gen_ai.usage.input_tokens": 15,
+    "gen_ai.usage.cost": 0.0000455,
+    "budgetspan.usage.unreported": True,
+    "gen_ai.response.finish_reasons": ("stop",),
+}
+
+
+def _exported(limits: SpanLimits | None, write: Any, values: dict[str, Any]) -> dict[str, Any]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(span_limits=limits) if limits else TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    span = provider.get_tracer("t").start_span("s", attributes={"gen_ai.operation.name": "chat"})
+    write(span, values)
+    span.end()
+    (finished,) = exporter.get_finished_spans()
+    return dict(finished.attributes or {})
+
+
+def _sdk_write(span: Any, values: dict[str, Any]) -> None:
+    span.set_attributes(values)
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [None, SpanLimits(max_span_attributes=3), SpanLimits(max_span_attribute_length=4)],
+    ids=["no-limits", "count-limit", "length-limit"],
+)
+@pytest.mark.parametrize(
+    "values",
+    [
+        VALUES,
+        {**VALUES, "gen_ai.response.finish_reasons": ["stop", "length"]},  # a list: the SDK makes a tuple
+        {"a": math.nan, "b": 1},
+        {"gen_ai.operation.name": "embeddings", "x": 1},  # rewrites a key set at start
+        {"a": {"nested": 1}},  # invalid for the SDK: dropped there, dropped here
+    ],
+    ids=["plain", "list", "nan", "rewrite", "invalid"],
+)
+def test_same_attributes_as_the_sdk_write(limits: SpanLimits | None, values: dict[str, Any]) -> None:
+    want = _exported(limits, _sdk_write, values)
+    got = _exported(limits, T.set_trusted_attributes, values)
+    assert list(got.items()) == list(want.items()) or (
+        # NaN != NaN: compare the rest and that both kept a NaN
+        {k: v for k, v in got.items() if v == v} == {k: v for k, v in want.items() if v == v}
+        and [k for k, v in got.items() if v != v] == [k for k, v in want.items() if v != v]
+    )
+
+
+def test_the_fast_path_is_taken_only_where_it_is_equivalent() -> None:
+    provider = TracerProvider()
+    span = provider.get_tracer("t").start_span("s")
+    assert T._write(span, VALUES) is True  # plain values, no limits: written directly
+    assert T._write(span, {"a": ["list"]}) is False  # needs the SDK's conversion
+    limited = (
+        TracerProvider(span_limits=SpanLimits(max_span_attribute_length=8)).get_tracer("t").start_span("s")
+    )
+    assert T._write(limited, VALUES) is False  # a length limit: the SDK truncates
+    span.end()
+    assert T._write(span, {"late": 1}) is False  # ended: the SDK ignores (and logs)
+    assert "late" not in (span.attributes or {})
+
+
+def test_non_sdk_spans_get_set_attributes() -> None:
+    span = NonRecordingSpan(SpanContext(1, 2, False))
+    T.set_trusted_attributes(span, VALUES)  # a no-op span: no error, nothing to write
+    assert span.is_recording() is False
