@@ -29,8 +29,8 @@ from budgetspan import attributes as A
 from budgetspan import events
 from budgetspan.budget import BudgetExhausted, Limit, ToolLimits
 from budgetspan.events import CallRecord
-from budgetspan.ledger import CallKind, Refusal, Reservation, Spend
 from budgetspan.instrumentation.trusted_attributes import set_trusted_attributes
+from budgetspan.ledger import CallKind, Refusal, Reservation, Spend
 from budgetspan.phase import DEFAULT_PHASE_BY_OPERATION
 from budgetspan.pricing import default_resolver
 from budgetspan.run import Run, _in_call, current_phase, get_tracer, resolve_run
