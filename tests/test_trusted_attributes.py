@@ -77,6 +77,17 @@ def test_the_fast_path_is_taken_only_where_it_is_equivalent() -> None:
     assert "late" not in (span.attributes or {})
 
 
+def test_spans_from_an_sdk_tracer_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    span = TracerProvider().get_tracer("t").start_span("s")
+
+    def refuse(attributes: Any) -> None:
+        raise AssertionError("set_attributes called: the fast path was not taken")
+
+    monkeypatch.setattr(span, "set_attributes", refuse)
+    T.set_trusted_attributes(span, VALUES)
+    assert dict(span.attributes or {}) == VALUES
+
+
 def test_non_sdk_spans_get_set_attributes() -> None:
     span = NonRecordingSpan(SpanContext(1, 2, False))
     T.set_trusted_attributes(span, VALUES)  # a no-op span: no error, nothing to write

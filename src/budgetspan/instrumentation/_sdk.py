@@ -16,12 +16,12 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 
 from budgetspan import attributes as A
 from budgetspan.instrumentation._streams import (
+    CURRENT_CALL,
     Observer,
     Patch,
     ainvoke,
     apply_patches,
     content_json,
-    in_model_call,
     invoke,
     remove_patches,
     retry_patch,
@@ -149,7 +149,7 @@ def wrapper_for(build: Builder, where: str) -> Callable[[bool], Callable[..., An
         if asynchronous:
 
             async def awrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-                if in_model_call():
+                if CURRENT_CALL.get() is not None:  # in_model_call(), inlined
                     return await wrapped(*args, **kwargs)
                 try:
                     call, observer = build(instance, kwargs)
@@ -161,7 +161,7 @@ def wrapper_for(build: Builder, where: str) -> Callable[[bool], Callable[..., An
             return awrapper
 
         def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-            if in_model_call():
+            if CURRENT_CALL.get() is not None:  # in_model_call(), inlined
                 return wrapped(*args, **kwargs)
             try:
                 call, observer = build(instance, kwargs)

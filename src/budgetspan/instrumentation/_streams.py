@@ -288,11 +288,6 @@ def _is_stream(result: Any) -> bool:
     return hasattr(cls, "__next__") or hasattr(cls, "__anext__")
 
 
-def _is_raw(result: Any) -> bool:
-    """``with_raw_response`` / ``with_streaming_response`` objects (LegacyAPIResponse, APIResponse)."""
-    return hasattr(type(result), "parse") and "http_response" in getattr(result, "__dict__", ())
-
-
 def _finish_now(call: Call, observer: Observer) -> None:
     try:
         observer.finish()
@@ -304,17 +299,24 @@ def _finish_now(call: Call, observer: Observer) -> None:
 def take_result(call: Call, observer: Observer, result: Any, asynchronous: bool) -> Any:
     """Hand the SDK's result back, wrapped where the call is not over yet."""
     try:
-        if _is_stream(result):
-            cls = AsyncStreamProxy if asynchronous else SyncStreamProxy
-            return cls(result, call, observer)
-        if _is_raw(result):
+        # Class-level checks: instance lookups on pydantic models go through a slow __getattr__.
+        cls = type(result)
+        if hasattr(cls, "__next__") or hasattr(cls, "__anext__"):
+            proxy = AsyncStreamProxy if asynchronous else SyncStreamProxy
+            return proxy(result, call, observer)
+        # with_raw_response / with_streaming_response objects (LegacyAPIResponse, APIResponse)
+        if hasattr(cls, "parse") and "http_response" in getattr(result, "__dict__", ()):
             _watch_raw(call, observer, result, asynchronous)
             return result
         call.defer_commit = True  # the call ends right below: one ledger commit for all of it
         observer.on_response(result)
     except Exception:
         internal_error("take_result")
-    _finish_now(call, observer)
+    try:
+        observer.finish()
+    except Exception:
+        internal_error("response finish")
+    call.end()
     return result
 
 

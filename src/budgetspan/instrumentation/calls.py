@@ -218,9 +218,32 @@ class Call:
             internal_error("Call.start span")
         return self
 
-    def activate(self) -> _Activation:
-        """Make the span current (and mark 'inside a call') for the duration of the SDK call."""
-        return _Activation(self)
+    def activate(self) -> Call:
+        """Make the span current (and mark 'inside a call') for the duration of the SDK call:
+        ``with call.activate():``. The call is its own context manager (one object less per call);
+        activations of one call are sequential (attempts), never nested."""
+        return self
+
+    def __enter__(self) -> None:
+        try:
+            span = self.span
+            if span is not None:
+                self._token = (
+                    otel_context.attach(trace.set_span_in_context(span)),
+                    _in_call.set(True),
+                )
+        except Exception:
+            internal_error("Call.activate")
+
+    def __exit__(self, et: Any, exc: BaseException | None, tb: Any) -> None:
+        tokens = self._token
+        if tokens is not None:
+            self._token = None
+            try:
+                _in_call.reset(tokens[1])
+                otel_context.detach(tokens[0])
+            except Exception:
+                internal_error("Call.deactivate")
 
     # during -------------------------------------------------------------------------------
     def first_token(self) -> None:
@@ -491,38 +514,6 @@ class Call:
         finally:
             if untrack is not None:
                 untrack()
-
-
-class _Activation:
-    """``Call.activate()``: a plain class, as it wraps every SDK call (a generator-based context
-    manager costs a few µs more per use)."""
-
-    __slots__ = ("_call", "_tokens")
-
-    def __init__(self, call: Call) -> None:
-        self._call = call
-        self._tokens: tuple[Any, Any] | None = None
-
-    def __enter__(self) -> None:
-        try:
-            span = self._call.span
-            if span is not None:
-                self._tokens = (
-                    otel_context.attach(trace.set_span_in_context(span)),
-                    _in_call.set(True),
-                )
-        except Exception:
-            internal_error("Call.activate")
-
-    def __exit__(self, et: Any, exc: BaseException | None, tb: Any) -> None:
-        tokens = self._tokens
-        if tokens is not None:
-            self._tokens = None
-            try:
-                _in_call.reset(tokens[1])
-                otel_context.detach(tokens[0])
-            except Exception:
-                internal_error("Call.deactivate")
 
 
 def _record_error(span: Span, error: BaseException, *, redact: bool) -> None:

@@ -163,7 +163,9 @@ class ChatObserver(_ChoicesObserver):
                 for tc in tool_calls or ():
                     fn = field(tc, "function")
                     self.tool_calls.append({"id": field(tc, "id"), "name": field(fn, "name")})
-        self.set_usage(openai_usage(usage))
+        spend = openai_usage(usage)
+        if spend is not None:
+            self.call.set_usage(spend)
 
     def _piece(self, choice: Any) -> None:
         delta = field(choice, "delta")

@@ -18,14 +18,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from opentelemetry.attributes import BoundedAttributes
-from opentelemetry.sdk.trace import Span as SDKSpan
+from opentelemetry.sdk import trace as sdk_trace
 
 _KEPT = frozenset((str, int, float, bool))
+# The SDK's span classes exactly (a subclass may override set_attributes): tracers make ``_Span``.
+_SDK_SPANS = frozenset(c for c in (sdk_trace.Span, getattr(sdk_trace, "_Span", None)) if isinstance(c, type))
 
 
 def set_trusted_attributes(span: Any, attributes: Mapping[str, Any]) -> None:
     """``span.set_attributes(attributes)``, without re-validation where that changes nothing."""
-    if type(span) is SDKSpan and _write(span, attributes):
+    if type(span) in _SDK_SPANS and _write(span, attributes):
         return
     span.set_attributes(attributes)
 
