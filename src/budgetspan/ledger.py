@@ -228,9 +228,9 @@ class InMemoryLedger(Ledger):
         b, u = book.budget, book.usage
         if book.cancelled:
             return Refusal(Limit.CANCELLED.value, None)
-        deadline = book.deadline
-        if deadline is not None and self._monotonic() >= deadline:
-            return Refusal(Limit.WALL_CLOCK_S.value, b.max_wall_clock_s)
+        wall = b.max_wall_clock_s  # book.deadline, without the property call on every reserve
+        if wall is not None and self._monotonic() >= book.started_at + wall:
+            return Refusal(Limit.WALL_CLOCK_S.value, wall)
         if kind is CallKind.RETRY:
             if b.max_retries is not None and u.retries >= b.max_retries:
                 return Refusal(Limit.RETRIES.value, b.max_retries)
@@ -266,8 +266,10 @@ class InMemoryLedger(Ledger):
         force: bool = False,
         tool_limits: ToolLimits | None = None,
     ) -> Reservation:
-        book = self._book(run_id)
-        worst = float(worst_case_cost or 0.0)
+        book = self._runs.get(run_id)
+        if book is None:
+            raise KeyError(f"run {run_id!r} is not open in the ledger")
+        worst = float(worst_case_cost) if worst_case_cost else 0.0
         with book.lock:
             refusal = self._refusal(book, kind, tool, worst, int(worst_case_tokens or 0), tool_limits)
             if (

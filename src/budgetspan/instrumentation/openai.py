@@ -86,12 +86,26 @@ def _provider_from_url(url: str) -> tuple[str, str | None, int | None]:
     return "openai_compatible", host or None, port
 
 
+# id(base_url object) -> (the object, client class, answer): ``str(httpx.URL)`` is not free, and a
+# client's base URL object only changes when the client's base_url is set again.
+_by_client_url: dict[int, tuple[Any, type, tuple[str, str | None, int | None]]] = {}
+
+
 def _client_provider(instance: Any) -> tuple[str, str | None, int | None]:
     client = getattr(instance, "_client", None)
+    url = getattr(client, "base_url", None)
+    cached = _by_client_url.get(id(url))
+    if cached is not None and cached[0] is url and cached[1] is type(client):
+        return cached[2]
     if client is not None and "Azure" in type(client).__name__:
-        _, host, port = provider_from_url(str(getattr(client, "base_url", "")))
-        return "azure.ai.openai", host, port
-    return provider_from_url(str(getattr(client, "base_url", "") or ""))
+        _, host, port = provider_from_url(str(url or ""))
+        found: tuple[str, str | None, int | None] = ("azure.ai.openai", host, port)
+    else:
+        found = provider_from_url(str(url or ""))
+    if len(_by_client_url) > 256:
+        _by_client_url.clear()
+    _by_client_url[id(url)] = (url, type(client), found)
+    return found
 
 
 def _new_call(operation: str, instance: Any, kwargs: dict[str, Any], max_tokens: int | None) -> Call:

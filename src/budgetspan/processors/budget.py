@@ -37,9 +37,9 @@ from budgetspan.pricing import default_resolver
 from budgetspan.run import (
     Run,
     _in_call,
+    _trace_runs,
     current_phase,
     end_trace_run,
-    has_trace_run,
     resolve_run,
 )
 
@@ -159,7 +159,7 @@ class BudgetSpanProcessor(SpanProcessor):
                 if entry is not None:
                     self._account_end(span, *entry)
             parent = span.parent
-            if (parent is None or parent.is_remote) and has_trace_run(ctx.trace_id):
+            if (parent is None or parent.is_remote) and ctx.trace_id in _trace_runs:  # has_trace_run
                 end_trace_run(ctx.trace_id, error=not span.status.is_ok)
         except Exception:
             log.warning("budgetspan: accounting a finished span failed", exc_info=True)
@@ -190,15 +190,30 @@ class BudgetSpanProcessor(SpanProcessor):
                 ),
             )
             return
-        inp = _int_attr(attrs, A.GEN_AI_USAGE_INPUT_TOKENS, A.GEN_AI_USAGE_PROMPT_TOKENS_LEGACY)
-        out = _int_attr(attrs, A.GEN_AI_USAGE_OUTPUT_TOKENS, A.GEN_AI_USAGE_COMPLETION_TOKENS_LEGACY)
-        cr = _int_attr(attrs, A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS)
-        cw = _int_attr(attrs, A.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS)
-        reasoning = _int_attr(attrs, A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS)
+        # ``_int_attr`` without a call where the figure is a plain int or absent (every span).
+        v = attrs.get(A.GEN_AI_USAGE_INPUT_TOKENS)
+        inp = (
+            v
+            if type(v) is int and 0 <= v < _INT_FAST_LIMIT
+            else _int_attr(attrs, A.GEN_AI_USAGE_INPUT_TOKENS, A.GEN_AI_USAGE_PROMPT_TOKENS_LEGACY)
+        )
+        v = attrs.get(A.GEN_AI_USAGE_OUTPUT_TOKENS)
+        out = (
+            v
+            if type(v) is int and 0 <= v < _INT_FAST_LIMIT
+            else _int_attr(attrs, A.GEN_AI_USAGE_OUTPUT_TOKENS, A.GEN_AI_USAGE_COMPLETION_TOKENS_LEGACY)
+        )
+        cr = cw = reasoning = None
+        if attrs.get(A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS) is not None:
+            cr = _int_attr(attrs, A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS)
+        if attrs.get(A.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS) is not None:
+            cw = _int_attr(attrs, A.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS)
+        if attrs.get(A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS) is not None:
+            reasoning = _int_attr(attrs, A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS)
         unreported = inp is None and out is None
         cost_attr = attrs.get(A.GEN_AI_USAGE_COST)
         cost: float | None = None
-        if _amount(cost_attr):
+        if cost_attr is not None and _amount(cost_attr):
             cost = float(cost_attr)
         elif not unreported:
             cost = default_resolver().cost(provider, model, inp, out, cr, cw)

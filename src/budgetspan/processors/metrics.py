@@ -331,21 +331,23 @@ class BudgetspanMetrics:
     # calls -----------------------------------------------------------------------------------
     def on_call_end(self, r: CallRecord) -> None:
         in_block = current_phase() is not None
+        if r.kind == "model":  # the common case, in one call under one lock
+            with self._lock:
+                series = self._model_call(r)
+                if r.retries:
+                    self.retries.child(r.workflow, r.kind).inc(r.retries)
+                if not in_block:  # not inside a phase block: the call stands for its phase
+                    ph = series.phase
+                    if ph is None:
+                        ph = series.phase = self.phase_duration.child(r.workflow, r.phase)
+                    ph.observe(r.duration_s)
+            return
         with self._lock:
             self._call_end(r, in_block)
 
     def _call_end(self, r: CallRecord, in_block: bool) -> None:
+        """A tool call or a retrieval."""
         wf = r.workflow
-        if r.kind == "model":
-            series = self._model_call(r)
-            if r.retries:
-                self.retries.child(wf, r.kind).inc(r.retries)
-            if not in_block:  # not inside a phase block: the call stands for its phase
-                ph = series.phase
-                if ph is None:
-                    ph = series.phase = self.phase_duration.child(wf, r.phase)
-                ph.observe(r.duration_s)
-            return
         if r.kind == "tool":
             self.tool_calls.child(wf, r.tool, r.status).inc()
             self.tool_duration.child(wf, r.tool).observe(r.duration_s)
