@@ -177,3 +177,109 @@ def test_budgetspan_runs_on_the_shared_ledger(ledger: RedisLedger, tracing: obje
         from budgetspan.ledger import InMemoryLedger
 
         budgetspan.set_ledger(InMemoryLedger())
+
+
+# --- Redis outages ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def doomed_redis(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], redis.Redis]]:
+    """A redis-server of this test's own, to be killed mid-run."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port, socket_timeout=2, socket_connect_timeout=2)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    yield proc, client
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(5)
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    proc.kill()
+    proc.wait(5)
+
+
+def test_outage_fails_open_to_a_local_ledger_with_the_same_budget(
+    doomed_redis: tuple[subprocess.Popen[bytes], redis.Redis], caplog: pytest.LogCaptureFixture
+) -> None:
+    from budgetspan import events
+
+    proc, client = doomed_redis
+    errors: list[str] = []
+
+    class Listener:
+        def on_internal_error(self, where: str) -> None:
+            errors.append(where)
+
+    listener = Listener()
+    events.add_listener(listener)
+    try:
+        ledger = RedisLedger(client)
+        ledger.open("r", Budget(max_model_calls=3), Mode.ENFORCE)
+        before = ledger.reserve("r", CallKind.MODEL)
+        assert ledger.usage("r").model_calls == 1  # on Redis
+        _kill(proc)
+        ledger.commit(before, Spend(10, 5))  # no exception: committed locally
+        granted = [ledger.reserve("r", CallKind.MODEL) for _ in range(3)]  # counts restart at zero
+        with pytest.raises(LedgerRefused) as info:
+            ledger.reserve("r", CallKind.MODEL)  # ...but the budget still holds in this process
+        assert info.value.refusal.reason == "max_model_calls"
+        for res in granted:
+            ledger.commit(res, Spend(1, 1))
+        u = ledger.close("r")
+        assert (u.model_calls, u.input_tokens, u.output_tokens) == (3, 13, 8)
+        assert errors == ["redis_ledger"]  # reported once for the run, not once per call
+        assert "unreachable" in caplog.text
+    finally:
+        events.remove_listener(listener)
+
+
+def test_outage_fails_closed_when_asked(doomed_redis: tuple[subprocess.Popen[bytes], redis.Redis]) -> None:
+    proc, client = doomed_redis
+    ledger = RedisLedger(client, on_error="closed")
+    ledger.open("r", Budget(max_model_calls=3), Mode.ENFORCE)
+    held = ledger.reserve("r", CallKind.TOOL, tool="search")
+    _kill(proc)
+    with pytest.raises(LedgerRefused) as info:
+        ledger.reserve("r", CallKind.MODEL)
+    assert info.value.refusal.reason == "ledger_unavailable"
+    assert ledger.commit(held, None) is None  # what was reserved still ends cleanly (locally)
+    with pytest.raises(ValueError, match="on_error"):
+        RedisLedger(client, on_error="sometimes")
+
+
+def test_a_run_survives_a_redis_outage(
+    doomed_redis: tuple[subprocess.Popen[bytes], redis.Redis], tracing: object
+) -> None:
+    import budgetspan
+    from budgetspan.ledger import InMemoryLedger
+
+    proc, client = doomed_redis
+    budgetspan.set_ledger(RedisLedger(client))
+    try:
+
+        @budgetspan.tool
+        def lookup(i: int) -> int:
+            return i
+
+        results = []
+        with pytest.raises(budgetspan.BudgetExhausted) as info:
+            with budgetspan.run("outage", max_tool_calls=2, run_id="ticket-7"):
+                results.append(lookup(1))
+                _kill(proc)
+                results.append(lookup(2))  # the program goes on through the outage
+                results.append(lookup(3))
+                results.append(lookup(4))  # third call since the outage: refused locally
+        assert results == [1, 2, 3]
+        assert info.value.reason == "max_tool_calls"
+    finally:
+        budgetspan.set_ledger(InMemoryLedger())

@@ -31,6 +31,7 @@ class Limit(str, Enum):
     TOOL_MAX_RETRIES = "tool.max_retries"
     TOOL_TIMEOUT_S = "tool.timeout_s"
     CANCELLED = "cancelled"
+    LEDGER_UNAVAILABLE = "ledger_unavailable"  # RedisLedger(on_error="closed") during an outage
 
 
 COUNT_LIMITS = (Limit.MODEL_CALLS, Limit.TOOL_CALLS, Limit.STEPS, Limit.RETRIES)
@@ -228,6 +229,7 @@ def explain(reason: str, limit: float | None, usage: Usage, tool: str | None = N
         "tool.max_retries": f"Stopped: tool {tool!r} used {usage.tool_retries_by_name.get(tool or '', 0)} of {lim} retries",
         "tool.timeout_s": f"Stopped: tool {tool!r} ran past its {lim} s timeout",
         "cancelled": "Cancelled",
+        "ledger_unavailable": "Stopped: the shared budget ledger could not be reached",
     }.get(reason, f"Stopped at limit {reason}")
     parts = [head]
     if usage.tool_calls or reason in ("max_tool_calls", "tool.max_calls"):

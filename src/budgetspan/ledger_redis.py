@@ -6,16 +6,31 @@ race. Deadlines use the Redis server's clock, the one clock every process shares
 
 Use it with ``budgetspan.set_ledger(RedisLedger(redis.Redis(...)))`` in every process and a run id
 that the processes agree on (``budgetspan.run(..., run_id=...)``).
+
+When Redis cannot be reached (``on_error``):
+
+- ``"open"`` (default): the user's program goes on. The run is accounted in a process-local
+  ledger from that moment to its end, with the same budget, counting again from zero; the outage
+  is logged once per run and reported as an internal error (``budgetspan_internal_errors_total``).
+  Limits still hold per process; across processes they can be overshot during the outage.
+- ``"closed"``: a call that cannot be reserved is refused with ``BudgetExhausted`` (reason
+  ``ledger_unavailable``): nothing runs unaccounted. What was already reserved is committed
+  locally.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+from budgetspan import events
 from budgetspan.budget import FLOAT_LIMIT_NAMES, Budget, Limit, ToolLimits, Usage
 from budgetspan.ledger import (
     CallKind,
+    InMemoryLedger,
     Ledger,
     LedgerRefused,
     Mode,
@@ -24,6 +39,10 @@ from budgetspan.ledger import (
     Spend,
     spent_refusal,
 )
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+ON_ERROR_MODES = ("open", "closed")
 
 _PREFIX = "budgetspan:run:"
 _SPEND_LIMITS = ("max_cost_usd", "max_input_tokens", "max_output_tokens", "max_total_tokens")
@@ -108,16 +127,65 @@ _COUNTERS = (
 class RedisLedger(Ledger):
     """Ledger on a Redis server (``redis.Redis`` client, any thread). Keys expire after ``ttl_s``."""
 
-    def __init__(self, client: Any, ttl_s: int = 86_400) -> None:
+    def __init__(self, client: Any, ttl_s: int = 86_400, on_error: str = "open") -> None:
+        if on_error not in ON_ERROR_MODES:
+            raise ValueError(
+                f"RedisLedger(on_error={on_error!r}): expected one of {', '.join(ON_ERROR_MODES)}"
+            )
         self.r = client
         self.ttl_s = ttl_s
+        self.on_error = on_error
         self._reserve = client.register_script(_RESERVE)
+        try:
+            from redis.exceptions import RedisError
+
+            self._errors: tuple[type[BaseException], ...] = (RedisError, OSError)
+        except ImportError:  # a client from another package: its errors are OSErrors at least
+            self._errors = (OSError,)
+        self._local = InMemoryLedger()  # runs accounted here since Redis failed them
+        self._local_runs: set[str] = set()
+        self._opened: dict[str, tuple[Budget, Mode, float]] = {}  # what a local fallback needs
+        self._lock = threading.Lock()
+
+    # --- outage handling ----------------------------------------------------------------------
+    def _guarded(self, run_id: str, on_redis: Callable[[], T], on_local: Callable[[], T]) -> T:
+        """``on_redis()``; once Redis has failed this run, ``on_local()`` for the rest of it."""
+        if run_id in self._local_runs:
+            return on_local()
+        try:
+            return on_redis()
+        except self._errors as e:
+            self._go_local(run_id, e)
+            return on_local()
+
+    def _go_local(self, run_id: str, error: BaseException) -> None:
+        with self._lock:
+            if run_id in self._local_runs:
+                return
+            budget, mode, started = self._opened.get(run_id, (Budget(), Mode.ENFORCE, time.monotonic()))
+            self._local.open(run_id, budget, mode, started_at=started)
+            self._local_runs.add(run_id)
+        log.warning(
+            "budgetspan: Redis ledger unreachable for run %s (%s: %s); this process accounts the run "
+            "locally from now on (counts restart from zero)",
+            run_id,
+            type(error).__name__,
+            error,
+        )
+        events.emit("on_internal_error", "redis_ledger")
 
     @staticmethod
     def key(run_id: str) -> str:
         return _PREFIX + run_id
 
     def open(self, run_id: str, budget: Budget, mode: Mode, started_at: float | None = None) -> None:
+        with self._lock:
+            self._opened[run_id] = (budget, mode, time.monotonic() if started_at is None else started_at)
+        self._guarded(
+            run_id, lambda: self._open(run_id, budget, mode), lambda: self._local.open(run_id, budget, mode)
+        )
+
+    def _open(self, run_id: str, budget: Budget, mode: Mode) -> None:
         key = self.key(run_id)
         fields: dict[str, Any] = {"mode": mode.value, "started_at": self._server_now()}
         for name, value in budget.limits().items():
@@ -147,6 +215,41 @@ class RedisLedger(Ledger):
         worst_case_tokens: int | None = None,
         force: bool = False,
         tool_limits: ToolLimits | None = None,
+    ) -> Reservation:
+        def local() -> Reservation:
+            return self._local.reserve(
+                run_id,
+                kind,
+                tool=tool,
+                worst_case_cost=worst_case_cost,
+                worst_case_tokens=worst_case_tokens,
+                force=force,
+                tool_limits=tool_limits,
+            )
+
+        if run_id in self._local_runs:
+            return local()
+        try:
+            return self._reserve_on_redis(
+                run_id, kind, tool, worst_case_cost, worst_case_tokens, force, tool_limits
+            )
+        except self._errors as e:
+            if self.on_error == "closed" and not force:
+                log.warning("budgetspan: Redis ledger unreachable (%s); call refused (on_error=closed)", e)
+                events.emit("on_internal_error", "redis_ledger")
+                raise LedgerRefused(Refusal(Limit.LEDGER_UNAVAILABLE.value, None)) from None
+            self._go_local(run_id, e)
+            return local()
+
+    def _reserve_on_redis(
+        self,
+        run_id: str,
+        kind: CallKind,
+        tool: str | None,
+        worst_case_cost: float | None,
+        worst_case_tokens: int | None,
+        force: bool,
+        tool_limits: ToolLimits | None,
     ) -> Reservation:
         tl = tool_limits or ToolLimits()
         status, reason, limit, rtool = self._reserve(
@@ -228,16 +331,33 @@ class RedisLedger(Ledger):
     ) -> Refusal | None:
         if reservation.done:
             return None
-        reservation.done = True
-        return self._add(reservation.run_id, spend, reservation, finished, unreported, unpriced)
+        run_id = reservation.run_id
+
+        def on_redis() -> Refusal | None:
+            reservation.done = True
+            return self._add(run_id, spend, reservation, finished, unreported, unpriced)
+
+        def on_local() -> Refusal | None:
+            reservation.done = False  # the local ledger marks it done itself
+            return self._local.commit(
+                reservation, spend, finished=finished, unreported=unreported, unpriced=unpriced
+            )
+
+        return self._guarded(run_id, on_redis, on_local)
 
     def add_spend(self, run_id: str, spend: Spend) -> Refusal | None:
-        return self._add(run_id, spend)
+        return self._guarded(
+            run_id, lambda: self._add(run_id, spend), lambda: self._local.add_spend(run_id, spend)
+        )
 
     def release(self, reservation: Reservation) -> None:
         if reservation.done:
             return
-        reservation.done = True
+        self._guarded(
+            reservation.run_id, lambda: self._release(reservation), lambda: self._local.release(reservation)
+        )
+
+    def _release(self, reservation: Reservation) -> None:
         key = self.key(reservation.run_id)
         pipe = self.r.pipeline()
         field = {"model": "model_calls", "tool": "tool_calls", "retry": "retries"}[reservation.kind.value]
@@ -248,6 +368,7 @@ class RedisLedger(Ledger):
         if reservation.worst_case_cost:
             pipe.hincrbyfloat(key, "inflight_worst_cost", -reservation.worst_case_cost)
         pipe.execute()
+        reservation.done = True
 
     def _hash(self, run_id: str) -> dict[str, str]:
         raw = self.r.hgetall(self.key(run_id))
@@ -283,12 +404,18 @@ class RedisLedger(Ledger):
         return u
 
     def usage(self, run_id: str) -> Usage:
+        return self._guarded(run_id, lambda: self._usage(run_id), lambda: self._local.usage(run_id))
+
+    def _usage(self, run_id: str) -> Usage:
         h = self._hash(run_id)
         if not h:
             raise KeyError(f"run {run_id!r} is not open in the ledger")
         return self._usage_from(h)
 
     def check(self, run_id: str) -> Refusal | None:
+        return self._guarded(run_id, lambda: self._check(run_id), lambda: self._local.check(run_id))
+
+    def _check(self, run_id: str) -> Refusal | None:
         h = self._hash(run_id)
         if not h:
             return None
@@ -300,6 +427,9 @@ class RedisLedger(Ledger):
         return self._spent_refusal(run_id)
 
     def cancel(self, run_id: str) -> bool:
+        return self._guarded(run_id, lambda: self._cancel(run_id), lambda: self._local.cancel(run_id))
+
+    def _cancel(self, run_id: str) -> bool:
         key = self.key(run_id)
         if not self.r.exists(key):
             return False
@@ -308,6 +438,14 @@ class RedisLedger(Ledger):
 
     def close(self, run_id: str) -> Usage:
         """Final usage. The hash lingers a minute so that calls still in flight elsewhere can commit."""
+        try:
+            return self._guarded(run_id, lambda: self._close(run_id), lambda: self._local.close(run_id))
+        finally:
+            with self._lock:
+                self._opened.pop(run_id, None)
+                self._local_runs.discard(run_id)
+
+    def _close(self, run_id: str) -> Usage:
         h = self._hash(run_id)
         if not h:
             return Usage()
@@ -315,6 +453,9 @@ class RedisLedger(Ledger):
         return self._usage_from(h)
 
     def deadline(self, run_id: str) -> float | None:
+        return self._guarded(run_id, lambda: self._deadline(run_id), lambda: self._local.deadline(run_id))
+
+    def _deadline(self, run_id: str) -> float | None:
         h = self._hash(run_id)
         wall = h.get("limit:max_wall_clock_s")
         if wall is None or "started_at" not in h:
