@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 import pytest
-from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+from opentelemetry.sdk.trace import SpanLimits, TracerProvider, sampling
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext
@@ -92,3 +92,90 @@ def test_non_sdk_spans_get_set_attributes() -> None:
     span = NonRecordingSpan(SpanContext(1, 2, False))
     T.set_trusted_attributes(span, VALUES)  # a no-op span: no error, nothing to write
     assert span.is_recording() is False
+
+
+# --- attributes at creation only for samplers that read them ----------------------------------
+
+
+class _Recorder(sampling.Sampler):
+    """A sampler that decides on attributes (keeps model calls only) and records what it saw."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+
+    def should_sample(
+        self,
+        parent_context: Any,
+        trace_id: int,
+        name: str,
+        kind: Any = None,
+        attributes: Any = None,
+        links: Any = None,
+        trace_state: Any = None,
+    ) -> sampling.SamplingResult:
+        attrs = dict(attributes or {})
+        self.seen.append(attrs)
+        keep = attrs.get("gen_ai.operation.name") == "chat"
+        decision = sampling.Decision.RECORD_AND_SAMPLE if keep else sampling.Decision.DROP
+        return sampling.SamplingResult(decision, attributes if keep else None)
+
+    def get_description(self) -> str:
+        return "recorder"
+
+
+@pytest.mark.parametrize(
+    ("sampler", "blind"),
+    [
+        (sampling.DEFAULT_ON, True),
+        (sampling.ParentBased(sampling.TraceIdRatioBased(0.5)), True),
+        (sampling.ALWAYS_OFF, True),
+        (sampling.ParentBased(_Recorder()), False),  # a stock wrapper around a reader: reads
+        (_Recorder(), False),
+    ],
+)
+def test_which_samplers_ignore_attributes(sampler: sampling.Sampler, blind: bool) -> None:
+    tracer = TracerProvider(sampler=sampler).get_tracer("t")
+    assert T.sampler_ignores_attributes(tracer) is blind
+
+
+def test_a_sampler_that_reads_attributes_sees_the_request_at_creation(tracing: Any) -> None:
+    from budgetspan.instrumentation.calls import Call
+    from budgetspan.run import set_tracer_provider
+
+    recorder = _Recorder()
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=recorder)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    set_tracer_provider(provider)
+    try:
+        for op in ("chat", "embeddings"):
+            call = Call(op, f"{op} m", {"gen_ai.provider.name": "openai", "gen_ai.request.model": "m"})
+            call.start()
+            call.end()
+    finally:
+        set_tracer_provider(None)
+    assert [s.get("gen_ai.operation.name") for s in recorder.seen] == ["chat", "embeddings"]
+    assert all(s.get("gen_ai.request.model") == "m" for s in recorder.seen)
+    (kept,) = exporter.get_finished_spans()  # the sampler's decision on the attributes held
+    assert kept.attributes is not None and kept.attributes["gen_ai.operation.name"] == "chat"
+
+
+def test_with_a_stock_sampler_the_span_gets_every_attribute_at_the_end(tracing: Any) -> None:
+    from budgetspan.instrumentation.calls import Call
+    from budgetspan.run import set_tracer_provider
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    set_tracer_provider(provider)
+    try:
+        call = Call("chat", "chat m", {"gen_ai.provider.name": "openai", "gen_ai.request.model": "m"})
+        call.start()
+        assert dict(call.span.attributes or {}) == {}  # type: ignore[union-attr]  # nothing validated at creation
+        call.end()
+    finally:
+        set_tracer_provider(None)
+    (span,) = exporter.get_finished_spans()
+    attrs = dict(span.attributes or {})
+    assert attrs["gen_ai.provider.name"] == "openai" and attrs["gen_ai.request.model"] == "m"
+    assert attrs["gen_ai.operation.name"] == "chat" and attrs["budgetspan.phase"] == "model_decision"

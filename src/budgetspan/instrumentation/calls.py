@@ -29,7 +29,7 @@ from budgetspan import attributes as A
 from budgetspan import events
 from budgetspan.budget import BudgetExhausted, Limit, ToolLimits
 from budgetspan.events import CallRecord
-from budgetspan.instrumentation.trusted_attributes import set_trusted_attributes
+from budgetspan.instrumentation.trusted_attributes import sampler_ignores_attributes, set_trusted_attributes
 from budgetspan.ledger import CallKind, Refusal, Reservation, Spend
 from budgetspan.phase import DEFAULT_PHASE_BY_OPERATION
 from budgetspan.pricing import default_resolver
@@ -202,7 +202,14 @@ class Call:
                 ours[A.WOULD_REFUSE] = self.reservation.would_refuse.reason
             if self.worst_case_cost is not None:
                 ours[A.WORST_CASE_COST] = self.worst_case_cost
-            self.span = get_tracer().start_span(self.span_name, kind=self.span_kind, attributes=attrs)
+            tracer = get_tracer()
+            if sampler_ignores_attributes(tracer):
+                # Nothing reads them at creation: all of them go in the one trusted write at the end.
+                attrs.update(ours)
+                self.end_attributes = attrs
+                self.span = tracer.start_span(self.span_name, kind=self.span_kind)
+            else:
+                self.span = tracer.start_span(self.span_name, kind=self.span_kind, attributes=attrs)
             self._outer = not _in_call.get()
             self.t0 = time.monotonic()
             self.started = True

@@ -19,6 +19,7 @@ from typing import Any
 
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk import trace as sdk_trace
+from opentelemetry.sdk.trace import sampling
 
 _KEPT = frozenset((str, int, float, bool))
 # The SDK's span classes exactly (a subclass may override set_attributes): tracers make ``_Span``.
@@ -63,3 +64,56 @@ def _write(span: Any, attributes: Mapping[str, Any]) -> bool:
         return True
     except AttributeError:
         return False
+
+
+# Samplers whose decision never reads the span's attributes (the SDK's stock ones).
+_ATTRIBUTE_BLIND = frozenset(
+    c
+    for c in (
+        sampling.StaticSampler,
+        sampling.TraceIdRatioBased,
+        sampling.ParentBased,
+        sampling.ParentBasedTraceIdRatio,
+        getattr(sampling, "_AlwaysOn", None),
+        getattr(sampling, "_AlwaysOff", None),
+        getattr(sampling, "_ParentBasedAlwaysOn", None),
+        getattr(sampling, "_ParentBasedAlwaysOff", None),
+    )
+    if isinstance(c, type)
+)
+_PARENT_BASED_DELEGATES = (
+    "_root",
+    "_remote_parent_sampled",
+    "_remote_parent_not_sampled",
+    "_local_parent_sampled",
+    "_local_parent_not_sampled",
+)
+_blind_by_sampler: dict[int, tuple[Any, bool]] = {}
+
+
+def sampler_ignores_attributes(tracer: Any) -> bool:
+    """Whether ``tracer`` samples without looking at attributes: then a span's attributes can be
+    written after its creation (in one trusted write) instead of being validated at creation.
+
+    Only the SDK's stock samplers qualify (ParentBased only with stock delegates); any other
+    sampler, or a tracer that is not the SDK's, gets its attributes at creation as usual.
+    """
+    sampler = getattr(tracer, "sampler", None)
+    if sampler is None:
+        return False
+    cached = _blind_by_sampler.get(id(sampler))
+    if cached is not None and cached[0] is sampler:
+        return cached[1]
+    blind = type(tracer) is sdk_trace.Tracer and _blind(sampler)
+    if len(_blind_by_sampler) > 64:
+        _blind_by_sampler.clear()
+    _blind_by_sampler[id(sampler)] = (sampler, blind)
+    return blind
+
+
+def _blind(sampler: Any) -> bool:
+    if type(sampler) not in _ATTRIBUTE_BLIND:
+        return False
+    if isinstance(sampler, sampling.ParentBased):
+        return all(_blind(getattr(sampler, name, None)) for name in _PARENT_BASED_DELEGATES)
+    return True
