@@ -1,6 +1,7 @@
 """Cost of budgetspan's core next to a bare SDK span, measured side by side in one run.
 
-    .venv/bin/python bench/bench_core.py [--n 50000]
+    .venv/bin/python bench/bench_core.py [--n 50000]          # wall clock (quiet machine)
+    .venv/bin/python bench/bench_core.py --instructions      # CPU instructions (valgrind)
 
 Rows (microseconds per operation, median of 5 repeats):
 - bare SDK span: start + 5 attributes + end, no processor
@@ -12,8 +13,12 @@ Rows (microseconds per operation, median of 5 repeats):
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
 import timeit
+from collections.abc import Callable
 
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -37,21 +42,17 @@ def per_op_us(fn: object, n: int, repeat: int = 5) -> float:
     return statistics.median(times) / n * 1e6
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=50_000)
-    n = ap.parse_args().n
-
+def operations() -> tuple[dict[str, Callable[[], object]], Callable[[], None]]:
+    """The measured operations by name, and what closes the run they share."""
     bare = TracerProvider().get_tracer("bench")
     with_proc = TracerProvider()
     with_proc.add_span_processor(BudgetSpanProcessor())
     proc_tracer = with_proc.get_tracer("bench")
+    own_tracer = with_proc.get_tracer("budgetspan")
 
     def bare_span() -> None:
         with bare.start_as_current_span("chat gpt-4o-mini", attributes=ATTRS):
             pass
-
-    own_tracer = with_proc.get_tracer("budgetspan")
 
     def own_span() -> None:
         with own_tracer.start_as_current_span("chat gpt-4o-mini", attributes=ATTRS):
@@ -77,24 +78,79 @@ def main() -> None:
     scope = budgetspan.run("bench", max_tool_calls=10**12)
     scope.__enter__()
 
-    rows = [
-        ("bare SDK span (5 attributes, no processor)", per_op_us(bare_span, n)),
-        ("ledger reserve + commit", per_op_us(reserve_commit, n)),
-        ("foreign gen_ai span through BudgetSpanProcessor", per_op_us(processed_span, n)),
-        ("budgetspan's own span through BudgetSpanProcessor", per_op_us(own_span, n)),
-        ("plain function call", per_op_us(plain, n)),
-        ("@budgetspan.tool call (span + ledger + events)", per_op_us(tooled, n)),
-    ]
-    scope.__exit__(None, None, None)
-    end_process_run()
+    def close() -> None:
+        scope.__exit__(None, None, None)
+        end_process_run()
+
+    ops: dict[str, Callable[[], object]] = {
+        "bare SDK span (5 attributes, no processor)": bare_span,
+        "ledger reserve + commit": reserve_commit,
+        "foreign gen_ai span through BudgetSpanProcessor": processed_span,
+        "budgetspan's own span through BudgetSpanProcessor": own_span,
+        "plain function call": plain,
+        "@budgetspan.tool call (span + ledger + events)": tooled,
+    }
+    return ops, close
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=50_000)
+    ap.add_argument("--instructions", action="store_true", help="count CPU instructions with valgrind")
+    ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # one operation, for valgrind
+    ap.add_argument("--metrics", action="store_true", help="with the Prometheus metrics listener on")
+    args = ap.parse_args()
+    if args.metrics:
+        from budgetspan.processors import metrics
+
+        metrics.install(None)
+    if args.worker is not None:
+        ops, close = operations()
+        fn = list(ops.values())[args.worker]
+        for _ in range(args.n):
+            fn()
+        close()
+        return
+    if args.instructions:
+        instructions(args.metrics)
+        return
+    ops, close = operations()
+    rows = [(name, per_op_us(fn, args.n)) for name, fn in ops.items()]
+    close()
+    report(rows, "µs/op")
+
+
+def report(rows: list[tuple[str, float]], unit: str) -> None:
     base = rows[0][1]
-    print(f"{'operation':50} {'µs/op':>8} {'vs bare span':>13}")
-    for name, us in rows:
-        print(f"{name:50} {us:8.2f} {us / base:12.2f}x")
+    print(f"{'operation':50} {unit:>12} {'vs bare span':>13}")
+    for name, v in rows:
+        print(f"{name:50} {v:12,.2f} {v / base:12.2f}x")
     print(
-        f"\nBudgetSpanProcessor adds {rows[2][1] - base:.2f} µs per foreign gen_ai span "
-        f"(reserve + commit + cost) and {rows[3][1] - base:.2f} µs per own/other span (target ≤ 5 µs)"
+        f"\nBudgetSpanProcessor adds {rows[2][1] - base:,.2f} {unit} per foreign gen_ai span "
+        f"(reserve + commit + cost) and {rows[3][1] - base:,.2f} {unit} per own/other span"
     )
+
+
+def _count(worker: int, n: int, metrics: bool) -> int:
+    cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__]
+    cmd += ["--worker", str(worker), "--n", str(n)] + (["--metrics"] if metrics else [])
+    out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+    for line in out.stderr.splitlines():
+        if "Collected :" in line:
+            return int(line.split(":")[-1].strip().replace(",", ""))
+    raise RuntimeError(f"worker {worker}: no instruction count\n{out.stderr[-2000:]}")
+
+
+def instructions(metrics: bool, small: int = 200, large: int = 1200) -> None:
+    """Per operation = (I(large) - I(small)) / (large - small): start-up cancels out."""
+    ops, close = operations()
+    names = list(ops)
+    close()
+    rows = [
+        (name, (_count(i, large, metrics) - _count(i, small, metrics)) / (large - small))
+        for i, name in enumerate(names)
+    ]
+    report(rows, "instructions")
 
 
 if __name__ == "__main__":

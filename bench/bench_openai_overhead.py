@@ -31,8 +31,21 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 CASSETTE = HERE.parent.parent / "shared" / "fixtures" / "recorded" / "openai" / "test_chat__test_chat.yaml"
 FALLBACK_BODY = {
-    "id": "chatcmpl-bench", "object": "chat.completion", "created": 1709819153, "model": "gpt-3.5-turbo-0125",
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Why did OpenTelemetry break up with Tracing? Because it couldn't handle the baggage!"}, "logprobs": None, "finish_reason": "stop"}],
+    "id": "chatcmpl-bench",
+    "object": "chat.completion",
+    "created": 1709819153,
+    "model": "gpt-3.5-turbo-0125",
+    "choices": [
+        {
+            "index": 0,
+            "message": {
+                "role": "assistant",
+                "content": "Why did OpenTelemetry break up with Tracing? Because it couldn't handle the baggage!",
+            },
+            "logprobs": None,
+            "finish_reason": "stop",
+        }
+    ],
     "usage": {"prompt_tokens": 15, "completion_tokens": 19, "total_tokens": 34},
 }
 CONFIGS = ("bare", "budgetspan", "openllmetry", "openai-v2")
@@ -80,12 +93,16 @@ def worker(config: str, calls: int, repeats: int) -> dict[str, object]:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, content=body, headers={"content-type": "application/json"})
 
-    client = openai.OpenAI(api_key="sk-bench", http_client=httpx.Client(transport=httpx.MockTransport(handler)))
+    client = openai.OpenAI(
+        api_key="sk-bench", http_client=httpx.Client(transport=httpx.MockTransport(handler))
+    )
 
     async def ahandler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, content=body, headers={"content-type": "application/json"})
 
-    aclient = openai.AsyncOpenAI(api_key="sk-bench", http_client=httpx.AsyncClient(transport=httpx.MockTransport(ahandler)))
+    aclient = openai.AsyncOpenAI(
+        api_key="sk-bench", http_client=httpx.AsyncClient(transport=httpx.MockTransport(ahandler))
+    )
     msgs = [{"role": "user", "content": "Tell me a joke about opentelemetry"}]
 
     def sync_batch() -> float:
@@ -124,7 +141,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all configurations")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     ap.add_argument(
-        "--instructions", action="store_true",
+        "--instructions",
+        action="store_true",
         help="count CPU instructions per sync call with valgrind (immune to other load on the machine)",
     )
     args = ap.parse_args()
@@ -138,8 +156,19 @@ def main() -> None:
     for _round in range(args.rounds):  # interleaved, so slow spells of the machine hit every config
         for config in CONFIGS:
             out = subprocess.run(
-                [sys.executable, __file__, "--worker", config, "--calls", str(args.calls), "--repeats", str(args.repeats)],
-                capture_output=True, text=True, env={**os.environ, "OTEL_SDK_DISABLED": "false"},
+                [
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    config,
+                    "--calls",
+                    str(args.calls),
+                    "--repeats",
+                    str(args.repeats),
+                ],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "OTEL_SDK_DISABLED": "false"},
             )
             if out.returncode != 0:
                 print(f"{config}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
@@ -151,7 +180,9 @@ def main() -> None:
     if args.json:
         print(json.dumps(results, indent=2))
     bare = results.get("bare")
-    print(f"{'configuration':14} {'sync µs/call':>13} {'overhead':>10} {'async µs/call':>14} {'overhead':>10}")
+    print(
+        f"{'configuration':14} {'sync µs/call':>13} {'overhead':>10} {'async µs/call':>14} {'overhead':>10}"
+    )
     for config, r in results.items():
         so = r["sync_us"] - bare["sync_us"] if bare else float("nan")
         ao = r["async_us"] - bare["async_us"] if bare else float("nan")
@@ -160,15 +191,32 @@ def main() -> None:
         for mode in ("sync_us", "async_us"):
             ours = results["budgetspan"][mode] - bare[mode]
             peer = results["openllmetry"][mode] - bare[mode]
-            print(f"{mode[:-3]}: budgetspan overhead / OpenLLMetry overhead = {ours / peer:.2f}" if peer > 0 else "")
+            print(
+                f"{mode[:-3]}: budgetspan overhead / OpenLLMetry overhead = {ours / peer:.2f}"
+                if peer > 0
+                else ""
+            )
 
 
 def _instructions(config: str, calls: int) -> int:
     """Total instructions of a worker making 2 x ``calls`` sync calls (plus start-up)."""
     out = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
-         "--worker", config, "--calls", str(calls), "--repeats", "1"],
-        capture_output=True, text=True, env={**os.environ, "BENCH_SYNC_ONLY": "1"},
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--callgrind-out-file=/dev/null",
+            sys.executable,
+            __file__,
+            "--worker",
+            config,
+            "--calls",
+            str(calls),
+            "--repeats",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "BENCH_SYNC_ONLY": "1"},
     )
     for line in out.stderr.splitlines():
         if "Collected :" in line:
@@ -180,7 +228,9 @@ def instructions(small: int = 10, large: int = 60) -> None:
     """Per-call instructions = (I(large) - I(small)) / (2 * (large - small)): start-up cancels out."""
     per_call = {}
     for config in CONFIGS:
-        per_call[config] = (_instructions(config, large) - _instructions(config, small)) / (2 * (large - small))
+        per_call[config] = (_instructions(config, large) - _instructions(config, small)) / (
+            2 * (large - small)
+        )
     bare = per_call["bare"]
     print(f"{'configuration':14} {'instructions/call':>18} {'overhead':>12}")
     for config, n in per_call.items():

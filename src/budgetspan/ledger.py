@@ -152,6 +152,17 @@ class _RunBook:
     inflight_worst_cost: float = 0.0
     cancelled: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Any token or dollar limit at all: without one, ``spent_refusal`` is skipped (every call).
+    spend_limited: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        b = self.budget
+        self.spend_limited = not (
+            b.max_cost_usd is None
+            and b.max_input_tokens is None
+            and b.max_output_tokens is None
+            and b.max_total_tokens is None
+        )
 
     @property
     def deadline(self) -> float | None:
@@ -244,6 +255,8 @@ class InMemoryLedger(Ledger):
         if kind is CallKind.MODEL:
             if b.max_model_calls is not None and u.model_calls >= b.max_model_calls:
                 return Refusal(Limit.MODEL_CALLS.value, b.max_model_calls)
+            if not book.spend_limited:
+                return None
             return spent_refusal(
                 b, u, worst_cost + book.inflight_worst_cost if worst_cost else 0.0, worst_tokens
             )
@@ -253,7 +266,7 @@ class InMemoryLedger(Ledger):
             tl = _tool_limits(b, tool, defaults).max_calls
             if tl is not None and u.tool_calls_by_name.get(tool, 0) >= tl:
                 return Refusal(Limit.TOOL_MAX_CALLS.value, tl, tool)
-        return spent_refusal(b, u)
+        return spent_refusal(b, u) if book.spend_limited else None
 
     def reserve(
         self,
@@ -335,7 +348,7 @@ class InMemoryLedger(Ledger):
             book.usage.unpriced_calls += unpriced
             if reservation.kind is CallKind.TOOL and finished:
                 book.usage.tools_finished += 1
-            return spent_refusal(book.budget, book.usage)
+            return spent_refusal(book.budget, book.usage) if book.spend_limited else None
 
     def add_spend(self, run_id: str, spend: Spend) -> Refusal | None:
         book = self._runs.get(run_id)
@@ -343,7 +356,7 @@ class InMemoryLedger(Ledger):
             return None
         with book.lock:
             self._add(book.usage, spend)
-            return spent_refusal(book.budget, book.usage)
+            return spent_refusal(book.budget, book.usage) if book.spend_limited else None
 
     def release(self, reservation: Reservation) -> None:
         book = self._runs.get(reservation.run_id)

@@ -89,7 +89,7 @@ class ResultObserver(Observer):
     """What every model observer keeps: id, model, finish reasons, answer text, tool calls."""
 
     def __init__(self, call: Call, capture: bool = False) -> None:
-        super().__init__(call)
+        self.call = call  # Observer.__init__, without the super() call: one of these per call
         self.capture = capture  # read once per call: the environment lookup is not free
         self.response_id: str | None = None
         self.finish_reasons: list[str] = []

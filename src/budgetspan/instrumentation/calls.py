@@ -33,7 +33,7 @@ from budgetspan.instrumentation.trusted_attributes import sampler_ignores_attrib
 from budgetspan.ledger import CallKind, Refusal, Reservation, Spend
 from budgetspan.phase import DEFAULT_PHASE_BY_OPERATION
 from budgetspan.pricing import default_resolver
-from budgetspan.run import Run, _in_call, current_phase, get_tracer, resolve_run
+from budgetspan.run import Run, _current_phase, _in_call, get_tracer, resolve_run
 
 log = logging.getLogger("budgetspan")
 
@@ -163,7 +163,9 @@ class Call:
         """Reserve and open the span. Raises BudgetExhausted if a limit refuses the call."""
         try:
             self.run = resolve_run()
-            self.phase = current_phase() or DEFAULT_PHASE_BY_OPERATION.get(self.operation, "model_decision")
+            self.phase = _current_phase.get() or DEFAULT_PHASE_BY_OPERATION.get(
+                self.operation, "model_decision"
+            )
             if (
                 self.kind is CallKind.MODEL
                 and self.worst_case_cost is None
@@ -213,14 +215,15 @@ class Call:
             self._outer = not _in_call.get()
             self.t0 = time.monotonic()
             self.started = True
-            events.emit(
-                "on_call_start",
-                _KIND_NAME[self.kind],
-                self.span_name,
-                self.run,
-                self.phase,
-                self.label,
-            )
+            if "on_call_start" in events._handlers:  # events.emit, only when someone listens
+                events.emit(
+                    "on_call_start",
+                    _KIND_NAME[self.kind],
+                    self.span_name,
+                    self.run,
+                    self.phase,
+                    self.label,
+                )
         except Exception:
             internal_error("Call.start span")
         return self
@@ -448,7 +451,7 @@ class Call:
                 run.commit(
                     self.reservation, rest, finished=status == "ok", unreported=unreported, unpriced=unpriced
                 )
-        if not events.has_listeners():
+        if "on_call_end" not in events._handlers:  # events.has_listeners(), inlined
             return  # nobody reads the record: do not build it
         events.emit(
             "on_call_end",
