@@ -50,8 +50,10 @@ def _sdk_write(span: Any, values: dict[str, Any]) -> None:
         {"a": math.nan, "b": 1},
         {"gen_ai.operation.name": "embeddings", "x": 1},  # rewrites a key set at start
         {"a": {"nested": 1}},  # invalid for the SDK: dropped there, dropped here
+        {"": 1, "b": 2},  # an empty key: dropped by the SDK
+        {"a": ("x", 1)},  # a mixed tuple: the SDK's rules decide
     ],
-    ids=["plain", "list", "nan", "rewrite", "invalid"],
+    ids=["plain", "list", "nan", "rewrite", "invalid", "empty-key", "mixed-tuple"],
 )
 def test_same_attributes_as_the_sdk_write(limits: SpanLimits | None, values: dict[str, Any]) -> None:
     want = _exported(limits, _sdk_write, values)

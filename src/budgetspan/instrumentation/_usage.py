@@ -10,11 +10,18 @@ the SDKs build their models without validation, so whatever the server sent ends
 from __future__ import annotations
 
 import math
+from operator import itemgetter
 from typing import Any
 
 from budgetspan.ledger import Spend
 
 _ABSENT = object()
+_GETTERS: dict[tuple[str, ...], Any] = {}
+
+
+def _one(name: str) -> Any:
+    """An ``itemgetter`` for one name that still returns a tuple."""
+    return lambda values: (values[name],)
 
 
 def field(obj: Any, name: str) -> Any:
@@ -52,6 +59,13 @@ def pick(obj: Any, names: tuple[str, ...]) -> list[Any]:
     values = obj if type(obj) is dict else getattr(obj, "__dict__", None)
     if type(values) is not dict:
         return [field(obj, n) for n in names]
+    getter = _GETTERS.get(names)
+    if getter is None:
+        getter = _GETTERS[names] = itemgetter(*names) if len(names) > 1 else _one(names[0])
+    try:
+        return list(getter(values))  # every name present (SDK models carry all their fields)
+    except KeyError:
+        pass
     out = []
     extra: Any = _ABSENT
     for n in names:
@@ -101,7 +115,10 @@ def openai_usage(usage: Any) -> Spend | None:
     """
     if usage is None:
         return None
-    pt, ct, it, ot, ptd, ctd, itd, otd = pick(usage, _OPENAI_USAGE_FIELDS)
+    pt, ct, ptd, ctd = pick(usage, _CHAT_USAGE_FIELDS)
+    it = ot = itd = otd = None
+    if pt is None or ct is None:  # the Responses API's names (read only when needed: not free)
+        it, ot, itd, otd = pick(usage, _RESPONSES_USAGE_FIELDS)
     # ``x if type(x) is int and x >= 0 else count(x)``: the common case without a call.
     inp = pt if type(pt) is int and pt >= 0 else count(pt)
     if inp is None:
@@ -126,16 +143,13 @@ def openai_usage(usage: Any) -> Spend | None:
     return Spend(inp, out, cached, written, reasoning)
 
 
-_OPENAI_USAGE_FIELDS = (
+_CHAT_USAGE_FIELDS = (
     "prompt_tokens",
     "completion_tokens",
-    "input_tokens",
-    "output_tokens",
     "prompt_tokens_details",
     "completion_tokens_details",
-    "input_tokens_details",
-    "output_tokens_details",
 )
+_RESPONSES_USAGE_FIELDS = ("input_tokens", "output_tokens", "input_tokens_details", "output_tokens_details")
 _OPENAI_IN_DETAILS = ("cached_tokens", "cache_write_tokens")
 _OPENAI_OUT_DETAILS = ("reasoning_tokens",)
 

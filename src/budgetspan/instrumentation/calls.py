@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import threading
 import time
 import traceback
 from collections.abc import AsyncIterator
@@ -37,6 +36,7 @@ from budgetspan.run import Run, _current_phase, _in_call, get_tracer, resolve_ru
 
 log = logging.getLogger("budgetspan")
 
+_MODEL = CallKind.MODEL  # a global: enum members read through the class are slow
 _KIND_BY_OPERATION = {A.OP_EXECUTE_TOOL: CallKind.TOOL, A.OP_RETRIEVAL: None}
 _KIND_NAME: dict[CallKind | None, str] = {k: k.value for k in CallKind} | {None: "retrieval"}
 _internal_errors = 0
@@ -72,7 +72,7 @@ class Call:
 
     __slots__ = (
         "_committed",
-        "_ended_lock",
+        "_end_token",
         "_outer",
         "_priced",
         "_token",
@@ -123,7 +123,7 @@ class Call:
     ) -> None:
         self.operation = operation
         self.tool_limits = tool_limits
-        self.kind: CallKind | None = _KIND_BY_OPERATION.get(operation, CallKind.MODEL)
+        self.kind: CallKind | None = _KIND_BY_OPERATION.get(operation, _MODEL)
         self.span_name = span_name
         self.attributes = attributes if attributes is not None else {}
         self.provider = provider
@@ -153,7 +153,8 @@ class Call:
         self.start_ns = 0
         self.started = False
         self.ended = False
-        self._ended_lock = threading.Lock()
+        # Exactly-once end without a lock: ``list.pop`` is atomic, only the first end gets the item.
+        self._end_token: list[bool] = [True]
         self._outer = False
         self._priced: tuple[Any, ...] | None = None  # (spend, response_model, model) last priced
         self._token: Any = None
@@ -166,12 +167,7 @@ class Call:
             self.phase = _current_phase.get() or DEFAULT_PHASE_BY_OPERATION.get(
                 self.operation, "model_decision"
             )
-            if (
-                self.kind is CallKind.MODEL
-                and self.worst_case_cost is None
-                and self.worst_case_tokens
-                and self.model
-            ):
+            if self.kind is _MODEL and self.worst_case_cost is None and self.worst_case_tokens and self.model:
                 self.worst_case_cost = default_resolver().worst_case_cost(
                     self.provider or "", self.model, 0, self.worst_case_tokens
                 )
@@ -184,7 +180,7 @@ class Call:
                 self.kind,
                 tool=self.tool,
                 worst_case_cost=self.worst_case_cost,
-                worst_case_tokens=self.worst_case_tokens if self.kind is CallKind.MODEL else None,
+                worst_case_tokens=self.worst_case_tokens if self.kind is _MODEL else None,
                 tool_limits=self.tool_limits,
             )
         elif self.run is not None:
@@ -336,10 +332,11 @@ class Call:
         self, error: BaseException | None = None, *, status: str | None = None, stream_end: str | None = None
     ) -> None:
         """End the span and commit, exactly once."""
-        with self._ended_lock:
-            if self.ended:
-                return
-            self.ended = True
+        try:
+            self._end_token.pop()  # atomic: of several threads ending the call, one gets the item
+        except IndexError:
+            return  # already ended
+        self.ended = True
         try:
             self._end(error, status, stream_end)
         except Exception:
@@ -363,7 +360,7 @@ class Call:
                 status = "refused"
             else:
                 status = "error"
-        is_model = self.kind is CallKind.MODEL
+        is_model = self.kind is _MODEL
         unreported = is_model and (
             self.usage is None or (self.usage.input_tokens is None and self.usage.output_tokens is None)
         )

@@ -21,7 +21,10 @@ from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk import trace as sdk_trace
 from opentelemetry.sdk.trace import sampling
 
-_KEPT = frozenset((str, int, float, bool))
+_KEPT = frozenset((str, int, float, bool))  # kept as they are by the SDK (NaN included)
+_KEPT_OR_TUPLE = _KEPT | {tuple}
+_STR = frozenset((str,))
+_IS_TUPLE = tuple.__instancecheck__
 # The SDK's span classes exactly (a subclass may override set_attributes): tracers make ``_Span``.
 _SDK_SPANS = frozenset(c for c in (sdk_trace.Span, getattr(sdk_trace, "_Span", None)) if isinstance(c, type))
 
@@ -34,12 +37,16 @@ def set_trusted_attributes(span: Any, attributes: Mapping[str, Any]) -> None:
 
 
 def _write(span: Any, attributes: Mapping[str, Any]) -> bool:
-    for value in attributes.values():
-        t = type(value)
-        if t not in _KEPT and not (t is tuple and all(type(v) is str for v in value)):
-            return False
-        if t is float and value != value:
-            return False  # NaN: let the SDK decide
+    # Type checks over all values and keys at C speed (map + set); tuples checked one by one.
+    kinds = set(map(type, attributes.values()))
+    if not kinds <= _KEPT_OR_TUPLE:
+        return False
+    if tuple in kinds:  # only the tuples are visited (filter runs in C)
+        for value in filter(_IS_TUPLE, attributes.values()):
+            if not set(map(type, value)) <= _STR:
+                return False
+    if set(map(type, attributes)) - _STR or "" in attributes:
+        return False  # a key the SDK would drop (not a non-empty str)
     try:
         with span._lock:
             if span._end_time is not None:
@@ -56,11 +63,12 @@ def _write(span: Any, attributes: Mapping[str, Any]) -> bool:
                 maxlen = bounded.maxlen
                 if maxlen is not None and len(values) + len(attributes) > maxlen:
                     return False
-                for key, value in attributes.items():
-                    if not key or type(key) is not str:
-                        return False
-                    values.pop(key, None)  # a rewritten key moves to the end, as in the SDK
-                    values[key] = value
+                if values.keys().isdisjoint(attributes):
+                    values.update(attributes)  # all new keys: same order as one by one
+                else:
+                    for key, value in attributes.items():
+                        values.pop(key, None)  # a rewritten key moves to the end, as in the SDK
+                        values[key] = value
         return True
     except AttributeError:
         return False

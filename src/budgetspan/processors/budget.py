@@ -45,6 +45,8 @@ from budgetspan.run import (
 
 log = logging.getLogger(__name__)
 
+# Enum members read through the class cost ~10x a global: every accounted span uses these.
+_MODEL, _TOOL, _ENFORCE = CallKind.MODEL, CallKind.TOOL, Mode.ENFORCE
 _ACCOUNTED_OPS = A.MODEL_OPERATIONS | {A.OP_EXECUTE_TOOL}
 _INT_FAST_LIMIT = 2**1023  # below it an int converts to a finite float
 
@@ -126,9 +128,9 @@ class BudgetSpanProcessor(SpanProcessor):
         run = resolve_run()
         phase = current_phase() or attrs.get(A.PHASE) or DEFAULT_PHASE_BY_OPERATION.get(op, "model_decision")
         set_trusted_attributes(span, {A.PHASE: phase, A.RUN_ID: run.id})
-        kind = CallKind.TOOL if op == A.OP_EXECUTE_TOOL else CallKind.MODEL
-        tool = attrs.get(A.GEN_AI_TOOL_NAME) if kind is CallKind.TOOL else None
-        enforce = self.enforce_foreign and run.mode is Mode.ENFORCE
+        kind = _TOOL if op == A.OP_EXECUTE_TOOL else _MODEL
+        tool = attrs.get(A.GEN_AI_TOOL_NAME) if kind is _TOOL else None
+        enforce = self.enforce_foreign and run.mode is _ENFORCE
         try:
             res = run._ledger.reserve(run.id, kind, tool=tool, force=not enforce)
         except LedgerRefused as r:
@@ -138,7 +140,7 @@ class BudgetSpanProcessor(SpanProcessor):
             return None
         if res.would_refuse is not None:
             span.set_attribute(A.WOULD_REFUSE, res.would_refuse.reason)
-            if run.mode is Mode.ENFORCE:
+            if run.mode is _ENFORCE:
                 run.exhaust(res.would_refuse)  # counted; the next budgetspan call is refused
             else:
                 run.note_would_refuse(res.would_refuse)
