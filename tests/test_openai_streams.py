@@ -256,3 +256,91 @@ def test_no_reference_cycles_left_behind(instrumented: Any) -> None:  # noqa: F8
     finally:
         gc.enable()
     assert len(instrumented.spans("chat")) == 2
+
+
+# --- stream usage: asked for on the caller's behalf, its chunk hidden -----------------------------
+
+
+def _honest_server() -> Any:
+    """Answers like OpenAI: the usage chunk only when the request asked for it."""
+    import json
+
+    def answer(request: Any) -> Any:
+        body = json.loads(request.content)
+        wants = bool((body.get("stream_options") or {}).get("include_usage"))
+        return sse_response(openai_sse(chat_chunks(usage=USAGE if wants else None)))(request)
+
+    return answer
+
+
+def _visible(chunks: Any) -> list[tuple[Any, Any, Any]]:
+    return [(len(c.choices), c.choices[0].delta.content if c.choices else None, c.usage) for c in chunks]
+
+
+def test_stream_usage_is_asked_for_and_its_chunk_hidden(
+    instrumented: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:  # noqa: F811
+    import json
+
+    rec = Recorder(_honest_server())
+    with budgetspan.run("s"):
+        seen = _visible(client(rec).chat.completions.create(stream=True, **ARGS))
+    assert json.loads(rec.requests[-1].content)["stream_options"] == {"include_usage": True}
+    span = only_span(instrumented)
+    assert span.attributes[A.GEN_AI_USAGE_INPUT_TOKENS] == 11
+    assert span.attributes[A.GEN_AI_USAGE_OUTPUT_TOKENS] == 2
+    assert A.USAGE_UNREPORTED not in span.attributes
+    # The caller sees exactly what an uninstrumented call shows: no usage-only chunk.
+    instrumented.exporter.clear()
+    monkeypatch.setenv(A.ENV_OPENAI_STREAM_USAGE, "never")
+    rec2 = Recorder(_honest_server())
+    with budgetspan.run("s"):
+        plain = _visible(client(rec2).chat.completions.create(stream=True, **ARGS))
+    assert "stream_options" not in json.loads(rec2.requests[-1].content)
+    assert seen == plain and len(seen) == 3 and all(n == 1 for n, _, _ in seen)
+    assert only_span(instrumented).attributes[A.USAGE_UNREPORTED] is True
+
+
+async def test_async_stream_usage_is_asked_for_and_hidden(instrumented: Any) -> None:  # noqa: F811
+    rec = Recorder(_honest_server())
+    async with budgetspan.run("s"):
+        stream = await aclient(rec).chat.completions.create(stream=True, **ARGS)
+        seen = [c async for c in stream]
+    assert all(c.choices for c in seen) and len(seen) == 3
+    assert only_span(instrumented).attributes[A.GEN_AI_USAGE_OUTPUT_TOKENS] == 2
+
+
+def test_the_callers_own_stream_options_stand(instrumented: Any) -> None:  # noqa: F811
+    import json
+
+    rec = Recorder(_honest_server())
+    with budgetspan.run("s"):
+        seen = _visible(
+            client(rec).chat.completions.create(stream=True, stream_options={"include_usage": True}, **ARGS)
+        )
+    assert seen[-1][0] == 0 and seen[-1][2] is not None  # they asked: they get the usage chunk
+    rec2 = Recorder(_honest_server())
+    with budgetspan.run("s"):
+        list(
+            client(rec2).chat.completions.create(stream=True, stream_options={"include_usage": False}, **ARGS)
+        )
+    assert json.loads(rec2.requests[-1].content)["stream_options"] == {"include_usage": False}
+
+
+def test_raw_streams_and_other_servers_are_left_alone(
+    instrumented: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:  # noqa: F811
+    import json
+
+    rec = Recorder(_honest_server())
+    raw = client(rec).chat.completions.with_raw_response.create(stream=True, **ARGS)
+    list(raw.parse())
+    assert "stream_options" not in json.loads(rec.requests[-1].content)  # the raw body is theirs
+    local = openai.OpenAI(
+        api_key="t", base_url="http://127.0.0.1:9/v1", http_client=rec.sync(), max_retries=0
+    )
+    list(local.chat.completions.create(stream=True, **ARGS))
+    assert "stream_options" not in json.loads(rec.requests[-1].content)  # auto: OpenAI's own API only
+    monkeypatch.setenv(A.ENV_OPENAI_STREAM_USAGE, "always")
+    list(local.chat.completions.create(stream=True, **ARGS))
+    assert json.loads(rec.requests[-1].content)["stream_options"] == {"include_usage": True}

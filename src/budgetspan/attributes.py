@@ -141,6 +141,8 @@ ENV_PRICES: Final = "BUDGETSPAN_PRICES"
 ENV_TRACES_FILE: Final = "BUDGETSPAN_TRACES_FILE"
 ENV_ENFORCE_FOREIGN: Final = "BUDGETSPAN_ENFORCE_FOREIGN_SPANS"
 ENV_CAPTURE_CONTENT: Final = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+# OpenAI chat streams: ask for the usage chunk (auto: api.openai.com only | always | never)
+ENV_OPENAI_STREAM_USAGE: Final = "BUDGETSPAN_OPENAI_STREAM_USAGE"
 
 # --- Metrics exposition (processors/metrics.py) --------------------------------------------
 M_RUN_TOKENS: Final = "budgetspan_run_tokens"  # histogram: workflow, outcome (input + output)

@@ -56,6 +56,10 @@ class Observer:
         if spend is not None:
             self.call.set_usage(spend)
 
+    def hidden(self, item: Any) -> bool:
+        """Whether the caller must not see ``item`` (a chunk only budgetspan asked for)."""
+        return False
+
 
 class _State:
     """End-once bookkeeping shared by a stream proxy, its response hook and its finalizer."""
@@ -197,16 +201,19 @@ class SyncStreamProxy(wrapt.ObjectProxy[Any]):
     def __next__(self) -> Any:
         state = self._self_state
         state.in_next = True
-        try:
-            item = self.__wrapped__.__next__()
-        except StopIteration:
-            state.stopped(None)
-            raise
-        except BaseException as e:
-            state.stopped(e)
-            raise
-        state.item(item)
-        return item
+        while True:
+            try:
+                item = self.__wrapped__.__next__()
+            except StopIteration:
+                state.stopped(None)
+                raise
+            except BaseException as e:
+                state.stopped(e)
+                raise
+            state.item(item)
+            if not state.observer.hidden(item):
+                return item
+            state.in_next = True
 
     def close(self) -> None:
         try:
@@ -242,17 +249,20 @@ class AsyncStreamProxy(wrapt.ObjectProxy[Any]):
     async def __anext__(self) -> Any:
         state = self._self_state
         state.in_next = True
-        try:
-            async with state.call.deadline():
-                item = await self.__wrapped__.__anext__()
-        except StopAsyncIteration:
-            state.stopped(None)
-            raise
-        except BaseException as e:
-            state.stopped(e)
-            raise
-        state.item(item)
-        return item
+        while True:
+            try:
+                async with state.call.deadline():
+                    item = await self.__wrapped__.__anext__()
+            except StopAsyncIteration:
+                state.stopped(None)
+                raise
+            except BaseException as e:
+                state.stopped(e)
+                raise
+            state.item(item)
+            if not state.observer.hidden(item):
+                return item
+            state.in_next = True
 
     async def close(self) -> None:
         try:

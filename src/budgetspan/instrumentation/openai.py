@@ -10,6 +10,7 @@ usage is read from the body when the body is JSON. OpenAI-compatible servers are
 
 from __future__ import annotations
 
+import os
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -160,6 +161,11 @@ _MESSAGE_FIELDS = ("content", "tool_calls")
 class ChatObserver(_ChoicesObserver):
     """ChatCompletion / ParsedChatCompletion objects (or dicts) and ChatCompletionChunk items."""
 
+    hide_usage_chunk = False  # set when budgetspan asked for the usage chunk (not the caller)
+
+    def hidden(self, item: Any) -> bool:
+        return self.hide_usage_chunk and not field(item, "choices") and field(item, "usage") is not None
+
     def on_response(self, response: Any) -> None:
         rid, model, choices, usage = pick(response, _RESPONSE_FIELDS)
         if type(rid) is str and self.response_id is None:
@@ -252,7 +258,34 @@ def _chat_call(instance: Any, kwargs: dict[str, Any]) -> tuple[Call, Observer]:
     capture = capture_content()
     if capture:
         _put_content(call, A.GEN_AI_INPUT_MESSAGES, given(kwargs.get("messages")))
-    return call, ChatObserver(call, capture)
+    observer = ChatObserver(call, capture)
+    if kwargs.get("stream") is True and _ask_for_stream_usage(call, kwargs):
+        observer.hide_usage_chunk = True
+    return call, observer
+
+
+_RAW_HEADER = "X-Stainless-Raw-Response"  # with_raw_response / with_streaming_response
+
+
+def _ask_for_stream_usage(call: Call, kwargs: dict[str, Any]) -> bool:
+    """Add ``stream_options.include_usage`` to a chat stream that did not ask for usage, so the
+    stream's tokens are counted (OpenAI sends usage in streams only when asked).
+
+    The extra last chunk (no choices, only usage) is read by budgetspan and hidden from the
+    caller, who sees exactly the chunks they would have seen. Not done where the caller reads the
+    raw body (``with_raw_response`` / ``with_streaming_response``), nor, in ``auto`` mode, for
+    servers other than OpenAI's own (some OpenAI-compatible servers reject unknown options).
+    """
+    policy = os.environ.get(A.ENV_OPENAI_STREAM_USAGE, "auto").strip().lower() or "auto"
+    if policy == "never" or (policy != "always" and call.provider != "openai"):
+        return False
+    if given(kwargs.get("stream_options")) is not None:
+        return False  # the caller chose: their choice stands, and they see what they asked for
+    headers = given(kwargs.get("extra_headers"))
+    if isinstance(headers, dict) and any(str(k).lower() == _RAW_HEADER.lower() for k in headers):
+        return False
+    kwargs["stream_options"] = {"include_usage": True}
+    return True
 
 
 def _responses_call(instance: Any, kwargs: dict[str, Any]) -> tuple[Call, Observer]:
