@@ -278,8 +278,9 @@ def _visible(chunks: Any) -> list[tuple[Any, Any, Any]]:
 
 
 def test_stream_usage_is_asked_for_and_its_chunk_hidden(
-    instrumented: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:  # noqa: F811
+    instrumented: Any,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import json
 
     rec = Recorder(_honest_server())
@@ -328,8 +329,9 @@ def test_the_callers_own_stream_options_stand(instrumented: Any) -> None:  # noq
 
 
 def test_raw_streams_and_other_servers_are_left_alone(
-    instrumented: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:  # noqa: F811
+    instrumented: Any,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import json
 
     rec = Recorder(_honest_server())
