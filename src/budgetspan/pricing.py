@@ -38,11 +38,12 @@ class TokenPrice:
     cache_write_mtok: float | None = None
 
     def cost(self, inp: int, out: int, cache_read: int, cache_write: int) -> float:
-        cr = self.input_mtok if self.cache_read_mtok is None else self.cache_read_mtok
-        cw = self.input_mtok if self.cache_write_mtok is None else self.cache_write_mtok
-        uncached = max(0, inp - cache_read - cache_write)
+        """For figures already clamped (cache reads and writes within the input)."""
+        i = self.input_mtok
+        cr = i if self.cache_read_mtok is None else self.cache_read_mtok
+        cw = i if self.cache_write_mtok is None else self.cache_write_mtok
         return (
-            uncached * self.input_mtok + cache_read * cr + cache_write * cw + out * self.output_mtok
+            (inp - cache_read - cache_write) * i + cache_read * cr + cache_write * cw + out * self.output_mtok
         ) / 1e6
 
 
@@ -174,24 +175,19 @@ class PriceResolver:
         if price is None:
             return None
         try:  # absurd token figures (beyond float range, not numbers) are unpriced
-            # max(0, x or 0) and min(a, b), spelt out: this runs on every model call.
             inp = input_tokens or 0
-            inp = inp if inp > 0 else 0
             out = output_tokens or 0
-            out = out if out > 0 else 0
             cr = cache_read_tokens or 0
-            cr = cr if cr > 0 else 0
             cw = cache_write_tokens or 0
-            cw = cw if cw > 0 else 0
-            cr = inp if inp < cr else cr  # cache figures cannot exceed the input
-            rest = inp - cr
-            rest = rest if rest > 0 else 0
-            cw = rest if rest < cw else cw
-            if isinstance(price, TokenPrice):
+            if inp < 0 or out < 0 or cr < 0 or cw < 0 or cr + cw > inp:  # rare: clamp
+                inp, out, cr, cw = (x if x > 0 else 0 for x in (inp, out, cr, cw))
+                cr = min(cr, inp)  # cache figures cannot exceed the input
+                cw = min(cw, inp - cr)
+            if type(price) is TokenPrice:
                 value = price.cost(inp, out, cr, cw)
         except (OverflowError, TypeError, ValueError):
             return None
-        if not isinstance(price, TokenPrice):
+        if type(price) is not TokenPrice:
             try:
                 from genai_prices import Usage as GPUsage
 
