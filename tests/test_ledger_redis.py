@@ -29,10 +29,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def _start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], redis.Redis, int]:
+    """A real redis-server on a free loopback port, answering PING."""
     port = _free_port()
-    d: Path = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(
         [
             "redis-server",
@@ -45,17 +44,23 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             "--appendonly",
             "no",
             "--dir",
-            str(d),
+            str(directory),
         ],
         stdout=subprocess.DEVNULL,
     )
-    client = redis.Redis(port=port)
+    client = redis.Redis(port=port, socket_timeout=2, socket_connect_timeout=2)
     for _ in range(100):
         try:
             client.ping()
             break
         except redis.ConnectionError:
             time.sleep(0.05)
+    return proc, client, port
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    proc, _client, port = _start_redis(tmp_path_factory.mktemp("redis"))
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
     proc.wait(5)
@@ -185,18 +190,7 @@ def test_budgetspan_runs_on_the_shared_ledger(ledger: RedisLedger, tracing: obje
 @pytest.fixture
 def doomed_redis(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], redis.Redis]]:
     """A redis-server of this test's own, to be killed mid-run."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-    )
-    client = redis.Redis(port=port, socket_timeout=2, socket_connect_timeout=2)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
+    proc, client, _port = _start_redis(tmp_path)
     yield proc, client
     if proc.poll() is None:
         proc.kill()
