@@ -277,3 +277,46 @@ def test_a_run_survives_a_redis_outage(
         assert info.value.reason == "max_tool_calls"
     finally:
         budgetspan.set_ledger(InMemoryLedger())
+
+
+def test_closed_stays_closed_after_other_operations_fail(
+    doomed_redis: tuple[subprocess.Popen[bytes], redis.Redis],
+) -> None:
+    proc, client = doomed_redis
+    ledger = RedisLedger(client, on_error="closed")
+    ledger.open("r", Budget(max_model_calls=2), Mode.ENFORCE)
+    first, _second = ledger.reserve("r", CallKind.MODEL), ledger.reserve("r", CallKind.MODEL)
+    _kill(proc)
+    ledger.commit(first, Spend(1, 1))  # fails over Redis, ends locally...
+    assert ledger.check("r") is None
+    for _ in range(3):  # ...and does not turn the run into a local one with fresh counts
+        with pytest.raises(LedgerRefused) as info:
+            ledger.reserve("r", CallKind.MODEL)
+        assert info.value.refusal.reason == "ledger_unavailable"
+
+
+def test_closed_never_refuses_in_observe_mode(
+    doomed_redis: tuple[subprocess.Popen[bytes], redis.Redis],
+) -> None:
+    proc, client = doomed_redis
+    ledger = RedisLedger(client, on_error="closed")
+    ledger.open("r", Budget(max_model_calls=1), Mode.OBSERVE)
+    _kill(proc)
+    res = ledger.reserve("r", CallKind.MODEL)  # observe mode: accounted locally, not refused
+    assert res.fallback and ledger.usage("r").model_calls == 1
+
+
+def test_releasing_a_reservation_made_before_the_outage(
+    doomed_redis: tuple[subprocess.Popen[bytes], redis.Redis],
+) -> None:
+    proc, client = doomed_redis
+    ledger = RedisLedger(client)
+    ledger.open("r", Budget(max_model_calls=1, max_tool_calls=1), Mode.ENFORCE)
+    model, tool = ledger.reserve("r", CallKind.MODEL), ledger.reserve("r", CallKind.TOOL, tool="search")
+    _kill(proc)
+    ledger.release(model)  # made on Redis: nothing to undo here (no negative count, no extra call)
+    ledger.release(tool)  # ...and no KeyError for a tool this process never counted
+    assert ledger.usage("r").model_calls == 0 and ledger.usage("r").tool_calls == 0
+    ledger.reserve("r", CallKind.MODEL)
+    with pytest.raises(LedgerRefused):
+        ledger.reserve("r", CallKind.MODEL)  # the local budget of 1 still holds

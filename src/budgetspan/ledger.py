@@ -55,6 +55,8 @@ class Reservation:
     worst_case_cost: float = 0.0
     would_refuse: Refusal | None = None
     done: bool = False
+    #: Made by a fallback ledger (``RedisLedger`` during an outage), not by the shared one.
+    fallback: bool = False
 
 
 @dataclass(slots=True)

@@ -14,8 +14,11 @@ When Redis cannot be reached (``on_error``):
   is logged once per run and reported as an internal error (``budgetspan_internal_errors_total``).
   Limits still hold per process; across processes they can be overshot during the outage.
 - ``"closed"``: a call that cannot be reserved is refused with ``BudgetExhausted`` (reason
-  ``ledger_unavailable``): nothing runs unaccounted. What was already reserved is committed
-  locally.
+  ``ledger_unavailable``): nothing runs unaccounted (observe mode still refuses nothing: it falls
+  back as in ``open``). Each later call tries Redis again.
+
+Known limit: a reservation made on Redis before the outage and ended during it cannot settle there;
+its worst-case cost stays in the run's in-flight total on Redis until the run's key expires.
 """
 
 from __future__ import annotations
@@ -149,14 +152,29 @@ class RedisLedger(Ledger):
 
     # --- outage handling ----------------------------------------------------------------------
     def _guarded(self, run_id: str, on_redis: Callable[[], T], on_local: Callable[[], T]) -> T:
-        """``on_redis()``; once Redis has failed this run, ``on_local()`` for the rest of it."""
+        """``on_redis()``; when Redis fails, ``on_local()``. In ``open`` mode the run then stays
+        local to its end; in ``closed`` mode only this operation is local (the next reservation
+        tries Redis again, and is refused if Redis is still away)."""
         if run_id in self._local_runs:
             return on_local()
         try:
             return on_redis()
         except self._errors as e:
-            self._go_local(run_id, e)
+            if self.on_error == "open" or self._mode(run_id) is Mode.OBSERVE:
+                self._go_local(run_id, e)
+            else:
+                self._report(run_id, e)
             return on_local()
+
+    def _mode(self, run_id: str) -> Mode:
+        opened = self._opened.get(run_id)
+        return opened[1] if opened is not None else Mode.ENFORCE
+
+    def _report(self, run_id: str, error: BaseException) -> None:
+        log.warning(
+            "budgetspan: Redis ledger unreachable for run %s (%s: %s)", run_id, type(error).__name__, error
+        )
+        events.emit("on_internal_error", "redis_ledger")
 
     def _go_local(self, run_id: str, error: BaseException) -> None:
         with self._lock:
@@ -217,7 +235,7 @@ class RedisLedger(Ledger):
         tool_limits: ToolLimits | None = None,
     ) -> Reservation:
         def local() -> Reservation:
-            return self._local.reserve(
+            res = self._local.reserve(
                 run_id,
                 kind,
                 tool=tool,
@@ -226,6 +244,8 @@ class RedisLedger(Ledger):
                 force=force,
                 tool_limits=tool_limits,
             )
+            res.fallback = True
+            return res
 
         if run_id in self._local_runs:
             return local()
@@ -234,9 +254,9 @@ class RedisLedger(Ledger):
                 run_id, kind, tool, worst_case_cost, worst_case_tokens, force, tool_limits
             )
         except self._errors as e:
-            if self.on_error == "closed" and not force:
-                log.warning("budgetspan: Redis ledger unreachable (%s); call refused (on_error=closed)", e)
-                events.emit("on_internal_error", "redis_ledger")
+            # Closed: refuse, except where nothing may be refused (observe mode, forced records).
+            if self.on_error == "closed" and not force and self._mode(run_id) is Mode.ENFORCE:
+                self._report(run_id, e)
                 raise LedgerRefused(Refusal(Limit.LEDGER_UNAVAILABLE.value, None)) from None
             self._go_local(run_id, e)
             return local()
@@ -306,7 +326,10 @@ class RedisLedger(Ledger):
         if unpriced:
             pipe.hincrby(key, "unpriced_calls", 1)
         pipe.execute()
-        return self._spent_refusal(run_id)
+        try:  # committed: a failure past this point must not make the caller commit again
+            return self._spent_refusal(run_id)
+        except self._errors:
+            return None
 
     def _spent_refusal(self, run_id: str) -> Refusal | None:
         h = self._hash(run_id)
@@ -353,9 +376,14 @@ class RedisLedger(Ledger):
     def release(self, reservation: Reservation) -> None:
         if reservation.done:
             return
-        self._guarded(
-            reservation.run_id, lambda: self._release(reservation), lambda: self._local.release(reservation)
-        )
+
+        def on_local() -> None:
+            if reservation.fallback:
+                self._local.release(reservation)
+            else:  # made on Redis, which cannot be reached: nothing to undo in this process
+                reservation.done = True
+
+        self._guarded(reservation.run_id, lambda: self._release(reservation), on_local)
 
     def _release(self, reservation: Reservation) -> None:
         key = self.key(reservation.run_id)

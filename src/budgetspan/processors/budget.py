@@ -177,7 +177,7 @@ class BudgetSpanProcessor(SpanProcessor):
         if op == A.OP_EXECUTE_TOOL:
             if res is not None:
                 run.commit(res, None, finished=ok)
-            if not events.has_listeners():
+            if "on_call_end" not in events._handlers:  # events.has_listeners(), inlined
                 return
             events.emit(
                 "on_call_end",
@@ -225,7 +225,7 @@ class BudgetSpanProcessor(SpanProcessor):
             run.commit(
                 res, None if unreported else spend, finished=ok, unreported=unreported, unpriced=unpriced
             )
-        if not events.has_listeners():
+        if "on_call_end" not in events._handlers:  # events.has_listeners(), inlined
             return
         events.emit(
             "on_call_end",
