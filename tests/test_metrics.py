@@ -452,3 +452,29 @@ def test_zero_code_serves_metrics_under_opentelemetry_instrument(tmp_path: Any) 
     assert r.returncode == 0, r.stderr
     assert 'budgetspan_runs_total{outcome="success",workflow="zero_code"} 1.0' in r.stdout
     assert 'budgetspan_tool_calls_total{status="ok",tool="lookup",workflow="zero_code"} 1.0' in r.stdout
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_created_series_follow_prometheus_clients_switch(
+    reader: Reader, monkeypatch: pytest.MonkeyPatch, enabled: bool
+) -> None:
+    import prometheus_client.metrics
+
+    monkeypatch.setattr(prometheus_client.metrics, "_use_created", enabled)
+    model_call()
+    created = [
+        n for fam in reader.registry.collect() for s in fam.samples if (n := s.name).endswith("_created")
+    ]
+    assert ("budgetspan_model_calls_created" in created) is enabled
+    assert ("budgetspan_model_call_duration_seconds_created" in created) is enabled
+    assert len(reader.series("budgetspan_model_calls_total")) == 1  # the value itself is there
+
+
+def test_counter_cells_refuse_to_go_down() -> None:
+    from budgetspan.processors.metric_cells import CounterCell
+
+    cell = CounterCell()
+    cell.inc(2)
+    with pytest.raises(ValueError):
+        cell.inc(-1)
+    assert cell.value == 2

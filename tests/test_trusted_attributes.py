@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 import pytest
-from opentelemetry.sdk.trace import SpanLimits, TracerProvider, sampling
+from opentelemetry.sdk.trace import SpanLimits, SpanProcessor, TracerProvider, sampling
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext
@@ -136,8 +136,9 @@ class _Recorder(sampling.Sampler):
     ],
 )
 def test_which_samplers_ignore_attributes(sampler: sampling.Sampler, blind: bool) -> None:
-    tracer = TracerProvider(sampler=sampler).get_tracer("t")
-    assert T.sampler_ignores_attributes(tracer) is blind
+    provider = TracerProvider(sampler=sampler)
+    provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+    assert T.attributes_unread_at_start(provider.get_tracer("t")) is blind
 
 
 def test_a_sampler_that_reads_attributes_sees_the_request_at_creation(tracing: Any) -> None:
@@ -181,3 +182,59 @@ def test_with_a_stock_sampler_the_span_gets_every_attribute_at_the_end(tracing: 
     attrs = dict(span.attributes or {})
     assert attrs["gen_ai.provider.name"] == "openai" and attrs["gen_ai.request.model"] == "m"
     assert attrs["gen_ai.operation.name"] == "chat" and attrs["budgetspan.phase"] == "model_decision"
+
+
+class _ReadsOnStart(SpanProcessor):
+    """A processor that reads attributes when a span starts (routing, filtering, enrichment)."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        self.seen.append(dict(span.attributes or {}))
+
+
+def test_a_processor_that_may_read_attributes_sees_them_at_start(tracing: Any) -> None:
+    from budgetspan.instrumentation.calls import Call
+    from budgetspan.processors.budget import BudgetSpanProcessor
+    from budgetspan.run import set_tracer_provider
+
+    provider = TracerProvider()
+    provider.add_span_processor(BudgetSpanProcessor())
+    provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+    tracer = provider.get_tracer("budgetspan")
+    assert T.attributes_unread_at_start(tracer) is True  # stock and budgetspan's own: deferred
+    reader = _ReadsOnStart()
+    provider.add_span_processor(reader)  # added later: the cached answer must change
+    assert T.attributes_unread_at_start(tracer) is False
+    set_tracer_provider(provider)
+    try:
+        call = Call("chat", "chat m", {"gen_ai.provider.name": "openai", "gen_ai.request.model": "m"})
+        call.start()
+        call.end()
+    finally:
+        set_tracer_provider(None)
+    (seen,) = reader.seen
+    assert seen["gen_ai.operation.name"] == "chat" and seen["gen_ai.request.model"] == "m"
+    assert seen["budgetspan.phase"] == "model_decision"
+
+
+def test_what_code_sets_on_the_span_during_the_call_wins(tracing: Any) -> None:
+    from budgetspan.instrumentation.calls import Call
+    from budgetspan.run import set_tracer_provider
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    set_tracer_provider(provider)
+    try:
+        call = Call("chat", "chat m", {"gen_ai.provider.name": "openai"})
+        call.start()
+        assert call.span is not None
+        call.span.set_attribute("budgetspan.phase", "verification")  # user code, mid-call
+        call.end()
+    finally:
+        set_tracer_provider(None)
+    (span,) = exporter.get_finished_spans()
+    assert span.attributes is not None and span.attributes["budgetspan.phase"] == "verification"
+    assert span.attributes["gen_ai.provider.name"] == "openai"

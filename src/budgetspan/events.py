@@ -8,6 +8,7 @@ user's program.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -82,16 +83,21 @@ def _rebuild() -> None:
     _handlers = table
 
 
+_change_lock = threading.Lock()  # two threads adding listeners at once must not lose one
+
+
 def add_listener(listener: Any) -> None:
-    if listener not in _listeners:
-        _listeners.append(listener)
-        _rebuild()
+    with _change_lock:
+        if listener not in _listeners:
+            _listeners.append(listener)
+            _rebuild()
 
 
 def remove_listener(listener: Any) -> None:
-    if listener in _listeners:
-        _listeners.remove(listener)
-        _rebuild()
+    with _change_lock:
+        if listener in _listeners:
+            _listeners.remove(listener)
+            _rebuild()
 
 
 def has_listeners(event: str = "on_call_end") -> bool:

@@ -56,8 +56,8 @@ def pick(obj: Any, names: tuple[str, ...]) -> list[Any]:
     """
     if obj is None:
         return [None] * len(names)
-    values = obj if type(obj) is dict else getattr(obj, "__dict__", None)
-    if type(values) is not dict:
+    values = obj if isinstance(obj, dict) else getattr(obj, "__dict__", None)
+    if not isinstance(values, dict):
         return [field(obj, n) for n in names]
     getter = _GETTERS.get(names)
     if getter is None:
@@ -71,7 +71,7 @@ def pick(obj: Any, names: tuple[str, ...]) -> list[Any]:
     for n in names:
         v = values.get(n, _ABSENT)
         if v is _ABSENT:  # what ``field`` does, without a call per absent name
-            if type(obj) is dict:
+            if isinstance(obj, dict):
                 v = None
             elif hasattr(type(obj), n):
                 v = getattr(obj, n, None)

@@ -28,7 +28,7 @@ from budgetspan import attributes as A
 from budgetspan import events
 from budgetspan.budget import BudgetExhausted, Limit, ToolLimits
 from budgetspan.events import CallRecord
-from budgetspan.instrumentation.trusted_attributes import sampler_ignores_attributes, set_trusted_attributes
+from budgetspan.instrumentation.trusted_attributes import attributes_unread_at_start, set_trusted_attributes
 from budgetspan.ledger import CallKind, Refusal, Reservation, Spend
 from budgetspan.phase import DEFAULT_PHASE_BY_OPERATION
 from budgetspan.pricing import default_resolver
@@ -95,6 +95,7 @@ class Call:
     _outer: bool = False
     _priced: tuple[Any, ...] | None = None  # (spend, response_model, model, provider) last priced
     _token: Any = None
+    _deferred: dict[str, Any] | None = None  # start attributes written at the end (if absent)
 
     def __init__(
         self,
@@ -153,25 +154,21 @@ class Call:
         elif self.run is not None:
             self.run.check()
         try:
-            attrs = self.attributes  # the request's: at span creation, where samplers see them
+            attrs = self.attributes  # the request's, and budgetspan's own
             attrs[A.GEN_AI_OPERATION_NAME] = self.operation
-            # budgetspan's own are written with the results at the end, in one trusted write.
-            ours = self.end_attributes
-            if ours is None:
-                ours = self.end_attributes = {}
-            ours[A.PHASE] = self.phase
+            attrs[A.PHASE] = self.phase
             if self.run is not None:
-                ours[A.RUN_ID] = self.run.id
-                ours[A.WORKFLOW] = self.run.workflow
+                attrs[A.RUN_ID] = self.run.id
+                attrs[A.WORKFLOW] = self.run.workflow
             if self.reservation is not None and self.reservation.would_refuse is not None:
-                ours[A.WOULD_REFUSE] = self.reservation.would_refuse.reason
+                attrs[A.WOULD_REFUSE] = self.reservation.would_refuse.reason
             if self.worst_case_cost is not None:
-                ours[A.WORST_CASE_COST] = self.worst_case_cost
+                attrs[A.WORST_CASE_COST] = self.worst_case_cost
             tracer = get_tracer()
-            if sampler_ignores_attributes(tracer):
-                # Nothing reads them at creation: all of them go in the one trusted write at the end.
-                attrs.update(ours)
-                self.end_attributes = attrs
+            if attributes_unread_at_start(tracer):
+                # No sampler or processor looks at them before the end: they are written then, in
+                # the one trusted write, where the span has no value of its own for them yet.
+                self._deferred = attrs
                 self.span = tracer.start_span(self.span_name, kind=self.span_kind)
             else:
                 self.span = tracer.start_span(self.span_name, kind=self.span_kind, attributes=attrs)
@@ -390,7 +387,7 @@ class Call:
             elif status not in ("ok",):
                 attrs[A.ERROR_TYPE] = status
                 span.set_status(Status(StatusCode.ERROR, status))
-            set_trusted_attributes(span, attrs)
+            set_trusted_attributes(span, attrs, self._deferred)
             span.end()
         run = self.run
         if run is not None:

@@ -19,6 +19,7 @@ from typing import Any
 
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk import trace as sdk_trace
+from opentelemetry.sdk.trace import export as sdk_export
 from opentelemetry.sdk.trace import sampling
 
 _KEPT = frozenset((str, int, float, bool))  # kept as they are by the SDK (NaN included)
@@ -29,14 +30,31 @@ _IS_TUPLE = tuple.__instancecheck__
 _SDK_SPANS = frozenset(c for c in (sdk_trace.Span, getattr(sdk_trace, "_Span", None)) if isinstance(c, type))
 
 
-def set_trusted_attributes(span: Any, attributes: Mapping[str, Any]) -> None:
-    """``span.set_attributes(attributes)``, without re-validation where that changes nothing."""
-    if type(span) in _SDK_SPANS and _write(span, attributes):
+def set_trusted_attributes(
+    span: Any, attributes: Mapping[str, Any], defaults: Mapping[str, Any] | None = None
+) -> None:
+    """``span.set_attributes(attributes)``, without re-validation where that changes nothing.
+
+    ``defaults`` are written first and only where the span has no value yet: attributes prepared
+    when the call started, which code running during the call may have set on the span since.
+    """
+    if (
+        type(span) in _SDK_SPANS
+        and (not defaults or _write(span, defaults, keep=True))
+        and _write(span, attributes)
+    ):
         return
+    if defaults:
+        present = getattr(span, "attributes", None) or {}
+        missing = {k: v for k, v in defaults.items() if k not in present}
+        if missing:
+            span.set_attributes(missing)
     span.set_attributes(attributes)
 
 
-def _write(span: Any, attributes: Mapping[str, Any]) -> bool:
+def _write(span: Any, attributes: Mapping[str, Any], keep: bool = False) -> bool:
+    """Write straight into the SDK's dict; False (nothing written) where that is not equivalent.
+    ``keep``: leave the keys the span already has."""
     # Type checks over all values and keys at C speed (map + set); tuples checked one by one.
     kinds = set(map(type, attributes.values()))
     if not kinds <= _KEPT_OR_TUPLE:
@@ -65,6 +83,10 @@ def _write(span: Any, attributes: Mapping[str, Any]) -> bool:
                     return False
                 if values.keys().isdisjoint(attributes):
                     values.update(attributes)  # all new keys: same order as one by one
+                elif keep:
+                    for key, value in attributes.items():
+                        if key not in values:
+                            values[key] = value
                 else:
                     for key, value in attributes.items():
                         values.pop(key, None)  # a rewritten key moves to the end, as in the SDK
@@ -96,27 +118,54 @@ _PARENT_BASED_DELEGATES = (
     "_local_parent_sampled",
     "_local_parent_not_sampled",
 )
-_blind_by_sampler: dict[int, tuple[Any, bool]] = {}
+# Span processors whose ``on_start`` never reads a span's attributes (the SDK's exporting ones and
+# budgetspan's own, which skip budgetspan's spans); other processors are assumed to read them.
+_BLIND_PROCESSORS: set[type] = {sdk_export.SimpleSpanProcessor, sdk_export.BatchSpanProcessor}
+_MULTI_PROCESSORS = tuple(
+    c
+    for c in (
+        getattr(sdk_trace, "SynchronousMultiSpanProcessor", None),
+        getattr(sdk_trace, "ConcurrentMultiSpanProcessor", None),
+    )
+    if isinstance(c, type)
+)
+_blind_cache: dict[int, tuple[Any, Any, Any, bool]] = {}
 
 
-def sampler_ignores_attributes(tracer: Any) -> bool:
-    """Whether ``tracer`` samples without looking at attributes: then a span's attributes can be
-    written after its creation (in one trusted write) instead of being validated at creation.
+def register_blind_processor(cls: type) -> None:
+    """Declare that ``cls.on_start`` never reads the attributes of budgetspan's spans."""
+    _BLIND_PROCESSORS.add(cls)
+    _blind_cache.clear()
 
-    Only the SDK's stock samplers qualify (ParentBased only with stock delegates); any other
-    sampler, or a tracer that is not the SDK's, gets its attributes at creation as usual.
+
+def attributes_unread_at_start(tracer: Any) -> bool:
+    """Whether nothing looks at a new span's attributes before it ends: the tracer's sampler is one
+    of the SDK's stock samplers and every span processor is one known not to read them in
+    ``on_start``. Then the attributes are written once at the end (a trusted write) instead of
+    being validated at creation. Anything else gets them at creation, as usual.
     """
     sampler = getattr(tracer, "sampler", None)
-    if sampler is None:
-        return False
-    cached = _blind_by_sampler.get(id(sampler))
-    if cached is not None and cached[0] is sampler:
-        return cached[1]
-    blind = type(tracer) is sdk_trace.Tracer and _blind(sampler)
-    if len(_blind_by_sampler) > 64:
-        _blind_by_sampler.clear()
-    _blind_by_sampler[id(sampler)] = (sampler, blind)
+    active = getattr(tracer, "span_processor", None)
+    processors = getattr(active, "_span_processors", None)
+    cached = _blind_cache.get(id(tracer))
+    if cached is not None and cached[0] is tracer and cached[1] is sampler and cached[2] is processors:
+        return cached[3]
+    blind = (
+        type(tracer) is sdk_trace.Tracer
+        and sampler is not None
+        and _blind(sampler)
+        and _processors_blind(active)
+    )
+    if len(_blind_cache) > 64:
+        _blind_cache.clear()
+    _blind_cache[id(tracer)] = (tracer, sampler, processors, blind)
     return blind
+
+
+def _processors_blind(processor: Any) -> bool:
+    if isinstance(processor, _MULTI_PROCESSORS):
+        return all(_processors_blind(p) for p in getattr(processor, "_span_processors", (None,)))
+    return type(processor) in _BLIND_PROCESSORS
 
 
 def _blind(sampler: Any) -> bool:

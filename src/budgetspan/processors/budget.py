@@ -30,7 +30,7 @@ from budgetspan import attributes as A
 from budgetspan import events
 from budgetspan.budget import BudgetExhausted
 from budgetspan.events import CallRecord
-from budgetspan.instrumentation.trusted_attributes import set_trusted_attributes
+from budgetspan.instrumentation.trusted_attributes import register_blind_processor, set_trusted_attributes
 from budgetspan.ledger import CallKind, LedgerRefused, Mode, Reservation, Spend
 from budgetspan.phase import DEFAULT_PHASE_BY_OPERATION
 from budgetspan.pricing import default_resolver
@@ -256,3 +256,7 @@ class BudgetSpanProcessor(SpanProcessor):
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True
+
+
+# Its on_start returns before reading anything for budgetspan's own spans (checked by scope).
+register_blind_processor(BudgetSpanProcessor)

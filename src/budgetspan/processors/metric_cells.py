@@ -34,6 +34,8 @@ class CounterCell:
         self.created = time.time()
 
     def inc(self, amount: float = 1.0) -> None:
+        if amount < 0:  # as prometheus-client: a counter that went down would read as a reset
+            raise ValueError("Counters can only be incremented by non-negative amounts.")
         self.value += amount
 
 
@@ -95,10 +97,11 @@ class LocalFamily:
 
     def to_metric(self) -> Metric:
         names = self.label_names
+        created = _created_series()
         if self.kind == "counter":
             counter = CounterMetricFamily(self.name, self.doc, labels=names)
             for key, c in self.children.items():
-                counter.add_metric(key, c.value, created=c.created)
+                counter.add_metric(key, c.value, created=c.created if created else None)
             return counter
         if self.kind == "gauge":
             gauge = GaugeMetricFamily(self.name, self.doc, labels=names)
@@ -113,8 +116,19 @@ class LocalFamily:
                 total += n
                 cumulative.append((le, float(total)))
             hist.add_metric(key, cumulative, h.sum)
-            hist.samples.append(Sample(self.name + "_created", dict(zip(names, key, strict=True)), h.created))
+            if created:
+                hist.samples.append(
+                    Sample(self.name + "_created", dict(zip(names, key, strict=True)), h.created)
+                )
         return hist
+
+
+def _created_series() -> bool:
+    """prometheus-client's switch for ``_created`` series (PROMETHEUS_DISABLE_CREATED_SERIES,
+    ``disable_created_metrics()``), read at each scrape as the client's own metrics do."""
+    from prometheus_client import metrics
+
+    return bool(getattr(metrics, "_use_created", True))
 
 
 def _le(bound: float) -> str:
