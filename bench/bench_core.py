@@ -115,6 +115,9 @@ def main() -> None:
         instructions(args.metrics)
         return
     ops, close = operations()
+    for fn in ops.values():  # warm-up: the first row must not pay for caches and lazy imports
+        for _ in range(2000):
+            fn()
     rows = [(name, per_op_us(fn, args.n)) for name, fn in ops.items()]
     close()
     report(rows, "µs/op")
