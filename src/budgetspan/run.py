@@ -69,7 +69,8 @@ _process_run: Run | None = None
 
 _current_run: ContextVar[Run | None] = ContextVar("budgetspan_run", default=None)
 _current_phase: ContextVar[str | None] = ContextVar("budgetspan_phase", default=None)
-_in_call: ContextVar[bool] = ContextVar("budgetspan_in_call", default=False)
+#: Inside a counted call: the Call object (or True, for `in_call()` blocks); False outside.
+_in_call: ContextVar[Any] = ContextVar("budgetspan_in_call", default=False)
 
 
 def get_ledger() -> Ledger:
@@ -304,6 +305,16 @@ class Run:
         if res.would_refuse is not None:
             self.note_would_refuse(res.would_refuse)
         return res
+
+    def adopt(self, reservation: Reservation | None) -> Reservation | None:
+        """Take over a reservation the processor made for this same call (another
+        instrumentation's span around it); refused where ``reserve`` would refuse."""
+        stopped = self.exhausted
+        if stopped is not None and self.mode is Mode.ENFORCE:
+            if reservation is not None:
+                self.release(reservation)
+            raise self.exhaust(Refusal(stopped.reason, stopped.limit, stopped.tool))
+        return reservation
 
     def check(self) -> None:
         """Raise BudgetExhausted if the run is already at a limit (no reservation)."""

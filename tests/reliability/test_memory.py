@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 import budgetspan
 from budgetspan import attributes as A
-from budgetspan import events
+from budgetspan import events, foreign_spans
 from budgetspan.processors.budget import BudgetSpanProcessor
 from tests.conftest import bs_run
 from tests.reliability.conftest import Lean, scaled
@@ -75,7 +75,7 @@ def _assert_no_live_state(lean: Lean) -> None:
     assert budgetspan.live_runs() == []
     assert len(lean.ledger) == 0
     assert len(bs_run._trace_runs) == 0
-    assert lean.processor._foreign == {}
+    assert foreign_spans._pending == {}
 
 
 def test_100k_sequential_runs_leave_live_state_and_memory_flat(

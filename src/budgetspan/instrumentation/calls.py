@@ -25,7 +25,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from budgetspan import attributes as A
-from budgetspan import events
+from budgetspan import events, foreign_spans
 from budgetspan.budget import BudgetExhausted, Limit, ToolLimits
 from budgetspan.events import CallRecord
 from budgetspan.instrumentation.trusted_attributes import attributes_unread_at_start, set_trusted_attributes
@@ -142,7 +142,15 @@ class Call:
         except Exception:
             internal_error("Call.start")
             self.run = None
-        if self.run is not None and self.kind is not None:
+        taken = None
+        if self.run is not None and self.kind is not None and foreign_spans._pending:
+            # Started inside another instrumentation's span for this same call: take its
+            # reservation over rather than count the call twice.
+            taken = foreign_spans.take_over(trace.get_current_span(), self.run, self.kind)
+        if taken is not None:
+            assert self.run is not None
+            self.reservation = self.run.adopt(taken.reservation)  # BudgetExhausted propagates
+        elif self.run is not None and self.kind is not None:
             # BudgetExhausted propagates: the call must not start.
             self.reservation = self.run.reserve(
                 self.kind,
@@ -200,7 +208,7 @@ class Call:
             if span is not None:
                 self._token = (
                     otel_context.attach(trace.set_span_in_context(span)),
-                    _in_call.set(True),
+                    _in_call.set(self),  # truthy, and tells the processor which call is running
                 )
         except Exception:
             internal_error("Call.activate")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import threading
 from collections.abc import Callable
 from typing import Any, TypeGuard
 
@@ -27,7 +26,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import SpanKind
 
 from budgetspan import attributes as A
-from budgetspan import events
+from budgetspan import events, foreign_spans
 from budgetspan.budget import BudgetExhausted
 from budgetspan.events import CallRecord
 from budgetspan.instrumentation.trusted_attributes import register_blind_processor, set_trusted_attributes
@@ -100,8 +99,6 @@ class BudgetSpanProcessor(SpanProcessor):
                 "yes",
             )
         self.enforce_foreign = enforce_foreign
-        self._foreign: dict[int, tuple[Run, Reservation | None, str]] = {}
-        self._lock = threading.Lock()
         #: Called on shutdown: what the provider's lifetime owns but need not see every span
         #: (the metrics endpoint).
         self.closers: list[Callable[[], None]] = []
@@ -114,8 +111,15 @@ class BudgetSpanProcessor(SpanProcessor):
         op = attrs.get(A.GEN_AI_OPERATION_NAME)
         if op not in _ACCOUNTED_OPS:
             return
-        if op == A.OP_EXECUTE_TOOL and span.kind is SpanKind.SERVER and _in_call.get():
-            return  # an in-process tool server (MCP in-memory) serving a call already counted
+        current = _in_call.get()
+        if current:
+            # Inside budgetspan's own call of the same kind: another instrumentation's view of
+            # that call (openai-v2 inside our OpenAI wrapper, an in-process MCP server serving our
+            # tool call), already counted.
+            if getattr(current, "kind", None) is (_TOOL if op == A.OP_EXECUTE_TOOL else _MODEL):
+                return
+            if op == A.OP_EXECUTE_TOOL and span.kind is SpanKind.SERVER:
+                return  # an in-process tool server serving a call already counted
         refused: BudgetExhausted | None = None
         try:
             refused = self._account_start(span, attrs, str(op))
@@ -146,8 +150,7 @@ class BudgetSpanProcessor(SpanProcessor):
                 run.note_would_refuse(res.would_refuse)
         ctx = span.get_span_context()
         if ctx is not None:
-            with self._lock:
-                self._foreign[ctx.span_id] = (run, res, str(phase))
+            foreign_spans.add(ctx.span_id, foreign_spans.ForeignCall(run, res, str(phase), kind))
         return None
 
     def on_end(self, span: ReadableSpan) -> None:
@@ -155,11 +158,9 @@ class BudgetSpanProcessor(SpanProcessor):
             ctx = span.context
             if ctx is None:
                 return
-            if self._foreign:
-                with self._lock:
-                    entry = self._foreign.pop(ctx.span_id, None)
-                if entry is not None:
-                    self._account_end(span, *entry)
+            entry = foreign_spans.pop(ctx.span_id)
+            if entry is not None:
+                self._account_end(span, entry.run, entry.reservation, entry.phase)
             parent = span.parent
             if (parent is None or parent.is_remote) and ctx.trace_id in _trace_runs:  # has_trace_run
                 end_trace_run(ctx.trace_id, error=not span.status.is_ok)
@@ -246,8 +247,7 @@ class BudgetSpanProcessor(SpanProcessor):
         )
 
     def shutdown(self) -> None:
-        with self._lock:
-            self._foreign.clear()
+        foreign_spans.clear()
         for close in self.closers:
             try:
                 close()

@@ -1,0 +1,63 @@
+"""GenAI spans made by other instrumentations that ``BudgetSpanProcessor`` is accounting.
+
+Why shared: the same model or tool call is often seen by two instrumentations at once (budgetspan's
+wrapper and OpenLLMetry's or the official openai-v2's, both installed under
+``opentelemetry-instrument``). Counted twice, a budget of 6 model calls would stop after 3. When
+budgetspan's own call starts inside such a foreign span of the same kind, it takes the foreign
+span's reservation over (and the processor then leaves that span alone at its end); a foreign span
+that starts inside budgetspan's own call of the same kind is not accounted at all.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from budgetspan.ledger import CallKind, Reservation
+    from budgetspan.run import Run
+
+
+class ForeignCall(NamedTuple):
+    run: Run
+    reservation: Reservation | None
+    phase: str
+    kind: CallKind
+
+
+_pending: dict[int, ForeignCall] = {}  # span id -> the call being accounted
+_lock = threading.Lock()
+
+
+def add(span_id: int, call: ForeignCall) -> None:
+    with _lock:
+        _pending[span_id] = call
+
+
+def pop(span_id: int) -> ForeignCall | None:
+    if not _pending:  # the usual case: one dict truth test, no lock
+        return None
+    with _lock:
+        return _pending.pop(span_id, None)
+
+
+def take_over(span: Any, run: Run, kind: CallKind) -> ForeignCall | None:
+    """The foreign call ``span`` stands for, if it is one of ``kind`` in ``run``; it is then no
+    longer the processor's to commit (the caller commits its reservation)."""
+    if not _pending:
+        return None
+    try:
+        span_id = span.get_span_context().span_id
+    except Exception:
+        return None
+    with _lock:
+        found = _pending.get(span_id)
+        if found is None or found.run is not run or found.kind is not kind:
+            return None
+        del _pending[span_id]
+    return found
+
+
+def clear() -> None:
+    with _lock:
+        _pending.clear()

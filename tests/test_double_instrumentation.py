@@ -1,0 +1,95 @@
+"""One call seen by two instrumentations is counted once.
+
+Under ``opentelemetry-instrument`` with OpenLLMetry or the official openai-v2 installed beside
+budgetspan, each OpenAI call gets two GenAI spans: budgetspan's and the other one's, the other
+either around budgetspan's wrapper or inside it (instrumentation order). Counting both would halve
+every budget. The other instrumentation is played here by a plain tracer making the span it would
+make (the peers themselves are checked the same way in bench/'s peer environment)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import openai
+import pytest
+
+import budgetspan
+from tests.replay import Recorder, chat_completion, instrumented, json_response  # noqa: F401
+
+USAGE = {"prompt_tokens": 15, "completion_tokens": 19, "total_tokens": 34}
+ARGS: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+PEER_CHAT = {
+    "gen_ai.operation.name": "chat",
+    "gen_ai.provider.name": "openai",
+    "gen_ai.request.model": "gpt-4o-mini",
+}
+
+
+def _client(rec: Recorder) -> openai.OpenAI:
+    return openai.OpenAI(api_key="k", http_client=rec.sync(), max_retries=0)
+
+
+def test_a_peer_span_around_our_call_is_the_same_call(instrumented: Any) -> None:  # noqa: F811
+    peer = instrumented.provider.get_tracer("peer.openai")
+    rec = Recorder(json_response(chat_completion(usage=USAGE)))
+    with budgetspan.run("twice", max_model_calls=2) as run:
+        for _ in range(2):  # two calls, each seen by both instrumentations
+            with peer.start_as_current_span("chat gpt-4o-mini", attributes=PEER_CHAT):
+                _client(rec).chat.completions.create(**ARGS)
+        u = run.usage
+    assert (u.model_calls, u.input_tokens, u.output_tokens) == (2, 30, 38)  # not 4 calls, not doubled
+    assert len(rec.requests) == 2
+
+
+def test_a_peer_span_inside_our_call_is_the_same_call(instrumented: Any) -> None:  # noqa: F811
+    peer = instrumented.provider.get_tracer("peer.openai")
+
+    def answer(request: Any) -> Any:  # the peer's span, made while the request runs inside our call
+        with peer.start_as_current_span(
+            "chat gpt-4o-mini", attributes={**PEER_CHAT, "gen_ai.usage.input_tokens": 15}
+        ):
+            return json_response(chat_completion(usage=USAGE))(request)
+
+    rec = Recorder(answer)
+    with budgetspan.run("twice", max_model_calls=1) as run:
+        _client(rec).chat.completions.create(**ARGS)
+        u = run.usage
+    assert (u.model_calls, u.input_tokens, u.output_tokens) == (1, 15, 19)
+
+
+def test_separate_peer_calls_still_count(instrumented: Any) -> None:  # noqa: F811
+    """Positive control: a peer span that is not around or inside one of ours is its own call,
+    and a peer span of another kind (a tool) inside our model call is counted as a tool call."""
+    peer = instrumented.provider.get_tracer("peer.openai")
+    rec = Recorder(json_response(chat_completion(usage=USAGE)))
+    with budgetspan.run("separate") as run:
+        with peer.start_as_current_span("chat gpt-4o-mini", attributes=PEER_CHAT):
+            pass
+        _client(rec).chat.completions.create(**ARGS)
+        u = run.usage
+    assert u.model_calls == 2
+
+    def answer(request: Any) -> Any:
+        with peer.start_as_current_span(
+            "execute_tool lookup",
+            attributes={"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "lookup"},
+        ):
+            return json_response(chat_completion(usage=USAGE))(request)
+
+    with budgetspan.run("tool inside") as run:
+        _client(Recorder(answer)).chat.completions.create(**ARGS)
+        u = run.usage
+    assert (u.model_calls, u.tool_calls) == (1, 1)
+
+
+def test_the_limit_is_not_hit_early_when_two_instrumentations_see_each_call(instrumented: Any) -> None:  # noqa: F811
+    peer = instrumented.provider.get_tracer("peer.openai")
+    rec = Recorder(json_response(chat_completion(usage=USAGE)))
+    done = 0
+    with pytest.raises(budgetspan.BudgetExhausted) as info:
+        with budgetspan.run("limit", max_model_calls=3):
+            for _ in range(5):
+                with peer.start_as_current_span("chat gpt-4o-mini", attributes=PEER_CHAT):
+                    _client(rec).chat.completions.create(**ARGS)
+                done += 1
+    assert done == 3 and info.value.reason == "max_model_calls"
