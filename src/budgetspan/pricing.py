@@ -37,15 +37,6 @@ class TokenPrice:
     cache_read_mtok: float | None = None
     cache_write_mtok: float | None = None
 
-    def cost(self, inp: int, out: int, cache_read: int, cache_write: int) -> float:
-        """For figures already clamped (cache reads and writes within the input)."""
-        i = self.input_mtok
-        cr = i if self.cache_read_mtok is None else self.cache_read_mtok
-        cw = i if self.cache_write_mtok is None else self.cache_write_mtok
-        return (
-            (inp - cache_read - cache_write) * i + cache_read * cr + cache_write * cw + out * self.output_mtok
-        ) / 1e6
-
 
 class PriceConfigError(ValueError):
     """A price file that cannot be used; names the variable and the accepted form."""
@@ -183,8 +174,11 @@ class PriceResolver:
                 inp, out, cr, cw = (x if x > 0 else 0 for x in (inp, out, cr, cw))
                 cr = min(cr, inp)  # cache figures cannot exceed the input
                 cw = min(cw, inp - cr)
-            if type(price) is TokenPrice:
-                value = price.cost(inp, out, cr, cw)
+            if type(price) is TokenPrice:  # cache prices default to the input price
+                i = price.input_mtok
+                r = i if price.cache_read_mtok is None else price.cache_read_mtok
+                w = i if price.cache_write_mtok is None else price.cache_write_mtok
+                value = ((inp - cr - cw) * i + cr * r + cw * w + out * price.output_mtok) / 1e6
         except (OverflowError, TypeError, ValueError):
             return None
         if type(price) is not TokenPrice:

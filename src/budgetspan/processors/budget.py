@@ -75,6 +75,10 @@ def _int_attr(attrs: Any, key: str, legacy: str | None = None) -> int | None:
     return None
 
 
+def _duration(span: ReadableSpan) -> float:
+    return ((span.end_time or 0) - (span.start_time or 0)) / 1e9
+
+
 def _attributes(span: ReadableSpan) -> Any:
     """The span's attributes for reading, as a plain dict where the SDK keeps one.
 
@@ -172,10 +176,9 @@ class BudgetSpanProcessor(SpanProcessor):
         op = attrs.get(A.GEN_AI_OPERATION_NAME)
         provider = str(attrs.get(A.GEN_AI_PROVIDER_NAME) or attrs.get(A.GEN_AI_SYSTEM_DEPRECATED) or "")
         model = attrs.get(A.GEN_AI_RESPONSE_MODEL) or attrs.get(A.GEN_AI_REQUEST_MODEL)
-        model = str(model) if model else None
-        duration = ((span.end_time or 0) - (span.start_time or 0)) / 1e9
-        ok = span.status.is_ok
+        model = model if type(model) is str and model else (str(model) if model else None)
         if op == A.OP_EXECUTE_TOOL:
+            ok = span.status.is_ok
             if res is not None:
                 run.commit(res, None, finished=ok)
             if "on_call_end" not in events._handlers:  # events.has_listeners(), inlined
@@ -186,7 +189,7 @@ class BudgetSpanProcessor(SpanProcessor):
                     "tool",
                     run.workflow,
                     phase,
-                    duration,
+                    _duration(span),
                     "ok" if ok else "error",
                     tool=str(attrs.get(A.GEN_AI_TOOL_NAME) or "unknown"),
                     run=run,
@@ -222,10 +225,8 @@ class BudgetSpanProcessor(SpanProcessor):
             cost = default_resolver().cost(provider, model, inp, out, cr, cw)
         spend = Spend(inp, out, cr, cw, reasoning, cost)
         unpriced = not unreported and cost is None
-        if res is not None:
-            run.commit(
-                res, None if unreported else spend, finished=ok, unreported=unreported, unpriced=unpriced
-            )
+        if res is not None:  # (``finished`` only matters for tools)
+            run.commit(res, None if unreported else spend, unreported=unreported, unpriced=unpriced)
         if "on_call_end" not in events._handlers:  # events.has_listeners(), inlined
             return
         events.emit(
@@ -234,8 +235,8 @@ class BudgetSpanProcessor(SpanProcessor):
                 "model",
                 run.workflow,
                 phase,
-                duration,
-                "ok" if ok else "error",
+                _duration(span),
+                "ok" if span.status.is_ok else "error",
                 provider=provider or None,
                 model=model,
                 spend=None if unreported else spend,
