@@ -11,7 +11,9 @@ that starts inside budgetspan's own call of the same kind is not accounted at al
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+from opentelemetry import trace
 
 if TYPE_CHECKING:
     from budgetspan.ledger import CallKind, Reservation
@@ -41,13 +43,13 @@ def pop(span_id: int) -> ForeignCall | None:
         return _pending.pop(span_id, None)
 
 
-def take_over(span: Any, run: Run, kind: CallKind) -> ForeignCall | None:
-    """The foreign call ``span`` stands for, if it is one of ``kind`` in ``run``; it is then no
-    longer the processor's to commit (the caller commits its reservation)."""
-    if not _pending:
+def take_over(run: Run, kind: CallKind) -> ForeignCall | None:
+    """The foreign call the current span stands for, if it is one of ``kind`` in ``run``; it is
+    then no longer the processor's to commit (the caller commits its reservation)."""
+    if not _pending:  # the usual case: no foreign span in flight, nothing to look up
         return None
     try:
-        span_id = span.get_span_context().span_id
+        span_id = trace.get_current_span().get_span_context().span_id
     except Exception:
         return None
     with _lock:

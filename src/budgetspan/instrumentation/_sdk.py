@@ -16,12 +16,12 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 
 from budgetspan import attributes as A
 from budgetspan.instrumentation._streams import (
-    CURRENT_CALL,
     Observer,
     Patch,
     ainvoke,
     apply_patches,
     content_json,
+    in_model_call,
     invoke,
     remove_patches,
     retry_patch,
@@ -56,7 +56,7 @@ def model_call(
     """A not-yet-started model ``Call`` with the request attributes both SDKs take alike."""
     provider, host, port = where
     model = kwargs.get("model")
-    model = model if type(model) is str else given(model) if isinstance(model, str) else None
+    model = model if isinstance(model, str) else None  # (the SDK's sentinels are not strings)
     attrs: dict[str, Any] = {A.GEN_AI_PROVIDER_NAME: provider}
     if model:
         attrs[A.GEN_AI_REQUEST_MODEL] = model
@@ -66,12 +66,8 @@ def model_call(
         attrs[A.SERVER_PORT] = port
     if max_tokens is not None:
         attrs[A.GEN_AI_REQUEST_MAX_TOKENS] = max_tokens
-    temperature = kwargs.get("temperature")  # absent mostly: no call for that
-    if (
-        temperature is not None
-        and isinstance(given(temperature), (int, float))
-        and not isinstance(temperature, bool)
-    ):
+    temperature = kwargs.get("temperature")  # (the SDK's sentinels are not numbers)
+    if isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
         attrs[A.GEN_AI_REQUEST_TEMPERATURE] = float(temperature)
     if streaming:
         attrs[A.STREAM] = True
@@ -89,7 +85,7 @@ class ResultObserver(Observer):
     """What every model observer keeps: id, model, finish reasons, answer text, tool calls."""
 
     def __init__(self, call: Call, capture: bool = False) -> None:
-        self.call = call  # Observer.__init__, without the super() call: one of these per call
+        super().__init__(call)
         self.capture = capture  # read once per call: the environment lookup is not free
         self.response_id: str | None = None
         self.finish_reasons: list[str] = []
@@ -149,7 +145,7 @@ def wrapper_for(build: Builder, where: str) -> Callable[[bool], Callable[..., An
         if asynchronous:
 
             async def awrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-                if CURRENT_CALL.get() is not None:  # in_model_call(), inlined
+                if in_model_call():
                     return await wrapped(*args, **kwargs)
                 try:
                     call, observer = build(instance, kwargs)
@@ -161,7 +157,7 @@ def wrapper_for(build: Builder, where: str) -> Callable[[bool], Callable[..., An
             return awrapper
 
         def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-            if CURRENT_CALL.get() is not None:  # in_model_call(), inlined
+            if in_model_call():
                 return wrapped(*args, **kwargs)
             try:
                 call, observer = build(instance, kwargs)

@@ -298,6 +298,11 @@ def _is_stream(result: Any) -> bool:
     return hasattr(cls, "__next__") or hasattr(cls, "__anext__")
 
 
+def _is_raw(result: Any) -> bool:
+    """``with_raw_response`` / ``with_streaming_response`` objects (LegacyAPIResponse, APIResponse)."""
+    return hasattr(type(result), "parse") and "http_response" in getattr(result, "__dict__", ())
+
+
 def _finish_now(call: Call, observer: Observer) -> None:
     try:
         observer.finish()
@@ -309,24 +314,17 @@ def _finish_now(call: Call, observer: Observer) -> None:
 def take_result(call: Call, observer: Observer, result: Any, asynchronous: bool) -> Any:
     """Hand the SDK's result back, wrapped where the call is not over yet."""
     try:
-        # Class-level checks: instance lookups on pydantic models go through a slow __getattr__.
-        cls = type(result)
-        if hasattr(cls, "__next__") or hasattr(cls, "__anext__"):
+        if _is_stream(result):
             proxy = AsyncStreamProxy if asynchronous else SyncStreamProxy
             return proxy(result, call, observer)
-        # with_raw_response / with_streaming_response objects (LegacyAPIResponse, APIResponse)
-        if hasattr(cls, "parse") and "http_response" in getattr(result, "__dict__", ()):
+        if _is_raw(result):
             _watch_raw(call, observer, result, asynchronous)
             return result
         call.defer_commit = True  # the call ends right below: one ledger commit for all of it
         observer.on_response(result)
     except Exception:
         internal_error("take_result")
-    try:
-        observer.finish()
-    except Exception:
-        internal_error("response finish")
-    call.end()
+    _finish_now(call, observer)
     return result
 
 

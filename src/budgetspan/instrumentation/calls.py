@@ -91,7 +91,6 @@ class Call:
     documents: int | None = None
     t0: float = 0.0
     started: bool = False
-    ended: bool = False
     _outer: bool = False
     _priced: tuple[Any, ...] | None = None  # (spend, response_model, model, provider) last priced
     _token: Any = None
@@ -127,6 +126,10 @@ class Call:
         # Exactly-once end without a lock: ``list.pop`` is atomic, only the first end gets the item.
         self._end_token: list[bool] = [True]
 
+    @property
+    def ended(self) -> bool:
+        return not self._end_token
+
     # start -------------------------------------------------------------------------------
     def start(self) -> Call:
         """Reserve and open the span. Raises BudgetExhausted if a limit refuses the call."""
@@ -143,10 +146,10 @@ class Call:
             internal_error("Call.start")
             self.run = None
         taken = None
-        if self.run is not None and self.kind is not None and foreign_spans._pending:
+        if self.run is not None and self.kind is not None:
             # Started inside another instrumentation's span for this same call: take its
             # reservation over rather than count the call twice.
-            taken = foreign_spans.take_over(trace.get_current_span(), self.run, self.kind)
+            taken = foreign_spans.take_over(self.run, self.kind)
         if taken is not None:
             assert self.run is not None
             self.reservation = self.run.adopt(taken.reservation)  # BudgetExhausted propagates
@@ -183,15 +186,14 @@ class Call:
             self._outer = not _in_call.get()
             self.t0 = time.monotonic()
             self.started = True
-            if "on_call_start" in events._handlers:  # events.emit, only when someone listens
-                events.emit(
-                    "on_call_start",
-                    _KIND_NAME[self.kind],
-                    self.span_name,
-                    self.run,
-                    self.phase,
-                    self.label,
-                )
+            events.emit(
+                "on_call_start",
+                _KIND_NAME[self.kind],
+                self.span_name,
+                self.run,
+                self.phase,
+                self.label,
+            )
         except Exception:
             internal_error("Call.start span")
         return self
@@ -308,7 +310,6 @@ class Call:
             self._end_token.pop()  # atomic: of several threads ending the call, one gets the item
         except IndexError:
             return  # already ended
-        self.ended = True
         try:
             self._end(error, status, stream_end)
         except Exception:
@@ -358,20 +359,11 @@ class Call:
                     attrs[A.USAGE_UNREPORTED] = True
                 else:
                     assert spend is not None
-                    # A count no provider could mean (negative, beyond int64: OTLP cannot encode
-                    # it) is not written.
-                    v = spend.input_tokens
-                    if v is not None and 0 <= v < _INT64:
-                        attrs[A.GEN_AI_USAGE_INPUT_TOKENS] = v
-                    v = spend.output_tokens
-                    if v is not None and 0 <= v < _INT64:
-                        attrs[A.GEN_AI_USAGE_OUTPUT_TOKENS] = v
-                    if spend.cache_read_tokens is not None:
-                        _put(attrs, A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, spend.cache_read_tokens)
-                    if spend.cache_write_tokens is not None:
-                        _put(attrs, A.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS, spend.cache_write_tokens)
-                    if spend.reasoning_tokens is not None:
-                        _put(attrs, A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, spend.reasoning_tokens)
+                    _put(attrs, A.GEN_AI_USAGE_INPUT_TOKENS, spend.input_tokens)
+                    _put(attrs, A.GEN_AI_USAGE_OUTPUT_TOKENS, spend.output_tokens)
+                    _put(attrs, A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, spend.cache_read_tokens)
+                    _put(attrs, A.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS, spend.cache_write_tokens)
+                    _put(attrs, A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, spend.reasoning_tokens)
                     if self.cost_usd is not None:
                         attrs[A.GEN_AI_USAGE_COST] = self.cost_usd
                     else:
@@ -420,7 +412,7 @@ class Call:
                 run.commit(
                     self.reservation, rest, finished=status == "ok", unreported=unreported, unpriced=unpriced
                 )
-        if "on_call_end" not in events._handlers:  # events.has_listeners(), inlined
+        if not events.has_listeners("on_call_end"):
             return  # nobody reads the record: do not build it
         events.emit(
             "on_call_end",
@@ -528,5 +520,6 @@ _INT64 = 2**63
 
 
 def _put(attrs: dict[str, Any], key: str, value: int | None) -> None:
+    # A count no provider could mean (negative, beyond int64: OTLP cannot encode it) is not written.
     if value is not None and 0 <= value < _INT64:
         attrs[key] = value

@@ -168,14 +168,11 @@ class ChatObserver(_ChoicesObserver):
 
     def on_response(self, response: Any) -> None:
         rid, model, choices, usage = pick(response, _RESPONSE_FIELDS)
-        if type(rid) is str and self.response_id is None:
-            self.response_id = rid
-        if type(model) is str and model and self.call.response_model is None:
-            self.call.response_model = model
+        self._id(rid)
+        self._model(model)
         for choice in choices or ():
             index, reason, message = pick(choice, _CHOICE_FIELDS)
-            if type(reason) is str:
-                self.finish_reasons.append(reason)
+            self._reason(reason)
             if index in (0, None) and not self.text:
                 content, tool_calls = pick(message, _MESSAGE_FIELDS)
                 if isinstance(content, str):
@@ -183,9 +180,7 @@ class ChatObserver(_ChoicesObserver):
                 for tc in tool_calls or ():
                     fn = field(tc, "function")
                     self.tool_calls.append({"id": field(tc, "id"), "name": field(fn, "name")})
-        spend = openai_usage(usage)
-        if spend is not None:
-            self.call.set_usage(spend)
+        self.set_usage(openai_usage(usage))
 
     def _piece(self, choice: Any) -> None:
         delta = field(choice, "delta")
@@ -250,10 +245,7 @@ class EmbeddingsObserver(ResultObserver):
 
 
 def _chat_call(instance: Any, kwargs: dict[str, Any]) -> tuple[Call, Observer]:
-    limit = kwargs.get("max_completion_tokens")
-    max_tokens = positive_int(limit) if limit is not None else None
-    if max_tokens is None and (limit := kwargs.get("max_tokens")) is not None:
-        max_tokens = positive_int(limit)
+    max_tokens = positive_int(kwargs.get("max_completion_tokens")) or positive_int(kwargs.get("max_tokens"))
     call = _new_call(A.OP_CHAT, instance, kwargs, max_tokens)
     capture = capture_content()
     if capture:

@@ -115,28 +115,28 @@ class BudgetSpanProcessor(SpanProcessor):
         op = attrs.get(A.GEN_AI_OPERATION_NAME)
         if op not in _ACCOUNTED_OPS:
             return
+        kind = _TOOL if op == A.OP_EXECUTE_TOOL else _MODEL
         current = _in_call.get()
         if current:
             # Inside budgetspan's own call of the same kind: another instrumentation's view of
             # that call (openai-v2 inside our OpenAI wrapper, an in-process MCP server serving our
             # tool call), already counted.
-            if getattr(current, "kind", None) is (_TOOL if op == A.OP_EXECUTE_TOOL else _MODEL):
+            if getattr(current, "kind", None) is kind:
                 return
             if op == A.OP_EXECUTE_TOOL and span.kind is SpanKind.SERVER:
                 return  # an in-process tool server serving a call already counted
         refused: BudgetExhausted | None = None
         try:
-            refused = self._account_start(span, attrs, str(op))
+            refused = self._account_start(span, attrs, str(op), kind)
         except Exception:
             log.warning("budgetspan: accounting a foreign span failed", exc_info=True)
         if refused is not None:
             raise refused  # only with enforce_foreign: the caller asked for refusal here
 
-    def _account_start(self, span: Span, attrs: Any, op: str) -> BudgetExhausted | None:
+    def _account_start(self, span: Span, attrs: Any, op: str, kind: CallKind) -> BudgetExhausted | None:
         run = resolve_run()
         phase = current_phase() or attrs.get(A.PHASE) or DEFAULT_PHASE_BY_OPERATION.get(op, "model_decision")
         set_trusted_attributes(span, {A.PHASE: phase, A.RUN_ID: run.id})
-        kind = _TOOL if op == A.OP_EXECUTE_TOOL else _MODEL
         tool = attrs.get(A.GEN_AI_TOOL_NAME) if kind is _TOOL else None
         enforce = self.enforce_foreign and run.mode is _ENFORCE
         try:
@@ -181,7 +181,7 @@ class BudgetSpanProcessor(SpanProcessor):
             ok = span.status.is_ok
             if res is not None:
                 run.commit(res, None, finished=ok)
-            if "on_call_end" not in events._handlers:  # events.has_listeners(), inlined
+            if not events.has_listeners("on_call_end"):
                 return
             events.emit(
                 "on_call_end",
@@ -196,26 +196,11 @@ class BudgetSpanProcessor(SpanProcessor):
                 ),
             )
             return
-        # ``_int_attr`` without a call where the figure is a plain int or absent (every span).
-        v = attrs.get(A.GEN_AI_USAGE_INPUT_TOKENS)
-        inp = (
-            v
-            if type(v) is int and 0 <= v < _INT_FAST_LIMIT
-            else _int_attr(attrs, A.GEN_AI_USAGE_INPUT_TOKENS, A.GEN_AI_USAGE_PROMPT_TOKENS_LEGACY)
-        )
-        v = attrs.get(A.GEN_AI_USAGE_OUTPUT_TOKENS)
-        out = (
-            v
-            if type(v) is int and 0 <= v < _INT_FAST_LIMIT
-            else _int_attr(attrs, A.GEN_AI_USAGE_OUTPUT_TOKENS, A.GEN_AI_USAGE_COMPLETION_TOKENS_LEGACY)
-        )
-        cr = cw = reasoning = None
-        if attrs.get(A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS) is not None:
-            cr = _int_attr(attrs, A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS)
-        if attrs.get(A.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS) is not None:
-            cw = _int_attr(attrs, A.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS)
-        if attrs.get(A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS) is not None:
-            reasoning = _int_attr(attrs, A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS)
+        inp = _int_attr(attrs, A.GEN_AI_USAGE_INPUT_TOKENS, A.GEN_AI_USAGE_PROMPT_TOKENS_LEGACY)
+        out = _int_attr(attrs, A.GEN_AI_USAGE_OUTPUT_TOKENS, A.GEN_AI_USAGE_COMPLETION_TOKENS_LEGACY)
+        cr = _int_attr(attrs, A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS)
+        cw = _int_attr(attrs, A.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS)
+        reasoning = _int_attr(attrs, A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS)
         unreported = inp is None and out is None
         cost_attr = attrs.get(A.GEN_AI_USAGE_COST)
         cost: float | None = None
@@ -227,7 +212,7 @@ class BudgetSpanProcessor(SpanProcessor):
         unpriced = not unreported and cost is None
         if res is not None:  # (``finished`` only matters for tools)
             run.commit(res, None if unreported else spend, unreported=unreported, unpriced=unpriced)
-        if "on_call_end" not in events._handlers:  # events.has_listeners(), inlined
+        if not events.has_listeners("on_call_end"):
             return
         events.emit(
             "on_call_end",
