@@ -52,23 +52,15 @@ class Listener(Protocol):
     def on_phase_start(self, run: Run | None, phase: str, label: str | None) -> None: ...
     def on_phase_end(self, run: Run | None, workflow: str, phase: str, duration_s: float) -> None: ...
     def on_exhausted(self, run: Run, reason: str, observe: bool) -> None: ...
+    def on_internal_error(self, where: str) -> None: ...
+    def on_spans_dropped(self, reason: str, count: int) -> None: ...
 
 
 _listeners: list[Any] = []
 # event name -> the bound methods that handle it, rebuilt when listeners change: an event that
 # nobody handles (``on_call_start`` when only metrics listen) then costs one dict lookup.
 _handlers: dict[str, tuple[tuple[Any, Any], ...]] = {}
-_EVENTS = (
-    "on_run_start",
-    "on_run_end",
-    "on_call_start",
-    "on_call_end",
-    "on_phase_start",
-    "on_phase_end",
-    "on_exhausted",
-    "on_internal_error",
-    "on_spans_dropped",
-)
+_EVENTS = tuple(name for name in vars(Listener) if name.startswith("on_"))  # the Protocol's events
 
 
 def _rebuild() -> None:

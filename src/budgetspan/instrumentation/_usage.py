@@ -65,22 +65,7 @@ def pick(obj: Any, names: tuple[str, ...]) -> list[Any]:
     try:
         return list(getter(values))  # every name present (SDK models carry all their fields)
     except KeyError:
-        pass
-    out = []
-    extra: Any = _ABSENT
-    for n in names:
-        v = values.get(n, _ABSENT)
-        if v is _ABSENT:  # what ``field`` does, without a call per absent name
-            if isinstance(obj, dict):
-                v = None
-            elif hasattr(type(obj), n):
-                v = getattr(obj, n, None)
-            else:
-                if extra is _ABSENT:
-                    extra = getattr(obj, "__pydantic_extra__", None)
-                v = extra.get(n) if type(extra) is dict else None
-        out.append(v)
-    return out
+        return [field(obj, n) for n in names]  # some absent: extras, properties, dict keys
 
 
 def count(value: Any) -> int | None:
