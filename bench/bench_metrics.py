@@ -32,14 +32,9 @@ from budgetspan.processors.budget import BudgetSpanProcessor
 from budgetspan.processors.metrics import BudgetspanMetrics, MetricsSpanProcessor
 
 bs_run = importlib.import_module("budgetspan.run")
+bench_core = importlib.import_module("bench_core")  # beside this file (run as a script)
 
-ATTRS = {
-    "gen_ai.operation.name": "chat",
-    "gen_ai.provider.name": "openai",
-    "gen_ai.request.model": "gpt-4o-mini",
-    "gen_ai.usage.input_tokens": 100,
-    "gen_ai.usage.output_tokens": 20,
-}
+ATTRS = bench_core.ATTRS  # the same foreign span in both benches, so their figures compare
 
 
 def main() -> None:
