@@ -10,7 +10,6 @@ that starts inside budgetspan's own call of the same kind is not accounted at al
 
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING, NamedTuple
 
 from opentelemetry import trace
@@ -27,20 +26,18 @@ class ForeignCall(NamedTuple):
     kind: CallKind
 
 
-_pending: dict[int, ForeignCall] = {}  # span id -> the call being accounted
-_lock = threading.Lock()
+# span id -> the call being accounted. Lock-free: one dict store, get or pop is atomic (also on
+# free-threaded builds), and a call is claimed by whoever pops it first (``pop`` or ``take_over``).
+_pending: dict[int, ForeignCall] = {}
 
 
 def add(span_id: int, call: ForeignCall) -> None:
-    with _lock:
-        _pending[span_id] = call
+    _pending[span_id] = call
 
 
 def pop(span_id: int) -> ForeignCall | None:
-    if not _pending:  # the usual case: one dict truth test, no lock
-        return None
-    with _lock:
-        return _pending.pop(span_id, None)
+    """Claim the call of a finished span (None: not accounted, or taken over)."""
+    return _pending.pop(span_id, None) if _pending else None
 
 
 def take_over(run: Run, kind: CallKind) -> ForeignCall | None:
@@ -52,14 +49,11 @@ def take_over(run: Run, kind: CallKind) -> ForeignCall | None:
         span_id = trace.get_current_span().get_span_context().span_id
     except Exception:
         return None
-    with _lock:
-        found = _pending.get(span_id)
-        if found is None or found.run is not run or found.kind is not kind:
-            return None
-        del _pending[span_id]
-    return found
+    found = _pending.get(span_id)
+    if found is None or found.run is not run or found.kind is not kind:
+        return None
+    return _pending.pop(span_id, None)  # None: the span ended meanwhile and its end claimed it
 
 
 def clear() -> None:
-    with _lock:
-        _pending.clear()
+    _pending.clear()

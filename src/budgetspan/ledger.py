@@ -34,6 +34,8 @@ class CallKind(str, Enum):
 
 # Enum members looked up through the class cost ~10x a global: the hot paths use these.
 _MODEL, _TOOL, _RETRY = CallKind.MODEL, CallKind.TOOL, CallKind.RETRY
+_ENFORCE = Mode.ENFORCE
+_CANCELLED = Limit.CANCELLED.value
 
 
 @dataclass(frozen=True)
@@ -290,12 +292,8 @@ class InMemoryLedger(Ledger):
             raise KeyError(f"run {run_id!r} is not open in the ledger")
         worst = float(worst_case_cost) if worst_case_cost else 0.0
         with book.lock:
-            refusal = self._refusal(book, kind, tool, worst, int(worst_case_tokens or 0), tool_limits)
-            if (
-                refusal is not None
-                and not force
-                and (book.mode is Mode.ENFORCE or refusal.reason == Limit.CANCELLED.value)
-            ):
+            refusal = self._refusal(book, kind, tool, worst, worst_case_tokens or 0, tool_limits)
+            if refusal is not None and not force and (book.mode is _ENFORCE or refusal.reason == _CANCELLED):
                 raise LedgerRefused(refusal)
             u = book.usage
             if kind is _MODEL:
@@ -308,7 +306,8 @@ class InMemoryLedger(Ledger):
                 u.retries += 1
                 if tool is not None:
                     u.tool_retries_by_name[tool] = u.tool_retries_by_name.get(tool, 0) + 1
-            book.inflight_worst_cost += worst
+            if worst:
+                book.inflight_worst_cost += worst
         return Reservation(run_id, kind, tool, worst, refusal)
 
     @staticmethod
@@ -347,14 +346,18 @@ class InMemoryLedger(Ledger):
             return None
         with book.lock:
             reservation.done = True
-            book.inflight_worst_cost = max(0.0, book.inflight_worst_cost - reservation.worst_case_cost)
+            if reservation.worst_case_cost:
+                book.inflight_worst_cost = max(0.0, book.inflight_worst_cost - reservation.worst_case_cost)
+            u = book.usage
             if spend is not None:
-                self._add(book.usage, spend)
-            book.usage.unreported_usage_calls += unreported
-            book.usage.unpriced_calls += unpriced
-            if reservation.kind is _TOOL and finished:
-                book.usage.tools_finished += 1
-            return spent_refusal(book.budget, book.usage) if book.spend_limited else None
+                self._add(u, spend)
+            if unreported:
+                u.unreported_usage_calls += 1
+            if unpriced:
+                u.unpriced_calls += 1
+            if finished and reservation.kind is _TOOL:
+                u.tools_finished += 1
+            return spent_refusal(book.budget, u) if book.spend_limited else None
 
     def add_spend(self, run_id: str, spend: Spend) -> Refusal | None:
         book = self._runs.get(run_id)

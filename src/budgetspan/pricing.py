@@ -129,6 +129,9 @@ class PriceResolver:
     def __init__(self, overrides: dict[tuple[str, str], TokenPrice] | None = None) -> None:
         self.overrides = dict(overrides or {})
         self._cache: dict[tuple[str, str], Any] = {}
+        # What ``cost`` multiplies by: (input, cache read, cache write, output) USD per million
+        # tokens for a flat price, the genai-prices object for any other, None when unpriced.
+        self._rates: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
 
     def _model_price(self, provider: str, model: str) -> Any:
@@ -142,7 +145,9 @@ class PriceResolver:
         with self._lock:
             if len(self._cache) > 4096:  # unbounded model names must not grow memory forever
                 self._cache.clear()
+                self._rates.clear()
             self._cache[key] = found
+            self._rates[key] = _rates(found)
         return found
 
     def is_priced(self, provider: str, model: str) -> bool:
@@ -160,39 +165,41 @@ class PriceResolver:
         """USD cost, or None when the model is unknown or the usage was not reported."""
         if not model or (input_tokens is None and output_tokens is None):
             return None
-        price = self._cache.get((provider or "", model), _MISSING)
-        if price is _MISSING:
-            price = self._model_price(provider or "", model)
-        if price is None:
+        key = (provider or "", model)
+        rates = self._rates.get(key, _MISSING)
+        if rates is _MISSING:
+            rates = _rates(self._model_price(*key))
+        if rates is None:
             return None
+        inp = input_tokens or 0
+        out = output_tokens or 0
+        cr = cache_read_tokens or 0
+        cw = cache_write_tokens or 0
         try:  # absurd token figures (beyond float range, not numbers) are unpriced
-            inp = input_tokens or 0
-            out = output_tokens or 0
-            cr = cache_read_tokens or 0
-            cw = cache_write_tokens or 0
-            if inp < 0 or out < 0 or cr < 0 or cw < 0 or cr + cw > inp:  # rare: clamp
+            if ((cr or cw) and (cr < 0 or cw < 0 or cr + cw > inp)) or inp < 0 or out < 0:  # rare: clamp
                 inp, out, cr, cw = (x if x > 0 else 0 for x in (inp, out, cr, cw))
                 cr = min(cr, inp)  # cache figures cannot exceed the input
                 cw = min(cw, inp - cr)
-            if type(price) is TokenPrice:  # cache prices default to the input price
-                i = price.input_mtok
-                r = i if price.cache_read_mtok is None else price.cache_read_mtok
-                w = i if price.cache_write_mtok is None else price.cache_write_mtok
-                value = ((inp - cr - cw) * i + cr * r + cw * w + out * price.output_mtok) / 1e6
+            if type(rates) is tuple:
+                i, r, w, o = rates
+                if cr or cw:
+                    value = ((inp - cr - cw) * i + cr * r + cw * w + out * o) / 1e6
+                else:
+                    value = (inp * i + out * o) / 1e6
         except (OverflowError, TypeError, ValueError):
             return None
-        if type(price) is not TokenPrice:
+        if type(rates) is not tuple:
             try:
                 from genai_prices import Usage as GPUsage
 
                 usage = GPUsage(
                     input_tokens=inp, output_tokens=out, cache_read_tokens=cr, cache_write_tokens=cw
                 )
-                value = float(price.calc_price(usage)["total_price"])
+                value = float(rates.calc_price(usage)["total_price"])
             except Exception:  # an odd price shape must not break the caller: unpriced
                 log.debug("genai-prices failed for %s/%s", provider, model, exc_info=True)
                 return None
-        return value if math.isfinite(value) and value >= 0 else None
+        return value if 0 <= value < _INF else None  # (NaN fails both)
 
     def worst_case_cost(
         self, provider: str, model: str | None, input_tokens_estimate: int, max_output_tokens: int | None
@@ -222,6 +229,19 @@ def _lookup_genai_prices(provider: str, model: str) -> Any:
         except Exception:
             log.debug("genai-prices lookup failed for %s/%s", provider, model, exc_info=True)
             return None
+
+
+_INF = float("inf")
+
+
+def _rates(price: Any) -> Any:
+    """What ``cost`` multiplies by (see ``PriceResolver._rates``); cache prices default to the input's."""
+    if type(price) is not TokenPrice:
+        return price
+    i = price.input_mtok
+    r = i if price.cache_read_mtok is None else price.cache_read_mtok
+    w = i if price.cache_write_mtok is None else price.cache_write_mtok
+    return (i, r, w, price.output_mtok)
 
 
 def _as_token_price(model_price: Any) -> TokenPrice | None:

@@ -52,19 +52,43 @@ def set_trusted_attributes(
     span.set_attributes(attributes)
 
 
+def tag_starting_span(span: Any, key1: str, value1: str, key2: str, value2: str) -> None:
+    """``span.set_attributes({key1: value1, key2: value2})`` from a span processor's ``on_start``,
+    for two of budgetspan's own attribute names (non-empty str constants, not checked again).
+
+    Why a separate path: every foreign GenAI span is tagged with its phase and run here. The span
+    is still being started, so it cannot have ended; the write is the trusted one of ``_write``
+    (the SDK's attribute lock, its limits respected by falling back), without a dict to build.
+    """
+    if type(value1) is str and type(value2) is str and type(span) in _SDK_SPANS:
+        try:
+            bounded = span._attributes
+            if (
+                type(bounded) is BoundedAttributes
+                and not bounded._immutable
+                and bounded.max_value_len is None
+            ):
+                with bounded._lock:
+                    values = bounded._dict
+                    maxlen = bounded.maxlen
+                    if (
+                        (maxlen is None or len(values) + 2 <= maxlen)
+                        and key1 not in values
+                        and key2 not in values
+                    ):
+                        values[key1] = value1
+                        values[key2] = value2
+                        return
+        except AttributeError:
+            pass
+    span.set_attributes({key1: value1, key2: value2})
+
+
 def _write(span: Any, attributes: Mapping[str, Any], keep: bool = False) -> bool:
     """Write straight into the SDK's dict; False (nothing written) where that is not equivalent.
     ``keep``: leave the keys the span already has."""
-    # Type checks over all values and keys at C speed (map + set); tuples checked one by one.
-    kinds = set(map(type, attributes.values()))
-    if not kinds <= _KEPT_OR_TUPLE:
+    if not _kept(attributes):
         return False
-    if tuple in kinds:  # only the tuples are visited (filter runs in C)
-        for value in filter(_IS_TUPLE, attributes.values()):
-            if not set(map(type, value)) <= _STR:
-                return False
-    if set(map(type, attributes)) - _STR or "" in attributes:
-        return False  # a key the SDK would drop (not a non-empty str)
     try:
         with span._lock:
             if span._end_time is not None:
@@ -94,6 +118,19 @@ def _write(span: Any, attributes: Mapping[str, Any], keep: bool = False) -> bool
         return True
     except AttributeError:
         return False
+
+
+def _kept(attributes: Mapping[str, Any]) -> bool:
+    """Whether the SDK would keep every key and value as it is."""
+    # Type checks over all values and keys at C speed (map + set); tuples checked one by one.
+    kinds = set(map(type, attributes.values()))
+    if not kinds <= _KEPT_OR_TUPLE:
+        return False
+    if tuple in kinds:  # only the tuples are visited (filter runs in C)
+        for value in filter(_IS_TUPLE, attributes.values()):
+            if not set(map(type, value)) <= _STR:
+                return False
+    return not (set(map(type, attributes)) - _STR or "" in attributes)  # (keys the SDK drops)
 
 
 # Samplers whose decision never reads the span's attributes (the SDK's stock ones).

@@ -29,15 +29,16 @@ from budgetspan import attributes as A
 from budgetspan import events, foreign_spans
 from budgetspan.budget import BudgetExhausted
 from budgetspan.events import CallRecord
-from budgetspan.instrumentation.trusted_attributes import register_blind_processor, set_trusted_attributes
+from budgetspan.instrumentation.trusted_attributes import register_blind_processor, tag_starting_span
 from budgetspan.ledger import CallKind, LedgerRefused, Mode, Reservation, Spend
 from budgetspan.phase import DEFAULT_PHASE_BY_OPERATION
 from budgetspan.pricing import default_resolver
 from budgetspan.run import (
     Run,
+    _current_phase,
+    _current_run,
     _in_call,
     _trace_runs,
-    current_phase,
     end_trace_run,
     resolve_run,
 )
@@ -79,6 +80,33 @@ def _duration(span: ReadableSpan) -> float:
     return ((span.end_time or 0) - (span.start_time or 0)) / 1e9
 
 
+_USAGE_KEYS = (
+    A.GEN_AI_USAGE_INPUT_TOKENS,
+    A.GEN_AI_USAGE_OUTPUT_TOKENS,
+    A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS,
+    A.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS,
+    A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS,
+)
+_INT_OR_NONE = frozenset((int, type(None)))
+
+
+def _usage_figures(attrs: Any) -> tuple[int | None, int | None, int | None, int | None, int | None]:
+    """Input, output, cache read, cache write and reasoning tokens; None where not a usable figure."""
+    figures = tuple(map(attrs.get, _USAGE_KEYS))
+    # The usual span: input and output as plain ints in range, the others such ints or absent.
+    if _INT_OR_NONE.issuperset(map(type, figures)) and figures[0] is not None and figures[1] is not None:
+        nonzero = tuple(filter(None, figures))
+        if not nonzero or (min(nonzero) > 0 and max(nonzero) < _INT_FAST_LIMIT):
+            return figures  # type: ignore[return-value]
+    return (
+        _int_attr(attrs, A.GEN_AI_USAGE_INPUT_TOKENS, A.GEN_AI_USAGE_PROMPT_TOKENS_LEGACY),
+        _int_attr(attrs, A.GEN_AI_USAGE_OUTPUT_TOKENS, A.GEN_AI_USAGE_COMPLETION_TOKENS_LEGACY),
+        _int_attr(attrs, A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS),
+        _int_attr(attrs, A.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS),
+        _int_attr(attrs, A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS),
+    )
+
+
 def _attributes(span: ReadableSpan) -> Any:
     """The span's attributes for reading, as a plain dict where the SDK keeps one.
 
@@ -86,7 +114,10 @@ def _attributes(span: ReadableSpan) -> Any:
     each missing key costs an exception (~1 µs) and a copy a few µs; every span passes here, so
     use the SDK's underlying dict when it is there, and the public view otherwise. Only read.
     """
-    raw = getattr(getattr(span, "_attributes", None), "_dict", None)
+    try:
+        raw = span._attributes._dict  # type: ignore[union-attr]
+    except AttributeError:
+        raw = None
     if type(raw) is dict:
         return raw
     return span.attributes or {}
@@ -108,7 +139,10 @@ class BudgetSpanProcessor(SpanProcessor):
         self.closers: list[Callable[[], None]] = []
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        scope = span.instrumentation_scope
+        try:  # the SDK span's fields, read directly: its properties are Python calls
+            scope = span._instrumentation_scope
+        except AttributeError:
+            scope = span.instrumentation_scope
         if scope is not None and scope.name == A.INSTRUMENTATION_SCOPE:
             return
         attrs = _attributes(span)
@@ -134,9 +168,15 @@ class BudgetSpanProcessor(SpanProcessor):
             raise refused  # only with enforce_foreign: the caller asked for refusal here
 
     def _account_start(self, span: Span, attrs: Any, op: str, kind: CallKind) -> BudgetExhausted | None:
-        run = resolve_run()
-        phase = current_phase() or attrs.get(A.PHASE) or DEFAULT_PHASE_BY_OPERATION.get(op, "model_decision")
-        set_trusted_attributes(span, {A.PHASE: phase, A.RUN_ID: run.id})
+        run = _current_run.get()
+        if run is None:
+            run = resolve_run()
+        phase = (
+            _current_phase.get() or attrs.get(A.PHASE) or DEFAULT_PHASE_BY_OPERATION.get(op, "model_decision")
+        )
+        if type(phase) is not str:
+            phase = str(phase)
+        tag_starting_span(span, A.PHASE, phase, A.RUN_ID, run.id)
         tool = attrs.get(A.GEN_AI_TOOL_NAME) if kind is _TOOL else None
         enforce = self.enforce_foreign and run.mode is _ENFORCE
         try:
@@ -152,32 +192,35 @@ class BudgetSpanProcessor(SpanProcessor):
                 run.exhaust(res.would_refuse)  # counted; the next budgetspan call is refused
             else:
                 run.note_would_refuse(res.would_refuse)
-        ctx = span.get_span_context()
+        try:
+            ctx = span._context
+        except AttributeError:
+            ctx = span.get_span_context()
         if ctx is not None:
-            foreign_spans.add(ctx.span_id, foreign_spans.ForeignCall(run, res, str(phase), kind))
+            foreign_spans.add(ctx.span_id, foreign_spans.ForeignCall(run, res, phase, kind))
         return None
 
     def on_end(self, span: ReadableSpan) -> None:
         try:
-            ctx = span.context
+            try:  # the SDK span's fields, read directly: its properties are Python calls
+                ctx = span._context
+            except AttributeError:
+                ctx = span.context
             if ctx is None:
                 return
             entry = foreign_spans.pop(ctx.span_id)
             if entry is not None:
                 self._account_end(span, entry.run, entry.reservation, entry.phase)
-            parent = span.parent
-            if (parent is None or parent.is_remote) and ctx.trace_id in _trace_runs:  # has_trace_run
-                end_trace_run(ctx.trace_id, error=not span.status.is_ok)
+            if _trace_runs:  # implicit runs, one per trace: a local root span ends its trace's
+                parent = span.parent
+                if (parent is None or parent.is_remote) and ctx.trace_id in _trace_runs:
+                    end_trace_run(ctx.trace_id, error=not span.status.is_ok)
         except Exception:
             log.warning("budgetspan: accounting a finished span failed", exc_info=True)
 
     def _account_end(self, span: ReadableSpan, run: Run, res: Reservation | None, phase: str) -> None:
         attrs = _attributes(span)
-        op = attrs.get(A.GEN_AI_OPERATION_NAME)
-        provider = str(attrs.get(A.GEN_AI_PROVIDER_NAME) or attrs.get(A.GEN_AI_SYSTEM_DEPRECATED) or "")
-        model = attrs.get(A.GEN_AI_RESPONSE_MODEL) or attrs.get(A.GEN_AI_REQUEST_MODEL)
-        model = model if type(model) is str and model else (str(model) if model else None)
-        if op == A.OP_EXECUTE_TOOL:
+        if attrs.get(A.GEN_AI_OPERATION_NAME) == A.OP_EXECUTE_TOOL:
             ok = span.status.is_ok
             if res is not None:
                 run.commit(res, None, finished=ok)
@@ -196,11 +239,13 @@ class BudgetSpanProcessor(SpanProcessor):
                 ),
             )
             return
-        inp = _int_attr(attrs, A.GEN_AI_USAGE_INPUT_TOKENS, A.GEN_AI_USAGE_PROMPT_TOKENS_LEGACY)
-        out = _int_attr(attrs, A.GEN_AI_USAGE_OUTPUT_TOKENS, A.GEN_AI_USAGE_COMPLETION_TOKENS_LEGACY)
-        cr = _int_attr(attrs, A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS)
-        cw = _int_attr(attrs, A.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS)
-        reasoning = _int_attr(attrs, A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS)
+        provider = attrs.get(A.GEN_AI_PROVIDER_NAME) or attrs.get(A.GEN_AI_SYSTEM_DEPRECATED) or ""
+        if type(provider) is not str:
+            provider = str(provider)
+        model = attrs.get(A.GEN_AI_RESPONSE_MODEL) or attrs.get(A.GEN_AI_REQUEST_MODEL) or None
+        if model is not None and type(model) is not str:
+            model = str(model)
+        inp, out, cr, cw, reasoning = _usage_figures(attrs)
         unreported = inp is None and out is None
         cost_attr = attrs.get(A.GEN_AI_USAGE_COST)
         cost: float | None = None
