@@ -97,7 +97,7 @@ def _usage_figures(attrs: Any) -> tuple[int | None, int | None, int | None, int 
     if _INT_OR_NONE.issuperset(map(type, figures)) and figures[0] is not None and figures[1] is not None:
         nonzero = tuple(filter(None, figures))
         if not nonzero or (min(nonzero) > 0 and max(nonzero) < _INT_FAST_LIMIT):
-            return figures  # type: ignore[return-value]
+            return figures
     return (
         _int_attr(attrs, A.GEN_AI_USAGE_INPUT_TOKENS, A.GEN_AI_USAGE_PROMPT_TOKENS_LEGACY),
         _int_attr(attrs, A.GEN_AI_USAGE_OUTPUT_TOKENS, A.GEN_AI_USAGE_COMPLETION_TOKENS_LEGACY),
