@@ -25,8 +25,30 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import SpanKind
 
-from budgetspan import attributes as A
 from budgetspan import events, foreign_spans
+from budgetspan.attributes import (
+    ENV_ENFORCE_FOREIGN,
+    GEN_AI_OPERATION_NAME,
+    GEN_AI_PROVIDER_NAME,
+    GEN_AI_REQUEST_MODEL,
+    GEN_AI_RESPONSE_MODEL,
+    GEN_AI_SYSTEM_DEPRECATED,
+    GEN_AI_TOOL_NAME,
+    GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS,
+    GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS,
+    GEN_AI_USAGE_COMPLETION_TOKENS_LEGACY,
+    GEN_AI_USAGE_COST,
+    GEN_AI_USAGE_INPUT_TOKENS,
+    GEN_AI_USAGE_OUTPUT_TOKENS,
+    GEN_AI_USAGE_PROMPT_TOKENS_LEGACY,
+    GEN_AI_USAGE_REASONING_OUTPUT_TOKENS,
+    INSTRUMENTATION_SCOPE,
+    MODEL_OPERATIONS,
+    OP_EXECUTE_TOOL,
+    PHASE,
+    RUN_ID,
+    WOULD_REFUSE,
+)
 from budgetspan.budget import BudgetExhausted
 from budgetspan.events import CallRecord
 from budgetspan.instrumentation.trusted_attributes import register_blind_processor, tag_starting_span
@@ -47,8 +69,9 @@ log = logging.getLogger(__name__)
 
 # Enum members read through the class cost ~10x a global: every accounted span uses these.
 _MODEL, _TOOL, _ENFORCE = CallKind.MODEL, CallKind.TOOL, Mode.ENFORCE
-_ACCOUNTED_OPS = A.MODEL_OPERATIONS | {A.OP_EXECUTE_TOOL}
-_INT_FAST_LIMIT = 2**1023  # below it an int converts to a finite float
+_new_tuple = tuple.__new__
+_ACCOUNTED_OPS = MODEL_OPERATIONS | {OP_EXECUTE_TOOL}
+_INT_FAST_LIMIT = 2**1023  # below it an int converts to a finite float (a power of two: see _usage_figures)
 
 
 def _amount(v: Any) -> TypeGuard[int | float]:
@@ -80,30 +103,31 @@ def _duration(span: ReadableSpan) -> float:
     return ((span.end_time or 0) - (span.start_time or 0)) / 1e9
 
 
-_USAGE_KEYS = (
-    A.GEN_AI_USAGE_INPUT_TOKENS,
-    A.GEN_AI_USAGE_OUTPUT_TOKENS,
-    A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS,
-    A.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS,
-    A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS,
-)
-_INT_OR_NONE = frozenset((int, type(None)))
-
-
 def _usage_figures(attrs: Any) -> tuple[int | None, int | None, int | None, int | None, int | None]:
     """Input, output, cache read, cache write and reasoning tokens; None where not a usable figure."""
-    figures = tuple(map(attrs.get, _USAGE_KEYS))
+    inp = attrs.get(GEN_AI_USAGE_INPUT_TOKENS)
+    out = attrs.get(GEN_AI_USAGE_OUTPUT_TOKENS)
+    cr = attrs.get(GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS)
+    cw = attrs.get(GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS)
+    reasoning = attrs.get(GEN_AI_USAGE_REASONING_OUTPUT_TOKENS)
     # The usual span: input and output as plain ints in range, the others such ints or absent.
-    if _INT_OR_NONE.issuperset(map(type, figures)) and figures[0] is not None and figures[1] is not None:
-        nonzero = tuple(filter(None, figures))
-        if not nonzero or (min(nonzero) > 0 and max(nonzero) < _INT_FAST_LIMIT):
-            return figures
+    # One bitwise or checks the ranges: negative if any figure is, and below the limit (a power
+    # of two) only if every one is. (Plain code: map/set tricks cost twice as much at this size.)
+    if (
+        type(inp) is int
+        and type(out) is int
+        and (cr is None or type(cr) is int)
+        and (cw is None or type(cw) is int)
+        and (reasoning is None or type(reasoning) is int)
+        and 0 <= inp | out | (cr or 0) | (cw or 0) | (reasoning or 0) < _INT_FAST_LIMIT
+    ):
+        return inp, out, cr, cw, reasoning
     return (
-        _int_attr(attrs, A.GEN_AI_USAGE_INPUT_TOKENS, A.GEN_AI_USAGE_PROMPT_TOKENS_LEGACY),
-        _int_attr(attrs, A.GEN_AI_USAGE_OUTPUT_TOKENS, A.GEN_AI_USAGE_COMPLETION_TOKENS_LEGACY),
-        _int_attr(attrs, A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS),
-        _int_attr(attrs, A.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS),
-        _int_attr(attrs, A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS),
+        _int_attr(attrs, GEN_AI_USAGE_INPUT_TOKENS, GEN_AI_USAGE_PROMPT_TOKENS_LEGACY),
+        _int_attr(attrs, GEN_AI_USAGE_OUTPUT_TOKENS, GEN_AI_USAGE_COMPLETION_TOKENS_LEGACY),
+        _int_attr(attrs, GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS),
+        _int_attr(attrs, GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS),
+        _int_attr(attrs, GEN_AI_USAGE_REASONING_OUTPUT_TOKENS),
     )
 
 
@@ -128,7 +152,7 @@ class BudgetSpanProcessor(SpanProcessor):
 
     def __init__(self, enforce_foreign: bool | None = None) -> None:
         if enforce_foreign is None:
-            enforce_foreign = os.environ.get(A.ENV_ENFORCE_FOREIGN, "").strip().lower() in (
+            enforce_foreign = os.environ.get(ENV_ENFORCE_FOREIGN, "").strip().lower() in (
                 "1",
                 "true",
                 "yes",
@@ -141,15 +165,18 @@ class BudgetSpanProcessor(SpanProcessor):
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         try:  # the SDK span's fields, read directly: its properties are Python calls
             scope = span._instrumentation_scope
+            attrs = span._attributes._dict  # type: ignore[union-attr]
         except AttributeError:
             scope = span.instrumentation_scope
-        if scope is not None and scope.name == A.INSTRUMENTATION_SCOPE:
+            attrs = None
+        if scope is not None and scope.name == INSTRUMENTATION_SCOPE:
             return
-        attrs = _attributes(span)
-        op = attrs.get(A.GEN_AI_OPERATION_NAME)
+        if type(attrs) is not dict:
+            attrs = _attributes(span)
+        op = attrs.get(GEN_AI_OPERATION_NAME)
         if op not in _ACCOUNTED_OPS:
             return
-        kind = _TOOL if op == A.OP_EXECUTE_TOOL else _MODEL
+        kind = _TOOL if op == OP_EXECUTE_TOOL else _MODEL
         current = _in_call.get()
         if current:
             # Inside budgetspan's own call of the same kind: another instrumentation's view of
@@ -157,11 +184,11 @@ class BudgetSpanProcessor(SpanProcessor):
             # tool call), already counted.
             if getattr(current, "kind", None) is kind:
                 return
-            if op == A.OP_EXECUTE_TOOL and span.kind is SpanKind.SERVER:
+            if op == OP_EXECUTE_TOOL and span.kind is SpanKind.SERVER:
                 return  # an in-process tool server serving a call already counted
         refused: BudgetExhausted | None = None
         try:
-            refused = self._account_start(span, attrs, str(op), kind)
+            refused = self._account_start(span, attrs, op, kind)
         except Exception:
             log.warning("budgetspan: accounting a foreign span failed", exc_info=True)
         if refused is not None:
@@ -172,22 +199,22 @@ class BudgetSpanProcessor(SpanProcessor):
         if run is None:
             run = resolve_run()
         phase = (
-            _current_phase.get() or attrs.get(A.PHASE) or DEFAULT_PHASE_BY_OPERATION.get(op, "model_decision")
+            _current_phase.get() or attrs.get(PHASE) or DEFAULT_PHASE_BY_OPERATION.get(op, "model_decision")
         )
         if type(phase) is not str:
             phase = str(phase)
-        tag_starting_span(span, A.PHASE, phase, A.RUN_ID, run.id)
-        tool = attrs.get(A.GEN_AI_TOOL_NAME) if kind is _TOOL else None
+        tag_starting_span(span, PHASE, phase, RUN_ID, run.id)
+        tool = attrs.get(GEN_AI_TOOL_NAME) if kind is _TOOL else None
         enforce = self.enforce_foreign and run.mode is _ENFORCE
         try:
             res = run._ledger.reserve(run.id, kind, tool=tool, force=not enforce)
         except LedgerRefused as r:
-            span.set_attribute(A.WOULD_REFUSE, r.refusal.reason)
+            span.set_attribute(WOULD_REFUSE, r.refusal.reason)
             return run.exhaust(r.refusal)
         except KeyError:
             return None
         if res.would_refuse is not None:
-            span.set_attribute(A.WOULD_REFUSE, res.would_refuse.reason)
+            span.set_attribute(WOULD_REFUSE, res.would_refuse.reason)
             if run.mode is _ENFORCE:
                 run.exhaust(res.would_refuse)  # counted; the next budgetspan call is refused
             else:
@@ -197,7 +224,8 @@ class BudgetSpanProcessor(SpanProcessor):
         except AttributeError:
             ctx = span.get_span_context()
         if ctx is not None:
-            foreign_spans.add(ctx.span_id, foreign_spans.ForeignCall(run, res, phase, kind))
+            # (tuple.__new__: a NamedTuple's own constructor is a Python call, this one is not)
+            foreign_spans.add(ctx.span_id, _new_tuple(foreign_spans.ForeignCall, (run, res, phase, kind)))
         return None
 
     def on_end(self, span: ReadableSpan) -> None:
@@ -210,7 +238,7 @@ class BudgetSpanProcessor(SpanProcessor):
                 return
             entry = foreign_spans.pop(ctx.span_id)
             if entry is not None:
-                self._account_end(span, entry.run, entry.reservation, entry.phase)
+                self._account_end(span, *entry)
             if _trace_runs:  # implicit runs, one per trace: a local root span ends its trace's
                 parent = span.parent
                 if (parent is None or parent.is_remote) and ctx.trace_id in _trace_runs:
@@ -218,9 +246,16 @@ class BudgetSpanProcessor(SpanProcessor):
         except Exception:
             log.warning("budgetspan: accounting a finished span failed", exc_info=True)
 
-    def _account_end(self, span: ReadableSpan, run: Run, res: Reservation | None, phase: str) -> None:
-        attrs = _attributes(span)
-        if attrs.get(A.GEN_AI_OPERATION_NAME) == A.OP_EXECUTE_TOOL:
+    def _account_end(
+        self, span: ReadableSpan, run: Run, res: Reservation | None, phase: str, kind: CallKind
+    ) -> None:
+        try:
+            attrs = span._attributes._dict  # type: ignore[union-attr]
+        except AttributeError:
+            attrs = None
+        if type(attrs) is not dict:
+            attrs = _attributes(span)
+        if kind is _TOOL:
             ok = span.status.is_ok
             if res is not None:
                 run.commit(res, None, finished=ok)
@@ -234,20 +269,20 @@ class BudgetSpanProcessor(SpanProcessor):
                     phase,
                     _duration(span),
                     "ok" if ok else "error",
-                    tool=str(attrs.get(A.GEN_AI_TOOL_NAME) or "unknown"),
+                    tool=str(attrs.get(GEN_AI_TOOL_NAME) or "unknown"),
                     run=run,
                 ),
             )
             return
-        provider = attrs.get(A.GEN_AI_PROVIDER_NAME) or attrs.get(A.GEN_AI_SYSTEM_DEPRECATED) or ""
+        provider = attrs.get(GEN_AI_PROVIDER_NAME) or attrs.get(GEN_AI_SYSTEM_DEPRECATED) or ""
         if type(provider) is not str:
             provider = str(provider)
-        model = attrs.get(A.GEN_AI_RESPONSE_MODEL) or attrs.get(A.GEN_AI_REQUEST_MODEL) or None
+        model = attrs.get(GEN_AI_RESPONSE_MODEL) or attrs.get(GEN_AI_REQUEST_MODEL) or None
         if model is not None and type(model) is not str:
             model = str(model)
         inp, out, cr, cw, reasoning = _usage_figures(attrs)
         unreported = inp is None and out is None
-        cost_attr = attrs.get(A.GEN_AI_USAGE_COST)
+        cost_attr = attrs.get(GEN_AI_USAGE_COST)
         cost: float | None = None
         if cost_attr is not None and _amount(cost_attr):
             cost = float(cost_attr)
