@@ -26,34 +26,27 @@ class ForeignCall(NamedTuple):
     kind: CallKind
 
 
-# span id -> the call being accounted. Lock-free: one dict store, get or pop is atomic (also on
-# free-threaded builds), and a call is claimed by whoever pops it first (``pop`` or ``take_over``).
-_pending: dict[int, ForeignCall] = {}
-
-
-def add(span_id: int, call: ForeignCall) -> None:
-    _pending[span_id] = call
-
-
-def pop(span_id: int) -> ForeignCall | None:
-    """Claim the call of a finished span (None: not accounted, or taken over)."""
-    return _pending.pop(span_id, None) if _pending else None
+#: span id -> the call being accounted (never rebound: the processor holds it). Lock-free: a store, ``get`` or ``pop`` is atomic (also
+#: on free-threaded builds), and a call is claimed by whoever pops it first: the processor at the
+#: span's end (``pending.pop(span_id, None)``) or ``take_over``. The processor uses the dict itself:
+#: a function around a single dict operation costs as much again on every foreign span.
+pending: dict[int, ForeignCall] = {}
 
 
 def take_over(run: Run, kind: CallKind) -> ForeignCall | None:
     """The foreign call the current span stands for, if it is one of ``kind`` in ``run``; it is
     then no longer the processor's to commit (the caller commits its reservation)."""
-    if not _pending:  # the usual case: no foreign span in flight, nothing to look up
+    if not pending:  # the usual case: no foreign span in flight, nothing to look up
         return None
     try:
         span_id = trace.get_current_span().get_span_context().span_id
     except Exception:
         return None
-    found = _pending.get(span_id)
+    found = pending.get(span_id)
     if found is None or found.run is not run or found.kind is not kind:
         return None
-    return _pending.pop(span_id, None)  # None: the span ended meanwhile and its end claimed it
+    return pending.pop(span_id, None)  # None: the span ended meanwhile and its end claimed it
 
 
 def clear() -> None:
-    _pending.clear()
+    pending.clear()

@@ -169,6 +169,31 @@ class PriceResolver:
         rates = self._rates.get(key, _MISSING)
         if rates is _MISSING:
             rates = _rates(self._model_price(*key))
+        if type(rates) is tuple and not cache_read_tokens and not cache_write_tokens:
+            # The usual call, first: a flat price and no cache figures.
+            inp = input_tokens or 0
+            out = output_tokens or 0
+            try:
+                if inp >= 0 and out >= 0:
+                    value = (inp * rates[0] + out * rates[3]) / 1e6
+                    return value if value < _INF else None
+            except (OverflowError, TypeError):
+                return None
+        return self._cost(
+            rates, provider, model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens
+        )
+
+    def _cost(
+        self,
+        rates: Any,
+        provider: str,
+        model: str,
+        input_tokens: int | None,
+        output_tokens: int | None,
+        cache_read_tokens: int | None,
+        cache_write_tokens: int | None,
+    ) -> float | None:
+        """``cost`` for everything but the usual call: cache figures, odd figures, tiered prices."""
         if rates is None:
             return None
         inp = input_tokens or 0

@@ -68,8 +68,9 @@ from budgetspan.run import (
 log = logging.getLogger(__name__)
 
 # Enum members read through the class cost ~10x a global: every accounted span uses these.
-_MODEL, _TOOL, _ENFORCE = CallKind.MODEL, CallKind.TOOL, Mode.ENFORCE
+_MODEL, _TOOL, _ENFORCE, _OBSERVE = CallKind.MODEL, CallKind.TOOL, Mode.ENFORCE, Mode.OBSERVE
 _new_tuple = tuple.__new__
+_pending = foreign_spans.pending
 _ACCOUNTED_OPS = MODEL_OPERATIONS | {OP_EXECUTE_TOOL}
 _INT_FAST_LIMIT = 2**1023  # below it an int converts to a finite float (a power of two: see _usage_figures)
 
@@ -164,12 +165,13 @@ class BudgetSpanProcessor(SpanProcessor):
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         try:  # the SDK span's fields, read directly: its properties are Python calls
-            scope = span._instrumentation_scope
+            scope_name = span._instrumentation_scope._name  # type: ignore[union-attr]
             attrs = span._attributes._dict  # type: ignore[union-attr]
         except AttributeError:
             scope = span.instrumentation_scope
+            scope_name = scope.name if scope is not None else None
             attrs = None
-        if scope is not None and scope.name == INSTRUMENTATION_SCOPE:
+        if scope_name == INSTRUMENTATION_SCOPE:
             return
         if type(attrs) is not dict:
             attrs = _attributes(span)
@@ -225,7 +227,7 @@ class BudgetSpanProcessor(SpanProcessor):
             ctx = span.get_span_context()
         if ctx is not None:
             # (tuple.__new__: a NamedTuple's own constructor is a Python call, this one is not)
-            foreign_spans.add(ctx.span_id, _new_tuple(foreign_spans.ForeignCall, (run, res, phase, kind)))
+            _pending[ctx.span_id] = _new_tuple(foreign_spans.ForeignCall, (run, res, phase, kind))
         return None
 
     def on_end(self, span: ReadableSpan) -> None:
@@ -236,9 +238,10 @@ class BudgetSpanProcessor(SpanProcessor):
                 ctx = span.context
             if ctx is None:
                 return
-            entry = foreign_spans.pop(ctx.span_id)
+            entry = _pending.pop(ctx.span_id, None) if _pending else None
             if entry is not None:
-                self._account_end(span, *entry)
+                run, res, phase, kind = entry
+                self._account_end(span, run, res, phase, kind)
             if _trace_runs:  # implicit runs, one per trace: a local root span ends its trace's
                 parent = span.parent
                 if (parent is None or parent.is_remote) and ctx.trace_id in _trace_runs:
@@ -288,12 +291,16 @@ class BudgetSpanProcessor(SpanProcessor):
             cost = float(cost_attr)
         elif not unreported:
             cost = default_resolver().cost(provider, model, inp, out, cr, cw)
-        spend = Spend(inp, out, cr, cw, reasoning, cost)
         unpriced = not unreported and cost is None
-        if res is not None:  # (``finished`` only matters for tools)
-            run.commit(res, None if unreported else spend, unreported=unreported, unpriced=unpriced)
+        if res is not None:
+            refusal = run._ledger.commit_figures(
+                res, inp, out, cr, cw, reasoning, cost, unreported=unreported, unpriced=unpriced
+            )
+            if refusal is not None and run.mode is _OBSERVE:  # (as Run.commit)
+                run.note_would_refuse(refusal)
         if not events.has_listeners("on_call_end"):
             return
+        spend = Spend(inp, out, cr, cw, reasoning, cost)
         events.emit(
             "on_call_end",
             CallRecord(
