@@ -133,18 +133,19 @@ class Ledger(ABC):
         reasoning_tokens: int | None,
         cost_usd: float | None,
         *,
+        finished: bool = True,
         unreported: bool = False,
         unpriced: bool = False,
     ) -> Refusal | None:
-        """``commit`` of a model call whose figures the caller holds apart (a span's attributes):
-        a ledger may add them without a ``Spend`` being built, which costs a tenth of a
-        microsecond on the path of every foreign GenAI span."""
+        """``commit`` with the figures held apart (a span's attributes): a ledger may add them
+        without a ``Spend`` being built, which costs a tenth of a microsecond on the path of every
+        foreign GenAI span. Figures are ignored when ``unreported``, as by ``commit``."""
         spend = None
         if not unreported:
             spend = Spend(
                 input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, cost_usd
             )
-        return self.commit(reservation, spend, unreported=unreported, unpriced=unpriced)
+        return self.commit(reservation, spend, finished=finished, unreported=unreported, unpriced=unpriced)
 
     @abstractmethod
     def add_spend(self, run_id: str, spend: Spend) -> Refusal | None:
@@ -188,8 +189,11 @@ class _RunBook:
     lock: threading.Lock = field(default_factory=threading.Lock)
     # Any token or dollar limit at all: without one, the spend check is skipped (every call).
     spend_limited: bool = field(init=False)
-    # The token and dollar limits, infinite where there is none: ``spent`` tests them all in one
-    # expression before it builds a refusal (every call passes there).
+    #: The token or dollar limit used up (``spent_refusal``), if any: recomputed when spend is
+    #: added, the only time it can change, and read by every reservation.
+    used_up: Refusal | None = field(default=None, init=False)
+    # The token and dollar limits, infinite where there is none: ``recheck_spend`` tests them all
+    # in one expression before it builds a refusal.
     cost_cap: float = field(init=False)
     input_cap: float = field(init=False)
     output_cap: float = field(init=False)
@@ -209,8 +213,8 @@ class _RunBook:
         self.output_cap = inf if b.max_output_tokens is None else b.max_output_tokens
         self.total_cap = inf if b.max_total_tokens is None else b.max_total_tokens
 
-    def spent(self) -> Refusal | None:
-        """``spent_refusal(budget, usage)``: the token or dollar limit used up, if any."""
+    def recheck_spend(self) -> None:
+        """After spend was added (the only time it can change): set ``used_up``."""
         u = self.usage
         if (
             u.cost_usd >= self.cost_cap
@@ -218,8 +222,7 @@ class _RunBook:
             or u.output_tokens >= self.output_cap
             or u.input_tokens + u.output_tokens >= self.total_cap
         ):
-            return spent_refusal(self.budget, u)
-        return None
+            self.used_up = spent_refusal(self.budget, u)
 
     @property
     def deadline(self) -> float | None:
@@ -312,20 +315,18 @@ class InMemoryLedger(Ledger):
         if kind is _MODEL:
             if b.max_model_calls is not None and u.model_calls >= b.max_model_calls:
                 return Refusal(Limit.MODEL_CALLS.value, b.max_model_calls)
-            if not book.spend_limited:
-                return None
-            if worst_cost or worst_tokens:
+            if (worst_cost or worst_tokens) and book.spend_limited:
                 return spent_refusal(
                     b, u, worst_cost + book.inflight_worst_cost if worst_cost else 0.0, worst_tokens
                 )
-            return book.spent()
+            return book.used_up
         if b.max_tool_calls is not None and u.tool_calls >= b.max_tool_calls:
             return Refusal(Limit.TOOL_CALLS.value, b.max_tool_calls)
         if tool is not None:
             tl = _tool_limits(b, tool, defaults).max_calls
             if tl is not None and u.tool_calls_by_name.get(tool, 0) >= tl:
                 return Refusal(Limit.TOOL_MAX_CALLS.value, tl, tool)
-        return book.spent() if book.spend_limited else None
+        return book.used_up
 
     def reserve(
         self,
@@ -399,19 +400,30 @@ class InMemoryLedger(Ledger):
         unpriced: bool = False,
     ) -> Refusal | None:
         if spend is None:
-            return self._commit(reservation, finished, unreported, unpriced)
+            return self.commit_figures(
+                reservation,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                finished=finished,
+                unreported=unreported,
+                unpriced=unpriced,
+            )
         s = spend
-        return self._commit(
+        return self.commit_figures(
             reservation,
-            finished,
-            unreported,
-            unpriced,
             s.input_tokens,
             s.output_tokens,
             s.cache_read_tokens,
             s.cache_write_tokens,
             s.reasoning_tokens,
             s.cost_usd,
+            finished=finished,
+            unreported=unreported,
+            unpriced=unpriced,
         )
 
     def commit_figures(
@@ -424,36 +436,9 @@ class InMemoryLedger(Ledger):
         reasoning_tokens: int | None,
         cost_usd: float | None,
         *,
+        finished: bool = True,
         unreported: bool = False,
         unpriced: bool = False,
-    ) -> Refusal | None:
-        if unreported:  # (as ``commit`` with no spend: figures the provider never said add nothing)
-            return self._commit(reservation, True, True, unpriced)
-        return self._commit(
-            reservation,
-            True,
-            False,
-            unpriced,
-            input_tokens,
-            output_tokens,
-            cache_read_tokens,
-            cache_write_tokens,
-            reasoning_tokens,
-            cost_usd,
-        )
-
-    def _commit(
-        self,
-        reservation: Reservation,
-        finished: bool,
-        unreported: bool,
-        unpriced: bool,
-        inp: int | None = None,
-        out: int | None = None,
-        cr: int | None = None,
-        cw: int | None = None,
-        reasoning: int | None = None,
-        cost: float | None = None,
     ) -> Refusal | None:
         book = self._runs.get(reservation.run_id)
         if book is None or reservation.done:
@@ -465,15 +450,32 @@ class InMemoryLedger(Ledger):
             if reservation.worst_case_cost:
                 book.inflight_worst_cost = max(0.0, book.inflight_worst_cost - reservation.worst_case_cost)
             u = book.usage
-            if inp or out or cr or cw or reasoning or cost:
-                self._add(u, inp, out, cr, cw, reasoning, cost)
+            if not unreported and (
+                input_tokens
+                or output_tokens
+                or cache_read_tokens
+                or cache_write_tokens
+                or reasoning_tokens
+                or cost_usd
+            ):
+                self._add(
+                    u,
+                    input_tokens,
+                    output_tokens,
+                    cache_read_tokens,
+                    cache_write_tokens,
+                    reasoning_tokens,
+                    cost_usd,
+                )
+                if book.spend_limited:
+                    book.recheck_spend()
             if unreported:
                 u.unreported_usage_calls += 1
             if unpriced:
                 u.unpriced_calls += 1
             if finished and reservation.kind is _TOOL:
                 u.tools_finished += 1
-            return book.spent() if book.spend_limited else None
+            return book.used_up
         finally:
             lock.release()
 
@@ -494,7 +496,9 @@ class InMemoryLedger(Ledger):
                 s.reasoning_tokens,
                 s.cost_usd,
             )
-            return book.spent() if book.spend_limited else None
+            if book.spend_limited:
+                book.recheck_spend()
+            return book.used_up
         finally:
             lock.release()
 

@@ -54,7 +54,8 @@ def set_trusted_attributes(
 
 def tag_starting_span(span: Any, key1: str, value1: str, key2: str, value2: str) -> None:
     """``span.set_attributes({key1: value1, key2: value2})`` from a span processor's ``on_start``,
-    for two of budgetspan's own attribute names (non-empty str constants, not checked again).
+    for two of budgetspan's own attribute names (non-empty str constants) and two str values:
+    the caller's to guarantee, not checked again.
 
     Why a separate path: every foreign GenAI span is tagged with its phase and run here, and the
     SDK's write costs 2 µs. The span is still being started: the SDK calls ``on_start`` before
@@ -62,7 +63,7 @@ def tag_starting_span(span: Any, key1: str, value1: str, key2: str, value2: str)
     write needs neither the SDK's checks nor its locks (about a tenth of a microsecond each).
     Limits are respected by falling back: a value length limit, no room left, a key already set.
     """
-    if type(value1) is str and type(value2) is str and type(span) in _SDK_SPANS:
+    if type(span) in _SDK_SPANS:
         try:
             bounded = span._attributes
             if (
