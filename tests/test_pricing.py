@@ -9,6 +9,8 @@ from typing import Any
 import openai
 import pytest
 from genai_prices import Usage, calc_price
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from budgetspan import attributes as A
 from budgetspan import pricing
@@ -99,3 +101,25 @@ def test_override_file_prices_a_self_hosted_model_on_the_span(
     (span,) = instrumented.spans("chat")
     assert span.attributes[A.GEN_AI_PROVIDER_NAME] == "vllm"
     assert span.attributes[A.GEN_AI_USAGE_COST] == pytest.approx((1000 * 1.0 + 500 * 2.0) / 1e6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    model=st.sampled_from(["gpt-4o-mini", "gpt-4o", "claude-3-5-haiku-latest", "no-such-model"]),
+    inp=st.none() | st.integers(-10, 10**7) | st.floats(allow_nan=True) | st.just(10**400) | st.just("12"),
+    out=st.none() | st.integers(-10, 10**7) | st.floats(allow_nan=True),
+    cr=st.none() | st.just(0),
+    cw=st.none() | st.just(0),
+)
+def test_property_the_usual_call_path_prices_as_the_general_one(
+    model: str, inp: Any, out: Any, cr: Any, cw: Any
+) -> None:
+    """``cost`` answers a call without cache figures on a short path first; it must give what the
+    general path gives for the same figures (a price, None for the unpriceable, never NaN or inf)."""
+    r = PriceResolver()
+    provider = "anthropic" if model.startswith("claude") else "openai"
+    rates = pricing._rates(r._model_price(provider, model))
+    general = None
+    if model and not (inp is None and out is None):
+        general = r._cost(rates, provider, model, inp, out, cr, cw)
+    assert r.cost(provider, model, inp, out, cr, cw) == general

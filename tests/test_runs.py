@@ -8,6 +8,8 @@ import time
 from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from opentelemetry import trace
 
 import budgetspan
@@ -527,3 +529,50 @@ def test_a_tools_own_timeout_error_is_an_error_not_our_timeout(tracing: Tracing)
     asyncio.run(main())
     (span,) = tracing.spans("execute_tool upstream")
     assert A.TOOL_TIMED_OUT not in _attrs(span) and _attrs(span)[A.ERROR_TYPE] == "TimeoutError"
+
+
+_USAGE_KEYS = [
+    A.GEN_AI_USAGE_INPUT_TOKENS,
+    A.GEN_AI_USAGE_OUTPUT_TOKENS,
+    A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS,
+    A.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS,
+    A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS,
+    A.GEN_AI_USAGE_PROMPT_TOKENS_LEGACY,
+    A.GEN_AI_USAGE_COMPLETION_TOKENS_LEGACY,
+]
+_ODD_FIGURE = (
+    st.none()
+    | st.booleans()
+    | st.just(2**1023)
+    | st.just(2**1023 - 1)
+    | st.floats(allow_nan=True)
+    | st.text(max_size=2)
+)
+# Mostly small ints (negatives included), so that spans the short path takes are drawn often.
+_FIGURE = st.integers(-3, 3) | st.integers(0, 10**6) | _ODD_FIGURE
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.fixed_dictionaries({}, optional={k: _FIGURE for k in _USAGE_KEYS}))
+@example({A.GEN_AI_USAGE_INPUT_TOKENS: -1, A.GEN_AI_USAGE_OUTPUT_TOKENS: 20})
+@example({A.GEN_AI_USAGE_INPUT_TOKENS: 10, A.GEN_AI_USAGE_OUTPUT_TOKENS: 2**1023})
+@example(
+    {
+        A.GEN_AI_USAGE_INPUT_TOKENS: 10,
+        A.GEN_AI_USAGE_OUTPUT_TOKENS: 2,
+        A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS: True,
+    }
+)
+def test_property_foreign_usage_read_on_the_short_path_as_on_the_careful_one(attrs: dict[str, Any]) -> None:
+    """The processor reads a foreign span's usage with one expression when it is plain ints; it
+    must give what reading each figure with every check gives."""
+    from budgetspan.processors.budget import _int_attr, _usage_figures
+
+    careful = (
+        _int_attr(attrs, A.GEN_AI_USAGE_INPUT_TOKENS, A.GEN_AI_USAGE_PROMPT_TOKENS_LEGACY),
+        _int_attr(attrs, A.GEN_AI_USAGE_OUTPUT_TOKENS, A.GEN_AI_USAGE_COMPLETION_TOKENS_LEGACY),
+        _int_attr(attrs, A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS),
+        _int_attr(attrs, A.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS),
+        _int_attr(attrs, A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS),
+    )
+    assert _usage_figures(attrs) == careful

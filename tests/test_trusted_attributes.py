@@ -238,3 +238,55 @@ def test_what_code_sets_on_the_span_during_the_call_wins(tracing: Any) -> None:
     (span,) = exporter.get_finished_spans()
     assert span.attributes is not None and span.attributes["budgetspan.phase"] == "verification"
     assert span.attributes["gen_ai.provider.name"] == "openai"
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        None,
+        SpanLimits(max_span_attributes=6),
+        SpanLimits(max_span_attributes=7),
+        SpanLimits(max_span_attribute_length=4),
+    ],
+    ids=["no-limits", "no-room-for-both", "room-for-both", "length-limit"],
+)
+@pytest.mark.parametrize(
+    "start",
+    [{"gen_ai.operation.name": "chat"}, {"gen_ai.operation.name": "chat", "budgetspan.phase": "mine"}],
+    ids=["new-keys", "key-already-set"],
+)
+def test_tagging_a_starting_span_gives_what_the_sdk_write_gives(
+    limits: SpanLimits | None, start: dict[str, Any]
+) -> None:
+    """tag_starting_span, called from a processor's on_start, against set_attributes in the same place."""
+    start = {**start, **{f"a{i}": i for i in range(4)}}
+
+    def run(tag: Any) -> dict[str, Any]:
+        class Tagger(SpanProcessor):
+            def on_start(self, span: Any, parent_context: Any = None) -> None:
+                tag(span)
+
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider(span_limits=limits) if limits else TracerProvider()
+        provider.add_span_processor(Tagger())
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        provider.get_tracer("t").start_span("s", attributes=start).end()
+        (finished,) = exporter.get_finished_spans()
+        return dict(finished.attributes or {})
+
+    ours = run(
+        lambda span: T.tag_starting_span(
+            span, "budgetspan.phase", "model_decision", "budgetspan.run_id", "r-1"
+        )
+    )
+    sdk = run(
+        lambda span: span.set_attributes({"budgetspan.phase": "model_decision", "budgetspan.run_id": "r-1"})
+    )
+    assert ours == sdk
+    assert list(ours) == list(sdk)  # the same keys in the same order (an evicted key is the same one)
+
+
+def test_tagging_a_span_that_is_not_the_sdks_goes_through_set_attributes() -> None:
+    span = NonRecordingSpan(SpanContext(1, 2, False))
+    T.tag_starting_span(span, "budgetspan.phase", "x", "budgetspan.run_id", "y")  # no error, nothing kept
+    assert not span.is_recording()
