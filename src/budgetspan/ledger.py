@@ -192,8 +192,8 @@ class _RunBook:
     #: The token or dollar limit used up (``spent_refusal``), if any: recomputed when spend is
     #: added, the only time it can change, and read by every reservation.
     used_up: Refusal | None = field(default=None, init=False)
-    # The token and dollar limits, infinite where there is none: ``recheck_spend`` tests them all
-    # in one expression before it builds a refusal.
+    # The token and dollar limits, infinite where there is none: ``add`` tests them all in one
+    # expression before it builds a refusal.
     cost_cap: float = field(init=False)
     input_cap: float = field(init=False)
     output_cap: float = field(init=False)
@@ -213,10 +213,33 @@ class _RunBook:
         self.output_cap = inf if b.max_output_tokens is None else b.max_output_tokens
         self.total_cap = inf if b.max_total_tokens is None else b.max_total_tokens
 
-    def recheck_spend(self) -> None:
-        """After spend was added (the only time it can change): set ``used_up``."""
+    def add(
+        self,
+        inp: int | None,
+        out: int | None,
+        cr: int | None,
+        cw: int | None,
+        reasoning: int | None,
+        cost: float | None,
+    ) -> None:
+        """Add one report's figures and recompute ``used_up``; the caller holds ``lock``.
+
+        Only positive figures count (None, 0, negatives, NaN add nothing). Runs on every report.
+        """
         u = self.usage
-        if (
+        if inp and inp > 0:
+            u.input_tokens += inp
+        if out and out > 0:
+            u.output_tokens += out
+        if cr and cr > 0:
+            u.cache_read_tokens += cr
+        if cw and cw > 0:
+            u.cache_write_tokens += cw
+        if reasoning and reasoning > 0:
+            u.reasoning_tokens += reasoning
+        if cost is not None and cost > 0:
+            u.cost_usd += cost
+        if self.spend_limited and (
             u.cost_usd >= self.cost_cap
             or u.input_tokens >= self.input_cap
             or u.output_tokens >= self.output_cap
@@ -366,30 +389,6 @@ class InMemoryLedger(Ledger):
             lock.release()
         return Reservation(run_id, kind, tool, worst, refusal)
 
-    @staticmethod
-    def _add(
-        u: Usage,
-        inp: int | None,
-        out: int | None,
-        cr: int | None,
-        cw: int | None,
-        reasoning: int | None,
-        cost: float | None,
-    ) -> None:
-        # Only positive figures count (None, 0, negatives, NaN add nothing); runs on every report.
-        if inp and inp > 0:
-            u.input_tokens += inp
-        if out and out > 0:
-            u.output_tokens += out
-        if cr and cr > 0:
-            u.cache_read_tokens += cr
-        if cw and cw > 0:
-            u.cache_write_tokens += cw
-        if reasoning and reasoning > 0:
-            u.reasoning_tokens += reasoning
-        if cost is not None and cost > 0:
-            u.cost_usd += cost
-
     def commit(
         self,
         reservation: Reservation,
@@ -458,8 +457,7 @@ class InMemoryLedger(Ledger):
                 or reasoning_tokens
                 or cost_usd
             ):
-                self._add(
-                    u,
+                book.add(
                     input_tokens,
                     output_tokens,
                     cache_read_tokens,
@@ -467,8 +465,6 @@ class InMemoryLedger(Ledger):
                     reasoning_tokens,
                     cost_usd,
                 )
-                if book.spend_limited:
-                    book.recheck_spend()
             if unreported:
                 u.unreported_usage_calls += 1
             if unpriced:
@@ -487,8 +483,7 @@ class InMemoryLedger(Ledger):
         lock.acquire()
         try:
             s = spend
-            self._add(
-                book.usage,
+            book.add(
                 s.input_tokens,
                 s.output_tokens,
                 s.cache_read_tokens,
@@ -496,8 +491,6 @@ class InMemoryLedger(Ledger):
                 s.reasoning_tokens,
                 s.cost_usd,
             )
-            if book.spend_limited:
-                book.recheck_spend()
             return book.used_up
         finally:
             lock.release()

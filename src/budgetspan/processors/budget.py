@@ -252,7 +252,7 @@ class BudgetSpanProcessor(SpanProcessor):
     def _account_end(
         self, span: ReadableSpan, run: Run, res: Reservation | None, phase: str, kind: CallKind
     ) -> None:
-        try:
+        try:  # (_attributes without the call to it: this runs for every accounted span)
             attrs = span._attributes._dict  # type: ignore[union-attr]
         except AttributeError:
             attrs = None
