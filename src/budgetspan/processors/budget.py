@@ -301,6 +301,8 @@ class BudgetSpanProcessor(SpanProcessor):
         if not events.has_listeners("on_call_end"):
             return
         spend = Spend(inp, out, cr, cw, reasoning, cost)
+        # Positional, in field order (as in instrumentation/calls.py): keywords to a class call
+        # go through a dict, about 0.3 µs more for a record this size.
         events.emit(
             "on_call_end",
             CallRecord(
@@ -309,13 +311,18 @@ class BudgetSpanProcessor(SpanProcessor):
                 phase,
                 _duration(span),
                 "ok" if span.status.is_ok else "error",
-                provider=provider or None,
-                model=model,
-                spend=None if unreported else spend,
-                cost_usd=cost,
-                unreported_usage=unreported,
-                unpriced=unpriced,
-                run=run,
+                provider or None,  # provider
+                model,
+                None,  # tool
+                None if unreported else spend,
+                cost,
+                unreported,  # unreported_usage
+                unpriced,
+                0,  # retries
+                None,  # time_to_first_token_s
+                None,  # documents
+                None,  # label
+                run,
             ),
         )
 
