@@ -11,14 +11,16 @@ Rows (per operation):
 
 The run every operation is accounted to has a budget with a limit of every kind (calls, steps,
 tokens, dollars, wall clock, retries), set too high to be reached: the processor checks all of
-them, as it would in production. Wall clock: interleaved rounds, the best of each row, so that
-the drift of a shared machine hits every row alike and the least disturbed round is kept.
+them, as it would in production. Wall clock: interleaved rounds; the table shows the best round of
+each row, and the processor's cost is also given as the median over rounds of each row's
+difference to the bare span in the same round, which a shared machine's drift disturbs least.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import timeit
@@ -55,15 +57,30 @@ EVERY_LIMIT = Budget(
 )
 
 
-def best_of_rounds(ops: dict[str, Callable[[], object]], n: int, rounds: int) -> list[tuple[str, float]]:
-    """µs per operation: each round runs every row once (n / rounds operations); best round kept."""
+def best_of_rounds(
+    ops: dict[str, Callable[[], object]], n: int, rounds: int
+) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+    """µs per operation: each round runs every row once (n / rounds operations).
+
+    Returns the best round of each row, and for each row the median over rounds of its difference
+    to the first row (the bare span) in the same round: rows of one round run within ~0.3 s of
+    each other, so the pairing cancels the drift of a shared machine that a difference of two
+    minimums from different rounds keeps.
+    """
     per_round = max(1, n // rounds)
     best: dict[str, float] = {}
+    deltas: dict[str, list[float]] = {name: [] for name in ops}
     for _ in range(rounds):
+        this_round: dict[str, float] = {}
         for name, fn in ops.items():
             us = timeit.timeit(fn, number=per_round) / per_round * 1e6
+            this_round[name] = us
             best[name] = min(best.get(name, us), us)
-    return [(name, best[name]) for name in ops]
+        base = next(iter(this_round.values()))
+        for name, us in this_round.items():
+            deltas[name].append(us - base)
+    paired = [(name, statistics.median(deltas[name])) for name in ops]
+    return [(name, best[name]) for name in ops], paired
 
 
 def operations() -> tuple[dict[str, Callable[[], object]], Callable[[], None]]:
@@ -143,9 +160,13 @@ def main() -> None:
     for fn in ops.values():  # warm-up: the first row must not pay for caches and lazy imports
         for _ in range(2000):
             fn()
-    rows = best_of_rounds(ops, args.n, args.rounds)
+    rows, paired = best_of_rounds(ops, args.n, args.rounds)
     close()
     report(rows, "µs/op")
+    print(
+        f"paired by round (median of per-round differences to the bare span): foreign gen_ai span "
+        f"+{paired[2][1]:,.2f} µs, own/other span {paired[3][1]:+,.2f} µs"
+    )
 
 
 def report(rows: list[tuple[str, float]], unit: str) -> None:
