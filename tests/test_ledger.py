@@ -309,8 +309,7 @@ def test_property_commit_figures_is_commit_of_the_same_spend(
         for _ in range(2):
             res = ledger.reserve("r", CallKind.MODEL, force=True)
             if path == "spend":
-                spend = None if unreported else Spend(*figures)
-                got.append(ledger.commit(res, spend, unreported=unreported, unpriced=unpriced))
+                got.append(ledger.commit(res, Spend(*figures), unreported=unreported, unpriced=unpriced))
             else:
                 got.append(ledger.commit_figures(res, *figures, unreported=unreported, unpriced=unpriced))
         got.append(ledger.reserve("r", CallKind.MODEL, force=True).would_refuse)
@@ -340,3 +339,47 @@ def test_the_used_up_limit_follows_every_addition_of_spend() -> None:
     tres = tool_ledger.reserve("r", CallKind.TOOL, tool="t")
     assert tres.would_refuse is not None and tres.would_refuse.reason == "max_cost_usd"
     assert tool_ledger.commit(tres).reason == "max_cost_usd"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "limit", ["max_cost_usd", "max_input_tokens", "max_output_tokens", "max_total_tokens"]
+)
+@pytest.mark.parametrize("kind", [CallKind.MODEL, CallKind.TOOL])
+def test_a_spend_limit_of_zero_refuses_the_first_call(limit: str, kind: CallKind) -> None:
+    """A limit of 0 is used up before anything is spent (the used-up limit is known at open)."""
+    ledger, _ = _ledger(Budget(**{limit: 0}))
+    with pytest.raises(LedgerRefused) as refused:
+        ledger.reserve("r", kind, tool="t")
+    assert refused.value.refusal.reason == limit
+    assert ledger.check("r") == refused.value.refusal  # check and reserve agree
+    observe, _ = _ledger(Budget(**{limit: 0}), Mode.OBSERVE)
+    res = observe.reserve("r", kind, tool="t")
+    assert res.would_refuse is not None and res.would_refuse.reason == limit
+    assert observe.commit(res) == res.would_refuse
+
+
+def test_a_spend_committed_as_unreported_is_still_added() -> None:
+    """``unreported`` counts a call whose tokens were not said; what was said (cost, cache) counts."""
+    ledger, _ = _ledger(Budget(max_cost_usd=1.0))
+    res = ledger.reserve("r", CallKind.MODEL)
+    refusal = ledger.commit(res, Spend(cost_usd=2.0, cache_read_tokens=10), unreported=True)
+    u = ledger.usage("r")
+    assert (u.cost_usd, u.cache_read_tokens, u.unreported_usage_calls) == (2.0, 10, 1)
+    assert refusal is not None and refusal.reason == "max_cost_usd"
+
+
+def test_a_subclass_that_overrides_commit_sees_the_figures_path_too() -> None:
+    """Foreign spans commit through ``commit_figures``; a ledger subclass auditing ``commit`` must
+    still see them, as a Spend."""
+    seen: list[Spend | None] = []
+
+    class AuditLedger(InMemoryLedger):
+        def commit(self, reservation, spend=None, **flags):  # type: ignore[no-untyped-def]
+            seen.append(spend)
+            return super().commit(reservation, spend, **flags)
+
+    ledger = AuditLedger()
+    ledger.open("r", Budget(), Mode.ENFORCE)
+    ledger.commit_figures(ledger.reserve("r", CallKind.MODEL), 3, 4, None, None, None, 0.5)
+    assert seen == [Spend(3, 4, None, None, None, 0.5)]
+    assert (ledger.usage("r").input_tokens, ledger.usage("r").cost_usd) == (3, 0.5)

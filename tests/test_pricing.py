@@ -123,3 +123,11 @@ def test_property_the_usual_call_path_prices_as_the_general_one(
     if model and not (inp is None and out is None):
         general = r._cost(rates, provider, model, inp, out, cr, cw)
     assert r.cost(provider, model, inp, out, cr, cw) == general
+
+
+def test_a_negative_rate_set_in_code_prices_nothing() -> None:
+    """Price files refuse negative rates; a resolver built in code with one gives unpriced, not a
+    negative cost, on the usual-call path and the cache path alike."""
+    r = PriceResolver({("acme", "m"): pricing.TokenPrice(-1.0, 2.0)})
+    assert r.cost("acme", "m", 1000, 10) is None
+    assert r.cost("acme", "m", 1000, 10, 100, 0) is None

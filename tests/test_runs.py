@@ -576,3 +576,45 @@ def test_property_foreign_usage_read_on_the_short_path_as_on_the_careful_one(att
         _int_attr(attrs, A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS),
     )
     assert _usage_figures(attrs) == careful
+
+
+def test_a_run_id_that_is_not_a_str_still_tags_foreign_spans_and_cancels(tracing: Tracing) -> None:
+    """``run_id`` is typed str; an int still works as before (cancel by it), and the foreign span's
+    run id attribute is its text (the tag is written unchecked, so it is made a str first)."""
+    tracer = tracing.provider.get_tracer("my-app")
+    with budgetspan.run("int-id", run_id=123) as run:  # type: ignore[arg-type]
+        _hand_made_chat(tracer)
+        assert run.id == 123
+        assert budgetspan.cancel(123)  # type: ignore[arg-type]
+    (span,) = tracing.spans("chat")
+    assert _attrs(span)[A.RUN_ID] == "123"
+    assert run.usage.model_calls == 1
+
+
+def test_foreign_spans_are_tagged_under_a_concurrent_multi_span_processor() -> None:
+    """With ConcurrentMultiSpanProcessor every processor's on_start runs on a worker thread at once:
+    the tag takes the attribute dict's lock and the span gets both attributes.
+
+    Known limit: those worker threads do not carry the caller's context, so the span is accounted
+    to the process's implicit run, not to the run declared around it (as before the tag changed).
+    """
+    from opentelemetry.sdk.trace import ConcurrentMultiSpanProcessor, TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    active = ConcurrentMultiSpanProcessor(num_threads=4)
+    provider = TracerProvider(active_span_processor=active)
+    provider.add_span_processor(BudgetSpanProcessor())
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    try:
+        with budgetspan.run("concurrent", max_model_calls=50):
+            for _ in range(20):
+                _hand_made_chat(provider.get_tracer("my-app"))
+        spans = exporter.get_finished_spans()
+        assert len(spans) == 20
+        run_ids = {_attrs(s)[A.RUN_ID] for s in spans}
+        assert len(run_ids) == 1 and all(isinstance(r, str) and r for r in run_ids)
+        assert all(_attrs(s)[A.PHASE] == "model_decision" for s in spans)
+    finally:
+        provider.shutdown()

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import lru_cache
+from typing import Any
 
 from budgetspan.budget import Budget, Limit, ToolLimits, Usage
 
@@ -137,14 +138,13 @@ class Ledger(ABC):
         unreported: bool = False,
         unpriced: bool = False,
     ) -> Refusal | None:
-        """``commit`` with the figures held apart (a span's attributes): a ledger may add them
-        without a ``Spend`` being built, which costs a tenth of a microsecond on the path of every
-        foreign GenAI span. Figures are ignored when ``unreported``, as by ``commit``."""
-        spend = None
-        if not unreported:
-            spend = Spend(
-                input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, cost_usd
-            )
+        """``commit(reservation, Spend(*figures), ...)`` with the figures held apart (a span's
+        attributes): a ledger may add them without a ``Spend`` being built, which costs a tenth of
+        a microsecond on the path of every foreign GenAI span. A subclass that overrides ``commit``
+        gets these commits through it (``InMemoryLedger`` sees to that)."""
+        spend = Spend(
+            input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, cost_usd
+        )
         return self.commit(reservation, spend, finished=finished, unreported=unreported, unpriced=unpriced)
 
     @abstractmethod
@@ -212,6 +212,8 @@ class _RunBook:
         self.input_cap = inf if b.max_input_tokens is None else b.max_input_tokens
         self.output_cap = inf if b.max_output_tokens is None else b.max_output_tokens
         self.total_cap = inf if b.max_total_tokens is None else b.max_total_tokens
+        # A limit of 0 is used up before anything is spent.
+        self.used_up = spent_refusal(b, self.usage) if self.spend_limited else None
 
     def add(
         self,
@@ -289,6 +291,13 @@ def _merged(defaults: ToolLimits, tlim: ToolLimits) -> ToolLimits:
 
 class InMemoryLedger(Ledger):
     """Process-local ledger: one lock per run, a dict of runs guarded by a registry lock."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A subclass that overrides ``commit`` (to audit commits, say) gets the figures path
+        # through it too, as a Spend: ``Ledger.commit_figures`` calls ``self.commit``.
+        if "commit" in cls.__dict__ and "commit_figures" not in cls.__dict__:
+            setattr(cls, "commit_figures", Ledger.commit_figures)  # noqa: B010
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._runs: dict[str, _RunBook] = {}
@@ -369,7 +378,7 @@ class InMemoryLedger(Ledger):
         lock = book.lock
         lock.acquire()  # (see _RunBook.lock: acquire/release, not ``with``, on the hot paths)
         try:
-            refusal = self._refusal(book, kind, tool, worst, worst_case_tokens or 0, tool_limits)
+            refusal = self._refusal(book, kind, tool, worst, int(worst_case_tokens or 0), tool_limits)
             if refusal is not None and not force and (book.mode is _ENFORCE or refusal.reason == _CANCELLED):
                 raise LedgerRefused(refusal)
             u = book.usage
@@ -399,7 +408,8 @@ class InMemoryLedger(Ledger):
         unpriced: bool = False,
     ) -> Refusal | None:
         if spend is None:
-            return self.commit_figures(
+            return InMemoryLedger.commit_figures(  # (not self's: see __init_subclass__)
+                self,
                 reservation,
                 None,
                 None,
@@ -412,7 +422,8 @@ class InMemoryLedger(Ledger):
                 unpriced=unpriced,
             )
         s = spend
-        return self.commit_figures(
+        return InMemoryLedger.commit_figures(
+            self,
             reservation,
             s.input_tokens,
             s.output_tokens,
@@ -449,7 +460,7 @@ class InMemoryLedger(Ledger):
             if reservation.worst_case_cost:
                 book.inflight_worst_cost = max(0.0, book.inflight_worst_cost - reservation.worst_case_cost)
             u = book.usage
-            if not unreported and (
+            if (
                 input_tokens
                 or output_tokens
                 or cache_read_tokens

@@ -176,7 +176,7 @@ class PriceResolver:
             try:
                 if inp >= 0 and out >= 0:
                     value = (inp * rates[0] + out * rates[3]) / 1e6
-                    return value if value < _INF else None
+                    return value if 0 <= value < _INF else None  # (a rate set in code may be odd)
             except (OverflowError, TypeError):
                 return None
         return self._cost(

@@ -126,7 +126,7 @@ class Run:
         ledger: Ledger | None = None,
         run_id: str | None = None,
     ) -> None:
-        self.id = str(run_id) if run_id else uuid.uuid4().hex  # a str: spans are tagged with it unchecked
+        self.id = run_id or uuid.uuid4().hex
         self.workflow = workflow
         self.budget = budget
         self.mode = mode

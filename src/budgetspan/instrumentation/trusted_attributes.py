@@ -58,10 +58,11 @@ def tag_starting_span(span: Any, key1: str, value1: str, key2: str, value2: str)
     the caller's to guarantee, not checked again.
 
     Why a separate path: every foreign GenAI span is tagged with its phase and run here, and the
-    SDK's write costs 2 µs. The span is still being started: the SDK calls ``on_start`` before
-    ``start_span`` returns it, so it has not ended and no other code can write to it now, and the
-    write needs neither the SDK's checks nor its locks (about a tenth of a microsecond each).
-    Limits are respected by falling back: a value length limit, no room left, a key already set.
+    SDK's write costs 2 µs. The span is still being started (the SDK calls ``on_start`` before
+    ``start_span`` returns it), so it has not ended; the write takes the attribute dict's own lock,
+    as the SDK does, since another processor's ``on_start`` may write at the same time under
+    ``ConcurrentMultiSpanProcessor``. Limits are respected by falling back: a value length limit,
+    no room for both keys, a key already set.
     """
     if type(span) in _SDK_SPANS:
         try:
@@ -73,14 +74,19 @@ def tag_starting_span(span: Any, key1: str, value1: str, key2: str, value2: str)
             ):
                 values = bounded._dict
                 maxlen = bounded.maxlen
-                if (
-                    (maxlen is None or len(values) + 2 <= maxlen)
-                    and key1 not in values
-                    and key2 not in values
-                ):
-                    values[key1] = value1
-                    values[key2] = value2
-                    return
+                lock = bounded._lock
+                lock.acquire()  # (acquire/release: a ``with`` costs twice as much on CPython 3.11)
+                try:
+                    if (
+                        (maxlen is None or len(values) + 2 <= maxlen)
+                        and key1 not in values
+                        and key2 not in values
+                    ):
+                        values[key1] = value1
+                        values[key2] = value2
+                        return
+                finally:
+                    lock.release()
         except AttributeError:
             pass
     span.set_attributes({key1: value1, key2: value2})

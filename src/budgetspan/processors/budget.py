@@ -205,7 +205,10 @@ class BudgetSpanProcessor(SpanProcessor):
         )
         if type(phase) is not str:
             phase = str(phase)
-        tag_starting_span(span, PHASE, phase, RUN_ID, run.id)
+        run_id = run.id
+        if type(run_id) is not str:  # (typed str, but the tag below writes it unchecked)
+            run_id = str(run_id)
+        tag_starting_span(span, PHASE, phase, RUN_ID, run_id)
         tool = attrs.get(GEN_AI_TOOL_NAME) if kind is _TOOL else None
         enforce = self.enforce_foreign and run.mode is _ENFORCE
         try:
@@ -293,9 +296,12 @@ class BudgetSpanProcessor(SpanProcessor):
             cost = default_resolver().cost(provider, model, inp, out, cr, cw)
         unpriced = not unreported and cost is None
         if res is not None:
-            refusal = run._ledger.commit_figures(
-                res, inp, out, cr, cw, reasoning, cost, unreported=unreported, unpriced=unpriced
-            )
+            if unreported:  # no tokens said: nothing is added, as for any call without usage
+                refusal = run._ledger.commit(res, None, unreported=True)
+            else:
+                refusal = run._ledger.commit_figures(
+                    res, inp, out, cr, cw, reasoning, cost, unpriced=unpriced
+                )
             if refusal is not None and run.mode is _OBSERVE:  # (as Run.commit)
                 run.note_would_refuse(refusal)
         if not events.has_listeners("on_call_end"):
