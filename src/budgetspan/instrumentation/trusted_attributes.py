@@ -26,6 +26,9 @@ _KEPT = frozenset((str, int, float, bool))  # kept as they are by the SDK (NaN i
 _KEPT_OR_TUPLE = _KEPT | {tuple}
 _STR = frozenset((str,))
 _IS_TUPLE = tuple.__instancecheck__
+# The SDK's default active span processor: it calls each processor's on_start in turn, on the thread
+# that starts the span.
+_SEQUENTIAL_PROCESSORS = getattr(sdk_trace, "SynchronousMultiSpanProcessor", None)
 # The SDK's span classes exactly (a subclass may override set_attributes): tracers make ``_Span``.
 _SDK_SPANS = frozenset(c for c in (sdk_trace.Span, getattr(sdk_trace, "_Span", None)) if isinstance(c, type))
 
@@ -59,10 +62,11 @@ def tag_starting_span(span: Any, key1: str, value1: str, key2: str, value2: str)
 
     Why a separate path: every foreign GenAI span is tagged with its phase and run here, and the
     SDK's write costs 2 µs. The span is still being started (the SDK calls ``on_start`` before
-    ``start_span`` returns it), so it has not ended; the write takes the attribute dict's own lock,
-    as the SDK does, since another processor's ``on_start`` may write at the same time under
-    ``ConcurrentMultiSpanProcessor``. Limits are respected by falling back: a value length limit,
-    no room for both keys, a key already set.
+    ``start_span`` returns it), so it has not ended, and only the span processors can reach it:
+    under the SDK's ``SynchronousMultiSpanProcessor`` (the default) they run one after another on
+    this thread, so no lock is needed; under any other (``ConcurrentMultiSpanProcessor`` runs them
+    at once) the write takes the attribute dict's lock, as the SDK does. Limits are respected by
+    falling back: a value length limit, no room for both keys, a key already set.
     """
     if type(span) in _SDK_SPANS:
         try:
@@ -74,8 +78,9 @@ def tag_starting_span(span: Any, key1: str, value1: str, key2: str, value2: str)
             ):
                 values = bounded._dict
                 maxlen = bounded.maxlen
-                lock = bounded._lock
-                lock.acquire()  # (acquire/release: a ``with`` costs twice as much on CPython 3.11)
+                lock = None if type(span._span_processor) is _SEQUENTIAL_PROCESSORS else bounded._lock
+                if lock is not None:
+                    lock.acquire()
                 try:
                     if (
                         (maxlen is None or len(values) + 2 <= maxlen)
@@ -86,7 +91,8 @@ def tag_starting_span(span: Any, key1: str, value1: str, key2: str, value2: str)
                         values[key2] = value2
                         return
                 finally:
-                    lock.release()
+                    if lock is not None:
+                        lock.release()
         except AttributeError:
             pass
     span.set_attributes({key1: value1, key2: value2})
