@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, NamedTuple
 from opentelemetry import trace
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import SpanContext
+
     from budgetspan.ledger import CallKind, Reservation
     from budgetspan.run import Run
 
@@ -24,12 +26,19 @@ class ForeignCall(NamedTuple):
     reservation: Reservation | None
     phase: str
     kind: CallKind
+    context: SpanContext  # the span's own context object, held so that its id stays unique
 
 
-#: span id -> the call being accounted (never rebound: the processor holds it). Lock-free: a store, ``get`` or ``pop`` is atomic (also
-#: on free-threaded builds), and a call is claimed by whoever pops it first: the processor at the
-#: span's end (``pending.pop(span_id, None)``) or ``take_over``. The processor uses the dict itself:
-#: a function around a single dict operation costs as much again on every foreign span.
+#: ``id(span context)`` -> the call being accounted; never rebound (the processor holds it).
+#:
+#: Keyed by the identity of the span's ``SpanContext``: the SDK's span, ``get_current_span()``
+#: and the ``ReadableSpan`` its end hands to processors all share that one object, and reading
+#: ``span_id`` from it is a Python property call, twice per foreign span. The entry holds the
+#: object, so its id cannot be reused while the entry is here.
+#:
+#: Lock-free: a store, ``get`` or ``pop`` is atomic (also on free-threaded builds), and a call is
+#: claimed by whoever pops it first: the processor at the span's end or ``take_over``. The
+#: processor uses the dict itself: a function around one dict operation costs as much again.
 pending: dict[int, ForeignCall] = {}
 
 
@@ -39,13 +48,13 @@ def take_over(run: Run, kind: CallKind) -> ForeignCall | None:
     if not pending:  # the usual case: no foreign span in flight, nothing to look up
         return None
     try:
-        span_id = trace.get_current_span().get_span_context().span_id
+        context = trace.get_current_span().get_span_context()
     except Exception:
         return None
-    found = pending.get(span_id)
-    if found is None or found.run is not run or found.kind is not kind:
+    found = pending.get(id(context))
+    if found is None or found.context is not context or found.run is not run or found.kind is not kind:
         return None
-    return pending.pop(span_id, None)  # None: the span ended meanwhile and its end claimed it
+    return pending.pop(id(context), None)  # None: the span ended meanwhile and its end claimed it
 
 
 def clear() -> None:

@@ -230,7 +230,7 @@ class BudgetSpanProcessor(SpanProcessor):
             ctx = span.get_span_context()
         if ctx is not None:
             # (tuple.__new__: a NamedTuple's own constructor is a Python call, this one is not)
-            _pending[ctx.span_id] = _new_tuple(foreign_spans.ForeignCall, (run, res, phase, kind))
+            _pending[id(ctx)] = _new_tuple(foreign_spans.ForeignCall, (run, res, phase, kind, ctx))
         return None
 
     def on_end(self, span: ReadableSpan) -> None:
@@ -241,9 +241,9 @@ class BudgetSpanProcessor(SpanProcessor):
                 ctx = span.context
             if ctx is None:
                 return
-            entry = _pending.pop(ctx.span_id, None) if _pending else None
+            entry = _pending.pop(id(ctx), None) if _pending else None  # (see foreign_spans.pending)
             if entry is not None:
-                run, res, phase, kind = entry
+                run, res, phase, kind, _ = entry
                 self._account_end(span, run, res, phase, kind)
             if _trace_runs:  # implicit runs, one per trace: a local root span ends its trace's
                 parent = span.parent
@@ -265,7 +265,7 @@ class BudgetSpanProcessor(SpanProcessor):
             ok = span.status.is_ok
             if res is not None:
                 run.commit(res, None, finished=ok)
-            if not events.has_listeners("on_call_end"):
+            if not events.call_end_handlers:
                 return
             events.emit(
                 "on_call_end",
@@ -304,7 +304,7 @@ class BudgetSpanProcessor(SpanProcessor):
                 )
             if refusal is not None and run.mode is _OBSERVE:  # (as Run.commit)
                 run.note_would_refuse(refusal)
-        if not events.has_listeners("on_call_end"):
+        if not events.call_end_handlers:
             return
         spend = Spend(inp, out, cr, cw, reasoning, cost)
         # Positional, in field order (as in instrumentation/calls.py): keywords to a class call
