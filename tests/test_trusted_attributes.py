@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -141,22 +143,35 @@ def test_which_samplers_ignore_attributes(sampler: sampling.Sampler, blind: bool
     assert T.attributes_unread_at_start(provider.get_tracer("t")) is blind
 
 
-def test_a_sampler_that_reads_attributes_sees_the_request_at_creation(tracing: Any) -> None:
-    from budgetspan.instrumentation.calls import Call
+@contextlib.contextmanager
+def _budgetspan_traces_to(provider: TracerProvider) -> Iterator[None]:
+    """budgetspan's own spans go to ``provider`` inside the block."""
     from budgetspan.run import set_tracer_provider
 
-    recorder = _Recorder()
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider(sampler=recorder)
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
     set_tracer_provider(provider)
     try:
+        yield
+    finally:
+        set_tracer_provider(None)
+
+
+def _exporting(sampler: sampling.Sampler | None = None) -> tuple[TracerProvider, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=sampler) if sampler else TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter
+
+
+def test_a_sampler_that_reads_attributes_sees_the_request_at_creation(tracing: Any) -> None:
+    from budgetspan.instrumentation.calls import Call
+
+    recorder = _Recorder()
+    provider, exporter = _exporting(recorder)
+    with _budgetspan_traces_to(provider):
         for op in ("chat", "embeddings"):
             call = Call(op, f"{op} m", {"gen_ai.provider.name": "openai", "gen_ai.request.model": "m"})
             call.start()
             call.end()
-    finally:
-        set_tracer_provider(None)
     assert [s.get("gen_ai.operation.name") for s in recorder.seen] == ["chat", "embeddings"]
     assert all(s.get("gen_ai.request.model") == "m" for s in recorder.seen)
     (kept,) = exporter.get_finished_spans()  # the sampler's decision on the attributes held
@@ -165,19 +180,13 @@ def test_a_sampler_that_reads_attributes_sees_the_request_at_creation(tracing: A
 
 def test_with_a_stock_sampler_the_span_gets_every_attribute_at_the_end(tracing: Any) -> None:
     from budgetspan.instrumentation.calls import Call
-    from budgetspan.run import set_tracer_provider
 
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    set_tracer_provider(provider)
-    try:
+    provider, exporter = _exporting()
+    with _budgetspan_traces_to(provider):
         call = Call("chat", "chat m", {"gen_ai.provider.name": "openai", "gen_ai.request.model": "m"})
         call.start()
         assert dict(call.span.attributes or {}) == {}  # type: ignore[union-attr]  # nothing validated at creation
         call.end()
-    finally:
-        set_tracer_provider(None)
     (span,) = exporter.get_finished_spans()
     attrs = dict(span.attributes or {})
     assert attrs["gen_ai.provider.name"] == "openai" and attrs["gen_ai.request.model"] == "m"
@@ -197,7 +206,6 @@ class _ReadsOnStart(SpanProcessor):
 def test_a_processor_that_may_read_attributes_sees_them_at_start(tracing: Any) -> None:
     from budgetspan.instrumentation.calls import Call
     from budgetspan.processors.budget import BudgetSpanProcessor
-    from budgetspan.run import set_tracer_provider
 
     provider = TracerProvider()
     provider.add_span_processor(BudgetSpanProcessor())
@@ -207,13 +215,10 @@ def test_a_processor_that_may_read_attributes_sees_them_at_start(tracing: Any) -
     reader = _ReadsOnStart()
     provider.add_span_processor(reader)  # added later: the cached answer must change
     assert T.attributes_unread_at_start(tracer) is False
-    set_tracer_provider(provider)
-    try:
+    with _budgetspan_traces_to(provider):
         call = Call("chat", "chat m", {"gen_ai.provider.name": "openai", "gen_ai.request.model": "m"})
         call.start()
         call.end()
-    finally:
-        set_tracer_provider(None)
     (seen,) = reader.seen
     assert seen["gen_ai.operation.name"] == "chat" and seen["gen_ai.request.model"] == "m"
     assert seen["budgetspan.phase"] == "model_decision"
@@ -221,20 +226,14 @@ def test_a_processor_that_may_read_attributes_sees_them_at_start(tracing: Any) -
 
 def test_what_code_sets_on_the_span_during_the_call_wins(tracing: Any) -> None:
     from budgetspan.instrumentation.calls import Call
-    from budgetspan.run import set_tracer_provider
 
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    set_tracer_provider(provider)
-    try:
+    provider, exporter = _exporting()
+    with _budgetspan_traces_to(provider):
         call = Call("chat", "chat m", {"gen_ai.provider.name": "openai"})
         call.start()
         assert call.span is not None
         call.span.set_attribute("budgetspan.phase", "verification")  # user code, mid-call
         call.end()
-    finally:
-        set_tracer_provider(None)
     (span,) = exporter.get_finished_spans()
     assert span.attributes is not None and span.attributes["budgetspan.phase"] == "verification"
     assert span.attributes["gen_ai.provider.name"] == "openai"

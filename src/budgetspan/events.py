@@ -63,8 +63,8 @@ _handlers: dict[str, tuple[tuple[Any, Any], ...]] = {}
 _EVENTS = tuple(name for name in vars(Listener) if name.startswith("on_"))  # the Protocol's events
 
 
-#: The handlers of ``on_call_end``, the event of every call: hot paths test this tuple instead
-#: of calling ``has_listeners`` (rebound, never mutated, when listeners change).
+#: The handlers of ``on_call_end``, the event of every call: hot paths test this tuple before
+#: they build a record nobody reads (rebound, never mutated, when listeners change).
 call_end_handlers: tuple[tuple[Any, Any], ...] = ()
 
 
@@ -96,11 +96,6 @@ def remove_listener(listener: Any) -> None:
         if listener in _listeners:
             _listeners.remove(listener)
             _rebuild()
-
-
-def has_listeners(event: str = "on_call_end") -> bool:
-    """Whether anyone handles ``event``: lets hot paths skip building records nobody reads."""
-    return event in _handlers
 
 
 def emit(event: str, *args: Any) -> None:

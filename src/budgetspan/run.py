@@ -286,9 +286,9 @@ class Run:
 
         Exhaustion is sticky: once a run has stopped at a limit, every later call is refused too.
         """
-        stopped = self.exhausted
-        if stopped is not None and self.mode is Mode.ENFORCE:
-            raise self.exhaust(Refusal(stopped.reason, stopped.limit, stopped.tool))
+        stopped = self._stopped()
+        if stopped is not None:
+            raise self.exhaust(stopped)
         try:
             res = self._ledger.reserve(
                 self.id,
@@ -309,12 +309,19 @@ class Run:
     def adopt(self, reservation: Reservation | None) -> Reservation | None:
         """Take over a reservation the processor made for this same call (another
         instrumentation's span around it); refused where ``reserve`` would refuse."""
-        stopped = self.exhausted
-        if stopped is not None and self.mode is Mode.ENFORCE:
+        stopped = self._stopped()
+        if stopped is not None:
             if reservation is not None:
                 self.release(reservation)
-            raise self.exhaust(Refusal(stopped.reason, stopped.limit, stopped.tool))
+            raise self.exhaust(stopped)
         return reservation
+
+    def _stopped(self) -> Refusal | None:
+        """The limit an enforcing run has already stopped at: every later call is refused by it."""
+        stopped = self.exhausted
+        if stopped is not None and self.mode is Mode.ENFORCE:
+            return Refusal(stopped.reason, stopped.limit, stopped.tool)
+        return None
 
     def check(self) -> None:
         """Raise BudgetExhausted if the run is already at a limit (no reservation)."""
@@ -373,12 +380,18 @@ class Run:
         refusal = self._ledger.commit(
             reservation, spend, finished=finished, unreported=unreported, unpriced=unpriced
         )
-        if refusal is not None and self.mode is Mode.OBSERVE:
-            self.note_would_refuse(refusal)
+        if refusal is not None:
+            self.note_spend_limit(refusal)
 
     def add_spend(self, spend: Spend) -> None:
         refusal = self._ledger.add_spend(self.id, spend)
-        if refusal is not None and self.mode is Mode.OBSERVE:
+        if refusal is not None:
+            self.note_spend_limit(refusal)
+
+    def note_spend_limit(self, refusal: Refusal) -> None:
+        """A commit reached a token or dollar limit: in enforce mode the ledger refuses the next
+        reservation; observe mode records what it would have refused."""
+        if self.mode is Mode.OBSERVE:
             self.note_would_refuse(refusal)
 
     def release(self, reservation: Reservation) -> None:

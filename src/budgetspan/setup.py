@@ -68,7 +68,9 @@ def install_processors(provider: Any, *, metrics_port: int | None = None) -> boo
                 log.warning("budgetspan: cannot write spans to %s", traces_file, exc_info=True)
         for p in processors:
             provider.add_span_processor(p)
-        setattr(provider, _MARK, [*processors, *([metrics_processor] if budget.closers else [])])
+        setattr(
+            provider, _MARK, processors if metrics_processor is None else [*processors, metrics_processor]
+        )
         watch_provider(provider)  # count spans the exporters lose (budgetspan_spans_dropped_total)
     return True
 

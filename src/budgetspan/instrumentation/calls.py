@@ -412,7 +412,7 @@ class Call:
                 run.commit(
                     self.reservation, rest, finished=status == "ok", unreported=unreported, unpriced=unpriced
                 )
-        if not events.has_listeners("on_call_end"):
+        if not events.call_end_handlers:
             return  # nobody reads the record: do not build it
         events.emit(
             "on_call_end",

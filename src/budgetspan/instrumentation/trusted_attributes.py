@@ -71,11 +71,7 @@ def tag_starting_span(span: Any, key1: str, value1: str, key2: str, value2: str)
     if type(span) in _SDK_SPANS:
         try:
             bounded = span._attributes
-            if (
-                type(bounded) is BoundedAttributes
-                and not bounded._immutable
-                and bounded.max_value_len is None
-            ):
+            if _writable(bounded):
                 values = bounded._dict
                 maxlen = bounded.maxlen
                 lock = None if type(span._span_processor) is _SEQUENTIAL_PROCESSORS else bounded._lock
@@ -108,11 +104,7 @@ def _write(span: Any, attributes: Mapping[str, Any], keep: bool = False) -> bool
             if span._end_time is not None:
                 return False  # the SDK logs "Setting attribute on ended span"
             bounded = span._attributes
-            if (
-                type(bounded) is not BoundedAttributes
-                or bounded._immutable
-                or bounded.max_value_len is not None
-            ):
+            if not _writable(bounded):
                 return False
             with bounded._lock:
                 values = bounded._dict
@@ -132,6 +124,12 @@ def _write(span: Any, attributes: Mapping[str, Any], keep: bool = False) -> bool
         return True
     except AttributeError:
         return False
+
+
+def _writable(bounded: Any) -> bool:
+    """Whether a value put straight into the span's attribute dict is what the SDK would keep:
+    its own ``BoundedAttributes``, still mutable, with no value length limit to apply."""
+    return type(bounded) is BoundedAttributes and not bounded._immutable and bounded.max_value_len is None
 
 
 def _kept(attributes: Mapping[str, Any]) -> bool:

@@ -68,7 +68,7 @@ from budgetspan.run import (
 log = logging.getLogger(__name__)
 
 # Enum members read through the class cost ~10x a global: every accounted span uses these.
-_MODEL, _TOOL, _ENFORCE, _OBSERVE = CallKind.MODEL, CallKind.TOOL, Mode.ENFORCE, Mode.OBSERVE
+_MODEL, _TOOL, _ENFORCE = CallKind.MODEL, CallKind.TOOL, Mode.ENFORCE
 _new_tuple = tuple.__new__
 _pending = foreign_spans.pending
 _ACCOUNTED_OPS = MODEL_OPERATIONS | {OP_EXECUTE_TOOL}
@@ -255,12 +255,7 @@ class BudgetSpanProcessor(SpanProcessor):
     def _account_end(
         self, span: ReadableSpan, run: Run, res: Reservation | None, phase: str, kind: CallKind
     ) -> None:
-        try:  # (_attributes without the call to it: this runs for every accounted span)
-            attrs = span._attributes._dict  # type: ignore[union-attr]
-        except AttributeError:
-            attrs = None
-        if type(attrs) is not dict:
-            attrs = _attributes(span)
+        attrs = _attributes(span)
         if kind is _TOOL:
             ok = span.status.is_ok
             if res is not None:
@@ -302,8 +297,8 @@ class BudgetSpanProcessor(SpanProcessor):
                 refusal = run._ledger.commit_figures(
                     res, inp, out, cr, cw, reasoning, cost, unpriced=unpriced
                 )
-            if refusal is not None and run.mode is _OBSERVE:  # (as Run.commit)
-                run.note_would_refuse(refusal)
+            if refusal is not None:
+                run.note_spend_limit(refusal)
         if not events.call_end_handlers:
             return
         spend = Spend(inp, out, cr, cw, reasoning, cost)
