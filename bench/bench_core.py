@@ -29,10 +29,10 @@ from collections.abc import Callable
 from opentelemetry.sdk.trace import TracerProvider
 
 import budgetspan
-from budgetspan.budget import Budget
-from budgetspan.ledger import CallKind, InMemoryLedger, Mode, Spend
+from budgetspan.accounting.budget import Budget
+from budgetspan.accounting.ledger import CallKind, InMemoryLedger, Mode, Spend
 from budgetspan.processors.budget import BudgetSpanProcessor
-from budgetspan.run import end_process_run, set_tracer_provider
+from budgetspan.runs.run import end_process_run, set_tracer_provider
 
 ATTRS = {
     "gen_ai.operation.name": "chat",

@@ -26,8 +26,8 @@ from prometheus_client import CollectorRegistry, Counter
 
 import budgetspan
 from budgetspan import events
+from budgetspan.accounting.ledger import Spend
 from budgetspan.events import CallRecord
-from budgetspan.ledger import Spend
 from budgetspan.processors.budget import BudgetSpanProcessor
 from budgetspan.processors.metrics import BudgetspanMetrics, MetricsSpanProcessor
 

@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import budgetspan
 from budgetspan import config as bs_config
-from budgetspan.ledger import InMemoryLedger
+from budgetspan.accounting.ledger import InMemoryLedger
 from budgetspan.processors.budget import BudgetSpanProcessor
 
 # `budgetspan.run` is the RunScope (the public API), so `from budgetspan import run` would not

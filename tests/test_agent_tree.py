@@ -21,7 +21,7 @@ from langchain_core.tools import StructuredTool
 
 import budgetspan
 from budgetspan import attributes as A
-from budgetspan.budget import ToolLimits
+from budgetspan.accounting.budget import ToolLimits
 from budgetspan.instrumentation.chroma import ChromaInstrumentor
 from budgetspan.instrumentation.langchain import LangChainInstrumentor
 from budgetspan.instrumentation.mcp import MCPInstrumentor

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from budgetspan import Budget, BudgetExhausted, ConfigError, ToolLimits, Usage
-from budgetspan.budget import explain
+from budgetspan.accounting.budget import explain
+from budgetspan.accounting.ledger import Mode
 from budgetspan.config import load_config, parse_inline_budget, parse_mode
-from budgetspan.ledger import Mode
 
 
 def test_budget_rejects_bad_limits() -> None:

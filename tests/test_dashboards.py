@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 import budgetspan
 from budgetspan import events
-from budgetspan.ledger import Spend
+from budgetspan.accounting.ledger import Spend
 from budgetspan.processors.metrics import BudgetspanMetrics
 
 REPO = Path(__file__).resolve().parent.parent

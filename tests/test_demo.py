@@ -17,7 +17,7 @@ from openai import OpenAI
 from budgetspan import attributes as A
 from budgetspan.demo.data import TICKETS
 from budgetspan.demo.server import Latency, ModelServer, count_tokens
-from budgetspan.report_load import load_files
+from budgetspan.report.load import load_files
 
 TICKET_LINE = re.compile(r"^(T-\d{4})  (interactive|background)")
 OUTCOME_LINE = re.compile(r"^  -> (\w+) in ")

@@ -356,7 +356,7 @@ def test_chat_model_backed_by_the_openai_sdk_is_one_model_span(instrumented: Tra
 def test_async_wrappers_work_off_asyncio(tracing: Tracing) -> None:
     """Under another event loop (trio through anyio, as MCP allows) there is no asyncio task:
     the call must still run and be recorded, just without an asyncio deadline."""
-    from budgetspan.instrumentation._retrieval import atraced_retrieval, atraced_tool
+    from budgetspan.instrumentation.retrieval import atraced_retrieval, atraced_tool
 
     async def answer(x: int) -> list[int]:
         return [x, x]

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from budgetspan.budget import Budget, ToolLimits
-from budgetspan.ledger import CallKind, InMemoryLedger, LedgerRefused, Mode, Spend
+from budgetspan.accounting.budget import Budget, ToolLimits
+from budgetspan.accounting.ledger import CallKind, InMemoryLedger, LedgerRefused, Mode, Spend
 
 
 class FakeClock:

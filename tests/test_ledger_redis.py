@@ -14,9 +14,9 @@ import pytest
 
 redis = pytest.importorskip("redis")
 
-from budgetspan.budget import Budget, ToolLimits  # noqa: E402
-from budgetspan.ledger import CallKind, LedgerRefused, Mode, Spend  # noqa: E402
-from budgetspan.ledger_redis import RedisLedger  # noqa: E402
+from budgetspan.accounting.budget import Budget, ToolLimits  # noqa: E402
+from budgetspan.accounting.ledger import CallKind, LedgerRefused, Mode, Spend  # noqa: E402
+from budgetspan.accounting.redis_ledger import RedisLedger  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     shutil.which("redis-server") is None, reason="Debian redis-server not installed"
@@ -179,7 +179,7 @@ def test_budgetspan_runs_on_the_shared_ledger(ledger: RedisLedger, tracing: obje
         assert info.value.reason == "max_tool_calls"
         assert run.usage.tool_calls == 2 and run.usage.tools_finished == 2
     finally:
-        from budgetspan.ledger import InMemoryLedger
+        from budgetspan.accounting.ledger import InMemoryLedger
 
         budgetspan.set_ledger(InMemoryLedger())
 
@@ -255,7 +255,7 @@ def test_a_run_survives_a_redis_outage(
     doomed_redis: tuple[subprocess.Popen[bytes], redis.Redis], tracing: object
 ) -> None:
     import budgetspan
-    from budgetspan.ledger import InMemoryLedger
+    from budgetspan.accounting.ledger import InMemoryLedger
 
     proc, client = doomed_redis
     budgetspan.set_ledger(RedisLedger(client))

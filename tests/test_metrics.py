@@ -21,10 +21,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 import budgetspan
 from budgetspan import attributes as A
 from budgetspan import events
+from budgetspan.accounting.ledger import Spend
+from budgetspan.accounting.pricing import default_resolver
+from budgetspan.calls.call import Call
 from budgetspan.events import CallRecord
-from budgetspan.instrumentation.calls import Call
-from budgetspan.ledger import Spend
-from budgetspan.pricing import default_resolver
 from budgetspan.processors import metrics as M
 from budgetspan.processors.budget import BudgetSpanProcessor
 from budgetspan.processors.labels import LabelCap

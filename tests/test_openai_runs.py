@@ -88,8 +88,8 @@ async def test_parallel_tasks_never_overshoot(instrumented: Any) -> None:  # noq
 
 
 def test_sampled_out_calls_are_still_accounted(monkeypatch: pytest.MonkeyPatch) -> None:
+    from budgetspan.accounting.ledger import InMemoryLedger
     from budgetspan.instrumentation.openai import OpenAIInstrumentor
-    from budgetspan.ledger import InMemoryLedger
 
     for key in [k for k in __import__("os").environ if k.startswith("BUDGETSPAN_")]:
         monkeypatch.delenv(key)

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from budgetspan import attributes as A
-from budgetspan import pricing
-from budgetspan.pricing import PriceConfigError, PriceResolver, load_price_file
+from budgetspan.accounting import pricing
+from budgetspan.accounting.pricing import PriceConfigError, PriceResolver, load_price_file
 from tests.replay import Recorder, chat_completion, instrumented, json_response  # noqa: F401
 
 

@@ -8,8 +8,8 @@ import pytest
 
 import budgetspan
 from budgetspan import attributes as A
-from budgetspan.instrumentation.calls import Call
-from budgetspan.ledger import Spend
+from budgetspan.accounting.ledger import Spend
+from budgetspan.calls.call import Call
 
 
 def _model_call(label: str | None = None) -> None:

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from budgetspan import attributes as A
-from budgetspan.report import add_arguments, render, run_report
-from budgetspan.report_analysis import OTHER, Analysis, PlanError, analyze, load_plan, percentile
-from budgetspan.report_load import SpanRec, load_files
+from budgetspan.report.analysis import OTHER, Analysis, PlanError, analyze, load_plan, percentile
+from budgetspan.report.load import SpanRec, load_files
+from budgetspan.report.render import add_arguments, render, run_report
 
 S = 1_000_000_000  # ns
 

@@ -503,8 +503,8 @@ def test_configure_rejects_bad_environment(tracing: Tracing, monkeypatch: pytest
 
 
 def test_a_cost_reported_by_the_provider_is_used_and_not_unpriced(tracing: Tracing) -> None:
-    from budgetspan.instrumentation.calls import Call
-    from budgetspan.ledger import Spend
+    from budgetspan.accounting.ledger import Spend
+    from budgetspan.calls.call import Call
 
     with budgetspan.run("provider-cost") as run:
         call = Call(A.OP_CHAT, "chat my-router-model", provider="openrouter", model="my-router-model").start()

@@ -10,14 +10,14 @@ from hypothesis import strategies as st
 from openai.types import CompletionUsage
 from openai.types.responses import ResponseUsage
 
-from budgetspan.instrumentation._usage import (
+from budgetspan.accounting.ledger import Spend
+from budgetspan.instrumentation.usage import (
     AnthropicStreamUsage,
     anthropic_usage,
     count,
     openai_embeddings_usage,
     openai_usage,
 )
-from budgetspan.ledger import Spend
 
 
 def test_openai_chat_prompt_tokens_already_include_cached() -> None:

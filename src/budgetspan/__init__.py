@@ -1,37 +1,31 @@
 """budgetspan: the cost and latency of LLM agents, visible and bounded, the OpenTelemetry way.
 
-The public API is exactly what this module exports.
+The public API is exactly what this module exports. ``budgetspan.run`` and ``budgetspan.phase``
+are the scopes; the modules behind them live in ``budgetspan.runs``, so nothing is shadowed.
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from budgetspan.budget import Budget, BudgetExhausted, Limit, RunCancelled, ToolLimits, Usage
+from budgetspan.accounting.budget import Budget, BudgetExhausted, Limit, RunCancelled, ToolLimits, Usage
+from budgetspan.accounting.ledger import Ledger, Mode
+from budgetspan.accounting.memory import InMemoryLedger
+from budgetspan.accounting.redis_ledger import RedisLedger
+from budgetspan.attributes import VERSION
+from budgetspan.calls.tools import ToolTimeout, tool
 from budgetspan.config import BUILTIN_PROFILES, ConfigError
 from budgetspan.events import CallRecord, add_listener, remove_listener
-from budgetspan.ledger import InMemoryLedger, Ledger, Mode
-from budgetspan.ledger_redis import RedisLedger
-from budgetspan.phase import Phase
 from budgetspan.processors.budget import BudgetSpanProcessor
-from budgetspan.progress import Milestone, ProgressSubscription, subscribe_progress
-from budgetspan.run import (
-    Outcome,
-    Run,
-    approval,
-    cancel,
-    current_phase,
-    current_run,
-    live_runs,
-    set_ledger,
-)
-from budgetspan.run import PhaseScope as _PhaseScope
-from budgetspan.run import RunScope as _RunScope
+from budgetspan.runs.context import current_phase, current_run, set_ledger
+from budgetspan.runs.phases import Phase
+from budgetspan.runs.progress import Milestone, ProgressSubscription, subscribe_progress
+from budgetspan.runs.registry import cancel, live_runs
+from budgetspan.runs.run import Outcome, Run
+from budgetspan.runs.scopes import PhaseScope as phase
+from budgetspan.runs.scopes import RunScope as run
+from budgetspan.runs.scopes import approval
 from budgetspan.setup import configure
-from budgetspan.tools import ToolTimeout, tool
 
-run = _RunScope
-phase = _PhaseScope
+__version__ = VERSION
 
 __all__ = [
     "BUILTIN_PROFILES",

@@ -52,6 +52,7 @@ MODEL_OPERATIONS: Final = frozenset({OP_CHAT, OP_TEXT_COMPLETION, OP_GENERATE_CO
 
 # --- budgetspan.* ---------------------------------------------------------------------------
 RUN_ID: Final = "budgetspan.run.id"
+RUN_PARENT_ID: Final = "budgetspan.run.parent_id"  # the enclosing run a nested run also spends from
 WORKFLOW: Final = "budgetspan.workflow"
 BUDGET_PROFILE: Final = "budgetspan.budget.profile"
 BUDGET_MODE: Final = "budgetspan.budget.mode"
@@ -69,6 +70,12 @@ RETRIES: Final = "budgetspan.retries"
 ATTEMPTS: Final = "budgetspan.attempts"
 TIME_TO_FIRST_TOKEN_S: Final = "budgetspan.time_to_first_token_s"
 USAGE_UNREPORTED: Final = "budgetspan.usage.unreported"  # the provider never said the tokens
+USAGE_ESTIMATED: Final = (
+    "budgetspan.usage.estimated"  # tokens estimated by budgetspan (the provider said none)
+)
+COST_UNPRICED_POLICY: Final = (
+    "budgetspan.cost.unpriced_policy"  # warn | refuse, on an unpriced call under a dollar limit
+)
 COST_UNPRICED: Final = "budgetspan.cost.unpriced"
 WORST_CASE_COST: Final = "budgetspan.cost.worst_case_usd"
 TOOL_TIMEOUT_S: Final = "budgetspan.tool.timeout_s"
@@ -93,6 +100,7 @@ SPAN_TOOL: Final = "execute_tool {tool}"
 SPAN_RETRIEVAL: Final = "retrieval {source}"
 
 INSTRUMENTATION_SCOPE: Final = "budgetspan"
+VERSION: Final = "0.1.0"  # the package version, also the instrumentation scope's
 
 # --- Prometheus metric names (exposition names; counters get _total from the client) -------
 METRIC_PREFIX: Final = "budgetspan_"
@@ -133,6 +141,9 @@ LABEL_OVERFLOW_VALUE: Final = "other"
 
 # --- Environment variables -----------------------------------------------------------------
 ENV_BUDGET: Final = "BUDGETSPAN_BUDGET"
+ENV_WORKFLOW: Final = "BUDGETSPAN_WORKFLOW"  # the workflow name of implicit runs
+ENV_PROPAGATE_THREADS: Final = "BUDGETSPAN_THREADS"  # "false": do not carry runs into threads
+ENV_UNPRICED: Final = "BUDGETSPAN_UNPRICED"  # warn | refuse: an unpriced call under a dollar limit
 ENV_CONFIG: Final = "BUDGETSPAN_CONFIG"
 ENV_MODE: Final = "BUDGETSPAN_MODE"
 ENV_METRICS_PORT: Final = "BUDGETSPAN_METRICS_PORT"

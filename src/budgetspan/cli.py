@@ -7,12 +7,12 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from budgetspan import __version__
+from budgetspan.attributes import VERSION as __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from budgetspan import report
     from budgetspan.demo import runner
+    from budgetspan.report import render as report
 
     parser = argparse.ArgumentParser(
         prog="budgetspan",
@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return runner.run_demo(runner.options_from(args))
     if args.command == "report":
-        from budgetspan import report
+        from budgetspan.report import render as report
 
         try:
             return report.run_report(args)

@@ -17,9 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from budgetspan.attributes import ENV_BUDGET, ENV_CONFIG, ENV_MODE
-from budgetspan.budget import LIMIT_NAMES, TOOL_LIMIT_NAMES, Budget, ToolLimits
-from budgetspan.ledger import Mode
+from budgetspan.accounting.budget import LIMIT_NAMES, TOOL_LIMIT_NAMES, Budget, ToolLimits
+from budgetspan.accounting.ledger import Mode
+from budgetspan.attributes import ENV_BUDGET, ENV_CAPTURE_CONTENT, ENV_CONFIG, ENV_MODE
 
 
 class ConfigError(ValueError):
@@ -253,3 +253,22 @@ def set_config(config: Config | None) -> None:
     """Replace the process configuration (None: re-read the environment on next use)."""
     global _current
     _current = config
+
+
+_capture_content = False
+
+
+def refresh_capture_content(environ: Mapping[str, str] | None = None) -> bool:
+    """Read the standard GenAI content switch; instrumentors call this when they instrument."""
+    global _capture_content
+    env = os.environ if environ is None else environ
+    _capture_content = env.get(ENV_CAPTURE_CONTENT, "").strip().lower() in ("true", "1", "yes")
+    return _capture_content
+
+
+def capture_content() -> bool:
+    """Whether prompts, completions and error messages may be recorded (off unless switched on)."""
+    return _capture_content
+
+
+refresh_capture_content()

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from budgetspan.ledger import Spend
-    from budgetspan.run import Run
+    from budgetspan.accounting.ledger import Spend
+    from budgetspan.runs.run import Run
 
 log = logging.getLogger(__name__)
 
@@ -57,19 +57,13 @@ class Listener(Protocol):
 
 
 _listeners: list[Any] = []
-# event name -> the bound methods that handle it, rebuilt when listeners change: an event that
-# nobody handles (``on_call_start`` when only metrics listen) then costs one dict lookup.
+# event name -> the bound methods that handle it, rebuilt when listeners change.
 _handlers: dict[str, tuple[tuple[Any, Any], ...]] = {}
 _EVENTS = tuple(name for name in vars(Listener) if name.startswith("on_"))  # the Protocol's events
 
 
-#: The handlers of ``on_call_end``, the event of every call: hot paths test this tuple before
-#: they build a record nobody reads (rebound, never mutated, when listeners change).
-call_end_handlers: tuple[tuple[Any, Any], ...] = ()
-
-
 def _rebuild() -> None:
-    global _handlers, call_end_handlers
+    global _handlers
     table: dict[str, tuple[tuple[Any, Any], ...]] = {}
     for event in _EVENTS:
         found = tuple(
@@ -78,7 +72,6 @@ def _rebuild() -> None:
         if found:
             table[event] = found
     _handlers = table
-    call_end_handlers = table.get("on_call_end", ())
 
 
 _change_lock = threading.Lock()  # two threads adding listeners at once must not lose one
@@ -96,6 +89,12 @@ def remove_listener(listener: Any) -> None:
         if listener in _listeners:
             _listeners.remove(listener)
             _rebuild()
+
+
+def internal_error(where: str) -> None:
+    """Log an error inside budgetspan (never raised to the user) and count it."""
+    log.warning("budgetspan internal error in %s (the program goes on)", where, exc_info=True)
+    emit("on_internal_error", where)
 
 
 def emit(event: str, *args: Any) -> None:

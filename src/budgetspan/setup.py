@@ -16,13 +16,13 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 from budgetspan import attributes as A
-from budgetspan.budget import Budget
+from budgetspan.accounting.budget import Budget
+from budgetspan.accounting.ledger import Mode
 from budgetspan.config import get_config, load_config, parse_inline_budget, parse_mode, set_config
 from budgetspan.instrumentation import instrument_all
-from budgetspan.ledger import Mode
 from budgetspan.processors.budget import BudgetSpanProcessor
 from budgetspan.processors.export_watch import watch_provider
-from budgetspan.run import set_tracer_provider
+from budgetspan.runs.context import set_tracer_provider
 
 log = logging.getLogger(__name__)
 _MARK = "_budgetspan_processors"
@@ -59,7 +59,7 @@ def install_processors(provider: Any, *, metrics_port: int | None = None) -> boo
         traces_file = os.environ.get(A.ENV_TRACES_FILE, "").strip()
         if traces_file:
             try:
-                from budgetspan.exporters import file_span_processor
+                from budgetspan.processors.file_export import file_span_processor
 
                 processors.append(file_span_processor(traces_file))
             except ImportError:

@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.sampling import Sampler
 
 from budgetspan import config as bs_config
 from budgetspan import events
-from budgetspan.ledger import InMemoryLedger
+from budgetspan.accounting.ledger import InMemoryLedger
 from budgetspan.processors.budget import BudgetSpanProcessor
 from tests.conftest import bs_run
 

@@ -26,18 +26,18 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import budgetspan
 from budgetspan import attributes as A
-from budgetspan.budget import LIMIT_NAMES, TOOL_LIMIT_NAMES, Budget
-from budgetspan.config import ConfigError, load_config, parse_config_file, parse_inline_budget
-from budgetspan.instrumentation import _usage
-from budgetspan.instrumentation.anthropic import AnthropicInstrumentor
-from budgetspan.ledger import Mode, Spend
-from budgetspan.pricing import (
+from budgetspan.accounting.budget import LIMIT_NAMES, TOOL_LIMIT_NAMES, Budget
+from budgetspan.accounting.ledger import Mode, Spend
+from budgetspan.accounting.pricing import (
     PriceConfigError,
     PriceResolver,
     TokenPrice,
     load_price_file,
     parse_price_overrides,
 )
+from budgetspan.config import ConfigError, load_config, parse_config_file, parse_inline_budget
+from budgetspan.instrumentation import usage as _usage
+from budgetspan.instrumentation.anthropic import AnthropicInstrumentor
 from tests.reliability._support import MODEL, chat_body, messages, openai_instrumented
 from tests.reliability.conftest import Lean
 
@@ -445,7 +445,7 @@ token_counts = st.none() | st.integers(min_value=-(10**6), max_value=10**6) | st
 def test_ledger_and_spans_stay_sane_whatever_usage_a_wrapper_reports(
     recorded: InMemorySpanExporter, spend: Spend
 ) -> None:
-    from budgetspan.instrumentation.calls import Call
+    from budgetspan.calls.call import Call
 
     recorded.clear()
     with budgetspan.run("bad-usage") as run:

@@ -31,10 +31,10 @@ from opentelemetry.trace import StatusCode
 import budgetspan
 from budgetspan import attributes as A
 from budgetspan import events
-from budgetspan.instrumentation import calls as bs_calls
+from budgetspan.accounting.pricing import PriceResolver
+from budgetspan.calls import call as bs_calls
 from budgetspan.instrumentation import openai as bs_openai
-from budgetspan.pricing import PriceResolver
-from budgetspan.run import Outcome
+from budgetspan.runs.run import Outcome
 from tests.reliability._support import (
     ANSWER_MARK,
     MODEL,

@@ -28,9 +28,9 @@ from prometheus_client import CollectorRegistry
 
 import budgetspan
 from budgetspan import events
-from budgetspan.pricing import default_resolver
+from budgetspan.accounting.pricing import default_resolver
 from budgetspan.processors.metrics import BudgetspanMetrics
-from budgetspan.run import Outcome
+from budgetspan.runs.run import Outcome
 from tests.conftest import bs_run
 from tests.reliability._support import MODEL, async_client, chat_body, openai_instrumented
 from tests.reliability.conftest import Lean, scaled

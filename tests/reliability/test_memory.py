@@ -19,7 +19,8 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 import budgetspan
 from budgetspan import attributes as A
-from budgetspan import events, foreign_spans
+from budgetspan import events
+from budgetspan.calls import foreign as foreign_spans
 from budgetspan.processors.budget import BudgetSpanProcessor
 from tests.conftest import bs_run
 from tests.reliability.conftest import Lean, scaled

@@ -37,8 +37,8 @@ from opentelemetry.trace import SpanKind
 
 import budgetspan
 from budgetspan import attributes as A
-from budgetspan.instrumentation.calls import Call
-from budgetspan.ledger import Spend
+from budgetspan.accounting.ledger import Spend
+from budgetspan.calls.call import Call
 
 RECORDED = Path(
     os.environ.get("BUDGETSPAN_FIXTURES")

@@ -21,10 +21,10 @@ from opentelemetry.trace import SpanKind
 
 import budgetspan
 from budgetspan import attributes as A
-from budgetspan.budget import BudgetExhausted
+from budgetspan.accounting.budget import BudgetExhausted
+from budgetspan.calls.call import Call
 from budgetspan.demo.data import CUSTOMERS, FLAKY_HISTORY, ORDERS, POLICIES, Order, PolicyDoc, Ticket
-from budgetspan.instrumentation.calls import Call
-from budgetspan.run import Run
+from budgetspan.runs.run import Run
 
 WORKFLOW = "resolve_ticket"
 POLICY_SOURCE = "support-policies"

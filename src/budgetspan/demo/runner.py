@@ -29,12 +29,12 @@ from budgetspan.config import Config, ConfigError, get_config, parse_config_file
 from budgetspan.demo.agent import SupportAgent, TicketResult
 from budgetspan.demo.data import TICKETS, Ticket
 from budgetspan.demo.server import Latency, ModelServer
-from budgetspan.exporters import encode_request, file_span_processor
-from budgetspan.progress import Milestone, subscribe_progress
-from budgetspan.report import Table, money, pct, runs_table, secs
-from budgetspan.report_analysis import Analysis, analyze
-from budgetspan.report_load import parse_request
-from budgetspan.run import set_tracer_provider
+from budgetspan.processors.file_export import encode_request, file_span_processor
+from budgetspan.report.analysis import Analysis, analyze
+from budgetspan.report.load import parse_request
+from budgetspan.report.render import Table, money, pct, runs_table, secs
+from budgetspan.runs.context import set_tracer_provider
+from budgetspan.runs.progress import Milestone, subscribe_progress
 
 DEFAULT_TRACES = "budgetspan-demo.jsonl"
 DEFAULT_METRICS_PORT = 9464

@@ -18,7 +18,11 @@ from typing import Any
 import wrapt
 
 from budgetspan import attributes as A
-from budgetspan.instrumentation._sdk import (
+from budgetspan.calls.call import Call
+from budgetspan.config import capture_content
+from budgetspan.events import internal_error
+from budgetspan.instrumentation.openai import provider_from_url
+from budgetspan.instrumentation.patching import (
     ResultObserver,
     SDKInstrumentor,
     given,
@@ -27,7 +31,7 @@ from budgetspan.instrumentation._sdk import (
     retry_patches,
     wrapper_for,
 )
-from budgetspan.instrumentation._streams import (
+from budgetspan.instrumentation.streams import (
     AsyncStreamProxy,
     Observer,
     Patch,
@@ -35,9 +39,7 @@ from budgetspan.instrumentation._streams import (
     content_json,
     in_model_call,
 )
-from budgetspan.instrumentation._usage import AnthropicStreamUsage, anthropic_usage, field
-from budgetspan.instrumentation.calls import Call, capture_content, internal_error
-from budgetspan.instrumentation.openai import provider_from_url
+from budgetspan.instrumentation.usage import AnthropicStreamUsage, anthropic_usage, field
 
 
 def _provider(instance: Any) -> tuple[str, str | None, int | None]:

@@ -22,8 +22,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from budgetspan import tools as budgetspan_tools
-from budgetspan.instrumentation._retrieval import (
+from budgetspan.calls import tools as budgetspan_tools
+from budgetspan.instrumentation.retrieval import (
     Patch,
     PatchInstrumentor,
     atraced_tool,

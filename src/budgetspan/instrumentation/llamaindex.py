@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from budgetspan.instrumentation._retrieval import (
+from budgetspan.instrumentation.retrieval import (
     Patch,
     PatchInstrumentor,
     retrieval_wrapper,

@@ -16,13 +16,13 @@ import weakref
 from typing import Any
 
 from budgetspan import attributes as A
-from budgetspan.instrumentation._retrieval import (
+from budgetspan.events import internal_error
+from budgetspan.instrumentation.retrieval import (
     Patch,
     PatchInstrumentor,
     arg,
     atraced_tool,
 )
-from budgetspan.instrumentation.calls import internal_error
 
 SYSTEM = "mcp"
 

@@ -15,7 +15,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from budgetspan import attributes as A
-from budgetspan.instrumentation._sdk import (
+from budgetspan.calls.call import Call
+from budgetspan.config import capture_content
+from budgetspan.instrumentation.patching import (
     ResultObserver,
     SDKInstrumentor,
     given,
@@ -24,9 +26,8 @@ from budgetspan.instrumentation._sdk import (
     retry_patches,
     wrapper_for,
 )
-from budgetspan.instrumentation._streams import Observer, Patch, content_json
-from budgetspan.instrumentation._usage import field, openai_embeddings_usage, openai_usage, pick
-from budgetspan.instrumentation.calls import Call, capture_content
+from budgetspan.instrumentation.streams import Observer, Patch, content_json
+from budgetspan.instrumentation.usage import field, openai_embeddings_usage, openai_usage, pick
 
 # --- provider detection -----------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from budgetspan.instrumentation._retrieval import (
+from budgetspan.instrumentation.retrieval import (
     Patch,
     PatchInstrumentor,
     arg,

@@ -38,13 +38,13 @@ from budgetspan import attributes as A
 from budgetspan import events
 from budgetspan.processors.labels import LabelCaps
 from budgetspan.processors.metric_cells import LocalCollector, LocalFamily
-from budgetspan.run import _current_phase
+from budgetspan.runs import context
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
 
     from budgetspan.events import CallRecord
-    from budgetspan.run import Run
+    from budgetspan.runs.run import Run
 
 log = logging.getLogger(__name__)
 
@@ -330,7 +330,7 @@ class BudgetspanMetrics:
 
     # calls -----------------------------------------------------------------------------------
     def on_call_end(self, r: CallRecord) -> None:
-        in_block = _current_phase.get() is not None
+        in_block = context.current_phase() is not None
         if r.kind == "model":  # the common case, in one call under one lock
             lock = self._lock
             lock.acquire()  # (acquire/release: a ``with`` costs twice as much on CPython 3.11)

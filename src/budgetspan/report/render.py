@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import IO, Any
 
-from budgetspan.report_analysis import (
+from budgetspan.report.analysis import (
     PLAN_ITEMS,
     Analysis,
     Contributor,
@@ -25,7 +25,7 @@ from budgetspan.report_analysis import (
     analyze,
     load_plan,
 )
-from budgetspan.report_load import LoadError, load_files
+from budgetspan.report.load import LoadError, load_files
 
 FORMATS = ("table", "markdown", "json")
 MAX_ERRORS_SHOWN = 20  # bad lines named one by one; the rest are counted

@@ -28,9 +28,10 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 from opentelemetry.trace import SpanKind
 
 from budgetspan import attributes as A
-from budgetspan.budget import ToolLimits
-from budgetspan.instrumentation.calls import Call, internal_error
-from budgetspan.tools import arun_tool, run_tool, tool_call
+from budgetspan.accounting.budget import ToolLimits
+from budgetspan.calls.call import Call
+from budgetspan.calls.tools import arun_tool, run_tool, tool_call
+from budgetspan.events import internal_error
 
 log = logging.getLogger(__name__)
 
@@ -357,7 +358,7 @@ class PatchInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _instrument(self, **kwargs: Any) -> None:
         provider = kwargs.get("tracer_provider")
         if provider is not None:  # budgetspan's spans (all of them) go to that provider
-            from budgetspan.run import set_tracer_provider
+            from budgetspan.runs.context import set_tracer_provider
 
             set_tracer_provider(provider)
         self._patched = apply_patches(self.PATCHES)

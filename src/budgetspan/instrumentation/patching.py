@@ -15,7 +15,9 @@ from typing import Any
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from budgetspan import attributes as A
-from budgetspan.instrumentation._streams import (
+from budgetspan.calls.call import Call
+from budgetspan.events import internal_error
+from budgetspan.instrumentation.streams import (
     Observer,
     Patch,
     ainvoke,
@@ -27,8 +29,7 @@ from budgetspan.instrumentation._streams import (
     retry_patch,
     use_provider,
 )
-from budgetspan.instrumentation._usage import field
-from budgetspan.instrumentation.calls import Call, internal_error
+from budgetspan.instrumentation.usage import field
 
 #: (gen_ai.provider.name, server.address, server.port)
 Where = tuple[str, str | None, int | None]

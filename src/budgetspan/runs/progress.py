@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from budgetspan import events
-from budgetspan.run import Run, _in_call
+from budgetspan.runs import context
+from budgetspan.runs.run import Run
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +205,7 @@ class ProgressSubscription:
             self._emit(run, "phase", label or PHASE_LABELS.get(phase, phase), phase)
 
     def on_call_start(self, kind: str, name: str, run: Run | None, phase: str, label: str | None) -> None:
-        if not self._wanted(run) or _in_call.get():
+        if not self._wanted(run) or context.current_call() is not None:
             return  # nested inside another call: the outer call is the milestone
         if kind == "model":
             if label:

@@ -17,9 +17,9 @@ from typing import Any, ParamSpec, TypeVar, overload
 from opentelemetry.trace import SpanKind
 
 from budgetspan import attributes as A
-from budgetspan.budget import BudgetExhausted, ToolLimits
-from budgetspan.instrumentation.calls import Call
-from budgetspan.run import Run
+from budgetspan.accounting.budget import BudgetExhausted, ToolLimits
+from budgetspan.calls.call import Call
+from budgetspan.runs.run import Run
 
 P = ParamSpec("P")
 R = TypeVar("R")

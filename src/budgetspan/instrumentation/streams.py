@@ -26,8 +26,9 @@ from typing import Any
 import wrapt
 
 from budgetspan import attributes as A
-from budgetspan.instrumentation.calls import Call, internal_error
-from budgetspan.ledger import Spend
+from budgetspan.accounting.ledger import Spend
+from budgetspan.calls.call import Call
+from budgetspan.events import internal_error
 
 #: The model call whose SDK request is running in this context (for the retry hook).
 CURRENT_CALL: ContextVar[Call | None] = ContextVar("budgetspan_current_model_call", default=None)
@@ -568,7 +569,7 @@ def remove_patches(done: list[tuple[str, str]]) -> None:
 def use_provider(provider: Any) -> None:
     """``instrument(tracer_provider=...)``: budgetspan's spans go to that provider."""
     if provider is not None:
-        from budgetspan.run import set_tracer_provider
+        from budgetspan.runs.context import set_tracer_provider
 
         set_tracer_provider(provider)
 

@@ -13,7 +13,7 @@ import math
 from operator import itemgetter
 from typing import Any
 
-from budgetspan.ledger import Spend
+from budgetspan.accounting.ledger import Spend
 
 _ABSENT = object()
 _GETTERS: dict[tuple[str, ...], Any] = {}

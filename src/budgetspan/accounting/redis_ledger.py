@@ -30,18 +30,18 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from budgetspan import events
-from budgetspan.budget import FLOAT_LIMIT_NAMES, Budget, Limit, ToolLimits, Usage
-from budgetspan.ledger import (
+from budgetspan.accounting.budget import FLOAT_LIMIT_NAMES, Budget, Limit, ToolLimits, Usage
+from budgetspan.accounting.ledger import (
     CallKind,
-    InMemoryLedger,
     Ledger,
     LedgerRefused,
     Mode,
     Refusal,
     Reservation,
     Spend,
-    spent_refusal,
 )
+from budgetspan.accounting.memory import InMemoryLedger
+from budgetspan.accounting.rule import spend_refusal
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -231,9 +231,11 @@ class RedisLedger(Ledger):
         tool: str | None = None,
         worst_case_cost: float | None = None,
         worst_case_tokens: int | None = None,
+        worst_case_input_tokens: int | None = None,
         force: bool = False,
         tool_limits: ToolLimits | None = None,
     ) -> Reservation:
+        # (worst_case_input_tokens: held by the local fallback only, until the script learns it)
         def local() -> Reservation:
             res = self._local.reserve(
                 run_id,
@@ -241,6 +243,7 @@ class RedisLedger(Ledger):
                 tool=tool,
                 worst_case_cost=worst_case_cost,
                 worst_case_tokens=worst_case_tokens,
+                worst_case_input_tokens=worst_case_input_tokens,
                 force=force,
                 tool_limits=tool_limits,
             )
@@ -341,7 +344,7 @@ class RedisLedger(Ledger):
             for name in _SPEND_LIMITS
             if (key := "limit:" + name) in h
         }
-        return spent_refusal(Budget().merged(**limits), self._usage_from(h))
+        return spend_refusal(Budget().merged(**limits), self._usage_from(h))
 
     def commit(
         self,

@@ -275,6 +275,10 @@ class BudgetExhausted(Exception):
         self.tool = tool
         super().__init__(self.explanation)
 
+    def explain(self, usage: Usage) -> str:
+        """This refusal's sentence with ``usage`` (e.g. the run's final usage)."""
+        return explain(self.reason, self.limit, usage, self.tool)
+
     def __reduce__(self) -> tuple[Any, ...]:
         return (
             _rebuild_exhausted,

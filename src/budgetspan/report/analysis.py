@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from budgetspan import attributes as A
-from budgetspan.phase import PHASES
-from budgetspan.report_load import SpanRec
+from budgetspan.report.load import SpanRec
+from budgetspan.runs.phases import PHASES
 
 OTHER = "other"
 MODEL_OPS = A.MODEL_OPERATIONS
@@ -154,7 +154,7 @@ def _call_cost(span: SpanRec) -> float | None:
     if (inp is None and out is None) or not isinstance(model, str):
         return None
     try:
-        from budgetspan.pricing import default_resolver
+        from budgetspan.accounting.pricing import default_resolver
 
         cache_read = _num(span.attrs.get(A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS))
         cache_write = _num(span.attrs.get(A.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS))

@@ -1,0 +1,226 @@
+"""The process-local ledger: one lock per run, a dict of runs guarded by a registry lock."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from budgetspan.accounting.budget import Budget, Limit, ToolLimits, Usage
+from budgetspan.accounting.ledger import CallKind, Ledger, LedgerRefused, Mode, Refusal, Reservation, Spend
+from budgetspan.accounting.rule import Held, refusal, spend_refusal
+
+
+@dataclass
+class _RunBook:
+    budget: Budget
+    mode: Mode
+    started_at: float
+    usage: Usage = field(default_factory=Usage)
+    held: Held = field(default_factory=Held)
+    cancelled: bool = False
+    #: How many scopes opened this run id and have not closed it: one run id used twice in a
+    #: process is one budget, kept until the last of them closes.
+    opened: int = 1
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def deadline(self) -> float | None:
+        w = self.budget.max_wall_clock_s
+        return None if w is None else self.started_at + w
+
+    def add(self, spend: Spend) -> None:
+        """Add one report's figures; only positive ones count (None, 0, negatives, NaN add nothing)."""
+        u = self.usage
+        u.input_tokens += _positive(spend.input_tokens)
+        u.output_tokens += _positive(spend.output_tokens)
+        u.cache_read_tokens += _positive(spend.cache_read_tokens)
+        u.cache_write_tokens += _positive(spend.cache_write_tokens)
+        u.reasoning_tokens += _positive(spend.reasoning_tokens)
+        cost = spend.cost_usd
+        if cost is not None and cost > 0:
+            u.cost_usd += cost
+
+
+def _positive(value: int | None) -> int:
+    return value if value is not None and value > 0 else 0
+
+
+def _worst(reservation: Reservation) -> tuple[float, int, int]:
+    r = reservation
+    return r.worst_case_cost, r.worst_case_input_tokens, r.worst_case_output_tokens
+
+
+class InMemoryLedger(Ledger):
+    """Process-local ledger. Every method is safe to call from any thread."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._runs: dict[str, _RunBook] = {}
+        self._lock = threading.Lock()
+        self._monotonic = clock
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+    def open(self, run_id: str, budget: Budget, mode: Mode, started_at: float | None = None) -> None:
+        with self._lock:
+            book = self._runs.get(run_id)
+            if book is not None:
+                book.opened += 1
+                return
+            start = self._monotonic() if started_at is None else started_at
+            self._runs[run_id] = _RunBook(budget, mode, start)
+
+    def _book(self, run_id: str) -> _RunBook:
+        book = self._runs.get(run_id)
+        if book is None:
+            raise KeyError(f"run {run_id!r} is not open in the ledger")
+        return book
+
+    def reserve(
+        self,
+        run_id: str,
+        kind: CallKind,
+        *,
+        tool: str | None = None,
+        worst_case_cost: float | None = None,
+        worst_case_tokens: int | None = None,
+        worst_case_input_tokens: int | None = None,
+        force: bool = False,
+        tool_limits: ToolLimits | None = None,
+    ) -> Reservation:
+        book = self._book(run_id)
+        worst = Held(
+            float(worst_case_cost or 0.0), int(worst_case_input_tokens or 0), int(worst_case_tokens or 0)
+        )
+        if kind is not CallKind.MODEL:
+            worst = Held()  # only model calls spend tokens and dollars
+        with book.lock:
+            deadline = book.deadline
+            found = refusal(
+                book.budget,
+                book.usage,
+                kind,
+                tool=tool,
+                defaults=tool_limits,
+                held=book.held,
+                worst=worst,
+                cancelled=book.cancelled,
+                past_deadline=deadline is not None and self._monotonic() >= deadline,
+            )
+            enforced = book.mode is Mode.ENFORCE or (found is not None and found.reason == Limit.CANCELLED.value)
+            if found is not None and not force and enforced:
+                raise LedgerRefused(found)
+            _count(book.usage, kind, tool, +1)
+            book.held.add(worst.cost_usd, worst.input_tokens, worst.output_tokens)
+        return Reservation(
+            run_id,
+            kind,
+            tool,
+            worst.cost_usd,
+            found,
+            worst_case_input_tokens=worst.input_tokens,
+            worst_case_output_tokens=worst.output_tokens,
+        )
+
+    def commit(
+        self,
+        reservation: Reservation,
+        spend: Spend | None = None,
+        *,
+        finished: bool = True,
+        unreported: bool = False,
+        unpriced: bool = False,
+    ) -> Refusal | None:
+        book = self._runs.get(reservation.run_id)
+        if book is None or reservation.done:
+            return None
+        with book.lock:
+            reservation.done = True
+            book.held.add(*_worst(reservation), sign=-1)
+            if spend is not None:
+                book.add(spend)
+            u = book.usage
+            if unreported:
+                u.unreported_usage_calls += 1
+            if unpriced:
+                u.unpriced_calls += 1
+            if finished and reservation.kind is CallKind.TOOL:
+                u.tools_finished += 1
+            return spend_refusal(book.budget, u)
+
+    def add_spend(self, run_id: str, spend: Spend) -> Refusal | None:
+        book = self._runs.get(run_id)
+        if book is None:
+            return None
+        with book.lock:
+            book.add(spend)
+            return spend_refusal(book.budget, book.usage)
+
+    def release(self, reservation: Reservation) -> None:
+        book = self._runs.get(reservation.run_id)
+        if book is None or reservation.done:
+            return
+        with book.lock:
+            reservation.done = True
+            book.held.add(*_worst(reservation), sign=-1)
+            _count(book.usage, reservation.kind, reservation.tool, -1)
+
+    def usage(self, run_id: str) -> Usage:
+        book = self._book(run_id)
+        with book.lock:
+            u = book.usage.copy()
+        u.wall_clock_s = self._monotonic() - book.started_at
+        return u
+
+    def check(self, run_id: str) -> Refusal | None:
+        book = self._runs.get(run_id)
+        if book is None:
+            return None
+        with book.lock:
+            if book.cancelled:
+                return Refusal(Limit.CANCELLED.value, None)
+            d = book.deadline
+            if d is not None and self._monotonic() >= d:
+                return Refusal(Limit.WALL_CLOCK_S.value, book.budget.max_wall_clock_s)
+            return spend_refusal(book.budget, book.usage)
+
+    def cancel(self, run_id: str) -> bool:
+        book = self._runs.get(run_id)
+        if book is None:
+            return False
+        with book.lock:
+            book.cancelled = True
+        return True
+
+    def close(self, run_id: str) -> Usage:
+        with self._lock:
+            book = self._runs.get(run_id)
+            if book is None:
+                return Usage()
+            book.opened -= 1
+            if book.opened <= 0:
+                del self._runs[run_id]
+        with book.lock:
+            u = book.usage.copy()
+        u.wall_clock_s = self._monotonic() - book.started_at
+        return u
+
+    def deadline(self, run_id: str) -> float | None:
+        book = self._runs.get(run_id)
+        return None if book is None else book.deadline
+
+
+def _count(usage: Usage, kind: CallKind, tool: str | None, step: int) -> None:
+    """Add ``step`` (+1 reserve, -1 release) to the counters a call of ``kind`` uses."""
+    if kind is CallKind.MODEL:
+        usage.model_calls += step
+    elif kind is CallKind.TOOL:
+        usage.tool_calls += step
+        if tool is not None:
+            usage.tool_calls_by_name[tool] = usage.tool_calls_by_name.get(tool, 0) + step
+    else:
+        usage.retries += step
+        if tool is not None:
+            usage.tool_retries_by_name[tool] = usage.tool_retries_by_name.get(tool, 0) + step

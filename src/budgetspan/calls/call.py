@@ -1,0 +1,371 @@
+"""One counted operation (model call, tool call, retrieval): reserve, span, end once, commit.
+
+``Call`` reserves in the ledger *before* the span opens and before the request is sent (so a
+refused call never leaves the process), writes tokens and cost on the span *before* it ends
+(``_on_ending`` cannot change a span), commits to the ledger whether or not the span is
+sampled, and ends exactly once whatever path the caller takes.
+
+Only ``BudgetExhausted`` (and its ``RunCancelled``) escape from here on purpose; any other error
+inside budgetspan is logged and swallowed so the user's call goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind
+
+from budgetspan import attributes as A
+from budgetspan import events
+from budgetspan.accounting.budget import Limit, ToolLimits
+from budgetspan.accounting.ledger import CallKind, Refusal, Reservation, Spend
+from budgetspan.accounting.pricing import default_resolver
+from budgetspan.calls import foreign
+from budgetspan.calls.outcome import record_failure, status_of
+from budgetspan.calls.pricing import call_cost, highest, increase, usage_attributes
+from budgetspan.config import capture_content
+from budgetspan.events import CallRecord, internal_error
+from budgetspan.runs import context
+from budgetspan.runs.implicit import resolve_run
+from budgetspan.runs.phases import DEFAULT_PHASE_BY_OPERATION
+from budgetspan.runs.run import Run
+
+_KIND_BY_OPERATION: dict[str, CallKind | None] = {A.OP_EXECUTE_TOOL: CallKind.TOOL, A.OP_RETRIEVAL: None}
+
+
+class Call:
+    """One counted operation. Use ``start()``, then ``end()`` once (further ends are ignored)."""
+
+    def __init__(
+        self,
+        operation: str,
+        span_name: str,
+        attributes: dict[str, Any] | None = None,
+        *,
+        provider: str | None = None,
+        model: str | None = None,
+        tool: str | None = None,
+        span_kind: SpanKind = SpanKind.CLIENT,
+        worst_case_cost: float | None = None,
+        worst_case_tokens: int | None = None,
+        worst_case_input_tokens: int | None = None,
+        label: str | None = None,
+        tool_limits: ToolLimits | None = None,
+    ) -> None:
+        self.operation = operation
+        self.kind: CallKind | None = _KIND_BY_OPERATION.get(operation, CallKind.MODEL)
+        self.span_name = span_name
+        self.attributes = attributes if attributes is not None else {}
+        self.provider = provider
+        self.model = model
+        self.tool = tool
+        self.span_kind = span_kind
+        self.worst_case_cost = worst_case_cost
+        self.worst_case_tokens = worst_case_tokens  # output tokens: max_tokens x n
+        self.worst_case_input_tokens = worst_case_input_tokens
+        self.label = label
+        self.tool_limits = tool_limits
+        #: Set by the instrumentation: written on the span at the end (response id, reasons...).
+        self.end_attributes: dict[str, Any] = {}
+        #: A whole response: its usage is committed with the reservation at the end, in one
+        #: ledger operation; streams commit each report as it arrives.
+        self.defer_commit = False
+        self.response_model: str | None = None
+        self.documents: int | None = None
+        self.run: Run | None = None
+        self.span: Span | None = None
+        self.reservation: Reservation | None = None
+        self.phase = ""
+        self.usage: Spend | None = None  # the cumulative usage last reported
+        self.usage_estimated = False  # the usage is budgetspan's estimate, not the provider's
+        self.cost_usd: float | None = None
+        self.retries = 0
+        self.ttft_s: float | None = None
+        self.started = False
+        self._committed = Spend()  # what has been added to the ledger along the way
+        self._t0 = 0.0
+        self._outer = False
+        self._tokens: tuple[object, object] | None = None
+        self._ended = False
+        self._end_lock = threading.Lock()
+
+    @property
+    def is_model(self) -> bool:
+        return self.kind is CallKind.MODEL
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    # start -------------------------------------------------------------------------------
+    def start(self) -> Call:
+        """Reserve and open the span. Raises BudgetExhausted if a limit refuses the call."""
+        try:
+            self.run = resolve_run()
+            self.phase = context.current_phase() or DEFAULT_PHASE_BY_OPERATION.get(
+                self.operation, "model_decision"
+            )
+            if self.is_model and self.worst_case_cost is None and self.model:
+                self.worst_case_cost = default_resolver().worst_case_cost(
+                    self.provider or "", self.model, self.worst_case_input_tokens or 0, self.worst_case_tokens
+                )
+        except Exception:
+            internal_error("Call.start")
+            self.run = None
+        self._reserve()  # BudgetExhausted propagates: the call must not start
+        try:
+            self._open_span()
+        except Exception:
+            internal_error("Call.start span")
+        return self
+
+    def _reserve(self) -> None:
+        run = self.run
+        if run is None:
+            return
+        if self.kind is None:  # a retrieval: counted by no limit, refused once the run stopped
+            run.check()
+            return
+        # Started inside another instrumentation's span for this same call: take its
+        # reservation over rather than count the call twice.
+        taken = foreign.take_over(run, self.kind)
+        if taken is not None:
+            self.reservation = run.adopt(taken.reservation)
+            return
+        self.reservation = run.reserve(
+            self.kind,
+            tool=self.tool,
+            worst_case_cost=self.worst_case_cost,
+            worst_case_tokens=self.worst_case_tokens if self.is_model else None,
+            worst_case_input_tokens=self.worst_case_input_tokens if self.is_model else None,
+            tool_limits=self.tool_limits,
+        )
+
+    def _open_span(self) -> None:
+        attrs = self.attributes  # the request's, and budgetspan's own
+        attrs[A.GEN_AI_OPERATION_NAME] = self.operation
+        attrs[A.PHASE] = self.phase
+        if self.run is not None:
+            attrs[A.RUN_ID] = self.run.id
+            attrs[A.WORKFLOW] = self.run.workflow
+        if self.reservation is not None and self.reservation.would_refuse is not None:
+            attrs[A.WOULD_REFUSE] = self.reservation.would_refuse.reason
+        if self.worst_case_cost is not None:
+            attrs[A.WORST_CASE_COST] = self.worst_case_cost
+        self.span = context.get_tracer().start_span(self.span_name, kind=self.span_kind, attributes=attrs)
+        self._outer = context.current_call() is None
+        self._t0 = time.monotonic()
+        self.started = True
+        kind_name = self.kind.value if self.kind is not None else "retrieval"
+        events.emit("on_call_start", kind_name, self.span_name, self.run, self.phase, self.label)
+
+    def activate(self) -> Call:
+        """Make the span current (and mark 'inside a call') for the SDK call: ``with
+        call.activate():``. Activations of one call are sequential (attempts), never nested."""
+        return self
+
+    def __enter__(self) -> None:
+        try:
+            if self.span is not None:
+                self._tokens = (
+                    otel_context.attach(trace.set_span_in_context(self.span)),
+                    context.enter_call(self),  # tells the processor which call is running
+                )
+        except Exception:
+            internal_error("Call.activate")
+
+    def __exit__(self, et: Any, exc: BaseException | None, tb: Any) -> None:
+        tokens, self._tokens = self._tokens, None
+        if tokens is not None:
+            try:
+                context.exit_call(tokens[1])  # type: ignore[arg-type]
+                otel_context.detach(tokens[0])  # type: ignore[arg-type]
+            except Exception:
+                internal_error("Call.deactivate")
+
+    # during -------------------------------------------------------------------------------
+    def first_token(self) -> None:
+        if self.ttft_s is None and self.started:
+            self.ttft_s = time.monotonic() - self._t0
+
+    def retry(self) -> None:
+        """One more attempt of this call; counted against max_retries (may raise BudgetExhausted)."""
+        self.retries += 1
+        if self.run is not None:
+            self.run.reserve(CallKind.RETRY, tool=self.tool, tool_limits=self.tool_limits)
+
+    def set_usage(self, spend: Spend, *, estimated: bool = False) -> None:
+        """The call's cumulative usage so far (as last reported); commits the increase.
+        ``estimated``: budgetspan's estimate (the provider said nothing), marked on the span."""
+        try:
+            self.usage = spend
+            self.usage_estimated = estimated
+            if self.run is None or self.defer_commit:
+                return
+            self.cost_usd = call_cost(self.provider, self.model, self.response_model, spend)
+            now = Spend(
+                spend.input_tokens,
+                spend.output_tokens,
+                spend.cache_read_tokens,
+                spend.cache_write_tokens,
+                spend.reasoning_tokens,
+                self.cost_usd,
+            )
+            delta = increase(now, self._committed)
+            self._committed = highest(now, self._committed)
+            self.run.add_spend(delta)
+        except Exception:
+            internal_error("Call.set_usage")
+
+    # end ----------------------------------------------------------------------------------
+    def end(
+        self, error: BaseException | None = None, *, status: str | None = None, stream_end: str | None = None
+    ) -> None:
+        """End the span and commit, exactly once."""
+        with self._end_lock:
+            if self._ended:
+                return
+            self._ended = True
+        try:
+            self._end(error, status or status_of(error), stream_end)
+        except Exception:
+            internal_error("Call.end")
+            if self.span is not None:
+                try:
+                    self.span.end()
+                except Exception:
+                    pass
+
+    def _end(self, error: BaseException | None, status: str, stream_end: str | None) -> None:
+        duration = time.monotonic() - self._t0 if self.started else 0.0
+        spend = self.usage
+        unreported = self.is_model and (
+            spend is None or (spend.input_tokens is None and spend.output_tokens is None)
+        )
+        if self.is_model and spend is not None and not unreported:
+            self.cost_usd = call_cost(self.provider, self.model, self.response_model, spend)
+        unpriced = self.is_model and not unreported and self.cost_usd is None
+        if self.span is not None:
+            self._finish_span(self.span, error, status, stream_end, unreported)
+        run = self.run
+        if run is not None:
+            if self._outer:
+                run.busy_s += duration
+            if self.reservation is not None:
+                run.commit(
+                    self.reservation,
+                    self._rest(spend),
+                    finished=status == "ok",
+                    unreported=unreported or self.usage_estimated,
+                    unpriced=unpriced,
+                )
+        events.emit("on_call_end", self._record(duration, status, spend, unreported, unpriced))
+
+    def _rest(self, spend: Spend | None) -> Spend | None:
+        """What is left to commit at the end: all of a whole response; of a stream, whatever the
+        last report (or a later price) adds to what was committed as it arrived."""
+        if spend is None:
+            return None
+        final = Spend(
+            spend.input_tokens,
+            spend.output_tokens,
+            spend.cache_read_tokens,
+            spend.cache_write_tokens,
+            spend.reasoning_tokens,
+            self.cost_usd,
+        )
+        return increase(final, self._committed)
+
+    def _finish_span(
+        self, span: Span, error: BaseException | None, status: str, stream_end: str | None, unreported: bool
+    ) -> None:
+        attrs = dict(self.end_attributes)
+        if self.response_model:
+            attrs[A.GEN_AI_RESPONSE_MODEL] = self.response_model
+        if self.is_model:
+            if unreported:
+                attrs[A.USAGE_UNREPORTED] = True
+            else:
+                assert self.usage is not None
+                attrs.update(usage_attributes(self.usage, self.cost_usd))
+                if self.usage_estimated:
+                    attrs[A.USAGE_ESTIMATED] = True
+            if self.ttft_s is not None:
+                attrs[A.TIME_TO_FIRST_TOKEN_S] = self.ttft_s
+        if self.retries:
+            attrs[A.RETRIES] = self.retries
+            attrs[A.ATTEMPTS] = self.retries + 1
+        if self.documents is not None:
+            attrs[A.RETRIEVAL_DOCUMENTS] = self.documents
+        if stream_end is not None:
+            attrs[A.STREAM_END] = stream_end
+        record_failure(span, attrs, error, status, redact=not capture_content())
+        span.set_attributes(attrs)
+        span.end()
+
+    def _record(
+        self, duration: float, status: str, spend: Spend | None, unreported: bool, unpriced: bool
+    ) -> CallRecord:
+        run = self.run
+        return CallRecord(
+            kind=self.kind.value if self.kind is not None else "retrieval",
+            workflow=run.workflow if run is not None else "default",
+            phase=self.phase,
+            duration_s=duration,
+            status=status,
+            provider=self.provider,
+            model=self.response_model or self.model,
+            tool=self.tool,
+            spend=spend,
+            cost_usd=self.cost_usd,
+            unreported_usage=unreported,
+            unpriced=unpriced,
+            retries=self.retries,
+            time_to_first_token_s=self.ttft_s,
+            documents=self.documents,
+            label=self.label,
+            run=run,
+        )
+
+    # deadlines and cancellation for async calls ---------------------------------------------
+    @asynccontextmanager
+    async def deadline(self, timeout_s: float | None = None) -> AsyncIterator[None]:
+        """Bound an awaited call by the run's remaining wall-clock time (and ``timeout_s``).
+
+        The run's deadline turns into BudgetExhausted(max_wall_clock_s); ``timeout_s`` into
+        TimeoutError; ``budgetspan.cancel`` into RunCancelled.
+        """
+        run = self.run
+        remaining = run.remaining_s() if run is not None else None
+        limit = min((t for t in (remaining, timeout_s) if t is not None), default=None)
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # not on asyncio (trio via anyio): no bound, rather than an error
+            yield
+            return
+        untrack = run.track_task(task) if (run is not None and task is not None) else None
+        try:
+            async with asyncio.timeout(limit):
+                yield
+        except TimeoutError:
+            by_run = remaining is not None and remaining <= (
+                timeout_s if timeout_s is not None else float("inf")
+            )
+            if run is not None and by_run:
+                raise run.exhaust(Refusal(Limit.WALL_CLOCK_S.value, run.budget.max_wall_clock_s)) from None
+            raise
+        except asyncio.CancelledError:
+            if run is not None and run.cancelled and task is not None:
+                task.uncancel()
+                raise run.exhaust(Refusal(Limit.CANCELLED.value, None)) from None
+            raise
+        finally:
+            if untrack is not None:
+                untrack()

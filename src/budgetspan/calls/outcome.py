@@ -1,0 +1,59 @@
+"""How a call ended, as a status word and as what its span records."""
+
+from __future__ import annotations
+
+import asyncio
+import traceback
+from typing import Any
+
+from opentelemetry.trace import Span, Status, StatusCode
+
+from budgetspan import attributes as A
+from budgetspan.accounting.budget import BudgetExhausted
+
+
+def status_of(error: BaseException | None) -> str:
+    """ok | cancelled | timeout | refused | error."""
+    if error is None:
+        return "ok"
+    if isinstance(error, (asyncio.CancelledError, KeyboardInterrupt)):
+        return "cancelled"
+    if isinstance(error, TimeoutError):
+        return "timeout"
+    if isinstance(error, BudgetExhausted):
+        return "refused"
+    return "error"
+
+
+def record_failure(
+    span: Span, attrs: dict[str, Any], error: BaseException | None, status: str, redact: bool
+) -> None:
+    """Mark a span that did not end ``ok``: error type, status, and the exception (redacted)."""
+    if status == "ok":
+        return
+    if status == "timeout":
+        attrs[A.TOOL_TIMED_OUT] = True
+    if error is None:
+        attrs[A.ERROR_TYPE] = status
+        span.set_status(Status(StatusCode.ERROR, status))
+        return
+    attrs[A.ERROR_TYPE] = type(error).__qualname__
+    if status != "cancelled":
+        record_error(span, error, redact=redact)
+    span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+
+
+def record_error(span: Span, error: BaseException, *, redact: bool) -> None:
+    """Record the exception; unless content capture is on, without its message.
+
+    A provider's error often quotes the request ("Invalid content: '...'") and a tool's error its
+    input ("no customer for alice@example.com"): the message and the last line of the stack trace
+    would put that text on the span. The frames stay, for debugging.
+    """
+    if not redact:
+        span.record_exception(error)
+        return
+    status = getattr(error, "status_code", None)
+    message = type(error).__name__ + (f" (HTTP {status})" if isinstance(status, int) else "")
+    frames = "".join(traceback.format_tb(error.__traceback__)) + message
+    span.record_exception(error, attributes={"exception.message": message, "exception.stacktrace": frames})

@@ -1,0 +1,86 @@
+"""What a model call costs and what its span says about its usage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from budgetspan import attributes as A
+from budgetspan.accounting.ledger import Spend
+from budgetspan.accounting.pricing import default_resolver
+
+_INT64 = 2**63
+
+
+def call_cost(
+    provider: str | None, model: str | None, response_model: str | None, spend: Spend
+) -> float | None:
+    """The provider's own figure when it gave one, else priced by the response model, else by
+    the requested one (a dated response id priced by its alias); None: unpriced."""
+    if spend.cost_usd is not None:
+        return spend.cost_usd
+    resolver = default_resolver()
+    for name in dict.fromkeys(m for m in (response_model, model) if m):
+        cost = resolver.cost(
+            provider or "",
+            name,
+            spend.input_tokens,
+            spend.output_tokens,
+            spend.cache_read_tokens,
+            spend.cache_write_tokens,
+        )
+        if cost is not None:
+            return cost
+    return None
+
+
+def usage_attributes(spend: Spend, cost_usd: float | None) -> dict[str, Any]:
+    """The ``gen_ai.usage.*`` attributes of a call; a count no provider could mean (negative,
+    beyond int64, which OTLP cannot encode) is left out, and an unpriced call is marked."""
+    attrs: dict[str, Any] = {}
+    for key, value in (
+        (A.GEN_AI_USAGE_INPUT_TOKENS, spend.input_tokens),
+        (A.GEN_AI_USAGE_OUTPUT_TOKENS, spend.output_tokens),
+        (A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, spend.cache_read_tokens),
+        (A.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS, spend.cache_write_tokens),
+        (A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, spend.reasoning_tokens),
+    ):
+        if value is not None and 0 <= value < _INT64:
+            attrs[key] = value
+    if cost_usd is not None:
+        attrs[A.GEN_AI_USAGE_COST] = cost_usd
+    else:
+        attrs[A.COST_UNPRICED] = True
+    return attrs
+
+
+def increase(now: Spend, before: Spend) -> Spend:
+    """What a cumulative usage report adds to the previous one (never negative)."""
+
+    def more(a: int | None, b: int | None) -> int | None:
+        return None if a is None else max(0, a - (b or 0))
+
+    cost = None if now.cost_usd is None else max(0.0, now.cost_usd - (before.cost_usd or 0.0))
+    return Spend(
+        more(now.input_tokens, before.input_tokens),
+        more(now.output_tokens, before.output_tokens),
+        more(now.cache_read_tokens, before.cache_read_tokens),
+        more(now.cache_write_tokens, before.cache_write_tokens),
+        more(now.reasoning_tokens, before.reasoning_tokens),
+        cost,
+    )
+
+
+def highest(a: Spend, b: Spend) -> Spend:
+    """Figure by figure, the larger of two cumulative reports (what has been committed so far)."""
+
+    def hi(x: Any, y: Any) -> Any:
+        return max(x or 0, y or 0)
+
+    return Spend(
+        hi(a.input_tokens, b.input_tokens),
+        hi(a.output_tokens, b.output_tokens),
+        hi(a.cache_read_tokens, b.cache_read_tokens),
+        hi(a.cache_write_tokens, b.cache_write_tokens),
+        hi(a.reasoning_tokens, b.reasoning_tokens),
+        hi(a.cost_usd, b.cost_usd),
+    )

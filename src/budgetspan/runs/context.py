@@ -1,0 +1,121 @@
+"""What the current code runs in: its run, phase and call, and the process-wide ledger and tracer.
+
+The current run, phase and call live in context variables, so they follow asyncio tasks and
+``contextvars.copy_context()`` into threads. Other modules read and set them only through the
+functions here.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar, Token
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import trace
+from opentelemetry.trace import Tracer, TracerProvider
+
+from budgetspan import attributes as A
+from budgetspan.accounting.ledger import Ledger
+from budgetspan.accounting.memory import InMemoryLedger
+
+if TYPE_CHECKING:
+    from budgetspan.runs.run import Run
+
+_run: ContextVar[Run | None] = ContextVar("budgetspan_run", default=None)
+_phase: ContextVar[str | None] = ContextVar("budgetspan_phase", default=None)
+#: Inside a counted call: the call object (or True, for ``in_call()`` blocks); None outside.
+_call: ContextVar[Any] = ContextVar("budgetspan_call", default=None)
+
+_ledger: Ledger = InMemoryLedger()
+_tracer_provider: TracerProvider | None = None
+_tracer: Tracer | None = None
+
+
+def current_run() -> Run | None:
+    """The declared run this code runs in, or None."""
+    return _run.get()
+
+
+def current_phase() -> str | None:
+    """The phase set by the innermost ``budgetspan.phase(...)``, or None."""
+    return _phase.get()
+
+
+def current_call() -> Any:
+    """The counted call this code runs inside (its SDK request, its tool body), or None."""
+    return _call.get()
+
+
+def enter_run(run: Run | None) -> tuple[Token[Run | None], Token[str | None]]:
+    """Make ``run`` current with no phase; give the tokens to ``exit_run``."""
+    return _run.set(run), _phase.set(None)
+
+
+def exit_run(tokens: tuple[Token[Run | None], Token[str | None]]) -> None:
+    _phase.reset(tokens[1])
+    _run.reset(tokens[0])
+
+
+def enter_phase(name: str | None) -> Token[str | None]:
+    return _phase.set(name)
+
+
+def exit_phase(token: Token[str | None]) -> None:
+    _phase.reset(token)
+
+
+def enter_call(call: Any) -> Token[Any]:
+    return _call.set(call)
+
+
+def exit_call(token: Token[Any]) -> None:
+    _call.reset(token)
+
+
+@contextmanager
+def in_call() -> Iterator[bool]:
+    """Mark the current context as inside a counted call; yields whether it is the outermost."""
+    outer = _call.get() is None
+    token = _call.set(True)
+    try:
+        yield outer
+    finally:
+        _call.reset(token)
+
+
+def get_ledger() -> Ledger:
+    return _ledger
+
+
+def set_ledger(ledger: Ledger) -> None:
+    """Use another ledger backend (e.g. a shared one). Affects runs started afterwards."""
+    global _ledger
+    _ledger = ledger
+
+
+def set_tracer_provider(provider: TracerProvider | None) -> None:
+    """The provider budgetspan's own spans go to (None: the global one)."""
+    global _tracer_provider, _tracer
+    _tracer_provider = provider
+    _tracer = None
+
+
+def get_tracer() -> Tracer:
+    global _tracer
+    if _tracer is None:
+        provider = _tracer_provider or trace.get_tracer_provider()
+        _tracer = provider.get_tracer(A.INSTRUMENTATION_SCOPE, A.VERSION)
+    return _tracer
+
+
+def default_workflow() -> str:
+    """Workflow name of implicit runs: BUDGETSPAN_WORKFLOW, else the script's name."""
+    name = os.environ.get(A.ENV_WORKFLOW)
+    if name:
+        return name
+    argv0 = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    stem = os.path.splitext(argv0)[0]
+    return stem if stem and stem not in ("-c", "-m", "") else "default"

@@ -1,0 +1,397 @@
+"""The run: the unit a budget applies to, its outcome, its partial result and its accounting.
+
+A run spends from its own budget and from every enclosing run's (a nested run is a child of the
+run that was current when it started): a call is reserved in the run and in each ancestor, and
+refused by the first limit it would break.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from enum import Enum
+from typing import Any
+
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from budgetspan import attributes as A
+from budgetspan import events
+from budgetspan.accounting.budget import Budget, BudgetExhausted, Limit, RunCancelled, ToolLimits, Usage
+from budgetspan.accounting.ledger import CallKind, Ledger, LedgerRefused, Mode, Refusal, Reservation, Spend
+from budgetspan.runs import context, registry
+
+
+class Outcome(str, Enum):
+    SUCCESS = "success"
+    FAILURE = "failure"
+    ESCALATED = "escalated"
+    BUDGET_EXHAUSTED = "budget_exhausted"
+    CANCELLED = "cancelled"
+
+
+class Run:
+    """One budgeted execution. Created by ``budgetspan.run(...)`` or implicitly."""
+
+    def __init__(
+        self,
+        workflow: str,
+        budget: Budget,
+        mode: Mode,
+        *,
+        implicit: bool = False,
+        ledger: Ledger | None = None,
+        run_id: str | None = None,
+        parent: Run | None = None,
+    ) -> None:
+        self.id = run_id or uuid.uuid4().hex
+        self.workflow = workflow
+        self.budget = budget
+        self.mode = mode
+        self.implicit = implicit
+        self.parent = parent
+        self.outcome: Outcome | None = None
+        self.exhausted: BudgetExhausted | None = None
+        self.would_exhaust: list[str] = []  # observe mode: limits that would have refused
+        self.partial: dict[str, Any] = {"tool_results": [], "last_model_answer": None}
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.busy_s = 0.0
+        self.span: Span | None = None
+        self.trace_id: int | None = None
+        self.started_at = time.monotonic()
+        self.start_time_ns = time.time_ns()
+        self.duration_s: float | None = None
+        self.final_usage: Usage | None = None
+        self._ledger = ledger or context.get_ledger()
+        self._tasks: set[tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]] = set()
+        self._explicit_outcome = False
+        self._ended = False
+        self._lock = threading.Lock()
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    @property
+    def ledger(self) -> Ledger:
+        """The ledger this run is accounted in (chosen when it started)."""
+        return self._ledger
+
+    def ancestors(self) -> list[Run]:
+        """The enclosing runs, innermost first."""
+        found, run = [], self.parent
+        while run is not None:
+            found.append(run)
+            run = run.parent
+        return found
+
+    # lifecycle -------------------------------------------------------------------------
+    def _start(self, with_span: bool) -> None:
+        self._ledger.open(self.id, self.budget, self.mode, self.started_at)
+        if with_span:
+            self.span = context.get_tracer().start_span(
+                A.SPAN_RUN.format(workflow=self.workflow),
+                kind=SpanKind.INTERNAL,
+                attributes=self._start_attributes(),
+            )
+            self.trace_id = self.span.get_span_context().trace_id or None
+        registry.add(self, self.trace_id)
+        events.emit("on_run_start", self)
+
+    def _start_attributes(self) -> dict[str, Any]:
+        attrs: dict[str, Any] = {
+            A.GEN_AI_OPERATION_NAME: A.OP_INVOKE_AGENT,
+            A.GEN_AI_AGENT_NAME: self.workflow,
+            A.RUN_ID: self.id,
+            A.WORKFLOW: self.workflow,
+            A.BUDGET_MODE: self.mode.value,
+        }
+        if self.parent is not None:
+            attrs[A.RUN_PARENT_ID] = self.parent.id
+        if self.budget.profile:
+            attrs[A.BUDGET_PROFILE] = self.budget.profile
+        for name, value in self.budget.limits().items():
+            attrs[A.LIMIT_PREFIX + name] = value
+        return attrs
+
+    def _end(self, exc: BaseException | None = None) -> None:
+        with self._lock:
+            if self._ended:
+                return
+            self._ended = True
+        self.outcome = self._final_outcome(exc)
+        self.final_usage = self._ledger.close(self.id)
+        self.duration_s = time.monotonic() - self.started_at
+        registry.remove(self, self.trace_id)
+        span = self.span
+        if span is not None:
+            try:
+                if span.is_recording():  # a sampled-out span would drop the attributes anyway
+                    self._finish_span(span, exc)
+            finally:
+                span.end()
+        events.emit("on_run_end", self)
+
+    def _final_outcome(self, exc: BaseException | None) -> Outcome:
+        if isinstance(exc, RunCancelled) or isinstance(self.exhausted, RunCancelled):
+            return Outcome.CANCELLED
+        if self.exhausted is not None or isinstance(exc, BudgetExhausted):
+            return Outcome.BUDGET_EXHAUSTED
+        if self._explicit_outcome and self.outcome is not None:
+            return self.outcome
+        if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
+            return Outcome.CANCELLED
+        if exc is not None:
+            self.error = exc
+            return Outcome.FAILURE
+        return self.outcome or Outcome.SUCCESS
+
+    def _finish_span(self, span: Span, exc: BaseException | None) -> None:
+        u = self.final_usage or Usage()
+        attrs: dict[str, Any] = {
+            A.RUN_OUTCOME: self.outcome.value if self.outcome else "unknown",
+            A.RUN_BUSY_S: self.busy_s,
+            A.RUN_WALL_S: self.duration_s or 0.0,
+            A.RUN_PARALLELISM: (self.busy_s / self.duration_s) if self.duration_s else 0.0,
+        }
+        for key, value in u.as_dict().items():
+            if isinstance(value, (int, float)):
+                attrs[A.USAGE_PREFIX + key] = value
+        exhausted = self.exhausted
+        if exhausted is None and isinstance(exc, BudgetExhausted):
+            exhausted = exc  # refused by an enclosing run's limit
+        if exhausted is not None:
+            attrs[A.EXHAUSTED_REASON] = exhausted.reason
+            # The final word: the usage at the end, not at the first refusal.
+            attrs[A.EXHAUSTED_EXPLANATION] = exhausted.explain(u)
+        span.set_attributes(attrs)
+        if self.outcome is Outcome.FAILURE and exc is not None:
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            span.set_attribute(A.ERROR_TYPE, type(exc).__qualname__)
+
+    # outcomes --------------------------------------------------------------------------
+    def succeed(self, result: Any = None) -> None:
+        """Mark the run successful (the default on a clean exit)."""
+        self._set_outcome(Outcome.SUCCESS)
+        if result is not None:
+            self.result = result
+
+    def fail(self, error: BaseException | str | None = None) -> None:
+        self._set_outcome(Outcome.FAILURE)
+        if isinstance(error, BaseException):
+            self.error = error
+
+    def escalate(self, reason: str | None = None) -> None:
+        """The run handed the task to a human; neither a success nor a failure."""
+        self._set_outcome(Outcome.ESCALATED)
+        if reason:
+            self.partial["escalation_reason"] = reason
+
+    def _set_outcome(self, outcome: Outcome) -> None:
+        # Exhaustion and cancellation outrank what the code says: the run did stop at a limit.
+        if self.exhausted is None:
+            self.outcome = outcome
+            self._explicit_outcome = True
+
+    # partial results -------------------------------------------------------------------
+    def add_partial(self, key: str, value: Any) -> None:
+        """Keep something the run produced, for ``BudgetExhausted.partial``."""
+        self.partial[key] = value
+
+    def record_tool_result(self, tool: str, result: Any) -> None:
+        self.partial["tool_results"].append({"tool": tool, "result": result})
+
+    def record_model_answer(self, text: str | None) -> None:
+        if text:
+            self.partial["last_model_answer"] = text
+
+    # accounting ------------------------------------------------------------------------
+    @property
+    def usage(self) -> Usage:
+        if self.final_usage is not None:
+            return self.final_usage
+        try:
+            return self._ledger.usage(self.id)
+        except KeyError:
+            return Usage()
+
+    def remaining_s(self) -> float | None:
+        """Seconds left before the earliest wall-clock deadline of this run and its ancestors."""
+        left = None
+        for run in (self, *self.ancestors()):
+            deadline = run._ledger.deadline(run.id)
+            if deadline is not None:
+                here = max(0.0, deadline - time.monotonic())
+                left = here if left is None else min(left, here)
+        return left
+
+    def reserve(
+        self,
+        kind: CallKind,
+        *,
+        tool: str | None = None,
+        worst_case_cost: float | None = None,
+        worst_case_tokens: int | None = None,
+        worst_case_input_tokens: int | None = None,
+        tool_limits: ToolLimits | None = None,
+    ) -> Reservation:
+        """Reserve one call in this run and every enclosing run; raise BudgetExhausted (from the
+        run whose limit refuses it) when a limit refuses it. Exhaustion is sticky: once a run has
+        stopped at a limit, every later call is refused too."""
+        worst = {
+            "worst_case_cost": worst_case_cost,
+            "worst_case_tokens": worst_case_tokens,
+            "worst_case_input_tokens": worst_case_input_tokens,
+        }
+        own = self._reserve_here(kind, tool, tool_limits, worst)
+        for outer in self.ancestors():
+            try:
+                own.linked.append((outer, outer._reserve_here(kind, tool, tool_limits, worst)))
+            except BaseException:
+                self.release(own)
+                raise
+        return own
+
+    def _reserve_here(
+        self, kind: CallKind, tool: str | None, tool_limits: ToolLimits | None, worst: dict[str, Any]
+    ) -> Reservation:
+        stopped = self._stopped()
+        if stopped is not None:
+            raise self.exhaust(stopped)
+        try:
+            res = self._ledger.reserve(self.id, kind, tool=tool, tool_limits=tool_limits, **worst)
+        except LedgerRefused as refused:
+            raise self.exhaust(refused.refusal) from None
+        except KeyError:  # run already closed (work after the run ended): no limit applies
+            return Reservation(self.id, kind, tool, done=True)
+        if res.would_refuse is not None:
+            self.note_would_refuse(res.would_refuse)
+        return res
+
+    def adopt(self, reservation: Reservation | None) -> Reservation | None:
+        """Take over a reservation the processor made for this same call (another
+        instrumentation's span around it); refused where ``reserve`` would refuse."""
+        stopped = self._stopped()
+        if stopped is not None:
+            if reservation is not None:
+                self.release(reservation)
+            raise self.exhaust(stopped)
+        return reservation
+
+    def _stopped(self) -> Refusal | None:
+        """The limit an enforcing run has already stopped at: every later call is refused by it."""
+        stopped = self.exhausted
+        if stopped is not None and self.mode is Mode.ENFORCE:
+            return Refusal(stopped.reason, stopped.limit, stopped.tool)
+        return None
+
+    def check(self) -> None:
+        """Raise BudgetExhausted if the run (or an enclosing one) is already at a limit."""
+        for run in (self, *self.ancestors()):
+            refusal = run._ledger.check(run.id)
+            if refusal is not None:
+                if run.mode is Mode.ENFORCE or refusal.reason == Limit.CANCELLED.value:
+                    raise run.exhaust(refusal)
+                run.note_would_refuse(refusal)
+
+    def exhaust(self, refusal: Refusal) -> BudgetExhausted:
+        """Build the exception for ``refusal``; the first one sets the outcome and is recorded."""
+        cls = RunCancelled if refusal.reason == Limit.CANCELLED.value else BudgetExhausted
+        exc = cls(
+            refusal.reason,
+            refusal.limit,
+            self.usage,
+            self.partial,
+            run_id=self.id,
+            workflow=self.workflow,
+            tool=refusal.tool,
+        )
+        with self._lock:
+            first = self.exhausted is None
+            if first:
+                self.exhausted = exc
+        if first:
+            self.outcome = Outcome.CANCELLED if cls is RunCancelled else Outcome.BUDGET_EXHAUSTED
+            if self.span is not None:
+                self.span.add_event(
+                    A.EVENT_CANCELLED if cls is RunCancelled else A.EVENT_BUDGET_EXHAUSTED,
+                    {A.EXHAUSTED_REASON: refusal.reason, A.EXHAUSTED_EXPLANATION: exc.explanation},
+                )
+            events.emit("on_exhausted", self, refusal.reason, False)
+        return exc
+
+    def note_would_refuse(self, refusal: Refusal) -> None:
+        """Observe mode: record (once per limit) that enforce mode would have refused."""
+        with self._lock:
+            if refusal.reason in self.would_exhaust:
+                return
+            self.would_exhaust.append(refusal.reason)
+        if self.span is not None:
+            self.span.add_event(A.EVENT_WOULD_EXHAUST, {A.EXHAUSTED_REASON: refusal.reason})
+        events.emit("on_exhausted", self, refusal.reason, True)
+
+    def commit(
+        self,
+        reservation: Reservation,
+        spend: Spend | None = None,
+        *,
+        finished: bool = True,
+        unreported: bool = False,
+        unpriced: bool = False,
+    ) -> None:
+        """Settle a call: its worst case is released and what it spent is added, here and in
+        the enclosing runs it was reserved in."""
+        pairs = [(self, reservation), *reservation.linked]
+        for run, res in pairs:
+            refusal = run._ledger.commit(
+                res, spend, finished=finished, unreported=unreported, unpriced=unpriced
+            )
+            if refusal is not None:
+                run.note_spend_limit(refusal)
+
+    def add_spend(self, spend: Spend) -> None:
+        """Usage reported mid-call (a stream chunk), added here and in every enclosing run."""
+        for run in (self, *self.ancestors()):
+            refusal = run._ledger.add_spend(run.id, spend)
+            if refusal is not None:
+                run.note_spend_limit(refusal)
+
+    def note_spend_limit(self, refusal: Refusal) -> None:
+        """A commit reached a token or dollar limit: in enforce mode the ledger refuses the next
+        reservation; observe mode records what it would have refused."""
+        if self.mode is Mode.OBSERVE:
+            self.note_would_refuse(refusal)
+
+    def release(self, reservation: Reservation) -> None:
+        """Give back a reservation whose call never started (here and in the enclosing runs)."""
+        self._ledger.release(reservation)
+        for run, res in reservation.linked:
+            run._ledger.release(res)
+
+    # cancellation ----------------------------------------------------------------------
+    def cancel(self) -> bool:
+        """Cancel the run: its next call raises RunCancelled, in-flight async calls are cancelled."""
+        ok = self._ledger.cancel(self.id)
+        for loop, task in list(self._tasks):
+            try:
+                loop.call_soon_threadsafe(task.cancel)
+            except RuntimeError:  # loop closed
+                pass
+        return ok
+
+    @property
+    def cancelled(self) -> bool:
+        refusal = self._ledger.check(self.id)
+        return refusal is not None and refusal.reason == Limit.CANCELLED.value
+
+    def track_task(self, task: asyncio.Task[Any]) -> Callable[[], None]:
+        """Cancel ``task`` with the run; returns the function that stops tracking it."""
+        entry = (task.get_loop(), task)
+        self._tasks.add(entry)
+        return lambda: self._tasks.discard(entry)
+
+    def __repr__(self) -> str:
+        return f"<Run {self.workflow} id={self.id[:8]} outcome={self.outcome and self.outcome.value}>"
