@@ -30,9 +30,11 @@ from opentelemetry.sdk.trace import TracerProvider
 
 import budgetspan
 from budgetspan.accounting.budget import Budget
-from budgetspan.accounting.ledger import CallKind, InMemoryLedger, Mode, Spend
+from budgetspan.accounting.ledger import CallKind, Mode, Spend
+from budgetspan.accounting.memory import InMemoryLedger
 from budgetspan.processors.budget import BudgetSpanProcessor
-from budgetspan.runs.run import end_process_run, set_tracer_provider
+from budgetspan.runs.context import set_tracer_provider
+from budgetspan.runs.implicit import end_process_run
 
 ATTRS = {
     "gen_ai.operation.name": "chat",

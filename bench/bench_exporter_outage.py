@@ -40,7 +40,6 @@ def worker(scenario: str, url: str, runs: int, think_ms: float) -> None:
     import time
 
     os.environ["OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED"] = "true"
-    import importlib
 
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.metrics import MeterProvider
@@ -50,9 +49,8 @@ def worker(scenario: str, url: str, runs: int, think_ms: float) -> None:
 
     import budgetspan
     from budgetspan.instrumentation.openai import OpenAIInstrumentor
+    from budgetspan.runs import context as bs_context
     from tests.reliability._support import MODEL, messages, sync_client
-
-    bs_run = importlib.import_module("budgetspan.run")
     reader = InMemoryMetricReader()
     meters = MeterProvider(metric_readers=[reader])
     provider = TracerProvider()
@@ -62,7 +60,7 @@ def worker(scenario: str, url: str, runs: int, think_ms: float) -> None:
         exporter = OTLPSpanExporter(endpoint=url, meter_provider=meters)
         batch = BatchSpanProcessor(exporter, meter_provider=meters)
         provider.add_span_processor(batch)
-    bs_run.set_tracer_provider(provider)
+    bs_context.set_tracer_provider(provider)
     OpenAIInstrumentor().instrument()
     client = sync_client()
 

@@ -30,8 +30,9 @@ from budgetspan.accounting.ledger import Spend
 from budgetspan.events import CallRecord
 from budgetspan.processors.budget import BudgetSpanProcessor
 from budgetspan.processors.metrics import BudgetspanMetrics, MetricsSpanProcessor
+from budgetspan.runs import context as bs_context
+from budgetspan.runs import implicit as bs_implicit
 
-bs_run = importlib.import_module("budgetspan.run")
 bench_core = importlib.import_module("bench_core")  # beside this file (run as a script)
 
 ATTRS = bench_core.ATTRS  # the same foreign span in both benches, so their figures compare
@@ -62,7 +63,7 @@ def main() -> None:
     accounted = TracerProvider()
     accounted.add_span_processor(BudgetSpanProcessor())
     foreign = accounted.get_tracer("other-instrumentation")
-    bs_run.set_tracer_provider(accounted)
+    bs_context.set_tracer_provider(accounted)
 
     def foreign_span() -> None:
         with foreign.start_as_current_span("chat gpt-4o-mini", attributes=ATTRS):
@@ -114,7 +115,7 @@ def main() -> None:
                 us = t / max(1, count // args.rounds) * 1e6
                 best[name] = min(best.get(name, us), us)
     rows = [(name, best[name]) for name, _, _ in cases]
-    bs_run.end_process_run()
+    bs_implicit.end_process_run()
 
     width = max(len(name) for name, _ in rows)
     print(f"{'operation':<{width}}  µs/op")

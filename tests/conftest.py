@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,14 +13,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import budgetspan
 from budgetspan import config as bs_config
-from budgetspan.accounting.ledger import InMemoryLedger
+from budgetspan.accounting.memory import InMemoryLedger
 from budgetspan.processors.budget import BudgetSpanProcessor
-
-# `budgetspan.run` is the RunScope (the public API), so `from budgetspan import run` would not
-# give the module.
-bs_run = importlib.import_module("budgetspan.run")
-
-bs_run = sys.modules["budgetspan.run"]
+from budgetspan.runs import context as bs_context
+from budgetspan.runs import implicit as bs_implicit
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(os.environ.get("BUDGETSPAN_FIXTURES", REPO.parent / "shared" / "fixtures" / "recorded"))
@@ -48,14 +42,14 @@ def tracing(monkeypatch: pytest.MonkeyPatch) -> Iterator[Tracing]:
             monkeypatch.delenv(key, raising=False)
     t = Tracing()
     bs_config.set_config(None)
-    bs_run.set_ledger(InMemoryLedger())
-    bs_run.set_tracer_provider(t.provider)
-    bs_run.end_process_run()
+    bs_context.set_ledger(InMemoryLedger())
+    bs_context.set_tracer_provider(t.provider)
+    bs_implicit.end_process_run()
     yield t
-    bs_run.end_process_run()
-    bs_run.set_tracer_provider(None)
+    bs_implicit.end_process_run()
+    bs_context.set_tracer_provider(None)
     bs_config.set_config(None)
     t.provider.shutdown()
 
 
-__all__ = ["FIXTURES", "REPO", "Tracing", "budgetspan"]
+__all__ = ["FIXTURES", "REPO", "Tracing", "bs_context", "bs_implicit", "budgetspan"]

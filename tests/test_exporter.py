@@ -20,7 +20,7 @@ import budgetspan
 from budgetspan import attributes as A
 from budgetspan.processors.file_export import FileSpanExporter, encode_line, file_span_processor
 from budgetspan.report.load import parse_line
-from budgetspan.runs.run import set_tracer_provider
+from budgetspan.runs.context import set_tracer_provider
 from budgetspan.setup import install_processors
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")

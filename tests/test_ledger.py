@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from budgetspan.accounting.budget import Budget, ToolLimits
-from budgetspan.accounting.ledger import CallKind, InMemoryLedger, LedgerRefused, Mode, Spend
+from budgetspan.accounting.ledger import CallKind, LedgerRefused, Mode, Spend
+from budgetspan.accounting.memory import InMemoryLedger
 
 
 class FakeClock:

@@ -179,7 +179,7 @@ def test_budgetspan_runs_on_the_shared_ledger(ledger: RedisLedger, tracing: obje
         assert info.value.reason == "max_tool_calls"
         assert run.usage.tool_calls == 2 and run.usage.tools_finished == 2
     finally:
-        from budgetspan.accounting.ledger import InMemoryLedger
+        from budgetspan.accounting.memory import InMemoryLedger
 
         budgetspan.set_ledger(InMemoryLedger())
 
@@ -255,7 +255,7 @@ def test_a_run_survives_a_redis_outage(
     doomed_redis: tuple[subprocess.Popen[bytes], redis.Redis], tracing: object
 ) -> None:
     import budgetspan
-    from budgetspan.accounting.ledger import InMemoryLedger
+    from budgetspan.accounting.memory import InMemoryLedger
 
     proc, client = doomed_redis
     budgetspan.set_ledger(RedisLedger(client))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import socket
@@ -28,8 +27,7 @@ from budgetspan.events import CallRecord
 from budgetspan.processors import metrics as M
 from budgetspan.processors.budget import BudgetSpanProcessor
 from budgetspan.processors.labels import LabelCap
-
-bs_run = importlib.import_module("budgetspan.run")
+from budgetspan.runs import context as bs_context
 
 
 class Reader:
@@ -239,10 +237,10 @@ def test_sampled_out_and_foreign_spans_are_counted(tracing: Any) -> None:
     unsampled = TracerProvider(sampler=ALWAYS_OFF)
     unsampled.add_span_processor(BudgetSpanProcessor())
     try:
-        bs_run.set_tracer_provider(unsampled)
+        bs_context.set_tracer_provider(unsampled)
         with budgetspan.run("ticket"):
             model_call()  # budgetspan's own wrapper: counted though no span is sampled
-        bs_run.set_tracer_provider(tracing.provider)
+        bs_context.set_tracer_provider(tracing.provider)
         # A span made by another instrumentation, recognised by its gen_ai attributes.
         foreign = tracing.provider.get_tracer("other-instrumentation")
         attrs = {

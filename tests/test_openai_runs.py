@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 import budgetspan
 from budgetspan import attributes as A
-from tests.conftest import bs_run
+from tests.conftest import bs_context
 from tests.replay import (  # noqa: F401
     Recorder,
     anthropic_message,
@@ -88,7 +88,7 @@ async def test_parallel_tasks_never_overshoot(instrumented: Any) -> None:  # noq
 
 
 def test_sampled_out_calls_are_still_accounted(monkeypatch: pytest.MonkeyPatch) -> None:
-    from budgetspan.accounting.ledger import InMemoryLedger
+    from budgetspan.accounting.memory import InMemoryLedger
     from budgetspan.instrumentation.openai import OpenAIInstrumentor
 
     for key in [k for k in __import__("os").environ if k.startswith("BUDGETSPAN_")]:
@@ -96,8 +96,8 @@ def test_sampled_out_calls_are_still_accounted(monkeypatch: pytest.MonkeyPatch) 
     exporter = InMemorySpanExporter()
     provider = TracerProvider(sampler=ALWAYS_OFF)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    bs_run.set_ledger(InMemoryLedger())
-    bs_run.set_tracer_provider(provider)
+    bs_context.set_ledger(InMemoryLedger())
+    bs_context.set_tracer_provider(provider)
     OpenAIInstrumentor().instrument()
     try:
         rec = Recorder(json_response(chat_completion(usage=USAGE)))
@@ -110,7 +110,7 @@ def test_sampled_out_calls_are_still_accounted(monkeypatch: pytest.MonkeyPatch) 
         assert len(rec.requests) == 2
     finally:
         OpenAIInstrumentor().uninstrument()
-        bs_run.set_tracer_provider(None)
+        bs_context.set_tracer_provider(None)
 
 
 def test_phase_tags_the_call(instrumented: Any) -> None:  # noqa: F811

@@ -16,7 +16,7 @@ import budgetspan
 from budgetspan import attributes as A
 from budgetspan import events
 from budgetspan.processors.budget import BudgetSpanProcessor
-from tests.conftest import Tracing, bs_run
+from tests.conftest import Tracing, bs_context, bs_implicit
 
 
 def _attrs(span: Any) -> dict[str, Any]:
@@ -319,7 +319,7 @@ def test_the_trace_is_the_run_when_none_is_declared(
         events.remove_listener(listener)
     assert len(ended) == 2 and all(r.implicit and r.usage.tool_calls == 2 for r in ended)
     assert all(r.outcome is budgetspan.Outcome.BUDGET_EXHAUSTED for r in ended)
-    assert not bs_run._trace_runs
+    assert not bs_implicit._trace_runs
 
 
 def test_the_process_is_the_run_without_any_trace(tracing: Tracing) -> None:
@@ -493,7 +493,7 @@ def test_configure_twice_adds_processors_once(tracing: Tracing) -> None:
     budgetspan.configure(provider, instrument=False)
     procs = provider._active_span_processor._span_processors
     assert sum(isinstance(p, BudgetSpanProcessor) for p in procs) == 1
-    bs_run.set_tracer_provider(tracing.provider)
+    bs_context.set_tracer_provider(tracing.provider)
 
 
 def test_configure_rejects_bad_environment(tracing: Tracing, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,9 +15,9 @@ from opentelemetry.sdk.trace.sampling import Sampler
 
 from budgetspan import config as bs_config
 from budgetspan import events
-from budgetspan.accounting.ledger import InMemoryLedger
+from budgetspan.accounting.memory import InMemoryLedger
 from budgetspan.processors.budget import BudgetSpanProcessor
-from tests.conftest import bs_run
+from tests.conftest import bs_context, bs_implicit
 
 SCALE = float(os.environ.get("BUDGETSPAN_TEST_SCALE", "1") or 1)
 
@@ -37,8 +37,8 @@ class Lean:
         self.provider.add_span_processor(self.processor)
 
     def install(self) -> None:
-        bs_run.set_ledger(self.ledger)
-        bs_run.set_tracer_provider(self.provider)
+        bs_context.set_ledger(self.ledger)
+        bs_context.set_tracer_provider(self.provider)
 
 
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -51,21 +51,21 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def lean(monkeypatch: pytest.MonkeyPatch) -> Iterator[Lean]:
     _clean_env(monkeypatch)
     bs_config.set_config(None)
-    bs_run.end_process_run()
+    bs_implicit.end_process_run()
     listeners = list(events._listeners)
     t = Lean()
     t.install()
     yield t
-    bs_run.end_process_run()
-    with bs_run._live_lock:
-        stale = list(bs_run._trace_runs)
+    bs_implicit.end_process_run()
+    with bs_implicit._lock:
+        stale = list(bs_implicit._trace_runs)
     for trace_id in stale:
-        bs_run.end_trace_run(trace_id)
+        bs_implicit.end_trace_run(trace_id)
     for extra in [x for x in events._listeners if x not in listeners]:
         events.remove_listener(extra)
     for missing in listeners:
         events.add_listener(missing)
-    bs_run.set_ledger(InMemoryLedger())
-    bs_run.set_tracer_provider(None)
+    bs_context.set_ledger(InMemoryLedger())
+    bs_context.set_tracer_provider(None)
     bs_config.set_config(None)
     t.provider.shutdown()

@@ -31,7 +31,7 @@ from budgetspan import events
 from budgetspan.accounting.pricing import default_resolver
 from budgetspan.processors.metrics import BudgetspanMetrics
 from budgetspan.runs.run import Outcome
-from tests.conftest import bs_run
+from tests.conftest import bs_implicit
 from tests.reliability._support import MODEL, async_client, chat_body, openai_instrumented
 from tests.reliability.conftest import Lean, scaled
 
@@ -154,7 +154,7 @@ async def test_1000_concurrent_runs_hold_every_limit(lean: Lean, openai_on: None
     assert len(runs) == RUNS
     assert all(outcomes.ends[run.id] == 1 for run in runs.values())
     assert all(len(outcomes.outcomes[run.id]) == 1 for run in runs.values())
-    assert budgetspan.live_runs() == [] and len(lean.ledger) == 0 and not bs_run._trace_runs
+    assert budgetspan.live_runs() == [] and len(lean.ledger) == 0 and not bs_implicit._trace_runs
 
     overshoot: list[float] = []
     for i, run in runs.items():

@@ -22,7 +22,7 @@ from budgetspan import attributes as A
 from budgetspan import events
 from budgetspan.calls import foreign as foreign_spans
 from budgetspan.processors.budget import BudgetSpanProcessor
-from tests.conftest import bs_run
+from tests.conftest import bs_context, bs_implicit
 from tests.reliability.conftest import Lean, scaled
 
 RUNS = scaled(100_000, minimum=2_000)  # sequential runs on the lean path (spans sampled out)
@@ -75,7 +75,7 @@ def _traced_growth(loop: Callable[[int, int], None], start: int, n: int) -> tupl
 def _assert_no_live_state(lean: Lean) -> None:
     assert budgetspan.live_runs() == []
     assert len(lean.ledger) == 0
-    assert len(bs_run._trace_runs) == 0
+    assert len(bs_implicit._trace_runs) == 0
     assert foreign_spans.pending == {}
 
 
@@ -157,9 +157,9 @@ def _sampled_out_provider() -> TracerProvider:
 def test_implicit_runs_of_sampled_out_traces_are_bounded(lean: Lean, monkeypatch: pytest.MonkeyPatch) -> None:
     """A trace whose root is sampled out never reports its end: its implicit run is evicted."""
     cap = 100
-    monkeypatch.setattr(bs_run, "_MAX_TRACE_RUNS", cap)
+    monkeypatch.setattr(bs_implicit, "_MAX_TRACE_RUNS", cap)
     provider = _sampled_out_provider()
-    bs_run.set_tracer_provider(provider)
+    bs_context.set_tracer_provider(provider)
     app = provider.get_tracer("app")
     ended: list[budgetspan.Run] = []
 
@@ -178,7 +178,7 @@ def test_implicit_runs_of_sampled_out_traces_are_bounded(lean: Lean, monkeypatch
         with app.start_as_current_span("GET /orders"):  # non-recording, but a valid trace id
             fetch()
 
-    assert len(bs_run._trace_runs) == cap
+    assert len(bs_implicit._trace_runs) == cap
     assert len(budgetspan.live_runs()) == cap
     assert len(lean.ledger) == cap
     assert len(ended) == requests - cap  # evicted runs were ended (and closed in the ledger)
@@ -188,18 +188,18 @@ def test_implicit_runs_of_sampled_out_traces_are_bounded(lean: Lean, monkeypatch
 
 def test_implicit_runs_bounded_at_the_default_cap(lean: Lean) -> None:
     provider = _sampled_out_provider()
-    bs_run.set_tracer_provider(provider)
+    bs_context.set_tracer_provider(provider)
     app = provider.get_tracer("app")
 
     @budgetspan.tool
     def fetch() -> str:
         return "ok"
 
-    cap = bs_run._MAX_TRACE_RUNS
+    cap = bs_implicit._MAX_TRACE_RUNS
     for _ in range(cap + 500):
         with app.start_as_current_span("GET /orders"):
             fetch()
-    assert len(bs_run._trace_runs) == cap
+    assert len(bs_implicit._trace_runs) == cap
     assert len(lean.ledger) == cap
     provider.shutdown()
 
@@ -216,9 +216,9 @@ def test_implicit_run_of_a_sampled_trace_ends_with_its_root(lean: Lean) -> None:
         with app.start_as_current_span("GET /orders"):
             fetch()
             fetch()
-            run = bs_run.resolve_run()  # positive control: each trace had its own live run
-            during.add((len(bs_run._trace_runs), run.usage.tool_calls if run else -1))
+            run = bs_implicit.resolve_run()  # positive control: each trace had its own live run
+            during.add((len(bs_implicit._trace_runs), run.usage.tool_calls if run else -1))
     assert during == {(1, 2)}
-    assert len(bs_run._trace_runs) == 0
+    assert len(bs_implicit._trace_runs) == 0
     assert budgetspan.live_runs() == []
     assert len(lean.ledger) == 0
