@@ -145,9 +145,9 @@ def main() -> None:
     ap.add_argument("--metrics", action="store_true", help="with the Prometheus metrics listener on")
     args = ap.parse_args()
     if args.metrics:
-        from budgetspan.processors import metrics
+        from budgetspan.processors import metrics_endpoint as endpoint
 
-        metrics.install(None)
+        endpoint.install(None)
     if args.worker is not None:
         ops, close = operations()
         fn = list(ops.values())[args.worker]

@@ -51,6 +51,7 @@ def worker(scenario: str, url: str, runs: int, think_ms: float) -> None:
     from budgetspan.instrumentation.openai import OpenAIInstrumentor
     from budgetspan.runs import context as bs_context
     from tests.reliability._support import MODEL, messages, sync_client
+
     reader = InMemoryMetricReader()
     meters = MeterProvider(metric_readers=[reader])
     provider = TracerProvider()

@@ -29,7 +29,8 @@ from budgetspan import events
 from budgetspan.accounting.ledger import Spend
 from budgetspan.events import CallRecord
 from budgetspan.processors.budget import BudgetSpanProcessor
-from budgetspan.processors.metrics import BudgetspanMetrics, MetricsSpanProcessor
+from budgetspan.processors.metrics import BudgetspanMetrics
+from budgetspan.processors.metrics_endpoint import MetricsSpanProcessor
 from budgetspan.runs import context as bs_context
 from budgetspan.runs import implicit as bs_implicit
 

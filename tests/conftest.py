@@ -52,4 +52,12 @@ def tracing(monkeypatch: pytest.MonkeyPatch) -> Iterator[Tracing]:
     t.provider.shutdown()
 
 
+@pytest.fixture(autouse=True)
+def _content_switch_read_afresh() -> Iterator[None]:
+    """The content switch is read at instrument time; each test starts from its environment."""
+    bs_config.refresh_capture_content()
+    yield
+    bs_config.refresh_capture_content()
+
+
 __all__ = ["FIXTURES", "REPO", "Tracing", "bs_context", "bs_implicit", "budgetspan"]

@@ -102,7 +102,10 @@ def test_stream_failing_mid_way_is_error(instrumented: Any) -> None:  # noqa: F8
     rec = Recorder(broken_sse(head))
     # anthropic's stream lets the transport error through as is; so must we
     # (anthropic >= 2.17 wraps it in APIConnectionError)
-    with pytest.raises((httpx2.ReadError, anthropic.APIConnectionError)), client(rec).messages.stream(**ARGS) as stream:
+    with (
+        pytest.raises((httpx2.ReadError, anthropic.APIConnectionError)),
+        client(rec).messages.stream(**ARGS) as stream,
+    ):
         stream.get_final_message()
     span = only_span(instrumented)
     assert span.status.status_code is StatusCode.ERROR

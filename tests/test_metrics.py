@@ -25,6 +25,7 @@ from budgetspan.accounting.pricing import default_resolver
 from budgetspan.calls.call import Call
 from budgetspan.events import CallRecord
 from budgetspan.processors import metrics as M
+from budgetspan.processors import metrics_endpoint as endpoint
 from budgetspan.processors.budget import BudgetSpanProcessor
 from budgetspan.processors.labels import LabelCap
 from budgetspan.runs import context as bs_context
@@ -342,9 +343,9 @@ def test_install_serves_and_port_in_use_is_logged(
     tracing: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(M, "_server", None)
-    proc = M.install(0)
+    proc = endpoint.install(0)
     try:
-        assert isinstance(proc, M.MetricsSpanProcessor) and proc.address is not None
+        assert isinstance(proc, endpoint.MetricsSpanProcessor) and proc.address is not None
         with budgetspan.run("served"):
             pass
         host, port = proc.address
@@ -357,41 +358,41 @@ def test_install_serves_and_port_in_use_is_logged(
         busy.listen(1)
         monkeypatch.setattr(M, "_server", None)
         with caplog.at_level(logging.ERROR, logger=M.__name__):
-            assert M.serve(busy.getsockname()[1]) is None
+            assert endpoint.serve(busy.getsockname()[1]) is None
         busy.close()
         assert "cannot serve Prometheus metrics" in caplog.text
         assert A.ENV_METRICS_PORT in caplog.text
     finally:
         monkeypatch.setattr(M, "_server", None)
         proc.shutdown()
-        events.remove_listener(M.get_metrics())
+        events.remove_listener(endpoint.get_metrics())
 
 
 def test_metrics_addr_env_chooses_the_interface(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(M, "_server", None)
     monkeypatch.setenv(A.ENV_METRICS_ADDR, "127.0.0.2")  # another loopback address
     try:
-        address = M.serve(0)
+        address = endpoint.serve(0)
         assert address is not None and address[0] == "127.0.0.2"
         with urllib.request.urlopen(f"http://127.0.0.2:{address[1]}/metrics", timeout=5) as r:
             assert r.status == 200
     finally:
-        M.stop_server()
+        endpoint.stop_server()
 
 
 def test_processor_shutdown_stops_the_endpoint(tracing: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(M, "_server", None)
-    proc = M.install(0)
+    proc = endpoint.install(0)
     try:
         assert proc.address is not None
         host, port = proc.address
         proc.shutdown()
-        assert M.server_address() is None
+        assert endpoint.server_address() is None
         with pytest.raises(OSError):
             urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=2)
     finally:
-        M.stop_server()
-        events.remove_listener(M.get_metrics())
+        endpoint.stop_server()
+        events.remove_listener(endpoint.get_metrics())
 
 
 def test_bad_port_env_is_a_clear_error(
@@ -399,16 +400,18 @@ def test_bad_port_env_is_a_clear_error(
 ) -> None:
     monkeypatch.setenv(A.ENV_METRICS_PORT, "nine")
     with caplog.at_level(logging.ERROR, logger=M.__name__):
-        assert M.port_from_env() is None
+        assert endpoint.port_from_env() is None
     assert "BUDGETSPAN_METRICS_PORT='nine' is not a port number" in caplog.text
     monkeypatch.setenv(A.ENV_METRICS_PORT, "9464")
-    assert M.port_from_env() == 9464
+    assert endpoint.port_from_env() == 9464
 
 
 ZERO_CODE_AGENT = """
 import urllib.request
 import budgetspan
 from budgetspan.processors import metrics
+from budgetspan.processors import metrics_endpoint as endpoint
+from budgetspan.processors import metrics_endpoint as endpoint
 
 @budgetspan.tool
 def lookup(q):
@@ -416,7 +419,7 @@ def lookup(q):
 
 with budgetspan.run("zero_code"):
     lookup("x")
-host, port = metrics.server_address()
+host, port = endpoint.server_address()
 print(urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10).read().decode())
 """
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 import budgetspan
 from budgetspan import attributes as A
+from budgetspan import config as bs_config
 from budgetspan.instrumentation.openai import provider_from_url
 from tests.replay import (  # noqa: F401
     Recorder,
@@ -145,6 +146,7 @@ def test_content_only_when_asked(instrumented: Any, monkeypatch: pytest.MonkeyPa
     c = client(rec)
     c.chat.completions.create(**ARGS)
     monkeypatch.setenv(A.ENV_CAPTURE_CONTENT, "true")
+    bs_config.refresh_capture_content()  # read at instrument time
     c.chat.completions.create(**ARGS)
     off, on = instrumented.spans("chat")
     assert A.GEN_AI_INPUT_MESSAGES not in off.attributes

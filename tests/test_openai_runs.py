@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 import budgetspan
 from budgetspan import attributes as A
+from budgetspan import config as bs_config
 from tests.conftest import bs_context
 from tests.replay import (  # noqa: F401
     Recorder,
@@ -155,6 +156,7 @@ def _response(text: str = "ok", usage: Any = None) -> dict[str, Any]:
 
 def test_responses_create_non_streaming(instrumented: Any, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     monkeypatch.setenv(A.ENV_CAPTURE_CONTENT, "true")
+    bs_config.refresh_capture_content()  # read at instrument time
     rec = Recorder(json_response(_response("the answer")))
     with budgetspan.run("r") as run:
         out = client(rec).responses.create(
@@ -213,6 +215,7 @@ def test_anthropic_content_only_when_asked(instrumented: Any, monkeypatch: pytes
     }
     c.messages.create(**args)
     monkeypatch.setenv(A.ENV_CAPTURE_CONTENT, "true")
+    bs_config.refresh_capture_content()  # read at instrument time
     c.messages.create(**args)
     off, on = instrumented.spans("chat")
     assert "private" not in json.dumps(dict(off.attributes), default=str)

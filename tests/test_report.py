@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 
 from budgetspan import attributes as A
-from budgetspan.report.analysis import OTHER, Analysis, PlanError, analyze, load_plan, percentile
+from budgetspan.report.analysis import OTHER, Analysis, analyze
 from budgetspan.report.load import SpanRec, load_files
+from budgetspan.report.numbers import percentile
+from budgetspan.report.plan import PlanError, load_plan
 from budgetspan.report.render import add_arguments, render, run_report
 
 S = 1_000_000_000  # ns

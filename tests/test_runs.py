@@ -8,7 +8,6 @@ import time
 from typing import Any
 
 import pytest
-from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from opentelemetry import trace
 
@@ -550,32 +549,6 @@ _ODD_FIGURE = (
 )
 # Mostly small ints (negatives included), so that spans the short path takes are drawn often.
 _FIGURE = st.integers(-3, 3) | st.integers(0, 10**6) | _ODD_FIGURE
-
-
-@settings(max_examples=400, deadline=None)
-@given(st.fixed_dictionaries({}, optional={k: _FIGURE for k in _USAGE_KEYS}))
-@example({A.GEN_AI_USAGE_INPUT_TOKENS: -1, A.GEN_AI_USAGE_OUTPUT_TOKENS: 20})
-@example({A.GEN_AI_USAGE_INPUT_TOKENS: 10, A.GEN_AI_USAGE_OUTPUT_TOKENS: 2**1023})
-@example(
-    {
-        A.GEN_AI_USAGE_INPUT_TOKENS: 10,
-        A.GEN_AI_USAGE_OUTPUT_TOKENS: 2,
-        A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS: True,
-    }
-)
-def test_property_foreign_usage_read_on_the_short_path_as_on_the_careful_one(attrs: dict[str, Any]) -> None:
-    """The processor reads a foreign span's usage with one expression when it is plain ints; it
-    must give what reading each figure with every check gives."""
-    from budgetspan.processors.budget import _int_attr, _usage_figures
-
-    careful = (
-        _int_attr(attrs, A.GEN_AI_USAGE_INPUT_TOKENS, A.GEN_AI_USAGE_PROMPT_TOKENS_LEGACY),
-        _int_attr(attrs, A.GEN_AI_USAGE_OUTPUT_TOKENS, A.GEN_AI_USAGE_COMPLETION_TOKENS_LEGACY),
-        _int_attr(attrs, A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS),
-        _int_attr(attrs, A.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS),
-        _int_attr(attrs, A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS),
-    )
-    assert _usage_figures(attrs) == careful
 
 
 def test_a_run_id_that_is_not_a_str_still_tags_foreign_spans_and_cancels(tracing: Tracing) -> None:

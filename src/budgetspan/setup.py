@@ -46,11 +46,11 @@ def install_processors(provider: Any, *, metrics_port: int | None = None) -> boo
         budget = BudgetSpanProcessor()
         processors: list[Any] = [budget]
         try:
-            from budgetspan.processors import metrics
+            from budgetspan.processors import metrics_endpoint as endpoint
 
             # Not added to the provider (it does nothing per span: metrics come from events);
             # the budget processor's shutdown closes its endpoint.
-            metrics_processor = metrics.install(metrics_port)
+            metrics_processor = endpoint.install(metrics_port)
             budget.closers.append(metrics_processor.shutdown)
         except ImportError:
             pass
@@ -78,9 +78,9 @@ def install_processors(provider: Any, *, metrics_port: int | None = None) -> boo
 def _metrics_without_provider(metrics_port: int | None) -> None:
     """Metrics come from budgetspan's events, not spans: serve them even with no SDK provider."""
     try:
-        from budgetspan.processors import metrics
+        from budgetspan.processors import metrics_endpoint as endpoint
 
-        metrics.install(metrics_port)
+        endpoint.install(metrics_port)
     except ImportError:
         pass
     except Exception:

@@ -34,6 +34,7 @@ from budgetspan import events
 from budgetspan.accounting.pricing import PriceResolver
 from budgetspan.calls import call as bs_calls
 from budgetspan.instrumentation import openai as bs_openai
+from budgetspan.runs import context as bs_context
 from budgetspan.runs.run import Outcome
 from tests.reliability._support import (
     ANSWER_MARK,
@@ -211,7 +212,7 @@ INJECTIONS = {
     "observer": lambda mp: mp.setattr(bs_openai.ChatObserver, "on_response", _boom),
     "call_setup": lambda mp: mp.setattr(bs_openai, "_new_call", _boom),
     "span_end": lambda mp: mp.setattr(bs_calls.Call, "_end", _boom),
-    "tracer": lambda mp: mp.setattr(bs_calls, "get_tracer", lambda: _BrokenTracer()),
+    "tracer": lambda mp: mp.setattr(bs_context, "get_tracer", lambda: _BrokenTracer()),
     "listener": lambda mp: events.add_listener(_RaisingListener()),
     "usage_commit": lambda mp: mp.setattr(bs_calls.Call, "set_usage", _boom),
 }

@@ -76,7 +76,7 @@ def _assert_no_live_state(lean: Lean) -> None:
     assert budgetspan.live_runs() == []
     assert len(lean.ledger) == 0
     assert len(bs_implicit._trace_runs) == 0
-    assert foreign_spans.pending == {}
+    assert foreign_spans._pending == {}
 
 
 def test_100k_sequential_runs_leave_live_state_and_memory_flat(

@@ -24,9 +24,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import CollectorRegistry, generate_latest
 
 import budgetspan
+from budgetspan import config as bs_config
 from budgetspan import events
 from budgetspan.instrumentation.anthropic import AnthropicInstrumentor
 from budgetspan.processors import metrics as M
+from budgetspan.processors import metrics_endpoint as endpoint
 from budgetspan.processors.labels import DEFAULT_MAX_VALUES
 from tests.reliability._support import (
     ANSWER_MARK,
@@ -120,6 +122,7 @@ def test_no_prompt_or_completion_text_is_exported_by_default(
     exported: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", raising=False)
+    bs_config.refresh_capture_content()
     registry = CollectorRegistry()
     metrics = M.BudgetspanMetrics(registry=registry)
     events.add_listener(metrics)
@@ -143,6 +146,7 @@ def test_content_capture_switch_does_export_content(
 ) -> None:
     """Positive control: the scan above would have found content had it been there."""
     monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true")
+    bs_config.refresh_capture_content()  # read at instrument time
     _workload()
     wire = encode_spans(exported.get_finished_spans()).SerializeToString()
     assert PROMPT_MARK.encode() in wire and ANSWER_MARK.encode() in wire
@@ -153,6 +157,7 @@ def test_provider_error_echoing_the_prompt_is_not_exported(
 ) -> None:
     """A 400 whose message quotes the input: the span records the error type, not the text."""
     monkeypatch.delenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", raising=False)
+    bs_config.refresh_capture_content()
 
     def reject(request: httpx2.Request) -> httpx2.Response:
         content = json.loads(request.content)["messages"][-1]["content"]
@@ -239,7 +244,7 @@ def _reachable(host: str, port: int) -> bool:
 def test_metrics_endpoint_binds_to_loopback_by_default(lean: Lean, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("BUDGETSPAN_METRICS_ADDR", raising=False)
     monkeypatch.setattr(M, "_server", None)
-    bound = M.serve(0)
+    bound = endpoint.serve(0)
     try:
         assert bound is not None and bound[0] == "127.0.0.1"
         port = bound[1]
@@ -249,7 +254,7 @@ def test_metrics_endpoint_binds_to_loopback_by_default(lean: Lean, monkeypatch: 
         if other is not None:
             assert not _reachable(other, port)
     finally:
-        M.stop_server()
+        endpoint.stop_server()
     if other is None:
         pytest.skip("no non-loopback interface here to try the endpoint from")
 
@@ -262,9 +267,9 @@ def test_metrics_endpoint_binds_wider_only_when_configured(
         pytest.skip("no non-loopback interface here")
     monkeypatch.setenv("BUDGETSPAN_METRICS_ADDR", "0.0.0.0")
     monkeypatch.setattr(M, "_server", None)
-    bound = M.serve(0)
+    bound = endpoint.serve(0)
     try:
         assert bound is not None
         assert _reachable(other, bound[1])
     finally:
-        M.stop_server()
+        endpoint.stop_server()

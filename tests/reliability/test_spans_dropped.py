@@ -114,15 +114,15 @@ def test_full_queue_is_counted(lean: Lean, drops: Drops) -> None:
 def test_the_metric_counts_them(lean: Lean) -> None:
     from prometheus_client import generate_latest
 
-    from budgetspan.processors import metrics
+    from budgetspan.processors import metrics_endpoint as endpoint
 
-    metrics.install(None)
+    endpoint.install(None)
     batch = BatchSpanProcessor(OTLPSpanExporter(endpoint=_closed_port_url(), timeout=0.3))
     lean.provider.add_span_processor(batch)
     watch_provider(lean.provider)
     _three_spans()
     batch.shutdown()
-    text = generate_latest(metrics.exposition_registry()).decode()
+    text = generate_latest(endpoint.exposition_registry()).decode()
     line = [
         x for x in text.splitlines() if x.startswith('budgetspan_spans_dropped_total{reason="export_failed"}')
     ]

@@ -356,11 +356,11 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    from budgetspan.processors import metrics
+    from budgetspan.processors import metrics_endpoint as endpoint
 
     budgetspan.configure(metrics_port=args.port, instrument=False)
     models = pick_models(args.models)
-    address = metrics.server_address()
+    address = endpoint.server_address()
     if address is None:
         sys.exit("workload: no metrics endpoint")
     print(f"METRICS_PORT {address[1]} MODELS {type(models).__name__}", flush=True)

@@ -109,7 +109,9 @@ class InMemoryLedger(Ledger):
                 cancelled=book.cancelled,
                 past_deadline=deadline is not None and self._monotonic() >= deadline,
             )
-            enforced = book.mode is Mode.ENFORCE or (found is not None and found.reason == Limit.CANCELLED.value)
+            enforced = book.mode is Mode.ENFORCE or (
+                found is not None and found.reason == Limit.CANCELLED.value
+            )
             if found is not None and not force and enforced:
                 raise LedgerRefused(found)
             _count(book.usage, kind, tool, +1)

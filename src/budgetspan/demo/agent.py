@@ -233,6 +233,7 @@ class SupportAgent:
             result.outcome = "failure"
         return result
 
+    # long: the support agent's steps in order, as a reader of the demo follows them
     async def _work(self, run: Run, t: Ticket, result: TicketResult) -> None:
         async with budgetspan.phase("context_assembly", label="Searching policy"):
             policy = await self.search_policy(t.query)

@@ -212,6 +212,7 @@ def _tables(analysis: Analysis, results: list[TicketResult], out: IO[str]) -> No
     )
 
 
+# long: the demo's script, read top to bottom: set up, run the tickets, print the report
 def run_demo(opts: DemoOptions, out: IO[str] | None = None) -> int:
     out = out or sys.stdout
     tickets = [t for t in TICKETS if not opts.tickets or t.id in opts.tickets]
@@ -327,9 +328,9 @@ class _Summary(io.StringIO):
 def _serve(out: IO[str], again: Callable[[], None] | None, every_s: float) -> None:
     address: Any = None
     try:
-        from budgetspan.processors import metrics
+        from budgetspan.processors import metrics_endpoint as endpoint
 
-        address = metrics.server_address()
+        address = endpoint.server_address()
     except ImportError:
         pass
     if address is None:

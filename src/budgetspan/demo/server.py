@@ -129,6 +129,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._error(404, f"no route {self.path}")
 
+    # long: one request handler that answers each endpoint of the fake model server
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         try:

@@ -21,7 +21,9 @@ from budgetspan import attributes as A
 from budgetspan.calls.call import Call
 from budgetspan.config import capture_content
 from budgetspan.events import internal_error
+from budgetspan.instrumentation.observers import Observer, content_json
 from budgetspan.instrumentation.openai import provider_from_url
+from budgetspan.instrumentation.patch_table import Patch
 from budgetspan.instrumentation.patching import (
     ResultObserver,
     SDKInstrumentor,
@@ -31,14 +33,8 @@ from budgetspan.instrumentation.patching import (
     retry_patches,
     wrapper_for,
 )
-from budgetspan.instrumentation.streams import (
-    AsyncStreamProxy,
-    Observer,
-    Patch,
-    SyncStreamProxy,
-    content_json,
-    in_model_call,
-)
+from budgetspan.instrumentation.sdk_call import in_model_call
+from budgetspan.instrumentation.streams import AsyncStreamProxy, SyncStreamProxy
 from budgetspan.instrumentation.usage import AnthropicStreamUsage, anthropic_usage, field
 
 

@@ -2,7 +2,7 @@
 Completions API (still what many self-hosted servers are called through); sync and async.
 
 Every patched method becomes one budgeted ``Call`` (reserved before the request). Streams come
-back behind a proxy that ends the call once (see ``_streams``). ``with_raw_response`` and
+back behind a proxy that ends the call once (see ``streams``). ``with_raw_response`` and
 ``with_streaming_response`` go through the same patched method, so they are counted once; their
 usage is read from the body when the body is JSON. OpenAI-compatible servers are told apart by
 ``base_url`` and reported as their own ``gen_ai.provider.name``.
@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 from budgetspan import attributes as A
 from budgetspan.calls.call import Call
 from budgetspan.config import capture_content
+from budgetspan.instrumentation.observers import Observer, content_json
+from budgetspan.instrumentation.patch_table import Patch
 from budgetspan.instrumentation.patching import (
     ResultObserver,
     SDKInstrumentor,
@@ -26,7 +28,6 @@ from budgetspan.instrumentation.patching import (
     retry_patches,
     wrapper_for,
 )
-from budgetspan.instrumentation.streams import Observer, Patch, content_json
 from budgetspan.instrumentation.usage import field, openai_embeddings_usage, openai_usage, pick
 
 # --- provider detection -----------------------------------------------------------------------

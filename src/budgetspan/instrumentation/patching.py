@@ -1,4 +1,4 @@
-"""What the OpenAI and Anthropic instrumentations share above the stream machinery of ``_streams``.
+"""What the OpenAI and Anthropic instrumentations share above the stream machinery of ``streams``.
 
 The two SDKs are built alike (Stainless): the same ``omit`` / ``NOT_GIVEN`` sentinels, the same
 request fields, the same wrapped-method shape and the same lazy import. One piece of code serves
@@ -17,18 +17,15 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 from budgetspan import attributes as A
 from budgetspan.calls.call import Call
 from budgetspan.events import internal_error
-from budgetspan.instrumentation.streams import (
-    Observer,
+from budgetspan.instrumentation.observers import Observer, content_json
+from budgetspan.instrumentation.patch_table import (
     Patch,
-    ainvoke,
     apply_patches,
-    content_json,
-    in_model_call,
-    invoke,
     remove_patches,
-    retry_patch,
+    suppressed,
     use_provider,
 )
+from budgetspan.instrumentation.sdk_call import ainvoke, in_model_call, invoke, retry_patch
 from budgetspan.instrumentation.usage import field
 
 #: (gen_ai.provider.name, server.address, server.port)
@@ -146,7 +143,7 @@ def wrapper_for(build: Builder, where: str) -> Callable[[bool], Callable[..., An
         if asynchronous:
 
             async def awrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-                if in_model_call():
+                if in_model_call() or suppressed():
                     return await wrapped(*args, **kwargs)
                 try:
                     call, observer = build(instance, kwargs)
@@ -158,7 +155,7 @@ def wrapper_for(build: Builder, where: str) -> Callable[[bool], Callable[..., An
             return awrapper
 
         def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-            if in_model_call():
+            if in_model_call() or suppressed():
                 return wrapped(*args, **kwargs)
             try:
                 call, observer = build(instance, kwargs)

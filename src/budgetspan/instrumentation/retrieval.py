@@ -32,6 +32,7 @@ from budgetspan.accounting.budget import ToolLimits
 from budgetspan.calls.call import Call
 from budgetspan.calls.tools import arun_tool, run_tool, tool_call
 from budgetspan.events import internal_error
+from budgetspan.instrumentation.patch_table import suppressed
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,8 @@ def traced_retrieval(
     count: Counter,
 ) -> Any:
     """Run a synchronous retrieval inside a ``retrieval`` span (or fold it into the enclosing one)."""
+    if suppressed():
+        return wrapped(*args, **kwargs)
     outer = _retrieval.get()
     if outer is not None:
         _fold(outer, system)
@@ -143,6 +146,8 @@ async def atraced_retrieval(
     count: Counter,
 ) -> Any:
     """The async twin of :func:`traced_retrieval`; bounded by the run's remaining wall-clock time."""
+    if suppressed():
+        return await wrapped(*args, **kwargs)
     outer = _retrieval.get()
     if outer is not None:
         _fold(outer, system)
@@ -256,6 +261,8 @@ def traced_tool(
 
     ``is_error`` tells an error *result* (the tool answered, but with a failure) from a success.
     """
+    if suppressed():
+        return wrapped(*args, **kwargs)
     if _same_tool(name, server) is not None:
         return wrapped(*args, **kwargs)
     call, limits = _start_tool(
@@ -284,6 +291,8 @@ async def atraced_tool(
     is_error: Callable[[Any], bool] | None = None,
 ) -> Any:
     """Run an async tool as one budgeted call; past its timeout it is cancelled (status timeout)."""
+    if suppressed():
+        return await wrapped(*args, **kwargs)
     if _same_tool(name, server) is not None:
         return await wrapped(*args, **kwargs)
     call, limits = _start_tool(

@@ -125,7 +125,7 @@ class BudgetSpanProcessor(SpanProcessor):
             or attrs.get(A.PHASE)
             or DEFAULT_PHASE_BY_OPERATION.get(op, "model_decision")
         )
-        span.set_attributes({A.PHASE: phase, A.RUN_ID: run.id})
+        span.set_attributes({A.PHASE: phase, A.RUN_ID: str(run.id)})
         tool = _text(attrs.get(A.GEN_AI_TOOL_NAME)) if kind is CallKind.TOOL else None
         enforce = self.enforce_foreign and run.mode is Mode.ENFORCE
         try:

@@ -15,17 +15,9 @@ import sys
 from collections.abc import Sequence
 from typing import IO, Any
 
-from budgetspan.report.analysis import (
-    PLAN_ITEMS,
-    Analysis,
-    Contributor,
-    PlanError,
-    RunStat,
-    WorkflowStat,
-    analyze,
-    load_plan,
-)
+from budgetspan.report.analysis import Analysis, Contributor, RunStat, WorkflowStat, analyze
 from budgetspan.report.load import LoadError, load_files
+from budgetspan.report.plan import PLAN_ITEMS, PlanError, load_plan
 
 FORMATS = ("table", "markdown", "json")
 MAX_ERRORS_SHOWN = 20  # bad lines named one by one; the rest are counted
@@ -156,6 +148,11 @@ def _workflow(out: _Out, wf: WorkflowStat, runs: Sequence[RunStat] = ()) -> None
     if wf.top_by_cost:
         out.heading("Largest contributors by cost", 3)
         out.table(_contributors_table(wf.top_by_cost))
+    _budgets(out, wf, runs)
+    _sequential(out, wf)
+
+
+def _budgets(out: _Out, wf: WorkflowStat, runs: Sequence[RunStat]) -> None:
     out.heading("Budgets and retries", 3)
     if wf.exhaustions:
         out.text(
@@ -189,6 +186,9 @@ def _workflow(out: _Out, wf: WorkflowStat, runs: Sequence[RunStat] = ()) -> None
         out.text("Retries: none.")
     if wf.unpriced_calls:
         out.text(f"Unpriced model calls: {wf.unpriced_calls} (their cost is unknown, not counted as $0).")
+
+
+def _sequential(out: _Out, wf: WorkflowStat) -> None:
     out.heading("Independent reads that ran one after another", 3)
     if not wf.sequential_reads:
         out.text("None: read-only calls under the same parent overlapped in time.")

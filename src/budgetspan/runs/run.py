@@ -92,12 +92,15 @@ class Run:
     def _start(self, with_span: bool) -> None:
         self._ledger.open(self.id, self.budget, self.mode, self.started_at)
         if with_span:
-            self.span = context.get_tracer().start_span(
-                A.SPAN_RUN.format(workflow=self.workflow),
-                kind=SpanKind.INTERNAL,
-                attributes=self._start_attributes(),
-            )
-            self.trace_id = self.span.get_span_context().trace_id or None
+            try:
+                self.span = context.get_tracer().start_span(
+                    A.SPAN_RUN.format(workflow=self.workflow),
+                    kind=SpanKind.INTERNAL,
+                    attributes=self._start_attributes(),
+                )
+                self.trace_id = self.span.get_span_context().trace_id or None
+            except Exception:
+                events.internal_error("Run span")  # the run is still accounted, without a span
         registry.add(self, self.trace_id)
         events.emit("on_run_start", self)
 

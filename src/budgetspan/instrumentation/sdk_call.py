@@ -1,0 +1,109 @@
+"""One SDK method run as a budgeted ``Call``: reserve before the request, count the SDK's retries.
+
+The ledger reservation and the span open *before* the request (a refused call sends nothing), the
+SDK's own retries are counted through ``CURRENT_CALL``, and the result is handed to an ``Observer``
+that knows the provider's shapes. Inside ``suppress_instrumentation()`` the method runs untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from typing import Any
+
+from budgetspan.calls.call import Call
+from budgetspan.events import internal_error
+from budgetspan.instrumentation.observers import Observer
+from budgetspan.instrumentation.raw_response import watch_raw
+from budgetspan.instrumentation.streams import (
+    AsyncStreamProxy,
+    SyncStreamProxy,
+    finish_now,
+    is_raw,
+    is_stream,
+)
+
+#: The model call whose SDK request is running in this context (for the retry hook).
+CURRENT_CALL: ContextVar[Call | None] = ContextVar("budgetspan_current_model_call", default=None)
+
+
+# --- one call -----------------------------------------------------------------------------------
+
+
+def take_result(call: Call, observer: Observer, result: Any, asynchronous: bool) -> Any:
+    """Hand the SDK's result back, wrapped where the call is not over yet."""
+    try:
+        if is_stream(result):
+            proxy = AsyncStreamProxy if asynchronous else SyncStreamProxy
+            return proxy(result, call, observer)
+        if is_raw(result):
+            watch_raw(call, observer, result, asynchronous)
+            return result
+        call.defer_commit = True  # the call ends right below: one ledger commit for all of it
+        observer.on_response(result)
+    except Exception:
+        internal_error("take_result")
+    finish_now(call, observer)
+    return result
+
+
+def invoke(call: Call, observer: Observer, wrapped: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    """Run a synchronous SDK method as ``call`` (BudgetExhausted before any request)."""
+    call.start()
+    token = CURRENT_CALL.set(call)
+    try:
+        with call.activate():
+            result = wrapped(*args, **kwargs)
+    except BaseException as e:
+        call.end(e)
+        raise
+    finally:
+        CURRENT_CALL.reset(token)
+    return take_result(call, observer, result, asynchronous=False)
+
+
+async def ainvoke(
+    call: Call, observer: Observer, wrapped: Callable[..., Awaitable[Any]], args: Any, kwargs: Any
+) -> Any:
+    """Run an async SDK method as ``call``, bounded by the run's wall clock."""
+    call.start()
+    token = CURRENT_CALL.set(call)
+    try:
+        with call.activate():
+            async with call.deadline():
+                result = await wrapped(*args, **kwargs)
+    except BaseException as e:
+        call.end(e)
+        raise
+    finally:
+        CURRENT_CALL.reset(token)
+    return take_result(call, observer, result, asynchronous=True)
+
+
+def in_model_call() -> bool:
+    """True inside an instrumented SDK request (a nested wrapper must not count it twice)."""
+    return CURRENT_CALL.get() is not None
+
+
+# --- retries ------------------------------------------------------------------------------------
+
+
+def _count_retry() -> None:
+    call = CURRENT_CALL.get()
+    if call is not None:
+        call.retry()  # BudgetExhausted (max_retries) propagates: the retry is not sent
+
+
+def retry_hook(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+    """Wraps the SDK client's ``_sleep_for_retry``: one call per extra attempt."""
+    _count_retry()
+    return wrapped(*args, **kwargs)
+
+
+async def aretry_hook(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+    _count_retry()
+    return await wrapped(*args, **kwargs)
+
+
+def retry_patch(asynchronous: bool) -> Callable[..., Any]:
+    return aretry_hook if asynchronous else retry_hook

@@ -1,0 +1,156 @@
+"""The process's metrics and their Prometheus endpoint: created once, served once, closed with
+the tracer provider.
+
+Exposition: ``BUDGETSPAN_METRICS_PORT`` on 127.0.0.1 (``BUDGETSPAN_METRICS_ADDR`` to change).
+A port already in use is logged as an error and the program goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.exposition import start_http_server
+
+from budgetspan import attributes as A
+from budgetspan import events
+from budgetspan.processors.metrics import BudgetspanMetrics, multiprocess_mode
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
+
+log = logging.getLogger(__name__)
+
+# --- process-wide installation ---------------------------------------------------------------
+
+_lock = threading.Lock()
+_metrics: BudgetspanMetrics | None = None
+_server: Any = None  # the WSGI server serving /metrics, if any
+
+
+def get_metrics() -> BudgetspanMetrics:
+    """The process's metrics on the default registry, created and subscribed on first use."""
+    global _metrics
+    with _lock:
+        if _metrics is None:
+            _metrics = BudgetspanMetrics(REGISTRY)
+        events.add_listener(_metrics)  # again if it was removed (add_listener ignores repeats)
+        return _metrics
+
+
+def exposition_registry() -> CollectorRegistry:
+    """What /metrics serves: the default registry, or the workers' sum in multiprocess mode."""
+    if not multiprocess_mode():
+        return REGISTRY
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
+
+
+def port_from_env() -> int | None:
+    """``BUDGETSPAN_METRICS_PORT`` as a port number; unset or empty: None (no endpoint)."""
+    raw = os.environ.get(A.ENV_METRICS_PORT, "").strip()
+    if not raw:
+        return None
+    try:
+        port = int(raw)
+        if not 0 <= port <= 65535:
+            raise ValueError
+    except ValueError:
+        log.error(
+            "budgetspan: %s=%r is not a port number (0-65535); the metrics endpoint is off",
+            A.ENV_METRICS_PORT,
+            raw,
+        )
+        return None
+    return port
+
+
+def serve(port: int, addr: str | None = None) -> tuple[str, int] | None:
+    """Serve /metrics on ``addr:port`` (once per process). Returns the bound address, or None.
+
+    Port 0 picks a free port. A port in use (say, a second worker of a pre-forking server) is
+    logged as an error and the program goes on without its own endpoint.
+    """
+    global _server
+    host = addr or os.environ.get(A.ENV_METRICS_ADDR, "").strip() or "127.0.0.1"
+    with _lock:
+        if _server is not None:
+            return server_address()
+        try:
+            server, _thread = start_http_server(port, host, exposition_registry())
+        except OSError as e:
+            hint = (
+                " In multiprocess mode another worker may be serving every worker's metrics."
+                if multiprocess_mode()
+                else ""
+            )
+            log.error(
+                "budgetspan: cannot serve Prometheus metrics on %s:%d (%s: %s); set %s to a free "
+                "port. The program goes on without a metrics endpoint.%s",
+                host,
+                port,
+                type(e).__name__,
+                e.strerror or e,
+                A.ENV_METRICS_PORT,
+                hint,
+            )
+            return None
+        _server = server
+    bound = server_address()
+    log.info("budgetspan: Prometheus metrics on http://%s:%d/metrics", *(bound or (host, port)))
+    return bound
+
+
+def server_address() -> tuple[str, int] | None:
+    server = _server
+    if server is None:
+        return None
+    host, port = server.server_address[:2]
+    return str(host), int(port)
+
+
+def stop_server() -> None:
+    global _server
+    with _lock:
+        server, _server = _server, None
+    if server is not None:
+        server.shutdown()
+        server.server_close()
+
+
+class MetricsSpanProcessor(SpanProcessor):
+    """No-op for spans (metrics come from events); closes the endpoint when the provider shuts down."""
+
+    def __init__(self, metrics: BudgetspanMetrics, address: tuple[str, int] | None) -> None:
+        self.metrics = metrics
+        self.address = address
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        pass
+
+    def on_end(self, span: ReadableSpan) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        if self.address is not None and self.address == server_address():
+            stop_server()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+def install(port: int | None = None, addr: str | None = None) -> MetricsSpanProcessor:
+    """Subscribe the metrics to budgetspan's events and, with a port (argument or
+    ``BUDGETSPAN_METRICS_PORT``), serve them. Called by ``budgetspan.setup.install_processors``."""
+    metrics = get_metrics()
+    if port is None:
+        port = port_from_env()
+    address = serve(port, addr) if port is not None else None
+    return MetricsSpanProcessor(metrics, address)
