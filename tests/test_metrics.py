@@ -409,8 +409,6 @@ def test_bad_port_env_is_a_clear_error(
 ZERO_CODE_AGENT = """
 import urllib.request
 import budgetspan
-from budgetspan.processors import metrics
-from budgetspan.processors import metrics_endpoint as endpoint
 from budgetspan.processors import metrics_endpoint as endpoint
 
 @budgetspan.tool
