@@ -342,7 +342,7 @@ def test_exposition_follows_prometheus_conventions(reader: Reader) -> None:
 def test_install_serves_and_port_in_use_is_logged(
     tracing: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(M, "_server", None)
+    monkeypatch.setattr(endpoint, "_server", None)
     proc = endpoint.install(0)
     try:
         assert isinstance(proc, endpoint.MetricsSpanProcessor) and proc.address is not None
@@ -356,20 +356,20 @@ def test_install_serves_and_port_in_use_is_logged(
         busy = socket.socket()
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
-        monkeypatch.setattr(M, "_server", None)
+        monkeypatch.setattr(endpoint, "_server", None)
         with caplog.at_level(logging.ERROR, logger=M.__name__):
             assert endpoint.serve(busy.getsockname()[1]) is None
         busy.close()
         assert "cannot serve Prometheus metrics" in caplog.text
         assert A.ENV_METRICS_PORT in caplog.text
     finally:
-        monkeypatch.setattr(M, "_server", None)
+        monkeypatch.setattr(endpoint, "_server", None)
         proc.shutdown()
         events.remove_listener(endpoint.get_metrics())
 
 
 def test_metrics_addr_env_chooses_the_interface(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(M, "_server", None)
+    monkeypatch.setattr(endpoint, "_server", None)
     monkeypatch.setenv(A.ENV_METRICS_ADDR, "127.0.0.2")  # another loopback address
     try:
         address = endpoint.serve(0)
@@ -381,7 +381,7 @@ def test_metrics_addr_env_chooses_the_interface(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_processor_shutdown_stops_the_endpoint(tracing: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(M, "_server", None)
+    monkeypatch.setattr(endpoint, "_server", None)
     proc = endpoint.install(0)
     try:
         assert proc.address is not None

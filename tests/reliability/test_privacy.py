@@ -243,7 +243,7 @@ def _reachable(host: str, port: int) -> bool:
 
 def test_metrics_endpoint_binds_to_loopback_by_default(lean: Lean, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("BUDGETSPAN_METRICS_ADDR", raising=False)
-    monkeypatch.setattr(M, "_server", None)
+    monkeypatch.setattr(endpoint, "_server", None)
     bound = endpoint.serve(0)
     try:
         assert bound is not None and bound[0] == "127.0.0.1"
@@ -266,7 +266,7 @@ def test_metrics_endpoint_binds_wider_only_when_configured(
     if other is None:
         pytest.skip("no non-loopback interface here")
     monkeypatch.setenv("BUDGETSPAN_METRICS_ADDR", "0.0.0.0")
-    monkeypatch.setattr(M, "_server", None)
+    monkeypatch.setattr(endpoint, "_server", None)
     bound = endpoint.serve(0)
     try:
         assert bound is not None
