@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -58,6 +59,21 @@ def _content_switch_read_afresh() -> Iterator[None]:
     bs_config.refresh_capture_content()
     yield
     bs_config.refresh_capture_content()
+
+
+@pytest.fixture
+def instrumented(tracing: Any) -> Iterator[Any]:
+    """The ``tracing`` fixture with budgetspan's OpenAI and Anthropic instrumentors on."""
+    from budgetspan.instrumentation.anthropic import AnthropicInstrumentor
+    from budgetspan.instrumentation.openai import OpenAIInstrumentor
+
+    OpenAIInstrumentor().instrument()
+    AnthropicInstrumentor().instrument()
+    try:
+        yield tracing
+    finally:
+        OpenAIInstrumentor().uninstrument()
+        AnthropicInstrumentor().uninstrument()
 
 
 __all__ = ["FIXTURES", "REPO", "Tracing", "bs_context", "bs_implicit", "budgetspan"]

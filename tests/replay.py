@@ -238,22 +238,6 @@ def anthropic_events(
 
 # --- fixtures ---------------------------------------------------------------------------------
 
-import pytest  # noqa: E402
-
-
-@pytest.fixture
-def instrumented(tracing: Any) -> Iterator[Any]:
-    """The ``tracing`` fixture with budgetspan's OpenAI and Anthropic instrumentors on."""
-    from budgetspan.instrumentation.anthropic import AnthropicInstrumentor
-    from budgetspan.instrumentation.openai import OpenAIInstrumentor
-
-    OpenAIInstrumentor().instrument()
-    AnthropicInstrumentor().instrument()
-    try:
-        yield tracing
-    finally:
-        OpenAIInstrumentor().uninstrument()
-        AnthropicInstrumentor().uninstrument()
 
 
 def expected_cost(provider: str, model: str, inp: int, out: int, cr: int = 0, cw: int = 0) -> float | None:

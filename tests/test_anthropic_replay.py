@@ -11,7 +11,7 @@ import pytest
 
 import budgetspan
 from budgetspan import attributes as A
-from tests.replay import all_cassettes, expected_cost, instrumented, replay, requests_of  # noqa: F401
+from tests.replay import all_cassettes, expected_cost, replay, requests_of
 
 STREAMING = "anthropic/test_messages__test_anthropic_message_streaming_legacy.yaml"
 
@@ -47,7 +47,7 @@ def _check(span: Any, want: tuple[int, int, int | None, int | None]) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_replay_create(instrumented: Any, name: str) -> None:  # noqa: F811
+def test_replay_create(instrumented: Any, name: str) -> None:
     client = anthropic.Anthropic(api_key="test", max_retries=0)
     with replay(name) as cas:
         for body in requests_of(name):
@@ -62,7 +62,7 @@ def test_replay_create(instrumented: Any, name: str) -> None:  # noqa: F811
         _check(span, want)
 
 
-def test_stream_helper_says_171_not_174(instrumented: Any) -> None:  # noqa: F811
+def test_stream_helper_says_171_not_174(instrumented: Any) -> None:
     client = anthropic.Anthropic(api_key="test", max_retries=0)
     body = {k: v for k, v in requests_of(STREAMING)[0].items() if k != "stream"}
     with replay(STREAMING), budgetspan.run("joke") as run, client.messages.stream(**body) as stream:
@@ -78,7 +78,7 @@ def test_stream_helper_says_171_not_174(instrumented: Any) -> None:  # noqa: F81
     assert A.GEN_AI_OUTPUT_MESSAGES not in span.attributes  # content is off by default
 
 
-async def test_async_stream_helper_and_create(instrumented: Any) -> None:  # noqa: F811
+async def test_async_stream_helper_and_create(instrumented: Any) -> None:
     client = anthropic.AsyncAnthropic(api_key="test", max_retries=0)
     body = {k: v for k, v in requests_of(STREAMING)[0].items() if k != "stream"}
     with replay(STREAMING):
@@ -95,7 +95,7 @@ async def test_async_stream_helper_and_create(instrumented: Any) -> None:  # noq
         _check(span, want)
 
 
-def test_async_raw_event_stream(instrumented: Any) -> None:  # noqa: F811
+def test_async_raw_event_stream(instrumented: Any) -> None:
     import asyncio
 
     async def main() -> list[str]:

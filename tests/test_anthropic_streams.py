@@ -15,14 +15,13 @@ from opentelemetry.trace import StatusCode
 
 import budgetspan
 from budgetspan import attributes as A
-from tests.replay import (  # noqa: F401
+from tests.replay import (
     Recorder,
     anthropic_events,
     anthropic_message,
     anthropic_sse,
     broken_sse,
     hanging_sse,
-    instrumented,
     json_response,
     sse_response,
 )
@@ -49,7 +48,7 @@ def only_span(tracing: Any) -> Any:
     return spans[0]
 
 
-def test_stream_usage_is_cumulative_and_cache_aware(instrumented: Any) -> None:  # noqa: F811
+def test_stream_usage_is_cumulative_and_cache_aware(instrumented: Any) -> None:
     events = anthropic_events(
         start_usage={
             "input_tokens": 5,
@@ -73,7 +72,7 @@ def test_stream_usage_is_cumulative_and_cache_aware(instrumented: Any) -> None: 
     assert run.partial["last_model_answer"] == "Hi there"
 
 
-def test_stream_closed_early_keeps_what_was_reported(instrumented: Any) -> None:  # noqa: F811
+def test_stream_closed_early_keeps_what_was_reported(instrumented: Any) -> None:
     rec = Recorder(sse_response(anthropic_sse(anthropic_events())))
     with client(rec).messages.stream(**ARGS) as stream:
         for event in stream:
@@ -85,7 +84,7 @@ def test_stream_closed_early_keeps_what_was_reported(instrumented: Any) -> None:
     assert span.attributes[A.GEN_AI_USAGE_OUTPUT_TOKENS] == 1  # provisional: all we were told
 
 
-def test_raw_stream_abandoned_is_ended_by_gc(instrumented: Any) -> None:  # noqa: F811
+def test_raw_stream_abandoned_is_ended_by_gc(instrumented: Any) -> None:
     rec = Recorder(sse_response(anthropic_sse(anthropic_events())))
 
     def leak() -> None:
@@ -97,7 +96,7 @@ def test_raw_stream_abandoned_is_ended_by_gc(instrumented: Any) -> None:  # noqa
     assert only_span(instrumented).attributes[A.STREAM_END] == "abandoned"
 
 
-def test_stream_failing_mid_way_is_error(instrumented: Any) -> None:  # noqa: F811
+def test_stream_failing_mid_way_is_error(instrumented: Any) -> None:
     head = anthropic_sse(anthropic_events()[:3])
     rec = Recorder(broken_sse(head))
     # anthropic's stream lets the transport error through as is; so must we
@@ -112,7 +111,7 @@ def test_stream_failing_mid_way_is_error(instrumented: Any) -> None:  # noqa: F8
     assert span.attributes[A.STREAM_END] == "error"
 
 
-async def test_async_stream_cancelled_mid_way(instrumented: Any) -> None:  # noqa: F811
+async def test_async_stream_cancelled_mid_way(instrumented: Any) -> None:
     rec = Recorder(hanging_sse(anthropic_sse(anthropic_events()[:3])))
     seen = asyncio.Event()
 
@@ -129,7 +128,7 @@ async def test_async_stream_cancelled_mid_way(instrumented: Any) -> None:  # noq
     assert only_span(instrumented).attributes[A.STREAM_END] == "cancelled"
 
 
-async def test_async_create_stream_consumed(instrumented: Any) -> None:  # noqa: F811
+async def test_async_create_stream_consumed(instrumented: Any) -> None:
     rec = Recorder(sse_response(anthropic_sse(anthropic_events())))
     stream = await aclient(rec).messages.create(stream=True, **ARGS)
     kinds = [e.type async for e in stream]
@@ -139,7 +138,7 @@ async def test_async_create_stream_consumed(instrumented: Any) -> None:  # noqa:
     assert span.attributes[A.GEN_AI_USAGE_OUTPUT_TOKENS] == 7
 
 
-def test_refused_call_and_refused_stream_send_nothing(instrumented: Any) -> None:  # noqa: F811
+def test_refused_call_and_refused_stream_send_nothing(instrumented: Any) -> None:
     rec = Recorder(json_response(anthropic_message()))
     c = client(rec)
     with budgetspan.run("r", max_model_calls=0):
@@ -151,7 +150,7 @@ def test_refused_call_and_refused_stream_send_nothing(instrumented: Any) -> None
     assert instrumented.spans("chat") == []
 
 
-def test_worst_case_from_max_tokens(instrumented: Any) -> None:  # noqa: F811
+def test_worst_case_from_max_tokens(instrumented: Any) -> None:
     rec = Recorder(json_response(anthropic_message()))
     big = {**ARGS, "max_tokens": 200_000, "model": "claude-3-opus-20240229"}
     with budgetspan.run("r", max_cost_usd=0.5), pytest.raises(budgetspan.BudgetExhausted) as info:
@@ -160,7 +159,7 @@ def test_worst_case_from_max_tokens(instrumented: Any) -> None:  # noqa: F811
     assert rec.requests == []
 
 
-def test_retries_counted(instrumented: Any) -> None:  # noqa: F811
+def test_retries_counted(instrumented: Any) -> None:
     err = {"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}
     rec = Recorder(
         json_response(err, status=529, headers={"retry-after-ms": "1"}),
@@ -173,7 +172,7 @@ def test_retries_counted(instrumented: Any) -> None:  # noqa: F811
     assert run.usage.retries == 1
 
 
-def test_sdk_error_propagates_unchanged(instrumented: Any) -> None:  # noqa: F811
+def test_sdk_error_propagates_unchanged(instrumented: Any) -> None:
     err = {"type": "error", "error": {"type": "invalid_request_error", "message": "nope"}}
     rec = Recorder(json_response(err, status=400))
     with pytest.raises(anthropic.BadRequestError, match="nope"):
@@ -187,7 +186,7 @@ def test_sdk_error_propagates_unchanged(instrumented: Any) -> None:  # noqa: F81
     "usage",
     [{"input_tokens": "12", "output_tokens": "x"}, {"input_tokens": -1}, {}],
 )
-def test_malformed_usage_is_unreported(instrumented: Any, usage: Any) -> None:  # noqa: F811
+def test_malformed_usage_is_unreported(instrumented: Any, usage: Any) -> None:
     rec = Recorder(json_response(anthropic_message(usage=usage)))
     msg = client(rec).messages.create(**ARGS)
     assert msg.content[0].text == "hi"
@@ -196,7 +195,7 @@ def test_malformed_usage_is_unreported(instrumented: Any, usage: Any) -> None:  
     assert A.GEN_AI_USAGE_COST not in span.attributes
 
 
-def test_with_raw_response_counts_once(instrumented: Any) -> None:  # noqa: F811
+def test_with_raw_response_counts_once(instrumented: Any) -> None:
     rec = Recorder(json_response(anthropic_message()))
     raw = client(rec).messages.with_raw_response.create(**ARGS)
     assert raw.parse().content[0].text == "hi"
@@ -204,7 +203,7 @@ def test_with_raw_response_counts_once(instrumented: Any) -> None:  # noqa: F811
     assert span.attributes[A.GEN_AI_USAGE_INPUT_TOKENS] == 10
 
 
-def test_beta_messages_are_instrumented_too(instrumented: Any) -> None:  # noqa: F811
+def test_beta_messages_are_instrumented_too(instrumented: Any) -> None:
     rec = Recorder(
         json_response(
             anthropic_message(usage={"input_tokens": 3, "output_tokens": 4, "cache_read_input_tokens": 50})

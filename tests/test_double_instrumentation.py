@@ -14,7 +14,7 @@ import openai
 import pytest
 
 import budgetspan
-from tests.replay import Recorder, chat_completion, instrumented, json_response  # noqa: F401
+from tests.replay import Recorder, chat_completion, json_response
 
 USAGE = {"prompt_tokens": 15, "completion_tokens": 19, "total_tokens": 34}
 ARGS: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -29,7 +29,7 @@ def _client(rec: Recorder) -> openai.OpenAI:
     return openai.OpenAI(api_key="k", http_client=rec.sync(), max_retries=0)
 
 
-def test_a_peer_span_around_our_call_is_the_same_call(instrumented: Any) -> None:  # noqa: F811
+def test_a_peer_span_around_our_call_is_the_same_call(instrumented: Any) -> None:
     peer = instrumented.provider.get_tracer("peer.openai")
     rec = Recorder(json_response(chat_completion(usage=USAGE)))
     with budgetspan.run("twice", max_model_calls=2) as run:
@@ -41,7 +41,7 @@ def test_a_peer_span_around_our_call_is_the_same_call(instrumented: Any) -> None
     assert len(rec.requests) == 2
 
 
-def test_a_peer_span_inside_our_call_is_the_same_call(instrumented: Any) -> None:  # noqa: F811
+def test_a_peer_span_inside_our_call_is_the_same_call(instrumented: Any) -> None:
     peer = instrumented.provider.get_tracer("peer.openai")
 
     def answer(request: Any) -> Any:  # the peer's span, made while the request runs inside our call
@@ -57,7 +57,7 @@ def test_a_peer_span_inside_our_call_is_the_same_call(instrumented: Any) -> None
     assert (u.model_calls, u.input_tokens, u.output_tokens) == (1, 15, 19)
 
 
-def test_separate_peer_calls_still_count(instrumented: Any) -> None:  # noqa: F811
+def test_separate_peer_calls_still_count(instrumented: Any) -> None:
     """Positive control: a peer span that is not around or inside one of ours is its own call,
     and a peer span of another kind (a tool) inside our model call is counted as a tool call."""
     peer = instrumented.provider.get_tracer("peer.openai")
@@ -82,7 +82,7 @@ def test_separate_peer_calls_still_count(instrumented: Any) -> None:  # noqa: F8
     assert (u.model_calls, u.tool_calls) == (1, 1)
 
 
-def test_the_limit_is_not_hit_early_when_two_instrumentations_see_each_call(instrumented: Any) -> None:  # noqa: F811
+def test_the_limit_is_not_hit_early_when_two_instrumentations_see_each_call(instrumented: Any) -> None:
     peer = instrumented.provider.get_tracer("peer.openai")
     rec = Recorder(json_response(chat_completion(usage=USAGE)))
     done = 0

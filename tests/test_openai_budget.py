@@ -18,11 +18,10 @@ import budgetspan
 from budgetspan import attributes as A
 from budgetspan import config as bs_config
 from budgetspan.instrumentation.openai import provider_from_url
-from tests.replay import (  # noqa: F401
+from tests.replay import (
     Recorder,
     chat_chunks,
     chat_completion,
-    instrumented,
     json_response,
     openai_sse,
     sse_response,
@@ -37,7 +36,7 @@ def client(rec: Recorder, **kw: Any) -> openai.OpenAI:
     return openai.OpenAI(api_key="test", http_client=rec.sync(), **kw)
 
 
-def test_refused_call_sends_no_request(instrumented: Any) -> None:  # noqa: F811
+def test_refused_call_sends_no_request(instrumented: Any) -> None:
     rec = Recorder(json_response(chat_completion(text="first answer", usage=USAGE)))
     c = client(rec)
     with budgetspan.run("r", max_model_calls=1), pytest.raises(budgetspan.BudgetExhausted) as info:
@@ -49,7 +48,7 @@ def test_refused_call_sends_no_request(instrumented: Any) -> None:  # noqa: F811
     assert len(instrumented.spans("chat")) == 1  # the refused call made no span
 
 
-def test_refused_stream_and_async_send_nothing(instrumented: Any) -> None:  # noqa: F811
+def test_refused_stream_and_async_send_nothing(instrumented: Any) -> None:
     rec = Recorder(sse_response(openai_sse(chat_chunks(usage=USAGE))))
     with budgetspan.run("r", max_model_calls=0), pytest.raises(budgetspan.BudgetExhausted):
         client(rec).chat.completions.create(stream=True, **ARGS)
@@ -64,7 +63,7 @@ def test_refused_stream_and_async_send_nothing(instrumented: Any) -> None:  # no
     assert rec.requests == []
 
 
-def test_worst_case_cost_refuses_before_sending(instrumented: Any) -> None:  # noqa: F811
+def test_worst_case_cost_refuses_before_sending(instrumented: Any) -> None:
     rec = Recorder(json_response(chat_completion(usage=USAGE)))
     with budgetspan.run("r", max_cost_usd=0.001), pytest.raises(budgetspan.BudgetExhausted) as info:
         # 100k output tokens of gpt-4o-mini could cost $0.06: over the whole budget.
@@ -79,7 +78,7 @@ def _flaky(*statuses: int) -> list[Any]:
     return [*fails, json_response(chat_completion(usage=USAGE))]
 
 
-def test_sdk_retries_are_counted_as_attempts(instrumented: Any) -> None:  # noqa: F811
+def test_sdk_retries_are_counted_as_attempts(instrumented: Any) -> None:
     rec = Recorder(*_flaky(429, 500))
     with budgetspan.run("r") as run:
         client(rec, max_retries=3).chat.completions.create(**ARGS)
@@ -91,7 +90,7 @@ def test_sdk_retries_are_counted_as_attempts(instrumented: Any) -> None:  # noqa
     assert run.usage.retries == 2 and run.usage.model_calls == 1
 
 
-def test_max_retries_stops_the_sdk_retry_loop(instrumented: Any) -> None:  # noqa: F811
+def test_max_retries_stops_the_sdk_retry_loop(instrumented: Any) -> None:
     rec = Recorder(*_flaky(429, 429, 429))
     with budgetspan.run("r", max_retries=1), pytest.raises(budgetspan.BudgetExhausted) as info:
         client(rec, max_retries=5).chat.completions.create(**ARGS)
@@ -100,14 +99,14 @@ def test_max_retries_stops_the_sdk_retry_loop(instrumented: Any) -> None:  # noq
     assert instrumented.spans("chat")[0].attributes[A.RETRIES] == 2  # the refused one is counted
 
 
-async def test_async_retries_counted(instrumented: Any) -> None:  # noqa: F811
+async def test_async_retries_counted(instrumented: Any) -> None:
     rec = Recorder(*_flaky(503))
     c = openai.AsyncOpenAI(api_key="t", http_client=rec.asynchronous(), max_retries=2)
     await c.chat.completions.create(**ARGS)
     assert instrumented.spans("chat")[0].attributes[A.ATTEMPTS] == 2
 
 
-def test_unknown_model_is_unpriced_not_free(instrumented: Any) -> None:  # noqa: F811
+def test_unknown_model_is_unpriced_not_free(instrumented: Any) -> None:
     rec = Recorder(json_response(chat_completion(model="acme-llm-7", usage=USAGE)))
     with budgetspan.run("r") as run:
         client(rec).chat.completions.create(model="acme-llm-7", messages=ARGS["messages"])
@@ -129,7 +128,7 @@ def test_unknown_model_is_unpriced_not_free(instrumented: Any) -> None:  # noqa:
         {"prompt_tokens": [], "completion_tokens": {}},
     ],
 )
-def test_missing_or_malformed_usage_is_unreported(instrumented: Any, usage: Any) -> None:  # noqa: F811
+def test_missing_or_malformed_usage_is_unreported(instrumented: Any, usage: Any) -> None:
     rec = Recorder(json_response(chat_completion(usage=usage)))
     with budgetspan.run("r") as run:
         result = client(rec).chat.completions.create(**ARGS)
@@ -141,7 +140,7 @@ def test_missing_or_malformed_usage_is_unreported(instrumented: Any, usage: Any)
     assert run.usage.unreported_usage_calls == 1 and run.usage.model_calls == 1
 
 
-def test_content_only_when_asked(instrumented: Any, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+def test_content_only_when_asked(instrumented: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     rec = Recorder(json_response(chat_completion(text="secret answer", usage=USAGE)))
     c = client(rec)
     c.chat.completions.create(**ARGS)
@@ -170,7 +169,7 @@ def test_content_only_when_asked(instrumented: Any, monkeypatch: pytest.MonkeyPa
         ("http://10.0.0.5:9000/v1", "openai_compatible"),
     ],
 )
-def test_provider_from_base_url(instrumented: Any, url: str, provider: str) -> None:  # noqa: F811
+def test_provider_from_base_url(instrumented: Any, url: str, provider: str) -> None:
     rec = Recorder(json_response(chat_completion(usage=USAGE)))
     client(rec, base_url=url).chat.completions.create(**ARGS)
     span = instrumented.spans("chat")[0]
@@ -179,7 +178,7 @@ def test_provider_from_base_url(instrumented: Any, url: str, provider: str) -> N
     assert provider_from_url(url)[0] == provider
 
 
-def test_azure_client_is_azure(instrumented: Any) -> None:  # noqa: F811
+def test_azure_client_is_azure(instrumented: Any) -> None:
     rec = Recorder(json_response(chat_completion(usage=USAGE)))
     c = openai.AzureOpenAI(
         api_key="t",
@@ -196,7 +195,7 @@ class Answer(BaseModel):
     value: int
 
 
-def test_parse_structured_output_counts_once(instrumented: Any) -> None:  # noqa: F811
+def test_parse_structured_output_counts_once(instrumented: Any) -> None:
     body = chat_completion(text='{"value": 42}', usage=USAGE)
     rec = Recorder(json_response(body))
     parsed = client(rec).chat.completions.parse(response_format=Answer, **ARGS)
@@ -205,7 +204,7 @@ def test_parse_structured_output_counts_once(instrumented: Any) -> None:  # noqa
     assert span.attributes[A.GEN_AI_USAGE_OUTPUT_TOKENS] == 2
 
 
-def test_embeddings_span(instrumented: Any) -> None:  # noqa: F811
+def test_embeddings_span(instrumented: Any) -> None:
     body = {
         "object": "list",
         "model": "text-embedding-3-small",
@@ -221,7 +220,7 @@ def test_embeddings_span(instrumented: Any) -> None:  # noqa: F811
     assert span.attributes[A.GEN_AI_USAGE_COST] > 0
 
 
-async def test_async_call_is_bounded_by_the_run_wall_clock(instrumented: Any) -> None:  # noqa: F811
+async def test_async_call_is_bounded_by_the_run_wall_clock(instrumented: Any) -> None:
     server: list[str] = []
 
     async def slow(request: httpx2.Request) -> httpx2.Response:
@@ -246,7 +245,7 @@ async def test_async_call_is_bounded_by_the_run_wall_clock(instrumented: Any) ->
     assert span.attributes[A.ERROR_TYPE] == "BudgetExhausted"
 
 
-def test_uninstrument_restores_the_sdk(instrumented: Any) -> None:  # noqa: F811
+def test_uninstrument_restores_the_sdk(instrumented: Any) -> None:
     from budgetspan.instrumentation.openai import OpenAIInstrumentor
 
     rec = Recorder(json_response(chat_completion(usage=USAGE)))
@@ -261,7 +260,7 @@ def test_uninstrument_restores_the_sdk(instrumented: Any) -> None:  # noqa: F811
 
 
 def test_a_bug_in_our_parsing_never_breaks_the_call(
-    instrumented: Any,  # noqa: F811
+    instrumented: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from budgetspan import events
@@ -316,7 +315,7 @@ def test_instrument_with_a_tracer_provider_sends_spans_there(tracing: Any) -> No
     assert tracing.spans("chat") == []
 
 
-def test_legacy_text_completions(instrumented: Any) -> None:  # noqa: F811
+def test_legacy_text_completions(instrumented: Any) -> None:
     body = {
         "id": "cmpl-1",
         "object": "text_completion",

@@ -10,11 +10,10 @@ import openai
 import pytest
 
 from budgetspan import attributes as A
-from tests.replay import (  # noqa: F401
+from tests.replay import (
     all_cassettes,
     endpoints_of,
     expected_cost,
-    instrumented,
     replay,
     requests_of,
 )
@@ -79,7 +78,7 @@ def _check(span: Any, want: tuple[int, int, int | None, int | None] | None) -> N
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_replay_sync(instrumented: Any, name: str) -> None:  # noqa: F811
+def test_replay_sync(instrumented: Any, name: str) -> None:
     client = openai.OpenAI(api_key="test", max_retries=0)
     with replay(name) as cas:
         for path, body in zip(endpoints_of(name), requests_of(name), strict=True):
@@ -92,7 +91,7 @@ def test_replay_sync(instrumented: Any, name: str) -> None:  # noqa: F811
         assert span.attributes[A.GEN_AI_REQUEST_MODEL] == requests_of(name)[0]["model"]
 
 
-def test_replay_prompt_caching_counts_in_the_run(instrumented: Any) -> None:  # noqa: F811
+def test_replay_prompt_caching_counts_in_the_run(instrumented: Any) -> None:
     """The run's ledger sees the same figures the spans carry (no double count, no loss)."""
     import budgetspan
 
@@ -110,7 +109,7 @@ def test_replay_prompt_caching_counts_in_the_run(instrumented: Any) -> None:  # 
     assert run.partial["last_model_answer"]
 
 
-async def test_replay_async_chat_and_responses(instrumented: Any) -> None:  # noqa: F811
+async def test_replay_async_chat_and_responses(instrumented: Any) -> None:
     client = openai.AsyncOpenAI(api_key="test", max_retries=0)
     name = "openai/test_prompt_caching__test_openai_prompt_caching.yaml"
     with replay(name):
@@ -129,7 +128,7 @@ async def test_replay_async_chat_and_responses(instrumented: Any) -> None:  # no
         _check(span, w)
 
 
-def test_replay_responses_stream_helper(instrumented: Any) -> None:  # noqa: F811
+def test_replay_responses_stream_helper(instrumented: Any) -> None:
     """``responses.stream(...)`` goes through ``responses.create``: one span, exact usage."""
     name = "openai/test_responses__test_responses_streaming.yaml"
     client = openai.OpenAI(api_key="test", max_retries=0)
@@ -142,7 +141,7 @@ def test_replay_responses_stream_helper(instrumented: Any) -> None:  # noqa: F81
     assert span.attributes[A.STREAM_END] == "consumed"
 
 
-def test_replay_streamed_tool_call_without_usage_is_unreported_but_counted(instrumented: Any) -> None:  # noqa: F811
+def test_replay_streamed_tool_call_without_usage_is_unreported_but_counted(instrumented: Any) -> None:
     import budgetspan
 
     name = "openai/test_chat__test_chat_tools_streaming.yaml"

@@ -25,7 +25,6 @@ from tests.replay import (  # noqa: F401
     Recorder,
     anthropic_message,
     chat_completion,
-    instrumented,
     json_response,
     openai_sse,
     sse_response,
@@ -39,7 +38,7 @@ def client(rec: Recorder) -> openai.OpenAI:
     return openai.OpenAI(api_key="test", http_client=rec.sync(), max_retries=0)
 
 
-def test_observe_mode_lets_the_call_through_and_marks_it(instrumented: Any) -> None:  # noqa: F811
+def test_observe_mode_lets_the_call_through_and_marks_it(instrumented: Any) -> None:
     rec = Recorder(json_response(chat_completion(usage=USAGE)))
     c = client(rec)
     with budgetspan.run("r", mode="observe", max_model_calls=1) as run:
@@ -53,7 +52,7 @@ def test_observe_mode_lets_the_call_through_and_marks_it(instrumented: Any) -> N
     assert run.outcome is budgetspan.Outcome.SUCCESS
 
 
-def test_parallel_threads_never_overshoot(instrumented: Any) -> None:  # noqa: F811
+def test_parallel_threads_never_overshoot(instrumented: Any) -> None:
     rec = Recorder(json_response(chat_completion(usage=USAGE)))
     c = client(rec)
     refused = 0
@@ -76,7 +75,7 @@ def test_parallel_threads_never_overshoot(instrumented: Any) -> None:  # noqa: F
     assert run.usage.model_calls == 5
 
 
-async def test_parallel_tasks_never_overshoot(instrumented: Any) -> None:  # noqa: F811
+async def test_parallel_tasks_never_overshoot(instrumented: Any) -> None:
     rec = Recorder(json_response(chat_completion(usage=USAGE)))
     c = openai.AsyncOpenAI(api_key="t", http_client=rec.asynchronous(), max_retries=0)
     async with budgetspan.run("r", max_model_calls=3, suppress_exhausted=True):
@@ -114,7 +113,7 @@ def test_sampled_out_calls_are_still_accounted(monkeypatch: pytest.MonkeyPatch) 
         bs_context.set_tracer_provider(None)
 
 
-def test_phase_tags_the_call(instrumented: Any) -> None:  # noqa: F811
+def test_phase_tags_the_call(instrumented: Any) -> None:
     rec = Recorder(json_response(chat_completion(usage=USAGE)))
     with budgetspan.run("r"), budgetspan.phase("verification"):
         client(rec).chat.completions.create(**ARGS)
@@ -154,7 +153,7 @@ def _response(text: str = "ok", usage: Any = None) -> dict[str, Any]:
     }
 
 
-def test_responses_create_non_streaming(instrumented: Any, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+def test_responses_create_non_streaming(instrumented: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(A.ENV_CAPTURE_CONTENT, "true")
     bs_config.refresh_capture_content()  # read at instrument time
     rec = Recorder(json_response(_response("the answer")))
@@ -175,7 +174,7 @@ def test_responses_create_non_streaming(instrumented: Any, monkeypatch: pytest.M
     assert run.partial["last_model_answer"] == "the answer"
 
 
-def test_responses_stream_without_completed_event_is_unreported(instrumented: Any) -> None:  # noqa: F811
+def test_responses_stream_without_completed_event_is_unreported(instrumented: Any) -> None:
     events = [
         {
             "type": "response.created",
@@ -204,7 +203,7 @@ def test_responses_stream_without_completed_event_is_unreported(instrumented: An
     assert run.partial["last_model_answer"] == "par"
 
 
-def test_anthropic_content_only_when_asked(instrumented: Any, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+def test_anthropic_content_only_when_asked(instrumented: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     rec = Recorder(json_response(anthropic_message(text="private reply")))
     c = anthropic.Anthropic(api_key="t", http_client=rec.sync(), max_retries=0)
     args: dict[str, Any] = {
@@ -226,7 +225,7 @@ def test_anthropic_content_only_when_asked(instrumented: Any, monkeypatch: pytes
     assert json.loads(on.attributes[A.GEN_AI_OUTPUT_MESSAGES])[0]["parts"][0]["content"] == "private reply"
 
 
-async def test_budgetspan_cancel_stops_an_in_flight_async_call(instrumented: Any) -> None:  # noqa: F811
+async def test_budgetspan_cancel_stops_an_in_flight_async_call(instrumented: Any) -> None:
     import httpx2
 
     started = asyncio.Event()

@@ -14,13 +14,12 @@ from opentelemetry.trace import StatusCode
 
 import budgetspan
 from budgetspan import attributes as A
-from tests.replay import (  # noqa: F401
+from tests.replay import (
     Recorder,
     broken_sse,
     chat_chunks,
     chat_completion,
     hanging_sse,
-    instrumented,
     json_response,
     openai_sse,
     sse_response,
@@ -45,7 +44,7 @@ def only_span(tracing: Any) -> Any:
     return spans[0]
 
 
-def test_consumed_stream_has_usage_and_time_to_first_token(instrumented: Any) -> None:  # noqa: F811
+def test_consumed_stream_has_usage_and_time_to_first_token(instrumented: Any) -> None:
     rec = Recorder(sse_response(openai_sse(chat_chunks(usage=USAGE))))
     with budgetspan.run("s") as run:
         pieces = [
@@ -65,7 +64,7 @@ def test_consumed_stream_has_usage_and_time_to_first_token(instrumented: Any) ->
     assert run.usage.output_tokens == 2
 
 
-def test_closed_early_ends_once_as_unreported(instrumented: Any) -> None:  # noqa: F811
+def test_closed_early_ends_once_as_unreported(instrumented: Any) -> None:
     rec = Recorder(sse_response(openai_sse(chat_chunks(usage=USAGE))))
     with budgetspan.run("s") as run:
         stream = client(rec).chat.completions.create(stream=True, **ARGS)
@@ -79,7 +78,7 @@ def test_closed_early_ends_once_as_unreported(instrumented: Any) -> None:  # noq
     assert run.usage.model_calls == 1
 
 
-def test_context_manager_exit_ends_the_stream(instrumented: Any) -> None:  # noqa: F811
+def test_context_manager_exit_ends_the_stream(instrumented: Any) -> None:
     rec = Recorder(sse_response(openai_sse(chat_chunks(usage=USAGE))))
     with client(rec).chat.completions.create(stream=True, **ARGS) as stream:
         next(stream)
@@ -87,7 +86,7 @@ def test_context_manager_exit_ends_the_stream(instrumented: Any) -> None:  # noq
     assert only_span(instrumented).attributes[A.STREAM_END] == "closed"
 
 
-def test_abandoned_stream_is_ended_by_garbage_collection(instrumented: Any) -> None:  # noqa: F811
+def test_abandoned_stream_is_ended_by_garbage_collection(instrumented: Any) -> None:
     rec = Recorder(sse_response(openai_sse(chat_chunks(usage=USAGE))))
 
     def leak() -> None:
@@ -99,7 +98,7 @@ def test_abandoned_stream_is_ended_by_garbage_collection(instrumented: Any) -> N
     assert only_span(instrumented).attributes[A.STREAM_END] == "abandoned"
 
 
-def test_failed_mid_stream_is_error_and_the_sdk_exception_propagates(instrumented: Any) -> None:  # noqa: F811
+def test_failed_mid_stream_is_error_and_the_sdk_exception_propagates(instrumented: Any) -> None:
     head = openai_sse(chat_chunks(usage=None)[:1], done=False)
     rec = Recorder(broken_sse(head))
     stream = client(rec).chat.completions.create(stream=True, **ARGS)
@@ -112,7 +111,7 @@ def test_failed_mid_stream_is_error_and_the_sdk_exception_propagates(instrumente
     assert span.attributes[A.ERROR_TYPE] == "APIConnectionError"
 
 
-async def test_cancelled_mid_stream(instrumented: Any) -> None:  # noqa: F811
+async def test_cancelled_mid_stream(instrumented: Any) -> None:
     head = openai_sse(chat_chunks(usage=None)[:1], done=False)
     rec = Recorder(hanging_sse(head))
     got_first = asyncio.Event()
@@ -132,7 +131,7 @@ async def test_cancelled_mid_stream(instrumented: Any) -> None:  # noqa: F811
     assert span.status.status_code is StatusCode.ERROR
 
 
-async def test_async_stream_consumed_and_closed(instrumented: Any) -> None:  # noqa: F811
+async def test_async_stream_consumed_and_closed(instrumented: Any) -> None:
     rec = Recorder(sse_response(openai_sse(chat_chunks(usage=USAGE))))
     c = aclient(rec)
     stream = await c.chat.completions.create(stream=True, **ARGS)
@@ -147,7 +146,7 @@ async def test_async_stream_consumed_and_closed(instrumented: Any) -> None:  # n
     assert second.attributes[A.STREAM_END] == "closed"
 
 
-def test_chat_stream_helper_counts_once(instrumented: Any) -> None:  # noqa: F811
+def test_chat_stream_helper_counts_once(instrumented: Any) -> None:
     rec = Recorder(sse_response(openai_sse(chat_chunks(usage=USAGE))))
     c = client(rec)
     with c.chat.completions.stream(**ARGS) as stream:
@@ -163,7 +162,7 @@ def test_chat_stream_helper_counts_once(instrumented: Any) -> None:  # noqa: F81
     assert len(rec.requests) == 2
 
 
-def test_with_raw_response_counts_once_with_usage(instrumented: Any) -> None:  # noqa: F811
+def test_with_raw_response_counts_once_with_usage(instrumented: Any) -> None:
     rec = Recorder(json_response(chat_completion(usage=USAGE)))
     with budgetspan.run("raw") as run:
         raw = client(rec).chat.completions.with_raw_response.create(**ARGS)
@@ -174,7 +173,7 @@ def test_with_raw_response_counts_once_with_usage(instrumented: Any) -> None:  #
     assert run.usage.model_calls == 1 and run.usage.input_tokens == 11
 
 
-def test_with_raw_response_stream(instrumented: Any) -> None:  # noqa: F811
+def test_with_raw_response_stream(instrumented: Any) -> None:
     rec = Recorder(sse_response(openai_sse(chat_chunks(usage=USAGE))))
     raw = client(rec).chat.completions.with_raw_response.create(stream=True, **ARGS)
     assert instrumented.spans("chat") == []
@@ -185,7 +184,7 @@ def test_with_raw_response_stream(instrumented: Any) -> None:  # noqa: F811
     assert span.attributes[A.GEN_AI_USAGE_OUTPUT_TOKENS] == 2
 
 
-def test_with_streaming_response(instrumented: Any) -> None:  # noqa: F811
+def test_with_streaming_response(instrumented: Any) -> None:
     rec = Recorder(streamed_json(chat_completion(usage=USAGE)))
     c = client(rec)
     with c.chat.completions.with_streaming_response.create(**ARGS) as response:
@@ -198,7 +197,7 @@ def test_with_streaming_response(instrumented: Any) -> None:  # noqa: F811
     assert second.attributes[A.STREAM_END] == "closed"
 
 
-def test_sdk_error_is_error_status_and_propagates_unchanged(instrumented: Any) -> None:  # noqa: F811
+def test_sdk_error_is_error_status_and_propagates_unchanged(instrumented: Any) -> None:
     body = {"error": {"message": "bad model", "type": "invalid_request_error", "code": None}}
     rec = Recorder(json_response(body, status=400))
     with budgetspan.run("err") as run, pytest.raises(openai.BadRequestError) as info:
@@ -211,7 +210,7 @@ def test_sdk_error_is_error_status_and_propagates_unchanged(instrumented: Any) -
     assert run.usage.model_calls == 1
 
 
-async def test_async_raw_and_streaming_response(instrumented: Any) -> None:  # noqa: F811
+async def test_async_raw_and_streaming_response(instrumented: Any) -> None:
     rec = Recorder(
         json_response(chat_completion(usage=USAGE)),
         streamed_json(chat_completion(usage=USAGE)),
@@ -231,7 +230,7 @@ async def test_async_raw_and_streaming_response(instrumented: Any) -> None:  # n
     assert spans[2].attributes[A.STREAM_END] == "consumed"
 
 
-def test_no_reference_cycles_left_behind(instrumented: Any) -> None:  # noqa: F811
+def test_no_reference_cycles_left_behind(instrumented: Any) -> None:
     """Our hooks live on the SDK's objects; they must not keep them alive until a GC pass."""
     import weakref
 
@@ -278,7 +277,7 @@ def _visible(chunks: Any) -> list[tuple[Any, Any, Any]]:
 
 
 def test_stream_usage_is_asked_for_and_its_chunk_hidden(
-    instrumented: Any,  # noqa: F811
+    instrumented: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import json
@@ -302,7 +301,7 @@ def test_stream_usage_is_asked_for_and_its_chunk_hidden(
     assert only_span(instrumented).attributes[A.USAGE_UNREPORTED] is True
 
 
-async def test_async_stream_usage_is_asked_for_and_hidden(instrumented: Any) -> None:  # noqa: F811
+async def test_async_stream_usage_is_asked_for_and_hidden(instrumented: Any) -> None:
     rec = Recorder(_honest_server())
     async with budgetspan.run("s"):
         stream = await aclient(rec).chat.completions.create(stream=True, **ARGS)
@@ -311,7 +310,7 @@ async def test_async_stream_usage_is_asked_for_and_hidden(instrumented: Any) -> 
     assert only_span(instrumented).attributes[A.GEN_AI_USAGE_OUTPUT_TOKENS] == 2
 
 
-def test_the_callers_own_stream_options_stand(instrumented: Any) -> None:  # noqa: F811
+def test_the_callers_own_stream_options_stand(instrumented: Any) -> None:
     import json
 
     rec = Recorder(_honest_server())
@@ -329,7 +328,7 @@ def test_the_callers_own_stream_options_stand(instrumented: Any) -> None:  # noq
 
 
 def test_raw_streams_and_other_servers_are_left_alone(
-    instrumented: Any,  # noqa: F811
+    instrumented: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import json

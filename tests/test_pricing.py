@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from budgetspan import attributes as A
 from budgetspan.accounting import pricing
 from budgetspan.accounting.pricing import PriceConfigError, PriceResolver, load_price_file
-from tests.replay import Recorder, chat_completion, instrumented, json_response  # noqa: F401
+from tests.replay import Recorder, chat_completion, json_response
 
 
 def test_known_model_matches_genai_prices_with_cache() -> None:
@@ -81,7 +81,7 @@ def test_price_file_errors_name_the_variable(tmp_path: Path) -> None:
 
 
 def test_override_file_prices_a_self_hosted_model_on_the_span(
-    instrumented: Any,  # noqa: F811
+    instrumented: Any,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

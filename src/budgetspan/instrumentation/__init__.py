@@ -25,6 +25,7 @@ INSTRUMENTORS: tuple[tuple[str, str, str], ...] = (
     ("mcp", "MCPInstrumentor", "mcp"),
     ("chroma", "ChromaInstrumentor", "chromadb"),
     ("qdrant", "QdrantInstrumentor", "qdrant_client"),
+    ("threads", "ThreadsInstrumentor", "threading"),  # the run follows the work into threads
 )
 
 
@@ -68,10 +69,14 @@ def instrument_all(provider: Any, only: Iterable[str] | None = None) -> list[str
     """
     import wrapt
 
+    from budgetspan.instrumentation.threads import enabled as threads_enabled
+
     wanted = None if only is None else set(only)
     done = []
     for module, cls, library in INSTRUMENTORS:
         if wanted is not None and module not in wanted and library not in wanted:
+            continue
+        if module == "threads" and not threads_enabled():
             continue
         if not _library_present(library):
             continue
