@@ -141,7 +141,7 @@ def test_replay_responses_stream_helper(instrumented: Any) -> None:
     assert span.attributes[A.STREAM_END] == "consumed"
 
 
-def test_replay_streamed_tool_call_without_usage_is_unreported_but_counted(instrumented: Any) -> None:
+def test_replay_streamed_tool_call_without_usage_is_unreported_and_charged_an_estimate(instrumented: Any) -> None:
     import budgetspan
 
     name = "openai/test_chat__test_chat_tools_streaming.yaml"
@@ -153,5 +153,11 @@ def test_replay_streamed_tool_call_without_usage_is_unreported_but_counted(instr
     assert span.attributes[A.USAGE_UNREPORTED] is True
     assert span.attributes[A.GEN_AI_RESPONSE_FINISH_REASONS] == ("tool_calls",)
     assert run.usage.model_calls == 1
-    assert run.usage.input_tokens == 0 and run.usage.output_tokens == 0  # nothing invented
+    # Unreported is never zero: the run is charged budgetspan's estimate, marked as one, and the
+    # span's gen_ai.usage.* stays what the provider said (nothing).
+    assert A.GEN_AI_USAGE_INPUT_TOKENS not in span.attributes
+    est_in, est_out = span.attributes[A.USAGE_ESTIMATED_INPUT], span.attributes[A.USAGE_ESTIMATED_OUTPUT]
+    assert est_in > 0 and est_out > 0
+    assert (run.usage.input_tokens, run.usage.output_tokens) == (est_in, est_out)
+    assert run.usage.unreported_usage_calls == 1
     assert json.loads(json.dumps(dict(span.attributes), default=str))  # attributes are plain values

@@ -70,9 +70,10 @@ RETRIES: Final = "budgetspan.retries"
 ATTEMPTS: Final = "budgetspan.attempts"
 TIME_TO_FIRST_TOKEN_S: Final = "budgetspan.time_to_first_token_s"
 USAGE_UNREPORTED: Final = "budgetspan.usage.unreported"  # the provider never said the tokens
-USAGE_ESTIMATED: Final = (
-    "budgetspan.usage.estimated"  # tokens estimated by budgetspan (the provider said none)
-)
+# Unreported usage, estimated by budgetspan and charged to the budget (never gen_ai.usage.*):
+USAGE_ESTIMATED_INPUT: Final = "budgetspan.usage.estimated.input_tokens"
+USAGE_ESTIMATED_OUTPUT: Final = "budgetspan.usage.estimated.output_tokens"
+COST_ESTIMATED: Final = "budgetspan.cost.estimated_usd"
 COST_UNPRICED_POLICY: Final = (
     "budgetspan.cost.unpriced_policy"  # warn | refuse, on an unpriced call under a dollar limit
 )

@@ -19,7 +19,17 @@ from typing import Any
 
 from budgetspan.accounting.budget import LIMIT_NAMES, TOOL_LIMIT_NAMES, Budget, ToolLimits
 from budgetspan.accounting.ledger import Mode
-from budgetspan.attributes import ENV_BUDGET, ENV_CAPTURE_CONTENT, ENV_CONFIG, ENV_MODE
+from budgetspan.accounting.pricing import PriceConfigError, load_price_file
+from budgetspan.attributes import (
+    ENV_BUDGET,
+    ENV_CAPTURE_CONTENT,
+    ENV_CONFIG,
+    ENV_MODE,
+    ENV_PRICES,
+    ENV_UNPRICED,
+)
+
+UNPRICED_POLICIES = ("warn", "refuse")
 
 
 class ConfigError(ValueError):
@@ -150,6 +160,8 @@ class Config:
     profiles: Mapping[str, Budget] = field(default_factory=lambda: dict(BUILTIN_PROFILES))
     workflows: Mapping[str, Budget] = field(default_factory=dict)
     tools: Mapping[str, ToolLimits] = field(default_factory=dict)
+    #: An unpriced model call in a run with a dollar limit: "warn" (counted, said) or "refuse".
+    unpriced: str = "warn"
 
     def budget_for(
         self, workflow: str | None, budget: Budget | str | Mapping[str, Any] | None = None, **limits: Any
@@ -235,7 +247,16 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
     if path:
         profiles, workflows, tools = parse_config_file(path)
     default = parse_inline_budget(env.get(ENV_BUDGET, ""), profiles)
-    return Config(default, parse_mode(env.get(ENV_MODE)), profiles, workflows, tools)
+    unpriced = env.get(ENV_UNPRICED, "").strip().lower() or "warn"
+    if unpriced not in UNPRICED_POLICIES:
+        raise ConfigError(f"{ENV_UNPRICED}={unpriced!r}: expected one of {', '.join(UNPRICED_POLICIES)}")
+    prices = env.get(ENV_PRICES, "").strip()
+    if prices:
+        try:
+            load_price_file(prices)
+        except PriceConfigError as e:
+            raise ConfigError(str(e)) from None
+    return Config(default, parse_mode(env.get(ENV_MODE)), profiles, workflows, tools, unpriced)
 
 
 _current: Config | None = None

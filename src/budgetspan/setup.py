@@ -6,6 +6,7 @@ that ignore a second ``instrument()``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -18,7 +19,15 @@ from opentelemetry.sdk.trace import TracerProvider
 from budgetspan import attributes as A
 from budgetspan.accounting.budget import Budget
 from budgetspan.accounting.ledger import Mode
-from budgetspan.config import get_config, load_config, parse_inline_budget, parse_mode, set_config
+from budgetspan.accounting.pricing import set_default_resolver
+from budgetspan.config import (
+    get_config,
+    load_config,
+    parse_inline_budget,
+    parse_mode,
+    refresh_capture_content,
+    set_config,
+)
 from budgetspan.instrumentation import instrument_all
 from budgetspan.processors.budget import BudgetSpanProcessor
 from budgetspan.processors.export_watch import watch_provider
@@ -114,8 +123,10 @@ def configure(
         new_mode = (
             cfg.mode if mode is None else parse_mode(str(getattr(mode, "value", mode)), "configure(mode=...)")
         )
-        cfg = type(cfg)(default, new_mode, cfg.profiles, cfg.workflows, cfg.tools)
+        cfg = dataclasses.replace(cfg, default_budget=default, mode=new_mode)
     set_config(cfg)
+    set_default_resolver(None)  # a new BUDGETSPAN_PRICES (validated above) is read afresh
+    refresh_capture_content()
     provider = tracer_provider
     if provider is None:
         provider = trace.get_tracer_provider()

@@ -31,6 +31,7 @@ class Limit(str, Enum):
     TOOL_MAX_RETRIES = "tool.max_retries"
     TOOL_TIMEOUT_S = "tool.timeout_s"
     CANCELLED = "cancelled"
+    UNPRICED = "unpriced_model"  # BUDGETSPAN_UNPRICED=refuse: no price known under a dollar limit
     LEDGER_UNAVAILABLE = "ledger_unavailable"  # RedisLedger(on_error="closed") during an outage
 
 
@@ -209,7 +210,9 @@ def _money(x: float) -> str:
     return f"${x:.2f}" if x >= 0.01 or x == 0 else f"${x:.4f}"
 
 
-def explain(reason: str, limit: float | None, usage: Usage, tool: str | None = None) -> str:
+def explain(
+    reason: str, limit: float | None, usage: Usage, tool: str | None = None, worst: float | None = None
+) -> str:
     """One plain sentence saying why the run stopped and what it had done.
 
     e.g. "Stopped after 6 of 6 model calls; 2 of 3 tools finished; $0.21 of $0.25 spent."
@@ -230,7 +233,11 @@ def explain(reason: str, limit: float | None, usage: Usage, tool: str | None = N
         "tool.timeout_s": f"Stopped: tool {tool!r} ran past its {lim} s timeout",
         "cancelled": "Cancelled",
         "ledger_unavailable": "Stopped: the shared budget ledger could not be reached",
+        "unpriced_model": "Stopped: a model with no known price was called under a dollar limit",
     }.get(reason, f"Stopped at limit {reason}")
+    if worst:
+        amount = _money(worst) if reason == "max_cost_usd" else f"{worst:,.0f} tokens"
+        head += f" (the next call could have used up to {amount} more)"
     parts = [head]
     if usage.tool_calls or reason in ("max_tool_calls", "tool.max_calls"):
         parts.append(f"{usage.tools_finished} of {usage.tool_calls} tools finished")
@@ -264,12 +271,14 @@ class BudgetExhausted(Exception):
         run_id: str | None = None,
         workflow: str | None = None,
         tool: str | None = None,
+        worst: float | None = None,
     ) -> None:
         self.reason = reason
         self.limit = limit
         self.usage = usage
         self.partial: dict[str, Any] = dict(partial or {})
-        self.explanation = explanation or explain(reason, limit, usage, tool)
+        self.worst = worst
+        self.explanation = explanation or explain(reason, limit, usage, tool, worst)
         self.run_id = run_id
         self.workflow = workflow
         self.tool = tool
@@ -277,7 +286,7 @@ class BudgetExhausted(Exception):
 
     def explain(self, usage: Usage) -> str:
         """This refusal's sentence with ``usage`` (e.g. the run's final usage)."""
-        return explain(self.reason, self.limit, usage, self.tool)
+        return explain(self.reason, self.limit, usage, self.tool, self.worst)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (

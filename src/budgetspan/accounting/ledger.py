@@ -36,6 +36,8 @@ class Refusal:
     reason: str
     limit: float | None
     tool: str | None = None
+    #: A token or dollar limit refused by a worst case: what this call could have added.
+    worst: float | None = None
 
 
 @dataclass(slots=True)

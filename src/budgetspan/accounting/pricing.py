@@ -142,6 +142,8 @@ class PriceResolver:
         found: Any = self.overrides.get((provider.lower(), model)) or self.overrides.get(("*", model))
         if found is None:
             found = _lookup_genai_prices(provider, model)
+        if found is None:
+            found = _fine_tuned_price(provider, model)
         with self._lock:
             if len(self._cache) > 4096:  # unbounded model names must not grow memory forever
                 self._cache.clear()
@@ -229,10 +231,11 @@ class PriceResolver:
     def worst_case_cost(
         self, provider: str, model: str | None, input_tokens_estimate: int, max_output_tokens: int | None
     ) -> float | None:
-        """Cost if the call used all of ``max_output_tokens``; None when either is unknown."""
-        if max_output_tokens is None or not model:
+        """Cost if the call read its estimated input and wrote all of ``max_output_tokens`` (its
+        input alone where the output limit is unknown); None when the model or both are unknown."""
+        if not model or (max_output_tokens is None and not input_tokens_estimate):
             return None
-        return self.cost(provider, model, input_tokens_estimate, max_output_tokens)
+        return self.cost(provider, model, input_tokens_estimate, max_output_tokens or 0)
 
 
 def _lookup_genai_prices(provider: str, model: str) -> Any:
@@ -257,6 +260,26 @@ def _lookup_genai_prices(provider: str, model: str) -> Any:
 
 
 _INF = float("inf")
+
+#: OpenAI's fine-tuned models cost 1.5-2x their base model's rates per token: priced at 2x, so a
+#: dollar limit is never undercounted.
+FINE_TUNED_FACTOR = 2.0
+
+
+def _fine_tuned_price(provider: str, model: str) -> TokenPrice | None:
+    """A fine-tuned id (``ft:gpt-4o-mini-2024-07-18:org::id``) priced from its base model."""
+    if not model.startswith("ft:") or model.count(":") < 2:
+        return None
+    base = _lookup_genai_prices(provider, model.split(":")[1])
+    if type(base) is not TokenPrice:
+        return None  # unknown base, or a tiered price: unpriced
+    f = FINE_TUNED_FACTOR
+    return TokenPrice(
+        base.input_mtok * f,
+        base.output_mtok * f,
+        None if base.cache_read_mtok is None else base.cache_read_mtok * f,
+        None if base.cache_write_mtok is None else base.cache_write_mtok * f,
+    )
 
 
 def _rates(price: Any) -> Any:
@@ -289,13 +312,22 @@ _default_lock = threading.Lock()
 
 
 def default_resolver() -> PriceResolver:
-    """The process-wide resolver, with ``BUDGETSPAN_PRICES`` applied (read once)."""
+    """The process-wide resolver, with ``BUDGETSPAN_PRICES`` applied (read once).
+
+    ``configure()`` refuses a bad price file at start-up; a program that never called it gets the
+    error logged once and genai-prices' own prices, so usage is still counted.
+    """
     global _default
     if _default is None:
         with _default_lock:
             if _default is None:
                 path = os.environ.get(ENV_PRICES, "").strip()
-                _default = PriceResolver(load_price_file(path) if path else None)
+                try:
+                    overrides = load_price_file(path) if path else None
+                except PriceConfigError as e:
+                    log.error("budgetspan: %s; the price overrides are ignored", e)
+                    overrides = None
+                _default = PriceResolver(overrides)
     return _default
 
 

@@ -103,8 +103,10 @@ def spend_refusal(
     for spent, pending, limit, own, name in checks:
         if limit is None:
             continue
-        if spent >= limit or (own > 0 and spent + pending > limit):
+        if spent >= limit:
             return Refusal(name.value, limit)
+        if own > 0 and spent + pending > limit:
+            return Refusal(name.value, limit, worst=own)
     return None
 
 

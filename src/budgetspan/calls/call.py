@@ -12,6 +12,7 @@ inside budgetspan is logged and swallowed so the user's call goes on.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -25,12 +26,12 @@ from opentelemetry.trace import Span, SpanKind
 from budgetspan import attributes as A
 from budgetspan import events
 from budgetspan.accounting.budget import Limit, ToolLimits
-from budgetspan.accounting.ledger import CallKind, Refusal, Reservation, Spend
+from budgetspan.accounting.ledger import CallKind, Mode, Refusal, Reservation, Spend
 from budgetspan.accounting.pricing import default_resolver
 from budgetspan.calls import foreign
 from budgetspan.calls.outcome import record_failure, status_of
-from budgetspan.calls.pricing import call_cost, highest, increase, usage_attributes
-from budgetspan.config import capture_content
+from budgetspan.calls.pricing import call_cost, estimate_attributes, highest, increase, usage_attributes
+from budgetspan.config import capture_content, get_config
 from budgetspan.events import CallRecord, internal_error
 from budgetspan.runs import context
 from budgetspan.runs.implicit import resolve_run
@@ -38,6 +39,25 @@ from budgetspan.runs.phases import DEFAULT_PHASE_BY_OPERATION
 from budgetspan.runs.run import Run
 
 _KIND_BY_OPERATION: dict[str, CallKind | None] = {A.OP_EXECUTE_TOOL: CallKind.TOOL, A.OP_RETRIEVAL: None}
+log = logging.getLogger(__name__)
+_warned_unpriced: set[tuple[str | None, str | None]] = set()
+
+
+def warn_unpriced_once(provider: str | None, model: str | None, run: Run) -> None:
+    key = (provider, model)
+    if key in _warned_unpriced:
+        return
+    _warned_unpriced.add(key)
+    log.warning(
+        "budgetspan: %s/%s has no known price; its calls are not counted in dollars against the "
+        "max_cost_usd of run %s (workflow %s). Name its price in %s, or set %s=refuse.",
+        provider,
+        model,
+        run.id,
+        run.workflow,
+        A.ENV_PRICES,
+        A.ENV_UNPRICED,
+    )
 
 
 class Call:
@@ -84,7 +104,10 @@ class Call:
         self.reservation: Reservation | None = None
         self.phase = ""
         self.usage: Spend | None = None  # the cumulative usage last reported
-        self.usage_estimated = False  # the usage is budgetspan's estimate, not the provider's
+        #: Estimated output tokens of the text the caller received: charged when the provider
+        #: never reports usage (with the request's input estimate), never shown as reported.
+        self.output_estimate: int | None = None
+        self.estimate: Spend | None = None  # what was charged for unreported usage, if anything
         self.cost_usd: float | None = None
         self.retries = 0
         self.ttft_s: float | None = None
@@ -119,12 +142,34 @@ class Call:
         except Exception:
             internal_error("Call.start")
             self.run = None
+        if self.is_model and self.run is not None:
+            self._check_unpriced(self.run)  # BudgetExhausted propagates under the "refuse" policy
         self._reserve()  # BudgetExhausted propagates: the call must not start
         try:
             self._open_span()
         except Exception:
             internal_error("Call.start span")
         return self
+
+    def _check_unpriced(self, run: Run) -> None:
+        """A model with no known price, in a run with a dollar limit: its calls cannot be counted
+        in dollars. ``BUDGETSPAN_UNPRICED=refuse`` refuses them; ``warn`` (the default) lets them
+        through, says so once per model in the log and on each span, and the run's explanation
+        counts them ("+N unpriced calls")."""
+        if not any(r.budget.max_cost_usd is not None for r in (run, *run.ancestors())):
+            return
+        try:
+            priced = self.model is not None and default_resolver().is_priced(self.provider or "", self.model)
+            policy = get_config().unpriced
+        except Exception:
+            internal_error("Call unpriced check")
+            return
+        if priced:
+            return
+        self.attributes[A.COST_UNPRICED_POLICY] = policy
+        if policy == "refuse" and run.mode is Mode.ENFORCE:
+            raise run.exhaust(Refusal(Limit.UNPRICED.value, None, tool=self.model))
+        warn_unpriced_once(self.provider, self.model, run)
 
     def _reserve(self) -> None:
         run = self.run
@@ -201,12 +246,10 @@ class Call:
         if self.run is not None:
             self.run.reserve(CallKind.RETRY, tool=self.tool, tool_limits=self.tool_limits)
 
-    def set_usage(self, spend: Spend, *, estimated: bool = False) -> None:
-        """The call's cumulative usage so far (as last reported); commits the increase.
-        ``estimated``: budgetspan's estimate (the provider said nothing), marked on the span."""
+    def set_usage(self, spend: Spend) -> None:
+        """The call's cumulative usage so far (as last reported); commits the increase."""
         try:
             self.usage = spend
-            self.usage_estimated = estimated
             if self.run is None or self.defer_commit:
                 return
             self.cost_usd = call_cost(self.provider, self.model, self.response_model, spend)
@@ -251,6 +294,8 @@ class Call:
         )
         if self.is_model and spend is not None and not unreported:
             self.cost_usd = call_cost(self.provider, self.model, self.response_model, spend)
+        if unreported:
+            spend = self.estimate = self._estimate()
         unpriced = self.is_model and not unreported and self.cost_usd is None
         if self.span is not None:
             self._finish_span(self.span, error, status, stream_end, unreported)
@@ -263,10 +308,20 @@ class Call:
                     self.reservation,
                     self._rest(spend),
                     finished=status == "ok",
-                    unreported=unreported or self.usage_estimated,
+                    unreported=unreported,
                     unpriced=unpriced,
                 )
-        events.emit("on_call_end", self._record(duration, status, spend, unreported, unpriced))
+        events.emit("on_call_end", self._record(duration, status, self.usage, unreported, unpriced))
+
+    def _estimate(self) -> Spend | None:
+        """Unreported usage is never zero: the request's input estimate and the estimate of the
+        text received, priced where the model is (``calls.estimate`` says how good it is)."""
+        inp, out = self.worst_case_input_tokens, self.output_estimate
+        if not inp and not out:
+            return None
+        figures = Spend(inp, out)
+        figures.cost_usd = call_cost(self.provider, self.model, self.response_model, figures)
+        return figures
 
     def _rest(self, spend: Spend | None) -> Spend | None:
         """What is left to commit at the end: all of a whole response; of a stream, whatever the
@@ -279,7 +334,7 @@ class Call:
             spend.cache_read_tokens,
             spend.cache_write_tokens,
             spend.reasoning_tokens,
-            self.cost_usd,
+            spend.cost_usd if spend is self.estimate else self.cost_usd,
         )
         return increase(final, self._committed)
 
@@ -292,11 +347,10 @@ class Call:
         if self.is_model:
             if unreported:
                 attrs[A.USAGE_UNREPORTED] = True
+                attrs.update(estimate_attributes(self.estimate))
             else:
                 assert self.usage is not None
                 attrs.update(usage_attributes(self.usage, self.cost_usd))
-                if self.usage_estimated:
-                    attrs[A.USAGE_ESTIMATED] = True
             if self.ttft_s is not None:
                 attrs[A.TIME_TO_FIRST_TOKEN_S] = self.ttft_s
         if self.retries:

@@ -84,3 +84,18 @@ def highest(a: Spend, b: Spend) -> Spend:
         hi(a.reasoning_tokens, b.reasoning_tokens),
         hi(a.cost_usd, b.cost_usd),
     )
+
+
+def estimate_attributes(estimate: Spend | None) -> dict[str, Any]:
+    """What was charged for a call whose provider never reported its usage (budgetspan's own
+    figures, apart from ``gen_ai.usage.*``, which stays what the provider said)."""
+    if estimate is None:
+        return {}
+    attrs: dict[str, Any] = {}
+    if estimate.input_tokens:
+        attrs[A.USAGE_ESTIMATED_INPUT] = estimate.input_tokens
+    if estimate.output_tokens:
+        attrs[A.USAGE_ESTIMATED_OUTPUT] = estimate.output_tokens
+    if estimate.cost_usd is not None:
+        attrs[A.COST_ESTIMATED] = estimate.cost_usd
+    return attrs

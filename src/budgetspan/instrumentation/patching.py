@@ -15,7 +15,9 @@ from typing import Any
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from budgetspan import attributes as A
+from budgetspan.accounting.model_limits import max_output_tokens
 from budgetspan.calls.call import Call
+from budgetspan.calls.estimate import request_tokens, text_tokens
 from budgetspan.events import internal_error
 from budgetspan.instrumentation.observers import Observer, content_json
 from budgetspan.instrumentation.patch_table import (
@@ -75,8 +77,22 @@ def model_call(
         attrs,
         provider=provider,
         model=model,
-        worst_case_tokens=max_tokens,
+        worst_case_tokens=worst_output_tokens(model, max_tokens, kwargs.get("n")),
+        worst_case_input_tokens=request_tokens(given(kwargs.get(k)) for k in _REQUEST_TEXT),
     )
+
+
+#: The request fields whose text the model reads (OpenAI chat, responses, completions; Anthropic).
+_REQUEST_TEXT = ("messages", "system", "tools", "functions", "input", "instructions", "prompt")
+
+
+def worst_output_tokens(model: str | None, max_tokens: int | None, n: Any = None) -> int | None:
+    """The most output tokens a request can bring back: its limit (or the model's maximum) for
+    each of its ``n`` choices; None when neither is known."""
+    per_choice = max_tokens or max_output_tokens(model)
+    if per_choice is None:
+        return None
+    return per_choice * (positive_int(n) or 1)
 
 
 class ResultObserver(Observer):
@@ -106,6 +122,8 @@ class ResultObserver(Observer):
     def finish(self) -> None:
         call = self.call
         text = "".join(self.text) or None
+        if text or self.tool_calls:  # what the caller received: the estimate if usage never comes
+            call.output_estimate = text_tokens((text or "") + (content_json(self.tool_calls) or ""))
         if call.span is not None:
             attrs = call.end_attributes
             if attrs is None:

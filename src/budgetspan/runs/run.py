@@ -288,7 +288,7 @@ class Run:
         """The limit an enforcing run has already stopped at: every later call is refused by it."""
         stopped = self.exhausted
         if stopped is not None and self.mode is Mode.ENFORCE:
-            return Refusal(stopped.reason, stopped.limit, stopped.tool)
+            return Refusal(stopped.reason, stopped.limit, stopped.tool, stopped.worst)
         return None
 
     def check(self) -> None:
@@ -311,6 +311,7 @@ class Run:
             run_id=self.id,
             workflow=self.workflow,
             tool=refusal.tool,
+            worst=refusal.worst,
         )
         with self._lock:
             first = self.exhausted is None
