@@ -239,7 +239,6 @@ def anthropic_events(
 # --- fixtures ---------------------------------------------------------------------------------
 
 
-
 def expected_cost(provider: str, model: str, inp: int, out: int, cr: int = 0, cw: int = 0) -> float | None:
     """genai-prices' own price for this usage (None: it does not know the model)."""
     from genai_prices import Usage, calc_price

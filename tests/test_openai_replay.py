@@ -141,7 +141,9 @@ def test_replay_responses_stream_helper(instrumented: Any) -> None:
     assert span.attributes[A.STREAM_END] == "consumed"
 
 
-def test_replay_streamed_tool_call_without_usage_is_unreported_and_charged_an_estimate(instrumented: Any) -> None:
+def test_replay_streamed_tool_call_without_usage_is_unreported_and_charged_an_estimate(
+    instrumented: Any,
+) -> None:
     import budgetspan
 
     name = "openai/test_chat__test_chat_tools_streaming.yaml"

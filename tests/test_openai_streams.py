@@ -327,7 +327,7 @@ def test_the_callers_own_stream_options_stand(instrumented: Any) -> None:
     assert json.loads(rec2.requests[-1].content)["stream_options"] == {"include_usage": False}
 
 
-def test_raw_streams_and_other_servers_are_left_alone(
+def test_raw_streams_are_left_alone_and_every_other_server_is_asked(
     instrumented: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -340,8 +340,38 @@ def test_raw_streams_and_other_servers_are_left_alone(
     local = openai.OpenAI(
         api_key="t", base_url="http://127.0.0.1:9/v1", http_client=rec.sync(), max_retries=0
     )
-    list(local.chat.completions.create(stream=True, **ARGS))
-    assert "stream_options" not in json.loads(rec.requests[-1].content)  # auto: OpenAI's own API only
-    monkeypatch.setenv(A.ENV_OPENAI_STREAM_USAGE, "always")
-    list(local.chat.completions.create(stream=True, **ARGS))
+    with budgetspan.run("s", max_total_tokens=300) as run:
+        list(local.chat.completions.create(stream=True, max_tokens=50, **ARGS))
+    # vLLM, Ollama, LiteLLM, Azure...: asked too, and the usage they send is counted
     assert json.loads(rec.requests[-1].content)["stream_options"] == {"include_usage": True}
+    assert run.usage.total_tokens == USAGE["total_tokens"]
+    monkeypatch.setenv(A.ENV_OPENAI_STREAM_USAGE, "never")
+    list(local.chat.completions.create(stream=True, **ARGS))
+    assert "stream_options" not in json.loads(rec.requests[-1].content)
+
+
+def test_a_server_that_rejects_stream_options_is_asked_once_and_remembered(instrumented: Any) -> None:
+    import json
+
+    def strict(request: Any) -> Any:
+        if "stream_options" in json.loads(request.content):
+            return json_response({"error": {"message": "unknown field stream_options"}}, status=400)(request)
+        return sse_response(openai_sse(chat_chunks(pieces=("a" * 300,))))(request)
+
+    rec = Recorder(strict)
+    local = openai.OpenAI(
+        api_key="t", base_url="http://127.0.0.1:8/v1", http_client=rec.sync(), max_retries=0
+    )
+    with budgetspan.run("s", max_model_calls=2) as run:
+        first = list(local.chat.completions.create(stream=True, **ARGS))
+        second = list(local.chat.completions.create(stream=True, **ARGS))
+    sent = [json.loads(r.content) for r in rec.requests]
+    # first call: rejected with the option, sent again without it (one call, two requests);
+    # second call: not asked again
+    assert ["stream_options" in body for body in sent] == [True, False, False]
+    assert first and second and run.usage.model_calls == 2
+    # no usage ever came: charged an estimate of the text received (100 tokens), never 0
+    assert run.usage.output_tokens >= 2 * 100 and run.usage.unreported_usage_calls == 2
+    spans = instrumented.spans("chat")
+    assert all(s.attributes[A.USAGE_UNREPORTED] for s in spans)
+    assert [s.attributes.get(A.USAGE_ESTIMATED_OUTPUT) for s in spans] == [100, 100]

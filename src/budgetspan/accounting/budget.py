@@ -237,7 +237,8 @@ def explain(
     }.get(reason, f"Stopped at limit {reason}")
     if worst:
         amount = _money(worst) if reason == "max_cost_usd" else f"{worst:,.0f} tokens"
-        head += f" (the next call could have used up to {amount} more)"
+        head += f" (the next call could have used up to {amount} more"
+        head += ")" if reason == "max_cost_usd" else "; a lower max_tokens on the request reserves less)"
     parts = [head]
     if usage.tool_calls or reason in ("max_tool_calls", "tool.max_calls"):
         parts.append(f"{usage.tools_finished} of {usage.tool_calls} tools finished")

@@ -36,6 +36,12 @@ class Observer:
         """Whether the caller must not see ``item`` (a chunk only budgetspan asked for)."""
         return False
 
+    def undo_change(self, error: BaseException, kwargs: dict[str, Any]) -> bool:
+        """Whether ``error`` refused something budgetspan added to the request (and not the
+        caller's own request): the addition is then taken out of ``kwargs`` and the request
+        sent once more, within the same call."""
+        return False
+
 
 def content_json(value: Any) -> str | None:
     """Message content as a JSON string for gen_ai.input/output.messages (best effort)."""

@@ -10,6 +10,7 @@ usage is read from the body when the body is JSON. OpenAI-compatible servers are
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 from urllib.parse import urlsplit
@@ -52,6 +53,7 @@ _HOSTS: tuple[tuple[str, str], ...] = (
     ("generativelanguage.googleapis.com", "gcp.gemini"),
     ("api.moonshot.ai", "moonshotai"),
 )
+log = logging.getLogger(__name__)
 _LOCAL_PORTS = {11434: "ollama", 8000: "vllm", 1234: "lm_studio"}
 _LOOPBACK = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "host.docker.internal"}
 
@@ -168,6 +170,18 @@ class ChatObserver(_ChoicesObserver):
     def hidden(self, item: Any) -> bool:
         return self.hide_usage_chunk and not field(item, "choices") and field(item, "usage") is not None
 
+    def undo_change(self, error: BaseException, kwargs: dict[str, Any]) -> bool:
+        """A server that rejects the ``stream_options`` budgetspan added (400/422): remembered,
+        and this request sent again without it (its usage is then estimated)."""
+        if not self.hide_usage_chunk or getattr(error, "status_code", None) not in (400, 422):
+            return False
+        kwargs.pop("stream_options", None)
+        self.hide_usage_chunk = False
+        server = _server_of(self.call)
+        _no_stream_options.add(server)
+        log.info("budgetspan: %s rejects stream_options; its streams' usage will be estimated", server)
+        return True
+
     def on_response(self, response: Any) -> None:
         rid, model, choices, usage = pick(response, _RESPONSE_FIELDS)
         self._id(rid)
@@ -261,17 +275,27 @@ def _chat_call(instance: Any, kwargs: dict[str, Any]) -> tuple[Call, Observer]:
 _RAW_HEADER = "X-Stainless-Raw-Response"  # with_raw_response / with_streaming_response
 
 
+#: Servers (address, port) that answered 400/422 to ``stream_options``: not asked again.
+_no_stream_options: set[tuple[Any, Any]] = set()
+
+
+def _server_of(call: Call) -> tuple[Any, Any]:
+    return call.attributes.get(A.SERVER_ADDRESS), call.attributes.get(A.SERVER_PORT)
+
+
 def _ask_for_stream_usage(call: Call, kwargs: dict[str, Any]) -> bool:
     """Add ``stream_options.include_usage`` to a chat stream that did not ask for usage, so the
-    stream's tokens are counted (OpenAI sends usage in streams only when asked).
+    stream's tokens are counted (OpenAI and most compatible servers, vLLM, Azure, LiteLLM,
+    Ollama, DeepSeek..., send usage in streams only when asked).
 
     The extra last chunk (no choices, only usage) is read by budgetspan and hidden from the
     caller, who sees exactly the chunks they would have seen. Not done where the caller reads the
-    raw body (``with_raw_response`` / ``with_streaming_response``), nor, in ``auto`` mode, for
-    servers other than OpenAI's own (some OpenAI-compatible servers reject unknown options).
+    raw body (``with_raw_response`` / ``with_streaming_response``). A server that rejects the
+    option (400/422) is remembered and the request sent again without it (``auto``, the default);
+    ``always`` asks every time, ``never`` never (usage is then estimated from the text).
     """
     policy = os.environ.get(A.ENV_OPENAI_STREAM_USAGE, "auto").strip().lower() or "auto"
-    if policy == "never" or (policy != "always" and call.provider != "openai"):
+    if policy == "never" or (policy == "auto" and _server_of(call) in _no_stream_options):
         return False
     if given(kwargs.get("stream_options")) is not None:
         return False  # the caller chose: their choice stands, and they see what they asked for

@@ -123,7 +123,8 @@ class ResultObserver(Observer):
         call = self.call
         text = "".join(self.text) or None
         if text or self.tool_calls:  # what the caller received: the estimate if usage never comes
-            call.output_estimate = text_tokens((text or "") + (content_json(self.tool_calls) or ""))
+            calls_text = content_json(self.tool_calls) if self.tool_calls else None
+            call.output_estimate = text_tokens((text or "") + (calls_text or ""))
         if call.span is not None:
             attrs = call.end_attributes
             if attrs is None:

@@ -47,13 +47,31 @@ def take_result(call: Call, observer: Observer, result: Any, asynchronous: bool)
     return result
 
 
+def _send(observer: Observer, wrapped: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    try:
+        return wrapped(*args, **kwargs)
+    except Exception as e:
+        if not observer.undo_change(e, kwargs):
+            raise
+    return wrapped(*args, **kwargs)
+
+
+async def _asend(observer: Observer, wrapped: Callable[..., Awaitable[Any]], args: Any, kwargs: Any) -> Any:
+    try:
+        return await wrapped(*args, **kwargs)
+    except Exception as e:
+        if not observer.undo_change(e, kwargs):
+            raise
+    return await wrapped(*args, **kwargs)
+
+
 def invoke(call: Call, observer: Observer, wrapped: Callable[..., Any], args: Any, kwargs: Any) -> Any:
     """Run a synchronous SDK method as ``call`` (BudgetExhausted before any request)."""
     call.start()
     token = CURRENT_CALL.set(call)
     try:
         with call.activate():
-            result = wrapped(*args, **kwargs)
+            result = _send(observer, wrapped, args, kwargs)
     except BaseException as e:
         call.end(e)
         raise
@@ -71,7 +89,7 @@ async def ainvoke(
     try:
         with call.activate():
             async with call.deadline():
-                result = await wrapped(*args, **kwargs)
+                result = await _asend(observer, wrapped, args, kwargs)
     except BaseException as e:
         call.end(e)
         raise
