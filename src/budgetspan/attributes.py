@@ -33,6 +33,10 @@ GEN_AI_TOOL_CALL_ID: Final = "gen_ai.tool.call.id"
 GEN_AI_TOOL_TYPE: Final = "gen_ai.tool.type"
 GEN_AI_DATA_SOURCE_ID: Final = "gen_ai.data_source.id"
 GEN_AI_AGENT_NAME: Final = "gen_ai.agent.name"
+AGENT_FRAMEWORK: Final = "budgetspan.agent.framework"  # openai_agents, pydantic_ai, langgraph...
+EVENT_HANDOFF: Final = "budgetspan.handoff"  # on an agent span: control passed to another agent
+HANDOFF_FROM: Final = "budgetspan.handoff.from"
+HANDOFF_TO: Final = "budgetspan.handoff.to"
 GEN_AI_CONVERSATION_ID: Final = "gen_ai.conversation.id"
 GEN_AI_INPUT_MESSAGES: Final = "gen_ai.input.messages"
 GEN_AI_OUTPUT_MESSAGES: Final = "gen_ai.output.messages"
@@ -96,6 +100,7 @@ EVENT_CANCELLED: Final = "budgetspan.cancelled"
 
 # span names (format strings)
 SPAN_RUN: Final = "invoke_agent {workflow}"
+SPAN_AGENT: Final = "invoke_agent {agent}"  # one agent of a framework, inside the run
 SPAN_PHASE: Final = "phase {phase}"
 SPAN_TOOL: Final = "execute_tool {tool}"
 SPAN_RETRIEVAL: Final = "retrieval {source}"
