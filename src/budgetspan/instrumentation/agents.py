@@ -22,7 +22,8 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from budgetspan import attributes as A
 from budgetspan.accounting.budget import BudgetExhausted
 from budgetspan.events import internal_error
-from budgetspan.runs import context
+from budgetspan.runs import context, implicit
+from budgetspan.runs.run import Run
 
 
 def _start_span(agent: str, framework: str) -> Span | None:
@@ -84,7 +85,11 @@ def record_handoff(source: str | None, target: str | None) -> None:
 
 def stopped_run() -> BudgetExhausted | None:
     """The exception of the current run (or an enclosing one) if it has stopped at a limit."""
-    run = context.current_run()
+    try:
+        run: Run | None = implicit.resolve_run()
+    except Exception:
+        internal_error("stopped_run")
+        return None
     while run is not None:
         if run.exhausted is not None:
             return run.exhausted
