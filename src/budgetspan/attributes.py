@@ -56,6 +56,9 @@ MODEL_OPERATIONS: Final = frozenset({OP_CHAT, OP_TEXT_COMPLETION, OP_GENERATE_CO
 
 # --- budgetspan.* ---------------------------------------------------------------------------
 RUN_ID: Final = "budgetspan.run.id"
+# On another instrumentation's span of a call budgetspan's own span also describes (a peer's
+# chat span around or inside ours): counted once, by budgetspan's span, in metrics and reports.
+DUPLICATE_CALL: Final = "budgetspan.call.duplicate"
 RUN_PARENT_ID: Final = "budgetspan.run.parent_id"  # the enclosing run a nested run also spends from
 WORKFLOW: Final = "budgetspan.workflow"
 BUDGET_PROFILE: Final = "budgetspan.budget.profile"

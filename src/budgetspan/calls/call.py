@@ -186,6 +186,7 @@ class Call:
         # reservation over rather than count the call twice.
         taken = foreign.take_over(run, self.kind)
         if taken is not None:
+            foreign.mark_duplicate()  # the peer's span around ours: ours counts this call
             self.reservation = run.adopt(taken.reservation)
             return
         self.reservation = run.reserve(
