@@ -10,8 +10,7 @@ import asyncio
 import functools
 import inspect
 import time
-from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from contextvars import ContextVar
 from typing import Any, ParamSpec, TypeVar, cast
 
@@ -48,17 +47,24 @@ def _pop(scope: object) -> Any:
     raise RuntimeError("budgetspan: a scope was exited in a context it was not entered in")
 
 
-@contextmanager
-def _current(run: Run) -> Iterator[None]:
-    """Make ``run`` (and its span) current for a block."""
-    tokens = context.enter_run(run)
-    span_token = otel_context.attach(trace.set_span_in_context(run.span)) if run.span else None
-    try:
-        yield
-    finally:
-        if span_token is not None:
-            otel_context.detach(span_token)
-        context.exit_run(tokens)
+class _current:
+    """Make ``run`` (and its span) current for a block. A class, not a generator: a run left open
+    in a thread that never ends (a daemon) must not be undone by the collector at exit."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.tokens: Any = None
+        self.span_token: Any = None
+
+    def __enter__(self) -> None:
+        self.tokens = context.enter_run(self.run)
+        span = self.run.span
+        self.span_token = otel_context.attach(trace.set_span_in_context(span)) if span else None
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.span_token is not None:
+            otel_context.detach(self.span_token)
+        context.exit_run(self.tokens)
 
 
 class RunScope:
