@@ -166,10 +166,8 @@ class RunScope:
         @functools.wraps(fn)
         def generator(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
             run = self.open()
-            error: BaseException | None = None
-            try:
-                with _current(run):
-                    inner = fn(*args, **kwargs)
+            with _Lifetime(self, run):
+                inner = fn(*args, **kwargs)
                 sent: Any = None
                 thrown: BaseException | None = None
                 while True:
@@ -186,14 +184,7 @@ class RunScope:
                         raise
                     except BaseException as e:  # thrown in by the caller: pass it to the body
                         sent, thrown = None, e
-            except BaseException as e:
-                error = e
-                if not (isinstance(e, GeneratorExit) or self.close(run, e)):
-                    raise
-                return None
-            finally:
-                if error is None or isinstance(error, GeneratorExit):
-                    self.close(run, None)
+            return None  # (suppress_exhausted swallowed the refusal)
 
         return generator
 
@@ -201,19 +192,15 @@ class RunScope:
         @functools.wraps(fn)
         async def generator(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
             run = self.open()
-            error: BaseException | None = None
-            try:
-                with _current(run):
-                    inner = fn(*args, **kwargs)
+            with _Lifetime(self, run):
+                inner = fn(*args, **kwargs)
                 sent: Any = None
                 thrown: BaseException | None = None
                 while True:
                     with _current(run):
                         try:
-                            if thrown is not None:
-                                item = await inner.athrow(thrown)
-                            else:
-                                item = await inner.asend(sent)
+                            step = inner.athrow(thrown) if thrown is not None else inner.asend(sent)
+                            item = await step
                         except StopAsyncIteration:
                             return
                     try:
@@ -224,15 +211,25 @@ class RunScope:
                         raise
                     except BaseException as e:
                         sent, thrown = None, e
-            except BaseException as e:
-                error = e
-                if not (isinstance(e, GeneratorExit) or self.close(run, e)):
-                    raise
-            finally:
-                if error is None or isinstance(error, GeneratorExit):
-                    self.close(run, None)
 
         return generator
+
+
+class _Lifetime:
+    """Ends a generator's run however the iteration ends: exhausted, closed early, or failed
+    (swallowing ``BudgetExhausted`` under ``suppress_exhausted``)."""
+
+    def __init__(self, scope: RunScope, run: Run) -> None:
+        self.scope, self.run = scope, run
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, et: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None or isinstance(exc, GeneratorExit):
+            self.scope.close(self.run, None)
+            return False
+        return self.scope.close(self.run, exc)
 
 
 class PhaseScope:
