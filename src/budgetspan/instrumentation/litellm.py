@@ -14,6 +14,12 @@ is ``gpt-4o-mini`` at ``openai``. Results are OpenAI-shaped (``ModelResponse`` a
 is asked for it (``stream_options.include_usage``) where LiteLLM says the provider takes the
 option; the extra usage chunk is hidden from the caller, as for the OpenAI SDK.
 
+Unreported usage: LiteLLM fills a response the provider sent without usage with zeros; zero input
+and zero output is taken as unreported (no call reads 0 tokens), so the call is charged budgetspan's
+estimate. In a stream that asked for usage from a provider that sends none, LiteLLM counts the
+tokens itself (its tokenizer) and returns them as the usage chunk, unmarked: budgetspan records
+them as reported (never 0, but LiteLLM's count, not the provider's).
+
 Cost: budgetspan's price (genai-prices, ``BUDGETSPAN_PRICES``) by default, as for every other
 library. ``BUDGETSPAN_LITELLM_COST=litellm`` takes LiteLLM's own figure instead (its
 ``response_cost``, or its price table for a stream's usage); the span then says
@@ -165,6 +171,8 @@ class LiteLLMObserver(ChatObserver):
         self.litellm_cost = litellm_cost
 
     def set_usage(self, spend: Spend | None) -> None:
+        if spend is not None and spend.input_tokens == 0 and spend.output_tokens == 0:
+            return  # LiteLLM's stand-in when the provider reported nothing: no call reads 0 tokens
         if spend is not None and self.litellm_cost and spend.cost_usd is None:
             spend = self._priced(spend, self._litellm_price(spend))
         super().set_usage(spend)
