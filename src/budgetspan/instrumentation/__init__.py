@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 INSTRUMENTORS: tuple[tuple[str, str, str], ...] = (
     ("openai", "OpenAIInstrumentor", "openai"),
     ("anthropic", "AnthropicInstrumentor", "anthropic"),
+    ("bedrock", "BedrockInstrumentor", "botocore"),
+    ("mistral", "MistralInstrumentor", "mistralai"),
     ("langchain", "LangChainInstrumentor", "langchain_core"),
     ("llamaindex", "LlamaIndexInstrumentor", "llama_index.core"),
     ("mcp", "MCPInstrumentor", "mcp"),

@@ -1,0 +1,63 @@
+"""Fixtures for the provider instrumentations: fake AWS credentials (never a real endpoint), a
+loopback server that counts requests, and budgetspan's Bedrock / Mistral instrumentors on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.instrumentation.local_server import LocalServer
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """Fake credentials and a region from the environment; no profile, config file or instance
+    metadata is read, so nothing can reach a real AWS account."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    for key in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_BEDROCK_RUNTIME"):
+        monkeypatch.delenv(key, raising=False)
+
+
+@pytest.fixture(scope="session")
+def _server() -> Iterator[LocalServer]:
+    server = LocalServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def server(_server: LocalServer) -> LocalServer:
+    """The session's loopback server, with no answers scripted and no requests recorded."""
+    _server.reset()
+    return _server
+
+
+@pytest.fixture
+def bedrock(tracing: Any, aws_env: None) -> Iterator[Any]:
+    """``tracing`` with budgetspan's Bedrock instrumentor on (and fake AWS credentials)."""
+    from budgetspan.instrumentation.bedrock import BedrockInstrumentor
+
+    BedrockInstrumentor().instrument()
+    try:
+        yield tracing
+    finally:
+        BedrockInstrumentor().uninstrument()
+
+
+@pytest.fixture
+def mistral(tracing: Any) -> Iterator[Any]:
+    """``tracing`` with budgetspan's Mistral instrumentor on."""
+    from budgetspan.instrumentation.mistral import MistralInstrumentor
+
+    MistralInstrumentor().instrument()
+    try:
+        yield tracing
+    finally:
+        MistralInstrumentor().uninstrument()
