@@ -61,3 +61,23 @@ def mistral(tracing: Any) -> Iterator[Any]:
         yield tracing
     finally:
         MistralInstrumentor().uninstrument()
+
+
+class _InternalErrors:
+    def __init__(self) -> None:
+        self.where: list[str] = []
+
+    def on_internal_error(self, where: str) -> None:
+        self.where.append(where)
+
+
+@pytest.fixture(autouse=True)
+def no_internal_errors() -> Iterator[_InternalErrors]:
+    """A bug in our own code is swallowed so the user's call goes on: here it fails the test."""
+    from budgetspan import events
+
+    seen = _InternalErrors()
+    events.add_listener(seen)
+    yield seen
+    events.remove_listener(seen)
+    assert seen.where == [], f"budgetspan internal errors: {seen.where}"

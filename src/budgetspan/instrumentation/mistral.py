@@ -4,6 +4,8 @@
 The SDK moved its code from ``mistralai.chat`` (1.x) to ``mistralai.client.chat`` (2.x and
 later, where ``mistralai`` is a namespace package); both are patched, whichever is installed.
 ``chat.parse`` and ``parse_stream`` go through ``complete`` / ``stream`` and are counted there.
+The SDK's own retries (2.x and later: one ``utils.retries._get_sleep_interval`` per retry, sync
+and async alike) count against ``max_retries``; 1.x computes its backoff inline, uncounted.
 
 Mistral's usage reads like OpenAI's (``prompt_tokens`` includes the cached
 ``prompt_tokens_details.cached_tokens``); the SDK fills an absent count with 0, which is read
@@ -16,10 +18,13 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
+import wrapt
+
 from budgetspan import attributes as A
 from budgetspan.calls.call import Call
 from budgetspan.calls.estimate import request_tokens
 from budgetspan.config import capture_content
+from budgetspan.events import internal_error
 from budgetspan.instrumentation.observers import Observer, content_json
 from budgetspan.instrumentation.openai import provider_from_url
 from budgetspan.instrumentation.patch_table import Patch, apply_patches, use_provider
@@ -31,6 +36,7 @@ from budgetspan.instrumentation.patching import (
     positive_int,
     wrapper_for,
 )
+from budgetspan.instrumentation.sdk_call import retry_hook
 from budgetspan.instrumentation.usage import field, mistral_usage
 
 PROVIDER = "mistral_ai"
@@ -157,6 +163,22 @@ def _present(module: str) -> bool:
         return False
 
 
+#: (module, function) run once per retry of the SDK's backoff loop (2.x and later)
+RETRY_POINT = ("mistralai.client.utils.retries", "_get_sleep_interval")
+
+
+def _patch_retries() -> list[tuple[str, str]]:
+    module, function = RETRY_POINT
+    try:
+        if not _present(module) or not hasattr(importlib.import_module(module), function):
+            return []
+        wrapt.wrap_function_wrapper(module, function, retry_hook)
+    except Exception:
+        internal_error("mistral retry patch")
+        return []
+    return [RETRY_POINT]  # ``unwrap`` reads it as (owner "package.module", attribute)
+
+
 class MistralInstrumentor(SDKInstrumentor):
     """``opentelemetry-instrument`` entry point ``budgetspan_mistral``; also used by configure()."""
 
@@ -169,4 +191,4 @@ class MistralInstrumentor(SDKInstrumentor):
         use_provider(kwargs.get("tracer_provider"))
         present: dict[str, bool] = {}
         rows = tuple(r for r in self.PATCHES if present.setdefault(r[0], _present(r[0])))
-        self._done = apply_patches(rows)
+        self._done = apply_patches(rows) + _patch_retries()
