@@ -13,6 +13,7 @@ import botocore.endpoint
 import pytest
 import yaml
 from botocore.config import Config
+from botocore.eventstream import EventStream
 from botocore.exceptions import EventStreamError
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.trace import StatusCode
@@ -270,6 +271,7 @@ def test_converse_stream_consumed_exact(bedrock: Any, server: LocalServer) -> No
             e["contentBlockDelta"]["delta"]["text"] for e in response["stream"] if "contentBlockDelta" in e
         )
     assert text == "Hello"
+    assert isinstance(response["stream"], EventStream)  # the proxy passes for botocore's stream
     (span,) = calls(bedrock)
     assert span.attributes[A.STREAM_END] == "consumed"
     assert span.attributes[A.GEN_AI_USAGE_OUTPUT_TOKENS] == 3

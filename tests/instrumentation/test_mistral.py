@@ -16,6 +16,7 @@ from budgetspan import attributes as A
 from tests.replay import (
     Recorder,
     all_cassettes,
+    broken_sse,
     expected_cost,
     json_response,
     openai_sse,
@@ -242,6 +243,21 @@ def test_stream_closed_early_then_abandoned_each_end_once(mistral: Any) -> None:
     assert closed.attributes[A.STREAM_END] == "closed"
     assert dropped.attributes[A.STREAM_END] == "abandoned"
     assert closed.attributes[A.USAGE_UNREPORTED] is True
+
+
+def test_stream_broken_mid_way_ends_as_an_error(mistral: Any) -> None:
+    import httpx2
+    from opentelemetry.trace import StatusCode
+
+    head = chunks().split(b"\n\n")[0] + b"\n\n"
+    rec = Recorder(broken_sse(head))
+    with pytest.raises(httpx2.ReadError):
+        for _ in local(rec).chat.stream(**ARGS):
+            pass
+    (span,) = calls(mistral)
+    assert span.attributes[A.STREAM_END] == "error"
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.attributes[A.USAGE_UNREPORTED] is True
 
 
 async def test_async_stream_closed_early(mistral: Any) -> None:

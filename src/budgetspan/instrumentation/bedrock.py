@@ -200,6 +200,10 @@ class EventIterator:
     def close(self) -> None:
         self.stream.close()
 
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:  # the proxy passes for the stream: isinstance(s, EventStream)
+        return type(self.stream)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.stream, name)
 
