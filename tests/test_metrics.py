@@ -444,6 +444,7 @@ def test_zero_code_serves_metrics_under_opentelemetry_instrument(tmp_path: Any) 
                     "chroma",
                     "qdrant",
                     "openai_agents",
+                    "pydantic_ai",
                 )
             ),
         }

@@ -27,6 +27,7 @@ INSTRUMENTORS: tuple[tuple[str, str, str], ...] = (
     ("chroma", "ChromaInstrumentor", "chromadb"),
     ("qdrant", "QdrantInstrumentor", "qdrant_client"),
     ("openai_agents", "OpenAIAgentsInstrumentor", "agents"),
+    ("pydantic_ai", "PydanticAIInstrumentor", "pydantic_ai"),
     ("threads", "ThreadsInstrumentor", "threading"),  # the run follows the work into threads
 )
 
