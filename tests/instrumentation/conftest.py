@@ -1,6 +1,7 @@
 """Fixtures for the provider instrumentations: local servers per session (Gemini REST and
 OpenAI-compatible; a loopback server that counts requests), reset before each test, fake AWS
-credentials (never a real endpoint), and budgetspan's instrumentors for each library."""
+credentials (never a real endpoint), the scripted agent-framework server, and budgetspan's
+instrumentors for each library."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.instrumentation.agent_server import AgentServer
 from tests.instrumentation.llm_server import LLMServer
 from tests.instrumentation.local_server import LocalServer
 
@@ -129,3 +131,11 @@ def no_internal_errors() -> Iterator[_InternalErrors]:
     yield seen
     events.remove_listener(seen)
     assert seen.where == [], f"budgetspan internal errors: {seen.where}"
+
+
+@pytest.fixture(scope="session")
+def agent_server() -> Iterator[AgentServer]:
+    """The scripted OpenAI-compatible server (``tools-N`` models), shared by the whole session."""
+    server = AgentServer().start()
+    yield server
+    server.stop()
