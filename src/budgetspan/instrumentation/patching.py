@@ -19,6 +19,7 @@ from budgetspan.accounting.model_limits import max_output_tokens
 from budgetspan.calls.call import Call
 from budgetspan.calls.estimate import request_tokens, text_tokens
 from budgetspan.events import internal_error
+from budgetspan.instrumentation.lazy import cancel_pending, instrument_when_imported
 from budgetspan.instrumentation.observers import Observer, content_json
 from budgetspan.instrumentation.patch_table import (
     Patch,
@@ -212,6 +213,14 @@ class SDKInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         importlib.import_module(self.LIBRARY)  # lazily: a missing SDK must not break the others
         use_provider(kwargs.get("tracer_provider"))
         self._done = apply_patches(self.PATCHES)
+
+    def instrument(self, **kwargs: Any) -> Any:
+        """Patch now if the library is imported, else when the program imports it."""
+        return instrument_when_imported(self, super().instrument, kwargs)
+
+    def uninstrument(self, **kwargs: Any) -> Any:
+        cancel_pending(self)
+        return super().uninstrument(**kwargs)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         remove_patches(getattr(self, "_done", []))

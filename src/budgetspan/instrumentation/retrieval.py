@@ -32,6 +32,7 @@ from budgetspan.accounting.budget import ToolLimits
 from budgetspan.calls.call import Call
 from budgetspan.calls.tools import arun_tool, run_tool, tool_call
 from budgetspan.events import internal_error
+from budgetspan.instrumentation.lazy import cancel_pending, instrument_when_imported
 from budgetspan.instrumentation.patch_table import suppressed
 
 log = logging.getLogger(__name__)
@@ -381,6 +382,14 @@ class PatchInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
             set_tracer_provider(provider)
         self._patched = apply_patches(self.PATCHES)
+
+    def instrument(self, **kwargs: Any) -> Any:
+        """Patch now if the library is imported, else when the program imports it."""
+        return instrument_when_imported(self, super().instrument, kwargs)
+
+    def uninstrument(self, **kwargs: Any) -> Any:
+        cancel_pending(self)
+        return super().uninstrument(**kwargs)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         remove_patches(getattr(self, "_patched", []))
