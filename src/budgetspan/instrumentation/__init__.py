@@ -22,6 +22,8 @@ INSTRUMENTORS: tuple[tuple[str, str, str], ...] = (
     ("anthropic", "AnthropicInstrumentor", "anthropic"),
     ("langchain", "LangChainInstrumentor", "langchain_core"),
     ("llamaindex", "LlamaIndexInstrumentor", "llama_index.core"),
+    ("langgraph", "LangGraphInstrumentor", "langgraph"),
+    ("llamaindex_agents", "LlamaIndexAgentsInstrumentor", "llama_index.core.agent.workflow"),
     ("mcp", "MCPInstrumentor", "mcp"),
     ("chroma", "ChromaInstrumentor", "chromadb"),
     ("qdrant", "QdrantInstrumentor", "qdrant_client"),
