@@ -13,7 +13,8 @@ they run, agent runs as ``invoke_agent`` spans, handoffs, and refusals kept out 
 - Agent runs: ``BaseWorkflowAgent.run`` is an ``invoke_agent {agent name}`` span and
   ``AgentWorkflow.run`` an ``invoke_agent AgentWorkflow`` span (``run`` returns a handler at once:
   the span is current for the workflow's tasks, which copy the context when ``run`` starts them,
-  and ends when the handler's result is ready). Inside an ``AgentWorkflow`` each agent's turn
+  and ends when the handler's result is ready: ``WorkflowHandler.stop_event_result``, which
+  awaiting the handler goes through, ends it before the caller resumes). Inside an ``AgentWorkflow`` each agent's turn
   (``take_step``) is an ``invoke_agent {agent}`` span around that agent's model call.
 - Handoffs: ``AgentWorkflow``'s ``handoff`` tool is an event on the workflow's span (from the
   current agent to ``to_agent``), not a tool call: it moves control and does no work (as in
@@ -125,22 +126,43 @@ def _function_tool(asynchronous: bool) -> Callable[..., Any]:
 # --- agent runs --------------------------------------------------------------------------------------
 
 
-async def _end_when_done(handler: Any, span: Span | None) -> None:
-    error: BaseException | None = None
+_SPAN_ATTR = "_budgetspan_agent_span"
+
+
+def _end_once(handler: Any, error: BaseException | None) -> None:
+    try:
+        span = handler.__dict__.pop(_SPAN_ATTR, None)
+    except Exception:
+        return
+    if span is not None:
+        agents._end_span(span, None if isinstance(error, asyncio.CancelledError) else error)
+
+
+async def _stop_event_result(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    """The handler's result: the agent's span ends before whoever awaits the handler resumes."""
+    try:
+        result = await wrapped(*args, **kwargs)
+    except BaseException as e:
+        _end_once(instance, e)
+        raise
+    _end_once(instance, None)
+    return result
+
+
+async def _end_when_done(handler: Any) -> None:
+    """For a handler nobody awaits (events streamed, then dropped): end its span all the same."""
     try:
         await handler.stop_event_result()
-    except asyncio.CancelledError:
-        error = None
-    except BaseException as e:
-        error = e
-    agents._end_span(span, error)
+    except BaseException:
+        pass
 
 
 def _end_later(handler: Any, span: Span | None) -> None:
     if span is None:
         return
     try:
-        task = asyncio.ensure_future(_end_when_done(handler, span))
+        handler.__dict__[_SPAN_ATTR] = span
+        task = asyncio.ensure_future(_end_when_done(handler))
         _enders.add(task)
         task.add_done_callback(_enders.discard)
     except Exception:
@@ -205,6 +227,7 @@ _PATCHES: tuple[Patch, ...] = (
     ("llama_index.core.agent.workflow.function_agent", "FunctionAgent", "take_step", _take_step),
     ("llama_index.core.agent.workflow.react_agent", "ReActAgent", "take_step", _take_step),
     ("llama_index.core.agent.workflow.codeact_agent", "CodeActAgent", "take_step", _take_step),
+    ("workflows.handler", "WorkflowHandler", "stop_event_result", _stop_event_result),
     ("llama_index.core.tools.function_tool", "FunctionTool", "call", _function_tool(False)),
     ("llama_index.core.tools.function_tool", "FunctionTool", "acall", _function_tool(True)),
 )
