@@ -24,7 +24,10 @@ def test_traces_file_without_a_distro(tmp_path: Path) -> None:
     env.update(
         BUDGETSPAN_BUDGET="max_model_calls=2",
         BUDGETSPAN_TRACES_FILE=str(traces),
-        OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="budgetspan_langchain,budgetspan_llamaindex,budgetspan_mcp,budgetspan_chroma,budgetspan_qdrant",
+        OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=(
+            "budgetspan_langchain,budgetspan_llamaindex,budgetspan_mcp,budgetspan_chroma,budgetspan_qdrant,"
+            "budgetspan_langgraph,budgetspan_llamaindex_agents"
+        ),
     )
     proc = subprocess.run(
         [str(INSTRUMENT), sys.executable, "agent.py"],

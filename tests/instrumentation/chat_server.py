@@ -118,9 +118,7 @@ class ChatServer:
         observed = text.count("Observation:")
         named = re.findall(r"Tool Name: (\S+)", text)
         if named and observed < rounds:
-            content = (
-                f'Thought: I need a tool.\nAction: {named[0]}\nAction Input: {{"city": "Paris"}}'
-            )
+            content = f'Thought: I need a tool.\nAction: {named[0]}\nAction Input: {{"city": "Paris"}}'
             return {"role": "assistant", "content": content}, f"tool:{named[0]}"
         content = "Thought: I can answer without using any more tools.\nAnswer: sunny, done"
         return {"role": "assistant", "content": content}, "text"
@@ -187,8 +185,12 @@ def stream_chunks(full: dict[str, Any], with_usage: bool) -> list[dict[str, Any]
     chunks = [chunk({"role": "assistant", "content": ""})]
     for i, call in enumerate(message.get("tool_calls") or []):
         head = {"index": i, "id": call["id"], "type": "function"}
-        chunks.append(chunk({"tool_calls": [dict(head, function={"name": call["function"]["name"], "arguments": ""})]}))
-        chunks.append(chunk({"tool_calls": [{"index": i, "function": {"arguments": call["function"]["arguments"]}}]}))
+        chunks.append(
+            chunk({"tool_calls": [dict(head, function={"name": call["function"]["name"], "arguments": ""})]})
+        )
+        chunks.append(
+            chunk({"tool_calls": [{"index": i, "function": {"arguments": call["function"]["arguments"]}}]})
+        )
     if message.get("content"):
         chunks.append(chunk({"content": message["content"]}))
     chunks.append(chunk({}, full["choices"][0]["finish_reason"]))

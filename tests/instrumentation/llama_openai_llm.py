@@ -131,7 +131,9 @@ class OpenAIChatLLM(FunctionCallingLLM):
 
         return gen()
 
-    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> AsyncIterator[ChatResponse]:
+    async def astream_chat(
+        self, messages: Sequence[ChatMessage], **kwargs: Any
+    ) -> AsyncIterator[ChatResponse]:
         stream = await self._aclient().chat.completions.create(**self._request(messages, kwargs), stream=True)
 
         async def gen() -> AsyncIterator[ChatResponse]:
@@ -143,7 +145,9 @@ class OpenAIChatLLM(FunctionCallingLLM):
 
     # --- completion (not used by the agents; kept to the minimum the base class requires) -----------
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        return CompletionResponse(text=self.chat([ChatMessage(role="user", content=prompt)]).message.content or "")
+        return CompletionResponse(
+            text=self.chat([ChatMessage(role="user", content=prompt)]).message.content or ""
+        )
 
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         answer = await self.achat([ChatMessage(role="user", content=prompt)])
@@ -168,7 +172,9 @@ class OpenAIChatLLM(FunctionCallingLLM):
     ) -> dict[str, Any]:
         messages = list(chat_history or [])
         if user_msg is not None:
-            messages.append(ChatMessage(role="user", content=user_msg) if isinstance(user_msg, str) else user_msg)
+            messages.append(
+                ChatMessage(role="user", content=user_msg) if isinstance(user_msg, str) else user_msg
+            )
         return {"messages": messages, "tools": [t.metadata.to_openai_tool() for t in tools]}
 
     def get_tool_calls_from_response(

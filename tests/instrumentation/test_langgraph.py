@@ -225,7 +225,9 @@ def _retry_graph(llm: ChatOpenAI, entries: list[str], fail_with: Exception | Non
             raise fail_with
         last = state["messages"][-1]
         assert isinstance(last, AIMessage)
-        return {"messages": [bodies.get_weather.invoke(dict(call, type="tool_call")) for call in last.tool_calls]}
+        return {
+            "messages": [bodies.get_weather.invoke(dict(call, type="tool_call")) for call in last.tool_calls]
+        }
 
     g = StateGraph(MessagesState)
     g.add_node("model", model)
@@ -236,7 +238,9 @@ def _retry_graph(llm: ChatOpenAI, entries: list[str], fail_with: Exception | Non
     return g.compile(name="retrying_graph")
 
 
-def test_retry_policy_does_not_retry_a_refusal(graph_tracing: Tracing, chat_server: ChatServer, tag: str) -> None:
+def test_retry_policy_does_not_retry_a_refusal(
+    graph_tracing: Tracing, chat_server: ChatServer, tag: str
+) -> None:
     model = f"fake-r3-{tag}"
     entries: list[str] = []
     graph = _retry_graph(_llm(chat_server, model), entries, None)
@@ -263,7 +267,9 @@ def test_retry_policy_still_retries_ordinary_errors(
 async def test_astream_agent_span_is_current_only_inside_the_graph(
     graph_tracing: Tracing, chat_server: ChatServer, tag: str
 ) -> None:
-    agent = create_react_agent(_llm(chat_server, f"fake-r1-{tag}"), [Bodies().get_weather], name="weather_agent")
+    agent = create_react_agent(
+        _llm(chat_server, f"fake-r1-{tag}"), [Bodies().get_weather], name="weather_agent"
+    )
     from opentelemetry import trace
 
     async with budgetspan.run("trip"):

@@ -124,10 +124,14 @@ async def test_max_tool_calls_1_three_rounds_runs_one_body(
     assert agent_span.status.is_ok
 
 
-async def test_max_model_calls_sends_exactly_n_requests(li_tracing: Tracing, chat_server: ChatServer, tag: str) -> None:
+async def test_max_model_calls_sends_exactly_n_requests(
+    li_tracing: Tracing, chat_server: ChatServer, tag: str
+) -> None:
     model = f"fake-r3-{tag}"
     weather = Weather()
-    agent = _agent("function_stream", OpenAIChatLLM(model=model, base_url=chat_server.base_url), [weather.tool])
+    agent = _agent(
+        "function_stream", OpenAIChatLLM(model=model, base_url=chat_server.base_url), [weather.tool]
+    )
     with pytest.raises(budgetspan.BudgetExhausted) as info:
         async with budgetspan.run("trip", max_model_calls=2):
             await agent.run(user_msg="weather in Paris?")
@@ -169,7 +173,11 @@ async def test_ordinary_tool_errors_still_go_to_the_model(
         """Weather for a city."""
         raise ValueError("weather service down")
 
-    agent = _agent("function", OpenAIChatLLM(model=model, base_url=chat_server.base_url), [FunctionTool.from_defaults(get_weather)])
+    agent = _agent(
+        "function",
+        OpenAIChatLLM(model=model, base_url=chat_server.base_url),
+        [FunctionTool.from_defaults(get_weather)],
+    )
     async with budgetspan.run("trip") as run:
         result = await agent.run(user_msg="weather in Paris?")
     assert str(result) == "Done after 1 tool calls."
@@ -178,12 +186,18 @@ async def test_ordinary_tool_errors_still_go_to_the_model(
     assert run.usage.tool_calls == 1 and run.partial["tool_results"] == []
 
 
-async def test_agent_workflow_handoff_and_turn_spans(li_tracing: Tracing, chat_server: ChatServer, tag: str) -> None:
+async def test_agent_workflow_handoff_and_turn_spans(
+    li_tracing: Tracing, chat_server: ChatServer, tag: str
+) -> None:
     model = f"fake-r1-{tag}"
     llm = OpenAIChatLLM(model=model, base_url=chat_server.base_url)
     weather = Weather()
-    triage = FunctionAgent(name="triage", description="routes", tools=[], llm=llm, can_handoff_to=["weather_agent"])
-    workflow = AgentWorkflow(agents=[triage, _agent("function_stream", llm, [weather.tool])], root_agent="triage")
+    triage = FunctionAgent(
+        name="triage", description="routes", tools=[], llm=llm, can_handoff_to=["weather_agent"]
+    )
+    workflow = AgentWorkflow(
+        agents=[triage, _agent("function_stream", llm, [weather.tool])], root_agent="triage"
+    )
     async with budgetspan.run("trip", max_tool_calls=1) as run:
         await workflow.run(user_msg="weather in Paris?")
     assert weather.ran == ["Paris"]
@@ -193,7 +207,11 @@ async def test_agent_workflow_handoff_and_turn_spans(li_tracing: Tracing, chat_s
     assert [(e.attributes[A.HANDOFF_FROM], e.attributes[A.HANDOFF_TO]) for e in handoffs] == [
         ("triage", "weather_agent")
     ]
-    turns = [s.name for s in li_tracing.spans("invoke_agent") if s.parent and s.parent.span_id == wf.context.span_id]
+    turns = [
+        s.name
+        for s in li_tracing.spans("invoke_agent")
+        if s.parent and s.parent.span_id == wf.context.span_id
+    ]
     assert turns == ["invoke_agent triage", "invoke_agent weather_agent", "invoke_agent weather_agent"]
     turn_ids = [s.context.span_id for s in li_tracing.spans("invoke_agent") if s.name in turns]
     assert [s.parent.span_id for s in li_tracing.spans("chat ")] == turn_ids  # each turn's model call

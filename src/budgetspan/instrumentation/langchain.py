@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from budgetspan.calls import tools as budgetspan_tools
+from budgetspan.instrumentation.langgraph import handoff_destination, note_handoff
 from budgetspan.instrumentation.retrieval import (
     Patch,
     PatchInstrumentor,
@@ -31,7 +32,6 @@ from budgetspan.instrumentation.retrieval import (
     retrieval_wrapper,
     traced_tool,
 )
-from budgetspan.instrumentation.langgraph import handoff_destination, note_handoff
 
 SYSTEM = "langchain"
 

@@ -26,6 +26,7 @@ they run, agent runs as ``invoke_agent`` spans, handoffs, and refusals kept out 
 from __future__ import annotations
 
 import asyncio
+import importlib
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
@@ -86,7 +87,11 @@ async def _call_tool(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any
     comes back out of the ``ToolOutput`` the agent made of it."""
     if suppressed():
         return await wrapped(*args, **kwargs)
-    ctx, tool, tool_input = arg(args, kwargs, 0, "ctx"), arg(args, kwargs, 1, "tool"), arg(args, kwargs, 2, "tool_input")
+    ctx, tool, tool_input = (
+        arg(args, kwargs, 0, "ctx"),
+        arg(args, kwargs, 1, "tool"),
+        arg(args, kwargs, 2, "tool_input"),
+    )
     name = _tool_name(tool)
     if name == HANDOFF_TOOL and hasattr(instance, "agents"):
         await _note_handoff(instance, ctx, tool_input)
@@ -238,3 +243,11 @@ class LlamaIndexAgentsInstrumentor(PatchInstrumentor):
 
     PATCHES = _PATCHES
     DEPENDENCIES = ("llama-index-core >= 0.12",)
+
+    def _instrument(self, **kwargs: Any) -> None:
+        try:  # the handler patch belongs to llama-index-workflows: only with the agents present
+            importlib.import_module("llama_index.core.agent.workflow")
+        except ImportError:
+            self._patched = []
+            return
+        super()._instrument(**kwargs)
