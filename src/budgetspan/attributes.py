@@ -56,6 +56,9 @@ MODEL_OPERATIONS: Final = frozenset({OP_CHAT, OP_TEXT_COMPLETION, OP_GENERATE_CO
 
 # --- budgetspan.* ---------------------------------------------------------------------------
 RUN_ID: Final = "budgetspan.run.id"
+# On another instrumentation's span of a call budgetspan's own span also describes (a peer's
+# chat span around or inside ours): counted once, by budgetspan's span, in metrics and reports.
+DUPLICATE_CALL: Final = "budgetspan.call.duplicate"
 RUN_PARENT_ID: Final = "budgetspan.run.parent_id"  # the enclosing run a nested run also spends from
 WORKFLOW: Final = "budgetspan.workflow"
 BUDGET_PROFILE: Final = "budgetspan.budget.profile"
@@ -83,6 +86,7 @@ COST_UNPRICED_POLICY: Final = (
 )
 COST_UNPRICED: Final = "budgetspan.cost.unpriced"
 WORST_CASE_COST: Final = "budgetspan.cost.worst_case_usd"
+COST_SOURCE: Final = "budgetspan.cost.source"  # litellm: the cost is LiteLLM's figure, not budgetspan's
 TOOL_TIMEOUT_S: Final = "budgetspan.tool.timeout_s"
 TOOL_TIMED_OUT: Final = "budgetspan.tool.timed_out"
 TOOL_SERVER: Final = "budgetspan.tool.server"
@@ -160,6 +164,8 @@ ENV_ENFORCE_FOREIGN: Final = "BUDGETSPAN_ENFORCE_FOREIGN_SPANS"
 ENV_CAPTURE_CONTENT: Final = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 # OpenAI chat streams: ask for the usage chunk (auto: api.openai.com only | always | never)
 ENV_OPENAI_STREAM_USAGE: Final = "BUDGETSPAN_OPENAI_STREAM_USAGE"
+# LiteLLM calls: whose price they are charged at (budgetspan | litellm)
+ENV_LITELLM_COST: Final = "BUDGETSPAN_LITELLM_COST"
 
 # --- Metrics exposition (processors/metrics.py) --------------------------------------------
 M_RUN_TOKENS: Final = "budgetspan_run_tokens"  # histogram: workflow, outcome (input + output)

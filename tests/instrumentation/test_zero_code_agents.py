@@ -101,7 +101,10 @@ async def main():
 asyncio.run(main())
 """
 
-OTHERS = "budgetspan_anthropic,budgetspan_llamaindex,budgetspan_mcp,budgetspan_chroma,budgetspan_qdrant"
+OTHERS = (
+    "budgetspan_anthropic,budgetspan_google_genai,budgetspan_litellm,budgetspan_llamaindex,"
+    "budgetspan_mcp,budgetspan_chroma,budgetspan_qdrant"
+)
 DISABLED = {
     "langgraph": OTHERS + ",budgetspan_llamaindex_agents",
     "llamaindex": OTHERS + ",budgetspan_langchain,budgetspan_langgraph",

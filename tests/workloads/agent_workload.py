@@ -190,7 +190,7 @@ class OpenAIModels:
     def chat(self, big: bool = False) -> None:
         for _ in range(20 if big else 1):
             self.client.chat.completions.create(
-                model="gpt-4o-mini", messages=[{"role": "user", "content": "summarise"}]
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "summarise"}], max_tokens=400
             )
 
     def chat_unpriced(self) -> None:
@@ -206,12 +206,16 @@ class OpenAIModels:
             model="gpt-3.5-turbo",
             messages=[{"role": "user", "content": "weather?"}],
             stream=True,
+            max_tokens=400,
         )
         for _chunk in stream:
             pass
 
     def stream(self) -> None:
-        for _event in self.client.responses.create(model="gpt-4o", input="write the answer", stream=True):
+        answer = self.client.responses.create(
+            model="gpt-4o", input="write the answer", stream=True, max_output_tokens=400
+        )
+        for _event in answer:
             pass
 
 

@@ -45,26 +45,26 @@ def count_refusal(
 ) -> Refusal | None:
     """The count limit that refuses one more call of ``kind`` (``tool``), if any."""
     b, u = budget, usage
+    own = tool_limits_for(b, tool, defaults) if tool is not None else ToolLimits()
+    # (limit, used, reason), checked in this order; a limit of None never refuses
+    checks: tuple[tuple[float | None, int, Limit], ...]
     if kind is CallKind.RETRY:
-        if b.max_retries is not None and u.retries >= b.max_retries:
-            return Refusal(Limit.RETRIES.value, b.max_retries)
-        if tool is not None:
-            limit = tool_limits_for(b, tool, defaults).max_retries
-            if limit is not None and u.tool_retries_by_name.get(tool, 0) >= limit:
-                return Refusal(Limit.TOOL_MAX_RETRIES.value, limit, tool)
-        return None
-    if b.max_steps is not None and u.steps >= b.max_steps:
-        return Refusal(Limit.STEPS.value, b.max_steps)
-    if kind is CallKind.MODEL:
-        if b.max_model_calls is not None and u.model_calls >= b.max_model_calls:
-            return Refusal(Limit.MODEL_CALLS.value, b.max_model_calls)
-        return None
-    if b.max_tool_calls is not None and u.tool_calls >= b.max_tool_calls:
-        return Refusal(Limit.TOOL_CALLS.value, b.max_tool_calls)
-    if tool is not None:
-        limit = tool_limits_for(b, tool, defaults).max_calls
-        if limit is not None and u.tool_calls_by_name.get(tool, 0) >= limit:
-            return Refusal(Limit.TOOL_MAX_CALLS.value, limit, tool)
+        checks = (
+            (b.max_retries, u.retries, Limit.RETRIES),
+            (own.max_retries, u.tool_retries_by_name.get(tool or "", 0), Limit.TOOL_MAX_RETRIES),
+        )
+    elif kind is CallKind.MODEL:
+        checks = ((b.max_steps, u.steps, Limit.STEPS), (b.max_model_calls, u.model_calls, Limit.MODEL_CALLS))
+    else:
+        checks = (
+            (b.max_steps, u.steps, Limit.STEPS),
+            (b.max_tool_calls, u.tool_calls, Limit.TOOL_CALLS),
+            (own.max_calls, u.tool_calls_by_name.get(tool or "", 0), Limit.TOOL_MAX_CALLS),
+        )
+    for limit, used, name in checks:
+        if limit is not None and used >= limit:
+            per_tool = name in (Limit.TOOL_MAX_CALLS, Limit.TOOL_MAX_RETRIES)
+            return Refusal(name.value, limit, tool if per_tool else None)
     return None
 
 

@@ -118,6 +118,7 @@ class Call:
         self._tokens: tuple[object, object] | None = None
         self._ended = False
         self._end_lock = threading.Lock()
+        self._deadline: float | None = None  # the run's wall-clock deadline (time.monotonic)
 
     @property
     def is_model(self) -> bool:
@@ -146,6 +147,9 @@ class Call:
             self._check_unpriced(self.run)  # BudgetExhausted propagates under the "refuse" policy
         self._reserve()  # BudgetExhausted propagates: the call must not start
         try:
+            remaining = self.run.remaining_s() if self.run is not None else None
+            if remaining is not None:
+                self._deadline = time.monotonic() + remaining
             self._open_span()
         except Exception:
             internal_error("Call.start span")
@@ -182,6 +186,7 @@ class Call:
         # reservation over rather than count the call twice.
         taken = foreign.take_over(run, self.kind)
         if taken is not None:
+            foreign.mark_duplicate()  # the peer's span around ours: ours counts this call
             self.reservation = run.adopt(taken.reservation)
             return
         self.reservation = run.reserve(
@@ -239,6 +244,13 @@ class Call:
     def first_token(self) -> None:
         if self.ttft_s is None and self.started:
             self.ttft_s = time.monotonic() - self._t0
+
+    def past_deadline(self) -> BaseException | None:
+        """Past the run's wall-clock deadline: the run stops there (``max_wall_clock_s``); the
+        exception for the caller to raise. None while there is time left."""
+        if self._deadline is None or time.monotonic() < self._deadline or self.run is None:
+            return None
+        return self.run.exhaust(Refusal(Limit.WALL_CLOCK_S.value, self.run.budget.max_wall_clock_s))
 
     def retry(self) -> None:
         """One more attempt of this call; counted against max_retries (may raise BudgetExhausted)."""
@@ -299,6 +311,8 @@ class Call:
         unpriced = self.is_model and not unreported and self.cost_usd is None
         if self.span is not None:
             self._finish_span(self.span, error, status, stream_end, unreported)
+        if status == "ok":
+            self.past_deadline()  # a sync call that ended late stops its run (the next call is refused)
         run = self.run
         if run is not None:
             if self._outer:

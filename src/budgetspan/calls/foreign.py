@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 from opentelemetry import trace
 
+from budgetspan import attributes as A
 from budgetspan.accounting.ledger import CallKind, Reservation
+from budgetspan.events import internal_error
 from budgetspan.runs.run import Run
 
 
@@ -57,6 +59,14 @@ def take_over(run: Run, kind: CallKind) -> ForeignCall | None:
         if found is None or found.run is not run or found.kind is not kind:
             return None
         return _pending.pop(key)
+
+
+def mark_duplicate() -> None:
+    """Mark the current (foreign) span as describing a call that budgetspan's span counts."""
+    try:
+        trace.get_current_span().set_attribute(A.DUPLICATE_CALL, True)
+    except Exception:
+        internal_error("mark duplicate")
 
 
 def clear() -> None:

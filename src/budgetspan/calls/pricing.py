@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from budgetspan import attributes as A
@@ -53,37 +54,22 @@ def usage_attributes(spend: Spend, cost_usd: float | None) -> dict[str, Any]:
     return attrs
 
 
+_FIGURES = tuple(f.name for f in dataclasses.fields(Spend))
+
+
 def increase(now: Spend, before: Spend) -> Spend:
-    """What a cumulative usage report adds to the previous one (never negative)."""
-
-    def more(a: int | None, b: int | None) -> int | None:
-        return None if a is None else max(0, a - (b or 0))
-
-    cost = None if now.cost_usd is None else max(0.0, now.cost_usd - (before.cost_usd or 0.0))
-    return Spend(
-        more(now.input_tokens, before.input_tokens),
-        more(now.output_tokens, before.output_tokens),
-        more(now.cache_read_tokens, before.cache_read_tokens),
-        more(now.cache_write_tokens, before.cache_write_tokens),
-        more(now.reasoning_tokens, before.reasoning_tokens),
-        cost,
-    )
+    """What a cumulative usage report adds to the previous one, figure by figure (never negative;
+    a figure not reported stays None)."""
+    out = Spend()
+    for name in _FIGURES:
+        a, b = getattr(now, name), getattr(before, name)
+        setattr(out, name, None if a is None else max(0, a - (b or 0)))
+    return out
 
 
 def highest(a: Spend, b: Spend) -> Spend:
     """Figure by figure, the larger of two cumulative reports (what has been committed so far)."""
-
-    def hi(x: Any, y: Any) -> Any:
-        return max(x or 0, y or 0)
-
-    return Spend(
-        hi(a.input_tokens, b.input_tokens),
-        hi(a.output_tokens, b.output_tokens),
-        hi(a.cache_read_tokens, b.cache_read_tokens),
-        hi(a.cache_write_tokens, b.cache_write_tokens),
-        hi(a.reasoning_tokens, b.reasoning_tokens),
-        hi(a.cost_usd, b.cost_usd),
-    )
+    return Spend(*(max(getattr(a, n) or 0, getattr(b, n) or 0) for n in _FIGURES))
 
 
 def estimate_attributes(estimate: Spend | None) -> dict[str, Any]:

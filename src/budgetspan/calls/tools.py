@@ -7,10 +7,11 @@ function runs. Per-tool limits come from the decorator and are overridden by the
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextvars
 import functools
 import inspect
+import logging
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar, overload
 
@@ -34,16 +35,55 @@ class ToolTimeout(TimeoutError):
         self.timeout_s = timeout_s
 
 
-_sync_pool: concurrent.futures.ThreadPoolExecutor | None = None
+log = logging.getLogger(__name__)
+_abandoned: set[threading.Thread] = set()  # timed-out sync tool bodies still running
+_abandoned_lock = threading.Lock()
 
 
-def _pool() -> concurrent.futures.ThreadPoolExecutor:
-    global _sync_pool
-    if _sync_pool is None:
-        _sync_pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=32, thread_name_prefix="budgetspan-tool"
+def abandoned_tools() -> int:
+    """Sync tool bodies that ran past their timeout and have not returned yet."""
+    with _abandoned_lock:
+        return len(_abandoned)
+
+
+def _run_bounded(name: str, timeout_s: float, func: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    """Run ``func`` in a thread of its own and wait at most ``timeout_s``.
+
+    A thread cannot be killed: past the timeout the body is abandoned, counted and logged. One
+    thread per call (not a bounded pool), so bodies that never return cannot starve later tools.
+    """
+    ctx = contextvars.copy_context()
+    done = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def body() -> None:
+        try:
+            outcome["result"] = ctx.run(func, *args, **kwargs)
+        except BaseException as e:
+            outcome["error"] = e
+        finally:
+            done.set()
+            with _abandoned_lock:
+                _abandoned.discard(threading.current_thread())
+
+    thread = threading.Thread(target=body, name=f"budgetspan-tool-{name}", daemon=True)
+    thread.start()
+    if not done.wait(timeout_s):
+        with _abandoned_lock:
+            if not done.is_set():
+                _abandoned.add(thread)
+            stuck = len(_abandoned)
+        log.warning(
+            "budgetspan: tool %r ran past its %g s timeout and was abandoned (%d abandoned tool "
+            "bodies still running)",
+            name,
+            timeout_s,
+            stuck,
         )
-    return _sync_pool
+        raise ToolTimeout(name, timeout_s)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("result")
 
 
 def _effective(run: Run | None, name: str, defaults: ToolLimits) -> ToolLimits:
@@ -163,13 +203,7 @@ def run_tool(
             with call.activate():
                 if timeout_s is None:
                     return func(*args, **kwargs)
-                ctx = contextvars.copy_context()
-                fut = _pool().submit(ctx.run, func, *args, **kwargs)
-                try:
-                    return fut.result(timeout=timeout_s)
-                except concurrent.futures.TimeoutError:
-                    fut.cancel()
-                    raise ToolTimeout(name, timeout_s) from None
+                return _run_bounded(name, timeout_s, func, args, kwargs)
         except ToolTimeout as e:
             if _retry(call, e):
                 continue

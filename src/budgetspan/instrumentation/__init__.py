@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 INSTRUMENTORS: tuple[tuple[str, str, str], ...] = (
     ("openai", "OpenAIInstrumentor", "openai"),
     ("anthropic", "AnthropicInstrumentor", "anthropic"),
+    ("google_genai", "GoogleGenAIInstrumentor", "google.genai"),
+    ("litellm", "LiteLLMInstrumentor", "litellm"),
     ("langchain", "LangChainInstrumentor", "langchain_core"),
     ("llamaindex", "LlamaIndexInstrumentor", "llama_index.core"),
     ("langgraph", "LangGraphInstrumentor", "langgraph"),

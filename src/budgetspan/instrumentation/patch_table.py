@@ -55,3 +55,35 @@ def suppressed() -> bool:
     """Inside OpenTelemetry's ``suppress_instrumentation()``: every wrapper lets the call through
     untouched (no span, no accounting), as the official instrumentations do."""
     return not is_instrumentation_enabled()
+
+
+# --- module-level functions (``litellm.completion``, helpers the SDK calls by module name) ---------
+
+#: (module, function name, asynchronous)
+FunctionPatch = tuple[str, str, bool]
+
+
+def patch_functions(
+    table: tuple[FunctionPatch, ...], factory: Callable[[bool], Callable[..., Any]]
+) -> list[tuple[Any, str]]:
+    """Wrap each module-level function the installed version has; return (module, name) wrapped."""
+    done: list[tuple[Any, str]] = []
+    for module, name, asynchronous in table:
+        try:
+            mod = importlib.import_module(module)
+            if not callable(getattr(mod, name, None)):
+                continue  # not in this version
+            wrapt.wrap_function_wrapper(mod, name, factory(asynchronous))
+            done.append((mod, name))
+        except Exception:
+            internal_error(f"patch {module}.{name}")
+    return done
+
+
+def unpatch_functions(done: list[tuple[Any, str]]) -> None:
+    while done:
+        owner, name = done.pop()
+        try:
+            unwrap(owner, name)
+        except Exception:
+            internal_error(f"unpatch {name}")

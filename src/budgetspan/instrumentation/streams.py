@@ -175,9 +175,21 @@ class SyncStreamProxy(wrapt.ObjectProxy[Any]):
                 state.stopped(e)
                 raise
             state.item(item)
+            late = state.call.past_deadline()
+            if late is not None:  # a sync stream cannot be interrupted: it stops at its next chunk
+                self._stop_at_deadline(late)
             if not state.observer.hidden(item):
                 return item
             state.in_next = True
+
+    def _stop_at_deadline(self, exhausted: BaseException) -> None:
+        state = self._self_state
+        try:
+            self.__wrapped__.close()
+        except Exception:
+            internal_error("stream close at deadline")
+        state.finish(exhausted, "error")
+        raise exhausted
 
     def close(self) -> None:
         try:

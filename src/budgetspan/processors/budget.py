@@ -105,6 +105,7 @@ class BudgetSpanProcessor(SpanProcessor):
             # that call (openai-v2 inside our OpenAI wrapper, an in-process MCP server serving our
             # tool call), already counted.
             if getattr(current, "kind", None) is kind:
+                span.set_attribute(A.DUPLICATE_CALL, True)
                 return
             if kind is CallKind.TOOL and span.kind is SpanKind.SERVER:
                 return  # an in-process tool server serving a call already counted

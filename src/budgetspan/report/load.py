@@ -39,6 +39,10 @@ class SpanRec:
 
     @property
     def operation(self) -> str | None:
+        """The GenAI operation, or None: also for a span that another span of the same call
+        stands for (two instrumentations saw one request: it is counted once)."""
+        if self.attrs.get(A.DUPLICATE_CALL) is True:
+            return None
         op = self.attrs.get(A.GEN_AI_OPERATION_NAME)
         return op if isinstance(op, str) else None
 

@@ -7,6 +7,7 @@ functions here.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -119,3 +120,21 @@ def default_workflow() -> str:
     argv0 = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     stem = os.path.splitext(argv0)[0]
     return stem if stem and stem not in ("-c", "-m", "") else "default"
+
+
+def _warn_after_fork() -> None:
+    """A forked child copies the in-memory ledger: from here on it counts apart from its parent."""
+    from budgetspan.runs import registry  # (at fork time only)
+
+    live = registry.live_runs()
+    if live and isinstance(_ledger, InMemoryLedger):
+        logging.getLogger("budgetspan").warning(
+            "budgetspan: forked with %d live run(s) on the in-memory ledger: this process now "
+            "counts its calls apart from its parent, so each process may spend the whole budget. "
+            "Use budgetspan.RedisLedger for one budget across processes.",
+            len(live),
+        )
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_warn_after_fork)

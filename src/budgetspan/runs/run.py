@@ -81,10 +81,16 @@ class Run:
         return self._ledger
 
     def ancestors(self) -> list[Run]:
-        """The enclosing runs, innermost first."""
-        found, run = [], self.parent
+        """The enclosing runs that keep a budget of their own, innermost first (a run that shares
+        this run's id, and so its ledger record, is not counted twice)."""
+        found: list[Run] = []
+        seen = {(id(self._ledger), self.id)}
+        run = self.parent
         while run is not None:
-            found.append(run)
+            key = (id(run._ledger), run.id)
+            if key not in seen:
+                seen.add(key)
+                found.append(run)
             run = run.parent
         return found
 

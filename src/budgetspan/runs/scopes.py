@@ -10,8 +10,7 @@ import asyncio
 import functools
 import inspect
 import time
-from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from contextvars import ContextVar
 from typing import Any, ParamSpec, TypeVar, cast
 
@@ -48,17 +47,24 @@ def _pop(scope: object) -> Any:
     raise RuntimeError("budgetspan: a scope was exited in a context it was not entered in")
 
 
-@contextmanager
-def _current(run: Run) -> Iterator[None]:
-    """Make ``run`` (and its span) current for a block."""
-    tokens = context.enter_run(run)
-    span_token = otel_context.attach(trace.set_span_in_context(run.span)) if run.span else None
-    try:
-        yield
-    finally:
-        if span_token is not None:
-            otel_context.detach(span_token)
-        context.exit_run(tokens)
+class _current:
+    """Make ``run`` (and its span) current for a block. A class, not a generator: a run left open
+    in a thread that never ends (a daemon) must not be undone by the collector at exit."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.tokens: Any = None
+        self.span_token: Any = None
+
+    def __enter__(self) -> None:
+        self.tokens = context.enter_run(self.run)
+        span = self.run.span
+        self.span_token = otel_context.attach(trace.set_span_in_context(span)) if span else None
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.span_token is not None:
+            otel_context.detach(self.span_token)
+        context.exit_run(self.tokens)
 
 
 class RunScope:
@@ -160,10 +166,8 @@ class RunScope:
         @functools.wraps(fn)
         def generator(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
             run = self.open()
-            error: BaseException | None = None
-            try:
-                with _current(run):
-                    inner = fn(*args, **kwargs)
+            with _Lifetime(self, run):
+                inner = fn(*args, **kwargs)
                 sent: Any = None
                 thrown: BaseException | None = None
                 while True:
@@ -180,14 +184,7 @@ class RunScope:
                         raise
                     except BaseException as e:  # thrown in by the caller: pass it to the body
                         sent, thrown = None, e
-            except BaseException as e:
-                error = e
-                if not (isinstance(e, GeneratorExit) or self.close(run, e)):
-                    raise
-                return None
-            finally:
-                if error is None or isinstance(error, GeneratorExit):
-                    self.close(run, None)
+            return None  # (suppress_exhausted swallowed the refusal)
 
         return generator
 
@@ -195,19 +192,15 @@ class RunScope:
         @functools.wraps(fn)
         async def generator(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
             run = self.open()
-            error: BaseException | None = None
-            try:
-                with _current(run):
-                    inner = fn(*args, **kwargs)
+            with _Lifetime(self, run):
+                inner = fn(*args, **kwargs)
                 sent: Any = None
                 thrown: BaseException | None = None
                 while True:
                     with _current(run):
                         try:
-                            if thrown is not None:
-                                item = await inner.athrow(thrown)
-                            else:
-                                item = await inner.asend(sent)
+                            step = inner.athrow(thrown) if thrown is not None else inner.asend(sent)
+                            item = await step
                         except StopAsyncIteration:
                             return
                     try:
@@ -218,15 +211,25 @@ class RunScope:
                         raise
                     except BaseException as e:
                         sent, thrown = None, e
-            except BaseException as e:
-                error = e
-                if not (isinstance(e, GeneratorExit) or self.close(run, e)):
-                    raise
-            finally:
-                if error is None or isinstance(error, GeneratorExit):
-                    self.close(run, None)
 
         return generator
+
+
+class _Lifetime:
+    """Ends a generator's run however the iteration ends: exhausted, closed early, or failed
+    (swallowing ``BudgetExhausted`` under ``suppress_exhausted``)."""
+
+    def __init__(self, scope: RunScope, run: Run) -> None:
+        self.scope, self.run = scope, run
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, et: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None or isinstance(exc, GeneratorExit):
+            self.scope.close(self.run, None)
+            return False
+        return self.scope.close(self.run, exc)
 
 
 class PhaseScope:

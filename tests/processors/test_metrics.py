@@ -435,7 +435,17 @@ def test_zero_code_serves_metrics_under_opentelemetry_instrument(tmp_path: Any) 
             # Only the hook matters here; skip importing the heavy instrumented libraries.
             "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": ",".join(
                 f"budgetspan_{n}"
-                for n in ("openai", "anthropic", "langchain", "llamaindex", "mcp", "chroma", "qdrant")
+                for n in (
+                    "openai",
+                    "anthropic",
+                    "langchain",
+                    "llamaindex",
+                    "mcp",
+                    "chroma",
+                    "qdrant",
+                    "langgraph",
+                    "llamaindex_agents",
+                )
             ),
         }
     )

@@ -93,3 +93,46 @@ def test_the_limit_is_not_hit_early_when_two_instrumentations_see_each_call(inst
                     _client(rec).chat.completions.create(**ARGS)
                 done += 1
     assert done == 3 and info.value.reason == "max_model_calls"
+
+
+def test_a_peer_span_is_counted_once_in_the_report_metrics_and_explanation(instrumented: Any) -> None:
+    """The peer's span is marked as the same call: the report and the metrics count one call per
+    request, and the run span's explanation agrees with the exception."""
+    from prometheus_client import CollectorRegistry
+
+    from budgetspan import attributes as A
+    from budgetspan import events
+    from budgetspan.processors.file_export import encode_request
+    from budgetspan.processors.metrics import BudgetspanMetrics
+    from budgetspan.report.analysis import analyze
+    from budgetspan.report.load import parse_request
+
+    registry = CollectorRegistry()
+    metrics = BudgetspanMetrics(registry=registry)
+    events.add_listener(metrics)
+    peer = instrumented.provider.get_tracer("peer.openai")
+    rec = Recorder(json_response(chat_completion(usage=USAGE)))
+    try:
+        with pytest.raises(budgetspan.BudgetExhausted) as refused:
+            with budgetspan.run("twice", max_model_calls=1):
+                for _ in range(2):
+                    with peer.start_as_current_span("chat gpt-4o-mini", attributes=PEER_CHAT):
+                        _client(rec).chat.completions.create(**ARGS)
+    finally:
+        events.remove_listener(metrics)
+    assert len(rec.requests) == 1
+    spans = instrumented.exporter.get_finished_spans()
+    peers = [s for s in spans if s.instrumentation_scope.name == "peer.openai"]
+    assert all(s.attributes.get(A.DUPLICATE_CALL) is True for s in peers)
+    (wf,) = analyze(parse_request(encode_request(spans))).workflows
+    assert sum(p.calls for p in wf.phases) == 1  # not 2 (or 3) chat calls for one request
+    counted = sum(
+        sample.value
+        for family in registry.collect()
+        for sample in family.samples
+        if sample.name == A.M_MODEL_CALLS + "_total"
+    )
+    assert counted == 1
+    (run_span,) = [s for s in spans if s.name == "invoke_agent twice"]
+    assert run_span.attributes[A.EXHAUSTED_EXPLANATION] == refused.value.explain(refused.value.usage)
+    assert "1 of 1 model calls" in run_span.attributes[A.EXHAUSTED_EXPLANATION]

@@ -591,3 +591,25 @@ def test_foreign_spans_are_tagged_under_a_concurrent_multi_span_processor() -> N
         assert all(_attrs(s)[A.PHASE] == "model_decision" for s in spans)
     finally:
         provider.shutdown()
+
+
+def test_a_generator_run_ends_when_the_caller_stops_early_or_the_body_fails(tracing: Tracing) -> None:
+    @budgetspan.run("gen-early")
+    def numbers() -> Any:
+        yield from range(10)
+
+    gen = numbers()
+    assert next(gen) == 0 and budgetspan.current_run() is None  # not current while the caller runs
+    (live,) = budgetspan.live_runs()
+    gen.close()
+    assert live.outcome is budgetspan.Outcome.SUCCESS and budgetspan.live_runs() == []
+
+    @budgetspan.run("gen-fails")
+    def failing() -> Any:
+        yield 1
+        raise KeyError("boom")
+
+    with pytest.raises(KeyError):
+        list(failing())
+    runs = [s for s in tracing.spans("invoke_agent gen-fails")]
+    assert runs[0].attributes[A.RUN_OUTCOME] == "failure"
