@@ -1,5 +1,6 @@
-"""Fixtures for the provider instrumentations: one local LLM server per session (Gemini REST and
-OpenAI-compatible), reset before each test, and budgetspan's instrumentors for each library.
+"""Fixtures for the provider instrumentations: local servers per session (Gemini REST and
+OpenAI-compatible; a loopback server that counts requests), reset before each test, fake AWS
+credentials (never a real endpoint), and budgetspan's instrumentors for each library.
 For the agent frameworks: one scripted chat server per session (chat_server.py: tool rounds and
 handoffs decided from each request), its log filtered by a model name unique to the test."""
 
@@ -14,6 +15,7 @@ import pytest
 
 from tests.instrumentation.chat_server import ChatServer
 from tests.instrumentation.llm_server import LLMServer
+from tests.instrumentation.local_server import LocalServer
 
 # LiteLLM fetches its price map from the network at import unless told to use its bundled copy.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -59,6 +61,78 @@ def litellm_instrumented(tracing: Any) -> Iterator[Any]:
     finally:
         LiteLLMInstrumentor().uninstrument()
         OpenAIInstrumentor().uninstrument()
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """Fake credentials and a region from the environment; no profile, config file or instance
+    metadata is read, so nothing can reach a real AWS account."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    for key in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_BEDROCK_RUNTIME"):
+        monkeypatch.delenv(key, raising=False)
+
+
+@pytest.fixture(scope="session")
+def _server() -> Iterator[LocalServer]:
+    server = LocalServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def server(_server: LocalServer) -> LocalServer:
+    """The session's loopback server, with no answers scripted and no requests recorded."""
+    _server.reset()
+    return _server
+
+
+@pytest.fixture
+def bedrock(tracing: Any, aws_env: None) -> Iterator[Any]:
+    """``tracing`` with budgetspan's Bedrock instrumentor on (and fake AWS credentials)."""
+    from budgetspan.instrumentation.bedrock import BedrockInstrumentor
+
+    BedrockInstrumentor().instrument()
+    try:
+        yield tracing
+    finally:
+        BedrockInstrumentor().uninstrument()
+
+
+@pytest.fixture
+def mistral(tracing: Any) -> Iterator[Any]:
+    """``tracing`` with budgetspan's Mistral instrumentor on."""
+    from budgetspan.instrumentation.mistral import MistralInstrumentor
+
+    MistralInstrumentor().instrument()
+    try:
+        yield tracing
+    finally:
+        MistralInstrumentor().uninstrument()
+
+
+class _InternalErrors:
+    def __init__(self) -> None:
+        self.where: list[str] = []
+
+    def on_internal_error(self, where: str) -> None:
+        self.where.append(where)
+
+
+@pytest.fixture(autouse=True)
+def no_internal_errors() -> Iterator[_InternalErrors]:
+    """A bug in our own code is swallowed so the user's call goes on: here it fails the test."""
+    from budgetspan import events
+
+    seen = _InternalErrors()
+    events.add_listener(seen)
+    yield seen
+    events.remove_listener(seen)
+    assert seen.where == [], f"budgetspan internal errors: {seen.where}"
 
 
 @pytest.fixture(scope="session")

@@ -103,7 +103,7 @@ asyncio.run(main())
 
 OTHERS = (
     "budgetspan_anthropic,budgetspan_google_genai,budgetspan_litellm,budgetspan_llamaindex,"
-    "budgetspan_mcp,budgetspan_chroma,budgetspan_qdrant"
+    "budgetspan_mcp,budgetspan_chroma,budgetspan_qdrant,budgetspan_bedrock,budgetspan_mistral"
 )
 DISABLED = {
     "langgraph": OTHERS + ",budgetspan_llamaindex_agents",

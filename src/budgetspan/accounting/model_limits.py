@@ -7,6 +7,8 @@ overshoot bound is then one call's output per call in flight, as the README says
 
 from __future__ import annotations
 
+import re
+
 # (model id prefix, maximum output tokens per call), from the providers' model pages.
 _MAX_OUTPUT: tuple[tuple[str, int], ...] = (
     ("gpt-4o-mini", 16_384),
@@ -40,11 +42,31 @@ _MAX_OUTPUT: tuple[tuple[str, int], ...] = (
 _BY_LENGTH = sorted(_MAX_OUTPUT, key=lambda row: -len(row[0]))
 
 
+#: A Bedrock model id: an optional ARN head, an optional cross-region inference-profile prefix
+#: (``us.``, ``eu.``, ``apac.``, ``global.``...), the vendor, the model, and a version suffix
+#: (``-v1:0``, ``-v2:0:200k``, ``-v1``, ``-v0:2``).
+_BEDROCK_ID = re.compile(
+    r"^(?:[a-z]{2,6}(?:-[a-z]+)?\.)?"
+    r"(?:anthropic|meta|amazon|mistral|cohere|ai21|deepseek|openai|qwen|writer|moonshotai|zai|google|nvidia|minimax)\."
+    r"(?P<base>.+?)(?:-v\d+(?::\d+)?(?::\d+k)?|:\d+(?::\d+k)?)?$"
+)
+
+
+def bedrock_base_model(model: str) -> str:
+    """The vendor's own name in a Bedrock model id, or ``model`` unchanged when it is not one:
+    ``us.anthropic.claude-3-5-haiku-20241022-v1:0`` -> ``claude-3-5-haiku-20241022``; an ARN
+    (``arn:aws:bedrock:...:inference-profile/ID``) is read from its last part."""
+    name = model.rsplit("/", 1)[-1].lower() if model.startswith("arn:") else model.lower()
+    found = _BEDROCK_ID.match(name)
+    return found.group("base") if found else model
+
+
 def max_output_tokens(model: str | None) -> int | None:
-    """The model's maximum output per call, or None when it is not known."""
+    """The model's maximum output per call, or None when it is not known (a Bedrock id is
+    looked up by its vendor's model name)."""
     if not model:
         return None
-    name = model.rsplit("/", 1)[-1].lower()  # provider-prefixed ids ("openai/gpt-4o")
+    name = bedrock_base_model(model).rsplit("/", 1)[-1].lower()  # provider-prefixed ("openai/gpt-4o")
     if name.startswith("ft:"):
         name = name.split(":")[1]  # a fine-tuned model answers like its base
     for prefix, limit in _BY_LENGTH:

@@ -22,6 +22,11 @@ INSTRUMENTORS: tuple[tuple[str, str, str], ...] = (
     ("anthropic", "AnthropicInstrumentor", "anthropic"),
     ("google_genai", "GoogleGenAIInstrumentor", "google.genai"),
     ("litellm", "LiteLLMInstrumentor", "litellm"),
+    ("bedrock", "BedrockInstrumentor", "botocore"),
+    # mistralai >= 2 is a namespace package, whose import fires no post-import hook: its
+    # ``client`` package does. 1.x is a plain package (its ``client`` a legacy stub).
+    ("mistral", "MistralInstrumentor", "mistralai.client"),
+    ("mistral", "MistralInstrumentor", "mistralai"),
     ("langchain", "LangChainInstrumentor", "langchain_core"),
     ("llamaindex", "LlamaIndexInstrumentor", "llama_index.core"),
     ("langgraph", "LangGraphInstrumentor", "langgraph"),
@@ -96,15 +101,16 @@ def instrument_all(provider: Any, only: Iterable[str] | None = None) -> list[str
                 _instrument(module, cls, provider)
 
             wrapt.register_post_import_hook(hook, library)
-        done.append(module)
+        if module not in done:  # (one module may be reached through two libraries)
+            done.append(module)
     return done
 
 
 def available_instrumentors() -> list[Any]:
     """Instances of every instrumentor whose library is installed; the rest are skipped quietly."""
-    found = []
+    found: list[Any] = []
     for module, cls, library in INSTRUMENTORS:
-        if not _library_present(library):
+        if not _library_present(library) or any(type(i).__name__ == cls for i in found):
             continue
         try:
             mod = importlib.import_module(f"budgetspan.instrumentation.{module}")

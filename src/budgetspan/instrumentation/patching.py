@@ -34,11 +34,11 @@ from budgetspan.instrumentation.usage import field
 Where = tuple[str, str | None, int | None]
 
 
-_SENTINELS = ("Omit", "NotGiven")
+_SENTINELS = ("Omit", "NotGiven", "Unset")  # (Unset: the Speakeasy-built SDKs, e.g. mistralai)
 
 
 def given(value: Any) -> Any:
-    """The SDK's ``omit`` / ``NOT_GIVEN`` sentinels (passed by its stream helpers) count as absent."""
+    """The SDK's ``omit`` / ``NOT_GIVEN`` / ``UNSET`` sentinels count as absent."""
     if value is None or type(value).__name__ in _SENTINELS:
         return None
     return value

@@ -213,3 +213,105 @@ class AnthropicStreamUsage:
         if self.raw_input is not None:
             inp = self.raw_input + (self.cache_read or 0) + (self.cache_write or 0)
         return _spend(inp, self.output, self.cache_read, self.cache_write)
+
+
+# --- AWS Bedrock ----------------------------------------------------------------------------
+
+
+def _with_cache(raw_in: int | None, out: int | None, cr: int | None, cw: int | None) -> Spend | None:
+    """Bedrock, like Anthropic, counts cache reads and writes apart from its input figure."""
+    inp = None if raw_in is None else raw_in + (cr or 0) + (cw or 0)
+    return _spend(inp, out, cr, cw)
+
+
+def bedrock_converse_usage(usage: Any) -> Spend | None:
+    """Converse / ConverseStream ``usage`` (and Nova's InvokeModel body): ``inputTokens``
+    excludes ``cacheReadInputTokens`` and ``cacheWriteInputTokens``, which are added."""
+    if usage is None:
+        return None
+    return _with_cache(
+        count(field(usage, "inputTokens")),
+        count(field(usage, "outputTokens")),
+        count(field(usage, "cacheReadInputTokens")),
+        count(field(usage, "cacheWriteInputTokens")),
+    )
+
+
+def _header_count(headers: Any, name: str) -> int | None:
+    value = headers.get(name) if isinstance(headers, dict) else None
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return count(value)
+
+
+def bedrock_header_usage(headers: Any) -> Spend | None:
+    """InvokeModel's ``X-Amzn-Bedrock-*-Token-Count`` response headers (any model): Bedrock's
+    own count, input excluding cache reads and writes."""
+    prefix = "x-amzn-bedrock-"
+    return _with_cache(
+        _header_count(headers, prefix + "input-token-count"),
+        _header_count(headers, prefix + "output-token-count"),
+        _header_count(headers, prefix + "cache-read-input-token-count"),
+        _header_count(headers, prefix + "cache-write-input-token-count"),
+    )
+
+
+def bedrock_metrics_usage(metrics: Any) -> Spend | None:
+    """``amazon-bedrock-invocationMetrics`` in the last chunk of InvokeModelWithResponseStream."""
+    if metrics is None:
+        return None
+    return _with_cache(
+        count(field(metrics, "inputTokenCount")),
+        count(field(metrics, "outputTokenCount")),
+        count(field(metrics, "cacheReadInputTokenCount")),
+        count(field(metrics, "cacheWriteInputTokenCount")),
+    )
+
+
+def bedrock_body_usage(body: Any) -> Spend | None:
+    """The usage an InvokeModel body reports in its model's own shape: Anthropic (``usage``
+    with ``input_tokens``), Nova (``usage`` with ``inputTokens``), Mistral / OpenAI
+    (``prompt_tokens``), Llama (``prompt_token_count``), Titan (``inputTextTokenCount``)."""
+    usage = field(body, "usage")
+    if usage is not None:
+        if field(usage, "input_tokens") is not None:
+            return anthropic_usage(usage)
+        if field(usage, "inputTokens") is not None:
+            return bedrock_converse_usage(usage)
+        return openai_usage(usage)
+    llama_in = count(field(body, "prompt_token_count"))
+    llama_out = count(field(body, "generation_token_count"))
+    if llama_in is not None or llama_out is not None:
+        return _spend(llama_in, llama_out)
+    titan_in = count(field(body, "inputTextTokenCount"))
+    if titan_in is not None:
+        results = field(body, "results")
+        outs = [count(field(r, "tokenCount")) for r in results] if isinstance(results, list) else []
+        out = sum(o for o in outs if o is not None) if outs and None not in outs else None
+        return _spend(titan_in, out)
+    return None
+
+
+# --- Mistral ----------------------------------------------------------------------------------
+
+
+def mistral_usage(usage: Any, embeddings: bool = False) -> Spend | None:
+    """Mistral's ``UsageInfo``: OpenAI's names (``prompt_tokens`` includes the cached
+    ``prompt_tokens_details.cached_tokens``). The SDK fills an absent count with 0, so a count
+    the server did not send (outside the model's ``model_fields_set``) is unreported, not 0.
+    Embeddings have no output: 0 there, never unreported."""
+    if usage is None:
+        return None
+    sent = getattr(usage, "model_fields_set", None)
+
+    def reported(name: str) -> int | None:
+        if sent is not None and name not in sent:
+            return None
+        return count(field(usage, name))
+
+    inp = reported("prompt_tokens")
+    out = 0 if embeddings and inp is not None else reported("completion_tokens")
+    cached = count(field(field(usage, "prompt_tokens_details"), "cached_tokens"))
+    if inp is not None and cached is not None and cached > inp:
+        cached = None  # contradicts the total it is part of
+    return None if inp is None and out is None else Spend(inp, out, cached)
