@@ -1,8 +1,8 @@
 """Fixtures for the provider instrumentations: local servers per session (Gemini REST and
 OpenAI-compatible; a loopback server that counts requests), reset before each test, fake AWS
-credentials (never a real endpoint), and budgetspan's instrumentors for each library.
-For the agent frameworks: one scripted chat server per session (chat_server.py: tool rounds and
-handoffs decided from each request), its log filtered by a model name unique to the test."""
+credentials (never a real endpoint), the scripted agent-framework servers (agent_server.py; chat_server.py with tool rounds
+and handoffs, its log filtered by a model name unique to the test), and budgetspan's
+instrumentors for each library."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.instrumentation.agent_server import AgentServer
 from tests.instrumentation.chat_server import ChatServer
 from tests.instrumentation.llm_server import LLMServer
 from tests.instrumentation.local_server import LocalServer
@@ -133,6 +134,14 @@ def no_internal_errors() -> Iterator[_InternalErrors]:
     yield seen
     events.remove_listener(seen)
     assert seen.where == [], f"budgetspan internal errors: {seen.where}"
+
+
+@pytest.fixture(scope="session")
+def agent_server() -> Iterator[AgentServer]:
+    """The scripted OpenAI-compatible server (``tools-N`` models), shared by the whole session."""
+    server = AgentServer().start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -136,3 +136,39 @@ def test_a_peer_span_is_counted_once_in_the_report_metrics_and_explanation(instr
     (run_span,) = [s for s in spans if s.name == "invoke_agent twice"]
     assert run_span.attributes[A.EXHAUSTED_EXPLANATION] == refused.value.explain(refused.value.usage)
     assert "1 of 1 model calls" in run_span.attributes[A.EXHAUSTED_EXPLANATION]
+
+
+def test_a_refusal_inside_a_peer_span_is_the_runs_own_story(instrumented: Any) -> None:
+    """The peer's span over the limit cannot be refused in ``on_start``; our call inside it is the
+    same call and is refused before it is sent. The exception the caller gets is the run's, and
+    the run span says what it says: 1 of 1 model calls made, not 2 of 1."""
+    peer = instrumented.provider.get_tracer("peer.openai")
+    rec = Recorder(json_response(chat_completion(usage=USAGE)))
+    with pytest.raises(budgetspan.BudgetExhausted) as info:
+        with budgetspan.run("peer limit", max_model_calls=1) as run:
+            for _ in range(2):
+                with peer.start_as_current_span("chat gpt-4o-mini", attributes=PEER_CHAT):
+                    _client(rec).chat.completions.create(**ARGS)
+    assert len(rec.requests) == 1
+    assert info.value is run.exhausted
+    assert "1 of 1 model calls" in info.value.explanation
+    assert run.usage.model_calls == 1
+    (run_span,) = instrumented.spans("invoke_agent peer limit")
+    (event,) = [e for e in run_span.events if e.name == "budgetspan.budget_exhausted"]
+    assert event.attributes["budgetspan.exhausted.explanation"] == info.value.explanation
+    assert run_span.attributes["budgetspan.exhausted.explanation"] == info.value.explanation
+
+
+def test_a_peer_call_over_the_limit_that_ends_stops_the_run_after_it(instrumented: Any) -> None:
+    """A peer's call with no call of ours inside did happen: the run is exhausted when it ends
+    (counted, 2 of 1), and the next call is refused."""
+    peer = instrumented.provider.get_tracer("peer.openai")
+    rec = Recorder(json_response(chat_completion(usage=USAGE)))
+    with pytest.raises(budgetspan.BudgetExhausted) as info:
+        with budgetspan.run("peer only", max_model_calls=1) as run:
+            _client(rec).chat.completions.create(**ARGS)
+            with peer.start_as_current_span("chat gpt-4o-mini", attributes=PEER_CHAT):
+                pass
+            assert run.exhausted is not None and run.usage.model_calls == 2
+            _client(rec).chat.completions.create(**ARGS)
+    assert len(rec.requests) == 1 and info.value.reason == "max_model_calls"

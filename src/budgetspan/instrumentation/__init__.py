@@ -7,6 +7,7 @@ under the ``opentelemetry_instrumentor`` entry point for ``opentelemetry-instrum
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import importlib.util
 import logging
 import sys
@@ -34,14 +35,30 @@ INSTRUMENTORS: tuple[tuple[str, str, str], ...] = (
     ("mcp", "MCPInstrumentor", "mcp"),
     ("chroma", "ChromaInstrumentor", "chromadb"),
     ("qdrant", "QdrantInstrumentor", "qdrant_client"),
+    ("openai_agents", "OpenAIAgentsInstrumentor", "agents"),
+    ("pydantic_ai", "PydanticAIInstrumentor", "pydantic_ai"),
     ("threads", "ThreadsInstrumentor", "threading"),  # the run follows the work into threads
 )
 
 
+#: Import names too common to trust alone (a project's own ``agents`` package): the distribution
+#: that must be installed for the name to be that library.
+_DISTRIBUTION_OF = {"agents": "openai-agents"}
+
+
 def _library_present(name: str) -> bool:
     try:
-        return importlib.util.find_spec(name) is not None
+        if importlib.util.find_spec(name) is None:
+            return False
     except (ImportError, ValueError):
+        return False
+    dist = _DISTRIBUTION_OF.get(name)
+    if dist is None:
+        return True
+    try:
+        importlib.metadata.distribution(dist)
+        return True
+    except importlib.metadata.PackageNotFoundError:
         return False
 
 

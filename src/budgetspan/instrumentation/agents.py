@@ -98,11 +98,30 @@ def stopped_run() -> BudgetExhausted | None:
 
 
 def budget_error(error: BaseException | None) -> BudgetExhausted | None:
-    """``error`` or the first ``BudgetExhausted`` in its cause/context chain (frameworks wrap it)."""
-    seen = 0
-    while error is not None and seen < 16:
+    """``error`` or the first ``BudgetExhausted`` in its cause/context chain or, for an exception
+    group (parallel tools in a task group), in its members' (frameworks wrap it)."""
+    todo, seen = [error], 0
+    while todo and seen < 64:
+        error = todo.pop(0)
+        if error is None:
+            continue
+        seen += 1
         if isinstance(error, BudgetExhausted):
             return error
-        error = error.__cause__ or error.__context__
-        seen += 1
+        if isinstance(error, BaseExceptionGroup):
+            todo.extend(error.exceptions)
+        todo.append(error.__cause__ or error.__context__)
     return None
+
+
+def raise_refusal(error: BaseException) -> None:
+    """Raise the ``BudgetExhausted`` wrapped in ``error``, or the run's own if it has stopped at a
+    limit; return (the caller re-raises ``error``) when there is none or ``error`` is it."""
+    inner = budget_error(error)
+    if inner is not None:
+        if inner is not error:
+            raise inner from None  # (its traceback runs from the tool or model call that was refused)
+        return
+    stopped = stopped_run()
+    if stopped is not None:
+        raise stopped from error

@@ -226,6 +226,10 @@ _FUNCTIONS: tuple[tuple[str, str, Callable[..., Any], str], ...] = (
 def _wrap_functions() -> list[tuple[Any, str]]:
     import wrapt
 
+    try:
+        importlib.import_module("langgraph.pregel")
+    except ImportError:
+        return []  # LangGraph is not installed: nothing to say
     done: list[tuple[Any, str]] = []
     for module, name, wrapper, lost in _FUNCTIONS:
         try:

@@ -229,7 +229,13 @@ def _start_tool(
     return call, limits
 
 
-def _finish_tool(call: Call, name: str, result: Any, is_error: Callable[[Any], bool] | None) -> None:
+def _finish_tool(
+    call: Call,
+    name: str,
+    result: Any,
+    is_error: Callable[[Any], bool] | None,
+    partial: Callable[[Any], Any] | None = None,
+) -> None:
     failed = False
     if is_error is not None:
         try:
@@ -239,7 +245,7 @@ def _finish_tool(call: Call, name: str, result: Any, is_error: Callable[[Any], b
     call.end(status="error" if failed else None)
     if not failed and call.run is not None:
         try:
-            call.run.record_tool_result(name, result)
+            call.run.record_tool_result(name, partial(result) if partial is not None else result)
         except Exception:
             internal_error("tool partial result")
 
@@ -256,10 +262,13 @@ def traced_tool(
     call_id: str | None = None,
     read_only: bool = False,
     is_error: Callable[[Any], bool] | None = None,
+    partial: Callable[[Any], Any] | None = None,
 ) -> Any:
     """Run a synchronous tool as one budgeted call: limits, timeout (abandoned thread), retries.
 
-    ``is_error`` tells an error *result* (the tool answered, but with a failure) from a success.
+    ``is_error`` tells an error *result* (the tool answered, but with a failure) from a success;
+    ``partial`` picks what of a successful result goes into the run's partial results (a
+    framework's result wrapper holds the tool's own output).
     """
     if suppressed():
         return wrapped(*args, **kwargs)
@@ -273,7 +282,7 @@ def traced_tool(
         result = run_tool(call, name, limits.timeout_s, wrapped, args, kwargs)
     finally:
         _tool.reset(token)
-    _finish_tool(call, name, result, is_error)
+    _finish_tool(call, name, result, is_error, partial)
     return result
 
 
@@ -289,6 +298,7 @@ async def atraced_tool(
     call_id: str | None = None,
     read_only: bool = False,
     is_error: Callable[[Any], bool] | None = None,
+    partial: Callable[[Any], Any] | None = None,
 ) -> Any:
     """Run an async tool as one budgeted call; past its timeout it is cancelled (status timeout)."""
     if suppressed():
@@ -303,13 +313,13 @@ async def atraced_tool(
         result = await arun_tool(call, name, limits.timeout_s, wrapped, args, kwargs)
     finally:
         _tool.reset(token)
-    _finish_tool(call, name, result, is_error)
+    _finish_tool(call, name, result, is_error, partial)
     return result
 
 
 # --- patch tables ---------------------------------------------------------------------------------
 
-# (module, class, method, wrapper(wrapped, instance, args, kwargs))
+# (module, class, method, wrapper(wrapped, instance, args, kwargs)); class "" for a module's function
 Patch = tuple[str, str, str, Callable[..., Any]]
 
 
@@ -327,7 +337,7 @@ def apply_patches(patches: tuple[Patch, ...]) -> list[tuple[Any, str]]:
             log.debug("budgetspan: %s is not installed; %s.%s not instrumented", module, cls, method)
             continue
         try:
-            owner = getattr(mod, cls, None)
+            owner = getattr(mod, cls, None) if cls else mod
             if owner is None or method not in vars(owner):
                 continue  # not in this version of the library (e.g. Qdrant's removed search)
             wrapt.wrap_function_wrapper(owner, method, wrapper)

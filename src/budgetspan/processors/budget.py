@@ -139,7 +139,9 @@ class BudgetSpanProcessor(SpanProcessor):
         if res.would_refuse is not None:
             span.set_attribute(A.WOULD_REFUSE, res.would_refuse.reason)
             if run.mode is Mode.ENFORCE:
-                run.exhaust(res.would_refuse)  # counted; the next budgetspan call is refused
+                # Counted, and the run stops: budgetspan's own call for this span (if it is one
+                # budgetspan instruments too) is refused; otherwise the run is exhausted at the end.
+                run.hold(res.would_refuse)
             else:
                 run.note_would_refuse(res.would_refuse)
         ctx = span.get_span_context()
@@ -165,6 +167,8 @@ class BudgetSpanProcessor(SpanProcessor):
         attrs = span.attributes or {}
         run, res = entry.run, entry.reservation
         ok = span.status.is_ok
+        if res is not None and res.would_refuse is not None and run.mode is Mode.ENFORCE:
+            run.settle(res.would_refuse)
         if entry.kind is CallKind.TOOL:
             if res is not None:
                 run.commit(res, None, finished=ok)

@@ -54,6 +54,8 @@ class Run:
         self.parent = parent
         self.outcome: Outcome | None = None
         self.exhausted: BudgetExhausted | None = None
+        #: Another instrumentation's call over a limit is in flight: the run stops at it (``hold``).
+        self._held: Refusal | None = None
         self.would_exhaust: list[str] = []  # observe mode: limits that would have refused
         self.partial: dict[str, Any] = {"tool_results": [], "last_model_answer": None}
         self.result: Any = None
@@ -131,6 +133,9 @@ class Run:
             if self._ended:
                 return
             self._ended = True
+        held = self._held
+        if held is not None and self.exhausted is None:
+            self.exhaust(held)  # a foreign call over a limit that never ended
         self.outcome = self._final_outcome(exc)
         self.final_usage = self._ledger.close(self.id)
         self.duration_s = time.monotonic() - self.started_at
@@ -282,7 +287,14 @@ class Run:
 
     def adopt(self, reservation: Reservation | None) -> Reservation | None:
         """Take over a reservation the processor made for this same call (another
-        instrumentation's span around it); refused where ``reserve`` would refuse."""
+        instrumentation's span around it); refused where ``reserve`` would refuse. A reservation
+        the processor found over a limit is this call's refusal: given back, then refused, so the
+        run's exception and its span tell the same story as when no other span is around."""
+        if reservation is not None and reservation.would_refuse is not None and self.mode is Mode.ENFORCE:
+            self.release(reservation)
+            if self.exhausted is None:
+                raise self.exhaust(reservation.would_refuse)
+            reservation = None
         stopped = self._stopped()
         if stopped is not None:
             if reservation is not None:
@@ -295,7 +307,22 @@ class Run:
         stopped = self.exhausted
         if stopped is not None and self.mode is Mode.ENFORCE:
             return Refusal(stopped.reason, stopped.limit, stopped.tool, stopped.worst)
-        return None
+        return self._held if self.mode is Mode.ENFORCE else None
+
+    def hold(self, refusal: Refusal) -> None:
+        """Another instrumentation's call over a limit has started, and its span cannot be
+        refused: the run stops at it, and every other call is refused meanwhile. The exception is
+        made once it is known whose call it is: budgetspan's own call for it takes the
+        reservation over and is refused before it is sent (``adopt``), or it was a foreign call
+        and ended (``settle``)."""
+        with self._lock:
+            if self.exhausted is None and self._held is None:
+                self._held = refusal
+
+    def settle(self, refusal: Refusal) -> None:
+        """A foreign call over a limit ended: it did happen, and the run stopped after it."""
+        if self.exhausted is None:
+            self.exhaust(refusal)
 
     def check(self) -> None:
         """Raise BudgetExhausted if the run (or an enclosing one) is already at a limit."""
@@ -323,6 +350,7 @@ class Run:
             first = self.exhausted is None
             if first:
                 self.exhausted = exc
+                self._held = None
         if first:
             self.outcome = Outcome.CANCELLED if cls is RunCancelled else Outcome.BUDGET_EXHAUSTED
             if self.span is not None:

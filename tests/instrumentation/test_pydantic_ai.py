@@ -1,0 +1,223 @@
+"""pydantic-ai (``pydantic-ai-slim[openai]``): tools counted and refused before their body, agent
+run spans, refusals that reach the caller as ``BudgetExhausted``, one chat span per request, also
+with pydantic-ai's own instrumentation on (its ``chat`` / ``execute_tool`` spans around ours).
+
+Everything runs through the real ``Agent`` and ``OpenAIChatModel`` (the real ``openai`` client)
+against the session's scripted server (``tools-N`` models call a tool N turns in a row).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.trace import StatusCode
+from pydantic_ai import Agent, ModelRetry
+from pydantic_ai.models.instrumented import InstrumentationSettings
+from pydantic_ai.models.openai import OpenAIChatModel
+from pydantic_ai.providers.openai import OpenAIProvider
+
+import budgetspan
+from budgetspan import attributes as A
+from budgetspan.instrumentation.openai import OpenAIInstrumentor
+from budgetspan.instrumentation.pydantic_ai import PydanticAIInstrumentor
+from tests.conftest import Tracing
+from tests.instrumentation import zero_code
+from tests.instrumentation.agent_server import AgentServer
+
+
+@pytest.fixture
+def pydantic_on(tracing: Tracing) -> Iterator[Tracing]:
+    OpenAIInstrumentor().instrument()
+    PydanticAIInstrumentor().instrument()
+    yield tracing
+    PydanticAIInstrumentor().uninstrument()
+    OpenAIInstrumentor().uninstrument()
+
+
+@pytest.fixture(params=[False, True], ids=["plain", "pydantic_instrumented"])
+def own_spans(request: pytest.FixtureRequest, pydantic_on: Tracing) -> Iterator[bool]:
+    """With and without pydantic-ai's own instrumentation (``Agent.instrument_all()``), sending
+    its ``invoke_agent`` / ``chat`` / ``execute_tool`` spans to the same provider."""
+    if request.param:
+        Agent.instrument_all(InstrumentationSettings(tracer_provider=pydantic_on.provider))
+    yield bool(request.param)
+    Agent.instrument_all(False)
+
+
+class Weather:
+    """An agent whose tool body records that it ran; the tool's name is not the function's."""
+
+    def __init__(self, server: AgentServer, script: str, name: str | None = "weather") -> None:
+        self.ran: list[str] = []
+        provider = OpenAIProvider(base_url=server.base_url, api_key="test")
+        self.agent: Agent[None, str] = Agent(OpenAIChatModel(script, provider=provider), name=name)
+
+        @self.agent.tool_plain(name="lookup")
+        def look_up_city(city: str) -> str:
+            """Look a city up."""
+            self.ran.append(city)
+            return f"sunny in {city}"
+
+
+def _attrs(span: Any) -> dict[str, Any]:
+    return dict(span.attributes or {})
+
+
+def _own(tracing: Tracing, prefix: str) -> list[Any]:
+    return [s for s in tracing.spans(prefix) if s.instrumentation_scope.name == A.INSTRUMENTATION_SCOPE]
+
+
+def test_one_tool_call_allowed_lets_exactly_one_body_run(
+    pydantic_on: Tracing, own_spans: bool, agent_server: AgentServer
+) -> None:
+    w = Weather(agent_server, "tools-3")
+    mark = agent_server.mark()
+    with pytest.raises(budgetspan.BudgetExhausted) as info:
+        with budgetspan.run("one tool", max_tool_calls=1) as run:
+            w.agent.run_sync("weather?")
+    e = info.value
+    assert w.ran == ["x1"]
+    assert len(agent_server.since(mark)) == 2
+    assert e.reason == "max_tool_calls" and e is run.exhausted
+    assert e.partial["tool_results"] == [{"tool": "lookup", "result": "sunny in x1"}]
+    assert (run.usage.tool_calls, run.usage.model_calls) == (1, 2)  # counted once, also with its spans
+    (tool,) = _own(pydantic_on, "execute_tool")
+    assert tool.name == "execute_tool lookup" and _attrs(tool)[A.TOOL_SYSTEM] == "pydantic_ai"
+    (run_span,) = pydantic_on.spans("invoke_agent one tool")
+    assert _attrs(run_span)[A.EXHAUSTED_EXPLANATION] == e.explanation  # 1 of 1, as the exception says
+    assert "1 of 1 tool calls" in e.explanation
+
+
+def test_max_model_calls_sends_exactly_that_many_requests(
+    pydantic_on: Tracing, own_spans: bool, agent_server: AgentServer
+) -> None:
+    w = Weather(agent_server, "tools-3")
+    mark = agent_server.mark()
+    with pytest.raises(budgetspan.BudgetExhausted) as info:
+        with budgetspan.run("two calls", max_model_calls=2) as run:
+            w.agent.run_sync("weather?")
+    assert len(agent_server.since(mark)) == 2 and run.usage.model_calls == 2
+    assert info.value.reason == "max_model_calls" and info.value is run.exhausted
+    assert "2 of 2 model calls" in info.value.explanation
+    assert w.ran == ["x1", "x2"] and len(info.value.partial["tool_results"]) == 2
+
+
+async def test_each_request_is_one_chat_span_with_the_servers_token_counts(
+    pydantic_on: Tracing, own_spans: bool, agent_server: AgentServer
+) -> None:
+    w = Weather(agent_server, "tools-3")
+    mark = agent_server.mark()
+    async with budgetspan.run("tokens") as run:
+        result = await w.agent.run("weather?")
+    assert result.output == "Final answer after 3 tool results: sunny in x3"
+    sent = agent_server.since(mark)
+    chats = sorted(_own(pydantic_on, "chat"), key=lambda s: s.start_time)
+    assert [
+        (_attrs(s)[A.GEN_AI_USAGE_INPUT_TOKENS], _attrs(s)[A.GEN_AI_USAGE_OUTPUT_TOKENS]) for s in chats
+    ] == [(r.input_tokens, r.output_tokens) for r in sent]
+    u = run.usage
+    assert (u.model_calls, u.tool_calls, u.tools_finished) == (4, 3, 3)  # not doubled by its spans
+    assert (u.input_tokens, u.output_tokens) == (
+        sum(r.input_tokens for r in sent),
+        sum(r.output_tokens for r in sent),
+    )
+    peer_chats = [s for s in pydantic_on.spans("chat") if s not in chats]
+    assert len(peer_chats) == (4 if own_spans else 0)
+    (agent_span,) = _own(pydantic_on, "invoke_agent weather")
+    assert _attrs(agent_span)[A.AGENT_FRAMEWORK] == "pydantic_ai"
+    assert agent_span.parent.span_id == run.span.get_span_context().span_id
+    ids = {s.context.span_id for s in pydantic_on.spans()}
+    for span in chats + _own(pydantic_on, "execute_tool"):  # under the agent span (or its spans under it)
+        parent = span.parent.span_id
+        while parent != agent_span.context.span_id:
+            assert parent in ids
+            parent = next(s for s in pydantic_on.spans() if s.context.span_id == parent).parent.span_id
+
+
+async def test_a_refusal_among_parallel_tool_calls_is_budget_exhausted(
+    pydantic_on: Tracing, agent_server: AgentServer
+) -> None:
+    w = Weather(agent_server, "tools-1x3")  # one turn, three calls at once
+    with pytest.raises(budgetspan.BudgetExhausted) as info:  # not an exception group
+        async with budgetspan.run("parallel", max_tool_calls=2) as run:
+            await w.agent.run("weather?")
+    assert run.usage.tool_calls == 2 and info.value.reason == "max_tool_calls"
+    # The refused third call never ran; pydantic-ai cancels the calls still running beside it.
+    assert len(w.ran) <= 2 and len(set(w.ran)) == len(w.ran)
+
+
+def test_a_model_retry_from_the_body_is_an_error_not_a_result(
+    pydantic_on: Tracing, agent_server: AgentServer
+) -> None:
+    provider = OpenAIProvider(base_url=agent_server.base_url, api_key="test")
+    agent: Agent[None, str] = Agent(OpenAIChatModel("tools-2", provider=provider), name="retrying")
+    tries: list[str] = []
+
+    @agent.tool_plain(retries=2)
+    def flaky(city: str) -> str:
+        """Fails once, asking the model to try again."""
+        tries.append(city)
+        if len(tries) == 1:
+            raise ModelRetry("try again")
+        return "fine"
+
+    with budgetspan.run("retry") as run:
+        agent.run_sync("weather?")
+    assert len(tries) == 2 and run.usage.tool_calls == 2  # the model asked again: a second call
+    assert run.partial["tool_results"] == [{"tool": "flaky", "result": "fine"}]
+    first, second = sorted(_own(pydantic_on, "execute_tool flaky"), key=lambda s: s.start_time)
+    assert first.status.status_code is StatusCode.ERROR and second.status.status_code is StatusCode.UNSET
+
+
+def test_a_nameless_agent_span_takes_the_inferred_name(
+    pydantic_on: Tracing, agent_server: AgentServer
+) -> None:
+    w = Weather(agent_server, "tools-0", name=None)
+    forecaster = w.agent
+    with budgetspan.run("nameless"):
+        forecaster.run_sync("weather?")
+    (span,) = [s for s in _own(pydantic_on, "invoke_agent") if A.AGENT_FRAMEWORK in _attrs(s)]
+    assert span.name == "invoke_agent forecaster" and _attrs(span)[A.GEN_AI_AGENT_NAME] == "forecaster"
+
+
+ZERO_CODE = r"""
+import json, os
+import budgetspan
+from pydantic_ai import Agent
+from pydantic_ai.models.openai import OpenAIChatModel
+from pydantic_ai.providers.openai import OpenAIProvider
+
+ran = []
+provider = OpenAIProvider(base_url=os.environ["AGENT_SERVER_URL"], api_key="test")
+agent = Agent(OpenAIChatModel("tools-5", provider=provider), name="weather")
+
+@agent.tool_plain(name="lookup")
+def look_up(city: str) -> str:
+    ran.append(city)
+    return "sunny in " + city
+
+refused = None
+try:
+    agent.run_sync("weather?")
+except budgetspan.BudgetExhausted as e:
+    refused = {"reason": e.reason, "tool_calls": e.usage.tool_calls, "partial": e.partial["tool_results"]}
+print("RESULT " + json.dumps({"refused": refused, "ran": ran}), flush=True)
+"""
+
+
+@pytest.mark.skipif(not zero_code.INSTRUMENT.exists(), reason="opentelemetry-instrument not installed")
+def test_zero_code_refuses_the_call_after_the_limit(agent_server: AgentServer, tmp_path: Path) -> None:
+    mark = agent_server.mark()
+    res = zero_code.launch(
+        tmp_path,
+        ZERO_CODE,
+        ("pydantic_ai",),
+        {"BUDGETSPAN_BUDGET": "max_model_calls=2", "AGENT_SERVER_URL": agent_server.base_url},
+    )
+    assert len(agent_server.since(mark)) == 2  # the third request never left the script
+    assert res["refused"]["reason"] == "max_model_calls"
+    assert res["refused"]["tool_calls"] == 2 and res["ran"] == ["x1", "x2"]
+    assert [r["tool"] for r in res["refused"]["partial"]] == ["lookup", "lookup"]
