@@ -105,6 +105,10 @@ def load_price_file(path: str) -> dict[tuple[str, str], TokenPrice]:
         raise PriceConfigError(
             f"{ENV_PRICES}={path!r}: not valid TOML ({e}); expected {PRICE_FILE_FORM}"
         ) from e
+    except (RecursionError, ValueError, OverflowError, MemoryError) as e:  # nesting, huge numbers
+        raise PriceConfigError(
+            f"{ENV_PRICES}={path!r}: unreadable ({type(e).__name__}); expected {PRICE_FILE_FORM}"
+        ) from None
     return parse_price_overrides(data, f"{ENV_PRICES}={path!r}")
 
 
