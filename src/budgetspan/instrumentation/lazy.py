@@ -12,10 +12,11 @@ from __future__ import annotations
 import importlib.util
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import wrapt
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from budgetspan.events import internal_error
 
@@ -71,3 +72,20 @@ def cancel_pending(instrumentor: Any) -> None:
     with _lock:
         if type(instrumentor) in _pending:
             _pending[type(instrumentor)] = False
+
+
+class LazyInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """An instrumentor that patches its library when the program imports it."""
+
+    DEPENDENCIES: tuple[str, ...] = ()
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return self.DEPENDENCIES
+
+    def instrument(self, **kwargs: Any) -> Any:
+        """Patch now if the library is imported, else when the program imports it."""
+        return instrument_when_imported(self, super().instrument, kwargs)
+
+    def uninstrument(self, **kwargs: Any) -> Any:
+        cancel_pending(self)
+        return super().uninstrument(**kwargs)

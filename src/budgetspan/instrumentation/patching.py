@@ -9,17 +9,15 @@ reaches both providers at once.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import Any
-
-from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from budgetspan import attributes as A
 from budgetspan.accounting.model_limits import max_output_tokens
 from budgetspan.calls.call import Call
 from budgetspan.calls.estimate import request_tokens, text_tokens
 from budgetspan.events import internal_error
-from budgetspan.instrumentation.lazy import cancel_pending, instrument_when_imported
+from budgetspan.instrumentation.lazy import LazyInstrumentor
 from budgetspan.instrumentation.observers import Observer, content_json
 from budgetspan.instrumentation.patch_table import (
     Patch,
@@ -197,7 +195,7 @@ def retry_patches(base_client_module: str) -> tuple[Patch, ...]:
     )
 
 
-class SDKInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+class SDKInstrumentor(LazyInstrumentor):
     """A BaseInstrumentor for one SDK's patch table; the SDK is imported only in ``_instrument``."""
 
     LIBRARY: str = ""
@@ -206,21 +204,10 @@ class SDKInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     _done: list[tuple[str, str]]
 
-    def instrumentation_dependencies(self) -> Collection[str]:
-        return self.DEPENDENCIES
-
     def _instrument(self, **kwargs: Any) -> None:
         importlib.import_module(self.LIBRARY)  # lazily: a missing SDK must not break the others
         use_provider(kwargs.get("tracer_provider"))
         self._done = apply_patches(self.PATCHES)
-
-    def instrument(self, **kwargs: Any) -> Any:
-        """Patch now if the library is imported, else when the program imports it."""
-        return instrument_when_imported(self, super().instrument, kwargs)
-
-    def uninstrument(self, **kwargs: Any) -> Any:
-        cancel_pending(self)
-        return super().uninstrument(**kwargs)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         remove_patches(getattr(self, "_done", []))
