@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import multiprocessing
-import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -12,58 +10,19 @@ from pathlib import Path
 
 import pytest
 
-redis = pytest.importorskip("redis")
+from budgetspan.accounting.budget import Budget, ToolLimits
+from budgetspan.accounting.ledger import CallKind, LedgerRefused, Mode, Spend
+from budgetspan.accounting.redis_ledger import RedisLedger
+from tests.accounting.redis_server import needs_redis_server, redis, start_redis, stop
 
-from budgetspan.accounting.budget import Budget, ToolLimits  # noqa: E402
-from budgetspan.accounting.ledger import CallKind, LedgerRefused, Mode, Spend  # noqa: E402
-from budgetspan.accounting.redis_ledger import RedisLedger  # noqa: E402
-
-pytestmark = pytest.mark.skipif(
-    shutil.which("redis-server") is None, reason="Debian redis-server not installed"
-)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], redis.Redis, int]:
-    """A real redis-server on a free loopback port, answering PING."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(directory),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    client = redis.Redis(port=port, socket_timeout=2, socket_connect_timeout=2)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    return proc, client, port
+pytestmark = needs_redis_server
 
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    proc, _client, port = _start_redis(tmp_path_factory.mktemp("redis"))
+    proc, port = start_redis(tmp_path_factory.mktemp("redis"))
     yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(5)
+    stop(proc)
 
 
 @pytest.fixture
@@ -190,16 +149,12 @@ def test_budgetspan_runs_on_the_shared_ledger(ledger: RedisLedger, tracing: obje
 @pytest.fixture
 def doomed_redis(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], redis.Redis]]:
     """A redis-server of this test's own, to be killed mid-run."""
-    proc, client, _port = _start_redis(tmp_path)
-    yield proc, client
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(5)
+    proc, port = start_redis(tmp_path)
+    yield proc, redis.Redis(port=port, socket_timeout=2, socket_connect_timeout=2)
+    stop(proc)
 
 
-def _kill(proc: subprocess.Popen[bytes]) -> None:
-    proc.kill()
-    proc.wait(5)
+_kill = stop
 
 
 def test_outage_fails_open_to_a_local_ledger_with_the_same_budget(
