@@ -33,10 +33,15 @@ with the client's settings, socket and connect timeouts of at most ``timeout_s``
 (redis-py's retries with back-off would multiply the bound), so that connecting and the connection
 handshake are bounded too.
 
+A call whose wait runs out drops its connection (a late reply must never be read as the answer
+to the next command); its script may still run when the server wakes, which counts a call that
+was not made (an overshoot of the count, never an undercount).
+
 **Clamped.** Token figures are clamped to ``TOKEN_CAP`` (10**15) and dollars to ``COST_CAP`` (10**12)
-before they are sent, and every sum on the server stays at or below the same caps, so that a
-provider reporting absurd usage cannot overflow Redis's 64-bit counters (which would read as an
-outage). Beyond the caps the Redis ledger stops counting where ``InMemoryLedger`` goes on.
+before they are sent, and every sum on the server stays at or below the same caps: a provider
+reporting absurd usage (``prompt_tokens = 10**30``) can neither overflow a counter nor make a
+figure inexact, and is never taken for an outage. Beyond the caps the Redis ledger stops counting
+where ``InMemoryLedger`` goes on.
 
 When Redis cannot be reached (``on_error``):
 
@@ -90,8 +95,9 @@ COST_CAP = 1e12
 
 _PREFIX = "budgetspan:run:"
 
-#: What each script returns about the run after it ran: this process's mirror of the run.
-_SNAPSHOT = (
+#: The figures each script tells this process about the run it ran on (those it read or wrote),
+#: kept as the process's mirror of the run; then come the calls and retries of the call's tool.
+_MIRROR = (
     "model_calls",
     "tool_calls",
     "retries",
@@ -111,38 +117,72 @@ _SNAPSHOT = (
     "opened",
 )
 _SPEND_LIMITS = ("max_cost_usd", "max_input_tokens", "max_output_tokens", "max_total_tokens")
-#: Every reply is five values, then the snapshot.
-_HEAD = 5
+#: What the reserve script reads (and the tool's limits and counts when the call names a tool).
+_RESERVE_READS = (
+    "mode",
+    "cancelled",
+    "started_at",
+    *(
+        "limit:" + name
+        for name in ("max_wall_clock_s", "max_retries", "max_steps", "max_model_calls", "max_tool_calls")
+    ),
+    *("limit:" + name for name in _SPEND_LIMITS),
+    "model_calls",
+    "tool_calls",
+    "retries",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "held:cost_usd",
+    "held:input_tokens",
+    "held:output_tokens",
+)
+#: What the settle script reads (and the call's counts when it un-counts a call).
+_SETTLE_READS = (
+    "mode",
+    *("limit:" + name for name in _SPEND_LIMITS),
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+    "unpriced_calls",
+    "unreported_usage_calls",
+    "tools_finished",
+    "held:cost_usd",
+    "held:input_tokens",
+    "held:output_tokens",
+)
 
 
 def _lua_list(names: Sequence[str]) -> str:
     return "{" + ", ".join(f"'{name}'" for name in names) + "}"
 
 
-# The helpers every script shares. ``s`` holds the fields of the run's hash as read by one HMGET
-# (false when absent) and is kept up to date by the writes, so the reply can carry them.
+# The helpers every script shares. ``s`` holds the fields of the run's hash as one HMGET read them
+# (false when absent) and as ``put`` changed them; ``write`` stores the changes with one HSET.
+# Sums are made in Lua numbers (doubles), as InMemoryLedger makes them in Python floats, and kept
+# as text with 17 significant digits, which reads back as the same double.
 _PRELUDE = (
     f"""
 local h = KEYS[1]
-local SNAPSHOT = {_lua_list(_SNAPSHOT)}
-local COMMON = {_lua_list(["mode", *("limit:" + n for n in _SPEND_LIMITS), *_SNAPSHOT])}
-local TOKEN_CAP, COST_CAP = '{TOKEN_CAP}', '{COST_CAP:.0f}'
+local MIRROR = {_lua_list(_MIRROR)}
+local TOKEN_CAP, COST_CAP = {TOKEN_CAP}, {COST_CAP:.0f}
 """
     + """
-local FLOAT = {['cost_usd'] = true, ['held:cost_usd'] = true}
-local s = {}
+local CAPS = {['cost_usd'] = COST_CAP, ['held:cost_usd'] = COST_CAP}
+local s, changes = {}, {}
 
--- Read ``extra`` and the common fields in one HMGET; false when the run's hash does not exist.
-local function read(extra)
-  local names = {}
+-- Read ``names`` and ``extra`` in one HMGET; false when the run's hash does not exist.
+local function read(names, extra)
   for _, name in ipairs(extra) do names[#names + 1] = name end
-  for _, name in ipairs(COMMON) do names[#names + 1] = name end
   local got = redis.call('HMGET', h, unpack(names))
   for i, name in ipairs(names) do s[name] = got[i] end
   return s['mode'] ~= false
 end
 
--- A figure (0 when absent), and a limit (its number and the string it was stored as; nil: none).
+-- A figure (0 when absent), and a limit (its number and the text it was stored as; nil: none).
 local function n(name) return tonumber(s[name]) or 0 end
 local function lim(name)
   local raw = s['limit:' .. name]
@@ -150,72 +190,64 @@ local function lim(name)
   return nil, nil
 end
 
--- Add ``amount`` (an ARGV string) to a figure, never past its cap.
+local function put(name, value)
+  local text = string.format('%.17g', value)
+  changes[#changes + 1] = name
+  changes[#changes + 1] = text
+  s[name] = text
+end
+local function write() if #changes > 0 then redis.call('HSET', h, unpack(changes)) end end
+
+-- Add ``amount`` to a figure, never past its cap; give back a worst case, never below zero.
 local function add(name, amount)
-  local a = tonumber(amount)
-  if not (a > 0) then return end
-  local cap = TOKEN_CAP
-  if FLOAT[name] then cap = COST_CAP end
-  if n(name) + a > tonumber(cap) then
-    redis.call('HSET', h, name, cap)
-    s[name] = cap
-  elseif FLOAT[name] then
-    s[name] = redis.call('HINCRBYFLOAT', h, name, amount)
-  else
-    s[name] = redis.call('HINCRBY', h, name, amount)
-  end
+  if amount > 0 then put(name, math.min(n(name) + amount, CAPS[name] or TOKEN_CAP)) end
+end
+local function give_back(name, amount)
+  if amount > 0 then put(name, math.max(n(name) - amount, 0)) end
 end
 
--- Give back a worst case no longer held: never below zero.
-local function give_back(name, amount)
-  local a = tonumber(amount)
-  if not (a > 0) then return end
-  local left
-  if FLOAT[name] then
-    left = redis.call('HINCRBYFLOAT', h, name, '-' .. amount)
-  else
-    left = redis.call('HINCRBY', h, name, -a)
-  end
-  if tonumber(left) < 0 then
-    redis.call('HSET', h, name, 0)
-    left = '0'
-  end
-  s[name] = left
+-- The figures a call of ``kind`` counts in: its total and, for a named tool, the tool's own.
+local function counters(kind, tool)
+  if kind == 'model' then return 'model_calls', nil end
+  local total, what = 'retries', 'retries'
+  if kind == 'tool' then total, what = 'tool_calls', 'calls' end
+  if tool == '' then return total, nil end
+  return total, 'tool:' .. tool .. ':' .. what
 end
 
 -- Count (step 1) or un-count (step -1) one call of ``kind``, as memory.py's _count does.
 local function count_call(kind, tool, step)
-  local total, per_tool = 'retries', 'tool:' .. tool .. ':retries'
-  if kind == 'model' then total, per_tool = 'model_calls', nil
-  elseif kind == 'tool' then total, per_tool = 'tool_calls', 'tool:' .. tool .. ':calls' end
-  s[total] = redis.call('HINCRBY', h, total, step)
-  if per_tool and tool ~= '' then s[per_tool] = redis.call('HINCRBY', h, per_tool, step) end
+  local total, per_tool = counters(kind, tool)
+  put(total, n(total) + step)
+  if per_tool then put(per_tool, n(per_tool) + step) end
 end
 
 -- rule.spend_refusal: the token or dollar limit that is used up, or that this call's worst case
 -- (w_*) would pass together with what is spent and held by the calls in flight.
 local function spend_refusal(w_cost, w_in, w_out)
-  local spent_in, spent_out = n('input_tokens'), n('output_tokens')
-  local held_in, held_out = n('held:input_tokens'), n('held:output_tokens')
-  -- (spent, in flight + this call's worst case, the limit's name, this call's worst case)
-  local checks = {
-    {n('cost_usd'), n('held:cost_usd') + w_cost, 'max_cost_usd', w_cost},
-    {spent_in, held_in + w_in, 'max_input_tokens', w_in},
-    {spent_out, held_out + w_out, 'max_output_tokens', w_out},
-    {spent_in + spent_out, held_in + held_out + w_in + w_out, 'max_total_tokens', w_in + w_out},
-  }
-  for _, c in ipairs(checks) do
-    local spent, pending, name, own = c[1], c[2], c[3], c[4]
+  local function over(spent, pending, name, own)
     local limit, raw = lim(name)
     if limit and (spent >= limit or (own > 0 and spent + pending > limit)) then return name, raw end
   end
-  return nil, nil
+  local spent_in, spent_out = n('input_tokens'), n('output_tokens')
+  local held_in, held_out = n('held:input_tokens'), n('held:output_tokens')
+  local name, raw = over(n('cost_usd'), n('held:cost_usd') + w_cost, 'max_cost_usd', w_cost)
+  if not name then name, raw = over(spent_in, held_in + w_in, 'max_input_tokens', w_in) end
+  if not name then name, raw = over(spent_out, held_out + w_out, 'max_output_tokens', w_out) end
+  if not name then
+    name, raw = over(spent_in + spent_out, held_in + held_out + w_in + w_out, 'max_total_tokens', w_in + w_out)
+  end
+  return name, raw
 end
 
--- The reply: ``head`` (five values), then the snapshot.
-local function reply(head)
-  for _, name in ipairs(SNAPSHOT) do head[#head + 1] = s[name] end
-  return head
+-- What this script knows of the run, for this process's mirror: MIRROR's fields, then the tool's
+-- calls and retries, in one text ('' for what it did not read), so a reply is four values to parse.
+local function mirror(tool)
+  local out = {}
+  for i, name in ipairs(MIRROR) do out[i] = s[name] or '' end
+  out[#out + 1] = s['tool:' .. tool .. ':calls'] or ''
+  out[#out + 1] = s['tool:' .. tool .. ':retries'] or ''
+  return table.concat(out, ' ')
 end
 """
 )
@@ -223,19 +255,21 @@ end
 # Reserve one call (or, kind 'check', only say what refuses the run now, changing nothing).
 # ARGV: kind, tool ('' none), worst cost, worst input tokens, worst output tokens, force ('1'),
 # the tool's own max_calls and max_retries ('' none; the budget's entry wins), ttl seconds.
-# Reply head: {status, reason, limit, the tool's calls, the tool's retries}; status -1: no such
-# run, 0: refused, 1: granted (reason: what observe mode or force let through, or '').
+# Reply: {status, reason, limit, mirror}; status -1: no such run, 0: refused, 1: granted
+# (reason: what observe mode or force let through, or '').
 _RESERVE = (
     _PRELUDE
+    + f"local READS = {_lua_list(_RESERVE_READS)}\n"
     + """
 local kind, tool = ARGV[1], ARGV[2]
 local w_cost, w_in, w_out = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local tool_calls, tool_retries = 'tool:' .. tool .. ':calls', 'tool:' .. tool .. ':retries'
-if not read({'started_at', 'limit:max_wall_clock_s', 'limit:max_retries', 'limit:max_steps',
-             'limit:max_model_calls', 'limit:max_tool_calls', 'limit:tool:' .. tool .. ':max_calls',
-             'limit:tool:' .. tool .. ':max_retries', tool_calls, tool_retries}) then
-  return {-1}
+local tool_reads = {}
+if tool ~= '' then
+  tool_reads = {'limit:tool:' .. tool .. ':max_calls', 'limit:tool:' .. tool .. ':max_retries',
+                tool_calls, tool_retries}
 end
+if not read(READS, tool_reads) then return {-1} end
 
 -- rule.tool_limits_for: the budget's entry for the tool, over the tool's own default.
 local function tool_limit(name, default)
@@ -290,16 +324,17 @@ local function refusal()
 end
 
 local reason, limit = refusal()
-local function answer(status) return reply({status, reason or '', limit or '', s[tool_calls], s[tool_retries]}) end
+local function answer(status) return {status, reason or '', limit or '', mirror(tool)} end
 if kind == 'check' then return answer(1) end
 redis.call('EXPIRE', h, ARGV[9])
 if reason and ARGV[6] ~= '1' and (s['mode'] == 'enforce' or reason == 'cancelled') then
   return answer(0)
 end
 count_call(kind, tool, 1)
-add('held:cost_usd', ARGV[3])
-add('held:input_tokens', ARGV[4])
-add('held:output_tokens', ARGV[5])
+add('held:cost_usd', w_cost)
+add('held:input_tokens', w_in)
+add('held:output_tokens', w_out)
+write()
 return answer(1)
 """
 )
@@ -307,37 +342,43 @@ return answer(1)
 # Settle a call: give back the worst case it held, add what it spent, and (release) un-count it.
 # ARGV: held cost, held input tokens, held output tokens (to give back); input, output, cache read,
 # cache write, reasoning tokens, cost (spent); unreported, unpriced, tool finished ('1' each);
-# the kind to un-count ('' none), tool ('' none), ttl seconds.
-# Reply head: {status, the spend limit now used up, its limit, the tool's calls, the tool's retries}.
+# the kind to un-count ('' none), tool ('' none).
+# Reply: {status, the spend limit now used up, its limit, mirror}.
 _SETTLE = (
     _PRELUDE
+    + f"local READS = {_lua_list(_SETTLE_READS)}\n"
     + """
-local tool = ARGV[14]
-local tool_calls, tool_retries = 'tool:' .. tool .. ':calls', 'tool:' .. tool .. ':retries'
-if not read({tool_calls, tool_retries}) then return {-1} end
-give_back('held:cost_usd', ARGV[1])
-give_back('held:input_tokens', ARGV[2])
-give_back('held:output_tokens', ARGV[3])
-add('input_tokens', ARGV[4])
-add('output_tokens', ARGV[5])
-add('cache_read_tokens', ARGV[6])
-add('cache_write_tokens', ARGV[7])
-add('reasoning_tokens', ARGV[8])
-add('cost_usd', ARGV[9])
-if ARGV[10] == '1' then s['unreported_usage_calls'] = redis.call('HINCRBY', h, 'unreported_usage_calls', 1) end
-if ARGV[11] == '1' then s['unpriced_calls'] = redis.call('HINCRBY', h, 'unpriced_calls', 1) end
-if ARGV[12] == '1' then s['tools_finished'] = redis.call('HINCRBY', h, 'tools_finished', 1) end
-if ARGV[13] ~= '' then count_call(ARGV[13], tool, -1) end
-redis.call('EXPIRE', h, ARGV[15])
+local uncount, tool = ARGV[13], ARGV[14]
+local extra = {}
+if uncount ~= '' then
+  local total, per_tool = counters(uncount, tool)
+  extra = {total, per_tool}
+end
+if not read(READS, extra) then return {-1} end
+give_back('held:cost_usd', tonumber(ARGV[1]))
+give_back('held:input_tokens', tonumber(ARGV[2]))
+give_back('held:output_tokens', tonumber(ARGV[3]))
+add('input_tokens', tonumber(ARGV[4]))
+add('output_tokens', tonumber(ARGV[5]))
+add('cache_read_tokens', tonumber(ARGV[6]))
+add('cache_write_tokens', tonumber(ARGV[7]))
+add('reasoning_tokens', tonumber(ARGV[8]))
+add('cost_usd', tonumber(ARGV[9]))
+if ARGV[10] == '1' then add('unreported_usage_calls', 1) end
+if ARGV[11] == '1' then add('unpriced_calls', 1) end
+if ARGV[12] == '1' then add('tools_finished', 1) end
+if uncount ~= '' then count_call(uncount, tool, -1) end
+write()
 local reason, limit = spend_refusal(0, 0, 0)
-return reply({1, reason or '', limit or '', s[tool_calls], s[tool_retries]})
+return {1, reason or '', limit or '', mirror(tool)}
 """
 )
 
 # Open a run, or restore a lost one: create the hash from ARGV's fields if it does not exist (the
 # first process to open a shared run sets its budget); otherwise add ARGV[2] to its open count.
 # ARGV: ttl seconds, openers to add, then field, value pairs.
-# Reply head: {created (1/0), started_at, the wall-clock limit, server time seconds, microseconds}.
+# Reply: {created (1/0), started_at, the wall-clock limit, server time seconds, microseconds,
+# mirror}.
 _OPEN = (
     _PRELUDE
     + """
@@ -350,21 +391,21 @@ elseif ARGV[2] ~= '0' then
   redis.call('HINCRBY', h, 'opened', ARGV[2])
 end
 redis.call('EXPIRE', h, ARGV[1])
-read({'started_at', 'limit:max_wall_clock_s'})
+read({'started_at', 'limit:max_wall_clock_s'}, MIRROR)
 local t = redis.call('TIME')
-return reply({created, s['started_at'], s['limit:max_wall_clock_s'], t[1], t[2]})
+return {created, s['started_at'], s['limit:max_wall_clock_s'], t[1], t[2], mirror('')}
 """
 )
 
-# Mark the run cancelled. ARGV: ttl seconds. Reply head as _RESERVE's.
+# Mark the run cancelled. ARGV: ttl seconds. Reply as _RESERVE's.
 _CANCEL = (
     _PRELUDE
     + """
-if not read({}) then return {-1} end
-redis.call('HSET', h, 'cancelled', '1')
-s['cancelled'] = '1'
+if not read({'mode'}, {}) then return {-1} end
+put('cancelled', 1)
+write()
 redis.call('EXPIRE', h, ARGV[1])
-return reply({1, '', '', false, false})
+return {1, '', '', mirror('')}
 """
 )
 
@@ -396,11 +437,10 @@ class _Known:
     started_at: Any = None
     #: The wall-clock limit on the hash (the first opener's budget sets it).
     wall_s: float | None = None
-    #: The latest snapshot (values of ``_SNAPSHOT``) and per-tool counts, and the ticket of the
-    #: request that brought it: a slower reply to an earlier request never overwrites a later one.
-    values: Sequence[Any] = ()
-    tools: dict[str, Any] = field(default_factory=dict)
-    ticket: int = -1
+    #: The mirror: by script and tool ('' for none), the latest text of ``_MIRROR`` figures that
+    #: script returned for a call of that tool, with the ticket of the request that brought it (a
+    #: slower reply to an earlier request never replaces a later one). See ``_mirrored_fields``.
+    seen: dict[tuple[str, str], tuple[int, bytes]] = field(default_factory=dict)
     #: What was logged for this run already ("lost", "unreachable").
     logged: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -431,20 +471,31 @@ class _Server:
         conn = self.pool.get_connection(*self._checkout_args)
         try:
             try:
-                return self._ask(conn, within_s, "EVALSHA", script.sha, 1, key, *args)
+                return self._ask(conn, within_s, _pack("EVALSHA", script.sha, 1, key, *args))
             except self._no_script:  # a restarted or flushed server: send the script itself
-                return self._ask(conn, within_s, "EVAL", script.body, 1, key, *args)
+                return self._ask(conn, within_s, _pack("EVAL", script.body, 1, key, *args))
         except BaseException:
             conn.disconnect()
             raise
         finally:
             self.pool.release(conn)
 
-    def _ask(self, conn: Any, within_s: float, *command: Any) -> Any:
-        conn.send_command(*command)
+    def _ask(self, conn: Any, within_s: float, command: bytes) -> Any:
+        conn.send_packed_command([command])
         if not conn.can_read(timeout=within_s):
             raise self._timeout(f"no reply from Redis within {within_s:.3g} s")
         return conn.read_response(disable_decoding=True)
+
+
+def _pack(*args: bytes | str | int | float) -> bytes:
+    """One command in the Redis protocol. The ledger's commands are a few short strings and
+    numbers: this costs half of what redis-py's general packer does for them."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        text = arg if isinstance(arg, bytes | str) else repr(arg)
+        data = text.encode() if isinstance(text, str) else text
+        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(parts)
 
 
 @dataclass(frozen=True)
@@ -565,6 +616,16 @@ def _usage_from(fields: dict[str, Any]) -> Usage:
     return u
 
 
+def _mirrored_fields(known: _Known) -> dict[str, bytes]:
+    """The run's hash as this process last heard of it: every figure from the latest reply that
+    carried it (call with ``known.lock`` held)."""
+    fields: dict[str, bytes] = {}
+    for (_script, tool), (_ticket, text) in sorted(known.seen.items(), key=lambda item: item[1][0]):
+        names = (*_MIRROR, f"tool:{tool}:calls", f"tool:{tool}:retries")
+        fields.update((name, value) for name, value in zip(names, text.split(b" "), strict=True) if value)
+    return fields
+
+
 def _budget_fields(budget: Budget, mode: Mode) -> dict[str, Any]:
     """The hash fields that hold a run's budget."""
     fields: dict[str, Any] = {"mode": mode.value}
@@ -637,25 +698,18 @@ class RedisLedger(Ledger):
             if reply[0] == -1:  # deleted again at once: give up on this one call
                 raise KeyError(f"run {run_id!r} is not open in the ledger")
         if known is not None and mirror:
-            self._remember(known, ticket, reply[_HEAD:], reply[3:_HEAD] if tool else None, tool)
+            self._remember(known, ticket, script, reply[-1], tool)
         return reply
 
     def _remember(
-        self,
-        known: _Known,
-        ticket: int,
-        values: Sequence[Any],
-        tool_values: Sequence[Any] | None = None,
-        tool: str | None = None,
+        self, known: _Known, ticket: int, script: str, text: bytes, tool: str | None = None
     ) -> None:
-        """Keep a reply's snapshot (and the tool's two counts) unless a later request's is kept."""
+        """Keep a reply's mirror text unless the reply to a later request was kept already."""
+        key = (script, tool or "")
         with known.lock:
-            if ticket < known.ticket:
-                return
-            known.ticket = ticket
-            known.values = values
-            if tool and tool_values is not None:
-                known.tools[f"tool:{tool}:calls"], known.tools[f"tool:{tool}:retries"] = tool_values
+            kept = known.seen.get(key)
+            if kept is None or kept[0] < ticket:
+                known.seen[key] = (ticket, text)
 
     def _open_on_redis(self, run_id: str, known: _Known, openers: int, within: float) -> None:
         """Open the run (``openers`` 1) or restore it (0) on Redis from the budget and the mirror."""
@@ -663,19 +717,14 @@ class RedisLedger(Ledger):
             fields = _budget_fields(known.budget, known.mode)
             if known.started_at is not None:
                 fields["started_at"] = known.started_at
-            fields.update(
-                (name, value)
-                for name, value in zip(_SNAPSHOT, known.values, strict=False)
-                if value is not None
-            )
-            fields.update((name, value) for name, value in known.tools.items() if value is not None)
+            fields.update(_mirrored_fields(known))
             fields["opened"] = max(int(fields.get("opened", 0)), known.opens)
-            seen_before = known.ticket >= 0
+            seen_before = bool(known.seen)
             ticket = next(self._tickets)
         pairs = [item for pair in fields.items() for item in pair]
         reply = self._server.run(_SCRIPTS["open"], self.key(run_id), [self.ttl_s, openers, *pairs], within)
         now = time.monotonic()
-        created, started_at, wall, sec, usec = reply[:_HEAD]
+        created, started_at, wall, sec, usec, text = reply
         if created == 1 and seen_before and openers:
             self._lost(run_id, known)
         with known.lock:
@@ -683,7 +732,7 @@ class RedisLedger(Ledger):
             known.wall_s = None if wall is None else float(wall)
             server_now = int(sec) + int(usec) / 1e6
             known.started_monotonic = now - (server_now - float(started_at))
-        self._remember(known, ticket, reply[_HEAD:])
+        self._remember(known, ticket, "open", text)
 
     def _restore(self, run_id: str, known: _Known, within: float) -> None:
         self._lost(run_id, known)
@@ -855,7 +904,6 @@ class RedisLedger(Ledger):
             *("1" if flag else "0" for flag in flags),
             r.kind.value if uncount and r is not None else "",
             tool or "",
-            self.ttl_s,
         )
         reply = self._call("settle", run_id, args, tool)
         return _refusal(reply[1], reply[2], None)
@@ -989,8 +1037,7 @@ class RedisLedger(Ledger):
     def _usage_of(self, known: _Known) -> Usage:
         """The run's usage as this process last heard it from Redis."""
         with known.lock:
-            fields = dict(zip(_SNAPSHOT, known.values, strict=False))
-            fields.update(known.tools)
+            fields = _mirrored_fields(known)
         u = _usage_from(fields)
         u.wall_clock_s = max(0.0, time.monotonic() - known.started_monotonic)
         return u
