@@ -69,7 +69,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from budgetspan import events
-from budgetspan.accounting.budget import FLOAT_LIMIT_NAMES, Budget, Limit, ToolLimits, Usage
+from budgetspan.accounting.budget import (
+    FLOAT_LIMIT_NAMES,
+    NO_TOOL_LIMITS,
+    Budget,
+    Limit,
+    ToolLimits,
+    Usage,
+)
 from budgetspan.accounting.ledger import (
     CallKind,
     Ledger,
@@ -94,6 +101,7 @@ TOKEN_CAP = 10**15
 COST_CAP = 1e12
 
 _PREFIX = "budgetspan:run:"
+_NO_SPEND = Spend()
 
 #: The figures each script tells this process about the run it ran on (those it read or wrote),
 #: kept as the process's mirror of the run; then come the calls and retries of the call's tool.
@@ -626,9 +634,15 @@ def _mirrored_fields(known: _Known) -> dict[str, bytes]:
     return fields
 
 
+#: A field longer than Redis's ``hash-max-listpack-value`` (64 bytes by default), so that Redis keeps
+#: a run's hash as a hash table: in a listpack, its compact form for small hashes, every field is
+#: found by a scan, and the scripts' 20-odd reads and writes then cost about half as much again.
+_ABOUT = "budgetspan run ledger; this field is longer than 64 bytes to keep the hash a hash table"
+
+
 def _budget_fields(budget: Budget, mode: Mode) -> dict[str, Any]:
     """The hash fields that hold a run's budget."""
-    fields: dict[str, Any] = {"mode": mode.value}
+    fields: dict[str, Any] = {"about": _ABOUT, "mode": mode.value}
     for name, value in budget.limits().items():
         fields["limit:" + name] = value
     for tool, tl in budget.tools.items():
@@ -851,7 +865,7 @@ class RedisLedger(Ledger):
         force: bool,
         tool_limits: ToolLimits | None,
     ) -> Reservation:
-        tl = tool_limits or ToolLimits()
+        tl = tool_limits or NO_TOOL_LIMITS
         args = (
             kind.value,
             tool or "",
@@ -889,7 +903,7 @@ class RedisLedger(Ledger):
         """One settle script: give back ``reservation``'s worst case, add ``spend``, set the flags
         (unreported, unpriced, tool finished), un-count the call (``uncount``). Returns the spend
         limit now used up."""
-        r, sp = reservation, spend or Spend()
+        r, sp = reservation, spend or _NO_SPEND
         tool = None if r is None else r.tool
         args = (
             0.0 if r is None else r.worst_case_cost,
@@ -901,7 +915,9 @@ class RedisLedger(Ledger):
             _tokens(sp.cache_write_tokens),
             _tokens(sp.reasoning_tokens),
             _dollars(sp.cost_usd),
-            *("1" if flag else "0" for flag in flags),
+            "1" if flags[0] else "0",
+            "1" if flags[1] else "0",
+            "1" if flags[2] else "0",
             r.kind.value if uncount and r is not None else "",
             tool or "",
         )
