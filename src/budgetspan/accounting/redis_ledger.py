@@ -230,13 +230,16 @@ local function count_call(kind, tool, step)
   if per_tool then put(per_tool, n(per_tool) + step) end
 end
 
+-- One check of rule.spend_refusal: the limit ``name`` if it is used up, or if ``own`` (this call's
+-- worst case, counted in ``pending`` with the worst cases in flight) would pass it.
+local function over(spent, pending, name, own)
+  local limit, raw = lim(name)
+  if limit and (spent >= limit or (own > 0 and spent + pending > limit)) then return name, raw end
+end
+
 -- rule.spend_refusal: the token or dollar limit that is used up, or that this call's worst case
 -- (w_*) would pass together with what is spent and held by the calls in flight.
 local function spend_refusal(w_cost, w_in, w_out)
-  local function over(spent, pending, name, own)
-    local limit, raw = lim(name)
-    if limit and (spent >= limit or (own > 0 and spent + pending > limit)) then return name, raw end
-  end
   local spent_in, spent_out = n('input_tokens'), n('output_tokens')
   local held_in, held_out = n('held:input_tokens'), n('held:output_tokens')
   local name, raw = over(n('cost_usd'), n('held:cost_usd') + w_cost, 'max_cost_usd', w_cost)
@@ -249,7 +252,8 @@ local function spend_refusal(w_cost, w_in, w_out)
 end
 
 -- What this script knows of the run, for this process's mirror: MIRROR's fields, then the tool's
--- calls and retries, in one text ('' for what it did not read), so a reply is four values to parse.
+-- calls and retries, separated by spaces ('' for what it did not read). A reply is one text: a
+-- value to parse costs the client more than the server's concatenation.
 local function mirror(tool)
   local out = {}
   for i, name in ipairs(MIRROR) do out[i] = s[name] or '' end
@@ -263,8 +267,8 @@ end
 # Reserve one call (or, kind 'check', only say what refuses the run now, changing nothing).
 # ARGV: kind, tool ('' none), worst cost, worst input tokens, worst output tokens, force ('1'),
 # the tool's own max_calls and max_retries ('' none; the budget's entry wins), ttl seconds.
-# Reply: {status, reason, limit, mirror}; status -1: no such run, 0: refused, 1: granted
-# (reason: what observe mode or force let through, or '').
+# Reply: -1 when the run's hash does not exist, else one text "status reason limit mirror..."
+# (the mirror's figures, see ``_mirrored_fields``); status 0: refused, 1: granted (reason: what observe mode or force let through).
 _RESERVE = (
     _PRELUDE
     + f"local READS = {_lua_list(_RESERVE_READS)}\n"
@@ -277,7 +281,7 @@ if tool ~= '' then
   tool_reads = {'limit:tool:' .. tool .. ':max_calls', 'limit:tool:' .. tool .. ':max_retries',
                 tool_calls, tool_retries}
 end
-if not read(READS, tool_reads) then return {-1} end
+if not read(READS, tool_reads) then return -1 end
 
 -- rule.tool_limits_for: the budget's entry for the tool, over the tool's own default.
 local function tool_limit(name, default)
@@ -332,7 +336,7 @@ local function refusal()
 end
 
 local reason, limit = refusal()
-local function answer(status) return {status, reason or '', limit or '', mirror(tool)} end
+local function answer(status) return table.concat({status, reason or '', limit or '', mirror(tool)}, ' ') end
 if kind == 'check' then return answer(1) end
 redis.call('EXPIRE', h, ARGV[9])
 if reason and ARGV[6] ~= '1' and (s['mode'] == 'enforce' or reason == 'cancelled') then
@@ -351,7 +355,7 @@ return answer(1)
 # ARGV: held cost, held input tokens, held output tokens (to give back); input, output, cache read,
 # cache write, reasoning tokens, cost (spent); unreported, unpriced, tool finished ('1' each);
 # the kind to un-count ('' none), tool ('' none).
-# Reply: {status, the spend limit now used up, its limit, mirror}.
+# Reply: as _RESERVE's, with the spend limit now used up as the reason.
 _SETTLE = (
     _PRELUDE
     + f"local READS = {_lua_list(_SETTLE_READS)}\n"
@@ -362,7 +366,7 @@ if uncount ~= '' then
   local total, per_tool = counters(uncount, tool)
   extra = {total, per_tool}
 end
-if not read(READS, extra) then return {-1} end
+if not read(READS, extra) then return -1 end
 give_back('held:cost_usd', tonumber(ARGV[1]))
 give_back('held:input_tokens', tonumber(ARGV[2]))
 give_back('held:output_tokens', tonumber(ARGV[3]))
@@ -378,7 +382,7 @@ if ARGV[12] == '1' then add('tools_finished', 1) end
 if uncount ~= '' then count_call(uncount, tool, -1) end
 write()
 local reason, limit = spend_refusal(0, 0, 0)
-return {1, reason or '', limit or '', mirror(tool)}
+return table.concat({1, reason or '', limit or '', mirror(tool)}, ' ')
 """
 )
 
@@ -409,19 +413,19 @@ return {created, s['started_at'], s['limit:max_wall_clock_s'], t[1], t[2], mirro
 _CANCEL = (
     _PRELUDE
     + """
-if not read({'mode'}, {}) then return {-1} end
+if not read({'mode'}, {}) then return -1 end
 put('cancelled', 1)
 write()
 redis.call('EXPIRE', h, ARGV[1])
-return {1, '', '', mirror('')}
+return '1   ' .. mirror('')
 """
 )
 
 # The whole hash and the server's time; ARGV[1] '1' also closes: one opener less, and the hash
-# is deleted when none is left. Reply: {1, seconds, microseconds, {field, value, ...}} or {-1}.
+# is deleted when none is left. Reply: {1, seconds, microseconds, {field, value, ...}}, or -1.
 _READ = """
 local h = KEYS[1]
-if redis.call('EXISTS', h) == 0 then return {-1} end
+if redis.call('EXISTS', h) == 0 then return -1 end
 local left = 1
 if ARGV[1] == '1' then left = redis.call('HINCRBY', h, 'opened', -1) end
 local t = redis.call('TIME')
@@ -479,9 +483,9 @@ class _Server:
         conn = self.pool.get_connection(*self._checkout_args)
         try:
             try:
-                return self._ask(conn, within_s, _pack("EVALSHA", script.sha, 1, key, *args))
+                return self._ask(conn, within_s, script.evalsha(key, args))
             except self._no_script:  # a restarted or flushed server: send the script itself
-                return self._ask(conn, within_s, _pack("EVAL", script.body, 1, key, *args))
+                return self._ask(conn, within_s, _pack(("EVAL", script.body, 1, key, *args)))
         except BaseException:
             conn.disconnect()
             raise
@@ -495,13 +499,14 @@ class _Server:
         return conn.read_response(disable_decoding=True)
 
 
-def _pack(*args: bytes | str | int | float) -> bytes:
-    """One command in the Redis protocol. The ledger's commands are a few short strings and
-    numbers: this costs half of what redis-py's general packer does for them."""
-    parts = [b"*%d\r\n" % len(args)]
+def _pack(args: Sequence[Any], head: bytes = b"", count: int = 0) -> bytes:
+    """A command in the Redis protocol: ``count`` arguments already packed in ``head``, then
+    ``args`` (strings, bytes, numbers). The ledger's arguments are a few short strings and numbers:
+    this costs half of what redis-py's general packer does for them."""
+    parts = [b"*%d\r\n" % (count + len(args)), head]
     for arg in args:
-        text = arg if isinstance(arg, bytes | str) else repr(arg)
-        data = text.encode() if isinstance(text, str) else text
+        kind = type(arg)
+        data = arg.encode() if kind is str else arg if kind is bytes else repr(arg).encode()
         parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
     return b"".join(parts)
 
@@ -510,12 +515,18 @@ def _pack(*args: bytes | str | int | float) -> bytes:
 class _Script:
     body: str
     sha: str
+    #: ``EVALSHA <sha> 1`` in the Redis protocol: the start of every call of the script.
+    head: bytes
 
     @classmethod
     def of(cls, body: str) -> _Script:
         import hashlib
 
-        return cls(body, hashlib.sha1(body.encode()).hexdigest())
+        sha = hashlib.sha1(body.encode()).hexdigest()
+        return cls(body, sha, _pack(("EVALSHA", sha, 1))[len(b"*3\r\n") :])
+
+    def evalsha(self, key: str, args: Sequence[Any]) -> bytes:
+        return _pack((key, *args), self.head, 3)
 
 
 _SCRIPTS = {
@@ -703,16 +714,16 @@ class RedisLedger(Ledger):
         within = self._within(known)
         ticket = next(self._tickets)
         reply = self._server.run(_SCRIPTS[script], self.key(run_id), args, within)
-        if reply[0] == -1:
+        if reply == -1:
             if known is None:
                 raise KeyError(f"run {run_id!r} is not open in the ledger")
             self._restore(run_id, known, within)
             ticket = next(self._tickets)
             reply = self._server.run(_SCRIPTS[script], self.key(run_id), args, within)
-            if reply[0] == -1:  # deleted again at once: give up on this one call
+            if reply == -1:  # deleted again at once: give up on this one call
                 raise KeyError(f"run {run_id!r} is not open in the ledger")
         if known is not None and mirror:
-            self._remember(known, ticket, script, reply[-1], tool)
+            self._remember(known, ticket, script, reply.split(b" ", 3)[3], tool)
         return reply
 
     def _remember(
@@ -875,9 +886,9 @@ class RedisLedger(Ledger):
             "" if tl.max_retries is None else tl.max_retries,
             self.ttl_s,
         )
-        reply = self._call("reserve", run_id, args, tool)
-        found = _refusal(reply[1], reply[2], tool)
-        if reply[0] == 0:
+        status, reason, limit, _ = self._call("reserve", run_id, args, tool).split(b" ", 3)
+        found = _refusal(reason, limit, tool)
+        if status == b"0":
             assert found is not None
             raise LedgerRefused(found)
         cost, held_in, held_out = worst
@@ -921,8 +932,8 @@ class RedisLedger(Ledger):
             r.kind.value if uncount and r is not None else "",
             tool or "",
         )
-        reply = self._call("settle", run_id, args, tool)
-        return _refusal(reply[1], reply[2], None)
+        _, reason, limit, _ = self._call("settle", run_id, args, tool).split(b" ", 3)
+        return _refusal(reason, limit, None)
 
     def commit(
         self,
@@ -993,7 +1004,7 @@ class RedisLedger(Ledger):
             reply = self._server.run(
                 _SCRIPTS["read"], self.key(run_id), ["1"], self._within(self._known.get(run_id))
             )
-            if reply[0] == -1:
+            if reply == -1:
                 raise KeyError(run_id)
         else:
             reply = self._call("read", run_id, ["0"], mirror=False)
@@ -1008,7 +1019,8 @@ class RedisLedger(Ledger):
         if run_id not in self._local_runs:
             try:
                 reply = self._call("reserve", run_id, ("check", "", 0.0, 0, 0, "0", "", "", self.ttl_s))
-                return _refusal(reply[1], reply[2], None)
+                _, reason, limit, _ = reply.split(b" ", 3)
+                return _refusal(reason, limit, None)
             except KeyError:
                 return None
             except self._errors as e:
