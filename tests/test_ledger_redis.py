@@ -65,15 +65,22 @@ def test_tokens_dollars_and_worst_case(ledger: RedisLedger) -> None:
 def test_worst_cases_are_held_until_the_call_settles(ledger: RedisLedger) -> None:
     """Held for cost, input and output tokens; commit and release give them back in full."""
     ledger.open("r", Budget(max_cost_usd=0.10, max_input_tokens=100, max_output_tokens=100), Mode.ENFORCE)
-    worst = {"worst_case_cost": 0.06, "worst_case_input_tokens": 60, "worst_case_tokens": 60}
-    first = ledger.reserve("r", CallKind.MODEL, **worst)
-    for limit, what in (
-        ("max_cost_usd", {"worst_case_cost": 0.05}),
-        ("max_input_tokens", {"worst_case_input_tokens": 41}),
-        ("max_output_tokens", {"worst_case_tokens": 41}),
+    first = ledger.reserve(
+        "r", CallKind.MODEL, worst_case_cost=0.06, worst_case_input_tokens=60, worst_case_tokens=60
+    )
+    for limit, (cost, tokens_in, tokens_out) in (
+        ("max_cost_usd", (0.05, 0, 0)),
+        ("max_input_tokens", (0.0, 41, 0)),
+        ("max_output_tokens", (0.0, 0, 41)),
     ):
         with pytest.raises(LedgerRefused) as info:  # held by the call in flight
-            ledger.reserve("r", CallKind.MODEL, **what)  # type: ignore[arg-type]
+            ledger.reserve(
+                "r",
+                CallKind.MODEL,
+                worst_case_cost=cost,
+                worst_case_input_tokens=tokens_in,
+                worst_case_tokens=tokens_out,
+            )
         assert info.value.refusal.reason == limit
     ledger.commit(first, Spend(10, 10, cost_usd=0.01))
     second = ledger.reserve(
@@ -349,6 +356,7 @@ def test_one_round_trip_per_reserve_and_per_settle(
     ran = {name.removeprefix("cmdstat_"): s["calls"] for name, s in stats.items()}
     assert ran["evalsha"] == 6 and ran["hmget"] == 6
     assert not {"hget", "hgetall", "time", "exists", "eval"} & set(ran), ran
+    assert server.object("encoding", ledger.key("r")) == b"hashtable"  # fields found without a scan
 
 
 # --- a live run is never forgotten ---------------------------------------------------------------

@@ -59,6 +59,7 @@ its worst case stays held on Redis until the run's key goes.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import itertools
 import logging
@@ -95,7 +96,7 @@ DEFAULT_TIMEOUT_S = 2.0
 #: The least a call waits for Redis near or past the run's deadline.
 MIN_WAIT_S = 0.1
 #: The largest token count (per figure and per sum) the ledger keeps: exact in a Lua number (a
-#: double), and two of them still far below Redis's 64-bit integer limit.
+#: double), and so is the sum of two (a total of input and output tokens).
 TOKEN_CAP = 10**15
 #: The largest dollar amount the ledger keeps.
 COST_CAP = 1e12
@@ -513,6 +514,8 @@ def _pack(args: Sequence[Any], head: bytes = b"", count: int = 0) -> bytes:
 
 @dataclass(frozen=True)
 class _Script:
+    """A Lua script, called by its SHA1 (EVALSHA) and sent whole when the server lacks it."""
+
     body: str
     sha: str
     #: ``EVALSHA <sha> 1`` in the Redis protocol: the start of every call of the script.
@@ -520,8 +523,6 @@ class _Script:
 
     @classmethod
     def of(cls, body: str) -> _Script:
-        import hashlib
-
         sha = hashlib.sha1(body.encode()).hexdigest()
         return cls(body, sha, _pack(("EVALSHA", sha, 1))[len(b"*3\r\n") :])
 
