@@ -648,7 +648,7 @@ def _mirrored_fields(known: _Known) -> dict[str, bytes]:
 
 #: A field longer than Redis's ``hash-max-listpack-value`` (64 bytes by default), so that Redis keeps
 #: a run's hash as a hash table: in a listpack, its compact form for small hashes, every field is
-#: found by a scan, and the scripts' 20-odd reads and writes then cost about half as much again.
+#: found by a scan, and the reserve script then costs 12% more (bench/README.md).
 _ABOUT = "budgetspan run ledger; this field is longer than 64 bytes to keep the hash a hash table"
 
 
