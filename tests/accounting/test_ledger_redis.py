@@ -3,67 +3,27 @@
 from __future__ import annotations
 
 import multiprocessing
-import shutil
-import socket
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-redis = pytest.importorskip("redis")
+from budgetspan.accounting.budget import Budget, ToolLimits
+from budgetspan.accounting.ledger import CallKind, LedgerRefused, Mode, Reservation, Spend
+from budgetspan.accounting.redis_ledger import COST_CAP, TOKEN_CAP, RedisLedger
+from tests.accounting.redis_server import frozen, needs_redis_server, redis, start_redis, stop
 
-from budgetspan.accounting.budget import Budget, ToolLimits  # noqa: E402
-from budgetspan.accounting.ledger import CallKind, LedgerRefused, Mode, Spend  # noqa: E402
-from budgetspan.accounting.redis_ledger import RedisLedger  # noqa: E402
-
-pytestmark = pytest.mark.skipif(
-    shutil.which("redis-server") is None, reason="Debian redis-server not installed"
-)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], redis.Redis, int]:
-    """A real redis-server on a free loopback port, answering PING."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(directory),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    client = redis.Redis(port=port, socket_timeout=2, socket_connect_timeout=2)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    return proc, client, port
+pytestmark = needs_redis_server
 
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    proc, _client, port = _start_redis(tmp_path_factory.mktemp("redis"))
+    proc, port = start_redis(tmp_path_factory.mktemp("redis"))
     yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(5)
+    stop(proc)
 
 
 @pytest.fixture
@@ -100,6 +60,38 @@ def test_tokens_dollars_and_worst_case(ledger: RedisLedger) -> None:
     u = ledger.usage("r")
     assert (u.input_tokens, u.output_tokens, u.cache_read_tokens, u.reasoning_tokens) == (900, 150, 10, 5)
     assert u.cost_usd == pytest.approx(0.05)
+
+
+def test_worst_cases_are_held_until_the_call_settles(ledger: RedisLedger) -> None:
+    """Held for cost, input and output tokens; commit and release give them back in full."""
+    ledger.open("r", Budget(max_cost_usd=0.10, max_input_tokens=100, max_output_tokens=100), Mode.ENFORCE)
+    first = ledger.reserve(
+        "r", CallKind.MODEL, worst_case_cost=0.06, worst_case_input_tokens=60, worst_case_tokens=60
+    )
+    for limit, (cost, tokens_in, tokens_out) in (
+        ("max_cost_usd", (0.05, 0, 0)),
+        ("max_input_tokens", (0.0, 41, 0)),
+        ("max_output_tokens", (0.0, 0, 41)),
+    ):
+        with pytest.raises(LedgerRefused) as info:  # held by the call in flight
+            ledger.reserve(
+                "r",
+                CallKind.MODEL,
+                worst_case_cost=cost,
+                worst_case_input_tokens=tokens_in,
+                worst_case_tokens=tokens_out,
+            )
+        assert info.value.refusal.reason == limit
+    ledger.commit(first, Spend(10, 10, cost_usd=0.01))
+    second = ledger.reserve(
+        "r", CallKind.MODEL, worst_case_cost=0.09, worst_case_input_tokens=90, worst_case_tokens=90
+    )
+    ledger.release(second)
+    ledger.reserve(
+        "r", CallKind.MODEL, worst_case_cost=0.09, worst_case_input_tokens=90, worst_case_tokens=90
+    )
+    held = ledger.client.hmget(ledger.key("r"), "held:cost_usd", "held:input_tokens", "held:output_tokens")
+    assert (float(held[0]), int(held[1]), int(held[2])) == (0.09, 90, 90)
 
 
 def test_per_tool_limits_wall_clock_cancel_and_observe(ledger: RedisLedger) -> None:
@@ -190,16 +182,12 @@ def test_budgetspan_runs_on_the_shared_ledger(ledger: RedisLedger, tracing: obje
 @pytest.fixture
 def doomed_redis(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], redis.Redis]]:
     """A redis-server of this test's own, to be killed mid-run."""
-    proc, client, _port = _start_redis(tmp_path)
-    yield proc, client
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(5)
+    proc, port = start_redis(tmp_path)
+    yield proc, redis.Redis(port=port, socket_timeout=2, socket_connect_timeout=2)
+    stop(proc)
 
 
-def _kill(proc: subprocess.Popen[bytes]) -> None:
-    proc.kill()
-    proc.wait(5)
+_kill = stop
 
 
 def test_outage_fails_open_to_a_local_ledger_with_the_same_budget(
@@ -320,3 +308,308 @@ def test_releasing_a_reservation_made_before_the_outage(
     ledger.reserve("r", CallKind.MODEL)
     with pytest.raises(LedgerRefused):
         ledger.reserve("r", CallKind.MODEL)  # the local budget of 1 still holds
+
+
+# --- one round trip per reserve and per settle -------------------------------------------------
+
+
+def test_one_round_trip_per_reserve_and_per_settle(
+    ledger: RedisLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counted on both ends: commands sent by the client, and commands the server ran (one HMGET
+    per script, no HGET, HGETALL or TIME from the client)."""
+    every_limit = Budget(
+        max_model_calls=100,
+        max_tool_calls=100,
+        max_steps=200,
+        max_input_tokens=10**9,
+        max_output_tokens=10**9,
+        max_total_tokens=10**9,
+        max_cost_usd=1000.0,
+        max_retries=100,
+        tools={"search": ToolLimits(max_calls=100)},
+    )
+    ledger.open("r", every_limit, Mode.ENFORCE)
+    ledger.commit(ledger.reserve("r", CallKind.MODEL), Spend(1, 1))  # the scripts are loaded
+    server = redis.Redis(connection_pool=ledger.client.connection_pool)
+    server.config_resetstat()
+    sent: list[bytes] = []  # the name of each command sent, whatever packed it
+    connection_class = ledger._server.pool.connection_class
+    send = connection_class.send_packed_command
+
+    def counted(self: object, command: bytes | list[bytes], check_health: bool = True) -> None:
+        packed = b"".join([command] if isinstance(command, bytes) else command)
+        sent.append(packed.split(b"\r\n")[2])  # *<n> $<len> NAME ...
+        send(self, command, check_health)
+
+    monkeypatch.setattr(connection_class, "send_packed_command", counted)
+    before = 0
+    for kind, tool in ((CallKind.MODEL, None), (CallKind.TOOL, "search"), (CallKind.RETRY, "search")):
+        res = ledger.reserve("r", kind, tool=tool, worst_case_cost=0.01, worst_case_tokens=100)
+        assert len(sent) == before + 1, sent[before:]
+        assert ledger.commit(res, Spend(10, 20, cost_usd=0.001)) is None
+        assert len(sent) == before + 2, sent[before:]
+        before = len(sent)
+    assert set(sent) == {b"EVALSHA"}
+    monkeypatch.undo()
+    stats = server.info("commandstats")
+    ran = {name.removeprefix("cmdstat_"): s["calls"] for name, s in stats.items()}
+    assert ran["evalsha"] == 6 and ran["hmget"] == 6
+    assert not {"hget", "hgetall", "time", "exists", "eval"} & set(ran), ran
+    assert server.object("encoding", ledger.key("r")) == b"hashtable"  # fields found without a scan
+
+
+# --- a live run is never forgotten ---------------------------------------------------------------
+
+
+class _InternalErrors:
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def on_internal_error(self, where: str) -> None:
+        self.seen.append(where)
+
+
+@pytest.fixture
+def internal_errors() -> Iterator[list[str]]:
+    from budgetspan import events
+
+    listener = _InternalErrors()
+    events.add_listener(listener)
+    yield listener.seen
+    events.remove_listener(listener)
+
+
+@pytest.mark.parametrize("on_error", ["open", "closed"])
+def test_a_run_whose_key_vanished_is_restored_with_what_this_process_knew(
+    redis_url: str, on_error: str, internal_errors: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    ledger = RedisLedger(client, on_error=on_error)
+    budget = Budget(max_model_calls=3, max_cost_usd=0.10, tools={"search": ToolLimits(max_calls=2)})
+    ledger.open("r", budget, Mode.ENFORCE)
+    ledger.commit(ledger.reserve("r", CallKind.MODEL), Spend(100, 50, 7, 3, 2, 0.02))
+    ledger.commit(ledger.reserve("r", CallKind.TOOL, tool="search"), None, unpriced=True)
+    in_flight = ledger.reserve("r", CallKind.MODEL, worst_case_cost=0.05)  # holds $0.05
+    known = ledger.usage("r")
+    client.delete(ledger.key("r"))  # expired, or deleted by a peer
+
+    with pytest.raises(LedgerRefused) as info:  # $0.02 spent + $0.05 held + $0.04 > $0.10
+        ledger.reserve("r", CallKind.MODEL, worst_case_cost=0.04)
+    assert info.value.refusal.reason == "max_cost_usd"  # not "no limit", not ledger_unavailable
+    restored = ledger.usage("r")
+    restored.wall_clock_s = known.wall_clock_s
+    assert restored == known  # counts, tokens, dollars, flags and per-tool counts
+    assert internal_errors == ["redis_ledger"] and "missing from the Redis ledger" in caplog.text
+
+    ledger.commit(in_flight, Spend(cost_usd=0.01))  # gives back the held $0.05
+    ledger.reserve("r", CallKind.TOOL, tool="search")  # the second of 2 searches...
+    with pytest.raises(LedgerRefused) as info:
+        ledger.reserve("r", CallKind.TOOL, tool="search")  # ...the third is refused
+    assert info.value.refusal.reason == "tool.max_calls"
+
+    client.delete(ledger.key("r"))  # lost again: counted again, logged once for the run
+    ledger.reserve("r", CallKind.MODEL)  # 2 model calls made: the third is granted...
+    with pytest.raises(LedgerRefused) as info:
+        ledger.reserve("r", CallKind.MODEL)  # ...and the fourth refused
+    assert info.value.refusal.reason == "max_model_calls"
+    assert internal_errors == ["redis_ledger"] * 2
+    assert caplog.text.count("missing from the Redis ledger") == 1
+
+
+def test_a_restarted_empty_redis_does_not_reset_the_budget(
+    tmp_path: Path, internal_errors: list[str]
+) -> None:
+    """The issue's case: 21 of 21 calls went through under a limit of 3 after a restart."""
+    proc, port = start_redis(tmp_path)
+    try:
+        ledger = RedisLedger(redis.Redis(port=port))
+        ledger.open("r", Budget(max_model_calls=3), Mode.ENFORCE)
+        ledger.commit(ledger.reserve("r", CallKind.MODEL), Spend(10, 5))
+        stop(proc)
+        proc, _ = start_redis(tmp_path, port)  # the same address, empty (no persistence)
+        granted = []
+        for _ in range(21):
+            try:
+                granted.append(ledger.reserve("r", CallKind.MODEL))
+            except LedgerRefused as refused:
+                assert refused.refusal.reason == "max_model_calls"
+        assert len(granted) == 2 and not any(res.fallback for res in granted)  # on Redis, not local
+        assert internal_errors == ["redis_ledger"]
+        assert ledger.close("r").input_tokens == 10
+    finally:
+        stop(proc)
+
+
+def test_an_unknown_run_is_not_invented(ledger: RedisLedger) -> None:
+    """A process that never opened the run has no budget to restore it with."""
+    with pytest.raises(KeyError):
+        ledger.reserve("never-opened", CallKind.MODEL)
+    assert ledger.add_spend("never-opened", Spend(1, 1)) is None
+    assert ledger.check("never-opened") is None
+    assert not ledger.cancel("never-opened")
+    assert not ledger.client.exists(ledger.key("never-opened"))
+
+
+# --- workers sharing a run id keep it alive for each other ------------------------------------
+
+
+def test_workers_sharing_a_run_keep_it_open_until_the_last_closes(redis_url: str) -> None:
+    one = RedisLedger(redis.Redis.from_url(redis_url))
+    two = RedisLedger(redis.Redis.from_url(redis_url))
+    key = one.key("shared")
+    one.client.delete(key)
+    one.open("shared", Budget(max_tool_calls=3), Mode.ENFORCE)
+    two.open("shared", Budget(max_tool_calls=3), Mode.ENFORCE)
+    one.reserve("shared", CallKind.TOOL)
+    assert one.close("shared").tool_calls == 1
+    assert one.client.exists(key)  # the other worker still has it open
+    two.reserve("shared", CallKind.TOOL)
+    two.reserve("shared", CallKind.TOOL)
+    with pytest.raises(LedgerRefused):
+        two.reserve("shared", CallKind.TOOL)  # the count went on: 3 of 3
+    assert two.close("shared").tool_calls == 3
+    assert not one.client.exists(key)  # the last one out deletes it
+
+
+def test_one_process_opening_a_run_twice_keeps_it_until_the_last_close(ledger: RedisLedger) -> None:
+    ledger.open("r", Budget(max_model_calls=1), Mode.ENFORCE)
+    ledger.open("r", Budget(max_model_calls=1), Mode.ENFORCE)  # a nested scope with the same id
+    ledger.reserve("r", CallKind.MODEL)
+    ledger.close("r")
+    with pytest.raises(LedgerRefused):
+        ledger.reserve("r", CallKind.MODEL)  # still one budget
+    ledger.close("r")
+    assert not ledger.client.exists(ledger.key("r"))
+
+
+def test_every_reservation_refreshes_the_time_to_live(redis_url: str) -> None:
+    """A run longer than ttl_s does not expire while it is in use."""
+    ledger = RedisLedger(redis.Redis.from_url(redis_url), ttl_s=600)
+    client, key = ledger.client, ledger.key("long")
+    ledger.open("long", Budget(max_model_calls=1), Mode.ENFORCE)
+
+    def refused() -> None:
+        with pytest.raises(LedgerRefused):
+            ledger.reserve("long", CallKind.MODEL)
+
+    for operation in (
+        lambda: ledger.reserve("long", CallKind.MODEL),
+        refused,  # a refused reservation too
+    ):
+        client.expire(key, 5)  # about to expire
+        operation()
+        assert client.ttl(key) > 5
+
+
+# --- every Redis operation bounded in time -----------------------------------------------------
+
+
+def _returns_while(proc: subprocess.Popen[bytes], operation: Callable[[], object]) -> object:
+    """Run ``operation`` with the server frozen, and return what it returned or raised while the
+    server is still frozen. A call without a bound would block until the server wakes: the wait
+    here is long only so that a busy machine cannot fail the test."""
+    outcome: list[object] = []
+
+    def attempt() -> None:
+        try:
+            outcome.append(operation())
+        except Exception as e:
+            outcome.append(e)
+
+    with frozen(proc):
+        worker = threading.Thread(target=attempt, daemon=True)
+        worker.start()
+        worker.join(60)
+        answered = not worker.is_alive()
+    worker.join(60)
+    assert answered, "blocked on a frozen Redis"
+    return outcome[0]
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    proc, port = start_redis(tmp_path)
+    yield proc, port
+    stop(proc)
+
+
+@pytest.mark.parametrize("on_error", ["open", "closed"])
+def test_a_frozen_redis_does_not_block_a_client_without_a_socket_timeout(
+    server: tuple[subprocess.Popen[bytes], int], on_error: str, internal_errors: list[str]
+) -> None:
+    proc, port = server
+    ledger = RedisLedger(redis.Redis(port=port, socket_timeout=None), on_error=on_error)  # default bound
+    ledger.open("r", Budget(max_model_calls=5), Mode.ENFORCE)
+    outcome = _returns_while(proc, lambda: ledger.reserve("r", CallKind.MODEL))
+    if on_error == "open":
+        assert isinstance(outcome, Reservation) and outcome.fallback  # accounted locally
+    else:
+        assert isinstance(outcome, LedgerRefused) and outcome.refusal.reason == "ledger_unavailable"
+        # Awake again: the connection that timed out was dropped, so no late reply is read as the
+        # answer to a later command (the frozen reservation may have run when the server woke).
+        assert ledger.usage("r").model_calls in (0, 1)
+        assert not ledger.reserve("r", CallKind.MODEL).fallback
+    assert internal_errors == ["redis_ledger"]
+
+
+def test_connecting_to_a_frozen_redis_is_bounded(server: tuple[subprocess.Popen[bytes], int]) -> None:
+    """The kernel accepts the connection; the handshake (HELLO, CLIENT SETINFO) gets no answer."""
+    proc, port = server
+    ledger = RedisLedger(
+        redis.Redis(port=port, socket_timeout=None, socket_connect_timeout=None), timeout_s=0.5
+    )
+    _returns_while(proc, lambda: ledger.open("r", Budget(max_model_calls=1), Mode.ENFORCE))
+    assert ledger.reserve("r", CallKind.MODEL).fallback  # open mode: the run went local
+
+
+def test_a_frozen_redis_holds_a_call_no_longer_than_the_run_has_left(
+    server: tuple[subprocess.Popen[bytes], int],
+) -> None:
+    proc, port = server
+    client = redis.Redis(port=port, socket_timeout=None)
+    ledger = RedisLedger(client, timeout_s=3600, on_error="closed")  # a long bound...
+    ledger.open("r", Budget(max_wall_clock_s=1.0), Mode.ENFORCE)  # ...but the run has 1 s
+    outcome = _returns_while(proc, lambda: ledger.reserve("r", CallKind.MODEL))
+    assert isinstance(outcome, LedgerRefused) and outcome.refusal.reason == "ledger_unavailable"
+
+
+# --- figures beyond 64 bits are clamped ----------------------------------------------------------
+
+
+def test_absurd_usage_is_clamped_not_taken_for_an_outage(
+    ledger: RedisLedger, internal_errors: list[str]
+) -> None:
+    """The issue's case: prompt_tokens = 10**30 overflowed HINCRBY, read as an outage; open mode then
+    counted again from zero and 7 calls went through under a limit of 4."""
+    ledger.open("r", Budget(max_model_calls=4), Mode.ENFORCE)
+    granted = 0
+    for _ in range(7):
+        try:
+            res = ledger.reserve(
+                "r", CallKind.MODEL, worst_case_tokens=10**30, worst_case_input_tokens=10**30
+            )
+        except LedgerRefused as refused:
+            assert refused.refusal.reason == "max_model_calls"
+            continue
+        granted += 1
+        assert not res.fallback
+        ledger.commit(res, Spend(10**30, 10**30, 10**30, 10**30, 10**30, float("inf")))
+    assert granted == 4 and internal_errors == []
+    u = ledger.usage("r")
+    assert (u.input_tokens, u.output_tokens, u.reasoning_tokens) == (TOKEN_CAP,) * 3
+    assert u.cost_usd == COST_CAP
+    held = ledger.client.hmget(ledger.key("r"), "held:input_tokens", "held:output_tokens")
+    assert [int(v) for v in held] == [0, 0]  # every clamped worst case given back in full
+
+
+def test_absurd_worst_cases_are_refused_by_the_limit(ledger: RedisLedger) -> None:
+    ledger.open("r", Budget(max_output_tokens=1000, max_cost_usd=1.0), Mode.ENFORCE)
+    with pytest.raises(LedgerRefused) as info:
+        ledger.reserve("r", CallKind.MODEL, worst_case_tokens=10**30)
+    assert info.value.refusal.reason == "max_output_tokens"
+    with pytest.raises(LedgerRefused) as info:
+        ledger.reserve("r", CallKind.MODEL, worst_case_cost=1e300)
+    assert info.value.refusal.reason == "max_cost_usd"
+    assert ledger.usage("r").model_calls == 0

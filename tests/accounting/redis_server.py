@@ -1,0 +1,73 @@
+"""A real redis-server on loopback for the tests of the Redis ledger (Debian package redis-server)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+redis = pytest.importorskip("redis")
+
+needs_redis_server = pytest.mark.skipif(
+    shutil.which("redis-server") is None, reason="Debian redis-server not installed"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_redis(directory: Path, port: int | None = None) -> tuple[subprocess.Popen[bytes], int]:
+    """A redis-server on ``port`` (a free one by default), empty, answering PING."""
+    port = port or free_port()
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(directory),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port, socket_timeout=2, socket_connect_timeout=2)
+    for _ in range(200):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    client.close()
+    return proc, port
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(5)
+
+
+@contextmanager
+def frozen(proc: subprocess.Popen[bytes]) -> Iterator[None]:
+    """The server stopped (SIGSTOP): connections are accepted by the kernel, nothing answers."""
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
