@@ -23,6 +23,8 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
+SNAPSHOT_CHUNK = 256  # cells copied per hold of the listener's lock
+
 
 class CounterCell:
     """One labelled counter value (the caller guarantees a finite, non-negative amount)."""
@@ -95,31 +97,52 @@ class LocalFamily:
             self.children[key] = cell
         return cell
 
-    def to_metric(self) -> Metric:
+    def snapshot(self, lock: threading.Lock) -> list[tuple[Any, ...]]:
+        """The family's numbers, copied under ``lock`` a chunk of cells at a time.
+
+        Each cell is copied whole (a histogram's buckets and sum together), and the lock is
+        let go between chunks, so a call finishing during a scrape waits for one chunk at most
+        (about 0.1 ms), never for the whole family or for the rendering."""
+        with lock:
+            items = list(self.children.items())
+        rows: list[tuple[Any, ...]] = []
+        for start in range(0, len(items), SNAPSHOT_CHUNK):
+            chunk = items[start : start + SNAPSHOT_CHUNK]
+            if start:
+                time.sleep(0)  # let a listener woken by the last release take the lock first
+            with lock:
+                if self.kind == "histogram":
+                    rows += [(k, c.counts[:], c.sum, c.created) for k, c in chunk]
+                elif self.kind == "gauge":
+                    rows += [(k, c.value, 0.0) for k, c in chunk]
+                else:
+                    rows += [(k, c.value, c.created) for k, c in chunk]
+        return rows
+
+    def to_metric(self, rows: Sequence[tuple[Any, ...]]) -> Metric:
+        """The exposition of a ``snapshot``; runs without any lock."""
         names = self.label_names
         created = _created_series()
         if self.kind == "counter":
             counter = CounterMetricFamily(self.name, self.doc, labels=names)
-            for key, c in self.children.items():
-                counter.add_metric(key, c.value, created=c.created if created else None)
+            for key, value, at in rows:
+                counter.add_metric(key, value, created=at if created else None)
             return counter
         if self.kind == "gauge":
             gauge = GaugeMetricFamily(self.name, self.doc, labels=names)
-            for key, g in self.children.items():
-                gauge.add_metric(key, g.value)
+            for key, value, _ in rows:
+                gauge.add_metric(key, value)
             return gauge
         hist = HistogramMetricFamily(self.name, self.doc, labels=names)
         les = [_le(b) for b in self.bounds] + ["+Inf"]
-        for key, h in self.children.items():
+        for key, counts, total_sum, at in rows:
             total, cumulative = 0, []
-            for le, n in zip(les, h.counts, strict=True):
+            for le, n in zip(les, counts, strict=True):
                 total += n
                 cumulative.append((le, float(total)))
-            hist.add_metric(key, cumulative, h.sum)
+            hist.add_metric(key, cumulative, total_sum)
             if created:
-                hist.samples.append(
-                    Sample(self.name + "_created", dict(zip(names, key, strict=True)), h.created)
-                )
+                hist.samples.append(Sample(self.name + "_created", dict(zip(names, key, strict=True)), at))
         return hist
 
 
@@ -137,16 +160,18 @@ def _le(bound: float) -> str:
 
 
 class LocalCollector(Collector):
-    """Exposes the local families; reads them under the listener's lock (a consistent snapshot)."""
+    """Exposes the local families: each is copied in short chunks under the listener's lock (see
+    ``LocalFamily.snapshot``) and rendered outside it, so a scrape never makes a call wait on
+    rendering. Families are copied one after another, each consistent in itself; rates and
+    quantiles never combine two families' samples."""
 
     def __init__(self, families: Sequence[LocalFamily], lock: threading.Lock) -> None:
         self.families = list(families)
         self.lock = lock
 
     def collect(self) -> Iterator[Metric]:
-        with self.lock:
-            metrics = [f.to_metric() for f in self.families]
-        yield from metrics
+        for f in self.families:
+            yield f.to_metric(f.snapshot(self.lock))
 
     def describe(self) -> Iterator[Metric]:
         # Names only, so that the registry refuses a second collector with the same names.
