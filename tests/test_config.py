@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -126,3 +127,43 @@ def test_bad_toml_config(tmp_path: Path, body: str, needle: str) -> None:
 def test_missing_config_file() -> None:
     with pytest.raises(ConfigError, match="BUDGETSPAN_CONFIG.*cannot read"):
         load_config({"BUDGETSPAN_CONFIG": "/nonexistent/budgets.toml"})
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "[profiles.p]\nmax_model_calls = " + "9" * 5000 + "\n",  # a number past int conversion limits
+        "x = " + "[" * 2000 + "]" * 2000 + "\n",  # nesting past the recursion limit
+    ],
+)
+def test_a_hostile_config_file_is_a_config_error(tmp_path: Any, content: str) -> None:
+    path = tmp_path / "budgets.toml"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match="BUDGETSPAN_CONFIG"):
+        load_config({"BUDGETSPAN_CONFIG": str(path)})
+
+
+def test_a_limit_given_twice_or_a_bad_port_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="given twice"):
+        load_config({"BUDGETSPAN_BUDGET": "max_cost_usd=1,max_cost_usd=2"})
+    with pytest.raises(ConfigError, match="BUDGETSPAN_METRICS_PORT"):
+        load_config({"BUDGETSPAN_METRICS_PORT": "abc"})
+
+
+def test_a_config_error_under_opentelemetry_instrument_is_one_line_and_status_2(tmp_path: Any) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "app.py"
+    script.write_text("print('the program ran')\n")
+    env = {**os.environ, "BUDGETSPAN_BUDGET": "max_cost=1", "OTEL_TRACES_EXPORTER": "none",
+           "OTEL_METRICS_EXPORTER": "none", "OTEL_LOGS_EXPORTER": "none"}  # fmt: skip
+    instrument = Path(sys.executable).parent / "opentelemetry-instrument"
+    proc = subprocess.run(
+        [str(instrument), sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 2 and "the program ran" not in proc.stdout
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and "BUDGETSPAN_BUDGET" in errors[0] and "Traceback" not in proc.stderr

@@ -95,7 +95,7 @@ def _launch(tmp_path: Path, extra_path: str | None) -> subprocess.CompletedProce
         OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=(
             "budgetspan_langchain,budgetspan_llamaindex,budgetspan_mcp,budgetspan_chroma,budgetspan_qdrant,"
             "budgetspan_bedrock,budgetspan_mistral,budgetspan_google_genai,budgetspan_litellm,"
-            "budgetspan_openai_agents,budgetspan_pydantic_ai"
+            "budgetspan_openai_agents,budgetspan_pydantic_ai,budgetspan_langgraph,budgetspan_llamaindex_agents"
         ),
     )
     if extra_path:

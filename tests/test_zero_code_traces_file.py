@@ -27,7 +27,7 @@ def test_traces_file_without_a_distro(tmp_path: Path) -> None:
         OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=(
             "budgetspan_langchain,budgetspan_llamaindex,budgetspan_mcp,budgetspan_chroma,budgetspan_qdrant,"
             "budgetspan_bedrock,budgetspan_mistral,budgetspan_google_genai,budgetspan_litellm,"
-            "budgetspan_openai_agents,budgetspan_pydantic_ai"
+            "budgetspan_openai_agents,budgetspan_pydantic_ai,budgetspan_langgraph,budgetspan_llamaindex_agents"
         ),
     )
     proc = subprocess.run(

@@ -22,8 +22,10 @@ def post_instrument(**_: object) -> None:
     try:
         set_config(load_config())
     except ConfigError as e:
-        print(f"budgetspan: configuration error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        # This runs inside ``sitecustomize``: an exception (SystemExit included) there is a fatal
+        # "init_import_site" error with a traceback. Stop before the program runs, with one line.
+        print(f"budgetspan: configuration error: {e}", file=sys.stderr, flush=True)
+        os._exit(2)
     provider = trace.get_tracer_provider()
     if not isinstance(provider, TracerProvider) and os.environ.get(ENV_TRACES_FILE, "").strip():
         # No configurator set up the SDK (no distro), yet spans were asked for in a file:

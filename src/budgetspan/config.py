@@ -24,6 +24,7 @@ from budgetspan.attributes import (
     ENV_BUDGET,
     ENV_CAPTURE_CONTENT,
     ENV_CONFIG,
+    ENV_METRICS_PORT,
     ENV_MODE,
     ENV_PRICES,
     ENV_UNPRICED,
@@ -138,6 +139,8 @@ def parse_inline_budget(
             continue
         if name not in LIMIT_NAMES:
             raise ConfigError(f"{source}: unknown limit {name!r}; expected {INLINE_FORM}")
+        if name in values:
+            raise ConfigError(f"{source}: {name} is given twice; expected {INLINE_FORM}")
         values[name] = _limit_value(source, name, raw, INLINE_FORM)
     return base.merged(**values)
 
@@ -208,6 +211,8 @@ def parse_config_file(
         raise ConfigError(f"{where}: cannot read the file ({e.strerror}); expected {CONFIG_FORM}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{where}: not valid TOML ({e}); expected {CONFIG_FORM}") from None
+    except (RecursionError, ValueError, OverflowError, MemoryError) as e:  # nesting, huge numbers
+        raise ConfigError(f"{where}: unreadable ({type(e).__name__}); expected {CONFIG_FORM}") from None
     unknown = set(data) - {"profiles", "workflows", "tools"}
     if unknown:
         raise ConfigError(f"{where}: unknown section(s) {sorted(unknown)}; expected {CONFIG_FORM}")
@@ -250,6 +255,11 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
     unpriced = env.get(ENV_UNPRICED, "").strip().lower() or "warn"
     if unpriced not in UNPRICED_POLICIES:
         raise ConfigError(f"{ENV_UNPRICED}={unpriced!r}: expected one of {', '.join(UNPRICED_POLICIES)}")
+    port = env.get(ENV_METRICS_PORT, "").strip()
+    if port and not (port.isdigit() and int(port) <= 65535):
+        raise ConfigError(
+            f"{ENV_METRICS_PORT}={port!r}: expected a port number, 0 to 65535 (0: any free port)"
+        )
     prices = env.get(ENV_PRICES, "").strip()
     if prices:
         try:

@@ -8,6 +8,7 @@ user's program.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -92,8 +93,15 @@ def remove_listener(listener: Any) -> None:
 
 
 def internal_error(where: str) -> None:
-    """Log an error inside budgetspan (never raised to the user) and count it."""
-    log.warning("budgetspan internal error in %s (the program goes on)", where, exc_info=True)
+    """Log an error inside budgetspan (never raised to the user) and count it.
+
+    The warning names the error's type only: its message may quote a prompt or a tool's input.
+    The whole traceback is logged at DEBUG, for whoever debugs budgetspan itself.
+    """
+    error = sys.exc_info()[1]
+    kind = type(error).__name__ if error is not None else "error"
+    log.warning("budgetspan internal error in %s: %s (the program goes on)", where, kind)
+    log.debug("budgetspan internal error in %s", where, exc_info=True)
     emit("on_internal_error", where)
 
 

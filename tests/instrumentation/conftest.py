@@ -1,17 +1,20 @@
 """Fixtures for the provider instrumentations: local servers per session (Gemini REST and
 OpenAI-compatible; a loopback server that counts requests), reset before each test, fake AWS
-credentials (never a real endpoint), the scripted agent-framework server, and budgetspan's
+credentials (never a real endpoint), the scripted agent-framework servers (agent_server.py; chat_server.py with tool rounds
+and handoffs, its log filtered by a model name unique to the test), and budgetspan's
 instrumentors for each library."""
 
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.instrumentation.agent_server import AgentServer
+from tests.instrumentation.chat_server import ChatServer
 from tests.instrumentation.llm_server import LLMServer
 from tests.instrumentation.local_server import LocalServer
 
@@ -122,15 +125,17 @@ class _InternalErrors:
 
 
 @pytest.fixture(autouse=True)
-def no_internal_errors() -> Iterator[_InternalErrors]:
-    """A bug in our own code is swallowed so the user's call goes on: here it fails the test."""
+def no_internal_errors(request: pytest.FixtureRequest) -> Iterator[_InternalErrors]:
+    """A bug in our own code is swallowed so the user's call goes on: here it fails the test
+    (unless the test injects one on purpose: ``@pytest.mark.internal_errors_expected``)."""
     from budgetspan import events
 
     seen = _InternalErrors()
     events.add_listener(seen)
     yield seen
     events.remove_listener(seen)
-    assert seen.where == [], f"budgetspan internal errors: {seen.where}"
+    if request.node.get_closest_marker("internal_errors_expected") is None:
+        assert seen.where == [], f"budgetspan internal errors: {seen.where}"
 
 
 @pytest.fixture(scope="session")
@@ -139,3 +144,16 @@ def agent_server() -> Iterator[AgentServer]:
     server = AgentServer().start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def chat_server() -> Iterator[ChatServer]:
+    server = ChatServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def tag() -> str:
+    """A model-name suffix unique to the test: the chat server's log is filtered by model name."""
+    return uuid.uuid4().hex[:8]

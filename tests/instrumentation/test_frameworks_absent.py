@@ -14,7 +14,7 @@ from tests.conftest import REPO
 
 _HIDDEN_SCRIPT = r"""
 import importlib, json, logging, sys
-for name in ("agents", "pydantic_ai"):
+for name in ("agents", "pydantic_ai", "langgraph"):
     sys.modules[name] = None  # import fails exactly as if the package were not installed
 records = []
 class Keep(logging.Handler):
@@ -30,7 +30,11 @@ class Count:
 budgetspan.add_listener(Count())
 found = sorted(type(i).__name__ for i in available_instrumentors())
 patched = {}
-for module, cls in (("openai_agents", "OpenAIAgentsInstrumentor"), ("pydantic_ai", "PydanticAIInstrumentor")):
+for module, cls in (
+    ("openai_agents", "OpenAIAgentsInstrumentor"),
+    ("pydantic_ai", "PydanticAIInstrumentor"),
+    ("langgraph", "LangGraphInstrumentor"),
+):
     inst = getattr(importlib.import_module("budgetspan.instrumentation." + module), cls)()
     inst.instrument()  # the distribution's metadata is still there: this reaches _instrument
     patched[cls] = len(getattr(inst, "_patched", []))
@@ -46,8 +50,9 @@ def test_each_framework_instrumentor_is_skipped_quietly_without_its_library() ->
     )
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout.strip().splitlines()[-1])
-    assert not {"OpenAIAgentsInstrumentor", "PydanticAIInstrumentor"} & set(report["found"])
-    assert report["patched"] == {"OpenAIAgentsInstrumentor": 0, "PydanticAIInstrumentor": 0}
+    frameworks = {"OpenAIAgentsInstrumentor", "PydanticAIInstrumentor", "LangGraphInstrumentor"}
+    assert not frameworks & set(report["found"])
+    assert report["patched"] == dict.fromkeys(frameworks, 0)
     assert report["warnings"] == [] and report["errors"] == []
     assert "Traceback" not in out.stderr
 
@@ -69,3 +74,8 @@ def test_the_framework_instrumentors_are_registered_for_opentelemetry_instrument
         == "budgetspan.instrumentation.openai_agents:OpenAIAgentsInstrumentor"
     )
     assert found["budgetspan_pydantic_ai"] == "budgetspan.instrumentation.pydantic_ai:PydanticAIInstrumentor"
+    assert found["budgetspan_langgraph"] == "budgetspan.instrumentation.langgraph:LangGraphInstrumentor"
+    assert (
+        found["budgetspan_llamaindex_agents"]
+        == "budgetspan.instrumentation.llamaindex_agents:LlamaIndexAgentsInstrumentor"
+    )

@@ -259,6 +259,7 @@ def test_uninstrument_restores_the_sdk(instrumented: Any) -> None:
     assert len(instrumented.spans("chat")) == 1
 
 
+@pytest.mark.internal_errors_expected
 def test_a_bug_in_our_parsing_never_breaks_the_call(
     instrumented: Any,
     monkeypatch: pytest.MonkeyPatch,

@@ -306,6 +306,7 @@ def test_each_instrumentation_is_skipped_cleanly_without_its_library() -> None:
     ours = {
         "LangChainInstrumentor",
         "LlamaIndexInstrumentor",
+        "LlamaIndexAgentsInstrumentor",
         "MCPInstrumentor",
         "ChromaInstrumentor",
         "QdrantInstrumentor",
@@ -318,6 +319,8 @@ def test_each_instrumentation_is_skipped_cleanly_without_its_library() -> None:
     assert report["after"] == {
         "LangChainInstrumentor": 4,  # retriever invoke/ainvoke, tool run/arun
         "LlamaIndexInstrumentor": 2,
+        # _call_tool x2, run x2, take_step x3, WorkflowHandler.stop_event_result, FunctionTool.call/acall
+        "LlamaIndexAgentsInstrumentor": 10,
         "MCPInstrumentor": 3,  # ClientSession.call_tool, Client.call_tool, list_tools (hints)
         "ChromaInstrumentor": 2,
         "QdrantInstrumentor": 6,  # query_points, _batch_, _groups on both clients

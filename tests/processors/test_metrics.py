@@ -445,6 +445,8 @@ def test_zero_code_serves_metrics_under_opentelemetry_instrument(tmp_path: Any) 
                     "qdrant",
                     "openai_agents",
                     "pydantic_ai",
+                    "langgraph",
+                    "llamaindex_agents",
                 )
             ),
         }

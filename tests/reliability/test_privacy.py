@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import urllib.request
 from collections.abc import Iterator
@@ -179,6 +180,40 @@ def test_provider_error_echoing_the_prompt_is_not_exported(
     assert event.attributes["exception.type"].endswith("BadRequestError")
     assert event.attributes["exception.message"] == "BadRequestError (HTTP 400)"
     assert "create" in event.attributes["exception.stacktrace"]  # frames kept for debugging
+
+
+def test_no_exception_text_reaches_any_span_or_log_line(
+    exported: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A provider error quoting the prompt, raised through a phase and a run; a tool's error
+    naming a customer; an error inside budgetspan itself: none of their text is exported or
+    logged with content capture off (the exception type and HTTP status stay)."""
+    caplog.set_level(logging.DEBUG - 1, logger="nothing")  # (capture WARNING and up as usual)
+    email = "alice.secret@example.com"
+
+    def reject(request: httpx2.Request) -> httpx2.Response:
+        content = json.loads(request.content)["messages"][-1]["content"]
+        return httpx2.Response(400, json={"error": {"message": f"Invalid content: {content!r}"}})
+
+    @budgetspan.tool
+    def lookup_customer(address: str) -> str:
+        raise LookupError(f"no customer for {address}")
+
+    with pytest.raises(openai.BadRequestError):
+        with budgetspan.run("privacy"), budgetspan.phase("verification"):
+            sync_client(reject).chat.completions.create(model=MODEL, messages=messages())
+    with pytest.raises(LookupError):
+        with budgetspan.run("privacy"), budgetspan.phase("tool_execution"):
+            lookup_customer(email)
+    spans = exported.get_finished_spans()
+    wire = encode_spans(spans).SerializeToString()
+    assert PROMPT_MARK.encode() not in wire and email.encode() not in wire
+    logged = "\n".join(r.getMessage() + (str(r.exc_info[1]) if r.exc_info else "") for r in caplog.records)
+    assert PROMPT_MARK not in logged and email not in logged
+    names = {s.name for s in spans}
+    assert {"invoke_agent privacy", "phase verification", "phase tool_execution"} <= names
+    failed = [s for s in spans if s.name in ("invoke_agent privacy", "phase verification")]
+    assert all(s.attributes.get("error.type") for s in failed)  # what failed is still said
 
 
 # --- metrics: bounded labels, loopback endpoint ------------------------------------------------

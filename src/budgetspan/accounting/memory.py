@@ -33,18 +33,20 @@ class _RunBook:
     def add(self, spend: Spend) -> None:
         """Add one report's figures; only positive ones count (None, 0, negatives, NaN add nothing)."""
         u = self.usage
-        u.input_tokens += _positive(spend.input_tokens)
-        u.output_tokens += _positive(spend.output_tokens)
-        u.cache_read_tokens += _positive(spend.cache_read_tokens)
-        u.cache_write_tokens += _positive(spend.cache_write_tokens)
-        u.reasoning_tokens += _positive(spend.reasoning_tokens)
-        cost = spend.cost_usd
-        if cost is not None and cost > 0:
-            u.cost_usd += cost
+        for name in _FIGURES:
+            value = getattr(spend, name)
+            if value is not None and value > 0:
+                setattr(u, name, getattr(u, name) + value)
 
 
-def _positive(value: int | None) -> int:
-    return value if value is not None and value > 0 else 0
+_FIGURES = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+)
 
 
 def _worst(reservation: Reservation) -> tuple[float, int, int]:

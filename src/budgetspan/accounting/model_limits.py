@@ -7,6 +7,7 @@ overshoot bound is then one call's output per call in flight, as the README says
 
 from __future__ import annotations
 
+import functools
 import re
 
 # (model id prefix, maximum output tokens per call), from the providers' model pages.
@@ -61,6 +62,7 @@ def bedrock_base_model(model: str) -> str:
     return found.group("base") if found else model
 
 
+@functools.lru_cache(maxsize=1024)
 def max_output_tokens(model: str | None) -> int | None:
     """The model's maximum output per call, or None when it is not known (a Bedrock id is
     looked up by its vendor's model name)."""

@@ -13,6 +13,7 @@ writes (Anthropic's raw ``input_tokens`` must be summed up before it is passed h
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -104,6 +105,10 @@ def load_price_file(path: str) -> dict[tuple[str, str], TokenPrice]:
         raise PriceConfigError(
             f"{ENV_PRICES}={path!r}: not valid TOML ({e}); expected {PRICE_FILE_FORM}"
         ) from e
+    except (RecursionError, ValueError, OverflowError, MemoryError) as e:  # nesting, huge numbers
+        raise PriceConfigError(
+            f"{ENV_PRICES}={path!r}: unreadable ({type(e).__name__}); expected {PRICE_FILE_FORM}"
+        ) from None
     return parse_price_overrides(data, f"{ENV_PRICES}={path!r}")
 
 
@@ -235,7 +240,17 @@ class PriceResolver:
         input alone where the output limit is unknown); None when the model or both are unknown."""
         if not model or (max_output_tokens is None and not input_tokens_estimate):
             return None
-        return self.cost(provider, model, input_tokens_estimate, max_output_tokens or 0)
+        return self._worst_case_cost(
+            provider, model, _size_class(input_tokens_estimate), max_output_tokens or 0
+        )
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 (the resolver lives as long as the process)
+    def _worst_case_cost(
+        self, provider: str, model: str, input_tokens: int, output_tokens: int
+    ) -> float | None:
+        """``cost`` cached per size class: a tiered price goes through genai-prices (~5 µs), and
+        every model call asks for its worst case before it is sent."""
+        return self.cost(provider, model, input_tokens, output_tokens)
 
 
 def _lookup_genai_prices(provider: str, model: str) -> Any:
@@ -260,6 +275,12 @@ def _lookup_genai_prices(provider: str, model: str) -> Any:
 
 
 _INF = float("inf")
+
+
+def _size_class(tokens: int) -> int:
+    """``tokens`` rounded up to a power of two: a worst case never below the estimate."""
+    return 0 if tokens <= 0 else 1 << (int(tokens) - 1).bit_length()
+
 
 #: OpenAI's fine-tuned models cost 1.5-2x their base model's rates per token: priced at 2x, so a
 #: dollar limit is never undercounted.

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from budgetspan.accounting.budget import Budget, Limit, ToolLimits, Usage
+from budgetspan.accounting.budget import NO_TOOL_LIMITS, Budget, Limit, ToolLimits, Usage
 from budgetspan.accounting.ledger import CallKind, Refusal
 
 
@@ -45,7 +45,7 @@ def count_refusal(
 ) -> Refusal | None:
     """The count limit that refuses one more call of ``kind`` (``tool``), if any."""
     b, u = budget, usage
-    own = tool_limits_for(b, tool, defaults) if tool is not None else ToolLimits()
+    own = tool_limits_for(b, tool, defaults) if tool is not None else NO_TOOL_LIMITS
     # (limit, used, reason), checked in this order; a limit of None never refuses
     checks: tuple[tuple[float | None, int, Limit], ...]
     if kind is CallKind.RETRY:

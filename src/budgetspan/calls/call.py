@@ -81,6 +81,7 @@ class Call:
     ) -> None:
         self.operation = operation
         self.kind: CallKind | None = _KIND_BY_OPERATION.get(operation, CallKind.MODEL)
+        self.is_model = self.kind is CallKind.MODEL
         self.span_name = span_name
         self.attributes = attributes if attributes is not None else {}
         self.provider = provider
@@ -119,10 +120,6 @@ class Call:
         self._ended = False
         self._end_lock = threading.Lock()
         self._deadline: float | None = None  # the run's wall-clock deadline (time.monotonic)
-
-    @property
-    def is_model(self) -> bool:
-        return self.kind is CallKind.MODEL
 
     @property
     def ended(self) -> bool:

@@ -8,13 +8,13 @@ count and rarely below it; it is an estimate, marked as one wherever it is used.
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 BYTES_PER_TOKEN = 3
 TOKENS_PER_MESSAGE = 4
-_MAX_DEPTH = 32
 
 
 def text_tokens(text: str) -> int:
@@ -22,34 +22,22 @@ def text_tokens(text: str) -> int:
     return math.ceil(len(text.encode("utf-8", "replace")) / BYTES_PER_TOKEN)
 
 
-def _strings(value: Any, depth: int = 0) -> Iterable[str]:
-    if depth > _MAX_DEPTH:
-        return
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, Mapping):
-        for item in value.values():
-            yield from _strings(item, depth + 1)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _strings(item, depth + 1)
-    else:
-        dump = getattr(value, "model_dump", None)  # SDK objects passed back as messages
-        if callable(dump):
-            try:
-                yield from _strings(dump(), depth + 1)
-            except Exception:
-                return
-
-
 def request_tokens(parts: Iterable[Any]) -> int:
-    """Estimated input tokens of a request: every string in its messages, system prompt, tools...
-    (``parts``), plus the per-message overhead of each list of messages."""
+    """Estimated input tokens of a request: its messages, system prompt, tools... (``parts``) as
+    JSON text, plus the per-message overhead of each list of messages. JSON's own quotes and keys
+    make this a slight overestimate, on the safe side for a reservation."""
     total = 0
     for part in parts:
         if part is None:
             continue
-        total += sum(text_tokens(s) for s in _strings(part))
+        text = part if isinstance(part, str) else json.dumps(part, ensure_ascii=False, default=_plain)
+        total += text_tokens(text)
         if isinstance(part, (list, tuple)):
             total += TOKENS_PER_MESSAGE * len(part)
     return total
+
+
+def _plain(value: Any) -> Any:
+    """SDK objects passed back as messages (pydantic models), as their data."""
+    dump = getattr(value, "model_dump", None)
+    return dump() if callable(dump) else str(value)

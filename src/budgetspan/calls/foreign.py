@@ -43,6 +43,8 @@ def add(trace_id: int, span_id: int, call: ForeignCall) -> None:
 def pop(trace_id: int, span_id: int) -> ForeignCall | None:
     """The call of a span that ended, claimed by whoever pops it first (the processor or
     ``take_over``)."""
+    if not _pending:  # the usual case: no foreign span in flight (every span's end asks)
+        return None
     with _lock:
         return _pending.pop((trace_id, span_id), None)
 

@@ -30,6 +30,8 @@ INSTRUMENTORS: tuple[tuple[str, str, str], ...] = (
     ("mistral", "MistralInstrumentor", "mistralai"),
     ("langchain", "LangChainInstrumentor", "langchain_core"),
     ("llamaindex", "LlamaIndexInstrumentor", "llama_index.core"),
+    ("langgraph", "LangGraphInstrumentor", "langgraph"),
+    ("llamaindex_agents", "LlamaIndexAgentsInstrumentor", "llama_index.core.agent.workflow"),
     ("mcp", "MCPInstrumentor", "mcp"),
     ("chroma", "ChromaInstrumentor", "chromadb"),
     ("qdrant", "QdrantInstrumentor", "qdrant_client"),

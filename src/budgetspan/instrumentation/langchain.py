@@ -10,6 +10,7 @@
   A tool whose ``metadata`` says ``read_only`` (or carries MCP's ``readOnlyHint``, as MCP adapters
   copy it) is marked ``budgetspan.read_only``, so sequential independent reads can be found.
   A tool made from an ``@budgetspan.tool`` function is left to that decorator (counted once).
+  A LangGraph handoff tool (``transfer_to_*``) is a handoff event, not a tool call (``langgraph.py``).
 - Chat models are deliberately *not* wrapped. Money is spent where the provider SDK sends the
   request, and the OpenAI / Anthropic instrumentations make that span; a second span at the
   LangChain layer would double every model call. A LangChain model with no instrumented SDK
@@ -23,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from budgetspan.calls import tools as budgetspan_tools
+from budgetspan.instrumentation.langgraph import handoff_destination, note_handoff
 from budgetspan.instrumentation.retrieval import (
     Patch,
     PatchInstrumentor,
@@ -88,6 +90,10 @@ def _tool_wrapper(asynchronous: bool) -> Callable[..., Any]:
 
     def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         if _budgeted_already(instance):
+            return wrapped(*args, **kwargs)
+        target = handoff_destination(instance)
+        if target is not None:  # control flow between agents, not work: an event, not a tool call
+            note_handoff(target)
             return wrapped(*args, **kwargs)
         return traced(
             wrapped,

@@ -9,16 +9,15 @@ reaches both providers at once.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import Any
-
-from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from budgetspan import attributes as A
 from budgetspan.accounting.model_limits import max_output_tokens
 from budgetspan.calls.call import Call
 from budgetspan.calls.estimate import request_tokens, text_tokens
 from budgetspan.events import internal_error
+from budgetspan.instrumentation.lazy import LazyInstrumentor
 from budgetspan.instrumentation.observers import Observer, content_json
 from budgetspan.instrumentation.patch_table import (
     Patch,
@@ -78,7 +77,7 @@ def model_call(
         provider=provider,
         model=model,
         worst_case_tokens=worst_output_tokens(model, max_tokens, kwargs.get("n")),
-        worst_case_input_tokens=request_tokens(given(kwargs.get(k)) for k in _REQUEST_TEXT),
+        worst_case_input_tokens=request_tokens(given(kwargs[k]) for k in _REQUEST_TEXT if k in kwargs),
     )
 
 
@@ -196,7 +195,7 @@ def retry_patches(base_client_module: str) -> tuple[Patch, ...]:
     )
 
 
-class SDKInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+class SDKInstrumentor(LazyInstrumentor):
     """A BaseInstrumentor for one SDK's patch table; the SDK is imported only in ``_instrument``."""
 
     LIBRARY: str = ""
@@ -204,9 +203,6 @@ class SDKInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     PATCHES: tuple[Patch, ...] = ()
 
     _done: list[tuple[str, str]]
-
-    def instrumentation_dependencies(self) -> Collection[str]:
-        return self.DEPENDENCIES
 
     def _instrument(self, **kwargs: Any) -> None:
         importlib.import_module(self.LIBRARY)  # lazily: a missing SDK must not break the others

@@ -20,11 +20,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any
 
-from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 from opentelemetry.trace import SpanKind
 
 from budgetspan import attributes as A
@@ -32,6 +31,7 @@ from budgetspan.accounting.budget import ToolLimits
 from budgetspan.calls.call import Call
 from budgetspan.calls.tools import arun_tool, run_tool, tool_call
 from budgetspan.events import internal_error
+from budgetspan.instrumentation.lazy import LazyInstrumentor
 from budgetspan.instrumentation.patch_table import suppressed
 
 log = logging.getLogger(__name__)
@@ -365,14 +365,11 @@ def arg(args: Any, kwargs: Any, index: int, name: str) -> Any:
     return args[index] if len(args) > index else None
 
 
-class PatchInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+class PatchInstrumentor(LazyInstrumentor):
     """A BaseInstrumentor driven by a patch table; the library is imported only in ``_instrument``."""
 
     PATCHES: tuple[Patch, ...] = ()
     DEPENDENCIES: tuple[str, ...] = ()
-
-    def instrumentation_dependencies(self) -> Collection[str]:
-        return self.DEPENDENCIES
 
     def _instrument(self, **kwargs: Any) -> None:
         provider = kwargs.get("tracer_provider")

@@ -85,9 +85,11 @@ class Run:
     def ancestors(self) -> list[Run]:
         """The enclosing runs that keep a budget of their own, innermost first (a run that shares
         this run's id, and so its ledger record, is not counted twice)."""
+        if self.parent is None:
+            return []
         found: list[Run] = []
         seen = {(id(self._ledger), self.id)}
-        run = self.parent
+        run: Run | None = self.parent
         while run is not None:
             key = (id(run._ledger), run.id)
             if key not in seen:
