@@ -14,8 +14,9 @@ Here one thread serves every connection from a selector, and what it may cost is
 - time: a request must arrive, and a response be taken, within ``idle_timeout_s``; keep-alive
   connections idle longer are closed; a request head over ``MAX_REQUEST_BYTES`` is refused;
 - rendering: one at a time (this thread), through ``Exposition``, which reuses a rendering for
-  ``RENDER_REUSE`` times the time it took: however many scrapers ask, rendering uses at most
-  about 1% of the process's time, and the body served is at most that old;
+  ``RENDER_REUSE`` times the time it took (at most ``MAX_REUSE_S``): however many scrapers ask,
+  rendering uses about 1% of the process's time (more only for an exposition that takes over
+  0.1 s to render), and the body served is at most that old;
 - the thread's own work: after each round it pauses ``PAUSE_FACTOR`` times the CPU time the
   round took, so the server holds the interpreter at most 1/(PAUSE_FACTOR + 1) of the time.
   Scrapers wait in the kernel's queue instead of the application waiting for the interpreter.
@@ -44,7 +45,8 @@ log = logging.getLogger(__name__)
 MAX_CONNECTIONS: Final = 32
 IDLE_TIMEOUT_S: Final = 10.0
 MAX_REQUEST_BYTES: Final = 16384
-RENDER_REUSE: Final = 100.0  # a rendering is served again for 100x the time it took
+RENDER_REUSE: Final = 100.0  # a rendering is served again for 100x the time it took,
+MAX_REUSE_S: Final = 10.0  # but never for longer than this (a body at most 10 s old)
 PAUSE_FACTOR: Final = 19.0  # the server thread works at most 1/20 of the time
 _ACCEPTS_PER_ROUND: Final = 64
 _RECV_BYTES: Final = 65536
@@ -73,7 +75,7 @@ class Exposition:
             data = gzip.compress(data, compresslevel=6)
         took = time.perf_counter() - started
         self.renders += 1
-        self._cache[key] = (now + took * self.reuse, data)
+        self._cache[key] = (now + min(took * self.reuse, MAX_REUSE_S), data)
         return content_type, data
 
 
