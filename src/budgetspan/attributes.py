@@ -170,6 +170,7 @@ ENV_LITELLM_COST: Final = "BUDGETSPAN_LITELLM_COST"
 # --- Metrics exposition (processors/metrics.py) --------------------------------------------
 M_RUN_TOKENS: Final = "budgetspan_run_tokens"  # histogram: workflow, outcome (input + output)
 ENV_METRICS_MAX_LABEL_VALUES: Final = "BUDGETSPAN_METRICS_MAX_LABEL_VALUES"  # per label, then "other"
+ENV_METRICS_MAX_SERIES: Final = "BUDGETSPAN_METRICS_MAX_SERIES"  # per metric family, then open labels "other"
 ENV_PROMETHEUS_MULTIPROC_DIR: Final = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own variable
 
 # --- retrievers and tool clients (instrumentation: langchain, llamaindex, mcp, chroma, qdrant) ---

@@ -1,9 +1,21 @@
-"""Bounded Prometheus label values: each label keeps its first N distinct values, then ``other``.
+"""Bounded, well-formed Prometheus label values.
 
 Every distinct label value is a new time series in Prometheus; a model id per customer or a tool
-name built from user input would grow the series count without end. Capping per label (not per
-metric) keeps the numbers the same across metrics, so ``cost{model=...}`` and
-``model_calls{model=...}`` still join. In multiprocess mode the cap holds per process.
+name built from user input would grow the series count without end. Two caps bound it:
+
+- per label: each label keeps its first N distinct values, then ``other``
+  (``BUDGETSPAN_METRICS_MAX_LABEL_VALUES``). Capping per label (not per metric) keeps the values
+  the same across metrics, so ``cost{model=...}`` and ``model_calls{model=...}`` still join;
+- per metric family: a family keeps its first N label sets (``BUDGETSPAN_METRICS_MAX_SERIES``),
+  then a new label set folds its open labels (workflow, provider, model, tool, phase) into
+  ``other``. Per-label caps alone let a family grow as their product: 100 workflows x 100 models
+  x 100 tools made 300,000 exposition lines.
+
+Values are cleaned before they are admitted: a label value is text any scraper must be able to
+read, so lone surrogates (valid in JSON, e.g. a model name ``"gpt-\\ud800"`` echoed by a provider),
+control and other non-printable characters become U+FFFD, other separators a space, and a value
+is cut at ``MAX_VALUE_LENGTH`` characters. A lone surrogate used to make every later scrape fail
+with ``UnicodeEncodeError``. In multiprocess mode the caps hold per process.
 """
 
 from __future__ import annotations
@@ -11,6 +23,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import unicodedata
+from collections.abc import Sequence
 from typing import Final
 
 from budgetspan import attributes as A
@@ -18,8 +32,28 @@ from budgetspan import attributes as A
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_VALUES: Final = 100
+DEFAULT_MAX_SERIES: Final = 1000
 MAX_VALUE_LENGTH: Final = 120  # longer values are cut: a label is a name, not text
 UNKNOWN: Final = "unknown"
+REPLACEMENT: Final = "\ufffd"
+# Labels whose values come from budgetspan's own vocabulary (statuses, token types, outcomes,
+# limit names, error sites): kept when a family folds, so e.g. input and output tokens stay apart.
+FIXED_VOCABULARY: Final = frozenset({A.L_OUTCOME, A.L_REASON, A.L_STATUS, A.L_TYPE, A.L_LIMIT})
+
+
+def clean_value(raw: str) -> str:
+    """``raw`` cut to ``MAX_VALUE_LENGTH`` characters, with every character a scraper could choke
+    on replaced: surrogates, controls and other non-printables by U+FFFD, separators by a space."""
+    value = raw[:MAX_VALUE_LENGTH]
+    if value.isprintable():  # the usual model or tool name: nothing to do
+        return value or UNKNOWN
+    return "".join(_printable(ch) for ch in value)
+
+
+def _printable(ch: str) -> str:
+    if ch.isprintable():
+        return ch
+    return " " if unicodedata.category(ch).startswith("Z") else REPLACEMENT
 
 
 class LabelCap:
@@ -42,7 +76,7 @@ class LabelCap:
         return self._admit(key)
 
     def _admit(self, key: str) -> str:
-        clean = key[:MAX_VALUE_LENGTH] if key else UNKNOWN
+        clean = clean_value(key) if key else UNKNOWN
         with self._lock:
             hit = self._seen.get(key)
             if hit is not None:
@@ -67,24 +101,68 @@ class LabelCap:
         return [v for k, v in self._seen.items() if k != A.LABEL_OVERFLOW_VALUE]
 
 
-def max_values_from_env() -> int:
-    """``BUDGETSPAN_METRICS_MAX_LABEL_VALUES`` (a positive integer), else the default."""
-    raw = os.environ.get(A.ENV_METRICS_MAX_LABEL_VALUES, "").strip()
+class SeriesCap:
+    """The first ``max_series`` label sets of one metric family pass; a later one has its open
+    labels folded into ``other`` (its fixed-vocabulary labels kept). The family then holds at
+    most ``max_series`` series plus the folded ones (one per combination of its fixed labels).
+
+    Called with label values already capped and cleaned, under the metrics listener's lock."""
+
+    __slots__ = ("_fold", "_seen", "family", "max_series", "overflowed")
+
+    def __init__(self, family: str, labels: Sequence[str], max_series: int = DEFAULT_MAX_SERIES) -> None:
+        self.family = family
+        self.max_series = max(1, max_series)
+        self._fold = tuple(name not in FIXED_VOCABULARY for name in labels)
+        self._seen: set[tuple[str, ...]] = set()
+        self.overflowed = 0  # label sets folded (for tests and debugging)
+
+    def __call__(self, key: tuple[str, ...]) -> tuple[str, ...]:
+        if key in self._seen:
+            return key
+        if len(self._seen) < self.max_series:
+            self._seen.add(key)
+            return key
+        folded = tuple(
+            A.LABEL_OVERFLOW_VALUE if fold else value for fold, value in zip(self._fold, key, strict=True)
+        )
+        if folded in self._seen:  # e.g. all its open labels were "other" already
+            return folded
+        self.overflowed += 1
+        if self.overflowed == 1:
+            log.warning(
+                "budgetspan: metric %r reached %d series; further label sets are reported with "
+                "%r for their open labels (raise %s to keep more)",
+                self.family,
+                self.max_series,
+                A.LABEL_OVERFLOW_VALUE,
+                A.ENV_METRICS_MAX_SERIES,
+            )
+        return folded
+
+
+def _positive_int_from_env(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
     if not raw:
-        return DEFAULT_MAX_VALUES
+        return default
     try:
         value = int(raw)
         if value < 1:
             raise ValueError
     except ValueError:
-        log.error(
-            "budgetspan: %s=%r is not a positive integer; using %d",
-            A.ENV_METRICS_MAX_LABEL_VALUES,
-            raw,
-            DEFAULT_MAX_VALUES,
-        )
-        return DEFAULT_MAX_VALUES
+        log.error("budgetspan: %s=%r is not a positive integer; using %d", name, raw, default)
+        return default
     return value
+
+
+def max_values_from_env() -> int:
+    """``BUDGETSPAN_METRICS_MAX_LABEL_VALUES`` (a positive integer), else the default."""
+    return _positive_int_from_env(A.ENV_METRICS_MAX_LABEL_VALUES, DEFAULT_MAX_VALUES)
+
+
+def max_series_from_env() -> int:
+    """``BUDGETSPAN_METRICS_MAX_SERIES`` (a positive integer), else the default."""
+    return _positive_int_from_env(A.ENV_METRICS_MAX_SERIES, DEFAULT_MAX_SERIES)
 
 
 class LabelCaps:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Final
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from budgetspan import attributes as A
-from budgetspan.processors.labels import LabelCaps
+from budgetspan.processors.labels import LabelCaps, SeriesCap, max_series_from_env
 from budgetspan.processors.metric_cells import LocalCollector, LocalFamily
 from budgetspan.runs import context
 
@@ -138,19 +138,24 @@ class _ModelSeries:
 
 
 class _Family:
-    """A labelled metric with per-label value caps and a cache of its labelled children."""
+    """A labelled metric with per-label value caps, a per-family series cap and a cache of its
+    labelled children (by the raw values, so a known label set skips both caps)."""
 
-    __slots__ = ("cache", "caps", "metric")
+    __slots__ = ("cache", "caps", "metric", "series_cap")
 
-    def __init__(self, metric: Any, labels: Sequence[str], caps: LabelCaps) -> None:
+    def __init__(
+        self, metric: Any, name: str, labels: Sequence[str], caps: LabelCaps, max_series: int
+    ) -> None:
         self.metric = metric
-        self.caps = tuple(caps[name] for name in labels)
+        self.caps = tuple(caps[label] for label in labels)
+        self.series_cap = SeriesCap(name, labels, max_series)
         self.cache: dict[tuple[Any, ...], Any] = {}
 
     def child(self, *values: Any) -> Any:
         c = self.cache.get(values)
         if c is None:
-            c = self.metric.labels(*(cap(v) for cap, v in zip(self.caps, values, strict=True)))
+            key = self.series_cap(tuple(cap(v) for cap, v in zip(self.caps, values, strict=True)))
+            c = self.metric.labels(*key)
             if len(self.cache) < _CACHE_LIMIT:
                 self.cache[values] = c
         return c
@@ -170,10 +175,14 @@ class BudgetspanMetrics:
 
     # long: one declaration per metric family, in the order DESIGN.md lists them; splitting it would scatter the list
     def __init__(
-        self, registry: CollectorRegistry | None = REGISTRY, max_label_values: int | None = None
+        self,
+        registry: CollectorRegistry | None = REGISTRY,
+        max_label_values: int | None = None,
+        max_series: int | None = None,
     ) -> None:
         self.registry = registry
         self.caps = LabelCaps(max_label_values)
+        self.max_series = max_series if max_series is not None else max_series_from_env()
         # One lock per event for every update it makes (and for the scrape's snapshot).
         self._lock = threading.Lock()
         self._live: dict[str, str] = {}  # run id -> workflow, for runs seen starting
@@ -196,7 +205,7 @@ class BudgetspanMetrics:
                 metric = Gauge(name, doc, labels, registry=registry, multiprocess_mode="livesum")
             else:
                 metric = Histogram(name, doc, labels, buckets=buckets, registry=registry)
-            return _Family(metric, labels, self.caps)
+            return _Family(metric, name, labels, self.caps, self.max_series)
 
         def counter(name: str, doc: str, labels: Sequence[str]) -> _Family:
             return family("counter", name, doc, labels, ())

@@ -1,7 +1,9 @@
 """The process's metrics and their Prometheus endpoint: created once, served once, closed with
 the tracer provider.
 
-Exposition: ``BUDGETSPAN_METRICS_PORT`` on 127.0.0.1 (``BUDGETSPAN_METRICS_ADDR`` to change).
+Exposition: ``BUDGETSPAN_METRICS_PORT`` on 127.0.0.1 (``BUDGETSPAN_METRICS_ADDR`` to change),
+served by ``metrics_server.MetricsServer`` (one thread, bounded connections and idle time, paced
+rendering) rather than prometheus-client's thread-per-connection server.
 A port already in use is logged as an error and the program goes on.
 """
 
@@ -10,15 +12,15 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from prometheus_client import REGISTRY, CollectorRegistry
-from prometheus_client.exposition import start_http_server
 
 from budgetspan import attributes as A
 from budgetspan import events
 from budgetspan.processors.metrics import BudgetspanMetrics, multiprocess_mode
+from budgetspan.processors.metrics_server import MetricsServer
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -29,7 +31,7 @@ log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _metrics: BudgetspanMetrics | None = None
-_server: Any = None  # the WSGI server serving /metrics, if any
+_server: MetricsServer | None = None  # the server serving /metrics, if any
 
 
 def get_metrics() -> BudgetspanMetrics:
@@ -84,7 +86,7 @@ def serve(port: int, addr: str | None = None) -> tuple[str, int] | None:
         if _server is not None:
             return server_address()
         try:
-            server, _thread = start_http_server(port, host, exposition_registry())
+            server = MetricsServer(exposition_registry(), host, port).start()
         except OSError as e:
             hint = (
                 " In multiprocess mode another worker may be serving every worker's metrics."
@@ -112,7 +114,7 @@ def server_address() -> tuple[str, int] | None:
     server = _server
     if server is None:
         return None
-    host, port = server.server_address[:2]
+    host, port = server.server_address
     return str(host), int(port)
 
 
@@ -122,7 +124,6 @@ def stop_server() -> None:
         server, _server = _server, None
     if server is not None:
         server.shutdown()
-        server.server_close()
 
 
 class MetricsSpanProcessor(SpanProcessor):

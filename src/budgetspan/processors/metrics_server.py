@@ -1,0 +1,324 @@
+"""The /metrics HTTP server: one thread, bounded connections and idle time, paced work.
+
+Why not prometheus-client's ``start_http_server``: its ``ThreadingHTTPServer`` starts a thread
+per connection with no limit and no timeout. In the application's process, 16 scrapers in a loop
+rendered 16 expositions at once and took the interpreter from the application's threads (its
+call p99 went from under a millisecond to 362 ms), and 400 half-open connections were 400
+threads that all woke when the peers hung up (one application call stalled 15 s).
+
+Here one thread serves every connection from a selector, and what it may cost is bounded:
+
+- connections: at most ``max_connections`` open; at the limit the oldest connection still
+  waiting for its request is closed to make room, so idle or half-open connections can never
+  lock out a scraper (a scraper sends its request as soon as it connects);
+- time: a request must arrive, and a response be taken, within ``idle_timeout_s``; keep-alive
+  connections idle longer are closed; a request head over ``MAX_REQUEST_BYTES`` is refused;
+- rendering: one at a time (this thread), through ``Exposition``, which reuses a rendering for
+  ``RENDER_REUSE`` times the time it took (at most ``MAX_REUSE_S``): however many scrapers ask,
+  rendering uses about 1% of the process's time (more only for an exposition that takes over
+  0.1 s to render), and the body served is at most that old;
+- the thread's own work: after each round it pauses ``PAUSE_FACTOR`` times the CPU time the
+  round took, so the server holds the interpreter at most 1/(PAUSE_FACTOR + 1) of the time.
+  Scrapers wait in the kernel's queue instead of the application waiting for the interpreter.
+
+Query strings (prometheus-client's ``name[]=`` filter) are ignored: the whole exposition is
+served on every path but ``/favicon.ico``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import selectors
+import socket
+import threading
+import time
+from typing import Final
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+from budgetspan import events
+
+log = logging.getLogger(__name__)
+
+MAX_CONNECTIONS: Final = 32
+IDLE_TIMEOUT_S: Final = 10.0
+MAX_REQUEST_BYTES: Final = 16384
+RENDER_REUSE: Final = 100.0  # a rendering is served again for 100x the time it took,
+MAX_REUSE_S: Final = 10.0  # but never for longer than this (a body at most 10 s old)
+PAUSE_FACTOR: Final = 19.0  # the server thread works at most 1/20 of the time
+_ACCEPTS_PER_ROUND: Final = 64
+_RECV_BYTES: Final = 65536
+
+
+class Exposition:
+    """The registry's exposition, rendered at most once per reuse window per format."""
+
+    def __init__(self, registry: CollectorRegistry, reuse: float = RENDER_REUSE) -> None:
+        self.registry = registry
+        self.reuse = reuse
+        self._cache: dict[tuple[str, bool], tuple[float, bytes]] = {}
+        self.renders = 0  # for tests and the benchmark
+
+    def body(self, accept: str, gzipped: bool) -> tuple[str, bytes]:
+        """(content type, body) for a request's ``Accept``; raises if a collector fails."""
+        encoder, content_type = choose_encoder(accept)
+        key = (content_type, gzipped)
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit is not None and now < hit[0]:
+            return content_type, hit[1]
+        started = time.perf_counter()
+        data = encoder(self.registry)
+        if gzipped:
+            data = gzip.compress(data, compresslevel=6)
+        took = time.perf_counter() - started
+        self.renders += 1
+        self._cache[key] = (now + min(took * self.reuse, MAX_REUSE_S), data)
+        return content_type, data
+
+
+class _Conn:
+    """One client connection: bytes read so far, bytes still to send, its deadline."""
+
+    __slots__ = ("close_after", "deadline", "inbuf", "out", "sock")
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self.sock = sock
+        self.inbuf = b""
+        self.out: memoryview | None = None  # a response being sent
+        self.close_after = False
+        self.deadline = deadline
+
+
+class MetricsServer:
+    """Serves ``Exposition`` over HTTP/1.1 from one daemon thread (see the module docstring)."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        host: str,
+        port: int,
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
+        reuse: float = RENDER_REUSE,
+        pause_factor: float = PAUSE_FACTOR,
+    ) -> None:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        self._listener = socket.create_server((host, port), family=family, backlog=128)
+        self._listener.setblocking(False)
+        self.server_address: tuple[str, int] = self._listener.getsockname()[:2]
+        self.exposition = Exposition(registry, reuse)
+        self.max_connections = max(1, max_connections)
+        self.idle_timeout_s = idle_timeout_s
+        self.pause_factor = pause_factor
+        self._conns: dict[socket.socket, _Conn] = {}  # oldest first
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._sel.register(self._listener, selectors.EVENT_READ, None)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="budgetspan-metrics", daemon=True)
+
+    def start(self) -> MetricsServer:
+        self._thread.start()
+        return self
+
+    def open_connections(self) -> int:
+        return len(self._conns)
+
+    def shutdown(self) -> None:
+        """Stop serving and close every socket; returns once the thread is gone."""
+        self._stop.set()
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=10)
+
+    def server_close(self) -> None:
+        """Kept for callers of the ``socketserver`` API; ``shutdown`` closes everything."""
+
+    # --- the loop ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                ready = self._sel.select(self._select_timeout())
+                cpu = time.thread_time()
+                try:
+                    self._round(ready)
+                except Exception:  # never let the endpoint die, never raise into the app
+                    events.internal_error("metrics_server")
+                spent = time.thread_time() - cpu
+                if spent > 0 and self.pause_factor > 0:
+                    self._stop.wait(spent * self.pause_factor)
+        finally:
+            self._close_all()
+
+    def _round(self, ready: list[tuple[selectors.SelectorKey, int]]) -> None:
+        for key, mask in ready:
+            sock = key.fileobj
+            if sock is self._listener:
+                self._accept()
+            elif sock is self._wake_r:
+                self._wake_r.recv(64)
+            else:
+                conn = self._conns.get(sock)  # type: ignore[call-overload]
+                if conn is not None:
+                    self._service(conn, mask)
+        self._expire(time.monotonic())
+
+    def _select_timeout(self) -> float:
+        if not self._conns:
+            return 1.0
+        soonest = min(c.deadline for c in self._conns.values())
+        return min(1.0, max(0.0, soonest - time.monotonic()))
+
+    def _expire(self, now: float) -> None:
+        for conn in [c for c in self._conns.values() if c.deadline <= now]:
+            self._close(conn)
+
+    def _accept(self) -> None:
+        for _ in range(_ACCEPTS_PER_ROUND):
+            try:
+                sock, _addr = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # e.g. out of file descriptors: try again next round
+                log.debug("budgetspan: metrics accept failed", exc_info=True)
+                return
+            if len(self._conns) >= self.max_connections and not self._evict_one():
+                sock.close()  # every slot is sending a response: no room
+                continue
+            sock.setblocking(False)
+            conn = _Conn(sock, time.monotonic() + self.idle_timeout_s)
+            self._conns[sock] = conn
+            self._sel.register(sock, selectors.EVENT_READ, None)
+
+    def _evict_one(self) -> bool:
+        """Close the oldest connection that is waiting for its request (not sending one)."""
+        for conn in self._conns.values():
+            if conn.out is None:
+                self._close(conn)
+                return True
+        return False
+
+    def _close(self, conn: _Conn) -> None:
+        self._conns.pop(conn.sock, None)
+        try:
+            self._sel.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        conn.sock.close()
+
+    def _close_all(self) -> None:
+        for conn in list(self._conns.values()):
+            self._close(conn)
+        self._sel.close()
+        for sock in (self._listener, self._wake_r, self._wake_w):
+            sock.close()
+
+    # --- one connection ---------------------------------------------------------------------
+    def _service(self, conn: _Conn, mask: int) -> None:
+        try:
+            if conn.out is not None:
+                self._send(conn)
+                return
+            data = conn.sock.recv(_RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(conn)
+            return
+        if not data:  # the peer hung up
+            self._close(conn)
+            return
+        conn.inbuf += data
+        self._respond_if_complete(conn)
+
+    def _respond_if_complete(self, conn: _Conn) -> None:
+        head, sep, rest = conn.inbuf.partition(b"\r\n\r\n")
+        if not sep:
+            if len(conn.inbuf) > MAX_REQUEST_BYTES:
+                self._start_response(conn, _simple(431, "Request Header Fields Too Large"), False)
+            return
+        conn.inbuf = rest
+        response, keep_alive = self._answer(head)
+        self._start_response(conn, response, keep_alive)
+
+    def _start_response(self, conn: _Conn, response: bytes, keep_alive: bool) -> None:
+        conn.out = memoryview(response)
+        conn.close_after = not keep_alive
+        conn.deadline = time.monotonic() + self.idle_timeout_s
+        self._sel.modify(conn.sock, selectors.EVENT_WRITE, None)
+        self._send(conn)  # most responses fit in the socket's buffer at once
+
+    def _send(self, conn: _Conn) -> None:
+        out = conn.out
+        assert out is not None
+        try:
+            sent = conn.sock.send(out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(conn)
+            return
+        if sent < len(out):
+            conn.out = out[sent:]
+            return
+        conn.out = None
+        if conn.close_after:
+            self._close(conn)
+            return
+        conn.deadline = time.monotonic() + self.idle_timeout_s
+        self._sel.modify(conn.sock, selectors.EVENT_READ, None)
+        if b"\r\n\r\n" in conn.inbuf:  # a pipelined request already read
+            self._respond_if_complete(conn)
+
+    def _answer(self, head: bytes) -> tuple[bytes, bool]:
+        """The whole response to one request head, and whether to keep the connection."""
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            return _simple(400, "Bad Request"), False
+        method, target, version = parts
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        connection = headers.get("connection", "").lower()
+        keep = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
+        if headers.get("content-length", "0") != "0" or "transfer-encoding" in headers:
+            keep = False  # a body we do not read: the connection cannot be reused
+        if method not in ("GET", "HEAD"):
+            return _simple(405, "Method Not Allowed", b"Allow: GET, HEAD\r\n"), False
+        if target.split("?", 1)[0] == "/favicon.ico":
+            return _simple(404, "Not Found"), False
+        gzipped = "gzip" in headers.get("accept-encoding", "")
+        try:
+            content_type, body = self.exposition.body(headers.get("accept", ""), gzipped)
+        except Exception:
+            events.internal_error("metrics_exposition")
+            return _simple(500, "Internal Server Error"), False
+        extra = b"Content-Encoding: gzip\r\n" if gzipped else b""
+        head_out = _head(200, "OK", content_type, len(body), keep, extra)
+        return (head_out if method == "HEAD" else head_out + body), keep
+
+
+def _head(status: int, reason: str, content_type: str, length: int, keep: bool, extra: bytes = b"") -> bytes:
+    return (
+        (
+            f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {length}\r\nConnection: {'keep-alive' if keep else 'close'}\r\n"
+        ).encode("latin-1")
+        + extra
+        + b"\r\n"
+    )
+
+
+def _simple(status: int, reason: str, extra: bytes = b"") -> bytes:
+    body = f"{reason}\n".encode()
+    return _head(status, reason, "text/plain; charset=utf-8", len(body), False, extra) + body

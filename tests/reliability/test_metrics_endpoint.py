@@ -1,0 +1,186 @@
+"""The /metrics endpoint cannot be broken or made to slow the application
+(processors/metrics_server.py, labels.py): a response with a lone surrogate in its model name,
+half-open and idle connections, many scrapers at once. Real sockets, real ``openai`` SDK."""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import json
+import selectors
+import socket
+import struct
+import threading
+import urllib.request
+from collections.abc import Iterator
+
+import httpx2
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.registry import Collector
+
+import budgetspan
+from budgetspan import events
+from budgetspan.processors import metrics as M
+from budgetspan.processors.metrics_server import MetricsServer
+from tests.reliability._support import chat_body, messages, openai_instrumented, sync_client, wait_until
+from tests.reliability.conftest import Lean
+
+
+class Served:
+    def __init__(self, server: MetricsServer, registry: CollectorRegistry) -> None:
+        self.server = server
+        self.registry = registry
+        self.host, self.port = server.server_address
+
+    def scrape(self) -> tuple[int, str]:
+        with urllib.request.urlopen(f"http://{self.host}:{self.port}/metrics", timeout=10) as resp:
+            return resp.status, resp.read().decode()
+
+
+@pytest.fixture
+def served(lean: Lean, request: pytest.FixtureRequest) -> Iterator[Served]:
+    """Metrics on a private registry, listening to events, served on a free loopback port."""
+    options = getattr(request, "param", {})
+    registry = CollectorRegistry()
+    metrics = M.BudgetspanMetrics(registry)
+    events.add_listener(metrics)
+    server = MetricsServer(registry, "127.0.0.1", 0, **options).start()
+    try:
+        yield Served(server, registry)
+    finally:
+        server.shutdown()
+        events.remove_listener(metrics)
+
+
+@pytest.mark.parametrize("served", [{"reuse": 0.0}], indirect=True)
+def test_a_lone_surrogate_in_a_model_name_never_breaks_scrapes(served: Served) -> None:
+    """A provider answering ``"model": "gpt-\\ud800"`` (valid JSON): the label is cleaned, and
+    every scrape after it is a 200 with the call counted (it was HTTP 500 for good)."""
+    raw = json.dumps(chat_body()).replace('"gpt-4o-mini-2024-07-18"', '"gpt-\\ud800"').encode()
+    assert b'"gpt-\\ud800"' in raw
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, content=raw, headers={"content-type": "application/json"})
+
+    assert served.scrape()[0] == 200
+    with openai_instrumented(), budgetspan.run("surrogate"):
+        reply = sync_client(answer).chat.completions.create(model="gpt-4o-mini", messages=messages())
+    assert reply.model == "gpt-\ud800"  # the SDK hands the application the surrogate as is
+    for _ in range(3):
+        status, body = served.scrape()
+        assert status == 200
+        assert 'model="gpt-\ufffd"' in body
+        line = 'budgetspan_model_calls_total{model="gpt-\ufffd",provider="openai",status="ok",workflow="surrogate"}'
+        assert f"{line} 1.0" in body
+
+
+def _hang_up(sock: socket.socket) -> None:
+    """Close with a reset, as a peer that vanishes does."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def _closed_by_server(sock: socket.socket, timeout_s: float) -> bool:
+    with selectors.DefaultSelector() as sel:
+        sel.register(sock, selectors.EVENT_READ)
+        if not sel.select(timeout_s):
+            return False
+    try:
+        return sock.recv(1024) == b""
+    except ConnectionResetError:
+        return True
+
+
+@pytest.mark.parametrize("served", [{"max_connections": 8, "idle_timeout_s": 0.5}], indirect=True)
+def test_half_open_connections_are_bounded_and_never_stop_a_scrape(served: Served) -> None:
+    """400 connections that send nothing or half a request: the server keeps at most 8 open
+    (closing the oldest idle ones), scrapes are answered while they hang there and after they
+    all hang up at once, and an idle connection is closed by the server."""
+    half_open = []
+    for i in range(400):
+        sock = socket.create_connection((served.host, served.port), timeout=30)
+        if i % 2:
+            sock.sendall(b"GET /metr")  # a request that never ends
+        half_open.append(sock)
+    assert served.scrape()[0] == 200
+    assert served.server.open_connections() <= 8
+    closed = sum(_closed_by_server(s, 10) for s in half_open[:392])  # the 392 oldest: evicted or idle
+    assert closed == 392
+    for sock in half_open:
+        _hang_up(sock)
+    assert served.scrape()[0] == 200
+    idle = socket.create_connection((served.host, served.port), timeout=30)
+    assert _closed_by_server(idle, 10), "an idle connection was kept open past the idle timeout"
+    idle.close()
+    assert wait_until(lambda: served.server.open_connections() == 0, 10)
+    assert served.scrape()[0] == 200
+
+
+class CountingCollector(Collector):
+    """Counts renderings and the most that ever ran at once."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.active = 0
+        self.most = 0
+        self.calls = 0
+
+    def collect(self) -> Iterator[object]:  # type: ignore[override]
+        with self.lock:
+            self.active += 1
+            self.calls += 1
+            self.most = max(self.most, self.active)
+        try:
+            yield from ()
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+@pytest.mark.parametrize("served", [{"reuse": 1e9}], indirect=True)
+def test_sixteen_scrapers_at_once_share_one_rendering(served: Served) -> None:
+    """16 scrapers released together, 5 scrapes each: all answered, never two renderings at the
+    same time, and the exposition is rendered once for all of them (within its reuse window)."""
+    counting = CountingCollector()
+    served.registry.register(counting)  # type: ignore[arg-type]
+    with budgetspan.run("busy"):
+        pass
+    start = threading.Barrier(16)
+    statuses: list[int] = []
+
+    def scraper() -> None:
+        start.wait(10)
+        for _ in range(5):
+            status, body = served.scrape()
+            assert 'workflow="busy"' in body
+            statuses.append(status)
+
+    threads = [threading.Thread(target=scraper) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert statuses == [200] * 80
+    assert counting.most == 1
+    assert counting.calls == served.server.exposition.renders == 1
+
+
+def test_keep_alive_head_gzip_and_refusals(served: Served) -> None:
+    conn = http.client.HTTPConnection(served.host, served.port, timeout=10)
+    try:
+        for _ in range(3):  # one connection, several scrapes (Prometheus keeps it alive)
+            conn.request("GET", "/metrics", headers={"Accept-Encoding": "gzip"})
+            resp = conn.getresponse()
+            assert resp.status == 200 and resp.getheader("Content-Encoding") == "gzip"
+            assert b"# HELP budgetspan_runs_total" in gzip.decompress(resp.read())
+        conn.request("HEAD", "/metrics")
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.read() == b"" and int(resp.getheader("Content-Length", "0")) > 0
+        conn.request("POST", "/metrics", body=b"x")
+        assert conn.getresponse().status == 405
+    finally:
+        conn.close()
+    with socket.create_connection((served.host, served.port), timeout=10) as sock:
+        sock.sendall(b"GET /" + b"a" * 20000)  # a request head too big to be one
+        assert sock.recv(100).startswith(b"HTTP/1.1 431")
