@@ -105,7 +105,8 @@ def _ledger_cycle(port: int) -> Callable[[], None]:
 def _floor_cycle(port: int) -> Callable[[], None]:
     import redis
 
-    from budgetspan.accounting.redis_ledger import _Script, _Server
+    from budgetspan.accounting.redis_wire import Script as _Script
+    from budgetspan.accounting.redis_wire import Server as _Server
 
     server = _Server(redis.Redis(port=port), 60)
     one, two = _Script.of("return 1"), _Script.of("return 2")

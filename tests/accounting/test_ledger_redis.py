@@ -13,7 +13,8 @@ import pytest
 
 from budgetspan.accounting.budget import Budget, ToolLimits
 from budgetspan.accounting.ledger import CallKind, LedgerRefused, Mode, Reservation, Spend
-from budgetspan.accounting.redis_ledger import COST_CAP, TOKEN_CAP, RedisLedger
+from budgetspan.accounting.redis_ledger import RedisLedger
+from budgetspan.accounting.redis_scripts import COST_CAP, TOKEN_CAP
 from tests.accounting.redis_server import frozen, needs_redis_server, redis, start_redis, stop
 
 pytestmark = needs_redis_server

@@ -118,7 +118,9 @@ def test_series_cap_bounds_the_exposition_of_a_cardinality_explosion() -> None:
             big.on_call_end(model_record(f"wf{w}", f"model-{m}"))
             big.on_call_end(tool_record(f"wf{w}", f"tool-{m}"))
     assert lines * 10 < len(generate_latest(uncapped).splitlines())
-    print(f"\n[series cap 40] exposition {lines} lines (uncapped: {len(generate_latest(uncapped).splitlines())})")
+    print(
+        f"\n[series cap 40] exposition {lines} lines (uncapped: {len(generate_latest(uncapped).splitlines())})"
+    )
 
 
 def test_series_cap_setting_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -26,22 +26,8 @@ refusing every later call would stop a run that can go on within its budget). Wh
 after this process last heard from Redis is not in the mirror: the first process to notice the loss
 restores the run as it last knew it.
 
-**Bounded.** Every call waits for Redis at most ``timeout_s`` (2 s by default), and no longer than
-the run's remaining wall-clock time (at least 0.1 s, so that a call at the deadline still gets its
-refusal from the server). The ledger talks to Redis through a connection pool of its own, made
-with the client's settings, socket and connect timeouts of at most ``timeout_s`` and no retries
-(redis-py's retries with back-off would multiply the bound), so that connecting and the connection
-handshake are bounded too.
-
-A call whose wait runs out drops its connection (a late reply must never be read as the answer
-to the next command); its script may still run when the server wakes, which counts a call that
-was not made (an overshoot of the count, never an undercount).
-
-**Clamped.** Token figures are clamped to ``TOKEN_CAP`` (10**15) and dollars to ``COST_CAP`` (10**12)
-before they are sent, and every sum on the server stays at or below the same caps: a provider
-reporting absurd usage (``prompt_tokens = 10**30``) can neither overflow a counter nor make a
-figure inexact, and is never taken for an outage. Beyond the caps the Redis ledger stops counting
-where ``InMemoryLedger`` goes on.
+**Bounded** (``redis_wire``) and **clamped** (``redis_mirror``): every wait for Redis ends by
+``timeout_s`` and the run's deadline; absurd figures are clamped, never taken for an outage.
 
 When Redis cannot be reached (``on_error``):
 
@@ -64,29 +50,22 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from budgetspan import events
-from budgetspan.accounting.budget import (
-    FLOAT_LIMIT_NAMES,
-    NO_TOOL_LIMITS,
-    Budget,
-    Limit,
-    ToolLimits,
-    Usage,
-)
-from budgetspan.accounting.ledger import (
-    CallKind,
-    Ledger,
-    LedgerRefused,
-    Mode,
-    Refusal,
-    Reservation,
-    Spend,
-)
+from budgetspan.accounting.budget import NO_TOOL_LIMITS, Budget, Limit, ToolLimits, Usage
+from budgetspan.accounting.ledger import CallKind, Ledger, LedgerRefused, Mode, Refusal, Reservation, Spend
 from budgetspan.accounting.memory import InMemoryLedger
-from budgetspan.accounting.redis_scripts import COST_CAP, MIRROR, TOKEN_CAP
+from budgetspan.accounting.redis_mirror import (
+    RunMirror,
+    as_text,
+    budget_fields,
+    clamp_dollars,
+    clamp_tokens,
+    mirrored_fields,
+    refusal_from,
+    usage_from,
+)
 from budgetspan.accounting.redis_wire import SCRIPTS, Server
 
 log = logging.getLogger(__name__)
@@ -98,126 +77,6 @@ MIN_WAIT_S = 0.1
 
 _PREFIX = "budgetspan:run:"
 _NO_SPEND = Spend()
-
-
-@dataclass
-class _Known:
-    """A run this process has open: its budget, and the mirror of what Redis last said about it."""
-
-    budget: Budget
-    mode: Mode
-    #: When the run started, on this process's ``time.monotonic`` clock.
-    started_monotonic: float
-    #: How many scopes of this process opened the run and have not closed it.
-    opens: int = 0
-    #: ``started_at`` as stored in the hash (the server's clock), once known.
-    started_at: Any = None
-    #: The wall-clock limit on the hash (the first opener's budget sets it).
-    wall_s: float | None = None
-    #: The mirror: by script and tool ('' for none), the latest text of ``MIRROR`` figures that
-    #: script returned for a call of that tool, with the ticket of the request that brought it (a
-    #: slower reply to an earlier request never replaces a later one). See ``_mirrored_fields``.
-    seen: dict[tuple[str, str], tuple[int, bytes]] = field(default_factory=dict)
-    #: What was logged for this run already ("lost", "unreachable").
-    logged: set[str] = field(default_factory=set)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def deadline(self) -> float | None:
-        return None if self.wall_s is None else self.started_monotonic + self.wall_s
-
-
-def _tokens(value: int | float | None) -> int:
-    """A token figure as the ledger keeps it: positive, whole, at most ``TOKEN_CAP``."""
-    if value is None or not value > 0:  # None, 0, negatives and NaN add nothing
-        return 0
-    return int(min(value, TOKEN_CAP))
-
-
-def _dollars(value: float | None) -> float:
-    """A dollar figure as the ledger keeps it: positive, at most ``COST_CAP``."""
-    if value is None or not value > 0:
-        return 0.0
-    return float(min(value, COST_CAP))
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _refusal(reason: Any, limit: Any, tool: str | None) -> Refusal | None:
-    """The refusal in a script's reply (``reason`` b'' for none), as ``rule.refusal`` gives it."""
-    if not reason:
-        return None
-    name = _text(reason)
-    raw = _text(limit)
-    value: float | None
-    if raw == "":
-        value = None
-    elif name in FLOAT_LIMIT_NAMES:
-        value = float(raw)
-    else:
-        value = int(raw)
-    on_tool = tool if name in (Limit.TOOL_MAX_CALLS.value, Limit.TOOL_MAX_RETRIES.value) else None
-    return Refusal(name, value, on_tool)
-
-
-def _usage_from(fields: dict[str, Any]) -> Usage:
-    """A run's usage from its hash's fields (or a mirror of them)."""
-
-    def i(name: str) -> int:
-        v = fields.get(name)
-        return 0 if v is None else int(v)
-
-    cost = fields.get("cost_usd")
-    u = Usage(
-        model_calls=i("model_calls"),
-        tool_calls=i("tool_calls"),
-        retries=i("retries"),
-        input_tokens=i("input_tokens"),
-        output_tokens=i("output_tokens"),
-        cache_read_tokens=i("cache_read_tokens"),
-        cache_write_tokens=i("cache_write_tokens"),
-        reasoning_tokens=i("reasoning_tokens"),
-        cost_usd=0.0 if cost is None else float(cost),
-        unpriced_calls=i("unpriced_calls"),
-        unreported_usage_calls=i("unreported_usage_calls"),
-        tools_finished=i("tools_finished"),
-    )
-    for k, v in fields.items():
-        if k.startswith("tool:") and v is not None:  # tool:{name}:calls | tool:{name}:retries
-            name, what = k[len("tool:") : k.rfind(":")], k[k.rfind(":") + 1 :]
-            (u.tool_calls_by_name if what == "calls" else u.tool_retries_by_name)[name] = int(v)
-    return u
-
-
-def _mirrored_fields(known: _Known) -> dict[str, bytes]:
-    """The run's hash as this process last heard of it: every figure from the latest reply that
-    carried it (call with ``known.lock`` held)."""
-    fields: dict[str, bytes] = {}
-    for (_script, tool), (_ticket, text) in sorted(known.seen.items(), key=lambda item: item[1][0]):
-        names = (*MIRROR, f"tool:{tool}:calls", f"tool:{tool}:retries")
-        fields.update((name, value) for name, value in zip(names, text.split(b" "), strict=True) if value)
-    return fields
-
-
-#: A field longer than Redis's ``hash-max-listpack-value`` (64 bytes by default), so that Redis keeps
-#: a run's hash as a hash table: in a listpack, its compact form for small hashes, every field is
-#: found by a scan, and the reserve script then costs 12% more (bench/README.md).
-_ABOUT = "budgetspan run ledger; this field is longer than 64 bytes to keep the hash a hash table"
-
-
-def _budget_fields(budget: Budget, mode: Mode) -> dict[str, Any]:
-    """The hash fields that hold a run's budget."""
-    fields: dict[str, Any] = {"about": _ABOUT, "mode": mode.value}
-    for name, value in budget.limits().items():
-        fields["limit:" + name] = value
-    for tool, tl in budget.tools.items():
-        if tl.max_calls is not None:
-            fields[f"limit:tool:{tool}:max_calls"] = tl.max_calls
-        if tl.max_retries is not None:
-            fields[f"limit:tool:{tool}:max_retries"] = tl.max_retries
-    return fields
 
 
 class RedisLedger(Ledger):
@@ -241,7 +100,7 @@ class RedisLedger(Ledger):
         self.on_error = on_error
         self._server = Server(client, timeout_s)
         self._errors: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, OSError)
-        self._known: dict[str, _Known] = {}  # the runs this process has open
+        self._known: dict[str, RunMirror] = {}  # the runs this process has open
         self._tickets = itertools.count()
         self._local = InMemoryLedger()  # runs accounted here since Redis failed them
         self._local_runs: set[str] = set()
@@ -252,7 +111,7 @@ class RedisLedger(Ledger):
         return _PREFIX + run_id
 
     # --- one script on Redis ----------------------------------------------------------------
-    def _within(self, known: _Known | None) -> float:
+    def _within(self, known: RunMirror | None) -> float:
         """How long this call may wait for Redis: ``timeout_s``, and no longer than the run has
         left (but ``MIN_WAIT_S`` at least, for the server's refusal at the deadline)."""
         deadline = None if known is None else known.deadline
@@ -283,7 +142,7 @@ class RedisLedger(Ledger):
         return reply
 
     def _remember(
-        self, known: _Known, ticket: int, script: str, text: bytes, tool: str | None = None
+        self, known: RunMirror, ticket: int, script: str, text: bytes, tool: str | None = None
     ) -> None:
         """Keep a reply's mirror text unless the reply to a later request was kept already."""
         key = (script, tool or "")
@@ -292,13 +151,13 @@ class RedisLedger(Ledger):
             if kept is None or kept[0] < ticket:
                 known.seen[key] = (ticket, text)
 
-    def _open_on_redis(self, run_id: str, known: _Known, openers: int, within: float) -> None:
+    def _open_on_redis(self, run_id: str, known: RunMirror, openers: int, within: float) -> None:
         """Open the run (``openers`` 1) or restore it (0) on Redis from the budget and the mirror."""
         with known.lock:
-            fields = _budget_fields(known.budget, known.mode)
+            fields = budget_fields(known.budget, known.mode)
             if known.started_at is not None:
                 fields["started_at"] = known.started_at
-            fields.update(_mirrored_fields(known))
+            fields.update(mirrored_fields(known))
             fields["opened"] = max(int(fields.get("opened", 0)), known.opens)
             seen_before = bool(known.seen)
             ticket = next(self._tickets)
@@ -315,11 +174,11 @@ class RedisLedger(Ledger):
             known.started_monotonic = now - (server_now - float(started_at))
         self._remember(known, ticket, "open", text)
 
-    def _restore(self, run_id: str, known: _Known, within: float) -> None:
+    def _restore(self, run_id: str, known: RunMirror, within: float) -> None:
         self._lost(run_id, known)
         self._open_on_redis(run_id, known, 0, within)
 
-    def _lost(self, run_id: str, known: _Known) -> None:
+    def _lost(self, run_id: str, known: RunMirror) -> None:
         """The run's hash was gone while the run is open here: an internal error, logged once."""
         if "lost" not in known.logged:
             known.logged.add("lost")
@@ -357,7 +216,7 @@ class RedisLedger(Ledger):
                 return
             known = self._known.get(run_id)
             if known is None:
-                known = _Known(Budget(), Mode.ENFORCE, time.monotonic())
+                known = RunMirror(Budget(), Mode.ENFORCE, time.monotonic())
             self._local.open(run_id, known.budget, known.mode, started_at=known.started_monotonic)
             self._local_runs.add(run_id)
         self._report(
@@ -373,7 +232,7 @@ class RedisLedger(Ledger):
             known = self._known.get(run_id)
             if known is None:
                 start = time.monotonic() if started_at is None else started_at
-                known = self._known[run_id] = _Known(budget, mode, start)
+                known = self._known[run_id] = RunMirror(budget, mode, start)
             known.opens += 1
         if run_id in self._local_runs:
             return
@@ -395,8 +254,8 @@ class RedisLedger(Ledger):
         tool_limits: ToolLimits | None = None,
     ) -> Reservation:
         if kind is CallKind.MODEL:  # only model calls spend tokens and dollars
-            cost, held_in = _dollars(worst_case_cost), _tokens(worst_case_input_tokens)
-            held_out = _tokens(worst_case_tokens)
+            cost, held_in = clamp_dollars(worst_case_cost), clamp_tokens(worst_case_input_tokens)
+            held_out = clamp_tokens(worst_case_tokens)
         else:
             cost, held_in, held_out = 0.0, 0, 0
         if run_id not in self._local_runs:
@@ -443,7 +302,7 @@ class RedisLedger(Ledger):
             self.ttl_s,
         )
         status, reason, limit, _ = self._call("reserve", run_id, args, tool).split(b" ", 3)
-        found = _refusal(reason, limit, tool)
+        found = refusal_from(reason, limit, tool)
         if status == b"0":
             assert found is not None
             raise LedgerRefused(found)
@@ -476,12 +335,12 @@ class RedisLedger(Ledger):
             0.0 if r is None else r.worst_case_cost,
             0 if r is None else r.worst_case_input_tokens,
             0 if r is None else r.worst_case_output_tokens,
-            _tokens(sp.input_tokens),
-            _tokens(sp.output_tokens),
-            _tokens(sp.cache_read_tokens),
-            _tokens(sp.cache_write_tokens),
-            _tokens(sp.reasoning_tokens),
-            _dollars(sp.cost_usd),
+            clamp_tokens(sp.input_tokens),
+            clamp_tokens(sp.output_tokens),
+            clamp_tokens(sp.cache_read_tokens),
+            clamp_tokens(sp.cache_write_tokens),
+            clamp_tokens(sp.reasoning_tokens),
+            clamp_dollars(sp.cost_usd),
             "1" if flags[0] else "0",
             "1" if flags[1] else "0",
             "1" if flags[2] else "0",
@@ -489,7 +348,7 @@ class RedisLedger(Ledger):
             tool or "",
         )
         _, reason, limit, _ = self._call("settle", run_id, args, tool).split(b" ", 3)
-        return _refusal(reason, limit, None)
+        return refusal_from(reason, limit, None)
 
     def commit(
         self,
@@ -565,8 +424,8 @@ class RedisLedger(Ledger):
         else:
             reply = self._call("read", run_id, ["0"], mirror=False)
         _, sec, usec, flat = reply
-        fields = {_text(k): v for k, v in zip(flat[::2], flat[1::2], strict=True)}
-        u = _usage_from(fields)
+        fields = {as_text(k): v for k, v in zip(flat[::2], flat[1::2], strict=True)}
+        u = usage_from(fields)
         if "started_at" in fields:
             u.wall_clock_s = max(0.0, int(sec) + int(usec) / 1e6 - float(fields["started_at"]))
         return u
@@ -576,7 +435,7 @@ class RedisLedger(Ledger):
             try:
                 reply = self._call("reserve", run_id, ("check", "", 0.0, 0, 0, "0", "", "", self.ttl_s))
                 _, reason, limit, _ = reply.split(b" ", 3)
-                return _refusal(reason, limit, None)
+                return refusal_from(reason, limit, None)
             except KeyError:
                 return None
             except self._errors as e:
@@ -618,11 +477,11 @@ class RedisLedger(Ledger):
             self._report(run_id, e, "budgetspan: Redis ledger unreachable for run %s (%s: %s)")
         return self._usage_of(known)
 
-    def _usage_of(self, known: _Known) -> Usage:
+    def _usage_of(self, known: RunMirror) -> Usage:
         """The run's usage as this process last heard it from Redis."""
         with known.lock:
-            fields = _mirrored_fields(known)
-        u = _usage_from(fields)
+            fields = mirrored_fields(known)
+        u = usage_from(fields)
         u.wall_clock_s = max(0.0, time.monotonic() - known.started_monotonic)
         return u
 
@@ -633,4 +492,4 @@ class RedisLedger(Ledger):
         return None if known is None else known.deadline
 
 
-__all__ = ["COST_CAP", "DEFAULT_TIMEOUT_S", "TOKEN_CAP", "RedisLedger"]
+__all__ = ["DEFAULT_TIMEOUT_S", "RedisLedger"]

@@ -1,8 +1,15 @@
 """Running the ledger's scripts on Redis: one round trip each, every wait bounded.
 
-The ledger keeps a connection pool of its own, built from the client's settings, so that its
-waits are bounded (a socket timeout, and never longer than the run's remaining wall clock)
-whatever the application's client allows.
+**Bounded.** Every call waits for Redis at most ``timeout_s`` (2 s by default), and no longer than
+the run's remaining wall-clock time (at least 0.1 s, so that a call at the deadline still gets its
+refusal from the server). The ledger talks to Redis through a connection pool of its own, made
+with the client's settings, socket and connect timeouts of at most ``timeout_s`` and no retries
+(redis-py's retries with back-off would multiply the bound), so that connecting and the connection
+handshake are bounded too.
+
+A call whose wait runs out drops its connection (a late reply must never be read as the answer
+to the next command); its script may still run when the server wakes, which counts a call that
+was not made (an overshoot of the count, never an undercount).
 """
 
 from __future__ import annotations

@@ -1,0 +1,140 @@
+"""What a process knows about a run it keeps in Redis: the budget it opened with and a mirror of
+the figures the scripts last returned, enough to restore the run if its key vanishes; and the
+conversions between the hash's fields and the ledger's types.
+
+**Clamped.** Token figures are clamped to ``TOKEN_CAP`` (10**15) and dollars to ``COST_CAP`` (10**12)
+before they are sent, and every sum on the server stays at or below the same caps: a provider
+reporting absurd usage (``prompt_tokens = 10**30``) can neither overflow a counter nor make a
+figure inexact, and is never taken for an outage. Beyond the caps the Redis ledger stops counting
+where ``InMemoryLedger`` goes on.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from budgetspan.accounting.budget import FLOAT_LIMIT_NAMES, Budget, Limit, Usage
+from budgetspan.accounting.ledger import Mode, Refusal
+from budgetspan.accounting.redis_scripts import COST_CAP, MIRROR, TOKEN_CAP
+
+
+@dataclass
+class RunMirror:
+    """A run this process has open: its budget, and the mirror of what Redis last said about it."""
+
+    budget: Budget
+    mode: Mode
+    #: When the run started, on this process's ``time.monotonic`` clock.
+    started_monotonic: float
+    #: How many scopes of this process opened the run and have not closed it.
+    opens: int = 0
+    #: ``started_at`` as stored in the hash (the server's clock), once known.
+    started_at: Any = None
+    #: The wall-clock limit on the hash (the first opener's budget sets it).
+    wall_s: float | None = None
+    #: The mirror: by script and tool ('' for none), the latest text of ``MIRROR`` figures that
+    #: script returned for a call of that tool, with the ticket of the request that brought it (a
+    #: slower reply to an earlier request never replaces a later one). See ``mirrored_fields``.
+    seen: dict[tuple[str, str], tuple[int, bytes]] = field(default_factory=dict)
+    #: What was logged for this run already ("lost", "unreachable").
+    logged: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def deadline(self) -> float | None:
+        return None if self.wall_s is None else self.started_monotonic + self.wall_s
+
+
+def clamp_tokens(value: int | float | None) -> int:
+    """A token figure as the ledger keeps it: positive, whole, at most ``TOKEN_CAP``."""
+    if value is None or not value > 0:  # None, 0, negatives and NaN add nothing
+        return 0
+    return int(min(value, TOKEN_CAP))
+
+
+def clamp_dollars(value: float | None) -> float:
+    """A dollar figure as the ledger keeps it: positive, at most ``COST_CAP``."""
+    if value is None or not value > 0:
+        return 0.0
+    return float(min(value, COST_CAP))
+
+
+def as_text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def refusal_from(reason: Any, limit: Any, tool: str | None) -> Refusal | None:
+    """The refusal in a script's reply (``reason`` b'' for none), as ``rule.refusal`` gives it."""
+    if not reason:
+        return None
+    name = as_text(reason)
+    raw = as_text(limit)
+    value: float | None
+    if raw == "":
+        value = None
+    elif name in FLOAT_LIMIT_NAMES:
+        value = float(raw)
+    else:
+        value = int(raw)
+    on_tool = tool if name in (Limit.TOOL_MAX_CALLS.value, Limit.TOOL_MAX_RETRIES.value) else None
+    return Refusal(name, value, on_tool)
+
+
+def usage_from(fields: dict[str, Any]) -> Usage:
+    """A run's usage from its hash's fields (or a mirror of them)."""
+
+    def i(name: str) -> int:
+        v = fields.get(name)
+        return 0 if v is None else int(v)
+
+    cost = fields.get("cost_usd")
+    u = Usage(
+        model_calls=i("model_calls"),
+        tool_calls=i("tool_calls"),
+        retries=i("retries"),
+        input_tokens=i("input_tokens"),
+        output_tokens=i("output_tokens"),
+        cache_read_tokens=i("cache_read_tokens"),
+        cache_write_tokens=i("cache_write_tokens"),
+        reasoning_tokens=i("reasoning_tokens"),
+        cost_usd=0.0 if cost is None else float(cost),
+        unpriced_calls=i("unpriced_calls"),
+        unreported_usage_calls=i("unreported_usage_calls"),
+        tools_finished=i("tools_finished"),
+    )
+    for k, v in fields.items():
+        if k.startswith("tool:") and v is not None:  # tool:{name}:calls | tool:{name}:retries
+            name, what = k[len("tool:") : k.rfind(":")], k[k.rfind(":") + 1 :]
+            (u.tool_calls_by_name if what == "calls" else u.tool_retries_by_name)[name] = int(v)
+    return u
+
+
+def mirrored_fields(known: RunMirror) -> dict[str, bytes]:
+    """The run's hash as this process last heard of it: every figure from the latest reply that
+    carried it (call with ``known.lock`` held)."""
+    fields: dict[str, bytes] = {}
+    for (_script, tool), (_ticket, text) in sorted(known.seen.items(), key=lambda item: item[1][0]):
+        names = (*MIRROR, f"tool:{tool}:calls", f"tool:{tool}:retries")
+        fields.update((name, value) for name, value in zip(names, text.split(b" "), strict=True) if value)
+    return fields
+
+
+#: A field longer than Redis's ``hash-max-listpack-value`` (64 bytes by default), so that Redis keeps
+#: a run's hash as a hash table: in a listpack, its compact form for small hashes, every field is
+#: found by a scan, and the reserve script then costs 12% more (bench/README.md).
+ABOUT = "budgetspan run ledger; this field is longer than 64 bytes to keep the hash a hash table"
+
+
+def budget_fields(budget: Budget, mode: Mode) -> dict[str, Any]:
+    """The hash fields that hold a run's budget."""
+    fields: dict[str, Any] = {"about": ABOUT, "mode": mode.value}
+    for name, value in budget.limits().items():
+        fields["limit:" + name] = value
+    for tool, tl in budget.tools.items():
+        if tl.max_calls is not None:
+            fields[f"limit:tool:{tool}:max_calls"] = tl.max_calls
+        if tl.max_retries is not None:
+            fields[f"limit:tool:{tool}:max_retries"] = tl.max_retries
+    return fields
