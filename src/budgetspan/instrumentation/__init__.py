@@ -47,8 +47,10 @@ _DISTRIBUTION_OF = {"agents": "openai-agents"}
 
 
 def _library_present(name: str) -> bool:
+    """Whether ``name`` can be imported, without importing it: ``find_spec`` of a dotted name
+    imports its parents, so only the top-level package is looked up."""
     try:
-        if importlib.util.find_spec(name) is None:
+        if importlib.util.find_spec(name.split(".")[0]) is None:
             return False
     except (ImportError, ValueError):
         return False

@@ -33,8 +33,8 @@ def library_of(cls: type) -> str | None:
         if name in sys.modules:
             return name
     for name in names:
-        try:
-            if importlib.util.find_spec(name) is not None:
+        try:  # (the top-level package only: a dotted name's parents would be imported)
+            if importlib.util.find_spec(name.split(".")[0]) is not None:
                 return name
         except (ImportError, ValueError):
             continue
