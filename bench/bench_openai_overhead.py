@@ -22,8 +22,8 @@ over bare.
 from __future__ import annotations
 
 import argparse
-import gc
 import asyncio
+import gc
 import json
 import os
 import subprocess
