@@ -87,21 +87,21 @@ class Counted:
 
 
 class CInt(int):
-    def __lt__(self, o: object) -> bool:
+    def __lt__(self, o: int) -> bool:
         Counted.ops += 1
-        return int(self) < int(o)  # type: ignore[call-overload]
+        return int(self) < int(o)
 
-    def __le__(self, o: object) -> bool:
+    def __le__(self, o: int) -> bool:
         Counted.ops += 1
-        return int(self) <= int(o)  # type: ignore[call-overload]
+        return int(self) <= int(o)
 
-    def __gt__(self, o: object) -> bool:
+    def __gt__(self, o: int) -> bool:
         Counted.ops += 1
-        return int(self) > int(o)  # type: ignore[call-overload]
+        return int(self) > int(o)
 
-    def __ge__(self, o: object) -> bool:
+    def __ge__(self, o: int) -> bool:
         Counted.ops += 1
-        return int(self) >= int(o)  # type: ignore[call-overload]
+        return int(self) >= int(o)
 
     def __eq__(self, o: object) -> bool:
         Counted.ops += 1
@@ -125,7 +125,9 @@ class CStr(str):
 def overlapping(n: int) -> list[Interval]:
     """n calls that all overlap (each starts before the previous ends), at two depths, 3 phases."""
     phases = [CStr(p) for p in ("tool_execution", "verification", "context_assembly")]
-    out = [(CInt(i * 1000), CInt(10 * S + i * 1000), CInt(1 + i % 2), phases[i % 3]) for i in range(n)]
+    out: list[Interval] = [
+        (CInt(i * 1000), CInt(10 * S + i * 1000), CInt(1 + i % 2), phases[i % 3]) for i in range(n)
+    ]
     random.Random(n).shuffle(out)  # in no particular order: sorting them is part of the work
     return out
 
