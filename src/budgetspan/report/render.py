@@ -14,9 +14,12 @@ import dataclasses
 import gc
 import json
 import math
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from typing import IO, Any
+
+import orjson
 
 from budgetspan.report.analysis import (
     REPORT_KEEP,
@@ -278,11 +281,25 @@ def json_chunks(a: Analysis) -> Iterator[str]:
         if isinstance(value, list) and value:
             yield "["
             for j, item in enumerate(value):
-                yield ("," if j else "") + "\n    " + _indent(json.dumps(to_jsonable(item), indent=2), 4)
+                yield ("," if j else "") + "\n    " + _indent(_dumps(to_jsonable(item)), 4)
             yield "\n  ]"
         else:
-            yield _indent(json.dumps(to_jsonable(value), indent=2), 2)
+            yield _indent(_dumps(to_jsonable(value)), 2)
     yield "\n}\n"
+
+
+# Characters JSON allows raw that a terminal may obey: written as \u escapes (still the same JSON).
+_JSON_UNSAFE = re.compile("[\u007f-\u009f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _dumps(value: Any) -> str:
+    """Indented JSON: orjson (C, fast), with what a terminal could obey escaped; ``json`` for what
+    orjson refuses (a lone surrogate, from spans given in memory)."""
+    try:
+        text = orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
+    except TypeError:
+        return json.dumps(value, indent=2)
+    return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def _indent(text: str, spaces: int) -> str:
