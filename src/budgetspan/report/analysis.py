@@ -1,7 +1,9 @@
 """Where time and money went: runs, phases, contributors, sequential reads, plan versus actual.
 
-Input is a list of ``SpanRec`` (from OTLP JSON lines or, in the demo, from live spans). Spans are
-grouped into runs by ``budgetspan.run.id``. A run's wall time is split over phases so that the
+Input is a stream of ``SpanRec`` (from OTLP JSON lines or, in the demo, from live spans). Spans are
+grouped into runs by ``budgetspan.run.id`` (``assemble``); each finished run is folded into its
+workflow's figures and its spans are let go, so memory holds the runs in flight and one
+``RunStat`` per run, not the spans of the file. A run's wall time is split over phases so that the
 phase times add up to the run's time exactly: each instant goes to the innermost phase span (or
 phase-less call) covering it, split evenly when several overlap, and to ``other`` when nothing
 does. Costs and call counts come from the call spans' own ``budgetspan.phase``.
@@ -9,28 +11,60 @@ does. Costs and call counts come from the call spans' own ``budgetspan.phase``.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from budgetspan import attributes as A
-from budgetspan.report.load import SpanRec
+from budgetspan.report.assemble import MAX_SPANS_IN_FLIGHT, WINDOW, RunAssembler
 from budgetspan.report.numbers import number, percentile
+from budgetspan.report.otlp import Keep, SpanRec
 from budgetspan.report.plan import PlanRow, compare_plan
 from budgetspan.report.run_stats import (
     CALL_OPS,
-    MODEL_OPS,
-    OTHER,
     PHASE_ORDER,
     PhaseStat,
-    RunIndex,
     RunStat,
     SequentialReads,
     build_run,
-    call_cost,
-    is_phase_span,
     sequential_reads,
 )
+from budgetspan.report.sweep import OTHER
+from budgetspan.report.tree import SpanIndex
+
+# The attributes and span events the report reads (the loader skips the values of the others).
+REPORT_KEEP = Keep(
+    keys=frozenset(
+        {
+            A.RUN_ID,
+            A.WORKFLOW,
+            A.GEN_AI_OPERATION_NAME,
+            A.DUPLICATE_CALL,
+            A.BUDGET_PROFILE,
+            A.RUN_OUTCOME,
+            A.EXHAUSTED_REASON,
+            A.EXHAUSTED_EXPLANATION,
+            A.PHASE,
+            A.PHASE_LABEL,
+            A.RETRIES,
+            A.READ_ONLY,
+            A.GEN_AI_USAGE_COST,
+            A.COST_UNPRICED,
+            A.USAGE_UNREPORTED,
+            A.GEN_AI_USAGE_INPUT_TOKENS,
+            A.GEN_AI_USAGE_OUTPUT_TOKENS,
+            A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS,
+            A.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS,
+            A.GEN_AI_RESPONSE_MODEL,
+            A.GEN_AI_REQUEST_MODEL,
+            A.GEN_AI_PROVIDER_NAME,
+            A.GEN_AI_SYSTEM_DEPRECATED,
+        }
+    ),
+    prefixes=(A.LIMIT_PREFIX, A.USAGE_PREFIX),
+    events=frozenset({A.EVENT_WOULD_EXHAUST}),
+)
+MAX_CONTRIBUTORS = 10_000  # distinct (name, phase) per workflow; the rest are summed as "(others)"
 
 # --- per workflow -----------------------------------------------------------------------------
 
@@ -92,117 +126,203 @@ class Analysis:
     plan: list[PlanRow] = field(default_factory=list)
     plan_notes: list[str] = field(default_factory=list)
     spans: int = 0
-
-
-def _contributors(
-    runs: list[tuple[RunStat, list[SpanRec]]],
-    phase_spans: list[SpanRec],
-    total_time: float,
-    total_cost: float,
-) -> list[Contributor]:
-    groups: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
-    for _run, calls in runs:
-        for s in calls:
-            g = groups[(s.name, str(s.attrs.get(A.PHASE, OTHER)))]
-            g[0] += 1
-            g[1] += s.duration_s
-            if s.operation in MODEL_OPS:
-                g[2] += call_cost(s) or 0.0
-    for s in phase_spans:  # phases with no calls inside: waits (approval) and the agent's own work
-        label = s.attrs.get(A.PHASE_LABEL)
-        g = groups[(str(label) if label else s.name, str(s.attrs[A.PHASE]))]
-        g[0] += 1
-        g[1] += s.duration_s
-    return [
-        Contributor(
-            name,
-            phase,
-            int(g[0]),
-            g[1],
-            g[1] / total_time if total_time else 0.0,
-            g[2],
-            g[2] / total_cost if total_cost else 0.0,
-        )
-        for (name, phase), g in groups.items()
-    ]
+    late_spans: int = 0  # spans of runs already reported (see ``assemble``): not counted
+    early_runs: int = 0  # runs finished before they were complete, to stay within the bound
 
 
 def _rates(counter: Counter[str], runs: int) -> list[ReasonRate]:
     return [ReasonRate(reason, n, n / runs if runs else 0.0) for reason, n in counter.most_common()]
 
 
+@dataclass
+class _Workflow:
+    """A workflow's figures so far, folded in run by run."""
+
+    runs: list[RunStat] = field(default_factory=list)
+    contributors: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # count, s, $
+    retries_by_call: Counter[str] = field(default_factory=Counter)
+    sequential_reads: list[SequentialReads] = field(default_factory=list)
+
+    def contributor(self, name: str, phase: str) -> list[float]:
+        g = self.contributors.get((name, phase))
+        if g is None:
+            if len(self.contributors) >= MAX_CONTRIBUTORS:
+                name, phase = "(others)", "-"
+            g = self.contributors.setdefault((name, phase), [0, 0.0, 0.0])
+        return g
+
+    def add(
+        self,
+        run: RunStat,
+        calls: list[SpanRec],
+        costs: list[float | None],
+        empty_phases: list[SpanRec],
+        found: list[SequentialReads],
+    ) -> None:
+        self.runs.append(run)
+        self.sequential_reads.extend(found)
+        contributors = self.contributors
+        for s, cost in zip(calls, costs, strict=True):
+            a = s.attrs
+            key = (s.name, str(a.get(A.PHASE, OTHER)))
+            g = contributors.get(key) or self.contributor(*key)
+            g[0] += 1
+            g[1] += s.duration_s
+            if cost is not None:
+                g[2] += cost
+            if A.RETRIES in a:
+                n_retries = int(number(a[A.RETRIES]) or 0)
+                if n_retries:
+                    self.retries_by_call[s.name] += n_retries
+        for s in empty_phases:  # phases with no calls inside: waits (approval) and the agent's own work
+            label = s.attrs.get(A.PHASE_LABEL)
+            g = self.contributor(str(label) if label else s.name, str(s.attrs[A.PHASE]))
+            g[0] += 1
+            g[1] += s.duration_s
+
+
+class Analyzer:
+    """Folds finished runs (a ``RunAssembler`` sink) into per-workflow figures."""
+
+    def __init__(self) -> None:
+        self.workflows: dict[str, _Workflow] = {}
+        self._has_calls: set[SpanRec] = set()  # phase spans with a call somewhere below
+
+    def add_runs(self, runs: list[tuple[str, list[SpanRec]]], traces: dict[str, dict[str, SpanRec]]) -> None:
+        index = SpanIndex(traces)
+        # every run's walk up from its calls first: runs finished together see each other's calls
+        groups = [(rid, self._walk_up(spans, index)) for rid, spans in runs]
+        for rid, group in groups:
+            run, calls, costs = build_run(rid, group, index)
+            empty = []
+            for s in group:
+                if s.is_phase:
+                    if s in self._has_calls:
+                        self._has_calls.discard(s)
+                    else:
+                        empty.append(s)
+            wf = self.workflows.setdefault(run.workflow, _Workflow())
+            wf.add(run, calls, costs, empty, sequential_reads(run, calls, index))
+
+    def _walk_up(self, spans: list[SpanRec], index: SpanIndex) -> list[SpanRec]:
+        """Marks the phase blocks above the run's calls as having calls; returns the run's spans
+        plus the phase blocks above its calls that carry no run id (phase blocks outside a
+        declared run belong to the run of their calls). Each span is walked through once."""
+        group = list(spans)
+        visited: set[SpanRec] = set()
+        for s in spans:
+            if s.operation not in CALL_OPS:
+                continue
+            for node in index.ancestors(s):
+                if node in visited:
+                    break  # its ancestors were walked already
+                visited.add(node)
+                if node.is_phase:
+                    self._has_calls.add(node)
+                    if A.RUN_ID not in node.attrs:
+                        group.append(node)
+        return group
+
+    def result(
+        self, plan: Mapping[str, Mapping[str, float]] | None = None, top: int = 5, spans: int = 0
+    ) -> Analysis:
+        workflows = [_workflow_stat(name, self.workflows[name], top) for name in sorted(self.workflows)]
+        runs = sorted((r for wf in self.workflows.values() for r in wf.runs), key=lambda r: r.start_ns)
+        result = Analysis(workflows=workflows, runs=runs, spans=spans)
+        if plan is not None:
+            result.plan, result.plan_notes = compare_plan(plan, result.runs)
+        return result
+
+
 def analyze(
-    spans: Iterable[SpanRec], plan: Mapping[str, Mapping[str, float]] | None = None, top: int = 5
+    spans: Iterable[SpanRec],
+    plan: Mapping[str, Mapping[str, float]] | None = None,
+    top: int = 5,
+    *,
+    window: int | None = None,
+    max_in_flight: int | None = None,
 ) -> Analysis:
-    """Group spans into runs and workflows and compute every figure of the report."""
-    spans = list(spans)
-    index = RunIndex(spans)
-    by_run: dict[str, list[SpanRec]] = defaultdict(list)
-    for s in spans:
-        rid = s.attrs.get(A.RUN_ID)
-        if isinstance(rid, str) and rid:
-            by_run[rid].append(s)
-    _adopt_phase_spans(by_run, index)
-    has_calls = _phases_with_calls(spans, index)
-    built = [build_run(rid, group, index) for rid, group in by_run.items()]
-    built.sort(key=lambda rc: rc[0].start_ns)
-    by_workflow: dict[str, list[tuple[RunStat, list[SpanRec]]]] = defaultdict(list)
-    for rc in built:
-        by_workflow[rc[0].workflow].append(rc)
-    workflows = []
-    for wf in sorted(by_workflow):
-        items = by_workflow[wf]
-        empty_phases = [
-            s
-            for r, _ in items
-            for s in by_run[r.run_id]
-            if is_phase_span(s) and (s.trace_id, s.span_id) not in has_calls
-        ]
-        workflows.append(_workflow_stat(wf, items, empty_phases, index, top))
-    result = Analysis(workflows=workflows, runs=[r for r, _ in built], spans=len(spans))
-    if plan is not None:
-        result.plan, result.plan_notes = compare_plan(plan, result.runs)
+    """Group spans into runs and workflows and compute every figure of the report.
+
+    By default every span is held until the end (spans in any order); ``window`` and
+    ``max_in_flight`` stream them instead (see ``assemble``)."""
+    analyzer = Analyzer()
+    assembler = RunAssembler(analyzer.add_runs, window=window, max_in_flight=max_in_flight)
+    assembler.add_all(spans)
+    assembler.close()
+    return finish(analyzer, assembler, plan, top)
+
+
+def analyze_stream(
+    batches: Iterable[list[SpanRec]],
+    plan: Mapping[str, Mapping[str, float]] | None = None,
+    top: int = 5,
+    *,
+    window: int | None = WINDOW,
+    max_in_flight: int | None = MAX_SPANS_IN_FLIGHT,
+) -> Analysis:
+    """``analyze`` over batches of spans (one per line), holding only the runs in flight."""
+    analyzer = Analyzer()
+    assembler = RunAssembler(analyzer.add_runs, window=window, max_in_flight=max_in_flight)
+    add = assembler.add
+    for batch in batches:
+        for s in batch:
+            add(s)
+    assembler.close()
+    return finish(analyzer, assembler, plan, top)
+
+
+def finish(
+    analyzer: Analyzer, assembler: RunAssembler, plan: Mapping[str, Mapping[str, float]] | None, top: int
+) -> Analysis:
+    counted = assembler.read - assembler.duplicate_spans - assembler.late_spans
+    result = analyzer.result(plan, top, counted)
+    result.late_spans, result.early_runs = assembler.late_spans, assembler.early_runs
     return result
 
 
-def _workflow_stat(
-    wf: str,
-    items: list[tuple[RunStat, list[SpanRec]]],
-    empty_phases: list[SpanRec],
-    index: RunIndex,
-    top: int,
-) -> WorkflowStat:
-    runs = [r for r, _ in items]
+def _workflow_stat(name: str, wf: _Workflow, top: int) -> WorkflowStat:
+    runs = wf.runs
+    runs.sort(key=lambda r: r.start_ns)
     n = len(runs)
     total_time = sum(r.wall_s for r in runs)
     total_cost = sum(r.cost_usd for r in runs)
     outcomes = Counter(r.outcome for r in runs)
     successes = outcomes.get("success", 0)
     phase_cost_total = sum(st.cost_usd for r in runs for st in r.phases.values())
-    contributors = _contributors(items, empty_phases, total_time, phase_cost_total)
-    retries_by_call: Counter[str] = Counter()
-    for _r, calls in items:
-        for s in calls:
-            n_retries = int(number(s.attrs.get(A.RETRIES)) or 0)
-            if n_retries:
-                retries_by_call[s.name] += n_retries
-    by_cost = [c for c in sorted(contributors, key=lambda c: -c.cost_usd) if c.cost_usd > 0]
+    contributors = [
+        Contributor(
+            c_name,
+            phase,
+            int(g[0]),
+            g[1],
+            g[1] / total_time if total_time else 0.0,
+            g[2],
+            g[2] / phase_cost_total if phase_cost_total else 0.0,
+        )
+        for (c_name, phase), g in wf.contributors.items()
+    ]
+    by_time = sorted(contributors, key=lambda c: (-c.time_s, c.name, c.phase))
+    by_cost = [
+        c for c in sorted(contributors, key=lambda c: (-c.cost_usd, c.name, c.phase)) if c.cost_usd > 0
+    ]
+    start_of = {r.run_id: r.start_ns for r in runs}
     exhausted = Counter(r.reason or "unknown" for r in runs if r.outcome == "budget_exhausted")
     return WorkflowStat(
-        workflow=wf,
+        workflow=name,
         runs=n,
         outcomes=dict(outcomes.most_common()),
         total_cost_usd=total_cost,
         total_time_s=total_time,
         cost_per_success=total_cost / successes if successes else None,
         phases=_phase_summaries(runs, total_time, phase_cost_total),
-        top_by_time=sorted(contributors, key=lambda c: -c.time_s)[:top],
+        top_by_time=by_time[:top],
         top_by_cost=by_cost[:top],
         exhaustions=_rates(exhausted, n),
         would_exhaust=_rates(Counter(x for r in runs for x in r.would_exhaust), n),
         retries=sum(r.retries for r in runs),
-        retries_by_call=dict(retries_by_call.most_common()),
-        sequential_reads=[f for r, calls in items for f in sequential_reads(r, calls, index)],
+        retries_by_call=dict(wf.retries_by_call.most_common()),
+        sequential_reads=sorted(wf.sequential_reads, key=lambda f: start_of.get(f.run_id, 0)),
         unpriced_calls=sum(r.unpriced_calls for r in runs),
     )
 
@@ -231,42 +351,16 @@ def _phase_summaries(runs: list[RunStat], total_time: float, phase_cost_total: f
     return phases
 
 
-def _adopt_phase_spans(by_run: dict[str, list[SpanRec]], index: RunIndex) -> None:
-    """Phase blocks outside a declared run carry no run id: they belong to the run of their calls."""
-    for group in by_run.values():
-        have = {(s.trace_id, s.span_id) for s in group}
-        for s in list(group):
-            if s.operation not in CALL_OPS:
-                continue
-            node, hops = index.parent(s), 0
-            while node is not None and hops < 256:
-                key = (node.trace_id, node.span_id)
-                if is_phase_span(node) and A.RUN_ID not in node.attrs and key not in have:
-                    have.add(key)
-                    group.append(node)
-                node, hops = index.parent(node), hops + 1
-
-
-def _phases_with_calls(spans: list[SpanRec], index: RunIndex) -> set[tuple[str, str]]:
-    """Phase spans with a call somewhere below them (the others are waits or the agent's own work)."""
-    has_calls: set[tuple[str, str]] = set()
-    for s in spans:
-        if s.operation in CALL_OPS:
-            node, hops = index.parent(s), 0
-            while node is not None and hops < 256:
-                if is_phase_span(node):
-                    has_calls.add((node.trace_id, node.span_id))
-                node, hops = index.parent(node), hops + 1
-    return has_calls
-
-
 __all__ = [
     "OTHER",
+    "REPORT_KEEP",
     "Analysis",
+    "Analyzer",
     "Contributor",
     "PhaseStat",
     "RunStat",
     "SequentialReads",
     "WorkflowStat",
     "analyze",
+    "analyze_stream",
 ]

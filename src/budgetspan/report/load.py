@@ -1,50 +1,22 @@
 """Reading spans for ``budgetspan report``: OTLP JSON lines (the Collector file exporter's format).
 
-A bad line is reported with its file and line number and skipped; the rest of the file is still
-read. Spans seen twice (the same file given twice, a retried export) are kept once.
+Files are read one line at a time (bytes; parsed by ``otlp``). A bad line is reported with its
+file and line number and skipped; the rest of the file is still read. ``read_spans`` streams the
+spans line by line and keeps at most ``max_errors`` errors (the rest are counted); ``load_files``
+holds every span and error in memory, keeping spans seen twice (the same file given twice, a
+retried export) once.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import IO, Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import IO
 
-from budgetspan import attributes as A
-
-_STATUS_ERROR = 2  # OTLP Status.code: 0 unset, 1 ok, 2 error
-
-
-@dataclass(slots=True)
-class SpanRec:
-    """One span, reduced to what the report needs."""
-
-    trace_id: str
-    span_id: str
-    parent_id: str | None
-    name: str
-    start_ns: int
-    end_ns: int
-    attrs: dict[str, Any]
-    error: bool = False
-    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-
-    @property
-    def duration_s(self) -> float:
-        return max(0, self.end_ns - self.start_ns) / 1e9
-
-    @property
-    def operation(self) -> str | None:
-        """The GenAI operation, or None: also for a span that another span of the same call
-        stands for (two instrumentations saw one request: it is counted once)."""
-        if self.attrs.get(A.DUPLICATE_CALL) is True:
-            return None
-        op = self.attrs.get(A.GEN_AI_OPERATION_NAME)
-        return op if isinstance(op, str) else None
+from budgetspan.report.otlp import BadLine, Keep, SpanRec, parse_line, parse_request
 
 
 @dataclass(frozen=True)
@@ -57,96 +29,6 @@ class LoadError:
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}: {self.message}"
-
-
-class BadLine(ValueError):
-    pass
-
-
-def _value(v: Any) -> Any:
-    """An OTLP/JSON AnyValue as a Python value."""
-    if not isinstance(v, dict):
-        raise BadLine(f"attribute value is not an object: {v!r}")
-    if "stringValue" in v:
-        return str(v["stringValue"])
-    if "boolValue" in v:
-        return bool(v["boolValue"])
-    if "intValue" in v:
-        return int(v["intValue"])
-    if "doubleValue" in v:
-        return float(v["doubleValue"])
-    if "arrayValue" in v:
-        return [_value(x) for x in (v["arrayValue"] or {}).get("values", [])]
-    if "kvlistValue" in v:
-        return _attrs((v["kvlistValue"] or {}).get("values", []))
-    if "bytesValue" in v:
-        return str(v["bytesValue"])
-    return None  # an empty AnyValue
-
-
-def _attrs(items: Any) -> dict[str, Any]:
-    if not isinstance(items, list):
-        raise BadLine("attributes is not a list")
-    out: dict[str, Any] = {}
-    for kv in items:
-        if not isinstance(kv, dict) or "key" not in kv:
-            raise BadLine(f"attribute without a key: {kv!r}")
-        out[str(kv["key"])] = _value(kv.get("value", {}))
-    return out
-
-
-def _span(raw: Any) -> SpanRec:
-    if not isinstance(raw, dict):
-        raise BadLine("a span is not an object")
-    try:
-        trace_id = str(raw["traceId"])
-        span_id = str(raw["spanId"])
-        start = int(raw["startTimeUnixNano"])
-        end = int(raw.get("endTimeUnixNano", start))
-    except KeyError as e:
-        raise BadLine(f"span without {e.args[0]}") from None
-    except (TypeError, ValueError) as e:
-        raise BadLine(f"bad span timestamp ({e})") from None
-    status = raw.get("status") or {}
-    events = [
-        (str(ev.get("name", "")), _attrs(ev.get("attributes", [])))
-        for ev in raw.get("events", []) or []
-        if isinstance(ev, dict)
-    ]
-    return SpanRec(
-        trace_id=trace_id,
-        span_id=span_id,
-        parent_id=str(raw["parentSpanId"]) if raw.get("parentSpanId") else None,
-        name=str(raw.get("name", "")),
-        start_ns=start,
-        end_ns=end,
-        attrs=_attrs(raw.get("attributes", [])),
-        error=isinstance(status, dict) and status.get("code") in (_STATUS_ERROR, "STATUS_CODE_ERROR"),
-        events=events,
-    )
-
-
-def parse_request(data: Any) -> list[SpanRec]:
-    """The spans of one OTLP/JSON ``ExportTraceServiceRequest``. Raises BadLine."""
-    if not isinstance(data, dict) or "resourceSpans" not in data:
-        raise BadLine("not an OTLP trace export (no resourceSpans)")
-    spans: list[SpanRec] = []
-    for rs in data.get("resourceSpans") or []:
-        if not isinstance(rs, dict):
-            raise BadLine("resourceSpans entry is not an object")
-        for ss in rs.get("scopeSpans") or []:
-            if not isinstance(ss, dict):
-                raise BadLine("scopeSpans entry is not an object")
-            spans.extend(_span(s) for s in ss.get("spans") or [])
-    return spans
-
-
-def parse_line(text: str) -> list[SpanRec]:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise BadLine(f"not valid JSON ({e.msg} at column {e.colno})") from None
-    return parse_request(data)
 
 
 class Progress:
@@ -180,28 +62,75 @@ class Progress:
             self.stream.flush()
 
 
-def load_lines(
-    lines: Iterable[str], path: str, errors: list[LoadError], seen: set[tuple[str, str]]
-) -> Iterable[tuple[int, list[SpanRec]]]:
-    """Parse lines, yielding (bytes consumed, new spans); bad lines go to ``errors``."""
-    for number, line in enumerate(lines, start=1):
-        size = len(line)
-        if not line.strip():
-            yield size, []
-            continue
+def _total_size(paths: Sequence[str]) -> int:
+    total = 0
+    for p in paths:
         try:
-            spans = parse_line(line)
-        except BadLine as e:
-            errors.append(LoadError(path, number, str(e)))
-            yield size, []
-            continue
-        fresh = []
-        for s in spans:
-            key = (s.trace_id, s.span_id)
-            if key not in seen:
-                seen.add(key)
-                fresh.append(s)
-        yield size, fresh
+            total += os.path.getsize(p)
+        except OSError:
+            pass
+    return total
+
+
+class SpanReader:
+    """Streams the spans of OTLP JSON lines files, one line's spans at a time.
+
+    Errors go to ``on_error`` as they are found; the first ``max_errors`` are kept in ``errors``
+    (all of them when None) and ``error_count`` counts every one, so a file of garbage does not
+    fill memory with error records.
+    """
+
+    def __init__(
+        self,
+        *,
+        keep: Keep | None = None,
+        progress: bool = False,
+        progress_stream: IO[str] | None = None,
+        on_error: Callable[[LoadError], None] | None = None,
+        max_errors: int | None = None,
+    ) -> None:
+        self.keep = keep
+        self.progress = progress
+        self.progress_stream = progress_stream
+        self.on_error = on_error
+        self.max_errors = max_errors
+        self.errors: list[LoadError] = []
+        self.error_count = 0
+        self.spans_read = 0
+
+    def _error(self, err: LoadError) -> None:
+        self.error_count += 1
+        if self.max_errors is None or len(self.errors) < self.max_errors:
+            self.errors.append(err)
+        if self.on_error is not None:
+            self.on_error(err)
+
+    def read(self, paths: Sequence[str]) -> Iterator[list[SpanRec]]:
+        """The spans of each good line, file after file, in file order."""
+        bar = Progress(_total_size(paths), self.progress, self.progress_stream)
+        try:
+            for p in paths:
+                try:
+                    with open(p, "rb") as f:
+                        yield from self._lines(f, p, bar)
+                except OSError as e:
+                    self._error(LoadError(p, 0, f"cannot read the file ({e.strerror})"))
+        finally:
+            bar.close()
+
+    def _lines(self, lines: Iterable[bytes], path: str, bar: Progress) -> Iterator[list[SpanRec]]:
+        keep = self.keep
+        for number, line in enumerate(lines, start=1):
+            bar.advance(len(line), self.spans_read)
+            if line.isspace() or not line:
+                continue
+            try:
+                spans = parse_line(line, keep)
+            except BadLine as e:
+                self._error(LoadError(path, number, str(e)))
+                continue
+            self.spans_read += len(spans)
+            yield spans
 
 
 def load_files(
@@ -211,33 +140,26 @@ def load_files(
     progress_stream: IO[str] | None = None,
     on_error: Callable[[LoadError], None] | None = None,
 ) -> tuple[list[SpanRec], list[LoadError]]:
-    """Read every file; returns (spans, errors). A missing file is an error, not an exception."""
-    errors: list[LoadError] = []
+    """Read every file into memory; returns (spans, errors). A missing file is an error, not an
+    exception. Every attribute is read (``read_spans`` can read only those the report uses)."""
+    reader = SpanReader(progress=progress, progress_stream=progress_stream, on_error=on_error)
     spans: list[SpanRec] = []
     seen: set[tuple[str, str]] = set()
-    total = 0
-    for p in paths:
-        try:
-            total += os.path.getsize(p)
-        except OSError:
-            pass
-    bar = Progress(total, progress, progress_stream)
-    try:
-        for p in paths:
-            before = len(errors)
-            try:
-                with open(p, encoding="utf-8", errors="replace") as f:
-                    for size, new in load_lines(f, p, errors, seen):
-                        spans.extend(new)
-                        bar.advance(size, len(spans))
-            except OSError as e:
-                errors.append(LoadError(p, 0, f"cannot read the file ({e.strerror})"))
-            if on_error is not None:
-                for err in errors[before:]:
-                    on_error(err)
-    finally:
-        bar.close()
-    return spans, errors
+    for batch in reader.read(paths):
+        for s in batch:
+            key = (s.trace_id, s.span_id)
+            if key not in seen:
+                seen.add(key)
+                spans.append(s)
+    return spans, reader.errors
 
 
-__all__ = ["BadLine", "LoadError", "SpanRec", "load_files", "parse_line", "parse_request"]
+__all__ = [
+    "BadLine",
+    "LoadError",
+    "SpanReader",
+    "SpanRec",
+    "load_files",
+    "parse_line",
+    "parse_request",
+]

@@ -8,19 +8,21 @@ spans' own ``budgetspan.phase``.
 
 from __future__ import annotations
 
+import sys
 from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from budgetspan import attributes as A
-from budgetspan.report.load import SpanRec
 from budgetspan.report.numbers import number
+from budgetspan.report.otlp import SpanRec
+from budgetspan.report.sweep import OTHER, Interval, phase_times
+from budgetspan.report.tree import SpanIndex
 from budgetspan.runs.phases import PHASES
 
-OTHER = "other"
 MODEL_OPS = A.MODEL_OPERATIONS
 CALL_OPS = MODEL_OPS | {A.OP_EXECUTE_TOOL, A.OP_RETRIEVAL}
 PHASE_ORDER = (*PHASES, OTHER)
+_LIMIT_OR_USAGE = (A.LIMIT_PREFIX, A.USAGE_PREFIX)
 
 # Limit name -> the usage attribute it is compared to (budgetspan.usage.*).
 LIMIT_USAGE = {
@@ -35,7 +37,7 @@ LIMIT_USAGE = {
 }
 
 
-@dataclass
+@dataclass(slots=True)
 class PhaseStat:
     time_s: float = 0.0
     cost_usd: float = 0.0
@@ -48,7 +50,7 @@ class PhaseStat:
         return self.model_calls + self.tool_calls + self.retrievals
 
 
-@dataclass
+@dataclass(slots=True)
 class Read:
     name: str
     offset_s: float  # from the run's start
@@ -66,7 +68,7 @@ class SequentialReads:
     saving_s: float  # time saved had they all run at once
 
 
-@dataclass
+@dataclass(slots=True)
 class RunStat:
     run_id: str
     workflow: str
@@ -143,141 +145,119 @@ def call_cost(span: SpanRec) -> float | None:
         return None
 
 
-def is_phase_span(span: SpanRec) -> bool:
-    return span.operation is None and A.PHASE in span.attrs and span.name.startswith("phase ")
-
-
-def _phase_times(start: int, end: int, intervals: list[tuple[int, int, int, str]]) -> dict[str, float]:
-    """Split [start, end] over phases: innermost covering interval wins, ties split evenly."""
-    out: dict[str, float] = defaultdict(float)
-    if end <= start:
-        return {}
-    marks: list[tuple[int, int, int]] = []  # (time, +1 start / -1 end, interval index)
-    for i, (s, e, _depth, _phase) in enumerate(intervals):
-        s, e = max(s, start), min(e, end)
-        if e > s:
-            marks.append((s, 1, i))
-            marks.append((e, -1, i))
-    marks.sort(key=lambda m: (m[0], m[1]))
-    active: set[int] = set()
-    t = start
-    for when, delta, i in marks:
-        if when > t:
-            _spread(out, when - t, active, intervals)
-            t = when
-        if delta > 0:
-            active.add(i)
-        else:
-            active.discard(i)
-    if end > t:
-        _spread(out, end - t, active, intervals)
-    return {p: ns / 1e9 for p, ns in out.items()}
-
-
-def _spread(
-    out: dict[str, float], ns: int, active: set[int], intervals: list[tuple[int, int, int, str]]
-) -> None:
-    if not active:
-        out[OTHER] += ns
-        return
-    depth = max(intervals[i][2] for i in active)
-    phases = {intervals[i][3] for i in active if intervals[i][2] == depth}
-    for p in phases:
-        out[p] += ns / len(phases)
-
-
-class RunIndex:
-    """Parent lookups within the loaded spans."""
-
-    def __init__(self, spans: Sequence[SpanRec]) -> None:
-        self.by_id = {(s.trace_id, s.span_id): s for s in spans}
-
-    def parent(self, span: SpanRec) -> SpanRec | None:
-        if span.parent_id is None:
-            return None
-        return self.by_id.get((span.trace_id, span.parent_id))
-
-    def phase_depth(self, span: SpanRec) -> int:
-        """How many phase spans enclose ``span`` (itself excluded)."""
-        depth, node, hops = 0, self.parent(span), 0
-        while node is not None and hops < 256:
-            if is_phase_span(node):
-                depth += 1
-            node, hops = self.parent(node), hops + 1
-        return depth
-
-
-# long: one pass over a run's spans that fills every figure of RunStat
-def build_run(run_id: str, spans: list[SpanRec], index: RunIndex) -> tuple[RunStat, list[SpanRec]]:
-    run_span = next((s for s in spans if s.operation == A.OP_INVOKE_AGENT), None)
-    workflow = next((str(s.attrs[A.WORKFLOW]) for s in spans if A.WORKFLOW in s.attrs), "default")
-    r = RunStat(run_id=run_id, workflow=workflow)
-    if run_span is not None:
-        r.has_run_span = True
-        r.start_ns, r.end_ns = run_span.start_ns, run_span.end_ns
-        a = run_span.attrs
-        r.workflow = str(a.get(A.WORKFLOW, workflow))
-        r.profile = str(a[A.BUDGET_PROFILE]) if A.BUDGET_PROFILE in a else None
-        r.outcome = str(a.get(A.RUN_OUTCOME, "unknown"))
-        r.reason = str(a[A.EXHAUSTED_REASON]) if A.EXHAUSTED_REASON in a else None
-        r.explanation = str(a[A.EXHAUSTED_EXPLANATION]) if A.EXHAUSTED_EXPLANATION in a else None
-        for key, value in a.items():
+def _run_span_figures(r: RunStat, run_span: SpanRec) -> None:
+    r.has_run_span = True
+    r.start_ns, r.end_ns = run_span.start_ns, run_span.end_ns
+    a = run_span.attrs
+    r.workflow = sys.intern(str(a.get(A.WORKFLOW, r.workflow)))
+    r.profile = sys.intern(str(a[A.BUDGET_PROFILE])) if A.BUDGET_PROFILE in a else None
+    r.outcome = sys.intern(str(a.get(A.RUN_OUTCOME, "unknown")))
+    r.reason = sys.intern(str(a[A.EXHAUSTED_REASON])) if A.EXHAUSTED_REASON in a else None
+    r.explanation = str(a[A.EXHAUSTED_EXPLANATION]) if A.EXHAUSTED_EXPLANATION in a else None
+    for key, value in a.items():
+        if key.startswith(_LIMIT_OR_USAGE):
             num = number(value)
             if num is None:
                 continue
             if key.startswith(A.LIMIT_PREFIX):
-                r.limits[key[len(A.LIMIT_PREFIX) :]] = num
-            elif key.startswith(A.USAGE_PREFIX):
-                r.usage[key[len(A.USAGE_PREFIX) :]] = num
-        for name, attrs in run_span.events:
-            if name == A.EVENT_WOULD_EXHAUST and A.EXHAUSTED_REASON in attrs:
-                r.would_exhaust.append(str(attrs[A.EXHAUSTED_REASON]))
-    else:
-        r.start_ns = min(s.start_ns for s in spans)
-        r.end_ns = max(s.end_ns for s in spans)
+                r.limits[sys.intern(key[len(A.LIMIT_PREFIX) :])] = num
+            else:
+                r.usage[sys.intern(key[len(A.USAGE_PREFIX) :])] = num
+    for name, attrs in run_span.events:
+        if name == A.EVENT_WOULD_EXHAUST and A.EXHAUSTED_REASON in attrs:
+            r.would_exhaust.append(str(attrs[A.EXHAUSTED_REASON]))
 
-    calls = [s for s in spans if s.operation in CALL_OPS]
-    intervals: list[tuple[int, int, int, str]] = []
+
+def _classify(spans: list[SpanRec]) -> tuple[SpanRec | None, str, list[SpanRec], list[SpanRec]]:
+    """(run span, workflow, calls, phase blocks), in one pass."""
+    run_span: SpanRec | None = None
+    workflow: str | None = None
+    calls: list[SpanRec] = []
+    phases: list[SpanRec] = []
     for s in spans:
-        if is_phase_span(s):
-            phase = str(s.attrs[A.PHASE])
-            intervals.append((s.start_ns, s.end_ns, index.phase_depth(s) + 1, phase))
-            if phase == "verification":
-                r.verification_steps += 1
-            elif phase == "approval":
-                r.approval_waits += 1
+        op = s.operation
+        if op in CALL_OPS:
+            calls.append(s)
+        elif s.is_phase:
+            phases.append(s)
+        elif op == A.OP_INVOKE_AGENT and run_span is None:
+            run_span = s
+        if workflow is None:
+            w = s.attrs.get(A.WORKFLOW)
+            if w is not None:
+                workflow = str(w)
+    return run_span, workflow or "default", calls, phases
+
+
+def _intervals(
+    r: RunStat, phase_spans: list[SpanRec], calls: list[SpanRec], index: SpanIndex
+) -> list[Interval]:
+    """Phase blocks (at their nesting depth) and calls outside any phase block (at depth 1)."""
+    intervals: list[Interval] = []
+    for s in phase_spans:
+        phase = str(s.attrs[A.PHASE])
+        intervals.append((s.start_ns, s.end_ns, index.phase_depth(s) + 1, phase))
+        if phase == "verification":
+            r.verification_steps += 1
+        elif phase == "approval":
+            r.approval_waits += 1
     for s in calls:
-        if index.phase_depth(s) == 0:
+        if not index.under_phase(s):
             intervals.append((s.start_ns, s.end_ns, 1, str(s.attrs.get(A.PHASE, OTHER))))
-    phases: dict[str, PhaseStat] = defaultdict(PhaseStat)
-    for phase, secs in _phase_times(r.start_ns, r.end_ns, intervals).items():
-        phases[phase].time_s += secs
-    span_cost = 0.0
+    return intervals
+
+
+def _count_calls(r: RunStat, calls: list[SpanRec], phases: dict[str, PhaseStat]) -> list[float | None]:
+    """Calls and their cost, per phase and for the run; returns each call's cost (None: unknown
+    or not a model call)."""
+    costs: list[float | None] = []
     for s in calls:
-        st = phases[str(s.attrs.get(A.PHASE, OTHER))]
-        r.retries += int(number(s.attrs.get(A.RETRIES)) or 0)
+        a = s.attrs
+        st = phases[str(a.get(A.PHASE, OTHER))]
+        if A.RETRIES in a:
+            r.retries += int(number(a[A.RETRIES]) or 0)
+        cost = None
         if s.operation in MODEL_OPS:
             st.model_calls += 1
             r.model_calls += 1
             cost = call_cost(s)
             if cost is None:
-                r.unpriced_calls += 1 if not s.attrs.get(A.USAGE_UNREPORTED) else 0
+                r.unpriced_calls += 1 if not a.get(A.USAGE_UNREPORTED) else 0
             else:
                 st.cost_usd += cost
-                span_cost += cost
         elif s.operation == A.OP_EXECUTE_TOOL:
             st.tool_calls += 1
             r.tool_calls += 1
         else:
             st.retrievals += 1
             r.retrievals += 1
+        costs.append(cost)
+    return costs
+
+
+def build_run(
+    run_id: str, spans: list[SpanRec], index: SpanIndex
+) -> tuple[RunStat, list[SpanRec], list[float | None]]:
+    """A run's figures from its spans (``index`` finds their ancestors); returns its calls and
+    their costs too."""
+    run_span, workflow, calls, phase_spans = _classify(spans)
+    r = RunStat(run_id=run_id, workflow=sys.intern(workflow))
+    if run_span is not None:
+        _run_span_figures(r, run_span)
+    else:
+        r.start_ns = min(s.start_ns for s in spans)
+        r.end_ns = max(s.end_ns for s in spans)
+    phases: dict[str, PhaseStat] = defaultdict(PhaseStat)
+    for phase, secs in phase_times(r.start_ns, r.end_ns, _intervals(r, phase_spans, calls, index)).items():
+        phases[phase].time_s += secs
+    costs = _count_calls(r, calls, phases)
     ledger_cost = r.usage.get("cost_usd")
-    r.cost_usd = ledger_cost if ledger_cost is not None else span_cost
-    r.phases = dict(phases)
-    return r, calls
+    r.cost_usd = ledger_cost if ledger_cost is not None else sum(c for c in costs if c is not None)
+    r.phases = {sys.intern(p): st for p, st in phases.items()}  # one copy of each name for all runs
+    return r, calls, costs
 
 
-def sequential_reads(run: RunStat, calls: list[SpanRec], index: RunIndex) -> list[SequentialReads]:
+def sequential_reads(run: RunStat, calls: list[SpanRec], index: SpanIndex) -> list[SequentialReads]:
     """Read-only calls under one parent that did not overlap in time."""
     groups: dict[str | None, list[SpanRec]] = defaultdict(list)
     for s in calls:
@@ -300,7 +280,7 @@ def sequential_reads(run: RunStat, calls: list[SpanRec], index: RunIndex) -> lis
         if len(batches) < 2:
             continue
         durations = [(max(s.end_ns for s in b) - min(s.start_ns for s in b)) / 1e9 for b in batches]
-        parent = index.by_id.get((reads[0].trace_id, parent_id)) if parent_id else None
+        parent = index.get(reads[0].trace_id, parent_id)
         found.append(
             SequentialReads(
                 workflow=run.workflow,

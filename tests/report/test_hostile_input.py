@@ -1,0 +1,318 @@
+"""`budgetspan report` on hostile trace files: every bad line is named and skipped, never a crash;
+text from spans never reaches the terminal raw."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from budgetspan import attributes as A
+from budgetspan.report.analysis import REPORT_KEEP, analyze_stream
+from budgetspan.report.load import SpanReader, load_files
+from budgetspan.report.otlp import BadLine, SpanRec, parse_line
+from budgetspan.report.render import add_arguments, run_report
+
+S = 1_000_000_000
+TRACE = "5b8efff798038103d269b633813fc60c"
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return False
+
+
+def report(*argv: str) -> tuple[int, str, str]:
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    out, err = _Tty(), _Tty()
+    code = run_report(p.parse_args(list(argv)), out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def attr(key: str, value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return {"key": key, "value": value}
+    if isinstance(value, bool):
+        return {"key": key, "value": {"boolValue": value}}
+    if isinstance(value, int):
+        return {"key": key, "value": {"intValue": str(value)}}
+    if isinstance(value, float):
+        return {"key": key, "value": {"doubleValue": value}}
+    return {"key": key, "value": {"stringValue": value}}
+
+
+def span(
+    span_id: str, name: str, start: float, end: float, parent: str | None = None, **attrs: Any
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "traceId": TRACE,
+        "spanId": span_id,
+        "name": name,
+        "startTimeUnixNano": str(int(start * S)),
+        "endTimeUnixNano": str(int(end * S)),
+        "attributes": [attr(k.replace("__", "."), v) for k, v in attrs.items()],
+    }
+    if parent:
+        out["parentSpanId"] = parent
+    return out
+
+
+def line(*spans: dict[str, Any]) -> str:
+    return json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": list(spans)}]}]})
+
+
+def a_run(run_id: str = "r1", workflow: str = "wf", chat_name: str = "chat m") -> list[dict[str, Any]]:
+    """A run: one chat call inside a phase block, then the run span (spans are written as they end)."""
+    base = {"budgetspan__run__id": run_id, "budgetspan__workflow": workflow}
+    return [
+        span(
+            f"{run_id}c",
+            chat_name,
+            1,
+            2,
+            f"{run_id}p",
+            gen_ai__operation__name="chat",
+            budgetspan__phase="model_decision",
+            gen_ai__usage__cost=0.5,
+            **base,
+        ),
+        span(
+            f"{run_id}p",
+            "phase model_decision",
+            1,
+            3,
+            f"{run_id}r",
+            budgetspan__phase="model_decision",
+            **base,
+        ),
+        span(
+            f"{run_id}r",
+            f"invoke_agent {workflow}",
+            0,
+            4,
+            gen_ai__operation__name="invoke_agent",
+            budgetspan__run__outcome="success",
+            **base,
+        ),
+    ]
+
+
+def _chat_with(value: dict[str, Any]) -> str:
+    """A good run whose chat call carries ``value`` as its input token count."""
+    spans = a_run("bad")
+    spans[0]["attributes"].append({"key": A.GEN_AI_USAGE_INPUT_TOKENS, "value": value})
+    return line(*spans)
+
+
+HOSTILE = {
+    "deep nesting (past the JSON parser's limit)": (
+        "[" * 100_000 + "]" * 100_000,
+        "not valid JSON (depth limit",
+    ),
+    "deep nesting (inside the parser's limit, in a span name)": (
+        line({**a_run("x")[0], "name": json.loads("[" * 900 + "]" * 900)}),
+        "span 1: span name is a list, not a string",
+    ),
+    "deeply nested attribute value": (
+        _chat_with(json.loads('{"kvlistValue":{"values":[{"key":"k","value":' * 50 + "{}" + "}]}}" * 50)),
+        "nested deeper than 8 levels",
+    ),
+    "intValue '12abc'": (_chat_with({"intValue": "12abc"}), "intValue is not an integer (a string)"),
+    "a 5,000-digit intValue string": (_chat_with({"intValue": "9" * 5000}), "intValue is not an integer"),
+    "a 5,000-digit JSON number": (
+        _chat_with({"intValue": 0}).replace('"intValue": 0', '"intValue": ' + "9" * 5000),
+        "not valid JSON",
+    ),
+    "a 5,000-digit timestamp": (
+        line({**a_run("x")[0], "startTimeUnixNano": "1" * 5000}),
+        "startTimeUnixNano is not an integer",
+    ),
+    "doubleValue 'x'": (_chat_with({"doubleValue": "x"}), "doubleValue is not a number (a string)"),
+    "spans: 7": (
+        json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": 7}]}]}),
+        "spans is a number, not a list",
+    ),
+    "scopeSpans: 'x'": (
+        json.dumps({"resourceSpans": [{"scopeSpans": "x"}]}),
+        "scopeSpans is a string, not a list",
+    ),
+    "attributes: {}": (line({**a_run("x")[0], "attributes": {}}), "attributes is an object, not a list"),
+    "invalid UTF-8 in a key": (
+        b'{"resourceSpans": 7, "\xff": 1}'.decode("latin-1"),
+        "resourceSpans is a number",
+    ),
+    "a lone surrogate": ('{"resourceSpans": [], "k": "\\ud800"}', "not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("kind", list(HOSTILE))
+def test_each_kind_of_hostile_line_is_named_and_skipped(kind: str, tmp_path: Path) -> None:
+    text, reason = HOSTILE[kind]
+    path = tmp_path / "traces.jsonl"
+    good = [line(*a_run("r1")), line(*a_run("r2"))]
+    with open(path, "w", encoding="latin-1" if "UTF-8" in kind else "utf-8", errors="surrogatepass") as f:
+        f.write("\n".join([good[0], text, good[1]]) + "\n")
+    code, out, err = report(str(path), "--format", "json")
+    assert code == 1
+    assert f"{path}:2: " in err and reason in err, err
+    assert "1 bad line skipped; the report covers the rest." in err
+    data = json.loads(out)
+    assert sorted(r["run_id"] for r in data["runs"]) == ["r1", "r2"]  # the lines around it are read
+    # the in-memory loader (every attribute read) names it the same way
+    _, errors = load_files([str(path)])
+    assert [(e.line, reason in e.message) for e in errors] == [(2, True)]
+
+
+# --- arbitrary input ---------------------------------------------------------------------------
+
+OTLP_KEYS = [
+    "resourceSpans",
+    "scopeSpans",
+    "spans",
+    "traceId",
+    "spanId",
+    "parentSpanId",
+    "name",
+    "startTimeUnixNano",
+    "endTimeUnixNano",
+    "attributes",
+    "events",
+    "status",
+    "code",
+    "key",
+    "value",
+    "values",
+    "stringValue",
+    "intValue",
+    "doubleValue",
+    "boolValue",
+    "arrayValue",
+    "kvlistValue",
+    "bytesValue",
+    A.RUN_ID,
+    A.GEN_AI_OPERATION_NAME,
+    A.PHASE,
+    A.GEN_AI_USAGE_INPUT_TOKENS,
+    A.LIMIT_PREFIX + "max_cost_usd",
+]
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8)
+    | st.sampled_from(["invoke_agent", "chat", "phase x", "12abc", "9" * 30, "NaN", "-5", ""])
+)
+json_ish = st.recursive(
+    scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.sampled_from(OTLP_KEYS) | st.text(max_size=4), inner, max_size=5)
+    ),
+    max_leaves=40,
+)
+
+
+def _otlp_like(spans: list[Any]) -> Any:
+    return {"resourceSpans": [{"scopeSpans": [{"spans": spans}]}]}
+
+
+SPAN_FIELDS = [
+    "traceId",
+    "spanId",
+    "parentSpanId",
+    "name",
+    "startTimeUnixNano",
+    "endTimeUnixNano",
+    "attributes",
+    "events",
+    "status",
+]
+
+
+def _mutated(field: str, where: int, value: Any) -> str:
+    """A good run with one field of one span (or of one attribute's value) replaced."""
+    spans = a_run("m")
+    target = spans[where % len(spans)]
+    if field == "value":
+        target["attributes"][where % len(target["attributes"])]["value"] = value
+    else:
+        target[field] = value
+    return line(*spans)
+
+
+lines = st.one_of(
+    st.builds(_mutated, st.sampled_from([*SPAN_FIELDS, "value"]), st.integers(0, 20), json_ish),
+    json_ish.map(json.dumps),
+    st.lists(json_ish, max_size=4).map(lambda s: json.dumps(_otlp_like(s))),
+    st.binary(max_size=60).map(lambda b: b.decode("latin-1")),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(lines, min_size=1, max_size=6))
+def test_arbitrary_lines_are_read_or_named_never_an_exception(texts: list[str]) -> None:
+    for text in texts:
+        for keep in (None, REPORT_KEEP):
+            try:
+                spans = parse_line(text.encode("utf-8", "surrogatepass"), keep)
+            except BadLine as e:
+                assert str(e)  # a reason, not an empty message
+            else:
+                assert all(isinstance(s, SpanRec) for s in spans)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(texts=st.lists(lines, min_size=1, max_size=8))
+def test_the_whole_report_survives_arbitrary_files(texts: list[str]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "fuzz.jsonl"
+        path.write_bytes(
+            "\n".join(t.replace("\n", " ") for t in texts).encode("utf-8", "surrogatepass") + b"\n"
+        )
+        reader = SpanReader(keep=REPORT_KEEP)
+        analysis = analyze_stream(reader.read([str(path)]), window=3, max_in_flight=5)
+        assert analysis.spans >= 0
+        for e in reader.errors:
+            assert str(e).startswith(f"{path}:") and e.line >= 1
+        code, out, _ = report(str(path), "--format", "markdown")
+        assert code in (0, 1) and out.startswith("# budgetspan report")
+
+
+# --- text from spans -----------------------------------------------------------------------------
+
+NASTY = "evil\x1b[2J\x1b]0;owned\x07\r\nname\u202e\x9b31m"
+
+
+def test_control_characters_from_spans_are_escaped_in_table_and_markdown(tmp_path: Path) -> None:
+    path = tmp_path / "nasty.jsonl"
+    spans = a_run("r\x1b[1m1", workflow=NASTY, chat_name="chat \x1b[31mred")
+    path.write_text(line(*spans) + "\n")
+    for fmt in ("table", "markdown"):
+        code, out, err = report(str(path), "--format", fmt)
+        assert code == 0, err
+        raw = [c for c in out if (ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) <= 0x9F or c == "\u202e"]
+        assert raw == [], (fmt, raw)
+        assert "evil\\x1b[2J\\x1b]0;owned\\x07\\x0d\\x0aname\\u202e\\x9b31m" in out
+        assert "chat \\x1b[31mred" in out
+    code, out, _ = report(str(path), "--format", "json")
+    data = json.loads(out)  # JSON stays JSON: the names round-trip exactly
+    assert data["workflows"][0]["workflow"] == NASTY
+    assert data["workflows"][0]["top_by_cost"][0]["name"] == "chat \x1b[31mred"
+    assert "\x1b" not in out
+
+
+def test_bad_line_messages_are_escaped_too(tmp_path: Path) -> None:
+    path = tmp_path / "bad\x1b[31m.jsonl"
+    path.write_text('{"resourceSpans": 7}\n')
+    code, _, err = report(str(path))
+    assert code == 1
+    assert "\x1b" not in err and "bad\\x1b[31m.jsonl:1: resourceSpans is a number" in err
