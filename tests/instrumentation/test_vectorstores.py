@@ -270,7 +270,7 @@ leaked = sorted(n for n in HIDDEN if sys.modules.get(n) is not None)
 for name in HIDDEN:  # now the libraries are back: configure() picks every one of them up
     del sys.modules[name]
 budgetspan.configure(instrument=True)
-for name in ("langchain_core", "llama_index.core", "mcp", "chromadb", "qdrant_client"):
+for name in ("langchain_core", "llama_index.core", "llama_index.core.agent.workflow", "mcp", "chromadb", "qdrant_client"):
     importlib.import_module(name)  # configure() patches a library when the program imports it
 after = {}
 for module, cls, library in INSTRUMENTORS:

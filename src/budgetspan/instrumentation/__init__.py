@@ -30,7 +30,10 @@ INSTRUMENTORS: tuple[tuple[str, str, str], ...] = (
     ("mistral", "MistralInstrumentor", "mistralai"),
     ("langchain", "LangChainInstrumentor", "langchain_core"),
     ("llamaindex", "LlamaIndexInstrumentor", "llama_index.core"),
-    ("langgraph", "LangGraphInstrumentor", "langgraph"),
+    # ``langgraph`` is a namespace package (its import fires no post-import hook); ``prebuilt``
+    # (ToolNode, create_react_agent, supervisor/swarm) is patched once it is wholly imported
+    # (``graph`` or ``pregel`` would fire while ``prebuilt.tool_node`` is half-imported).
+    ("langgraph", "LangGraphInstrumentor", "langgraph.prebuilt"),
     ("llamaindex_agents", "LlamaIndexAgentsInstrumentor", "llama_index.core.agent.workflow"),
     ("mcp", "MCPInstrumentor", "mcp"),
     ("chroma", "ChromaInstrumentor", "chromadb"),
