@@ -87,8 +87,14 @@ def request(n: int, genai: bool, seed: int) -> bytes:
                 "gen_ai.prompt.0.content": "hello",
             }
             if genai
-            else {"http.request.method": "GET", "url.full": "http://x/orders", "http.response.status_code": 200,
-                  "server.address": "x", "server.port": 80, "network.protocol.version": "1.1"}
+            else {
+                "http.request.method": "GET",
+                "url.full": "http://x/orders",
+                "http.response.status_code": 200,
+                "server.address": "x",
+                "server.port": 80,
+                "network.protocol.version": "1.1",
+            }
         )
         sp.attributes.extend(_kv(k, v) for k, v in attrs.items())
     return req.SerializeToString()
@@ -116,9 +122,22 @@ def run(mode: str, genai: bool, spans: int, batch: int, senders: int = 2) -> dic
     http_port, metrics_port = _free_port(), _free_port()
     env = {**os.environ, "PYTHONPATH": launcher.python_path(), "BENCH_MODE": mode, "BENCH_OUT": str(out)}
     env["BUDGETSPAN_COLLECTOR_METRICS_PORT"] = str(metrics_port) if mode == "budgetspan" else ""
-    cmd = [str(launcher.rotel_binary()), "start", "--otlp-http-endpoint", f"127.0.0.1:{http_port}",
-           "--otlp-grpc-endpoint", f"127.0.0.1:{_free_port()}", "--exporter", "blackhole",
-           "--otlp-with-trace-processor", str(wrapper), "--pid-file", str(tmp / "pid"), "--log-file", str(tmp / "log")]
+    cmd = [
+        str(launcher.rotel_binary()),
+        "start",
+        "--otlp-http-endpoint",
+        f"127.0.0.1:{http_port}",
+        "--otlp-grpc-endpoint",
+        f"127.0.0.1:{_free_port()}",
+        "--exporter",
+        "blackhole",
+        "--otlp-with-trace-processor",
+        str(wrapper),
+        "--pid-file",
+        str(tmp / "pid"),
+        "--log-file",
+        str(tmp / "log"),
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 20
@@ -164,7 +183,10 @@ def main() -> int:
     ):
         r = run(mode, genai, args.spans, args.batch)
         rows.append((label, r))
-        print(f"{label:36s} {r['spans_per_s']:>10,.0f} spans/s   processor {r['us_per_span']:6.2f} µs/span", flush=True)
+        print(
+            f"{label:36s} {r['spans_per_s']:>10,.0f} spans/s   processor {r['us_per_span']:6.2f} µs/span",
+            flush=True,
+        )
     return 0
 
 
