@@ -179,3 +179,35 @@ RETRIEVAL_NESTED_SYSTEMS: Final = "budgetspan.retrieval.nested_systems"  # folde
 TOOL_SYSTEM: Final = "budgetspan.tool.system"  # langchain | mcp
 TOOL_TYPE_FUNCTION: Final = "function"  # gen_ai.tool.type values
 TOOL_TYPE_EXTENSION: Final = "extension"
+
+# --- The collector tier (budgetspan.collector) ----------------------------------------------
+L_SERVICE: Final = "service"  # metric label added at the collector tier: the resource's service.name
+SERVICE_NAME: Final = "service.name"  # resource attribute
+COST_SOURCE_COLLECTOR: Final = "collector"  # budgetspan.cost.source on a span the collector priced
+CONTENT_REDACTED: Final = "budgetspan.content.redacted"  # how many content attributes the tier removed
+COLLECTOR_RUN_KEY: Final = "budgetspan.collector.run"  # "run_id" | "trace": how the tier found the run
+# Other instrumentations' token and model names the tier reads (normalised to the gen_ai names).
+OPENINFERENCE_PROMPT_TOKENS: Final = "llm.token_count.prompt"
+OPENINFERENCE_COMPLETION_TOKENS: Final = "llm.token_count.completion"
+OPENINFERENCE_TOTAL_TOKENS: Final = "llm.token_count.total"
+OPENINFERENCE_CACHE_READ_TOKENS: Final = "llm.token_count.prompt_details.cache_read"
+OPENINFERENCE_CACHE_WRITE_TOKENS: Final = "llm.token_count.prompt_details.cache_write"
+OPENINFERENCE_REASONING_TOKENS: Final = "llm.token_count.completion_details.reasoning"
+OPENINFERENCE_MODEL_NAME: Final = "llm.model_name"
+OPENINFERENCE_PROVIDER: Final = "llm.provider"
+OPENINFERENCE_SYSTEM: Final = "llm.system"
+OPENINFERENCE_SPAN_KIND: Final = "openinference.span.kind"
+OPENINFERENCE_TOOL_NAME: Final = "tool.name"
+OPENLLMETRY_REQUEST_TYPE: Final = "llm.request.type"  # chat | completion | embedding | rerank
+OPENLLMETRY_CACHE_READ_TOKENS: Final = "gen_ai.usage.cache_read_input_tokens"
+OPENLLMETRY_CACHE_CREATION_TOKENS: Final = "gen_ai.usage.cache_creation_input_tokens"
+OPENLLMETRY_WORKFLOW: Final = "traceloop.workflow.name"
+OPENLLMETRY_SPAN_KIND: Final = "traceloop.span.kind"  # workflow | task | agent | tool
+OPENLLMETRY_ENTITY_NAME: Final = "traceloop.entity.name"
+OPENLIT_REASONING_TOKENS: Final = "gen_ai.usage.reasoning_tokens"
+# Collector configuration (environment of the rotel process; `budgetspan collector` sets them)
+ENV_COLLECTOR_METRICS_PORT: Final = "BUDGETSPAN_COLLECTOR_METRICS_PORT"
+ENV_COLLECTOR_METRICS_ADDR: Final = "BUDGETSPAN_COLLECTOR_METRICS_ADDR"
+ENV_COLLECTOR_KEEP_CONTENT: Final = "BUDGETSPAN_COLLECTOR_KEEP_CONTENT"
+ENV_COLLECTOR_WINDOW_S: Final = "BUDGETSPAN_COLLECTOR_WINDOW_S"  # a run idle this long is closed
+ENV_COLLECTOR_MAX_RUNS: Final = "BUDGETSPAN_COLLECTOR_MAX_RUNS"  # runs held at once, then the oldest closes

@@ -1,4 +1,4 @@
-"""The ``budgetspan`` command: ``demo`` and ``report``."""
+"""The ``budgetspan`` command: ``demo``, ``report``, ``collector`` and ``collector-config``."""
 
 from __future__ import annotations
 
@@ -36,6 +36,24 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit status: 0, 1 if some lines could not be read (the rest is reported), 2 on a usage error.",
     )
     report.add_arguments(rep)
+    from budgetspan.collector import launcher, otelcol
+
+    col = sub.add_parser(
+        "collector",
+        help="run the collector tier: rotel with budgetspan's processor (pricing, redaction, metrics)",
+        description="Starts rotel (pip install rotel) with budgetspan's span processor, waits until it "
+        "is healthy, prints READY, and exits 1 on any exit of rotel. Budgets: BUDGETSPAN_CONFIG, "
+        "BUDGETSPAN_BUDGET; prices: BUDGETSPAN_PRICES. Extra rotel options after --.",
+    )
+    launcher.add_arguments(col)
+    cfg = sub.add_parser(
+        "collector-config",
+        help="print an OpenTelemetry Collector (contrib) configuration equivalent to the tier",
+        description="Generates otelcol-contrib YAML from budgetspan's price table: transform statements "
+        "that normalise, price and phase-tag GenAI spans and redact content, a sum connector for "
+        "token and cost metrics, and tail sampling that keeps refusal and exhaustion traces.",
+    )
+    otelcol.add_arguments(cfg)
     return parser
 
 
@@ -54,6 +72,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return report.run_report(args)
         except BrokenPipeError:  # `budgetspan report ... | head`
             return 0
+    if args.command == "collector":
+        from budgetspan.collector import launcher
+
+        return launcher.run(args)
+    if args.command == "collector-config":
+        from budgetspan.collector import otelcol
+
+        return otelcol.main(args)
     parser.print_help(sys.stderr)
     return 2
 

@@ -20,6 +20,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("runs",),
     ("calls",),
     ("instrumentation", "processors"),  # side by side: neither imports the other
+    # The collector tier reuses the in-process exposition (processors.metric_cells, labels,
+    # buckets) and the phase defaults (runs.phases), so its series are the same by construction.
+    ("collector",),
     ("setup",),
     ("autoinstrument",),  # the opentelemetry-instrument hook, over setup
     ("__init__",),  # the public API

@@ -1,0 +1,194 @@
+"""The collector tier in rotel: GenAI spans per second with budgetspan's processor vs rotel
+passing them through, and the processor's own cost per GenAI span and per plain span.
+
+How: rotel (``budgetspan collector``'s command line, exporter ``blackhole``) is fed prebuilt
+OTLP/HTTP protobuf requests by sender processes. A small wrapper processor (written to a temp
+file) times each ``process_spans`` call with ``perf_counter_ns`` inside rotel's interpreter and
+notes the first and last call; the pass-through run uses a wrapper that only notes the calls (a
+processor that touches no span costs rotel nothing: spans become Python objects only when read).
+Spans per second = spans handled / (last call - first call) in rotel.
+
+    .venv/bin/python bench/bench_collector.py [--spans 200000] [--batch 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from budgetspan.collector import launcher
+
+WRAPPER = """
+import json, os, time
+MODE = os.environ["BENCH_MODE"]
+if MODE == "budgetspan":
+    from budgetspan.collector.rotel_processor import process_spans as inner
+OUT = os.environ["BENCH_OUT"]
+stats = {"calls": 0, "spans": 0, "ns": 0, "first": 0, "last": 0}
+def process_spans(rs):
+    t0 = time.perf_counter_ns()
+    if MODE == "budgetspan":
+        inner(rs)
+    t1 = time.perf_counter_ns()
+    n = 0
+    if MODE == "budgetspan":
+        for ss in rs.scope_spans:
+            n += len(ss.spans)
+    stats["calls"] += 1; stats["spans"] += n; stats["ns"] += t1 - t0
+    stats["first"] = stats["first"] or t0; stats["last"] = t1
+    if stats["calls"] % 20 == 0:
+        with open(OUT, "w") as f: json.dump(stats, f)
+"""
+
+
+def _kv(key: str, value: object) -> KeyValue:
+    if isinstance(value, str):
+        return KeyValue(key=key, value=AnyValue(string_value=value))
+    if isinstance(value, int):
+        return KeyValue(key=key, value=AnyValue(int_value=value))
+    return KeyValue(key=key, value=AnyValue(double_value=float(value)))  # type: ignore[arg-type]
+
+
+def request(n: int, genai: bool, seed: int) -> bytes:
+    """One request of ``n`` spans; GenAI spans as OpenLLMetry's older names write them."""
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    rs.resource.attributes.append(_kv("service.name", "bench"))
+    ss = rs.scope_spans.add()
+    for i in range(n):
+        sp = ss.spans.add()
+        sp.trace_id = (seed * 1_000_003 + i // 5 + 1).to_bytes(16, "big")
+        sp.span_id = (i + 1).to_bytes(8, "big")
+        sp.parent_span_id = (10**6).to_bytes(8, "big")
+        sp.name = "openai.chat" if genai else "GET /orders"
+        sp.kind = Span.SPAN_KIND_CLIENT
+        sp.start_time_unix_nano = 1_700_000_000_000_000_000 + i
+        sp.end_time_unix_nano = sp.start_time_unix_nano + 5_000_000
+        attrs = (
+            {
+                "llm.request.type": "chat",
+                "gen_ai.system": "openai",
+                "gen_ai.request.model": "gpt-4o-mini",
+                "gen_ai.usage.prompt_tokens": 120,
+                "gen_ai.usage.completion_tokens": 30,
+                "gen_ai.prompt.0.content": "hello",
+            }
+            if genai
+            else {
+                "http.request.method": "GET",
+                "url.full": "http://x/orders",
+                "http.response.status_code": 200,
+                "server.address": "x",
+                "server.port": 80,
+                "network.protocol.version": "1.1",
+            }
+        )
+        sp.attributes.extend(_kv(k, v) for k, v in attrs.items())
+    return req.SerializeToString()
+
+
+def _send(port: int, body: bytes, count: int) -> None:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    for _ in range(count):
+        conn.request("POST", "/v1/traces", body, {"Content-Type": "application/x-protobuf"})
+        conn.getresponse().read()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run(mode: str, genai: bool, spans: int, batch: int, senders: int = 2) -> dict[str, float]:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-collector-"))
+    wrapper, out = tmp / "wrapper.py", tmp / "stats.json"
+    wrapper.write_text(WRAPPER)
+    http_port, metrics_port = _free_port(), _free_port()
+    env = {**os.environ, "PYTHONPATH": launcher.python_path(), "BENCH_MODE": mode, "BENCH_OUT": str(out)}
+    env["BUDGETSPAN_COLLECTOR_METRICS_PORT"] = str(metrics_port) if mode == "budgetspan" else ""
+    cmd = [
+        str(launcher.rotel_binary()),
+        "start",
+        "--otlp-http-endpoint",
+        f"127.0.0.1:{http_port}",
+        "--otlp-grpc-endpoint",
+        f"127.0.0.1:{_free_port()}",
+        "--exporter",
+        "blackhole",
+        "--otlp-with-trace-processor",
+        str(wrapper),
+        "--pid-file",
+        str(tmp / "pid"),
+        "--log-file",
+        str(tmp / "log"),
+    ]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", http_port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        per_sender = spans // batch // senders
+        bodies = [request(batch, genai, s) for s in range(senders)]
+        workers = [multiprocessing.Process(target=_send, args=(http_port, b, per_sender)) for b in bodies]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        time.sleep(1.5)
+        stats = json.loads(out.read_text())
+        if mode == "budgetspan" and genai:
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+                assert b"budgetspan_cost_usd_total" in r.read()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    handled = per_sender * senders * batch
+    wall = (stats["last"] - stats["first"]) / 1e9
+    per_span = stats["ns"] / max(1, stats["spans"]) / 1000 if stats["spans"] else 0.0
+    return {"spans": handled, "spans_per_s": handled / wall if wall > 0 else 0.0, "us_per_span": per_span}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--spans", type=int, default=200_000)
+    p.add_argument("--batch", type=int, default=500)
+    args = p.parse_args()
+    rows = []
+    for label, mode, genai in (
+        ("GenAI spans, rotel pass-through", "pass", True),
+        ("GenAI spans, rotel + budgetspan", "budgetspan", True),
+        ("plain spans, rotel + budgetspan", "budgetspan", False),
+    ):
+        r = run(mode, genai, args.spans, args.batch)
+        rows.append((label, r))
+        print(
+            f"{label:36s} {r['spans_per_s']:>10,.0f} spans/s   processor {r['us_per_span']:6.2f} µs/span",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Which attributes and span events carry message content, so the tier can strip them.
+
+Prompts, completions, tool arguments and results, retrieved documents: whatever the
+instrumentation called them (the GenAI conventions, OpenLLMetry's indexed ``gen_ai.prompt.N.*``,
+OpenInference's ``input.value`` and ``llm.input_messages.*``, OpenLIT's ``gen_ai.content.*``,
+Traceloop's entity input and output). Token counts, model names and tool names are not content
+and stay. The rule errs on the side of removing: a key under a content prefix goes.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from budgetspan import attributes as A
+
+CONTENT_KEYS: Final = frozenset(
+    {
+        A.GEN_AI_INPUT_MESSAGES,
+        A.GEN_AI_OUTPUT_MESSAGES,
+        "gen_ai.system_instructions",
+        "gen_ai.tool.call.arguments",
+        "gen_ai.tool.call.result",
+        "gen_ai.tool.definitions",
+        "gen_ai.prompt",
+        "gen_ai.completion",
+        "input.value",
+        "output.value",
+        "llm.prompts",
+        "traceloop.entity.input",
+        "traceloop.entity.output",
+    }
+)
+CONTENT_PREFIXES: Final = (
+    "gen_ai.prompt.",
+    "gen_ai.completion.",
+    "gen_ai.content.",
+    "llm.input_messages.",
+    "llm.output_messages.",
+    "llm.prompt_template.",
+    "retrieval.documents.",
+    "embedding.embeddings.",
+    "llm.tools.",
+)
+#: Span events whose attributes are all content (the GenAI event conventions, OpenLLMetry,
+#: OpenLIT); their attributes are removed, the event itself (its name and time) stays.
+CONTENT_EVENTS: Final = frozenset(
+    {
+        "gen_ai.system.message",
+        "gen_ai.user.message",
+        "gen_ai.assistant.message",
+        "gen_ai.tool.message",
+        "gen_ai.choice",
+        "gen_ai.content.prompt",
+        "gen_ai.content.completion",
+        "gen_ai.client.inference.operation.details",
+    }
+)
+
+
+def is_content(key: str) -> bool:
+    return key in CONTENT_KEYS or key.startswith(CONTENT_PREFIXES)

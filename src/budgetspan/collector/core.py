@@ -1,0 +1,314 @@
+"""The processing core: one span in, the edits to make to it out, metrics and run state updated.
+
+Plain Python over a span's facts and its attributes as a dict, so that every host (rotel's span
+objects, the plain-dict form in ``dict_host``) shares one implementation. Per span, in order:
+
+1. normalise other instrumentations' token, model and operation names (``normalise.py``);
+2. tag the phase from the operation where none is set (the in-process default rule);
+3. price a model call that carries usage but no cost (``gen_ai.usage.cost``, marked
+   ``budgetspan.cost.source=collector``); a cost set upstream is never replaced; usage that was
+   never reported stays unpriced (``budgetspan.usage.unreported``), never a fake 0;
+4. redact message content (``content.py``) unless the tier is told to keep it;
+5. account the call in its run (``window.py``) and mark what enforce mode would have refused;
+6. feed the metrics.
+
+``process`` never raises: an error is counted in ``budgetspan_internal_errors_total`` and the span
+goes on unchanged. Spans are never dropped or held back.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from budgetspan import attributes as A
+from budgetspan.accounting.budget import Budget
+from budgetspan.accounting.ledger import CallKind
+from budgetspan.accounting.pricing import PriceResolver, default_resolver
+from budgetspan.collector.content import is_content
+from budgetspan.collector.metrics import TierMetrics
+from budgetspan.collector.normalise import normalised, token_count
+from budgetspan.collector.window import DEFAULT_MAX_RUNS, DEFAULT_WINDOW_S, RunState, RunWindow
+from budgetspan.config import Config, ConfigError, load_config
+from budgetspan.runs.phases import DEFAULT_PHASE_BY_OPERATION
+
+log = logging.getLogger(__name__)
+
+_ACCOUNTED = A.MODEL_OPERATIONS | {A.OP_EXECUTE_TOOL, A.OP_RETRIEVAL}
+_TRUE = ("1", "true", "yes", "on")
+_TOKEN_KEYS = (
+    (A.GEN_AI_USAGE_INPUT_TOKENS, "input"),
+    (A.GEN_AI_USAGE_OUTPUT_TOKENS, "output"),
+    (A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, "cache_read"),
+    (A.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS, "cache_write"),
+    (A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, "reasoning"),
+)
+
+
+@dataclass(frozen=True)
+class TierOptions:
+    keep_content: bool = False
+    window_s: float = DEFAULT_WINDOW_S
+    max_runs: int = DEFAULT_MAX_RUNS
+    max_label_values: int | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> TierOptions:
+        """Options from ``BUDGETSPAN_COLLECTOR_*``; a bad value is a ``ConfigError`` naming it."""
+        env = os.environ if env is None else env
+        keep = env.get(A.ENV_COLLECTOR_KEEP_CONTENT, "").strip().lower() in _TRUE
+        return cls(
+            keep_content=keep,
+            window_s=_positive(env, A.ENV_COLLECTOR_WINDOW_S, DEFAULT_WINDOW_S),
+            max_runs=int(_positive(env, A.ENV_COLLECTOR_MAX_RUNS, DEFAULT_MAX_RUNS)),
+        )
+
+
+def _positive(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected a positive number") from None
+    return value
+
+
+@dataclass(slots=True)
+class SpanFacts:
+    """What the core reads from a span besides its attributes (ids in lowercase hex)."""
+
+    trace_id: str
+    span_id: str
+    parent_id: str  # "" for a trace's root span
+    name: str
+    start_ns: int
+    end_ns: int
+    error: bool
+    service: str
+    scope: str = ""
+
+
+@dataclass(slots=True)
+class Edit:
+    """What to change on the span: attributes to set (added, or replaced where present), keys to
+    remove, and whether its content events are to be emptied."""
+
+    set: dict[str, Any] = field(default_factory=dict)
+    remove: list[str] = field(default_factory=list)
+    redact_events: bool = False
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+class Tier:
+    """The collector tier's state: configuration, prices, the run window and the metrics."""
+
+    def __init__(
+        self,
+        options: TierOptions | None = None,
+        config: Config | None = None,
+        resolver: PriceResolver | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.options = options or TierOptions()
+        self.config = config if config is not None else load_config()
+        self.resolver = resolver if resolver is not None else default_resolver()
+        self.metrics = TierMetrics(registry, self.options.max_label_values)
+        self.lock = self.metrics.lock
+        self.window = RunWindow(self.metrics, self._budget, self.options.window_s, self.options.max_runs)
+        self._budgets: dict[tuple[str, str | None], Budget] = {}
+
+    # --- entry points (never raise) ------------------------------------------------------------
+    def process(self, facts: SpanFacts, attrs: Mapping[str, Any]) -> Edit | None:
+        """The edits for one span that may be a GenAI span or carry content; None: leave it."""
+        try:
+            with self.lock:
+                return self._process(facts, attrs)
+        except Exception:
+            self.internal_error("collector.process")
+            return None
+
+    def plain_span(self, trace_id: str, is_root: bool, end_ns: int, error: bool) -> None:
+        """A span with no GenAI attribute: only a trace's root matters (it ends the trace's run)."""
+        if not is_root:
+            return
+        try:
+            with self.lock:
+                if self.window.has_trace(trace_id):
+                    state = self.window.runs.get(self.window.key_for(trace_id, None))
+                    if state is not None and state.key.startswith("trace:"):
+                        self.window.end(state, "failure" if error else "success", end_ns)
+        except Exception:
+            self.internal_error("collector.root")
+
+    def sweep(self) -> None:
+        try:
+            with self.lock:
+                self.window.sweep()
+        except Exception:
+            self.internal_error("collector.sweep")
+
+    def internal_error(self, where: str) -> None:
+        log.warning("budgetspan collector: %s failed; the span passes unchanged", where, exc_info=True)
+        try:
+            with self.lock:
+                self.metrics.internal_errors.child(where, "collector").inc()
+        except Exception:  # the error counter itself must not fail the host
+            pass
+
+    # --- the rules -----------------------------------------------------------------------------
+    def _process(self, facts: SpanFacts, attrs: Mapping[str, Any]) -> Edit:
+        edit = Edit(set=normalised(attrs))
+        view: Mapping[str, Any] = {**attrs, **edit.set} if edit.set else attrs
+        op = view.get(A.GEN_AI_OPERATION_NAME)
+        phase = _text(view.get(A.PHASE))
+        if phase is None and op in DEFAULT_PHASE_BY_OPERATION:
+            phase = edit.set[A.PHASE] = DEFAULT_PHASE_BY_OPERATION[op]
+        if not self.options.keep_content:
+            edit.remove = [k for k in attrs if is_content(k)]
+            if edit.remove:
+                edit.set[A.CONTENT_REDACTED] = len(edit.remove)
+            edit.redact_events = True
+        run_id = _text(view.get(A.RUN_ID))
+        if op in _ACCOUNTED and view.get(A.DUPLICATE_CALL) is not True:
+            state = self._run(facts, view, run_id)
+            if op == A.OP_EXECUTE_TOOL:
+                self._tool(facts, view, state, edit, phase or "tool_execution")
+            elif op == A.OP_RETRIEVAL:
+                self._retrieval(facts, state, phase or "context_assembly")
+            else:
+                self._model(facts, view, state, edit, phase or "model_decision")
+        self._maybe_end(facts, view, op, run_id)
+        return edit
+
+    def _run(self, facts: SpanFacts, view: Mapping[str, Any], run_id: str | None) -> RunState:
+        workflow = _text(view.get(A.WORKFLOW))
+        state = self.window.get(
+            facts.trace_id,
+            run_id,
+            workflow or facts.service,
+            facts.service,
+            _text(view.get(A.BUDGET_PROFILE)),
+            facts.start_ns,
+        )
+        if workflow and state.workflow != workflow and not state.ended:  # named later than opened
+            self.metrics.live_runs.child(state.workflow, state.service).dec()
+            state.workflow = workflow
+            self.metrics.live_runs.child(workflow, state.service).inc()
+        return state
+
+    def _model(
+        self, facts: SpanFacts, view: Mapping[str, Any], state: RunState, edit: Edit, phase: str
+    ) -> None:
+        m, wf, svc = self.metrics, state.workflow, facts.service
+        provider = _text(view.get(A.GEN_AI_PROVIDER_NAME)) or "unknown"
+        model = _text(view.get(A.GEN_AI_RESPONSE_MODEL)) or _text(view.get(A.GEN_AI_REQUEST_MODEL))
+        tokens = [token_count(view.get(key)) for key, _ in _TOKEN_KEYS]
+        inp, out, cache_read, cache_write = tokens[0], tokens[1], tokens[2], tokens[3]
+        unreported = inp is None and out is None
+        upstream = view.get(A.GEN_AI_USAGE_COST)
+        cost: float | None = None
+        if isinstance(upstream, (int, float)) and not isinstance(upstream, bool) and 0 <= upstream < math.inf:
+            cost = float(upstream)
+        elif not unreported:
+            cost = self.resolver.cost(provider, model, inp, out, cache_read, cache_write)
+            if cost is not None:
+                edit.set[A.GEN_AI_USAGE_COST] = cost
+                edit.set[A.COST_SOURCE] = A.COST_SOURCE_COLLECTOR
+            else:
+                edit.set[A.COST_UNPRICED] = True
+        if unreported and view.get(A.USAGE_UNREPORTED) is not True:
+            edit.set[A.USAGE_UNREPORTED] = True
+        label = model or "unknown"
+        duration = max(0.0, (facts.end_ns - facts.start_ns) / 1e9)
+        m.model_calls.child(wf, provider, label, "error" if facts.error else "ok", svc).inc()
+        m.model_duration.child(provider, label, svc).observe(duration)
+        m.phase_duration.child(wf, phase, svc).observe(duration)
+        for n, (_, kind) in zip(tokens, _TOKEN_KEYS, strict=True):
+            if n:
+                m.tokens.child(wf, provider, label, kind, svc).inc(n)
+        if cost is not None:
+            m.cost.child(wf, phase, provider, label, svc).inc(cost)
+        elif not unreported:
+            m.unpriced.child(provider, label, svc).inc()
+        if unreported:
+            m.unreported.child(provider, label, svc).inc()
+        self._extras(view, wf, provider, label, svc, "model")
+        would = self.window.account(
+            state, CallKind.MODEL, None, (facts.start_ns, facts.end_ns), (inp or 0, out or 0, cost or 0.0)
+        )
+        self._mark(view, edit, would)
+
+    def _extras(
+        self, view: Mapping[str, Any], wf: str, provider: str, model: str, svc: str, kind: str
+    ) -> None:
+        """Time to first token and retries, where the instrumentation recorded them."""
+        ttft = view.get(A.TIME_TO_FIRST_TOKEN_S)
+        if isinstance(ttft, (int, float)) and not isinstance(ttft, bool) and 0 <= ttft < math.inf:
+            self.metrics.ttft.child(provider, model, svc).observe(float(ttft))
+        retries = token_count(view.get(A.RETRIES))
+        if retries:
+            self.metrics.retries.child(wf, kind, svc).inc(retries)
+
+    def _tool(
+        self, facts: SpanFacts, view: Mapping[str, Any], state: RunState, edit: Edit, phase: str
+    ) -> None:
+        m, wf, svc = self.metrics, state.workflow, facts.service
+        tool = _text(view.get(A.GEN_AI_TOOL_NAME)) or "unknown"
+        duration = max(0.0, (facts.end_ns - facts.start_ns) / 1e9)
+        m.tool_calls.child(wf, tool, "error" if facts.error else "ok", svc).inc()
+        m.tool_duration.child(wf, tool, svc).observe(duration)
+        m.phase_duration.child(wf, phase, svc).observe(duration)
+        retries = token_count(view.get(A.RETRIES))
+        if retries:
+            m.retries.child(wf, "tool", svc).inc(retries)
+        would = self.window.account(state, CallKind.TOOL, tool, (facts.start_ns, facts.end_ns))
+        self._mark(view, edit, would)
+
+    def _retrieval(self, facts: SpanFacts, state: RunState, phase: str) -> None:
+        m, wf, svc = self.metrics, state.workflow, facts.service
+        m.retrievals.child(wf, "error" if facts.error else "ok", svc).inc()
+        m.phase_duration.child(wf, phase, svc).observe(max(0.0, (facts.end_ns - facts.start_ns) / 1e9))
+
+    @staticmethod
+    def _mark(view: Mapping[str, Any], edit: Edit, would: str | None) -> None:
+        if would is not None and A.WOULD_REFUSE not in view:  # an in-process mark stays
+            edit.set[A.WOULD_REFUSE] = would
+            edit.set[A.BUDGET_MODE] = "observe"
+
+    def _maybe_end(self, facts: SpanFacts, view: Mapping[str, Any], op: Any, run_id: str | None) -> None:
+        """A run span with its outcome (budgetspan in-process) or a trace's root ends the run."""
+        outcome = _text(view.get(A.RUN_OUTCOME))
+        if op == A.OP_INVOKE_AGENT and run_id and outcome:
+            state = self._run(facts, view, run_id)
+            reason = _text(view.get(A.EXHAUSTED_REASON)) if outcome == "budget_exhausted" else None
+            self.window.end(state, outcome, facts.end_ns, reason)
+        elif not facts.parent_id and self.window.has_trace(facts.trace_id):
+            state_or_none = self.window.runs.get(self.window.key_for(facts.trace_id, None))
+            if state_or_none is not None and state_or_none.key.startswith("trace:"):
+                self.window.end(
+                    state_or_none, outcome or ("failure" if facts.error else "success"), facts.end_ns
+                )
+
+    def _budget(self, workflow: str, profile: str | None) -> Budget:
+        key = (workflow, profile)
+        found = self._budgets.get(key)
+        if found is None:
+            cfg = self.config
+            found = cfg.budget_for(workflow, profile if profile in cfg.profiles else None)
+            if len(self._budgets) > 4096:
+                self._budgets.clear()
+            self._budgets[key] = found
+        return found

@@ -1,0 +1,136 @@
+"""Hosts: the core applied to rotel's span objects and to plain dicts.
+
+rotel hands its Python processor one ``ResourceSpans`` at a time (before batching) and exports
+whatever the objects hold when the call returns, so the edits are made in place. Reading a
+span's attributes turns each into a Python object, so a span is first checked by its keys
+alone (``CANDIDATE_PREFIXES``): a span with no GenAI-looking attribute costs only that check,
+and, when it is a trace's root, the end of its trace's run.
+
+Every span is handled under its own try/except: an error leaves that span as it came, and the
+rest of the batch is still processed. Nothing is dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, MutableMapping
+from typing import Any
+
+from budgetspan import attributes as A
+from budgetspan.collector.content import CONTENT_EVENTS, is_content
+from budgetspan.collector.core import Edit, SpanFacts, Tier
+from budgetspan.collector.normalise import CANDIDATE_PREFIXES
+
+_ERROR = 2  # OTLP Status.code STATUS_CODE_ERROR
+
+
+# --- rotel ---------------------------------------------------------------------------------
+def rotel_resource_spans(tier: Tier, resource_spans: Any) -> None:
+    """Process one rotel ``ResourceSpans`` in place."""
+    service = "unknown"
+    try:
+        for kv in resource_spans.resource.attributes:
+            if kv.key == A.SERVICE_NAME:
+                service = str(kv.value.value)
+                break
+    except Exception:
+        tier.internal_error("collector.resource")
+    for scope_spans in resource_spans.scope_spans:
+        for span in scope_spans.spans:
+            try:
+                _rotel_span(tier, span, service)
+            except Exception:
+                tier.internal_error("collector.rotel_span")
+
+
+def _rotel_span(tier: Tier, span: Any, service: str) -> None:
+    attributes = span.attributes
+    for kv in attributes:
+        if kv.key.startswith(CANDIDATE_PREFIXES):
+            break
+    else:
+        parent = span.parent_span_id
+        if not parent:
+            tier.plain_span(span.trace_id.hex(), True, span.end_time_unix_nano, span.status.code == _ERROR)
+        return
+    attrs = {kv.key: kv.value.value for kv in attributes}
+    facts = SpanFacts(
+        span.trace_id.hex(),
+        span.span_id.hex(),
+        span.parent_span_id.hex(),
+        span.name,
+        span.start_time_unix_nano,
+        span.end_time_unix_nano,
+        span.status.code == _ERROR,
+        service,
+    )
+    edit = tier.process(facts, attrs)
+    if edit is not None:
+        _rotel_apply(span, attributes, edit)
+
+
+def _rotel_apply(span: Any, attributes: Any, edit: Edit) -> None:
+    from rotel_sdk.open_telemetry.common.v1 import KeyValue
+
+    gone = set(edit.remove) | edit.set.keys()
+    if gone:
+        for i in range(len(attributes) - 1, -1, -1):
+            if attributes[i].key in gone:
+                del attributes[i]
+    for key, value in edit.set.items():
+        if isinstance(value, bool):
+            attributes.append(KeyValue.new_bool_value(key, value))
+        elif isinstance(value, int):
+            attributes.append(KeyValue.new_int_value(key, value))
+        elif isinstance(value, float):
+            attributes.append(KeyValue.new_double_value(key, value))
+        else:
+            attributes.append(KeyValue.new_string_value(key, str(value)))
+    if edit.redact_events:
+        for event in span.events:
+            ev_attrs = event.attributes
+            whole = event.name in CONTENT_EVENTS
+            for i in range(len(ev_attrs) - 1, -1, -1):
+                if whole or is_content(ev_attrs[i].key):
+                    del ev_attrs[i]
+
+
+# --- plain dicts ---------------------------------------------------------------------------
+def dict_spans(tier: Tier, service: str, spans: Iterable[MutableMapping[str, Any]]) -> None:
+    """Process plain-dict spans in place: ``trace_id``/``span_id``/``parent_span_id`` (hex),
+    ``name``, ``start_time_unix_nano``, ``end_time_unix_nano``, ``status_code`` (0, 1, 2),
+    ``attributes`` (a dict) and ``events`` (``name``, ``attributes``)."""
+    for span in spans:
+        try:
+            _dict_span(tier, service, span)
+        except Exception:
+            tier.internal_error("collector.dict_span")
+
+
+def _dict_span(tier: Tier, service: str, span: MutableMapping[str, Any]) -> None:
+    attrs: dict[str, Any] = span.setdefault("attributes", {})
+    error = span.get("status_code") == _ERROR
+    parent = span.get("parent_span_id") or ""
+    if not any(k.startswith(CANDIDATE_PREFIXES) for k in attrs):
+        tier.plain_span(span["trace_id"], not parent, int(span.get("end_time_unix_nano", 0)), error)
+        return
+    facts = SpanFacts(
+        span["trace_id"],
+        span.get("span_id", ""),
+        parent,
+        span.get("name", ""),
+        int(span.get("start_time_unix_nano", 0)),
+        int(span.get("end_time_unix_nano", 0)),
+        error,
+        service,
+    )
+    edit = tier.process(facts, attrs)
+    if edit is None:
+        return
+    for key in edit.remove:
+        attrs.pop(key, None)
+    attrs.update(edit.set)
+    if edit.redact_events:
+        for event in span.get("events", []):
+            ev = event.get("attributes", {})
+            whole = event.get("name") in CONTENT_EVENTS
+            event["attributes"] = {k: v for k, v in ev.items() if not (whole or is_content(k))}

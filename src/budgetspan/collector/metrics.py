@@ -1,0 +1,149 @@
+"""budgetspan's Prometheus series, fed from spans at the collector tier, with a ``service`` label.
+
+The same names, label names, buckets and exposition code as in-process
+(``processors/metrics.py`` and ``processors/metric_cells.py``, imported rather than copied), so the
+bundled dashboards and alert rules read collector-tier data unchanged; ``service`` (the
+resource's ``service.name``) is the one label added. Label values are capped per label as
+in-process (then ``other``). One lock per update: rotel may call the processor from several
+threads, and the scrape reads a consistent snapshot under the same lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from budgetspan import attributes as A
+from budgetspan.processors.labels import LabelCaps
+from budgetspan.processors.metric_cells import LocalCollector, LocalFamily
+from budgetspan.processors.metrics import (
+    CALL_SECONDS_BUCKETS,
+    COST_BUCKETS,
+    RUN_SECONDS_BUCKETS,
+    TOKEN_BUCKETS,
+    UTILISATION_BUCKETS,
+)
+
+_CACHE_LIMIT = 4096
+
+
+class Family:
+    """A labelled family (``service`` last) with capped values and cached children."""
+
+    __slots__ = ("cache", "caps", "metric")
+
+    def __init__(self, metric: LocalFamily, caps: LabelCaps) -> None:
+        self.metric = metric
+        self.caps = tuple(caps[name] for name in metric.label_names)
+        self.cache: dict[tuple[Any, ...], Any] = {}
+
+    def child(self, *values: Any) -> Any:
+        c = self.cache.get(values)
+        if c is None:
+            c = self.metric.labels(*(cap(v) for cap, v in zip(self.caps, values, strict=True)))
+            if len(self.cache) < _CACHE_LIMIT:
+                self.cache[values] = c
+        return c
+
+
+class TierMetrics:
+    """The families the tier feeds; callers hold ``lock`` around updates."""
+
+    # long: one declaration per metric family, in the in-process order; splitting it would scatter the list
+    def __init__(self, registry: CollectorRegistry | None, max_label_values: int | None = None) -> None:
+        self.lock = threading.Lock()
+        self.caps = LabelCaps(max_label_values)
+        self._families: list[LocalFamily] = []
+        wf, out, reason, phase = A.L_WORKFLOW, A.L_OUTCOME, A.L_REASON, A.L_PHASE
+        prov, model, tool, typ, status = A.L_PROVIDER, A.L_MODEL, A.L_TOOL, A.L_TYPE, A.L_STATUS
+        self.runs = self._family("counter", A.M_RUNS, "Finished runs by outcome.", (wf, out))
+        self.run_cost = self._family(
+            "histogram", A.M_RUN_COST, "Dollar cost of a run (priced calls only).", (wf, out), COST_BUCKETS
+        )
+        self.run_duration = self._family(
+            "histogram", A.M_RUN_DURATION, "Wall-clock duration of a run.", (wf, out), RUN_SECONDS_BUCKETS
+        )
+        self.run_tokens = self._family(
+            "histogram", A.M_RUN_TOKENS, "Input plus output tokens of a run.", (wf, out), TOKEN_BUCKETS
+        )
+        self.exhaustions = self._family(
+            "counter", A.M_BUDGET_EXHAUSTIONS, "Runs stopped at a budget limit, by limit.", (wf, reason)
+        )
+        self.would_exhaust = self._family(
+            "counter",
+            A.M_BUDGET_WOULD_EXHAUST,
+            "Observe mode: runs that enforce mode would have stopped, by limit.",
+            (wf, reason),
+        )
+        self.utilisation = self._family(
+            "histogram",
+            A.M_BUDGET_UTILISATION,
+            "Share of each set limit used when the run ended.",
+            (wf, A.L_LIMIT),
+            UTILISATION_BUCKETS,
+        )
+        self.model_calls = self._family(
+            "counter",
+            A.M_MODEL_CALLS,
+            "Model calls (chat, completion, embeddings).",
+            (wf, prov, model, status),
+        )
+        self.tokens = self._family(
+            "counter",
+            A.M_TOKENS,
+            "Tokens by type; input includes cache_read and cache_write (OTel).",
+            (wf, prov, model, typ),
+        )
+        self.cost = self._family("counter", A.M_COST, "Dollar cost of model calls.", (wf, phase, prov, model))
+        self.unpriced = self._family(
+            "counter", A.M_UNPRICED_CALLS, "Model calls with usage but no known price.", (prov, model)
+        )
+        self.unreported = self._family(
+            "counter",
+            A.M_UNREPORTED_USAGE_CALLS,
+            "Model calls whose provider never reported tokens.",
+            (prov, model),
+        )
+        self.model_duration = self._family(
+            "histogram",
+            A.M_MODEL_CALL_DURATION,
+            "Duration of one model call.",
+            (prov, model),
+            CALL_SECONDS_BUCKETS,
+        )
+        self.ttft = self._family(
+            "histogram",
+            A.M_TIME_TO_FIRST_TOKEN,
+            "Time to the first streamed token.",
+            (prov, model),
+            CALL_SECONDS_BUCKETS,
+        )
+        self.phase_duration = self._family(
+            "histogram",
+            A.M_PHASE_DURATION,
+            "Duration of a phase block, or of a call outside any block.",
+            (wf, phase),
+            RUN_SECONDS_BUCKETS,
+        )
+        self.tool_calls = self._family("counter", A.M_TOOL_CALLS, "Tool calls by status.", (wf, tool, status))
+        self.tool_duration = self._family(
+            "histogram", A.M_TOOL_DURATION, "Duration of one tool call.", (wf, tool), CALL_SECONDS_BUCKETS
+        )
+        self.retries = self._family("counter", A.M_RETRIES, "Retries of model and tool calls.", (wf, typ))
+        self.retrievals = self._family("counter", A.M_RETRIEVALS, "Retrievals by status.", (wf, status))
+        self.internal_errors = self._family(
+            "counter", A.M_INTERNAL_ERRORS, "Errors inside budgetspan (logged, never raised).", (typ,)
+        )
+        self.live_runs = self._family("gauge", A.M_LIVE_RUNS, "Runs in progress (held in the window).", (wf,))
+        if registry is not None:
+            registry.register(LocalCollector(self._families, self.lock))
+
+    def _family(
+        self, kind: str, name: str, doc: str, labels: Sequence[str], buckets: Sequence[float] = ()
+    ) -> Family:
+        metric = LocalFamily(kind, name, doc, (*labels, A.L_SERVICE), buckets)
+        self._families.append(metric)
+        return Family(metric, self.caps)

@@ -1,0 +1,130 @@
+"""Other instrumentations' GenAI attribute names, read and written back under the GenAI conventions.
+
+Services that run without budgetspan send the names their instrumentation chose: OpenLLMetry's
+older ``gen_ai.usage.prompt_tokens`` and ``llm.request.type``, OpenInference's
+``llm.token_count.*``, ``llm.model_name`` and ``openinference.span.kind``, OpenLIT's
+``gen_ai.usage.reasoning_tokens``. Pricing, accounting, metrics and dashboards read one set of
+names, so the tier adds the GenAI name next to the original (the original stays: a backend that
+reads it keeps working). A GenAI name already on the span is never replaced.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, Final
+
+from budgetspan import attributes as A
+
+#: (GenAI name, the names it is read from, first found wins). Token figures must be numbers.
+TOKEN_SOURCES: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
+    (
+        A.GEN_AI_USAGE_INPUT_TOKENS,
+        (A.GEN_AI_USAGE_PROMPT_TOKENS_LEGACY, A.OPENINFERENCE_PROMPT_TOKENS),
+    ),
+    (
+        A.GEN_AI_USAGE_OUTPUT_TOKENS,
+        (A.GEN_AI_USAGE_COMPLETION_TOKENS_LEGACY, A.OPENINFERENCE_COMPLETION_TOKENS),
+    ),
+    (
+        A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS,
+        (A.OPENLLMETRY_CACHE_READ_TOKENS, A.OPENINFERENCE_CACHE_READ_TOKENS),
+    ),
+    (
+        A.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS,
+        (A.OPENLLMETRY_CACHE_CREATION_TOKENS, A.OPENINFERENCE_CACHE_WRITE_TOKENS),
+    ),
+    (
+        A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS,
+        (A.OPENLIT_REASONING_TOKENS, A.OPENINFERENCE_REASONING_TOKENS),
+    ),
+)
+TEXT_SOURCES: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
+    (A.GEN_AI_PROVIDER_NAME, (A.GEN_AI_SYSTEM_DEPRECATED, A.OPENINFERENCE_PROVIDER, A.OPENINFERENCE_SYSTEM)),
+    (A.GEN_AI_REQUEST_MODEL, (A.OPENINFERENCE_MODEL_NAME,)),
+    (A.WORKFLOW, (A.OPENLLMETRY_WORKFLOW,)),
+)
+#: ``gen_ai.operation.name`` from OpenLLMetry's ``llm.request.type``.
+OPERATION_BY_REQUEST_TYPE: Final = {
+    "chat": A.OP_CHAT,
+    "completion": A.OP_TEXT_COMPLETION,
+    "embedding": A.OP_EMBEDDINGS,
+}
+#: ``gen_ai.operation.name`` from OpenInference's span kind.
+OPERATION_BY_OPENINFERENCE_KIND: Final = {
+    "LLM": A.OP_CHAT,
+    "EMBEDDING": A.OP_EMBEDDINGS,
+    "TOOL": A.OP_EXECUTE_TOOL,
+    "RETRIEVER": A.OP_RETRIEVAL,
+    "AGENT": A.OP_INVOKE_AGENT,
+}
+#: A span with an attribute under one of these prefixes may be a GenAI span or carry content;
+#: any other span is looked at only to end its trace's run (the cheap path).
+CANDIDATE_PREFIXES: Final = (
+    "gen_ai.",
+    "llm.",
+    "budgetspan.",
+    "openinference.",
+    "traceloop.",
+    "input.",
+    "output.",
+    "retrieval.",
+    "embedding.",
+    "tool.",
+)
+
+
+def token_count(value: Any) -> int | None:
+    """A usable token figure: a finite, non-negative number (a bool, NaN or text is not one)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        if not math.isfinite(value) or value < 0:
+            return None
+        return int(value)
+    except (OverflowError, ValueError):
+        return None
+
+
+def normalised(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """The GenAI attributes to add to a span so that it reads like the conventions say."""
+    out: dict[str, Any] = {}
+    for name, sources in TOKEN_SOURCES:
+        if name in attrs:
+            continue
+        for source in sources:
+            n = token_count(attrs.get(source))
+            if n is not None:
+                out[name] = n
+                break
+    for name, sources in TEXT_SOURCES:
+        if name in attrs:
+            continue
+        for source in sources:
+            v = attrs.get(source)
+            if isinstance(v, str) and v:
+                out[name] = v.lower() if name == A.GEN_AI_PROVIDER_NAME else v
+                break
+    if A.GEN_AI_OPERATION_NAME not in attrs:
+        op = _operation(attrs)
+        if op is not None:
+            out[A.GEN_AI_OPERATION_NAME] = op
+    if A.GEN_AI_TOOL_NAME not in attrs and out.get(A.GEN_AI_OPERATION_NAME) == A.OP_EXECUTE_TOOL:
+        for source in (A.OPENINFERENCE_TOOL_NAME, A.OPENLLMETRY_ENTITY_NAME):
+            tool = attrs.get(source)
+            if isinstance(tool, str) and tool:
+                out[A.GEN_AI_TOOL_NAME] = tool
+                break
+    return out
+
+
+def _operation(attrs: Mapping[str, Any]) -> str | None:
+    rt = attrs.get(A.OPENLLMETRY_REQUEST_TYPE)
+    if isinstance(rt, str) and rt in OPERATION_BY_REQUEST_TYPE:
+        return OPERATION_BY_REQUEST_TYPE[rt]
+    if attrs.get(A.OPENLLMETRY_SPAN_KIND) == "tool":
+        return A.OP_EXECUTE_TOOL
+    kind = attrs.get(A.OPENINFERENCE_SPAN_KIND)
+    if isinstance(kind, str) and kind.upper() in OPERATION_BY_OPENINFERENCE_KIND:
+        return OPERATION_BY_OPENINFERENCE_KIND[kind.upper()]
+    return None

@@ -1,0 +1,46 @@
+"""The tier inside a collector process: built from the environment, metrics served over HTTP.
+
+Exposition: ``prometheus_client.start_http_server`` on a thread of the process that hosts the
+tier (rotel's embedded interpreter), reading the same cells the processor writes, under one lock.
+Measured against the alternatives (bench/README.md): serving from the collector's own process
+needs no second process, no shared files and no push; a scrape costs the processor a lock hold
+of well under a millisecond. A thread also closes runs that have gone idle, so the live-runs
+gauge falls when traffic stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+from budgetspan import attributes as A
+from budgetspan.collector.core import Tier, TierOptions
+from budgetspan.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_METRICS_ADDR = "127.0.0.1"
+
+
+def start_tier() -> Tier:
+    """The tier for this process, its metrics endpoint started (when a port is set) and its sweeper."""
+    registry = CollectorRegistry()
+    tier = Tier(TierOptions.from_env(), registry=registry)
+    port = os.environ.get(A.ENV_COLLECTOR_METRICS_PORT, "").strip()
+    if port:
+        if not port.isdigit() or int(port) > 65535:
+            raise ConfigError(f"{A.ENV_COLLECTOR_METRICS_PORT}={port!r}: expected a port number")
+        addr = os.environ.get(A.ENV_COLLECTOR_METRICS_ADDR, "").strip() or DEFAULT_METRICS_ADDR
+        start_http_server(int(port), addr=addr, registry=registry)
+    threading.Thread(target=_sweep_forever, args=(tier,), name="budgetspan-sweeper", daemon=True).start()
+    return tier
+
+
+def _sweep_forever(tier: Tier, every_s: float = 1.0) -> None:
+    while True:
+        time.sleep(every_s)
+        tier.sweep()

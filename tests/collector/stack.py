@@ -1,0 +1,158 @@
+"""The collector tier's test stack: a loopback OTLP/HTTP receiver, ``budgetspan collector``
+launched as a user runs it, and a Prometheus API client."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+ALERTS = REPO / "collector-config" / "alerts.yml"
+
+#: Budgets the tier accounts against (observe mode): a support run may make 2 model calls.
+BUDGETS_TOML = """
+[workflows.support]
+max_model_calls = 2
+max_cost_usd = 1.0
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _value(v: Any) -> Any:
+    kind = v.WhichOneof("value")
+    return None if kind is None else getattr(v, kind)
+
+
+@dataclass
+class ReceivedSpan:
+    service: str
+    name: str
+    trace_id: str
+    parent_id: str
+    attributes: dict[str, Any]
+    events: list[tuple[str, dict[str, Any]]]
+
+
+@dataclass
+class Receiver:
+    """A loopback OTLP/HTTP (protobuf) traces endpoint that keeps what it receives."""
+
+    port: int
+    spans: list[ReceivedSpan] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def add(self, body: bytes) -> None:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        req = ExportTraceServiceRequest()
+        req.ParseFromString(body)
+        got = []
+        for rs in req.resource_spans:
+            res = {kv.key: _value(kv.value) for kv in rs.resource.attributes}
+            for ss in rs.scope_spans:
+                for sp in ss.spans:
+                    got.append(
+                        ReceivedSpan(
+                            str(res.get("service.name", "")),
+                            sp.name,
+                            sp.trace_id.hex(),
+                            sp.parent_span_id.hex(),
+                            {kv.key: _value(kv.value) for kv in sp.attributes},
+                            [(e.name, {kv.key: _value(kv.value) for kv in e.attributes}) for e in sp.events],
+                        )
+                    )
+        with self.lock:
+            self.spans.extend(got)
+
+    def snapshot(self) -> list[ReceivedSpan]:
+        with self.lock:
+            return list(self.spans)
+
+
+@dataclass
+class Tier:
+    otlp_http: str
+    metrics_url: str
+    metrics_port: int
+    proc: subprocess.Popen[str]
+
+
+def launch(
+    tmp: Path, exporter: str, *extra: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], list[str]]:
+    """``budgetspan collector`` as a user runs it; returns the process and its command."""
+    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "budgetspan.cli",
+        "collector",
+        "--otlp-http-endpoint",
+        f"127.0.0.1:{http_port}",
+        "--otlp-grpc-endpoint",
+        f"127.0.0.1:{grpc_port}",
+        "--exporter-endpoint",
+        exporter,
+        "--metrics-port",
+        str(metrics_port),
+        "--window-s",
+        "5",
+        *extra,
+    ]
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BUDGETSPAN_")}
+    full_env.update(env or {})
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=(tmp / "collector.err").open("w"), text=True, env=full_env
+    )
+    return proc, cmd
+
+
+@dataclass
+class Prometheus:
+    url: str
+
+    def api(self, path: str, **params: str) -> Any:
+        url = f"{self.url}/api/v1/{path}"
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            body = json.loads(resp.read())
+        assert body["status"] == "success", body
+        return body["data"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        data = self.api("query", query=expr)
+        result: list[dict[str, Any]] = data["result"]
+        return result

@@ -1,0 +1,141 @@
+"""The processing core over plain-dict spans: normalisation of the common variants, pricing that
+never overwrites, bounded run state, run-id runs, and no exception ever escaping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from budgetspan import attributes as A
+from budgetspan.accounting.pricing import default_resolver
+from budgetspan.collector.core import Tier, TierOptions
+from budgetspan.collector.hosts import dict_spans
+from budgetspan.config import load_config
+
+
+def _tier(budget: str = "", **options: Any) -> Tier:
+    return Tier(TierOptions(**options), load_config({A.ENV_BUDGET: budget}), registry=CollectorRegistry())
+
+
+def _span(trace: int, span: int, parent: int | None, attrs: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    return {
+        "trace_id": f"{trace:032x}",
+        "span_id": f"{span:016x}",
+        "parent_span_id": "" if parent is None else f"{parent:016x}",
+        "name": kw.get("name", "span"),
+        "start_time_unix_nano": kw.get("start", 1_000),
+        "end_time_unix_nano": kw.get("end", 2_000_000),
+        "status_code": kw.get("status", 0),
+        "attributes": attrs,
+        "events": kw.get("events", []),
+    }
+
+
+def test_openinference_and_openlit_names_are_normalised_and_priced() -> None:
+    tier = _tier()
+    oi = _span(
+        1,
+        1,
+        9,
+        {
+            "openinference.span.kind": "LLM",
+            "llm.model_name": "gpt-4o-mini",
+            "llm.provider": "openai",
+            "llm.token_count.prompt": 1000,
+            "llm.token_count.completion": 100,
+            "input.value": "secret",
+        },
+    )
+    lit = _span(
+        2,
+        2,
+        9,
+        {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.system": "openai",
+            "gen_ai.request.model": "gpt-4o-mini",
+            "gen_ai.usage.input_tokens": 10,
+            "gen_ai.usage.output_tokens": 5,
+            "gen_ai.usage.reasoning_tokens": 3,
+            "gen_ai.usage.cost": 0.0,
+        },
+    )
+    dict_spans(tier, "svc", [oi, lit])
+    a = oi["attributes"]
+    assert a[A.GEN_AI_OPERATION_NAME] == "chat" and a[A.GEN_AI_REQUEST_MODEL] == "gpt-4o-mini"
+    assert a[A.GEN_AI_USAGE_COST] == default_resolver().cost("openai", "gpt-4o-mini", 1000, 100)
+    assert "input.value" not in a and a[A.CONTENT_REDACTED] == 1
+    b = lit["attributes"]
+    assert b[A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] == 3
+    assert b[A.GEN_AI_USAGE_COST] == 0.0 and A.COST_SOURCE not in b  # upstream's figure, even a 0, stays
+
+
+def test_content_is_kept_when_configured() -> None:
+    tier = _tier(keep_content=True)
+    s = _span(
+        1,
+        1,
+        9,
+        {"gen_ai.operation.name": "chat", "gen_ai.input.messages": "[...]"},
+        events=[{"name": "gen_ai.user.message", "attributes": {"content": "hi"}}],
+    )
+    dict_spans(tier, "svc", [s])
+    assert s["attributes"]["gen_ai.input.messages"] == "[...]" and s["events"][0]["attributes"] == {
+        "content": "hi"
+    }
+
+
+def test_run_state_is_bounded_and_idle_runs_close_as_unknown() -> None:
+    tier = _tier(max_runs=10)
+    spans = [
+        _span(t, 1, 9, {"gen_ai.operation.name": "chat", "gen_ai.request.model": "m"}) for t in range(1, 101)
+    ]
+    dict_spans(tier, "svc", spans)
+    assert len(tier.window.runs) <= 10
+    unknown = tier.metrics.runs.child("svc", "unknown", "svc").value
+    assert unknown == 90
+    tier.window.window_s = 0.0
+    tier.sweep()
+    assert not tier.window.runs and tier.metrics.runs.child("svc", "unknown", "svc").value == 100
+
+
+def test_spans_of_a_run_before_its_run_id_join_the_run() -> None:
+    tier = _tier("max_model_calls=1")
+    chat = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.request.model": "gpt-4o-mini",
+        "gen_ai.usage.input_tokens": 1,
+    }
+    first = _span(1, 1, 5, dict(chat))
+    second = _span(1, 2, 5, {**chat, A.RUN_ID: "r1"})
+    run = _span(
+        1,
+        5,
+        None,
+        {A.GEN_AI_OPERATION_NAME: "invoke_agent", A.RUN_ID: "r1", A.WORKFLOW: "w", A.RUN_OUTCOME: "success"},
+    )
+    dict_spans(tier, "svc", [first, second, run])
+    assert A.WOULD_REFUSE not in first["attributes"]
+    assert second["attributes"][A.WOULD_REFUSE] == "max_model_calls"
+    assert tier.metrics.runs.child("w", "success", "svc").value == 1
+    assert not [s for s in tier.window.runs.values() if not s.ended]
+
+
+def test_nothing_escapes_and_a_bad_span_passes_unchanged() -> None:
+    tier = _tier()
+    bad = _span(
+        1,
+        1,
+        9,
+        {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.usage.input_tokens": float("nan"),
+            "gen_ai.request.model": object(),
+        },
+    )
+    odd = {"attributes": {"gen_ai.operation.name": "chat"}}  # no ids at all
+    dict_spans(tier, "svc", [bad, odd])
+    assert bad["attributes"][A.USAGE_UNREPORTED] is True
+    assert odd["attributes"] == {"gen_ai.operation.name": "chat"}
+    assert tier.metrics.internal_errors.child("collector.dict_span", "collector").value == 1

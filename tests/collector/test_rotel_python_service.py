@@ -1,0 +1,322 @@
+"""End to end: a Python service's OpenTelemetry SDK spans, shaped like OpenLLMetry's, go over
+OTLP/HTTP to rotel running budgetspan's processor (launched with ``budgetspan collector``), which
+forwards them to a loopback OTLP receiver; a real Prometheus scrapes the tier's metrics.
+
+One tier and one Prometheus for the module; the service sends rounds of runs in the background
+until the module ends (rates need samples over time)."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from budgetspan import attributes as A
+from budgetspan.accounting.pricing import default_resolver
+
+from .stack import Prometheus, ReceivedSpan, Receiver, Tier, launch, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+SERVICE = "support-api"
+UPSTREAM_COST = 0.001234
+IN_PROCESS_ONLY = {"Budget-exhaustion share", "Budget exhaustions by reason", "Retries by type"}
+MACROS = {"$__rate_interval": "15s", "$__range": "5m", "$__interval": "2s"}
+
+
+def _chat(tracer: trace.Tracer, model: str, usage: tuple[int, int] | None, **extra: Any) -> None:
+    """A chat span as OpenLLMetry's older OpenAI instrumentation makes it (content included)."""
+    with tracer.start_as_current_span("openai.chat", kind=trace.SpanKind.CLIENT) as s:
+        s.set_attributes(
+            {
+                "llm.request.type": "chat",
+                "gen_ai.system": "OpenAI",
+                "gen_ai.request.model": model,
+                "traceloop.workflow.name": "support",
+                "gen_ai.prompt.0.role": "user",
+                "gen_ai.prompt.0.content": "my card number is 4111 1111 1111 1111",
+                "gen_ai.completion.0.content": "I will look into it",
+                **extra,
+            }
+        )
+        if usage is not None:
+            s.set_attribute("gen_ai.usage.prompt_tokens", usage[0])
+            s.set_attribute("gen_ai.usage.completion_tokens", usage[1])
+        s.add_event("gen_ai.content.prompt", {"gen_ai.prompt": "my card number is 4111"})
+
+
+def _tool(tracer: trace.Tracer, name: str, ok: bool = True) -> None:
+    with tracer.start_as_current_span(f"{name}.tool") as s:
+        s.set_attributes(
+            {
+                "traceloop.span.kind": "tool",
+                "traceloop.entity.name": name,
+                "traceloop.entity.input": '{"order": "A-1", "email": "a@example.com"}',
+                "traceloop.workflow.name": "support",
+            }
+        )
+        if not ok:
+            s.set_status(trace.StatusCode.ERROR)
+
+
+def _support_run(tracer: trace.Tracer, chats: int, model: str = "gpt-4o-mini", tool_ok: bool = True) -> None:
+    with tracer.start_as_current_span("support.workflow", kind=trace.SpanKind.SERVER) as root:
+        root.set_attributes({"traceloop.span.kind": "workflow", "traceloop.workflow.name": "support"})
+        with tracer.start_as_current_span("GET /orders", kind=trace.SpanKind.CLIENT) as http:
+            http.set_attribute("http.request.method", "GET")
+        _tool(tracer, "lookup_order", tool_ok)
+        for _ in range(chats):
+            _chat(tracer, model, (100, 20), **{"gen_ai.usage.cache_read_input_tokens": 40})
+
+
+def _inprocess_run(tracer: trace.Tracer, n: int) -> None:
+    """A run as budgetspan in-process reports it: enforce mode stopped it at its tool limit."""
+    run_id = f"run-{n}"
+    with tracer.start_as_current_span("invoke_agent triage") as run:
+        with tracer.start_as_current_span("chat gpt-4o-mini") as s:
+            s.set_attributes(
+                {
+                    A.GEN_AI_OPERATION_NAME: A.OP_CHAT,
+                    A.GEN_AI_PROVIDER_NAME: "openai",
+                    A.GEN_AI_REQUEST_MODEL: "gpt-4o-mini",
+                    A.GEN_AI_USAGE_INPUT_TOKENS: 200,
+                    A.GEN_AI_USAGE_OUTPUT_TOKENS: 10,
+                    A.GEN_AI_USAGE_COST: UPSTREAM_COST,
+                    A.TIME_TO_FIRST_TOKEN_S: 0.05,
+                    A.RETRIES: 1,
+                    A.RUN_ID: run_id,
+                    A.WORKFLOW: "triage",
+                    A.PHASE: "model_decision",
+                }
+            )
+        run.set_attributes(
+            {
+                A.GEN_AI_OPERATION_NAME: A.OP_INVOKE_AGENT,
+                A.RUN_ID: run_id,
+                A.WORKFLOW: "triage",
+                A.RUN_OUTCOME: "budget_exhausted",
+                A.EXHAUSTED_REASON: "max_tool_calls",
+            }
+        )
+
+
+def _round(tracer: trace.Tracer, n: int) -> None:
+    _support_run(tracer, 2)  # within its profile
+    _support_run(tracer, 3)  # the third model call is over max_model_calls = 2
+    _support_run(tracer, 1, model="acme-llm-1", tool_ok=False)  # no known price
+    with tracer.start_as_current_span("support.workflow") as root:  # a stream without usage
+        root.set_attribute("traceloop.workflow.name", "support")
+        _chat(tracer, "gpt-4o-mini", None, **{"llm.is_streaming": True})
+    _inprocess_run(tracer, n)
+
+
+class Service:
+    def __init__(self, endpoint: str) -> None:
+        self.provider = TracerProvider(resource=Resource.create({"service.name": SERVICE}))
+        self.sent = InMemorySpanExporter()
+        self.provider.add_span_processor(
+            SimpleSpanProcessor(OTLPSpanExporter(endpoint=endpoint + "/v1/traces"))
+        )
+        self.provider.add_span_processor(SimpleSpanProcessor(self.sent))
+        self.tracer = self.provider.get_tracer("opentelemetry.instrumentation.openai")
+        self.stop = threading.Event()
+        self.rounds = 0
+
+    def loop(self) -> None:
+        while not self.stop.is_set():
+            _round(self.tracer, self.rounds)
+            self.rounds += 1
+            self.stop.wait(0.3)
+
+
+@pytest.fixture(scope="module")
+def service(tier: Tier, receiver: Receiver) -> Iterator[Service]:
+    svc = Service(tier.otlp_http)
+    thread = threading.Thread(target=svc.loop, daemon=True)
+    thread.start()
+    wait_for(
+        lambda: svc.rounds >= 2 and len(receiver.snapshot()) >= len(svc.sent.get_finished_spans()) // 2,
+        30,
+        "spans through the tier",
+    )
+    yield svc
+    svc.stop.set()
+    thread.join(10)
+    svc.provider.shutdown()
+
+
+def _by_trace(spans: list[ReceivedSpan]) -> dict[str, list[ReceivedSpan]]:
+    out: dict[str, list[ReceivedSpan]] = {}
+    for s in spans:
+        out.setdefault(s.trace_id, []).append(s)
+    return out
+
+
+def _settled(service: Service, receiver: Receiver) -> tuple[list[Any], list[ReceivedSpan]]:
+    """What the service sent by now, and what the receiver got of it (waits for stragglers)."""
+    sent = list(service.sent.get_finished_spans())
+    ids = {format(s.context.span_id, "016x") for s in sent}
+    wait_for(
+        lambda: len({1 for r in receiver.snapshot() if r.parent_id in ids or r.parent_id == ""}) > 0,
+        10,
+        "spans",
+    )
+    time.sleep(1.0)  # rotel batches for up to 200 ms
+    return sent, receiver.snapshot()
+
+
+def test_every_span_arrives_and_genai_spans_are_priced_tagged_redacted(
+    service: Service, receiver: Receiver
+) -> None:
+    sent, got = _settled(service, receiver)
+    sent_traces = {format(s.context.trace_id, "032x") for s in sent}
+    got_traces = _by_trace(got)
+    for t in sent_traces:  # nothing dropped: every span of every finished trace came through
+        n_sent = sum(1 for s in sent if format(s.context.trace_id, "032x") == t)
+        assert len(got_traces.get(t, [])) == n_sent, t
+    chats = [
+        s
+        for s in got
+        if s.name == "openai.chat" and s.attributes.get("gen_ai.request.model") == "gpt-4o-mini"
+    ]
+    priced = [s for s in chats if "gen_ai.usage.prompt_tokens" in s.attributes]
+    assert priced
+    expected = default_resolver().cost("openai", "gpt-4o-mini", 100, 20, 40, None)
+    for s in priced:
+        a = s.attributes
+        assert a[A.GEN_AI_USAGE_INPUT_TOKENS] == 100 and a[A.GEN_AI_USAGE_OUTPUT_TOKENS] == 20
+        assert a[A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] == 40
+        assert a[A.GEN_AI_PROVIDER_NAME] == "openai" and a[A.GEN_AI_OPERATION_NAME] == "chat"
+        assert math.isclose(a[A.GEN_AI_USAGE_COST], expected) and a[A.COST_SOURCE] == A.COST_SOURCE_COLLECTOR
+        assert a[A.PHASE] == "model_decision"
+        assert not [k for k in a if k.startswith(("gen_ai.prompt", "gen_ai.completion"))]
+        assert a[A.CONTENT_REDACTED] == 3
+        assert s.events == [("gen_ai.content.prompt", {})]
+    streamed = [s for s in chats if "gen_ai.usage.prompt_tokens" not in s.attributes]
+    assert streamed and all(
+        s.attributes[A.USAGE_UNREPORTED] is True and A.GEN_AI_USAGE_COST not in s.attributes for s in streamed
+    )
+    unknown = [s for s in got if s.attributes.get("gen_ai.request.model") == "acme-llm-1"]
+    assert unknown and all(
+        s.attributes[A.COST_UNPRICED] is True and A.GEN_AI_USAGE_COST not in s.attributes for s in unknown
+    )
+    tools = [s for s in got if s.name == "lookup_order.tool"]
+    assert tools and all(
+        s.attributes[A.PHASE] == "tool_execution"
+        and s.attributes[A.GEN_AI_TOOL_NAME] == "lookup_order"
+        and "traceloop.entity.input" not in s.attributes
+        for s in tools
+    )
+
+
+def test_a_cost_set_upstream_is_kept_and_plain_spans_pass_unchanged(
+    service: Service, receiver: Receiver
+) -> None:
+    _, got = _settled(service, receiver)
+    upstream = [s for s in got if s.name == "chat gpt-4o-mini"]
+    assert upstream and all(
+        s.attributes[A.GEN_AI_USAGE_COST] == UPSTREAM_COST and A.COST_SOURCE not in s.attributes
+        for s in upstream
+    )
+    http = [s for s in got if s.name == "GET /orders"]
+    assert http and all(s.attributes == {"http.request.method": "GET"} for s in http)
+
+
+def test_a_run_over_its_profile_is_marked_on_the_call_that_would_have_been_refused(
+    service: Service, receiver: Receiver
+) -> None:
+    _, got = _settled(service, receiver)
+    marked_runs = 0
+    for spans in _by_trace(got).values():
+        chats = [
+            s for s in spans if s.name == "openai.chat" and s.attributes.get("gen_ai.usage.prompt_tokens")
+        ]
+        if len(chats) != 3 or len(spans) != 6:
+            assert not any(A.WOULD_REFUSE in s.attributes for s in chats)
+            continue
+        marks = [s.attributes.get(A.WOULD_REFUSE) for s in chats]
+        assert marks.count("max_model_calls") == 1 and marks.count(None) == 2
+        assert all(s.attributes[A.BUDGET_MODE] == "observe" for s in chats if A.WOULD_REFUSE in s.attributes)
+        marked_runs += 1
+    assert marked_runs >= 2
+
+
+def _expand(expr: str, variables: dict[str, str]) -> str:
+    for macro, value in MACROS.items():
+        expr = expr.replace(macro, value)
+    for name, value in variables.items():
+        expr = expr.replace(f"${name}", value)
+    return expr
+
+
+def _empty_panels(prom: Prometheus, dash: dict[str, Any], variables: dict[str, str]) -> list[str]:
+    empty = []
+    end = time.time()
+    for panel in dash["panels"]:
+        for target in panel.get("targets", []):
+            expr = _expand(target["expr"], variables)
+            if panel["type"] == "stat":
+                ok = any(math.isfinite(float(r["value"][1])) for r in prom.query(expr))
+            else:
+                data = prom.api("query_range", query=expr, start=str(end - 30), end=str(end), step="2")
+                ok = any(math.isfinite(float(v)) for r in data["result"] for _, v in r["values"])
+            if not ok:
+                empty.append(f"{dash['uid']} / {panel['title']}: {expr}")
+    return empty
+
+
+def test_every_dashboard_query_returns_data_from_the_tier(service: Service, prometheus: Prometheus) -> None:
+    import json
+
+    wait_for(
+        lambda: (
+            float(prometheus.query('count_over_time(up{job="budgetspan-collector"}[1m])')[0]["value"][1]) >= 6
+        ),
+        60,
+        "six scrapes",
+    )
+    overview = json.loads((REPO / "dashboards" / "budgetspan-overview.json").read_text())
+    workflow = json.loads((REPO / "dashboards" / "budgetspan-workflow.json").read_text())
+    empty = _empty_panels(prometheus, overview, {"workflow": ".*"})
+    assert not empty, "panels without data:\n" + "\n".join(empty)
+    # The support workflow runs without budgetspan in-process: nothing enforced it and nothing
+    # counted its retries, so only those panels are empty for it; they have data for triage
+    # (a service that runs budgetspan in-process, seen through the same tier).
+    empty = _empty_panels(prometheus, workflow, {"workflow": "support", "phase": ".*"})
+    assert {e.split(" / ")[1].split(":")[0] for e in empty} <= IN_PROCESS_ONLY, empty
+    only = {**workflow, "panels": [p for p in workflow["panels"] if p["title"] in IN_PROCESS_ONLY]}
+    empty = _empty_panels(prometheus, only, {"workflow": "triage", "phase": ".*"})
+    assert not empty, "panels without data:\n" + "\n".join(empty)
+    services = {r["metric"]["service"] for r in prometheus.query("budgetspan_model_calls_total")}
+    assert services == {SERVICE}
+    would = prometheus.query(
+        f'budgetspan_budget_would_exhaust_total{{workflow="support",reason="max_model_calls",service="{SERVICE}"}}'
+    )
+    assert would and float(would[0]["value"][1]) >= 1
+    exhausted = prometheus.query(
+        'budgetspan_budget_exhaustions_total{workflow="triage",reason="max_tool_calls"}'
+    )
+    assert exhausted and float(exhausted[0]["value"][1]) >= 1
+    rules = {r["name"]: r for g in prometheus.api("rules")["groups"] for r in g["rules"]}
+    assert rules and all(r["health"] == "ok" for r in rules.values()), rules
+
+
+def test_the_launcher_treats_any_exit_of_rotel_as_a_failure(tmp_path: Path, receiver: Receiver) -> None:
+    """A processor that fails to import makes rotel exit 0; the launcher says so and exits 1."""
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise ImportError('no such module')\n")
+    proc, _ = launch(tmp_path, receiver.endpoint, "--processor", str(broken), "--ready-timeout", "20")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "READY" not in out
+    assert "rotel exited with status" in (tmp_path / "collector.err").read_text()
