@@ -32,21 +32,19 @@ class _RunBook:
 
     def add(self, spend: Spend) -> None:
         """Add one report's figures; only positive ones count (None, 0, negatives, NaN add nothing)."""
-        u = self.usage
-        for name in _FIGURES:
-            value = getattr(spend, name)
-            if value is not None and value > 0:
-                setattr(u, name, getattr(u, name) + value)
-
-
-_FIGURES = (
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "cost_usd",
-)
+        u, s = self.usage, spend
+        if s.input_tokens is not None and s.input_tokens > 0:
+            u.input_tokens += s.input_tokens
+        if s.output_tokens is not None and s.output_tokens > 0:
+            u.output_tokens += s.output_tokens
+        if s.cache_read_tokens is not None and s.cache_read_tokens > 0:
+            u.cache_read_tokens += s.cache_read_tokens
+        if s.cache_write_tokens is not None and s.cache_write_tokens > 0:
+            u.cache_write_tokens += s.cache_write_tokens
+        if s.reasoning_tokens is not None and s.reasoning_tokens > 0:
+            u.reasoning_tokens += s.reasoning_tokens
+        if s.cost_usd is not None and s.cost_usd > 0:
+            u.cost_usd += s.cost_usd
 
 
 def _worst(reservation: Reservation) -> tuple[float, int, int]:

@@ -31,6 +31,7 @@ from budgetspan.accounting.pricing import default_resolver
 from budgetspan.calls import foreign
 from budgetspan.calls.outcome import record_failure, status_of
 from budgetspan.calls.pricing import call_cost, estimate_attributes, highest, increase, usage_attributes
+from budgetspan.calls.span_write import write_end_attributes
 from budgetspan.config import capture_content, get_config
 from budgetspan.events import CallRecord, internal_error
 from budgetspan.runs import context
@@ -39,6 +40,18 @@ from budgetspan.runs.phases import DEFAULT_PHASE_BY_OPERATION
 from budgetspan.runs.run import Run
 
 _KIND_BY_OPERATION: dict[str, CallKind | None] = {A.OP_EXECUTE_TOOL: CallKind.TOOL, A.OP_RETRIEVAL: None}
+#: Given to a call's span when it starts: what a sampler or another span processor may select on.
+#: The request's other attributes are written with the results when the call ends, validated once
+#: (``calls.span_write``).
+_AT_START = (
+    A.GEN_AI_OPERATION_NAME,
+    A.GEN_AI_PROVIDER_NAME,
+    A.GEN_AI_REQUEST_MODEL,
+    A.GEN_AI_TOOL_NAME,
+    A.GEN_AI_DATA_SOURCE_ID,
+    A.RUN_ID,
+    A.PHASE,
+)
 log = logging.getLogger(__name__)
 _warned_unpriced: set[tuple[str | None, str | None]] = set()
 
@@ -114,6 +127,7 @@ class Call:
         self.ttft_s: float | None = None
         self.started = False
         self._committed = Spend()  # what has been added to the ledger along the way
+        self._streamed = False  # whether anything was (a stream's reports)
         self._t0 = 0.0
         self._outer = False
         self._tokens: tuple[object, object] | None = None
@@ -206,7 +220,8 @@ class Call:
             attrs[A.WOULD_REFUSE] = self.reservation.would_refuse.reason
         if self.worst_case_cost is not None:
             attrs[A.WORST_CASE_COST] = self.worst_case_cost
-        self.span = context.get_tracer().start_span(self.span_name, kind=self.span_kind, attributes=attrs)
+        at_start = {key: attrs[key] for key in _AT_START if key in attrs}
+        self.span = context.get_tracer().start_span(self.span_name, kind=self.span_kind, attributes=at_start)
         self._outer = context.current_call() is None
         self._t0 = time.monotonic()
         self.started = True
@@ -272,6 +287,7 @@ class Call:
             )
             delta = increase(now, self._committed)
             self._committed = highest(now, self._committed)
+            self._streamed = True
             self.run.add_spend(delta)
         except Exception:
             internal_error("Call.set_usage")
@@ -347,12 +363,12 @@ class Call:
             spend.reasoning_tokens,
             spend.cost_usd if spend is self.estimate else self.cost_usd,
         )
-        return increase(final, self._committed)
+        return increase(final, self._committed) if self._streamed else final
 
     def _finish_span(
         self, span: Span, error: BaseException | None, status: str, stream_end: str | None, unreported: bool
     ) -> None:
-        attrs = dict(self.end_attributes)
+        attrs = {**self.attributes, **self.end_attributes}  # the request's (see _AT_START), the results
         if self.response_model:
             attrs[A.GEN_AI_RESPONSE_MODEL] = self.response_model
         if self.is_model:
@@ -372,7 +388,7 @@ class Call:
         if stream_end is not None:
             attrs[A.STREAM_END] = stream_end
         record_failure(span, attrs, error, status, redact=not capture_content())
-        span.set_attributes(attrs)
+        write_end_attributes(span, attrs)
         span.end()
 
     def _record(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from budgetspan import attributes as A
@@ -54,22 +53,33 @@ def usage_attributes(spend: Spend, cost_usd: float | None) -> dict[str, Any]:
     return attrs
 
 
-_FIGURES = tuple(f.name for f in dataclasses.fields(Spend))
-
-
 def increase(now: Spend, before: Spend) -> Spend:
     """What a cumulative usage report adds to the previous one, figure by figure (never negative;
     a figure not reported stays None)."""
-    out = Spend()
-    for name in _FIGURES:
-        a, b = getattr(now, name), getattr(before, name)
-        setattr(out, name, None if a is None else max(0, a - (b or 0)))
-    return out
+    return Spend(
+        _more(now.input_tokens, before.input_tokens),
+        _more(now.output_tokens, before.output_tokens),
+        _more(now.cache_read_tokens, before.cache_read_tokens),
+        _more(now.cache_write_tokens, before.cache_write_tokens),
+        _more(now.reasoning_tokens, before.reasoning_tokens),
+        _more(now.cost_usd, before.cost_usd),
+    )
+
+
+def _more(now: Any, before: Any) -> Any:
+    return None if now is None else max(0, now - (before or 0))
 
 
 def highest(a: Spend, b: Spend) -> Spend:
     """Figure by figure, the larger of two cumulative reports (what has been committed so far)."""
-    return Spend(*(max(getattr(a, n) or 0, getattr(b, n) or 0) for n in _FIGURES))
+    return Spend(
+        max(a.input_tokens or 0, b.input_tokens or 0),
+        max(a.output_tokens or 0, b.output_tokens or 0),
+        max(a.cache_read_tokens or 0, b.cache_read_tokens or 0),
+        max(a.cache_write_tokens or 0, b.cache_write_tokens or 0),
+        max(a.reasoning_tokens or 0, b.reasoning_tokens or 0),
+        max(a.cost_usd or 0.0, b.cost_usd or 0.0),
+    )
 
 
 def estimate_attributes(estimate: Spend | None) -> dict[str, Any]:
