@@ -115,7 +115,8 @@ class InMemoryLedger(Ledger):
             if found is not None and not force and enforced:
                 raise LedgerRefused(found)
             _count(book.usage, kind, tool, +1)
-            book.held.add(worst.cost_usd, worst.input_tokens, worst.output_tokens)
+            if worst.cost_usd or worst.input_tokens or worst.output_tokens:
+                book.held.add(worst.cost_usd, worst.input_tokens, worst.output_tokens)
         return Reservation(
             run_id,
             kind,

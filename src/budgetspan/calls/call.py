@@ -95,6 +95,7 @@ class Call:
         self.operation = operation
         self.kind: CallKind | None = _KIND_BY_OPERATION.get(operation, CallKind.MODEL)
         self.is_model = self.kind is CallKind.MODEL
+        self.kind_name = self.kind.value if self.kind is not None else "retrieval"
         self.span_name = span_name
         self.attributes = attributes if attributes is not None else {}
         self.provider = provider
@@ -171,7 +172,9 @@ class Call:
         in dollars. ``BUDGETSPAN_UNPRICED=refuse`` refuses them; ``warn`` (the default) lets them
         through, says so once per model in the log and on each span, and the run's explanation
         counts them ("+N unpriced calls")."""
-        if not any(r.budget.max_cost_usd is not None for r in (run, *run.ancestors())):
+        if run.budget.max_cost_usd is None and (
+            run.parent is None or all(r.budget.max_cost_usd is None for r in run.ancestors())
+        ):
             return
         try:
             priced = self.model is not None and default_resolver().is_priced(self.provider or "", self.model)
@@ -225,7 +228,7 @@ class Call:
         self._outer = context.current_call() is None
         self._t0 = time.monotonic()
         self.started = True
-        kind_name = self.kind.value if self.kind is not None else "retrieval"
+        kind_name = self.kind_name
         events.emit("on_call_start", kind_name, self.span_name, self.run, self.phase, self.label)
 
     def activate(self) -> Call:
@@ -396,7 +399,7 @@ class Call:
     ) -> CallRecord:
         run = self.run
         return CallRecord(
-            kind=self.kind.value if self.kind is not None else "retrieval",
+            kind=self.kind_name,
             workflow=run.workflow if run is not None else "default",
             phase=self.phase,
             duration_s=duration,

@@ -19,7 +19,10 @@ def call_cost(
     if spend.cost_usd is not None:
         return spend.cost_usd
     resolver = default_resolver()
-    for name in dict.fromkeys(m for m in (response_model, model) if m):
+    names = (response_model, model) if response_model != model else (model,)
+    for name in names:
+        if not name:
+            continue
         cost = resolver.cost(
             provider or "",
             name,
