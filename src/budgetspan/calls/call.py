@@ -49,8 +49,6 @@ _AT_START = (
     A.GEN_AI_REQUEST_MODEL,
     A.GEN_AI_TOOL_NAME,
     A.GEN_AI_DATA_SOURCE_ID,
-    A.RUN_ID,
-    A.PHASE,
 )
 log = logging.getLogger(__name__)
 _warned_unpriced: set[tuple[str | None, str | None]] = set()

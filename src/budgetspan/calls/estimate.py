@@ -30,7 +30,7 @@ def request_tokens(parts: Iterable[Any]) -> int:
     for part in parts:
         if part is None:
             continue
-        text = part if isinstance(part, str) else json.dumps(part, ensure_ascii=False, default=_plain)
+        text = part if isinstance(part, str) else _ENCODER.encode(part)
         total += text_tokens(text)
         if isinstance(part, (list, tuple)):
             total += TOKENS_PER_MESSAGE * len(part)
@@ -41,3 +41,8 @@ def _plain(value: Any) -> Any:
     """SDK objects passed back as messages (pydantic models), as their data."""
     dump = getattr(value, "model_dump", None)
     return dump() if callable(dump) else str(value)
+
+
+_ENCODER = json.JSONEncoder(
+    ensure_ascii=False, default=_plain
+)  # made once: json.dumps with options makes one per call
