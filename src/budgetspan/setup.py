@@ -81,7 +81,18 @@ def install_processors(provider: Any, *, metrics_port: int | None = None) -> boo
             provider, _MARK, processors if metrics_processor is None else [*processors, metrics_processor]
         )
         watch_provider(provider)  # count spans the exporters lose (budgetspan_spans_dropped_total)
+    _otel_metrics()
     return True
+
+
+def _otel_metrics() -> None:
+    """The same metrics through the OpenTelemetry Metrics API, on the global MeterProvider."""
+    try:
+        from budgetspan.processors import otel_metrics
+
+        otel_metrics.install()
+    except Exception:
+        log.warning("budgetspan: OpenTelemetry metrics are off", exc_info=True)
 
 
 def _metrics_without_provider(metrics_port: int | None) -> None:
@@ -94,6 +105,7 @@ def _metrics_without_provider(metrics_port: int | None) -> None:
         pass
     except Exception:
         log.warning("budgetspan: metrics are off", exc_info=True)
+    _otel_metrics()
 
 
 def configure(

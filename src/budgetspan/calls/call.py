@@ -397,6 +397,7 @@ class Call:
             documents=self.documents,
             label=self.label,
             run=run,
+            operation=self.operation,
         )
 
     # deadlines and cancellation for async calls ---------------------------------------------
