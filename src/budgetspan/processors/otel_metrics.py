@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from opentelemetry import metrics as otel_metrics
+from opentelemetry.metrics import CallbackOptions, Observation
 
 from budgetspan import attributes as A
 from budgetspan import events
@@ -62,6 +63,35 @@ _OWN_TOKEN_FIELDS: Final = (
 )
 
 
+class _Totals:
+    """A counter kept as plain sums and reported by an observable instrument when collected.
+
+    A synchronous ``Counter.add`` through the SDK costs several µs (attribute set hashing, a lock,
+    the aggregation); a model call adds to five counters. Here an add is one dict lookup under
+    the listener's lock, and the SDK reads the cumulative sums once per export.
+    """
+
+    __slots__ = ("lock", "sums")
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self.lock = lock
+        self.sums: dict[tuple[Any, ...], list[Any]] = {}  # label values -> [attributes, sum]
+
+    def add(self, amount: float, attributes: dict[str, Any]) -> None:
+        key = tuple(attributes.values())
+        with self.lock:
+            cell = self.sums.get(key)
+            if cell is None:
+                self.sums[key] = [attributes, amount]
+            else:
+                cell[1] += amount
+
+    def observe(self, _options: CallbackOptions) -> Iterable[Observation]:
+        with self.lock:
+            cells = [(attributes, total) for attributes, total in self.sums.values()]
+        return [Observation(total, attributes) for attributes, total in cells]
+
+
 class OTelMetrics:
     """The instruments on one meter, and the ``budgetspan.events`` listener that feeds them."""
 
@@ -72,6 +102,7 @@ class OTelMetrics:
         self._attrs: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._live: dict[str, str] = {}
         self._live_lock = threading.Lock()
+        self._lock = threading.Lock()  # the counters' sums
         self._gen_ai(meter)
         self._own(meter)
 
@@ -109,8 +140,11 @@ class OTelMetrics:
         )
 
     def _own(self, meter: Any) -> None:
-        def counter(spec: tuple[str, str], doc: str) -> Any:
-            return meter.create_counter(spec[0], unit=spec[1], description=doc)
+        def counter(spec: tuple[str, str], doc: str, up_down: bool = False) -> _Totals:
+            totals = _Totals(self._lock)
+            create = meter.create_observable_up_down_counter if up_down else meter.create_observable_counter
+            create(spec[0], callbacks=[totals.observe], unit=spec[1], description=doc)
+            return totals
 
         def hist(spec: tuple[str, str], doc: str, bounds: Sequence[float]) -> Any:
             return meter.create_histogram(
@@ -154,9 +188,7 @@ class OTelMetrics:
         self.retrievals = counter(A.OTEL_M_RETRIEVALS, "Retrievals by status.")
         self.internal_errors = counter(A.OTEL_M_INTERNAL_ERRORS, "Errors inside budgetspan.")
         self.spans_dropped = counter(A.OTEL_M_SPANS_DROPPED, "Spans the exporter pipeline lost.")
-        self.live_runs = meter.create_up_down_counter(
-            A.OTEL_M_LIVE_RUNS[0], unit=A.OTEL_M_LIVE_RUNS[1], description="Runs in progress."
-        )
+        self.live_runs = counter(A.OTEL_M_LIVE_RUNS, "Runs in progress.", up_down=True)
 
     def attrs(self, *pairs: tuple[str, Any]) -> dict[str, Any]:
         """The attribute dict for these (label, raw value) pairs, capped and built once."""
@@ -308,7 +340,7 @@ def install() -> OTelMetrics | None:
             events.add_listener(_installed)
             return _installed
         provider = otel_metrics.get_meter_provider()
-        if _has_no_reader(provider):
+        if isinstance(provider, otel_metrics.NoOpMeterProvider) or _has_no_reader(provider):
             log.debug("budgetspan: the MeterProvider has no reader; no OpenTelemetry metrics")
             return None
         _installed = OTelMetrics(provider)
