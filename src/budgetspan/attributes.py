@@ -247,3 +247,9 @@ OTEL_M_RETRIEVALS: Final = ("budgetspan.retrievals", "{call}")
 OTEL_M_LIVE_RUNS: Final = ("budgetspan.live_runs", "{run}")  # up-down counter -> gauge
 OTEL_M_SPANS_DROPPED: Final = ("budgetspan.spans.dropped", "{span}")
 OTEL_M_INTERNAL_ERRORS: Final = ("budgetspan.internal_errors", "{error}")
+# Standard OpenTelemetry variables budgetspan.configure() reads when it creates the provider.
+ENV_OTEL_TRACES_EXPORTER: Final = "OTEL_TRACES_EXPORTER"
+ENV_OTEL_OTLP_ENDPOINT: Final = "OTEL_EXPORTER_OTLP_ENDPOINT"
+ENV_OTEL_OTLP_TRACES_ENDPOINT: Final = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+ENV_OTEL_OTLP_PROTOCOL: Final = "OTEL_EXPORTER_OTLP_PROTOCOL"
+ENV_OTEL_OTLP_TRACES_PROTOCOL: Final = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"

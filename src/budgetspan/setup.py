@@ -143,14 +143,28 @@ def configure(
     if provider is None:
         provider = trace.get_tracer_provider()
         if not isinstance(provider, TracerProvider):
-            provider = TracerProvider()
-            trace.set_tracer_provider(provider)
-            provider = trace.get_tracer_provider()
+            provider = _new_provider()
     install_processors(provider, metrics_port=metrics_port)
     set_tracer_provider(provider)
     if instrument:
         instrument_all(provider, None if instrument is True else list(instrument))
     return provider
+
+
+def _new_provider() -> Any:
+    """An SDK provider with the exporters the ``OTEL_*`` variables name; one line if none."""
+    from budgetspan.processors.span_exporters import add_exporters
+
+    provider = TracerProvider()
+    added = add_exporters(provider)
+    if not added and not os.environ.get(A.ENV_TRACES_FILE, "").strip():
+        log.warning(
+            "budgetspan: spans go nowhere (no exporter): set OTEL_TRACES_EXPORTER=otlp and "
+            "OTEL_EXPORTER_OTLP_ENDPOINT, or %s=FILE, or pass configure(tracer_provider=...)",
+            A.ENV_TRACES_FILE,
+        )
+    trace.set_tracer_provider(provider)
+    return trace.get_tracer_provider()
 
 
 def current_config_summary() -> dict[str, Any]:

@@ -11,15 +11,10 @@ must give the names the dashboards query.
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 import re
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +22,9 @@ import pytest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
 from budgetspan import attributes as A
-from tests.conftest import REPO
+from tests.conftest import COMPLETION_TOKENS, PROMPT_TOKENS, REPO
 
 INSTRUMENT = Path(sys.executable).parent / "opentelemetry-instrument"
-PROMPT_TOKENS, COMPLETION_TOKENS = 123, 45
 
 SCRIPT = r"""
 import os
@@ -50,62 +44,6 @@ budgetspan_test_sdk = opentelemetry.sdk._configuration:_OTelSDKConfigurator
 """
 
 
-class _Server:
-    """A loopback HTTP server: OTLP bodies by path, and a chat-completions endpoint."""
-
-    def __init__(self) -> None:
-        self.bodies: dict[str, list[bytes]] = {}
-        self.model_requests = 0
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length") or 0))
-                if self.headers.get("content-encoding") == "gzip":
-                    body = gzip.decompress(body)
-                if self.path.endswith("/chat/completions"):
-                    outer.model_requests += 1
-                    reply = json.dumps(_completion()).encode()
-                    ctype = "application/json"
-                else:
-                    outer.bodies.setdefault(self.path, []).append(body)
-                    reply, ctype = b"", "application/x-protobuf"
-                self.send_response(200)
-                self.send_header("content-type", ctype)
-                self.send_header("content-length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-
-def _completion() -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-otlp",
-        "object": "chat.completion",
-        "created": 1,
-        "model": "gpt-4o-mini",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
-        "usage": {
-            "prompt_tokens": PROMPT_TOKENS,
-            "completion_tokens": COMPLETION_TOKENS,
-            "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS,
-        },
-    }
-
-
-@pytest.fixture
-def server() -> Iterator[_Server]:
-    s = _Server()
-    yield s
-    s.httpd.shutdown()
-
-
 def prometheus_name(name: str, unit: str, monotonic_sum: bool) -> str:
     """The standard OTLP-to-Prometheus metric name (underscore escaping, with suffixes): the
     name's runs of invalid characters become ``_``; the unit (``s`` -> ``seconds``; none for
@@ -122,7 +60,7 @@ def prometheus_name(name: str, unit: str, monotonic_sum: bool) -> str:
     return "_".join(words)
 
 
-def _run(tmp_path: Path, server: _Server) -> list[Any]:
+def _run(tmp_path: Path, server: Any) -> list[Any]:
     site = tmp_path / "site"
     dist = site / "budgetspan_test_sdk_configurator-0.0.dist-info"
     dist.mkdir(parents=True)
@@ -186,7 +124,8 @@ def _points(metrics: list[Any], name: str) -> list[Any]:
 
 
 @pytest.mark.skipif(not INSTRUMENT.exists(), reason="opentelemetry-instrument not installed")
-def test_standard_and_budgetspan_metrics_arrive_over_otlp(tmp_path: Path, server: _Server) -> None:
+def test_standard_and_budgetspan_metrics_arrive_over_otlp(tmp_path: Path, otlp_server: Any) -> None:
+    server = otlp_server
     metrics = _run(tmp_path, server)
     assert server.model_requests == 2  # the third call was refused before it left
     # gen_ai.client.token.usage: one histogram point per token type, sums = the server's figures
