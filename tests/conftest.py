@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +78,65 @@ def instrumented(tracing: Any) -> Iterator[Any]:
     finally:
         OpenAIInstrumentor().uninstrument()
         AnthropicInstrumentor().uninstrument()
+
+
+PROMPT_TOKENS, COMPLETION_TOKENS = 123, 45  # what the loopback model server reports per call
+
+
+class LoopbackServer:
+    """A loopback HTTP server: OTLP bodies by path, and a chat-completions endpoint."""
+
+    def __init__(self) -> None:
+        self.bodies: dict[str, list[bytes]] = {}
+        self.model_requests = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                if self.headers.get("content-encoding") == "gzip":
+                    body = gzip.decompress(body)
+                if self.path.endswith("/chat/completions"):
+                    outer.model_requests += 1
+                    reply = json.dumps(_completion()).encode()
+                    ctype = "application/json"
+                else:
+                    outer.bodies.setdefault(self.path, []).append(body)
+                    reply, ctype = b"", "application/x-protobuf"
+                self.send_response(200)
+                self.send_header("content-type", ctype)
+                self.send_header("content-length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+def _completion() -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-otlp",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+        "usage": {
+            "prompt_tokens": PROMPT_TOKENS,
+            "completion_tokens": COMPLETION_TOKENS,
+            "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS,
+        },
+    }
+
+
+@pytest.fixture
+def otlp_server() -> Iterator[LoopbackServer]:
+    s = LoopbackServer()
+    yield s
+    s.httpd.shutdown()
 
 
 __all__ = ["FIXTURES", "REPO", "Tracing", "bs_context", "bs_implicit", "budgetspan"]

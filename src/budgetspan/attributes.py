@@ -211,3 +211,45 @@ ENV_COLLECTOR_METRICS_ADDR: Final = "BUDGETSPAN_COLLECTOR_METRICS_ADDR"
 ENV_COLLECTOR_KEEP_CONTENT: Final = "BUDGETSPAN_COLLECTOR_KEEP_CONTENT"
 ENV_COLLECTOR_WINDOW_S: Final = "BUDGETSPAN_COLLECTOR_WINDOW_S"  # a run idle this long is closed
 ENV_COLLECTOR_MAX_RUNS: Final = "BUDGETSPAN_COLLECTOR_MAX_RUNS"  # runs held at once, then the oldest closes
+
+# --- OpenTelemetry Metrics API (processors/otel_metrics.py) ----------------------------------
+# GenAI semantic-convention metrics (Development status; names as of semconv 1.41 / genai 0.x).
+OTEL_GEN_AI_TOKEN_USAGE: Final = "gen_ai.client.token.usage"  # histogram {token}
+OTEL_GEN_AI_OPERATION_DURATION: Final = "gen_ai.client.operation.duration"  # histogram s
+OTEL_GEN_AI_TIME_TO_FIRST_CHUNK: Final = "gen_ai.client.operation.time_to_first_chunk"  # histogram s
+OTEL_GEN_AI_EXECUTE_TOOL_DURATION: Final = "gen_ai.execute_tool.duration"  # histogram s
+OTEL_GEN_AI_INVOKE_AGENT_DURATION: Final = "gen_ai.invoke_agent.duration"  # histogram s
+GEN_AI_TOKEN_TYPE: Final = "gen_ai.token.type"  # input | output (input includes cached tokens)
+TOKEN_TYPE_INPUT: Final = "input"
+TOKEN_TYPE_OUTPUT: Final = "output"
+# budgetspan's own series on the Metrics API: (name, unit). The standard OTLP-to-Prometheus
+# translation (dots to underscores, unit suffix unless the name has it, ``{...}`` units dropped,
+# ``_total`` on monotonic sums) turns each into the M_* name above; attributes are the L_* labels.
+OTEL_M_RUNS: Final = ("budgetspan.runs", "{run}")  # -> budgetspan_runs_total
+OTEL_M_RUN_COST: Final = ("budgetspan.run.cost_usd", "{USD}")  # -> budgetspan_run_cost_usd
+OTEL_M_RUN_DURATION: Final = ("budgetspan.run.duration", "s")  # -> budgetspan_run_duration_seconds
+OTEL_M_RUN_TOKENS: Final = ("budgetspan.run.tokens", "{token}")  # -> budgetspan_run_tokens
+OTEL_M_BUDGET_EXHAUSTIONS: Final = ("budgetspan.budget.exhaustions", "{run}")
+OTEL_M_BUDGET_WOULD_EXHAUST: Final = ("budgetspan.budget.would_exhaust", "{run}")
+OTEL_M_BUDGET_UTILISATION: Final = ("budgetspan.budget.utilisation_ratio", "1")
+OTEL_M_MODEL_CALLS: Final = ("budgetspan.model.calls", "{call}")
+OTEL_M_TOKENS: Final = ("budgetspan.tokens", "{token}")
+OTEL_M_COST: Final = ("budgetspan.cost_usd", "{USD}")
+OTEL_M_UNPRICED_CALLS: Final = ("budgetspan.unpriced.calls", "{call}")
+OTEL_M_UNREPORTED_USAGE_CALLS: Final = ("budgetspan.unreported_usage.calls", "{call}")
+OTEL_M_MODEL_CALL_DURATION: Final = ("budgetspan.model_call.duration", "s")
+OTEL_M_TIME_TO_FIRST_TOKEN: Final = ("budgetspan.time_to_first_token", "s")
+OTEL_M_PHASE_DURATION: Final = ("budgetspan.phase.duration", "s")
+OTEL_M_TOOL_CALLS: Final = ("budgetspan.tool.calls", "{call}")
+OTEL_M_TOOL_DURATION: Final = ("budgetspan.tool.duration", "s")
+OTEL_M_RETRIES: Final = ("budgetspan.retries", "{retry}")
+OTEL_M_RETRIEVALS: Final = ("budgetspan.retrievals", "{call}")
+OTEL_M_LIVE_RUNS: Final = ("budgetspan.live_runs", "{run}")  # up-down counter -> gauge
+OTEL_M_SPANS_DROPPED: Final = ("budgetspan.spans.dropped", "{span}")
+OTEL_M_INTERNAL_ERRORS: Final = ("budgetspan.internal_errors", "{error}")
+# Standard OpenTelemetry variables budgetspan.configure() reads when it creates the provider.
+ENV_OTEL_TRACES_EXPORTER: Final = "OTEL_TRACES_EXPORTER"
+ENV_OTEL_OTLP_ENDPOINT: Final = "OTEL_EXPORTER_OTLP_ENDPOINT"
+ENV_OTEL_OTLP_TRACES_ENDPOINT: Final = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+ENV_OTEL_OTLP_PROTOCOL: Final = "OTEL_EXPORTER_OTLP_PROTOCOL"
+ENV_OTEL_OTLP_TRACES_PROTOCOL: Final = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"

@@ -40,6 +40,9 @@ class CallRecord:
     time_to_first_token_s: float | None = None
     documents: int | None = None
     label: str | None = None  # a readable milestone label ("Searching policy")
+    # gen_ai.operation.name of budgetspan's own calls; None for calls seen on another
+    # instrumentation's span (that instrumentation records its own GenAI metrics).
+    operation: str | None = None
     run: Run | None = field(default=None, repr=False)
 
 

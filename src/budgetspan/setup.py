@@ -81,7 +81,18 @@ def install_processors(provider: Any, *, metrics_port: int | None = None) -> boo
             provider, _MARK, processors if metrics_processor is None else [*processors, metrics_processor]
         )
         watch_provider(provider)  # count spans the exporters lose (budgetspan_spans_dropped_total)
+    _otel_metrics()
     return True
+
+
+def _otel_metrics() -> None:
+    """The same metrics through the OpenTelemetry Metrics API, on the global MeterProvider."""
+    try:
+        from budgetspan.processors import otel_metrics
+
+        otel_metrics.install()
+    except Exception:
+        log.warning("budgetspan: OpenTelemetry metrics are off", exc_info=True)
 
 
 def _metrics_without_provider(metrics_port: int | None) -> None:
@@ -94,6 +105,7 @@ def _metrics_without_provider(metrics_port: int | None) -> None:
         pass
     except Exception:
         log.warning("budgetspan: metrics are off", exc_info=True)
+    _otel_metrics()
 
 
 def configure(
@@ -131,14 +143,28 @@ def configure(
     if provider is None:
         provider = trace.get_tracer_provider()
         if not isinstance(provider, TracerProvider):
-            provider = TracerProvider()
-            trace.set_tracer_provider(provider)
-            provider = trace.get_tracer_provider()
+            provider = _new_provider()
     install_processors(provider, metrics_port=metrics_port)
     set_tracer_provider(provider)
     if instrument:
         instrument_all(provider, None if instrument is True else list(instrument))
     return provider
+
+
+def _new_provider() -> Any:
+    """An SDK provider with the exporters the ``OTEL_*`` variables name; one line if none."""
+    from budgetspan.processors.span_exporters import add_exporters
+
+    provider = TracerProvider()
+    added = add_exporters(provider)
+    if not added and not os.environ.get(A.ENV_TRACES_FILE, "").strip():
+        log.warning(
+            "budgetspan: spans go nowhere (no exporter): set OTEL_TRACES_EXPORTER=otlp and "
+            "OTEL_EXPORTER_OTLP_ENDPOINT, or %s=FILE, or pass configure(tracer_provider=...)",
+            A.ENV_TRACES_FILE,
+        )
+    trace.set_tracer_provider(provider)
+    return trace.get_tracer_provider()
 
 
 def current_config_summary() -> dict[str, Any]:

@@ -302,3 +302,17 @@ def test_user_budgets_replace_the_bundled_ones(tmp_path: Path) -> None:
     assert _outcomes(proc.stdout) == {"T-1001": "budget_exhausted", "T-1005": "success"}
     assert "Stopped after 1 of 1 model calls" in proc.stdout
     assert "Partial result kept: the last draft" in proc.stdout
+
+
+def test_without_openai_the_demo_stops_at_once_with_the_install_command(tmp_path: Path) -> None:
+    """A plain ``pip install budgetspan`` has no openai: exit 2, the exact command, no trace file."""
+    code = (
+        "import sys; sys.modules['openai'] = None; from budgetspan.cli import main; sys.exit(main(['demo']))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BUDGETSPAN_", "OPENAI_", "OTEL_"))}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip() == "budgetspan demo needs the openai package: pip install 'budgetspan[demo]'"
+    assert list(tmp_path.iterdir()) == []  # no empty trace file left behind

@@ -613,3 +613,14 @@ def test_a_generator_run_ends_when_the_caller_stops_early_or_the_body_fails(trac
         list(failing())
     runs = [s for s in tracing.spans("invoke_agent gen-fails")]
     assert runs[0].attributes[A.RUN_OUTCOME] == "failure"
+
+
+def test_conversation_id_is_set_on_the_run_span(tracing) -> None:  # type: ignore[no-untyped-def]
+    with budgetspan.run("chat_wf", conversation_id="conv-42", max_model_calls=3) as run:
+        pass
+    assert run.budget.limits() == {"max_model_calls": 3}  # not mistaken for a limit
+    (span,) = tracing.spans("invoke_agent chat_wf")
+    assert span.attributes[A.GEN_AI_CONVERSATION_ID] == "conv-42"
+    with budgetspan.run("chat_wf"):
+        pass
+    assert A.GEN_AI_CONVERSATION_ID not in tracing.spans("invoke_agent chat_wf")[-1].attributes

@@ -414,6 +414,7 @@ class Call:
             documents=self.documents,
             label=self.label,
             run=run,
+            operation=self.operation,
         )
 
     # deadlines and cancellation for async calls ---------------------------------------------

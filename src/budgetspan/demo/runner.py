@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import io
 import os
 import sys
@@ -37,6 +38,7 @@ from budgetspan.runs.context import set_tracer_provider
 from budgetspan.runs.progress import Milestone, subscribe_progress
 
 DEFAULT_TRACES = "budgetspan-demo.jsonl"
+DEMO_INSTALL = "pip install 'budgetspan[demo]'"  # the exact command printed when openai is missing
 DEFAULT_METRICS_PORT = 9464
 
 
@@ -215,6 +217,9 @@ def _tables(analysis: Analysis, results: list[TicketResult], out: IO[str]) -> No
 # long: the demo's script, read top to bottom: set up, run the tickets, print the report
 def run_demo(opts: DemoOptions, out: IO[str] | None = None) -> int:
     out = out or sys.stdout
+    if importlib.util.find_spec("openai") is None:  # a plain install: stop before any file is made
+        print(f"budgetspan demo needs the openai package: {DEMO_INSTALL}", file=sys.stderr)
+        return 2
     tickets = [t for t in TICKETS if not opts.tickets or t.id in opts.tickets]
     if not tickets:
         print(f"budgetspan demo: no such ticket; known: {', '.join(t.id for t in TICKETS)}", file=sys.stderr)

@@ -397,6 +397,10 @@ def run_report(args: argparse.Namespace, stdout: IO[str] | None = None, stderr: 
     else:
         stdout.write(render(analysis, args.format))
     _notes(analysis, bound, stderr)
+    if reader.spans_read == 0:  # an empty or span-less file is a failed trace, not an empty report
+        names = ", ".join(str(f) for f in args.files) or "standard input"
+        print(f"budgetspan report: no spans in {safe(names)}: nothing to report.", file=stderr)
+        return 1
     errors = reader.error_count
     if errors:
         if errors > MAX_ERRORS_SHOWN:

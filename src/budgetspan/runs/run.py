@@ -67,6 +67,7 @@ class Run:
         self.start_time_ns = time.time_ns()
         self.duration_s: float | None = None
         self.final_usage: Usage | None = None
+        self.conversation_id: str | None = None  # set by budgetspan.run(conversation_id=...)
         self._ledger = ledger or context.get_ledger()
         self._tasks: set[tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]] = set()
         self._explicit_outcome = False
@@ -122,6 +123,8 @@ class Run:
             A.WORKFLOW: self.workflow,
             A.BUDGET_MODE: self.mode.value,
         }
+        if self.conversation_id:
+            attrs[A.GEN_AI_CONVERSATION_ID] = self.conversation_id
         if self.parent is not None:
             attrs[A.RUN_PARENT_ID] = self.parent.id
         if self.budget.profile:

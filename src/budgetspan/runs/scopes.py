@@ -79,6 +79,7 @@ class RunScope:
         *,
         suppress_exhausted: bool = False,
         run_id: str | None = None,
+        conversation_id: str | None = None,
         **limits: Any,
     ) -> None:
         cfg = get_config()
@@ -87,11 +88,13 @@ class RunScope:
         self.mode = cfg.mode if mode is None else Mode(mode)
         self.suppress_exhausted = suppress_exhausted
         self.run_id = run_id
+        self.conversation_id = conversation_id  # gen_ai.conversation.id: the session this run serves
 
     # one run -------------------------------------------------------------------------------
     def open(self) -> Run:
         """Start a run (a child of the current one), without making it current."""
         run = Run(self.workflow, self.budget, self.mode, run_id=self.run_id, parent=context.current_run())
+        run.conversation_id = self.conversation_id
         run._start(with_span=True)
         return run
 
