@@ -133,6 +133,7 @@ class Call:
         self._ended = False
         self._end_lock = threading.Lock()
         self._deadline: float | None = None  # the run's wall-clock deadline (time.monotonic)
+        self._watch: tuple[Any, Any, Any] | None = None  # an async stream's task, untrack, timer
 
     @property
     def ended(self) -> bool:
@@ -302,6 +303,8 @@ class Call:
             if self._ended:
                 return
             self._ended = True
+        if self._watch is not None:
+            self._unwatch()
         try:
             self._end(error, status or status_of(error), stream_end)
         except Exception:
@@ -418,6 +421,44 @@ class Call:
         )
 
     # deadlines and cancellation for async calls ---------------------------------------------
+    def watch_stream(self) -> None:
+        """An async stream: arm the run's deadline (one timer) and its cancellation for the task
+        that consumes it, once; ``stream_stop`` says what a cancellation meant. Undone at the end."""
+        try:
+            run, task = self.run, asyncio.current_task()
+            if run is None or task is None:
+                return
+            untrack = run.track_task(task)
+            timer = None
+            if self._deadline is not None:
+                loop = task.get_loop()
+                timer = loop.call_at(loop.time() + max(0.0, self._deadline - time.monotonic()), task.cancel)
+            self._watch = (task, untrack, timer)
+        except Exception:
+            internal_error("Call.watch_stream")
+
+    def stream_stop(self, error: BaseException) -> BaseException | None:
+        """The ``BudgetExhausted`` a stream's cancellation stands for (the run's deadline passed or
+        the run was cancelled), or None for any other error."""
+        run, watch = self.run, self._watch
+        if not isinstance(error, asyncio.CancelledError) or run is None or watch is None:
+            return None
+        if run.cancelled:
+            refusal = Refusal(Limit.CANCELLED.value, None)
+        elif self._deadline is not None and time.monotonic() >= self._deadline:
+            refusal = Refusal(Limit.WALL_CLOCK_S.value, run.budget.max_wall_clock_s)
+        else:
+            return None
+        watch[0].uncancel()
+        return run.exhaust(refusal)
+
+    def _unwatch(self) -> None:
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch[1]()
+            if watch[2] is not None:
+                watch[2].cancel()
+
     @asynccontextmanager
     async def deadline(self, timeout_s: float | None = None) -> AsyncIterator[None]:
         """Bound an awaited call by the run's remaining wall-clock time (and ``timeout_s``).

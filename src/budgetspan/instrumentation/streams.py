@@ -28,13 +28,14 @@ from budgetspan.instrumentation.observers import Observer
 class StreamState:
     """End-once bookkeeping shared by a stream proxy, its response hook and its finalizer."""
 
-    __slots__ = ("__weakref__", "call", "ended", "finalizer", "in_next", "lock", "observer")
+    __slots__ = ("__weakref__", "call", "ended", "finalizer", "in_next", "lock", "observer", "watched")
 
     def __init__(self, call: Call, observer: Observer) -> None:
         self.call = call
         self.observer = observer
         self.ended = False
         self.in_next = False
+        self.watched = False  # an async stream's deadline and cancel are armed
         self.lock = threading.Lock()
         self.finalizer: weakref.finalize[Any, Any] | None = None
 
@@ -212,8 +213,9 @@ class SyncStreamProxy(wrapt.ObjectProxy[Any]):
 
 
 class AsyncStreamProxy(wrapt.ObjectProxy[Any]):
-    """An asynchronous SDK stream that ends its call exactly once; each chunk is bounded by the
-    run's remaining wall-clock time."""
+    """An asynchronous SDK stream that ends its call exactly once, bounded by the run's remaining
+    wall-clock time and cancellable by ``budgetspan.cancel``: both armed once, at the first chunk
+    (``Call.watch_stream``), not around every chunk."""
 
     def __init__(self, wrapped: Any, call: Call, observer: Observer) -> None:
         super().__init__(wrapped)
@@ -225,15 +227,20 @@ class AsyncStreamProxy(wrapt.ObjectProxy[Any]):
     async def __anext__(self) -> Any:
         state = self._self_state
         state.in_next = True
+        if not state.watched:
+            state.watched = True
+            state.call.watch_stream()
         while True:
             try:
-                async with state.call.deadline():
-                    item = await self.__wrapped__.__anext__()
+                item = await self.__wrapped__.__anext__()
             except StopAsyncIteration:
                 state.stopped(None)
                 raise
             except BaseException as e:
-                state.stopped(e)
+                stop = state.call.stream_stop(e)  # the run's deadline or cancel, as BudgetExhausted
+                state.stopped(stop or e)
+                if stop is not None:
+                    raise stop from None
                 raise
             state.item(item)
             if not state.observer.hidden(item):
