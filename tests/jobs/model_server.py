@@ -16,6 +16,7 @@ from typing import Any
 class ModelServer:
     def __init__(self) -> None:
         self.seen: list[tuple[str, int]] = []
+        self.times: dict[tuple[str, int], float] = {}  # when each step was first seen (monotonic)
         self.gates: dict[tuple[str, int], threading.Event] = {}
         self._lock = threading.Lock()
         server = self
@@ -30,6 +31,7 @@ class ModelServer:
                 key = (job, int(step))
                 with server._lock:
                     server.seen.append(key)
+                    server.times.setdefault(key, time.monotonic())
                     gate = server.gates.get(key)
                 if gate is not None:
                     gate.wait(30)

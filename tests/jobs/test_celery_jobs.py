@@ -123,3 +123,9 @@ def test_worker_killed_mid_run_the_retry_pays_no_call_twice_and_limits_hold(
     assert set(end.partial["steps"]) == {"step-0", "step-1", "step-2", "step-3"}
     [note] = notifications(jobs.client, job_id)
     assert note["attempts"] == 2
+    # The wall clock is the job's: it spans both attempts and the restart between them.
+    t = model_server.times
+    assert end.usage["wall_clock_s"] >= t[(job_id, 3)] - t[(job_id, 0)]
+    # The dead attempt's opener was taken off: the run's ledger record went with the retry's close.
+    assert not jobs.client.exists(f"budgetspan:run:{job_id}")
+    assert not jobs.client.hlen(f"budgetspan:job:{job_id}:calls")

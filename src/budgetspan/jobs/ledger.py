@@ -25,6 +25,18 @@ from budgetspan.accounting.ledger import CallKind, Refusal, Reservation, Spend
 from budgetspan.accounting.redis_ledger import RedisLedger
 from budgetspan.jobs.store import JobStore
 
+# An attempt has opened the job's run: count it in the job hash (KEYS[1]). The attempts counted
+# before and still open are dead (one attempt runs at a time): take their openers off the run's
+# ledger hash (KEYS[2]) so that the hash goes when the live attempt closes the run.
+_OPENED = """
+local dead = redis.call('HINCRBY', KEYS[1], 'open_attempts', 1) - 1
+if dead > 0 then
+  if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('HINCRBY', KEYS[2], 'opened', -dead) end
+  redis.call('HSET', KEYS[1], 'open_attempts', 1)
+end
+return dead
+"""
+
 
 class JobLedger(RedisLedger):
     """A ``RedisLedger`` that journals the reservations of the job attempts running here."""
@@ -36,13 +48,16 @@ class JobLedger(RedisLedger):
         self._fields: dict[int, tuple[str, str]] = {}  # id(reservation) -> (job id, journal field)
         self._seq = itertools.count()
         self._journal_lock = threading.Lock()
+        self._opened = client.register_script(_OPENED)
 
     # attempts -----------------------------------------------------------------------------------
     def attach(self, job_id: str, attempt: int) -> int:
         """Journal the reservations of ``job_id`` made here as ``attempt``; give back those of
-        earlier attempts (dead: a job runs one attempt at a time). Returns how many were given back."""
+        earlier attempts (dead: a job runs one attempt at a time), and their openers of the run.
+        Call it once the run is open. Returns how many reservations were given back."""
         with self._journal_lock:
             self._attempts[job_id] = attempt
+        self._opened(keys=[self.store.key(job_id), self.key(job_id)])
         key = self.store.key(job_id, "calls")
         taken = 0
         for name, raw in self.client.hgetall(key).items():
@@ -64,8 +79,13 @@ class JobLedger(RedisLedger):
         return taken
 
     def detach(self, job_id: str) -> None:
+        """The attempt has closed the job's run."""
         with self._journal_lock:
             self._attempts.pop(job_id, None)
+        try:
+            self.client.hincrby(self.store.key(job_id), "open_attempts", -1)
+        except self._errors:
+            pass
 
     # the journal --------------------------------------------------------------------------------
     def _journal(self, res: Reservation) -> None:

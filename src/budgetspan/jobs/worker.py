@@ -96,9 +96,11 @@ def _attempt(
     progress = subscribe_progress(_publisher(store, job_id), run=job_id)
     error: BaseException | None = None
     run: Run | None = None
+    attached = False
     try:
         with scope as run:
             ledger.attach(job_id, attempt)
+            attached = True
             if store.cancel_requested(job_id):
                 run.cancel()  # cancelled between the start of the attempt and the run's opening
             run.result = fn(*args, **kwargs)
@@ -108,7 +110,8 @@ def _attempt(
         error = exc
     finally:
         progress.close()
-        ledger.detach(job_id)
+        if attached:
+            ledger.detach(job_id)
         _current.reset(job_token)
     assert run is not None
     partial = dict(run.partial)
