@@ -27,6 +27,7 @@ class Worker:
 
     def __init__(self, env: dict[str, str], client: redis.Redis, log: Path) -> None:
         self.env, self.client, self.log = env, client, log
+        self.traces = Path(env["BUDGETSPAN_TRACES_FILE"])  # the worker's spans, OTLP JSON lines
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -65,7 +66,9 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def worker(
     redis_url: str, model_server: ModelServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Worker]:
+    traces = tmp_path_factory.mktemp("traces") / "worker.jsonl"
     env = dict(os.environ, JOBS_TEST_REDIS=redis_url, JOBS_TEST_MODEL=model_server.url, PYTHONPATH=str(ROOT))
+    env["BUDGETSPAN_TRACES_FILE"] = str(traces)
     env.pop("BUDGETSPAN_BUDGET", None)
     w = Worker(env, redis.Redis.from_url(redis_url), tmp_path_factory.mktemp("worker") / "worker.log")
     w.start()

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import redis
+from opentelemetry.sdk.trace import TracerProvider
 
 from budgetspan.jobs import JobStore, wait_for_end
 from tests.jobs.conftest import ROOT, Worker
@@ -27,17 +28,30 @@ def notifications(client: redis.Redis, job_id: str, timeout_s: float = 30) -> li
         time.sleep(0.05)
 
 
+def spans_of_trace(worker: Worker, trace_id: str, timeout_s: float = 15) -> list[str]:
+    """The worker's exported OTLP lines in trace ``trace_id`` (waiting for its batch to be written)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = worker.traces.read_text() if worker.traces.exists() else ""
+        found = [line for line in text.splitlines() if trace_id in line]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
 def test_submit_progress_from_another_process_then_notification(
     worker: Worker, app_module: Any, model_server: ModelServer, redis_url: str
 ) -> None:
     jobs = app_module.jobs
-    job_id = jobs.submit(
-        app_module.agent,
-        2,
-        workflow="triage",
-        budget={"max_model_calls": 5},
-        notify="tests.jobs.celery_app:on_end",
-    )
+    with TracerProvider().get_tracer("test").start_as_current_span("submit") as submitting:
+        job_id = jobs.submit(
+            app_module.agent,
+            2,
+            workflow="triage",
+            budget={"max_model_calls": 5},
+            notify="tests.jobs.celery_app:on_end",
+        )
+    trace_id = format(submitting.get_span_context().trace_id, "032x")
     watch = subprocess.run(
         [
             sys.executable,
@@ -67,6 +81,8 @@ def test_submit_progress_from_another_process_then_notification(
     assert note["usage"]["model_calls"] == 2 and note["usage"]["input_tokens"] == 20
     assert model_server.steps(job_id) == [0, 1]  # the job id is the run id the calls were made in
     assert JobStore(jobs.client).state(job_id)["state"] == "ended"
+    # The worker's run is in the submitter's trace (W3C traceparent in the task's headers).
+    assert any(job_id in line for line in spans_of_trace(worker, trace_id))
 
 
 def test_cancel_while_running_and_while_queued(
