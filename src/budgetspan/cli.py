@@ -1,9 +1,10 @@
-"""The ``budgetspan`` command: ``demo``, ``report``, ``collector`` and ``collector-config``."""
+"""The ``budgetspan`` command: ``demo``, ``report``, ``collector``, ``collector-config`` and ``jobs``."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -54,7 +55,37 @@ def build_parser() -> argparse.ArgumentParser:
         "token and cost metrics, and tail sampling that keeps refusal and exhaustion traces.",
     )
     otelcol.add_arguments(cfg)
+    jobs = sub.add_parser("jobs", help="background jobs: follow a job's milestones until its end")
+    jobs_sub = jobs.add_subparsers(dest="jobs_command", metavar="ACTION")
+    watch = jobs_sub.add_parser(
+        "watch",
+        help="print a job's milestones as they come, then its outcome and explanation",
+        description="Reads the job's progress stream from Redis (any process can) and exits at its end: "
+        "0 on success, 1 on any other outcome, 2 if it did not end within --timeout.",
+    )
+    watch.add_argument("job", help="the job id (= run id) returned by submit")
+    watch.add_argument(
+        "--redis",
+        default=os.environ.get("BUDGETSPAN_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        help="the Redis of the jobs (default: $BUDGETSPAN_REDIS_URL or redis://127.0.0.1:6379/0)",
+    )
+    watch.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
     return parser
+
+
+def watch_job(args: argparse.Namespace) -> int:
+    import redis
+
+    from budgetspan.jobs.store import JobStore
+
+    store = JobStore(redis.Redis.from_url(args.redis))
+    for entry in store.watch(args.job, timeout_s=args.timeout):
+        if entry.get("kind") == "end":
+            print(f"{entry.get('outcome')}: {entry.get('label')}", flush=True)
+            return 0 if entry.get("outcome") == "success" else 1
+        print(f"{float(entry.get('elapsed_s') or 0):6.1f}s  {entry.get('label')}", flush=True)
+    print(f"job {args.job}: no end within {args.timeout} s", file=sys.stderr)
+    return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -80,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from budgetspan.collector import otelcol
 
         return otelcol.main(args)
+    if args.command == "jobs" and args.jobs_command == "watch":
+        return watch_job(args)
     parser.print_help(sys.stderr)
     return 2
 

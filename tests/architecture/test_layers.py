@@ -25,6 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("collector",),
     ("setup",),
     ("autoinstrument",),  # the opentelemetry-instrument hook, over setup
+    ("jobs",),  # background jobs: a run per task on the shared ledger (over runs, calls, accounting)
     ("__init__",),  # the public API
     ("report",),
     ("demo",),

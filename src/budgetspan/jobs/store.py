@@ -1,0 +1,212 @@
+"""A job's state in Redis, readable by job id from any process, whatever queue carries the task.
+
+Keys (``budgetspan:job:<id>``, all with a time to live):
+
+- the job hash: ``state`` (``queued`` → ``running`` → ``ended``; ``cancelled`` when cancelled
+  before it started), submission and start times (Redis's clock, the one every process shares),
+  ``attempts``, ``cancel_requested``, and at the end ``outcome``, ``explanation``, ``partial``,
+  ``result`` (JSON) and ``notified``;
+- ``:progress``: a Redis stream of milestones, the last one of kind ``end``;
+- ``:steps``: checkpointed step results, so a retried task does not redo (nor pay for) finished steps;
+- ``:calls``: the reservations an attempt holds in the ledger, so a retry can take over those of an
+  attempt that died (``jobs.ledger``).
+
+Every state change that another process may race (start, cancel, end) is one Lua script.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+PREFIX = "budgetspan:job:"
+DEFAULT_TTL_S = 7 * 86_400
+
+_BEGIN = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'cancelled' or state == 'ended' then return {0, state, '0', '0'} end
+if not state then redis.call('HSET', KEYS[1], 'submitted_at', tostring(now)) end
+local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+if not redis.call('HGET', KEYS[1], 'started_at') then
+  local wait = now - tonumber(redis.call('HGET', KEYS[1], 'submitted_at'))
+  redis.call('HSET', KEYS[1], 'started_at', tostring(now), 'queue_wait_s', tostring(wait))
+end
+redis.call('HSET', KEYS[1], 'state', 'running')
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return {1, 'running', tostring(n), redis.call('HGET', KEYS[1], 'queue_wait_s')}
+"""
+
+_CANCEL = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'queued' or not state then
+  redis.call('HSET', KEYS[1], 'state', 'cancelled', 'cancel_requested', '1')
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+  return state or 'unknown'
+end
+if state == 'running' then redis.call('HSET', KEYS[1], 'cancel_requested', '1') end
+return state
+"""
+
+_END = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'ended' then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], unpack(ARGV, 3))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class JobEnd:
+    """What the notification says: delivered at least once, always with the same ``idempotency_key``."""
+
+    job_id: str
+    outcome: str  # success | failure | escalated | budget_exhausted | cancelled
+    explanation: str
+    partial: dict[str, Any] = field(default_factory=dict)
+    result: Any = None
+    attempts: int = 0
+    queue_wait_s: float | None = None
+    usage: dict[str, Any] = field(default_factory=dict)  # the run's, over every attempt
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"budgetspan-job-end:{self.job_id}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "idempotency_key": self.idempotency_key}
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, default=repr)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class JobStore:
+    """The jobs' Redis keys, over a ``redis.Redis`` client (the ledger's Redis or another)."""
+
+    def __init__(self, client: Any, ttl_s: int = DEFAULT_TTL_S) -> None:
+        self.client = client
+        self.ttl_s = ttl_s
+        self._begin = client.register_script(_BEGIN)
+        self._cancel = client.register_script(_CANCEL)
+        self._end = client.register_script(_END)
+
+    @staticmethod
+    def key(job_id: str, part: str = "") -> str:
+        return PREFIX + job_id + (":" + part if part else "")
+
+    # the submitter ---------------------------------------------------------------------------
+    def submitted(self, job_id: str, workflow: str) -> None:
+        sec, usec = self.client.time()
+        key = self.key(job_id)
+        self.client.hset(
+            key, mapping={"state": "queued", "workflow": workflow, "submitted_at": sec + usec / 1e6}
+        )
+        self.client.expire(key, self.ttl_s)
+
+    def request_cancel(self, job_id: str) -> str:
+        """Mark the job cancelled; returns its state before (``queued``, ``running``, ``ended``...)."""
+        return _text(self._cancel(keys=[self.key(job_id)], args=[self.ttl_s]))
+
+    # the worker ------------------------------------------------------------------------------
+    def begin(self, job_id: str) -> tuple[bool, int, float | None]:
+        """Start an attempt: (go on, attempt number, queue wait). False when cancelled or ended."""
+        go, _, n, wait = self._begin(keys=[self.key(job_id)], args=[self.ttl_s])
+        return bool(go), int(n), float(wait) if go else None
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return bool(self.client.hget(self.key(job_id), "cancel_requested") == b"1")
+
+    def end(self, end: JobEnd, state: str = "ended") -> bool:
+        """Record the end once (False if it was recorded already) and publish its milestone."""
+        fields = {
+            "outcome": end.outcome,
+            "explanation": end.explanation,
+            "partial": _json(end.partial),
+            "result": _json(end.result),
+            "usage": _json(end.usage),
+        }
+        pairs = [x for kv in fields.items() for x in kv]
+        first = bool(self._end(keys=[self.key(end.job_id)], args=[self.ttl_s, state, *pairs]))
+        if first:
+            self.publish(end.job_id, {"kind": "end", "label": end.explanation, "outcome": end.outcome})
+        return first
+
+    def ended(self, job_id: str) -> JobEnd | None:
+        """The recorded end of a job, or None while it has none."""
+        raw = {_text(k): _text(v) for k, v in self.client.hgetall(self.key(job_id)).items()}
+        if "outcome" not in raw:
+            return None
+        wait = raw.get("queue_wait_s")
+        return JobEnd(
+            job_id=job_id,
+            outcome=raw["outcome"],
+            explanation=raw.get("explanation", ""),
+            partial=json.loads(raw.get("partial") or "{}"),
+            result=json.loads(raw.get("result") or "null"),
+            attempts=int(raw.get("attempts", 0)),
+            queue_wait_s=float(wait) if wait else None,
+            usage=json.loads(raw.get("usage") or "{}"),
+        )
+
+    def mark_notified(self, job_id: str) -> None:
+        self.client.hset(self.key(job_id), "notified", "1")
+
+    def notified(self, job_id: str) -> bool:
+        return bool(self.client.hget(self.key(job_id), "notified") == b"1")
+
+    def state(self, job_id: str) -> dict[str, str]:
+        return {_text(k): _text(v) for k, v in self.client.hgetall(self.key(job_id)).items()}
+
+    # checkpoints -----------------------------------------------------------------------------
+    def checkpoint(self, job_id: str, step: str, compute: Callable[[], Any]) -> tuple[Any, bool]:
+        """The step's saved result, or ``compute()`` saved now; True when it was saved before."""
+        key = self.key(job_id, "steps")
+        saved = self.client.hget(key, step)
+        if saved is not None:
+            return json.loads(saved), True
+        value = compute()
+        self.client.hset(key, step, json.dumps(value))
+        self.client.expire(key, self.ttl_s)
+        return value, False
+
+    def steps(self, job_id: str) -> dict[str, Any]:
+        raw = self.client.hgetall(self.key(job_id, "steps"))
+        return {_text(k): json.loads(v) for k, v in raw.items()}
+
+    # progress --------------------------------------------------------------------------------
+    def publish(self, job_id: str, entry: dict[str, Any]) -> None:
+        key = self.key(job_id, "progress")
+        self.client.xadd(key, {k: "" if v is None else str(v) for k, v in entry.items()}, maxlen=10_000)
+        self.client.expire(key, self.ttl_s)
+
+    def watch(
+        self, job_id: str, timeout_s: float | None = None, poll_s: float = 1.0
+    ) -> Iterator[dict[str, str]]:
+        """The job's milestones from the first, as they come, until its end (or ``timeout_s``)."""
+        key = self.key(job_id, "progress")
+        last = "0"
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while deadline is None or time.monotonic() < deadline:
+            block_ms = int(poll_s * 1000)
+            if deadline is not None:
+                block_ms = max(1, min(block_ms, int((deadline - time.monotonic()) * 1000)))
+            for _, entries in self.client.xread({key: last}, block=block_ms) or []:
+                for entry_id, raw in entries:
+                    last = _text(entry_id)
+                    entry = {_text(k): _text(v) for k, v in raw.items()}
+                    yield entry
+                    if entry.get("kind") == "end":
+                        return
+
+
+__all__ = ["DEFAULT_TTL_S", "JobEnd", "JobStore"]

@@ -1,0 +1,167 @@
+"""Running one attempt of a job, whatever queue delivered it: the queue adapter reads the
+``JobSpec`` from the message headers and calls ``execute``.
+
+An attempt: start it in the store (skipped when the job was cancelled or has ended: then only a
+pending notification is delivered), enter the W3C trace context that came with the job, run the
+function inside ``budgetspan.run(..., run_id=job_id)`` on the shared ledger, publish its milestones
+to the job's stream, record the end, notify.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
+from typing import Any, TypeVar
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate
+
+from budgetspan.accounting.budget import BudgetExhausted, Usage
+from budgetspan.jobs.ledger import JobLedger
+from budgetspan.jobs.notify import deliver, deliver_pending
+from budgetspan.jobs.spec import JobSpec
+from budgetspan.jobs.store import JobEnd, JobStore
+from budgetspan.runs import context
+from budgetspan.runs.progress import Milestone, subscribe_progress
+from budgetspan.runs.run import Run
+from budgetspan.runs.scopes import RunScope
+
+T = TypeVar("T")
+_current: ContextVar[tuple[JobStore, str] | None] = ContextVar("budgetspan_job", default=None)
+
+
+def current_job_id() -> str | None:
+    """The id of the job this code runs in (None outside a job)."""
+    current = _current.get()
+    return None if current is None else current[1]
+
+
+def checkpoint(step: str, compute: Callable[[], T]) -> T:
+    """``compute()`` once per job: a retried task gets the saved result (JSON) without redoing the
+    step, so the model calls of finished steps are neither sent nor charged again. Outside a job,
+    just ``compute()``."""
+    current = _current.get()
+    if current is None:
+        return compute()
+    store, job_id = current
+    value, _ = store.checkpoint(job_id, step, compute)
+    return value  # type: ignore[no-any-return]
+
+
+def execute(
+    spec: JobSpec, fn: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any], ledger: JobLedger
+) -> JobEnd | None:
+    """One attempt of the job; its end (None when the job was cancelled or had ended before)."""
+    store = ledger.store
+    if context.get_ledger() is not ledger:
+        context.set_ledger(ledger)  # the worker's runs spend from the shared ledger
+    go, attempt, wait = store.begin(spec.job_id)
+    if not go:
+        deliver_pending(store, spec.notify, spec.job_id)
+        return None
+    token = otel_context.attach(propagate.extract(dict(spec.trace)))
+    try:
+        end = _attempt(spec, fn, args, kwargs, ledger, attempt, wait)
+    finally:
+        otel_context.detach(token)
+    store.end(end)
+    deliver(store, spec.notify, store.ended(spec.job_id) or end)
+    return end
+
+
+def _publisher(store: JobStore, job_id: str) -> Callable[[Milestone], None]:
+    def publish(m: Milestone) -> None:
+        if m.kind != "end":  # the store publishes the end, with its explanation
+            store.publish(
+                job_id,
+                {"kind": m.kind, "label": m.label, "phase": m.phase, "elapsed_s": f"{m.elapsed_s:.3f}"},
+            )
+
+    return publish
+
+
+def _attempt(
+    spec: JobSpec,
+    fn: Callable[..., Any],
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    ledger: JobLedger,
+    attempt: int,
+    wait: float | None,
+) -> JobEnd:
+    store, job_id = ledger.store, spec.job_id
+    scope = RunScope(spec.workflow, spec.budget, spec.mode, run_id=job_id, suppress_exhausted=True)
+    job_token = _current.set((store, job_id))
+    progress = subscribe_progress(_publisher(store, job_id), run=job_id)
+    error: BaseException | None = None
+    run: Run | None = None
+    attached = False
+    try:
+        with scope as run:
+            ledger.attach(job_id, attempt)
+            attached = True
+            if store.cancel_requested(job_id):
+                run.cancel()  # cancelled between the start of the attempt and the run's opening
+            run.result = fn(*args, **kwargs)
+    except BudgetExhausted:
+        pass  # suppressed by the scope; here for an enclosing run's refusal
+    except Exception as exc:  # the job failed: recorded, notified, not retried by the queue
+        error = exc
+    finally:
+        progress.close()
+        if attached:
+            ledger.detach(job_id)
+        _current.reset(job_token)
+    assert run is not None
+    partial = dict(run.partial)
+    partial["steps"] = store.steps(job_id)
+    return JobEnd(
+        job_id=job_id,
+        outcome=run.outcome.value if run.outcome is not None else "failure",
+        explanation=_explanation(run, error),
+        partial=partial,
+        result=run.result,
+        attempts=attempt,
+        queue_wait_s=wait,
+        usage=(run.final_usage or Usage()).as_dict(),
+    )
+
+
+def _explanation(run: Run, error: BaseException | None) -> str:
+    usage = run.final_usage or Usage()
+    if run.exhausted is not None:
+        return run.exhausted.explain(usage)
+    if error is not None:
+        return f"Failed: {type(error).__name__}: {error}"
+    done = f"{usage.model_calls} model calls, {usage.tool_calls} tool calls, ${usage.cost_usd:.4f}"
+    if run.outcome is not None and run.outcome.value == "escalated":
+        return f"Handed over to a person ({run.partial.get('escalation_reason') or 'no reason given'}) after {done}"
+    return f"Done after {done}"
+
+
+def cancel(store: JobStore, job_id: str) -> str:
+    """Cancel a job from any process; returns its state when cancelled (``queued``, ``running``,
+    ``ended``...). Queued: it ends now (outcome ``cancelled``; the queue adapter also revokes the
+    message). Running: the ledger's cancel flag stops the run at its next call."""
+    before = store.request_cancel(job_id)
+    if before in ("queued", "unknown"):
+        store.end(JobEnd(job_id, "cancelled", "Cancelled before it started", {}))
+    elif before == "running":
+        from budgetspan.accounting.redis_ledger import RedisLedger
+
+        RedisLedger(store.client).cancel(job_id)  # False: the run is not open yet; the flag covers it
+    return before
+
+
+def wait_for_end(store: JobStore, job_id: str, timeout_s: float, poll_s: float = 0.05) -> JobEnd | None:
+    """The job's recorded end, waiting up to ``timeout_s`` for it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        end = store.ended(job_id)
+        if end is not None or time.monotonic() >= deadline:
+            return end
+        time.sleep(poll_s)
+
+
+__all__ = ["cancel", "checkpoint", "current_job_id", "execute", "wait_for_end"]

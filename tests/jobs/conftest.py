@@ -1,0 +1,86 @@
+"""One redis-server, one model server and one Celery worker (a separate process) per module."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.accounting.redis_server import redis, start_redis, stop
+from tests.jobs.model_server import ModelServer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+if shutil.which("redis-server") is None:
+    pytest.skip("Debian redis-server not installed", allow_module_level=True)
+pytest.importorskip("celery")
+
+
+class Worker:
+    """``celery -A tests.jobs.celery_app worker --pool=solo``, which a test may kill and restart."""
+
+    def __init__(self, env: dict[str, str], client: redis.Redis, log: Path) -> None:
+        self.env, self.client, self.log = env, client, log
+        self.traces = Path(env["BUDGETSPAN_TRACES_FILE"])  # the worker's spans, OTLP JSON lines
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "celery", "-A", "tests.jobs.celery_app", "worker", "--pool=solo"]
+        cmd += ["--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "warning"]
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        key = f"test:worker-ready:{self.proc.pid}"
+        deadline = time.monotonic() + 60
+        while not self.client.exists(key):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the Celery worker did not start; see {self.log}")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def model_server() -> Iterator[ModelServer]:
+    server = ModelServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    proc, port = start_redis(tmp_path_factory.mktemp("redis"))
+    yield f"redis://127.0.0.1:{port}/0"
+    stop(proc)
+
+
+@pytest.fixture(scope="module")
+def worker(
+    redis_url: str, model_server: ModelServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Worker]:
+    traces = tmp_path_factory.mktemp("traces") / "worker.jsonl"
+    env = dict(os.environ, JOBS_TEST_REDIS=redis_url, JOBS_TEST_MODEL=model_server.url, PYTHONPATH=str(ROOT))
+    env["BUDGETSPAN_TRACES_FILE"] = str(traces)
+    env.pop("BUDGETSPAN_BUDGET", None)
+    w = Worker(env, redis.Redis.from_url(redis_url), tmp_path_factory.mktemp("worker") / "worker.log")
+    w.start()
+    yield w
+    w.kill()
+
+
+@pytest.fixture(scope="module")
+def app_module(redis_url: str, model_server: ModelServer) -> object:
+    """The worker's app module, imported here (the submitting process) against the same Redis."""
+    os.environ["JOBS_TEST_REDIS"] = redis_url
+    os.environ["JOBS_TEST_MODEL"] = model_server.url
+    from tests.jobs import celery_app
+
+    return celery_app

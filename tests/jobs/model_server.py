@@ -1,0 +1,86 @@
+"""An OpenAI-compatible chat server on loopback that counts what reached it, per job and step.
+
+Each request's last user message is ``"<job id> <step>"``; a step can be gated: its request is held
+(after being counted) until the test opens the gate, so a test knows a call is in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class ModelServer:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, int]] = []
+        self.times: dict[tuple[str, int], float] = {}  # when each step was first seen (monotonic)
+        self.gates: dict[tuple[str, int], threading.Event] = {}
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                job, step = body["messages"][-1]["content"].split()
+                key = (job, int(step))
+                with server._lock:
+                    server.seen.append(key)
+                    server.times.setdefault(key, time.monotonic())
+                    gate = server.gates.get(key)
+                if gate is not None:
+                    gate.wait(30)
+                reply = {
+                    "id": "chatcmpl-1",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": body["model"],
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": f"done {step}"},
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+                }
+                data = json.dumps(reply).encode()
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:
+                    pass  # the worker died while we held its request
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def gate(self, job: str, step: int) -> threading.Event:
+        with self._lock:
+            event = self.gates[(job, step)] = threading.Event()
+        return event
+
+    def steps(self, job: str) -> list[int]:
+        with self._lock:
+            return [s for j, s in self.seen if j == job]
+
+    def wait_for(self, job: str, step: int, timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        while step not in self.steps(job):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the model server never saw step {step} of job {job}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        for event in list(self.gates.values()):
+            event.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
