@@ -157,7 +157,8 @@ def _new_provider() -> Any:
 
     provider = TracerProvider()
     added = add_exporters(provider)
-    if not added and not os.environ.get(A.ENV_TRACES_FILE, "").strip():
+    asked_none = os.environ.get(A.ENV_OTEL_TRACES_EXPORTER, "").strip().lower() == "none"
+    if not added and not asked_none and not os.environ.get(A.ENV_TRACES_FILE, "").strip():
         log.warning(
             "budgetspan: spans go nowhere (no exporter): set OTEL_TRACES_EXPORTER=otlp and "
             "OTEL_EXPORTER_OTLP_ENDPOINT, or %s=FILE, or pass configure(tracer_provider=...)",

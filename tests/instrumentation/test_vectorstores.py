@@ -239,7 +239,8 @@ for name in HIDDEN:
 records = []
 class Keep(logging.Handler):
     def emit(self, record):
-        records.append(record)
+        if "spans go nowhere" not in record.getMessage():  # (this script sets up no exporter)
+            records.append(record)
 logging.getLogger().addHandler(Keep(level=logging.WARNING))
 
 import importlib
