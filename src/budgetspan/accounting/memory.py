@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from budgetspan.accounting.budget import Budget, Limit, ToolLimits, Usage
 from budgetspan.accounting.ledger import CallKind, Ledger, LedgerRefused, Mode, Refusal, Reservation, Spend
-from budgetspan.accounting.rule import Held, refusal, spend_refusal
+from budgetspan.accounting.rule import NOTHING_HELD, Held, refusal, spend_refusal
 
 
 @dataclass
@@ -91,11 +91,11 @@ class InMemoryLedger(Ledger):
         tool_limits: ToolLimits | None = None,
     ) -> Reservation:
         book = self._book(run_id)
-        worst = Held(
-            float(worst_case_cost or 0.0), int(worst_case_input_tokens or 0), int(worst_case_tokens or 0)
-        )
-        if kind is not CallKind.MODEL:
-            worst = Held()  # only model calls spend tokens and dollars
+        worst = NOTHING_HELD  # only model calls spend tokens and dollars
+        if kind is CallKind.MODEL and (worst_case_cost or worst_case_input_tokens or worst_case_tokens):
+            worst = Held(
+                float(worst_case_cost or 0.0), int(worst_case_input_tokens or 0), int(worst_case_tokens or 0)
+            )
         with book.lock:
             deadline = book.deadline
             found = refusal(
@@ -115,7 +115,7 @@ class InMemoryLedger(Ledger):
             if found is not None and not force and enforced:
                 raise LedgerRefused(found)
             _count(book.usage, kind, tool, +1)
-            if worst.cost_usd or worst.input_tokens or worst.output_tokens:
+            if worst is not NOTHING_HELD:
                 book.held.add(worst.cost_usd, worst.input_tokens, worst.output_tokens)
         return Reservation(
             run_id,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from budgetspan.accounting.budget import NO_TOOL_LIMITS, Budget, Limit, ToolLimits, Usage
+from budgetspan.accounting.budget import Budget, Limit, ToolLimits, Usage
 from budgetspan.accounting.ledger import CallKind, Refusal
 
 
@@ -45,26 +45,24 @@ def count_refusal(
 ) -> Refusal | None:
     """The count limit that refuses one more call of ``kind`` (``tool``), if any."""
     b, u = budget, usage
-    own = tool_limits_for(b, tool, defaults) if tool is not None else NO_TOOL_LIMITS
-    # (limit, used, reason), checked in this order; a limit of None never refuses
-    checks: tuple[tuple[float | None, int, Limit], ...]
     if kind is CallKind.RETRY:
-        checks = (
-            (b.max_retries, u.retries, Limit.RETRIES),
-            (own.max_retries, u.tool_retries_by_name.get(tool or "", 0), Limit.TOOL_MAX_RETRIES),
-        )
-    elif kind is CallKind.MODEL:
-        checks = ((b.max_steps, u.steps, Limit.STEPS), (b.max_model_calls, u.model_calls, Limit.MODEL_CALLS))
-    else:
-        checks = (
-            (b.max_steps, u.steps, Limit.STEPS),
-            (b.max_tool_calls, u.tool_calls, Limit.TOOL_CALLS),
-            (own.max_calls, u.tool_calls_by_name.get(tool or "", 0), Limit.TOOL_MAX_CALLS),
-        )
-    for limit, used, name in checks:
-        if limit is not None and used >= limit:
-            per_tool = name in (Limit.TOOL_MAX_CALLS, Limit.TOOL_MAX_RETRIES)
-            return Refusal(name.value, limit, tool if per_tool else None)
+        if b.max_retries is not None and u.retries >= b.max_retries:
+            return Refusal(Limit.RETRIES.value, b.max_retries)
+        limit = tool_limits_for(b, tool, defaults).max_retries if tool is not None else None
+        if limit is not None and u.tool_retries_by_name.get(tool or "", 0) >= limit:
+            return Refusal(Limit.TOOL_MAX_RETRIES.value, limit, tool)
+        return None
+    if b.max_steps is not None and u.model_calls + u.tool_calls >= b.max_steps:
+        return Refusal(Limit.STEPS.value, b.max_steps)
+    if kind is CallKind.MODEL:
+        if b.max_model_calls is not None and u.model_calls >= b.max_model_calls:
+            return Refusal(Limit.MODEL_CALLS.value, b.max_model_calls)
+        return None
+    if b.max_tool_calls is not None and u.tool_calls >= b.max_tool_calls:
+        return Refusal(Limit.TOOL_CALLS.value, b.max_tool_calls)
+    limit = tool_limits_for(b, tool, defaults).max_calls if tool is not None else None
+    if limit is not None and u.tool_calls_by_name.get(tool or "", 0) >= limit:
+        return Refusal(Limit.TOOL_MAX_CALLS.value, limit, tool)
     return None
 
 
@@ -75,38 +73,43 @@ def spend_refusal(
     pass together with what is spent and ``held`` by the calls in flight."""
     b, u = budget, usage
     w = worst or NOTHING_HELD
-    # (spent, in flight + this call's worst case, limit, this call's worst case, the limit's name)
-    checks = (
-        (u.cost_usd, held.cost_usd + w.cost_usd, b.max_cost_usd, w.cost_usd, Limit.COST_USD),
-        (
+    if b.max_cost_usd is not None:
+        found = _breaks(u.cost_usd, held.cost_usd + w.cost_usd, b.max_cost_usd, w.cost_usd, Limit.COST_USD)
+        if found is not None:
+            return found
+    if b.max_input_tokens is not None:
+        found = _breaks(
             u.input_tokens,
             held.input_tokens + w.input_tokens,
             b.max_input_tokens,
             w.input_tokens,
             Limit.INPUT_TOKENS,
-        ),
-        (
+        )
+        if found is not None:
+            return found
+    if b.max_output_tokens is not None:
+        found = _breaks(
             u.output_tokens,
             held.output_tokens + w.output_tokens,
             b.max_output_tokens,
             w.output_tokens,
             Limit.OUTPUT_TOKENS,
-        ),
-        (
-            u.total_tokens,
-            held.input_tokens + held.output_tokens + w.input_tokens + w.output_tokens,
-            b.max_total_tokens,
-            w.input_tokens + w.output_tokens,
-            Limit.TOTAL_TOKENS,
-        ),
-    )
-    for spent, pending, limit, own, name in checks:
-        if limit is None:
-            continue
-        if spent >= limit:
-            return Refusal(name.value, limit)
-        if own > 0 and spent + pending > limit:
-            return Refusal(name.value, limit, worst=own)
+        )
+        if found is not None:
+            return found
+    if b.max_total_tokens is not None:
+        own = w.input_tokens + w.output_tokens
+        pending = held.input_tokens + held.output_tokens + own
+        return _breaks(u.input_tokens + u.output_tokens, pending, b.max_total_tokens, own, Limit.TOTAL_TOKENS)
+    return None
+
+
+def _breaks(spent: float, pending: float, limit: float, own: float, name: Limit) -> Refusal | None:
+    """Used up (``>=``), or this call's worst case would pass it with the calls in flight."""
+    if spent >= limit:
+        return Refusal(name.value, limit)
+    if own > 0 and spent + pending > limit:
+        return Refusal(name.value, limit, worst=own)
     return None
 
 

@@ -9,7 +9,6 @@ count and rarely below it; it is an estimate, marked as one wherever it is used.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -19,7 +18,8 @@ TOKENS_PER_MESSAGE = 4
 
 def text_tokens(text: str) -> int:
     """Estimated tokens of one piece of text."""
-    return math.ceil(len(text.encode("utf-8", "replace")) / BYTES_PER_TOKEN)
+    size = len(text) if text.isascii() else len(text.encode("utf-8", "replace"))
+    return -(-size // BYTES_PER_TOKEN)  # rounded up
 
 
 def request_tokens(parts: Iterable[Any]) -> int:

@@ -260,12 +260,10 @@ class Run:
         """Reserve one call in this run and every enclosing run; raise BudgetExhausted (from the
         run whose limit refuses it) when a limit refuses it. Exhaustion is sticky: once a run has
         stopped at a limit, every later call is refused too."""
-        worst = {
-            "worst_case_cost": worst_case_cost,
-            "worst_case_tokens": worst_case_tokens,
-            "worst_case_input_tokens": worst_case_input_tokens,
-        }
+        worst = (worst_case_cost, worst_case_tokens, worst_case_input_tokens)
         own = self._reserve_here(kind, tool, tool_limits, worst)
+        if self.parent is None:
+            return own
         for outer in self.ancestors():
             try:
                 own.linked.append((outer, outer._reserve_here(kind, tool, tool_limits, worst)))
@@ -275,13 +273,25 @@ class Run:
         return own
 
     def _reserve_here(
-        self, kind: CallKind, tool: str | None, tool_limits: ToolLimits | None, worst: dict[str, Any]
+        self,
+        kind: CallKind,
+        tool: str | None,
+        tool_limits: ToolLimits | None,
+        worst: tuple[float | None, int | None, int | None],
     ) -> Reservation:
         stopped = self._stopped()
         if stopped is not None:
             raise self.exhaust(stopped)
         try:
-            res = self._ledger.reserve(self.id, kind, tool=tool, tool_limits=tool_limits, **worst)
+            res = self._ledger.reserve(
+                self.id,
+                kind,
+                tool=tool,
+                tool_limits=tool_limits,
+                worst_case_cost=worst[0],
+                worst_case_tokens=worst[1],
+                worst_case_input_tokens=worst[2],
+            )
         except LedgerRefused as refused:
             raise self.exhaust(refused.refusal) from None
         except KeyError:  # run already closed (work after the run ended): no limit applies
