@@ -108,6 +108,16 @@ class Budget:
     tools: Mapping[str, ToolLimits] = field(default_factory=dict)
     profile: str | None = None
 
+    @property
+    def spend_limited(self) -> bool:
+        """Any token or dollar limit: a call then holds its worst case against it."""
+        return not (
+            self.max_cost_usd is None
+            and self.max_input_tokens is None
+            and self.max_output_tokens is None
+            and self.max_total_tokens is None
+        )
+
     def __post_init__(self) -> None:
         for name in LIMIT_NAMES:
             object.__setattr__(self, name, _check_limit(name, getattr(self, name)))

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -87,6 +87,7 @@ class Call:
         worst_case_cost: float | None = None,
         worst_case_tokens: int | None = None,
         worst_case_input_tokens: int | None = None,
+        input_estimate: Callable[[], int] | None = None,
         label: str | None = None,
         tool_limits: ToolLimits | None = None,
     ) -> None:
@@ -103,6 +104,9 @@ class Call:
         self.worst_case_cost = worst_case_cost
         self.worst_case_tokens = worst_case_tokens  # output tokens: max_tokens x n
         self.worst_case_input_tokens = worst_case_input_tokens
+        #: Estimates the request's input tokens, only when needed: a token or dollar limit to hold
+        #: the worst case against, or usage the provider never reported.
+        self._input_estimate = input_estimate
         self.label = label
         self.tool_limits = tool_limits
         #: Set by the instrumentation: written on the span at the end (response id, reasons...).
@@ -147,10 +151,15 @@ class Call:
             self.phase = context.current_phase() or DEFAULT_PHASE_BY_OPERATION.get(
                 self.operation, "model_decision"
             )
-            if self.is_model and self.worst_case_cost is None and self.model:
-                self.worst_case_cost = default_resolver().worst_case_cost(
-                    self.provider or "", self.model, self.worst_case_input_tokens or 0, self.worst_case_tokens
-                )
+            if self.is_model and _spend_limited(self.run):
+                self._estimate_input()
+                if self.worst_case_cost is None and self.model:
+                    self.worst_case_cost = default_resolver().worst_case_cost(
+                        self.provider or "",
+                        self.model,
+                        self.worst_case_input_tokens or 0,
+                        self.worst_case_tokens,
+                    )
         except Exception:
             internal_error("Call.start")
             self.run = None
@@ -344,9 +353,17 @@ class Call:
                 )
         events.emit("on_call_end", self._record(duration, status, self.usage, unreported, unpriced))
 
+    def _estimate_input(self) -> None:
+        if self.worst_case_input_tokens is None and self._input_estimate is not None:
+            try:
+                self.worst_case_input_tokens = self._input_estimate()
+            except Exception:
+                internal_error("input estimate")
+
     def _estimate(self) -> Spend | None:
         """Unreported usage is never zero: the request's input estimate and the estimate of the
         text received, priced where the model is (``calls.estimate`` says how good it is)."""
+        self._estimate_input()
         inp, out = self.worst_case_input_tokens, self.output_estimate
         if not inp and not out:
             return None
@@ -493,3 +510,12 @@ class Call:
         finally:
             if untrack is not None:
                 untrack()
+
+
+def _spend_limited(run: Run | None) -> bool:
+    """Whether the run (or an enclosing one) has a token or dollar limit."""
+    if run is None:
+        return False
+    if run.budget.spend_limited:
+        return True
+    return run.parent is not None and any(r.budget.spend_limited for r in run.ancestors())

@@ -77,7 +77,7 @@ def model_call(
         provider=provider,
         model=model,
         worst_case_tokens=worst_output_tokens(model, max_tokens, kwargs.get("n")),
-        worst_case_input_tokens=request_tokens(given(kwargs[k]) for k in _REQUEST_TEXT if k in kwargs),
+        input_estimate=lambda: request_tokens(given(kwargs[k]) for k in _REQUEST_TEXT if k in kwargs),
     )
 
 
