@@ -11,12 +11,10 @@ inside budgetspan is logged and swallowed so the user's call goes on.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -29,6 +27,7 @@ from budgetspan.accounting.budget import Limit, ToolLimits
 from budgetspan.accounting.ledger import CallKind, Mode, Refusal, Reservation, Spend
 from budgetspan.accounting.pricing import default_resolver
 from budgetspan.calls import foreign
+from budgetspan.calls.bounds import AsyncBounds
 from budgetspan.calls.outcome import record_failure, status_of
 from budgetspan.calls.pricing import call_cost, estimate_attributes, highest, increase, usage_attributes
 from budgetspan.calls.span_write import write_end_attributes
@@ -71,7 +70,7 @@ def warn_unpriced_once(provider: str | None, model: str | None, run: Run) -> Non
     )
 
 
-class Call:
+class Call(AsyncBounds):
     """One counted operation. Use ``start()``, then ``end()`` once (further ends are ignored)."""
 
     def __init__(
@@ -109,6 +108,10 @@ class Call:
         self._input_estimate = input_estimate
         self.label = label
         self.tool_limits = tool_limits
+        self._init_state()
+
+    def _init_state(self) -> None:
+        """What the call learns and does between its start and its end."""
         #: Set by the instrumentation: written on the span at the end (response id, reasons...).
         self.end_attributes: dict[str, Any] = {}
         #: A whole response: its usage is committed with the reservation at the end, in one
@@ -436,80 +439,6 @@ class Call:
             run=run,
             operation=self.operation,
         )
-
-    # deadlines and cancellation for async calls ---------------------------------------------
-    def watch_stream(self) -> None:
-        """An async stream: arm the run's deadline (one timer) and its cancellation for the task
-        that consumes it, once; ``stream_stop`` says what a cancellation meant. Undone at the end."""
-        try:
-            run, task = self.run, asyncio.current_task()
-            if run is None or task is None:
-                return
-            untrack = run.track_task(task)
-            timer = None
-            if self._deadline is not None:
-                loop = task.get_loop()
-                timer = loop.call_at(loop.time() + max(0.0, self._deadline - time.monotonic()), task.cancel)
-            self._watch = (task, untrack, timer)
-        except Exception:
-            internal_error("Call.watch_stream")
-
-    def stream_stop(self, error: BaseException) -> BaseException | None:
-        """The ``BudgetExhausted`` a stream's cancellation stands for (the run's deadline passed or
-        the run was cancelled), or None for any other error."""
-        run, watch = self.run, self._watch
-        if not isinstance(error, asyncio.CancelledError) or run is None or watch is None:
-            return None
-        if run.cancelled:
-            refusal = Refusal(Limit.CANCELLED.value, None)
-        elif self._deadline is not None and time.monotonic() >= self._deadline:
-            refusal = Refusal(Limit.WALL_CLOCK_S.value, run.budget.max_wall_clock_s)
-        else:
-            return None
-        watch[0].uncancel()
-        return run.exhaust(refusal)
-
-    def _unwatch(self) -> None:
-        watch, self._watch = self._watch, None
-        if watch is not None:
-            watch[1]()
-            if watch[2] is not None:
-                watch[2].cancel()
-
-    @asynccontextmanager
-    async def deadline(self, timeout_s: float | None = None) -> AsyncIterator[None]:
-        """Bound an awaited call by the run's remaining wall-clock time (and ``timeout_s``).
-
-        The run's deadline turns into BudgetExhausted(max_wall_clock_s); ``timeout_s`` into
-        TimeoutError; ``budgetspan.cancel`` into RunCancelled.
-        """
-        run = self.run
-        remaining = run.remaining_s() if run is not None else None
-        limit = min((t for t in (remaining, timeout_s) if t is not None), default=None)
-        try:
-            task = asyncio.current_task()
-        except RuntimeError:  # not on asyncio (trio via anyio): no bound, rather than an error
-            yield
-            return
-        untrack = run.track_task(task) if (run is not None and task is not None) else None
-        try:
-            async with asyncio.timeout(limit):
-                yield
-        except TimeoutError:
-            by_run = remaining is not None and remaining <= (
-                timeout_s if timeout_s is not None else float("inf")
-            )
-            if run is not None and by_run:
-                raise run.exhaust(Refusal(Limit.WALL_CLOCK_S.value, run.budget.max_wall_clock_s)) from None
-            raise
-        except asyncio.CancelledError:
-            if run is not None and run.cancelled and task is not None:
-                task.uncancel()
-                raise run.exhaust(Refusal(Limit.CANCELLED.value, None)) from None
-            raise
-        finally:
-            if untrack is not None:
-                untrack()
 
 
 def _spend_limited(run: Run | None) -> bool:
