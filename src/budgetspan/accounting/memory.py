@@ -141,7 +141,12 @@ class InMemoryLedger(Ledger):
             return None
         with book.lock:
             reservation.done = True
-            book.held.add(*_worst(reservation), sign=-1)
+            if (
+                reservation.worst_case_cost
+                or reservation.worst_case_input_tokens
+                or reservation.worst_case_output_tokens
+            ):
+                book.held.add(*_worst(reservation), sign=-1)
             if spend is not None:
                 book.add(spend)
             u = book.usage
@@ -167,7 +172,12 @@ class InMemoryLedger(Ledger):
             return
         with book.lock:
             reservation.done = True
-            book.held.add(*_worst(reservation), sign=-1)
+            if (
+                reservation.worst_case_cost
+                or reservation.worst_case_input_tokens
+                or reservation.worst_case_output_tokens
+            ):
+                book.held.add(*_worst(reservation), sign=-1)
             _count(book.usage, reservation.kind, reservation.tool, -1)
 
     def usage(self, run_id: str) -> Usage:

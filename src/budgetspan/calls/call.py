@@ -30,7 +30,7 @@ from budgetspan.calls import foreign
 from budgetspan.calls.bounds import AsyncBounds
 from budgetspan.calls.outcome import record_failure, status_of
 from budgetspan.calls.pricing import call_cost, estimate_attributes, highest, increase, usage_attributes
-from budgetspan.calls.span_write import write_end_attributes
+from budgetspan.calls.span_write import sampler_reads_attributes, write_end_attributes
 from budgetspan.config import capture_content, get_config
 from budgetspan.events import CallRecord, internal_error
 from budgetspan.runs import context
@@ -39,9 +39,9 @@ from budgetspan.runs.phases import DEFAULT_PHASE_BY_OPERATION
 from budgetspan.runs.run import Run
 
 _KIND_BY_OPERATION: dict[str, CallKind | None] = {A.OP_EXECUTE_TOOL: CallKind.TOOL, A.OP_RETRIEVAL: None}
-#: Given to a call's span when it starts: what a sampler or another span processor may select on.
-#: The request's other attributes are written with the results when the call ends, validated once
-#: (``calls.span_write``).
+#: Given to a call's span when it starts, where the sampler could read them
+#: (``span_write.sampler_reads_attributes``); every attribute is written again with the results
+#: when the call ends, validated once (``span_write.write_end_attributes``).
 _AT_START = (
     A.GEN_AI_OPERATION_NAME,
     A.GEN_AI_PROVIDER_NAME,
@@ -234,8 +234,13 @@ class Call(AsyncBounds):
             attrs[A.WOULD_REFUSE] = self.reservation.would_refuse.reason
         if self.worst_case_cost is not None:
             attrs[A.WORST_CASE_COST] = self.worst_case_cost
-        at_start = {key: attrs[key] for key in _AT_START if key in attrs}
-        self.span = context.get_tracer().start_span(self.span_name, kind=self.span_kind, attributes=at_start)
+        tracer = context.get_tracer()
+        at_start = (
+            {key: attrs[key] for key in _AT_START if key in attrs}
+            if sampler_reads_attributes(tracer)
+            else None
+        )
+        self.span = tracer.start_span(self.span_name, kind=self.span_kind, attributes=at_start)
         self._outer = context.current_call() is None
         self._t0 = time.monotonic()
         self.started = True
@@ -340,7 +345,7 @@ class Call(AsyncBounds):
         unpriced = self.is_model and not unreported and self.cost_usd is None
         if self.span is not None:
             self._finish_span(self.span, error, status, stream_end, unreported)
-        if status == "ok":
+        if status == "ok" and self._deadline is not None:
             self.past_deadline()  # a sync call that ended late stops its run (the next call is refused)
         run = self.run
         if run is not None:
@@ -411,7 +416,8 @@ class Call(AsyncBounds):
             attrs[A.RETRIEVAL_DOCUMENTS] = self.documents
         if stream_end is not None:
             attrs[A.STREAM_END] = stream_end
-        record_failure(span, attrs, error, status, redact=not capture_content())
+        if status != "ok":
+            record_failure(span, attrs, error, status, redact=not capture_content())
         write_end_attributes(span, attrs)
         span.end()
 

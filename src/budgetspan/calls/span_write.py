@@ -1,4 +1,5 @@
-"""Writing a call's attributes onto its SDK span when the call ends, validated once.
+"""Writing a call's attributes onto its SDK span: at its start only what a sampler could read,
+the rest when the call ends, validated once.
 
 Why: the SDK's ``set_attributes`` checks every value (types, nested sequences, length limits) one
 attribute at a time; a call ends with 10 to 15 attributes that budgetspan built itself, of types
@@ -15,6 +16,7 @@ value length limit and room for every key, and every value a ``str``, ``bool``, 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -62,3 +64,32 @@ def _write(span: Any, attributes: Mapping[str, Any]) -> bool:
         return True
     except AttributeError:  # the SDK's internals moved: the public path
         return False
+
+
+#: The SDK's stock samplers: they decide on the trace id and the parent, never on attributes.
+_STOCK_SAMPLERS = frozenset(("AlwaysOnSampler", "AlwaysOffSampler", "TraceIdRatioBased", "ParentBased"))
+_SAMPLER_NAME = re.compile(r"([A-Za-z]+)(?=[{,}]|$)")
+_blind_samplers: dict[int, tuple[Any, bool]] = {}
+
+
+def sampler_reads_attributes(tracer: Any) -> bool:
+    """Whether the tracer's sampler could read a new span's attributes (anything but the SDK's
+    stock samplers, told apart by their public description). When it cannot, a call's span starts
+    without attributes and gets them all in its one write at the end: starting an SDK span with
+    attributes costs about 64k CPU instructions per call (~10 µs; ``bench/bench_openai_overhead.py
+    --instructions`` with and without), which is what keeps budgetspan below openai-v2."""
+    sampler: Any = getattr(tracer, "sampler", None)
+    cached = _blind_samplers.get(id(sampler))
+    if cached is not None and cached[0] is sampler:
+        return not cached[1]
+    blind = False
+    try:
+        if type(sampler).__module__ == "opentelemetry.sdk.trace.sampling":
+            names = set(_SAMPLER_NAME.findall(sampler.get_description()))
+            blind = bool(names) and names <= _STOCK_SAMPLERS
+    except Exception:
+        blind = False
+    if len(_blind_samplers) > 64:
+        _blind_samplers.clear()
+    _blind_samplers[id(sampler)] = (sampler, blind)
+    return not blind

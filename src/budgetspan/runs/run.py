@@ -397,7 +397,7 @@ class Run:
     ) -> None:
         """Settle a call: its worst case is released and what it spent is added, here and in
         the enclosing runs it was reserved in."""
-        pairs = [(self, reservation), *reservation.linked]
+        pairs = [(self, reservation), *reservation.linked] if reservation.linked else ((self, reservation),)
         for run, res in pairs:
             refusal = run._ledger.commit(
                 res, spend, finished=finished, unreported=unreported, unpriced=unpriced
