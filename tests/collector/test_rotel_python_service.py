@@ -242,7 +242,9 @@ def test_a_run_over_its_profile_is_marked_on_the_call_that_would_have_been_refus
             s for s in spans if s.name == "openai.chat" and s.attributes.get("gen_ai.usage.prompt_tokens")
         ]
         if len(chats) != 3 or len(spans) != 6:
-            assert not any(A.WOULD_REFUSE in s.attributes for s in chats)
+            # a run within its profile, or one whose spans have not all arrived yet: a mark here
+            # may only be the third call's (a run never has more than one call past a limit of 2)
+            assert sum(A.WOULD_REFUSE in s.attributes for s in chats) <= 1
             continue
         marks = [s.attributes.get(A.WOULD_REFUSE) for s in chats]
         assert marks.count("max_model_calls") == 1 and marks.count(None) == 2
