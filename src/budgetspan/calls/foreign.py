@@ -40,6 +40,11 @@ def add(trace_id: int, span_id: int, call: ForeignCall) -> None:
         _pending[(trace_id, span_id)] = call
 
 
+def in_flight() -> bool:
+    """Whether any foreign call is being accounted (most spans end with none)."""
+    return bool(_pending)
+
+
 def pop(trace_id: int, span_id: int) -> ForeignCall | None:
     """The call of a span that ended, claimed by whoever pops it first (the processor or
     ``take_over``)."""

@@ -40,7 +40,7 @@ def _plain(attributes: Mapping[str, Any]) -> bool:
         return False
     if tuple in kinds:
         for value in attributes.values():
-            if type(value) is tuple and not all(type(item) is str for item in value):
+            if type(value) is tuple and not set(map(type, value)) <= _STR:
                 return False
     return set(map(type, attributes)) <= _STR and "" not in attributes
 

@@ -150,15 +150,18 @@ class BudgetSpanProcessor(SpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         try:
-            ctx = span.context
-            if ctx is None:
-                return
-            entry = foreign.pop(ctx.trace_id, ctx.span_id)
-            if entry is not None:
-                self._account_end(span, entry)
+            if foreign.in_flight():  # (the usual span: no foreign call is being accounted)
+                ctx = span.context
+                entry = foreign.pop(ctx.trace_id, ctx.span_id) if ctx is not None else None
+                if entry is not None:
+                    self._account_end(span, entry)
             if implicit.has_trace_runs():  # implicit runs, one per trace: a local root ends its trace's
-                parent = span.parent
-                if (parent is None or parent.is_remote) and implicit.has_trace_run(ctx.trace_id):
+                parent, ctx = span.parent, span.context
+                if (
+                    ctx is not None
+                    and (parent is None or parent.is_remote)
+                    and implicit.has_trace_run(ctx.trace_id)
+                ):
                     implicit.end_trace_run(ctx.trace_id, error=not span.status.is_ok)
         except Exception:
             log.warning("budgetspan: accounting a finished span failed", exc_info=True)

@@ -239,6 +239,8 @@ class Run:
 
     def remaining_s(self) -> float | None:
         """Seconds left before the earliest wall-clock deadline of this run and its ancestors."""
+        if self.parent is None and self.budget.max_wall_clock_s is None:
+            return None  # (the usual run: no deadline to look up)
         left = None
         for run in (self, *self.ancestors()):
             deadline = run._ledger.deadline(run.id)
