@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -20,7 +21,11 @@ from typing import Any
 
 with warnings.catch_warnings():  # the SDK warns on import that v1 dashboards are deprecated
     warnings.simplefilter("ignore", DeprecationWarning)
-    from grafana_foundation_sdk.builders.common import ReduceDataOptions
+    from grafana_foundation_sdk.builders.common import (
+        ReduceDataOptions,
+        VizLegendOptions,
+        VizTooltipOptions,
+    )
     from grafana_foundation_sdk.builders.dashboard import (
         Dashboard,
         DashboardLink,
@@ -32,9 +37,16 @@ with warnings.catch_warnings():  # the SDK warns on import that v1 dashboards ar
     from grafana_foundation_sdk.builders.stat import Panel as StatPanel
     from grafana_foundation_sdk.builders.timeseries import Panel as TimeseriesPanel
     from grafana_foundation_sdk.cog.encoder import JSONEncoder
-    from grafana_foundation_sdk.models.common import DataSourceRef
+    from grafana_foundation_sdk.models.common import (
+        DataSourceRef,
+        LegendDisplayMode,
+        LegendPlacement,
+        SortOrder,
+        TooltipDisplayMode,
+    )
     from grafana_foundation_sdk.models.dashboard import (
         DashboardLinkType,
+        VariableOption,
         VariableRefresh,
         VariableSort,
     )
@@ -66,6 +78,29 @@ TTFT = A.M_TIME_TO_FIRST_TOKEN
 MODEL_DURATION = A.M_MODEL_CALL_DURATION
 LIVE_RUNS = A.M_LIVE_RUNS
 
+# Rates of events, as a reader says them (Grafana's custom "suffix:" unit), not "req/s".
+RUNS_PER_S = "suffix: runs/s"
+CALLS_PER_S = "suffix: calls/s"
+RETRIES_PER_S = "suffix: retries/s"
+TOKENS_PER_S = "suffix: tokens/s"
+
+# $service: the label the collector tier adds (resource service.name). A process scraped directly
+# has no such label, and service=~".*" matches an absent label, so "All" (.*) keeps every series.
+SVC = 'service=~"$service"'
+OVERVIEW_UID = "budgetspan-overview"
+WORKFLOW_UID = "budgetspan-workflow"
+# Labels that split a panel into many series: such panels get a table legend with mean/max/last.
+ALL_WORKFLOWS = (
+    "All workflows: these series carry provider and model but no workflow label, so $workflow does not apply."
+)
+# From a panel split by workflow to that workflow's dashboard, keeping data source, services, time.
+TO_WORKFLOW = (
+    "Open workflow ${__field.labels.workflow}",
+    f"/d/{WORKFLOW_UID}?var-workflow=${{__field.labels.workflow}}"
+    "&${datasource:queryparam}&${service:queryparam}&${__url_time_range}",
+)
+MANY = {"model", "tool", "phase", "workflow", "provider"}
+
 
 @dataclass
 class Spec:
@@ -79,6 +114,19 @@ class Spec:
     width: int = 12
     height: int = 8
     extra: dict[str, Any] = field(default_factory=dict)
+    links: list[tuple[str, str]] = field(default_factory=list)  # data links (title, url)
+
+    def table_legend(self) -> bool:
+        """Many series (several queries, or split by a label with many values): a table legend."""
+        if len(self.queries) > 1:
+            return True
+        labels = {
+            lab.strip()
+            for expr, _ in self.queries
+            for m in re.findall(r"by \(([^)]*)\)", expr)
+            for lab in m.split(",")
+        } - {"le"}
+        return len(labels) > 1 or bool(labels & MANY)
 
 
 def q95(metric: str, by: str, sel: str, quantile: float = 0.95) -> str:
@@ -107,6 +155,24 @@ def panel(spec: Spec, panel_id: int) -> Any:
         builder = builder.description(spec.description)
     if spec.stat:
         builder = builder.reduce_options(ReduceDataOptions().calcs(["lastNotNull"]))
+    else:
+        key = VizLegendOptions().show_legend(True).placement(LegendPlacement.BOTTOM)
+        if spec.table_legend():
+            key = (
+                key.display_mode(LegendDisplayMode.TABLE)
+                .calcs(["mean", "max", "lastNotNull"])
+                .sort_by("Mean")
+                .sort_desc(True)
+            )
+        else:
+            key = key.display_mode(LegendDisplayMode.LIST).calcs([])
+        builder = builder.legend(key).tooltip(
+            VizTooltipOptions().mode(TooltipDisplayMode.MULTI).sort(SortOrder.DESCENDING)
+        )
+    if spec.links:
+        builder = builder.data_links(
+            [DashboardLink(title).url(url).type(DashboardLinkType.LINK) for title, url in spec.links]
+        )
     for i, (expr, legend) in enumerate(spec.queries):
         target = Dataquery().expr(expr).ref_id(chr(ord("A") + i))
         if legend:
@@ -121,12 +187,29 @@ def datasource_variable() -> Any:
     return DatasourceVariable("datasource").label("Data source").type("prometheus")
 
 
+def service_variable() -> Any:
+    """Services (the collector's service label); All is .*, which also matches series without it."""
+    return (
+        QueryVariable("service")
+        .label("Service")
+        .datasource(DS)
+        .query(f"label_values({RUNS}, service)")
+        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(VariableSort.ALPHABETICAL_ASC)
+        .multi(True)
+        .include_all(True)
+        .all_value(".*")
+        .current(VariableOption(selected=True, text="All", value="$__all"))
+    )
+
+
 def build(
     title: str,
     uid: str,
     description: str,
     variables: list[Any],
     rows: list[tuple[str, list[Spec]]],
+    link: tuple[str, str],
 ) -> dict[str, Any]:
     dash: Any = (
         Dashboard(title)
@@ -138,12 +221,18 @@ def build(
         .timezone("browser")
         .links(
             [
+                DashboardLink(link[0])
+                .type(DashboardLinkType.LINK)
+                .url(f"/d/{link[1]}")
+                .icon("dashboard")
+                .include_vars(True)
+                .keep_time(True),
                 DashboardLink("budgetspan dashboards")
                 .type(DashboardLinkType.DASHBOARDS)
                 .tags(["budgetspan"])
                 .as_dropdown(True)
                 .include_vars(True)
-                .keep_time(True)
+                .keep_time(True),
             ]
         )
     )
@@ -165,7 +254,7 @@ def build(
 
 
 def overview() -> dict[str, Any]:
-    wf = 'workflow=~"$workflow"'
+    wf = f'workflow=~"$workflow", {SVC}'
     rows: list[tuple[str, list[Spec]]] = [
         (
             "Outcomes and spend",
@@ -208,32 +297,34 @@ def overview() -> dict[str, Any]:
                 Spec(
                     "Unpriced model calls",
                     "short",
-                    [(f"sum(increase({UNPRICED}[{RANGE}]))", "")],
+                    [(f"sum(increase({UNPRICED}{{{SVC}}}[{RANGE}]))", "")],
                     stat=True,
                     width=5,
                     height=5,
                     description="Calls with usage but no known price: their cost is missing from "
-                    "every dollar figure. Add the model to BUDGETSPAN_PRICES.",
+                    "every dollar figure. Add the model to BUDGETSPAN_PRICES. " + ALL_WORKFLOWS,
                 ),
                 Spec(
                     "Runs by outcome",
-                    "reqps",
+                    RUNS_PER_S,
                     [(f"sum by (outcome) (rate({RUNS}{{{wf}}}[{RATE}]))", "{{outcome}}")],
                 ),
                 Spec(
                     "Budget exhaustions by reason",
-                    "reqps",
+                    RUNS_PER_S,
                     [(f"sum by (reason) (rate({EXHAUSTIONS}{{{wf}}}[{RATE}]))", "{{reason}}")],
                 ),
                 Spec(
                     "Cost per successful task by workflow",
                     "currencyUSD",
                     [(cost_per_success(wf, RATE, "workflow"), "{{workflow}}")],
+                    links=[TO_WORKFLOW],
                 ),
                 Spec(
                     "Spend rate by workflow ($/h)",
                     "currencyUSD",
                     [(f"sum by (workflow) (rate({COST}{{{wf}}}[{RATE}])) * 3600", "{{workflow}}")],
+                    links=[TO_WORKFLOW],
                 ),
             ],
         ),
@@ -254,9 +345,17 @@ def overview() -> dict[str, Any]:
                         (q95(RUN_DURATION, "workflow", wf), "p95 {{workflow}}"),
                     ],
                 ),
-                Spec("Time to first token p95 by model", "s", [(q95(TTFT, "model", ""), "{{model}}")]),
                 Spec(
-                    "Model call duration p95 by model", "s", [(q95(MODEL_DURATION, "model", ""), "{{model}}")]
+                    "Time to first token p95 by model",
+                    "s",
+                    [(q95(TTFT, "model", SVC), "{{model}}")],
+                    description=ALL_WORKFLOWS,
+                ),
+                Spec(
+                    "Model call duration p95 by model",
+                    "s",
+                    [(q95(MODEL_DURATION, "model", SVC), "{{model}}")],
+                    description=ALL_WORKFLOWS,
                 ),
             ],
         ),
@@ -275,7 +374,7 @@ def overview() -> dict[str, Any]:
                 ),
                 Spec(
                     "Tokens by type",
-                    "short",
+                    TOKENS_PER_S,
                     [(f"sum by (type) (rate({TOKENS}{{{wf}}}[{RATE}]))", "{{type}}")],
                     description="Tokens per second. Input includes cache reads and writes "
                     "(OpenTelemetry semantics).",
@@ -308,7 +407,7 @@ def overview() -> dict[str, Any]:
                 ),
                 Spec(
                     "Model calls by model and status",
-                    "reqps",
+                    CALLS_PER_S,
                     [
                         (
                             f"sum by (model, status) (rate({MODEL_CALLS}{{{wf}}}[{RATE}]))",
@@ -324,7 +423,7 @@ def overview() -> dict[str, Any]:
                 Spec("Tool latency p95 by tool", "s", [(q95(TOOL_DURATION, "tool", wf), "{{tool}}")]),
                 Spec(
                     "Tool errors by tool",
-                    "reqps",
+                    CALLS_PER_S,
                     [
                         (
                             f'sum by (tool, status) (rate({TOOL_CALLS}{{{wf}, status!="ok"}}[{RATE}]))',
@@ -334,24 +433,35 @@ def overview() -> dict[str, Any]:
                 ),
                 Spec(
                     "Retries by type",
-                    "reqps",
+                    RETRIES_PER_S,
                     [(f"sum by (type) (rate({RETRIES}{{{wf}}}[{RATE}]))", "{{type}}")],
                 ),
                 Spec(
                     "Unpriced model calls by model",
-                    "reqps",
-                    [(f"sum by (provider, model) (rate({UNPRICED}[{RATE}]))", "{{provider}} {{model}}")],
+                    CALLS_PER_S,
+                    [
+                        (
+                            f"sum by (provider, model) (rate({UNPRICED}{{{SVC}}}[{RATE}]))",
+                            "{{provider}} {{model}}",
+                        )
+                    ],
+                    description=ALL_WORKFLOWS,
                 ),
                 Spec(
                     "Model calls with no reported usage",
-                    "reqps",
-                    [(f"sum by (provider, model) (rate({UNREPORTED}[{RATE}]))", "{{provider}} {{model}}")],
+                    CALLS_PER_S,
+                    [
+                        (
+                            f"sum by (provider, model) (rate({UNREPORTED}{{{SVC}}}[{RATE}]))",
+                            "{{provider}} {{model}}",
+                        )
+                    ],
                     description="The provider never said the tokens (a stream without a usage "
-                    "chunk): not counted as 0, and token budgets cannot see them.",
+                    "chunk): not counted as 0, and token budgets cannot see them. " + ALL_WORKFLOWS,
                 ),
                 Spec(
                     "Would-be exhaustions in observe mode by reason",
-                    "reqps",
+                    RUNS_PER_S,
                     [
                         (
                             f"sum by (workflow, reason) (rate({WOULD_EXHAUST}{{{wf}}}[{RATE}]))",
@@ -368,7 +478,7 @@ def overview() -> dict[str, Any]:
         QueryVariable("workflow")
         .label("Workflow")
         .datasource(DS)
-        .query(f"label_values({RUNS}, workflow)")
+        .query(f"label_values({RUNS}{{{SVC}}}, workflow)")
         .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
         .sort(VariableSort.ALPHABETICAL_ASC)
         .multi(True)
@@ -377,10 +487,11 @@ def overview() -> dict[str, Any]:
     )
     return build(
         "budgetspan / overview",
-        "budgetspan-overview",
+        OVERVIEW_UID,
         "Cost per successful task, spend, budget exhaustions, phase latency, tokens, tools.",
-        [datasource_variable(), workflow],
+        [datasource_variable(), service_variable(), workflow],
         rows,
+        ("Workflow drill-down", WORKFLOW_UID),
     )
 
 
@@ -388,7 +499,7 @@ def overview() -> dict[str, Any]:
 
 
 def workflow_drilldown() -> dict[str, Any]:
-    wf = 'workflow="$workflow"'
+    wf = f'workflow="$workflow", {SVC}'
     ph = f'{wf}, phase=~"$phase"'
     rows: list[tuple[str, list[Spec]]] = [
         (
@@ -433,17 +544,17 @@ def workflow_drilldown() -> dict[str, Any]:
                 Spec("Live runs", "short", [(f"sum({LIVE_RUNS}{{{wf}}})", "")], stat=True, width=6, height=5),
                 Spec(
                     "Runs by outcome",
-                    "reqps",
+                    RUNS_PER_S,
                     [(f"sum by (outcome) (rate({RUNS}{{{wf}}}[{RATE}]))", "{{outcome}}")],
                 ),
                 Spec(
                     "Budget exhaustions by reason",
-                    "reqps",
+                    RUNS_PER_S,
                     [(f"sum by (reason) (rate({EXHAUSTIONS}{{{wf}}}[{RATE}]))", "{{reason}}")],
                 ),
                 Spec(
                     "Would-be exhaustions in observe mode by reason",
-                    "reqps",
+                    RUNS_PER_S,
                     [(f"sum by (reason) (rate({WOULD_EXHAUST}{{{wf}}}[{RATE}]))", "{{reason}}")],
                 ),
                 Spec(
@@ -492,7 +603,7 @@ def workflow_drilldown() -> dict[str, Any]:
                 ),
                 Spec(
                     "Tokens by type and model",
-                    "short",
+                    TOKENS_PER_S,
                     [(f"sum by (type, model) (rate({TOKENS}{{{wf}}}[{RATE}]))", "{{model}} {{type}}")],
                 ),
                 Spec(
@@ -505,7 +616,7 @@ def workflow_drilldown() -> dict[str, Any]:
                 ),
                 Spec(
                     "Model calls by model and status",
-                    "reqps",
+                    CALLS_PER_S,
                     [
                         (
                             f"sum by (model, status) (rate({MODEL_CALLS}{{{wf}}}[{RATE}]))",
@@ -521,12 +632,12 @@ def workflow_drilldown() -> dict[str, Any]:
                 Spec("Tool latency p95 by tool", "s", [(q95(TOOL_DURATION, "tool", wf), "{{tool}}")]),
                 Spec(
                     "Tool calls by tool and status",
-                    "reqps",
+                    CALLS_PER_S,
                     [(f"sum by (tool, status) (rate({TOOL_CALLS}{{{wf}}}[{RATE}]))", "{{tool}} {{status}}")],
                 ),
                 Spec(
                     "Retries by type",
-                    "reqps",
+                    RETRIES_PER_S,
                     [(f"sum by (type) (rate({RETRIES}{{{wf}}}[{RATE}]))", "{{type}}")],
                 ),
             ],
@@ -536,7 +647,7 @@ def workflow_drilldown() -> dict[str, Any]:
         QueryVariable("workflow")
         .label("Workflow")
         .datasource(DS)
-        .query(f"label_values({RUNS}, workflow)")
+        .query(f"label_values({RUNS}{{{SVC}}}, workflow)")
         .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
         .sort(VariableSort.ALPHABETICAL_ASC)
     )
@@ -544,7 +655,7 @@ def workflow_drilldown() -> dict[str, Any]:
         QueryVariable("phase")
         .label("Phase")
         .datasource(DS)
-        .query(f'label_values({PHASE_DURATION}_count{{workflow="$workflow"}}, phase)')
+        .query(f"label_values({PHASE_DURATION}_count{{{wf}}}, phase)")
         .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
         .sort(VariableSort.ALPHABETICAL_ASC)
         .multi(True)
@@ -553,10 +664,11 @@ def workflow_drilldown() -> dict[str, Any]:
     )
     return build(
         "budgetspan / workflow",
-        "budgetspan-workflow",
+        WORKFLOW_UID,
         "One workflow: outcomes, budget utilisation, phases, models, tokens and tools.",
-        [datasource_variable(), workflow, phase],
+        [datasource_variable(), service_variable(), workflow, phase],
         rows,
+        ("Overview", OVERVIEW_UID),
     )
 
 

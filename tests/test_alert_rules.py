@@ -18,7 +18,13 @@ REQUIRED_ALERTS = {
     "BudgetspanCostPerSuccessfulTaskHigh",
     "BudgetspanPhaseLatencyP95High",
     "BudgetspanUnpricedModelCalls",
+    "BudgetspanSpendRateHigh",
+    "BudgetspanUnreportedUsageShareHigh",
+    "BudgetspanSpansDropped",
+    "BudgetspanScrapeDown",
+    "BudgetspanScrapeMissing",
 }
+RUNBOOK_BASE = "https://budgetspan.example/runbooks#"  # the one prefix alerts.yml tells users to replace
 
 pytestmark = pytest.mark.skipif(shutil.which("promtool") is None, reason="needs promtool")
 
@@ -33,14 +39,27 @@ def load(name: str) -> Any:
     return yaml.safe_load((CFG / name).read_text())
 
 
+def all_rules() -> list[dict[str, Any]]:
+    return [r for g in load("alerts.yml")["groups"] for r in g["rules"]]
+
+
 def rules() -> list[dict[str, Any]]:
-    return [r for g in load("alerts.yml")["groups"] for r in g["rules"] if "alert" in r]
+    return [r for r in all_rules() if "alert" in r]
+
+
+def runbook_sections() -> dict[str, str]:
+    """runbooks.md: GitHub-style anchor of each '## ' heading -> its paragraph."""
+    out: dict[str, str] = {}
+    for block in (CFG / "runbooks.md").read_text().split("\n## ")[1:]:
+        heading, _, body = block.partition("\n")
+        out[heading.strip().lower()] = " ".join(body.split())
+    return out
 
 
 def test_promtool_check_rules_and_config() -> None:
     r = promtool("check", "rules", "alerts.yml")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert f"SUCCESS: {len(rules())} rules found" in r.stdout
+    assert f"SUCCESS: {len(all_rules())} rules found" in r.stdout
     r = promtool("check", "config", "prometheus.yml")
     assert r.returncode == 0, r.stdout + r.stderr
 
@@ -57,7 +76,10 @@ def test_every_alert_is_documented_and_tested_both_ways() -> None:
     for name, rule in alerts.items():
         ann = rule["annotations"]
         assert ann.get("summary") and ann.get("description"), name
-        assert len(ann.get("runbook", "")) > 200, f"{name}: runbook paragraph missing"
+        assert "runbook" not in ann, f"{name}: the annotation is runbook_url"
+        url = ann.get("runbook_url", "")
+        assert url == RUNBOOK_BASE + name.lower(), f"{name}: runbook_url {url!r}"
+        assert len(runbook_sections().get(name.lower(), "")) > 200, f"{name}: runbook paragraph missing"
         assert rule["labels"]["severity"] in {"info", "warning", "critical"}
     fires: set[str] = set()
     quiet: set[str] = set()
@@ -71,14 +93,31 @@ def test_every_alert_is_documented_and_tested_both_ways() -> None:
 def test_unit_tests_catch_a_broken_threshold(tmp_path: Path) -> None:
     """The rule tests are not vacuous: loosen a threshold and they fail."""
     text = (CFG / "alerts.yml").read_text()
-    broken = text.replace(") > 0.2\n", ") > 0.05\n").replace("> 0.5\n", "> 0.05\n")
-    assert broken != text
+    broken = (
+        text.replace(") > 0.2\n", ") > 0.05\n")
+        .replace("> 0.5\n", "> 0.05\n")
+        .replace("expr: vector(10)\n", "expr: vector(100)\n")
+        .replace("> 0.01\n", "> 0.2\n")
+    )
+    assert broken.count("0.05\n") == 2 and "vector(100)" in broken and "> 0.2\n" in broken
     (tmp_path / "alerts.yml").write_text(broken)
     shutil.copy(CFG / "alerts_test.yml", tmp_path / "alerts_test.yml")
     r = promtool("test", "rules", "alerts_test.yml", cwd=tmp_path)
     assert r.returncode != 0
     assert "BudgetspanBudgetExhaustionRateHigh" in r.stdout + r.stderr
     assert "BudgetspanCostPerSuccessfulTaskHigh" in r.stdout + r.stderr
+    assert "BudgetspanSpendRateHigh" in r.stdout + r.stderr
+    assert "BudgetspanUnreportedUsageShareHigh" in r.stdout + r.stderr
+
+
+def test_spend_rate_threshold_is_set_in_one_place() -> None:
+    """The $/h threshold is one recording rule; the alert compares with it, not with a literal."""
+    records = {r["record"]: r["expr"] for r in all_rules() if "record" in r}
+    assert records == {"budgetspan:spend_rate_alert_threshold_usd_per_hour": "vector(10)"}
+    alert = next(r for r in rules() if r["alert"] == "BudgetspanSpendRateHigh")
+    assert "budgetspan:spend_rate_alert_threshold_usd_per_hour" in alert["expr"]
+    assert "budgetspan:spend_rate_alert_threshold_usd_per_hour" in alert["annotations"]["description"]
+    assert not any(ch.isdigit() for ch in alert["expr"].split(">", 1)[1])
 
 
 def test_collector_pipelines_are_wired() -> None:
@@ -117,6 +156,13 @@ def test_alertmanager_routes_to_defined_receivers() -> None:
     names = {r["name"] for r in am["receivers"]}
     routes = [am["route"], *am["route"].get("routes", [])]
     assert all(r["receiver"] in names for r in routes)
+    # Every receiver is reachable, and a route on a severity needs a rule with that severity.
+    assert {r["receiver"] for r in routes} == names
+    severities = {r["labels"]["severity"] for r in rules()}
+    for route in routes:
+        for m in route.get("matchers", []):
+            if m.startswith("severity"):
+                assert m.split("=", 1)[1].strip('"') in severities, f"route {m} matches no rule"
     alerts = {r["alert"] for r in rules()}
     for inhibit in am.get("inhibit_rules", []):
         for m in inhibit["source_matchers"] + inhibit["target_matchers"]:

@@ -220,6 +220,78 @@ def test_drilldown_is_per_workflow() -> None:
             assert 'workflow="$workflow"' in t["expr"], p["title"]
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_timeseries_legends_are_on_and_rates_read_as_events_per_second(name: str) -> None:
+    """Every time series shows its legend with a multi-series tooltip; panels split by more than one
+    label or by a many-valued one (model, tool, phase, workflow) get a table legend; no req/s."""
+    for p in panels(load(name)):
+        unit = p["fieldConfig"]["defaults"].get("unit", "")
+        assert unit not in {"reqps", "rps", "ops"}, f"{p['title']}: {unit}"
+        if p["type"] != "timeseries":
+            continue
+        legend, tooltip = p["options"]["legend"], p["options"]["tooltip"]
+        assert legend["showLegend"] and legend["displayMode"] in {"list", "table"}, p["title"]
+        assert tooltip["mode"] == "multi", p["title"]
+        labels = {
+            lab.strip()
+            for t in p["targets"]
+            for m in re.findall(r"by \(([^)]*)\)", t["expr"])
+            for lab in m.split(",")
+        } - {"le"}
+        many = (
+            len(p["targets"]) > 1 or len(labels) > 1 or bool(labels & {"model", "tool", "phase", "workflow"})
+        )
+        assert legend["displayMode"] == ("table" if many else "list"), p["title"]
+        if (
+            "by (outcome)" in p["targets"][0]["expr"]
+            and "rate(budgetspan_runs_total" in p["targets"][0]["expr"]
+        ):
+            assert unit == "suffix: runs/s", p["title"]
+        if "budget_exhaustions_total" in p["targets"][0]["expr"]:
+            assert unit == "suffix: runs/s", p["title"]
+
+
+def test_dashboards_link_to_each_other() -> None:
+    over, wf = load("budgetspan-overview.json"), load("budgetspan-workflow.json")
+    for src, dst in ((over, wf), (wf, over)):
+        urls = [link for link in src["links"] if link["type"] == "link"]
+        assert any(u["url"] == f"/d/{dst['uid']}" and u["includeVars"] and u["keepTime"] for u in urls)
+    # Per-workflow series on the overview open that workflow's dashboard.
+    data_links = [link["url"] for p in panels(over) for link in p["fieldConfig"]["defaults"].get("links", [])]
+    assert data_links and all(
+        u.startswith(f"/d/{wf['uid']}?var-workflow=${{__field.labels.workflow}}") for u in data_links
+    )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_service_and_workflow_variables_apply_to_every_panel_they_can(name: str) -> None:
+    """$service (the collector's label; All is .*, which matches series without it) is on every
+    selector; $workflow on every query whose series have a workflow label."""
+    dash = load(name)
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    svc = variables["service"]
+    assert svc["includeAll"] and svc["allValue"] == ".*" and svc["current"]["value"] == "$__all"
+    assert "$service" in variables["workflow"]["query"]
+    # the series families that carry no workflow label (provider and model only)
+    no_workflow = {
+        "budgetspan_time_to_first_token_seconds",
+        "budgetspan_model_call_duration_seconds",
+        "budgetspan_unpriced_calls",
+        "budgetspan_unreported_usage_calls",
+    }
+    for p in panels(dash):
+        for t in p["targets"]:
+            selectors = re.findall(r"\b(budgetspan_\w+)\{([^}]*)\}", t["expr"])
+            assert selectors and len(selectors) == len(re.findall(r"\bbudgetspan_\w+", t["expr"])), p["title"]
+            for metric, sel in selectors:
+                assert 'service=~"$service"' in sel, (p["title"], metric)
+                family = re.sub(r"_(total|bucket|sum|count)$", "", metric)
+                if family in no_workflow:
+                    assert "workflow" not in sel and "no workflow label" in p.get("description", "")
+                else:
+                    assert "$workflow" in sel, (p["title"], metric)
+
+
 def test_cost_per_success_keeps_failed_runs_cost(tracing: Any) -> None:
     """The panel's formula, checked on real numbers: all runs' cost / successful runs."""
     registry = CollectorRegistry()

@@ -181,8 +181,9 @@ def _dashboard(name: str) -> dict[str, Any]:
     return data
 
 
-def _label_values(stack: Stack, query: str) -> list[str]:
+def _label_values(stack: Stack, query: str, variables: dict[str, str] | None = None) -> list[str]:
     """Grafana's ``label_values(selector, label)`` through the HTTP API."""
+    query = _expand(query, variables or {})
     m = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", query)
     assert m, query
     values: list[str] = stack.api(f"label/{m.group(2)}/values", **{"match[]": m.group(1)})
@@ -211,9 +212,13 @@ def _check_panels(stack: Stack, dash: dict[str, Any], variables: dict[str, str])
 def test_every_overview_panel_returns_data(stack: Stack) -> None:
     dash = _dashboard("budgetspan-overview.json")
     variables = {v["name"]: v for v in dash["templating"]["list"]}
-    workflows = _label_values(stack, variables["workflow"]["query"])
+    # The workload is scraped directly: no series has a service label, and $service's All (.*)
+    # must still select everything.
+    assert _label_values(stack, variables["service"]["query"]) == []
+    service = variables["service"]["allValue"]
+    workflows = _label_values(stack, variables["workflow"]["query"], {"service": service})
     assert {"resolve_ticket", "triage"} <= set(workflows)  # finished runs only
-    empty = _check_panels(stack, dash, {"workflow": variables["workflow"]["allValue"]})
+    empty = _check_panels(stack, dash, {"workflow": variables["workflow"]["allValue"], "service": service})
     assert not empty, "panels without data:\n" + "\n".join(empty)
 
 
@@ -221,9 +226,11 @@ def test_every_workflow_panel_returns_data(stack: Stack) -> None:
     dash = _dashboard("budgetspan-workflow.json")
     variables = {v["name"]: v for v in dash["templating"]["list"]}
     workflow = "resolve_ticket"
-    assert workflow in _label_values(stack, variables["workflow"]["query"])
-    phase_query = variables["phase"]["query"].replace("$workflow", workflow)
-    phases = set(_label_values(stack, phase_query))
+    service = variables["service"]["allValue"]
+    assert workflow in _label_values(stack, variables["workflow"]["query"], {"service": service})
+    phases = set(
+        _label_values(stack, variables["phase"]["query"], {"workflow": workflow, "service": service})
+    )
     assert {
         "context_assembly",
         "model_decision",
@@ -232,7 +239,9 @@ def test_every_workflow_panel_returns_data(stack: Stack) -> None:
         "approval",
         "final_response",
     } <= phases
-    empty = _check_panels(stack, dash, {"workflow": workflow, "phase": variables["phase"]["allValue"]})
+    empty = _check_panels(
+        stack, dash, {"workflow": workflow, "phase": variables["phase"]["allValue"], "service": service}
+    )
     assert not empty, "panels without data:\n" + "\n".join(empty)
 
 
@@ -272,6 +281,17 @@ def test_alert_rules_evaluate_on_real_series(stack: Stack) -> None:
         ) in ("pending", "firing")
 
     _wait(pending, 20, "the exhaustion and unpriced alerts to go pending")
+    # The workload streams some calls without usage: the share alert sees it on real series.
+    share = stack.query(
+        next(r["query"] for r in rules.values() if r["name"] == "BudgetspanUnreportedUsageShareHigh")
+    )
+    assert share, "unreported usage share above 1% on the workload"
+    states = {a["labels"]["alertname"]: a["state"] for a in stack.api("alerts")["alerts"]}
+    assert "BudgetspanUnreportedUsageShareHigh" in states
+    # The scrape works: neither scrape alert is pending.
+    assert "BudgetspanScrapeDown" not in states and "BudgetspanScrapeMissing" not in states
+    # The threshold recording rule evaluates to the one configured number.
+    assert float(stack.query("budgetspan:spend_rate_alert_threshold_usd_per_hour")[0]["value"][1]) == 10
 
 
 def test_promtool_check_metrics_on_our_exposition(stack: Stack) -> None:

@@ -289,15 +289,21 @@ def test_every_dashboard_query_returns_data_from_the_tier(service: Service, prom
     )
     overview = json.loads((REPO / "dashboards" / "budgetspan-overview.json").read_text())
     workflow = json.loads((REPO / "dashboards" / "budgetspan-workflow.json").read_text())
-    empty = _empty_panels(prometheus, overview, {"workflow": ".*"})
+    empty = _empty_panels(prometheus, overview, {"workflow": ".*", "service": ".*"})
     assert not empty, "panels without data:\n" + "\n".join(empty)
+    # $service set to the tier's service label selects the same data; another service selects none.
+    empty = _empty_panels(prometheus, overview, {"workflow": ".*", "service": SERVICE})
+    assert not empty, "panels without data for service=" + SERVICE + ":\n" + "\n".join(empty)
+    assert len(_empty_panels(prometheus, overview, {"workflow": ".*", "service": "no-such-service"})) == sum(
+        len(p.get("targets", [])) for p in overview["panels"]
+    )
     # The support workflow runs without budgetspan in-process: nothing enforced it and nothing
     # counted its retries, so only those panels are empty for it; they have data for triage
     # (a service that runs budgetspan in-process, seen through the same tier).
-    empty = _empty_panels(prometheus, workflow, {"workflow": "support", "phase": ".*"})
+    empty = _empty_panels(prometheus, workflow, {"workflow": "support", "phase": ".*", "service": ".*"})
     assert {e.split(" / ")[1].split(":")[0] for e in empty} <= IN_PROCESS_ONLY, empty
     only = {**workflow, "panels": [p for p in workflow["panels"] if p["title"] in IN_PROCESS_ONLY]}
-    empty = _empty_panels(prometheus, only, {"workflow": "triage", "phase": ".*"})
+    empty = _empty_panels(prometheus, only, {"workflow": "triage", "phase": ".*", "service": ".*"})
     assert not empty, "panels without data:\n" + "\n".join(empty)
     services = {r["metric"]["service"] for r in prometheus.query("budgetspan_model_calls_total")}
     assert services == {SERVICE}
