@@ -61,9 +61,9 @@ def test_each_framework_instrumentor_is_skipped_quietly_without_its_library() ->
 def test_an_agents_package_without_the_sdk_distribution_is_not_the_sdk(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert instrumentation._library_present("agents")  # the SDK is installed here
+    assert instrumentation.library_present("agents")  # the SDK is installed here
     monkeypatch.setitem(instrumentation._DISTRIBUTION_OF, "agents", "no-such-distribution-budgetspan")
-    assert not instrumentation._library_present("agents")  # e.g. a project's own agents/ package
+    assert not instrumentation.library_present("agents")  # e.g. a project's own agents/ package
 
 
 def test_the_framework_instrumentors_are_registered_for_opentelemetry_instrument() -> None:

@@ -19,6 +19,7 @@ from opentelemetry.trace import SpanKind
 
 from budgetspan import attributes as A
 from budgetspan.accounting.budget import BudgetExhausted, ToolLimits
+from budgetspan.accounting.rule import tool_limits_for
 from budgetspan.calls.call import Call
 from budgetspan.runs.run import Run
 
@@ -87,7 +88,8 @@ def _run_bounded(name: str, timeout_s: float, func: Callable[..., Any], args: An
 
 
 def _effective(run: Run | None, name: str, defaults: ToolLimits) -> ToolLimits:
-    return defaults.merged(run.budget.tool_limits(name)) if run is not None else defaults
+    """The tool's limits in ``run``: the one rule that the ledger applies (``rule.tool_limits_for``)."""
+    return tool_limits_for(run.budget, name, defaults) if run is not None else defaults
 
 
 def tool_call(

@@ -49,7 +49,7 @@ INSTRUMENTORS: tuple[tuple[str, str, str], ...] = (
 _DISTRIBUTION_OF = {"agents": "openai-agents"}
 
 
-def _library_present(name: str) -> bool:
+def library_present(name: str) -> bool:
     """Whether ``name`` can be imported, without importing it: ``find_spec`` of a dotted name
     imports its parents, so only the top-level package is looked up."""
     try:
@@ -109,7 +109,7 @@ def instrument_all(provider: Any, only: Iterable[str] | None = None) -> list[str
             continue
         if module == "threads" and not threads_enabled():
             continue
-        if not _library_present(library):
+        if not library_present(library):
             continue
         if library in sys.modules:
             _instrument(module, cls, provider)
@@ -132,7 +132,7 @@ def available_instrumentors() -> list[Any]:
     """Instances of every instrumentor whose library is installed; the rest are skipped quietly."""
     found: list[Any] = []
     for module, cls, library in INSTRUMENTORS:
-        if not _library_present(library) or any(type(i).__name__ == cls for i in found):
+        if not library_present(library) or any(type(i).__name__ == cls for i in found):
             continue
         try:
             mod = importlib.import_module(f"budgetspan.instrumentation.{module}")

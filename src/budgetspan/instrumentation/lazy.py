@@ -9,7 +9,6 @@ when the program imports it, as ``configure()`` does.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import threading
 from collections.abc import Callable, Collection
@@ -26,19 +25,13 @@ _pending: dict[type, bool] = {}  # instrumentor class -> still wanted when its l
 
 def library_of(cls: type) -> str | None:
     """The import name whose import triggers ``cls`` (the instrumentor table's, installed first)."""
-    from budgetspan.instrumentation import INSTRUMENTORS
+    from budgetspan.instrumentation import INSTRUMENTORS, library_present
 
     names = [library for _module, name, library in INSTRUMENTORS if name == cls.__name__]
     for name in names:
         if name in sys.modules:
             return name
-    for name in names:
-        try:  # (the top-level package only: a dotted name's parents would be imported)
-            if importlib.util.find_spec(name.split(".")[0]) is not None:
-                return name
-        except (ImportError, ValueError):
-            continue
-    return None
+    return next((name for name in names if library_present(name)), None)
 
 
 def instrument_when_imported(
