@@ -60,6 +60,10 @@ RUN_ID: Final = "budgetspan.run.id"
 # chat span around or inside ours): counted once, by budgetspan's span, in metrics and reports.
 DUPLICATE_CALL: Final = "budgetspan.call.duplicate"
 RUN_PARENT_ID: Final = "budgetspan.run.parent_id"  # the enclosing run a nested run also spends from
+#: Who a run serves: the customer (tenant) and the principal. On spans only, never metric labels
+#: by default (unbounded cardinality); permissions are not exported (they go into cache keys).
+TENANT_ID: Final = "budgetspan.tenant.id"
+USER_ID: Final = "user.id"
 WORKFLOW: Final = "budgetspan.workflow"
 BUDGET_PROFILE: Final = "budgetspan.budget.profile"
 BUDGET_MODE: Final = "budgetspan.budget.mode"

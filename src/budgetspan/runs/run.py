@@ -67,7 +67,12 @@ class Run:
         self.start_time_ns = time.time_ns()
         self.duration_s: float | None = None
         self.final_usage: Usage | None = None
-        self.conversation_id: str | None = None  # set by budgetspan.run(conversation_id=...)
+        #: Who the run serves (``budgetspan.run(conversation_id=..., tenant=..., user=...,
+        #: permissions=...)``): scope budgets and cache keys are built from these.
+        self.conversation_id: str | None = None
+        self.tenant: str | None = None
+        self.user: str | None = None
+        self.permissions: frozenset[str] = frozenset()
         self._ledger = ledger or context.get_ledger()
         self._tasks: set[tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]] = set()
         self._explicit_outcome = False
@@ -125,6 +130,10 @@ class Run:
         }
         if self.conversation_id:
             attrs[A.GEN_AI_CONVERSATION_ID] = self.conversation_id
+        if self.tenant:
+            attrs[A.TENANT_ID] = self.tenant
+        if self.user:
+            attrs[A.USER_ID] = self.user
         if self.parent is not None:
             attrs[A.RUN_PARENT_ID] = self.parent.id
         if self.budget.profile:

@@ -10,7 +10,7 @@ import asyncio
 import functools
 import inspect
 import time
-from collections.abc import AsyncGenerator, Callable, Generator, Mapping
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Mapping
 from contextvars import ContextVar
 from typing import Any, ParamSpec, TypeVar, cast
 
@@ -80,6 +80,9 @@ class RunScope:
         suppress_exhausted: bool = False,
         run_id: str | None = None,
         conversation_id: str | None = None,
+        tenant: str | None = None,
+        user: str | None = None,
+        permissions: Iterable[str] = (),
         **limits: Any,
     ) -> None:
         cfg = get_config()
@@ -89,12 +92,25 @@ class RunScope:
         self.suppress_exhausted = suppress_exhausted
         self.run_id = run_id
         self.conversation_id = conversation_id  # gen_ai.conversation.id: the session this run serves
+        self.tenant = tenant
+        self.user = user
+        if isinstance(permissions, str):
+            raise TypeError("permissions: a collection of names, not one string")
+        self.permissions = frozenset(permissions)
 
     # one run -------------------------------------------------------------------------------
     def open(self) -> Run:
         """Start a run (a child of the current one), without making it current."""
-        run = Run(self.workflow, self.budget, self.mode, run_id=self.run_id, parent=context.current_run())
-        run.conversation_id = self.conversation_id
+        parent = context.current_run()
+        run = Run(self.workflow, self.budget, self.mode, run_id=self.run_id, parent=parent)
+        # A nested run serves whom its parent serves, unless it says otherwise.
+        run.conversation_id, run.tenant, run.user = self.conversation_id, self.tenant, self.user
+        run.permissions = self.permissions
+        if parent is not None and not parent.implicit:
+            run.conversation_id = run.conversation_id or parent.conversation_id
+            run.tenant = run.tenant or parent.tenant
+            run.user = run.user or parent.user
+            run.permissions = run.permissions or parent.permissions
         run._start(with_span=True)
         return run
 
