@@ -13,14 +13,13 @@ exporter prints our spans.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO
+from tests.instrumentation import zero_code
 
 SCRIPT = r"""
 import json, threading
@@ -74,47 +73,14 @@ print("RESULT " + json.dumps({
 server.shutdown()
 """
 
-# The configurator opentelemetry-distro registers is a subclass of this SDK class.
-SDK_CONFIGURATOR = """[opentelemetry_configurator]
-budgetspan_test_sdk = opentelemetry.sdk._configuration:_OTelSDKConfigurator
-"""
 
-
-def _launch(tmp_path: Path, extra_path: str | None) -> subprocess.CompletedProcess[str]:
-    script = tmp_path / "agent.py"
-    script.write_text(SCRIPT)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BUDGETSPAN_", "OTEL_"))}
-    env.update(
-        BUDGETSPAN_BUDGET="max_model_calls=2",
-        OTEL_TRACES_EXPORTER="console",
-        OTEL_METRICS_EXPORTER="none",
-        OTEL_LOGS_EXPORTER="none",
-        OTEL_SERVICE_NAME="zero-code-test",
-        OTEL_BSP_SCHEDULE_DELAY="50",
-        # Only the two SDK instrumentors under test: the others' libraries take seconds to import.
-        OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=(
-            "budgetspan_langchain,budgetspan_llamaindex,budgetspan_mcp,budgetspan_chroma,budgetspan_qdrant,"
-            "budgetspan_bedrock,budgetspan_mistral,budgetspan_google_genai,budgetspan_litellm,"
-            "budgetspan_openai_agents,budgetspan_pydantic_ai,budgetspan_langgraph,budgetspan_llamaindex_agents"
-        ),
-    )
-    if extra_path:
-        env["PYTHONPATH"] = extra_path
-    instrument = Path(sys.executable).parent / "opentelemetry-instrument"
-    return subprocess.run(
-        [str(instrument), sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        env=env,
-        cwd=str(tmp_path),
-    )
-
-
-def _result(proc: subprocess.CompletedProcess[str]) -> dict:  # type: ignore[type-arg]
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert lines, f"no result\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
-    return json.loads(lines[-1][len("RESULT ") :])
+def _launch(tmp_path: Path, sdk: bool) -> subprocess.CompletedProcess[str]:
+    env = {
+        "BUDGETSPAN_BUDGET": "max_model_calls=2",
+        "OTEL_TRACES_EXPORTER": "console",
+        "OTEL_BSP_SCHEDULE_DELAY": "50",
+    }
+    return zero_code.run(tmp_path, SCRIPT, env, sdk=sdk, keep=("anthropic",), timeout=90)
 
 
 def _check_refusal(res: dict) -> None:  # type: ignore[type-arg]
@@ -127,35 +93,20 @@ def _check_refusal(res: dict) -> None:  # type: ignore[type-arg]
     assert res["wrapped"] == "BoundFunctionWrapper" or res["wrapped"] == "FunctionWrapper"
 
 
-@pytest.mark.skipif(
-    not (Path(sys.executable).parent / "opentelemetry-instrument").exists(),
-    reason="opentelemetry-instrument not installed",
-)
+@pytest.mark.skipif(not zero_code.INSTRUMENT.exists(), reason="opentelemetry-instrument not installed")
 def test_zero_code_without_a_distro_still_enforces(tmp_path: Path) -> None:
-    proc = _launch(tmp_path, None)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = _result(proc)
+    proc = _launch(tmp_path, sdk=False)
+    res = zero_code.result(proc)
     _check_refusal(res)
     assert res["provider"] == "ProxyTracerProvider"
     # the post-instrument hook ran and said why there are no spans
     assert "not the SDK's" in proc.stderr
 
 
-@pytest.mark.skipif(
-    not (Path(sys.executable).parent / "opentelemetry-instrument").exists(),
-    reason="opentelemetry-instrument not installed",
-)
+@pytest.mark.skipif(not zero_code.INSTRUMENT.exists(), reason="opentelemetry-instrument not installed")
 def test_zero_code_with_the_sdk_configurator(tmp_path: Path) -> None:
-    site = tmp_path / "site"
-    dist = site / "budgetspan_test_sdk_configurator-0.0.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: budgetspan-test-sdk-configurator\nVersion: 0.0\n"
-    )
-    (dist / "entry_points.txt").write_text(SDK_CONFIGURATOR)
-    proc = _launch(tmp_path, str(site))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = _result(proc)
+    proc = _launch(tmp_path, sdk=True)
+    res = zero_code.result(proc)
     _check_refusal(res)
     assert res["provider"] == "TracerProvider"
     assert "BudgetSpanProcessor" in res["processors"]  # installed by the post-instrument hook

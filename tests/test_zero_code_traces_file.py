@@ -4,40 +4,21 @@ writes the spans as OTLP JSON lines, so `budgetspan report` works on a zero-code
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.instrumentation import zero_code
 from tests.test_zero_code import SCRIPT
 
-INSTRUMENT = Path(sys.executable).parent / "opentelemetry-instrument"
 
-
-@pytest.mark.skipif(not INSTRUMENT.exists(), reason="opentelemetry-instrument not installed")
+@pytest.mark.skipif(not zero_code.INSTRUMENT.exists(), reason="opentelemetry-instrument not installed")
 def test_traces_file_without_a_distro(tmp_path: Path) -> None:
-    (tmp_path / "agent.py").write_text(SCRIPT)
     traces = tmp_path / "traces.jsonl"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BUDGETSPAN_", "OTEL_"))}
-    env.update(
-        BUDGETSPAN_BUDGET="max_model_calls=2",
-        BUDGETSPAN_TRACES_FILE=str(traces),
-        OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=(
-            "budgetspan_langchain,budgetspan_llamaindex,budgetspan_mcp,budgetspan_chroma,budgetspan_qdrant,"
-            "budgetspan_bedrock,budgetspan_mistral,budgetspan_google_genai,budgetspan_litellm,"
-            "budgetspan_openai_agents,budgetspan_pydantic_ai,budgetspan_langgraph,budgetspan_llamaindex_agents"
-        ),
-    )
-    proc = subprocess.run(
-        [str(INSTRUMENT), sys.executable, "agent.py"],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        env=env,
-        cwd=tmp_path,
-    )
+    env = {"BUDGETSPAN_BUDGET": "max_model_calls=2", "BUDGETSPAN_TRACES_FILE": str(traces)}
+    proc = zero_code.run(tmp_path, SCRIPT, env, sdk=False, keep=("anthropic",), timeout=90)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert '"provider": "TracerProvider"' in proc.stdout
     names = []

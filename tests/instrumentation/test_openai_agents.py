@@ -312,7 +312,4 @@ def test_zero_code_refuses_the_call_after_the_limit(agent_server: AgentServer, t
         ("openai_agents",),
         {"BUDGETSPAN_BUDGET": "max_model_calls=2", "AGENT_SERVER_URL": agent_server.base_url},
     )
-    assert len(agent_server.since(mark)) == 2  # the third request never left the script
-    assert res["refused"]["reason"] == "max_model_calls"
-    assert res["refused"]["tool_calls"] == 2 and res["ran"] == ["x1", "x2"]
-    assert [r["tool"] for r in res["refused"]["partial"]] == ["lookup", "lookup"]
+    zero_code.check_agent_stopped_at_two_model_calls(res, len(agent_server.since(mark)))

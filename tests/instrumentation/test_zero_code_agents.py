@@ -7,15 +7,12 @@ the framework (the agent takes no further turn), ``.partial`` holding the tool r
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO
+from tests.instrumentation import zero_code
 
 COMMON = r"""
 import json
@@ -101,16 +98,6 @@ async def main():
 asyncio.run(main())
 """
 
-OTHERS = (
-    "budgetspan_anthropic,budgetspan_google_genai,budgetspan_litellm,budgetspan_llamaindex,"
-    "budgetspan_mcp,budgetspan_chroma,budgetspan_qdrant,budgetspan_bedrock,budgetspan_mistral"
-)
-DISABLED = {
-    "langgraph": OTHERS + ",budgetspan_llamaindex_agents",
-    "llamaindex": OTHERS + ",budgetspan_langchain,budgetspan_langgraph",
-}
-INSTRUMENT = Path(sys.executable).parent / "opentelemetry-instrument"
-
 
 # budget -> (requests, tool bodies run, tool results in .partial, turns begun)
 EXPECTED = {
@@ -119,32 +106,16 @@ EXPECTED = {
 }
 
 
-@pytest.mark.skipif(not INSTRUMENT.exists(), reason="opentelemetry-instrument not installed")
+@pytest.mark.skipif(not zero_code.INSTRUMENT.exists(), reason="opentelemetry-instrument not installed")
 @pytest.mark.parametrize("budget", list(EXPECTED))
 @pytest.mark.parametrize("framework", ["langgraph", "llamaindex"])
 def test_zero_code_refuses_the_call_past_the_limit(tmp_path: Path, framework: str, budget: str) -> None:
-    script = tmp_path / "agent.py"
-    script.write_text(COMMON + (LANGGRAPH if framework == "langgraph" else LLAMAINDEX))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BUDGETSPAN_", "OTEL_"))}
-    env.update(
-        BUDGETSPAN_BUDGET=budget,
-        OTEL_TRACES_EXPORTER="none",
-        OTEL_METRICS_EXPORTER="none",
-        OTEL_LOGS_EXPORTER="none",
-        OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=DISABLED[framework],
-        PYTHONPATH=str(REPO),
+    keep = ("langgraph", "langchain") if framework == "langgraph" else ("llamaindex_agents",)
+    script = COMMON + (LANGGRAPH if framework == "langgraph" else LLAMAINDEX)
+    proc = zero_code.run(
+        tmp_path, script, {"BUDGETSPAN_BUDGET": budget}, sdk=False, keep=keep, pythonpath=(str(REPO),)
     )
-    proc = subprocess.run(
-        [str(INSTRUMENT), sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        cwd=str(tmp_path),
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert lines, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
-    result = json.loads(lines[-1][len("RESULT ") :])
+    result = zero_code.result(proc)
     requests, ran, tool_results, turns = EXPECTED[budget]
     assert result["requests"] == requests  # nothing past the limit left the process
     assert result["ran"] == ran

@@ -11,10 +11,7 @@ must give the names the dashboards query.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +20,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 
 from budgetspan import attributes as A
 from tests.conftest import COMPLETION_TOKENS, PROMPT_TOKENS, REPO
-
-INSTRUMENT = Path(sys.executable).parent / "opentelemetry-instrument"
+from tests.instrumentation import zero_code
 
 SCRIPT = r"""
 import os
@@ -37,10 +33,6 @@ with budgetspan.run("otlp_wf", budget={"max_model_calls": 2}) as run:
             client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
         except budgetspan.BudgetExhausted:
             print("REFUSED", flush=True)
-"""
-
-SDK_CONFIGURATOR = """[opentelemetry_configurator]
-budgetspan_test_sdk = opentelemetry.sdk._configuration:_OTelSDKConfigurator
 """
 
 
@@ -61,35 +53,16 @@ def prometheus_name(name: str, unit: str, monotonic_sum: bool) -> str:
 
 
 def _run(tmp_path: Path, server: Any) -> list[Any]:
-    site = tmp_path / "site"
-    dist = site / "budgetspan_test_sdk_configurator-0.0.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: budgetspan-test-sdk-configurator\nVersion: 0.0\n"
-    )
-    (dist / "entry_points.txt").write_text(SDK_CONFIGURATOR)
-    (tmp_path / "agent.py").write_text(SCRIPT)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BUDGETSPAN_", "OTEL_"))}
-    env.update(
-        PYTHONPATH=str(site),
-        MODEL_URL=server.url + "/v1",
-        OTEL_TRACES_EXPORTER="otlp",
-        OTEL_METRICS_EXPORTER="otlp",
-        OTEL_LOGS_EXPORTER="none",
-        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
-        OTEL_EXPORTER_OTLP_ENDPOINT=server.url,
-        OTEL_METRIC_EXPORT_INTERVAL="60000",  # one export, at shutdown
-        OTEL_SERVICE_NAME="otlp-metrics-test",
-        OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=_others(),
-    )
-    proc = subprocess.run(
-        [str(INSTRUMENT), sys.executable, "agent.py"],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        env=env,
-        cwd=str(tmp_path),
-    )
+    env = {
+        "MODEL_URL": server.url + "/v1",
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_METRICS_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": server.url,
+        "OTEL_METRIC_EXPORT_INTERVAL": "60000",  # one export, at shutdown
+        "OTEL_SERVICE_NAME": "otlp-metrics-test",
+    }
+    proc = zero_code.run(tmp_path, SCRIPT, env, timeout=90)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("REFUSED") == 1
     metrics = []
@@ -104,14 +77,6 @@ def _run(tmp_path: Path, server: Any) -> list[Any]:
     return metrics
 
 
-def _others() -> str:
-    """Every instrumentor but OpenAI's: the others' libraries take seconds to import."""
-    from importlib.metadata import entry_points
-
-    names = {e.name for e in entry_points(group="opentelemetry_instrumentor")}
-    return ",".join(sorted(n for n in names if n != "budgetspan_openai"))
-
-
 def _attrs(point: Any) -> dict[str, Any]:
     return {kv.key: getattr(kv.value, kv.value.WhichOneof("value")) for kv in point.attributes}
 
@@ -123,7 +88,7 @@ def _points(metrics: list[Any], name: str) -> list[Any]:
     return list(getattr(m, m.WhichOneof("data")).data_points)
 
 
-@pytest.mark.skipif(not INSTRUMENT.exists(), reason="opentelemetry-instrument not installed")
+@pytest.mark.skipif(not zero_code.INSTRUMENT.exists(), reason="opentelemetry-instrument not installed")
 def test_standard_and_budgetspan_metrics_arrive_over_otlp(tmp_path: Path, otlp_server: Any) -> None:
     server = otlp_server
     metrics = _run(tmp_path, server)

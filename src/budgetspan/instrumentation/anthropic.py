@@ -21,7 +21,7 @@ from budgetspan import attributes as A
 from budgetspan.calls.call import Call
 from budgetspan.config import capture_content
 from budgetspan.events import internal_error
-from budgetspan.instrumentation.observers import Observer, content_json
+from budgetspan.instrumentation.observers import Observer, capture_input_messages
 from budgetspan.instrumentation.openai import provider_from_url
 from budgetspan.instrumentation.patch_table import Patch
 from budgetspan.instrumentation.patching import (
@@ -54,15 +54,7 @@ def _new_call(instance: Any, kwargs: dict[str, Any], streaming: bool) -> tuple[C
     call = model_call(A.OP_CHAT, _provider(instance), kwargs, max_tokens, streaming)
     capture = capture_content()
     if capture:
-        messages = given(kwargs.get("messages"))
-        system = given(kwargs.get("system"))
-        if isinstance(messages, (list, tuple)):
-            payload = list(messages)
-            if system is not None:
-                payload = [{"role": "system", "content": system}, *payload]
-            encoded = content_json(payload)
-            if encoded is not None:
-                call.attributes[A.GEN_AI_INPUT_MESSAGES] = encoded
+        capture_input_messages(call.attributes, given(kwargs.get("messages")), given(kwargs.get("system")))
     return call, MessagesObserver(call, capture)
 
 

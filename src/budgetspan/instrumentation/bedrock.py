@@ -31,7 +31,7 @@ from budgetspan.calls.call import Call
 from budgetspan.config import capture_content
 from budgetspan.events import internal_error
 from budgetspan.instrumentation.bedrock_observers import BedrockObserver, ConverseObserver, InvokeObserver
-from budgetspan.instrumentation.observers import content_json
+from budgetspan.instrumentation.observers import capture_input_messages
 from budgetspan.instrumentation.patch_table import Patch, suppressed
 from budgetspan.instrumentation.patching import SDKInstrumentor, model_call, positive_int
 from budgetspan.instrumentation.sdk_call import CURRENT_CALL, in_model_call, take_result
@@ -74,7 +74,7 @@ def _converse_call(client: Any, params: dict[str, Any], streaming: bool) -> tupl
     call = model_call(A.OP_CHAT, _where(client), request, positive_int(config.get("maxTokens")), streaming)
     capture = capture_content()
     if capture:
-        _capture(call, params.get("messages"), params.get("system"))
+        capture_input_messages(call.attributes, params.get("messages"), params.get("system"))
     return call, ConverseObserver(call, capture)
 
 
@@ -140,19 +140,8 @@ def _invoke_call(client: Any, params: dict[str, Any], streaming: bool) -> tuple[
         call.worst_case_tokens = 0  # an embedding writes no tokens
     capture = capture_content()
     if capture:
-        _capture(call, body.get("messages"), body.get("system"))
+        capture_input_messages(call.attributes, body.get("messages"), body.get("system"))
     return call, InvokeObserver(call, capture)
-
-
-def _capture(call: Call, messages: Any, system: Any) -> None:
-    if not isinstance(messages, (list, tuple)):
-        return
-    payload = list(messages)
-    if system is not None:
-        payload = [{"role": "system", "content": system}, *payload]
-    encoded = content_json(payload)
-    if encoded is not None:
-        call.attributes[A.GEN_AI_INPUT_MESSAGES] = encoded
 
 
 _BUILDERS: dict[str, Callable[[Any, dict[str, Any], bool], tuple[Call, BedrockObserver]]] = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from budgetspan import attributes as A
 from budgetspan.accounting.ledger import Spend
 from budgetspan.calls.call import Call
 
@@ -49,6 +50,19 @@ def content_json(value: Any) -> str | None:
         return json.dumps(value, default=_jsonable, ensure_ascii=False)
     except Exception:
         return None
+
+
+def capture_input_messages(attributes: dict[str, Any], messages: Any, system: Any) -> None:
+    """Record the request's messages (with a separate ``system`` prompt first, as Anthropic and
+    Bedrock take it) as gen_ai.input.messages; call only when content capture is on."""
+    if not isinstance(messages, (list, tuple)):
+        return
+    payload = list(messages)
+    if system is not None:
+        payload = [{"role": "system", "content": system}, *payload]
+    encoded = content_json(payload)
+    if encoded is not None:
+        attributes[A.GEN_AI_INPUT_MESSAGES] = encoded
 
 
 def _jsonable(obj: Any) -> Any:
