@@ -14,10 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+import openai
 import vcr
 import yaml
 
 from tests.conftest import FIXTURES
+
+#: A small chat request, and the usage the scripted answers to it report.
+CHAT_ARGS: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+CHAT_USAGE = {"prompt_tokens": 11, "completion_tokens": 2, "total_tokens": 13}
 
 _VCR = vcr.VCR(
     record_mode="none",
@@ -53,6 +58,12 @@ def replay(name: str) -> Any:
 # --- local transport ------------------------------------------------------------------------
 
 Answer = httpx2.Response | Callable[[httpx2.Request], httpx2.Response]
+
+
+def openai_client(rec: Recorder, **kw: Any) -> openai.OpenAI:
+    """The real OpenAI client over ``rec`` (no retries unless asked)."""
+    kw.setdefault("max_retries", 0)
+    return openai.OpenAI(api_key="test", http_client=rec.sync(), **kw)
 
 
 class Recorder:

@@ -18,6 +18,8 @@ import budgetspan
 from budgetspan import attributes as A
 from budgetspan import config as bs_config
 from budgetspan.instrumentation.openai import provider_from_url
+from tests.replay import CHAT_ARGS as ARGS
+from tests.replay import CHAT_USAGE as USAGE
 from tests.replay import (
     Recorder,
     chat_chunks,
@@ -26,14 +28,7 @@ from tests.replay import (
     openai_sse,
     sse_response,
 )
-
-USAGE = {"prompt_tokens": 11, "completion_tokens": 2, "total_tokens": 13}
-ARGS: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
-
-
-def client(rec: Recorder, **kw: Any) -> openai.OpenAI:
-    kw.setdefault("max_retries", 0)
-    return openai.OpenAI(api_key="test", http_client=rec.sync(), **kw)
+from tests.replay import openai_client as client
 
 
 def test_refused_call_sends_no_request(instrumented: Any) -> None:

@@ -21,6 +21,8 @@ import budgetspan
 from budgetspan import attributes as A
 from budgetspan import config as bs_config
 from tests.conftest import bs_context
+from tests.replay import CHAT_ARGS as ARGS
+from tests.replay import CHAT_USAGE as USAGE
 from tests.replay import (  # noqa: F401
     Recorder,
     anthropic_message,
@@ -29,13 +31,7 @@ from tests.replay import (  # noqa: F401
     openai_sse,
     sse_response,
 )
-
-USAGE = {"prompt_tokens": 11, "completion_tokens": 2, "total_tokens": 13}
-ARGS: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
-
-
-def client(rec: Recorder) -> openai.OpenAI:
-    return openai.OpenAI(api_key="test", http_client=rec.sync(), max_retries=0)
+from tests.replay import openai_client as client
 
 
 def test_observe_mode_lets_the_call_through_and_marks_it(instrumented: Any) -> None:

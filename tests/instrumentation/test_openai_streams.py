@@ -14,6 +14,8 @@ from opentelemetry.trace import StatusCode
 
 import budgetspan
 from budgetspan import attributes as A
+from tests.replay import CHAT_ARGS as ARGS
+from tests.replay import CHAT_USAGE as USAGE
 from tests.replay import (
     Recorder,
     broken_sse,
@@ -25,13 +27,7 @@ from tests.replay import (
     sse_response,
     streamed_json,
 )
-
-USAGE = {"prompt_tokens": 11, "completion_tokens": 2, "total_tokens": 13}
-ARGS: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
-
-
-def client(rec: Recorder) -> openai.OpenAI:
-    return openai.OpenAI(api_key="test", http_client=rec.sync(), max_retries=0)
+from tests.replay import openai_client as client
 
 
 def aclient(rec: Recorder) -> openai.AsyncOpenAI:
