@@ -3,8 +3,6 @@ text from spans never reaches the terminal raw."""
 
 from __future__ import annotations
 
-import argparse
-import io
 import json
 import tempfile
 from pathlib import Path
@@ -18,23 +16,9 @@ from budgetspan import attributes as A
 from budgetspan.report.analysis import REPORT_KEEP, analyze_stream
 from budgetspan.report.load import SpanReader, load_files
 from budgetspan.report.otlp import BadLine, SpanRec, parse_line
-from budgetspan.report.render import add_arguments, run_report
+from tests.report.cli import S, report
 
-S = 1_000_000_000
 TRACE = "5b8efff798038103d269b633813fc60c"
-
-
-class _Tty(io.StringIO):
-    def isatty(self) -> bool:
-        return False
-
-
-def report(*argv: str) -> tuple[int, str, str]:
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    out, err = _Tty(), _Tty()
-    code = run_report(p.parse_args(list(argv)), out, err)
-    return code, out.getvalue(), err.getvalue()
 
 
 def attr(key: str, value: Any) -> dict[str, Any]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-import io
 import json
 import os
 import subprocess
@@ -18,22 +16,8 @@ from budgetspan.report.analysis import OTHER, Analysis, analyze
 from budgetspan.report.load import SpanRec, load_files
 from budgetspan.report.numbers import percentile
 from budgetspan.report.plan import PlanError, load_plan
-from budgetspan.report.render import add_arguments, render, run_report
-
-S = 1_000_000_000  # ns
-
-
-class _Tty(io.StringIO):
-    def isatty(self) -> bool:
-        return False
-
-
-def report(*argv: str) -> tuple[int, str, str]:
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    out, err = _Tty(), _Tty()
-    code = run_report(p.parse_args(list(argv)), out, err)
-    return code, out.getvalue(), err.getvalue()
+from budgetspan.report.render import render
+from tests.report.cli import S, report
 
 
 @pytest.fixture(scope="module")

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
-import io
 from pathlib import Path
 
-from budgetspan.report.render import add_arguments, run_report
+from tests.report.cli import report
 
 
 def _report(*argv: str) -> tuple[int, str]:
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    out, err = io.StringIO(), io.StringIO()
-    code = run_report(p.parse_args(list(argv)), out, err)
-    return code, err.getvalue()
+    code, _, err = report(*argv)
+    return code, err
 
 
 def test_empty_file_is_an_error_that_says_no_spans(tmp_path: Path) -> None:

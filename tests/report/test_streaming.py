@@ -3,8 +3,6 @@ bounded by the runs in flight (no timing here: speed is measured in bench/bench_
 
 from __future__ import annotations
 
-import argparse
-import io
 import json
 import random
 from collections import defaultdict
@@ -19,8 +17,8 @@ from budgetspan import attributes as A
 from budgetspan.report.analysis import Analysis, analyze, analyze_stream
 from budgetspan.report.assemble import RunAssembler
 from budgetspan.report.otlp import SpanRec
-from budgetspan.report.render import add_arguments, run_report
 from budgetspan.report.sweep import OTHER, Interval, phase_times
+from tests.report.cli import report
 
 S = 1_000_000_000
 
@@ -313,11 +311,6 @@ def test_an_implicit_run_is_finished_after_its_traces_root_and_adopts_its_phase_
     assert {p: st.time_s for p, st in implicit.phases.items()} == pytest.approx({"verification": 4.0})
 
 
-class _Tty(io.StringIO):
-    def isatty(self) -> bool:
-        return False
-
-
 def test_the_same_file_twice_is_counted_once_and_the_repeat_is_said(tmp_path: Path) -> None:
     path = tmp_path / "t.jsonl"
     rows = []
@@ -339,16 +332,11 @@ def test_the_same_file_twice_is_counted_once_and_the_repeat_is_said(tmp_path: Pa
         ]
         rows.append(json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": spans}]}]}))
     path.write_text("\n".join(rows) + "\n")
-    p = argparse.ArgumentParser()
-    add_arguments(p)
     outputs = []
     for files in ([path], [path, path]):
-        out, err = _Tty(), _Tty()
-        code = run_report(
-            p.parse_args([*map(str, files), "--format", "json", "--max-spans-in-flight", "100"]), out, err
-        )
+        code, out, err = report(*map(str, files), "--format", "json", "--max-spans-in-flight", "100")
         assert code == 0
-        outputs.append((json.loads(out.getvalue()), err.getvalue()))
+        outputs.append((json.loads(out), err))
     (once, quiet), (twice, note) = outputs
     assert [w["runs"] for w in twice["workflows"]] == [w["runs"] for w in once["workflows"]] == [30]
     assert twice["workflows"] == once["workflows"]
