@@ -37,12 +37,22 @@ MODE = os.environ["BENCH_MODE"]
 if MODE == "budgetspan":
     from budgetspan.collector.rotel_processor import process_spans as inner
 OUT = os.environ["BENCH_OUT"]
+PROFILE = os.environ.get("BENCH_PROFILE")
+if PROFILE:
+    import cProfile
+    profiler = cProfile.Profile()
 stats = {"calls": 0, "spans": 0, "ns": 0, "first": 0, "last": 0}
 def process_spans(rs):
+    if PROFILE:
+        profiler.enable()
     t0 = time.perf_counter_ns()
     if MODE == "budgetspan":
         inner(rs)
     t1 = time.perf_counter_ns()
+    if PROFILE:
+        profiler.disable()
+        if stats["calls"] % 20 == 0:
+            profiler.dump_stats(PROFILE)
     n = 0
     if MODE == "budgetspan":
         for ss in rs.scope_spans:
@@ -115,13 +125,17 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run(mode: str, genai: bool, spans: int, batch: int, senders: int = 2) -> dict[str, float]:
+def run(
+    mode: str, genai: bool, spans: int, batch: int, senders: int = 2, profile: str | None = None
+) -> dict[str, float]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-collector-"))
     wrapper, out = tmp / "wrapper.py", tmp / "stats.json"
     wrapper.write_text(WRAPPER)
     http_port, metrics_port = _free_port(), _free_port()
     env = {**os.environ, "PYTHONPATH": launcher.python_path(), "BENCH_MODE": mode, "BENCH_OUT": str(out)}
     env["BUDGETSPAN_COLLECTOR_METRICS_PORT"] = str(metrics_port) if mode == "budgetspan" else ""
+    if profile:
+        env["BENCH_PROFILE"] = profile
     cmd = [
         str(launcher.rotel_binary()),
         "start",
@@ -138,7 +152,7 @@ def run(mode: str, genai: bool, spans: int, batch: int, senders: int = 2) -> dic
         "--log-file",
         str(tmp / "log"),
     ]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=(tmp / "stderr").open("w"))
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -174,7 +188,14 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--spans", type=int, default=200_000)
     p.add_argument("--batch", type=int, default=500)
+    p.add_argument("--profile", help="cProfile the processor inside rotel (GenAI spans) into this file")
     args = p.parse_args()
+    if args.profile:  # times under the profiler are not the figures; only where the time goes
+        run("budgetspan", True, args.spans, args.batch, profile=str(Path(args.profile).resolve()))
+        import pstats
+
+        pstats.Stats(args.profile).sort_stats("tottime").print_stats(25)
+        return 0
     rows = []
     for label, mode, genai in (
         ("GenAI spans, rotel pass-through", "pass", True),

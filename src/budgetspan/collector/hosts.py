@@ -50,9 +50,10 @@ def _rotel_span(tier: Tier, span: Any, service: str) -> None:
     else:
         parent = span.parent_span_id
         if not parent:
-            tier.plain_span(span.trace_id.hex(), True, span.end_time_unix_nano, span.status.code == _ERROR)
+            tier.plain_span(span.trace_id.hex(), True, span.end_time_unix_nano, _rotel_error(span))
         return
-    attrs = {kv.key: kv.value.value for kv in attributes}
+    pairs = [(kv.key, kv.value.value) for kv in attributes]  # each kv read once: a pyo3 call each
+    attrs = dict(pairs)
     facts = SpanFacts(
         span.trace_id.hex(),
         span.span_id.hex(),
@@ -60,21 +61,30 @@ def _rotel_span(tier: Tier, span: Any, service: str) -> None:
         span.name,
         span.start_time_unix_nano,
         span.end_time_unix_nano,
-        span.status.code == _ERROR,
+        _rotel_error(span),
         service,
     )
     edit = tier.process(facts, attrs)
     if edit is not None:
-        _rotel_apply(span, attributes, edit)
+        _rotel_apply(span, attributes, [k for k, _ in pairs], edit)
 
 
-def _rotel_apply(span: Any, attributes: Any, edit: Edit) -> None:
+def _rotel_error(span: Any) -> bool:
+    """rotel gives ``status`` as None when the sender set none (an OTLP span's default)."""
+    status = span.status
+    return status is not None and status.code == _ERROR
+
+
+def _rotel_apply(span: Any, attributes: Any, keys: list[str], edit: Edit) -> None:
+    """Edits in place, one pyo3 call per attribute removed or added; the keys as read (in order)
+    say where the attributes to remove are, so the list is not read again."""
     from rotel_sdk.open_telemetry.common.v1 import KeyValue
 
-    gone = set(edit.remove) | edit.set.keys()
+    gone = set(edit.remove)
+    gone.update(edit.set.keys() & set(keys))
     if gone:
-        for i in range(len(attributes) - 1, -1, -1):
-            if attributes[i].key in gone:
+        for i in range(len(keys) - 1, -1, -1):
+            if keys[i] in gone:
                 del attributes[i]
     for key, value in edit.set.items():
         if isinstance(value, bool):

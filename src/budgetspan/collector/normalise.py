@@ -74,6 +74,13 @@ CANDIDATE_PREFIXES: Final = (
 )
 
 
+#: Every name ``normalised`` reads from, so that a span is scanned for them in one set operation.
+SOURCE_KEYS: Final = frozenset(
+    {source for _, sources in TOKEN_SOURCES + TEXT_SOURCES for source in sources}
+    | {A.OPENLLMETRY_REQUEST_TYPE, A.OPENLLMETRY_SPAN_KIND, A.OPENINFERENCE_SPAN_KIND}
+)
+
+
 def token_count(value: Any) -> int | None:
     """A usable token figure: a finite, non-negative number (a bool, NaN or text is not one)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -89,11 +96,16 @@ def token_count(value: Any) -> int | None:
 def normalised(attrs: Mapping[str, Any]) -> dict[str, Any]:
     """The GenAI attributes to add to a span so that it reads like the conventions say."""
     out: dict[str, Any] = {}
+    present = SOURCE_KEYS.intersection(attrs)
+    if not present:  # already under the GenAI names (budgetspan, openai-v2): the common case
+        return out
     for name, sources in TOKEN_SOURCES:
         if name in attrs:
             continue
         for source in sources:
-            n = token_count(attrs.get(source))
+            if source not in present:
+                continue
+            n = token_count(attrs[source])
             if n is not None:
                 out[name] = n
                 break
@@ -101,7 +113,7 @@ def normalised(attrs: Mapping[str, Any]) -> dict[str, Any]:
         if name in attrs:
             continue
         for source in sources:
-            v = attrs.get(source)
+            v = attrs.get(source) if source in present else None
             if isinstance(v, str) and v:
                 out[name] = v.lower() if name == A.GEN_AI_PROVIDER_NAME else v
                 break
