@@ -4,6 +4,7 @@ launched as a user runs it, and a Prometheus API client."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -20,9 +21,18 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 ALERTS = REPO / "collector-config" / "alerts.yml"
 
-#: Budgets the tier accounts against (observe mode): a support run may make 2 model calls.
+#: Budgets the tier accounts against (observe mode): a support run may make 2 model calls. The
+#: services that name no workflow (``foreign.py``) are accounted under their service name.
 BUDGETS_TOML = """
 [workflows.support]
+max_model_calls = 2
+max_cost_usd = 1.0
+
+[workflows.support-node]
+max_model_calls = 2
+max_cost_usd = 1.0
+
+[workflows.support-openllmetry]
 max_model_calls = 2
 max_cost_usd = 1.0
 """
@@ -59,6 +69,7 @@ class ReceivedSpan:
     parent_id: str
     attributes: dict[str, Any]
     events: list[tuple[str, dict[str, Any]]]
+    start_ns: int = 0
 
 
 @dataclass
@@ -91,6 +102,7 @@ class Receiver:
                             sp.parent_span_id.hex(),
                             {kv.key: _value(kv.value) for kv in sp.attributes},
                             [(e.name, {kv.key: _value(kv.value) for kv in e.attributes}) for e in sp.events],
+                            sp.start_time_unix_nano,
                         )
                     )
         with self.lock:
@@ -156,3 +168,31 @@ class Prometheus:
         data = self.api("query", query=expr)
         result: list[dict[str, Any]] = data["result"]
         return result
+
+
+MACROS = {"$__rate_interval": "15s", "$__range": "5m", "$__interval": "2s"}
+
+
+def expand(expr: str, variables: dict[str, str]) -> str:
+    for macro, value in MACROS.items():
+        expr = expr.replace(macro, value)
+    for name, value in variables.items():
+        expr = expr.replace(f"${name}", value)
+    return expr
+
+
+def empty_panels(prom: Prometheus, dash: dict[str, Any], variables: dict[str, str]) -> list[str]:
+    """Each panel query of a dashboard with no finite value over the last 30 s: "uid / title: expr"."""
+    empty = []
+    end = time.time()
+    for panel in dash["panels"]:
+        for target in panel.get("targets", []):
+            expr = expand(target["expr"], variables)
+            if panel["type"] == "stat":
+                ok = any(math.isfinite(float(r["value"][1])) for r in prom.query(expr))
+            else:
+                data = prom.api("query_range", query=expr, start=str(end - 30), end=str(end), step="2")
+                ok = any(math.isfinite(float(v)) for r in data["result"] for _, v in r["values"])
+            if not ok:
+                empty.append(f"{dash['uid']} / {panel['title']}: {expr}")
+    return empty

@@ -25,13 +25,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from budgetspan import attributes as A
 from budgetspan.accounting.pricing import default_resolver
 
-from .stack import Prometheus, ReceivedSpan, Receiver, Tier, launch, wait_for
+from .stack import Prometheus, ReceivedSpan, Receiver, Tier, empty_panels, launch, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICE = "support-api"
 UPSTREAM_COST = 0.001234
 IN_PROCESS_ONLY = {"Budget-exhaustion share", "Budget exhaustions by reason", "Retries by type"}
-MACROS = {"$__rate_interval": "15s", "$__range": "5m", "$__interval": "2s"}
 
 
 def _chat(tracer: trace.Tracer, model: str, usage: tuple[int, int] | None, **extra: Any) -> None:
@@ -253,30 +252,6 @@ def test_a_run_over_its_profile_is_marked_on_the_call_that_would_have_been_refus
     assert marked_runs >= 2
 
 
-def _expand(expr: str, variables: dict[str, str]) -> str:
-    for macro, value in MACROS.items():
-        expr = expr.replace(macro, value)
-    for name, value in variables.items():
-        expr = expr.replace(f"${name}", value)
-    return expr
-
-
-def _empty_panels(prom: Prometheus, dash: dict[str, Any], variables: dict[str, str]) -> list[str]:
-    empty = []
-    end = time.time()
-    for panel in dash["panels"]:
-        for target in panel.get("targets", []):
-            expr = _expand(target["expr"], variables)
-            if panel["type"] == "stat":
-                ok = any(math.isfinite(float(r["value"][1])) for r in prom.query(expr))
-            else:
-                data = prom.api("query_range", query=expr, start=str(end - 30), end=str(end), step="2")
-                ok = any(math.isfinite(float(v)) for r in data["result"] for _, v in r["values"])
-            if not ok:
-                empty.append(f"{dash['uid']} / {panel['title']}: {expr}")
-    return empty
-
-
 def test_every_dashboard_query_returns_data_from_the_tier(service: Service, prometheus: Prometheus) -> None:
     import json
 
@@ -289,21 +264,21 @@ def test_every_dashboard_query_returns_data_from_the_tier(service: Service, prom
     )
     overview = json.loads((REPO / "dashboards" / "budgetspan-overview.json").read_text())
     workflow = json.loads((REPO / "dashboards" / "budgetspan-workflow.json").read_text())
-    empty = _empty_panels(prometheus, overview, {"workflow": ".*", "service": ".*"})
+    empty = empty_panels(prometheus, overview, {"workflow": ".*", "service": ".*"})
     assert not empty, "panels without data:\n" + "\n".join(empty)
     # $service set to the tier's service label selects the same data; another service selects none.
-    empty = _empty_panels(prometheus, overview, {"workflow": ".*", "service": SERVICE})
+    empty = empty_panels(prometheus, overview, {"workflow": ".*", "service": SERVICE})
     assert not empty, "panels without data for service=" + SERVICE + ":\n" + "\n".join(empty)
-    assert len(_empty_panels(prometheus, overview, {"workflow": ".*", "service": "no-such-service"})) == sum(
+    assert len(empty_panels(prometheus, overview, {"workflow": ".*", "service": "no-such-service"})) == sum(
         len(p.get("targets", [])) for p in overview["panels"]
     )
     # The support workflow runs without budgetspan in-process: nothing enforced it and nothing
     # counted its retries, so only those panels are empty for it; they have data for triage
     # (a service that runs budgetspan in-process, seen through the same tier).
-    empty = _empty_panels(prometheus, workflow, {"workflow": "support", "phase": ".*", "service": ".*"})
+    empty = empty_panels(prometheus, workflow, {"workflow": "support", "phase": ".*", "service": ".*"})
     assert {e.split(" / ")[1].split(":")[0] for e in empty} <= IN_PROCESS_ONLY, empty
     only = {**workflow, "panels": [p for p in workflow["panels"] if p["title"] in IN_PROCESS_ONLY]}
-    empty = _empty_panels(prometheus, only, {"workflow": "triage", "phase": ".*", "service": ".*"})
+    empty = empty_panels(prometheus, only, {"workflow": "triage", "phase": ".*", "service": ".*"})
     assert not empty, "panels without data:\n" + "\n".join(empty)
     services = {r["metric"]["service"] for r in prometheus.query("budgetspan_model_calls_total")}
     assert services == {SERVICE}
