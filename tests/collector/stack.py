@@ -3,9 +3,14 @@ launched as a user runs it, and a Prometheus API client."""
 
 from __future__ import annotations
 
+import contextlib
+import gzip
+import http.server
 import json
 import math
 import os
+import re
+import select
 import socket
 import subprocess
 import sys
@@ -13,7 +18,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +75,7 @@ class ReceivedSpan:
     attributes: dict[str, Any]
     events: list[tuple[str, dict[str, Any]]]
     start_ns: int = 0
+    span_id: str = ""
 
 
 @dataclass
@@ -103,6 +109,7 @@ class Receiver:
                             {kv.key: _value(kv.value) for kv in sp.attributes},
                             [(e.name, {kv.key: _value(kv.value) for kv in e.attributes}) for e in sp.events],
                             sp.start_time_unix_nano,
+                            sp.span_id.hex(),
                         )
                     )
         with self.lock:
@@ -111,6 +118,37 @@ class Receiver:
     def snapshot(self) -> list[ReceivedSpan]:
         with self.lock:
             return list(self.spans)
+
+
+@contextlib.contextmanager
+def running_receiver() -> Iterator[Receiver]:
+    """A ``Receiver`` serving on loopback until the block ends."""
+    rec = Receiver(free_port())
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if self.headers.get("Content-Encoding") == "gzip":  # rotel's exporter compresses
+                body = gzip.decompress(body)
+            rec.add(body)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", rec.port), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield rec
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @dataclass
@@ -149,6 +187,29 @@ def launch(
         cmd, stdout=subprocess.PIPE, stderr=(tmp / "collector.err").open("w"), text=True, env=full_env
     )
     return proc, cmd
+
+
+@contextlib.contextmanager
+def running_tier(tmp: Path, exporter: str) -> Iterator[Tier]:
+    """``budgetspan collector`` (accounting against ``BUDGETS_TOML``), up until the block ends."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    budgets = tmp / "budgets.toml"
+    budgets.write_text(BUDGETS_TOML)
+    proc, _ = launch(tmp, exporter, env={"BUDGETSPAN_CONFIG": str(budgets)})
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        line = proc.stdout.readline() if ready else ""
+        m = re.match(r"READY otlp-http=(\S+) otlp-grpc=\S+ metrics=(\S+)", line)
+        assert m, f"collector did not start: {line!r}\n{(tmp / 'collector.err').read_text()}"
+        metrics_port = int(re.search(r":(\d+)/metrics", m.group(2)).group(1))  # type: ignore[union-attr]
+        yield Tier(f"http://{m.group(1)}", m.group(2), metrics_port, proc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 @dataclass

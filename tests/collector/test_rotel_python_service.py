@@ -109,7 +109,8 @@ def _inprocess_run(tracer: trace.Tracer, n: int) -> None:
         )
 
 
-def _round(tracer: trace.Tracer, n: int) -> None:
+def round_of_runs(tracer: trace.Tracer, n: int) -> None:
+    """Five runs (one trace each): within, over and without a price; a stream; one in-process."""
     _support_run(tracer, 2)  # within its profile
     _support_run(tracer, 3)  # the third model call is over max_model_calls = 2
     _support_run(tracer, 1, model="acme-llm-1", tool_ok=False)  # no known price
@@ -133,7 +134,7 @@ class Service:
 
     def loop(self) -> None:
         while not self.stop.is_set():
-            _round(self.tracer, self.rounds)
+            round_of_runs(self.tracer, self.rounds)
             self.rounds += 1
             self.stop.wait(0.3)
 
