@@ -31,7 +31,7 @@ from budgetspan import attributes as A
 from budgetspan.accounting.budget import Budget
 from budgetspan.accounting.ledger import CallKind
 from budgetspan.accounting.pricing import PriceResolver, default_resolver
-from budgetspan.collector.content import is_content
+from budgetspan.collector.content import content_keys
 from budgetspan.collector.metrics import TierMetrics
 from budgetspan.collector.normalise import normalised, token_count
 from budgetspan.collector.window import DEFAULT_MAX_RUNS, DEFAULT_WINDOW_S, RunState, RunWindow
@@ -88,7 +88,6 @@ class SpanFacts:
     """What the core reads from a span besides its attributes (ids in lowercase hex)."""
 
     trace_id: str
-    span_id: str
     parent_id: str  # "" for a trace's root span
     name: str
     start_ns: int
@@ -109,7 +108,7 @@ class Edit:
 
 
 def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
+    return value if type(value) is str and value else None  # (attribute values are never str subclasses)
 
 
 class Tier:
@@ -128,7 +127,7 @@ class Tier:
         self.metrics = TierMetrics(registry, self.options.max_label_values)
         self.lock = self.metrics.lock
         self.window = RunWindow(self.metrics, self._budget, self.options.window_s, self.options.max_runs)
-        self._budgets: dict[tuple[str, str | None], Budget] = {}
+        self._budgets: dict[tuple[str, str | None], Budget | None] = {}
 
     # --- entry points (never raise) ------------------------------------------------------------
     def process(self, facts: SpanFacts, attrs: Mapping[str, Any]) -> Edit | None:
@@ -177,7 +176,7 @@ class Tier:
         if phase is None and op in DEFAULT_PHASE_BY_OPERATION:
             phase = edit.set[A.PHASE] = DEFAULT_PHASE_BY_OPERATION[op]
         if not self.options.keep_content:
-            edit.remove = [k for k in attrs if is_content(k)]
+            edit.remove = content_keys(attrs)
             if edit.remove:
                 edit.set[A.CONTENT_REDACTED] = len(edit.remove)
             edit.redact_events = True
@@ -302,13 +301,15 @@ class Tier:
                     state_or_none, outcome or ("failure" if facts.error else "success"), facts.end_ns
                 )
 
-    def _budget(self, workflow: str, profile: str | None) -> Budget:
+    def _budget(self, workflow: str, profile: str | None) -> Budget | None:
+        """The budget a run is accounted against; None when it limits nothing (checked once)."""
         key = (workflow, profile)
-        found = self._budgets.get(key)
-        if found is None:
-            cfg = self.config
-            found = cfg.budget_for(workflow, profile if profile in cfg.profiles else None)
-            if len(self._budgets) > 4096:
-                self._budgets.clear()
-            self._budgets[key] = found
+        if key in self._budgets:
+            return self._budgets[key]
+        cfg = self.config
+        budget = cfg.budget_for(workflow, profile if profile in cfg.profiles else None)
+        found = None if budget.is_unlimited else budget
+        if len(self._budgets) > 4096:
+            self._budgets.clear()
+        self._budgets[key] = found
         return found
