@@ -304,3 +304,34 @@ def test_the_launcher_treats_any_exit_of_rotel_as_a_failure(tmp_path: Path, rece
     assert proc.returncode == 1
     assert "READY" not in out
     assert "rotel exited with status" in (tmp_path / "collector.err").read_text()
+
+
+def test_a_span_without_status_is_processed(tier: Tier, receiver: Receiver) -> None:
+    """OTLP lets a sender leave ``status`` out (rotel then hands the processor None): the span is
+    still priced, not failed and passed through untouched."""
+    import urllib.request
+
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    rs.resource.attributes.append(KeyValue(key="service.name", value=AnyValue(string_value=SERVICE)))
+    span = rs.scope_spans.add().spans.add()
+    span.trace_id, span.span_id, span.name = b"\x07" * 16, b"\x07" * 8, "no-status chat"
+    span.start_time_unix_nano, span.end_time_unix_nano = 1_700_000_000_000_000_000, 1_700_000_000_500_000_000
+    for key, value in (("gen_ai.operation.name", "chat"), ("gen_ai.system", "openai")):
+        span.attributes.append(KeyValue(key=key, value=AnyValue(string_value=value)))
+    span.attributes.append(KeyValue(key="gen_ai.request.model", value=AnyValue(string_value="gpt-4o-mini")))
+    span.attributes.append(KeyValue(key="gen_ai.usage.prompt_tokens", value=AnyValue(int_value=100)))
+    assert not span.HasField("status")
+    post = urllib.request.Request(
+        tier.otlp_http + "/v1/traces", req.SerializeToString(), {"Content-Type": "application/x-protobuf"}
+    )
+    with urllib.request.urlopen(post, timeout=10) as resp:
+        assert resp.status == 200
+    wait_for(lambda: [s for s in receiver.snapshot() if s.name == "no-status chat"], 10, "the span")
+    (got,) = [s for s in receiver.snapshot() if s.name == "no-status chat"]
+    assert (
+        got.attributes[A.COST_SOURCE] == A.COST_SOURCE_COLLECTOR and got.attributes[A.GEN_AI_USAGE_COST] > 0
+    )
