@@ -3,70 +3,27 @@
 
 from __future__ import annotations
 
-import gzip
-import http.server
-import re
-import select
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import yaml
 
-from .stack import ALERTS, BUDGETS_TOML, Prometheus, Receiver, Tier, free_port, launch, wait_for
+from .stack import ALERTS, Prometheus, Receiver, Tier, free_port, running_receiver, running_tier, wait_for
 
 
 @pytest.fixture(scope="module")
 def receiver() -> Iterator[Receiver]:
-    rec = Receiver(free_port())
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            if self.headers.get("Content-Encoding") == "gzip":  # rotel's exporter compresses
-                body = gzip.decompress(body)
-            rec.add(body)
-            self.send_response(200)
-            self.send_header("Content-Type", "application/x-protobuf")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", rec.port), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield rec
-    server.shutdown()
+    with running_receiver() as rec:
+        yield rec
 
 
 @pytest.fixture(scope="module")
 def tier(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterator[Tier]:
     pytest.importorskip("rotel")
-    tmp = tmp_path_factory.mktemp("tier")
-    budgets = tmp / "budgets.toml"
-    budgets.write_text(BUDGETS_TOML)
-    proc, _ = launch(tmp, receiver.endpoint, env={"BUDGETSPAN_CONFIG": str(budgets)})
-    try:
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 60)
-        line = proc.stdout.readline() if ready else ""
-        m = re.match(r"READY otlp-http=(\S+) otlp-grpc=\S+ metrics=(\S+)", line)
-        assert m, f"collector did not start: {line!r}\n{(tmp / 'collector.err').read_text()}"
-        metrics_port = int(re.search(r":(\d+)/metrics", m.group(2)).group(1))  # type: ignore[union-attr]
-        yield Tier(f"http://{m.group(1)}", m.group(2), metrics_port, proc)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with running_tier(tmp_path_factory.mktemp("tier"), receiver.endpoint) as t:
+        yield t
 
 
 @pytest.fixture(scope="module")

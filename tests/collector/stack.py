@@ -3,8 +3,14 @@ launched as a user runs it, and a Prometheus API client."""
 
 from __future__ import annotations
 
+import contextlib
+import gzip
+import http.server
 import json
+import math
 import os
+import re
+import select
 import socket
 import subprocess
 import sys
@@ -12,7 +18,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,9 +26,18 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 ALERTS = REPO / "collector-config" / "alerts.yml"
 
-#: Budgets the tier accounts against (observe mode): a support run may make 2 model calls.
+#: Budgets the tier accounts against (observe mode): a support run may make 2 model calls. The
+#: services that name no workflow (``foreign.py``) are accounted under their service name.
 BUDGETS_TOML = """
 [workflows.support]
+max_model_calls = 2
+max_cost_usd = 1.0
+
+[workflows.support-node]
+max_model_calls = 2
+max_cost_usd = 1.0
+
+[workflows.support-openllmetry]
 max_model_calls = 2
 max_cost_usd = 1.0
 """
@@ -59,6 +74,8 @@ class ReceivedSpan:
     parent_id: str
     attributes: dict[str, Any]
     events: list[tuple[str, dict[str, Any]]]
+    start_ns: int = 0
+    span_id: str = ""
 
 
 @dataclass
@@ -91,6 +108,8 @@ class Receiver:
                             sp.parent_span_id.hex(),
                             {kv.key: _value(kv.value) for kv in sp.attributes},
                             [(e.name, {kv.key: _value(kv.value) for kv in e.attributes}) for e in sp.events],
+                            sp.start_time_unix_nano,
+                            sp.span_id.hex(),
                         )
                     )
         with self.lock:
@@ -99,6 +118,37 @@ class Receiver:
     def snapshot(self) -> list[ReceivedSpan]:
         with self.lock:
             return list(self.spans)
+
+
+@contextlib.contextmanager
+def running_receiver() -> Iterator[Receiver]:
+    """A ``Receiver`` serving on loopback until the block ends."""
+    rec = Receiver(free_port())
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if self.headers.get("Content-Encoding") == "gzip":  # rotel's exporter compresses
+                body = gzip.decompress(body)
+            rec.add(body)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", rec.port), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield rec
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @dataclass
@@ -139,6 +189,29 @@ def launch(
     return proc, cmd
 
 
+@contextlib.contextmanager
+def running_tier(tmp: Path, exporter: str) -> Iterator[Tier]:
+    """``budgetspan collector`` (accounting against ``BUDGETS_TOML``), up until the block ends."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    budgets = tmp / "budgets.toml"
+    budgets.write_text(BUDGETS_TOML)
+    proc, _ = launch(tmp, exporter, env={"BUDGETSPAN_CONFIG": str(budgets)})
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        line = proc.stdout.readline() if ready else ""
+        m = re.match(r"READY otlp-http=(\S+) otlp-grpc=\S+ metrics=(\S+)", line)
+        assert m, f"collector did not start: {line!r}\n{(tmp / 'collector.err').read_text()}"
+        metrics_port = int(re.search(r":(\d+)/metrics", m.group(2)).group(1))  # type: ignore[union-attr]
+        yield Tier(f"http://{m.group(1)}", m.group(2), metrics_port, proc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 @dataclass
 class Prometheus:
     url: str
@@ -156,3 +229,31 @@ class Prometheus:
         data = self.api("query", query=expr)
         result: list[dict[str, Any]] = data["result"]
         return result
+
+
+MACROS = {"$__rate_interval": "15s", "$__range": "5m", "$__interval": "2s"}
+
+
+def expand(expr: str, variables: dict[str, str]) -> str:
+    for macro, value in MACROS.items():
+        expr = expr.replace(macro, value)
+    for name, value in variables.items():
+        expr = expr.replace(f"${name}", value)
+    return expr
+
+
+def empty_panels(prom: Prometheus, dash: dict[str, Any], variables: dict[str, str]) -> list[str]:
+    """Each panel query of a dashboard with no finite value over the last 30 s: "uid / title: expr"."""
+    empty = []
+    end = time.time()
+    for panel in dash["panels"]:
+        for target in panel.get("targets", []):
+            expr = expand(target["expr"], variables)
+            if panel["type"] == "stat":
+                ok = any(math.isfinite(float(r["value"][1])) for r in prom.query(expr))
+            else:
+                data = prom.api("query_range", query=expr, start=str(end - 30), end=str(end), step="2")
+                ok = any(math.isfinite(float(v)) for r in data["result"] for _, v in r["values"])
+            if not ok:
+                empty.append(f"{dash['uid']} / {panel['title']}: {expr}")
+    return empty

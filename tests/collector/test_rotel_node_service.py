@@ -1,0 +1,99 @@
+"""End to end with a service in another language: a Node.js program (``node/service.js``: the
+``openai`` package, Traceloop's ``@traceloop/instrumentation-openai``, the OpenTelemetry JS SDK's
+OTLP/HTTP exporter, no budgetspan) calls a local OpenAI-compatible server and exports to rotel
+running budgetspan's processor (``budgetspan collector``), which forwards to a loopback OTLP
+receiver; a real Prometheus scrapes the tier.
+
+The Node packages are installed with ``npm ci`` from ``node/package-lock.json`` (once per lock
+file; npm's cache under the repository's ignored ``tmp/``)."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from .foreign import (
+    ServiceProcess,
+    check_dashboards,
+    check_marks,
+    check_priced_tagged_redacted,
+    check_runs_arrived,
+    settle,
+)
+from .model_server import ModelServer
+from .stack import REPO, Prometheus, ReceivedSpan, Receiver, Tier
+
+NODE_DIR = REPO / "tests" / "collector" / "node"
+SERVICE = "support-node"
+#: Dashboard panels this service cannot feed, and why.
+CANNOT = {
+    "Time to first token p95 by model": "Traceloop's JS instrumentation records no time to first token",
+    "Cache-read share of input tokens": "Traceloop's JS instrumentation records no cached input tokens",
+}
+
+
+def npm_ci() -> None:
+    """``npm ci`` when ``node_modules`` was not installed from this very lock file."""
+    lock = hashlib.sha256((NODE_DIR / "package-lock.json").read_bytes()).hexdigest()
+    stamp = NODE_DIR / "node_modules" / ".installed-from-lock"
+    if stamp.exists() and stamp.read_text() == lock:
+        return
+    cache = REPO / "tmp" / "npm-cache"
+    result = subprocess.run(
+        ["npm", "ci", "--no-audit", "--no-fund", "--cache", str(cache)],
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, f"npm ci failed:\n{result.stdout}\n{result.stderr}"
+    stamp.write_text(lock)
+
+
+@pytest.fixture(scope="module")
+def node_service(tier: Tier, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("needs Node.js (20) and npm on the PATH")
+    npm_ci()
+    server = ModelServer()
+    env = {"SERVICE_NAME": SERVICE, "OTLP_ENDPOINT": tier.otlp_http, "OPENAI_BASE_URL": server.url}
+    svc = ServiceProcess(
+        ["node", str(NODE_DIR / "service.js")], env, tmp_path_factory.mktemp("node") / "node.log"
+    )
+    svc.start()
+    try:
+        svc.wait_rounds(2)
+        yield svc
+    finally:
+        svc.stop()
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def runs(node_service: ServiceProcess, receiver: Receiver) -> dict[str, list[list[ReceivedSpan]]]:
+    """The service stopped (its spans flushed), and every run it sent as the receiver got it."""
+    assert node_service.stop() == 0, node_service.log.read_text()
+    spans = settle(receiver, node_service.rounds)
+    return check_runs_arrived(spans, node_service.rounds)
+
+
+def test_every_dashboard_query_returns_data_for_the_node_service(
+    node_service: ServiceProcess, prometheus: Prometheus
+) -> None:
+    check_dashboards(prometheus, SERVICE, CANNOT)
+
+
+def test_every_run_arrives_whole_priced_tagged_and_redacted(
+    runs: dict[str, list[list[ReceivedSpan]]],
+) -> None:
+    check_priced_tagged_redacted(runs, None)
+
+
+def test_the_run_over_its_profile_is_marked_on_its_third_call(
+    runs: dict[str, list[list[ReceivedSpan]]],
+) -> None:
+    check_marks(runs)

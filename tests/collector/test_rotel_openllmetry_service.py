@@ -1,0 +1,86 @@
+"""End to end with a plain Python service that runs OpenLLMetry and no budgetspan
+(``openllmetry_service.py``, in the peers' environment that ``bench/setup_peers.sh`` makes): it
+calls a local OpenAI-compatible server and exports OTLP/HTTP to rotel running budgetspan's
+processor (``budgetspan collector``), which forwards to a loopback OTLP receiver; a real
+Prometheus scrapes the tier."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .foreign import (
+    ServiceProcess,
+    check_dashboards,
+    check_marks,
+    check_priced_tagged_redacted,
+    check_runs_arrived,
+    settle,
+)
+from .model_server import CACHED_TOKENS, ModelServer
+from .stack import REPO, Prometheus, ReceivedSpan, Receiver, Tier
+
+SERVICE = "support-openllmetry"
+#: Dashboard panels this service cannot feed, and why.
+CANNOT = {
+    "Time to first token p95 by model": "OpenLLMetry's OpenAI instrumentation records no time to first token",
+}
+
+
+def peers_python() -> Path:
+    """The peers' environment (OpenLLMetry installed): ``BUDGETSPAN_PEERS_PYTHON``, else
+    ``.venv-bench`` in the repository."""
+    path = Path(os.environ.get("BUDGETSPAN_PEERS_PYTHON") or REPO / ".venv-bench" / "bin" / "python")
+    if not path.exists():
+        pytest.skip(f"needs OpenLLMetry in the peers' environment ({path}): run bench/setup_peers.sh")
+    return path
+
+
+@pytest.fixture(scope="module")
+def py_service(tier: Tier, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    python = peers_python()
+    server = ModelServer()
+    env = {
+        "SERVICE_NAME": SERVICE,
+        "OTLP_ENDPOINT": tier.otlp_http,
+        "OPENAI_BASE_URL": server.url,
+        "PYTHONPATH": "",
+    }
+    cmd = [str(python), str(Path(__file__).with_name("openllmetry_service.py"))]
+    svc = ServiceProcess(cmd, env, tmp_path_factory.mktemp("openllmetry") / "service.log")
+    svc.start()
+    try:
+        svc.wait_rounds(2)
+        yield svc
+    finally:
+        svc.stop()
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def runs(py_service: ServiceProcess, receiver: Receiver) -> dict[str, list[list[ReceivedSpan]]]:
+    """The service stopped (its spans flushed), and every run it sent as the receiver got it."""
+    assert py_service.stop() == 0, py_service.log.read_text()
+    spans = settle(receiver, py_service.rounds)
+    return check_runs_arrived(spans, py_service.rounds)
+
+
+def test_every_dashboard_query_returns_data_for_the_openllmetry_service(
+    py_service: ServiceProcess, prometheus: Prometheus
+) -> None:
+    check_dashboards(prometheus, SERVICE, CANNOT)
+
+
+def test_every_run_arrives_whole_priced_tagged_and_redacted(
+    runs: dict[str, list[list[ReceivedSpan]]],
+) -> None:
+    check_priced_tagged_redacted(runs, CACHED_TOKENS)
+
+
+def test_the_run_over_its_profile_is_marked_on_its_third_call(
+    runs: dict[str, list[list[ReceivedSpan]]],
+) -> None:
+    check_marks(runs)
