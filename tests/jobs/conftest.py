@@ -67,7 +67,13 @@ def worker(
     redis_url: str, model_server: ModelServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Worker]:
     traces = tmp_path_factory.mktemp("traces") / "worker.jsonl"
-    env = dict(os.environ, JOBS_TEST_REDIS=redis_url, JOBS_TEST_MODEL=model_server.url, PYTHONPATH=str(ROOT))
+    env = dict(
+        os.environ,
+        JOBS_TEST_REDIS=redis_url,
+        JOBS_TEST_MODEL=model_server.url,
+        PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
+    )
+    # The worker imports this checkout's budgetspan (src layout), as the submitting test does.
     env["BUDGETSPAN_TRACES_FILE"] = str(traces)
     env.pop("BUDGETSPAN_BUDGET", None)
     w = Worker(env, redis.Redis.from_url(redis_url), tmp_path_factory.mktemp("worker") / "worker.log")

@@ -145,3 +145,24 @@ def test_worker_killed_mid_run_the_retry_pays_no_call_twice_and_limits_hold(
     # The dead attempt's opener was taken off: the run's ledger record went with the retry's close.
     assert not jobs.client.exists(f"budgetspan:run:{job_id}")
     assert not jobs.client.hlen(f"budgetspan:job:{job_id}:calls")
+
+
+def test_cancel_from_another_process_cancels_the_async_call_in_flight(
+    worker: Worker, app_module: Any, model_server: ModelServer
+) -> None:
+    jobs = app_module.jobs
+    job_id = "async-job"
+    model_server.gate(job_id, 1)  # step 1's response is held: it stays in flight until cancelled
+    jobs.submit(
+        app_module.agent_async, 3, workflow="triage", notify="tests.jobs.celery_app:on_end", job_id=job_id
+    )
+    model_server.wait_for(job_id, 1)
+
+    assert jobs.cancel(job_id) == "running"
+    # The worker hung up on the held call (the gate never opens), and sent nothing after it.
+    assert model_server.wait_closed(job_id, 1), notifications(jobs.client, job_id, timeout_s=5)
+    [note] = notifications(jobs.client, job_id)
+    assert note["outcome"] == "cancelled"
+    assert note["partial"]["last_model_answer"] == "done 0"  # the partial result is kept
+    assert note["usage"]["model_calls"] == 2  # the cancelled call was sent: it counts
+    assert model_server.steps(job_id) == [0, 1]

@@ -18,6 +18,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate
 
 from budgetspan.accounting.budget import BudgetExhausted, Usage
+from budgetspan.jobs.cancel_watch import CancelWatch
 from budgetspan.jobs.ledger import JobLedger
 from budgetspan.jobs.notify import deliver, deliver_pending
 from budgetspan.jobs.spec import JobSpec
@@ -103,7 +104,11 @@ def _attempt(
             attached = True
             if store.cancel_requested(job_id):
                 run.cancel()  # cancelled between the start of the attempt and the run's opening
-            run.result = fn(*args, **kwargs)
+            watch = CancelWatch(store, job_id, run).start()  # in-flight async calls, from now on
+            try:
+                run.result = fn(*args, **kwargs)
+            finally:
+                watch.close()
     except BudgetExhausted:
         pass  # suppressed by the scope; here for an enclosing run's refusal
     except Exception as exc:  # the job failed: recorded, notified, not retried by the queue
@@ -143,7 +148,8 @@ def _explanation(run: Run, error: BaseException | None) -> str:
 def cancel(store: JobStore, job_id: str) -> str:
     """Cancel a job from any process; returns its state when cancelled (``queued``, ``running``,
     ``ended``...). Queued: it ends now (outcome ``cancelled``; the queue adapter also revokes the
-    message). Running: the ledger's cancel flag stops the run at its next call."""
+    message). Running: the ledger's cancel flag stops the run at its next call, and the attempt's
+    ``CancelWatch`` cancels its in-flight async calls."""
     before = store.request_cancel(job_id)
     if before in ("queued", "unknown"):
         store.end(JobEnd(job_id, "cancelled", "Cancelled before it started", {}))
