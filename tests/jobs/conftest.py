@@ -1,4 +1,5 @@
-"""One redis-server, one model server and one Celery worker (a separate process) per module."""
+"""One redis-server, one model server and one Celery worker (a separate process) for the jobs tests
+(one session: the worker's app module is imported once, against one Redis)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.accounting.redis_server import redis, start_redis, stop
+from tests.accounting.redis_server import free_port, redis, start_redis, stop
 from tests.jobs.model_server import ModelServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,6 +29,7 @@ class Worker:
     def __init__(self, env: dict[str, str], client: redis.Redis, log: Path) -> None:
         self.env, self.client, self.log = env, client, log
         self.traces = Path(env["BUDGETSPAN_TRACES_FILE"])  # the worker's spans, OTLP JSON lines
+        self.metrics_url = f"http://127.0.0.1:{env['BUDGETSPAN_METRICS_PORT']}/metrics"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -48,21 +50,21 @@ class Worker:
             self.proc.wait(10)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def model_server() -> Iterator[ModelServer]:
     server = ModelServer()
     yield server
     server.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc, port = start_redis(tmp_path_factory.mktemp("redis"))
     yield f"redis://127.0.0.1:{port}/0"
     stop(proc)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def worker(
     redis_url: str, model_server: ModelServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Worker]:
@@ -75,6 +77,7 @@ def worker(
     )
     # The worker imports this checkout's budgetspan (src layout), as the submitting test does.
     env["BUDGETSPAN_TRACES_FILE"] = str(traces)
+    env["BUDGETSPAN_METRICS_PORT"] = str(free_port())  # the worker's /metrics, scraped by the tests
     env.pop("BUDGETSPAN_BUDGET", None)
     w = Worker(env, redis.Redis.from_url(redis_url), tmp_path_factory.mktemp("worker") / "worker.log")
     w.start()
@@ -82,7 +85,7 @@ def worker(
     w.kill()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def app_module(redis_url: str, model_server: ModelServer) -> object:
     """The worker's app module, imported here (the submitting process) against the same Redis."""
     os.environ["JOBS_TEST_REDIS"] = redis_url

@@ -118,7 +118,7 @@ class CeleryJobs:
     ) -> str:
         """Send ``task(*args, **task_kwargs)`` as a job; returns its job id (= run id = task id)."""
         spec = JobSpec.new(workflow or task.name, budget, mode, notify=notify, job_id=job_id)
-        self.store.submitted(spec.job_id, spec.workflow)
+        worker.submitted(self.store, spec)
         task.apply_async(
             args=args,
             kwargs=dict(task_kwargs or {}),
