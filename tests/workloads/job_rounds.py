@@ -9,7 +9,9 @@ real ``redis-server`` started here, and cancels one more while it is queued. Wit
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -46,6 +48,8 @@ class JobRounds:
             except redis.ConnectionError:
                 time.sleep(0.05)
         self.ledger = JobLedger(client)
+        # The test ends the workload with SIGTERM: exit through ``finally`` so our redis-server stops.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         return self
 
     def round(self, work: Callable[[], None]) -> None:
