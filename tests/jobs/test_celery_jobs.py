@@ -50,6 +50,7 @@ def test_submit_progress_from_another_process_then_notification(
             workflow="triage",
             budget={"max_model_calls": 5},
             notify="tests.jobs.celery_app:on_end",
+            identity={"tenant": "acme", "user": "u-7"},
         )
     trace_id = format(submitting.get_span_context().trace_id, "032x")
     watch = subprocess.run(
@@ -82,7 +83,10 @@ def test_submit_progress_from_another_process_then_notification(
     assert model_server.steps(job_id) == [0, 1]  # the job id is the run id the calls were made in
     assert JobStore(jobs.client).state(job_id)["state"] == "ended"
     # The worker's run is in the submitter's trace (W3C traceparent in the task's headers).
-    assert any(job_id in line for line in spans_of_trace(worker, trace_id))
+    lines = [line for line in spans_of_trace(worker, trace_id) if job_id in line]
+    assert lines
+    # The identity came with the job: the worker's run span says whom it worked for.
+    assert any('"budgetspan.tenant.id"' in line and '"acme"' in line for line in lines)
 
 
 def test_cancel_while_running_and_while_queued(

@@ -126,7 +126,17 @@ def _attempt(
     wait: float | None,
 ) -> JobEnd:
     store, job_id = ledger.store, spec.job_id
-    scope = RunScope(spec.workflow, spec.budget, spec.mode, run_id=job_id, suppress_exhausted=True)
+    scope = RunScope(
+        spec.workflow,
+        spec.budget,
+        spec.mode,
+        run_id=job_id,
+        suppress_exhausted=True,
+        tenant=spec.tenant,
+        user=spec.user,
+        permissions=spec.permissions,
+        conversation_id=spec.conversation_id,
+    )
     job_token = _current.set((store, job_id))
     progress = subscribe_progress(_publisher(store, job_id), run=job_id)
     error: BaseException | None = None
