@@ -8,10 +8,12 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.accounting.redis_server import free_port, redis, start_redis, stop
 from tests.jobs.model_server import ModelServer
@@ -93,3 +95,17 @@ def app_module(redis_url: str, model_server: ModelServer) -> object:
     from tests.jobs import celery_app
 
     return celery_app
+
+
+def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """A process's /metrics samples, by name and labels."""
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)

@@ -13,7 +13,7 @@ import redis
 from opentelemetry.sdk.trace import TracerProvider
 
 from budgetspan.jobs import JobStore, wait_for_end
-from tests.jobs.conftest import ROOT, Worker
+from tests.jobs.conftest import ROOT, Worker, scrape, value
 from tests.jobs.model_server import ModelServer
 
 
@@ -143,6 +143,8 @@ def test_worker_killed_mid_run_the_retry_pays_no_call_twice_and_limits_hold(
     assert set(end.partial["steps"]) == {"step-0", "step-1", "step-2", "step-3"}
     [note] = notifications(jobs.client, job_id)
     assert note["attempts"] == 2
+    # The restarted worker counted the job's second delivery as a retry.
+    assert value(scrape(worker.metrics_url), "budgetspan_jobs_total", workflow="triage", state="retried") == 1
     # The wall clock is the job's: it spans both attempts and the restart between them.
     t = model_server.times
     assert end.usage["wall_clock_s"] >= t[(job_id, 3)] - t[(job_id, 0)]

@@ -3,30 +3,15 @@
 from __future__ import annotations
 
 import time
-import urllib.request
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.parser import text_string_to_metric_families
 
 from budgetspan import events
 from budgetspan.jobs import JobStore, wait_for_end
 from budgetspan.processors.metrics import BudgetspanMetrics
-from tests.jobs.conftest import Worker
+from tests.jobs.conftest import Worker, scrape, value
 from tests.jobs.test_celery_jobs import spans_of_trace
-
-
-def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    text = urllib.request.urlopen(url, timeout=10).read().decode()
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 def test_jobs_by_state_and_queue_wait_as_its_own_phase(worker: Worker, app_module: Any) -> None:
