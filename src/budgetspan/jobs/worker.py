@@ -116,6 +116,21 @@ def _publisher(store: JobStore, job_id: str) -> Callable[[Milestone], None]:
     return publish
 
 
+def _run_scope(spec: JobSpec) -> RunScope:
+    """The job's run: its id, budget, mode and identity, all from the job's headers."""
+    return RunScope(
+        spec.workflow,
+        spec.budget,
+        spec.mode,
+        run_id=spec.job_id,
+        suppress_exhausted=True,
+        tenant=spec.tenant,
+        user=spec.user,
+        permissions=spec.permissions,
+        conversation_id=spec.conversation_id,
+    )
+
+
 def _attempt(
     spec: JobSpec,
     fn: Callable[..., Any],
@@ -126,17 +141,7 @@ def _attempt(
     wait: float | None,
 ) -> JobEnd:
     store, job_id = ledger.store, spec.job_id
-    scope = RunScope(
-        spec.workflow,
-        spec.budget,
-        spec.mode,
-        run_id=job_id,
-        suppress_exhausted=True,
-        tenant=spec.tenant,
-        user=spec.user,
-        permissions=spec.permissions,
-        conversation_id=spec.conversation_id,
-    )
+    scope = _run_scope(spec)
     job_token = _current.set((store, job_id))
     progress = subscribe_progress(_publisher(store, job_id), run=job_id)
     error: BaseException | None = None
