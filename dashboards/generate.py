@@ -86,6 +86,9 @@ CALLS_PER_S = "suffix: calls/s"
 RETRIES_PER_S = "suffix: retries/s"
 TOKENS_PER_S = "suffix: tokens/s"
 JOBS_PER_S = "suffix: jobs/s"
+# Series only the processes make (budgetspan.jobs events, no span says them): panels that show
+# them say so, and the collector tier's dashboard test leaves them out.
+PROCESS_ONLY = " Counted by the processes that submit and run jobs, not by the collector tier."
 
 # $service: the label the collector tier adds (resource service.name). A process scraped directly
 # has no such label, and service=~".*" matches an absent label, so "All" (.*) keeps every series.
@@ -485,7 +488,7 @@ def overview() -> dict[str, Any]:
                     [(f"sum by (state) (rate({JOBS}{{{wf}}}[{RATE}]))", "{{state}}")],
                     description="Jobs entering each state: queued (submitted), running (first "
                     "start), retried (delivered again after a worker died), then their outcome. "
-                    "Queued minus running minus cancelled is the backlog.",
+                    "Queued minus running minus cancelled is the backlog." + PROCESS_ONLY,
                 ),
                 Spec(
                     "Queue wait p50 / p95",
@@ -495,7 +498,7 @@ def overview() -> dict[str, Any]:
                         (q95(JOB_QUEUE_WAIT, "workflow", wf), "p95 {{workflow}}"),
                     ],
                     description="From submission to the job's first start (Redis's clock): the "
-                    "queue_delay phase, before the run begins.",
+                    "queue_delay phase, before the run begins." + PROCESS_ONLY,
                 ),
             ],
         ),
