@@ -1,5 +1,6 @@
-"""One redis-server, one model server and one Celery worker (a separate process) for the jobs tests
-(one session: the worker's app module is imported once, against one Redis)."""
+"""One redis-server, one model server and one Celery worker (a separate process) per module. The
+worker's app module is imported once per session, against the first module's Redis: the tests that
+submit to the worker live in one module (test_celery_jobs.py)."""
 
 from __future__ import annotations
 
@@ -52,21 +53,21 @@ class Worker:
             self.proc.wait(10)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def model_server() -> Iterator[ModelServer]:
     server = ModelServer()
     yield server
     server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc, port = start_redis(tmp_path_factory.mktemp("redis"))
     yield f"redis://127.0.0.1:{port}/0"
     stop(proc)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def worker(
     redis_url: str, model_server: ModelServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Worker]:
@@ -87,7 +88,7 @@ def worker(
     w.kill()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def app_module(redis_url: str, model_server: ModelServer) -> object:
     """The worker's app module, imported here (the submitting process) against the same Redis."""
     os.environ["JOBS_TEST_REDIS"] = redis_url
