@@ -63,7 +63,13 @@ class JobRounds:
         spec = JobSpec.new("background_tickets", {"max_model_calls": 5}, job_id=f"wl-{self.n}")
         submitted(store, spec)
         time.sleep(0.01 * (self.n % 5))  # some wait in the queue
-        execute(spec, work, (), {}, self.ledger)
+        from budgetspan.runs import context
+
+        before = context.get_ledger()
+        try:
+            execute(spec, work, (), {}, self.ledger)
+        finally:
+            context.set_ledger(before)  # the workload's other runs keep their in-process ledger
         dropped = JobSpec.new("background_tickets", job_id=f"wl-{self.n}-dropped")
         submitted(store, dropped)
         cancel(store, dropped.job_id)
