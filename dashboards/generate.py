@@ -77,12 +77,18 @@ RETRIES = A.M_RETRIES + "_total"
 TTFT = A.M_TIME_TO_FIRST_TOKEN
 MODEL_DURATION = A.M_MODEL_CALL_DURATION
 LIVE_RUNS = A.M_LIVE_RUNS
+JOBS = A.M_JOBS + "_total"
+JOB_QUEUE_WAIT = A.M_JOB_QUEUE_WAIT
 
 # Rates of events, as a reader says them (Grafana's custom "suffix:" unit), not "req/s".
 RUNS_PER_S = "suffix: runs/s"
 CALLS_PER_S = "suffix: calls/s"
 RETRIES_PER_S = "suffix: retries/s"
 TOKENS_PER_S = "suffix: tokens/s"
+JOBS_PER_S = "suffix: jobs/s"
+# Series only the processes make (budgetspan.jobs events, no span says them): panels that show
+# them say so, and the collector tier's dashboard test leaves them out.
+PROCESS_ONLY = " Counted by the processes that submit and run jobs, not by the collector tier."
 
 # $service: the label the collector tier adds (resource service.name). A process scraped directly
 # has no such label, and service=~".*" matches an absent label, so "All" (.*) keeps every series.
@@ -470,6 +476,29 @@ def overview() -> dict[str, Any]:
                     ],
                     description="Runs in BUDGETSPAN_MODE=observe that enforce mode would have "
                     "stopped: check this before switching a workflow to enforce.",
+                ),
+            ],
+        ),
+        (
+            "Background jobs",
+            [
+                Spec(
+                    "Jobs by state",
+                    JOBS_PER_S,
+                    [(f"sum by (state) (rate({JOBS}{{{wf}}}[{RATE}]))", "{{state}}")],
+                    description="Jobs entering each state: queued (submitted), running (first "
+                    "start), retried (delivered again after a worker died), then their outcome. "
+                    "Queued minus running minus cancelled is the backlog." + PROCESS_ONLY,
+                ),
+                Spec(
+                    "Queue wait p50 / p95",
+                    "s",
+                    [
+                        (q95(JOB_QUEUE_WAIT, "workflow", wf, 0.5), "p50 {{workflow}}"),
+                        (q95(JOB_QUEUE_WAIT, "workflow", wf), "p95 {{workflow}}"),
+                    ],
+                    description="From submission to the job's first start (Redis's clock): the "
+                    "queue_delay phase, before the run begins." + PROCESS_ONLY,
                 ),
             ],
         ),

@@ -206,6 +206,8 @@ def test_overview_has_the_required_panels() -> None:
         "Retries by type",
         "Unpriced model calls",
         "Live runs",
+        "Jobs by state",
+        "Queue wait p50 / p95",
     ):
         assert required in titles, required
 

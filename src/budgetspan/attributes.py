@@ -257,3 +257,13 @@ ENV_OTEL_OTLP_ENDPOINT: Final = "OTEL_EXPORTER_OTLP_ENDPOINT"
 ENV_OTEL_OTLP_TRACES_ENDPOINT: Final = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
 ENV_OTEL_OTLP_PROTOCOL: Final = "OTEL_EXPORTER_OTLP_PROTOCOL"
 ENV_OTEL_OTLP_TRACES_PROTOCOL: Final = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+
+# --- Background jobs (budgetspan.jobs) ------------------------------------------------------
+JOB_ATTEMPT: Final = "budgetspan.job.attempt"  # on the run span of a job: which delivery runs it
+JOB_QUEUE_WAIT_S: Final = "budgetspan.job.queue_wait_s"  # on the queue_delay span
+PHASE_QUEUE_DELAY: Final = "queue_delay"  # a job's time from submission to its first start (its own span)
+L_STATE: Final = "state"  # queued | running | retried | the job's outcome (success, cancelled, ...)
+M_JOBS: Final = "budgetspan_jobs"  # counter: workflow, state (jobs entering each state)
+M_JOB_QUEUE_WAIT: Final = "budgetspan_job_queue_wait_seconds"  # histogram: workflow
+OTEL_M_JOBS: Final = ("budgetspan.jobs", "{job}")  # -> budgetspan_jobs_total
+OTEL_M_JOB_QUEUE_WAIT: Final = ("budgetspan.job.queue_wait", "s")  # -> budgetspan_job_queue_wait_seconds

@@ -6,6 +6,7 @@ model server. Model calls go through the real ``openai`` SDK, instrumented by bu
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from typing import Any
@@ -66,3 +67,22 @@ def agent(steps: int) -> list[str]:
 
         answers.append(checkpoint(f"step-{i}", call))
     return answers
+
+
+@jobs.task(name="tests.agent_async")
+def agent_async(steps: int) -> list[str]:
+    """The same steps with the async SDK: a cancel from another process cancels the call in flight."""
+    job = current_job_id()
+
+    async def main() -> list[str]:
+        model = openai.AsyncOpenAI(base_url=MODEL_URL, api_key="test", max_retries=0)
+        answers = []
+        for i in range(steps):
+            with budgetspan.phase("model_decision", label=f"Step {i}"):
+                reply = await model.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": f"{job} {i}"}], max_tokens=20
+                )
+            answers.append(reply.choices[0].message.content or "")
+        return answers
+
+    return asyncio.run(main())

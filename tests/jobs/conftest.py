@@ -1,4 +1,6 @@
-"""One redis-server, one model server and one Celery worker (a separate process) per module."""
+"""One redis-server, one model server and one Celery worker (a separate process) per module. The
+worker's app module is imported once per session, against the first module's Redis: the tests that
+submit to the worker live in one module (test_celery_jobs.py)."""
 
 from __future__ import annotations
 
@@ -7,12 +9,14 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.accounting.redis_server import redis, start_redis, stop
+from tests.accounting.redis_server import free_port, redis, start_redis, stop
 from tests.jobs.model_server import ModelServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,6 +32,7 @@ class Worker:
     def __init__(self, env: dict[str, str], client: redis.Redis, log: Path) -> None:
         self.env, self.client, self.log = env, client, log
         self.traces = Path(env["BUDGETSPAN_TRACES_FILE"])  # the worker's spans, OTLP JSON lines
+        self.metrics_url = f"http://127.0.0.1:{env['BUDGETSPAN_METRICS_PORT']}/metrics"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -67,8 +72,15 @@ def worker(
     redis_url: str, model_server: ModelServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Worker]:
     traces = tmp_path_factory.mktemp("traces") / "worker.jsonl"
-    env = dict(os.environ, JOBS_TEST_REDIS=redis_url, JOBS_TEST_MODEL=model_server.url, PYTHONPATH=str(ROOT))
+    env = dict(
+        os.environ,
+        JOBS_TEST_REDIS=redis_url,
+        JOBS_TEST_MODEL=model_server.url,
+        PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
+    )
+    # The worker imports this checkout's budgetspan (src layout), as the submitting test does.
     env["BUDGETSPAN_TRACES_FILE"] = str(traces)
+    env["BUDGETSPAN_METRICS_PORT"] = str(free_port())  # the worker's /metrics, scraped by the tests
     env.pop("BUDGETSPAN_BUDGET", None)
     w = Worker(env, redis.Redis.from_url(redis_url), tmp_path_factory.mktemp("worker") / "worker.log")
     w.start()
@@ -84,3 +96,17 @@ def app_module(redis_url: str, model_server: ModelServer) -> object:
     from tests.jobs import celery_app
 
     return celery_app
+
+
+def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """A process's /metrics samples, by name and labels."""
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)

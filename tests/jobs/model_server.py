@@ -1,12 +1,15 @@
 """An OpenAI-compatible chat server on loopback that counts what reached it, per job and step.
 
 Each request's last user message is ``"<job id> <step>"``; a step can be gated: its request is held
-(after being counted) until the test opens the gate, so a test knows a call is in flight.
+(after being counted) until the test opens the gate, so a test knows a call is in flight; a held
+step whose client closes the connection is noted in ``closed``.
 """
 
 from __future__ import annotations
 
 import json
+import select
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,12 +21,23 @@ class ModelServer:
         self.seen: list[tuple[str, int]] = []
         self.times: dict[tuple[str, int], float] = {}  # when each step was first seen (monotonic)
         self.gates: dict[tuple[str, int], threading.Event] = {}
+        self.closed: dict[tuple[str, int], float] = {}  # held steps whose client hung up, and when
         self._lock = threading.Lock()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, format: str, *args: Any) -> None:
                 pass
+
+            def _hold(self, key: tuple[str, int], gate: threading.Event) -> None:
+                """Hold the response until the gate opens, noting when the client hangs up."""
+                deadline = time.monotonic() + 30
+                while not gate.wait(0.02) and time.monotonic() < deadline:
+                    readable, _, _ = select.select([self.connection], [], [], 0)
+                    if readable and self.connection.recv(1, socket.MSG_PEEK) == b"":
+                        with server._lock:
+                            server.closed[key] = time.monotonic()
+                        return
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
@@ -34,7 +48,7 @@ class ModelServer:
                     server.times.setdefault(key, time.monotonic())
                     gate = server.gates.get(key)
                 if gate is not None:
-                    gate.wait(30)
+                    self._hold(key, gate)
                 reply = {
                     "id": "chatcmpl-1",
                     "object": "chat.completion",
@@ -78,6 +92,15 @@ class ModelServer:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the model server never saw step {step} of job {job}")
             time.sleep(0.02)
+
+    def wait_closed(self, job: str, step: int, timeout_s: float = 30) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                if (job, step) in self.closed:
+                    return True
+            time.sleep(0.02)
+        return False
 
     def stop(self) -> None:
         for event in list(self.gates.values()):

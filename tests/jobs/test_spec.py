@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
 
+import budgetspan
 from budgetspan.accounting.budget import Budget, ToolLimits
 from budgetspan.accounting.ledger import Mode
 from budgetspan.jobs.spec import JobSpec
@@ -14,7 +16,16 @@ def test_the_budget_profile_limits_and_tool_caps_survive_the_headers() -> None:
         max_model_calls=4, max_cost_usd=0.25, tools={"search": ToolLimits(max_calls=2)}, profile="bg"
     )
     spec = JobSpec(
-        "j1", "triage", budget, Mode.OBSERVE, notify="app.hooks:on_end", trace={"traceparent": "00-x"}
+        "j1",
+        "triage",
+        budget,
+        Mode.OBSERVE,
+        notify="app.hooks:on_end",
+        trace={"traceparent": "00-x"},
+        tenant="acme",
+        user="u-7",
+        permissions=frozenset({"refund", "read"}),
+        conversation_id="c-1",
     )
     headers = spec.headers()
     assert all(isinstance(v, str) for v in headers.values())  # any queue can carry them
@@ -29,4 +40,18 @@ def test_a_message_without_a_job_is_not_a_job() -> None:
 def test_new_resolves_the_budget_where_the_job_is_submitted() -> None:
     spec = JobSpec.new("triage", {"max_model_calls": 3}, "enforce")
     assert spec.budget.max_model_calls == 3 and spec.mode is Mode.ENFORCE
-    assert spec.job_id and spec.trace == {}  # no span current: no trace context to send
+    # no span current: no traceparent to send, only the baggage naming the job's run
+    assert spec.job_id and spec.trace == {"baggage": f"budgetspan.run.id={spec.job_id}"}
+
+
+def test_new_takes_the_submitting_runs_identity_and_names_the_job_in_baggage() -> None:
+    with TracerProvider().get_tracer("t").start_as_current_span("submit"):
+        with budgetspan.run("web", tenant="acme", user="u-7", permissions=["refund"]):
+            spec = JobSpec.new("triage", job_id="job-1")
+            other = JobSpec.new("triage", user="u-8", permissions=[])
+    assert (spec.tenant, spec.user, spec.permissions) == ("acme", "u-7", frozenset({"refund"}))
+    assert (other.tenant, other.user, other.permissions) == ("acme", "u-8", frozenset())
+    assert spec.trace["traceparent"].startswith("00-")
+    assert "budgetspan.run.id=job-1" in spec.trace["baggage"]  # W3C baggage: the job's run
+    back = JobSpec.from_headers(spec.headers())
+    assert back == spec

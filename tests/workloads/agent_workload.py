@@ -40,6 +40,9 @@ from budgetspan import attributes as A
 from budgetspan.accounting.ledger import Spend
 from budgetspan.calls.call import Call
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from job_rounds import JobRounds
+
 RECORDED = Path(
     os.environ.get("BUDGETSPAN_FIXTURES")
     or Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "recorded"
@@ -377,13 +380,18 @@ def main() -> None:
             stop.wait()
 
     threading.Thread(target=long_run, daemon=True).start()
+    jobs = JobRounds().start()  # background jobs on a real redis-server, when installed
     n = 0
-    while not stop.is_set():
-        one_round(models)
-        n += 1
-        if args.rounds and n >= args.rounds:
-            break
-        stop.wait(args.interval)
+    try:
+        while not stop.is_set():
+            one_round(models)
+            jobs.round(models.chat)
+            n += 1
+            if args.rounds and n >= args.rounds:
+                break
+            stop.wait(args.interval)
+    finally:
+        jobs.stop()
 
 
 if __name__ == "__main__":

@@ -233,6 +233,14 @@ class SupportAgent:
             result.outcome = "failure"
         return result
 
+    async def work_in(self, run: Run, ticket: Ticket) -> str | None:
+        """One ticket inside a run that is open already (a background job's, whose budget came
+        with the job); its reply. BudgetExhausted and errors go to the job, which records them."""
+        run.add_partial("ticket", ticket.id)
+        result = TicketResult(ticket, run_id=run.id)
+        await self._work(run, ticket, result)
+        return result.reply
+
     # long: the support agent's steps in order, as a reader of the demo follows them
     async def _work(self, run: Run, t: Ticket, result: TicketResult) -> None:
         async with budgetspan.phase("context_assembly", label="Searching policy"):

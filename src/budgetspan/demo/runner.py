@@ -27,12 +27,13 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 import budgetspan
 from budgetspan import attributes as A
 from budgetspan.config import Config, ConfigError, get_config, parse_config_file, set_config
+from budgetspan.demo import jobs as demo_jobs
 from budgetspan.demo.agent import SupportAgent, TicketResult
 from budgetspan.demo.data import TICKETS, Ticket
 from budgetspan.demo.server import Latency, ModelServer
 from budgetspan.processors.file_export import encode_request, file_span_processor
 from budgetspan.report.analysis import Analysis, analyze
-from budgetspan.report.load import parse_request
+from budgetspan.report.load import load_files, parse_request
 from budgetspan.report.render import Table, money, pct, runs_table, secs
 from budgetspan.runs.context import set_tracer_provider
 from budgetspan.runs.progress import Milestone, subscribe_progress
@@ -63,6 +64,7 @@ class DemoOptions:
     offline: bool = False
     tickets: Sequence[str] = ()
     every_s: float | None = None
+    jobs: bool = False
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -94,6 +96,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--ticket", action="append", default=[], metavar="ID", help="run only this ticket (repeatable)"
     )
+    p.add_argument(
+        "--jobs",
+        action="store_true",
+        help="run the background tickets as jobs on a Celery worker process ($BUDGETSPAN_REDIS_URL, "
+        "else a local redis-server), followed with `budgetspan jobs watch`",
+    )
     p.add_argument("--latency-scale", type=float, default=1.0, help=argparse.SUPPRESS)
 
 
@@ -106,6 +114,7 @@ def options_from(args: argparse.Namespace) -> DemoOptions:
         offline=args.offline,
         tickets=tuple(args.ticket),
         every_s=args.every,
+        jobs=args.jobs,
     )
 
 
@@ -236,6 +245,7 @@ def run_demo(opts: DemoOptions, out: IO[str] | None = None) -> int:
         metrics_port = int(from_env) if from_env.isdigit() else DEFAULT_METRICS_PORT
 
     server: ModelServer | None = None
+    host: demo_jobs.JobsHost | None = None
 
     provider = TracerProvider(resource=Resource.create({"service.name": "budgetspan-demo"}))
     collector = _Collect()
@@ -276,14 +286,25 @@ def run_demo(opts: DemoOptions, out: IO[str] | None = None) -> int:
         )
         out.write(f"Spans: {traces}\n")
         t0 = time.monotonic()
+        if opts.jobs:
+            host = demo_jobs.start(out, base_url, opts.latency_scale, _jobs_traces(traces))
+        queued = _submit_jobs(host, tickets, out) if host is not None else []
+        here = [t for t in tickets if t not in {q for q, _ in queued}]
         with subscribe_progress(_Printer(out), workflow="resolve_ticket"):
-            results = asyncio.run(_run_tickets(agent, tickets, out))
+            results = asyncio.run(_run_tickets(agent, here, out))
+        files = [traces]
+        if host is not None:
+            results += [_follow_job(host, t, job_id, out) for t, job_id in queued]
+            host.stop()  # the worker writes its last spans on the way out
+            files.append(host.worker_traces)
         provider.force_flush()
-        records = parse_request(encode_request(collector.spans))
+        records = parse_request(encode_request(collector.spans)) if collector.spans else []
+        if host is not None:
+            records += load_files([host.worker_traces])[0]
         _tables(analyze(records), results, out)
         out.write(
             f"\nAll {len(tickets)} tickets in {time.monotonic() - t0:.1f} s. "
-            f"Next: budgetspan report {traces}\n"
+            f"Next: budgetspan report {' '.join(files)}\n"
         )
         out.flush()
         if opts.serve:
@@ -307,7 +328,37 @@ def run_demo(opts: DemoOptions, out: IO[str] | None = None) -> int:
         set_config(None)
         if server is not None:
             server.stop()
+        if host is not None:
+            host.stop()
     return 0
+
+
+def _jobs_traces(traces: str) -> str:
+    """The worker's spans file, beside the demo's, started afresh."""
+    path = (traces[: -len(".jsonl")] if traces.endswith(".jsonl") else traces) + "-jobs.jsonl"
+    open(path, "w").close()
+    return path
+
+
+def _submit_jobs(
+    host: demo_jobs.JobsHost, tickets: Sequence[Ticket], out: IO[str]
+) -> list[tuple[Ticket, str]]:
+    """Send the background tickets to the worker; they run while the chat tickets run here."""
+    queued = [(t, host.submit(t)) for t in tickets if t.profile == "background"]
+    if queued:
+        out.write("Background tickets sent as jobs (job id = run id), followed below:\n")
+        for t, job_id in queued:
+            out.write(f"  {t.id}  job {job_id}\n")
+        out.write(
+            f"Follow one from another terminal: budgetspan jobs watch {queued[0][1]} --redis {host.url}\n"
+        )
+    return queued
+
+
+def _follow_job(host: demo_jobs.JobsHost, t: Ticket, job_id: str, out: IO[str]) -> TicketResult:
+    out.write(f'\n{t.id}  {t.profile:<11}  "{t.subject}"  ({t.story})\n')
+    out.write(f"    job {job_id}, read from its Redis stream\n")
+    return host.follow(t, job_id, out)
 
 
 def _instrument_openai(provider: TracerProvider) -> None:

@@ -114,11 +114,16 @@ class CeleryJobs:
         notify: str | None = None,
         job_id: str | None = None,
         task_kwargs: Mapping[str, Any] | None = None,
+        identity: Mapping[str, Any] | None = None,
         **send_options: Any,
     ) -> str:
-        """Send ``task(*args, **task_kwargs)`` as a job; returns its job id (= run id = task id)."""
-        spec = JobSpec.new(workflow or task.name, budget, mode, notify=notify, job_id=job_id)
-        self.store.submitted(spec.job_id, spec.workflow)
+        """Send ``task(*args, **task_kwargs)`` as a job; returns its job id (= run id = task id).
+        ``identity``: ``tenant``, ``user``, ``permissions``, ``conversation_id`` of the job's run
+        (default: the submitting run's)."""
+        spec = JobSpec.new(
+            workflow or task.name, budget, mode, notify=notify, job_id=job_id, **dict(identity or {})
+        )
+        worker.submitted(self.store, spec)
         task.apply_async(
             args=args,
             kwargs=dict(task_kwargs or {}),

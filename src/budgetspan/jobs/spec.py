@@ -1,25 +1,27 @@
 """What travels with a job's task: its id (the run id), workflow, budget, mode, notification target
-and trace context, as plain strings in the message headers of any queue.
+trace context and identity (tenant, user, permissions, conversation), as plain strings in the message headers of any queue.
 
 The budget is resolved where the job is submitted (profile plus limits, from that process's
 configuration) and sent whole, so the worker enforces the budget the submitter chose, whatever
 the worker's own configuration says. The trace context is W3C ``traceparent``/``baggage``: the
-worker's run is a child of the span that submitted the job.
+worker's run is a child of the span that submitted the job, and the baggage names the job's run.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from opentelemetry import propagate
+from opentelemetry import baggage, propagate
 
+from budgetspan import attributes as A
 from budgetspan.accounting.budget import LIMIT_NAMES, Budget, ToolLimits
 from budgetspan.accounting.ledger import Mode
 from budgetspan.config import get_config
+from budgetspan.runs import context
 
 #: Header names (one namespace, so any queue can carry them next to its own).
 H_JOB = "budgetspan-job-id"
@@ -27,6 +29,10 @@ H_WORKFLOW = "budgetspan-workflow"
 H_BUDGET = "budgetspan-budget"
 H_MODE = "budgetspan-mode"
 H_NOTIFY = "budgetspan-notify"
+H_TENANT = "budgetspan-tenant"
+H_USER = "budgetspan-user"
+H_PERMISSIONS = "budgetspan-permissions"  # a JSON list
+H_CONVERSATION = "budgetspan-conversation"
 TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
 
 
@@ -67,6 +73,11 @@ class JobSpec:
     mode: Mode
     notify: str | None = None  # "package.module:function" or an http(s) URL
     trace: Mapping[str, str] = field(default_factory=dict)
+    # The run's identity (``budgetspan.run``'s): who the job works for.
+    tenant: str | None = None
+    user: str | None = None
+    permissions: frozenset[str] = frozenset()
+    conversation_id: str | None = None
 
     @classmethod
     def new(
@@ -77,19 +88,34 @@ class JobSpec:
         *,
         notify: str | None = None,
         job_id: str | None = None,
+        tenant: str | None = None,
+        user: str | None = None,
+        permissions: Iterable[str] | None = None,
+        conversation_id: str | None = None,
         **limits: Any,
     ) -> JobSpec:
-        """Resolve the budget here (profiles, workflow defaults, limits) and capture the trace."""
+        """Resolve the budget here (profiles, workflow defaults, limits), capture the trace, with the
+        job's run id in W3C baggage, and the identity: given, else the submitting run's."""
         cfg = get_config()
+        job_id = job_id or uuid.uuid4().hex
         carrier: dict[str, str] = {}
-        propagate.inject(carrier)
+        propagate.inject(carrier, context=baggage.set_baggage(A.RUN_ID, job_id))
+        if isinstance(permissions, str):
+            raise TypeError("permissions: a collection of names, not one string")
+        here = context.current_run()
         return cls(
-            job_id=job_id or uuid.uuid4().hex,
+            job_id=job_id,
             workflow=workflow,
             budget=cfg.budget_for(workflow, budget, **limits),
             mode=cfg.mode if mode is None else Mode(mode),
             notify=notify,
             trace={k: v for k, v in carrier.items() if k in TRACE_HEADERS},
+            tenant=tenant or (here.tenant if here else None),
+            user=user or (here.user if here else None),
+            permissions=frozenset(
+                permissions if permissions is not None else (here.permissions if here else ())
+            ),
+            conversation_id=conversation_id or (here.conversation_id if here else None),
         )
 
     def headers(self) -> dict[str, str]:
@@ -99,8 +125,16 @@ class JobSpec:
             H_BUDGET: budget_to_json(self.budget),
             H_MODE: self.mode.value,
         }
-        if self.notify:
-            out[H_NOTIFY] = self.notify
+        for name, value in (
+            (H_NOTIFY, self.notify),
+            (H_TENANT, self.tenant),
+            (H_USER, self.user),
+            (H_CONVERSATION, self.conversation_id),
+        ):
+            if value:
+                out[name] = value
+        if self.permissions:
+            out[H_PERMISSIONS] = json.dumps(sorted(self.permissions))
         out.update(self.trace)
         return out
 
@@ -114,6 +148,10 @@ class JobSpec:
             mode=Mode(str(headers.get(H_MODE) or Mode.ENFORCE.value)),
             notify=headers.get(H_NOTIFY) or None,
             trace={k: str(headers[k]) for k in TRACE_HEADERS if headers.get(k)},
+            tenant=headers.get(H_TENANT) or None,
+            user=headers.get(H_USER) or None,
+            permissions=frozenset(json.loads(headers.get(H_PERMISSIONS) or "[]")),
+            conversation_id=headers.get(H_CONVERSATION) or None,
         )
 
 

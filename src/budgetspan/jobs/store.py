@@ -8,6 +8,7 @@ Keys (``budgetspan:job:<id>``, all with a time to live):
   ``result`` (JSON) and ``notified``;
 - ``:progress``: a Redis stream of milestones, the last one of kind ``end``;
 - ``:steps``: checkpointed step results, so a retried task does not redo (nor pay for) finished steps;
+- ``:cancel``: a pub/sub channel where a cancel of a running job is published (``jobs.cancel_watch``);
 - ``:calls``: the reservations an attempt holds in the ledger, so a retry can take over those of an
   attempt that died (``jobs.ledger``).
 
@@ -48,7 +49,10 @@ if state == 'queued' or not state then
   redis.call('EXPIRE', KEYS[1], ARGV[1])
   return state or 'unknown'
 end
-if state == 'running' then redis.call('HSET', KEYS[1], 'cancel_requested', '1') end
+if state == 'running' then
+  redis.call('HSET', KEYS[1], 'cancel_requested', '1')
+  redis.call('PUBLISH', KEYS[2], '1')
+end
 return state
 """
 
@@ -114,8 +118,13 @@ class JobStore:
         self.client.expire(key, self.ttl_s)
 
     def request_cancel(self, job_id: str) -> str:
-        """Mark the job cancelled; returns its state before (``queued``, ``running``, ``ended``...)."""
-        return _text(self._cancel(keys=[self.key(job_id)], args=[self.ttl_s]))
+        """Mark the job cancelled; returns its state before (``queued``, ``running``, ``ended``...).
+        A running job's attempt hears it on ``cancel_channel`` (and reads the flag)."""
+        return _text(self._cancel(keys=[self.key(job_id), self.cancel_channel(job_id)], args=[self.ttl_s]))
+
+    @classmethod
+    def cancel_channel(cls, job_id: str) -> str:
+        return cls.key(job_id, "cancel")
 
     # the worker ------------------------------------------------------------------------------
     def begin(self, job_id: str) -> tuple[bool, int, float | None]:

@@ -17,7 +17,10 @@ from typing import Any, TypeVar
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
 
+from budgetspan import attributes as A
+from budgetspan import events
 from budgetspan.accounting.budget import BudgetExhausted, Usage
+from budgetspan.jobs.cancel_watch import CancelWatch
 from budgetspan.jobs.ledger import JobLedger
 from budgetspan.jobs.notify import deliver, deliver_pending
 from budgetspan.jobs.spec import JobSpec
@@ -60,14 +63,46 @@ def execute(
     if not go:
         deliver_pending(store, spec.notify, spec.job_id)
         return None
+    events.emit("on_job_state", spec.workflow, "running" if attempt == 1 else "retried")
     token = otel_context.attach(propagate.extract(dict(spec.trace)))
     try:
+        if attempt == 1 and wait is not None:
+            _queue_delay(spec, wait)
         end = _attempt(spec, fn, args, kwargs, ledger, attempt, wait)
     finally:
         otel_context.detach(token)
-    store.end(end)
+    if store.end(end):
+        events.emit("on_job_state", spec.workflow, end.outcome)
     deliver(store, spec.notify, store.ended(spec.job_id) or end)
     return end
+
+
+def submitted(store: JobStore, spec: JobSpec) -> None:
+    """Record a job as queued (the queue adapter calls it just before sending the task)."""
+    store.submitted(spec.job_id, spec.workflow)
+    events.emit("on_job_state", spec.workflow, "queued")
+
+
+def _queue_delay(spec: JobSpec, wait_s: float) -> None:
+    """The job's wait in the queue as its own phase: a span from submission to the first start (in
+    the submitter's trace, beside the run's span: the run had not begun), its metrics."""
+    try:
+        end_ns = time.time_ns()
+        attrs: dict[str, str | float] = {
+            A.PHASE: A.PHASE_QUEUE_DELAY,
+            A.RUN_ID: spec.job_id,
+            A.WORKFLOW: spec.workflow,
+            A.JOB_QUEUE_WAIT_S: wait_s,
+        }
+        name = A.SPAN_PHASE.format(phase=A.PHASE_QUEUE_DELAY)
+        span = context.get_tracer().start_span(
+            name, start_time=end_ns - int(max(0.0, wait_s) * 1e9), attributes=attrs
+        )
+        span.end(end_time=end_ns)
+    except Exception:
+        events.internal_error("jobs.queue_delay")
+    events.emit("on_job_queue_wait", spec.workflow, wait_s)
+    events.emit("on_phase_end", None, spec.workflow, A.PHASE_QUEUE_DELAY, wait_s)
 
 
 def _publisher(store: JobStore, job_id: str) -> Callable[[Milestone], None]:
@@ -81,6 +116,21 @@ def _publisher(store: JobStore, job_id: str) -> Callable[[Milestone], None]:
     return publish
 
 
+def _run_scope(spec: JobSpec) -> RunScope:
+    """The job's run: its id, budget, mode and identity, all from the job's headers."""
+    return RunScope(
+        spec.workflow,
+        spec.budget,
+        spec.mode,
+        run_id=spec.job_id,
+        suppress_exhausted=True,
+        tenant=spec.tenant,
+        user=spec.user,
+        permissions=spec.permissions,
+        conversation_id=spec.conversation_id,
+    )
+
+
 def _attempt(
     spec: JobSpec,
     fn: Callable[..., Any],
@@ -91,7 +141,7 @@ def _attempt(
     wait: float | None,
 ) -> JobEnd:
     store, job_id = ledger.store, spec.job_id
-    scope = RunScope(spec.workflow, spec.budget, spec.mode, run_id=job_id, suppress_exhausted=True)
+    scope = _run_scope(spec)
     job_token = _current.set((store, job_id))
     progress = subscribe_progress(_publisher(store, job_id), run=job_id)
     error: BaseException | None = None
@@ -101,9 +151,15 @@ def _attempt(
         with scope as run:
             ledger.attach(job_id, attempt)
             attached = True
+            if run.span is not None:
+                run.span.set_attribute(A.JOB_ATTEMPT, attempt)
             if store.cancel_requested(job_id):
                 run.cancel()  # cancelled between the start of the attempt and the run's opening
-            run.result = fn(*args, **kwargs)
+            watch = CancelWatch(store, job_id, run).start()  # in-flight async calls, from now on
+            try:
+                run.result = fn(*args, **kwargs)
+            finally:
+                watch.close()
     except BudgetExhausted:
         pass  # suppressed by the scope; here for an enclosing run's refusal
     except Exception as exc:  # the job failed: recorded, notified, not retried by the queue
@@ -143,10 +199,12 @@ def _explanation(run: Run, error: BaseException | None) -> str:
 def cancel(store: JobStore, job_id: str) -> str:
     """Cancel a job from any process; returns its state when cancelled (``queued``, ``running``,
     ``ended``...). Queued: it ends now (outcome ``cancelled``; the queue adapter also revokes the
-    message). Running: the ledger's cancel flag stops the run at its next call."""
+    message). Running: the ledger's cancel flag stops the run at its next call, and the attempt's
+    ``CancelWatch`` cancels its in-flight async calls."""
     before = store.request_cancel(job_id)
     if before in ("queued", "unknown"):
-        store.end(JobEnd(job_id, "cancelled", "Cancelled before it started", {}))
+        if store.end(JobEnd(job_id, "cancelled", "Cancelled before it started", {})):
+            events.emit("on_job_state", store.state(job_id).get("workflow", "unknown"), "cancelled")
     elif before == "running":
         from budgetspan.accounting.redis_ledger import RedisLedger
 
@@ -164,4 +222,4 @@ def wait_for_end(store: JobStore, job_id: str, timeout_s: float, poll_s: float =
         time.sleep(poll_s)
 
 
-__all__ = ["cancel", "checkpoint", "current_job_id", "execute", "wait_for_end"]
+__all__ = ["cancel", "checkpoint", "current_job_id", "execute", "submitted", "wait_for_end"]

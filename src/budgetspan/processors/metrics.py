@@ -289,6 +289,10 @@ class BudgetspanMetrics:
             A.M_SPANS_DROPPED, "Spans the exporter pipeline lost (queue full, export failed).", (A.L_REASON,)
         )
         self.live_runs = family("gauge", A.M_LIVE_RUNS, "Runs in progress.", (wf,), ())
+        self.jobs = counter(A.M_JOBS, "Background jobs entering each state.", (wf, A.L_STATE))
+        self.job_queue_wait = hist(
+            A.M_JOB_QUEUE_WAIT, "A job's wait from submission to its first start.", (wf,), RUN_SECONDS_BUCKETS
+        )
         if local and registry is not None:
             registry.register(LocalCollector(local, self._lock))
 
@@ -427,3 +431,13 @@ class BudgetspanMetrics:
     def on_spans_dropped(self, reason: str, count: int) -> None:
         with self._lock:
             self.spans_dropped.child(reason).inc(count)
+
+    # jobs ------------------------------------------------------------------------------------
+    def on_job_state(self, workflow: str, state: str) -> None:
+        with self._lock:
+            self.jobs.child(workflow, state).inc()
+
+    def on_job_queue_wait(self, workflow: str, wait_s: float) -> None:
+        if _sane(wait_s):
+            with self._lock:
+                self.job_queue_wait.child(workflow).observe(wait_s)

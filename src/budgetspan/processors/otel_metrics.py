@@ -189,6 +189,10 @@ class OTelMetrics:
         self.internal_errors = counter(A.OTEL_M_INTERNAL_ERRORS, "Errors inside budgetspan.")
         self.spans_dropped = counter(A.OTEL_M_SPANS_DROPPED, "Spans the exporter pipeline lost.")
         self.live_runs = counter(A.OTEL_M_LIVE_RUNS, "Runs in progress.", up_down=True)
+        self.jobs = counter(A.OTEL_M_JOBS, "Background jobs entering each state.")
+        self.job_queue_wait = hist(
+            A.OTEL_M_JOB_QUEUE_WAIT, "A job's wait from submission to its first start.", RUN_SECONDS_BUCKETS
+        )
 
     def attrs(self, *pairs: tuple[str, Any]) -> dict[str, Any]:
         """The attribute dict for these (label, raw value) pairs, capped and built once."""
@@ -257,6 +261,13 @@ class OTelMetrics:
 
     def on_phase_end(self, run: Run | None, workflow: str, phase: str, duration_s: float) -> None:
         self.phase_duration.record(duration_s, self.attrs((A.L_WORKFLOW, workflow), (A.L_PHASE, phase)))
+
+    def on_job_state(self, workflow: str, state: str) -> None:
+        self.jobs.add(1, self.attrs((A.L_WORKFLOW, workflow), (A.L_STATE, state)))
+
+    def on_job_queue_wait(self, workflow: str, wait_s: float) -> None:
+        if _sane(wait_s):
+            self.job_queue_wait.record(wait_s, self.attrs((A.L_WORKFLOW, workflow)))
 
     # calls -----------------------------------------------------------------------------------
     def on_call_end(self, r: CallRecord) -> None:

@@ -1,0 +1,86 @@
+"""The end of a job is notified at least once, with one idempotency key (real redis-server, and a
+loopback HTTP server as the webhook)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from budgetspan.jobs import JobEnd, JobSpec, JobStore, execute
+from budgetspan.jobs.ledger import JobLedger
+from budgetspan.jobs.notify import deliver
+from tests.accounting.redis_server import redis
+
+
+class Webhook:
+    """Answers 500 to the first ``fail`` POSTs, then 200; keeps every POST's key and body."""
+
+    def __init__(self, fail: int) -> None:
+        self.posts: list[tuple[str, dict[str, Any]]] = []
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                hook.posts.append((self.headers["Idempotency-Key"], body))
+                self.send_response(500 if len(hook.posts) <= fail else 200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def store(redis_url: str) -> JobStore:
+    return JobStore(redis.Redis.from_url(redis_url))
+
+
+@pytest.fixture
+def webhook() -> Iterator[Webhook]:
+    hook = Webhook(fail=1)
+    yield hook
+    hook.stop()
+
+
+def test_a_failed_webhook_is_retried_with_the_same_key_then_marked_notified(
+    store: JobStore, webhook: Webhook
+) -> None:
+    store.submitted("hook-1", "triage")
+    end = JobEnd("hook-1", "success", "Done after 1 model calls", {"draft": "hi"}, result="hi")
+    assert store.end(end)
+    assert deliver(store, webhook.url, end)
+    assert [key for key, _ in webhook.posts] == ["budgetspan-job-end:hook-1"] * 2  # 500, then 200
+    assert webhook.posts[-1][1]["outcome"] == "success" and webhook.posts[-1][1]["partial"] == {"draft": "hi"}
+    assert store.notified("hook-1")
+    assert deliver(store, webhook.url, end) and len(webhook.posts) == 2  # notified: not sent again
+
+
+def test_an_end_recorded_but_not_notified_is_notified_by_the_redelivered_task(
+    store: JobStore, webhook: Webhook
+) -> None:
+    """A worker that died between recording the end and notifying it: the broker delivers the task
+    again; the attempt finds the job ended, runs nothing, and delivers the notification."""
+    spec = JobSpec.new("triage", {"max_model_calls": 2}, notify=webhook.url, job_id="hook-2")
+    store.submitted(spec.job_id, spec.workflow)
+    store.begin(spec.job_id)
+    store.end(JobEnd(spec.job_id, "success", "Done after 0 model calls", {}, result=42))
+    ran: list[int] = []
+
+    assert execute(spec, lambda: ran.append(1), (), {}, JobLedger(store.client, store)) is None
+    assert ran == []  # the job had ended: not run again
+    assert [body["result"] for _, body in webhook.posts] == [42, 42]  # the 500, then delivered
+    assert store.notified(spec.job_id)
