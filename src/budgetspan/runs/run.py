@@ -19,9 +19,19 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from budgetspan import attributes as A
 from budgetspan import events
-from budgetspan.accounting.budget import Budget, BudgetExhausted, Limit, RunCancelled, ToolLimits, Usage
+from budgetspan.accounting.budget import (
+    Budget,
+    BudgetExhausted,
+    Limit,
+    RunCancelled,
+    ToolLimits,
+    TOOL_CAP_REASONS,
+    ToolRefused,
+    Usage,
+)
 from budgetspan.accounting.ledger import CallKind, Ledger, LedgerRefused, Mode, Refusal, Reservation, Spend
-from budgetspan.runs import context, registry
+from budgetspan.runs import context, limits, registry, remaining
+from budgetspan.runs.loops import LoopWatch
 
 
 class Outcome(str, Enum):
@@ -30,6 +40,7 @@ class Outcome(str, Enum):
     ESCALATED = "escalated"
     BUDGET_EXHAUSTED = "budget_exhausted"
     CANCELLED = "cancelled"
+    NEEDS_CLARIFICATION = "needs_clarification"
 
 
 class Run:
@@ -73,6 +84,10 @@ class Run:
         self.tenant: str | None = None
         self.user: str | None = None
         self.permissions: frozenset[str] = frozenset()
+        #: At a limit (``runs/limits.py``): the policy asked, and the extensions it granted.
+        self.on_limit: limits.Policy | None = None
+        self.extensions: list[tuple[dict[str, float], str | None]] = []
+        self.loops = LoopWatch(budget) if LoopWatch.wanted(budget) else None
         self._ledger = ledger or context.get_ledger()
         self._tasks: set[tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]] = set()
         self._explicit_outcome = False
@@ -166,8 +181,9 @@ class Run:
     def _final_outcome(self, exc: BaseException | None) -> Outcome:
         if isinstance(exc, RunCancelled) or isinstance(self.exhausted, RunCancelled):
             return Outcome.CANCELLED
-        if self.exhausted is not None or isinstance(exc, BudgetExhausted):
-            return Outcome.BUDGET_EXHAUSTED
+        stop = self.exhausted or (exc if isinstance(exc, BudgetExhausted) else None)
+        if stop is not None:
+            return Outcome(stop.outcome)
         if self._explicit_outcome and self.outcome is not None:
             return self.outcome
         if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
@@ -188,6 +204,8 @@ class Run:
         for key, value in u.as_dict().items():
             if isinstance(value, (int, float)):
                 attrs[A.USAGE_PREFIX + key] = value
+        if self.extensions:
+            attrs[A.BUDGET_EXTENSIONS] = len(self.extensions)
         exhausted = self.exhausted
         if exhausted is None and isinstance(exc, BudgetExhausted):
             exhausted = exc  # refused by an enclosing run's limit
@@ -267,17 +285,23 @@ class Run:
         worst_case_tokens: int | None = None,
         worst_case_input_tokens: int | None = None,
         tool_limits: ToolLimits | None = None,
+        phase: str | None = None,
+        can_await: bool = False,
     ) -> Reservation:
         """Reserve one call in this run and every enclosing run; raise BudgetExhausted (from the
         run whose limit refuses it) when a limit refuses it. Exhaustion is sticky: once a run has
-        stopped at a limit, every later call is refused too."""
+        stopped at a limit, every later call is refused too (but a ``final_response`` call of a
+        run that keeps budget for it). ``can_await``: an async policy's answer may be left to
+        the caller to await (``limits.DecisionPending``)."""
         worst = (worst_case_cost, worst_case_tokens, worst_case_input_tokens)
-        own = self._reserve_here(kind, tool, tool_limits, worst)
+        own = self._reserve_here(kind, tool, tool_limits, worst, phase, can_await)
         if self.parent is None:
             return own
         for outer in self.ancestors():
             try:
-                own.linked.append((outer, outer._reserve_here(kind, tool, tool_limits, worst)))
+                own.linked.append(
+                    (outer, outer._reserve_here(kind, tool, tool_limits, worst, phase, can_await))
+                )
             except BaseException:
                 self.release(own)
                 raise
@@ -289,24 +313,34 @@ class Run:
         tool: str | None,
         tool_limits: ToolLimits | None,
         worst: tuple[float | None, int | None, int | None],
+        phase: str | None = None,
+        can_await: bool = False,
     ) -> Reservation:
-        stopped = self._stopped()
+        final = phase == "final_response"
+        stopped = self._stopped(final)
         if stopped is not None:
             raise self.exhaust(stopped)
-        try:
-            res = self._ledger.reserve(
-                self.id,
-                kind,
-                tool=tool,
-                tool_limits=tool_limits,
-                worst_case_cost=worst[0],
-                worst_case_tokens=worst[1],
-                worst_case_input_tokens=worst[2],
-            )
-        except LedgerRefused as refused:
-            raise self.exhaust(refused.refusal) from None
-        except KeyError:  # run already closed (work after the run ended): no limit applies
-            return Reservation(self.id, kind, tool, done=True)
+        asks = 0
+        while True:
+            try:
+                res = self._ledger.reserve(
+                    self.id,
+                    kind,
+                    tool=tool,
+                    tool_limits=tool_limits,
+                    worst_case_cost=worst[0],
+                    worst_case_tokens=worst[1],
+                    worst_case_input_tokens=worst[2],
+                    final=final,
+                )
+                break
+            except LedgerRefused as refused:
+                asks += 1  # returns after an extension (try again); raises otherwise
+                limits.at_limit(
+                    self, self._shown(refused.refusal, final), kind.value, tool, phase, can_await, asks
+                )
+            except KeyError:  # run already closed (work after the run ended): no limit applies
+                return Reservation(self.id, kind, tool, done=True)
         if res.would_refuse is not None:
             self.note_would_refuse(res.would_refuse)
         return res
@@ -318,6 +352,8 @@ class Run:
         run's exception and its span tell the same story as when no other span is around."""
         if reservation is not None and reservation.would_refuse is not None and self.mode is Mode.ENFORCE:
             self.release(reservation)
+            if reservation.would_refuse.reason in TOOL_CAP_REASONS:
+                raise self.refuse_tool(reservation.would_refuse)
             if self.exhausted is None:
                 raise self.exhaust(reservation.would_refuse)
             reservation = None
@@ -328,10 +364,22 @@ class Run:
             raise self.exhaust(stopped)
         return reservation
 
-    def _stopped(self) -> Refusal | None:
-        """The limit an enforcing run has already stopped at: every later call is refused by it."""
+    def _shown(self, refusal: Refusal, final: bool) -> Refusal:
+        """A refusal by a limit less its reserve for the final answer names the whole limit."""
+        kept = self.budget.reserve_for_final.get(refusal.reason)
+        whole = self.budget.limits().get(refusal.reason)
+        if final or not kept or whole is None:
+            return refusal
+        return Refusal(refusal.reason, whole, refusal.tool, refusal.worst)
+
+    def _stopped(self, final: bool = False) -> Refusal | None:
+        """The limit an enforcing run has already stopped at: every later call is refused by it,
+        but the final answer of a run that keeps budget for it (the ledger holds that to the
+        whole limits)."""
         stopped = self.exhausted
         if stopped is not None and self.mode is Mode.ENFORCE:
+            if final and self.budget.reserve_for_final and not isinstance(stopped, RunCancelled):
+                return None
             return Refusal(stopped.reason, stopped.limit, stopped.tool, stopped.worst)
         return self._held if self.mode is Mode.ENFORCE else None
 
@@ -359,9 +407,19 @@ class Run:
                     raise run.exhaust(refusal)
                 run.note_would_refuse(refusal)
 
-    def exhaust(self, refusal: Refusal) -> BudgetExhausted:
-        """Build the exception for ``refusal``; the first one sets the outcome and is recorded."""
-        cls = RunCancelled if refusal.reason == Limit.CANCELLED.value else BudgetExhausted
+    def exhaust(
+        self,
+        refusal: Refusal,
+        *,
+        cls: type[BudgetExhausted] | None = None,
+        detail: str | None = None,
+        notes: tuple[str, ...] = (),
+    ) -> BudgetExhausted:
+        """Build the exception for ``refusal``; the first one sets the outcome and is recorded.
+        ``detail`` replaces the explanation's head; ``notes`` follow it (with what the run kept
+        for its final answer, and its extensions)."""
+        if cls is None:
+            cls = RunCancelled if refusal.reason == Limit.CANCELLED.value else BudgetExhausted
         exc = cls(
             refusal.reason,
             refusal.limit,
@@ -371,6 +429,8 @@ class Run:
             workflow=self.workflow,
             tool=refusal.tool,
             worst=refusal.worst,
+            detail=detail,
+            notes=(*notes, *self._notes(refusal.reason)),
         )
         with self._lock:
             first = self.exhausted is None
@@ -378,7 +438,7 @@ class Run:
                 self.exhausted = exc
                 self._held = None
         if first:
-            self.outcome = Outcome.CANCELLED if cls is RunCancelled else Outcome.BUDGET_EXHAUSTED
+            self.outcome = Outcome(exc.outcome)
             if self.span is not None:
                 self.span.add_event(
                     A.EVENT_CANCELLED if cls is RunCancelled else A.EVENT_BUDGET_EXHAUSTED,
@@ -456,6 +516,52 @@ class Run:
         entry = (task.get_loop(), task)
         self._tasks.add(entry)
         return lambda: self._tasks.discard(entry)
+
+    # at a limit, in a loop (runs/limits.py, runs/loops.py, runs/remaining.py) ----------
+    def refuse_tool(self, refusal: Refusal) -> ToolRefused:
+        """A tool past its own cap: this call is refused, the run goes on (a span event says so)."""
+        exc = ToolRefused(
+            refusal.reason,
+            refusal.limit,
+            self.usage,
+            self.partial,
+            run_id=self.id,
+            workflow=self.workflow,
+            tool=refusal.tool,
+        )
+        if self.span is not None:
+            self.span.add_event(
+                A.EVENT_TOOL_REFUSED,
+                {A.EXHAUSTED_REASON: refusal.reason, A.GEN_AI_TOOL_NAME: refusal.tool or ""},
+            )
+        events.emit("on_tool_refused", self, refusal.tool or "", refusal.reason)
+        return exc
+
+    def _notes(self, reason: str) -> tuple[str, ...]:
+        kept = self.budget.reserve_for_final.get(reason)
+        found = (limits.kept_note(reason, kept),) if kept else ()
+        extended = limits.extension_note(self.extensions)
+        return (*found, extended) if extended else found
+
+    def extend(self, reason: str | None = None, **amounts: float) -> None:
+        """Raise this run's limits by ``amounts`` now (what ``on_limit`` returning ``Extend`` does)."""
+        limits.extend(self, limits.Extend(reason, **amounts).amounts, reason)
+
+    @property
+    def explanation(self) -> str | None:
+        """Why the run stopped (with its final usage once ended), or what extended it."""
+        if self.exhausted is not None:
+            return self.exhausted.explain(self.usage)
+        note = limits.extension_note(self.extensions)
+        return note[0].upper() + note[1:] + "." if note else None
+
+    def remaining(self) -> dict[str, float]:
+        """What is left of each limit that is set, by name (never below zero)."""
+        return remaining.left(self.budget, self.usage)
+
+    def remaining_text(self) -> str:
+        """One line for a system prompt: "3 of 6 model calls and $0.14 of $0.25 left"."""
+        return remaining.text(self.budget, self.usage)
 
     def __repr__(self) -> str:
         return f"<Run {self.workflow} id={self.id[:8]} outcome={self.outcome and self.outcome.value}>"
