@@ -11,8 +11,8 @@ import pytest
 
 from budgetspan.accounting.budget import Budget, ToolLimits, Usage
 from budgetspan.accounting.ledger import CallKind, LedgerRefused, Mode, Refusal, Spend
-from budgetspan.accounting.redis_ledger import RedisLedger
 from budgetspan.accounting.memory import InMemoryLedger
+from budgetspan.accounting.redis_ledger import RedisLedger
 from budgetspan.accounting.rule import Held, refusal, spend_refusal, without_reserve
 from tests.accounting.redis_server import needs_redis_server, redis, start_redis, stop
 

@@ -184,7 +184,8 @@ def apply(reached: LimitReached, decision: Any) -> None:
         raise exc
     if isinstance(decision, Clarify):
         asked = run.exhaust(refusal, cls=ClarificationNeeded, notes=(f"asked: {decision.question}",))
-        asked.question = decision.question
+        if isinstance(asked, ClarificationNeeded):
+            asked.question = decision.question
         run.partial["clarification_question"] = decision.question
         raise asked
     if decision is not None and not isinstance(decision, Stop):

@@ -20,12 +20,12 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from budgetspan import attributes as A
 from budgetspan import events
 from budgetspan.accounting.budget import (
+    TOOL_CAP_REASONS,
     Budget,
     BudgetExhausted,
     Limit,
     RunCancelled,
     ToolLimits,
-    TOOL_CAP_REASONS,
     ToolRefused,
     Usage,
 )
