@@ -263,13 +263,7 @@ class RedisLedger(ExtendOnRedis, Ledger):
         if run_id not in self._local_runs:
             try:
                 return self._reserve_on_redis(
-                    run_id,
-                    kind,
-                    tool,
-                    (cost, held_in, held_out),
-                    force,
-                    tool_limits,
-                    self._short(run_id, final),
+                    run_id, kind, tool, (cost, held_in, held_out), force, tool_limits, final
                 )
             except self._errors as e:
                 # Closed: refuse, except where nothing may be refused (observe mode, forced records).
@@ -299,7 +293,7 @@ class RedisLedger(ExtendOnRedis, Ledger):
         worst: tuple[float, int, int],
         force: bool,
         tool_limits: ToolLimits | None,
-        short: bool = False,
+        final: bool = False,
     ) -> Reservation:
         tl = tool_limits or NO_TOOL_LIMITS
         args = (
@@ -310,7 +304,7 @@ class RedisLedger(ExtendOnRedis, Ledger):
             "" if tl.max_calls is None else tl.max_calls,
             "" if tl.max_retries is None else tl.max_retries,
             self.ttl_s,
-            "1" if short else "0",
+            "1" if self._short(run_id, final) else "0",
         )
         status, reason, limit, _ = self._call("reserve", run_id, args, tool).split(b" ", 3)
         found = refusal_from(reason, limit, tool)

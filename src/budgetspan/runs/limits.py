@@ -214,7 +214,7 @@ def extend(run: Run, amounts: Mapping[str, float], reason: str | None = None) ->
 
 def _amount(name: str, amount: float) -> str:
     if name == "max_cost_usd":
-        return f"${amount:.2f}"
+        return f"${amount:.2f}" if amount >= 0.01 else f"${amount:.4f}"
     if name == "max_wall_clock_s":
         return f"{amount:g} s"
     noun = name.removeprefix("max_").replace("_", " ")

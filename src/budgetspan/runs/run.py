@@ -19,18 +19,10 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from budgetspan import attributes as A
 from budgetspan import events
-from budgetspan.accounting.budget import (
-    TOOL_CAP_REASONS,
-    Budget,
-    BudgetExhausted,
-    Limit,
-    RunCancelled,
-    ToolLimits,
-    ToolRefused,
-    Usage,
-)
+from budgetspan.accounting.budget import Budget, BudgetExhausted, Limit, RunCancelled, ToolLimits, Usage
 from budgetspan.accounting.ledger import CallKind, Ledger, LedgerRefused, Mode, Refusal, Reservation, Spend
-from budgetspan.runs import context, limits, registry, remaining
+from budgetspan.runs import context, limits, registry
+from budgetspan.runs.at_limit import AtLimit
 from budgetspan.runs.loops import LoopWatch
 
 
@@ -43,7 +35,7 @@ class Outcome(str, Enum):
     NEEDS_CLARIFICATION = "needs_clarification"
 
 
-class Run:
+class Run(AtLimit):
     """One budgeted execution. Created by ``budgetspan.run(...)`` or implicitly."""
 
     def __init__(
@@ -290,9 +282,8 @@ class Run:
     ) -> Reservation:
         """Reserve one call in this run and every enclosing run; raise BudgetExhausted (from the
         run whose limit refuses it) when a limit refuses it. Exhaustion is sticky: once a run has
-        stopped at a limit, every later call is refused too (but a ``final_response`` call of a
-        run that keeps budget for it). ``can_await``: an async policy's answer may be left to
-        the caller to await (``limits.DecisionPending``)."""
+        stopped at a limit, every later call is refused too (but a final answer from a reserve).
+        ``can_await``: an async policy's answer is left to the caller to await."""
         worst = (worst_case_cost, worst_case_tokens, worst_case_input_tokens)
         own = self._reserve_here(kind, tool, tool_limits, worst, phase, can_await)
         if self.parent is None:
@@ -323,16 +314,7 @@ class Run:
         asks = 0
         while True:
             try:
-                res = self._ledger.reserve(
-                    self.id,
-                    kind,
-                    tool=tool,
-                    tool_limits=tool_limits,
-                    worst_case_cost=worst[0],
-                    worst_case_tokens=worst[1],
-                    worst_case_input_tokens=worst[2],
-                    final=final,
-                )
+                res = self._ledger_reserve(kind, tool, tool_limits, worst, final)
                 break
             except LedgerRefused as refused:
                 asks += 1  # returns after an extension (try again); raises otherwise
@@ -352,8 +334,7 @@ class Run:
         run's exception and its span tell the same story as when no other span is around."""
         if reservation is not None and reservation.would_refuse is not None and self.mode is Mode.ENFORCE:
             self.release(reservation)
-            if reservation.would_refuse.reason in TOOL_CAP_REASONS:
-                raise self.refuse_tool(reservation.would_refuse)
+            self.refuse_if_tool(reservation.would_refuse)
             if self.exhausted is None:
                 raise self.exhaust(reservation.would_refuse)
             reservation = None
@@ -364,18 +345,9 @@ class Run:
             raise self.exhaust(stopped)
         return reservation
 
-    def _shown(self, refusal: Refusal, final: bool) -> Refusal:
-        """A refusal by a limit less its reserve for the final answer names the whole limit."""
-        kept = self.budget.reserve_for_final.get(refusal.reason)
-        whole = self.budget.limits().get(refusal.reason)
-        if final or not kept or whole is None:
-            return refusal
-        return Refusal(refusal.reason, whole, refusal.tool, refusal.worst)
-
     def _stopped(self, final: bool = False) -> Refusal | None:
         """The limit an enforcing run has already stopped at: every later call is refused by it,
-        but the final answer of a run that keeps budget for it (the ledger holds that to the
-        whole limits)."""
+        but the final answer of a run that keeps budget for it (held to the whole limits)."""
         stopped = self.exhausted
         if stopped is not None and self.mode is Mode.ENFORCE:
             if final and self.budget.reserve_for_final and not isinstance(stopped, RunCancelled):
@@ -418,6 +390,7 @@ class Run:
         """Build the exception for ``refusal``; the first one sets the outcome and is recorded.
         ``detail`` replaces the explanation's head; ``notes`` follow it (with what the run kept
         for its final answer, and its extensions)."""
+        cls, detail, notes = self._stop_words(refusal, cls, detail, notes)
         if cls is None:
             cls = RunCancelled if refusal.reason == Limit.CANCELLED.value else BudgetExhausted
         exc = cls(
@@ -430,7 +403,7 @@ class Run:
             tool=refusal.tool,
             worst=refusal.worst,
             detail=detail,
-            notes=(*notes, *self._notes(refusal.reason)),
+            notes=notes,
         )
         with self._lock:
             first = self.exhausted is None
@@ -516,52 +489,6 @@ class Run:
         entry = (task.get_loop(), task)
         self._tasks.add(entry)
         return lambda: self._tasks.discard(entry)
-
-    # at a limit, in a loop (runs/limits.py, runs/loops.py, runs/remaining.py) ----------
-    def refuse_tool(self, refusal: Refusal) -> ToolRefused:
-        """A tool past its own cap: this call is refused, the run goes on (a span event says so)."""
-        exc = ToolRefused(
-            refusal.reason,
-            refusal.limit,
-            self.usage,
-            self.partial,
-            run_id=self.id,
-            workflow=self.workflow,
-            tool=refusal.tool,
-        )
-        if self.span is not None:
-            self.span.add_event(
-                A.EVENT_TOOL_REFUSED,
-                {A.EXHAUSTED_REASON: refusal.reason, A.GEN_AI_TOOL_NAME: refusal.tool or ""},
-            )
-        events.emit("on_tool_refused", self, refusal.tool or "", refusal.reason)
-        return exc
-
-    def _notes(self, reason: str) -> tuple[str, ...]:
-        kept = self.budget.reserve_for_final.get(reason)
-        found = (limits.kept_note(reason, kept),) if kept else ()
-        extended = limits.extension_note(self.extensions)
-        return (*found, extended) if extended else found
-
-    def extend(self, reason: str | None = None, **amounts: float) -> None:
-        """Raise this run's limits by ``amounts`` now (what ``on_limit`` returning ``Extend`` does)."""
-        limits.extend(self, limits.Extend(reason, **amounts).amounts, reason)
-
-    @property
-    def explanation(self) -> str | None:
-        """Why the run stopped (with its final usage once ended), or what extended it."""
-        if self.exhausted is not None:
-            return self.exhausted.explain(self.usage)
-        note = limits.extension_note(self.extensions)
-        return note[0].upper() + note[1:] + "." if note else None
-
-    def remaining(self) -> dict[str, float]:
-        """What is left of each limit that is set, by name (never below zero)."""
-        return remaining.left(self.budget, self.usage)
-
-    def remaining_text(self) -> str:
-        """One line for a system prompt: "3 of 6 model calls and $0.14 of $0.25 left"."""
-        return remaining.text(self.budget, self.usage)
 
     def __repr__(self) -> str:
         return f"<Run {self.workflow} id={self.id[:8]} outcome={self.outcome and self.outcome.value}>"
