@@ -189,6 +189,9 @@ class OTelMetrics:
         self.internal_errors = counter(A.OTEL_M_INTERNAL_ERRORS, "Errors inside budgetspan.")
         self.spans_dropped = counter(A.OTEL_M_SPANS_DROPPED, "Spans the exporter pipeline lost.")
         self.live_runs = counter(A.OTEL_M_LIVE_RUNS, "Runs in progress.", up_down=True)
+        self.extensions = counter(A.OTEL_M_BUDGET_EXTENSIONS, "Budget extensions granted at a limit.")
+        self.loops = counter(A.OTEL_M_LOOPS, "Loops found in runs' tool calls; warned or stopped.")
+        self.tool_refusals = counter(A.OTEL_M_TOOL_REFUSALS, "Tool calls refused by the tool's own cap.")
 
     def attrs(self, *pairs: tuple[str, Any]) -> dict[str, Any]:
         """The attribute dict for these (label, raw value) pairs, capped and built once."""
@@ -320,6 +323,17 @@ class OTelMetrics:
 
     def on_spans_dropped(self, reason: str, count: int) -> None:
         self.spans_dropped.add(count, self.attrs((A.L_REASON, reason)))
+
+    def on_budget_extended(self, run: Run, limit: str) -> None:
+        self.extensions.add(1, self.attrs((A.L_WORKFLOW, run.workflow), (A.L_LIMIT, limit)))
+
+    def on_loop(self, run: Run, kind: str, status: str) -> None:
+        self.loops.add(1, self.attrs((A.L_WORKFLOW, run.workflow), (A.L_TYPE, kind), (A.L_STATUS, status)))
+
+    def on_tool_refused(self, run: Run, tool: str, reason: str) -> None:
+        self.tool_refusals.add(
+            1, self.attrs((A.L_WORKFLOW, run.workflow), (A.L_TOOL, tool), (A.L_REASON, reason))
+        )
 
 
 _lock = threading.Lock()
