@@ -108,6 +108,9 @@ EVENT_CANCELLED: Final = "budgetspan.cancelled"
 
 # At a limit and in a loop (issue 18): extensions, tool refusals, loops.
 BUDGET_EXTENSIONS: Final = "budgetspan.budget.extensions"  # run span: how many times it was extended
+#: Run span: the limits extended, one name per limit per extension, comma-separated (for the tier).
+BUDGET_EXTENDED_LIMITS: Final = "budgetspan.budget.extended_limits"
+LOOP_STOPPED: Final = "budgetspan.loop.stopped"  # run span: the loop type that stopped the run
 EXTENSION_REASON: Final = "budgetspan.extension.reason"
 LOOP_TYPE: Final = "budgetspan.loop.type"  # repeated_call | ping_pong | steps_without_progress
 LOOP_ACTION: Final = "budgetspan.loop.action"  # warn | stop

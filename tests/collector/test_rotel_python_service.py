@@ -30,7 +30,12 @@ from .stack import Prometheus, ReceivedSpan, Receiver, Tier, launch, wait_for
 REPO = Path(__file__).resolve().parents[2]
 SERVICE = "support-api"
 UPSTREAM_COST = 0.001234
-IN_PROCESS_ONLY = {"Budget-exhaustion share", "Budget exhaustions by reason", "Retries by type"}
+IN_PROCESS_ONLY = {
+    "Budget-exhaustion share",
+    "Budget exhaustions by reason",
+    "Retries by type",
+    "Budget extensions and loop stops",
+}
 MACROS = {"$__rate_interval": "15s", "$__range": "5m", "$__interval": "2s"}
 
 
@@ -106,6 +111,19 @@ def _inprocess_run(tracer: trace.Tracer, n: int) -> None:
                 A.WORKFLOW: "triage",
                 A.RUN_OUTCOME: "budget_exhausted",
                 A.EXHAUSTED_REASON: "max_tool_calls",
+                A.BUDGET_EXTENSIONS: 1,  # extended once at its cost limit, then stopped at the tool limit
+                A.BUDGET_EXTENDED_LIMITS: "max_cost_usd",
+            }
+        )
+    with tracer.start_as_current_span("invoke_agent triage") as looped:  # stopped as a loop
+        looped.set_attributes(
+            {
+                A.GEN_AI_OPERATION_NAME: A.OP_INVOKE_AGENT,
+                A.RUN_ID: run_id + "-loop",
+                A.WORKFLOW: "triage",
+                A.RUN_OUTCOME: "budget_exhausted",
+                A.EXHAUSTED_REASON: "no_progress",
+                A.LOOP_STOPPED: "repeated_call",
             }
         )
 

@@ -147,6 +147,7 @@ def test_an_extension_continues_the_run_and_is_recorded(instrumented: Tracing, s
     (span,) = instrumented.spans("invoke_agent support")
     assert A.EVENT_BUDGET_EXTENDED in [e.name for e in span.events]
     assert dict(span.attributes or {})[A.BUDGET_EXTENSIONS] == 1
+    assert dict(span.attributes or {})[A.BUDGET_EXTENDED_LIMITS] == "max_model_calls"  # for the tier
 
 
 def test_escalate_and_clarify_end_the_run_with_their_outcomes(tracing: Tracing) -> None:
@@ -252,6 +253,7 @@ def test_a_loop_is_stopped_at_the_third_identical_call(tracing: Tracing, seen: S
     assert seen.loops == [("repeated_call", "stopped")]
     (span,) = tracing.spans("invoke_agent support")
     assert dict(span.attributes or {})[A.EXHAUSTED_REASON] == "no_progress"
+    assert dict(span.attributes or {})[A.LOOP_STOPPED] == "repeated_call"  # for the tier
     assert A.EVENT_LOOP_DETECTED in [e.name for e in span.events]
 
 

@@ -18,6 +18,7 @@ from budgetspan.accounting.budget import (
 )
 from budgetspan.accounting.ledger import CallKind, Ledger, Refusal, Reservation
 from budgetspan.runs import limits, remaining
+from budgetspan.runs.loops import LoopWatch
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -35,6 +36,7 @@ class AtLimit:
     partial: dict[str, Any]
     exhausted: BudgetExhausted | None
     extensions: list[tuple[dict[str, float], str | None]]
+    loops: LoopWatch | None
 
     _ledger: Ledger
 
@@ -60,6 +62,18 @@ class AtLimit:
             worst_case_input_tokens=worst[2],
             final=final,
         )
+
+    def limit_attributes(self) -> dict[str, Any]:
+        """For the run span at its end: its extensions, and the loop that stopped it (the
+        collector tier counts them from there)."""
+        attrs: dict[str, Any] = {}
+        if self.extensions:
+            attrs[A.BUDGET_EXTENSIONS] = len(self.extensions)
+            attrs[A.BUDGET_EXTENDED_LIMITS] = ",".join(n for amounts, _ in self.extensions for n in amounts)
+        stopped = self.loops.stopped if self.loops is not None else None
+        if stopped is not None:
+            attrs[A.LOOP_STOPPED] = stopped
+        return attrs
 
     def refuse_if_tool(self, refusal: Refusal) -> None:
         """Raise ``ToolRefused`` for a tool past its own cap."""

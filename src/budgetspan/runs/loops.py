@@ -121,6 +121,7 @@ class LoopWatch:
         self._seen: set[str] = set()
         self._stale = 0
         self._lock = threading.Lock()
+        self.stopped: str | None = None  # the loop type that stopped the run
 
     @staticmethod
     def wanted(budget: Budget) -> bool:
@@ -199,6 +200,8 @@ def _act(run: Run, loop: Loop) -> None:
     events.emit("on_loop", run, loop.kind, "stopped" if enforced else "warned")
     refusal = Refusal(Limit.NO_PROGRESS.value, loop.limit, loop.tool)
     if enforced:
+        if run.loops is not None and run.exhausted is None:
+            run.loops.stopped = loop.kind
         raise run.exhaust(refusal, detail=loop.explanation)
     if stop:  # observe mode: what enforce mode would have stopped
         run.note_would_refuse(refusal)

@@ -196,8 +196,7 @@ class Run(AtLimit):
         for key, value in u.as_dict().items():
             if isinstance(value, (int, float)):
                 attrs[A.USAGE_PREFIX + key] = value
-        if self.extensions:
-            attrs[A.BUDGET_EXTENSIONS] = len(self.extensions)
+        attrs.update(self.limit_attributes())
         exhausted = self.exhausted
         if exhausted is None and isinstance(exc, BudgetExhausted):
             exhausted = exc  # refused by an enclosing run's limit
