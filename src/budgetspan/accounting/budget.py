@@ -302,6 +302,7 @@ def explain(
         "tool.max_retries": f"Refused: tool {tool!r} already used {usage.tool_retries_by_name.get(tool or '', 0)} of {lim} retries",
         "tool.timeout_s": f"Stopped: tool {tool!r} ran past its {lim} s timeout",
         "cancelled": "Cancelled",
+        "no_progress": f"Stopped: tool {tool!r} made no progress (a loop)",
         "ledger_unavailable": "Stopped: the shared budget ledger could not be reached",
         "unpriced_model": "Stopped: a model with no known price was called under a dollar limit",
     }.get(reason, f"Stopped at limit {reason}")
