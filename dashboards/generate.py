@@ -79,6 +79,8 @@ MODEL_DURATION = A.M_MODEL_CALL_DURATION
 LIVE_RUNS = A.M_LIVE_RUNS
 JOBS = A.M_JOBS + "_total"
 JOB_QUEUE_WAIT = A.M_JOB_QUEUE_WAIT
+EXTENSIONS = A.M_BUDGET_EXTENSIONS + "_total"
+LOOPS = A.M_LOOPS + "_total"
 
 # Rates of events, as a reader says them (Grafana's custom "suffix:" unit), not "req/s".
 RUNS_PER_S = "suffix: runs/s"
@@ -89,6 +91,12 @@ JOBS_PER_S = "suffix: jobs/s"
 # Series only the processes make (budgetspan.jobs events, no span says them): panels that show
 # them say so, and the collector tier's dashboard test leaves them out.
 PROCESS_ONLY = " Counted by the processes that submit and run jobs, not by the collector tier."
+EVENTS_PER_S = "suffix: events/s"
+LIMIT_DESCRIPTION = (
+    "At a limit, an on_limit policy can extend the budget (e.g. after approval) instead of "
+    "stopping; a loop (the same tool call with the same result, a ping-pong, no new result) "
+    "stops a run with reason no_progress."
+)
 
 # $service: the label the collector tier adds (resource service.name). A process scraped directly
 # has no such label, and service=~".*" matches an absent label, so "All" (.*) keeps every series.
@@ -319,6 +327,21 @@ def overview() -> dict[str, Any]:
                     "Budget exhaustions by reason",
                     RUNS_PER_S,
                     [(f"sum by (reason) (rate({EXHAUSTIONS}{{{wf}}}[{RATE}]))", "{{reason}}")],
+                ),
+                Spec(
+                    "Budget extensions and loop stops",
+                    EVENTS_PER_S,
+                    [
+                        (
+                            f"sum by (workflow, limit) (rate({EXTENSIONS}{{{wf}}}[{RATE}]))",
+                            "{{workflow}} extended {{limit}}",
+                        ),
+                        (
+                            f'sum by (workflow, type) (rate({LOOPS}{{{wf}, status="stopped"}}[{RATE}]))',
+                            "{{workflow}} loop stopped ({{type}})",
+                        ),
+                    ],
+                    description=LIMIT_DESCRIPTION,
                 ),
                 Spec(
                     "Cost per successful task by workflow",
@@ -585,6 +608,18 @@ def workflow_drilldown() -> dict[str, Any]:
                     "Would-be exhaustions in observe mode by reason",
                     RUNS_PER_S,
                     [(f"sum by (reason) (rate({WOULD_EXHAUST}{{{wf}}}[{RATE}]))", "{{reason}}")],
+                ),
+                Spec(
+                    "Budget extensions and loop stops",
+                    EVENTS_PER_S,
+                    [
+                        (f"sum by (limit) (rate({EXTENSIONS}{{{wf}}}[{RATE}]))", "extended {{limit}}"),
+                        (
+                            f'sum by (type) (rate({LOOPS}{{{wf}, status="stopped"}}[{RATE}]))',
+                            "loop stopped ({{type}})",
+                        ),
+                    ],
+                    description=LIMIT_DESCRIPTION,
                 ),
                 Spec(
                     "Budget utilisation p50 / p95 by limit",

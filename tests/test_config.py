@@ -167,3 +167,50 @@ def test_a_config_error_under_opentelemetry_instrument_is_one_line_and_status_2(
     assert proc.returncode == 2 and "the program ran" not in proc.stdout
     errors = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and "BUDGETSPAN_BUDGET" in errors[0] and "Traceback" not in proc.stderr
+
+
+# --- loop limits and the reserve for the final answer (issue 18) ---------------------------------
+
+
+def test_loop_limits_actions_and_reserve_inline() -> None:
+    b = parse_inline_budget(
+        "max_model_calls=6,max_repeated_calls=3,no_progress_action=warn,max_steps_without_progress=5,"
+        "reserve_for_final.max_model_calls=1,reserve_for_final.max_cost_usd=0.02"
+    )
+    assert b.max_repeated_calls == 3 and b.max_steps_without_progress == 5
+    assert b.no_progress_action == "warn" and b.repeated_calls_action is None
+    assert dict(b.reserve_for_final) == {"max_model_calls": 1, "max_cost_usd": 0.02}
+    for bad, needle in (
+        ("no_progress_action=explode", "stop, warn"),
+        ("reserve_for_final.max_turns=1", "max_turns"),
+        ("max_repeated_calls=2.5", "whole number"),
+    ):
+        with pytest.raises(ConfigError, match=needle):
+            parse_inline_budget(bad)
+
+
+def test_loop_limits_and_reserve_in_toml(tmp_path: Path) -> None:
+    path = tmp_path / "budgets.toml"
+    path.write_text(
+        "[profiles.careful]\nmax_model_calls = 6\nmax_repeated_calls = 3\nrepeated_calls_action = 'warn'\n"
+        "reserve_for_final = { max_model_calls = 1 }\n"
+        "[workflows.support]\nprofile = 'careful'\n[workflows.support.reserve_for_final]\nmax_cost_usd = 0.02\n"
+    )
+    cfg = load_config({"BUDGETSPAN_CONFIG": str(path)})
+    b = cfg.budget_for("support")
+    assert b.max_repeated_calls == 3 and b.repeated_calls_action == "warn"
+    assert dict(b.reserve_for_final) == {"max_model_calls": 1, "max_cost_usd": 0.02}
+    # what the code passes merges over it
+    b2 = cfg.budget_for("support", reserve_for_final={"max_model_calls": 2}, max_repeated_calls=4)
+    assert dict(b2.reserve_for_final) == {"max_model_calls": 2, "max_cost_usd": 0.02}
+    assert b2.max_repeated_calls == 4
+
+
+def test_budget_extended_and_merged_keep_loop_options() -> None:
+    b = Budget(max_cost_usd=0.25, max_repeated_calls=3, reserve_for_final={"max_cost_usd": 0.05})
+    e = b.extended({"max_cost_usd": 0.1, "max_model_calls": 2})
+    assert e.max_cost_usd == pytest.approx(0.35) and e.max_model_calls is None
+    assert e.max_repeated_calls == 3 and dict(e.reserve_for_final) == {"max_cost_usd": 0.05}
+    assert Budget().merged(b).max_repeated_calls == 3
+    with pytest.raises(ValueError, match="reserve_for_final"):
+        Budget(reserve_for_final={"tool.max_calls": 1})

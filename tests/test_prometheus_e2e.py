@@ -249,16 +249,21 @@ def test_values_match_what_the_workload_did(stack: Stack) -> None:
     # One run is held open for the whole test.
     live = stack.query('sum(budgetspan_live_runs{workflow="long_research"})')
     assert float(live[0]["value"][1]) == 1
-    # Every round: 3 resolve_ticket runs (1 exhausted, 1 observed over its limit but not
-    # stopped) + 4 triage runs (2 exhausted), and an escalation every third round: 3/8 to 3/7.
+    # Every round: 5 resolve_ticket runs (2 exhausted, one of them a loop; 1 observed over its
+    # limit but not stopped; 1 extended) + 4 triage runs (2 exhausted), and an escalation every
+    # third round: 4/10 to 4/9.
     share = stack.query('sum(budgetspan_runs_total{outcome="budget_exhausted"}) / sum(budgetspan_runs_total)')
-    assert 3 / 8 - 0.05 <= float(share[0]["value"][1]) <= 3 / 7 + 0.05
+    assert 4 / 10 - 0.05 <= float(share[0]["value"][1]) <= 4 / 9 + 0.05
     would = stack.query("sum(budgetspan_budget_would_exhaust_total)")
     assert float(would[0]["value"][1]) > 0
     unreported = stack.query("sum(budgetspan_unreported_usage_calls_total)")
     assert float(unreported[0]["value"][1]) > 0
     reasons = {r["metric"]["reason"] for r in stack.query("budgetspan_budget_exhaustions_total")}
-    assert reasons == {"max_model_calls", "max_tool_calls", "max_cost_usd"}
+    assert reasons == {"max_model_calls", "max_tool_calls", "max_cost_usd", "no_progress"}
+    extended = stack.query('sum(budgetspan_budget_extensions_total{limit="max_tool_calls"})')
+    assert float(extended[0]["value"][1]) > 0
+    loops = stack.query('sum(budgetspan_loops_total{type="repeated_call", status="stopped"})')
+    assert float(loops[0]["value"][1]) > 0
     unpriced = stack.query("sum(budgetspan_unpriced_calls_total)")
     assert float(unpriced[0]["value"][1]) > 0
     cache = stack.query('sum(budgetspan_tokens_total{type="cache_read"})')

@@ -6,7 +6,15 @@ are the scopes; the modules behind them live in ``budgetspan.runs``, so nothing 
 
 from __future__ import annotations
 
-from budgetspan.accounting.budget import Budget, BudgetExhausted, Limit, RunCancelled, ToolLimits, Usage
+from budgetspan.accounting.budget import (
+    Budget,
+    BudgetExhausted,
+    Limit,
+    RunCancelled,
+    ToolLimits,
+    ToolRefused,
+    Usage,
+)
 from budgetspan.accounting.ledger import Ledger, Mode
 from budgetspan.accounting.memory import InMemoryLedger
 from budgetspan.accounting.redis_ledger import RedisLedger
@@ -16,6 +24,16 @@ from budgetspan.config import BUILTIN_PROFILES, ConfigError
 from budgetspan.events import CallRecord, add_listener, remove_listener
 from budgetspan.processors.budget import BudgetSpanProcessor
 from budgetspan.runs.context import current_phase, current_run, set_ledger
+from budgetspan.runs.limits import (
+    ClarificationNeeded,
+    Clarify,
+    Decision,
+    Escalate,
+    Extend,
+    LimitReached,
+    RunEscalated,
+    Stop,
+)
 from budgetspan.runs.phases import Phase
 from budgetspan.runs.progress import Milestone, ProgressSubscription, subscribe_progress
 from budgetspan.runs.registry import cancel, live_runs
@@ -33,10 +51,16 @@ __all__ = [
     "BudgetExhausted",
     "BudgetSpanProcessor",
     "CallRecord",
+    "ClarificationNeeded",
+    "Clarify",
     "ConfigError",
+    "Decision",
+    "Escalate",
+    "Extend",
     "InMemoryLedger",
     "Ledger",
     "Limit",
+    "LimitReached",
     "Milestone",
     "Mode",
     "Outcome",
@@ -45,7 +69,10 @@ __all__ = [
     "RedisLedger",
     "Run",
     "RunCancelled",
+    "RunEscalated",
+    "Stop",
     "ToolLimits",
+    "ToolRefused",
     "ToolTimeout",
     "Usage",
     "__version__",

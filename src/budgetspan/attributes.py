@@ -106,6 +106,25 @@ EVENT_BUDGET_EXHAUSTED: Final = "budgetspan.budget_exhausted"
 EVENT_WOULD_EXHAUST: Final = "budgetspan.budget_would_exhaust"
 EVENT_CANCELLED: Final = "budgetspan.cancelled"
 
+# At a limit and in a loop (issue 18): extensions, tool refusals, loops.
+BUDGET_EXTENSIONS: Final = "budgetspan.budget.extensions"  # run span: how many times it was extended
+#: Run span: the limits extended, one name per limit per extension, comma-separated (for the tier).
+BUDGET_EXTENDED_LIMITS: Final = "budgetspan.budget.extended_limits"
+LOOP_STOPPED: Final = "budgetspan.loop.stopped"  # run span: the loop type that stopped the run
+EXTENSION_REASON: Final = "budgetspan.extension.reason"
+LOOP_TYPE: Final = "budgetspan.loop.type"  # repeated_call | ping_pong | steps_without_progress
+LOOP_ACTION: Final = "budgetspan.loop.action"  # warn | stop
+LOOP_EXPLANATION: Final = "budgetspan.loop.explanation"
+EVENT_BUDGET_EXTENDED: Final = "budgetspan.budget_extended"
+EVENT_TOOL_REFUSED: Final = "budgetspan.tool_refused"
+EVENT_LOOP_DETECTED: Final = "budgetspan.loop_detected"
+M_BUDGET_EXTENSIONS: Final = "budgetspan_budget_extensions"  # counter: workflow, limit
+M_LOOPS: Final = "budgetspan_loops"  # counter: workflow, type, status (warned | stopped)
+M_TOOL_REFUSALS: Final = "budgetspan_tool_refusals"  # counter: workflow, tool, reason
+OTEL_M_BUDGET_EXTENSIONS: Final = ("budgetspan.budget.extensions", "{extension}")
+OTEL_M_LOOPS: Final = ("budgetspan.loops", "{loop}")
+OTEL_M_TOOL_REFUSALS: Final = ("budgetspan.tool.refusals", "{call}")
+
 # span names (format strings)
 SPAN_RUN: Final = "invoke_agent {workflow}"
 SPAN_AGENT: Final = "invoke_agent {agent}"  # one agent of a framework, inside the run

@@ -11,13 +11,22 @@ A bad value is a ``ConfigError`` naming the variable and the accepted form, rais
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from budgetspan.accounting.budget import LIMIT_NAMES, TOOL_LIMIT_NAMES, Budget, ToolLimits
+from budgetspan.accounting.budget import (
+    LIMIT_NAMES,
+    LOOP_ACTION_NAMES,
+    LOOP_ACTIONS,
+    LOOP_LIMIT_NAMES,
+    TOOL_LIMIT_NAMES,
+    Budget,
+    ToolLimits,
+)
 from budgetspan.accounting.ledger import Mode
 from budgetspan.accounting.pricing import PriceConfigError, load_price_file
 from budgetspan.attributes import (
@@ -31,6 +40,10 @@ from budgetspan.attributes import (
 )
 
 UNPRICED_POLICIES = ("warn", "refuse")
+#: What a budget may say besides its limits: loop limits and their actions (``stop`` | ``warn``),
+#: and ``reserve_for_final`` (a table in TOML; ``reserve_for_final.NAME=VALUE`` inline).
+BUDGET_KEYS = (*LIMIT_NAMES, *LOOP_LIMIT_NAMES, *LOOP_ACTION_NAMES)
+RESERVE_KEY = "reserve_for_final"
 
 
 class ConfigError(ValueError):
@@ -39,12 +52,12 @@ class ConfigError(ValueError):
 
 INLINE_FORM = (
     "comma-separated name=value pairs, e.g. 'max_cost_usd=0.25,max_model_calls=6', "
-    f"with names from: profile, {', '.join(LIMIT_NAMES)}"
+    f"with names from: profile, {', '.join(BUDGET_KEYS)}, {RESERVE_KEY}.LIMIT"
 )
 MODE_FORM = "'enforce' or 'observe'"
 CONFIG_FORM = (
     "a TOML file with [profiles.NAME] and [workflows.NAME] tables of limits "
-    f"({', '.join(LIMIT_NAMES)}; workflows may name a 'profile') and [tools.NAME] tables "
+    f"({', '.join(BUDGET_KEYS)}, a {RESERVE_KEY} table; workflows may name a 'profile') and [tools.NAME] tables "
     f"({', '.join(TOOL_LIMIT_NAMES)})"
 )
 
@@ -81,6 +94,11 @@ BUILTIN_PROFILES: dict[str, Budget] = {
 
 
 def _limit_value(source: str, name: str, raw: Any, form: str) -> Any:
+    if name in LOOP_ACTION_NAMES:
+        action = str(raw).strip().lower()
+        if action not in LOOP_ACTIONS:
+            raise ConfigError(f"{source}: {name}={raw!r}: expected one of {', '.join(LOOP_ACTIONS)}")
+        return action
     value = raw
     if isinstance(raw, str):
         text = raw.strip().lower()
@@ -91,7 +109,7 @@ def _limit_value(source: str, name: str, raw: Any, form: str) -> Any:
         except ValueError:
             raise ConfigError(f"{source}: {name}={raw!r} is not a number; expected {form}") from None
     try:
-        Budget(**{name: value}) if name in LIMIT_NAMES else ToolLimits(**{name: value})
+        Budget(**{name: value}) if name in BUDGET_KEYS else ToolLimits(**{name: value})
     except ValueError as e:
         raise ConfigError(f"{source}: {e}; expected {form}") from None
     return value
@@ -104,6 +122,9 @@ def _limits_table(
         raise ConfigError(f"{source}: expected a table, got {table!r}; expected {form}")
     out: dict[str, Any] = {}
     for k, v in table.items():
+        if k == RESERVE_KEY and RESERVE_KEY in allowed:
+            out[k] = _limits_table(f"{source} {RESERVE_KEY}", v, LIMIT_NAMES, form)
+            continue
         if k not in allowed:
             raise ConfigError(f"{source}: unknown key {k!r}; expected {form}")
         out[k] = _limit_value(source, k, v, form) if k != "profile" else v
@@ -137,7 +158,14 @@ def parse_inline_budget(
                 raise ConfigError(f"{source}: unknown profile {raw!r}; known: {', '.join(sorted(profiles))}")
             base = profiles[raw]
             continue
-        if name not in LIMIT_NAMES:
+        if name.startswith(RESERVE_KEY + "."):
+            kept = name.removeprefix(RESERVE_KEY + ".")
+            if kept not in LIMIT_NAMES:
+                raise ConfigError(f"{source}: unknown limit {kept!r} to reserve; expected {INLINE_FORM}")
+            reserve = values.setdefault(RESERVE_KEY, {})
+            reserve[kept] = _limit_value(source, kept, raw, INLINE_FORM)
+            continue
+        if name not in BUDGET_KEYS:
             raise ConfigError(f"{source}: unknown limit {name!r}; expected {INLINE_FORM}")
         if name in values:
             raise ConfigError(f"{source}: {name} is given twice; expected {INLINE_FORM}")
@@ -193,9 +221,7 @@ class Config:
             merged_tools = dict(self.tools)
             for name, tl in result.tools.items():
                 merged_tools[name] = merged_tools[name].merged(tl) if name in merged_tools else tl
-            result = Budget(
-                **{n: getattr(result, n) for n in LIMIT_NAMES}, tools=merged_tools, profile=result.profile
-            )
+            result = dataclasses.replace(result, tools=merged_tools)
         return result
 
 
@@ -221,11 +247,13 @@ def parse_config_file(
             raise ConfigError(f"{where}: {section!r} must be a table of tables; expected {CONFIG_FORM}")
     profiles = dict(BUILTIN_PROFILES)
     for name, table in (data.get("profiles") or {}).items():
-        values = _limits_table(f"{where} [profiles.{name}]", table, LIMIT_NAMES, CONFIG_FORM)
+        values = _limits_table(f"{where} [profiles.{name}]", table, (*BUDGET_KEYS, RESERVE_KEY), CONFIG_FORM)
         profiles[name] = Budget(**values, profile=name)
     workflows: dict[str, Budget] = {}
     for name, table in (data.get("workflows") or {}).items():
-        values = _limits_table(f"{where} [workflows.{name}]", table, (*LIMIT_NAMES, "profile"), CONFIG_FORM)
+        values = _limits_table(
+            f"{where} [workflows.{name}]", table, (*BUDGET_KEYS, RESERVE_KEY, "profile"), CONFIG_FORM
+        )
         base = Budget()
         prof = values.pop("profile", None)
         if prof is not None:

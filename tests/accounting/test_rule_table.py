@@ -11,8 +11,9 @@ import pytest
 
 from budgetspan.accounting.budget import Budget, ToolLimits, Usage
 from budgetspan.accounting.ledger import CallKind, LedgerRefused, Mode, Refusal, Spend
+from budgetspan.accounting.memory import InMemoryLedger
 from budgetspan.accounting.redis_ledger import RedisLedger
-from budgetspan.accounting.rule import Held, refusal, spend_refusal
+from budgetspan.accounting.rule import Held, refusal, spend_refusal, without_reserve
 from tests.accounting.redis_server import needs_redis_server, redis, start_redis, stop
 
 pytestmark = needs_redis_server
@@ -32,6 +33,7 @@ class Case:
     defaults: ToolLimits | None = None  # the tool's own limits (from @tool)
     cancelled: bool = False
     past_deadline: bool = False
+    final: bool = False  # a call of the final_response phase (may use reserve_for_final)
 
 
 def _u(**figures: object) -> Usage:
@@ -39,6 +41,8 @@ def _u(**figures: object) -> Usage:
 
 
 SEARCH_1 = {"search": ToolLimits(max_calls=1, max_retries=0)}
+KEEP_ONE_CALL = Budget(max_model_calls=6, reserve_for_final={"max_model_calls": 1})
+KEEP_DOLLARS = Budget(max_cost_usd=0.25, reserve_for_final={"max_cost_usd": 0.05})
 
 CASES: dict[str, Case] = {
     # --- count limits: the (N+1)-th call is refused -------------------------------------------
@@ -212,6 +216,31 @@ CASES: dict[str, Case] = {
         cancelled=True,
         past_deadline=True,
     ),
+    # --- budget kept for the final answer ---------------------------------------------------------
+    "the reserve refuses a call outside the final phase": Case(
+        KEEP_ONE_CALL, MODEL, Refusal("max_model_calls", 5), _u(model_calls=5)
+    ),
+    "below the reserve": Case(KEEP_ONE_CALL, MODEL, None, _u(model_calls=4)),
+    "the final phase may use the reserve": Case(KEEP_ONE_CALL, MODEL, None, _u(model_calls=5), final=True),
+    "the final phase stops at the whole limit": Case(
+        KEEP_ONE_CALL, MODEL, Refusal("max_model_calls", 6), _u(model_calls=6), final=True
+    ),
+    "a dollar reserve": Case(KEEP_DOLLARS, MODEL, Refusal("max_cost_usd", 0.2), _u(cost_usd=0.2)),
+    "a worst case that would eat into the reserve": Case(
+        KEEP_DOLLARS, MODEL, Refusal("max_cost_usd", 0.2), _u(cost_usd=0.1), worst=Held(cost_usd=0.15)
+    ),
+    "a worst case that fits the reserve in the final phase": Case(
+        KEEP_DOLLARS, MODEL, None, _u(cost_usd=0.1), worst=Held(cost_usd=0.15), final=True
+    ),
+    "a reserve larger than the limit": Case(
+        Budget(max_tool_calls=1, reserve_for_final={"max_tool_calls": 3}), TOOL, Refusal("max_tool_calls", 0)
+    ),
+    "a step reserve holds tool calls": Case(
+        Budget(max_steps=4, reserve_for_final={"max_steps": 1}),
+        TOOL,
+        Refusal("max_steps", 3),
+        _u(model_calls=3),
+    ),
     "the deadline before counts": Case(
         Budget(max_wall_clock_s=5.0, max_model_calls=0),
         MODEL,
@@ -225,7 +254,7 @@ def _rule(case: Case) -> Refusal | None:
     """The rule's refusal, without ``worst`` (the amount the explanation quotes; the script
     decides the same refusals and leaves that figure to the process)."""
     found = refusal(
-        case.budget,
+        case.budget if case.final else without_reserve(case.budget),
         case.usage,
         case.kind,
         tool=case.tool,
@@ -294,11 +323,36 @@ def test_the_lua_script_refuses_exactly_as_the_rule(client: redis.Redis, name: s
             worst_case_cost=case.worst.cost_usd,
             worst_case_input_tokens=case.worst.input_tokens,
             worst_case_tokens=case.worst.output_tokens,
+            final=case.final,
         )
         found = None
     except LedgerRefused as refused:
         found = refused.refusal
     assert found == expected
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_the_memory_ledger_refuses_exactly_as_the_rule(name: str) -> None:
+    case = CASES[name]
+    ledger = InMemoryLedger()
+    ledger.open(name, case.budget, Mode.ENFORCE, started_at=-1e9 if case.past_deadline else None)
+    book = ledger._runs[name]
+    book.usage, book.held, book.cancelled = case.usage.copy(), dataclasses.replace(case.held), case.cancelled
+    try:
+        ledger.reserve(
+            name,
+            case.kind,
+            tool=case.tool,
+            tool_limits=case.defaults,
+            worst_case_cost=case.worst.cost_usd,
+            worst_case_input_tokens=case.worst.input_tokens,
+            worst_case_tokens=case.worst.output_tokens,
+            final=case.final,
+        )
+        found = None
+    except LedgerRefused as refused:
+        found = dataclasses.replace(refused.refusal, worst=None)
+    assert found == _rule(case)
 
 
 @pytest.mark.parametrize("name", list(CASES))

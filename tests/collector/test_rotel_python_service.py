@@ -39,7 +39,12 @@ from .stack import (
 REPO = Path(__file__).resolve().parents[2]
 SERVICE = "support-api"
 UPSTREAM_COST = 0.001234
-IN_PROCESS_ONLY = {"Budget-exhaustion share", "Budget exhaustions by reason", "Retries by type"}
+IN_PROCESS_ONLY = {
+    "Budget-exhaustion share",
+    "Budget exhaustions by reason",
+    "Retries by type",
+    "Budget extensions and loop stops",
+}
 
 
 def _chat(tracer: trace.Tracer, model: str, usage: tuple[int, int] | None, **extra: Any) -> None:
@@ -114,6 +119,19 @@ def _inprocess_run(tracer: trace.Tracer, n: int) -> None:
                 A.WORKFLOW: "triage",
                 A.RUN_OUTCOME: "budget_exhausted",
                 A.EXHAUSTED_REASON: "max_tool_calls",
+                A.BUDGET_EXTENSIONS: 1,  # extended once at its cost limit, then stopped at the tool limit
+                A.BUDGET_EXTENDED_LIMITS: "max_cost_usd",
+            }
+        )
+    with tracer.start_as_current_span("invoke_agent triage") as looped:  # stopped as a loop
+        looped.set_attributes(
+            {
+                A.GEN_AI_OPERATION_NAME: A.OP_INVOKE_AGENT,
+                A.RUN_ID: run_id + "-loop",
+                A.WORKFLOW: "triage",
+                A.RUN_OUTCOME: "budget_exhausted",
+                A.EXHAUSTED_REASON: "no_progress",
+                A.LOOP_STOPPED: "repeated_call",
             }
         )
 

@@ -78,6 +78,8 @@ def test_demo_runs_every_ticket_to_its_outcome(demo: dict[str, Any]) -> None:
         "T-1005": "success",
         "T-1006": "failure",
         "T-1007": "success",
+        "T-1008": "budget_exhausted",
+        "T-1009": "success",
     }
     assert {t.profile for t in TICKETS} == {"interactive", "background"}
 
@@ -86,8 +88,27 @@ def test_exhausted_ticket_ends_with_partial_result_and_explanation(demo: dict[st
     lines = _sections(demo["out"])["T-1004"]
     text = "\n".join(lines)
     assert "budget max_model_calls reached" in text
-    assert "Stopped after 4 of 4 model calls; 6 of 6 tools finished;" in text
-    assert "Partial result kept: answers for 4 of 5 orders (A-2001, A-2002, A-2003, A-2004)" in text
+    assert (
+        "Stopped after 3 of 4 model calls; 1 model call kept for the final answer; 6 of 6 tools finished;"
+        in text
+    )
+    assert "Partial result kept: answers for 3 of 5 orders (A-2001, A-2002, A-2003)" in text
+    # the exhausted ticket still writes its final answer, from the model call kept for it
+    assert "Writing the answer from what is known" in text
+    assert "Final answer written from the budget kept for it, and sent." in text
+
+
+def test_a_ticket_stopped_as_a_loop_says_which_call_repeated(demo: dict[str, Any]) -> None:
+    text = "\n".join(_sections(demo["out"])["T-1008"])
+    assert "budget no_progress reached" in text
+    assert "Stopped: track_parcel called 3 times with the same arguments and the same result;" in text
+    assert "Final answer written from the budget kept for it, and sent." in text
+
+
+def test_a_ticket_extended_after_a_supervisors_approval(demo: dict[str, Any]) -> None:
+    text = "\n".join(_sections(demo["out"])["T-1009"])
+    assert "-> success in" in text
+    assert "note: Extended once by 1 model call after a supervisor's approval." in text
 
 
 def test_progress_milestones_are_readable(demo: dict[str, Any]) -> None:
@@ -118,7 +139,7 @@ def test_tables_per_run_and_per_phase_and_cost_per_success(demo: dict[str, Any])
         assert column in header
     rows = {ln.split()[0]: ln for ln in runs.splitlines() if ln.startswith("T-")}
     assert set(rows) == {t.id for t in TICKETS}
-    assert "100% of max_model_calls" in rows["T-1004"]
+    assert "100% of max_model_calls" in rows["T-1004"]  # the final answer used the reserve
     assert "budget_exhausted" in rows["T-1004"]
     phases = out.split("Per phase", 1)[1]
     for phase in (
@@ -132,10 +153,10 @@ def test_tables_per_run_and_per_phase_and_cost_per_success(demo: dict[str, Any])
     ):
         assert re.search(rf"^{phase}\s", phases, re.M), phase
     m = re.search(
-        r"Cost per successful ticket: \$(\d+\.\d+)  \(\$(\d+\.\d+) over 7 tickets, 4 succeeded", out
+        r"Cost per successful ticket: \$(\d+\.\d+)  \(\$(\d+\.\d+) over 9 tickets, 5 succeeded", out
     )
     assert m, out
-    assert float(m.group(1)) == pytest.approx(float(m.group(2)) / 4, abs=1e-4)
+    assert float(m.group(1)) == pytest.approx(float(m.group(2)) / 5, abs=1e-4)
     assert "Next: budgetspan report budgetspan-demo.jsonl" in out
 
 
@@ -162,12 +183,20 @@ def test_spans_file_holds_priced_model_calls_and_no_refused_one(demo: dict[str, 
         assert run.attrs[A.USAGE_PREFIX + "cost_usd"] == pytest.approx(
             sum(c.attrs[A.GEN_AI_USAGE_COST] for c in calls), rel=1e-9
         )
-    exhausted = [r for r in runs.values() if r.attrs[A.RUN_OUTCOME] == "budget_exhausted"]
-    assert len(exhausted) == 1
-    run = exhausted[0]
-    assert run.attrs[A.EXHAUSTED_REASON] == "max_model_calls"
-    assert run.attrs[A.EXHAUSTED_EXPLANATION].startswith("Stopped after 4 of 4 model calls")
-    assert len(chats[run.attrs[A.RUN_ID]]) == 4  # the 5th call was refused: no span, no request
+    exhausted = {
+        r.attrs[A.EXHAUSTED_REASON]: r for r in runs.values() if r.attrs[A.RUN_OUTCOME] == "budget_exhausted"
+    }
+    assert set(exhausted) == {"max_model_calls", "no_progress"}
+    run = exhausted["max_model_calls"]
+    # 3 sections, then the 4th was refused (it would have eaten into the reserve): no span, no
+    # request; the final answer used the model call kept for it
+    assert run.attrs[A.EXHAUSTED_EXPLANATION].startswith(
+        "Stopped after 4 of 4 model calls; 1 model call kept for the final answer"
+    )
+    phases = [c.attrs[A.PHASE] for c in sorted(chats[run.attrs[A.RUN_ID]], key=lambda c: c.start_ns)]
+    assert phases == ["model_decision"] * 3 + ["final_response"]
+    loop = exhausted["no_progress"]
+    assert "track_parcel called 3 times" in loop.attrs[A.EXHAUSTED_EXPLANATION]
     streamed = [c for calls in chats.values() for c in calls if c.attrs.get(A.STREAM)]
     assert streamed and all(c.attrs[A.TIME_TO_FIRST_TOKEN_S] > 0 for c in streamed)
 

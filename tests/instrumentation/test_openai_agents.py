@@ -313,3 +313,20 @@ def test_zero_code_refuses_the_call_after_the_limit(agent_server: AgentServer, t
         {"BUDGETSPAN_BUDGET": "max_model_calls=2", "AGENT_SERVER_URL": agent_server.base_url},
     )
     zero_code.check_agent_stopped_at_two_model_calls(res, len(agent_server.since(mark)))
+
+
+async def test_a_tool_past_its_own_cap_is_a_tool_error_for_the_model(
+    agents_on: Tracing, agent_server: AgentServer
+) -> None:
+    """ToolRefused (the tool's max_calls) goes to the SDK's failure_error_function: the model
+    reads it as the tool's error, and the run goes on to its answer."""
+    bodies = Bodies()
+    agent = Agent(name="weather", tools=[bodies.lookup], model=model(agent_server, "responses", "tools-2"))
+    async with budgetspan.run("capped", tools={"lookup": {"max_calls": 1}}) as run:
+        result = await Runner.run(agent, "weather?")
+    assert bodies.ran == ["x1"] and run.usage.tool_calls == 1
+    assert run.outcome is budgetspan.Outcome.SUCCESS and run.exhausted is None
+    outputs = [
+        i for i in result.to_input_list() if isinstance(i, dict) and i.get("type") == "function_call_output"
+    ]
+    assert len(outputs) == 2 and "error occurred while running the tool" in str(outputs[1]["output"])

@@ -218,3 +218,31 @@ def test_zero_code_refuses_the_call_after_the_limit(agent_server: AgentServer, t
         {"BUDGETSPAN_BUDGET": "max_model_calls=2", "AGENT_SERVER_URL": agent_server.base_url},
     )
     zero_code.check_agent_stopped_at_two_model_calls(res, len(agent_server.since(mark)))
+
+
+def test_a_tool_past_its_own_cap_is_a_tool_error_for_the_model(
+    pydantic_on: Tracing, agent_server: AgentServer
+) -> None:
+    """ToolRefused (the tool's max_calls) reaches the model as a retry prompt; the run goes on."""
+    provider = OpenAIProvider(base_url=agent_server.base_url, api_key="test")
+    agent: Agent[None, str] = Agent(OpenAIChatModel("tools-2", provider=provider), name="capped")
+    ran: list[str] = []
+
+    @agent.tool_plain(retries=2)
+    def lookup(city: str) -> str:
+        """Look a city up."""
+        ran.append(city)
+        return "sunny"
+
+    with budgetspan.run("capped", tools={"lookup": {"max_calls": 1}}) as run:
+        result = agent.run_sync("weather?")
+    assert len(ran) == 1 and run.usage.tool_calls == 1
+    assert run.outcome is budgetspan.Outcome.SUCCESS and run.exhausted is None
+    assert result.output  # the model answered after reading the refusal
+    told = [  # a retry prompt or an error tool return, as this pydantic-ai version words it
+        str(getattr(part, "content", ""))
+        for message in result.all_messages()
+        for part in message.parts
+        if "Refused: tool 'lookup' was already called 1 of 1 times" in str(getattr(part, "content", ""))
+    ]
+    assert told  # (the scripted model quotes it back in its answer too)

@@ -489,3 +489,38 @@ def test_counter_cells_refuse_to_go_down() -> None:
     with pytest.raises(ValueError):
         cell.inc(-1)
     assert cell.value == 2
+
+
+def test_extensions_loops_and_tool_refusals_are_counted(reader: Reader) -> None:
+    """Issue 18: budgetspan_budget_extensions_total, budgetspan_loops_total and
+    budgetspan_tool_refusals_total, and a loop stop is an exhaustion with reason no_progress."""
+
+    @budgetspan.tool(max_calls=1)
+    def lookup(i: int) -> str:
+        return "same"
+
+    @budgetspan.tool
+    def poll(i: int) -> str:
+        return "same"
+
+    def approve(reached: budgetspan.LimitReached) -> budgetspan.Decision:
+        return budgetspan.Extend(max_tool_calls=1, reason="approval")
+
+    with budgetspan.run(
+        "ticket", max_tool_calls=3, max_repeated_calls=2, on_limit=approve, suppress_exhausted=True
+    ):
+        lookup(1)
+        with pytest.raises(budgetspan.ToolRefused):
+            lookup(2)
+        poll(1)
+        poll(2)
+        poll(3)  # the 4th tool call: extended
+        poll(3)  # the same call again with the same result: a loop
+    ext = {"workflow": "ticket", "limit": "max_tool_calls"}
+    assert reader.value("budgetspan_budget_extensions_total", **ext) == 1
+    loop = {"workflow": "ticket", "type": "repeated_call", "status": "stopped"}
+    assert reader.value("budgetspan_loops_total", **loop) == 1
+    refused = {"workflow": "ticket", "tool": "lookup", "reason": "tool.max_calls"}
+    assert reader.value("budgetspan_tool_refusals_total", **refused) == 1
+    stops = {"workflow": "ticket", "reason": "no_progress"}
+    assert reader.value("budgetspan_budget_exhaustions_total", **stops) == 1

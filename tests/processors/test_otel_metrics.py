@@ -91,3 +91,21 @@ def test_install_skips_a_provider_with_no_reader(monkeypatch: Any) -> None:
         assert otel_metrics.install() is not None
     finally:
         otel_metrics.uninstall()
+
+
+def test_extensions_loops_and_tool_refusals_on_the_metrics_api(tracing: Any) -> None:
+    import budgetspan
+
+    listener, reader = _listener()
+    with budgetspan.run("wf") as run:
+        listener.on_budget_extended(run, "max_cost_usd")
+        listener.on_loop(run, "ping_pong", "stopped")
+        listener.on_tool_refused(run, "lookup", "tool.max_calls")
+    got = _collect(reader)
+    assert [dict(p.attributes) for p in got["budgetspan.budget.extensions"]] == [
+        {"workflow": "wf", "limit": "max_cost_usd"}
+    ]
+    assert [dict(p.attributes) for p in got["budgetspan.loops"]] == [
+        {"workflow": "wf", "type": "ping_pong", "status": "stopped"}
+    ]
+    assert got["budgetspan.tool.refusals"][0].value == 1

@@ -4,7 +4,7 @@ It serves budgetspan's metrics, prints ``METRICS_PORT <port>`` on stdout, then k
 rounds of agent runs until its stdin closes (so Prometheus sees rates, not a constant).
 
 Every round makes runs that succeed, fail, escalate and exhaust budgets (model calls, tool
-calls, cost), one in observe mode that goes over its limit, with ``@budgetspan.tool`` tools
+calls, cost, a loop stopped as no_progress), one extended at its limit by an on_limit policy, one in observe mode that goes over its limit, with ``@budgetspan.tool`` tools
 (one flaky, retried; one failing), phases, an approval, and model calls of two kinds:
 
 - ``--models openai``: the real ``openai`` SDK, instrumented by budgetspan, answered by a local
@@ -330,6 +330,25 @@ def resolve_ticket_escalated(models: Models) -> None:
         run.escalate("customer asked for a human")
 
 
+def resolve_ticket_looped() -> None:
+    # The same lookup with the same result, a third time: stopped as a loop (reason no_progress).
+    with budgetspan.run("resolve_ticket", max_repeated_calls=3, suppress_exhausted=True):
+        for _ in range(4):
+            search_kb("where is my parcel")
+
+
+def resolve_ticket_extended(models: Models) -> None:
+    # At its tool limit the supervisor policy extends the run once; it then succeeds.
+    def supervisor(reached: budgetspan.LimitReached) -> budgetspan.Decision:
+        return budgetspan.Extend(max_tool_calls=1, reason="approval")
+
+    with budgetspan.run("resolve_ticket", max_tool_calls=1, on_limit=supervisor) as run:
+        search_kb("refunds")
+        search_kb("exchanges")
+        models.chat()
+        run.succeed()
+
+
 def one_round(models: Models) -> None:
     state["round"] += 1
     resolve_ticket_ok(models)
@@ -339,6 +358,8 @@ def one_round(models: Models) -> None:
     triage_ok(models)
     resolve_ticket_observed(models)
     triage_failed()
+    resolve_ticket_looped()
+    resolve_ticket_extended(models)
     if state["round"] % 3 == 0:
         resolve_ticket_escalated(models)
 

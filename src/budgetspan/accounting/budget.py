@@ -33,6 +33,7 @@ class Limit(str, Enum):
     CANCELLED = "cancelled"
     UNPRICED = "unpriced_model"  # BUDGETSPAN_UNPRICED=refuse: no price known under a dollar limit
     LEDGER_UNAVAILABLE = "ledger_unavailable"  # RedisLedger(on_error="closed") during an outage
+    NO_PROGRESS = "no_progress"  # a loop: repeated calls, ping-pong, steps without a new result
 
 
 COUNT_LIMITS = (Limit.MODEL_CALLS, Limit.TOOL_CALLS, Limit.STEPS, Limit.RETRIES)
@@ -48,6 +49,14 @@ INT_LIMIT_NAMES = (
 FLOAT_LIMIT_NAMES = ("max_cost_usd", "max_wall_clock_s")
 LIMIT_NAMES = INT_LIMIT_NAMES + FLOAT_LIMIT_NAMES
 TOOL_LIMIT_NAMES = ("timeout_s", "max_calls", "max_retries")
+#: Loop limits: kept by the run layer (process-local), not by the ledger.
+LOOP_LIMIT_NAMES = ("max_repeated_calls", "max_steps_without_progress")
+#: What a loop limit does when reached: "stop" (the default) or "warn".
+LOOP_ACTION_NAMES = ("repeated_calls_action", "no_progress_action")
+LOOP_ACTIONS = ("stop", "warn")
+#: Tool caps: they refuse the tool (``ToolRefused``), not the run.
+TOOL_CAP_REASONS = ("tool.max_calls", "tool.max_retries")
+EXTRA_NAMES = (*LOOP_LIMIT_NAMES, *LOOP_ACTION_NAMES, "reserve_for_final")
 
 
 def _check_limit(name: str, value: Any) -> float | int | None:
@@ -60,7 +69,7 @@ def _check_limit(name: str, value: Any) -> float | int | None:
         raise ValueError(f"{name} must be finite, got {value!r}")
     if value < 0:
         raise ValueError(f"{name} must be >= 0, got {value!r}")
-    if name in INT_LIMIT_NAMES or name in ("max_calls",):
+    if name in INT_LIMIT_NAMES or name in ("max_calls", *LOOP_LIMIT_NAMES):
         if isinstance(value, float) and not value.is_integer():
             raise ValueError(f"{name} must be a whole number, got {value!r}")
         return int(value)
@@ -107,6 +116,15 @@ class Budget:
     max_retries: int | None = None
     tools: Mapping[str, ToolLimits] = field(default_factory=dict)
     profile: str | None = None
+    #: The same tool call (tool + arguments) with the same result: the k-th is a loop.
+    max_repeated_calls: int | None = None
+    #: Tool steps in a row that gave no result not seen before in the run: a loop.
+    max_steps_without_progress: int | None = None
+    repeated_calls_action: str | None = None  # "stop" (None) | "warn"
+    no_progress_action: str | None = None  # "stop" (None) | "warn"
+    #: Part of limits (by name) kept for the ``final_response`` phase: calls in other phases are
+    #: refused when they would eat into it.
+    reserve_for_final: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def spend_limited(self) -> bool:
@@ -123,6 +141,21 @@ class Budget:
             object.__setattr__(self, name, _check_limit(name, getattr(self, name)))
         tools = {str(k): v if isinstance(v, ToolLimits) else ToolLimits(**v) for k, v in self.tools.items()}
         object.__setattr__(self, "tools", MappingProxyType(tools))
+        for name in LOOP_LIMIT_NAMES:
+            object.__setattr__(self, name, _check_limit(name, getattr(self, name)))
+        for name in LOOP_ACTION_NAMES:
+            if getattr(self, name) not in (None, *LOOP_ACTIONS):
+                raise ValueError(
+                    f"{name} must be one of {', '.join(LOOP_ACTIONS)}, got {getattr(self, name)!r}"
+                )
+        keep = {}
+        for name, amount in dict(self.reserve_for_final).items():
+            if name not in LIMIT_NAMES:
+                raise ValueError(
+                    f"reserve_for_final: unknown limit {name!r}; expected one of {', '.join(LIMIT_NAMES)}"
+                )
+            keep[name] = _check_limit(name, amount)
+        object.__setattr__(self, "reserve_for_final", MappingProxyType({k: v for k, v in keep.items() if v}))
 
     def limits(self) -> dict[str, float | int]:
         """The limits that are set, by name."""
@@ -131,17 +164,34 @@ class Budget:
     def tool_limits(self, tool: str) -> ToolLimits:
         return self.tools.get(tool) or NO_TOOL_LIMITS
 
+    def extended(self, amounts: Mapping[str, float]) -> Budget:
+        """A new budget whose limits are raised by ``amounts`` (a limit that is not set stays unset)."""
+        raised = {
+            n: getattr(self, n) + amounts[n]
+            for n in LIMIT_NAMES
+            if amounts.get(n) and getattr(self, n) is not None
+        }
+        return dataclasses.replace(self, **raised)
+
+    def loop_options(self) -> dict[str, Any]:
+        """The loop limits and actions that are set, by name."""
+        names = (*LOOP_LIMIT_NAMES, *LOOP_ACTION_NAMES)
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
     def merged(self, other: Budget | None = None, **limits: Any) -> Budget:
         """A new budget: ours, overridden by the limits set in ``other`` and then ``limits``."""
         values: dict[str, Any] = {n: getattr(self, n) for n in LIMIT_NAMES}
+        values.update(self.loop_options(), reserve_for_final=dict(self.reserve_for_final))
         tools = dict(self.tools)
         profile = self.profile
         if other is not None:
             values.update(other.limits())
+            values.update(other.loop_options())
+            values["reserve_for_final"] = {**values["reserve_for_final"], **other.reserve_for_final}
             for name, tl in other.tools.items():
                 tools[name] = tools[name].merged(tl) if name in tools else tl
             profile = other.profile or profile
-        unknown = set(limits) - set(LIMIT_NAMES) - {"tools", "profile"}
+        unknown = set(limits) - set(LIMIT_NAMES) - set(EXTRA_NAMES) - {"tools", "profile"}
         if unknown:
             raise ValueError(f"unknown budget limit(s): {', '.join(sorted(unknown))}")
         for k, v in limits.items():
@@ -149,13 +199,15 @@ class Budget:
                 tools.update(v)
             elif k == "profile":
                 profile = v
+            elif k == "reserve_for_final":
+                values[k] = {**values[k], **(v or {})}
             else:
                 values[k] = v
         return Budget(**values, tools=tools, profile=profile)
 
     @property
     def is_unlimited(self) -> bool:
-        return not self.limits() and not self.tools
+        return not self.limits() and not self.tools and not self.loop_options()
 
 
 @dataclass
@@ -221,11 +273,19 @@ def _money(x: float) -> str:
 
 
 def explain(
-    reason: str, limit: float | None, usage: Usage, tool: str | None = None, worst: float | None = None
+    reason: str,
+    limit: float | None,
+    usage: Usage,
+    tool: str | None = None,
+    worst: float | None = None,
+    detail: str | None = None,
+    notes: tuple[str, ...] = (),
 ) -> str:
     """One plain sentence saying why the run stopped and what it had done.
 
     e.g. "Stopped after 6 of 6 model calls; 2 of 3 tools finished; $0.21 of $0.25 spent."
+    ``detail`` replaces the head (a loop says which call repeated); ``notes`` follow it
+    ("1 model call kept for the final answer", "extended once by $0.10 after approval").
     """
     lim = "?" if limit is None else (f"{limit:g}")
     head = {
@@ -238,18 +298,20 @@ def explain(
         "max_cost_usd": "Stopped at the cost limit",
         "max_wall_clock_s": f"Stopped at the {lim} s time limit after {usage.wall_clock_s:.1f} s",
         "max_retries": f"Stopped after {usage.retries} of {lim} retries",
-        "tool.max_calls": f"Stopped: tool {tool!r} was called {usage.tool_calls_by_name.get(tool or '', 0)} of {lim} times",
-        "tool.max_retries": f"Stopped: tool {tool!r} used {usage.tool_retries_by_name.get(tool or '', 0)} of {lim} retries",
+        "tool.max_calls": f"Refused: tool {tool!r} was already called {usage.tool_calls_by_name.get(tool or '', 0)} of {lim} times",
+        "tool.max_retries": f"Refused: tool {tool!r} already used {usage.tool_retries_by_name.get(tool or '', 0)} of {lim} retries",
         "tool.timeout_s": f"Stopped: tool {tool!r} ran past its {lim} s timeout",
         "cancelled": "Cancelled",
+        "no_progress": f"Stopped: tool {tool!r} made no progress (a loop)",
         "ledger_unavailable": "Stopped: the shared budget ledger could not be reached",
         "unpriced_model": "Stopped: a model with no known price was called under a dollar limit",
     }.get(reason, f"Stopped at limit {reason}")
+    head = detail or head
     if worst:
         amount = _money(worst) if reason == "max_cost_usd" else f"{worst:,.0f} tokens"
         head += f" (the next call could have used up to {amount} more"
         head += ")" if reason == "max_cost_usd" else "; a lower max_tokens on the request reserves less)"
-    parts = [head]
+    parts = [head, *notes]
     if usage.tool_calls or reason in ("max_tool_calls", "tool.max_calls"):
         parts.append(f"{usage.tools_finished} of {usage.tool_calls} tools finished")
     if reason != "max_model_calls" and usage.model_calls:
@@ -271,6 +333,9 @@ class BudgetExhausted(Exception):
     answer, anything recorded with ``Run.add_partial``); ``explanation`` is one plain sentence.
     """
 
+    #: The run's outcome when this ends it.
+    outcome = "budget_exhausted"
+
     def __init__(
         self,
         reason: str,
@@ -283,13 +348,17 @@ class BudgetExhausted(Exception):
         workflow: str | None = None,
         tool: str | None = None,
         worst: float | None = None,
+        detail: str | None = None,
+        notes: tuple[str, ...] = (),
     ) -> None:
         self.reason = reason
         self.limit = limit
         self.usage = usage
         self.partial: dict[str, Any] = dict(partial or {})
         self.worst = worst
-        self.explanation = explanation or explain(reason, limit, usage, tool, worst)
+        self.detail = detail
+        self.notes = notes
+        self.explanation = explanation or explain(reason, limit, usage, tool, worst, detail, notes)
         self.run_id = run_id
         self.workflow = workflow
         self.tool = tool
@@ -297,7 +366,7 @@ class BudgetExhausted(Exception):
 
     def explain(self, usage: Usage) -> str:
         """This refusal's sentence with ``usage`` (e.g. the run's final usage)."""
-        return explain(self.reason, self.limit, usage, self.tool, self.worst)
+        return explain(self.reason, self.limit, usage, self.tool, self.worst, self.detail, self.notes)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (
@@ -312,3 +381,11 @@ def _rebuild_exhausted(cls: type[BudgetExhausted], *args: Any) -> BudgetExhauste
 
 class RunCancelled(BudgetExhausted):
     """The run was cancelled with ``budgetspan.cancel(run_id)``; its outcome is ``cancelled``."""
+
+    outcome = "cancelled"
+
+
+class ToolRefused(BudgetExhausted):
+    """A tool past its own cap (``max_calls`` / ``max_retries``, reason ``tool.max_calls`` /
+    ``tool.max_retries``): this tool call is refused, the run goes on. Frameworks that turn a
+    tool's exception into an error message for the model can do so with this one."""

@@ -11,6 +11,7 @@ process-local one.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -102,6 +103,7 @@ class Ledger(ABC):
         worst_case_input_tokens: int | None = None,
         force: bool = False,
         tool_limits: ToolLimits | None = None,
+        final: bool = False,
     ) -> Reservation:
         """Reserve one call; raise LedgerRefused (enforce) or mark would_refuse (observe).
 
@@ -110,6 +112,8 @@ class Ledger(ABC):
         ``tool_limits``: the tool's own defaults (from ``@tool``); the budget's entry wins.
         ``worst_case_*``: the most this call may spend (output tokens, input tokens, dollars); held
         against the token and dollar limits, with every other call in flight, until it settles.
+        ``final``: a call of the ``final_response`` phase, which may use the budget's
+        ``reserve_for_final``; any other call is refused where it would eat into it.
         """
 
     @abstractmethod
@@ -154,3 +158,8 @@ class Ledger(ABC):
     @abstractmethod
     def deadline(self, run_id: str) -> float | None:
         """The run's wall-clock deadline on the ``time.monotonic`` clock, if any."""
+
+    def extend(self, run_id: str, amounts: Mapping[str, float]) -> Budget:
+        """Raise the run's limits by ``amounts`` (by limit name; an unset limit stays unset), for
+        every process that shares the run; return the run's budget now. KeyError if unknown."""
+        raise NotImplementedError(f"{type(self).__name__} cannot extend a run's limits")

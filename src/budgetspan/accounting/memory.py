@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from budgetspan.accounting.budget import Budget, Limit, ToolLimits, Usage
 from budgetspan.accounting.ledger import CallKind, Ledger, LedgerRefused, Mode, Refusal, Reservation, Spend
-from budgetspan.accounting.rule import NOTHING_HELD, Held, refusal, spend_refusal
+from budgetspan.accounting.rule import NOTHING_HELD, Held, refusal, spend_refusal, without_reserve
 
 
 @dataclass
@@ -24,11 +24,19 @@ class _RunBook:
     #: process is one budget, kept until the last of them closes.
     opened: int = 1
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: The limits outside the final_response phase (``rule.without_reserve``).
+    short: Budget | None = None
 
     @property
     def deadline(self) -> float | None:
         w = self.budget.max_wall_clock_s
         return None if w is None else self.started_at + w
+
+    def limits_for(self, final: bool) -> tuple[Budget, float | None]:
+        """The budget a call is held to, and its deadline: the whole one in the final phase."""
+        budget = self.budget if final or self.short is None else self.short
+        w = budget.max_wall_clock_s
+        return budget, None if w is None else self.started_at + w
 
     def add(self, spend: Spend) -> None:
         """Add one report's figures; only positive ones count (None, 0, negatives, NaN add nothing)."""
@@ -70,7 +78,7 @@ class InMemoryLedger(Ledger):
                 book.opened += 1
                 return
             start = self._monotonic() if started_at is None else started_at
-            self._runs[run_id] = _RunBook(budget, mode, start)
+            self._runs[run_id] = _RunBook(budget, mode, start, short=without_reserve(budget))
 
     def _book(self, run_id: str) -> _RunBook:
         book = self._runs.get(run_id)
@@ -89,6 +97,7 @@ class InMemoryLedger(Ledger):
         worst_case_input_tokens: int | None = None,
         force: bool = False,
         tool_limits: ToolLimits | None = None,
+        final: bool = False,
     ) -> Reservation:
         book = self._book(run_id)
         worst = NOTHING_HELD  # only model calls spend tokens and dollars
@@ -97,9 +106,9 @@ class InMemoryLedger(Ledger):
                 float(worst_case_cost or 0.0), int(worst_case_input_tokens or 0), int(worst_case_tokens or 0)
             )
         with book.lock:
-            deadline = book.deadline
+            budget, deadline = book.limits_for(final)
             found = refusal(
-                book.budget,
+                budget,
                 book.usage,
                 kind,
                 tool=tool,
@@ -223,6 +232,13 @@ class InMemoryLedger(Ledger):
     def deadline(self, run_id: str) -> float | None:
         book = self._runs.get(run_id)
         return None if book is None else book.deadline
+
+    def extend(self, run_id: str, amounts: Mapping[str, float]) -> Budget:
+        book = self._book(run_id)
+        with book.lock:
+            book.budget = book.budget.extended(amounts)
+            book.short = without_reserve(book.budget)
+            return book.budget
 
 
 def _count(usage: Usage, kind: CallKind, tool: str | None, step: int) -> None:

@@ -56,6 +56,7 @@ from budgetspan import events
 from budgetspan.accounting.budget import NO_TOOL_LIMITS, Budget, Limit, ToolLimits, Usage
 from budgetspan.accounting.ledger import CallKind, Ledger, LedgerRefused, Mode, Refusal, Reservation, Spend
 from budgetspan.accounting.memory import InMemoryLedger
+from budgetspan.accounting.redis_extend import ExtendOnRedis
 from budgetspan.accounting.redis_mirror import (
     RunMirror,
     as_text,
@@ -79,7 +80,7 @@ _PREFIX = "budgetspan:run:"
 _NO_SPEND = Spend()
 
 
-class RedisLedger(Ledger):
+class RedisLedger(ExtendOnRedis, Ledger):
     """Ledger on a Redis server (a ``redis.Redis`` client; any thread). See the module's docstring.
 
     ``timeout_s``: the longest any call waits for Redis. ``ttl_s``: how long a run's hash outlives
@@ -252,6 +253,7 @@ class RedisLedger(Ledger):
         worst_case_input_tokens: int | None = None,
         force: bool = False,
         tool_limits: ToolLimits | None = None,
+        final: bool = False,
     ) -> Reservation:
         if kind is CallKind.MODEL:  # only model calls spend tokens and dollars
             cost, held_in = clamp_dollars(worst_case_cost), clamp_tokens(worst_case_input_tokens)
@@ -261,7 +263,7 @@ class RedisLedger(Ledger):
         if run_id not in self._local_runs:
             try:
                 return self._reserve_on_redis(
-                    run_id, kind, tool, (cost, held_in, held_out), force, tool_limits
+                    run_id, kind, tool, (cost, held_in, held_out), force, tool_limits, final
                 )
             except self._errors as e:
                 # Closed: refuse, except where nothing may be refused (observe mode, forced records).
@@ -278,6 +280,7 @@ class RedisLedger(Ledger):
             worst_case_input_tokens=held_in,
             force=force,
             tool_limits=tool_limits,
+            final=final,
         )
         res.fallback = True
         return res
@@ -290,6 +293,7 @@ class RedisLedger(Ledger):
         worst: tuple[float, int, int],
         force: bool,
         tool_limits: ToolLimits | None,
+        final: bool = False,
     ) -> Reservation:
         tl = tool_limits or NO_TOOL_LIMITS
         args = (
@@ -300,6 +304,7 @@ class RedisLedger(Ledger):
             "" if tl.max_calls is None else tl.max_calls,
             "" if tl.max_retries is None else tl.max_retries,
             self.ttl_s,
+            "1" if self._short(run_id, final) else "0",
         )
         status, reason, limit, _ = self._call("reserve", run_id, args, tool).split(b" ", 3)
         found = refusal_from(reason, limit, tool)

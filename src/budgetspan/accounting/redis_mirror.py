@@ -132,6 +132,8 @@ def budget_fields(budget: Budget, mode: Mode) -> dict[str, Any]:
     fields: dict[str, Any] = {"about": ABOUT, "mode": mode.value}
     for name, value in budget.limits().items():
         fields["limit:" + name] = value
+    for name, amount in budget.reserve_for_final.items():
+        fields["keep:" + name] = amount
     for tool, tl in budget.tools.items():
         if tl.max_calls is not None:
             fields[f"limit:tool:{tool}:max_calls"] = tl.max_calls

@@ -37,6 +37,15 @@ MIRROR = (
     "opened",
 )
 SPEND_LIMITS = ("max_cost_usd", "max_input_tokens", "max_output_tokens", "max_total_tokens")
+#: The limits a run can keep part of for its final answer (``keep:NAME`` fields).
+KEPT_LIMITS = (
+    "max_model_calls",
+    "max_tool_calls",
+    "max_steps",
+    "max_retries",
+    "max_wall_clock_s",
+    *SPEND_LIMITS,
+)
 #: What the reserve script reads (and the tool's limits and counts when the call names a tool).
 RESERVE_READS = (
     "mode",
@@ -103,10 +112,20 @@ local function read(names, extra)
 end
 
 -- A figure (0 when absent), and a limit (its number and the text it was stored as; nil: none).
+-- SHORT (a call outside the final_response phase of a run with a reserve): each limit less the
+-- part kept for the final answer, never below zero (rule.without_reserve).
+local SHORT = false
 local function n(name) return tonumber(s[name]) or 0 end
 local function lim(name)
   local raw = s['limit:' .. name]
-  if raw then return tonumber(raw), raw end
+  if raw then
+    local keep = SHORT and tonumber(s['keep:' .. name] or '')
+    if keep then
+      local short = math.max(tonumber(raw) - keep, 0)
+      return short, string.format('%.17g', short)
+    end
+    return tonumber(raw), raw
+  end
   return nil, nil
 end
 
@@ -178,12 +197,14 @@ end
 
 # Reserve one call (or, kind 'check', only say what refuses the run now, changing nothing).
 # ARGV: kind, tool ('' none), worst cost, worst input tokens, worst output tokens, force ('1'),
-# the tool's own max_calls and max_retries ('' none; the budget's entry wins), ttl seconds.
+# the tool's own max_calls and max_retries ('' none; the budget's entry wins), ttl seconds,
+# '1' when the limits less the reserve for the final answer apply (``keep:NAME`` fields).
 # Reply: -1 when the run's hash does not exist, else one text "status reason limit mirror..."
 # (the mirror's figures, see ``_mirrored_fields``); status 0: refused, 1: granted (reason: what observe mode or force let through).
 RESERVE = (
     PRELUDE
     + f"local READS = {lua_list(RESERVE_READS)}\n"
+    + f"local KEEPS = {lua_list(KEPT_LIMITS)}\n"
     + """
 local kind, tool = ARGV[1], ARGV[2]
 local w_cost, w_in, w_out = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -192,6 +213,10 @@ local tool_reads = {}
 if tool ~= '' then
   tool_reads = {'limit:tool:' .. tool .. ':max_calls', 'limit:tool:' .. tool .. ':max_retries',
                 tool_calls, tool_retries}
+end
+if ARGV[10] == '1' then
+  SHORT = true
+  for _, name in ipairs(KEEPS) do tool_reads[#tool_reads + 1] = 'keep:' .. name end
 end
 if not read(READS, tool_reads) then return -1 end
 
@@ -345,3 +370,20 @@ local all = redis.call('HGETALL', h)
 if left <= 0 then redis.call('DEL', h) end
 return {1, t[1], t[2], all}
 """
+
+# Raise the run's limits (a limit that is not set stays unset): ``Ledger.extend``.
+# ARGV: ttl seconds, then limit name, amount pairs. Reply as RESERVE's.
+EXTEND = (
+    PRELUDE
+    + """
+if not read({'mode'}, {}) then return -1 end
+for i = 2, #ARGV, 2 do
+  local field = 'limit:' .. ARGV[i]
+  local raw = redis.call('HGET', h, field)
+  if raw then put(field, tonumber(raw) + tonumber(ARGV[i + 1])) end
+end
+write()
+redis.call('EXPIRE', h, ARGV[1])
+return '1   ' .. mirror('')
+"""
+)

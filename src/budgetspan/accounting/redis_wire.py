@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from budgetspan.accounting.redis_scripts import CANCEL, OPEN, READ, RESERVE, SETTLE
+from budgetspan.accounting.redis_scripts import CANCEL, EXTEND, OPEN, READ, RESERVE, SETTLE
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,7 @@ SCRIPTS = {
         ("open", OPEN),
         ("cancel", CANCEL),
         ("read", READ),
+        ("extend", EXTEND),
     )
 }
 

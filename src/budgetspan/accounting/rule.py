@@ -11,6 +11,7 @@ ledger's Lua script is its transcription (``tests/accounting`` runs the same cas
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from budgetspan.accounting.budget import Budget, Limit, ToolLimits, Usage
@@ -134,3 +135,17 @@ def refusal(
     if by_count is not None or kind is CallKind.RETRY:
         return by_count
     return spend_refusal(budget, usage, held, worst)
+
+
+def without_reserve(budget: Budget) -> Budget:
+    """The limits a call outside the ``final_response`` phase is held to: each limit less what
+    ``reserve_for_final`` keeps of it (never below zero). The final phase has the whole budget."""
+    keep = budget.reserve_for_final
+    if not keep:
+        return budget
+    short = {
+        name: max(getattr(budget, name) - amount, 0)
+        for name, amount in keep.items()
+        if getattr(budget, name) is not None
+    }
+    return dataclasses.replace(budget, **short)

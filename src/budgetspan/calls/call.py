@@ -33,7 +33,7 @@ from budgetspan.calls.pricing import call_cost, estimate_attributes, highest, in
 from budgetspan.calls.span_write import sampler_reads_attributes, write_end_attributes
 from budgetspan.config import capture_content, get_config
 from budgetspan.events import CallRecord, internal_error
-from budgetspan.runs import context
+from budgetspan.runs import context, limits, loops
 from budgetspan.runs.implicit import resolve_run
 from budgetspan.runs.phases import DEFAULT_PHASE_BY_OPERATION
 from budgetspan.runs.run import Run
@@ -89,6 +89,7 @@ class Call(AsyncBounds):
         input_estimate: Callable[[], int] | None = None,
         label: str | None = None,
         tool_limits: ToolLimits | None = None,
+        arguments: tuple[Any, Any] | None = None,
     ) -> None:
         self.operation = operation
         self.kind: CallKind | None = _KIND_BY_OPERATION.get(operation, CallKind.MODEL)
@@ -108,6 +109,9 @@ class Call(AsyncBounds):
         self._input_estimate = input_estimate
         self.label = label
         self.tool_limits = tool_limits
+        #: A tool call's (args, kwargs): its signature, for loops (``runs/loops.py``).
+        self.arguments = arguments
+        self.signature: str | None = None
         self._init_state()
 
     def _init_state(self) -> None:
@@ -147,7 +151,16 @@ class Call(AsyncBounds):
         return self._ended
 
     # start -------------------------------------------------------------------------------
-    def start(self) -> Call:
+    async def astart(self) -> Call:
+        """``start`` for an async call: an async ``on_limit`` policy is awaited here."""
+        for _ in range(limits.MAX_ASKS):
+            try:
+                return self.start(can_await=True)
+            except limits.DecisionPending as pending:
+                await pending.decide()  # returns after an extension: try again
+        return self.start()
+
+    def start(self, *, can_await: bool = False) -> Call:
         """Reserve and open the span. Raises BudgetExhausted if a limit refuses the call."""
         try:
             self.run = resolve_run()
@@ -168,7 +181,7 @@ class Call(AsyncBounds):
             self.run = None
         if self.is_model and self.run is not None:
             self._check_unpriced(self.run)  # BudgetExhausted propagates under the "refuse" policy
-        self._reserve()  # BudgetExhausted propagates: the call must not start
+        self._reserve(can_await)  # BudgetExhausted propagates: the call must not start
         try:
             remaining = self.run.remaining_s() if self.run is not None else None
             if remaining is not None:
@@ -200,10 +213,13 @@ class Call(AsyncBounds):
             raise run.exhaust(Refusal(Limit.UNPRICED.value, None, tool=self.model))
         warn_unpriced_once(self.provider, self.model, run)
 
-    def _reserve(self) -> None:
+    def _reserve(self, can_await: bool = False) -> None:
         run = self.run
         if run is None:
             return
+        if run.loops is not None and self.arguments is not None and self.kind is CallKind.TOOL:
+            self.signature = loops.signature(self.tool or "", *self.arguments)
+            loops.check(run, self.tool or "", self.signature)  # a loop that stops the run raises
         if self.kind is None:  # a retrieval: counted by no limit, refused once the run stopped
             run.check()
             return
@@ -221,6 +237,8 @@ class Call(AsyncBounds):
             worst_case_tokens=self.worst_case_tokens if self.is_model else None,
             worst_case_input_tokens=self.worst_case_input_tokens if self.is_model else None,
             tool_limits=self.tool_limits,
+            phase=self.phase,
+            can_await=can_await,
         )
 
     def _open_span(self) -> None:

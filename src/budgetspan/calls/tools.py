@@ -18,9 +18,11 @@ from typing import Any, ParamSpec, TypeVar, overload
 from opentelemetry.trace import SpanKind
 
 from budgetspan import attributes as A
+from budgetspan import events
 from budgetspan.accounting.budget import BudgetExhausted, ToolLimits
 from budgetspan.accounting.rule import tool_limits_for
 from budgetspan.calls.call import Call
+from budgetspan.runs import loops
 from budgetspan.runs.run import Run
 
 P = ParamSpec("P")
@@ -100,6 +102,7 @@ def tool_call(
     read_only: bool = False,
     call_id: str | None = None,
     server: str | None = None,
+    arguments: tuple[Any, Any] | None = None,
 ) -> Call:
     """A started-later ``Call`` for one tool invocation (used by ``@tool`` and the tool instrumentations)."""
     attrs: dict[str, Any] = {A.GEN_AI_TOOL_NAME: name}
@@ -117,6 +120,7 @@ def tool_call(
         span_kind=SpanKind.INTERNAL,
         label=label,
         tool_limits=limits,
+        arguments=arguments,
     )
 
 
@@ -159,31 +163,58 @@ def tool(
 
             @functools.wraps(func)
             async def awrapper(*args: Any, **kwargs: Any) -> Any:
-                call = tool_call(tool_name, limits=defaults, label=label, read_only=read_only).start()
+                call = tool_call(
+                    tool_name, limits=defaults, label=label, read_only=read_only, arguments=(args, kwargs)
+                )
+                await call.astart()
                 lim = _effective(call.run, tool_name, defaults)
                 _note_timeout(call, lim.timeout_s)
-                result = await arun_tool(call, tool_name, lim.timeout_s, func, args, kwargs)
+                try:
+                    result = await arun_tool(call, tool_name, lim.timeout_s, func, args, kwargs)
+                except Exception as error:
+                    _step(call, tool_name, error=error)
+                    raise
                 call.end()
-                if call.run is not None:
-                    call.run.record_tool_result(tool_name, result)
+                _finished(call, tool_name, result)
                 return result
 
             return awrapper
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            call = tool_call(tool_name, limits=defaults, label=label, read_only=read_only).start()
+            call = tool_call(
+                tool_name, limits=defaults, label=label, read_only=read_only, arguments=(args, kwargs)
+            ).start()
             lim = _effective(call.run, tool_name, defaults)
             _note_timeout(call, lim.timeout_s)
-            result = run_tool(call, tool_name, lim.timeout_s, func, args, kwargs)
+            try:
+                result = run_tool(call, tool_name, lim.timeout_s, func, args, kwargs)
+            except Exception as error:
+                _step(call, tool_name, error=error)
+                raise
             call.end()
-            if call.run is not None:
-                call.run.record_tool_result(tool_name, result)
+            _finished(call, tool_name, result)
             return result
 
         return wrapper
 
     return decorate(fn) if fn is not None else decorate
+
+
+def _finished(call: Call, name: str, result: Any) -> None:
+    if call.run is not None:
+        call.run.record_tool_result(name, result)
+        _step(call, name, result)
+
+
+def _step(call: Call, name: str, result: Any = None, error: BaseException | None = None) -> None:
+    """One step for the run's loop watch (its signature was taken when the call started)."""
+    if call.run is None or call.signature is None or isinstance(error, BudgetExhausted):
+        return
+    try:
+        loops.step(call.run, name, call.signature, result, error)
+    except Exception:
+        events.internal_error("tool loop step")
 
 
 def _note_timeout(call: Call, timeout_s: float | None) -> None:

@@ -293,6 +293,8 @@ class Tier:
         if op == A.OP_INVOKE_AGENT and run_id and outcome:
             state = self._run(facts, view, run_id)
             reason = _text(view.get(A.EXHAUSTED_REASON)) if outcome == "budget_exhausted" else None
+            if not state.ended:
+                self._extensions_and_loops(state, view)
             self.window.end(state, outcome, facts.end_ns, reason)
         elif not facts.parent_id and self.window.has_trace(facts.trace_id):
             state_or_none = self.window.runs.get(self.window.key_for(facts.trace_id, None))
@@ -300,6 +302,16 @@ class Tier:
                 self.window.end(
                     state_or_none, outcome or ("failure" if facts.error else "success"), facts.end_ns
                 )
+
+    def _extensions_and_loops(self, state: RunState, view: Mapping[str, Any]) -> None:
+        """What the run span of budgetspan in-process says of its extensions and loop stop."""
+        m, wf, svc = self.metrics, state.workflow, state.service
+        for limit in (_text(view.get(A.BUDGET_EXTENDED_LIMITS)) or "").split(","):
+            if limit:
+                m.extensions.child(wf, limit, svc).inc()
+        loop = _text(view.get(A.LOOP_STOPPED))
+        if loop:
+            m.loops.child(wf, loop, "stopped", svc).inc()
 
     def _budget(self, workflow: str, profile: str | None) -> Budget | None:
         """The budget a run is accounted against; None when it limits nothing (checked once per

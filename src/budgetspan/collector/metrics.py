@@ -78,6 +78,18 @@ class TierMetrics:
             "Observe mode: runs that enforce mode would have stopped, by limit.",
             (wf, reason),
         )
+        self.extensions = self._family(
+            "counter",
+            A.M_BUDGET_EXTENSIONS,
+            "Budget extensions granted at a limit, by limit.",
+            (wf, A.L_LIMIT),
+        )
+        self.loops = self._family(
+            "counter",
+            A.M_LOOPS,
+            "Loops found in runs' tool calls (stops only, in the tier).",
+            (wf, typ, status),
+        )
         self.utilisation = self._family(
             "histogram",
             A.M_BUDGET_UTILISATION,

@@ -36,6 +36,10 @@ DRAFT_SYSTEM = (
     "not allow. Address the customer by first name, list the facts that matter, state the next "
     "step, and sign as 'Support team'."
 )
+FINAL_SYSTEM = (
+    "You are a customer support agent. The work on this ticket stopped before it was finished. "
+    "Write a short, honest reply with what is known so far and say that a colleague will follow up."
+)
 SECTION_SYSTEM = (
     "You are a customer support agent. Write two or three sentences about ONE order for a reply "
     "that covers several orders. Use only the facts and the policy given."
@@ -130,9 +134,15 @@ class SupportAgent:
             await agent._wait("send" + ticket_id, 0.04, 0.06)
             return f"sent {len(text)} characters to the customer of {ticket_id}"
 
+        @budgetspan.tool(name="track_parcel", read_only=True, label="Asking the carrier")
+        async def track_parcel(order_id: str) -> dict[str, str]:
+            await agent._wait("track" + order_id, 0.05, 0.08)
+            return {"order": order_id, "status": ORDERS[order_id].status, "detail": ORDERS[order_id].detail}
+
         self.check_order_status = check_order_status
         self.customer_history = customer_history
         self.send_reply = send_reply
+        self.track_parcel = track_parcel
 
     async def search_policy(self, query: str) -> list[PolicyDoc]:
         """A retrieval over the bundled policy (keyword overlap), measured as a retrieval span."""
@@ -215,11 +225,17 @@ class SupportAgent:
         result = TicketResult(ticket)
         started: Run | None = None
         try:
-            async with budgetspan.run(WORKFLOW, budget=ticket.profile) as run:
+            async with budgetspan.run(
+                WORKFLOW, budget=ticket.profile, on_limit=self._supervisor(ticket)
+            ) as run:
                 started = run
                 result.run_id = run.id
                 run.add_partial("ticket", ticket.id)
-                await self._work(run, ticket, result)
+                try:
+                    await self._work(run, ticket, result)
+                except BudgetExhausted as stop:
+                    await self._answer_from_reserve(run, ticket, stop, result)
+                    raise
         except BudgetExhausted as e:
             result.exhausted = e
         except Exception as e:
@@ -227,6 +243,8 @@ class SupportAgent:
         if started is not None:
             result.cost_usd = started.usage.cost_usd
             result.duration_s = started.duration_s or 0.0
+            if started.extensions and started.explanation:
+                result.notes.append(started.explanation)
         if started is not None and started.outcome is not None:
             result.outcome = started.outcome.value
         elif result.error is not None:
@@ -261,6 +279,11 @@ class SupportAgent:
             else:
                 orders = [await self.check_order_status(o) for o in t.orders]
                 history = await self.customer_history(t.customer)
+        if t.track_until_delivered:
+            async with budgetspan.phase("tool_execution", label="Asking the carrier"):
+                for _ in range(5):  # until the parcel moves (a loop when the carrier says the same)
+                    if (await self.track_parcel(t.orders[0]))["status"] == "delivered":
+                        break
         facts = self._facts(t, orders, history, policy)
 
         async with budgetspan.phase("model_decision", label="Preparing draft"):
@@ -311,6 +334,37 @@ class SupportAgent:
                 f"{APPROVAL_LIMIT_USD:.0f} USD limit; a supervisor took over"
             )
             run.escalate(result.escalation)
+
+    def _supervisor(self, t: Ticket) -> Any:
+        """The run's on_limit policy: a supervisor approves one more model call for the tickets
+        that may have it (after a short look: an async policy, awaited by the refused call)."""
+
+        async def supervisor(reached: budgetspan.LimitReached) -> budgetspan.Decision:
+            if t.supervisor_extends and not reached.run.extensions and reached.reason == "max_model_calls":
+                await self._wait("supervisor" + t.id, 0.15, 0.25)
+                return budgetspan.Extend(max_model_calls=1, reason="a supervisor's approval")
+            return budgetspan.Stop()
+
+        return supervisor
+
+    async def _answer_from_reserve(
+        self, run: Run, t: Ticket, stop: BudgetExhausted, result: TicketResult
+    ) -> None:
+        """A run stopped before its answer: write and send one from the budget kept for it."""
+        if not run.budget.reserve_for_final or isinstance(stop, budgetspan.RunCancelled):
+            return
+        known = [f"- {a['order']}: {a['answer']}" for a in run.partial.get("answered_orders") or []]
+        known += [f"- {r['tool']}: {r['result']}" for r in run.partial["tool_results"][-3:]]
+        ask = f"Ticket {t.id}: {t.subject}\nWhat is known so far:\n" + "\n".join(known)
+        try:
+            async with budgetspan.phase("final_response", label="Writing the answer from what is known"):
+                reply = await self._chat(
+                    run, self.draft_model, FINAL_SYSTEM, ask, stream=False, max_tokens=200
+                )
+                await self.send_reply(t.id, reply)
+        except BudgetExhausted:
+            return  # not even the reserve was enough: the partial result is what is left
+        result.reply = reply
 
     async def _approval(self, t: Ticket) -> bool:
         """A simulated human approval: quick for routine replies, and refunds over the limit go up."""

@@ -18,6 +18,10 @@ class Ticket:
     # The background worker predates the parallel lookups: it checks the order, then the history.
     parallel_lookups: bool = True
     story: str = ""  # what this ticket shows, printed by the demo
+    # The agent keeps asking the carrier until the parcel moves (a loop when it never does).
+    track_until_delivered: bool = False
+    # At a limit, the supervisor (the run's on_limit policy) approves more model calls once.
+    supervisor_extends: bool = False
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,10 @@ ORDERS: dict[str, Order] = {
         Order("A-2005", "processing", "payment received, waiting for stock", 112.00),
         Order("A-3001", "delivered", "delivered on 1 Oct; no open returns", 35.00),
         Order("A-3002", "delivered", "delivered on 14 Nov; charged twice by the card issuer", 58.40),
+        Order("A-4001", "in transit", "shipped on 15 Nov with GLS; no scan since 17 Nov", 66.00),
+        Order("A-5001", "delivered", "delivered on 3 Nov; garden hose", 24.90),
+        Order("A-5002", "in transit", "shipped on 22 Nov with DPD", 310.00),
+        Order("A-5003", "processing", "waiting for the second item of the order", 48.00),
     )
 }
 
@@ -119,6 +127,8 @@ CUSTOMERS: dict[str, Customer] = {
         Customer("C-105", "Priya Nair", "2020", "standard", ("no open orders",)),
         Customer("C-106", "Tom Weber", "2023", "standard", ("first ticket",)),
         Customer("C-107", "Ana Silva", "2018", "gold", ("one billing question in 2022",)),
+        Customer("C-108", "Omar Haddad", "2022", "standard", ("first ticket",)),
+        Customer("C-109", "Julia Novak", "2017", "gold", ("asked about several orders before",)),
     )
 }
 
@@ -196,6 +206,28 @@ TICKETS: tuple[Ticket, ...] = (
         "billing charged twice duplicate",
         parallel_lookups=False,
         story="queued work, sequential lookups again",
+    ),
+    Ticket(
+        "T-1008",
+        "interactive",
+        "C-108",
+        "Parcel stuck for a week",
+        "news about the parcel of order A-4001",
+        ("A-4001",),
+        "late delivery parcel tracking",
+        track_until_delivered=True,
+        story="the agent keeps asking the carrier, which says the same: stopped as a loop",
+    ),
+    Ticket(
+        "T-1009",
+        "interactive",
+        "C-109",
+        "Three orders",
+        "the status of orders A-5001 to A-5003",
+        ("A-5001", "A-5002", "A-5003"),
+        "delivery return",
+        supervisor_extends=True,
+        story="one model call short of a chat budget: a supervisor approves one more",
     ),
 )
 

@@ -172,6 +172,8 @@ def _outcome_line(r: TicketResult) -> list[str]:
             )
         elif e.partial.get("last_model_answer"):
             lines.append("     Partial result kept: the last draft, ready for a person to finish.")
+        if r.reply:
+            lines.append("     Final answer written from the budget kept for it, and sent.")
         return lines
     if r.error is not None:
         return [f"{head}: {type(r.error).__name__}: {r.error}"]

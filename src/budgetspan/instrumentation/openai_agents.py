@@ -10,7 +10,8 @@
   model and tool calls; a handoff is an event on the span of the agent that hands off.
 - A refusal reaches the caller of ``Runner.run`` / ``run_sync`` / ``run_streamed`` as
   ``BudgetExhausted`` with its partial results: the tool's ``failure_error_function`` is not
-  asked to turn it into a message for the model, the SDK's ``UserError`` wrapping is taken off,
+  asked to turn it into a message for the model (but for ``ToolRefused``, a tool past its own cap:
+  that one is worded by it, a tool error for the model, and the run goes on), the SDK's ``UserError`` wrapping is taken off,
   and a model retry policy is not consulted about it (it is never retried).
 - Model calls are not wrapped here: the SDK sends them with the ``openai`` client (Responses or
   Chat Completions), where budgetspan's OpenAI instrumentation makes the one ``chat`` span.
@@ -28,7 +29,7 @@ from typing import Any
 
 import wrapt
 
-from budgetspan.accounting.budget import BudgetExhausted
+from budgetspan.accounting.budget import BudgetExhausted, ToolRefused
 from budgetspan.events import internal_error
 from budgetspan.instrumentation.agents import (
     agent_span,
@@ -84,15 +85,38 @@ async def _invoke_tool(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> A
             is_error=is_error,
             partial=_tool_output,
         )
+    except ToolRefused as refused:
+        return await _as_tool_error(kwargs, refused)
     finally:
         _failed.reset(token)
+
+
+async def _as_tool_error(kwargs: Any, refused: ToolRefused) -> Any:
+    """A tool past its own cap: the tool's failure_error_function words the refusal for the model,
+    as it would a failed body (the run goes on); without one, the refusal is raised."""
+    try:
+        from agents.tool import (
+            _FunctionToolInvocationResult,
+            maybe_invoke_function_tool_failure_error_function,
+        )
+
+        output = await maybe_invoke_function_tool_failure_error_function(
+            function_tool=kwargs.get("function_tool"), context=kwargs.get("context"), error=refused
+        )
+    except Exception:
+        internal_error("openai_agents tool refusal")
+        raise refused from None
+    if output is None:
+        raise refused
+    return _FunctionToolInvocationResult(output, is_sdk_generated_error=True)
 
 
 async def _failure_error_function(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     """``maybe_invoke_function_tool_failure_error_function(function_tool=, context=, error=)``:
     None (no formatter: the SDK raises the error) for a refusal or in a run that has stopped."""
     try:
-        if refusal(kwargs.get("error")) is not None:
+        found = refusal(kwargs.get("error"))
+        if found is not None and not isinstance(found, ToolRefused):  # a tool's own cap: a tool error
             return None
     except Exception:
         internal_error("openai_agents failure_error_function")

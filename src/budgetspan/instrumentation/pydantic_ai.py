@@ -9,7 +9,9 @@
 - An agent run (``Agent.iter``, under ``run``, ``run_sync`` and ``run_stream``) is an
   ``invoke_agent {name}`` span around the run, parent of its model and tool calls.
 - A refusal reaches the caller as ``BudgetExhausted`` (also out of a task group of parallel
-  tools); pydantic-ai retries only on ``ModelRetry``, so it is not retried.
+  tools); pydantic-ai retries only on ``ModelRetry``, so it is not retried. A tool past its own
+  cap (``ToolRefused``) is the exception: it becomes a ``ModelRetry`` with its explanation, a tool
+  error the model reads, and the run goes on.
 - Model calls are not wrapped here: ``OpenAIChatModel`` / ``OpenAIResponsesModel`` send them with
   the ``openai`` client, where budgetspan's OpenAI instrumentation makes the one ``chat`` span
   (inside pydantic-ai's own ``chat`` span, if on: one call, counted once).
@@ -17,11 +19,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from budgetspan import attributes as A
+from budgetspan.accounting.budget import ToolRefused
 from budgetspan.events import internal_error
 from budgetspan.instrumentation.agents import agent_span, raise_refusal
 from budgetspan.instrumentation.retrieval import Patch, PatchInstrumentor, arg, atraced_tool
@@ -38,9 +41,22 @@ def _raw_execute(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     except Exception:
         internal_error("pydantic_ai tool")
         return wrapped(*args, **kwargs)
-    return atraced_tool(
-        wrapped, args, kwargs, name=name, system=SYSTEM, call_id=str(call_id) if call_id else None
+    return _tool_error_for_refusal(
+        atraced_tool(
+            wrapped, args, kwargs, name=name, system=SYSTEM, call_id=str(call_id) if call_id else None
+        )
     )
+
+
+async def _tool_error_for_refusal(running: Awaitable[Any]) -> Any:
+    """A tool past its own cap (``ToolRefused``) is a tool error for the model (``ModelRetry``:
+    pydantic-ai tells the model and counts it against the tool's retries); the run goes on."""
+    try:
+        return await running
+    except ToolRefused as refused:
+        from pydantic_ai import ModelRetry
+
+        raise ModelRetry(refused.explanation) from refused
 
 
 @asynccontextmanager

@@ -84,7 +84,7 @@ async def ainvoke(
     call: Call, observer: Observer, wrapped: Callable[..., Awaitable[Any]], args: Any, kwargs: Any
 ) -> Any:
     """Run an async SDK method as ``call``, bounded by the run's wall clock."""
-    call.start()
+    await call.astart()
     token = CURRENT_CALL.set(call)
     try:
         with call.activate():

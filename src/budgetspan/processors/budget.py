@@ -27,7 +27,7 @@ from opentelemetry.trace import SpanKind
 
 from budgetspan import attributes as A
 from budgetspan import events
-from budgetspan.accounting.budget import BudgetExhausted
+from budgetspan.accounting.budget import TOOL_CAP_REASONS, BudgetExhausted
 from budgetspan.accounting.ledger import CallKind, LedgerRefused, Mode, Spend
 from budgetspan.accounting.pricing import default_resolver
 from budgetspan.calls import foreign
@@ -130,15 +130,21 @@ class BudgetSpanProcessor(SpanProcessor):
         tool = _text(attrs.get(A.GEN_AI_TOOL_NAME)) if kind is CallKind.TOOL else None
         enforce = self.enforce_foreign and run.mode is Mode.ENFORCE
         try:
-            res = run.ledger.reserve(run.id, kind, tool=tool, force=not enforce)
+            res = run.ledger.reserve(
+                run.id, kind, tool=tool, force=not enforce, final=phase == "final_response"
+            )
         except LedgerRefused as r:
             span.set_attribute(A.WOULD_REFUSE, r.refusal.reason)
+            if r.refusal.reason in TOOL_CAP_REASONS:
+                return run.refuse_tool(r.refusal)
             return run.exhaust(r.refusal)
         except KeyError:
             return None
         if res.would_refuse is not None:
             span.set_attribute(A.WOULD_REFUSE, res.would_refuse.reason)
-            if run.mode is Mode.ENFORCE:
+            if run.mode is Mode.ENFORCE and res.would_refuse.reason in TOOL_CAP_REASONS:
+                pass  # a tool's own cap refuses the tool, not the run: budgetspan's call is refused (adopt)
+            elif run.mode is Mode.ENFORCE:
                 # Counted, and the run stops: budgetspan's own call for this span (if it is one
                 # budgetspan instruments too) is refused; otherwise the run is exhausted at the end.
                 run.hold(res.would_refuse)

@@ -293,6 +293,20 @@ class BudgetspanMetrics:
         self.job_queue_wait = hist(
             A.M_JOB_QUEUE_WAIT, "A job's wait from submission to its first start.", (wf,), RUN_SECONDS_BUCKETS
         )
+        # At a limit and in a loop (issue 18).
+        self.extensions = counter(
+            A.M_BUDGET_EXTENSIONS,
+            "Budget extensions granted at a limit (on_limit), by limit.",
+            (wf, A.L_LIMIT),
+        )
+        self.loops = counter(
+            A.M_LOOPS, "Loops found in runs' tool calls, by type; warned or stopped.", (wf, typ, status)
+        )
+        self.tool_refusals = counter(
+            A.M_TOOL_REFUSALS,
+            "Tool calls refused by the tool's own cap (the run goes on).",
+            (wf, tool, reason),
+        )
         if local and registry is not None:
             registry.register(LocalCollector(local, self._lock))
 
@@ -441,3 +455,15 @@ class BudgetspanMetrics:
         if _sane(wait_s):
             with self._lock:
                 self.job_queue_wait.child(workflow).observe(wait_s)
+
+    def on_budget_extended(self, run: Run, limit: str) -> None:
+        with self._lock:
+            self.extensions.child(run.workflow, limit).inc()
+
+    def on_loop(self, run: Run, kind: str, status: str) -> None:
+        with self._lock:
+            self.loops.child(run.workflow, kind, status).inc()
+
+    def on_tool_refused(self, run: Run, tool: str, reason: str) -> None:
+        with self._lock:
+            self.tool_refusals.child(run.workflow, tool, reason).inc()

@@ -193,6 +193,9 @@ class OTelMetrics:
         self.job_queue_wait = hist(
             A.OTEL_M_JOB_QUEUE_WAIT, "A job's wait from submission to its first start.", RUN_SECONDS_BUCKETS
         )
+        self.extensions = counter(A.OTEL_M_BUDGET_EXTENSIONS, "Budget extensions granted at a limit.")
+        self.loops = counter(A.OTEL_M_LOOPS, "Loops found in runs' tool calls; warned or stopped.")
+        self.tool_refusals = counter(A.OTEL_M_TOOL_REFUSALS, "Tool calls refused by the tool's own cap.")
 
     def attrs(self, *pairs: tuple[str, Any]) -> dict[str, Any]:
         """The attribute dict for these (label, raw value) pairs, capped and built once."""
@@ -331,6 +334,17 @@ class OTelMetrics:
 
     def on_spans_dropped(self, reason: str, count: int) -> None:
         self.spans_dropped.add(count, self.attrs((A.L_REASON, reason)))
+
+    def on_budget_extended(self, run: Run, limit: str) -> None:
+        self.extensions.add(1, self.attrs((A.L_WORKFLOW, run.workflow), (A.L_LIMIT, limit)))
+
+    def on_loop(self, run: Run, kind: str, status: str) -> None:
+        self.loops.add(1, self.attrs((A.L_WORKFLOW, run.workflow), (A.L_TYPE, kind), (A.L_STATUS, status)))
+
+    def on_tool_refused(self, run: Run, tool: str, reason: str) -> None:
+        self.tool_refusals.add(
+            1, self.attrs((A.L_WORKFLOW, run.workflow), (A.L_TOOL, tool), (A.L_REASON, reason))
+        )
 
 
 _lock = threading.Lock()

@@ -52,6 +52,7 @@ END_LABELS: dict[str, str] = {
     "escalated": "Handed over to a person",
     "budget_exhausted": "Stopped at its budget",
     "cancelled": "Cancelled",
+    "needs_clarification": "Asked for clarification",
 }
 
 

@@ -21,7 +21,9 @@ from budgetspan import attributes as A
 from budgetspan import events
 from budgetspan.accounting.budget import Budget, BudgetExhausted, Limit, RunCancelled, ToolLimits, Usage
 from budgetspan.accounting.ledger import CallKind, Ledger, LedgerRefused, Mode, Refusal, Reservation, Spend
-from budgetspan.runs import context, registry
+from budgetspan.runs import context, limits, registry
+from budgetspan.runs.at_limit import AtLimit
+from budgetspan.runs.loops import LoopWatch
 
 
 class Outcome(str, Enum):
@@ -30,9 +32,10 @@ class Outcome(str, Enum):
     ESCALATED = "escalated"
     BUDGET_EXHAUSTED = "budget_exhausted"
     CANCELLED = "cancelled"
+    NEEDS_CLARIFICATION = "needs_clarification"
 
 
-class Run:
+class Run(AtLimit):
     """One budgeted execution. Created by ``budgetspan.run(...)`` or implicitly."""
 
     def __init__(
@@ -73,6 +76,10 @@ class Run:
         self.tenant: str | None = None
         self.user: str | None = None
         self.permissions: frozenset[str] = frozenset()
+        #: At a limit (``runs/limits.py``): the policy asked, and the extensions it granted.
+        self.on_limit: limits.Policy | None = None
+        self.extensions: list[tuple[dict[str, float], str | None]] = []
+        self.loops = LoopWatch(budget) if LoopWatch.wanted(budget) else None
         self._ledger = ledger or context.get_ledger()
         self._tasks: set[tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]] = set()
         self._explicit_outcome = False
@@ -166,8 +173,9 @@ class Run:
     def _final_outcome(self, exc: BaseException | None) -> Outcome:
         if isinstance(exc, RunCancelled) or isinstance(self.exhausted, RunCancelled):
             return Outcome.CANCELLED
-        if self.exhausted is not None or isinstance(exc, BudgetExhausted):
-            return Outcome.BUDGET_EXHAUSTED
+        stop = self.exhausted or (exc if isinstance(exc, BudgetExhausted) else None)
+        if stop is not None:
+            return Outcome(stop.outcome)
         if self._explicit_outcome and self.outcome is not None:
             return self.outcome
         if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
@@ -188,6 +196,7 @@ class Run:
         for key, value in u.as_dict().items():
             if isinstance(value, (int, float)):
                 attrs[A.USAGE_PREFIX + key] = value
+        attrs.update(self.limit_attributes())
         exhausted = self.exhausted
         if exhausted is None and isinstance(exc, BudgetExhausted):
             exhausted = exc  # refused by an enclosing run's limit
@@ -267,17 +276,22 @@ class Run:
         worst_case_tokens: int | None = None,
         worst_case_input_tokens: int | None = None,
         tool_limits: ToolLimits | None = None,
+        phase: str | None = None,
+        can_await: bool = False,
     ) -> Reservation:
         """Reserve one call in this run and every enclosing run; raise BudgetExhausted (from the
         run whose limit refuses it) when a limit refuses it. Exhaustion is sticky: once a run has
-        stopped at a limit, every later call is refused too."""
+        stopped at a limit, every later call is refused too (but a final answer from a reserve).
+        ``can_await``: an async policy's answer is left to the caller to await."""
         worst = (worst_case_cost, worst_case_tokens, worst_case_input_tokens)
-        own = self._reserve_here(kind, tool, tool_limits, worst)
+        own = self._reserve_here(kind, tool, tool_limits, worst, phase, can_await)
         if self.parent is None:
             return own
         for outer in self.ancestors():
             try:
-                own.linked.append((outer, outer._reserve_here(kind, tool, tool_limits, worst)))
+                own.linked.append(
+                    (outer, outer._reserve_here(kind, tool, tool_limits, worst, phase, can_await))
+                )
             except BaseException:
                 self.release(own)
                 raise
@@ -289,24 +303,25 @@ class Run:
         tool: str | None,
         tool_limits: ToolLimits | None,
         worst: tuple[float | None, int | None, int | None],
+        phase: str | None = None,
+        can_await: bool = False,
     ) -> Reservation:
-        stopped = self._stopped()
+        final = phase == "final_response"
+        stopped = self._stopped(final)
         if stopped is not None:
             raise self.exhaust(stopped)
-        try:
-            res = self._ledger.reserve(
-                self.id,
-                kind,
-                tool=tool,
-                tool_limits=tool_limits,
-                worst_case_cost=worst[0],
-                worst_case_tokens=worst[1],
-                worst_case_input_tokens=worst[2],
-            )
-        except LedgerRefused as refused:
-            raise self.exhaust(refused.refusal) from None
-        except KeyError:  # run already closed (work after the run ended): no limit applies
-            return Reservation(self.id, kind, tool, done=True)
+        asks = 0
+        while True:
+            try:
+                res = self._ledger_reserve(kind, tool, tool_limits, worst, final)
+                break
+            except LedgerRefused as refused:
+                asks += 1  # returns after an extension (try again); raises otherwise
+                limits.at_limit(
+                    self, self._shown(refused.refusal, final), kind.value, tool, phase, can_await, asks
+                )
+            except KeyError:  # run already closed (work after the run ended): no limit applies
+                return Reservation(self.id, kind, tool, done=True)
         if res.would_refuse is not None:
             self.note_would_refuse(res.would_refuse)
         return res
@@ -318,6 +333,7 @@ class Run:
         run's exception and its span tell the same story as when no other span is around."""
         if reservation is not None and reservation.would_refuse is not None and self.mode is Mode.ENFORCE:
             self.release(reservation)
+            self.refuse_if_tool(reservation.would_refuse)
             if self.exhausted is None:
                 raise self.exhaust(reservation.would_refuse)
             reservation = None
@@ -328,10 +344,13 @@ class Run:
             raise self.exhaust(stopped)
         return reservation
 
-    def _stopped(self) -> Refusal | None:
-        """The limit an enforcing run has already stopped at: every later call is refused by it."""
+    def _stopped(self, final: bool = False) -> Refusal | None:
+        """The limit an enforcing run has already stopped at: every later call is refused by it,
+        but the final answer of a run that keeps budget for it (held to the whole limits)."""
         stopped = self.exhausted
         if stopped is not None and self.mode is Mode.ENFORCE:
+            if final and self.budget.reserve_for_final and not isinstance(stopped, RunCancelled):
+                return None
             return Refusal(stopped.reason, stopped.limit, stopped.tool, stopped.worst)
         return self._held if self.mode is Mode.ENFORCE else None
 
@@ -359,9 +378,20 @@ class Run:
                     raise run.exhaust(refusal)
                 run.note_would_refuse(refusal)
 
-    def exhaust(self, refusal: Refusal) -> BudgetExhausted:
-        """Build the exception for ``refusal``; the first one sets the outcome and is recorded."""
-        cls = RunCancelled if refusal.reason == Limit.CANCELLED.value else BudgetExhausted
+    def exhaust(
+        self,
+        refusal: Refusal,
+        *,
+        cls: type[BudgetExhausted] | None = None,
+        detail: str | None = None,
+        notes: tuple[str, ...] = (),
+    ) -> BudgetExhausted:
+        """Build the exception for ``refusal``; the first one sets the outcome and is recorded.
+        ``detail`` replaces the explanation's head; ``notes`` follow it (with what the run kept
+        for its final answer, and its extensions)."""
+        cls, detail, notes = self._stop_words(refusal, cls, detail, notes)
+        if cls is None:
+            cls = RunCancelled if refusal.reason == Limit.CANCELLED.value else BudgetExhausted
         exc = cls(
             refusal.reason,
             refusal.limit,
@@ -371,6 +401,8 @@ class Run:
             workflow=self.workflow,
             tool=refusal.tool,
             worst=refusal.worst,
+            detail=detail,
+            notes=notes,
         )
         with self._lock:
             first = self.exhausted is None
@@ -378,7 +410,7 @@ class Run:
                 self.exhausted = exc
                 self._held = None
         if first:
-            self.outcome = Outcome.CANCELLED if cls is RunCancelled else Outcome.BUDGET_EXHAUSTED
+            self.outcome = Outcome(exc.outcome)
             if self.span is not None:
                 self.span.add_event(
                     A.EVENT_CANCELLED if cls is RunCancelled else A.EVENT_BUDGET_EXHAUSTED,

@@ -24,6 +24,7 @@ from budgetspan.accounting.budget import Budget, BudgetExhausted, Limit
 from budgetspan.accounting.ledger import Mode, Refusal
 from budgetspan.config import get_config
 from budgetspan.runs import context
+from budgetspan.runs.limits import Policy
 from budgetspan.runs.phases import check_phase
 from budgetspan.runs.run import Run
 
@@ -83,8 +84,12 @@ class RunScope:
         tenant: str | None = None,
         user: str | None = None,
         permissions: Iterable[str] = (),
+        on_limit: Policy | None = None,
         **limits: Any,
     ) -> None:
+        """``limits``: any of the budget's limits, loop limits and ``reserve_for_final`` (e.g.
+        ``reserve_for_final={"max_model_calls": 1}``); ``on_limit``: the policy asked when a call
+        would be refused (``runs/limits.py``)."""
         cfg = get_config()
         self.workflow = workflow
         self.budget = cfg.budget_for(workflow, budget, **limits)
@@ -97,6 +102,7 @@ class RunScope:
         if isinstance(permissions, str):
             raise TypeError("permissions: a collection of names, not one string")
         self.permissions = frozenset(permissions)
+        self.on_limit = on_limit
 
     # one run -------------------------------------------------------------------------------
     def open(self) -> Run:
@@ -106,6 +112,7 @@ class RunScope:
         # A nested run serves whom its parent serves, unless it says otherwise.
         run.conversation_id, run.tenant, run.user = self.conversation_id, self.tenant, self.user
         run.permissions = self.permissions
+        run.on_limit = self.on_limit
         if parent is not None and not parent.implicit:
             run.conversation_id = run.conversation_id or parent.conversation_id
             run.tenant = run.tenant or parent.tenant
