@@ -11,6 +11,11 @@ from budgetspan.accounting.ledger import Ledger, Mode
 from budgetspan.accounting.memory import InMemoryLedger
 from budgetspan.accounting.redis_ledger import RedisLedger
 from budgetspan.attributes import VERSION
+from budgetspan.cache.backend import MemoryCache
+from budgetspan.cache.core import invalidate as invalidate_cache
+from budgetspan.cache.policy import Cache, set_cache_backend
+from budgetspan.cache.redis_backend import RedisCache
+from budgetspan.cache.wrap import cached
 from budgetspan.calls.tools import ToolTimeout, tool
 from budgetspan.config import BUILTIN_PROFILES, ConfigError
 from budgetspan.events import CallRecord, add_listener, remove_listener
@@ -32,16 +37,19 @@ __all__ = [
     "Budget",
     "BudgetExhausted",
     "BudgetSpanProcessor",
+    "Cache",
     "CallRecord",
     "ConfigError",
     "InMemoryLedger",
     "Ledger",
     "Limit",
+    "MemoryCache",
     "Milestone",
     "Mode",
     "Outcome",
     "Phase",
     "ProgressSubscription",
+    "RedisCache",
     "RedisLedger",
     "Run",
     "RunCancelled",
@@ -51,14 +59,17 @@ __all__ = [
     "__version__",
     "add_listener",
     "approval",
+    "cached",
     "cancel",
     "configure",
     "current_phase",
     "current_run",
+    "invalidate_cache",
     "live_runs",
     "phase",
     "remove_listener",
     "run",
+    "set_cache_backend",
     "set_ledger",
     "subscribe_progress",
     "tool",

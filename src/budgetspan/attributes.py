@@ -257,3 +257,26 @@ ENV_OTEL_OTLP_ENDPOINT: Final = "OTEL_EXPORTER_OTLP_ENDPOINT"
 ENV_OTEL_OTLP_TRACES_ENDPOINT: Final = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
 ENV_OTEL_OTLP_PROTOCOL: Final = "OTEL_EXPORTER_OTLP_PROTOCOL"
 ENV_OTEL_OTLP_TRACES_PROTOCOL: Final = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+
+# --- The cache (budgetspan.cache) ------------------------------------------------------------
+# On the tool span (or the ``cached {name}`` span of budgetspan.cached): what the cache answered.
+CACHE_RESULT: Final = "budgetspan.cache.result"  # hit | miss | skipped | unavailable
+CACHE_SCOPE: Final = "budgetspan.cache.scope"  # global | tenant | user
+CACHE_REASON: Final = "budgetspan.cache.reason"  # skipped/unavailable: no_tenant, no_user, arguments, value, backend
+CACHE_NAME: Final = "budgetspan.cache.name"  # the cached tool or function
+CACHE_SAVED_USD: Final = "budgetspan.cache.saved_usd"  # a hit: the original computation's recorded cost
+CACHE_SAVED_S: Final = "budgetspan.cache.saved_s"  # a hit: the original duration less the lookup's
+CACHE_COST_USD: Final = "budgetspan.cache.cost_usd"  # a miss: what the computation cost (model calls inside)
+SPAN_CACHED: Final = "cached {name}"  # budgetspan.cached(...): one span per call, hit or miss
+M_CACHE_REQUESTS: Final = "budgetspan_cache_requests"  # counter: tool, result
+M_CACHE_SAVED_USD: Final = "budgetspan_cache_saved_usd"  # counter: tool
+M_CACHE_SAVED_SECONDS: Final = "budgetspan_cache_saved_seconds"  # counter: tool
+# Provider prompt caching (accounting/prompt_cache.py): what cache-read tokens saved against the
+# full input price, and what cache-write tokens cost above it; net saving = saved - premium.
+M_PROMPT_CACHE_SAVED_USD: Final = "budgetspan_prompt_cache_saved_usd"  # counter: workflow, provider, model
+M_PROMPT_CACHE_WRITE_PREMIUM_USD: Final = "budgetspan_prompt_cache_write_premium_usd"  # counter: same
+L_RESULT: Final = "result"
+CACHE_RESULT_HIT: Final = "hit"
+CACHE_RESULT_MISS: Final = "miss"
+CACHE_RESULT_SKIPPED: Final = "skipped"
+CACHE_RESULT_UNAVAILABLE: Final = "unavailable"

@@ -46,6 +46,19 @@ class CallRecord:
     run: Run | None = field(default=None, repr=False)
 
 
+@dataclass
+class CacheRecord:
+    """One request to budgetspan's cache (``budgetspan.cache``): what it answered and saved."""
+
+    tool: str
+    result: str  # hit | miss | skipped | unavailable
+    workflow: str
+    reason: str | None = None  # why skipped or unavailable: no_tenant, no_user, arguments, value, backend
+    saved_usd: float | None = None  # a hit: the original computation's recorded cost (None: unknown)
+    saved_s: float | None = None  # a hit: the original duration, less the lookup's
+    run: Run | None = field(default=None, repr=False)
+
+
 class Listener(Protocol):
     """Implement any subset; missing methods are skipped."""
 
@@ -58,6 +71,7 @@ class Listener(Protocol):
     def on_exhausted(self, run: Run, reason: str, observe: bool) -> None: ...
     def on_internal_error(self, where: str) -> None: ...
     def on_spans_dropped(self, reason: str, count: int) -> None: ...
+    def on_cache(self, record: CacheRecord) -> None: ...
 
 
 _listeners: list[Any] = []
