@@ -262,7 +262,9 @@ ENV_OTEL_OTLP_TRACES_PROTOCOL: Final = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
 # On the tool span (or the ``cached {name}`` span of budgetspan.cached): what the cache answered.
 CACHE_RESULT: Final = "budgetspan.cache.result"  # hit | miss | skipped | unavailable
 CACHE_SCOPE: Final = "budgetspan.cache.scope"  # global | tenant | user
-CACHE_REASON: Final = "budgetspan.cache.reason"  # skipped/unavailable: no_tenant, no_user, arguments, value, backend
+CACHE_REASON: Final = (
+    "budgetspan.cache.reason"  # skipped/unavailable: no_tenant, no_user, arguments, value, backend
+)
 CACHE_NAME: Final = "budgetspan.cache.name"  # the cached tool or function
 CACHE_SAVED_USD: Final = "budgetspan.cache.saved_usd"  # a hit: the original computation's recorded cost
 CACHE_SAVED_S: Final = "budgetspan.cache.saved_s"  # a hit: the original duration less the lookup's

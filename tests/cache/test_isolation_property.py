@@ -91,7 +91,12 @@ def test_no_value_crosses_identity_version_or_freshness(
             return value
 
         cache = budgetspan.Cache(
-            scope, ttl_s=TTL, version=version, data_version=lambda: data_version[0], backend=backend, clock=clock
+            scope,
+            ttl_s=TTL,
+            version=version,
+            data_version=lambda: data_version[0],
+            backend=backend,
+            clock=clock,
         )
         return budgetspan.cached(answer, name="lookup", cache=cache)
 

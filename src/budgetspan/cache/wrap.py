@@ -25,11 +25,21 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 @contextmanager
-def _span(name: str, outcome: Outcome) -> Iterator[Span | None]:
-    """The call's span, current while the body runs; the outcome's attributes written at its end."""
+def cached_span(name: str, outcome: Outcome, extra: dict[str, Any] | None = None) -> Iterator[Span | None]:
+    """A ``cached {name}`` span, current while the body runs; the outcome's attributes written at
+    its end. It carries the run and phase (the report groups spans by run) but no
+    ``gen_ai.operation.name``: it is not a counted call, the calls inside it are."""
     try:
+        attrs: dict[str, Any] = {A.CACHE_NAME: name, **(extra or {})}
+        run = context.current_run()
+        if run is not None:
+            attrs[A.RUN_ID] = run.id
+            attrs[A.WORKFLOW] = run.workflow
+        phase = context.current_phase()
+        if phase:
+            attrs[A.PHASE] = phase
         span: Span | None = context.get_tracer().start_span(
-            A.SPAN_CACHED.format(name=name), kind=SpanKind.INTERNAL, attributes={A.CACHE_NAME: name}
+            A.SPAN_CACHED.format(name=name), kind=SpanKind.INTERNAL, attributes=attrs
         )
     except Exception:
         internal_error("cached span")
@@ -50,7 +60,7 @@ def _span(name: str, outcome: Outcome) -> Iterator[Span | None]:
 
 def _hit(name: str) -> Callable[[Outcome], Any]:
     def serve(outcome: Outcome) -> Any:
-        with _span(name, outcome):
+        with cached_span(name, outcome):
             assert outcome.entry is not None
             return outcome.entry.value
 
@@ -80,7 +90,7 @@ def cached(fn: Any = None, /, *, name: str | None = None, cache: Cache | None = 
             @functools.wraps(func)
             async def awrapper(*args: Any, **kwargs: Any) -> Any:
                 async def compute(outcome: Outcome) -> Any:
-                    with _span(label, outcome):
+                    with cached_span(label, outcome):
                         return await func(*args, **kwargs)
 
                 return await cacher.acall(args, kwargs, compute, serve)
@@ -91,7 +101,7 @@ def cached(fn: Any = None, /, *, name: str | None = None, cache: Cache | None = 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             def compute(outcome: Outcome) -> Any:
-                with _span(label, outcome):
+                with cached_span(label, outcome):
                     return func(*args, **kwargs)
 
             return cacher.call(args, kwargs, compute, serve)
@@ -102,4 +112,4 @@ def cached(fn: Any = None, /, *, name: str | None = None, cache: Cache | None = 
     return decorate(fn) if fn is not None else decorate
 
 
-__all__ = ["cached"]
+__all__ = ["cached", "cached_span"]

@@ -1,7 +1,7 @@
 """``@budgetspan.tool(cache=...)``: a tool whose results the cache may answer.
 
 A miss is the tool call as usual (reserved, counted, timed out, retried) with the cache's
-attributes on its span. A hit is an ``execute_tool`` span that says so, with no reservation: it
+attributes on its span. A hit is a ``cached {tool}`` span, with no reservation: it
 does not count against ``max_tool_calls`` or the tool's ``max_calls``, and is not a tool call in
 the tool metrics (the cache metrics count it). A run that has stopped still refuses it.
 """
@@ -11,41 +11,27 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from opentelemetry.trace import SpanKind
-
 from budgetspan import attributes as A
 from budgetspan.cache.core import Outcome
+from budgetspan.cache.wrap import cached_span
 from budgetspan.calls.call import Call
 from budgetspan.events import internal_error
 from budgetspan.runs import context
-from budgetspan.runs.phases import DEFAULT_PHASE_BY_OPERATION
 
 
 def serve_hit(name: str, read_only: bool) -> Callable[[Outcome], Any]:
-    """Answer a hit: its span, and the result kept in the run's partial results."""
+    """Answer a hit: a ``cached {tool}`` span (not an ``execute_tool`` one: no tool ran, nothing
+    was reserved, and no report or collector should count it as a tool call), and the result
+    kept in the run's partial results."""
+    extra: dict[str, Any] = {A.GEN_AI_TOOL_NAME: name}
+    if read_only:
+        extra[A.READ_ONLY] = True
 
     def serve(outcome: Outcome) -> Any:
         assert outcome.entry is not None
-        value = outcome.entry.value
+        with cached_span(name, outcome, extra):
+            value = outcome.entry.value
         run = context.current_run()
-        try:
-            attrs: dict[str, Any] = {
-                A.GEN_AI_OPERATION_NAME: A.OP_EXECUTE_TOOL,
-                A.GEN_AI_TOOL_NAME: name,
-                A.PHASE: context.current_phase() or DEFAULT_PHASE_BY_OPERATION.get(A.OP_EXECUTE_TOOL, ""),
-                **outcome.attributes(),
-            }
-            if read_only:
-                attrs[A.READ_ONLY] = True
-            if run is not None:
-                attrs[A.RUN_ID] = run.id
-                attrs[A.WORKFLOW] = run.workflow
-            span = context.get_tracer().start_span(
-                A.SPAN_TOOL.format(tool=name), kind=SpanKind.INTERNAL, attributes=attrs
-            )
-            span.end()
-        except Exception:
-            internal_error("cache hit span")
         if run is not None:
             run.record_tool_result(name, value)
         return value

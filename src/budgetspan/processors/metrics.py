@@ -33,12 +33,14 @@ from typing import TYPE_CHECKING, Any, Final
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from budgetspan import attributes as A
+from budgetspan.accounting.prompt_cache import prompt_cache_saving
 from budgetspan.processors.labels import LabelCaps, SeriesCap, max_series_from_env
 from budgetspan.processors.metric_cells import LocalCollector, LocalFamily
 from budgetspan.runs import context
 
 if TYPE_CHECKING:
-    from budgetspan.events import CallRecord
+    from budgetspan.accounting.ledger import Spend
+    from budgetspan.events import CacheRecord, CallRecord
     from budgetspan.runs.run import Run
 
 log = logging.getLogger(__name__)
@@ -289,6 +291,22 @@ class BudgetspanMetrics:
             A.M_SPANS_DROPPED, "Spans the exporter pipeline lost (queue full, export failed).", (A.L_REASON,)
         )
         self.live_runs = family("gauge", A.M_LIVE_RUNS, "Runs in progress.", (wf,), ())
+        # The cache (budgetspan.cache) and provider prompt caching (accounting.prompt_cache).
+        self.cache_requests = counter(A.M_CACHE_REQUESTS, "Cache requests by result.", (tool, A.L_RESULT))
+        self.cache_saved_usd = counter(
+            A.M_CACHE_SAVED_USD, "Recorded cost of the calls cache hits replaced.", (tool,)
+        )
+        self.cache_saved_s = counter(A.M_CACHE_SAVED_SECONDS, "Duration cache hits saved.", (tool,))
+        self.prompt_saved = counter(
+            A.M_PROMPT_CACHE_SAVED_USD,
+            "Prompt cache reads: saved against the input price.",
+            (wf, prov, model),
+        )
+        self.prompt_premium = counter(
+            A.M_PROMPT_CACHE_WRITE_PREMIUM_USD,
+            "Prompt cache writes: paid above the input price.",
+            (wf, prov, model),
+        )
         if local and registry is not None:
             registry.register(LocalCollector(local, self._lock))
 
@@ -418,7 +436,32 @@ class BudgetspanMetrics:
             self.unpriced.child(prov, model).inc()
         if r.unreported_usage:
             self.unreported.child(prov, model).inc()
+        if spend is not None and (spend.cache_read_tokens or spend.cache_write_tokens):
+            self._prompt_cache(r, spend)
         return s
+
+    def _prompt_cache(self, r: CallRecord, spend: Spend) -> None:
+        saving = prompt_cache_saving(
+            r.provider or "",
+            r.model,
+            spend.input_tokens,
+            spend.output_tokens,
+            spend.cache_read_tokens,
+            spend.cache_write_tokens,
+        )
+        if saving is not None:
+            if saving.saved_usd > 0 and _sane(saving.saved_usd):
+                self.prompt_saved.child(r.workflow, r.provider, r.model).inc(saving.saved_usd)
+            if saving.premium_usd > 0 and _sane(saving.premium_usd):
+                self.prompt_premium.child(r.workflow, r.provider, r.model).inc(saving.premium_usd)
+
+    def on_cache(self, r: CacheRecord) -> None:
+        with self._lock:
+            self.cache_requests.child(r.tool, r.result).inc()
+            if r.saved_usd is not None and _sane(r.saved_usd):
+                self.cache_saved_usd.child(r.tool).inc(r.saved_usd)
+            if r.saved_s is not None and _sane(r.saved_s):
+                self.cache_saved_s.child(r.tool).inc(r.saved_s)
 
     def on_internal_error(self, where: str) -> None:
         with self._lock:
