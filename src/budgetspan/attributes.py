@@ -282,3 +282,9 @@ CACHE_RESULT_HIT: Final = "hit"
 CACHE_RESULT_MISS: Final = "miss"
 CACHE_RESULT_SKIPPED: Final = "skipped"
 CACHE_RESULT_UNAVAILABLE: Final = "unavailable"
+# The cache's series on the OpenTelemetry Metrics API (translated to the M_CACHE_* names above).
+OTEL_M_CACHE_REQUESTS: Final = ("budgetspan.cache.requests", "{request}")
+OTEL_M_CACHE_SAVED_USD: Final = ("budgetspan.cache.saved_usd", "{USD}")
+OTEL_M_CACHE_SAVED_SECONDS: Final = ("budgetspan.cache.saved", "s")
+OTEL_M_PROMPT_CACHE_SAVED_USD: Final = ("budgetspan.prompt_cache.saved_usd", "{USD}")
+OTEL_M_PROMPT_CACHE_WRITE_PREMIUM_USD: Final = ("budgetspan.prompt_cache.write_premium_usd", "{USD}")
