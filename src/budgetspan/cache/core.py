@@ -189,8 +189,8 @@ class Cacher:
         if found is not None:
             return self._serve(serve, self._hit(found, t0))
         flight = _flights.join(key)
-        if flight is not None:  # another thread computes it
-            found = self.decode(Flights.wait(flight))
+        if flight is not None:  # another thread computes it (waited for as long as another process would be)
+            found = self.decode(Flights.wait(flight, self.policy.lock_wait_s))
             if found is not None:
                 return self._serve(serve, self._hit(found, t0))
             return self._uncached(compute, Outcome(self.name, self.scope, A.CACHE_RESULT_MISS))
@@ -287,7 +287,10 @@ class Cacher:
             return self._serve(serve, self._hit(found, t0))
         flight = _flights.ajoin(key)
         if flight is not None:  # another task of this loop computes it
-            found = self.decode(await asyncio.shield(flight))
+            try:
+                found = self.decode(await asyncio.wait_for(asyncio.shield(flight), self.policy.lock_wait_s))
+            except TimeoutError:
+                found = None
             if found is not None:
                 return self._serve(serve, self._hit(found, t0))
             return await self._auncached(compute, Outcome(self.name, self.scope, A.CACHE_RESULT_MISS))

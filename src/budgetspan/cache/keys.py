@@ -11,6 +11,7 @@ The key is a SHA-256 digest: no argument text, tenant or user id lands in a back
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Mapping
@@ -111,10 +112,16 @@ class Namespace:
     tenant: str | None
 
     def counters(self) -> list[str]:
-        names = [digest("tool", self.tool), digest("version", self.tool, self.version)]
-        if self.tenant:
-            names += [digest("tenant", self.tenant), digest("tool-tenant", self.tool, self.tenant)]
-        return names
+        return list(_counters(self.tool, self.version, self.tenant))
+
+
+@functools.lru_cache(maxsize=4096)
+def _counters(tool: str, version: str, tenant: str | None) -> tuple[str, ...]:
+    """The counter names of a namespace (four digests: worked out once per namespace)."""
+    names = [digest("tool", tool), digest("version", tool, version)]
+    if tenant:
+        names += [digest("tenant", tenant), digest("tool-tenant", tool, tenant)]
+    return tuple(names)
 
 
 def entry_key(

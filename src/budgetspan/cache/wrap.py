@@ -24,22 +24,39 @@ from budgetspan.runs import context
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-@contextmanager
-def cached_span(name: str, outcome: Outcome, extra: dict[str, Any] | None = None) -> Iterator[Span | None]:
-    """A ``cached {name}`` span, current while the body runs; the outcome's attributes written at
-    its end. It carries the run and phase (the report groups spans by run) but no
-    ``gen_ai.operation.name``: it is not a counted call, the calls inside it are."""
+def _base_attributes(name: str, extra: dict[str, Any] | None) -> dict[str, Any]:
+    """The run and phase (the report groups spans by run) and the name; no
+    ``gen_ai.operation.name``: a ``cached`` span is not a counted call, the calls inside it are."""
+    attrs: dict[str, Any] = {A.CACHE_NAME: name, **(extra or {})}
+    run = context.current_run()
+    if run is not None:
+        attrs[A.RUN_ID] = run.id
+        attrs[A.WORKFLOW] = run.workflow
+    phase = context.current_phase()
+    if phase:
+        attrs[A.PHASE] = phase
+    return attrs
+
+
+def hit_span(name: str, outcome: Outcome, extra: dict[str, Any] | None = None) -> None:
+    """A hit's ``cached {name}`` span: everything known at its start, so written once."""
     try:
-        attrs: dict[str, Any] = {A.CACHE_NAME: name, **(extra or {})}
-        run = context.current_run()
-        if run is not None:
-            attrs[A.RUN_ID] = run.id
-            attrs[A.WORKFLOW] = run.workflow
-        phase = context.current_phase()
-        if phase:
-            attrs[A.PHASE] = phase
-        span: Span | None = context.get_tracer().start_span(
+        attrs = _base_attributes(name, extra)
+        attrs.update(outcome.attributes())
+        context.get_tracer().start_span(
             A.SPAN_CACHED.format(name=name), kind=SpanKind.INTERNAL, attributes=attrs
+        ).end()
+    except Exception:
+        internal_error("cached span")
+
+
+@contextmanager
+def cached_span(name: str, outcome: Outcome) -> Iterator[Span | None]:
+    """A computed call's ``cached {name}`` span, current while the body runs; the outcome's
+    attributes (what the computation cost) written at its end."""
+    try:
+        span: Span | None = context.get_tracer().start_span(
+            A.SPAN_CACHED.format(name=name), kind=SpanKind.INTERNAL, attributes=_base_attributes(name, None)
         )
     except Exception:
         internal_error("cached span")
@@ -60,9 +77,9 @@ def cached_span(name: str, outcome: Outcome, extra: dict[str, Any] | None = None
 
 def _hit(name: str) -> Callable[[Outcome], Any]:
     def serve(outcome: Outcome) -> Any:
-        with cached_span(name, outcome):
-            assert outcome.entry is not None
-            return outcome.entry.value
+        hit_span(name, outcome)
+        assert outcome.entry is not None
+        return outcome.entry.value
 
     return serve
 
@@ -112,4 +129,4 @@ def cached(fn: Any = None, /, *, name: str | None = None, cache: Cache | None = 
     return decorate(fn) if fn is not None else decorate
 
 
-__all__ = ["cached", "cached_span"]
+__all__ = ["cached", "cached_span", "hit_span"]

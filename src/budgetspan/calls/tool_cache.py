@@ -13,7 +13,7 @@ from typing import Any
 
 from budgetspan import attributes as A
 from budgetspan.cache.core import Outcome
-from budgetspan.cache.wrap import cached_span
+from budgetspan.cache.wrap import hit_span
 from budgetspan.calls.call import Call
 from budgetspan.events import internal_error
 from budgetspan.runs import context
@@ -29,8 +29,8 @@ def serve_hit(name: str, read_only: bool) -> Callable[[Outcome], Any]:
 
     def serve(outcome: Outcome) -> Any:
         assert outcome.entry is not None
-        with cached_span(name, outcome, extra):
-            value = outcome.entry.value
+        hit_span(name, outcome, extra)
+        value = outcome.entry.value
         run = context.current_run()
         if run is not None:
             run.record_tool_result(name, value)
