@@ -130,3 +130,53 @@ def test_prompt_caching_share_and_savings_per_workflow(instrumented: Any, metric
     )
     assert "Provider prompt caching" in render(a)
     assert second.attributes[A.GEN_AI_USAGE_COST] == attrs[A.GEN_AI_USAGE_COST]
+
+
+def test_the_same_series_over_the_metrics_api() -> None:
+    """The OpenTelemetry Metrics API carries the cache and prompt-caching series too, under names
+    the standard translation turns into the Prometheus ones."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from budgetspan.accounting.ledger import Spend
+    from budgetspan.events import CacheRecord, CallRecord
+    from budgetspan.processors.otel_metrics import OTelMetrics
+
+    reader = InMemoryMetricReader()
+    m = OTelMetrics(MeterProvider(metric_readers=[reader]))
+    m.on_cache(CacheRecord("kb", "miss", "wf"))
+    m.on_cache(CacheRecord("kb", "hit", "wf", saved_usd=0.25, saved_s=1.5))
+    m.on_cache(CacheRecord("kb", "hit", "wf", saved_usd=None, saved_s=0.5))  # cost unknown: no dollars
+    model = "claude-3-5-sonnet-20241022"
+    m.on_call_end(
+        CallRecord(
+            kind="model",
+            workflow="wf",
+            phase="model_decision",
+            duration_s=1.0,
+            provider="anthropic",
+            model=model,
+            spend=Spend(7200, 50, 6000, 1000),
+            operation="chat",
+        )
+    )
+    data = reader.get_metrics_data()
+    assert data is not None
+    got = {
+        metric.name: {tuple(sorted(dict(p.attributes).items())): p.value for p in metric.data.data_points}
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+        if metric.name.startswith(("budgetspan.cache", "budgetspan.prompt_cache"))
+    }
+    assert got[A.OTEL_M_CACHE_REQUESTS[0]] == {
+        (("result", "miss"), ("tool", "kb")): 1,
+        (("result", "hit"), ("tool", "kb")): 2,
+    }
+    assert got[A.OTEL_M_CACHE_SAVED_USD[0]] == {(("tool", "kb"),): 0.25}
+    assert got[A.OTEL_M_CACHE_SAVED_SECONDS[0]] == {(("tool", "kb"),): 2.0}
+    one = prompt_cache_saving("anthropic", model, 7200, 50, 6000, 1000)
+    assert one is not None
+    labels = (("model", model), ("provider", "anthropic"), ("workflow", "wf"))
+    assert got[A.OTEL_M_PROMPT_CACHE_SAVED_USD[0]] == {labels: pytest.approx(one.saved_usd)}
+    assert got[A.OTEL_M_PROMPT_CACHE_WRITE_PREMIUM_USD[0]] == {labels: pytest.approx(one.premium_usd)}
