@@ -18,7 +18,7 @@ from budgetspan.cache.redis_backend import RedisCache
 from budgetspan.cache.wrap import cached
 from budgetspan.calls.tools import ToolTimeout, tool
 from budgetspan.config import BUILTIN_PROFILES, ConfigError
-from budgetspan.events import CallRecord, add_listener, remove_listener
+from budgetspan.events import CacheRecord, CallRecord, add_listener, remove_listener
 from budgetspan.processors.budget import BudgetSpanProcessor
 from budgetspan.runs.context import current_phase, current_run, set_ledger
 from budgetspan.runs.phases import Phase
@@ -38,6 +38,7 @@ __all__ = [
     "BudgetExhausted",
     "BudgetSpanProcessor",
     "Cache",
+    "CacheRecord",
     "CallRecord",
     "ConfigError",
     "InMemoryLedger",
