@@ -81,6 +81,10 @@ JOBS = A.M_JOBS + "_total"
 JOB_QUEUE_WAIT = A.M_JOB_QUEUE_WAIT
 EXTENSIONS = A.M_BUDGET_EXTENSIONS + "_total"
 LOOPS = A.M_LOOPS + "_total"
+CACHE_REQUESTS = A.M_CACHE_REQUESTS + "_total"
+CACHE_SAVED_USD = A.M_CACHE_SAVED_USD + "_total"
+PROMPT_SAVED = A.M_PROMPT_CACHE_SAVED_USD + "_total"
+PROMPT_PREMIUM = A.M_PROMPT_CACHE_WRITE_PREMIUM_USD + "_total"
 
 # Rates of events, as a reader says them (Grafana's custom "suffix:" unit), not "req/s".
 RUNS_PER_S = "suffix: runs/s"
@@ -267,6 +271,48 @@ def build(
 # --- the overview -------------------------------------------------------------------------------
 
 
+def cache_panels(wf: str) -> list[Spec]:
+    """budgetspan's cache (per tool) and provider prompt caching (per workflow): what they saved."""
+    svc = SVC
+    premium_or_zero = f"(rate({PROMPT_PREMIUM}{{{wf}}}[{RATE}]) or rate({PROMPT_SAVED}{{{wf}}}[{RATE}]) * 0)"
+    return [
+        Spec(
+            "Cache hit rate by tool",
+            "percentunit",
+            [
+                (
+                    f'sum by (tool) (rate({CACHE_REQUESTS}{{{svc}, result="hit"}}[{RATE}])) / '
+                    f"sum by (tool) (rate({CACHE_REQUESTS}{{{svc}}}[{RATE}]))",
+                    "{{tool}}",
+                )
+            ],
+            width=8,
+            description="Share of cached calls the cache answered (budgetspan.Cache). " + ALL_WORKFLOWS,
+        ),
+        Spec(
+            "Cache savings by tool ($/h)",
+            "currencyUSD",
+            [(f"sum by (tool) (rate({CACHE_SAVED_USD}{{{svc}}}[{RATE}])) * 3600", "{{tool}}")],
+            width=8,
+            description="Recorded cost of the calls that cache hits replaced. " + ALL_WORKFLOWS,
+        ),
+        Spec(
+            "Prompt caching net saved by workflow ($/h)",
+            "currencyUSD",
+            [
+                (
+                    f"(sum by (workflow) (rate({PROMPT_SAVED}{{{wf}}}[{RATE}])) - "
+                    f"sum by (workflow) {premium_or_zero}) * 3600",
+                    "{{workflow}}",
+                )
+            ],
+            width=8,
+            description="Provider prompt caching: cache reads saved against the input price, less "
+            "the premium paid for cache writes.",
+        ),
+    ]
+
+
 def overview() -> dict[str, Any]:
     wf = f'workflow=~"$workflow", {SVC}'
     rows: list[tuple[str, list[Spec]]] = [
@@ -446,6 +492,7 @@ def overview() -> dict[str, Any]:
                 ),
             ],
         ),
+        ("Caching", cache_panels(wf)),
         (
             "Tools and reliability",
             [

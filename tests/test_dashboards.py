@@ -208,6 +208,9 @@ def test_overview_has_the_required_panels() -> None:
         "Live runs",
         "Jobs by state",
         "Queue wait p50 / p95",
+        "Cache hit rate by tool",
+        "Cache savings by tool ($/h)",
+        "Prompt caching net saved by workflow ($/h)",
     ):
         assert required in titles, required
 
@@ -280,6 +283,8 @@ def test_service_and_workflow_variables_apply_to_every_panel_they_can(name: str)
         "budgetspan_model_call_duration_seconds",
         "budgetspan_unpriced_calls",
         "budgetspan_unreported_usage_calls",
+        "budgetspan_cache_requests",
+        "budgetspan_cache_saved_usd",
     }
     for p in panels(dash):
         for t in p["targets"]:

@@ -19,9 +19,14 @@ from budgetspan.accounting.ledger import Ledger, Mode
 from budgetspan.accounting.memory import InMemoryLedger
 from budgetspan.accounting.redis_ledger import RedisLedger
 from budgetspan.attributes import VERSION
+from budgetspan.cache.backend import MemoryCache
+from budgetspan.cache.core import invalidate as invalidate_cache
+from budgetspan.cache.policy import Cache, set_cache_backend
+from budgetspan.cache.redis_backend import RedisCache
+from budgetspan.cache.wrap import cached
 from budgetspan.calls.tools import ToolTimeout, tool
 from budgetspan.config import BUILTIN_PROFILES, ConfigError
-from budgetspan.events import CallRecord, add_listener, remove_listener
+from budgetspan.events import CacheRecord, CallRecord, add_listener, remove_listener
 from budgetspan.processors.budget import BudgetSpanProcessor
 from budgetspan.runs.context import current_phase, current_run, set_ledger
 from budgetspan.runs.limits import (
@@ -50,6 +55,8 @@ __all__ = [
     "Budget",
     "BudgetExhausted",
     "BudgetSpanProcessor",
+    "Cache",
+    "CacheRecord",
     "CallRecord",
     "ClarificationNeeded",
     "Clarify",
@@ -61,11 +68,13 @@ __all__ = [
     "Ledger",
     "Limit",
     "LimitReached",
+    "MemoryCache",
     "Milestone",
     "Mode",
     "Outcome",
     "Phase",
     "ProgressSubscription",
+    "RedisCache",
     "RedisLedger",
     "Run",
     "RunCancelled",
@@ -78,14 +87,17 @@ __all__ = [
     "__version__",
     "add_listener",
     "approval",
+    "cached",
     "cancel",
     "configure",
     "current_phase",
     "current_run",
+    "invalidate_cache",
     "live_runs",
     "phase",
     "remove_listener",
     "run",
+    "set_cache_backend",
     "set_ledger",
     "subscribe_progress",
     "tool",

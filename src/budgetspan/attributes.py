@@ -286,3 +286,33 @@ M_JOBS: Final = "budgetspan_jobs"  # counter: workflow, state (jobs entering eac
 M_JOB_QUEUE_WAIT: Final = "budgetspan_job_queue_wait_seconds"  # histogram: workflow
 OTEL_M_JOBS: Final = ("budgetspan.jobs", "{job}")  # -> budgetspan_jobs_total
 OTEL_M_JOB_QUEUE_WAIT: Final = ("budgetspan.job.queue_wait", "s")  # -> budgetspan_job_queue_wait_seconds
+# --- The cache (budgetspan.cache) ------------------------------------------------------------
+# On the tool span (or the ``cached {name}`` span of budgetspan.cached): what the cache answered.
+CACHE_RESULT: Final = "budgetspan.cache.result"  # hit | miss | skipped | unavailable
+CACHE_SCOPE: Final = "budgetspan.cache.scope"  # global | tenant | user
+CACHE_REASON: Final = (
+    "budgetspan.cache.reason"  # skipped/unavailable: no_tenant, no_user, arguments, value, backend
+)
+CACHE_NAME: Final = "budgetspan.cache.name"  # the cached tool or function
+CACHE_SAVED_USD: Final = "budgetspan.cache.saved_usd"  # a hit: the original computation's recorded cost
+CACHE_SAVED_S: Final = "budgetspan.cache.saved_s"  # a hit: the original duration less the lookup's
+CACHE_COST_USD: Final = "budgetspan.cache.cost_usd"  # a miss: what the computation cost (model calls inside)
+SPAN_CACHED: Final = "cached {name}"  # budgetspan.cached(...): one span per call, hit or miss
+M_CACHE_REQUESTS: Final = "budgetspan_cache_requests"  # counter: tool, result
+M_CACHE_SAVED_USD: Final = "budgetspan_cache_saved_usd"  # counter: tool
+M_CACHE_SAVED_SECONDS: Final = "budgetspan_cache_saved_seconds"  # counter: tool
+# Provider prompt caching (accounting/prompt_cache.py): what cache-read tokens saved against the
+# full input price, and what cache-write tokens cost above it; net saving = saved - premium.
+M_PROMPT_CACHE_SAVED_USD: Final = "budgetspan_prompt_cache_saved_usd"  # counter: workflow, provider, model
+M_PROMPT_CACHE_WRITE_PREMIUM_USD: Final = "budgetspan_prompt_cache_write_premium_usd"  # counter: same
+L_RESULT: Final = "result"
+CACHE_RESULT_HIT: Final = "hit"
+CACHE_RESULT_MISS: Final = "miss"
+CACHE_RESULT_SKIPPED: Final = "skipped"
+CACHE_RESULT_UNAVAILABLE: Final = "unavailable"
+# The cache's series on the OpenTelemetry Metrics API (translated to the M_CACHE_* names above).
+OTEL_M_CACHE_REQUESTS: Final = ("budgetspan.cache.requests", "{request}")
+OTEL_M_CACHE_SAVED_USD: Final = ("budgetspan.cache.saved_usd", "{USD}")
+OTEL_M_CACHE_SAVED_SECONDS: Final = ("budgetspan.cache.saved", "s")
+OTEL_M_PROMPT_CACHE_SAVED_USD: Final = ("budgetspan.prompt_cache.saved_usd", "{USD}")
+OTEL_M_PROMPT_CACHE_WRITE_PREMIUM_USD: Final = ("budgetspan.prompt_cache.write_premium_usd", "{USD}")

@@ -46,6 +46,19 @@ class CallRecord:
     run: Run | None = field(default=None, repr=False)
 
 
+@dataclass
+class CacheRecord:
+    """One request to budgetspan's cache (``budgetspan.cache``): what it answered and saved."""
+
+    tool: str
+    result: str  # hit | miss | skipped | unavailable
+    workflow: str
+    reason: str | None = None  # why skipped or unavailable: no_tenant, no_user, arguments, value, backend
+    saved_usd: float | None = None  # a hit: the original computation's recorded cost (None: unknown)
+    saved_s: float | None = None  # a hit: the original duration, less the lookup's
+    run: Run | None = field(default=None, repr=False)
+
+
 class Listener(Protocol):
     """Implement any subset; missing methods are skipped."""
 
@@ -65,6 +78,7 @@ class Listener(Protocol):
     def on_budget_extended(self, run: Run, limit: str) -> None: ...
     def on_tool_refused(self, run: Run, tool: str, reason: str) -> None: ...
     def on_loop(self, run: Run, kind: str, status: str) -> None: ...
+    def on_cache(self, record: CacheRecord) -> None: ...
 
 
 _listeners: list[Any] = []

@@ -18,6 +18,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("accounting",),
     ("config",),
     ("runs",),
+    ("cache",),  # keys from the run's identity; used by calls (@tool(cache=...))
     ("calls",),
     ("instrumentation", "processors"),  # side by side: neither imports the other
     # The collector tier reuses the in-process exposition (processors.metric_cells, labels,

@@ -112,6 +112,18 @@ def _inprocess_run(tracer: trace.Tracer, n: int) -> None:
                     A.PHASE: "model_decision",
                 }
             )
+        for result in ("miss", "hit"):  # budgetspan's cache, as budgetspan.cached reports it
+            with tracer.start_as_current_span("cached search_policy") as c:
+                c.set_attributes(
+                    {
+                        A.CACHE_NAME: "search_policy",
+                        A.CACHE_RESULT: result,
+                        A.CACHE_SCOPE: "tenant",
+                        A.RUN_ID: run_id,
+                        A.WORKFLOW: "triage",
+                        **({A.CACHE_SAVED_USD: 0.002, A.CACHE_SAVED_S: 0.4} if result == "hit" else {}),
+                    }
+                )
         run.set_attributes(
             {
                 A.GEN_AI_OPERATION_NAME: A.OP_INVOKE_AGENT,
@@ -320,6 +332,20 @@ def test_every_dashboard_query_returns_data_from_the_tier(service: Service, prom
         'budgetspan_budget_exhaustions_total{workflow="triage",reason="max_tool_calls"}'
     )
     assert exhausted and float(exhausted[0]["value"][1]) >= 1
+    # the cache's series from the spans' budgetspan.cache.* attributes: one miss, then one hit per
+    # round (one query, so every figure is from the same scrape; it may land between the two spans)
+    got = {
+        (r["metric"]["__name__"], r["metric"].get("result")): float(r["value"][1])
+        for r in prometheus.query(
+            '{__name__=~"budgetspan_cache_requests_total|budgetspan_cache_saved_usd_total", tool="search_policy"}'
+        )
+    }
+    hits, misses = (
+        got[("budgetspan_cache_requests_total", "hit")],
+        got[("budgetspan_cache_requests_total", "miss")],
+    )
+    assert hits >= 1 and misses - hits in (0, 1)
+    assert got[("budgetspan_cache_saved_usd_total", None)] == pytest.approx(0.002 * hits)
     rules = {r["name"]: r for g in prometheus.api("rules")["groups"] for r in g["rules"]}
     assert rules and all(r["health"] == "ok" for r in rules.values()), rules
 

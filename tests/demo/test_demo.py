@@ -345,3 +345,18 @@ def test_without_openai_the_demo_stops_at_once_with_the_install_command(tmp_path
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip() == "budgetspan demo needs the openai package: pip install 'budgetspan[demo]'"
     assert list(tmp_path.iterdir()) == []  # no empty trace file left behind
+
+
+def test_policy_search_is_cached_per_tenant_and_the_savings_shown(demo: dict[str, Any]) -> None:
+    """Each ticket searches the policy twice (drafting, then review): the second search is a hit
+    of the shop's (the tenant's) cache, and the demo says what that saved."""
+    m = re.search(r"Cache \(search_policy, per tenant\): (\d+) of (\d+) answered from the cache", demo["out"])
+    assert m, demo["out"]
+    hits, asked = int(m.group(1)), int(m.group(2))
+    spans, _ = load_files([str(demo["traces"])])
+    cached = [s for s in spans if s.attrs.get(A.CACHE_NAME) == "search_policy"]
+    assert len(cached) == asked and sum(s.attrs[A.CACHE_RESULT] == "hit" for s in cached) == hits > 0
+    assert {s.attrs[A.CACHE_SCOPE] for s in cached} == {"tenant"}
+    # a hit made no retrieval: one retrieval span per miss
+    misses = sum(s.attrs[A.CACHE_RESULT] == "miss" for s in cached)
+    assert sum(1 for s in spans if s.operation == A.OP_RETRIEVAL) == misses

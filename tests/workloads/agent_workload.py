@@ -233,6 +233,7 @@ def _recorded_body(name: str, index: int = 0) -> bytes:
 # --- the agent ------------------------------------------------------------------------------
 
 state = {"round": 0}
+current_models: dict[str, Models] = {}
 
 
 @budgetspan.tool(read_only=True)
@@ -256,6 +257,13 @@ def check_policy(answer: str) -> bool:
     return True
 
 
+# Cached per tenant: the first call of the process computes (an embedding, priced), the rest are hits.
+@budgetspan.tool(read_only=True, cache=budgetspan.Cache("tenant", ttl_s=3600))
+def policy_lookup(topic: str) -> str:
+    current_models["models"].embed()
+    return f"policy on {topic}"
+
+
 @budgetspan.tool
 def fetch_ticket(ticket_id: str) -> str:
     pause()
@@ -263,11 +271,16 @@ def fetch_ticket(ticket_id: str) -> str:
 
 
 def resolve_ticket_ok(models: Models) -> None:
-    with budgetspan.run("resolve_ticket", max_model_calls=6, max_tool_calls=6, max_cost_usd=0.05) as run:
+    with budgetspan.run(
+        "resolve_ticket", max_model_calls=6, max_tool_calls=6, max_cost_usd=0.05, tenant="acme"
+    ) as run:
         state.pop("retried", None)
+        current_models["models"] = models
         with budgetspan.phase("context_assembly"):
             models.embed()
             search_kb("refunds")
+            policy_lookup("refunds")
+            policy_lookup("refunds")
         with budgetspan.phase("model_decision"):
             models.chat()
         with budgetspan.phase("tool_execution"):

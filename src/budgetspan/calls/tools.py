@@ -21,7 +21,10 @@ from budgetspan import attributes as A
 from budgetspan import events
 from budgetspan.accounting.budget import BudgetExhausted, ToolLimits
 from budgetspan.accounting.rule import tool_limits_for
+from budgetspan.cache.core import Cacher, Outcome
+from budgetspan.cache.policy import Cache
 from budgetspan.calls.call import Call
+from budgetspan.calls.tool_cache import note_outcome, serve_hit
 from budgetspan.runs import loops
 from budgetspan.runs.run import Run
 
@@ -139,6 +142,7 @@ def tool(
     max_calls: int | None = None,
     read_only: bool = False,
     label: str | None = None,
+    cache: Cache | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
@@ -152,50 +156,19 @@ def tool(
     max_calls: int | None = None,
     read_only: bool = False,
     label: str | None = None,
+    cache: Cache | None = None,
 ) -> Any:
-    """Make a function a budgeted tool. ``read_only`` marks reads that could run in parallel."""
+    """Make a function a budgeted tool. ``read_only`` marks reads that could run in parallel;
+    ``cache`` (``budgetspan.Cache``) lets the cache answer calls (``calls.tool_cache``)."""
     defaults = ToolLimits(timeout_s=timeout_s, max_calls=max_calls, max_retries=max_retries)
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         tool_name = name or func.__name__
-
-        if inspect.iscoroutinefunction(func):
-
-            @functools.wraps(func)
-            async def awrapper(*args: Any, **kwargs: Any) -> Any:
-                call = tool_call(
-                    tool_name, limits=defaults, label=label, read_only=read_only, arguments=(args, kwargs)
-                )
-                await call.astart()
-                lim = _effective(call.run, tool_name, defaults)
-                _note_timeout(call, lim.timeout_s)
-                try:
-                    result = await arun_tool(call, tool_name, lim.timeout_s, func, args, kwargs)
-                except Exception as error:
-                    _step(call, tool_name, error=error)
-                    raise
-                call.end()
-                _finished(call, tool_name, result)
-                return result
-
-            return awrapper
-
-        @functools.wraps(func)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            call = tool_call(
-                tool_name, limits=defaults, label=label, read_only=read_only, arguments=(args, kwargs)
-            ).start()
-            lim = _effective(call.run, tool_name, defaults)
-            _note_timeout(call, lim.timeout_s)
-            try:
-                result = run_tool(call, tool_name, lim.timeout_s, func, args, kwargs)
-            except Exception as error:
-                _step(call, tool_name, error=error)
-                raise
-            call.end()
-            _finished(call, tool_name, result)
-            return result
-
+        cacher = Cacher(cache, tool_name) if cache is not None else None
+        make = _async_tool if inspect.iscoroutinefunction(func) else _sync_tool
+        wrapper = make(func, tool_name, defaults, label, read_only, cacher)
+        if cacher is not None:
+            wrapper.cache = cacher  # type: ignore[attr-defined]  # (its ``invalidate``)
         return wrapper
 
     return decorate(fn) if fn is not None else decorate
@@ -215,6 +188,83 @@ def _step(call: Call, name: str, result: Any = None, error: BaseException | None
         loops.step(call.run, name, call.signature, result, error)
     except Exception:
         events.internal_error("tool loop step")
+
+
+def _sync_tool(
+    func: Callable[..., Any],
+    tool_name: str,
+    defaults: ToolLimits,
+    label: str | None,
+    read_only: bool,
+    cacher: Cacher | None,
+) -> Callable[..., Any]:
+    def call_once(args: Any, kwargs: Any, outcome: Outcome | None = None) -> Any:
+        call = tool_call(
+            tool_name, limits=defaults, label=label, read_only=read_only, arguments=(args, kwargs)
+        ).start()
+        if outcome is not None:
+            note_outcome(call, outcome)
+        lim = _effective(call.run, tool_name, defaults)
+        _note_timeout(call, lim.timeout_s)
+        try:
+            result = run_tool(call, tool_name, lim.timeout_s, func, args, kwargs)
+        except Exception as error:
+            _step(call, tool_name, error=error)
+            raise
+        if outcome is not None:
+            note_outcome(call, outcome)  # now with what the computation cost
+        call.end()
+        _finished(call, tool_name, result)
+        return result
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if cacher is None:
+            return call_once(args, kwargs)
+        return cacher.call(
+            args, kwargs, lambda o: call_once(args, kwargs, o), serve_hit(tool_name, read_only)
+        )
+
+    return wrapper
+
+
+def _async_tool(
+    func: Callable[..., Any],
+    tool_name: str,
+    defaults: ToolLimits,
+    label: str | None,
+    read_only: bool,
+    cacher: Cacher | None,
+) -> Callable[..., Any]:
+    async def call_once(args: Any, kwargs: Any, outcome: Outcome | None = None) -> Any:
+        call = tool_call(
+            tool_name, limits=defaults, label=label, read_only=read_only, arguments=(args, kwargs)
+        )
+        await call.astart()
+        if outcome is not None:
+            note_outcome(call, outcome)
+        lim = _effective(call.run, tool_name, defaults)
+        _note_timeout(call, lim.timeout_s)
+        try:
+            result = await arun_tool(call, tool_name, lim.timeout_s, func, args, kwargs)
+        except Exception as error:
+            _step(call, tool_name, error=error)
+            raise
+        if outcome is not None:
+            note_outcome(call, outcome)  # now with what the computation cost
+        call.end()
+        _finished(call, tool_name, result)
+        return result
+
+    @functools.wraps(func)
+    async def awrapper(*args: Any, **kwargs: Any) -> Any:
+        if cacher is None:
+            return await call_once(args, kwargs)
+        return await cacher.acall(
+            args, kwargs, lambda o: call_once(args, kwargs, o), serve_hit(tool_name, read_only)
+        )
+
+    return awrapper
 
 
 def _note_timeout(call: Call, timeout_s: float | None) -> None:

@@ -31,6 +31,7 @@ from budgetspan import attributes as A
 from budgetspan.accounting.budget import Budget
 from budgetspan.accounting.ledger import CallKind
 from budgetspan.accounting.pricing import PriceResolver, default_resolver
+from budgetspan.accounting.prompt_cache import prompt_cache_saving
 from budgetspan.collector.content import is_content
 from budgetspan.collector.metrics import TierMetrics
 from budgetspan.collector.normalise import normalised, token_count
@@ -189,8 +190,21 @@ class Tier:
                 self._retrieval(facts, state, phase or "context_assembly")
             else:
                 self._model(facts, view, state, edit, phase or "model_decision")
+        if A.CACHE_RESULT in view:
+            self._cache(view, facts.service)
         self._maybe_end(facts, view, op, run_id)
         return edit
+
+    def _cache(self, view: Mapping[str, Any], svc: str) -> None:
+        """A request to budgetspan's cache (a tool's miss span, or a ``cached`` span)."""
+        m = self.metrics
+        tool = _text(view.get(A.CACHE_NAME)) or _text(view.get(A.GEN_AI_TOOL_NAME)) or "unknown"
+        result = _text(view.get(A.CACHE_RESULT)) or "unknown"
+        m.cache_requests.child(tool, result, svc).inc()
+        for family, key in ((m.cache_saved_usd, A.CACHE_SAVED_USD), (m.cache_saved_s, A.CACHE_SAVED_S)):
+            v = view.get(key)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < math.inf:
+                family.child(tool, svc).inc(float(v))
 
     def _run(self, facts: SpanFacts, view: Mapping[str, Any], run_id: str | None) -> RunState:
         workflow = _text(view.get(A.WORKFLOW))
@@ -245,6 +259,11 @@ class Tier:
         if unreported:
             m.unreported.child(provider, label, svc).inc()
         self._extras(view, wf, provider, label, svc, "model")
+        if cache_read or cache_write:
+            saving = prompt_cache_saving(provider, model, inp, out, cache_read, cache_write, self.resolver)
+            if saving is not None:
+                m.prompt_saved.child(wf, provider, label, svc).inc(saving.saved_usd)
+                m.prompt_premium.child(wf, provider, label, svc).inc(saving.premium_usd)
         would = self.window.account(
             state, CallKind.MODEL, None, (facts.start_ns, facts.end_ns), (inp or 0, out or 0, cost or 0.0)
         )

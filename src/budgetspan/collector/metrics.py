@@ -17,15 +17,15 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from budgetspan import attributes as A
-from budgetspan.processors.labels import LabelCaps
-from budgetspan.processors.metric_cells import LocalCollector, LocalFamily
-from budgetspan.processors.metrics import (
+from budgetspan.processors.buckets import (
     CALL_SECONDS_BUCKETS,
     COST_BUCKETS,
     RUN_SECONDS_BUCKETS,
     TOKEN_BUCKETS,
     UTILISATION_BUCKETS,
 )
+from budgetspan.processors.labels import LabelCaps
+from budgetspan.processors.metric_cells import LocalCollector, LocalFamily
 
 _CACHE_LIMIT = 4096
 
@@ -150,6 +150,28 @@ class TierMetrics:
             "counter", A.M_INTERNAL_ERRORS, "Errors inside budgetspan (logged, never raised).", (typ,)
         )
         self.live_runs = self._family("gauge", A.M_LIVE_RUNS, "Runs in progress (held in the window).", (wf,))
+        # The cache and provider prompt caching, from the spans' budgetspan.cache.* and token figures.
+        self.cache_requests = self._family(
+            "counter", A.M_CACHE_REQUESTS, "Cache requests by result.", (tool, A.L_RESULT)
+        )
+        self.cache_saved_usd = self._family(
+            "counter", A.M_CACHE_SAVED_USD, "Recorded cost of the calls cache hits replaced.", (tool,)
+        )
+        self.cache_saved_s = self._family(
+            "counter", A.M_CACHE_SAVED_SECONDS, "Duration cache hits saved.", (tool,)
+        )
+        self.prompt_saved = self._family(
+            "counter",
+            A.M_PROMPT_CACHE_SAVED_USD,
+            "Prompt cache reads: saved against the input price.",
+            (wf, prov, model),
+        )
+        self.prompt_premium = self._family(
+            "counter",
+            A.M_PROMPT_CACHE_WRITE_PREMIUM_USD,
+            "Prompt cache writes: paid above the input price.",
+            (wf, prov, model),
+        )
         if registry is not None:
             registry.register(LocalCollector(self._families, self.lock))
 

@@ -28,6 +28,10 @@ from budgetspan.runs.run import Run
 
 WORKFLOW = "resolve_ticket"
 POLICY_SOURCE = "support-policies"
+#: Every ticket's run serves the shop (the tenant) for one customer (the principal): the policy
+#: search is cached per tenant, so no other shop could ever be answered from it.
+TENANT = "demo-shop"
+AGENT_PERMISSIONS = frozenset({"support_agent"})
 APPROVAL_LIMIT_USD = 500.0
 
 DRAFT_SYSTEM = (
@@ -92,6 +96,11 @@ class SupportAgent:
         self.scale = scale
         self._history_attempts: dict[str, int] = {}
         self._make_tools()
+        self._cached_search = budgetspan.cached(
+            self._search_policy_ids,
+            name="search_policy",
+            cache=budgetspan.Cache("tenant", ttl_s=600, version="policies-2024"),
+        )
 
     def reset(self) -> None:
         """Forget the simulated services' state (the flaky one fails once again)."""
@@ -145,7 +154,13 @@ class SupportAgent:
         self.track_parcel = track_parcel
 
     async def search_policy(self, query: str) -> list[PolicyDoc]:
-        """A retrieval over the bundled policy (keyword overlap), measured as a retrieval span."""
+        """The policy documents for ``query``, from the tenant's cache when it has them."""
+        by_id = {d.id: d for d in POLICIES}
+        return [by_id[i] for i in await self._cached_search(query)]
+
+    async def _search_policy_ids(self, query: str) -> list[str]:
+        """A retrieval over the bundled policy (keyword overlap), measured as a retrieval span.
+        Returns the documents' ids: plain data the cache can hold."""
         call = Call(
             A.OP_RETRIEVAL,
             A.SPAN_RETRIEVAL.format(source=POLICY_SOURCE),
@@ -165,7 +180,7 @@ class SupportAgent:
             call.end(e)
             raise
         call.end()
-        return docs
+        return [d.id for d in docs]
 
     # model ----------------------------------------------------------------------------------
     async def _chat(
@@ -226,7 +241,12 @@ class SupportAgent:
         started: Run | None = None
         try:
             async with budgetspan.run(
-                WORKFLOW, budget=ticket.profile, on_limit=self._supervisor(ticket)
+                WORKFLOW,
+                budget=ticket.profile,
+                on_limit=self._supervisor(ticket),
+                tenant=TENANT,
+                user=ticket.customer,
+                permissions=AGENT_PERMISSIONS,
             ) as run:
                 started = run
                 result.run_id = run.id
@@ -304,6 +324,8 @@ class SupportAgent:
         run.add_partial("draft", draft)
 
         async with budgetspan.phase("verification", label="Checking the draft"):
+            # The reviewer checks against the policy as it stands: the same search, from the cache.
+            policy = await self.search_policy(t.query)
             verdict = await self._review(run, facts, draft)
             if verdict.get("verdict") == "revise":
                 result.notes.append(

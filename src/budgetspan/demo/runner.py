@@ -223,6 +223,18 @@ def _tables(analysis: Analysis, results: list[TicketResult], out: IO[str]) -> No
         f"\nCost per successful ticket: {per}  ({money(total)} over {len(runs)} tickets, {ok} succeeded; "
         "the cost of failed, escalated and stopped tickets stays in)\n"
     )
+    _cache_line(analysis, out)
+
+
+def _cache_line(analysis: Analysis, out: IO[str]) -> None:
+    """What the policy-search cache (per tenant) answered and saved, from the same spans."""
+    lines = analysis.savings.cache if analysis.savings is not None else []
+    for c in lines:
+        asked = c.hits + c.misses + c.skipped + c.unavailable
+        out.write(
+            f"Cache ({c.name}, per tenant): {c.hits} of {asked} answered from the cache, "
+            f"{secs(c.saved_s)} and {money(c.saved_usd)} saved\n"
+        )
 
 
 # long: the demo's script, read top to bottom: set up, run the tickets, print the report

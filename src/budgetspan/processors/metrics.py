@@ -33,91 +33,24 @@ from typing import TYPE_CHECKING, Any, Final
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from budgetspan import attributes as A
+from budgetspan.accounting.prompt_cache import prompt_cache_saving
+from budgetspan.processors.buckets import (
+    CALL_SECONDS_BUCKETS,
+    COST_BUCKETS,
+    RUN_SECONDS_BUCKETS,
+    TOKEN_BUCKETS,
+    UTILISATION_BUCKETS,
+)
 from budgetspan.processors.labels import LabelCaps, SeriesCap, max_series_from_env
 from budgetspan.processors.metric_cells import LocalCollector, LocalFamily
 from budgetspan.runs import context
 
 if TYPE_CHECKING:
-    from budgetspan.events import CallRecord
+    from budgetspan.accounting.ledger import Spend
+    from budgetspan.events import CacheRecord, CallRecord
     from budgetspan.runs.run import Run
 
 log = logging.getLogger(__name__)
-
-# Buckets in base units. Dollars: a cheap call is a fraction of a cent, a long agent run dollars.
-COST_BUCKETS: Final = (
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-)
-# Runs and phases: from a cached answer to a human approval.
-RUN_SECONDS_BUCKETS: Final = (
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    20.0,
-    30.0,
-    60.0,
-    120.0,
-    300.0,
-    600.0,
-    1800.0,
-    3600.0,
-)
-# One model or tool call, and time to first token.
-CALL_SECONDS_BUCKETS: Final = (
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.0,
-    5.0,
-    10.0,
-    20.0,
-    30.0,
-    60.0,
-    120.0,
-)
-TOKEN_BUCKETS: Final = (
-    100.0,
-    250.0,
-    500.0,
-    1000.0,
-    2500.0,
-    5000.0,
-    10000.0,
-    25000.0,
-    50000.0,
-    100000.0,
-    250000.0,
-    500000.0,
-    1000000.0,
-)
-# Share of a limit used at run end; above 1 happens in observe mode and with in-flight overshoot.
-UTILISATION_BUCKETS: Final = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.25, 1.5, 2.0)
 
 TOKEN_TYPES: Final = ("input", "output", "cache_read", "cache_write", "reasoning")
 _CACHE_LIMIT: Final = 4096  # labelled children cached per metric (label values are capped anyway)
@@ -307,6 +240,22 @@ class BudgetspanMetrics:
             "Tool calls refused by the tool's own cap (the run goes on).",
             (wf, tool, reason),
         )
+        # The cache (budgetspan.cache) and provider prompt caching (accounting.prompt_cache).
+        self.cache_requests = counter(A.M_CACHE_REQUESTS, "Cache requests by result.", (tool, A.L_RESULT))
+        self.cache_saved_usd = counter(
+            A.M_CACHE_SAVED_USD, "Recorded cost of the calls cache hits replaced.", (tool,)
+        )
+        self.cache_saved_s = counter(A.M_CACHE_SAVED_SECONDS, "Duration cache hits saved.", (tool,))
+        self.prompt_saved = counter(
+            A.M_PROMPT_CACHE_SAVED_USD,
+            "Prompt cache reads: saved against the input price.",
+            (wf, prov, model),
+        )
+        self.prompt_premium = counter(
+            A.M_PROMPT_CACHE_WRITE_PREMIUM_USD,
+            "Prompt cache writes: paid above the input price.",
+            (wf, prov, model),
+        )
         if local and registry is not None:
             registry.register(LocalCollector(local, self._lock))
 
@@ -436,7 +385,32 @@ class BudgetspanMetrics:
             self.unpriced.child(prov, model).inc()
         if r.unreported_usage:
             self.unreported.child(prov, model).inc()
+        if spend is not None and (spend.cache_read_tokens or spend.cache_write_tokens):
+            self._prompt_cache(r, spend)
         return s
+
+    def _prompt_cache(self, r: CallRecord, spend: Spend) -> None:
+        saving = prompt_cache_saving(
+            r.provider or "",
+            r.model,
+            spend.input_tokens,
+            spend.output_tokens,
+            spend.cache_read_tokens,
+            spend.cache_write_tokens,
+        )
+        if saving is not None:
+            if saving.saved_usd > 0 and _sane(saving.saved_usd):
+                self.prompt_saved.child(r.workflow, r.provider, r.model).inc(saving.saved_usd)
+            if saving.premium_usd > 0 and _sane(saving.premium_usd):
+                self.prompt_premium.child(r.workflow, r.provider, r.model).inc(saving.premium_usd)
+
+    def on_cache(self, r: CacheRecord) -> None:
+        with self._lock:
+            self.cache_requests.child(r.tool, r.result).inc()
+            if r.saved_usd is not None and _sane(r.saved_usd):
+                self.cache_saved_usd.child(r.tool).inc(r.saved_usd)
+            if r.saved_s is not None and _sane(r.saved_s):
+                self.cache_saved_s.child(r.tool).inc(r.saved_s)
 
     def on_internal_error(self, where: str) -> None:
         with self._lock:

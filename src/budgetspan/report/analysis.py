@@ -29,6 +29,7 @@ from budgetspan.report.run_stats import (
     build_run,
     sequential_reads,
 )
+from budgetspan.report.savings import SAVINGS_KEYS, Savings, SavingsCounter
 from budgetspan.report.sweep import OTHER
 from budgetspan.report.tree import SpanIndex
 
@@ -60,7 +61,8 @@ REPORT_KEEP = Keep(
             A.GEN_AI_PROVIDER_NAME,
             A.GEN_AI_SYSTEM_DEPRECATED,
         }
-    ),
+    )
+    | SAVINGS_KEYS,
     prefixes=(A.LIMIT_PREFIX, A.USAGE_PREFIX),
     events=frozenset({A.EVENT_WOULD_EXHAUST}),
 )
@@ -128,6 +130,7 @@ class Analysis:
     spans: int = 0
     late_spans: int = 0  # spans of runs already reported (see ``assemble``): not counted
     early_runs: int = 0  # runs finished before they were complete, to stay within the bound
+    savings: Savings | None = None  # what the cache and provider prompt caching saved (``savings``)
 
 
 def _rates(counter: Counter[str], runs: int) -> list[ReasonRate]:
@@ -187,6 +190,7 @@ class Analyzer:
     def __init__(self) -> None:
         self.workflows: dict[str, _Workflow] = {}
         self._has_calls: set[SpanRec] = set()  # phase spans with a call somewhere below
+        self.savings = SavingsCounter()
 
     def add_runs(self, runs: list[tuple[str, list[SpanRec]]], traces: dict[str, dict[str, SpanRec]]) -> None:
         index = SpanIndex(traces)
@@ -202,6 +206,7 @@ class Analyzer:
                     else:
                         empty.append(s)
             wf = self.workflows.setdefault(run.workflow, _Workflow())
+            self.savings.add(run.workflow, group)
             wf.add(run, calls, costs, empty, sequential_reads(run, calls, index))
 
     def _walk_up(self, spans: list[SpanRec], index: SpanIndex) -> list[SpanRec]:
@@ -228,7 +233,7 @@ class Analyzer:
     ) -> Analysis:
         workflows = [_workflow_stat(name, self.workflows[name], top) for name in sorted(self.workflows)]
         runs = sorted((r for wf in self.workflows.values() for r in wf.runs), key=lambda r: r.start_ns)
-        result = Analysis(workflows=workflows, runs=runs, spans=spans)
+        result = Analysis(workflows=workflows, runs=runs, spans=spans, savings=self.savings.result())
         if plan is not None:
             result.plan, result.plan_notes = compare_plan(plan, result.runs)
         return result

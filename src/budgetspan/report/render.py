@@ -32,6 +32,7 @@ from budgetspan.report.analysis import (
 from budgetspan.report.assemble import MAX_SPANS_IN_FLIGHT, WINDOW
 from budgetspan.report.load import LoadError, SpanReader
 from budgetspan.report.plan import PLAN_ITEMS, PlanError, load_plan
+from budgetspan.report.savings import Savings
 from budgetspan.report.text import safe
 
 FORMATS = ("table", "markdown", "json")
@@ -316,9 +317,38 @@ def render(a: Analysis, fmt: str = "table") -> str:
     )
     for wf in a.workflows:
         _workflow(out, wf, a.runs)
+    if a.savings is not None:
+        _savings(out, a.savings)
     if a.plan or a.plan_notes:
         _plan(out, a)
     return out.render()
+
+
+def _savings(out: _Out, s: Savings) -> None:
+    """What the cache saved (``report.savings``): only when anything was cached or prompt-cached."""
+    if s.cache:
+        out.heading("What the cache saved", 2)
+        t = Table(["workflow", "cached", "hits", "misses", "not cached", "hit rate", "saved", "time saved"])
+        for c in s.cache:
+            saved = money(c.saved_usd) + (f" (+{c.unknown_cost_hits} unknown)" if c.unknown_cost_hits else "")
+            t.add(
+                c.workflow,
+                c.name,
+                c.hits,
+                c.misses,
+                c.skipped + c.unavailable,
+                pct(c.hit_rate),
+                saved,
+                secs(c.saved_s),
+            )
+        out.table(t)
+    if s.prompt_cache:
+        out.heading("Provider prompt caching", 2)
+        t = Table(["workflow", "calls", "cache-read share", "read savings", "write premium", "net saved"])
+        for p in s.prompt_cache:
+            net = money(p.net_usd) + (f" (+{p.unpriced_calls} unpriced)" if p.unpriced_calls else "")
+            t.add(p.workflow, p.calls, pct(p.cache_read_share), money(p.saved_usd), money(p.premium_usd), net)
+        out.table(t)
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -1,0 +1,158 @@
+"""What caching saved: budgetspan's cache (per cached tool) and provider prompt caching (per
+workflow).
+
+budgetspan's cache: every span with ``budgetspan.cache.result`` is one request. A hit saved the
+recorded cost of the computation it stands for (``budgetspan.cache.saved_usd``, measured from
+the model calls that computation made) and its duration less the lookup's. A hit whose original
+cost was unknown adds to ``unknown_cost_hits``, never to the dollars.
+
+Prompt caching: from each model call's token figures (``accounting.prompt_cache``), the cache-read
+share of input tokens, what reads saved against the full input price, and the premium paid for
+cache writes; the net is what caching earned. Calls of unpriced models are counted apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from budgetspan import attributes as A
+from budgetspan.accounting.prompt_cache import prompt_cache_saving
+from budgetspan.report.numbers import number
+from budgetspan.report.otlp import SpanRec
+
+#: The attributes this module reads (added to the report's ``REPORT_KEEP``).
+SAVINGS_KEYS = frozenset(
+    {
+        A.CACHE_RESULT,
+        A.CACHE_NAME,
+        A.CACHE_SAVED_USD,
+        A.CACHE_SAVED_S,
+        A.CACHE_COST_USD,
+        A.GEN_AI_TOOL_NAME,
+    }
+)
+MAX_LINES = 10_000  # distinct (workflow, name) cache lines; the rest are summed as "(others)"
+
+
+@dataclass
+class CacheLine:
+    workflow: str
+    name: str
+    hits: int = 0
+    misses: int = 0
+    skipped: int = 0
+    unavailable: int = 0
+    saved_usd: float = 0.0
+    saved_s: float = 0.0
+    unknown_cost_hits: int = 0  # hits whose original computation's cost was not known
+
+    @property
+    def hit_rate(self) -> float:
+        asked = self.hits + self.misses + self.skipped + self.unavailable
+        return self.hits / asked if asked else 0.0
+
+
+@dataclass
+class PromptCacheLine:
+    workflow: str
+    calls: int = 0  # model calls that read or wrote the prompt cache
+    input_tokens: int = 0  # of every model call of the workflow (cached ones included)
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    saved_usd: float = 0.0
+    premium_usd: float = 0.0
+    unpriced_calls: int = 0  # calls with cache figures and no known price
+
+    @property
+    def cache_read_share(self) -> float:
+        return self.cache_read_tokens / self.input_tokens if self.input_tokens else 0.0
+
+    @property
+    def net_usd(self) -> float:
+        return self.saved_usd - self.premium_usd
+
+
+@dataclass
+class Savings:
+    cache: list[CacheLine]
+    prompt_cache: list[PromptCacheLine]
+
+
+def _int(v: object) -> int:
+    n = number(v)
+    return int(n) if n is not None and n > 0 else 0
+
+
+class SavingsCounter:
+    """Folds each finished run's spans into the savings lines of its workflow."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[str, str], CacheLine] = {}
+        self._prompt: dict[str, PromptCacheLine] = {}
+
+    def add(self, workflow: str, spans: list[SpanRec]) -> None:
+        for s in spans:
+            a = s.attrs
+            if A.CACHE_RESULT in a:
+                self._add_cache(workflow, a)
+            elif s.operation in A.MODEL_OPERATIONS:
+                self._add_model_call(workflow, a)
+
+    def _add_cache(self, workflow: str, a: dict[str, object]) -> None:
+        name = str(a.get(A.CACHE_NAME) or a.get(A.GEN_AI_TOOL_NAME) or "unknown")
+        key = (workflow, name)
+        line = self._cache.get(key)
+        if line is None:
+            if len(self._cache) >= MAX_LINES:
+                key = (workflow, "(others)")
+            line = self._cache.setdefault(key, CacheLine(*key))
+        result = a.get(A.CACHE_RESULT)
+        if result == A.CACHE_RESULT_HIT:
+            line.hits += 1
+            saved = number(a.get(A.CACHE_SAVED_USD))
+            if saved is None or saved < 0:
+                line.unknown_cost_hits += 1
+            else:
+                line.saved_usd += saved
+            line.saved_s += max(0.0, number(a.get(A.CACHE_SAVED_S)) or 0.0)
+        elif result == A.CACHE_RESULT_MISS:
+            line.misses += 1
+        elif result == A.CACHE_RESULT_UNAVAILABLE:
+            line.unavailable += 1
+        else:
+            line.skipped += 1
+
+    def _add_model_call(self, workflow: str, a: dict[str, object]) -> None:
+        line = self._prompt.get(workflow)
+        if line is None:
+            line = self._prompt[workflow] = PromptCacheLine(workflow)
+        inp, out = _int(a.get(A.GEN_AI_USAGE_INPUT_TOKENS)), _int(a.get(A.GEN_AI_USAGE_OUTPUT_TOKENS))
+        cr = _int(a.get(A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS))
+        cw = _int(a.get(A.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS))
+        line.input_tokens += inp
+        if not cr and not cw:
+            return
+        line.calls += 1
+        line.cache_read_tokens += cr
+        line.cache_write_tokens += cw
+        provider = str(a.get(A.GEN_AI_PROVIDER_NAME) or a.get(A.GEN_AI_SYSTEM_DEPRECATED) or "")
+        saving = None
+        for model in (a.get(A.GEN_AI_RESPONSE_MODEL), a.get(A.GEN_AI_REQUEST_MODEL)):
+            if isinstance(model, str) and model:
+                saving = prompt_cache_saving(provider, model, inp, out, cr, cw)
+                if saving is not None:
+                    break
+        if saving is None:
+            line.unpriced_calls += 1
+            return
+        line.saved_usd += saving.saved_usd
+        line.premium_usd += saving.premium_usd
+
+    def result(self) -> Savings:
+        return Savings(
+            cache=[self._cache[k] for k in sorted(self._cache)],
+            prompt_cache=[self._prompt[k] for k in sorted(self._prompt) if self._prompt[k].calls],
+        )
+
+
+__all__ = ["SAVINGS_KEYS", "CacheLine", "PromptCacheLine", "Savings", "SavingsCounter"]
