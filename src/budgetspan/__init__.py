@@ -18,11 +18,14 @@ from budgetspan.processors.budget import BudgetSpanProcessor
 from budgetspan.runs.context import current_phase, current_run, set_ledger
 from budgetspan.runs.phases import Phase
 from budgetspan.runs.progress import Milestone, ProgressSubscription, subscribe_progress
+from budgetspan.runs.quality import record_outcome
 from budgetspan.runs.registry import cancel, live_runs
 from budgetspan.runs.run import Outcome, Run
 from budgetspan.runs.scopes import PhaseScope as phase
 from budgetspan.runs.scopes import RunScope as run
 from budgetspan.runs.scopes import approval
+from budgetspan.runs.steps import FallbackScope as fallback
+from budgetspan.runs.steps import StepScope as step
 from budgetspan.setup import configure
 
 __version__ = VERSION
@@ -55,11 +58,14 @@ __all__ = [
     "configure",
     "current_phase",
     "current_run",
+    "fallback",
     "live_runs",
     "phase",
+    "record_outcome",
     "remove_listener",
     "run",
     "set_ledger",
+    "step",
     "subscribe_progress",
     "tool",
 ]

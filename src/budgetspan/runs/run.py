@@ -22,6 +22,7 @@ from budgetspan import events
 from budgetspan.accounting.budget import Budget, BudgetExhausted, Limit, RunCancelled, ToolLimits, Usage
 from budgetspan.accounting.ledger import CallKind, Ledger, LedgerRefused, Mode, Refusal, Reservation, Spend
 from budgetspan.runs import context, registry
+from budgetspan.runs.quality import check_rework, check_score, quality_attributes
 
 
 class Outcome(str, Enum):
@@ -73,6 +74,8 @@ class Run:
         self.tenant: str | None = None
         self.user: str | None = None
         self.permissions: frozenset[str] = frozenset()
+        self.score: float | None = None  # a verifier's score (``succeed(score=...)``)
+        self.rework: dict[str, int] = {}  # kind -> count (``record_rework``)
         self._ledger = ledger or context.get_ledger()
         self._tasks: set[tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]] = set()
         self._explicit_outcome = False
@@ -195,17 +198,25 @@ class Run:
             attrs[A.EXHAUSTED_REASON] = exhausted.reason
             # The final word: the usage at the end, not at the first refusal.
             attrs[A.EXHAUSTED_EXPLANATION] = exhausted.explain(u)
+        attrs.update(quality_attributes(self.score, self.rework))
         span.set_attributes(attrs)
         if self.outcome is Outcome.FAILURE and exc is not None:
             span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
             span.set_attribute(A.ERROR_TYPE, type(exc).__qualname__)
 
     # outcomes --------------------------------------------------------------------------
-    def succeed(self, result: Any = None) -> None:
-        """Mark the run successful (the default on a clean exit)."""
+    def succeed(self, result: Any = None, *, score: float | None = None) -> None:
+        """Mark the run successful (the default on a clean exit); ``score``: a verifier's."""
+        self.score = check_score(score) if score is not None else self.score
         self._set_outcome(Outcome.SUCCESS)
         if result is not None:
             self.result = result
+
+    def record_rework(self, kind: str, n: int = 1) -> None:
+        """Count rework the result needed (``human_edit``, ``reviewer_correction``...)."""
+        kind, n = check_rework(kind, n)
+        with self._lock:
+            self.rework[kind] = self.rework.get(kind, 0) + n
 
     def fail(self, error: BaseException | str | None = None) -> None:
         self._set_outcome(Outcome.FAILURE)
