@@ -63,6 +63,7 @@ class DemoOptions:
     offline: bool = False
     tickets: Sequence[str] = ()
     every_s: float | None = None
+    routes: bool = False
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -94,6 +95,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--ticket", action="append", default=[], metavar="ID", help="run only this ticket (repeatable)"
     )
+    p.add_argument(
+        "--routes",
+        action="store_true",
+        help="then draft 16 more tickets on two routes (a cheap model, a strong one) and show which "
+        "is cheaper per resolved ticket (the report's routing evaluation)",
+    )
     p.add_argument("--latency-scale", type=float, default=1.0, help=argparse.SUPPRESS)
 
 
@@ -106,6 +113,7 @@ def options_from(args: argparse.Namespace) -> DemoOptions:
         offline=args.offline,
         tickets=tuple(args.ticket),
         every_s=args.every,
+        routes=args.routes,
     )
 
 
@@ -281,6 +289,8 @@ def run_demo(opts: DemoOptions, out: IO[str] | None = None) -> int:
         provider.force_flush()
         records = parse_request(encode_request(collector.spans))
         _tables(analyze(records), results, out)
+        if opts.routes:  # the routing trial: the drafting step on two routes
+            _trial(out, base_url, opts.latency_scale, provider, collector)
         out.write(
             f"\nAll {len(tickets)} tickets in {time.monotonic() - t0:.1f} s. "
             f"Next: budgetspan report {traces}\n"
@@ -308,6 +318,40 @@ def run_demo(opts: DemoOptions, out: IO[str] | None = None) -> int:
         if server is not None:
             server.stop()
     return 0
+
+
+def _trial(
+    out: IO[str], base_url: str | None, scale: float, provider: TracerProvider, collector: _Collect
+) -> None:
+    """Draft the same tickets on a cheap and a strong route; print the routing evaluation."""
+    from openai import AsyncOpenAI
+
+    from budgetspan.demo import routes
+    from budgetspan.demo.server import TRIAL_HEADER
+    from budgetspan.report.routing_cli import evaluate_spans, render_routing
+
+    def make_agent(model: str) -> SupportAgent:
+        if base_url is None:
+            client = AsyncOpenAI(max_retries=2)
+        else:  # the cheap model is busy now and then: the SDK retries
+            client = AsyncOpenAI(
+                base_url=base_url,
+                api_key="demo-key-not-used",
+                max_retries=2,
+                default_headers={TRIAL_HEADER: routes.CHEAP},
+            )
+        return SupportAgent(client, draft_model=model, scale=scale)
+
+    out.write(
+        f"\nRouting trial ({routes.TRIAL_WORKFLOW}): {routes.TRIAL_TICKETS} tickets drafted by {routes.CHEAP} "
+        f"and by {routes.STRONG}; a later quality check records human edits and reopened tickets.\n"
+    )
+    out.flush()
+    first = len(collector.spans)
+    asyncio.run(routes.run_trial(make_agent))
+    provider.force_flush()
+    routing = evaluate_spans(parse_request(encode_request(collector.spans[first:])))
+    out.write(render_routing(routing) + "\n")
 
 
 def _instrument_openai(provider: TracerProvider) -> None:
