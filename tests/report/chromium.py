@@ -97,6 +97,15 @@ class Browser:
             raise RuntimeError(f"script failed: {result['exceptionDetails']}")
         return result["result"].get("value")
 
+    def go(self, fragment: str) -> None:
+        """Show ``#fragment`` and wait until the page's script has drawn it."""
+        target = "#" + fragment.lstrip("#") if fragment.strip("#") else ""
+        self.eval(
+            "new Promise(done => { const want = " + json.dumps(target) + "; location.hash = want;"
+            " const check = () => document.body.dataset.view === want ? done(true) : setTimeout(check, 5);"
+            " check(); })"
+        )
+
     def errors(self) -> list[str]:
         """Console errors, uncaught exceptions and log errors seen so far."""
         self.send("Runtime.evaluate", expression="1")  # drain what arrived meanwhile

@@ -17,6 +17,7 @@ import html
 import json
 import math
 import os
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
@@ -63,15 +64,23 @@ def _ms(x: float) -> float:
     return round(x, 1)
 
 
-def _workflows(a: Analysis) -> list[dict[str, Any]]:
+def _workflows(a: Analysis, runs: Sequence[RunDetail]) -> list[dict[str, Any]]:
+    """Per workflow: outcomes and cost per success from the runs (outcomes recorded after a run
+    ended included), phases and retries from the analysis."""
+    outcomes: dict[str, Counter[str]] = defaultdict(Counter)
+    costs: dict[str, float] = defaultdict(float)
+    for d in runs:
+        outcomes[d.workflow][d.outcome] += 1
+        costs[d.workflow] += d.cost
+    per_success = {wf: costs[wf] / o["success"] if o["success"] else None for wf, o in outcomes.items()}
     return [
         {
             "name": wf.workflow,
             "runs": wf.runs,
-            "outcomes": wf.outcomes,
+            "outcomes": dict(outcomes[wf.workflow]) or wf.outcomes,
             "cost": _r(wf.total_cost_usd),
             "time_s": _r(wf.total_time_s, 4),
-            "cost_per_success": _r(wf.cost_per_success),
+            "cost_per_success": _r(per_success.get(wf.workflow, wf.cost_per_success)),
             "retries": wf.retries,
             "phases": [
                 [p.phase, _r(p.time_s, 4), _r(p.cost_usd), p.calls, _r(p.p95_s, 4)] for p in wf.phases
@@ -124,7 +133,7 @@ def build_data(a: Analysis, routing: Routing, runs: Sequence[RunDetail], dropped
         "version": VERSION,
         "start_ns": str(t0),
         "spans": a.spans,
-        "workflows": _workflows(a),
+        "workflows": _workflows(a, runs),
         "routing": _routing(routing),
         "runs": [_run(d, strings, t0) for d in runs],
         "dropped_runs": dropped,

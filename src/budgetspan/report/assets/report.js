@@ -76,11 +76,13 @@
       s.appendChild(svg("text", { x: 0, y: y + 14 }, r[0]));
       const w = r[1] === null ? 0 : ((width - label - 90) * r[1]) / max;
       s.appendChild(svg("rect", { x: label, y: y + 3, width: Math.max(w, 0), height: rowH - 8, fill: r[2] || "#2f6fde" }));
+      let end = label + w;
       if (r[3] !== null && r[3] !== undefined && r[4] !== null && r[4] !== undefined) {
         const x1 = label + ((width - label - 90) * r[3]) / max, x2 = label + ((width - label - 90) * Math.min(r[4], max)) / max;
         s.appendChild(svg("line", { x1, x2, y1: y + rowH / 2, y2: y + rowH / 2, stroke: "#1d2330", "stroke-width": 1.5 }));
+        end = Math.max(end, x2);
       }
-      s.appendChild(svg("text", { x: label + w + 6, y: y + 14 }, fmt(r[1])));
+      s.appendChild(svg("text", { x: end + 6, y: y + 14 }, fmt(r[1])));
     });
     return s;
   }
@@ -213,6 +215,7 @@
     else if (h.startsWith("runs/")) runsPage(h.slice(5), 0);
     else summary();
     window.scrollTo(0, 0);
+    document.body.setAttribute("data-view", location.hash); // what is shown (tests wait for it)
   }
   window.addEventListener("hashchange", route);
   route();
