@@ -15,7 +15,7 @@ from budgetspan.report.assemble import RunAssembler
 from budgetspan.report.load import load_files
 from budgetspan.report.otlp import parse_line
 from budgetspan.report.render import add_arguments, run_report
-from budgetspan.report.routing import RouteStat, bootstrap_ci, break_even, evaluate, wilson
+from budgetspan.report.routing import RouteStat, bootstrap_ci, break_even, delta_ci, evaluate, wilson
 from budgetspan.report.routing_cli import evaluate_spans
 from budgetspan.report.runs_detail import DetailCollector, RunDetail
 from tests.report.synthetic import T0, Call, SynthRun, line, random_runs, route_runs, run_spans, write
@@ -142,6 +142,20 @@ def test_bootstrap_interval_covers_the_true_value_in_at_least_90_percent_of_repe
         assert ci is not None and ci[0] <= sum(costs) / sum(ok) <= ci[1]
         covered += ci[0] <= truth <= ci[1]
     assert covered / reps >= 0.90, covered
+
+
+def test_normal_interval_of_large_routes_covers_the_true_value_too() -> None:
+    p, mean_cost, n = 0.6, 0.02, 400
+    truth = mean_cost * 1.3 / p
+    covered = 0
+    for seed in range(60):
+        runs = random_runs(random.Random(seed), n, p, mean_cost)
+        costs = [sum(c.cost or 0 for c in r.calls) for r in runs]
+        ok = [1 if r.outcome == "success" else 0 for r in runs]
+        ci = bootstrap_ci(costs, ok, max_bootstrap_n=100)  # n above it: the delta method
+        assert ci is not None and ci == delta_ci(costs, ok)
+        covered += ci[0] <= truth <= ci[1]
+    assert covered / 60 >= 0.90, covered
 
 
 def test_bootstrap_is_seeded_and_says_when_there_is_no_success() -> None:

@@ -8,7 +8,9 @@ are part of that route's cost):
 - runs, success rate (with a 95% Wilson interval), retries and rework per run;
 - cost per model call of the step, and cost per successful run: the cost of every run on the
   route (failed runs' cost stays in) over its successful runs, with a 95% percentile bootstrap
-  interval (runs resampled with replacement; seeded, so the same file gives the same report);
+  interval (runs resampled with replacement; seeded, so the same file gives the same report;
+  above 25,000 runs of one route, the normal interval of the ratio, which the bootstrap's
+  converges to and which costs one pass);
 - p50 / p95 of the step's time per run (its model calls, retries included);
 - where two routes served one step, the break-even: with mean run costs ``c_a < c_b`` and success
   rates ``s_a, s_b``, route a is cheaper per success while ``c_a / s_a < c_b / s_b``, that is
@@ -28,8 +30,9 @@ from budgetspan.report.runs_detail import RunDetail
 
 Z95 = 1.959963984540054
 BOOTSTRAP_SEED = 19
-BOOTSTRAP_BUDGET = 2_000_000  # resampled runs per interval at most: the repetitions shrink for big groups
+BOOTSTRAP_BUDGET = 1_000_000  # resampled runs per interval: the repetitions shrink for big groups...
 MIN_REPS, MAX_REPS = 200, 1000
+MAX_BOOTSTRAP_N = 25_000  # ...and above this many runs of one route, the normal interval
 
 
 @dataclass
@@ -96,27 +99,44 @@ def cost_per_success(costs: Sequence[float], successes: Sequence[int]) -> float 
 
 
 def bootstrap_ci(
-    costs: Sequence[float], successes: Sequence[int], *, seed: int = BOOTSTRAP_SEED, reps: int | None = None
+    costs: Sequence[float],
+    successes: Sequence[int],
+    *,
+    seed: int = BOOTSTRAP_SEED,
+    reps: int | None = None,
+    max_bootstrap_n: int = MAX_BOOTSTRAP_N,
 ) -> tuple[float, float] | None:
     """95 % percentile bootstrap interval of sum(cost) / successes, resampling runs. A resample
-    without a success has no finite cost per success (it counts as infinite)."""
+    without a success has no finite cost per success (it counts as infinite). Above
+    ``max_bootstrap_n`` runs, the normal (delta-method) interval, which the bootstrap's converges to."""
     n = len(costs)
     if n == 0 or not any(successes):
         return None
+    if n > max_bootstrap_n:
+        return delta_ci(costs, successes)
     if reps is None:
         reps = max(MIN_REPS, min(MAX_REPS, BOOTSTRAP_BUDGET // n))
     rng = random.Random(seed)
-    idx = range(n)
-    cost_at, ok_at = costs.__getitem__, successes.__getitem__
+    # one complex number per run, cost + success·i: one C-level sum gives both totals of a resample
+    runs = [complex(c, s) for c, s in zip(costs, successes, strict=True)]
     stats: list[float] = []
     for _ in range(reps):
-        pick = rng.choices(idx, k=n)
-        k = sum(map(ok_at, pick))
-        stats.append(sum(map(cost_at, pick)) / k if k else math.inf)
+        total = sum(rng.choices(runs, k=n))
+        stats.append(total.real / total.imag if total.imag else math.inf)
     stats.sort()
-    lo = stats[int(0.025 * (reps - 1))]
-    hi = stats[math.ceil(0.975 * (reps - 1))]
-    return (lo, hi)
+    return (stats[int(0.025 * (reps - 1))], stats[math.ceil(0.975 * (reps - 1))])
+
+
+def delta_ci(costs: Sequence[float], successes: Sequence[int]) -> tuple[float, float]:
+    """The normal interval of the ratio mean(cost) / mean(success) (delta method)."""
+    n = len(costs)
+    mc, ms = sum(costs) / n, sum(successes) / n
+    ratio = mc / ms
+    var_c = sum((c - mc) ** 2 for c in costs) / (n - 1)
+    var_s = ms * (1 - ms) * n / (n - 1)
+    cov = sum((c - mc) * (s - ms) for c, s in zip(costs, successes, strict=True)) / (n - 1)
+    se = math.sqrt(max(0.0, var_c - 2 * ratio * cov + ratio * ratio * var_s) / n) / ms
+    return (max(0.0, ratio - Z95 * se), ratio + Z95 * se)
 
 
 def _route(workflow: str, step: str, model: str, runs: list[RunDetail], seed: int) -> RouteStat:
