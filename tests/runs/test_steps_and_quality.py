@@ -19,7 +19,6 @@ from budgetspan.accounting.pricing import default_resolver
 from budgetspan.calls.call import Call
 from budgetspan.processors import metrics as M
 
-
 USAGE = Spend(1000, 200, None, None, None, None)
 
 
