@@ -280,3 +280,5 @@ SPAN_OUTCOME: Final = "record_outcome {workflow}"
 M_STEP_COST: Final = "budgetspan_step_cost_usd"  # counter: workflow, step, model, outcome
 M_STEP_RUNS: Final = "budgetspan_step_runs"  # counter: workflow, step, model, outcome
 L_STEP: Final = "step"
+OTEL_M_STEP_COST: Final = ("budgetspan.step.cost_usd", "{USD}")  # -> budgetspan_step_cost_usd_total
+OTEL_M_STEP_RUNS: Final = ("budgetspan.step.runs", "{run}")  # -> budgetspan_step_runs_total

@@ -219,3 +219,35 @@ def test_cost_per_success_by_step_and_model_series(metrics: tuple[CollectorRegis
         )
         is None
     )
+
+
+def test_the_step_series_on_the_opentelemetry_metrics_api_too(tracing: Any) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from budgetspan.processors.otel_metrics import OTelMetrics
+
+    reader = InMemoryMetricReader()
+    listener = OTelMetrics(MeterProvider(metric_readers=[reader]))
+    events.add_listener(listener)
+    try:
+        with budgetspan.run("support") as run, budgetspan.step("draft"):
+            chat("gpt-4o-mini")
+            chat("gpt-4o-mini")
+            run.succeed()
+    finally:
+        events.remove_listener(listener)
+    data = reader.get_metrics_data()
+    assert data is not None
+    points = {
+        m.name: list(m.data.data_points)
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+    }
+    one = default_resolver().cost("openai", "gpt-4o-mini", 1000, 200, None, None) or 0
+    labels = {"workflow": "support", "step": "draft", "model": "gpt-4o-mini", "outcome": "success"}
+    (runs,) = points[A.OTEL_M_STEP_RUNS[0]]
+    (cost,) = points[A.OTEL_M_STEP_COST[0]]
+    assert dict(runs.attributes) == labels and runs.value == 1
+    assert dict(cost.attributes) == labels and cost.value == pytest.approx(2 * one)
