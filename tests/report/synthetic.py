@@ -42,6 +42,7 @@ class Call:
     op: str = A.OP_CHAT
     name: str | None = None  # span name (default: "chat MODEL")
     error: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)  # more span attributes
 
 
 @dataclass
@@ -103,6 +104,7 @@ def run_spans(r: SynthRun, index: int, start: int) -> list[dict[str, Any]]:
                 attrs[A.GEN_AI_USAGE_COST] = c.cost
         else:
             attrs[A.GEN_AI_TOOL_NAME] = c.name or c.model
+        attrs.update(c.extra)
         if c.retries:
             attrs[A.RETRIES] = c.retries
         if c.fallback_from:

@@ -148,6 +148,28 @@ def test_span_text_is_shown_as_text_never_run(tmp_path: Path, browser: chromium.
     assert browser.errors() == [] and browser.requests() == [url]
 
 
+def test_captured_content_is_shown_where_captured_only(tmp_path: Path, browser: chromium.Browser) -> None:
+    captured = {
+        "gen_ai.input.messages": '[{"role": "user", "content": "Where is my parcel? ' + HOSTILE + '"}]',
+        "gen_ai.output.messages": '[{"role": "assistant", "content": "It ships today."}]',
+    }
+    runs = [
+        SynthRun("with-content", "w", "success", [Call("draft", "gpt-4o", 0.01, extra=captured)]),
+        SynthRun("no-content", "w", "success", [Call("draft", "gpt-4o", 0.01)]),
+    ]
+    page = html_report(write(tmp_path / "content.jsonl", runs), tmp_path / "html")
+    browser.open(page.resolve().as_uri())
+    browser.go("#run/with-content")
+    assert browser.eval("document.querySelectorAll('details').length") == 1
+    browser.eval("document.querySelector('details').open = true")
+    text = browser.eval("document.body.innerText")
+    assert "Where is my parcel?" in text and "It ships today." in text and HOSTILE in text
+    assert browser.eval("typeof window.pwned") == "undefined"
+    browser.go("#run/no-content")
+    assert browser.eval("document.querySelectorAll('details').length") == 0
+    assert browser.errors() == []
+
+
 def test_embedded_json_cannot_close_its_script_element() -> None:
     text = embed_json({"a": "</script><!-- \u2028 & >"})
     assert "<" not in text and ">" not in text and "&" not in text and "\u2028" not in text

@@ -116,6 +116,7 @@ def _run(d: RunDetail, s: Strings, t0: int) -> list[Any]:
             [
                 s(i.kind), s(i.name), s(i.phase), s(i.step), _ms(i.start_ms), _ms(i.dur_ms), _r(i.cost),
                 1 if i.error else 0, s(i.model), i.retries, s(i.fallback), s(i.detail),
+                *((i.input, i.output) if i.input or i.output else ()),
             ]
             for i in d.timeline
         ]  # fmt: skip

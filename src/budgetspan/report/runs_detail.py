@@ -23,6 +23,7 @@ from budgetspan.report.run_stats import CALL_OPS, MODEL_OPS, call_cost
 MAX_TIMELINES = 2_000  # runs whose timeline is kept (the HTML report's per-run pages)
 MAX_RUNS = 1_000_000  # runs kept at all; past it, runs are not broken down by step
 MAX_TIMELINE_ITEMS = 200  # spans per run timeline
+MAX_CONTENT = 2_000  # characters of captured message content kept per call (timelines only)
 
 DETAIL_KEEP = Keep(
     keys=REPORT_KEEP.keys
@@ -38,6 +39,8 @@ DETAIL_KEEP = Keep(
         A.RETRIEVAL_DOCUMENTS,
         A.TOOL_TIMED_OUT,
         A.ERROR_TYPE,
+        A.GEN_AI_INPUT_MESSAGES,  # only where content capture was on
+        A.GEN_AI_OUTPUT_MESSAGES,
     },
     events=REPORT_KEEP.events | {A.EVENT_BUDGET_EXHAUSTED},
     prefixes=REPORT_KEEP.prefixes,
@@ -74,6 +77,8 @@ class Item:
     retries: int = 0
     fallback: str = ""  # the model this call replaced
     detail: str = ""  # documents returned, a timeout, an error type
+    input: str = ""  # captured message content (OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT)
+    output: str = ""
 
 
 @dataclass(slots=True)
@@ -245,8 +250,16 @@ def _item(s: SpanRec, run_start: int, cost: float | None) -> Item:
     docs = number(a.get(A.RETRIEVAL_DOCUMENTS))
     if docs is not None:
         it.detail = f"documents: {docs:g}"
+    it.input, it.output = _content(a.get(A.GEN_AI_INPUT_MESSAGES)), _content(a.get(A.GEN_AI_OUTPUT_MESSAGES))
     if a.get(A.TOOL_TIMED_OUT) is True:
         it.detail = "timed out"
     elif isinstance(a.get(A.ERROR_TYPE), str):
         it.detail = a[A.ERROR_TYPE]
     return it
+
+
+def _content(v: Any) -> str:
+    """Captured content as text, cut at ``MAX_CONTENT`` characters; empty where none was captured."""
+    if not isinstance(v, str) or not v:
+        return ""
+    return v if len(v) <= MAX_CONTENT else v[:MAX_CONTENT] + f"… ({len(v) - MAX_CONTENT:,} more characters)"

@@ -157,7 +157,8 @@
   // timeline items: [kind, name, phase, step, start_ms, dur_ms, cost, error, model, retries, fallback, detail]
   function timeline(r) {
     const items = r.timeline.map((t) => ({ kind: S(t[0]), name: S(t[1]), phase: S(t[2]), step: S(t[3]), start: t[4], dur: t[5],
-      cost: t[6], error: t[7], model: S(t[8]), retries: t[9], fallback: S(t[10]), detail: S(t[11]) }));
+      cost: t[6], error: t[7], model: S(t[8]), retries: t[9], fallback: S(t[10]), detail: S(t[11]),
+      input: t[12] || "", output: t[13] || "" }));
     const total = Math.max(r.wall_s * 1000, ...items.map((i) => i.start + i.dur), 1);
     const order = [...new Set(items.map((i) => i.phase))].sort((a, b) => PHASES.indexOf(a) - PHASES.indexOf(b));
     const t = el("table", { class: "tl" });
@@ -169,7 +170,14 @@
         bar.appendChild(svg("rect", { x: (320 * i.start) / total, y: 2, width: Math.max(1, (320 * i.dur) / total), height: 8,
           fill: i.error ? "#c0392b" : COLORS[i.phase] || "#9aa3b2" }));
         const notes = [i.model, i.detail, i.retries ? `${i.retries} retr${i.retries === 1 ? "y" : "ies"}` : "", i.fallback ? "fallback from " + i.fallback : ""].filter(Boolean).join("; ");
-        t.appendChild(el("tr", { class: i.error ? "err" : null }, el("td", { text: (i.kind === "phase" ? "▸ " : "") + i.name }),
+        const what = el("td", { text: (i.kind === "phase" ? "▸ " : "") + i.name });
+        if (i.input || i.output) { // captured content only (OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT)
+          const box = el("details", null, el("summary", { text: "content" }));
+          if (i.input) box.append(el("div", { class: "muted", text: "input" }), el("pre", { text: i.input }));
+          if (i.output) box.append(el("div", { class: "muted", text: "output" }), el("pre", { text: i.output }));
+          what.appendChild(box);
+        }
+        t.appendChild(el("tr", { class: i.error ? "err" : null }, what,
           el("td", { text: i.kind === "phase" ? "" : i.step }), el("td", { text: notes }), el("td", { class: "num", text: secs(i.start / 1000) }),
           el("td", { class: "num", text: secs(i.dur / 1000) }), el("td", { class: "num", text: i.cost === null ? "" : money(i.cost) }),
           el("td", null, bar), el("td", { text: i.kind })));
