@@ -5,8 +5,6 @@ on the page, span text shown as text (never run as markup). Screenshots are writ
 
 from __future__ import annotations
 
-import argparse
-import io
 import os
 import subprocess
 import sys
@@ -15,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from budgetspan.report.html import embed_json
-from budgetspan.report.render import add_arguments, run_report
 from tests.report import chromium
+from tests.report.cli import report
 from tests.report.synthetic import Call, SynthRun, write
 
 pytestmark = pytest.mark.skipif(
@@ -27,17 +25,9 @@ ARTEFACTS = Path(os.environ.get("BUDGETSPAN_TEST_ARTEFACTS") or ROOT / "tmp" / "
 HOSTILE = '</script><script>window.pwned=1</script><img src=x onerror="window.pwned=2">'
 
 
-class _Out(io.StringIO):
-    def isatty(self) -> bool:
-        return False
-
-
 def html_report(traces: Path, out_dir: Path, *extra: str) -> Path:
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    err = _Out()
-    code = run_report(p.parse_args([str(traces), "--html", str(out_dir), *extra]), _Out(), err)
-    assert code == 0, err.getvalue()
+    code, _, err = report(str(traces), "--html", str(out_dir), *extra)
+    assert code == 0, err
     return out_dir / "index.html"
 
 

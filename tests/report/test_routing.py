@@ -3,8 +3,6 @@ answers are known: success rates, cost per success, bootstrap intervals, the bre
 
 from __future__ import annotations
 
-import argparse
-import io
 import json
 import random
 from pathlib import Path
@@ -14,24 +12,11 @@ import pytest
 from budgetspan.report.assemble import RunAssembler
 from budgetspan.report.load import load_files
 from budgetspan.report.otlp import parse_line
-from budgetspan.report.render import add_arguments, run_report
 from budgetspan.report.routing import RouteStat, bootstrap_ci, break_even, delta_ci, evaluate, wilson
 from budgetspan.report.routing_cli import evaluate_spans
 from budgetspan.report.runs_detail import DetailCollector, RunDetail
+from tests.report.cli import report
 from tests.report.synthetic import T0, Call, SynthRun, line, random_runs, route_runs, run_spans, write
-
-
-class _Out(io.StringIO):
-    def isatty(self) -> bool:
-        return False
-
-
-def report(*argv: str) -> tuple[int, str, str]:
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    out, err = _Out(), _Out()
-    code = run_report(p.parse_args(list(argv)), out, err)
-    return code, out.getvalue(), err.getvalue()
 
 
 def two_routes() -> list[SynthRun]:
