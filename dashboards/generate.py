@@ -85,6 +85,8 @@ CACHE_REQUESTS = A.M_CACHE_REQUESTS + "_total"
 CACHE_SAVED_USD = A.M_CACHE_SAVED_USD + "_total"
 PROMPT_SAVED = A.M_PROMPT_CACHE_SAVED_USD + "_total"
 PROMPT_PREMIUM = A.M_PROMPT_CACHE_WRITE_PREMIUM_USD + "_total"
+STEP_COST = A.M_STEP_COST + "_total"
+STEP_RUNS = A.M_STEP_RUNS + "_total"
 
 # Rates of events, as a reader says them (Grafana's custom "suffix:" unit), not "req/s".
 RUNS_PER_S = "suffix: runs/s"
@@ -753,6 +755,7 @@ def workflow_drilldown() -> dict[str, Any]:
                 ),
             ],
         ),
+        routing_row(wf),
     ]
     workflow = (
         QueryVariable("workflow")
@@ -780,6 +783,37 @@ def workflow_drilldown() -> dict[str, Any]:
         [datasource_variable(), service_variable(), workflow, phase],
         rows,
         ("Overview", OVERVIEW_UID),
+    )
+
+
+def routing_row(wf: str) -> tuple[str, list[Spec]]:
+    """Which model is cheaper per successful run for each step (``budgetspan.step``)."""
+    by = "step, model"
+    per_success = (
+        f"sum by ({by}) (increase({STEP_COST}{{{wf}}}[{RATE}])) / "
+        f'sum by ({by}) (increase({STEP_RUNS}{{{wf}, outcome="success"}}[{RATE}]))'
+    )
+    success = (
+        f'sum by ({by}) (increase({STEP_RUNS}{{{wf}, outcome="success"}}[{RATE}])) / '
+        f"sum by ({by}) (increase({STEP_RUNS}{{{wf}}}[{RATE}]))"
+    )
+    return (
+        "Routing: steps and models",
+        [
+            Spec(
+                "Cost per successful run by step and model",
+                "currencyUSD",
+                [(per_success, "{{step}} / {{model}}")],
+                description="Cost of each step (retries and fallbacks in, failed runs' cost in) per "
+                "successful run, by the model the step called first. Lower is the cheaper route; "
+                "`budgetspan report FILE --by step,model` adds intervals and the break-even.",
+            ),
+            Spec(
+                "Success share by step and model",
+                "percentunit",
+                [(success, "{{step}} / {{model}}")],
+            ),
+        ],
     )
 
 

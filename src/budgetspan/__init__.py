@@ -41,11 +41,14 @@ from budgetspan.runs.limits import (
 )
 from budgetspan.runs.phases import Phase
 from budgetspan.runs.progress import Milestone, ProgressSubscription, subscribe_progress
+from budgetspan.runs.quality import record_outcome
 from budgetspan.runs.registry import cancel, live_runs
 from budgetspan.runs.run import Outcome, Run
 from budgetspan.runs.scopes import PhaseScope as phase
 from budgetspan.runs.scopes import RunScope as run
 from budgetspan.runs.scopes import approval
+from budgetspan.runs.steps import FallbackScope as fallback
+from budgetspan.runs.steps import StepScope as step
 from budgetspan.setup import configure
 
 __version__ = VERSION
@@ -92,13 +95,16 @@ __all__ = [
     "configure",
     "current_phase",
     "current_run",
+    "fallback",
     "invalidate_cache",
     "live_runs",
     "phase",
+    "record_outcome",
     "remove_listener",
     "run",
     "set_cache_backend",
     "set_ledger",
+    "step",
     "subscribe_progress",
     "tool",
 ]

@@ -316,3 +316,27 @@ OTEL_M_CACHE_SAVED_USD: Final = ("budgetspan.cache.saved_usd", "{USD}")
 OTEL_M_CACHE_SAVED_SECONDS: Final = ("budgetspan.cache.saved", "s")
 OTEL_M_PROMPT_CACHE_SAVED_USD: Final = ("budgetspan.prompt_cache.saved_usd", "{USD}")
 OTEL_M_PROMPT_CACHE_WRITE_PREMIUM_USD: Final = ("budgetspan.prompt_cache.write_premium_usd", "{USD}")
+# --- Steps, fallbacks and outcome quality (issue 19: cost per success by step and model) ------
+#: The step a call serves (``budgetspan.step("classify")``); default: the call's phase.
+STEP: Final = "budgetspan.step"
+#: On a call that replaced another model's answer (``budgetspan.fallback(...)``): the model it
+#: replaced and why (a short bounded word: error | rejected | timeout ...).
+FALLBACK_FROM: Final = "budgetspan.fallback.from"
+FALLBACK_REASON: Final = "budgetspan.fallback.reason"
+#: Outcome quality on the run span (``run.succeed(score=...)``, ``run.record_rework(...)``).
+RUN_SCORE: Final = "budgetspan.run.score"  # a verifier's score, 0..1 by convention
+RUN_REWORK: Final = "budgetspan.run.rework"  # human edits, reviewer corrections: how many in all
+RUN_REWORK_KINDS: Final = "budgetspan.run.rework.kinds"  # ["human_edit=2", "reviewer_correction=1"]
+#: ``budgetspan.record_outcome(run_id, ...)``: a span after the run ended (an approval, a review)
+#: that names the run it is about; the report joins it to that run. No ``budgetspan.run.id`` on
+#: it (the run is over: it must not look like one of the run's late spans).
+OUTCOME_RUN_ID: Final = "budgetspan.outcome.run_id"
+SPAN_OUTCOME: Final = "record_outcome {workflow}"
+# Cost per successful run by step and model: at run end, per step and model the run used, its
+# cost in that step and one run, by the run's outcome. Cost per success =
+# sum(step_cost_usd) / sum(step_runs{outcome="success"}) (failed runs' cost stays in).
+M_STEP_COST: Final = "budgetspan_step_cost_usd"  # counter: workflow, step, model, outcome
+M_STEP_RUNS: Final = "budgetspan_step_runs"  # counter: workflow, step, model, outcome
+L_STEP: Final = "step"
+OTEL_M_STEP_COST: Final = ("budgetspan.step.cost_usd", "{USD}")  # -> budgetspan_step_cost_usd_total
+OTEL_M_STEP_RUNS: Final = ("budgetspan.step.runs", "{run}")  # -> budgetspan_step_runs_total

@@ -43,6 +43,7 @@ class CallRecord:
     # gen_ai.operation.name of budgetspan's own calls; None for calls seen on another
     # instrumentation's span (that instrumentation records its own GenAI metrics).
     operation: str | None = None
+    step: str = ""  # budgetspan.step(...); empty: the phase
     run: Run | None = field(default=None, repr=False)
 
 

@@ -127,6 +127,7 @@ class Call(AsyncBounds):
         self.span: Span | None = None
         self.reservation: Reservation | None = None
         self.phase = ""
+        self.step = ""  # budgetspan.step(...), else the phase
         self.usage: Spend | None = None  # the cumulative usage last reported
         #: Estimated output tokens of the text the caller received: charged when the provider
         #: never reports usage (with the request's input estimate), never shown as reported.
@@ -167,6 +168,7 @@ class Call(AsyncBounds):
             self.phase = context.current_phase() or DEFAULT_PHASE_BY_OPERATION.get(
                 self.operation, "model_decision"
             )
+            self.step = context.current_step() or self.phase
             if self.is_model and _spend_limited(self.run):
                 self._estimate_input()
                 if self.worst_case_cost is None and self.model:
@@ -245,6 +247,10 @@ class Call(AsyncBounds):
         attrs = self.attributes  # the request's, and budgetspan's own
         attrs[A.GEN_AI_OPERATION_NAME] = self.operation
         attrs[A.PHASE] = self.phase
+        attrs[A.STEP] = self.step
+        fallback = context.current_fallback()
+        if fallback is not None:
+            attrs[A.FALLBACK_FROM], attrs[A.FALLBACK_REASON] = fallback
         if self.run is not None:
             attrs[A.RUN_ID] = self.run.id
             attrs[A.WORKFLOW] = self.run.workflow
@@ -447,6 +453,7 @@ class Call(AsyncBounds):
             kind=self.kind_name,
             workflow=run.workflow if run is not None else "default",
             phase=self.phase,
+            step=self.step,
             duration_s=duration,
             status=status,
             provider=self.provider,

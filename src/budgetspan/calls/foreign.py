@@ -29,6 +29,7 @@ class ForeignCall:
     reservation: Reservation | None
     phase: str
     kind: CallKind
+    step: str = ""  # budgetspan.step(...) around the call; empty: the phase
 
 
 _lock = threading.Lock()

@@ -252,8 +252,10 @@ class Tier:
         for n, (_, kind) in zip(tokens, _TOKEN_KEYS, strict=True):
             if n:
                 m.tokens.child(wf, provider, label, kind, svc).inc(n)
+        step = state.steps.setdefault(_text(view.get(A.STEP)) or phase, [label, 0.0])
         if cost is not None:
             m.cost.child(wf, phase, provider, label, svc).inc(cost)
+            step[1] += cost
         elif not unreported:
             m.unpriced.child(provider, label, svc).inc()
         if unreported:

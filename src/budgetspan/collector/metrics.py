@@ -172,6 +172,16 @@ class TierMetrics:
             "Prompt cache writes: paid above the input price.",
             (wf, prov, model),
         )
+        by_step = (wf, A.L_STEP, model, out)
+        self.step_cost = self._family(
+            "counter",
+            A.M_STEP_COST,
+            "Cost of each step of finished runs, by the step's model and outcome.",
+            by_step,
+        )
+        self.step_runs = self._family(
+            "counter", A.M_STEP_RUNS, "Finished runs per step and the step's model, by outcome.", by_step
+        )
         if registry is not None:
             registry.register(LocalCollector(self._families, self.lock))
 

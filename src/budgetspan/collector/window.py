@@ -22,6 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from budgetspan.accounting.budget import Budget, Usage
 from budgetspan.accounting.ledger import CallKind
@@ -45,6 +46,8 @@ class RunState:
     usage: Usage = field(default_factory=Usage)
     would_refuse: str | None = None
     ended: bool = False
+    #: step -> [the step's first model, its cost]: cost per success by step and model at the end
+    steps: dict[str, list[Any]] = field(default_factory=dict)
 
 
 class RunWindow:
@@ -179,7 +182,10 @@ class RunWindow:
         for limit, allowed in budget.limits().items() if budget is not None else ():
             if allowed > 0:
                 m.utilisation.child(wf, limit, svc).observe(u.value_of(limit) / allowed)
-        state.usage = Usage()  # an ended run keeps its key only
+        for step, (model, cost) in state.steps.items():
+            m.step_runs.child(wf, step, model, outcome, svc).inc()
+            m.step_cost.child(wf, step, model, outcome, svc).inc(cost)
+        state.usage, state.steps = Usage(), {}  # an ended run keeps its key only
 
     def _bound(self, now: float) -> None:
         """Close idle runs (oldest first) and the oldest beyond ``max_runs``; at most once a second

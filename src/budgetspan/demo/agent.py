@@ -306,7 +306,10 @@ class SupportAgent:
                         break
         facts = self._facts(t, orders, history, policy)
 
-        async with budgetspan.phase("model_decision", label="Preparing draft"):
+        async with (
+            budgetspan.phase("model_decision", label="Preparing draft"),
+            budgetspan.step("draft_reply"),
+        ):
             if len(orders) > 1:
                 answered: list[dict[str, str]] = []
                 run.add_partial("answered_orders", answered)  # grows as sections are written
@@ -326,15 +329,17 @@ class SupportAgent:
         async with budgetspan.phase("verification", label="Checking the draft"):
             # The reviewer checks against the policy as it stands: the same search, from the cache.
             policy = await self.search_policy(t.query)
-            verdict = await self._review(run, facts, draft)
+            async with budgetspan.step("review_draft"):
+                verdict = await self._review(run, facts, draft)
             if verdict.get("verdict") == "revise":
                 result.notes.append(
                     "review asked for a revision: " + "; ".join(map(str, verdict.get("issues", [])))
                 )
                 fix = f"{facts}\n\nRevise this draft. Reviewer's notes: {verdict.get('issues')}\n\n{draft}"
-                draft = await self._chat(
-                    run, self.draft_model, DRAFT_SYSTEM, fix, stream=False, max_tokens=400
-                )
+                async with budgetspan.step("draft_reply"):
+                    draft = await self._chat(
+                        run, self.draft_model, DRAFT_SYSTEM, fix, stream=False, max_tokens=400
+                    )
 
         async with budgetspan.approval("Waiting for approval"):
             approved = await self._approval(t)

@@ -65,6 +65,7 @@ class DemoOptions:
     tickets: Sequence[str] = ()
     every_s: float | None = None
     jobs: bool = False
+    routes: bool = False
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -102,6 +103,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="run the background tickets as jobs on a Celery worker process ($BUDGETSPAN_REDIS_URL, "
         "else a local redis-server), followed with `budgetspan jobs watch`",
     )
+    p.add_argument(
+        "--routes",
+        action="store_true",
+        help="then draft 16 more tickets on two routes (a cheap model, a strong one) and show which "
+        "is cheaper per resolved ticket (the report's routing evaluation)",
+    )
     p.add_argument("--latency-scale", type=float, default=1.0, help=argparse.SUPPRESS)
 
 
@@ -115,6 +122,7 @@ def options_from(args: argparse.Namespace) -> DemoOptions:
         tickets=tuple(args.ticket),
         every_s=args.every,
         jobs=args.jobs,
+        routes=args.routes,
     )
 
 
@@ -316,6 +324,8 @@ def run_demo(opts: DemoOptions, out: IO[str] | None = None) -> int:
         if host is not None:
             records += load_files([host.worker_traces])[0]
         _tables(analyze(records), results, out)
+        if opts.routes:  # the routing trial: the drafting step on two routes
+            _trial(out, base_url, opts.latency_scale, provider, collector)
         out.write(
             f"\nAll {len(tickets)} tickets in {time.monotonic() - t0:.1f} s. "
             f"Next: budgetspan report {' '.join(files)}\n"
@@ -373,6 +383,40 @@ def _follow_job(host: demo_jobs.JobsHost, t: Ticket, job_id: str, out: IO[str]) 
     out.write(f'\n{t.id}  {t.profile:<11}  "{t.subject}"  ({t.story})\n')
     out.write(f"    job {job_id}, read from its Redis stream\n")
     return host.follow(t, job_id, out)
+
+
+def _trial(
+    out: IO[str], base_url: str | None, scale: float, provider: TracerProvider, collector: _Collect
+) -> None:
+    """Draft the same tickets on a cheap and a strong route; print the routing evaluation."""
+    from openai import AsyncOpenAI
+
+    from budgetspan.demo import routes
+    from budgetspan.demo.server import TRIAL_HEADER
+    from budgetspan.report.routing_cli import evaluate_spans, render_routing
+
+    def make_agent(model: str) -> SupportAgent:
+        if base_url is None:
+            client = AsyncOpenAI(max_retries=2)
+        else:  # the cheap model is busy now and then: the SDK retries
+            client = AsyncOpenAI(
+                base_url=base_url,
+                api_key="demo-key-not-used",
+                max_retries=2,
+                default_headers={TRIAL_HEADER: routes.CHEAP},
+            )
+        return SupportAgent(client, draft_model=model, scale=scale)
+
+    out.write(
+        f"\nRouting trial ({routes.TRIAL_WORKFLOW}): {routes.TRIAL_TICKETS} tickets drafted by {routes.CHEAP} "
+        f"and by {routes.STRONG}; a later quality check records human edits and reopened tickets.\n"
+    )
+    out.flush()
+    first = len(collector.spans)
+    asyncio.run(routes.run_trial(make_agent))
+    provider.force_flush()
+    routing = evaluate_spans(parse_request(encode_request(collector.spans[first:])))
+    out.write(render_routing(routing) + "\n")
 
 
 def _instrument_openai(provider: TracerProvider) -> None:

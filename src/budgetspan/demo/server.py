@@ -10,6 +10,7 @@ rate per output token), so the spans, costs and phase times look like a real run
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -62,7 +63,22 @@ def _lines(text: str, prefix: str) -> list[str]:
     return [ln[len(prefix) :].strip() for ln in text.splitlines() if ln.startswith(prefix)]
 
 
-def scripted_answer(messages: list[dict[str, Any]]) -> str:
+# The routing trial (``budgetspan demo --routes``) marks its requests with this header naming its
+# cheap model. That model then leaves the facts out of SLOPPY_SHARE of its drafts (the reviewer
+# asks for a revision), and answers BUSY_SHARE of first attempts with 429 (retry after 20 ms: the
+# SDK's retries show on the call's span). Deterministic: decided by hashes of the prompt.
+TRIAL_HEADER = "x-demo-route-trial"
+SLOPPY_SHARE = 0.4
+REVISION_SLOPPY_SHARE = 0.5  # a revision asked for by the reviewer is no easier for it
+BUSY_SHARE = 0.3
+
+
+def share(key: str) -> float:
+    """A stable number in [0, 1) for ``key``."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") / 2**32
+
+
+def scripted_answer(messages: list[dict[str, Any]], sloppy: bool = False) -> str:
     """What the scripted model says. Reviews get a JSON verdict; everything else a reply draft."""
     system = " ".join(str(m.get("content") or "") for m in messages if m.get("role") == "system")
     user = "\n".join(str(m.get("content") or "") for m in messages if m.get("role") == "user")
@@ -79,6 +95,9 @@ def scripted_answer(messages: list[dict[str, Any]]) -> str:
     facts = _lines(user, "- ")
     policy = _lines(user, "Policy:")
     request = (_lines(user, "Request:") or ["your request"])[0].rstrip(".")
+    revision = "Revise this draft" in user
+    if sloppy and share("sloppy" + user) < (REVISION_SLOPPY_SHARE if revision else SLOPPY_SHARE):
+        facts, request = [], "your request"  # a sloppy draft: no order number for the reviewer
     body = [f"Hi {name},", "", f"Thank you for contacting us about {request[0].lower() + request[1:]}."]
     if facts:
         body.append("Here is where things stand:")
@@ -146,7 +165,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.server.requests += 1
         model = str(body.get("model", "gpt-4o-mini"))
-        text = scripted_answer(messages)
+        if self._busy(model, messages):
+            return
+        text = scripted_answer(messages, sloppy=self.headers.get(TRIAL_HEADER) == model)
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         finish = "stop"
         if isinstance(limit, int) and count_tokens(text) > limit:
@@ -194,6 +215,24 @@ class _Handler(BaseHTTPRequestHandler):
                 "usage": usage,
             },
         )
+
+    def _busy(self, model: str, messages: list[Any]) -> bool:
+        """The routing trial's busy cheap model: a 429 on some first attempts (see TRIAL_HEADER)."""
+        first = self.headers.get("x-stainless-retry-count", "0") == "0"
+        if (
+            self.headers.get(TRIAL_HEADER) != model
+            or not first
+            or share("busy" + json.dumps(messages)) >= BUSY_SHARE
+        ):
+            return False
+        payload = b'{"error": {"message": "busy", "type": "rate_limit_error"}}'
+        self.send_response(429)
+        self.send_header("retry-after-ms", "20")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+        return True
 
     def _stream(self, base: dict[str, Any], text: str, finish: str, usage: dict[str, Any] | None) -> None:
         self.send_response(200)
@@ -247,6 +286,7 @@ class ModelServer(ThreadingHTTPServer):
     """The loopback server; ``start()`` serves in a daemon thread, ``stop()`` shuts it down."""
 
     daemon_threads = True
+    request_queue_size = 128  # the routing trial connects 16 clients at once
 
     def __init__(self, latency: Latency | None = None, port: int = 0) -> None:
         super().__init__(("127.0.0.1", port), _Handler)

@@ -126,7 +126,8 @@ class BudgetSpanProcessor(SpanProcessor):
             or attrs.get(A.PHASE)
             or DEFAULT_PHASE_BY_OPERATION.get(op, "model_decision")
         )
-        span.set_attributes({A.PHASE: phase, A.RUN_ID: str(run.id)})
+        step = context.current_step() or phase
+        span.set_attributes({A.PHASE: phase, A.STEP: step, A.RUN_ID: str(run.id)})
         tool = _text(attrs.get(A.GEN_AI_TOOL_NAME)) if kind is CallKind.TOOL else None
         enforce = self.enforce_foreign and run.mode is Mode.ENFORCE
         try:
@@ -151,7 +152,7 @@ class BudgetSpanProcessor(SpanProcessor):
             else:
                 run.note_would_refuse(res.would_refuse)
         ctx = span.get_span_context()
-        foreign.add(ctx.trace_id, ctx.span_id, foreign.ForeignCall(run, res, phase, kind))
+        foreign.add(ctx.trace_id, ctx.span_id, foreign.ForeignCall(run, res, phase, kind, step))
         return None
 
     def on_end(self, span: ReadableSpan) -> None:
@@ -192,6 +193,7 @@ class BudgetSpanProcessor(SpanProcessor):
                     "ok" if ok else "error",
                     tool=tool,
                     run=run,
+                    step=entry.step,
                 ),
             )
             return
@@ -235,6 +237,7 @@ class BudgetSpanProcessor(SpanProcessor):
                 unreported_usage=unreported,
                 unpriced=unpriced,
                 run=run,
+                step=entry.step,
             ),
         )
 

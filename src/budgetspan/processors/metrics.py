@@ -43,6 +43,7 @@ from budgetspan.processors.buckets import (
 )
 from budgetspan.processors.labels import LabelCaps, SeriesCap, max_series_from_env
 from budgetspan.processors.metric_cells import LocalCollector, LocalFamily
+from budgetspan.processors.step_costs import StepCosts
 from budgetspan.runs import context
 
 if TYPE_CHECKING:
@@ -256,6 +257,15 @@ class BudgetspanMetrics:
             "Prompt cache writes: paid above the input price.",
             (wf, prov, model),
         )
+        by_step = (wf, A.L_STEP, model, out)
+        self.steps = StepCosts(
+            counter(
+                A.M_STEP_COST,
+                "Cost of each step of finished runs, by the step's model and the run's outcome.",
+                by_step,
+            ),
+            counter(A.M_STEP_RUNS, "Finished runs per step and the step's model, by outcome.", by_step),
+        )
         if local and registry is not None:
             registry.register(LocalCollector(local, self._lock))
 
@@ -282,6 +292,7 @@ class BudgetspanMetrics:
         self.run_tokens.child(wf, outcome).observe(usage.input_tokens + usage.output_tokens)
         duration = run.duration_s if run.duration_s is not None else usage.wall_clock_s
         self.run_duration.child(wf, outcome).observe(duration)
+        self.steps.run_end(run.id, wf, outcome)
         for limit, allowed in run.budget.limits().items():
             if allowed <= 0:
                 continue  # a zero limit has no share to speak of
@@ -308,6 +319,8 @@ class BudgetspanMetrics:
             lock.acquire()  # (acquire/release: a ``with`` costs twice as much on CPython 3.11)
             try:
                 series = self._model_call(r)
+                if r.run is not None:
+                    self.steps.call(r)
                 if r.retries:
                     self.retries.child(r.workflow, r.kind).inc(r.retries)
                 if not in_block:  # not inside a phase block: the call stands for its phase

@@ -43,6 +43,7 @@ from budgetspan.processors.buckets import (
 )
 from budgetspan.processors.labels import LabelCaps
 from budgetspan.processors.metrics import _sane
+from budgetspan.processors.step_costs import StepCosts
 from budgetspan.runs import context
 
 if TYPE_CHECKING:
@@ -62,6 +63,29 @@ _OWN_TOKEN_FIELDS: Final = (
     ("cache_write", "cache_write_tokens"),
     ("reasoning", "reasoning_tokens"),
 )
+
+
+class _StepFamily:
+    """``StepCosts``' view of a counter: ``child(workflow, step, model, outcome).inc(amount)``."""
+
+    __slots__ = ("owner", "totals")
+    LABELS: Final = (A.L_WORKFLOW, A.L_STEP, A.L_MODEL, A.L_OUTCOME)
+
+    def __init__(self, owner: Any, totals: _Totals) -> None:
+        self.owner, self.totals = owner, totals
+
+    def child(self, *values: Any) -> _StepChild:
+        return _StepChild(self.totals, self.owner.attrs(*zip(self.LABELS, values, strict=True)))
+
+
+class _StepChild:
+    __slots__ = ("attributes", "totals")
+
+    def __init__(self, totals: _Totals, attributes: dict[str, Any]) -> None:
+        self.totals, self.attributes = totals, attributes
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.totals.add(amount, self.attributes)
 
 
 class _Totals:
@@ -209,6 +233,15 @@ class OTelMetrics:
         self.prompt_premium = counter(
             A.OTEL_M_PROMPT_CACHE_WRITE_PREMIUM_USD, "Prompt cache writes: paid above the input price."
         )
+        self.steps = StepCosts(
+            _StepFamily(
+                self, counter(A.OTEL_M_STEP_COST, "Cost of each step of finished runs, by model and outcome.")
+            ),
+            _StepFamily(
+                self, counter(A.OTEL_M_STEP_RUNS, "Finished runs per step and the step's model, by outcome.")
+            ),
+        )
+        self._steps_lock = threading.Lock()  # StepCosts' runs in flight
 
     def attrs(self, *pairs: tuple[str, Any]) -> dict[str, Any]:
         """The attribute dict for these (label, raw value) pairs, capped and built once."""
@@ -255,6 +288,8 @@ class OTelMetrics:
         usage = run.usage
         by_outcome = self.attrs((A.L_WORKFLOW, wf), (A.L_OUTCOME, outcome))
         self.runs.add(1, by_outcome)
+        with self._steps_lock:
+            self.steps.run_end(run.id, wf, outcome)
         if _sane(usage.cost_usd):
             self.run_cost.record(usage.cost_usd, by_outcome)
         self.run_tokens.record(usage.input_tokens + usage.output_tokens, by_outcome)
@@ -290,6 +325,9 @@ class OTelMetrics:
         wf = (A.L_WORKFLOW, r.workflow)
         if r.kind == "model":
             self._model_call(r)
+            if r.run is not None:
+                with self._steps_lock:
+                    self.steps.call(r)
         elif r.kind == "tool":
             self.tool_calls.add(1, self.attrs(wf, (A.L_TOOL, r.tool), (A.L_STATUS, r.status)))
             self.tool_duration.record(r.duration_s, self.attrs(wf, (A.L_TOOL, r.tool)))

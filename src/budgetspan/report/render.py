@@ -21,6 +21,7 @@ from typing import IO, Any
 
 import orjson
 
+from budgetspan.report import routing_cli
 from budgetspan.report.analysis import (
     REPORT_KEEP,
     Analysis,
@@ -32,88 +33,15 @@ from budgetspan.report.analysis import (
 from budgetspan.report.assemble import MAX_SPANS_IN_FLIGHT, WINDOW
 from budgetspan.report.load import LoadError, SpanReader
 from budgetspan.report.plan import PLAN_ITEMS, PlanError, load_plan
+from budgetspan.report.runs_detail import DetailCollector
 from budgetspan.report.savings import Savings
 from budgetspan.report.text import safe
+from budgetspan.report.textfmt import Out as _Out
+from budgetspan.report.textfmt import Table, money, num, pct, secs, to_jsonable
 
 FORMATS = ("table", "markdown", "json")
 MAX_ERRORS_SHOWN = 20  # bad lines named one by one; the rest are counted
 MAX_RUNS_LISTED = 5  # exhausted runs listed with their explanation
-
-
-# --- formatting helpers ---------------------------------------------------------------------
-
-
-def money(x: float | None) -> str:
-    if x is None:
-        return "n/a"
-    if x == 0:
-        return "$0"
-    return f"${x:,.2f}" if abs(x) >= 1 else f"${x:.4f}"
-
-
-def secs(x: float) -> str:
-    return f"{x * 1000:.0f} ms" if abs(x) < 1 else f"{x:.2f} s"
-
-
-def pct(x: float) -> str:
-    return f"{x * 100:.0f}%"
-
-
-def num(x: float) -> str:
-    return f"{x:g}" if float(x).is_integer() else f"{x:.2f}"
-
-
-class Table:
-    """Rows of cells rendered as aligned text or a Markdown table (numbers right-aligned)."""
-
-    def __init__(self, headers: Sequence[str], right: Sequence[bool] | None = None) -> None:
-        self.headers = list(headers)
-        self.right = list(right) if right is not None else [False] + [True] * (len(headers) - 1)
-        self.rows: list[list[str]] = []
-
-    def add(self, *cells: object) -> None:
-        self.rows.append([safe(str(c)) for c in cells])
-
-    def render(self, markdown: bool = False) -> str:
-        if markdown:
-            out = ["| " + " | ".join(self.headers) + " |"]
-            out.append("|" + "|".join("---:" if r else "---" for r in self.right) + "|")
-            out += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in self.rows]
-            return "\n".join(out)
-        widths = [
-            max(len(h), *(len(r[i]) for r in self.rows)) if self.rows else len(h)
-            for i, h in enumerate(self.headers)
-        ]
-
-        def line(cells: Sequence[str]) -> str:
-            parts = [
-                c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, self.right, strict=True)
-            ]
-            return "  ".join(parts).rstrip()
-
-        return "\n".join([line(self.headers), line(["-" * w for w in widths]), *(line(r) for r in self.rows)])
-
-
-class _Out:
-    def __init__(self, markdown: bool) -> None:
-        self.markdown = markdown
-        self.parts: list[str] = []
-
-    def heading(self, text: str, level: int = 2) -> None:
-        text = safe(text)
-        if self.markdown:
-            self.parts.append("#" * level + " " + text + "\n")
-        else:
-            self.parts.append(text + "\n" + ("=" if level == 1 else "-") * len(text) + "\n")
-
-    def text(self, text: str) -> None:
-        self.parts.append(safe(text) + "\n")
-
-    def table(self, table: Table) -> None:
-        self.parts.append(table.render(self.markdown) + "\n")
-
-    def render(self) -> str:
-        return "\n".join(self.parts)
 
 
 # --- sections ---------------------------------------------------------------------------------
@@ -351,21 +279,6 @@ def _savings(out: _Out, s: Savings) -> None:
         out.table(t)
 
 
-def to_jsonable(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        d = {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-        if isinstance(obj, RunStat):
-            d["wall_s"] = obj.wall_s
-        return d
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(x) for x in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 # --- command ---------------------------------------------------------------------------------
 
 
@@ -389,6 +302,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="hold at most N spans of runs not yet complete; past it, the oldest runs are reported "
         f"with what was read of them (default {MAX_SPANS_IN_FLIGHT:,})",
     )
+    routing_cli.add_arguments(p)  # the routing evaluation and the HTML report
 
 
 def run_report(args: argparse.Namespace, stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> int:
@@ -401,31 +315,31 @@ def run_report(args: argparse.Namespace, stdout: IO[str] | None = None, stderr: 
         except PlanError as e:
             print(f"budgetspan report: {safe(str(e))}", file=stderr)
             return 2
+    problem = routing_cli.check(args)
+    if problem is not None:
+        print(f"budgetspan report: {safe(problem)}", file=stderr)
+        return 2
 
     def bad_line(e: LoadError) -> None:
         if reader.error_count <= MAX_ERRORS_SHOWN:
             print(f"budgetspan report: {safe(str(e))}", file=stderr)
 
     reader = SpanReader(
-        keep=REPORT_KEEP,
+        keep=routing_cli.DETAIL_KEEP if routing_cli.wanted(args) else REPORT_KEEP,
         progress=bool(args.progress) or stderr.isatty(),
         progress_stream=stderr,
         on_error=bad_line,
         max_errors=MAX_ERRORS_SHOWN,
     )
     bound = max(1, args.max_spans_in_flight)
-    with _no_cyclic_gc():
-        analysis = analyze_stream(
-            reader.read(args.files),
-            plan,
-            top=args.top,
-            window=min(WINDOW, max(1, bound // 5)),
-            max_in_flight=bound,
-        )
+    analysis, details = _analyze(args, reader, plan, bound)
     if args.format == "json":
-        stdout.writelines(json_chunks(analysis))
+        if not args.by:  # with --by, the JSON document is the routing evaluation
+            stdout.writelines(json_chunks(analysis))
     else:
         stdout.write(render(analysis, args.format))
+    if details is not None and routing_cli.write_extras(args, analysis, details, stdout, stderr):
+        return 2
     _notes(analysis, bound, stderr)
     if reader.spans_read == 0:  # an empty or span-less file is a failed trace, not an empty report
         names = ", ".join(str(f) for f in args.files) or "standard input"
@@ -442,6 +356,22 @@ def run_report(args: argparse.Namespace, stdout: IO[str] | None = None, stderr: 
         )
         return 1
     return 0
+
+
+def _analyze(
+    args: argparse.Namespace, reader: SpanReader, plan: Any, bound: int
+) -> tuple[Analysis, DetailCollector | None]:
+    """The analysis; with --by or --html, each run's details too (in the same pass)."""
+    window = min(WINDOW, max(1, bound // 5))
+    with _no_cyclic_gc():
+        if routing_cli.wanted(args):
+            return routing_cli.analyze_with_details(
+                reader.read(args.files), plan, args.top, window=window, max_in_flight=bound,
+                max_timelines=args.html_max_timelines,
+            )  # fmt: skip
+        return analyze_stream(
+            reader.read(args.files), plan, top=args.top, window=window, max_in_flight=bound
+        ), None
 
 
 def _notes(a: Analysis, bound: int, stderr: IO[str]) -> None:
@@ -473,4 +403,4 @@ def _no_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
-__all__ = ["FORMATS", "Table", "add_arguments", "money", "render", "run_report", "runs_table", "secs"]
+__all__ = ["FORMATS", "Table", "add_arguments", "money", "pct", "render", "run_report", "runs_table", "secs"]

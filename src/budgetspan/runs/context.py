@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 _run: ContextVar[Run | None] = ContextVar("budgetspan_run", default=None)
 _phase: ContextVar[str | None] = ContextVar("budgetspan_phase", default=None)
+_step: ContextVar[str | None] = ContextVar("budgetspan_step", default=None)
+#: Inside ``budgetspan.fallback(...)``: (the model replaced, why); None outside.
+_fallback: ContextVar[tuple[str, str] | None] = ContextVar("budgetspan_fallback", default=None)
 #: Inside a counted call: the call object (or True, for ``in_call()`` blocks); None outside.
 _call: ContextVar[Any] = ContextVar("budgetspan_call", default=None)
 
@@ -66,6 +69,32 @@ def enter_phase(name: str | None) -> Token[str | None]:
 
 def exit_phase(token: Token[str | None]) -> None:
     _phase.reset(token)
+
+
+def current_step() -> str | None:
+    """The step set by the innermost ``budgetspan.step(...)``, or None (calls use their phase)."""
+    return _step.get()
+
+
+def enter_step(name: str | None) -> Token[str | None]:
+    return _step.set(name)
+
+
+def exit_step(token: Token[str | None]) -> None:
+    _step.reset(token)
+
+
+def current_fallback() -> tuple[str, str] | None:
+    """Inside ``budgetspan.fallback(...)``: (the model replaced, why)."""
+    return _fallback.get()
+
+
+def enter_fallback(value: tuple[str, str] | None) -> Token[tuple[str, str] | None]:
+    return _fallback.set(value)
+
+
+def exit_fallback(token: Token[tuple[str, str] | None]) -> None:
+    _fallback.reset(token)
 
 
 def enter_call(call: Any) -> Token[Any]:

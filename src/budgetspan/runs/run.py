@@ -24,6 +24,7 @@ from budgetspan.accounting.ledger import CallKind, Ledger, LedgerRefused, Mode, 
 from budgetspan.runs import context, limits, registry
 from budgetspan.runs.at_limit import AtLimit
 from budgetspan.runs.loops import LoopWatch
+from budgetspan.runs.quality import Quality, check_score, quality_attributes
 
 
 class Outcome(str, Enum):
@@ -35,7 +36,7 @@ class Outcome(str, Enum):
     NEEDS_CLARIFICATION = "needs_clarification"
 
 
-class Run(AtLimit):
+class Run(AtLimit, Quality):
     """One budgeted execution. Created by ``budgetspan.run(...)`` or implicitly."""
 
     def __init__(
@@ -80,6 +81,8 @@ class Run(AtLimit):
         self.on_limit: limits.Policy | None = None
         self.extensions: list[tuple[dict[str, float], str | None]] = []
         self.loops = LoopWatch(budget) if LoopWatch.wanted(budget) else None
+        self.score: float | None = None  # a verifier's score (``succeed(score=...)``)
+        self.rework: dict[str, int] = {}  # kind -> count (``record_rework``)
         self._ledger = ledger or context.get_ledger()
         self._tasks: set[tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]] = set()
         self._explicit_outcome = False
@@ -204,14 +207,16 @@ class Run(AtLimit):
             attrs[A.EXHAUSTED_REASON] = exhausted.reason
             # The final word: the usage at the end, not at the first refusal.
             attrs[A.EXHAUSTED_EXPLANATION] = exhausted.explain(u)
+        attrs.update(quality_attributes(self.score, self.rework))
         span.set_attributes(attrs)
         if self.outcome is Outcome.FAILURE and exc is not None:
             span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
             span.set_attribute(A.ERROR_TYPE, type(exc).__qualname__)
 
     # outcomes --------------------------------------------------------------------------
-    def succeed(self, result: Any = None) -> None:
-        """Mark the run successful (the default on a clean exit)."""
+    def succeed(self, result: Any = None, *, score: float | None = None) -> None:
+        """Mark the run successful (the default on a clean exit); ``score``: a verifier's."""
+        self.score = check_score(score) if score is not None else self.score
         self._set_outcome(Outcome.SUCCESS)
         if result is not None:
             self.result = result
