@@ -195,13 +195,17 @@ def part_lock_hold(label: str, **caps: int) -> None:
                 metrics.on_call_end(record(f"wf{w}", f"model-{m}", p))
     probe = record("wf1", "model-1", "verification")
 
+    late: list[float] = []  # how much longer than asked each 0.2 ms sleep took (waiting for the GIL)
+
     def calls_during(stop: threading.Event) -> list[float]:
         took = []
         while not stop.is_set():
             t0 = time.perf_counter()
             metrics.on_call_end(probe)
-            took.append(time.perf_counter() - t0)
+            t1 = time.perf_counter()
+            took.append(t1 - t0)
             time.sleep(0.0002)
+            late.append(time.perf_counter() - t1 - 0.0002)
         return took
 
     stop = threading.Event()
@@ -212,6 +216,8 @@ def part_lock_hold(label: str, **caps: int) -> None:
     stop.set()
     app.join()
     quiet = out.pop()
+    quiet_late = sorted(late)
+    late.clear()
     stop.clear()
     pauses: list[float] = []
     gc_started = [0.0]
@@ -241,7 +247,11 @@ def part_lock_hold(label: str, **caps: int) -> None:
     print(
         f"  app on_call_end during the scrape ({len(during)} calls): median {_ms(during, 0.5)}, p99 {_ms(during, 0.99)}, longest {_ms(during, 1)}; without a scrape: longest {_ms(sorted(quiet), 1)}"
     )
+    print(
+        f"  app thread kept from running (sleep overrun) during the scrape: median {_ms(sorted(late), 0.5)}, p99 {_ms(sorted(late), 0.99)}, longest {_ms(sorted(late), 1)}; without a scrape: median {_ms(quiet_late, 0.5)}, p99 {_ms(quiet_late, 0.99)}, longest {_ms(quiet_late, 1)}"
+    )
     print(f"  garbage collections meanwhile: {len(pauses)}, longest {_ms(sorted(pauses), 1)}")
+    print(f"  lock hold detail: {len(holds)} holds by the scraping thread")
 
 
 def _ms(values: list[float], q: float) -> str:

@@ -257,3 +257,7 @@ ENV_OTEL_OTLP_ENDPOINT: Final = "OTEL_EXPORTER_OTLP_ENDPOINT"
 ENV_OTEL_OTLP_TRACES_ENDPOINT: Final = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
 ENV_OTEL_OTLP_PROTOCOL: Final = "OTEL_EXPORTER_OTLP_PROTOCOL"
 ENV_OTEL_OTLP_TRACES_PROTOCOL: Final = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+
+# --- Exemplars (processors/metric_cells.py): the trace behind a histogram bucket -------------
+# The exemplar label OpenMetrics carries and Grafana's trace links read by default.
+EXEMPLAR_TRACE_LABEL: Final = "trace_id"

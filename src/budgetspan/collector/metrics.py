@@ -5,7 +5,7 @@ The same names, label names, buckets and exposition code as in-process
 bundled dashboards and alert rules read collector-tier data unchanged; ``service`` (the
 resource's ``service.name``) is the one label added. Label values are capped per label as
 in-process (then ``other``). One lock per update: rotel may call the processor from several
-threads, and the scrape reads a consistent snapshot under the same lock.
+threads; the scrape copies the numbers without it (``LocalFamily.snapshot``).
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ class TierMetrics:
         )
         self.live_runs = self._family("gauge", A.M_LIVE_RUNS, "Runs in progress (held in the window).", (wf,))
         if registry is not None:
-            registry.register(LocalCollector(self._families, self.lock))
+            registry.register(LocalCollector(self._families))
 
     def _family(
         self, kind: str, name: str, doc: str, labels: Sequence[str], buckets: Sequence[float] = ()
