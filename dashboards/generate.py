@@ -100,6 +100,9 @@ TO_WORKFLOW = (
     "&${datasource:queryparam}&${service:queryparam}&${__url_time_range}",
 )
 MANY = {"model", "tool", "phase", "workflow", "provider"}
+# Histograms whose buckets carry trace-id exemplars (processors/metric_cells.py): panels over them
+# ask for exemplars, shown as dots that link to the trace (the data source's exemplar link).
+TRACED = tuple(f"{m}_bucket" for m in (RUN_COST, RUN_DURATION, MODEL_DURATION, TOOL_DURATION))
 
 
 @dataclass
@@ -173,12 +176,16 @@ def panel(spec: Spec, panel_id: int) -> Any:
         builder = builder.data_links(
             [DashboardLink(title).url(url).type(DashboardLinkType.LINK) for title, url in spec.links]
         )
+    exemplars = not spec.stat  # one query per panel shows them (the same dots otherwise repeat)
     for i, (expr, legend) in enumerate(spec.queries):
         target = Dataquery().expr(expr).ref_id(chr(ord("A") + i))
         if legend:
             target = target.legend_format(legend)
         if spec.stat:
             target = target.instant()
+        if exemplars and any(m in expr for m in TRACED):
+            target = target.exemplar(True)
+            exemplars = False
         builder = builder.with_target(target)
     return builder
 
