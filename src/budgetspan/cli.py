@@ -1,4 +1,5 @@
-"""The ``budgetspan`` command: ``demo``, ``report``, ``collector``, ``collector-config`` and ``jobs``."""
+"""The ``budgetspan`` command: ``demo``, ``report``, ``collector``, ``collector-config``, ``jobs``
+and ``assets``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
 
 from budgetspan.attributes import VERSION as __version__
 
@@ -70,7 +74,51 @@ def build_parser() -> argparse.ArgumentParser:
         help="the Redis of the jobs (default: $BUDGETSPAN_REDIS_URL or redis://127.0.0.1:6379/0)",
     )
     watch.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    _add_assets(sub)
     return parser
+
+
+def _add_assets(sub: Any) -> None:
+    assets = sub.add_parser(
+        "assets",
+        help="write the bundled Grafana dashboards, alert rules and collector configuration to DIR",
+        description="Writes DIR/dashboards/*.json and DIR/collector-config/ (Prometheus, alert rules "
+        "and their promtool tests, runbooks, Alertmanager, OpenTelemetry Collector, Grafana "
+        "provisioning, compose.yaml): the files of the repository, shipped in the package. "
+        "Exit status 1 if a file to write exists with other content and --force is not given.",
+    )
+    assets.add_argument("dir", type=Path, help="where to write (created if missing)")
+    assets.add_argument("--force", action="store_true", help="overwrite files that differ")
+
+
+def write_assets(dest: Path, force: bool) -> int:
+    """Copy the packaged assets (``budgetspan/assets``) under ``dest``, keeping their layout."""
+    root = resources.files("budgetspan") / "assets"
+    files: list[tuple[str, bytes]] = []
+
+    def walk(node: Any, rel: str) -> None:
+        for child in sorted(node.iterdir(), key=lambda c: c.name):
+            path = f"{rel}/{child.name}" if rel else child.name
+            if child.is_dir():
+                walk(child, path)
+            else:
+                files.append((path, child.read_bytes()))
+
+    walk(root, "")
+    clash = [rel for rel, data in files if (dest / rel).exists() and (dest / rel).read_bytes() != data]
+    if clash and not force:
+        print(
+            f"budgetspan assets: {len(clash)} file(s) differ, not overwritten (use --force):", file=sys.stderr
+        )
+        for rel in clash:
+            print(f"  {dest / rel}", file=sys.stderr)
+        return 1
+    for rel, data in files:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dest / rel).write_bytes(data)
+    print(f"wrote {len(files)} files under {dest}: dashboards/ (import into Grafana) and collector-config/")
+    print(f"  local stack: docker compose -f {dest / 'collector-config' / 'compose.yaml'} up -d")
+    return 0
 
 
 def watch_job(args: argparse.Namespace) -> int:
@@ -113,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return otelcol.main(args)
     if args.command == "jobs" and args.jobs_command == "watch":
         return watch_job(args)
+    if args.command == "assets":
+        return write_assets(args.dir, args.force)
     parser.print_help(sys.stderr)
     return 2
 
