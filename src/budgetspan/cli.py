@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         "token and cost metrics, and tail sampling that keeps refusal and exhaustion traces.",
     )
     otelcol.add_arguments(cfg)
+    _add_jobs(sub)
+    _add_assets(sub)
+    return parser
+
+
+def _add_jobs(sub: Any) -> None:
     jobs = sub.add_parser("jobs", help="background jobs: follow a job's milestones until its end")
     jobs_sub = jobs.add_subparsers(dest="jobs_command", metavar="ACTION")
     watch = jobs_sub.add_parser(
@@ -74,8 +80,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="the Redis of the jobs (default: $BUDGETSPAN_REDIS_URL or redis://127.0.0.1:6379/0)",
     )
     watch.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
-    _add_assets(sub)
-    return parser
 
 
 def _add_assets(sub: Any) -> None:
