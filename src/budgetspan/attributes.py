@@ -261,3 +261,5 @@ ENV_OTEL_OTLP_TRACES_PROTOCOL: Final = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
 # --- Exemplars (processors/metric_cells.py): the trace behind a histogram bucket -------------
 # The exemplar label OpenMetrics carries and Grafana's trace links read by default.
 EXEMPLAR_TRACE_LABEL: Final = "trace_id"
+# `budgetspan assets`: the address of the published runbooks.md, put into the alert rules' runbook_url
+ENV_RUNBOOK_BASE_URL: Final = "BUDGETSPAN_RUNBOOK_BASE_URL"

@@ -12,6 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from budgetspan import attributes as A
 from budgetspan.attributes import VERSION as __version__
 
 
@@ -93,9 +94,27 @@ def _add_assets(sub: Any) -> None:
     )
     assets.add_argument("dir", type=Path, help="where to write (created if missing)")
     assets.add_argument("--force", action="store_true", help="overwrite files that differ")
+    assets.add_argument(
+        "--runbook-base",
+        default=os.environ.get(A.ENV_RUNBOOK_BASE_URL) or None,
+        metavar="URL",
+        help="where runbooks.md is published: the alert rules' runbook_url become URL#<alert> "
+        f"(default: ${A.ENV_RUNBOOK_BASE_URL}, else relative: {RUNBOOK_REF}#<alert>)",
+    )
 
 
-def write_assets(dest: Path, force: bool) -> int:
+# The one place the alert rules' runbook_url prefix is named: runbooks.md next to alerts.yml.
+RUNBOOK_REF = "runbooks.md"
+RUNBOOK_FILES = ("collector-config/alerts.yml", "collector-config/alerts_test.yml")
+
+
+def with_runbook_base(text: bytes, base: str) -> bytes:
+    """The rules (or their tests) with every ``runbook_url: "runbooks.md#x"`` as ``base#x``."""
+    base = base.rstrip("/#")
+    return text.replace(f'runbook_url: "{RUNBOOK_REF}#'.encode(), f'runbook_url: "{base}#'.encode())
+
+
+def write_assets(dest: Path, force: bool, runbook_base: str | None = None) -> int:
     """Copy the packaged assets (``budgetspan/assets``) under ``dest``, keeping their layout."""
     root = resources.files("budgetspan") / "assets"
     files: list[tuple[str, bytes]] = []
@@ -106,7 +125,10 @@ def write_assets(dest: Path, force: bool) -> int:
             if child.is_dir():
                 walk(child, path)
             else:
-                files.append((path, child.read_bytes()))
+                data = child.read_bytes()
+                if runbook_base and path in RUNBOOK_FILES:
+                    data = with_runbook_base(data, runbook_base)
+                files.append((path, data))
 
     walk(root, "")
     clash = [rel for rel, data in files if (dest / rel).exists() and (dest / rel).read_bytes() != data]
@@ -166,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "jobs" and args.jobs_command == "watch":
         return watch_job(args)
     if args.command == "assets":
-        return write_assets(args.dir, args.force)
+        return write_assets(args.dir, args.force, args.runbook_base)
     parser.print_help(sys.stderr)
     return 2
 
