@@ -79,7 +79,11 @@ PHASE: Final = "budgetspan.phase"
 PHASE_LABEL: Final = "budgetspan.phase.label"
 RETRIES: Final = "budgetspan.retries"
 ATTEMPTS: Final = "budgetspan.attempts"
-TIME_TO_FIRST_TOKEN_S: Final = "budgetspan.time_to_first_token_s"
+# Time to the first chunk of a stream, in seconds (the GenAI conventions' name; was
+# budgetspan.time_to_first_token_s, still read from older spans by the collector tier).
+GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK: Final = "gen_ai.response.time_to_first_chunk"
+TIME_TO_FIRST_TOKEN_S: Final = GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK
+TIME_TO_FIRST_TOKEN_S_LEGACY: Final = "budgetspan.time_to_first_token_s"
 USAGE_UNREPORTED: Final = "budgetspan.usage.unreported"  # the provider never said the tokens
 # Unreported usage, estimated by budgetspan and charged to the budget (never gen_ai.usage.*):
 USAGE_ESTIMATED_INPUT: Final = "budgetspan.usage.estimated.input_tokens"
@@ -98,7 +102,9 @@ RETRIEVAL_DOCUMENTS: Final = "budgetspan.retrieval.documents"
 RETRIEVAL_QUERY_S: Final = "budgetspan.retrieval.query_s"
 READ_ONLY: Final = "budgetspan.read_only"
 WOULD_REFUSE: Final = "budgetspan.observe.would_refuse"  # observe mode: the limit that would have refused
-STREAM: Final = "budgetspan.stream"
+# A streamed request (the GenAI conventions' name; was budgetspan.stream).
+GEN_AI_REQUEST_STREAM: Final = "gen_ai.request.stream"
+STREAM: Final = GEN_AI_REQUEST_STREAM
 STREAM_END: Final = "budgetspan.stream.end"  # consumed | closed | abandoned | error | cancelled
 
 # span events

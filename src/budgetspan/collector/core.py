@@ -256,6 +256,8 @@ class Tier:
     ) -> None:
         """Time to first token and retries, where the instrumentation recorded them."""
         ttft = view.get(A.TIME_TO_FIRST_TOKEN_S)
+        if ttft is None:  # a span from a budgetspan before the GenAI name
+            ttft = view.get(A.TIME_TO_FIRST_TOKEN_S_LEGACY)
         if isinstance(ttft, (int, float)) and not isinstance(ttft, bool) and 0 <= ttft < math.inf:
             self.metrics.ttft.child(provider, model, svc).observe(float(ttft))
         retries = token_count(view.get(A.RETRIES))

@@ -73,6 +73,9 @@ class Run:
         self.tenant: str | None = None
         self.user: str | None = None
         self.permissions: frozenset[str] = frozenset()
+        #: The provider of every model call so far (``gen_ai.provider.name`` on the run span);
+        #: "" once two providers were seen, None before the first call.
+        self.provider: str | None = None
         self._ledger = ledger or context.get_ledger()
         self._tasks: set[tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]] = set()
         self._explicit_outcome = False
@@ -87,6 +90,20 @@ class Run:
     def ledger(self) -> Ledger:
         """The ledger this run is accounted in (chosen when it started)."""
         return self._ledger
+
+    def saw_provider(self, provider: str | None) -> None:
+        """A model call of ``provider`` ended in this run (and so in every enclosing run)."""
+        if not provider:
+            return
+        run: Run | None = self
+        while run is not None:
+            if run.provider != provider and run.provider != "":
+                with run._lock:
+                    if run.provider is None:
+                        run.provider = provider
+                    elif run.provider != provider:
+                        run.provider = ""
+            run = run.parent
 
     def ancestors(self) -> list[Run]:
         """The enclosing runs that keep a budget of their own, innermost first (a run that shares
@@ -188,6 +205,8 @@ class Run:
         for key, value in u.as_dict().items():
             if isinstance(value, (int, float)):
                 attrs[A.USAGE_PREFIX + key] = value
+        if self.provider:  # every model call used this one provider
+            attrs[A.GEN_AI_PROVIDER_NAME] = self.provider
         exhausted = self.exhausted
         if exhausted is None and isinstance(exc, BudgetExhausted):
             exhausted = exc  # refused by an enclosing run's limit
