@@ -65,7 +65,8 @@ RUN_DURATION = A.M_RUN_DURATION
 EXHAUSTIONS = A.M_BUDGET_EXHAUSTIONS + "_total"
 UTILISATION = A.M_BUDGET_UTILISATION
 MODEL_CALLS = A.M_MODEL_CALLS + "_total"
-TOKENS = A.M_TOKENS + "_total"
+TOKENS = A.M_TOKENS + "_total"  # input and output only: a sum is the total
+TOKEN_DETAILS = A.M_TOKEN_DETAILS + "_total"  # cache_read, cache_write (of input), reasoning (of output)
 COST = A.M_COST + "_total"
 UNPRICED = A.M_UNPRICED_CALLS + "_total"
 UNREPORTED = A.M_UNREPORTED_USAGE_CALLS + "_total"
@@ -382,16 +383,19 @@ def overview() -> dict[str, Any]:
                 Spec(
                     "Tokens by type",
                     TOKENS_PER_S,
-                    [(f"sum by (type) (rate({TOKENS}{{{wf}}}[{RATE}]))", "{{type}}")],
-                    description="Tokens per second. Input includes cache reads and writes "
-                    "(OpenTelemetry semantics).",
+                    [
+                        (f"sum by (type) (rate({TOKENS}{{{wf}}}[{RATE}]))", "{{type}}"),
+                        (f"sum by (type) (rate({TOKEN_DETAILS}{{{wf}}}[{RATE}]))", "{{type}} (part)"),
+                    ],
+                    description="Tokens per second. Input includes cache reads and writes, output "
+                    "includes reasoning (OpenTelemetry semantics); the parts are drawn apart, not on top.",
                 ),
                 Spec(
                     "Cache-read share of input tokens",
                     "percentunit",
                     [
                         (
-                            f'sum(rate({TOKENS}{{{wf}, type="cache_read"}}[{RATE}])) / '
+                            f'sum(rate({TOKEN_DETAILS}{{{wf}, type="cache_read"}}[{RATE}])) / '
                             f'sum(rate({TOKENS}{{{wf}, type="input"}}[{RATE}]))',
                             "cache read",
                         )
@@ -611,7 +615,13 @@ def workflow_drilldown() -> dict[str, Any]:
                 Spec(
                     "Tokens by type and model",
                     TOKENS_PER_S,
-                    [(f"sum by (type, model) (rate({TOKENS}{{{wf}}}[{RATE}]))", "{{model}} {{type}}")],
+                    [
+                        (f"sum by (type, model) (rate({TOKENS}{{{wf}}}[{RATE}]))", "{{model}} {{type}}"),
+                        (
+                            f"sum by (type, model) (rate({TOKEN_DETAILS}{{{wf}}}[{RATE}]))",
+                            "{{model}} {{type}} (part)",
+                        ),
+                    ],
                 ),
                 Spec(
                     "Run cost p50 / p95 by outcome",

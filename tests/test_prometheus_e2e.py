@@ -263,8 +263,13 @@ def test_values_match_what_the_workload_did(stack: Stack) -> None:
     assert reasons == {"max_model_calls", "max_tool_calls", "max_cost_usd"}
     unpriced = stack.query("sum(budgetspan_unpriced_calls_total)")
     assert float(unpriced[0]["value"][1]) > 0
-    cache = stack.query('sum(budgetspan_tokens_total{type="cache_read"})')
+    cache = stack.query('sum(budgetspan_token_details_total{type="cache_read"})')
     assert float(cache[0]["value"][1]) > 0
+    # the token series sum without double counting: input and output only
+    assert {r["metric"]["type"] for r in stack.query("sum by (type) (budgetspan_tokens_total)")} == {
+        "input",
+        "output",
+    }
     retries = stack.query('sum(budgetspan_retries_total{type="tool"})')
     assert float(retries[0]["value"][1]) > 0
 

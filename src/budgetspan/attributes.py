@@ -131,7 +131,7 @@ M_BUDGET_EXHAUSTIONS: Final = "budgetspan_budget_exhaustions"  # counter: workfl
 M_BUDGET_WOULD_EXHAUST: Final = "budgetspan_budget_would_exhaust"  # counter (observe): workflow, reason
 M_BUDGET_UTILISATION: Final = "budgetspan_budget_utilisation_ratio"  # histogram: workflow, limit
 M_MODEL_CALLS: Final = "budgetspan_model_calls"  # counter: workflow, provider, model, status
-M_TOKENS: Final = "budgetspan_tokens"  # counter: workflow, provider, model, type
+M_TOKENS: Final = "budgetspan_tokens"  # counter: workflow, provider, model, type (input | output: they sum)
 M_COST: Final = "budgetspan_cost_usd"  # counter: workflow, phase, provider, model
 M_UNPRICED_CALLS: Final = "budgetspan_unpriced_calls"  # counter: provider, model
 M_UNREPORTED_USAGE_CALLS: Final = "budgetspan_unreported_usage_calls"  # counter: provider, model
@@ -269,3 +269,11 @@ ENV_OTEL_OTLP_TRACES_PROTOCOL: Final = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
 EXEMPLAR_TRACE_LABEL: Final = "trace_id"
 # `budgetspan assets`: the address of the published runbooks.md, put into the alert rules' runbook_url
 ENV_RUNBOOK_BASE_URL: Final = "BUDGETSPAN_RUNBOOK_BASE_URL"
+
+# --- Token series that sum without double counting -------------------------------------------
+# budgetspan_tokens_total{type} holds input (cached tokens included) and output only, so a plain
+# sum is the total; the subsets (cache_read and cache_write of input, reasoning of output) are a
+# family of their own. TOKEN_SUBSETS: the ``type`` values that go there.
+M_TOKEN_DETAILS: Final = "budgetspan_token_details"  # counter: workflow, provider, model, type
+OTEL_M_TOKEN_DETAILS: Final = ("budgetspan.token_details", "{token}")  # -> budgetspan_token_details_total
+TOKEN_SUBSETS: Final = frozenset({"cache_read", "cache_write", "reasoning"})

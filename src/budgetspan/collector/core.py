@@ -238,7 +238,8 @@ class Tier:
         m.phase_duration.child(wf, phase, svc).observe(duration)
         for n, (_, kind) in zip(tokens, _TOKEN_KEYS, strict=True):
             if n:
-                m.tokens.child(wf, provider, label, kind, svc).inc(n)
+                family = m.token_details if kind in A.TOKEN_SUBSETS else m.tokens
+                family.child(wf, provider, label, kind, svc).inc(n)
         if cost is not None:
             m.cost.child(wf, phase, provider, label, svc).inc(cost)
         elif not unreported:

@@ -94,7 +94,13 @@ class TierMetrics:
         self.tokens = self._family(
             "counter",
             A.M_TOKENS,
-            "Tokens by type; input includes cache_read and cache_write (OTel).",
+            "Tokens by type: input (cached tokens included, as OTel) and output; they sum to the total.",
+            (wf, prov, model, typ),
+        )
+        self.token_details = self._family(
+            "counter",
+            A.M_TOKEN_DETAILS,
+            "Parts of the tokens: cache_read and cache_write (of input), reasoning (of output).",
             (wf, prov, model, typ),
         )
         self.cost = self._family("counter", A.M_COST, "Dollar cost of model calls.", (wf, phase, prov, model))

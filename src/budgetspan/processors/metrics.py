@@ -260,7 +260,12 @@ class BudgetspanMetrics:
         )
         self.tokens = counter(
             A.M_TOKENS,
-            "Tokens by type; input includes cache_read and cache_write (OTel).",
+            "Tokens by type: input (cached tokens included, as OTel) and output; they sum to the total.",
+            (wf, prov, model, typ),
+        )
+        self.token_details = counter(
+            A.M_TOKEN_DETAILS,
+            "Parts of the tokens: cache_read and cache_write (of input), reasoning (of output).",
             (wf, prov, model, typ),
         )
         self.cost = counter(A.M_COST, "Dollar cost of model calls.", (wf, phase, prov, model))
@@ -424,7 +429,8 @@ class BudgetspanMetrics:
                 if n is not None and n > 0:
                     c = tokens[i]
                     if c is None:
-                        c = tokens[i] = self.tokens.child(wf, prov, model, TOKEN_TYPES[i])
+                        family = self.tokens if i < 2 else self.token_details  # input, output | parts
+                        c = tokens[i] = family.child(wf, prov, model, TOKEN_TYPES[i])
                     c.inc(n)
         cost = r.cost_usd if r.cost_usd is not None else (spend.cost_usd if spend else None)
         if cost is not None and _sane(cost):
