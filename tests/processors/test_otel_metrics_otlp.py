@@ -167,7 +167,7 @@ def _by_label(m: Any, label: str) -> dict[str, Any]:
 def _exposition_names() -> set[str]:
     counters = {A.M_RUNS, A.M_BUDGET_EXHAUSTIONS, A.M_BUDGET_WOULD_EXHAUST, A.M_MODEL_CALLS, A.M_TOKENS}
     counters |= {A.M_COST, A.M_UNPRICED_CALLS, A.M_UNREPORTED_USAGE_CALLS, A.M_TOOL_CALLS, A.M_RETRIES}
-    counters |= {A.M_RETRIEVALS, A.M_SPANS_DROPPED, A.M_INTERNAL_ERRORS}
+    counters |= {A.M_RETRIEVALS, A.M_SPANS_DROPPED, A.M_INTERNAL_ERRORS, A.M_TOKEN_DETAILS}
     others = {A.M_RUN_COST, A.M_RUN_DURATION, A.M_RUN_TOKENS, A.M_BUDGET_UTILISATION, A.M_PHASE_DURATION}
     others |= {A.M_TOOL_DURATION, A.M_TIME_TO_FIRST_TOKEN, A.M_MODEL_CALL_DURATION, A.M_LIVE_RUNS}
     return {c + "_total" for c in counters} | others
@@ -192,4 +192,5 @@ def _not_exercised() -> set[str]:
         A.M_BUDGET_WOULD_EXHAUST + "_total",
         A.M_SPANS_DROPPED + "_total",
         A.M_INTERNAL_ERRORS + "_total",
+        A.M_TOKEN_DETAILS + "_total",  # the model server reports no cached or reasoning tokens
     }
