@@ -10,10 +10,11 @@ Three parts, each short (the dev machine has 2 shared cores):
    p50/p99/max without scrapers, then with ``--scrapers`` threads in another process scraping
    in a loop over keep-alive connections, then while 400 half-open connections are opened and
    all hang up at once.
-2. one scrape's hold on the listener's lock: 100 workflows x 100 models x 6 phases of model
-   calls (the issue's case), an application thread ending model calls while one exposition is
-   rendered; the longest the scrape held the lock (the longest any call can wait on it), and the
-   longest ``on_call_end`` of the application thread during the scrape and without one.
+2. one scrape against the application: 100 workflows x 100 models x 6 phases of model calls (the
+   issue's case), an application thread ending model calls (sleeping 0.2 ms between them) while
+   one exposition is rendered; how often and how long the scrape held the listener's lock (now
+   never), the longest ``on_call_end`` of the application thread during the scrape and without
+   one, and how much longer than 0.2 ms its sleeps took (the time it waited for the interpreter).
 3. exposition size: 100 workflows x 100 models x 100 tools, default caps; lines, MiB and render
    time, next to the same with the series cap lifted.
 
