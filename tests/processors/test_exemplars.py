@@ -95,3 +95,36 @@ def test_an_unsampled_trace_gives_no_exemplar(registry: CollectorRegistry) -> No
         registry.get_sample_value(A.M_RUN_DURATION + "_count", {"workflow": "ticket", "outcome": "success"})
         == 1
     )
+
+
+def test_the_metrics_api_path_carries_the_same_trace_ids(tracing: Any) -> None:
+    """Over OTLP the SDK takes exemplars from the context a value is recorded in (its default
+    trace-based filter): the listener records inside the run, so the cost and duration
+    histograms carry the run's trace id there too."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from budgetspan.processors.otel_metrics import OTelMetrics
+
+    reader = InMemoryMetricReader()
+    listener = OTelMetrics(MeterProvider(metric_readers=[reader]))
+    events.add_listener(listener)
+    try:
+        with budgetspan.run("ticket") as run:
+            model_call()
+            run.succeed()
+    finally:
+        events.remove_listener(listener)
+    assert run.span is not None
+    trace_id = run.span.get_span_context().trace_id
+    data = reader.get_metrics_data()
+    assert data is not None
+    found = {
+        m.name: {e.trace_id for p in m.data.data_points for e in p.exemplars}
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+    }
+    for name in (A.OTEL_M_RUN_COST[0], A.OTEL_M_RUN_DURATION[0], A.OTEL_M_MODEL_CALL_DURATION[0]):
+        assert found.get(name) == {trace_id}, name
+    assert found.get(A.OTEL_GEN_AI_OPERATION_DURATION) == {trace_id}
