@@ -150,6 +150,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             60,
             "six scrapes",
         )
+        # On a loaded machine the workload can fall behind: wait until the last 15 s (the panels'
+        # rate window) hold finished runs of each kind the panels divide by.
+        _wait(
+            lambda: (
+                len(
+                    s.query(
+                        'sum by (outcome) (increase(budgetspan_runs_total{outcome=~"success|budget_exhausted"}[15s])) > 0'
+                    )
+                )
+                == 2
+            ),
+            90,
+            "successful and exhausted runs within 15 s",
+        )
         yield s
     finally:
         if workload.stdin:
