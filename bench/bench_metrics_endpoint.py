@@ -10,10 +10,11 @@ Three parts, each short (the dev machine has 2 shared cores):
    p50/p99/max without scrapers, then with ``--scrapers`` threads in another process scraping
    in a loop over keep-alive connections, then while 400 half-open connections are opened and
    all hang up at once.
-2. one scrape's hold on the listener's lock: 100 workflows x 100 models x 6 phases of model
-   calls (the issue's case), an application thread ending model calls while one exposition is
-   rendered; the longest the scrape held the lock (the longest any call can wait on it), and the
-   longest ``on_call_end`` of the application thread during the scrape and without one.
+2. one scrape against the application: 100 workflows x 100 models x 6 phases of model calls (the
+   issue's case), an application thread ending model calls (sleeping 0.2 ms between them) while
+   one exposition is rendered; how often and how long the scrape held the listener's lock (now
+   never), the longest ``on_call_end`` of the application thread during the scrape and without
+   one, and how much longer than 0.2 ms its sleeps took (the time it waited for the interpreter).
 3. exposition size: 100 workflows x 100 models x 100 tools, default caps; lines, MiB and render
    time, next to the same with the series cap lifted.
 
@@ -195,13 +196,17 @@ def part_lock_hold(label: str, **caps: int) -> None:
                 metrics.on_call_end(record(f"wf{w}", f"model-{m}", p))
     probe = record("wf1", "model-1", "verification")
 
+    late: list[float] = []  # how much longer than asked each 0.2 ms sleep took (waiting for the GIL)
+
     def calls_during(stop: threading.Event) -> list[float]:
         took = []
         while not stop.is_set():
             t0 = time.perf_counter()
             metrics.on_call_end(probe)
-            took.append(time.perf_counter() - t0)
+            t1 = time.perf_counter()
+            took.append(t1 - t0)
             time.sleep(0.0002)
+            late.append(time.perf_counter() - t1 - 0.0002)
         return took
 
     stop = threading.Event()
@@ -212,6 +217,8 @@ def part_lock_hold(label: str, **caps: int) -> None:
     stop.set()
     app.join()
     quiet = out.pop()
+    quiet_late = sorted(late)
+    late.clear()
     stop.clear()
     pauses: list[float] = []
     gc_started = [0.0]
@@ -241,7 +248,11 @@ def part_lock_hold(label: str, **caps: int) -> None:
     print(
         f"  app on_call_end during the scrape ({len(during)} calls): median {_ms(during, 0.5)}, p99 {_ms(during, 0.99)}, longest {_ms(during, 1)}; without a scrape: longest {_ms(sorted(quiet), 1)}"
     )
+    print(
+        f"  app thread kept from running (sleep overrun) during the scrape: median {_ms(sorted(late), 0.5)}, p99 {_ms(sorted(late), 0.99)}, longest {_ms(sorted(late), 1)}; without a scrape: median {_ms(quiet_late, 0.5)}, p99 {_ms(quiet_late, 0.99)}, longest {_ms(quiet_late, 1)}"
+    )
     print(f"  garbage collections meanwhile: {len(pauses)}, longest {_ms(sorted(pauses), 1)}")
+    print(f"  lock hold detail: {len(holds)} holds by the scraping thread")
 
 
 def _ms(values: list[float], q: float) -> str:

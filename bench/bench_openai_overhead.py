@@ -11,6 +11,10 @@ shared/fixtures, with the same SDK TracerProvider and a do-nothing exporter:
 - budgetspan:  budgetspan.configure() (spans, ledger, cost, events; metrics off)
 - openllmetry: opentelemetry-instrumentation-openai (Traceloop)
 - openai-v2:   opentelemetry-instrumentation-openai-v2 (official contrib)
+- budgetspan+metrics, openai-v2+metrics: the same, with an SDK MeterProvider (one in-memory reader,
+               collected never, so no export cost) set globally first: budgetspan's OpenTelemetry
+               Metrics API listener (GenAI metrics and its own series) and openai-v2's GenAI metrics
+               are then recorded on every call
 - span-floor:  not an instrumentation: a minimal wrapt wrapper that emits the span budgetspan emits
                (5 attributes at creation, 9 at the end, made current around the request) through the
                SDK API and does nothing else, i.e. what emitting that span costs any instrumentation
@@ -52,7 +56,15 @@ FALLBACK_BODY = {
     ],
     "usage": {"prompt_tokens": 15, "completion_tokens": 19, "total_tokens": 34},
 }
-CONFIGS = ("bare", "budgetspan", "openllmetry", "openai-v2", "span-floor")
+CONFIGS = (
+    "bare",
+    "budgetspan",
+    "openllmetry",
+    "openai-v2",
+    "span-floor",
+    "budgetspan+metrics",
+    "openai-v2+metrics",
+)
 
 
 def response_body() -> bytes:
@@ -126,6 +138,13 @@ def worker(config: str, calls: int, repeats: int) -> dict[str, object]:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(NullExporter()))
     trace.set_tracer_provider(provider)
+    if config.endswith("+metrics"):
+        from opentelemetry import metrics
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+        metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
+        config = config.removesuffix("+metrics")
     if config == "budgetspan":
         import budgetspan
 

@@ -65,7 +65,8 @@ RUN_DURATION = A.M_RUN_DURATION
 EXHAUSTIONS = A.M_BUDGET_EXHAUSTIONS + "_total"
 UTILISATION = A.M_BUDGET_UTILISATION
 MODEL_CALLS = A.M_MODEL_CALLS + "_total"
-TOKENS = A.M_TOKENS + "_total"
+TOKENS = A.M_TOKENS + "_total"  # input and output only: a sum is the total
+TOKEN_DETAILS = A.M_TOKEN_DETAILS + "_total"  # cache_read, cache_write (of input), reasoning (of output)
 COST = A.M_COST + "_total"
 UNPRICED = A.M_UNPRICED_CALLS + "_total"
 UNREPORTED = A.M_UNREPORTED_USAGE_CALLS + "_total"
@@ -120,6 +121,9 @@ TO_WORKFLOW = (
     "&${datasource:queryparam}&${service:queryparam}&${__url_time_range}",
 )
 MANY = {"model", "tool", "phase", "workflow", "provider"}
+# Histograms whose buckets carry trace-id exemplars (processors/metric_cells.py): panels over them
+# ask for exemplars, shown as dots that link to the trace (the data source's exemplar link).
+TRACED = tuple(f"{m}_bucket" for m in (RUN_COST, RUN_DURATION, MODEL_DURATION, TOOL_DURATION))
 
 
 @dataclass
@@ -193,12 +197,16 @@ def panel(spec: Spec, panel_id: int) -> Any:
         builder = builder.data_links(
             [DashboardLink(title).url(url).type(DashboardLinkType.LINK) for title, url in spec.links]
         )
+    exemplars = not spec.stat  # one query per panel shows them (the same dots otherwise repeat)
     for i, (expr, legend) in enumerate(spec.queries):
         target = Dataquery().expr(expr).ref_id(chr(ord("A") + i))
         if legend:
             target = target.legend_format(legend)
         if spec.stat:
             target = target.instant()
+        if exemplars and any(m in expr for m in TRACED):
+            target = target.exemplar(True)
+            exemplars = False
         builder = builder.with_target(target)
     return builder
 
@@ -452,16 +460,19 @@ def overview() -> dict[str, Any]:
                 Spec(
                     "Tokens by type",
                     TOKENS_PER_S,
-                    [(f"sum by (type) (rate({TOKENS}{{{wf}}}[{RATE}]))", "{{type}}")],
-                    description="Tokens per second. Input includes cache reads and writes "
-                    "(OpenTelemetry semantics).",
+                    [
+                        (f"sum by (type) (rate({TOKENS}{{{wf}}}[{RATE}]))", "{{type}}"),
+                        (f"sum by (type) (rate({TOKEN_DETAILS}{{{wf}}}[{RATE}]))", "{{type}} (part)"),
+                    ],
+                    description="Tokens per second. Input includes cache reads and writes, output "
+                    "includes reasoning (OpenTelemetry semantics); the parts are drawn apart, not on top.",
                 ),
                 Spec(
                     "Cache-read share of input tokens",
                     "percentunit",
                     [
                         (
-                            f'sum(rate({TOKENS}{{{wf}, type="cache_read"}}[{RATE}])) / '
+                            f'sum(rate({TOKEN_DETAILS}{{{wf}, type="cache_read"}}[{RATE}])) / '
                             f'sum(rate({TOKENS}{{{wf}, type="input"}}[{RATE}]))',
                             "cache read",
                         )
@@ -717,7 +728,13 @@ def workflow_drilldown() -> dict[str, Any]:
                 Spec(
                     "Tokens by type and model",
                     TOKENS_PER_S,
-                    [(f"sum by (type, model) (rate({TOKENS}{{{wf}}}[{RATE}]))", "{{model}} {{type}}")],
+                    [
+                        (f"sum by (type, model) (rate({TOKENS}{{{wf}}}[{RATE}]))", "{{model}} {{type}}"),
+                        (
+                            f"sum by (type, model) (rate({TOKEN_DETAILS}{{{wf}}}[{RATE}]))",
+                            "{{model}} {{type}} (part)",
+                        ),
+                    ],
                 ),
                 Spec(
                     "Run cost p50 / p95 by outcome",

@@ -11,6 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
+from budgetspan import cli
+from budgetspan.cli import RUNBOOK_REF
+
 REPO = Path(__file__).resolve().parent.parent
 CFG = REPO / "collector-config"
 REQUIRED_ALERTS = {
@@ -24,7 +27,7 @@ REQUIRED_ALERTS = {
     "BudgetspanScrapeDown",
     "BudgetspanScrapeMissing",
 }
-RUNBOOK_BASE = "https://budgetspan.example/runbooks#"  # the one prefix alerts.yml tells users to replace
+RUNBOOK_BASE = RUNBOOK_REF + "#"  # relative to alerts.yml; `budgetspan assets --runbook-base` replaces it
 
 pytestmark = pytest.mark.skipif(shutil.which("promtool") is None, reason="needs promtool")
 
@@ -187,3 +190,21 @@ def test_compose_mounts_exist_and_grafana_provisioning_matches() -> None:
     ds = yaml.safe_load((CFG / "grafana/provisioning/datasources/prometheus.yml").read_text())
     assert ds["datasources"][0]["type"] == "prometheus"
     assert ds["datasources"][0]["url"].endswith(":9090")
+
+
+def test_runbook_urls_point_at_runbooks_md_and_take_a_published_base(tmp_path: Path) -> None:
+    """By default each runbook_url is relative to alerts.yml and its anchor is a heading of the
+    runbooks.md beside it; ``budgetspan assets --runbook-base`` writes absolute URLs into the rules
+    and their tests alike, and the promtool tests still pass on what it wrote."""
+    for rule in rules():
+        ref, _, anchor = rule["annotations"]["runbook_url"].partition("#")
+        assert (CFG / ref).is_file() and anchor in runbook_sections()
+    base = "https://wiki.example.org/ops/budgetspan-runbooks"
+    assert cli.main(["assets", str(tmp_path), "--runbook-base", base + "/"]) == 0
+    out = tmp_path / "collector-config"
+    written = yaml.safe_load((out / "alerts.yml").read_text())
+    urls = [r["annotations"]["runbook_url"] for g in written["groups"] for r in g["rules"] if "alert" in r]
+    assert urls and all(u.startswith(base + "#") for u in urls)
+    assert RUNBOOK_REF + "#" not in (out / "alerts_test.yml").read_text()
+    r = promtool("test", "rules", "alerts_test.yml", cwd=out)
+    assert r.returncode == 0, r.stdout + r.stderr

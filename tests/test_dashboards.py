@@ -327,3 +327,31 @@ def test_cost_per_success_keeps_failed_runs_cost(tracing: Any) -> None:
     )
     assert "budgetspan_run_cost_usd_sum{" in expr and 'outcome="success"' in expr.split("/")[1]
     assert 'outcome="success"' not in expr.split("/")[0]
+
+
+def test_duration_and_cost_panels_show_exemplars_linked_to_the_trace_data_source() -> None:
+    """Panels over the traced histograms ask for exemplars (one query each); the provisioned
+    Prometheus data source links an exemplar's trace_id to the provisioned Jaeger data source;
+    compose's Prometheus keeps exemplars."""
+    import yaml
+
+    from budgetspan import attributes as A
+
+    traced = [f"{m}_bucket" for m in (A.M_RUN_COST, A.M_RUN_DURATION, A.M_MODEL_CALL_DURATION)]
+    for name in NAMES:
+        for p in panels(load(name)):
+            targets = p.get("targets", [])
+            flagged = [t for t in targets if t.get("exemplar")]
+            over_traced = [t for t in targets if any(m in t["expr"] for m in traced)]
+            assert all(any(m in t["expr"] for m in traced) or A.M_TOOL_DURATION in t["expr"] for t in flagged)
+            if over_traced and p["type"] == "timeseries":
+                assert len(flagged) == 1, (name, p["title"])
+    provisioning = REPO / "collector-config" / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
+    sources = {d["uid"]: d for d in yaml.safe_load(provisioning.read_text())["datasources"]}
+    (link,) = sources["prometheus"]["jsonData"]["exemplarTraceIdDestinations"]
+    assert link["name"] == A.EXEMPLAR_TRACE_LABEL
+    assert sources[link["datasourceUid"]]["type"] == "jaeger"
+    compose = yaml.safe_load((REPO / "collector-config" / "compose.yaml").read_text())
+    assert "--enable-feature=exemplar-storage" in compose["services"]["prometheus"]["command"]
+    assert sources["jaeger"]["url"].startswith("http://jaeger:")
+    assert "jaeger" in compose["services"]

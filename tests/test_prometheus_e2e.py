@@ -1,7 +1,8 @@
 """End to end on a real Prometheus: it scrapes a workload process making real instrumented calls,
 then every dashboard panel's query runs through the HTTP API and must return data; the bundled
 alert rules load, evaluate without error and go pending on the workload's real exhaustion rate;
-``promtool check metrics`` passes on our exposition."""
+``promtool check metrics`` passes on our exposition; the trace-id exemplars of the cost and
+duration histograms reach Prometheus' exemplar storage, for every dashboard query that shows them."""
 
 from __future__ import annotations
 
@@ -131,6 +132,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 f"--config.file={cfg}",
                 f"--web.listen-address=127.0.0.1:{port}",
                 f"--storage.tsdb.path={tmp / 'data'}",
+                "--enable-feature=exemplar-storage",  # as compose.yaml runs it
             ],
             stdout=subprocess.DEVNULL,
             stderr=(tmp / "prometheus.log").open("w"),
@@ -147,6 +149,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             lambda: float(s.query('count_over_time(up{job="budgetspan"}[1m])')[0]["value"][1]) >= 6,
             60,
             "six scrapes",
+        )
+        # On a loaded machine the workload can fall behind: wait until the last 15 s (the panels'
+        # rate window) hold finished runs of each kind the panels divide by.
+        _wait(
+            lambda: (
+                len(
+                    s.query(
+                        'sum by (outcome) (increase(budgetspan_runs_total{outcome=~"success|budget_exhausted"}[15s])) > 0'
+                    )
+                )
+                == 2
+            ),
+            90,
+            "successful and exhausted runs within 15 s",
         )
         yield s
     finally:
@@ -266,8 +282,13 @@ def test_values_match_what_the_workload_did(stack: Stack) -> None:
     assert float(loops[0]["value"][1]) > 0
     unpriced = stack.query("sum(budgetspan_unpriced_calls_total)")
     assert float(unpriced[0]["value"][1]) > 0
-    cache = stack.query('sum(budgetspan_tokens_total{type="cache_read"})')
+    cache = stack.query('sum(budgetspan_token_details_total{type="cache_read"})')
     assert float(cache[0]["value"][1]) > 0
+    # the token series sum without double counting: input and output only
+    assert {r["metric"]["type"] for r in stack.query("sum by (type) (budgetspan_tokens_total)")} == {
+        "input",
+        "output",
+    }
     retries = stack.query('sum(budgetspan_retries_total{type="tool"})')
     assert float(retries[0]["value"][1]) > 0
 
@@ -297,6 +318,37 @@ def test_alert_rules_evaluate_on_real_series(stack: Stack) -> None:
     assert "BudgetspanScrapeDown" not in states and "BudgetspanScrapeMissing" not in states
     # The threshold recording rule evaluates to the one configured number.
     assert float(stack.query("budgetspan:spend_rate_alert_threshold_usd_per_hour")[0]["value"][1]) == 10
+
+
+def test_exemplars_reach_prometheus_for_every_panel_that_shows_them(stack: Stack) -> None:
+    """Prometheus scrapes OpenMetrics (it asks for it first) and stores the exemplars; each panel
+    query flagged ``exemplar`` gets exemplars back, each a 32-hex-digit trace id."""
+    end = time.time()
+    queries = [
+        (f"{dash['uid']} / {p['title']}", t["expr"], variables)
+        for name in ("budgetspan-overview.json", "budgetspan-workflow.json")
+        for dash in [_dashboard(name)]
+        for variables in [
+            {v["name"]: v.get("allValue") or ".*" for v in dash["templating"]["list"] if v["type"] == "query"}
+        ]
+        for p in dash["panels"]
+        for t in p.get("targets", [])
+        if t.get("exemplar")
+    ]
+    assert len(queries) >= 6
+    missing = []
+    for where, expr, variables in queries:
+        if "workflow" in variables and variables["workflow"] == ".*" and "budgetspan-workflow" in where:
+            variables = {**variables, "workflow": "resolve_ticket"}
+        data = stack.api(
+            "query_exemplars", query=_expand(expr, variables), start=str(end - 300), end=str(end)
+        )
+        found = [e for series in data for e in series["exemplars"]]
+        if not found:
+            missing.append(where)
+        for e in found:
+            assert re.fullmatch(r"[0-9a-f]{32}", e["labels"]["trace_id"]), e
+    assert not missing, "no exemplars for:\n" + "\n".join(missing)
 
 
 def test_promtool_check_metrics_on_our_exposition(stack: Stack) -> None:

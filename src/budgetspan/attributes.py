@@ -79,7 +79,11 @@ PHASE: Final = "budgetspan.phase"
 PHASE_LABEL: Final = "budgetspan.phase.label"
 RETRIES: Final = "budgetspan.retries"
 ATTEMPTS: Final = "budgetspan.attempts"
-TIME_TO_FIRST_TOKEN_S: Final = "budgetspan.time_to_first_token_s"
+# Time to the first chunk of a stream, in seconds (the GenAI conventions' name; was
+# budgetspan.time_to_first_token_s, still read from older spans by the collector tier).
+GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK: Final = "gen_ai.response.time_to_first_chunk"
+TIME_TO_FIRST_TOKEN_S: Final = GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK
+TIME_TO_FIRST_TOKEN_S_LEGACY: Final = "budgetspan.time_to_first_token_s"
 USAGE_UNREPORTED: Final = "budgetspan.usage.unreported"  # the provider never said the tokens
 # Unreported usage, estimated by budgetspan and charged to the budget (never gen_ai.usage.*):
 USAGE_ESTIMATED_INPUT: Final = "budgetspan.usage.estimated.input_tokens"
@@ -98,7 +102,9 @@ RETRIEVAL_DOCUMENTS: Final = "budgetspan.retrieval.documents"
 RETRIEVAL_QUERY_S: Final = "budgetspan.retrieval.query_s"
 READ_ONLY: Final = "budgetspan.read_only"
 WOULD_REFUSE: Final = "budgetspan.observe.would_refuse"  # observe mode: the limit that would have refused
-STREAM: Final = "budgetspan.stream"
+# A streamed request (the GenAI conventions' name; was budgetspan.stream).
+GEN_AI_REQUEST_STREAM: Final = "gen_ai.request.stream"
+STREAM: Final = GEN_AI_REQUEST_STREAM
 STREAM_END: Final = "budgetspan.stream.end"  # consumed | closed | abandoned | error | cancelled
 
 # span events
@@ -144,7 +150,7 @@ M_BUDGET_EXHAUSTIONS: Final = "budgetspan_budget_exhaustions"  # counter: workfl
 M_BUDGET_WOULD_EXHAUST: Final = "budgetspan_budget_would_exhaust"  # counter (observe): workflow, reason
 M_BUDGET_UTILISATION: Final = "budgetspan_budget_utilisation_ratio"  # histogram: workflow, limit
 M_MODEL_CALLS: Final = "budgetspan_model_calls"  # counter: workflow, provider, model, status
-M_TOKENS: Final = "budgetspan_tokens"  # counter: workflow, provider, model, type
+M_TOKENS: Final = "budgetspan_tokens"  # counter: workflow, provider, model, type (input | output: they sum)
 M_COST: Final = "budgetspan_cost_usd"  # counter: workflow, phase, provider, model
 M_UNPRICED_CALLS: Final = "budgetspan_unpriced_calls"  # counter: provider, model
 M_UNREPORTED_USAGE_CALLS: Final = "budgetspan_unreported_usage_calls"  # counter: provider, model
@@ -340,3 +346,16 @@ M_STEP_RUNS: Final = "budgetspan_step_runs"  # counter: workflow, step, model, o
 L_STEP: Final = "step"
 OTEL_M_STEP_COST: Final = ("budgetspan.step.cost_usd", "{USD}")  # -> budgetspan_step_cost_usd_total
 OTEL_M_STEP_RUNS: Final = ("budgetspan.step.runs", "{run}")  # -> budgetspan_step_runs_total
+# --- Exemplars (processors/metric_cells.py): the trace behind a histogram bucket -------------
+# The exemplar label OpenMetrics carries and Grafana's trace links read by default.
+EXEMPLAR_TRACE_LABEL: Final = "trace_id"
+# `budgetspan assets`: the address of the published runbooks.md, put into the alert rules' runbook_url
+ENV_RUNBOOK_BASE_URL: Final = "BUDGETSPAN_RUNBOOK_BASE_URL"
+
+# --- Token series that sum without double counting -------------------------------------------
+# budgetspan_tokens_total{type} holds input (cached tokens included) and output only, so a plain
+# sum is the total; the subsets (cache_read and cache_write of input, reasoning of output) are a
+# family of their own. TOKEN_SUBSETS: the ``type`` values that go there.
+M_TOKEN_DETAILS: Final = "budgetspan_token_details"  # counter: workflow, provider, model, type
+OTEL_M_TOKEN_DETAILS: Final = ("budgetspan.token_details", "{token}")  # -> budgetspan_token_details_total
+TOKEN_SUBSETS: Final = frozenset({"cache_read", "cache_write", "reasoning"})

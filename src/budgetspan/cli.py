@@ -1,4 +1,5 @@
-"""The ``budgetspan`` command: ``demo``, ``report``, ``collector``, ``collector-config`` and ``jobs``."""
+"""The ``budgetspan`` command: ``demo``, ``report``, ``collector``, ``collector-config``, ``jobs``
+and ``assets``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,11 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
 
+from budgetspan import attributes as A
 from budgetspan.attributes import VERSION as __version__
 
 
@@ -55,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
         "token and cost metrics, and tail sampling that keeps refusal and exhaustion traces.",
     )
     otelcol.add_arguments(cfg)
+    _add_jobs(sub)
+    _add_assets(sub)
+    return parser
+
+
+def _add_jobs(sub: Any) -> None:
     jobs = sub.add_parser("jobs", help="background jobs: follow a job's milestones until its end")
     jobs_sub = jobs.add_subparsers(dest="jobs_command", metavar="ACTION")
     watch = jobs_sub.add_parser(
@@ -70,7 +81,70 @@ def build_parser() -> argparse.ArgumentParser:
         help="the Redis of the jobs (default: $BUDGETSPAN_REDIS_URL or redis://127.0.0.1:6379/0)",
     )
     watch.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
-    return parser
+
+
+def _add_assets(sub: Any) -> None:
+    assets = sub.add_parser(
+        "assets",
+        help="write the bundled Grafana dashboards, alert rules and collector configuration to DIR",
+        description="Writes DIR/dashboards/*.json and DIR/collector-config/ (Prometheus, alert rules "
+        "and their promtool tests, runbooks, Alertmanager, OpenTelemetry Collector, Grafana "
+        "provisioning, compose.yaml): the files of the repository, shipped in the package. "
+        "Exit status 1 if a file to write exists with other content and --force is not given.",
+    )
+    assets.add_argument("dir", type=Path, help="where to write (created if missing)")
+    assets.add_argument("--force", action="store_true", help="overwrite files that differ")
+    assets.add_argument(
+        "--runbook-base",
+        default=os.environ.get(A.ENV_RUNBOOK_BASE_URL) or None,
+        metavar="URL",
+        help="where runbooks.md is published: the alert rules' runbook_url become URL#<alert> "
+        f"(default: ${A.ENV_RUNBOOK_BASE_URL}, else relative: {RUNBOOK_REF}#<alert>)",
+    )
+
+
+# The one place the alert rules' runbook_url prefix is named: runbooks.md next to alerts.yml.
+RUNBOOK_REF = "runbooks.md"
+RUNBOOK_FILES = ("collector-config/alerts.yml", "collector-config/alerts_test.yml")
+
+
+def with_runbook_base(text: bytes, base: str) -> bytes:
+    """The rules (or their tests) with every ``runbook_url: "runbooks.md#x"`` as ``base#x``."""
+    base = base.rstrip("/#")
+    return text.replace(f'runbook_url: "{RUNBOOK_REF}#'.encode(), f'runbook_url: "{base}#'.encode())
+
+
+def write_assets(dest: Path, force: bool, runbook_base: str | None = None) -> int:
+    """Copy the packaged assets (``budgetspan/assets``) under ``dest``, keeping their layout."""
+    root = resources.files("budgetspan") / "assets"
+    files: list[tuple[str, bytes]] = []
+
+    def walk(node: Any, rel: str) -> None:
+        for child in sorted(node.iterdir(), key=lambda c: c.name):
+            path = f"{rel}/{child.name}" if rel else child.name
+            if child.is_dir():
+                walk(child, path)
+            else:
+                data = child.read_bytes()
+                if runbook_base and path in RUNBOOK_FILES:
+                    data = with_runbook_base(data, runbook_base)
+                files.append((path, data))
+
+    walk(root, "")
+    clash = [rel for rel, data in files if (dest / rel).exists() and (dest / rel).read_bytes() != data]
+    if clash and not force:
+        print(
+            f"budgetspan assets: {len(clash)} file(s) differ, not overwritten (use --force):", file=sys.stderr
+        )
+        for rel in clash:
+            print(f"  {dest / rel}", file=sys.stderr)
+        return 1
+    for rel, data in files:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dest / rel).write_bytes(data)
+    print(f"wrote {len(files)} files under {dest}: dashboards/ (import into Grafana) and collector-config/")
+    print(f"  local stack: docker compose -f {dest / 'collector-config' / 'compose.yaml'} up -d")
+    return 0
 
 
 def watch_job(args: argparse.Namespace) -> int:
@@ -113,6 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return otelcol.main(args)
     if args.command == "jobs" and args.jobs_command == "watch":
         return watch_job(args)
+    if args.command == "assets":
+        return write_assets(args.dir, args.force, args.runbook_base)
     parser.print_help(sys.stderr)
     return 2
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from budgetspan import attributes as A
@@ -163,3 +164,39 @@ def test_of_several_source_names_the_first_listed_wins_and_a_genai_name_is_never
     assert normalised({"llm.token_count.completion": 5, "gen_ai.usage.completion_tokens": -1}) == {
         A.GEN_AI_USAGE_OUTPUT_TOKENS: 5
     }
+
+
+def test_time_to_first_chunk_under_the_conventions_name_or_the_old_one_and_token_parts_apart() -> None:
+    """The tier reads the GenAI name (gen_ai.response.time_to_first_chunk) and, from spans of an
+    older budgetspan, budgetspan.time_to_first_token_s; cache reads go to the token-details series,
+    so budgetspan_tokens_total sums to input + output."""
+    reg = CollectorRegistry()
+    tier = Tier(TierOptions(), load_config({A.ENV_BUDGET: ""}), registry=reg)
+    chat = {
+        A.GEN_AI_OPERATION_NAME: "chat",
+        A.GEN_AI_PROVIDER_NAME: "openai",
+        A.GEN_AI_REQUEST_MODEL: "gpt-4o-mini",
+        A.GEN_AI_USAGE_INPUT_TOKENS: 100,
+        A.GEN_AI_USAGE_OUTPUT_TOKENS: 10,
+        A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: 40,
+    }
+    new = _span(1, 1, None, {**chat, A.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK: 0.2})
+    old = _span(2, 2, None, {**chat, A.TIME_TO_FIRST_TOKEN_S_LEGACY: 0.4})
+    dict_spans(tier, "svc", [new, old])
+    labels = {"provider": "openai", "model": "gpt-4o-mini", "service": "svc"}
+    assert reg.get_sample_value(A.M_TIME_TO_FIRST_TOKEN + "_count", labels) == 2
+    assert reg.get_sample_value(A.M_TIME_TO_FIRST_TOKEN + "_sum", labels) == pytest.approx(0.6)
+    kinds = {
+        s.labels["type"]: s.value
+        for fam in reg.collect()
+        for s in fam.samples
+        if s.name == A.M_TOKENS + "_total"
+    }
+    assert kinds == {"input": 200, "output": 20}
+    details = {
+        s.labels["type"]: s.value
+        for fam in reg.collect()
+        for s in fam.samples
+        if s.name == A.M_TOKEN_DETAILS + "_total"
+    }
+    assert details == {"cache_read": 80}

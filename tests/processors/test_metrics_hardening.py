@@ -192,13 +192,47 @@ def test_a_call_completes_its_metrics_update_while_a_scrape_is_paused_mid_render
     assert b'budgetspan_runs_total{outcome="success",workflow="during"} 1.0' in generate_latest(registry)
 
 
-def test_snapshot_copies_big_families_in_chunks_and_loses_nothing() -> None:
+def test_snapshot_of_a_big_family_loses_nothing() -> None:
     registry = CollectorRegistry()
     metrics = M.BudgetspanMetrics(registry, max_label_values=2000, max_series=5000)
-    for i in range(3 * metric_cells.SNAPSHOT_CHUNK + 5):
+    for i in range(3 * 256 + 5):
         metrics.on_call_end(tool_record("wf", f"tool-{i}"))
     counts = Counter(
         s.name for fam in registry.collect() for s in fam.samples if s.name.startswith("budgetspan_tool")
     )
-    assert counts["budgetspan_tool_calls_total"] == 3 * metric_cells.SNAPSHOT_CHUNK + 5
-    assert counts["budgetspan_tool_duration_seconds_count"] == 3 * metric_cells.SNAPSHOT_CHUNK + 5
+    assert counts["budgetspan_tool_calls_total"] == 3 * 256 + 5
+    assert counts["budgetspan_tool_duration_seconds_count"] == 3 * 256 + 5
+
+
+def test_a_scrape_completes_while_the_listeners_lock_is_held_elsewhere() -> None:
+    """The copy of the numbers takes no lock the application's calls take: a scrape finishes
+    while a (stuck) call holds the listener's lock."""
+    registry = CollectorRegistry()
+    metrics = M.BudgetspanMetrics(registry)
+    metrics.on_call_end(model_record("wf", "m"))
+    scraped: list[bytes] = []
+    with metrics._lock:
+        scraper = threading.Thread(target=lambda: scraped.append(generate_latest(registry)), daemon=True)
+        scraper.start()
+        scraper.join(10)
+    assert scraped, "the scrape waited for the listener's lock"
+    assert (
+        b'budgetspan_model_calls_total{model="m",provider="acme",status="ok",workflow="wf"} 1.0' in scraped[0]
+    )
+
+
+def test_rendering_hands_the_interpreter_over_with_a_real_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every slice of rendering ends in a sleep longer than zero (a ``sleep(0)`` takes the
+    interpreter straight back, and a waiting thread got in only at the 5 ms switch interval)."""
+    registry = CollectorRegistry()
+    metrics = M.BudgetspanMetrics(registry, max_label_values=2000, max_series=5000)
+    for i in range(300):
+        metrics.on_call_end(tool_record("wf", f"tool-{i}"))
+    sleeps: list[float] = []
+    real_sleep = metric_cells.time.sleep
+    monkeypatch.setattr(metric_cells, "SLICE_S", 0.0)  # hand over at every look at the clock
+    monkeypatch.setattr(metric_cells.time, "sleep", lambda s: (sleeps.append(s), real_sleep(s)))
+    text = generate_latest(registry)
+    assert text.count(b"budgetspan_tool_calls_total{") == 300
+    assert len(sleeps) >= 300 * 2 // metric_cells.CHECK_EVERY
+    assert min(sleeps) > 0

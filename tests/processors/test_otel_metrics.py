@@ -109,3 +109,15 @@ def test_extensions_loops_and_tool_refusals_on_the_metrics_api(tracing: Any) -> 
         {"workflow": "wf", "type": "ping_pong", "status": "stopped"}
     ]
     assert got["budgetspan.tool.refusals"][0].value == 1
+
+
+def test_token_series_sum_to_the_total_and_parts_go_apart() -> None:
+    """budgetspan.tokens carries input and output only (a sum is the total); cache reads and
+    reasoning, parts of them, go to budgetspan.token_details, as on the Prometheus path."""
+    m, reader = _listener()
+    m.on_call_end(_call(operation="chat", spend=Spend(10, 3, cache_read_tokens=4, reasoning_tokens=2)))
+    got = _collect(reader)
+    tokens = {dict(p.attributes)[A.L_TYPE]: p.value for p in got[A.OTEL_M_TOKENS[0]]}
+    assert tokens == {"input": 10, "output": 3}
+    details = {dict(p.attributes)[A.L_TYPE]: p.value for p in got[A.OTEL_M_TOKEN_DETAILS[0]]}
+    assert details == {"cache_read": 4, "reasoning": 2}

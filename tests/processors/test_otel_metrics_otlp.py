@@ -130,12 +130,9 @@ def _by_label(m: Any, label: str) -> dict[str, Any]:
 
 
 def _exposition_names() -> set[str]:
-    counters = {A.M_RUNS, A.M_BUDGET_EXHAUSTIONS, A.M_BUDGET_WOULD_EXHAUST, A.M_MODEL_CALLS, A.M_TOKENS}
-    counters |= {A.M_COST, A.M_UNPRICED_CALLS, A.M_UNREPORTED_USAGE_CALLS, A.M_TOOL_CALLS, A.M_RETRIES}
-    counters |= {A.M_RETRIEVALS, A.M_SPANS_DROPPED, A.M_INTERNAL_ERRORS}
-    others = {A.M_RUN_COST, A.M_RUN_DURATION, A.M_RUN_TOKENS, A.M_BUDGET_UTILISATION, A.M_PHASE_DURATION}
-    others |= {A.M_TOOL_DURATION, A.M_TIME_TO_FIRST_TOKEN, A.M_MODEL_CALL_DURATION, A.M_LIVE_RUNS}
-    return {c + "_total" for c in counters} | others
+    """Every series name of the Prometheus path (attributes.M_*; counters end in _total there)."""
+    names = {v for k, v in vars(A).items() if k.startswith("M_") and isinstance(v, str)}
+    return names | {n + "_total" for n in names}
 
 
 def _dashboard_names() -> set[str]:
@@ -157,4 +154,16 @@ def _not_exercised() -> set[str]:
         A.M_BUDGET_WOULD_EXHAUST + "_total",
         A.M_SPANS_DROPPED + "_total",
         A.M_INTERNAL_ERRORS + "_total",
+        A.M_TOKEN_DETAILS + "_total",  # the model server reports no cached or reasoning tokens
+        # no cache, no background job, no loop, extension or tool cap, no tenant in this workload
+        A.M_CACHE_REQUESTS + "_total",
+        A.M_CACHE_SAVED_USD + "_total",
+        A.M_CACHE_SAVED_SECONDS + "_total",
+        A.M_PROMPT_CACHE_SAVED_USD + "_total",
+        A.M_PROMPT_CACHE_WRITE_PREMIUM_USD + "_total",
+        A.M_JOBS + "_total",
+        A.M_JOB_QUEUE_WAIT,
+        A.M_LOOPS + "_total",
+        A.M_BUDGET_EXTENSIONS + "_total",
+        A.M_TOOL_REFUSALS + "_total",
     }

@@ -375,6 +375,8 @@ class Call(AsyncBounds):
         if run is not None:
             if self._outer:
                 run.busy_s += duration
+            if self.is_model:
+                run.saw_provider(self.provider)
             if self.reservation is not None:
                 run.commit(
                     self.reservation,

@@ -251,7 +251,8 @@ class Tier:
         m.phase_duration.child(wf, phase, svc).observe(duration)
         for n, (_, kind) in zip(tokens, _TOKEN_KEYS, strict=True):
             if n:
-                m.tokens.child(wf, provider, label, kind, svc).inc(n)
+                family = m.token_details if kind in A.TOKEN_SUBSETS else m.tokens
+                family.child(wf, provider, label, kind, svc).inc(n)
         step = state.steps.setdefault(_text(view.get(A.STEP)) or phase, [label, 0.0])
         if cost is not None:
             m.cost.child(wf, phase, provider, label, svc).inc(cost)
@@ -276,6 +277,8 @@ class Tier:
     ) -> None:
         """Time to first token and retries, where the instrumentation recorded them."""
         ttft = view.get(A.TIME_TO_FIRST_TOKEN_S)
+        if ttft is None:  # a span from a budgetspan before the GenAI name
+            ttft = view.get(A.TIME_TO_FIRST_TOKEN_S_LEGACY)
         if isinstance(ttft, (int, float)) and not isinstance(ttft, bool) and 0 <= ttft < math.inf:
             self.metrics.ttft.child(provider, model, svc).observe(float(ttft))
         retries = token_count(view.get(A.RETRIES))

@@ -5,7 +5,7 @@ The same names, label names, buckets and exposition code as in-process
 bundled dashboards and alert rules read collector-tier data unchanged; ``service`` (the
 resource's ``service.name``) is the one label added. Label values are capped per label as
 in-process (then ``other``). One lock per update: rotel may call the processor from several
-threads, and the scrape reads a consistent snapshot under the same lock.
+threads; the scrape copies the numbers without it (``LocalFamily.snapshot``).
 """
 
 from __future__ import annotations
@@ -106,7 +106,13 @@ class TierMetrics:
         self.tokens = self._family(
             "counter",
             A.M_TOKENS,
-            "Tokens by type; input includes cache_read and cache_write (OTel).",
+            "Tokens by type: input (cached tokens included, as OTel) and output; they sum to the total.",
+            (wf, prov, model, typ),
+        )
+        self.token_details = self._family(
+            "counter",
+            A.M_TOKEN_DETAILS,
+            "Parts of the tokens: cache_read and cache_write (of input), reasoning (of output).",
             (wf, prov, model, typ),
         )
         self.cost = self._family("counter", A.M_COST, "Dollar cost of model calls.", (wf, phase, prov, model))
@@ -183,7 +189,7 @@ class TierMetrics:
             "counter", A.M_STEP_RUNS, "Finished runs per step and the step's model, by outcome.", by_step
         )
         if registry is not None:
-            registry.register(LocalCollector(self._families, self.lock))
+            registry.register(LocalCollector(self._families))
 
     def _family(
         self, kind: str, name: str, doc: str, labels: Sequence[str], buckets: Sequence[float] = ()

@@ -220,6 +220,7 @@ class BudgetSpanProcessor(SpanProcessor):
                 spend.cache_write_tokens,
             )
         unpriced = not unreported and spend.cost_usd is None
+        run.saw_provider(provider)
         if res is not None:
             run.commit(res, None if unreported else spend, unreported=unreported, unpriced=unpriced)
         events.emit(

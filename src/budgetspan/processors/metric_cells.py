@@ -7,12 +7,16 @@ listener takes one lock per event and each update is an addition; the collector 
 into the same exposition (``_total``, ``_bucket``/``_sum``/``_count``, ``_created``) at scrape
 time. With ``PROMETHEUS_MULTIPROC_DIR`` the listener uses prometheus-client's own classes instead
 (values must live in its per-process files for the server to sum them).
+
+A scrape never makes an application thread wait: the numbers are copied without the listener's
+lock (see ``LocalFamily.snapshot``), and the rendering hands the interpreter to waiting threads
+every ``SLICE_S`` (see ``LazySamples``). Histogram buckets keep the last trace id observed in
+them as an exemplar, written in the OpenMetrics exposition.
 """
 
 from __future__ import annotations
 
 import math
-import threading
 import time
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
@@ -20,11 +24,15 @@ from typing import Any
 
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar as PromExemplar
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
-SNAPSHOT_CHUNK = 256  # cells copied per hold of the listener's lock
-YIELD_EVERY = 256  # samples rendered between two chances for other threads to run (~0.5 ms)
+from budgetspan.attributes import EXEMPLAR_TRACE_LABEL
+
+SLICE_S = 0.0002  # rendering time between two hand-overs of the interpreter to waiting threads
+HAND_OVER_S = 0.00002  # how long the rendering thread sleeps to hand over (a sleep(0) does not)
+CHECK_EVERY = 16  # samples rendered between two looks at the clock
 
 
 class CounterCell:
@@ -55,21 +63,34 @@ class GaugeCell:
         self.value -= amount
 
 
-class HistogramCell:
-    """Per-bucket (not cumulative) counts; the last bucket is +Inf. NaN is not observed."""
+Exemplar = tuple[int, float, float]  # trace id, the observed value, when (Unix seconds)
 
-    __slots__ = ("bounds", "counts", "created", "sum")
+
+class HistogramCell:
+    """Per-bucket (not cumulative) counts; the last bucket is +Inf. NaN is not observed.
+
+    ``exemplars`` holds, per bucket, the last observation made with a trace id (None until one is).
+    """
+
+    __slots__ = ("bounds", "counts", "created", "exemplars", "sum")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)
         self.sum = 0.0
         self.created = time.time()
+        self.exemplars: list[Exemplar | None] | None = None
 
-    def observe(self, value: float) -> None:
+    def observe(self, value: float, trace_id: int | None = None) -> None:
         if value == value:  # not NaN
-            self.counts[bisect_left(self.bounds, value)] += 1
+            i = bisect_left(self.bounds, value)
+            self.counts[i] += 1
             self.sum += value
+            if trace_id:
+                ex = self.exemplars
+                if ex is None:
+                    ex = self.exemplars = [None] * len(self.counts)
+                ex[i] = (trace_id, value, time.time())
 
 
 class LocalFamily:
@@ -99,28 +120,24 @@ class LocalFamily:
             self.children[key] = cell
         return cell
 
-    def snapshot(self, lock: threading.Lock) -> Snapshot:
-        """The family's numbers, copied under ``lock`` a chunk of cells at a time.
+    def snapshot(self) -> Snapshot:
+        """The family's numbers, copied without the listener's lock.
 
-        Each cell is copied whole (a histogram's buckets and sum together), and the lock is
-        let go between chunks, so a call finishing during a scrape waits for one chunk at most
-        (tens of µs), never for the whole family or for the rendering. Only flat lists of
-        numbers are made: no object per cell, so no garbage collection starts under the lock."""
-        with lock:
-            items = list(self.children.items())
+        No lock is needed, and taking one made calls wait whenever the scraping thread was
+        descheduled while holding it: under the GIL each number is read whole, a counter only
+        grows (a scrape never sees one fall) and a series appears in ``children`` at once. A
+        histogram's ``_sum`` may miss an observation its buckets already hold (or the reverse)
+        when a call ends during the copy; prometheus-client reads them apart as well. Only flat
+        lists of numbers are made: no object per cell, so the copy sets off no garbage collection."""
+        items = list(self.children.items())
         snap = Snapshot(self, [k for k, _ in items])
         cells = [c for _, c in items]
-        for start in range(0, len(cells), SNAPSHOT_CHUNK):
-            chunk = cells[start : start + SNAPSHOT_CHUNK]
-            if start:
-                time.sleep(0)  # let a listener woken by the last release take the lock first
-            if self.kind == "histogram":
-                with lock:
-                    snap.values += [c.sum for c in chunk]
-                    snap.counts += [n for c in chunk for n in c.counts]
-            else:
-                with lock:
-                    snap.values += [c.value for c in chunk]
+        if self.kind == "histogram":
+            snap.values = [c.sum for c in cells]
+            snap.counts = [n for c in cells for n in c.counts]
+            snap.exemplars = [None if c.exemplars is None else list(c.exemplars) for c in cells]
+        else:
+            snap.values = [c.value for c in cells]
         if self.kind != "gauge":
             snap.created = [c.created for c in cells]  # set once, when the cell is made
         return snap
@@ -137,7 +154,7 @@ class Snapshot:
     """One family's numbers at a scrape, in flat lists: label values (the family's own key
     tuples), values (a histogram's sums), a histogram's per-bucket counts, creation times."""
 
-    __slots__ = ("counts", "created", "family", "keys", "values")
+    __slots__ = ("counts", "created", "exemplars", "family", "keys", "values")
 
     def __init__(self, family: LocalFamily, keys: list[tuple[str, ...]]) -> None:
         self.family = family
@@ -145,6 +162,7 @@ class Snapshot:
         self.values: list[float] = []
         self.counts: list[int] = []
         self.created: list[float] = []
+        self.exemplars: list[list[Exemplar | None] | None] = []
 
 
 class LazySamples(Sequence[Sample]):
@@ -153,8 +171,13 @@ class LazySamples(Sequence[Sample]):
     A family at the series cap has some 20,000 samples; made all at once (a ``Sample`` and a
     label dict each) they outlived the young garbage-collector generations and set off full
     collections that stopped every thread for up to 0.2 s. Made one at a time, each is freed
-    as soon as it is written. Every ``YIELD_EVERY`` samples the rendering thread lets other
-    threads run, so an application thread waits for a slice of rendering, not for all of it."""
+    as soon as it is written.
+
+    Rendering is pure Python and holds the interpreter: an application thread that wakes (a
+    response arrived) waits for it. Every ``SLICE_S`` of rendering this thread sleeps
+    ``HAND_OVER_S``, so a waiting thread runs within about 0.2 ms. A ``sleep(0)`` is not enough:
+    it lets the interpreter go and takes it straight back before the woken thread is scheduled,
+    and the waiting thread got in only at the 5 ms switch interval."""
 
     def __init__(self, snap: Snapshot, created: bool) -> None:
         self.snap = snap
@@ -172,12 +195,16 @@ class LazySamples(Sequence[Sample]):
         f, snap = self.snap.family, self.snap
         names = f.label_names
         per_series = len(f.bounds) + 4 if f.kind == "histogram" else 2
-        budget = YIELD_EVERY
+        clock = time.perf_counter
+        slice_end = clock() + SLICE_S
+        budget = CHECK_EVERY
         for i, key in enumerate(snap.keys):
             budget -= per_series
             if budget <= 0:
-                time.sleep(0)  # a thread waiting for the interpreter gets it now, not in 5 ms
-                budget = YIELD_EVERY
+                budget = CHECK_EVERY
+                if clock() >= slice_end:
+                    time.sleep(HAND_OVER_S)
+                    slice_end = clock() + SLICE_S
             labels = dict(zip(names, key, strict=True))
             if f.kind == "histogram":
                 yield from _histogram_samples(f, labels, snap, i)
@@ -193,11 +220,23 @@ def _histogram_samples(f: LocalFamily, labels: dict[str, str], snap: Snapshot, i
     counts = snap.counts[i * width : (i + 1) * width]
     total = 0
     bucket = f.name + "_bucket"
-    for le, n in zip(f.les, counts, strict=True):
+    exemplars = snap.exemplars[i]
+    for j, (le, n) in enumerate(zip(f.les, counts, strict=True)):
         total += n
-        yield Sample(bucket, {**labels, "le": le}, float(total))
+        ex = exemplars[j] if exemplars is not None else None
+        if ex is None:
+            yield Sample(bucket, {**labels, "le": le}, float(total))
+        else:
+            yield Sample(bucket, {**labels, "le": le}, float(total), None, _exemplar(ex))
     yield Sample(f.name + "_count", labels, float(total))
     yield Sample(f.name + "_sum", labels, snap.values[i])
+
+
+def _exemplar(ex: Exemplar) -> PromExemplar:
+    """An exemplar as OpenMetrics writes it: ``# {trace_id="<32 hex>"} value timestamp``; the
+    label name is the one Grafana's and Prometheus' trace links look for by default."""
+    trace_id, value, when = ex
+    return PromExemplar({EXEMPLAR_TRACE_LABEL: format(trace_id, "032x")}, value, when)
 
 
 def _created_series() -> bool:
@@ -214,18 +253,16 @@ def _le(bound: float) -> str:
 
 
 class LocalCollector(Collector):
-    """Exposes the local families: each is copied in short chunks under the listener's lock (see
-    ``LocalFamily.snapshot``) and rendered outside it, so a scrape never makes a call wait on
-    rendering. Families are copied one after another, each consistent in itself; rates and
-    quantiles never combine two families' samples."""
+    """Exposes the local families: each is copied (see ``LocalFamily.snapshot``) and rendered
+    without the listener's lock, so a scrape never makes a call wait on it. Families are copied
+    one after another; rates and quantiles never combine two families' samples."""
 
-    def __init__(self, families: Sequence[LocalFamily], lock: threading.Lock) -> None:
+    def __init__(self, families: Sequence[LocalFamily]) -> None:
         self.families = list(families)
-        self.lock = lock
 
     def collect(self) -> Iterator[Metric]:
         for f in self.families:
-            yield f.to_metric(f.snapshot(self.lock))
+            yield f.to_metric(f.snapshot())
 
     def describe(self) -> Iterator[Metric]:
         # Names only, so that the registry refuses a second collector with the same names.

@@ -30,6 +30,7 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
+from opentelemetry import trace
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from budgetspan import attributes as A
@@ -100,6 +101,20 @@ def _sane(value: float) -> bool:
     return 0.0 <= value < math.inf
 
 
+def _sampled_trace(run: Run | None) -> int | None:
+    """The trace id an exemplar links to: the run's trace, or the current one for a run without a
+    span of its own (an implicit run per trace); None when that trace is not sampled (an exemplar
+    must lead to a trace the backend has)."""
+    span = run.span if run is not None else None
+    ctx = (span if span is not None else trace.get_current_span()).get_span_context()
+    return ctx.trace_id if ctx.trace_flags.sampled else None
+
+
+def _no_trace(run: Run | None) -> None:
+    """Multiprocess mode: prometheus-client's files keep no exemplars."""
+    return None
+
+
 def multiprocess_mode() -> bool:
     return bool(os.environ.get(A.ENV_PROMETHEUS_MULTIPROC_DIR))
 
@@ -117,13 +132,15 @@ class BudgetspanMetrics:
         self.registry = registry
         self.caps = LabelCaps(max_label_values)
         self.max_series = max_series if max_series is not None else max_series_from_env()
-        # One lock per event for every update it makes (and for the scrape's snapshot).
+        # One lock per event for every update it makes (the scrape copies without it).
         self._lock = threading.Lock()
         self._live: dict[str, str] = {}  # run id -> workflow, for runs seen starting
         self._model_series: dict[tuple[Any, ...], _ModelSeries] = {}
         wf, out, reason, phase = A.L_WORKFLOW, A.L_OUTCOME, A.L_REASON, A.L_PHASE
         prov, model, tool, typ, status = A.L_PROVIDER, A.L_MODEL, A.L_TOOL, A.L_TYPE, A.L_STATUS
         client = multiprocess_mode()  # values must go to prometheus-client's per-process files
+        # Trace-id exemplars on the cost and duration histograms (OpenMetrics exposition).
+        self._trace = _no_trace if client else _sampled_trace
         local: list[LocalFamily] = []
 
         def family(
@@ -177,7 +194,12 @@ class BudgetspanMetrics:
         )
         self.tokens = counter(
             A.M_TOKENS,
-            "Tokens by type; input includes cache_read and cache_write (OTel).",
+            "Tokens by type: input (cached tokens included, as OTel) and output; they sum to the total.",
+            (wf, prov, model, typ),
+        )
+        self.token_details = counter(
+            A.M_TOKEN_DETAILS,
+            "Parts of the tokens: cache_read and cache_write (of input), reasoning (of output).",
             (wf, prov, model, typ),
         )
         self.cost = counter(A.M_COST, "Dollar cost of model calls.", (wf, phase, prov, model))
@@ -267,7 +289,7 @@ class BudgetspanMetrics:
             counter(A.M_STEP_RUNS, "Finished runs per step and the step's model, by outcome.", by_step),
         )
         if local and registry is not None:
-            registry.register(LocalCollector(local, self._lock))
+            registry.register(LocalCollector(local))
 
     # runs ------------------------------------------------------------------------------------
     def on_run_start(self, run: Run) -> None:
@@ -287,11 +309,12 @@ class BudgetspanMetrics:
         outcome = run.outcome.value if run.outcome is not None else "unknown"
         usage = run.usage
         self.runs.child(wf, outcome).inc()
+        trace_id = self._trace(run)
         if _sane(usage.cost_usd):
-            self.run_cost.child(wf, outcome).observe(usage.cost_usd)
+            self.run_cost.child(wf, outcome).observe(usage.cost_usd, trace_id)
         self.run_tokens.child(wf, outcome).observe(usage.input_tokens + usage.output_tokens)
         duration = run.duration_s if run.duration_s is not None else usage.wall_clock_s
-        self.run_duration.child(wf, outcome).observe(duration)
+        self.run_duration.child(wf, outcome).observe(duration, trace_id)
         self.steps.run_end(run.id, wf, outcome)
         for limit, allowed in run.budget.limits().items():
             if allowed <= 0:
@@ -339,7 +362,7 @@ class BudgetspanMetrics:
         wf = r.workflow
         if r.kind == "tool":
             self.tool_calls.child(wf, r.tool, r.status).inc()
-            self.tool_duration.child(wf, r.tool).observe(r.duration_s)
+            self.tool_duration.child(wf, r.tool).observe(r.duration_s, self._trace(r.run))
         else:
             self.retrievals.child(wf, r.status).inc()
         if r.retries:
@@ -365,7 +388,7 @@ class BudgetspanMetrics:
         c = s.duration
         if c is None:
             c = s.duration = self.model_duration.child(prov, model)
-        c.observe(r.duration_s)
+        c.observe(r.duration_s, self._trace(r.run))
         if r.time_to_first_token_s is not None:
             c = s.ttft
             if c is None:
@@ -386,7 +409,8 @@ class BudgetspanMetrics:
                 if n is not None and n > 0:
                     c = tokens[i]
                     if c is None:
-                        c = tokens[i] = self.tokens.child(wf, prov, model, TOKEN_TYPES[i])
+                        family = self.tokens if i < 2 else self.token_details  # input, output | parts
+                        c = tokens[i] = family.child(wf, prov, model, TOKEN_TYPES[i])
                     c.inc(n)
         cost = r.cost_usd if r.cost_usd is not None else (spend.cost_usd if spend else None)
         if cost is not None and _sane(cost):

@@ -189,8 +189,10 @@ class OTelMetrics:
             A.OTEL_M_BUDGET_UTILISATION, "Share of each set limit used at run end.", UTILISATION_BUCKETS
         )
         self.model_calls = counter(A.OTEL_M_MODEL_CALLS, "Model calls (chat, completion, embeddings).")
-        self.tokens = counter(
-            A.OTEL_M_TOKENS, "Tokens by type; cache_read and cache_write are part of input."
+        self.tokens = counter(A.OTEL_M_TOKENS, "Tokens by type: input (cached included) and output.")
+        self.token_details = counter(
+            A.OTEL_M_TOKEN_DETAILS,
+            "Parts of the tokens: cache_read, cache_write (input), reasoning (output).",
         )
         self.cost = counter(A.OTEL_M_COST, "Dollar cost of model calls.")
         self.unpriced = counter(A.OTEL_M_UNPRICED_CALLS, "Model calls with usage but no known price.")
@@ -356,7 +358,8 @@ class OTelMetrics:
             for token_type, field in _OWN_TOKEN_FIELDS:
                 n = getattr(spend, field)
                 if n is not None and n > 0:
-                    self.tokens.add(n, self.attrs(wf, prov, model, (A.L_TYPE, token_type)))
+                    family = self.token_details if token_type in A.TOKEN_SUBSETS else self.tokens
+                    family.add(n, self.attrs(wf, prov, model, (A.L_TYPE, token_type)))
         cost = r.cost_usd if r.cost_usd is not None else (spend.cost_usd if spend else None)
         if cost is not None and _sane(cost):
             self.cost.add(cost, self.attrs(wf, (A.L_PHASE, r.phase), prov, model))

@@ -21,10 +21,10 @@ from budgetspan import attributes as A
 from budgetspan import events
 from budgetspan.accounting.budget import Budget, BudgetExhausted, Limit, RunCancelled, ToolLimits, Usage
 from budgetspan.accounting.ledger import CallKind, Ledger, LedgerRefused, Mode, Refusal, Reservation, Spend
-from budgetspan.runs import context, limits, registry
+from budgetspan.runs import context, limits, registry, run_span
 from budgetspan.runs.at_limit import AtLimit
 from budgetspan.runs.loops import LoopWatch
-from budgetspan.runs.quality import Quality, check_score, quality_attributes
+from budgetspan.runs.quality import Quality, check_score
 
 
 class Outcome(str, Enum):
@@ -83,6 +83,9 @@ class Run(AtLimit, Quality):
         self.loops = LoopWatch(budget) if LoopWatch.wanted(budget) else None
         self.score: float | None = None  # a verifier's score (``succeed(score=...)``)
         self.rework: dict[str, int] = {}  # kind -> count (``record_rework``)
+        #: The provider of every model call so far (``gen_ai.provider.name`` on the run span);
+        #: "" once two providers were seen, None before the first call.
+        self.provider: str | None = None
         self._ledger = ledger or context.get_ledger()
         self._tasks: set[tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]] = set()
         self._explicit_outcome = False
@@ -97,6 +100,20 @@ class Run(AtLimit, Quality):
     def ledger(self) -> Ledger:
         """The ledger this run is accounted in (chosen when it started)."""
         return self._ledger
+
+    def saw_provider(self, provider: str | None) -> None:
+        """A model call of ``provider`` ended in this run (and so in every enclosing run)."""
+        if not provider:
+            return
+        run: Run | None = self
+        while run is not None:
+            if run.provider != provider and run.provider != "":
+                with run._lock:
+                    if run.provider is None:
+                        run.provider = provider
+                    elif run.provider != provider:
+                        run.provider = ""
+            run = run.parent
 
     def ancestors(self) -> list[Run]:
         """The enclosing runs that keep a budget of their own, innermost first (a run that shares
@@ -122,35 +139,13 @@ class Run(AtLimit, Quality):
                 self.span = context.get_tracer().start_span(
                     A.SPAN_RUN.format(workflow=self.workflow),
                     kind=SpanKind.INTERNAL,
-                    attributes=self._start_attributes(),
+                    attributes=run_span.start_attributes(self),
                 )
                 self.trace_id = self.span.get_span_context().trace_id or None
             except Exception:
                 events.internal_error("Run span")  # the run is still accounted, without a span
         registry.add(self, self.trace_id)
         events.emit("on_run_start", self)
-
-    def _start_attributes(self) -> dict[str, Any]:
-        attrs: dict[str, Any] = {
-            A.GEN_AI_OPERATION_NAME: A.OP_INVOKE_AGENT,
-            A.GEN_AI_AGENT_NAME: self.workflow,
-            A.RUN_ID: self.id,
-            A.WORKFLOW: self.workflow,
-            A.BUDGET_MODE: self.mode.value,
-        }
-        if self.conversation_id:
-            attrs[A.GEN_AI_CONVERSATION_ID] = self.conversation_id
-        if self.tenant:
-            attrs[A.TENANT_ID] = self.tenant
-        if self.user:
-            attrs[A.USER_ID] = self.user
-        if self.parent is not None:
-            attrs[A.RUN_PARENT_ID] = self.parent.id
-        if self.budget.profile:
-            attrs[A.BUDGET_PROFILE] = self.budget.profile
-        for name, value in self.budget.limits().items():
-            attrs[A.LIMIT_PREFIX + name] = value
-        return attrs
 
     def _end(self, exc: BaseException | None = None) -> None:
         with self._lock:
@@ -189,26 +184,7 @@ class Run(AtLimit, Quality):
         return self.outcome or Outcome.SUCCESS
 
     def _finish_span(self, span: Span, exc: BaseException | None) -> None:
-        u = self.final_usage or Usage()
-        attrs: dict[str, Any] = {
-            A.RUN_OUTCOME: self.outcome.value if self.outcome else "unknown",
-            A.RUN_BUSY_S: self.busy_s,
-            A.RUN_WALL_S: self.duration_s or 0.0,
-            A.RUN_PARALLELISM: (self.busy_s / self.duration_s) if self.duration_s else 0.0,
-        }
-        for key, value in u.as_dict().items():
-            if isinstance(value, (int, float)):
-                attrs[A.USAGE_PREFIX + key] = value
-        attrs.update(self.limit_attributes())
-        exhausted = self.exhausted
-        if exhausted is None and isinstance(exc, BudgetExhausted):
-            exhausted = exc  # refused by an enclosing run's limit
-        if exhausted is not None:
-            attrs[A.EXHAUSTED_REASON] = exhausted.reason
-            # The final word: the usage at the end, not at the first refusal.
-            attrs[A.EXHAUSTED_EXPLANATION] = exhausted.explain(u)
-        attrs.update(quality_attributes(self.score, self.rework))
-        span.set_attributes(attrs)
+        span.set_attributes(run_span.end_attributes(self, exc))
         if self.outcome is Outcome.FAILURE and exc is not None:
             span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
             span.set_attribute(A.ERROR_TYPE, type(exc).__qualname__)
