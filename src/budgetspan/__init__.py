@@ -10,6 +10,8 @@ from budgetspan.accounting.budget import Budget, BudgetExhausted, Limit, RunCanc
 from budgetspan.accounting.ledger import Ledger, Mode
 from budgetspan.accounting.memory import InMemoryLedger
 from budgetspan.accounting.redis_ledger import RedisLedger
+from budgetspan.accounting.scopes import ScopeBudget, ScopeWarning
+from budgetspan.accounting.windows import Window
 from budgetspan.attributes import VERSION
 from budgetspan.calls.tools import ToolTimeout, tool
 from budgetspan.config import BUILTIN_PROFILES, ConfigError
@@ -22,12 +24,19 @@ from budgetspan.runs.registry import cancel, live_runs
 from budgetspan.runs.run import Outcome, Run
 from budgetspan.runs.scopes import PhaseScope as phase
 from budgetspan.runs.scopes import RunScope as run
+from budgetspan.runs.scope_api import set_scope_budget, set_scope_lookup, spend
 from budgetspan.runs.scopes import approval
 from budgetspan.setup import configure
 
 __version__ = VERSION
 
 __all__ = [
+    "spend",
+    "set_scope_lookup",
+    "set_scope_budget",
+    "Window",
+    "ScopeWarning",
+    "ScopeBudget",
     "BUILTIN_PROFILES",
     "Budget",
     "BudgetExhausted",

@@ -4,6 +4,9 @@
   naming a profile: ``profile=interactive,max_cost_usd=1`` (or just ``interactive``).
 - ``BUDGETSPAN_CONFIG``: a TOML file with ``[profiles.NAME]``, ``[workflows.NAME]`` (limits and an
   optional ``profile``) and ``[tools.NAME]`` (``timeout_s``, ``max_calls``, ``max_retries``).
+  Budgets above the run: ``[tenants.NAME]``, ``[users.NAME]``, ``[conversations.NAME]`` (``default``
+  for every name without its own table) and ``[workflows.NAME.window]``: limits, ``window`` (hour,
+  day, month, rolling-day ...), ``tz`` and ``warn_at``.
 - ``BUDGETSPAN_MODE``: ``enforce`` (default) or ``observe``.
 
 A bad value is a ``ConfigError`` naming the variable and the accepted form, raised at start-up.
@@ -20,6 +23,7 @@ from typing import Any
 from budgetspan.accounting.budget import LIMIT_NAMES, TOOL_LIMIT_NAMES, Budget, ToolLimits
 from budgetspan.accounting.ledger import Mode
 from budgetspan.accounting.pricing import PriceConfigError, load_price_file
+from budgetspan.accounting.scopes import SECTIONS, ScopeBudget, ScopeTables, scope_budget_from_table
 from budgetspan.attributes import (
     ENV_BUDGET,
     ENV_CAPTURE_CONTENT,
@@ -165,6 +169,8 @@ class Config:
     tools: Mapping[str, ToolLimits] = field(default_factory=dict)
     #: An unpriced model call in a run with a dollar limit: "warn" (counted, said) or "refuse".
     unpriced: str = "warn"
+    #: Scope budgets from the config file (tenants, users, conversations, workflow windows).
+    scopes: ScopeTables = field(default_factory=ScopeTables)
 
     def budget_for(
         self, workflow: str | None, budget: Budget | str | Mapping[str, Any] | None = None, **limits: Any
@@ -199,10 +205,7 @@ class Config:
         return result
 
 
-def parse_config_file(
-    path: str, source: str = ENV_CONFIG
-) -> tuple[dict[str, Budget], dict[str, Budget], dict[str, ToolLimits]]:
-    """Read a TOML config file into (profiles, workflows, tools)."""
+def _read_toml(path: str, source: str) -> dict[str, Any]:
     where = f"{source}={path!r}"
     try:
         with open(path, "rb") as f:
@@ -213,18 +216,62 @@ def parse_config_file(
         raise ConfigError(f"{where}: not valid TOML ({e}); expected {CONFIG_FORM}") from None
     except (RecursionError, ValueError, OverflowError, MemoryError) as e:  # nesting, huge numbers
         raise ConfigError(f"{where}: unreadable ({type(e).__name__}); expected {CONFIG_FORM}") from None
-    unknown = set(data) - {"profiles", "workflows", "tools"}
+    unknown = set(data) - {"profiles", "workflows", "tools", *SECTIONS}
     if unknown:
         raise ConfigError(f"{where}: unknown section(s) {sorted(unknown)}; expected {CONFIG_FORM}")
-    for section in ("profiles", "workflows", "tools"):
+    for section in ("profiles", "workflows", "tools", *SECTIONS):
         if not isinstance(data.get(section, {}), dict):
             raise ConfigError(f"{where}: {section!r} must be a table of tables; expected {CONFIG_FORM}")
+    return data
+
+
+def parse_config_file(
+    path: str, source: str = ENV_CONFIG
+) -> tuple[dict[str, Budget], dict[str, Budget], dict[str, ToolLimits]]:
+    """Read a TOML config file into (profiles, workflows, tools)."""
+    return _parse_config(_read_toml(path, source), f"{source}={path!r}")
+
+
+def _scope_budget(where: str, table: Mapping[str, Any]) -> ScopeBudget:
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where}: expected a table of limits")
+    try:
+        return scope_budget_from_table(where, table, lambda w, t, a: _limits_table(w, t, a, CONFIG_FORM))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def parse_scope_tables(data: Mapping[str, Any], where: str) -> ScopeTables:
+    """The scope sections (validated here; kept as the raw tables, built when used)."""
+    tables: dict[str, dict[str, Mapping[str, Any]]] = {}
+    for section, kind in SECTIONS.items():
+        for name, table in (data.get(section) or {}).items():
+            _scope_budget(f"{where} [{section}.{name}]", table)
+        if data.get(section):
+            tables[kind] = data[section]
+    windows = {
+        name: table["window"]
+        for name, table in (data.get("workflows") or {}).items()
+        if isinstance(table, Mapping) and isinstance(table.get("window"), Mapping)
+    }
+    for name, table in windows.items():
+        _scope_budget(f"{where} [workflows.{name}.window]", table)
+    if windows:
+        tables["workflow"] = windows
+    return ScopeTables(tables, _scope_budget)
+
+
+def _parse_config(
+    data: Mapping[str, Any], where: str
+) -> tuple[dict[str, Budget], dict[str, Budget], dict[str, ToolLimits]]:
     profiles = dict(BUILTIN_PROFILES)
     for name, table in (data.get("profiles") or {}).items():
         values = _limits_table(f"{where} [profiles.{name}]", table, LIMIT_NAMES, CONFIG_FORM)
         profiles[name] = Budget(**values, profile=name)
     workflows: dict[str, Budget] = {}
     for name, table in (data.get("workflows") or {}).items():
+        if isinstance(table, Mapping) and isinstance(table.get("window"), Mapping):
+            table = {k: v for k, v in table.items() if k != "window"}  # the workflow's scope budget
         values = _limits_table(f"{where} [workflows.{name}]", table, (*LIMIT_NAMES, "profile"), CONFIG_FORM)
         base = Budget()
         prof = values.pop("profile", None)
@@ -248,9 +295,12 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
     profiles: dict[str, Budget] = dict(BUILTIN_PROFILES)
     workflows: dict[str, Budget] = {}
     tools: dict[str, ToolLimits] = {}
+    scopes = ScopeTables()
     path = env.get(ENV_CONFIG, "").strip()
     if path:
-        profiles, workflows, tools = parse_config_file(path)
+        data = _read_toml(path, ENV_CONFIG)
+        profiles, workflows, tools = _parse_config(data, f"{ENV_CONFIG}={path!r}")
+        scopes = parse_scope_tables(data, f"{ENV_CONFIG}={path!r}")
     default = parse_inline_budget(env.get(ENV_BUDGET, ""), profiles)
     unpriced = env.get(ENV_UNPRICED, "").strip().lower() or "warn"
     if unpriced not in UNPRICED_POLICIES:
@@ -266,7 +316,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
             load_price_file(prices)
         except PriceConfigError as e:
             raise ConfigError(str(e)) from None
-    return Config(default, parse_mode(env.get(ENV_MODE)), profiles, workflows, tools, unpriced)
+    return Config(default, parse_mode(env.get(ENV_MODE)), profiles, workflows, tools, unpriced, scopes)
 
 
 _current: Config | None = None

@@ -21,6 +21,9 @@ from budgetspan import attributes as A
 from budgetspan import events
 from budgetspan.accounting.budget import Budget, BudgetExhausted, Limit, RunCancelled, ToolLimits, Usage
 from budgetspan.accounting.ledger import CallKind, Ledger, LedgerRefused, Mode, Refusal, Reservation, Spend
+from budgetspan.accounting import scopes
+from budgetspan.accounting.scopes import Scope, ScopeRef
+from budgetspan.config import get_config
 from budgetspan.runs import context, registry
 
 
@@ -73,6 +76,9 @@ class Run:
         self.tenant: str | None = None
         self.user: str | None = None
         self.permissions: frozenset[str] = frozenset()
+        #: The scopes above the run that have a budget (conversation, user, tenant, workflow,
+        #: and those of the enclosing runs): each call reserves in their current windows too.
+        self.scopes: tuple[Scope, ...] = ()
         self._ledger = ledger or context.get_ledger()
         self._tasks: set[tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]] = set()
         self._explicit_outcome = False
@@ -106,6 +112,7 @@ class Run:
 
     # lifecycle -------------------------------------------------------------------------
     def _start(self, with_span: bool) -> None:
+        self.scopes = self._find_scopes()
         self._ledger.open(self.id, self.budget, self.mode, self.started_at)
         if with_span:
             try:
@@ -119,6 +126,28 @@ class Run:
                 events.internal_error("Run span")  # the run is still accounted, without a span
         registry.add(self, self.trace_id)
         events.emit("on_run_start", self)
+
+    def _find_scopes(self) -> tuple[Scope, ...]:
+        """This run's scopes with a budget, then its parent's not already among them."""
+        members = (
+            ("conversation", self.conversation_id),
+            ("user", self.user),
+            ("tenant", self.tenant),
+            ("workflow", self.workflow),
+        )
+        try:
+            own = scopes.resolve(members, get_config().scopes)
+        except Exception:
+            events.internal_error("scope budgets")  # a failing lookup callback: the run goes on
+            own = ()
+        if self.parent is None or not self.parent.scopes:
+            return own
+        keys = {(s.kind, s.name) for s in own}
+        return own + tuple(s for s in self.parent.scopes if (s.kind, s.name) not in keys)
+
+    def scope_refs(self) -> tuple[ScopeRef, ...]:
+        """The current window of each of the run's scopes."""
+        return tuple(s.ref() for s in self.scopes) if self.scopes else ()
 
     def _start_attributes(self) -> dict[str, Any]:
         attrs: dict[str, Any] = {
@@ -272,7 +301,7 @@ class Run:
         run whose limit refuses it) when a limit refuses it. Exhaustion is sticky: once a run has
         stopped at a limit, every later call is refused too."""
         worst = (worst_case_cost, worst_case_tokens, worst_case_input_tokens)
-        own = self._reserve_here(kind, tool, tool_limits, worst)
+        own = self._reserve_here(kind, tool, tool_limits, worst, self.scope_refs())
         if self.parent is None:
             return own
         for outer in self.ancestors():
@@ -289,7 +318,10 @@ class Run:
         tool: str | None,
         tool_limits: ToolLimits | None,
         worst: tuple[float | None, int | None, int | None],
+        in_scopes: tuple[ScopeRef, ...] = (),
     ) -> Reservation:
+        """Reserve in this run's ledger record (and, for the call's own run, its scope windows:
+        one step in the ledger)."""
         stopped = self._stopped()
         if stopped is not None:
             raise self.exhaust(stopped)
@@ -302,6 +334,7 @@ class Run:
                 worst_case_cost=worst[0],
                 worst_case_tokens=worst[1],
                 worst_case_input_tokens=worst[2],
+                scopes=in_scopes,
             )
         except LedgerRefused as refused:
             raise self.exhaust(refused.refusal) from None
@@ -332,7 +365,7 @@ class Run:
         """The limit an enforcing run has already stopped at: every later call is refused by it."""
         stopped = self.exhausted
         if stopped is not None and self.mode is Mode.ENFORCE:
-            return Refusal(stopped.reason, stopped.limit, stopped.tool, stopped.worst)
+            return Refusal(stopped.reason, stopped.limit, stopped.tool, stopped.worst, stopped.scope_ref)
         return self._held if self.mode is Mode.ENFORCE else None
 
     def hold(self, refusal: Refusal) -> None:
@@ -362,15 +395,19 @@ class Run:
     def exhaust(self, refusal: Refusal) -> BudgetExhausted:
         """Build the exception for ``refusal``; the first one sets the outcome and is recorded."""
         cls = RunCancelled if refusal.reason == Limit.CANCELLED.value else BudgetExhausted
+        ref = refusal.scope
         exc = cls(
             refusal.reason,
             refusal.limit,
             self.usage,
             self.partial,
+            None if ref is None else scopes.explain_scope(ref, refusal.reason, refusal.limit, refusal.spent, refusal.worst),
             run_id=self.id,
             workflow=self.workflow,
             tool=refusal.tool,
             worst=refusal.worst,
+            scope=None if ref is None else ref.describe(),
+            scope_ref=ref,
         )
         with self._lock:
             first = self.exhausted is None
@@ -419,7 +456,7 @@ class Run:
     def add_spend(self, spend: Spend) -> None:
         """Usage reported mid-call (a stream chunk), added here and in every enclosing run."""
         for run in (self, *self.ancestors()):
-            refusal = run._ledger.add_spend(run.id, spend)
+            refusal = run._ledger.add_spend(run.id, spend, run.scope_refs() if run is self else ())
             if refusal is not None:
                 run.note_spend_limit(refusal)
 
