@@ -22,21 +22,15 @@ from budgetspan.runs.phases import Phase
 from budgetspan.runs.progress import Milestone, ProgressSubscription, subscribe_progress
 from budgetspan.runs.registry import cancel, live_runs
 from budgetspan.runs.run import Outcome, Run
+from budgetspan.runs.scope_api import set_scope_budget, set_scope_lookup, spend
 from budgetspan.runs.scopes import PhaseScope as phase
 from budgetspan.runs.scopes import RunScope as run
-from budgetspan.runs.scope_api import set_scope_budget, set_scope_lookup, spend
 from budgetspan.runs.scopes import approval
 from budgetspan.setup import configure
 
 __version__ = VERSION
 
 __all__ = [
-    "spend",
-    "set_scope_lookup",
-    "set_scope_budget",
-    "Window",
-    "ScopeWarning",
-    "ScopeBudget",
     "BUILTIN_PROFILES",
     "Budget",
     "BudgetExhausted",
@@ -54,9 +48,12 @@ __all__ = [
     "RedisLedger",
     "Run",
     "RunCancelled",
+    "ScopeBudget",
+    "ScopeWarning",
     "ToolLimits",
     "ToolTimeout",
     "Usage",
+    "Window",
     "__version__",
     "add_listener",
     "approval",
@@ -69,6 +66,9 @@ __all__ = [
     "remove_listener",
     "run",
     "set_ledger",
+    "set_scope_budget",
+    "set_scope_lookup",
+    "spend",
     "subscribe_progress",
     "tool",
 ]

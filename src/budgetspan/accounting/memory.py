@@ -232,4 +232,3 @@ class InMemoryLedger(Ledger):
     def deadline(self, run_id: str) -> float | None:
         book = self._runs.get(run_id)
         return None if book is None else book.deadline
-

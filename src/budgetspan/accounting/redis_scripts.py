@@ -75,6 +75,30 @@ SETTLE_READS = (
     "held:output_tokens",
 )
 
+#: What a scope window's hash is read for (reserve and settle): its limits, figures and warning.
+SCOPE_READS = (
+    "mode",
+    "warn_at",
+    "warned",
+    *("limit:" + name for name in ("max_retries", "max_steps", "max_model_calls", "max_tool_calls")),
+    *("limit:" + name for name in SPEND_LIMITS),
+    "model_calls",
+    "tool_calls",
+    "retries",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+    "unpriced_calls",
+    "unreported_usage_calls",
+    "tools_finished",
+    "held:cost_usd",
+    "held:input_tokens",
+    "held:output_tokens",
+)
+
 
 def lua_list(names: Sequence[str]) -> str:
     return "{" + ", ".join(f"'{name}'" for name in names) + "}"
@@ -174,11 +198,57 @@ local function mirror(tool)
   return table.concat(out, ' ')
 end
 """
+    + f"local SCOPE_READS = {lua_list(SCOPE_READS)}\n"
+    + """
+-- Scope windows (KEYS[2..]): the figures a limit is compared to, as Usage.value_of.
+local USES = {{'max_model_calls', {'model_calls'}}, {'max_tool_calls', {'tool_calls'}},
+  {'max_steps', {'model_calls', 'tool_calls'}}, {'max_retries', {'retries'}},
+  {'max_input_tokens', {'input_tokens'}}, {'max_output_tokens', {'output_tokens'}},
+  {'max_total_tokens', {'input_tokens', 'output_tokens'}}, {'max_cost_usd', {'cost_usd'}}}
+local function used(name)
+  for _, pair in ipairs(USES) do
+    if pair[1] == name then
+      local total = 0
+      for _, f in ipairs(pair[2]) do total = total + n(f) end
+      return total
+    end
+  end
+  return 0
+end
+
+-- Read scope window i into ``s`` (a fresh state); false when its hash does not exist.
+local function read_scope(i, extra)
+  h, s, changes = KEYS[i], {}, {}
+  return read({unpack(SCOPE_READS)}, extra)
+end
+
+-- The scope's warning threshold (a share of any limit), reached for the first time in its window:
+-- noted in ``warned`` as 'i:limit:used'.
+local function warn_check(i, warned)
+  local at = tonumber(s['warn_at'])
+  if not at or s['warned'] == '1' then return end
+  for _, pair in ipairs(USES) do
+    local limit = lim(pair[1])
+    if limit and limit > 0 and used(pair[1]) >= at * limit then
+      put('warned', 1)
+      warned[#warned + 1] = i .. ':' .. pair[1] .. ':' .. string.format('%.17g', used(pair[1]))
+      return
+    end
+  end
+end
+
+-- The reply's status: 0 refused, 1 granted, then 'w' and the warnings reached ('1w2:max_cost_usd:160').
+local function status(code, warned)
+  if #warned == 0 then return code end
+  return code .. 'w' .. table.concat(warned, ',')
+end
+"""
 )
 
 # Reserve one call (or, kind 'check', only say what refuses the run now, changing nothing).
 # ARGV: kind, tool ('' none), worst cost, worst input tokens, worst output tokens, force ('1'),
-# the tool's own max_calls and max_retries ('' none; the budget's entry wins), ttl seconds.
+# the tool's own max_calls and max_retries ('' none; the budget's entry wins), ttl seconds; then,
+# for each scope window KEYS[2..], the ttl its use refreshes ('0': its expiry stays).
 # Reply: -1 when the run's hash does not exist, else one text "status reason limit mirror..."
 # (the mirror's figures, see ``_mirrored_fields``); status 0: refused, 1: granted (reason: what observe mode or force let through).
 RESERVE = (
@@ -248,16 +318,51 @@ local function refusal()
 end
 
 local reason, limit = refusal()
-local function answer(status) return table.concat({status, reason or '', limit or '', mirror(tool)}, ' ') end
+local run, warned = s, {}
+local function answer(code)
+  h, s = KEYS[1], run
+  return table.concat({status(code, warned), reason or '', limit or '', mirror(tool)}, ' ')
+end
 if kind == 'check' then return answer(1) end
 redis.call('EXPIRE', h, ARGV[9])
-if reason and ARGV[6] ~= '1' and (s['mode'] == 'enforce' or reason == 'cancelled') then
-  return answer(0)
+local enforce = ARGV[6] ~= '1' and s['mode'] == 'enforce'
+if reason and (enforce or (ARGV[6] ~= '1' and reason == 'cancelled')) then return answer(0) end
+
+-- The scope windows: the same rule without the run's clock and cancellation; the first that
+-- refuses the call names itself in the reason ('max_cost_usd#3#199.5': KEYS[3] has used 199.5).
+-- A scope window whose hash does not exist yet: -i (the client makes it and asks again).
+local scopes = {}
+for i = 2, #KEYS do
+  if not read_scope(i, tool_reads) then return -i end
+  scopes[i] = s
+  if not reason then
+    local r, l = count_refusal()
+    if not r and kind ~= 'retry' then r, l = spend_refusal(w_cost, w_in, w_out) end
+    if r then
+      local figure = used(r)
+      if r == 'tool.max_calls' then figure = n(tool_calls) elseif r == 'tool.max_retries' then figure = n(tool_retries) end
+      reason, limit = r .. '#' .. i .. '#' .. string.format('%.17g', figure), l
+      if enforce then return answer(0) end
+    end
+  end
 end
-count_call(kind, tool, 1)
-add('held:cost_usd', w_cost)
-add('held:input_tokens', w_in)
-add('held:output_tokens', w_out)
+
+-- Granted: counted, and its worst case held, in every scope window and in the run.
+local function take()
+  count_call(kind, tool, 1)
+  add('held:cost_usd', w_cost)
+  add('held:input_tokens', w_in)
+  add('held:output_tokens', w_out)
+end
+for i = 2, #KEYS do
+  h, s, changes = KEYS[i], scopes[i], {}
+  take()
+  warn_check(i, warned)
+  write()
+  if ARGV[8 + i] ~= '0' then redis.call('EXPIRE', h, ARGV[8 + i]) end
+end
+h, s, changes = KEYS[1], run, {}
+take()
 write()
 return answer(1)
 """
@@ -279,22 +384,35 @@ if uncount ~= '' then
   extra = {total, per_tool}
 end
 if not read(READS, extra) then return -1 end
-give_back('held:cost_usd', tonumber(ARGV[1]))
-give_back('held:input_tokens', tonumber(ARGV[2]))
-give_back('held:output_tokens', tonumber(ARGV[3]))
-add('input_tokens', tonumber(ARGV[4]))
-add('output_tokens', tonumber(ARGV[5]))
-add('cache_read_tokens', tonumber(ARGV[6]))
-add('cache_write_tokens', tonumber(ARGV[7]))
-add('reasoning_tokens', tonumber(ARGV[8]))
-add('cost_usd', tonumber(ARGV[9]))
-if ARGV[10] == '1' then add('unreported_usage_calls', 1) end
-if ARGV[11] == '1' then add('unpriced_calls', 1) end
-if ARGV[12] == '1' then add('tools_finished', 1) end
-if uncount ~= '' then count_call(uncount, tool, -1) end
+local function apply()
+  give_back('held:cost_usd', tonumber(ARGV[1]))
+  give_back('held:input_tokens', tonumber(ARGV[2]))
+  give_back('held:output_tokens', tonumber(ARGV[3]))
+  add('input_tokens', tonumber(ARGV[4]))
+  add('output_tokens', tonumber(ARGV[5]))
+  add('cache_read_tokens', tonumber(ARGV[6]))
+  add('cache_write_tokens', tonumber(ARGV[7]))
+  add('reasoning_tokens', tonumber(ARGV[8]))
+  add('cost_usd', tonumber(ARGV[9]))
+  if ARGV[10] == '1' then add('unreported_usage_calls', 1) end
+  if ARGV[11] == '1' then add('unpriced_calls', 1) end
+  if ARGV[12] == '1' then add('tools_finished', 1) end
+  if uncount ~= '' then count_call(uncount, tool, -1) end
+end
+apply()
 write()
+-- The same in the call's scope windows (KEYS[2..]); a window gone (ended) settles nothing.
+local run, warned = s, {}
+for i = 2, #KEYS do
+  if read_scope(i, extra) then
+    apply()
+    warn_check(i, warned)
+    write()
+  end
+end
+h, s = KEYS[1], run
 local reason, limit = spend_refusal(0, 0, 0)
-return table.concat({1, reason or '', limit or '', mirror(tool)}, ' ')
+return table.concat({status(1, warned), reason or '', limit or '', mirror(tool)}, ' ')
 """
 )
 
@@ -320,6 +438,17 @@ local t = redis.call('TIME')
 return {created, s['started_at'], s['limit:max_wall_clock_s'], t[1], t[2], mirror('')}
 """
 )
+
+# Make a scope window's hash if it does not exist (the first process to use the window sets its
+# budget), expiring at the window's end. ARGV: ttl seconds, then field, value pairs. Reply: 1.
+OPEN_SCOPE = """
+local h = KEYS[1]
+if redis.call('EXISTS', h) == 0 then
+  redis.call('HSET', h, unpack(ARGV, 2))
+  redis.call('EXPIRE', h, ARGV[1])
+end
+return 1
+"""
 
 # Mark the run cancelled. ARGV: ttl seconds. Reply as RESERVE's.
 CANCEL = (

@@ -96,7 +96,9 @@ class ScopeBooks:
             books = [self._book(ref, now) for ref in refs]
             found: Refusal | None = None
             for ref, book in zip(refs, books, strict=True):
-                got = refusal(ref.budget, book.usage, kind, tool=tool, defaults=tool_limits, held=book.held, worst=worst)
+                got = refusal(
+                    ref.budget, book.usage, kind, tool=tool, defaults=tool_limits, held=book.held, worst=worst
+                )
                 if got is not None:
                     value = _used(book.usage, got)
                     found = Refusal(got.reason, got.limit, got.tool, got.worst, scope=ref, spent=value)
@@ -111,7 +113,12 @@ class ScopeBooks:
         return found
 
     def settle(
-        self, refs: Sequence[ScopeRef], worst: Held, spend: Spend | None, uncount: CallKind | None, tool: str | None
+        self,
+        refs: Sequence[ScopeRef],
+        worst: Held,
+        spend: Spend | None,
+        uncount: CallKind | None,
+        tool: str | None,
     ) -> None:
         """Give back the worst cases, add what was spent (or un-count a call never made)."""
         now = windows.now()

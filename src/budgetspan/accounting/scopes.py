@@ -96,7 +96,9 @@ class ScopeRef:
         return f"{self.kind} {self.name}"
 
 
-def explain_scope(ref: ScopeRef, reason: str, limit: float | None, spent: float | None, worst: float | None) -> str:
+def explain_scope(
+    ref: ScopeRef, reason: str, limit: float | None, spent: float | None, worst: float | None
+) -> str:
     """'Stopped: tenant acme has spent $200.00 of its $200 daily budget; resets at 00:00 UTC.'"""
     window = ref.limits.window
     adjective = window.adjective
@@ -130,7 +132,9 @@ def share_used(budget: Budget, usage: Usage) -> tuple[str, float, float] | None:
     return best
 
 
-def scope_budget_from_table(where: str, table: Mapping[str, Any], check: Callable[..., dict[str, Any]]) -> ScopeBudget:
+def scope_budget_from_table(
+    where: str, table: Mapping[str, Any], check: Callable[..., dict[str, Any]]
+) -> ScopeBudget:
     """A ``ScopeBudget`` from one config table (limits, ``window``, ``tz``, ``warn_at``);
     ``check`` validates the limits (config's ``_limits_table``)."""
     limits = check(where, {k: v for k, v in table.items() if k not in SCOPE_KEYS}, LIMIT_NAMES)
@@ -251,7 +255,9 @@ class Scope:
 
     def ref(self) -> ScopeRef:
         bounds = self.limits.window.bounds()
-        return ScopeRef(self.kind, self.name, scope_key(self.kind, self.name, bounds.label), self.limits, bounds.end)
+        return ScopeRef(
+            self.kind, self.name, scope_key(self.kind, self.name, bounds.label), self.limits, bounds.end
+        )
 
 
 def scope_key(kind: str, name: str, label: str) -> str:

@@ -69,7 +69,9 @@ class Window:
         if self.period is None:
             return "total"
         if self.rolling:
-            return {"hour": "rolling 1-hour", "day": "rolling 24-hour", "month": "rolling 30-day"}[self.period]
+            return {"hour": "rolling 1-hour", "day": "rolling 24-hour", "month": "rolling 30-day"}[
+                self.period
+            ]
         return {"hour": "hourly", "day": "daily", "month": "monthly"}[self.period]
 
     @property

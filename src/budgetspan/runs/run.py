@@ -19,9 +19,9 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from budgetspan import attributes as A
 from budgetspan import events
+from budgetspan.accounting import scopes
 from budgetspan.accounting.budget import Budget, BudgetExhausted, Limit, RunCancelled, ToolLimits, Usage
 from budgetspan.accounting.ledger import CallKind, Ledger, LedgerRefused, Mode, Refusal, Reservation, Spend
-from budgetspan.accounting import scopes
 from budgetspan.accounting.scopes import Scope, ScopeRef
 from budgetspan.config import get_config
 from budgetspan.runs import context, registry
@@ -401,7 +401,9 @@ class Run:
             refusal.limit,
             self.usage,
             self.partial,
-            None if ref is None else scopes.explain_scope(ref, refusal.reason, refusal.limit, refusal.spent, refusal.worst),
+            None
+            if ref is None
+            else scopes.explain_scope(ref, refusal.reason, refusal.limit, refusal.spent, refusal.worst),
             run_id=self.id,
             workflow=self.workflow,
             tool=refusal.tool,
