@@ -30,6 +30,7 @@ from budgetspan.report.analysis import (
     analyze_stream,
 )
 from budgetspan.report.assemble import MAX_SPANS_IN_FLIGHT, WINDOW
+from budgetspan.report.by_scope import BY, render_by
 from budgetspan.report.load import LoadError, SpanReader
 from budgetspan.report.plan import PLAN_ITEMS, PlanError, load_plan
 from budgetspan.report.text import safe
@@ -349,6 +350,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=FORMATS, default="table")
     p.add_argument("--top", type=int, default=5, help="how many largest contributors to list")
     p.add_argument(
+        "--by", choices=BY, default="workflow", help="group runs by workflow (default), tenant or user"
+    )
+    p.add_argument(
         "--progress", action="store_true", help="show a progress bar even when stderr is not a terminal"
     )
     p.add_argument(
@@ -392,7 +396,9 @@ def run_report(args: argparse.Namespace, stdout: IO[str] | None = None, stderr: 
             window=min(WINDOW, max(1, bound // 5)),
             max_in_flight=bound,
         )
-    if args.format == "json":
+    if args.by != "workflow":
+        stdout.write(render_by(analysis.runs, args.by, args.format))
+    elif args.format == "json":
         stdout.writelines(json_chunks(analysis))
     else:
         stdout.write(render(analysis, args.format))
