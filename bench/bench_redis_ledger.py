@@ -9,6 +9,9 @@ Starts its own redis-server on loopback (no persistence). Three kinds of cycle:
   and cost), on one run shared by every worker, with a limit of every kind, none reachable;
 - ``floor``: two EVALSHA calls of trivial scripts (``return 1``, ``return 2``) through the same
   bounded transport the ledger uses (``_Server.run``): two round trips and nothing else;
+- ``ledger-4-scopes``: the same, in a run of a conversation, a user, a tenant and a workflow that
+  each have a budget over a window (a day, a month, a day, an hour): the run's key and the four
+  windows' keys in the same two scripts (budgets above the run, issue 22);
 - ``redis-py``: the same two trivial scripts through ``redis.Redis.evalsha``, for reference.
 
 Wall clock: for each process count P, P worker processes run one kind side by side for
@@ -39,7 +42,7 @@ from collections.abc import Callable
 from typing import Any
 
 RUN_ID = "bench-shared-run"
-KINDS = ("ledger", "floor", "redis-py")
+KINDS = ("ledger", "ledger-4-scopes", "floor", "redis-py")
 
 
 def _free_port() -> int:
@@ -102,6 +105,44 @@ def _ledger_cycle(port: int) -> Callable[[], None]:
     return cycle
 
 
+def _scoped_cycle(port: int) -> Callable[[], None]:
+    import redis
+
+    from budgetspan.accounting.budget import Budget
+    from budgetspan.accounting.ledger import CallKind, Mode, Spend
+    from budgetspan.accounting.redis_ledger import RedisLedger
+    from budgetspan.accounting.scopes import Scope, ScopeBudget
+    from budgetspan.accounting.windows import parse_window
+
+    ledger = RedisLedger(redis.Redis(port=port), timeout_s=60)
+    ledger.open(RUN_ID, _every_limit(), Mode.ENFORCE)
+    wide = Budget(max_model_calls=10**12, max_cost_usd=1e11, max_total_tokens=10**14)
+    scopes = [
+        Scope(kind, name, ScopeBudget(wide, parse_window(window), warn_at=0.8))
+        for kind, name, window in (
+            ("conversation", "c-1", None),
+            ("user", "u-1", "month"),
+            ("tenant", "acme", "day"),
+            ("workflow", "triage", "hour"),
+        )
+    ]
+    spend = Spend(input_tokens=120, output_tokens=40, cost_usd=0.0003)
+
+    def cycle() -> None:
+        refs = tuple(s.ref() for s in scopes)  # as Run.scope_refs makes them, per call
+        res = ledger.reserve(
+            RUN_ID,
+            CallKind.MODEL,
+            worst_case_cost=0.001,
+            worst_case_tokens=256,
+            worst_case_input_tokens=150,
+            scopes=refs,
+        )
+        ledger.commit(res, spend)
+
+    return cycle
+
+
 def _floor_cycle(port: int) -> Callable[[], None]:
     import redis
 
@@ -132,7 +173,12 @@ def _redis_py_cycle(port: int) -> Callable[[], None]:
     return cycle
 
 
-CYCLES = {"ledger": _ledger_cycle, "floor": _floor_cycle, "redis-py": _redis_py_cycle}
+CYCLES = {
+    "ledger": _ledger_cycle,
+    "ledger-4-scopes": _scoped_cycle,
+    "floor": _floor_cycle,
+    "redis-py": _redis_py_cycle,
+}
 
 
 # --- wall clock ------------------------------------------------------------------------------------
@@ -186,15 +232,16 @@ def wall_clock(procs: list[int], seconds: float, rounds: int) -> None:
             server.terminate()
             server.wait(5)
     print(
-        "| processes | ledger reserve+commit /s | floor: 2 trivial EVALSHA /s | ledger ÷ floor "
-        "| redis-py `evalsha` ×2 /s | ledger ÷ redis-py |"
+        "| processes | ledger reserve+commit /s | with 4 scopes /s | floor: 2 trivial EVALSHA /s "
+        "| ledger ÷ floor | 4 scopes ÷ floor | redis-py `evalsha` ×2 /s | ledger ÷ redis-py |"
     )
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for p, seen in rows:
         m = {kind: max(values) for kind, values in seen.items()}
+        scoped = m["ledger-4-scopes"]
         print(
-            f"| {p} | {m['ledger']:,.0f} | {m['floor']:,.0f} | **{m['ledger'] / m['floor']:.2f}** "
-            f"| {m['redis-py']:,.0f} | {m['ledger'] / m['redis-py']:.2f} |"
+            f"| {p} | {m['ledger']:,.0f} | {scoped:,.0f} | {m['floor']:,.0f} | **{m['ledger'] / m['floor']:.2f}** "
+            f"| **{scoped / m['floor']:.2f}** | {m['redis-py']:,.0f} | {m['ledger'] / m['redis-py']:.2f} |"
         )
 
 
