@@ -304,7 +304,6 @@ class RedisLedger(Ledger):
             "" if tl.max_calls is None else tl.max_calls,
             "" if tl.max_retries is None else tl.max_retries,
             self.ttl_s,
-            *redis_scopes.ttls(scopes),
         )
         status, reason, limit, _ = self._call("reserve", run_id, args, tool, scopes=scopes).split(b" ", 3)
         found = redis_scopes.refusal_in(reason, limit, tool, scopes)

@@ -1,10 +1,12 @@
 """Scope windows on Redis: one hash per window (``budgetspan:scope:tenant:acme:2026-12-05``),
 reserved and settled in the same script, and so the same round trip, as the run's hash.
 
-A window's hash is made by the first process that uses it (``open_scope``, when the reserve script
-answers ``-i``: KEYS[i] is missing) and expires at the window's end (plus ``GRACE_S``), a rolling
-window's length after its first use, or ``IDLE_TTL_S`` after the last use of a scope without a
-window. Nothing is kept in the process per scope: memory does not grow with the scopes in use.
+A window's hash holds its figures only (calls, input and output tokens, dollars, the worst cases
+its limits hold, whether it warned): the limits come with each call from the process's own scope
+budgets, so the scripts read just the figures those limits need. The hash is made by the window's
+first call and expires at the window's end (plus ``GRACE_S``), a rolling window's length after its
+first use, or ``IDLE_TTL_S`` after the last use of a scope without a window. Nothing is kept in the
+process per scope: memory does not grow with the scopes in use.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from budgetspan.accounting.budget import Usage
-from budgetspan.accounting.ledger import Mode, Refusal
-from budgetspan.accounting.redis_mirror import as_text, budget_fields, refusal_from, usage_from
+from budgetspan.accounting.ledger import Refusal
+from budgetspan.accounting.redis_mirror import as_text, refusal_from, usage_from
+from budgetspan.accounting.redis_scripts import SCOPE_LIMITS
 from budgetspan.accounting.redis_wire import SCRIPTS, Script, Server
 from budgetspan.accounting.scope_books import emit_warning
 from budgetspan.accounting.scopes import ScopeRef, ScopeWarning
@@ -22,44 +25,31 @@ from budgetspan.accounting.scopes import ScopeRef, ScopeWarning
 PREFIX = "budgetspan:scope:"
 
 
-def keys(run_key: str, refs: Sequence[ScopeRef]) -> str | tuple[str, ...]:
+def keys(run_key: str, refs: Sequence[ScopeRef]) -> tuple[str, ...]:
     """The script's keys: the run's hash, then each scope window's."""
-    return run_key if not refs else (run_key, *(PREFIX + ref.key for ref in refs))
+    return (run_key, *(PREFIX + ref.key for ref in refs))
 
 
-def ttls(refs: Sequence[ScopeRef]) -> tuple[int, ...]:
-    """What each window's use refreshes its expiry to (0: it stays, e.g. at the window's end)."""
-    return tuple(ref.ttl_s() if ref.refresh else 0 for ref in refs)
+def args(refs: Sequence[ScopeRef]) -> tuple[Any, ...]:
+    """Each window's arguments (``SCOPE_ARGS``): the ttl its use refreshes (0: none), the ttl of a
+    new window, the warning share, then its limits (``SCOPE_LIMITS``; '' for none)."""
+    out: list[Any] = []
+    for ref in refs:
+        budget, ttl = ref.budget, ref.ttl_s()
+        out += (ttl if ref.refresh else 0, ttl, "" if ref.limits.warn_at is None else ref.limits.warn_at)
+        for name in SCOPE_LIMITS:
+            value = getattr(budget, name)
+            out.append("" if value is None else value)
+    return tuple(out)
 
 
 def run(
-    server: Server,
-    script: Script,
-    run_key: str,
-    args: Sequence[Any],
-    within: float,
-    refs: Sequence[ScopeRef],
+    server: Server, script: Script, run_key: str, argv: Sequence[Any], within: float, refs: Sequence[ScopeRef]
 ) -> Any:
-    """The script's reply; a scope window it finds missing (reply ``-i``) is made and the script
-    run again (at most once per window)."""
-    key = keys(run_key, refs)
-    reply = server.run(script, key, args, within)
-    for _ in refs:
-        if type(reply) is not int or reply >= -1:
-            break
-        open_scope(server, refs[-reply - 2], within)
-        reply = server.run(script, key, args, within)
-    return reply
-
-
-def open_scope(server: Server, ref: ScopeRef, within: float) -> None:
-    """Make the window's hash with the scope's budget, unless a peer made it first."""
-    fields: dict[str, Any] = budget_fields(ref.budget, Mode.ENFORCE)
-    fields["mode"] = "scope"
-    if ref.limits.warn_at is not None:
-        fields["warn_at"] = ref.limits.warn_at
-    pairs = [item for pair in fields.items() for item in pair]
-    server.run(SCRIPTS["open_scope"], PREFIX + ref.key, [ref.ttl_s(), *pairs], within)
+    """The script on the run's key and its scope windows' keys, their arguments after ``argv``."""
+    if not refs:
+        return server.run(script, run_key, argv, within)
+    return server.run(script, keys(run_key, refs), (*argv, *args(refs)), within)
 
 
 def refusal_in(reason: bytes, limit: bytes, tool: str | None, refs: Sequence[ScopeRef]) -> Refusal | None:
@@ -67,9 +57,9 @@ def refusal_in(reason: bytes, limit: bytes, tool: str | None, refs: Sequence[Sco
     if b"#" not in reason:
         return refusal_from(reason, limit, tool)
     name, index, used = reason.split(b"#")
-    found = refusal_from(name, limit, tool)
+    found = refusal_from(name, limit, None)
     assert found is not None
-    return Refusal(found.reason, found.limit, found.tool, scope=refs[int(index) - 2], spent=float(used))
+    return Refusal(found.reason, found.limit, scope=refs[int(index) - 2], spent=float(used))
 
 
 def warn(status: bytes, refs: Sequence[ScopeRef]) -> None:

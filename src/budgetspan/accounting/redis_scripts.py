@@ -75,29 +75,22 @@ SETTLE_READS = (
     "held:output_tokens",
 )
 
-#: What a scope window's hash is read for (reserve and settle): its limits, figures and warning.
-SCOPE_READS = (
-    "mode",
-    "warn_at",
-    "warned",
-    *("limit:" + name for name in ("max_retries", "max_steps", "max_model_calls", "max_tool_calls")),
-    *("limit:" + name for name in SPEND_LIMITS),
-    "model_calls",
-    "tool_calls",
-    "retries",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "cost_usd",
-    "unpriced_calls",
-    "unreported_usage_calls",
-    "tools_finished",
-    "held:cost_usd",
-    "held:input_tokens",
-    "held:output_tokens",
+#: The limits a scope window's budget can set, in the order the client sends them (``SCOPE_ARGS``
+#: arguments per window: the ttl each use refreshes ('0': none), the ttl of a new window, the
+#: warning share, then these limits; '' for none). The window's hash holds only its figures.
+SCOPE_LIMITS = (
+    "max_model_calls",
+    "max_tool_calls",
+    "max_steps",
+    "max_retries",
+    "max_input_tokens",
+    "max_output_tokens",
+    "max_total_tokens",
+    "max_cost_usd",
 )
+SCOPE_ARGS = 3 + len(SCOPE_LIMITS)
+#: Where the scope windows' arguments start in the reserve and the settle script's ARGV.
+RESERVE_SCOPE_ARGV, SETTLE_SCOPE_ARGV = 10, 15
 
 
 def lua_list(names: Sequence[str]) -> str:
@@ -198,13 +191,16 @@ local function mirror(tool)
   return table.concat(out, ' ')
 end
 """
-    + f"local SCOPE_READS = {lua_list(SCOPE_READS)}\n"
+    + f"local SCOPE_ARGS, RESERVE_SCOPE_ARGV, SETTLE_SCOPE_ARGV = {SCOPE_ARGS}, {RESERVE_SCOPE_ARGV}, {SETTLE_SCOPE_ARGV}\n"
     + """
--- Scope windows (KEYS[2..]): the figures a limit is compared to, as Usage.value_of.
+-- Scope windows (KEYS[2..]): the figures a limit is compared to (as Usage.value_of), and the
+-- worst cases held against it.
 local USES = {{'max_model_calls', {'model_calls'}}, {'max_tool_calls', {'tool_calls'}},
   {'max_steps', {'model_calls', 'tool_calls'}}, {'max_retries', {'retries'}},
   {'max_input_tokens', {'input_tokens'}}, {'max_output_tokens', {'output_tokens'}},
   {'max_total_tokens', {'input_tokens', 'output_tokens'}}, {'max_cost_usd', {'cost_usd'}}}
+local HELD = {max_input_tokens = {'held:input_tokens'}, max_output_tokens = {'held:output_tokens'},
+  max_total_tokens = {'held:input_tokens', 'held:output_tokens'}, max_cost_usd = {'held:cost_usd'}}
 local function used(name)
   for _, pair in ipairs(USES) do
     if pair[1] == name then
@@ -216,16 +212,36 @@ local function used(name)
   return 0
 end
 
--- Read scope window i into ``s`` (a fresh state); false when its hash does not exist.
-local function read_scope(i, extra)
+-- Scope window i, its arguments from ARGV[base + (i - 2) * SCOPE_ARGS]: its limits go into ``s``
+-- (from the client: the hash holds figures only) and one HMGET reads the figures they need, and
+-- ``extra``. Returns where its arguments start and the set of fields read.
+local function load_scope(i, base, extra)
   h, s, changes = KEYS[i], {}, {}
-  return read({unpack(SCOPE_READS)}, extra)
+  local at, names, seen = base + (i - 2) * SCOPE_ARGS, {}, {}
+  local function need(f)
+    if not seen[f] then seen[f] = true; names[#names + 1] = f end
+  end
+  for j, pair in ipairs(USES) do
+    local raw = ARGV[at + 2 + j]
+    if raw ~= '' then
+      s['limit:' .. pair[1]] = raw
+      for _, f in ipairs(pair[2]) do need(f) end
+      for _, f in ipairs(HELD[pair[1]] or {}) do need(f) end
+    end
+  end
+  for _, f in ipairs(extra) do need(f) end
+  if ARGV[at + 2] ~= '' then need('warned') end
+  local got = redis.call('HMGET', h, unpack(names))
+  for k, f in ipairs(names) do s[f] = got[k] end
+  return at, seen
 end
 
+"""
+    + """
 -- The scope's warning threshold (a share of any limit), reached for the first time in its window:
 -- noted in ``warned`` as 'i:limit:used'.
-local function warn_check(i, warned)
-  local at = tonumber(s['warn_at'])
+local function warn_check(i, warned, share)
+  local at = tonumber(share)
   if not at or s['warned'] == '1' then return end
   for _, pair in ipairs(USES) do
     local limit = lim(pair[1])
@@ -328,20 +344,19 @@ redis.call('EXPIRE', h, ARGV[9])
 local enforce = ARGV[6] ~= '1' and s['mode'] == 'enforce'
 if reason and (enforce or (ARGV[6] ~= '1' and reason == 'cancelled')) then return answer(0) end
 
--- The scope windows: the same rule without the run's clock and cancellation; the first that
--- refuses the call names itself in the reason ('max_cost_usd#3#199.5': KEYS[3] has used 199.5).
--- A scope window whose hash does not exist yet: -i (the client makes it and asks again).
+-- The scope windows: the same rule without the run's clock, cancellation and tool limits; the
+-- first that refuses the call names itself in the reason ('max_cost_usd#3#199.5': KEYS[3] has used
+-- 199.5). A window's hash is made by its first call and expires at the window's end.
+local total = counters(kind, '')
 local scopes = {}
 for i = 2, #KEYS do
-  if not read_scope(i, tool_reads) then return -i end
-  scopes[i] = s
+  local at, seen = load_scope(i, RESERVE_SCOPE_ARGV, {total})
+  scopes[i] = {s, at, seen}
   if not reason then
     local r, l = count_refusal()
     if not r and kind ~= 'retry' then r, l = spend_refusal(w_cost, w_in, w_out) end
     if r then
-      local figure = used(r)
-      if r == 'tool.max_calls' then figure = n(tool_calls) elseif r == 'tool.max_retries' then figure = n(tool_retries) end
-      reason, limit = r .. '#' .. i .. '#' .. string.format('%.17g', figure), l
+      reason, limit = r .. '#' .. i .. '#' .. string.format('%.17g', used(r)), l
       if enforce then return answer(0) end
     end
   end
@@ -355,11 +370,20 @@ local function take()
   add('held:output_tokens', w_out)
 end
 for i = 2, #KEYS do
-  h, s, changes = KEYS[i], scopes[i], {}
-  take()
-  warn_check(i, warned)
+  h, changes = KEYS[i], {}
+  local at, seen
+  s, at, seen = scopes[i][1], scopes[i][2], scopes[i][3]
+  put(total, n(total) + 1)
+  if seen['held:cost_usd'] then add('held:cost_usd', w_cost) end
+  if seen['held:input_tokens'] then add('held:input_tokens', w_in) end
+  if seen['held:output_tokens'] then add('held:output_tokens', w_out) end
+  warn_check(i, warned, ARGV[at + 2])
   write()
-  if ARGV[8 + i] ~= '0' then redis.call('EXPIRE', h, ARGV[8 + i]) end
+  if ARGV[at] ~= '0' then
+    redis.call('EXPIRE', h, ARGV[at])
+  elseif redis.call('TTL', h) < 0 then
+    redis.call('EXPIRE', h, ARGV[at + 1])
+  end
 end
 h, s, changes = KEYS[1], run, {}
 take()
@@ -401,12 +425,22 @@ local function apply()
 end
 apply()
 write()
--- The same in the call's scope windows (KEYS[2..]); a window gone (ended) settles nothing.
+-- The same in the call's scope windows (KEYS[2..]): worst cases given back, calls un-counted,
+-- input and output tokens and dollars added. A window gone (it ended) settles nothing.
 local run, warned = s, {}
+local total = nil
+if uncount ~= '' then total = counters(uncount, '') end
 for i = 2, #KEYS do
-  if read_scope(i, extra) then
-    apply()
-    warn_check(i, warned)
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    local at, seen = load_scope(i, SETTLE_SCOPE_ARGV, {'input_tokens', 'output_tokens', 'cost_usd', total})
+    for j, f in ipairs({'held:cost_usd', 'held:input_tokens', 'held:output_tokens'}) do
+      if seen[f] then give_back(f, tonumber(ARGV[j])) end  -- (only a held figure a limit reads)
+    end
+    add('input_tokens', tonumber(ARGV[4]))
+    add('output_tokens', tonumber(ARGV[5]))
+    add('cost_usd', tonumber(ARGV[9]))
+    if total then put(total, math.max(n(total) - 1, 0)) end
+    warn_check(i, warned, ARGV[at + 2])
     write()
   end
 end
@@ -438,17 +472,6 @@ local t = redis.call('TIME')
 return {created, s['started_at'], s['limit:max_wall_clock_s'], t[1], t[2], mirror('')}
 """
 )
-
-# Make a scope window's hash if it does not exist (the first process to use the window sets its
-# budget), expiring at the window's end. ARGV: ttl seconds, then field, value pairs. Reply: 1.
-OPEN_SCOPE = """
-local h = KEYS[1]
-if redis.call('EXISTS', h) == 0 then
-  redis.call('HSET', h, unpack(ARGV, 2))
-  redis.call('EXPIRE', h, ARGV[1])
-end
-return 1
-"""
 
 # Mark the run cancelled. ARGV: ttl seconds. Reply as RESERVE's.
 CANCEL = (

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from budgetspan.accounting.redis_scripts import CANCEL, OPEN, OPEN_SCOPE, READ, RESERVE, SETTLE
+from budgetspan.accounting.redis_scripts import CANCEL, OPEN, READ, RESERVE, SETTLE
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,6 @@ SCRIPTS = {
         ("open", OPEN),
         ("cancel", CANCEL),
         ("read", READ),
-        ("open_scope", OPEN_SCOPE),
     )
 }
 

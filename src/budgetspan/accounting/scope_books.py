@@ -96,9 +96,7 @@ class ScopeBooks:
             books = [self._book(ref, now) for ref in refs]
             found: Refusal | None = None
             for ref, book in zip(refs, books, strict=True):
-                got = refusal(
-                    ref.budget, book.usage, kind, tool=tool, defaults=tool_limits, held=book.held, worst=worst
-                )
+                got = refusal(ref.budget, book.usage, kind, held=book.held, worst=worst)  # (no tool limits)
                 if got is not None:
                     value = _used(book.usage, got)
                     found = Refusal(got.reason, got.limit, got.tool, got.worst, scope=ref, spent=value)
