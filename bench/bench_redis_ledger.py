@@ -19,6 +19,10 @@ Wall clock: for each process count P, P worker processes run one kind side by si
 each kind's best round in cycles per second (other work on a shared machine only ever slows a
 round down). The redis-server shares the machine's cores with the workers.
 
+``--memory``: a ``BUDGETSPAN_CONFIG`` with 100,000 ``[tenants.NAME]`` tables (and ``[users.default]``),
+the Python heap (tracemalloc) after reading it and after runs of 20,000 distinct tenants and users
+on the Redis ledger, each with a call: memory must not grow with the tenants configured or used.
+
 ``--instructions``: CPU instructions per cycle, which the load of a shared machine does not move:
 the client's, from one process under callgrind ((I(large) - I(small)) / (large - small)), and the
 server's, from a redis-server under callgrind (its counts dumped around ``large`` cycles). Kernel
@@ -333,12 +337,60 @@ def instructions(small: int = 100, large: int = 600) -> None:
         print(f"| {kind} | {client:,.0f} | {server_side:,.0f} | {both:,.0f} | **{floor / both:.2f}** |")
 
 
+# --- memory with 100,000 tenants ------------------------------------------------------------------
+
+
+def memory(tenants: int = 100_000, used: int = 20_000) -> None:
+    import tracemalloc
+
+    import redis
+
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "budgets.toml")
+        with open(path, "w") as f:
+            f.write('[users.default]\nmax_total_tokens = 2000000\nwindow = "month"\n')
+            for i in range(tenants):
+                f.write(f'[tenants.t{i}]\nmax_cost_usd = {50 + i % 200}\nwindow = "day"\nwarn_at = 0.8\n')
+        server, port = _start_redis(directory)
+        try:
+            os.environ["BUDGETSPAN_CONFIG"] = path
+            import budgetspan
+            from budgetspan import config
+            from budgetspan.accounting.ledger import CallKind, Spend
+
+            tracemalloc.start()
+            base = tracemalloc.get_traced_memory()[0]
+            t = time.perf_counter()
+            config.set_config(config.load_config())
+            load_s = time.perf_counter() - t
+            loaded = tracemalloc.get_traced_memory()[0]
+            budgetspan.set_ledger(budgetspan.RedisLedger(redis.Redis(port=port)))
+            marks = []
+            for i in range(used):
+                with budgetspan.run("chat", tenant=f"t{i * 7 % tenants}", user=f"u{i}") as run:
+                    run.commit(run.reserve(CallKind.MODEL, worst_case_cost=0.001), Spend(10, 5, cost_usd=0.0001))
+                if i + 1 in (used // 4, used):
+                    marks.append(tracemalloc.get_traced_memory()[0])
+            keys = redis.Redis(port=port).dbsize()
+        finally:
+            server.terminate()
+            server.wait(5)
+    mb = 1 / 2**20
+    print(f"| tenants configured | config read in | heap after reading | after {used // 4:,} runs | after {used:,} runs | Redis keys |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    print(
+        f"| {tenants:,} | {load_s:.1f} s | {(loaded - base) * mb:.1f} MiB | {(marks[0] - base) * mb:.1f} MiB "
+        f"| {(marks[1] - base) * mb:.1f} MiB | {keys:,} |"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--procs", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--instructions", action="store_true", help="count CPU instructions with valgrind")
+    parser.add_argument("--memory", action="store_true", help="heap with 100,000 tenants configured")
     parser.add_argument("--client-loop", nargs=3, metavar=("KIND", "PORT", "N"), help=argparse.SUPPRESS)
     a = parser.parse_args()
     if a.client_loop:
@@ -347,7 +399,9 @@ def main() -> None:
         return
     if shutil.which("redis-server") is None:
         raise SystemExit("needs redis-server (Debian package redis-server)")
-    if a.instructions:
+    if a.memory:
+        memory()
+    elif a.instructions:
         instructions()
     else:
         wall_clock(a.procs, a.seconds, a.rounds)

@@ -242,20 +242,32 @@ def _scope_budget(where: str, table: Mapping[str, Any]) -> ScopeBudget:
 
 
 def parse_scope_tables(data: Mapping[str, Any], where: str) -> ScopeTables:
-    """The scope sections (validated here; kept as the raw tables, built when used)."""
+    """The scope sections, validated, kept as raw tables (built when a run uses them). Tables with
+    the same content are validated and kept once: 100,000 tenants on a few plans are a few tables."""
     tables: dict[str, dict[str, Mapping[str, Any]]] = {}
+    shared: dict[Any, Mapping[str, Any]] = {}
+
+    def checked(label: str, table: Any) -> Mapping[str, Any]:
+        try:
+            key = tuple(sorted(table.items())) if isinstance(table, Mapping) else None
+            known = shared.get(key) if key is not None else None
+        except TypeError:  # a value that is no number or text: validation says what is wrong
+            key = known = None
+        if known is None:
+            _scope_budget(f"{where} [{label}]", table)
+            known = table
+            if key is not None:
+                shared[key] = table
+        return known
+
     for section, kind in SECTIONS.items():
-        for name, table in (data.get(section) or {}).items():
-            _scope_budget(f"{where} [{section}.{name}]", table)
         if data.get(section):
-            tables[kind] = data[section]
+            tables[kind] = {name: checked(f"{section}.{name}", t) for name, t in data[section].items()}
     windows = {
-        name: table["window"]
+        name: checked(f"workflows.{name}.window", table["window"])
         for name, table in (data.get("workflows") or {}).items()
         if isinstance(table, Mapping) and isinstance(table.get("window"), Mapping)
     }
-    for name, table in windows.items():
-        _scope_budget(f"{where} [workflows.{name}.window]", table)
     if windows:
         tables["workflow"] = windows
     return ScopeTables(tables, _scope_budget)
