@@ -116,6 +116,8 @@ def test_one_reservation_in_the_run_and_every_scope(clock: list[float], ledger: 
     assert ledger.usage("r2").model_calls == 2
     assert ledger.scope_usage(tenant.key).model_calls == 3  # type: ignore[union-attr]
     assert ledger.scope_usage(user.key).cost_usd == pytest.approx(0.1)  # type: ignore[union-attr]
+    if isinstance(ledger, RedisLedger):  # the window's record goes an hour after the day ends (UTC)
+        assert 22 * 3600 < ledger.client.ttl("budgetspan:scope:" + tenant.key) <= 23 * 3600
 
 
 def test_observe_mode_records_a_scope_refusal_and_refuses_nothing(clock: list[float], ledger: Ledger) -> None:

@@ -130,7 +130,7 @@ class BudgetSpanProcessor(SpanProcessor):
         tool = _text(attrs.get(A.GEN_AI_TOOL_NAME)) if kind is CallKind.TOOL else None
         enforce = self.enforce_foreign and run.mode is Mode.ENFORCE
         try:
-            res = run.ledger.reserve(run.id, kind, tool=tool, force=not enforce)
+            res = run.ledger.reserve(run.id, kind, tool=tool, force=not enforce, scopes=run.scope_refs())
         except LedgerRefused as r:
             span.set_attribute(A.WOULD_REFUSE, r.refusal.reason)
             return run.exhaust(r.refusal)
