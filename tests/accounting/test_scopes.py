@@ -223,3 +223,12 @@ def test_scopes_in_use_only_are_kept(clock: list[float]) -> None:
             ledger.reserve("r", CallKind.MODEL, scopes=(_scope("user", "u0", Budget(max_model_calls=9999)),))
         )
     assert len(ledger.scope_books) == 1
+
+
+def test_another_instrumentations_call_spends_in_the_scopes(clock: list[float], tracing: Any) -> None:
+    budgetspan.set_scope_budget("tenant", "acme", Budget(max_model_calls=5), window="day")
+    tracer = tracing.provider.get_tracer("other-instrumentation")
+    with budgetspan.run("chat", tenant="acme"):
+        with tracer.start_as_current_span("chat gpt-4o-mini", attributes={"gen_ai.operation.name": "chat"}):
+            pass
+    assert budgetspan.spend(tenant="acme").model_calls == 1
