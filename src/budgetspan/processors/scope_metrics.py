@@ -43,7 +43,7 @@ class TenantLabels:
         elif raw:
             self.allowed = {name.strip() for name in raw.split(",") if name.strip()}
         self._sketch: dict[str, tuple[float, float]] = {}
-        self._top: set[str] = set()
+        self._top: dict[str, None] = {}  # (in the order admitted: of equals, the oldest goes first)
         self._lock = threading.Lock()
         #: Called with a tenant that left the top N (its series is to go).
         self.on_evict: Callable[[str], None] = lambda tenant: None
@@ -82,9 +82,9 @@ class TenantLabels:
             weakest = min(self._top, key=surely)
             if surely(tenant) <= surely(weakest) + 1e-9:  # (and not by a float rounding)
                 return OTHER
-            self._top.discard(weakest)
+            del self._top[weakest]
             self.on_evict(weakest)
-        self._top.add(tenant)
+        self._top[tenant] = None
         return tenant
 
 
