@@ -310,7 +310,7 @@ def _server_instructions(kind: str, port: int, server_pid: int, n: int, director
     return dump() / n
 
 
-def instructions(small: int = 100, large: int = 600) -> None:
+def instructions(kinds: list[str], small: int = 100, large: int = 600) -> None:
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("--instructions needs valgrind (Debian package valgrind)")
     with tempfile.TemporaryDirectory() as directory:
@@ -324,7 +324,7 @@ def instructions(small: int = 100, large: int = 600) -> None:
                     _client_instructions(kind, port, small, large, directory),
                     _server_instructions(kind, port, server.pid, large, directory),
                 )
-                for kind in KINDS
+                for kind in kinds
             }
         finally:
             server.terminate()
@@ -358,11 +358,12 @@ def memory(tenants: int = 100_000, used: int = 20_000) -> None:
             from budgetspan import config
             from budgetspan.accounting.ledger import CallKind, Spend
 
+            t = time.perf_counter()
+            config.load_config()
+            load_s = time.perf_counter() - t  # (without tracemalloc, which slows it several times)
             tracemalloc.start()
             base = tracemalloc.get_traced_memory()[0]
-            t = time.perf_counter()
             config.set_config(config.load_config())
-            load_s = time.perf_counter() - t
             loaded = tracemalloc.get_traced_memory()[0]
             budgetspan.set_ledger(budgetspan.RedisLedger(redis.Redis(port=port)))
             marks = []
@@ -391,6 +392,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--instructions", action="store_true", help="count CPU instructions with valgrind")
     parser.add_argument("--memory", action="store_true", help="heap with 100,000 tenants configured")
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="(--instructions)")
     parser.add_argument("--client-loop", nargs=3, metavar=("KIND", "PORT", "N"), help=argparse.SUPPRESS)
     a = parser.parse_args()
     if a.client_loop:
@@ -402,7 +404,7 @@ def main() -> None:
     if a.memory:
         memory()
     elif a.instructions:
-        instructions()
+        instructions(a.kinds if "floor" in a.kinds else [*a.kinds, "floor"])
     else:
         wall_clock(a.procs, a.seconds, a.rounds)
 

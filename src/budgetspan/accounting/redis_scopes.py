@@ -17,7 +17,6 @@ from typing import Any
 from budgetspan.accounting.budget import Usage
 from budgetspan.accounting.ledger import Refusal
 from budgetspan.accounting.redis_mirror import as_text, refusal_from, usage_from
-from budgetspan.accounting.redis_scripts import SCOPE_LIMITS
 from budgetspan.accounting.redis_wire import SCRIPTS, Script, Server
 from budgetspan.accounting.scope_books import emit_warning
 from budgetspan.accounting.scopes import ScopeRef, ScopeWarning
@@ -31,15 +30,12 @@ def keys(run_key: str, refs: Sequence[ScopeRef]) -> tuple[str, ...]:
 
 
 def args(refs: Sequence[ScopeRef]) -> tuple[Any, ...]:
-    """Each window's arguments (``SCOPE_ARGS``): the ttl its use refreshes (0: none), the ttl of a
-    new window, the warning share, then its limits (``SCOPE_LIMITS``; '' for none)."""
+    """Each window's arguments (``RESERVE_SCOPE_ARGV``): the ttl its use refreshes (0: none), the
+    ttl of a new window, then its budget (``ScopeRef.wire``)."""
     out: list[Any] = []
     for ref in refs:
-        budget, ttl = ref.budget, ref.ttl_s()
-        out += (ttl if ref.refresh else 0, ttl, "" if ref.limits.warn_at is None else ref.limits.warn_at)
-        for name in SCOPE_LIMITS:
-            value = getattr(budget, name)
-            out.append("" if value is None else value)
+        ttl = ref.ttl_s()
+        out += (ttl if ref.refresh else 0, ttl, *ref.wire)
     return tuple(out)
 
 

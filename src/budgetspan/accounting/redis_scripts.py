@@ -75,21 +75,10 @@ SETTLE_READS = (
     "held:output_tokens",
 )
 
-#: The limits a scope window's budget can set, in the order the client sends them (``SCOPE_ARGS``
-#: arguments per window: the ttl each use refreshes ('0': none), the ttl of a new window, the
-#: warning share, then these limits; '' for none). The window's hash holds only its figures.
-SCOPE_LIMITS = (
-    "max_model_calls",
-    "max_tool_calls",
-    "max_steps",
-    "max_retries",
-    "max_input_tokens",
-    "max_output_tokens",
-    "max_total_tokens",
-    "max_cost_usd",
-)
-SCOPE_ARGS = 3 + len(SCOPE_LIMITS)
-#: Where the scope windows' arguments start in the reserve and the settle script's ARGV.
+#: Each scope window's arguments: the ttl its use refreshes ('0': none), the ttl of a new window,
+#: the warning share ('' none), the number k of its limits, then k pairs (limit name, value). The
+#: window's hash holds its figures only; the limits come with the call.
+#: Where the scope windows' arguments start in the reserve and the settle script's ARGV:
 RESERVE_SCOPE_ARGV, SETTLE_SCOPE_ARGV = 10, 15
 
 
@@ -191,63 +180,61 @@ local function mirror(tool)
   return table.concat(out, ' ')
 end
 """
-    + f"local SCOPE_ARGS, RESERVE_SCOPE_ARGV, SETTLE_SCOPE_ARGV = {SCOPE_ARGS}, {RESERVE_SCOPE_ARGV}, {SETTLE_SCOPE_ARGV}\n"
+    + f"local RESERVE_SCOPE_ARGV, SETTLE_SCOPE_ARGV = {RESERVE_SCOPE_ARGV}, {SETTLE_SCOPE_ARGV}\n"
     + """
--- Scope windows (KEYS[2..]): the figures a limit is compared to (as Usage.value_of), and the
--- worst cases held against it.
-local USES = {{'max_model_calls', {'model_calls'}}, {'max_tool_calls', {'tool_calls'}},
-  {'max_steps', {'model_calls', 'tool_calls'}}, {'max_retries', {'retries'}},
-  {'max_input_tokens', {'input_tokens'}}, {'max_output_tokens', {'output_tokens'}},
-  {'max_total_tokens', {'input_tokens', 'output_tokens'}}, {'max_cost_usd', {'cost_usd'}}}
+-- Scope windows (KEYS[2..]): the figures each limit is compared to (as Usage.value_of), and the
+-- worst cases it holds.
+local USES = {max_model_calls = {'model_calls'}, max_tool_calls = {'tool_calls'},
+  max_steps = {'model_calls', 'tool_calls'}, max_retries = {'retries'},
+  max_input_tokens = {'input_tokens'}, max_output_tokens = {'output_tokens'},
+  max_total_tokens = {'input_tokens', 'output_tokens'}, max_cost_usd = {'cost_usd'}}
 local HELD = {max_input_tokens = {'held:input_tokens'}, max_output_tokens = {'held:output_tokens'},
   max_total_tokens = {'held:input_tokens', 'held:output_tokens'}, max_cost_usd = {'held:cost_usd'}}
+local NONE = {}
 local function used(name)
-  for _, pair in ipairs(USES) do
-    if pair[1] == name then
-      local total = 0
-      for _, f in ipairs(pair[2]) do total = total + n(f) end
-      return total
-    end
-  end
-  return 0
+  local total = 0
+  for _, f in ipairs(USES[name] or NONE) do total = total + n(f) end
+  return total
 end
 
--- Scope window i, its arguments from ARGV[base + (i - 2) * SCOPE_ARGS]: its limits go into ``s``
--- (from the client: the hash holds figures only) and one HMGET reads the figures they need, and
--- ``extra``. Returns where its arguments start and the set of fields read.
-local function load_scope(i, base, extra)
+-- Scope window i, its arguments from ARGV[at] (RESERVE_SCOPE_ARGV in redis_scripts.py): its
+-- limits go into ``s`` and one HMGET reads the figures they need and ``extra``. Returns the
+-- window's state: {s, at, its limit names, the fields read}, and where the next window's start.
+local function load_scope(i, at, extra)
   h, s, changes = KEYS[i], {}, {}
-  local at, names, seen = base + (i - 2) * SCOPE_ARGS, {}, {}
-  local function need(f)
-    if not seen[f] then seen[f] = true; names[#names + 1] = f end
-  end
-  for j, pair in ipairs(USES) do
-    local raw = ARGV[at + 2 + j]
-    if raw ~= '' then
-      s['limit:' .. pair[1]] = raw
-      for _, f in ipairs(pair[2]) do need(f) end
-      for _, f in ipairs(HELD[pair[1]] or {}) do need(f) end
+  local names, seen, limits = {}, {}, {}
+  local function need(list)
+    for _, f in ipairs(list) do
+      if not seen[f] then seen[f] = true; names[#names + 1] = f end
     end
   end
-  for _, f in ipairs(extra) do need(f) end
-  if ARGV[at + 2] ~= '' then need('warned') end
+  need(extra)
+  for j = 1, tonumber(ARGV[at + 3]) do
+    local name = ARGV[at + 2 + 2 * j]
+    limits[j] = name
+    s['limit:' .. name] = ARGV[at + 3 + 2 * j]
+    need(USES[name] or NONE)
+    need(HELD[name] or NONE)
+  end
+  if ARGV[at + 2] ~= '' then names[#names + 1] = 'warned' end
   local got = redis.call('HMGET', h, unpack(names))
   for k, f in ipairs(names) do s[f] = got[k] end
-  return at, seen
+  return {s, at, limits, seen}, at + 4 + 2 * #limits
 end
 
 """
     + """
--- The scope's warning threshold (a share of any limit), reached for the first time in its window:
--- noted in ``warned`` as 'i:limit:used'.
-local function warn_check(i, warned, share)
-  local at = tonumber(share)
-  if not at or s['warned'] == '1' then return end
-  for _, pair in ipairs(USES) do
-    local limit = lim(pair[1])
-    if limit and limit > 0 and used(pair[1]) >= at * limit then
+-- The scope's warning threshold (a share of any of its limits), reached for the first time in its
+-- window: noted in ``warned`` as 'i:limit:used'.
+local function warn_check(i, warned, scope)
+  local share = ARGV[scope[2] + 2]
+  if share == '' or s['warned'] == '1' then return end
+  share = tonumber(share)
+  for _, name in ipairs(scope[3]) do
+    local limit, figure = lim(name), used(name)
+    if limit > 0 and figure >= share * limit then
       put('warned', 1)
-      warned[#warned + 1] = i .. ':' .. pair[1] .. ':' .. string.format('%.17g', used(pair[1]))
+      warned[#warned + 1] = i .. ':' .. name .. ':' .. string.format('%.17g', figure)
       return
     end
   end
@@ -348,10 +335,9 @@ if reason and (enforce or (ARGV[6] ~= '1' and reason == 'cancelled')) then retur
 -- first that refuses the call names itself in the reason ('max_cost_usd#3#199.5': KEYS[3] has used
 -- 199.5). A window's hash is made by its first call and expires at the window's end.
 local total = counters(kind, '')
-local scopes = {}
+local scopes, at = {}, RESERVE_SCOPE_ARGV
 for i = 2, #KEYS do
-  local at, seen = load_scope(i, RESERVE_SCOPE_ARGV, {total})
-  scopes[i] = {s, at, seen}
+  scopes[i], at = load_scope(i, at, {total})
   if not reason then
     local r, l = count_refusal()
     if not r and kind ~= 'retry' then r, l = spend_refusal(w_cost, w_in, w_out) end
@@ -370,19 +356,21 @@ local function take()
   add('held:output_tokens', w_out)
 end
 for i = 2, #KEYS do
-  h, changes = KEYS[i], {}
-  local at, seen
-  s, at, seen = scopes[i][1], scopes[i][2], scopes[i][3]
+  local scope = scopes[i]
+  h, s, changes = KEYS[i], scope[1], {}
+  local seen, first = scope[4], not s[total]
   put(total, n(total) + 1)
   if seen['held:cost_usd'] then add('held:cost_usd', w_cost) end
   if seen['held:input_tokens'] then add('held:input_tokens', w_in) end
   if seen['held:output_tokens'] then add('held:output_tokens', w_out) end
-  warn_check(i, warned, ARGV[at + 2])
+  warn_check(i, warned, scope)
   write()
-  if ARGV[at] ~= '0' then
-    redis.call('EXPIRE', h, ARGV[at])
-  elseif redis.call('TTL', h) < 0 then
-    redis.call('EXPIRE', h, ARGV[at + 1])
+  -- a window without an end lives on while in use; a window's first call sets when it ends
+  local refresh = ARGV[scope[2]]
+  if refresh ~= '0' then
+    redis.call('EXPIRE', h, refresh)
+  elseif first and redis.call('TTL', h) < 0 then
+    redis.call('EXPIRE', h, ARGV[scope[2] + 1])
   end
 end
 h, s, changes = KEYS[1], run, {}
@@ -426,21 +414,24 @@ end
 apply()
 write()
 -- The same in the call's scope windows (KEYS[2..]): worst cases given back, calls un-counted,
--- input and output tokens and dollars added. A window gone (it ended) settles nothing.
-local run, warned = s, {}
+-- input and output tokens and dollars added. A window gone (it ended: none of its call counts
+-- is there) settles nothing.
+local run, warned, at = s, {}, SETTLE_SCOPE_ARGV
 local total = nil
 if uncount ~= '' then total = counters(uncount, '') end
+local HELD_ARGV = {{'held:cost_usd', 1}, {'held:input_tokens', 2}, {'held:output_tokens', 3}}
 for i = 2, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) == 1 then
-    local at, seen = load_scope(i, SETTLE_SCOPE_ARGV, {'input_tokens', 'output_tokens', 'cost_usd', total})
-    for j, f in ipairs({'held:cost_usd', 'held:input_tokens', 'held:output_tokens'}) do
-      if seen[f] then give_back(f, tonumber(ARGV[j])) end  -- (only a held figure a limit reads)
+  local scope
+  scope, at = load_scope(i, at, {'model_calls', 'tool_calls', 'retries', 'input_tokens', 'output_tokens', 'cost_usd'})
+  if s['model_calls'] or s['tool_calls'] or s['retries'] then
+    for _, pair in ipairs(HELD_ARGV) do
+      if scope[4][pair[1]] then give_back(pair[1], tonumber(ARGV[pair[2]])) end
     end
     add('input_tokens', tonumber(ARGV[4]))
     add('output_tokens', tonumber(ARGV[5]))
     add('cost_usd', tonumber(ARGV[9]))
     if total then put(total, math.max(n(total) - 1, 0)) end
-    warn_check(i, warned, ARGV[at + 2])
+    warn_check(i, warned, scope)
     write()
   end
 end

@@ -72,6 +72,9 @@ class ScopeRef:
     key: str
     limits: ScopeBudget
     end: float | None
+    #: The budget as the Redis scripts take it: the warning share, the number of limits, then
+    #: (name, value) pairs, as bytes (made once per scope).
+    wire: tuple[bytes, ...] = ()
 
     @property
     def budget(self) -> Budget:
@@ -245,19 +248,28 @@ class ScopeRegistry:
 REGISTRY = ScopeRegistry()
 
 
-@dataclass(frozen=True, slots=True)
 class Scope:
-    """A scope a run belongs to that has a budget: its window's key is made per call."""
+    """A scope a run belongs to that has a budget. ``ref`` gives its current window (the same
+    object until the window ends: a call makes nothing new for its scopes)."""
 
-    kind: str
-    name: str
-    limits: ScopeBudget
+    __slots__ = ("_ref", "kind", "limits", "name", "wire")
+
+    def __init__(self, kind: str, name: str, limits: ScopeBudget) -> None:
+        self.kind, self.name, self.limits = kind, name, limits
+        set_limits = [(k, v) for k, v in limits.budget.limits().items() if k != "max_wall_clock_s"]
+        warn = b"" if limits.warn_at is None else repr(float(limits.warn_at)).encode()
+        pairs = [part for k, v in set_limits for part in (k.encode(), repr(v).encode())]
+        self.wire = (warn, str(len(set_limits)).encode(), *pairs)
+        self._ref: ScopeRef | None = None
 
     def ref(self) -> ScopeRef:
+        ref = self._ref
+        if ref is not None and (ref.end is None or self.limits.window.rolling or windows.now() < ref.end):
+            return ref
         bounds = self.limits.window.bounds()
-        return ScopeRef(
-            self.kind, self.name, scope_key(self.kind, self.name, bounds.label), self.limits, bounds.end
-        )
+        key = scope_key(self.kind, self.name, bounds.label)
+        ref = self._ref = ScopeRef(self.kind, self.name, key, self.limits, bounds.end, self.wire)
+        return ref
 
 
 def scope_key(kind: str, name: str, label: str) -> str:
