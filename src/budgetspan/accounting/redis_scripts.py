@@ -218,7 +218,11 @@ local function load_scope(i, at, extra)
   end
   if ARGV[at + 2] ~= '' then names[#names + 1] = 'warned' end
   local got = redis.call('HMGET', h, unpack(names))
-  for k, f in ipairs(names) do s[f] = got[k] end
+  for k, f in ipairs(names) do  -- figures parsed once here (each ``n`` would parse the text again)
+    local v = got[k]
+    if v and f ~= 'warned' then v = tonumber(v) end
+    s[f] = v
+  end
   return {s, at, limits, seen}, at + 4 + 2 * #limits
 end
 
