@@ -369,7 +369,9 @@ def memory(tenants: int = 100_000, used: int = 20_000) -> None:
             marks = []
             for i in range(used):
                 with budgetspan.run("chat", tenant=f"t{i * 7 % tenants}", user=f"u{i}") as run:
-                    run.commit(run.reserve(CallKind.MODEL, worst_case_cost=0.001), Spend(10, 5, cost_usd=0.0001))
+                    run.commit(
+                        run.reserve(CallKind.MODEL, worst_case_cost=0.001), Spend(10, 5, cost_usd=0.0001)
+                    )
                 if i + 1 in (used // 4, used):
                     marks.append(tracemalloc.get_traced_memory()[0])
             keys = redis.Redis(port=port).dbsize()
@@ -377,7 +379,9 @@ def memory(tenants: int = 100_000, used: int = 20_000) -> None:
             server.terminate()
             server.wait(5)
     mb = 1 / 2**20
-    print(f"| tenants configured | config read in | heap after reading | after {used // 4:,} runs | after {used:,} runs | Redis keys |")
+    print(
+        f"| tenants configured | config read in | heap after reading | after {used // 4:,} runs | after {used:,} runs | Redis keys |"
+    )
     print("|---:|---:|---:|---:|---:|---:|")
     print(
         f"| {tenants:,} | {load_s:.1f} s | {(loaded - base) * mb:.1f} MiB | {(marks[0] - base) * mb:.1f} MiB "
