@@ -108,7 +108,7 @@ class InMemoryLedger(Ledger):
                 raise LedgerRefused(found)
             if scopes:
                 enforce = book.mode is Mode.ENFORCE and not force
-                in_scope = self.scope_books.reserve(scopes, kind, tool, tool_limits, worst, enforce)
+                in_scope = self.scope_books.reserve(scopes, kind, tool, worst, enforce)
                 if in_scope is not None and enforce:
                     raise LedgerRefused(in_scope)
                 found = found or in_scope

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from budgetspan import events
 from budgetspan.accounting import windows
-from budgetspan.accounting.budget import ToolLimits, Usage
+from budgetspan.accounting.budget import Usage
 from budgetspan.accounting.ledger import CallKind, Refusal, Spend
 from budgetspan.accounting.rule import Held, refusal, spend_refusal
 from budgetspan.accounting.scopes import ScopeRef, ScopeWarning, share_used
@@ -83,7 +83,6 @@ class ScopeBooks:
         refs: Sequence[ScopeRef],
         kind: CallKind,
         tool: str | None,
-        tool_limits: ToolLimits | None,
         worst: Held,
         enforce: bool,
     ) -> Refusal | None:
