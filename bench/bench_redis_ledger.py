@@ -9,12 +9,19 @@ Starts its own redis-server on loopback (no persistence). Three kinds of cycle:
   and cost), on one run shared by every worker, with a limit of every kind, none reachable;
 - ``floor``: two EVALSHA calls of trivial scripts (``return 1``, ``return 2``) through the same
   bounded transport the ledger uses (``_Server.run``): two round trips and nothing else;
+- ``ledger-4-scopes``: the same, in a run of a conversation, a user, a tenant and a workflow that
+  each have a budget over a window (a day, a month, a day, an hour): the run's key and the four
+  windows' keys in the same two scripts (budgets above the run, issue 22);
 - ``redis-py``: the same two trivial scripts through ``redis.Redis.evalsha``, for reference.
 
 Wall clock: for each process count P, P worker processes run one kind side by side for
 ``--seconds`` after a common start signal; kinds alternate within each round, and the table shows
 each kind's best round in cycles per second (other work on a shared machine only ever slows a
 round down). The redis-server shares the machine's cores with the workers.
+
+``--memory``: a ``BUDGETSPAN_CONFIG`` with 100,000 ``[tenants.NAME]`` tables (and ``[users.default]``),
+the Python heap (tracemalloc) after reading it and after runs of 20,000 distinct tenants and users
+on the Redis ledger, each with a call: memory must not grow with the tenants configured or used.
 
 ``--instructions``: CPU instructions per cycle, which the load of a shared machine does not move:
 the client's, from one process under callgrind ((I(large) - I(small)) / (large - small)), and the
@@ -39,7 +46,7 @@ from collections.abc import Callable
 from typing import Any
 
 RUN_ID = "bench-shared-run"
-KINDS = ("ledger", "floor", "redis-py")
+KINDS = ("ledger", "ledger-4-scopes", "floor", "redis-py")
 
 
 def _free_port() -> int:
@@ -102,6 +109,44 @@ def _ledger_cycle(port: int) -> Callable[[], None]:
     return cycle
 
 
+def _scoped_cycle(port: int) -> Callable[[], None]:
+    import redis
+
+    from budgetspan.accounting.budget import Budget
+    from budgetspan.accounting.ledger import CallKind, Mode, Spend
+    from budgetspan.accounting.redis_ledger import RedisLedger
+    from budgetspan.accounting.scopes import Scope, ScopeBudget
+    from budgetspan.accounting.windows import parse_window
+
+    ledger = RedisLedger(redis.Redis(port=port), timeout_s=60)
+    ledger.open(RUN_ID, _every_limit(), Mode.ENFORCE)
+    wide = Budget(max_model_calls=10**12, max_cost_usd=1e11, max_total_tokens=10**14)
+    scopes = [
+        Scope(kind, name, ScopeBudget(wide, parse_window(window), warn_at=0.8))
+        for kind, name, window in (
+            ("conversation", "c-1", None),
+            ("user", "u-1", "month"),
+            ("tenant", "acme", "day"),
+            ("workflow", "triage", "hour"),
+        )
+    ]
+    spend = Spend(input_tokens=120, output_tokens=40, cost_usd=0.0003)
+
+    def cycle() -> None:
+        refs = tuple(s.ref() for s in scopes)  # as Run.scope_refs makes them, per call
+        res = ledger.reserve(
+            RUN_ID,
+            CallKind.MODEL,
+            worst_case_cost=0.001,
+            worst_case_tokens=256,
+            worst_case_input_tokens=150,
+            scopes=refs,
+        )
+        ledger.commit(res, spend)
+
+    return cycle
+
+
 def _floor_cycle(port: int) -> Callable[[], None]:
     import redis
 
@@ -132,7 +177,12 @@ def _redis_py_cycle(port: int) -> Callable[[], None]:
     return cycle
 
 
-CYCLES = {"ledger": _ledger_cycle, "floor": _floor_cycle, "redis-py": _redis_py_cycle}
+CYCLES = {
+    "ledger": _ledger_cycle,
+    "ledger-4-scopes": _scoped_cycle,
+    "floor": _floor_cycle,
+    "redis-py": _redis_py_cycle,
+}
 
 
 # --- wall clock ------------------------------------------------------------------------------------
@@ -186,15 +236,16 @@ def wall_clock(procs: list[int], seconds: float, rounds: int) -> None:
             server.terminate()
             server.wait(5)
     print(
-        "| processes | ledger reserve+commit /s | floor: 2 trivial EVALSHA /s | ledger ÷ floor "
-        "| redis-py `evalsha` ×2 /s | ledger ÷ redis-py |"
+        "| processes | ledger reserve+commit /s | with 4 scopes /s | floor: 2 trivial EVALSHA /s "
+        "| ledger ÷ floor | 4 scopes ÷ floor | redis-py `evalsha` ×2 /s | ledger ÷ redis-py |"
     )
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for p, seen in rows:
         m = {kind: max(values) for kind, values in seen.items()}
+        scoped = m["ledger-4-scopes"]
         print(
-            f"| {p} | {m['ledger']:,.0f} | {m['floor']:,.0f} | **{m['ledger'] / m['floor']:.2f}** "
-            f"| {m['redis-py']:,.0f} | {m['ledger'] / m['redis-py']:.2f} |"
+            f"| {p} | {m['ledger']:,.0f} | {scoped:,.0f} | {m['floor']:,.0f} | **{m['ledger'] / m['floor']:.2f}** "
+            f"| **{scoped / m['floor']:.2f}** | {m['redis-py']:,.0f} | {m['ledger'] / m['redis-py']:.2f} |"
         )
 
 
@@ -259,7 +310,7 @@ def _server_instructions(kind: str, port: int, server_pid: int, n: int, director
     return dump() / n
 
 
-def instructions(small: int = 100, large: int = 600) -> None:
+def instructions(kinds: list[str], small: int = 100, large: int = 600) -> None:
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("--instructions needs valgrind (Debian package valgrind)")
     with tempfile.TemporaryDirectory() as directory:
@@ -273,7 +324,7 @@ def instructions(small: int = 100, large: int = 600) -> None:
                     _client_instructions(kind, port, small, large, directory),
                     _server_instructions(kind, port, server.pid, large, directory),
                 )
-                for kind in KINDS
+                for kind in kinds
             }
         finally:
             server.terminate()
@@ -286,12 +337,66 @@ def instructions(small: int = 100, large: int = 600) -> None:
         print(f"| {kind} | {client:,.0f} | {server_side:,.0f} | {both:,.0f} | **{floor / both:.2f}** |")
 
 
+# --- memory with 100,000 tenants ------------------------------------------------------------------
+
+
+def memory(tenants: int = 100_000, used: int = 20_000) -> None:
+    import tracemalloc
+
+    import redis
+
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "budgets.toml")
+        with open(path, "w") as f:
+            f.write('[users.default]\nmax_total_tokens = 2000000\nwindow = "month"\n')
+            for i in range(tenants):
+                f.write(f'[tenants.t{i}]\nmax_cost_usd = {50 + i % 200}\nwindow = "day"\nwarn_at = 0.8\n')
+        server, port = _start_redis(directory)
+        try:
+            os.environ["BUDGETSPAN_CONFIG"] = path
+            import budgetspan
+            from budgetspan import config
+            from budgetspan.accounting.ledger import CallKind, Spend
+
+            t = time.perf_counter()
+            config.load_config()
+            load_s = time.perf_counter() - t  # (without tracemalloc, which slows it several times)
+            tracemalloc.start()
+            base = tracemalloc.get_traced_memory()[0]
+            config.set_config(config.load_config())
+            loaded = tracemalloc.get_traced_memory()[0]
+            budgetspan.set_ledger(budgetspan.RedisLedger(redis.Redis(port=port)))
+            marks = []
+            for i in range(used):
+                with budgetspan.run("chat", tenant=f"t{i * 7 % tenants}", user=f"u{i}") as run:
+                    run.commit(
+                        run.reserve(CallKind.MODEL, worst_case_cost=0.001), Spend(10, 5, cost_usd=0.0001)
+                    )
+                if i + 1 in (used // 4, used):
+                    marks.append(tracemalloc.get_traced_memory()[0])
+            keys = redis.Redis(port=port).dbsize()
+        finally:
+            server.terminate()
+            server.wait(5)
+    mb = 1 / 2**20
+    print(
+        f"| tenants configured | config read in | heap after reading | after {used // 4:,} runs | after {used:,} runs | Redis keys |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|")
+    print(
+        f"| {tenants:,} | {load_s:.1f} s | {(loaded - base) * mb:.1f} MiB | {(marks[0] - base) * mb:.1f} MiB "
+        f"| {(marks[1] - base) * mb:.1f} MiB | {keys:,} |"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--procs", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--instructions", action="store_true", help="count CPU instructions with valgrind")
+    parser.add_argument("--memory", action="store_true", help="heap with 100,000 tenants configured")
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="(--instructions)")
     parser.add_argument("--client-loop", nargs=3, metavar=("KIND", "PORT", "N"), help=argparse.SUPPRESS)
     a = parser.parse_args()
     if a.client_loop:
@@ -300,8 +405,10 @@ def main() -> None:
         return
     if shutil.which("redis-server") is None:
         raise SystemExit("needs redis-server (Debian package redis-server)")
-    if a.instructions:
-        instructions()
+    if a.memory:
+        memory()
+    elif a.instructions:
+        instructions(a.kinds if "floor" in a.kinds else [*a.kinds, "floor"])
     else:
         wall_clock(a.procs, a.seconds, a.rounds)
 

@@ -18,6 +18,8 @@ from budgetspan.accounting.budget import (
 from budgetspan.accounting.ledger import Ledger, Mode
 from budgetspan.accounting.memory import InMemoryLedger
 from budgetspan.accounting.redis_ledger import RedisLedger
+from budgetspan.accounting.scopes import ScopeBudget, ScopeWarning
+from budgetspan.accounting.windows import Window
 from budgetspan.attributes import VERSION
 from budgetspan.cache.backend import MemoryCache
 from budgetspan.cache.core import invalidate as invalidate_cache
@@ -44,6 +46,7 @@ from budgetspan.runs.progress import Milestone, ProgressSubscription, subscribe_
 from budgetspan.runs.quality import record_outcome
 from budgetspan.runs.registry import cancel, live_runs
 from budgetspan.runs.run import Outcome, Run
+from budgetspan.runs.scope_api import set_scope_budget, set_scope_lookup, spend
 from budgetspan.runs.scopes import PhaseScope as phase
 from budgetspan.runs.scopes import RunScope as run
 from budgetspan.runs.scopes import approval
@@ -82,11 +85,14 @@ __all__ = [
     "Run",
     "RunCancelled",
     "RunEscalated",
+    "ScopeBudget",
+    "ScopeWarning",
     "Stop",
     "ToolLimits",
     "ToolRefused",
     "ToolTimeout",
     "Usage",
+    "Window",
     "__version__",
     "add_listener",
     "approval",
@@ -104,6 +110,9 @@ __all__ = [
     "run",
     "set_cache_backend",
     "set_ledger",
+    "set_scope_budget",
+    "set_scope_lookup",
+    "spend",
     "step",
     "subscribe_progress",
     "tool",

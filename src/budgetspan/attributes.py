@@ -165,6 +165,17 @@ M_LIVE_RUNS: Final = "budgetspan_live_runs"  # gauge: workflow
 M_SPANS_DROPPED: Final = "budgetspan_spans_dropped"  # counter: reason
 M_INTERNAL_ERRORS: Final = "budgetspan_internal_errors"  # counter: type
 
+# Budgets above the run (issue 22). Tenant ids are a label only for the tenants that
+# BUDGETSPAN_METRICS_TENANTS names ("acme,globex") or the top N by spend ("top:20"); the rest "other".
+M_SCOPE_WARNINGS: Final = (
+    "budgetspan_scope_warnings"  # counter: scope (conversation | user | tenant | workflow)
+)
+M_SCOPE_EXHAUSTIONS: Final = "budgetspan_scope_exhaustions"  # counter: scope, tenant
+M_TENANT_COST: Final = "budgetspan_tenant_cost_usd"  # counter: tenant
+L_SCOPE: Final = "scope"
+L_TENANT: Final = "tenant"
+ENV_METRICS_TENANTS: Final = "BUDGETSPAN_METRICS_TENANTS"
+
 # Metric label names (bounded values only: never run ids, user ids or text).
 L_WORKFLOW: Final = "workflow"
 L_OUTCOME: Final = "outcome"

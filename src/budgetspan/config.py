@@ -4,6 +4,9 @@
   naming a profile: ``profile=interactive,max_cost_usd=1`` (or just ``interactive``).
 - ``BUDGETSPAN_CONFIG``: a TOML file with ``[profiles.NAME]``, ``[workflows.NAME]`` (limits and an
   optional ``profile``) and ``[tools.NAME]`` (``timeout_s``, ``max_calls``, ``max_retries``).
+  Budgets above the run: ``[tenants.NAME]``, ``[users.NAME]``, ``[conversations.NAME]`` (``default``
+  for every name without its own table) and ``[workflows.NAME.window]``: limits, ``window`` (hour,
+  day, month, rolling-day ...), ``tz`` and ``warn_at``.
 - ``BUDGETSPAN_MODE``: ``enforce`` (default) or ``observe``.
 
 A bad value is a ``ConfigError`` naming the variable and the accepted form, raised at start-up.
@@ -29,6 +32,7 @@ from budgetspan.accounting.budget import (
 )
 from budgetspan.accounting.ledger import Mode
 from budgetspan.accounting.pricing import PriceConfigError, load_price_file
+from budgetspan.accounting.scopes import SECTIONS, ScopeBudget, ScopeTables, scope_budget_from_table
 from budgetspan.attributes import (
     ENV_BUDGET,
     ENV_CAPTURE_CONTENT,
@@ -193,6 +197,8 @@ class Config:
     tools: Mapping[str, ToolLimits] = field(default_factory=dict)
     #: An unpriced model call in a run with a dollar limit: "warn" (counted, said) or "refuse".
     unpriced: str = "warn"
+    #: Scope budgets from the config file (tenants, users, conversations, workflow windows).
+    scopes: ScopeTables = field(default_factory=ScopeTables)
 
     def budget_for(
         self, workflow: str | None, budget: Budget | str | Mapping[str, Any] | None = None, **limits: Any
@@ -225,10 +231,7 @@ class Config:
         return result
 
 
-def parse_config_file(
-    path: str, source: str = ENV_CONFIG
-) -> tuple[dict[str, Budget], dict[str, Budget], dict[str, ToolLimits]]:
-    """Read a TOML config file into (profiles, workflows, tools)."""
+def _read_toml(path: str, source: str) -> dict[str, Any]:
     where = f"{source}={path!r}"
     try:
         with open(path, "rb") as f:
@@ -239,18 +242,74 @@ def parse_config_file(
         raise ConfigError(f"{where}: not valid TOML ({e}); expected {CONFIG_FORM}") from None
     except (RecursionError, ValueError, OverflowError, MemoryError) as e:  # nesting, huge numbers
         raise ConfigError(f"{where}: unreadable ({type(e).__name__}); expected {CONFIG_FORM}") from None
-    unknown = set(data) - {"profiles", "workflows", "tools"}
+    unknown = set(data) - {"profiles", "workflows", "tools", *SECTIONS}
     if unknown:
         raise ConfigError(f"{where}: unknown section(s) {sorted(unknown)}; expected {CONFIG_FORM}")
-    for section in ("profiles", "workflows", "tools"):
+    for section in ("profiles", "workflows", "tools", *SECTIONS):
         if not isinstance(data.get(section, {}), dict):
             raise ConfigError(f"{where}: {section!r} must be a table of tables; expected {CONFIG_FORM}")
+    return data
+
+
+def parse_config_file(
+    path: str, source: str = ENV_CONFIG
+) -> tuple[dict[str, Budget], dict[str, Budget], dict[str, ToolLimits]]:
+    """Read a TOML config file into (profiles, workflows, tools)."""
+    return _parse_config(_read_toml(path, source), f"{source}={path!r}")
+
+
+def _scope_budget(where: str, table: Mapping[str, Any]) -> ScopeBudget:
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where}: expected a table of limits")
+    try:
+        return scope_budget_from_table(where, table, lambda w, t, a: _limits_table(w, t, a, CONFIG_FORM))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def parse_scope_tables(data: Mapping[str, Any], where: str) -> ScopeTables:
+    """The scope sections, validated, kept as raw tables (built when a run uses them). Tables with
+    the same content are validated and kept once: 100,000 tenants on a few plans are a few tables."""
+    tables: dict[str, dict[str, Mapping[str, Any]]] = {}
+    shared: dict[Any, Mapping[str, Any]] = {}
+
+    def checked(label: str, table: Any) -> Mapping[str, Any]:
+        try:
+            key = tuple(sorted(table.items())) if isinstance(table, Mapping) else None
+            known = shared.get(key) if key is not None else None
+        except TypeError:  # a value that is no number or text: validation says what is wrong
+            key = known = None
+        if known is None:
+            _scope_budget(f"{where} [{label}]", table)
+            known = table
+            if key is not None:
+                shared[key] = table
+        return known
+
+    for section, kind in SECTIONS.items():
+        if data.get(section):
+            tables[kind] = {name: checked(f"{section}.{name}", t) for name, t in data[section].items()}
+    windows = {
+        name: checked(f"workflows.{name}.window", table["window"])
+        for name, table in (data.get("workflows") or {}).items()
+        if isinstance(table, Mapping) and isinstance(table.get("window"), Mapping)
+    }
+    if windows:
+        tables["workflow"] = windows
+    return ScopeTables(tables, _scope_budget)
+
+
+def _parse_config(
+    data: Mapping[str, Any], where: str
+) -> tuple[dict[str, Budget], dict[str, Budget], dict[str, ToolLimits]]:
     profiles = dict(BUILTIN_PROFILES)
     for name, table in (data.get("profiles") or {}).items():
         values = _limits_table(f"{where} [profiles.{name}]", table, (*BUDGET_KEYS, RESERVE_KEY), CONFIG_FORM)
         profiles[name] = Budget(**values, profile=name)
     workflows: dict[str, Budget] = {}
     for name, table in (data.get("workflows") or {}).items():
+        if isinstance(table, Mapping) and isinstance(table.get("window"), Mapping):
+            table = {k: v for k, v in table.items() if k != "window"}  # the workflow's scope budget
         values = _limits_table(
             f"{where} [workflows.{name}]", table, (*BUDGET_KEYS, RESERVE_KEY, "profile"), CONFIG_FORM
         )
@@ -276,9 +335,12 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
     profiles: dict[str, Budget] = dict(BUILTIN_PROFILES)
     workflows: dict[str, Budget] = {}
     tools: dict[str, ToolLimits] = {}
+    scopes = ScopeTables()
     path = env.get(ENV_CONFIG, "").strip()
     if path:
-        profiles, workflows, tools = parse_config_file(path)
+        data = _read_toml(path, ENV_CONFIG)
+        profiles, workflows, tools = _parse_config(data, f"{ENV_CONFIG}={path!r}")
+        scopes = parse_scope_tables(data, f"{ENV_CONFIG}={path!r}")
     default = parse_inline_budget(env.get(ENV_BUDGET, ""), profiles)
     unpriced = env.get(ENV_UNPRICED, "").strip().lower() or "warn"
     if unpriced not in UNPRICED_POLICIES:
@@ -294,7 +356,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
             load_price_file(prices)
         except PriceConfigError as e:
             raise ConfigError(str(e)) from None
-    return Config(default, parse_mode(env.get(ENV_MODE)), profiles, workflows, tools, unpriced)
+    return Config(default, parse_mode(env.get(ENV_MODE)), profiles, workflows, tools, unpriced, scopes)
 
 
 _current: Config | None = None

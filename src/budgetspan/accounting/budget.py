@@ -350,8 +350,13 @@ class BudgetExhausted(Exception):
         worst: float | None = None,
         detail: str | None = None,
         notes: tuple[str, ...] = (),
+        scope: str | None = None,
+        scope_ref: Any = None,
     ) -> None:
         self.reason = reason
+        #: The scope above the run whose limit refused the call ("tenant acme"), if any.
+        self.scope = scope
+        self.scope_ref = scope_ref
         self.limit = limit
         self.usage = usage
         self.partial: dict[str, Any] = dict(partial or {})
@@ -365,7 +370,10 @@ class BudgetExhausted(Exception):
         super().__init__(self.explanation)
 
     def explain(self, usage: Usage) -> str:
-        """This refusal's sentence with ``usage`` (e.g. the run's final usage)."""
+        """This refusal's sentence with ``usage`` (e.g. the run's final usage); a scope's
+        refusal keeps its own sentence (it speaks of the scope's usage, not the run's)."""
+        if self.scope is not None:
+            return self.explanation
         return explain(self.reason, self.limit, usage, self.tool, self.worst, self.detail, self.notes)
 
     def __reduce__(self) -> tuple[Any, ...]:

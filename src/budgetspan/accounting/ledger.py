@@ -11,7 +11,7 @@ process-local one.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -39,6 +39,10 @@ class Refusal:
     tool: str | None = None
     #: A token or dollar limit refused by a worst case: what this call could have added.
     worst: float | None = None
+    #: The scope window whose limit refused the call (an ``accounting.scopes.ScopeRef``; None: the
+    #: run's own), and what that scope had used of the limit.
+    scope: Any = None
+    spent: float | None = None
 
 
 @dataclass(slots=True)
@@ -62,6 +66,9 @@ class Reservation:
     #: The same call's reservations in the enclosing runs (nested runs), settled with this one:
     #: pairs of (run, reservation), filled by the run layer.
     linked: list[Any] = field(default_factory=list)
+    #: The scope windows (``accounting.scopes.ScopeRef``) the call is reserved in with the run,
+    #: settled with it.
+    scopes: tuple[Any, ...] = ()
 
 
 @dataclass(slots=True)
@@ -104,6 +111,7 @@ class Ledger(ABC):
         force: bool = False,
         tool_limits: ToolLimits | None = None,
         final: bool = False,
+        scopes: Sequence[Any] = (),
     ) -> Reservation:
         """Reserve one call; raise LedgerRefused (enforce) or mark would_refuse (observe).
 
@@ -114,6 +122,8 @@ class Ledger(ABC):
         against the token and dollar limits, with every other call in flight, until it settles.
         ``final``: a call of the ``final_response`` phase, which may use the budget's
         ``reserve_for_final``; any other call is refused where it would eat into it.
+        ``scopes``: the scope windows (``ScopeRef``) the call also reserves in, in the same step;
+        the first whose limit it would pass refuses it (``Refusal.scope`` names it).
         """
 
     @abstractmethod
@@ -132,8 +142,9 @@ class Ledger(ABC):
         """
 
     @abstractmethod
-    def add_spend(self, run_id: str, spend: Spend) -> Refusal | None:
-        """Add usage reported mid-call (a stream chunk); return the limit now reached, if any."""
+    def add_spend(self, run_id: str, spend: Spend, scopes: Sequence[Any] = ()) -> Refusal | None:
+        """Add usage reported mid-call (a stream chunk), also to ``scopes``; return the run's
+        limit now reached, if any."""
 
     @abstractmethod
     def release(self, reservation: Reservation) -> None:
@@ -154,6 +165,10 @@ class Ledger(ABC):
     @abstractmethod
     def close(self, run_id: str) -> Usage:
         """Stop accounting the run and return its final usage."""
+
+    def scope_usage(self, key: str) -> Usage | None:
+        """What a scope window (``ScopeRef.key``) has used so far; None: nothing recorded."""
+        return None
 
     @abstractmethod
     def deadline(self, run_id: str) -> float | None:

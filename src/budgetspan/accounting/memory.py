@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from budgetspan.accounting.budget import Budget, Limit, ToolLimits, Usage
 from budgetspan.accounting.ledger import CallKind, Ledger, LedgerRefused, Mode, Refusal, Reservation, Spend
 from budgetspan.accounting.rule import NOTHING_HELD, Held, refusal, spend_refusal, without_reserve
+from budgetspan.accounting.scope_books import ScopeBooks, count_call, spend_into
 
 
 @dataclass
@@ -40,19 +42,7 @@ class _RunBook:
 
     def add(self, spend: Spend) -> None:
         """Add one report's figures; only positive ones count (None, 0, negatives, NaN add nothing)."""
-        u, s = self.usage, spend
-        if s.input_tokens is not None and s.input_tokens > 0:
-            u.input_tokens += s.input_tokens
-        if s.output_tokens is not None and s.output_tokens > 0:
-            u.output_tokens += s.output_tokens
-        if s.cache_read_tokens is not None and s.cache_read_tokens > 0:
-            u.cache_read_tokens += s.cache_read_tokens
-        if s.cache_write_tokens is not None and s.cache_write_tokens > 0:
-            u.cache_write_tokens += s.cache_write_tokens
-        if s.reasoning_tokens is not None and s.reasoning_tokens > 0:
-            u.reasoning_tokens += s.reasoning_tokens
-        if s.cost_usd is not None and s.cost_usd > 0:
-            u.cost_usd += s.cost_usd
+        spend_into(self.usage, spend)
 
 
 def _worst(reservation: Reservation) -> tuple[float, int, int]:
@@ -67,6 +57,7 @@ class InMemoryLedger(Ledger):
         self._runs: dict[str, _RunBook] = {}
         self._lock = threading.Lock()
         self._monotonic = clock
+        self.scope_books = ScopeBooks()  # the scope windows in use (budgets above the run)
 
     def __len__(self) -> int:
         return len(self._runs)
@@ -98,6 +89,7 @@ class InMemoryLedger(Ledger):
         force: bool = False,
         tool_limits: ToolLimits | None = None,
         final: bool = False,
+        scopes: Sequence[Any] = (),
     ) -> Reservation:
         book = self._book(run_id)
         worst = NOTHING_HELD  # only model calls spend tokens and dollars
@@ -123,7 +115,13 @@ class InMemoryLedger(Ledger):
             )
             if found is not None and not force and enforced:
                 raise LedgerRefused(found)
-            _count(book.usage, kind, tool, +1)
+            if scopes:
+                enforce = book.mode is Mode.ENFORCE and not force
+                in_scope = self.scope_books.reserve(scopes, kind, tool, worst, enforce)
+                if in_scope is not None and enforce:
+                    raise LedgerRefused(in_scope)
+                found = found or in_scope
+            count_call(book.usage, kind, tool, +1)
             if worst is not NOTHING_HELD:
                 book.held.add(worst.cost_usd, worst.input_tokens, worst.output_tokens)
         return Reservation(
@@ -134,6 +132,7 @@ class InMemoryLedger(Ledger):
             found,
             worst_case_input_tokens=worst.input_tokens,
             worst_case_output_tokens=worst.output_tokens,
+            scopes=tuple(scopes),
         )
 
     def commit(
@@ -158,6 +157,8 @@ class InMemoryLedger(Ledger):
                 book.held.add(*_worst(reservation), sign=-1)
             if spend is not None:
                 book.add(spend)
+            if reservation.scopes:
+                self.scope_books.settle(reservation.scopes, Held(*_worst(reservation)), spend, None, None)
             u = book.usage
             if unreported:
                 u.unreported_usage_calls += 1
@@ -167,12 +168,14 @@ class InMemoryLedger(Ledger):
                 u.tools_finished += 1
             return spend_refusal(book.budget, u)
 
-    def add_spend(self, run_id: str, spend: Spend) -> Refusal | None:
+    def add_spend(self, run_id: str, spend: Spend, scopes: Sequence[Any] = ()) -> Refusal | None:
         book = self._runs.get(run_id)
         if book is None:
             return None
         with book.lock:
             book.add(spend)
+            if scopes:
+                self.scope_books.settle(scopes, NOTHING_HELD, spend, None, None)
             return spend_refusal(book.budget, book.usage)
 
     def release(self, reservation: Reservation) -> None:
@@ -187,7 +190,10 @@ class InMemoryLedger(Ledger):
                 or reservation.worst_case_output_tokens
             ):
                 book.held.add(*_worst(reservation), sign=-1)
-            _count(book.usage, reservation.kind, reservation.tool, -1)
+            count_call(book.usage, reservation.kind, reservation.tool, -1)
+            if reservation.scopes:
+                held = Held(*_worst(reservation))
+                self.scope_books.settle(reservation.scopes, held, None, reservation.kind, reservation.tool)
 
     def usage(self, run_id: str) -> Usage:
         book = self._book(run_id)
@@ -229,6 +235,9 @@ class InMemoryLedger(Ledger):
         u.wall_clock_s = self._monotonic() - book.started_at
         return u
 
+    def scope_usage(self, key: str) -> Usage | None:
+        return self.scope_books.usage(key)
+
     def deadline(self, run_id: str) -> float | None:
         book = self._runs.get(run_id)
         return None if book is None else book.deadline
@@ -239,17 +248,3 @@ class InMemoryLedger(Ledger):
             book.budget = book.budget.extended(amounts)
             book.short = without_reserve(book.budget)
             return book.budget
-
-
-def _count(usage: Usage, kind: CallKind, tool: str | None, step: int) -> None:
-    """Add ``step`` (+1 reserve, -1 release) to the counters a call of ``kind`` uses."""
-    if kind is CallKind.MODEL:
-        usage.model_calls += step
-    elif kind is CallKind.TOOL:
-        usage.tool_calls += step
-        if tool is not None:
-            usage.tool_calls_by_name[tool] = usage.tool_calls_by_name.get(tool, 0) + step
-    else:
-        usage.retries += step
-        if tool is not None:
-            usage.tool_retries_by_name[tool] = usage.tool_retries_by_name.get(tool, 0) + step

@@ -2,32 +2,22 @@
 
 Each run is one Redis hash. Every operation is one Lua script, so one round trip, and the check
 and the change it makes are one atomic step on the server: the (N+1)-th call is refused even when
-N processes race. The reserve script is the transcription of ``accounting/rule.py`` (count limits
-by reservation; token and dollar limits refuse when used up or when what is spent, plus the worst
-cases held by the calls in flight, plus this call's worst case would pass them); ``tests/accounting``
-runs one table of cases through both. Deadlines use the Redis server's clock, the one clock every
-process shares.
+N processes race. The reserve script is the transcription of ``accounting/rule.py``;
+``tests/accounting`` runs one table of cases through both. Deadlines use the Redis server's clock.
 
-Use it with ``budgetspan.set_ledger(RedisLedger(redis.Redis(...)))`` in every process and a run id
-that the processes agree on (``budgetspan.run(..., run_id=...)``).
+Use: ``budgetspan.set_ledger(RedisLedger(redis.Redis(...)))`` in every process, one run id for all.
 
-**A live run is never forgotten.** Every process that opens a run adds one to the hash's open
-count and takes one off when it closes; the hash is deleted when the count reaches zero, so workers
-sharing a run id keep it alive for each other. Every reservation refreshes the key's time to live
-(``ttl_s``), so a run longer than ``ttl_s`` does not expire while it is in use. Each process keeps
-a mirror of what the scripts last told it about each run it has open. When a script finds the
-run's hash gone (Redis restarted empty, the key expired, a peer deleted it) while the run is open
-here, the hash is recreated from the budget it was opened with and the mirrored usage (including
-the worst cases held by calls in flight: they stand in for the spend of calls that may have settled
-while the hash was gone), the loss is counted as an internal error (logged once per run) and the
-operation is retried. This is the same in ``on_error="closed"`` mode: Redis answers, the run is
-accounted on it again, so nothing runs unaccounted (DESIGN: "a live run is never forgotten";
-refusing every later call would stop a run that can go on within its budget). What peers spent
-after this process last heard from Redis is not in the mirror: the first process to notice the loss
-restores the run as it last knew it.
+**A live run is never forgotten.** Each process that opens a run adds one to the hash's open count
+and takes it off at close (the hash goes at zero); each reservation refreshes its expiry (``ttl_s``).
+Each process mirrors what the scripts last told it of its open runs: a hash found gone (Redis
+restarted empty, expiry, a peer's delete) is recreated from the budget and the mirror (the worst
+cases held stand in for spend that may have settled meanwhile), counted as an internal error (logged
+once per run) and the operation retried, in ``on_error="closed"`` mode too (refusing every later
+call would stop a run that can go on within its budget). Peers' spend unseen here is not restored.
 
-**Bounded** (``redis_wire``) and **clamped** (``redis_mirror``): every wait for Redis ends by
-``timeout_s`` and the run's deadline; absurd figures are clamped, never taken for an outage.
+**Scopes above the run** (``redis_scopes``): a call's scope windows are more keys of the same
+scripts (one round trip). **Bounded** (``redis_wire``): every wait ends by ``timeout_s`` and the
+run's deadline. **Clamped** (``redis_mirror``): absurd figures are clamped, never an outage.
 
 When Redis cannot be reached (``on_error``):
 
@@ -35,12 +25,10 @@ When Redis cannot be reached (``on_error``):
   ledger from that moment to its end, with the same budget, counting again from zero; the outage
   is logged once per run and reported as an internal error (``budgetspan_internal_errors_total``).
   Limits still hold per process; across processes they can be overshot during the outage.
-- ``"closed"``: a call that cannot be reserved is refused with ``BudgetExhausted`` (reason
-  ``ledger_unavailable``): nothing runs unaccounted (observe mode still refuses nothing: it falls
-  back as in ``open``). Each later call tries Redis again.
+- ``"closed"``: a call that cannot be reserved is refused (reason ``ledger_unavailable``): nothing
+  runs unaccounted (observe mode refuses nothing: as ``open``). Each later call tries Redis again.
 
-Known limit: a reservation made on Redis before the outage and ended during it cannot settle there;
-its worst case stays held on Redis until the run's key goes.
+Known limit: a reservation made on Redis before an outage and ended during it stays held there.
 """
 
 from __future__ import annotations
@@ -53,6 +41,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from budgetspan import events
+from budgetspan.accounting import redis_scopes
 from budgetspan.accounting.budget import NO_TOOL_LIMITS, Budget, Limit, ToolLimits, Usage
 from budgetspan.accounting.ledger import CallKind, Ledger, LedgerRefused, Mode, Refusal, Reservation, Spend
 from budgetspan.accounting.memory import InMemoryLedger
@@ -66,6 +55,7 @@ from budgetspan.accounting.redis_mirror import (
     mirrored_fields,
     refusal_from,
     usage_from,
+    usage_of,
 )
 from budgetspan.accounting.redis_wire import SCRIPTS, Server
 
@@ -122,20 +112,26 @@ class RedisLedger(ExtendOnRedis, Ledger):
         return min(self._server.timeout_s, left)
 
     def _call(
-        self, script: str, run_id: str, args: Sequence[Any], tool: str | None = None, mirror: bool = True
+        self,
+        script: str,
+        run_id: str,
+        args: Sequence[Any],
+        tool: str | None = None,
+        mirror: bool = True,
+        scopes: Sequence[Any] = (),
     ) -> Any:
-        """Run ``script`` on the run's hash and remember what it says. A run open here whose hash
-        is gone is restored and the script run again; a run unknown here raises KeyError."""
+        """Run ``script`` on the run's hash (and ``scopes``' windows) and remember what it says. A run
+        open here whose hash is gone is restored and the script run again; unknown: KeyError."""
         known = self._known.get(run_id)
         within = self._within(known)
         ticket = next(self._tickets)
-        reply = self._server.run(SCRIPTS[script], self.key(run_id), args, within)
+        reply = redis_scopes.run(self._server, SCRIPTS[script], self.key(run_id), args, within, scopes)
         if reply == -1:
             if known is None:
                 raise KeyError(f"run {run_id!r} is not open in the ledger")
             self._restore(run_id, known, within)
             ticket = next(self._tickets)
-            reply = self._server.run(SCRIPTS[script], self.key(run_id), args, within)
+            reply = redis_scopes.run(self._server, SCRIPTS[script], self.key(run_id), args, within, scopes)
             if reply == -1:  # deleted again at once: give up on this one call
                 raise KeyError(f"run {run_id!r} is not open in the ledger")
         if known is not None and mirror:
@@ -254,6 +250,7 @@ class RedisLedger(ExtendOnRedis, Ledger):
         force: bool = False,
         tool_limits: ToolLimits | None = None,
         final: bool = False,
+        scopes: Sequence[Any] = (),
     ) -> Reservation:
         if kind is CallKind.MODEL:  # only model calls spend tokens and dollars
             cost, held_in = clamp_dollars(worst_case_cost), clamp_tokens(worst_case_input_tokens)
@@ -263,7 +260,7 @@ class RedisLedger(ExtendOnRedis, Ledger):
         if run_id not in self._local_runs:
             try:
                 return self._reserve_on_redis(
-                    run_id, kind, tool, (cost, held_in, held_out), force, tool_limits, final
+                    run_id, kind, tool, (cost, held_in, held_out), force, tool_limits, final, scopes
                 )
             except self._errors as e:
                 # Closed: refuse, except where nothing may be refused (observe mode, forced records).
@@ -281,6 +278,7 @@ class RedisLedger(ExtendOnRedis, Ledger):
             force=force,
             tool_limits=tool_limits,
             final=final,
+            scopes=scopes,
         )
         res.fallback = True
         return res
@@ -294,6 +292,7 @@ class RedisLedger(ExtendOnRedis, Ledger):
         force: bool,
         tool_limits: ToolLimits | None,
         final: bool = False,
+        scopes: Sequence[Any] = (),
     ) -> Reservation:
         tl = tool_limits or NO_TOOL_LIMITS
         args = (
@@ -306,9 +305,10 @@ class RedisLedger(ExtendOnRedis, Ledger):
             self.ttl_s,
             "1" if self._short(run_id, final) else "0",
         )
-        status, reason, limit, _ = self._call("reserve", run_id, args, tool).split(b" ", 3)
-        found = refusal_from(reason, limit, tool)
-        if status == b"0":
+        status, reason, limit, _ = self._call("reserve", run_id, args, tool, scopes=scopes).split(b" ", 3)
+        found = redis_scopes.refusal_in(reason, limit, tool, scopes)
+        redis_scopes.warn(status, scopes)
+        if status[:1] == b"0":
             assert found is not None
             raise LedgerRefused(found)
         cost, held_in, held_out = worst
@@ -320,6 +320,7 @@ class RedisLedger(ExtendOnRedis, Ledger):
             found,
             worst_case_input_tokens=held_in,
             worst_case_output_tokens=held_out,
+            scopes=tuple(scopes),
         )
 
     def _settle(
@@ -330,6 +331,7 @@ class RedisLedger(ExtendOnRedis, Ledger):
         spend: Spend | None = None,
         flags: tuple[bool, bool, bool] = (False, False, False),
         uncount: bool = False,
+        scopes: Sequence[Any] = (),
     ) -> Refusal | None:
         """One settle script: give back ``reservation``'s worst case, add ``spend``, set the flags
         (unreported, unpriced, tool finished), un-count the call (``uncount``). Returns the spend
@@ -352,7 +354,9 @@ class RedisLedger(ExtendOnRedis, Ledger):
             r.kind.value if uncount and r is not None else "",
             tool or "",
         )
-        _, reason, limit, _ = self._call("settle", run_id, args, tool).split(b" ", 3)
+        scopes = scopes or (() if r is None else r.scopes)
+        status, reason, limit, _ = self._call("settle", run_id, args, tool, scopes=scopes).split(b" ", 3)
+        redis_scopes.warn(status, scopes)
         return refusal_from(reason, limit, None)
 
     def commit(
@@ -381,15 +385,15 @@ class RedisLedger(ExtendOnRedis, Ledger):
             reservation, spend, finished=finished, unreported=unreported, unpriced=unpriced
         )
 
-    def add_spend(self, run_id: str, spend: Spend) -> Refusal | None:
+    def add_spend(self, run_id: str, spend: Spend, scopes: Sequence[Any] = ()) -> Refusal | None:
         if run_id not in self._local_runs:
             try:
-                return self._settle(run_id, spend=spend)
+                return self._settle(run_id, spend=spend, scopes=scopes)
             except KeyError:
                 return None
             except self._errors as e:
                 self._outage(run_id, e)
-        return self._local.add_spend(run_id, spend)
+        return self._local.add_spend(run_id, spend, scopes)
 
     def release(self, reservation: Reservation) -> None:
         if reservation.done:
@@ -415,7 +419,7 @@ class RedisLedger(ExtendOnRedis, Ledger):
                 self._outage(run_id, e)
                 known = self._known.get(run_id)
                 if run_id not in self._local_runs and known is not None:
-                    return self._usage_of(known)  # closed mode: what this process last knew
+                    return usage_of(known)  # closed mode: what this process last knew
         return self._local.usage(run_id)
 
     def _read(self, run_id: str, close: bool) -> Usage:
@@ -480,15 +484,10 @@ class RedisLedger(ExtendOnRedis, Ledger):
             self._lost(run_id, known)
         except self._errors as e:
             self._report(run_id, e, "budgetspan: Redis ledger unreachable for run %s (%s: %s)")
-        return self._usage_of(known)
+        return usage_of(known)
 
-    def _usage_of(self, known: RunMirror) -> Usage:
-        """The run's usage as this process last heard it from Redis."""
-        with known.lock:
-            fields = mirrored_fields(known)
-        u = usage_from(fields)
-        u.wall_clock_s = max(0.0, time.monotonic() - known.started_monotonic)
-        return u
+    def scope_usage(self, key: str) -> Usage | None:
+        return redis_scopes.usage(self._server, key, self._server.timeout_s)
 
     def deadline(self, run_id: str) -> float | None:
         if run_id in self._local_runs:

@@ -12,6 +12,7 @@ where ``InMemoryLedger`` goes on.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,3 +141,12 @@ def budget_fields(budget: Budget, mode: Mode) -> dict[str, Any]:
         if tl.max_retries is not None:
             fields[f"limit:tool:{tool}:max_retries"] = tl.max_retries
     return fields
+
+
+def usage_of(known: RunMirror) -> Usage:
+    """The run's usage as this process last heard it from Redis."""
+    with known.lock:
+        fields = mirrored_fields(known)
+    u = usage_from(fields)
+    u.wall_clock_s = max(0.0, time.monotonic() - known.started_monotonic)
+    return u

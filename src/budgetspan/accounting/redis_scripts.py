@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from budgetspan.accounting.redis_scope_lua import SCOPE_LUA
+
 #: The largest token count (per figure and per sum) the ledger keeps: exact in a Lua number (a
 #: double), and so is the sum of two (a total of input and output tokens).
 TOKEN_CAP = 10**15
@@ -193,12 +195,14 @@ local function mirror(tool)
   return table.concat(out, ' ')
 end
 """
+    + SCOPE_LUA
 )
 
 # Reserve one call (or, kind 'check', only say what refuses the run now, changing nothing).
 # ARGV: kind, tool ('' none), worst cost, worst input tokens, worst output tokens, force ('1'),
 # the tool's own max_calls and max_retries ('' none; the budget's entry wins), ttl seconds,
-# '1' when the limits less the reserve for the final answer apply (``keep:NAME`` fields).
+# '1' when the limits less the reserve for the final answer apply (``keep:NAME`` fields); then,
+# for each scope window KEYS[2..], the ttl its use refreshes ('0': its expiry stays).
 # Reply: -1 when the run's hash does not exist, else one text "status reason limit mirror..."
 # (the mirror's figures, see ``_mirrored_fields``); status 0: refused, 1: granted (reason: what observe mode or force let through).
 RESERVE = (
@@ -273,16 +277,60 @@ local function refusal()
 end
 
 local reason, limit = refusal()
-local function answer(status) return table.concat({status, reason or '', limit or '', mirror(tool)}, ' ') end
+local run, warned = s, {}
+local function answer(code)
+  h, s = KEYS[1], run
+  return table.concat({status(code, warned), reason or '', limit or '', mirror(tool)}, ' ')
+end
 if kind == 'check' then return answer(1) end
 redis.call('EXPIRE', h, ARGV[9])
-if reason and ARGV[6] ~= '1' and (s['mode'] == 'enforce' or reason == 'cancelled') then
-  return answer(0)
+local enforce = ARGV[6] ~= '1' and s['mode'] == 'enforce'
+if reason and (enforce or (ARGV[6] ~= '1' and reason == 'cancelled')) then return answer(0) end
+
+-- The scope windows: the same rule without the run's clock, cancellation and tool limits; the
+-- first that refuses the call names itself in the reason ('max_cost_usd#3#199.5': KEYS[3] has used
+-- 199.5). A window's hash is made by its first call and expires at the window's end.
+local total = counters(kind, '')
+local scopes, at = {}, RESERVE_SCOPE_ARGV
+for i = 2, #KEYS do
+  scopes[i], at = load_scope(i, at, {total})
+  if not reason then
+    local r, l = count_refusal()
+    if not r and kind ~= 'retry' then r, l = spend_refusal(w_cost, w_in, w_out) end
+    if r then
+      reason, limit = r .. '#' .. i .. '#' .. string.format('%.17g', used(r)), l
+      if enforce then return answer(0) end
+    end
+  end
 end
-count_call(kind, tool, 1)
-add('held:cost_usd', w_cost)
-add('held:input_tokens', w_in)
-add('held:output_tokens', w_out)
+
+-- Granted: counted, and its worst case held, in every scope window and in the run.
+local function take()
+  count_call(kind, tool, 1)
+  add('held:cost_usd', w_cost)
+  add('held:input_tokens', w_in)
+  add('held:output_tokens', w_out)
+end
+for i = 2, #KEYS do
+  local scope = scopes[i]
+  h, s, changes = KEYS[i], scope[1], {}
+  local seen, first = scope[4], not s[total]
+  put(total, n(total) + 1)
+  if seen['held:cost_usd'] then add('held:cost_usd', w_cost) end
+  if seen['held:input_tokens'] then add('held:input_tokens', w_in) end
+  if seen['held:output_tokens'] then add('held:output_tokens', w_out) end
+  warn_check(i, warned, scope)
+  write()
+  -- a window without an end lives on while in use; a window's first call sets when it ends
+  local refresh = ARGV[scope[2]]
+  if refresh ~= '0' then
+    redis.call('EXPIRE', h, refresh)
+  elseif first and redis.call('TTL', h) < 0 then
+    redis.call('EXPIRE', h, ARGV[scope[2] + 1])
+  end
+end
+h, s, changes = KEYS[1], run, {}
+take()
 write()
 return answer(1)
 """
@@ -304,22 +352,48 @@ if uncount ~= '' then
   extra = {total, per_tool}
 end
 if not read(READS, extra) then return -1 end
-give_back('held:cost_usd', tonumber(ARGV[1]))
-give_back('held:input_tokens', tonumber(ARGV[2]))
-give_back('held:output_tokens', tonumber(ARGV[3]))
-add('input_tokens', tonumber(ARGV[4]))
-add('output_tokens', tonumber(ARGV[5]))
-add('cache_read_tokens', tonumber(ARGV[6]))
-add('cache_write_tokens', tonumber(ARGV[7]))
-add('reasoning_tokens', tonumber(ARGV[8]))
-add('cost_usd', tonumber(ARGV[9]))
-if ARGV[10] == '1' then add('unreported_usage_calls', 1) end
-if ARGV[11] == '1' then add('unpriced_calls', 1) end
-if ARGV[12] == '1' then add('tools_finished', 1) end
-if uncount ~= '' then count_call(uncount, tool, -1) end
+local function apply()
+  give_back('held:cost_usd', tonumber(ARGV[1]))
+  give_back('held:input_tokens', tonumber(ARGV[2]))
+  give_back('held:output_tokens', tonumber(ARGV[3]))
+  add('input_tokens', tonumber(ARGV[4]))
+  add('output_tokens', tonumber(ARGV[5]))
+  add('cache_read_tokens', tonumber(ARGV[6]))
+  add('cache_write_tokens', tonumber(ARGV[7]))
+  add('reasoning_tokens', tonumber(ARGV[8]))
+  add('cost_usd', tonumber(ARGV[9]))
+  if ARGV[10] == '1' then add('unreported_usage_calls', 1) end
+  if ARGV[11] == '1' then add('unpriced_calls', 1) end
+  if ARGV[12] == '1' then add('tools_finished', 1) end
+  if uncount ~= '' then count_call(uncount, tool, -1) end
+end
+apply()
 write()
+-- The same in the call's scope windows (KEYS[2..]): worst cases given back, calls un-counted,
+-- input and output tokens and dollars added. A window gone (it ended: none of its call counts
+-- is there) settles nothing.
+local run, warned, at = s, {}, SETTLE_SCOPE_ARGV
+local total = nil
+if uncount ~= '' then total = counters(uncount, '') end
+local HELD_ARGV = {{'held:cost_usd', 1}, {'held:input_tokens', 2}, {'held:output_tokens', 3}}
+for i = 2, #KEYS do
+  local scope
+  scope, at = load_scope(i, at, {'model_calls', 'tool_calls', 'retries', 'input_tokens', 'output_tokens', 'cost_usd'})
+  if s['model_calls'] or s['tool_calls'] or s['retries'] then
+    for _, pair in ipairs(HELD_ARGV) do
+      if scope[4][pair[1]] then give_back(pair[1], tonumber(ARGV[pair[2]])) end
+    end
+    add('input_tokens', tonumber(ARGV[4]))
+    add('output_tokens', tonumber(ARGV[5]))
+    add('cost_usd', tonumber(ARGV[9]))
+    if total then put(total, math.max(n(total) - 1, 0)) end
+    warn_check(i, warned, scope)
+    write()
+  end
+end
+h, s = KEYS[1], run
 local reason, limit = spend_refusal(0, 0, 0)
-return table.concat({1, reason or '', limit or '', mirror(tool)}, ' ')
+return table.concat({status(1, warned), reason or '', limit or '', mirror(tool)}, ' ')
 """
 )
 

@@ -41,7 +41,7 @@ class Server:
         self._no_script = redis.exceptions.NoScriptError
         self._timeout = redis.exceptions.TimeoutError
 
-    def run(self, script: Script, key: str, args: Sequence[Any], within_s: float) -> Any:
+    def run(self, script: Script, key: str | tuple[str, ...], args: Sequence[Any], within_s: float) -> Any:
         """The script's reply, waited for at most ``within_s``; the connection is dropped on any
         failure (a late reply must never be read as the answer to the next command)."""
         conn = self.pool.get_connection(*self._checkout_args)
@@ -49,7 +49,8 @@ class Server:
             try:
                 return self._ask(conn, within_s, script.evalsha(key, args))
             except self._no_script:  # a restarted or flushed server: send the script itself
-                return self._ask(conn, within_s, pack(("EVAL", script.body, 1, key, *args)))
+                keys = (key,) if type(key) is str else key
+                return self._ask(conn, within_s, pack(("EVAL", script.body, len(keys), *keys, *args)))
         except BaseException:
             conn.disconnect()
             raise
@@ -89,8 +90,11 @@ class Script:
         sha = hashlib.sha1(body.encode()).hexdigest()
         return cls(body, sha, pack(("EVALSHA", sha, 1))[len(b"*3\r\n") :])
 
-    def evalsha(self, key: str, args: Sequence[Any]) -> bytes:
-        return pack((key, *args), self.head, 3)
+    def evalsha(self, key: str | tuple[str, ...], args: Sequence[Any]) -> bytes:
+        """The call on one key (the run's), or on several (the run's and its scope windows')."""
+        if type(key) is str:
+            return pack((key, *args), self.head, 3)
+        return pack(("EVALSHA", self.sha, len(key), *key, *args))
 
 
 SCRIPTS = {

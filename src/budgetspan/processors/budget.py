@@ -132,7 +132,12 @@ class BudgetSpanProcessor(SpanProcessor):
         enforce = self.enforce_foreign and run.mode is Mode.ENFORCE
         try:
             res = run.ledger.reserve(
-                run.id, kind, tool=tool, force=not enforce, final=phase == "final_response"
+                run.id,
+                kind,
+                tool=tool,
+                force=not enforce,
+                final=phase == "final_response",
+                scopes=run.scope_refs(),
             )
         except LedgerRefused as r:
             span.set_attribute(A.WOULD_REFUSE, r.refusal.reason)

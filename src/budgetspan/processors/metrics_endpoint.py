@@ -21,6 +21,7 @@ from budgetspan import attributes as A
 from budgetspan import events
 from budgetspan.processors.metrics import BudgetspanMetrics, multiprocess_mode
 from budgetspan.processors.metrics_server import MetricsServer
+from budgetspan.processors.scope_metrics import ScopeMetrics
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _metrics: BudgetspanMetrics | None = None
 _server: MetricsServer | None = None  # the server serving /metrics, if any
+_scope_metrics: list[ScopeMetrics] = []  # budgets above the run: made with _metrics
 
 
 def get_metrics() -> BudgetspanMetrics:
@@ -40,7 +42,9 @@ def get_metrics() -> BudgetspanMetrics:
     with _lock:
         if _metrics is None:
             _metrics = BudgetspanMetrics(REGISTRY)
+            _scope_metrics.append(ScopeMetrics(REGISTRY))
         events.add_listener(_metrics)  # again if it was removed (add_listener ignores repeats)
+        events.add_listener(_scope_metrics[0])
         return _metrics
 
 

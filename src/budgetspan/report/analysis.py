@@ -45,6 +45,8 @@ REPORT_KEEP = Keep(
             A.RUN_OUTCOME,
             A.EXHAUSTED_REASON,
             A.EXHAUSTED_EXPLANATION,
+            A.TENANT_ID,
+            A.USER_ID,
             A.PHASE,
             A.PHASE_LABEL,
             A.RETRIES,
@@ -64,6 +66,7 @@ REPORT_KEEP = Keep(
     )
     | SAVINGS_KEYS,
     prefixes=(A.LIMIT_PREFIX, A.USAGE_PREFIX),
+    prefixes_on=(A.GEN_AI_OPERATION_NAME, A.OP_INVOKE_AGENT),  # run spans (else never read)
     events=frozenset({A.EVENT_WOULD_EXHAUST}),
 )
 MAX_CONTRIBUTORS = 10_000  # distinct (name, phase) per workflow; the rest are summed as "(others)"

@@ -31,6 +31,8 @@ from budgetspan.report.analysis import (
     analyze_stream,
 )
 from budgetspan.report.assemble import MAX_SPANS_IN_FLIGHT, WINDOW
+from budgetspan.report.by_scope import BY as SCOPE_BY
+from budgetspan.report.by_scope import render_by
 from budgetspan.report.load import LoadError, SpanReader
 from budgetspan.report.plan import PLAN_ITEMS, PlanError, load_plan
 from budgetspan.report.runs_detail import DetailCollector
@@ -333,8 +335,10 @@ def run_report(args: argparse.Namespace, stdout: IO[str] | None = None, stderr: 
     )
     bound = max(1, args.max_spans_in_flight)
     analysis, details = _analyze(args, reader, plan, bound)
-    if args.format == "json":
-        if not args.by:  # with --by, the JSON document is the routing evaluation
+    if args.by in SCOPE_BY:  # runs grouped by who they served
+        stdout.write(render_by(analysis.runs, args.by, args.format))
+    elif args.format == "json":
+        if not routing_cli.by_routing(args):  # then the JSON document is the routing evaluation
             stdout.writelines(json_chunks(analysis))
     else:
         stdout.write(render(analysis, args.format))

@@ -27,14 +27,16 @@ __all__ = [
 ]
 
 BY_CHOICES = ("step,model", "model,step")
+SCOPE_BY = ("tenant", "user")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--by",
-        metavar="step,model",
-        help="the routing evaluation: per workflow, step and model, success rate, retries, rework, "
-        "cost per call and per successful run (95%% bootstrap interval), p50/p95, break-even",
+        metavar="step,model|tenant|user",
+        help="step,model: the routing evaluation (per workflow, step and model: success rate, retries, "
+        "rework, cost per call and per successful run with a 95%% bootstrap interval, p50/p95, "
+        "break-even); tenant or user: runs, outcomes and cost per tenant or user",
     )
     p.add_argument("--html", metavar="DIR", help="also write a self-contained HTML report to DIR/index.html")
     p.add_argument(
@@ -47,14 +49,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def wanted(args: argparse.Namespace) -> bool:
-    return bool(getattr(args, "by", None) or getattr(args, "html", None))
+    return by_routing(args) or bool(getattr(args, "html", None))
+
+
+def by_routing(args: argparse.Namespace) -> bool:
+    """--by step,model (not --by tenant or user)."""
+    by = getattr(args, "by", None)
+    return by is not None and by.replace(" ", "") in BY_CHOICES
 
 
 def check(args: argparse.Namespace) -> str | None:
     """A usage error, or None."""
     by = getattr(args, "by", None)
-    if by is not None and by.replace(" ", "") not in BY_CHOICES:
-        return f"--by {by!r}: only 'step,model' is supported"
+    if by is not None and by.replace(" ", "") not in (*BY_CHOICES, *SCOPE_BY):
+        return f"--by {by!r}: one of step,model, tenant, user"
     return None
 
 
@@ -156,7 +164,7 @@ def write_extras(
     """The routing section (after the report) and the HTML report; returns an exit status."""
     runs = details.finish()
     routing = evaluate(runs, late_outcomes=sum(1 for r in runs if r.late_outcome))
-    if getattr(args, "by", None):
+    if by_routing(args):
         if args.format == "json":
             stdout.write(json.dumps(to_jsonable(routing), indent=2, allow_nan=False) + "\n")
         else:

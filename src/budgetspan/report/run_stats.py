@@ -91,6 +91,8 @@ class RunStat:
     would_exhaust: list[str] = field(default_factory=list)
     phases: dict[str, PhaseStat] = field(default_factory=dict)
     has_run_span: bool = False
+    tenant: str | None = None  # budgetspan.tenant.id and user.id of the run span (report --by)
+    user: str | None = None
 
     @property
     def wall_s(self) -> float:
@@ -154,6 +156,8 @@ def _run_span_figures(r: RunStat, run_span: SpanRec) -> None:
     r.outcome = sys.intern(str(a.get(A.RUN_OUTCOME, "unknown")))
     r.reason = sys.intern(str(a[A.EXHAUSTED_REASON])) if A.EXHAUSTED_REASON in a else None
     r.explanation = str(a[A.EXHAUSTED_EXPLANATION]) if A.EXHAUSTED_EXPLANATION in a else None
+    r.tenant = sys.intern(str(a[A.TENANT_ID])) if A.TENANT_ID in a else None
+    r.user = str(a[A.USER_ID]) if A.USER_ID in a else None
     for key, value in a.items():
         if key.startswith(_LIMIT_OR_USAGE):
             num = number(value)

@@ -23,6 +23,7 @@ from budgetspan.runs.loops import LoopWatch
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
+    from budgetspan.accounting.scopes import ScopeRef
     from budgetspan.runs.run import Run
 
 
@@ -51,6 +52,7 @@ class AtLimit:
         tool_limits: ToolLimits | None,
         worst: tuple[float | None, int | None, int | None],
         final: bool,
+        scopes: tuple[ScopeRef, ...] = (),
     ) -> Reservation:
         return self._ledger.reserve(
             self.id,
@@ -61,6 +63,7 @@ class AtLimit:
             worst_case_tokens=worst[1],
             worst_case_input_tokens=worst[2],
             final=final,
+            scopes=scopes,
         )
 
     def limit_attributes(self) -> dict[str, Any]:

@@ -19,12 +19,15 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from budgetspan import attributes as A
 from budgetspan import events
+from budgetspan.accounting import scopes
 from budgetspan.accounting.budget import Budget, BudgetExhausted, Limit, RunCancelled, ToolLimits, Usage
 from budgetspan.accounting.ledger import CallKind, Ledger, LedgerRefused, Mode, Refusal, Reservation, Spend
+from budgetspan.accounting.scopes import Scope, ScopeRef
 from budgetspan.runs import context, limits, registry, run_span
 from budgetspan.runs.at_limit import AtLimit
 from budgetspan.runs.loops import LoopWatch
 from budgetspan.runs.quality import Quality, check_score
+from budgetspan.runs.run_scopes import scopes_of
 
 
 class Outcome(str, Enum):
@@ -86,6 +89,9 @@ class Run(AtLimit, Quality):
         #: The provider of every model call so far (``gen_ai.provider.name`` on the run span);
         #: "" once two providers were seen, None before the first call.
         self.provider: str | None = None
+        #: The scopes above the run that have a budget (conversation, user, tenant, workflow,
+        #: and those of the enclosing runs): each call reserves in their current windows too.
+        self.scopes: tuple[Scope, ...] = ()
         self._ledger = ledger or context.get_ledger()
         self._tasks: set[tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]] = set()
         self._explicit_outcome = False
@@ -133,6 +139,7 @@ class Run(AtLimit, Quality):
 
     # lifecycle -------------------------------------------------------------------------
     def _start(self, with_span: bool) -> None:
+        self.scopes = scopes_of(self)
         self._ledger.open(self.id, self.budget, self.mode, self.started_at)
         if with_span:
             try:
@@ -146,6 +153,10 @@ class Run(AtLimit, Quality):
                 events.internal_error("Run span")  # the run is still accounted, without a span
         registry.add(self, self.trace_id)
         events.emit("on_run_start", self)
+
+    def scope_refs(self) -> tuple[ScopeRef, ...]:
+        """The current window of each of the run's scopes."""
+        return tuple(s.ref() for s in self.scopes) if self.scopes else ()
 
     def _end(self, exc: BaseException | None = None) -> None:
         with self._lock:
@@ -265,7 +276,7 @@ class Run(AtLimit, Quality):
         stopped at a limit, every later call is refused too (but a final answer from a reserve).
         ``can_await``: an async policy's answer is left to the caller to await."""
         worst = (worst_case_cost, worst_case_tokens, worst_case_input_tokens)
-        own = self._reserve_here(kind, tool, tool_limits, worst, phase, can_await)
+        own = self._reserve_here(kind, tool, tool_limits, worst, phase, can_await, self.scope_refs())
         if self.parent is None:
             return own
         for outer in self.ancestors():
@@ -286,7 +297,10 @@ class Run(AtLimit, Quality):
         worst: tuple[float | None, int | None, int | None],
         phase: str | None = None,
         can_await: bool = False,
+        in_scopes: tuple[ScopeRef, ...] = (),
     ) -> Reservation:
+        """Reserve in this run's ledger record (and, for the call's own run, its scope windows:
+        one step in the ledger); at a limit, the run's ``on_limit`` policy is asked."""
         final = phase == "final_response"
         stopped = self._stopped(final)
         if stopped is not None:
@@ -294,7 +308,7 @@ class Run(AtLimit, Quality):
         asks = 0
         while True:
             try:
-                res = self._ledger_reserve(kind, tool, tool_limits, worst, final)
+                res = self._ledger_reserve(kind, tool, tool_limits, worst, final, in_scopes)
                 break
             except LedgerRefused as refused:
                 asks += 1  # returns after an extension (try again); raises otherwise
@@ -332,7 +346,7 @@ class Run(AtLimit, Quality):
         if stopped is not None and self.mode is Mode.ENFORCE:
             if final and self.budget.reserve_for_final and not isinstance(stopped, RunCancelled):
                 return None
-            return Refusal(stopped.reason, stopped.limit, stopped.tool, stopped.worst)
+            return Refusal(stopped.reason, stopped.limit, stopped.tool, stopped.worst, stopped.scope_ref)
         return self._held if self.mode is Mode.ENFORCE else None
 
     def hold(self, refusal: Refusal) -> None:
@@ -373,17 +387,23 @@ class Run(AtLimit, Quality):
         cls, detail, notes = self._stop_words(refusal, cls, detail, notes)
         if cls is None:
             cls = RunCancelled if refusal.reason == Limit.CANCELLED.value else BudgetExhausted
+        ref = refusal.scope
         exc = cls(
             refusal.reason,
             refusal.limit,
             self.usage,
             self.partial,
+            None
+            if ref is None
+            else scopes.explain_scope(ref, refusal.reason, refusal.limit, refusal.spent, refusal.worst),
             run_id=self.id,
             workflow=self.workflow,
             tool=refusal.tool,
             worst=refusal.worst,
             detail=detail,
             notes=notes,
+            scope=None if ref is None else ref.describe(),
+            scope_ref=ref,
         )
         with self._lock:
             first = self.exhausted is None
@@ -432,7 +452,7 @@ class Run(AtLimit, Quality):
     def add_spend(self, spend: Spend) -> None:
         """Usage reported mid-call (a stream chunk), added here and in every enclosing run."""
         for run in (self, *self.ancestors()):
-            refusal = run._ledger.add_spend(run.id, spend)
+            refusal = run._ledger.add_spend(run.id, spend, run.scope_refs() if run is self else ())
             if refusal is not None:
                 run.note_spend_limit(refusal)
 

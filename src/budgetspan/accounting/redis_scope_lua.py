@@ -1,0 +1,84 @@
+"""The Lua for scope windows (budgets above the run), part of every ledger script's prelude:
+each window's limits come with the call, its hash holds only its figures."""
+
+from __future__ import annotations
+
+#: Each scope window's arguments: the ttl its use refreshes ('0': none), the ttl of a new window,
+#: the warning share ('' none), the number k of its limits, then k pairs (limit name, value). The
+#: window's hash holds its figures only; the limits come with the call.
+#: Where the scope windows' arguments start in the reserve and the settle script's ARGV (after
+#: the run's own: see RESERVE and SETTLE in redis_scripts.py).
+RESERVE_SCOPE_ARGV, SETTLE_SCOPE_ARGV = 11, 15
+
+SCOPE_LUA = (
+    f"local RESERVE_SCOPE_ARGV, SETTLE_SCOPE_ARGV = {RESERVE_SCOPE_ARGV}, {SETTLE_SCOPE_ARGV}\n"
+    + """
+-- Scope windows (KEYS[2..]): the figures each limit is compared to (as Usage.value_of), and the
+-- worst cases it holds.
+local USES = {max_model_calls = {'model_calls'}, max_tool_calls = {'tool_calls'},
+  max_steps = {'model_calls', 'tool_calls'}, max_retries = {'retries'},
+  max_input_tokens = {'input_tokens'}, max_output_tokens = {'output_tokens'},
+  max_total_tokens = {'input_tokens', 'output_tokens'}, max_cost_usd = {'cost_usd'}}
+local HELD = {max_input_tokens = {'held:input_tokens'}, max_output_tokens = {'held:output_tokens'},
+  max_total_tokens = {'held:input_tokens', 'held:output_tokens'}, max_cost_usd = {'held:cost_usd'}}
+local NONE = {}
+local function used(name)
+  local total = 0
+  for _, f in ipairs(USES[name] or NONE) do total = total + n(f) end
+  return total
+end
+
+-- Scope window i, its arguments from ARGV[at] (RESERVE_SCOPE_ARGV in redis_scripts.py): its
+-- limits go into ``s`` and one HMGET reads the figures they need and ``extra``. Returns the
+-- window's state: {s, at, its limit names, the fields read}, and where the next window's start.
+local function load_scope(i, at, extra)
+  h, s, changes = KEYS[i], {}, {}
+  local names, seen, limits = {}, {}, {}
+  local function need(list)
+    for _, f in ipairs(list) do
+      if not seen[f] then seen[f] = true; names[#names + 1] = f end
+    end
+  end
+  need(extra)
+  for j = 1, tonumber(ARGV[at + 3]) do
+    local name = ARGV[at + 2 + 2 * j]
+    limits[j] = name
+    s['limit:' .. name] = ARGV[at + 3 + 2 * j]
+    need(USES[name] or NONE)
+    need(HELD[name] or NONE)
+  end
+  if ARGV[at + 2] ~= '' then names[#names + 1] = 'warned' end
+  local got = redis.call('HMGET', h, unpack(names))
+  for k, f in ipairs(names) do  -- figures parsed once here (each ``n`` would parse the text again)
+    local v = got[k]
+    if v and f ~= 'warned' then v = tonumber(v) end
+    s[f] = v
+  end
+  return {s, at, limits, seen}, at + 4 + 2 * #limits
+end
+
+"""
+    + """
+-- The scope's warning threshold (a share of any of its limits), reached for the first time in its
+-- window: noted in ``warned`` as 'i:limit:used'.
+local function warn_check(i, warned, scope)
+  local share = ARGV[scope[2] + 2]
+  if share == '' or s['warned'] == '1' then return end
+  share = tonumber(share)
+  for _, name in ipairs(scope[3]) do
+    local limit, figure = lim(name), used(name)
+    if limit > 0 and figure >= share * limit then
+      put('warned', 1)
+      warned[#warned + 1] = i .. ':' .. name .. ':' .. string.format('%.17g', figure)
+      return
+    end
+  end
+end
+
+-- The reply's status: 0 refused, 1 granted, then 'w' and the warnings reached ('1w2:max_cost_usd:160').
+local function status(code, warned)
+  if #warned == 0 then return code end
+  return code .. 'w' .. table.concat(warned, ',')
+end
+"""
+)

@@ -1,0 +1,288 @@
+"""Budgets above the run: per conversation, user, tenant and workflow, over a time window.
+
+A run belongs to scopes (its conversation, user, tenant and workflow). A scope's budget comes from
+code (``set_scope_budget``), from a lookup callback (``set_scope_lookup``, e.g. the customer's
+plan) or from ``BUDGETSPAN_CONFIG`` (``ScopeTables``), in that order; a name without its own entry
+takes the kind's ``default``. A call reserves in its run and in every scope window it belongs to,
+in one step (the ledgers), and the first limit it would pass refuses it.
+
+Nothing here is kept per scope name except what is asked for: the config tables stay the raw TOML
+tables and a scope's budget is built when a run of it starts (a bounded cache keeps the latest).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from budgetspan.accounting import windows
+from budgetspan.accounting.budget import LIMIT_NAMES, Budget, Usage, _money
+from budgetspan.accounting.windows import NO_WINDOW, Window, parse_window
+
+#: The scope kinds, innermost first: the order a call reserves in (after its run).
+SCOPE_KINDS = ("conversation", "user", "tenant", "workflow")
+#: The ``BUDGETSPAN_CONFIG`` section of each kind (workflows: ``[workflows.NAME.window]``).
+SECTIONS = {"conversations": "conversation", "users": "user", "tenants": "tenant"}
+#: Keys of a scope table besides the limits.
+SCOPE_KEYS = ("window", "tz", "warn_at")
+#: A fixed window's record outlives the window's end by this much (late settlements land).
+GRACE_S = 3600
+#: Scope budgets built from config or the lookup, kept for the runs that start next.
+CACHE_SIZE = 4096
+
+
+@dataclass(frozen=True)
+class ScopeWarning:
+    """A scope reached its warning threshold (once per scope window)."""
+
+    kind: str
+    name: str
+    window: str
+    limit: str
+    used: float
+    of: float
+    warn_at: float
+
+
+@dataclass(frozen=True)
+class ScopeBudget:
+    """A scope's limits (a ``Budget``), its window and an optional warning threshold (a share
+    of any limit, e.g. 0.8) with a callback."""
+
+    budget: Budget
+    window: Window = NO_WINDOW
+    warn_at: float | None = None
+    on_warn: Callable[[ScopeWarning], Any] | None = None
+
+    def __post_init__(self) -> None:
+        w = self.warn_at
+        if w is not None and not (isinstance(w, (int, float)) and 0 < w <= 1):
+            raise ValueError(f"warn_at must be a share in (0, 1], got {w!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeRef:
+    """One scope window a call reserves in: its ledger key and what limits it."""
+
+    kind: str
+    name: str
+    key: str
+    limits: ScopeBudget
+    end: float | None
+    #: The budget as the Redis scripts take it: the warning share, the number of limits, then
+    #: (name, value) pairs, as bytes (made once per scope).
+    wire: tuple[bytes, ...] = ()
+
+    @property
+    def budget(self) -> Budget:
+        return self.limits.budget
+
+    def ttl_s(self) -> int:
+        """How long the record lives: to the window's end (plus ``GRACE_S``), a rolling window's
+        length from its first use, or ``IDLE_TTL_S`` after the last use without a window."""
+        w = self.limits.window
+        if w.ttl_s is not None:
+            return w.ttl_s
+        if self.end is None:
+            return windows.IDLE_TTL_S
+        return max(1, int(self.end - windows.now()) + GRACE_S)
+
+    @property
+    def refresh(self) -> bool:
+        """A scope without a window lives on while in use (its expiry moves with each call)."""
+        return self.limits.window.period is None
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.name}"
+
+
+def explain_scope(
+    ref: ScopeRef, reason: str, limit: float | None, spent: float | None, worst: float | None
+) -> str:
+    """'Stopped: tenant acme has spent $200.00 of its $200 daily budget; resets at 00:00 UTC.'"""
+    window = ref.limits.window
+    adjective = window.adjective
+    lim = 0.0 if limit is None else float(limit)
+    used = 0.0 if spent is None else float(spent)
+    if reason == "max_cost_usd":
+        head = f"has spent {_money(used)} of its ${lim:g} {adjective} budget"
+        if worst:
+            head += f" (the next call could have cost up to {_money(worst)} more)"
+    elif reason.endswith("_tokens"):
+        what = reason.removeprefix("max_").replace("_", " ")
+        head = f"has used {used:,.0f} of its {lim:,.0f} {adjective} {what}"
+        if worst:
+            head += f" (the next call could have used up to {worst:,.0f} more)"
+    else:
+        what = reason.removeprefix("max_").removeprefix("tool.").replace("_", " ")
+        head = f"has made {used:,.0f} of its {lim:,.0f} {adjective} {what}"
+    resets = window.resets(ref.end)
+    return f"Stopped: {ref.describe()} {head}" + (f"; {resets}." if resets else ".")
+
+
+def share_used(budget: Budget, usage: Usage) -> tuple[str, float, float] | None:
+    """The limit most used up, as (name, used, limit), for the warning threshold."""
+    best: tuple[str, float, float] | None = None
+    for name, value in budget.limits().items():
+        if name == "max_wall_clock_s" or not value:
+            continue
+        used = usage.value_of(name)
+        if best is None or used / value > best[1] / best[2]:
+            best = (name, used, float(value))
+    return best
+
+
+def scope_budget_from_table(
+    where: str, table: Mapping[str, Any], check: Callable[..., dict[str, Any]]
+) -> ScopeBudget:
+    """A ``ScopeBudget`` from one config table (limits, ``window``, ``tz``, ``warn_at``);
+    ``check`` validates the limits (config's ``_limits_table``)."""
+    limits = check(where, {k: v for k, v in table.items() if k not in SCOPE_KEYS}, LIMIT_NAMES)
+    tz = table.get("tz", "UTC")
+    warn = table.get("warn_at")
+    try:
+        window = parse_window(str(table.get("window", "")), str(tz))
+        return ScopeBudget(Budget(**limits), window, None if warn is None else float(warn))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: {e}") from None
+
+
+class ScopeTables:
+    """The scope sections of ``BUDGETSPAN_CONFIG``: raw tables by kind and name (validated when
+    read), turned into ``ScopeBudget``s only for the scopes that runs use (cached, bounded)."""
+
+    def __init__(
+        self,
+        tables: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
+        build: Callable[[str, Mapping[str, Any]], ScopeBudget] | None = None,
+    ) -> None:
+        self.tables = tables or {}
+        self._build = build
+        self._cache: OrderedDict[tuple[str, str], ScopeBudget | None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return sum(len(t) for t in self.tables.values())
+
+    def find(self, kind: str, name: str) -> ScopeBudget | None:
+        by_name = self.tables.get(kind)
+        if not by_name or self._build is None:
+            return None
+        key = (kind, name)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        table = by_name.get(name)
+        if table is None:
+            table = by_name.get("default")
+        found = None if table is None else self._build(f"[{kind}.{name}]", table)
+        with self._lock:
+            self._cache[key] = found
+            if len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return found
+
+
+class ScopeRegistry:
+    """Scope budgets set in code and the lookup callback (process-wide: ``REGISTRY``)."""
+
+    def __init__(self) -> None:
+        self._code: dict[tuple[str, str], ScopeBudget] = {}
+        self._lookup: Callable[[str, str], ScopeBudget | Budget | None] | None = None
+        self._looked_up: OrderedDict[tuple[str, str], ScopeBudget | None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def set(self, kind: str, name: str, scope: ScopeBudget | None) -> None:
+        if kind not in SCOPE_KINDS:
+            raise ValueError(f"scope kind {kind!r}: expected one of {', '.join(SCOPE_KINDS)}")
+        with self._lock:
+            if scope is None:
+                self._code.pop((kind, name), None)
+            else:
+                self._code[(kind, name)] = scope
+            self._looked_up.clear()
+
+    def set_lookup(self, lookup: Callable[[str, str], ScopeBudget | Budget | None] | None) -> None:
+        with self._lock:
+            self._lookup = lookup
+            self._looked_up.clear()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._code.clear()
+            self._lookup = None
+            self._looked_up.clear()
+
+    def find(self, kind: str, name: str, tables: ScopeTables | None = None) -> ScopeBudget | None:
+        """Code, then the lookup, then config; a name without an entry takes the kind's default."""
+        own = self._code.get((kind, name))
+        if own is not None:
+            return own
+        found = self._find_looked_up(kind, name)
+        if found is None and tables is not None:
+            found = tables.find(kind, name)
+        return found if found is not None else self._code.get((kind, "default"))
+
+    def _find_looked_up(self, kind: str, name: str) -> ScopeBudget | None:
+        lookup = self._lookup
+        if lookup is None:
+            return None
+        key = (kind, name)
+        with self._lock:
+            if key in self._looked_up:
+                self._looked_up.move_to_end(key)
+                return self._looked_up[key]
+        got = lookup(kind, name)
+        found = ScopeBudget(got) if isinstance(got, Budget) else got
+        with self._lock:
+            self._looked_up[key] = found
+            if len(self._looked_up) > CACHE_SIZE:
+                self._looked_up.popitem(last=False)
+        return found
+
+
+REGISTRY = ScopeRegistry()
+
+
+class Scope:
+    """A scope a run belongs to that has a budget. ``ref`` gives its current window (the same
+    object until the window ends: a call makes nothing new for its scopes)."""
+
+    __slots__ = ("_ref", "kind", "limits", "name", "wire")
+
+    def __init__(self, kind: str, name: str, limits: ScopeBudget) -> None:
+        self.kind, self.name, self.limits = kind, name, limits
+        set_limits = [(k, v) for k, v in limits.budget.limits().items() if k != "max_wall_clock_s"]
+        warn = b"" if limits.warn_at is None else repr(float(limits.warn_at)).encode()
+        pairs = [part for k, v in set_limits for part in (k.encode(), repr(v).encode())]
+        self.wire = (warn, str(len(set_limits)).encode(), *pairs)
+        self._ref: ScopeRef | None = None
+
+    def ref(self) -> ScopeRef:
+        ref = self._ref
+        if ref is not None and (ref.end is None or self.limits.window.rolling or windows.now() < ref.end):
+            return ref
+        bounds = self.limits.window.bounds()
+        key = scope_key(self.kind, self.name, bounds.label)
+        ref = self._ref = ScopeRef(self.kind, self.name, key, self.limits, bounds.end, self.wire)
+        return ref
+
+
+def scope_key(kind: str, name: str, label: str) -> str:
+    return f"{kind}:{name}:{label}"
+
+
+def resolve(members: Sequence[tuple[str, str | None]], tables: ScopeTables | None) -> tuple[Scope, ...]:
+    """The scopes among ``members`` ((kind, name) pairs) that have a budget, in reservation order."""
+    found: list[Scope] = []
+    for kind, name in members:
+        if not name:
+            continue
+        limits = REGISTRY.find(kind, name, tables)
+        if limits is not None and not limits.budget.is_unlimited:
+            found.append(Scope(kind, name, limits))
+    return tuple(found)

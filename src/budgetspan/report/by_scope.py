@@ -1,0 +1,84 @@
+"""``budgetspan report --by tenant`` (or ``--by user``): runs, outcomes and cost per tenant.
+
+Read from the run spans' ``budgetspan.tenant.id`` and ``user.id``; the per-tenant view that the
+metrics leave out (tenant ids are no metric label by default). A run stopped by a scope budget says
+so in its explanation ("Stopped: tenant acme has spent ..."): counted as ``scope stops``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from budgetspan.report.run_stats import RunStat
+from budgetspan.report.text import safe
+
+BY = ("tenant", "user")  # report --by tenant | user (the default groups by workflow)
+NONE = "(none)"
+
+
+@dataclass
+class ScopeRow:
+    name: str
+    runs: int = 0
+    succeeded: int = 0
+    budget_exhausted: int = 0
+    scope_stops: int = 0
+    cost_usd: float = 0.0
+
+    @property
+    def cost_per_success(self) -> float | None:
+        return self.cost_usd / self.succeeded if self.succeeded else None
+
+
+def rows(runs: Sequence[RunStat], by: str) -> list[ScopeRow]:
+    """One row per tenant (or user), most spent first."""
+    found: dict[str, ScopeRow] = {}
+    for r in runs:
+        name = (r.tenant if by == "tenant" else r.user) or NONE
+        row = found.get(name)
+        if row is None:
+            row = found[name] = ScopeRow(name)
+        row.runs += 1
+        row.cost_usd += r.usage.get("cost_usd", r.cost_usd)  # the run's ledger figure, else its calls'
+        row.succeeded += r.outcome == "success"
+        row.budget_exhausted += r.outcome == "budget_exhausted"
+        row.scope_stops += bool(r.explanation and r.explanation.startswith(f"Stopped: {by} "))
+    return sorted(found.values(), key=lambda row: (-row.cost_usd, row.name))
+
+
+def render_by(runs: Sequence[RunStat], by: str, fmt: str) -> str:
+    table = rows(runs, by)
+    if fmt == "json":
+        return (
+            json.dumps(
+                {"by": by, "rows": [{**asdict(r), "cost_per_success": r.cost_per_success} for r in table]}
+            )
+            + "\n"
+        )
+    head = [by, "runs", "succeeded", "budget exhausted", "scope stops", "cost", "cost per success"]
+    body = [
+        [
+            safe(r.name),
+            str(r.runs),
+            str(r.succeeded),
+            str(r.budget_exhausted),
+            str(r.scope_stops),
+            f"${r.cost_usd:.4f}",
+            "-" if r.cost_per_success is None else f"${r.cost_per_success:.4f}",
+        ]
+        for r in table
+    ]
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in body]
+        return f"## Runs by {by}\n\n" + "\n".join(lines) + "\n"
+    widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
+    return (
+        "\n".join(
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+            for row in [head, *body]
+        )
+        + "\n"
+    )

@@ -1,0 +1,67 @@
+"""The public functions of budgets above the run: set a scope's budget, look budgets up, and ask
+what a scope has spent in a window (``budgetspan.spend``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from budgetspan.accounting.budget import Budget, Usage
+from budgetspan.accounting.scopes import REGISTRY, SCOPE_KINDS, ScopeBudget, ScopeWarning, scope_key
+from budgetspan.accounting.windows import Window, parse_window
+from budgetspan.config import get_config
+from budgetspan.runs import context
+
+
+def set_scope_budget(
+    kind: str,
+    name: str,
+    budget: Budget | None,
+    *,
+    window: str | None = None,
+    tz: str = "UTC",
+    warn_at: float | None = None,
+    on_warn: Callable[[ScopeWarning], Any] | None = None,
+) -> None:
+    """Give a scope (``kind``: conversation, user, tenant or workflow) a budget over a window
+    (hour, day, month, rolling-hour/-day/-month, or None for the scope's whole life). ``name``
+    "default" applies to every name of the kind without its own budget; ``budget`` None removes it.
+
+    ``budgetspan.set_scope_budget("tenant", "acme", Budget(max_cost_usd=200), window="day",
+    warn_at=0.8)``: acme may spend $200 per calendar day (UTC); a warning at $160.
+    """
+    scope = None if budget is None else ScopeBudget(budget, parse_window(window, tz), warn_at, on_warn)
+    REGISTRY.set(kind, name, scope)
+
+
+def set_scope_lookup(lookup: Callable[[str, str], ScopeBudget | Budget | None] | None) -> None:
+    """Look scope budgets up (``lookup(kind, name)``, e.g. from the customer's plan) for the scopes
+    with none set in code; its answers are cached (``scopes.CACHE_SIZE``), a new lookup clears them."""
+    REGISTRY.set_lookup(lookup)
+
+
+def spend(
+    *,
+    tenant: str | None = None,
+    user: str | None = None,
+    conversation: str | None = None,
+    workflow: str | None = None,
+    window: str | None = None,
+    tz: str | None = None,
+    at: float | None = None,
+) -> Usage:
+    """What one scope has used in its current window (or the window ``at`` a Unix time falls in)
+    in the current ledger: ``budgetspan.spend(tenant="acme", window="day").cost_usd``.
+
+    ``window`` and ``tz`` default to the scope's budget's; a scope with no record is all zeros.
+    """
+    named = [(k, v) for k, v in zip(SCOPE_KINDS, (conversation, user, tenant, workflow), strict=True) if v]
+    if len(named) != 1:
+        raise ValueError("spend(): name exactly one of tenant=, user=, conversation=, workflow=")
+    kind, name = named[0]
+    limits = REGISTRY.find(kind, name, get_config().scopes)
+    own = limits.window if limits is not None else Window()
+    chosen = own if window is None and tz is None else parse_window(window or own.period, tz or own.tz)
+    label = chosen.bounds(at).label
+    found = context.get_ledger().scope_usage(scope_key(kind, name, label))
+    return found if found is not None else Usage()
