@@ -31,13 +31,17 @@ from .stack import REPO, Prometheus, ReceivedSpan, Receiver, empty_panels, wait_
 
 #: The shape of each run: its model calls and tool calls (plus its root span).
 SHAPES = {(2, 1): "within", (3, 0): "over", (1, 1): "unpriced", (1, 0): "stream"}
-#: Panels that only budgetspan in-process feeds: enforcement (only the process can refuse a call)
-#: and retries (the instrumentation never sees them).
+#: Panels that only budgetspan in-process feeds: enforcement (only the process can refuse a call),
+#: retries (the instrumentation never sees them), extensions and loop stops (the run's policy),
+#: and budgetspan's own cache.
 IN_PROCESS_ONLY = {
     "Budget-exhaustion rate",
     "Budget-exhaustion share",
     "Budget exhaustions by reason",
     "Retries by type",
+    "Budget extensions and loop stops",
+    "Cache hit rate by tool",
+    "Cache savings by tool ($/h)",
 }
 
 

@@ -33,6 +33,9 @@ SERVICE = "support-node"
 CANNOT = {
     "Time to first token p95 by model": "Traceloop's JS instrumentation records no time to first token",
     "Cache-read share of input tokens": "Traceloop's JS instrumentation records no cached input tokens",
+    "Tokens by type": "no cached or reasoning tokens (the token-details series) from Traceloop's JS instrumentation",
+    "Prompt caching net saved by workflow ($/h)": "Traceloop's JS instrumentation records no cached input tokens",
+    "Tokens by type and model": "the token-details series: see Tokens by type",
 }
 
 

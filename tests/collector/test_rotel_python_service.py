@@ -149,7 +149,8 @@ def _inprocess_run(tracer: trace.Tracer, n: int) -> None:
 
 
 def round_of_runs(tracer: trace.Tracer, n: int) -> None:
-    """Five runs (one trace each): within, over and without a price; a stream; one in-process."""
+    """Six runs (one trace each): within, over and without a price; a stream; two in-process
+    (one stopped at its tool limit, one stopped as a loop)."""
     _support_run(tracer, 2)  # within its profile
     _support_run(tracer, 3)  # the third model call is over max_model_calls = 2
     _support_run(tracer, 1, model="acme-llm-1", tool_ok=False)  # no known price

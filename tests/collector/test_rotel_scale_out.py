@@ -30,7 +30,7 @@ from .stack import Receiver, Tier, running_receiver, running_tier, wait_for
 from .test_rotel_python_service import round_of_runs
 
 ROUNDS = 6
-RUNS_PER_ROUND = 5
+RUNS_PER_ROUND = 6  # round_of_runs: three support runs, a stream, two in-process runs
 WINDOW_S = 5  # launch() runs the tier with --window-s 5
 
 

@@ -184,4 +184,4 @@ def test_command_line_table_markdown_and_json(tmp_path: Path) -> None:
     assert {r["model"] for r in doc["routes"]} == {"gpt-4o", "gpt-4o-mini"}
     assert doc["break_evens"][0]["break_even_rate"] == pytest.approx(0.71)
     code, _, err = report(path, "--by", "tool")
-    assert code == 2 and "only 'step,model'" in err
+    assert code == 2 and "one of step,model, tenant, user" in err
