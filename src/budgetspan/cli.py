@@ -6,21 +6,32 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from budgetspan.attributes import VERSION as __version__
 
+COMMANDS = ("demo", "report", "collector", "collector-config", "jobs")
 
-def build_parser() -> argparse.ArgumentParser:
-    from budgetspan.demo import runner
-    from budgetspan.report import render as report
 
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with ``command`` (one of ``COMMANDS``), only that subcommand, so
+    ``budgetspan report`` does not import the demo's and the collector's modules (start-up time)."""
     parser = argparse.ArgumentParser(
         prog="budgetspan",
         description="Cost and latency of LLM agents, visible and bounded.",
     )
     parser.add_argument("--version", action="version", version=f"budgetspan {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, add in _SUBCOMMANDS.items():
+        if command is None or command == name or (command == "collector-config" and name == "collector"):
+            add(sub)
+    return parser
+
+
+def _add_demo(sub: Any) -> None:
+    from budgetspan.demo import runner
+
     demo = sub.add_parser(
         "demo",
         help="run a support-ticket agent through the instrumented OpenAI SDK and show where time and money go",
@@ -29,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
         "table per run and per phase at the end.",
     )
     runner.add_arguments(demo)
+
+
+def _add_report(sub: Any) -> None:
+    from budgetspan.report import render as report
+
     rep = sub.add_parser(
         "report",
         help="time and cost by phase, largest contributors, sequential reads, plan versus actual",
@@ -37,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit status: 0, 1 if some lines could not be read (the rest is reported), 2 on a usage error.",
     )
     report.add_arguments(rep)
+
+
+def _add_collector(sub: Any) -> None:
     from budgetspan.collector import launcher, otelcol
 
     col = sub.add_parser(
@@ -55,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
         "token and cost metrics, and tail sampling that keeps refusal and exhaustion traces.",
     )
     otelcol.add_arguments(cfg)
+
+
+def _add_jobs(sub: Any) -> None:
     jobs = sub.add_parser("jobs", help="background jobs: follow a job's milestones until its end")
     jobs_sub = jobs.add_subparsers(dest="jobs_command", metavar="ACTION")
     watch = jobs_sub.add_parser(
@@ -70,7 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="the Redis of the jobs (default: $BUDGETSPAN_REDIS_URL or redis://127.0.0.1:6379/0)",
     )
     watch.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
-    return parser
+
+
+_SUBCOMMANDS: dict[str, Callable[[Any], None]] = {
+    "demo": _add_demo,
+    "report": _add_report,
+    "collector": _add_collector,  # and collector-config
+    "jobs": _add_jobs,
+}
 
 
 def watch_job(args: argparse.Namespace) -> int:
@@ -90,7 +119,8 @@ def watch_job(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else None)
     args = parser.parse_args(argv)
     if args.command == "demo":
         from budgetspan.demo import runner
