@@ -28,6 +28,7 @@ from budgetspan.attributes import (
     ENV_MODE,
     ENV_PRICES,
     ENV_UNPRICED,
+    ENV_WORKFLOW,
 )
 
 UNPRICED_POLICIES = ("warn", "refuse")
@@ -165,6 +166,9 @@ class Config:
     tools: Mapping[str, ToolLimits] = field(default_factory=dict)
     #: An unpriced model call in a run with a dollar limit: "warn" (counted, said) or "refuse".
     unpriced: str = "warn"
+    #: BUDGETSPAN_WORKFLOW (implicit runs' workflow; "" for the script's name), read with the rest
+    #: so that an implicit run per trace reads no environment (issue 15).
+    workflow: str = field(default_factory=lambda: os.environ.get(ENV_WORKFLOW, "").strip())
 
     def budget_for(
         self, workflow: str | None, budget: Budget | str | Mapping[str, Any] | None = None, **limits: Any
@@ -266,7 +270,8 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
             load_price_file(prices)
         except PriceConfigError as e:
             raise ConfigError(str(e)) from None
-    return Config(default, parse_mode(env.get(ENV_MODE)), profiles, workflows, tools, unpriced)
+    workflow = env.get(ENV_WORKFLOW, "").strip()
+    return Config(default, parse_mode(env.get(ENV_MODE)), profiles, workflows, tools, unpriced, workflow)
 
 
 _current: Config | None = None
