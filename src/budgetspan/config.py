@@ -24,9 +24,15 @@ from budgetspan.attributes import (
     ENV_BUDGET,
     ENV_CAPTURE_CONTENT,
     ENV_CONFIG,
+    ENV_ENFORCE_FOREIGN,
+    ENV_LITELLM_COST,
+    ENV_METRICS_MAX_LABEL_VALUES,
+    ENV_METRICS_MAX_SERIES,
     ENV_METRICS_PORT,
     ENV_MODE,
+    ENV_OPENAI_STREAM_USAGE,
     ENV_PRICES,
+    ENV_PROPAGATE_THREADS,
     ENV_UNPRICED,
     ENV_WORKFLOW,
 )
@@ -259,11 +265,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
     unpriced = env.get(ENV_UNPRICED, "").strip().lower() or "warn"
     if unpriced not in UNPRICED_POLICIES:
         raise ConfigError(f"{ENV_UNPRICED}={unpriced!r}: expected one of {', '.join(UNPRICED_POLICIES)}")
-    port = env.get(ENV_METRICS_PORT, "").strip()
-    if port and not (port.isdigit() and int(port) <= 65535):
-        raise ConfigError(
-            f"{ENV_METRICS_PORT}={port!r}: expected a port number, 0 to 65535 (0: any free port)"
-        )
+    check_switches(env)
     prices = env.get(ENV_PRICES, "").strip()
     if prices:
         try:
@@ -272,6 +274,39 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
             raise ConfigError(str(e)) from None
     workflow = env.get(ENV_WORKFLOW, "").strip()
     return Config(default, parse_mode(env.get(ENV_MODE)), profiles, workflows, tools, unpriced, workflow)
+
+
+_BOOLEAN = ("1", "0", "true", "false", "yes", "no", "on", "off")
+# Variables read where they are used; checked here too, so that a bad value stops configure()
+# (and ``opentelemetry-instrument``, with status 2) instead of being ignored with a warning.
+_CHOICES: dict[str, tuple[str, ...]] = {
+    ENV_ENFORCE_FOREIGN: _BOOLEAN,
+    ENV_PROPAGATE_THREADS: _BOOLEAN,
+    ENV_OPENAI_STREAM_USAGE: ("auto", "always", "never"),
+    ENV_LITELLM_COST: ("budgetspan", "litellm"),
+}
+
+
+def _digits(text: str, most: int) -> bool:
+    """Plain ASCII digits, at most ``most`` of them (a 5,000-digit number never reaches ``int``)."""
+    return text.isascii() and text.isdigit() and len(text) <= most
+
+
+def check_switches(env: Mapping[str, str]) -> None:
+    """The metrics port, the label caps and the on/off and choice switches. Raises ConfigError."""
+    port = env.get(ENV_METRICS_PORT, "").strip()
+    if port and not (_digits(port, 5) and int(port) <= 65535):
+        raise ConfigError(
+            f"{ENV_METRICS_PORT}={port[:40]!r}: expected a port number, 0 to 65535 (0: any free port)"
+        )
+    for name in (ENV_METRICS_MAX_LABEL_VALUES, ENV_METRICS_MAX_SERIES):
+        raw = env.get(name, "").strip()
+        if raw and not (_digits(raw, 9) and int(raw) >= 1):
+            raise ConfigError(f"{name}={raw[:40]!r}: expected a positive integer")
+    for name, choices in _CHOICES.items():
+        raw = env.get(name, "").strip()
+        if raw and raw.lower() not in choices:
+            raise ConfigError(f"{name}={raw[:40]!r}: expected one of {', '.join(choices)}")
 
 
 _current: Config | None = None
