@@ -41,6 +41,7 @@ _TOKEN = re.compile(
     r'|"budgetspan\.run\.id","value":\{"stringValue":"([0-9a-f]+)"'
 )
 INTERLEAVE = 64  # copies written line by line together
+LAST_CPU = [0.0]  # CPU seconds of the last ``measure``
 
 
 def demo_traces(directory: Path) -> Path:
@@ -186,12 +187,14 @@ print(took)
 
 
 def measure(argv: list[str]) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS in MB, stdout) of one process."""
+    """(wall seconds, peak RSS in MB, stdout) of one process; its CPU seconds (user + system, less
+    moved by other load on a shared machine than wall time) in ``LAST_CPU``."""
     with tempfile.TemporaryFile("w+") as out:
         t0 = time.perf_counter()
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.DEVNULL, cwd=ROOT)
         _, status, usage = os.wait4(proc.pid, 0)
         took = time.perf_counter() - t0
+        LAST_CPU[0] = usage.ru_utime + usage.ru_stime
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode not in (0, 1):
             raise SystemExit(f"{argv} failed with {proc.returncode}")
@@ -200,11 +203,15 @@ def measure(argv: list[str]) -> tuple[float, float, str]:
 
 
 def throughput(directory: Path, sizes: list[int]) -> None:
-    print("| spans | file | orjson loop | report | report ÷ loop | peak RSS loop | peak RSS report |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| spans | file | orjson loop | report | report ÷ loop | CPU loop / report (÷) "
+        "| peak RSS loop | peak RSS report |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n in sizes:
         path = replicated(directory, n)
         loop_s, loop_mb, counted = measure([PY, "-c", ORJSON_LOOP, str(path)])
+        loop_cpu = LAST_CPU[0]
         spans = int(counted)
         rep_s, rep_mb, _ = measure(
             [
@@ -223,6 +230,7 @@ def throughput(directory: Path, sizes: list[int]) -> None:
         print(
             f"| {spans:,} | {size:,.0f} MB | {loop_s:.2f} s ({spans / loop_s / 1000:,.0f}k/s) "
             f"| {rep_s:.2f} s ({spans / rep_s / 1000:,.0f}k/s) | {rep_s / loop_s:.2f} "
+            f"| {loop_cpu:.2f} / {LAST_CPU[0]:.2f} s ({LAST_CPU[0] / loop_cpu:.2f}) "
             f"| {loop_mb:,.0f} MB | {rep_mb:,.0f} MB |",
             flush=True,
         )

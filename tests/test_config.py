@@ -150,7 +150,53 @@ def test_a_limit_given_twice_or_a_bad_port_is_a_config_error() -> None:
         load_config({"BUDGETSPAN_METRICS_PORT": "abc"})
 
 
-def test_a_config_error_under_opentelemetry_instrument_is_one_line_and_status_2(tmp_path: Any) -> None:
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("BUDGETSPAN_METRICS_PORT", "9" * 5000),
+        ("BUDGETSPAN_METRICS_PORT", "١٢"),  # digits, but not ASCII ones
+        ("BUDGETSPAN_METRICS_MAX_LABEL_VALUES", "0"),
+        ("BUDGETSPAN_METRICS_MAX_SERIES", "lots"),
+        ("BUDGETSPAN_ENFORCE_FOREIGN_SPANS", "ture"),
+        ("BUDGETSPAN_THREADS", "maybe"),
+        ("BUDGETSPAN_OPENAI_STREAM_USAGE", "sometimes"),
+        ("BUDGETSPAN_LITELLM_COST", "openai"),
+    ],
+)
+def test_every_switch_with_a_bad_value_is_a_config_error_naming_it(name: str, value: str) -> None:
+    """Issue 15: every configuration error is a ConfigError naming the variable (before, these
+    were ignored with a log line, or a 5,000-digit port raised ValueError)."""
+    with pytest.raises(ConfigError) as info:
+        load_config({name: value})
+    assert str(info.value).startswith(name + "=") and len(str(info.value)) < 200
+
+
+def test_good_switch_values_pass() -> None:
+    env = {
+        "BUDGETSPAN_METRICS_PORT": "0",
+        "BUDGETSPAN_METRICS_MAX_LABEL_VALUES": "50",
+        "BUDGETSPAN_METRICS_MAX_SERIES": "2000",
+        "BUDGETSPAN_ENFORCE_FOREIGN_SPANS": "True",
+        "BUDGETSPAN_THREADS": "off",
+        "BUDGETSPAN_OPENAI_STREAM_USAGE": "never",
+        "BUDGETSPAN_LITELLM_COST": "litellm",
+    }
+    assert load_config(env).mode.value == "enforce"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("BUDGETSPAN_BUDGET", "max_cost=1"),
+        ("BUDGETSPAN_BUDGET", "max_cost_usd=1,max_cost_usd=2"),
+        ("BUDGETSPAN_METRICS_PORT", "abc"),
+        ("BUDGETSPAN_CONFIG", "nested"),
+        ("BUDGETSPAN_THREADS", "maybe"),
+    ],
+)
+def test_a_config_error_under_opentelemetry_instrument_is_one_line_and_status_2(
+    tmp_path: Any, name: str, value: str
+) -> None:
     import os
     import subprocess
     import sys
@@ -158,7 +204,10 @@ def test_a_config_error_under_opentelemetry_instrument_is_one_line_and_status_2(
 
     script = tmp_path / "app.py"
     script.write_text("print('the program ran')\n")
-    env = {**os.environ, "BUDGETSPAN_BUDGET": "max_cost=1", "OTEL_TRACES_EXPORTER": "none",
+    if value == "nested":
+        value = str(tmp_path / "budgets.toml")
+        Path(value).write_text("x = " + "[" * 2000 + "]" * 2000 + "\n")
+    env = {**os.environ, name: value, "OTEL_TRACES_EXPORTER": "none",
            "OTEL_METRICS_EXPORTER": "none", "OTEL_LOGS_EXPORTER": "none"}  # fmt: skip
     instrument = Path(sys.executable).parent / "opentelemetry-instrument"
     proc = subprocess.run(
@@ -166,7 +215,7 @@ def test_a_config_error_under_opentelemetry_instrument_is_one_line_and_status_2(
     )
     assert proc.returncode == 2 and "the program ran" not in proc.stdout
     errors = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(errors) == 1 and "BUDGETSPAN_BUDGET" in errors[0] and "Traceback" not in proc.stderr
+    assert len(errors) == 1 and name in errors[0] and "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 
 # --- loop limits and the reserve for the final answer (issue 18) ---------------------------------

@@ -7,7 +7,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -15,17 +15,27 @@ from typing import Any
 from budgetspan import attributes as A
 from budgetspan.attributes import VERSION as __version__
 
+COMMANDS = ("demo", "report", "collector", "collector-config", "jobs", "assets")
 
-def build_parser() -> argparse.ArgumentParser:
-    from budgetspan.demo import runner
-    from budgetspan.report import render as report
 
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with ``command`` (one of ``COMMANDS``), only that subcommand, so
+    ``budgetspan report`` does not import the demo's and the collector's modules (start-up time)."""
     parser = argparse.ArgumentParser(
         prog="budgetspan",
         description="Cost and latency of LLM agents, visible and bounded.",
     )
     parser.add_argument("--version", action="version", version=f"budgetspan {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, add in _SUBCOMMANDS.items():
+        if command is None or command == name or (command == "collector-config" and name == "collector"):
+            add(sub)
+    return parser
+
+
+def _add_demo(sub: Any) -> None:
+    from budgetspan.demo import runner
+
     demo = sub.add_parser(
         "demo",
         help="run a support-ticket agent through the instrumented OpenAI SDK and show where time and money go",
@@ -34,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
         "table per run and per phase at the end.",
     )
     runner.add_arguments(demo)
+
+
+def _add_report(sub: Any) -> None:
+    from budgetspan.report import render as report
+
     rep = sub.add_parser(
         "report",
         help="time and cost by phase, largest contributors, sequential reads, plan versus actual",
@@ -42,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit status: 0, 1 if some lines could not be read (the rest is reported), 2 on a usage error.",
     )
     report.add_arguments(rep)
+
+
+def _add_collector(sub: Any) -> None:
     from budgetspan.collector import launcher, otelcol
 
     col = sub.add_parser(
@@ -60,9 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
         "token and cost metrics, and tail sampling that keeps refusal and exhaustion traces.",
     )
     otelcol.add_arguments(cfg)
-    _add_jobs(sub)
-    _add_assets(sub)
-    return parser
 
 
 def _add_jobs(sub: Any) -> None:
@@ -147,6 +162,15 @@ def write_assets(dest: Path, force: bool, runbook_base: str | None = None) -> in
     return 0
 
 
+_SUBCOMMANDS: dict[str, Callable[[Any], None]] = {
+    "demo": _add_demo,
+    "report": _add_report,
+    "collector": _add_collector,  # and collector-config
+    "jobs": _add_jobs,
+    "assets": _add_assets,
+}
+
+
 def watch_job(args: argparse.Namespace) -> int:
     import redis
 
@@ -164,7 +188,8 @@ def watch_job(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else None)
     args = parser.parse_args(argv)
     if args.command == "demo":
         from budgetspan.demo import runner

@@ -37,10 +37,17 @@ from budgetspan.attributes import (
     ENV_BUDGET,
     ENV_CAPTURE_CONTENT,
     ENV_CONFIG,
+    ENV_ENFORCE_FOREIGN,
+    ENV_LITELLM_COST,
+    ENV_METRICS_MAX_LABEL_VALUES,
+    ENV_METRICS_MAX_SERIES,
     ENV_METRICS_PORT,
     ENV_MODE,
+    ENV_OPENAI_STREAM_USAGE,
     ENV_PRICES,
+    ENV_PROPAGATE_THREADS,
     ENV_UNPRICED,
+    ENV_WORKFLOW,
 )
 
 UNPRICED_POLICIES = ("warn", "refuse")
@@ -199,6 +206,9 @@ class Config:
     unpriced: str = "warn"
     #: Scope budgets from the config file (tenants, users, conversations, workflow windows).
     scopes: ScopeTables = field(default_factory=ScopeTables)
+    #: BUDGETSPAN_WORKFLOW (implicit runs' workflow; "" for the script's name), read with the rest
+    #: so that an implicit run per trace reads no environment (issue 15).
+    workflow: str = field(default_factory=lambda: os.environ.get(ENV_WORKFLOW, "").strip())
 
     def budget_for(
         self, workflow: str | None, budget: Budget | str | Mapping[str, Any] | None = None, **limits: Any
@@ -345,18 +355,50 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
     unpriced = env.get(ENV_UNPRICED, "").strip().lower() or "warn"
     if unpriced not in UNPRICED_POLICIES:
         raise ConfigError(f"{ENV_UNPRICED}={unpriced!r}: expected one of {', '.join(UNPRICED_POLICIES)}")
-    port = env.get(ENV_METRICS_PORT, "").strip()
-    if port and not (port.isdigit() and int(port) <= 65535):
-        raise ConfigError(
-            f"{ENV_METRICS_PORT}={port!r}: expected a port number, 0 to 65535 (0: any free port)"
-        )
+    check_switches(env)
     prices = env.get(ENV_PRICES, "").strip()
     if prices:
         try:
             load_price_file(prices)
         except PriceConfigError as e:
             raise ConfigError(str(e)) from None
-    return Config(default, parse_mode(env.get(ENV_MODE)), profiles, workflows, tools, unpriced, scopes)
+    workflow = env.get(ENV_WORKFLOW, "").strip()
+    return Config(
+        default, parse_mode(env.get(ENV_MODE)), profiles, workflows, tools, unpriced, scopes, workflow
+    )
+
+
+_BOOLEAN = ("1", "0", "true", "false", "yes", "no", "on", "off")
+# Variables read where they are used; checked here too, so that a bad value stops configure()
+# (and ``opentelemetry-instrument``, with status 2) instead of being ignored with a warning.
+_CHOICES: dict[str, tuple[str, ...]] = {
+    ENV_ENFORCE_FOREIGN: _BOOLEAN,
+    ENV_PROPAGATE_THREADS: _BOOLEAN,
+    ENV_OPENAI_STREAM_USAGE: ("auto", "always", "never"),
+    ENV_LITELLM_COST: ("budgetspan", "litellm"),
+}
+
+
+def _digits(text: str, most: int) -> bool:
+    """Plain ASCII digits, at most ``most`` of them (a 5,000-digit number never reaches ``int``)."""
+    return text.isascii() and text.isdigit() and len(text) <= most
+
+
+def check_switches(env: Mapping[str, str]) -> None:
+    """The metrics port, the label caps and the on/off and choice switches. Raises ConfigError."""
+    port = env.get(ENV_METRICS_PORT, "").strip()
+    if port and not (_digits(port, 5) and int(port) <= 65535):
+        raise ConfigError(
+            f"{ENV_METRICS_PORT}={port[:40]!r}: expected a port number, 0 to 65535 (0: any free port)"
+        )
+    for name in (ENV_METRICS_MAX_LABEL_VALUES, ENV_METRICS_MAX_SERIES):
+        raw = env.get(name, "").strip()
+        if raw and not (_digits(raw, 9) and int(raw) >= 1):
+            raise ConfigError(f"{name}={raw[:40]!r}: expected a positive integer")
+    for name, choices in _CHOICES.items():
+        raw = env.get(name, "").strip()
+        if raw and raw.lower() not in choices:
+            raise ConfigError(f"{name}={raw[:40]!r}: expected one of {', '.join(choices)}")
 
 
 _current: Config | None = None

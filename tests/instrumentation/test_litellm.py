@@ -221,7 +221,12 @@ def test_a_bad_cost_switch_is_said_and_budgetspans_price_kept(
     monkeypatch: Any,
     caplog: Any,
 ) -> None:
+    from budgetspan.config import get_config, load_config
+
+    get_config()  # read before the switch changes: configure() would refuse it (ConfigError, below)
     monkeypatch.setenv(A.ENV_LITELLM_COST, "theirs")
+    with pytest.raises(budgetspan.ConfigError, match=A.ENV_LITELLM_COST):
+        load_config()
     with caplog.at_level(logging.ERROR), budgetspan.run("r") as run:
         litellm.completion(messages=MESSAGES, **args(llm_server))
     assert run.usage.cost_usd == pytest.approx(odd_budgetspan_price)

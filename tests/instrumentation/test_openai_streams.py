@@ -371,3 +371,46 @@ def test_a_server_that_rejects_stream_options_is_asked_once_and_remembered(instr
     spans = instrumented.spans("chat")
     assert all(s.attributes[A.USAGE_UNREPORTED] for s in spans)
     assert [s.attributes.get(A.USAGE_ESTIMATED_OUTPUT) for s in spans] == [100, 100]
+
+
+async def test_async_stream_deadline_is_armed_once_per_call_not_per_chunk(
+    instrumented: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15: a wall-clock limit costs one timer per streamed call. Counted on the real SDK
+    path: ``watch_stream`` (the one timer) once per stream, the per-await ``deadline`` context
+    never entered while chunks are read, and the event loop asked for one timer per stream."""
+    from budgetspan.calls.call import Call
+
+    counts = {"watch": 0, "deadline": 0, "call_at": 0}
+    watch, deadline = Call.watch_stream, Call.deadline
+
+    def counted_watch(self: Call) -> None:
+        counts["watch"] += 1
+        watch(self)
+
+    def counted_deadline(self: Call, *a: Any, **kw: Any) -> Any:
+        counts["deadline"] += 1
+        return deadline(self, *a, **kw)
+
+    monkeypatch.setattr(Call, "watch_stream", counted_watch)
+    pieces = tuple(f"t{i}" for i in range(50))
+    rec = Recorder(sse_response(openai_sse(chat_chunks(pieces=pieces, usage=USAGE))))
+    loop = asyncio.get_running_loop()
+    call_at = loop.call_at
+
+    def counted_call_at(*a: Any, **kw: Any) -> Any:
+        counts["call_at"] += 1
+        return call_at(*a, **kw)
+
+    async with budgetspan.run("s", max_wall_clock_s=60):
+        for _ in range(2):
+            stream = await aclient(rec).chat.completions.create(stream=True, **ARGS)
+            monkeypatch.setattr(Call, "deadline", counted_deadline)
+            monkeypatch.setattr(loop, "call_at", counted_call_at)
+            got = [c async for c in stream]
+            monkeypatch.setattr(Call, "deadline", deadline)
+            monkeypatch.setattr(loop, "call_at", call_at)
+            assert len(got) == len(pieces) + 1
+    assert counts == {"watch": 2, "deadline": 0, "call_at": 2}
+    spans = instrumented.spans("chat")
+    assert len(spans) == 2 and all(s.attributes[A.STREAM_END] == "consumed" for s in spans)

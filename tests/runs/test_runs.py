@@ -321,6 +321,61 @@ def test_the_trace_is_the_run_when_none_is_declared(
     assert not bs_implicit._trace_runs
 
 
+class _CountingEnviron(dict[str, str]):
+    """os.environ stand-in that counts every read (issue 15: no environment read per trace)."""
+
+    reads = 0
+
+    def __getitem__(self, key: str) -> str:
+        type(self).reads += 1
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        type(self).reads += 1
+        return super().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        type(self).reads += 1
+        return super().__contains__(key)
+
+
+def test_implicit_runs_read_the_environment_once_not_per_trace(
+    tracing: Tracing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from budgetspan.config import set_config
+
+    monkeypatch.setenv("BUDGETSPAN_WORKFLOW", "checkout")
+    monkeypatch.setattr(os, "environ", _CountingEnviron(os.environ))
+    set_config(None)  # read again on first use, through the counting mapping
+
+    @budgetspan.tool
+    def t() -> None:
+        pass
+
+    tracer = tracing.provider.get_tracer("server")
+    seen: list[str] = []
+
+    def requests(n: int) -> int:
+        before = _CountingEnviron.reads
+        for _request in range(n):
+            with tracer.start_as_current_span("GET /tickets"):
+                t()
+                seen.append(bs_implicit.resolve_run().workflow)
+        return _CountingEnviron.reads - before
+
+    first = requests(1)  # the configuration is read here, once
+    assert first > 0
+    assert requests(50) == 0  # fifty more traces, fifty implicit runs: no read at all
+    assert seen == ["checkout"] * 51
+    monkeypatch.setenv("BUDGETSPAN_WORKFLOW", "refunds")
+    set_config(None)  # what configure() does: the new value is read once
+    requests(1)
+    assert seen[-1] == "refunds"
+    assert not bs_implicit._trace_runs
+
+
 def test_the_process_is_the_run_without_any_trace(tracing: Tracing) -> None:
     from budgetspan.config import load_config, set_config
 

@@ -68,7 +68,8 @@ _warned_cost_value: set[str] = set()
 
 def cost_source() -> str:
     """``BUDGETSPAN_LITELLM_COST``: whose price a LiteLLM call is charged at (budgetspan's unless
-    ``litellm``). A value neither accepts is said once in the log and the default kept."""
+    ``litellm``). A value neither accepts stops configure() (ConfigError); one set later is said once in the
+    log and the default kept."""
     value = os.environ.get(A.ENV_LITELLM_COST, "").strip().lower() or COST_BUDGETSPAN
     if value in (COST_BUDGETSPAN, COST_LITELLM):
         return value

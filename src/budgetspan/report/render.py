@@ -212,11 +212,28 @@ def json_chunks(a: Analysis) -> Iterator[str]:
         if isinstance(value, list) and value:
             yield "["
             for j, item in enumerate(value):
-                yield ("," if j else "") + "\n    " + _indent(_dumps(to_jsonable(item)), 4)
+                shallow = _run_json(item) if type(item) is RunStat else to_jsonable(item)
+                yield ("," if j else "") + "\n    " + _indent(_dumps(shallow), 4)
             yield "\n  ]"
         else:
             yield _indent(_dumps(to_jsonable(value)), 2)
     yield "\n}\n"
+
+
+_RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunStat))
+
+
+def _run_json(run: RunStat) -> dict[str, Any]:
+    """``to_jsonable(run)`` one level deep: orjson writes the nested dataclasses, dicts and lists
+    itself, in field order, with non-finite floats as null, as ``to_jsonable`` does (same bytes).
+
+    Measured gain: the JSON output of 100k spans (8,232 runs) went from 0.91 s to 0.20 s (CPU
+    time, in process); the recursive ``to_jsonable`` made ~60 Python calls per run. With the
+    ASCII test in ``_dumps``, ``budgetspan report`` on 10k spans went from 2,896M to 1,698M CPU
+    instructions (callgrind, whole process, start-up included; see bench/README.md)."""
+    d = {name: getattr(run, name) for name in _RUN_FIELDS}
+    d["wall_s"] = run.wall_s
+    return d
 
 
 # Characters JSON allows raw that a terminal may obey: written as \u escapes (still the same JSON).
@@ -229,7 +246,9 @@ def _dumps(value: Any) -> str:
     try:
         text = orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
     except TypeError:
-        return json.dumps(value, indent=2)
+        return json.dumps(to_jsonable(value), indent=2)
+    if text.isascii() and "\x7f" not in text:  # the usual case, and both tests run in C: no scan
+        return text
     return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 

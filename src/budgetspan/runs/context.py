@@ -21,6 +21,7 @@ from opentelemetry.trace import Tracer, TracerProvider
 from budgetspan import attributes as A
 from budgetspan.accounting.ledger import Ledger
 from budgetspan.accounting.memory import InMemoryLedger
+from budgetspan.config import get_config
 
 if TYPE_CHECKING:
     from budgetspan.runs.run import Run
@@ -142,8 +143,9 @@ def get_tracer() -> Tracer:
 
 
 def default_workflow() -> str:
-    """Workflow name of implicit runs: BUDGETSPAN_WORKFLOW, else the script's name."""
-    name = os.environ.get(A.ENV_WORKFLOW)
+    """Workflow name of implicit runs: BUDGETSPAN_WORKFLOW (read with the configuration, once:
+    ``configure()``/``set_config`` read it again), else the script's name."""
+    name = get_config().workflow
     if name:
         return name
     argv0 = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
