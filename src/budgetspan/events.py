@@ -45,6 +45,8 @@ class CallRecord:
     operation: str | None = None
     step: str = ""  # budgetspan.step(...); empty: the phase
     run: Run | None = field(default=None, repr=False)
+    #: The trace of the call's span when it is sampled (an exemplar links to it); None otherwise.
+    trace_id: int | None = None
 
 
 @dataclass

@@ -199,6 +199,7 @@ class BudgetSpanProcessor(SpanProcessor):
                     tool=tool,
                     run=run,
                     step=entry.step,
+                    trace_id=_sampled_trace_id(span),
                 ),
             )
             return
@@ -243,6 +244,7 @@ class BudgetSpanProcessor(SpanProcessor):
                 unreported_usage=unreported,
                 unpriced=unpriced,
                 run=run,
+                trace_id=_sampled_trace_id(span),
                 step=entry.step,
             ),
         )
@@ -257,3 +259,9 @@ class BudgetSpanProcessor(SpanProcessor):
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True
+
+
+def _sampled_trace_id(span: ReadableSpan) -> int | None:
+    """The foreign span's trace id for an exemplar, if its trace is sampled."""
+    ctx = span.context
+    return ctx.trace_id if ctx is not None and ctx.trace_flags.sampled else None

@@ -141,6 +141,7 @@ class BudgetspanMetrics:
         client = multiprocess_mode()  # values must go to prometheus-client's per-process files
         # Trace-id exemplars on the cost and duration histograms (OpenMetrics exposition).
         self._trace = _no_trace if client else _sampled_trace
+        self._exemplars = not client
         local: list[LocalFamily] = []
 
         def family(
@@ -362,7 +363,9 @@ class BudgetspanMetrics:
         wf = r.workflow
         if r.kind == "tool":
             self.tool_calls.child(wf, r.tool, r.status).inc()
-            self.tool_duration.child(wf, r.tool).observe(r.duration_s, self._trace(r.run))
+            self.tool_duration.child(wf, r.tool).observe(
+                r.duration_s, r.trace_id if self._exemplars else None
+            )
         else:
             self.retrievals.child(wf, r.status).inc()
         if r.retries:
@@ -388,7 +391,7 @@ class BudgetspanMetrics:
         c = s.duration
         if c is None:
             c = s.duration = self.model_duration.child(prov, model)
-        c.observe(r.duration_s, self._trace(r.run))
+        c.observe(r.duration_s, r.trace_id if self._exemplars else None)
         if r.time_to_first_token_s is not None:
             c = s.ttft
             if c is None:
