@@ -19,6 +19,8 @@ import os
 import signal
 import subprocess
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +28,7 @@ from budgetspan import attributes as A
 from budgetspan.accounting.pricing import default_resolver
 from budgetspan.collector.content import is_content
 
-from .model_server import COMPLETION_TOKENS, PROMPT_TOKENS
+from .model_server import COMPLETION_TOKENS, PROMPT_TOKENS, ModelServer
 from .stack import REPO, Prometheus, ReceivedSpan, Receiver, empty_panels, wait_for
 
 #: The shape of each run: its model calls and tool calls (plus its root span).
@@ -43,6 +45,26 @@ IN_PROCESS_ONLY = {
     "Cache hit rate by tool",
     "Cache savings by tool ($/h)",
 }
+
+
+@contextmanager
+def serving(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[ServiceProcess]:
+    """The service running against a local model server (``OPENAI_BASE_URL`` set), two rounds done."""
+    server = ModelServer()
+    svc = ServiceProcess(cmd, {**env, "OPENAI_BASE_URL": server.url}, log)
+    svc.start()
+    try:
+        svc.wait_rounds(2)
+        yield svc
+    finally:
+        svc.stop()
+        server.close()
+
+
+def finished_runs(svc: ServiceProcess, receiver: Receiver) -> dict[str, list[list[ReceivedSpan]]]:
+    """The service stopped (its spans flushed), and every run it sent as the receiver got it."""
+    assert svc.stop() == 0, svc.log.read_text()
+    return check_runs_arrived(settle(receiver, svc.rounds), svc.rounds)
 
 
 @dataclass

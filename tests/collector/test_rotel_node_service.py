@@ -21,10 +21,9 @@ from .foreign import (
     check_dashboards,
     check_marks,
     check_priced_tagged_redacted,
-    check_runs_arrived,
-    settle,
+    finished_runs,
+    serving,
 )
-from .model_server import ModelServer
 from .stack import REPO, Prometheus, ReceivedSpan, Receiver, Tier
 
 NODE_DIR = REPO / "tests" / "collector" / "node"
@@ -62,26 +61,16 @@ def node_service(tier: Tier, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.skip("needs Node.js (20) and npm on the PATH")
     npm_ci()
-    server = ModelServer()
-    env = {"SERVICE_NAME": SERVICE, "OTLP_ENDPOINT": tier.otlp_http, "OPENAI_BASE_URL": server.url}
-    svc = ServiceProcess(
+    env = {"SERVICE_NAME": SERVICE, "OTLP_ENDPOINT": tier.otlp_http}
+    with serving(
         ["node", str(NODE_DIR / "service.js")], env, tmp_path_factory.mktemp("node") / "node.log"
-    )
-    svc.start()
-    try:
-        svc.wait_rounds(2)
+    ) as svc:
         yield svc
-    finally:
-        svc.stop()
-        server.close()
 
 
 @pytest.fixture(scope="module")
 def runs(node_service: ServiceProcess, receiver: Receiver) -> dict[str, list[list[ReceivedSpan]]]:
-    """The service stopped (its spans flushed), and every run it sent as the receiver got it."""
-    assert node_service.stop() == 0, node_service.log.read_text()
-    spans = settle(receiver, node_service.rounds)
-    return check_runs_arrived(spans, node_service.rounds)
+    return finished_runs(node_service, receiver)
 
 
 def test_every_dashboard_query_returns_data_for_the_node_service(

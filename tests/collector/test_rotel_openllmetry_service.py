@@ -17,10 +17,10 @@ from .foreign import (
     check_dashboards,
     check_marks,
     check_priced_tagged_redacted,
-    check_runs_arrived,
-    settle,
+    finished_runs,
+    serving,
 )
-from .model_server import CACHED_TOKENS, ModelServer
+from .model_server import CACHED_TOKENS
 from .stack import REPO, Prometheus, ReceivedSpan, Receiver, Tier
 
 SERVICE = "support-openllmetry"
@@ -42,30 +42,15 @@ def peers_python() -> Path:
 @pytest.fixture(scope="module")
 def py_service(tier: Tier, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     python = peers_python()
-    server = ModelServer()
-    env = {
-        "SERVICE_NAME": SERVICE,
-        "OTLP_ENDPOINT": tier.otlp_http,
-        "OPENAI_BASE_URL": server.url,
-        "PYTHONPATH": "",
-    }
+    env = {"SERVICE_NAME": SERVICE, "OTLP_ENDPOINT": tier.otlp_http, "PYTHONPATH": ""}
     cmd = [str(python), str(Path(__file__).with_name("openllmetry_service.py"))]
-    svc = ServiceProcess(cmd, env, tmp_path_factory.mktemp("openllmetry") / "service.log")
-    svc.start()
-    try:
-        svc.wait_rounds(2)
+    with serving(cmd, env, tmp_path_factory.mktemp("openllmetry") / "service.log") as svc:
         yield svc
-    finally:
-        svc.stop()
-        server.close()
 
 
 @pytest.fixture(scope="module")
 def runs(py_service: ServiceProcess, receiver: Receiver) -> dict[str, list[list[ReceivedSpan]]]:
-    """The service stopped (its spans flushed), and every run it sent as the receiver got it."""
-    assert py_service.stop() == 0, py_service.log.read_text()
-    spans = settle(receiver, py_service.rounds)
-    return check_runs_arrived(spans, py_service.rounds)
+    return finished_runs(py_service, receiver)
 
 
 def test_every_dashboard_query_returns_data_for_the_openllmetry_service(
