@@ -77,7 +77,8 @@ def result(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     """What the script printed after ``RESULT `` (last such line), the process having succeeded."""
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
-    found: dict[str, Any] = json.loads(lines[-1][len("RESULT ") :])
+    # The first JSON value of the line: a console span exporter's thread may write right after it.
+    found: dict[str, Any] = json.JSONDecoder().raw_decode(lines[-1][len("RESULT ") :])[0]
     return found
 
 
