@@ -232,3 +232,25 @@ def test_another_instrumentations_call_spends_in_the_scopes(clock: list[float], 
         with tracer.start_as_current_span("chat gpt-4o-mini", attributes={"gen_ai.operation.name": "chat"}):
             pass
     assert budgetspan.spend(tenant="acme").model_calls == 1
+
+
+def test_a_final_answer_reserve_and_a_scope_window_in_one_reservation(
+    clock: list[float], ledger: Ledger
+) -> None:
+    """The two additions to the reserve step together (issues 18 and 22): the run's reserve for
+    its final answer holds back only the run's own limit, never the scope's."""
+    tenant = _scope("tenant", "acme", Budget(max_model_calls=4))
+    ledger.open("f", Budget(max_model_calls=3, reserve_for_final={"max_model_calls": 1}), Mode.ENFORCE)
+    ledger.reserve("f", CallKind.MODEL, scopes=(tenant,))
+    ledger.reserve("f", CallKind.MODEL, scopes=(tenant,))
+    with pytest.raises(LedgerRefused) as info:  # the third call would eat the final answer's call
+        ledger.reserve("f", CallKind.MODEL, scopes=(tenant,))
+    assert info.value.refusal.scope is None and info.value.refusal.reason == "max_model_calls"
+    ledger.reserve("f", CallKind.MODEL, final=True, scopes=(tenant,))  # the answer uses the reserve
+    assert ledger.usage("f").model_calls == 3
+    assert ledger.scope_usage(tenant.key).model_calls == 3  # type: ignore[union-attr]
+    ledger.open("g", Budget(max_model_calls=5, reserve_for_final={"max_model_calls": 1}), Mode.ENFORCE)
+    ledger.reserve("g", CallKind.MODEL, scopes=(tenant,))
+    with pytest.raises(LedgerRefused) as info:  # the tenant's fifth call: its window refuses it
+        ledger.reserve("g", CallKind.MODEL, final=True, scopes=(tenant,))
+    assert info.value.refusal.scope is tenant
