@@ -19,7 +19,7 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind
+from opentelemetry.trace import Span, SpanContext, SpanKind
 
 from budgetspan import attributes as A
 from budgetspan import events
@@ -471,17 +471,14 @@ class Call(AsyncBounds):
             label=self.label,
             run=run,
             operation=self.operation,
-            trace_id=sampled_trace_id(self.span),
+            # the call's own span: cheaper than a context lookup, and the right trace from any thread
+            trace_id=sampled_trace_id(self.span.get_span_context() if self.span is not None else None),
         )
 
 
-def sampled_trace_id(span: Span | None) -> int | None:
-    """The span's trace id if the trace is sampled: read from the call's own span, which is
-    cheaper than a context lookup at the end (and names the right trace from any thread)."""
-    if span is None:
-        return None
-    ctx = span.get_span_context()
-    return ctx.trace_id if ctx.trace_flags.sampled else None
+def sampled_trace_id(ctx: SpanContext | None) -> int | None:
+    """The trace id an exemplar may link to: a sampled trace's only (the backend has it)."""
+    return ctx.trace_id if ctx is not None and ctx.trace_flags.sampled else None
 
 
 def _spend_limited(run: Run | None) -> bool:

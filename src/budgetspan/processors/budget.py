@@ -31,9 +31,10 @@ from budgetspan.accounting.budget import TOOL_CAP_REASONS, BudgetExhausted
 from budgetspan.accounting.ledger import CallKind, LedgerRefused, Mode, Spend
 from budgetspan.accounting.pricing import default_resolver
 from budgetspan.calls import foreign
+from budgetspan.calls.call import sampled_trace_id
 from budgetspan.events import CallRecord
 from budgetspan.runs import context, implicit
-from budgetspan.runs.phases import DEFAULT_PHASE_BY_OPERATION
+from budgetspan.runs.phases import DEFAULT_PHASE_BY_OPERATION, Phase
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ class BudgetSpanProcessor(SpanProcessor):
                 kind,
                 tool=tool,
                 force=not enforce,
-                final=phase == "final_response",
+                final=phase == Phase.FINAL_RESPONSE,
                 scopes=run.scope_refs(),
             )
         except LedgerRefused as r:
@@ -199,7 +200,7 @@ class BudgetSpanProcessor(SpanProcessor):
                     tool=tool,
                     run=run,
                     step=entry.step,
-                    trace_id=_sampled_trace_id(span),
+                    trace_id=sampled_trace_id(span.context),
                 ),
             )
             return
@@ -244,7 +245,7 @@ class BudgetSpanProcessor(SpanProcessor):
                 unreported_usage=unreported,
                 unpriced=unpriced,
                 run=run,
-                trace_id=_sampled_trace_id(span),
+                trace_id=sampled_trace_id(span.context),
                 step=entry.step,
             ),
         )
@@ -259,9 +260,3 @@ class BudgetSpanProcessor(SpanProcessor):
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True
-
-
-def _sampled_trace_id(span: ReadableSpan) -> int | None:
-    """The foreign span's trace id for an exemplar, if its trace is sampled."""
-    ctx = span.context
-    return ctx.trace_id if ctx is not None and ctx.trace_flags.sampled else None

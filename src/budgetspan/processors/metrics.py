@@ -35,6 +35,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 
 from budgetspan import attributes as A
 from budgetspan.accounting.prompt_cache import prompt_cache_saving
+from budgetspan.calls.call import sampled_trace_id
 from budgetspan.processors.buckets import (
     CALL_SECONDS_BUCKETS,
     COST_BUCKETS,
@@ -101,18 +102,11 @@ def _sane(value: float) -> bool:
     return 0.0 <= value < math.inf
 
 
-def _sampled_trace(run: Run | None) -> int | None:
-    """The trace id an exemplar links to: the run's trace, or the current one for a run without a
-    span of its own (an implicit run per trace); None when that trace is not sampled (an exemplar
-    must lead to a trace the backend has)."""
-    span = run.span if run is not None else None
-    ctx = (span if span is not None else trace.get_current_span()).get_span_context()
-    return ctx.trace_id if ctx.trace_flags.sampled else None
-
-
-def _no_trace(run: Run | None) -> None:
-    """Multiprocess mode: prometheus-client's files keep no exemplars."""
-    return None
+def _run_trace(run: Run) -> int | None:
+    """The trace a run's exemplar links to: the run's, or the current one for a run without a span
+    of its own (an implicit run per trace)."""
+    span = run.span if run.span is not None else trace.get_current_span()
+    return sampled_trace_id(span.get_span_context())
 
 
 def multiprocess_mode() -> bool:
@@ -140,8 +134,7 @@ class BudgetspanMetrics:
         prov, model, tool, typ, status = A.L_PROVIDER, A.L_MODEL, A.L_TOOL, A.L_TYPE, A.L_STATUS
         client = multiprocess_mode()  # values must go to prometheus-client's per-process files
         # Trace-id exemplars on the cost and duration histograms (OpenMetrics exposition).
-        self._trace = _no_trace if client else _sampled_trace
-        self._exemplars = not client
+        self._exemplars = not client  # prometheus-client's multiprocess files keep no exemplars
         local: list[LocalFamily] = []
 
         def family(
@@ -310,7 +303,7 @@ class BudgetspanMetrics:
         outcome = run.outcome.value if run.outcome is not None else "unknown"
         usage = run.usage
         self.runs.child(wf, outcome).inc()
-        trace_id = self._trace(run)
+        trace_id = _run_trace(run) if self._exemplars else None
         if _sane(usage.cost_usd):
             self.run_cost.child(wf, outcome).observe(usage.cost_usd, trace_id)
         self.run_tokens.child(wf, outcome).observe(usage.input_tokens + usage.output_tokens)

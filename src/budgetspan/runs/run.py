@@ -26,6 +26,7 @@ from budgetspan.accounting.scopes import Scope, ScopeRef
 from budgetspan.runs import context, limits, registry, run_span
 from budgetspan.runs.at_limit import AtLimit
 from budgetspan.runs.loops import LoopWatch
+from budgetspan.runs.phases import Phase
 from budgetspan.runs.quality import Quality, check_score
 from budgetspan.runs.run_scopes import scopes_of
 
@@ -301,7 +302,7 @@ class Run(AtLimit, Quality):
     ) -> Reservation:
         """Reserve in this run's ledger record (and, for the call's own run, its scope windows:
         one step in the ledger); at a limit, the run's ``on_limit`` policy is asked."""
-        final = phase == "final_response"
+        final = phase == Phase.FINAL_RESPONSE
         stopped = self._stopped(final)
         if stopped is not None:
             raise self.exhaust(stopped)
