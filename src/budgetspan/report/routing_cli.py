@@ -10,6 +10,7 @@ from typing import IO
 
 from budgetspan.report.analysis import Analysis, Analyzer, finish
 from budgetspan.report.assemble import RunAssembler
+from budgetspan.report.by_scope import BY as SCOPE_BY
 from budgetspan.report.otlp import SpanRec
 from budgetspan.report.routing import Routing, evaluate
 from budgetspan.report.runs_detail import DETAIL_KEEP, MAX_TIMELINES, DetailCollector
@@ -27,7 +28,6 @@ __all__ = [
 ]
 
 BY_CHOICES = ("step,model", "model,step")
-SCOPE_BY = ("tenant", "user")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
