@@ -96,6 +96,13 @@ def _chat_with(value: dict[str, Any]) -> str:
     return line(*spans)
 
 
+def _run_span_with(key: str, value: dict[str, Any]) -> str:
+    """A good run whose run span carries ``value`` under ``key`` (a limit or usage figure)."""
+    spans = a_run("bad")
+    spans[2]["attributes"].append({"key": key, "value": value})
+    return line(*spans)
+
+
 HOSTILE = {
     "deep nesting (past the JSON parser's limit)": (
         "[" * 100_000 + "]" * 100_000,
@@ -120,6 +127,22 @@ HOSTILE = {
         "startTimeUnixNano is not an integer",
     ),
     "doubleValue 'x'": (_chat_with({"doubleValue": "x"}), "doubleValue is not a number (a string)"),
+    "a run's limit intValue '12abc'": (
+        _run_span_with(A.LIMIT_PREFIX + "max_model_calls", {"intValue": "12abc"}),
+        "intValue is not an integer (a string)",
+    ),
+    "a run's usage intValue of 5,000 digits": (
+        _run_span_with(A.USAGE_PREFIX + "cost_usd", {"intValue": "9" * 5000}),
+        "intValue is not an integer",
+    ),
+    "a run's usage intValue past 64 bits": (
+        _run_span_with(A.USAGE_PREFIX + "steps", {"intValue": "99999999999999999999"}),
+        "intValue is out of range",
+    ),
+    "a run's limit doubleValue 'x'": (
+        _run_span_with(A.LIMIT_PREFIX + "max_cost_usd", {"doubleValue": "x"}),
+        "doubleValue is not a number (a string)",
+    ),
     "spans: 7": (
         json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": 7}]}]}),
         "spans is a number, not a list",
@@ -300,3 +323,32 @@ def test_bad_line_messages_are_escaped_too(tmp_path: Path) -> None:
     code, _, err = report(str(path))
     assert code == 1
     assert "\x1b" not in err and "bad\\x1b[31m.jsonl:1: resourceSpans is a number" in err
+
+
+def test_run_span_limits_and_usage_read_the_same_by_both_readings() -> None:
+    """The fast reading of a run span's ``budgetspan.limit.*``/``usage.*`` numbers (decimal
+    ``intValue`` strings and ``doubleValue`` floats read in place) gives what the checked reading
+    gives, also for the values it hands over (a number as a JSON number, a bool, text, 2**63)."""
+    values: dict[str, dict[str, Any]] = {
+        A.LIMIT_PREFIX + "max_model_calls": {"intValue": "12"},
+        A.LIMIT_PREFIX + "max_cost_usd": {"doubleValue": 0.25},
+        A.LIMIT_PREFIX + "max_wall_clock_s": {"doubleValue": 3},
+        A.USAGE_PREFIX + "model_calls": {"intValue": 7},
+        A.USAGE_PREFIX + "steps": {"intValue": str(2**63)},
+        A.USAGE_PREFIX + "cost_usd": {"stringValue": "0.5"},
+        A.USAGE_PREFIX + "retries": {"boolValue": True},
+        A.USAGE_PREFIX + "tool_calls": {"intValue": "-3"},
+    }
+    spans = a_run("r")
+    spans[2]["attributes"] += [{"key": k, "value": v} for k, v in values.items()]
+    text = line(*spans)
+    fast = {s.span_id: s.attrs for s in parse_line(text, REPORT_KEEP)}
+    checked = {s.span_id: s.attrs for s in parse_line(text)}
+    run_attrs = fast["rr"]
+    assert {k: run_attrs[k] for k in values} == {k: checked["rr"][k] for k in values}
+    assert run_attrs[A.LIMIT_PREFIX + "max_model_calls"] == 12
+    assert type(run_attrs[A.LIMIT_PREFIX + "max_wall_clock_s"]) is float
+    assert run_attrs[A.USAGE_PREFIX + "steps"] == 2**63
+    run = analyze_stream([parse_line(text, REPORT_KEEP)]).runs[0]
+    assert run.limits == {"max_model_calls": 12.0, "max_cost_usd": 0.25, "max_wall_clock_s": 3.0}
+    assert run.usage == {"model_calls": 7.0, "steps": float(2**63), "tool_calls": -3.0}
