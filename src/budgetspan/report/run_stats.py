@@ -161,8 +161,9 @@ def _limits_and_usage(r: RunStat, attrs: dict[str, Any]) -> None:
     names = _KEY_NAMES
     limits, usage = r.limits, r.usage
     for key, value in attrs.items():
-        known = names.get(key, False)
-        if known is False:
+        if key in names:
+            known = names[key]
+        else:
             known = _key_name(key)
             if len(names) < _MAX_KEY_NAMES:
                 names[key] = known
