@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import statistics
 import subprocess
 import sys
@@ -40,6 +41,7 @@ from budgetspan import events
 from budgetspan.accounting.ledger import Spend
 from budgetspan.events import CallRecord
 from budgetspan.processors import metrics_endpoint as endpoint
+from budgetspan.processors import metrics_server
 from budgetspan.processors.metrics import BudgetspanMetrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -92,7 +94,7 @@ def summary(label: str, took: list[float]) -> None:
     print(f"  {label:<34} p50 {statistics.median(ms):7.2f} ms  p99 {p99:7.2f} ms  max {ms[-1]:7.2f} ms")
 
 
-def with_scrapers(address: tuple[str, int], n_scrapers: int, runs: int) -> None:
+def with_scrapers(address: tuple[str, int], n_scrapers: int, runs: int) -> list[float]:
     proc = subprocess.Popen(
         [sys.executable, "-c", SCRAPERS, address[0], str(address[1]), str(n_scrapers)],
         stdin=subprocess.PIPE,
@@ -102,14 +104,42 @@ def with_scrapers(address: tuple[str, int], n_scrapers: int, runs: int) -> None:
     assert proc.stdout is not None and proc.stdin is not None
     assert proc.stdout.readline().strip() == "READY"
     time.sleep(0.5)  # let the scrapers get going
+    exposition = _exposition()
+    renders = exposition.renders if exposition is not None else 0
     t0 = time.perf_counter()
     took = app_runs(runs)
     wall = time.perf_counter() - t0
+    renders = (exposition.renders if exposition is not None else 0) - renders
     proc.stdin.close()
     scrapes = int(proc.stdout.readline() or 0)
     proc.wait(10)
     summary(f"{n_scrapers} scrapers in a loop", took)
-    print(f"  ({runs} runs in {wall:.2f} s; {scrapes} scrapes answered meanwhile)")
+    print(f"  ({runs} runs in {wall:.2f} s; {scrapes} scrapes answered meanwhile, {renders} renderings)")
+    return took
+
+
+def _exposition() -> Any:
+    server = endpoint._server
+    return server.exposition if server is not None else None
+
+
+def _p99(took: list[float]) -> float:
+    ms = sorted(t * 1000 for t in took)
+    return ms[min(len(ms) - 1, int(len(ms) * 0.99))]
+
+
+def rounds(address: tuple[str, int], args: argparse.Namespace) -> None:
+    """No scrapers and scrapers side by side, ``--rounds`` times: each ratio is read against the
+    baseline measured just before it (the machine's load moves both)."""
+    ratios = []
+    for i in range(args.rounds):
+        load = os.getloadavg()[0]
+        quiet = app_runs(args.runs)
+        summary(f"round {i + 1}: no scrapers (load {load:.1f})", quiet)
+        busy = with_scrapers(address, args.scrapers, args.runs)
+        ratios.append(_p99(busy) / _p99(quiet))
+        print(f"  p99 with / without scrapers: {ratios[-1]:.2f}")
+    print(f"  ratios: {', '.join(f'{r:.2f}' for r in ratios)}; median {statistics.median(ratios):.2f}")
 
 
 def with_half_open(address: tuple[str, int], runs: int) -> None:
@@ -139,14 +169,19 @@ def with_half_open(address: tuple[str, int], runs: int) -> None:
 
 def part_scrapers(args: argparse.Namespace) -> None:
     metrics = endpoint.get_metrics()
-    for w in range(20):
-        for m in range(20):
+    for w in range(args.grid):
+        for m in range(args.grid):
             metrics.on_call_end(record(f"wf{w}", f"model-{m}"))
     address = endpoint.serve(0)
     assert address is not None
     lines = len(generate_latest(endpoint.exposition_registry()).splitlines())
     print(f"1. app runs (one chat call each) while /metrics is scraped; exposition {lines} lines")
     app_runs(50)  # warm up
+    if args.rounds:
+        rounds(address, args)
+        endpoint.stop_server()
+        events.remove_listener(metrics)
+        return
     summary("no scrapers", app_runs(args.runs))
     with_scrapers(address, args.scrapers, args.runs)
     summary("no scrapers (again)", app_runs(args.runs))
@@ -283,8 +318,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=300)
     ap.add_argument("--scrapers", type=int, default=16)
+    ap.add_argument("--grid", type=int, default=20, help="part 1: workflows x models in the exposition")
+    ap.add_argument("--rounds", type=int, default=0, help="part 1 only: no scrapers / scrapers, N times")
+    ap.add_argument("--min-reuse", type=float, default=None, help="MIN_REUSE_S for this run (0: none)")
     ap.add_argument("--part", choices=("all", "scrapers", "lock", "size"), default="all")
     args = ap.parse_args()
+    if args.min_reuse is not None:
+        metrics_server.MIN_REUSE_S = args.min_reuse  # type: ignore[misc]
     if args.part in ("all", "scrapers"):
         part_scrapers(args)
     if args.part in ("all", "lock"):

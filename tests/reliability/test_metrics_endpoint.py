@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 import budgetspan
 from budgetspan import events
 from budgetspan.processors import metrics as M
-from budgetspan.processors.metrics_server import MetricsServer
+from budgetspan.processors.metrics_server import MAX_REUSE_S, MIN_REUSE_S, MetricsServer
 from tests.reliability._support import chat_body, messages, openai_instrumented, sync_client, wait_until
 from tests.reliability.conftest import Lean
 
@@ -164,6 +164,24 @@ def test_sixteen_scrapers_at_once_share_one_rendering(served: Served) -> None:
     assert statuses == [200] * 80
     assert counting.most == 1
     assert counting.calls == served.server.exposition.renders == 1
+
+
+def test_a_fast_rendering_is_still_reused_for_a_second(served: Served) -> None:
+    """Default settings: a small exposition renders in well under 10 ms, yet a loop of scrapes
+    within a second gets that one rendering (``MIN_REUSE_S``), not one each; a server made with
+    ``reuse=0`` renders every time."""
+    first = served.scrape()[1]
+    with budgetspan.run("after-the-first-scrape"):
+        pass
+    for _ in range(20):
+        assert served.scrape()[1] == first  # the same bytes: not rendered again
+    assert served.server.exposition.renders == 1
+    exposition = served.server.exposition
+    assert exposition.reuse_window(0.0001) == MIN_REUSE_S
+    assert exposition.reuse_window(0.05) == 0.05 * exposition.reuse
+    assert exposition.reuse_window(60.0) == MAX_REUSE_S
+    exposition.reuse = 0.0
+    assert exposition.reuse_window(0.05) == 0.0
 
 
 def test_keep_alive_head_gzip_and_refusals(served: Served) -> None:
