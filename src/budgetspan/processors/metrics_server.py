@@ -33,7 +33,8 @@ import selectors
 import socket
 import threading
 import time
-from typing import Final
+from collections.abc import Callable
+from typing import Final, TypeVar
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
@@ -51,6 +52,8 @@ MAX_REUSE_S: Final = 10.0  # but never for longer than this (a body at most 10 s
 PAUSE_FACTOR: Final = 19.0  # the server thread works at most 1/20 of the time
 _ACCEPTS_PER_ROUND: Final = 64
 _RECV_BYTES: Final = 65536
+_In = TypeVar("_In")
+_Out = TypeVar("_Out")
 
 
 class Exposition:
@@ -235,16 +238,23 @@ class MetricsServer:
             sock.close()
 
     # --- one connection ---------------------------------------------------------------------
-    def _service(self, conn: _Conn, mask: int) -> None:
+    def _io(self, conn: _Conn, op: Callable[[_In], _Out], arg: _In) -> _Out | None:
+        """``op(arg)`` on the connection's socket; None when it would block (the selector says
+        when to try again) or failed (then the connection is closed)."""
         try:
-            if conn.out is not None:
-                self._send(conn)
-                return
-            data = conn.sock.recv(_RECV_BYTES)
+            return op(arg)
         except (BlockingIOError, InterruptedError):
-            return
+            return None
         except OSError:
             self._close(conn)
+            return None
+
+    def _service(self, conn: _Conn, mask: int) -> None:
+        if conn.out is not None:
+            self._send(conn)
+            return
+        data = self._io(conn, conn.sock.recv, _RECV_BYTES)
+        if data is None:
             return
         if not data:  # the peer hung up
             self._close(conn)
@@ -272,12 +282,8 @@ class MetricsServer:
     def _send(self, conn: _Conn) -> None:
         out = conn.out
         assert out is not None
-        try:
-            sent = conn.sock.send(out)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._close(conn)
+        sent = self._io(conn, conn.sock.send, out)
+        if sent is None:
             return
         if sent < len(out):
             conn.out = out[sent:]
