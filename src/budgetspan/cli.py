@@ -8,12 +8,13 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from importlib import resources
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from budgetspan import attributes as A
 from budgetspan.attributes import VERSION as __version__
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 COMMANDS = ("demo", "report", "collector", "collector-config", "jobs", "assets")
 
@@ -107,6 +108,8 @@ def _add_assets(sub: Any) -> None:
         "provisioning, compose.yaml): the files of the repository, shipped in the package. "
         "Exit status 1 if a file to write exists with other content and --force is not given.",
     )
+    from pathlib import Path  # here, not at the top: `budgetspan report` starts without it
+
     assets.add_argument("dir", type=Path, help="where to write (created if missing)")
     assets.add_argument("--force", action="store_true", help="overwrite files that differ")
     assets.add_argument(
@@ -131,6 +134,8 @@ def with_runbook_base(text: bytes, base: str) -> bytes:
 
 def write_assets(dest: Path, force: bool, runbook_base: str | None = None) -> int:
     """Copy the packaged assets (``budgetspan/assets``) under ``dest``, keeping their layout."""
+    from importlib import resources  # here: it imports tempfile, shutil, zipfile... (start-up)
+
     root = resources.files("budgetspan") / "assets"
     files: list[tuple[str, bytes]] = []
 
