@@ -299,9 +299,10 @@ def _prefixed_numbers(items: Any, prefixes: tuple[str, ...], attrs: dict[str, An
     ``budgetspan.limit.*`` and ``budgetspan.usage.*``, ~30 numbers), read into ``attrs``: a decimal
     ``intValue`` and a ``doubleValue`` are read here, anything else by ``_value``.
 
-    Measured gain: on 100k spans (8,232 run spans) this and ``run_stats._limits_and_usage`` took
-    the report from 3.1 s to X s CPU (in process, best of 3); ``_value`` per attribute made 2-3
-    calls each, 270k calls in all."""
+    Measured gain: this and ``run_stats._limits_and_usage`` took ``budgetspan report`` on 100k
+    spans (8,232 run spans) from 16,273M to 15,087M instructions (-7%; 10k: 1,938M to 1,819M;
+    callgrind, bench/README.md). ``_value`` made 2-3 calls per attribute, 270k calls in all.
+    """
     for kv in items:
         key = kv["key"]
         if key.startswith(prefixes):
