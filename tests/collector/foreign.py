@@ -29,9 +29,10 @@ import pytest
 from budgetspan import attributes as A
 from budgetspan.accounting.pricing import default_resolver
 from budgetspan.collector.content import is_content
+from tests.prometheus_server import Prometheus, wait_for
 
 from .model_server import COMPLETION_TOKENS, PROMPT_TOKENS, ModelServer
-from .stack import REPO, Prometheus, ReceivedSpan, Receiver, empty_panels, wait_for
+from .stack import REPO, ReceivedSpan, Receiver, empty_panels
 
 #: The shape of each run: its model calls and tool calls (plus its root span).
 SHAPES = {(2, 1): "within", (3, 0): "over", (1, 1): "unpriced", (1, 0): "stream"}
