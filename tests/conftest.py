@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -18,6 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import budgetspan
 from budgetspan import attributes as A
 from budgetspan import config as bs_config
+from budgetspan import events
 from budgetspan.accounting.memory import InMemoryLedger
 from budgetspan.processors.budget import BudgetSpanProcessor
 from budgetspan.runs import context as bs_context
@@ -47,6 +49,12 @@ class Tracing:
 
     def spans(self, name_prefix: str = "") -> list:  # type: ignore[type-arg]
         return [s for s in self.exporter.get_finished_spans() if s.name.startswith(name_prefix)]
+
+    def only(self, name_prefix: str) -> Any:
+        """The one span whose name starts with ``name_prefix`` (there must be exactly one)."""
+        spans = self.spans(name_prefix)
+        assert len(spans) == 1, [s.name for s in spans]
+        return spans[0]
 
     def retrievals(self, source: str, documents: list[int]) -> list[dict[str, Any]]:
         """The attributes of the retrieval spans, which must all be named ``retrieval {source}``
@@ -107,6 +115,29 @@ def _content_switch_read_afresh() -> Iterator[None]:
     bs_config.refresh_capture_content()
     yield
     bs_config.refresh_capture_content()
+
+
+async def cancelled_once(seen: asyncio.Event, work: Coroutine[Any, Any, Any], timeout: float = 30) -> None:
+    """Run ``work`` as a task, cancel it once ``seen`` is set (within ``timeout`` s), and check the
+    cancellation reaches the caller."""
+    task = asyncio.create_task(work)
+    await asyncio.wait_for(seen.wait(), timeout)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+ListenerT = TypeVar("ListenerT")
+
+
+@contextmanager
+def events_to(listener: ListenerT) -> Iterator[ListenerT]:
+    """``listener`` gets budgetspan's events (``budgetspan.events``) for the block."""
+    events.add_listener(listener)
+    try:
+        yield listener
+    finally:
+        events.remove_listener(listener)
 
 
 @contextmanager

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tests.http_server import QuietHandler, Serving
+from tests.instrumentation.chat_server import stream_chunks
 
 FINAL = "Final answer after {n} tool results: {last}"
 _SCRIPT = re.compile(r"^tools-(\d+)(?:x(\d+))?$")
@@ -188,31 +189,7 @@ class AgentServer(Serving):
             },
         }
 
-    @staticmethod
-    def chat_chunks(full: dict[str, Any], with_usage: bool) -> list[dict[str, Any]]:
-        msg = full["choices"][0]["message"]
-        base = {k: full[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
-
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-            return base | {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-
-        out = [chunk({"role": "assistant", "content": ""})]
-        for i, tc in enumerate(msg.get("tool_calls") or []):
-            head = {"index": i, "id": tc["id"], "type": "function"}
-            out.append(
-                chunk(
-                    {"tool_calls": [head | {"function": {"name": tc["function"]["name"], "arguments": ""}}]}
-                )
-            )
-            out.append(
-                chunk({"tool_calls": [{"index": i, "function": {"arguments": tc["function"]["arguments"]}}]})
-            )
-        if msg.get("content"):
-            out.append(chunk({"content": msg["content"]}))
-        out.append(chunk({}, full["choices"][0]["finish_reason"]))
-        if with_usage:
-            out.append(base | {"choices": [], "usage": full["usage"]})
-        return out
+    chat_chunks = staticmethod(stream_chunks)  # the same chunks as the chat server's
 
     # --- responses ------------------------------------------------------------------------------
     def response(
