@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import os
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -17,13 +17,25 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import budgetspan
+from budgetspan import attributes as A
 from budgetspan import config as bs_config
+from budgetspan import events
 from budgetspan.accounting.memory import InMemoryLedger
 from budgetspan.processors.budget import BudgetSpanProcessor
 from budgetspan.runs import context as bs_context
 from budgetspan.runs import implicit as bs_implicit
+from tests.http_server import QuietHandler, Serving
 
 REPO = Path(__file__).resolve().parent.parent
+#: The six phases of an agent run, spelled out here (not read from budgetspan: a renamed phase fails).
+PHASES = (
+    "context_assembly",
+    "model_decision",
+    "tool_execution",
+    "verification",
+    "approval",
+    "final_response",
+)
 FIXTURES = Path(os.environ.get("BUDGETSPAN_FIXTURES", REPO.parent / "shared" / "fixtures" / "recorded"))
 
 
@@ -37,6 +49,21 @@ class Tracing:
 
     def spans(self, name_prefix: str = "") -> list:  # type: ignore[type-arg]
         return [s for s in self.exporter.get_finished_spans() if s.name.startswith(name_prefix)]
+
+    def only(self, name_prefix: str) -> Any:
+        """The one span whose name starts with ``name_prefix`` (there must be exactly one)."""
+        spans = self.spans(name_prefix)
+        assert len(spans) == 1, [s.name for s in spans]
+        return spans[0]
+
+    def retrievals(self, source: str, documents: list[int]) -> list[dict[str, Any]]:
+        """The attributes of the retrieval spans, which must all be named ``retrieval {source}``
+        and have returned ``documents`` (one count a span, in order)."""
+        spans = self.spans("retrieval")
+        assert [s.name for s in spans] == [f"retrieval {source}"] * len(documents)
+        found = [dict(s.attributes or {}) for s in spans]
+        assert [a[A.RETRIEVAL_DOCUMENTS] for a in found] == documents
+        return found
 
 
 @pytest.fixture
@@ -57,6 +84,31 @@ def tracing(monkeypatch: pytest.MonkeyPatch) -> Iterator[Tracing]:
     t.provider.shutdown()
 
 
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server (Debian package) of the module's own, empty at the start, as a URL."""
+    from tests.accounting.redis_server import start_redis, stop
+
+    proc, port = start_redis(tmp_path_factory.mktemp("redis"))
+    yield f"redis://127.0.0.1:{port}/0"
+    stop(proc)
+
+
+@pytest.fixture
+def config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
+    """Call it with a ``budgetspan.toml``'s text: budgetspan reads its configuration from that
+    file (``BUDGETSPAN_CONFIG``) until the test ends."""
+
+    def use(text: str) -> None:
+        path = tmp_path / "budgetspan.toml"
+        path.write_text(text)
+        monkeypatch.setenv(A.ENV_CONFIG, str(path))
+        bs_config.set_config(None)
+
+    yield use
+    bs_config.set_config(None)
+
+
 @pytest.fixture(autouse=True)
 def _content_switch_read_afresh() -> Iterator[None]:
     """The content switch is read at instrument time; each test starts from its environment."""
@@ -65,19 +117,49 @@ def _content_switch_read_afresh() -> Iterator[None]:
     bs_config.refresh_capture_content()
 
 
+async def cancelled_once(seen: asyncio.Event, work: Coroutine[Any, Any, Any], timeout: float = 30) -> None:
+    """Run ``work`` as a task, cancel it once ``seen`` is set (within ``timeout`` s), and check the
+    cancellation reaches the caller."""
+    task = asyncio.create_task(work)
+    await asyncio.wait_for(seen.wait(), timeout)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+ListenerT = TypeVar("ListenerT")
+
+
+@contextmanager
+def events_to(listener: ListenerT) -> Iterator[ListenerT]:
+    """``listener`` gets budgetspan's events (``budgetspan.events``) for the block."""
+    events.add_listener(listener)
+    try:
+        yield listener
+    finally:
+        events.remove_listener(listener)
+
+
+@contextmanager
+def instrumentors_on(*instrumentors: Any) -> Iterator[None]:
+    """The instrumentors on for the block, then off again (the last one first)."""
+    for instrumentor in instrumentors:
+        instrumentor.instrument()
+    try:
+        yield
+    finally:
+        for instrumentor in reversed(instrumentors):
+            instrumentor.uninstrument()
+
+
 @pytest.fixture
 def instrumented(tracing: Any) -> Iterator[Any]:
     """The ``tracing`` fixture with budgetspan's OpenAI and Anthropic instrumentors on."""
     from budgetspan.instrumentation.anthropic import AnthropicInstrumentor
     from budgetspan.instrumentation.openai import OpenAIInstrumentor
 
-    OpenAIInstrumentor().instrument()
-    AnthropicInstrumentor().instrument()
-    try:
+    with instrumentors_on(OpenAIInstrumentor(), AnthropicInstrumentor()):
         yield tracing
-    finally:
-        OpenAIInstrumentor().uninstrument()
-        AnthropicInstrumentor().uninstrument()
 
 
 PROMPT_TOKENS, COMPLETION_TOKENS = 123, 45  # what the loopback model server reports per call
@@ -91,9 +173,9 @@ class LoopbackServer:
         self.model_requests = 0
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                body = self.body()
                 if self.headers.get("content-encoding") == "gzip":
                     body = gzip.decompress(body)
                 if self.path.endswith("/chat/completions"):
@@ -103,18 +185,10 @@ class LoopbackServer:
                 else:
                     outer.bodies.setdefault(self.path, []).append(body)
                     reply, ctype = b"", "application/x-protobuf"
-                self.send_response(200)
-                self.send_header("content-type", ctype)
-                self.send_header("content-length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
+                self.send_body(reply, ctype)
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.http = Serving(Handler).start()
+        self.url = self.http.url
 
 
 def _completion() -> dict[str, Any]:
@@ -136,7 +210,7 @@ def _completion() -> dict[str, Any]:
 def otlp_server() -> Iterator[LoopbackServer]:
     s = LoopbackServer()
     yield s
-    s.httpd.shutdown()
+    s.http.stop()
 
 
 __all__ = ["FIXTURES", "REPO", "Tracing", "bs_context", "bs_implicit", "budgetspan"]

@@ -10,13 +10,10 @@ import json
 import math
 import os
 import re
-import select
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,16 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+
+from tests.conftest import PHASES
+from tests.processes import ready_line, stop_process, wait_for
+from tests.prometheus_server import Prometheus, expand, running_prometheus
 
 REPO = Path(__file__).resolve().parent.parent
 WORKLOAD = REPO / "tests" / "workloads" / "agent_workload.py"
 DASHBOARDS = REPO / "dashboards"
-ALERTS = REPO / "collector-config" / "alerts.yml"
-# Grafana's macros, as Grafana would expand them for a short, fresh time range.
 # Which model calls the workload makes: auto (openai SDK if instrumented, else gen_ai spans).
 MODELS = os.environ.get("E2E_WORKLOAD_MODELS", "auto")
-MACROS = {"$__rate_interval": "15s", "$__range": "5m", "$__interval": "2s"}
 
 pytestmark = pytest.mark.skipif(
     shutil.which("prometheus") is None or shutil.which("promtool") is None,
@@ -41,44 +38,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
-class Stack:
-    prom: str  # base URL of Prometheus
+class Stack(Prometheus):
     metrics_url: str  # the workload's /metrics
     models: str  # which model-call path the workload used
-
-    def api(self, path: str, **params: str) -> Any:
-        url = f"{self.prom}/api/v1/{path}"
-        if params:
-            url += "?" + urllib.parse.urlencode(params)
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            body = json.loads(resp.read())
-        assert body["status"] == "success", body
-        return body["data"]
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        data = self.api("query", query=expr)
-        assert data["resultType"] == "vector", (expr, data["resultType"])
-        result: list[dict[str, Any]] = data["result"]
-        return result
-
-
-def _wait(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -100,82 +63,36 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         env=env,
         text=True,
     )
-    prom: subprocess.Popen[bytes] | None = None
     try:
-        assert workload.stdout is not None
-        ready, _, _ = select.select([workload.stdout], [], [], 60)
-        line = workload.stdout.readline() if ready else ""
-        m = re.match(r"METRICS_PORT (\d+) MODELS (\w+)", line)
-        assert m, f"workload did not start: {line!r}\n{(tmp / 'workload.log').read_text()}"
+        m = ready_line(workload, r"METRICS_PORT (\d+) MODELS (\w+)", "workload", tmp / "workload.log")
         metrics_port, models = int(m.group(1)), m.group(2)
-
-        config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(ALERTS)],
-            "scrape_configs": [
-                {
-                    "job_name": "budgetspan",
-                    "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}],
-                }
-            ],
-        }
-        cfg = tmp / "prometheus.yml"
-        cfg.write_text(yaml.safe_dump(config))
-        check = subprocess.run(
-            ["promtool", "check", "config", str(cfg)], capture_output=True, text=True, timeout=60
-        )
-        assert check.returncode == 0, check.stdout + check.stderr
-        port = free_port()
-        prom = subprocess.Popen(
-            [
-                "prometheus",
-                f"--config.file={cfg}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                f"--storage.tsdb.path={tmp / 'data'}",
-                "--enable-feature=exemplar-storage",  # as compose.yaml runs it
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=(tmp / "prometheus.log").open("w"),
-        )
-        s = Stack(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics", models)
-
-        def up() -> bool:
-            r = s.query('up{job="budgetspan"}')
-            return bool(r) and r[0]["value"][1] == "1"
-
-        _wait(up, 60, "the first scrape")
-        # Enough scrapes for rates and quantiles over the 15s windows.
-        _wait(
-            lambda: float(s.query('count_over_time(up{job="budgetspan"}[1m])')[0]["value"][1]) >= 6,
-            60,
-            "six scrapes",
-        )
-        # On a loaded machine the workload can fall behind: wait until the last 15 s (the panels'
-        # rate window) hold finished runs of each kind the panels divide by.
-        _wait(
-            lambda: (
-                len(
-                    s.query(
-                        'sum by (outcome) (increase(budgetspan_runs_total{outcome=~"success|budget_exhausted"}[15s])) > 0'
+        with running_prometheus(tmp, "budgetspan", f"127.0.0.1:{metrics_port}", exemplars=True) as prom:
+            s = Stack(prom.url, f"http://127.0.0.1:{metrics_port}/metrics", models)
+            # Enough scrapes for rates and quantiles over the 15s windows.
+            wait_for(
+                lambda: float(s.query('count_over_time(up{job="budgetspan"}[1m])')[0]["value"][1]) >= 6,
+                60,
+                "six scrapes",
+            )
+            # On a loaded machine the workload can fall behind: wait until the last 15 s (the panels'
+            # rate window) hold finished runs of each kind the panels divide by.
+            wait_for(
+                lambda: (
+                    len(
+                        s.query(
+                            'sum by (outcome) (increase(budgetspan_runs_total{outcome=~"success|budget_exhausted"}[15s])) > 0'
+                        )
                     )
-                )
-                == 2
-            ),
-            90,
-            "successful and exhausted runs within 15 s",
-        )
-        yield s
+                    == 2
+                ),
+                90,
+                "successful and exhausted runs within 15 s",
+            )
+            yield s
     finally:
         if workload.stdin:
             workload.stdin.close()
-        for proc in (workload, prom):
-            if proc is None:
-                continue
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_process(workload)
         work_log.close()
 
 
@@ -184,10 +101,7 @@ def _finite(value: str) -> bool:
 
 
 def _expand(expr: str, variables: dict[str, str]) -> str:
-    for macro, value in MACROS.items():
-        expr = expr.replace(macro, value)
-    for name, value in variables.items():
-        expr = expr.replace(f"${name}", value)
+    expr = expand(expr, variables)
     assert "$" not in expr, f"unexpanded variable in {expr}"
     return expr
 
@@ -247,14 +161,7 @@ def test_every_workflow_panel_returns_data(stack: Stack) -> None:
     phases = set(
         _label_values(stack, variables["phase"]["query"], {"workflow": workflow, "service": service})
     )
-    assert {
-        "context_assembly",
-        "model_decision",
-        "tool_execution",
-        "verification",
-        "approval",
-        "final_response",
-    } <= phases
+    assert set(PHASES) <= phases
     empty = _check_panels(
         stack, dash, {"workflow": workflow, "phase": variables["phase"]["allValue"], "service": service}
     )
@@ -306,7 +213,7 @@ def test_alert_rules_evaluate_on_real_series(stack: Stack) -> None:
             "BudgetspanUnpricedModelCalls"
         ) in ("pending", "firing")
 
-    _wait(pending, 20, "the exhaustion and unpriced alerts to go pending")
+    wait_for(pending, 20, "the exhaustion and unpriced alerts to go pending")
     # The workload streams some calls without usage: the share alert sees it on real series.
     share = stack.query(
         next(r["query"] for r in rules.values() if r["name"] == "BudgetspanUnreportedUsageShareHigh")

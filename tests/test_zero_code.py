@@ -74,13 +74,17 @@ server.shutdown()
 """
 
 
-def _launch(tmp_path: Path, sdk: bool) -> subprocess.CompletedProcess[str]:
+def _launch(tmp_path: Path, sdk: bool) -> tuple[subprocess.CompletedProcess[str], dict]:  # type: ignore[type-arg]
+    """The script run with ``max_model_calls=2``, and its result, which must show the refusal."""
     env = {
         "BUDGETSPAN_BUDGET": "max_model_calls=2",
         "OTEL_TRACES_EXPORTER": "console",
         "OTEL_BSP_SCHEDULE_DELAY": "50",
     }
-    return zero_code.run(tmp_path, SCRIPT, env, sdk=sdk, keep=("anthropic",), timeout=90)
+    proc = zero_code.run(tmp_path, SCRIPT, env, sdk=sdk, keep=("anthropic",), timeout=90)
+    res = zero_code.result(proc)
+    _check_refusal(res)
+    return proc, res
 
 
 def _check_refusal(res: dict) -> None:  # type: ignore[type-arg]
@@ -95,9 +99,7 @@ def _check_refusal(res: dict) -> None:  # type: ignore[type-arg]
 
 @pytest.mark.skipif(not zero_code.INSTRUMENT.exists(), reason="opentelemetry-instrument not installed")
 def test_zero_code_without_a_distro_still_enforces(tmp_path: Path) -> None:
-    proc = _launch(tmp_path, sdk=False)
-    res = zero_code.result(proc)
-    _check_refusal(res)
+    proc, res = _launch(tmp_path, sdk=False)
     assert res["provider"] == "ProxyTracerProvider"
     # the post-instrument hook ran and said why there are no spans
     assert "not the SDK's" in proc.stderr
@@ -105,9 +107,7 @@ def test_zero_code_without_a_distro_still_enforces(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not zero_code.INSTRUMENT.exists(), reason="opentelemetry-instrument not installed")
 def test_zero_code_with_the_sdk_configurator(tmp_path: Path) -> None:
-    proc = _launch(tmp_path, sdk=True)
-    res = zero_code.result(proc)
-    _check_refusal(res)
+    proc, res = _launch(tmp_path, sdk=True)
     assert res["provider"] == "TracerProvider"
     assert "BudgetSpanProcessor" in res["processors"]  # installed by the post-instrument hook
     # the console exporter printed our two model spans with tokens and cost

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -14,17 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import free_port
+
 redis = pytest.importorskip("redis")
 
 needs_redis_server = pytest.mark.skipif(
     shutil.which("redis-server") is None, reason="Debian redis-server not installed"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_redis(directory: Path, port: int | None = None) -> tuple[subprocess.Popen[bytes], int]:

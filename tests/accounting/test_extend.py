@@ -5,8 +5,6 @@ real redis-server."""
 from __future__ import annotations
 
 import multiprocessing
-import shutil
-from collections.abc import Iterator
 
 import pytest
 
@@ -14,26 +12,7 @@ from budgetspan.accounting.budget import Budget
 from budgetspan.accounting.ledger import CallKind, Ledger, LedgerRefused, Mode
 from budgetspan.accounting.memory import InMemoryLedger
 from budgetspan.accounting.redis_ledger import RedisLedger
-from tests.accounting.redis_server import needs_redis_server, redis, start_redis, stop
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    proc, port = start_redis(tmp_path_factory.mktemp("redis"))
-    yield f"redis://127.0.0.1:{port}/0"
-    stop(proc)
-
-
-@pytest.fixture(params=["memory", "redis"])
-def ledger(request: pytest.FixtureRequest) -> Ledger:
-    if request.param == "memory":
-        return InMemoryLedger()
-    if shutil.which("redis-server") is None:
-        pytest.skip("Debian redis-server not installed")
-    url = request.getfixturevalue("redis_url")
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    return RedisLedger(client)
+from tests.accounting.redis_server import needs_redis_server, redis
 
 
 def test_extend_raises_the_limits_that_are_set(ledger: Ledger) -> None:

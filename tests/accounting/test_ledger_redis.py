@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,13 +19,6 @@ from budgetspan.accounting.redis_scripts import COST_CAP, TOKEN_CAP
 from tests.accounting.redis_server import frozen, needs_redis_server, redis, start_redis, stop
 
 pytestmark = needs_redis_server
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    proc, port = start_redis(tmp_path_factory.mktemp("redis"))
-    yield f"redis://127.0.0.1:{port}/0"
-    stop(proc)
 
 
 @pytest.fixture
@@ -191,6 +185,19 @@ def doomed_redis(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], redi
 _kill = stop
 
 
+def _opened(
+    doomed_redis: tuple[subprocess.Popen[bytes], redis.Redis],
+    budget: Budget,
+    mode: Mode = Mode.ENFORCE,
+    **options: Any,
+) -> tuple[subprocess.Popen[bytes], RedisLedger]:
+    """A Redis ledger (``options``) over the server the test will kill, run "r" open in it."""
+    proc, client = doomed_redis
+    ledger = RedisLedger(client, **options)
+    ledger.open("r", budget, mode)
+    return proc, ledger
+
+
 def test_outage_fails_open_to_a_local_ledger_with_the_same_budget(
     doomed_redis: tuple[subprocess.Popen[bytes], redis.Redis], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -227,9 +234,7 @@ def test_outage_fails_open_to_a_local_ledger_with_the_same_budget(
 
 
 def test_outage_fails_closed_when_asked(doomed_redis: tuple[subprocess.Popen[bytes], redis.Redis]) -> None:
-    proc, client = doomed_redis
-    ledger = RedisLedger(client, on_error="closed")
-    ledger.open("r", Budget(max_model_calls=3), Mode.ENFORCE)
+    proc, ledger = _opened(doomed_redis, Budget(max_model_calls=3), on_error="closed")
     held = ledger.reserve("r", CallKind.TOOL, tool="search")
     _kill(proc)
     with pytest.raises(LedgerRefused) as info:
@@ -237,7 +242,7 @@ def test_outage_fails_closed_when_asked(doomed_redis: tuple[subprocess.Popen[byt
     assert info.value.refusal.reason == "ledger_unavailable"
     assert ledger.commit(held, None) is None  # what was reserved still ends cleanly (locally)
     with pytest.raises(ValueError, match="on_error"):
-        RedisLedger(client, on_error="sometimes")
+        RedisLedger(doomed_redis[1], on_error="sometimes")
 
 
 def test_a_run_survives_a_redis_outage(
@@ -271,9 +276,7 @@ def test_a_run_survives_a_redis_outage(
 def test_closed_stays_closed_after_other_operations_fail(
     doomed_redis: tuple[subprocess.Popen[bytes], redis.Redis],
 ) -> None:
-    proc, client = doomed_redis
-    ledger = RedisLedger(client, on_error="closed")
-    ledger.open("r", Budget(max_model_calls=2), Mode.ENFORCE)
+    proc, ledger = _opened(doomed_redis, Budget(max_model_calls=2), on_error="closed")
     first, _second = ledger.reserve("r", CallKind.MODEL), ledger.reserve("r", CallKind.MODEL)
     _kill(proc)
     ledger.commit(first, Spend(1, 1))  # fails over Redis, ends locally...
@@ -287,9 +290,7 @@ def test_closed_stays_closed_after_other_operations_fail(
 def test_closed_never_refuses_in_observe_mode(
     doomed_redis: tuple[subprocess.Popen[bytes], redis.Redis],
 ) -> None:
-    proc, client = doomed_redis
-    ledger = RedisLedger(client, on_error="closed")
-    ledger.open("r", Budget(max_model_calls=1), Mode.OBSERVE)
+    proc, ledger = _opened(doomed_redis, Budget(max_model_calls=1), Mode.OBSERVE, on_error="closed")
     _kill(proc)
     res = ledger.reserve("r", CallKind.MODEL)  # observe mode: accounted locally, not refused
     assert res.fallback and ledger.usage("r").model_calls == 1
@@ -298,9 +299,7 @@ def test_closed_never_refuses_in_observe_mode(
 def test_releasing_a_reservation_made_before_the_outage(
     doomed_redis: tuple[subprocess.Popen[bytes], redis.Redis],
 ) -> None:
-    proc, client = doomed_redis
-    ledger = RedisLedger(client)
-    ledger.open("r", Budget(max_model_calls=1, max_tool_calls=1), Mode.ENFORCE)
+    proc, ledger = _opened(doomed_redis, Budget(max_model_calls=1, max_tool_calls=1))
     model, tool = ledger.reserve("r", CallKind.MODEL), ledger.reserve("r", CallKind.TOOL, tool="search")
     _kill(proc)
     ledger.release(model)  # made on Redis: nothing to undo here (no negative count, no extra call)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -69,29 +68,6 @@ def test_the_explanation_names_the_scope_and_the_reset(clock: list[float]) -> No
         "Stopped: user ann has used 1,999,990 of its 2,000,000 monthly total tokens (the next call "
         "could have used up to 500 more); resets on 2026-01-01 at 00:00 UTC."
     )
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from tests.accounting.redis_server import start_redis, stop
-
-    proc, port = start_redis(tmp_path_factory.mktemp("redis"))
-    yield f"redis://127.0.0.1:{port}/0"
-    stop(proc)
-
-
-@pytest.fixture(params=["memory", "redis"])
-def ledger(request: pytest.FixtureRequest) -> Ledger:
-    """Both ledgers: the scope windows hold the same way in each."""
-    if request.param == "memory":
-        return InMemoryLedger()
-    if shutil.which("redis-server") is None:
-        pytest.skip("Debian redis-server not installed")
-    import redis
-
-    client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
-    client.flushdb()
-    return RedisLedger(client)
 
 
 def test_one_reservation_in_the_run_and_every_scope(clock: list[float], ledger: Ledger) -> None:

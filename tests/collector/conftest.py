@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 from collections.abc import Iterator
 
 import pytest
-import yaml
 
-from .stack import ALERTS, Prometheus, Receiver, Tier, free_port, running_receiver, running_tier, wait_for
+from tests.prometheus_server import Prometheus, running_prometheus
+
+from .stack import Receiver, Tier, running_receiver, running_tier
 
 
 @pytest.fixture(scope="module")
@@ -31,41 +31,5 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory, tier: Tier) -> Iterator
     if shutil.which("prometheus") is None:
         pytest.skip("needs Debian's prometheus package")
     tmp = tmp_path_factory.mktemp("prom")
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(ALERTS)],
-        "scrape_configs": [
-            {
-                "job_name": "budgetspan-collector",
-                "static_configs": [{"targets": [f"127.0.0.1:{tier.metrics_port}"]}],
-            }
-        ],
-    }
-    cfg = tmp / "prometheus.yml"
-    cfg.write_text(yaml.safe_dump(config))
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            "prometheus",
-            f"--config.file={cfg}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            f"--storage.tsdb.path={tmp / 'data'}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp / "prometheus.log").open("w"),
-    )
-    prom = Prometheus(f"http://127.0.0.1:{port}")
-    try:
-
-        def up() -> bool:
-            r = prom.query('up{job="budgetspan-collector"}')
-            return bool(r) and r[0]["value"][1] == "1"
-
-        wait_for(up, 60, "the first scrape")
+    with running_prometheus(tmp, "budgetspan-collector", f"127.0.0.1:{tier.metrics_port}") as prom:
         yield prom
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()

@@ -24,12 +24,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 from budgetspan import attributes as A
 from budgetspan.accounting.pricing import default_resolver
 from budgetspan.collector.content import is_content
+from tests.prometheus_server import Prometheus, wait_for
 
 from .model_server import COMPLETION_TOKENS, PROMPT_TOKENS, ModelServer
-from .stack import REPO, Prometheus, ReceivedSpan, Receiver, empty_panels, wait_for
+from .stack import REPO, ReceivedSpan, Receiver, empty_panels
 
 #: The shape of each run: its model calls and tool calls (plus its root span).
 SHAPES = {(2, 1): "within", (3, 0): "over", (1, 1): "unpriced", (1, 0): "stream"}
@@ -225,3 +228,32 @@ def settle(receiver: Receiver, rounds: int, timeout: float = 20) -> list[Receive
 
     wait_for(whole, timeout, "every run through the tier")
     return receiver.snapshot()
+
+
+class ForeignServiceChecks:
+    """What the tier must have done for any foreign service: a ``Test…`` subclass names it
+    (``SERVICE``), the panels it cannot feed (``CANNOT``) and the cache-read tokens it reports
+    (``CACHE_READ``), and gives the running service as the ``service`` fixture."""
+
+    SERVICE: str
+    CANNOT: dict[str, str]
+    CACHE_READ: int | None
+
+    @pytest.fixture(scope="class")
+    def runs(self, service: ServiceProcess, receiver: Receiver) -> dict[str, list[list[ReceivedSpan]]]:
+        return finished_runs(service, receiver)
+
+    def test_every_dashboard_query_returns_data_for_the_service(
+        self, service: ServiceProcess, prometheus: Prometheus
+    ) -> None:
+        check_dashboards(prometheus, self.SERVICE, self.CANNOT)
+
+    def test_every_run_arrives_whole_priced_tagged_and_redacted(
+        self, runs: dict[str, list[list[ReceivedSpan]]]
+    ) -> None:
+        check_priced_tagged_redacted(runs, self.CACHE_READ)
+
+    def test_the_run_over_its_profile_is_marked_on_its_third_call(
+        self, runs: dict[str, list[list[ReceivedSpan]]]
+    ) -> None:
+        check_marks(runs)

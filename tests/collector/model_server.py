@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.http_server import QuietHandler, Serving
 
 PROMPT_TOKENS = 100
 COMPLETION_TOKENS = 20
@@ -54,33 +55,22 @@ class ModelServer:
         self._lock = threading.Lock()
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
             def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                body = json.loads(self.body())
                 with server._lock:
                     server.requests += 1
                 model = str(body.get("model", ""))
                 if body.get("stream"):
                     data = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in _chunks(model))
-                    data += b"data: [DONE]\n\n"
-                    kind = "text/event-stream"
+                    self.send_body(data + b"data: [DONE]\n\n", "text/event-stream")
                 else:
-                    data, kind = json.dumps(_reply(model)).encode(), "application/json"
-                self.send_response(200)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                    self.send_body(json.dumps(_reply(model)).encode(), "application/json")
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self._http = Serving(Handler).start()
+        self.url = f"{self._http.url}/v1"
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self._http.stop()

@@ -1,30 +1,27 @@
 """The collector tier's test stack: a loopback OTLP/HTTP receiver, ``budgetspan collector``
-launched as a user runs it, and a Prometheus API client."""
+launched as a user runs it, and what a Prometheus scraping it must show (``empty_panels``)."""
 
 from __future__ import annotations
 
 import contextlib
 import gzip
 import http.server
-import json
 import math
 import os
 import re
-import select
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.parse
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.processes import free_port, ready_line, stop_process
+from tests.prometheus_server import Prometheus, expand
+
 REPO = Path(__file__).resolve().parents[2]
-ALERTS = REPO / "collector-config" / "alerts.yml"
 
 #: Budgets the tier accounts against (observe mode): a support run may make 2 model calls. The
 #: services that name no workflow (``foreign.py``) are accounted under their service name.
@@ -41,24 +38,6 @@ max_cost_usd = 1.0
 max_model_calls = 2
 max_cost_usd = 1.0
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _value(v: Any) -> Any:
@@ -197,49 +176,13 @@ def running_tier(tmp: Path, exporter: str) -> Iterator[Tier]:
     budgets.write_text(BUDGETS_TOML)
     proc, _ = launch(tmp, exporter, env={"BUDGETSPAN_CONFIG": str(budgets)})
     try:
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 60)
-        line = proc.stdout.readline() if ready else ""
-        m = re.match(r"READY otlp-http=(\S+) otlp-grpc=\S+ metrics=(\S+)", line)
-        assert m, f"collector did not start: {line!r}\n{(tmp / 'collector.err').read_text()}"
+        m = ready_line(
+            proc, r"READY otlp-http=(\S+) otlp-grpc=\S+ metrics=(\S+)", "collector", tmp / "collector.err"
+        )
         metrics_port = int(re.search(r":(\d+)/metrics", m.group(2)).group(1))  # type: ignore[union-attr]
         yield Tier(f"http://{m.group(1)}", m.group(2), metrics_port, proc)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-@dataclass
-class Prometheus:
-    url: str
-
-    def api(self, path: str, **params: str) -> Any:
-        url = f"{self.url}/api/v1/{path}"
-        if params:
-            url += "?" + urllib.parse.urlencode(params)
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            body = json.loads(resp.read())
-        assert body["status"] == "success", body
-        return body["data"]
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        data = self.api("query", query=expr)
-        result: list[dict[str, Any]] = data["result"]
-        return result
-
-
-MACROS = {"$__rate_interval": "15s", "$__range": "5m", "$__interval": "2s"}
-
-
-def expand(expr: str, variables: dict[str, str]) -> str:
-    for macro, value in MACROS.items():
-        expr = expr.replace(macro, value)
-    for name, value in variables.items():
-        expr = expr.replace(f"${name}", value)
-    return expr
+        stop_process(proc)
 
 
 #: The words of a panel description whose series the collector tier cannot produce.

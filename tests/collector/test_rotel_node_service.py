@@ -16,15 +16,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from .foreign import (
-    ServiceProcess,
-    check_dashboards,
-    check_marks,
-    check_priced_tagged_redacted,
-    finished_runs,
-    serving,
-)
-from .stack import REPO, Prometheus, ReceivedSpan, Receiver, Tier
+from .foreign import ForeignServiceChecks, ServiceProcess, serving
+from .stack import REPO, Tier
 
 NODE_DIR = REPO / "tests" / "collector" / "node"
 SERVICE = "support-node"
@@ -57,7 +50,7 @@ def npm_ci() -> None:
 
 
 @pytest.fixture(scope="module")
-def node_service(tier: Tier, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+def service(tier: Tier, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.skip("needs Node.js (20) and npm on the PATH")
     npm_ci()
@@ -68,24 +61,5 @@ def node_service(tier: Tier, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         yield svc
 
 
-@pytest.fixture(scope="module")
-def runs(node_service: ServiceProcess, receiver: Receiver) -> dict[str, list[list[ReceivedSpan]]]:
-    return finished_runs(node_service, receiver)
-
-
-def test_every_dashboard_query_returns_data_for_the_node_service(
-    node_service: ServiceProcess, prometheus: Prometheus
-) -> None:
-    check_dashboards(prometheus, SERVICE, CANNOT)
-
-
-def test_every_run_arrives_whole_priced_tagged_and_redacted(
-    runs: dict[str, list[list[ReceivedSpan]]],
-) -> None:
-    check_priced_tagged_redacted(runs, None)
-
-
-def test_the_run_over_its_profile_is_marked_on_its_third_call(
-    runs: dict[str, list[list[ReceivedSpan]]],
-) -> None:
-    check_marks(runs)
+class TestNodeService(ForeignServiceChecks):
+    SERVICE, CANNOT, CACHE_READ = SERVICE, CANNOT, None

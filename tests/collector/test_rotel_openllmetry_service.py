@@ -12,16 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from .foreign import (
-    ServiceProcess,
-    check_dashboards,
-    check_marks,
-    check_priced_tagged_redacted,
-    finished_runs,
-    serving,
-)
+from .foreign import ForeignServiceChecks, ServiceProcess, serving
 from .model_server import CACHED_TOKENS
-from .stack import REPO, Prometheus, ReceivedSpan, Receiver, Tier
+from .stack import REPO, Tier
 
 SERVICE = "support-openllmetry"
 #: Dashboard panels this service cannot feed, and why.
@@ -40,7 +33,7 @@ def peers_python() -> Path:
 
 
 @pytest.fixture(scope="module")
-def py_service(tier: Tier, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+def service(tier: Tier, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     python = peers_python()
     env = {"SERVICE_NAME": SERVICE, "OTLP_ENDPOINT": tier.otlp_http, "PYTHONPATH": ""}
     cmd = [str(python), str(Path(__file__).with_name("openllmetry_service.py"))]
@@ -48,24 +41,5 @@ def py_service(tier: Tier, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         yield svc
 
 
-@pytest.fixture(scope="module")
-def runs(py_service: ServiceProcess, receiver: Receiver) -> dict[str, list[list[ReceivedSpan]]]:
-    return finished_runs(py_service, receiver)
-
-
-def test_every_dashboard_query_returns_data_for_the_openllmetry_service(
-    py_service: ServiceProcess, prometheus: Prometheus
-) -> None:
-    check_dashboards(prometheus, SERVICE, CANNOT)
-
-
-def test_every_run_arrives_whole_priced_tagged_and_redacted(
-    runs: dict[str, list[list[ReceivedSpan]]],
-) -> None:
-    check_priced_tagged_redacted(runs, CACHED_TOKENS)
-
-
-def test_the_run_over_its_profile_is_marked_on_its_third_call(
-    runs: dict[str, list[list[ReceivedSpan]]],
-) -> None:
-    check_marks(runs)
+class TestOpenLLMetryService(ForeignServiceChecks):
+    SERVICE, CANNOT, CACHE_READ = SERVICE, CANNOT, CACHED_TOKENS

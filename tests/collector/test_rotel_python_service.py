@@ -24,17 +24,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from budgetspan import attributes as A
 from budgetspan.accounting.pricing import default_resolver
+from tests.prometheus_server import Prometheus, wait_for
 
-from .stack import (
-    COLLECTOR_TIER_NOTE,
-    Prometheus,
-    ReceivedSpan,
-    Receiver,
-    Tier,
-    empty_panels,
-    launch,
-    wait_for,
-)
+from .stack import COLLECTOR_TIER_NOTE, ReceivedSpan, Receiver, Tier, empty_panels, launch
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICE = "support-api"

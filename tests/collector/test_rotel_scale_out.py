@@ -24,9 +24,10 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from prometheus_client.parser import text_string_to_metric_families
 
 from budgetspan import attributes as A
+from tests.prometheus_server import wait_for
 
 from .router import TraceRouter
-from .stack import Receiver, Tier, running_receiver, running_tier, wait_for
+from .stack import Receiver, Tier, running_receiver, running_tier
 from .test_rotel_python_service import round_of_runs
 
 ROUNDS = 6

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -18,29 +17,18 @@ from budgetspan import attributes as A
 from budgetspan.demo.data import TICKETS
 from budgetspan.demo.server import Latency, ModelServer, count_tokens
 from budgetspan.report.load import load_files
+from tests.conftest import PHASES
+from tests.demo.cli import demo_env, run_demo
 
 TICKET_LINE = re.compile(r"^(T-\d{4})  (interactive|background)")
 OUTCOME_LINE = re.compile(r"^  -> (\w+) in ")
-
-
-def demo_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BUDGETSPAN_", "OPENAI_", "OTEL_"))}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Run the demo once, as a user would (full latency), from an empty directory."""
     cwd = tmp_path_factory.mktemp("demo")
-    proc = subprocess.run(
-        [sys.executable, "-m", "budgetspan.cli", "demo"],
-        cwd=cwd,
-        env=demo_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_demo(cwd, timeout=120)
     traces = cwd / "budgetspan-demo.jsonl"  # the default file, in the current directory
     return {"proc": proc, "out": proc.stdout, "traces": traces}
 
@@ -142,15 +130,7 @@ def test_tables_per_run_and_per_phase_and_cost_per_success(demo: dict[str, Any])
     assert "100% of max_model_calls" in rows["T-1004"]  # the final answer used the reserve
     assert "budget_exhausted" in rows["T-1004"]
     phases = out.split("Per phase", 1)[1]
-    for phase in (
-        "context_assembly",
-        "model_decision",
-        "tool_execution",
-        "verification",
-        "approval",
-        "final_response",
-        "total",
-    ):
+    for phase in (*PHASES, "total"):
         assert re.search(rf"^{phase}\s", phases, re.M), phase
     m = re.search(
         r"Cost per successful ticket: \$(\d+\.\d+)  \(\$(\d+\.\d+) over 9 tickets, 5 succeeded", out
@@ -202,14 +182,7 @@ def test_spans_file_holds_priced_model_calls_and_no_refused_one(demo: dict[str, 
 
 
 def test_unknown_ticket_is_a_usage_error(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "budgetspan.cli", "demo", "--ticket", "T-0000"],
-        cwd=tmp_path,
-        env=demo_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_demo(tmp_path, "--ticket", "T-0000")
     assert proc.returncode == 2
     assert "no such ticket" in proc.stderr and "T-1001" in proc.stderr
 
@@ -284,14 +257,7 @@ def test_with_an_api_key_the_demo_uses_the_configured_provider(tmp_path: Path) -
         env = demo_env()
         env["OPENAI_API_KEY"] = "sk-test-not-a-real-key"
         env["OPENAI_BASE_URL"] = server.base_url
-        proc = subprocess.run(
-            [sys.executable, "-m", "budgetspan.cli", "demo", "--ticket", "T-1001", "--traces", "t.jsonl"],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        proc = run_demo(tmp_path, "--ticket", "T-1001", "--traces", "t.jsonl", env=env)
         assert proc.returncode == 0, proc.stderr
         assert f"Model: a real provider at {server.base_url}" in proc.stdout
         assert _outcomes(proc.stdout) == {"T-1001": "success"}
@@ -305,27 +271,8 @@ def test_user_budgets_replace_the_bundled_ones(tmp_path: Path) -> None:
     )
     env = demo_env()
     env["BUDGETSPAN_CONFIG"] = str(config)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "budgetspan.cli",
-            "demo",
-            "--ticket",
-            "T-1001",
-            "--ticket",
-            "T-1005",
-            "--latency-scale",
-            "0.1",
-            "--traces",
-            "t.jsonl",
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    tickets = ("--ticket", "T-1001", "--ticket", "T-1005")
+    proc = run_demo(tmp_path, *tickets, "--latency-scale", "0.1", "--traces", "t.jsonl", env=env)
     assert proc.returncode == 0, proc.stderr
     assert f"Budgets ({config})" in proc.stdout
     assert _outcomes(proc.stdout) == {"T-1001": "budget_exhausted", "T-1005": "success"}
@@ -338,9 +285,8 @@ def test_without_openai_the_demo_stops_at_once_with_the_install_command(tmp_path
     code = (
         "import sys; sys.modules['openai'] = None; from budgetspan.cli import main; sys.exit(main(['demo']))"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BUDGETSPAN_", "OPENAI_", "OTEL_"))}
     proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=demo_env()
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip() == "budgetspan demo needs the openai package: pip install 'budgetspan[demo]'"

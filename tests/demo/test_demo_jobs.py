@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from budgetspan.jobs import JobStore
-from tests.demo.test_demo import _outcomes, _sections, demo_env
+from tests.demo import cli
+from tests.demo.cli import demo_env
+from tests.demo.test_demo import _outcomes, _sections
 
 if shutil.which("redis-server") is None:
     pytest.skip("Debian redis-server not installed", allow_module_level=True)
@@ -24,10 +26,8 @@ JOB_LINE = re.compile(r"^  (T-\d{4})  job ([0-9a-f]{32})$", re.M)
 
 
 def run_demo(cwd: Path, env: dict[str, str], *tickets: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "budgetspan.cli", "demo", "--jobs", "--latency-scale", "0.05"]
-    for t in tickets:
-        cmd += ["--ticket", t]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
+    ticket_args = [arg for t in tickets for arg in ("--ticket", t)]
+    return cli.run_demo(cwd, "--jobs", "--latency-scale", "0.05", *ticket_args, env=env, timeout=180)
 
 
 @pytest.fixture

@@ -21,8 +21,10 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.http_server import QuietHandler, Serving
+from tests.instrumentation.chat_server import stream_chunks
 
 FINAL = "Final answer after {n} tool results: {last}"
 _SCRIPT = re.compile(r"^tools-(\d+)(?:x(\d+))?$")
@@ -113,12 +115,12 @@ def _words(body: dict[str, Any]) -> int:
     return len(json.dumps(body.get("messages") or body.get("input") or "").split()) + 10
 
 
-class AgentServer:
+class AgentServer(Serving):
     def __init__(self) -> None:
         self.requests: list[Request] = []
         self._lock = threading.Lock()
-        self._httpd: ThreadingHTTPServer | None = None
         self._calls = 0
+        super().__init__(self._handler(), quiet_errors=True)
 
     # --- the script -------------------------------------------------------------------------
     def decide(self, body: dict[str, Any]) -> tuple[list[tuple[Tool, str]], str]:
@@ -187,31 +189,7 @@ class AgentServer:
             },
         }
 
-    @staticmethod
-    def chat_chunks(full: dict[str, Any], with_usage: bool) -> list[dict[str, Any]]:
-        msg = full["choices"][0]["message"]
-        base = {k: full[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
-
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-            return base | {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-
-        out = [chunk({"role": "assistant", "content": ""})]
-        for i, tc in enumerate(msg.get("tool_calls") or []):
-            head = {"index": i, "id": tc["id"], "type": "function"}
-            out.append(
-                chunk(
-                    {"tool_calls": [head | {"function": {"name": tc["function"]["name"], "arguments": ""}}]}
-                )
-            )
-            out.append(
-                chunk({"tool_calls": [{"index": i, "function": {"arguments": tc["function"]["arguments"]}}]})
-            )
-        if msg.get("content"):
-            out.append(chunk({"content": msg["content"]}))
-        out.append(chunk({}, full["choices"][0]["finish_reason"]))
-        if with_usage:
-            out.append(base | {"choices": [], "usage": full["usage"]})
-        return out
+    chat_chunks = staticmethod(stream_chunks)  # the same chunks as the chat server's
 
     # --- responses ------------------------------------------------------------------------------
     def response(
@@ -281,17 +259,14 @@ class AgentServer:
         return events
 
     # --- http -------------------------------------------------------------------------------------
-    def start(self) -> AgentServer:
+    def _handler(self) -> type[QuietHandler]:
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
             def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                body = json.loads(self.body() or b"{}")
                 calls, text = server.decide(body)
                 path = self.path.rstrip("/")
                 req = server._record(path, body, calls, {k.lower(): v for k, v in self.headers.items()})
@@ -310,41 +285,21 @@ class AgentServer:
                     self._json(full)
 
             def _json(self, obj: Any) -> None:
-                data = json.dumps(obj).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.send_body(json.dumps(obj).encode(), "application/json")
 
             def _sse(self, events: list[dict[str, Any]], done: bool = False) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.send_header("Connection", "close")
-                self.end_headers()
+                frames = []
                 for e in events:
                     name = e.pop("_event", None)
                     head = f"event: {name}\n".encode() if name else b""
-                    self.wfile.write(head + b"data: " + json.dumps(e).encode() + b"\n\n")
-                if done:
-                    self.wfile.write(b"data: [DONE]\n\n")
-                self.wfile.flush()
-                self.close_connection = True
+                    frames.append(head + b"data: " + json.dumps(e).encode() + b"\n\n")
+                self.send_stream([*frames, b"data: [DONE]\n\n"] if done else frames)
 
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-
-            def handle_error(self, request: Any, client_address: Any) -> None:
-                pass  # clients closing early
-
-        self._httpd = Server(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
-        return self
+        return Handler
 
     @property
     def base_url(self) -> str:
-        assert self._httpd is not None
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+        return f"{self.url}/v1"
 
     def mark(self) -> int:
         """The number of requests so far: ``since(mark)`` gives those sent after it."""
@@ -354,11 +309,6 @@ class AgentServer:
     def since(self, mark: int) -> list[Request]:
         with self._lock:
             return list(self.requests[mark:])
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
 
 
 if __name__ == "__main__":  # a server for scripts run in a subprocess: prints its URL, serves until killed

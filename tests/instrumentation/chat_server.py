@@ -26,8 +26,9 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.http_server import QuietHandler, Serving
 
 ARG_VALUES = {"to_agent": "weather_agent", "reason": "weather question", "agent_name": "weather_agent"}
 HANDOFF = re.compile(r"^(handoff|transfer_to_\w+)$")
@@ -76,10 +77,12 @@ def _text(messages: list[dict[str, Any]]) -> str:
 
 
 @dataclass
-class ChatServer:
+class ChatServer(Serving):
     requests: list[Logged] = field(default_factory=list)
-    _httpd: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        super().__init__(_handler(self), quiet_errors=True)
 
     # --- the script ---------------------------------------------------------------------------
     def decide(self, body: dict[str, Any]) -> tuple[dict[str, Any], str]:
@@ -155,22 +158,9 @@ class ChatServer:
             return [r for r in self.requests if r.model == model]
 
     # --- http ---------------------------------------------------------------------------------
-    def start(self) -> ChatServer:
-        handler = _handler(self)
-        self._httpd = _Quiet(("127.0.0.1", 0), handler)
-        self._httpd.daemon_threads = True
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
-        return self
-
     @property
     def base_url(self) -> str:
-        assert self._httpd is not None
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
+        return f"{self.url}/v1"
 
 
 def stream_chunks(full: dict[str, Any], with_usage: bool) -> list[dict[str, Any]]:
@@ -199,38 +189,17 @@ def stream_chunks(full: dict[str, Any], with_usage: bool) -> list[dict[str, Any]
     return chunks
 
 
-class _Quiet(ThreadingHTTPServer):
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # a client that closed early
-
-
-def _handler(server: ChatServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+def _handler(server: ChatServer) -> type[QuietHandler]:
+    class Handler(QuietHandler):
         protocol_version = "HTTP/1.1"
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
         def do_POST(self) -> None:
-            size = int(self.headers.get("Content-Length") or 0)
-            body = json.loads(self.rfile.read(size) or b"{}")
+            body = json.loads(self.body() or b"{}")
             full, with_usage = server.respond(body)
             if not body.get("stream"):
-                data = json.dumps(full).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.send_body(json.dumps(full).encode(), "application/json")
                 return
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Connection", "close")
-            self.end_headers()
-            for c in stream_chunks(full, with_usage):
-                self.wfile.write(b"data: " + json.dumps(c).encode() + b"\n\n")
-            self.wfile.write(b"data: [DONE]\n\n")
-            self.wfile.flush()
-            self.close_connection = True
+            chunks = [b"data: " + json.dumps(c).encode() + b"\n\n" for c in stream_chunks(full, with_usage)]
+            self.send_stream([*chunks, b"data: [DONE]\n\n"])
 
     return Handler

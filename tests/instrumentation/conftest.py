@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import instrumentors_on
+from tests.http_server import Serving
 from tests.instrumentation.agent_server import AgentServer
 from tests.instrumentation.chat_server import ChatServer
 from tests.instrumentation.llm_server import LLMServer
@@ -22,18 +24,33 @@ from tests.instrumentation.local_server import LocalServer
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 
-@pytest.fixture(scope="session")
-def llm_server_session() -> Iterator[LLMServer]:
-    server = LLMServer().start()
-    yield server
-    server.stop()
+def _session_server(server_class: type[Serving], name: str) -> Any:
+    """The session fixture ``name``: one ``server_class`` server, started for the whole session."""
+
+    def started() -> Iterator[Serving]:
+        with server_class() as server:
+            yield server
+
+    return pytest.fixture(scope="session", name=name)(started)
+
+
+llm_server_session = _session_server(LLMServer, "llm_server_session")
+_server = _session_server(LocalServer, "_server")
+#: The scripted OpenAI-compatible server (``tools-N`` models) of agent_server.py.
+agent_server = _session_server(AgentServer, "agent_server")
+chat_server = _session_server(ChatServer, "chat_server")
 
 
 @pytest.fixture
 def llm_server(llm_server_session: LLMServer) -> LLMServer:
     """The session's server with its default answers and no request recorded yet."""
-    llm_server_session.reset()
-    return llm_server_session
+    return llm_server_session.reset()
+
+
+@pytest.fixture
+def server(_server: LocalServer) -> LocalServer:
+    """The session's loopback server, with no answers scripted and no requests recorded."""
+    return _server.reset()
 
 
 @pytest.fixture
@@ -41,11 +58,8 @@ def genai_instrumented(tracing: Any) -> Iterator[Any]:
     """The ``tracing`` fixture with budgetspan's google-genai instrumentor on."""
     from budgetspan.instrumentation.google_genai import GoogleGenAIInstrumentor
 
-    GoogleGenAIInstrumentor().instrument()
-    try:
+    with instrumentors_on(GoogleGenAIInstrumentor()):
         yield tracing
-    finally:
-        GoogleGenAIInstrumentor().uninstrument()
 
 
 @pytest.fixture
@@ -55,13 +69,8 @@ def litellm_instrumented(tracing: Any) -> Iterator[Any]:
     from budgetspan.instrumentation.litellm import LiteLLMInstrumentor
     from budgetspan.instrumentation.openai import OpenAIInstrumentor
 
-    OpenAIInstrumentor().instrument()
-    LiteLLMInstrumentor().instrument()
-    try:
+    with instrumentors_on(OpenAIInstrumentor(), LiteLLMInstrumentor()):
         yield tracing
-    finally:
-        LiteLLMInstrumentor().uninstrument()
-        OpenAIInstrumentor().uninstrument()
 
 
 @pytest.fixture
@@ -78,30 +87,13 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
         monkeypatch.delenv(key, raising=False)
 
 
-@pytest.fixture(scope="session")
-def _server() -> Iterator[LocalServer]:
-    server = LocalServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def server(_server: LocalServer) -> LocalServer:
-    """The session's loopback server, with no answers scripted and no requests recorded."""
-    _server.reset()
-    return _server
-
-
 @pytest.fixture
 def bedrock(tracing: Any, aws_env: None) -> Iterator[Any]:
     """``tracing`` with budgetspan's Bedrock instrumentor on (and fake AWS credentials)."""
     from budgetspan.instrumentation.bedrock import BedrockInstrumentor
 
-    BedrockInstrumentor().instrument()
-    try:
+    with instrumentors_on(BedrockInstrumentor()):
         yield tracing
-    finally:
-        BedrockInstrumentor().uninstrument()
 
 
 @pytest.fixture
@@ -109,11 +101,8 @@ def mistral(tracing: Any) -> Iterator[Any]:
     """``tracing`` with budgetspan's Mistral instrumentor on."""
     from budgetspan.instrumentation.mistral import MistralInstrumentor
 
-    MistralInstrumentor().instrument()
-    try:
+    with instrumentors_on(MistralInstrumentor()):
         yield tracing
-    finally:
-        MistralInstrumentor().uninstrument()
 
 
 class _InternalErrors:
@@ -136,21 +125,6 @@ def no_internal_errors(request: pytest.FixtureRequest) -> Iterator[_InternalErro
     events.remove_listener(seen)
     if request.node.get_closest_marker("internal_errors_expected") is None:
         assert seen.where == [], f"budgetspan internal errors: {seen.where}"
-
-
-@pytest.fixture(scope="session")
-def agent_server() -> Iterator[AgentServer]:
-    """The scripted OpenAI-compatible server (``tools-N`` models), shared by the whole session."""
-    server = AgentServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def chat_server() -> Iterator[ChatServer]:
-    server = ChatServer().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

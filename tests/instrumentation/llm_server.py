@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.http_server import QuietHandler, Serving
 
 #: Gemini usageMetadata the tests check against (input includes the cached part; thoughts are
 #: output billed as output, and the total counts them).
@@ -54,7 +55,7 @@ class Settings:
     function_call: str | None = None
 
 
-class LLMServer:
+class LLMServer(Serving):
     """Start once per session; ``reset()`` before each test."""
 
     def __init__(self) -> None:
@@ -63,45 +64,31 @@ class LLMServer:
         self._lock = threading.Lock()
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
             def do_POST(self) -> None:
-                length = int(self.headers.get("content-length") or 0)
-                raw = self.rfile.read(length) if length else b""
+                raw = self.body()
                 body = json.loads(raw) if raw else {}
                 with server._lock:
                     server.requests.append(Seen(self.path, body))
                 server._answer(self, body)
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self.port = self._httpd.server_address[1]
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        super().__init__(Handler)
+        self.base_url = self.url
 
-    def start(self) -> LLMServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-    def reset(self) -> None:
+    def reset(self) -> LLMServer:
         with self._lock:
             self.requests.clear()
         self.settings = Settings()
+        return self
 
     def paths(self) -> list[str]:
         return [r.path for r in self.requests]
 
     # --- answers ---------------------------------------------------------------------------
 
-    def _answer(self, handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
+    def _answer(self, handler: QuietHandler, body: dict[str, Any]) -> None:
         path = handler.path
         if ":streamGenerateContent" in path:
             _sse(handler, [json.dumps(c) for c in self._gemini_chunks(body)])
@@ -196,19 +183,9 @@ class LLMServer:
         return chunks
 
 
-def _json(handler: BaseHTTPRequestHandler, payload: dict[str, Any], status: int = 200) -> None:
-    data = json.dumps(payload).encode()
-    handler.send_response(status)
-    handler.send_header("content-type", "application/json")
-    handler.send_header("content-length", str(len(data)))
-    handler.end_headers()
-    handler.wfile.write(data)
+def _json(handler: QuietHandler, payload: dict[str, Any], status: int = 200) -> None:
+    handler.send_body(json.dumps(payload).encode(), "application/json", status)
 
 
-def _sse(handler: BaseHTTPRequestHandler, events: list[str]) -> None:
-    data = "".join(f"data: {e}\r\n\r\n" for e in events).encode()
-    handler.send_response(200)
-    handler.send_header("content-type", "text/event-stream")
-    handler.send_header("content-length", str(len(data)))
-    handler.end_headers()
-    handler.wfile.write(data)
+def _sse(handler: QuietHandler, events: list[str]) -> None:
+    handler.send_body("".join(f"data: {e}\r\n\r\n" for e in events).encode(), "text/event-stream")

@@ -10,11 +10,12 @@ from __future__ import annotations
 import base64
 import json
 import struct
-import threading
 import zlib
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.http_server import QuietHandler, Serving
 
 
 @dataclass
@@ -34,7 +35,7 @@ class Received:
     body: bytes
 
 
-class LocalServer:
+class LocalServer(Serving):
     """``answers`` are used in order (the last one again once the others are used up)."""
 
     def __init__(self) -> None:
@@ -42,36 +43,19 @@ class LocalServer:
         self.requests: list[Received] = []
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                server.requests.append(Received("POST", self.path, dict(self.headers), body))
+                server.requests.append(Received("POST", self.path, dict(self.headers), self.body()))
                 server.answer(self)
 
             do_GET = do_POST
 
-            def log_message(self, *args: Any) -> None:
-                pass
+        super().__init__(Handler)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def start(self) -> LocalServer:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-    def reset(self, *answers: Answer) -> None:
+    def reset(self, *answers: Answer) -> LocalServer:
         self.answers = list(answers)
         self.requests = []
+        return self
 
     def answer(self, handler: BaseHTTPRequestHandler) -> None:
         if not self.answers:

@@ -15,6 +15,7 @@ from opentelemetry.trace import StatusCode
 
 import budgetspan
 from budgetspan import attributes as A
+from tests.conftest import cancelled_once
 from tests.replay import (
     Recorder,
     anthropic_events,
@@ -42,12 +43,6 @@ def aclient(rec: Recorder) -> anthropic.AsyncAnthropic:
     return anthropic.AsyncAnthropic(api_key="test", http_client=rec.asynchronous(), max_retries=0)
 
 
-def only_span(tracing: Any) -> Any:
-    spans = tracing.spans("chat")
-    assert len(spans) == 1, [s.name for s in spans]
-    return spans[0]
-
-
 def test_stream_usage_is_cumulative_and_cache_aware(instrumented: Any) -> None:
     events = anthropic_events(
         start_usage={
@@ -62,7 +57,7 @@ def test_stream_usage_is_cumulative_and_cache_aware(instrumented: Any) -> None:
     with budgetspan.run("s") as run, client(rec).messages.stream(**ARGS) as stream:
         text = "".join(stream.text_stream)
     assert text == "Hi there"
-    span = only_span(instrumented)
+    span = instrumented.only("chat")
     assert span.attributes[A.GEN_AI_USAGE_INPUT_TOKENS] == 125  # 5 + cache read + cache write
     assert span.attributes[A.GEN_AI_USAGE_OUTPUT_TOKENS] == 40  # not 41
     assert span.attributes[A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] == 100
@@ -78,7 +73,7 @@ def test_stream_closed_early_keeps_what_was_reported(instrumented: Any) -> None:
         for event in stream:
             if event.type == "content_block_delta":
                 break
-    span = only_span(instrumented)
+    span = instrumented.only("chat")
     assert span.attributes[A.STREAM_END] == "closed"
     assert span.attributes[A.GEN_AI_USAGE_INPUT_TOKENS] == 12  # from message_start
     assert span.attributes[A.GEN_AI_USAGE_OUTPUT_TOKENS] == 1  # provisional: all we were told
@@ -93,7 +88,7 @@ def test_raw_stream_abandoned_is_ended_by_gc(instrumented: Any) -> None:
 
     leak()
     gc.collect()
-    assert only_span(instrumented).attributes[A.STREAM_END] == "abandoned"
+    assert instrumented.only("chat").attributes[A.STREAM_END] == "abandoned"
 
 
 def test_stream_failing_mid_way_is_error(instrumented: Any) -> None:
@@ -106,7 +101,7 @@ def test_stream_failing_mid_way_is_error(instrumented: Any) -> None:
         client(rec).messages.stream(**ARGS) as stream,
     ):
         stream.get_final_message()
-    span = only_span(instrumented)
+    span = instrumented.only("chat")
     assert span.status.status_code is StatusCode.ERROR
     assert span.attributes[A.STREAM_END] == "error"
 
@@ -120,12 +115,8 @@ async def test_async_stream_cancelled_mid_way(instrumented: Any) -> None:
             async for _ in stream:
                 seen.set()
 
-    task = asyncio.create_task(consume())
-    await asyncio.wait_for(seen.wait(), 5)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert only_span(instrumented).attributes[A.STREAM_END] == "cancelled"
+    await cancelled_once(seen, consume(), timeout=5)
+    assert instrumented.only("chat").attributes[A.STREAM_END] == "cancelled"
 
 
 async def test_async_create_stream_consumed(instrumented: Any) -> None:
@@ -133,7 +124,7 @@ async def test_async_create_stream_consumed(instrumented: Any) -> None:
     stream = await aclient(rec).messages.create(stream=True, **ARGS)
     kinds = [e.type async for e in stream]
     assert kinds[-1] == "message_stop"
-    span = only_span(instrumented)
+    span = instrumented.only("chat")
     assert span.attributes[A.STREAM_END] == "consumed"
     assert span.attributes[A.GEN_AI_USAGE_OUTPUT_TOKENS] == 7
 
@@ -168,7 +159,7 @@ def test_retries_counted(instrumented: Any) -> None:
     with budgetspan.run("r") as run:
         client(rec, max_retries=2).messages.create(**ARGS)
     assert len(rec.requests) == 2
-    assert only_span(instrumented).attributes[A.ATTEMPTS] == 2
+    assert instrumented.only("chat").attributes[A.ATTEMPTS] == 2
     assert run.usage.retries == 1
 
 
@@ -177,7 +168,7 @@ def test_sdk_error_propagates_unchanged(instrumented: Any) -> None:
     rec = Recorder(json_response(err, status=400))
     with pytest.raises(anthropic.BadRequestError, match="nope"):
         client(rec).messages.create(**ARGS)
-    span = only_span(instrumented)
+    span = instrumented.only("chat")
     assert span.status.status_code is StatusCode.ERROR
     assert span.attributes[A.ERROR_TYPE] == "BadRequestError"
 
@@ -190,7 +181,7 @@ def test_malformed_usage_is_unreported(instrumented: Any, usage: Any) -> None:
     rec = Recorder(json_response(anthropic_message(usage=usage)))
     msg = client(rec).messages.create(**ARGS)
     assert msg.content[0].text == "hi"
-    span = only_span(instrumented)
+    span = instrumented.only("chat")
     assert span.attributes[A.USAGE_UNREPORTED] is True
     assert A.GEN_AI_USAGE_COST not in span.attributes
 
@@ -199,7 +190,7 @@ def test_with_raw_response_counts_once(instrumented: Any) -> None:
     rec = Recorder(json_response(anthropic_message()))
     raw = client(rec).messages.with_raw_response.create(**ARGS)
     assert raw.parse().content[0].text == "hi"
-    span = only_span(instrumented)
+    span = instrumented.only("chat")
     assert span.attributes[A.GEN_AI_USAGE_INPUT_TOKENS] == 10
 
 

@@ -207,9 +207,9 @@ def test_unreported_usage_is_charged_an_estimate(genai_instrumented: Any, llm_se
     assert run.usage.cost_usd > 0
 
 
-def test_automatic_function_calling_counts_each_request_and_the_function(
-    genai_instrumented: Any, llm_server: LLMServer
-) -> None:
+def _weather_function(llm_server: LLMServer) -> tuple[list[str], types.GenerateContentConfig]:
+    """A config with one Python function for automatic function calling, which the server's
+    answers call; and the cities the function ran for."""
     ran: list[str] = []
 
     def get_weather(city: str) -> str:
@@ -218,7 +218,13 @@ def test_automatic_function_calling_counts_each_request_and_the_function(
         return "sunny"
 
     llm_server.settings.function_call = "get_weather"
-    config = types.GenerateContentConfig(tools=[get_weather])
+    return ran, types.GenerateContentConfig(tools=[get_weather])
+
+
+def test_automatic_function_calling_counts_each_request_and_the_function(
+    genai_instrumented: Any, llm_server: LLMServer
+) -> None:
+    ran, config = _weather_function(llm_server)
     with budgetspan.run("r") as run:
         response = client(llm_server).models.generate_content(model=MODEL, contents="weather?", config=config)
     assert response.text == "Hello from the fake."
@@ -233,15 +239,7 @@ def test_automatic_function_calling_counts_each_request_and_the_function(
 def test_a_refused_function_never_runs_and_the_run_stops(
     genai_instrumented: Any, llm_server: LLMServer
 ) -> None:
-    ran: list[str] = []
-
-    def get_weather(city: str) -> str:
-        """The weather of a city."""
-        ran.append(city)
-        return "sunny"
-
-    llm_server.settings.function_call = "get_weather"
-    config = types.GenerateContentConfig(tools=[get_weather])
+    ran, config = _weather_function(llm_server)
     with budgetspan.run("r", max_tool_calls=0), pytest.raises(budgetspan.BudgetExhausted) as info:
         client(llm_server).models.generate_content(model=MODEL, contents="weather?", config=config)
     assert info.value.reason == "max_tool_calls"

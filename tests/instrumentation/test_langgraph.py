@@ -27,7 +27,7 @@ from budgetspan import attributes as A
 from budgetspan.instrumentation.langchain import LangChainInstrumentor
 from budgetspan.instrumentation.langgraph import LangGraphInstrumentor
 from budgetspan.instrumentation.openai import OpenAIInstrumentor
-from tests.conftest import Tracing
+from tests.conftest import Tracing, instrumentors_on
 from tests.instrumentation.chat_server import ChatServer
 
 # The private functions the refusal fixes wrap are verified on these versions.
@@ -44,12 +44,8 @@ def _attrs(span: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def graph_tracing(tracing: Tracing) -> Iterator[Tracing]:
-    insts = [OpenAIInstrumentor(), LangChainInstrumentor(), LangGraphInstrumentor()]
-    for inst in insts:
-        inst.instrument()
-    yield tracing
-    for inst in reversed(insts):
-        inst.uninstrument()
+    with instrumentors_on(OpenAIInstrumentor(), LangChainInstrumentor(), LangGraphInstrumentor()):
+        yield tracing
 
 
 class Bodies:
@@ -87,9 +83,7 @@ def test_verified_versions() -> None:
 def test_named_agent_span_tool_and_chat_spans(
     graph_tracing: Tracing, chat_server: ChatServer, tag: str
 ) -> None:
-    model = f"fake-r1-{tag}"
-    bodies = Bodies()
-    agent = create_react_agent(_llm(chat_server, model), [bodies.get_weather], name="weather_agent")
+    model, _, agent = _weather_agent(chat_server, "fake-r1", tag)
     with budgetspan.run("trip") as run:
         result = agent.invoke(Q)
     assert result["messages"][-1].content == "Done after 1 tool calls."
@@ -124,9 +118,7 @@ def test_unnamed_graph_makes_no_agent_span(graph_tracing: Tracing, chat_server: 
 def test_max_tool_calls_1_three_rounds_runs_one_body(
     graph_tracing: Tracing, chat_server: ChatServer, tag: str, mode: str
 ) -> None:
-    model = f"fake-r3-{tag}"
-    bodies = Bodies()
-    agent = create_react_agent(_llm(chat_server, model), [bodies.get_weather], name="weather_agent")
+    model, bodies, agent = _weather_agent(chat_server, "fake-r3", tag)
 
     async def ainvoke() -> None:
         async with budgetspan.run("trip", max_tool_calls=1):
@@ -156,9 +148,7 @@ def test_max_tool_calls_1_three_rounds_runs_one_body(
 def test_max_model_calls_sends_exactly_n_requests(
     graph_tracing: Tracing, chat_server: ChatServer, tag: str
 ) -> None:
-    model = f"fake-r3-{tag}"
-    bodies = Bodies()
-    agent = create_react_agent(_llm(chat_server, model), [bodies.get_weather], name="weather_agent")
+    model, bodies, agent = _weather_agent(chat_server, "fake-r3", tag)
     with pytest.raises(budgetspan.BudgetExhausted) as info, budgetspan.run("trip", max_model_calls=2):
         agent.invoke(Q)
     assert info.value.reason == "max_model_calls"
@@ -209,6 +199,18 @@ def test_handle_tool_errors_still_handles_ordinary_errors(
     errors = [m for m in result["messages"] if isinstance(m, ToolMessage) and m.status == "error"]
     assert len(errors) == 1 and "weather service down" in errors[0].content
     assert len(chat_server.for_model(model)) == 2
+
+
+def _weather_agent(chat_server: ChatServer, script: str, tag: str) -> tuple[str, Bodies, Any]:
+    """A react agent ``weather_agent`` with the get_weather tool, on the chat server's model
+    ``{script}-{tag}`` (returned, to filter the server's log by)."""
+    model = f"{script}-{tag}"
+    bodies = Bodies()
+    return (
+        model,
+        bodies,
+        create_react_agent(_llm(chat_server, model), [bodies.get_weather], name="weather_agent"),
+    )
 
 
 def _retry_graph(llm: ChatOpenAI, entries: list[str], fail_with: Exception | None) -> Any:

@@ -23,7 +23,7 @@ import budgetspan
 from budgetspan import attributes as A
 from budgetspan.instrumentation.llamaindex_agents import LlamaIndexAgentsInstrumentor
 from budgetspan.instrumentation.openai import OpenAIInstrumentor
-from tests.conftest import Tracing
+from tests.conftest import Tracing, instrumentors_on
 from tests.instrumentation.chat_server import ChatServer
 from tests.instrumentation.llama_openai_llm import OpenAIChatLLM
 
@@ -37,12 +37,8 @@ def _attrs(span: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def li_tracing(tracing: Tracing) -> Iterator[Tracing]:
-    insts = [OpenAIInstrumentor(), LlamaIndexAgentsInstrumentor()]
-    for inst in insts:
-        inst.instrument()
-    yield tracing
-    for inst in reversed(insts):
-        inst.uninstrument()
+    with instrumentors_on(OpenAIInstrumentor(), LlamaIndexAgentsInstrumentor()):
+        yield tracing
 
 
 class Weather:

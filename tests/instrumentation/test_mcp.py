@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -12,10 +11,9 @@ from opentelemetry.trace import StatusCode
 
 import budgetspan
 from budgetspan import attributes as A
-from budgetspan import config as bs_config
 from budgetspan.instrumentation.langchain import LangChainInstrumentor
 from budgetspan.instrumentation.mcp import MCPInstrumentor
-from tests.conftest import Tracing
+from tests.conftest import Tracing, instrumentors_on
 from tests.mcp_server import connect
 
 
@@ -24,22 +22,15 @@ def _attrs(span: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def instrumented(tracing: Tracing) -> Iterator[Tracing]:
-    inst = MCPInstrumentor()
-    inst.instrument()
-    yield tracing
-    inst.uninstrument()
+def tool_config(config_file: Callable[[str], None]) -> None:
+    """Per-tool limits from the configuration file, as operations would set them."""
+    config_file("[tools.slow]\ntimeout_s = 0.3\n\n[tools.lookup_order]\nmax_calls = 1\n")
 
 
 @pytest.fixture
-def tool_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Per-tool limits from the configuration file, as operations would set them."""
-    path = tmp_path / "budgetspan.toml"
-    path.write_text("[tools.slow]\ntimeout_s = 0.3\n\n[tools.lookup_order]\nmax_calls = 1\n")
-    monkeypatch.setenv(A.ENV_CONFIG, str(path))
-    bs_config.set_config(None)
-    yield
-    bs_config.set_config(None)
+def instrumented(tracing: Tracing) -> Iterator[Tracing]:
+    with instrumentors_on(MCPInstrumentor()):
+        yield tracing
 
 
 async def _seen(session: Any) -> list[str]:

@@ -9,6 +9,7 @@ default) and Chat Completions.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,9 @@ import budgetspan
 from budgetspan import attributes as A
 from budgetspan.instrumentation.openai import OpenAIInstrumentor
 from budgetspan.instrumentation.openai_agents import OpenAIAgentsInstrumentor
-from tests.conftest import Tracing
+from tests.conftest import Tracing, instrumentors_on
 from tests.instrumentation import zero_code
-from tests.instrumentation.agent_server import AgentServer
+from tests.instrumentation.agent_server import AgentServer, Request
 
 APIS = ["responses", "chat_completions"]
 
@@ -43,11 +44,8 @@ def agents_on(tracing: Tracing) -> Iterator[Tracing]:
     """budgetspan's OpenAI and Agents SDK instrumentors; the SDK's own tracing on, exporting
     nowhere (its default exporter would send traces to OpenAI)."""
     set_trace_processors([])
-    OpenAIInstrumentor().instrument()
-    OpenAIAgentsInstrumentor().instrument()
-    yield tracing
-    OpenAIAgentsInstrumentor().uninstrument()
-    OpenAIInstrumentor().uninstrument()
+    with instrumentors_on(OpenAIInstrumentor(), OpenAIAgentsInstrumentor()):
+        yield tracing
 
 
 class Bodies:
@@ -66,11 +64,39 @@ class Bodies:
         self.lookup = look_up_city
 
 
+def weather_agent(
+    server: AgentServer, api: str = "responses", script: str = "tools-3"
+) -> tuple[Bodies, Agent[Any]]:
+    """The agent ``weather`` with a lookup tool whose runs ``Bodies`` records, answering by ``script``."""
+    bodies = Bodies()
+    return bodies, Agent(name="weather", tools=[bodies.lookup], model=model(server, api, script))
+
+
 def model(server: AgentServer, api: str, name: str) -> Any:
     client = openai.AsyncOpenAI(base_url=server.base_url, api_key="test", max_retries=0)
     if api == "responses":
         return OpenAIResponsesModel(model=name, openai_client=client)
     return OpenAIChatCompletionsModel(model=name, openai_client=client)
+
+
+@dataclass
+class Weather:
+    """The agent ``weather`` over one of the APIS (three turns of lookup calls scripted), whose
+    tool runs ``bodies`` records; ``sent()``: the requests the server had since the test began."""
+
+    bodies: Bodies
+    agent: Agent[Any]
+    server: AgentServer
+    mark: int
+
+    def sent(self) -> list[Request]:
+        return self.server.since(self.mark)
+
+
+@pytest.fixture(params=APIS)
+def weather(request: pytest.FixtureRequest, agents_on: Tracing, agent_server: AgentServer) -> Weather:
+    bodies, agent = weather_agent(agent_server, request.param)
+    return Weather(bodies, agent, agent_server, agent_server.mark())
 
 
 def _attrs(span: Any) -> dict[str, Any]:
@@ -81,19 +107,13 @@ def _own(tracing: Tracing, prefix: str) -> list[Any]:
     return [s for s in tracing.spans(prefix) if s.instrumentation_scope.name == A.INSTRUMENTATION_SCOPE]
 
 
-@pytest.mark.parametrize("api", APIS)
-async def test_one_tool_call_allowed_lets_exactly_one_body_run(
-    agents_on: Tracing, agent_server: AgentServer, api: str
-) -> None:
-    bodies = Bodies()
-    agent = Agent(name="weather", tools=[bodies.lookup], model=model(agent_server, api, "tools-3"))
-    mark = agent_server.mark()
+async def test_one_tool_call_allowed_lets_exactly_one_body_run(agents_on: Tracing, weather: Weather) -> None:
     with pytest.raises(budgetspan.BudgetExhausted) as info:
         async with budgetspan.run("one tool", max_tool_calls=1) as run:
-            await Runner.run(agent, "weather?")
+            await Runner.run(weather.agent, "weather?")
     e = info.value
-    assert bodies.ran == ["x1"]  # the second and third rounds were refused before the body ran
-    assert [r.answer for r in agent_server.since(mark)] == ["tool:lookup", "tool:lookup"]
+    assert weather.bodies.ran == ["x1"]  # the second and third rounds were refused before the body ran
+    assert [r.answer for r in weather.sent()] == ["tool:lookup", "tool:lookup"]
     assert e.reason == "max_tool_calls" and e is run.exhausted
     assert e.partial["tool_results"] == [{"tool": "lookup", "result": "sunny in x1"}]
     assert (run.usage.tool_calls, run.usage.tools_finished) == (1, 1)
@@ -108,19 +128,13 @@ async def test_one_tool_call_allowed_lets_exactly_one_body_run(
     assert _attrs(run_span)[A.EXHAUSTED_EXPLANATION] == e.explanation
 
 
-@pytest.mark.parametrize("api", APIS)
-async def test_max_model_calls_sends_exactly_that_many_requests(
-    agents_on: Tracing, agent_server: AgentServer, api: str
-) -> None:
-    bodies = Bodies()
-    agent = Agent(name="weather", tools=[bodies.lookup], model=model(agent_server, api, "tools-3"))
-    mark = agent_server.mark()
+async def test_max_model_calls_sends_exactly_that_many_requests(agents_on: Tracing, weather: Weather) -> None:
     with pytest.raises(budgetspan.BudgetExhausted) as info:
         async with budgetspan.run("two calls", max_model_calls=2) as run:
-            await Runner.run(agent, "weather?")
-    assert len(agent_server.since(mark)) == 2
+            await Runner.run(weather.agent, "weather?")
+    assert len(weather.sent()) == 2
     assert info.value.reason == "max_model_calls" and run.usage.model_calls == 2
-    assert bodies.ran == ["x1", "x2"]
+    assert weather.bodies.ran == ["x1", "x2"]
     assert [r["tool"] for r in info.value.partial["tool_results"]] == ["lookup", "lookup"]
 
 
@@ -129,8 +143,7 @@ async def test_max_model_calls_sends_exactly_that_many_requests(
 async def test_each_request_is_one_chat_span_with_the_servers_token_counts(
     agents_on: Tracing, agent_server: AgentServer, api: str, streamed: bool
 ) -> None:
-    bodies = Bodies()
-    agent = Agent(name="weather", tools=[bodies.lookup], model=model(agent_server, api, "tools-3"))
+    _, agent = weather_agent(agent_server, api)
     mark = agent_server.mark()
     async with budgetspan.run("tokens") as run:
         if streamed:
@@ -159,8 +172,7 @@ async def test_each_request_is_one_chat_span_with_the_servers_token_counts(
 def test_a_refused_tool_raises_budget_exhausted_from_run_sync(
     agents_on: Tracing, agent_server: AgentServer
 ) -> None:
-    bodies = Bodies()
-    agent = Agent(name="weather", tools=[bodies.lookup], model=model(agent_server, "responses", "tools-3"))
+    bodies, agent = weather_agent(agent_server)
     with pytest.raises(budgetspan.BudgetExhausted) as info:  # not the SDK's UserError
         with budgetspan.run("sync", max_tool_calls=1):
             Runner.run_sync(agent, "weather?")
@@ -171,8 +183,7 @@ def test_a_refused_tool_raises_budget_exhausted_from_run_sync(
 async def test_a_refused_tool_raises_budget_exhausted_from_a_streamed_run(
     agents_on: Tracing, agent_server: AgentServer, api: str
 ) -> None:
-    bodies = Bodies()
-    agent = Agent(name="weather", tools=[bodies.lookup], model=model(agent_server, api, "tools-3"))
+    bodies, agent = weather_agent(agent_server, api)
     with pytest.raises(budgetspan.BudgetExhausted) as info:
         async with budgetspan.run("streamed", max_tool_calls=1) as run:
             result = Runner.run_streamed(agent, "weather?")
@@ -294,25 +305,14 @@ def look_up(city: str) -> str:
 
 client = openai.AsyncOpenAI(base_url=os.environ["AGENT_SERVER_URL"], api_key="test", max_retries=0)
 agent = Agent(name="weather", tools=[look_up], model=OpenAIResponsesModel(model="tools-5", openai_client=client))
-refused = None
-try:
-    asyncio.run(Runner.run(agent, "weather?"))
-except budgetspan.BudgetExhausted as e:
-    refused = {"reason": e.reason, "tool_calls": e.usage.tool_calls, "partial": e.partial["tool_results"]}
-print("RESULT " + json.dumps({"refused": refused, "ran": ran}), flush=True)
 """
 
 
 @pytest.mark.skipif(not zero_code.INSTRUMENT.exists(), reason="opentelemetry-instrument not installed")
 def test_zero_code_refuses_the_call_after_the_limit(agent_server: AgentServer, tmp_path: Path) -> None:
-    mark = agent_server.mark()
-    res = zero_code.launch(
-        tmp_path,
-        ZERO_CODE,
-        ("openai_agents",),
-        {"BUDGETSPAN_BUDGET": "max_model_calls=2", "AGENT_SERVER_URL": agent_server.base_url},
+    zero_code.check_agent_stopped_at_two_model_calls(
+        agent_server, tmp_path, ZERO_CODE, 'asyncio.run(Runner.run(agent, "weather?"))', "openai_agents"
     )
-    zero_code.check_agent_stopped_at_two_model_calls(res, len(agent_server.since(mark)))
 
 
 async def test_a_tool_past_its_own_cap_is_a_tool_error_for_the_model(
@@ -320,8 +320,7 @@ async def test_a_tool_past_its_own_cap_is_a_tool_error_for_the_model(
 ) -> None:
     """ToolRefused (the tool's max_calls) goes to the SDK's failure_error_function: the model
     reads it as the tool's error, and the run goes on to its answer."""
-    bodies = Bodies()
-    agent = Agent(name="weather", tools=[bodies.lookup], model=model(agent_server, "responses", "tools-2"))
+    bodies, agent = weather_agent(agent_server, "responses", "tools-2")
     async with budgetspan.run("capped", tools={"lookup": {"max_calls": 1}}) as run:
         result = await Runner.run(agent, "weather?")
     assert bodies.ran == ["x1"] and run.usage.tool_calls == 1

@@ -14,6 +14,7 @@ from opentelemetry.trace import StatusCode
 
 import budgetspan
 from budgetspan import attributes as A
+from tests.conftest import cancelled_once
 from tests.replay import CHAT_ARGS as ARGS
 from tests.replay import CHAT_USAGE as USAGE
 from tests.replay import (
@@ -34,12 +35,6 @@ def aclient(rec: Recorder) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(api_key="test", http_client=rec.asynchronous(), max_retries=0)
 
 
-def only_span(tracing: Any) -> Any:
-    spans = tracing.spans("chat")
-    assert len(spans) == 1, [s.name for s in spans]
-    return spans[0]
-
-
 def test_consumed_stream_has_usage_and_time_to_first_token(instrumented: Any) -> None:
     rec = Recorder(sse_response(openai_sse(chat_chunks(usage=USAGE))))
     with budgetspan.run("s") as run:
@@ -49,7 +44,7 @@ def test_consumed_stream_has_usage_and_time_to_first_token(instrumented: Any) ->
             if c.choices
         ]
     assert "".join(p for p in pieces if p) == "Hello"
-    span = only_span(instrumented)
+    span = instrumented.only("chat")
     assert span.attributes[A.STREAM_END] == "consumed"
     assert span.attributes[A.GEN_AI_USAGE_INPUT_TOKENS] == 11
     assert span.attributes[A.GEN_AI_USAGE_OUTPUT_TOKENS] == 2
@@ -67,7 +62,7 @@ def test_closed_early_ends_once_as_unreported(instrumented: Any) -> None:
         next(stream)
         stream.close()
         stream.close()  # a second close changes nothing
-    span = only_span(instrumented)
+    span = instrumented.only("chat")
     assert span.attributes[A.STREAM_END] == "closed"
     assert span.attributes[A.USAGE_UNREPORTED] is True  # the usage chunk never arrived
     assert A.GEN_AI_USAGE_OUTPUT_TOKENS not in span.attributes
@@ -79,7 +74,7 @@ def test_context_manager_exit_ends_the_stream(instrumented: Any) -> None:
     with client(rec).chat.completions.create(stream=True, **ARGS) as stream:
         next(stream)
         assert instrumented.spans("chat") == []  # still open while the stream is
-    assert only_span(instrumented).attributes[A.STREAM_END] == "closed"
+    assert instrumented.only("chat").attributes[A.STREAM_END] == "closed"
 
 
 def test_abandoned_stream_is_ended_by_garbage_collection(instrumented: Any) -> None:
@@ -91,7 +86,7 @@ def test_abandoned_stream_is_ended_by_garbage_collection(instrumented: Any) -> N
 
     leak()
     gc.collect()
-    assert only_span(instrumented).attributes[A.STREAM_END] == "abandoned"
+    assert instrumented.only("chat").attributes[A.STREAM_END] == "abandoned"
 
 
 def test_failed_mid_stream_is_error_and_the_sdk_exception_propagates(instrumented: Any) -> None:
@@ -101,7 +96,7 @@ def test_failed_mid_stream_is_error_and_the_sdk_exception_propagates(instrumente
     with pytest.raises(openai.APIConnectionError):
         for _ in stream:
             pass
-    span = only_span(instrumented)
+    span = instrumented.only("chat")
     assert span.status.status_code is StatusCode.ERROR
     assert span.attributes[A.STREAM_END] == "error"
     assert span.attributes[A.ERROR_TYPE] == "APIConnectionError"
@@ -117,12 +112,8 @@ async def test_cancelled_mid_stream(instrumented: Any) -> None:
         async for _ in stream:
             got_first.set()
 
-    task = asyncio.create_task(consume())
-    await asyncio.wait_for(got_first.wait(), 5)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    span = only_span(instrumented)
+    await cancelled_once(got_first, consume(), timeout=5)
+    span = instrumented.only("chat")
     assert span.attributes[A.STREAM_END] == "cancelled"
     assert span.status.status_code is StatusCode.ERROR
 
@@ -164,7 +155,7 @@ def test_with_raw_response_counts_once_with_usage(instrumented: Any) -> None:
         raw = client(rec).chat.completions.with_raw_response.create(**ARGS)
         completion = raw.parse()
     assert completion.choices[0].message.content == "hello"
-    span = only_span(instrumented)
+    span = instrumented.only("chat")
     assert span.attributes[A.GEN_AI_USAGE_INPUT_TOKENS] == 11
     assert run.usage.model_calls == 1 and run.usage.input_tokens == 11
 
@@ -175,7 +166,7 @@ def test_with_raw_response_stream(instrumented: Any) -> None:
     assert instrumented.spans("chat") == []
     for _ in raw.parse():
         pass
-    span = only_span(instrumented)
+    span = instrumented.only("chat")
     assert span.attributes[A.STREAM_END] == "consumed"
     assert span.attributes[A.GEN_AI_USAGE_OUTPUT_TOKENS] == 2
 
@@ -199,7 +190,7 @@ def test_sdk_error_is_error_status_and_propagates_unchanged(instrumented: Any) -
     with budgetspan.run("err") as run, pytest.raises(openai.BadRequestError) as info:
         client(rec).chat.completions.create(**ARGS)
     assert "bad model" in str(info.value)
-    span = only_span(instrumented)
+    span = instrumented.only("chat")
     assert span.status.status_code is StatusCode.ERROR
     assert span.attributes[A.ERROR_TYPE] == "BadRequestError"
     assert span.attributes[A.USAGE_UNREPORTED] is True
@@ -282,7 +273,7 @@ def test_stream_usage_is_asked_for_and_its_chunk_hidden(
     with budgetspan.run("s"):
         seen = _visible(client(rec).chat.completions.create(stream=True, **ARGS))
     assert json.loads(rec.requests[-1].content)["stream_options"] == {"include_usage": True}
-    span = only_span(instrumented)
+    span = instrumented.only("chat")
     assert span.attributes[A.GEN_AI_USAGE_INPUT_TOKENS] == 11
     assert span.attributes[A.GEN_AI_USAGE_OUTPUT_TOKENS] == 2
     assert A.USAGE_UNREPORTED not in span.attributes
@@ -294,7 +285,7 @@ def test_stream_usage_is_asked_for_and_its_chunk_hidden(
         plain = _visible(client(rec2).chat.completions.create(stream=True, **ARGS))
     assert "stream_options" not in json.loads(rec2.requests[-1].content)
     assert seen == plain and len(seen) == 3 and all(n == 1 for n, _, _ in seen)
-    assert only_span(instrumented).attributes[A.USAGE_UNREPORTED] is True
+    assert instrumented.only("chat").attributes[A.USAGE_UNREPORTED] is True
 
 
 async def test_async_stream_usage_is_asked_for_and_hidden(instrumented: Any) -> None:
@@ -303,7 +294,7 @@ async def test_async_stream_usage_is_asked_for_and_hidden(instrumented: Any) -> 
         stream = await aclient(rec).chat.completions.create(stream=True, **ARGS)
         seen = [c async for c in stream]
     assert all(c.choices for c in seen) and len(seen) == 3
-    assert only_span(instrumented).attributes[A.GEN_AI_USAGE_OUTPUT_TOKENS] == 2
+    assert instrumented.only("chat").attributes[A.GEN_AI_USAGE_OUTPUT_TOKENS] == 2
 
 
 def test_the_callers_own_stream_options_stand(instrumented: Any) -> None:

@@ -23,18 +23,15 @@ import budgetspan
 from budgetspan import attributes as A
 from budgetspan.instrumentation.openai import OpenAIInstrumentor
 from budgetspan.instrumentation.pydantic_ai import PydanticAIInstrumentor
-from tests.conftest import Tracing
+from tests.conftest import Tracing, instrumentors_on
 from tests.instrumentation import zero_code
-from tests.instrumentation.agent_server import AgentServer
+from tests.instrumentation.agent_server import AgentServer, Request
 
 
 @pytest.fixture
 def pydantic_on(tracing: Tracing) -> Iterator[Tracing]:
-    OpenAIInstrumentor().instrument()
-    PydanticAIInstrumentor().instrument()
-    yield tracing
-    PydanticAIInstrumentor().uninstrument()
-    OpenAIInstrumentor().uninstrument()
+    with instrumentors_on(OpenAIInstrumentor(), PydanticAIInstrumentor()):
+        yield tracing
 
 
 @pytest.fixture(params=[False, True], ids=["plain", "pydantic_instrumented"])
@@ -47,19 +44,37 @@ def own_spans(request: pytest.FixtureRequest, pydantic_on: Tracing) -> Iterator[
     Agent.instrument_all(False)
 
 
+def scripted_agent(server: AgentServer, script: str, name: str | None) -> Agent[None, str]:
+    """An agent on ``server``'s OpenAI-compatible chat endpoint, answering by ``script``."""
+    provider = OpenAIProvider(base_url=server.base_url, api_key="test")
+    return Agent(OpenAIChatModel(script, provider=provider), name=name)
+
+
 class Weather:
-    """An agent whose tool body records that it ran; the tool's name is not the function's."""
+    """An agent whose tool body records that it ran; the tool's name is not the function's.
+    ``sent()``: the requests the server received since the agent was made."""
 
     def __init__(self, server: AgentServer, script: str, name: str | None = "weather") -> None:
         self.ran: list[str] = []
-        provider = OpenAIProvider(base_url=server.base_url, api_key="test")
-        self.agent: Agent[None, str] = Agent(OpenAIChatModel(script, provider=provider), name=name)
+        self.agent = scripted_agent(server, script, name)
+        self.server, self.mark = server, server.mark()
 
         @self.agent.tool_plain(name="lookup")
         def look_up_city(city: str) -> str:
             """Look a city up."""
             self.ran.append(city)
             return f"sunny in {city}"
+
+    def sent(self) -> list[Request]:
+        return self.server.since(self.mark)
+
+    def refused(self, name: str, **limits: Any) -> tuple[budgetspan.BudgetExhausted, Any]:
+        """Run the agent (sync) in a budgetspan run with ``limits``, which must stop it: the
+        refusal and the run."""
+        with pytest.raises(budgetspan.BudgetExhausted) as info:
+            with budgetspan.run(name, **limits) as run:
+                self.agent.run_sync("weather?")
+        return info.value, run
 
 
 def _attrs(span: Any) -> dict[str, Any]:
@@ -74,13 +89,9 @@ def test_one_tool_call_allowed_lets_exactly_one_body_run(
     pydantic_on: Tracing, own_spans: bool, agent_server: AgentServer
 ) -> None:
     w = Weather(agent_server, "tools-3")
-    mark = agent_server.mark()
-    with pytest.raises(budgetspan.BudgetExhausted) as info:
-        with budgetspan.run("one tool", max_tool_calls=1) as run:
-            w.agent.run_sync("weather?")
-    e = info.value
+    e, run = w.refused("one tool", max_tool_calls=1)
     assert w.ran == ["x1"]
-    assert len(agent_server.since(mark)) == 2
+    assert len(w.sent()) == 2
     assert e.reason == "max_tool_calls" and e is run.exhausted
     assert e.partial["tool_results"] == [{"tool": "lookup", "result": "sunny in x1"}]
     assert (run.usage.tool_calls, run.usage.model_calls) == (1, 2)  # counted once, also with its spans
@@ -95,14 +106,11 @@ def test_max_model_calls_sends_exactly_that_many_requests(
     pydantic_on: Tracing, own_spans: bool, agent_server: AgentServer
 ) -> None:
     w = Weather(agent_server, "tools-3")
-    mark = agent_server.mark()
-    with pytest.raises(budgetspan.BudgetExhausted) as info:
-        with budgetspan.run("two calls", max_model_calls=2) as run:
-            w.agent.run_sync("weather?")
-    assert len(agent_server.since(mark)) == 2 and run.usage.model_calls == 2
-    assert info.value.reason == "max_model_calls" and info.value is run.exhausted
-    assert "2 of 2 model calls" in info.value.explanation
-    assert w.ran == ["x1", "x2"] and len(info.value.partial["tool_results"]) == 2
+    e, run = w.refused("two calls", max_model_calls=2)
+    assert len(w.sent()) == 2 and run.usage.model_calls == 2
+    assert e.reason == "max_model_calls" and e is run.exhausted
+    assert "2 of 2 model calls" in e.explanation
+    assert w.ran == ["x1", "x2"] and len(e.partial["tool_results"]) == 2
 
 
 async def test_each_request_is_one_chat_span_with_the_servers_token_counts(
@@ -152,8 +160,7 @@ async def test_a_refusal_among_parallel_tool_calls_is_budget_exhausted(
 def test_a_model_retry_from_the_body_is_an_error_not_a_result(
     pydantic_on: Tracing, agent_server: AgentServer
 ) -> None:
-    provider = OpenAIProvider(base_url=agent_server.base_url, api_key="test")
-    agent: Agent[None, str] = Agent(OpenAIChatModel("tools-2", provider=provider), name="retrying")
+    agent = scripted_agent(agent_server, "tools-2", "retrying")
     tries: list[str] = []
 
     @agent.tool_plain(retries=2)
@@ -199,34 +206,22 @@ def look_up(city: str) -> str:
     ran.append(city)
     return "sunny in " + city
 
-refused = None
-try:
-    agent.run_sync("weather?")
-except budgetspan.BudgetExhausted as e:
-    refused = {"reason": e.reason, "tool_calls": e.usage.tool_calls, "partial": e.partial["tool_results"]}
-print("RESULT " + json.dumps({"refused": refused, "ran": ran}), flush=True)
 """
 
 
 @pytest.mark.skipif(not zero_code.INSTRUMENT.exists(), reason="opentelemetry-instrument not installed")
 def test_zero_code_refuses_the_call_after_the_limit(agent_server: AgentServer, tmp_path: Path) -> None:
-    mark = agent_server.mark()
-    res = zero_code.launch(
-        tmp_path,
-        ZERO_CODE,
-        ("pydantic_ai",),
-        {"BUDGETSPAN_BUDGET": "max_model_calls=2", "AGENT_SERVER_URL": agent_server.base_url},
+    zero_code.check_agent_stopped_at_two_model_calls(
+        agent_server, tmp_path, ZERO_CODE, 'agent.run_sync("weather?")', "pydantic_ai"
     )
-    zero_code.check_agent_stopped_at_two_model_calls(res, len(agent_server.since(mark)))
 
 
 def test_a_tool_past_its_own_cap_is_a_tool_error_for_the_model(
     pydantic_on: Tracing, agent_server: AgentServer
 ) -> None:
     """ToolRefused (the tool's max_calls) reaches the model as a retry prompt; the run goes on."""
-    provider = OpenAIProvider(base_url=agent_server.base_url, api_key="test")
-    agent: Agent[None, str] = Agent(OpenAIChatModel("tools-2", provider=provider), name="capped")
     ran: list[str] = []
+    agent = scripted_agent(agent_server, "tools-2", "capped")
 
     @agent.tool_plain(retries=2)
     def lookup(city: str) -> str:

@@ -12,6 +12,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+from tests.instrumentation.agent_server import AgentServer
+
 INSTRUMENT = Path(sys.executable).parent / "opentelemetry-instrument"
 SDK_CONFIGURATOR = """[opentelemetry_configurator]
 budgetspan_test_sdk = opentelemetry.sdk._configuration:_OTelSDKConfigurator
@@ -87,10 +89,29 @@ def launch(tmp_path: Path, script: str, keep: tuple[str, ...], env: dict[str, st
     return result(run(tmp_path, script, env, keep=keep))
 
 
-def check_agent_stopped_at_two_model_calls(res: dict[str, Any], requests_sent: int) -> None:
-    """What an agent framework script run with ``max_model_calls=2`` must show: two requests, two
-    tool bodies run, and both tool results kept in the refusal's partial result."""
-    assert requests_sent == 2  # the third request never left the script
+#: The end of an agent framework script (whose start imports json and budgetspan, and keeps the
+#: cities its tool body ran for in ``ran``): run the agent (``{run}``, one statement) and print
+#: what the refusal said.
+AGENT_RUN = """
+refused = None
+try:
+    {run}
+except budgetspan.BudgetExhausted as e:
+    refused = {{"reason": e.reason, "tool_calls": e.usage.tool_calls, "partial": e.partial["tool_results"]}}
+print("RESULT " + json.dumps({{"refused": refused, "ran": ran}}), flush=True)
+"""
+
+
+def check_agent_stopped_at_two_model_calls(
+    server: AgentServer, tmp_path: Path, setup: str, run: str, keep: str
+) -> None:
+    """An agent framework script (``setup``, then ``AGENT_RUN`` with ``run``; instrumented by
+    ``keep``) run against ``server`` with ``max_model_calls=2`` must show: two requests, two tool
+    bodies run, and both tool results kept in the refusal's partial result."""
+    mark = server.mark()
+    env = {"BUDGETSPAN_BUDGET": "max_model_calls=2", "AGENT_SERVER_URL": server.base_url}
+    res = launch(tmp_path, setup + AGENT_RUN.format(run=run), (keep,), env)
+    assert len(server.since(mark)) == 2  # the third request never left the script
     assert res["refused"]["reason"] == "max_model_calls"
     assert res["refused"]["tool_calls"] == 2 and res["ran"] == ["x1", "x2"]
     assert [r["tool"] for r in res["refused"]["partial"]] == ["lookup", "lookup"]

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.accounting.redis_server import free_port, redis, start_redis, stop
+from tests.accounting.redis_server import redis
 from tests.jobs.model_server import ModelServer
+from tests.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,13 +59,6 @@ def model_server() -> Iterator[ModelServer]:
     server = ModelServer()
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    proc, port = start_redis(tmp_path_factory.mktemp("redis"))
-    yield f"redis://127.0.0.1:{port}/0"
-    stop(proc)
 
 
 @pytest.fixture(scope="module")

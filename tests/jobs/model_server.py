@@ -12,8 +12,8 @@ import select
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+
+from tests.http_server import QuietHandler, Serving
 
 
 class ModelServer:
@@ -25,10 +25,7 @@ class ModelServer:
         self._lock = threading.Lock()
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def _hold(self, key: tuple[str, int], gate: threading.Event) -> None:
                 """Hold the response until the gate opens, noting when the client hangs up."""
                 deadline = time.monotonic() + 30
@@ -40,7 +37,7 @@ class ModelServer:
                         return
 
             def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                body = json.loads(self.body())
                 job, step = body["messages"][-1]["content"].split()
                 key = (job, int(step))
                 with server._lock:
@@ -63,19 +60,13 @@ class ModelServer:
                     ],
                     "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
                 }
-                data = json.dumps(reply).encode()
                 try:
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
+                    self.send_body(json.dumps(reply).encode(), "application/json")
                 except OSError:
                     pass  # the worker died while we held its request
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.http = Serving(Handler).start()
+        self.url = f"{self.http.url}/v1"
 
     def gate(self, job: str, step: int) -> threading.Event:
         with self._lock:
@@ -105,5 +96,4 @@ class ModelServer:
     def stop(self) -> None:
         for event in list(self.gates.values()):
             event.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.http.stop()

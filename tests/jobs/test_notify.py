@@ -4,9 +4,7 @@ loopback HTTP server as the webhook)."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -15,6 +13,7 @@ from budgetspan.jobs import JobEnd, JobSpec, JobStore, execute
 from budgetspan.jobs.ledger import JobLedger
 from budgetspan.jobs.notify import deliver
 from tests.accounting.redis_server import redis
+from tests.http_server import QuietHandler, Serving
 
 
 class Webhook:
@@ -24,24 +23,19 @@ class Webhook:
         self.posts: list[tuple[str, dict[str, Any]]] = []
         hook = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                body = json.loads(self.body())
                 hook.posts.append((self.headers["Idempotency-Key"], body))
                 self.send_response(500 if len(hook.posts) <= fail else 200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.http = Serving(Handler).start()
+        self.url = f"{self.http.url}/hook"
 
     def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.http.stop()
 
 
 @pytest.fixture

@@ -13,12 +13,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 import budgetspan
 from budgetspan import attributes as A
-from budgetspan import events
 from budgetspan.accounting.ledger import Spend
 from budgetspan.events import CallRecord
 from budgetspan.processors import metric_cells
 from budgetspan.processors import metrics as M
 from budgetspan.processors.labels import LabelCap, SeriesCap, clean_value, max_series_from_env
+from tests.conftest import events_to
 from tests.processors.test_metrics import model_call
 
 
@@ -137,10 +137,8 @@ def test_series_cap_setting_is_read_from_the_environment(monkeypatch: pytest.Mon
 @pytest.fixture
 def listening(tracing: Any) -> Iterator[tuple[CollectorRegistry, M.BudgetspanMetrics]]:
     registry = CollectorRegistry()
-    metrics = M.BudgetspanMetrics(registry)
-    events.add_listener(metrics)
-    yield registry, metrics
-    events.remove_listener(metrics)
+    with events_to(M.BudgetspanMetrics(registry)) as metrics:
+        yield registry, metrics
 
 
 def test_a_call_completes_its_metrics_update_while_a_scrape_is_paused_mid_render(

@@ -36,6 +36,7 @@ from budgetspan.calls import call as bs_calls
 from budgetspan.instrumentation import openai as bs_openai
 from budgetspan.runs import context as bs_context
 from budgetspan.runs.run import Outcome
+from tests.conftest import cancelled_once
 from tests.reliability._support import (
     ANSWER_MARK,
     MODEL,
@@ -303,11 +304,7 @@ async def test_cancelled_tool_call_ends_its_span_as_cancelled(spans: InMemorySpa
             runs.append(run)
             await slow_search("x")
 
-    task = asyncio.create_task(agent())
-    await started.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await cancelled_once(started, agent())
     span = _one(spans, "execute_tool slow_search")
     assert span.status.status_code is StatusCode.ERROR
     assert span.attributes[A.ERROR_TYPE] == "CancelledError"
@@ -325,11 +322,7 @@ async def test_cancelled_model_call_ends_its_span_as_cancelled(
         async with budgetspan.run("cancel"):
             await client.chat.completions.create(model=MODEL, messages=messages())
 
-    task = asyncio.create_task(agent())
-    await asyncio.wait_for(in_flight.wait(), 10)  # the request reached the server
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await cancelled_once(in_flight, agent(), timeout=10)  # the request reached the server
     span = _one(spans, "chat ")
     assert span.status.status_code is StatusCode.ERROR
     assert span.attributes[A.ERROR_TYPE] == "CancelledError"
@@ -349,11 +342,7 @@ async def test_cancelled_stream_ends_its_span_as_cancelled(
             async for _chunk in stream:
                 got_first.set()
 
-    task = asyncio.create_task(agent())
-    await got_first.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await cancelled_once(got_first, agent())
     span = _one(spans, "chat ")
     assert span.status.status_code is StatusCode.ERROR
     assert span.attributes[A.STREAM_END] == "cancelled"

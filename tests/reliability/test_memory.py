@@ -72,6 +72,25 @@ def _traced_growth(loop: Callable[[int, int], None], start: int, n: int) -> tupl
     return (after - before) / n, _growth_report(snapshot)
 
 
+def _runs(between: Callable[[], None]) -> Callable[[int, int], None]:
+    """Runs ``first`` to ``stop`` (``max_tool_calls=1``): each calls a tool, then ``between()``;
+    every 10th calls it again, over the limit (BudgetExhausted, suppressed by the run)."""
+
+    @budgetspan.tool
+    def lookup(i: int) -> int:
+        return i
+
+    def loop(first: int, stop: int) -> None:
+        for i in range(first, stop):
+            with budgetspan.run("memory", max_tool_calls=1, suppress_exhausted=True):
+                lookup(i)
+                between()
+                if i % 10 == 0:
+                    lookup(i)
+
+    return loop
+
+
 def _assert_no_live_state(lean: Lean) -> None:
     assert budgetspan.live_runs() == []
     assert len(lean.ledger) == 0
@@ -89,17 +108,7 @@ def test_100k_sequential_runs_leave_live_state_and_memory_flat(
     outcomes = _Outcomes()
     events.add_listener(outcomes)
 
-    @budgetspan.tool
-    def lookup(i: int) -> int:
-        return i
-
-    def loop(first: int, stop: int) -> None:
-        for i in range(first, stop):
-            with budgetspan.run("memory", max_tool_calls=1, suppress_exhausted=True):
-                lookup(i)
-                if i % 10 == 0:
-                    lookup(i)  # over the limit: BudgetExhausted, suppressed by the run
-
+    loop = _runs(between=lambda: None)
     loop(0, WARM_UP)
     gc.collect()
     objects_before = len(gc.get_objects())
@@ -127,19 +136,11 @@ def test_recorded_runs_with_foreign_spans_leave_memory_flat(
     """Recorded spans through the budget processor, with a foreign chat span it accounts."""
     app = lean.provider.get_tracer("app")
 
-    @budgetspan.tool
-    def lookup(i: int) -> int:
-        return i
+    def chat() -> None:
+        with app.start_as_current_span("chat gpt-4o-mini", attributes=CHAT_ATTRS):
+            pass
 
-    def loop(first: int, stop: int) -> None:
-        for i in range(first, stop):
-            with budgetspan.run("memory", max_tool_calls=1, suppress_exhausted=True):
-                lookup(i)
-                with app.start_as_current_span("chat gpt-4o-mini", attributes=CHAT_ATTRS):
-                    pass
-                if i % 10 == 0:
-                    lookup(i)
-
+    loop = _runs(between=chat)
     loop(0, WARM_UP)
     per_run, report = _traced_growth(loop, WARM_UP, RECORDED)
     _assert_no_live_state(lean)

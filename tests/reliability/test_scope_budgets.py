@@ -17,7 +17,7 @@ from budgetspan.accounting import windows
 from budgetspan.accounting.pricing import set_default_resolver
 from budgetspan.accounting.scopes import REGISTRY
 from budgetspan.instrumentation.openai import OpenAIInstrumentor
-from tests.accounting.redis_server import needs_redis_server, redis, start_redis, stop
+from tests.accounting.redis_server import needs_redis_server, redis
 from tests.instrumentation.llm_server import LLMServer
 
 pytestmark = needs_redis_server
@@ -30,17 +30,9 @@ T0 = 1_764_900_000.0
 
 
 @pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    proc, port = start_redis(tmp_path_factory.mktemp("redis"))
-    yield f"redis://127.0.0.1:{port}/0"
-    stop(proc)
-
-
-@pytest.fixture(scope="module")
 def server() -> Iterator[LLMServer]:
-    srv = LLMServer().start()
-    yield srv
-    srv.stop()
+    with LLMServer() as srv:
+        yield srv
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import pytest
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -14,8 +14,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 import budgetspan
-from budgetspan import events
 from budgetspan.processors.export_watch import watch_provider
+from tests.conftest import events_to
 from tests.reliability._support import OtlpEndpoint
 from tests.reliability.conftest import Lean
 
@@ -31,11 +31,9 @@ class Drops:
 
 
 @pytest.fixture
-def drops() -> Drops:
-    d = Drops()
-    events.add_listener(d)
-    yield d
-    events.remove_listener(d)
+def drops() -> Iterator[Drops]:
+    with events_to(Drops()) as d:
+        yield d
 
 
 def _closed_port_url() -> str:

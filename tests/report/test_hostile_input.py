@@ -180,10 +180,7 @@ def test_each_kind_of_hostile_line_is_named_and_skipped(kind: str, tmp_path: Pat
 
 # --- arbitrary input ---------------------------------------------------------------------------
 
-OTLP_KEYS = [
-    "resourceSpans",
-    "scopeSpans",
-    "spans",
+SPAN_FIELDS = [
     "traceId",
     "spanId",
     "parentSpanId",
@@ -193,6 +190,14 @@ OTLP_KEYS = [
     "attributes",
     "events",
     "status",
+]
+
+
+OTLP_KEYS = [
+    "resourceSpans",
+    "scopeSpans",
+    "spans",
+    *SPAN_FIELDS,
     "code",
     "key",
     "value",
@@ -230,19 +235,6 @@ json_ish = st.recursive(
 
 def _otlp_like(spans: list[Any]) -> Any:
     return {"resourceSpans": [{"scopeSpans": [{"spans": spans}]}]}
-
-
-SPAN_FIELDS = [
-    "traceId",
-    "spanId",
-    "parentSpanId",
-    "name",
-    "startTimeUnixNano",
-    "endTimeUnixNano",
-    "attributes",
-    "events",
-    "status",
-]
 
 
 def _mutated(field: str, where: int, value: Any) -> str:

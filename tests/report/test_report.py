@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from budgetspan.report.load import SpanRec, load_files
 from budgetspan.report.numbers import percentile
 from budgetspan.report.plan import PlanError, load_plan
 from budgetspan.report.render import render
+from tests.demo.cli import run_demo
 from tests.report.cli import S, report
 
 
@@ -25,28 +25,10 @@ def demo_traces(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo's own spans (latencies scaled down: the shape is what matters here)."""
     cwd = tmp_path_factory.mktemp("demo_report")
     path = cwd / "spans.jsonl"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BUDGETSPAN_", "OPENAI_", "OTEL_"))}
     # The demo's first seven tickets, whose figures these tests name (the loop and the extension
     # tickets, T-1008 and T-1009, are tested in tests/demo).
     tickets = [arg for n in range(1001, 1008) for arg in ("--ticket", f"T-{n}")]
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "budgetspan.cli",
-            "demo",
-            "--traces",
-            str(path),
-            "--latency-scale",
-            "0.3",
-            *tickets,
-        ],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_demo(cwd, "--traces", str(path), "--latency-scale", "0.3", *tickets, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return path
 

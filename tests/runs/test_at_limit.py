@@ -6,6 +6,7 @@ local transport."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
 import openai
@@ -13,8 +14,7 @@ import pytest
 
 import budgetspan
 from budgetspan import attributes as A
-from budgetspan import events
-from tests.conftest import Tracing
+from tests.conftest import Tracing, events_to
 from tests.replay import Recorder, chat_completion, json_response
 
 USAGE = {"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100}
@@ -48,11 +48,9 @@ class Seen:
 
 
 @pytest.fixture
-def seen() -> Any:
-    s = Seen()
-    events.add_listener(s)
-    yield s
-    events.remove_listener(s)
+def seen() -> Iterator[Seen]:
+    with events_to(Seen()) as s:
+        yield s
 
 
 # --- per-tool caps refuse the tool, not the run ---------------------------------------------------

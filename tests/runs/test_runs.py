@@ -13,9 +13,8 @@ from opentelemetry import trace
 
 import budgetspan
 from budgetspan import attributes as A
-from budgetspan import events
 from budgetspan.processors.budget import BudgetSpanProcessor
-from tests.conftest import Tracing, bs_context, bs_implicit
+from tests.conftest import Tracing, bs_context, bs_implicit, events_to
 
 
 def _attrs(span: Any) -> dict[str, Any]:
@@ -215,18 +214,12 @@ def test_observe_mode_refuses_nothing_and_records_what_it_would_have(tracing: Tr
         def on_exhausted(self, run: budgetspan.Run, reason: str, observe: bool) -> None:
             seen.append((reason, observe))
 
-    listener = L()
-    events.add_listener(listener)
-    try:
+    @budgetspan.tool
+    def t() -> int:
+        return 1
 
-        @budgetspan.tool
-        def t() -> int:
-            return 1
-
-        with budgetspan.run("observed", mode="observe", max_tool_calls=1) as run:
-            assert [t() for _ in range(3)] == [1, 1, 1]
-    finally:
-        events.remove_listener(listener)
+    with events_to(L()), budgetspan.run("observed", mode="observe", max_tool_calls=1) as run:
+        assert [t() for _ in range(3)] == [1, 1, 1]
     assert run.outcome is budgetspan.Outcome.SUCCESS and run.usage.tool_calls == 3
     assert seen == [("max_tool_calls", True)]  # once per limit, not per call
     tool_spans = tracing.spans("execute_tool t")
@@ -299,23 +292,18 @@ def test_the_trace_is_the_run_when_none_is_declared(
         def on_run_end(self, run: budgetspan.Run) -> None:
             ended.append(run)
 
-    listener = L()
-    events.add_listener(listener)
-
     @budgetspan.tool
     def t() -> None:
         pass
 
     tracer = tracing.provider.get_tracer("server")
-    try:
+    with events_to(L()):
         for _request in range(2):  # each request (trace) gets its own budget
             with tracer.start_as_current_span("GET /tickets"):
                 t()
                 t()
                 with pytest.raises(budgetspan.BudgetExhausted):
                     t()
-    finally:
-        events.remove_listener(listener)
     assert len(ended) == 2 and all(r.implicit and r.usage.tool_calls == 2 for r in ended)
     assert all(r.outcome is budgetspan.Outcome.BUDGET_EXHAUSTED for r in ended)
     assert not bs_implicit._trace_runs
@@ -522,18 +510,12 @@ def test_a_failing_listener_never_reaches_the_program(tracing: Tracing) -> None:
             calls.append(record.tool)
             raise RuntimeError("listener bug")
 
-    b = Broken()
-    events.add_listener(b)
-    try:
+    @budgetspan.tool
+    def t() -> int:
+        return 7
 
-        @budgetspan.tool
-        def t() -> int:
-            return 7
-
-        with budgetspan.run("robust") as run:
-            assert t() == 7
-    finally:
-        events.remove_listener(b)
+    with events_to(Broken()), budgetspan.run("robust") as run:
+        assert t() == 7
     assert calls == ["t"]  # the listener really ran (and raised) inside the call
     assert run.outcome is budgetspan.Outcome.SUCCESS and run.usage.tools_finished == 1
     assert tracing.spans("execute_tool t")[0].status.status_code.name != "ERROR"

@@ -18,6 +18,7 @@ from budgetspan.accounting.ledger import Spend
 from budgetspan.accounting.pricing import default_resolver
 from budgetspan.calls.call import Call
 from budgetspan.processors import metrics as M
+from tests.conftest import events_to
 
 USAGE = Spend(1000, 200, None, None, None, None)
 
@@ -180,10 +181,8 @@ def test_record_outcome_on_a_live_run_goes_on_its_span(tracing: Any) -> None:
 @pytest.fixture
 def metrics(tracing: Any) -> Iterator[tuple[CollectorRegistry, M.BudgetspanMetrics]]:
     registry = CollectorRegistry()
-    m = M.BudgetspanMetrics(registry)
-    events.add_listener(m)
-    yield registry, m
-    events.remove_listener(m)
+    with events_to(M.BudgetspanMetrics(registry)) as m:
+        yield registry, m
 
 
 def test_cost_per_success_by_step_and_model_series(metrics: tuple[CollectorRegistry, Any]) -> None:

@@ -29,6 +29,8 @@ class JobRounds:
         if shutil.which("redis-server") is None:
             return self
         import redis
+        from redis.backoff import ConstantBackoff
+        from redis.retry import Retry
 
         from budgetspan.jobs.ledger import JobLedger
 
@@ -40,13 +42,10 @@ class JobRounds:
             ],
             stdout=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=port)
-        for _ in range(200):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
+        # Each command is retried while the new server does not answer yet (10 s at the most).
+        retry = Retry(ConstantBackoff(0.05), 200)
+        client = redis.Redis(port=port, retry=retry, retry_on_error=[redis.ConnectionError])
+        client.ping()
         self.ledger = JobLedger(client)
         # The test ends the workload with SIGTERM: exit through ``finally`` so our redis-server stops.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

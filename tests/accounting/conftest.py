@@ -1,0 +1,26 @@
+"""Fixtures for the accounting tests: both ledgers, for the behaviour that must hold the same way in
+each (a module that tests one ledger only defines its own ``ledger``)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from budgetspan.accounting.ledger import Ledger
+from budgetspan.accounting.memory import InMemoryLedger
+from budgetspan.accounting.redis_ledger import RedisLedger
+
+
+@pytest.fixture(params=["memory", "redis"])
+def ledger(request: pytest.FixtureRequest) -> Ledger:
+    """The in-memory ledger, then the Redis ledger on an emptied real redis-server."""
+    if request.param == "memory":
+        return InMemoryLedger()
+    if shutil.which("redis-server") is None:
+        pytest.skip("Debian redis-server not installed")
+    import redis
+
+    client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
+    client.flushdb()
+    return RedisLedger(client)
