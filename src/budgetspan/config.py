@@ -74,33 +74,20 @@ CONFIG_FORM = (
 
 # Built-in profiles: sensible starting points, overridable from the config file.
 BUILTIN_PROFILES: dict[str, Budget] = {
-    "interactive": Budget(
-        max_model_calls=8,
-        max_tool_calls=12,
-        max_total_tokens=60_000,
-        max_cost_usd=0.25,
-        max_wall_clock_s=60,
-        max_retries=3,
-        profile="interactive",
-    ),
-    "background": Budget(
-        max_model_calls=40,
-        max_tool_calls=80,
-        max_total_tokens=400_000,
-        max_cost_usd=2.0,
-        max_wall_clock_s=900,
-        max_retries=10,
-        profile="background",
-    ),
-    "high_value": Budget(
-        max_model_calls=100,
-        max_tool_calls=200,
-        max_total_tokens=2_000_000,
-        max_cost_usd=10.0,
-        max_wall_clock_s=3600,
-        max_retries=20,
-        profile="high_value",
-    ),
+    profile: Budget(
+        max_model_calls=calls,
+        max_tool_calls=tools,
+        max_total_tokens=tokens,
+        max_cost_usd=usd,
+        max_wall_clock_s=wall_s,
+        max_retries=retries,
+        profile=profile,
+    )
+    for profile, calls, tools, tokens, usd, wall_s, retries in (
+        ("interactive", 8, 12, 60_000, 0.25, 60, 3),
+        ("background", 40, 80, 400_000, 2.0, 900, 10),
+        ("high_value", 100, 200, 2_000_000, 10.0, 3600, 20),
+    )
 }
 
 
