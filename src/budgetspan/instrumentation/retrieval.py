@@ -32,7 +32,7 @@ from budgetspan.calls.call import Call
 from budgetspan.calls.tools import arun_tool, run_tool, tool_call
 from budgetspan.events import internal_error
 from budgetspan.instrumentation.lazy import LazyInstrumentor
-from budgetspan.instrumentation.patch_table import suppressed
+from budgetspan.instrumentation.patch_table import remove_patches, suppressed
 
 log = logging.getLogger(__name__)
 
@@ -323,17 +323,6 @@ def apply_patches(patches: tuple[Patch, ...]) -> list[tuple[Any, str]]:
         except Exception:
             internal_error(f"instrumenting {module}.{cls}.{method}")
     return done
-
-
-def remove_patches(done: list[tuple[Any, str]]) -> None:
-    from opentelemetry.instrumentation.utils import unwrap
-
-    while done:
-        owner, method = done.pop()
-        try:
-            unwrap(owner, method)
-        except Exception:
-            internal_error(f"uninstrumenting {owner!r}.{method}")
 
 
 def arg(args: Any, kwargs: Any, index: int, name: str) -> Any:
