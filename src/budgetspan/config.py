@@ -72,18 +72,14 @@ CONFIG_FORM = (
     f"({', '.join(TOOL_LIMIT_NAMES)})"
 )
 
-# Built-in profiles: sensible starting points, overridable from the config file.
+# Built-in profiles: sensible starting points, overridable from the config file. A row below gives
+# these limits, in this order.
+_PROFILE_LIMITS = (
+    "max_model_calls max_tool_calls max_total_tokens max_cost_usd max_wall_clock_s max_retries".split()
+)
 BUILTIN_PROFILES: dict[str, Budget] = {
-    profile: Budget(
-        max_model_calls=calls,
-        max_tool_calls=tools,
-        max_total_tokens=tokens,
-        max_cost_usd=usd,
-        max_wall_clock_s=wall_s,
-        max_retries=retries,
-        profile=profile,
-    )
-    for profile, calls, tools, tokens, usd, wall_s, retries in (
+    profile: Budget().merged(None, profile=profile, **dict(zip(_PROFILE_LIMITS, limits, strict=True)))
+    for profile, *limits in (
         ("interactive", 8, 12, 60_000, 0.25, 60, 3),
         ("background", 40, 80, 400_000, 2.0, 900, 10),
         ("high_value", 100, 200, 2_000_000, 10.0, 3600, 20),

@@ -8,6 +8,7 @@ records, so a call's check and count in every scope are one step.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,15 +24,8 @@ from budgetspan.accounting.scopes import ScopeRef, ScopeWarning, share_used
 SWEEP_EVERY = 1024
 
 
-#: The figures of a ``Spend`` that add up in a ``Usage`` (the same names in both).
-SPEND_FIGURES = (
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "cost_usd",
-)
+#: The figures of a ``Spend``; a ``Usage`` adds them up under the same names.
+SPEND_FIGURES = tuple(f.name for f in dataclasses.fields(Spend))
 
 
 def spend_into(usage: Usage, spend: Spend) -> None:
