@@ -40,6 +40,8 @@ _retrieval: ContextVar[Call | None] = ContextVar("budgetspan_retrieval", default
 _tool: ContextVar[Call | None] = ContextVar("budgetspan_instrumented_tool", default=None)
 
 Counter = Callable[[Any], int | None]
+AsyncMethod = Callable[..., Awaitable[Any]]
+Source = Callable[[], str]  # a retrieval's data source, named only when a span is made
 
 
 def _bounded(call: Call, timeout_s: float | None = None) -> contextlib.AbstractAsyncContextManager[None]:
@@ -128,13 +130,7 @@ def _retrieving(call: Call) -> Iterator[None]:
 
 
 def traced_retrieval(
-    wrapped: Callable[..., Any],
-    args: Any,
-    kwargs: Any,
-    *,
-    source: Callable[[], str],
-    system: str,
-    count: Counter,
+    wrapped: Callable[..., Any], args: Any, kwargs: Any, *, source: Source, system: str, count: Counter
 ) -> Any:
     """Run a synchronous retrieval inside a ``retrieval`` span (or fold it into the enclosing one)."""
     call = _begin_retrieval(source, system)
@@ -148,13 +144,7 @@ def traced_retrieval(
 
 
 async def atraced_retrieval(
-    wrapped: Callable[..., Awaitable[Any]],
-    args: Any,
-    kwargs: Any,
-    *,
-    source: Callable[[], str],
-    system: str,
-    count: Counter,
+    wrapped: AsyncMethod, args: Any, kwargs: Any, *, source: Source, system: str, count: Counter
 ) -> Any:
     """The async twin of :func:`traced_retrieval`; bounded by the run's remaining wall-clock time."""
     call = _begin_retrieval(source, system)
@@ -273,13 +263,7 @@ def traced_tool(
 
 
 async def atraced_tool(
-    wrapped: Callable[..., Awaitable[Any]],
-    args: Any,
-    kwargs: Any,
-    *,
-    name: str,
-    system: str,
-    **how: Unpack[ToolHow],
+    wrapped: AsyncMethod, args: Any, kwargs: Any, *, name: str, system: str, **how: Unpack[ToolHow]
 ) -> Any:
     """Run an async tool as one budgeted call; past its timeout it is cancelled (status timeout)."""
     started = _start_tool(name, system, how)
