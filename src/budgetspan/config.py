@@ -74,8 +74,8 @@ CONFIG_FORM = (
 
 # Built-in profiles: sensible starting points, overridable from the config file. A row below gives
 # these limits, in this order.
-_PROFILE_LIMITS = (
-    "max_model_calls max_tool_calls max_total_tokens max_cost_usd max_wall_clock_s max_retries".split()
+_PROFILE_LIMITS = tuple(
+    f"max_{n}" for n in ("model_calls", "tool_calls", "total_tokens", "cost_usd", "wall_clock_s", "retries")
 )
 BUILTIN_PROFILES: dict[str, Budget] = {
     profile: Budget().merged(None, profile=profile, **dict(zip(_PROFILE_LIMITS, limits, strict=True)))

@@ -34,7 +34,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from budgetspan import attributes as A
 from budgetspan import events
-from budgetspan.accounting.prompt_cache import prompt_cache_saving
+from budgetspan.accounting.prompt_cache import spend_saving
 from budgetspan.processors import buckets
 from budgetspan.processors.labels import LabelCaps
 from budgetspan.processors.metrics import _sane
@@ -368,14 +368,7 @@ class OTelMetrics:
         if r.operation is not None and r.status != "refused":
             self._gen_ai_call(r)
         if spend is not None and (spend.cache_read_tokens or spend.cache_write_tokens):
-            saving = prompt_cache_saving(
-                r.provider or "",
-                r.model,
-                spend.input_tokens,
-                spend.output_tokens,
-                spend.cache_read_tokens,
-                spend.cache_write_tokens,
-            )
+            saving = spend_saving(r.provider, r.model, spend)
             if saving is not None:
                 by_model = self.attrs(wf, prov, model)
                 self.prompt_saved.add(saving.saved_usd, by_model)
