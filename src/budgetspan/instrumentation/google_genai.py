@@ -29,7 +29,7 @@ from budgetspan.calls.call import Call
 from budgetspan.config import capture_content
 from budgetspan.instrumentation.observers import Observer, content_json
 from budgetspan.instrumentation.openai import provider_from_url
-from budgetspan.instrumentation.patch_table import Patch
+from budgetspan.instrumentation.patch_table import Patch, sync_and_async
 from budgetspan.instrumentation.patching import (
     ResultObserver,
     SDKInstrumentor,
@@ -207,10 +207,8 @@ _STREAM_WRAPPER = wrapper_for(_stream_call, "google-genai call setup")
 _MODELS = "google.genai.models"
 
 PATCHES: tuple[Patch, ...] = (
-    (_MODELS, "Models._generate_content", _WRAPPER, False),
-    (_MODELS, "Models._generate_content_stream", _STREAM_WRAPPER, False),
-    (_MODELS, "AsyncModels._generate_content", _WRAPPER, True),
-    (_MODELS, "AsyncModels._generate_content_stream", _STREAM_WRAPPER, True),
+    *sync_and_async(_MODELS, _WRAPPER, "Models._generate_content"),
+    *sync_and_async(_MODELS, _STREAM_WRAPPER, "Models._generate_content_stream"),
     ("google.genai._extra_utils", "invoke_function_from_dict_args", _function_wrapper, False),
     ("google.genai._extra_utils", "invoke_function_from_dict_args_async", _function_wrapper, True),
 )

@@ -245,13 +245,12 @@ def _factory(asynchronous: bool) -> Callable[..., Any]:
     return wrapper
 
 
-#: (module, function, asynchronous): ``litellm.completion`` is bound in both modules at import;
-#: ``acompletion`` calls ``litellm.main.completion``.
-PATCHES: tuple[Patch, ...] = (
-    ("litellm", "completion", _factory, False),
-    ("litellm", "acompletion", _factory, True),
-    ("litellm.main", "completion", _factory, False),
-    ("litellm.main", "acompletion", _factory, True),
+#: ``litellm.completion`` and ``acompletion``, bound in both modules at import (``acompletion`` calls
+#: ``litellm.main.completion``).
+PATCHES: tuple[Patch, ...] = tuple(
+    (module, name, _factory, name == "acompletion")
+    for module in ("litellm", "litellm.main")
+    for name in ("completion", "acompletion")
 )
 
 

@@ -19,6 +19,16 @@ from budgetspan.events import internal_error
 Patch = tuple[str, str, Callable[[bool], Callable[..., Any]], bool]
 
 
+def sync_and_async(
+    module: str, factory: Callable[[bool], Callable[..., Any]], *targets: str
+) -> tuple[Patch, ...]:
+    """Rows for SDK resource methods and their async twins, which the SDKs name ``Async`` + the
+    sync class: ``Messages.create`` also gives ``AsyncMessages.create``."""
+    return tuple(
+        (module, prefix + target, factory, bool(prefix)) for prefix in ("", "Async") for target in targets
+    )
+
+
 def apply_patches(table: tuple[Patch, ...]) -> list[tuple[Any, str]]:
     """Wrap every row whose target exists in this SDK version; return (owner, name) wrapped."""
     done: list[tuple[Any, str]] = []
