@@ -77,24 +77,34 @@ def spend_refusal(
     pass together with what is spent and ``held`` by the calls in flight."""
     b, u = budget, usage
     w = worst or NOTHING_HELD
-    # (limit, spent, held by the calls in flight, this call's worst case, name), in the rule's order
-    checks = (
-        (b.max_cost_usd, u.cost_usd, held.cost_usd, w.cost_usd, Limit.COST_USD),
-        (b.max_input_tokens, u.input_tokens, held.input_tokens, w.input_tokens, Limit.INPUT_TOKENS),
-        (b.max_output_tokens, u.output_tokens, held.output_tokens, w.output_tokens, Limit.OUTPUT_TOKENS),
-        (
-            b.max_total_tokens,
-            u.input_tokens + u.output_tokens,
-            held.input_tokens + held.output_tokens,
-            w.input_tokens + w.output_tokens,
-            Limit.TOTAL_TOKENS,
-        ),
-    )
-    for limit, spent, in_flight, own, name in checks:
-        if limit is not None:
-            found = _breaks(spent, in_flight + own, limit, own, name)
-            if found is not None:
-                return found
+    if b.max_cost_usd is not None:
+        found = _breaks(u.cost_usd, held.cost_usd + w.cost_usd, b.max_cost_usd, w.cost_usd, Limit.COST_USD)
+        if found is not None:
+            return found
+    if b.max_input_tokens is not None:
+        found = _breaks(
+            u.input_tokens,
+            held.input_tokens + w.input_tokens,
+            b.max_input_tokens,
+            w.input_tokens,
+            Limit.INPUT_TOKENS,
+        )
+        if found is not None:
+            return found
+    if b.max_output_tokens is not None:
+        found = _breaks(
+            u.output_tokens,
+            held.output_tokens + w.output_tokens,
+            b.max_output_tokens,
+            w.output_tokens,
+            Limit.OUTPUT_TOKENS,
+        )
+        if found is not None:
+            return found
+    if b.max_total_tokens is not None:
+        own = w.input_tokens + w.output_tokens
+        pending = held.input_tokens + held.output_tokens + own
+        return _breaks(u.input_tokens + u.output_tokens, pending, b.max_total_tokens, own, Limit.TOTAL_TOKENS)
     return None
 
 

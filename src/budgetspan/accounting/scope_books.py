@@ -8,7 +8,6 @@ records, so a call's check and count in every scope are one step.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,16 +23,21 @@ from budgetspan.accounting.scopes import ScopeRef, ScopeWarning, share_used
 SWEEP_EVERY = 1024
 
 
-#: The figures of a ``Spend``; a ``Usage`` adds them up under the same names.
-SPEND_FIGURES = tuple(f.name for f in dataclasses.fields(Spend))
-
-
 def spend_into(usage: Usage, spend: Spend) -> None:
     """Add one report's figures; only positive ones count (None, 0, negatives, NaN add nothing)."""
-    for name in SPEND_FIGURES:
-        figure = getattr(spend, name)
-        if figure is not None and figure > 0:
-            setattr(usage, name, getattr(usage, name) + figure)
+    u, s = usage, spend
+    if s.input_tokens is not None and s.input_tokens > 0:
+        u.input_tokens += s.input_tokens
+    if s.output_tokens is not None and s.output_tokens > 0:
+        u.output_tokens += s.output_tokens
+    if s.cache_read_tokens is not None and s.cache_read_tokens > 0:
+        u.cache_read_tokens += s.cache_read_tokens
+    if s.cache_write_tokens is not None and s.cache_write_tokens > 0:
+        u.cache_write_tokens += s.cache_write_tokens
+    if s.reasoning_tokens is not None and s.reasoning_tokens > 0:
+        u.reasoning_tokens += s.reasoning_tokens
+    if s.cost_usd is not None and s.cost_usd > 0:
+        u.cost_usd += s.cost_usd
 
 
 @dataclass
