@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-from collections.abc import AsyncIterator, Callable, Collection, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
@@ -261,9 +261,6 @@ class LangGraphInstrumentor(PatchInstrumentor):
 
     PATCHES = _PATCHES
     DEPENDENCIES = ("langgraph >= 1.0",)
-
-    def instrumentation_dependencies(self) -> Collection[str]:
-        return self.DEPENDENCIES
 
     def _instrument(self, **kwargs: Any) -> None:
         super()._instrument(**kwargs)
