@@ -165,6 +165,101 @@ def cost_per_success(sel: str, window: str, by: str = "") -> str:
     )
 
 
+def rate(metric: str, sel: str, by: str = "", window: str = RATE, fn: str = "rate") -> str:
+    """A counter's ``fn`` (rate, or increase) over ``window``, summed, split ``by`` labels."""
+    grp = f" by ({by}) " if by else ""
+    return f"sum{grp}({fn}({metric}{{{sel}}}[{window}]))"
+
+
+def per_hour(metric: str, sel: str, by: str = "") -> str:
+    return f"{rate(metric, sel, by)} * 3600"
+
+
+def p50_p95(metric: str, by: str, sel: str, legend: str) -> list[tuple[str, str]]:
+    return [(q95(metric, by, sel, 0.5), f"p50 {legend}"), (q95(metric, by, sel), f"p95 {legend}")]
+
+
+def outcome_share(sel: str, outcome: str, window: str, fn: str) -> str:
+    """The share of finished runs that ended with ``outcome``."""
+    only = sel + f', outcome="{outcome}"'
+    return f"{rate(RUNS, only, '', window, fn)} / {rate(RUNS, sel, '', window, fn)}"
+
+
+def workflow_variable(many: bool) -> Any:
+    """The workflows that ran: several (with All) on the overview, one on the drill-down."""
+    variable = (
+        QueryVariable("workflow")
+        .label("Workflow")
+        .datasource(DS)
+        .query(f"label_values({RUNS}{{{SVC}}}, workflow)")
+        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(VariableSort.ALPHABETICAL_ASC)
+    )
+    return variable.multi(True).include_all(True).all_value(".*") if many else variable
+
+
+# --- panels both dashboards show ------------------------------------------------------------------
+
+
+def stat(title: str, unit: str, query: str, width: int, description: str = "") -> Spec:
+    """One number of a dashboard's top row."""
+    return Spec(title, unit, [(query, "")], stat=True, width=width, height=5, description=description)
+
+
+def cost_per_task(sel: str, width: int, description: str = "") -> Spec:
+    return stat("Cost per successful task", "currencyUSD", cost_per_success(sel, RANGE), width, description)
+
+
+def live_runs(sel: str, width: int) -> Spec:
+    return stat("Live runs", "short", f"sum({LIVE_RUNS}{{{sel}}})", width)
+
+
+def by_one_label(sel: str) -> list[Spec]:
+    """Runs by outcome and exhaustions by reason, side by side on both dashboards."""
+    return [
+        Spec("Runs by outcome", RUNS_PER_S, [(rate(RUNS, sel, "outcome"), "{{outcome}}")]),
+        Spec("Budget exhaustions by reason", RUNS_PER_S, [(rate(EXHAUSTIONS, sel, "reason"), "{{reason}}")]),
+    ]
+
+
+def extensions_and_loops(sel: str, split: str) -> Spec:
+    """``split``: "workflow, " on the overview (a series per workflow), "" on the drill-down."""
+    each = "{{workflow}} " if split else ""
+    loops = sel + ', status="stopped"'
+    return Spec(
+        "Budget extensions and loop stops",
+        EVENTS_PER_S,
+        [
+            (rate(EXTENSIONS, sel, f"{split}limit"), f"{each}extended {{{{limit}}}}"),
+            (rate(LOOPS, loops, f"{split}type"), f"{each}loop stopped ({{{{type}}}})"),
+        ],
+        description=LIMIT_DESCRIPTION,
+    )
+
+
+def would_exhaust(sel: str, split: str, description: str = "") -> Spec:
+    each = "{{workflow}} " if split else ""
+    return Spec(
+        "Would-be exhaustions in observe mode by reason",
+        RUNS_PER_S,
+        [(rate(WOULD_EXHAUST, sel, f"{split}reason"), f"{each}{{{{reason}}}}")],
+        description=description,
+    )
+
+
+def model_calls(sel: str) -> Spec:
+    query = rate(MODEL_CALLS, sel, "model, status")
+    return Spec("Model calls by model and status", CALLS_PER_S, [(query, "{{model}} {{status}}")])
+
+
+def tool_latency(sel: str) -> Spec:
+    return Spec("Tool latency p95 by tool", "s", [(q95(TOOL_DURATION, "tool", sel), "{{tool}}")])
+
+
+def retries(sel: str) -> Spec:
+    return Spec("Retries by type", RETRIES_PER_S, [(rate(RETRIES, sel, "type"), "{{type}}")])
+
+
 def panel(spec: Spec, panel_id: int) -> Any:
     builder: Any = StatPanel() if spec.stat else TimeseriesPanel()
     builder = (
@@ -329,76 +424,37 @@ def overview() -> dict[str, Any]:
         (
             "Outcomes and spend",
             [
-                Spec(
-                    "Cost per successful task",
-                    "currencyUSD",
-                    [(cost_per_success(wf, RANGE), "")],
-                    stat=True,
-                    width=5,
-                    height=5,
-                    description="Total run cost / successful runs in the time range. Failed and "
+                cost_per_task(
+                    wf,
+                    5,
+                    "Total run cost / successful runs in the time range. Failed and "
                     "exhausted runs' cost stays in the numerator.",
                 ),
-                Spec(
+                stat(
                     "Spend rate",
                     "currencyUSD",
-                    [(f"sum(rate({COST}{{{wf}}}[{RATE}])) * 3600", "")],
-                    stat=True,
-                    width=5,
-                    height=5,
-                    description="Dollars per hour spent on priced model calls.",
+                    per_hour(COST, wf),
+                    5,
+                    "Dollars per hour spent on priced model calls.",
                 ),
-                Spec(
+                stat(
                     "Budget-exhaustion rate",
                     "percentunit",
-                    [
-                        (
-                            f'sum(rate({RUNS}{{{wf}, outcome="budget_exhausted"}}[{RATE}])) / '
-                            f"sum(rate({RUNS}{{{wf}}}[{RATE}]))",
-                            "",
-                        )
-                    ],
-                    stat=True,
-                    width=5,
-                    height=5,
-                    description="Share of finished runs that stopped at a budget limit.",
+                    outcome_share(wf, "budget_exhausted", RATE, "rate"),
+                    5,
+                    "Share of finished runs that stopped at a budget limit.",
                 ),
-                Spec("Live runs", "short", [(f"sum({LIVE_RUNS}{{{wf}}})", "")], stat=True, width=4, height=5),
-                Spec(
+                live_runs(wf, 4),
+                stat(
                     "Unpriced model calls",
                     "short",
-                    [(f"sum(increase({UNPRICED}{{{SVC}}}[{RANGE}]))", "")],
-                    stat=True,
-                    width=5,
-                    height=5,
-                    description="Calls with usage but no known price: their cost is missing from "
+                    rate(UNPRICED, SVC, window=RANGE, fn="increase"),
+                    5,
+                    "Calls with usage but no known price: their cost is missing from "
                     "every dollar figure. Add the model to BUDGETSPAN_PRICES. " + ALL_WORKFLOWS,
                 ),
-                Spec(
-                    "Runs by outcome",
-                    RUNS_PER_S,
-                    [(f"sum by (outcome) (rate({RUNS}{{{wf}}}[{RATE}]))", "{{outcome}}")],
-                ),
-                Spec(
-                    "Budget exhaustions by reason",
-                    RUNS_PER_S,
-                    [(f"sum by (reason) (rate({EXHAUSTIONS}{{{wf}}}[{RATE}]))", "{{reason}}")],
-                ),
-                Spec(
-                    "Budget extensions and loop stops",
-                    EVENTS_PER_S,
-                    [
-                        (
-                            f"sum by (workflow, limit) (rate({EXTENSIONS}{{{wf}}}[{RATE}]))",
-                            "{{workflow}} extended {{limit}}",
-                        ),
-                        (
-                            f'sum by (workflow, type) (rate({LOOPS}{{{wf}, status="stopped"}}[{RATE}]))',
-                            "{{workflow}} loop stopped ({{type}})",
-                        ),
-                    ],
-                    description=LIMIT_DESCRIPTION,
-                ),
+                *by_one_label(wf),
+                extensions_and_loops(wf, "workflow, "),
                 Spec(
                     "Cost per successful task by workflow",
                     "currencyUSD",
@@ -408,7 +464,7 @@ def overview() -> dict[str, Any]:
                 Spec(
                     "Spend rate by workflow ($/h)",
                     "currencyUSD",
-                    [(f"sum by (workflow) (rate({COST}{{{wf}}}[{RATE}])) * 3600", "{{workflow}}")],
+                    [(per_hour(COST, wf, "workflow"), "{{workflow}}")],
                     links=[TO_WORKFLOW],
                 ),
             ],
@@ -422,14 +478,7 @@ def overview() -> dict[str, Any]:
                     [(q95(PHASE_DURATION, "phase", wf), "{{phase}}")],
                     description="Phase blocks, and calls made outside any block under their default phase.",
                 ),
-                Spec(
-                    "Run duration p50 / p95",
-                    "s",
-                    [
-                        (q95(RUN_DURATION, "workflow", wf, 0.5), "p50 {{workflow}}"),
-                        (q95(RUN_DURATION, "workflow", wf), "p95 {{workflow}}"),
-                    ],
-                ),
+                Spec("Run duration p50 / p95", "s", p50_p95(RUN_DURATION, "workflow", wf, "{{workflow}}")),
                 Spec(
                     "Time to first token p95 by model",
                     "s",
@@ -450,19 +499,14 @@ def overview() -> dict[str, Any]:
                 Spec(
                     "Cost by phase and model ($/h)",
                     "currencyUSD",
-                    [
-                        (
-                            f"sum by (phase, model) (rate({COST}{{{wf}}}[{RATE}])) * 3600",
-                            "{{phase}} / {{model}}",
-                        )
-                    ],
+                    [(per_hour(COST, wf, "phase, model"), "{{phase}} / {{model}}")],
                 ),
                 Spec(
                     "Tokens by type",
                     TOKENS_PER_S,
                     [
-                        (f"sum by (type) (rate({TOKENS}{{{wf}}}[{RATE}]))", "{{type}}"),
-                        (f"sum by (type) (rate({TOKEN_DETAILS}{{{wf}}}[{RATE}]))", "{{type}} (part)"),
+                        (rate(TOKENS, wf, "type"), "{{type}}"),
+                        (rate(TOKEN_DETAILS, wf, "type"), "{{type}} (part)"),
                     ],
                     description="Tokens per second. Input includes cache reads and writes, output "
                     "includes reasoning (OpenTelemetry semantics); the parts are drawn apart, not on top.",
@@ -472,20 +516,14 @@ def overview() -> dict[str, Any]:
                     "percentunit",
                     [
                         (
-                            f'sum(rate({TOKEN_DETAILS}{{{wf}, type="cache_read"}}[{RATE}])) / '
-                            f'sum(rate({TOKENS}{{{wf}, type="input"}}[{RATE}]))',
+                            rate(TOKEN_DETAILS, wf + ', type="cache_read"')
+                            + " / "
+                            + rate(TOKENS, wf + ', type="input"'),
                             "cache read",
                         )
                     ],
                 ),
-                Spec(
-                    "Run cost p50 / p95",
-                    "currencyUSD",
-                    [
-                        (q95(RUN_COST, "workflow", wf, 0.5), "p50 {{workflow}}"),
-                        (q95(RUN_COST, "workflow", wf), "p95 {{workflow}}"),
-                    ],
-                ),
+                Spec("Run cost p50 / p95", "currencyUSD", p50_p95(RUN_COST, "workflow", wf, "{{workflow}}")),
                 Spec(
                     "Budget utilisation p95 by limit",
                     "percentunit",
@@ -493,71 +531,37 @@ def overview() -> dict[str, Any]:
                     description="Share of each limit used when runs end; near 100% means the "
                     "limit is about to refuse work.",
                 ),
-                Spec(
-                    "Model calls by model and status",
-                    CALLS_PER_S,
-                    [
-                        (
-                            f"sum by (model, status) (rate({MODEL_CALLS}{{{wf}}}[{RATE}]))",
-                            "{{model}} {{status}}",
-                        )
-                    ],
-                ),
+                model_calls(wf),
             ],
         ),
         ("Caching", cache_panels(wf)),
         (
             "Tools and reliability",
             [
-                Spec("Tool latency p95 by tool", "s", [(q95(TOOL_DURATION, "tool", wf), "{{tool}}")]),
+                tool_latency(wf),
                 Spec(
                     "Tool errors by tool",
                     CALLS_PER_S,
-                    [
-                        (
-                            f'sum by (tool, status) (rate({TOOL_CALLS}{{{wf}, status!="ok"}}[{RATE}]))',
-                            "{{tool}} {{status}}",
-                        )
-                    ],
+                    [(rate(TOOL_CALLS, wf + ', status!="ok"', "tool, status"), "{{tool}} {{status}}")],
                 ),
-                Spec(
-                    "Retries by type",
-                    RETRIES_PER_S,
-                    [(f"sum by (type) (rate({RETRIES}{{{wf}}}[{RATE}]))", "{{type}}")],
-                ),
+                retries(wf),
                 Spec(
                     "Unpriced model calls by model",
                     CALLS_PER_S,
-                    [
-                        (
-                            f"sum by (provider, model) (rate({UNPRICED}{{{SVC}}}[{RATE}]))",
-                            "{{provider}} {{model}}",
-                        )
-                    ],
+                    [(rate(UNPRICED, SVC, "provider, model"), "{{provider}} {{model}}")],
                     description=ALL_WORKFLOWS,
                 ),
                 Spec(
                     "Model calls with no reported usage",
                     CALLS_PER_S,
-                    [
-                        (
-                            f"sum by (provider, model) (rate({UNREPORTED}{{{SVC}}}[{RATE}]))",
-                            "{{provider}} {{model}}",
-                        )
-                    ],
+                    [(rate(UNREPORTED, SVC, "provider, model"), "{{provider}} {{model}}")],
                     description="The provider never said the tokens (a stream without a usage "
                     "chunk): not counted as 0, and token budgets cannot see them. " + ALL_WORKFLOWS,
                 ),
-                Spec(
-                    "Would-be exhaustions in observe mode by reason",
-                    RUNS_PER_S,
-                    [
-                        (
-                            f"sum by (workflow, reason) (rate({WOULD_EXHAUST}{{{wf}}}[{RATE}]))",
-                            "{{workflow}} {{reason}}",
-                        )
-                    ],
-                    description="Runs in BUDGETSPAN_MODE=observe that enforce mode would have "
+                would_exhaust(
+                    wf,
+                    "workflow, ",
+                    "Runs in BUDGETSPAN_MODE=observe that enforce mode would have "
                     "stopped: check this before switching a workflow to enforce.",
                 ),
             ],
@@ -568,7 +572,7 @@ def overview() -> dict[str, Any]:
                 Spec(
                     "Jobs by state",
                     JOBS_PER_S,
-                    [(f"sum by (state) (rate({JOBS}{{{wf}}}[{RATE}]))", "{{state}}")],
+                    [(rate(JOBS, wf, "state"), "{{state}}")],
                     description="Jobs entering each state: queued (submitted), running (first "
                     "start), retried (delivered again after a worker died), then their outcome. "
                     "Queued minus running minus cancelled is the backlog." + PROCESS_ONLY,
@@ -576,32 +580,18 @@ def overview() -> dict[str, Any]:
                 Spec(
                     "Queue wait p50 / p95",
                     "s",
-                    [
-                        (q95(JOB_QUEUE_WAIT, "workflow", wf, 0.5), "p50 {{workflow}}"),
-                        (q95(JOB_QUEUE_WAIT, "workflow", wf), "p95 {{workflow}}"),
-                    ],
+                    p50_p95(JOB_QUEUE_WAIT, "workflow", wf, "{{workflow}}"),
                     description="From submission to the job's first start (Redis's clock): the "
                     "queue_delay phase, before the run begins." + PROCESS_ONLY,
                 ),
             ],
         ),
     ]
-    workflow = (
-        QueryVariable("workflow")
-        .label("Workflow")
-        .datasource(DS)
-        .query(f"label_values({RUNS}{{{SVC}}}, workflow)")
-        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
-        .sort(VariableSort.ALPHABETICAL_ASC)
-        .multi(True)
-        .include_all(True)
-        .all_value(".*")
-    )
     return build(
         "budgetspan / overview",
         OVERVIEW_UID,
         "Cost per successful task, spend, budget exhaustions, phase latency, tokens, tools.",
-        [datasource_variable(), service_variable(), workflow],
+        [datasource_variable(), service_variable(), workflow_variable(many=True)],
         rows,
         ("Workflow drill-down", WORKFLOW_UID),
     )
@@ -617,171 +607,71 @@ def workflow_drilldown() -> dict[str, Any]:
         (
             "Outcomes",
             [
-                Spec(
-                    "Cost per successful task",
-                    "currencyUSD",
-                    [(cost_per_success(wf, RANGE), "")],
-                    stat=True,
-                    width=6,
-                    height=5,
-                ),
-                Spec(
-                    "Success share",
-                    "percentunit",
-                    [
-                        (
-                            f'sum(increase({RUNS}{{{wf}, outcome="success"}}[{RANGE}])) / '
-                            f"sum(increase({RUNS}{{{wf}}}[{RANGE}]))",
-                            "",
-                        )
-                    ],
-                    stat=True,
-                    width=6,
-                    height=5,
-                ),
-                Spec(
+                cost_per_task(wf, 6),
+                stat("Success share", "percentunit", outcome_share(wf, "success", RANGE, "increase"), 6),
+                stat(
                     "Budget-exhaustion share",
                     "percentunit",
-                    [
-                        (
-                            f'sum(increase({RUNS}{{{wf}, outcome="budget_exhausted"}}[{RANGE}])) / '
-                            f"sum(increase({RUNS}{{{wf}}}[{RANGE}]))",
-                            "",
-                        )
-                    ],
-                    stat=True,
-                    width=6,
-                    height=5,
+                    outcome_share(wf, "budget_exhausted", RANGE, "increase"),
+                    6,
                 ),
-                Spec("Live runs", "short", [(f"sum({LIVE_RUNS}{{{wf}}})", "")], stat=True, width=6, height=5),
-                Spec(
-                    "Runs by outcome",
-                    RUNS_PER_S,
-                    [(f"sum by (outcome) (rate({RUNS}{{{wf}}}[{RATE}]))", "{{outcome}}")],
-                ),
-                Spec(
-                    "Budget exhaustions by reason",
-                    RUNS_PER_S,
-                    [(f"sum by (reason) (rate({EXHAUSTIONS}{{{wf}}}[{RATE}]))", "{{reason}}")],
-                ),
-                Spec(
-                    "Would-be exhaustions in observe mode by reason",
-                    RUNS_PER_S,
-                    [(f"sum by (reason) (rate({WOULD_EXHAUST}{{{wf}}}[{RATE}]))", "{{reason}}")],
-                ),
-                Spec(
-                    "Budget extensions and loop stops",
-                    EVENTS_PER_S,
-                    [
-                        (f"sum by (limit) (rate({EXTENSIONS}{{{wf}}}[{RATE}]))", "extended {{limit}}"),
-                        (
-                            f'sum by (type) (rate({LOOPS}{{{wf}, status="stopped"}}[{RATE}]))',
-                            "loop stopped ({{type}})",
-                        ),
-                    ],
-                    description=LIMIT_DESCRIPTION,
-                ),
+                live_runs(wf, 6),
+                *by_one_label(wf),
+                would_exhaust(wf, ""),
+                extensions_and_loops(wf, ""),
                 Spec(
                     "Budget utilisation p50 / p95 by limit",
                     "percentunit",
-                    [
-                        (q95(UTILISATION, "limit", wf, 0.5), "p50 {{limit}}"),
-                        (q95(UTILISATION, "limit", wf), "p95 {{limit}}"),
-                    ],
+                    p50_p95(UTILISATION, "limit", wf, "{{limit}}"),
                 ),
                 Spec(
                     "Run duration p50 / p95 by outcome",
                     "s",
-                    [
-                        (q95(RUN_DURATION, "outcome", wf, 0.5), "p50 {{outcome}}"),
-                        (q95(RUN_DURATION, "outcome", wf), "p95 {{outcome}}"),
-                    ],
+                    p50_p95(RUN_DURATION, "outcome", wf, "{{outcome}}"),
                 ),
             ],
         ),
         (
             "Phases",
             [
-                Spec(
-                    "Phase duration p50 / p95",
-                    "s",
-                    [
-                        (q95(PHASE_DURATION, "phase", ph, 0.5), "p50 {{phase}}"),
-                        (q95(PHASE_DURATION, "phase", ph), "p95 {{phase}}"),
-                    ],
-                ),
-                Spec(
-                    "Cost by phase ($/h)",
-                    "currencyUSD",
-                    [(f"sum by (phase) (rate({COST}{{{ph}}}[{RATE}])) * 3600", "{{phase}}")],
-                ),
+                Spec("Phase duration p50 / p95", "s", p50_p95(PHASE_DURATION, "phase", ph, "{{phase}}")),
+                Spec("Cost by phase ($/h)", "currencyUSD", [(per_hour(COST, ph, "phase"), "{{phase}}")]),
             ],
         ),
         (
             "Models and tokens",
             [
-                Spec(
-                    "Cost by model ($/h)",
-                    "currencyUSD",
-                    [(f"sum by (model) (rate({COST}{{{wf}}}[{RATE}])) * 3600", "{{model}}")],
-                ),
+                Spec("Cost by model ($/h)", "currencyUSD", [(per_hour(COST, wf, "model"), "{{model}}")]),
                 Spec(
                     "Tokens by type and model",
                     TOKENS_PER_S,
                     [
-                        (f"sum by (type, model) (rate({TOKENS}{{{wf}}}[{RATE}]))", "{{model}} {{type}}"),
-                        (
-                            f"sum by (type, model) (rate({TOKEN_DETAILS}{{{wf}}}[{RATE}]))",
-                            "{{model}} {{type}} (part)",
-                        ),
+                        (rate(TOKENS, wf, "type, model"), "{{model}} {{type}}"),
+                        (rate(TOKEN_DETAILS, wf, "type, model"), "{{model}} {{type}} (part)"),
                     ],
                 ),
                 Spec(
                     "Run cost p50 / p95 by outcome",
                     "currencyUSD",
-                    [
-                        (q95(RUN_COST, "outcome", wf, 0.5), "p50 {{outcome}}"),
-                        (q95(RUN_COST, "outcome", wf), "p95 {{outcome}}"),
-                    ],
+                    p50_p95(RUN_COST, "outcome", wf, "{{outcome}}"),
                 ),
-                Spec(
-                    "Model calls by model and status",
-                    CALLS_PER_S,
-                    [
-                        (
-                            f"sum by (model, status) (rate({MODEL_CALLS}{{{wf}}}[{RATE}]))",
-                            "{{model}} {{status}}",
-                        )
-                    ],
-                ),
+                model_calls(wf),
             ],
         ),
         (
             "Tools",
             [
-                Spec("Tool latency p95 by tool", "s", [(q95(TOOL_DURATION, "tool", wf), "{{tool}}")]),
+                tool_latency(wf),
                 Spec(
                     "Tool calls by tool and status",
                     CALLS_PER_S,
-                    [(f"sum by (tool, status) (rate({TOOL_CALLS}{{{wf}}}[{RATE}]))", "{{tool}} {{status}}")],
+                    [(rate(TOOL_CALLS, wf, "tool, status"), "{{tool}} {{status}}")],
                 ),
-                Spec(
-                    "Retries by type",
-                    RETRIES_PER_S,
-                    [(f"sum by (type) (rate({RETRIES}{{{wf}}}[{RATE}]))", "{{type}}")],
-                ),
+                retries(wf),
             ],
         ),
         routing_row(wf),
     ]
-    workflow = (
-        QueryVariable("workflow")
-        .label("Workflow")
-        .datasource(DS)
-        .query(f"label_values({RUNS}{{{SVC}}}, workflow)")
-        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
-        .sort(VariableSort.ALPHABETICAL_ASC)
-    )
     phase = (
         QueryVariable("phase")
         .label("Phase")
@@ -797,7 +687,7 @@ def workflow_drilldown() -> dict[str, Any]:
         "budgetspan / workflow",
         WORKFLOW_UID,
         "One workflow: outcomes, budget utilisation, phases, models, tokens and tools.",
-        [datasource_variable(), service_variable(), workflow, phase],
+        [datasource_variable(), service_variable(), workflow_variable(many=False), phase],
         rows,
         ("Overview", OVERVIEW_UID),
     )

@@ -72,35 +72,18 @@ CONFIG_FORM = (
     f"({', '.join(TOOL_LIMIT_NAMES)})"
 )
 
-# Built-in profiles: sensible starting points, overridable from the config file.
+# Built-in profiles: sensible starting points, overridable from the config file. A row below gives
+# these limits, in this order.
+_PROFILE_LIMITS = tuple(
+    f"max_{n}" for n in ("model_calls", "tool_calls", "total_tokens", "cost_usd", "wall_clock_s", "retries")
+)
 BUILTIN_PROFILES: dict[str, Budget] = {
-    "interactive": Budget(
-        max_model_calls=8,
-        max_tool_calls=12,
-        max_total_tokens=60_000,
-        max_cost_usd=0.25,
-        max_wall_clock_s=60,
-        max_retries=3,
-        profile="interactive",
-    ),
-    "background": Budget(
-        max_model_calls=40,
-        max_tool_calls=80,
-        max_total_tokens=400_000,
-        max_cost_usd=2.0,
-        max_wall_clock_s=900,
-        max_retries=10,
-        profile="background",
-    ),
-    "high_value": Budget(
-        max_model_calls=100,
-        max_tool_calls=200,
-        max_total_tokens=2_000_000,
-        max_cost_usd=10.0,
-        max_wall_clock_s=3600,
-        max_retries=20,
-        profile="high_value",
-    ),
+    profile: Budget().merged(None, profile=profile, **dict(zip(_PROFILE_LIMITS, limits, strict=True)))
+    for profile, *limits in (
+        ("interactive", 8, 12, 60_000, 0.25, 60, 3),
+        ("background", 40, 80, 400_000, 2.0, 900, 10),
+        ("high_value", 100, 200, 2_000_000, 10.0, 3600, 20),
+    )
 }
 
 

@@ -50,6 +50,14 @@ def _worst(reservation: Reservation) -> tuple[float, int, int]:
     return r.worst_case_cost, r.worst_case_input_tokens, r.worst_case_output_tokens
 
 
+def _settle(book: _RunBook, reservation: Reservation) -> None:
+    """Under the book's lock: the reservation done, its worst case no longer held by the run."""
+    reservation.done = True
+    r = reservation
+    if r.worst_case_cost or r.worst_case_input_tokens or r.worst_case_output_tokens:
+        book.held.add(*_worst(reservation), sign=-1)
+
+
 class InMemoryLedger(Ledger):
     """Process-local ledger. Every method is safe to call from any thread."""
 
@@ -148,13 +156,7 @@ class InMemoryLedger(Ledger):
         if book is None or reservation.done:
             return None
         with book.lock:
-            reservation.done = True
-            if (
-                reservation.worst_case_cost
-                or reservation.worst_case_input_tokens
-                or reservation.worst_case_output_tokens
-            ):
-                book.held.add(*_worst(reservation), sign=-1)
+            _settle(book, reservation)
             if spend is not None:
                 book.add(spend)
             if reservation.scopes:
@@ -183,13 +185,7 @@ class InMemoryLedger(Ledger):
         if book is None or reservation.done:
             return
         with book.lock:
-            reservation.done = True
-            if (
-                reservation.worst_case_cost
-                or reservation.worst_case_input_tokens
-                or reservation.worst_case_output_tokens
-            ):
-                book.held.add(*_worst(reservation), sign=-1)
+            _settle(book, reservation)
             count_call(book.usage, reservation.kind, reservation.tool, -1)
             if reservation.scopes:
                 held = Held(*_worst(reservation))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from budgetspan.accounting.ledger import Spend
 from budgetspan.accounting.pricing import PriceResolver, default_resolver
 
 
@@ -46,4 +47,12 @@ def prompt_cache_saving(
     return PromptCacheSaving(max(0.0, full - read_only), max(0.0, actual - read_only))
 
 
-__all__ = ["PromptCacheSaving", "prompt_cache_saving"]
+def spend_saving(provider: str | None, model: str | None, spend: Spend) -> PromptCacheSaving | None:
+    """:func:`prompt_cache_saving` for one call's reported ``Spend`` (the metrics' view)."""
+    s = spend
+    return prompt_cache_saving(
+        provider or "", model, s.input_tokens, s.output_tokens, s.cache_read_tokens, s.cache_write_tokens
+    )
+
+
+__all__ = ["PromptCacheSaving", "prompt_cache_saving", "spend_saving"]

@@ -47,23 +47,26 @@ def count_refusal(
     """The count limit that refuses one more call of ``kind`` (``tool``), if any."""
     b, u = budget, usage
     if kind is CallKind.RETRY:
-        if b.max_retries is not None and u.retries >= b.max_retries:
-            return Refusal(Limit.RETRIES.value, b.max_retries)
-        limit = tool_limits_for(b, tool, defaults).max_retries if tool is not None else None
-        if limit is not None and u.tool_retries_by_name.get(tool or "", 0) >= limit:
-            return Refusal(Limit.TOOL_MAX_RETRIES.value, limit, tool)
-        return None
+        own = tool_limits_for(b, tool, defaults).max_retries if tool is not None else None
+        return _over(u.retries, b.max_retries, Limit.RETRIES) or _over(
+            u.tool_retries_by_name.get(tool or "", 0), own, Limit.TOOL_MAX_RETRIES, tool
+        )
     if b.max_steps is not None and u.model_calls + u.tool_calls >= b.max_steps:
         return Refusal(Limit.STEPS.value, b.max_steps)
     if kind is CallKind.MODEL:
         if b.max_model_calls is not None and u.model_calls >= b.max_model_calls:
             return Refusal(Limit.MODEL_CALLS.value, b.max_model_calls)
         return None
-    if b.max_tool_calls is not None and u.tool_calls >= b.max_tool_calls:
-        return Refusal(Limit.TOOL_CALLS.value, b.max_tool_calls)
-    limit = tool_limits_for(b, tool, defaults).max_calls if tool is not None else None
-    if limit is not None and u.tool_calls_by_name.get(tool or "", 0) >= limit:
-        return Refusal(Limit.TOOL_MAX_CALLS.value, limit, tool)
+    own = tool_limits_for(b, tool, defaults).max_calls if tool is not None else None
+    return _over(u.tool_calls, b.max_tool_calls, Limit.TOOL_CALLS) or _over(
+        u.tool_calls_by_name.get(tool or "", 0), own, Limit.TOOL_MAX_CALLS, tool
+    )
+
+
+def _over(done: int, limit: int | None, name: Limit, tool: str | None = None) -> Refusal | None:
+    """A count limit (the run's, or one tool's) refuses the call that would be the (N+1)-th."""
+    if limit is not None and done >= limit:
+        return Refusal(name.value, limit, tool)
     return None
 
 

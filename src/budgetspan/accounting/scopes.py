@@ -150,6 +150,31 @@ def scope_budget_from_table(
         raise ValueError(f"{where}: {e}") from None
 
 
+class _Recent:
+    """The scope budgets last found, by (kind, name): bounded (the oldest dropped first) and safe
+    from any thread; a missing one is made outside the lock (a lookup may be slow)."""
+
+    def __init__(self) -> None:
+        self._found: OrderedDict[tuple[str, str], ScopeBudget | None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str], make: Callable[[], ScopeBudget | None]) -> ScopeBudget | None:
+        with self._lock:
+            if key in self._found:
+                self._found.move_to_end(key)
+                return self._found[key]
+        found = make()
+        with self._lock:
+            self._found[key] = found
+            if len(self._found) > CACHE_SIZE:
+                self._found.popitem(last=False)
+        return found
+
+    def clear(self) -> None:
+        with self._lock:
+            self._found.clear()
+
+
 class ScopeTables:
     """The scope sections of ``BUDGETSPAN_CONFIG``: raw tables by kind and name (validated when
     read), turned into ``ScopeBudget``s only for the scopes that runs use (cached, bounded)."""
@@ -161,8 +186,7 @@ class ScopeTables:
     ) -> None:
         self.tables = tables or {}
         self._build = build
-        self._cache: OrderedDict[tuple[str, str], ScopeBudget | None] = OrderedDict()
-        self._lock = threading.Lock()
+        self._built = _Recent()
 
     def __len__(self) -> int:
         return sum(len(t) for t in self.tables.values())
@@ -171,20 +195,15 @@ class ScopeTables:
         by_name = self.tables.get(kind)
         if not by_name or self._build is None:
             return None
-        key = (kind, name)
-        with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
-        table = by_name.get(name)
-        if table is None:
-            table = by_name.get("default")
-        found = None if table is None else self._build(f"[{kind}.{name}]", table)
-        with self._lock:
-            self._cache[key] = found
-            if len(self._cache) > CACHE_SIZE:
-                self._cache.popitem(last=False)
-        return found
+        build = self._build
+
+        def built() -> ScopeBudget | None:
+            table = by_name.get(name)
+            if table is None:
+                table = by_name.get("default")
+            return None if table is None else build(f"[{kind}.{name}]", table)
+
+        return self._built.get((kind, name), built)
 
 
 class ScopeRegistry:
@@ -193,7 +212,7 @@ class ScopeRegistry:
     def __init__(self) -> None:
         self._code: dict[tuple[str, str], ScopeBudget] = {}
         self._lookup: Callable[[str, str], ScopeBudget | Budget | None] | None = None
-        self._looked_up: OrderedDict[tuple[str, str], ScopeBudget | None] = OrderedDict()
+        self._looked_up = _Recent()
         self._lock = threading.Lock()
 
     def set(self, kind: str, name: str, scope: ScopeBudget | None) -> None:
@@ -231,18 +250,12 @@ class ScopeRegistry:
         lookup = self._lookup
         if lookup is None:
             return None
-        key = (kind, name)
-        with self._lock:
-            if key in self._looked_up:
-                self._looked_up.move_to_end(key)
-                return self._looked_up[key]
-        got = lookup(kind, name)
-        found = ScopeBudget(got) if isinstance(got, Budget) else got
-        with self._lock:
-            self._looked_up[key] = found
-            if len(self._looked_up) > CACHE_SIZE:
-                self._looked_up.popitem(last=False)
-        return found
+
+        def looked_up() -> ScopeBudget | None:
+            got = lookup(kind, name)
+            return ScopeBudget(got) if isinstance(got, Budget) else got
+
+        return self._looked_up.get((kind, name), looked_up)
 
 
 REGISTRY = ScopeRegistry()

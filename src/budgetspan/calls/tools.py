@@ -108,13 +108,8 @@ def tool_call(
     arguments: tuple[Any, Any] | None = None,
 ) -> Call:
     """A started-later ``Call`` for one tool invocation (used by ``@tool`` and the tool instrumentations)."""
-    attrs: dict[str, Any] = {A.GEN_AI_TOOL_NAME: name}
-    if call_id:
-        attrs[A.GEN_AI_TOOL_CALL_ID] = call_id
-    if read_only:
-        attrs[A.READ_ONLY] = True
-    if server:
-        attrs[A.TOOL_SERVER] = server
+    optional = {A.GEN_AI_TOOL_CALL_ID: call_id, A.READ_ONLY: read_only, A.TOOL_SERVER: server}
+    attrs: dict[str, Any] = {A.GEN_AI_TOOL_NAME: name, **{k: v for k, v in optional.items() if v}}
     return Call(
         A.OP_EXECUTE_TOOL,
         A.SPAN_TOOL.format(tool=name),
@@ -190,6 +185,23 @@ def _step(call: Call, name: str, result: Any = None, error: BaseException | None
         events.internal_error("tool loop step")
 
 
+def _started(call: Call, tool_name: str, defaults: ToolLimits, outcome: Outcome | None) -> float | None:
+    """A started tool call (sync or async): the cache outcome noted, and the timeout it runs under."""
+    if outcome is not None:
+        note_outcome(call, outcome)
+    timeout_s = _effective(call.run, tool_name, defaults).timeout_s
+    _note_timeout(call, timeout_s)
+    return timeout_s
+
+
+def _succeeded(call: Call, tool_name: str, outcome: Outcome | None, result: Any) -> None:
+    """A tool call that returned (sync or async): ended, its result recorded for the run."""
+    if outcome is not None:
+        note_outcome(call, outcome)  # now with what the computation cost
+    call.end()
+    _finished(call, tool_name, result)
+
+
 def _sync_tool(
     func: Callable[..., Any],
     tool_name: str,
@@ -202,19 +214,13 @@ def _sync_tool(
         call = tool_call(
             tool_name, limits=defaults, label=label, read_only=read_only, arguments=(args, kwargs)
         ).start()
-        if outcome is not None:
-            note_outcome(call, outcome)
-        lim = _effective(call.run, tool_name, defaults)
-        _note_timeout(call, lim.timeout_s)
+        timeout_s = _started(call, tool_name, defaults, outcome)
         try:
-            result = run_tool(call, tool_name, lim.timeout_s, func, args, kwargs)
+            result = run_tool(call, tool_name, timeout_s, func, args, kwargs)
         except Exception as error:
             _step(call, tool_name, error=error)
             raise
-        if outcome is not None:
-            note_outcome(call, outcome)  # now with what the computation cost
-        call.end()
-        _finished(call, tool_name, result)
+        _succeeded(call, tool_name, outcome, result)
         return result
 
     @functools.wraps(func)
@@ -241,19 +247,13 @@ def _async_tool(
             tool_name, limits=defaults, label=label, read_only=read_only, arguments=(args, kwargs)
         )
         await call.astart()
-        if outcome is not None:
-            note_outcome(call, outcome)
-        lim = _effective(call.run, tool_name, defaults)
-        _note_timeout(call, lim.timeout_s)
+        timeout_s = _started(call, tool_name, defaults, outcome)
         try:
-            result = await arun_tool(call, tool_name, lim.timeout_s, func, args, kwargs)
+            result = await arun_tool(call, tool_name, timeout_s, func, args, kwargs)
         except Exception as error:
             _step(call, tool_name, error=error)
             raise
-        if outcome is not None:
-            note_outcome(call, outcome)  # now with what the computation cost
-        call.end()
-        _finished(call, tool_name, result)
+        _succeeded(call, tool_name, outcome, result)
         return result
 
     @functools.wraps(func)

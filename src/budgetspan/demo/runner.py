@@ -212,16 +212,8 @@ def _tables(analysis: Analysis, results: list[TicketResult], out: IO[str]) -> No
         out.write(f"\nPer phase ({wf.workflow}, {wf.runs} runs)\n\n")
         t = Table(["phase", "time", "share", "p50", "p95", "cost", "share of cost", "calls"])
         for p in wf.phases:
-            t.add(
-                p.phase,
-                secs(p.time_s),
-                pct(p.time_share),
-                secs(p.p50_s),
-                secs(p.p95_s),
-                money(p.cost_usd),
-                pct(p.cost_share),
-                p.calls,
-            )
+            time = (secs(p.time_s), pct(p.time_share), secs(p.p50_s), secs(p.p95_s))
+            t.add(p.phase, *time, money(p.cost_usd), pct(p.cost_share), p.calls)
         t.add("total", secs(wf.total_time_s), "100%", "", "", money(wf.total_cost_usd), "", "")
         out.write(t.render() + "\n")
     total = sum(r.cost_usd for r in runs)

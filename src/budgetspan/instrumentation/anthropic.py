@@ -23,7 +23,7 @@ from budgetspan.config import capture_content
 from budgetspan.events import internal_error
 from budgetspan.instrumentation.observers import Observer, capture_input_messages
 from budgetspan.instrumentation.openai import provider_from_url
-from budgetspan.instrumentation.patch_table import Patch
+from budgetspan.instrumentation.patch_table import Patch, sync_and_async
 from budgetspan.instrumentation.patching import (
     ResultObserver,
     SDKInstrumentor,
@@ -204,18 +204,10 @@ _BETA = "anthropic.resources.beta.messages.messages"  # same shapes (BetaMessage
 _BASE = "anthropic._base_client"
 
 PATCHES: tuple[Patch, ...] = (
-    (_MESSAGES, "Messages.create", _create_factory, False),
-    (_MESSAGES, "Messages.parse", _create_factory, False),
-    (_MESSAGES, "Messages.stream", _stream_factory, False),
-    (_MESSAGES, "AsyncMessages.create", _create_factory, True),
-    (_MESSAGES, "AsyncMessages.parse", _create_factory, True),
-    (_MESSAGES, "AsyncMessages.stream", _stream_factory, True),
-    (_BETA, "Messages.create", _create_factory, False),
-    (_BETA, "Messages.parse", _create_factory, False),
-    (_BETA, "Messages.stream", _stream_factory, False),
-    (_BETA, "AsyncMessages.create", _create_factory, True),
-    (_BETA, "AsyncMessages.parse", _create_factory, True),
-    (_BETA, "AsyncMessages.stream", _stream_factory, True),
+    *sync_and_async(_MESSAGES, _create_factory, "Messages.create", "Messages.parse"),
+    *sync_and_async(_MESSAGES, _stream_factory, "Messages.stream"),
+    *sync_and_async(_BETA, _create_factory, "Messages.create", "Messages.parse"),
+    *sync_and_async(_BETA, _stream_factory, "Messages.stream"),
     *retry_patches(_BASE),
 )
 

@@ -8,11 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from budgetspan.instrumentation.retrieval import (
-    Patch,
-    PatchInstrumentor,
-    retrieval_wrapper,
-)
+from budgetspan.instrumentation.retrieval import Patch, PatchInstrumentor, retrieval_wrapper
 
 SYSTEM = "chroma"
 

@@ -29,7 +29,7 @@ from budgetspan.calls.call import Call
 from budgetspan.config import capture_content
 from budgetspan.instrumentation.observers import Observer, content_json
 from budgetspan.instrumentation.openai import provider_from_url
-from budgetspan.instrumentation.patch_table import Patch, patch_functions, unpatch_functions
+from budgetspan.instrumentation.patch_table import Patch, sync_and_async
 from budgetspan.instrumentation.patching import (
     ResultObserver,
     SDKInstrumentor,
@@ -200,12 +200,6 @@ def _function_wrapper(asynchronous: bool) -> Callable[..., Any]:
     return wrapper
 
 
-_FUNCTIONS: tuple[tuple[str, str, bool], ...] = (
-    ("google.genai._extra_utils", "invoke_function_from_dict_args", False),
-    ("google.genai._extra_utils", "invoke_function_from_dict_args_async", True),
-)
-
-
 # --- patch table --------------------------------------------------------------------------------
 
 _WRAPPER = wrapper_for(_call, "google-genai call setup")
@@ -213,10 +207,10 @@ _STREAM_WRAPPER = wrapper_for(_stream_call, "google-genai call setup")
 _MODELS = "google.genai.models"
 
 PATCHES: tuple[Patch, ...] = (
-    (_MODELS, "Models._generate_content", _WRAPPER, False),
-    (_MODELS, "Models._generate_content_stream", _STREAM_WRAPPER, False),
-    (_MODELS, "AsyncModels._generate_content", _WRAPPER, True),
-    (_MODELS, "AsyncModels._generate_content_stream", _STREAM_WRAPPER, True),
+    *sync_and_async(_MODELS, _WRAPPER, "Models._generate_content"),
+    *sync_and_async(_MODELS, _STREAM_WRAPPER, "Models._generate_content_stream"),
+    ("google.genai._extra_utils", "invoke_function_from_dict_args", _function_wrapper, False),
+    ("google.genai._extra_utils", "invoke_function_from_dict_args_async", _function_wrapper, True),
 )
 
 
@@ -226,13 +220,3 @@ class GoogleGenAIInstrumentor(SDKInstrumentor):
     LIBRARY = "google.genai"
     DEPENDENCIES = ("google-genai >= 1.0",)
     PATCHES = PATCHES
-
-    _functions: list[tuple[Any, str]]
-
-    def _instrument(self, **kwargs: Any) -> None:
-        super()._instrument(**kwargs)
-        self._functions = patch_functions(_FUNCTIONS, _function_wrapper)
-
-    def _uninstrument(self, **kwargs: Any) -> None:
-        super()._uninstrument(**kwargs)
-        unpatch_functions(getattr(self, "_functions", []))

@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-from collections.abc import AsyncIterator, Callable, Collection, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
@@ -79,64 +79,67 @@ def _step(name: str, span: Span | None) -> Iterator[None]:
             otel_context.detach(token)
 
 
-def _end(span: Span | None, error: BaseException | None) -> None:
-    if isinstance(error, GeneratorExit):  # the caller stopped iterating: not an error
-        error = None
-    agents._end_span(span, error)
+@contextlib.contextmanager
+def _graph_span(name: str) -> Iterator[Span | None]:
+    """The graph's agent span around a whole stream, ended with the error that stopped it (the
+    caller stopping early is no error)."""
+    span = agents._start_span(name, FRAMEWORK)
+    error: BaseException | None = None
+    try:
+        yield span
+    except BaseException as e:
+        error = None if isinstance(e, GeneratorExit) else e
+        raise
+    finally:
+        agents._end_span(span, error)
+
+
+def _close(chunks: Any, name: str, span: Span | None) -> None:
+    close = getattr(chunks, "close", None)
+    if close is not None:
+        with _step(name, span):
+            close()
+
+
+async def _aclose(chunks: Any, name: str, span: Span | None) -> None:
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        with _step(name, span):
+            await aclose()
 
 
 def _traced_stream(wrapped: Any, args: Any, kwargs: Any, name: str) -> Iterator[Any]:
-    span = agents._start_span(name, FRAMEWORK)
-    error: BaseException | None = None
     chunks: Iterator[Any] | None = None
-    try:
-        while True:
-            with _step(name, span):
-                if chunks is None:
-                    chunks = iter(wrapped(*args, **kwargs))
-                try:
-                    item = next(chunks)
-                except StopIteration:
-                    return
-            yield item
-    except BaseException as e:
-        error = e
-        raise
-    finally:
+    with _graph_span(name) as span:
         try:
-            close = getattr(chunks, "close", None)
-            if close is not None:
+            while True:
                 with _step(name, span):
-                    close()
+                    if chunks is None:
+                        chunks = iter(wrapped(*args, **kwargs))
+                    try:
+                        item = next(chunks)
+                    except StopIteration:
+                        return
+                yield item
         finally:
-            _end(span, error)
+            _close(chunks, name, span)
 
 
 async def _atraced_stream(wrapped: Any, args: Any, kwargs: Any, name: str) -> AsyncIterator[Any]:
-    span = agents._start_span(name, FRAMEWORK)
-    error: BaseException | None = None
     chunks: Any = None
-    try:
-        while True:
-            with _step(name, span):
-                if chunks is None:
-                    chunks = wrapped(*args, **kwargs).__aiter__()
-                try:
-                    item = await chunks.__anext__()
-                except StopAsyncIteration:
-                    return
-            yield item
-    except BaseException as e:
-        error = e
-        raise
-    finally:
+    with _graph_span(name) as span:
         try:
-            aclose = getattr(chunks, "aclose", None)
-            if aclose is not None:
+            while True:
                 with _step(name, span):
-                    await aclose()
+                    if chunks is None:
+                        chunks = wrapped(*args, **kwargs).__aiter__()
+                    try:
+                        item = await chunks.__anext__()
+                    except StopAsyncIteration:
+                        return
+                yield item
         finally:
-            _end(span, error)
+            await _aclose(chunks, name, span)
 
 
 def _stream(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
@@ -258,9 +261,6 @@ class LangGraphInstrumentor(PatchInstrumentor):
 
     PATCHES = _PATCHES
     DEPENDENCIES = ("langgraph >= 1.0",)
-
-    def instrumentation_dependencies(self) -> Collection[str]:
-        return self.DEPENDENCIES
 
     def _instrument(self, **kwargs: Any) -> None:
         super()._instrument(**kwargs)

@@ -41,7 +41,7 @@ from budgetspan.config import capture_content
 from budgetspan.events import internal_error
 from budgetspan.instrumentation.observers import Observer, content_json
 from budgetspan.instrumentation.openai import ChatObserver, _ask_for_stream_usage, provider_from_url
-from budgetspan.instrumentation.patch_table import patch_functions, suppressed, unpatch_functions
+from budgetspan.instrumentation.patch_table import Patch, suppressed
 from budgetspan.instrumentation.patching import SDKInstrumentor, model_call, positive_int
 from budgetspan.instrumentation.sdk_call import ainvoke, in_model_call, invoke
 
@@ -245,13 +245,12 @@ def _factory(asynchronous: bool) -> Callable[..., Any]:
     return wrapper
 
 
-#: (module, function, asynchronous): ``litellm.completion`` is bound in both modules at import;
-#: ``acompletion`` calls ``litellm.main.completion``.
-_FUNCTIONS: tuple[tuple[str, str, bool], ...] = (
-    ("litellm", "completion", False),
-    ("litellm", "acompletion", True),
-    ("litellm.main", "completion", False),
-    ("litellm.main", "acompletion", True),
+#: ``litellm.completion`` and ``acompletion``, bound in both modules at import (``acompletion`` calls
+#: ``litellm.main.completion``).
+PATCHES: tuple[Patch, ...] = tuple(
+    (module, name, _factory, name == "acompletion")
+    for module in ("litellm", "litellm.main")
+    for name in ("completion", "acompletion")
 )
 
 
@@ -260,13 +259,4 @@ class LiteLLMInstrumentor(SDKInstrumentor):
 
     LIBRARY = "litellm"
     DEPENDENCIES = ("litellm >= 1.60",)
-
-    _functions: list[tuple[Any, str]]
-
-    def _instrument(self, **kwargs: Any) -> None:
-        super()._instrument(**kwargs)
-        self._functions = patch_functions(_FUNCTIONS, _factory)
-
-    def _uninstrument(self, **kwargs: Any) -> None:
-        super()._uninstrument(**kwargs)
-        unpatch_functions(getattr(self, "_functions", []))
+    PATCHES = PATCHES

@@ -38,7 +38,14 @@ from opentelemetry.trace import Span
 from budgetspan.events import internal_error
 from budgetspan.instrumentation import agents
 from budgetspan.instrumentation.patch_table import suppressed
-from budgetspan.instrumentation.retrieval import Patch, PatchInstrumentor, arg, atraced_tool, traced_tool
+from budgetspan.instrumentation.retrieval import (
+    Patch,
+    PatchInstrumentor,
+    ToolHow,
+    arg,
+    atraced_tool,
+    traced_tool,
+)
 
 FRAMEWORK = "llamaindex"
 SYSTEM = "llamaindex"
@@ -115,15 +122,8 @@ def _function_tool(asynchronous: bool) -> Callable[..., Any]:
     def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         if _handing_off.get():
             return wrapped(*args, **kwargs)
-        return traced(
-            wrapped,
-            args,
-            kwargs,
-            name=_tool_name(instance),
-            system=SYSTEM,
-            read_only=_read_only(instance),
-            is_error=_is_error,
-        )
+        how = ToolHow(read_only=_read_only(instance), is_error=_is_error)
+        return traced(wrapped, args, kwargs, name=_tool_name(instance), system=SYSTEM, **how)
 
     return wrapper
 

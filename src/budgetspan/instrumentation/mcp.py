@@ -17,12 +17,7 @@ from typing import Any
 
 from budgetspan import attributes as A
 from budgetspan.events import internal_error
-from budgetspan.instrumentation.retrieval import (
-    Patch,
-    PatchInstrumentor,
-    arg,
-    atraced_tool,
-)
+from budgetspan.instrumentation.retrieval import Patch, PatchInstrumentor, arg, atraced_tool
 
 SYSTEM = "mcp"
 

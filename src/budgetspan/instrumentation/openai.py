@@ -19,7 +19,7 @@ from budgetspan import attributes as A
 from budgetspan.calls.call import Call
 from budgetspan.config import capture_content
 from budgetspan.instrumentation.observers import Observer, content_json
-from budgetspan.instrumentation.patch_table import Patch
+from budgetspan.instrumentation.patch_table import Patch, sync_and_async
 from budgetspan.instrumentation.patching import (
     ResultObserver,
     SDKInstrumentor,
@@ -347,18 +347,10 @@ _COMPLETIONS = "openai.resources.completions"
 _BASE = "openai._base_client"
 
 PATCHES: tuple[Patch, ...] = (
-    (_CHAT, "Completions.create", _CHAT_WRAPPER, False),
-    (_CHAT, "Completions.parse", _CHAT_WRAPPER, False),
-    (_CHAT, "AsyncCompletions.create", _CHAT_WRAPPER, True),
-    (_CHAT, "AsyncCompletions.parse", _CHAT_WRAPPER, True),
-    (_RESPONSES, "Responses.create", _RESPONSES_WRAPPER, False),
-    (_RESPONSES, "Responses.parse", _RESPONSES_WRAPPER, False),
-    (_RESPONSES, "AsyncResponses.create", _RESPONSES_WRAPPER, True),
-    (_RESPONSES, "AsyncResponses.parse", _RESPONSES_WRAPPER, True),
-    (_COMPLETIONS, "Completions.create", _TEXT_WRAPPER, False),
-    (_COMPLETIONS, "AsyncCompletions.create", _TEXT_WRAPPER, True),
-    (_EMBEDDINGS, "Embeddings.create", _EMBEDDINGS_WRAPPER, False),
-    (_EMBEDDINGS, "AsyncEmbeddings.create", _EMBEDDINGS_WRAPPER, True),
+    *sync_and_async(_CHAT, _CHAT_WRAPPER, "Completions.create", "Completions.parse"),
+    *sync_and_async(_RESPONSES, _RESPONSES_WRAPPER, "Responses.create", "Responses.parse"),
+    *sync_and_async(_COMPLETIONS, _TEXT_WRAPPER, "Completions.create"),
+    *sync_and_async(_EMBEDDINGS, _EMBEDDINGS_WRAPPER, "Embeddings.create"),
     *retry_patches(_BASE),
 )
 

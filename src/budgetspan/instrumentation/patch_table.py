@@ -13,34 +13,47 @@ from budgetspan.events import internal_error
 
 # --- patch tables -------------------------------------------------------------------------------
 
-#: (module, "Class.method", wrapper factory taking ``asynchronous``) — one row per patched method.
+#: (module, "Class.method" or "function", wrapper factory taking ``asynchronous``, asynchronous):
+#: one row per patched method or module-level function (``litellm.completion``, helpers the SDK
+#: calls by module name).
 Patch = tuple[str, str, Callable[[bool], Callable[..., Any]], bool]
 
 
-def apply_patches(table: tuple[Patch, ...]) -> list[tuple[str, str]]:
-    """Wrap every row whose target exists in this SDK version; return what was wrapped."""
-    done: list[tuple[str, str]] = []
+def sync_and_async(
+    module: str, factory: Callable[[bool], Callable[..., Any]], *targets: str
+) -> tuple[Patch, ...]:
+    """Rows for SDK resource methods and their async twins, which the SDKs name ``Async`` + the
+    sync class: ``Messages.create`` also gives ``AsyncMessages.create``."""
+    return tuple(
+        (module, prefix + target, factory, bool(prefix)) for prefix in ("", "Async") for target in targets
+    )
+
+
+def apply_patches(table: tuple[Patch, ...]) -> list[tuple[Any, str]]:
+    """Wrap every row whose target exists in this SDK version; return (owner, name) wrapped."""
+    done: list[tuple[Any, str]] = []
     for module, target, factory, asynchronous in table:
         try:
             mod = importlib.import_module(module)
-            owner_name, method = target.rsplit(".", 1)
-            owner = getattr(mod, owner_name, None)
-            if owner is None or not hasattr(owner, method):
+            owner_name, _, name = target.rpartition(".")
+            owner = getattr(mod, owner_name, None) if owner_name else mod
+            if owner is None or not callable(getattr(owner, name, None)):
                 continue  # not in this SDK version
             wrapt.wrap_function_wrapper(mod, target, factory(asynchronous))
-            done.append((f"{module}.{owner_name}", method))
+            done.append((owner, name))
         except Exception:
             internal_error(f"patch {module}.{target}")
     return done
 
 
-def remove_patches(done: list[tuple[str, str]]) -> None:
-    for owner, method in done:
+def remove_patches(done: list[tuple[Any, str]]) -> None:
+    """Undo what ``apply_patches`` (or another patch list of (owner, name)) wrapped, last first."""
+    while done:
+        owner, name = done.pop()
         try:
-            unwrap(owner, method)
+            unwrap(owner, name)
         except Exception:
-            internal_error(f"unpatch {owner}.{method}")
-    done.clear()
+            internal_error(f"unpatch {owner!r}.{name}")
 
 
 def use_provider(provider: Any) -> None:
@@ -55,35 +68,3 @@ def suppressed() -> bool:
     """Inside OpenTelemetry's ``suppress_instrumentation()``: every wrapper lets the call through
     untouched (no span, no accounting), as the official instrumentations do."""
     return not is_instrumentation_enabled()
-
-
-# --- module-level functions (``litellm.completion``, helpers the SDK calls by module name) ---------
-
-#: (module, function name, asynchronous)
-FunctionPatch = tuple[str, str, bool]
-
-
-def patch_functions(
-    table: tuple[FunctionPatch, ...], factory: Callable[[bool], Callable[..., Any]]
-) -> list[tuple[Any, str]]:
-    """Wrap each module-level function the installed version has; return (module, name) wrapped."""
-    done: list[tuple[Any, str]] = []
-    for module, name, asynchronous in table:
-        try:
-            mod = importlib.import_module(module)
-            if not callable(getattr(mod, name, None)):
-                continue  # not in this version
-            wrapt.wrap_function_wrapper(mod, name, factory(asynchronous))
-            done.append((mod, name))
-        except Exception:
-            internal_error(f"patch {module}.{name}")
-    return done
-
-
-def unpatch_functions(done: list[tuple[Any, str]]) -> None:
-    while done:
-        owner, name = done.pop()
-        try:
-            unwrap(owner, name)
-        except Exception:
-            internal_error(f"unpatch {name}")

@@ -202,7 +202,7 @@ class SDKInstrumentor(LazyInstrumentor):
     DEPENDENCIES: tuple[str, ...] = ()
     PATCHES: tuple[Patch, ...] = ()
 
-    _done: list[tuple[str, str]]
+    _done: list[tuple[Any, str]]
 
     def _instrument(self, **kwargs: Any) -> None:
         importlib.import_module(self.LIBRARY)  # lazily: a missing SDK must not break the others

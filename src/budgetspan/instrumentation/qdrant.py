@@ -10,12 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from budgetspan.instrumentation.retrieval import (
-    Patch,
-    PatchInstrumentor,
-    arg,
-    retrieval_wrapper,
-)
+from budgetspan.instrumentation.retrieval import Patch, PatchInstrumentor, arg, retrieval_wrapper
 
 SYSTEM = "qdrant"
 

@@ -20,9 +20,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from opentelemetry.trace import SpanKind
 
@@ -32,7 +32,7 @@ from budgetspan.calls.call import Call
 from budgetspan.calls.tools import arun_tool, run_tool, tool_call
 from budgetspan.events import internal_error
 from budgetspan.instrumentation.lazy import LazyInstrumentor
-from budgetspan.instrumentation.patch_table import suppressed
+from budgetspan.instrumentation.patch_table import remove_patches, suppressed
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,8 @@ _retrieval: ContextVar[Call | None] = ContextVar("budgetspan_retrieval", default
 _tool: ContextVar[Call | None] = ContextVar("budgetspan_instrumented_tool", default=None)
 
 Counter = Callable[[Any], int | None]
+AsyncMethod = Callable[..., Awaitable[Any]]
+Source = Callable[[], str]  # a retrieval's data source, named only when a span is made
 
 
 def _bounded(call: Call, timeout_s: float | None = None) -> contextlib.AbstractAsyncContextManager[None]:
@@ -94,79 +96,64 @@ def _finish_retrieval(call: Call, result: Any, count: Counter, t0: float) -> Non
     call.end()
 
 
-def _prepare_retrieval(source: Callable[[], str], system: str) -> Call | None:
-    try:
-        return retrieval_call(source(), system)
-    except Exception:
-        internal_error("retrieval setup")
-        return None
-
-
-def traced_retrieval(
-    wrapped: Callable[..., Any],
-    args: Any,
-    kwargs: Any,
-    *,
-    source: Callable[[], str],
-    system: str,
-    count: Counter,
-) -> Any:
-    """Run a synchronous retrieval inside a ``retrieval`` span (or fold it into the enclosing one)."""
+def _begin_retrieval(source: Callable[[], str], system: str) -> Call | None:
+    """A started retrieval call, or None to let the method through untouched: suppressed, folded
+    into the enclosing retrieval, or our own setup failed. BudgetExhausted propagates: a run at its
+    limit does no more work."""
     if suppressed():
-        return wrapped(*args, **kwargs)
+        return None
     outer = _retrieval.get()
     if outer is not None:
         _fold(outer, system)
-        return wrapped(*args, **kwargs)
-    call = _prepare_retrieval(source, system)
-    if call is None:
-        return wrapped(*args, **kwargs)
-    call.start()  # BudgetExhausted propagates: a run at its limit does no more work
+        return None
+    try:
+        call = retrieval_call(source(), system)
+    except Exception:
+        internal_error("retrieval setup")
+        return None
+    call.start()
+    return call
+
+
+@contextlib.contextmanager
+def _retrieving(call: Call) -> Iterator[None]:
+    """The retrieval as the current one (inner ones fold into it); ended with the error on failure."""
     token = _retrieval.set(call)
-    t0 = time.monotonic()
     try:
         with call.activate():
-            result = wrapped(*args, **kwargs)
+            yield
     except BaseException as e:
         call.end(e)
         raise
     finally:
         _retrieval.reset(token)
+
+
+def traced_retrieval(
+    wrapped: Callable[..., Any], args: Any, kwargs: Any, *, source: Source, system: str, count: Counter
+) -> Any:
+    """Run a synchronous retrieval inside a ``retrieval`` span (or fold it into the enclosing one)."""
+    call = _begin_retrieval(source, system)
+    if call is None:
+        return wrapped(*args, **kwargs)
+    t0 = time.monotonic()
+    with _retrieving(call):
+        result = wrapped(*args, **kwargs)
     _finish_retrieval(call, result, count, t0)
     return result
 
 
 async def atraced_retrieval(
-    wrapped: Callable[..., Awaitable[Any]],
-    args: Any,
-    kwargs: Any,
-    *,
-    source: Callable[[], str],
-    system: str,
-    count: Counter,
+    wrapped: AsyncMethod, args: Any, kwargs: Any, *, source: Source, system: str, count: Counter
 ) -> Any:
     """The async twin of :func:`traced_retrieval`; bounded by the run's remaining wall-clock time."""
-    if suppressed():
-        return await wrapped(*args, **kwargs)
-    outer = _retrieval.get()
-    if outer is not None:
-        _fold(outer, system)
-        return await wrapped(*args, **kwargs)
-    call = _prepare_retrieval(source, system)
+    call = _begin_retrieval(source, system)
     if call is None:
         return await wrapped(*args, **kwargs)
-    call.start()
-    token = _retrieval.set(call)
     t0 = time.monotonic()
-    try:
-        with call.activate():
-            async with _bounded(call):
-                result = await wrapped(*args, **kwargs)
-    except BaseException as e:
-        call.end(e)
-        raise
-    finally:
-        _retrieval.reset(token)
+    with _retrieving(call):
+        async with _bounded(call):
+            result = await wrapped(*args, **kwargs)
     _finish_retrieval(call, result, count, t0)
     return result
 
@@ -205,19 +192,31 @@ def _same_tool(name: str, server: str | None) -> Call | None:
     return outer
 
 
-def _start_tool(
-    name: str,
-    *,
-    system: str,
-    tool_type: str,
-    server: str | None,
-    call_id: str | None,
-    read_only: bool,
-) -> tuple[Call, ToolLimits]:
-    call = tool_call(name, server=server, call_id=call_id, read_only=read_only)
+class ToolHow(TypedDict, total=False):
+    """How an instrumented tool call is described, beyond its name and system (keyword arguments
+    of :func:`traced_tool` and :func:`atraced_tool`). ``is_error`` tells an error *result* (the tool
+    answered, but with a failure) from a success; ``partial`` picks what of a successful result goes
+    into the run's partial results (a framework's result wrapper holds the tool's own output)."""
+
+    tool_type: str
+    server: str | None
+    call_id: str | None
+    read_only: bool
+    is_error: Callable[[Any], bool] | None
+    partial: Callable[[Any], Any] | None
+
+
+def _start_tool(name: str, system: str, how: ToolHow) -> tuple[Call, float | None] | None:
+    """A started tool call and its timeout, or None to let the tool through untouched (suppressed,
+    or the same tool as the enclosing call). BudgetExhausted propagates: a tool over its limits
+    never runs."""
+    server = how.get("server")
+    if suppressed() or _same_tool(name, server) is not None:
+        return None
+    call = tool_call(name, server=server, call_id=how.get("call_id"), read_only=how.get("read_only", False))
     call.attributes[A.TOOL_SYSTEM] = system
-    call.attributes[A.GEN_AI_TOOL_TYPE] = tool_type
-    call.start()  # BudgetExhausted propagates: a tool over its limits never runs
+    call.attributes[A.GEN_AI_TOOL_TYPE] = how.get("tool_type", A.TOOL_TYPE_FUNCTION)
+    call.start()
     limits = ToolLimits()
     try:
         if call.run is not None:
@@ -226,17 +225,12 @@ def _start_tool(
             call.span.set_attribute(A.TOOL_TIMEOUT_S, limits.timeout_s)
     except Exception:
         internal_error("tool limits")
-    return call, limits
+    return call, limits.timeout_s
 
 
-def _finish_tool(
-    call: Call,
-    name: str,
-    result: Any,
-    is_error: Callable[[Any], bool] | None,
-    partial: Callable[[Any], Any] | None = None,
-) -> None:
+def _finish_tool(call: Call, name: str, result: Any, how: ToolHow) -> None:
     failed = False
+    is_error = how.get("is_error")
     if is_error is not None:
         try:
             failed = bool(is_error(result))
@@ -244,6 +238,7 @@ def _finish_tool(
             internal_error("tool result")
     call.end(status="error" if failed else None)
     if not failed and call.run is not None:
+        partial = how.get("partial")
         try:
             call.run.record_tool_result(name, partial(result) if partial is not None else result)
         except Exception:
@@ -251,69 +246,36 @@ def _finish_tool(
 
 
 def traced_tool(
-    wrapped: Callable[..., Any],
-    args: Any,
-    kwargs: Any,
-    *,
-    name: str,
-    system: str,
-    tool_type: str = A.TOOL_TYPE_FUNCTION,
-    server: str | None = None,
-    call_id: str | None = None,
-    read_only: bool = False,
-    is_error: Callable[[Any], bool] | None = None,
-    partial: Callable[[Any], Any] | None = None,
+    wrapped: Callable[..., Any], args: Any, kwargs: Any, *, name: str, system: str, **how: Unpack[ToolHow]
 ) -> Any:
-    """Run a synchronous tool as one budgeted call: limits, timeout (abandoned thread), retries.
-
-    ``is_error`` tells an error *result* (the tool answered, but with a failure) from a success;
-    ``partial`` picks what of a successful result goes into the run's partial results (a
-    framework's result wrapper holds the tool's own output).
-    """
-    if suppressed():
+    """Run a synchronous tool as one budgeted call: limits, timeout (abandoned thread), retries."""
+    started = _start_tool(name, system, how)
+    if started is None:
         return wrapped(*args, **kwargs)
-    if _same_tool(name, server) is not None:
-        return wrapped(*args, **kwargs)
-    call, limits = _start_tool(
-        name, system=system, tool_type=tool_type, server=server, call_id=call_id, read_only=read_only
-    )
+    call, timeout_s = started
     token = _tool.set(call)
     try:
-        result = run_tool(call, name, limits.timeout_s, wrapped, args, kwargs)
+        result = run_tool(call, name, timeout_s, wrapped, args, kwargs)
     finally:
         _tool.reset(token)
-    _finish_tool(call, name, result, is_error, partial)
+    _finish_tool(call, name, result, how)
     return result
 
 
 async def atraced_tool(
-    wrapped: Callable[..., Awaitable[Any]],
-    args: Any,
-    kwargs: Any,
-    *,
-    name: str,
-    system: str,
-    tool_type: str = A.TOOL_TYPE_FUNCTION,
-    server: str | None = None,
-    call_id: str | None = None,
-    read_only: bool = False,
-    is_error: Callable[[Any], bool] | None = None,
-    partial: Callable[[Any], Any] | None = None,
+    wrapped: AsyncMethod, args: Any, kwargs: Any, *, name: str, system: str, **how: Unpack[ToolHow]
 ) -> Any:
     """Run an async tool as one budgeted call; past its timeout it is cancelled (status timeout)."""
-    if suppressed():
+    started = _start_tool(name, system, how)
+    if started is None:
         return await wrapped(*args, **kwargs)
-    if _same_tool(name, server) is not None:
-        return await wrapped(*args, **kwargs)
-    call, limits = _start_tool(
-        name, system=system, tool_type=tool_type, server=server, call_id=call_id, read_only=read_only
-    )
+    call, timeout_s = started
     token = _tool.set(call)
     try:
-        result = await arun_tool(call, name, limits.timeout_s, wrapped, args, kwargs)
+        result = await arun_tool(call, name, timeout_s, wrapped, args, kwargs)
     finally:
         _tool.reset(token)
-    _finish_tool(call, name, result, is_error, partial)
+    _finish_tool(call, name, result, how)
     return result
 
 
@@ -345,17 +307,6 @@ def apply_patches(patches: tuple[Patch, ...]) -> list[tuple[Any, str]]:
         except Exception:
             internal_error(f"instrumenting {module}.{cls}.{method}")
     return done
-
-
-def remove_patches(done: list[tuple[Any, str]]) -> None:
-    from opentelemetry.instrumentation.utils import unwrap
-
-    while done:
-        owner, method = done.pop()
-        try:
-            unwrap(owner, method)
-        except Exception:
-            internal_error(f"uninstrumenting {owner!r}.{method}")
 
 
 def arg(args: Any, kwargs: Any, index: int, name: str) -> Any:

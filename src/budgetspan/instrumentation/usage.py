@@ -224,17 +224,27 @@ def _with_cache(raw_in: int | None, out: int | None, cr: int | None, cw: int | N
     return _spend(inp, out, cr, cw)
 
 
+#: Bedrock's four figures as named in each place: input, output, cache read, cache write.
+_CONVERSE_FIELDS = ("inputTokens", "outputTokens", "cacheReadInputTokens", "cacheWriteInputTokens")
+_METRICS_FIELDS = (
+    "inputTokenCount",
+    "outputTokenCount",
+    "cacheReadInputTokenCount",
+    "cacheWriteInputTokenCount",
+)
+
+
+def _fields_with_cache(obj: Any, names: tuple[str, str, str, str]) -> Spend | None:
+    if obj is None:
+        return None
+    raw_in, out, cr, cw = (count(field(obj, name)) for name in names)
+    return _with_cache(raw_in, out, cr, cw)
+
+
 def bedrock_converse_usage(usage: Any) -> Spend | None:
     """Converse / ConverseStream ``usage`` (and Nova's InvokeModel body): ``inputTokens``
     excludes ``cacheReadInputTokens`` and ``cacheWriteInputTokens``, which are added."""
-    if usage is None:
-        return None
-    return _with_cache(
-        count(field(usage, "inputTokens")),
-        count(field(usage, "outputTokens")),
-        count(field(usage, "cacheReadInputTokens")),
-        count(field(usage, "cacheWriteInputTokens")),
-    )
+    return _fields_with_cache(usage, _CONVERSE_FIELDS)
 
 
 def _header_count(headers: Any, name: str) -> int | None:
@@ -258,14 +268,7 @@ def bedrock_header_usage(headers: Any) -> Spend | None:
 
 def bedrock_metrics_usage(metrics: Any) -> Spend | None:
     """``amazon-bedrock-invocationMetrics`` in the last chunk of InvokeModelWithResponseStream."""
-    if metrics is None:
-        return None
-    return _with_cache(
-        count(field(metrics, "inputTokenCount")),
-        count(field(metrics, "outputTokenCount")),
-        count(field(metrics, "cacheReadInputTokenCount")),
-        count(field(metrics, "cacheWriteInputTokenCount")),
-    )
+    return _fields_with_cache(metrics, _METRICS_FIELDS)
 
 
 def bedrock_body_usage(body: Any) -> Spend | None:

@@ -34,7 +34,7 @@ from opentelemetry import trace
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from budgetspan import attributes as A
-from budgetspan.accounting.prompt_cache import prompt_cache_saving
+from budgetspan.accounting.prompt_cache import spend_saving
 from budgetspan.calls.call import sampled_trace_id
 from budgetspan.processors.buckets import (
     CALL_SECONDS_BUCKETS,
@@ -423,14 +423,7 @@ class BudgetspanMetrics:
         return s
 
     def _prompt_cache(self, r: CallRecord, spend: Spend) -> None:
-        saving = prompt_cache_saving(
-            r.provider or "",
-            r.model,
-            spend.input_tokens,
-            spend.output_tokens,
-            spend.cache_read_tokens,
-            spend.cache_write_tokens,
-        )
+        saving = spend_saving(r.provider, r.model, spend)
         if saving is not None:
             if saving.saved_usd > 0 and _sane(saving.saved_usd):
                 self.prompt_saved.child(r.workflow, r.provider, r.model).inc(saving.saved_usd)

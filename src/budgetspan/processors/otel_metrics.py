@@ -23,6 +23,7 @@ label set and reused.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Iterable, Sequence
@@ -33,14 +34,8 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from budgetspan import attributes as A
 from budgetspan import events
-from budgetspan.accounting.prompt_cache import prompt_cache_saving
-from budgetspan.processors.buckets import (
-    CALL_SECONDS_BUCKETS,
-    COST_BUCKETS,
-    RUN_SECONDS_BUCKETS,
-    TOKEN_BUCKETS,
-    UTILISATION_BUCKETS,
-)
+from budgetspan.accounting.prompt_cache import spend_saving
+from budgetspan.processors import buckets
 from budgetspan.processors.labels import LabelCaps
 from budgetspan.processors.metrics import _sane
 from budgetspan.processors.step_costs import StepCosts
@@ -139,29 +134,20 @@ class OTelMetrics:
             description="Input and output tokens of a GenAI call (input includes cached tokens).",
             explicit_bucket_boundaries_advisory=GEN_AI_TOKEN_BOUNDS,
         )
-        self.operation_duration = h(
-            A.OTEL_GEN_AI_OPERATION_DURATION,
-            unit="s",
-            description="Duration of a GenAI client operation.",
-            explicit_bucket_boundaries_advisory=GEN_AI_SECONDS_BOUNDS,
+        seconds = functools.partial(h, unit="s", explicit_bucket_boundaries_advisory=GEN_AI_SECONDS_BOUNDS)
+        self.operation_duration = seconds(
+            A.OTEL_GEN_AI_OPERATION_DURATION, description="Duration of a GenAI client operation."
         )
-        self.time_to_first_chunk = h(
+        self.time_to_first_chunk = seconds(
             A.OTEL_GEN_AI_TIME_TO_FIRST_CHUNK,
-            unit="s",
             description="Time from the request to the first chunk of a streamed response.",
-            explicit_bucket_boundaries_advisory=GEN_AI_SECONDS_BOUNDS,
         )
-        self.tool_duration_gen_ai = h(
-            A.OTEL_GEN_AI_EXECUTE_TOOL_DURATION,
-            unit="s",
-            description="Duration of a tool execution.",
-            explicit_bucket_boundaries_advisory=GEN_AI_SECONDS_BOUNDS,
+        self.tool_duration_gen_ai = seconds(
+            A.OTEL_GEN_AI_EXECUTE_TOOL_DURATION, description="Duration of a tool execution."
         )
-        self.agent_duration = h(
+        self.agent_duration = seconds(
             A.OTEL_GEN_AI_INVOKE_AGENT_DURATION,
-            unit="s",
             description="Duration of an agent invocation (a budgetspan run).",
-            explicit_bucket_boundaries_advisory=GEN_AI_SECONDS_BOUNDS,
         )
 
     # long: one declaration per metric family, as in metrics.py; splitting it would scatter the list
@@ -178,15 +164,23 @@ class OTelMetrics:
             )
 
         self.runs = counter(A.OTEL_M_RUNS, "Finished runs by outcome.")
-        self.run_cost = hist(A.OTEL_M_RUN_COST, "Dollar cost of a run (priced calls only).", COST_BUCKETS)
-        self.run_duration = hist(A.OTEL_M_RUN_DURATION, "Wall-clock duration of a run.", RUN_SECONDS_BUCKETS)
-        self.run_tokens = hist(A.OTEL_M_RUN_TOKENS, "Input plus output tokens of a run.", TOKEN_BUCKETS)
+        self.run_cost = hist(
+            A.OTEL_M_RUN_COST, "Dollar cost of a run (priced calls only).", buckets.COST_BUCKETS
+        )
+        self.run_duration = hist(
+            A.OTEL_M_RUN_DURATION, "Wall-clock duration of a run.", buckets.RUN_SECONDS_BUCKETS
+        )
+        self.run_tokens = hist(
+            A.OTEL_M_RUN_TOKENS, "Input plus output tokens of a run.", buckets.TOKEN_BUCKETS
+        )
         self.exhaustions = counter(A.OTEL_M_BUDGET_EXHAUSTIONS, "Runs stopped at a budget limit.")
         self.would_exhaust = counter(
             A.OTEL_M_BUDGET_WOULD_EXHAUST, "Observe mode: runs enforce mode would have stopped."
         )
         self.utilisation = hist(
-            A.OTEL_M_BUDGET_UTILISATION, "Share of each set limit used at run end.", UTILISATION_BUCKETS
+            A.OTEL_M_BUDGET_UTILISATION,
+            "Share of each set limit used at run end.",
+            buckets.UTILISATION_BUCKETS,
         )
         self.model_calls = counter(A.OTEL_M_MODEL_CALLS, "Model calls (chat, completion, embeddings).")
         self.tokens = counter(A.OTEL_M_TOKENS, "Tokens by type: input (cached included) and output.")
@@ -200,18 +194,20 @@ class OTelMetrics:
             A.OTEL_M_UNREPORTED_USAGE_CALLS, "Model calls whose provider never reported tokens."
         )
         self.model_duration = hist(
-            A.OTEL_M_MODEL_CALL_DURATION, "Duration of one model call.", CALL_SECONDS_BUCKETS
+            A.OTEL_M_MODEL_CALL_DURATION, "Duration of one model call.", buckets.CALL_SECONDS_BUCKETS
         )
         self.ttft = hist(
-            A.OTEL_M_TIME_TO_FIRST_TOKEN, "Time to the first streamed token.", CALL_SECONDS_BUCKETS
+            A.OTEL_M_TIME_TO_FIRST_TOKEN, "Time to the first streamed token.", buckets.CALL_SECONDS_BUCKETS
         )
         self.phase_duration = hist(
             A.OTEL_M_PHASE_DURATION,
             "Duration of a phase block, or of a call outside any block.",
-            RUN_SECONDS_BUCKETS,
+            buckets.RUN_SECONDS_BUCKETS,
         )
         self.tool_calls = counter(A.OTEL_M_TOOL_CALLS, "Tool calls by status.")
-        self.tool_duration = hist(A.OTEL_M_TOOL_DURATION, "Duration of one tool call.", CALL_SECONDS_BUCKETS)
+        self.tool_duration = hist(
+            A.OTEL_M_TOOL_DURATION, "Duration of one tool call.", buckets.CALL_SECONDS_BUCKETS
+        )
         self.retries = counter(A.OTEL_M_RETRIES, "Retries of model and tool calls.")
         self.retrievals = counter(A.OTEL_M_RETRIEVALS, "Retrievals by status.")
         self.internal_errors = counter(A.OTEL_M_INTERNAL_ERRORS, "Errors inside budgetspan.")
@@ -219,7 +215,9 @@ class OTelMetrics:
         self.live_runs = counter(A.OTEL_M_LIVE_RUNS, "Runs in progress.", up_down=True)
         self.jobs = counter(A.OTEL_M_JOBS, "Background jobs entering each state.")
         self.job_queue_wait = hist(
-            A.OTEL_M_JOB_QUEUE_WAIT, "A job's wait from submission to its first start.", RUN_SECONDS_BUCKETS
+            A.OTEL_M_JOB_QUEUE_WAIT,
+            "A job's wait from submission to its first start.",
+            buckets.RUN_SECONDS_BUCKETS,
         )
         self.extensions = counter(A.OTEL_M_BUDGET_EXTENSIONS, "Budget extensions granted at a limit.")
         self.loops = counter(A.OTEL_M_LOOPS, "Loops found in runs' tool calls; warned or stopped.")
@@ -370,14 +368,7 @@ class OTelMetrics:
         if r.operation is not None and r.status != "refused":
             self._gen_ai_call(r)
         if spend is not None and (spend.cache_read_tokens or spend.cache_write_tokens):
-            saving = prompt_cache_saving(
-                r.provider or "",
-                r.model,
-                spend.input_tokens,
-                spend.output_tokens,
-                spend.cache_read_tokens,
-                spend.cache_write_tokens,
-            )
+            saving = spend_saving(r.provider, r.model, spend)
             if saving is not None:
                 by_model = self.attrs(wf, prov, model)
                 self.prompt_saved.add(saving.saved_usd, by_model)

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry import trace
 from opentelemetry.trace import Tracer, TracerProvider
@@ -25,6 +25,8 @@ from budgetspan.config import get_config
 
 if TYPE_CHECKING:
     from budgetspan.runs.run import Run
+
+T = TypeVar("T")
 
 _run: ContextVar[Run | None] = ContextVar("budgetspan_run", default=None)
 _phase: ContextVar[str | None] = ContextVar("budgetspan_phase", default=None)
@@ -169,3 +171,15 @@ def _warn_after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_warn_after_fork)
+
+
+def pop_entered(entered: ContextVar[tuple[tuple[object, T], ...]], scope: object, what: str) -> T:
+    """Take ``scope``'s innermost entry off a context's stack of (scope, exit state) and give its
+    state. Scopes keep what an exit undoes in a context variable, not on the object, so one
+    object entered from two tasks is two entries."""
+    stack = entered.get()
+    for i in range(len(stack) - 1, -1, -1):
+        if stack[i][0] is scope:
+            entered.set(stack[:i] + stack[i + 1 :])
+            return stack[i][1]
+    raise RuntimeError(f"budgetspan: a {what} was exited in a context it was not entered in")

@@ -40,12 +40,7 @@ def _push(scope: object, state: Any) -> None:
 
 
 def _pop(scope: object) -> Any:
-    stack = _entered.get()
-    for i in range(len(stack) - 1, -1, -1):
-        if stack[i][0] is scope:
-            _entered.set(stack[:i] + stack[i + 1 :])
-            return stack[i][1]
-    raise RuntimeError("budgetspan: a scope was exited in a context it was not entered in")
+    return context.pop_entered(_entered, scope, "scope")
 
 
 class _current:

@@ -33,12 +33,7 @@ def _name(value: object, what: str) -> str:
 
 
 def _pop(scope: object) -> Token[Any]:
-    stack = _entered.get()
-    for i in range(len(stack) - 1, -1, -1):
-        if stack[i][0] is scope:
-            _entered.set(stack[:i] + stack[i + 1 :])
-            return stack[i][1]
-    raise RuntimeError("budgetspan: a step scope was exited in a context it was not entered in")
+    return context.pop_entered(_entered, scope, "step scope")
 
 
 class _Scope:
