@@ -10,6 +10,7 @@ processor that touches no span costs rotel nothing: spans become Python objects 
 Spans per second = spans handled / (last call - first call) in rotel.
 
     .venv/bin/python bench/bench_collector.py [--spans 200000] [--batch 500] [--profile out.prof]
+    .venv/bin/python bench/bench_collector.py --instructions   # CPU instructions per span (valgrind)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -44,6 +46,7 @@ PROFILE = os.environ.get("BENCH_PROFILE")
 if PROFILE:
     import cProfile
     profiler = cProfile.Profile()
+EVERY = int(os.environ.get("BENCH_EVERY", "20"))
 stats = {"calls": 0, "spans": 0, "ns": 0, "cpu_ns": 0, "first": 0, "last": 0}
 def process_spans(rs):
     if PROFILE:
@@ -55,7 +58,7 @@ def process_spans(rs):
     stats["cpu_ns"] += c1 - c0
     if PROFILE:
         profiler.disable()
-        if stats["calls"] % 20 == 0:
+        if stats["calls"] % EVERY == 0:
             profiler.dump_stats(PROFILE)
     n = 0
     if MODE == "budgetspan":
@@ -63,7 +66,7 @@ def process_spans(rs):
             n += len(ss.spans)
     stats["calls"] += 1; stats["spans"] += n; stats["ns"] += t1 - t0
     stats["first"] = stats["first"] or t0; stats["last"] = t1
-    if stats["calls"] % 20 == 0:
+    if stats["calls"] % EVERY == 0:
         with open(OUT, "w") as f: json.dump(stats, f)
 """
 
@@ -196,12 +199,76 @@ def run(
     }
 
 
+# --- instructions --------------------------------------------------------------------------------
+#: rotel's call of the Python processor for one ResourceSpans: the spans made Python objects, the
+#: processor, and the objects turned back into rotel's spans. Only what runs inside it is counted.
+PROCESS_FN = "*ResourceSpans as rotel_sdk::model::PythonProcessable>::process"
+
+
+def _rotel_instructions(mode: str, genai: bool, requests: int, batch: int) -> int:
+    """Instructions counted inside rotel's processor calls for ``requests`` requests of ``batch``
+    spans, one sender, rotel under callgrind (the count a busy machine does not move)."""
+    tmp = Path(tempfile.mkdtemp(prefix="bench-collector-vg-"))
+    wrapper, out, counts = tmp / "wrapper.py", tmp / "stats.json", tmp / "callgrind.out"
+    wrapper.write_text(WRAPPER)
+    http_port = _free_port()
+    env = {**os.environ, "PYTHONPATH": launcher.python_path(), "BENCH_MODE": mode, "BENCH_OUT": str(out)}
+    env.update(BENCH_EVERY="1", PYTHONHASHSEED="0", BUDGETSPAN_COLLECTOR_METRICS_PORT=str(_free_port()))
+    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={counts}", "--collect-atstart=no"]
+    cmd += [f"--toggle-collect={PROCESS_FN}", str(launcher.rotel_binary()), "start"]
+    cmd += ["--otlp-http-endpoint", f"127.0.0.1:{http_port}", "--otlp-grpc-endpoint"]
+    cmd += [f"127.0.0.1:{_free_port()}", "--exporter", "blackhole", "--otlp-with-trace-processor"]
+    cmd += [str(wrapper), "--pid-file", str(tmp / "pid"), "--log-file", str(tmp / "log")]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=(tmp / "stderr").open("w"))
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", http_port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        _send(http_port, request(batch, genai, 0), requests)
+        while not out.exists() or json.loads(out.read_text() or "{}").get("calls", 0) < requests:
+            if time.monotonic() > deadline + 600 or proc.poll() is not None:
+                raise RuntimeError((tmp / "stderr").read_text()[-2000:])
+            time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.wait(120)
+    found = re.search(r"^(?:summary|totals): (\d+)", counts.read_text(), re.M)
+    assert found is not None, counts
+    return int(found.group(1))
+
+
+def instructions(batch: int, small: int = 2, large: int = 8) -> None:
+    """Per span: (I(large requests) - I(small)) / ((large - small) * batch), so rotel's start and
+    the processor's first calls (imports, new series) cancel out; the processor's own share is
+    that minus the pass-through's."""
+    per_span = {}
+    for label, mode, genai in (
+        ("GenAI spans, rotel pass-through", "pass", True),
+        ("GenAI spans, rotel + budgetspan", "budgetspan", True),
+        ("plain spans, rotel + budgetspan", "budgetspan", False),
+    ):
+        lo, hi = (_rotel_instructions(mode, genai, n, batch) for n in (small, large))
+        per_span[label] = (hi - lo) / ((large - small) * batch)
+        own = per_span[label] - per_span["GenAI spans, rotel pass-through"]
+        print(f"{label:36s} {per_span[label]:>10,.0f} instructions/span (processor {own:,.0f})", flush=True)
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--spans", type=int, default=200_000)
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--profile", help="cProfile the processor inside rotel (GenAI spans) into this file")
+    p.add_argument("--instructions", action="store_true", help="CPU instructions per span (valgrind)")
     args = p.parse_args()
+    if args.instructions:
+        instructions(args.batch)
+        return 0
     if args.profile:  # times under the profiler are not the figures; only where the time goes
         run("budgetspan", True, args.spans, args.batch, profile=str(Path(args.profile).resolve()))
         import pstats
