@@ -95,14 +95,7 @@ def request(n: int, genai: bool, seed: int) -> bytes:
         sp.start_time_unix_nano = 1_700_000_000_000_000_000 + i
         sp.end_time_unix_nano = sp.start_time_unix_nano + 5_000_000
         attrs = (
-            {
-                "llm.request.type": "chat",
-                "gen_ai.system": "openai",
-                "gen_ai.request.model": "gpt-4o-mini",
-                "gen_ai.usage.prompt_tokens": 120,
-                "gen_ai.usage.completion_tokens": 30,
-                "gen_ai.prompt.0.content": "hello",
-            }
+            GENAI_ATTRIBUTES
             if genai
             else {
                 "http.request.method": "GET",
@@ -259,14 +252,58 @@ def instructions(batch: int, small: int = 2, large: int = 8) -> None:
         print(f"{label:36s} {per_span[label]:>10,.0f} instructions/span (processor {own:,.0f})", flush=True)
 
 
+GENAI_ATTRIBUTES = {
+    "llm.request.type": "chat",
+    "gen_ai.system": "openai",
+    "gen_ai.request.model": "gpt-4o-mini",
+    "gen_ai.usage.prompt_tokens": 120,
+    "gen_ai.usage.completion_tokens": 30,
+    "gen_ai.prompt.0.content": "hello",
+}
+
+
+def _core_loop(n: int) -> None:
+    """``Tier.process`` on ``n`` plain-dict GenAI spans (after 1,000 to warm up), 5 per trace-run."""
+    from prometheus_client import CollectorRegistry
+
+    from budgetspan.collector.core import SpanFacts, Tier
+
+    tier = Tier(registry=CollectorRegistry())
+    traces = [(i + 1).to_bytes(16, "big").hex() for i in range(100)]
+    for i in [*range(1000), *range(n)]:
+        start = 1_700_000_000_000_000_000 + i
+        facts = SpanFacts(traces[i // 5 % 100], "00000000000f4240", start, start + 5_000_000, False, "b")
+        tier.process(facts, dict(GENAI_ATTRIBUTES))
+
+
+def core_instructions(small: int = 1000, large: int = 5000) -> None:
+    """The core alone (no rotel): instructions per GenAI span, (I(large) - I(small)) / (large - small)."""
+    totals = []
+    for n in (small, large):
+        cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable]
+        cmd += [__file__, "--core-loop", str(n)]
+        done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+        found = re.search(r"Collected : (\d+)", done.stderr)
+        assert found is not None, done.stderr[-2000:]
+        totals.append(int(found.group(1)))
+    print(
+        f"core (Tier.process on a dict)        {(totals[1] - totals[0]) / (large - small):>10,.0f} instructions/span"
+    )
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--spans", type=int, default=200_000)
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--profile", help="cProfile the processor inside rotel (GenAI spans) into this file")
     p.add_argument("--instructions", action="store_true", help="CPU instructions per span (valgrind)")
+    p.add_argument("--core-loop", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.core_loop is not None:
+        _core_loop(args.core_loop)
+        return 0
     if args.instructions:
+        core_instructions()
         instructions(args.batch)
         return 0
     if args.profile:  # times under the profiler are not the figures; only where the time goes

@@ -111,8 +111,8 @@ _TOKEN_NAMES = tuple(key for key, _ in _TOKEN_KEYS)
 
 def _token_counts(view: Mapping[str, Any]) -> list[int | None]:
     """``token_count`` of each of ``_TOKEN_KEYS``, called only for what is neither missing nor a
-    plain count (a Python call costs more than the test). Measured with callgrind on the core
-    alone (``tier.process`` on a dict of 6 attributes): see the collector section of bench/README.md."""
+    plain count (a Python call costs more than the test). Measured (``bench_collector.py
+    --instructions``, the core alone on a GenAI span): 115.9k -> 108.3k instructions a span."""
     return [
         v if type(v) is int and v >= 0 else (None if v is None else token_count(v))
         for v in map(view.get, _TOKEN_NAMES)
@@ -188,7 +188,7 @@ class Tier:
         if phase is None and op in DEFAULT_PHASE_BY_OPERATION:
             phase = edit.set[A.PHASE] = DEFAULT_PHASE_BY_OPERATION[op]
         if not self.options.keep_content:
-            edit.remove = [k for k in attrs if is_content(k)]
+            edit.remove = list(filter(is_content, attrs))  # (is_content is cached: a C call)
             if edit.remove:
                 edit.set[A.CONTENT_REDACTED] = len(edit.remove)
             edit.redact_events = True

@@ -3,7 +3,7 @@
 rotel hands its Python processor one ``ResourceSpans`` at a time (before batching) and exports
 whatever the objects hold when the call returns, so the edits are made in place. Reading a
 span's attributes turns each into a Python object, so a span is first checked by its keys
-alone (``CANDIDATE_PREFIXES``): a span with no GenAI-looking attribute costs only that check,
+alone (``is_candidate``): a span with no GenAI-looking attribute costs only that check,
 and, when it is a trace's root, the end of its trace's run.
 
 Every span is handled under its own try/except: an error leaves that span as it came, and the

@@ -79,8 +79,9 @@ CANDIDATE_PREFIXES: Final = (
 def is_candidate(key: str) -> bool:
     """Whether an attribute key is under ``CANDIDATE_PREFIXES``, cached by key (the keys of
     plain spans recur span after span): with ``any(map(is_candidate, keys))`` the test of a
-    span's keys runs without a Python frame. Measured with ``bench_collector.py
-    --instructions`` (plain span, 6 attributes): see the collector section of bench/README.md."""
+    span's keys runs without a Python frame. Measured (``bench_collector.py --instructions``, a
+    plain span of 6 attributes in rotel): 42.7k -> 42.5k instructions; the rest is rotel making
+    the attribute list Python objects and back, which any look at the keys costs."""
     return key.startswith(CANDIDATE_PREFIXES)
 
 
