@@ -125,18 +125,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run(
-    mode: str, genai: bool, spans: int, batch: int, senders: int = 2, profile: str | None = None
-) -> dict[str, float]:
-    tmp = Path(tempfile.mkdtemp(prefix="bench-collector-"))
-    wrapper, out = tmp / "wrapper.py", tmp / "stats.json"
-    wrapper.write_text(WRAPPER)
-    http_port, metrics_port = _free_port(), _free_port()
-    env = {**os.environ, "PYTHONPATH": launcher.python_path(), "BENCH_MODE": mode, "BENCH_OUT": str(out)}
-    env["BUDGETSPAN_COLLECTOR_METRICS_PORT"] = str(metrics_port) if mode == "budgetspan" else ""
-    if profile:
-        env["BENCH_PROFILE"] = profile
-    cmd = [
+def _rotel_command(wrapper: Path, http_port: int, tmp: Path) -> list[str]:
+    """rotel as ``budgetspan collector`` starts it, with the wrapper processor, exporting nowhere."""
+    return [
         str(launcher.rotel_binary()),
         "start",
         "--otlp-http-endpoint",
@@ -152,17 +143,35 @@ def run(
         "--log-file",
         str(tmp / "log"),
     ]
+
+
+def _wait_for(port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise
+            time.sleep(0.05)
+
+
+def run(
+    mode: str, genai: bool, spans: int, batch: int, senders: int = 2, profile: str | None = None
+) -> dict[str, float]:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-collector-"))
+    wrapper, out = tmp / "wrapper.py", tmp / "stats.json"
+    wrapper.write_text(WRAPPER)
+    http_port, metrics_port = _free_port(), _free_port()
+    env = {**os.environ, "PYTHONPATH": launcher.python_path(), "BENCH_MODE": mode, "BENCH_OUT": str(out)}
+    env["BUDGETSPAN_COLLECTOR_METRICS_PORT"] = str(metrics_port) if mode == "budgetspan" else ""
+    if profile:
+        env["BENCH_PROFILE"] = profile
+    cmd = _rotel_command(wrapper, http_port, tmp)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=(tmp / "stderr").open("w"))
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", http_port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        _wait_for(http_port, proc, 20)
         per_sender = spans // batch // senders
         bodies = [request(batch, genai, s) for s in range(senders)]
         workers = [multiprocessing.Process(target=_send, args=(http_port, b, per_sender)) for b in bodies]
@@ -208,21 +217,11 @@ def _rotel_instructions(mode: str, genai: bool, requests: int, batch: int) -> in
     env = {**os.environ, "PYTHONPATH": launcher.python_path(), "BENCH_MODE": mode, "BENCH_OUT": str(out)}
     env.update(BENCH_EVERY="1", PYTHONHASHSEED="0", BUDGETSPAN_COLLECTOR_METRICS_PORT=str(_free_port()))
     cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={counts}", "--collect-atstart=no"]
-    cmd += [f"--toggle-collect={PROCESS_FN}", str(launcher.rotel_binary()), "start"]
-    cmd += ["--otlp-http-endpoint", f"127.0.0.1:{http_port}", "--otlp-grpc-endpoint"]
-    cmd += [f"127.0.0.1:{_free_port()}", "--exporter", "blackhole", "--otlp-with-trace-processor"]
-    cmd += [str(wrapper), "--pid-file", str(tmp / "pid"), "--log-file", str(tmp / "log")]
+    cmd += [f"--toggle-collect={PROCESS_FN}", *_rotel_command(wrapper, http_port, tmp)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=(tmp / "stderr").open("w"))
     try:
         deadline = time.monotonic() + 120
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", http_port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.2)
+        _wait_for(http_port, proc, 120)
         _send(http_port, request(batch, genai, 0), requests)
         while not out.exists() or json.loads(out.read_text() or "{}").get("calls", 0) < requests:
             if time.monotonic() > deadline + 600 or proc.poll() is not None:
