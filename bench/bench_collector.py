@@ -10,6 +10,7 @@ processor that touches no span costs rotel nothing: spans become Python objects 
 Spans per second = spans handled / (last call - first call) in rotel.
 
     .venv/bin/python bench/bench_collector.py [--spans 200000] [--batch 500] [--profile out.prof]
+    .venv/bin/python bench/bench_collector.py --instructions   # CPU instructions per span (valgrind)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -44,6 +46,7 @@ PROFILE = os.environ.get("BENCH_PROFILE")
 if PROFILE:
     import cProfile
     profiler = cProfile.Profile()
+EVERY = int(os.environ.get("BENCH_EVERY", "20"))
 stats = {"calls": 0, "spans": 0, "ns": 0, "cpu_ns": 0, "first": 0, "last": 0}
 def process_spans(rs):
     if PROFILE:
@@ -55,7 +58,7 @@ def process_spans(rs):
     stats["cpu_ns"] += c1 - c0
     if PROFILE:
         profiler.disable()
-        if stats["calls"] % 20 == 0:
+        if stats["calls"] % EVERY == 0:
             profiler.dump_stats(PROFILE)
     n = 0
     if MODE == "budgetspan":
@@ -63,7 +66,7 @@ def process_spans(rs):
             n += len(ss.spans)
     stats["calls"] += 1; stats["spans"] += n; stats["ns"] += t1 - t0
     stats["first"] = stats["first"] or t0; stats["last"] = t1
-    if stats["calls"] % 20 == 0:
+    if stats["calls"] % EVERY == 0:
         with open(OUT, "w") as f: json.dump(stats, f)
 """
 
@@ -92,14 +95,7 @@ def request(n: int, genai: bool, seed: int) -> bytes:
         sp.start_time_unix_nano = 1_700_000_000_000_000_000 + i
         sp.end_time_unix_nano = sp.start_time_unix_nano + 5_000_000
         attrs = (
-            {
-                "llm.request.type": "chat",
-                "gen_ai.system": "openai",
-                "gen_ai.request.model": "gpt-4o-mini",
-                "gen_ai.usage.prompt_tokens": 120,
-                "gen_ai.usage.completion_tokens": 30,
-                "gen_ai.prompt.0.content": "hello",
-            }
+            GENAI_ATTRIBUTES
             if genai
             else {
                 "http.request.method": "GET",
@@ -129,18 +125,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run(
-    mode: str, genai: bool, spans: int, batch: int, senders: int = 2, profile: str | None = None
-) -> dict[str, float]:
-    tmp = Path(tempfile.mkdtemp(prefix="bench-collector-"))
-    wrapper, out = tmp / "wrapper.py", tmp / "stats.json"
-    wrapper.write_text(WRAPPER)
-    http_port, metrics_port = _free_port(), _free_port()
-    env = {**os.environ, "PYTHONPATH": launcher.python_path(), "BENCH_MODE": mode, "BENCH_OUT": str(out)}
-    env["BUDGETSPAN_COLLECTOR_METRICS_PORT"] = str(metrics_port) if mode == "budgetspan" else ""
-    if profile:
-        env["BENCH_PROFILE"] = profile
-    cmd = [
+def _rotel_command(wrapper: Path, http_port: int, tmp: Path) -> list[str]:
+    """rotel as ``budgetspan collector`` starts it, with the wrapper processor, exporting nowhere."""
+    return [
         str(launcher.rotel_binary()),
         "start",
         "--otlp-http-endpoint",
@@ -156,17 +143,35 @@ def run(
         "--log-file",
         str(tmp / "log"),
     ]
+
+
+def _wait_for(port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise
+            time.sleep(0.05)
+
+
+def run(
+    mode: str, genai: bool, spans: int, batch: int, senders: int = 2, profile: str | None = None
+) -> dict[str, float]:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-collector-"))
+    wrapper, out = tmp / "wrapper.py", tmp / "stats.json"
+    wrapper.write_text(WRAPPER)
+    http_port, metrics_port = _free_port(), _free_port()
+    env = {**os.environ, "PYTHONPATH": launcher.python_path(), "BENCH_MODE": mode, "BENCH_OUT": str(out)}
+    env["BUDGETSPAN_COLLECTOR_METRICS_PORT"] = str(metrics_port) if mode == "budgetspan" else ""
+    if profile:
+        env["BENCH_PROFILE"] = profile
+    cmd = _rotel_command(wrapper, http_port, tmp)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=(tmp / "stderr").open("w"))
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", http_port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        _wait_for(http_port, proc, 20)
         per_sender = spans // batch // senders
         bodies = [request(batch, genai, s) for s in range(senders)]
         workers = [multiprocessing.Process(target=_send, args=(http_port, b, per_sender)) for b in bodies]
@@ -196,12 +201,110 @@ def run(
     }
 
 
+# --- instructions --------------------------------------------------------------------------------
+#: rotel's call of the Python processor for one ResourceSpans: the spans made Python objects, the
+#: processor, and the objects turned back into rotel's spans. Only what runs inside it is counted.
+PROCESS_FN = "*ResourceSpans as rotel_sdk::model::PythonProcessable>::process"
+
+
+def _rotel_instructions(mode: str, genai: bool, requests: int, batch: int) -> int:
+    """Instructions counted inside rotel's processor calls for ``requests`` requests of ``batch``
+    spans, one sender, rotel under callgrind (the count a busy machine does not move)."""
+    tmp = Path(tempfile.mkdtemp(prefix="bench-collector-vg-"))
+    wrapper, out, counts = tmp / "wrapper.py", tmp / "stats.json", tmp / "callgrind.out"
+    wrapper.write_text(WRAPPER)
+    http_port = _free_port()
+    env = {**os.environ, "PYTHONPATH": launcher.python_path(), "BENCH_MODE": mode, "BENCH_OUT": str(out)}
+    env.update(BENCH_EVERY="1", PYTHONHASHSEED="0", BUDGETSPAN_COLLECTOR_METRICS_PORT=str(_free_port()))
+    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={counts}", "--collect-atstart=no"]
+    cmd += [f"--toggle-collect={PROCESS_FN}", *_rotel_command(wrapper, http_port, tmp)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=(tmp / "stderr").open("w"))
+    try:
+        deadline = time.monotonic() + 120
+        _wait_for(http_port, proc, 120)
+        _send(http_port, request(batch, genai, 0), requests)
+        while not out.exists() or json.loads(out.read_text() or "{}").get("calls", 0) < requests:
+            if time.monotonic() > deadline + 600 or proc.poll() is not None:
+                raise RuntimeError((tmp / "stderr").read_text()[-2000:])
+            time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.wait(120)
+    found = re.search(r"^(?:summary|totals): (\d+)", counts.read_text(), re.M)
+    assert found is not None, counts
+    return int(found.group(1))
+
+
+def instructions(batch: int, small: int = 2, large: int = 8) -> None:
+    """Per span: (I(large requests) - I(small)) / ((large - small) * batch), so rotel's start and
+    the processor's first calls (imports, new series) cancel out; the processor's own share is
+    that minus the pass-through's."""
+    per_span = {}
+    for label, mode, genai in (
+        ("GenAI spans, rotel pass-through", "pass", True),
+        ("GenAI spans, rotel + budgetspan", "budgetspan", True),
+        ("plain spans, rotel + budgetspan", "budgetspan", False),
+    ):
+        lo, hi = (_rotel_instructions(mode, genai, n, batch) for n in (small, large))
+        per_span[label] = (hi - lo) / ((large - small) * batch)
+        own = per_span[label] - per_span["GenAI spans, rotel pass-through"]
+        print(f"{label:36s} {per_span[label]:>10,.0f} instructions/span (processor {own:,.0f})", flush=True)
+
+
+GENAI_ATTRIBUTES = {
+    "llm.request.type": "chat",
+    "gen_ai.system": "openai",
+    "gen_ai.request.model": "gpt-4o-mini",
+    "gen_ai.usage.prompt_tokens": 120,
+    "gen_ai.usage.completion_tokens": 30,
+    "gen_ai.prompt.0.content": "hello",
+}
+
+
+def _core_loop(n: int) -> None:
+    """``Tier.process`` on ``n`` plain-dict GenAI spans (after 1,000 to warm up), 5 per trace-run."""
+    from prometheus_client import CollectorRegistry
+
+    from budgetspan.collector.core import SpanFacts, Tier
+
+    tier = Tier(registry=CollectorRegistry())
+    traces = [(i + 1).to_bytes(16, "big").hex() for i in range(100)]
+    for i in [*range(1000), *range(n)]:
+        start = 1_700_000_000_000_000_000 + i
+        facts = SpanFacts(traces[i // 5 % 100], "00000000000f4240", start, start + 5_000_000, False, "b")
+        tier.process(facts, dict(GENAI_ATTRIBUTES))
+
+
+def core_instructions(small: int = 1000, large: int = 5000) -> None:
+    """The core alone (no rotel): instructions per GenAI span, (I(large) - I(small)) / (large - small)."""
+    totals = []
+    for n in (small, large):
+        cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable]
+        cmd += [__file__, "--core-loop", str(n)]
+        done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+        found = re.search(r"Collected : (\d+)", done.stderr)
+        assert found is not None, done.stderr[-2000:]
+        totals.append(int(found.group(1)))
+    print(
+        f"core (Tier.process on a dict)        {(totals[1] - totals[0]) / (large - small):>10,.0f} instructions/span"
+    )
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--spans", type=int, default=200_000)
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--profile", help="cProfile the processor inside rotel (GenAI spans) into this file")
+    p.add_argument("--instructions", action="store_true", help="CPU instructions per span (valgrind)")
+    p.add_argument("--core-loop", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.core_loop is not None:
+        _core_loop(args.core_loop)
+        return 0
+    if args.instructions:
+        core_instructions()
+        instructions(args.batch)
+        return 0
     if args.profile:  # times under the profiler are not the figures; only where the time goes
         run("budgetspan", True, args.spans, args.batch, profile=str(Path(args.profile).resolve()))
         import pstats

@@ -9,6 +9,7 @@ and stay. The rule errs on the side of removing: a key under a content prefix go
 
 from __future__ import annotations
 
+import functools
 from typing import Final
 
 from budgetspan import attributes as A
@@ -57,5 +58,11 @@ CONTENT_EVENTS: Final = frozenset(
 )
 
 
+@functools.lru_cache(maxsize=4096)
 def is_content(key: str) -> bool:
+    """Cached by key (a span's keys recur span after span; indexed names such as
+    ``gen_ai.prompt.N.content`` are bounded by the cache's size): a cache hit is one C call, the
+    test itself a Python call and a scan of nine prefixes. Measured (``bench_collector.py
+    --instructions``, the core alone on a GenAI span of 6 attributes): 121.7k -> 115.9k
+    instructions a span."""
     return key in CONTENT_KEYS or key.startswith(CONTENT_PREFIXES)

@@ -3,7 +3,7 @@
 rotel hands its Python processor one ``ResourceSpans`` at a time (before batching) and exports
 whatever the objects hold when the call returns, so the edits are made in place. Reading a
 span's attributes turns each into a Python object, so a span is first checked by its keys
-alone (``CANDIDATE_PREFIXES``): a span with no GenAI-looking attribute costs only that check,
+alone (``is_candidate``): a span with no GenAI-looking attribute costs only that check,
 and, when it is a trace's root, the end of its trace's run.
 
 Every span is handled under its own try/except: an error leaves that span as it came, and the
@@ -19,7 +19,7 @@ from typing import Any
 from budgetspan import attributes as A
 from budgetspan.collector.content import CONTENT_EVENTS, is_content
 from budgetspan.collector.core import Edit, SpanFacts, Tier
-from budgetspan.collector.normalise import CANDIDATE_PREFIXES
+from budgetspan.collector.normalise import is_candidate
 
 _ERROR = 2  # OTLP Status.code STATUS_CODE_ERROR
 
@@ -46,19 +46,15 @@ def rotel_resource_spans(tier: Tier, resource_spans: Any) -> None:
 def _rotel_span(tier: Tier, span: Any, service: str) -> None:
     attributes = span.attributes
     kvs = list(attributes)  # each KeyValue made once: every read through rotel is a pyo3 call
-    for kv in kvs:
-        if kv.key.startswith(CANDIDATE_PREFIXES):
-            break
-    else:
+    keys = [kv.key for kv in kvs]
+    if not any(map(is_candidate, keys)):
         if not span.parent_span_id:
             tier.plain_span(span.trace_id.hex(), True, span.end_time_unix_nano, _rotel_error(span))
         return
-    keys = [kv.key for kv in kvs]
     attrs = dict(zip(keys, [kv.value.value for kv in kvs], strict=True))
     facts = SpanFacts(
         span.trace_id.hex(),
         span.parent_span_id.hex(),
-        span.name,
         span.start_time_unix_nano,
         span.end_time_unix_nano,
         _rotel_error(span),
@@ -128,13 +124,12 @@ def _dict_span(tier: Tier, service: str, span: MutableMapping[str, Any]) -> None
     attrs: dict[str, Any] = span.setdefault("attributes", {})
     error = span.get("status_code") == _ERROR
     parent = span.get("parent_span_id") or ""
-    if not any(k.startswith(CANDIDATE_PREFIXES) for k in attrs):
+    if not any(map(is_candidate, attrs)):
         tier.plain_span(span["trace_id"], not parent, int(span.get("end_time_unix_nano", 0)), error)
         return
     facts = SpanFacts(
         span["trace_id"],
         parent,
-        span.get("name", ""),
         int(span.get("start_time_unix_nano", 0)),
         int(span.get("end_time_unix_nano", 0)),
         error,

@@ -48,6 +48,16 @@ class Family:
                 self.cache[values] = c
         return c
 
+    # The two below are ``child(*values).inc(amount)`` and ``.observe(value)`` with one Python call
+    # fewer each (a cached child is found by a C call): a GenAI span makes 6-8 updates. Measured
+    # (``bench_collector.py --instructions``, the core alone): 108.3k -> 106.8k instructions a span.
+    def add(self, amount: float, *values: Any) -> None:
+        """A counter's amount (never negative: the callers add 1, token counts and costs)."""
+        (self.cache.get(values) or self.child(*values)).value += amount
+
+    def observe(self, value: float, *values: Any) -> None:
+        (self.cache.get(values) or self.child(*values)).observe(value)
+
 
 class TierMetrics:
     """The families the tier feeds; callers hold ``lock`` around updates."""

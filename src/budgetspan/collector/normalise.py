@@ -10,6 +10,7 @@ reads it keeps working). A GenAI name already on the span is never replaced.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from typing import Any, Final
@@ -72,6 +73,16 @@ CANDIDATE_PREFIXES: Final = (
     "embedding.",
     "tool.",
 )
+
+
+@functools.lru_cache(maxsize=4096)
+def is_candidate(key: str) -> bool:
+    """Whether an attribute key is under ``CANDIDATE_PREFIXES``, cached by key (the keys of
+    plain spans recur span after span): with ``any(map(is_candidate, keys))`` the test of a
+    span's keys runs without a Python frame. Measured (``bench_collector.py --instructions``, a
+    plain span of 6 attributes in rotel): 42.7k -> 42.5k instructions; the rest is rotel making
+    the attribute list Python objects and back, which any look at the keys costs."""
+    return key.startswith(CANDIDATE_PREFIXES)
 
 
 #: Every name ``normalised`` reads from, so that a span is scanned for them in one set operation.
