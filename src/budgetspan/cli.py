@@ -4,6 +4,7 @@ and ``assets``."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -28,57 +29,53 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"budgetspan {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, add in _SUBCOMMANDS.items():
-        if command is None or command == name or (command == "collector-config" and name == "collector"):
-            add(sub)
+    for name in COMMANDS:
+        if command is None or command == name:
+            if name in _MODULE_COMMANDS:
+                _add_module_command(sub, name)
+            else:
+                _OTHER_COMMANDS[name](sub)
     return parser
 
 
-def _add_demo(sub: Any) -> None:
-    from budgetspan.demo import runner
-
-    demo = sub.add_parser(
-        "demo",
-        help="run a support-ticket agent through the instrumented OpenAI SDK and show where time and money go",
-        description="Runs a bundled support-ticket agent against an embedded OpenAI-compatible model "
+# Subcommands whose options a module's ``add_arguments`` adds: name -> (module, help, description).
+# The module is imported only when its subcommand is built (``budgetspan report`` stays quick).
+_MODULE_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "demo": (
+        "budgetspan.demo.runner",
+        "run a support-ticket agent through the instrumented OpenAI SDK and show where time and money go",
+        "Runs a bundled support-ticket agent against an embedded OpenAI-compatible model "
         "server (or a real provider when OPENAI_API_KEY is set), with budgets, progress and a "
         "table per run and per phase at the end.",
-    )
-    runner.add_arguments(demo)
-
-
-def _add_report(sub: Any) -> None:
-    from budgetspan.report import render as report
-
-    rep = sub.add_parser(
-        "report",
-        help="time and cost by phase, largest contributors, sequential reads, plan versus actual",
-        description="Reads OTLP JSON lines (BUDGETSPAN_TRACES_FILE output, or the OpenTelemetry "
+    ),
+    "report": (
+        "budgetspan.report.render",
+        "time and cost by phase, largest contributors, sequential reads, plan versus actual",
+        "Reads OTLP JSON lines (BUDGETSPAN_TRACES_FILE output, or the OpenTelemetry "
         "Collector's file exporter) and reports, per workflow, where time and money went. "
         "Exit status: 0, 1 if some lines could not be read (the rest is reported), 2 on a usage error.",
-    )
-    report.add_arguments(rep)
-
-
-def _add_collector(sub: Any) -> None:
-    from budgetspan.collector import launcher, otelcol
-
-    col = sub.add_parser(
-        "collector",
-        help="run the collector tier: rotel with budgetspan's processor (pricing, redaction, metrics)",
-        description="Starts rotel (pip install rotel) with budgetspan's span processor, waits until it "
+    ),
+    "collector": (
+        "budgetspan.collector.launcher",
+        "run the collector tier: rotel with budgetspan's processor (pricing, redaction, metrics)",
+        "Starts rotel (pip install rotel) with budgetspan's span processor, waits until it "
         "is healthy, prints READY, and exits 1 on any exit of rotel. Budgets: BUDGETSPAN_CONFIG, "
         "BUDGETSPAN_BUDGET; prices: BUDGETSPAN_PRICES. Extra rotel options after --.",
-    )
-    launcher.add_arguments(col)
-    cfg = sub.add_parser(
-        "collector-config",
-        help="print an OpenTelemetry Collector (contrib) configuration equivalent to the tier",
-        description="Generates otelcol-contrib YAML from budgetspan's price table: transform statements "
+    ),
+    "collector-config": (
+        "budgetspan.collector.otelcol",
+        "print an OpenTelemetry Collector (contrib) configuration equivalent to the tier",
+        "Generates otelcol-contrib YAML from budgetspan's price table: transform statements "
         "that normalise, price and phase-tag GenAI spans and redact content, a sum connector for "
         "token and cost metrics, and tail sampling that keeps refusal and exhaustion traces.",
-    )
-    otelcol.add_arguments(cfg)
+    ),
+}
+
+
+def _add_module_command(sub: Any, name: str) -> None:
+    module, help_text, description = _MODULE_COMMANDS[name]
+    parser = sub.add_parser(name, help=help_text, description=description)
+    importlib.import_module(module).add_arguments(parser)
 
 
 def _add_jobs(sub: Any) -> None:
@@ -167,13 +164,7 @@ def write_assets(dest: Path, force: bool, runbook_base: str | None = None) -> in
     return 0
 
 
-_SUBCOMMANDS: dict[str, Callable[[Any], None]] = {
-    "demo": _add_demo,
-    "report": _add_report,
-    "collector": _add_collector,  # and collector-config
-    "jobs": _add_jobs,
-    "assets": _add_assets,
-}
+_OTHER_COMMANDS: dict[str, Callable[[Any], None]] = {"jobs": _add_jobs, "assets": _add_assets}
 
 
 def watch_job(args: argparse.Namespace) -> int:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +32,7 @@ from budgetspan.accounting.budget import (
 from budgetspan.accounting.ledger import Mode
 from budgetspan.accounting.pricing import PriceConfigError, load_price_file
 from budgetspan.accounting.scopes import SECTIONS, ScopeBudget, ScopeTables, scope_budget_from_table
+from budgetspan.accounting.toml_file import TomlFileError, read_toml
 from budgetspan.attributes import (
     ENV_BUDGET,
     ENV_CAPTURE_CONTENT,
@@ -227,14 +227,9 @@ class Config:
 def _read_toml(path: str, source: str) -> dict[str, Any]:
     where = f"{source}={path!r}"
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as e:
-        raise ConfigError(f"{where}: cannot read the file ({e.strerror}); expected {CONFIG_FORM}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{where}: not valid TOML ({e}); expected {CONFIG_FORM}") from None
-    except (RecursionError, ValueError, OverflowError, MemoryError) as e:  # nesting, huge numbers
-        raise ConfigError(f"{where}: unreadable ({type(e).__name__}); expected {CONFIG_FORM}") from None
+        data = read_toml(path)
+    except TomlFileError as e:
+        raise ConfigError(f"{where}: {e}; expected {CONFIG_FORM}") from None
     unknown = set(data) - {"profiles", "workflows", "tools", *SECTIONS}
     if unknown:
         raise ConfigError(f"{where}: unknown section(s) {sorted(unknown)}; expected {CONFIG_FORM}")

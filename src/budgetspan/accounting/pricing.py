@@ -18,12 +18,12 @@ import logging
 import math
 import os
 import threading
-import tomllib
 import warnings
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from budgetspan.accounting.toml_file import TomlFileError, read_toml
 from budgetspan.attributes import ENV_PRICES
 
 log = logging.getLogger(__name__)
@@ -95,20 +95,9 @@ def parse_price_overrides(
 
 def load_price_file(path: str) -> dict[tuple[str, str], TokenPrice]:
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as e:
-        raise PriceConfigError(
-            f"{ENV_PRICES}={path!r}: cannot read the file ({e.strerror}); expected {PRICE_FILE_FORM}"
-        ) from e
-    except tomllib.TOMLDecodeError as e:
-        raise PriceConfigError(
-            f"{ENV_PRICES}={path!r}: not valid TOML ({e}); expected {PRICE_FILE_FORM}"
-        ) from e
-    except (RecursionError, ValueError, OverflowError, MemoryError) as e:  # nesting, huge numbers
-        raise PriceConfigError(
-            f"{ENV_PRICES}={path!r}: unreadable ({type(e).__name__}); expected {PRICE_FILE_FORM}"
-        ) from None
+        data = read_toml(path)
+    except TomlFileError as e:
+        raise PriceConfigError(f"{ENV_PRICES}={path!r}: {e}; expected {PRICE_FILE_FORM}") from e.__cause__
     return parse_price_overrides(data, f"{ENV_PRICES}={path!r}")
 
 

@@ -56,17 +56,37 @@ def _printable(ch: str) -> str:
     return " " if unicodedata.category(ch).startswith("Z") else REPLACEMENT
 
 
-class LabelCap:
+class _Cap:
+    """Counts what a cap turned away, and logs the first time (naming the setting to raise)."""
+
+    __slots__ = ("overflowed",)
+
+    def __init__(self) -> None:
+        self.overflowed = 0  # values or label sets turned away (for tests and debugging)
+
+    def _overflow(self, subject: str, reached: str, further: str, env: str) -> None:
+        self.overflowed += 1
+        if self.overflowed == 1:
+            log.warning(
+                "budgetspan: %s reached %s; further %s (raise %s to keep more)",
+                subject,
+                reached,
+                further,
+                env,
+            )
+
+
+class LabelCap(_Cap):
     """The first ``max_values`` distinct values of one label pass; later ones become ``other``."""
 
-    __slots__ = ("_lock", "_seen", "label", "max_values", "overflowed")
+    __slots__ = ("_lock", "_seen", "label", "max_values")
 
     def __init__(self, label: str, max_values: int = DEFAULT_MAX_VALUES) -> None:
+        super().__init__()
         self.label = label
         self.max_values = max(1, max_values)
         self._seen: dict[str, str] = {A.LABEL_OVERFLOW_VALUE: A.LABEL_OVERFLOW_VALUE}
         self._lock = threading.Lock()
-        self.overflowed = 0  # values mapped to "other" (for tests and debugging)
 
     def __call__(self, value: object) -> str:
         key = value if isinstance(value, str) else ("" if value is None else str(value))
@@ -85,37 +105,33 @@ class LabelCap:
             if len(self._seen) - 1 < self.max_values:
                 self._seen[key] = clean
                 return clean
-            self.overflowed += 1
-            if self.overflowed == 1:
-                log.warning(
-                    "budgetspan: label %r reached %d distinct values; further values are "
-                    "reported as %r (raise %s to keep more)",
-                    self.label,
-                    self.max_values,
-                    A.LABEL_OVERFLOW_VALUE,
-                    A.ENV_METRICS_MAX_LABEL_VALUES,
-                )
+            self._overflow(
+                f"label {self.label!r}",
+                f"{self.max_values} distinct values",
+                f"values are reported as {A.LABEL_OVERFLOW_VALUE!r}",
+                A.ENV_METRICS_MAX_LABEL_VALUES,
+            )
         return A.LABEL_OVERFLOW_VALUE
 
     def values(self) -> list[str]:
         return [v for k, v in self._seen.items() if k != A.LABEL_OVERFLOW_VALUE]
 
 
-class SeriesCap:
+class SeriesCap(_Cap):
     """The first ``max_series`` label sets of one metric family pass; a later one has its open
     labels folded into ``other`` (its fixed-vocabulary labels kept). The family then holds at
     most ``max_series`` series plus the folded ones (one per combination of its fixed labels).
 
     Called with label values already capped and cleaned, under the metrics listener's lock."""
 
-    __slots__ = ("_fold", "_seen", "family", "max_series", "overflowed")
+    __slots__ = ("_fold", "_seen", "family", "max_series")
 
     def __init__(self, family: str, labels: Sequence[str], max_series: int = DEFAULT_MAX_SERIES) -> None:
+        super().__init__()
         self.family = family
         self.max_series = max(1, max_series)
         self._fold = tuple(name not in FIXED_VOCABULARY for name in labels)
         self._seen: set[tuple[str, ...]] = set()
-        self.overflowed = 0  # label sets folded (for tests and debugging)
 
     def __call__(self, key: tuple[str, ...]) -> tuple[str, ...]:
         if key in self._seen:
@@ -128,16 +144,12 @@ class SeriesCap:
         )
         if folded in self._seen:  # e.g. all its open labels were "other" already
             return folded
-        self.overflowed += 1
-        if self.overflowed == 1:
-            log.warning(
-                "budgetspan: metric %r reached %d series; further label sets are reported with "
-                "%r for their open labels (raise %s to keep more)",
-                self.family,
-                self.max_series,
-                A.LABEL_OVERFLOW_VALUE,
-                A.ENV_METRICS_MAX_SERIES,
-            )
+        self._overflow(
+            f"metric {self.family!r}",
+            f"{self.max_series} series",
+            f"label sets are reported with {A.LABEL_OVERFLOW_VALUE!r} for their open labels",
+            A.ENV_METRICS_MAX_SERIES,
+        )
         return folded
 
 

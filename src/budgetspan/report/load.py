@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO
 
 from budgetspan.report.otlp import BadLine, Keep, SpanRec, parse_line, parse_request
@@ -72,6 +72,7 @@ def _total_size(paths: Sequence[str]) -> int:
     return total
 
 
+@dataclass(kw_only=True, eq=False)  # a reader, compared by identity
 class SpanReader:
     """Streams the spans of OTLP JSON lines files, one line's spans at a time.
 
@@ -80,23 +81,14 @@ class SpanReader:
     fill memory with error records.
     """
 
-    def __init__(
-        self,
-        *,
-        keep: Keep | None = None,
-        progress: bool = False,
-        progress_stream: IO[str] | None = None,
-        on_error: Callable[[LoadError], None] | None = None,
-        max_errors: int | None = None,
-    ) -> None:
-        self.keep = keep
-        self.progress = progress
-        self.progress_stream = progress_stream
-        self.on_error = on_error
-        self.max_errors = max_errors
-        self.errors: list[LoadError] = []
-        self.error_count = 0
-        self.spans_read = 0
+    keep: Keep | None = None
+    progress: bool = False
+    progress_stream: IO[str] | None = None
+    on_error: Callable[[LoadError], None] | None = None
+    max_errors: int | None = None
+    errors: list[LoadError] = field(init=False, default_factory=list)
+    error_count: int = field(init=False, default=0)
+    spans_read: int = field(init=False, default=0)
 
     def _error(self, err: LoadError) -> None:
         self.error_count += 1

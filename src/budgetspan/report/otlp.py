@@ -13,7 +13,7 @@ values of the others are not looked at. ``None`` reads every attribute.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -25,52 +25,29 @@ MAX_VALUE_DEPTH = 8  # arrays/kvlists inside attribute values; deeper is a bad l
 _INT_MIN, _UINT_MAX = -(2**63), 2**64 - 1  # intValue is int64; uint64 is accepted too
 
 
+@dataclass(slots=True, eq=False, repr=False)  # compared by identity; its own short repr
 class SpanRec:
     """One span, reduced to what the report needs. ``operation`` (the GenAI operation, or None:
     also for a span that another span of the same call stands for, since two instrumentations
     saw one request and it is counted once) and ``is_phase`` (a ``budgetspan.phase`` block) are
     worked out once, here: the report asks for them many times per span."""
 
-    __slots__ = (
-        "attrs",
-        "end_ns",
-        "error",
-        "events",
-        "is_phase",
-        "name",
-        "operation",
-        "parent_id",
-        "span_id",
-        "start_ns",
-        "trace_id",
-    )
+    trace_id: str
+    span_id: str
+    parent_id: str | None
+    name: str
+    start_ns: int
+    end_ns: int
+    attrs: dict[str, Any]
+    error: bool = False
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    operation: str | None = field(init=False)
+    is_phase: bool = field(init=False)
 
-    def __init__(
-        self,
-        trace_id: str,
-        span_id: str,
-        parent_id: str | None,
-        name: str,
-        start_ns: int,
-        end_ns: int,
-        attrs: dict[str, Any],
-        error: bool = False,
-        events: list[tuple[str, dict[str, Any]]] | None = None,
-    ) -> None:
-        self.trace_id = trace_id
-        self.span_id = span_id
-        self.parent_id = parent_id
-        self.name = name
-        self.start_ns = start_ns
-        self.end_ns = end_ns
-        self.attrs = attrs
-        self.error = error
-        self.events = events if events is not None else []
-        op = attrs.get(A.GEN_AI_OPERATION_NAME)
-        self.operation: str | None = (
-            op if type(op) is str and attrs.get(A.DUPLICATE_CALL) is not True else None
-        )
-        self.is_phase = self.operation is None and A.PHASE in attrs and name.startswith("phase ")
+    def __post_init__(self) -> None:
+        op = self.attrs.get(A.GEN_AI_OPERATION_NAME)
+        self.operation = op if type(op) is str and self.attrs.get(A.DUPLICATE_CALL) is not True else None
+        self.is_phase = self.operation is None and A.PHASE in self.attrs and self.name.startswith("phase ")
 
     @property
     def duration_s(self) -> float:
@@ -376,7 +353,7 @@ def _fast_request(data: Any, keep: Keep) -> list[SpanRec]:
                         end,
                         attrs,
                         code == _STATUS_ERROR or code == "STATUS_CODE_ERROR",
-                        _events(events, keep) if events is not None else None,
+                        _events(events, keep) if events is not None else [],
                     )
                 )
     return spans

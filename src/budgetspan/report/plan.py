@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from budgetspan.accounting.toml_file import TomlFileError, read_toml
 from budgetspan.report.numbers import number, percentile
 
 if TYPE_CHECKING:
@@ -50,12 +50,9 @@ PLAN_FORM = (
 def load_plan(path: str) -> dict[str, dict[str, float]]:
     """Read a plan file. Raises PlanError naming the file, the key and the accepted form."""
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as e:
-        raise PlanError(f"plan {path!r}: cannot read the file ({e.strerror})") from None
-    except tomllib.TOMLDecodeError as e:
-        raise PlanError(f"plan {path!r}: not valid TOML ({e}); expected {PLAN_FORM}") from None
+        data = read_toml(path)
+    except TomlFileError as e:
+        raise PlanError(f"plan {path!r}: {e}; expected {PLAN_FORM}") from None
     if set(data) - {"workflows"} or not isinstance(data.get("workflows"), dict):
         raise PlanError(f"plan {path!r}: expected {PLAN_FORM}")
     plan: dict[str, dict[str, float]] = {}
