@@ -423,10 +423,7 @@ SETTLE_RESERVE = (
 local sargv, rargv = {}, {}
 for i = 1, N_SETTLE do sargv[i] = ARGV[i] end
 for i = 1, N_RESERVE do rargv[i] = ARGV[N_SETTLE + i] end
-for i = N_SETTLE + N_RESERVE + 1, #ARGV do
-  sargv[i - N_RESERVE] = ARGV[i]
-  rargv[i - N_SETTLE] = ARGV[i]
-end
+for i = N_SETTLE + N_RESERVE + 1, #ARGV do sargv[i - N_RESERVE], rargv[i - N_SETTLE] = ARGV[i], ARGV[i] end
 AHEAD = true
 local settled = settle(sargv)
 if settled == -1 then return -1 end
