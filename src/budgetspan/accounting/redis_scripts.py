@@ -424,10 +424,10 @@ local sargv, rargv = {}, {}
 for i = 1, N_SETTLE do sargv[i] = ARGV[i] end
 for i = 1, N_RESERVE do rargv[i] = ARGV[N_SETTLE + i] end
 for i = N_SETTLE + N_RESERVE + 1, #ARGV do sargv[i - N_RESERVE], rargv[i - N_SETTLE] = ARGV[i], ARGV[i] end
-AHEAD = true
+AHEAD, A = true, sargv
 local settled = settle(sargv)
 if settled == -1 then return -1 end
-AHEAD, AHEAD_DONE, h, changes = false, true, KEYS[1], {}
+AHEAD, AHEAD_DONE, A, h, changes = false, true, rargv, KEYS[1], {}
 return settled .. ' ' .. reserve(rargv)
 """
 )
