@@ -20,13 +20,6 @@ from tests.accounting.redis_server import frozen, needs_redis_server, redis, sta
 pytestmark = needs_redis_server
 
 
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    proc, port = start_redis(tmp_path_factory.mktemp("redis"))
-    yield f"redis://127.0.0.1:{port}/0"
-    stop(proc)
-
-
 @pytest.fixture
 def ledger(redis_url: str) -> RedisLedger:
     client = redis.Redis.from_url(redis_url)

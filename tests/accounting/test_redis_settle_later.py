@@ -8,7 +8,6 @@ import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,16 +17,9 @@ from budgetspan.accounting.ledger import CallKind, LedgerRefused, Mode, Spend
 from budgetspan.accounting.redis_ledger import RedisLedger
 from budgetspan.accounting.scopes import Scope, ScopeBudget
 from budgetspan.accounting.windows import parse_window
-from tests.accounting.redis_server import needs_redis_server, redis, start_redis, stop
+from tests.accounting.redis_server import needs_redis_server, redis
 
 pytestmark = needs_redis_server
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    proc, port = start_redis(tmp_path_factory.mktemp("redis"))
-    yield f"redis://127.0.0.1:{port}/0"
-    stop(proc)
 
 
 def _ledger(redis_url: str, lag: float = 60.0) -> RedisLedger:
