@@ -118,11 +118,13 @@ class PendingSettlements:
         self._cond = threading.Condition()
         self._pid = os.getpid()
         self._running = False
+        #: The thread waits with nothing pending (a new settlement must wake it).
+        self._idle = False
 
     def _mine(self) -> None:
         """(Under the lock.) In a forked child, forget the parent's settlements and thread."""
         if self._pid != os.getpid():
-            self._pid, self._pending, self._running = os.getpid(), {}, False
+            self._pid, self._pending, self._running, self._idle = os.getpid(), {}, False, False
 
     def put(self, run_id: str, pending: Pending) -> Pending | None:
         """Keep ``pending``; returns the run's older one, to send now."""
@@ -134,7 +136,8 @@ class PendingSettlements:
             if not self._running:
                 self._running = True
                 threading.Thread(target=self._run, name="budgetspan-redis-settle", daemon=True).start()
-            elif len(self._pending) == 1:
+            elif self._idle:  # (a thread waiting for a due time wakes by then: no wake-up per call)
+                self._idle = False
                 self._cond.notify()
         return older
 
@@ -160,10 +163,13 @@ class PendingSettlements:
         while True:
             with self._cond:
                 if not self._pending:
-                    self._cond.wait(_IDLE_S)
-                    if not self._pending:
+                    self._idle = True
+                    woken = self._cond.wait(_IDLE_S)
+                    self._idle = False
+                    if not woken and not self._pending:
                         self._running = False
                         return
+                    continue
                 now = time.monotonic()
                 due = [run_id for run_id, p in self._pending.items() if p.due <= now]
                 if not due:
