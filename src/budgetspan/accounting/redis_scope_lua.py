@@ -65,7 +65,7 @@ end
 -- window: noted in ``warned`` as 'i:limit:used'.
 local function warn_check(i, warned, scope)
   local share = A[scope[2] + 2]
-  if share == '' or s['warned'] then return end
+  if share == '' or s['warned'] == '1' then return end
   share = tonumber(share)
   for _, name in ipairs(scope[3]) do
     local limit, figure = lim(name), used(name)

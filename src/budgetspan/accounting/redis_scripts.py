@@ -141,12 +141,12 @@ local function lim(name)
   return nil, nil
 end
 
--- A figure changed: written as text, kept as a number that ``n`` need not parse again (~3.4k each).
 local function put(name, value)
-  changes[#changes + 1], changes[#changes + 2] = name, string.format('%.17g', value)
-  s[name] = value
+  local text = string.format('%.17g', value)
+  changes[#changes + 1] = name
+  changes[#changes + 1] = text
+  s[name] = text
 end
-local function text(v) if type(v) == 'number' then return string.format('%.17g', v) end return v or '' end
 local function write() if #changes > 0 then redis.call('HSET', h, unpack(changes)) end end
 
 -- Add ``amount`` to a figure, never past its cap; give back a worst case, never below zero.
@@ -199,9 +199,9 @@ end
 -- value to parse costs the client more than the server's concatenation.
 local function mirror(tool)
   local out = {}
-  for i, name in ipairs(MIRROR) do out[i] = text(s[name]) end
-  out[#out + 1] = text(s['tool:' .. tool .. ':calls'])
-  out[#out + 1] = text(s['tool:' .. tool .. ':retries'])
+  for i, name in ipairs(MIRROR) do out[i] = s[name] or '' end
+  out[#out + 1] = s['tool:' .. tool .. ':calls'] or ''
+  out[#out + 1] = s['tool:' .. tool .. ':retries'] or ''
   return table.concat(out, ' ')
 end
 """
