@@ -7,6 +7,9 @@ N processes race. The reserve script is the transcription of ``accounting/rule.p
 
 Use: ``budgetspan.set_ledger(RedisLedger(redis.Redis(...)))`` in every process, one run id for all.
 
+**One round trip per call** (``redis_pending``): in enforce mode a call's settlement goes with the
+process's next reservation of the run, in one script; until then its worst case stays held.
+
 **A live run is never forgotten.** Each process that opens a run adds one to the hash's open count
 and takes it off at close (the hash goes at zero); each reservation refreshes its expiry (``ttl_s``).
 Each process mirrors what the scripts last told it of its open runs: a hash found gone (Redis
