@@ -119,3 +119,22 @@ def test_a_settlement_with_scope_windows_rides_ahead_and_its_warning_fires(redis
     a.close("s")
     used = a.scope_usage(tenant.ref().key)
     assert used is not None and used.cost_usd == pytest.approx(0.7) and used.model_calls == 2
+
+
+def _reserve_in_child(ledger: RedisLedger) -> None:
+    ledger.open("forked", Budget(max_cost_usd=10.0), Mode.ENFORCE)  # (a scope of its own on the run)
+    ledger.commit(ledger.reserve("forked", CallKind.MODEL, worst_case_cost=0.1), Spend(cost_usd=0.05))
+    ledger.close("forked")
+
+
+def test_a_forked_child_does_not_send_its_parents_pending_settlement(redis_url: str) -> None:
+    parent = _ledger(redis_url)
+    parent.open("forked", Budget(max_cost_usd=10.0), Mode.ENFORCE)
+    parent.commit(parent.reserve("forked", CallKind.MODEL, worst_case_cost=0.5), Spend(cost_usd=0.2))
+    child = multiprocessing.get_context("fork").Process(target=_reserve_in_child, args=(parent,))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    assert _held(parent, "forked") == (0.5, 0.05)  # the child's call only: the parent's is its own
+    u = parent.close("forked")
+    assert (u.model_calls, u.cost_usd) == (2, 0.25)  # each settlement sent once

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -108,29 +109,34 @@ def reached(known: RunMirror, spend: Spend | None) -> Refusal | None:
 
 class PendingSettlements:
     """At most one pending settlement per run, and the thread that sends those that waited
-    ``lag_s`` (``send(run_id, pending, True)``; it must not raise). A forked child drops its
-    parent's."""
+    ``lag_s`` (``send(run_id, pending, True)``; it must not raise). A forked child starts afresh."""
 
     def __init__(self, send: Callable[[str, Pending, bool], None], lag_s: float) -> None:
         self.lag_s = lag_s
         self._send = send
+        self._fresh()
+        me = weakref.ref(self)
+
+        def in_child() -> None:
+            still = me()
+            if still is not None:
+                still._fresh()
+
+        os.register_at_fork(after_in_child=in_child)
+
+    def _fresh(self) -> None:
+        """Nothing pending, no thread: at start, and in a forked child, which must neither send its
+        parent's settlements nor wait on a lock the parent's thread held when it forked."""
         self._pending: dict[str, Pending] = {}
         self._cond = threading.Condition()
-        self._pid = os.getpid()
         self._running = False
         #: The thread waits with nothing pending (a new settlement must wake it).
         self._idle = False
-
-    def _mine(self) -> None:
-        """(Under the lock.) In a forked child, forget the parent's settlements and thread."""
-        if self._pid != os.getpid():
-            self._pid, self._pending, self._running, self._idle = os.getpid(), {}, False, False
 
     def put(self, run_id: str, pending: Pending) -> Pending | None:
         """Keep ``pending``; returns the run's older one, to send now."""
         pending.due = time.monotonic() + self.lag_s
         with self._cond:
-            self._mine()
             older = self._pending.get(run_id)
             self._pending[run_id] = pending
             if not self._running:
@@ -143,7 +149,6 @@ class PendingSettlements:
 
     def take(self, run_id: str) -> Pending | None:
         with self._cond:
-            self._mine()
             return self._pending.pop(run_id, None)
 
     def put_back(self, run_id: str, pending: Pending, retry_s: float = 0.0) -> None:
@@ -155,7 +160,6 @@ class PendingSettlements:
 
     def take_all(self) -> dict[str, Pending]:
         with self._cond:
-            self._mine()
             taken, self._pending = self._pending, {}
         return taken
 
