@@ -139,13 +139,18 @@ class PendingSettlements:
         with self._cond:
             older = self._pending.get(run_id)
             self._pending[run_id] = pending
-            if not self._running:
-                self._running = True
-                threading.Thread(target=self._run, name="budgetspan-redis-settle", daemon=True).start()
-            elif self._idle:  # (a thread waiting for a due time wakes by then: no wake-up per call)
-                self._idle = False
-                self._cond.notify()
+            self._wake()
         return older
+
+    def _wake(self) -> None:
+        """(Under the lock.) Start the thread, or wake it if it waits with nothing pending (a
+        thread waiting for a due time wakes by then: no wake-up per call)."""
+        if not self._running:
+            self._running = True
+            threading.Thread(target=self._run, name="budgetspan-redis-settle", daemon=True).start()
+        elif self._idle:
+            self._idle = False
+            self._cond.notify()
 
     def take(self, run_id: str) -> Pending | None:
         with self._cond:
@@ -157,6 +162,7 @@ class PendingSettlements:
         pending.due = max(pending.due, time.monotonic() + retry_s)
         with self._cond:
             self._pending.setdefault(run_id, pending)
+            self._wake()
 
     def take_all(self) -> dict[str, Pending]:
         with self._cond:
