@@ -33,8 +33,12 @@ end
 -- Scope window i, its arguments from ARGV[at] (RESERVE_SCOPE_ARGV in redis_scripts.py): its
 -- limits go into ``s`` and one HMGET reads the figures they need and ``extra``. Returns the
 -- window's state: {s, at, its limit names, the fields read}, and where the next window's start.
+-- In SETTLE_RESERVE the reserve part takes each window as the settle part left it (no HMGET: the
+-- settle part read every figure a limit needs).
+local AHEAD_SCOPES = {}
 local function load_scope(i, at, extra)
-  h, s, changes = KEYS[i], {}, {}
+  local kept = AHEAD_DONE and AHEAD_SCOPES[i]
+  h, s, changes = KEYS[i], kept or {}, {}
   local names, seen, limits = {}, {}, {}
   local function need(list)
     for _, f in ipairs(list) do
@@ -50,12 +54,15 @@ local function load_scope(i, at, extra)
     need(HELD[name] or NONE)
   end
   if A[at + 2] ~= '' then names[#names + 1] = 'warned' end
-  local got = redis.call('HMGET', h, unpack(names))
-  for k, f in ipairs(names) do  -- figures parsed once here (each ``n`` would parse the text again)
-    local v = got[k]
-    if v and f ~= 'warned' then v = tonumber(v) end
-    s[f] = v
+  if not kept then
+    local got = redis.call('HMGET', h, unpack(names))
+    for k, f in ipairs(names) do  -- figures parsed once here (each ``n`` would parse the text again)
+      local v = got[k]
+      if v and f ~= 'warned' then v = tonumber(v) end
+      s[f] = v
+    end
   end
+  if AHEAD then AHEAD_SCOPES[i] = s end
   return {s, at, limits, seen}, at + 4 + 2 * #limits
 end
 
