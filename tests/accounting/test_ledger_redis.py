@@ -313,11 +313,15 @@ def test_releasing_a_reservation_made_before_the_outage(
 # --- one round trip per reserve and per settle -------------------------------------------------
 
 
+@pytest.mark.parametrize("lag", [0.0, 60.0])
 def test_one_round_trip_per_reserve_and_per_settle(
-    ledger: RedisLedger, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, lag: float
 ) -> None:
     """Counted on both ends: commands sent by the client, and commands the server ran (one HMGET
-    per script, no HGET, HGETALL or TIME from the client)."""
+    per script, no HGET, HGETALL or TIME from the client). Settling later (``settle_lag_s``), a
+    call's settlement rides on the next reservation: one round trip per call."""
+    ledger = RedisLedger(redis.Redis.from_url(redis_url), settle_lag_s=lag)
+    ledger.client.flushdb()
     every_limit = Budget(
         max_model_calls=100,
         max_tool_calls=100,
@@ -330,7 +334,9 @@ def test_one_round_trip_per_reserve_and_per_settle(
         tools={"search": ToolLimits(max_calls=100)},
     )
     ledger.open("r", every_limit, Mode.ENFORCE)
-    ledger.commit(ledger.reserve("r", CallKind.MODEL), Spend(1, 1))  # the scripts are loaded
+    for _ in range(2):  # the scripts are loaded
+        ledger.commit(ledger.reserve("r", CallKind.MODEL), Spend(1, 1))
+    ledger.flush()
     server = redis.Redis(connection_pool=ledger.client.connection_pool)
     server.config_resetstat()
     sent: list[bytes] = []  # the name of each command sent, whatever packed it
@@ -348,15 +354,21 @@ def test_one_round_trip_per_reserve_and_per_settle(
         res = ledger.reserve("r", kind, tool=tool, worst_case_cost=0.01, worst_case_tokens=100)
         assert len(sent) == before + 1, sent[before:]
         assert ledger.commit(res, Spend(10, 20, cost_usd=0.001)) is None
-        assert len(sent) == before + 2, sent[before:]
+        assert len(sent) == before + (2 if lag == 0 else 1), sent[before:]
         before = len(sent)
-    assert set(sent) == {b"EVALSHA"}
+    ledger.flush()  # the last settlement, on its own
+    assert len(sent) == (6 if lag == 0 else 4) and set(sent) == {b"EVALSHA"}
     monkeypatch.undo()
     stats = server.info("commandstats")
     ran = {name.removeprefix("cmdstat_"): s["calls"] for name, s in stats.items()}
-    assert ran["evalsha"] == 6 and ran["hmget"] == 6
+    if lag == 0:
+        assert ran["evalsha"] == 6 and ran["hmget"] == 6
+    else:  # a settlement ahead of a reservation: the reservation reads only what it did not read
+        assert ran["evalsha"] == 4 and ran["hmget"] == 6
     assert not {"hget", "hgetall", "time", "exists", "eval"} & set(ran), ran
     assert server.object("encoding", ledger.key("r")) == b"hashtable"  # fields found without a scan
+    u = ledger.close("r")
+    assert (u.model_calls, u.tool_calls, u.retries, u.input_tokens, u.cost_usd) == (3, 1, 1, 32, 0.003)
 
 
 # --- a live run is never forgotten ---------------------------------------------------------------

@@ -7,6 +7,9 @@ N processes race. The reserve script is the transcription of ``accounting/rule.p
 
 Use: ``budgetspan.set_ledger(RedisLedger(redis.Redis(...)))`` in every process, one run id for all.
 
+**One round trip per call** (``redis_pending``): in enforce mode a call's settlement goes with the
+process's next reservation of the run, in one script; until then its worst case stays held.
+
 **A live run is never forgotten.** Each process that opens a run adds one to the hash's open count
 and takes it off at close (the hash goes at zero); each reservation refreshes its expiry (``ttl_s``).
 Each process mirrors what the scripts last told it of its open runs: a hash found gone (Redis
@@ -57,6 +60,15 @@ from budgetspan.accounting.redis_mirror import (
     usage_from,
     usage_of,
 )
+from budgetspan.accounting.redis_outage import OutageOnRedis
+from budgetspan.accounting.redis_pending import (
+    DEFAULT_SETTLE_LAG_S,
+    Pending,
+    PendingSettlements,
+    reached,
+    settle_args,
+)
+from budgetspan.accounting.redis_settle_later import SettleLaterOnRedis
 from budgetspan.accounting.redis_wire import SCRIPTS, Server
 
 log = logging.getLogger(__name__)
@@ -67,18 +79,24 @@ DEFAULT_TIMEOUT_S = 2.0
 MIN_WAIT_S = 0.1
 
 _PREFIX = "budgetspan:run:"
-_NO_SPEND = Spend()
 
 
-class RedisLedger(ExtendOnRedis, Ledger):
+class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
     """Ledger on a Redis server (a ``redis.Redis`` client; any thread). See the module's docstring.
 
     ``timeout_s``: the longest any call waits for Redis. ``ttl_s``: how long a run's hash outlives
     its last use (a process that dies without closing its runs leaves them to expire).
+    ``settle_lag_s``: how long a call's settlement may wait to ride on the next reservation
+    (``redis_pending``; 0: each commit is its own round trip).
     """
 
     def __init__(
-        self, client: Any, ttl_s: int = 86_400, on_error: str = "open", timeout_s: float = DEFAULT_TIMEOUT_S
+        self,
+        client: Any,
+        ttl_s: int = 86_400,
+        on_error: str = "open",
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        settle_lag_s: float = DEFAULT_SETTLE_LAG_S,
     ) -> None:
         if on_error not in ON_ERROR_MODES:
             raise ValueError(
@@ -96,6 +114,7 @@ class RedisLedger(ExtendOnRedis, Ledger):
         self._local = InMemoryLedger()  # runs accounted here since Redis failed them
         self._local_runs: set[str] = set()
         self._lock = threading.Lock()
+        self._pending = PendingSettlements(self._send_pending, settle_lag_s)
 
     @staticmethod
     def key(run_id: str) -> str:
@@ -134,8 +153,9 @@ class RedisLedger(ExtendOnRedis, Ledger):
             reply = redis_scopes.run(self._server, SCRIPTS[script], self.key(run_id), args, within, scopes)
             if reply == -1:  # deleted again at once: give up on this one call
                 raise KeyError(f"run {run_id!r} is not open in the ledger")
-        if known is not None and mirror:
-            self._remember(known, ticket, script, reply.split(b" ", 3)[3], tool)
+        if known is not None and mirror:  # (SETTLE_RESERVE's reply has one status more)
+            text = reply.split(b" ", 4)[4] if script == "settle_reserve" else reply.split(b" ", 3)[3]
+            self._remember(known, ticket, script, text, tool)
         return reply
 
     def _remember(
@@ -185,43 +205,6 @@ class RedisLedger(ExtendOnRedis, Ledger):
                 run_id,
             )
         events.emit("on_internal_error", "redis_ledger")
-
-    # --- outages --------------------------------------------------------------------------------
-    def _mode(self, run_id: str) -> Mode:
-        known = self._known.get(run_id)
-        return Mode.ENFORCE if known is None else known.mode
-
-    def _outage(self, run_id: str, error: BaseException) -> None:
-        """Redis failed an operation of the run: ``open`` mode (and observe mode) accounts the run
-        locally from now on; ``closed`` mode reports it and tries Redis again next time."""
-        if self.on_error == "open" or self._mode(run_id) is Mode.OBSERVE:
-            self._go_local(run_id, error)
-        else:
-            self._report(run_id, error, "budgetspan: Redis ledger unreachable for run %s (%s: %s)")
-
-    def _report(self, run_id: str, error: BaseException, message: str) -> None:
-        known = self._known.get(run_id)
-        if known is None or "unreachable" not in known.logged:
-            if known is not None:
-                known.logged.add("unreachable")
-            log.warning(message, run_id, type(error).__name__, error)
-        events.emit("on_internal_error", "redis_ledger")
-
-    def _go_local(self, run_id: str, error: BaseException) -> None:
-        with self._lock:
-            if run_id in self._local_runs:
-                return
-            known = self._known.get(run_id)
-            if known is None:
-                known = RunMirror(Budget(), Mode.ENFORCE, time.monotonic())
-            self._local.open(run_id, known.budget, known.mode, started_at=known.started_monotonic)
-            self._local_runs.add(run_id)
-        self._report(
-            run_id,
-            error,
-            "budgetspan: Redis ledger unreachable for run %s (%s: %s); this process accounts the run "
-            "locally from now on (counts restart from zero)",
-        )
 
     # --- the Ledger interface -------------------------------------------------------------------
     def open(self, run_id: str, budget: Budget, mode: Mode, started_at: float | None = None) -> None:
@@ -305,7 +288,7 @@ class RedisLedger(ExtendOnRedis, Ledger):
             self.ttl_s,
             "1" if self._short(run_id, final) else "0",
         )
-        status, reason, limit, _ = self._call("reserve", run_id, args, tool, scopes=scopes).split(b" ", 3)
+        status, reason, limit, _ = self._reserve_call(run_id, args, tool, scopes).split(b" ", 3)
         found = redis_scopes.refusal_in(reason, limit, tool, scopes)
         redis_scopes.warn(status, scopes)
         if status[:1] == b"0":
@@ -323,42 +306,6 @@ class RedisLedger(ExtendOnRedis, Ledger):
             scopes=tuple(scopes),
         )
 
-    def _settle(
-        self,
-        run_id: str,
-        *,
-        reservation: Reservation | None = None,
-        spend: Spend | None = None,
-        flags: tuple[bool, bool, bool] = (False, False, False),
-        uncount: bool = False,
-        scopes: Sequence[Any] = (),
-    ) -> Refusal | None:
-        """One settle script: give back ``reservation``'s worst case, add ``spend``, set the flags
-        (unreported, unpriced, tool finished), un-count the call (``uncount``). Returns the spend
-        limit now used up."""
-        r, sp = reservation, spend or _NO_SPEND
-        tool = None if r is None else r.tool
-        args = (
-            0.0 if r is None else r.worst_case_cost,
-            0 if r is None else r.worst_case_input_tokens,
-            0 if r is None else r.worst_case_output_tokens,
-            clamp_tokens(sp.input_tokens),
-            clamp_tokens(sp.output_tokens),
-            clamp_tokens(sp.cache_read_tokens),
-            clamp_tokens(sp.cache_write_tokens),
-            clamp_tokens(sp.reasoning_tokens),
-            clamp_dollars(sp.cost_usd),
-            "1" if flags[0] else "0",
-            "1" if flags[1] else "0",
-            "1" if flags[2] else "0",
-            r.kind.value if uncount and r is not None else "",
-            tool or "",
-        )
-        scopes = scopes or (() if r is None else r.scopes)
-        status, reason, limit, _ = self._call("settle", run_id, args, tool, scopes=scopes).split(b" ", 3)
-        redis_scopes.warn(status, scopes)
-        return refusal_from(reason, limit, None)
-
     def commit(
         self,
         reservation: Reservation,
@@ -374,8 +321,16 @@ class RedisLedger(ExtendOnRedis, Ledger):
         if not reservation.fallback and run_id not in self._local_runs:
             reservation.done = True
             flags = (unreported, unpriced, finished and reservation.kind is CallKind.TOOL)
+            args = settle_args(reservation, spend, flags, False)
+            if self._pending.lag_s > 0 and self._mode(run_id) is Mode.ENFORCE:
+                pending = Pending(args, reservation, spend, (finished, unreported, unpriced))
+                older = self._pending.put(run_id, pending)
+                if older is not None:
+                    self._send_pending(run_id, older)
+                known = self._known.get(run_id)
+                return None if known is None else reached(known, spend)
             try:
-                return self._settle(run_id, reservation=reservation, spend=spend, flags=flags)
+                return self._settle(run_id, args, reservation.tool, reservation.scopes)
             except KeyError:  # the run is closed (or was never open here): nothing to settle
                 return None
             except self._errors as e:
@@ -388,7 +343,7 @@ class RedisLedger(ExtendOnRedis, Ledger):
     def add_spend(self, run_id: str, spend: Spend, scopes: Sequence[Any] = ()) -> Refusal | None:
         if run_id not in self._local_runs:
             try:
-                return self._settle(run_id, spend=spend, scopes=scopes)
+                return self._settle(run_id, settle_args(None, spend, (False,) * 3, False), None, scopes)
             except KeyError:
                 return None
             except self._errors as e:
@@ -405,13 +360,15 @@ class RedisLedger(ExtendOnRedis, Ledger):
         if reservation.run_id in self._local_runs:
             return  # made on Redis, which cannot be reached: nothing to undo in this process
         try:
-            self._settle(reservation.run_id, reservation=reservation, uncount=True)
+            args = settle_args(reservation, None, (False,) * 3, True)
+            self._settle(reservation.run_id, args, reservation.tool, reservation.scopes)
         except KeyError:
             pass
         except self._errors as e:
             self._outage(reservation.run_id, e)
 
     def usage(self, run_id: str) -> Usage:
+        self.flush(run_id)
         if run_id not in self._local_runs:
             try:
                 return self._read(run_id, close=False)
@@ -440,6 +397,7 @@ class RedisLedger(ExtendOnRedis, Ledger):
         return u
 
     def check(self, run_id: str) -> Refusal | None:
+        self.flush(run_id)
         if run_id not in self._local_runs:
             try:
                 reply = self._call("reserve", run_id, ("check", "", 0.0, 0, 0, "0", "", "", self.ttl_s))
@@ -464,6 +422,7 @@ class RedisLedger(ExtendOnRedis, Ledger):
 
     def close(self, run_id: str) -> Usage:
         """Final usage; one opener less on Redis (the hash goes with the last one)."""
+        self.flush(run_id)
         with self._lock:
             known = self._known.get(run_id)
             if known is None:
@@ -487,6 +446,7 @@ class RedisLedger(ExtendOnRedis, Ledger):
         return usage_of(known)
 
     def scope_usage(self, key: str) -> Usage | None:
+        self.flush()  # this process's settlements, in every scope window
         return redis_scopes.usage(self._server, key, self._server.timeout_s)
 
     def deadline(self, run_id: str) -> float | None:

@@ -13,6 +13,8 @@ RESERVE_SCOPE_ARGV, SETTLE_SCOPE_ARGV = 11, 15
 SCOPE_LUA = (
     f"local RESERVE_SCOPE_ARGV, SETTLE_SCOPE_ARGV = {RESERVE_SCOPE_ARGV}, {SETTLE_SCOPE_ARGV}\n"
     + """
+-- The script's arguments as these helpers read them (SETTLE_RESERVE points it at each part's).
+local A = ARGV
 -- Scope windows (KEYS[2..]): the figures each limit is compared to (as Usage.value_of), and the
 -- worst cases it holds.
 local USES = {max_model_calls = {'model_calls'}, max_tool_calls = {'tool_calls'},
@@ -31,8 +33,12 @@ end
 -- Scope window i, its arguments from ARGV[at] (RESERVE_SCOPE_ARGV in redis_scripts.py): its
 -- limits go into ``s`` and one HMGET reads the figures they need and ``extra``. Returns the
 -- window's state: {s, at, its limit names, the fields read}, and where the next window's start.
+-- In SETTLE_RESERVE the reserve part takes each window as the settle part left it (no HMGET: the
+-- settle part read every figure a limit needs).
+local AHEAD_SCOPES = {}
 local function load_scope(i, at, extra)
-  h, s, changes = KEYS[i], {}, {}
+  local kept = AHEAD_DONE and AHEAD_SCOPES[i]
+  h, s, changes = KEYS[i], kept or {}, {}
   local names, seen, limits = {}, {}, {}
   local function need(list)
     for _, f in ipairs(list) do
@@ -40,20 +46,23 @@ local function load_scope(i, at, extra)
     end
   end
   need(extra)
-  for j = 1, tonumber(ARGV[at + 3]) do
-    local name = ARGV[at + 2 + 2 * j]
+  for j = 1, tonumber(A[at + 3]) do
+    local name = A[at + 2 + 2 * j]
     limits[j] = name
-    s['limit:' .. name] = ARGV[at + 3 + 2 * j]
+    s['limit:' .. name] = A[at + 3 + 2 * j]
     need(USES[name] or NONE)
     need(HELD[name] or NONE)
   end
-  if ARGV[at + 2] ~= '' then names[#names + 1] = 'warned' end
-  local got = redis.call('HMGET', h, unpack(names))
-  for k, f in ipairs(names) do  -- figures parsed once here (each ``n`` would parse the text again)
-    local v = got[k]
-    if v and f ~= 'warned' then v = tonumber(v) end
-    s[f] = v
+  if A[at + 2] ~= '' then names[#names + 1] = 'warned' end
+  if not kept then
+    local got = redis.call('HMGET', h, unpack(names))
+    for k, f in ipairs(names) do  -- figures parsed once here (each ``n`` would parse the text again)
+      local v = got[k]
+      if v and f ~= 'warned' then v = tonumber(v) end
+      s[f] = v
+    end
   end
+  if AHEAD then AHEAD_SCOPES[i] = s end
   return {s, at, limits, seen}, at + 4 + 2 * #limits
 end
 
@@ -62,7 +71,7 @@ end
 -- The scope's warning threshold (a share of any of its limits), reached for the first time in its
 -- window: noted in ``warned`` as 'i:limit:used'.
 local function warn_check(i, warned, scope)
-  local share = ARGV[scope[2] + 2]
+  local share = A[scope[2] + 2]
   if share == '' or s['warned'] == '1' then return end
   share = tonumber(share)
   for _, name in ipairs(scope[3]) do

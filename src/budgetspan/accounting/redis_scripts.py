@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from budgetspan.accounting.redis_scope_lua import SCOPE_LUA
+from budgetspan.accounting.redis_scope_lua import RESERVE_SCOPE_ARGV, SCOPE_LUA, SETTLE_SCOPE_ARGV
 
 #: The largest token count (per figure and per sum) the ledger keeps: exact in a Lua number (a
 #: double), and so is the sum of two (a total of input and output tokens).
@@ -104,12 +104,22 @@ local TOKEN_CAP, COST_CAP = {TOKEN_CAP}, {COST_CAP:.0f}
     + """
 local CAPS = {['cost_usd'] = COST_CAP, ['held:cost_usd'] = COST_CAP}
 local s, changes = {}, {}
+-- SETTLE_RESERVE: AHEAD while its settlement runs (which then answers its status only), AHEAD_DONE after.
+local AHEAD, AHEAD_DONE = false, false
 
 -- Read ``names`` and ``extra`` in one HMGET; false when the run's hash does not exist.
+-- (A field ``s`` holds already, read by the settlement ahead in SETTLE_RESERVE, is not read again.)
 local function read(names, extra)
   for _, name in ipairs(extra) do names[#names + 1] = name end
-  local got = redis.call('HMGET', h, unpack(names))
-  for i, name in ipairs(names) do s[name] = got[i] end
+  local ask = names
+  if AHEAD_DONE then
+    ask = {}
+    for _, name in ipairs(names) do if s[name] == nil then ask[#ask + 1] = name end end
+  end
+  if #ask > 0 then
+    local got = redis.call('HMGET', h, unpack(ask))
+    for i, name in ipairs(ask) do s[name] = got[i] end
+  end
   return s['mode'] ~= false
 end
 
@@ -205,9 +215,8 @@ end
 # for each scope window KEYS[2..], the ttl its use refreshes ('0': its expiry stays).
 # Reply: -1 when the run's hash does not exist, else one text "status reason limit mirror..."
 # (the mirror's figures, see ``_mirrored_fields``); status 0: refused, 1: granted (reason: what observe mode or force let through).
-RESERVE = (
-    PRELUDE
-    + f"local READS = {lua_list(RESERVE_READS)}\n"
+RESERVE_BODY = (
+    f"local READS = {lua_list(RESERVE_READS)}\n"
     + f"local KEEPS = {lua_list(KEPT_LIMITS)}\n"
     + """
 local kind, tool = ARGV[1], ARGV[2]
@@ -335,15 +344,15 @@ write()
 return answer(1)
 """
 )
+RESERVE = PRELUDE + RESERVE_BODY
 
 # Settle a call: give back the worst case it held, add what it spent, and (release) un-count it.
 # ARGV: held cost, held input tokens, held output tokens (to give back); input, output, cache read,
 # cache write, reasoning tokens, cost (spent); unreported, unpriced, tool finished ('1' each);
 # the kind to un-count ('' none), tool ('' none).
 # Reply: as RESERVE's, with the spend limit now used up as the reason.
-SETTLE = (
-    PRELUDE
-    + f"local READS = {lua_list(SETTLE_READS)}\n"
+SETTLE_BODY = (
+    f"local READS = {lua_list(SETTLE_READS)}\n"
     + """
 local uncount, tool = ARGV[13], ARGV[14]
 local extra = {}
@@ -392,8 +401,34 @@ for i = 2, #KEYS do
   end
 end
 h, s = KEYS[1], run
+if AHEAD then return status(1, warned) end
 local reason, limit = spend_refusal(0, 0, 0)
 return table.concat({status(1, warned), reason or '', limit or '', mirror(tool)}, ' ')
+"""
+)
+SETTLE = PRELUDE + SETTLE_BODY
+
+# One round trip for two operations: settle this process's previous call of the run (SETTLE's
+# arguments), then reserve the next (RESERVE's); the scope windows' arguments come once, after
+# both (the two calls have the same windows). Reply: -1 when the run's hash does not exist, else
+# the settlement's status (its warnings), a space, and RESERVE's reply. See ``redis_pending``.
+SETTLE_RESERVE = (
+    PRELUDE
+    + "local function settle(ARGV)\n"
+    + SETTLE_BODY
+    + "end\nlocal function reserve(ARGV)\n"
+    + RESERVE_BODY
+    + f"end\nlocal N_SETTLE, N_RESERVE = {SETTLE_SCOPE_ARGV - 1}, {RESERVE_SCOPE_ARGV - 1}\n"
+    + """
+local sargv, rargv = {}, {}
+for i = 1, N_SETTLE do sargv[i] = ARGV[i] end
+for i = 1, N_RESERVE do rargv[i] = ARGV[N_SETTLE + i] end
+for i = N_SETTLE + N_RESERVE + 1, #ARGV do sargv[i - N_RESERVE], rargv[i - N_SETTLE] = ARGV[i], ARGV[i] end
+AHEAD, A = true, sargv
+local settled = settle(sargv)
+if settled == -1 then return -1 end
+AHEAD, AHEAD_DONE, A, h, changes = false, true, rargv, KEYS[1], {}
+return settled .. ' ' .. reserve(rargv)
 """
 )
 

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from budgetspan.accounting.redis_scripts import CANCEL, EXTEND, OPEN, READ, RESERVE, SETTLE
+from budgetspan.accounting.redis_scripts import CANCEL, EXTEND, OPEN, READ, RESERVE, SETTLE, SETTLE_RESERVE
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,7 @@ SCRIPTS = {
     for name, body in (
         ("reserve", RESERVE),
         ("settle", SETTLE),
+        ("settle_reserve", SETTLE_RESERVE),
         ("open", OPEN),
         ("cancel", CANCEL),
         ("read", READ),

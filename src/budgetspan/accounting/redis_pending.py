@@ -1,0 +1,193 @@
+"""Settle later, in the next reservation's round trip: one round trip per model call on Redis.
+
+A call's settlement (its actual usage, its worst case given back) is not sent when the call ends:
+it rides on the same process's next reservation of the run (``SETTLE_RESERVE``: settle, then
+reserve, one script). It is sent on its own when the run closes, before this process reads the
+run's or a scope's spend (``usage``, ``check``, ``budgetspan.spend``), when the next call of the
+run has other scope windows, when a second call of the run ends first, and at the latest
+``settle_lag_s`` after the call ended (a background thread).
+
+**Conservative by construction.** Until it is settled, the call's worst case stays held on Redis:
+peers see more spend than there is, never less, so no limit is overshot by the lag; this process's
+next call is settled before it is reserved, so it sees its own spend exactly. A process that dies
+with a settlement pending leaves that worst case held (as a call in flight would), and the actual
+spend unrecorded. Only enforce mode waits: observe mode wants each commit's answer at once.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from budgetspan import events
+from budgetspan.accounting import rule
+from budgetspan.accounting.budget import Usage
+from budgetspan.accounting.ledger import Refusal, Reservation, Spend
+from budgetspan.accounting.redis_mirror import RunMirror, clamp_dollars, clamp_tokens
+from budgetspan.accounting.redis_scripts import MIRROR
+
+#: How long a settlement waits for the next reservation of its run, at most (seconds).
+DEFAULT_SETTLE_LAG_S = 0.05
+#: How long the flushing thread waits idle before it ends (a new settlement starts it again).
+_IDLE_S = 10.0
+#: When the flushing thread could not reach Redis: how long until it tries again.
+RETRY_S = 1.0
+_NO_SPEND = Spend()
+
+
+@dataclass
+class Pending:
+    """One settlement not sent yet: the settle script's arguments, and the commit it stands for
+    (replayed in the local ledger if the run goes local meanwhile: ``on_error="open"``)."""
+
+    args: tuple[Any, ...]
+    reservation: Reservation
+    spend: Spend | None
+    #: ``commit``'s finished, unreported, unpriced.
+    options: tuple[bool, bool, bool]
+    #: When the flushing thread sends it (``time.monotonic``).
+    due: float = 0.0
+
+    def fits(self, scopes: Sequence[Any]) -> bool:
+        """Whether it can ride on a reservation in ``scopes`` (the same windows: the same keys)."""
+        mine = self.reservation.scopes
+        if not mine and not scopes:
+            return True
+        return [ref.key for ref in mine] == [ref.key for ref in scopes]
+
+
+def settle_args(
+    r: Reservation | None, spend: Spend | None, flags: tuple[bool, bool, bool], uncount: bool
+) -> tuple[Any, ...]:
+    """The settle script's arguments: ``r``'s worst case to give back, ``spend`` to add, the flags
+    (unreported, unpriced, tool finished), and the kind to un-count (``uncount``)."""
+    sp = spend or _NO_SPEND
+    return (
+        0.0 if r is None else r.worst_case_cost,
+        0 if r is None else r.worst_case_input_tokens,
+        0 if r is None else r.worst_case_output_tokens,
+        clamp_tokens(sp.input_tokens),
+        clamp_tokens(sp.output_tokens),
+        clamp_tokens(sp.cache_read_tokens),
+        clamp_tokens(sp.cache_write_tokens),
+        clamp_tokens(sp.reasoning_tokens),
+        clamp_dollars(sp.cost_usd),
+        "1" if flags[0] else "0",
+        "1" if flags[1] else "0",
+        "1" if flags[2] else "0",
+        r.kind.value if uncount and r is not None else "",
+        "" if r is None or r.tool is None else r.tool,
+    )
+
+
+_IN, _OUT, _COST = (MIRROR.index(name) for name in ("input_tokens", "output_tokens", "cost_usd"))
+
+
+def reached(known: RunMirror, spend: Spend | None) -> Refusal | None:
+    """The token or dollar limit a pending settlement uses up, as this process knows the run: its
+    latest reply's figures plus ``spend`` (what the settle script would answer, but for peers'
+    calls settled since that reply). Enforce mode refuses at the next reservation anyway."""
+    if spend is None or not known.budget.spend_limited:
+        return None
+    with known.lock:
+        latest = max(known.seen.values(), default=None)
+    if latest is None:
+        return None
+    figures = latest[1].split(b" ")
+    spent = Usage(
+        input_tokens=int(figures[_IN] or 0) + clamp_tokens(spend.input_tokens),
+        output_tokens=int(figures[_OUT] or 0) + clamp_tokens(spend.output_tokens),
+        cost_usd=float(figures[_COST] or 0) + clamp_dollars(spend.cost_usd),
+    )
+    return rule.spend_refusal(known.budget, spent)
+
+
+class PendingSettlements:
+    """At most one pending settlement per run, and the thread that sends those that waited
+    ``lag_s`` (``send(run_id, pending, True)``; it must not raise). A forked child starts afresh."""
+
+    def __init__(self, send: Callable[[str, Pending, bool], None], lag_s: float) -> None:
+        self.lag_s = lag_s
+        self._send = send
+        self._fresh()
+        me = weakref.ref(self)
+
+        def in_child() -> None:
+            still = me()
+            if still is not None:
+                still._fresh()
+
+        os.register_at_fork(after_in_child=in_child)
+
+    def _fresh(self) -> None:
+        """Nothing pending, no thread: at start, and in a forked child, which must neither send its
+        parent's settlements nor wait on a lock the parent's thread held when it forked."""
+        self._pending: dict[str, Pending] = {}
+        self._cond = threading.Condition()
+        self._running = False
+        #: The thread waits with nothing pending (a new settlement must wake it).
+        self._idle = False
+
+    def put(self, run_id: str, pending: Pending) -> Pending | None:
+        """Keep ``pending``; returns the run's older one, to send now."""
+        pending.due = time.monotonic() + self.lag_s
+        with self._cond:
+            older = self._pending.get(run_id)
+            self._pending[run_id] = pending
+            self._wake()
+        return older
+
+    def _wake(self) -> None:
+        """(Under the lock.) Start the thread, or wake it if it waits with nothing pending (a
+        thread waiting for a due time wakes by then: no wake-up per call)."""
+        if not self._running:
+            self._running = True
+            threading.Thread(target=self._run, name="budgetspan-redis-settle", daemon=True).start()
+        elif self._idle:
+            self._idle = False
+            self._cond.notify()
+
+    def take(self, run_id: str) -> Pending | None:
+        with self._cond:
+            return self._pending.pop(run_id, None)
+
+    def put_back(self, run_id: str, pending: Pending, retry_s: float = 0.0) -> None:
+        """A settlement whose round trip failed: kept (sent again ``retry_s`` from now, at the
+        earliest, by the thread), unless a newer one took its place."""
+        pending.due = max(pending.due, time.monotonic() + retry_s)
+        with self._cond:
+            self._pending.setdefault(run_id, pending)
+            self._wake()
+
+    def take_all(self) -> dict[str, Pending]:
+        with self._cond:
+            taken, self._pending = self._pending, {}
+        return taken
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._pending:
+                    self._idle = True
+                    woken = self._cond.wait(_IDLE_S)
+                    self._idle = False
+                    if not woken and not self._pending:
+                        self._running = False
+                        return
+                    continue
+                now = time.monotonic()
+                due = [run_id for run_id, p in self._pending.items() if p.due <= now]
+                if not due:
+                    self._cond.wait(min(p.due for p in self._pending.values()) - now)
+                    continue
+                taken = [(run_id, self._pending.pop(run_id)) for run_id in due]
+            for run_id, pending in taken:
+                try:
+                    self._send(run_id, pending, True)
+                except Exception:  # the thread goes on: a settlement failed is logged, never raised
+                    events.internal_error("redis_ledger")
