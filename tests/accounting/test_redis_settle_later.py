@@ -7,6 +7,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -95,6 +97,28 @@ def test_a_process_killed_with_a_settlement_pending_leaves_its_worst_case_held(r
     with pytest.raises(LedgerRefused):
         peer.reserve("killed", CallKind.MODEL, worst_case_cost=0.6)
     peer.close("killed")
+
+
+_EXIT_WITHOUT_CLOSE = """
+import sys
+import redis
+from budgetspan.accounting.budget import Budget
+from budgetspan.accounting.ledger import CallKind, Mode, Spend
+from budgetspan.accounting.redis_ledger import RedisLedger
+
+ledger = RedisLedger(redis.Redis.from_url(sys.argv[1]), settle_lag_s=600)
+ledger.open("exits", Budget(max_cost_usd=1.0), Mode.ENFORCE)
+ledger.commit(ledger.reserve("exits", CallKind.MODEL, worst_case_cost=0.5), Spend(cost_usd=0.1))
+"""
+
+
+def test_a_process_that_exits_without_closing_its_run_sends_its_pending_settlement(redis_url: str) -> None:
+    peer = _ledger(redis_url)
+    peer.open("exits", Budget(max_cost_usd=1.0), Mode.ENFORCE)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    subprocess.run([sys.executable, "-c", _EXIT_WITHOUT_CLOSE, redis_url], env=env, check=True, timeout=60)
+    assert _held(peer, "exits") == (0.0, 0.1)  # sent at exit: the actual spend, nothing held
+    peer.close("exits")
 
 
 def test_a_settlement_with_scope_windows_rides_ahead_and_its_warning_fires(redis_url: str) -> None:
