@@ -12,6 +12,7 @@ stream ends:
 
 from __future__ import annotations
 
+import functools
 import inspect
 import threading
 import weakref
@@ -276,14 +277,23 @@ class AsyncStreamProxy(wrapt.ObjectProxy[Any]):
 
 
 def is_stream(result: Any) -> bool:
-    # class-level checks: instance lookups on pydantic models go through a slow __getattr__
-    cls = type(result)
-    return hasattr(cls, "__next__") or hasattr(cls, "__anext__")
+    return _class_shape(type(result))[0]
 
 
 def is_raw(result: Any) -> bool:
     """``with_raw_response`` / ``with_streaming_response`` objects (LegacyAPIResponse, APIResponse)."""
-    return hasattr(type(result), "parse") and "http_response" in getattr(result, "__dict__", ())
+    return _class_shape(type(result))[1] and "http_response" in getattr(result, "__dict__", ())
+
+
+@functools.lru_cache(maxsize=256)
+def _class_shape(cls: type) -> tuple[bool, bool]:
+    """(a stream class, a class with ``parse``), looked up once per result class.
+
+    Why: on an SDK's pydantic model class each absent name goes through pydantic's metaclass
+    ``__getattr__``, which raises AttributeError: three exceptions per whole response, about 22k
+    CPU instructions per model call (``bench/bench_openai_overhead.py --instructions``).
+    """
+    return hasattr(cls, "__next__") or hasattr(cls, "__anext__"), hasattr(cls, "parse")
 
 
 def finish_now(call: Call, observer: Observer) -> None:
