@@ -20,8 +20,6 @@ if TYPE_CHECKING:
 class AsyncBounds:
     """What ``Call`` does for async calls and streams (it provides ``run``, ``_deadline``, ``_watch``)."""
 
-    __slots__ = ()
-
     run: Run | None
     _deadline: float | None
     _watch: tuple[Any, Any, Any] | None

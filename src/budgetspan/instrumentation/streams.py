@@ -12,7 +12,6 @@ stream ends:
 
 from __future__ import annotations
 
-import functools
 import inspect
 import threading
 import weakref
@@ -285,7 +284,9 @@ def is_raw(result: Any) -> bool:
     return _class_shape(type(result))[1] and "http_response" in getattr(result, "__dict__", ())
 
 
-@functools.lru_cache(maxsize=256)
+_shapes: dict[type, tuple[bool, bool]] = {}
+
+
 def _class_shape(cls: type) -> tuple[bool, bool]:
     """(a stream class, a class with ``parse``), looked up once per result class.
 
@@ -293,7 +294,13 @@ def _class_shape(cls: type) -> tuple[bool, bool]:
     ``__getattr__``, which raises AttributeError: three exceptions per whole response, about 22k
     CPU instructions per model call (``bench/bench_openai_overhead.py --instructions``).
     """
-    return hasattr(cls, "__next__") or hasattr(cls, "__anext__"), hasattr(cls, "parse")
+    shape = _shapes.get(cls)
+    if shape is None:
+        shape = (hasattr(cls, "__next__") or hasattr(cls, "__anext__"), hasattr(cls, "parse"))
+        if len(_shapes) > 256:  # classes made on the fly must not grow memory forever
+            _shapes.clear()
+        _shapes[cls] = shape
+    return shape
 
 
 def finish_now(call: Call, observer: Observer) -> None:
