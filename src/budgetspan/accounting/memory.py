@@ -64,8 +64,7 @@ def _held_worst(
     model call where a limit reads it (the run's or a scope's); nothing otherwise.
 
     Holding nothing where no limit reads it saves about 16k CPU instructions per model call (the
-    ``Held`` made and added, then taken off at the commit; ``bench/bench_openai_overhead.py
-    --instructions``).
+    ``Held`` made and added, then taken off at the commit; ``bench/README.md``, the per-call pass).
     """
     if kind is not CallKind.MODEL or not (book.spend_limited or scopes):
         return NOTHING_HELD

@@ -64,7 +64,7 @@ class Call(AsyncBounds):
     """One counted operation. Use ``start()``, then ``end()`` once (further ends are ignored)."""
 
     #: About 40 fields: past 30, CPython 3.11 gives an instance its own dict, resized as they are
-    #: set; slots save about 29k CPU instructions a model call (bench_openai_overhead --instructions).
+    #: set; slots save about 29k CPU instructions a model call (bench/README.md, per-call pass).
     __slots__ = tuple(
         "_committed _deadline _end_lock _ended _input_estimate _outer _t0 _tokens _watch "  # noqa: SIM905
         "arguments attributes cost_usd defer_commit documents end_attributes estimate is_model kind "

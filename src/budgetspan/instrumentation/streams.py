@@ -292,7 +292,7 @@ def _class_shape(cls: type) -> tuple[bool, bool]:
 
     Why: on an SDK's pydantic model class each absent name goes through pydantic's metaclass
     ``__getattr__``, which raises AttributeError: three exceptions per whole response, about 22k
-    CPU instructions per model call (``bench/bench_openai_overhead.py --instructions``).
+    CPU instructions per model call (``bench/README.md``, the per-call pass).
     """
     shape = _shapes.get(cls)
     if shape is None:
