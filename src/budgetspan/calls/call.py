@@ -11,7 +11,6 @@ inside budgetspan is logged and swallowed so the user's call goes on.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -29,7 +28,15 @@ from budgetspan.accounting.pricing import default_resolver
 from budgetspan.calls import foreign
 from budgetspan.calls.bounds import AsyncBounds
 from budgetspan.calls.outcome import record_failure, status_of
-from budgetspan.calls.pricing import call_cost, estimate_attributes, highest, increase, usage_attributes
+from budgetspan.calls.pricing import (
+    call_cost,
+    estimate_attributes,
+    highest,
+    increase,
+    reported,
+    usage_attributes,
+    warn_unpriced_once,
+)
 from budgetspan.calls.span_write import sampler_reads_attributes, write_end_attributes
 from budgetspan.config import capture_content, get_config
 from budgetspan.events import CallRecord, internal_error
@@ -39,6 +46,8 @@ from budgetspan.runs.phases import DEFAULT_PHASE_BY_OPERATION
 from budgetspan.runs.run import Run
 
 _KIND_BY_OPERATION: dict[str, CallKind | None] = {A.OP_EXECUTE_TOOL: CallKind.TOOL, A.OP_RETRIEVAL: None}
+_KIND_NAME: dict[CallKind | None, str] = {**{k: k.value for k in CallKind}, None: "retrieval"}
+_NOTHING = Spend()  # what a stream has committed before its first report (never changed)
 #: Given to a call's span when it starts, where the sampler could read them
 #: (``span_write.sampler_reads_attributes``); every attribute is written again with the results
 #: when the call ends, validated once (``span_write.write_end_attributes``).
@@ -49,29 +58,20 @@ _AT_START = (
     A.GEN_AI_TOOL_NAME,
     A.GEN_AI_DATA_SOURCE_ID,
 )
-log = logging.getLogger(__name__)
-_warned_unpriced: set[tuple[str | None, str | None]] = set()
-
-
-def warn_unpriced_once(provider: str | None, model: str | None, run: Run) -> None:
-    key = (provider, model)
-    if key in _warned_unpriced:
-        return
-    _warned_unpriced.add(key)
-    log.warning(
-        "budgetspan: %s/%s has no known price; its calls are not counted in dollars against the "
-        "max_cost_usd of run %s (workflow %s). Name its price in %s, or set %s=refuse.",
-        provider,
-        model,
-        run.id,
-        run.workflow,
-        A.ENV_PRICES,
-        A.ENV_UNPRICED,
-    )
 
 
 class Call(AsyncBounds):
     """One counted operation. Use ``start()``, then ``end()`` once (further ends are ignored)."""
+
+    #: About 40 fields: past 30, CPython 3.11 gives an instance its own dict, resized as they are
+    #: set; slots save about 29k CPU instructions a model call (bench/README.md, per-call pass).
+    __slots__ = tuple(
+        "_committed _deadline _end_lock _ended _input_estimate _outer _t0 _tokens _watch "  # noqa: SIM905
+        "arguments attributes cost_usd defer_commit documents end_attributes estimate is_model kind "
+        "kind_name label model operation output_estimate phase provider reservation response_model "
+        "retries run signature span span_kind span_name started step tool tool_limits ttft_s usage "
+        "worst_case_cost worst_case_input_tokens worst_case_tokens".split()
+    )
 
     def __init__(
         self,
@@ -94,7 +94,7 @@ class Call(AsyncBounds):
         self.operation = operation
         self.kind: CallKind | None = _KIND_BY_OPERATION.get(operation, CallKind.MODEL)
         self.is_model = self.kind is CallKind.MODEL
-        self.kind_name = self.kind.value if self.kind is not None else "retrieval"
+        self.kind_name = _KIND_NAME[self.kind]
         self.span_name = span_name
         self.attributes = attributes if attributes is not None else {}
         self.provider = provider
@@ -118,8 +118,7 @@ class Call(AsyncBounds):
         """What the call learns and does between its start and its end."""
         #: Set by the instrumentation: written on the span at the end (response id, reasons...).
         self.end_attributes: dict[str, Any] = {}
-        #: A whole response: its usage is committed with the reservation at the end, in one
-        #: ledger operation; streams commit each report as it arrives.
+        #: A whole response's usage is committed with the reservation at the end; a stream's as it comes.
         self.defer_commit = False
         self.response_model: str | None = None
         self.documents: int | None = None
@@ -137,8 +136,7 @@ class Call(AsyncBounds):
         self.retries = 0
         self.ttft_s: float | None = None
         self.started = False
-        self._committed = Spend()  # what has been added to the ledger along the way
-        self._streamed = False  # whether anything was (a stream's reports)
+        self._committed: Spend | None = None  # what a stream's reports added to the ledger so far
         self._t0 = 0.0
         self._outer = False
         self._tokens: tuple[object, object] | None = None
@@ -272,8 +270,8 @@ class Call(AsyncBounds):
         events.emit("on_call_start", kind_name, self.span_name, self.run, self.phase, self.label)
 
     def activate(self) -> Call:
-        """Make the span current (and mark 'inside a call') for the SDK call: ``with
-        call.activate():``. Activations of one call are sequential (attempts), never nested."""
+        """Make the span current (and mark 'inside a call') for the SDK call: ``with call.activate():``.
+        Activations of one call are sequential (attempts), never nested."""
         return self
 
     def __enter__(self) -> None:
@@ -328,9 +326,9 @@ class Call(AsyncBounds):
                 spend.reasoning_tokens,
                 self.cost_usd,
             )
-            delta = increase(now, self._committed)
-            self._committed = highest(now, self._committed)
-            self._streamed = True
+            before = _NOTHING if self._committed is None else self._committed
+            delta = increase(now, before)
+            self._committed = highest(now, before)
             self.run.add_spend(delta)
         except Exception:
             internal_error("Call.set_usage")
@@ -359,9 +357,7 @@ class Call(AsyncBounds):
     def _end(self, error: BaseException | None, status: str, stream_end: str | None) -> None:
         duration = time.monotonic() - self._t0 if self.started else 0.0
         spend = self.usage
-        unreported = self.is_model and (
-            spend is None or (spend.input_tokens is None and spend.output_tokens is None)
-        )
+        unreported = self.is_model and not reported(spend)
         if self.is_model and spend is not None and not unreported:
             self.cost_usd = call_cost(self.provider, self.model, self.response_model, spend)
         if unreported:
@@ -418,7 +414,7 @@ class Call(AsyncBounds):
             spend.reasoning_tokens,
             spend.cost_usd if spend is self.estimate else self.cost_usd,
         )
-        return increase(final, self._committed) if self._streamed else final
+        return final if self._committed is None else increase(final, self._committed)
 
     def _finish_span(
         self, span: Span, error: BaseException | None, status: str, stream_end: str | None, unreported: bool

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import TYPE_CHECKING, Any
 
 from budgetspan import attributes as A
 from budgetspan.accounting.ledger import Spend
 from budgetspan.accounting.pricing import default_resolver
+
+if TYPE_CHECKING:
+    from budgetspan.runs.run import Run
 
 _INT64 = 2**63
 
@@ -34,6 +38,11 @@ def call_cost(
         if cost is not None:
             return cost
     return None
+
+
+def reported(spend: Spend | None) -> bool:
+    """Whether a provider reported a call's tokens (unreported ones are estimated, never zero)."""
+    return spend is not None and (spend.input_tokens is not None or spend.output_tokens is not None)
 
 
 def usage_attributes(spend: Spend, cost_usd: float | None) -> dict[str, Any]:
@@ -98,3 +107,25 @@ def estimate_attributes(estimate: Spend | None) -> dict[str, Any]:
     if estimate.cost_usd is not None:
         attrs[A.COST_ESTIMATED] = estimate.cost_usd
     return attrs
+
+
+log = logging.getLogger(__name__)
+_warned_unpriced: set[tuple[str | None, str | None]] = set()
+
+
+def warn_unpriced_once(provider: str | None, model: str | None, run: Run) -> None:
+    """Say once per model that a run with a dollar limit cannot count its calls in dollars."""
+    key = (provider, model)
+    if key in _warned_unpriced:
+        return
+    _warned_unpriced.add(key)
+    log.warning(
+        "budgetspan: %s/%s has no known price; its calls are not counted in dollars against the "
+        "max_cost_usd of run %s (workflow %s). Name its price in %s, or set %s=refuse.",
+        provider,
+        model,
+        run.id,
+        run.workflow,
+        A.ENV_PRICES,
+        A.ENV_UNPRICED,
+    )

@@ -16,6 +16,7 @@ from budgetspan import attributes as A
 from budgetspan.accounting.model_limits import max_output_tokens
 from budgetspan.calls.call import Call
 from budgetspan.calls.estimate import request_tokens, text_tokens
+from budgetspan.calls.pricing import reported
 from budgetspan.events import internal_error
 from budgetspan.instrumentation.lazy import LazyInstrumentor
 from budgetspan.instrumentation.observers import Observer, content_json
@@ -121,7 +122,8 @@ class ResultObserver(Observer):
     def finish(self) -> None:
         call = self.call
         text = "".join(self.text) or None
-        if text or self.tool_calls:  # what the caller received: the estimate if usage never comes
+        if (text or self.tool_calls) and not reported(call.usage):  # what the caller received:
+            # its estimate is charged when the provider reports no usage (else nothing reads it)
             calls_text = content_json(self.tool_calls) if self.tool_calls else None
             call.output_estimate = text_tokens((text or "") + (calls_text or ""))
         if call.span is not None:
