@@ -3,6 +3,11 @@
     .venv/bin/python bench/bench_report.py                          # 10k, 100k and 1M spans + overlap
     .venv/bin/python bench/bench_report.py --spans 10000 100000     # fewer sizes
     .venv/bin/python bench/bench_report.py --overlap-only
+    .venv/bin/python bench/bench_report.py --instructions --spans 10000 100000
+
+``--instructions`` counts CPU instructions (valgrind's callgrind, whole process, bytecode already
+written) of the orjson loop and of the report on the same file: a figure the machine's load does
+not move, unlike wall and CPU time on a shared machine.
 
 Files (in ``--dir``, /tmp by default; never in the repository):
 
@@ -242,6 +247,34 @@ def throughput(directory: Path, sizes: list[int]) -> None:
         )
 
 
+def instructions(argv: list[str]) -> int:
+    """CPU instructions of one process under callgrind (the whole process, start-up included)."""
+    run = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv],
+        cwd=ROOT,
+        env={**_ENV, "PYTHONHASHSEED": "0"},  # the same dict and set layouts from run to run
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=True,
+    )
+    found = re.search(r"Collected : (\d+)", run.stderr)
+    if found is None:
+        raise SystemExit(f"no instruction count from valgrind for {argv}")
+    return int(found.group(1))
+
+
+def instruction_ratios(directory: Path, sizes: list[int]) -> None:
+    print("| spans | orjson loop | report | report ÷ loop |")
+    print("|---:|---:|---:|---:|")
+    measure([PY, "-m", "budgetspan.cli", "report", str(demo_traces(directory))])  # bytecode written
+    for n in sizes:
+        path = replicated(directory, n)
+        loop = instructions([PY, "-c", ORJSON_LOOP, str(path)])
+        report = instructions([PY, "-m", "budgetspan.cli", "report", str(path), "--format", "json"])
+        print(f"| {n:,} | {loop / 1e6:,.0f}M | {report / 1e6:,.0f}M | **{report / loop:.2f}** |", flush=True)
+
+
 def overlap(directory: Path, sizes: list[int]) -> None:
     print("| overlapping calls | report (in process) | ÷ previous | calls ÷ previous |")
     print("|---:|---:|---:|---:|")
@@ -260,8 +293,14 @@ def main() -> None:
     p.add_argument("--spans", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
     p.add_argument("--overlap", type=int, nargs="*", default=[2_000, 8_000, 32_000])
     p.add_argument("--overlap-only", action="store_true")
+    p.add_argument(
+        "--instructions", action="store_true", help="CPU instructions (callgrind) of loop and report"
+    )
     args = p.parse_args()
     directory = Path(args.dir)
+    if args.instructions:
+        instruction_ratios(directory, args.spans)
+        return
     if not args.overlap_only:
         throughput(directory, args.spans)
         print()
