@@ -4,6 +4,7 @@
     .venv/bin/python bench/bench_report.py --spans 10000 100000     # fewer sizes
     .venv/bin/python bench/bench_report.py --overlap-only
     .venv/bin/python bench/bench_report.py --instructions --spans 10000 100000
+    .venv/bin/python bench/bench_report.py --instructions --stages --spans 10000
 
 ``--instructions`` counts CPU instructions (valgrind's callgrind, whole process, bytecode already
 written) of the orjson loop and of the report on the same file: a figure the machine's load does
@@ -178,6 +179,30 @@ with open(sys.argv[1], "rb") as f:
 print(n)
 """
 
+# The report cut short after stage N (1 read spans, 2 group them into runs, 3 the runs' figures);
+# 0 imports what the report imports and stops. Differences between stages say where it goes.
+STAGES = """
+import gc, sys
+from budgetspan.report import render  # the report's imports
+from budgetspan.report.analysis import REPORT_KEEP, Analyzer, finish
+from budgetspan.report.assemble import RunAssembler
+from budgetspan.report.load import SpanReader
+gc.disable()  # as the report runs
+stage = int(sys.argv[1])
+batches = SpanReader(keep=REPORT_KEEP).read([sys.argv[2]])
+if stage == 1:
+    sum(len(b) for b in batches)
+elif stage >= 2:
+    analyzer = Analyzer()
+    asm = RunAssembler(analyzer.add_runs if stage == 3 else (lambda runs, traces: None))
+    for b in batches:
+        for s in b:
+            asm.add(s)
+    asm.close()
+    if stage == 3:
+        finish(analyzer, asm, None, 5)
+"""
+
 OVERLAP = """
 import sys, time
 from budgetspan.report.analysis import REPORT_KEEP, analyze_stream
@@ -264,7 +289,7 @@ def instructions(argv: list[str]) -> int:
     return int(found.group(1))
 
 
-def instruction_ratios(directory: Path, sizes: list[int]) -> None:
+def instruction_ratios(directory: Path, sizes: list[int], stages: bool) -> None:
     print("| spans | orjson loop | report | report ÷ loop |")
     print("|---:|---:|---:|---:|")
     measure([PY, "-m", "budgetspan.cli", "report", str(demo_traces(directory))])  # bytecode written
@@ -273,6 +298,14 @@ def instruction_ratios(directory: Path, sizes: list[int]) -> None:
         loop = instructions([PY, "-c", ORJSON_LOOP, str(path)])
         report = instructions([PY, "-m", "budgetspan.cli", "report", str(path), "--format", "json"])
         print(f"| {n:,} | {loop / 1e6:,.0f}M | {report / 1e6:,.0f}M | **{report / loop:.2f}** |", flush=True)
+        if stages:
+            at = [instructions([PY, "-c", STAGES, str(k), str(path)]) for k in range(4)]
+            print(
+                f"|  | stages: imports {at[0] / 1e6:,.0f}M, reading +{(at[1] - at[0]) / 1e6:,.0f}M, "
+                f"grouping +{(at[2] - at[1]) / 1e6:,.0f}M, figures +{(at[3] - at[2]) / 1e6:,.0f}M, "
+                f"output +{(report - at[3]) / 1e6:,.0f}M | | |",
+                flush=True,
+            )
 
 
 def overlap(directory: Path, sizes: list[int]) -> None:
@@ -296,10 +329,13 @@ def main() -> None:
     p.add_argument(
         "--instructions", action="store_true", help="CPU instructions (callgrind) of loop and report"
     )
+    p.add_argument(
+        "--stages", action="store_true", help="with --instructions: where the report's go, by stage"
+    )
     args = p.parse_args()
     directory = Path(args.dir)
     if args.instructions:
-        instruction_ratios(directory, args.spans)
+        instruction_ratios(directory, args.spans, args.stages)
         return
     if not args.overlap_only:
         throughput(directory, args.spans)
