@@ -257,13 +257,20 @@ class Tier:
             edit.set[A.USAGE_UNREPORTED] = True
         label = model or "unknown"
         duration = max(0.0, (facts.end_ns - facts.start_ns) / 1e9)
-        m.model_calls.add(1.0, wf, provider, label, "error" if facts.error else "ok", svc)
-        m.model_duration.observe(duration, provider, label, svc)
-        m.phase_duration.observe(duration, wf, phase, svc)
-        for n, (_, kind) in zip(tokens, _TOKEN_KEYS, strict=True):
-            if n:
-                family = m.token_details if kind in A.TOKEN_SUBSETS else m.tokens
-                family.add(n, wf, provider, label, kind, svc)
+        calls, model_duration, phase_duration = m.model_cells(
+            wf, phase, provider, label, "error" if facts.error else "ok", svc
+        )
+        calls.value += 1.0
+        model_duration.observe(duration)
+        phase_duration.observe(duration)
+        if inp:
+            m.tokens.add(inp, wf, provider, label, "input", svc)
+        if out:
+            m.tokens.add(out, wf, provider, label, "output", svc)
+        if cache_read or cache_write or tokens[4]:  # the parts, where reported
+            for n, (_, kind) in zip(tokens[2:], _TOKEN_KEYS[2:], strict=True):
+                if n:
+                    m.token_details.add(n, wf, provider, label, kind, svc)
         step = state.steps.setdefault(_text(view.get(A.STEP)) or phase, [label, 0.0])
         if cost is not None:
             m.cost.add(cost, wf, phase, provider, label, svc)
