@@ -288,7 +288,8 @@ class Tier:
         would = self.window.account(
             state, CallKind.MODEL, None, (facts.start_ns, facts.end_ns), (inp or 0, out or 0, cost or 0.0)
         )
-        self._mark(view, edit, would)
+        if would is not None:
+            self._mark(view, edit, would)
 
     def _extras(
         self, view: Mapping[str, Any], wf: str, provider: str, model: str, svc: str, kind: str
@@ -316,7 +317,8 @@ class Tier:
         if retries is not None and (retries := token_count(retries)):
             m.retries.add(retries, wf, "tool", svc)
         would = self.window.account(state, CallKind.TOOL, tool, (facts.start_ns, facts.end_ns))
-        self._mark(view, edit, would)
+        if would is not None:
+            self._mark(view, edit, would)
 
     def _retrieval(self, facts: SpanFacts, state: RunState, phase: str) -> None:
         m, wf, svc = self.metrics, state.workflow, facts.service
@@ -324,8 +326,8 @@ class Tier:
         m.phase_duration.child(wf, phase, svc).observe(max(0.0, (facts.end_ns - facts.start_ns) / 1e9))
 
     @staticmethod
-    def _mark(view: Mapping[str, Any], edit: Edit, would: str | None) -> None:
-        if would is not None and A.WOULD_REFUSE not in view:  # an in-process mark stays
+    def _mark(view: Mapping[str, Any], edit: Edit, would: str) -> None:
+        if A.WOULD_REFUSE not in view:  # an in-process mark stays
             edit.set[A.WOULD_REFUSE] = would
             edit.set[A.BUDGET_MODE] = "observe"
 

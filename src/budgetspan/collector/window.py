@@ -106,7 +106,8 @@ class RunWindow:
                 state.profile = profile
         if run_id and trace_id not in self.by_trace:
             self.by_trace[trace_id] = key
-        self._bound(now)
+        if now >= self._next_sweep or len(self.runs) > self.max_runs or len(self.by_trace) > self.max_runs:
+            self._bound(now)  # (tested here first: most spans need neither)
         return state
 
     def _adopt_trace(self, state: RunState, trace_id: str) -> None:
