@@ -149,12 +149,13 @@ def normalised(attrs: Mapping[str, Any]) -> dict[str, Any]:
     for name, sources, is_tokens in fields:
         for source in sources:  # the first usable one wins
             raw = attrs[source]
+            value: int | str | None
             if is_tokens:
                 value = raw if type(raw) is int and raw >= 0 else token_count(raw)
             else:
                 value = raw if type(raw) is str and raw else None
             if value is not None:
-                out[name] = value.lower() if name == A.GEN_AI_PROVIDER_NAME else value  # type: ignore[union-attr]
+                out[name] = value.lower() if type(value) is str and name == A.GEN_AI_PROVIDER_NAME else value
                 break
     if derive_op:
         op = _operation(attrs)
