@@ -107,6 +107,8 @@ class Edit:
 
 
 _TOKEN_NAMES = tuple(key for key, _ in _TOKEN_KEYS)
+#: What ``Tier._extras`` reads: most model spans carry none of it, and a set test costs less than the call.
+_EXTRA_KEYS = frozenset({A.TIME_TO_FIRST_TOKEN_S, A.TIME_TO_FIRST_TOKEN_S_LEGACY, A.RETRIES})
 
 
 def _token_counts(view: Mapping[str, Any]) -> list[int | None]:
@@ -279,7 +281,8 @@ class Tier:
             m.unpriced.add(1.0, provider, label, svc)
         if unreported:
             m.unreported.add(1.0, provider, label, svc)
-        self._extras(view, wf, provider, label, svc, "model")
+        if not _EXTRA_KEYS.isdisjoint(view):
+            self._extras(view, wf, provider, label, svc, "model")
         if cache_read or cache_write:
             saving = prompt_cache_saving(provider, model, inp, out, cache_read, cache_write, self.resolver)
             if saving is not None:
