@@ -51,7 +51,7 @@ def _rotel_span(tier: Tier, span: Any, service: str) -> None:
         if not span.parent_span_id:
             tier.plain_span(span.trace_id.hex(), True, span.end_time_unix_nano, _rotel_error(span))
         return
-    attrs = dict(zip(keys, _rotel_values(kvs, keys), strict=True))
+    attrs = dict(zip(keys, [kv.value.value for kv in kvs], strict=True))
     facts = SpanFacts(
         span.trace_id.hex(),
         span.parent_span_id.hex(),
@@ -63,14 +63,6 @@ def _rotel_span(tier: Tier, span: Any, service: str) -> None:
     edit = tier.process(facts, attrs)
     if edit is not None:
         _rotel_apply(span, attributes, keys, edit)
-
-
-def _rotel_values(kvs: list[Any], keys: list[str]) -> list[Any]:
-    """Each attribute's value, but None for message content: the core removes content and never
-    reads it, and rotel copies a value out on every read (a prompt can be kilobytes). Measured
-    (``bench_collector.py --instructions``, GenAI span in rotel, one 5-character content value of
-    six): GAIN_VALUES; the saving grows with the content's length."""
-    return [None if is_content(key) else kv.value.value for key, kv in zip(keys, kvs, strict=True)]
 
 
 def _rotel_error(span: Any) -> bool:
