@@ -139,7 +139,8 @@ def normalised(attrs: Mapping[str, Any]) -> dict[str, Any]:
     What to read is planned once per set of source names present and GenAI names already set
     (``_plan``, cached: spans of one instrumentation share their names), so a span costs two set
     intersections and the reads themselves. Measured (``bench_collector.py --instructions``, the
-    core alone on a span with OpenLLMetry's older names): GAIN_PLAN. (Before: 2.6 -> 1.4 µs
+    ``normalised`` alone on the bench's span with OpenLLMetry's older names): 18.1k -> 16.7k
+    instructions a call. (Before: 2.6 -> 1.4 µs
     thread CPU by visiting only the source names present.)"""
     out: dict[str, Any] = {}
     present = SOURCE_KEYS.intersection(attrs)
