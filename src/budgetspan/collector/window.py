@@ -106,7 +106,8 @@ class RunWindow:
                 state.profile = profile
         if run_id and trace_id not in self.by_trace:
             self.by_trace[trace_id] = key
-        self._bound(now)
+        if now >= self._next_sweep or len(self.runs) > self.max_runs or len(self.by_trace) > self.max_runs:
+            self._bound(now)  # (tested here first: most spans need neither)
         return state
 
     def _adopt_trace(self, state: RunState, trace_id: str) -> None:
@@ -189,7 +190,9 @@ class RunWindow:
 
     def _bound(self, now: float) -> None:
         """Close idle runs (oldest first) and the oldest beyond ``max_runs``; at most once a second
-        for the idle ones, at once for the cap."""
+        for the idle ones, at once for the cap. ``get`` tests whether any is due before calling it
+        (most spans need neither: with ``Tier._mark`` called only for a refusal, measured on the
+        core alone: 95.5k -> 94.4k instructions a GenAI span)."""
         while len(self.runs) > self.max_runs:
             self._evict(self.runs.popitem(last=False)[1])
         while len(self.by_trace) > self.max_runs:
