@@ -11,7 +11,7 @@ Spans per second = spans handled / (last call - first call) in rotel.
 
     .venv/bin/python bench/bench_collector.py [--spans 200000] [--batch 500] [--profile out.prof]
     .venv/bin/python bench/bench_collector.py --instructions   # CPU instructions per span (valgrind);
-    # it also prints what skipping a scope declared GenAI-free would cost (a sketch, not built)
+    # it also prints plain spans of a scope declared GenAI-free (--plain-scope)
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from budgetspan.collector import launcher
 WRAPPER = """
 import json, os, time
 MODE = os.environ["BENCH_MODE"]
-if MODE == "budgetspan":
+if MODE in ("budgetspan", "plain-scope"):  # plain-scope: BUDGETSPAN_COLLECTOR_PLAIN_SCOPES=bench.plain
     from budgetspan.collector.rotel_processor import process_spans as inner
 OUT = os.environ["BENCH_OUT"]
 if os.environ.get("BENCH_NO_GC"):
@@ -53,14 +53,8 @@ def process_spans(rs):
     if PROFILE:
         profiler.enable()
     t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
-    if MODE == "budgetspan":
+    if MODE in ("budgetspan", "plain-scope"):
         inner(rs)
-    elif MODE == "scope-opt-in":  # what skipping a declared scope would cost (not built; see README)
-        for ss in rs.scope_spans:
-            ss.scope
-            for span in ss.spans:
-                if not span.parent_span_id:
-                    span.trace_id
     t1, c1 = time.perf_counter_ns(), time.thread_time_ns()
     stats["cpu_ns"] += c1 - c0
     if PROFILE:
@@ -68,7 +62,7 @@ def process_spans(rs):
         if stats["calls"] % EVERY == 0:
             profiler.dump_stats(PROFILE)
     n = 0
-    if MODE == "budgetspan":
+    if MODE in ("budgetspan", "plain-scope"):
         for ss in rs.scope_spans:
             n += len(ss.spans)
     stats["calls"] += 1; stats["spans"] += n; stats["ns"] += t1 - t0
@@ -92,6 +86,7 @@ def request(n: int, genai: bool, seed: int) -> bytes:
     rs = req.resource_spans.add()
     rs.resource.attributes.append(_kv("service.name", "bench"))
     ss = rs.scope_spans.add()
+    ss.scope.name = "bench.genai" if genai else "bench.plain"
     for i in range(n):
         sp = ss.spans.add()
         sp.trace_id = (seed * 1_000_003 + i // 5 + 1).to_bytes(16, "big")
@@ -223,6 +218,7 @@ def _rotel_instructions(mode: str, genai: bool, requests: int, batch: int) -> in
     http_port = _free_port()
     env = {**os.environ, "PYTHONPATH": launcher.python_path(), "BENCH_MODE": mode, "BENCH_OUT": str(out)}
     env.update(BENCH_EVERY="1", PYTHONHASHSEED="0", BUDGETSPAN_COLLECTOR_METRICS_PORT=str(_free_port()))
+    env.update(BUDGETSPAN_COLLECTOR_PLAIN_SCOPES="bench.plain" if mode == "plain-scope" else "")
     cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={counts}", "--collect-atstart=no"]
     cmd += [f"--toggle-collect={PROCESS_FN}", *_rotel_command(wrapper, http_port, tmp)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=(tmp / "stderr").open("w"))
@@ -251,7 +247,7 @@ def instructions(batch: int, small: int = 2, large: int = 8) -> None:
         ("GenAI spans, rotel pass-through", "pass", True),
         ("GenAI spans, rotel + budgetspan", "budgetspan", True),
         ("plain spans, rotel + budgetspan", "budgetspan", False),
-        ("plain spans, a skipped scope (sketch)", "scope-opt-in", False),
+        ("plain spans, scope declared plain", "plain-scope", False),
     ):
         lo, hi = (_rotel_instructions(mode, genai, n, batch) for n in (small, large))
         per_span[label] = (hi - lo) / ((large - small) * batch)

@@ -251,6 +251,9 @@ ENV_COLLECTOR_METRICS_ADDR: Final = "BUDGETSPAN_COLLECTOR_METRICS_ADDR"
 ENV_COLLECTOR_KEEP_CONTENT: Final = "BUDGETSPAN_COLLECTOR_KEEP_CONTENT"
 ENV_COLLECTOR_WINDOW_S: Final = "BUDGETSPAN_COLLECTOR_WINDOW_S"  # a run idle this long is closed
 ENV_COLLECTOR_MAX_RUNS: Final = "BUDGETSPAN_COLLECTOR_MAX_RUNS"  # runs held at once, then the oldest closes
+#: Instrumentation scopes the operator declares free of GenAI data (comma-separated names): their
+#: spans are not read, so neither priced nor redacted; off by default.
+ENV_COLLECTOR_PLAIN_SCOPES: Final = "BUDGETSPAN_COLLECTOR_PLAIN_SCOPES"
 
 # --- OpenTelemetry Metrics API (processors/otel_metrics.py) ----------------------------------
 # GenAI semantic-convention metrics (Development status; names as of semconv 1.41 / genai 0.x).

@@ -58,6 +58,8 @@ class TierOptions:
     window_s: float = DEFAULT_WINDOW_S
     max_runs: int = DEFAULT_MAX_RUNS
     max_label_values: int | None = None
+    #: Instrumentation scope names whose spans are not read (``plain_scopes`` in hosts.py).
+    plain_scopes: frozenset[str] = frozenset()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> TierOptions:
@@ -68,6 +70,9 @@ class TierOptions:
             keep_content=keep,
             window_s=_positive(env, A.ENV_COLLECTOR_WINDOW_S, DEFAULT_WINDOW_S),
             max_runs=int(_positive(env, A.ENV_COLLECTOR_MAX_RUNS, DEFAULT_MAX_RUNS)),
+            plain_scopes=frozenset(
+                name.strip() for name in env.get(A.ENV_COLLECTOR_PLAIN_SCOPES, "").split(",") if name.strip()
+            ),
         )
 
 

@@ -39,6 +39,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-content", action="store_true", help="do not redact message content")
     p.add_argument("--window-s", type=float, help="close a run idle this long (default 300)")
     p.add_argument("--max-runs", type=int, help="runs held at once (default 50000)")
+    p.add_argument(
+        "--plain-scope",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="an instrumentation scope free of GenAI data: its spans are not read (neither priced nor "
+        "redacted), only a root ends its trace's run; repeat for several",
+    )
     p.add_argument("--ready-timeout", type=float, default=30.0)
     p.add_argument("--processor", default=str(PROCESSOR), help=argparse.SUPPRESS)
     p.add_argument("rotel_args", nargs="*", help="more rotel options, after --")
@@ -90,6 +98,8 @@ def environment(args: argparse.Namespace) -> dict[str, str]:
         env[A.ENV_COLLECTOR_KEEP_CONTENT] = "true"
     if args.window_s is not None:
         env[A.ENV_COLLECTOR_WINDOW_S] = str(args.window_s)
+    if args.plain_scope:
+        env[A.ENV_COLLECTOR_PLAIN_SCOPES] = ",".join(args.plain_scope)
     if args.max_runs is not None:
         env[A.ENV_COLLECTOR_MAX_RUNS] = str(args.max_runs)
     return env
