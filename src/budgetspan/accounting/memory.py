@@ -198,7 +198,7 @@ class InMemoryLedger(Ledger):
         with book.lock:
             _settle(book, reservation)
             if spend is not None:
-                book.add(spend)
+                spend_into(book.usage, spend)
             if reservation.scopes:
                 self.scope_books.settle(reservation.scopes, Held(*_worst(reservation)), spend, None, None)
             u = book.usage

@@ -92,8 +92,8 @@ class Call(AsyncBounds):
         arguments: tuple[Any, Any] | None = None,
     ) -> None:
         self.operation = operation
-        self.kind: CallKind | None = _KIND_BY_OPERATION.get(operation, CallKind.MODEL)
-        self.is_model = self.kind is CallKind.MODEL
+        self.is_model = operation not in _KIND_BY_OPERATION  # (every other operation is a model call)
+        self.kind: CallKind | None = CallKind.MODEL if self.is_model else _KIND_BY_OPERATION[operation]
         self.kind_name = _KIND_NAME[self.kind]
         self.span_name = span_name
         self.attributes = attributes if attributes is not None else {}
