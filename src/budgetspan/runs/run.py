@@ -324,8 +324,7 @@ class Run(AtLimit, Quality):
         return res
 
     def _final_phase(self, phase: str | None) -> bool:
-        """Whether a call in ``phase`` may use what the run keeps for its final answer; asked
-        only of a run that keeps some (the answer changes nothing otherwise)."""
+        """Whether a call in ``phase`` may use what the run keeps for its final answer (if any)."""
         return bool(self.budget.reserve_for_final) and phase == Phase.FINAL_RESPONSE
 
     def adopt(self, reservation: Reservation | None) -> Reservation | None:
