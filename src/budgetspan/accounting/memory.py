@@ -30,6 +30,8 @@ class _RunBook:
     short: Budget | None = None
     #: Any token or dollar limit (an extension raises limits, never sets one that was not set).
     spend_limited: bool = False
+    #: Any limit the rule reads (counts, tokens, dollars, wall clock, a tool's): see ``_may_refuse``.
+    limited: bool = True
 
     @property
     def deadline(self) -> float | None:
@@ -60,6 +62,14 @@ def _settle(book: _RunBook, reservation: Reservation) -> None:
         book.held.add(*_worst(reservation), sign=-1)
 
 
+def _may_refuse(book: _RunBook, tool_limits: ToolLimits | None) -> bool:
+    """Whether the rule could refuse this call: not when the run has no limit at all (the default
+    budget), the call brings no tool limits of its own and the run was not cancelled. Skipping
+    the rule there saves about 18k CPU instructions per call (bench/README.md, second per-call pass).
+    """
+    return book.limited or book.cancelled or tool_limits is not None
+
+
 def _held_worst(
     book: _RunBook,
     kind: CallKind,
@@ -74,11 +84,36 @@ def _held_worst(
     Holding nothing where no limit reads it saves about 16k CPU instructions per model call (the
     ``Held`` made and added, then taken off at the commit; ``bench/README.md``, the per-call pass).
     """
-    if kind is not CallKind.MODEL or not (book.spend_limited or scopes):
+    if not (book.spend_limited or scopes) or kind is not CallKind.MODEL:
         return NOTHING_HELD
     if not (cost or input_tokens or output_tokens):
         return NOTHING_HELD
     return Held(float(cost or 0.0), int(input_tokens or 0), int(output_tokens or 0))
+
+
+def _reservation(
+    run_id: str, kind: CallKind, tool: str | None, worst: Held, found: Refusal | None, scopes: Sequence[Any]
+) -> Reservation:
+    """The reservation made; the usual one (nothing held, no scope) with the fields' defaults:
+    three keyword arguments fewer: about 6k CPU instructions less a call (bench/README.md,
+    second per-call pass)."""
+    if worst is NOTHING_HELD and not scopes:
+        return Reservation(run_id, kind, tool, 0.0, found)
+    return Reservation(
+        run_id,
+        kind,
+        tool,
+        worst.cost_usd,
+        found,
+        worst_case_input_tokens=worst.input_tokens,
+        worst_case_output_tokens=worst.output_tokens,
+        scopes=tuple(scopes),
+    )
+
+
+def _enforced(book: _RunBook, found: Refusal) -> bool:
+    """A refusal stops the call in enforce mode; cancellation stops it in any mode."""
+    return book.mode is Mode.ENFORCE or found.reason == Limit.CANCELLED.value
 
 
 class InMemoryLedger(Ledger):
@@ -101,7 +136,12 @@ class InMemoryLedger(Ledger):
                 return
             start = self._monotonic() if started_at is None else started_at
             self._runs[run_id] = _RunBook(
-                budget, mode, start, short=without_reserve(budget), spend_limited=budget.spend_limited
+                budget,
+                mode,
+                start,
+                short=without_reserve(budget),
+                spend_limited=budget.spend_limited,
+                limited=not budget.is_unlimited,
             )
 
     def _book(self, run_id: str) -> _RunBook:
@@ -126,24 +166,23 @@ class InMemoryLedger(Ledger):
     ) -> Reservation:
         book = self._book(run_id)
         worst = _held_worst(book, kind, scopes, worst_case_cost, worst_case_input_tokens, worst_case_tokens)
+        found = None
         with book.lock:
-            budget, deadline = book.limits_for(final)
-            found = refusal(
-                budget,
-                book.usage,
-                kind,
-                tool=tool,
-                defaults=tool_limits,
-                held=book.held,
-                worst=worst,
-                cancelled=book.cancelled,
-                past_deadline=deadline is not None and self._monotonic() >= deadline,
-            )
-            enforced = book.mode is Mode.ENFORCE or (
-                found is not None and found.reason == Limit.CANCELLED.value
-            )
-            if found is not None and not force and enforced:
-                raise LedgerRefused(found)
+            if _may_refuse(book, tool_limits):
+                budget, deadline = book.limits_for(final)
+                found = refusal(
+                    budget,
+                    book.usage,
+                    kind,
+                    tool=tool,
+                    defaults=tool_limits,
+                    held=book.held,
+                    worst=worst,
+                    cancelled=book.cancelled,
+                    past_deadline=deadline is not None and self._monotonic() >= deadline,
+                )
+                if found is not None and not force and _enforced(book, found):
+                    raise LedgerRefused(found)
             if scopes:
                 enforce = book.mode is Mode.ENFORCE and not force
                 in_scope = self.scope_books.reserve(scopes, kind, tool, worst, enforce)
@@ -153,16 +192,7 @@ class InMemoryLedger(Ledger):
             count_call(book.usage, kind, tool, +1)
             if worst is not NOTHING_HELD:
                 book.held.add(worst.cost_usd, worst.input_tokens, worst.output_tokens)
-        return Reservation(
-            run_id,
-            kind,
-            tool,
-            worst.cost_usd,
-            found,
-            worst_case_input_tokens=worst.input_tokens,
-            worst_case_output_tokens=worst.output_tokens,
-            scopes=tuple(scopes),
-        )
+        return _reservation(run_id, kind, tool, worst, found, scopes)
 
     def commit(
         self,
@@ -179,7 +209,7 @@ class InMemoryLedger(Ledger):
         with book.lock:
             _settle(book, reservation)
             if spend is not None:
-                book.add(spend)
+                spend_into(book.usage, spend)
             if reservation.scopes:
                 self.scope_books.settle(reservation.scopes, Held(*_worst(reservation)), spend, None, None)
             u = book.usage
@@ -264,4 +294,5 @@ class InMemoryLedger(Ledger):
         with book.lock:
             book.budget = book.budget.extended(amounts)
             book.short = without_reserve(book.budget)
+            book.limited = not book.budget.is_unlimited
             return book.budget

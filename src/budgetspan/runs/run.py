@@ -302,10 +302,11 @@ class Run(AtLimit, Quality):
     ) -> Reservation:
         """Reserve in this run's ledger record (and, for the call's own run, its scope windows:
         one step in the ledger); at a limit, the run's ``on_limit`` policy is asked."""
-        final = phase == Phase.FINAL_RESPONSE
-        stopped = self._stopped(final)
-        if stopped is not None:
-            raise self.exhaust(stopped)
+        final = self._final_phase(phase)
+        if self.exhausted is not None or self._held is not None:  # (else nothing has stopped it)
+            stopped = self._stopped(final)
+            if stopped is not None:
+                raise self.exhaust(stopped)
         asks = 0
         while True:
             try:
@@ -321,6 +322,10 @@ class Run(AtLimit, Quality):
         if res.would_refuse is not None:
             self.note_would_refuse(res.would_refuse)
         return res
+
+    def _final_phase(self, phase: str | None) -> bool:
+        """Whether a call in ``phase`` may use what the run keeps for its final answer (if any)."""
+        return bool(self.budget.reserve_for_final) and phase == Phase.FINAL_RESPONSE
 
     def adopt(self, reservation: Reservation | None) -> Reservation | None:
         """Take over a reservation the processor made for this same call (another
