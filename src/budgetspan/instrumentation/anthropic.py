@@ -110,7 +110,7 @@ class MessagesObserver(ResultObserver):
 # --- messages.create / parse -------------------------------------------------------------------
 
 
-def _create_call(instance: Any, kwargs: dict[str, Any]) -> tuple[Call, Observer]:
+def _create_call(instance: Any, _args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Call, Observer]:
     return _new_call(instance, kwargs, given(kwargs.get("stream")) is True)
 
 

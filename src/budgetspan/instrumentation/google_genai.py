@@ -102,11 +102,11 @@ def _declarations(tools: Any) -> Any:
     return [t for t in tools if not callable(t)]
 
 
-def _call(instance: Any, kwargs: dict[str, Any]) -> tuple[Call, Observer]:
+def _call(instance: Any, _args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Call, Observer]:
     return _new_call(instance, kwargs, streaming=False)
 
 
-def _stream_call(instance: Any, kwargs: dict[str, Any]) -> tuple[Call, Observer]:
+def _stream_call(instance: Any, _args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Call, Observer]:
     return _new_call(instance, kwargs, streaming=True)
 
 

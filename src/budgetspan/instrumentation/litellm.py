@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -38,12 +37,10 @@ from budgetspan import attributes as A
 from budgetspan.accounting.ledger import Spend
 from budgetspan.calls.call import Call
 from budgetspan.config import capture_content
-from budgetspan.events import internal_error
 from budgetspan.instrumentation.observers import Observer, content_json
 from budgetspan.instrumentation.openai import ChatObserver, _ask_for_stream_usage, provider_from_url
-from budgetspan.instrumentation.patch_table import Patch, suppressed
-from budgetspan.instrumentation.patching import SDKInstrumentor, model_call, positive_int
-from budgetspan.instrumentation.sdk_call import ainvoke, in_model_call, invoke
+from budgetspan.instrumentation.patch_table import Patch
+from budgetspan.instrumentation.patching import SDKInstrumentor, model_call, positive_int, wrapper_for
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +118,9 @@ def _request(args: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     return request
 
 
-def _new_call(args: Any, kwargs: dict[str, Any]) -> tuple[Call, Observer]:
+def _new_call(_instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Call, Observer]:
+    """``completion`` / ``acompletion`` as one budgeted call; LiteLLM's own re-entries (and the
+    OpenAI SDK requests it makes) run inside it uncounted (``wrapper_for``)."""
     request = _request(args, kwargs)
     api_base = request.get("api_base") or request.get("base_url")
     raw_model = request.get("model")
@@ -215,34 +214,7 @@ class LiteLLMObserver(ChatObserver):
 # --- wrappers -----------------------------------------------------------------------------------
 
 
-def _factory(asynchronous: bool) -> Callable[..., Any]:
-    """``completion`` / ``acompletion`` as one budgeted call; LiteLLM's own re-entries (and the
-    OpenAI SDK requests it makes) run inside it uncounted."""
-    if asynchronous:
-
-        async def awrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-            if in_model_call() or suppressed():
-                return await wrapped(*args, **kwargs)
-            try:
-                call, observer = _new_call(args, kwargs)
-            except Exception:
-                internal_error("litellm call setup")
-                return await wrapped(*args, **kwargs)
-            return await ainvoke(call, observer, wrapped, args, kwargs)
-
-        return awrapper
-
-    def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        if in_model_call() or suppressed():
-            return wrapped(*args, **kwargs)
-        try:
-            call, observer = _new_call(args, kwargs)
-        except Exception:
-            internal_error("litellm call setup")
-            return wrapped(*args, **kwargs)
-        return invoke(call, observer, wrapped, args, kwargs)
-
-    return wrapper
+_factory = wrapper_for(_new_call, "litellm call setup")
 
 
 #: ``litellm.completion`` and ``acompletion``, bound in both modules at import (``acompletion`` calls

@@ -111,7 +111,7 @@ class EmbeddingsObserver(ResultObserver):
 
 
 def _chat(streaming: bool) -> Any:
-    def build(instance: Any, kwargs: dict[str, Any]) -> tuple[Call, Observer]:
+    def build(instance: Any, _args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Call, Observer]:
         max_tokens = positive_int(kwargs.get("max_tokens"))
         call = model_call(A.OP_CHAT, _where(instance), kwargs, max_tokens, streaming)
         capture = capture_content()
@@ -126,7 +126,7 @@ def _chat(streaming: bool) -> Any:
     return wrapper_for(build, "mistral call setup")
 
 
-def _embeddings_call(instance: Any, kwargs: dict[str, Any]) -> tuple[Call, Observer]:
+def _embeddings_call(instance: Any, _args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Call, Observer]:
     call = model_call(A.OP_EMBEDDINGS, _where(instance), kwargs, None, False)
     inputs = given(kwargs.get("inputs"))
     call.worst_case_input_tokens = request_tokens([[inputs] if isinstance(inputs, str) else inputs])

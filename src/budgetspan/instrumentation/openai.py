@@ -260,7 +260,7 @@ class EmbeddingsObserver(ResultObserver):
 # --- wrappers ---------------------------------------------------------------------------------
 
 
-def _chat_call(instance: Any, kwargs: dict[str, Any]) -> tuple[Call, Observer]:
+def _chat_call(instance: Any, _args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Call, Observer]:
     max_tokens = positive_int(kwargs.get("max_completion_tokens")) or positive_int(kwargs.get("max_tokens"))
     call = _new_call(A.OP_CHAT, instance, kwargs, max_tokens)
     capture = capture_content()
@@ -306,7 +306,7 @@ def _ask_for_stream_usage(call: Call, kwargs: dict[str, Any]) -> bool:
     return True
 
 
-def _responses_call(instance: Any, kwargs: dict[str, Any]) -> tuple[Call, Observer]:
+def _responses_call(instance: Any, _args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Call, Observer]:
     call = _new_call(A.OP_CHAT, instance, kwargs, positive_int(kwargs.get("max_output_tokens")))
     capture = capture_content()
     if capture:
@@ -320,7 +320,9 @@ def _responses_call(instance: Any, kwargs: dict[str, Any]) -> tuple[Call, Observ
     return call, ResponsesObserver(call, capture)
 
 
-def _text_completion_call(instance: Any, kwargs: dict[str, Any]) -> tuple[Call, Observer]:
+def _text_completion_call(
+    instance: Any, _args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Call, Observer]:
     call = _new_call(A.OP_TEXT_COMPLETION, instance, kwargs, positive_int(kwargs.get("max_tokens")))
     capture = capture_content()
     if capture:
@@ -330,7 +332,7 @@ def _text_completion_call(instance: Any, kwargs: dict[str, Any]) -> tuple[Call, 
     return call, TextCompletionObserver(call, capture)
 
 
-def _embeddings_call(instance: Any, kwargs: dict[str, Any]) -> tuple[Call, Observer]:
+def _embeddings_call(instance: Any, _args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Call, Observer]:
     call = _new_call(A.OP_EMBEDDINGS, instance, kwargs, None)
     return call, EmbeddingsObserver(call)
 

@@ -149,8 +149,9 @@ class ResultObserver(Observer):
             call.run.record_model_answer(text)
 
 
-#: Builds the call and its observer from the patched method's ``instance`` and ``kwargs``.
-Builder = Callable[[Any, dict[str, Any]], tuple[Call, Observer]]
+#: Builds the call and its observer from the patched method's ``instance``, ``args`` and ``kwargs``
+#: (the SDK clients take keywords only; LiteLLM's functions also take positional arguments).
+Builder = Callable[[Any, tuple[Any, ...], dict[str, Any]], tuple[Call, Observer]]
 
 
 def wrapper_for(build: Builder, where: str) -> Callable[[bool], Callable[..., Any]]:
@@ -166,7 +167,7 @@ def wrapper_for(build: Builder, where: str) -> Callable[[bool], Callable[..., An
                 if in_model_call() or suppressed():
                     return await wrapped(*args, **kwargs)
                 try:
-                    call, observer = build(instance, kwargs)
+                    call, observer = build(instance, args, kwargs)
                 except Exception:
                     internal_error(where)
                     return await wrapped(*args, **kwargs)
@@ -178,7 +179,7 @@ def wrapper_for(build: Builder, where: str) -> Callable[[bool], Callable[..., An
             if in_model_call() or suppressed():
                 return wrapped(*args, **kwargs)
             try:
-                call, observer = build(instance, kwargs)
+                call, observer = build(instance, args, kwargs)
             except Exception:
                 internal_error(where)
                 return wrapped(*args, **kwargs)
