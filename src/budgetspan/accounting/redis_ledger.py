@@ -36,10 +36,12 @@ Known limit: a reservation made on Redis before an outage and ended during it st
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -115,6 +117,7 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
         self._local_runs: set[str] = set()
         self._lock = threading.Lock()
         self._pending = PendingSettlements(self._send_pending, settle_lag_s)
+        atexit.register(_flush_at_exit, weakref.ref(self))
 
     @staticmethod
     def key(run_id: str) -> str:
@@ -457,3 +460,14 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
 
 
 __all__ = ["DEFAULT_TIMEOUT_S", "RedisLedger"]
+
+
+def _flush_at_exit(ledger: weakref.ref[RedisLedger]) -> None:
+    """At interpreter exit: a process that ends without closing its runs still records what it
+    spent (``flush``; a killed one cannot, and its worst case stays held). Never raises."""
+    still = ledger()
+    if still is not None:
+        try:
+            still.flush()
+        except Exception:
+            events.internal_error("redis_ledger")

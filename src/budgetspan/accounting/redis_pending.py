@@ -16,7 +16,6 @@ spend unrecorded. Only enforce mode waits: observe mode wants each commit's answ
 
 from __future__ import annotations
 
-import atexit
 import os
 import threading
 import time
@@ -123,13 +122,7 @@ class PendingSettlements:
             if still is not None:
                 still._fresh()
 
-        def at_exit() -> None:
-            still = me()
-            if still is not None:
-                still.send_all()
-
         os.register_at_fork(after_in_child=in_child)
-        atexit.register(at_exit)
 
     def _fresh(self) -> None:
         """Nothing pending, no thread: at start, and in a forked child, which must neither send its
@@ -175,16 +168,6 @@ class PendingSettlements:
         with self._cond:
             taken, self._pending = self._pending, {}
         return taken
-
-    def send_all(self) -> None:
-        """Send every pending settlement now: at interpreter exit, so that a process that ends
-        without closing its runs records what it spent (a killed one cannot: its worst case stays
-        held). Each round trip is bounded by the client's socket timeout; a failure is logged."""
-        for run_id, pending in self.take_all().items():
-            try:
-                self._send(run_id, pending, True)
-            except Exception:  # at exit as in the thread: logged, never raised
-                events.internal_error("redis_ledger")
 
     def _run(self) -> None:
         while True:
