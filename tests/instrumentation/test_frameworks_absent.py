@@ -3,32 +3,15 @@ project's own ``agents`` package is not taken for the OpenAI Agents SDK."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 
 from budgetspan import instrumentation
-from tests.conftest import REPO
+from tests.instrumentation.hidden_libraries import preamble, run_script
 
-_HIDDEN_SCRIPT = r"""
-import importlib, json, logging, sys
-for name in ("agents", "pydantic_ai", "langgraph"):
-    sys.modules[name] = None  # import fails exactly as if the package were not installed
-records = []
-class Keep(logging.Handler):
-    def emit(self, record):
-        if "spans go nowhere" not in record.getMessage():  # (this script sets up no exporter)
-            records.append(record.getMessage())
-logging.getLogger().addHandler(Keep(level=logging.WARNING))
-import budgetspan
+_HIDDEN_SCRIPT = (
+    preamble(["agents", "pydantic_ai", "langgraph"])
+    + """
 from budgetspan.instrumentation import available_instrumentors
-errors = []
-class Count:
-    def on_internal_error(self, where):
-        errors.append(where)
-budgetspan.add_listener(Count())
 found = sorted(type(i).__name__ for i in available_instrumentors())
 patched = {}
 for module, cls in (
@@ -41,21 +24,17 @@ for module, cls in (
     patched[cls] = len(getattr(inst, "_patched", []))
     inst.uninstrument()
 budgetspan.configure(instrument=True)
-print(json.dumps({"found": found, "patched": patched, "warnings": records, "errors": errors}))
+print(json.dumps({"found": found, "patched": patched, "warnings": warnings, "errors": errors}))
 """
+)
 
 
 def test_each_framework_instrumentor_is_skipped_quietly_without_its_library() -> None:
-    out = subprocess.run(
-        [sys.executable, "-c", _HIDDEN_SCRIPT], capture_output=True, text=True, timeout=120, cwd=REPO
-    )
-    assert out.returncode == 0, out.stderr
-    report = json.loads(out.stdout.strip().splitlines()[-1])
+    report, _ = run_script(_HIDDEN_SCRIPT)
     frameworks = {"OpenAIAgentsInstrumentor", "PydanticAIInstrumentor", "LangGraphInstrumentor"}
     assert not frameworks & set(report["found"])
     assert report["patched"] == dict.fromkeys(frameworks, 0)
     assert report["warnings"] == [] and report["errors"] == []
-    assert "Traceback" not in out.stderr
 
 
 def test_an_agents_package_without_the_sdk_distribution_is_not_the_sdk(

@@ -5,12 +5,9 @@ where OpenLLMetry's instrumentor does not load at all)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from importlib.metadata import entry_points
 
-from tests.conftest import REPO
+from tests.instrumentation.hidden_libraries import run_script
 
 
 def test_entry_points_name_the_instrumentors() -> None:
@@ -42,14 +39,6 @@ print(json.dumps({
 
 
 def test_patched_when_the_program_imports_the_sdk_later() -> None:
-    out = subprocess.run(
-        [sys.executable, "-c", _SCRIPT],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=str(REPO),
-        check=True,
-    )
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result, stderr = run_script(_SCRIPT)
     assert result == {"done": ["bedrock", "mistral"], "bedrock": True, "mistral": [True, True, True]}
-    assert "internal error" not in out.stderr and "cannot load" not in out.stderr
+    assert "internal error" not in stderr and "cannot load" not in stderr
