@@ -107,7 +107,7 @@ def sse_response(body: bytes) -> Any:
     return lambda request: httpx2.Response(200, content=body, headers={"content-type": "text/event-stream"})
 
 
-class _BrokenStream(httpx2.SyncByteStream):
+class BrokenStream(httpx2.SyncByteStream):
     """Sends ``head`` then fails like a dropped connection."""
 
     def __init__(self, head: bytes) -> None:
@@ -118,8 +118,8 @@ class _BrokenStream(httpx2.SyncByteStream):
         raise httpx2.ReadError("connection dropped")
 
 
-class _HangingStream(httpx2.AsyncByteStream):
-    """Sends ``head`` then waits until cancelled (a slow model)."""
+class HangingStream(httpx2.AsyncByteStream):
+    """Sends ``head`` then waits until cancelled: a model that stalls mid-stream."""
 
     def __init__(self, head: bytes) -> None:
         self.head = head
@@ -149,13 +149,13 @@ def streamed_json(body: dict[str, Any]) -> Any:
 
 def broken_sse(head: bytes) -> Any:
     return lambda request: httpx2.Response(
-        200, stream=_BrokenStream(head), headers={"content-type": "text/event-stream"}
+        200, stream=BrokenStream(head), headers={"content-type": "text/event-stream"}
     )
 
 
 def hanging_sse(head: bytes) -> Any:
     return lambda request: httpx2.Response(
-        200, stream=_HangingStream(head), headers={"content-type": "text/event-stream"}
+        200, stream=HangingStream(head), headers={"content-type": "text/event-stream"}
     )
 
 

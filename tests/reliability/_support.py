@@ -12,7 +12,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -111,28 +111,6 @@ def async_client(
         max_retries=0,
         http_client=httpx2.AsyncClient(transport=transport),
     )
-
-
-class HangingStream(httpx2.AsyncByteStream):
-    """Sends ``head`` then waits until cancelled: a model that stalls mid-stream."""
-
-    def __init__(self, head: bytes) -> None:
-        self.head = head
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        yield self.head
-        await asyncio.sleep(3600)
-
-
-class BrokenStream(httpx2.SyncByteStream):
-    """Sends ``head`` then fails like a dropped connection."""
-
-    def __init__(self, head: bytes) -> None:
-        self.head = head
-
-    def __iter__(self) -> Iterator[bytes]:
-        yield self.head
-        raise httpx2.ReadError("connection dropped")
 
 
 def sse(body: bytes | httpx2.SyncByteStream | httpx2.AsyncByteStream) -> httpx2.Response:

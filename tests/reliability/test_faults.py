@@ -40,8 +40,6 @@ from tests.conftest import cancelled_once
 from tests.reliability._support import (
     ANSWER_MARK,
     MODEL,
-    BrokenStream,
-    HangingStream,
     OtlpEndpoint,
     async_client,
     chat_body,
@@ -53,6 +51,7 @@ from tests.reliability._support import (
     sync_client,
 )
 from tests.reliability.conftest import Lean, scaled
+from tests.replay import BrokenStream, HangingStream
 
 OUTAGE_RUNS = scaled(200, minimum=50)
 
