@@ -23,10 +23,9 @@ from budgetspan.config import capture_content
 from budgetspan.events import internal_error
 from budgetspan.instrumentation.observers import Observer, capture_input_messages
 from budgetspan.instrumentation.openai import provider_from_url
-from budgetspan.instrumentation.patch_table import Patch, sync_and_async
+from budgetspan.instrumentation.patch_table import PatchInstrumentor, sync_and_async
 from budgetspan.instrumentation.patching import (
     ResultObserver,
-    SDKInstrumentor,
     given,
     model_call,
     positive_int,
@@ -203,18 +202,15 @@ _MESSAGES = "anthropic.resources.messages.messages"
 _BETA = "anthropic.resources.beta.messages.messages"  # same shapes (BetaMessage, beta events)
 _BASE = "anthropic._base_client"
 
-PATCHES: tuple[Patch, ...] = (
-    *sync_and_async(_MESSAGES, _create_factory, "Messages.create", "Messages.parse"),
-    *sync_and_async(_MESSAGES, _stream_factory, "Messages.stream"),
-    *sync_and_async(_BETA, _create_factory, "Messages.create", "Messages.parse"),
-    *sync_and_async(_BETA, _stream_factory, "Messages.stream"),
-    *retry_patches(_BASE),
-)
 
-
-class AnthropicInstrumentor(SDKInstrumentor):
+class AnthropicInstrumentor(PatchInstrumentor):
     """``opentelemetry-instrument`` entry point ``budgetspan_anthropic``; also used by configure()."""
 
-    LIBRARY = "anthropic"
     DEPENDENCIES = ("anthropic >= 0.40",)
-    PATCHES = PATCHES
+    PATCHES = (
+        *sync_and_async(_MESSAGES, _create_factory, "Messages.create", "Messages.parse"),
+        *sync_and_async(_MESSAGES, _stream_factory, "Messages.stream"),
+        *sync_and_async(_BETA, _create_factory, "Messages.create", "Messages.parse"),
+        *sync_and_async(_BETA, _stream_factory, "Messages.stream"),
+        *retry_patches(_BASE),
+    )

@@ -32,8 +32,8 @@ from budgetspan.config import capture_content
 from budgetspan.events import internal_error
 from budgetspan.instrumentation.bedrock_observers import BedrockObserver, ConverseObserver, InvokeObserver
 from budgetspan.instrumentation.observers import capture_input_messages
-from budgetspan.instrumentation.patch_table import Patch, suppressed
-from budgetspan.instrumentation.patching import SDKInstrumentor, model_call, positive_int
+from budgetspan.instrumentation.patch_table import PatchInstrumentor, suppressed
+from budgetspan.instrumentation.patching import model_call, positive_int
 from budgetspan.instrumentation.sdk_call import CURRENT_CALL, in_model_call, take_result
 from budgetspan.instrumentation.streams import SyncStreamProxy, finish_now
 
@@ -262,19 +262,11 @@ def retry_wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     return again
 
 
-def _factory(wrapper: Callable[..., Any]) -> Callable[[bool], Callable[..., Any]]:
-    return lambda asynchronous: wrapper
-
-
-PATCHES: tuple[Patch, ...] = (
-    ("botocore.client", "BaseClient._make_api_call", _factory(api_call_wrapper), False),
-    ("botocore.endpoint", "Endpoint._needs_retry", _factory(retry_wrapper), False),
-)
-
-
-class BedrockInstrumentor(SDKInstrumentor):
+class BedrockInstrumentor(PatchInstrumentor):
     """``opentelemetry-instrument`` entry point ``budgetspan_bedrock``; also used by configure()."""
 
-    LIBRARY = "botocore"
     DEPENDENCIES = ("botocore >= 1.34",)
-    PATCHES = PATCHES
+    PATCHES = (
+        ("botocore.client", "BaseClient._make_api_call", api_call_wrapper),
+        ("botocore.endpoint", "Endpoint._needs_retry", retry_wrapper),
+    )

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from budgetspan.instrumentation.retrieval import Patch, PatchInstrumentor, retrieval_wrapper
+from budgetspan.instrumentation.patch_table import PatchInstrumentor
+from budgetspan.instrumentation.retrieval import retrieval_wrapper
 
 SYSTEM = "chroma"
 
@@ -28,14 +29,11 @@ _query = retrieval_wrapper(_name, SYSTEM, _count, False)
 _aquery = retrieval_wrapper(_name, SYSTEM, _count, True)
 
 
-_PATCHES: tuple[Patch, ...] = (
-    ("chromadb.api.models.Collection", "Collection", "query", _query),
-    ("chromadb.api.models.AsyncCollection", "AsyncCollection", "query", _aquery),
-)
-
-
 class ChromaInstrumentor(PatchInstrumentor):
     """Queries of ``chromadb`` collections."""
 
-    PATCHES = _PATCHES
     DEPENDENCIES = ("chromadb >= 0.5",)
+    PATCHES = (
+        ("chromadb.api.models.Collection", "Collection.query", _query),
+        ("chromadb.api.models.AsyncCollection", "AsyncCollection.query", _aquery),
+    )

@@ -29,15 +29,8 @@ from budgetspan.calls.call import Call
 from budgetspan.config import capture_content
 from budgetspan.instrumentation.observers import Observer, content_json
 from budgetspan.instrumentation.openai import provider_from_url
-from budgetspan.instrumentation.patch_table import Patch, sync_and_async
-from budgetspan.instrumentation.patching import (
-    ResultObserver,
-    SDKInstrumentor,
-    Where,
-    model_call,
-    positive_int,
-    wrapper_for,
-)
+from budgetspan.instrumentation.patch_table import PatchInstrumentor, sync_and_async
+from budgetspan.instrumentation.patching import ResultObserver, Where, model_call, positive_int, wrapper_for
 from budgetspan.instrumentation.retrieval import atraced_tool, traced_tool
 from budgetspan.instrumentation.usage import count, field, pick
 
@@ -206,17 +199,16 @@ _WRAPPER = wrapper_for(_call, "google-genai call setup")
 _STREAM_WRAPPER = wrapper_for(_stream_call, "google-genai call setup")
 _MODELS = "google.genai.models"
 
-PATCHES: tuple[Patch, ...] = (
-    *sync_and_async(_MODELS, _WRAPPER, "Models._generate_content"),
-    *sync_and_async(_MODELS, _STREAM_WRAPPER, "Models._generate_content_stream"),
-    ("google.genai._extra_utils", "invoke_function_from_dict_args", _function_wrapper, False),
-    ("google.genai._extra_utils", "invoke_function_from_dict_args_async", _function_wrapper, True),
-)
+_FUNCTIONS = "google.genai._extra_utils"
 
 
-class GoogleGenAIInstrumentor(SDKInstrumentor):
+class GoogleGenAIInstrumentor(PatchInstrumentor):
     """``opentelemetry-instrument`` entry point ``budgetspan_google_genai``; also used by configure()."""
 
-    LIBRARY = "google.genai"
     DEPENDENCIES = ("google-genai >= 1.0",)
-    PATCHES = PATCHES
+    PATCHES = (
+        *sync_and_async(_MODELS, _WRAPPER, "Models._generate_content"),
+        *sync_and_async(_MODELS, _STREAM_WRAPPER, "Models._generate_content_stream"),
+        (_FUNCTIONS, "invoke_function_from_dict_args", _function_wrapper(False)),
+        (_FUNCTIONS, "invoke_function_from_dict_args_async", _function_wrapper(True)),
+    )

@@ -25,13 +25,8 @@ from typing import Any
 
 from budgetspan.calls import tools as budgetspan_tools
 from budgetspan.instrumentation.langgraph import handoff_destination, note_handoff
-from budgetspan.instrumentation.retrieval import (
-    Patch,
-    PatchInstrumentor,
-    atraced_tool,
-    retrieval_wrapper,
-    traced_tool,
-)
+from budgetspan.instrumentation.patch_table import PatchInstrumentor
+from budgetspan.instrumentation.retrieval import atraced_tool, retrieval_wrapper, traced_tool
 
 SYSTEM = "langchain"
 
@@ -115,16 +110,13 @@ _run = _tool_wrapper(False)
 _arun = _tool_wrapper(True)
 
 
-_PATCHES: tuple[Patch, ...] = (
-    ("langchain_core.retrievers", "BaseRetriever", "invoke", _invoke),
-    ("langchain_core.retrievers", "BaseRetriever", "ainvoke", _ainvoke),
-    ("langchain_core.tools.base", "BaseTool", "run", _run),
-    ("langchain_core.tools.base", "BaseTool", "arun", _arun),
-)
-
-
 class LangChainInstrumentor(PatchInstrumentor):
     """Retrievers and tools of ``langchain-core``; chat models are left to the SDK instrumentations."""
 
-    PATCHES = _PATCHES
     DEPENDENCIES = ("langchain-core >= 0.3",)
+    PATCHES = (
+        ("langchain_core.retrievers", "BaseRetriever.invoke", _invoke),
+        ("langchain_core.retrievers", "BaseRetriever.ainvoke", _ainvoke),
+        ("langchain_core.tools.base", "BaseTool.run", _run),
+        ("langchain_core.tools.base", "BaseTool.arun", _arun),
+    )

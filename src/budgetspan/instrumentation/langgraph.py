@@ -38,8 +38,7 @@ from opentelemetry.trace import Span
 
 from budgetspan.events import internal_error
 from budgetspan.instrumentation import agents
-from budgetspan.instrumentation.patch_table import suppressed
-from budgetspan.instrumentation.retrieval import Patch, PatchInstrumentor
+from budgetspan.instrumentation.patch_table import PatchInstrumentor, suppressed
 
 log = logging.getLogger(__name__)
 
@@ -250,17 +249,14 @@ def _wrap_functions() -> list[tuple[Any, str]]:
     return done
 
 
-_PATCHES: tuple[Patch, ...] = (
-    ("langgraph.pregel", "Pregel", "stream", _stream),
-    ("langgraph.pregel", "Pregel", "astream", _astream),
-)
-
-
 class LangGraphInstrumentor(PatchInstrumentor):
     """Named LangGraph graphs as agent spans; refusals kept out of ToolNode's and RetryPolicy's hands."""
 
-    PATCHES = _PATCHES
     DEPENDENCIES = ("langgraph >= 1.0",)
+    PATCHES = (
+        ("langgraph.pregel", "Pregel.stream", _stream),
+        ("langgraph.pregel", "Pregel.astream", _astream),
+    )
 
     def _instrument(self, **kwargs: Any) -> None:
         super()._instrument(**kwargs)

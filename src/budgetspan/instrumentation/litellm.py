@@ -39,8 +39,8 @@ from budgetspan.calls.call import Call
 from budgetspan.config import capture_content
 from budgetspan.instrumentation.observers import Observer, content_json
 from budgetspan.instrumentation.openai import ChatObserver, _ask_for_stream_usage, provider_from_url
-from budgetspan.instrumentation.patch_table import Patch
-from budgetspan.instrumentation.patching import SDKInstrumentor, model_call, positive_int, wrapper_for
+from budgetspan.instrumentation.patch_table import PatchInstrumentor
+from budgetspan.instrumentation.patching import model_call, positive_int, wrapper_for
 
 log = logging.getLogger(__name__)
 
@@ -217,18 +217,14 @@ class LiteLLMObserver(ChatObserver):
 _factory = wrapper_for(_new_call, "litellm call setup")
 
 
-#: ``litellm.completion`` and ``acompletion``, bound in both modules at import (``acompletion`` calls
-#: ``litellm.main.completion``).
-PATCHES: tuple[Patch, ...] = tuple(
-    (module, name, _factory, name == "acompletion")
-    for module in ("litellm", "litellm.main")
-    for name in ("completion", "acompletion")
-)
-
-
-class LiteLLMInstrumentor(SDKInstrumentor):
+class LiteLLMInstrumentor(PatchInstrumentor):
     """``opentelemetry-instrument`` entry point ``budgetspan_litellm``; also used by configure()."""
 
-    LIBRARY = "litellm"
     DEPENDENCIES = ("litellm >= 1.60",)
-    PATCHES = PATCHES
+    #: ``litellm.completion`` and ``acompletion``, bound in both modules at import (``acompletion``
+    #: calls ``litellm.main.completion``).
+    PATCHES = tuple(
+        (module, name, _factory(name == "acompletion"))
+        for module in ("litellm", "litellm.main")
+        for name in ("completion", "acompletion")
+    )

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from budgetspan.instrumentation.retrieval import Patch, PatchInstrumentor, retrieval_wrapper
+from budgetspan.instrumentation.patch_table import PatchInstrumentor
+from budgetspan.instrumentation.retrieval import retrieval_wrapper
 
 SYSTEM = "llamaindex"
 
@@ -25,14 +26,11 @@ _retrieve = retrieval_wrapper(_class_name, SYSTEM, _count, False)
 _aretrieve = retrieval_wrapper(_class_name, SYSTEM, _count, True)
 
 
-_PATCHES: tuple[Patch, ...] = (
-    ("llama_index.core.base.base_retriever", "BaseRetriever", "retrieve", _retrieve),
-    ("llama_index.core.base.base_retriever", "BaseRetriever", "aretrieve", _aretrieve),
-)
-
-
 class LlamaIndexInstrumentor(PatchInstrumentor):
     """Retrievers of ``llama-index-core``."""
 
-    PATCHES = _PATCHES
     DEPENDENCIES = ("llama-index-core >= 0.12",)
+    PATCHES = (
+        ("llama_index.core.base.base_retriever", "BaseRetriever.retrieve", _retrieve),
+        ("llama_index.core.base.base_retriever", "BaseRetriever.aretrieve", _aretrieve),
+    )

@@ -37,15 +37,8 @@ from opentelemetry.trace import Span
 
 from budgetspan.events import internal_error
 from budgetspan.instrumentation import agents
-from budgetspan.instrumentation.patch_table import suppressed
-from budgetspan.instrumentation.retrieval import (
-    Patch,
-    PatchInstrumentor,
-    ToolHow,
-    arg,
-    atraced_tool,
-    traced_tool,
-)
+from budgetspan.instrumentation.patch_table import PatchInstrumentor, suppressed
+from budgetspan.instrumentation.retrieval import ToolHow, arg, atraced_tool, traced_tool
 
 FRAMEWORK = "llamaindex"
 SYSTEM = "llamaindex"
@@ -224,25 +217,24 @@ async def _take_step(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any
 
 _BASE = "llama_index.core.agent.workflow.base_agent"
 _MULTI = "llama_index.core.agent.workflow.multi_agent_workflow"
-_PATCHES: tuple[Patch, ...] = (
-    (_BASE, "BaseWorkflowAgent", "_call_tool", _call_tool),
-    (_MULTI, "AgentWorkflow", "_call_tool", _call_tool),
-    (_BASE, "BaseWorkflowAgent", "run", _run_wrapper(_agent_name)),
-    (_MULTI, "AgentWorkflow", "run", _run_wrapper(_workflow_name)),
-    ("llama_index.core.agent.workflow.function_agent", "FunctionAgent", "take_step", _take_step),
-    ("llama_index.core.agent.workflow.react_agent", "ReActAgent", "take_step", _take_step),
-    ("llama_index.core.agent.workflow.codeact_agent", "CodeActAgent", "take_step", _take_step),
-    ("workflows.handler", "WorkflowHandler", "stop_event_result", _stop_event_result),
-    ("llama_index.core.tools.function_tool", "FunctionTool", "call", _function_tool(False)),
-    ("llama_index.core.tools.function_tool", "FunctionTool", "acall", _function_tool(True)),
-)
 
 
 class LlamaIndexAgentsInstrumentor(PatchInstrumentor):
     """Agent workflows and function tools of ``llama-index-core``."""
 
-    PATCHES = _PATCHES
     DEPENDENCIES = ("llama-index-core >= 0.12",)
+    PATCHES = (
+        (_BASE, "BaseWorkflowAgent._call_tool", _call_tool),
+        (_MULTI, "AgentWorkflow._call_tool", _call_tool),
+        (_BASE, "BaseWorkflowAgent.run", _run_wrapper(_agent_name)),
+        (_MULTI, "AgentWorkflow.run", _run_wrapper(_workflow_name)),
+        ("llama_index.core.agent.workflow.function_agent", "FunctionAgent.take_step", _take_step),
+        ("llama_index.core.agent.workflow.react_agent", "ReActAgent.take_step", _take_step),
+        ("llama_index.core.agent.workflow.codeact_agent", "CodeActAgent.take_step", _take_step),
+        ("workflows.handler", "WorkflowHandler.stop_event_result", _stop_event_result),
+        ("llama_index.core.tools.function_tool", "FunctionTool.call", _function_tool(False)),
+        ("llama_index.core.tools.function_tool", "FunctionTool.acall", _function_tool(True)),
+    )
 
     def _instrument(self, **kwargs: Any) -> None:
         try:  # the handler patch belongs to llama-index-workflows: only with the agents present

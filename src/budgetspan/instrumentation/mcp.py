@@ -17,7 +17,8 @@ from typing import Any
 
 from budgetspan import attributes as A
 from budgetspan.events import internal_error
-from budgetspan.instrumentation.retrieval import Patch, PatchInstrumentor, arg, atraced_tool
+from budgetspan.instrumentation.patch_table import PatchInstrumentor
+from budgetspan.instrumentation.retrieval import arg, atraced_tool
 
 SYSTEM = "mcp"
 
@@ -98,15 +99,12 @@ def _list_tools(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     return listing()
 
 
-_PATCHES: tuple[Patch, ...] = (
-    ("mcp.client.session", "ClientSession", "call_tool", _call_tool),
-    ("mcp.client.client", "Client", "call_tool", _client_call_tool),
-    ("mcp.client.session", "ClientSession", "list_tools", _list_tools),
-)
-
-
 class MCPInstrumentor(PatchInstrumentor):
     """Tool calls of the ``mcp`` client session."""
 
-    PATCHES = _PATCHES
     DEPENDENCIES = ("mcp >= 1.0",)
+    PATCHES = (
+        ("mcp.client.session", "ClientSession.call_tool", _call_tool),
+        ("mcp.client.client", "Client.call_tool", _client_call_tool),
+        ("mcp.client.session", "ClientSession.list_tools", _list_tools),
+    )

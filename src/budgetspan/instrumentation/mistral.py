@@ -27,10 +27,9 @@ from budgetspan.config import capture_content
 from budgetspan.events import internal_error
 from budgetspan.instrumentation.observers import Observer, content_json
 from budgetspan.instrumentation.openai import provider_from_url
-from budgetspan.instrumentation.patch_table import Patch, apply_patches, use_provider
+from budgetspan.instrumentation.patch_table import Patch, PatchInstrumentor, apply_patches, use_provider
 from budgetspan.instrumentation.patching import (
     ResultObserver,
-    SDKInstrumentor,
     given,
     model_call,
     positive_int,
@@ -141,19 +140,13 @@ _EMBED = wrapper_for(_embeddings_call, "mistral call setup")
 
 def _rows(chat: str, embeddings: str) -> tuple[Patch, ...]:
     return (
-        (chat, "Chat.complete", _COMPLETE, False),
-        (chat, "Chat.complete_async", _COMPLETE, True),
-        (chat, "Chat.stream", _STREAM, False),
-        (chat, "Chat.stream_async", _STREAM, True),
-        (embeddings, "Embeddings.create", _EMBED, False),
-        (embeddings, "Embeddings.create_async", _EMBED, True),
+        (chat, "Chat.complete", _COMPLETE(False)),
+        (chat, "Chat.complete_async", _COMPLETE(True)),
+        (chat, "Chat.stream", _STREAM(False)),
+        (chat, "Chat.stream_async", _STREAM(True)),
+        (embeddings, "Embeddings.create", _EMBED(False)),
+        (embeddings, "Embeddings.create_async", _EMBED(True)),
     )
-
-
-PATCHES: tuple[Patch, ...] = (
-    *_rows("mistralai.client.chat", "mistralai.client.embeddings"),  # 2.x and later
-    *_rows("mistralai.chat", "mistralai.embeddings"),  # 1.x
-)
 
 
 def _present(module: str) -> bool:
@@ -179,16 +172,18 @@ def _patch_retries() -> list[tuple[str, str]]:
     return [RETRY_POINT]  # ``unwrap`` reads it as (owner "package.module", attribute)
 
 
-class MistralInstrumentor(SDKInstrumentor):
+class MistralInstrumentor(PatchInstrumentor):
     """``opentelemetry-instrument`` entry point ``budgetspan_mistral``; also used by configure()."""
 
-    LIBRARY = "mistralai"
     DEPENDENCIES = ("mistralai >= 1.0",)
-    PATCHES = PATCHES
+    PATCHES = (
+        *_rows("mistralai.client.chat", "mistralai.client.embeddings"),  # 2.x and later
+        *_rows("mistralai.chat", "mistralai.embeddings"),  # 1.x
+    )
 
     def _instrument(self, **kwargs: Any) -> None:
         """Patch the rows of the layout this version has (1.x or 2.x+), nothing else."""
         use_provider(kwargs.get("tracer_provider"))
         present: dict[str, bool] = {}
         rows = tuple(r for r in self.PATCHES if present.setdefault(r[0], _present(r[0])))
-        self._done = apply_patches(rows) + _patch_retries()
+        self._patched = apply_patches(rows) + _patch_retries()

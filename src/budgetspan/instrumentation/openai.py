@@ -19,10 +19,9 @@ from budgetspan import attributes as A
 from budgetspan.calls.call import Call
 from budgetspan.config import capture_content
 from budgetspan.instrumentation.observers import Observer, content_json
-from budgetspan.instrumentation.patch_table import Patch, sync_and_async
+from budgetspan.instrumentation.patch_table import PatchInstrumentor, sync_and_async
 from budgetspan.instrumentation.patching import (
     ResultObserver,
-    SDKInstrumentor,
     given,
     model_call,
     positive_int,
@@ -348,18 +347,15 @@ _EMBEDDINGS = "openai.resources.embeddings"
 _COMPLETIONS = "openai.resources.completions"
 _BASE = "openai._base_client"
 
-PATCHES: tuple[Patch, ...] = (
-    *sync_and_async(_CHAT, _CHAT_WRAPPER, "Completions.create", "Completions.parse"),
-    *sync_and_async(_RESPONSES, _RESPONSES_WRAPPER, "Responses.create", "Responses.parse"),
-    *sync_and_async(_COMPLETIONS, _TEXT_WRAPPER, "Completions.create"),
-    *sync_and_async(_EMBEDDINGS, _EMBEDDINGS_WRAPPER, "Embeddings.create"),
-    *retry_patches(_BASE),
-)
 
-
-class OpenAIInstrumentor(SDKInstrumentor):
+class OpenAIInstrumentor(PatchInstrumentor):
     """``opentelemetry-instrument`` entry point ``budgetspan_openai``; also used by configure()."""
 
-    LIBRARY = "openai"
     DEPENDENCIES = ("openai >= 1.40",)
-    PATCHES = PATCHES
+    PATCHES = (
+        *sync_and_async(_CHAT, _CHAT_WRAPPER, "Completions.create", "Completions.parse"),
+        *sync_and_async(_RESPONSES, _RESPONSES_WRAPPER, "Responses.create", "Responses.parse"),
+        *sync_and_async(_COMPLETIONS, _TEXT_WRAPPER, "Completions.create"),
+        *sync_and_async(_EMBEDDINGS, _EMBEDDINGS_WRAPPER, "Embeddings.create"),
+        *retry_patches(_BASE),
+    )

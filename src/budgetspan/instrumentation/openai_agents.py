@@ -38,7 +38,8 @@ from budgetspan.instrumentation.agents import (
     record_handoff,
     stopped_run,
 )
-from budgetspan.instrumentation.retrieval import Patch, PatchInstrumentor, atraced_tool
+from budgetspan.instrumentation.patch_table import PatchInstrumentor
+from budgetspan.instrumentation.retrieval import atraced_tool
 
 FRAMEWORK = SYSTEM = "openai_agents"
 
@@ -219,23 +220,22 @@ async def _surface_refusal(wrapped: Any, instance: Any, args: Any, kwargs: Any) 
 
 
 _TOOLS = "agents.run_internal.tool_execution"
-_PATCHES: tuple[Patch, ...] = (
-    # the runner's function tools (a name imported into tool_execution) and invoke_function_tool's
-    (_TOOLS, "", "_invoke_function_tool_with_metadata", _invoke_tool),
-    ("agents.tool", "", "_invoke_function_tool_with_metadata", _invoke_tool),
-    (_TOOLS, "", "maybe_invoke_function_tool_failure_error_function", _failure_error_function),
-    ("agents.tool", "", "maybe_invoke_function_tool_failure_error_function", _failure_error_function),
-    ("agents.run_internal.model_retry", "", "_evaluate_retry", _evaluate_retry),
-    ("agents.run", "", "agent_span", _agent_span),  # Runner.run's loop
-    ("agents.run_internal.run_loop", "", "agent_span", _agent_span),  # run_streamed's loop
-    ("agents.run_internal.turn_resolution", "", "execute_handoffs", _execute_handoffs),
-    ("agents.run", "AgentRunner", "run", _surface_refusal),  # also run_sync
-    ("agents.run", "", "start_streaming", _surface_refusal),  # run_streamed: raised by stream_events
-)
 
 
 class OpenAIAgentsInstrumentor(PatchInstrumentor):
     """Tools, agents and handoffs of the OpenAI Agents SDK; its model calls are the OpenAI SDK's."""
 
-    PATCHES = _PATCHES
     DEPENDENCIES = ("openai-agents >= 0.24",)
+    PATCHES = (
+        # the runner's function tools (a name imported into tool_execution) and invoke_function_tool's
+        (_TOOLS, "_invoke_function_tool_with_metadata", _invoke_tool),
+        ("agents.tool", "_invoke_function_tool_with_metadata", _invoke_tool),
+        (_TOOLS, "maybe_invoke_function_tool_failure_error_function", _failure_error_function),
+        ("agents.tool", "maybe_invoke_function_tool_failure_error_function", _failure_error_function),
+        ("agents.run_internal.model_retry", "_evaluate_retry", _evaluate_retry),
+        ("agents.run", "agent_span", _agent_span),  # Runner.run's loop
+        ("agents.run_internal.run_loop", "agent_span", _agent_span),  # run_streamed's loop
+        ("agents.run_internal.turn_resolution", "execute_handoffs", _execute_handoffs),
+        ("agents.run", "AgentRunner.run", _surface_refusal),  # also run_sync
+        ("agents.run", "start_streaming", _surface_refusal),  # run_streamed: raised by stream_events
+    )

@@ -1,8 +1,10 @@
-"""Patch tables: one row per wrapped SDK method, applied where the installed version has it."""
+"""Patch tables: one row per wrapped method, applied where the installed library version has it;
+the instrumentor every library's instrumentation is (``PatchInstrumentor``)."""
 
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -10,36 +12,46 @@ import wrapt
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwrap
 
 from budgetspan.events import internal_error
+from budgetspan.instrumentation.lazy import LazyInstrumentor
+
+log = logging.getLogger(__name__)
 
 # --- patch tables -------------------------------------------------------------------------------
 
-#: (module, "Class.method" or "function", wrapper factory taking ``asynchronous``, asynchronous):
-#: one row per patched method or module-level function (``litellm.completion``, helpers the SDK
-#: calls by module name).
-Patch = tuple[str, str, Callable[[bool], Callable[..., Any]], bool]
+#: (module, "Class.method" or "function", wrapper(wrapped, instance, args, kwargs)): one row per
+#: patched method or module-level function (``litellm.completion``, helpers a library calls by
+#: module name).
+Patch = tuple[str, str, Callable[..., Any]]
 
 
 def sync_and_async(
     module: str, factory: Callable[[bool], Callable[..., Any]], *targets: str
 ) -> tuple[Patch, ...]:
     """Rows for SDK resource methods and their async twins, which the SDKs name ``Async`` + the
-    sync class: ``Messages.create`` also gives ``AsyncMessages.create``."""
+    sync class: ``Messages.create`` also gives ``AsyncMessages.create``; ``factory(asynchronous)``
+    makes the wrapper of each."""
     return tuple(
-        (module, prefix + target, factory, bool(prefix)) for prefix in ("", "Async") for target in targets
+        (module, prefix + target, factory(bool(prefix))) for prefix in ("", "Async") for target in targets
     )
 
 
 def apply_patches(table: tuple[Patch, ...]) -> list[tuple[Any, str]]:
-    """Wrap every row whose target exists in this SDK version; return (owner, name) wrapped."""
+    """Wrap every row whose target the installed library version defines; skip (quietly) the rows
+    of modules it lacks and of methods it does not define itself (e.g. Qdrant's removed ``search``).
+    Return the (owner, name) wrapped."""
     done: list[tuple[Any, str]] = []
-    for module, target, factory, asynchronous in table:
+    for module, target, wrapper in table:
         try:
             mod = importlib.import_module(module)
+        except ImportError:
+            log.debug("budgetspan: %s is not installed; %s not instrumented", module, target)
+            continue
+        try:
             owner_name, _, name = target.rpartition(".")
             owner = getattr(mod, owner_name, None) if owner_name else mod
-            if owner is None or not callable(getattr(owner, name, None)):
-                continue  # not in this SDK version
-            wrapt.wrap_function_wrapper(mod, target, factory(asynchronous))
+            if owner is None or name not in vars(owner):
+                continue  # not in this version of the library
+            wrapt.wrap_function_wrapper(mod, target, wrapper)
             done.append((owner, name))
         except Exception:
             internal_error(f"patch {module}.{target}")
@@ -68,3 +80,20 @@ def suppressed() -> bool:
     """Inside OpenTelemetry's ``suppress_instrumentation()``: every wrapper lets the call through
     untouched (no span, no accounting), as the official instrumentations do."""
     return not is_instrumentation_enabled()
+
+
+class PatchInstrumentor(LazyInstrumentor):
+    """A BaseInstrumentor driven by a patch table; the library is imported only in ``_instrument``
+    (when the program imports it: ``lazy.py``), so a missing library patches nothing."""
+
+    DEPENDENCIES: tuple[str, ...] = ()
+    PATCHES: tuple[Patch, ...] = ()
+
+    _patched: list[tuple[Any, str]]
+
+    def _instrument(self, **kwargs: Any) -> None:
+        use_provider(kwargs.get("tracer_provider"))
+        self._patched = apply_patches(self.PATCHES)
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        remove_patches(getattr(self, "_patched", []))

@@ -8,7 +8,6 @@ reaches both providers at once.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -18,15 +17,8 @@ from budgetspan.calls.call import Call
 from budgetspan.calls.estimate import request_tokens, text_tokens
 from budgetspan.calls.pricing import reported
 from budgetspan.events import internal_error
-from budgetspan.instrumentation.lazy import LazyInstrumentor
 from budgetspan.instrumentation.observers import Observer, content_json
-from budgetspan.instrumentation.patch_table import (
-    Patch,
-    apply_patches,
-    remove_patches,
-    suppressed,
-    use_provider,
-)
+from budgetspan.instrumentation.patch_table import Patch, suppressed
 from budgetspan.instrumentation.sdk_call import ainvoke, in_model_call, invoke, retry_patch
 from budgetspan.instrumentation.usage import field
 
@@ -193,24 +185,6 @@ def wrapper_for(build: Builder, where: str) -> Callable[[bool], Callable[..., An
 def retry_patches(base_client_module: str) -> tuple[Patch, ...]:
     """The SDK client's ``_sleep_for_retry`` (sync and async): each extra attempt is a retry."""
     return (
-        (base_client_module, "SyncAPIClient._sleep_for_retry", retry_patch, False),
-        (base_client_module, "AsyncAPIClient._sleep_for_retry", retry_patch, True),
+        (base_client_module, "SyncAPIClient._sleep_for_retry", retry_patch(False)),
+        (base_client_module, "AsyncAPIClient._sleep_for_retry", retry_patch(True)),
     )
-
-
-class SDKInstrumentor(LazyInstrumentor):
-    """A BaseInstrumentor for one SDK's patch table; the SDK is imported only in ``_instrument``."""
-
-    LIBRARY: str = ""
-    DEPENDENCIES: tuple[str, ...] = ()
-    PATCHES: tuple[Patch, ...] = ()
-
-    _done: list[tuple[Any, str]]
-
-    def _instrument(self, **kwargs: Any) -> None:
-        importlib.import_module(self.LIBRARY)  # lazily: a missing SDK must not break the others
-        use_provider(kwargs.get("tracer_provider"))
-        self._done = apply_patches(self.PATCHES)
-
-    def _uninstrument(self, **kwargs: Any) -> None:
-        remove_patches(getattr(self, "_done", []))

@@ -27,7 +27,8 @@ from budgetspan import attributes as A
 from budgetspan.accounting.budget import ToolRefused
 from budgetspan.events import internal_error
 from budgetspan.instrumentation.agents import agent_span, raise_refusal
-from budgetspan.instrumentation.retrieval import Patch, PatchInstrumentor, arg, atraced_tool
+from budgetspan.instrumentation.patch_table import PatchInstrumentor
+from budgetspan.instrumentation.retrieval import arg, atraced_tool
 
 FRAMEWORK = SYSTEM = "pydantic_ai"
 
@@ -89,14 +90,11 @@ def _iter(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     return _agent_run(wrapped(*args, **kwargs), instance)
 
 
-_PATCHES: tuple[Patch, ...] = (
-    ("pydantic_ai.tool_manager", "ToolManager", "_raw_execute", _raw_execute),
-    ("pydantic_ai.agent", "Agent", "iter", _iter),
-)
-
-
 class PydanticAIInstrumentor(PatchInstrumentor):
     """Tools and agent runs of pydantic-ai; its model calls are the OpenAI SDK's."""
 
-    PATCHES = _PATCHES
     DEPENDENCIES = ("pydantic-ai-slim >= 2.78",)
+    PATCHES = (
+        ("pydantic_ai.tool_manager", "ToolManager._raw_execute", _raw_execute),
+        ("pydantic_ai.agent", "Agent.iter", _iter),
+    )

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from budgetspan.instrumentation.retrieval import Patch, PatchInstrumentor, arg, retrieval_wrapper
+from budgetspan.instrumentation.patch_table import PatchInstrumentor
+from budgetspan.instrumentation.retrieval import arg, retrieval_wrapper
 
 SYSTEM = "qdrant"
 
@@ -50,18 +51,16 @@ _METHODS: tuple[tuple[str, Callable[[Any], int | None]], ...] = (
     ("search_groups", _groups),
 )
 
-_PATCHES: tuple[Patch, ...] = tuple(
-    (module, cls, method, retrieval_wrapper(_collection, SYSTEM, count, is_async))
-    for module, cls, is_async in (
-        ("qdrant_client.qdrant_client", "QdrantClient", False),
-        ("qdrant_client.async_qdrant_client", "AsyncQdrantClient", True),
-    )
-    for method, count in _METHODS
-)
-
 
 class QdrantInstrumentor(PatchInstrumentor):
     """Searches of ``qdrant-client``."""
 
-    PATCHES = _PATCHES
     DEPENDENCIES = ("qdrant-client >= 1.10",)
+    PATCHES = tuple(
+        (module, f"{cls}.{method}", retrieval_wrapper(_collection, SYSTEM, count, is_async))
+        for module, cls, is_async in (
+            ("qdrant_client.qdrant_client", "QdrantClient", False),
+            ("qdrant_client.async_qdrant_client", "AsyncQdrantClient", True),
+        )
+        for method, count in _METHODS
+    )

@@ -31,8 +31,7 @@ from budgetspan.accounting.budget import ToolLimits
 from budgetspan.calls.call import Call
 from budgetspan.calls.tools import arun_tool, run_tool, tool_call
 from budgetspan.events import internal_error
-from budgetspan.instrumentation.lazy import LazyInstrumentor
-from budgetspan.instrumentation.patch_table import remove_patches, suppressed
+from budgetspan.instrumentation.patch_table import suppressed
 
 log = logging.getLogger(__name__)
 
@@ -279,56 +278,8 @@ async def atraced_tool(
     return result
 
 
-# --- patch tables ---------------------------------------------------------------------------------
-
-# (module, class, method, wrapper(wrapped, instance, args, kwargs)); class "" for a module's function
-Patch = tuple[str, str, str, Callable[..., Any]]
-
-
-def apply_patches(patches: tuple[Patch, ...]) -> list[tuple[Any, str]]:
-    """Wrap each method the installed library version defines; skip (quietly) those it lacks."""
-    import importlib
-
-    import wrapt
-
-    done: list[tuple[Any, str]] = []
-    for module, cls, method, wrapper in patches:
-        try:
-            mod = importlib.import_module(module)
-        except ImportError:
-            log.debug("budgetspan: %s is not installed; %s.%s not instrumented", module, cls, method)
-            continue
-        try:
-            owner = getattr(mod, cls, None) if cls else mod
-            if owner is None or method not in vars(owner):
-                continue  # not in this version of the library (e.g. Qdrant's removed search)
-            wrapt.wrap_function_wrapper(owner, method, wrapper)
-            done.append((owner, method))
-        except Exception:
-            internal_error(f"instrumenting {module}.{cls}.{method}")
-    return done
-
-
 def arg(args: Any, kwargs: Any, index: int, name: str) -> Any:
     """A call's argument by position or keyword (None when absent)."""
     if name in kwargs:
         return kwargs[name]
     return args[index] if len(args) > index else None
-
-
-class PatchInstrumentor(LazyInstrumentor):
-    """A BaseInstrumentor driven by a patch table; the library is imported only in ``_instrument``."""
-
-    PATCHES: tuple[Patch, ...] = ()
-    DEPENDENCIES: tuple[str, ...] = ()
-
-    def _instrument(self, **kwargs: Any) -> None:
-        provider = kwargs.get("tracer_provider")
-        if provider is not None:  # budgetspan's spans (all of them) go to that provider
-            from budgetspan.runs.context import set_tracer_provider
-
-            set_tracer_provider(provider)
-        self._patched = apply_patches(self.PATCHES)
-
-    def _uninstrument(self, **kwargs: Any) -> None:
-        remove_patches(getattr(self, "_patched", []))
