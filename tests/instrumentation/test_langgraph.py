@@ -24,6 +24,7 @@ from langgraph.types import RetryPolicy
 
 import budgetspan
 from budgetspan import attributes as A
+from budgetspan.instrumentation import langgraph as lg
 from budgetspan.instrumentation.langchain import LangChainInstrumentor
 from budgetspan.instrumentation.langgraph import LangGraphInstrumentor
 from budgetspan.instrumentation.openai import OpenAIInstrumentor
@@ -78,6 +79,22 @@ def test_verified_versions() -> None:
     """The refusal fixes wrap private LangGraph functions: a new version must be checked again."""
     for dist, verified in VERIFIED.items():
         assert version(dist) == verified, f"{dist} {version(dist)}: re-run these tests and update VERIFIED"
+
+
+def test_both_refusal_guards_are_patched_and_a_missing_one_is_named(
+    tracing: Tracing, caplog: pytest.LogCaptureFixture
+) -> None:
+    inst = LangGraphInstrumentor()
+    with instrumentors_on(inst):
+        patched = list(inst._patched)
+    assert {"_handle_tool_error", "_should_retry_on"} <= {name for _owner, name in patched}
+    assert caplog.records == []
+    without_retry_guard = [(o, n) for o, n in patched if n != "_should_retry_on"]
+    lg._warn_unguarded(without_retry_guard)
+    assert [r.getMessage() for r in caplog.records] == [
+        "budgetspan: this LangGraph has no langgraph.pregel._retry._should_retry_on: "
+        "a node RetryPolicy may retry a node refused by the budget"
+    ]
 
 
 def test_named_agent_span_tool_and_chat_spans(

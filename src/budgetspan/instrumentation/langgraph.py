@@ -26,9 +26,8 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextvars import ContextVar
 from typing import Any
 
@@ -208,45 +207,25 @@ def _should_retry_on(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any
     return wrapped(*args, **kwargs)
 
 
-# (module, function name, wrapper, what is lost without it)
-_FUNCTIONS: tuple[tuple[str, str, Callable[..., Any], str], ...] = (
-    (
-        "langgraph.prebuilt.tool_node",
-        "_handle_tool_error",
-        _handle_tool_error,
-        "ToolNode(handle_tool_errors=...) may hand a refused tool call to the model as an error message",
+#: Functions patched to keep a refusal a refusal: (module, function) -> what is lost without them.
+_GUARDS = {
+    ("langgraph.prebuilt.tool_node", "_handle_tool_error"): (
+        "ToolNode(handle_tool_errors=...) may hand a refused tool call to the model as an error message"
     ),
-    (
-        "langgraph.pregel._retry",
-        "_should_retry_on",
-        _should_retry_on,
-        "a node RetryPolicy may retry a node refused by the budget",
+    ("langgraph.pregel._retry", "_should_retry_on"): (
+        "a node RetryPolicy may retry a node refused by the budget"
     ),
-)
+}
 
 
-def _wrap_functions() -> list[tuple[Any, str]]:
-    import wrapt
-
-    try:
-        importlib.import_module("langgraph.pregel")
-    except ImportError:
-        return []  # LangGraph is not installed: nothing to say
-    done: list[tuple[Any, str]] = []
-    for module, name, wrapper, lost in _FUNCTIONS:
-        try:
-            mod = importlib.import_module(module)
-        except ImportError:
-            mod = None
-        if mod is None or not callable(getattr(mod, name, None)):
+def _warn_unguarded(patched: list[tuple[Any, str]]) -> None:
+    """Say which guard this LangGraph version lacks (nothing when LangGraph is not installed)."""
+    if not patched:
+        return
+    names = {name for _owner, name in patched}
+    for (module, name), lost in _GUARDS.items():
+        if name not in names:
             log.warning("budgetspan: this LangGraph has no %s.%s: %s", module, name, lost)
-            continue
-        try:
-            wrapt.wrap_function_wrapper(mod, name, wrapper)
-            done.append((mod, name))
-        except Exception:
-            internal_error(f"instrumenting {module}.{name}")
-    return done
 
 
 class LangGraphInstrumentor(PatchInstrumentor):
@@ -256,8 +235,10 @@ class LangGraphInstrumentor(PatchInstrumentor):
     PATCHES = (
         ("langgraph.pregel", "Pregel.stream", _stream),
         ("langgraph.pregel", "Pregel.astream", _astream),
+        ("langgraph.prebuilt.tool_node", "_handle_tool_error", _handle_tool_error),
+        ("langgraph.pregel._retry", "_should_retry_on", _should_retry_on),
     )
 
     def _instrument(self, **kwargs: Any) -> None:
         super()._instrument(**kwargs)
-        self._patched.extend(_wrap_functions())
+        _warn_unguarded(self._patched)
