@@ -82,18 +82,16 @@ def test_verified_versions() -> None:
 
 
 def test_both_refusal_guards_are_patched_and_a_missing_one_is_named(
-    tracing: Tracing, caplog: pytest.LogCaptureFixture
+    tracing: Tracing, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    missing = ("langgraph.pregel._retry", "_no_such_guard", lg._should_retry_on, "something is lost")
+    monkeypatch.setattr(lg, "_GUARDS", (*lg._GUARDS, missing))
     inst = LangGraphInstrumentor()
     with instrumentors_on(inst):
-        patched = list(inst._patched)
-    assert {"_handle_tool_error", "_should_retry_on"} <= {name for _owner, name in patched}
-    assert caplog.records == []
-    without_retry_guard = [(o, n) for o, n in patched if n != "_should_retry_on"]
-    lg._warn_unguarded(without_retry_guard)
+        patched = {name for _owner, name in inst._patched}
+    assert {"stream", "astream", "_handle_tool_error", "_should_retry_on"} == patched
     assert [r.getMessage() for r in caplog.records] == [
-        "budgetspan: this LangGraph has no langgraph.pregel._retry._should_retry_on: "
-        "a node RetryPolicy may retry a node refused by the budget"
+        "budgetspan: this LangGraph has no langgraph.pregel._retry._no_such_guard: something is lost"
     ]
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
@@ -37,7 +37,7 @@ from opentelemetry.trace import Span
 
 from budgetspan.events import internal_error
 from budgetspan.instrumentation import agents
-from budgetspan.instrumentation.patch_table import PatchInstrumentor, suppressed
+from budgetspan.instrumentation.patch_table import PatchInstrumentor, apply_patches, suppressed
 
 log = logging.getLogger(__name__)
 
@@ -207,25 +207,21 @@ def _should_retry_on(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any
     return wrapped(*args, **kwargs)
 
 
-#: Functions patched to keep a refusal a refusal: (module, function) -> what is lost without them.
-_GUARDS = {
-    ("langgraph.prebuilt.tool_node", "_handle_tool_error"): (
-        "ToolNode(handle_tool_errors=...) may hand a refused tool call to the model as an error message"
+#: Functions patched to keep a refusal a refusal: (module, function, wrapper, what is lost without it).
+_GUARDS: tuple[tuple[str, str, Callable[..., Any], str], ...] = (
+    (
+        "langgraph.prebuilt.tool_node",
+        "_handle_tool_error",
+        _handle_tool_error,
+        "ToolNode(handle_tool_errors=...) may hand a refused tool call to the model as an error message",
     ),
-    ("langgraph.pregel._retry", "_should_retry_on"): (
-        "a node RetryPolicy may retry a node refused by the budget"
+    (
+        "langgraph.pregel._retry",
+        "_should_retry_on",
+        _should_retry_on,
+        "a node RetryPolicy may retry a node refused by the budget",
     ),
-}
-
-
-def _warn_unguarded(patched: list[tuple[Any, str]]) -> None:
-    """Say which guard this LangGraph version lacks (nothing when LangGraph is not installed)."""
-    if not patched:
-        return
-    names = {name for _owner, name in patched}
-    for (module, name), lost in _GUARDS.items():
-        if name not in names:
-            log.warning("budgetspan: this LangGraph has no %s.%s: %s", module, name, lost)
+)
 
 
 class LangGraphInstrumentor(PatchInstrumentor):
@@ -235,10 +231,14 @@ class LangGraphInstrumentor(PatchInstrumentor):
     PATCHES = (
         ("langgraph.pregel", "Pregel.stream", _stream),
         ("langgraph.pregel", "Pregel.astream", _astream),
-        ("langgraph.prebuilt.tool_node", "_handle_tool_error", _handle_tool_error),
-        ("langgraph.pregel._retry", "_should_retry_on", _should_retry_on),
     )
 
     def _instrument(self, **kwargs: Any) -> None:
         super()._instrument(**kwargs)
-        _warn_unguarded(self._patched)
+        if not self._patched:
+            return  # LangGraph is not installed: nothing to say
+        for module, name, wrapper, lost in _GUARDS:
+            done = apply_patches(((module, name, wrapper),))
+            if not done:
+                log.warning("budgetspan: this LangGraph has no %s.%s: %s", module, name, lost)
+            self._patched += done
