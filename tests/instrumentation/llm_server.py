@@ -17,6 +17,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
+
+from budgetspan import attributes as A
 from tests.http_server import QuietHandler, Serving
 
 #: Gemini usageMetadata the tests check against (input includes the cached part; thoughts are
@@ -189,3 +192,17 @@ def _json(handler: QuietHandler, payload: dict[str, Any], status: int = 200) -> 
 
 def _sse(handler: QuietHandler, events: list[str]) -> None:
     handler.send_body("".join(f"data: {e}\r\n\r\n" for e in events).encode(), "text/event-stream")
+
+
+def assert_usage(
+    span: Any, provider: str, model: str, tokens: tuple[int, int], cost: float
+) -> dict[str, Any]:
+    """The span names the provider and model and carries the (input, output) tokens the server
+    reported, priced at ``cost``; returns its attributes for the provider's own checks."""
+    attrs = dict(span.attributes)
+    assert attrs[A.GEN_AI_PROVIDER_NAME] == provider
+    assert attrs[A.GEN_AI_REQUEST_MODEL] == model
+    assert (attrs[A.GEN_AI_USAGE_INPUT_TOKENS], attrs[A.GEN_AI_USAGE_OUTPUT_TOKENS]) == tokens
+    assert attrs[A.GEN_AI_USAGE_COST] == pytest.approx(cost)
+    assert A.USAGE_UNREPORTED not in attrs
+    return attrs

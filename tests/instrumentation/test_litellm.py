@@ -16,7 +16,7 @@ import pytest
 import budgetspan
 from budgetspan import attributes as A
 from budgetspan.accounting.pricing import PriceResolver, TokenPrice, default_resolver, set_default_resolver
-from tests.instrumentation.llm_server import LLMServer
+from tests.instrumentation.llm_server import LLMServer, assert_usage
 
 MODEL = "gpt-4o-mini"
 INPUT, OUTPUT = 21, 5  # the fake's usage
@@ -34,13 +34,7 @@ def budgetspan_cost() -> float:
 
 
 def assert_exact(span: Any) -> None:
-    attrs = span.attributes
-    assert attrs[A.GEN_AI_PROVIDER_NAME] == "openai"
-    assert attrs[A.GEN_AI_REQUEST_MODEL] == MODEL
-    assert attrs[A.GEN_AI_USAGE_INPUT_TOKENS] == INPUT
-    assert attrs[A.GEN_AI_USAGE_OUTPUT_TOKENS] == OUTPUT
-    assert attrs[A.GEN_AI_USAGE_COST] == pytest.approx(budgetspan_cost())
-    assert A.USAGE_UNREPORTED not in attrs
+    assert_usage(span, "openai", MODEL, (INPUT, OUTPUT), budgetspan_cost())
 
 
 def test_completion_is_one_call_with_exact_tokens(litellm_instrumented: Any, llm_server: LLMServer) -> None:
