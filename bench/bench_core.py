@@ -26,6 +26,7 @@ import sys
 import timeit
 from collections.abc import Callable
 
+from every_limit import EVERY_LIMIT
 from opentelemetry.sdk.trace import TracerProvider
 
 import budgetspan
@@ -43,20 +44,6 @@ ATTRS = {
     "gen_ai.usage.input_tokens": 100,
     "gen_ai.usage.output_tokens": 20,
 }
-
-
-# A limit of every kind, none of them reachable here.
-EVERY_LIMIT = Budget(
-    max_model_calls=10**12,
-    max_tool_calls=10**12,
-    max_steps=10**12,
-    max_input_tokens=10**15,
-    max_output_tokens=10**15,
-    max_total_tokens=10**15,
-    max_cost_usd=1e12,
-    max_wall_clock_s=1e9,
-    max_retries=10**12,
-)
 
 
 def best_of_rounds(

@@ -11,26 +11,15 @@ from __future__ import annotations
 import sys
 import timeit
 
-from budgetspan.accounting.budget import Budget
+from every_limit import EVERY_LIMIT
+
 from budgetspan.accounting.ledger import CallKind, Mode, Spend
 from budgetspan.accounting.memory import InMemoryLedger
 
 
 def main() -> None:
     led = InMemoryLedger()
-    big = 10**12
-    budget = Budget(
-        max_model_calls=big,
-        max_tool_calls=big,
-        max_steps=big,
-        max_input_tokens=big,
-        max_output_tokens=big,
-        max_total_tokens=big,
-        max_cost_usd=1e9,
-        max_wall_clock_s=1e9,
-        max_retries=big,
-    )
-    led.open("r", budget, Mode.ENFORCE)
+    led.open("r", EVERY_LIMIT, Mode.ENFORCE)
     spend = Spend(100, 20, cost_usd=0.001)
 
     def op() -> None:
