@@ -34,7 +34,7 @@ from budgetspan.instrumentation.bedrock_observers import BedrockObserver, Conver
 from budgetspan.instrumentation.observers import capture_input_messages
 from budgetspan.instrumentation.patch_table import PatchInstrumentor, suppressed
 from budgetspan.instrumentation.patching import model_call, positive_int
-from budgetspan.instrumentation.sdk_call import CURRENT_CALL, in_model_call, take_result
+from budgetspan.instrumentation.sdk_call import CURRENT_CALL, Sending, in_model_call, take_result
 from budgetspan.instrumentation.streams import SyncStreamProxy, finish_now
 
 PROVIDER = "aws.bedrock"
@@ -214,17 +214,10 @@ def _run(
     call: Call, observer: BedrockObserver, stream_key: str | None, wrapped: Any, args: Any, kwargs: Any
 ) -> Any:
     call.start()  # BudgetExhausted here: nothing was sent
-    token = CURRENT_CALL.set(call)
-    try:
-        with call.activate():
-            result = wrapped(*args, **kwargs)
-            if stream_key is None:
-                buffer_body(result, observer)
-    except BaseException as e:
-        call.end(e)
-        raise
-    finally:
-        CURRENT_CALL.reset(token)
+    with Sending(call), call.activate():
+        result = wrapped(*args, **kwargs)
+        if stream_key is None:
+            buffer_body(result, observer)
     if stream_key is None:
         return take_result(call, observer, result, asynchronous=False)
     return _adopt_stream(call, observer, result, stream_key)

@@ -65,18 +65,32 @@ async def _asend(observer: Observer, wrapped: Callable[..., Awaitable[Any]], arg
     return await wrapped(*args, **kwargs)
 
 
+class Sending:
+    """``with Sending(call), call.activate():`` the SDK request runs as ``call``: ``CURRENT_CALL``
+    set for the retry hook, and the call ended with the error when the request fails. A class
+    rather than a generator context manager: it is on every model call's path."""
+
+    __slots__ = ("call", "token")
+
+    def __init__(self, call: Call) -> None:
+        self.call = call
+
+    def __enter__(self) -> None:
+        self.token = CURRENT_CALL.set(self.call)
+
+    def __exit__(self, et: Any, exc: BaseException | None, tb: Any) -> None:
+        try:
+            if exc is not None:
+                self.call.end(exc)
+        finally:
+            CURRENT_CALL.reset(self.token)
+
+
 def invoke(call: Call, observer: Observer, wrapped: Callable[..., Any], args: Any, kwargs: Any) -> Any:
     """Run a synchronous SDK method as ``call`` (BudgetExhausted before any request)."""
     call.start()
-    token = CURRENT_CALL.set(call)
-    try:
-        with call.activate():
-            result = _send(observer, wrapped, args, kwargs)
-    except BaseException as e:
-        call.end(e)
-        raise
-    finally:
-        CURRENT_CALL.reset(token)
+    with Sending(call), call.activate():
+        result = _send(observer, wrapped, args, kwargs)
     return take_result(call, observer, result, asynchronous=False)
 
 
@@ -85,16 +99,9 @@ async def ainvoke(
 ) -> Any:
     """Run an async SDK method as ``call``, bounded by the run's wall clock."""
     await call.astart()
-    token = CURRENT_CALL.set(call)
-    try:
-        with call.activate():
-            async with call.deadline():
-                result = await _asend(observer, wrapped, args, kwargs)
-    except BaseException as e:
-        call.end(e)
-        raise
-    finally:
-        CURRENT_CALL.reset(token)
+    with Sending(call), call.activate():
+        async with call.deadline():
+            result = await _asend(observer, wrapped, args, kwargs)
     return take_result(call, observer, result, asynchronous=True)
 
 
