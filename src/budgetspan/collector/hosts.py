@@ -74,11 +74,17 @@ def _rotel_span(tier: Tier, span: Any, service: str) -> None:
     attributes = span.attributes
     kvs = list(attributes)  # each KeyValue made once: every read through rotel is a pyo3 call
     keys = [kv.key for kv in kvs]
-    if not any(map(is_candidate, keys)):
+    reads = _value_reads(tuple(keys))
+    if reads is None:
         if not span.parent_span_id:
             tier.plain_span(span.trace_id.hex(), True, span.end_time_unix_nano, _rotel_error(span))
         return
-    attrs = dict(zip(keys, [kv.value.value for kv in kvs], strict=True))
+    if reads is _ALL:
+        attrs = dict(zip(keys, [kv.value.value for kv in kvs], strict=True))
+    else:
+        attrs = dict(
+            zip(keys, [kv.value.value if r else None for kv, r in zip(kvs, reads, strict=True)], strict=True)
+        )
     facts = SpanFacts(
         span.trace_id.hex(),
         span.parent_span_id.hex(),
@@ -90,6 +96,30 @@ def _rotel_span(tier: Tier, span: Any, service: str) -> None:
     edit = tier.process(facts, attrs)
     if edit is not None:
         _rotel_apply(span, attributes, keys, edit)
+
+
+_ALL = (True,)  # ``_value_reads``: every value is read
+_VALUE_READS: dict[tuple[str, ...], tuple[bool, ...] | None] = {}
+
+
+def _value_reads(keys: tuple[str, ...]) -> tuple[bool, ...] | None:
+    """Whose values of a span's attributes the core may read, by their keys (cached by key tuple:
+    spans of one instrumentation share them). None: no key is a candidate (``is_candidate``),
+    the span is plain. The values of message content (removed, never read) and of keys under
+    no candidate prefix (never read) are not fetched: each is two pyo3 calls and an object,
+    ~3k CPU instructions (bench/README.md, collector section, fourth pass)."""
+    found = _VALUE_READS.get(keys, ())  # () never stored: a span with no key is plain (None)
+    if found != ():
+        return found
+    if not any(map(is_candidate, keys)):
+        reads = None
+    else:
+        flags = tuple(is_candidate(k) and not is_content(k) for k in keys)
+        reads = _ALL if all(flags) else flags
+    if len(_VALUE_READS) >= 4096:
+        _VALUE_READS.clear()
+    _VALUE_READS[keys] = reads
+    return reads
 
 
 def _rotel_error(span: Any) -> bool:
