@@ -115,16 +115,6 @@ class Edit:
 _TOKEN_NAMES = tuple(key for key, _ in _TOKEN_KEYS)
 
 
-def _token_counts(view: Mapping[str, Any]) -> list[int | None]:
-    """``token_count`` of each of ``_TOKEN_KEYS``, called only for what is neither missing nor a
-    plain count (a Python call costs more than the test). Measured (``bench_collector.py
-    --instructions``, the core alone on a GenAI span): 115.9k -> 108.3k instructions a span."""
-    return [
-        v if type(v) is int and v >= 0 else (None if v is None else token_count(v))
-        for v in map(view.get, _TOKEN_NAMES)
-    ]
-
-
 def _text(value: Any) -> str | None:
     return value if type(value) is str and value else None  # (attribute values are never str subclasses)
 
@@ -202,7 +192,9 @@ class Tier:
                 edit.remove = shape.content
                 edit.set[A.CONTENT_REDACTED] = len(shape.content)
             edit.redact_events = True
-        run_id = _text(view.get(A.RUN_ID))
+        run_id = view.get(A.RUN_ID)
+        if type(run_id) is not str or not run_id:  # (``_text``, inline: a call per read adds up)
+            run_id = None
         if op in _ACCOUNTED and view.get(A.DUPLICATE_CALL) is not True:
             state = self._run(facts, view, run_id)
             if op == A.OP_EXECUTE_TOOL:
@@ -213,7 +205,8 @@ class Tier:
                 self._model(facts, view, state, edit, phase or "model_decision", shape.extras)
         if shape.cache:
             self._cache(view, facts.service)
-        self._maybe_end(facts, view, op, run_id)
+        if op == A.OP_INVOKE_AGENT or not facts.parent_id:  # (most spans end nothing: no call)
+            self._maybe_end(facts, view, op, run_id)
         return edit
 
     def _cache(self, view: Mapping[str, Any], svc: str) -> None:
@@ -228,7 +221,9 @@ class Tier:
                 family.child(tool, svc).inc(float(v))
 
     def _run(self, facts: SpanFacts, view: Mapping[str, Any], run_id: str | None) -> RunState:
-        workflow = _text(view.get(A.WORKFLOW))
+        workflow = view.get(A.WORKFLOW)
+        if type(workflow) is not str:
+            workflow = None
         profile = view.get(A.BUDGET_PROFILE)
         state = self.window.get(
             facts.trace_id,
@@ -248,9 +243,16 @@ class Tier:
         self, facts: SpanFacts, view: Mapping[str, Any], state: RunState, edit: Edit, phase: str, extras: bool
     ) -> None:
         m, wf, svc = self.metrics, state.workflow, facts.service
-        provider = _text(view.get(A.GEN_AI_PROVIDER_NAME)) or "unknown"
-        model = _text(view.get(A.GEN_AI_RESPONSE_MODEL)) or _text(view.get(A.GEN_AI_REQUEST_MODEL))
-        tokens = _token_counts(view)
+        provider = view.get(A.GEN_AI_PROVIDER_NAME)
+        if type(provider) is not str or not provider:  # (``_text``, inline)
+            provider = "unknown"
+        model = view.get(A.GEN_AI_RESPONSE_MODEL)
+        if type(model) is not str or not model:
+            model = _text(view.get(A.GEN_AI_REQUEST_MODEL))
+        tokens = [  # ``token_count`` called only for what is neither missing nor a plain count
+            v if type(v) is int and v >= 0 else (None if v is None else token_count(v))
+            for v in map(view.get, _TOKEN_NAMES)
+        ]
         inp, out, cache_read, cache_write = tokens[0], tokens[1], tokens[2], tokens[3]
         unreported = inp is None and out is None
         cost = self._price(view, edit, provider, model, tokens, unreported)
@@ -268,7 +270,10 @@ class Tier:
             for n, (_, kind) in zip(tokens[2:], _TOKEN_KEYS[2:], strict=True):
                 if n:
                     m.token_details.add(n, wf, provider, label, kind, svc)
-        step = state.steps.setdefault(_text(view.get(A.STEP)) or phase, [label, 0.0])
+        step_name = view.get(A.STEP)
+        step = state.steps.setdefault(
+            step_name if type(step_name) is str and step_name else phase, [label, 0.0]
+        )
         if cost is not None:
             (cells.cost or cells.spend("cost")).value += cost
             step[1] += cost
