@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 
 _ACCOUNTED = A.MODEL_OPERATIONS | {A.OP_EXECUTE_TOOL, A.OP_RETRIEVAL}
 _TRUE = ("1", "true", "yes", "on")
-_UNSET = object()
 _TOKEN_KEYS = (
     (A.GEN_AI_USAGE_INPUT_TOKENS, "input"),
     (A.GEN_AI_USAGE_OUTPUT_TOKENS, "output"),
@@ -396,9 +395,8 @@ class Tier:
         """The budget a run is accounted against; None when it limits nothing (checked once per
         workflow and profile: ``Budget.is_unlimited`` builds a dict, 0.7 µs CPU, on every call)."""
         key = (workflow, profile)
-        known = self._budgets.get(key, _UNSET)
-        if known is not _UNSET:
-            return known  # type: ignore[return-value]
+        if key in self._budgets:
+            return self._budgets[key]
         cfg = self.config
         budget = cfg.budget_for(workflow, profile if profile in cfg.profiles else None)
         found = None if budget.is_unlimited else budget
