@@ -32,9 +32,9 @@ from budgetspan.accounting.budget import Budget
 from budgetspan.accounting.ledger import CallKind
 from budgetspan.accounting.pricing import PriceResolver, default_resolver
 from budgetspan.accounting.prompt_cache import prompt_cache_saving
-from budgetspan.collector.content import is_content
 from budgetspan.collector.metrics import TierMetrics
-from budgetspan.collector.normalise import normalised, token_count
+from budgetspan.collector.normalise import apply_plan, token_count
+from budgetspan.collector.shape import shape_of
 from budgetspan.collector.window import DEFAULT_MAX_RUNS, DEFAULT_WINDOW_S, RunState, RunWindow
 from budgetspan.config import Config, ConfigError, load_config
 from budgetspan.runs.phases import DEFAULT_PHASE_BY_OPERATION
@@ -107,23 +107,11 @@ class Edit:
     remove, and whether its content events are to be emptied."""
 
     set: dict[str, Any] = field(default_factory=dict)
-    remove: list[str] = field(default_factory=list)
+    remove: tuple[str, ...] = ()
     redact_events: bool = False
 
 
 _TOKEN_NAMES = tuple(key for key, _ in _TOKEN_KEYS)
-#: What ``Tier._extras`` reads: most model spans carry none of it, and a set test costs less than the call.
-_EXTRA_KEYS = frozenset({A.TIME_TO_FIRST_TOKEN_S, A.TIME_TO_FIRST_TOKEN_S_LEGACY, A.RETRIES})
-
-
-def _token_counts(view: Mapping[str, Any]) -> list[int | None]:
-    """``token_count`` of each of ``_TOKEN_KEYS``, called only for what is neither missing nor a
-    plain count (a Python call costs more than the test). Measured (``bench_collector.py
-    --instructions``, the core alone on a GenAI span): 115.9k -> 108.3k instructions a span."""
-    return [
-        v if type(v) is int and v >= 0 else (None if v is None else token_count(v))
-        for v in map(view.get, _TOKEN_NAMES)
-    ]
 
 
 def _text(value: Any) -> str | None:
@@ -141,6 +129,7 @@ class Tier:
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.options = options or TierOptions()
+        self.keep_content = self.options.keep_content
         self.config = config if config is not None else load_config()
         self.resolver = resolver if resolver is not None else default_resolver()
         self.metrics = TierMetrics(registry, self.options.max_label_values)
@@ -188,18 +177,23 @@ class Tier:
 
     # --- the rules -----------------------------------------------------------------------------
     def _process(self, facts: SpanFacts, attrs: Mapping[str, Any]) -> Edit:
-        edit = Edit(set=normalised(attrs))
+        shape = shape_of(attrs)  # what the keys alone say, found once per set of keys
+        edit = Edit({} if shape.plan is None else apply_plan(attrs, shape.plan))
         view: Mapping[str, Any] = {**attrs, **edit.set} if edit.set else attrs
         op = view.get(A.GEN_AI_OPERATION_NAME)
-        phase = _text(view.get(A.PHASE))
-        if phase is None and op in DEFAULT_PHASE_BY_OPERATION:
-            phase = edit.set[A.PHASE] = DEFAULT_PHASE_BY_OPERATION[op]
-        if not self.options.keep_content:
-            edit.remove = list(filter(is_content, attrs))  # (is_content is cached: a C call)
-            if edit.remove:
-                edit.set[A.CONTENT_REDACTED] = len(edit.remove)
+        phase = view.get(A.PHASE)
+        if type(phase) is not str or not phase:  # (attribute values are never str subclasses)
+            phase = None
+            if op in DEFAULT_PHASE_BY_OPERATION:
+                phase = edit.set[A.PHASE] = DEFAULT_PHASE_BY_OPERATION[op]
+        if not self.keep_content:
+            if shape.content:
+                edit.remove = shape.content
+                edit.set[A.CONTENT_REDACTED] = len(shape.content)
             edit.redact_events = True
-        run_id = _text(view.get(A.RUN_ID))
+        run_id = view.get(A.RUN_ID)
+        if type(run_id) is not str or not run_id:  # (``_text``, inline: a call per read adds up)
+            run_id = None
         if op in _ACCOUNTED and view.get(A.DUPLICATE_CALL) is not True:
             state = self._run(facts, view, run_id)
             if op == A.OP_EXECUTE_TOOL:
@@ -207,10 +201,11 @@ class Tier:
             elif op == A.OP_RETRIEVAL:
                 self._retrieval(facts, state, phase or "context_assembly")
             else:
-                self._model(facts, view, state, edit, phase or "model_decision")
-        if A.CACHE_RESULT in view:
+                self._model(facts, view, state, edit, phase or "model_decision", shape.extras)
+        if shape.cache:
             self._cache(view, facts.service)
-        self._maybe_end(facts, view, op, run_id)
+        if op == A.OP_INVOKE_AGENT or not facts.parent_id:  # (most spans end nothing: no call)
+            self._maybe_end(facts, view, op, run_id)
         return edit
 
     def _cache(self, view: Mapping[str, Any], svc: str) -> None:
@@ -225,13 +220,16 @@ class Tier:
                 family.child(tool, svc).inc(float(v))
 
     def _run(self, facts: SpanFacts, view: Mapping[str, Any], run_id: str | None) -> RunState:
-        workflow = _text(view.get(A.WORKFLOW))
+        workflow = view.get(A.WORKFLOW)
+        if type(workflow) is not str:
+            workflow = None
+        profile = view.get(A.BUDGET_PROFILE)
         state = self.window.get(
             facts.trace_id,
             run_id,
             workflow or facts.service,
             facts.service,
-            _text(view.get(A.BUDGET_PROFILE)),
+            None if profile is None else _text(profile),
             facts.start_ns,
         )
         if workflow and state.workflow != workflow and not state.ended:  # named later than opened
@@ -241,52 +239,48 @@ class Tier:
         return state
 
     def _model(
-        self, facts: SpanFacts, view: Mapping[str, Any], state: RunState, edit: Edit, phase: str
+        self, facts: SpanFacts, view: Mapping[str, Any], state: RunState, edit: Edit, phase: str, extras: bool
     ) -> None:
         m, wf, svc = self.metrics, state.workflow, facts.service
-        provider = _text(view.get(A.GEN_AI_PROVIDER_NAME)) or "unknown"
-        model = _text(view.get(A.GEN_AI_RESPONSE_MODEL)) or _text(view.get(A.GEN_AI_REQUEST_MODEL))
-        tokens = _token_counts(view)
+        provider = view.get(A.GEN_AI_PROVIDER_NAME)
+        if type(provider) is not str or not provider:  # (``_text``, inline)
+            provider = "unknown"
+        model = view.get(A.GEN_AI_RESPONSE_MODEL)
+        if type(model) is not str or not model:
+            model = _text(view.get(A.GEN_AI_REQUEST_MODEL))
+        tokens = [  # ``token_count`` called only for what is neither missing nor a plain count
+            v if type(v) is int and v >= 0 else (None if v is None else token_count(v))
+            for v in map(view.get, _TOKEN_NAMES)
+        ]
         inp, out, cache_read, cache_write = tokens[0], tokens[1], tokens[2], tokens[3]
         unreported = inp is None and out is None
-        upstream = view.get(A.GEN_AI_USAGE_COST)
-        cost: float | None = None
-        if isinstance(upstream, (int, float)) and not isinstance(upstream, bool) and 0 <= upstream < math.inf:
-            cost = float(upstream)
-        elif not unreported:
-            cost = self.resolver.cost(provider, model, inp, out, cache_read, cache_write)
-            if cost is not None:
-                edit.set[A.GEN_AI_USAGE_COST] = cost
-                edit.set[A.COST_SOURCE] = A.COST_SOURCE_COLLECTOR
-            else:
-                edit.set[A.COST_UNPRICED] = True
-        if unreported and view.get(A.USAGE_UNREPORTED) is not True:
-            edit.set[A.USAGE_UNREPORTED] = True
+        cost = self._price(view, edit, provider, model, tokens, unreported)
         label = model or "unknown"
         duration = max(0.0, (facts.end_ns - facts.start_ns) / 1e9)
-        calls, model_duration, phase_duration = m.model_cells(
-            wf, phase, provider, label, "error" if facts.error else "ok", svc
-        )
-        calls.value += 1.0
-        model_duration.observe(duration)
-        phase_duration.observe(duration)
+        cells = m.model_cells(wf, phase, provider, label, "error" if facts.error else "ok", svc)
+        cells.calls.value += 1.0
+        cells.duration.observe(duration)
+        cells.phase_duration.observe(duration)
         if inp:
-            m.tokens.add(inp, wf, provider, label, "input", svc)
+            (cells.input or cells.spend("input")).value += inp
         if out:
-            m.tokens.add(out, wf, provider, label, "output", svc)
+            (cells.output or cells.spend("output")).value += out
         if cache_read or cache_write or tokens[4]:  # the parts, where reported
             for n, (_, kind) in zip(tokens[2:], _TOKEN_KEYS[2:], strict=True):
                 if n:
                     m.token_details.add(n, wf, provider, label, kind, svc)
-        step = state.steps.setdefault(_text(view.get(A.STEP)) or phase, [label, 0.0])
+        step_name = view.get(A.STEP)
+        step = state.steps.setdefault(
+            step_name if type(step_name) is str and step_name else phase, [label, 0.0]
+        )
         if cost is not None:
-            m.cost.add(cost, wf, phase, provider, label, svc)
+            (cells.cost or cells.spend("cost")).value += cost
             step[1] += cost
         elif not unreported:
             m.unpriced.add(1.0, provider, label, svc)
         if unreported:
             m.unreported.add(1.0, provider, label, svc)
-        if not _EXTRA_KEYS.isdisjoint(view):
+        if extras:
             self._extras(view, wf, provider, label, svc, "model")
         if cache_read or cache_write:
             saving = prompt_cache_saving(provider, model, inp, out, cache_read, cache_write, self.resolver)
@@ -294,10 +288,40 @@ class Tier:
                 m.prompt_saved.add(saving.saved_usd, wf, provider, label, svc)
                 m.prompt_premium.add(saving.premium_usd, wf, provider, label, svc)
         would = self.window.account(
-            state, CallKind.MODEL, None, (facts.start_ns, facts.end_ns), (inp or 0, out or 0, cost or 0.0)
+            state, CallKind.MODEL, None, facts.start_ns, facts.end_ns, inp or 0, out or 0, cost or 0.0
         )
         if would is not None:
             self._mark(view, edit, would)
+
+    def _price(
+        self,
+        view: Mapping[str, Any],
+        edit: Edit,
+        provider: str,
+        model: str | None,
+        tokens: list[int | None],
+        unreported: bool,
+    ) -> float | None:
+        """The call's cost: the one set upstream (never replaced), else priced here and marked."""
+        upstream = view.get(A.GEN_AI_USAGE_COST)
+        cost: float | None = None
+        if (
+            upstream is not None
+            and isinstance(upstream, (int, float))
+            and not isinstance(upstream, bool)
+            and 0 <= upstream < math.inf
+        ):
+            cost = float(upstream)
+        elif not unreported:
+            cost = self.resolver.cost(provider, model, tokens[0], tokens[1], tokens[2], tokens[3])
+            if cost is not None:
+                edit.set[A.GEN_AI_USAGE_COST] = cost
+                edit.set[A.COST_SOURCE] = A.COST_SOURCE_COLLECTOR
+            else:
+                edit.set[A.COST_UNPRICED] = True
+        if unreported and view.get(A.USAGE_UNREPORTED) is not True:
+            edit.set[A.USAGE_UNREPORTED] = True
+        return cost
 
     def _extras(
         self, view: Mapping[str, Any], wf: str, provider: str, model: str, svc: str, kind: str
@@ -326,7 +350,7 @@ class Tier:
         retries = view.get(A.RETRIES)
         if retries is not None and (retries := token_count(retries)):
             m.retries.add(retries, wf, "tool", svc)
-        would = self.window.account(state, CallKind.TOOL, tool, (facts.start_ns, facts.end_ns))
+        would = self.window.account(state, CallKind.TOOL, tool, facts.start_ns, facts.end_ns)
         if would is not None:
             self._mark(view, edit, would)
 

@@ -12,7 +12,6 @@ rest of the batch is still processed. Nothing is dropped.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, MutableMapping
 from typing import Any
 
@@ -74,22 +73,53 @@ def _rotel_span(tier: Tier, span: Any, service: str) -> None:
     attributes = span.attributes
     kvs = list(attributes)  # each KeyValue made once: every read through rotel is a pyo3 call
     keys = [kv.key for kv in kvs]
-    if not any(map(is_candidate, keys)):
+    reads = _VALUE_READS.get(key_tuple := tuple(keys), ())  # () never stored: see _value_reads
+    if reads == ():
+        reads = _value_reads(key_tuple)
+    if reads is None:
         if not span.parent_span_id:
             tier.plain_span(span.trace_id.hex(), True, span.end_time_unix_nano, _rotel_error(span))
         return
-    attrs = dict(zip(keys, [kv.value.value for kv in kvs], strict=True))
+    status = span.status  # (``_rotel_error``, inline)
+    error = status is not None and status.code == _ERROR
+    if reads is _ALL:
+        attrs = dict(zip(keys, [kv.value.value for kv in kvs], strict=True))
+    else:
+        attrs = dict(
+            zip(keys, [kv.value.value if r else None for kv, r in zip(kvs, reads, strict=True)], strict=True)
+        )
     facts = SpanFacts(
         span.trace_id.hex(),
         span.parent_span_id.hex(),
         span.start_time_unix_nano,
         span.end_time_unix_nano,
-        _rotel_error(span),
+        error,
         service,
     )
     edit = tier.process(facts, attrs)
     if edit is not None:
-        _rotel_apply(span, attributes, keys, edit)
+        _rotel_apply(span, attributes, keys, attrs, edit)
+
+
+_ALL = (True,)  # ``_value_reads``: every value is read
+_VALUE_READS: dict[tuple[str, ...], tuple[bool, ...] | None] = {}
+
+
+def _value_reads(keys: tuple[str, ...]) -> tuple[bool, ...] | None:
+    """Whose values of a span's attributes the core may read, by their keys (cached by key tuple:
+    spans of one instrumentation share them). None: no key is a candidate (``is_candidate``),
+    the span is plain (a span with no attribute too: ``()`` is never stored). The values of message content (removed, never read) and of keys under
+    no candidate prefix (never read) are not fetched: each is two pyo3 calls and an object,
+    ~3k CPU instructions (bench/README.md, collector section, fourth pass)."""
+    if not any(map(is_candidate, keys)):
+        reads = None
+    else:
+        flags = tuple(is_candidate(k) and not is_content(k) for k in keys)
+        reads = _ALL if all(flags) else flags
+    if len(_VALUE_READS) >= 4096:
+        _VALUE_READS.clear()
+    _VALUE_READS[keys] = reads
+    return reads
 
 
 def _rotel_error(span: Any) -> bool:
@@ -98,16 +128,17 @@ def _rotel_error(span: Any) -> bool:
     return status is not None and status.code == _ERROR
 
 
-def _rotel_apply(span: Any, attributes: Any, keys: list[str], edit: Edit) -> None:
+def _rotel_apply(span: Any, attributes: Any, keys: list[str], attrs: dict[str, Any], edit: Edit) -> None:
     """Edits in place, one pyo3 call per attribute removed or added; the keys as read (in order)
     say where the attributes to remove are, so the list is not read again."""
-    gone = set(edit.remove)
-    gone.update(edit.set.keys() & set(keys))
+    gone = edit.set.keys() & attrs.keys()
+    if edit.remove:
+        gone.update(edit.remove)
     if gone:
         for i in range(len(keys) - 1, -1, -1):
             if keys[i] in gone:
                 del attributes[i]
-    new_value = _rotel_constructors()
+    new_value = _CONSTRUCTORS or _rotel_constructors()
     for key, value in edit.set.items():
         make = new_value.get(type(value))
         attributes.append(make(key, value) if make is not None else new_value[str](key, str(value)))
@@ -120,19 +151,24 @@ def _rotel_apply(span: Any, attributes: Any, keys: list[str], edit: Edit) -> Non
                     del ev_attrs[i]
 
 
-@functools.cache
+_CONSTRUCTORS: dict[type, Any] = {}
+
+
 def _rotel_constructors() -> dict[type, Any]:
     """rotel's ``KeyValue`` constructors by Python type, looked up once (``rotel_sdk`` exists only
     inside rotel). Measured with the import and the isinstance chain per span before it:
     ``bench_collector.py``'s GenAI span fell from ~40 to ~36 µs of thread CPU (load ~10)."""
     from rotel_sdk.open_telemetry.common.v1 import KeyValue
 
-    return {
-        bool: KeyValue.new_bool_value,
-        int: KeyValue.new_int_value,
-        float: KeyValue.new_double_value,
-        str: KeyValue.new_string_value,
-    }
+    _CONSTRUCTORS.update(
+        {
+            bool: KeyValue.new_bool_value,
+            int: KeyValue.new_int_value,
+            float: KeyValue.new_double_value,
+            str: KeyValue.new_string_value,
+        }
+    )
+    return _CONSTRUCTORS
 
 
 # --- plain dicts ---------------------------------------------------------------------------

@@ -66,7 +66,7 @@ class TierMetrics:
     def __init__(self, registry: CollectorRegistry | None, max_label_values: int | None = None) -> None:
         self.lock = threading.Lock()
         self.caps = LabelCaps(max_label_values)
-        self._model_cells: dict[tuple[str, ...], tuple[Any, Any, Any]] = {}
+        self._model_cells: dict[tuple[str, ...], ModelCells] = {}
         self._families: list[LocalFamily] = []
         wf, out, reason, phase = A.L_WORKFLOW, A.L_OUTCOME, A.L_REASON, A.L_PHASE
         prov, model, tool, typ, status = A.L_PROVIDER, A.L_MODEL, A.L_TOOL, A.L_TYPE, A.L_STATUS
@@ -202,20 +202,17 @@ class TierMetrics:
         if registry is not None:
             registry.register(LocalCollector(self._families))
 
-    def model_cells(self, wf: str, phase: str, provider: str, model: str, status: str, svc: str) -> Any:
-        """The cells every model call updates (its call count, its duration, its phase's duration),
-        found by one lookup of its labels rather than one per family (the caller adds the input and
-        output tokens directly and loops over the token parts only where one is reported).
-        Measured (``bench_collector.py --instructions``, the core alone on a GenAI span, with the
-        planned normalisation's 1.4k): 104.7k -> 95.5k instructions a span."""
+    def model_cells(
+        self, wf: str, phase: str, provider: str, model: str, status: str, svc: str
+    ) -> ModelCells:
+        """The cells a model call updates, found by one lookup of its labels rather than one per
+        family. Measured (``bench_collector.py --instructions``, the core alone on a GenAI span):
+        104.7k -> 95.5k instructions a span with its call count and durations (with the planned
+        normalisation's 1.4k); the tokens and cost cells too: see bench/README.md, fourth pass."""
         key = (wf, phase, provider, model, status, svc)
         cells = self._model_cells.get(key)
         if cells is None:
-            cells = (
-                self.model_calls.child(wf, provider, model, status, svc),
-                self.model_duration.child(provider, model, svc),
-                self.phase_duration.child(wf, phase, svc),
-            )
+            cells = ModelCells(self, key)
             if len(self._model_cells) < _CACHE_LIMIT:
                 self._model_cells[key] = cells
         return cells
@@ -226,3 +223,32 @@ class TierMetrics:
         metric = LocalFamily(kind, name, doc, (*labels, A.L_SERVICE), buckets)
         self._families.append(metric)
         return Family(metric, self.caps)
+
+
+class ModelCells:
+    """A model call's cells for one set of labels: its call count and durations, made at once,
+    and its input, output and cost counters, made when first added to (a series is never shown
+    as 0 for what was never reported or never priced)."""
+
+    __slots__ = ("calls", "cost", "duration", "input", "labels", "metrics", "output", "phase_duration")
+
+    def __init__(self, metrics: TierMetrics, labels: tuple[str, ...]) -> None:
+        wf, phase, provider, model, status, svc = labels
+        self.metrics, self.labels = metrics, labels
+        self.calls = metrics.model_calls.child(wf, provider, model, status, svc)
+        self.duration = metrics.model_duration.child(provider, model, svc)
+        self.phase_duration = metrics.phase_duration.child(wf, phase, svc)
+        self.input: Any = None
+        self.output: Any = None
+        self.cost: Any = None
+
+    def spend(self, what: str) -> Any:
+        """The ``input``, ``output`` or ``cost`` cell, made and kept on first use."""
+        wf, phase, provider, model, _, svc = self.labels
+        m = self.metrics
+        if what == "cost":
+            self.cost = m.cost.child(wf, phase, provider, model, svc)
+            return self.cost
+        cell = m.tokens.child(wf, provider, model, what, svc)
+        setattr(self, what, cell)
+        return cell

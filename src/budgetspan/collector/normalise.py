@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any, Final
 
 from budgetspan import attributes as A
@@ -118,11 +119,11 @@ def token_count(value: Any) -> int | None:
 #: What to read for one set of source names present and GenAI names set: (GenAI name, its sources
 #: present in rank order, a token figure?) for each name to write, and whether to derive the
 #: operation and the tool name.
-_Plan = tuple[tuple[tuple[str, tuple[str, ...], bool], ...], bool, bool]
+Plan = tuple[tuple[tuple[str, tuple[str, ...], bool], ...], bool, bool]
 
 
 @functools.lru_cache(maxsize=1024)
-def _plan(present: frozenset[str], targets: frozenset[str]) -> _Plan:
+def _plan(present: frozenset[str], targets: frozenset[str]) -> Plan:
     fields = tuple(
         (name, found, is_tokens)
         for table, is_tokens in ((TOKEN_SOURCES, True), (TEXT_SOURCES, False))
@@ -133,20 +134,30 @@ def _plan(present: frozenset[str], targets: frozenset[str]) -> _Plan:
     return fields, op, A.GEN_AI_TOOL_NAME not in targets
 
 
-def normalised(attrs: Mapping[str, Any]) -> dict[str, Any]:
-    """The GenAI attributes to add to a span so that it reads like the conventions say.
+def plan_for(keys: AbstractSet[str] | Mapping[str, Any]) -> Plan | None:
+    """What ``apply_plan`` reads for a span with these keys; None: no source name is present
+    (the span is already under the GenAI names: budgetspan, openai-v2; the common case)."""
+    present = SOURCE_KEYS.intersection(keys)
+    if not present:
+        return None
+    return _plan(frozenset(present), _TARGET_KEYS.intersection(keys))
 
-    What to read is planned once per set of source names present and GenAI names already set
-    (``_plan``, cached: spans of one instrumentation share their names), so a span costs two set
-    intersections and the reads themselves. Measured (``bench_collector.py --instructions``, the
-    ``normalised`` alone on the bench's span with OpenLLMetry's older names): 18.1k -> 16.7k
-    instructions a call. (Before: 2.6 -> 1.4 µs
-    thread CPU by visiting only the source names present.)"""
+
+def normalised(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """The GenAI attributes to add to a span so that it reads like the conventions say."""
+    plan = plan_for(attrs)
+    return {} if plan is None else apply_plan(attrs, plan)
+
+
+def apply_plan(attrs: Mapping[str, Any], plan: Plan) -> dict[str, Any]:
+    """``normalised`` with the plan known: planned once per set of source names present and GenAI
+    names already set (``_plan``, cached: spans of one instrumentation share their names), and by
+    the core once per set of keys (``shape.shape_of``), so a span costs only the reads. Measured
+    (``bench_collector.py --instructions``, ``normalised`` alone on the bench's span with
+    OpenLLMetry's older names): 18.1k -> 16.7k instructions a call; the plan from the shape
+    saves the two set intersections on top."""
     out: dict[str, Any] = {}
-    present = SOURCE_KEYS.intersection(attrs)
-    if not present:  # already under the GenAI names (budgetspan, openai-v2): the common case
-        return out
-    fields, derive_op, derive_tool = _plan(present, _TARGET_KEYS.intersection(attrs))
+    fields, derive_op, derive_tool = plan
     for name, sources, is_tokens in fields:
         for source in sources:  # the first usable one wins
             raw = attrs[source]

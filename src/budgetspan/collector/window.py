@@ -89,7 +89,7 @@ class RunWindow:
     ) -> RunState:
         """The run this span belongs to, opened if new (and the trace's earlier spans folded in)."""
         now = self.clock()
-        key = self.key_for(trace_id, run_id)
+        key = "run:" + run_id if run_id else self.by_trace.get(trace_id) or "trace:" + trace_id  # (key_for)
         state = self.runs.get(key)
         if state is None:
             state = RunState(key, workflow, service, profile, start_ns, start_ns, now)
@@ -128,13 +128,15 @@ class RunWindow:
         state: RunState,
         kind: CallKind,
         tool: str | None,
-        span_ns: tuple[int, int],
-        spend: tuple[int, int, float] = (0, 0, 0.0),
+        start_ns: int,
+        end_ns: int,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cost: float = 0.0,
     ) -> str | None:
         """The limit enforce mode would have refused this call at (before adding it), or None."""
         if state.ended:
             return None
-        start_ns, end_ns = span_ns
         budget = self.budget_for(state.workflow, state.profile)
         found = None
         if budget is not None:
@@ -155,9 +157,9 @@ class RunWindow:
                 u.tool_calls_by_name[tool] = u.tool_calls_by_name.get(tool, 0) + 1
         else:
             u.model_calls += 1
-            u.input_tokens += spend[0]
-            u.output_tokens += spend[1]
-            u.cost_usd += spend[2]
+            u.input_tokens += input_tokens
+            u.output_tokens += output_tokens
+            u.cost_usd += cost
         if end_ns > state.end_ns:
             state.end_ns = end_ns
         return found
