@@ -16,6 +16,7 @@ from budgetspan.accounting.budget import Budget, ToolLimits
 from budgetspan.accounting.ledger import CallKind, LedgerRefused, Mode, Reservation, Spend
 from budgetspan.accounting.redis_ledger import RedisLedger
 from budgetspan.accounting.redis_scripts import COST_CAP, TOKEN_CAP
+from budgetspan.accounting.redis_wire import VERSION
 from tests.accounting.redis_server import frozen, needs_redis_server, redis, start_redis, stop
 
 pytestmark = needs_redis_server
@@ -357,15 +358,15 @@ def test_one_round_trip_per_reserve_and_per_settle(
         assert len(sent) == before + (2 if lag == 0 else 1), sent[before:]
         before = len(sent)
     ledger.flush()  # the last settlement, on its own
-    assert len(sent) == (6 if lag == 0 else 4) and set(sent) == {b"EVALSHA"}
+    assert len(sent) == (6 if lag == 0 else 4) and set(sent) == {b"FCALL"}
     monkeypatch.undo()
     stats = server.info("commandstats")
     ran = {name.removeprefix("cmdstat_"): s["calls"] for name, s in stats.items()}
     if lag == 0:
-        assert ran["evalsha"] == 6 and ran["hmget"] == 6
+        assert ran["fcall"] == 6 and ran["hmget"] == 6
     else:  # a settlement ahead of a reservation: the reservation reads only what it did not read
-        assert ran["evalsha"] == 4 and ran["hmget"] == 6
-    assert not {"hget", "hgetall", "time", "exists", "eval"} & set(ran), ran
+        assert ran["fcall"] == 4 and ran["hmget"] == 6
+    assert not {"hget", "hgetall", "time", "exists", "eval", "evalsha"} & set(ran), ran
     assert server.object("encoding", ledger.key("r")) == b"hashtable"  # fields found without a scan
     u = ledger.close("r")
     assert (u.model_calls, u.tool_calls, u.retries, u.input_tokens, u.cost_usd) == (3, 1, 1, 32, 0.003)
@@ -452,6 +453,41 @@ def test_a_restarted_empty_redis_does_not_reset_the_budget(
         assert ledger.close("r").input_tokens == 10
     finally:
         stop(proc)
+
+
+def test_a_flushed_function_library_is_loaded_again_and_the_call_counted_once(ledger: RedisLedger) -> None:
+    """The scripts are one function library on the server (``FCALL``); ``FUNCTION FLUSH`` (or a
+    restart) loses it: the next call loads it again and is counted once, not twice or never."""
+    ledger.open("r", Budget(max_model_calls=3), Mode.ENFORCE)
+    ledger.reserve("r", CallKind.MODEL)
+    ledger.client.function_flush()
+    assert ledger.client.function_list() == []
+    ledger.reserve("r", CallKind.MODEL)
+    loaded = [dict(zip(lib[::2], lib[1::2], strict=True)) for lib in ledger.client.function_list()]
+    assert [lib[b"library_name"] for lib in loaded] == [f"budgetspan_{VERSION}".encode()]
+    ledger.reserve("r", CallKind.MODEL)
+    with pytest.raises(LedgerRefused, match="max_model_calls"):
+        ledger.reserve("r", CallKind.MODEL)
+    assert ledger.usage("r").model_calls == 3
+
+
+def test_a_user_not_allowed_functions_gets_the_scripts(ledger: RedisLedger, redis_url: str) -> None:
+    """A Redis user without the FUNCTION command (a managed Redis, an ACL) runs the same Lua as
+    scripts (EVALSHA), with the same limits."""
+    admin = ledger.client
+    admin.function_flush()
+    admin.acl_setuser("no-functions", enabled=True, nopass=True, keys="*", commands=["+@all", "-function"])
+    try:
+        limited = RedisLedger(redis.Redis.from_url(redis_url, username="no-functions", password=""))
+        limited.open("r", Budget(max_model_calls=2), Mode.ENFORCE)
+        limited.reserve("r", CallKind.MODEL)
+        limited.reserve("r", CallKind.MODEL)
+        with pytest.raises(LedgerRefused, match="max_model_calls"):
+            limited.reserve("r", CallKind.MODEL)
+        assert not limited._server.functions and admin.function_list() == []
+        assert limited.close("r").model_calls == 2
+    finally:
+        admin.acl_deluser("no-functions")
 
 
 def test_an_unknown_run_is_not_invented(ledger: RedisLedger) -> None:

@@ -13,8 +13,6 @@ RESERVE_SCOPE_ARGV, SETTLE_SCOPE_ARGV = 11, 15
 SCOPE_LUA = (
     f"local RESERVE_SCOPE_ARGV, SETTLE_SCOPE_ARGV = {RESERVE_SCOPE_ARGV}, {SETTLE_SCOPE_ARGV}\n"
     + """
--- The script's arguments as these helpers read them (SETTLE_RESERVE points it at each part's).
-local A = ARGV
 -- Scope windows (KEYS[2..]): the figures each limit is compared to (as Usage.value_of), and the
 -- worst cases it holds.
 local USES = {max_model_calls = {'model_calls'}, max_tool_calls = {'tool_calls'},
@@ -35,10 +33,9 @@ end
 -- window's state: {s, at, its limit names, the fields read}, and where the next window's start.
 -- In SETTLE_RESERVE the reserve part takes each window as the settle part left it (no HMGET: the
 -- settle part read every figure a limit needs).
-local AHEAD_SCOPES = {}
 local function load_scope(i, at, extra)
   local kept = AHEAD_DONE and AHEAD_SCOPES[i]
-  h, s, changes = KEYS[i], kept or {}, {}
+  h, s, changes = K[i], kept or {}, {}
   local names, seen, limits = {}, {}, {}
   local function need(list)
     for _, f in ipairs(list) do

@@ -97,25 +97,37 @@ def lua_list(names: Sequence[str]) -> str:
 # as text with 17 significant digits, which reads back as the same double.
 PRELUDE = (
     f"""
-local h = KEYS[1]
 local MIRROR = {lua_list(MIRROR)}
+local RESERVE_READS, SETTLE_READS = {lua_list(RESERVE_READS)}, {lua_list(SETTLE_READS)}
+local KEEPS = {lua_list(KEPT_LIMITS)}
 local TOKEN_CAP, COST_CAP = {TOKEN_CAP}, {COST_CAP:.0f}
 """
     + """
 local CAPS = {['cost_usd'] = COST_CAP, ['held:cost_usd'] = COST_CAP}
-local s, changes = {}, {}
+-- One call's state (``call`` sets it): its keys and arguments (SETTLE_RESERVE points A at each
+-- part's), the hash in hand, its fields, the changes to write.
+local K, A, h, s, changes
 -- SETTLE_RESERVE: AHEAD while its settlement runs (which then answers its status only), AHEAD_DONE after.
 local AHEAD, AHEAD_DONE = false, false
+-- SHORT (a call outside the final_response phase of a run with a reserve): each limit less the
+-- part kept for the final answer, never below zero (rule.without_reserve).
+local SHORT = false
+-- SETTLE_RESERVE: each scope window as the settle part left it.
+local AHEAD_SCOPES = {}
+
+-- Run ``fn`` (one of the operations below) on a fresh state.
+local function call(fn, keys, argv)
+  K, A, h, s, changes = keys, argv, keys[1], {}, {}
+  AHEAD, AHEAD_DONE, SHORT, AHEAD_SCOPES = false, false, false, {}
+  return fn(keys, argv)
+end
 
 -- Read ``names`` and ``extra`` in one HMGET; false when the run's hash does not exist.
 -- (A field ``s`` holds already, read by the settlement ahead in SETTLE_RESERVE, is not read again.)
 local function read(names, extra)
-  for _, name in ipairs(extra) do names[#names + 1] = name end
-  local ask = names
-  if AHEAD_DONE then
-    ask = {}
-    for _, name in ipairs(names) do if s[name] == nil then ask[#ask + 1] = name end end
-  end
+  local ask = {}
+  for _, name in ipairs(names) do if not AHEAD_DONE or s[name] == nil then ask[#ask + 1] = name end end
+  for _, name in ipairs(extra) do if not AHEAD_DONE or s[name] == nil then ask[#ask + 1] = name end end
   if #ask > 0 then
     local got = redis.call('HMGET', h, unpack(ask))
     for i, name in ipairs(ask) do s[name] = got[i] end
@@ -124,9 +136,6 @@ local function read(names, extra)
 end
 
 -- A figure (0 when absent), and a limit (its number and the text it was stored as; nil: none).
--- SHORT (a call outside the final_response phase of a run with a reserve): each limit less the
--- part kept for the final answer, never below zero (rule.without_reserve).
-local SHORT = false
 local function n(name) return tonumber(s[name]) or 0 end
 local function lim(name)
   local raw = s['limit:' .. name]
@@ -215,10 +224,7 @@ end
 # for each scope window KEYS[2..], the ttl its use refreshes ('0': its expiry stays).
 # Reply: -1 when the run's hash does not exist, else one text "status reason limit mirror..."
 # (the mirror's figures, see ``_mirrored_fields``); status 0: refused, 1: granted (reason: what observe mode or force let through).
-RESERVE_BODY = (
-    f"local READS = {lua_list(RESERVE_READS)}\n"
-    + f"local KEEPS = {lua_list(KEPT_LIMITS)}\n"
-    + """
+RESERVE_BODY = """
 local kind, tool = ARGV[1], ARGV[2]
 local w_cost, w_in, w_out = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local tool_calls, tool_retries = 'tool:' .. tool .. ':calls', 'tool:' .. tool .. ':retries'
@@ -231,7 +237,7 @@ if ARGV[10] == '1' then
   SHORT = true
   for _, name in ipairs(KEEPS) do tool_reads[#tool_reads + 1] = 'keep:' .. name end
 end
-if not read(READS, tool_reads) then return -1 end
+if not read(RESERVE_READS, tool_reads) then return -1 end
 
 -- rule.tool_limits_for: the budget's entry for the tool, over the tool's own default.
 local function tool_limit(name, default)
@@ -343,24 +349,20 @@ take()
 write()
 return answer(1)
 """
-)
-RESERVE = PRELUDE + RESERVE_BODY
 
 # Settle a call: give back the worst case it held, add what it spent, and (release) un-count it.
 # ARGV: held cost, held input tokens, held output tokens (to give back); input, output, cache read,
 # cache write, reasoning tokens, cost (spent); unreported, unpriced, tool finished ('1' each);
 # the kind to un-count ('' none), tool ('' none).
 # Reply: as RESERVE's, with the spend limit now used up as the reason.
-SETTLE_BODY = (
-    f"local READS = {lua_list(SETTLE_READS)}\n"
-    + """
+SETTLE_BODY = """
 local uncount, tool = ARGV[13], ARGV[14]
 local extra = {}
 if uncount ~= '' then
   local total, per_tool = counters(uncount, tool)
   extra = {total, per_tool}
 end
-if not read(READS, extra) then return -1 end
+if not read(SETTLE_READS, extra) then return -1 end
 local function apply()
   give_back('held:cost_usd', tonumber(ARGV[1]))
   give_back('held:input_tokens', tonumber(ARGV[2]))
@@ -405,30 +407,23 @@ if AHEAD then return status(1, warned) end
 local reason, limit = spend_refusal(0, 0, 0)
 return table.concat({status(1, warned), reason or '', limit or '', mirror(tool)}, ' ')
 """
-)
-SETTLE = PRELUDE + SETTLE_BODY
 
 # One round trip for two operations: settle this process's previous call of the run (SETTLE's
 # arguments), then reserve the next (RESERVE's); the scope windows' arguments come once, after
 # both (the two calls have the same windows). Reply: -1 when the run's hash does not exist, else
 # the settlement's status (its warnings), a space, and RESERVE's reply. See ``redis_pending``.
-SETTLE_RESERVE = (
-    PRELUDE
-    + "local function settle(ARGV)\n"
-    + SETTLE_BODY
-    + "end\nlocal function reserve(ARGV)\n"
-    + RESERVE_BODY
-    + f"end\nlocal N_SETTLE, N_RESERVE = {SETTLE_SCOPE_ARGV - 1}, {RESERVE_SCOPE_ARGV - 1}\n"
+SETTLE_RESERVE_BODY = (
+    f"local N_SETTLE, N_RESERVE = {SETTLE_SCOPE_ARGV - 1}, {RESERVE_SCOPE_ARGV - 1}\n"
     + """
 local sargv, rargv = {}, {}
 for i = 1, N_SETTLE do sargv[i] = ARGV[i] end
 for i = 1, N_RESERVE do rargv[i] = ARGV[N_SETTLE + i] end
 for i = N_SETTLE + N_RESERVE + 1, #ARGV do sargv[i - N_RESERVE], rargv[i - N_SETTLE] = ARGV[i], ARGV[i] end
 AHEAD, A = true, sargv
-local settled = settle(sargv)
+local settled = settle(KEYS, sargv)
 if settled == -1 then return -1 end
 AHEAD, AHEAD_DONE, A, h, changes = false, true, rargv, KEYS[1], {}
-return settled .. ' ' .. reserve(rargv)
+return settled .. ' ' .. reserve(KEYS, rargv)
 """
 )
 
@@ -437,9 +432,7 @@ return settled .. ' ' .. reserve(rargv)
 # ARGV: ttl seconds, openers to add, then field, value pairs.
 # Reply: {created (1/0), started_at, the wall-clock limit, server time seconds, microseconds,
 # mirror}.
-OPEN = (
-    PRELUDE
-    + """
+OPEN_BODY = """
 local created = 0
 if redis.call('EXISTS', h) == 0 then
   created = 1
@@ -453,24 +446,19 @@ read({'started_at', 'limit:max_wall_clock_s'}, MIRROR)
 local t = redis.call('TIME')
 return {created, s['started_at'], s['limit:max_wall_clock_s'], t[1], t[2], mirror('')}
 """
-)
 
 # Mark the run cancelled. ARGV: ttl seconds. Reply as RESERVE's.
-CANCEL = (
-    PRELUDE
-    + """
+CANCEL_BODY = """
 if not read({'mode'}, {}) then return -1 end
 put('cancelled', 1)
 write()
 redis.call('EXPIRE', h, ARGV[1])
 return '1   ' .. mirror('')
 """
-)
 
 # The whole hash and the server's time; ARGV[1] '1' also closes: one opener less, and the hash
 # is deleted when none is left. Reply: {1, seconds, microseconds, {field, value, ...}}, or -1.
-READ = """
-local h = KEYS[1]
+READ_BODY = """
 if redis.call('EXISTS', h) == 0 then return -1 end
 local left = 1
 if ARGV[1] == '1' then left = redis.call('HINCRBY', h, 'opened', -1) end
@@ -482,9 +470,7 @@ return {1, t[1], t[2], all}
 
 # Raise the run's limits (a limit that is not set stays unset): ``Ledger.extend``.
 # ARGV: ttl seconds, then limit name, amount pairs. Reply as RESERVE's.
-EXTEND = (
-    PRELUDE
-    + """
+EXTEND_BODY = """
 if not read({'mode'}, {}) then return -1 end
 for i = 2, #ARGV, 2 do
   local field = 'limit:' .. ARGV[i]
@@ -495,4 +481,18 @@ write()
 redis.call('EXPIRE', h, ARGV[1])
 return '1   ' .. mirror('')
 """
-)
+
+#: The operations, by name: each a Lua function of (KEYS, ARGV), defined once in the library.
+BODIES = {
+    "reserve": RESERVE_BODY,
+    "settle": SETTLE_BODY,
+    "settle_reserve": SETTLE_RESERVE_BODY,
+    "open": OPEN_BODY,
+    "cancel": CANCEL_BODY,
+    "read": READ_BODY,
+    "extend": EXTEND_BODY,
+}
+
+#: The helpers and every operation, as one chunk of Lua: loaded once as a Redis 7 function library
+#: (``redis_wire``), or, on an older server, sent as a script ending with the operation's call.
+CORE = PRELUDE + "".join(f"local function {name}(KEYS, ARGV)\n{body}\nend\n" for name, body in BODIES.items())
