@@ -17,7 +17,7 @@ from budgetspan.accounting.ledger import CallKind, LedgerRefused, Mode, Reservat
 from budgetspan.accounting.redis_ledger import RedisLedger
 from budgetspan.accounting.redis_scripts import COST_CAP, TOKEN_CAP
 from budgetspan.accounting.redis_wire import VERSION
-from tests.accounting.redis_server import frozen, needs_redis_server, redis, start_redis, stop
+from tests.accounting.redis_server import frozen, needs_redis_server, redis, run_figures, start_redis, stop
 
 pytestmark = needs_redis_server
 
@@ -86,7 +86,9 @@ def test_worst_cases_are_held_until_the_call_settles(ledger: RedisLedger) -> Non
     ledger.reserve(
         "r", CallKind.MODEL, worst_case_cost=0.09, worst_case_input_tokens=90, worst_case_tokens=90
     )
-    held = ledger.client.hmget(ledger.key("r"), "held:cost_usd", "held:input_tokens", "held:output_tokens")
+    held = run_figures(
+        ledger.client, ledger.key("r"), "held:cost_usd", "held:input_tokens", "held:output_tokens"
+    )
     assert (float(held[0]), int(held[1]), int(held[2])) == (0.09, 90, 90)
 
 
@@ -648,7 +650,7 @@ def test_absurd_usage_is_clamped_not_taken_for_an_outage(
     u = ledger.usage("r")
     assert (u.input_tokens, u.output_tokens, u.reasoning_tokens) == (TOKEN_CAP,) * 3
     assert u.cost_usd == COST_CAP
-    held = ledger.client.hmget(ledger.key("r"), "held:input_tokens", "held:output_tokens")
+    held = run_figures(ledger.client, ledger.key("r"), "held:input_tokens", "held:output_tokens")
     assert [int(v) for v in held] == [0, 0]  # every clamped worst case given back in full
 
 

@@ -19,7 +19,7 @@ from budgetspan.accounting.ledger import CallKind, LedgerRefused, Mode, Spend
 from budgetspan.accounting.redis_ledger import RedisLedger
 from budgetspan.accounting.scopes import Scope, ScopeBudget
 from budgetspan.accounting.windows import parse_window
-from tests.accounting.redis_server import needs_redis_server, redis
+from tests.accounting.redis_server import needs_redis_server, redis, run_figures
 
 pytestmark = needs_redis_server
 
@@ -31,7 +31,7 @@ def _ledger(redis_url: str, lag: float = 60.0) -> RedisLedger:
 
 def _held(ledger: RedisLedger, run_id: str) -> tuple[float, float]:
     """(dollars held, dollars spent) on the run's hash."""
-    held, spent = ledger.client.hmget(ledger.key(run_id), "held:cost_usd", "cost_usd")
+    held, spent = run_figures(ledger.client, ledger.key(run_id), "held:cost_usd", "cost_usd")
     return float(held or 0), float(spent or 0)
 
 

@@ -53,10 +53,10 @@ from budgetspan.accounting.memory import InMemoryLedger
 from budgetspan.accounting.redis_extend import ExtendOnRedis
 from budgetspan.accounting.redis_mirror import (
     RunMirror,
-    as_text,
     budget_fields,
     clamp_dollars,
     clamp_tokens,
+    hash_fields,
     mirrored_fields,
     refusal_from,
     usage_from,
@@ -393,7 +393,7 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
         else:
             reply = self._call("read", run_id, ["0"], mirror=False)
         _, sec, usec, flat = reply
-        fields = {as_text(k): v for k, v in zip(flat[::2], flat[1::2], strict=True)}
+        fields = hash_fields(flat)
         u = usage_from(fields)
         if "started_at" in fields:
             u.wall_clock_s = max(0.0, int(sec) + int(usec) / 1e6 - float(fields["started_at"]))

@@ -28,7 +28,7 @@ from budgetspan import events
 from budgetspan.accounting import rule
 from budgetspan.accounting.budget import Usage
 from budgetspan.accounting.ledger import Refusal, Reservation, Spend
-from budgetspan.accounting.redis_mirror import RunMirror, clamp_dollars, clamp_tokens
+from budgetspan.accounting.redis_mirror import FIGURES, RunMirror, clamp_dollars, clamp_tokens
 from budgetspan.accounting.redis_scripts import MIRROR
 
 #: How long a settlement waits for the next reservation of its run, at most (seconds).
@@ -98,11 +98,11 @@ def reached(known: RunMirror, spend: Spend | None) -> Refusal | None:
         latest = max(known.seen.values(), default=None)
     if latest is None:
         return None
-    figures = latest[1].split(b" ")
+    figures = FIGURES.unpack_from(latest[1])
     spent = Usage(
-        input_tokens=int(figures[_IN] or 0) + clamp_tokens(spend.input_tokens),
-        output_tokens=int(figures[_OUT] or 0) + clamp_tokens(spend.output_tokens),
-        cost_usd=float(figures[_COST] or 0) + clamp_dollars(spend.cost_usd),
+        input_tokens=int(figures[_IN]) + clamp_tokens(spend.input_tokens),
+        output_tokens=int(figures[_OUT]) + clamp_tokens(spend.output_tokens),
+        cost_usd=figures[_COST] + clamp_dollars(spend.cost_usd),
     )
     return rule.spend_refusal(known.budget, spent)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from budgetspan.accounting.budget import Usage
 from budgetspan.accounting.ledger import Refusal
-from budgetspan.accounting.redis_mirror import as_text, refusal_from, usage_from
+from budgetspan.accounting.redis_mirror import as_text, hash_fields, refusal_from, usage_from
 from budgetspan.accounting.redis_wire import SCRIPTS, Script, Server
 from budgetspan.accounting.scope_books import emit_warning
 from budgetspan.accounting.scopes import ScopeRef, ScopeWarning
@@ -78,5 +78,4 @@ def usage(server: Server, key: str, within: float) -> Usage | None:
     reply = server.run(SCRIPTS["read"], PREFIX + key, ["0"], within)
     if reply == -1:
         return None
-    flat = reply[3]
-    return usage_from({as_text(k): v for k, v in zip(flat[::2], flat[1::2], strict=True)})
+    return usage_from(hash_fields(reply[3]))

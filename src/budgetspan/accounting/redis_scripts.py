@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from budgetspan.accounting.redis_scope_lua import RESERVE_SCOPE_ARGV, SCOPE_LUA, SETTLE_SCOPE_ARGV
+from budgetspan.accounting.redis_scope_lua import SCOPE_LUA
 
 #: The largest token count (per figure and per sum) the ledger keeps: exact in a Lua number (a
 #: double), and so is the sum of two (a total of input and output tokens).
@@ -36,7 +36,6 @@ MIRROR = (
     "held:input_tokens",
     "held:output_tokens",
     "cancelled",
-    "opened",
 )
 SPEND_LIMITS = ("max_cost_usd", "max_input_tokens", "max_output_tokens", "max_total_tokens")
 #: The limits a run can keep part of for its final answer (``keep:NAME`` fields).
@@ -48,65 +47,42 @@ KEPT_LIMITS = (
     "max_wall_clock_s",
     *SPEND_LIMITS,
 )
-#: What the reserve script reads (and the tool's limits and counts when the call names a tool).
-RESERVE_READS = (
-    "mode",
-    "cancelled",
-    "started_at",
-    *(
-        "limit:" + name
-        for name in ("max_wall_clock_s", "max_retries", "max_steps", "max_model_calls", "max_tool_calls")
-    ),
-    *("limit:" + name for name in SPEND_LIMITS),
-    "model_calls",
-    "tool_calls",
-    "retries",
-    "input_tokens",
-    "output_tokens",
-    "cost_usd",
-    "held:cost_usd",
-    "held:input_tokens",
-    "held:output_tokens",
-)
-#: What the settle script reads (and the call's counts when it un-counts a call).
-SETTLE_READS = (
-    "mode",
-    *("limit:" + name for name in SPEND_LIMITS),
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "cost_usd",
-    "unpriced_calls",
-    "unreported_usage_calls",
-    "tools_finished",
-    "held:cost_usd",
-    "held:input_tokens",
-    "held:output_tokens",
-)
+#: The run's limits and the parts of them kept for the final answer, packed in the run's ``L``
+#: field in this order (NaN: not set).
+LIMIT_FIELDS = (*("limit:" + name for name in KEPT_LIMITS), *("keep:" + name for name in KEPT_LIMITS))
 
 
 def lua_list(names: Sequence[str]) -> str:
     return "{" + ", ".join(f"'{name}'" for name in names) + "}"
 
 
-# The helpers every script shares. ``s`` holds the fields of the run's hash as one HMGET read them
-# (false when absent) and as ``put`` changed them; ``write`` stores the changes with one HSET.
-# Sums are made in Lua numbers (doubles), as InMemoryLedger makes them in Python floats, and kept
-# as text with 17 significant digits, which reads back as the same double.
+def lua_index(names: Sequence[str]) -> str:
+    """A Lua table of each name's place in ``names`` (from 1)."""
+    return "{" + ", ".join(f"['{name}'] = {i}" for i, name in enumerate(names, 1)) + "}"
+
+
+# The helpers every script shares. The run's hash keeps its figures (``MIRROR``) packed in one
+# field ``F`` and its limits in ``L`` (doubles, little-endian: one HMGET and one struct.unpack
+# instead of a field and a number parsed per figure; bench/README.md). ``s`` holds the fields
+# of the hash in hand by name, as ``read`` found them and ``put`` changed them; ``write`` stores
+# the changes with one HSET. Sums are made in Lua numbers (doubles), as InMemoryLedger makes them
+# in Python floats. A scope window's hash keeps its figures as text fields (redis_scope_lua.py).
 PRELUDE = (
     f"""
-local MIRROR = {lua_list(MIRROR)}
-local RESERVE_READS, SETTLE_READS = {lua_list(RESERVE_READS)}, {lua_list(SETTLE_READS)}
-local KEEPS = {lua_list(KEPT_LIMITS)}
+local MIRROR, FIG = {lua_list(MIRROR)}, {lua_index(MIRROR)}
+local LIMS, LIM = {lua_list(LIMIT_FIELDS)}, {lua_index(LIMIT_FIELDS)}
+local FFMT, LFMT = '<{"d" * len(MIRROR)}', '<{"d" * len(LIMIT_FIELDS)}'
 local TOKEN_CAP, COST_CAP = {TOKEN_CAP}, {COST_CAP:.0f}
 """
     + """
+-- (The library's top level runs at FUNCTION LOAD, where no library but ``redis`` is at hand: it
+-- only makes tables and functions.)
 local CAPS = {['cost_usd'] = COST_CAP, ['held:cost_usd'] = COST_CAP}
+local NAN = 0 / 0
 -- One call's state (``call`` sets it): its keys and arguments (SETTLE_RESERVE points A at each
--- part's), the hash in hand, its fields, the changes to write.
-local K, A, h, s, changes
+-- part's), the hash in hand, its fields, the changes to write; the run's figures packed as last
+-- read or written (FPACK), and whether they changed since (DIRTY).
+local K, A, h, s, changes, FPACK, DIRTY
 -- SETTLE_RESERVE: AHEAD while its settlement runs (which then answers its status only), AHEAD_DONE after.
 local AHEAD, AHEAD_DONE = false, false
 -- SHORT (a call outside the final_response phase of a run with a reserve): each limit less the
@@ -117,46 +93,82 @@ local AHEAD_SCOPES = {}
 
 -- Run ``fn`` (one of the operations below) on a fresh state.
 local function call(fn, keys, argv)
-  K, A, h, s, changes = keys, argv, keys[1], {}, {}
+  K, A, h, s, changes, FPACK, DIRTY = keys, argv, keys[1], {}, {}, nil, false
   AHEAD, AHEAD_DONE, SHORT, AHEAD_SCOPES = false, false, false, {}
   return fn(keys, argv)
 end
 
--- Read ``names`` and ``extra`` in one HMGET; false when the run's hash does not exist.
--- (A field ``s`` holds already, read by the settlement ahead in SETTLE_RESERVE, is not read again.)
-local function read(names, extra)
-  local ask = {}
-  for _, name in ipairs(names) do if not AHEAD_DONE or s[name] == nil then ask[#ask + 1] = name end end
-  for _, name in ipairs(extra) do if not AHEAD_DONE or s[name] == nil then ask[#ask + 1] = name end end
-  if #ask > 0 then
-    local got = redis.call('HMGET', h, unpack(ask))
-    for i, name in ipairs(ask) do s[name] = got[i] end
+-- The run's packed figures and limits into ``s`` (no figures yet: all 0).
+local function unpack_run(f, l)
+  if not f then
+    local zeros = {}
+    for i = 1, #MIRROR do zeros[i] = 0 end
+    f = struct.pack(FFMT, unpack(zeros))
   end
-  return s['mode'] ~= false
+  FPACK = f
+  local v = {struct.unpack(FFMT, FPACK)}
+  for i, name in ipairs(MIRROR) do s[name] = v[i] end
+  if l then
+    local w = {struct.unpack(LFMT, l)}
+    for i, name in ipairs(LIMS) do if w[i] == w[i] then s[name] = w[i] end end
+  end
 end
 
--- A figure (0 when absent), and a limit (its number and the text it was stored as; nil: none).
+-- Read the run's hash (its figures, limits, mode, start) and the text fields ``extra`` in one
+-- HMGET; false when the run's hash does not exist. (In SETTLE_RESERVE the reservation reads only
+-- the fields the settlement ahead of it did not.)
+local function read(extra)
+  local ask = AHEAD_DONE and {} or {'F', 'L', 'mode', 'started_at', 'opened'}
+  local first = #ask
+  for _, name in ipairs(extra) do if not FIG[name] and s[name] == nil then ask[#ask + 1] = name end end
+  if #ask > 0 then
+    local got = redis.call('HMGET', h, unpack(ask))
+    if first > 0 then
+      if not got[3] then return false end
+      s['mode'], s['started_at'], s['opened'] = got[3], got[4], got[5]
+      unpack_run(got[1], got[2])
+    end
+    for i = first + 1, #ask do s[ask[i]] = got[i] end
+  end
+  return s['mode'] ~= false and s['mode'] ~= nil
+end
+
+-- A figure (0 when absent); a limit (nil: none), less the part kept for the final answer (SHORT).
 local function n(name) return tonumber(s[name]) or 0 end
 local function lim(name)
-  local raw = s['limit:' .. name]
-  if raw then
-    local keep = SHORT and tonumber(s['keep:' .. name] or '')
-    if keep then
-      local short = math.max(tonumber(raw) - keep, 0)
-      return short, string.format('%.17g', short)
-    end
-    return tonumber(raw), raw
+  local limit = tonumber(s['limit:' .. name])
+  if limit and SHORT then
+    local keep = s['keep:' .. name]
+    if keep then return math.max(limit - keep, 0) end
   end
-  return nil, nil
+  return limit
+end
+-- A limit or figure as the reply gives it: 17 significant digits read back as the same double.
+local function fmt(v)
+  if type(v) == 'number' then return string.format('%.17g', v) end
+  return v or ''
 end
 
 local function put(name, value)
+  if FIG[name] and h == K[1] then
+    s[name], DIRTY = value, true
+    return
+  end
   local text = string.format('%.17g', value)
   changes[#changes + 1] = name
   changes[#changes + 1] = text
   s[name] = text
 end
-local function write() if #changes > 0 then redis.call('HSET', h, unpack(changes)) end end
+local function write()
+  if DIRTY then
+    local v = {}
+    for i, name in ipairs(MIRROR) do v[i] = s[name] end
+    FPACK, DIRTY = struct.pack(FFMT, unpack(v)), false
+    changes[#changes + 1] = 'F'
+    changes[#changes + 1] = FPACK
+  end
+  if #changes > 0 then redis.call('HSET', h, unpack(changes)) end
+end
 
 -- Add ``amount`` to a figure, never past its cap; give back a worst case, never below zero.
 local function add(name, amount)
@@ -185,8 +197,8 @@ end
 -- One check of rule.spend_refusal: the limit ``name`` if it is used up, or if ``own`` (this call's
 -- worst case, counted in ``pending`` with the worst cases in flight) would pass it.
 local function over(spent, pending, name, own)
-  local limit, raw = lim(name)
-  if limit and (spent >= limit or (own > 0 and spent + pending > limit)) then return name, raw end
+  local limit = lim(name)
+  if limit and (spent >= limit or (own > 0 and spent + pending > limit)) then return name, limit end
 end
 
 -- rule.spend_refusal: the token or dollar limit that is used up, or that this call's worst case
@@ -203,15 +215,13 @@ local function spend_refusal(w_cost, w_in, w_out)
   return name, raw
 end
 
--- What this script knows of the run, for this process's mirror: MIRROR's fields, then the tool's
--- calls and retries, separated by spaces ('' for what it did not read). A reply is one text: a
--- value to parse costs the client more than the server's concatenation.
+-- What this script knows of the run, for this process's mirror: MIRROR's figures packed, then
+-- its open count (a text field: jobs/ledger.py changes it too) and the tool's calls and retries
+-- as text ('' when not read), separated by spaces. A reply is one
+-- text: a value to parse costs the client more than the server's concatenation.
 local function mirror(tool)
-  local out = {}
-  for i, name in ipairs(MIRROR) do out[i] = s[name] or '' end
-  out[#out + 1] = s['tool:' .. tool .. ':calls'] or ''
-  out[#out + 1] = s['tool:' .. tool .. ':retries'] or ''
-  return table.concat(out, ' ')
+  return table.concat({FPACK, fmt(s['opened']), fmt(s['tool:' .. tool .. ':calls']),
+    fmt(s['tool:' .. tool .. ':retries'])}, ' ')
 end
 """
     + SCOPE_LUA
@@ -233,55 +243,52 @@ if tool ~= '' then
   tool_reads = {'limit:tool:' .. tool .. ':max_calls', 'limit:tool:' .. tool .. ':max_retries',
                 tool_calls, tool_retries}
 end
-if ARGV[10] == '1' then
-  SHORT = true
-  for _, name in ipairs(KEEPS) do tool_reads[#tool_reads + 1] = 'keep:' .. name end
-end
-if not read(RESERVE_READS, tool_reads) then return -1 end
+SHORT = ARGV[10] == '1'
+if not read(tool_reads) then return -1 end
 
 -- rule.tool_limits_for: the budget's entry for the tool, over the tool's own default.
 local function tool_limit(name, default)
-  local own, raw = lim('tool:' .. tool .. ':' .. name)
-  if own then return own, raw end
-  if default ~= '' then return tonumber(default), default end
-  return nil, nil
+  local own = lim('tool:' .. tool .. ':' .. name)
+  if own then return own end
+  if default ~= '' then return tonumber(default) end
+  return nil
 end
 
 -- rule.count_refusal
 local function count_refusal()
   if kind == 'retry' then
-    local limit, raw = lim('max_retries')
-    if limit and n('retries') >= limit then return 'max_retries', raw end
+    local limit = lim('max_retries')
+    if limit and n('retries') >= limit then return 'max_retries', limit end
     if tool ~= '' then
-      limit, raw = tool_limit('max_retries', ARGV[8])
-      if limit and n(tool_retries) >= limit then return 'tool.max_retries', raw end
+      limit = tool_limit('max_retries', ARGV[8])
+      if limit and n(tool_retries) >= limit then return 'tool.max_retries', limit end
     end
     return nil, nil
   end
-  local limit, raw = lim('max_steps')
-  if limit and n('model_calls') + n('tool_calls') >= limit then return 'max_steps', raw end
+  local limit = lim('max_steps')
+  if limit and n('model_calls') + n('tool_calls') >= limit then return 'max_steps', limit end
   if kind == 'model' then
-    limit, raw = lim('max_model_calls')
-    if limit and n('model_calls') >= limit then return 'max_model_calls', raw end
+    limit = lim('max_model_calls')
+    if limit and n('model_calls') >= limit then return 'max_model_calls', limit end
     return nil, nil
   end
-  limit, raw = lim('max_tool_calls')
-  if limit and n('tool_calls') >= limit then return 'max_tool_calls', raw end
+  limit = lim('max_tool_calls')
+  if limit and n('tool_calls') >= limit then return 'max_tool_calls', limit end
   if tool ~= '' then
-    limit, raw = tool_limit('max_calls', ARGV[7])
-    if limit and n(tool_calls) >= limit then return 'tool.max_calls', raw end
+    limit = tool_limit('max_calls', ARGV[7])
+    if limit and n(tool_calls) >= limit then return 'tool.max_calls', limit end
   end
   return nil, nil
 end
 
 -- rule.refusal: the whole rule, in its order.
 local function refusal()
-  if s['cancelled'] == '1' then return 'cancelled', '' end
-  local wall, raw = lim('max_wall_clock_s')
+  if n('cancelled') == 1 then return 'cancelled', '' end
+  local wall = lim('max_wall_clock_s')
   if wall then
     local t = redis.call('TIME')
     if tonumber(t[1]) + tonumber(t[2]) / 1e6 >= n('started_at') + wall then
-      return 'max_wall_clock_s', raw
+      return 'max_wall_clock_s', wall
     end
   end
   if kind ~= 'check' then
@@ -295,7 +302,7 @@ local reason, limit = refusal()
 local run, warned = s, {}
 local function answer(code)
   h, s = KEYS[1], run
-  return table.concat({status(code, warned), reason or '', limit or '', mirror(tool)}, ' ')
+  return table.concat({status(code, warned), reason or '', fmt(limit), mirror(tool)}, ' ')
 end
 if kind == 'check' then return answer(1) end
 redis.call('EXPIRE', h, ARGV[9])
@@ -362,7 +369,7 @@ if uncount ~= '' then
   local total, per_tool = counters(uncount, tool)
   extra = {total, per_tool}
 end
-if not read(SETTLE_READS, extra) then return -1 end
+if not read(extra) then return -1 end
 local function apply()
   give_back('held:cost_usd', tonumber(ARGV[1]))
   give_back('held:input_tokens', tonumber(ARGV[2]))
@@ -405,94 +412,5 @@ end
 h, s = KEYS[1], run
 if AHEAD then return status(1, warned) end
 local reason, limit = spend_refusal(0, 0, 0)
-return table.concat({status(1, warned), reason or '', limit or '', mirror(tool)}, ' ')
+return table.concat({status(1, warned), reason or '', fmt(limit), mirror(tool)}, ' ')
 """
-
-# One round trip for two operations: settle this process's previous call of the run (SETTLE's
-# arguments), then reserve the next (RESERVE's); the scope windows' arguments come once, after
-# both (the two calls have the same windows). Reply: -1 when the run's hash does not exist, else
-# the settlement's status (its warnings), a space, and RESERVE's reply. See ``redis_pending``.
-SETTLE_RESERVE_BODY = (
-    f"local N_SETTLE, N_RESERVE = {SETTLE_SCOPE_ARGV - 1}, {RESERVE_SCOPE_ARGV - 1}\n"
-    + """
-local sargv, rargv = {}, {}
-for i = 1, N_SETTLE do sargv[i] = ARGV[i] end
-for i = 1, N_RESERVE do rargv[i] = ARGV[N_SETTLE + i] end
-for i = N_SETTLE + N_RESERVE + 1, #ARGV do sargv[i - N_RESERVE], rargv[i - N_SETTLE] = ARGV[i], ARGV[i] end
-AHEAD, A = true, sargv
-local settled = settle(KEYS, sargv)
-if settled == -1 then return -1 end
-AHEAD, AHEAD_DONE, A, h, changes = false, true, rargv, KEYS[1], {}
-return settled .. ' ' .. reserve(KEYS, rargv)
-"""
-)
-
-# Open a run, or restore a lost one: create the hash from ARGV's fields if it does not exist (the
-# first process to open a shared run sets its budget); otherwise add ARGV[2] to its open count.
-# ARGV: ttl seconds, openers to add, then field, value pairs.
-# Reply: {created (1/0), started_at, the wall-clock limit, server time seconds, microseconds,
-# mirror}.
-OPEN_BODY = """
-local created = 0
-if redis.call('EXISTS', h) == 0 then
-  created = 1
-  local t = redis.call('TIME')
-  redis.call('HSET', h, 'started_at', t[1] .. '.' .. string.format('%06d', t[2]), unpack(ARGV, 3))
-elseif ARGV[2] ~= '0' then
-  redis.call('HINCRBY', h, 'opened', ARGV[2])
-end
-redis.call('EXPIRE', h, ARGV[1])
-read({'started_at', 'limit:max_wall_clock_s'}, MIRROR)
-local t = redis.call('TIME')
-return {created, s['started_at'], s['limit:max_wall_clock_s'], t[1], t[2], mirror('')}
-"""
-
-# Mark the run cancelled. ARGV: ttl seconds. Reply as RESERVE's.
-CANCEL_BODY = """
-if not read({'mode'}, {}) then return -1 end
-put('cancelled', 1)
-write()
-redis.call('EXPIRE', h, ARGV[1])
-return '1   ' .. mirror('')
-"""
-
-# The whole hash and the server's time; ARGV[1] '1' also closes: one opener less, and the hash
-# is deleted when none is left. Reply: {1, seconds, microseconds, {field, value, ...}}, or -1.
-READ_BODY = """
-if redis.call('EXISTS', h) == 0 then return -1 end
-local left = 1
-if ARGV[1] == '1' then left = redis.call('HINCRBY', h, 'opened', -1) end
-local t = redis.call('TIME')
-local all = redis.call('HGETALL', h)
-if left <= 0 then redis.call('DEL', h) end
-return {1, t[1], t[2], all}
-"""
-
-# Raise the run's limits (a limit that is not set stays unset): ``Ledger.extend``.
-# ARGV: ttl seconds, then limit name, amount pairs. Reply as RESERVE's.
-EXTEND_BODY = """
-if not read({'mode'}, {}) then return -1 end
-for i = 2, #ARGV, 2 do
-  local field = 'limit:' .. ARGV[i]
-  local raw = redis.call('HGET', h, field)
-  if raw then put(field, tonumber(raw) + tonumber(ARGV[i + 1])) end
-end
-write()
-redis.call('EXPIRE', h, ARGV[1])
-return '1   ' .. mirror('')
-"""
-
-#: The operations, by name: each a Lua function of (KEYS, ARGV), defined once in the library.
-BODIES = {
-    "reserve": RESERVE_BODY,
-    "settle": SETTLE_BODY,
-    "settle_reserve": SETTLE_RESERVE_BODY,
-    "open": OPEN_BODY,
-    "cancel": CANCEL_BODY,
-    "read": READ_BODY,
-    "extend": EXTEND_BODY,
-}
-
-#: The helpers and every operation, as one chunk of Lua: loaded once as a Redis 7 function library
-#: (``redis_wire``), or, on an older server, sent as a script ending with the operation's call.
-CORE = PRELUDE + "".join(f"local function {name}(KEYS, ARGV)\n{body}\nend\n" for name, body in BODIES.items())

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from budgetspan.accounting.redis_scripts import BODIES, CORE
+from budgetspan.accounting.redis_library import BODIES, CORE
 
 log = logging.getLogger(__name__)
 
@@ -147,11 +147,11 @@ class Script:
 VERSION = hashlib.sha1(CORE.encode()).hexdigest()[:12]
 LIBRARY = f"#!lua name=budgetspan_{VERSION}\n{CORE}\n" + "".join(
     f"redis.register_function('budgetspan_{VERSION}_{name}', "
-    f"function(keys, argv) return call({name}, keys, argv) end)\n"
+    f"function(keys, argv) return call(op_{name}, keys, argv) end)\n"
     for name in BODIES
 )
 SCRIPTS = {
-    name: Script.of(f"{CORE}\nreturn call({name}, KEYS, ARGV)\n", f"budgetspan_{VERSION}_{name}")
+    name: Script.of(f"{CORE}\nreturn call(op_{name}, KEYS, ARGV)\n", f"budgetspan_{VERSION}_{name}")
     for name in BODIES
 }
 
