@@ -66,7 +66,7 @@ def lua_index(names: Sequence[str]) -> str:
 # instead of a field and a number parsed per figure; bench/README.md). ``s`` holds the fields
 # of the hash in hand by name, as ``read`` found them and ``put`` changed them; ``write`` stores
 # the changes with one HSET. Sums are made in Lua numbers (doubles), as InMemoryLedger makes them
-# in Python floats. A scope window's hash keeps its figures as text fields (redis_scope_lua.py).
+# in Python floats. A scope window's hash keeps its figures the same way (redis_scope_lua.py).
 PRELUDE = (
     f"""
 local MIRROR, FIG = {lua_list(MIRROR)}, {lua_index(MIRROR)}
@@ -150,7 +150,7 @@ local function fmt(v)
 end
 
 local function put(name, value)
-  if FIG[name] and h == K[1] then
+  if FIG[name] then
     s[name], DIRTY = value, true
     return
   end
@@ -163,9 +163,11 @@ local function write()
   if DIRTY then
     local v = {}
     for i, name in ipairs(MIRROR) do v[i] = s[name] end
-    FPACK, DIRTY = struct.pack(FFMT, unpack(v)), false
+    local packed = struct.pack(FFMT, unpack(v))
+    if h == K[1] then FPACK = packed end
+    DIRTY = false
     changes[#changes + 1] = 'F'
-    changes[#changes + 1] = FPACK
+    changes[#changes + 1] = packed
   end
   if #changes > 0 then redis.call('HSET', h, unpack(changes)) end
 end
@@ -315,7 +317,7 @@ if reason and (enforce or (ARGV[6] ~= '1' and reason == 'cancelled')) then retur
 local total = counters(kind, '')
 local scopes, at = {}, RESERVE_SCOPE_ARGV
 for i = 2, #KEYS do
-  scopes[i], at = load_scope(i, at, {total})
+  scopes[i], at = load_scope(i, at)
   if not reason then
     local r, l = count_refusal()
     if not r and kind ~= 'retry' then r, l = spend_refusal(w_cost, w_in, w_out) end
@@ -336,11 +338,11 @@ end
 for i = 2, #KEYS do
   local scope = scopes[i]
   h, s, changes = KEYS[i], scope[1], {}
-  local seen, first = scope[4], not s[total]
+  local first = not scope[4]
   put(total, n(total) + 1)
-  if seen['held:cost_usd'] then add('held:cost_usd', w_cost) end
-  if seen['held:input_tokens'] then add('held:input_tokens', w_in) end
-  if seen['held:output_tokens'] then add('held:output_tokens', w_out) end
+  add('held:cost_usd', w_cost)
+  add('held:input_tokens', w_in)
+  add('held:output_tokens', w_out)
   warn_check(i, warned, scope)
   write()
   -- a window without an end lives on while in use; a window's first call sets when it ends
@@ -388,22 +390,22 @@ end
 apply()
 write()
 -- The same in the call's scope windows (KEYS[2..]): worst cases given back, calls un-counted,
--- input and output tokens and dollars added. A window gone (it ended: none of its call counts
--- is there) settles nothing.
+-- input and output tokens and dollars added. A window gone (it ended) settles nothing.
 local run, warned, at = s, {}, SETTLE_SCOPE_ARGV
 local total = nil
 if uncount ~= '' then total = counters(uncount, '') end
-local HELD_ARGV = {{'held:cost_usd', 1}, {'held:input_tokens', 2}, {'held:output_tokens', 3}}
+local back_cost, back_in, back_out = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local spent_in, spent_out, spent_cost = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[9])
 for i = 2, #KEYS do
   local scope
-  scope, at = load_scope(i, at, {'model_calls', 'tool_calls', 'retries', 'input_tokens', 'output_tokens', 'cost_usd'})
-  if s['model_calls'] or s['tool_calls'] or s['retries'] then
-    for _, pair in ipairs(HELD_ARGV) do
-      if scope[4][pair[1]] then give_back(pair[1], tonumber(ARGV[pair[2]])) end
-    end
-    add('input_tokens', tonumber(ARGV[4]))
-    add('output_tokens', tonumber(ARGV[5]))
-    add('cost_usd', tonumber(ARGV[9]))
+  scope, at = load_scope(i, at)
+  if scope[4] then
+    give_back('held:cost_usd', back_cost)
+    give_back('held:input_tokens', back_in)
+    give_back('held:output_tokens', back_out)
+    add('input_tokens', spent_in)
+    add('output_tokens', spent_out)
+    add('cost_usd', spent_cost)
     if total then put(total, math.max(n(total) - 1, 0)) end
     warn_check(i, warned, scope)
     write()
