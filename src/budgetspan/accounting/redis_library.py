@@ -63,8 +63,8 @@ redis.call('EXPIRE', h, ARGV[1])
 s, changes = {}, {}
 read({})
 local t = redis.call('TIME')
-local wall = s['limit:max_wall_clock_s']
-return {created, s['started_at'], wall and fmt(wall) or false, t[1], t[2], mirror('')}
+local wall = lim('max_wall_clock_s')
+return {created, s['?started_at'], wall and fmt(wall) or false, t[1], t[2], mirror('')}
 """
 
 # Mark the run cancelled. ARGV: ttl seconds. Reply as RESERVE's.

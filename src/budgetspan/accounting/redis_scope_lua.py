@@ -32,22 +32,18 @@ end
 -- as the settle part left it (no HMGET).
 local function load_scope(i, at)
   local kept = AHEAD_DONE and AHEAD_SCOPES[i]
-  h, s, changes = K[i], kept or {}, {}
+  h, changes = K[i], {}
+  if kept then
+    s = kept
+  else
+    local got = redis.call('HMGET', h, 'F', 'warned')
+    s = window_table(got[1], got[2])
+  end
   local limits = {}
   for j = 1, tonumber(A[at + 3]) do
     local name = A[at + 2 + 2 * j]
     limits[j] = name
-    s['limit:' .. name] = A[at + 3 + 2 * j]
-  end
-  if not kept then
-    local got = redis.call('HMGET', h, 'F', 'warned')
-    s['?exists'], s['warned'] = got[1] ~= false, got[2]
-    if got[1] then
-      local v = {struct.unpack(FFMT, got[1])}
-      for k, name in ipairs(MIRROR) do s[name] = v[k] end
-    else
-      for _, name in ipairs(MIRROR) do s[name] = 0 end
-    end
+    s[LK[name] or ('limit:' .. name)] = tonumber(A[at + 3 + 2 * j])
   end
   if AHEAD then AHEAD_SCOPES[i] = s end
   return {s, at, limits, s['?exists']}, at + 4 + 2 * #limits
@@ -59,7 +55,7 @@ end
 -- window: noted in ``warned`` as 'i:limit:used'.
 local function warn_check(i, warned, scope)
   local share = A[scope[2] + 2]
-  if share == '' or s['warned'] == '1' then return end
+  if share == '' or s['warned'] == 1 then return end
   share = tonumber(share)
   for _, name in ipairs(scope[3]) do
     local limit, figure = lim(name), used(name)

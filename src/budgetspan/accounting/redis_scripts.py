@@ -61,6 +61,38 @@ def lua_index(names: Sequence[str]) -> str:
     return "{" + ", ".join(f"['{name}'] = {i}" for i, name in enumerate(names, 1)) + "}"
 
 
+def _locals(prefix: str, count: int) -> str:
+    return ", ".join(f"{prefix}{i}" for i in range(1, count + 1))
+
+
+def _fields(names: Sequence[str], prefix: str) -> str:
+    return ", ".join(f"['{name}'] = {prefix}{i}" for i, name in enumerate(names, 1))
+
+
+_NF, _NL = len(MIRROR), len(LIMIT_FIELDS)
+# A hash in hand as one table made at once (no table grown field by field, no loop: measured,
+# bench/README.md): a run's (its packed figures and limits, mode, start, open count; NaN: a limit
+# not set) and a scope window's (its figures, whether it warned, whether it exists); and the
+# figures of ``s`` packed again.
+TABLES = f"""
+local function run_table(f, l, mode, started, opened)
+  local {_locals("x", _NF)} = {", ".join(["0"] * _NF)}
+  if f then {_locals("x", _NF)} = struct.unpack(FFMT, f) end
+  local {_locals("y", _NL)} = {", ".join(["NAN"] * _NL)}
+  if l then {_locals("y", _NL)} = struct.unpack(LFMT, l) end
+  return {{{_fields(MIRROR, "x")}, {_fields(LIMIT_FIELDS, "y")},
+    mode = mode, started_at = tonumber(started), ['?started_at'] = started, opened = opened}}
+end
+local function window_table(f, warned)
+  local {_locals("x", _NF)} = {", ".join(["0"] * _NF)}
+  if f then {_locals("x", _NF)} = struct.unpack(FFMT, f) end
+  return {{{_fields(MIRROR, "x")}, warned = tonumber(warned) or false, ['?exists'] = f ~= false}}
+end
+local function pack_figures()
+  return struct.pack(FFMT, {", ".join(f"s['{name}']" for name in MIRROR)})
+end
+"""
+
 # The helpers every script shares. The run's hash keeps its figures (``MIRROR``) packed in one
 # field ``F`` and its limits in ``L`` (doubles, little-endian: one HMGET and one struct.unpack
 # instead of a field and a number parsed per figure; bench/README.md). ``s`` holds the fields
@@ -71,6 +103,8 @@ PRELUDE = (
     f"""
 local MIRROR, FIG = {lua_list(MIRROR)}, {lua_index(MIRROR)}
 local LIMS, LIM = {lua_list(LIMIT_FIELDS)}, {lua_index(LIMIT_FIELDS)}
+local LK = {{{", ".join(f"{name} = 'limit:{name}'" for name in KEPT_LIMITS)}}}
+local KK = {{{", ".join(f"{name} = 'keep:{name}'" for name in KEPT_LIMITS)}}}
 local FFMT, LFMT = '<{"d" * len(MIRROR)}', '<{"d" * len(LIMIT_FIELDS)}'
 local TOKEN_CAP, COST_CAP = {TOKEN_CAP}, {COST_CAP:.0f}
 """
@@ -90,6 +124,9 @@ local AHEAD, AHEAD_DONE = false, false
 local SHORT = false
 -- SETTLE_RESERVE: each scope window as the settle part left it.
 local AHEAD_SCOPES = {}
+"""
+    + TABLES
+    + """
 
 -- Run ``fn`` (one of the operations below) on a fresh state.
 local function call(fn, keys, argv)
@@ -98,25 +135,9 @@ local function call(fn, keys, argv)
   return fn(keys, argv)
 end
 
--- The run's packed figures and limits into ``s`` (no figures yet: all 0).
-local function unpack_run(f, l)
-  if not f then
-    local zeros = {}
-    for i = 1, #MIRROR do zeros[i] = 0 end
-    f = struct.pack(FFMT, unpack(zeros))
-  end
-  FPACK = f
-  local v = {struct.unpack(FFMT, FPACK)}
-  for i, name in ipairs(MIRROR) do s[name] = v[i] end
-  if l then
-    local w = {struct.unpack(LFMT, l)}
-    for i, name in ipairs(LIMS) do if w[i] == w[i] then s[name] = w[i] end end
-  end
-end
-
--- Read the run's hash (its figures, limits, mode, start) and the text fields ``extra`` in one
--- HMGET; false when the run's hash does not exist. (In SETTLE_RESERVE the reservation reads only
--- the fields the settlement ahead of it did not.)
+-- Read the run's hash (its figures, limits, mode, start, open count) and the fields ``extra``
+-- (numbers: a tool's counts and limits) in one HMGET; false when the run's hash does not exist.
+-- (In SETTLE_RESERVE the reservation reads only the fields the settlement ahead of it did not.)
 local function read(extra)
   local ask = AHEAD_DONE and {} or {'F', 'L', 'mode', 'started_at', 'opened'}
   local first = #ask
@@ -125,21 +146,23 @@ local function read(extra)
     local got = redis.call('HMGET', h, unpack(ask))
     if first > 0 then
       if not got[3] then return false end
-      s['mode'], s['started_at'], s['opened'] = got[3], got[4], got[5]
-      unpack_run(got[1], got[2])
+      s = run_table(got[1], got[2], got[3], got[4], got[5])
+      FPACK = got[1] or pack_figures()
     end
-    for i = first + 1, #ask do s[ask[i]] = got[i] end
+    for i = first + 1, #ask do s[ask[i]] = tonumber(got[i]) or false end
   end
   return s['mode'] ~= false and s['mode'] ~= nil
 end
 
--- A figure (0 when absent); a limit (nil: none), less the part kept for the final answer (SHORT).
-local function n(name) return tonumber(s[name]) or 0 end
+-- A figure (0 when absent); a limit (nil: none; NaN in ``L``), less the part kept for the final
+-- answer (SHORT). Every value in ``s`` is a number (but mode, opened and ``?`` fields).
+local function n(name) return s[name] or 0 end
 local function lim(name)
-  local limit = tonumber(s['limit:' .. name])
-  if limit and SHORT then
-    local keep = s['keep:' .. name]
-    if keep then return math.max(limit - keep, 0) end
+  local limit = s[LK[name] or ('limit:' .. name)]
+  if not limit or limit ~= limit then return nil end
+  if SHORT then
+    local keep = s[KK[name] or ('keep:' .. name)]
+    if keep and keep == keep then return math.max(limit - keep, 0) end
   end
   return limit
 end
@@ -150,20 +173,17 @@ local function fmt(v)
 end
 
 local function put(name, value)
+  s[name] = value
   if FIG[name] then
-    s[name], DIRTY = value, true
+    DIRTY = true
     return
   end
-  local text = string.format('%.17g', value)
   changes[#changes + 1] = name
-  changes[#changes + 1] = text
-  s[name] = text
+  changes[#changes + 1] = string.format('%.17g', value)
 end
 local function write()
   if DIRTY then
-    local v = {}
-    for i, name in ipairs(MIRROR) do v[i] = s[name] end
-    local packed = struct.pack(FFMT, unpack(v))
+    local packed = pack_figures()
     if h == K[1] then FPACK = packed end
     DIRTY = false
     changes[#changes + 1] = 'F'
