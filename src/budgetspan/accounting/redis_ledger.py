@@ -52,6 +52,7 @@ from budgetspan.accounting.ledger import CallKind, Ledger, LedgerRefused, Mode, 
 from budgetspan.accounting.memory import InMemoryLedger
 from budgetspan.accounting.redis_extend import ExtendOnRedis
 from budgetspan.accounting.redis_mirror import (
+    WORST,
     RunMirror,
     budget_fields,
     clamp_dollars,
@@ -81,6 +82,7 @@ DEFAULT_TIMEOUT_S = 2.0
 MIN_WAIT_S = 0.1
 
 _PREFIX = "budgetspan:run:"
+_NO_WORST = WORST.pack(0, 0, 0)
 
 
 class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
@@ -284,7 +286,7 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
         args = (
             kind.value,
             tool or "",
-            *worst,
+            WORST.pack(*worst),
             "1" if force else "0",
             "" if tl.max_calls is None else tl.max_calls,
             "" if tl.max_retries is None else tl.max_retries,
@@ -403,7 +405,7 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
         self.flush(run_id)
         if run_id not in self._local_runs:
             try:
-                reply = self._call("reserve", run_id, ("check", "", 0.0, 0, 0, "0", "", "", self.ttl_s))
+                reply = self._call("reserve", run_id, ("check", "", _NO_WORST, "0", "", "", self.ttl_s))
                 _, reason, limit, _ = reply.split(b" ", 3)
                 return refusal_from(reason, limit, None)
             except KeyError:

@@ -17,6 +17,7 @@ spend unrecorded. Only enforce mode waits: observe mode wants each commit's answ
 from __future__ import annotations
 
 import os
+import struct
 import threading
 import time
 import weakref
@@ -61,13 +62,17 @@ class Pending:
         return [ref.key for ref in mine] == [ref.key for ref in scopes]
 
 
+#: A settlement's figures as the settle script takes them, in one argument (``SETTLE_BODY``).
+SETTLE_NUMBERS = struct.Struct("<12d")
+
+
 def settle_args(
     r: Reservation | None, spend: Spend | None, flags: tuple[bool, bool, bool], uncount: bool
 ) -> tuple[Any, ...]:
     """The settle script's arguments: ``r``'s worst case to give back, ``spend`` to add, the flags
-    (unreported, unpriced, tool finished), and the kind to un-count (``uncount``)."""
+    (unreported, unpriced, tool finished), packed; and the kind to un-count (``uncount``), the tool."""
     sp = spend or _NO_SPEND
-    return (
+    numbers = SETTLE_NUMBERS.pack(
         0.0 if r is None else r.worst_case_cost,
         0 if r is None else r.worst_case_input_tokens,
         0 if r is None else r.worst_case_output_tokens,
@@ -77,9 +82,10 @@ def settle_args(
         clamp_tokens(sp.cache_write_tokens),
         clamp_tokens(sp.reasoning_tokens),
         clamp_dollars(sp.cost_usd),
-        "1" if flags[0] else "0",
-        "1" if flags[1] else "0",
-        "1" if flags[2] else "0",
+        *flags,
+    )
+    return (
+        numbers,
         r.kind.value if uncount and r is not None else "",
         "" if r is None or r.tool is None else r.tool,
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 #: window's hash holds its figures only; the limits come with the call.
 #: Where the scope windows' arguments start in the reserve and the settle script's ARGV (after
 #: the run's own: see RESERVE and SETTLE in redis_scripts.py).
-RESERVE_SCOPE_ARGV, SETTLE_SCOPE_ARGV = 11, 15
+RESERVE_SCOPE_ARGV, SETTLE_SCOPE_ARGV = 9, 4
 
 SCOPE_LUA = (
     f"local RESERVE_SCOPE_ARGV, SETTLE_SCOPE_ARGV = {RESERVE_SCOPE_ARGV}, {SETTLE_SCOPE_ARGV}\n"
@@ -39,11 +39,15 @@ local function load_scope(i, at)
     local got = redis.call('HMGET', h, 'F', 'warned')
     s = window_table(got[1], got[2])
   end
-  local limits = {}
-  for j = 1, tonumber(A[at + 3]) do
-    local name = A[at + 2 + 2 * j]
-    limits[j] = name
-    s[LK[name] or ('limit:' .. name)] = tonumber(A[at + 3 + 2 * j])
+  local limits = s['?limits']
+  if not limits then  -- (the reservation in SETTLE_RESERVE has the window's limits parsed already)
+    limits = {}
+    for j = 1, tonumber(A[at + 3]) do
+      local name = A[at + 2 + 2 * j]
+      limits[j] = name
+      s[LK[name] or ('limit:' .. name)] = tonumber(A[at + 3 + 2 * j])
+    end
+    s['?limits'], s['?share'] = limits, tonumber(A[at + 2])
   end
   if AHEAD then AHEAD_SCOPES[i] = s end
   return {s, at, limits, s['?exists']}, at + 4 + 2 * #limits
@@ -54,9 +58,8 @@ end
 -- The scope's warning threshold (a share of any of its limits), reached for the first time in its
 -- window: noted in ``warned`` as 'i:limit:used'.
 local function warn_check(i, warned, scope)
-  local share = A[scope[2] + 2]
-  if share == '' or s['warned'] == 1 then return end
-  share = tonumber(share)
+  local share = s['?share']
+  if not share or s['warned'] == 1 then return end
   for _, name in ipairs(scope[3]) do
     local limit, figure = lim(name), used(name)
     if limit > 0 and figure >= share * limit then

@@ -250,7 +250,8 @@ end
 )
 
 # Reserve one call (or, kind 'check', only say what refuses the run now, changing nothing).
-# ARGV: kind, tool ('' none), worst cost, worst input tokens, worst output tokens, force ('1'),
+# ARGV: kind, tool ('' none), the worst cost, input and output tokens packed as 3 little-endian
+# doubles (``WORST`` in redis_mirror.py), force ('1'),
 # the tool's own max_calls and max_retries ('' none; the budget's entry wins), ttl seconds,
 # '1' when the limits less the reserve for the final answer apply (``keep:NAME`` fields); then,
 # for each scope window KEYS[2..], the ttl its use refreshes ('0': its expiry stays).
@@ -258,14 +259,14 @@ end
 # (the mirror's figures, see ``_mirrored_fields``); status 0: refused, 1: granted (reason: what observe mode or force let through).
 RESERVE_BODY = """
 local kind, tool = ARGV[1], ARGV[2]
-local w_cost, w_in, w_out = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local w_cost, w_in, w_out = struct.unpack('<ddd', ARGV[3])
 local tool_calls, tool_retries = 'tool:' .. tool .. ':calls', 'tool:' .. tool .. ':retries'
 local tool_reads = {}
 if tool ~= '' then
   tool_reads = {'limit:tool:' .. tool .. ':max_calls', 'limit:tool:' .. tool .. ':max_retries',
                 tool_calls, tool_retries}
 end
-SHORT = ARGV[10] == '1'
+SHORT = ARGV[8] == '1'
 if not read(tool_reads) then return -1 end
 
 -- rule.tool_limits_for: the budget's entry for the tool, over the tool's own default.
@@ -282,7 +283,7 @@ local function count_refusal()
     local limit = lim('max_retries')
     if limit and n('retries') >= limit then return 'max_retries', limit end
     if tool ~= '' then
-      limit = tool_limit('max_retries', ARGV[8])
+      limit = tool_limit('max_retries', ARGV[6])
       if limit and n(tool_retries) >= limit then return 'tool.max_retries', limit end
     end
     return nil, nil
@@ -297,7 +298,7 @@ local function count_refusal()
   limit = lim('max_tool_calls')
   if limit and n('tool_calls') >= limit then return 'max_tool_calls', limit end
   if tool ~= '' then
-    limit = tool_limit('max_calls', ARGV[7])
+    limit = tool_limit('max_calls', ARGV[5])
     if limit and n(tool_calls) >= limit then return 'tool.max_calls', limit end
   end
   return nil, nil
@@ -327,9 +328,9 @@ local function answer(code)
   return table.concat({status(code, warned), reason or '', fmt(limit), mirror(tool)}, ' ')
 end
 if kind == 'check' then return answer(1) end
-redis.call('EXPIRE', h, ARGV[9])
-local enforce = ARGV[6] ~= '1' and s['mode'] == 'enforce'
-if reason and (enforce or (ARGV[6] ~= '1' and reason == 'cancelled')) then return answer(0) end
+redis.call('EXPIRE', h, ARGV[7])
+local enforce = ARGV[4] ~= '1' and s['mode'] == 'enforce'
+if reason and (enforce or (ARGV[4] ~= '1' and reason == 'cancelled')) then return answer(0) end
 
 -- The scope windows: the same rule without the run's clock, cancellation and tool limits; the
 -- first that refuses the call names itself in the reason ('max_cost_usd#3#199.5': KEYS[3] has used
@@ -380,12 +381,14 @@ return answer(1)
 """
 
 # Settle a call: give back the worst case it held, add what it spent, and (release) un-count it.
-# ARGV: held cost, held input tokens, held output tokens (to give back); input, output, cache read,
-# cache write, reasoning tokens, cost (spent); unreported, unpriced, tool finished ('1' each);
-# the kind to un-count ('' none), tool ('' none).
-# Reply: as RESERVE's, with the spend limit now used up as the reason.
+# ARGV: its figures packed as 12 little-endian doubles (``SETTLE_NUMBERS`` in redis_pending.py:
+# held cost, input and output tokens to give back; input, output, cache read, cache write,
+# reasoning tokens and cost spent; unreported, unpriced, tool finished, 1 or 0), the kind to
+# un-count ('' none), tool ('' none). Reply: as RESERVE's, with the spend limit now used up as the reason.
 SETTLE_BODY = """
-local uncount, tool = ARGV[13], ARGV[14]
+local uncount, tool = ARGV[2], ARGV[3]
+local back_cost, back_in, back_out, spent_in, spent_out, spent_cr, spent_cw, spent_rs, spent_cost,
+  unreported, unpriced, finished = struct.unpack('<dddddddddddd', ARGV[1])
 local extra = {}
 if uncount ~= '' then
   local total, per_tool = counters(uncount, tool)
@@ -393,18 +396,18 @@ if uncount ~= '' then
 end
 if not read(extra) then return -1 end
 local function apply()
-  give_back('held:cost_usd', tonumber(ARGV[1]))
-  give_back('held:input_tokens', tonumber(ARGV[2]))
-  give_back('held:output_tokens', tonumber(ARGV[3]))
-  add('input_tokens', tonumber(ARGV[4]))
-  add('output_tokens', tonumber(ARGV[5]))
-  add('cache_read_tokens', tonumber(ARGV[6]))
-  add('cache_write_tokens', tonumber(ARGV[7]))
-  add('reasoning_tokens', tonumber(ARGV[8]))
-  add('cost_usd', tonumber(ARGV[9]))
-  if ARGV[10] == '1' then add('unreported_usage_calls', 1) end
-  if ARGV[11] == '1' then add('unpriced_calls', 1) end
-  if ARGV[12] == '1' then add('tools_finished', 1) end
+  give_back('held:cost_usd', back_cost)
+  give_back('held:input_tokens', back_in)
+  give_back('held:output_tokens', back_out)
+  add('input_tokens', spent_in)
+  add('output_tokens', spent_out)
+  add('cache_read_tokens', spent_cr)
+  add('cache_write_tokens', spent_cw)
+  add('reasoning_tokens', spent_rs)
+  add('cost_usd', spent_cost)
+  if unreported == 1 then add('unreported_usage_calls', 1) end
+  if unpriced == 1 then add('unpriced_calls', 1) end
+  if finished == 1 then add('tools_finished', 1) end
   if uncount ~= '' then count_call(uncount, tool, -1) end
 end
 apply()
@@ -414,8 +417,6 @@ write()
 local run, warned, at = s, {}, SETTLE_SCOPE_ARGV
 local total = nil
 if uncount ~= '' then total = counters(uncount, '') end
-local back_cost, back_in, back_out = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local spent_in, spent_out, spent_cost = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[9])
 for i = 2, #KEYS do
   local scope
   scope, at = load_scope(i, at)
