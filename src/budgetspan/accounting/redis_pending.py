@@ -109,12 +109,18 @@ def reached(known: RunMirror, spend: Spend | None) -> Refusal | None:
     if latest is None:
         return None
     figures = FIGURES.unpack_from(latest[1])
-    spent = Usage(
-        input_tokens=int(figures[_IN]) + clamp_tokens(spend.input_tokens),
-        output_tokens=int(figures[_OUT]) + clamp_tokens(spend.output_tokens),
-        cost_usd=figures[_COST] + clamp_dollars(spend.cost_usd),
-    )
-    return rule.spend_refusal(known.budget, spent)
+    tokens_in = int(figures[_IN]) + clamp_tokens(spend.input_tokens)
+    tokens_out = int(figures[_OUT]) + clamp_tokens(spend.output_tokens)
+    cost = figures[_COST] + clamp_dollars(spend.cost_usd)
+    b = known.budget
+    if (  # none used up (the common answer, without building a Usage)
+        (b.max_cost_usd is None or cost < b.max_cost_usd)
+        and (b.max_input_tokens is None or tokens_in < b.max_input_tokens)
+        and (b.max_output_tokens is None or tokens_out < b.max_output_tokens)
+        and (b.max_total_tokens is None or tokens_in + tokens_out < b.max_total_tokens)
+    ):
+        return None
+    return rule.spend_refusal(b, Usage(input_tokens=tokens_in, output_tokens=tokens_out, cost_usd=cost))
 
 
 class PendingSettlements:
