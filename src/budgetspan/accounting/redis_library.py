@@ -22,8 +22,16 @@ for i = N_SETTLE + N_RESERVE + 1, #ARGV do sargv[i - N_RESERVE], rargv[i - N_SET
 AHEAD, A = true, sargv
 local settled = op_settle(KEYS, sargv)
 if settled == -1 then return -1 end
-AHEAD, AHEAD_DONE, A, h, changes = false, true, rargv, KEYS[1], {}
-return settled .. ' ' .. op_reserve(KEYS, rargv)
+AHEAD, AHEAD_DONE, A, h = false, true, rargv, KEYS[1]
+local run = s
+local reply = op_reserve(KEYS, rargv)
+-- what the settlement changed and the reservation did not write (it refused the call)
+for i = 2, #KEYS do
+  if AHEAD_SCOPES[i] then h, s = KEYS[i], AHEAD_SCOPES[i]; write() end
+end
+h, s = KEYS[1], run
+write()
+return settled .. ' ' .. reply
 """
 )
 
@@ -38,7 +46,7 @@ if redis.call('EXISTS', h) == 0 then
   created = 1
   local t = redis.call('TIME')
   local limits = {}
-  changes = {'started_at', t[1] .. '.' .. string.format('%06d', t[2])}
+  local changes = {'started_at', t[1] .. '.' .. string.format('%06d', t[2])}
   for i = 3, #ARGV, 2 do
     local name, value = ARGV[i], ARGV[i + 1]
     if FIG[name] then
@@ -54,13 +62,13 @@ if redis.call('EXISTS', h) == 0 then
   for i = 1, #LIMS do limits[i] = limits[i] or NAN end
   changes[#changes + 1] = 'L'
   changes[#changes + 1] = struct.pack(LFMT, unpack(limits, 1, #LIMS))
-  DIRTY = true
+  s['?c'], s['?d'] = changes, true
   write()
 elseif ARGV[2] ~= '0' then
   redis.call('HINCRBY', h, 'opened', ARGV[2])
 end
 redis.call('EXPIRE', h, ARGV[1])
-s, changes = {}, {}
+s = {}
 read({})
 local t = redis.call('TIME')
 local wall = lim('max_wall_clock_s')

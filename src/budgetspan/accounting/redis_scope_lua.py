@@ -32,7 +32,7 @@ end
 -- as the settle part left it (no HMGET).
 local function load_scope(i, at)
   local kept = AHEAD_DONE and AHEAD_SCOPES[i]
-  h, changes = K[i], {}
+  h = K[i]
   if kept then
     s = kept
   else

@@ -114,9 +114,9 @@ local TOKEN_CAP, COST_CAP = {TOKEN_CAP}, {COST_CAP:.0f}
 local CAPS = {['cost_usd'] = COST_CAP, ['held:cost_usd'] = COST_CAP}
 local NAN = 0 / 0
 -- One call's state (``call`` sets it): its keys and arguments (SETTLE_RESERVE points A at each
--- part's), the hash in hand, its fields, the changes to write; the run's figures packed as last
--- read or written (FPACK), and whether they changed since (DIRTY).
-local K, A, h, s, changes, FPACK, DIRTY
+-- part's), the hash in hand and its fields (with the changes not written yet: ``?c`` the text
+-- fields, ``?d`` whether the figures changed), the run's figures packed as last read or written.
+local K, A, h, s, FPACK
 -- SETTLE_RESERVE: AHEAD while its settlement runs (which then answers its status only), AHEAD_DONE after.
 local AHEAD, AHEAD_DONE = false, false
 -- SHORT (a call outside the final_response phase of a run with a reserve): each limit less the
@@ -130,7 +130,7 @@ local AHEAD_SCOPES = {}
 
 -- Run ``fn`` (one of the operations below) on a fresh state.
 local function call(fn, keys, argv)
-  K, A, h, s, changes, FPACK, DIRTY = keys, argv, keys[1], {}, {}, nil, false
+  K, A, h, s, FPACK = keys, argv, keys[1], {}, nil
   AHEAD, AHEAD_DONE, SHORT, AHEAD_SCOPES = false, false, false, {}
   return fn(keys, argv)
 end
@@ -175,21 +175,27 @@ end
 local function put(name, value)
   s[name] = value
   if FIG[name] then
-    DIRTY = true
+    s['?d'] = true
     return
   end
-  changes[#changes + 1] = name
-  changes[#changes + 1] = string.format('%.17g', value)
+  local c = s['?c'] or {}
+  c[#c + 1] = name
+  c[#c + 1] = string.format('%.17g', value)
+  s['?c'] = c
 end
+-- Store the changes of the hash in hand with one HSET. In SETTLE_RESERVE the settlement's wait
+-- for the reservation's, to go with them (one HSET per hash: ``flush`` at the end).
 local function write()
-  if DIRTY then
+  if AHEAD then return end
+  local c = s['?c'] or {}
+  if s['?d'] then
     local packed = pack_figures()
     if h == K[1] then FPACK = packed end
-    DIRTY = false
-    changes[#changes + 1] = 'F'
-    changes[#changes + 1] = packed
+    c[#c + 1] = 'F'
+    c[#c + 1] = packed
   end
-  if #changes > 0 then redis.call('HSET', h, unpack(changes)) end
+  if #c > 0 then redis.call('HSET', h, unpack(c)) end
+  s['?c'], s['?d'] = nil, nil
 end
 
 -- Add ``amount`` to a figure, never past its cap; give back a worst case, never below zero.
@@ -242,6 +248,7 @@ end
 -- as text ('' when not read), separated by spaces. A reply is one
 -- text: a value to parse costs the client more than the server's concatenation.
 local function mirror(tool)
+  if s['?d'] then FPACK = pack_figures() end  -- (a settlement not written yet: SETTLE_RESERVE)
   return table.concat({FPACK, fmt(s['opened']), fmt(s['tool:' .. tool .. ':calls']),
     fmt(s['tool:' .. tool .. ':retries'])}, ' ')
 end
@@ -358,7 +365,7 @@ local function take()
 end
 for i = 2, #KEYS do
   local scope = scopes[i]
-  h, s, changes = KEYS[i], scope[1], {}
+  h, s = KEYS[i], scope[1]
   local first = not scope[4]
   put(total, n(total) + 1)
   add('held:cost_usd', w_cost)
@@ -374,7 +381,7 @@ for i = 2, #KEYS do
     redis.call('EXPIRE', h, ARGV[scope[2] + 1])
   end
 end
-h, s, changes = KEYS[1], run, {}
+h, s = KEYS[1], run
 take()
 write()
 return answer(1)
