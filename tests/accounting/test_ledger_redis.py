@@ -17,6 +17,8 @@ from budgetspan.accounting.ledger import CallKind, LedgerRefused, Mode, Reservat
 from budgetspan.accounting.redis_ledger import RedisLedger
 from budgetspan.accounting.redis_scripts import COST_CAP, TOKEN_CAP
 from budgetspan.accounting.redis_wire import VERSION
+from budgetspan.accounting.scopes import Scope, ScopeBudget
+from budgetspan.accounting.windows import parse_window
 from tests.accounting.redis_server import frozen, needs_redis_server, redis, run_figures, start_redis, stop
 
 pytestmark = needs_redis_server
@@ -490,6 +492,28 @@ def test_a_user_not_allowed_functions_gets_the_scripts(ledger: RedisLedger, redi
         assert limited.close("r").model_calls == 2
     finally:
         admin.acl_deluser("no-functions")
+
+
+def test_hashes_an_earlier_version_wrote_keep_their_limits_and_spend(ledger: RedisLedger) -> None:
+    """Before figures were packed, each figure and limit was a text field: an upgrade must neither
+    drop a live run's limits nor reset a window's spend (they are read once, then kept packed)."""
+    client = ledger.client
+    tenant = Scope("tenant", "upgraded", ScopeBudget(Budget(max_cost_usd=1.0), parse_window("day")))
+    window = "budgetspan:scope:" + tenant.ref().key
+    client.hset(window, mapping={"model_calls": 3, "cost_usd": "0.90000000000000002"})
+    old_run = {"mode": "enforce", "opened": 1, "started_at": client.time()[0], "limit:max_model_calls": 4}
+    client.hset(ledger.key("old"), mapping={**old_run, "model_calls": 3, "cost_usd": 0.5})
+    ledger.open("old", Budget(max_model_calls=4), Mode.ENFORCE)  # a process of this version joins
+    with pytest.raises(LedgerRefused) as info:  # the window's $0.90 + $0.20 > $1
+        ledger.reserve("old", CallKind.MODEL, worst_case_cost=0.2, scopes=(tenant.ref(),))
+    assert info.value.refusal.scope is not None and info.value.refusal.spent == pytest.approx(0.9)
+    ledger.reserve("old", CallKind.MODEL)  # the 4th of 4 calls...
+    with pytest.raises(LedgerRefused, match="max_model_calls"):
+        ledger.reserve("old", CallKind.MODEL)  # ...the 5th refused
+    u = ledger.usage("old")
+    assert (u.model_calls, u.cost_usd) == (4, 0.5)
+    used = ledger.scope_usage(tenant.ref().key)
+    assert used is not None and (used.model_calls, used.cost_usd) == (3, pytest.approx(0.9))
 
 
 def test_an_unknown_run_is_not_invented(ledger: RedisLedger) -> None:

@@ -37,7 +37,13 @@ local function load_scope(i, at)
     s = kept
   else
     local got = redis.call('HMGET', h, 'F', 'warned')
-    s = window_table(got[1], got[2])
+    if got[1] then
+      s = window_table(got[1], got[2])
+    else  -- a new window, or one an earlier budgetspan kept as text fields
+      local found
+      s, found = legacy(MIRROR)
+      s['warned'], s['?exists'] = tonumber(got[2]) or false, found
+    end
   end
   local limits = s['?limits']
   if not limits then  -- (the reservation in SETTLE_RESERVE has the window's limits parsed already)

@@ -103,6 +103,7 @@ PRELUDE = (
     f"""
 local MIRROR, FIG = {lua_list(MIRROR)}, {lua_index(MIRROR)}
 local LIMS, LIM = {lua_list(LIMIT_FIELDS)}, {lua_index(LIMIT_FIELDS)}
+local LEGACY_RUN = {lua_list((*MIRROR, *LIMIT_FIELDS))}
 local LK = {{{", ".join(f"{name} = 'limit:{name}'" for name in KEPT_LIMITS)}}}
 local KK = {{{", ".join(f"{name} = 'keep:{name}'" for name in KEPT_LIMITS)}}}
 local FFMT, LFMT = '<{"d" * len(MIRROR)}', '<{"d" * len(LIMIT_FIELDS)}'
@@ -135,6 +136,21 @@ local function call(fn, keys, argv)
   return fn(keys, argv)
 end
 
+-- A hash written by budgetspan before figures were packed (one text field per figure and limit):
+-- its figures (and a run's limits) read once and packed from its next write on, so that an
+-- upgrade neither resets a window's spend nor drops a run's limits. Also: whether any was there.
+local function legacy(names)
+  local got = redis.call('HMGET', h, unpack(names))
+  local out, found = {}, false
+  for i, name in ipairs(names) do
+    local v = tonumber(got[i])
+    if v then out[name], found = v, true end
+  end
+  for _, name in ipairs(MIRROR) do out[name] = out[name] or 0 end
+  out['?d'] = found
+  return out, found
+end
+
 -- Read the run's hash (its figures, limits, mode, start, open count) and the fields ``extra``
 -- (numbers: a tool's counts and limits) in one HMGET; false when the run's hash does not exist.
 -- (In SETTLE_RESERVE the reservation reads only the fields the settlement ahead of it did not.)
@@ -146,7 +162,15 @@ local function read(extra)
     local got = redis.call('HMGET', h, unpack(ask))
     if first > 0 then
       if not got[3] then return false end
-      s = run_table(got[1], got[2], got[3], got[4], got[5])
+      if got[2] then
+        s = run_table(got[1], got[2], got[3], got[4], got[5])
+      else  -- no packed limits: a run opened by an earlier budgetspan
+        s = legacy(LEGACY_RUN)
+        local limits = {}
+        for i, name in ipairs(LIMS) do limits[i] = s[name] or NAN end
+        s['?c'], s['?d'] = {'L', struct.pack(LFMT, unpack(limits, 1, #LIMS))}, true
+        s['mode'], s['started_at'], s['?started_at'], s['opened'] = got[3], tonumber(got[4]), got[4], got[5]
+      end
       FPACK = got[1] or pack_figures()
     end
     for i = first + 1, #ask do s[ask[i]] = tonumber(got[i]) or false end
