@@ -37,8 +37,8 @@ DEFAULT_SETTLE_LAG_S = 0.05
 #: How long the flushing thread waits idle before it ends (a new settlement starts it again).
 _IDLE_S = 10.0
 #: For how long after a settlement the thread looks again every ``lag_s`` by itself instead of
-#: waiting idle to be woken: a wake-up per call (the next reservation takes the settlement
-#: before the thread runs) cost the client ~40% of a cycle's instructions (bench/README.md).
+#: waiting idle to be woken: woken by each commit, it mostly found the settlement already taken
+#: by the next reservation (a notify and a thread switch per call; bench/README.md, 2026-12-06).
 _BUSY_S = 1.0
 #: When the flushing thread could not reach Redis: how long until it tries again.
 RETRY_S = 1.0
