@@ -6,7 +6,8 @@
 Starts its own redis-server on loopback (no persistence). Three kinds of cycle:
 
 - ``ledger``: ``RedisLedger.reserve`` (a model call with a worst case) + ``commit`` (its tokens
-  and cost), on one run shared by every worker, with a limit of every kind, none reachable;
+  and cost), on one run shared by every worker, with a limit of every kind, none reachable (on
+  Redis 7 one FCALL of the ledger's function library per cycle: the settlement rides ahead);
 - ``floor``: two EVALSHA calls of trivial scripts (``return 1``, ``return 2``) through the same
   bounded transport the ledger uses (``_Server.run``): two round trips and nothing else;
 - ``ledger-4-scopes``: the same, in a run of a conversation, a user, a tenant and a workflow that

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,3 +67,21 @@ def frozen(proc: subprocess.Popen[bytes]) -> Iterator[None]:
         yield
     finally:
         os.kill(proc.pid, signal.SIGCONT)
+
+
+def run_figures(client: Any, key: str, *names: str) -> list[float]:
+    """Figures of a run's hash on Redis (kept packed in its ``F`` field), by name."""
+    from budgetspan.accounting.redis_mirror import figures_of
+
+    figures = figures_of(client.hget(key, "F"))
+    return [figures[name] for name in names]
+
+
+def set_run_figures(client: Any, key: str, figures: dict[str, float]) -> None:
+    """Write figures into a run's hash on Redis (the others stay as they are)."""
+    from budgetspan.accounting.redis_mirror import FIGURES, figures_of
+    from budgetspan.accounting.redis_scripts import MIRROR
+
+    now = figures_of(client.hget(key, "F"))
+    now.update(figures)
+    client.hset(key, "F", FIGURES.pack(*(now[name] for name in MIRROR)))

@@ -16,7 +16,10 @@ from budgetspan.accounting.budget import Budget, ToolLimits
 from budgetspan.accounting.ledger import CallKind, LedgerRefused, Mode, Reservation, Spend
 from budgetspan.accounting.redis_ledger import RedisLedger
 from budgetspan.accounting.redis_scripts import COST_CAP, TOKEN_CAP
-from tests.accounting.redis_server import frozen, needs_redis_server, redis, start_redis, stop
+from budgetspan.accounting.redis_wire import VERSION
+from budgetspan.accounting.scopes import Scope, ScopeBudget
+from budgetspan.accounting.windows import parse_window
+from tests.accounting.redis_server import frozen, needs_redis_server, redis, run_figures, start_redis, stop
 
 pytestmark = needs_redis_server
 
@@ -85,7 +88,9 @@ def test_worst_cases_are_held_until_the_call_settles(ledger: RedisLedger) -> Non
     ledger.reserve(
         "r", CallKind.MODEL, worst_case_cost=0.09, worst_case_input_tokens=90, worst_case_tokens=90
     )
-    held = ledger.client.hmget(ledger.key("r"), "held:cost_usd", "held:input_tokens", "held:output_tokens")
+    held = run_figures(
+        ledger.client, ledger.key("r"), "held:cost_usd", "held:input_tokens", "held:output_tokens"
+    )
     assert (float(held[0]), int(held[1]), int(held[2])) == (0.09, 90, 90)
 
 
@@ -357,15 +362,15 @@ def test_one_round_trip_per_reserve_and_per_settle(
         assert len(sent) == before + (2 if lag == 0 else 1), sent[before:]
         before = len(sent)
     ledger.flush()  # the last settlement, on its own
-    assert len(sent) == (6 if lag == 0 else 4) and set(sent) == {b"EVALSHA"}
+    assert len(sent) == (6 if lag == 0 else 4) and set(sent) == {b"FCALL"}
     monkeypatch.undo()
     stats = server.info("commandstats")
     ran = {name.removeprefix("cmdstat_"): s["calls"] for name, s in stats.items()}
     if lag == 0:
-        assert ran["evalsha"] == 6 and ran["hmget"] == 6
+        assert ran["fcall"] == 6 and ran["hmget"] == 6
     else:  # a settlement ahead of a reservation: the reservation reads only what it did not read
-        assert ran["evalsha"] == 4 and ran["hmget"] == 6
-    assert not {"hget", "hgetall", "time", "exists", "eval"} & set(ran), ran
+        assert ran["fcall"] == 4 and ran["hmget"] == 6
+    assert not {"hget", "hgetall", "time", "exists", "eval", "evalsha"} & set(ran), ran
     assert server.object("encoding", ledger.key("r")) == b"hashtable"  # fields found without a scan
     u = ledger.close("r")
     assert (u.model_calls, u.tool_calls, u.retries, u.input_tokens, u.cost_usd) == (3, 1, 1, 32, 0.003)
@@ -452,6 +457,63 @@ def test_a_restarted_empty_redis_does_not_reset_the_budget(
         assert ledger.close("r").input_tokens == 10
     finally:
         stop(proc)
+
+
+def test_a_flushed_function_library_is_loaded_again_and_the_call_counted_once(ledger: RedisLedger) -> None:
+    """The scripts are one function library on the server (``FCALL``); ``FUNCTION FLUSH`` (or a
+    restart) loses it: the next call loads it again and is counted once, not twice or never."""
+    ledger.open("r", Budget(max_model_calls=3), Mode.ENFORCE)
+    ledger.reserve("r", CallKind.MODEL)
+    ledger.client.function_flush()
+    assert ledger.client.function_list() == []
+    ledger.reserve("r", CallKind.MODEL)
+    loaded = [dict(zip(lib[::2], lib[1::2], strict=True)) for lib in ledger.client.function_list()]
+    assert [lib[b"library_name"] for lib in loaded] == [f"budgetspan_{VERSION}".encode()]
+    ledger.reserve("r", CallKind.MODEL)
+    with pytest.raises(LedgerRefused, match="max_model_calls"):
+        ledger.reserve("r", CallKind.MODEL)
+    assert ledger.usage("r").model_calls == 3
+
+
+def test_a_user_not_allowed_functions_gets_the_scripts(ledger: RedisLedger, redis_url: str) -> None:
+    """A Redis user without the FUNCTION command (a managed Redis, an ACL) runs the same Lua as
+    scripts (EVALSHA), with the same limits."""
+    admin = ledger.client
+    admin.function_flush()
+    admin.acl_setuser("no-functions", enabled=True, nopass=True, keys="*", commands=["+@all", "-function"])
+    try:
+        limited = RedisLedger(redis.Redis.from_url(redis_url, username="no-functions", password=""))
+        limited.open("r", Budget(max_model_calls=2), Mode.ENFORCE)
+        limited.reserve("r", CallKind.MODEL)
+        limited.reserve("r", CallKind.MODEL)
+        with pytest.raises(LedgerRefused, match="max_model_calls"):
+            limited.reserve("r", CallKind.MODEL)
+        assert not limited._server.functions and admin.function_list() == []
+        assert limited.close("r").model_calls == 2
+    finally:
+        admin.acl_deluser("no-functions")
+
+
+def test_hashes_an_earlier_version_wrote_keep_their_limits_and_spend(ledger: RedisLedger) -> None:
+    """Before figures were packed, each figure and limit was a text field: an upgrade must neither
+    drop a live run's limits nor reset a window's spend (they are read once, then kept packed)."""
+    client = ledger.client
+    tenant = Scope("tenant", "upgraded", ScopeBudget(Budget(max_cost_usd=1.0), parse_window("day")))
+    window = "budgetspan:scope:" + tenant.ref().key
+    client.hset(window, mapping={"model_calls": 3, "cost_usd": "0.90000000000000002"})
+    old_run = {"mode": "enforce", "opened": 1, "started_at": client.time()[0], "limit:max_model_calls": 4}
+    client.hset(ledger.key("old"), mapping={**old_run, "model_calls": 3, "cost_usd": 0.5})
+    ledger.open("old", Budget(max_model_calls=4), Mode.ENFORCE)  # a process of this version joins
+    with pytest.raises(LedgerRefused) as info:  # the window's $0.90 + $0.20 > $1
+        ledger.reserve("old", CallKind.MODEL, worst_case_cost=0.2, scopes=(tenant.ref(),))
+    assert info.value.refusal.scope is not None and info.value.refusal.spent == pytest.approx(0.9)
+    ledger.reserve("old", CallKind.MODEL)  # the 4th of 4 calls...
+    with pytest.raises(LedgerRefused, match="max_model_calls"):
+        ledger.reserve("old", CallKind.MODEL)  # ...the 5th refused
+    u = ledger.usage("old")
+    assert (u.model_calls, u.cost_usd) == (4, 0.5)
+    used = ledger.scope_usage(tenant.ref().key)
+    assert used is not None and (used.model_calls, used.cost_usd) == (3, pytest.approx(0.9))
 
 
 def test_an_unknown_run_is_not_invented(ledger: RedisLedger) -> None:
@@ -612,7 +674,7 @@ def test_absurd_usage_is_clamped_not_taken_for_an_outage(
     u = ledger.usage("r")
     assert (u.input_tokens, u.output_tokens, u.reasoning_tokens) == (TOKEN_CAP,) * 3
     assert u.cost_usd == COST_CAP
-    held = ledger.client.hmget(ledger.key("r"), "held:input_tokens", "held:output_tokens")
+    held = run_figures(ledger.client, ledger.key("r"), "held:input_tokens", "held:output_tokens")
     assert [int(v) for v in held] == [0, 0]  # every clamped worst case given back in full
 
 

@@ -19,7 +19,7 @@ from budgetspan.accounting.ledger import CallKind, LedgerRefused, Mode, Spend
 from budgetspan.accounting.redis_ledger import RedisLedger
 from budgetspan.accounting.scopes import Scope, ScopeBudget
 from budgetspan.accounting.windows import parse_window
-from tests.accounting.redis_server import needs_redis_server, redis
+from tests.accounting.redis_server import needs_redis_server, redis, run_figures
 
 pytestmark = needs_redis_server
 
@@ -31,7 +31,7 @@ def _ledger(redis_url: str, lag: float = 60.0) -> RedisLedger:
 
 def _held(ledger: RedisLedger, run_id: str) -> tuple[float, float]:
     """(dollars held, dollars spent) on the run's hash."""
-    held, spent = ledger.client.hmget(ledger.key(run_id), "held:cost_usd", "cost_usd")
+    held, spent = run_figures(ledger.client, ledger.key(run_id), "held:cost_usd", "cost_usd")
     return float(held or 0), float(spent or 0)
 
 
@@ -143,6 +143,34 @@ def test_a_settlement_with_scope_windows_rides_ahead_and_its_warning_fires(redis
     a.close("s")
     used = a.scope_usage(tenant.ref().key)
     assert used is not None and used.cost_usd == pytest.approx(0.7) and used.model_calls == 2
+
+
+@pytest.mark.parametrize("refused_by", ["run", "tenant"])
+def test_a_refused_reservation_still_records_the_settlement_ahead_of_it(
+    redis_url: str, refused_by: str
+) -> None:
+    """The settlement and the reservation share one script, which writes each hash once: a
+    reservation refused (by the run or by a window) must not drop the settlement ahead of it."""
+    run_calls, tenant_calls = (1, 5) if refused_by == "run" else (5, 1)
+    tenant = Scope(
+        "tenant", f"ahead-{refused_by}", ScopeBudget(Budget(max_model_calls=tenant_calls), parse_window(None))
+    )
+    a, peer = _ledger(redis_url), _ledger(redis_url)
+    a.client.delete("budgetspan:scope:" + tenant.ref().key)
+    a.open("ahead", Budget(max_model_calls=run_calls, max_cost_usd=1.0), Mode.ENFORCE)
+    peer.open("ahead", Budget(max_model_calls=run_calls, max_cost_usd=1.0), Mode.ENFORCE)
+    a.commit(
+        a.reserve("ahead", CallKind.MODEL, worst_case_cost=0.5, scopes=(tenant.ref(),)), Spend(cost_usd=0.2)
+    )
+    with pytest.raises(LedgerRefused) as info:  # the settlement rides on this refused reservation
+        a.reserve("ahead", CallKind.MODEL, worst_case_cost=0.5, scopes=(tenant.ref(),))
+    assert (info.value.refusal.scope is None) == (refused_by == "run")
+    assert _held(peer, "ahead") == (0.0, 0.2)  # settled on Redis: the worst case given back, spend added
+    used = peer.scope_usage(tenant.ref().key)
+    assert used is not None and used.cost_usd == pytest.approx(0.2) and used.model_calls == 1
+    assert a.usage("ahead").cost_usd == pytest.approx(0.2)
+    a.close("ahead")
+    peer.close("ahead")
 
 
 def _reserve_in_child(ledger: RedisLedger) -> None:

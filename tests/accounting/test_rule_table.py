@@ -13,8 +13,9 @@ from budgetspan.accounting.budget import Budget, ToolLimits, Usage
 from budgetspan.accounting.ledger import CallKind, LedgerRefused, Mode, Refusal, Spend
 from budgetspan.accounting.memory import InMemoryLedger
 from budgetspan.accounting.redis_ledger import RedisLedger
+from budgetspan.accounting.redis_scripts import MIRROR
 from budgetspan.accounting.rule import Held, refusal, spend_refusal, without_reserve
-from tests.accounting.redis_server import needs_redis_server, redis, start_redis, stop
+from tests.accounting.redis_server import needs_redis_server, redis, set_run_figures, start_redis, stop
 
 pytestmark = needs_redis_server
 
@@ -268,7 +269,7 @@ def _rule(case: Case) -> Refusal | None:
 
 
 def _hash_fields(usage: Usage, held: Held) -> dict[str, int | float]:
-    """The run's figures as the Redis ledger keeps them in the run's hash."""
+    """The run's figures as the Redis ledger keeps them in the run's hash (by name)."""
     u = usage
     fields: dict[str, int | float] = {
         "model_calls": u.model_calls,
@@ -298,9 +299,13 @@ def _on_redis(client: redis.Redis, name: str, case: Case) -> RedisLedger:
     ledger = RedisLedger(client)
     ledger.open(name, case.budget, Mode.ENFORCE)
     key = ledger.key(name)
-    client.hset(key, mapping=_hash_fields(case.usage, case.held))
-    if case.cancelled:
-        client.hset(key, "cancelled", "1")
+    fields = _hash_fields(case.usage, case.held)
+    figures = {name: value for name, value in fields.items() if name in MIRROR}
+    figures["cancelled"] = 1 if case.cancelled else 0
+    set_run_figures(client, key, figures)  # (packed in one field: see redis_scripts.py)
+    per_tool = {name: value for name, value in fields.items() if name not in MIRROR}
+    if per_tool:
+        client.hset(key, mapping=per_tool)
     if case.past_deadline:  # started longer ago than the wall-clock limit, on the server's clock
         sec, _usec = client.time()
         client.hset(key, "started_at", sec - 2 * (case.budget.max_wall_clock_s or 0) - 1)

@@ -52,11 +52,12 @@ from budgetspan.accounting.ledger import CallKind, Ledger, LedgerRefused, Mode, 
 from budgetspan.accounting.memory import InMemoryLedger
 from budgetspan.accounting.redis_extend import ExtendOnRedis
 from budgetspan.accounting.redis_mirror import (
+    WORST,
     RunMirror,
-    as_text,
     budget_fields,
     clamp_dollars,
     clamp_tokens,
+    hash_fields,
     mirrored_fields,
     refusal_from,
     usage_from,
@@ -81,6 +82,7 @@ DEFAULT_TIMEOUT_S = 2.0
 MIN_WAIT_S = 0.1
 
 _PREFIX = "budgetspan:run:"
+_NO_WORST = WORST.pack(0, 0, 0)
 
 
 class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
@@ -284,7 +286,7 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
         args = (
             kind.value,
             tool or "",
-            *worst,
+            WORST.pack(*worst),
             "1" if force else "0",
             "" if tl.max_calls is None else tl.max_calls,
             "" if tl.max_retries is None else tl.max_retries,
@@ -393,7 +395,7 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
         else:
             reply = self._call("read", run_id, ["0"], mirror=False)
         _, sec, usec, flat = reply
-        fields = {as_text(k): v for k, v in zip(flat[::2], flat[1::2], strict=True)}
+        fields = hash_fields(flat)
         u = usage_from(fields)
         if "started_at" in fields:
             u.wall_clock_s = max(0.0, int(sec) + int(usec) / 1e6 - float(fields["started_at"]))
@@ -403,7 +405,7 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
         self.flush(run_id)
         if run_id not in self._local_runs:
             try:
-                reply = self._call("reserve", run_id, ("check", "", 0.0, 0, 0, "0", "", "", self.ttl_s))
+                reply = self._call("reserve", run_id, ("check", "", _NO_WORST, "0", "", "", self.ttl_s))
                 _, reason, limit, _ = reply.split(b" ", 3)
                 return refusal_from(reason, limit, None)
             except KeyError:

@@ -11,6 +11,7 @@ where ``InMemoryLedger`` goes on.
 
 from __future__ import annotations
 
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -78,7 +79,7 @@ def refusal_from(reason: Any, limit: Any, tool: str | None) -> Refusal | None:
     elif name in FLOAT_LIMIT_NAMES:
         value = float(raw)
     else:
-        value = int(raw)
+        value = int(raw) if raw.isdigit() else int(float(raw))  # ('1e+17': a count past 17 digits)
     on_tool = tool if name in (Limit.TOOL_MAX_CALLS.value, Limit.TOOL_MAX_RETRIES.value) else None
     return Refusal(name, value, on_tool)
 
@@ -112,13 +113,46 @@ def usage_from(fields: dict[str, Any]) -> Usage:
     return u
 
 
-def mirrored_fields(known: RunMirror) -> dict[str, bytes]:
-    """The run's hash as this process last heard of it: every figure from the latest reply that
-    carried it (call with ``known.lock`` held)."""
-    fields: dict[str, bytes] = {}
+#: The run's figures as the hash's ``F`` field and each reply's mirror keep them: ``MIRROR``'s, in
+#: its order, as little-endian doubles (redis_scripts.py).
+FIGURES = struct.Struct(f"<{len(MIRROR)}d")
+
+
+#: A reservation's worst cost, input and output tokens, as the reserve script takes them (one
+#: argument: one string for Redis to make and no number for Lua to parse, instead of three).
+WORST = struct.Struct("<3d")
+
+
+def figures_of(packed: bytes) -> dict[str, float]:
+    """The figures in a packed ``F`` field (or a mirror's first ``FIGURES.size`` bytes)."""
+    return dict(zip(MIRROR, FIGURES.unpack_from(packed), strict=True))
+
+
+def hash_fields(flat: list[Any]) -> dict[str, Any]:
+    """A hash's fields from HGETALL's flat list: a run's packed figures by name, its packed
+    limits left out; a scope window's text fields as they are."""
+    fields: dict[str, Any] = {as_text(k): v for k, v in zip(flat[::2], flat[1::2], strict=True)}
+    packed = fields.pop("F", None)
+    fields.pop("L", None)
+    if packed is not None:
+        fields.update(figures_of(packed))
+    return fields
+
+
+def mirrored_fields(known: RunMirror) -> dict[str, Any]:
+    """The run's hash as this process last heard of it: the figures and open count of the latest
+    reply, and each tool's calls and retries from the latest reply that carried them (call with
+    ``known.lock``)."""
+    fields: dict[str, Any] = {}
     for (_script, tool), (_ticket, text) in sorted(known.seen.items(), key=lambda item: item[1][0]):
-        names = (*MIRROR, f"tool:{tool}:calls", f"tool:{tool}:retries")
-        fields.update((name, value) for name, value in zip(names, text.split(b" "), strict=True) if value)
+        fields.update(figures_of(text))
+        opened, calls, retries = text[FIGURES.size + 1 :].split(b" ")
+        if opened:
+            fields["opened"] = opened
+        if calls:
+            fields[f"tool:{tool}:calls"] = calls
+        if retries:
+            fields[f"tool:{tool}:retries"] = retries
     return fields
 
 

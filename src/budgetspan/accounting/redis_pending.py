@@ -17,6 +17,7 @@ spend unrecorded. Only enforce mode waits: observe mode wants each commit's answ
 from __future__ import annotations
 
 import os
+import struct
 import threading
 import time
 import weakref
@@ -28,13 +29,17 @@ from budgetspan import events
 from budgetspan.accounting import rule
 from budgetspan.accounting.budget import Usage
 from budgetspan.accounting.ledger import Refusal, Reservation, Spend
-from budgetspan.accounting.redis_mirror import RunMirror, clamp_dollars, clamp_tokens
+from budgetspan.accounting.redis_mirror import FIGURES, RunMirror, clamp_dollars, clamp_tokens
 from budgetspan.accounting.redis_scripts import MIRROR
 
 #: How long a settlement waits for the next reservation of its run, at most (seconds).
 DEFAULT_SETTLE_LAG_S = 0.05
 #: How long the flushing thread waits idle before it ends (a new settlement starts it again).
 _IDLE_S = 10.0
+#: For how long after a settlement the thread looks again every ``lag_s`` by itself instead of
+#: waiting idle to be woken: woken by each commit, it mostly found the settlement already taken
+#: by the next reservation (a notify and a thread switch per call; bench/README.md, 2026-12-06).
+_BUSY_S = 1.0
 #: When the flushing thread could not reach Redis: how long until it tries again.
 RETRY_S = 1.0
 _NO_SPEND = Spend()
@@ -61,13 +66,17 @@ class Pending:
         return [ref.key for ref in mine] == [ref.key for ref in scopes]
 
 
+#: A settlement's figures as the settle script takes them, in one argument (``SETTLE_BODY``).
+SETTLE_NUMBERS = struct.Struct("<12d")
+
+
 def settle_args(
     r: Reservation | None, spend: Spend | None, flags: tuple[bool, bool, bool], uncount: bool
 ) -> tuple[Any, ...]:
     """The settle script's arguments: ``r``'s worst case to give back, ``spend`` to add, the flags
-    (unreported, unpriced, tool finished), and the kind to un-count (``uncount``)."""
+    (unreported, unpriced, tool finished), packed; and the kind to un-count (``uncount``), the tool."""
     sp = spend or _NO_SPEND
-    return (
+    numbers = SETTLE_NUMBERS.pack(
         0.0 if r is None else r.worst_case_cost,
         0 if r is None else r.worst_case_input_tokens,
         0 if r is None else r.worst_case_output_tokens,
@@ -77,9 +86,10 @@ def settle_args(
         clamp_tokens(sp.cache_write_tokens),
         clamp_tokens(sp.reasoning_tokens),
         clamp_dollars(sp.cost_usd),
-        "1" if flags[0] else "0",
-        "1" if flags[1] else "0",
-        "1" if flags[2] else "0",
+        *flags,
+    )
+    return (
+        numbers,
         r.kind.value if uncount and r is not None else "",
         "" if r is None or r.tool is None else r.tool,
     )
@@ -98,13 +108,19 @@ def reached(known: RunMirror, spend: Spend | None) -> Refusal | None:
         latest = max(known.seen.values(), default=None)
     if latest is None:
         return None
-    figures = latest[1].split(b" ")
-    spent = Usage(
-        input_tokens=int(figures[_IN] or 0) + clamp_tokens(spend.input_tokens),
-        output_tokens=int(figures[_OUT] or 0) + clamp_tokens(spend.output_tokens),
-        cost_usd=float(figures[_COST] or 0) + clamp_dollars(spend.cost_usd),
-    )
-    return rule.spend_refusal(known.budget, spent)
+    figures = FIGURES.unpack_from(latest[1])
+    tokens_in = int(figures[_IN]) + clamp_tokens(spend.input_tokens)
+    tokens_out = int(figures[_OUT]) + clamp_tokens(spend.output_tokens)
+    cost = figures[_COST] + clamp_dollars(spend.cost_usd)
+    b = known.budget
+    if (  # none used up (the common answer, without building a Usage)
+        (b.max_cost_usd is None or cost < b.max_cost_usd)
+        and (b.max_input_tokens is None or tokens_in < b.max_input_tokens)
+        and (b.max_output_tokens is None or tokens_out < b.max_output_tokens)
+        and (b.max_total_tokens is None or tokens_in + tokens_out < b.max_total_tokens)
+    ):
+        return None
+    return rule.spend_refusal(b, Usage(input_tokens=tokens_in, output_tokens=tokens_out, cost_usd=cost))
 
 
 class PendingSettlements:
@@ -132,11 +148,15 @@ class PendingSettlements:
         self._running = False
         #: The thread waits with nothing pending (a new settlement must wake it).
         self._idle = False
+        #: When the latest settlement was kept (``time.monotonic``).
+        self._last_put = 0.0
 
     def put(self, run_id: str, pending: Pending) -> Pending | None:
         """Keep ``pending``; returns the run's older one, to send now."""
-        pending.due = time.monotonic() + self.lag_s
+        now = time.monotonic()
+        pending.due = now + self.lag_s
         with self._cond:
+            self._last_put = now
             older = self._pending.get(run_id)
             self._pending[run_id] = pending
             self._wake()
@@ -172,6 +192,10 @@ class PendingSettlements:
     def _run(self) -> None:
         while True:
             with self._cond:
+                if not self._pending and self.lag_s > 0 and time.monotonic() - self._last_put < _BUSY_S:
+                    # busy: look again in lag_s (a settlement kept meanwhile is due no earlier)
+                    self._cond.wait(self.lag_s)
+                    continue
                 if not self._pending:
                     self._idle = True
                     woken = self._cond.wait(_IDLE_S)

@@ -8,21 +8,16 @@ from __future__ import annotations
 #: window's hash holds its figures only; the limits come with the call.
 #: Where the scope windows' arguments start in the reserve and the settle script's ARGV (after
 #: the run's own: see RESERVE and SETTLE in redis_scripts.py).
-RESERVE_SCOPE_ARGV, SETTLE_SCOPE_ARGV = 11, 15
+RESERVE_SCOPE_ARGV, SETTLE_SCOPE_ARGV = 9, 4
 
 SCOPE_LUA = (
     f"local RESERVE_SCOPE_ARGV, SETTLE_SCOPE_ARGV = {RESERVE_SCOPE_ARGV}, {SETTLE_SCOPE_ARGV}\n"
     + """
--- The script's arguments as these helpers read them (SETTLE_RESERVE points it at each part's).
-local A = ARGV
--- Scope windows (KEYS[2..]): the figures each limit is compared to (as Usage.value_of), and the
--- worst cases it holds.
+-- Scope windows (KEYS[2..]): the figures each limit is compared to (as Usage.value_of).
 local USES = {max_model_calls = {'model_calls'}, max_tool_calls = {'tool_calls'},
   max_steps = {'model_calls', 'tool_calls'}, max_retries = {'retries'},
   max_input_tokens = {'input_tokens'}, max_output_tokens = {'output_tokens'},
   max_total_tokens = {'input_tokens', 'output_tokens'}, max_cost_usd = {'cost_usd'}}
-local HELD = {max_input_tokens = {'held:input_tokens'}, max_output_tokens = {'held:output_tokens'},
-  max_total_tokens = {'held:input_tokens', 'held:output_tokens'}, max_cost_usd = {'held:cost_usd'}}
 local NONE = {}
 local function used(name)
   local total = 0
@@ -31,39 +26,37 @@ local function used(name)
 end
 
 -- Scope window i, its arguments from ARGV[at] (RESERVE_SCOPE_ARGV in redis_scripts.py): its
--- limits go into ``s`` and one HMGET reads the figures they need and ``extra``. Returns the
--- window's state: {s, at, its limit names, the fields read}, and where the next window's start.
--- In SETTLE_RESERVE the reserve part takes each window as the settle part left it (no HMGET: the
--- settle part read every figure a limit needs).
-local AHEAD_SCOPES = {}
-local function load_scope(i, at, extra)
+-- limits go into ``s``, and one HMGET reads its figures (packed in ``F``, as the run's) and whether
+-- it warned. Returns the window's state: {s, at, its limit names, whether its hash exists}, and
+-- where the next window's arguments start. In SETTLE_RESERVE the reserve part takes each window
+-- as the settle part left it (no HMGET).
+local function load_scope(i, at)
   local kept = AHEAD_DONE and AHEAD_SCOPES[i]
-  h, s, changes = KEYS[i], kept or {}, {}
-  local names, seen, limits = {}, {}, {}
-  local function need(list)
-    for _, f in ipairs(list) do
-      if not seen[f] then seen[f] = true; names[#names + 1] = f end
+  h = K[i]
+  if kept then
+    s = kept
+  else
+    local got = redis.call('HMGET', h, 'F', 'warned')
+    if got[1] then
+      s = window_table(got[1], got[2])
+    else  -- a new window, or one an earlier budgetspan kept as text fields
+      local found
+      s, found = legacy(MIRROR)
+      s['warned'], s['?exists'] = tonumber(got[2]) or false, found
     end
   end
-  need(extra)
-  for j = 1, tonumber(A[at + 3]) do
-    local name = A[at + 2 + 2 * j]
-    limits[j] = name
-    s['limit:' .. name] = A[at + 3 + 2 * j]
-    need(USES[name] or NONE)
-    need(HELD[name] or NONE)
-  end
-  if A[at + 2] ~= '' then names[#names + 1] = 'warned' end
-  if not kept then
-    local got = redis.call('HMGET', h, unpack(names))
-    for k, f in ipairs(names) do  -- figures parsed once here (each ``n`` would parse the text again)
-      local v = got[k]
-      if v and f ~= 'warned' then v = tonumber(v) end
-      s[f] = v
+  local limits = s['?limits']
+  if not limits then  -- (the reservation in SETTLE_RESERVE has the window's limits parsed already)
+    limits = {}
+    for j = 1, tonumber(A[at + 3]) do
+      local name = A[at + 2 + 2 * j]
+      limits[j] = name
+      s[LK[name] or ('limit:' .. name)] = tonumber(A[at + 3 + 2 * j])
     end
+    s['?limits'], s['?share'] = limits, tonumber(A[at + 2])
   end
   if AHEAD then AHEAD_SCOPES[i] = s end
-  return {s, at, limits, seen}, at + 4 + 2 * #limits
+  return {s, at, limits, s['?exists']}, at + 4 + 2 * #limits
 end
 
 """
@@ -71,9 +64,8 @@ end
 -- The scope's warning threshold (a share of any of its limits), reached for the first time in its
 -- window: noted in ``warned`` as 'i:limit:used'.
 local function warn_check(i, warned, scope)
-  local share = A[scope[2] + 2]
-  if share == '' or s['warned'] == '1' then return end
-  share = tonumber(share)
+  local share = s['?share']
+  if not share or s['warned'] == 1 then return end
   for _, name in ipairs(scope[3]) do
     local limit, figure = lim(name), used(name)
     if limit > 0 and figure >= share * limit then

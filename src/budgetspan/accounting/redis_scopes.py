@@ -1,9 +1,9 @@
 """Scope windows on Redis: one hash per window (``budgetspan:scope:tenant:acme:2026-12-05``),
 reserved and settled in the same script, and so the same round trip, as the run's hash.
 
-A window's hash holds its figures only (calls, input and output tokens, dollars, the worst cases
-its limits hold, whether it warned): the limits come with each call from the process's own scope
-budgets, so the scripts read just the figures those limits need. The hash is made by the window's
+A window's hash holds its figures only (packed in one field as a run's, ``redis_scripts``: calls,
+tokens, dollars, the worst cases in flight; and whether it warned): the limits come with each
+call from the process's own scope budgets. The hash is made by the window's
 first call and expires at the window's end (plus ``GRACE_S``), a rolling window's length after its
 first use, or ``IDLE_TTL_S`` after the last use of a scope without a window. Nothing is kept in the
 process per scope: memory does not grow with the scopes in use.
@@ -16,7 +16,7 @@ from typing import Any
 
 from budgetspan.accounting.budget import Usage
 from budgetspan.accounting.ledger import Refusal
-from budgetspan.accounting.redis_mirror import as_text, refusal_from, usage_from
+from budgetspan.accounting.redis_mirror import as_text, hash_fields, refusal_from, usage_from
 from budgetspan.accounting.redis_wire import SCRIPTS, Script, Server
 from budgetspan.accounting.scope_books import emit_warning
 from budgetspan.accounting.scopes import ScopeRef, ScopeWarning
@@ -78,5 +78,4 @@ def usage(server: Server, key: str, within: float) -> Usage | None:
     reply = server.run(SCRIPTS["read"], PREFIX + key, ["0"], within)
     if reply == -1:
         return None
-    flat = reply[3]
-    return usage_from({as_text(k): v for k, v in zip(flat[::2], flat[1::2], strict=True)})
+    return usage_from(hash_fields(reply[3]))

@@ -7,6 +7,12 @@ with the client's settings, socket and connect timeouts of at most ``timeout_s``
 (redis-py's retries with back-off would multiply the bound), so that connecting and the connection
 handshake are bounded too.
 
+**Loaded once.** On Redis 7 the scripts are one function library (``FUNCTION LOAD``), called with
+``FCALL``: the helpers and tables they share are built when the library loads, not on every call
+(bench/README.md). A server without the library (restarted, flushed with ``FUNCTION FLUSH``) gets
+it again and the call is retried once; a server without functions (Redis 6) or a user not allowed
+to load them gets each script with ``EVALSHA`` (the script itself when the server lacks it).
+
 A call whose wait runs out drops its connection (a late reply must never be read as the answer
 to the next command); its script may still run when the server wakes, which counts a call that
 was not made (an overshoot of the count, never an undercount).
@@ -21,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from budgetspan.accounting.redis_scripts import CANCEL, EXTEND, OPEN, READ, RESERVE, SETTLE, SETTLE_RESERVE
+from budgetspan.accounting.redis_library import BODIES, CORE
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +45,24 @@ class Server:
         needs_name = name is not None and name.default is inspect.Parameter.empty
         self._checkout_args: tuple[str, ...] = ("EVALSHA",) if needs_name else ()
         self._no_script = redis.exceptions.NoScriptError
+        self._response_error = redis.exceptions.ResponseError
         self._timeout = redis.exceptions.TimeoutError
+        #: Whether to call the library's functions (until the server says it cannot have them).
+        self.functions = True
 
     def run(self, script: Script, key: str | tuple[str, ...], args: Sequence[Any], within_s: float) -> Any:
         """The script's reply, waited for at most ``within_s``; the connection is dropped on any
         failure (a late reply must never be read as the answer to the next command)."""
         conn = self.pool.get_connection(*self._checkout_args)
         try:
+            if script.function and self.functions:
+                try:
+                    return self._ask(conn, within_s, script.fcall(key, args))
+                except self._response_error as e:
+                    if not _function_missing(e):
+                        raise
+                    if self._load(conn, within_s):  # restarted or flushed: load it and retry once
+                        return self._ask(conn, within_s, script.fcall(key, args))
             try:
                 return self._ask(conn, within_s, script.evalsha(key, args))
             except self._no_script:  # a restarted or flushed server: send the script itself
@@ -57,6 +74,16 @@ class Server:
         finally:
             self.pool.release(conn)
 
+    def _load(self, conn: Any, within_s: float) -> bool:
+        """Load the library; False (and scripts from now on) where the server refuses it."""
+        try:
+            self._ask(conn, within_s, pack(("FUNCTION", "LOAD", "REPLACE", LIBRARY)))
+            return True
+        except self._response_error as e:
+            log.warning("budgetspan: Redis cannot load the ledger's functions (%s); using scripts", e)
+            self.functions = False
+            return False
+
     def _ask(self, conn: Any, within_s: float, command: bytes) -> Any:
         conn.send_packed_command([command])
         if not conn.can_read(timeout=within_s):
@@ -64,31 +91,55 @@ class Server:
         return conn.read_response(disable_decoding=True)
 
 
+#: Short strings and numbers packed already, by type (``pack``): most of the ledger's
+#: arguments are the same few flags, zeros and names call after call.
+_PACKED: dict[type, dict[Any, bytes]] = {str: {}, int: {}, float: {}}
+_PACKED_MAX = 4096
+
+
 def pack(args: Sequence[Any], head: bytes = b"", count: int = 0) -> bytes:
     """A command in the Redis protocol: ``count`` arguments already packed in ``head``, then
     ``args`` (strings, bytes, numbers). The ledger's arguments are a few short strings and numbers:
-    this costs half of what redis-py's general packer does for them."""
+    this costs a fraction of what redis-py's general packer does for them."""
     parts = [b"*%d\r\n" % (count + len(args)), head]
     for arg in args:
         kind = type(arg)
-        data = arg.encode() if kind is str else arg if kind is bytes else repr(arg).encode()
-        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
+        known = _PACKED.get(kind)
+        item = None if known is None else known.get(arg)
+        if item is None:
+            data = arg.encode() if kind is str else arg if kind is bytes else repr(arg).encode()
+            item = b"$%d\r\n%b\r\n" % (len(data), data)
+            if known is not None and len(known) < _PACKED_MAX and len(data) <= 64:
+                known[arg] = item
+        parts.append(item)
     return b"".join(parts)
+
+
+def _function_missing(error: BaseException) -> bool:
+    """Whether an error says the library is not loaded (or the server has no functions)."""
+    text = str(error).lower()
+    return "function not found" in text or "unknown command" in text
 
 
 @dataclass(frozen=True)
 class Script:
-    """A Lua script, called by its SHA1 (EVALSHA) and sent whole when the server lacks it."""
+    """A Lua script: a function of the library (``FCALL``), or called by its SHA1 (``EVALSHA``),
+    and sent whole when the server lacks it."""
 
     body: str
     sha: str
     #: ``EVALSHA <sha> 1`` in the Redis protocol: the start of every call of the script.
     head: bytes
+    #: The library function that runs it ('' none), and ``FCALL <function> 1`` packed.
+    function: str = ""
+    function_head: bytes = b""
 
     @classmethod
-    def of(cls, body: str) -> Script:
+    def of(cls, body: str, function: str = "") -> Script:
         sha = hashlib.sha1(body.encode()).hexdigest()
-        return cls(body, sha, pack(("EVALSHA", sha, 1))[len(b"*3\r\n") :])
+        head = pack(("EVALSHA", sha, 1))[len(b"*3\r\n") :]
+        function_head = pack(("FCALL", function, 1))[len(b"*3\r\n") :] if function else b""
+        return cls(body, sha, head, function, function_head)
 
     def evalsha(self, key: str | tuple[str, ...], args: Sequence[Any]) -> bytes:
         """The call on one key (the run's), or on several (the run's and its scope windows')."""
@@ -96,18 +147,24 @@ class Script:
             return pack((key, *args), self.head, 3)
         return pack(("EVALSHA", self.sha, len(key), *key, *args))
 
+    def fcall(self, key: str | tuple[str, ...], args: Sequence[Any]) -> bytes:
+        """The same call of the library's function."""
+        if type(key) is str:
+            return pack((key, *args), self.function_head, 3)
+        return pack(("FCALL", self.function, len(key), *key, *args))
 
+
+#: The library's version: its functions' names change with its code, so that processes running
+#: two versions of budgetspan against one server each call their own.
+VERSION = hashlib.sha1(CORE.encode()).hexdigest()[:12]
+LIBRARY = f"#!lua name=budgetspan_{VERSION}\n{CORE}\n" + "".join(
+    f"redis.register_function('budgetspan_{VERSION}_{name}', "
+    f"function(keys, argv) return call(op_{name}, keys, argv) end)\n"
+    for name in BODIES
+)
 SCRIPTS = {
-    name: Script.of(body)
-    for name, body in (
-        ("reserve", RESERVE),
-        ("settle", SETTLE),
-        ("settle_reserve", SETTLE_RESERVE),
-        ("open", OPEN),
-        ("cancel", CANCEL),
-        ("read", READ),
-        ("extend", EXTEND),
-    )
+    name: Script.of(f"{CORE}\nreturn call(op_{name}, KEYS, ARGV)\n", f"budgetspan_{VERSION}_{name}")
+    for name in BODIES
 }
 
 #: Connection settings redis-py (8.x) derives per pool: a copy of a pool must make its own.

@@ -1,0 +1,129 @@
+"""The Redis ledger's Lua library: reserve and settle (``redis_scripts``), the operations that
+open, read, cancel and extend a run, and all of them as one chunk of Lua (``CORE``), which
+``redis_wire`` loads once as a Redis 7 function library (or sends as scripts to an older server).
+"""
+
+from __future__ import annotations
+
+from budgetspan.accounting.redis_scope_lua import RESERVE_SCOPE_ARGV, SETTLE_SCOPE_ARGV
+from budgetspan.accounting.redis_scripts import PRELUDE, RESERVE_BODY, SETTLE_BODY
+
+# One round trip for two operations: settle this process's previous call of the run (SETTLE's
+# arguments), then reserve the next (RESERVE's); the scope windows' arguments come once, after
+# both (the two calls have the same windows). Reply: -1 when the run's hash does not exist, else
+# the settlement's status (its warnings), a space, and RESERVE's reply. See ``redis_pending``.
+SETTLE_RESERVE_BODY = (
+    f"local N_SETTLE, N_RESERVE = {SETTLE_SCOPE_ARGV - 1}, {RESERVE_SCOPE_ARGV - 1}\n"
+    + """
+local sargv, rargv = {}, {}
+for i = 1, N_SETTLE do sargv[i] = ARGV[i] end
+for i = 1, N_RESERVE do rargv[i] = ARGV[N_SETTLE + i] end
+for i = N_SETTLE + N_RESERVE + 1, #ARGV do sargv[i - N_RESERVE], rargv[i - N_SETTLE] = ARGV[i], ARGV[i] end
+AHEAD, A = true, sargv
+local settled = op_settle(KEYS, sargv)
+if settled == -1 then return -1 end
+AHEAD, AHEAD_DONE, A, h = false, true, rargv, KEYS[1]
+local run = s
+local reply = op_reserve(KEYS, rargv)
+-- what the settlement changed and the reservation did not write (it refused the call)
+for i = 2, #KEYS do
+  if AHEAD_SCOPES[i] then h, s = KEYS[i], AHEAD_SCOPES[i]; write() end
+end
+h, s = KEYS[1], run
+write()
+return settled .. ' ' .. reply
+"""
+)
+
+# Open a run, or restore a lost one: create the hash from ARGV's fields if it does not exist (the
+# first process to open a shared run sets its budget: figures and limits packed, the rest as text
+# fields, the open count among them); otherwise add ARGV[2] to its open count. ARGV: ttl seconds, openers to add, then field,
+# value pairs. Reply: {created (1/0), started_at, the wall-clock limit, server time seconds,
+# microseconds, mirror}.
+OPEN_BODY = """
+local created = 0
+if redis.call('EXISTS', h) == 0 then
+  created = 1
+  local t = redis.call('TIME')
+  local limits = {}
+  local changes = {'started_at', t[1] .. '.' .. string.format('%06d', t[2])}
+  for i = 3, #ARGV, 2 do
+    local name, value = ARGV[i], ARGV[i + 1]
+    if FIG[name] then
+      s[name] = tonumber(value)
+    elseif LIM[name] then
+      limits[LIM[name]] = tonumber(value)
+    else
+      changes[#changes + 1] = name
+      changes[#changes + 1] = value
+    end
+  end
+  for _, name in ipairs(MIRROR) do s[name] = s[name] or 0 end
+  for i = 1, #LIMS do limits[i] = limits[i] or NAN end
+  changes[#changes + 1] = 'L'
+  changes[#changes + 1] = struct.pack(LFMT, unpack(limits, 1, #LIMS))
+  s['?c'], s['?d'] = changes, true
+  write()
+elseif ARGV[2] ~= '0' then
+  redis.call('HINCRBY', h, 'opened', ARGV[2])
+end
+redis.call('EXPIRE', h, ARGV[1])
+s = {}
+read({})
+local t = redis.call('TIME')
+local wall = lim('max_wall_clock_s')
+return {created, s['?started_at'], wall and fmt(wall) or false, t[1], t[2], mirror('')}
+"""
+
+# Mark the run cancelled. ARGV: ttl seconds. Reply as RESERVE's.
+CANCEL_BODY = """
+if not read({}) then return -1 end
+put('cancelled', 1)
+write()
+redis.call('EXPIRE', h, ARGV[1])
+return '1   ' .. mirror('')
+"""
+
+# The whole hash and the server's time; ARGV[1] '1' also closes: one opener less, and the hash
+# is deleted when none is left. Reply: {1, seconds, microseconds, {field, value, ...}}, or -1.
+READ_BODY = """
+if redis.call('EXISTS', h) == 0 then return -1 end
+local left = 1
+if ARGV[1] == '1' then left = redis.call('HINCRBY', h, 'opened', -1) end
+local t = redis.call('TIME')
+local all = redis.call('HGETALL', h)
+if left <= 0 then redis.call('DEL', h) end
+return {1, t[1], t[2], all}
+"""
+
+# Raise the run's limits (a limit that is not set stays unset): ``Ledger.extend``.
+# ARGV: ttl seconds, then limit name, amount pairs. Reply as RESERVE's.
+EXTEND_BODY = """
+if not read({}) then return -1 end
+for i = 2, #ARGV, 2 do
+  local field = 'limit:' .. ARGV[i]
+  if s[field] then s[field] = s[field] + tonumber(ARGV[i + 1]) end
+end
+local limits = {}
+for i, name in ipairs(LIMS) do limits[i] = s[name] or NAN end
+redis.call('HSET', h, 'L', struct.pack(LFMT, unpack(limits, 1, #LIMS)))
+redis.call('EXPIRE', h, ARGV[1])
+return '1   ' .. mirror('')
+"""
+
+#: The operations, by name: each a Lua function of (KEYS, ARGV), defined once in the library.
+BODIES = {
+    "reserve": RESERVE_BODY,
+    "settle": SETTLE_BODY,
+    "settle_reserve": SETTLE_RESERVE_BODY,
+    "open": OPEN_BODY,
+    "cancel": CANCEL_BODY,
+    "read": READ_BODY,
+    "extend": EXTEND_BODY,
+}
+
+#: The helpers and every operation, as one chunk of Lua: loaded once as a Redis 7 function library
+#: (``redis_wire``), or, on an older server, sent as a script ending with the operation's call.
+CORE = PRELUDE + "".join(
+    f"local function op_{name}(KEYS, ARGV)\n{body}\nend\n" for name, body in BODIES.items()
+)
