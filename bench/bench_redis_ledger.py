@@ -76,19 +76,9 @@ def _start_redis(directory: str, under: list[str] | None = None) -> tuple[subpro
 
 
 def _every_limit() -> Any:
-    from budgetspan.accounting.budget import Budget
+    from every_limit import EVERY_LIMIT  # imported in the worker process, as budgetspan is
 
-    return Budget(
-        max_model_calls=10**12,
-        max_tool_calls=10**12,
-        max_steps=10**12,
-        max_input_tokens=10**14,
-        max_output_tokens=10**14,
-        max_total_tokens=10**14,
-        max_cost_usd=1e11,
-        max_wall_clock_s=1e9,
-        max_retries=10**12,
-    )
+    return EVERY_LIMIT
 
 
 def _ledger_cycle(port: int) -> Callable[[], None]:
