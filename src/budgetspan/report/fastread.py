@@ -1,0 +1,171 @@
+"""The report's fast reading of one OTLP JSON line: msgspec decodes it straight into typed structs.
+
+The structs name only the fields the report reads; msgspec skips the rest in C (resource and
+scope attributes, ``kind``, ``flags``, links...) and builds no dict per object. What msgspec
+hands over is then read as ``otlp``'s fast reading reads a parsed line: the attributes in
+``keep`` (and, on run spans, the numbers under ``keep.prefixes``) into a dict per span.
+
+This reading accepts a subset of what ``otlp.parse_request``'s fast reading accepts and gives
+the same spans for it. Anything else (a field of another type, a value it does not read in place,
+invalid UTF-8, nesting msgspec will not follow, a line that is not JSON) is read again by
+``otlp.parse_line``, which reads it or names what is wrong: bad lines are named as before, with
+the same message. One difference, on purpose: a field the report never reads is skipped unread,
+so a line whose only fault is there (a number past a double's range in ``kind``) is read, where
+orjson refused the whole line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import orjson
+from msgspec import UNSET, Raw, Struct, UnsetType
+
+from budgetspan.report.otlp import BadLine, Keep, SpanRec, _events, _int, parse_line
+
+_STATUS_ERROR = 2
+_MAX_NS = 2**64
+_NONE = Raw()  # a field absent from the line
+
+
+class _Value(Struct, gc=False):
+    """An OTLP AnyValue; UNSET where a field is absent (``null`` is a type error: read again)."""
+
+    stringValue: str | UnsetType = UNSET
+    boolValue: bool | UnsetType = UNSET
+    intValue: int | str | UnsetType = UNSET
+    doubleValue: float | str | UnsetType = UNSET
+
+
+class _KV(Struct, gc=False):
+    key: str
+    value: _Value | UnsetType = UNSET
+
+
+class _Status(Struct, gc=False):
+    code: int | str | None = None
+
+
+class _Span(Struct, gc=False):
+    traceId: str
+    spanId: str
+    name: str
+    startTimeUnixNano: str
+    endTimeUnixNano: str
+    parentSpanId: str | None = None
+    attributes: list[_KV] | None = None
+    status: _Status | None = None
+    events: Raw = _NONE
+
+
+class _Scope(Struct, gc=False):
+    spans: list[_Span]
+
+
+class _Resource(Struct, gc=False):
+    scopeSpans: list[_Scope]
+
+
+class _Request(Struct, gc=False):
+    resourceSpans: list[_Resource]
+
+
+_decode = msgspec.json.Decoder(_Request).decode
+_FAILED = (msgspec.DecodeError, msgspec.ValidationError, RecursionError, BadLine, ValueError)
+
+
+class _ReadAgain(Exception):
+    """What this reading does not take in place: ``otlp.parse_line`` reads the line."""
+
+
+def parse_line_fast(line: bytes, keep: Keep) -> list[SpanRec]:
+    """The spans of one line, as ``otlp.parse_line(line, keep)`` gives them. Raises BadLine."""
+    try:
+        return _spans(_decode(line), keep)
+    except (_ReadAgain, *_FAILED):
+        return parse_line(line, keep)
+
+
+def _other(v: _Value) -> Any:
+    """A kept value that is neither text nor a boolean: a number read in place, else read again."""
+    n = v.intValue
+    if n is not UNSET:
+        if type(n) is str and 0 < len(n) <= 18 and n.isascii() and n.isdigit():  # < 10**18
+            return int(n)
+        return _int(n, "intValue")  # checked: range, sign, digits (BadLine: read again)
+    d = v.doubleValue
+    if type(d) is float:
+        return d
+    raise _ReadAgain  # a double as text, arrays, key/value lists, bytes, an empty value
+
+
+def _prefixed(items: list[_KV], prefixes: tuple[str, ...], attrs: dict[str, Any]) -> None:
+    """A run span's ``budgetspan.limit.*``/``usage.*`` values (see ``otlp._prefixed_numbers``)."""
+    for kv in items:
+        key = kv.key
+        if key.startswith(prefixes):
+            v = kv.value
+            if v is UNSET:
+                raise _ReadAgain
+            t = v.stringValue
+            if t is not UNSET:
+                attrs[key] = t
+            elif v.boolValue is not UNSET:
+                attrs[key] = v.boolValue
+            else:
+                attrs[key] = _other(v)
+
+
+# long: the per-span loop of the report's hot path, kept in one piece (a call per span costs)
+def _spans(request: _Request, keep: Keep) -> list[SpanRec]:
+    keys, prefixes, (on_key, on_value) = keep.keys, keep.prefixes, keep.prefixes_on
+    out: list[SpanRec] = []
+    append = out.append
+    for rs in request.resourceSpans:
+        for ss in rs.scopeSpans:
+            for s in ss.spans:
+                attrs: dict[str, Any] = {}
+                items = s.attributes
+                if items is not None:
+                    for kv in items:
+                        key = kv.key
+                        if key in keys:
+                            v = kv.value
+                            if v is UNSET:
+                                raise _ReadAgain
+                            t = v.stringValue
+                            if t is not UNSET:
+                                attrs[key] = t
+                            elif v.boolValue is not UNSET:
+                                attrs[key] = v.boolValue
+                            else:
+                                attrs[key] = _other(v)
+                    if prefixes and attrs.get(on_key) == on_value:
+                        _prefixed(items, prefixes, attrs)
+                trace_id, span_id, start, end = s.traceId, s.spanId, s.startTimeUnixNano, s.endTimeUnixNano
+                if not trace_id or not span_id or len(start) > 20 or len(end) > 20:
+                    raise _ReadAgain
+                start, end = int(start), int(end)  # ValueError unless digits: read again
+                if start < 0 or end < 0 or start >= _MAX_NS or end >= _MAX_NS:
+                    raise _ReadAgain
+                status = s.status
+                code = status.code if status is not None else None
+                events = s.events
+                append(
+                    SpanRec(
+                        trace_id,
+                        span_id,
+                        s.parentSpanId or None,
+                        s.name,
+                        start,
+                        end,
+                        attrs,
+                        code == _STATUS_ERROR or code == "STATUS_CODE_ERROR",
+                        [] if events is _NONE else _events(orjson.loads(bytes(events)), keep),
+                    )
+                )
+    return out
+
+
+__all__ = ["parse_line_fast"]
