@@ -12,12 +12,11 @@ import argparse
 import contextlib
 import dataclasses
 import gc
-import json
 import math
 import re
 import sys
 from collections.abc import Iterator, Sequence
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
@@ -35,11 +34,13 @@ from budgetspan.report.by_scope import BY as SCOPE_BY
 from budgetspan.report.by_scope import render_by
 from budgetspan.report.load import LoadError, SpanReader
 from budgetspan.report.plan import PLAN_ITEMS, PlanError, load_plan
-from budgetspan.report.runs_detail import DetailCollector
 from budgetspan.report.savings import Savings
 from budgetspan.report.text import safe
 from budgetspan.report.textfmt import Out as _Out
 from budgetspan.report.textfmt import Table, money, num, pct, secs, to_jsonable
+
+if TYPE_CHECKING:
+    from budgetspan.report.runs_detail import DetailCollector
 
 FORMATS = ("table", "markdown", "json")
 MAX_ERRORS_SHOWN = 20  # bad lines named one by one; the rest are counted
@@ -207,7 +208,7 @@ def json_chunks(a: Analysis) -> Iterator[str]:
     fields = [f.name for f in dataclasses.fields(a)]
     yield "{"
     for i, name in enumerate(fields):
-        yield ("," if i else "") + f"\n  {json.dumps(name)}: "
+        yield ("," if i else "") + f'\n  "{name}": '  # field names: plain identifiers
         value = getattr(a, name)
         if isinstance(value, list) and value:
             yield "["
@@ -246,6 +247,8 @@ def _dumps(value: Any) -> str:
     try:
         text = orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
     except TypeError:
+        import json
+
         return json.dumps(to_jsonable(value), indent=2)
     if text.isascii() and "\x7f" not in text:  # the usual case, and both tests run in C: no scan
         return text
@@ -346,7 +349,7 @@ def run_report(args: argparse.Namespace, stdout: IO[str] | None = None, stderr: 
             print(f"budgetspan report: {safe(str(e))}", file=stderr)
 
     reader = SpanReader(
-        keep=routing_cli.DETAIL_KEEP if routing_cli.wanted(args) else REPORT_KEEP,
+        keep=routing_cli.detail_keep() if routing_cli.wanted(args) else REPORT_KEEP,
         progress=bool(args.progress) or stderr.isatty(),
         progress_stream=stderr,
         on_error=bad_line,
