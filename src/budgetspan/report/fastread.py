@@ -20,10 +20,10 @@ from typing import Any
 
 import msgspec
 import orjson
-from msgspec import UNSET, Raw, Struct, UnsetType
+from msgspec import Raw, Struct
 
 from budgetspan import attributes as A
-from budgetspan.report.otlp import BadLine, Keep, SpanRec, _events, _int, parse_line
+from budgetspan.report.otlp import Keep, SpanRec, _events, _int, parse_line
 
 _STATUS_ERROR = 2
 _OPERATION, _DUPLICATE, _PHASE = A.GEN_AI_OPERATION_NAME, A.DUPLICATE_CALL, A.PHASE
@@ -33,17 +33,18 @@ _NONE = Raw()  # a field absent from the line
 
 
 class _Value(Struct, gc=False):
-    """An OTLP AnyValue; UNSET where a field is absent (``null`` is a type error: read again)."""
+    """An OTLP AnyValue. A field absent is None (a default msgspec does not check); a field given
+    as ``null`` is a type error, so the line is read again (and named) by ``otlp``."""
 
-    stringValue: str | UnsetType = UNSET
-    boolValue: bool | UnsetType = UNSET
-    intValue: int | str | UnsetType = UNSET
-    doubleValue: float | str | UnsetType = UNSET
+    stringValue: str = None  # type: ignore[assignment]
+    boolValue: bool = None  # type: ignore[assignment]
+    intValue: int | str = None  # type: ignore[assignment]
+    doubleValue: float | str = None  # type: ignore[assignment]
 
 
 class _KV(Struct, gc=False):
     key: str
-    value: _Value | UnsetType = UNSET
+    value: _Value = None  # type: ignore[assignment]  # absent: read again (None has no fields)
 
 
 class _Status(Struct, gc=False):
@@ -75,7 +76,8 @@ class _Request(Struct, gc=False):
 
 
 _decode = msgspec.json.Decoder(_Request).decode
-_FAILED = (msgspec.DecodeError, msgspec.ValidationError, RecursionError, BadLine, ValueError)
+# AttributeError: an attribute without a value (None has no fields)
+_FAILED = (msgspec.DecodeError, msgspec.ValidationError, RecursionError, ValueError, AttributeError)
 
 
 class _ReadAgain(Exception):
@@ -90,11 +92,13 @@ def parse_line_fast(line: bytes, keep: Keep) -> list[SpanRec]:
         return parse_line(line, keep)
 
 
-def _other(v: _Value) -> Any:
-    """A kept value that is neither text nor a boolean: a number read in place, else read again."""
+def _not_text(v: _Value) -> Any:
+    """A kept value that is not text: a boolean or a number read in place, else read again."""
+    if v.boolValue is not None:
+        return v.boolValue
     n = v.intValue
-    if n is not UNSET:
-        if type(n) is str and 0 < len(n) <= 18 and n.isascii() and n.isdigit():  # < 10**18
+    if n is not None:
+        if type(n) is str and 0 < len(n) <= 18 and n.isdigit() and n.isascii():  # < 10**18
             return int(n)
         return _int(n, "intValue")  # checked: range, sign, digits (BadLine: read again)
     d = v.doubleValue
@@ -109,15 +113,8 @@ def _prefixed(items: list[_KV], prefixes: tuple[str, ...], attrs: dict[str, Any]
         key = kv.key
         if key.startswith(prefixes):
             v = kv.value
-            if v is UNSET:
-                raise _ReadAgain
             t = v.stringValue
-            if t is not UNSET:
-                attrs[key] = t
-            elif v.boolValue is not UNSET:
-                attrs[key] = v.boolValue
-            else:
-                attrs[key] = _other(v)
+            attrs[key] = t if t is not None else _not_text(v)
 
 
 # long: the per-span loop of the report's hot path, kept in one piece (a call per span costs)
@@ -135,19 +132,21 @@ def _spans(request: _Request, keep: Keep) -> list[SpanRec]:
                         key = kv.key
                         if key in keys:
                             v = kv.value
-                            if v is UNSET:
-                                raise _ReadAgain
                             t = v.stringValue
-                            if t is not UNSET:
+                            if t is not None:
                                 attrs[key] = t
-                            elif v.boolValue is not UNSET:
-                                attrs[key] = v.boolValue
                             else:
                                 n = v.intValue  # a count of tokens, mostly: read in place
-                                if type(n) is str and 0 < len(n) <= 18 and n.isdigit() and n.isascii():
+                                if (
+                                    type(n) is str
+                                    and 0 < len(n) <= 18
+                                    and n.isdigit()
+                                    and n.isascii()
+                                    and v.boolValue is None  # a boolean comes first, as in ``otlp``
+                                ):
                                     attrs[key] = int(n)
                                 else:
-                                    attrs[key] = _other(v)
+                                    attrs[key] = _not_text(v)
                     if prefixes and attrs.get(on_key) == on_value:
                         _prefixed(items, prefixes, attrs)
                 trace_id, span_id, start, end = s.traceId, s.spanId, s.startTimeUnixNano, s.endTimeUnixNano
