@@ -272,10 +272,9 @@ def analyze_stream(
     """``analyze`` over batches of spans (one per line), holding only the runs in flight."""
     analyzer = Analyzer()
     assembler = RunAssembler(analyzer.add_runs, window=window, max_in_flight=max_in_flight)
-    add = assembler.add
+    add = assembler.add_batch
     for batch in batches:
-        for s in batch:
-            add(s)
+        add(batch)
     assembler.close()
     return finish(analyzer, assembler, plan, top)
 

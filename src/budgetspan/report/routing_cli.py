@@ -95,10 +95,9 @@ def analyze_with_details(
         details.add_runs(runs, traces)
 
     assembler = RunAssembler(sink, window=window, max_in_flight=max_in_flight)
-    add = assembler.add
+    add = assembler.add_batch
     for batch in details.watch(batches):
-        for s in batch:
-            add(s)
+        add(batch)
     assembler.close()
     return finish(analyzer, assembler, plan, top), details
 
