@@ -7,7 +7,7 @@ import argparse
 from collections.abc import Iterable, Mapping
 from typing import IO, TYPE_CHECKING
 
-from budgetspan.report.analysis import Analysis, Analyzer, finish
+from budgetspan.report.analysis import MAX_TIMELINES, Analysis, Analyzer, finish
 from budgetspan.report.assemble import RunAssembler
 from budgetspan.report.by_scope import BY as SCOPE_BY
 from budgetspan.report.otlp import Keep, SpanRec
@@ -19,7 +19,6 @@ if TYPE_CHECKING:  # imported where used: a report without --by step,model or --
     from budgetspan.report.runs_detail import DetailCollector
 
 __all__ = [
-    "MAX_TIMELINES",
     "add_arguments",
     "analyze_with_details",
     "check",
@@ -29,7 +28,6 @@ __all__ = [
 ]
 
 BY_CHOICES = ("step,model", "model,step")
-MAX_TIMELINES = 2_000  # runs whose timeline is kept (the HTML report's per-run pages)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

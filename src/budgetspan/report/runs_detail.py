@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from budgetspan import attributes as A
-from budgetspan.report.analysis import REPORT_KEEP
+from budgetspan.report.analysis import MAX_TIMELINES, REPORT_KEEP
 from budgetspan.report.numbers import number
 from budgetspan.report.otlp import Keep, SpanRec
-from budgetspan.report.routing_cli import MAX_TIMELINES
 from budgetspan.report.run_stats import CALL_OPS, MODEL_OPS, call_cost
 
 MAX_RUNS = 1_000_000  # runs kept at all; past it, runs are not broken down by step
