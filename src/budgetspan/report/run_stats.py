@@ -38,9 +38,7 @@ LIMIT_USAGE = {
 }
 
 
-# PhaseStat and RunStat keep their fields in a __dict__ (no slots): orjson writes such dataclasses
-# from it, 2.5x faster than field by field (measured: 10k spans, JSON output -40M instructions).
-@dataclass
+@dataclass(slots=True)
 class PhaseStat:
     time_s: float = 0.0
     cost_usd: float = 0.0
@@ -71,7 +69,7 @@ class SequentialReads:
     saving_s: float  # time saved had they all run at once
 
 
-@dataclass  # no slots: see PhaseStat
+@dataclass(slots=True)
 class RunStat:
     run_id: str
     workflow: str
