@@ -116,6 +116,9 @@ def test_every_hostile_line_is_named_the_same() -> None:
     for text, _reason in HOSTILE.values():
         assert_same_reading(text)
     assert_same_reading(b'{"resourceSpans": [], "\xff": 1}')  # invalid UTF-8: read as text
+    good = line(*a_run("r"))
+    for twice in ('"traceId": "b", ', '"attributes": [], ', '"traceId": 5, ', '"startTimeUnixNano": "x", '):
+        assert_same_reading(good.replace('"spanId"', twice + '"spanId"'))  # a key given twice: the last
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
