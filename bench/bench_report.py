@@ -196,8 +196,7 @@ elif stage >= 2:
     analyzer = Analyzer()
     asm = RunAssembler(analyzer.add_runs if stage == 3 else (lambda runs, traces: None))
     for b in batches:
-        for s in b:
-            asm.add(s)
+        asm.add_batch(b)
     asm.close()
     if stage == 3:
         finish(analyzer, asm, None, 5)

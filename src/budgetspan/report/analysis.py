@@ -69,6 +69,7 @@ REPORT_KEEP = Keep(
     prefixes_on=(A.GEN_AI_OPERATION_NAME, A.OP_INVOKE_AGENT),  # run spans (else never read)
     events=frozenset({A.EVENT_WOULD_EXHAUST}),
 )
+MAX_TIMELINES = 2_000  # runs whose timeline is kept (the HTML report's per-run pages; --html)
 MAX_CONTRIBUTORS = 10_000  # distinct (name, phase) per workflow; the rest are summed as "(others)"
 
 # --- per workflow -----------------------------------------------------------------------------
@@ -272,10 +273,9 @@ def analyze_stream(
     """``analyze`` over batches of spans (one per line), holding only the runs in flight."""
     analyzer = Analyzer()
     assembler = RunAssembler(analyzer.add_runs, window=window, max_in_flight=max_in_flight)
-    add = assembler.add
+    add = assembler.add_batch
     for batch in batches:
-        for s in batch:
-            add(s)
+        add(batch)
     assembler.close()
     return finish(analyzer, assembler, plan, top)
 

@@ -35,6 +35,7 @@ from budgetspan.report.otlp import SpanRec
 
 WINDOW = 20_000  # spans read after a run's run span (or its trace's root) before it is finished
 MAX_SPANS_IN_FLIGHT = 250_000
+_RUN_ID, _INVOKE_AGENT = A.RUN_ID, A.OP_INVOKE_AGENT
 _EVICT_TO = 0.9  # past the bound, evict down to this share of it (not one span at a time)
 
 # Receives runs finished together (id, spans) and every span in flight, by trace then span id.
@@ -75,49 +76,55 @@ class RunAssembler:
         self.early_runs = 0
 
     def add_all(self, spans: Iterable[SpanRec]) -> None:
-        for s in spans:
-            self.add(s)
+        self.add_batch(spans)
 
-    # long: called once per span of the file: kept in one piece, lookups hoisted
     def add(self, span: SpanRec) -> None:
-        self.read += 1
-        tid = span.trace_id
-        rid = span.attrs.get(A.RUN_ID)
-        if type(rid) is not str or not rid:
-            rid = None
-        elif rid in self._finished:
-            self.late_spans += 1
-            return
-        spans = self.spans.get(tid)
-        if spans is None:
-            spans = self.spans[tid] = {}
-            trace = self._traces[tid] = _Trace()
-        elif span.span_id in spans:
-            self.duplicate_spans += 1
-            return
-        else:
-            trace = self._traces[tid]
-        spans[span.span_id] = span
-        self.in_flight += 1
-        if span.parent_id is None:
-            trace.rooted = True
-            if rid is None:
-                self._schedule("trace", tid)
-        if rid is not None:
-            run = self._runs.get(rid)
-            if run is None:
-                run = self._runs[rid] = _Run()
-            run.spans.append(span)
-            if tid not in run.traces:
-                run.traces.add(tid)
-                trace.runs.add(rid)
-            if not run.closing and span.operation == A.OP_INVOKE_AGENT:
-                run.closing = True
-                self._schedule("run", rid)
-        if self._due and self._due[0][0] <= self.read:
-            self._finish_due()
-        if self.max_in_flight is not None and self.in_flight > self.max_in_flight:
-            self._evict()
+        self.add_batch((span,))
+
+    # long: called for every span of the file: kept in one piece, lookups hoisted out of the loop
+    def add_batch(self, batch: Iterable[SpanRec]) -> None:
+        """``add`` for each span of ``batch`` (one line's spans): one call, not one per span."""
+        by_trace, traces, runs, finished = self.spans, self._traces, self._runs, self._finished
+        due, bound = self._due, self.max_in_flight
+        for span in batch:
+            self.read += 1
+            tid = span.trace_id
+            rid = span.attrs.get(_RUN_ID)
+            if type(rid) is not str or not rid:
+                rid = None
+            elif rid in finished:
+                self.late_spans += 1
+                continue
+            spans = by_trace.get(tid)
+            if spans is None:
+                spans = by_trace[tid] = {}
+                trace = traces[tid] = _Trace()
+            elif span.span_id in spans:
+                self.duplicate_spans += 1
+                continue
+            else:
+                trace = traces[tid]
+            spans[span.span_id] = span
+            self.in_flight += 1
+            if span.parent_id is None:
+                trace.rooted = True
+                if rid is None:
+                    self._schedule("trace", tid)
+            if rid is not None:
+                run = runs.get(rid)
+                if run is None:
+                    run = runs[rid] = _Run()
+                run.spans.append(span)
+                if tid not in run.traces:
+                    run.traces.add(tid)
+                    trace.runs.add(rid)
+                if not run.closing and span.operation == _INVOKE_AGENT:
+                    run.closing = True
+                    self._schedule("run", rid)
+            if due and due[0][0] <= self.read:
+                self._finish_due()
+            if bound is not None and self.in_flight > bound:
+                self._evict()
 
     def _schedule(self, kind: str, key: str) -> None:
         if self.window is not None:

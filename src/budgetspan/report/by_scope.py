@@ -7,7 +7,6 @@ so in its explanation ("Stopped: tenant acme has spent ..."): counted as ``scope
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -51,6 +50,8 @@ def rows(runs: Sequence[RunStat], by: str) -> list[ScopeRow]:
 def render_by(runs: Sequence[RunStat], by: str, fmt: str) -> str:
     table = rows(runs, by)
     if fmt == "json":
+        import json
+
         return (
             json.dumps(
                 {"by": by, "rows": [{**asdict(r), "cost_per_success": r.cost_per_success} for r in table]}

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
+from budgetspan.report.fastread import parse_line_fast
 from budgetspan.report.otlp import BadLine, Keep, SpanRec, parse_line, parse_request
 
 
@@ -117,7 +118,7 @@ class SpanReader:
             if line.isspace() or not line:
                 continue
             try:
-                spans = parse_line(line, keep)
+                spans = parse_line(line, None) if keep is None else parse_line_fast(line, keep)
             except BadLine as e:
                 self._error(LoadError(path, number, str(e)))
                 continue

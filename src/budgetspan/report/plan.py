@@ -7,7 +7,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from budgetspan.accounting.toml_file import TomlFileError, read_toml
 from budgetspan.report.numbers import number, percentile
 
 if TYPE_CHECKING:
@@ -49,6 +48,8 @@ PLAN_FORM = (
 
 def load_plan(path: str) -> dict[str, dict[str, float]]:
     """Read a plan file. Raises PlanError naming the file, the key and the accepted form."""
+    from budgetspan.accounting.toml_file import TomlFileError, read_toml  # only with --plan
+
     try:
         data = read_toml(path)
     except TomlFileError as e:

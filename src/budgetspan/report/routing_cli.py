@@ -4,21 +4,21 @@ each run's details next to the analysis, and the routing tables (text, Markdown 
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Iterable, Mapping
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-from budgetspan.report.analysis import Analysis, Analyzer, finish
+from budgetspan.report.analysis import MAX_TIMELINES, Analysis, Analyzer, finish
 from budgetspan.report.assemble import RunAssembler
 from budgetspan.report.by_scope import BY as SCOPE_BY
-from budgetspan.report.otlp import SpanRec
-from budgetspan.report.routing import Routing, evaluate
-from budgetspan.report.runs_detail import DETAIL_KEEP, MAX_TIMELINES, DetailCollector
+from budgetspan.report.otlp import Keep, SpanRec
 from budgetspan.report.textfmt import Out as _Out
 from budgetspan.report.textfmt import Table, money, pct, secs, to_jsonable
 
+if TYPE_CHECKING:  # imported where used: a report without --by step,model or --html needs neither
+    from budgetspan.report.routing import Routing
+    from budgetspan.report.runs_detail import DetailCollector
+
 __all__ = [
-    "DETAIL_KEEP",
     "add_arguments",
     "analyze_with_details",
     "check",
@@ -66,6 +66,13 @@ def check(args: argparse.Namespace) -> str | None:
     return None
 
 
+def detail_keep() -> Keep:
+    """The attributes the routing evaluation and the HTML report read (``runs_detail``)."""
+    from budgetspan.report.runs_detail import DETAIL_KEEP
+
+    return DETAIL_KEEP
+
+
 def analyze_with_details(
     batches: Iterable[list[SpanRec]],
     plan: Mapping[str, Mapping[str, float]] | None,
@@ -76,6 +83,8 @@ def analyze_with_details(
     max_timelines: int = MAX_TIMELINES,
 ) -> tuple[Analysis, DetailCollector]:
     """The report's analysis and each run's details, in one pass over the spans."""
+    from budgetspan.report.runs_detail import DetailCollector
+
     analyzer = Analyzer()
     details = DetailCollector(max_timelines=max(0, max_timelines))
 
@@ -84,16 +93,18 @@ def analyze_with_details(
         details.add_runs(runs, traces)
 
     assembler = RunAssembler(sink, window=window, max_in_flight=max_in_flight)
-    add = assembler.add
+    add = assembler.add_batch
     for batch in details.watch(batches):
-        for s in batch:
-            add(s)
+        add(batch)
     assembler.close()
     return finish(analyzer, assembler, plan, top), details
 
 
 def evaluate_spans(spans: Iterable[SpanRec]) -> Routing:
     """The routing evaluation of spans in memory (the demo's), every span held until the end."""
+    from budgetspan.report.routing import evaluate
+    from budgetspan.report.runs_detail import DetailCollector
+
     details = DetailCollector(max_timelines=0)
     assembler = RunAssembler(details.add_runs, window=None, max_in_flight=None)
     assembler.add_all(details.watch_spans(spans))
@@ -162,6 +173,10 @@ def write_extras(
     args: argparse.Namespace, analysis: Analysis, details: DetailCollector, stdout: IO[str], stderr: IO[str]
 ) -> int:  # (imports html lazily: only --html needs it)
     """The routing section (after the report) and the HTML report; returns an exit status."""
+    import json
+
+    from budgetspan.report.routing import evaluate
+
     runs = details.finish()
     routing = evaluate(runs, late_outcomes=sum(1 for r in runs if r.late_outcome))
     if by_routing(args):

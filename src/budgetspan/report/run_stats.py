@@ -149,6 +149,7 @@ def call_cost(span: SpanRec) -> float | None:
 
 
 _KEY_NAMES: dict[str, tuple[bool, str] | None] = {}  # attribute key -> (is a limit, name) or None
+_UNSEEN = ("", "")  # a key not looked at yet
 _MAX_KEY_NAMES = 4096  # a file of made-up keys does not grow it past this
 
 
@@ -161,14 +162,15 @@ def _limits_and_usage(r: RunStat, attrs: dict[str, Any]) -> None:
     names = _KEY_NAMES
     limits, usage = r.limits, r.usage
     for key, value in attrs.items():
-        if key in names:
-            known = names[key]
-        else:
+        known = names.get(key, _UNSEEN)  # one lookup: most keys were seen (None: not a figure)
+        if known is None:
+            continue
+        if known is _UNSEEN:
             known = _key_name(key)
             if len(names) < _MAX_KEY_NAMES:
                 names[key] = known
-        if known is None:
-            continue
+            if known is None:
+                continue
         if type(value) is int:
             num = float(value)
         elif type(value) is float and math.isfinite(value):

@@ -15,12 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from budgetspan import attributes as A
-from budgetspan.report.analysis import REPORT_KEEP
+from budgetspan.report.analysis import MAX_TIMELINES, REPORT_KEEP
 from budgetspan.report.numbers import number
 from budgetspan.report.otlp import Keep, SpanRec
 from budgetspan.report.run_stats import CALL_OPS, MODEL_OPS, call_cost
 
-MAX_TIMELINES = 2_000  # runs whose timeline is kept (the HTML report's per-run pages)
 MAX_RUNS = 1_000_000  # runs kept at all; past it, runs are not broken down by step
 MAX_TIMELINE_ITEMS = 200  # spans per run timeline
 MAX_CONTENT = 2_000  # characters of captured message content kept per call (timelines only)

@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from budgetspan import attributes as A
-from budgetspan.accounting.prompt_cache import prompt_cache_saving
 from budgetspan.report.numbers import number
 from budgetspan.report.otlp import SpanRec
 
@@ -135,6 +134,8 @@ class SavingsCounter:
         line.calls += 1
         line.cache_read_tokens += cr
         line.cache_write_tokens += cw
+        from budgetspan.accounting.prompt_cache import prompt_cache_saving  # only where cache was used
+
         provider = str(a.get(A.GEN_AI_PROVIDER_NAME) or a.get(A.GEN_AI_SYSTEM_DEPRECATED) or "")
         saving = None
         for model in (a.get(A.GEN_AI_RESPONSE_MODEL), a.get(A.GEN_AI_REQUEST_MODEL)):
