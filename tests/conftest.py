@@ -20,7 +20,9 @@ import budgetspan
 from budgetspan import attributes as A
 from budgetspan import config as bs_config
 from budgetspan import events
+from budgetspan.accounting import windows
 from budgetspan.accounting.memory import InMemoryLedger
+from budgetspan.accounting.scopes import REGISTRY
 from budgetspan.processors.budget import BudgetSpanProcessor
 from budgetspan.runs import context as bs_context
 from budgetspan.runs import implicit as bs_implicit
@@ -107,6 +109,26 @@ def config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cal
 
     yield use
     bs_config.set_config(None)
+
+
+#: The scope tests' "now": 2025-12-05 02:00 UTC.
+SCOPE_T0 = 1_764_900_000.0
+
+
+@pytest.fixture
+def scope_clock() -> Iterator[list[float]]:
+    """Scope windows read the time from ``now[0]`` (set it to move the clock), and calls go to a
+    fresh in-memory ledger; afterwards the real clock, no scope budgets, no configuration."""
+    now = [SCOPE_T0]
+    windows.set_clock(lambda: now[0])
+    bs_context.set_ledger(InMemoryLedger())
+    try:
+        yield now
+    finally:
+        windows.set_clock(None)
+        REGISTRY.clear()
+        bs_config.set_config(None)
+        bs_context.set_ledger(InMemoryLedger())
 
 
 @pytest.fixture(autouse=True)

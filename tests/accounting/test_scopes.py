@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,31 +10,13 @@ import pytest
 
 import budgetspan
 from budgetspan import config as bs_config
-from budgetspan.accounting import windows
 from budgetspan.accounting.budget import Budget
 from budgetspan.accounting.ledger import CallKind, Ledger, LedgerRefused, Mode, Spend
 from budgetspan.accounting.memory import InMemoryLedger
 from budgetspan.accounting.redis_ledger import RedisLedger
 from budgetspan.accounting.scopes import REGISTRY, Scope, ScopeBudget, explain_scope
 from budgetspan.accounting.windows import Window, parse_window
-from budgetspan.runs import context
-
-T0 = 1_764_900_000.0  # 2025-12-05 02:00 UTC
-
-
-@pytest.fixture
-def clock() -> Iterator[list[float]]:
-    now = [T0]
-    windows.set_clock(lambda: now[0])
-    ledger = InMemoryLedger()
-    context.set_ledger(ledger)
-    try:
-        yield now
-    finally:
-        windows.set_clock(None)
-        REGISTRY.clear()
-        bs_config.set_config(None)
-        context.set_ledger(InMemoryLedger())
+from tests.conftest import SCOPE_T0 as T0
 
 
 def _scope(kind: str, name: str, budget: Budget, window: str | None = "day", **kw: Any) -> Any:
@@ -59,7 +40,7 @@ def test_calendar_windows_in_a_time_zone() -> None:
         Window("day", tz="Mars/Olympus")
 
 
-def test_the_explanation_names_the_scope_and_the_reset(clock: list[float]) -> None:
+def test_the_explanation_names_the_scope_and_the_reset(scope_clock: list[float]) -> None:
     ref = _scope("tenant", "acme", Budget(max_cost_usd=200))
     text = explain_scope(ref, "max_cost_usd", 200.0, 200.0, None)
     assert text == "Stopped: tenant acme has spent $200.00 of its $200 daily budget; resets at 00:00 UTC."
@@ -70,7 +51,7 @@ def test_the_explanation_names_the_scope_and_the_reset(clock: list[float]) -> No
     )
 
 
-def test_one_reservation_in_the_run_and_every_scope(clock: list[float], ledger: Ledger) -> None:
+def test_one_reservation_in_the_run_and_every_scope(scope_clock: list[float], ledger: Ledger) -> None:
     tenant = _scope("tenant", "acme", Budget(max_model_calls=3))
     user = _scope("user", "ann", Budget(max_cost_usd=1.0))
     ledger.open("r1", Budget(max_model_calls=10), Mode.ENFORCE)
@@ -96,7 +77,9 @@ def test_one_reservation_in_the_run_and_every_scope(clock: list[float], ledger: 
         assert 22 * 3600 < ledger.client.ttl("budgetspan:scope:" + tenant.key) <= 23 * 3600
 
 
-def test_observe_mode_records_a_scope_refusal_and_refuses_nothing(clock: list[float], ledger: Ledger) -> None:
+def test_observe_mode_records_a_scope_refusal_and_refuses_nothing(
+    scope_clock: list[float], ledger: Ledger
+) -> None:
     tenant = _scope("tenant", "acme", Budget(max_model_calls=1))
     ledger.open("o", Budget(), Mode.OBSERVE)
     ledger.reserve("o", CallKind.MODEL, scopes=(tenant,))
@@ -105,7 +88,9 @@ def test_observe_mode_records_a_scope_refusal_and_refuses_nothing(clock: list[fl
     assert ledger.scope_usage(tenant.key).model_calls == 2  # type: ignore[union-attr]
 
 
-def test_budgets_from_code_lookup_and_config(clock: list[float], tmp_path: Path, monkeypatch: Any) -> None:
+def test_budgets_from_code_lookup_and_config(
+    scope_clock: list[float], tmp_path: Path, monkeypatch: Any
+) -> None:
     path = tmp_path / "budgets.toml"
     path.write_text(
         """
@@ -161,7 +146,7 @@ def test_a_bad_scope_table_is_a_config_error(tmp_path: Path, monkeypatch: Any) -
         bs_config.load_config()
 
 
-def test_a_nested_run_spends_once_in_its_scopes(clock: list[float], tracing: object) -> None:
+def test_a_nested_run_spends_once_in_its_scopes(scope_clock: list[float], tracing: object) -> None:
     budgetspan.set_scope_budget("tenant", "acme", Budget(max_model_calls=3), window="day")
     budgetspan.set_scope_budget("workflow", "triage", Budget(max_model_calls=100), window="hour")
     with budgetspan.run("triage", tenant="acme") as outer:
@@ -175,7 +160,9 @@ def test_a_nested_run_spends_once_in_its_scopes(clock: list[float], tracing: obj
         budgetspan.spend(tenant="acme", user="ann")
 
 
-def test_a_failing_lookup_leaves_the_run_unscoped(clock: list[float], tracing: object, caplog: Any) -> None:
+def test_a_failing_lookup_leaves_the_run_unscoped(
+    scope_clock: list[float], tracing: object, caplog: Any
+) -> None:
     def broken(kind: str, name: str) -> None:
         raise RuntimeError("plan service down")
 
@@ -185,7 +172,7 @@ def test_a_failing_lookup_leaves_the_run_unscoped(clock: list[float], tracing: o
     assert run.scopes == () and "scope budgets" in caplog.text
 
 
-def test_scopes_in_use_only_are_kept(clock: list[float]) -> None:
+def test_scopes_in_use_only_are_kept(scope_clock: list[float]) -> None:
     ledger = InMemoryLedger()
     ledger.open("r", Budget(), Mode.ENFORCE)
     for i in range(50):
@@ -193,7 +180,7 @@ def test_scopes_in_use_only_are_kept(clock: list[float]) -> None:
             ledger.reserve("r", CallKind.MODEL, scopes=(_scope("user", f"u{i}", Budget(max_model_calls=9)),))
         )
     assert len(ledger.scope_books) == 50
-    clock[0] += 86_400 + 3600 + 1  # every one of those windows (and their grace) is over
+    scope_clock[0] += 86_400 + 3600 + 1  # every one of those windows (and their grace) is over
     for _ in range(1024):
         ledger.commit(
             ledger.reserve("r", CallKind.MODEL, scopes=(_scope("user", "u0", Budget(max_model_calls=9999)),))
@@ -201,7 +188,7 @@ def test_scopes_in_use_only_are_kept(clock: list[float]) -> None:
     assert len(ledger.scope_books) == 1
 
 
-def test_another_instrumentations_call_spends_in_the_scopes(clock: list[float], tracing: Any) -> None:
+def test_another_instrumentations_call_spends_in_the_scopes(scope_clock: list[float], tracing: Any) -> None:
     budgetspan.set_scope_budget("tenant", "acme", Budget(max_model_calls=5), window="day")
     tracer = tracing.provider.get_tracer("other-instrumentation")
     with budgetspan.run("chat", tenant="acme"):
@@ -211,7 +198,7 @@ def test_another_instrumentations_call_spends_in_the_scopes(clock: list[float], 
 
 
 def test_a_final_answer_reserve_and_a_scope_window_in_one_reservation(
-    clock: list[float], ledger: Ledger
+    scope_clock: list[float], ledger: Ledger
 ) -> None:
     """The two additions to the reserve step together (issues 18 and 22): the run's reserve for
     its final answer holds back only the run's own limit, never the scope's."""

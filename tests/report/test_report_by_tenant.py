@@ -11,25 +11,20 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 import budgetspan
-from budgetspan.accounting import windows
 from budgetspan.accounting.ledger import CallKind, Spend
-from budgetspan.accounting.memory import InMemoryLedger
-from budgetspan.accounting.scopes import REGISTRY
 from budgetspan.processors.file_export import FileSpanExporter
 from budgetspan.runs import context
 from tests.report.test_report import report
 
 
 @pytest.fixture
-def traces(tmp_path: Path) -> Iterator[Path]:
+def traces(tmp_path: Path, scope_clock: list[float]) -> Iterator[Path]:
     """Five runs written by the file exporter: acme stopped once by its daily budget."""
     path = tmp_path / "spans.jsonl"
     exporter = FileSpanExporter(path)
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     context.set_tracer_provider(provider)
-    context.set_ledger(InMemoryLedger())
-    windows.set_clock(lambda: 1_764_900_000.0)
     budgetspan.set_scope_budget("tenant", "acme", budgetspan.Budget(max_cost_usd=1.0), window="day")
     try:
         for tenant, cost in (("acme", 0.5), ("acme", 0.5), ("acme", 0.5), ("globex", 0.25), (None, 0.1)):
@@ -38,10 +33,7 @@ def traces(tmp_path: Path) -> Iterator[Path]:
         provider.shutdown()
         yield path
     finally:
-        windows.set_clock(None)
-        REGISTRY.clear()
         context.set_tracer_provider(None)
-        context.set_ledger(InMemoryLedger())
 
 
 def test_runs_and_cost_by_tenant(traces: Path) -> None:
