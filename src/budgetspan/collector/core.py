@@ -179,7 +179,10 @@ class Tier:
     def _process(self, facts: SpanFacts, attrs: Mapping[str, Any]) -> Edit:
         shape = shape_of(attrs)  # what the keys alone say, found once per set of keys
         edit = Edit({} if shape.plan is None else apply_plan(attrs, shape.plan))
-        view: Mapping[str, Any] = {**attrs, **edit.set} if edit.set else attrs
+        # a dict, not a Mapping, from here on: compiled (mypyc), ``dict.get`` is a direct call
+        view: dict[str, Any] = (
+            {**attrs, **edit.set} if edit.set else attrs if type(attrs) is dict else dict(attrs)
+        )
         op = view.get(A.GEN_AI_OPERATION_NAME)
         phase = view.get(A.PHASE)
         if type(phase) is not str or not phase:  # (attribute values are never str subclasses)
@@ -208,7 +211,7 @@ class Tier:
             self._maybe_end(facts, view, op, run_id)
         return edit
 
-    def _cache(self, view: Mapping[str, Any], svc: str) -> None:
+    def _cache(self, view: dict[str, Any], svc: str) -> None:
         """A request to budgetspan's cache (a tool's miss span, or a ``cached`` span)."""
         m = self.metrics
         tool = _text(view.get(A.CACHE_NAME)) or _text(view.get(A.GEN_AI_TOOL_NAME)) or "unknown"
@@ -219,7 +222,7 @@ class Tier:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < math.inf:
                 family.child(tool, svc).inc(float(v))
 
-    def _run(self, facts: SpanFacts, view: Mapping[str, Any], run_id: str | None) -> RunState:
+    def _run(self, facts: SpanFacts, view: dict[str, Any], run_id: str | None) -> RunState:
         workflow = view.get(A.WORKFLOW)
         if type(workflow) is not str:
             workflow = None
@@ -239,7 +242,7 @@ class Tier:
         return state
 
     def _model(
-        self, facts: SpanFacts, view: Mapping[str, Any], state: RunState, edit: Edit, phase: str, extras: bool
+        self, facts: SpanFacts, view: dict[str, Any], state: RunState, edit: Edit, phase: str, extras: bool
     ) -> None:
         m, wf, svc = self.metrics, state.workflow, facts.service
         provider = view.get(A.GEN_AI_PROVIDER_NAME)
@@ -295,7 +298,7 @@ class Tier:
 
     def _price(
         self,
-        view: Mapping[str, Any],
+        view: dict[str, Any],
         edit: Edit,
         provider: str,
         model: str | None,
@@ -323,9 +326,7 @@ class Tier:
             edit.set[A.USAGE_UNREPORTED] = True
         return cost
 
-    def _extras(
-        self, view: Mapping[str, Any], wf: str, provider: str, model: str, svc: str, kind: str
-    ) -> None:
+    def _extras(self, view: dict[str, Any], wf: str, provider: str, model: str, svc: str, kind: str) -> None:
         """Time to first token and retries, where the instrumentation recorded them. Called only for
         a span with one of ``_EXTRA_KEYS`` (one set test instead of a call and three reads for most
         spans; measured, core alone on a GenAI span: 94.4k -> 93.8k instructions)."""
@@ -338,9 +339,7 @@ class Tier:
         if retries is not None and (retries := token_count(retries)):
             self.metrics.retries.add(retries, wf, kind, svc)
 
-    def _tool(
-        self, facts: SpanFacts, view: Mapping[str, Any], state: RunState, edit: Edit, phase: str
-    ) -> None:
+    def _tool(self, facts: SpanFacts, view: dict[str, Any], state: RunState, edit: Edit, phase: str) -> None:
         m, wf, svc = self.metrics, state.workflow, facts.service
         tool = _text(view.get(A.GEN_AI_TOOL_NAME)) or "unknown"
         duration = max(0.0, (facts.end_ns - facts.start_ns) / 1e9)
@@ -360,12 +359,12 @@ class Tier:
         m.phase_duration.child(wf, phase, svc).observe(max(0.0, (facts.end_ns - facts.start_ns) / 1e9))
 
     @staticmethod
-    def _mark(view: Mapping[str, Any], edit: Edit, would: str) -> None:
+    def _mark(view: dict[str, Any], edit: Edit, would: str) -> None:
         if A.WOULD_REFUSE not in view:  # an in-process mark stays
             edit.set[A.WOULD_REFUSE] = would
             edit.set[A.BUDGET_MODE] = "observe"
 
-    def _maybe_end(self, facts: SpanFacts, view: Mapping[str, Any], op: Any, run_id: str | None) -> None:
+    def _maybe_end(self, facts: SpanFacts, view: dict[str, Any], op: Any, run_id: str | None) -> None:
         """A run span with its outcome (budgetspan in-process) or a trace's root ends the run."""
         outcome = _text(view.get(A.RUN_OUTCOME))
         if op == A.OP_INVOKE_AGENT and run_id and outcome:
@@ -381,7 +380,7 @@ class Tier:
                     state_or_none, outcome or ("failure" if facts.error else "success"), facts.end_ns
                 )
 
-    def _extensions_and_loops(self, state: RunState, view: Mapping[str, Any]) -> None:
+    def _extensions_and_loops(self, state: RunState, view: dict[str, Any]) -> None:
         """What the run span of budgetspan in-process says of its extensions and loop stop."""
         m, wf, svc = self.metrics, state.workflow, state.service
         for limit in (_text(view.get(A.BUDGET_EXTENDED_LIMITS)) or "").split(","):

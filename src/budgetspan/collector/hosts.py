@@ -101,7 +101,9 @@ def _rotel_span(tier: Tier, span: Any, service: str) -> None:
         _rotel_apply(span, attributes, keys, attrs, edit)
 
 
-_ALL = (True,)  # ``_value_reads``: every value is read
+#: ``_value_reads``: every value is read. Compared by identity, so typed as a variable-length
+#: tuple: compiled with mypyc, a ``tuple[bool]`` is an unboxed value boxed anew at each read.
+_ALL: tuple[bool, ...] = (True,)
 _VALUE_READS: dict[tuple[str, ...], tuple[bool, ...] | None] = {}
 
 
