@@ -495,6 +495,33 @@ def test_a_user_not_allowed_functions_gets_the_scripts(ledger: RedisLedger, redi
         admin.acl_deluser("no-functions")
 
 
+def test_a_user_allowed_evalsha_but_not_fcall_gets_the_scripts(ledger: RedisLedger, redis_url: str) -> None:
+    """An ACL written for scripts (EVAL/EVALSHA, no FCALL nor FUNCTION: what earlier versions
+    needed) must still share the run's limits, not fall back to counting apart in each process."""
+    admin = ledger.client
+    admin.function_flush()
+    commands = ["+@read", "+@write", "+@connection", "+eval", "+evalsha", "+script|load", "+time"]
+    admin.acl_setuser("scripts-only", enabled=True, nopass=True, keys="*", commands=commands)
+    try:
+        peers = [
+            RedisLedger(redis.Redis.from_url(redis_url, username="scripts-only", password=""))
+            for _ in range(2)
+        ]
+        for peer in peers:
+            peer.open("r", Budget(max_model_calls=3), Mode.ENFORCE)
+        granted = []
+        for peer in peers * 3:
+            try:
+                granted.append(peer.reserve("r", CallKind.MODEL))
+            except LedgerRefused as refused:
+                assert refused.refusal.reason == "max_model_calls"
+        assert len(granted) == 3 and not any(res.fallback for res in granted)
+        assert not peers[0]._server.functions
+        assert peers[0].usage("r").model_calls == 3
+    finally:
+        admin.acl_deluser("scripts-only")
+
+
 def test_hashes_an_earlier_version_wrote_keep_their_limits_and_spend(ledger: RedisLedger) -> None:
     """Before figures were packed, each figure and limit was a text field: an upgrade must neither
     drop a live run's limits nor reset a window's spend (they are read once, then kept packed)."""

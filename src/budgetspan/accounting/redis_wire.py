@@ -59,9 +59,12 @@ class Server:
                 try:
                     return self._ask(conn, within_s, script.fcall(key, args))
                 except self._response_error as e:
-                    if not _function_missing(e):
+                    if _fcall_denied(e):  # a user allowed EVALSHA but not FCALL: scripts from now on
+                        log.warning("budgetspan: Redis refuses the ledger's functions (%s); using scripts", e)
+                        self.functions = False
+                    elif not _function_missing(e):
                         raise
-                    if self._load(conn, within_s):  # restarted or flushed: load it and retry once
+                    elif self._load(conn, within_s):  # restarted or flushed: load it and retry once
                         return self._ask(conn, within_s, script.fcall(key, args))
             try:
                 return self._ask(conn, within_s, script.evalsha(key, args))
@@ -113,6 +116,12 @@ def pack(args: Sequence[Any], head: bytes = b"", count: int = 0) -> bytes:
                 known[arg] = item
         parts.append(item)
     return b"".join(parts)
+
+
+def _fcall_denied(error: BaseException) -> bool:
+    """Whether an error says this Redis user may not call functions (an ACL without ``FCALL``)."""
+    text = str(error).lower()
+    return "no permissions" in text and "'fcall" in text
 
 
 def _function_missing(error: BaseException) -> bool:
