@@ -63,7 +63,13 @@ def remove_patches(done: list[tuple[Any, str]]) -> None:
     while done:
         owner, name = done.pop()
         try:
-            unwrap(owner, name)
+            # The wrapper as stored, not as read through the class: a method the library wraps
+            # itself (LlamaIndex's dispatcher) would come back bound, not as the library left it.
+            stored = None if isinstance(owner, str) else vars(owner).get(name)  # str: a module's name
+            if isinstance(stored, wrapt.FunctionWrapper):
+                setattr(owner, name, stored.__wrapped__)
+            else:
+                unwrap(owner, name)
         except Exception:
             internal_error(f"unpatch {owner!r}.{name}")
 
