@@ -121,6 +121,32 @@ def test_a_process_that_exits_without_closing_its_run_sends_its_pending_settleme
     peer.close("exits")
 
 
+def _commit_in_child(redis_url: str, run_id: str, inherited: RedisLedger | None) -> None:
+    """A call, then the child returns without closing the run (its settlement still pending)."""
+    ledger = inherited if inherited is not None else _ledger(redis_url, lag=600)
+    ledger.open(run_id, Budget(max_cost_usd=1.0), Mode.ENFORCE)
+    ledger.commit(ledger.reserve(run_id, CallKind.MODEL, worst_case_cost=0.5), Spend(cost_usd=0.1))
+
+
+@pytest.mark.parametrize(("start", "inherit"), [("fork", False), ("forkserver", False), ("fork", True)])
+def test_a_multiprocessing_child_that_returns_without_closing_sends_its_pending_settlement(
+    redis_url: str, start: str, inherit: bool
+) -> None:
+    """A multiprocessing child started by fork or forkserver ends with os._exit (no atexit): its
+    ledger, its own or one inherited at fork, still sends what is pending when the child ends."""
+    run_id = f"child-exits-{start}-{inherit}"
+    peer = _ledger(redis_url, lag=600)
+    peer.open(run_id, Budget(max_cost_usd=1.0), Mode.ENFORCE)
+    child = multiprocessing.get_context(start).Process(
+        target=_commit_in_child, args=(redis_url, run_id, peer if inherit else None)
+    )
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    assert _held(peer, run_id) == (0.0, 0.1)  # the actual spend, no worst case left held
+    peer.close(run_id)
+
+
 def test_a_settlement_with_scope_windows_rides_ahead_and_its_warning_fires(redis_url: str) -> None:
     heard: list[Any] = []
     tenant = Scope(

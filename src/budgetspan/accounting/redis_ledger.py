@@ -119,7 +119,7 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
         self._local_runs: set[str] = set()
         self._lock = threading.Lock()
         self._pending = PendingSettlements(self._send_pending, settle_lag_s)
-        atexit.register(_flush_at_exit, weakref.ref(self))
+        _flush_at_process_end(self)
 
     @staticmethod
     def key(run_id: str) -> str:
@@ -462,6 +462,23 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
 
 
 __all__ = ["DEFAULT_TIMEOUT_S", "RedisLedger"]
+
+
+def _flush_at_process_end(ledger: RedisLedger) -> None:
+    """Flush at interpreter exit, and at the end of a ``multiprocessing`` child (fork, forkserver:
+    it ends with ``os._exit``, so no ``atexit``; its finalizers run), also in each child forked
+    with this ledger (a child's finalizers are cleared when it starts)."""
+    import multiprocessing
+    import multiprocessing.util as mp_util
+
+    ref = weakref.ref(ledger)
+    atexit.register(_flush_at_exit, ref)
+    if multiprocessing.parent_process() is not None:
+        mp_util.Finalize(None, _flush_at_exit, args=(ref,), exitpriority=0)
+    mp_util.register_after_fork(
+        ledger,
+        lambda forked: mp_util.Finalize(None, _flush_at_exit, args=(weakref.ref(forked),), exitpriority=0),
+    )
 
 
 def _flush_at_exit(ledger: weakref.ref[RedisLedger]) -> None:
