@@ -30,6 +30,7 @@ from budgetspan.instrumentation.langgraph import LangGraphInstrumentor
 from budgetspan.instrumentation.openai import OpenAIInstrumentor
 from tests.conftest import Tracing, instrumentors_on
 from tests.instrumentation.chat_server import ChatServer
+from tests.instrumentation.hidden_libraries import preamble, run_script
 
 # The private functions the refusal fixes wrap are verified on these versions.
 VERIFIED = {"langgraph": "1.2.24", "langgraph-prebuilt": "1.1.3"}
@@ -322,3 +323,47 @@ def test_supervisor_handoff_is_an_event_on_the_supervisor_span(
     assert [s.name for s in graph_tracing.spans("execute_tool")] == ["execute_tool get_weather"]
     assert run.usage.tool_calls == 1
     assert run.usage.model_calls == len(chat_server.for_model(model))
+
+
+_PLAIN_STATEGRAPH_APP = """
+import json, sys, wrapt
+from typing import TypedDict
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+spans = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(spans))
+budgetspan.configure(tracer_provider=provider)
+from langgraph.graph import END, START, StateGraph  # and never langgraph.prebuilt
+
+class State(TypedDict):
+    x: int
+
+graph = StateGraph(State)
+graph.add_node("step", lambda state: {"x": state["x"] + 1})
+graph.add_edge(START, "step")
+graph.add_edge("step", END)
+with budgetspan.run("wf"):
+    graph.compile(name="my_graph").invoke({"x": 1})
+prebuilt_before = "langgraph.prebuilt" in sys.modules
+from langgraph.prebuilt import ToolNode  # imported later: its guard is applied then
+import langgraph.prebuilt.tool_node as tool_node
+print(json.dumps({
+    "spans": sorted(s.name for s in spans.get_finished_spans()),
+    "prebuilt_before": prebuilt_before,
+    "guarded": isinstance(tool_node._handle_tool_error, wrapt.FunctionWrapper),
+    "warnings": warnings, "errors": errors,
+}))
+"""
+
+
+def test_an_app_of_plain_stategraphs_is_instrumented_and_toolnode_guarded_when_imported() -> None:
+    """A graph built with ``langgraph.graph`` only (no ``langgraph.prebuilt`` import) is an agent
+    span; the ToolNode guard is applied when ``prebuilt`` comes later. A fresh interpreter, since
+    this module imports ``prebuilt`` at the top."""
+    result, _ = run_script(preamble([]) + _PLAIN_STATEGRAPH_APP)
+    assert result["spans"] == ["invoke_agent my_graph", "invoke_agent wf"]
+    assert result["prebuilt_before"] is False  # budgetspan did not import it for the app
+    assert result["guarded"] is True
+    assert result["warnings"] == [] and result["errors"] == []

@@ -30,10 +30,11 @@ INSTRUMENTORS: tuple[tuple[str, str, str], ...] = (
     ("mistral", "MistralInstrumentor", "mistralai"),
     ("langchain", "LangChainInstrumentor", "langchain_core"),
     ("llamaindex", "LlamaIndexInstrumentor", "llama_index.core"),
-    # ``langgraph`` is a namespace package (its import fires no post-import hook); ``prebuilt``
-    # (ToolNode, create_react_agent, supervisor/swarm) is patched once it is wholly imported
-    # (``graph`` or ``pregel`` would fire while ``prebuilt.tool_node`` is half-imported).
-    ("langgraph", "LangGraphInstrumentor", "langgraph.prebuilt"),
+    # ``langgraph`` is a namespace package (its import fires no post-import hook); ``graph`` is
+    # what every app imports (``StateGraph``, and ``prebuilt`` through it), and ``pregel`` is whole
+    # once it is (``pregel`` itself would fire while ``graph`` is half-imported). The ToolNode
+    # guard waits for ``prebuilt.tool_node`` itself (``langgraph.py``).
+    ("langgraph", "LangGraphInstrumentor", "langgraph.graph"),
     ("llamaindex_agents", "LlamaIndexAgentsInstrumentor", "llama_index.core.agent.workflow"),
     ("mcp", "MCPInstrumentor", "mcp"),
     ("chroma", "ChromaInstrumentor", "chromadb"),

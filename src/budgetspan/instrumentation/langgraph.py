@@ -26,11 +26,13 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
+import wrapt
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span
@@ -233,12 +235,28 @@ class LangGraphInstrumentor(PatchInstrumentor):
         ("langgraph.pregel", "Pregel.astream", _astream),
     )
 
+    _guarding: object = None  # the token of the current instrument(); None once uninstrumented
+
     def _instrument(self, **kwargs: Any) -> None:
         super()._instrument(**kwargs)
         if not self._patched:
             return  # LangGraph is not installed: nothing to say
-        for module, name, wrapper, lost in _GUARDS:
-            done = apply_patches(((module, name, wrapper),))
-            if not done:
-                log.warning("budgetspan: this LangGraph has no %s.%s: %s", module, name, lost)
-            self._patched += done
+        # Each guard is applied once its module is wholly imported: now if it is, else at its
+        # import (``prebuilt.tool_node`` comes with ToolNode, often after ``langgraph.graph``, whose
+        # import instruments LangGraph; an app of plain StateGraphs never imports it).
+        token = self._guarding = object()
+        for guard in _GUARDS:
+            wrapt.register_post_import_hook(functools.partial(self._guard, token, guard), guard[0])
+
+    def _guard(self, token: object, guard: tuple[str, str, Callable[..., Any], str], _module: Any) -> None:
+        if token is not self._guarding:
+            return  # uninstrumented (or instrumented again) since this hook was registered
+        module, name, wrapper, lost = guard
+        done = apply_patches(((module, name, wrapper),))
+        if not done:
+            log.warning("budgetspan: this LangGraph has no %s.%s: %s", module, name, lost)
+        self._patched += done
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        self._guarding = None
+        super()._uninstrument(**kwargs)
