@@ -436,7 +436,7 @@ def test_a_run_whose_key_vanished_is_restored_with_what_this_process_knew(
 
 
 def test_a_restarted_empty_redis_does_not_reset_the_budget(
-    tmp_path: Path, internal_errors: list[str]
+    tmp_path: Path, internal_errors: list[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     """The issue's case: 21 of 21 calls went through under a limit of 3 after a restart."""
     proc, port = start_redis(tmp_path)
@@ -455,6 +455,10 @@ def test_a_restarted_empty_redis_does_not_reset_the_budget(
                 assert refused.refusal.reason == "max_model_calls"
         assert len(granted) == 2 and not any(res.fallback for res in granted)  # on Redis, not local
         assert internal_errors == ["redis_ledger"]
+        # said once, with what is not restored (scope windows live only on Redis)
+        assert [
+            r.getMessage().count("Scope windows") for r in caplog.records if "missing" in r.getMessage()
+        ] == [1]
         assert ledger.close("r").input_tokens == 10
     finally:
         stop(proc)

@@ -206,7 +206,9 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
             known.logged.add("lost")
             log.warning(
                 "budgetspan: run %s was missing from the Redis ledger (Redis restarted, the key "
-                "expired or was deleted); restored from what this process last knew",
+                "expired or was deleted); restored from what this process last knew. Scope windows "
+                "(tenant, user, conversation, workflow budgets) lost with it start again from zero: "
+                "run that Redis with persistence",
                 run_id,
             )
         events.emit("on_internal_error", "redis_ledger")
