@@ -123,3 +123,52 @@ def test_zero_code_refuses_the_call_past_the_limit(tmp_path: Path, framework: st
     # the refusal was raised out of the framework: no turn began after it (a turn that began
     # after a swallowed tool refusal would be refused at its model call, one turn too late)
     assert result["turns"] == turns
+
+
+FUNCTIONAL_API = """
+import json
+import budgetspan
+from langchain_core.tools import tool
+from langgraph.func import entrypoint, task  # and never langgraph.graph
+from langgraph.types import RetryPolicy
+
+attempts = []
+
+@tool
+def get_weather(city: str) -> str:
+    "The weather in a city."
+    return "sunny"
+
+@task(retry_policy=RetryPolicy(max_attempts=3, initial_interval=0.01, jitter=False, retry_on=Exception))
+def lookup(city: str) -> str:
+    attempts.append(city)
+    return get_weather.invoke({"city": city})
+
+@entrypoint()
+def my_flow(cities: list[str]) -> list[str]:
+    return [lookup(city).result() for city in cities]
+
+try:
+    with budgetspan.run("wf"):
+        my_flow.invoke(["paris", "oslo"])
+    reason = None
+except budgetspan.BudgetExhausted as e:
+    reason = e.reason
+print("RESULT " + json.dumps({"reason": reason, "attempts": attempts}))
+"""
+
+
+@pytest.mark.skipif(not zero_code.INSTRUMENT.exists(), reason="opentelemetry-instrument not installed")
+def test_zero_code_instruments_a_functional_api_app(tmp_path: Path) -> None:
+    """An app of ``@entrypoint``/``@task`` imports ``langgraph.func``, never ``langgraph.graph``:
+    LangGraph is instrumented at that import too, so a task's RetryPolicy does not retry a refusal."""
+    proc = zero_code.run(
+        tmp_path,
+        FUNCTIONAL_API,
+        {"BUDGETSPAN_BUDGET": "max_tool_calls=1"},
+        sdk=False,
+        keep=("langgraph", "langchain"),
+        pythonpath=(str(REPO / "src"), str(REPO)),
+    )
+    result = zero_code.result(proc)
+    assert result == {"reason": "max_tool_calls", "attempts": ["paris", "oslo"]}  # oslo: once

@@ -35,6 +35,8 @@ INSTRUMENTORS: tuple[tuple[str, str, str], ...] = (
     # once it is (``pregel`` itself would fire while ``graph`` is half-imported). The ToolNode
     # guard waits for ``prebuilt.tool_node`` itself (``langgraph.py``).
     ("langgraph", "LangGraphInstrumentor", "langgraph.graph"),
+    # the Functional API (``@entrypoint``, ``@task``) builds its Pregel without ``langgraph.graph``
+    ("langgraph", "LangGraphInstrumentor", "langgraph.func"),
     ("llamaindex_agents", "LlamaIndexAgentsInstrumentor", "llama_index.core.agent.workflow"),
     ("mcp", "MCPInstrumentor", "mcp"),
     ("chroma", "ChromaInstrumentor", "chromadb"),

@@ -23,24 +23,23 @@ _lock = threading.Lock()
 _pending: dict[type, bool] = {}  # instrumentor class -> still wanted when its library arrives
 
 
-def library_of(cls: type) -> str | None:
-    """The import name whose import triggers ``cls`` (the instrumentor table's, installed first)."""
+def libraries_of(cls: type) -> list[str]:
+    """The import names whose import triggers ``cls`` (the instrumentor table's, installed ones):
+    several when a library is used through more than one entry (LangGraph's ``graph`` and ``func``)."""
     from budgetspan.instrumentation import INSTRUMENTORS, library_present
 
     names = [library for _module, name, library in INSTRUMENTORS if name == cls.__name__]
-    for name in names:
-        if name in sys.modules:
-            return name
-    return next((name for name in names if library_present(name)), None)
+    return [name for name in names if name in sys.modules or library_present(name)]
 
 
 def instrument_when_imported(
     instrumentor: Any, instrument: Callable[..., Any], kwargs: dict[str, Any]
 ) -> Any:
-    """Run ``instrument(**kwargs)`` now if the library is imported (or unknown), else at its import."""
+    """Run ``instrument(**kwargs)`` now if the library is imported (or unknown), else at the import
+    of whichever of its entries comes first."""
     cls = type(instrumentor)
-    library = library_of(cls)
-    if library is None or library in sys.modules or library == "threading":
+    libraries = libraries_of(cls)
+    if not libraries or "threading" in libraries or any(name in sys.modules for name in libraries):
         return instrument(**kwargs)
     with _lock:
         already = cls in _pending
@@ -56,7 +55,8 @@ def instrument_when_imported(
                 except Exception:
                     internal_error(f"instrument {cls.__name__}")
 
-        wrapt.register_post_import_hook(hook, library)
+        for library in libraries:
+            wrapt.register_post_import_hook(hook, library)
     return None
 
 
