@@ -25,6 +25,7 @@ from budgetspan.instrumentation.llamaindex_agents import LlamaIndexAgentsInstrum
 from budgetspan.instrumentation.openai import OpenAIInstrumentor
 from tests.conftest import Tracing, instrumentors_on
 from tests.instrumentation.chat_server import ChatServer
+from tests.instrumentation.hidden_libraries import preamble, run_script
 from tests.instrumentation.llama_openai_llm import OpenAIChatLLM
 
 # ``_call_tool`` (private) is where the agents catch every exception of a tool: verified on these.
@@ -223,3 +224,46 @@ def test_function_tool_called_directly_is_counted_and_refused(li_tracing: Tracin
         weather.tool(city="Lyon")  # __call__ -> call: refused before the body
     assert weather.ran == ["Paris"] and info.value.reason == "max_tool_calls"
     assert [s.name for s in li_tracing.spans("execute_tool")] == ["execute_tool get_weather"]
+
+
+_TOOL_WITHOUT_AGENTS = """
+import json, sys, wrapt
+when = sys.argv[1] if len(sys.argv) > 1 else "{when}"
+if when == "before":
+    budgetspan.configure()
+from llama_index.core.tools import FunctionTool  # and no agent: llm.predict_and_call(tools) calls it
+if when == "after":
+    budgetspan.configure()
+ran = []
+
+def get_weather(city: str) -> str:
+    "The weather in a city."
+    ran.append(city)
+    return "sunny"
+
+weather = FunctionTool.from_defaults(fn=get_weather)
+reason = None
+try:
+    with budgetspan.run("wf", max_tool_calls=1):
+        weather.call(city="paris")
+        weather.call(city="oslo")
+except budgetspan.BudgetExhausted as e:
+    reason = e.reason
+call, ours = vars(FunctionTool)["call"], 0
+while isinstance(call, wrapt.FunctionWrapper):
+    ours += "budgetspan" in call._self_wrapper.__code__.co_filename
+    call = call.__wrapped__
+print(json.dumps({"reason": reason, "ran": ran, "wrapped": ours, "warnings": warnings, "errors": errors}))
+"""
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_function_tool_called_outside_agents_is_counted_and_refused(when: str) -> None:
+    """An app that calls FunctionTools without LlamaIndex's agents (``predict_and_call``, or
+    ``tool.call``) never imports ``llama_index.core.agent.workflow``: its tools are still counted,
+    once (one wrapper). A fresh interpreter, configured before or after the import."""
+    result, _ = run_script(preamble([]) + _TOOL_WITHOUT_AGENTS.replace("{when}", when))
+    assert result["reason"] == "max_tool_calls"
+    assert result["ran"] == ["paris"]
+    assert result["wrapped"] == 1
+    assert result["warnings"] == [] and result["errors"] == []

@@ -38,6 +38,9 @@ INSTRUMENTORS: tuple[tuple[str, str, str], ...] = (
     # the Functional API (``@entrypoint``, ``@task``) builds its Pregel without ``langgraph.graph``
     ("langgraph", "LangGraphInstrumentor", "langgraph.func"),
     ("llamaindex_agents", "LlamaIndexAgentsInstrumentor", "llama_index.core.agent.workflow"),
+    # a FunctionTool is also called outside agents (``llm.predict_and_call(tools)``, ``tool.call``):
+    # counted and refused from ``llama_index.core`` on (the agents then cost ~20 ms more to import)
+    ("llamaindex_agents", "LlamaIndexAgentsInstrumentor", "llama_index.core"),
     ("mcp", "MCPInstrumentor", "mcp"),
     ("chroma", "ChromaInstrumentor", "chromadb"),
     ("qdrant", "QdrantInstrumentor", "qdrant_client"),
@@ -79,18 +82,26 @@ def _load_instrumentor(module: str, cls: str) -> Any | None:
         return None
 
 
+#: Instrumentations under way: one that imports another of its triggers (LlamaIndex's agents, from
+#: ``llama_index.core``) fires that trigger's hook before it is marked instrumented.
+_instrumenting: set[str] = set()
+
+
 def _instrument(module: str, cls: str, provider: Any) -> None:
     inst = _load_instrumentor(module, cls)
-    if inst is None:
+    if inst is None or module in _instrumenting:
         return
+    _instrumenting.add(module)
     try:
         if not inst.is_instrumented_by_opentelemetry:
             inst.instrument(tracer_provider=provider)
     except Exception:
         log.warning("budgetspan: %s failed to instrument", cls, exc_info=True)
+    finally:
+        _instrumenting.discard(module)
 
 
-_hooked: set[str] = set()
+_hooked: set[tuple[str, str]] = set()  # (module, library): two instrumentors may share a library
 _hook_lock = threading.Lock()
 
 
@@ -118,9 +129,9 @@ def instrument_all(provider: Any, only: Iterable[str] | None = None) -> list[str
             _instrument(module, cls, provider)
         else:
             with _hook_lock:
-                if library in _hooked:
+                if (module, library) in _hooked:
                     continue
-                _hooked.add(library)
+                _hooked.add((module, library))
 
             def hook(_mod: Any, module: str = module, cls: str = cls) -> None:
                 _instrument(module, cls, provider)
