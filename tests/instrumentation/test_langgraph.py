@@ -30,6 +30,7 @@ from budgetspan.instrumentation.langgraph import LangGraphInstrumentor
 from budgetspan.instrumentation.openai import OpenAIInstrumentor
 from tests.conftest import Tracing, instrumentors_on
 from tests.instrumentation.chat_server import ChatServer
+from tests.instrumentation.functional_api_app import FUNCTIONAL_API_APP
 from tests.instrumentation.hidden_libraries import preamble, run_script
 
 # The private functions the refusal fixes wrap are verified on these versions.
@@ -369,48 +370,25 @@ def test_an_app_of_plain_stategraphs_is_instrumented_and_toolnode_guarded_when_i
     assert result["warnings"] == [] and result["errors"] == []
 
 
-_FUNCTIONAL_API_APP = """
-import json, sys
-budgetspan.configure()
-from langchain_core.tools import tool
-from langgraph.func import entrypoint, task  # and never langgraph.graph
-from langgraph.types import RetryPolicy
-
-attempts = []
-
-@tool
-def get_weather(city: str) -> str:
-    "The weather in a city."
-    return "sunny"
-
-@task(retry_policy=RetryPolicy(max_attempts=3, initial_interval=0.01, jitter=False, retry_on=Exception))
-def lookup(city: str) -> str:
-    attempts.append(city)
-    return get_weather.invoke({"city": city})
-
-@entrypoint()
-def my_flow(cities: list[str]) -> list[str]:
-    return [lookup(city).result() for city in cities]
-
-try:
-    with budgetspan.run("wf", max_tool_calls=1):
-        my_flow.invoke(["paris", "oslo"])
-    reason = None
-except budgetspan.BudgetExhausted as e:
-    reason = e.reason
+_FUNCTIONAL_API_IN_PROCESS = (
+    "import json, sys\nbudgetspan.configure()\n"
+    + FUNCTIONAL_API_APP
+    + """
+reason = run_flow(max_tool_calls=1)
 print(json.dumps({
     "reason": reason, "attempts": attempts,
     "graph_imported": "langgraph.graph" in sys.modules,
     "warnings": warnings, "errors": errors,
 }))
 """
+)
 
 
 def test_a_functional_api_app_alone_is_instrumented_its_retry_policy_not_retrying_a_refusal() -> None:
     """``@entrypoint``/``@task`` (``langgraph.func``) never import ``langgraph.graph``: LangGraph is
     still instrumented, so a task's RetryPolicy does not run a refused task again. A fresh
     interpreter, since this module imports the graph."""
-    result, _ = run_script(preamble([]) + _FUNCTIONAL_API_APP)
+    result, _ = run_script(preamble([]) + _FUNCTIONAL_API_IN_PROCESS)
     assert result["graph_imported"] is False  # the premise: only langgraph.func was imported
     assert result["reason"] == "max_tool_calls"
     assert result["attempts"] == ["paris", "oslo"]  # oslo refused once, not retried

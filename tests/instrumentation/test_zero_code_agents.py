@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.instrumentation import zero_code
+from tests.instrumentation.functional_api_app import FUNCTIONAL_API_APP
 
 COMMON = r"""
 import json
@@ -125,37 +126,13 @@ def test_zero_code_refuses_the_call_past_the_limit(tmp_path: Path, framework: st
     assert result["turns"] == turns
 
 
-FUNCTIONAL_API = """
-import json
-import budgetspan
-from langchain_core.tools import tool
-from langgraph.func import entrypoint, task  # and never langgraph.graph
-from langgraph.types import RetryPolicy
-
-attempts = []
-
-@tool
-def get_weather(city: str) -> str:
-    "The weather in a city."
-    return "sunny"
-
-@task(retry_policy=RetryPolicy(max_attempts=3, initial_interval=0.01, jitter=False, retry_on=Exception))
-def lookup(city: str) -> str:
-    attempts.append(city)
-    return get_weather.invoke({"city": city})
-
-@entrypoint()
-def my_flow(cities: list[str]) -> list[str]:
-    return [lookup(city).result() for city in cities]
-
-try:
-    with budgetspan.run("wf"):
-        my_flow.invoke(["paris", "oslo"])
-    reason = None
-except budgetspan.BudgetExhausted as e:
-    reason = e.reason
-print("RESULT " + json.dumps({"reason": reason, "attempts": attempts}))
+FUNCTIONAL_API = (
+    "import json\nimport budgetspan\n"
+    + FUNCTIONAL_API_APP
+    + """
+print("RESULT " + json.dumps({"reason": run_flow(), "attempts": attempts}))
 """
+)
 
 
 @pytest.mark.skipif(not zero_code.INSTRUMENT.exists(), reason="opentelemetry-instrument not installed")
