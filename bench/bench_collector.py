@@ -38,8 +38,16 @@ from budgetspan.collector import launcher
 WRAPPER = """
 import json, os, time
 MODE = os.environ["BENCH_MODE"]
-if MODE in ("budgetspan", "plain-scope"):  # plain-scope: BUDGETSPAN_COLLECTOR_PLAIN_SCOPES=bench.plain
+if MODE in ("budgetspan", "plain-scope", "floor"):  # plain-scope: BUDGETSPAN_COLLECTOR_PLAIN_SCOPES=bench.plain
     from budgetspan.collector.rotel_processor import process_spans as inner
+if MODE == "floor":  # rotel's side alone: the host's reads and writes, the core's edit made once
+    from budgetspan.collector import core
+    _real, _edit = core.Tier.process, []
+    def _constant(self, facts, attrs):
+        if not _edit:
+            _edit.append(_real(self, facts, attrs))
+        return _edit[0]
+    core.Tier.process = _constant
 OUT = os.environ["BENCH_OUT"]
 if os.environ.get("BENCH_NO_GC"):
     import gc; gc.disable()
@@ -53,7 +61,7 @@ def process_spans(rs):
     if PROFILE:
         profiler.enable()
     t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
-    if MODE in ("budgetspan", "plain-scope"):
+    if MODE in ("budgetspan", "plain-scope", "floor"):
         inner(rs)
     t1, c1 = time.perf_counter_ns(), time.thread_time_ns()
     stats["cpu_ns"] += c1 - c0
@@ -62,7 +70,7 @@ def process_spans(rs):
         if stats["calls"] % EVERY == 0:
             profiler.dump_stats(PROFILE)
     n = 0
-    if MODE in ("budgetspan", "plain-scope"):
+    if MODE in ("budgetspan", "plain-scope", "floor"):
         for ss in rs.scope_spans:
             n += len(ss.spans)
     stats["calls"] += 1; stats["spans"] += n; stats["ns"] += t1 - t0
@@ -319,7 +327,9 @@ def main() -> int:
     for label, mode, genai in (
         ("GenAI spans, rotel pass-through", "pass", True),
         ("GenAI spans, rotel + budgetspan", "budgetspan", True),
+        ("GenAI spans, rotel's side alone", "floor", True),
         ("plain spans, rotel + budgetspan", "budgetspan", False),
+        ("plain spans, rotel's side alone", "floor", False),
     ):
         r = run(mode, genai, args.spans, args.batch)
         rows.append((label, r))
