@@ -254,7 +254,9 @@ def instructions(batch: int, small: int = 2, large: int = 8) -> None:
     for label, mode, genai in (
         ("GenAI spans, rotel pass-through", "pass", True),
         ("GenAI spans, rotel + budgetspan", "budgetspan", True),
+        ("GenAI spans, rotel's side alone", "floor", True),
         ("plain spans, rotel + budgetspan", "budgetspan", False),
+        ("plain spans, rotel's side alone", "floor", False),
         ("plain spans, scope declared plain", "plain-scope", False),
     ):
         lo, hi = (_rotel_instructions(mode, genai, n, batch) for n in (small, large))
