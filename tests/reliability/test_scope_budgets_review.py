@@ -1,0 +1,116 @@
+"""Budgets above the run tried as a demanding user would (review 5), through the real ``openai``
+SDK against a local HTTP server, with the in-memory ledger and a real ``redis-server``: a scope's
+token and dollar limits with calls in flight, a scope budget smaller than one call, a failing
+lookup callback, odd scope names, the explanation of a rolling window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import pytest
+
+import budgetspan
+from budgetspan import config as bs_config
+from budgetspan.accounting import windows
+from budgetspan.accounting.pricing import set_default_resolver
+from budgetspan.accounting.scopes import REGISTRY
+from budgetspan.instrumentation.openai import OpenAIInstrumentor
+from tests.accounting.redis_server import needs_redis_server, redis
+from tests.instrumentation.llm_server import LLMServer
+
+MODEL = "gpt-4o-mini"  # $0.15 / $0.60 per million input / output tokens
+#: The server reports no more than each call's worst case (a short prompt, max_tokens=50): the
+#: documented bound is then 0.
+USAGE = {"prompt_tokens": 1, "completion_tokens": 50, "total_tokens": 51}
+CALL_USD = 1 * 0.15e-6 + 50 * 0.60e-6
+#: 2025-12-05 02:00 UTC on the scope clock.
+T0 = 1_764_900_000.0
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LLMServer]:
+    with LLMServer() as srv:
+        yield srv
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=needs_redis_server)])
+def app(request: pytest.FixtureRequest, lean: Any, server: LLMServer) -> Iterator[list[float]]:
+    """budgetspan on either ledger, OpenAI instrumented, the scope clock at hand (returned)."""
+    set_default_resolver(None)
+    server.reset()
+    server.settings.openai_usage = dict(USAGE)
+    clock = [T0]
+    windows.set_clock(lambda: clock[0])
+    if request.param == "redis":
+        client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
+        client.flushdb()
+        budgetspan.set_ledger(budgetspan.RedisLedger(client))
+    OpenAIInstrumentor().instrument()
+    try:
+        yield clock
+    finally:
+        OpenAIInstrumentor().uninstrument()
+        windows.set_clock(None)
+        REGISTRY.clear()
+        lean.install()
+
+
+def _client(server: LLMServer) -> openai.OpenAI:
+    return openai.OpenAI(api_key="t", base_url=server.base_url + "/v1", max_retries=0)
+
+
+def _ask(client: openai.OpenAI, **kw: Any) -> Any:
+    return client.chat.completions.create(
+        model=kw.pop("model", MODEL), messages=[{"role": "user", "content": "hi"}], max_tokens=50, **kw
+    )
+
+
+def test_a_scope_dollar_limit_holds_the_worst_case_of_calls_in_flight(app: Any, server: LLMServer) -> None:
+    """Streams opened and not yet read are calls in flight: with only the tenant's budget limiting
+    dollars, each must hold its worst case there (was: no worst case priced, every stream sent)."""
+    budgetspan.set_scope_budget(
+        "tenant", "acme", budgetspan.Budget(max_cost_usd=CALL_USD * 2.5), window="day"
+    )
+    client = _client(server)
+    streams, refused = [], []
+    with budgetspan.run("chat", tenant="acme", suppress_exhausted=True):
+        for _ in range(4):
+            try:
+                streams.append(_ask(client, stream=True))
+            except budgetspan.BudgetExhausted as e:
+                refused.append(e)
+        for stream in streams:
+            for _ in stream:
+                pass
+    assert len(server.requests) == 2  # two worst cases held; a third would pass the limit
+    assert [e.scope for e in refused] == ["tenant acme"] * 2
+    assert budgetspan.spend(tenant="acme").cost_usd == pytest.approx(2 * CALL_USD)
+
+
+def test_a_scope_dollar_limit_smaller_than_one_call_refuses_it_before_it_is_sent(
+    app: Any, server: LLMServer
+) -> None:
+    budgetspan.set_scope_budget("tenant", "acme", budgetspan.Budget(max_cost_usd=CALL_USD / 3), window="day")
+    with pytest.raises(budgetspan.BudgetExhausted) as info:
+        with budgetspan.run("chat", tenant="acme"):
+            _ask(_client(server))
+    assert len(server.requests) == 0  # was: sent, and $0.00003 spent against $0.00001
+    assert info.value.explanation.startswith("Stopped: tenant acme has spent $0.00 of its $1.005e-05 daily")
+
+
+def test_an_unpriced_model_under_a_tenant_dollar_limit_follows_the_unpriced_policy(
+    app: Any, server: LLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``BUDGETSPAN_UNPRICED=refuse`` with the only dollar limit on the tenant: the calls of a model
+    with no price cannot be counted there (was: sent, the tenant's dollars never moved)."""
+    monkeypatch.setenv("BUDGETSPAN_UNPRICED", "refuse")
+    bs_config.set_config(None)  # read again, with the policy
+    budgetspan.set_scope_budget("tenant", "acme", budgetspan.Budget(max_cost_usd=1.0), window="day")
+    with pytest.raises(budgetspan.BudgetExhausted) as info:
+        with budgetspan.run("chat", tenant="acme"):
+            _ask(_client(server), model="house-model-7b")
+    assert info.value.reason == "unpriced_model"
+    assert len(server.requests) == 0
