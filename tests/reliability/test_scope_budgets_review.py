@@ -114,3 +114,46 @@ def test_an_unpriced_model_under_a_tenant_dollar_limit_follows_the_unpriced_poli
             _ask(_client(server), model="house-model-7b")
     assert info.value.reason == "unpriced_model"
     assert len(server.requests) == 0
+
+
+def _runs(client: openai.OpenAI, attempts: int, **members: str) -> list[str]:
+    """``attempts`` runs of one call each in the scopes ``members``: 'ok' or the explanation."""
+    said = []
+    for _ in range(attempts):
+        try:
+            with budgetspan.run("chat", **members):
+                _ask(client)
+            said.append("ok")
+        except budgetspan.BudgetExhausted as e:
+            said.append(e.explanation)
+    return said
+
+
+def test_a_lookup_that_fails_for_one_scope_leaves_the_other_budgets_in_force(
+    app: Any, server: LLMServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The plans database is down: the lookup raises. The tenant's budget set in code, and the
+    kind's default for the scope looked up, still hold (was: every scope of the run dropped, 4 of
+    4 sent under 2); the failure is logged as an internal error."""
+    budgetspan.set_scope_budget("tenant", "acme", budgetspan.Budget(max_model_calls=2), window="day")
+    budgetspan.set_scope_budget("user", "default", budgetspan.Budget(max_model_calls=3), window="day")
+
+    def plans(kind: str, name: str) -> budgetspan.Budget | None:
+        if kind == "user":
+            raise ConnectionError("plans database unreachable")
+        return None
+
+    budgetspan.set_scope_lookup(plans)
+    said = _runs(_client(server), 4, tenant="acme", user="ann")
+    assert said[:2] == ["ok", "ok"] and len(server.requests) == 2
+    assert said[2] == "Stopped: tenant acme has made 2 of its 2 daily model calls; resets at 00:00 UTC."
+    assert _runs(_client(server), 4, tenant="globex", user="bob").count("ok") == 3  # the users' default
+    assert "internal error in scope budgets: ConnectionError" in caplog.text
+
+
+def test_a_lookup_answer_of_the_wrong_type_is_an_internal_error_not_a_lost_budget(
+    app: Any, server: LLMServer
+) -> None:
+    budgetspan.set_scope_budget("tenant", "acme", budgetspan.Budget(max_model_calls=1), window="day")
+    budgetspan.set_scope_lookup(lambda kind, name: {"max_model_calls": 5} if kind == "user" else None)
+    assert _runs(_client(server), 3, tenant="acme", user="ann").count("ok") == 1

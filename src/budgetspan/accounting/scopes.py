@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from budgetspan import events
 from budgetspan.accounting import windows
 from budgetspan.accounting.budget import LIMIT_NAMES, Budget, Usage, _money
 from budgetspan.accounting.windows import NO_WINDOW, Window, parse_window
@@ -241,7 +242,11 @@ class ScopeRegistry:
         own = self._code.get((kind, name))
         if own is not None:
             return own
-        found = self._find_looked_up(kind, name)
+        try:
+            found = self._find_looked_up(kind, name)
+        except Exception:  # the plans database is down: this scope falls back, the others hold
+            events.internal_error("scope budgets")
+            found = None
         if found is None and tables is not None:
             found = tables.find(kind, name)
         return found if found is not None else self._code.get((kind, "default"))
@@ -253,7 +258,11 @@ class ScopeRegistry:
 
         def looked_up() -> ScopeBudget | None:
             got = lookup(kind, name)
-            return ScopeBudget(got) if isinstance(got, Budget) else got
+            if got is None or isinstance(got, ScopeBudget):
+                return got
+            if isinstance(got, Budget):
+                return ScopeBudget(got)
+            raise TypeError(f"scope lookup({kind!r}, {name!r}): a Budget, ScopeBudget or None, got {got!r}")
 
         return self._looked_up.get((kind, name), looked_up)
 
