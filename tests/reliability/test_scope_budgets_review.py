@@ -157,3 +157,26 @@ def test_a_lookup_answer_of_the_wrong_type_is_an_internal_error_not_a_lost_budge
     budgetspan.set_scope_budget("tenant", "acme", budgetspan.Budget(max_model_calls=1), window="day")
     budgetspan.set_scope_lookup(lambda kind, name: {"max_model_calls": 5} if kind == "user" else None)
     assert _runs(_client(server), 3, tenant="acme", user="ann").count("ok") == 1
+
+
+def _on_redis_xfail(request: pytest.FixtureRequest, reason: str) -> None:
+    """Marks the Redis case of a test as a known defect of the Redis ledger (being rewritten)."""
+    if request.node.callspec.params.get("app") == "redis":
+        request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
+
+
+def test_a_stream_read_after_its_run_ended_is_spent_in_the_tenant_window(
+    app: Any, server: LLMServer, request: pytest.FixtureRequest
+) -> None:
+    """A web handler returns the stream from inside ``budgetspan.run`` and the framework reads it
+    after the block: the run has closed, but the tenant's day has not. The stream's cost lands in
+    the tenant's window (was: lost, the tenant's spend 0 and its worst case held all day)."""
+    _on_redis_xfail(request, "the Redis ledger drops a settlement whose run has closed, scope windows too")
+    budgetspan.set_scope_budget("tenant", "acme", budgetspan.Budget(max_cost_usd=1.0), window="day")
+    client = _client(server)
+    with budgetspan.run("chat", tenant="acme"):
+        stream = _ask(client, stream=True)
+    for _ in stream:
+        pass
+    assert budgetspan.spend(tenant="acme").cost_usd == pytest.approx(CALL_USD)
+    assert budgetspan.spend(tenant="acme").model_calls == 1
