@@ -194,6 +194,25 @@ class InMemoryLedger(Ledger):
                 book.held.add(worst.cost_usd, worst.input_tokens, worst.output_tokens)
         return _reservation(run_id, kind, tool, worst, found, scopes)
 
+    def reserve_in_scopes(
+        self,
+        run_id: str,
+        kind: CallKind,
+        scopes: Sequence[Any],
+        worst: tuple[float | None, int | None, int | None],
+        *,
+        tool: str | None = None,
+        enforce: bool = True,
+    ) -> Reservation | None:
+        cost, output, input_ = worst
+        held = NOTHING_HELD
+        if kind is CallKind.MODEL and (cost or input_ or output):
+            held = Held(float(cost or 0.0), int(input_ or 0), int(output or 0))
+        found = self.scope_books.reserve(scopes, kind, tool, held, enforce)
+        if found is not None and enforce:
+            raise LedgerRefused(found)
+        return _reservation(run_id, kind, tool, held, found, scopes)
+
     def commit(
         self,
         reservation: Reservation,

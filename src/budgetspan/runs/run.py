@@ -28,7 +28,7 @@ from budgetspan.runs.at_limit import AtLimit
 from budgetspan.runs.loops import LoopWatch
 from budgetspan.runs.phases import Phase
 from budgetspan.runs.quality import Quality, check_score
-from budgetspan.runs.run_scopes import scopes_of
+from budgetspan.runs.run_scopes import after_close, scopes_of
 
 
 class Outcome(str, Enum):
@@ -317,8 +317,8 @@ class Run(AtLimit, Quality):
                 limits.at_limit(
                     self, self._shown(refused.refusal, final), kind.value, tool, phase, can_await, asks
                 )
-            except KeyError:  # run already closed (work after the run ended): no limit applies
-                return Reservation(self.id, kind, tool, done=True)
+            except KeyError:  # run already closed (work after the run ended): its scopes' only
+                return after_close(self, kind, tool, worst, in_scopes)
         if res.would_refuse is not None:
             self.note_would_refuse(res.would_refuse)
         return res
