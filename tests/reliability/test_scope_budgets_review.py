@@ -20,6 +20,7 @@ from budgetspan.accounting import windows
 from budgetspan.accounting.pricing import set_default_resolver
 from budgetspan.accounting.scopes import REGISTRY
 from budgetspan.instrumentation.openai import OpenAIInstrumentor
+from budgetspan.runs import context
 from tests.accounting.redis_server import needs_redis_server, redis
 from tests.instrumentation.llm_server import LLMServer
 
@@ -213,3 +214,20 @@ def test_work_that_outlives_its_run_is_still_held_to_the_tenant_budget(
     assert len(server.requests) == 2 and said.count("ok") == 2
     assert said[2] == "Stopped: tenant acme has made 2 of its 2 daily model calls; resets at 00:00 UTC."
     assert budgetspan.spend(tenant="acme").model_calls == 2
+
+
+def test_a_rolling_window_says_when_it_resets_from_its_first_call(app: Any, server: LLMServer) -> None:
+    """A rolling hour starts at its first call (02:00): refused at 02:30, the explanation must not
+    say 03:30 (was: the hour counted from the refused run's start)."""
+    clock = app
+    budgetspan.set_scope_budget("tenant", "acme", budgetspan.Budget(max_model_calls=2), window="rolling-hour")
+    client = _client(server)
+    assert _runs(client, 2, tenant="acme") == ["ok", "ok"]
+    clock[0] += 1800
+    [said] = _runs(client, 1, tenant="acme")
+    assert said.startswith("Stopped: tenant acme has made 2 of its 2 rolling 1-hour model calls; resets ")
+    assert "03:30" not in said
+    if isinstance(context.get_ledger(), budgetspan.RedisLedger):  # its window's start stays on Redis
+        assert said.endswith("; resets 1 h after the window's first call.")
+    else:
+        assert said.endswith("; resets at 03:00 UTC.")

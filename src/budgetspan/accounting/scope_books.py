@@ -8,6 +8,7 @@ records, so a call's check and count in every scope are one step.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -98,6 +99,8 @@ class ScopeBooks:
                 got = refusal(ref.budget, book.usage, kind, held=book.held, worst=worst)  # (no tool limits)
                 if got is not None:
                     value = _used(book.usage, got)
+                    if ref.limits.window.rolling:  # it resets when its book, from its first call, ends
+                        ref = dataclasses.replace(ref, end=book.expires)
                     found = Refusal(got.reason, got.limit, got.tool, got.worst, scope=ref, spent=value)
                     break
             if found is not None and enforce:

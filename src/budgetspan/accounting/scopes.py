@@ -31,6 +31,8 @@ SECTIONS = {"conversations": "conversation", "users": "user", "tenants": "tenant
 SCOPE_KEYS = ("window", "tz", "warn_at")
 #: A fixed window's record outlives the window's end by this much (late settlements land).
 GRACE_S = 3600
+#: A rolling window's length, as the explanation says it.
+ROLLING_TEXT = {"hour": "1 h", "day": "24 h", "month": "30 days"}
 #: Scope budgets built from config or the lookup, kept for the runs that start next.
 CACHE_SIZE = 4096
 
@@ -121,6 +123,8 @@ def explain_scope(
         what = reason.removeprefix("max_").removeprefix("tool.").replace("_", " ")
         head = f"has made {used:,.0f} of its {lim:,.0f} {adjective} {what}"
     resets = window.resets(ref.end)
+    if not resets and window.rolling and window.period:
+        resets = f"resets {ROLLING_TEXT[window.period]} after the window's first call"
     return f"Stopped: {ref.describe()} {head}" + (f"; {resets}." if resets else ".")
 
 
@@ -290,7 +294,9 @@ class Scope:
             return ref
         bounds = self.limits.window.bounds()
         key = scope_key(self.kind, self.name, bounds.label)
-        ref = self._ref = ScopeRef(self.kind, self.name, key, self.limits, bounds.end, self.wire)
+        # A rolling window's end follows its first call, which the ledger knows, not this run.
+        end = None if self.limits.window.rolling else bounds.end
+        ref = self._ref = ScopeRef(self.kind, self.name, key, self.limits, end, self.wire)
         return ref
 
 
