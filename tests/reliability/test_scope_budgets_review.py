@@ -231,3 +231,21 @@ def test_a_rolling_window_says_when_it_resets_from_its_first_call(app: Any, serv
         assert said.endswith("; resets 1 h after the window's first call.")
     else:
         assert said.endswith("; resets at 03:00 UTC.")
+
+
+def test_the_repeated_hour_at_the_end_of_summer_time_is_a_window_of_its_own(
+    app: Any, server: LLMServer
+) -> None:
+    """2026-10-25 in Paris: 02:00-03:00 happens twice (CEST, then CET). Each is its own hourly
+    window (was: one record for both, the second hour refused from its start)."""
+    clock = app
+    clock[0] = 1_792_888_200.0  # 2026-10-25 00:30 UTC: 02:30 CEST
+    budgetspan.set_scope_budget(
+        "tenant", "acme", budgetspan.Budget(max_model_calls=2), window="hour", tz="Europe/Paris"
+    )
+    client = _client(server)
+    assert _runs(client, 3, tenant="acme")[:2] == ["ok", "ok"]
+    clock[0] += 3600  # 01:30 UTC: 02:30 CET, the second 02:00 hour
+    assert _runs(client, 1, tenant="acme") == ["ok"]
+    assert budgetspan.spend(tenant="acme").model_calls == 1
+    assert budgetspan.spend(tenant="acme", at=clock[0] - 3600).model_calls == 2
