@@ -249,3 +249,30 @@ def test_the_repeated_hour_at_the_end_of_summer_time_is_a_window_of_its_own(
     assert _runs(client, 1, tenant="acme") == ["ok"]
     assert budgetspan.spend(tenant="acme").model_calls == 1
     assert budgetspan.spend(tenant="acme", at=clock[0] - 3600).model_calls == 2
+
+
+@pytest.mark.parametrize(
+    ("toml", "says"),
+    [
+        # a limit a scope does not have is refused, not silently ignored
+        ("[tenants.acme]\nmax_wall_clock_s = 3600\n", "max_wall_clock_s applies to runs only"),
+        # a misspelt section: the message shows where scope budgets go
+        ("[tenant.acme]\nmax_cost_usd = 5\n", "[tenants.NAME]"),
+        # a misspelt key: the message lists a scope table's keys, not a run's
+        ("[tenants.acme]\nmax_cost = 5\n", "window (hour, day, month"),
+    ],
+)
+def test_a_scope_table_mistake_is_a_config_error_that_says_what_a_scope_takes(
+    tmp_path: Any, toml: str, says: str
+) -> None:
+    path = tmp_path / "budgetspan.toml"
+    path.write_text(toml)
+    with pytest.raises(bs_config.ConfigError) as info:
+        bs_config.load_config({"BUDGETSPAN_CONFIG": str(path)})
+    assert says in str(info.value)
+
+
+def test_a_run_only_limit_on_a_scope_budget_in_code_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_wall_clock_s applies to runs only"):
+        budgetspan.set_scope_budget("tenant", "acme", budgetspan.Budget(max_wall_clock_s=3600), window="day")
+    assert REGISTRY.find("tenant", "acme") is None

@@ -20,7 +20,7 @@ from typing import Any
 
 from budgetspan import events
 from budgetspan.accounting import windows
-from budgetspan.accounting.budget import LIMIT_NAMES, Budget, Usage, _money
+from budgetspan.accounting.budget import LIMIT_NAMES, LOOP_LIMIT_NAMES, Budget, Usage, _money
 from budgetspan.accounting.windows import NO_WINDOW, Window, parse_window
 
 #: The scope kinds, innermost first: the order a call reserves in (after its run).
@@ -29,6 +29,13 @@ SCOPE_KINDS = ("conversation", "user", "tenant", "workflow")
 SECTIONS = {"conversations": "conversation", "users": "user", "tenants": "tenant"}
 #: Keys of a scope table besides the limits.
 SCOPE_KEYS = ("window", "tz", "warn_at")
+#: The limits a scope's budget has (the wall clock, tool and loop limits are a run's only).
+SCOPE_LIMIT_NAMES = tuple(n for n in LIMIT_NAMES if n != "max_wall_clock_s")
+#: What a scope table takes, for the configuration's error messages.
+SCOPE_FORM = (
+    f"a scope table of limits ({', '.join(SCOPE_LIMIT_NAMES)}), window (hour, day, month, "
+    "rolling-hour, rolling-day, rolling-month or none), tz (an IANA zone) and warn_at (a share in (0, 1])"
+)
 #: A fixed window's record outlives the window's end by this much (late settlements land).
 GRACE_S = 3600
 #: A rolling window's length, as the explanation says it.
@@ -61,6 +68,11 @@ class ScopeBudget:
     on_warn: Callable[[ScopeWarning], Any] | None = None
 
     def __post_init__(self) -> None:
+        b = self.budget
+        run_only = [n for n in ("max_wall_clock_s", *LOOP_LIMIT_NAMES) if getattr(b, n) is not None]
+        run_only += [n for n in ("tools", "reserve_for_final") if getattr(b, n)]
+        if run_only:
+            raise ValueError(f"{', '.join(run_only)} applies to runs only, not to a scope's budget")
         w = self.warn_at
         if w is not None and not (isinstance(w, (int, float)) and 0 < w <= 1):
             raise ValueError(f"warn_at must be a share in (0, 1], got {w!r}")
@@ -145,7 +157,10 @@ def scope_budget_from_table(
 ) -> ScopeBudget:
     """A ``ScopeBudget`` from one config table (limits, ``window``, ``tz``, ``warn_at``);
     ``check`` validates the limits (config's ``_limits_table``)."""
-    limits = check(where, {k: v for k, v in table.items() if k not in SCOPE_KEYS}, LIMIT_NAMES)
+    limits = {k: v for k, v in table.items() if k not in SCOPE_KEYS}
+    if "max_wall_clock_s" in limits:
+        raise ValueError(f"{where}: max_wall_clock_s applies to runs only; expected {SCOPE_FORM}")
+    limits = check(where, limits, SCOPE_LIMIT_NAMES)
     tz = table.get("tz", "UTC")
     warn = table.get("warn_at")
     try:
