@@ -7,6 +7,7 @@ lookup callback, odd scope names, the explanation of a rolling window.
 from __future__ import annotations
 
 import contextvars
+import re
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -276,3 +277,22 @@ def test_a_run_only_limit_on_a_scope_budget_in_code_is_refused() -> None:
     with pytest.raises(ValueError, match="max_wall_clock_s applies to runs only"):
         budgetspan.set_scope_budget("tenant", "acme", budgetspan.Budget(max_wall_clock_s=3600), window="day")
     assert REGISTRY.find("tenant", "acme") is None
+
+
+def test_a_scope_refusal_by_the_next_calls_worst_case_says_so(
+    app: Any, server: LLMServer, request: pytest.FixtureRequest
+) -> None:
+    """The tenant has spent less than its limit; the next call's worst case does not fit. The
+    explanation must say so, not read 'has spent $0.00 of its ...' alone."""
+    _on_redis_xfail(
+        request, "the Redis ledger's scope refusal carries no worst case (redis_scopes.refusal_in)"
+    )
+    budgetspan.set_scope_budget("tenant", "acme", budgetspan.Budget(max_cost_usd=CALL_USD / 3), window="day")
+    with pytest.raises(budgetspan.BudgetExhausted) as info:
+        with budgetspan.run("chat", tenant="acme"):
+            _ask(_client(server))
+    said = info.value.explanation
+    assert re.search(
+        r"has spent \$0\.00 of its \$1\.005e-05 daily budget \(the next call could have cost up to \$0\.0000[1-9]\d more\)",
+        said,
+    ), said
