@@ -123,17 +123,17 @@ class Run(AtLimit, Quality):
             run = run.parent
 
     def ancestors(self) -> list[Run]:
-        """The enclosing runs that keep a budget of their own, innermost first (a run that shares
-        this run's id, and so its ledger record, is not counted twice)."""
+        """The enclosing runs that keep a budget of their own, innermost first: a run that shares
+        this run's id is one budget, counted once, also through another ledger object on the same
+        store (a worker forked inside the run that made its own ``RedisLedger``)."""
         if self.parent is None:
             return []
         found: list[Run] = []
-        seen = {(id(self._ledger), self.id)}
+        seen = {self.id}
         run: Run | None = self.parent
         while run is not None:
-            key = (id(run._ledger), run.id)
-            if key not in seen:
-                seen.add(key)
+            if run.id not in seen:
+                seen.add(run.id)
                 found.append(run)
             run = run.parent
         return found
