@@ -296,3 +296,30 @@ def test_a_scope_refusal_by_the_next_calls_worst_case_says_so(
         r"has spent \$0\.00 of its \$1\.005e-05 daily budget \(the next call could have cost up to \$0\.0000[1-9]\d more\)",
         said,
     ), said
+
+
+@pytest.mark.parametrize("decision", ["extend", "stop"])
+def test_a_scope_refusal_is_not_put_to_the_runs_on_limit_policy(
+    app: Any, server: LLMServer, decision: str
+) -> None:
+    """``on_limit`` decides about the run's own limits: an ``Extend`` cannot raise a tenant's. A
+    scope's refusal stops the call as without a policy and names the scope (was: the policy asked
+    3 times, its Extend raising the run's limits for nothing, and with ``Stop()`` the explanation
+    read 'Stopped after 2 of 2 model calls' for a run without that limit)."""
+    budgetspan.set_scope_budget("tenant", "acme", budgetspan.Budget(max_model_calls=2), window="day")
+    asked: list[str] = []
+
+    def supervisor(reached: budgetspan.LimitReached) -> budgetspan.Decision:
+        asked.append(reached.reason)
+        return budgetspan.Extend(max_model_calls=5) if decision == "extend" else budgetspan.Stop()
+
+    client = _client(server)
+    with pytest.raises(budgetspan.BudgetExhausted) as info:
+        with budgetspan.run("chat", tenant="acme", on_limit=supervisor):
+            for _ in range(4):
+                _ask(client)
+    assert asked == [] and len(server.requests) == 2
+    assert info.value.scope == "tenant acme"
+    assert info.value.explanation == (
+        "Stopped: tenant acme has made 2 of its 2 daily model calls; resets at 00:00 UTC."
+    )
