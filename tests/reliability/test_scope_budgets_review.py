@@ -323,3 +323,16 @@ def test_a_scope_refusal_is_not_put_to_the_runs_on_limit_policy(
     assert info.value.explanation == (
         "Stopped: tenant acme has made 2 of its 2 daily model calls; resets at 00:00 UTC."
     )
+
+
+def test_a_numeric_id_is_the_same_scope_as_its_text(app: Any, server: LLMServer) -> None:
+    """Ids from a database are often ints: ``tenant=123`` is the tenant the config's
+    ``[tenants.123]`` (a TOML key is text) or ``set_scope_budget("tenant", "123", ...)`` names,
+    and the other way round (was: no budget found, 4 of 4 sent under 2, spend 0)."""
+    budgetspan.set_scope_budget("tenant", "123", budgetspan.Budget(max_model_calls=2), window="day")
+    budgetspan.set_scope_budget("user", 7, budgetspan.Budget(max_model_calls=3), window="day")  # type: ignore[arg-type]
+    client = _client(server)
+    assert _runs(client, 4, tenant=123).count("ok") == 2  # type: ignore[arg-type]
+    assert budgetspan.spend(tenant=123).model_calls == 2  # type: ignore[arg-type]
+    assert _runs(client, 4, user="7").count("ok") == 3
+    assert budgetspan.spend(user="7").model_calls == 3

@@ -238,6 +238,7 @@ class ScopeRegistry:
     def set(self, kind: str, name: str, scope: ScopeBudget | None) -> None:
         if kind not in SCOPE_KINDS:
             raise ValueError(f"scope kind {kind!r}: expected one of {', '.join(SCOPE_KINDS)}")
+        name = str(name)  # a database's 123 is the run's tenant "123"
         with self._lock:
             if scope is None:
                 self._code.pop((kind, name), None)
