@@ -16,6 +16,7 @@ import openai
 import pytest
 
 import budgetspan
+from budgetspan import attributes as A
 from budgetspan import config as bs_config
 from budgetspan.accounting import windows
 from budgetspan.accounting.pricing import set_default_resolver
@@ -336,3 +337,28 @@ def test_a_numeric_id_is_the_same_scope_as_its_text(app: Any, server: LLMServer)
     assert budgetspan.spend(tenant=123).model_calls == 2  # type: ignore[arg-type]
     assert _runs(client, 4, user="7").count("ok") == 3
     assert budgetspan.spend(user="7").model_calls == 3
+
+
+def test_a_nested_runs_cost_counts_once_in_the_tenant_cost_metric(app: Any, server: LLMServer) -> None:
+    """``budgetspan_tenant_cost_usd_total``: a call of a nested run spends from its parent too,
+    and the parent's cost includes it (was: counted at both runs' ends, twice)."""
+    from prometheus_client import CollectorRegistry
+
+    from budgetspan import events
+    from budgetspan.processors.scope_metrics import ScopeMetrics
+
+    server.settings.openai_usage = {"prompt_tokens": 1000, "completion_tokens": 50, "total_tokens": 1050}
+    registry = CollectorRegistry()
+    metrics = ScopeMetrics(registry, tenants="globex")
+    events.add_listener(metrics)
+    try:
+        with budgetspan.run("triage", tenant="globex"), budgetspan.run("lookup"):
+            _ask(_client(server))
+        with budgetspan.run("triage", tenant="globex"), budgetspan.run("bill", tenant="initech"):
+            _ask(_client(server))  # spent in globex's run and initech's: one call for each tenant
+    finally:
+        events.remove_listener(metrics)
+    call = 1000 * 0.15e-6 + 50 * 0.60e-6
+    got = registry.get_sample_value(A.M_TENANT_COST + "_total", {"tenant": "globex"})
+    assert got == pytest.approx(2 * call)  # was 3 calls' worth
+    assert registry.get_sample_value(A.M_TENANT_COST + "_total", {"tenant": "other"}) == pytest.approx(call)
