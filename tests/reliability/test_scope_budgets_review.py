@@ -362,3 +362,12 @@ def test_a_nested_runs_cost_counts_once_in_the_tenant_cost_metric(app: Any, serv
     got = registry.get_sample_value(A.M_TENANT_COST + "_total", {"tenant": "globex"})
     assert got == pytest.approx(2 * call)  # was 3 calls' worth
     assert registry.get_sample_value(A.M_TENANT_COST + "_total", {"tenant": "other"}) == pytest.approx(call)
+
+
+def test_an_empty_scope_name_is_no_scope_and_says_so(app: Any, server: LLMServer) -> None:
+    """``tenant=""`` (a missing header) is no tenant: a budget set for the empty name would never
+    apply, so setting one is an error (was: accepted and never applied)."""
+    with pytest.raises(ValueError, match="empty name"):
+        budgetspan.set_scope_budget("tenant", "", budgetspan.Budget(max_model_calls=1), window="day")
+    with pytest.raises(ValueError, match="empty name"):
+        budgetspan.spend(tenant="")

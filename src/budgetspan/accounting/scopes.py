@@ -239,6 +239,8 @@ class ScopeRegistry:
         if kind not in SCOPE_KINDS:
             raise ValueError(f"scope kind {kind!r}: expected one of {', '.join(SCOPE_KINDS)}")
         name = str(name)  # a database's 123 is the run's tenant "123"
+        if not name:
+            raise ValueError(f"{kind} '': an empty name names no scope (a run with {kind}='' has none)")
         with self._lock:
             if scope is None:
                 self._code.pop((kind, name), None)
