@@ -371,3 +371,21 @@ def test_an_empty_scope_name_is_no_scope_and_says_so(app: Any, server: LLMServer
         budgetspan.set_scope_budget("tenant", "", budgetspan.Budget(max_model_calls=1), window="day")
     with pytest.raises(ValueError, match="empty name"):
         budgetspan.spend(tenant="")
+
+
+def test_a_run_refusal_by_the_next_calls_worst_case_says_so(
+    app: Any, server: LLMServer, request: pytest.FixtureRequest
+) -> None:
+    """Two streams in flight hold 100 of the run's 120 output tokens; the third is refused by its
+    worst case. The explanation must say so, not 'Stopped at 0 of 120 output tokens' alone."""
+    _on_redis_xfail(request, "the Redis ledger's refusal carries no worst case (redis_mirror.refusal_from)")
+    client = _client(server)
+    streams = []
+    with pytest.raises(budgetspan.BudgetExhausted) as info:
+        with budgetspan.run("chat", max_output_tokens=120):
+            for _ in range(3):
+                streams.append(_ask(client, stream=True))
+    for stream in streams:
+        stream.close()
+    assert len(server.requests) == 2
+    assert "the next call could have used up to 50 tokens more" in info.value.explanation
