@@ -6,6 +6,7 @@ lookup callback, odd scope names, the explanation of a rolling window.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import re
 import threading
@@ -389,3 +390,31 @@ def test_a_run_refusal_by_the_next_calls_worst_case_says_so(
         stream.close()
     assert len(server.requests) == 2
     assert "the next call could have used up to 50 tokens more" in info.value.explanation
+
+
+def test_an_async_on_warn_callback_runs(app: Any, server: LLMServer) -> None:
+    """``on_warn=async def ...`` in an async app (and from sync code): the coroutine is run, not
+    dropped unawaited (was: never ran, only a RuntimeWarning)."""
+    heard: list[tuple[str, float]] = []
+
+    async def notify(warning: budgetspan.ScopeWarning) -> None:
+        await asyncio.sleep(0)
+        heard.append((warning.name, warning.used))
+
+    for name in ("sync-co", "async-co"):
+        budgetspan.set_scope_budget(
+            "tenant", name, budgetspan.Budget(max_model_calls=4), window="day", warn_at=0.5, on_warn=notify
+        )
+    assert _runs(_client(server), 3, tenant="sync-co") == ["ok"] * 3
+    aclient = openai.AsyncOpenAI(api_key="t", base_url=server.base_url + "/v1", max_retries=0)
+
+    async def main() -> None:
+        for _ in range(3):
+            async with budgetspan.run("chat", tenant="async-co"):
+                await aclient.chat.completions.create(
+                    model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=50
+                )
+        await asyncio.sleep(0.05)
+
+    asyncio.run(main())
+    assert heard == [("sync-co", 2), ("async-co", 2)]
