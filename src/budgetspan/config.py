@@ -31,7 +31,13 @@ from budgetspan.accounting.budget import (
 )
 from budgetspan.accounting.ledger import Mode
 from budgetspan.accounting.pricing import PriceConfigError, load_price_file
-from budgetspan.accounting.scopes import SECTIONS, ScopeBudget, ScopeTables, scope_budget_from_table
+from budgetspan.accounting.scopes import (
+    SCOPE_FORM,
+    SECTIONS,
+    ScopeBudget,
+    ScopeTables,
+    scope_budget_from_table,
+)
 from budgetspan.accounting.toml_file import TomlFileError, read_toml
 from budgetspan.attributes import (
     ENV_BUDGET,
@@ -69,7 +75,8 @@ MODE_FORM = "'enforce' or 'observe'"
 CONFIG_FORM = (
     "a TOML file with [profiles.NAME] and [workflows.NAME] tables of limits "
     f"({', '.join(BUDGET_KEYS)}, a {RESERVE_KEY} table; workflows may name a 'profile') and [tools.NAME] tables "
-    f"({', '.join(TOOL_LIMIT_NAMES)})"
+    f"({', '.join(TOOL_LIMIT_NAMES)}); scope budgets in [tenants.NAME], [users.NAME], "
+    "[conversations.NAME] and [workflows.NAME.window] tables"
 )
 
 # Built-in profiles: sensible starting points, overridable from the config file. A row below gives
@@ -250,7 +257,7 @@ def _scope_budget(where: str, table: Mapping[str, Any]) -> ScopeBudget:
     if not isinstance(table, Mapping):
         raise ConfigError(f"{where}: expected a table of limits")
     try:
-        return scope_budget_from_table(where, table, lambda w, t, a: _limits_table(w, t, a, CONFIG_FORM))
+        return scope_budget_from_table(where, table, lambda w, t, a: _limits_table(w, t, a, SCOPE_FORM))
     except ValueError as e:
         raise ConfigError(str(e)) from None
 

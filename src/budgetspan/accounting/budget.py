@@ -269,7 +269,13 @@ class Usage:
 
 
 def _money(x: float) -> str:
-    return f"${x:.2f}" if x >= 0.01 or x == 0 else f"${x:.4f}"
+    """Cents; below a cent four places; below that two significant digits ($0.000032, never a
+    '$0.0000' for a call that costs something)."""
+    if x >= 0.01 or x <= 0:
+        return f"${x:.2f}"
+    if x >= 0.0001:
+        return f"${x:.4f}"
+    return f"${x:.{1 - math.floor(math.log10(x))}f}"
 
 
 def explain(

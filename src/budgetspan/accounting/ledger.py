@@ -166,6 +166,21 @@ class Ledger(ABC):
     def close(self, run_id: str) -> Usage:
         """Stop accounting the run and return its final usage."""
 
+    def reserve_in_scopes(
+        self,
+        run_id: str,
+        kind: CallKind,
+        scopes: Sequence[Any],
+        worst: tuple[float | None, int | None, int | None],
+        *,
+        tool: str | None = None,
+        enforce: bool = True,
+    ) -> Reservation | None:
+        """A call of a run that has closed (work that outlived its block): reserve it in the run's
+        scope windows only, which outlive the run (``worst``: dollars, output and input tokens).
+        Raises LedgerRefused like ``reserve``; None: this ledger cannot (no limit applies)."""
+        return None
+
     def scope_usage(self, key: str) -> Usage | None:
         """What a scope window (``ScopeRef.key``) has used so far; None: nothing recorded."""
         return None

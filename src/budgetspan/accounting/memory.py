@@ -194,6 +194,25 @@ class InMemoryLedger(Ledger):
                 book.held.add(worst.cost_usd, worst.input_tokens, worst.output_tokens)
         return _reservation(run_id, kind, tool, worst, found, scopes)
 
+    def reserve_in_scopes(
+        self,
+        run_id: str,
+        kind: CallKind,
+        scopes: Sequence[Any],
+        worst: tuple[float | None, int | None, int | None],
+        *,
+        tool: str | None = None,
+        enforce: bool = True,
+    ) -> Reservation | None:
+        cost, output, input_ = worst
+        held = NOTHING_HELD
+        if kind is CallKind.MODEL and (cost or input_ or output):
+            held = Held(float(cost or 0.0), int(input_ or 0), int(output or 0))
+        found = self.scope_books.reserve(scopes, kind, tool, held, enforce)
+        if found is not None and enforce:
+            raise LedgerRefused(found)
+        return _reservation(run_id, kind, tool, held, found, scopes)
+
     def commit(
         self,
         reservation: Reservation,
@@ -205,6 +224,7 @@ class InMemoryLedger(Ledger):
     ) -> Refusal | None:
         book = self._runs.get(reservation.run_id)
         if book is None or reservation.done:
+            self._settle_after_close(book, reservation, spend, None)
             return None
         with book.lock:
             _settle(book, reservation)
@@ -224,6 +244,8 @@ class InMemoryLedger(Ledger):
     def add_spend(self, run_id: str, spend: Spend, scopes: Sequence[Any] = ()) -> Refusal | None:
         book = self._runs.get(run_id)
         if book is None:
+            if scopes:  # a stream read after its run closed: its scope windows are still open
+                self.scope_books.settle(scopes, NOTHING_HELD, spend, None, None)
             return None
         with book.lock:
             book.add(spend)
@@ -234,6 +256,7 @@ class InMemoryLedger(Ledger):
     def release(self, reservation: Reservation) -> None:
         book = self._runs.get(reservation.run_id)
         if book is None or reservation.done:
+            self._settle_after_close(book, reservation, None, reservation.kind)
             return
         with book.lock:
             _settle(book, reservation)
@@ -241,6 +264,20 @@ class InMemoryLedger(Ledger):
             if reservation.scopes:
                 held = Held(*_worst(reservation))
                 self.scope_books.settle(reservation.scopes, held, None, reservation.kind, reservation.tool)
+
+    def _settle_after_close(
+        self, book: _RunBook | None, reservation: Reservation, spend: Spend | None, uncount: CallKind | None
+    ) -> None:
+        """A call that ends after its run closed (a stream read after the block): the run's
+        record is gone, but its scope windows outlive it and take the settlement."""
+        if book is not None or not reservation.scopes:
+            return
+        with self._lock:
+            if reservation.done:
+                return
+            reservation.done = True
+        tool = reservation.tool if uncount is not None else None
+        self.scope_books.settle(reservation.scopes, Held(*_worst(reservation)), spend, uncount, tool)
 
     def usage(self, run_id: str) -> Usage:
         book = self._book(run_id)

@@ -8,9 +8,13 @@ records, so a call's check and count in every scope are one step.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import inspect
 import threading
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from budgetspan import events
 from budgetspan.accounting import windows
@@ -98,6 +102,8 @@ class ScopeBooks:
                 got = refusal(ref.budget, book.usage, kind, held=book.held, worst=worst)  # (no tool limits)
                 if got is not None:
                     value = _used(book.usage, got)
+                    if ref.limits.window.rolling:  # it resets when its book, from its first call, ends
+                        ref = dataclasses.replace(ref, end=book.expires)
                     found = Refusal(got.reason, got.limit, got.tool, got.worst, scope=ref, spent=value)
                     break
             if found is not None and enforce:
@@ -172,9 +178,38 @@ def emit_warning(ref: ScopeRef, warning: ScopeWarning) -> None:
     callback = ref.limits.on_warn
     if callback is not None:
         try:
-            callback(warning)
+            _await(callback(warning))
         except Exception:
             events.internal_error("scope warning callback")
+
+
+#: The async ``on_warn`` callbacks running on an event loop (a task needs a reference kept).
+_running: set[asyncio.Task[Any]] = set()
+
+
+def _await(result: Any) -> None:
+    """An async ``on_warn`` callback's coroutine: a task on the caller's event loop, or run to
+    its end on a loop of its own when the call is sync (never dropped unawaited)."""
+    if not inspect.isawaitable(result):
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(_wait(result))
+        return
+    task = loop.create_task(_wait(result))
+    _running.add(task)
+    task.add_done_callback(_done)
+
+
+async def _wait(result: Awaitable[Any]) -> None:
+    await result
+
+
+def _done(task: asyncio.Task[Any]) -> None:
+    _running.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        events.internal_error("scope warning callback")
 
 
 def count_call(usage: Usage, kind: CallKind, tool: str | None, step: int) -> None:

@@ -18,8 +18,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from budgetspan import events
 from budgetspan.accounting import windows
-from budgetspan.accounting.budget import LIMIT_NAMES, Budget, Usage, _money
+from budgetspan.accounting.budget import LIMIT_NAMES, LOOP_LIMIT_NAMES, Budget, Usage, _money
 from budgetspan.accounting.windows import NO_WINDOW, Window, parse_window
 
 #: The scope kinds, innermost first: the order a call reserves in (after its run).
@@ -28,8 +29,17 @@ SCOPE_KINDS = ("conversation", "user", "tenant", "workflow")
 SECTIONS = {"conversations": "conversation", "users": "user", "tenants": "tenant"}
 #: Keys of a scope table besides the limits.
 SCOPE_KEYS = ("window", "tz", "warn_at")
+#: The limits a scope's budget has (the wall clock, tool and loop limits are a run's only).
+SCOPE_LIMIT_NAMES = tuple(n for n in LIMIT_NAMES if n != "max_wall_clock_s")
+#: What a scope table takes, for the configuration's error messages.
+SCOPE_FORM = (
+    f"a scope table of limits ({', '.join(SCOPE_LIMIT_NAMES)}), window (hour, day, month, "
+    "rolling-hour, rolling-day, rolling-month or none), tz (an IANA zone) and warn_at (a share in (0, 1])"
+)
 #: A fixed window's record outlives the window's end by this much (late settlements land).
 GRACE_S = 3600
+#: A rolling window's length, as the explanation says it.
+ROLLING_TEXT = {"hour": "1 h", "day": "24 h", "month": "30 days"}
 #: Scope budgets built from config or the lookup, kept for the runs that start next.
 CACHE_SIZE = 4096
 
@@ -58,6 +68,11 @@ class ScopeBudget:
     on_warn: Callable[[ScopeWarning], Any] | None = None
 
     def __post_init__(self) -> None:
+        b = self.budget
+        run_only = [n for n in ("max_wall_clock_s", *LOOP_LIMIT_NAMES) if getattr(b, n) is not None]
+        run_only += [n for n in ("tools", "reserve_for_final") if getattr(b, n)]
+        if run_only:
+            raise ValueError(f"{', '.join(run_only)} applies to runs only, not to a scope's budget")
         w = self.warn_at
         if w is not None and not (isinstance(w, (int, float)) and 0 < w <= 1):
             raise ValueError(f"warn_at must be a share in (0, 1], got {w!r}")
@@ -120,6 +135,8 @@ def explain_scope(
         what = reason.removeprefix("max_").removeprefix("tool.").replace("_", " ")
         head = f"has made {used:,.0f} of its {lim:,.0f} {adjective} {what}"
     resets = window.resets(ref.end)
+    if not resets and window.rolling and window.period:
+        resets = f"resets {ROLLING_TEXT[window.period]} after the window's first call"
     return f"Stopped: {ref.describe()} {head}" + (f"; {resets}." if resets else ".")
 
 
@@ -140,7 +157,10 @@ def scope_budget_from_table(
 ) -> ScopeBudget:
     """A ``ScopeBudget`` from one config table (limits, ``window``, ``tz``, ``warn_at``);
     ``check`` validates the limits (config's ``_limits_table``)."""
-    limits = check(where, {k: v for k, v in table.items() if k not in SCOPE_KEYS}, LIMIT_NAMES)
+    limits = {k: v for k, v in table.items() if k not in SCOPE_KEYS}
+    if "max_wall_clock_s" in limits:
+        raise ValueError(f"{where}: max_wall_clock_s applies to runs only; expected {SCOPE_FORM}")
+    limits = check(where, limits, SCOPE_LIMIT_NAMES)
     tz = table.get("tz", "UTC")
     warn = table.get("warn_at")
     try:
@@ -218,6 +238,9 @@ class ScopeRegistry:
     def set(self, kind: str, name: str, scope: ScopeBudget | None) -> None:
         if kind not in SCOPE_KINDS:
             raise ValueError(f"scope kind {kind!r}: expected one of {', '.join(SCOPE_KINDS)}")
+        name = str(name)  # a database's 123 is the run's tenant "123"
+        if not name:
+            raise ValueError(f"{kind} '': an empty name names no scope (a run with {kind}='' has none)")
         with self._lock:
             if scope is None:
                 self._code.pop((kind, name), None)
@@ -241,7 +264,11 @@ class ScopeRegistry:
         own = self._code.get((kind, name))
         if own is not None:
             return own
-        found = self._find_looked_up(kind, name)
+        try:
+            found = self._find_looked_up(kind, name)
+        except Exception:  # the plans database is down: this scope falls back, the others hold
+            events.internal_error("scope budgets")
+            found = None
         if found is None and tables is not None:
             found = tables.find(kind, name)
         return found if found is not None else self._code.get((kind, "default"))
@@ -253,7 +280,11 @@ class ScopeRegistry:
 
         def looked_up() -> ScopeBudget | None:
             got = lookup(kind, name)
-            return ScopeBudget(got) if isinstance(got, Budget) else got
+            if got is None or isinstance(got, ScopeBudget):
+                return got
+            if isinstance(got, Budget):
+                return ScopeBudget(got)
+            raise TypeError(f"scope lookup({kind!r}, {name!r}): a Budget, ScopeBudget or None, got {got!r}")
 
         return self._looked_up.get((kind, name), looked_up)
 
@@ -281,7 +312,9 @@ class Scope:
             return ref
         bounds = self.limits.window.bounds()
         key = scope_key(self.kind, self.name, bounds.label)
-        ref = self._ref = ScopeRef(self.kind, self.name, key, self.limits, bounds.end, self.wire)
+        # A rolling window's end follows its first call, which the ledger knows, not this run.
+        end = None if self.limits.window.rolling else bounds.end
+        ref = self._ref = ScopeRef(self.kind, self.name, key, self.limits, end, self.wire)
         return ref
 
 

@@ -101,6 +101,8 @@ class Window:
         if self.period == "hour":
             start = local.replace(minute=0, second=0, microsecond=0)
             label = start.strftime("%Y-%m-%dT%H")
+            if start.fold:  # the hour a DST change repeats: its second pass is a window of its own
+                label += start.strftime("%z")
             return Bounds(label, start.timestamp(), start.timestamp() + 3600.0)
         elif self.period == "day":
             start = local.replace(hour=0, minute=0, second=0, microsecond=0)

@@ -22,7 +22,7 @@ from opentelemetry.trace import Span, SpanContext, SpanKind
 
 from budgetspan import attributes as A
 from budgetspan import events
-from budgetspan.accounting.budget import Limit, ToolLimits
+from budgetspan.accounting.budget import Budget, Limit, ToolLimits
 from budgetspan.accounting.ledger import CallKind, Mode, Refusal, Reservation, Spend
 from budgetspan.accounting.pricing import default_resolver
 from budgetspan.calls import foreign
@@ -167,7 +167,7 @@ class Call(AsyncBounds):
                 self.operation, "model_decision"
             )
             self.step = context.current_step() or self.phase
-            if self.is_model and _spend_limited(self.run):
+            if self.is_model and _limited(self.run, lambda b: b.spend_limited):
                 self._estimate_input()
                 if self.worst_case_cost is None and self.model:
                     self.worst_case_cost = default_resolver().worst_case_cost(
@@ -196,9 +196,7 @@ class Call(AsyncBounds):
         in dollars. ``BUDGETSPAN_UNPRICED=refuse`` refuses them; ``warn`` (the default) lets them
         through, says so once per model in the log and on each span, and the run's explanation
         counts them ("+N unpriced calls")."""
-        if run.budget.max_cost_usd is None and (
-            run.parent is None or all(r.budget.max_cost_usd is None for r in run.ancestors())
-        ):
+        if not _limited(run, lambda b: b.max_cost_usd is not None):
             return
         try:
             priced = self.model is not None and default_resolver().is_priced(self.provider or "", self.model)
@@ -487,10 +485,11 @@ def sampled_trace_id(ctx: SpanContext | None) -> int | None:
     return ctx.trace_id if ctx is not None and ctx.trace_flags.sampled else None
 
 
-def _spend_limited(run: Run | None) -> bool:
-    """Whether the run (or an enclosing one) has a token or dollar limit."""
+def _limited(run: Run | None, has: Callable[[Budget], bool]) -> bool:
+    """Whether the run, an enclosing one or a scope above it (tenant, user ...) has a limit that
+    ``has`` finds: a call's worst case is then priced and held, an unpriced call is noticed."""
     if run is None:
         return False
-    if run.budget.spend_limited:
+    if has(run.budget) or any(has(s.limits.budget) for s in run.scopes):
         return True
-    return run.parent is not None and any(r.budget.spend_limited for r in run.ancestors())
+    return run.parent is not None and any(has(r.budget) for r in run.ancestors())

@@ -134,5 +134,7 @@ class ScopeMetrics:
 
     def on_run_end(self, run: Run) -> None:
         cost = run.usage.cost_usd
+        if any(outer.tenant == run.tenant for outer in run.ancestors()):
+            return  # a nested run of the same tenant: its cost is in the enclosing run's too
         if run.tenant and 0 < cost < float("inf"):
             self.cost.labels(self.tenant(run.tenant, cost)).inc(cost)

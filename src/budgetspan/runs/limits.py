@@ -142,7 +142,8 @@ def at_limit(
     if refusal.reason in TOOL_CAP_REASONS:
         raise run.refuse_tool(refusal)
     policy = run.on_limit
-    if policy is None or refusal.reason in NOT_ASKED or asks > MAX_ASKS:
+    # A scope's limit (a tenant's day ...) is not the run's: an Extend could not raise it.
+    if policy is None or refusal.reason in NOT_ASKED or refusal.scope is not None or asks > MAX_ASKS:
         raise run.exhaust(refusal)
     reached = LimitReached(run, refusal.reason, refusal.limit, run.usage, kind, tool, phase)
     try:

@@ -28,7 +28,7 @@ from budgetspan.runs.at_limit import AtLimit
 from budgetspan.runs.loops import LoopWatch
 from budgetspan.runs.phases import Phase
 from budgetspan.runs.quality import Quality, check_score
-from budgetspan.runs.run_scopes import scopes_of
+from budgetspan.runs.run_scopes import after_close, scopes_of
 
 
 class Outcome(str, Enum):
@@ -123,17 +123,17 @@ class Run(AtLimit, Quality):
             run = run.parent
 
     def ancestors(self) -> list[Run]:
-        """The enclosing runs that keep a budget of their own, innermost first (a run that shares
-        this run's id, and so its ledger record, is not counted twice)."""
+        """The enclosing runs that keep a budget of their own, innermost first: a run that shares
+        this run's id is one budget, counted once, also through another ledger object on the same
+        store (a worker forked inside the run that made its own ``RedisLedger``)."""
         if self.parent is None:
             return []
         found: list[Run] = []
-        seen = {(id(self._ledger), self.id)}
+        seen = {self.id}
         run: Run | None = self.parent
         while run is not None:
-            key = (id(run._ledger), run.id)
-            if key not in seen:
-                seen.add(key)
+            if run.id not in seen:
+                seen.add(run.id)
                 found.append(run)
             run = run.parent
         return found
@@ -317,8 +317,8 @@ class Run(AtLimit, Quality):
                 limits.at_limit(
                     self, self._shown(refused.refusal, final), kind.value, tool, phase, can_await, asks
                 )
-            except KeyError:  # run already closed (work after the run ended): no limit applies
-                return Reservation(self.id, kind, tool, done=True)
+            except KeyError:  # run already closed (work after the run ended): its scopes' only
+                return after_close(self, kind, tool, worst, in_scopes)
         if res.would_refuse is not None:
             self.note_would_refuse(res.would_refuse)
         return res

@@ -55,7 +55,10 @@ def spend(
 
     ``window`` and ``tz`` default to the scope's budget's; a scope with no record is all zeros.
     """
-    named = [(k, v) for k, v in zip(SCOPE_KINDS, (conversation, user, tenant, workflow), strict=True) if v]
+    given = zip(SCOPE_KINDS, (conversation, user, tenant, workflow), strict=True)
+    named = [(k, str(v)) for k, v in given if v is not None]
+    if any(not v for _, v in named):
+        raise ValueError("spend(): an empty name names no scope (a run with tenant='' has no tenant)")
     if len(named) != 1:
         raise ValueError("spend(): name exactly one of tenant=, user=, conversation=, workflow=")
     kind, name = named[0]

@@ -91,9 +91,11 @@ class RunScope:
         self.mode = cfg.mode if mode is None else Mode(mode)
         self.suppress_exhausted = suppress_exhausted
         self.run_id = run_id
-        self.conversation_id = conversation_id  # gen_ai.conversation.id: the session this run serves
-        self.tenant = tenant
-        self.user = user
+        # gen_ai.conversation.id: the session this run serves. Ids as text: a database's 123 is
+        # the tenant that "123" (a TOML key, a budget set in code) names.
+        self.conversation_id, self.tenant, self.user = (
+            None if v is None else str(v) for v in (conversation_id, tenant, user)
+        )
         if isinstance(permissions, str):
             raise TypeError("permissions: a collection of names, not one string")
         self.permissions = frozenset(permissions)
