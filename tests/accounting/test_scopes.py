@@ -172,6 +172,47 @@ def test_a_failing_lookup_leaves_the_run_unscoped(
     assert run.scopes == () and "scope budgets" in caplog.text
 
 
+def test_runs_starting_together_share_one_lookup_and_a_changed_plan_applies(
+    scope_clock: list[float], tracing: object
+) -> None:
+    import threading
+    import time
+
+    calls: list[tuple[str, str]] = []
+    plans = {"acme": Budget(max_model_calls=2)}
+
+    def slow_plans(kind: str, name: str) -> Budget | None:
+        calls.append((kind, name))
+        time.sleep(0.05)  # the plans database; the runs starting meanwhile wait for this answer
+        return plans.get(name) if kind == "tenant" else None
+
+    budgetspan.set_scope_lookup(slow_plans, ttl_s=0.3)
+    gate = threading.Barrier(20)
+    limits: list[float | None] = []
+
+    def start() -> None:
+        gate.wait()
+        with budgetspan.run("chat", tenant="acme") as run:
+            limits.extend(s.limits.budget.max_model_calls for s in run.scopes)
+
+    threads = [threading.Thread(target=start) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert limits == [2] * 20
+    assert calls.count(("tenant", "acme")) == 1, calls  # was one per run
+    plans["acme"] = Budget(max_model_calls=50)  # the customer upgraded
+    with budgetspan.run("chat", tenant="acme") as run:
+        assert run.scopes[0].limits.budget.max_model_calls == 2  # cached still
+    time.sleep(0.35)
+    with budgetspan.run("chat", tenant="acme") as run:
+        assert run.scopes[0].limits.budget.max_model_calls == 50
+    assert calls.count(("tenant", "acme")) == 2
+    with pytest.raises(ValueError, match="ttl_s"):
+        budgetspan.set_scope_lookup(slow_plans, ttl_s=0)
+
+
 def test_scopes_in_use_only_are_kept(scope_clock: list[float]) -> None:
     ledger = InMemoryLedger()
     ledger.open("r", Budget(), Mode.ENFORCE)

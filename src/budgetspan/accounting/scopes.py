@@ -13,6 +13,7 @@ tables and a scope's budget is built when a run of it starts (a bounded cache ke
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -171,28 +172,50 @@ def scope_budget_from_table(
 
 
 class _Recent:
-    """The scope budgets last found, by (kind, name): bounded (the oldest dropped first) and safe
-    from any thread; a missing one is made outside the lock (a lookup may be slow)."""
+    """The scope budgets last found, by (kind, name): bounded (the oldest dropped first), safe from
+    any thread, each kept ``ttl_s`` (None: until cleared). A missing one is made outside the lock (a
+    lookup may be slow) and once: the runs that need it meanwhile wait for that answer instead of
+    each asking the plans database (20 runs of a new tenant at once made 20 lookups)."""
 
-    def __init__(self) -> None:
-        self._found: OrderedDict[tuple[str, str], ScopeBudget | None] = OrderedDict()
+    def __init__(self, ttl_s: float | None = None) -> None:
+        self._found: OrderedDict[tuple[str, str], tuple[ScopeBudget | None, float]] = OrderedDict()
+        self._making: dict[tuple[str, str], threading.Event] = {}
+        self._generation = 0  # a clear() drops the answers being made too
+        self.ttl_s = ttl_s
         self._lock = threading.Lock()
 
     def get(self, key: tuple[str, str], make: Callable[[], ScopeBudget | None]) -> ScopeBudget | None:
-        with self._lock:
-            if key in self._found:
-                self._found.move_to_end(key)
-                return self._found[key]
-        found = make()
-        with self._lock:
-            self._found[key] = found
-            if len(self._found) > CACHE_SIZE:
-                self._found.popitem(last=False)
-        return found
+        while True:
+            with self._lock:
+                got = self._found.get(key)
+                if got is not None and (self.ttl_s is None or time.monotonic() < got[1]):
+                    self._found.move_to_end(key)
+                    return got[0]
+                other = self._making.get(key)
+                if other is None:
+                    self._making[key] = mine = threading.Event()
+                    generation = self._generation
+                    break
+            other.wait()  # then take its answer, or make it if that lookup failed
+        try:
+            found = make()
+            with self._lock:
+                if generation == self._generation:
+                    self._found[key] = (found, time.monotonic() + (self.ttl_s or 0.0))
+                    self._found.move_to_end(key)
+                    if len(self._found) > CACHE_SIZE:
+                        self._found.popitem(last=False)
+            return found
+        finally:
+            with self._lock:
+                if self._making.get(key) is mine:
+                    del self._making[key]
+            mine.set()
 
     def clear(self) -> None:
         with self._lock:
             self._found.clear()
+            self._generation += 1
 
 
 class ScopeTables:
@@ -248,10 +271,15 @@ class ScopeRegistry:
                 self._code[(kind, name)] = scope
             self._looked_up.clear()
 
-    def set_lookup(self, lookup: Callable[[str, str], ScopeBudget | Budget | None] | None) -> None:
+    def set_lookup(
+        self, lookup: Callable[[str, str], ScopeBudget | Budget | None] | None, ttl_s: float | None = None
+    ) -> None:
+        if ttl_s is not None and not ttl_s > 0:
+            raise ValueError(f"set_scope_lookup(ttl_s={ttl_s!r}): a number of seconds above 0, or None")
         with self._lock:
             self._lookup = lookup
             self._looked_up.clear()
+            self._looked_up.ttl_s = ttl_s
 
     def clear(self) -> None:
         with self._lock:

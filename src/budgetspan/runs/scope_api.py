@@ -34,10 +34,15 @@ def set_scope_budget(
     REGISTRY.set(kind, name, scope)
 
 
-def set_scope_lookup(lookup: Callable[[str, str], ScopeBudget | Budget | None] | None) -> None:
+def set_scope_lookup(
+    lookup: Callable[[str, str], ScopeBudget | Budget | None] | None, *, ttl_s: float | None = 300.0
+) -> None:
     """Look scope budgets up (``lookup(kind, name)``, e.g. from the customer's plan) for the scopes
-    with none set in code; its answers are cached (``scopes.CACHE_SIZE``), a new lookup clears them."""
-    REGISTRY.set_lookup(lookup)
+    with none set in code. Answers are cached (``scopes.CACHE_SIZE``) for ``ttl_s`` seconds (None:
+    until the next ``set_scope_lookup``), so a changed plan applies to the runs that start after;
+    runs starting together wait for one lookup of a scope. The lookup runs when a run starts, in
+    its thread (in async code, on the event loop): keep it quick or answer from a cache."""
+    REGISTRY.set_lookup(lookup, ttl_s)
 
 
 def spend(
