@@ -9,8 +9,9 @@ threads that all woke when the peers hung up (one application call stalled 15 s)
 Here one thread serves every connection from a selector, and what it may cost is bounded:
 
 - connections: at most ``max_connections`` open; at the limit the oldest connection still
-  waiting for its request is closed to make room, so idle or half-open connections can never
-  lock out a scraper (a scraper sends its request as soon as it connects);
+  waiting for its request is closed to make room (the oldest of all when every one is sending a
+  response), so idle, half-open or never-reading connections can never lock out a scraper (a
+  scraper sends its request as soon as it connects);
 - time: a request must arrive, and a response be taken, within ``idle_timeout_s``; keep-alive
   connections idle longer are closed; a request head over ``MAX_REQUEST_BYTES`` is refused;
 - rendering: one at a time (this thread), through ``Exposition``, which reuses a rendering for
@@ -208,21 +209,19 @@ class MetricsServer:
             except OSError:  # e.g. out of file descriptors: try again next round
                 log.debug("budgetspan: metrics accept failed", exc_info=True)
                 return
-            if len(self._conns) >= self.max_connections and not self._evict_one():
-                sock.close()  # every slot is sending a response: no room
-                continue
+            if len(self._conns) >= self.max_connections:
+                self._evict_one()
             sock.setblocking(False)
             conn = _Conn(sock, time.monotonic() + self.idle_timeout_s)
             self._conns[sock] = conn
             self._sel.register(sock, selectors.EVENT_READ, None)
 
-    def _evict_one(self) -> bool:
-        """Close the oldest connection that is waiting for its request (not sending one)."""
-        for conn in self._conns.values():
-            if conn.out is None:
-                self._close(conn)
-                return True
-        return False
+    def _evict_one(self) -> None:
+        """Close the oldest connection that is waiting for its request; when every one is sending
+        a response, the oldest of all: peers that pipeline requests and never read would
+        otherwise hold every slot, and turn away every scraper, for the whole idle timeout."""
+        waiting = next((c for c in self._conns.values() if c.out is None), None)
+        self._close(waiting if waiting is not None else next(iter(self._conns.values())))
 
     def _close(self, conn: _Conn) -> None:
         self._conns.pop(conn.sock, None)
