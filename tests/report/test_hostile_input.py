@@ -383,4 +383,4 @@ def test_a_negative_cost_on_a_span_is_not_summed(tmp_path: Path) -> None:
     path.write_text(line(*spans) + "\n")
     code, out, _ = report(str(path), "--format", "json")
     (workflow,) = json.loads(out)["workflows"]
-    assert workflow["total_cost_usd"] >= 0 and workflow["unpriced_calls"] == 1
+    assert code == 0 and workflow["total_cost_usd"] >= 0 and workflow["unpriced_calls"] == 1
