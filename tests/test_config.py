@@ -177,6 +177,7 @@ def test_a_profile_or_a_reserve_given_twice_is_a_config_error(text: str) -> None
         ("BUDGETSPAN_METRICS_TENANTS", "top:x"),  # was a ValueError traceback, metrics off, exit 0
         ("BUDGETSPAN_METRICS_TENANTS", "top:-1"),  # was silently no tenant label at all
         ("BUDGETSPAN_METRICS_TENANTS", "top:" + "9" * 5000),
+        ("BUDGETSPAN_TRACES_FILE", "/"),  # a directory: was a warning with a traceback, no spans written
     ],
 )
 def test_every_switch_with_a_bad_value_is_a_config_error_naming_it(name: str, value: str) -> None:
@@ -209,6 +210,7 @@ def test_good_switch_values_pass() -> None:
         ("BUDGETSPAN_CONFIG", "nested"),
         ("BUDGETSPAN_THREADS", "maybe"),
         ("BUDGETSPAN_METRICS_TENANTS", "top:x"),
+        ("BUDGETSPAN_TRACES_FILE", "/"),
     ],
 )
 def test_a_config_error_under_opentelemetry_instrument_is_one_line_and_status_2(

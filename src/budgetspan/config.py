@@ -47,6 +47,7 @@ from budgetspan.attributes import (
     ENV_OPENAI_STREAM_USAGE,
     ENV_PRICES,
     ENV_PROPAGATE_THREADS,
+    ENV_TRACES_FILE,
     ENV_UNPRICED,
     ENV_WORKFLOW,
 )
@@ -366,8 +367,8 @@ def _digits(text: str, most: int) -> bool:
 
 
 def check_switches(env: Mapping[str, str]) -> None:
-    """The metrics port, the label caps, the tenant labels and the on/off and choice switches.
-    Raises ConfigError."""
+    """The metrics port, the label caps, the tenant labels, the traces file (not a directory) and
+    the on/off and choice switches. Raises ConfigError."""
     port = env.get(ENV_METRICS_PORT, "").strip()
     if port and not (_digits(port, 5) and int(port) <= 65535):
         raise ConfigError(
@@ -382,6 +383,11 @@ def check_switches(env: Mapping[str, str]) -> None:
         raise ConfigError(
             f"{ENV_METRICS_TENANTS}={tenants[:40]!r}: expected tenant names (acme,globex) or top:N, "
             "N a positive integer"
+        )
+    traces = env.get(ENV_TRACES_FILE, "").strip()
+    if traces and os.path.isdir(traces):
+        raise ConfigError(
+            f"{ENV_TRACES_FILE}={traces[:80]!r} is a directory; expected a file to append spans to"
         )
     for name, choices in _CHOICES.items():
         raw = env.get(name, "").strip()
