@@ -227,3 +227,24 @@ def test_connections_that_never_read_their_responses_cannot_lock_out_a_scraper(s
     assert status == 200 and 'padding_total{k="value-04999"} 1.0' in body
     for sock in stuck:
         _hang_up(sock)
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    out = b""
+    while chunk := sock.recv(65536):
+        out += chunk
+    return out
+
+
+def test_a_request_with_bare_newlines_is_answered(served: Served) -> None:
+    """``printf 'GET /metrics HTTP/1.0\\n\\n' | nc`` (HTTP allows a bare LF as line end; the
+    prometheus-client server this one replaced took it): nothing came back until the idle
+    timeout closed the connection."""
+    with socket.create_connection((served.host, served.port), timeout=5) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.0\nAccept: text/plain\n\n")
+        answer = _read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and b"# HELP budgetspan_runs_total" in answer
+    with socket.create_connection((served.host, served.port), timeout=5) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\n\nHEAD /metrics HTTP/1.1\r\nConnection: close\r\n\r\n")
+        answer = _read_all(sock)  # a pipelined pair, one in each style
+    assert answer.count(b"HTTP/1.1 200 OK\r\n") == 2

@@ -264,12 +264,12 @@ class MetricsServer:
         self._respond_if_complete(conn)
 
     def _respond_if_complete(self, conn: _Conn) -> None:
-        head, sep, rest = conn.inbuf.partition(b"\r\n\r\n")
-        if not sep:
+        split = _head_end(conn.inbuf)
+        if split is None:
             if len(conn.inbuf) > MAX_REQUEST_BYTES:
                 self._start_response(conn, _simple(431, "Request Header Fields Too Large"), False)
             return
-        conn.inbuf = rest
+        head, conn.inbuf = conn.inbuf[: split[0]], conn.inbuf[split[1] :]
         response, keep_alive = self._answer(head)
         self._start_response(conn, response, keep_alive)
 
@@ -295,12 +295,12 @@ class MetricsServer:
             return
         conn.deadline = time.monotonic() + self.idle_timeout_s
         self._sel.modify(conn.sock, selectors.EVENT_READ, None)
-        if b"\r\n\r\n" in conn.inbuf:  # a pipelined request already read
+        if _head_end(conn.inbuf) is not None:  # a pipelined request already read
             self._respond_if_complete(conn)
 
     def _answer(self, head: bytes) -> tuple[bytes, bool]:
         """The whole response to one request head, and whether to keep the connection."""
-        lines = head.decode("latin-1").split("\r\n")
+        lines = [line.removesuffix("\r") for line in head.decode("latin-1").split("\n")]
         parts = lines[0].split(" ")
         if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
             return _simple(400, "Bad Request"), False
@@ -326,6 +326,16 @@ class MetricsServer:
         extra = b"Content-Encoding: gzip\r\n" if gzipped else b""
         head_out = _head(200, "OK", content_type, len(body), keep, extra)
         return (head_out if method == "HEAD" else head_out + body), keep
+
+
+def _head_end(buf: bytes) -> tuple[int, int] | None:
+    """Where the first request head in ``buf`` ends and what follows it starts; None while it has
+    no empty line yet. Lines end with CRLF or a bare LF (HTTP allows it; ``nc`` users send it)."""
+    lf = buf.find(b"\n\n")
+    crlf = buf.find(b"\n\r\n")
+    if crlf >= 0 and (lf < 0 or crlf < lf):
+        return crlf, crlf + 3
+    return None if lf < 0 else (lf, lf + 2)
 
 
 def _head(status: int, reason: str, content_type: str, length: int, keep: bool, extra: bytes = b"") -> bytes:
