@@ -151,6 +151,19 @@ def test_a_limit_given_twice_or_a_bad_port_is_a_config_error() -> None:
 
 
 @pytest.mark.parametrize(
+    "text",
+    [
+        "profile=interactive,profile=background",
+        "reserve_for_final.max_model_calls=1,reserve_for_final.max_model_calls=2",
+    ],
+)
+def test_a_profile_or_a_reserve_given_twice_is_a_config_error(text: str) -> None:
+    """The last one silently won (issue 15: a duplicated key in BUDGETSPAN_BUDGET)."""
+    with pytest.raises(ConfigError, match="BUDGETSPAN_BUDGET: .* is given twice"):
+        load_config({"BUDGETSPAN_BUDGET": text})
+
+
+@pytest.mark.parametrize(
     ("name", "value"),
     [
         ("BUDGETSPAN_METRICS_PORT", "9" * 5000),
@@ -161,6 +174,10 @@ def test_a_limit_given_twice_or_a_bad_port_is_a_config_error() -> None:
         ("BUDGETSPAN_THREADS", "maybe"),
         ("BUDGETSPAN_OPENAI_STREAM_USAGE", "sometimes"),
         ("BUDGETSPAN_LITELLM_COST", "openai"),
+        ("BUDGETSPAN_METRICS_TENANTS", "top:x"),  # was a ValueError traceback, metrics off, exit 0
+        ("BUDGETSPAN_METRICS_TENANTS", "top:-1"),  # was silently no tenant label at all
+        ("BUDGETSPAN_METRICS_TENANTS", "top:" + "9" * 5000),
+        ("BUDGETSPAN_TRACES_FILE", "/"),  # a directory: was a warning with a traceback, no spans written
     ],
 )
 def test_every_switch_with_a_bad_value_is_a_config_error_naming_it(name: str, value: str) -> None:
@@ -192,6 +209,8 @@ def test_good_switch_values_pass() -> None:
         ("BUDGETSPAN_METRICS_PORT", "abc"),
         ("BUDGETSPAN_CONFIG", "nested"),
         ("BUDGETSPAN_THREADS", "maybe"),
+        ("BUDGETSPAN_METRICS_TENANTS", "top:x"),
+        ("BUDGETSPAN_TRACES_FILE", "/"),
     ],
 )
 def test_a_config_error_under_opentelemetry_instrument_is_one_line_and_status_2(

@@ -48,10 +48,12 @@ from budgetspan.attributes import (
     ENV_METRICS_MAX_LABEL_VALUES,
     ENV_METRICS_MAX_SERIES,
     ENV_METRICS_PORT,
+    ENV_METRICS_TENANTS,
     ENV_MODE,
     ENV_OPENAI_STREAM_USAGE,
     ENV_PRICES,
     ENV_PROPAGATE_THREADS,
+    ENV_TRACES_FILE,
     ENV_UNPRICED,
     ENV_WORKFLOW,
 )
@@ -148,12 +150,16 @@ def parse_inline_budget(
         )
     values: dict[str, Any] = {}
     base = Budget()
+    seen: set[str] = set()
     for part in text.split(","):
         if not part.strip():
             continue
         if "=" not in part:
             raise ConfigError(f"{source}: {part.strip()!r} has no '='; expected {INLINE_FORM}")
         name, raw = (s.strip() for s in part.split("=", 1))
+        if name in seen:  # the last one would silently win
+            raise ConfigError(f"{source}: {name} is given twice; expected {INLINE_FORM}")
+        seen.add(name)
         if name == "profile":
             if raw not in profiles:
                 raise ConfigError(f"{source}: unknown profile {raw!r}; known: {', '.join(sorted(profiles))}")
@@ -168,8 +174,6 @@ def parse_inline_budget(
             continue
         if name not in BUDGET_KEYS:
             raise ConfigError(f"{source}: unknown limit {name!r}; expected {INLINE_FORM}")
-        if name in values:
-            raise ConfigError(f"{source}: {name} is given twice; expected {INLINE_FORM}")
         values[name] = _limit_value(source, name, raw, INLINE_FORM)
     return base.merged(**values)
 
@@ -370,7 +374,8 @@ def _digits(text: str, most: int) -> bool:
 
 
 def check_switches(env: Mapping[str, str]) -> None:
-    """The metrics port, the label caps and the on/off and choice switches. Raises ConfigError."""
+    """The metrics port, the label caps, the tenant labels, the traces file (not a directory) and
+    the on/off and choice switches. Raises ConfigError."""
     port = env.get(ENV_METRICS_PORT, "").strip()
     if port and not (_digits(port, 5) and int(port) <= 65535):
         raise ConfigError(
@@ -380,6 +385,17 @@ def check_switches(env: Mapping[str, str]) -> None:
         raw = env.get(name, "").strip()
         if raw and not (_digits(raw, 9) and int(raw) >= 1):
             raise ConfigError(f"{name}={raw[:40]!r}: expected a positive integer")
+    tenants = env.get(ENV_METRICS_TENANTS, "").strip()
+    if tenants.startswith("top:") and not (_digits(tenants[4:], 9) and int(tenants[4:]) >= 1):
+        raise ConfigError(
+            f"{ENV_METRICS_TENANTS}={tenants[:40]!r}: expected tenant names (acme,globex) or top:N, "
+            "N a positive integer"
+        )
+    traces = env.get(ENV_TRACES_FILE, "").strip()
+    if traces and os.path.isdir(traces):
+        raise ConfigError(
+            f"{ENV_TRACES_FILE}={traces[:80]!r} is a directory; expected a file to append spans to"
+        )
     for name, choices in _CHOICES.items():
         raw = env.get(name, "").strip()
         if raw and raw.lower() not in choices:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -124,13 +125,45 @@ def internal_error(where: str) -> None:
     """Log an error inside budgetspan (never raised to the user) and count it.
 
     The warning names the error's type only: its message may quote a prompt or a tool's input.
-    The whole traceback is logged at DEBUG, for whoever debugs budgetspan itself.
+    The traceback is logged at DEBUG, for whoever debugs budgetspan itself, without messages
+    (see ``redacted_traceback``).
     """
     error = sys.exc_info()[1]
     kind = type(error).__name__ if error is not None else "error"
     log.warning("budgetspan internal error in %s: %s (the program goes on)", where, kind)
-    log.debug("budgetspan internal error in %s", where, exc_info=True)
+    if error is not None and log.isEnabledFor(logging.DEBUG):
+        log.debug("budgetspan internal error in %s\n%s", where, redacted_traceback(error))
     emit("on_internal_error", where)
+
+
+def log_failure(logger: logging.Logger, message: str, *args: Any, level: int = logging.WARNING) -> None:
+    """Log the exception being handled (a user's callback or listener that raised) as
+    ``message: ErrorType`` at ``level`` and its redacted traceback at DEBUG, never its text."""
+    error = sys.exc_info()[1]
+    logger.log(level, message + ": %s", *args, type(error).__name__ if error is not None else "error")
+    if error is not None and logger.isEnabledFor(logging.DEBUG):
+        logger.debug(message + "\n%s", *args, redacted_traceback(error))
+
+
+def redacted_traceback(error: BaseException, most: int = 16) -> str:
+    """The frames and exception types of ``error`` and of the exceptions chained to it, without
+    their messages: an exception's text (its ``str``, ``args``, notes) may quote a prompt, a tool's
+    input or a customer's address, and reading it may itself raise. Newest first."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen and len(parts) < most:
+        seen.add(id(current))
+        kind = type(current)
+        name = (
+            kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+        )
+        if isinstance(current, BaseExceptionGroup):
+            name += " of " + ", ".join(type(e).__qualname__ for e in current.exceptions[:most])
+        frames = "".join(traceback.format_tb(current.__traceback__))
+        parts.append(f"Traceback (most recent call last):\n{frames}{name} (message not logged)")
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    return "\n\nraised while handling:\n\n".join(parts)
 
 
 def emit(event: str, *args: Any) -> None:
@@ -139,4 +172,4 @@ def emit(event: str, *args: Any) -> None:
         try:
             fn(*args)
         except Exception:
-            log.exception("budgetspan listener %r failed in %s", listener, event)
+            log_failure(log, "budgetspan listener %r failed in %s", listener, event, level=logging.ERROR)

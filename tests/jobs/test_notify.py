@@ -78,3 +78,25 @@ def test_an_end_recorded_but_not_notified_is_notified_by_the_redelivered_task(
     assert ran == []  # the job had ended: not run again
     assert [body["result"] for _, body in webhook.posts] == [42, 42]  # the 500, then delivered
     assert store.notified(spec.job_id)
+
+
+class _Undescribable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text for this error")
+
+
+def test_a_job_whose_error_cannot_be_described_still_ends_failed_and_notified(
+    store: JobStore, webhook: Webhook
+) -> None:
+    """``str(error)`` raised while the end was worded: the attempt raised that instead, the job
+    stayed running, and nobody was notified."""
+    spec = JobSpec.new("triage", {"max_model_calls": 2}, notify=webhook.url, job_id="hook-3")
+    store.submitted(spec.job_id, spec.workflow)
+
+    def job() -> None:
+        raise _Undescribable()
+
+    end = execute(spec, job, (), {}, JobLedger(store.client, store))
+    assert end is not None and end.outcome == "failure"
+    assert end.explanation == "Failed: _Undescribable"
+    assert store.ended(spec.job_id) is not None and store.notified(spec.job_id)

@@ -202,3 +202,49 @@ def test_keep_alive_head_gzip_and_refusals(served: Served) -> None:
     with socket.create_connection((served.host, served.port), timeout=10) as sock:
         sock.sendall(b"GET /" + b"a" * 20000)  # a request head too big to be one
         assert sock.recv(100).startswith(b"HTTP/1.1 431")
+
+
+@pytest.mark.parametrize("served", [{"max_connections": 8, "idle_timeout_s": 30.0}], indirect=True)
+def test_connections_that_never_read_their_responses_cannot_lock_out_a_scraper(served: Served) -> None:
+    """Connections that pipeline requests and never read (each stuck sending a response) filled
+    every slot: only a connection waiting for its request could be closed, so for the whole
+    idle timeout every new scraper was closed unanswered (a reset). The oldest connection goes."""
+    from prometheus_client import Counter
+
+    big = Counter("padding", "Series that make the exposition larger than a socket's buffers.", ["k"],
+                  registry=served.registry)  # fmt: skip
+    for i in range(5000):
+        big.labels(f"value-{i:05d}").inc()
+    stuck = []
+    for _ in range(12):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((served.host, served.port))
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 40)
+        stuck.append(sock)
+    assert wait_until(lambda: served.server.open_connections() == 8, 10)
+    status, body = served.scrape()
+    assert status == 200 and 'padding_total{k="value-04999"} 1.0' in body
+    for sock in stuck:
+        _hang_up(sock)
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    out = b""
+    while chunk := sock.recv(65536):
+        out += chunk
+    return out
+
+
+def test_a_request_with_bare_newlines_is_answered(served: Served) -> None:
+    """``printf 'GET /metrics HTTP/1.0\\n\\n' | nc`` (HTTP allows a bare LF as line end; the
+    prometheus-client server this one replaced took it): nothing came back until the idle
+    timeout closed the connection."""
+    with socket.create_connection((served.host, served.port), timeout=5) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.0\nAccept: text/plain\n\n")
+        answer = _read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and b"# HELP budgetspan_runs_total" in answer
+    with socket.create_connection((served.host, served.port), timeout=5) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\n\nHEAD /metrics HTTP/1.1\r\nConnection: close\r\n\r\n")
+        answer = _read_all(sock)  # a pipelined pair, one in each style
+    assert answer.count(b"HTTP/1.1 200 OK\r\n") == 2

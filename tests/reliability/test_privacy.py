@@ -310,3 +310,85 @@ def test_metrics_endpoint_binds_wider_only_when_configured(
         assert _reachable(other, bound[1])
     finally:
         endpoint.stop_server()
+
+
+# --- hostile exceptions and failing callbacks (issue 15, second pass) ----------------------------
+
+SECRET_EMAIL = "alice.secret@example.com"
+
+
+class _FrameworkError(Exception):
+    """An agent framework's exception whose ``status_code`` and ``__str__`` fail (or quote input)."""
+
+    @property
+    def status_code(self) -> int:
+        raise RuntimeError(f"no status for {SECRET_EMAIL}")
+
+    def __str__(self) -> str:
+        raise RuntimeError(f"cannot describe the failure for {SECRET_EMAIL}")
+
+
+def _budgetspan_log(caplog: pytest.LogCaptureFixture) -> str:
+    """budgetspan's own log records at every level, with any traceback as a handler prints it."""
+    formatter = logging.Formatter()
+    return "\n".join(
+        r.getMessage() + (formatter.formatException(r.exc_info) if r.exc_info else "")
+        for r in caplog.records
+        if r.name.startswith("budgetspan")
+    )
+
+
+def test_a_hostile_exception_keeps_its_span_failed_and_its_text_out_of_the_log(
+    exported: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Reading the HTTP status or the message of an exception raised: the tool span ended
+    without its error (status unset, no error.type) and the DEBUG traceback of that internal
+    error printed the tool's exception text (chained) and the property's."""
+    caplog.set_level(logging.DEBUG, logger="budgetspan")
+
+    @budgetspan.tool
+    def crm_lookup(address: str) -> str:
+        raise _FrameworkError(address)
+
+    with pytest.raises(_FrameworkError), budgetspan.run("privacy"):
+        crm_lookup(SECRET_EMAIL)
+    (tool,) = [s for s in exported.get_finished_spans() if s.name == "execute_tool crm_lookup"]
+    assert tool.status.status_code.name == "ERROR"
+    assert tool.attributes["error.type"] == "_FrameworkError"
+    (event,) = [e for e in tool.events if e.name == "exception"]
+    assert event.attributes["exception.message"] == "_FrameworkError"
+    wire = encode_spans(exported.get_finished_spans()).SerializeToString()
+    assert SECRET_EMAIL.encode() not in wire
+    assert SECRET_EMAIL not in _budgetspan_log(caplog)
+
+
+def test_failing_user_callbacks_are_logged_without_their_text(
+    lean: Lean, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An on_limit policy, a progress callback and an events listener that raise with the
+    customer's address: logged (type and frames, DEBUG included), never with the text."""
+    caplog.set_level(logging.DEBUG, logger="budgetspan")
+
+    def policy(reached: budgetspan.LimitReached) -> None:
+        raise ValueError(f"policy failed for {SECRET_EMAIL}")
+
+    def progress(m: budgetspan.Milestone) -> None:
+        raise ValueError(f"progress failed for {SECRET_EMAIL}")
+
+    class Listener:
+        def on_run_end(self, run: budgetspan.Run) -> None:
+            raise KeyError(f"no account for {SECRET_EMAIL}")
+
+    @budgetspan.tool(label="Looking up")
+    def lookup(x: int) -> int:
+        return x
+
+    events.add_listener(Listener())
+    with pytest.raises(budgetspan.BudgetExhausted):
+        with budgetspan.run("privacy", max_tool_calls=1, on_limit=policy) as run:
+            with budgetspan.subscribe_progress(progress, run=run):
+                lookup(1)
+                lookup(2)
+    logged = _budgetspan_log(caplog)
+    assert "ValueError" in logged and "KeyError" in logged  # what failed is still said
+    assert SECRET_EMAIL not in logged

@@ -38,9 +38,9 @@ def record_failure(
         span.set_status(Status(StatusCode.ERROR, status))
         return
     attrs[A.ERROR_TYPE] = type(error).__qualname__
+    span.set_status(Status(StatusCode.ERROR, type(error).__name__))  # first: recording may fail
     if status != "cancelled":
         record_error(span, error, redact=redact)
-    span.set_status(Status(StatusCode.ERROR, type(error).__name__))
 
 
 def record_error(span: Span, error: BaseException, *, redact: bool) -> None:
@@ -48,12 +48,26 @@ def record_error(span: Span, error: BaseException, *, redact: bool) -> None:
 
     A provider's error often quotes the request ("Invalid content: '...'") and a tool's error its
     input ("no customer for alice@example.com"): the message and the last line of the stack trace
-    would put that text on the span. The frames stay, for debugging.
+    would put that text on the span. The frames stay, for debugging. The event is written here,
+    not by the SDK's ``record_exception``, which reads ``str(error)`` (it may raise, or be slow).
     """
     if not redact:
         span.record_exception(error)
         return
-    status = getattr(error, "status_code", None)
-    message = type(error).__name__ + (f" (HTTP {status})" if isinstance(status, int) else "")
+    try:
+        status = getattr(error, "status_code", None)  # a framework's property may raise
+    except Exception:
+        status = None
+    kind = type(error)
+    message = kind.__name__ + (f" (HTTP {status})" if type(status) is int else "")
     frames = "".join(traceback.format_tb(error.__traceback__)) + message
-    span.record_exception(error, attributes={"exception.message": message, "exception.stacktrace": frames})
+    module = kind.__module__
+    span.add_event(
+        A.EVENT_EXCEPTION,
+        {
+            A.EXCEPTION_TYPE: kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}",
+            A.EXCEPTION_MESSAGE: message,
+            A.EXCEPTION_STACKTRACE: frames,
+            A.EXCEPTION_ESCAPED: "False",
+        },
+    )

@@ -189,7 +189,11 @@ def _explanation(run: Run, error: BaseException | None) -> str:
     if run.exhausted is not None:
         return run.exhausted.explain(usage)
     if error is not None:
-        return f"Failed: {type(error).__name__}: {error}"
+        try:
+            text = str(error)
+        except Exception:  # an error that cannot say what it is: its type still does
+            text = ""
+        return f"Failed: {type(error).__name__}" + (f": {text}" if text else "")
     done = f"{usage.model_calls} model calls, {usage.tool_calls} tool calls, ${usage.cost_usd:.4f}"
     if run.outcome is not None and run.outcome.value == "escalated":
         return f"Handed over to a person ({run.partial.get('escalation_reason') or 'no reason given'}) after {done}"

@@ -114,7 +114,7 @@ class BudgetSpanProcessor(SpanProcessor):
         try:
             refused = self._account_start(span, attrs, str(op), kind)
         except Exception:
-            log.warning("budgetspan: accounting a foreign span failed", exc_info=True)
+            events.log_failure(log, "budgetspan: accounting a foreign span failed")
         if refused is not None:
             raise refused  # only with enforce_foreign: the caller asked for refusal here
 
@@ -177,7 +177,7 @@ class BudgetSpanProcessor(SpanProcessor):
                 ):
                     implicit.end_trace_run(ctx.trace_id, error=not span.status.is_ok)
         except Exception:
-            log.warning("budgetspan: accounting a finished span failed", exc_info=True)
+            events.log_failure(log, "budgetspan: accounting a finished span failed")
 
     def _account_end(self, span: ReadableSpan, entry: foreign.ForeignCall) -> None:
         attrs = span.attributes or {}

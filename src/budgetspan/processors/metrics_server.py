@@ -9,8 +9,9 @@ threads that all woke when the peers hung up (one application call stalled 15 s)
 Here one thread serves every connection from a selector, and what it may cost is bounded:
 
 - connections: at most ``max_connections`` open; at the limit the oldest connection still
-  waiting for its request is closed to make room, so idle or half-open connections can never
-  lock out a scraper (a scraper sends its request as soon as it connects);
+  waiting for its request is closed to make room (the oldest of all when every one is sending a
+  response), so idle, half-open or never-reading connections can never lock out a scraper (a
+  scraper sends its request as soon as it connects);
 - time: a request must arrive, and a response be taken, within ``idle_timeout_s``; keep-alive
   connections idle longer are closed; a request head over ``MAX_REQUEST_BYTES`` is refused;
 - rendering: one at a time (this thread), through ``Exposition``, which reuses a rendering for
@@ -208,21 +209,19 @@ class MetricsServer:
             except OSError:  # e.g. out of file descriptors: try again next round
                 log.debug("budgetspan: metrics accept failed", exc_info=True)
                 return
-            if len(self._conns) >= self.max_connections and not self._evict_one():
-                sock.close()  # every slot is sending a response: no room
-                continue
+            if len(self._conns) >= self.max_connections:
+                self._evict_one()
             sock.setblocking(False)
             conn = _Conn(sock, time.monotonic() + self.idle_timeout_s)
             self._conns[sock] = conn
             self._sel.register(sock, selectors.EVENT_READ, None)
 
-    def _evict_one(self) -> bool:
-        """Close the oldest connection that is waiting for its request (not sending one)."""
-        for conn in self._conns.values():
-            if conn.out is None:
-                self._close(conn)
-                return True
-        return False
+    def _evict_one(self) -> None:
+        """Close the oldest connection that is waiting for its request; when every one is sending
+        a response, the oldest of all: peers that pipeline requests and never read would
+        otherwise hold every slot, and turn away every scraper, for the whole idle timeout."""
+        waiting = next((c for c in self._conns.values() if c.out is None), None)
+        self._close(waiting if waiting is not None else next(iter(self._conns.values())))
 
     def _close(self, conn: _Conn) -> None:
         self._conns.pop(conn.sock, None)
@@ -265,12 +264,12 @@ class MetricsServer:
         self._respond_if_complete(conn)
 
     def _respond_if_complete(self, conn: _Conn) -> None:
-        head, sep, rest = conn.inbuf.partition(b"\r\n\r\n")
-        if not sep:
+        split = _head_end(conn.inbuf)
+        if split is None:
             if len(conn.inbuf) > MAX_REQUEST_BYTES:
                 self._start_response(conn, _simple(431, "Request Header Fields Too Large"), False)
             return
-        conn.inbuf = rest
+        head, conn.inbuf = conn.inbuf[: split[0]], conn.inbuf[split[1] :]
         response, keep_alive = self._answer(head)
         self._start_response(conn, response, keep_alive)
 
@@ -296,12 +295,12 @@ class MetricsServer:
             return
         conn.deadline = time.monotonic() + self.idle_timeout_s
         self._sel.modify(conn.sock, selectors.EVENT_READ, None)
-        if b"\r\n\r\n" in conn.inbuf:  # a pipelined request already read
+        if _head_end(conn.inbuf) is not None:  # a pipelined request already read
             self._respond_if_complete(conn)
 
     def _answer(self, head: bytes) -> tuple[bytes, bool]:
         """The whole response to one request head, and whether to keep the connection."""
-        lines = head.decode("latin-1").split("\r\n")
+        lines = [line.removesuffix("\r") for line in head.decode("latin-1").split("\n")]
         parts = lines[0].split(" ")
         if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
             return _simple(400, "Bad Request"), False
@@ -327,6 +326,16 @@ class MetricsServer:
         extra = b"Content-Encoding: gzip\r\n" if gzipped else b""
         head_out = _head(200, "OK", content_type, len(body), keep, extra)
         return (head_out if method == "HEAD" else head_out + body), keep
+
+
+def _head_end(buf: bytes) -> tuple[int, int] | None:
+    """Where the first request head in ``buf`` ends and what follows it starts; None while it has
+    no empty line yet. Lines end with CRLF or a bare LF (HTTP allows it; ``nc`` users send it)."""
+    lf = buf.find(b"\n\n")
+    crlf = buf.find(b"\n\r\n")
+    if crlf >= 0 and (lf < 0 or crlf < lf):
+        return crlf, crlf + 3
+    return None if lf < 0 else (lf, lf + 2)
 
 
 def _head(status: int, reason: str, content_type: str, length: int, keep: bool, extra: bytes = b"") -> bytes:

@@ -155,7 +155,7 @@ def at_limit(
     except DecisionPending:
         raise
     except Exception:
-        log.warning("budgetspan: the on_limit policy of run %s failed; stopping", run.id, exc_info=True)
+        events.log_failure(log, "budgetspan: the on_limit policy of run %s failed; stopping", run.id)
         answer = None
     apply(reached, answer)
 

@@ -196,8 +196,8 @@ class ProgressSubscription:
         except Exception:
             if not self._failed:  # log once, not on every milestone
                 self._failed = True
-                log.warning(
-                    "budgetspan: a progress callback failed (later failures are not logged)", exc_info=True
+                events.log_failure(
+                    log, "budgetspan: a progress callback failed (later failures are not logged)"
                 )
 
     # events listener -------------------------------------------------------------------
