@@ -12,6 +12,7 @@ import sys
 import threading
 import traceback
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -160,10 +161,23 @@ def redacted_traceback(error: BaseException, most: int = 16) -> str:
         )
         if isinstance(current, BaseExceptionGroup):
             name += " of " + ", ".join(type(e).__qualname__ for e in current.exceptions[:most])
-        frames = "".join(traceback.format_tb(current.__traceback__))
+        frames = format_frames(current.__traceback__)
         parts.append(f"Traceback (most recent call last):\n{frames}{name} (message not logged)")
         current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
     return "\n\nraised while handling:\n\n".join(parts)
+
+
+def format_frames(tb: TracebackType | None) -> str:
+    """A traceback's frames as ``traceback.format_tb`` gives them, without its carets: to place
+    them, Python 3.11 parses each line with ``ast``, whose recursion count 3.11 keeps in state
+    shared by threads, so two threads formatting at once can raise SystemError in either
+    (CPython gh-106905; seen as a pytest INTERNALERROR while a budgetspan thread logged)."""
+    lines = []
+    for frame in traceback.extract_tb(tb):
+        lines.append(f'  File "{frame.filename}", line {frame.lineno}, in {frame.name}\n')
+        if frame.line:
+            lines.append(f"    {frame.line.strip()}\n")
+    return "".join(lines)
 
 
 def emit(event: str, *args: Any) -> None:

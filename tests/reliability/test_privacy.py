@@ -392,3 +392,38 @@ def test_failing_user_callbacks_are_logged_without_their_text(
     logged = _budgetspan_log(caplog)
     assert "ValueError" in logged and "KeyError" in logged  # what failed is still said
     assert SECRET_EMAIL not in logged
+
+
+def test_frames_are_formatted_without_parsing_source() -> None:
+    """Python 3.11 places a traceback's carets by parsing each line with ``ast``, whose state its
+    threads share (CPython gh-106905: SystemError when two threads format at once); the frames
+    budgetspan records and logs are formatted without it."""
+    import ast
+    from typing import Any
+
+    from budgetspan import events
+
+    def lookup(table: dict[str, int], key: str) -> int:
+        return table["x"] + table[key]  # a part of the line raises: 3.11 would mark it with carets
+
+    customer = "ann" + "@example.com"  # (the frames show source lines: the address is not in them)
+    try:
+        lookup({"x": 1}, customer)
+    except KeyError as e:
+        error = e
+    parsed: list[object] = []
+    real = ast.parse
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        parsed.append(args)
+        return real(*args, **kwargs)
+
+    ast.parse = counted  # (not monkeypatch: pytest parses too, between a test and its teardown)
+    try:
+        frames = events.format_frames(error.__traceback__)
+        text = events.redacted_traceback(error)
+    finally:
+        ast.parse = real
+    assert parsed == []
+    assert 'in lookup\n    return table["x"] + table[key]' in frames and "^" not in frames
+    assert "KeyError (message not logged)" in text and "ann@" not in text

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import traceback
 from typing import Any
 
 from opentelemetry.trace import Span, Status, StatusCode
 
 from budgetspan import attributes as A
+from budgetspan import events
 from budgetspan.accounting.budget import BudgetExhausted
 
 
@@ -60,7 +60,7 @@ def record_error(span: Span, error: BaseException, *, redact: bool) -> None:
         status = None
     kind = type(error)
     message = kind.__name__ + (f" (HTTP {status})" if type(status) is int else "")
-    frames = "".join(traceback.format_tb(error.__traceback__)) + message
+    frames = events.format_frames(error.__traceback__) + message
     module = kind.__module__
     span.add_event(
         A.EVENT_EXCEPTION,
