@@ -160,6 +160,17 @@ def test_a_nested_run_spends_once_in_its_scopes(scope_clock: list[float], tracin
         budgetspan.spend(tenant="acme", user="ann")
 
 
+def test_what_is_left_names_the_scopes(scope_clock: list[float], tracing: object) -> None:
+    budgetspan.set_scope_budget("tenant", "acme", Budget(max_model_calls=3), window="day")
+    with budgetspan.run("triage", tenant="acme", budget=Budget(max_model_calls=10)) as run:
+        run.commit(run.reserve(CallKind.MODEL))
+        assert run.remaining_text() == (
+            "9 of 10 model calls left; tenant acme: 2 of 3 model calls left of its daily budget"
+        )
+    with budgetspan.run("chat", tenant="acme") as run:  # no limits of its own: the tenant's only
+        assert run.remaining_text() == "tenant acme: 2 of 3 model calls left of its daily budget"
+
+
 def test_a_failing_lookup_leaves_the_run_unscoped(
     scope_clock: list[float], tracing: object, caplog: Any
 ) -> None:

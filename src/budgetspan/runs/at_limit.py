@@ -23,7 +23,7 @@ from budgetspan.runs.loops import LoopWatch
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
-    from budgetspan.accounting.scopes import ScopeRef
+    from budgetspan.accounting.scopes import Scope, ScopeRef
     from budgetspan.runs.run import Run
 
 
@@ -38,6 +38,7 @@ class AtLimit:
     exhausted: BudgetExhausted | None
     extensions: list[tuple[dict[str, float], str | None]]
     loops: LoopWatch | None
+    scopes: tuple[Scope, ...]
 
     _ledger: Ledger
 
@@ -144,5 +145,16 @@ class AtLimit:
         return remaining.left(self.budget, self.usage)
 
     def remaining_text(self) -> str:
-        """One line for a system prompt: "3 of 6 model calls and $0.14 of $0.25 left"."""
-        return remaining.text(self.budget, self.usage)
+        """One line for a system prompt: "3 of 6 model calls and $0.14 of $0.25 left", then what
+        each scope with a budget has left in its window ("tenant acme: $12.00 of $200.00 left of
+        its daily budget"): a tenant near its limit leaves a run less than the run's budget says."""
+        parts = [] if self.budget.is_unlimited and self.scopes else [remaining.text(self.budget, self.usage)]
+        for scope in self.scopes:
+            try:
+                used = self._ledger.scope_usage(scope.ref().key) or Usage()
+            except Exception:  # (Redis down: the run's own line still stands)
+                events.internal_error("remaining_text")
+                continue
+            words = remaining.text(scope.limits.budget, used)
+            parts.append(f"{scope.kind} {scope.name}: {words} of its {scope.limits.window.adjective} budget")
+        return "; ".join(parts)
