@@ -100,3 +100,22 @@ def test_a_job_whose_error_cannot_be_described_still_ends_failed_and_notified(
     assert end is not None and end.outcome == "failure"
     assert end.explanation == "Failed: _Undescribable"
     assert store.ended(spec.job_id) is not None and store.notified(spec.job_id)
+
+
+def test_a_failed_jobs_end_carries_the_errors_text_only_with_content_capture(
+    store: JobStore, webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from budgetspan import config
+
+    def job() -> None:
+        raise LookupError("no customer for ann@example.com")
+
+    spec = JobSpec.new("triage", {"max_model_calls": 2}, notify=webhook.url, job_id="hook-4")
+    store.submitted(spec.job_id, spec.workflow)
+    end = execute(spec, job, (), {}, JobLedger(store.client, store))
+    assert end is not None and end.explanation == "Failed: LookupError"  # what the webhook is sent
+    monkeypatch.setattr(config, "_capture_content", True)
+    spec = JobSpec.new("triage", {"max_model_calls": 2}, notify=webhook.url, job_id="hook-5")
+    store.submitted(spec.job_id, spec.workflow)
+    end = execute(spec, job, (), {}, JobLedger(store.client, store))
+    assert end is not None and end.explanation == "Failed: LookupError: no customer for ann@example.com"

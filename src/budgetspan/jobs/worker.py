@@ -20,6 +20,7 @@ from opentelemetry import propagate
 from budgetspan import attributes as A
 from budgetspan import events
 from budgetspan.accounting.budget import BudgetExhausted, Usage
+from budgetspan.config import capture_content
 from budgetspan.jobs.cancel_watch import CancelWatch
 from budgetspan.jobs.ledger import JobLedger
 from budgetspan.jobs.notify import deliver, deliver_pending
@@ -189,6 +190,10 @@ def _explanation(run: Run, error: BaseException | None) -> str:
     if run.exhausted is not None:
         return run.exhausted.explain(usage)
     if error is not None:
+        # The end goes to Redis, the webhook and the progress stream: an error's text (a prompt,
+        # a customer's address) only with content capture on, like on spans.
+        if not capture_content():
+            return f"Failed: {type(error).__name__}"
         try:
             text = str(error)
         except Exception:  # an error that cannot say what it is: its type still does
