@@ -14,6 +14,8 @@ def number(v: Any) -> float | None:
         return v if math.isfinite(v) else None
     if t is int:
         return float(v)
+    if v is None:  # an attribute absent (``attrs.get``)
+        return None
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return None
     return float(v) if math.isfinite(v) else None

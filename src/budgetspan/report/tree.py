@@ -92,10 +92,16 @@ class SpanIndex:
         if known is not None:
             return known
         spans = self.traces.get(span.trace_id) or {}
+        parent_id = span.parent_id
+        node = spans.get(parent_id) if parent_id is not None else None
+        if node is not None and parent_id != span.span_id:  # the usual case: the parent's is known
+            known = memo.get(node)
+            if known is not None:
+                memo[span] = known + node.is_phase
+                return known + node.is_phase
         chain = [span]  # spans whose depth is not known yet, child first
         on_chain = {span.span_id}
         above = 0  # the depth of the topmost span of the chain
-        node = spans.get(span.parent_id) if span.parent_id is not None else None
         while node is not None and node.span_id not in on_chain:
             depth = memo.get(node)
             if depth is not None:
