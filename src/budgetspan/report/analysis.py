@@ -211,7 +211,9 @@ class Analyzer:
                         self._has_calls.discard(s)
                     else:
                         empty.append(s)
-            wf = self.workflows.setdefault(run.workflow, _Workflow())
+            wf = self.workflows.get(run.workflow)
+            if wf is None:  # not ``setdefault``: a ``_Workflow`` (four containers) made per run
+                wf = self.workflows[run.workflow] = _Workflow()
             self.savings.add(run.workflow, group)
             wf.add(run, calls, costs, empty, sequential_reads(run, calls, index))
 
