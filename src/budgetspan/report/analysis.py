@@ -171,10 +171,12 @@ class _Workflow:
         contributors = self.contributors
         for s, cost in zip(calls, costs, strict=True):
             a = s.attrs
-            key = (s.name, str(a.get(A.PHASE, OTHER)))
+            phase = a.get(A.PHASE, OTHER)
+            key = (s.name, phase if type(phase) is str else str(phase))
             g = contributors.get(key) or self.contributor(*key)
             g[0] += 1
-            g[1] += s.duration_s
+            took = s.end_ns - s.start_ns  # ``s.duration_s``, without the call
+            g[1] += took / 1e9 if took > 0 else 0.0
             if cost is not None:
                 g[2] += cost
             if A.RETRIES in a:
@@ -209,7 +211,9 @@ class Analyzer:
                         self._has_calls.discard(s)
                     else:
                         empty.append(s)
-            wf = self.workflows.setdefault(run.workflow, _Workflow())
+            wf = self.workflows.get(run.workflow)
+            if wf is None:  # not ``setdefault``: a ``_Workflow`` (four containers) made per run
+                wf = self.workflows[run.workflow] = _Workflow()
             self.savings.add(run.workflow, group)
             wf.add(run, calls, costs, empty, sequential_reads(run, calls, index))
 

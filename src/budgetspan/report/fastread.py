@@ -114,7 +114,14 @@ def _prefixed(items: list[_KV], prefixes: tuple[str, ...], attrs: dict[str, Any]
         if key.startswith(prefixes):
             v = kv.value
             t = v.stringValue
-            attrs[key] = t if t is not None else _not_text(v)
+            if t is not None:
+                attrs[key] = t
+                continue
+            n = v.intValue  # most limits and usage are counts: read in place, as in ``_spans``
+            if type(n) is str and 0 < len(n) <= 18 and n.isdigit() and n.isascii() and v.boolValue is None:
+                attrs[key] = int(n)
+            else:
+                attrs[key] = _not_text(v)
 
 
 # long: the per-span loop of the report's hot path, kept in one piece (a call per span costs)

@@ -9,6 +9,13 @@ from typing import Any
 
 def number(v: Any) -> float | None:
     """A finite number as float, else None (bools, text, NaN and infinities are not figures)."""
+    t = type(v)  # exact types first: most values (bool is a subclass of int, so not these)
+    if t is float:
+        return v if math.isfinite(v) else None
+    if t is int:
+        return float(v)
+    if v is None:  # an attribute absent (``attrs.get``)
+        return None
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return None
     return float(v) if math.isfinite(v) else None

@@ -342,6 +342,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_report(args: argparse.Namespace, stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> int:
+    # The cyclic collector stays off until the analysis is freed: back on while the analysis is
+    # held (its output), its first pass would scan every object it holds, as it stood when the
+    # collector was turned off (measured: 1M spans, 56 passes, 1.4 s of 25 s CPU; 100k, 70 ms).
+    with _no_cyclic_gc():
+        return _report(args, stdout, stderr)
+
+
+def _report(args: argparse.Namespace, stdout: IO[str] | None, stderr: IO[str] | None) -> int:
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     plan = None
@@ -401,15 +409,14 @@ def _analyze(
 ) -> tuple[Analysis, DetailCollector | None]:
     """The analysis; with --by or --html, each run's details too (in the same pass)."""
     window = min(WINDOW, max(1, bound // 5))
-    with _no_cyclic_gc():
-        if routing_cli.wanted(args):
-            return routing_cli.analyze_with_details(
-                reader.read(args.files), plan, args.top, window=window, max_in_flight=bound,
-                max_timelines=args.html_max_timelines,
-            )  # fmt: skip
-        return analyze_stream(
-            reader.read(args.files), plan, top=args.top, window=window, max_in_flight=bound
-        ), None
+    if routing_cli.wanted(args):
+        return routing_cli.analyze_with_details(
+            reader.read(args.files), plan, args.top, window=window, max_in_flight=bound,
+            max_timelines=args.html_max_timelines,
+        )  # fmt: skip
+    return analyze_stream(
+        reader.read(args.files), plan, top=args.top, window=window, max_in_flight=bound
+    ), None
 
 
 def _notes(a: Analysis, bound: int, stderr: IO[str]) -> None:

@@ -253,7 +253,8 @@ def _count_calls(r: RunStat, calls: list[SpanRec], phases: dict[str, PhaseStat])
     costs: list[float | None] = []
     for s in calls:
         a = s.attrs
-        st = phases[str(a.get(A.PHASE, OTHER))]
+        phase = a.get(A.PHASE, OTHER)
+        st = phases[phase if type(phase) is str else str(phase)]
         if A.RETRIES in a:
             r.retries += int(number(a[A.RETRIES]) or 0)
         cost = None

@@ -78,6 +78,10 @@ class Savings:
 
 
 def _int(v: object) -> int:
+    if v is None:  # absent (cache tokens, mostly)
+        return 0
+    if type(v) is int:  # a token count, mostly: as ``int(number(v))``, without the calls
+        return int(float(v)) if v > 0 else 0
     n = number(v)
     return int(n) if n is not None and n > 0 else 0
 

@@ -55,12 +55,21 @@ class SpanIndex:
         enclosing phase span (usually the parent) instead of the root."""
         memo = self._under
         spans = self.traces.get(span.trace_id)
-        if spans is None:
+        parent_id = span.parent_id
+        if spans is None or parent_id is None:
             return False
+        node = spans.get(parent_id)
+        if node is None:
+            return False
+        if parent_id != span.span_id:  # the usual answers, from the parent alone
+            if node.is_phase:
+                return True
+            known = memo.get(node)
+            if known is not None:
+                return known
         chain = []  # spans walked through, not phase spans, answer unknown yet
         on_chain = {span.span_id}
         answer = False
-        node = spans.get(span.parent_id) if span.parent_id is not None else None
         while node is not None and node.span_id not in on_chain:
             if node.is_phase:
                 answer = True
@@ -83,10 +92,16 @@ class SpanIndex:
         if known is not None:
             return known
         spans = self.traces.get(span.trace_id) or {}
+        parent_id = span.parent_id
+        node = spans.get(parent_id) if parent_id is not None else None
+        if node is not None and parent_id != span.span_id:  # the usual case: the parent's is known
+            known = memo.get(node)
+            if known is not None:
+                memo[span] = known + node.is_phase
+                return known + node.is_phase
         chain = [span]  # spans whose depth is not known yet, child first
         on_chain = {span.span_id}
         above = 0  # the depth of the topmost span of the chain
-        node = spans.get(span.parent_id) if span.parent_id is not None else None
         while node is not None and node.span_id not in on_chain:
             depth = memo.get(node)
             if depth is not None:
