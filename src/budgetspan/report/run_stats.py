@@ -120,9 +120,16 @@ class RunStat:
         return float(getattr(self, item))
 
 
+#: A recorded cost above this (a trillion dollars per call) is taken for a broken value, like a
+#: negative one: the call counts as unpriced rather than turning every sum into $inf.
+MOST_COST_USD = 1e12
+
+
 def call_cost(span: SpanRec) -> float | None:
     """The span's recorded cost; for foreign spans without one, priced from their tokens."""
     cost = number(span.attrs.get(A.GEN_AI_USAGE_COST))
+    if cost is not None and not 0.0 <= cost <= MOST_COST_USD:  # negative, NaN or absurd: no price
+        return None
     if cost is not None or span.attrs.get(A.COST_UNPRICED) or span.attrs.get(A.USAGE_UNREPORTED):
         return cost
     inp = number(span.attrs.get(A.GEN_AI_USAGE_INPUT_TOKENS))
