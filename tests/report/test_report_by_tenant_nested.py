@@ -51,11 +51,6 @@ def traces(tmp_path: Path, scope_clock: list[float]) -> Iterator[Path]:
         context.set_tracer_provider(None)
 
 
-@pytest.mark.xfail(
-    reason="RunStat (report/run_stats.py, being rewritten) has no parent run: by_scope sums the nested "
-    "run's cost and its parent's, which already includes it",
-    strict=True,
-)
 def test_a_nested_runs_call_is_counted_once_in_its_tenants_cost(traces: Path) -> None:
     code, out, err = report(str(traces), "--by", "tenant", "--format", "json")
     assert code == 0, err

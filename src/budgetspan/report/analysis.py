@@ -47,6 +47,7 @@ REPORT_KEEP = Keep(
             A.EXHAUSTED_EXPLANATION,
             A.TENANT_ID,
             A.USER_ID,
+            A.RUN_PARENT_ID,
             A.PHASE,
             A.PHASE_LABEL,
             A.RETRIES,

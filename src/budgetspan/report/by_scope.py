@@ -34,13 +34,16 @@ class ScopeRow:
 def rows(runs: Sequence[RunStat], by: str) -> list[ScopeRow]:
     """One row per tenant (or user), most spent first."""
     found: dict[str, ScopeRow] = {}
+    names = {r.run_id: (r.tenant if by == "tenant" else r.user) or NONE for r in runs}
     for r in runs:
-        name = (r.tenant if by == "tenant" else r.user) or NONE
+        name = names[r.run_id]
         row = found.get(name)
         if row is None:
             row = found[name] = ScopeRow(name)
         row.runs += 1
-        row.cost_usd += r.usage.get("cost_usd", r.cost_usd)  # the run's ledger figure, else its calls'
+        # A nested run's calls are in its parent's figures too: counted once per tenant.
+        if r.parent_id is None or names.get(r.parent_id) != name:
+            row.cost_usd += r.usage.get("cost_usd", r.cost_usd)  # the run's ledger figure, else its calls'
         row.succeeded += r.outcome == "success"
         row.budget_exhausted += r.outcome == "budget_exhausted"
         row.scope_stops += bool(r.explanation and r.explanation.startswith(f"Stopped: {by} "))

@@ -94,6 +94,8 @@ class RunStat:
     has_run_span: bool = False
     tenant: str | None = None  # budgetspan.tenant.id and user.id of the run span (report --by)
     user: str | None = None
+    #: budgetspan.run.parent_id: the run this one is nested in, whose figures include its calls
+    parent_id: str | None = None
 
     @property
     def wall_s(self) -> float:
@@ -209,6 +211,7 @@ def _run_span_figures(r: RunStat, run_span: SpanRec) -> None:
     r.explanation = str(a[A.EXHAUSTED_EXPLANATION]) if A.EXHAUSTED_EXPLANATION in a else None
     r.tenant = sys.intern(str(a[A.TENANT_ID])) if A.TENANT_ID in a else None
     r.user = str(a[A.USER_ID]) if A.USER_ID in a else None
+    r.parent_id = str(a[A.RUN_PARENT_ID]) if A.RUN_PARENT_ID in a else None
     _limits_and_usage(r, a)
     for name, attrs in run_span.events:
         if name == A.EVENT_WOULD_EXHAUST and A.EXHAUSTED_REASON in attrs:
