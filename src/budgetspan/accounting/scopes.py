@@ -12,6 +12,7 @@ tables and a scope's budget is built when a run of it starts (a bounded cache ke
 
 from __future__ import annotations
 
+import struct
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -269,10 +270,7 @@ class Scope:
 
     def __init__(self, kind: str, name: str, limits: ScopeBudget) -> None:
         self.kind, self.name, self.limits = kind, name, limits
-        set_limits = [(k, v) for k, v in limits.budget.limits().items() if k != "max_wall_clock_s"]
-        warn = b"" if limits.warn_at is None else repr(float(limits.warn_at)).encode()
-        pairs = [part for k, v in set_limits for part in (k.encode(), repr(v).encode())]
-        self.wire = (warn, str(len(set_limits)).encode(), *pairs)
+        self.wire = wire(limits)
         self._ref: ScopeRef | None = None
 
     def ref(self) -> ScopeRef:
@@ -283,6 +281,33 @@ class Scope:
         key = scope_key(self.kind, self.name, bounds.label)
         ref = self._ref = ScopeRef(self.kind, self.name, key, self.limits, bounds.end, self.wire)
         return ref
+
+
+#: A scope's limits as the Redis scripts take them: ``WINDOW_LIMITS``' as little-endian doubles
+#: (NaN: not set; the wall clock is a run's only), one argument (redis_hot_lua.py).
+WINDOW_LIMITS = (
+    "max_model_calls",
+    "max_tool_calls",
+    "max_steps",
+    "max_retries",
+    "max_wall_clock_s",
+    "max_cost_usd",
+    "max_input_tokens",
+    "max_output_tokens",
+    "max_total_tokens",
+)
+_WINDOW_PACK = struct.Struct(f"<{len(WINDOW_LIMITS)}d")
+
+
+def wire(limits: ScopeBudget) -> tuple[bytes, bytes]:
+    """The warning share ('' none) and the packed limits, made once per scope."""
+    set_limits = limits.budget.limits()
+    nan = float("nan")
+    packed = _WINDOW_PACK.pack(
+        *(nan if n == "max_wall_clock_s" else float(set_limits.get(n, nan)) for n in WINDOW_LIMITS)
+    )
+    warn = b"" if limits.warn_at is None else repr(float(limits.warn_at)).encode()
+    return (warn, packed)
 
 
 def scope_key(kind: str, name: str, label: str) -> str:

@@ -1,0 +1,403 @@
+"""The Lua of the hot path: reserve, settle, and both in one script (``SETTLE_RESERVE``), on the
+run's hash and its scope windows' hashes. ``rule.py``'s rule transcribed on plain arrays.
+
+Each hash's packed figures (``F``: ``MIRROR``'s doubles) become one array made at once
+(``{struct.unpack(...)}``), indexed by constant positions written into the Lua from Python; the
+limits likewise (the run's ``L``, a window's from the call). A limit not set is NaN, which no
+comparison of the rule passes (``x >= NaN`` and ``x > NaN`` are false): no test per limit. Every
+hash is read with one HMGET and written with one HSET; the reply is one text. No table of fields
+by name, no helper per figure: in Redis's Lua each function call and table costs more than the
+arithmetic (bench/README.md). ``tests/accounting/test_rule_table.py`` runs one table of cases
+through ``rule.refusal`` and these scripts.
+"""
+
+from __future__ import annotations
+
+import re
+
+from budgetspan.accounting.budget import LIMIT_NAMES
+from budgetspan.accounting.redis_scripts import KEPT_LIMITS, MIRROR
+from budgetspan.accounting.scopes import WINDOW_LIMITS
+
+# A scope window's limits come packed in the run's order (``scopes.wire``; NaN: not set).
+assert WINDOW_LIMITS == KEPT_LIMITS
+
+#: Where the scope windows' arguments start in each script's ARGV (4 per window: the ttl its use
+#: refreshes, '0' none; the ttl of a new window; the warning share, '' none; its packed limits).
+RESERVE_SCOPE_ARGV, SETTLE_SCOPE_ARGV, SETTLE_RESERVE_SCOPE_ARGV = 9, 4, 12
+
+_SHORT = {
+    "model_calls": "MC",
+    "tool_calls": "TC",
+    "retries": "RT",
+    "input_tokens": "TI",
+    "output_tokens": "TO",
+    "cache_read_tokens": "CR",
+    "cache_write_tokens": "CW",
+    "reasoning_tokens": "RS",
+    "cost_usd": "CO",
+    "unpriced_calls": "UP",
+    "unreported_usage_calls": "UR",
+    "tools_finished": "TF",
+    "held:cost_usd": "HC",
+    "held:input_tokens": "HI",
+    "held:output_tokens": "HO",
+    "cancelled": "CA",
+}
+_LIMIT_SHORT = {
+    "max_model_calls": "LM",
+    "max_tool_calls": "LT",
+    "max_steps": "LS",
+    "max_retries": "LR",
+    "max_wall_clock_s": "LW",
+    "max_cost_usd": "LC",
+    "max_input_tokens": "LI",
+    "max_output_tokens": "LO",
+    "max_total_tokens": "LX",
+}
+assert set(_SHORT) == set(MIRROR) and set(_LIMIT_SHORT) == set(KEPT_LIMITS)
+#: Each ``$NAME`` of the Lua below: a figure's place in ``F``, a limit's in the limits' array.
+_PLACES = {
+    **{short: MIRROR.index(name) + 1 for name, short in _SHORT.items()},
+    **{short: KEPT_LIMITS.index(name) + 1 for name, short in _LIMIT_SHORT.items()},
+    "NK": len(KEPT_LIMITS),
+}
+
+
+def _places(lua: str) -> str:
+    return re.sub(r"\$(\w+)", lambda m: str(_PLACES[m.group(1)]), lua)
+
+
+# The rule on arrays (f: figures, l: limits; NaN none), and what a window's limit compares to.
+_RULE = (
+    """
+local WFMT = '<"""
+    + "d" * len(KEPT_LIMITS)
+    + """'
+-- rule.count_refusal, but a tool's own limits (the run's only: ``hot``)
+local function count_refusal(kind, f, l)
+  if kind == 'retry' then
+    if f[$RT] >= l[$LR] then return 'max_retries', l[$LR] end
+    return nil
+  end
+  if f[$MC] + f[$TC] >= l[$LS] then return 'max_steps', l[$LS] end
+  if kind == 'model' then
+    if f[$MC] >= l[$LM] then return 'max_model_calls', l[$LM] end
+    return nil
+  end
+  if f[$TC] >= l[$LT] then return 'max_tool_calls', l[$LT] end
+  return nil
+end
+-- rule.spend_refusal: used up, or this call's worst case (wc, wi, wo) would pass it together
+-- with what is spent and held by the calls in flight (the sums in the rule's order).
+local function spend_refusal(f, l, wc, wi, wo)
+  local co, ti, to = f[$CO], f[$TI], f[$TO]
+  local limit = l[$LC]
+  if co >= limit or (wc > 0 and co + (f[$HC] + wc) > limit) then return 'max_cost_usd', limit end
+  limit = l[$LI]
+  if ti >= limit or (wi > 0 and ti + (f[$HI] + wi) > limit) then return 'max_input_tokens', limit end
+  limit = l[$LO]
+  if to >= limit or (wo > 0 and to + (f[$HO] + wo) > limit) then return 'max_output_tokens', limit end
+  limit = l[$LX]
+  local own = wi + wo
+  if ti + to >= limit or (own > 0 and ti + to + (f[$HI] + f[$HO] + own) > limit) then
+    return 'max_total_tokens', limit
+  end
+  return nil
+end
+-- The figure the limit at place j compares to (as Usage.value_of).
+local function used_at(j, f)
+  if j == $LM then return f[$MC] elseif j == $LT then return f[$TC]
+  elseif j == $LS then return f[$MC] + f[$TC] elseif j == $LR then return f[$RT]
+  elseif j == $LC then return f[$CO] elseif j == $LI then return f[$TI]
+  elseif j == $LO then return f[$TO] else return f[$TI] + f[$TO] end
+end
+local PLACE = {"""
+    + ", ".join(f"{name} = ${short}" for name, short in _LIMIT_SHORT.items())
+    + """}
+-- Give back a worst case (never below zero); add a figure (never past its cap).
+local function back(f, i, amount) if amount > 0 then f[i] = math.max(f[i] - amount, 0) end end
+local function more(f, i, amount, cap) if amount > 0 then f[i] = math.min(f[i] + amount, cap) end end
+-- The place of the call count of ``kind`` ('model', 'tool', 'retry'), and the tool's field.
+local function count_place(kind) if kind == 'model' then return $MC elseif kind == 'tool' then return $TC end return $RT end
+local function tool_field(kind, tool)
+  if tool == '' or kind == 'model' then return nil end
+  return 'tool:' .. tool .. (kind == 'tool' and ':calls' or ':retries')
+end
+local function g(v) return string.format('%.17g', v) end
+"""
+)
+
+# A scope window in hand: {key, figures, limits, share, warned (0/1), exists, changed, where its
+# arguments start, warned by this call, the ttl to set after its write}.
+_WINDOWS = """
+-- Read scope window i (KEYS[i]; its arguments from ARGV[at]): one HMGET of its figures and
+-- whether it warned. A hash an earlier budgetspan kept as text fields is read once (``legacy``).
+local function window(i, at)
+  local key = K[i]
+  local got = redis.call('HMGET', key, 'F', 'warned')
+  local f, exists
+  if got[1] then
+    f, exists = {struct.unpack(FFMT, got[1])}, true
+  else
+    h = key
+    local old, found = legacy(MIRROR)
+    f = {}
+    for j, name in ipairs(MIRROR) do f[j] = old[name] end
+    exists = found
+  end
+  return {key, f, {struct.unpack(WFMT, A[at + 3])}, tonumber(A[at + 2]), tonumber(got[2]) or 0,
+    exists, not got[1] and exists, at}
+end
+-- The window's warning threshold (a share of any of its limits) reached for the first time:
+-- noted in its hash and in ``list`` as 'i:limit:used'.
+local function warn_check(i, w, list)
+  local share = w[4]
+  if not share or w[5] == 1 then return end
+  local f, l = w[2], w[3]
+  for _, name in ipairs(WARN_ORDER) do
+    local j = PLACE[name]
+    local limit = l[j]
+    if limit > 0 then
+      local figure = used_at(j, f)
+      if figure >= share * limit then
+        w[5], w[7], w[9] = 1, true, true
+        list[#list + 1] = i .. ':' .. name .. ':' .. g(figure)
+        return
+      end
+    end
+  end
+end
+local function status(code, list)
+  if #list == 0 then return code end
+  return code .. 'w' .. table.concat(list, ',')
+end
+"""
+
+_RUN = """
+-- The run's hash: one HMGET of its figures, limits, mode, start and open count, and each tool's
+-- limits and counts in ``tools`` (T: by field, numbers). A run opened by an earlier budgetspan
+-- (text fields) is converted first. nil: no hash.
+local function read_run(key, tools)
+  local got
+  local T = {}
+  if #tools == 0 then
+    got = redis.call('HMGET', key, 'F', 'L', 'mode', 'started_at', 'opened')
+  else
+    local ask = {'F', 'L', 'mode', 'started_at', 'opened'}
+    for _, tool in ipairs(tools) do
+      local p = 'tool:' .. tool .. ':'
+      for _, name in ipairs({'limit:' .. p .. 'max_calls', 'limit:' .. p .. 'max_retries', p .. 'calls', p .. 'retries'}) do
+        ask[#ask + 1] = name
+      end
+    end
+    got = redis.call('HMGET', key, unpack(ask))
+    for i = 6, #ask do T[ask[i]] = tonumber(got[i]) end
+  end
+  if not got[3] then return nil end
+  if not got[1] or not got[2] then  -- written by an earlier budgetspan: packed once, then read
+    h, s = key, {}
+    read({})
+    write()
+    return read_run(key, tools)
+  end
+  return got, T
+end
+
+-- Store what changed: the run's figures (and its tools' counts, text), each window's figures
+-- (and that it warned), one HSET per hash; a window's expiry after its write. Returns the run's
+-- figures packed.
+local function finish(key, got, f, changed, T, tdirty, W)
+  local packed = got[1]
+  if changed then packed = struct.pack(FFMT, unpack(f, 1, NF)) end
+  if not changed then  -- (a refused reservation)
+  elseif #tdirty == 0 then
+    redis.call('HSET', key, 'F', packed)
+  else
+    local c = {'F', packed}
+    for _, name in ipairs(tdirty) do c[#c + 1] = name; c[#c + 1] = g(T[name]) end
+    redis.call('HSET', key, unpack(c))
+  end
+  for i = 2, #K do
+    local w = W[i]
+    if w[7] then
+      if w[9] then
+        redis.call('HSET', w[1], 'F', struct.pack(FFMT, unpack(w[2], 1, NF)), 'warned', '1')
+      else
+        redis.call('HSET', w[1], 'F', struct.pack(FFMT, unpack(w[2], 1, NF)))
+      end
+    end
+    if w[10] then redis.call('EXPIRE', w[1], w[10]) end
+  end
+  return packed
+end
+
+-- The reply: "status reason limit" and the mirror (the run's figures packed, its open count, the
+-- tool's calls and retries as text, '' when not read), separated by spaces.
+local function reply(code, reason, limit, packed, got, T, tool)
+  local calls, retries = '', ''
+  if tool ~= '' then
+    local v = T['tool:' .. tool .. ':calls']
+    if v then calls = g(v) end
+    v = T['tool:' .. tool .. ':retries']
+    if v then retries = g(v) end
+  end
+  return code .. ' ' .. (reason or '') .. ' ' .. (limit and g(limit) or '') .. ' ' .. packed .. ' '
+    .. (got[5] or '') .. ' ' .. calls .. ' ' .. retries
+end
+"""
+
+_HOT = """
+-- Settle (its arguments from ARGV[sat]) and/or reserve (from ARGV[rat]) one call on the run
+-- (KEYS[1]) and its scope windows (KEYS[2..], 4 arguments each from ARGV[wat]). -1: no run.
+local function hot(sat, rat, wat)  -- long: the whole rule and its writes, on locals, in one place
+  local key = K[1]
+  local uncount, stool, kind, rtool = '', '', nil, ''
+  local bc, bi, bo, si, so, scr, scw, srs, sco, unrep, unpr, fin
+  if sat then
+    bc, bi, bo, si, so, scr, scw, srs, sco, unrep, unpr, fin = struct.unpack(SFMT, A[sat])
+    uncount, stool = A[sat + 1], A[sat + 2]
+  end
+  if rat then kind, rtool = A[rat], A[rat + 1] end
+  local tools = {}
+  if uncount ~= '' and stool ~= '' then tools[1] = stool end
+  if rtool ~= '' then tools[#tools + 1] = rtool end
+  local got, T = read_run(key, tools)
+  if not got then return -1 end
+  local f, changed, tdirty = {struct.unpack(FFMT, got[1])}, false, {}
+  local W, swarned = {}, {}
+  if sat then  -- the settlement: worst case given back, spend added, the call un-counted (release)
+    back(f, $HC, bc); back(f, $HI, bi); back(f, $HO, bo)
+    more(f, $TI, si, TOKEN_CAP); more(f, $TO, so, TOKEN_CAP); more(f, $CR, scr, TOKEN_CAP)
+    more(f, $CW, scw, TOKEN_CAP); more(f, $RS, srs, TOKEN_CAP); more(f, $CO, sco, COST_CAP)
+    if unrep == 1 then more(f, $UR, 1, TOKEN_CAP) end
+    if unpr == 1 then more(f, $UP, 1, TOKEN_CAP) end
+    if fin == 1 then more(f, $TF, 1, TOKEN_CAP) end
+    if uncount ~= '' then
+      local j = count_place(uncount)
+      f[j] = f[j] - 1
+      local name = tool_field(uncount, stool)
+      if name then T[name] = (T[name] or 0) - 1; tdirty[#tdirty + 1] = name end
+    end
+    changed = true
+  end
+  for i = 2, #K do  -- the windows, read once; the settlement in each (a window gone settles nothing)
+    local w = window(i, wat + 4 * (i - 2))
+    W[i] = w
+    if sat and w[6] then
+      local wf = w[2]
+      back(wf, $HC, bc); back(wf, $HI, bi); back(wf, $HO, bo)
+      more(wf, $TI, si, TOKEN_CAP); more(wf, $TO, so, TOKEN_CAP); more(wf, $CO, sco, COST_CAP)
+      if uncount ~= '' then local j = count_place(uncount); wf[j] = math.max(wf[j] - 1, 0) end
+      w[7] = true
+      warn_check(i, w, swarned)
+    end
+  end
+  local settled = sat and status(1, swarned)
+  if not rat then
+    local packed = finish(key, got, f, changed, T, tdirty, W)
+    local reason, limit = spend_refusal(f, {struct.unpack(LFMT, got[2])}, 0, 0, 0)
+    return reply(settled, reason, limit, packed, got, T, stool)
+  end
+
+  -- The reservation: rule.refusal on the run (cancelled, wall clock, counts, spend), then on each
+  -- window (counts, spend); granted, it is counted and its worst case held in each.
+  local w_cost, w_in, w_out = struct.unpack('<ddd', A[rat + 2])
+  local l = {struct.unpack(LFMT, got[2])}
+  if A[rat + 7] == '1' then  -- rule.without_reserve: each limit less the part kept, never below 0
+    for j = 1, $NK do
+      local keep = l[j + $NK]
+      if keep == keep and l[j] == l[j] then l[j] = math.max(l[j] - keep, 0) end
+    end
+  end
+  local reason, limit
+  if f[$CA] == 1 then
+    reason = 'cancelled'
+  elseif l[$LW] == l[$LW] then
+    local t = redis.call('TIME')
+    if tonumber(t[1]) + tonumber(t[2]) / 1e6 >= (tonumber(got[4]) or 0) + l[$LW] then
+      reason, limit = 'max_wall_clock_s', l[$LW]
+    end
+  end
+  if not reason and kind ~= 'check' then
+    reason, limit = count_refusal(kind, f, l)
+    if not reason and rtool ~= '' and kind ~= 'model' then  -- the budget's entry, over the tool's own
+      local what = kind == 'tool' and 'max_calls' or 'max_retries'
+      local own = T['limit:tool:' .. rtool .. ':' .. what] or tonumber(A[rat + (kind == 'tool' and 4 or 5)])
+      if own and (T[tool_field(kind, rtool)] or 0) >= own then reason, limit = 'tool.' .. what, own end
+    end
+  end
+  if not reason and kind ~= 'retry' then reason, limit = spend_refusal(f, l, w_cost, w_in, w_out) end
+  local function answer(code, packed)
+    local text = reply(code, reason, limit, packed, got, T, rtool)
+    if settled then return settled .. ' ' .. text end
+    return text
+  end
+  if kind == 'check' then return answer(1, got[1]) end
+  if A[rat + 6] ~= '0' then redis.call('EXPIRE', key, A[rat + 6]) end
+  local force = A[rat + 3] == '1'
+  local enforce = not force and got[3] == 'enforce'
+  local refused = reason and (enforce or (not force and reason == 'cancelled'))
+  if not refused then
+    for i = 2, #K do
+      if reason then break end
+      local w = W[i]
+      local wf, wl = w[2], w[3]
+      local r, lw = count_refusal(kind, wf, wl)
+      if not r and kind ~= 'retry' then r, lw = spend_refusal(wf, wl, w_cost, w_in, w_out) end
+      if r then  -- named with its window: 'max_cost_usd#3#199.5' (KEYS[3] has used 199.5)
+        reason, limit, refused = r .. '#' .. i .. '#' .. g(used_at(PLACE[r], wf)), lw, enforce
+      end
+    end
+  end
+  if refused then return answer(0, finish(key, got, f, changed, T, tdirty, W)) end
+  local j, rwarned = count_place(kind), {}
+  for i = 2, #K do
+    local w = W[i]
+    local wf, at = w[2], w[8]
+    wf[j] = wf[j] + 1
+    more(wf, $HC, w_cost, COST_CAP); more(wf, $HI, w_in, TOKEN_CAP); more(wf, $HO, w_out, TOKEN_CAP)
+    w[7] = true
+    warn_check(i, w, rwarned)
+    -- a window's first call sets when it ends; a window without an end lives on while in use
+    if not w[6] then w[10] = A[at + 1] elseif A[at] ~= '0' then w[10] = A[at] end
+  end
+  f[j] = f[j] + 1
+  local name = tool_field(kind, rtool)
+  if name then T[name] = (T[name] or 0) + 1; tdirty[#tdirty + 1] = name end
+  more(f, $HC, w_cost, COST_CAP); more(f, $HI, w_in, TOKEN_CAP); more(f, $HO, w_out, TOKEN_CAP)
+  local packed = finish(key, got, f, true, T, tdirty, W)
+  if #rwarned > 0 then return answer(status(1, rwarned), packed) end
+  return answer(1, packed)
+end
+"""
+
+#: The hot path's helpers, part of the library's prelude (after ``redis_scripts.PRELUDE``).
+HOT_LUA = _places(
+    f"local NF, SFMT = {len(MIRROR)}, '<{'d' * 12}'\n"
+    + f"local WARN_ORDER = {{{', '.join(repr(n) for n in LIMIT_NAMES if n in KEPT_LIMITS and n != 'max_wall_clock_s')}}}\n"
+    + _RULE
+    + _WINDOWS
+    + _RUN
+    + _HOT
+)
+
+# Reserve one call (or, kind 'check', only say what refuses the run now, changing nothing).
+# ARGV: kind, tool ('' none), the worst cost, input and output tokens packed as 3 little-endian
+# doubles (``WORST`` in redis_mirror.py), force ('1'), the tool's own max_calls and max_retries
+# ('' none; the budget's entry wins), the ttl to refresh ('0': not now), '1' when the limits less
+# the reserve for the final answer apply (``keep:NAME``); then 4 per scope window (KEYS[2..]).
+# Reply: -1 when the run's hash does not exist, else one text "status reason limit mirror..."
+# (status 0: refused, 1: granted, then 'w' and the windows' warnings; reason: what refused, or
+# what observe mode or force let through; a window's 'max_cost_usd#3#199.5').
+RESERVE_BODY = f"return hot(nil, 1, {RESERVE_SCOPE_ARGV})"
+# Settle a call: give back the worst case it held, add what it spent, and (release) un-count it.
+# ARGV: its figures packed as 12 little-endian doubles (``SETTLE_NUMBERS`` in redis_pending.py),
+# the kind to un-count ('' none), the tool ('' none); then 4 per scope window. Reply: as
+# RESERVE's, with the spend limit now used up as the reason.
+SETTLE_BODY = f"return hot(1, nil, {SETTLE_SCOPE_ARGV})"
+# Both in one round trip: settle this process's previous call of the run (SETTLE's 3 arguments),
+# then reserve the next (RESERVE's 8); the windows' arguments once, after both (the two calls
+# have the same windows). Reply: -1 when the run's hash does not exist, else the settlement's
+# status (its warnings), a space, and RESERVE's reply. See ``redis_pending``.
+SETTLE_RESERVE_BODY = f"return hot(1, {SETTLE_SCOPE_ARGV}, {SETTLE_RESERVE_SCOPE_ARGV})"
