@@ -22,9 +22,9 @@ from budgetspan.accounting.scopes import WINDOW_LIMITS
 # A scope window's limits come packed in the run's order (``scopes.wire``; NaN: not set).
 assert WINDOW_LIMITS == KEPT_LIMITS
 
-#: Where the scope windows' arguments start in each script's ARGV (4 per window: the ttl its use
-#: refreshes, '0' none; the ttl of a new window; the warning share, '' none; its packed limits).
-RESERVE_SCOPE_ARGV, SETTLE_SCOPE_ARGV, SETTLE_RESERVE_SCOPE_ARGV = 9, 4, 12
+#: Where the scope windows' arguments start in each script's ARGV (2 per window: its limits and
+#: warning share packed, ``scopes.wire``; its ttl, negative when its use refreshes it).
+RESERVE_SCOPE_ARGV, SETTLE_SCOPE_ARGV, SETTLE_RESERVE_SCOPE_ARGV = 3, 3, 4
 
 _SHORT = {
     "model_calls": "MC",
@@ -72,16 +72,17 @@ def _places(lua: str) -> str:
 _RULE = (
     """
 local WFMT = '<"""
-    + "d" * len(KEPT_LIMITS)
+    + "d" * (len(KEPT_LIMITS) + 1)
     + """'
+local MODEL, TOOL, RETRY, CHECK = 1, 2, 3, 4
 -- rule.count_refusal, but a tool's own limits (the run's only: ``hot``)
 local function count_refusal(kind, f, l)
-  if kind == 'retry' then
+  if kind == RETRY then
     if f[$RT] >= l[$LR] then return 'max_retries', l[$LR] end
     return nil
   end
   if f[$MC] + f[$TC] >= l[$LS] then return 'max_steps', l[$LS] end
-  if kind == 'model' then
+  if kind == MODEL then
     if f[$MC] >= l[$LM] then return 'max_model_calls', l[$LM] end
     return nil
   end
@@ -115,14 +116,43 @@ end
 local PLACE = {"""
     + ", ".join(f"{name} = ${short}" for name, short in _LIMIT_SHORT.items())
     + """}
--- Give back a worst case (never below zero); add a figure (never past its cap).
-local function back(f, i, amount) if amount > 0 then f[i] = math.max(f[i] - amount, 0) end end
-local function more(f, i, amount, cap) if amount > 0 then f[i] = math.min(f[i] + amount, cap) end end
--- The place of the call count of ``kind`` ('model', 'tool', 'retry'), and the tool's field.
-local function count_place(kind) if kind == 'model' then return $MC elseif kind == 'tool' then return $TC end return $RT end
+-- The place of the call count of ``kind`` (MODEL, TOOL, RETRY), and the tool's field.
+local COUNT_PLACE = {$MC, $TC, $RT}
 local function tool_field(kind, tool)
-  if tool == '' or kind == 'model' then return nil end
-  return 'tool:' .. tool .. (kind == 'tool' and ':calls' or ':retries')
+  if tool == '' or kind == MODEL then return nil end
+  return 'tool:' .. tool .. (kind == TOOL and ':calls' or ':retries')
+end
+-- Settle in figures f: the worst case given back (never below zero), the spend added (never past
+-- its cap; a window adds tokens and dollars only), the call un-counted. (No math.min: a C call
+-- costs more than a comparison.)
+local function settle_into(f, run, bc, bi, bo, si, so, scr, scw, srs, sco, unrep, unpr, fin, uncount)
+  local x
+  if bc > 0 then x = f[$HC] - bc; if x < 0 then x = 0 end; f[$HC] = x end
+  if bi > 0 then x = f[$HI] - bi; if x < 0 then x = 0 end; f[$HI] = x end
+  if bo > 0 then x = f[$HO] - bo; if x < 0 then x = 0 end; f[$HO] = x end
+  if si > 0 then x = f[$TI] + si; if x > TOKEN_CAP then x = TOKEN_CAP end; f[$TI] = x end
+  if so > 0 then x = f[$TO] + so; if x > TOKEN_CAP then x = TOKEN_CAP end; f[$TO] = x end
+  if sco > 0 then x = f[$CO] + sco; if x > COST_CAP then x = COST_CAP end; f[$CO] = x end
+  if run then
+    if scr > 0 then x = f[$CR] + scr; if x > TOKEN_CAP then x = TOKEN_CAP end; f[$CR] = x end
+    if scw > 0 then x = f[$CW] + scw; if x > TOKEN_CAP then x = TOKEN_CAP end; f[$CW] = x end
+    if srs > 0 then x = f[$RS] + srs; if x > TOKEN_CAP then x = TOKEN_CAP end; f[$RS] = x end
+    if unrep == 1 and f[$UR] < TOKEN_CAP then f[$UR] = f[$UR] + 1 end
+    if unpr == 1 and f[$UP] < TOKEN_CAP then f[$UP] = f[$UP] + 1 end
+    if fin == 1 and f[$TF] < TOKEN_CAP then f[$TF] = f[$TF] + 1 end
+    if uncount > 0 then local j = COUNT_PLACE[uncount]; f[j] = f[j] - 1 end
+  elseif uncount > 0 then
+    local j = COUNT_PLACE[uncount]
+    if f[j] > 0 then f[j] = f[j] - 1 else f[j] = 0 end
+  end
+end
+-- Take a call in figures f: counted, its worst case held (never past the caps).
+local function take_into(f, j, wc, wi, wo)
+  local x
+  f[j] = f[j] + 1
+  if wc > 0 then x = f[$HC] + wc; if x > COST_CAP then x = COST_CAP end; f[$HC] = x end
+  if wi > 0 then x = f[$HI] + wi; if x > TOKEN_CAP then x = TOKEN_CAP end; f[$HI] = x end
+  if wo > 0 then x = f[$HO] + wo; if x > TOKEN_CAP then x = TOKEN_CAP end; f[$HO] = x end
 end
 local function g(v) return string.format('%.17g', v) end
 """
@@ -131,8 +161,8 @@ local function g(v) return string.format('%.17g', v) end
 # A scope window in hand: {key, figures, limits, share, warned (0/1), exists, changed, where its
 # arguments start, warned by this call, the ttl to set after its write}.
 _WINDOWS = """
--- Read scope window i (KEYS[i]; its arguments from ARGV[at]): one HMGET of its figures and
--- whether it warned. A hash an earlier budgetspan kept as text fields is read once (``legacy``).
+-- Read scope window i (KEYS[i]; its 2 arguments from ARGV[at]: its limits and warning share
+-- packed, its ttl): one HMGET of its figures and whether it warned. A hash an earlier budgetspan kept as text fields is read once (``legacy``).
 local function window(i, at)
   local key = K[i]
   local got = redis.call('HMGET', key, 'F', 'warned')
@@ -146,8 +176,10 @@ local function window(i, at)
     for j, name in ipairs(MIRROR) do f[j] = old[name] end
     exists = found
   end
-  return {key, f, {struct.unpack(WFMT, A[at + 3])}, tonumber(A[at + 2]), tonumber(got[2]) or 0,
-    exists, not got[1] and exists, at}
+  local l = {struct.unpack(WFMT, A[at])}  -- its limits, then its warning share
+  local share = l[$NK + 1]
+  if share ~= share then share = nil end
+  return {key, f, l, share, tonumber(got[2]) or 0, exists, not got[1] and exists, at}
 end
 -- The window's warning threshold (a share of any of its limits) reached for the first time:
 -- noted in its hash and in ``list`` as 'i:limit:used'.
@@ -248,53 +280,46 @@ end
 """
 
 _HOT = """
--- Settle (its arguments from ARGV[sat]) and/or reserve (from ARGV[rat]) one call on the run
--- (KEYS[1]) and its scope windows (KEYS[2..], 4 arguments each from ARGV[wat]). -1: no run.
-local function hot(sat, rat, wat)  -- long: the whole rule and its writes, on locals, in one place
+-- Settle (``settles``: its numbers packed at the start of ARGV[1], its tool the next argument)
+-- and/or reserve (``reserves``: its numbers packed after, its tool the next) one call on the run
+-- (KEYS[1]) and its scope windows (KEYS[2..], 2 arguments each from ARGV[wat]). -1: no run.
+local function hot(settles, reserves, wat)  -- long: the rule and its writes, on arrays, in one place
   local key = K[1]
-  local uncount, stool, kind, rtool = '', '', nil, ''
-  local bc, bi, bo, si, so, scr, scw, srs, sco, unrep, unpr, fin
-  if sat then
-    bc, bi, bo, si, so, scr, scw, srs, sco, unrep, unpr, fin = struct.unpack(SFMT, A[sat])
-    uncount, stool = A[sat + 1], A[sat + 2]
+  local stool, rtool, uncount = '', '', 0
+  local bc, bi, bo, si, so, scr, scw, srs, sco, unrep, unpr, fin, next_at
+  if settles then
+    bc, bi, bo, si, so, scr, scw, srs, sco, unrep, unpr, fin, uncount, next_at = struct.unpack(SFMT, A[1])
+    stool = A[2]
   end
-  if rat then kind, rtool = A[rat], A[rat + 1] end
+  local kind, w_cost, w_in, w_out, force, short, ttl, tool_calls, tool_retries
+  if reserves then
+    kind, w_cost, w_in, w_out, force, short, ttl, tool_calls, tool_retries = struct.unpack(RFMT, A[1], next_at or 1)
+    rtool = A[wat - 1]
+  end
   local tools = {}
-  if uncount ~= '' and stool ~= '' then tools[1] = stool end
+  if uncount > 0 and stool ~= '' then tools[1] = stool end
   if rtool ~= '' then tools[#tools + 1] = rtool end
   local got, T = read_run(key, tools)
   if not got then return -1 end
   local f, changed, tdirty = {struct.unpack(FFMT, got[1])}, false, {}
   local W, swarned = {}, {}
-  if sat then  -- the settlement: worst case given back, spend added, the call un-counted (release)
-    back(f, $HC, bc); back(f, $HI, bi); back(f, $HO, bo)
-    more(f, $TI, si, TOKEN_CAP); more(f, $TO, so, TOKEN_CAP); more(f, $CR, scr, TOKEN_CAP)
-    more(f, $CW, scw, TOKEN_CAP); more(f, $RS, srs, TOKEN_CAP); more(f, $CO, sco, COST_CAP)
-    if unrep == 1 then more(f, $UR, 1, TOKEN_CAP) end
-    if unpr == 1 then more(f, $UP, 1, TOKEN_CAP) end
-    if fin == 1 then more(f, $TF, 1, TOKEN_CAP) end
-    if uncount ~= '' then
-      local j = count_place(uncount)
-      f[j] = f[j] - 1
-      local name = tool_field(uncount, stool)
-      if name then T[name] = (T[name] or 0) - 1; tdirty[#tdirty + 1] = name end
-    end
+  if settles then  -- the settlement: worst case given back, spend added, the call un-counted (release)
+    settle_into(f, true, bc, bi, bo, si, so, scr, scw, srs, sco, unrep, unpr, fin, uncount)
+    local name = uncount > 0 and tool_field(uncount, stool)
+    if name then T[name] = (T[name] or 0) - 1; tdirty[#tdirty + 1] = name end
     changed = true
   end
   for i = 2, #K do  -- the windows, read once; the settlement in each (a window gone settles nothing)
-    local w = window(i, wat + 4 * (i - 2))
+    local w = window(i, wat + 2 * (i - 2))
     W[i] = w
-    if sat and w[6] then
-      local wf = w[2]
-      back(wf, $HC, bc); back(wf, $HI, bi); back(wf, $HO, bo)
-      more(wf, $TI, si, TOKEN_CAP); more(wf, $TO, so, TOKEN_CAP); more(wf, $CO, sco, COST_CAP)
-      if uncount ~= '' then local j = count_place(uncount); wf[j] = math.max(wf[j] - 1, 0) end
+    if settles and w[6] then
+      settle_into(w[2], false, bc, bi, bo, si, so, scr, scw, srs, sco, unrep, unpr, fin, uncount)
       w[7] = true
       warn_check(i, w, swarned)
     end
   end
-  local settled = sat and status(1, swarned)
-  if not rat then
+  local settled = settles and status(1, swarned)
+  if not reserves then
     local packed = finish(key, got, f, changed, T, tdirty, W)
     local reason, limit = spend_refusal(f, {struct.unpack(LFMT, got[2])}, 0, 0, 0)
     return reply(settled, reason, limit, packed, got, T, stool)
@@ -302,12 +327,15 @@ local function hot(sat, rat, wat)  -- long: the whole rule and its writes, on lo
 
   -- The reservation: rule.refusal on the run (cancelled, wall clock, counts, spend), then on each
   -- window (counts, spend); granted, it is counted and its worst case held in each.
-  local w_cost, w_in, w_out = struct.unpack('<ddd', A[rat + 2])
   local l = {struct.unpack(LFMT, got[2])}
-  if A[rat + 7] == '1' then  -- rule.without_reserve: each limit less the part kept, never below 0
+  if short == 1 then  -- rule.without_reserve: each limit less the part kept, never below 0
     for j = 1, $NK do
       local keep = l[j + $NK]
-      if keep == keep and l[j] == l[j] then l[j] = math.max(l[j] - keep, 0) end
+      if keep == keep and l[j] == l[j] then
+        local x = l[j] - keep
+        if x < 0 then x = 0 end
+        l[j] = x
+      end
     end
   end
   local reason, limit
@@ -319,62 +347,60 @@ local function hot(sat, rat, wat)  -- long: the whole rule and its writes, on lo
       reason, limit = 'max_wall_clock_s', l[$LW]
     end
   end
-  if not reason and kind ~= 'check' then
+  if not reason and kind ~= CHECK then
     reason, limit = count_refusal(kind, f, l)
-    if not reason and rtool ~= '' and kind ~= 'model' then  -- the budget's entry, over the tool's own
-      local what = kind == 'tool' and 'max_calls' or 'max_retries'
-      local own = T['limit:tool:' .. rtool .. ':' .. what] or tonumber(A[rat + (kind == 'tool' and 4 or 5)])
-      if own and (T[tool_field(kind, rtool)] or 0) >= own then reason, limit = 'tool.' .. what, own end
+    if not reason and rtool ~= '' and kind ~= MODEL then  -- the budget's entry, over the tool's own
+      local what = kind == TOOL and 'max_calls' or 'max_retries'
+      local own = T['limit:tool:' .. rtool .. ':' .. what] or (kind == TOOL and tool_calls or tool_retries)
+      if own == own and (T[tool_field(kind, rtool)] or 0) >= own then reason, limit = 'tool.' .. what, own end
     end
   end
-  if not reason and kind ~= 'retry' then reason, limit = spend_refusal(f, l, w_cost, w_in, w_out) end
-  local function answer(code, packed)
-    local text = reply(code, reason, limit, packed, got, T, rtool)
-    if settled then return settled .. ' ' .. text end
-    return text
-  end
-  if kind == 'check' then return answer(1, got[1]) end
-  if A[rat + 6] ~= '0' then redis.call('EXPIRE', key, A[rat + 6]) end
-  local force = A[rat + 3] == '1'
-  local enforce = not force and got[3] == 'enforce'
-  local refused = reason and (enforce or (not force and reason == 'cancelled'))
+  if not reason and kind ~= RETRY then reason, limit = spend_refusal(f, l, w_cost, w_in, w_out) end
+  if kind == CHECK then return reply(1, reason, limit, got[1], got, T, rtool) end
+  if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+  local enforce = force ~= 1 and got[3] == 'enforce'
+  local refused = reason and (enforce or (force ~= 1 and reason == 'cancelled'))
   if not refused then
     for i = 2, #K do
       if reason then break end
       local w = W[i]
       local wf, wl = w[2], w[3]
       local r, lw = count_refusal(kind, wf, wl)
-      if not r and kind ~= 'retry' then r, lw = spend_refusal(wf, wl, w_cost, w_in, w_out) end
+      if not r and kind ~= RETRY then r, lw = spend_refusal(wf, wl, w_cost, w_in, w_out) end
       if r then  -- named with its window: 'max_cost_usd#3#199.5' (KEYS[3] has used 199.5)
         reason, limit, refused = r .. '#' .. i .. '#' .. g(used_at(PLACE[r], wf)), lw, enforce
       end
     end
   end
-  if refused then return answer(0, finish(key, got, f, changed, T, tdirty, W)) end
-  local j, rwarned = count_place(kind), {}
-  for i = 2, #K do
-    local w = W[i]
-    local wf, at = w[2], w[8]
-    wf[j] = wf[j] + 1
-    more(wf, $HC, w_cost, COST_CAP); more(wf, $HI, w_in, TOKEN_CAP); more(wf, $HO, w_out, TOKEN_CAP)
-    w[7] = true
-    warn_check(i, w, rwarned)
-    -- a window's first call sets when it ends; a window without an end lives on while in use
-    if not w[6] then w[10] = A[at + 1] elseif A[at] ~= '0' then w[10] = A[at] end
+  local code, packed = 0, nil
+  if refused then
+    packed = finish(key, got, f, changed, T, tdirty, W)
+  else
+    local j, rwarned = COUNT_PLACE[kind], {}
+    for i = 2, #K do
+      local w = W[i]
+      take_into(w[2], j, w_cost, w_in, w_out)
+      w[7] = true
+      warn_check(i, w, rwarned)
+      -- its ttl: set by a window's first call (its end); '-N': refreshed (a scope without a window)
+      local window_ttl = tonumber(A[w[8] + 1])
+      if window_ttl < 0 then w[10] = -window_ttl elseif not w[6] then w[10] = window_ttl end
+    end
+    take_into(f, j, w_cost, w_in, w_out)
+    local name = tool_field(kind, rtool)
+    if name then T[name] = (T[name] or 0) + 1; tdirty[#tdirty + 1] = name end
+    packed = finish(key, got, f, true, T, tdirty, W)
+    code = status(1, rwarned)
   end
-  f[j] = f[j] + 1
-  local name = tool_field(kind, rtool)
-  if name then T[name] = (T[name] or 0) + 1; tdirty[#tdirty + 1] = name end
-  more(f, $HC, w_cost, COST_CAP); more(f, $HI, w_in, TOKEN_CAP); more(f, $HO, w_out, TOKEN_CAP)
-  local packed = finish(key, got, f, true, T, tdirty, W)
-  if #rwarned > 0 then return answer(status(1, rwarned), packed) end
-  return answer(1, packed)
+  local text = reply(code, reason, limit, packed, got, T, rtool)
+  if settled then return settled .. ' ' .. text end
+  return text
 end
 """
 
 #: The hot path's helpers, part of the library's prelude (after ``redis_scripts.PRELUDE``).
 HOT_LUA = _places(
-    f"local NF, SFMT = {len(MIRROR)}, '<{'d' * 12}'\n"
+    f"local NF, SFMT, RFMT = {len(MIRROR)}, '<{'d' * 13}', '<{'d' * 9}'\n"
     + f"local WARN_ORDER = {{{', '.join(repr(n) for n in LIMIT_NAMES if n in KEPT_LIMITS and n != 'max_wall_clock_s')}}}\n"
     + _RULE
     + _WINDOWS
@@ -382,22 +408,21 @@ HOT_LUA = _places(
     + _HOT
 )
 
-# Reserve one call (or, kind 'check', only say what refuses the run now, changing nothing).
-# ARGV: kind, tool ('' none), the worst cost, input and output tokens packed as 3 little-endian
-# doubles (``WORST`` in redis_mirror.py), force ('1'), the tool's own max_calls and max_retries
-# ('' none; the budget's entry wins), the ttl to refresh ('0': not now), '1' when the limits less
-# the reserve for the final answer apply (``keep:NAME``); then 4 per scope window (KEYS[2..]).
+# Reserve one call (or, kind CHECK, only say what refuses the run now, changing nothing).
+# ARGV: ``RESERVE_NUMBERS`` packed (redis_ledger.py: the kind, the worst case, force, the limits
+# less the reserve for the final answer, the ttl to refresh, the tool's own limits), the tool
+# ('' none); then 2 per scope window (KEYS[2..]).
 # Reply: -1 when the run's hash does not exist, else one text "status reason limit mirror..."
 # (status 0: refused, 1: granted, then 'w' and the windows' warnings; reason: what refused, or
 # what observe mode or force let through; a window's 'max_cost_usd#3#199.5').
-RESERVE_BODY = f"return hot(nil, 1, {RESERVE_SCOPE_ARGV})"
+RESERVE_BODY = f"return hot(false, true, {RESERVE_SCOPE_ARGV})"
 # Settle a call: give back the worst case it held, add what it spent, and (release) un-count it.
-# ARGV: its figures packed as 12 little-endian doubles (``SETTLE_NUMBERS`` in redis_pending.py),
-# the kind to un-count ('' none), the tool ('' none); then 4 per scope window. Reply: as
-# RESERVE's, with the spend limit now used up as the reason.
-SETTLE_BODY = f"return hot(1, nil, {SETTLE_SCOPE_ARGV})"
-# Both in one round trip: settle this process's previous call of the run (SETTLE's 3 arguments),
-# then reserve the next (RESERVE's 8); the windows' arguments once, after both (the two calls
-# have the same windows). Reply: -1 when the run's hash does not exist, else the settlement's
-# status (its warnings), a space, and RESERVE's reply. See ``redis_pending``.
-SETTLE_RESERVE_BODY = f"return hot(1, {SETTLE_SCOPE_ARGV}, {SETTLE_RESERVE_SCOPE_ARGV})"
+# ARGV: ``SETTLE_NUMBERS`` packed (redis_pending.py), the tool ('' none); then 2 per scope
+# window. Reply: as RESERVE's, with the spend limit now used up as the reason.
+SETTLE_BODY = f"return hot(true, false, {SETTLE_SCOPE_ARGV})"
+# Both in one round trip: settle this process's previous call of the run, then reserve the next.
+# ARGV: SETTLE's and RESERVE's numbers in one packed argument, the settled call's tool, the
+# reserved call's; the windows' arguments once, after (the two calls have the same windows).
+# Reply: -1 when the run's hash does not exist, else the settlement's status (its warnings), a
+# space, and RESERVE's reply. See ``redis_pending``.
+SETTLE_RESERVE_BODY = f"return hot(true, true, {SETTLE_RESERVE_SCOPE_ARGV})"

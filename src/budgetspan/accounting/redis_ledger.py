@@ -39,6 +39,7 @@ from __future__ import annotations
 import atexit
 import itertools
 import logging
+import struct
 import threading
 import time
 import weakref
@@ -52,7 +53,6 @@ from budgetspan.accounting.ledger import CallKind, Ledger, LedgerRefused, Mode, 
 from budgetspan.accounting.memory import InMemoryLedger
 from budgetspan.accounting.redis_extend import ExtendOnRedis
 from budgetspan.accounting.redis_mirror import (
-    WORST,
     RunMirror,
     budget_fields,
     clamp_dollars,
@@ -66,6 +66,7 @@ from budgetspan.accounting.redis_mirror import (
 from budgetspan.accounting.redis_outage import OutageOnRedis
 from budgetspan.accounting.redis_pending import (
     DEFAULT_SETTLE_LAG_S,
+    KIND_CODES,
     Pending,
     PendingSettlements,
     reached,
@@ -82,7 +83,13 @@ DEFAULT_TIMEOUT_S = 2.0
 MIN_WAIT_S = 0.1
 
 _PREFIX = "budgetspan:run:"
-_NO_WORST = WORST.pack(0, 0, 0)
+_NAN = float("nan")
+#: A reservation's figures as the reserve script takes them, in one argument (``redis_hot_lua``):
+#: the kind (``KIND_CODES``; 4: check), the worst cost, input and output tokens, force (1), the
+#: limits less the reserve for the final answer (1), the ttl to refresh (0: not now), the tool's
+#: own max_calls and max_retries (NaN: none; the budget's entry wins).
+RESERVE_NUMBERS = struct.Struct("<9d")
+_CHECK = (RESERVE_NUMBERS.pack(4, 0, 0, 0, 0, 0, 0, _NAN, _NAN), "")
 
 
 class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
@@ -285,23 +292,25 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
         scopes: Sequence[Any] = (),
     ) -> Reservation:
         tl = tool_limits or NO_TOOL_LIMITS
-        args = (
-            kind.value,
-            tool or "",
-            WORST.pack(*worst),
-            "1" if force else "0",
-            "" if tl.max_calls is None else tl.max_calls,
-            "" if tl.max_retries is None else tl.max_retries,
+        cost, held_in, held_out = worst
+        numbers = RESERVE_NUMBERS.pack(
+            KIND_CODES[kind],
+            cost,
+            held_in,
+            held_out,
+            force,
+            self._short(run_id, final),
             self.ttl_s,
-            "1" if self._short(run_id, final) else "0",
+            _NAN if tl.max_calls is None else tl.max_calls,
+            _NAN if tl.max_retries is None else tl.max_retries,
         )
+        args = (numbers, tool or "")
         status, reason, limit, _ = self._reserve_call(run_id, args, tool, scopes).split(b" ", 3)
         found = redis_scopes.refusal_in(reason, limit, tool, scopes)
         redis_scopes.warn(status, scopes)
         if status[:1] == b"0":
             assert found is not None
             raise LedgerRefused(found)
-        cost, held_in, held_out = worst
         return Reservation(
             run_id,
             kind,
@@ -407,7 +416,7 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
         self.flush(run_id)
         if run_id not in self._local_runs:
             try:
-                reply = self._call("reserve", run_id, ("check", "", _NO_WORST, "0", "", "", self.ttl_s))
+                reply = self._call("reserve", run_id, _CHECK)
                 _, reason, limit, _ = reply.split(b" ", 3)
                 return refusal_from(reason, limit, None)
             except KeyError:

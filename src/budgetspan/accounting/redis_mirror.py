@@ -118,11 +118,6 @@ def usage_from(fields: dict[str, Any]) -> Usage:
 FIGURES = struct.Struct(f"<{len(MIRROR)}d")
 
 
-#: A reservation's worst cost, input and output tokens, as the reserve script takes them (one
-#: argument: one string for Redis to make and no number for Lua to parse, instead of three).
-WORST = struct.Struct("<3d")
-
-
 def figures_of(packed: bytes) -> dict[str, float]:
     """The figures in a packed ``F`` field (or a mirror's first ``FIGURES.size`` bytes)."""
     return dict(zip(MIRROR, FIGURES.unpack_from(packed), strict=True))

@@ -28,7 +28,7 @@ from typing import Any
 from budgetspan import events
 from budgetspan.accounting import rule
 from budgetspan.accounting.budget import Usage
-from budgetspan.accounting.ledger import Refusal, Reservation, Spend
+from budgetspan.accounting.ledger import CallKind, Refusal, Reservation, Spend
 from budgetspan.accounting.redis_mirror import FIGURES, RunMirror, clamp_dollars, clamp_tokens
 from budgetspan.accounting.redis_scripts import MIRROR
 
@@ -66,15 +66,18 @@ class Pending:
         return [ref.key for ref in mine] == [ref.key for ref in scopes]
 
 
-#: A settlement's figures as the settle script takes them, in one argument (``SETTLE_BODY``).
-SETTLE_NUMBERS = struct.Struct("<12d")
+#: A settlement's figures as the settle script takes them, in one argument (``redis_hot_lua``):
+#: the worst case to give back, what was spent, the flags, and the kind to un-count (``KIND_CODES``).
+SETTLE_NUMBERS = struct.Struct("<13d")
+#: A call's kind as the scripts take it, one number among the packed ones (0: none).
+KIND_CODES = {CallKind.MODEL: 1, CallKind.TOOL: 2, CallKind.RETRY: 3}
 
 
 def settle_args(
     r: Reservation | None, spend: Spend | None, flags: tuple[bool, bool, bool], uncount: bool
-) -> tuple[Any, ...]:
+) -> tuple[bytes, str]:
     """The settle script's arguments: ``r``'s worst case to give back, ``spend`` to add, the flags
-    (unreported, unpriced, tool finished), packed; and the kind to un-count (``uncount``), the tool."""
+    (unreported, unpriced, tool finished) and the kind to un-count (``uncount``), packed; the tool."""
     sp = spend or _NO_SPEND
     numbers = SETTLE_NUMBERS.pack(
         0.0 if r is None else r.worst_case_cost,
@@ -87,12 +90,9 @@ def settle_args(
         clamp_tokens(sp.reasoning_tokens),
         clamp_dollars(sp.cost_usd),
         *flags,
+        KIND_CODES[r.kind] if uncount and r is not None else 0,
     )
-    return (
-        numbers,
-        r.kind.value if uncount and r is not None else "",
-        "" if r is None or r.tool is None else r.tool,
-    )
+    return (numbers, "" if r is None or r.tool is None else r.tool)
 
 
 _IN, _OUT, _COST = (MIRROR.index(name) for name in ("input_tokens", "output_tokens", "cost_usd"))

@@ -30,12 +30,12 @@ def keys(run_key: str, refs: Sequence[ScopeRef]) -> tuple[str, ...]:
 
 
 def args(refs: Sequence[ScopeRef]) -> tuple[Any, ...]:
-    """Each window's arguments (``RESERVE_SCOPE_ARGV``): the ttl its use refreshes (0: none), the
-    ttl of a new window, then its budget (``ScopeRef.wire``)."""
+    """Each window's arguments (``RESERVE_SCOPE_ARGV``): its budget (``ScopeRef.wire``), then the
+    ttl of a new window, negative when each use refreshes it (a scope without a window)."""
     out: list[Any] = []
     for ref in refs:
         ttl = ref.ttl_s()
-        out += (ttl if ref.refresh else 0, ttl, *ref.wire)
+        out += (ref.wire, -ttl if ref.refresh else ttl)
     return tuple(out)
 
 

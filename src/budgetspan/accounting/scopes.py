@@ -73,9 +73,8 @@ class ScopeRef:
     key: str
     limits: ScopeBudget
     end: float | None
-    #: The budget as the Redis scripts take it: the warning share, the number of limits, then
-    #: (name, value) pairs, as bytes (made once per scope).
-    wire: tuple[bytes, ...] = ()
+    #: The budget as the Redis scripts take it (``wire``): its limits and warning share, packed.
+    wire: bytes = b""
 
     @property
     def budget(self) -> Budget:
@@ -284,7 +283,7 @@ class Scope:
 
 
 #: A scope's limits as the Redis scripts take them: ``WINDOW_LIMITS``' as little-endian doubles
-#: (NaN: not set; the wall clock is a run's only), one argument (redis_hot_lua.py).
+#: (NaN: not set; the wall clock is a run's only), then the warning share: one argument.
 WINDOW_LIMITS = (
     "max_model_calls",
     "max_tool_calls",
@@ -296,18 +295,17 @@ WINDOW_LIMITS = (
     "max_output_tokens",
     "max_total_tokens",
 )
-_WINDOW_PACK = struct.Struct(f"<{len(WINDOW_LIMITS)}d")
+_WINDOW_PACK = struct.Struct(f"<{len(WINDOW_LIMITS) + 1}d")
 
 
-def wire(limits: ScopeBudget) -> tuple[bytes, bytes]:
-    """The warning share ('' none) and the packed limits, made once per scope."""
+def wire(limits: ScopeBudget) -> bytes:
+    """The limits (NaN: not set) and the warning share (NaN: none), packed once per scope."""
     set_limits = limits.budget.limits()
     nan = float("nan")
-    packed = _WINDOW_PACK.pack(
-        *(nan if n == "max_wall_clock_s" else float(set_limits.get(n, nan)) for n in WINDOW_LIMITS)
+    return _WINDOW_PACK.pack(
+        *(nan if n == "max_wall_clock_s" else float(set_limits.get(n, nan)) for n in WINDOW_LIMITS),
+        nan if limits.warn_at is None else float(limits.warn_at),
     )
-    warn = b"" if limits.warn_at is None else repr(float(limits.warn_at)).encode()
-    return (warn, packed)
 
 
 def scope_key(kind: str, name: str, label: str) -> str:
