@@ -66,7 +66,10 @@ from budgetspan.accounting.redis_mirror import (
 from budgetspan.accounting.redis_outage import OutageOnRedis
 from budgetspan.accounting.redis_pending import (
     DEFAULT_SETTLE_LAG_S,
+    CHECK_ARGS,
     KIND_CODES,
+    NAN,
+    RESERVE_NUMBERS,
     Pending,
     PendingSettlements,
     reached,
@@ -83,13 +86,6 @@ DEFAULT_TIMEOUT_S = 2.0
 MIN_WAIT_S = 0.1
 
 _PREFIX = "budgetspan:run:"
-_NAN = float("nan")
-#: A reservation's figures as the reserve script takes them, in one argument (``redis_hot_lua``):
-#: the kind (``KIND_CODES``; 4: check), the worst cost, input and output tokens, force (1), the
-#: limits less the reserve for the final answer (1), the ttl to refresh (0: not now), the tool's
-#: own max_calls and max_retries (NaN: none; the budget's entry wins).
-RESERVE_NUMBERS = struct.Struct("<9d")
-_CHECK = (RESERVE_NUMBERS.pack(4, 0, 0, 0, 0, 0, 0, _NAN, _NAN), "")
 
 
 class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
@@ -301,8 +297,8 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
             force,
             self._short(run_id, final),
             self.ttl_s,
-            _NAN if tl.max_calls is None else tl.max_calls,
-            _NAN if tl.max_retries is None else tl.max_retries,
+            NAN if tl.max_calls is None else tl.max_calls,
+            NAN if tl.max_retries is None else tl.max_retries,
         )
         args = (numbers, tool or "")
         status, reason, limit, _ = self._reserve_call(run_id, args, tool, scopes).split(b" ", 3)
@@ -416,7 +412,7 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
         self.flush(run_id)
         if run_id not in self._local_runs:
             try:
-                reply = self._call("reserve", run_id, _CHECK)
+                reply = self._call("reserve", run_id, CHECK_ARGS)
                 _, reason, limit, _ = reply.split(b" ", 3)
                 return refusal_from(reason, limit, None)
             except KeyError:

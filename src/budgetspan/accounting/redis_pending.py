@@ -71,6 +71,14 @@ class Pending:
 SETTLE_NUMBERS = struct.Struct("<13d")
 #: A call's kind as the scripts take it, one number among the packed ones (0: none).
 KIND_CODES = {CallKind.MODEL: 1, CallKind.TOOL: 2, CallKind.RETRY: 3}
+NAN = float("nan")
+#: A reservation's figures as the reserve script takes them, in one argument (``redis_hot_lua``):
+#: the kind (``KIND_CODES``; 4: check), the worst cost, input and output tokens, force (1), the
+#: limits less the reserve for the final answer (1), the ttl to refresh (0: not now), the tool's
+#: own max_calls and max_retries (NaN: none; the budget's entry wins).
+RESERVE_NUMBERS = struct.Struct("<9d")
+#: ``Ledger.check``'s arguments: what refuses the run now, changing nothing.
+CHECK_ARGS = (RESERVE_NUMBERS.pack(4, 0, 0, 0, 0, 0, 0, NAN, NAN), "")
 
 
 def settle_args(
