@@ -39,7 +39,6 @@ from __future__ import annotations
 import atexit
 import itertools
 import logging
-import struct
 import threading
 import time
 import weakref
@@ -65,8 +64,8 @@ from budgetspan.accounting.redis_mirror import (
 )
 from budgetspan.accounting.redis_outage import OutageOnRedis
 from budgetspan.accounting.redis_pending import (
-    DEFAULT_SETTLE_LAG_S,
     CHECK_ARGS,
+    DEFAULT_SETTLE_LAG_S,
     KIND_CODES,
     NAN,
     RESERVE_NUMBERS,
