@@ -22,8 +22,8 @@ from budgetspan.accounting.scopes import WINDOW_LIMITS
 # A scope window's limits come packed in the run's order (``scopes.wire``; NaN: not set).
 assert WINDOW_LIMITS == KEPT_LIMITS
 
-#: Where the scope windows' arguments start in each script's ARGV (2 per window: its limits and
-#: warning share packed, ``scopes.wire``; its ttl, negative when its use refreshes it).
+#: Where the scope windows' arguments start in each script's ARGV (2 per window: its limits,
+#: warning thresholds and flags packed, ``scopes.wire``; its ttl).
 RESERVE_SCOPE_ARGV, SETTLE_SCOPE_ARGV, SETTLE_RESERVE_SCOPE_ARGV = 3, 3, 4
 
 _SHORT = {
@@ -72,7 +72,7 @@ def _places(lua: str) -> str:
 _RULE = (
     """
 local WFMT = '<"""
-    + "d" * (len(KEPT_LIMITS) + 1)
+    + "d" * (2 * len(KEPT_LIMITS) + 2)
     + """'
 local MODEL, TOOL, RETRY, CHECK = 1, 2, 3, 4
 -- rule.count_refusal, but a tool's own limits (the run's only: ``hot``)
@@ -155,6 +155,19 @@ local function take_into(f, j, wc, wi, wo)
   if wo > 0 then x = f[$HO] + wo; if x > TOKEN_CAP then x = TOKEN_CAP end; f[$HO] = x end
 end
 local function g(v) return string.format('%.17g', v) end
+-- Limits unpacked, by their packed text: the library outlives its calls, so a budget's limits
+-- are unpacked once (until 1,000 are kept: then afresh), not on every call. Never changed.
+local UNPACKED, N_UNPACKED = {}, 0
+local function unpacked(fmt, packed)
+  local l = UNPACKED[packed]
+  if l then return l end
+  l = {struct.unpack(fmt, packed)}
+  if N_UNPACKED >= 1000 then UNPACKED, N_UNPACKED = {}, 0 end
+  UNPACKED[packed], N_UNPACKED = l, N_UNPACKED + 1
+  return l
+end
+-- An empty table never written to (none made per call where nothing is added).
+local NONE = {}
 """
 )
 
@@ -176,25 +189,23 @@ local function window(i, at)
     for j, name in ipairs(MIRROR) do f[j] = old[name] end
     exists = found
   end
-  local l = {struct.unpack(WFMT, A[at])}  -- its limits, then its warning share
-  local share = l[$NK + 1]
-  if share ~= share then share = nil end
-  return {key, f, l, share, tonumber(got[2]) or 0, exists, not got[1] and exists, at}
+  local l = unpacked(WFMT, A[at])  -- its limits, warning thresholds, two flags
+  return {key, f, l, l[$NK * 2 + 1] == 1, got[2] == '1', exists, not got[1] and exists, at}
 end
--- The window's warning threshold (a share of any of its limits) reached for the first time:
--- noted in its hash and in ``list`` as 'i:limit:used'.
+-- The window's warning threshold (a share of any of its limits, ``scopes.wire``) reached for
+-- the first time: noted in its hash and in ``list`` as 'i:limit:used'.
 local function warn_check(i, w, list)
-  local share = w[4]
-  if not share or w[5] == 1 then return end
+  if not w[4] or w[5] then return end
   local f, l = w[2], w[3]
-  for _, name in ipairs(WARN_ORDER) do
-    local j = PLACE[name]
-    local limit = l[j]
-    if limit > 0 then
+  local mc, tc, ti, to = f[$MC], f[$TC], f[$TI], f[$TO]
+  if mc >= l[$NK + $LM] or tc >= l[$NK + $LT] or mc + tc >= l[$NK + $LS] or f[$RT] >= l[$NK + $LR]
+    or f[$CO] >= l[$NK + $LC] or ti >= l[$NK + $LI] or to >= l[$NK + $LO] or ti + to >= l[$NK + $LX] then
+    for k = 1, #WARN_PLACES do  -- which one, in the budget's order
+      local j = WARN_PLACES[k]
       local figure = used_at(j, f)
-      if figure >= share * limit then
-        w[5], w[7], w[9] = 1, true, true
-        list[#list + 1] = i .. ':' .. name .. ':' .. g(figure)
+      if figure >= l[$NK + j] then
+        w[5], w[7], w[9] = true, true, true
+        list[#list + 1] = i .. ':' .. WARN_ORDER[k] .. ':' .. g(figure)
         return
       end
     end
@@ -212,7 +223,7 @@ _RUN = """
 -- (text fields) is converted first. nil: no hash.
 local function read_run(key, tools)
   local got
-  local T = {}
+  local T = NONE
   if #tools == 0 then
     got = redis.call('HMGET', key, 'F', 'L', 'mode', 'started_at', 'opened')
   else
@@ -224,6 +235,7 @@ local function read_run(key, tools)
       end
     end
     got = redis.call('HMGET', key, unpack(ask))
+    T = {}
     for i = 6, #ask do T[ask[i]] = tonumber(got[i]) end
   end
   if not got[3] then return nil end
@@ -296,13 +308,18 @@ local function hot(settles, reserves, wat)  -- long: the rule and its writes, on
     kind, w_cost, w_in, w_out, force, short, ttl, tool_calls, tool_retries = struct.unpack(RFMT, A[1], next_at or 1)
     rtool = A[wat - 1]
   end
-  local tools = {}
-  if uncount > 0 and stool ~= '' then tools[1] = stool end
-  if rtool ~= '' then tools[#tools + 1] = rtool end
+  local tools = NONE
+  if (uncount > 0 and stool ~= '') or rtool ~= '' then
+    tools = {}
+    if uncount > 0 and stool ~= '' then tools[1] = stool end
+    if rtool ~= '' then tools[#tools + 1] = rtool end
+  end
   local got, T = read_run(key, tools)
   if not got then return -1 end
-  local f, changed, tdirty = {struct.unpack(FFMT, got[1])}, false, {}
-  local W, swarned = {}, {}
+  local f, changed, tdirty = {struct.unpack(FFMT, got[1])}, false, NONE
+  if #tools > 0 then tdirty = {} end
+  local W, swarned = NONE, NONE
+  if #K > 1 then W, swarned = {}, {} end
   if settles then  -- the settlement: worst case given back, spend added, the call un-counted (release)
     settle_into(f, true, bc, bi, bo, si, so, scr, scw, srs, sco, unrep, unpr, fin, uncount)
     local name = uncount > 0 and tool_field(uncount, stool)
@@ -315,20 +332,24 @@ local function hot(settles, reserves, wat)  -- long: the rule and its writes, on
     if settles and w[6] then
       settle_into(w[2], false, bc, bi, bo, si, so, scr, scw, srs, sco, unrep, unpr, fin, uncount)
       w[7] = true
-      warn_check(i, w, swarned)
+      -- (its warning looked at once, at the end: here, after the reservation, or at its refusal)
+      if not reserves then warn_check(i, w, swarned) end
     end
   end
-  local settled = settles and status(1, swarned)
   if not reserves then
+    local settled = status(1, swarned)
     local packed = finish(key, got, f, changed, T, tdirty, W)
-    local reason, limit = spend_refusal(f, {struct.unpack(LFMT, got[2])}, 0, 0, 0)
+    local reason, limit = spend_refusal(f, unpacked(LFMT, got[2]), 0, 0, 0)
     return reply(settled, reason, limit, packed, got, T, stool)
   end
 
   -- The reservation: rule.refusal on the run (cancelled, wall clock, counts, spend), then on each
   -- window (counts, spend); granted, it is counted and its worst case held in each.
-  local l = {struct.unpack(LFMT, got[2])}
+  local l = unpacked(LFMT, got[2])
   if short == 1 then  -- rule.without_reserve: each limit less the part kept, never below 0
+    local whole = l
+    l = {}
+    for j = 1, $NK * 2 do l[j] = whole[j] end
     for j = 1, $NK do
       local keep = l[j + $NK]
       if keep == keep and l[j] == l[j] then
@@ -356,7 +377,7 @@ local function hot(settles, reserves, wat)  -- long: the rule and its writes, on
     end
   end
   if not reason and kind ~= RETRY then reason, limit = spend_refusal(f, l, w_cost, w_in, w_out) end
-  if kind == CHECK then return reply(1, reason, limit, got[1], got, T, rtool) end
+  if kind == CHECK then return reply(1, reason, limit, got[1], got, T, rtool) end  -- (never settles)
   if ttl > 0 then redis.call('EXPIRE', key, ttl) end
   local enforce = force ~= 1 and got[3] == 'enforce'
   local refused = reason and (enforce or (force ~= 1 and reason == 'cancelled'))
@@ -374,17 +395,18 @@ local function hot(settles, reserves, wat)  -- long: the rule and its writes, on
   end
   local code, packed = 0, nil
   if refused then
+    for i = 2, #K do if settles and W[i][6] then warn_check(i, W[i], swarned) end end
     packed = finish(key, got, f, changed, T, tdirty, W)
   else
-    local j, rwarned = COUNT_PLACE[kind], {}
+    local j, rwarned = COUNT_PLACE[kind], NONE
+    if #K > 1 then rwarned = {} end
     for i = 2, #K do
       local w = W[i]
       take_into(w[2], j, w_cost, w_in, w_out)
       w[7] = true
       warn_check(i, w, rwarned)
-      -- its ttl: set by a window's first call (its end); '-N': refreshed (a scope without a window)
-      local window_ttl = tonumber(A[w[8] + 1])
-      if window_ttl < 0 then w[10] = -window_ttl elseif not w[6] then w[10] = window_ttl end
+      -- its ttl: set by a window's first call (to its end), and by each of a scope without a window
+      if not w[6] or w[3][$NK * 2 + 2] == 1 then w[10] = A[w[8] + 1] end
     end
     take_into(f, j, w_cost, w_in, w_out)
     local name = tool_field(kind, rtool)
@@ -393,15 +415,23 @@ local function hot(settles, reserves, wat)  -- long: the rule and its writes, on
     code = status(1, rwarned)
   end
   local text = reply(code, reason, limit, packed, got, T, rtool)
-  if settled then return settled .. ' ' .. text end
+  if settles then return status(1, swarned) .. ' ' .. text end
   return text
 end
 """
 
+# The order in which a window's limits are looked at for its warning (``Budget.limits``' order).
+_WARN_ORDER = [n for n in LIMIT_NAMES if n in KEPT_LIMITS and n != "max_wall_clock_s"]
+
 #: The hot path's helpers, part of the library's prelude (after ``redis_scripts.PRELUDE``).
 HOT_LUA = _places(
     f"local NF, SFMT, RFMT = {len(MIRROR)}, '<{'d' * 13}', '<{'d' * 9}'\n"
-    + f"local WARN_ORDER = {{{', '.join(repr(n) for n in LIMIT_NAMES if n in KEPT_LIMITS and n != 'max_wall_clock_s')}}}\n"
+    + "local WARN_ORDER = {"
+    + ", ".join(repr(n) for n in _WARN_ORDER)
+    + "}\n"
+    + "local WARN_PLACES = {"
+    + ", ".join(str(KEPT_LIMITS.index(n) + 1) for n in _WARN_ORDER)
+    + "}\n"
     + _RULE
     + _WINDOWS
     + _RUN

@@ -30,12 +30,11 @@ def keys(run_key: str, refs: Sequence[ScopeRef]) -> tuple[str, ...]:
 
 
 def args(refs: Sequence[ScopeRef]) -> tuple[Any, ...]:
-    """Each window's arguments (``RESERVE_SCOPE_ARGV``): its budget (``ScopeRef.wire``), then the
-    ttl of a new window, negative when each use refreshes it (a scope without a window)."""
+    """Each window's arguments (``RESERVE_SCOPE_ARGV``): its budget (``ScopeRef.wire``), then its
+    ttl (set by a new window's first call, and by every call of a scope without a window)."""
     out: list[Any] = []
     for ref in refs:
-        ttl = ref.ttl_s()
-        out += (ref.wire, -ttl if ref.refresh else ttl)
+        out += (ref.wire, ref.ttl_s())
     return tuple(out)
 
 

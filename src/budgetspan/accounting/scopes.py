@@ -73,7 +73,7 @@ class ScopeRef:
     key: str
     limits: ScopeBudget
     end: float | None
-    #: The budget as the Redis scripts take it (``wire``): its limits and warning share, packed.
+    #: The budget as the Redis scripts take it (``wire``), packed.
     wire: bytes = b""
 
     @property
@@ -269,7 +269,7 @@ class Scope:
 
     def __init__(self, kind: str, name: str, limits: ScopeBudget) -> None:
         self.kind, self.name, self.limits = kind, name, limits
-        self.wire = wire(limits)
+        self.wire = wire(limits, limits.window.period is None)
         self._ref: ScopeRef | None = None
 
     def ref(self) -> ScopeRef:
@@ -282,8 +282,8 @@ class Scope:
         return ref
 
 
-#: A scope's limits as the Redis scripts take them: ``WINDOW_LIMITS``' as little-endian doubles
-#: (NaN: not set; the wall clock is a run's only), then the warning share: one argument.
+#: A scope's limits as the Redis scripts take them (``wire``): ``WINDOW_LIMITS``' order (the wall
+#: clock is a run's only), little-endian doubles.
 WINDOW_LIMITS = (
     "max_model_calls",
     "max_tool_calls",
@@ -295,16 +295,22 @@ WINDOW_LIMITS = (
     "max_output_tokens",
     "max_total_tokens",
 )
-_WINDOW_PACK = struct.Struct(f"<{len(WINDOW_LIMITS) + 1}d")
+_WINDOW_PACK = struct.Struct(f"<{2 * len(WINDOW_LIMITS) + 2}d")
 
 
-def wire(limits: ScopeBudget) -> bytes:
-    """The limits (NaN: not set) and the warning share (NaN: none), packed once per scope."""
-    set_limits = limits.budget.limits()
+def wire(limits: ScopeBudget, refresh: bool) -> bytes:
+    """What the scripts need of a scope's budget, packed once per scope: its limits (NaN: not
+    set), the figure at which each warns (``warn_at`` × a limit above 0; NaN: none), whether it
+    warns at all, and whether each use refreshes its expiry (a scope without a window)."""
     nan = float("nan")
+    set_limits = {k: float(v) for k, v in limits.budget.limits().items() if k != "max_wall_clock_s"}
+    share = limits.warn_at
+    at = {k: float(share) * v for k, v in set_limits.items() if share is not None and v > 0}
     return _WINDOW_PACK.pack(
-        *(nan if n == "max_wall_clock_s" else float(set_limits.get(n, nan)) for n in WINDOW_LIMITS),
-        nan if limits.warn_at is None else float(limits.warn_at),
+        *(set_limits.get(n, nan) for n in WINDOW_LIMITS),
+        *(at.get(n, nan) for n in WINDOW_LIMITS),
+        share is not None,
+        refresh,
     )
 
 
