@@ -11,7 +11,9 @@ Use: ``budgetspan.set_ledger(RedisLedger(redis.Redis(...)))`` in every process, 
 process's next reservation of the run, in one script; until then its worst case stays held.
 
 **A live run is never forgotten.** Each process that opens a run adds one to the hash's open count
-and takes it off at close (the hash goes at zero); each reservation refreshes its expiry (``ttl_s``).
+and takes it off at close (the hash goes at zero); its reservations keep its expiry ``ttl_s`` away
+(each process refreshes it at most every ``ttl_s``/10: the hash outlives its last use by 90% of
+``ttl_s`` at least).
 Each process mirrors what the scripts last told it of its open runs: a hash found gone (Redis
 restarted empty, expiry, a peer's delete) is recreated from the budget and the mirror (the worst
 cases held stand in for spend that may have settled meanwhile), counted as an internal error (logged
@@ -47,7 +49,7 @@ from typing import Any
 
 from budgetspan import events
 from budgetspan.accounting import redis_scopes
-from budgetspan.accounting.budget import NO_TOOL_LIMITS, Budget, Limit, ToolLimits, Usage
+from budgetspan.accounting.budget import Budget, Limit, ToolLimits, Usage
 from budgetspan.accounting.ledger import CallKind, Ledger, LedgerRefused, Mode, Refusal, Reservation, Spend
 from budgetspan.accounting.memory import InMemoryLedger
 from budgetspan.accounting.redis_extend import ExtendOnRedis
@@ -66,12 +68,10 @@ from budgetspan.accounting.redis_outage import OutageOnRedis
 from budgetspan.accounting.redis_pending import (
     CHECK_ARGS,
     DEFAULT_SETTLE_LAG_S,
-    KIND_CODES,
-    NAN,
-    RESERVE_NUMBERS,
     Pending,
     PendingSettlements,
     reached,
+    reserve_args,
     settle_args,
 )
 from budgetspan.accounting.redis_settle_later import SettleLaterOnRedis
@@ -85,6 +85,11 @@ DEFAULT_TIMEOUT_S = 2.0
 MIN_WAIT_S = 0.1
 
 _PREFIX = "budgetspan:run:"
+#: A reservation refreshes the run's expiry when this process last did it (or opened the run)
+#: longer ago than this share of ``ttl_s``: an EXPIRE per call cost the server ~7k instructions,
+#: 6% of a reservation (bench/README.md).
+REFRESH_AFTER = 0.1
+_now = time.monotonic  # (the clock of those refreshes: a test moves it)
 
 
 class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
@@ -196,6 +201,7 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
             known.wall_s = None if wall is None else float(wall)
             server_now = int(sec) + int(usec) / 1e6
             known.started_monotonic = now - (server_now - float(started_at))
+            known.refreshed = _now()
         self._remember(known, ticket, "open", text)
 
     def _restore(self, run_id: str, known: RunMirror, within: float) -> None:
@@ -286,26 +292,21 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
         final: bool = False,
         scopes: Sequence[Any] = (),
     ) -> Reservation:
-        tl = tool_limits or NO_TOOL_LIMITS
         cost, held_in, held_out = worst
-        numbers = RESERVE_NUMBERS.pack(
-            KIND_CODES[kind],
-            cost,
-            held_in,
-            held_out,
-            force,
-            self._short(run_id, final),
-            self.ttl_s,
-            NAN if tl.max_calls is None else tl.max_calls,
-            NAN if tl.max_retries is None else tl.max_retries,
-        )
-        args = (numbers, tool or "")
+        known, now = self._known.get(run_id), _now()
+        refresh = known is None or now - known.refreshed >= self.ttl_s * REFRESH_AFTER
+        short = self._short(run_id, final)
+        args = reserve_args(kind, worst, force, short, self.ttl_s if refresh else 0, tool_limits, tool)
         status, reason, limit, _ = self._reserve_call(run_id, args, tool, scopes).split(b" ", 3)
+        if refresh and known is not None:  # (refreshed by the script, granted or refused)
+            known.refreshed = now
         found = redis_scopes.refusal_in(reason, limit, tool, scopes)
         redis_scopes.warn(status, scopes)
         if status[:1] == b"0":
             assert found is not None
             raise LedgerRefused(found)
+        if scopes:
+            redis_scopes.note_refreshed(self._server, scopes)
         return Reservation(
             run_id,
             kind,

@@ -27,7 +27,7 @@ from typing import Any
 
 from budgetspan import events
 from budgetspan.accounting import rule
-from budgetspan.accounting.budget import Usage
+from budgetspan.accounting.budget import NO_TOOL_LIMITS, ToolLimits, Usage
 from budgetspan.accounting.ledger import CallKind, Refusal, Reservation, Spend
 from budgetspan.accounting.redis_mirror import FIGURES, RunMirror, clamp_dollars, clamp_tokens
 from budgetspan.accounting.redis_scripts import MIRROR
@@ -79,6 +79,29 @@ NAN = float("nan")
 RESERVE_NUMBERS = struct.Struct("<9d")
 #: ``Ledger.check``'s arguments: what refuses the run now, changing nothing.
 CHECK_ARGS = (RESERVE_NUMBERS.pack(4, 0, 0, 0, 0, 0, 0, NAN, NAN), "")
+
+
+def reserve_args(
+    kind: CallKind,
+    worst: tuple[float, int, int],
+    force: bool,
+    short: bool,
+    ttl: int,
+    tool_limits: ToolLimits | None,
+    tool: str | None,
+) -> tuple[bytes, str]:
+    """The reserve script's arguments: ``RESERVE_NUMBERS`` packed, and the tool ('' none)."""
+    tl = tool_limits or NO_TOOL_LIMITS
+    numbers = RESERVE_NUMBERS.pack(
+        KIND_CODES[kind],
+        *worst,
+        force,
+        short,
+        ttl,
+        NAN if tl.max_calls is None else tl.max_calls,
+        NAN if tl.max_retries is None else tl.max_retries,
+    )
+    return (numbers, tool or "")
 
 
 def settle_args(

@@ -73,8 +73,10 @@ class ScopeRef:
     key: str
     limits: ScopeBudget
     end: float | None
-    #: The budget as the Redis scripts take it (``wire``), packed.
+    #: The budget as the Redis scripts take it (``wire``), packed; ``quiet``: the same without the
+    #: refresh of its expiry (a scope without a window refreshed lately by this process).
     wire: bytes = b""
+    quiet: bytes = b""
 
     @property
     def budget(self) -> Budget:
@@ -265,11 +267,12 @@ class Scope:
     """A scope a run belongs to that has a budget. ``ref`` gives its current window (the same
     object until the window ends: a call makes nothing new for its scopes)."""
 
-    __slots__ = ("_ref", "kind", "limits", "name", "wire")
+    __slots__ = ("_ref", "kind", "limits", "name", "quiet", "wire")
 
     def __init__(self, kind: str, name: str, limits: ScopeBudget) -> None:
         self.kind, self.name, self.limits = kind, name, limits
         self.wire = wire(limits, limits.window.period is None)
+        self.quiet = wire(limits, False)
         self._ref: ScopeRef | None = None
 
     def ref(self) -> ScopeRef:
@@ -278,7 +281,7 @@ class Scope:
             return ref
         bounds = self.limits.window.bounds()
         key = scope_key(self.kind, self.name, bounds.label)
-        ref = self._ref = ScopeRef(self.kind, self.name, key, self.limits, bounds.end, self.wire)
+        ref = self._ref = ScopeRef(self.kind, self.name, key, self.limits, bounds.end, self.wire, self.quiet)
         return ref
 
 
