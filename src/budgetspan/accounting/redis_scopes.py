@@ -36,6 +36,7 @@ def keys(run_key: str, refs: Sequence[ScopeRef]) -> tuple[str, ...]:
 REFRESH_AFTER = 0.1
 #: How many windows' last refresh a process remembers (then it forgets them all: refreshes again).
 _REFRESHED_MAX = 4096
+_now = time.monotonic  # (the clock of those refreshes: a test moves it)
 
 
 def _stale(refreshed: dict[str, float], ref: ScopeRef, now: float) -> bool:
@@ -48,7 +49,7 @@ def args(refs: Sequence[ScopeRef], refreshed: dict[str, float]) -> tuple[Any, ..
     ``quiet`` when ``refreshed`` says this process refreshed it lately), then its ttl (set by a
     new window's first call, and by a granted call that refreshes a scope without a window)."""
     out: list[Any] = []
-    now = time.monotonic()
+    now = _now()
     for ref in refs:
         fresh = ref.refresh and not _stale(refreshed, ref, now)
         out += (ref.quiet if fresh else ref.wire, ref.ttl_s())
@@ -57,7 +58,7 @@ def args(refs: Sequence[ScopeRef], refreshed: dict[str, float]) -> tuple[Any, ..
 
 def note_refreshed(server: Server, refs: Sequence[ScopeRef]) -> None:
     """A granted reservation refreshed the expiry of the windows it was asked to (``args``)."""
-    now = time.monotonic()
+    now = _now()
     refreshed = server.refreshed
     for ref in refs:
         if ref.refresh and _stale(refreshed, ref, now):
