@@ -85,9 +85,8 @@ DEFAULT_TIMEOUT_S = 2.0
 MIN_WAIT_S = 0.1
 
 _PREFIX = "budgetspan:run:"
-#: A reservation refreshes the run's expiry when this process last did it (or opened the run)
-#: longer ago than this share of ``ttl_s``: an EXPIRE per call cost the server ~7k instructions,
-#: 6% of a reservation (bench/README.md).
+#: A reservation refreshes the run's expiry when this process last did it (or opened the run) this
+#: share of ``ttl_s`` ago or more: an EXPIRE per call cost the server 6% more (bench/README.md).
 REFRESH_AFTER = 0.1
 _now = time.monotonic  # (the clock of those refreshes: a test moves it)
 
@@ -179,6 +178,7 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
             kept = known.seen.get(key)
             if kept is None or kept[0] < ticket:
                 known.seen[key] = (ticket, text)
+                known.latest = max(known.latest, (ticket, text))
 
     def _open_on_redis(self, run_id: str, known: RunMirror, openers: int, within: float) -> None:
         """Open the run (``openers`` 1) or restore it (0) on Redis from the budget and the mirror."""

@@ -40,6 +40,8 @@ class RunMirror:
     #: script returned for a call of that tool, with the ticket of the request that brought it (a
     #: slower reply to an earlier request never replaces a later one). See ``mirrored_fields``.
     seen: dict[tuple[str, str], tuple[int, bytes]] = field(default_factory=dict)
+    #: The latest of ``seen`` (ticket -1: none yet).
+    latest: tuple[int, bytes] = (-1, b"")
     #: When this process last refreshed the hash's expiry (``time.monotonic``; ``RedisLedger``).
     refreshed: float = float("-inf")
     #: What was logged for this run already ("lost", "unreachable").

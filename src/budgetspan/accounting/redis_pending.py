@@ -29,7 +29,7 @@ from budgetspan import events
 from budgetspan.accounting import rule
 from budgetspan.accounting.budget import NO_TOOL_LIMITS, ToolLimits, Usage
 from budgetspan.accounting.ledger import CallKind, Refusal, Reservation, Spend
-from budgetspan.accounting.redis_mirror import FIGURES, RunMirror, clamp_dollars, clamp_tokens
+from budgetspan.accounting.redis_mirror import RunMirror, clamp_dollars, clamp_tokens
 from budgetspan.accounting.redis_scripts import MIRROR
 
 #: How long a settlement waits for the next reservation of its run, at most (seconds).
@@ -126,24 +126,28 @@ def settle_args(
     return (numbers, "" if r is None or r.tool is None else r.tool)
 
 
-_IN, _OUT, _COST = (MIRROR.index(name) for name in ("input_tokens", "output_tokens", "cost_usd"))
+#: The input and output tokens and the dollars among a mirror's packed figures (``FIGURES``).
+_SPENT = struct.Struct(
+    f"<{8 * MIRROR.index('input_tokens')}x2d"
+    f"{8 * (MIRROR.index('cost_usd') - MIRROR.index('output_tokens') - 1)}xd"
+)
+assert MIRROR.index("output_tokens") == MIRROR.index("input_tokens") + 1
 
 
 def reached(known: RunMirror, spend: Spend | None) -> Refusal | None:
     """The token or dollar limit a pending settlement uses up, as this process knows the run: its
     latest reply's figures plus ``spend`` (what the settle script would answer, but for peers'
     calls settled since that reply). Enforce mode refuses at the next reservation anyway."""
-    if spend is None or not known.budget.spend_limited:
-        return None
-    with known.lock:
-        latest = max(known.seen.values(), default=None)
-    if latest is None:
-        return None
-    figures = FIGURES.unpack_from(latest[1])
-    tokens_in = int(figures[_IN]) + clamp_tokens(spend.input_tokens)
-    tokens_out = int(figures[_OUT]) + clamp_tokens(spend.output_tokens)
-    cost = figures[_COST] + clamp_dollars(spend.cost_usd)
     b = known.budget
+    if spend is None or not b.spend_limited:
+        return None
+    ticket, text = known.latest
+    if ticket < 0:
+        return None
+    spent_in, spent_out, spent_cost = _SPENT.unpack_from(text)
+    tokens_in = spent_in + clamp_tokens(spend.input_tokens)
+    tokens_out = spent_out + clamp_tokens(spend.output_tokens)
+    cost = spent_cost + clamp_dollars(spend.cost_usd)
     if (  # none used up (the common answer, without building a Usage)
         (b.max_cost_usd is None or cost < b.max_cost_usd)
         and (b.max_input_tokens is None or tokens_in < b.max_input_tokens)
@@ -151,7 +155,8 @@ def reached(known: RunMirror, spend: Spend | None) -> Refusal | None:
         and (b.max_total_tokens is None or tokens_in + tokens_out < b.max_total_tokens)
     ):
         return None
-    return rule.spend_refusal(b, Usage(input_tokens=tokens_in, output_tokens=tokens_out, cost_usd=cost))
+    used = Usage(input_tokens=int(tokens_in), output_tokens=int(tokens_out), cost_usd=cost)
+    return rule.spend_refusal(b, used)
 
 
 class PendingSettlements:
