@@ -55,6 +55,8 @@ class RunMirror:
 
 def clamp_tokens(value: int | float | None) -> int:
     """A token figure as the ledger keeps it: positive, whole, at most ``TOKEN_CAP``."""
+    if type(value) is int and 0 < value <= TOKEN_CAP:  # (the usual figure: no min, no int)
+        return value
     if value is None or not value > 0:  # None, 0, negatives and NaN add nothing
         return 0
     return int(min(value, TOKEN_CAP))
@@ -62,6 +64,8 @@ def clamp_tokens(value: int | float | None) -> int:
 
 def clamp_dollars(value: float | None) -> float:
     """A dollar figure as the ledger keeps it: positive, at most ``COST_CAP``."""
+    if type(value) is float and 0.0 < value <= COST_CAP:
+        return value
     if value is None or not value > 0:
         return 0.0
     return float(min(value, COST_CAP))

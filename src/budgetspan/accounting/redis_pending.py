@@ -180,7 +180,9 @@ class PendingSettlements:
         """Nothing pending, no thread: at start, and in a forked child, which must neither send its
         parent's settlements nor wait on a lock the parent's thread held when it forked."""
         self._pending: dict[str, Pending] = {}
-        self._cond = threading.Condition()
+        # (put and take, on every call, hold the lock itself: a Condition's ``with`` is a Python call)
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._running = False
         #: The thread waits with nothing pending (a new settlement must wake it).
         self._idle = False
@@ -191,7 +193,7 @@ class PendingSettlements:
         """Keep ``pending``; returns the run's older one, to send now."""
         now = time.monotonic()
         pending.due = now + self.lag_s
-        with self._cond:
+        with self._lock:
             self._last_put = now
             older = self._pending.get(run_id)
             self._pending[run_id] = pending
@@ -209,19 +211,19 @@ class PendingSettlements:
             self._cond.notify()
 
     def take(self, run_id: str) -> Pending | None:
-        with self._cond:
+        with self._lock:
             return self._pending.pop(run_id, None)
 
     def put_back(self, run_id: str, pending: Pending, retry_s: float = 0.0) -> None:
         """A settlement whose round trip failed: kept (sent again ``retry_s`` from now, at the
         earliest, by the thread), unless a newer one took its place."""
         pending.due = max(pending.due, time.monotonic() + retry_s)
-        with self._cond:
+        with self._lock:
             self._pending.setdefault(run_id, pending)
             self._wake()
 
     def take_all(self) -> dict[str, Pending]:
-        with self._cond:
+        with self._lock:
             taken, self._pending = self._pending, {}
         return taken
 
