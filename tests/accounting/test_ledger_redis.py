@@ -319,6 +319,33 @@ def test_releasing_a_reservation_made_before_the_outage(
 # --- one round trip per reserve and per settle -------------------------------------------------
 
 
+def test_the_server_clock_is_asked_when_the_deadline_may_be_near(redis_url: str) -> None:
+    """A reservation compares the server's clock with the run's deadline (a TIME on the server)
+    once this process's reckoning of that clock, made at the open, puts the deadline within the
+    open's round trip and the margins (a second, 1% of the limit); before, it leaves TIME out."""
+    ledger = RedisLedger(redis.Redis.from_url(redis_url))
+    server = redis.Redis.from_url(redis_url)
+    ledger.open("far", Budget(max_wall_clock_s=3600), Mode.ENFORCE)
+    ledger.open("near", Budget(max_wall_clock_s=0.5), Mode.ENFORCE)
+    server.config_resetstat()
+    for _ in range(3):
+        ledger.reserve("far", CallKind.MODEL)
+    assert "cmdstat_time" not in server.info("commandstats")
+    ledger.reserve("near", CallKind.MODEL)  # within the margins from the start
+    assert server.info("commandstats")["cmdstat_time"]["calls"] == 1
+    time.sleep(0.6)
+    with pytest.raises(LedgerRefused) as refused:  # the server's clock says the deadline passed
+        ledger.reserve("near", CallKind.MODEL)
+    assert refused.value.refusal.reason == "max_wall_clock_s"
+    # A process that opens a run whose deadline its reckoning puts near asks from its first call.
+    sec, _usec = server.time()
+    server.hset(ledger.key("far"), "started_at", sec - 3599)
+    ledger.open("far", Budget(max_wall_clock_s=3600), Mode.ENFORCE)
+    time.sleep(1.1)
+    with pytest.raises(LedgerRefused):
+        ledger.reserve("far", CallKind.MODEL)
+
+
 @pytest.mark.parametrize("lag", [0.0, 60.0])
 def test_one_round_trip_per_reserve_and_per_settle(
     redis_url: str, monkeypatch: pytest.MonkeyPatch, lag: float

@@ -303,9 +303,9 @@ local function hot(settles, reserves, wat)  -- long: the rule and its writes, on
     bc, bi, bo, si, so, scr, scw, srs, sco, unrep, unpr, fin, uncount, next_at = struct.unpack(SFMT, A[1])
     stool = A[2]
   end
-  local kind, w_cost, w_in, w_out, force, short, ttl, tool_calls, tool_retries
+  local kind, w_cost, w_in, w_out, force, short, clock, ttl, tool_calls, tool_retries
   if reserves then
-    kind, w_cost, w_in, w_out, force, short, ttl, tool_calls, tool_retries = struct.unpack(RFMT, A[1], next_at or 1)
+    kind, w_cost, w_in, w_out, force, short, clock, ttl, tool_calls, tool_retries = struct.unpack(RFMT, A[1], next_at or 1)
     rtool = A[wat - 1]
   end
   local tools = NONE
@@ -362,7 +362,7 @@ local function hot(settles, reserves, wat)  -- long: the rule and its writes, on
   local reason, limit
   if f[$CA] == 1 then
     reason = 'cancelled'
-  elseif l[$LW] == l[$LW] then
+  elseif clock == 1 and l[$LW] == l[$LW] then  -- (the process asks when the deadline may be near)
     local t = redis.call('TIME')
     if tonumber(t[1]) + tonumber(t[2]) / 1e6 >= (tonumber(got[4]) or 0) + l[$LW] then
       reason, limit = 'max_wall_clock_s', l[$LW]
@@ -425,7 +425,7 @@ _WARN_ORDER = [n for n in LIMIT_NAMES if n in KEPT_LIMITS and n != "max_wall_clo
 
 #: The hot path's helpers, part of the library's prelude (after ``redis_scripts.PRELUDE``).
 HOT_LUA = _places(
-    f"local NF, SFMT, RFMT = {len(MIRROR)}, '<{'d' * 13}', '<{'d' * 9}'\n"
+    f"local NF, SFMT, RFMT = {len(MIRROR)}, '<{'d' * 13}', '<{'d' * 10}'\n"
     + "local WARN_ORDER = {"
     + ", ".join(repr(n) for n in _WARN_ORDER)
     + "}\n"

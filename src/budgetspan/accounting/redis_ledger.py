@@ -55,9 +55,11 @@ from budgetspan.accounting.memory import InMemoryLedger
 from budgetspan.accounting.redis_extend import ExtendOnRedis
 from budgetspan.accounting.redis_mirror import (
     RunMirror,
+    boot_clock,
     budget_fields,
     clamp_dollars,
     clamp_tokens,
+    clock_from,
     hash_fields,
     mirrored_fields,
     refusal_from,
@@ -135,11 +137,10 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
     def _within(self, known: RunMirror | None) -> float:
         """How long this call may wait for Redis: ``timeout_s``, and no longer than the run has
         left (but ``MIN_WAIT_S`` at least, for the server's refusal at the deadline)."""
-        deadline = None if known is None else known.deadline
-        if deadline is None:
+        if known is None or known.wall_s is None:
             return self._server.timeout_s
-        left = max(deadline - time.monotonic(), MIN_WAIT_S)
-        return min(self._server.timeout_s, left)
+        left = known.started_monotonic + known.wall_s - time.monotonic()
+        return self._server.timeout_s if left >= self._server.timeout_s else max(left, MIN_WAIT_S)
 
     def _call(
         self,
@@ -166,19 +167,8 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
                 raise KeyError(f"run {run_id!r} is not open in the ledger")
         if known is not None and mirror:  # (SETTLE_RESERVE's reply has one status more)
             text = reply.split(b" ", 4)[4] if script == "settle_reserve" else reply.split(b" ", 3)[3]
-            self._remember(known, ticket, script, text, tool)
+            known.remember(ticket, script, text, tool)
         return reply
-
-    def _remember(
-        self, known: RunMirror, ticket: int, script: str, text: bytes, tool: str | None = None
-    ) -> None:
-        """Keep a reply's mirror text unless the reply to a later request was kept already."""
-        key = (script, tool or "")
-        with known.lock:
-            kept = known.seen.get(key)
-            if kept is None or kept[0] < ticket:
-                known.seen[key] = (ticket, text)
-                known.latest = max(known.latest, (ticket, text))
 
     def _open_on_redis(self, run_id: str, known: RunMirror, openers: int, within: float) -> None:
         """Open the run (``openers`` 1) or restore it (0) on Redis from the budget and the mirror."""
@@ -191,8 +181,9 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
             seen_before = bool(known.seen)
             ticket = next(self._tickets)
         pairs = [item for pair in fields.items() for item in pair]
+        sent = boot_clock()
         reply = self._server.run(SCRIPTS["open"], self.key(run_id), [self.ttl_s, openers, *pairs], within)
-        now = time.monotonic()
+        now, got = time.monotonic(), boot_clock()
         created, started_at, wall, sec, usec, text = reply
         if created == 1 and seen_before and openers:
             self._lost(run_id, known)
@@ -201,8 +192,9 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
             known.wall_s = None if wall is None else float(wall)
             server_now = int(sec) + int(usec) / 1e6
             known.started_monotonic = now - (server_now - float(started_at))
+            known.clock_from = clock_from(sent, got, server_now, float(started_at), known.wall_s)
             known.refreshed = _now()
-        self._remember(known, ticket, "open", text)
+        known.remember(ticket, "open", text)
 
     def _restore(self, run_id: str, known: RunMirror, within: float) -> None:
         self._lost(run_id, known)
@@ -295,8 +287,10 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
         cost, held_in, held_out = worst
         known, now = self._known.get(run_id), _now()
         refresh = known is None or now - known.refreshed >= self.ttl_s * REFRESH_AFTER
-        short = self._short(run_id, final)
-        args = reserve_args(kind, worst, force, short, self.ttl_s if refresh else 0, tool_limits, tool)
+        short, clock = self._short(run_id, final), known is None or boot_clock() >= known.clock_from
+        args = reserve_args(
+            kind, worst, (force, short, clock), self.ttl_s if refresh else 0, tool_limits, tool
+        )
         status, reason, limit, _ = self._reserve_call(run_id, args, tool, scopes).split(b" ", 3)
         if refresh and known is not None:  # (refreshed by the script, granted or refused)
             known.refreshed = now

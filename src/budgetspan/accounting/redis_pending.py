@@ -74,29 +74,29 @@ KIND_CODES = {CallKind.MODEL: 1, CallKind.TOOL: 2, CallKind.RETRY: 3}
 NAN = float("nan")
 #: A reservation's figures as the reserve script takes them, in one argument (``redis_hot_lua``):
 #: the kind (``KIND_CODES``; 4: check), the worst cost, input and output tokens, force (1), the
-#: limits less the reserve for the final answer (1), the ttl to refresh (0: not now), the tool's
-#: own max_calls and max_retries (NaN: none; the budget's entry wins).
-RESERVE_NUMBERS = struct.Struct("<9d")
+#: limits less the reserve for the final answer (1), whether to compare the server's clock with
+#: the run's deadline (1; ``redis_mirror.clock_from``), the ttl to refresh (0: not now), the
+#: tool's own max_calls and max_retries (NaN: none; the budget's entry wins).
+RESERVE_NUMBERS = struct.Struct("<10d")
 #: ``Ledger.check``'s arguments: what refuses the run now, changing nothing.
-CHECK_ARGS = (RESERVE_NUMBERS.pack(4, 0, 0, 0, 0, 0, 0, NAN, NAN), "")
+CHECK_ARGS = (RESERVE_NUMBERS.pack(4, 0, 0, 0, 0, 0, 1, 0, NAN, NAN), "")
 
 
 def reserve_args(
     kind: CallKind,
     worst: tuple[float, int, int],
-    force: bool,
-    short: bool,
+    flags: tuple[bool, bool, bool],
     ttl: int,
     tool_limits: ToolLimits | None,
     tool: str | None,
 ) -> tuple[bytes, str]:
-    """The reserve script's arguments: ``RESERVE_NUMBERS`` packed, and the tool ('' none)."""
+    """The reserve script's arguments: ``RESERVE_NUMBERS`` packed (``flags``: force, short,
+    clock), and the tool ('' none)."""
     tl = tool_limits or NO_TOOL_LIMITS
     numbers = RESERVE_NUMBERS.pack(
         KIND_CODES[kind],
         *worst,
-        force,
-        short,
+        *flags,
         ttl,
         NAN if tl.max_calls is None else tl.max_calls,
         NAN if tl.max_retries is None else tl.max_retries,
