@@ -576,6 +576,18 @@ def test_hashes_an_earlier_version_wrote_keep_their_limits_and_spend(ledger: Red
     assert used is not None and (used.model_calls, used.cost_usd) == (3, pytest.approx(0.9))
 
 
+def test_a_run_hash_without_its_figures_counts_from_zero(ledger: RedisLedger) -> None:
+    """Its limits (``L``) kept, its figures (``F``) gone (deleted by hand): the scripts count from
+    zero on the same limits instead of failing (which would send the run to the local ledger)."""
+    ledger.open("no-figures", Budget(max_model_calls=2), Mode.ENFORCE)
+    ledger.reserve("no-figures", CallKind.MODEL)
+    ledger.client.hdel(ledger.key("no-figures"), "F")
+    granted = [ledger.reserve("no-figures", CallKind.MODEL) for _ in range(2)]
+    assert not any(res.fallback for res in granted)
+    with pytest.raises(LedgerRefused, match="max_model_calls"):
+        ledger.reserve("no-figures", CallKind.MODEL)
+
+
 def test_an_unknown_run_is_not_invented(ledger: RedisLedger) -> None:
     """A process that never opened the run has no budget to restore it with."""
     with pytest.raises(KeyError):

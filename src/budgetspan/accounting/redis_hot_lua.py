@@ -239,12 +239,13 @@ local function read_run(key, tools)
     for i = 6, #ask do T[ask[i]] = tonumber(got[i]) end
   end
   if not got[3] then return nil end
-  if not got[1] or not got[2] then  -- written by an earlier budgetspan: packed once, then read
+  if not got[2] then  -- written by an earlier budgetspan: packed once, then read
     h, s = key, {}
     read({})
     write()
     return read_run(key, tools)
   end
+  if not got[1] then got[1] = struct.pack(FFMT, unpack(ZEROS)) end  -- (no figures: none spent)
   return got, T
 end
 
@@ -426,6 +427,7 @@ _WARN_ORDER = [n for n in LIMIT_NAMES if n in KEPT_LIMITS and n != "max_wall_clo
 #: The hot path's helpers, part of the library's prelude (after ``redis_scripts.PRELUDE``).
 HOT_LUA = _places(
     f"local NF, SFMT, RFMT = {len(MIRROR)}, '<{'d' * 13}', '<{'d' * 10}'\n"
+    + f"local ZEROS = {{{', '.join(['0'] * len(MIRROR))}}}\n"
     + "local WARN_ORDER = {"
     + ", ".join(repr(n) for n in _WARN_ORDER)
     + "}\n"
