@@ -1,4 +1,5 @@
-"""The Redis ledger's Lua scripts: the refusal rule of ``rule.py`` transcribed, and the writes.
+"""The Redis ledger's Lua: the hashes' layout and the helpers every script shares (the hot path,
+reserve and settle with ``rule.py``'s rule transcribed, is in ``redis_hot_lua``).
 
 Every operation is one script and one round trip; each reads what it needs with one HMGET.
 ``tests/accounting/test_rule_table.py`` runs one table of cases through ``rule.refusal`` and the
@@ -104,10 +105,8 @@ local TOKEN_CAP, COST_CAP = {TOKEN_CAP}, {COST_CAP:.0f}
     + """
 -- (The library's top level runs at FUNCTION LOAD, where no library but ``redis`` is at hand: it
 -- only makes tables and functions.)
-local CAPS = {['cost_usd'] = COST_CAP, ['held:cost_usd'] = COST_CAP}
 local NAN = 0 / 0
--- One call's state (``call`` sets it): its keys and arguments (SETTLE_RESERVE points A at each
--- part's), the hash in hand and its fields (with the changes not written yet: ``?c`` the text
+-- One call's state (``call`` sets it): its keys and arguments, the hash in hand and its fields (with the changes not written yet: ``?c`` the text
 -- fields, ``?d`` whether the figures changed), the run's figures packed as last read or written.
 local K, A, h, s, FPACK
 """
