@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from budgetspan.accounting import redis_ledger as redis_ledger_module
 from budgetspan.accounting.budget import Budget, ToolLimits
 from budgetspan.accounting.ledger import CallKind, LedgerRefused, Mode, Reservation, Spend
 from budgetspan.accounting.redis_ledger import RedisLedger
@@ -318,6 +319,33 @@ def test_releasing_a_reservation_made_before_the_outage(
 # --- one round trip per reserve and per settle -------------------------------------------------
 
 
+def test_the_server_clock_is_asked_when_the_deadline_may_be_near(redis_url: str) -> None:
+    """A reservation compares the server's clock with the run's deadline (a TIME on the server)
+    once this process's reckoning of that clock, made at the open, puts the deadline within the
+    open's round trip and the margins (a second, 1% of the limit); before, it leaves TIME out."""
+    ledger = RedisLedger(redis.Redis.from_url(redis_url))
+    server = redis.Redis.from_url(redis_url)
+    ledger.open("far", Budget(max_wall_clock_s=3600), Mode.ENFORCE)
+    ledger.open("near", Budget(max_wall_clock_s=0.5), Mode.ENFORCE)
+    server.config_resetstat()
+    for _ in range(3):
+        ledger.reserve("far", CallKind.MODEL)
+    assert "cmdstat_time" not in server.info("commandstats")
+    ledger.reserve("near", CallKind.MODEL)  # within the margins from the start
+    assert server.info("commandstats")["cmdstat_time"]["calls"] == 1
+    time.sleep(0.6)
+    with pytest.raises(LedgerRefused) as refused:  # the server's clock says the deadline passed
+        ledger.reserve("near", CallKind.MODEL)
+    assert refused.value.refusal.reason == "max_wall_clock_s"
+    # A process that opens a run whose deadline its reckoning puts near asks from its first call.
+    sec, _usec = server.time()
+    server.hset(ledger.key("far"), "started_at", sec - 3599)
+    ledger.open("far", Budget(max_wall_clock_s=3600), Mode.ENFORCE)
+    time.sleep(1.1)
+    with pytest.raises(LedgerRefused):
+        ledger.reserve("far", CallKind.MODEL)
+
+
 @pytest.mark.parametrize("lag", [0.0, 60.0])
 def test_one_round_trip_per_reserve_and_per_settle(
     redis_url: str, monkeypatch: pytest.MonkeyPatch, lag: float
@@ -368,8 +396,8 @@ def test_one_round_trip_per_reserve_and_per_settle(
     ran = {name.removeprefix("cmdstat_"): s["calls"] for name, s in stats.items()}
     if lag == 0:
         assert ran["fcall"] == 6 and ran["hmget"] == 6
-    else:  # a settlement ahead of a reservation: the reservation reads only what it did not read
-        assert ran["fcall"] == 4 and ran["hmget"] == 6
+    else:  # a settlement ahead of a reservation: one script, one HMGET for both
+        assert ran["fcall"] == 4 and ran["hmget"] == 4
     assert not {"hget", "hgetall", "time", "exists", "eval", "evalsha"} & set(ran), ran
     assert server.object("encoding", ledger.key("r")) == b"hashtable"  # fields found without a scan
     u = ledger.close("r")
@@ -548,6 +576,18 @@ def test_hashes_an_earlier_version_wrote_keep_their_limits_and_spend(ledger: Red
     assert used is not None and (used.model_calls, used.cost_usd) == (3, pytest.approx(0.9))
 
 
+def test_a_run_hash_without_its_figures_counts_from_zero(ledger: RedisLedger) -> None:
+    """Its limits (``L``) kept, its figures (``F``) gone (deleted by hand): the scripts count from
+    zero on the same limits instead of failing (which would send the run to the local ledger)."""
+    ledger.open("no-figures", Budget(max_model_calls=2), Mode.ENFORCE)
+    ledger.reserve("no-figures", CallKind.MODEL)
+    ledger.client.hdel(ledger.key("no-figures"), "F")
+    granted = [ledger.reserve("no-figures", CallKind.MODEL) for _ in range(2)]
+    assert not any(res.fallback for res in granted)
+    with pytest.raises(LedgerRefused, match="max_model_calls"):
+        ledger.reserve("no-figures", CallKind.MODEL)
+
+
 def test_an_unknown_run_is_not_invented(ledger: RedisLedger) -> None:
     """A process that never opened the run has no budget to restore it with."""
     with pytest.raises(KeyError):
@@ -590,11 +630,15 @@ def test_one_process_opening_a_run_twice_keeps_it_until_the_last_close(ledger: R
     assert not ledger.client.exists(ledger.key("r"))
 
 
-def test_every_reservation_refreshes_the_time_to_live(redis_url: str) -> None:
-    """A run longer than ttl_s does not expire while it is in use."""
+def test_reservations_refresh_the_time_to_live(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run longer than ttl_s does not expire while it is in use: a reservation (a refused one
+    too) refreshes the hash's expiry when this process last did it ttl_s/10 ago or more, and
+    only then (an EXPIRE per call costs the server ~6% of a reservation)."""
+    clock = [1000.0]
+    monkeypatch.setattr(redis_ledger_module, "_now", lambda: clock[0])
     ledger = RedisLedger(redis.Redis.from_url(redis_url), ttl_s=600)
     client, key = ledger.client, ledger.key("long")
-    ledger.open("long", Budget(max_model_calls=1), Mode.ENFORCE)
+    ledger.open("long", Budget(max_model_calls=2), Mode.ENFORCE)  # two granted, then refused
 
     def refused() -> None:
         with pytest.raises(LedgerRefused):
@@ -604,7 +648,11 @@ def test_every_reservation_refreshes_the_time_to_live(redis_url: str) -> None:
         lambda: ledger.reserve("long", CallKind.MODEL),
         refused,  # a refused reservation too
     ):
-        client.expire(key, 5)  # about to expire
+        client.expire(key, 5)  # about to expire, but refreshed less than 60 s ago: left alone
+        clock[0] += 59
+        operation()
+        assert 0 < client.ttl(key) <= 5
+        clock[0] += 1  # 60 s since this process last refreshed it
         operation()
         assert client.ttl(key) > 5
 

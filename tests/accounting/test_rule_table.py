@@ -309,6 +309,7 @@ def _on_redis(client: redis.Redis, name: str, case: Case) -> RedisLedger:
     if case.past_deadline:  # started longer ago than the wall-clock limit, on the server's clock
         sec, _usec = client.time()
         client.hset(key, "started_at", sec - 2 * (case.budget.max_wall_clock_s or 0) - 1)
+        ledger.open(name, case.budget, Mode.ENFORCE)  # (as a process opening it now reckons it)
     return ledger
 
 

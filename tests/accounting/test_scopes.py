@@ -269,3 +269,32 @@ def test_a_final_answer_reserve_and_a_scope_window_in_one_reservation(
     with pytest.raises(LedgerRefused) as info:  # the tenant's fifth call: its window refuses it
         ledger.reserve("g", CallKind.MODEL, final=True, scopes=(tenant,))
     assert info.value.refusal.scope is tenant
+
+
+def test_a_scope_without_a_window_lives_on_while_in_use(
+    scope_clock: list[float], redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A conversation's record expires IDLE_TTL_S after its last use: its first call sets the
+    expiry, and a granted call refreshes it when this process last did it a tenth of that ago or
+    more (not every call: an EXPIRE per call and scope is dear on the server)."""
+    import redis
+
+    from budgetspan.accounting import redis_scopes
+    from budgetspan.accounting.windows import IDLE_TTL_S
+
+    clock = [1000.0]
+    monkeypatch.setattr(redis_scopes, "_now", lambda: clock[0])
+    ledger = RedisLedger(redis.Redis.from_url(redis_url))
+    chat = _scope("conversation", "c-ttl", Budget(max_model_calls=100), None)
+    key = "budgetspan:scope:" + chat.key
+    ledger.open("r-ttl", Budget(), Mode.ENFORCE)
+    ledger.reserve("r-ttl", CallKind.MODEL, scopes=(chat,))
+    assert IDLE_TTL_S - 5 < ledger.client.ttl(key) <= IDLE_TTL_S
+    ledger.client.expire(key, 50)
+    clock[0] += IDLE_TTL_S / 10 - 1
+    ledger.reserve("r-ttl", CallKind.MODEL, scopes=(chat,))
+    assert 0 < ledger.client.ttl(key) <= 50  # refreshed lately: left alone
+    clock[0] += 1
+    ledger.reserve("r-ttl", CallKind.MODEL, scopes=(chat,))
+    assert IDLE_TTL_S - 5 < ledger.client.ttl(key) <= IDLE_TTL_S
+    ledger.close("r-ttl")

@@ -11,7 +11,9 @@ Use: ``budgetspan.set_ledger(RedisLedger(redis.Redis(...)))`` in every process, 
 process's next reservation of the run, in one script; until then its worst case stays held.
 
 **A live run is never forgotten.** Each process that opens a run adds one to the hash's open count
-and takes it off at close (the hash goes at zero); each reservation refreshes its expiry (``ttl_s``).
+and takes it off at close (the hash goes at zero); its reservations keep its expiry ``ttl_s`` away
+(each process refreshes it at most every ``ttl_s``/10: the hash outlives its last use by 90% of
+``ttl_s`` at least).
 Each process mirrors what the scripts last told it of its open runs: a hash found gone (Redis
 restarted empty, expiry, a peer's delete) is recreated from the budget and the mirror (the worst
 cases held stand in for spend that may have settled meanwhile), counted as an internal error (logged
@@ -47,16 +49,17 @@ from typing import Any
 
 from budgetspan import events
 from budgetspan.accounting import redis_scopes
-from budgetspan.accounting.budget import NO_TOOL_LIMITS, Budget, Limit, ToolLimits, Usage
+from budgetspan.accounting.budget import Budget, Limit, ToolLimits, Usage
 from budgetspan.accounting.ledger import CallKind, Ledger, LedgerRefused, Mode, Refusal, Reservation, Spend
 from budgetspan.accounting.memory import InMemoryLedger
 from budgetspan.accounting.redis_extend import ExtendOnRedis
 from budgetspan.accounting.redis_mirror import (
-    WORST,
     RunMirror,
+    boot_clock,
     budget_fields,
     clamp_dollars,
     clamp_tokens,
+    clock_from,
     hash_fields,
     mirrored_fields,
     refusal_from,
@@ -65,10 +68,12 @@ from budgetspan.accounting.redis_mirror import (
 )
 from budgetspan.accounting.redis_outage import OutageOnRedis
 from budgetspan.accounting.redis_pending import (
+    CHECK_ARGS,
     DEFAULT_SETTLE_LAG_S,
     Pending,
     PendingSettlements,
     reached,
+    reserve_args,
     settle_args,
 )
 from budgetspan.accounting.redis_settle_later import SettleLaterOnRedis
@@ -82,7 +87,10 @@ DEFAULT_TIMEOUT_S = 2.0
 MIN_WAIT_S = 0.1
 
 _PREFIX = "budgetspan:run:"
-_NO_WORST = WORST.pack(0, 0, 0)
+#: A reservation refreshes the run's expiry when this process last did it (or opened the run) this
+#: share of ``ttl_s`` ago or more: an EXPIRE per call cost the server 6% more (bench/README.md).
+REFRESH_AFTER = 0.1
+_now = time.monotonic  # (the clock of those refreshes: a test moves it)
 
 
 class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
@@ -129,11 +137,10 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
     def _within(self, known: RunMirror | None) -> float:
         """How long this call may wait for Redis: ``timeout_s``, and no longer than the run has
         left (but ``MIN_WAIT_S`` at least, for the server's refusal at the deadline)."""
-        deadline = None if known is None else known.deadline
-        if deadline is None:
+        if known is None or known.wall_s is None:
             return self._server.timeout_s
-        left = max(deadline - time.monotonic(), MIN_WAIT_S)
-        return min(self._server.timeout_s, left)
+        left = known.started_monotonic + known.wall_s - time.monotonic()
+        return self._server.timeout_s if left >= self._server.timeout_s else max(left, MIN_WAIT_S)
 
     def _call(
         self,
@@ -160,18 +167,8 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
                 raise KeyError(f"run {run_id!r} is not open in the ledger")
         if known is not None and mirror:  # (SETTLE_RESERVE's reply has one status more)
             text = reply.split(b" ", 4)[4] if script == "settle_reserve" else reply.split(b" ", 3)[3]
-            self._remember(known, ticket, script, text, tool)
+            known.remember(ticket, script, text, tool)
         return reply
-
-    def _remember(
-        self, known: RunMirror, ticket: int, script: str, text: bytes, tool: str | None = None
-    ) -> None:
-        """Keep a reply's mirror text unless the reply to a later request was kept already."""
-        key = (script, tool or "")
-        with known.lock:
-            kept = known.seen.get(key)
-            if kept is None or kept[0] < ticket:
-                known.seen[key] = (ticket, text)
 
     def _open_on_redis(self, run_id: str, known: RunMirror, openers: int, within: float) -> None:
         """Open the run (``openers`` 1) or restore it (0) on Redis from the budget and the mirror."""
@@ -184,8 +181,9 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
             seen_before = bool(known.seen)
             ticket = next(self._tickets)
         pairs = [item for pair in fields.items() for item in pair]
+        sent = boot_clock()
         reply = self._server.run(SCRIPTS["open"], self.key(run_id), [self.ttl_s, openers, *pairs], within)
-        now = time.monotonic()
+        now, got = time.monotonic(), boot_clock()
         created, started_at, wall, sec, usec, text = reply
         if created == 1 and seen_before and openers:
             self._lost(run_id, known)
@@ -194,7 +192,9 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
             known.wall_s = None if wall is None else float(wall)
             server_now = int(sec) + int(usec) / 1e6
             known.started_monotonic = now - (server_now - float(started_at))
-        self._remember(known, ticket, "open", text)
+            known.clock_from = clock_from(sent, got, server_now, float(started_at), known.wall_s)
+            known.refreshed = _now()
+        known.remember(ticket, "open", text)
 
     def _restore(self, run_id: str, known: RunMirror, within: float) -> None:
         self._lost(run_id, known)
@@ -284,24 +284,23 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
         final: bool = False,
         scopes: Sequence[Any] = (),
     ) -> Reservation:
-        tl = tool_limits or NO_TOOL_LIMITS
-        args = (
-            kind.value,
-            tool or "",
-            WORST.pack(*worst),
-            "1" if force else "0",
-            "" if tl.max_calls is None else tl.max_calls,
-            "" if tl.max_retries is None else tl.max_retries,
-            self.ttl_s,
-            "1" if self._short(run_id, final) else "0",
+        cost, held_in, held_out = worst
+        known, now = self._known.get(run_id), _now()
+        refresh = known is None or now - known.refreshed >= self.ttl_s * REFRESH_AFTER
+        short, clock = self._short(run_id, final), known is None or boot_clock() >= known.clock_from
+        args = reserve_args(
+            kind, worst, (force, short, clock), self.ttl_s if refresh else 0, tool_limits, tool
         )
         status, reason, limit, _ = self._reserve_call(run_id, args, tool, scopes).split(b" ", 3)
+        if refresh and known is not None:  # (refreshed by the script, granted or refused)
+            known.refreshed = now
         found = redis_scopes.refusal_in(reason, limit, tool, scopes)
         redis_scopes.warn(status, scopes)
         if status[:1] == b"0":
             assert found is not None
             raise LedgerRefused(found)
-        cost, held_in, held_out = worst
+        if scopes:
+            redis_scopes.note_refreshed(self._server, scopes)
         return Reservation(
             run_id,
             kind,
@@ -407,7 +406,7 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
         self.flush(run_id)
         if run_id not in self._local_runs:
             try:
-                reply = self._call("reserve", run_id, ("check", "", _NO_WORST, "0", "", "", self.ttl_s))
+                reply = self._call("reserve", run_id, CHECK_ARGS)
                 _, reason, limit, _ = reply.split(b" ", 3)
                 return refusal_from(reason, limit, None)
             except KeyError:

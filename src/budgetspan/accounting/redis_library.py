@@ -5,35 +5,8 @@ open, read, cancel and extend a run, and all of them as one chunk of Lua (``CORE
 
 from __future__ import annotations
 
-from budgetspan.accounting.redis_scope_lua import RESERVE_SCOPE_ARGV, SETTLE_SCOPE_ARGV
-from budgetspan.accounting.redis_scripts import PRELUDE, RESERVE_BODY, SETTLE_BODY
-
-# One round trip for two operations: settle this process's previous call of the run (SETTLE's
-# arguments), then reserve the next (RESERVE's); the scope windows' arguments come once, after
-# both (the two calls have the same windows). Reply: -1 when the run's hash does not exist, else
-# the settlement's status (its warnings), a space, and RESERVE's reply. See ``redis_pending``.
-SETTLE_RESERVE_BODY = (
-    f"local N_SETTLE, N_RESERVE = {SETTLE_SCOPE_ARGV - 1}, {RESERVE_SCOPE_ARGV - 1}\n"
-    + """
-local sargv, rargv = {}, {}
-for i = 1, N_SETTLE do sargv[i] = ARGV[i] end
-for i = 1, N_RESERVE do rargv[i] = ARGV[N_SETTLE + i] end
-for i = N_SETTLE + N_RESERVE + 1, #ARGV do sargv[i - N_RESERVE], rargv[i - N_SETTLE] = ARGV[i], ARGV[i] end
-AHEAD, A = true, sargv
-local settled = op_settle(KEYS, sargv)
-if settled == -1 then return -1 end
-AHEAD, AHEAD_DONE, A, h = false, true, rargv, KEYS[1]
-local run = s
-local reply = op_reserve(KEYS, rargv)
--- what the settlement changed and the reservation did not write (it refused the call)
-for i = 2, #KEYS do
-  if AHEAD_SCOPES[i] then h, s = KEYS[i], AHEAD_SCOPES[i]; write() end
-end
-h, s = KEYS[1], run
-write()
-return settled .. ' ' .. reply
-"""
-)
+from budgetspan.accounting.redis_hot_lua import HOT_LUA, RESERVE_BODY, SETTLE_BODY, SETTLE_RESERVE_BODY
+from budgetspan.accounting.redis_scripts import PRELUDE
 
 # Open a run, or restore a lost one: create the hash from ARGV's fields if it does not exist (the
 # first process to open a shared run sets its budget: figures and limits packed, the rest as text
@@ -124,6 +97,8 @@ BODIES = {
 
 #: The helpers and every operation, as one chunk of Lua: loaded once as a Redis 7 function library
 #: (``redis_wire``), or, on an older server, sent as a script ending with the operation's call.
-CORE = PRELUDE + "".join(
-    f"local function op_{name}(KEYS, ARGV)\n{body}\nend\n" for name, body in BODIES.items()
+CORE = (
+    PRELUDE
+    + HOT_LUA
+    + "".join(f"local function op_{name}(KEYS, ARGV)\n{body}\nend\n" for name, body in BODIES.items())
 )

@@ -40,17 +40,58 @@ class RunMirror:
     #: script returned for a call of that tool, with the ticket of the request that brought it (a
     #: slower reply to an earlier request never replaces a later one). See ``mirrored_fields``.
     seen: dict[tuple[str, str], tuple[int, bytes]] = field(default_factory=dict)
+    #: The latest of ``seen`` (ticket -1: none yet).
+    latest: tuple[int, bytes] = (-1, b"")
+    #: From when (on ``boot_clock``) a reservation has the server compare its clock with the run's
+    #: deadline (``clock_from``; -inf: from the start, +inf: never, no wall-clock limit).
+    clock_from: float = float("-inf")
+    #: When this process last refreshed the hash's expiry (``time.monotonic``; ``RedisLedger``).
+    refreshed: float = float("-inf")
     #: What was logged for this run already ("lost", "unreachable").
     logged: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def remember(self, ticket: int, script: str, text: bytes, tool: str | None = None) -> None:
+        """Keep a reply's mirror text unless the reply to a later request was kept already."""
+        key = (script, tool or "")
+        with self.lock:
+            kept = self.seen.get(key)
+            if kept is None or kept[0] < ticket:
+                self.seen[key] = (ticket, text)
+                self.latest = max(self.latest, (ticket, text))
 
     @property
     def deadline(self) -> float | None:
         return None if self.wall_s is None else self.started_monotonic + self.wall_s
 
 
+#: What a reservation's reckoning of the server's clock allows for besides the open's round trip
+#: (``clock_from``): a second, and 1% of the wall-clock limit (clocks drift by far less).
+CLOCK_MARGIN_S, CLOCK_DRIFT = 1.0, 0.01
+#: This process's clock for that reckoning: counts a suspended machine's sleep where it can.
+_BOOT = getattr(time, "CLOCK_BOOTTIME", None)
+
+
+def boot_clock() -> float:
+    return time.clock_gettime(_BOOT) if _BOOT is not None else time.monotonic()
+
+
+def clock_from(sent: float, got: float, server_now: float, started_at: float, wall_s: float | None) -> float:
+    """When (on ``boot_clock``) the run's deadline may be near, reckoned from the open's reply: the
+    server's clock read ``server_now`` between ``sent`` and ``got`` (this process's clock), so the
+    deadline ``started_at + wall_s`` comes at ``got + started_at + wall_s - server_now`` at the
+    latest and at most the round trip earlier; less the margins. Until then a reservation leaves
+    out the server's TIME (8k instructions of a reservation's ~110k, bench/README.md)."""
+    if wall_s is None:
+        return float("inf")
+    latest = got + started_at + wall_s - server_now
+    return latest - (got - sent) - CLOCK_MARGIN_S - CLOCK_DRIFT * wall_s
+
+
 def clamp_tokens(value: int | float | None) -> int:
     """A token figure as the ledger keeps it: positive, whole, at most ``TOKEN_CAP``."""
+    if type(value) is int and 0 < value <= TOKEN_CAP:  # (the usual figure: no min, no int)
+        return value
     if value is None or not value > 0:  # None, 0, negatives and NaN add nothing
         return 0
     return int(min(value, TOKEN_CAP))
@@ -58,6 +99,8 @@ def clamp_tokens(value: int | float | None) -> int:
 
 def clamp_dollars(value: float | None) -> float:
     """A dollar figure as the ledger keeps it: positive, at most ``COST_CAP``."""
+    if type(value) is float and 0.0 < value <= COST_CAP:
+        return value
     if value is None or not value > 0:
         return 0.0
     return float(min(value, COST_CAP))
@@ -116,11 +159,6 @@ def usage_from(fields: dict[str, Any]) -> Usage:
 #: The run's figures as the hash's ``F`` field and each reply's mirror keep them: ``MIRROR``'s, in
 #: its order, as little-endian doubles (redis_scripts.py).
 FIGURES = struct.Struct(f"<{len(MIRROR)}d")
-
-
-#: A reservation's worst cost, input and output tokens, as the reserve script takes them (one
-#: argument: one string for Redis to make and no number for Lua to parse, instead of three).
-WORST = struct.Struct("<3d")
 
 
 def figures_of(packed: bytes) -> dict[str, float]:

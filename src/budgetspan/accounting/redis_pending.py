@@ -27,9 +27,9 @@ from typing import Any
 
 from budgetspan import events
 from budgetspan.accounting import rule
-from budgetspan.accounting.budget import Usage
-from budgetspan.accounting.ledger import Refusal, Reservation, Spend
-from budgetspan.accounting.redis_mirror import FIGURES, RunMirror, clamp_dollars, clamp_tokens
+from budgetspan.accounting.budget import NO_TOOL_LIMITS, ToolLimits, Usage
+from budgetspan.accounting.ledger import CallKind, Refusal, Reservation, Spend
+from budgetspan.accounting.redis_mirror import RunMirror, clamp_dollars, clamp_tokens
 from budgetspan.accounting.redis_scripts import MIRROR
 
 #: How long a settlement waits for the next reservation of its run, at most (seconds).
@@ -66,15 +66,49 @@ class Pending:
         return [ref.key for ref in mine] == [ref.key for ref in scopes]
 
 
-#: A settlement's figures as the settle script takes them, in one argument (``SETTLE_BODY``).
-SETTLE_NUMBERS = struct.Struct("<12d")
+#: A settlement's figures as the settle script takes them, in one argument (``redis_hot_lua``):
+#: the worst case to give back, what was spent, the flags, and the kind to un-count (``KIND_CODES``).
+SETTLE_NUMBERS = struct.Struct("<13d")
+#: A call's kind as the scripts take it, one number among the packed ones (0: none).
+KIND_CODES = {CallKind.MODEL: 1, CallKind.TOOL: 2, CallKind.RETRY: 3}
+NAN = float("nan")
+#: A reservation's figures as the reserve script takes them, in one argument (``redis_hot_lua``):
+#: the kind (``KIND_CODES``; 4: check), the worst cost, input and output tokens, force (1), the
+#: limits less the reserve for the final answer (1), whether to compare the server's clock with
+#: the run's deadline (1; ``redis_mirror.clock_from``), the ttl to refresh (0: not now), the
+#: tool's own max_calls and max_retries (NaN: none; the budget's entry wins).
+RESERVE_NUMBERS = struct.Struct("<10d")
+#: ``Ledger.check``'s arguments: what refuses the run now, changing nothing.
+CHECK_ARGS = (RESERVE_NUMBERS.pack(4, 0, 0, 0, 0, 0, 1, 0, NAN, NAN), "")
+
+
+def reserve_args(
+    kind: CallKind,
+    worst: tuple[float, int, int],
+    flags: tuple[bool, bool, bool],
+    ttl: int,
+    tool_limits: ToolLimits | None,
+    tool: str | None,
+) -> tuple[bytes, str]:
+    """The reserve script's arguments: ``RESERVE_NUMBERS`` packed (``flags``: force, short,
+    clock), and the tool ('' none)."""
+    tl = tool_limits or NO_TOOL_LIMITS
+    numbers = RESERVE_NUMBERS.pack(
+        KIND_CODES[kind],
+        *worst,
+        *flags,
+        ttl,
+        NAN if tl.max_calls is None else tl.max_calls,
+        NAN if tl.max_retries is None else tl.max_retries,
+    )
+    return (numbers, tool or "")
 
 
 def settle_args(
     r: Reservation | None, spend: Spend | None, flags: tuple[bool, bool, bool], uncount: bool
-) -> tuple[Any, ...]:
+) -> tuple[bytes, str]:
     """The settle script's arguments: ``r``'s worst case to give back, ``spend`` to add, the flags
-    (unreported, unpriced, tool finished), packed; and the kind to un-count (``uncount``), the tool."""
+    (unreported, unpriced, tool finished) and the kind to un-count (``uncount``), packed; the tool."""
     sp = spend or _NO_SPEND
     numbers = SETTLE_NUMBERS.pack(
         0.0 if r is None else r.worst_case_cost,
@@ -87,32 +121,33 @@ def settle_args(
         clamp_tokens(sp.reasoning_tokens),
         clamp_dollars(sp.cost_usd),
         *flags,
+        KIND_CODES[r.kind] if uncount and r is not None else 0,
     )
-    return (
-        numbers,
-        r.kind.value if uncount and r is not None else "",
-        "" if r is None or r.tool is None else r.tool,
-    )
+    return (numbers, "" if r is None or r.tool is None else r.tool)
 
 
-_IN, _OUT, _COST = (MIRROR.index(name) for name in ("input_tokens", "output_tokens", "cost_usd"))
+#: The input and output tokens and the dollars among a mirror's packed figures (``FIGURES``).
+_SPENT = struct.Struct(
+    f"<{8 * MIRROR.index('input_tokens')}x2d"
+    f"{8 * (MIRROR.index('cost_usd') - MIRROR.index('output_tokens') - 1)}xd"
+)
+assert MIRROR.index("output_tokens") == MIRROR.index("input_tokens") + 1
 
 
 def reached(known: RunMirror, spend: Spend | None) -> Refusal | None:
     """The token or dollar limit a pending settlement uses up, as this process knows the run: its
     latest reply's figures plus ``spend`` (what the settle script would answer, but for peers'
     calls settled since that reply). Enforce mode refuses at the next reservation anyway."""
-    if spend is None or not known.budget.spend_limited:
-        return None
-    with known.lock:
-        latest = max(known.seen.values(), default=None)
-    if latest is None:
-        return None
-    figures = FIGURES.unpack_from(latest[1])
-    tokens_in = int(figures[_IN]) + clamp_tokens(spend.input_tokens)
-    tokens_out = int(figures[_OUT]) + clamp_tokens(spend.output_tokens)
-    cost = figures[_COST] + clamp_dollars(spend.cost_usd)
     b = known.budget
+    if spend is None or not b.spend_limited:
+        return None
+    ticket, text = known.latest
+    if ticket < 0:
+        return None
+    spent_in, spent_out, spent_cost = _SPENT.unpack_from(text)
+    tokens_in = spent_in + clamp_tokens(spend.input_tokens)
+    tokens_out = spent_out + clamp_tokens(spend.output_tokens)
+    cost = spent_cost + clamp_dollars(spend.cost_usd)
     if (  # none used up (the common answer, without building a Usage)
         (b.max_cost_usd is None or cost < b.max_cost_usd)
         and (b.max_input_tokens is None or tokens_in < b.max_input_tokens)
@@ -120,7 +155,8 @@ def reached(known: RunMirror, spend: Spend | None) -> Refusal | None:
         and (b.max_total_tokens is None or tokens_in + tokens_out < b.max_total_tokens)
     ):
         return None
-    return rule.spend_refusal(b, Usage(input_tokens=tokens_in, output_tokens=tokens_out, cost_usd=cost))
+    used = Usage(input_tokens=int(tokens_in), output_tokens=int(tokens_out), cost_usd=cost)
+    return rule.spend_refusal(b, used)
 
 
 class PendingSettlements:
@@ -144,7 +180,9 @@ class PendingSettlements:
         """Nothing pending, no thread: at start, and in a forked child, which must neither send its
         parent's settlements nor wait on a lock the parent's thread held when it forked."""
         self._pending: dict[str, Pending] = {}
-        self._cond = threading.Condition()
+        # (put and take, on every call, hold the lock itself: a Condition's ``with`` is a Python call)
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._running = False
         #: The thread waits with nothing pending (a new settlement must wake it).
         self._idle = False
@@ -155,7 +193,7 @@ class PendingSettlements:
         """Keep ``pending``; returns the run's older one, to send now."""
         now = time.monotonic()
         pending.due = now + self.lag_s
-        with self._cond:
+        with self._lock:
             self._last_put = now
             older = self._pending.get(run_id)
             self._pending[run_id] = pending
@@ -173,19 +211,19 @@ class PendingSettlements:
             self._cond.notify()
 
     def take(self, run_id: str) -> Pending | None:
-        with self._cond:
+        with self._lock:
             return self._pending.pop(run_id, None)
 
     def put_back(self, run_id: str, pending: Pending, retry_s: float = 0.0) -> None:
         """A settlement whose round trip failed: kept (sent again ``retry_s`` from now, at the
         earliest, by the thread), unless a newer one took its place."""
         pending.due = max(pending.due, time.monotonic() + retry_s)
-        with self._cond:
+        with self._lock:
             self._pending.setdefault(run_id, pending)
             self._wake()
 
     def take_all(self) -> dict[str, Pending]:
-        with self._cond:
+        with self._lock:
             taken, self._pending = self._pending, {}
         return taken
 

@@ -11,6 +11,7 @@ process per scope: memory does not grow with the scopes in use.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,14 +30,41 @@ def keys(run_key: str, refs: Sequence[ScopeRef]) -> tuple[str, ...]:
     return (run_key, *(PREFIX + ref.key for ref in refs))
 
 
-def args(refs: Sequence[ScopeRef]) -> tuple[Any, ...]:
-    """Each window's arguments (``RESERVE_SCOPE_ARGV``): the ttl its use refreshes (0: none), the
-    ttl of a new window, then its budget (``ScopeRef.wire``)."""
+#: A scope without a window has its expiry refreshed by a call when this process last did it
+#: longer ago than this share of its ttl (so it outlives its last use by 90% of its ttl at least):
+#: an EXPIRE per call and scope cost the server ~7k instructions (bench/README.md).
+REFRESH_AFTER = 0.1
+#: How many windows' last refresh a process remembers (then it forgets them all: refreshes again).
+_REFRESHED_MAX = 4096
+_now = time.monotonic  # (the clock of those refreshes: a test moves it)
+
+
+def _stale(refreshed: dict[str, float], ref: ScopeRef, now: float) -> bool:
+    last = refreshed.get(ref.key)
+    return last is None or now - last >= ref.ttl_s() * REFRESH_AFTER
+
+
+def args(refs: Sequence[ScopeRef], refreshed: dict[str, float]) -> tuple[Any, ...]:
+    """Each window's arguments (``RESERVE_SCOPE_ARGV``): its budget (``ScopeRef.wire``, or
+    ``quiet`` when ``refreshed`` says this process refreshed it lately), then its ttl (set by a
+    new window's first call, and by a granted call that refreshes a scope without a window)."""
     out: list[Any] = []
+    now = _now()
     for ref in refs:
-        ttl = ref.ttl_s()
-        out += (ttl if ref.refresh else 0, ttl, *ref.wire)
+        fresh = ref.refresh and not _stale(refreshed, ref, now)
+        out += (ref.quiet if fresh else ref.wire, ref.ttl_s())
     return tuple(out)
+
+
+def note_refreshed(server: Server, refs: Sequence[ScopeRef]) -> None:
+    """A granted reservation refreshed the expiry of the windows it was asked to (``args``)."""
+    now = _now()
+    refreshed = server.refreshed
+    for ref in refs:
+        if ref.refresh and _stale(refreshed, ref, now):
+            if len(refreshed) >= _REFRESHED_MAX:
+                refreshed.clear()
+            refreshed[ref.key] = now
 
 
 def run(
@@ -45,7 +73,7 @@ def run(
     """The script on the run's key and its scope windows' keys, their arguments after ``argv``."""
     if not refs:
         return server.run(script, run_key, argv, within)
-    return server.run(script, keys(run_key, refs), (*argv, *args(refs)), within)
+    return server.run(script, keys(run_key, refs), (*argv, *args(refs, server.refreshed)), within)
 
 
 def refusal_in(reason: bytes, limit: bytes, tool: str | None, refs: Sequence[ScopeRef]) -> Refusal | None:

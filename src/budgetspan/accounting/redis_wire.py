@@ -49,6 +49,8 @@ class Server:
         self._timeout = redis.exceptions.TimeoutError
         #: Whether to call the library's functions (until the server says it cannot have them).
         self.functions = True
+        #: When this process last refreshed each scope window without an end (``redis_scopes``).
+        self.refreshed: dict[str, float] = {}
 
     def run(self, script: Script, key: str | tuple[str, ...], args: Sequence[Any], within_s: float) -> Any:
         """The script's reply, waited for at most ``within_s``; the connection is dropped on any

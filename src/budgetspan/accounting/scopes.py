@@ -12,6 +12,7 @@ tables and a scope's budget is built when a run of it starts (a bounded cache ke
 
 from __future__ import annotations
 
+import struct
 import threading
 import time
 from collections import OrderedDict
@@ -88,9 +89,10 @@ class ScopeRef:
     key: str
     limits: ScopeBudget
     end: float | None
-    #: The budget as the Redis scripts take it: the warning share, the number of limits, then
-    #: (name, value) pairs, as bytes (made once per scope).
-    wire: tuple[bytes, ...] = ()
+    #: The budget as the Redis scripts take it (``wire``), packed; ``quiet``: the same without the
+    #: refresh of its expiry (a scope without a window refreshed lately by this process).
+    wire: bytes = b""
+    quiet: bytes = b""
 
     @property
     def budget(self) -> Budget:
@@ -324,14 +326,12 @@ class Scope:
     """A scope a run belongs to that has a budget. ``ref`` gives its current window (the same
     object until the window ends: a call makes nothing new for its scopes)."""
 
-    __slots__ = ("_ref", "kind", "limits", "name", "wire")
+    __slots__ = ("_ref", "kind", "limits", "name", "quiet", "wire")
 
     def __init__(self, kind: str, name: str, limits: ScopeBudget) -> None:
         self.kind, self.name, self.limits = kind, name, limits
-        set_limits = [(k, v) for k, v in limits.budget.limits().items() if k != "max_wall_clock_s"]
-        warn = b"" if limits.warn_at is None else repr(float(limits.warn_at)).encode()
-        pairs = [part for k, v in set_limits for part in (k.encode(), repr(v).encode())]
-        self.wire = (warn, str(len(set_limits)).encode(), *pairs)
+        self.wire = wire(limits, limits.window.period is None)
+        self.quiet = wire(limits, False)
         self._ref: ScopeRef | None = None
 
     def ref(self) -> ScopeRef:
@@ -342,8 +342,40 @@ class Scope:
         key = scope_key(self.kind, self.name, bounds.label)
         # A rolling window's end follows its first call, which the ledger knows, not this run.
         end = None if self.limits.window.rolling else bounds.end
-        ref = self._ref = ScopeRef(self.kind, self.name, key, self.limits, end, self.wire)
+        ref = self._ref = ScopeRef(self.kind, self.name, key, self.limits, end, self.wire, self.quiet)
         return ref
+
+
+#: A scope's limits as the Redis scripts take them (``wire``): ``WINDOW_LIMITS``' order (the wall
+#: clock is a run's only), little-endian doubles.
+WINDOW_LIMITS = (
+    "max_model_calls",
+    "max_tool_calls",
+    "max_steps",
+    "max_retries",
+    "max_wall_clock_s",
+    "max_cost_usd",
+    "max_input_tokens",
+    "max_output_tokens",
+    "max_total_tokens",
+)
+_WINDOW_PACK = struct.Struct(f"<{2 * len(WINDOW_LIMITS) + 2}d")
+
+
+def wire(limits: ScopeBudget, refresh: bool) -> bytes:
+    """What the scripts need of a scope's budget, packed once per scope: its limits (NaN: not
+    set), the figure at which each warns (``warn_at`` × a limit above 0; NaN: none), whether it
+    warns at all, and whether each use refreshes its expiry (a scope without a window)."""
+    nan = float("nan")
+    set_limits = {k: float(v) for k, v in limits.budget.limits().items() if k != "max_wall_clock_s"}
+    share = limits.warn_at
+    at = {k: float(share) * v for k, v in set_limits.items() if share is not None and v > 0}
+    return _WINDOW_PACK.pack(
+        *(set_limits.get(n, nan) for n in WINDOW_LIMITS),
+        *(at.get(n, nan) for n in WINDOW_LIMITS),
+        share is not None,
+        refresh,
+    )
 
 
 def scope_key(kind: str, name: str, label: str) -> str:
