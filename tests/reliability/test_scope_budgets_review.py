@@ -286,9 +286,6 @@ def test_a_scope_refusal_by_the_next_calls_worst_case_says_so(
 ) -> None:
     """The tenant has spent less than its limit; the next call's worst case does not fit. The
     explanation must say so, not read 'has spent $0.00 of its ...' alone."""
-    _on_redis_xfail(
-        request, "the Redis ledger's scope refusal carries no worst case (redis_scopes.refusal_in)"
-    )
     budgetspan.set_scope_budget("tenant", "acme", budgetspan.Budget(max_cost_usd=CALL_USD / 3), window="day")
     with pytest.raises(budgetspan.BudgetExhausted) as info:
         with budgetspan.run("chat", tenant="acme"):
@@ -379,7 +376,6 @@ def test_a_run_refusal_by_the_next_calls_worst_case_says_so(
 ) -> None:
     """Two streams in flight hold 100 of the run's 120 output tokens; the third is refused by its
     worst case. The explanation must say so, not 'Stopped at 0 of 120 output tokens' alone."""
-    _on_redis_xfail(request, "the Redis ledger's refusal carries no worst case (redis_mirror.refusal_from)")
     client = _client(server)
     streams = []
     with pytest.raises(budgetspan.BudgetExhausted) as info:

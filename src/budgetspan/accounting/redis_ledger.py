@@ -65,6 +65,7 @@ from budgetspan.accounting.redis_mirror import (
     refusal_from,
     usage_from,
     usage_of,
+    with_worst,
 )
 from budgetspan.accounting.redis_outage import OutageOnRedis
 from budgetspan.accounting.redis_pending import (
@@ -294,7 +295,7 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
         status, reason, limit, _ = self._reserve_call(run_id, args, tool, scopes).split(b" ", 3)
         if refresh and known is not None:  # (refreshed by the script, granted or refused)
             known.refreshed = now
-        found = redis_scopes.refusal_in(reason, limit, tool, scopes)
+        found = with_worst(redis_scopes.refusal_in(reason, limit, tool, scopes), worst, known)
         redis_scopes.warn(status, scopes)
         if status[:1] == b"0":
             assert found is not None

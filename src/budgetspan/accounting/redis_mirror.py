@@ -11,6 +11,7 @@ where ``InMemoryLedger`` goes on.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 import threading
 import time
@@ -125,6 +126,35 @@ def refusal_from(reason: Any, limit: Any, tool: str | None) -> Refusal | None:
         value = int(raw) if raw.isdigit() else int(float(raw))  # ('1e+17': a count past 17 digits)
     on_tool = tool if name in (Limit.TOOL_MAX_CALLS.value, Limit.TOOL_MAX_RETRIES.value) else None
     return Refusal(name, value, on_tool)
+
+
+def with_worst(
+    found: Refusal | None, worst: tuple[float, int, int], known: RunMirror | None
+) -> Refusal | None:
+    """A spend limit not used up that refused the call: its worst case (dollars, input, output
+    tokens) would have passed it, which the explanation says (as ``rule._breaks`` does in memory):
+    the reply names the limit only. What is spent comes from the scope's reply, or the run's mirror."""
+    if found is None or found.limit is None or found.reason not in _WORST_OF:
+        return found
+    spent = (
+        found.spent
+        if found.scope is not None
+        else None
+        if known is None
+        else usage_of(known).value_of(found.reason)
+    )
+    own = _WORST_OF[found.reason](*worst)
+    if spent is None or spent >= found.limit or own <= 0:
+        return found
+    return dataclasses.replace(found, worst=own)
+
+
+_WORST_OF = {
+    "max_cost_usd": lambda cost, held_in, held_out: cost,
+    "max_input_tokens": lambda cost, held_in, held_out: held_in,
+    "max_output_tokens": lambda cost, held_in, held_out: held_out,
+    "max_total_tokens": lambda cost, held_in, held_out: held_in + held_out,
+}
 
 
 def usage_from(fields: dict[str, Any]) -> Usage:
