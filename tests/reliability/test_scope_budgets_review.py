@@ -165,19 +165,10 @@ def test_a_lookup_answer_of_the_wrong_type_is_an_internal_error_not_a_lost_budge
     assert _runs(_client(server), 3, tenant="acme", user="ann").count("ok") == 1
 
 
-def _on_redis_xfail(request: pytest.FixtureRequest, reason: str) -> None:
-    """Marks the Redis case of a test as a known defect of the Redis ledger (being rewritten)."""
-    if request.node.callspec.params.get("app") == "redis":
-        request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
-
-
-def test_a_stream_read_after_its_run_ended_is_spent_in_the_tenant_window(
-    app: Any, server: LLMServer, request: pytest.FixtureRequest
-) -> None:
+def test_a_stream_read_after_its_run_ended_is_spent_in_the_tenant_window(app: Any, server: LLMServer) -> None:
     """A web handler returns the stream from inside ``budgetspan.run`` and the framework reads it
     after the block: the run has closed, but the tenant's day has not. The stream's cost lands in
     the tenant's window (was: lost, the tenant's spend 0 and its worst case held all day)."""
-    _on_redis_xfail(request, "the Redis ledger drops a settlement whose run has closed, scope windows too")
     budgetspan.set_scope_budget("tenant", "acme", budgetspan.Budget(max_cost_usd=1.0), window="day")
     client = _client(server)
     with budgetspan.run("chat", tenant="acme"):
@@ -188,13 +179,10 @@ def test_a_stream_read_after_its_run_ended_is_spent_in_the_tenant_window(
     assert budgetspan.spend(tenant="acme").model_calls == 1
 
 
-def test_work_that_outlives_its_run_is_still_held_to_the_tenant_budget(
-    app: Any, server: LLMServer, request: pytest.FixtureRequest
-) -> None:
+def test_work_that_outlives_its_run_is_still_held_to_the_tenant_budget(app: Any, server: LLMServer) -> None:
     """A thread started in a run (it carries the run) goes on calling after the block ended: no
     run limit applies any more, but the tenant's day is not over (was: 5 of 5 sent under the
     tenant's 2, and none counted in its window)."""
-    _on_redis_xfail(request, "the Redis ledger has no reservation in scope windows for a closed run")
     budgetspan.set_scope_budget("tenant", "acme", budgetspan.Budget(max_model_calls=2), window="day")
     client = _client(server)
     go, said = threading.Event(), []
@@ -281,9 +269,7 @@ def test_a_run_only_limit_on_a_scope_budget_in_code_is_refused() -> None:
     assert REGISTRY.find("tenant", "acme") is None
 
 
-def test_a_scope_refusal_by_the_next_calls_worst_case_says_so(
-    app: Any, server: LLMServer, request: pytest.FixtureRequest
-) -> None:
+def test_a_scope_refusal_by_the_next_calls_worst_case_says_so(app: Any, server: LLMServer) -> None:
     """The tenant has spent less than its limit; the next call's worst case does not fit. The
     explanation must say so, not read 'has spent $0.00 of its ...' alone."""
     budgetspan.set_scope_budget("tenant", "acme", budgetspan.Budget(max_cost_usd=CALL_USD / 3), window="day")
@@ -371,9 +357,7 @@ def test_an_empty_scope_name_is_no_scope_and_says_so(app: Any, server: LLMServer
         budgetspan.spend(tenant="")
 
 
-def test_a_run_refusal_by_the_next_calls_worst_case_says_so(
-    app: Any, server: LLMServer, request: pytest.FixtureRequest
-) -> None:
+def test_a_run_refusal_by_the_next_calls_worst_case_says_so(app: Any, server: LLMServer) -> None:
     """Two streams in flight hold 100 of the run's 120 output tokens; the third is refused by its
     worst case. The explanation must say so, not 'Stopped at 0 of 120 output tokens' alone."""
     client = _client(server)

@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
+from budgetspan import events
 from budgetspan.accounting import redis_scopes
-from budgetspan.accounting.ledger import Refusal
+from budgetspan.accounting.budget import Budget
+from budgetspan.accounting.ledger import CallKind, LedgerRefused, Mode, Refusal, Reservation
 from budgetspan.accounting.memory import InMemoryLedger
 from budgetspan.accounting.redis_mirror import refusal_from
 from budgetspan.accounting.redis_pending import RETRY_S, Pending, PendingSettlements
@@ -24,6 +27,9 @@ class SettleLaterOnRedis:
     # (RedisLedger's own; declared here, not defined: a mixin's stub would hide the real one)
     _call: Callable[..., Any]
     _outage: Callable[[str, BaseException], None]
+    open: Callable[..., None]
+    close: Callable[[str], Any]
+    reserve: Callable[..., Reservation]
 
     def _reserve_call(self, run_id: str, args: Sequence[Any], tool: str | None, scopes: Sequence[Any]) -> Any:
         """The reserve script's reply; with this process's pending settlement of the run ahead of
@@ -50,8 +56,16 @@ class SettleLaterOnRedis:
     def _settle(
         self, run_id: str, args: Sequence[Any], tool: str | None, scopes: Sequence[Any]
     ) -> Refusal | None:
-        """One settle script (``settle_args``); returns the spend limit now used up."""
-        status, reason, limit, _ = self._call("settle", run_id, args, tool, scopes=scopes).split(b" ", 3)
+        """One settle script (``settle_args``); returns the spend limit now used up. A run that has
+        closed (a stream read after its block) still settles in its scope windows, which outlive it."""
+        try:
+            reply = self._call("settle", run_id, args, tool, scopes=scopes)
+        except KeyError:
+            if not scopes:
+                raise
+            with self._after_close(run_id, Mode.ENFORCE) as holder:
+                reply = self._call("settle", holder, args, tool, scopes=scopes)
+        status, reason, limit, _ = reply.split(b" ", 3)
         redis_scopes.warn(status, scopes)
         return refusal_from(reason, limit, None)
 
@@ -83,3 +97,48 @@ class SettleLaterOnRedis:
         pending = self._pending.take(run_id)
         if pending is not None:
             self._send_pending(run_id, pending)
+
+    def reserve_in_scopes(
+        self,
+        run_id: str,
+        kind: CallKind,
+        scopes: Sequence[Any],
+        worst: tuple[float | None, int | None, int | None],
+        *,
+        tool: str | None = None,
+        enforce: bool = True,
+    ) -> Reservation | None:
+        """A call of a run that has closed, reserved in its scope windows only (``Ledger``)."""
+        cost, output, input_ = worst
+        with self._after_close(run_id, Mode.ENFORCE if enforce else Mode.OBSERVE) as holder:
+            try:
+                return self.reserve(
+                    holder,
+                    kind,
+                    tool=tool,
+                    worst_case_cost=cost,
+                    worst_case_tokens=output,
+                    worst_case_input_tokens=input_,
+                    scopes=scopes,
+                )
+            except LedgerRefused:
+                raise
+            except Exception:  # (a closed run's late call: never worse than before, no window)
+                events.internal_error("redis_ledger.reserve_in_scopes")
+                return None
+
+    @contextmanager
+    def _after_close(self, run_id: str, mode: Mode) -> Iterator[str]:
+        """A record for a closed run's late call (work that outlived its block), open while the
+        call reserves or settles: no limits of its own, so only the run's scope windows count
+        and refuse the call; closed again at once (the hash goes with its last opener)."""
+        holder = run_id.removesuffix(AFTER_CLOSE) + AFTER_CLOSE
+        self.open(holder, Budget(), mode)
+        try:
+            yield holder
+        finally:
+            self.close(holder)
+
+
+#: The suffix of a closed run's record for its late calls (``_after_close``).
+AFTER_CLOSE = "\x1fafter-close"
