@@ -14,19 +14,16 @@ import pytest
 
 import budgetspan
 from budgetspan.accounting import windows
-from budgetspan.accounting.pricing import set_default_resolver
-from budgetspan.accounting.scopes import REGISTRY
 from budgetspan.instrumentation.openai import OpenAIInstrumentor
 from tests.accounting.redis_server import needs_redis_server, redis
 from tests.instrumentation.llm_server import LLMServer
+from tests.reliability.scoped_app import T0, scoped_app
 
 pytestmark = needs_redis_server
 
 MODEL = "gpt-4o-mini"  # $0.15 / $0.60 per million input / output tokens
 USAGE = {"prompt_tokens": 1000, "completion_tokens": 50, "total_tokens": 1050}
 CALL_USD = 1000 * 0.15e-6 + 50 * 0.60e-6  # what each answer costs
-#: 2025-12-05 02:00 UTC (03:00 in Paris) on the scope clock.
-T0 = 1_764_900_000.0
 
 
 @pytest.fixture(scope="module")
@@ -38,22 +35,10 @@ def server() -> Iterator[LLMServer]:
 @pytest.fixture
 def shared(lean: Any, redis_url: str, server: LLMServer) -> Iterator[Any]:
     """budgetspan on a RedisLedger (empty Redis), OpenAI instrumented, the scope clock at hand."""
-    set_default_resolver(None)
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
-    server.reset()
-    server.settings.openai_usage = dict(USAGE)
-    clock = [T0]
-    windows.set_clock(lambda: clock[0])
-    budgetspan.set_ledger(budgetspan.RedisLedger(client))
-    OpenAIInstrumentor().instrument()
-    try:
+    with scoped_app(server, lean, USAGE, budgetspan.RedisLedger(client)) as clock:
         yield clock
-    finally:
-        OpenAIInstrumentor().uninstrument()
-        windows.set_clock(None)
-        REGISTRY.clear()
-        lean.install()
 
 
 def _client(base_url: str) -> openai.OpenAI:

@@ -19,21 +19,17 @@ import pytest
 import budgetspan
 from budgetspan import attributes as A
 from budgetspan import config as bs_config
-from budgetspan.accounting import windows
-from budgetspan.accounting.pricing import set_default_resolver
 from budgetspan.accounting.scopes import REGISTRY
-from budgetspan.instrumentation.openai import OpenAIInstrumentor
 from budgetspan.runs import context
 from tests.accounting.redis_server import needs_redis_server, redis
 from tests.instrumentation.llm_server import LLMServer
+from tests.reliability.scoped_app import scoped_app
 
 MODEL = "gpt-4o-mini"  # $0.15 / $0.60 per million input / output tokens
 #: The server reports no more than each call's worst case (a short prompt, max_tokens=50): the
 #: documented bound is then 0.
 USAGE = {"prompt_tokens": 1, "completion_tokens": 50, "total_tokens": 51}
 CALL_USD = 1 * 0.15e-6 + 50 * 0.60e-6
-#: 2025-12-05 02:00 UTC on the scope clock.
-T0 = 1_764_900_000.0
 
 
 @pytest.fixture(scope="module")
@@ -45,23 +41,13 @@ def server() -> Iterator[LLMServer]:
 @pytest.fixture(params=["memory", pytest.param("redis", marks=needs_redis_server)])
 def app(request: pytest.FixtureRequest, lean: Any, server: LLMServer) -> Iterator[list[float]]:
     """budgetspan on either ledger, OpenAI instrumented, the scope clock at hand (returned)."""
-    set_default_resolver(None)
-    server.reset()
-    server.settings.openai_usage = dict(USAGE)
-    clock = [T0]
-    windows.set_clock(lambda: clock[0])
+    ledger = None
     if request.param == "redis":
         client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
         client.flushdb()
-        budgetspan.set_ledger(budgetspan.RedisLedger(client))
-    OpenAIInstrumentor().instrument()
-    try:
+        ledger = budgetspan.RedisLedger(client)
+    with scoped_app(server, lean, USAGE, ledger) as clock:
         yield clock
-    finally:
-        OpenAIInstrumentor().uninstrument()
-        windows.set_clock(None)
-        REGISTRY.clear()
-        lean.install()
 
 
 def _client(server: LLMServer) -> openai.OpenAI:

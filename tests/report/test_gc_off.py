@@ -13,29 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from tests.report.cli import report
-from tests.report.test_streaming import run_spans
+from tests.report.test_streaming import run_spans, write_lines
 
 
 def _write(path: Path, runs: int) -> None:
-    rows = []
-    for k in range(1, runs + 1):
-        spans = [
-            {
-                "traceId": s.trace_id,
-                "spanId": s.span_id,
-                **({"parentSpanId": s.parent_id} if s.parent_id else {}),
-                "name": s.name,
-                "startTimeUnixNano": str(s.start_ns),
-                "endTimeUnixNano": str(s.end_ns),
-                "attributes": [
-                    {"key": key, "value": {"boolValue": v} if isinstance(v, bool) else {"stringValue": v}}
-                    for key, v in s.attrs.items()
-                ],
-            }
-            for s in run_spans(k)
-        ]
-        rows.append(json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": spans}]}]}))
-    path.write_text("\n".join(rows) + "\n")
+    write_lines(path, [run_spans(k) for k in range(1, runs + 1)])
 
 
 def test_no_collection_scans_the_analysis_and_the_collector_is_back_on_after(tmp_path: Path) -> None:

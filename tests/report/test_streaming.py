@@ -231,6 +231,30 @@ def interleaved(runs: int, concurrent: int = 8) -> list[list[SpanRec]]:
     return lines
 
 
+def otlp_json(spans: list[SpanRec]) -> str:
+    """One OTLP/JSON line holding ``spans``."""
+    out = [
+        {
+            "traceId": s.trace_id,
+            "spanId": s.span_id,
+            **({"parentSpanId": s.parent_id} if s.parent_id else {}),
+            "name": s.name,
+            "startTimeUnixNano": str(s.start_ns),
+            "endTimeUnixNano": str(s.end_ns),
+            "attributes": [
+                {"key": k, "value": {"boolValue": v} if isinstance(v, bool) else {"stringValue": v}}
+                for k, v in s.attrs.items()
+            ],
+        }
+        for s in spans
+    ]
+    return json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": out}]}]})
+
+
+def write_lines(path: Path, lines: list[list[SpanRec]]) -> None:
+    path.write_text("\n".join(map(otlp_json, lines)) + "\n")
+
+
 def figures(a: Analysis) -> Any:
     return json.loads(json.dumps([(r.run_id, r.wall_s, r.tool_calls, sorted(r.phases)) for r in a.runs])), [
         (
@@ -313,25 +337,7 @@ def test_an_implicit_run_is_finished_after_its_traces_root_and_adopts_its_phase_
 
 def test_the_same_file_twice_is_counted_once_and_the_repeat_is_said(tmp_path: Path) -> None:
     path = tmp_path / "t.jsonl"
-    rows = []
-    for ln in interleaved(30):
-        spans = [
-            {
-                "traceId": s.trace_id,
-                "spanId": s.span_id,
-                **({"parentSpanId": s.parent_id} if s.parent_id else {}),
-                "name": s.name,
-                "startTimeUnixNano": str(s.start_ns),
-                "endTimeUnixNano": str(s.end_ns),
-                "attributes": [
-                    {"key": k, "value": {"boolValue": v} if isinstance(v, bool) else {"stringValue": v}}
-                    for k, v in s.attrs.items()
-                ],
-            }
-            for s in ln
-        ]
-        rows.append(json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": spans}]}]}))
-    path.write_text("\n".join(rows) + "\n")
+    write_lines(path, interleaved(30))
     outputs = []
     for files in ([path], [path, path]):
         code, out, err = report(*map(str, files), "--format", "json", "--max-spans-in-flight", "100")

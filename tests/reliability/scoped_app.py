@@ -1,0 +1,40 @@
+"""The set-up the scope budget tests share: OpenAI instrumented against a local server that
+reports ``usage``, the scope windows on a clock the test moves, and everything put back after."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import budgetspan
+from budgetspan.accounting import windows
+from budgetspan.accounting.pricing import set_default_resolver
+from budgetspan.accounting.scopes import REGISTRY
+from budgetspan.instrumentation.openai import OpenAIInstrumentor
+from tests.instrumentation.llm_server import LLMServer
+
+#: 2025-12-05 02:00 UTC (03:00 in Paris) on the scope clock.
+T0 = 1_764_900_000.0
+
+
+@contextmanager
+def scoped_app(
+    server: LLMServer, lean: Any, usage: dict[str, int], ledger: budgetspan.Ledger | None = None
+) -> Iterator[list[float]]:
+    """Yields the clock (``clock[0]`` is now); ``ledger``: set as the current one."""
+    set_default_resolver(None)
+    server.reset()
+    server.settings.openai_usage = dict(usage)
+    clock = [T0]
+    windows.set_clock(lambda: clock[0])
+    if ledger is not None:
+        budgetspan.set_ledger(ledger)
+    OpenAIInstrumentor().instrument()
+    try:
+        yield clock
+    finally:
+        OpenAIInstrumentor().uninstrument()
+        windows.set_clock(None)
+        REGISTRY.clear()
+        lean.install()
