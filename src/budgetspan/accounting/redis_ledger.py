@@ -185,7 +185,7 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
         sent = boot_clock()
         reply = self._server.run(SCRIPTS["open"], self.key(run_id), [self.ttl_s, openers, *pairs], within)
         now, got = time.monotonic(), boot_clock()
-        created, started_at, wall, sec, usec, text = reply
+        created, started_at, wall, sec, usec, text, keep = reply
         if created == 1 and seen_before and openers:
             self._lost(run_id, known)
         with known.lock:
@@ -194,6 +194,7 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
             server_now = int(sec) + int(usec) / 1e6
             known.started_monotonic = now - (server_now - float(started_at))
             known.clock_from = clock_from(sent, got, server_now, float(started_at), known.wall_s)
+            known.clock_from_short = known.clock_from - (float(keep) if keep else 0.0)
             known.refreshed = _now()
         known.remember(ticket, "open", text)
 
@@ -288,7 +289,8 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
         cost, held_in, held_out = worst
         known, now = self._known.get(run_id), _now()
         refresh = known is None or now - known.refreshed >= self.ttl_s * REFRESH_AFTER
-        short, clock = self._short(run_id, final), known is None or boot_clock() >= known.clock_from
+        short = self._short(run_id, final)
+        clock = known is None or boot_clock() >= (known.clock_from_short if short else known.clock_from)
         args = reserve_args(
             kind, worst, (force, short, clock), self.ttl_s if refresh else 0, tool_limits, tool
         )

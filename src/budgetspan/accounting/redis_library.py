@@ -12,7 +12,7 @@ from budgetspan.accounting.redis_scripts import PRELUDE
 # first process to open a shared run sets its budget: figures and limits packed, the rest as text
 # fields, the open count among them); otherwise add ARGV[2] to its open count. ARGV: ttl seconds, openers to add, then field,
 # value pairs. Reply: {created (1/0), started_at, the wall-clock limit, server time seconds,
-# microseconds, mirror}.
+# microseconds, mirror, the wall-clock time kept for the final answer}.
 OPEN_BODY = """
 local created = 0
 if redis.call('EXISTS', h) == 0 then
@@ -44,8 +44,9 @@ redis.call('EXPIRE', h, ARGV[1])
 s = {}
 read({})
 local t = redis.call('TIME')
-local wall = lim('max_wall_clock_s')
-return {created, s['?started_at'], wall and fmt(wall) or false, t[1], t[2], mirror('')}
+local wall, keep = lim('max_wall_clock_s'), s['keep:max_wall_clock_s']
+return {created, s['?started_at'], wall and fmt(wall) or false, t[1], t[2], mirror(''),
+  keep and keep == keep and fmt(keep) or false}
 """
 
 # Mark the run cancelled. ARGV: ttl seconds. Reply as RESERVE's.

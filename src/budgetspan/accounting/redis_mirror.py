@@ -46,6 +46,9 @@ class RunMirror:
     #: From when (on ``boot_clock``) a reservation has the server compare its clock with the run's
     #: deadline (``clock_from``; -inf: from the start, +inf: never, no wall-clock limit).
     clock_from: float = float("-inf")
+    #: The same for a call outside the final phase, held to the deadline less the wall-clock time
+    #: the hash keeps for the final answer (``keep:max_wall_clock_s``).
+    clock_from_short: float = float("-inf")
     #: When this process last refreshed the hash's expiry (``time.monotonic``; ``RedisLedger``).
     refreshed: float = float("-inf")
     #: What was logged for this run already ("lost", "unreachable").
