@@ -379,7 +379,7 @@ local function hot(settles, reserves, wat)  -- long: the rule and its writes, on
   end
   if not reason and kind ~= RETRY then reason, limit = spend_refusal(f, l, w_cost, w_in, w_out) end
   if kind == CHECK then return reply(1, reason, limit, got[1], got, T, rtool) end  -- (never settles)
-  if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+  if ttl > 0 then expire_at_least(key, ttl) end
   local enforce = force ~= 1 and got[3] == 'enforce'
   local refused = reason and (enforce or (force ~= 1 and reason == 'cancelled'))
   if not refused then

@@ -40,7 +40,7 @@ if redis.call('EXISTS', h) == 0 then
 elseif ARGV[2] ~= '0' then
   redis.call('HINCRBY', h, 'opened', ARGV[2])
 end
-redis.call('EXPIRE', h, ARGV[1])
+expire_at_least(h, ARGV[1])
 s = {}
 read({})
 local t = redis.call('TIME')
@@ -54,7 +54,7 @@ CANCEL_BODY = """
 if not read({}) then return -1 end
 put('cancelled', 1)
 write()
-redis.call('EXPIRE', h, ARGV[1])
+expire_at_least(h, ARGV[1])
 return '1   ' .. mirror('')
 """
 
@@ -81,7 +81,7 @@ end
 local limits = {}
 for i, name in ipairs(LIMS) do limits[i] = s[name] or NAN end
 redis.call('HSET', h, 'L', struct.pack(LFMT, unpack(limits, 1, #LIMS)))
-redis.call('EXPIRE', h, ARGV[1])
+expire_at_least(h, ARGV[1])
 return '1   ' .. mirror('')
 """
 

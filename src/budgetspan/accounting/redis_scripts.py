@@ -113,6 +113,12 @@ local K, A, h, s, FPACK
     + TABLES
     + """
 
+-- Keep ``key`` at least ``ttl`` seconds more, never less: a peer with a shorter ``ttl_s`` does not
+-- cut short what a process refreshing only every tenth of its own ttl counts on.
+local function expire_at_least(key, ttl)
+  if redis.call('TTL', key) < tonumber(ttl) then redis.call('EXPIRE', key, ttl) end
+end
+
 -- Run ``fn`` (one of the operations below) on a fresh state.
 local function call(fn, keys, argv)
   K, A, h, s, FPACK = keys, argv, keys[1], {}, nil
