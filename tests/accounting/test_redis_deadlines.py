@@ -34,6 +34,7 @@ def test_a_peer_with_a_shorter_ttl_does_not_let_a_live_run_expire(
     the other (``ttl_s=600``) refreshes it only every 60 s, so the run it keeps using must not
     expire meanwhile (a lost run is restored without its peers' spend: an internal error)."""
     busy = RedisLedger(redis.Redis.from_url(redis_url), ttl_s=600)
+    busy.client.flushdb()
     brief = RedisLedger(redis.Redis.from_url(redis_url), ttl_s=2)
     budget = Budget(max_model_calls=100)
     busy.open("shared", budget, Mode.ENFORCE)
@@ -45,3 +46,27 @@ def test_a_peer_with_a_shorter_ttl_does_not_let_a_live_run_expire(
     assert "missing from the Redis ledger" not in caplog.text  # (expired, then restored)
     assert busy.client.ttl(busy.key("shared")) > 2
     assert busy.usage("shared").model_calls == 7
+
+
+@needs_redis_server
+def test_a_late_call_in_observe_mode_is_not_refused_while_a_settlement_holds_the_record(
+    redis_url: str,
+) -> None:
+    """A closed run's late calls reserve through a short-lived record; a settlement of another
+    late call (sent on its own, ``_settle``) opens one too. An observe-mode late call made while
+    that settlement's record is open must not be refused by the tenant's window (observe mode
+    refuses nothing): the record of one mode must not be taken for the other's."""
+    from budgetspan.accounting.scopes import Scope, ScopeBudget
+    from budgetspan.accounting.windows import parse_window
+
+    ledger = RedisLedger(redis.Redis.from_url(redis_url), settle_lag_s=0)
+    ledger.client.flushdb()
+    ref = Scope("tenant", "acme", ScopeBudget(Budget(max_model_calls=1), parse_window("day"))).ref()
+    ledger.open("r", Budget(), Mode.OBSERVE)
+    first = ledger.reserve("r", CallKind.MODEL, scopes=[ref])
+    ledger.close("r")
+    with ledger._after_close("r", Mode.ENFORCE):  # (what a settlement after the close opens)
+        late = ledger.reserve_in_scopes("r", CallKind.MODEL, [ref], (None, None, None), enforce=False)
+    assert late is not None and late.would_refuse is not None  # over the tenant's 1: noted only
+    ledger.commit(first)
+    ledger.commit(late)

@@ -131,8 +131,10 @@ class SettleLaterOnRedis:
     def _after_close(self, run_id: str, mode: Mode) -> Iterator[str]:
         """A record for a closed run's late call (work that outlived its block), open while the
         call reserves or settles: no limits of its own, so only the run's scope windows count
-        and refuse the call; closed again at once (the hash goes with its last opener)."""
-        holder = run_id.removesuffix(AFTER_CLOSE) + AFTER_CLOSE
+        and refuse the call; closed again at once (the hash goes with its last opener). One
+        record per mode: the first opener's mode is the hash's, and an observe-mode call must not
+        be refused (nor an enforced one let through) in a record another call opened."""
+        holder = run_id.split(AFTER_CLOSE, 1)[0] + AFTER_CLOSE + _MODE_SUFFIX[mode]
         self.open(holder, Budget(), mode)
         try:
             yield holder
@@ -142,3 +144,4 @@ class SettleLaterOnRedis:
 
 #: The suffix of a closed run's record for its late calls (``_after_close``).
 AFTER_CLOSE = "\x1fafter-close"
+_MODE_SUFFIX = {Mode.ENFORCE: "", Mode.OBSERVE: "-observe"}
