@@ -4,6 +4,7 @@ asks the server's clock only when this process's reckoning puts the deadline nea
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
@@ -70,3 +71,54 @@ def test_a_late_call_in_observe_mode_is_not_refused_while_a_settlement_holds_the
     assert late is not None and late.would_refuse is not None  # over the tenant's 1: noted only
     ledger.commit(first)
     ledger.commit(late)
+
+
+def _late_opener(url: str, opened: Any, go: Any, said: Any) -> None:
+    """A second process: opens the shared run, then reserves when told to."""
+    ledger = RedisLedger(redis.Redis.from_url(url))
+    ledger.open("shared-wall", Budget(max_wall_clock_s=2), Mode.ENFORCE)
+    opened.set()
+    go.wait(30)
+    try:
+        ledger.reserve("shared-wall", CallKind.MODEL)
+        said.put("granted")
+    except LedgerRefused as e:
+        said.put(e.refusal.reason)
+
+
+@needs_redis_server
+@pytest.mark.parametrize("stopped", [False, True])
+def test_a_process_that_opened_a_shared_run_late_or_was_stopped_is_held_to_its_deadline(
+    redis_url: str, stopped: bool
+) -> None:
+    """The run's 2 s start on the first process; a second opens it 1.5 s later (its reckoning
+    from the open's reply must not count from its own open), or is stopped (SIGSTOP) past the
+    deadline and resumed: its call after the deadline is refused."""
+    import multiprocessing
+    import os
+    import signal
+
+    first = RedisLedger(redis.Redis.from_url(redis_url))
+    first.client.flushdb()
+    first.open("shared-wall", Budget(max_wall_clock_s=2), Mode.ENFORCE)
+    ctx = multiprocessing.get_context("spawn")
+    opened, go, said = ctx.Event(), ctx.Event(), ctx.Queue()
+    if not stopped:
+        time.sleep(1.5)
+    child = ctx.Process(target=_late_opener, args=(redis_url, opened, go, said))
+    child.start()
+    try:
+        assert opened.wait(30)
+        if stopped:
+            assert child.pid is not None
+            os.kill(child.pid, signal.SIGSTOP)
+            time.sleep(2.2)
+            os.kill(child.pid, signal.SIGCONT)  # (before go.set(): it waits for the child)
+            go.set()
+        else:
+            time.sleep(max(0.0, 2.2 - 1.5))
+            go.set()
+        assert said.get(timeout=30) == "max_wall_clock_s"
+    finally:
+        child.join(30)
+        first.close("shared-wall")
