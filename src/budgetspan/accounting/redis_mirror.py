@@ -21,6 +21,7 @@ from typing import Any
 from budgetspan.accounting.budget import FLOAT_LIMIT_NAMES, Budget, Limit, Usage
 from budgetspan.accounting.ledger import Mode, Refusal
 from budgetspan.accounting.redis_scripts import COST_CAP, MIRROR, TOKEN_CAP
+from budgetspan.accounting.rule import Held
 
 
 @dataclass
@@ -137,27 +138,19 @@ def with_worst(
     """A spend limit not used up that refused the call: its worst case (dollars, input, output
     tokens) would have passed it, which the explanation says (as ``rule._breaks`` does in memory):
     the reply names the limit only. What is spent comes from the scope's reply, or the run's mirror."""
-    if found is None or found.limit is None or found.reason not in _WORST_OF:
+    if found is None or found.limit is None:
         return found
-    spent = (
-        found.spent
-        if found.scope is not None
-        else None
-        if known is None
-        else usage_of(known).value_of(found.reason)
-    )
-    own = _WORST_OF[found.reason](*worst)
-    if spent is None or spent >= found.limit or own <= 0:
+    cost, held_in, held_out = worst
+    own = Held(cost, held_in, held_out).toward(found.reason)
+    if own <= 0:  # a count or time limit, or no worst case of that kind
+        return found
+    if found.scope is not None:
+        spent = found.spent
+    else:
+        spent = None if known is None else usage_of(known).value_of(found.reason)
+    if spent is None or spent >= found.limit:
         return found
     return dataclasses.replace(found, worst=own)
-
-
-_WORST_OF = {
-    "max_cost_usd": lambda cost, held_in, held_out: cost,
-    "max_input_tokens": lambda cost, held_in, held_out: held_in,
-    "max_output_tokens": lambda cost, held_in, held_out: held_out,
-    "max_total_tokens": lambda cost, held_in, held_out: held_in + held_out,
-}
 
 
 def usage_from(fields: dict[str, Any]) -> Usage:

@@ -26,6 +26,18 @@ class Held:
     input_tokens: int = 0
     output_tokens: int = 0
 
+    def toward(self, limit: str) -> float:
+        """What of these figures the spend limit named ``limit`` counts (0 for any other limit)."""
+        if limit == "max_cost_usd":
+            return self.cost_usd
+        if limit == "max_input_tokens":
+            return self.input_tokens
+        if limit == "max_output_tokens":
+            return self.output_tokens
+        if limit == "max_total_tokens":
+            return self.input_tokens + self.output_tokens
+        return 0.0
+
     def add(self, cost_usd: float, input_tokens: int, output_tokens: int, sign: int = 1) -> None:
         self.cost_usd = max(0.0, self.cost_usd + sign * cost_usd)
         self.input_tokens = max(0, self.input_tokens + sign * input_tokens)
