@@ -7,11 +7,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
+
 import budgetspan
 from budgetspan.accounting import windows
 from budgetspan.accounting.pricing import set_default_resolver
 from budgetspan.accounting.scopes import REGISTRY
 from budgetspan.instrumentation.openai import OpenAIInstrumentor
+from tests.accounting.redis_server import needs_redis_server, redis
 from tests.instrumentation.llm_server import LLMServer
 
 #: 2025-12-05 02:00 UTC (03:00 in Paris) on the scope clock.
@@ -38,3 +41,27 @@ def scoped_app(
         windows.set_clock(None)
         REGISTRY.clear()
         lean.install()
+
+
+@pytest.fixture(scope="module")
+def local_server() -> Iterator[LLMServer]:
+    with LLMServer() as srv:
+        yield srv
+
+
+def on_either_ledger(usage: dict[str, int]) -> Any:
+    """A fixture (``app = on_either_ledger(USAGE)`` in a test module, beside ``server =
+    local_server``): budgetspan on the in-memory and on a Redis ledger in turn, OpenAI instrumented,
+    the server reporting ``usage``, the scope clock at hand (returned)."""
+
+    @pytest.fixture(params=["memory", pytest.param("redis", marks=needs_redis_server)])
+    def app(request: pytest.FixtureRequest, lean: Any, server: LLMServer) -> Iterator[list[float]]:
+        ledger = None
+        if request.param == "redis":
+            client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
+            client.flushdb()
+            ledger = budgetspan.RedisLedger(client)
+        with scoped_app(server, lean, usage, ledger) as clock:
+            yield clock
+
+    return app

@@ -5,37 +5,22 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import openai
 import pytest
 
 import budgetspan
-from tests.accounting.redis_server import needs_redis_server, redis
 from tests.instrumentation.llm_server import LLMServer
-from tests.reliability.scoped_app import scoped_app
+from tests.reliability.scoped_app import local_server, on_either_ledger
 
 MODEL = "gpt-4o-mini"
 USAGE = {"prompt_tokens": 1, "completion_tokens": 50, "total_tokens": 51}
 CALL_USD = 1 * 0.15e-6 + 50 * 0.60e-6
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[LLMServer]:
-    with LLMServer() as srv:
-        yield srv
-
-
-@pytest.fixture(params=["memory", pytest.param("redis", marks=needs_redis_server)])
-def app(request: pytest.FixtureRequest, lean: Any, server: LLMServer) -> Iterator[list[float]]:
-    ledger = None
-    if request.param == "redis":
-        client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
-        client.flushdb()
-        ledger = budgetspan.RedisLedger(client)
-    with scoped_app(server, lean, USAGE, ledger) as clock:
-        yield clock
+server = local_server
+app = on_either_ledger(USAGE)
 
 
 def _late_threads(server: LLMServer, threads: int, calls: int, mode: str = "enforce") -> list[str]:

@@ -10,7 +10,6 @@ import asyncio
 import contextvars
 import re
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import openai
@@ -21,9 +20,8 @@ from budgetspan import attributes as A
 from budgetspan import config as bs_config
 from budgetspan.accounting.scopes import REGISTRY
 from budgetspan.runs import context
-from tests.accounting.redis_server import needs_redis_server, redis
 from tests.instrumentation.llm_server import LLMServer
-from tests.reliability.scoped_app import scoped_app
+from tests.reliability.scoped_app import local_server, on_either_ledger
 
 MODEL = "gpt-4o-mini"  # $0.15 / $0.60 per million input / output tokens
 #: The server reports no more than each call's worst case (a short prompt, max_tokens=50): the
@@ -32,22 +30,8 @@ USAGE = {"prompt_tokens": 1, "completion_tokens": 50, "total_tokens": 51}
 CALL_USD = 1 * 0.15e-6 + 50 * 0.60e-6
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[LLMServer]:
-    with LLMServer() as srv:
-        yield srv
-
-
-@pytest.fixture(params=["memory", pytest.param("redis", marks=needs_redis_server)])
-def app(request: pytest.FixtureRequest, lean: Any, server: LLMServer) -> Iterator[list[float]]:
-    """budgetspan on either ledger, OpenAI instrumented, the scope clock at hand (returned)."""
-    ledger = None
-    if request.param == "redis":
-        client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
-        client.flushdb()
-        ledger = budgetspan.RedisLedger(client)
-    with scoped_app(server, lean, USAGE, ledger) as clock:
-        yield clock
+server = local_server
+app = on_either_ledger(USAGE)
 
 
 def _client(server: LLMServer) -> openai.OpenAI:
