@@ -185,7 +185,7 @@ class InMemoryLedger(Ledger):
                     raise LedgerRefused(found)
             if scopes:
                 enforce = book.mode is Mode.ENFORCE and not force
-                in_scope = self.scope_books.reserve(scopes, kind, tool, worst, enforce)
+                in_scope, scopes = self.scope_books.reserve(scopes, kind, tool, worst, enforce)
                 if in_scope is not None and enforce:
                     raise LedgerRefused(in_scope)
                 found = found or in_scope
@@ -208,7 +208,7 @@ class InMemoryLedger(Ledger):
         held = NOTHING_HELD
         if kind is CallKind.MODEL and (cost or input_ or output):
             held = Held(float(cost or 0.0), int(input_ or 0), int(output or 0))
-        found = self.scope_books.reserve(scopes, kind, tool, held, enforce)
+        found, scopes = self.scope_books.reserve(scopes, kind, tool, held, enforce)
         if found is not None and enforce:
             raise LedgerRefused(found)
         return _reservation(run_id, kind, tool, held, found, scopes)

@@ -89,9 +89,10 @@ class ScopeBooks:
         tool: str | None,
         worst: Held,
         enforce: bool,
-    ) -> Refusal | None:
+    ) -> tuple[Refusal | None, tuple[ScopeRef, ...]]:
         """Check the call in every scope window; the first that refuses it wins. Counted in all
-        unless ``enforce`` and refused (then nothing changes)."""
+        unless ``enforce`` and refused (then nothing changes). Also returns the windows as the
+        call's settlement must name them (``bound``)."""
         now = windows.now()
         warnings: list[tuple[ScopeRef, ScopeWarning]] = []
         with self.lock:
@@ -107,13 +108,14 @@ class ScopeBooks:
                     found = Refusal(got.reason, got.limit, got.tool, got.worst, scope=ref, spent=value)
                     break
             if found is not None and enforce:
-                return found
+                return found, tuple(refs)
             for ref, book in zip(refs, books, strict=True):
                 count_call(book.usage, kind, tool, +1)
                 book.held.add(worst.cost_usd, worst.input_tokens, worst.output_tokens)
                 warnings.extend(_crossed(ref, book))
+            bound = tuple(_bound(ref, book) for ref, book in zip(refs, books, strict=True))
         _warn(warnings)
-        return found
+        return found, bound
 
     def settle(
         self,
@@ -129,7 +131,7 @@ class ScopeBooks:
         with self.lock:
             for ref in refs:
                 book = self._books.get(ref.key)
-                if book is None or book.expires <= now:
+                if book is None or book.expires <= now or not _same_record(ref, book):
                     continue  # the window ended: the next window starts empty
                 book.held.add(worst.cost_usd, worst.input_tokens, worst.output_tokens, sign=-1)
                 if spend is not None:
@@ -143,6 +145,17 @@ class ScopeBooks:
         with self.lock:
             book = self._books.get(ref.key)
             return None if book is None else spend_refusal(ref.budget, book.usage)
+
+
+def _bound(ref: ScopeRef, book: ScopeBook) -> ScopeRef:
+    """A rolling window's next record has the same key as the one before: the call's settlement
+    names the record it reserved in by its end (a call in flight when the window rolled over
+    gave back, in the next one, a worst case that window never held)."""
+    return dataclasses.replace(ref, end=book.expires) if ref.limits.window.rolling else ref
+
+
+def _same_record(ref: ScopeRef, book: ScopeBook) -> bool:
+    return not ref.limits.window.rolling or ref.end is None or ref.end == book.expires
 
 
 def _used(usage: Usage, found: Refusal) -> float:

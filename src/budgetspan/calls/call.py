@@ -327,7 +327,7 @@ class Call(AsyncBounds):
             before = _NOTHING if self._committed is None else self._committed
             delta = increase(now, before)
             self._committed = highest(now, before)
-            self.run.add_spend(delta)
+            self.run.add_spend(delta, self.reservation)
         except Exception:
             internal_error("Call.set_usage")
 

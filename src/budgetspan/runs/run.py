@@ -455,10 +455,13 @@ class Run(AtLimit, Quality):
             if refusal is not None:
                 run.note_spend_limit(refusal)
 
-    def add_spend(self, spend: Spend) -> None:
-        """Usage reported mid-call (a stream chunk), added here and in every enclosing run."""
+    def add_spend(self, spend: Spend, reservation: Reservation | None = None) -> None:
+        """Usage reported mid-call (a stream chunk), added here and in every enclosing run, and in
+        the scope windows the call reserved in (``reservation``): a stream read after midnight is
+        yesterday's call, as its worst case held there."""
+        in_scopes = reservation.scopes if reservation is not None else self.scope_refs()
         for run in (self, *self.ancestors()):
-            refusal = run._ledger.add_spend(run.id, spend, run.scope_refs() if run is self else ())
+            refusal = run._ledger.add_spend(run.id, spend, in_scopes if run is self else ())
             if refusal is not None:
                 run.note_spend_limit(refusal)
 

@@ -1,0 +1,127 @@
+"""Budgets above the run tried at their edges (review 7), through the real ``openai`` SDK against a
+local HTTP server, with the in-memory ledger and a real ``redis-server``: a rolling window that
+rolls over with calls in flight, what ``budgetspan.spend`` answers for a window it does not keep,
+threads and tasks of one tenant at its limit.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import openai
+import pytest
+
+import budgetspan
+from budgetspan.runs import context
+from tests.accounting.redis_server import redis
+from tests.instrumentation.llm_server import LLMServer
+from tests.reliability.scoped_app import T0, local_server, on_either_ledger
+
+MODEL = "gpt-4o-mini"  # $0.15 / $0.60 per million input / output tokens
+#: The server reports far less than each call's worst case (max_tokens=50): what a call holds
+#: while in flight is mostly given back when it settles.
+USAGE = {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+CALL_USD = 1 * 0.15e-6 + 2 * 0.60e-6
+#: What one such call holds while in flight: its prompt's estimate (16 tokens) and max_tokens.
+WORST_USD = 16 * 0.15e-6 + 50 * 0.60e-6
+
+server = local_server
+app = on_either_ledger(USAGE)
+
+
+def _client(server: LLMServer) -> openai.OpenAI:
+    return openai.OpenAI(api_key="t", base_url=server.base_url + "/v1", max_retries=0)
+
+
+def _ask(client: openai.OpenAI, **kw: Any) -> Any:
+    return client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=50, **kw
+    )
+
+
+def _open_streams(client: openai.OpenAI, at_most: int) -> tuple[list[Any], str | None]:
+    """Streams opened (calls in flight, each holding its worst case) until one is refused."""
+    streams: list[Any] = []
+    for _ in range(at_most):
+        try:
+            streams.append(_ask(client, stream=True))
+        except budgetspan.BudgetExhausted as e:
+            return streams, e.explanation
+    return streams, None
+
+
+class _Holding:
+    """A run (in a thread of its own) with ``n`` streams opened and not read until ``read()``."""
+
+    def __init__(self, client: openai.OpenAI, n: int) -> None:
+        self.opened = 0
+        self._ready, self._go = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(client, n))
+        self._thread.start()
+        assert self._ready.wait(30)
+
+    def _run(self, client: openai.OpenAI, n: int) -> None:
+        with budgetspan.run("chat", tenant="acme", suppress_exhausted=True):
+            streams, _ = _open_streams(client, n)
+            self.opened = len(streams)
+            self._ready.set()
+            self._go.wait(30)
+            _read(streams)
+
+    def read(self) -> None:
+        self._go.set()
+        self._thread.join(30)
+
+
+def _in_one_run(client: openai.OpenAI, at_most: int) -> tuple[int, str | None]:
+    """How many streams one run of the tenant gets in flight, and what refused the next."""
+    with budgetspan.run("chat", tenant="acme", suppress_exhausted=True):
+        streams, said = _open_streams(client, at_most)
+        _read(streams)
+    return len(streams), said and said.removeprefix("Stopped: tenant acme has ").split(" ")[0]
+
+
+def _read(streams: list[Any]) -> None:
+    for stream in streams:
+        for _ in stream:
+            pass
+
+
+@pytest.mark.parametrize("window", ["rolling-hour", "hour"])
+def test_calls_in_flight_when_a_window_rolls_over_settle_nothing_in_the_next_one(
+    app: Any, server: LLMServer, request: pytest.FixtureRequest, window: str
+) -> None:
+    """Two streams hold their worst cases in the tenant's window; the window ends before they are
+    read, and the next one has begun (a call made in it). Their settlement must not give back, in
+    the new window, worst cases it never held: that let 4 streams be in flight in it where its
+    dollars allow 2 (a rolling window's next record has the same key as the one before)."""
+    if window == "rolling-hour" and request.node.callspec.id.startswith("redis"):
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason="review7: a settlement after a rolling window rolled over gives back, in the "
+                "next window, a worst case it never held; fix in redis_hot_lua.py",
+            )
+        )
+    clock = app
+    budgetspan.set_scope_budget(
+        "tenant", "acme", budgetspan.Budget(max_cost_usd=2.5 * WORST_USD), window=window
+    )
+    client = _client(server)
+    before = _Holding(client, 2)  # a run whose two streams are read after its window ended
+    assert _in_one_run(client, 1) == (0, "spent")  # the window holds 2 worst cases at most
+    clock[0] += 3600
+    if window.startswith("rolling") and isinstance(context.get_ledger(), budgetspan.RedisLedger):
+        # Redis expires a rolling window on its own clock (its ttl): the hour is up there too.
+        redis.Redis.from_url(request.getfixturevalue("redis_url")).delete(
+            "budgetspan:scope:tenant:acme:rolling"
+        )
+    after = _Holding(client, 2)  # the next window: two streams in flight, its 2 worst cases
+    assert after.opened == 2
+    before.read()  # the settlement of the window before: nothing to give back in this one
+    assert _in_one_run(client, 2) == (0, "spent")  # was 2: 4 in flight where the limit allows 2
+    after.read()
+    assert budgetspan.spend(tenant="acme").cost_usd == pytest.approx(2 * CALL_USD)
+    if window == "hour":  # each window pays for the calls reserved in it (streams read late too)
+        assert budgetspan.spend(tenant="acme", at=T0).cost_usd == pytest.approx(2 * CALL_USD)
