@@ -445,8 +445,7 @@ class Run(AtLimit, Quality):
         unreported: bool = False,
         unpriced: bool = False,
     ) -> None:
-        """Settle a call: its worst case is released and what it spent is added, here and in
-        the enclosing runs it was reserved in."""
+        """Settle a call: its worst case released, what it spent added, here and in the outer runs."""
         pairs = [(self, reservation), *reservation.linked] if reservation.linked else ((self, reservation),)
         for run, res in pairs:
             refusal = run._ledger.commit(
@@ -456,12 +455,10 @@ class Run(AtLimit, Quality):
                 run.note_spend_limit(refusal)
 
     def add_spend(self, spend: Spend, reservation: Reservation | None = None) -> None:
-        """Usage reported mid-call (a stream chunk), added here and in every enclosing run, and in
-        the scope windows the call reserved in (``reservation``): a stream read after midnight is
-        yesterday's call, as its worst case held there."""
-        in_scopes = reservation.scopes if reservation is not None else self.scope_refs()
+        """Usage reported mid-call (a stream chunk): here, in the enclosing runs, in the call's windows."""
         for run in (self, *self.ancestors()):
-            refusal = run._ledger.add_spend(run.id, spend, in_scopes if run is self else ())
+            into = (reservation.scopes if reservation else self.scope_refs()) if run is self else ()
+            refusal = run._ledger.add_spend(run.id, spend, into)
             if refusal is not None:
                 run.note_spend_limit(refusal)
 

@@ -68,8 +68,39 @@ def spend(
         raise ValueError("spend(): name exactly one of tenant=, user=, conversation=, workflow=")
     kind, name = named[0]
     limits = REGISTRY.find(kind, name, get_config().scopes)
-    own = limits.window if limits is not None else Window()
-    chosen = own if window is None and tz is None else parse_window(window or own.period, tz or own.tz)
+    own = limits.window if limits is not None else None
+    chosen = _asked(own or Window(), window, tz)
+    if own is not None and not _same(own, chosen):
+        # Only the budget's window is kept: another one's figures would read 0 (or, for the same
+        # date in another zone, this window's figures under the wrong name).
+        raise ValueError(
+            f"spend(): {kind} {name}: its budget's window is {_said(own)}; no other is kept "
+            f"(ask window={_text(own)!r}, tz={own.tz!r})"
+        )
+    if chosen.rolling and at is not None:
+        raise ValueError(
+            f"spend(): {kind} {name}: a rolling window is kept only while it lasts; at= names a calendar window"
+        )
     label = chosen.bounds(at).label
     found = context.get_ledger().scope_usage(scope_key(kind, name, label))
     return found if found is not None else Usage()
+
+
+def _text(w: Window) -> str:
+    return "none" if w.period is None else ("rolling-" if w.rolling else "") + w.period
+
+
+def _asked(own: Window, window: str | None, tz: str | None) -> Window:
+    """The window ``spend()`` is asked about: the budget's, with what the caller names changed."""
+    if window is None and tz is None:
+        return own
+    return parse_window(_text(own) if window is None else window, tz or own.tz)
+
+
+def _same(own: Window, asked: Window) -> bool:
+    calendar = own.period is not None and not own.rolling  # (its zone names its records)
+    return (own.period, own.rolling) == (asked.period, asked.rolling) and (not calendar or own.tz == asked.tz)
+
+
+def _said(w: Window) -> str:
+    return w.adjective if w.period is None or w.rolling else f"{w.adjective} ({w.tz})"
