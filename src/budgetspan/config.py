@@ -260,6 +260,14 @@ def parse_config_file(
 def _scope_budget(where: str, table: Mapping[str, Any]) -> ScopeBudget:
     if not isinstance(table, Mapping):
         raise ConfigError(f"{where}: expected a table of limits")
+    warn = table.get("warn_at")
+    if warn is not None and (isinstance(warn, bool) or not isinstance(warn, (int, float, str))):
+        raise ConfigError(f"{where}: warn_at={warn!r} is not a number; expected {SCOPE_FORM}")
+    if isinstance(warn, str):
+        try:
+            float(warn)
+        except ValueError:
+            raise ConfigError(f"{where}: warn_at={warn!r} is not a number; expected {SCOPE_FORM}") from None
     try:
         return scope_budget_from_table(where, table, lambda w, t, a: _limits_table(w, t, a, SCOPE_FORM))
     except ValueError as e:

@@ -13,6 +13,7 @@ import openai
 import pytest
 
 import budgetspan
+from budgetspan import config as bs_config
 from budgetspan.runs import context
 from tests.accounting.redis_server import redis
 from tests.instrumentation.llm_server import LLMServer
@@ -186,3 +187,20 @@ def test_yesterdays_spend_is_readable_all_of_today(
     clock[0] += 22 * 3600 + 10 * 3600  # the next day, 10:00 UTC
     assert budgetspan.spend(user="ann").model_calls == 0
     assert budgetspan.spend(user="ann", at=T0).model_calls == 2
+
+
+@pytest.mark.parametrize(
+    ("line", "said"),
+    [
+        ('warn_at = "80%"', "warn_at='80%' is not a number"),
+        ("warn_at = [0.8]", "warn_at=[0.8] is not a number"),
+        ("warn_at = true", "warn_at=True is not a number"),  # was taken as 1.0
+        ("warn_at = 80", "warn_at must be a share in (0, 1], got 80"),
+    ],
+)
+def test_a_mistaken_warn_at_in_the_config_file_names_the_key(tmp_path: Any, line: str, said: str) -> None:
+    path = tmp_path / "budgets.toml"
+    path.write_text(f'[users.default]\nmax_total_tokens = 2000000\nwindow = "month"\n{line}\n')
+    with pytest.raises(bs_config.ConfigError) as info:
+        bs_config.load_config({"BUDGETSPAN_CONFIG": str(path)})
+    assert "[users.default]: " + said in str(info.value)
