@@ -6,6 +6,8 @@ threads and tasks of one tenant at its limit.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import threading
 from typing import Any
 
@@ -204,3 +206,112 @@ def test_a_mistaken_warn_at_in_the_config_file_names_the_key(tmp_path: Any, line
     with pytest.raises(bs_config.ConfigError) as info:
         bs_config.load_config({"BUDGETSPAN_CONFIG": str(path)})
     assert "[users.default]: " + said in str(info.value)
+
+
+def test_a_thread_pool_of_one_tenants_runs_at_its_limit_sends_not_one_call_over(
+    app: Any, server: LLMServer
+) -> None:
+    """32 runs at once of one tenant (8 threads), 2 calls each, under the tenant's 20 calls and
+    its dollars for 12 worst cases in flight: 20 calls reach the server, the dollars spent stay
+    within the limit (each call spends less than its worst case: the documented bound is 0)."""
+    budgetspan.set_scope_budget(
+        "tenant", "acme", budgetspan.Budget(max_model_calls=20, max_cost_usd=12 * WORST_USD), window="day"
+    )
+    client = _client(server)
+
+    def one(_: int) -> int:
+        made = 0
+        with budgetspan.run("chat", tenant="acme", suppress_exhausted=True):
+            for _ in range(2):
+                _ask(client)
+                made += 1
+        return made
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        made = sum(pool.map(one, range(32)))
+    assert made == len(server.requests) == 20
+    spent = budgetspan.spend(tenant="acme")
+    assert spent.model_calls == 20 and spent.cost_usd == pytest.approx(20 * CALL_USD)
+
+
+def test_asyncio_gather_of_one_tenants_runs_at_its_limit_sends_not_one_call_over(
+    app: Any, server: LLMServer
+) -> None:
+    """50 runs gathered on one loop, streams held open across awaits: the tenant's dollars allow
+    6 worst cases in flight at once and 15 calls in all."""
+    budgetspan.set_scope_budget(
+        "tenant", "acme", budgetspan.Budget(max_model_calls=15, max_cost_usd=6.5 * WORST_USD), window="day"
+    )
+    aclient = openai.AsyncOpenAI(api_key="t", base_url=server.base_url + "/v1", max_retries=0)
+    in_flight, most = [0], [0]
+
+    async def one() -> int:
+        async with budgetspan.run("chat", tenant="acme", suppress_exhausted=True):
+            stream = await aclient.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=50, stream=True
+            )
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+            await asyncio.sleep(0.01)
+            async for _ in stream:
+                pass
+            in_flight[0] -= 1
+            return 1
+        return 0
+
+    async def main() -> int:
+        return sum(await asyncio.gather(*(one() for _ in range(50))))
+
+    made = asyncio.run(main())
+    assert made == len(server.requests) <= 15
+    assert most[0] <= 6
+    spent = budgetspan.spend(tenant="acme")
+    assert spent.model_calls == made and spent.cost_usd == pytest.approx(made * CALL_USD)
+
+
+def _process(redis_url: str, base_url: str, out: Any) -> None:
+    """One of 4 processes: its own ledger client and budgets, the same Redis; 10 runs of user ann
+    in conversation s-1 (the warning at 50% of ann's 40 calls; the conversation's 6 calls)."""
+    budgetspan.set_ledger(budgetspan.RedisLedger(redis.Redis.from_url(redis_url)))
+    warned: list[Any] = []
+    budgetspan.set_scope_budget(
+        "user", "ann", budgetspan.Budget(max_model_calls=40), window="day", warn_at=0.5, on_warn=warned.append
+    )
+    budgetspan.set_scope_budget("conversation", "s-1", budgetspan.Budget(max_model_calls=6))
+    from budgetspan.instrumentation.openai import OpenAIInstrumentor
+
+    OpenAIInstrumentor().instrument()
+    client = openai.OpenAI(api_key="t", base_url=base_url + "/v1", max_retries=0)
+    granted = [0, 0]
+    for i in range(10):
+        members = {"conversation_id": "s-1"} if i % 2 else {}
+        try:
+            with budgetspan.run("chat", user="ann", **members):
+                _ask(client)
+            granted[i % 2] += 1
+        except budgetspan.BudgetExhausted:
+            pass
+    out.put((granted, [(w.limit, w.used) for w in warned]))
+
+
+@pytest.mark.usefixtures("app")
+def test_four_processes_warn_once_and_share_one_conversation(
+    server: LLMServer, request: pytest.FixtureRequest
+) -> None:
+    if not isinstance(context.get_ledger(), budgetspan.RedisLedger):
+        pytest.skip("processes share a budget on Redis only")
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    url = request.getfixturevalue("redis_url")
+    procs = [ctx.Process(target=_process, args=(url, server.base_url, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(10)
+    assert sum(g[1] for g, _ in results) == 6  # the conversation's calls, across the processes
+    assert sum(g[0] for g, _ in results) == 20  # the runs outside it: all granted
+    warnings = [w for _, said in results for w in said]
+    assert len(warnings) == 1 and warnings[0][0] == "max_model_calls" and warnings[0][1] >= 20
