@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import threading
 from typing import Any
 
@@ -315,3 +316,25 @@ def test_four_processes_warn_once_and_share_one_conversation(
     assert sum(g[0] for g, _ in results) == 20  # the runs outside it: all granted
     warnings = [w for _, said in results for w in said]
     assert len(warnings) == 1 and warnings[0][0] == "max_model_calls" and warnings[0][1] >= 20
+
+
+def test_an_async_lookup_is_refused_when_set_not_dropped_at_each_run(
+    app: Any, server: LLMServer, caplog: pytest.LogCaptureFixture, recwarn: pytest.WarningsRecorder
+) -> None:
+    """``async def plans(kind, name)``, natural in an async app, was accepted; each run then got a
+    coroutine (never awaited), logged a TypeError and ran without the tenant's budget: 3 of 3 sent
+    under the plan's 1."""
+
+    async def plans(kind: str, name: str) -> budgetspan.Budget | None:
+        return budgetspan.Budget(max_model_calls=1) if kind == "tenant" else None
+
+    with pytest.raises(TypeError, match="async"):
+        budgetspan.set_scope_lookup(plans)
+    coroutine_in_disguise: Any = lambda kind, name: plans(kind, name)  # noqa: E731
+    budgetspan.set_scope_lookup(coroutine_in_disguise)
+    budgetspan.set_scope_budget("tenant", "default", budgetspan.Budget(max_model_calls=2))
+    said = [_in_one_run(_client(server), 1)[0] for _ in range(3)]
+    assert said == [1, 1, 0]  # the kind's default still holds
+    assert "internal error in scope budgets: TypeError" in caplog.text
+    gc.collect()
+    assert not [w for w in recwarn if "never awaited" in str(w.message)]

@@ -12,6 +12,7 @@ tables and a scope's budget is built when a run of it starts (a bounded cache ke
 
 from __future__ import annotations
 
+import inspect
 import struct
 import threading
 import time
@@ -310,6 +311,12 @@ class ScopeRegistry:
 
         def looked_up() -> ScopeBudget | None:
             got = lookup(kind, name)
+            if inspect.isawaitable(got):
+                if inspect.iscoroutine(got):
+                    got.close()  # (not left to warn "never awaited")
+                raise TypeError(
+                    f"scope lookup({kind!r}, {name!r}) returned an awaitable: it cannot be awaited here"
+                )
             if got is None or isinstance(got, ScopeBudget):
                 return got
             if isinstance(got, Budget):

@@ -3,6 +3,7 @@ what a scope has spent in a window (``budgetspan.spend``)."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +43,11 @@ def set_scope_lookup(
     until the next ``set_scope_lookup``), so a changed plan applies to the runs that start after;
     runs starting together wait for one lookup of a scope. The lookup runs when a run starts, in
     its thread (in async code, on the event loop): keep it quick or answer from a cache."""
+    if lookup is not None and inspect.iscoroutinefunction(lookup):
+        raise TypeError(
+            "set_scope_lookup: an async function cannot be awaited where a run starts (and would "
+            "leave every scope without its budget); pass a function that answers from a cache"
+        )
     REGISTRY.set_lookup(lookup, ttl_s)
 
 
