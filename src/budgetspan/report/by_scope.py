@@ -35,6 +35,7 @@ def rows(runs: Sequence[RunStat], by: str) -> list[ScopeRow]:
     """One row per tenant (or user), most spent first."""
     found: dict[str, ScopeRow] = {}
     names = {r.run_id: (r.tenant if by == "tenant" else r.user) or NONE for r in runs}
+    by_id = {r.run_id: r for r in runs} if any(r.late for r in runs) else {}
     for r in runs:
         name = names[r.run_id]
         row = found.get(name)
@@ -43,11 +44,21 @@ def rows(runs: Sequence[RunStat], by: str) -> list[ScopeRow]:
         row.runs += 1
         # A nested run's calls are in its parent's figures too: counted once per tenant.
         if r.parent_id is None or names.get(r.parent_id) != name:
-            row.cost_usd += r.usage.get("cost_usd", r.cost_usd)  # the run's ledger figure, else its calls'
+            row.cost_usd += r.cost_usd  # the run's ledger figure (else its calls'), and its late calls'
+        elif r.late:  # its calls that ended after the outer run of its tenant are not in its figure
+            top = _outermost(r, by_id, names)
+            row.cost_usd += sum(c for end, c in r.late if end > top.end_ns)
         row.succeeded += r.outcome == "success"
         row.budget_exhausted += r.outcome == "budget_exhausted"
         row.scope_stops += bool(r.explanation and r.explanation.startswith(f"Stopped: {by} "))
     return sorted(found.values(), key=lambda row: (-row.cost_usd, row.name))
+
+
+def _outermost(r: RunStat, by_id: dict[str, RunStat], names: dict[str, str]) -> RunStat:
+    """The outermost run around ``r`` of the same tenant (or user): its figure holds ``r``'s."""
+    while r.parent_id is not None and r.parent_id in by_id and names.get(r.parent_id) == names[r.run_id]:
+        r = by_id[r.parent_id]
+    return r
 
 
 def render_by(runs: Sequence[RunStat], by: str, fmt: str) -> str:

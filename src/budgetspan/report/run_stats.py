@@ -96,6 +96,8 @@ class RunStat:
     user: str | None = None
     #: budgetspan.run.parent_id: the run this one is nested in, whose figures include its calls
     parent_id: str | None = None
+    #: (end, cost) of its calls that ended after it: in ``cost_usd``, not in its ledger figure.
+    late: tuple[tuple[int, float], ...] = ()
 
     @property
     def wall_s(self) -> float:
@@ -304,6 +306,12 @@ def build_run(
     costs = _count_calls(r, calls, phases)
     ledger_cost = r.usage.get("cost_usd")
     r.cost_usd = ledger_cost if ledger_cost is not None else sum(c for c in costs if c is not None)
+    if ledger_cost is not None and run_span is not None:
+        # The ledger's figure is the run's at its end; a call that ended after it (a stream read
+        # after the block, work that outlived it) spent after it, in the tenant's window too.
+        ended = r.end_ns
+        r.late = tuple((s.end_ns, c) for s, c in zip(calls, costs, strict=True) if c and s.end_ns > ended)
+        r.cost_usd += sum(c for _, c in r.late)
     r.phases = {sys.intern(p): st for p, st in phases.items()}  # one copy of each name for all runs
     return r, calls, costs
 
