@@ -7,7 +7,8 @@
 ``tenant`` is ``other`` unless ``BUDGETSPAN_METRICS_TENANTS`` names the tenant (``acme,globex``)
 or says ``top:N``: then the N tenants that spent most in this process, as a bounded Space-Saving
 sketch (``SKETCH_PER_SLOT`` × N entries) estimates it, have their own series; a tenant that drops
-out of the N has its series removed and counts in ``other`` from then on. Unset: ``tenant`` is always ``other``, and the
+out of the N has its series removed and counts in ``other`` from then on (in prometheus_client's
+multiprocess mode, where a series cannot be removed, the first N to reach the top keep theirs). Unset: ``tenant`` is always ``other``, and the
 per-tenant figures are for ``budgetspan.spend(tenant=...)`` and ``budgetspan report --by tenant``.
 """
 
@@ -22,6 +23,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
 from budgetspan import attributes as A
 from budgetspan.accounting.scopes import SCOPE_KINDS
+from budgetspan.processors.metrics import multiprocess_mode
 
 if TYPE_CHECKING:
     from budgetspan.runs.run import Run
@@ -34,8 +36,12 @@ SKETCH_PER_SLOT = 10
 class TenantLabels:
     """Which tenants are a label value: an allow-list, or the top N by spend (see the module)."""
 
-    def __init__(self, setting: str | None) -> None:
+    def __init__(self, setting: str | None, evicts: bool = True) -> None:
         raw = (setting or "").strip()
+        #: False where a series cannot be removed (prometheus_client's multiprocess mode): the
+        #: first N tenants to reach the top keep their series, every other one is ``other``
+        #: (evicting there left each former top tenant's series behind: 61 with ``top:2``).
+        self.evicts = evicts
         self.allowed: set[str] = set()
         self.top = 0
         if raw.startswith("top:"):
@@ -80,7 +86,7 @@ class TenantLabels:
                 return estimate - error
 
             weakest = min(self._top, key=surely)
-            if surely(tenant) <= surely(weakest) + 1e-9:  # (and not by a float rounding)
+            if not self.evicts or surely(tenant) <= surely(weakest) + 1e-9:  # (not by a rounding)
                 return OTHER
             del self._top[weakest]
             self.on_evict(weakest)
@@ -93,7 +99,7 @@ class ScopeMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = REGISTRY, tenants: str | None = None) -> None:
         setting = os.environ.get(A.ENV_METRICS_TENANTS) if tenants is None else tenants
-        self.tenant = TenantLabels(setting)
+        self.tenant = TenantLabels(setting, evicts=not multiprocess_mode())
         self.warnings = Counter(
             A.M_SCOPE_WARNINGS,
             "Scope windows that reached their warning threshold.",
