@@ -338,3 +338,75 @@ def test_an_async_lookup_is_refused_when_set_not_dropped_at_each_run(
     assert "internal error in scope budgets: TypeError" in caplog.text
     gc.collect()
     assert not [w for w in recwarn if "never awaited" in str(w.message)]
+
+
+@pytest.mark.parametrize(
+    ("start", "tz", "window", "resets"),
+    [
+        ("2028-02-29T23:59:59+00:00", "UTC", "month", "resets at 00:00 UTC"),  # a leap year's end
+        ("2027-01-31T23:59:59+00:00", "UTC", "month", "resets at 00:00 UTC"),
+        ("2027-12-31T23:59:59+14:00", "Pacific/Kiritimati", "day", "resets at 00:00 Pacific/Kiritimati"),
+        ("2027-12-31T23:59:59-12:00", "Etc/GMT+12", "day", "resets at 00:00 Etc/GMT+12"),
+        ("2027-06-30T23:59:59+05:45", "Asia/Kathmandu", "day", "resets at 00:00 Asia/Kathmandu"),
+        ("2027-03-28T00:59:59+05:30", "Asia/Kolkata", "hour", "resets at 01:00 Asia/Kolkata"),
+        ("2027-03-27T23:59:59+01:00", "Europe/Paris", "day", "resets at 00:00 Europe/Paris"),  # 23 h
+    ],
+)
+def test_a_window_ends_at_its_calendar_edge(
+    app: Any, server: LLMServer, start: str, tz: str, window: str, resets: str
+) -> None:
+    """The last second of a window refuses, the next one grants, the old window stays readable."""
+    from datetime import datetime
+
+    clock = app
+    clock[0] = datetime.fromisoformat(start).timestamp()
+    budgetspan.set_scope_budget("tenant", "acme", budgetspan.Budget(max_model_calls=1), window=window, tz=tz)
+    client = _client(server)
+    assert _in_one_run(client, 1) == (1, None)
+    assert _in_one_run(client, 1) == (0, "made")
+    with pytest.raises(budgetspan.BudgetExhausted) as info:
+        with budgetspan.run("chat", tenant="acme"):
+            _ask(client)
+    assert info.value.explanation.endswith(f"; {resets}.")
+    last = clock[0]
+    clock[0] += 1
+    assert _in_one_run(client, 1) == (1, None)
+    assert budgetspan.spend(tenant="acme").model_calls == 1
+    assert budgetspan.spend(tenant="acme", at=last).model_calls == 1
+    assert len(server.requests) == 2
+
+
+def _spender(redis_url: str, base_url: str, calls: int) -> None:
+    """An app process: 3 calls of tenant acme on Redis, then it exits (a restart or a deploy)."""
+    budgetspan.set_ledger(budgetspan.RedisLedger(redis.Redis.from_url(redis_url)))
+    budgetspan.set_scope_budget("tenant", "acme", budgetspan.Budget(max_cost_usd=1.0), window="day")
+    from budgetspan.instrumentation.openai import OpenAIInstrumentor
+
+    OpenAIInstrumentor().instrument()
+    with budgetspan.run("chat", tenant="acme"):
+        for _ in range(calls):
+            _ask(openai.OpenAI(api_key="t", base_url=base_url + "/v1", max_retries=0))
+
+
+@pytest.mark.usefixtures("app")
+def test_spend_after_the_app_process_restarted_is_what_it_spent(
+    server: LLMServer, request: pytest.FixtureRequest
+) -> None:
+    if not isinstance(context.get_ledger(), budgetspan.RedisLedger):
+        pytest.skip("an in-memory ledger ends with its process")
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    url = request.getfixturevalue("redis_url")
+    for _ in range(2):  # the app, then the app restarted
+        p = ctx.Process(target=_spender, args=(url, server.base_url, 3))
+        p.start()
+        p.join(60)
+        assert p.exitcode == 0
+    # (its clock is the wall clock: ask for the window it is in now)
+    import time
+
+    assert budgetspan.spend(tenant="acme", window="day", at=time.time()).model_calls == 6
+    budgetspan.set_scope_budget("tenant", "acme", budgetspan.Budget(max_cost_usd=1.0), window="day")
+    got = budgetspan.spend(tenant="acme", at=time.time())
+    assert got.model_calls == 6 and got.cost_usd == pytest.approx(6 * CALL_USD)
