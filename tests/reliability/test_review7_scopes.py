@@ -410,3 +410,37 @@ def test_spend_after_the_app_process_restarted_is_what_it_spent(
     budgetspan.set_scope_budget("tenant", "acme", budgetspan.Budget(max_cost_usd=1.0), window="day")
     got = budgetspan.spend(tenant="acme", at=time.time())
     assert got.model_calls == 6 and got.cost_usd == pytest.approx(6 * CALL_USD)
+
+
+def test_a_workflow_window_and_the_users_default_from_the_config_file(
+    app: Any, server: LLMServer, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a user writes them: the workflow's per-run limit and its hourly window side by side, and
+    every user's monthly tokens (USAGE: 3 tokens a call, its worst case 66)."""
+    path = tmp_path / "budgets.toml"
+    path.write_text(
+        "[workflows.triage]\nmax_model_calls = 2\n\n"
+        '[workflows.triage.window]\nmax_model_calls = 3\nwindow = "hour"\ntz = "Asia/Kolkata"\n\n'
+        '[users.default]\nmax_total_tokens = 70\nwindow = "month"\n'
+    )
+    monkeypatch.setenv("BUDGETSPAN_CONFIG", str(path))
+    bs_config.set_config(None)
+    client = _client(server)
+    said = []
+    for user in ("ann", "bob", "cy"):
+        try:
+            with budgetspan.run("triage", user=user):
+                _ask(client)
+                _ask(client)
+                _ask(client)  # the run's own limit: 2
+        except budgetspan.BudgetExhausted as e:
+            said.append(e.explanation)
+    assert said[0].startswith("Stopped after 2 of 2 model calls")
+    assert said[1] == "Stopped: workflow triage has made 3 of its 3 hourly model calls; resets at 08:00 Asia/Kolkata."
+    assert len(server.requests) == 3
+    assert budgetspan.spend(workflow="triage").model_calls == 3
+    assert budgetspan.spend(user="ann").total_tokens == 6
+    with pytest.raises(budgetspan.BudgetExhausted) as info:
+        with budgetspan.run("other", user="ann"):
+            _ask(client)  # its worst case (16 + 50 tokens) passes ann's 70
+    assert info.value.explanation.startswith("Stopped: user ann has used 6 of its 70 monthly total tokens")
