@@ -436,7 +436,10 @@ def test_a_workflow_window_and_the_users_default_from_the_config_file(
         except budgetspan.BudgetExhausted as e:
             said.append(e.explanation)
     assert said[0].startswith("Stopped after 2 of 2 model calls")
-    assert said[1] == "Stopped: workflow triage has made 3 of its 3 hourly model calls; resets at 08:00 Asia/Kolkata."
+    assert (
+        said[1]
+        == "Stopped: workflow triage has made 3 of its 3 hourly model calls; resets at 08:00 Asia/Kolkata."
+    )
     assert len(server.requests) == 3
     assert budgetspan.spend(workflow="triage").model_calls == 3
     assert budgetspan.spend(user="ann").total_tokens == 6
@@ -444,3 +447,39 @@ def test_a_workflow_window_and_the_users_default_from_the_config_file(
         with budgetspan.run("other", user="ann"):
             _ask(client)  # its worst case (16 + 50 tokens) passes ann's 70
     assert info.value.explanation.startswith("Stopped: user ann has used 6 of its 70 monthly total tokens")
+
+
+@pytest.mark.parametrize("limit", ["max_model_calls", "max_cost_usd", "max_total_tokens"])
+def test_a_tenant_blocked_with_a_zero_limit_sends_nothing(app: Any, server: LLMServer, limit: str) -> None:
+    """A suspended customer's plan: 0 calls, $0 or 0 tokens a day; not taken for 'no limit'."""
+    budgetspan.set_scope_budget("tenant", "acme", budgetspan.Budget(**{limit: 0}), window="day", warn_at=0.5)
+    assert _in_one_run(_client(server), 1)[0] == 0
+    assert len(server.requests) == 0
+
+
+def test_the_tenant_cost_metric_counts_a_stream_read_after_its_run(app: Any, server: LLMServer) -> None:
+    """A web handler returns the stream from its run; the framework reads it after the block. The
+    tenant paid for it (``spend``); ``budgetspan_tenant_cost_usd_total`` said 0 (counted at run end)."""
+    from prometheus_client import CollectorRegistry
+
+    from budgetspan import events
+    from budgetspan.processors.scope_metrics import ScopeMetrics
+
+    budgetspan.set_scope_budget("tenant", "acme", budgetspan.Budget(max_cost_usd=1.0), window="day")
+    registry = CollectorRegistry()
+    metrics = ScopeMetrics(registry, "acme")
+    events.add_listener(metrics)
+    try:
+        client = _client(server)
+        with budgetspan.run("chat", tenant="acme"):
+            stream = _ask(client, stream=True, stream_options={"include_usage": True})
+        _read([stream])
+        with budgetspan.run("chat", tenant="acme"):
+            with budgetspan.run("lookup"):  # a nested run's late stream: its parent's figure has it
+                inner = _ask(client, stream=True, stream_options={"include_usage": True})
+            _read([inner])
+    finally:
+        events.remove_listener(metrics)
+    counted = registry.get_sample_value("budgetspan_tenant_cost_usd_total", {"tenant": "acme"})
+    assert budgetspan.spend(tenant="acme").cost_usd == pytest.approx(2 * CALL_USD)
+    assert counted == pytest.approx(2 * CALL_USD)  # was one call: the first stream left out

@@ -327,6 +327,8 @@ class Call(AsyncBounds):
             before = _NOTHING if self._committed is None else self._committed
             delta = increase(now, before)
             self._committed = highest(now, before)
+            if delta.cost_usd and self.run.ended:  # (read before: what lands in the open run is in it)
+                events.emit("on_late_spend", self.run, delta.cost_usd)
             self.run.add_spend(delta, self.reservation)
         except Exception:
             internal_error("Call.set_usage")
@@ -372,9 +374,12 @@ class Call(AsyncBounds):
             if self.is_model:
                 run.saw_provider(self.provider)
             if self.reservation is not None:
+                rest = self._rest(spend)
+                if rest is not None and rest.cost_usd and run.ended:
+                    events.emit("on_late_spend", run, rest.cost_usd)
                 run.commit(
                     self.reservation,
-                    self._rest(spend),
+                    rest,
                     finished=status == "ok",
                     unreported=unreported,
                     unpriced=unpriced,

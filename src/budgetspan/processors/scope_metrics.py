@@ -138,6 +138,14 @@ class ScopeMetrics:
         if ref is not None and not observe:
             self.exhaustions.labels(ref.kind, self.tenant(run.tenant)).inc()
 
+    def on_late_spend(self, run: Run, cost: float) -> None:
+        """A call's dollars after its run ended (a stream read after the block): not in the run's
+        figure at its end; an open enclosing run of the same tenant has it in its own."""
+        if any(outer.tenant == run.tenant and not outer.ended for outer in run.ancestors()):
+            return
+        if run.tenant and 0 < cost < float("inf"):
+            self.cost.labels(self.tenant(run.tenant, cost)).inc(cost)
+
     def on_run_end(self, run: Run) -> None:
         cost = run.usage.cost_usd
         if any(outer.tenant == run.tenant for outer in run.ancestors()):
