@@ -2,7 +2,8 @@
 
 - ``budgetspan_scope_warnings_total{scope}``: a scope window reached its warning threshold.
 - ``budgetspan_scope_exhaustions_total{scope, tenant}``: a run stopped at a scope's limit.
-- ``budgetspan_tenant_cost_usd_total{tenant}``: what runs spent, by tenant (at run end).
+- ``budgetspan_tenant_cost_usd_total{tenant}``: what runs spent, by tenant (at run end; a call's
+  dollars after its run ended, as they come).
 
 ``tenant`` is ``other`` unless ``BUDGETSPAN_METRICS_TENANTS`` names the tenant (``acme,globex``)
 or says ``top:N``: then the N tenants that spent most in this process, as a bounded Space-Saving
