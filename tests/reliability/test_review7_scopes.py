@@ -483,3 +483,23 @@ def test_the_tenant_cost_metric_counts_a_stream_read_after_its_run(app: Any, ser
     counted = registry.get_sample_value("budgetspan_tenant_cost_usd_total", {"tenant": "acme"})
     assert budgetspan.spend(tenant="acme").cost_usd == pytest.approx(2 * CALL_USD)
     assert counted == pytest.approx(2 * CALL_USD)  # was one call: the first stream left out
+
+
+def test_a_default_set_in_code_comes_before_the_config_files_default(
+    app: Any, server: LLMServer, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Code before config, for the kind's default too: every tenant held to the 1 call set in code
+    (was: the config file's default of 3 won, 3 of 3 sent); a tenant's own table still comes first."""
+    path = tmp_path / "budgets.toml"
+    path.write_text("[tenants.default]\nmax_model_calls = 3\n\n[tenants.globex]\nmax_model_calls = 2\n")
+    monkeypatch.setenv("BUDGETSPAN_CONFIG", str(path))
+    bs_config.set_config(None)
+    budgetspan.set_scope_budget("tenant", "default", budgetspan.Budget(max_model_calls=1), window="day")
+    client = _client(server)
+    assert [_in_one_run(client, 1)[0] for _ in range(3)] == [1, 0, 0]  # acme: the default set in code
+    outcomes = []
+    for _ in range(3):
+        with budgetspan.run("chat", tenant="globex", suppress_exhausted=True) as run:
+            _ask(client)
+        outcomes.append(run.outcome.value)
+    assert outcomes == ["success", "success", "budget_exhausted"]  # its own table: 2

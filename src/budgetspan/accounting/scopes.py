@@ -237,9 +237,10 @@ class ScopeTables:
     def __len__(self) -> int:
         return sum(len(t) for t in self.tables.values())
 
-    def find(self, kind: str, name: str) -> ScopeBudget | None:
+    def find(self, kind: str, name: str, default: bool = True) -> ScopeBudget | None:
+        """The name's table, else (``default``) the kind's default table."""
         by_name = self.tables.get(kind)
-        if not by_name or self._build is None:
+        if not by_name or self._build is None or not (default or name in by_name):
             return None
         build = self._build
 
@@ -291,7 +292,8 @@ class ScopeRegistry:
             self._looked_up.clear()
 
     def find(self, kind: str, name: str, tables: ScopeTables | None = None) -> ScopeBudget | None:
-        """Code, then the lookup, then config; a name without an entry takes the kind's default."""
+        """Code, then the lookup, then config; a name without an entry takes the kind's default
+        (code's, then config's: a default set in code is not overridden by the file's)."""
         own = self._code.get((kind, name))
         if own is not None:
             return own
@@ -301,8 +303,12 @@ class ScopeRegistry:
             events.internal_error("scope budgets")
             found = None
         if found is None and tables is not None:
+            found = tables.find(kind, name, default=False)
+        if found is None:
+            found = self._code.get((kind, "default"))
+        if found is None and tables is not None:
             found = tables.find(kind, name)
-        return found if found is not None else self._code.get((kind, "default"))
+        return found
 
     def _find_looked_up(self, kind: str, name: str) -> ScopeBudget | None:
         lookup = self._lookup
