@@ -260,6 +260,11 @@ def parse_config_file(
 def _scope_budget(where: str, table: Mapping[str, Any]) -> ScopeBudget:
     if not isinstance(table, Mapping):
         raise ConfigError(f"{where}: expected a table of limits")
+    if isinstance(table.get("window"), Mapping):
+        raise ConfigError(
+            f'{where}: window is a value here (window = "day"); a table [workflows.NAME.window] is a '
+            f"workflow's budget over a window; expected {SCOPE_FORM}"
+        )
     warn = table.get("warn_at")
     if warn is not None and (isinstance(warn, bool) or not isinstance(warn, (int, float, str))):
         raise ConfigError(f"{where}: warn_at={warn!r} is not a number; expected {SCOPE_FORM}")
@@ -294,6 +299,10 @@ def parse_scope_tables(data: Mapping[str, Any], where: str) -> ScopeTables:
         return known
 
     for section, kind in SECTIONS.items():
+        if "" in (data.get(section) or {}):
+            raise ConfigError(
+                f'{where} [{section}.""]: an empty name names no scope (a run with {kind}="" has none)'
+            )
         if data.get(section):
             tables[kind] = {name: checked(f"{section}.{name}", t) for name, t in data[section].items()}
     windows = {
@@ -394,7 +403,7 @@ def check_switches(env: Mapping[str, str]) -> None:
         if raw and not (_digits(raw, 9) and int(raw) >= 1):
             raise ConfigError(f"{name}={raw[:40]!r}: expected a positive integer")
     tenants = env.get(ENV_METRICS_TENANTS, "").strip()
-    if tenants.startswith("top:") and not (_digits(tenants[4:], 9) and int(tenants[4:]) >= 1):
+    if tenants.lower().startswith("top:") and not (_digits(tenants[4:], 9) and int(tenants[4:]) >= 1):
         raise ConfigError(
             f"{ENV_METRICS_TENANTS}={tenants[:40]!r}: expected tenant names (acme,globex) or top:N, "
             "N a positive integer"

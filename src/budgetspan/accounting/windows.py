@@ -136,4 +136,8 @@ def parse_window(text: str | None, tz: str = "UTC") -> Window:
         return Window(None, tz=tz)
     rolling = raw.startswith("rolling-")
     period = raw.removeprefix("rolling-")
+    if period not in PERIODS:
+        raise ValueError(
+            f"window {text!r}: expected hour, day, month, rolling-hour, rolling-day, rolling-month or none"
+        )
     return Window(period, rolling, tz)

@@ -45,7 +45,7 @@ class TenantLabels:
         self.evicts = evicts
         self.allowed: set[str] = set()
         self.top = 0
-        if raw.startswith("top:"):
+        if raw.lower().startswith("top:"):
             self.top = max(0, int(raw[4:] or 0))
         elif raw:
             self.allowed = {name.strip() for name in raw.split(",") if name.strip()}
