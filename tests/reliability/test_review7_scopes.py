@@ -529,3 +529,21 @@ def test_top_n_tenants_in_capitals_is_not_a_tenant_named_so() -> None:
     assert TenantLabels("TOP:5").top == 5
     with pytest.raises(bs_config.ConfigError):
         bs_config.load_config({"BUDGETSPAN_METRICS_TENANTS": "Top:x"})
+
+
+def test_every_refusal_of_a_run_stopped_by_a_scope_says_what_the_scope_spent(
+    app: Any, server: LLMServer
+) -> None:
+    """An agent loop catches the refusal and tries again: the run stays stopped, and each refusal
+    must say what the tenant made (was: 'has made 0 of its 2 daily model calls' from the second on)."""
+    budgetspan.set_scope_budget("tenant", "acme", budgetspan.Budget(max_model_calls=2), window="day")
+    client = _client(server)
+    said = []
+    with budgetspan.run("chat", tenant="acme", suppress_exhausted=True):
+        for _ in range(4):
+            try:
+                _ask(client)
+            except budgetspan.BudgetExhausted as e:
+                said.append(e.explanation)
+    expected = "Stopped: tenant acme has made 2 of its 2 daily model calls; resets at 00:00 UTC."
+    assert said == [expected, expected]

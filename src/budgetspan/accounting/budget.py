@@ -358,11 +358,14 @@ class BudgetExhausted(Exception):
         notes: tuple[str, ...] = (),
         scope: str | None = None,
         scope_ref: Any = None,
+        spent: float | None = None,
     ) -> None:
         self.reason = reason
-        #: The scope above the run whose limit refused the call ("tenant acme"), if any.
+        #: The scope above the run whose limit refused the call ("tenant acme"), if any, and what
+        #: that scope had used of the limit (each later refusal of the stopped run says it again).
         self.scope = scope
         self.scope_ref = scope_ref
+        self.spent = spent
         self.limit = limit
         self.usage = usage
         self.partial: dict[str, Any] = dict(partial or {})

@@ -348,11 +348,10 @@ class Run(AtLimit, Quality):
     def _stopped(self, final: bool = False) -> Refusal | None:
         """The limit an enforcing run has already stopped at: every later call is refused by it,
         but the final answer of a run that keeps budget for it (held to the whole limits)."""
-        stopped = self.exhausted
-        if stopped is not None and self.mode is Mode.ENFORCE:
-            if final and self.budget.reserve_for_final and not isinstance(stopped, RunCancelled):
+        if (s := self.exhausted) is not None and self.mode is Mode.ENFORCE:
+            if final and self.budget.reserve_for_final and not isinstance(s, RunCancelled):
                 return None
-            return Refusal(stopped.reason, stopped.limit, stopped.tool, stopped.worst, stopped.scope_ref)
+            return Refusal(s.reason, s.limit, s.tool, s.worst, s.scope_ref, s.spent)
         return self._held if self.mode is Mode.ENFORCE else None
 
     def hold(self, refusal: Refusal) -> None:
@@ -410,6 +409,7 @@ class Run(AtLimit, Quality):
             notes=notes,
             scope=None if ref is None else ref.describe(),
             scope_ref=ref,
+            spent=refusal.spent,
         )
         with self._lock:
             first = self.exhausted is None
