@@ -61,7 +61,7 @@ class _Holding:
     def __init__(self, client: openai.OpenAI, n: int) -> None:
         self.opened = 0
         self._ready, self._go = threading.Event(), threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(client, n))
+        self._thread = threading.Thread(target=self._run, args=(client, n), daemon=True)
         self._thread.start()
         assert self._ready.wait(30)
 
@@ -114,6 +114,18 @@ def test_calls_in_flight_when_a_window_rolls_over_settle_nothing_in_the_next_one
     )
     client = _client(server)
     before = _Holding(client, 2)  # a run whose two streams are read after its window ended
+    try:
+        _roll_over(request, client, clock, window, before)
+    finally:
+        before.read()  # (idempotent: a failed assertion leaves no thread waiting)
+    assert budgetspan.spend(tenant="acme").cost_usd == pytest.approx(2 * CALL_USD)
+    if window == "hour":  # each window pays for the calls reserved in it (streams read late too)
+        assert budgetspan.spend(tenant="acme", at=T0).cost_usd == pytest.approx(2 * CALL_USD)
+
+
+def _roll_over(
+    request: pytest.FixtureRequest, client: openai.OpenAI, clock: list[float], window: str, before: _Holding
+) -> None:
     assert _in_one_run(client, 1) == (0, "spent")  # the window holds 2 worst cases at most
     clock[0] += 3600
     if window.startswith("rolling") and isinstance(context.get_ledger(), budgetspan.RedisLedger):
@@ -122,13 +134,12 @@ def test_calls_in_flight_when_a_window_rolls_over_settle_nothing_in_the_next_one
             "budgetspan:scope:tenant:acme:rolling"
         )
     after = _Holding(client, 2)  # the next window: two streams in flight, its 2 worst cases
-    assert after.opened == 2
-    before.read()  # the settlement of the window before: nothing to give back in this one
-    assert _in_one_run(client, 2) == (0, "spent")  # was 2: 4 in flight where the limit allows 2
-    after.read()
-    assert budgetspan.spend(tenant="acme").cost_usd == pytest.approx(2 * CALL_USD)
-    if window == "hour":  # each window pays for the calls reserved in it (streams read late too)
-        assert budgetspan.spend(tenant="acme", at=T0).cost_usd == pytest.approx(2 * CALL_USD)
+    try:
+        assert after.opened == 2
+        before.read()  # the settlement of the window before: nothing to give back in this one
+        assert _in_one_run(client, 2) == (0, "spent")  # was 2: 4 in flight where the limit allows 2
+    finally:
+        after.read()
 
 
 def _spend_in(client: openai.OpenAI, calls: int, **members: str) -> None:
