@@ -1,11 +1,14 @@
 """The Lua of the hot path: reserve, settle, and both in one script (``SETTLE_RESERVE``), on the
-run's hash and its scope windows' hashes. ``rule.py``'s rule transcribed on plain arrays.
+run's hash and its scope windows' strings. ``rule.py``'s rule transcribed on plain arrays.
 
-Each hash's packed figures (``F``: ``MIRROR``'s doubles) become one array made at once
-(``{struct.unpack(...)}``), indexed by constant positions written into the Lua from Python; the
-limits likewise (the run's ``L``, a window's from the call). A limit not set is NaN, which no
-comparison of the rule passes (``x >= NaN`` and ``x > NaN`` are false): no test per limit. Every
-hash is read with one HMGET and written with one HSET; the reply is one text. No table of fields
+The run's packed figures (``F``: ``MIRROR``'s doubles) become one array made at once
+(``{struct.unpack(...)}``), indexed by constant positions written into the Lua from Python; a
+window's (``WINDOW_FIGURES``, fewer) an array with the same places; the limits likewise (the
+run's ``L``, a window's from the call). A limit not set is NaN, which no comparison of the rule
+passes (``x >= NaN`` and ``x > NaN`` are false): no test per limit. The run's hash is read with
+one HMGET and written with one HSET; all windows are read with one MGET, and each written with
+one SET that also sets or keeps its expiry (an MSET would drop every window's ttl); the reply is
+one text. No table of fields
 by name, no helper per figure: in Redis's Lua each function call and table costs more than the
 arithmetic (bench/README.md). ``tests/accounting/test_rule_table.py`` runs one table of cases
 through ``rule.refusal`` and these scripts.
@@ -16,14 +19,14 @@ from __future__ import annotations
 import re
 
 from budgetspan.accounting.budget import LIMIT_NAMES
-from budgetspan.accounting.redis_scripts import KEPT_LIMITS, MIRROR
+from budgetspan.accounting.redis_scripts import KEPT_LIMITS, MIRROR, WINDOW_FIGURES
 from budgetspan.accounting.scopes import WINDOW_LIMITS
 
 # A scope window's limits come packed in the run's order (``scopes.wire``; NaN: not set).
 assert WINDOW_LIMITS == KEPT_LIMITS
 
-#: Where the scope windows' arguments start in each script's ARGV (2 per window: its limits,
-#: warning thresholds and flags packed, ``scopes.wire``; its ttl).
+#: Where the scope windows' arguments start in each script's ARGV (1 per window: its limits,
+#: warning thresholds, flags and expiry packed, ``scopes.wire``).
 RESERVE_SCOPE_ARGV, SETTLE_SCOPE_ARGV, SETTLE_RESERVE_SCOPE_ARGV = 3, 3, 4
 
 _SHORT = {
@@ -64,6 +67,15 @@ _PLACES = {
 }
 
 
+# A window's string as locals (its figures, then warned), and its figures as an array with the
+# run's places (``MIRROR``; 0 where a window keeps nothing), so the rule's helpers serve both.
+_WINDOW_LOCALS = ", ".join(f"w{i}" for i in range(1, len(WINDOW_FIGURES) + 1))
+_WINDOW_TABLE = ", ".join(
+    f"w{WINDOW_FIGURES.index(name) + 1}" if name in WINDOW_FIGURES else "0" for name in MIRROR
+)
+_WINDOW_PACKED = ", ".join(f"f[{MIRROR.index(name) + 1}]" for name in WINDOW_FIGURES)
+
+
 def _places(lua: str) -> str:
     return re.sub(r"\$(\w+)", lambda m: str(_PLACES[m.group(1)]), lua)
 
@@ -72,7 +84,7 @@ def _places(lua: str) -> str:
 _RULE = (
     """
 local WFMT = '<"""
-    + "d" * (2 * len(KEPT_LIMITS) + 2)
+    + "d" * (2 * len(KEPT_LIMITS) + 4)
     + """'
 local MODEL, TOOL, RETRY, CHECK = 1, 2, 3, 4
 -- rule.count_refusal, but a tool's own limits (the run's only: ``hot``)
@@ -168,32 +180,69 @@ local function unpacked(fmt, packed)
 end
 -- An empty table never written to (none made per call where nothing is added).
 local NONE = {}
+-- A scope window MGET found no string for: none yet, or a hash an earlier budgetspan kept (its
+-- figures packed in ``F`` and ``warned``, or older, one text field per figure). Its figures
+-- carried over (the write's SET, KEEPTTL, replaces the hash and keeps its expiry): an upgrade
+-- resets no tenant's spend. Returns its figures, whether it warned, whether it exists.
+local function earlier(key)
+  if redis.call('TYPE', key).ok ~= 'hash' then return {unpack(ZEROS)}, false, false end
+  local got = redis.call('HMGET', key, 'F', 'warned')
+  if got[1] then return {struct.unpack(FFMT, got[1])}, got[2] == '1', true end
+  h = key
+  local old, f = legacy(MIRROR), {}
+  for j, name in ipairs(MIRROR) do f[j] = old[name] end
+  return f, got[2] == '1', true
+end
 """
 )
 
-# A scope window in hand: {key, figures, limits, share, warned (0/1), exists, changed, where its
-# arguments start, warned by this call, the ttl to set after its write}.
-_WINDOWS = """
--- Read scope window i (KEYS[i]; its 2 arguments from ARGV[at]: its limits and warning share
--- packed, its ttl): one HMGET of its figures and whether it warned. A hash an earlier budgetspan kept as text fields is read once (``legacy``).
-local function window(i, at)
-  local key = K[i]
-  local got = redis.call('HMGET', key, 'F', 'warned')
-  local f, exists
-  if got[1] then
-    f, exists = {struct.unpack(FFMT, got[1])}, true
-  else
-    h = key
-    local old, found = legacy(MIRROR)
-    f = {}
-    for j, name in ipairs(MIRROR) do f[j] = old[name] end
-    exists = found
+# Scope windows in hand: W[i] (KEYS[i], i >= 2) = {key, figures (at the run's places), limits,
+# warns (a threshold set), warned, exists, changed, -, warned by this call, the ttl to set with
+# its write}.
+_WINDOWS = (
+    """
+-- Read the scope windows (KEYS[2..]; each one argument from ARGV[wat]: its limits, warning
+-- thresholds, flags and expiry packed, ``scopes.wire``): one MGET of their strings for all.
+local function windows(wat)
+  local n = #K
+  local got = redis.call('MGET', unpack(K, 2, n))
+  local W = {}
+  for i = 2, n do
+    local key, v = K[i], got[i - 1]
+    local f, warned, exists, converted
+    if v then
+      local """
+    + _WINDOW_LOCALS
+    + """, wd = struct.unpack(WINFMT, v)
+      f, warned, exists, converted = {"""
+    + _WINDOW_TABLE
+    + """}, wd == 1, true, false
+    else
+      f, warned, exists = earlier(key)
+      converted = exists
+    end
+    local l = unpacked(WFMT, A[wat + i - 2])
+    W[i] = {key, f, l, l[$NK * 2 + 1] == 1, warned, exists, converted}
   end
-  local l = unpacked(WFMT, A[at])  -- its limits, warning thresholds, two flags
-  return {key, f, l, l[$NK * 2 + 1] == 1, got[2] == '1', exists, not got[1] and exists, at}
+  return W
+end
+"""
+)
+
+_WINDOW_REST = """
+-- The ttl a window's write sets (its first call; each call of a scope without a window): to a
+-- fixed window's end plus the grace (``now``: the process's scope clock), else the ttl it carries.
+local function ttl_of(l, now)
+  local e, t = l[$NK * 2 + 3], l[$NK * 2 + 4]
+  if e ~= e then return t end
+  local left = e - now
+  if left >= 0 then left = math.floor(left) else left = -math.floor(-left) end
+  left = left + t
+  if left < 1 then return 1 end
+  return left
 end
 -- The window's warning threshold (a share of any of its limits, ``scopes.wire``) reached for
--- the first time: noted in its hash and in ``list`` as 'i:limit:used'.
+-- the first time: noted in its value and in ``list`` as 'i:limit:used'.
 local function warn_check(i, w, list)
   if not w[4] or w[5] then return end
   local f, l = w[2], w[3]
@@ -216,7 +265,6 @@ local function status(code, list)
   return code .. 'w' .. table.concat(list, ',')
 end
 """
-
 _RUN = """
 -- The run's hash: one HMGET of its figures, limits, mode, start and open count, and each tool's
 -- limits and counts in ``tools`` (T: by field, numbers). A run opened by an earlier budgetspan
@@ -249,9 +297,8 @@ local function read_run(key, tools)
   return got, T
 end
 
--- Store what changed: the run's figures (and its tools' counts, text), each window's figures
--- (and that it warned), one HSET per hash; a window's expiry after its write. Returns the run's
--- figures packed.
+-- Store what changed: the run's figures (and its tools' counts, text) with one HSET, each
+-- window's figures and whether it warned with one SET. Returns the run's figures packed.
 local function finish(key, got, f, changed, T, tdirty, W)
   local packed = got[1]
   if changed then packed = struct.pack(FFMT, unpack(f, 1, NF)) end
@@ -263,16 +310,13 @@ local function finish(key, got, f, changed, T, tdirty, W)
     for _, name in ipairs(tdirty) do c[#c + 1] = name; c[#c + 1] = g(T[name]) end
     redis.call('HSET', key, unpack(c))
   end
-  for i = 2, #K do
+  for i = 2, #K do  -- one SET per window: its expiry set with it, or kept
     local w = W[i]
     if w[7] then
-      if w[9] then
-        redis.call('HSET', w[1], 'F', struct.pack(FFMT, unpack(w[2], 1, NF)), 'warned', '1')
-      else
-        redis.call('HSET', w[1], 'F', struct.pack(FFMT, unpack(w[2], 1, NF)))
-      end
+      local f = w[2]
+      local v = struct.pack(WINFMT, """ + _WINDOW_PACKED + """, w[5] and 1 or 0)
+      if w[10] then redis.call('SET', w[1], v, 'EX', w[10]) else redis.call('SET', w[1], v, 'KEEPTTL') end
     end
-    if w[10] then redis.call('EXPIRE', w[1], w[10]) end
   end
   return packed
 end
@@ -295,7 +339,7 @@ end
 _HOT = """
 -- Settle (``settles``: its numbers packed at the start of ARGV[1], its tool the next argument)
 -- and/or reserve (``reserves``: its numbers packed after, its tool the next) one call on the run
--- (KEYS[1]) and its scope windows (KEYS[2..], 2 arguments each from ARGV[wat]). -1: no run.
+-- (KEYS[1]) and its scope windows (KEYS[2..], one argument each from ARGV[wat]). -1: no run.
 local function hot(settles, reserves, wat)  -- long: the rule and its writes, on arrays, in one place
   local key = K[1]
   local stool, rtool, uncount = '', '', 0
@@ -304,9 +348,9 @@ local function hot(settles, reserves, wat)  -- long: the rule and its writes, on
     bc, bi, bo, si, so, scr, scw, srs, sco, unrep, unpr, fin, uncount, next_at = struct.unpack(SFMT, A[1])
     stool = A[2]
   end
-  local kind, w_cost, w_in, w_out, force, short, clock, ttl, tool_calls, tool_retries
+  local kind, w_cost, w_in, w_out, force, short, clock, ttl, tool_calls, tool_retries, now
   if reserves then
-    kind, w_cost, w_in, w_out, force, short, clock, ttl, tool_calls, tool_retries = struct.unpack(RFMT, A[1], next_at or 1)
+    kind, w_cost, w_in, w_out, force, short, clock, ttl, tool_calls, tool_retries, now = struct.unpack(RFMT, A[1], next_at or 1)
     rtool = A[wat - 1]
   end
   local tools = NONE
@@ -320,16 +364,15 @@ local function hot(settles, reserves, wat)  -- long: the rule and its writes, on
   local f, changed, tdirty = {struct.unpack(FFMT, got[1])}, false, NONE
   if #tools > 0 then tdirty = {} end
   local W, swarned = NONE, NONE
-  if #K > 1 then W, swarned = {}, {} end
+  if #K > 1 then W, swarned = windows(wat), {} end
   if settles then  -- the settlement: worst case given back, spend added, the call un-counted (release)
     settle_into(f, true, bc, bi, bo, si, so, scr, scw, srs, sco, unrep, unpr, fin, uncount)
     local name = uncount > 0 and tool_field(uncount, stool)
     if name then T[name] = (T[name] or 0) - 1; tdirty[#tdirty + 1] = name end
     changed = true
   end
-  for i = 2, #K do  -- the windows, read once; the settlement in each (a window gone settles nothing)
-    local w = window(i, wat + 2 * (i - 2))
-    W[i] = w
+  for i = 2, #K do  -- the settlement in each window (a window gone settles nothing)
+    local w = W[i]
     if settles and w[6] then
       settle_into(w[2], false, bc, bi, bo, si, so, scr, scw, srs, sco, unrep, unpr, fin, uncount)
       w[7] = true
@@ -407,7 +450,7 @@ local function hot(settles, reserves, wat)  -- long: the rule and its writes, on
       w[7] = true
       warn_check(i, w, rwarned)
       -- its ttl: set by a window's first call (to its end), and by each of a scope without a window
-      if not w[6] or w[3][$NK * 2 + 2] == 1 then w[10] = A[w[8] + 1] end
+      if not w[6] or w[3][$NK * 2 + 2] == 1 then w[10] = ttl_of(w[3], now) end
     end
     take_into(f, j, w_cost, w_in, w_out)
     local name = tool_field(kind, rtool)
@@ -426,7 +469,8 @@ _WARN_ORDER = [n for n in LIMIT_NAMES if n in KEPT_LIMITS and n != "max_wall_clo
 
 #: The hot path's helpers, part of the library's prelude (after ``redis_scripts.PRELUDE``).
 HOT_LUA = _places(
-    f"local NF, SFMT, RFMT = {len(MIRROR)}, '<{'d' * 13}', '<{'d' * 10}'\n"
+    f"local NF, SFMT, RFMT = {len(MIRROR)}, '<{'d' * 13}', '<{'d' * 11}'\n"
+    + f"local WINFMT = '<{'d' * (len(WINDOW_FIGURES) + 1)}'\n"
     + f"local ZEROS = {{{', '.join(['0'] * len(MIRROR))}}}\n"
     + "local WARN_ORDER = {"
     + ", ".join(repr(n) for n in _WARN_ORDER)
@@ -436,20 +480,22 @@ HOT_LUA = _places(
     + "}\n"
     + _RULE
     + _WINDOWS
+    + _WINDOW_REST
     + _RUN
     + _HOT
 )
 
 # Reserve one call (or, kind CHECK, only say what refuses the run now, changing nothing).
 # ARGV: ``RESERVE_NUMBERS`` packed (redis_ledger.py: the kind, the worst case, force, the limits
-# less the reserve for the final answer, the ttl to refresh, the tool's own limits), the tool
-# ('' none); then 2 per scope window (KEYS[2..]).
+# less the reserve for the final answer, the ttl to refresh, the tool's own limits, the scope
+# clock for the windows' expiry), the tool
+# ('' none); then 1 per scope window (KEYS[2..]).
 # Reply: -1 when the run's hash does not exist, else one text "status reason limit mirror..."
 # (status 0: refused, 1: granted, then 'w' and the windows' warnings; reason: what refused, or
 # what observe mode or force let through; a window's 'max_cost_usd#3#199.5').
 RESERVE_BODY = f"return hot(false, true, {RESERVE_SCOPE_ARGV})"
 # Settle a call: give back the worst case it held, add what it spent, and (release) un-count it.
-# ARGV: ``SETTLE_NUMBERS`` packed (redis_pending.py), the tool ('' none); then 2 per scope
+# ARGV: ``SETTLE_NUMBERS`` packed (redis_pending.py), the tool ('' none); then 1 per scope
 # window. Reply: as RESERVE's, with the spend limit now used up as the reason.
 SETTLE_BODY = f"return hot(true, false, {SETTLE_SCOPE_ARGV})"
 # Both in one round trip: settle this process's previous call of the run, then reserve the next.

@@ -48,7 +48,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from budgetspan import events
-from budgetspan.accounting import redis_scopes
+from budgetspan.accounting import redis_scopes, windows
 from budgetspan.accounting.budget import Budget, Limit, ToolLimits, Usage
 from budgetspan.accounting.ledger import CallKind, Ledger, LedgerRefused, Mode, Refusal, Reservation, Spend
 from budgetspan.accounting.memory import InMemoryLedger
@@ -292,7 +292,13 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
         short = self._short(run_id, final)
         clock = known is None or boot_clock() >= (known.clock_from_short if short else known.clock_from)
         args = reserve_args(
-            kind, worst, (force, short, clock), self.ttl_s if refresh else 0, tool_limits, tool
+            kind,
+            worst,
+            (force, short, clock),
+            self.ttl_s if refresh else 0,
+            tool_limits,
+            tool,
+            windows.now() if scopes else 0.0,
         )
         status, reason, limit, _ = self._reserve_call(run_id, args, tool, scopes).split(b" ", 3)
         if refresh and known is not None:  # (refreshed by the script, granted or refused)

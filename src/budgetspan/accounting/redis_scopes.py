@@ -1,9 +1,11 @@
-"""Scope windows on Redis: one hash per window (``budgetspan:scope:tenant:acme:2026-12-05``),
+"""Scope windows on Redis: one string per window (``budgetspan:scope:tenant:acme:2026-12-05``),
 reserved and settled in the same script, and so the same round trip, as the run's hash.
 
-A window's hash holds its figures only (packed in one field as a run's, ``redis_scripts``: calls,
-tokens, dollars, the worst cases in flight; and whether it warned): the limits come with each
-call from the process's own scope budgets. The hash is made by the window's
+A window's string holds its figures only (``redis_scripts.WINDOW``: calls, tokens, dollars, the
+worst cases in flight, packed; and whether it warned): the limits come with each call from the
+process's own scope budgets. A call reads all its windows with one MGET and writes each with one
+SET. A window an earlier budgetspan kept as a hash is carried over by the first call that finds
+it (``redis_hot_lua``: ``earlier``; its spend and expiry kept). The string is made by the window's
 first call and expires at the window's end (plus ``GRACE_S``), a rolling window's length after its
 first use, or ``IDLE_TTL_S`` after the last use of a scope without a window. Nothing is kept in the
 process per scope: memory does not grow with the scopes in use.
@@ -18,6 +20,7 @@ from typing import Any
 from budgetspan.accounting.budget import Usage
 from budgetspan.accounting.ledger import Refusal
 from budgetspan.accounting.redis_mirror import as_text, hash_fields, refusal_from, usage_from
+from budgetspan.accounting.redis_scripts import WINDOW, WINDOW_FIGURES
 from budgetspan.accounting.redis_wire import SCRIPTS, Script, Server
 from budgetspan.accounting.scope_books import emit_warning
 from budgetspan.accounting.scopes import ScopeRef, ScopeWarning
@@ -44,15 +47,19 @@ def _stale(refreshed: dict[str, float], ref: ScopeRef, now: float) -> bool:
     return last is None or now - last >= ref.ttl_s() * REFRESH_AFTER
 
 
-def args(refs: Sequence[ScopeRef], refreshed: dict[str, float]) -> tuple[Any, ...]:
-    """Each window's arguments (``RESERVE_SCOPE_ARGV``): its budget (``ScopeRef.wire``, or
-    ``quiet`` when ``refreshed`` says this process refreshed it lately), then its ttl (set by a
-    new window's first call, and by a granted call that refreshes a scope without a window)."""
-    out: list[Any] = []
-    now = _now()
+def args(refs: Sequence[ScopeRef], refreshed: dict[str, float]) -> tuple[bytes, ...]:
+    """Each window's argument (``RESERVE_SCOPE_ARGV``): its budget and expiry (``ScopeRef.wire``,
+    or ``quiet`` when ``refreshed`` says this process refreshed it lately). Its ttl is set by a
+    new window's first call, and by a granted call that refreshes a scope without a window."""
+    now = None
+    out = []
     for ref in refs:
-        fresh = ref.refresh and not _stale(refreshed, ref, now)
-        out += (ref.quiet if fresh else ref.wire, ref.ttl_s())
+        if ref.refresh:
+            if now is None:
+                now = _now()
+            out.append(ref.wire if _stale(refreshed, ref, now) else ref.quiet)
+        else:
+            out.append(ref.wire)
     return tuple(out)
 
 
@@ -102,8 +109,11 @@ def warn(status: bytes, refs: Sequence[ScopeRef]) -> None:
 
 
 def usage(server: Server, key: str, within: float) -> Usage | None:
-    """A scope window's usage from its hash (None: no such window on Redis)."""
-    reply = server.run(SCRIPTS["read"], PREFIX + key, ["0"], within)
+    """A scope window's usage from its string (or the hash an earlier budgetspan kept; None: no
+    such window on Redis)."""
+    reply = server.run(SCRIPTS["window"], PREFIX + key, (), within)
     if reply == -1:
         return None
-    return usage_from(hash_fields(reply[3]))
+    if reply[0] == 2:
+        return usage_from(hash_fields(reply[1]))
+    return usage_from(dict(zip(WINDOW_FIGURES, WINDOW.unpack(reply[1])[:-1], strict=True)))
