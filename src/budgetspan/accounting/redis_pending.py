@@ -61,9 +61,12 @@ class Pending:
     def fits(self, scopes: Sequence[Any]) -> bool:
         """Whether it can ride on a reservation in ``scopes`` (the same windows: the same keys)."""
         mine = self.reservation.scopes
-        if not mine and not scopes:
-            return True
-        return [ref.key for ref in mine] == [ref.key for ref in scopes]
+        if len(mine) != len(scopes):
+            return False
+        for a, b in zip(mine, scopes, strict=True):  # (the same windows are mostly the same objects)
+            if a is not b and a.key != b.key:
+                return False
+        return True
 
 
 #: A settlement's figures as the settle script takes them, in one argument (``redis_hot_lua``):

@@ -21,16 +21,21 @@ from budgetspan.accounting.budget import Usage
 from budgetspan.accounting.ledger import Refusal
 from budgetspan.accounting.redis_mirror import as_text, hash_fields, refusal_from, usage_from
 from budgetspan.accounting.redis_scripts import WINDOW, WINDOW_FIGURES
-from budgetspan.accounting.redis_wire import SCRIPTS, Script, Server
+from budgetspan.accounting.redis_wire import SCRIPTS, Packed, Script, Server, packed
 from budgetspan.accounting.scope_books import emit_warning
 from budgetspan.accounting.scopes import ScopeRef, ScopeWarning
 
 PREFIX = "budgetspan:scope:"
 
 
-def keys(run_key: str, refs: Sequence[ScopeRef]) -> tuple[str, ...]:
-    """The script's keys: the run's hash, then each scope window's."""
-    return (run_key, *(PREFIX + ref.key for ref in refs))
+def _wired(ref: ScopeRef) -> tuple[Packed, Packed, Packed, bool]:
+    """A window's key, budget (``ScopeRef.wire``) and quiet budget as sent, and whether its calls
+    refresh its expiry: made by its first call, kept on the ``ScopeRef`` for the next."""
+    cache = ref.cache
+    if not cache:
+        cache.append((packed(PREFIX + ref.key), packed(ref.wire), packed(ref.quiet), ref.refresh))
+    wired: tuple[Packed, Packed, Packed, bool] = cache[0]
+    return wired
 
 
 #: A scope without a window has its expiry refreshed by a call when this process last did it
@@ -47,28 +52,12 @@ def _stale(refreshed: dict[str, float], ref: ScopeRef, now: float) -> bool:
     return last is None or now - last >= ref.ttl_s() * REFRESH_AFTER
 
 
-def args(refs: Sequence[ScopeRef], refreshed: dict[str, float]) -> tuple[bytes, ...]:
-    """Each window's argument (``RESERVE_SCOPE_ARGV``): its budget and expiry (``ScopeRef.wire``,
-    or ``quiet`` when ``refreshed`` says this process refreshed it lately). Its ttl is set by a
-    new window's first call, and by a granted call that refreshes a scope without a window."""
-    now = None
-    out = []
-    for ref in refs:
-        if ref.refresh:
-            if now is None:
-                now = _now()
-            out.append(ref.wire if _stale(refreshed, ref, now) else ref.quiet)
-        else:
-            out.append(ref.wire)
-    return tuple(out)
-
-
 def note_refreshed(server: Server, refs: Sequence[ScopeRef]) -> None:
-    """A granted reservation refreshed the expiry of the windows it was asked to (``args``)."""
+    """A granted reservation refreshed the expiry of the windows it was asked to (``run``)."""
     now = _now()
     refreshed = server.refreshed
     for ref in refs:
-        if ref.refresh and _stale(refreshed, ref, now):
+        if _wired(ref)[3] and _stale(refreshed, ref, now):
             if len(refreshed) >= _REFRESHED_MAX:
                 refreshed.clear()
             refreshed[ref.key] = now
@@ -77,10 +66,25 @@ def note_refreshed(server: Server, refs: Sequence[ScopeRef]) -> None:
 def run(
     server: Server, script: Script, run_key: str, argv: Sequence[Any], within: float, refs: Sequence[ScopeRef]
 ) -> Any:
-    """The script on the run's key and its scope windows' keys, their arguments after ``argv``."""
+    """The script on the run's key and its scope windows' keys, after ``argv`` each window's
+    argument (``RESERVE_SCOPE_ARGV``): its budget and expiry (``ScopeRef.wire``, or ``quiet`` when
+    this process refreshed it lately). Its ttl is set by a new window's first call, and by a
+    granted call that refreshes a scope without a window."""
     if not refs:
         return server.run(script, run_key, argv, within)
-    return server.run(script, keys(run_key, refs), (*argv, *args(refs, server.refreshed)), within)
+    keys: list[Any] = [run_key]
+    args = list(argv)
+    now = None
+    for ref in refs:
+        key, wire, quiet, refresh = _wired(ref)
+        keys.append(key)
+        if refresh:
+            if now is None:
+                now = _now()
+            args.append(wire if _stale(server.refreshed, ref, now) else quiet)
+        else:
+            args.append(wire)
+    return server.run(script, tuple(keys), args, within)
 
 
 def refusal_in(reason: bytes, limit: bytes, tool: str | None, refs: Sequence[ScopeRef]) -> Refusal | None:
@@ -95,7 +99,7 @@ def refusal_in(reason: bytes, limit: bytes, tool: str | None, refs: Sequence[Sco
 
 def warn(status: bytes, refs: Sequence[ScopeRef]) -> None:
     """The warnings a reply's status reports ('1w2:max_cost_usd:160,3:...'): once per window,
-    across processes (the hash remembers it warned)."""
+    across processes (the window remembers it warned)."""
     if b"w" not in status:
         return
     for entry in status.split(b"w", 1)[1].split(b","):

@@ -17,7 +17,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from budgetspan import events
@@ -93,6 +93,9 @@ class ScopeRef:
     #: refresh of its expiry (a scope without a window refreshed lately by this process).
     wire: bytes = b""
     quiet: bytes = b""
+    #: What a ledger keeps of this window for its calls, made by its first (the Redis ledger: its
+    #: key and budget as sent, ``redis_scopes``): a window's calls rebuild nothing.
+    cache: list[Any] = field(default_factory=list, compare=False, hash=False, repr=False)
 
     @property
     def budget(self) -> Budget:
