@@ -59,11 +59,16 @@ _LIMIT_SHORT = {
     "max_total_tokens": "LX",
 }
 assert set(_SHORT) == set(MIRROR) and set(_LIMIT_SHORT) == set(KEPT_LIMITS)
+#: A window's table (``W[i]``): after its figures, these.
+_WINDOW_PLACES = ("WKEY", "WL", "WWARNS", "WWARNED", "WEXISTS", "WCHANGED", "WTTL")
+
+
 #: Each ``$NAME`` of the Lua below: a figure's place in ``F``, a limit's in the limits' array.
 _PLACES = {
     **{short: MIRROR.index(name) + 1 for name, short in _SHORT.items()},
     **{short: KEPT_LIMITS.index(name) + 1 for name, short in _LIMIT_SHORT.items()},
     "NK": len(KEPT_LIMITS),
+    **{name: len(MIRROR) + i for i, name in enumerate(_WINDOW_PLACES, 1)},
 }
 
 
@@ -196,9 +201,10 @@ end
 """
 )
 
-# Scope windows in hand: W[i] (KEYS[i], i >= 2) = {key, figures (at the run's places), limits,
-# warns (a threshold set), warned, exists, changed, -, warned by this call, the ttl to set with
-# its write}.
+# Scope windows in hand: W[i] (KEYS[i], i >= 2), one table each (a table costs ~2k instructions
+# made and collected): its figures at the run's places (``MIRROR``), then at $WKEY on its key, its
+# limits, whether it warns (a threshold set), whether it warned, whether it exists, whether it
+# changed, and the ttl to set with its write.
 _WINDOWS = (
     """
 -- Read the scope windows (KEYS[2..]; each one argument from ARGV[wat]: its limits, warning
@@ -208,21 +214,20 @@ local function windows(wat)
   local got = redis.call('MGET', unpack(K, 2, n))
   local W = {}
   for i = 2, n do
-    local key, v = K[i], got[i - 1]
-    local f, warned, exists, converted
+    local key, v, arg = K[i], got[i - 1], A[wat + i - 2]
+    local l = UNPACKED[arg] or unpacked(WFMT, arg)
     if v then
       local """
     + _WINDOW_LOCALS
     + """, wd = struct.unpack(WINFMT, v)
-      f, warned, exists, converted = {"""
+      W[i] = {"""
     + _WINDOW_TABLE
-    + """}, wd == 1, true, false
+    + """, key, l, l[$NK * 2 + 1] == 1, wd == 1, true, false}
     else
-      f, warned, exists = earlier(key)
-      converted = exists
+      local w, warned, exists = earlier(key)
+      w[$WKEY], w[$WL], w[$WWARNS], w[$WWARNED], w[$WEXISTS], w[$WCHANGED] = key, l, l[$NK * 2 + 1] == 1, warned, exists, exists
+      W[i] = w
     end
-    local l = unpacked(WFMT, A[wat + i - 2])
-    W[i] = {key, f, l, l[$NK * 2 + 1] == 1, warned, exists, converted}
   end
   return W
 end
@@ -244,8 +249,8 @@ end
 -- The window's warning threshold (a share of any of its limits, ``scopes.wire``) reached for
 -- the first time: noted in its value and in ``list`` as 'i:limit:used'.
 local function warn_check(i, w, list)
-  if not w[4] or w[5] then return end
-  local f, l = w[2], w[3]
+  if not w[$WWARNS] or w[$WWARNED] then return end
+  local f, l = w, w[$WL]
   local mc, tc, ti, to = f[$MC], f[$TC], f[$TI], f[$TO]
   if mc >= l[$NK + $LM] or tc >= l[$NK + $LT] or mc + tc >= l[$NK + $LS] or f[$RT] >= l[$NK + $LR]
     or f[$CO] >= l[$NK + $LC] or ti >= l[$NK + $LI] or to >= l[$NK + $LO] or ti + to >= l[$NK + $LX] then
@@ -253,7 +258,7 @@ local function warn_check(i, w, list)
       local j = WARN_PLACES[k]
       local figure = used_at(j, f)
       if figure >= l[$NK + j] then
-        w[5], w[7], w[9] = true, true, true
+        w[$WWARNED], w[$WCHANGED] = true, true
         list[#list + 1] = i .. ':' .. WARN_ORDER[k] .. ':' .. g(figure)
         return
       end
@@ -312,10 +317,10 @@ local function finish(key, got, f, changed, T, tdirty, W)
   end
   for i = 2, #K do  -- one SET per window: its expiry set with it, or kept
     local w = W[i]
-    if w[7] then
-      local f = w[2]
-      local v = struct.pack(WINFMT, """ + _WINDOW_PACKED + """, w[5] and 1 or 0)
-      if w[10] then redis.call('SET', w[1], v, 'EX', w[10]) else redis.call('SET', w[1], v, 'KEEPTTL') end
+    if w[$WCHANGED] then
+      local f, ttl = w, w[$WTTL]
+      local v = struct.pack(WINFMT, """ + _WINDOW_PACKED + """, w[$WWARNED] and 1 or 0)
+      if ttl then redis.call('SET', w[$WKEY], v, 'EX', ttl) else redis.call('SET', w[$WKEY], v, 'KEEPTTL') end
     end
   end
   return packed
@@ -373,9 +378,9 @@ local function hot(settles, reserves, wat)  -- long: the rule and its writes, on
   end
   for i = 2, #K do  -- the settlement in each window (a window gone settles nothing)
     local w = W[i]
-    if settles and w[6] then
-      settle_into(w[2], false, bc, bi, bo, si, so, scr, scw, srs, sco, unrep, unpr, fin, uncount)
-      w[7] = true
+    if settles and w[$WEXISTS] then
+      settle_into(w, false, bc, bi, bo, si, so, scr, scw, srs, sco, unrep, unpr, fin, uncount)
+      w[$WCHANGED] = true
       -- (its warning looked at once, at the end: here, after the reservation, or at its refusal)
       if not reserves then warn_check(i, w, swarned) end
     end
@@ -429,7 +434,7 @@ local function hot(settles, reserves, wat)  -- long: the rule and its writes, on
     for i = 2, #K do
       if reason then break end
       local w = W[i]
-      local wf, wl = w[2], w[3]
+      local wf, wl = w, w[$WL]
       local r, lw = count_refusal(kind, wf, wl)
       if not r and kind ~= RETRY then r, lw = spend_refusal(wf, wl, w_cost, w_in, w_out) end
       if r then  -- named with its window: 'max_cost_usd#3#199.5' (KEYS[3] has used 199.5)
@@ -439,18 +444,19 @@ local function hot(settles, reserves, wat)  -- long: the rule and its writes, on
   end
   local code, packed = 0, nil
   if refused then
-    for i = 2, #K do if settles and W[i][6] then warn_check(i, W[i], swarned) end end
+    for i = 2, #K do if settles and W[i][$WEXISTS] then warn_check(i, W[i], swarned) end end
     packed = finish(key, got, f, changed, T, tdirty, W)
   else
     local j, rwarned = COUNT_PLACE[kind], NONE
     if #K > 1 then rwarned = {} end
     for i = 2, #K do
       local w = W[i]
-      take_into(w[2], j, w_cost, w_in, w_out)
-      w[7] = true
+      take_into(w, j, w_cost, w_in, w_out)
+      w[$WCHANGED] = true
       warn_check(i, w, rwarned)
       -- its ttl: set by a window's first call (to its end), and by each of a scope without a window
-      if not w[6] or w[3][$NK * 2 + 2] == 1 then w[10] = ttl_of(w[3], now) end
+      local wl = w[$WL]
+      if not w[$WEXISTS] or wl[$NK * 2 + 2] == 1 then w[$WTTL] = ttl_of(wl, now) end
     end
     take_into(f, j, w_cost, w_in, w_out)
     local name = tool_field(kind, rtool)
