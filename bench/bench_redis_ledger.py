@@ -365,7 +365,9 @@ def instructions(kinds: list[str], small: int = 100, large: int = 600) -> None:
     for kind, (client, server_side) in rows.items():
         both = client + server_side
         by_five = "" if five is None else f"**{five / both:.2f}**"
-        print(f"| {kind} | {client:,.0f} | {server_side:,.0f} | {both:,.0f} | **{floor / both:.2f}** | {by_five} |")
+        print(
+            f"| {kind} | {client:,.0f} | {server_side:,.0f} | {both:,.0f} | **{floor / both:.2f}** | {by_five} |"
+        )
 
 
 # --- memory with 100,000 tenants ------------------------------------------------------------------

@@ -20,6 +20,7 @@ import re
 
 from budgetspan.accounting.budget import LIMIT_NAMES
 from budgetspan.accounting.redis_scripts import KEPT_LIMITS, MIRROR, WINDOW_FIGURES
+from budgetspan.accounting.redis_window_lua import WINDOW_PACKED, WINDOW_PLACES, WINDOWS_LUA
 from budgetspan.accounting.scopes import WINDOW_LIMITS
 
 # A scope window's limits come packed in the run's order (``scopes.wire``; NaN: not set).
@@ -59,26 +60,14 @@ _LIMIT_SHORT = {
     "max_total_tokens": "LX",
 }
 assert set(_SHORT) == set(MIRROR) and set(_LIMIT_SHORT) == set(KEPT_LIMITS)
-#: A window's table (``W[i]``): after its figures, these.
-_WINDOW_PLACES = ("WKEY", "WL", "WWARNS", "WWARNED", "WEXISTS", "WCHANGED", "WTTL")
-
 
 #: Each ``$NAME`` of the Lua below: a figure's place in ``F``, a limit's in the limits' array.
 _PLACES = {
     **{short: MIRROR.index(name) + 1 for name, short in _SHORT.items()},
     **{short: KEPT_LIMITS.index(name) + 1 for name, short in _LIMIT_SHORT.items()},
     "NK": len(KEPT_LIMITS),
-    **{name: len(MIRROR) + i for i, name in enumerate(_WINDOW_PLACES, 1)},
+    **{name: len(MIRROR) + i for i, name in enumerate(WINDOW_PLACES, 1)},
 }
-
-
-# A window's string as locals (its figures, then warned), and its figures as an array with the
-# run's places (``MIRROR``; 0 where a window keeps nothing), so the rule's helpers serve both.
-_WINDOW_LOCALS = ", ".join(f"w{i}" for i in range(1, len(WINDOW_FIGURES) + 1))
-_WINDOW_TABLE = ", ".join(
-    f"w{WINDOW_FIGURES.index(name) + 1}" if name in WINDOW_FIGURES else "0" for name in MIRROR
-)
-_WINDOW_PACKED = ", ".join(f"f[{MIRROR.index(name) + 1}]" for name in WINDOW_FIGURES)
 
 
 def _places(lua: str) -> str:
@@ -185,92 +174,11 @@ local function unpacked(fmt, packed)
 end
 -- An empty table never written to (none made per call where nothing is added).
 local NONE = {}
--- A scope window MGET found no string for: none yet, or a hash an earlier budgetspan kept (its
--- figures packed in ``F`` and ``warned``, or older, one text field per figure). Its figures
--- carried over (the write's SET, KEEPTTL, replaces the hash and keeps its expiry): an upgrade
--- resets no tenant's spend. Returns its figures, whether it warned, whether it exists.
-local function earlier(key)
-  if redis.call('TYPE', key).ok ~= 'hash' then return {unpack(ZEROS)}, false, false end
-  local got = redis.call('HMGET', key, 'F', 'warned')
-  if got[1] then return {struct.unpack(FFMT, got[1])}, got[2] == '1', true end
-  h = key
-  local old, f = legacy(MIRROR), {}
-  for j, name in ipairs(MIRROR) do f[j] = old[name] end
-  return f, got[2] == '1', true
-end
 """
 )
 
-# Scope windows in hand: W[i] (KEYS[i], i >= 2), one table each (a table costs ~2k instructions
-# made and collected): its figures at the run's places (``MIRROR``), then at $WKEY on its key, its
-# limits, whether it warns (a threshold set), whether it warned, whether it exists, whether it
-# changed, and the ttl to set with its write.
-_WINDOWS = (
+_RUN = (
     """
--- Read the scope windows (KEYS[2..]; each one argument from ARGV[wat]: its limits, warning
--- thresholds, flags and expiry packed, ``scopes.wire``): one MGET of their strings for all.
-local function windows(wat)
-  local n = #K
-  local got = redis.call('MGET', unpack(K, 2, n))
-  local W = {}
-  for i = 2, n do
-    local key, v, arg = K[i], got[i - 1], A[wat + i - 2]
-    local l = UNPACKED[arg] or unpacked(WFMT, arg)
-    if v then
-      local """
-    + _WINDOW_LOCALS
-    + """, wd = struct.unpack(WINFMT, v)
-      W[i] = {"""
-    + _WINDOW_TABLE
-    + """, key, l, l[$NK * 2 + 1] == 1, wd == 1, true, false}
-    else
-      local w, warned, exists = earlier(key)
-      w[$WKEY], w[$WL], w[$WWARNS], w[$WWARNED], w[$WEXISTS], w[$WCHANGED] = key, l, l[$NK * 2 + 1] == 1, warned, exists, exists
-      W[i] = w
-    end
-  end
-  return W
-end
-"""
-)
-
-_WINDOW_REST = """
--- The ttl a window's write sets (its first call; each call of a scope without a window): to a
--- fixed window's end plus the grace (``now``: the process's scope clock), else the ttl it carries.
-local function ttl_of(l, now)
-  local e, t = l[$NK * 2 + 3], l[$NK * 2 + 4]
-  if e ~= e then return t end
-  local left = e - now
-  if left >= 0 then left = math.floor(left) else left = -math.floor(-left) end
-  left = left + t
-  if left < 1 then return 1 end
-  return left
-end
--- The window's warning threshold (a share of any of its limits, ``scopes.wire``) reached for
--- the first time: noted in its value and in ``list`` as 'i:limit:used'.
-local function warn_check(i, w, list)
-  if not w[$WWARNS] or w[$WWARNED] then return end
-  local f, l = w, w[$WL]
-  local mc, tc, ti, to = f[$MC], f[$TC], f[$TI], f[$TO]
-  if mc >= l[$NK + $LM] or tc >= l[$NK + $LT] or mc + tc >= l[$NK + $LS] or f[$RT] >= l[$NK + $LR]
-    or f[$CO] >= l[$NK + $LC] or ti >= l[$NK + $LI] or to >= l[$NK + $LO] or ti + to >= l[$NK + $LX] then
-    for k = 1, #WARN_PLACES do  -- which one, in the budget's order
-      local j = WARN_PLACES[k]
-      local figure = used_at(j, f)
-      if figure >= l[$NK + j] then
-        w[$WWARNED], w[$WCHANGED] = true, true
-        list[#list + 1] = i .. ':' .. WARN_ORDER[k] .. ':' .. g(figure)
-        return
-      end
-    end
-  end
-end
-local function status(code, list)
-  if #list == 0 then return code end
-  return code .. 'w' .. table.concat(list, ',')
-end
-"""
-_RUN = """
 -- The run's hash: one HMGET of its figures, limits, mode, start and open count, and each tool's
 -- limits and counts in ``tools`` (T: by field, numbers). A run opened by an earlier budgetspan
 -- (text fields) is converted first. nil: no hash.
@@ -319,7 +227,9 @@ local function finish(key, got, f, changed, T, tdirty, W)
     local w = W[i]
     if w[$WCHANGED] then
       local f, ttl = w, w[$WTTL]
-      local v = struct.pack(WINFMT, """ + _WINDOW_PACKED + """, w[$WWARNED] and 1 or 0)
+      local v = struct.pack(WINFMT, """
+    + WINDOW_PACKED
+    + """, w[$WWARNED] and 1 or 0)
       if ttl then redis.call('SET', w[$WKEY], v, 'EX', ttl) else redis.call('SET', w[$WKEY], v, 'KEEPTTL') end
     end
   end
@@ -340,6 +250,7 @@ local function reply(code, reason, limit, packed, got, T, tool)
     .. (got[5] or '') .. ' ' .. calls .. ' ' .. retries
 end
 """
+)
 
 _HOT = """
 -- Settle (``settles``: its numbers packed at the start of ARGV[1], its tool the next argument)
@@ -485,8 +396,7 @@ HOT_LUA = _places(
     + ", ".join(str(KEPT_LIMITS.index(n) + 1) for n in _WARN_ORDER)
     + "}\n"
     + _RULE
-    + _WINDOWS
-    + _WINDOW_REST
+    + WINDOWS_LUA
     + _RUN
     + _HOT
 )

@@ -63,10 +63,8 @@ class Pending:
         mine = self.reservation.scopes
         if len(mine) != len(scopes):
             return False
-        for a, b in zip(mine, scopes, strict=True):  # (the same windows are mostly the same objects)
-            if a is not b and a.key != b.key:
-                return False
-        return True
+        # (the same windows are mostly the same objects: no key compared)
+        return all(a is b or a.key == b.key for a, b in zip(mine, scopes, strict=True))
 
 
 #: A settlement's figures as the settle script takes them, in one argument (``redis_hot_lua``):

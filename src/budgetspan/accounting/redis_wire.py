@@ -102,7 +102,7 @@ class Packed(bytes):
 
 
 def packed(arg: str | bytes) -> Packed:
-    data = arg.encode() if type(arg) is str else arg
+    data = arg.encode() if isinstance(arg, str) else arg
     return Packed(b"$%d\r\n%b\r\n" % (len(data), data))
 
 

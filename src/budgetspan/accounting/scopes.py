@@ -345,7 +345,13 @@ class Scope:
         end = None if self.limits.window.rolling else bounds.end
         limits = self.limits
         ref = self._ref = ScopeRef(
-            self.kind, self.name, key, limits, end, wire(limits, limits.window.period is None, end), wire(limits, False, end)
+            self.kind,
+            self.name,
+            key,
+            limits,
+            end,
+            wire(limits, limits.window.period is None, end),
+            wire(limits, False, end),
         )
         return ref
 
