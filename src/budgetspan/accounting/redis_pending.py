@@ -61,8 +61,8 @@ class Pending:
     def fits(self, scopes: Sequence[Any]) -> bool:
         """Whether it can ride on a reservation in ``scopes`` (the same windows: the same keys)."""
         mine = self.reservation.scopes
-        if len(mine) != len(scopes):
-            return False
+        if not mine or len(mine) != len(scopes):
+            return not mine and not scopes
         # (the same windows are mostly the same objects: no key compared)
         return all(a is b or a.key == b.key for a, b in zip(mine, scopes, strict=True))
 

@@ -57,7 +57,8 @@ def note_refreshed(server: Server, refs: Sequence[ScopeRef]) -> None:
     now = _now()
     refreshed = server.refreshed
     for ref in refs:
-        if _wired(ref)[3] and _stale(refreshed, ref, now):
+        cache = ref.cache  # (made by ``run``)
+        if (cache[0][3] if cache else ref.refresh) and _stale(refreshed, ref, now):
             if len(refreshed) >= _REFRESHED_MAX:
                 refreshed.clear()
             refreshed[ref.key] = now
@@ -76,7 +77,8 @@ def run(
     args = list(argv)
     now = None
     for ref in refs:
-        key, wire, quiet, refresh = _wired(ref)
+        cache = ref.cache
+        key, wire, quiet, refresh = cache[0] if cache else _wired(ref)
         keys.append(key)
         if refresh:
             if now is None:

@@ -337,7 +337,8 @@ class Scope:
 
     def ref(self) -> ScopeRef:
         ref = self._ref
-        if ref is not None and (ref.end is None or self.limits.window.rolling or windows.now() < ref.end):
+        end = None if ref is None else ref.end  # (None too for a rolling window: its own end)
+        if ref is not None and (end is None or windows.now() < end):
             return ref
         bounds = self.limits.window.bounds()
         key = scope_key(self.kind, self.name, bounds.label)
