@@ -63,8 +63,9 @@ class Pending:
         mine = self.reservation.scopes
         if not mine or len(mine) != len(scopes):
             return not mine and not scopes
-        # (the same windows are mostly the same objects: no key compared)
-        return all(a is b or a.key == b.key for a, b in zip(mine, scopes, strict=True))
+        if mine == tuple(scopes):  # (mostly the same objects: compared by identity first)
+            return True
+        return [ref.key for ref in mine] == [ref.key for ref in scopes]
 
 
 #: A settlement's figures as the settle script takes them, in one argument (``redis_hot_lua``):
