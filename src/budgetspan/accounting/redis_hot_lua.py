@@ -8,8 +8,7 @@ run's ``L``, a window's from the call). A limit not set is NaN, which no compari
 passes (``x >= NaN`` and ``x > NaN`` are false): no test per limit. The run's hash is read with
 one HMGET and written with one HSET; all windows are read with one MGET, and each written with
 one SET that also sets or keeps its expiry (an MSET would drop every window's ttl); the reply is
-one text. No table of fields
-by name, no helper per figure: in Redis's Lua each function call and table costs more than the
+one text. No table of fields by name, no helper per figure: in Redis's Lua each function call and table costs more than the
 arithmetic (bench/README.md). ``tests/accounting/test_rule_table.py`` runs one table of cases
 through ``rule.refusal`` and these scripts.
 """
@@ -404,8 +403,7 @@ HOT_LUA = _places(
 # Reserve one call (or, kind CHECK, only say what refuses the run now, changing nothing).
 # ARGV: ``RESERVE_NUMBERS`` packed (redis_ledger.py: the kind, the worst case, force, the limits
 # less the reserve for the final answer, the ttl to refresh, the tool's own limits, the scope
-# clock for the windows' expiry), the tool
-# ('' none); then 1 per scope window (KEYS[2..]).
+# clock for the windows' expiry), the tool ('' none); then 1 per scope window (KEYS[2..]).
 # Reply: -1 when the run's hash does not exist, else one text "status reason limit mirror..."
 # (status 0: refused, 1: granted, then 'w' and the windows' warnings; reason: what refused, or
 # what observe mode or force let through; a window's 'max_cost_usd#3#199.5').
