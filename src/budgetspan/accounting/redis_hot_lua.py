@@ -1,12 +1,14 @@
 """The Lua of the hot path: reserve, settle, and both in one script (``SETTLE_RESERVE``), on the
-run's hash and its scope windows' hashes. ``rule.py``'s rule transcribed on plain arrays.
+run's hash and its scope windows' strings. ``rule.py``'s rule transcribed on plain arrays.
 
-Each hash's packed figures (``F``: ``MIRROR``'s doubles) become one array made at once
-(``{struct.unpack(...)}``), indexed by constant positions written into the Lua from Python; the
-limits likewise (the run's ``L``, a window's from the call). A limit not set is NaN, which no
-comparison of the rule passes (``x >= NaN`` and ``x > NaN`` are false): no test per limit. Every
-hash is read with one HMGET and written with one HSET; the reply is one text. No table of fields
-by name, no helper per figure: in Redis's Lua each function call and table costs more than the
+The run's packed figures (``F``: ``MIRROR``'s doubles) become one array made at once
+(``{struct.unpack(...)}``), indexed by constant positions written into the Lua from Python; a
+window's (``WINDOW_FIGURES``, fewer) an array with the same places; the limits likewise (the
+run's ``L``, a window's from the call). A limit not set is NaN, which no comparison of the rule
+passes (``x >= NaN`` and ``x > NaN`` are false): no test per limit. The run's hash is read with
+one HMGET and written with one HSET; all windows are read with one MGET, and each written with
+one SET that also sets or keeps its expiry (an MSET would drop every window's ttl); the reply is
+one text. No table of fields by name, no helper per figure: in Redis's Lua each function call and table costs more than the
 arithmetic (bench/README.md). ``tests/accounting/test_rule_table.py`` runs one table of cases
 through ``rule.refusal`` and these scripts.
 """
@@ -16,14 +18,15 @@ from __future__ import annotations
 import re
 
 from budgetspan.accounting.budget import LIMIT_NAMES
-from budgetspan.accounting.redis_scripts import KEPT_LIMITS, MIRROR
+from budgetspan.accounting.redis_scripts import KEPT_LIMITS, MIRROR, WINDOW_FIGURES
+from budgetspan.accounting.redis_window_lua import WINDOW_PACKED, WINDOW_PLACES, WINDOWS_LUA
 from budgetspan.accounting.scopes import WINDOW_LIMITS
 
 # A scope window's limits come packed in the run's order (``scopes.wire``; NaN: not set).
 assert WINDOW_LIMITS == KEPT_LIMITS
 
-#: Where the scope windows' arguments start in each script's ARGV (2 per window: its limits,
-#: warning thresholds and flags packed, ``scopes.wire``; its ttl).
+#: Where the scope windows' arguments start in each script's ARGV (1 per window: its limits,
+#: warning thresholds, flags and expiry packed, ``scopes.wire``).
 RESERVE_SCOPE_ARGV, SETTLE_SCOPE_ARGV, SETTLE_RESERVE_SCOPE_ARGV = 3, 3, 4
 
 _SHORT = {
@@ -56,11 +59,13 @@ _LIMIT_SHORT = {
     "max_total_tokens": "LX",
 }
 assert set(_SHORT) == set(MIRROR) and set(_LIMIT_SHORT) == set(KEPT_LIMITS)
+
 #: Each ``$NAME`` of the Lua below: a figure's place in ``F``, a limit's in the limits' array.
 _PLACES = {
     **{short: MIRROR.index(name) + 1 for name, short in _SHORT.items()},
     **{short: KEPT_LIMITS.index(name) + 1 for name, short in _LIMIT_SHORT.items()},
     "NK": len(KEPT_LIMITS),
+    **{name: len(MIRROR) + i for i, name in enumerate(WINDOW_PLACES, 1)},
 }
 
 
@@ -72,7 +77,7 @@ def _places(lua: str) -> str:
 _RULE = (
     """
 local WFMT = '<"""
-    + "d" * (2 * len(KEPT_LIMITS) + 2)
+    + "d" * (2 * len(KEPT_LIMITS) + 4)
     + """'
 local MODEL, TOOL, RETRY, CHECK = 1, 2, 3, 4
 -- rule.count_refusal, but a tool's own limits (the run's only: ``hot``)
@@ -171,53 +176,8 @@ local NONE = {}
 """
 )
 
-# A scope window in hand: {key, figures, limits, share, warned (0/1), exists, changed, where its
-# arguments start, warned by this call, the ttl to set after its write}.
-_WINDOWS = """
--- Read scope window i (KEYS[i]; its 2 arguments from ARGV[at]: its limits and warning share
--- packed, its ttl): one HMGET of its figures and whether it warned. A hash an earlier budgetspan kept as text fields is read once (``legacy``).
-local function window(i, at)
-  local key = K[i]
-  local got = redis.call('HMGET', key, 'F', 'warned')
-  local f, exists
-  if got[1] then
-    f, exists = {struct.unpack(FFMT, got[1])}, true
-  else
-    h = key
-    local old, found = legacy(MIRROR)
-    f = {}
-    for j, name in ipairs(MIRROR) do f[j] = old[name] end
-    exists = found
-  end
-  local l = unpacked(WFMT, A[at])  -- its limits, warning thresholds, two flags
-  return {key, f, l, l[$NK * 2 + 1] == 1, got[2] == '1', exists, not got[1] and exists, at}
-end
--- The window's warning threshold (a share of any of its limits, ``scopes.wire``) reached for
--- the first time: noted in its hash and in ``list`` as 'i:limit:used'.
-local function warn_check(i, w, list)
-  if not w[4] or w[5] then return end
-  local f, l = w[2], w[3]
-  local mc, tc, ti, to = f[$MC], f[$TC], f[$TI], f[$TO]
-  if mc >= l[$NK + $LM] or tc >= l[$NK + $LT] or mc + tc >= l[$NK + $LS] or f[$RT] >= l[$NK + $LR]
-    or f[$CO] >= l[$NK + $LC] or ti >= l[$NK + $LI] or to >= l[$NK + $LO] or ti + to >= l[$NK + $LX] then
-    for k = 1, #WARN_PLACES do  -- which one, in the budget's order
-      local j = WARN_PLACES[k]
-      local figure = used_at(j, f)
-      if figure >= l[$NK + j] then
-        w[5], w[7], w[9] = true, true, true
-        list[#list + 1] = i .. ':' .. WARN_ORDER[k] .. ':' .. g(figure)
-        return
-      end
-    end
-  end
-end
-local function status(code, list)
-  if #list == 0 then return code end
-  return code .. 'w' .. table.concat(list, ',')
-end
-"""
-
-_RUN = """
+_RUN = (
+    """
 -- The run's hash: one HMGET of its figures, limits, mode, start and open count, and each tool's
 -- limits and counts in ``tools`` (T: by field, numbers). A run opened by an earlier budgetspan
 -- (text fields) is converted first. nil: no hash.
@@ -249,9 +209,8 @@ local function read_run(key, tools)
   return got, T
 end
 
--- Store what changed: the run's figures (and its tools' counts, text), each window's figures
--- (and that it warned), one HSET per hash; a window's expiry after its write. Returns the run's
--- figures packed.
+-- Store what changed: the run's figures (and its tools' counts, text) with one HSET, each
+-- window's figures and whether it warned with one SET. Returns the run's figures packed.
 local function finish(key, got, f, changed, T, tdirty, W)
   local packed = got[1]
   if changed then packed = struct.pack(FFMT, unpack(f, 1, NF)) end
@@ -263,16 +222,15 @@ local function finish(key, got, f, changed, T, tdirty, W)
     for _, name in ipairs(tdirty) do c[#c + 1] = name; c[#c + 1] = g(T[name]) end
     redis.call('HSET', key, unpack(c))
   end
-  for i = 2, #K do
+  for i = 2, #K do  -- one SET per window: its expiry set with it, or kept
     local w = W[i]
-    if w[7] then
-      if w[9] then
-        redis.call('HSET', w[1], 'F', struct.pack(FFMT, unpack(w[2], 1, NF)), 'warned', '1')
-      else
-        redis.call('HSET', w[1], 'F', struct.pack(FFMT, unpack(w[2], 1, NF)))
-      end
+    if w[$WCHANGED] then
+      local f, ttl = w, w[$WTTL]
+      local v = struct.pack(WINFMT, """
+    + WINDOW_PACKED
+    + """, w[$WWARNED] and 1 or 0)
+      if ttl then redis.call('SET', w[$WKEY], v, 'EX', ttl) else redis.call('SET', w[$WKEY], v, 'KEEPTTL') end
     end
-    if w[10] then redis.call('EXPIRE', w[1], w[10]) end
   end
   return packed
 end
@@ -291,11 +249,12 @@ local function reply(code, reason, limit, packed, got, T, tool)
     .. (got[5] or '') .. ' ' .. calls .. ' ' .. retries
 end
 """
+)
 
 _HOT = """
 -- Settle (``settles``: its numbers packed at the start of ARGV[1], its tool the next argument)
 -- and/or reserve (``reserves``: its numbers packed after, its tool the next) one call on the run
--- (KEYS[1]) and its scope windows (KEYS[2..], 2 arguments each from ARGV[wat]). -1: no run.
+-- (KEYS[1]) and its scope windows (KEYS[2..], one argument each from ARGV[wat]). -1: no run.
 local function hot(settles, reserves, wat)  -- long: the rule and its writes, on arrays, in one place
   local key = K[1]
   local stool, rtool, uncount = '', '', 0
@@ -304,9 +263,9 @@ local function hot(settles, reserves, wat)  -- long: the rule and its writes, on
     bc, bi, bo, si, so, scr, scw, srs, sco, unrep, unpr, fin, uncount, next_at = struct.unpack(SFMT, A[1])
     stool = A[2]
   end
-  local kind, w_cost, w_in, w_out, force, short, clock, ttl, tool_calls, tool_retries
+  local kind, w_cost, w_in, w_out, force, short, clock, ttl, tool_calls, tool_retries, now
   if reserves then
-    kind, w_cost, w_in, w_out, force, short, clock, ttl, tool_calls, tool_retries = struct.unpack(RFMT, A[1], next_at or 1)
+    kind, w_cost, w_in, w_out, force, short, clock, ttl, tool_calls, tool_retries, now = struct.unpack(RFMT, A[1], next_at or 1)
     rtool = A[wat - 1]
   end
   local tools = NONE
@@ -320,19 +279,18 @@ local function hot(settles, reserves, wat)  -- long: the rule and its writes, on
   local f, changed, tdirty = {struct.unpack(FFMT, got[1])}, false, NONE
   if #tools > 0 then tdirty = {} end
   local W, swarned = NONE, NONE
-  if #K > 1 then W, swarned = {}, {} end
+  if #K > 1 then W, swarned = windows(wat), {} end
   if settles then  -- the settlement: worst case given back, spend added, the call un-counted (release)
     settle_into(f, true, bc, bi, bo, si, so, scr, scw, srs, sco, unrep, unpr, fin, uncount)
     local name = uncount > 0 and tool_field(uncount, stool)
     if name then T[name] = (T[name] or 0) - 1; tdirty[#tdirty + 1] = name end
     changed = true
   end
-  for i = 2, #K do  -- the windows, read once; the settlement in each (a window gone settles nothing)
-    local w = window(i, wat + 2 * (i - 2))
-    W[i] = w
-    if settles and w[6] then
-      settle_into(w[2], false, bc, bi, bo, si, so, scr, scw, srs, sco, unrep, unpr, fin, uncount)
-      w[7] = true
+  for i = 2, #K do  -- the settlement in each window (a window gone settles nothing)
+    local w = W[i]
+    if settles and w[$WEXISTS] then
+      settle_into(w, false, bc, bi, bo, si, so, scr, scw, srs, sco, unrep, unpr, fin, uncount)
+      w[$WCHANGED] = true
       -- (its warning looked at once, at the end: here, after the reservation, or at its refusal)
       if not reserves then warn_check(i, w, swarned) end
     end
@@ -386,7 +344,7 @@ local function hot(settles, reserves, wat)  -- long: the rule and its writes, on
     for i = 2, #K do
       if reason then break end
       local w = W[i]
-      local wf, wl = w[2], w[3]
+      local wf, wl = w, w[$WL]
       local r, lw = count_refusal(kind, wf, wl)
       if not r and kind ~= RETRY then r, lw = spend_refusal(wf, wl, w_cost, w_in, w_out) end
       if r then  -- named with its window: 'max_cost_usd#3#199.5' (KEYS[3] has used 199.5)
@@ -396,18 +354,19 @@ local function hot(settles, reserves, wat)  -- long: the rule and its writes, on
   end
   local code, packed = 0, nil
   if refused then
-    for i = 2, #K do if settles and W[i][6] then warn_check(i, W[i], swarned) end end
+    for i = 2, #K do if settles and W[i][$WEXISTS] then warn_check(i, W[i], swarned) end end
     packed = finish(key, got, f, changed, T, tdirty, W)
   else
     local j, rwarned = COUNT_PLACE[kind], NONE
     if #K > 1 then rwarned = {} end
     for i = 2, #K do
       local w = W[i]
-      take_into(w[2], j, w_cost, w_in, w_out)
-      w[7] = true
+      take_into(w, j, w_cost, w_in, w_out)
+      w[$WCHANGED] = true
       warn_check(i, w, rwarned)
       -- its ttl: set by a window's first call (to its end), and by each of a scope without a window
-      if not w[6] or w[3][$NK * 2 + 2] == 1 then w[10] = A[w[8] + 1] end
+      local wl = w[$WL]
+      if not w[$WEXISTS] or wl[$NK * 2 + 2] == 1 then w[$WTTL] = ttl_of(wl, now) end
     end
     take_into(f, j, w_cost, w_in, w_out)
     local name = tool_field(kind, rtool)
@@ -426,7 +385,8 @@ _WARN_ORDER = [n for n in LIMIT_NAMES if n in KEPT_LIMITS and n != "max_wall_clo
 
 #: The hot path's helpers, part of the library's prelude (after ``redis_scripts.PRELUDE``).
 HOT_LUA = _places(
-    f"local NF, SFMT, RFMT = {len(MIRROR)}, '<{'d' * 13}', '<{'d' * 10}'\n"
+    f"local NF, SFMT, RFMT = {len(MIRROR)}, '<{'d' * 13}', '<{'d' * 11}'\n"
+    + f"local WINFMT = '<{'d' * (len(WINDOW_FIGURES) + 1)}'\n"
     + f"local ZEROS = {{{', '.join(['0'] * len(MIRROR))}}}\n"
     + "local WARN_ORDER = {"
     + ", ".join(repr(n) for n in _WARN_ORDER)
@@ -435,21 +395,21 @@ HOT_LUA = _places(
     + ", ".join(str(KEPT_LIMITS.index(n) + 1) for n in _WARN_ORDER)
     + "}\n"
     + _RULE
-    + _WINDOWS
+    + WINDOWS_LUA
     + _RUN
     + _HOT
 )
 
 # Reserve one call (or, kind CHECK, only say what refuses the run now, changing nothing).
 # ARGV: ``RESERVE_NUMBERS`` packed (redis_ledger.py: the kind, the worst case, force, the limits
-# less the reserve for the final answer, the ttl to refresh, the tool's own limits), the tool
-# ('' none); then 2 per scope window (KEYS[2..]).
+# less the reserve for the final answer, the ttl to refresh, the tool's own limits, the scope
+# clock for the windows' expiry), the tool ('' none); then 1 per scope window (KEYS[2..]).
 # Reply: -1 when the run's hash does not exist, else one text "status reason limit mirror..."
 # (status 0: refused, 1: granted, then 'w' and the windows' warnings; reason: what refused, or
 # what observe mode or force let through; a window's 'max_cost_usd#3#199.5').
 RESERVE_BODY = f"return hot(false, true, {RESERVE_SCOPE_ARGV})"
 # Settle a call: give back the worst case it held, add what it spent, and (release) un-count it.
-# ARGV: ``SETTLE_NUMBERS`` packed (redis_pending.py), the tool ('' none); then 2 per scope
+# ARGV: ``SETTLE_NUMBERS`` packed (redis_pending.py), the tool ('' none); then 1 per scope
 # window. Reply: as RESERVE's, with the spend limit now used up as the reason.
 SETTLE_BODY = f"return hot(true, false, {SETTLE_SCOPE_ARGV})"
 # Both in one round trip: settle this process's previous call of the run, then reserve the next.

@@ -48,7 +48,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from budgetspan import events
-from budgetspan.accounting import redis_scopes
+from budgetspan.accounting import redis_scopes, windows
 from budgetspan.accounting.budget import Budget, Limit, ToolLimits, Usage
 from budgetspan.accounting.ledger import CallKind, Ledger, LedgerRefused, Mode, Refusal, Reservation, Spend
 from budgetspan.accounting.memory import InMemoryLedger
@@ -291,9 +291,8 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
         refresh = known is None or now - known.refreshed >= self.ttl_s * REFRESH_AFTER
         short = self._short(run_id, final)
         clock = known is None or boot_clock() >= (known.clock_from_short if short else known.clock_from)
-        args = reserve_args(
-            kind, worst, (force, short, clock), self.ttl_s if refresh else 0, tool_limits, tool
-        )
+        flags, at = (force, short, clock), windows.now() if scopes else 0.0
+        args = reserve_args(kind, worst, flags, self.ttl_s if refresh else 0, tool_limits, tool, at)
         status, reason, limit, _ = self._reserve_call(run_id, args, tool, scopes).split(b" ", 3)
         if refresh and known is not None:  # (refreshed by the script, granted or refused)
             known.refreshed = now

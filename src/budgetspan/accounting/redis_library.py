@@ -70,6 +70,14 @@ if left <= 0 then redis.call('DEL', h) end
 return {1, t[1], t[2], all}
 """
 
+# A scope window: {1, its string} ({2, its fields} for a hash an earlier budgetspan kept), or -1.
+WINDOW_BODY = """
+local t = redis.call('TYPE', h).ok
+if t == 'string' then return {1, redis.call('GET', h)} end
+if t == 'hash' then return {2, redis.call('HGETALL', h)} end
+return -1
+"""
+
 # Raise the run's limits (a limit that is not set stays unset): ``Ledger.extend``.
 # ARGV: ttl seconds, then limit name, amount pairs. Reply as RESERVE's.
 EXTEND_BODY = """
@@ -93,6 +101,7 @@ BODIES = {
     "open": OPEN_BODY,
     "cancel": CANCEL_BODY,
     "read": READ_BODY,
+    "window": WINDOW_BODY,
     "extend": EXTEND_BODY,
 }
 

@@ -61,7 +61,9 @@ class Pending:
     def fits(self, scopes: Sequence[Any]) -> bool:
         """Whether it can ride on a reservation in ``scopes`` (the same windows: the same keys)."""
         mine = self.reservation.scopes
-        if not mine and not scopes:
+        if not mine or len(mine) != len(scopes):
+            return not mine and not scopes
+        if mine == tuple(scopes):  # (mostly the same objects: compared by identity first)
             return True
         return [ref.key for ref in mine] == [ref.key for ref in scopes]
 
@@ -76,10 +78,11 @@ NAN = float("nan")
 #: the kind (``KIND_CODES``; 4: check), the worst cost, input and output tokens, force (1), the
 #: limits less the reserve for the final answer (1), whether to compare the server's clock with
 #: the run's deadline (1; ``redis_mirror.clock_from``), the ttl to refresh (0: not now), the
-#: tool's own max_calls and max_retries (NaN: none; the budget's entry wins).
-RESERVE_NUMBERS = struct.Struct("<10d")
+#: tool's own max_calls and max_retries (NaN: none; the budget's entry wins), the scope clock
+#: (``windows.now``: a fixed window's expiry is reckoned from it; 0 without windows).
+RESERVE_NUMBERS = struct.Struct("<11d")
 #: ``Ledger.check``'s arguments: what refuses the run now, changing nothing.
-CHECK_ARGS = (RESERVE_NUMBERS.pack(4, 0, 0, 0, 0, 0, 1, 0, NAN, NAN), "")
+CHECK_ARGS = (RESERVE_NUMBERS.pack(4, 0, 0, 0, 0, 0, 1, 0, NAN, NAN, 0), "")
 
 
 def reserve_args(
@@ -89,9 +92,10 @@ def reserve_args(
     ttl: int,
     tool_limits: ToolLimits | None,
     tool: str | None,
+    now: float = 0.0,
 ) -> tuple[bytes, str]:
     """The reserve script's arguments: ``RESERVE_NUMBERS`` packed (``flags``: force, short,
-    clock), and the tool ('' none)."""
+    clock; ``now``: the scope clock), and the tool ('' none)."""
     tl = tool_limits or NO_TOOL_LIMITS
     numbers = RESERVE_NUMBERS.pack(
         KIND_CODES[kind],
@@ -100,6 +104,7 @@ def reserve_args(
         ttl,
         NAN if tl.max_calls is None else tl.max_calls,
         NAN if tl.max_retries is None else tl.max_retries,
+        now,
     )
     return (numbers, tool or "")
 

@@ -1,9 +1,11 @@
-"""Scope windows on Redis: one hash per window (``budgetspan:scope:tenant:acme:2026-12-05``),
+"""Scope windows on Redis: one string per window (``budgetspan:scope:tenant:acme:2026-12-05``),
 reserved and settled in the same script, and so the same round trip, as the run's hash.
 
-A window's hash holds its figures only (packed in one field as a run's, ``redis_scripts``: calls,
-tokens, dollars, the worst cases in flight; and whether it warned): the limits come with each
-call from the process's own scope budgets. The hash is made by the window's
+A window's string holds its figures only (``redis_scripts.WINDOW``: calls, tokens, dollars, the
+worst cases in flight, packed; and whether it warned): the limits come with each call from the
+process's own scope budgets. A call reads all its windows with one MGET and writes each with one
+SET. A window an earlier budgetspan kept as a hash is carried over by the first call that finds
+it (``redis_hot_lua``: ``earlier``; its spend and expiry kept). The string is made by the window's
 first call and expires at the window's end (plus ``GRACE_S``), a rolling window's length after its
 first use, or ``IDLE_TTL_S`` after the last use of a scope without a window. Nothing is kept in the
 process per scope: memory does not grow with the scopes in use.
@@ -18,16 +20,22 @@ from typing import Any
 from budgetspan.accounting.budget import Usage
 from budgetspan.accounting.ledger import Refusal
 from budgetspan.accounting.redis_mirror import as_text, hash_fields, refusal_from, usage_from
-from budgetspan.accounting.redis_wire import SCRIPTS, Script, Server
+from budgetspan.accounting.redis_scripts import WINDOW, WINDOW_FIGURES
+from budgetspan.accounting.redis_wire import SCRIPTS, Packed, Script, Server, packed
 from budgetspan.accounting.scope_books import emit_warning
 from budgetspan.accounting.scopes import ScopeRef, ScopeWarning
 
 PREFIX = "budgetspan:scope:"
 
 
-def keys(run_key: str, refs: Sequence[ScopeRef]) -> tuple[str, ...]:
-    """The script's keys: the run's hash, then each scope window's."""
-    return (run_key, *(PREFIX + ref.key for ref in refs))
+def _wired(ref: ScopeRef) -> tuple[Packed, Packed, Packed, bool]:
+    """A window's key, budget (``ScopeRef.wire``) and quiet budget as sent, and whether its calls
+    refresh its expiry: made by its first call, kept on the ``ScopeRef`` for the next."""
+    cache = ref.cache
+    if not cache:
+        cache.append((packed(PREFIX + ref.key), packed(ref.wire), packed(ref.quiet), ref.refresh))
+    wired: tuple[Packed, Packed, Packed, bool] = cache[0]
+    return wired
 
 
 #: A scope without a window has its expiry refreshed by a call when this process last did it
@@ -44,24 +52,13 @@ def _stale(refreshed: dict[str, float], ref: ScopeRef, now: float) -> bool:
     return last is None or now - last >= ref.ttl_s() * REFRESH_AFTER
 
 
-def args(refs: Sequence[ScopeRef], refreshed: dict[str, float]) -> tuple[Any, ...]:
-    """Each window's arguments (``RESERVE_SCOPE_ARGV``): its budget (``ScopeRef.wire``, or
-    ``quiet`` when ``refreshed`` says this process refreshed it lately), then its ttl (set by a
-    new window's first call, and by a granted call that refreshes a scope without a window)."""
-    out: list[Any] = []
-    now = _now()
-    for ref in refs:
-        fresh = ref.refresh and not _stale(refreshed, ref, now)
-        out += (ref.quiet if fresh else ref.wire, ref.ttl_s())
-    return tuple(out)
-
-
 def note_refreshed(server: Server, refs: Sequence[ScopeRef]) -> None:
-    """A granted reservation refreshed the expiry of the windows it was asked to (``args``)."""
+    """A granted reservation refreshed the expiry of the windows it was asked to (``run``)."""
     now = _now()
     refreshed = server.refreshed
     for ref in refs:
-        if ref.refresh and _stale(refreshed, ref, now):
+        cache = ref.cache  # (made by ``run``)
+        if (cache[0][3] if cache else ref.refresh) and _stale(refreshed, ref, now):
             if len(refreshed) >= _REFRESHED_MAX:
                 refreshed.clear()
             refreshed[ref.key] = now
@@ -70,10 +67,26 @@ def note_refreshed(server: Server, refs: Sequence[ScopeRef]) -> None:
 def run(
     server: Server, script: Script, run_key: str, argv: Sequence[Any], within: float, refs: Sequence[ScopeRef]
 ) -> Any:
-    """The script on the run's key and its scope windows' keys, their arguments after ``argv``."""
+    """The script on the run's key and its scope windows' keys, after ``argv`` each window's
+    argument (``RESERVE_SCOPE_ARGV``): its budget and expiry (``ScopeRef.wire``, or ``quiet`` when
+    this process refreshed it lately). Its ttl is set by a new window's first call, and by a
+    granted call that refreshes a scope without a window."""
     if not refs:
         return server.run(script, run_key, argv, within)
-    return server.run(script, keys(run_key, refs), (*argv, *args(refs, server.refreshed)), within)
+    keys: list[Any] = [run_key]
+    args = list(argv)
+    now = None
+    for ref in refs:
+        cache = ref.cache
+        key, wire, quiet, refresh = cache[0] if cache else _wired(ref)
+        keys.append(key)
+        if refresh:
+            if now is None:
+                now = _now()
+            args.append(wire if _stale(server.refreshed, ref, now) else quiet)
+        else:
+            args.append(wire)
+    return server.run(script, tuple(keys), args, within)
 
 
 def refusal_in(reason: bytes, limit: bytes, tool: str | None, refs: Sequence[ScopeRef]) -> Refusal | None:
@@ -88,7 +101,7 @@ def refusal_in(reason: bytes, limit: bytes, tool: str | None, refs: Sequence[Sco
 
 def warn(status: bytes, refs: Sequence[ScopeRef]) -> None:
     """The warnings a reply's status reports ('1w2:max_cost_usd:160,3:...'): once per window,
-    across processes (the hash remembers it warned)."""
+    across processes (the window remembers it warned)."""
     if b"w" not in status:
         return
     for entry in status.split(b"w", 1)[1].split(b","):
@@ -102,8 +115,11 @@ def warn(status: bytes, refs: Sequence[ScopeRef]) -> None:
 
 
 def usage(server: Server, key: str, within: float) -> Usage | None:
-    """A scope window's usage from its hash (None: no such window on Redis)."""
-    reply = server.run(SCRIPTS["read"], PREFIX + key, ["0"], within)
+    """A scope window's usage from its string (or the hash an earlier budgetspan kept; None: no
+    such window on Redis)."""
+    reply = server.run(SCRIPTS["window"], PREFIX + key, (), within)
     if reply == -1:
         return None
-    return usage_from(hash_fields(reply[3]))
+    if reply[0] == 2:
+        return usage_from(hash_fields(reply[1]))
+    return usage_from(dict(zip(WINDOW_FIGURES, WINDOW.unpack(reply[1])[:-1], strict=True)))

@@ -8,6 +8,7 @@ reserve script, so the two cannot drift.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 
 #: The largest token count (per figure and per sum) the ledger keeps: exact in a Lua number (a
@@ -36,6 +37,21 @@ MIRROR = (
     "held:output_tokens",
     "cancelled",
 )
+#: A scope window's figures (what its limits compare to, and the worst cases held in flight), packed
+#: in its string value in this order (little-endian doubles), then whether it warned (``WINDOW``).
+WINDOW_FIGURES = (
+    "model_calls",
+    "tool_calls",
+    "retries",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "held:cost_usd",
+    "held:input_tokens",
+    "held:output_tokens",
+)
+#: A scope window's string: ``WINDOW_FIGURES``, then 1 if it warned (else 0).
+WINDOW = struct.Struct(f"<{len(WINDOW_FIGURES) + 1}d")
 SPEND_LIMITS = ("max_cost_usd", "max_input_tokens", "max_output_tokens", "max_total_tokens")
 #: The limits a run can keep part of for its final answer (``keep:NAME`` fields).
 KEPT_LIMITS = (
@@ -92,7 +108,7 @@ end
 # instead of a field and a number parsed per figure; bench/README.md). ``s`` holds the fields
 # of the hash in hand by name, as ``read`` found them and ``put`` changed them; ``write`` stores
 # the changes with one HSET. Sums are made in Lua numbers (doubles), as InMemoryLedger makes them
-# in Python floats. A scope window's hash keeps its figures the same way (redis_hot_lua.py).
+# in Python floats. A scope window is a string of its own packed figures (redis_hot_lua.py).
 PRELUDE = (
     f"""
 local MIRROR, FIG = {lua_list(MIRROR)}, {lua_index(MIRROR)}

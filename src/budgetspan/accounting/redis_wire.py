@@ -52,7 +52,7 @@ class Server:
         #: When this process last refreshed each scope window without an end (``redis_scopes``).
         self.refreshed: dict[str, float] = {}
 
-    def run(self, script: Script, key: str | tuple[str, ...], args: Sequence[Any], within_s: float) -> Any:
+    def run(self, script: Script, key: str | tuple[Any, ...], args: Sequence[Any], within_s: float) -> Any:
         """The script's reply, waited for at most ``within_s``; the connection is dropped on any
         failure (a late reply must never be read as the answer to the next command)."""
         conn = self.pool.get_connection(*self._checkout_args)
@@ -96,6 +96,16 @@ class Server:
         return conn.read_response(disable_decoding=True)
 
 
+class Packed(bytes):
+    """An argument in the Redis protocol already (``packed``): ``pack`` takes it as it is. For
+    what a caller sends call after call (a scope window's key and budget)."""
+
+
+def packed(arg: str | bytes) -> Packed:
+    data = arg.encode() if isinstance(arg, str) else arg
+    return Packed(b"$%d\r\n%b\r\n" % (len(data), data))
+
+
 #: Short strings and numbers packed already, by type (``pack``): most of the ledger's
 #: arguments are the same few flags, zeros and names call after call.
 _PACKED: dict[type, dict[Any, bytes]] = {str: {}, int: {}, float: {}}
@@ -104,11 +114,14 @@ _PACKED_MAX = 4096
 
 def pack(args: Sequence[Any], head: bytes = b"", count: int = 0) -> bytes:
     """A command in the Redis protocol: ``count`` arguments already packed in ``head``, then
-    ``args`` (strings, bytes, numbers). The ledger's arguments are a few short strings and numbers:
+    ``args`` (strings, bytes, numbers, ``Packed``). The ledger's arguments are a few short strings and numbers:
     this costs a fraction of what redis-py's general packer does for them."""
     parts = [b"*%d\r\n" % (count + len(args)), head]
     for arg in args:
         kind = type(arg)
+        if kind is Packed:
+            parts.append(arg)
+            continue
         known = _PACKED.get(kind)
         item = None if known is None else known.get(arg)
         if item is None:
@@ -152,13 +165,13 @@ class Script:
         function_head = pack(("FCALL", function, 1))[len(b"*3\r\n") :] if function else b""
         return cls(body, sha, head, function, function_head)
 
-    def evalsha(self, key: str | tuple[str, ...], args: Sequence[Any]) -> bytes:
+    def evalsha(self, key: str | tuple[Any, ...], args: Sequence[Any]) -> bytes:
         """The call on one key (the run's), or on several (the run's and its scope windows')."""
         if type(key) is str:
             return pack((key, *args), self.head, 3)
         return pack(("EVALSHA", self.sha, len(key), *key, *args))
 
-    def fcall(self, key: str | tuple[str, ...], args: Sequence[Any]) -> bytes:
+    def fcall(self, key: str | tuple[Any, ...], args: Sequence[Any]) -> bytes:
         """The same call of the library's function."""
         if type(key) is str:
             return pack((key, *args), self.function_head, 3)

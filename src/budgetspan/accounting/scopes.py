@@ -18,7 +18,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from budgetspan import events
@@ -94,6 +94,9 @@ class ScopeRef:
     #: refresh of its expiry (a scope without a window refreshed lately by this process).
     wire: bytes = b""
     quiet: bytes = b""
+    #: What a ledger keeps of this window for its calls, made by its first (the Redis ledger: its
+    #: key and budget as sent, ``redis_scopes``): a window's calls rebuild nothing.
+    cache: list[Any] = field(default_factory=list, compare=False, hash=False, repr=False)
 
     @property
     def budget(self) -> Budget:
@@ -339,23 +342,31 @@ class Scope:
     """A scope a run belongs to that has a budget. ``ref`` gives its current window (the same
     object until the window ends: a call makes nothing new for its scopes)."""
 
-    __slots__ = ("_ref", "kind", "limits", "name", "quiet", "wire")
+    __slots__ = ("_ref", "kind", "limits", "name")
 
     def __init__(self, kind: str, name: str, limits: ScopeBudget) -> None:
         self.kind, self.name, self.limits = kind, name, limits
-        self.wire = wire(limits, limits.window.period is None)
-        self.quiet = wire(limits, False)
         self._ref: ScopeRef | None = None
 
     def ref(self) -> ScopeRef:
         ref = self._ref
-        if ref is not None and (ref.end is None or self.limits.window.rolling or windows.now() < ref.end):
+        end = None if ref is None else ref.end  # (None too for a rolling window: its own end)
+        if ref is not None and (end is None or windows.now() < end):
             return ref
         bounds = self.limits.window.bounds()
         key = scope_key(self.kind, self.name, bounds.label)
         # A rolling window's end follows its first call, which the ledger knows, not this run.
         end = None if self.limits.window.rolling else bounds.end
-        ref = self._ref = ScopeRef(self.kind, self.name, key, self.limits, end, self.wire, self.quiet)
+        limits = self.limits
+        ref = self._ref = ScopeRef(
+            self.kind,
+            self.name,
+            key,
+            limits,
+            end,
+            wire(limits, limits.window.period is None, end),
+            wire(limits, False, end),
+        )
         return ref
 
 
@@ -372,13 +383,15 @@ WINDOW_LIMITS = (
     "max_output_tokens",
     "max_total_tokens",
 )
-_WINDOW_PACK = struct.Struct(f"<{2 * len(WINDOW_LIMITS) + 2}d")
+_WINDOW_PACK = struct.Struct(f"<{2 * len(WINDOW_LIMITS) + 4}d")
 
 
-def wire(limits: ScopeBudget, refresh: bool) -> bytes:
-    """What the scripts need of a scope's budget, packed once per scope: its limits (NaN: not
-    set), the figure at which each warns (``warn_at`` × a limit above 0; NaN: none), whether it
-    warns at all, and whether each use refreshes its expiry (a scope without a window)."""
+def wire(limits: ScopeBudget, refresh: bool, end: float | None = None) -> bytes:
+    """What the scripts need of a scope window's budget, packed once per window: its limits (NaN:
+    not set), the figure at which each warns (``warn_at`` × a limit above 0; NaN: none), whether
+    it warns at all, whether each use refreshes its expiry (a scope without a window), and its
+    expiry as ``ScopeRef.ttl_s`` reckons it: a fixed window's ``end`` (NaN: none) plus
+    ``GRACE_S``, or else a constant ttl (the script reckons it against the call's scope clock)."""
     nan = float("nan")
     set_limits = {k: float(v) for k, v in limits.budget.limits().items() if k != "max_wall_clock_s"}
     share = limits.warn_at
@@ -388,7 +401,17 @@ def wire(limits: ScopeBudget, refresh: bool) -> bytes:
         *(at.get(n, nan) for n in WINDOW_LIMITS),
         share is not None,
         refresh,
+        nan if end is None or limits.window.ttl_s is not None else end,
+        _constant_ttl(limits.window, end),
     )
+
+
+def _constant_ttl(window: Window, end: float | None) -> int:
+    """``ScopeRef.ttl_s`` but for the time left: a rolling window's length, ``GRACE_S`` after a
+    fixed window's end, ``IDLE_TTL_S`` after the last use of a scope without a window."""
+    if window.ttl_s is not None:
+        return window.ttl_s
+    return windows.IDLE_TTL_S if end is None else GRACE_S
 
 
 def scope_key(kind: str, name: str, label: str) -> str:
