@@ -11,7 +11,7 @@ import pytest
 from budgetspan.accounting.budget import Budget
 from budgetspan.accounting.ledger import CallKind, Mode, Spend
 from budgetspan.accounting.redis_ledger import RedisLedger
-from budgetspan.accounting.scopes import GRACE_S, Scope, ScopeBudget, ScopeRef
+from budgetspan.accounting.scopes import Scope, ScopeBudget, ScopeRef
 from budgetspan.accounting.windows import ROLLING_S, parse_window
 
 
@@ -37,8 +37,9 @@ def test_the_first_call_sets_the_expiry_and_later_writes_keep_it(
     keys = ["budgetspan:scope:" + r.key for r in (day, rolling)]
     ledger.open("r", Budget(), Mode.ENFORCE)
     res = ledger.reserve("r", CallKind.MODEL, scopes=(day, rolling))
-    # 2025-12-05 02:00 UTC on the scope clock: the day ends in 22 h, then the grace.
-    assert ledger.client.ttl(keys[0]) == pytest.approx(22 * 3600 + GRACE_S, abs=2)
+    # 2025-12-05 02:00 UTC on the scope clock: the day ends in 22 h, then it is kept a day more
+    # (yesterday's spend is readable all of today).
+    assert ledger.client.ttl(keys[0]) == pytest.approx(22 * 3600 + 86_400, abs=2)
     assert ledger.client.ttl(keys[1]) == pytest.approx(ROLLING_S["hour"], abs=2)
     for key in keys:
         assert ledger.client.type(key) == b"string" and len(ledger.client.get(key) or b"") == 80
@@ -56,7 +57,7 @@ def test_a_window_past_its_end_still_expires(scope_clock: list[float], ledger: R
     on) creates it with a short expiry, never none: ttl = time left (negative) + the grace."""
     day = _ref("late", "day")
     assert day.end is not None
-    scope_clock[0] = day.end + GRACE_S + 50  # past the end and the grace
+    scope_clock[0] = day.end + day.grace_s + 50  # past the end and the grace
     ledger.open("r", Budget(), Mode.ENFORCE)
     ledger.reserve("r", CallKind.MODEL, scopes=(day,))
     assert 0 < ledger.client.ttl("budgetspan:scope:" + day.key) <= 1

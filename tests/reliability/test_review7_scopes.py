@@ -179,11 +179,6 @@ def test_spend_at_a_past_time_of_a_rolling_window_says_so(app: Any, server: LLMS
         budgetspan.spend(user="ann", at=T0 - 86_400)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review7: a fixed window's record is dropped 1 h after its end (GRACE_S), so "
-    "spend(at=yesterday) is all zeros from 01:00; fix in scopes.py ScopeRef.ttl_s",
-)
 def test_yesterdays_spend_is_readable_all_of_today(
     app: Any, server: LLMServer, request: pytest.FixtureRequest
 ) -> None:

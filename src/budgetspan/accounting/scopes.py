@@ -24,7 +24,7 @@ from typing import Any
 from budgetspan import events
 from budgetspan.accounting import windows
 from budgetspan.accounting.budget import LIMIT_NAMES, LOOP_LIMIT_NAMES, Budget, Usage, _money
-from budgetspan.accounting.windows import NO_WINDOW, Window, parse_window
+from budgetspan.accounting.windows import NO_WINDOW, Bounds, Window, parse_window
 
 #: The scope kinds, innermost first: the order a call reserves in (after its run).
 SCOPE_KINDS = ("conversation", "user", "tenant", "workflow")
@@ -39,7 +39,8 @@ SCOPE_FORM = (
     f"a scope table of limits ({', '.join(SCOPE_LIMIT_NAMES)}), window (hour, day, month, "
     "rolling-hour, rolling-day, rolling-month or none), tz (an IANA zone) and warn_at (a share in (0, 1])"
 )
-#: A fixed window's record outlives the window's end by this much (late settlements land).
+#: A fixed window's record outlives the window's end by this much at least (late settlements
+#: land), and by the window's own length when longer: yesterday's spend can be asked all of today.
 GRACE_S = 3600
 #: A rolling window's length, as the explanation says it.
 ROLLING_TEXT = {"hour": "1 h", "day": "24 h", "month": "30 days"}
@@ -90,6 +91,8 @@ class ScopeRef:
     key: str
     limits: ScopeBudget
     end: float | None
+    #: How long its record outlives ``end`` (``kept_after``).
+    grace_s: int = GRACE_S
     #: The budget as the Redis scripts take it (``wire``), packed; ``quiet``: the same without the
     #: refresh of its expiry (a scope without a window refreshed lately by this process).
     wire: bytes = b""
@@ -103,14 +106,14 @@ class ScopeRef:
         return self.limits.budget
 
     def ttl_s(self) -> int:
-        """How long the record lives: to the window's end (plus ``GRACE_S``), a rolling window's
+        """How long the record lives: to the window's end (plus ``grace_s``), a rolling window's
         length from its first use, or ``IDLE_TTL_S`` after the last use without a window."""
         w = self.limits.window
         if w.ttl_s is not None:
             return w.ttl_s
         if self.end is None:
             return windows.IDLE_TTL_S
-        return max(1, int(self.end - windows.now()) + GRACE_S)
+        return max(1, int(self.end - windows.now()) + self.grace_s)
 
     @property
     def refresh(self) -> bool:
@@ -357,15 +360,16 @@ class Scope:
         key = scope_key(self.kind, self.name, bounds.label)
         # A rolling window's end follows its first call, which the ledger knows, not this run.
         end = None if self.limits.window.rolling else bounds.end
-        limits = self.limits
+        limits, grace = self.limits, kept_after(bounds)
         ref = self._ref = ScopeRef(
             self.kind,
             self.name,
             key,
             limits,
             end,
-            wire(limits, limits.window.period is None, end),
-            wire(limits, False, end),
+            grace,
+            wire(limits, limits.window.period is None, end, grace),
+            wire(limits, False, end, grace),
         )
         return ref
 
@@ -386,12 +390,20 @@ WINDOW_LIMITS = (
 _WINDOW_PACK = struct.Struct(f"<{2 * len(WINDOW_LIMITS) + 4}d")
 
 
-def wire(limits: ScopeBudget, refresh: bool, end: float | None = None) -> bytes:
+def kept_after(bounds: Bounds) -> int:
+    """How long a fixed window's record outlives its end: its own length (so the window before
+    the current one can always be read: ``spend(at=yesterday)``), ``GRACE_S`` at least."""
+    if bounds.end is None:
+        return GRACE_S
+    return max(GRACE_S, int(bounds.end - bounds.start))
+
+
+def wire(limits: ScopeBudget, refresh: bool, end: float | None = None, grace_s: int = GRACE_S) -> bytes:
     """What the scripts need of a scope window's budget, packed once per window: its limits (NaN:
     not set), the figure at which each warns (``warn_at`` × a limit above 0; NaN: none), whether
     it warns at all, whether each use refreshes its expiry (a scope without a window), and its
     expiry as ``ScopeRef.ttl_s`` reckons it: a fixed window's ``end`` (NaN: none) plus
-    ``GRACE_S``, or else a constant ttl (the script reckons it against the call's scope clock)."""
+    ``grace_s``, or else a constant ttl (the script reckons it against the call's scope clock)."""
     nan = float("nan")
     set_limits = {k: float(v) for k, v in limits.budget.limits().items() if k != "max_wall_clock_s"}
     share = limits.warn_at
@@ -402,16 +414,16 @@ def wire(limits: ScopeBudget, refresh: bool, end: float | None = None) -> bytes:
         share is not None,
         refresh,
         nan if end is None or limits.window.ttl_s is not None else end,
-        _constant_ttl(limits.window, end),
+        _constant_ttl(limits.window, end, grace_s),
     )
 
 
-def _constant_ttl(window: Window, end: float | None) -> int:
-    """``ScopeRef.ttl_s`` but for the time left: a rolling window's length, ``GRACE_S`` after a
+def _constant_ttl(window: Window, end: float | None, grace_s: int) -> int:
+    """``ScopeRef.ttl_s`` but for the time left: a rolling window's length, ``grace_s`` after a
     fixed window's end, ``IDLE_TTL_S`` after the last use of a scope without a window."""
     if window.ttl_s is not None:
         return window.ttl_s
-    return windows.IDLE_TTL_S if end is None else GRACE_S
+    return windows.IDLE_TTL_S if end is None else grace_s
 
 
 def scope_key(kind: str, name: str, label: str) -> str:
