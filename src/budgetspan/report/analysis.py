@@ -19,7 +19,8 @@ from budgetspan import attributes as A
 from budgetspan.report.assemble import MAX_SPANS_IN_FLIGHT, WINDOW, RunAssembler
 from budgetspan.report.numbers import number, percentile
 from budgetspan.report.otlp import Keep, SpanRec
-from budgetspan.report.plan import PlanRow, compare_plan
+from budgetspan.report.plan import compare_plan
+from budgetspan.report.results import Analysis, Contributor, PhaseSummary, ReasonRate, WorkflowStat
 from budgetspan.report.run_stats import (
     CALL_OPS,
     PHASE_ORDER,
@@ -29,7 +30,7 @@ from budgetspan.report.run_stats import (
     build_run,
     sequential_reads,
 )
-from budgetspan.report.savings import SAVINGS_KEYS, Savings, SavingsCounter
+from budgetspan.report.savings import SAVINGS_KEYS, SavingsCounter
 from budgetspan.report.sweep import OTHER
 from budgetspan.report.tree import SpanIndex
 
@@ -76,66 +77,14 @@ MAX_CONTRIBUTORS = 10_000  # distinct (name, phase) per workflow; the rest are s
 # --- per workflow -----------------------------------------------------------------------------
 
 
-@dataclass
-class PhaseSummary:
-    phase: str
-    runs: int
-    time_s: float
-    time_share: float
-    p50_s: float
-    p95_s: float
-    cost_usd: float
-    cost_share: float
-    calls: int
 
 
-@dataclass
-class Contributor:
-    name: str
-    phase: str
-    count: int
-    time_s: float
-    time_share: float
-    cost_usd: float
-    cost_share: float
 
 
-@dataclass
-class ReasonRate:
-    reason: str
-    runs: int
-    rate: float
 
 
-@dataclass
-class WorkflowStat:
-    workflow: str
-    runs: int
-    outcomes: dict[str, int]
-    total_cost_usd: float
-    total_time_s: float
-    cost_per_success: float | None
-    phases: list[PhaseSummary]
-    top_by_time: list[Contributor]
-    top_by_cost: list[Contributor]
-    exhaustions: list[ReasonRate]
-    would_exhaust: list[ReasonRate]
-    retries: int
-    retries_by_call: dict[str, int]
-    sequential_reads: list[SequentialReads]
-    unpriced_calls: int
 
 
-@dataclass
-class Analysis:
-    workflows: list[WorkflowStat]
-    runs: list[RunStat]
-    plan: list[PlanRow] = field(default_factory=list)
-    plan_notes: list[str] = field(default_factory=list)
-    spans: int = 0
-    late_spans: int = 0  # spans of runs already reported (see ``assemble``): not counted
-    early_runs: int = 0  # runs finished before they were complete, to stay within the bound
-    savings: Savings | None = None  # what the cache and provider prompt caching saved (``savings``)
 
 
 def _rates(counter: Counter[str], runs: int) -> list[ReasonRate]:

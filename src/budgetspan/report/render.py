@@ -16,18 +16,17 @@ import math
 import re
 import sys
 from collections.abc import Iterator, Sequence
+from types import ModuleType
 from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
-from budgetspan.report import routing_cli
+from budgetspan.report import native, routing_cli
 from budgetspan.report.analysis import (
-    REPORT_KEEP,
     Analysis,
     Contributor,
     RunStat,
     WorkflowStat,
-    analyze_stream,
 )
 from budgetspan.report.assemble import MAX_SPANS_IN_FLIGHT, WINDOW
 from budgetspan.report.by_scope import BY as SCOPE_BY
@@ -368,15 +367,18 @@ def _report(args: argparse.Namespace, stdout: IO[str] | None, stderr: IO[str] | 
         if reader.error_count <= MAX_ERRORS_SHOWN:
             print(f"budgetspan report: {safe(str(e))}", file=stderr)
 
-    reader = SpanReader(
-        keep=routing_cli.detail_keep() if routing_cli.wanted(args) else REPORT_KEEP,
+    # the compiled reading and analysis when built from these sources (``native``); --by, --html
+    # and the routing evaluation read with the pure modules (their details are pure classes)
+    load, analysis_module = (None, None) if routing_cli.wanted(args) else native.modules()
+    reader: SpanReader = (load.SpanReader if load is not None else SpanReader)(
+        keep=routing_cli.detail_keep() if analysis_module is None else analysis_module.REPORT_KEEP,
         progress=bool(args.progress) or stderr.isatty(),
         progress_stream=stderr,
         on_error=bad_line,
         max_errors=MAX_ERRORS_SHOWN,
     )
     bound = max(1, args.max_spans_in_flight)
-    analysis, details = _analyze(args, reader, plan, bound)
+    analysis, details = _analyze(args, reader, plan, bound, analysis_module)
     if args.by in SCOPE_BY:  # runs grouped by who they served
         stdout.write(render_by(analysis.runs, args.by, args.format))
     elif args.format == "json":
@@ -405,18 +407,20 @@ def _report(args: argparse.Namespace, stdout: IO[str] | None, stderr: IO[str] | 
 
 
 def _analyze(
-    args: argparse.Namespace, reader: SpanReader, plan: Any, bound: int
+    args: argparse.Namespace, reader: SpanReader, plan: Any, bound: int, module: ModuleType | None
 ) -> tuple[Analysis, DetailCollector | None]:
-    """The analysis; with --by or --html, each run's details too (in the same pass)."""
+    """The analysis (by ``module``, the compiled or pure ``analysis``); with --by or --html, each
+    run's details too (in the same pass)."""
     window = min(WINDOW, max(1, bound // 5))
-    if routing_cli.wanted(args):
+    if module is None:
         return routing_cli.analyze_with_details(
             reader.read(args.files), plan, args.top, window=window, max_in_flight=bound,
             max_timelines=args.html_max_timelines,
         )  # fmt: skip
-    return analyze_stream(
+    analysis: Analysis = module.analyze_stream(
         reader.read(args.files), plan, top=args.top, window=window, max_in_flight=bound
-    ), None
+    )
+    return analysis, None
 
 
 def _notes(a: Analysis, bound: int, stderr: IO[str]) -> None:

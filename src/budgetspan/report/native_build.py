@@ -1,0 +1,116 @@
+"""Build the report's compiled reading and analysis: ``python -m budgetspan.report.native_build``.
+
+Copies of the hot modules (``native.HOT``) are written to a temporary package
+``budgetspan.report._native`` (their imports of each other pointed at the copies), stamped with the
+hash of the sources they were made from (``native.source_hash``), and compiled with mypyc (mypy
+and a C compiler needed). Only the extension modules land in ``budgetspan/report/_native/``: no
+``.py`` of the package is ever shadowed, and ``native`` uses them only while the stamp matches the
+current sources, so an edit makes the report fall back to the pure modules until the next build.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from budgetspan.report import native
+
+_PACKAGE = Path(__file__).resolve().parent.parent  # .../budgetspan
+
+
+def _budgetspan_imports(path: Path) -> set[str]:
+    """The budgetspan modules ``path`` imports (at any depth of the file: lazy imports count)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("budgetspan"):
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("budgetspan"))
+    return found
+
+
+def _file_of(module: str) -> Path | None:
+    rel = Path(*module.split(".")[1:])
+    for candidate in (_PACKAGE / rel.with_suffix(".py"), _PACKAGE / rel / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def sources() -> list[str]:
+    """The files the compiled modules depend on, relative to the package: the hot modules and every
+    budgetspan module they import, transitively (mypyc may fold their constants in)."""
+    todo = [_PACKAGE / "report" / f"{m}.py" for m in native.HOT]
+    seen: set[Path] = set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for module in _budgetspan_imports(path):
+            parts = module.split(".")
+            for i in range(2, len(parts) + 1):  # a package's __init__ runs too
+                found = _file_of(".".join(parts[:i]))
+                if found is not None:
+                    todo.append(found)
+    return sorted(p.relative_to(_PACKAGE).as_posix() for p in seen)
+
+
+def _copy(name: str, stamp: str, files: list[str]) -> str:
+    text = (_PACKAGE / "report" / f"{name}.py").read_text(encoding="utf-8")
+    hot = "|".join(native.HOT)
+    text = re.sub(rf"\bbudgetspan\.report\.({hot})\b", r"budgetspan.report._native.\1", text)
+    text = re.sub(
+        rf"^(\s*)from budgetspan\.report import ({hot})\b",
+        r"\1from budgetspan.report._native import \2",
+        text,
+        flags=re.M,
+    )
+    return text + f"\nNATIVE_SOURCE_HASH = {stamp!r}\nNATIVE_SOURCES = {tuple(files)!r}\n"
+
+
+def build(out_dir: Path | None = None, quiet: bool = False) -> Path:
+    """Compile the copies; returns the directory holding the extension modules."""
+    out_dir = out_dir or _PACKAGE / "report" / native.NATIVE_DIR
+    files = sources()
+    stamp = native.source_hash(_PACKAGE, files)
+    with tempfile.TemporaryDirectory(prefix="budgetspan-native-") as tmp:
+        pkg = Path(tmp) / "budgetspan" / "report" / native.NATIVE_DIR
+        pkg.mkdir(parents=True)
+        for init in (pkg.parent.parent, pkg.parent, pkg):
+            (init / "__init__.py").write_text("")
+        for name in native.HOT:
+            (pkg / f"{name}.py").write_text(_copy(name, stamp, files), encoding="utf-8")
+        setup = Path(tmp) / "setup.py"
+        setup.write_text(
+            "from setuptools import setup\nfrom mypyc.build import mypycify\n"
+            f"setup(name='budgetspan-native', ext_modules=mypycify({[f'budgetspan/report/{native.NATIVE_DIR}/{m}.py' for m in native.HOT]!r}, "
+            f"group_name='budgetspan.report.{native.NATIVE_DIR}.core', opt_level='3'))\n"
+        )
+        env = {**os.environ, "MYPYPATH": str(_PACKAGE.parent)}
+        subprocess.run(
+            [sys.executable, "setup.py", "build_ext", "--inplace"],
+            cwd=tmp,
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL if quiet else None,
+        )
+        built = [p for p in pkg.iterdir() if p.suffix in (".so", ".pyd")]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for old in out_dir.iterdir():
+            if old.suffix in (".so", ".pyd"):
+                old.unlink()
+        for p in built:
+            shutil.copy2(p, out_dir / p.name)
+    return out_dir
+
+
+if __name__ == "__main__":
+    print(f"compiled report modules in {build()}")
