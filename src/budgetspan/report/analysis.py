@@ -20,16 +20,17 @@ from budgetspan.report.assemble import MAX_SPANS_IN_FLIGHT, WINDOW, RunAssembler
 from budgetspan.report.numbers import number, percentile
 from budgetspan.report.otlp import Keep, SpanRec
 from budgetspan.report.plan import compare_plan
-from budgetspan.report.results import Analysis, Contributor, PhaseSummary, ReasonRate, WorkflowStat
-from budgetspan.report.run_stats import (
-    CALL_OPS,
-    PHASE_ORDER,
+from budgetspan.report.results import (
+    Analysis,
+    Contributor,
     PhaseStat,
+    PhaseSummary,
+    ReasonRate,
     RunStat,
     SequentialReads,
-    build_run,
-    sequential_reads,
+    WorkflowStat,
 )
+from budgetspan.report.run_stats import CALL_OPS, PHASE_ORDER, build_run, sequential_reads
 from budgetspan.report.savings import SAVINGS_KEYS, SavingsCounter
 from budgetspan.report.sweep import OTHER
 from budgetspan.report.tree import SpanIndex
@@ -75,16 +76,6 @@ MAX_TIMELINES = 2_000  # runs whose timeline is kept (the HTML report's per-run 
 MAX_CONTRIBUTORS = 10_000  # distinct (name, phase) per workflow; the rest are summed as "(others)"
 
 # --- per workflow -----------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
 
 
 def _rates(counter: Counter[str], runs: int) -> list[ReasonRate]:

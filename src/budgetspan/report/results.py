@@ -217,4 +217,18 @@ class Analysis:
     savings: Savings | None = None  # what the cache and provider prompt caching saved (``savings``)
 
 
-__all__ = ["LIMIT_USAGE", "Analysis", "CacheLine", "Contributor", "PhaseStat", "PhaseSummary", "PromptCacheLine", "Read", "ReasonRate", "RunStat", "Savings", "SequentialReads", "WorkflowStat"]
+__all__ = [
+    "LIMIT_USAGE",
+    "Analysis",
+    "CacheLine",
+    "Contributor",
+    "PhaseStat",
+    "PhaseSummary",
+    "PromptCacheLine",
+    "Read",
+    "ReasonRate",
+    "RunStat",
+    "Savings",
+    "SequentialReads",
+    "WorkflowStat",
+]

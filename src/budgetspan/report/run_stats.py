@@ -26,15 +26,6 @@ CALL_OPS = MODEL_OPS | {A.OP_EXECUTE_TOOL, A.OP_RETRIEVAL}
 PHASE_ORDER = (*PHASES, OTHER)
 
 
-
-
-
-
-
-
-
-
-
 #: A recorded cost above this (a trillion dollars per call) is taken for a broken value, like a
 #: negative one: the call counts as unpriced rather than turning every sum into $inf.
 MOST_COST_USD = 1e12

@@ -32,12 +32,6 @@ SAVINGS_KEYS = frozenset(
 MAX_LINES = 10_000  # distinct (workflow, name) cache lines; the rest are summed as "(others)"
 
 
-
-
-
-
-
-
 def _int(v: object) -> int:
     if v is None:  # absent (cache tokens, mostly)
         return 0
