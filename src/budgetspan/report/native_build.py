@@ -95,13 +95,16 @@ def build(out_dir: Path | None = None, quiet: bool = False) -> Path:
             f"group_name='budgetspan.report.{native.NATIVE_DIR}.core', opt_level='3'))\n"
         )
         env = {**os.environ, "MYPYPATH": str(_PACKAGE.parent)}
-        subprocess.run(
+        run = subprocess.run(
             [sys.executable, "setup.py", "build_ext", "--inplace"],
             cwd=tmp,
             env=env,
-            check=True,
-            stdout=subprocess.DEVNULL if quiet else None,
+            capture_output=quiet,
+            text=True,
+            check=False,
         )
+        if run.returncode != 0:
+            raise RuntimeError(f"mypyc build failed:\n{(run.stderr or '')[-3000:]}")
         built = [p for p in pkg.iterdir() if p.suffix in (".so", ".pyd")]
         out_dir.mkdir(parents=True, exist_ok=True)
         for old in out_dir.iterdir():
@@ -112,5 +115,23 @@ def build(out_dir: Path | None = None, quiet: bool = False) -> Path:
     return out_dir
 
 
+def main(argv: list[str]) -> int:
+    quiet = "--quiet" in argv
+    try:
+        where = build(quiet=quiet)
+    except (RuntimeError, OSError) as e:
+        print(
+            f"budgetspan: the report's modules were not compiled ({e}); it runs pure Python.", file=sys.stderr
+        )
+        print(
+            "  needs: pip install 'budgetspan[report-native]', a C compiler and the Python headers",
+            file=sys.stderr,
+        )
+        return 1
+    if not quiet:
+        print(f"compiled report modules in {where}; in use while the sources are unchanged")
+    return 0
+
+
 if __name__ == "__main__":
-    print(f"compiled report modules in {build()}")
+    sys.exit(main(sys.argv[1:]))
