@@ -56,7 +56,7 @@ def test_an_edited_source_is_never_run_stale(built: None, tmp_path: Path) -> Non
     assert [p.name for p in (report / native.NATIVE_DIR).glob("*.py")] == ["__init__.py"]
 
 
-def test_every_file_the_build_depends_on_is_hashed(built: None) -> None:
+def test_every_file_the_build_depends_on_is_compared(built: None) -> None:
     from budgetspan.report import native_build
 
     found = native.compiled()

@@ -16,7 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from budgetspan import attributes as A
-from budgetspan.report.assemble import MAX_SPANS_IN_FLIGHT, WINDOW, RunAssembler
+from budgetspan.report.assemble import RunAssembler
+from budgetspan.report.bounds import MAX_SPANS_IN_FLIGHT, WINDOW
 from budgetspan.report.numbers import number, percentile
 from budgetspan.report.otlp import Keep, SpanRec
 from budgetspan.report.plan import compare_plan
@@ -72,7 +73,6 @@ REPORT_KEEP = Keep(
     prefixes_on=(A.GEN_AI_OPERATION_NAME, A.OP_INVOKE_AGENT),  # run spans (else never read)
     events=frozenset({A.EVENT_WOULD_EXHAUST}),
 )
-MAX_TIMELINES = 2_000  # runs whose timeline is kept (the HTML report's per-run pages; --html)
 MAX_CONTRIBUTORS = 10_000  # distinct (name, phase) per workflow; the rest are summed as "(others)"
 
 # --- per workflow -----------------------------------------------------------------------------

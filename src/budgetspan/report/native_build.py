@@ -1,11 +1,13 @@
 """Build the report's compiled reading and analysis: ``python -m budgetspan.report.native_build``.
 
 Copies of the hot modules (``native.HOT``) are written to a temporary package
-``budgetspan.report._native`` (their imports of each other pointed at the copies), stamped with the
-hash of the sources they were made from (``native.source_hash``), and compiled with mypyc (mypy
-and a C compiler needed). Only the extension modules land in ``budgetspan/report/_native/``: no
-``.py`` of the package is ever shadowed, and ``native`` uses them only while the stamp matches the
-current sources, so an edit makes the report fall back to the pure modules until the next build.
+``budgetspan.report._native`` (their imports of each other pointed at the copies), the copy of
+``analysis`` carrying the bytes of the sources they were made from (``native.sources_on_disk``),
+and compiled with mypyc (mypy and a C compiler needed) into one library (``core__mypyc``) and a
+small module per copy that loads it. Only these extension modules land in
+``budgetspan/report/_native/``: no ``.py`` of the package is ever shadowed, and ``native`` uses them
+only while the stamp matches the current sources, so an edit makes the report fall back to the
+pure modules until the next build.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def sources() -> list[str]:
     return sorted(p.relative_to(_PACKAGE).as_posix() for p in seen)
 
 
-def _copy(name: str, stamp: str, files: list[str]) -> str:
+def _copy(name: str, stamp: bytes, files: list[str]) -> str:
     text = (_PACKAGE / "report" / f"{name}.py").read_text(encoding="utf-8")
     hot = "|".join(native.HOT)
     text = re.sub(rf"\bbudgetspan\.report\.({hot})\b", r"budgetspan.report._native.\1", text)
@@ -73,14 +75,16 @@ def _copy(name: str, stamp: str, files: list[str]) -> str:
         text,
         flags=re.M,
     )
-    return text + f"\nNATIVE_SOURCE_HASH = {stamp!r}\nNATIVE_SOURCES = {tuple(files)!r}\n"
+    if name != "analysis":  # one module carries the stamp: every module's code is in one library
+        return text
+    return text + f"\nNATIVE_SOURCE_BYTES = {stamp!r}\nNATIVE_SOURCES = {tuple(files)!r}\n"
 
 
 def build(out_dir: Path | None = None, quiet: bool = False) -> Path:
     """Compile the copies; returns the directory holding the extension modules."""
     out_dir = out_dir or _PACKAGE / "report" / native.NATIVE_DIR
     files = sources()
-    stamp = native.source_hash(_PACKAGE, files)
+    stamp = native.sources_on_disk(str(_PACKAGE), files)
     with tempfile.TemporaryDirectory(prefix="budgetspan-native-") as tmp:
         pkg = Path(tmp) / "budgetspan" / "report" / native.NATIVE_DIR
         pkg.mkdir(parents=True)

@@ -15,30 +15,24 @@ import gc
 import math
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import ModuleType
 from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
 from budgetspan.report import native, routing_cli
-from budgetspan.report.analysis import (
-    Analysis,
-    Contributor,
-    RunStat,
-    WorkflowStat,
-)
-from budgetspan.report.assemble import MAX_SPANS_IN_FLIGHT, WINDOW
+from budgetspan.report.bounds import MAX_SPANS_IN_FLIGHT, WINDOW
 from budgetspan.report.by_scope import BY as SCOPE_BY
 from budgetspan.report.by_scope import render_by
-from budgetspan.report.load import LoadError, SpanReader
 from budgetspan.report.plan import PLAN_ITEMS, PlanError, load_plan
-from budgetspan.report.savings import Savings
+from budgetspan.report.results import Analysis, Contributor, RunStat, Savings, WorkflowStat
 from budgetspan.report.text import safe
 from budgetspan.report.textfmt import Out as _Out
 from budgetspan.report.textfmt import Table, money, num, pct, secs, to_jsonable
 
 if TYPE_CHECKING:
+    from budgetspan.report.load import LoadError, SpanReader
     from budgetspan.report.runs_detail import DetailCollector
 
 FORMATS = ("table", "markdown", "json")
@@ -367,16 +361,7 @@ def _report(args: argparse.Namespace, stdout: IO[str] | None, stderr: IO[str] | 
         if reader.error_count <= MAX_ERRORS_SHOWN:
             print(f"budgetspan report: {safe(str(e))}", file=stderr)
 
-    # the compiled reading and analysis when built from these sources (``native``); --by, --html
-    # and the routing evaluation read with the pure modules (their details are pure classes)
-    load, analysis_module = (None, None) if routing_cli.wanted(args) else native.modules()
-    reader: SpanReader = (load.SpanReader if load is not None else SpanReader)(
-        keep=routing_cli.detail_keep() if analysis_module is None else analysis_module.REPORT_KEEP,
-        progress=bool(args.progress) or stderr.isatty(),
-        progress_stream=stderr,
-        on_error=bad_line,
-        max_errors=MAX_ERRORS_SHOWN,
-    )
+    reader, analysis_module = _reader(args, stderr, bad_line)
     bound = max(1, args.max_spans_in_flight)
     analysis, details = _analyze(args, reader, plan, bound, analysis_module)
     if args.by in SCOPE_BY:  # runs grouped by who they served
@@ -404,6 +389,30 @@ def _report(args: argparse.Namespace, stdout: IO[str] | None, stderr: IO[str] | 
         )
         return 1
     return 0
+
+
+def _reader(
+    args: argparse.Namespace, stderr: IO[str], on_error: Callable[[LoadError], None]
+) -> tuple[SpanReader, ModuleType | None]:
+    """The reader, and the ``analysis`` module to run (None: ``routing_cli``'s pass with details).
+    The compiled reading and analysis when built from these sources (``native``); --by, --html
+    and the routing evaluation read with the pure modules (their details are pure classes)."""
+    analysis_module: ModuleType | None = None
+    if routing_cli.wanted(args):
+        from budgetspan.report import load
+
+        keep = routing_cli.detail_keep()
+    else:
+        load, analysis_module = native.modules()
+        keep = analysis_module.REPORT_KEEP
+    reader: SpanReader = load.SpanReader(
+        keep=keep,
+        progress=bool(args.progress) or stderr.isatty(),
+        progress_stream=stderr,
+        on_error=on_error,
+        max_errors=MAX_ERRORS_SHOWN,
+    )
+    return reader, analysis_module
 
 
 def _analyze(
