@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from budgetspan.report.plan import PlanRow
 
+# Each dataclass has a docstring (without one, ``dataclass`` makes one with ``inspect.signature``:
+# ~4M instructions of the report's start-up for these classes).
 # Limit name -> the usage attribute it is compared to (budgetspan.usage.*).
 LIMIT_USAGE = {
     "max_model_calls": "model_calls",
@@ -29,6 +31,8 @@ LIMIT_USAGE = {
 
 @dataclass(slots=True)
 class PhaseStat:
+    """A run's figures in one phase."""
+
     time_s: float = 0.0
     cost_usd: float = 0.0
     model_calls: int = 0
@@ -42,6 +46,8 @@ class PhaseStat:
 
 @dataclass(slots=True)
 class Read:
+    """One read-only call of a ``SequentialReads``."""
+
     name: str
     offset_s: float  # from the run's start
     duration_s: float
@@ -60,6 +66,8 @@ class SequentialReads:
 
 @dataclass(slots=True)
 class RunStat:
+    """One run's figures."""
+
     run_id: str
     workflow: str
     profile: str | None = None
@@ -113,6 +121,8 @@ class RunStat:
 
 @dataclass
 class CacheLine:
+    """budgetspan's cache, per workflow and cached tool."""
+
     workflow: str
     name: str
     hits: int = 0
@@ -131,6 +141,8 @@ class CacheLine:
 
 @dataclass
 class PromptCacheLine:
+    """Provider prompt caching, per workflow."""
+
     workflow: str
     calls: int = 0  # model calls that read or wrote the prompt cache
     input_tokens: int = 0  # of every model call of the workflow (cached ones included)
@@ -151,12 +163,16 @@ class PromptCacheLine:
 
 @dataclass
 class Savings:
+    """What caching saved (``savings``)."""
+
     cache: list[CacheLine]
     prompt_cache: list[PromptCacheLine]
 
 
 @dataclass
 class PhaseSummary:
+    """A workflow's figures in one phase, over its runs."""
+
     phase: str
     runs: int
     time_s: float
@@ -170,6 +186,8 @@ class PhaseSummary:
 
 @dataclass
 class Contributor:
+    """A call or step (name and phase) and its share of a workflow's time and cost."""
+
     name: str
     phase: str
     count: int
@@ -181,6 +199,8 @@ class Contributor:
 
 @dataclass
 class ReasonRate:
+    """How many of a workflow's runs ended (or would have) for one reason."""
+
     reason: str
     runs: int
     rate: float
@@ -188,6 +208,8 @@ class ReasonRate:
 
 @dataclass
 class WorkflowStat:
+    """A workflow's figures."""
+
     workflow: str
     runs: int
     outcomes: dict[str, int]
@@ -207,6 +229,8 @@ class WorkflowStat:
 
 @dataclass
 class Analysis:
+    """Everything the report says."""
+
     workflows: list[WorkflowStat]
     runs: list[RunStat]
     plan: list[PlanRow] = field(default_factory=list)
