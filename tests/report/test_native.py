@@ -21,7 +21,13 @@ from budgetspan.report import native
 from tests.report.test_hostile_input import HOSTILE, a_run, line
 
 SRC = Path(native.__file__).resolve().parent.parent.parent  # .../src
-_PROBE = "from budgetspan.report import native; print(native.compiled() is not None)"
+_PROBE = """
+import sys
+from budgetspan.report import native
+used = native.compiled() is not None
+loaded = any(m.startswith("budgetspan.report._native.") for m in sys.modules)
+print(used, loaded)
+"""
 
 
 @pytest.fixture(scope="module")
@@ -32,16 +38,26 @@ def built() -> None:
         pytest.skip("the compiled report is not built (python -m budgetspan.report.native_build)")
 
 
-def _uses_compiled(src: Path) -> bool:
+def _probe(src: Path) -> tuple[bool, bool]:
+    """Whether the report would run compiled code from ``src``, and whether any was loaded."""
     env = {**os.environ, "PYTHONPATH": str(src)}
     env.pop(native.PURE_ENV, None)
     run = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, check=True)
-    return run.stdout.strip() == "True"
+    used, loaded = run.stdout.split()
+    return used == "True", loaded == "True"
+
+
+def _uses_compiled(src: Path) -> bool:
+    """Whether the report would run compiled code from ``src``; when not, none was even loaded."""
+    used, loaded = _probe(src)
+    assert used == loaded
+    return used
 
 
 def test_an_edited_source_is_never_run_stale(built: None, tmp_path: Path) -> None:
     """A copy of the package with its build: compiled until a hot module, or a module it imports
-    (attributes.py), is edited; then pure. Nothing compiled sits next to a ``.py``."""
+    (attributes.py), is edited; then pure, without loading any compiled module. Nothing compiled
+    sits next to a ``.py``; without the stamp file, or with another build's, nothing is used."""
     shutil.copytree(SRC / "budgetspan", tmp_path / "budgetspan", ignore=shutil.ignore_patterns("__pycache__"))
     report = tmp_path / "budgetspan" / "report"
     assert _uses_compiled(tmp_path)
@@ -51,6 +67,21 @@ def test_an_edited_source_is_never_run_stale(built: None, tmp_path: Path) -> Non
         assert not _uses_compiled(tmp_path), edited
         edited.write_bytes(original)
         assert _uses_compiled(tmp_path)
+    stamp = report / native.NATIVE_DIR / native.STAMP_FILE
+    built_from = stamp.read_bytes()
+    stamp.unlink()  # a build interrupted half-way
+    assert not _uses_compiled(tmp_path)
+    # a stamp for other sources than the library's (files copied by hand): loaded, not used
+    original = (report / "sweep.py").read_bytes()
+    (report / "sweep.py").write_bytes(original + b"\n# edited\n")
+    names = built_from.partition(b"\n")[0]
+    stamp.write_bytes(
+        names + b"\n" + native.sources_on_disk(str(tmp_path / "budgetspan"), names.decode().split())
+    )
+    assert _probe(tmp_path) == (False, True)
+    (report / "sweep.py").write_bytes(original)
+    stamp.write_bytes(built_from)
+    assert _uses_compiled(tmp_path)
     compiled = [p for p in (tmp_path / "budgetspan").rglob("*") if p.suffix in (".so", ".pyd")]
     assert compiled and all(p.parent == report / native.NATIVE_DIR for p in compiled)
     assert [p.name for p in (report / native.NATIVE_DIR).glob("*.py")] == ["__init__.py"]

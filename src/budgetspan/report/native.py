@@ -1,9 +1,10 @@
 """The report's reading and analysis, compiled when a build of the current sources is there.
 
 ``native_build`` compiles copies of the hot modules (``HOT``) with mypyc into
-``budgetspan/report/_native/`` under their own names, carrying the bytes of every source file
-the build was made from (the hot modules and every budgetspan module they import). ``modules()``
-returns the compiled ``load`` and ``analysis`` only while those bytes equal the files on disk now;
+``budgetspan/report/_native/`` under their own names, with the bytes of every source file the
+build was made from (the hot modules and every budgetspan module they import) in a stamp file and
+in the compiled code. ``modules()`` returns the compiled ``load`` and ``analysis`` only while those
+bytes equal the files on disk now (checked before any compiled code is loaded);
 otherwise (no build, no compiler, a ``.py`` edited since, another Python) the pure modules. Same
 output either way (tests/report/test_native.py). ``BUDGETSPAN_REPORT_PURE=1`` forces the pure
 modules. (Compared byte for byte, not hashed: ``hashlib`` and ``pathlib`` alone cost the report's
@@ -31,6 +32,7 @@ HOT: Final = (
     "analysis",
 )
 NATIVE_DIR: Final = "_native"
+STAMP_FILE: Final = "BUILT_FROM"  # in NATIVE_DIR: the source files' names, a newline, their bytes
 PURE_ENV: Final = "BUDGETSPAN_REPORT_PURE"
 
 
@@ -44,16 +46,21 @@ def sources_on_disk(package: str, files: tuple[str, ...] | list[str]) -> bytes:
 
 
 def compiled() -> tuple[ModuleType, ModuleType] | None:
-    """The compiled (load, analysis), if built from the sources on disk now; else None."""
+    """The compiled (load, analysis), if built from the sources on disk now; else None. The stamp
+    file is checked before any compiled code is loaded, and the library loaded must carry the
+    same stamp (a build interrupted half-way, files copied by hand)."""
+    here = os.path.dirname(os.path.abspath(__file__))
     try:
+        with open(os.path.join(here, NATIVE_DIR, STAMP_FILE), "rb") as f:
+            names, _, built_from = f.read().partition(b"\n")
+        if sources_on_disk(os.path.dirname(here), names.decode().split()) != built_from:
+            return None
         analysis = importlib.import_module(f"budgetspan.report.{NATIVE_DIR}.analysis")
         load = importlib.import_module(f"budgetspan.report.{NATIVE_DIR}.load")
-        package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        now = sources_on_disk(package, analysis.NATIVE_SOURCES)
-    except (ImportError, OSError, AttributeError):  # not built, another Python, a source gone
+    except (ImportError, OSError, UnicodeDecodeError):  # not built, another Python, a source gone
         return None
     # one stamp for both: every module's code is in the build's one library (``core__mypyc``)
-    return (load, analysis) if now == analysis.NATIVE_SOURCE_BYTES else None
+    return (load, analysis) if getattr(analysis, "NATIVE_SOURCE_BYTES", None) == built_from else None
 
 
 def modules() -> tuple[ModuleType, ModuleType]:

@@ -65,8 +65,7 @@ def sources() -> list[str]:
     return sorted(p.relative_to(_PACKAGE).as_posix() for p in seen)
 
 
-def _copy(name: str, stamp: bytes, files: list[str]) -> str:
-    text = (_PACKAGE / "report" / f"{name}.py").read_text(encoding="utf-8")
+def _copy(name: str, text: str, stamp: bytes, files: list[str]) -> str:
     hot = "|".join(native.HOT)
     text = re.sub(rf"\bbudgetspan\.report\.({hot})\b", r"budgetspan.report._native.\1", text)
     text = re.sub(
@@ -81,42 +80,53 @@ def _copy(name: str, stamp: bytes, files: list[str]) -> str:
 
 
 def build(out_dir: Path | None = None, quiet: bool = False) -> Path:
-    """Compile the copies; returns the directory holding the extension modules."""
+    """Compile the copies; returns the directory holding the extension modules. The stamp file
+    goes first and comes back last: a build that fails half-way leaves nothing in use."""
     out_dir = out_dir or _PACKAGE / "report" / native.NATIVE_DIR
     files = sources()
     stamp = native.sources_on_disk(str(_PACKAGE), files)
+    texts = {name: (_PACKAGE / "report" / f"{name}.py").read_text(encoding="utf-8") for name in native.HOT}
+    if stamp != native.sources_on_disk(str(_PACKAGE), files):
+        raise RuntimeError("the sources changed while they were read; build again")
     with tempfile.TemporaryDirectory(prefix="budgetspan-native-") as tmp:
         pkg = Path(tmp) / "budgetspan" / "report" / native.NATIVE_DIR
         pkg.mkdir(parents=True)
         for init in (pkg.parent.parent, pkg.parent, pkg):
             (init / "__init__.py").write_text("")
         for name in native.HOT:
-            (pkg / f"{name}.py").write_text(_copy(name, stamp, files), encoding="utf-8")
-        setup = Path(tmp) / "setup.py"
-        setup.write_text(
-            "from setuptools import setup\nfrom mypyc.build import mypycify\n"
-            f"setup(name='budgetspan-native', ext_modules=mypycify({[f'budgetspan/report/{native.NATIVE_DIR}/{m}.py' for m in native.HOT]!r}, "
-            f"group_name='budgetspan.report.{native.NATIVE_DIR}.core', opt_level='3'))\n"
-        )
-        env = {**os.environ, "MYPYPATH": str(_PACKAGE.parent)}
-        run = subprocess.run(
-            [sys.executable, "setup.py", "build_ext", "--inplace"],
-            cwd=tmp,
-            env=env,
-            capture_output=quiet,
-            text=True,
-            check=False,
-        )
-        if run.returncode != 0:
-            raise RuntimeError(f"mypyc build failed:\n{(run.stderr or '')[-3000:]}")
+            (pkg / f"{name}.py").write_text(_copy(name, texts[name], stamp, files), encoding="utf-8")
+        _compile(Path(tmp), quiet)
         built = [p for p in pkg.iterdir() if p.suffix in (".so", ".pyd")]
         out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / native.STAMP_FILE).unlink(missing_ok=True)
         for old in out_dir.iterdir():
             if old.suffix in (".so", ".pyd"):
                 old.unlink()
         for p in built:
             shutil.copy2(p, out_dir / p.name)
+        part = out_dir / (native.STAMP_FILE + ".part")
+        part.write_bytes(" ".join(files).encode() + b"\n" + stamp)
+        os.replace(part, out_dir / native.STAMP_FILE)
     return out_dir
+
+
+def _compile(tmp: Path, quiet: bool) -> None:
+    modules = [f"budgetspan/report/{native.NATIVE_DIR}/{m}.py" for m in native.HOT]
+    (tmp / "setup.py").write_text(
+        "from setuptools import setup\nfrom mypyc.build import mypycify\n"
+        f"setup(name='budgetspan-native', ext_modules=mypycify({modules!r}, "
+        f"group_name='budgetspan.report.{native.NATIVE_DIR}.core', opt_level='3'))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "setup.py", "build_ext", "--inplace"],
+        cwd=tmp,
+        env={**os.environ, "MYPYPATH": str(_PACKAGE.parent)},
+        capture_output=quiet,
+        text=True,
+        check=False,
+    )
+    if run.returncode != 0:
+        raise RuntimeError(f"mypyc build failed:\n{(run.stderr or '')[-3000:]}")
 
 
 def main(argv: list[str]) -> int:
