@@ -18,7 +18,7 @@ import os
 from types import ModuleType
 from typing import Final
 
-#: Compiled together, in this order; they import only each other and modules outside the report.
+#: Compiled together into one library; they import each other and pure modules (results, otlp_schema...).
 HOT: Final = (
     "numbers",
     "otlp",
