@@ -5,6 +5,10 @@
     .venv/bin/python bench/bench_report.py --overlap-only
     .venv/bin/python bench/bench_report.py --instructions --spans 10000 100000
     .venv/bin/python bench/bench_report.py --instructions --stages --spans 10000
+    .venv/bin/python bench/bench_report.py --pure ...                # the pure-Python report
+
+The report runs compiled (``python -m budgetspan.report.native_build``) when built from the
+sources it runs, else pure Python; ``--pure`` measures the pure path either way.
 
 ``--instructions`` counts CPU instructions (valgrind's callgrind, whole process, bytecode already
 written) of the orjson loop and of the report on the same file: a figure the machine's load does
@@ -183,31 +187,29 @@ print(n)
 # 0 imports what the report imports and stops. Differences between stages say where it goes.
 STAGES = """
 import gc, sys
-from budgetspan.report import render  # the report's imports
-from budgetspan.report.analysis import REPORT_KEEP, Analyzer, finish
-from budgetspan.report.assemble import RunAssembler
-from budgetspan.report.load import SpanReader
+from budgetspan.report import native, render  # the report's imports
+load, analysis = native.modules()  # compiled when built from these sources, as the report runs
 gc.disable()  # as the report runs
 stage = int(sys.argv[1])
-batches = SpanReader(keep=REPORT_KEEP).read([sys.argv[2]])
+batches = load.SpanReader(keep=analysis.REPORT_KEEP).read([sys.argv[2]])
 if stage == 1:
     sum(len(b) for b in batches)
 elif stage >= 2:
-    analyzer = Analyzer()
-    asm = RunAssembler(analyzer.add_runs if stage == 3 else (lambda runs, traces: None))
+    analyzer = analysis.Analyzer()
+    asm = analysis.RunAssembler(analyzer.add_runs if stage == 3 else (lambda runs, traces: None))
     for b in batches:
         asm.add_batch(b)
     asm.close()
     if stage == 3:
-        finish(analyzer, asm, None, 5)
+        analysis.finish(analyzer, asm, None, 5)
 """
 
 OVERLAP = """
 import sys, time
-from budgetspan.report.analysis import REPORT_KEEP, analyze_stream
-from budgetspan.report.load import SpanReader
+from budgetspan.report import native
 t0 = time.perf_counter()
-a = analyze_stream(SpanReader(keep=REPORT_KEEP).read([sys.argv[1]]))
+load, analysis = native.modules()  # compiled when built from these sources, as the report runs
+a = analysis.analyze_stream(load.SpanReader(keep=analysis.REPORT_KEEP).read([sys.argv[1]]))
 took = time.perf_counter() - t0
 (run,) = a.runs
 assert abs(sum(p.time_s for p in run.phases.values()) - run.wall_s) < 1e-6
@@ -217,7 +219,10 @@ print(took)
 
 # Bytecode is written and reused, as for an installed package: with PYTHONDONTWRITEBYTECODE set
 # every run would compile the report's modules again (~210M more instructions at start-up).
+# The report runs its compiled modules when they are built from these sources (report/native.py);
+# --pure sets BUDGETSPAN_REPORT_PURE=1 to measure the pure-Python path.
 _ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+PURE_ENV = "BUDGETSPAN_REPORT_PURE"  # report.native.PURE_ENV
 
 
 def measure(argv: list[str]) -> tuple[float, float, str]:
@@ -331,7 +336,9 @@ def main() -> None:
     p.add_argument(
         "--stages", action="store_true", help="with --instructions: where the report's go, by stage"
     )
+    p.add_argument("--pure", action="store_true", help="the report's pure-Python path (not the compiled one)")
     args = p.parse_args()
+    _ENV[PURE_ENV] = "1" if args.pure else "0"
     directory = Path(args.dir)
     if args.instructions:
         instruction_ratios(directory, args.spans, args.stages)

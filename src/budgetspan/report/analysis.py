@@ -16,20 +16,23 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from budgetspan import attributes as A
-from budgetspan.report.assemble import MAX_SPANS_IN_FLIGHT, WINDOW, RunAssembler
+from budgetspan.report.assemble import RunAssembler
+from budgetspan.report.bounds import MAX_SPANS_IN_FLIGHT, WINDOW
 from budgetspan.report.numbers import number, percentile
 from budgetspan.report.otlp import Keep, SpanRec
-from budgetspan.report.plan import PlanRow, compare_plan
-from budgetspan.report.run_stats import (
-    CALL_OPS,
-    PHASE_ORDER,
+from budgetspan.report.plan import compare_plan
+from budgetspan.report.results import (
+    Analysis,
+    Contributor,
     PhaseStat,
+    PhaseSummary,
+    ReasonRate,
     RunStat,
     SequentialReads,
-    build_run,
-    sequential_reads,
+    WorkflowStat,
 )
-from budgetspan.report.savings import SAVINGS_KEYS, Savings, SavingsCounter
+from budgetspan.report.run_stats import CALL_OPS, PHASE_ORDER, build_run, sequential_reads
+from budgetspan.report.savings import SAVINGS_KEYS, SavingsCounter
 from budgetspan.report.sweep import OTHER
 from budgetspan.report.tree import SpanIndex
 
@@ -70,72 +73,9 @@ REPORT_KEEP = Keep(
     prefixes_on=(A.GEN_AI_OPERATION_NAME, A.OP_INVOKE_AGENT),  # run spans (else never read)
     events=frozenset({A.EVENT_WOULD_EXHAUST}),
 )
-MAX_TIMELINES = 2_000  # runs whose timeline is kept (the HTML report's per-run pages; --html)
 MAX_CONTRIBUTORS = 10_000  # distinct (name, phase) per workflow; the rest are summed as "(others)"
 
 # --- per workflow -----------------------------------------------------------------------------
-
-
-@dataclass
-class PhaseSummary:
-    phase: str
-    runs: int
-    time_s: float
-    time_share: float
-    p50_s: float
-    p95_s: float
-    cost_usd: float
-    cost_share: float
-    calls: int
-
-
-@dataclass
-class Contributor:
-    name: str
-    phase: str
-    count: int
-    time_s: float
-    time_share: float
-    cost_usd: float
-    cost_share: float
-
-
-@dataclass
-class ReasonRate:
-    reason: str
-    runs: int
-    rate: float
-
-
-@dataclass
-class WorkflowStat:
-    workflow: str
-    runs: int
-    outcomes: dict[str, int]
-    total_cost_usd: float
-    total_time_s: float
-    cost_per_success: float | None
-    phases: list[PhaseSummary]
-    top_by_time: list[Contributor]
-    top_by_cost: list[Contributor]
-    exhaustions: list[ReasonRate]
-    would_exhaust: list[ReasonRate]
-    retries: int
-    retries_by_call: dict[str, int]
-    sequential_reads: list[SequentialReads]
-    unpriced_calls: int
-
-
-@dataclass
-class Analysis:
-    workflows: list[WorkflowStat]
-    runs: list[RunStat]
-    plan: list[PlanRow] = field(default_factory=list)
-    plan_notes: list[str] = field(default_factory=list)
-    spans: int = 0
-    late_spans: int = 0  # spans of runs already reported (see ``assemble``): not counted
-    early_runs: int = 0  # runs finished before they were complete, to stay within the bound
-    savings: Savings | None = None  # what the cache and provider prompt caching saved (``savings``)
 
 
 def _rates(counter: Counter[str], runs: int) -> list[ReasonRate]:

@@ -31,10 +31,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from budgetspan import attributes as A
+from budgetspan.report.bounds import MAX_SPANS_IN_FLIGHT, WINDOW
 from budgetspan.report.otlp import SpanRec
 
-WINDOW = 20_000  # spans read after a run's run span (or its trace's root) before it is finished
-MAX_SPANS_IN_FLIGHT = 250_000
 _RUN_ID, _INVOKE_AGENT = A.RUN_ID, A.OP_INVOKE_AGENT
 _EVICT_TO = 0.9  # past the bound, evict down to this share of it (not one span at a time)
 

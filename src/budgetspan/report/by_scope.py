@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from budgetspan.report.run_stats import RunStat
+from budgetspan.report.results import RunStat
 from budgetspan.report.text import safe
 
 BY = ("tenant", "user")  # report --by tenant | user (the default groups by workflow)

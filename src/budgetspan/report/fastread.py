@@ -20,62 +20,18 @@ from typing import Any
 
 import msgspec
 import orjson
-from msgspec import Raw, Struct
 
 from budgetspan import attributes as A
 from budgetspan.report.otlp import Keep, SpanRec, _events, _int, parse_line
+from budgetspan.report.otlp_schema import NONE as _NONE
+from budgetspan.report.otlp_schema import Request
 
 _STATUS_ERROR = 2
 _OPERATION, _DUPLICATE, _PHASE = A.GEN_AI_OPERATION_NAME, A.DUPLICATE_CALL, A.PHASE
-_new = object.__new__
 _MAX_NS = 2**64
-_NONE = Raw()  # a field absent from the line
 
 
-class _Value(Struct, gc=False):
-    """An OTLP AnyValue. A field absent is None (a default msgspec does not check); a field given
-    as ``null`` is a type error, so the line is read again (and named) by ``otlp``."""
-
-    stringValue: str = None  # type: ignore[assignment]
-    boolValue: bool = None  # type: ignore[assignment]
-    intValue: int | str = None  # type: ignore[assignment]
-    doubleValue: float | str = None  # type: ignore[assignment]
-
-
-class _KV(Struct, gc=False):
-    key: str
-    value: _Value = None  # type: ignore[assignment]  # absent: read again (None has no fields)
-
-
-class _Status(Struct, gc=False):
-    code: int | str | None = None
-
-
-class _Span(Struct, gc=False):
-    traceId: str
-    spanId: str
-    name: str
-    startTimeUnixNano: str
-    endTimeUnixNano: str
-    parentSpanId: str | None = None
-    attributes: list[_KV] | None = None
-    status: _Status | None = None
-    events: Raw = _NONE
-
-
-class _Scope(Struct, gc=False):
-    spans: list[_Span]
-
-
-class _Resource(Struct, gc=False):
-    scopeSpans: list[_Scope]
-
-
-class _Request(Struct, gc=False):
-    resourceSpans: list[_Resource]
-
-
-_decode = msgspec.json.Decoder(_Request).decode
+_decode = msgspec.json.Decoder(Request).decode
 # AttributeError: an attribute without a value (None has no fields)
 _FAILED = (msgspec.DecodeError, msgspec.ValidationError, RecursionError, ValueError, AttributeError)
 
@@ -92,7 +48,7 @@ def parse_line_fast(line: bytes, keep: Keep) -> list[SpanRec]:
         return parse_line(line, keep)
 
 
-def _not_text(v: _Value) -> Any:
+def _not_text(v: Any) -> Any:
     """A kept value that is not text: a boolean or a number read in place, else read again."""
     if v.boolValue is not None:
         return v.boolValue
@@ -107,7 +63,7 @@ def _not_text(v: _Value) -> Any:
     raise _ReadAgain  # a double as text, arrays, key/value lists, bytes, an empty value
 
 
-def _prefixed(items: list[_KV], prefixes: tuple[str, ...], attrs: dict[str, Any]) -> None:
+def _prefixed(items: Any, prefixes: tuple[str, ...], attrs: dict[str, Any]) -> None:
     """A run span's ``budgetspan.limit.*``/``usage.*`` values (see ``otlp._prefixed_numbers``)."""
     for kv in items:
         key = kv.key
@@ -125,7 +81,7 @@ def _prefixed(items: list[_KV], prefixes: tuple[str, ...], attrs: dict[str, Any]
 
 
 # long: the per-span loop of the report's hot path, kept in one piece (a call per span costs)
-def _spans(request: _Request, keep: Keep) -> list[SpanRec]:
+def _spans(request: Any, keep: Keep) -> list[SpanRec]:
     keys, prefixes, (on_key, on_value) = keep.keys, keep.prefixes, keep.prefixes_on
     out: list[SpanRec] = []
     append = out.append
@@ -159,7 +115,7 @@ def _spans(request: _Request, keep: Keep) -> list[SpanRec]:
                 trace_id, span_id, start, end = s.traceId, s.spanId, s.startTimeUnixNano, s.endTimeUnixNano
                 if not trace_id or not span_id or len(start) > 20 or len(end) > 20:
                     raise _ReadAgain
-                rec = _new(SpanRec)  # every field set here; ``SpanRec.__init__`` costs ~3x more
+                rec = SpanRec.__new__(SpanRec)  # every field set here; ``SpanRec.__init__`` costs ~3x more
                 rec.start_ns, rec.end_ns = int(start), int(end)  # ValueError unless digits: read again
                 if rec.start_ns < 0 or rec.end_ns < 0 or rec.start_ns >= _MAX_NS or rec.end_ns >= _MAX_NS:
                     raise _ReadAgain

@@ -106,9 +106,14 @@ class SpanReader:
     on_error: Callable[[LoadError], None] | None = None
     max_errors: int | None = None
     max_line_bytes: int = MAX_LINE_BYTES
-    errors: list[LoadError] = field(init=False, default_factory=list)
-    error_count: int = field(init=False, default=0)
-    spans_read: int = field(init=False, default=0)
+    errors: list[LoadError] = field(init=False)
+    error_count: int = field(init=False)
+    spans_read: int = field(init=False)
+
+    def __post_init__(self) -> None:  # set here: compiled (``native``), a default is not applied
+        self.errors = []
+        self.error_count = 0
+        self.spans_read = 0
 
     def _error(self, err: LoadError) -> None:
         self.error_count += 1

@@ -15,31 +15,24 @@ import gc
 import math
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from types import ModuleType
 from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
-from budgetspan.report import routing_cli
-from budgetspan.report.analysis import (
-    REPORT_KEEP,
-    Analysis,
-    Contributor,
-    RunStat,
-    WorkflowStat,
-    analyze_stream,
-)
-from budgetspan.report.assemble import MAX_SPANS_IN_FLIGHT, WINDOW
+from budgetspan.report import native, routing_cli
+from budgetspan.report.bounds import MAX_SPANS_IN_FLIGHT, WINDOW
 from budgetspan.report.by_scope import BY as SCOPE_BY
 from budgetspan.report.by_scope import render_by
-from budgetspan.report.load import LoadError, SpanReader
 from budgetspan.report.plan import PLAN_ITEMS, PlanError, load_plan
-from budgetspan.report.savings import Savings
+from budgetspan.report.results import Analysis, Contributor, RunStat, Savings, WorkflowStat
 from budgetspan.report.text import safe
 from budgetspan.report.textfmt import Out as _Out
 from budgetspan.report.textfmt import Table, money, num, pct, secs, to_jsonable
 
 if TYPE_CHECKING:
+    from budgetspan.report.load import LoadError, SpanReader
     from budgetspan.report.runs_detail import DetailCollector
 
 FORMATS = ("table", "markdown", "json")
@@ -368,15 +361,9 @@ def _report(args: argparse.Namespace, stdout: IO[str] | None, stderr: IO[str] | 
         if reader.error_count <= MAX_ERRORS_SHOWN:
             print(f"budgetspan report: {safe(str(e))}", file=stderr)
 
-    reader = SpanReader(
-        keep=routing_cli.detail_keep() if routing_cli.wanted(args) else REPORT_KEEP,
-        progress=bool(args.progress) or stderr.isatty(),
-        progress_stream=stderr,
-        on_error=bad_line,
-        max_errors=MAX_ERRORS_SHOWN,
-    )
+    reader, analysis_module = _reader(args, stderr, bad_line)
     bound = max(1, args.max_spans_in_flight)
-    analysis, details = _analyze(args, reader, plan, bound)
+    analysis, details = _analyze(args, reader, plan, bound, analysis_module)
     if args.by in SCOPE_BY:  # runs grouped by who they served
         stdout.write(render_by(analysis.runs, args.by, args.format))
     elif args.format == "json":
@@ -404,19 +391,45 @@ def _report(args: argparse.Namespace, stdout: IO[str] | None, stderr: IO[str] | 
     return 0
 
 
-def _analyze(
-    args: argparse.Namespace, reader: SpanReader, plan: Any, bound: int
-) -> tuple[Analysis, DetailCollector | None]:
-    """The analysis; with --by or --html, each run's details too (in the same pass)."""
-    window = min(WINDOW, max(1, bound // 5))
+def _reader(
+    args: argparse.Namespace, stderr: IO[str], on_error: Callable[[LoadError], None]
+) -> tuple[SpanReader, ModuleType | None]:
+    """The reader, and the ``analysis`` module to run (None: ``routing_cli``'s pass with details).
+    The compiled reading and analysis when built from these sources (``native``); --by, --html
+    and the routing evaluation read with the pure modules (their details are pure classes)."""
+    analysis_module: ModuleType | None = None
     if routing_cli.wanted(args):
+        from budgetspan.report import load
+
+        keep = routing_cli.detail_keep()
+    else:
+        load, analysis_module = native.modules()
+        keep = analysis_module.REPORT_KEEP
+    reader: SpanReader = load.SpanReader(
+        keep=keep,
+        progress=bool(args.progress) or stderr.isatty(),
+        progress_stream=stderr,
+        on_error=on_error,
+        max_errors=MAX_ERRORS_SHOWN,
+    )
+    return reader, analysis_module
+
+
+def _analyze(
+    args: argparse.Namespace, reader: SpanReader, plan: Any, bound: int, module: ModuleType | None
+) -> tuple[Analysis, DetailCollector | None]:
+    """The analysis (by ``module``, the compiled or pure ``analysis``); with --by or --html, each
+    run's details too (in the same pass)."""
+    window = min(WINDOW, max(1, bound // 5))
+    if module is None:
         return routing_cli.analyze_with_details(
             reader.read(args.files), plan, args.top, window=window, max_in_flight=bound,
             max_timelines=args.html_max_timelines,
         )  # fmt: skip
-    return analyze_stream(
+    analysis: Analysis = module.analyze_stream(
         reader.read(args.files), plan, top=args.top, window=window, max_in_flight=bound
-    ), None
+    )
+    return analysis, None
 
 
 def _notes(a: Analysis, bound: int, stderr: IO[str]) -> None:

@@ -7,14 +7,14 @@ import argparse
 from collections.abc import Iterable, Mapping
 from typing import IO, TYPE_CHECKING
 
-from budgetspan.report.analysis import MAX_TIMELINES, Analysis, Analyzer, finish
-from budgetspan.report.assemble import RunAssembler
+from budgetspan.report.bounds import MAX_TIMELINES
 from budgetspan.report.by_scope import BY as SCOPE_BY
-from budgetspan.report.otlp import Keep, SpanRec
+from budgetspan.report.results import Analysis
 from budgetspan.report.textfmt import Out as _Out
 from budgetspan.report.textfmt import Table, money, pct, secs, to_jsonable
 
 if TYPE_CHECKING:  # imported where used: a report without --by step,model or --html needs neither
+    from budgetspan.report.otlp import Keep, SpanRec
     from budgetspan.report.routing import Routing
     from budgetspan.report.runs_detail import DetailCollector
 
@@ -83,6 +83,8 @@ def analyze_with_details(
     max_timelines: int = MAX_TIMELINES,
 ) -> tuple[Analysis, DetailCollector]:
     """The report's analysis and each run's details, in one pass over the spans."""
+    from budgetspan.report.analysis import Analyzer, finish
+    from budgetspan.report.assemble import RunAssembler
     from budgetspan.report.runs_detail import DetailCollector
 
     analyzer = Analyzer()
@@ -102,6 +104,7 @@ def analyze_with_details(
 
 def evaluate_spans(spans: Iterable[SpanRec]) -> Routing:
     """The routing evaluation of spans in memory (the demo's), every span held until the end."""
+    from budgetspan.report.assemble import RunAssembler
     from budgetspan.report.routing import evaluate
     from budgetspan.report.runs_detail import DetailCollector
 

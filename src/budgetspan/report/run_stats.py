@@ -11,12 +11,12 @@ from __future__ import annotations
 import math
 import sys
 from collections import defaultdict
-from dataclasses import dataclass, field
 from typing import Any
 
 from budgetspan import attributes as A
 from budgetspan.report.numbers import number
 from budgetspan.report.otlp import SpanRec
+from budgetspan.report.results import PhaseStat, Read, RunStat, SequentialReads
 from budgetspan.report.sweep import OTHER, Interval, phase_times
 from budgetspan.report.tree import SpanIndex
 from budgetspan.runs.phases import PHASES
@@ -24,104 +24,6 @@ from budgetspan.runs.phases import PHASES
 MODEL_OPS = A.MODEL_OPERATIONS
 CALL_OPS = MODEL_OPS | {A.OP_EXECUTE_TOOL, A.OP_RETRIEVAL}
 PHASE_ORDER = (*PHASES, OTHER)
-
-# Limit name -> the usage attribute it is compared to (budgetspan.usage.*).
-LIMIT_USAGE = {
-    "max_model_calls": "model_calls",
-    "max_tool_calls": "tool_calls",
-    "max_steps": "steps",
-    "max_input_tokens": "input_tokens",
-    "max_output_tokens": "output_tokens",
-    "max_total_tokens": "total_tokens",
-    "max_cost_usd": "cost_usd",
-    "max_retries": "retries",
-}
-
-
-@dataclass(slots=True)
-class PhaseStat:
-    time_s: float = 0.0
-    cost_usd: float = 0.0
-    model_calls: int = 0
-    tool_calls: int = 0
-    retrievals: int = 0
-
-    @property
-    def calls(self) -> int:
-        return self.model_calls + self.tool_calls + self.retrievals
-
-
-@dataclass(slots=True)
-class Read:
-    name: str
-    offset_s: float  # from the run's start
-    duration_s: float
-
-
-@dataclass
-class SequentialReads:
-    """Read-only calls under one parent that ran one after another."""
-
-    workflow: str
-    run_id: str
-    parent: str
-    reads: list[Read]
-    saving_s: float  # time saved had they all run at once
-
-
-@dataclass(slots=True)
-class RunStat:
-    run_id: str
-    workflow: str
-    profile: str | None = None
-    outcome: str = "unknown"
-    reason: str | None = None
-    explanation: str | None = None
-    start_ns: int = 0
-    end_ns: int = 0
-    cost_usd: float = 0.0
-    model_calls: int = 0
-    tool_calls: int = 0
-    retrievals: int = 0
-    retries: int = 0
-    verification_steps: int = 0
-    approval_waits: int = 0
-    unpriced_calls: int = 0
-    limits: dict[str, float] = field(default_factory=dict)
-    usage: dict[str, float] = field(default_factory=dict)
-    would_exhaust: list[str] = field(default_factory=list)
-    phases: dict[str, PhaseStat] = field(default_factory=dict)
-    has_run_span: bool = False
-    tenant: str | None = None  # budgetspan.tenant.id and user.id of the run span (report --by)
-    user: str | None = None
-    #: budgetspan.run.parent_id: the run this one is nested in, whose figures include its calls
-    parent_id: str | None = None
-    #: (end, cost) of its calls that ended after it: in ``cost_usd``, not in its ledger figure.
-    late: tuple[tuple[int, float], ...] = ()
-
-    @property
-    def wall_s(self) -> float:
-        return max(0, self.end_ns - self.start_ns) / 1e9
-
-    def budget_used(self) -> tuple[str, float] | None:
-        """The limit closest to (or past) its end, and the share of it used."""
-        best: tuple[str, float] | None = None
-        for limit, value in self.limits.items():
-            if limit == "max_wall_clock_s":
-                used = self.usage.get("wall_clock_s", self.wall_s)
-            elif limit in LIMIT_USAGE:
-                used = self.usage.get(LIMIT_USAGE[limit], 0.0)
-            else:
-                continue
-            share = used / value if value > 0 else (1.0 if used > 0 else 0.0)
-            if best is None or share > best[1]:
-                best = (limit, share)
-        return best
-
-    def plan_actual(self, item: str) -> float:
-        if item == "duration_s":
-            return self.wall_s
-        return float(getattr(self, item))
 
 
 #: A recorded cost above this (a trillion dollars per call) is taken for a broken value, like a
@@ -160,7 +62,6 @@ def call_cost(span: SpanRec) -> float | None:
 
 
 _KEY_NAMES: dict[str, tuple[bool, str] | None] = {}  # attribute key -> (is a limit, name) or None
-_UNSEEN = ("", "")  # a key not looked at yet
 _MAX_KEY_NAMES = 4096  # a file of made-up keys does not grow it past this
 
 
@@ -173,10 +74,10 @@ def _limits_and_usage(r: RunStat, attrs: dict[str, Any]) -> None:
     names = _KEY_NAMES
     limits, usage = r.limits, r.usage
     for key, value in attrs.items():
-        known = names.get(key, _UNSEEN)  # one lookup: most keys were seen (None: not a figure)
+        known = names.get(key)  # one lookup for a figure's key (None: not a figure, or not seen)
         if known is None:
-            continue
-        if known is _UNSEEN:
+            if key in names:
+                continue
             known = _key_name(key)
             if len(names) < _MAX_KEY_NAMES:
                 names[key] = known
@@ -305,7 +206,7 @@ def build_run(
         phases[phase].time_s += secs
     costs = _count_calls(r, calls, phases)
     ledger_cost = r.usage.get("cost_usd")
-    r.cost_usd = ledger_cost if ledger_cost is not None else sum(c for c in costs if c is not None)
+    r.cost_usd = ledger_cost if ledger_cost is not None else sum((c for c in costs if c is not None), 0.0)
     if ledger_cost is not None and run_span is not None:
         # The ledger's figure is the run's at its end; a call that ended after it (a stream read
         # after the block, work that outlived it) spent after it, in the tenant's window too.

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from budgetspan import attributes as A
-from budgetspan.report.analysis import MAX_TIMELINES, REPORT_KEEP
+from budgetspan.report.analysis import REPORT_KEEP
+from budgetspan.report.bounds import MAX_TIMELINES
 from budgetspan.report.numbers import number
 from budgetspan.report.otlp import Keep, SpanRec
 from budgetspan.report.run_stats import CALL_OPS, MODEL_OPS, call_cost

@@ -13,11 +13,10 @@ cache writes; the net is what caching earned. Calls of unpriced models are count
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from budgetspan import attributes as A
 from budgetspan.report.numbers import number
 from budgetspan.report.otlp import SpanRec
+from budgetspan.report.results import CacheLine, PromptCacheLine, Savings
 
 #: The attributes this module reads (added to the report's ``REPORT_KEEP``).
 SAVINGS_KEYS = frozenset(
@@ -31,50 +30,6 @@ SAVINGS_KEYS = frozenset(
     }
 )
 MAX_LINES = 10_000  # distinct (workflow, name) cache lines; the rest are summed as "(others)"
-
-
-@dataclass
-class CacheLine:
-    workflow: str
-    name: str
-    hits: int = 0
-    misses: int = 0
-    skipped: int = 0
-    unavailable: int = 0
-    saved_usd: float = 0.0
-    saved_s: float = 0.0
-    unknown_cost_hits: int = 0  # hits whose original computation's cost was not known
-
-    @property
-    def hit_rate(self) -> float:
-        asked = self.hits + self.misses + self.skipped + self.unavailable
-        return self.hits / asked if asked else 0.0
-
-
-@dataclass
-class PromptCacheLine:
-    workflow: str
-    calls: int = 0  # model calls that read or wrote the prompt cache
-    input_tokens: int = 0  # of every model call of the workflow (cached ones included)
-    cache_read_tokens: int = 0
-    cache_write_tokens: int = 0
-    saved_usd: float = 0.0
-    premium_usd: float = 0.0
-    unpriced_calls: int = 0  # calls with cache figures and no known price
-
-    @property
-    def cache_read_share(self) -> float:
-        return self.cache_read_tokens / self.input_tokens if self.input_tokens else 0.0
-
-    @property
-    def net_usd(self) -> float:
-        return self.saved_usd - self.premium_usd
-
-
-@dataclass
-class Savings:
-    cache: list[CacheLine]
-    prompt_cache: list[PromptCacheLine]
 
 
 def _int(v: object) -> int:

@@ -8,7 +8,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from budgetspan.report.run_stats import RunStat
+from budgetspan.report.results import RunStat
 from budgetspan.report.text import safe
 
 # --- formatting helpers ---------------------------------------------------------------------
