@@ -42,7 +42,7 @@ def test_the_first_call_sets_the_expiry_and_later_writes_keep_it(
     assert ledger.client.ttl(keys[0]) == pytest.approx(22 * 3600 + 86_400, abs=2)
     assert ledger.client.ttl(keys[1]) == pytest.approx(ROLLING_S["hour"], abs=2)
     for key in keys:
-        assert ledger.client.type(key) == b"string" and len(ledger.client.get(key) or b"") == 80
+        assert ledger.client.type(key) == b"string" and len(ledger.client.get(key) or b"") == 88
         ledger.client.expire(key, 100)  # (as if time had passed)
     ledger.commit(res, Spend(input_tokens=5, cost_usd=0.01))  # a settlement, then a reservation
     ledger.reserve("r", CallKind.MODEL, scopes=(day, rolling))

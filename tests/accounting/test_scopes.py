@@ -73,8 +73,8 @@ def test_one_reservation_in_the_run_and_every_scope(scope_clock: list[float], le
     assert ledger.usage("r2").model_calls == 2
     assert ledger.scope_usage(tenant.key).model_calls == 3  # type: ignore[union-attr]
     assert ledger.scope_usage(user.key).cost_usd == pytest.approx(0.1)  # type: ignore[union-attr]
-    if isinstance(ledger, RedisLedger):  # the window's record goes an hour after the day ends (UTC)
-        assert 22 * 3600 < ledger.client.ttl("budgetspan:scope:" + tenant.key) <= 23 * 3600
+    if isinstance(ledger, RedisLedger):  # the window's record goes a day after the day ends (UTC)
+        assert (21 + 24) * 3600 < ledger.client.ttl("budgetspan:scope:" + tenant.key) <= (22 + 24) * 3600
 
 
 def test_observe_mode_records_a_scope_refusal_and_refuses_nothing(
@@ -232,7 +232,7 @@ def test_scopes_in_use_only_are_kept(scope_clock: list[float]) -> None:
             ledger.reserve("r", CallKind.MODEL, scopes=(_scope("user", f"u{i}", Budget(max_model_calls=9)),))
         )
     assert len(ledger.scope_books) == 50
-    scope_clock[0] += 86_400 + 3600 + 1  # every one of those windows (and their grace) is over
+    scope_clock[0] += 2 * 86_400 + 1  # every one of those windows (and the day they are kept after) is over
     for _ in range(1024):
         ledger.commit(
             ledger.reserve("r", CallKind.MODEL, scopes=(_scope("user", "u0", Budget(max_model_calls=9999)),))

@@ -100,14 +100,6 @@ def test_calls_in_flight_when_a_window_rolls_over_settle_nothing_in_the_next_one
     read, and the next one has begun (a call made in it). Their settlement must not give back, in
     the new window, worst cases it never held: that let 4 streams be in flight in it where its
     dollars allow 2 (a rolling window's next record has the same key as the one before)."""
-    if window == "rolling-hour" and request.node.callspec.id.startswith("redis"):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="review7: a settlement after a rolling window rolled over gives back, in the "
-                "next window, a worst case it never held; fix in redis_hot_lua.py",
-            )
-        )
     clock = app
     budgetspan.set_scope_budget(
         "tenant", "acme", budgetspan.Budget(max_cost_usd=2.5 * WORST_USD), window=window

@@ -27,7 +27,7 @@ assert WINDOW_LIMITS == KEPT_LIMITS
 
 #: Where the scope windows' arguments start in each script's ARGV (1 per window: its limits,
 #: warning thresholds, flags and expiry packed, ``scopes.wire``).
-RESERVE_SCOPE_ARGV, SETTLE_SCOPE_ARGV, SETTLE_RESERVE_SCOPE_ARGV = 3, 3, 4
+RESERVE_SCOPE_ARGV, SETTLE_SCOPE_ARGV, SETTLE_RESERVE_SCOPE_ARGV = 3, 4, 5
 
 _SHORT = {
     "model_calls": "MC",
@@ -228,7 +228,7 @@ local function finish(key, got, f, changed, T, tdirty, W)
       local f, ttl = w, w[$WTTL]
       local v = struct.pack(WINFMT, """
     + WINDOW_PACKED
-    + """, w[$WWARNED] and 1 or 0)
+    + """, w[$WWARNED] and 1 or 0, w[$WBORN])
       if ttl then redis.call('SET', w[$WKEY], v, 'EX', ttl) else redis.call('SET', w[$WKEY], v, 'KEEPTTL') end
     end
   end
@@ -259,9 +259,14 @@ local function hot(settles, reserves, wat)  -- long: the rule and its writes, on
   local key = K[1]
   local stool, rtool, uncount = '', '', 0
   local bc, bi, bo, si, so, scr, scw, srs, sco, unrep, unpr, fin, next_at
+  local SB = NONE  -- the settled call's rolling windows' births ('2:1733.5,4:...'; ``born``)
   if settles then
     bc, bi, bo, si, so, scr, scw, srs, sco, unrep, unpr, fin, uncount, next_at = struct.unpack(SFMT, A[1])
     stool = A[2]
+    if A[3] ~= '' then
+      SB = {}
+      for i, b in string.gmatch(A[3], '(%d+):([^,]+)') do SB[tonumber(i)] = tonumber(b) end
+    end
   end
   local kind, w_cost, w_in, w_out, force, short, clock, ttl, tool_calls, tool_retries, now
   if reserves then
@@ -288,7 +293,7 @@ local function hot(settles, reserves, wat)  -- long: the rule and its writes, on
   end
   for i = 2, #K do  -- the settlement in each window (a window gone settles nothing)
     local w = W[i]
-    if settles and w[$WEXISTS] then
+    if settles and w[$WEXISTS] and (SB[i] == nil or SB[i] == w[$WBORN]) then  -- (the record it reserved in)
       settle_into(w, false, bc, bi, bo, si, so, scr, scw, srs, sco, unrep, unpr, fin, uncount)
       w[$WCHANGED] = true
       -- (its warning looked at once, at the end: here, after the reservation, or at its refusal)
@@ -357,8 +362,8 @@ local function hot(settles, reserves, wat)  -- long: the rule and its writes, on
     for i = 2, #K do if settles and W[i][$WEXISTS] then warn_check(i, W[i], swarned) end end
     packed = finish(key, got, f, changed, T, tdirty, W)
   else
-    local j, rwarned = COUNT_PLACE[kind], NONE
-    if #K > 1 then rwarned = {} end
+    local j, rwarned, born = COUNT_PLACE[kind], NONE, NONE
+    if #K > 1 then rwarned, born = {}, {} end
     for i = 2, #K do
       local w = W[i]
       take_into(w, j, w_cost, w_in, w_out)
@@ -367,12 +372,17 @@ local function hot(settles, reserves, wat)  -- long: the rule and its writes, on
       -- its ttl: set by a window's first call (to its end), and by each of a scope without a window
       local wl = w[$WL]
       if not w[$WEXISTS] or wl[$NK * 2 + 2] == 1 then w[$WTTL] = ttl_of(wl, now) end
+      if not w[$WEXISTS] then w[$WBORN] = now end
+      if wl[$NK * 2 + 3] ~= wl[$NK * 2 + 3] and wl[$NK * 2 + 2] ~= 1 then  -- rolling: which record
+        born[#born + 1] = i .. ':' .. g(w[$WBORN])
+      end
     end
     take_into(f, j, w_cost, w_in, w_out)
     local name = tool_field(kind, rtool)
     if name then T[name] = (T[name] or 0) + 1; tdirty[#tdirty + 1] = name end
     packed = finish(key, got, f, true, T, tdirty, W)
     code = status(1, rwarned)
+    if #born > 0 then code = code .. '|' .. table.concat(born, ',') end
   end
   local text = reply(code, reason, limit, packed, got, T, rtool)
   if settles then return status(1, swarned) .. ' ' .. text end
@@ -386,7 +396,7 @@ _WARN_ORDER = [n for n in LIMIT_NAMES if n in KEPT_LIMITS and n != "max_wall_clo
 #: The hot path's helpers, part of the library's prelude (after ``redis_scripts.PRELUDE``).
 HOT_LUA = _places(
     f"local NF, SFMT, RFMT = {len(MIRROR)}, '<{'d' * 13}', '<{'d' * 11}'\n"
-    + f"local WINFMT = '<{'d' * (len(WINDOW_FIGURES) + 1)}'\n"
+    + f"local WINFMT = '<{'d' * (len(WINDOW_FIGURES) + 2)}'\n"
     + f"local ZEROS = {{{', '.join(['0'] * len(MIRROR))}}}\n"
     + "local WARN_ORDER = {"
     + ", ".join(repr(n) for n in _WARN_ORDER)

@@ -311,7 +311,7 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
             found,
             worst_case_input_tokens=held_in,
             worst_case_output_tokens=held_out,
-            scopes=tuple(scopes),
+            scopes=redis_scopes.bound(status, scopes),
         )
 
     def commit(
@@ -351,7 +351,9 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
     def add_spend(self, run_id: str, spend: Spend, scopes: Sequence[Any] = ()) -> Refusal | None:
         if run_id not in self._local_runs:
             try:
-                return self._settle(run_id, settle_args(None, spend, (False,) * 3, False), None, scopes)
+                return self._settle(
+                    run_id, settle_args(None, spend, (False,) * 3, False, scopes), None, scopes
+                )
             except KeyError:
                 return None
             except self._errors as e:

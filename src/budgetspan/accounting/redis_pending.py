@@ -110,10 +110,15 @@ def reserve_args(
 
 
 def settle_args(
-    r: Reservation | None, spend: Spend | None, flags: tuple[bool, bool, bool], uncount: bool
-) -> tuple[bytes, str]:
+    r: Reservation | None,
+    spend: Spend | None,
+    flags: tuple[bool, bool, bool],
+    uncount: bool,
+    scopes: Sequence[Any] = (),
+) -> tuple[bytes, str, bytes]:
     """The settle script's arguments: ``r``'s worst case to give back, ``spend`` to add, the flags
-    (unreported, unpriced, tool finished) and the kind to un-count (``uncount``), packed; the tool."""
+    (unreported, unpriced, tool finished) and the kind to un-count (``uncount``), packed; the tool;
+    the records of its rolling windows it reserved in (``r``'s windows, else ``scopes``: births)."""
     sp = spend or _NO_SPEND
     numbers = SETTLE_NUMBERS.pack(
         0.0 if r is None else r.worst_case_cost,
@@ -128,7 +133,16 @@ def settle_args(
         *flags,
         KIND_CODES[r.kind] if uncount and r is not None else 0,
     )
-    return (numbers, "" if r is None or r.tool is None else r.tool)
+    tool = "" if r is None or r.tool is None else r.tool
+    return (numbers, tool, births(scopes if r is None else r.scopes))
+
+
+def births(refs: Sequence[Any]) -> bytes:
+    """The records of rolling windows a call reserved in, as the scripts take them
+    ('2:1733400000.5,4:...': KEYS[i] and its birth; ``ScopeRef.born``)."""
+    if not refs:
+        return b""
+    return ",".join(f"{i}:{ref.born!r}" for i, ref in enumerate(refs, 2) if ref.born is not None).encode()
 
 
 #: The input and output tokens and the dollars among a mirror's packed figures (``FIGURES``).

@@ -13,6 +13,7 @@ process per scope: memory does not grow with the scopes in use.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -89,6 +90,20 @@ def run(
     return server.run(script, tuple(keys), args, within)
 
 
+def bound(status: bytes, refs: Sequence[ScopeRef]) -> tuple[ScopeRef, ...]:
+    """A granted reservation's windows, each rolling one with the record it reserved in (after
+    '|' in the reply's status: 'i:birth,...', ``redis_hot_lua``), so its settlement reaches only
+    that record: a rolling window's next record has the same key."""
+    if b"|" not in status:
+        return tuple(refs)
+    out = list(refs)
+    for entry in status.split(b"|", 1)[1].split(b","):
+        index, born = entry.split(b":")
+        i = int(index) - 2
+        out[i] = dataclasses.replace(out[i], born=float(born))
+    return tuple(out)
+
+
 def refusal_in(reason: bytes, limit: bytes, tool: str | None, refs: Sequence[ScopeRef]) -> Refusal | None:
     """The reply's refusal; a scope window's reads 'max_cost_usd#3#199.5' (KEYS[3] used 199.5)."""
     if b"#" not in reason:
@@ -104,6 +119,7 @@ def warn(status: bytes, refs: Sequence[ScopeRef]) -> None:
     across processes (the window remembers it warned)."""
     if b"w" not in status:
         return
+    status = status.split(b"|", 1)[0]  # (after '|': the rolling windows' births, ``born``)
     for entry in status.split(b"w", 1)[1].split(b","):
         index, name, used = entry.split(b":")
         ref = refs[int(index) - 2]
@@ -122,4 +138,4 @@ def usage(server: Server, key: str, within: float) -> Usage | None:
         return None
     if reply[0] == 2:
         return usage_from(hash_fields(reply[1]))
-    return usage_from(dict(zip(WINDOW_FIGURES, WINDOW.unpack(reply[1])[:-1], strict=True)))
+    return usage_from(dict(zip(WINDOW_FIGURES, WINDOW.unpack(reply[1])[:-2], strict=True)))

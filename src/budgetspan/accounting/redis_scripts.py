@@ -50,8 +50,10 @@ WINDOW_FIGURES = (
     "held:input_tokens",
     "held:output_tokens",
 )
-#: A scope window's string: ``WINDOW_FIGURES``, then 1 if it warned (else 0).
-WINDOW = struct.Struct(f"<{len(WINDOW_FIGURES) + 1}d")
+#: A scope window's string: ``WINDOW_FIGURES``, then 1 if it warned (else 0), then its birth (the
+#: scope clock of the call that made it; 0: carried over from a hash): a rolling window's next
+#: record has the same key, and a call's settlement must reach only the record it reserved in.
+WINDOW = struct.Struct(f"<{len(WINDOW_FIGURES) + 2}d")
 SPEND_LIMITS = ("max_cost_usd", "max_input_tokens", "max_output_tokens", "max_total_tokens")
 #: The limits a run can keep part of for its final answer (``keep:NAME`` fields).
 KEPT_LIMITS = (

@@ -44,7 +44,7 @@ class SettleLaterOnRedis:
         if pending is None:
             return self._call("reserve", run_id, args, tool, scopes=scopes)
         try:
-            both = (pending.args[0] + args[0], pending.args[1], args[1])  # (one packed argument)
+            both = (pending.args[0] + args[0], *pending.args[1:], args[1])  # (numbers packed in one)
             reply = self._call("settle_reserve", run_id, both, tool, scopes=scopes)
         except BaseException:
             self._pending.put_back(run_id, pending)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from budgetspan.accounting.redis_scripts import MIRROR, WINDOW_FIGURES
 
 #: A window's table (``W[i]``): after its figures, these.
-WINDOW_PLACES = ("WKEY", "WL", "WWARNS", "WWARNED", "WEXISTS", "WCHANGED", "WTTL")
+WINDOW_PLACES = ("WKEY", "WL", "WWARNS", "WWARNED", "WEXISTS", "WCHANGED", "WTTL", "WBORN")
 
 # A window's string as locals (its figures, then warned), and its figures as an array with the
 # run's places (``MIRROR``; 0 where a window keeps nothing), so the rule's helpers serve both.
@@ -25,7 +25,8 @@ _EARLIER = """
 -- A scope window MGET found no string for: none yet, or a hash an earlier budgetspan kept (its
 -- figures packed in ``F`` and ``warned``, or older, one text field per figure). Its figures
 -- carried over (the write's SET, KEEPTTL, replaces the hash and keeps its expiry): an upgrade
--- resets no tenant's spend. Returns its figures, whether it warned, whether it exists.
+-- resets no tenant's spend. Returns its figures, whether it warned, whether it exists (its
+-- birth: 0, before any call in flight now).
 local function earlier(key)
   if redis.call('TYPE', key).ok ~= 'hash' then return {unpack(ZEROS)}, false, false end
   local got = redis.call('HMGET', key, 'F', 'warned')
@@ -55,13 +56,14 @@ local function windows(wat)
     if v then
       local """
     + _WINDOW_LOCALS
-    + """, wd = struct.unpack(WINFMT, v)
+    + """, wd, wb = struct.unpack(WINFMT, v)
       W[i] = {"""
     + _WINDOW_TABLE
-    + """, key, l, l[$NK * 2 + 1] == 1, wd == 1, true, false}
+    + """, key, l, l[$NK * 2 + 1] == 1, wd == 1, true, false, nil, wb}
     else
       local w, warned, exists = earlier(key)
       w[$WKEY], w[$WL], w[$WWARNS], w[$WWARNED], w[$WEXISTS], w[$WCHANGED] = key, l, l[$NK * 2 + 1] == 1, warned, exists, exists
+      w[$WBORN] = 0
       W[i] = w
     end
   end

@@ -100,6 +100,9 @@ class ScopeRef:
     #: What a ledger keeps of this window for its calls, made by its first (the Redis ledger: its
     #: key and budget as sent, ``redis_scopes``): a window's calls rebuild nothing.
     cache: list[Any] = field(default_factory=list, compare=False, hash=False, repr=False)
+    #: ``RedisLedger``: the birth of the record of a rolling window a call reserved in (its next
+    #: record has the same key): the call's settlement reaches that record only.
+    born: float | None = None
 
     @property
     def budget(self) -> Budget:
