@@ -77,7 +77,7 @@ def _places(lua: str) -> str:
 _RULE = (
     """
 local WFMT = '<"""
-    + "d" * (2 * len(KEPT_LIMITS) + 4)
+    + "d" * (2 * len(KEPT_LIMITS) + 5)
     + """'
 local MODEL, TOOL, RETRY, CHECK = 1, 2, 3, 4
 -- rule.count_refusal, but a tool's own limits (the run's only: ``hot``)
@@ -373,7 +373,7 @@ local function hot(settles, reserves, wat)  -- long: the rule and its writes, on
       local wl = w[$WL]
       if not w[$WEXISTS] or wl[$NK * 2 + 2] == 1 then w[$WTTL] = ttl_of(wl, now) end
       if not w[$WEXISTS] then w[$WBORN] = now end
-      if wl[$NK * 2 + 3] ~= wl[$NK * 2 + 3] and wl[$NK * 2 + 2] ~= 1 then  -- rolling: which record
+      if wl[$NK * 2 + 5] == 1 then  -- rolling: which record (its next has the same key)
         born[#born + 1] = i .. ':' .. g(w[$WBORN])
       end
     end

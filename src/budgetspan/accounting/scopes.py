@@ -390,7 +390,7 @@ WINDOW_LIMITS = (
     "max_output_tokens",
     "max_total_tokens",
 )
-_WINDOW_PACK = struct.Struct(f"<{2 * len(WINDOW_LIMITS) + 4}d")
+_WINDOW_PACK = struct.Struct(f"<{2 * len(WINDOW_LIMITS) + 5}d")
 
 
 def kept_after(bounds: Bounds) -> int:
@@ -406,7 +406,8 @@ def wire(limits: ScopeBudget, refresh: bool, end: float | None = None, grace_s: 
     not set), the figure at which each warns (``warn_at`` × a limit above 0; NaN: none), whether
     it warns at all, whether each use refreshes its expiry (a scope without a window), and its
     expiry as ``ScopeRef.ttl_s`` reckons it: a fixed window's ``end`` (NaN: none) plus
-    ``grace_s``, or else a constant ttl (the script reckons it against the call's scope clock)."""
+    ``grace_s``, or else a constant ttl (the script reckons it against the call's scope clock);
+    whether it is rolling (its next record has the same key: ``ScopeRef.born``)."""
     nan = float("nan")
     set_limits = {k: float(v) for k, v in limits.budget.limits().items() if k != "max_wall_clock_s"}
     share = limits.warn_at
@@ -418,6 +419,7 @@ def wire(limits: ScopeBudget, refresh: bool, end: float | None = None, grace_s: 
         refresh,
         nan if end is None or limits.window.ttl_s is not None else end,
         _constant_ttl(limits.window, end, grace_s),
+        limits.window.rolling,
     )
 
 
