@@ -1,6 +1,7 @@
 """A scope window on Redis is one string whose expiry is set by the SET that writes it: by the
 window's first call (to a fixed window's end plus the grace, reckoned from the scope clock; a
-rolling window's length), kept by every later write (``KEEPTTL``), never reset by them. A rolling window's calls settle only in the record they reserved in."""
+rolling window's length), kept by every later write (``KEEPTTL``), never reset by them. A rolling
+window's calls settle only in the record they reserved in."""
 
 from __future__ import annotations
 
