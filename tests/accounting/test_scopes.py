@@ -183,6 +183,57 @@ def test_a_failing_lookup_leaves_the_run_unscoped(
     assert run.scopes == () and "scope budgets" in caplog.text
 
 
+def test_a_failed_lookup_is_not_asked_again_by_every_run_until_it_may_answer(
+    scope_clock: list[float], tracing: object, caplog: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plans database down: each run start waited for the lookup to fail again (its timeout
+    per run), and 20 runs waiting on one lookup asked again one after another. A failure counts as
+    no answer for ``RETRY_FAILED_S`` (the config's or code's default applies meanwhile)."""
+    import threading
+    import time
+
+    from budgetspan.accounting import scopes
+
+    monkeypatch.setattr(scopes, "RETRY_FAILED_S", 0.3)
+    calls: list[str] = []
+    down = [True]
+
+    def plans(kind: str, name: str) -> Budget | None:
+        if kind != "tenant":
+            return None
+        calls.append(name)
+        time.sleep(0.05)
+        if down[0]:
+            raise TimeoutError("plans database")
+        return Budget(max_model_calls=2)
+
+    budgetspan.set_scope_lookup(plans)
+    budgetspan.set_scope_budget("tenant", "default", Budget(max_model_calls=9))
+    gate = threading.Barrier(20)
+    limits: list[float | None] = []
+
+    def start() -> None:
+        gate.wait()
+        with budgetspan.run("chat", tenant="acme") as run:
+            limits.extend(s.limits.budget.max_model_calls for s in run.scopes)
+
+    threads = [threading.Thread(target=start) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with budgetspan.run("chat", tenant="acme") as run:
+        limits.extend(s.limits.budget.max_model_calls for s in run.scopes)
+    assert limits == [9] * 21  # the default meanwhile, never no budget
+    assert calls == ["acme"], calls  # was 21 lookups, 20 of them one after another
+    assert caplog.text.count("scope budgets") == 1
+    down[0] = False
+    time.sleep(0.35)
+    with budgetspan.run("chat", tenant="acme") as run:
+        assert run.scopes[0].limits.budget.max_model_calls == 2  # asked again: the plan applies
+    assert calls == ["acme", "acme"]
+
+
 def test_runs_starting_together_share_one_lookup_and_a_changed_plan_applies(
     scope_clock: list[float], tracing: object
 ) -> None:

@@ -13,6 +13,7 @@ tables and a scope's budget is built when a run of it starts (a bounded cache ke
 from __future__ import annotations
 
 import inspect
+import math
 import struct
 import threading
 import time
@@ -44,6 +45,8 @@ SCOPE_FORM = (
 GRACE_S = 3600
 #: A rolling window's length, as the explanation says it.
 ROLLING_TEXT = {"hour": "1 h", "day": "24 h", "month": "30 days"}
+#: How long a failed lookup counts as no answer before it is asked again (``_Recent``).
+RETRY_FAILED_S = 10.0
 #: Scope budgets built from config or the lookup, kept for the runs that start next.
 CACHE_SIZE = 4096
 
@@ -187,7 +190,10 @@ class _Recent:
     """The scope budgets last found, by (kind, name): bounded (the oldest dropped first), safe from
     any thread, each kept ``ttl_s`` (None: until cleared). A missing one is made outside the lock (a
     lookup may be slow) and once: the runs that need it meanwhile wait for that answer instead of
-    each asking the plans database (20 runs of a new tenant at once made 20 lookups)."""
+    each asking the plans database (20 runs of a new tenant at once made 20 lookups). A failed
+    lookup is remembered as no answer for ``RETRY_FAILED_S`` (the scope falls back meanwhile):
+    with the plans database down, each run start waited for it to fail again, and the runs
+    waiting on one lookup asked again one after another."""
 
     def __init__(self, ttl_s: float | None = None) -> None:
         self._found: OrderedDict[tuple[str, str], tuple[ScopeBudget | None, float]] = OrderedDict()
@@ -200,7 +206,7 @@ class _Recent:
         while True:
             with self._lock:
                 got = self._found.get(key)
-                if got is not None and (self.ttl_s is None or time.monotonic() < got[1]):
+                if got is not None and time.monotonic() < got[1]:
                     self._found.move_to_end(key)
                     return got[0]
                 other = self._making.get(key)
@@ -208,21 +214,30 @@ class _Recent:
                     self._making[key] = mine = threading.Event()
                     generation = self._generation
                     break
-            other.wait()  # then take its answer, or make it if that lookup failed
+            other.wait()  # then take its answer (or its failure, remembered)
         try:
-            found = make()
-            with self._lock:
-                if generation == self._generation:
-                    self._found[key] = (found, time.monotonic() + (self.ttl_s or 0.0))
-                    self._found.move_to_end(key)
-                    if len(self._found) > CACHE_SIZE:
-                        self._found.popitem(last=False)
+            try:
+                found = make()
+            except Exception:
+                self._keep(key, None, generation, RETRY_FAILED_S)
+                raise
+            self._keep(key, found, generation, self.ttl_s)
             return found
         finally:
             with self._lock:
                 if self._making.get(key) is mine:
                     del self._making[key]
             mine.set()
+
+    def _keep(
+        self, key: tuple[str, str], found: ScopeBudget | None, generation: int, ttl_s: float | None
+    ) -> None:
+        with self._lock:
+            if generation == self._generation:
+                self._found[key] = (found, math.inf if ttl_s is None else time.monotonic() + ttl_s)
+                self._found.move_to_end(key)
+                if len(self._found) > CACHE_SIZE:
+                    self._found.popitem(last=False)
 
     def clear(self) -> None:
         with self._lock:

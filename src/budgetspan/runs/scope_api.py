@@ -42,7 +42,9 @@ def set_scope_lookup(
     with none set in code. Answers are cached (``scopes.CACHE_SIZE``) for ``ttl_s`` seconds (None:
     until the next ``set_scope_lookup``), so a changed plan applies to the runs that start after;
     runs starting together wait for one lookup of a scope. The lookup runs when a run starts, in
-    its thread (in async code, on the event loop): keep it quick or answer from a cache."""
+    its thread (in async code, on the event loop): keep it quick or answer from a cache. A lookup
+    that raises is logged; the scope falls back (config, then default) and it is asked again
+    after ``RETRY_FAILED_S`` (10 s)."""
     if lookup is not None and inspect.iscoroutinefunction(lookup):
         raise TypeError(
             "set_scope_lookup: an async function cannot be awaited where a run starts (and would "
