@@ -17,10 +17,16 @@ def ledger(request: pytest.FixtureRequest) -> Ledger:
     """The in-memory ledger, then the Redis ledger on an emptied real redis-server."""
     if request.param == "memory":
         return InMemoryLedger()
+    return request.getfixturevalue("redis_ledger")  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def redis_ledger(redis_url: str) -> RedisLedger:
+    """The Redis ledger on an emptied real redis-server."""
     if shutil.which("redis-server") is None:
         pytest.skip("Debian redis-server not installed")
     import redis
 
-    client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
+    client = redis.Redis.from_url(redis_url)
     client.flushdb()
     return RedisLedger(client)

@@ -183,13 +183,32 @@ def test_a_failing_lookup_leaves_the_run_unscoped(
     assert run.scopes == () and "scope budgets" in caplog.text
 
 
+def _tenant_limits_of_runs_started_together(n: int) -> list[float | None]:
+    """The max_model_calls of the scopes of ``n`` runs of tenant acme started at once in threads."""
+    import threading
+
+    gate = threading.Barrier(n)
+    limits: list[float | None] = []
+
+    def start() -> None:
+        gate.wait()
+        with budgetspan.run("chat", tenant="acme") as run:
+            limits.extend(s.limits.budget.max_model_calls for s in run.scopes)
+
+    threads = [threading.Thread(target=start) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return limits
+
+
 def test_a_failed_lookup_is_not_asked_again_by_every_run_until_it_may_answer(
     scope_clock: list[float], tracing: object, caplog: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The plans database down: each run start waited for the lookup to fail again (its timeout
     per run), and 20 runs waiting on one lookup asked again one after another. A failure counts as
     no answer for ``RETRY_FAILED_S`` (the config's or code's default applies meanwhile)."""
-    import threading
     import time
 
     from budgetspan.accounting import scopes
@@ -209,21 +228,8 @@ def test_a_failed_lookup_is_not_asked_again_by_every_run_until_it_may_answer(
 
     budgetspan.set_scope_lookup(plans)
     budgetspan.set_scope_budget("tenant", "default", Budget(max_model_calls=9))
-    gate = threading.Barrier(20)
-    limits: list[float | None] = []
-
-    def start() -> None:
-        gate.wait()
-        with budgetspan.run("chat", tenant="acme") as run:
-            limits.extend(s.limits.budget.max_model_calls for s in run.scopes)
-
-    threads = [threading.Thread(target=start) for _ in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    with budgetspan.run("chat", tenant="acme") as run:
-        limits.extend(s.limits.budget.max_model_calls for s in run.scopes)
+    limits = _tenant_limits_of_runs_started_together(20)
+    limits += _tenant_limits_of_runs_started_together(1)
     assert limits == [9] * 21  # the default meanwhile, never no budget
     assert calls == ["acme"], calls  # was 21 lookups, 20 of them one after another
     assert caplog.text.count("scope budgets") == 1
@@ -237,7 +243,6 @@ def test_a_failed_lookup_is_not_asked_again_by_every_run_until_it_may_answer(
 def test_runs_starting_together_share_one_lookup_and_a_changed_plan_applies(
     scope_clock: list[float], tracing: object
 ) -> None:
-    import threading
     import time
 
     calls: list[tuple[str, str]] = []
@@ -249,19 +254,7 @@ def test_runs_starting_together_share_one_lookup_and_a_changed_plan_applies(
         return plans.get(name) if kind == "tenant" else None
 
     budgetspan.set_scope_lookup(slow_plans, ttl_s=0.3)
-    gate = threading.Barrier(20)
-    limits: list[float | None] = []
-
-    def start() -> None:
-        gate.wait()
-        with budgetspan.run("chat", tenant="acme") as run:
-            limits.extend(s.limits.budget.max_model_calls for s in run.scopes)
-
-    threads = [threading.Thread(target=start) for _ in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    limits = _tenant_limits_of_runs_started_together(20)
     assert limits == [2] * 20
     assert calls.count(("tenant", "acme")) == 1, calls  # was one per run
     plans["acme"] = Budget(max_model_calls=50)  # the customer upgraded
