@@ -13,6 +13,7 @@ tables and a scope's budget is built when a run of it starts (a bounded cache ke
 from __future__ import annotations
 
 import inspect
+import math
 import struct
 import threading
 import time
@@ -363,7 +364,7 @@ class Scope:
         key = scope_key(self.kind, self.name, bounds.label)
         # A rolling window's end follows its first call, which the ledger knows, not this run.
         end = None if self.limits.window.rolling else bounds.end
-        limits, grace = self.limits, kept_after(bounds)
+        limits, grace = self.limits, kept_after(self.limits.window, bounds)
         ref = self._ref = ScopeRef(
             self.kind,
             self.name,
@@ -393,12 +394,13 @@ WINDOW_LIMITS = (
 _WINDOW_PACK = struct.Struct(f"<{2 * len(WINDOW_LIMITS) + 5}d")
 
 
-def kept_after(bounds: Bounds) -> int:
-    """How long a fixed window's record outlives its end: its own length (so the window before
-    the current one can always be read: ``spend(at=yesterday)``), ``GRACE_S`` at least."""
-    if bounds.end is None:
+def kept_after(window: Window, bounds: Bounds) -> int:
+    """How long a fixed window's record outlives its end: the length of the window after it (so
+    the window before the current one can be read all of it: ``spend(at=yesterday)``; a 23-hour
+    day or a February kept their own length went 1 h or 3 days early), ``GRACE_S`` at least."""
+    if bounds.end is None or window.rolling:
         return GRACE_S
-    return max(GRACE_S, int(bounds.end - bounds.start))
+    return max(GRACE_S, math.ceil(window.following(bounds).end or 0.0) - math.floor(bounds.end))
 
 
 def wire(limits: ScopeBudget, refresh: bool, end: float | None = None, grace_s: int = GRACE_S) -> bytes:

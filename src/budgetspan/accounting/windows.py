@@ -95,6 +95,10 @@ class Window:
             self._cache[:] = [found]
         return found
 
+    def following(self, bounds: Bounds) -> Bounds:
+        """The calendar window after ``bounds`` (not cached: the current one stays so)."""
+        return self._calendar(bounds.end if bounds.end is not None else bounds.start)
+
     def _calendar(self, t: float) -> Bounds:
         zone = ZoneInfo(self.tz)
         local = datetime.fromtimestamp(t, zone)
