@@ -107,3 +107,29 @@ def test_a_scope_without_a_window_refused_every_day_stays_refused(
         ledger.reserve("r", CallKind.MODEL, scopes=(ref,))
     if which == "redis":
         assert ledger.client.ttl(redis_scopes.PREFIX + ref.key) > IDLE_TTL_S - 86_400
+
+
+@pytest.mark.parametrize("which", ["memory", "redis"])
+def test_spend_at_a_window_no_longer_kept_says_so_instead_of_zero(
+    scope_clock: list[float], request: pytest.FixtureRequest, which: str
+) -> None:
+    """A fixed window's record is kept until the end of the window after it; asked ``at=`` a
+    window before that (last week), ``spend()`` answered 0 calls for a day that had 3: a figure
+    it cannot know, given as zero. It says so instead; yesterday's is still answered."""
+    import budgetspan
+    from budgetspan.runs import context
+
+    if which == "redis":
+        context.set_ledger(request.getfixturevalue("redis_ledger"))
+    budgetspan.set_scope_budget("tenant", "acme", Budget(max_model_calls=9), window="day")
+    monday = scope_clock[0]
+    for _ in range(3):
+        with budgetspan.run("chat", tenant="acme") as run:
+            run.reserve(CallKind.MODEL)
+    assert budgetspan.spend(tenant="acme", at=monday).model_calls == 3
+    scope_clock[0] += 86_400  # the next day: Monday is still kept
+    assert budgetspan.spend(tenant="acme", at=monday).model_calls == 3
+    scope_clock[0] += 7 * 86_400  # a week later: Monday's record is gone
+    with pytest.raises(ValueError, match="no longer kept"):
+        budgetspan.spend(tenant="acme", at=monday)
+    assert budgetspan.spend(tenant="acme", at=scope_clock[0] - 86_400).model_calls == 0  # (kept: none)
