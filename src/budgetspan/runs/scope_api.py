@@ -7,8 +7,8 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from budgetspan.accounting.budget import Budget, Usage
 from budgetspan.accounting import windows
+from budgetspan.accounting.budget import Budget, Usage
 from budgetspan.accounting.scopes import (
     REGISTRY,
     SCOPE_KINDS,
