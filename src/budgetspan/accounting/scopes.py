@@ -41,7 +41,7 @@ SCOPE_FORM = (
     "rolling-hour, rolling-day, rolling-month or none), tz (an IANA zone) and warn_at (a share in (0, 1])"
 )
 #: A fixed window's record outlives the window's end by this much at least (late settlements
-#: land), and by the window's own length when longer: yesterday's spend can be asked all of today.
+#: land), and by the next window's length when longer: yesterday's spend can be asked all of today.
 GRACE_S = 3600
 #: A rolling window's length, as the explanation says it.
 ROLLING_TEXT = {"hour": "1 h", "day": "24 h", "month": "30 days"}
