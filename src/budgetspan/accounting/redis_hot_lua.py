@@ -359,7 +359,13 @@ local function hot(settles, reserves, wat)  -- long: the rule and its writes, on
   end
   local code, packed = 0, nil
   if refused then
-    for i = 2, #K do if settles and W[i][$WEXISTS] then warn_check(i, W[i], swarned) end end
+    for i = 2, #K do
+      local w = W[i]
+      if settles and w[$WEXISTS] then warn_check(i, w, swarned) end
+      -- a scope without a window is in use while refused too: its expiry moves (a used-up
+      -- lifetime budget must not expire 7 days after its last granted call and start afresh)
+      if w[$WEXISTS] and w[$WL][$NK * 2 + 2] == 1 then w[$WTTL], w[$WCHANGED] = ttl_of(w[$WL], now), true end
+    end
     packed = finish(key, got, f, changed, T, tdirty, W)
   else
     local j, rwarned, born = COUNT_PLACE[kind], NONE, NONE

@@ -298,11 +298,11 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
             known.refreshed = now
         found = with_worst(redis_scopes.refusal_in(reason, limit, tool, scopes), worst, known)
         redis_scopes.warn(status, scopes)
+        if scopes:  # (granted or refused: the script refreshed them either way)
+            redis_scopes.note_refreshed(self._server, scopes)
         if status[:1] == b"0":
             assert found is not None
             raise LedgerRefused(found)
-        if scopes:
-            redis_scopes.note_refreshed(self._server, scopes)
         return Reservation(
             run_id,
             kind,

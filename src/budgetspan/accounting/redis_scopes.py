@@ -54,7 +54,7 @@ def _stale(refreshed: dict[str, float], ref: ScopeRef, now: float) -> bool:
 
 
 def note_refreshed(server: Server, refs: Sequence[ScopeRef]) -> None:
-    """A granted reservation refreshed the expiry of the windows it was asked to (``run``)."""
+    """A reservation (granted or refused) refreshed the expiry of the windows it was asked to (``run``)."""
     now = _now()
     refreshed = server.refreshed
     for ref in refs:

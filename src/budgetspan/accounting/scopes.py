@@ -41,7 +41,7 @@ SCOPE_FORM = (
     "rolling-hour, rolling-day, rolling-month or none), tz (an IANA zone) and warn_at (a share in (0, 1])"
 )
 #: A fixed window's record outlives the window's end by this much at least (late settlements
-#: land), and by the window's own length when longer: yesterday's spend can be asked all of today.
+#: land), and by the next window's length when longer: yesterday's spend can be asked all of today.
 GRACE_S = 3600
 #: A rolling window's length, as the explanation says it.
 ROLLING_TEXT = {"hour": "1 h", "day": "24 h", "month": "30 days"}
@@ -378,7 +378,7 @@ class Scope:
         key = scope_key(self.kind, self.name, bounds.label)
         # A rolling window's end follows its first call, which the ledger knows, not this run.
         end = None if self.limits.window.rolling else bounds.end
-        limits, grace = self.limits, kept_after(bounds)
+        limits, grace = self.limits, kept_after(self.limits.window, bounds)
         ref = self._ref = ScopeRef(
             self.kind,
             self.name,
@@ -408,12 +408,13 @@ WINDOW_LIMITS = (
 _WINDOW_PACK = struct.Struct(f"<{2 * len(WINDOW_LIMITS) + 5}d")
 
 
-def kept_after(bounds: Bounds) -> int:
-    """How long a fixed window's record outlives its end: its own length (so the window before
-    the current one can always be read: ``spend(at=yesterday)``), ``GRACE_S`` at least."""
-    if bounds.end is None:
+def kept_after(window: Window, bounds: Bounds) -> int:
+    """How long a fixed window's record outlives its end: the length of the window after it (so
+    the window before the current one can be read all of it: ``spend(at=yesterday)``; a 23-hour
+    day or a February kept their own length went 1 h or 3 days early), ``GRACE_S`` at least."""
+    if bounds.end is None or window.rolling:
         return GRACE_S
-    return max(GRACE_S, int(bounds.end - bounds.start))
+    return max(GRACE_S, math.ceil(window.following(bounds).end or 0.0) - math.floor(bounds.end))
 
 
 def wire(limits: ScopeBudget, refresh: bool, end: float | None = None, grace_s: int = GRACE_S) -> bytes:

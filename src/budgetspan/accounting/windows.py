@@ -53,6 +53,7 @@ class Window:
     rolling: bool = False
     tz: str = "UTC"
     _cache: list[Bounds] = field(default_factory=list, compare=False, hash=False, repr=False)
+    _next: list[Bounds] = field(default_factory=list, compare=False, hash=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, compare=False, hash=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -93,6 +94,18 @@ class Window:
         found = self._calendar(t)
         with self._lock:
             self._cache[:] = [found]
+        return found
+
+    def following(self, bounds: Bounds) -> Bounds:
+        """The calendar window after ``bounds`` (the latest asked kept apart from ``bounds``')."""
+        t = bounds.end if bounds.end is not None else bounds.start
+        with self._lock:
+            cached = self._next[0] if self._next else None
+        if cached is not None and cached.start <= t < (cached.end or 0.0):
+            return cached
+        found = self._calendar(t)
+        with self._lock:
+            self._next[:] = [found]
         return found
 
     def _calendar(self, t: float) -> Bounds:

@@ -7,8 +7,16 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+from budgetspan.accounting import windows
 from budgetspan.accounting.budget import Budget, Usage
-from budgetspan.accounting.scopes import REGISTRY, SCOPE_KINDS, ScopeBudget, ScopeWarning, scope_key
+from budgetspan.accounting.scopes import (
+    REGISTRY,
+    SCOPE_KINDS,
+    ScopeBudget,
+    ScopeWarning,
+    kept_after,
+    scope_key,
+)
 from budgetspan.accounting.windows import Window, parse_window
 from budgetspan.config import get_config
 from budgetspan.runs import context
@@ -67,6 +75,7 @@ def spend(
     in the current ledger: ``budgetspan.spend(tenant="acme", window="day").cost_usd``.
 
     ``window`` and ``tz`` default to the scope's budget's; a scope with no record is all zeros.
+    ``at=`` a window whose record is no longer kept (ended before the last one) is a ValueError.
     """
     given = zip(SCOPE_KINDS, (conversation, user, tenant, workflow), strict=True)
     named = [(k, str(v)) for k, v in given if v is not None]
@@ -89,7 +98,14 @@ def spend(
         raise ValueError(
             f"spend(): {kind} {name}: a rolling window is kept only while it lasts; at= names a calendar window"
         )
-    label = chosen.bounds(at).label
+    bounds = chosen.bounds(at)
+    if at is not None and bounds.end is not None and bounds.end + kept_after(chosen, bounds) <= windows.now():
+        # (its record expired: 0 would be a figure not known, given as none spent)
+        raise ValueError(
+            f"spend(): {kind} {name}: the {_said(chosen)} window at {at!r} is no longer kept "
+            "(a window's record is kept until the end of the window after it)"
+        )
+    label = bounds.label
     found = context.get_ledger().scope_usage(scope_key(kind, name, label))
     return found if found is not None else Usage()
 
