@@ -7,6 +7,7 @@ once: past 2**53 ns (104 days) the two can differ in the last bit, and so did th
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from budgetspan import attributes as A
 from budgetspan.report import native
 from tests.report.cli import report
 from tests.report.test_hostile_input import line, span
+from tests.report.test_native import _PROBE
 
 SRC = Path(native.__file__).resolve().parent.parent.parent  # .../src
 
@@ -71,3 +73,46 @@ def test_runs_finished_together_come_out_in_the_same_order_in_every_process(tmp_
         run = subprocess.run([*argv, "--max-spans-in-flight", "10"], env=env, capture_output=True, check=True)
         outputs.add(run.stdout)
     assert len(outputs) == 1
+
+
+def test_a_report_never_loads_a_library_a_build_is_still_writing(
+    built: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A build of the package's copy (the same libraries as its own build), and, while it copies
+    each library, a second build of the same sources ending (its stamp back) and a report starting:
+    the report runs compiled, never loading a half-written library (a truncated one died of SIGBUS)."""
+    from budgetspan.report import native_build
+
+    shutil.copytree(SRC / "budgetspan", tmp_path / "budgetspan", ignore=shutil.ignore_patterns("__pycache__"))
+    out = tmp_path / "budgetspan" / "report" / native.NATIVE_DIR
+    libs = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".so", ".pyd")}
+    stamp = (out / native.STAMP_FILE).read_bytes()
+
+    def compiled_again(tmp: Path, quiet: bool) -> None:
+        for name, data in libs.items():
+            (tmp / "budgetspan" / "report" / native.NATIVE_DIR / name).write_bytes(data)
+
+    probes: list[tuple[int, str]] = []
+    copy = shutil.copy2
+
+    def copy_while_a_report_starts(src: Path, dst: Path) -> object:
+        data = Path(src).read_bytes()
+        Path(dst).write_bytes(data[: len(data) // 2])  # half written, when the other build ends
+        (out / native.STAMP_FILE).write_bytes(stamp)
+        env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+        env.pop(native.PURE_ENV, None)
+        run = subprocess.run(
+            [sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, check=False
+        )
+        probes.append((run.returncode, run.stdout.strip()))
+        (out / native.STAMP_FILE).unlink()
+        return copy(src, dst)
+
+    monkeypatch.setattr(native_build, "_compile", compiled_again)
+    monkeypatch.setattr(native_build.shutil, "copy2", copy_while_a_report_starts)
+    native_build.build(out, quiet=True)
+    assert probes == [(0, "True True")] * len(libs)
+    assert (out / native.STAMP_FILE).read_bytes() == stamp
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == sorted(
+        [*libs, native.STAMP_FILE, "__init__.py"]
+    )

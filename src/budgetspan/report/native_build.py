@@ -96,18 +96,26 @@ def build(out_dir: Path | None = None, quiet: bool = False) -> Path:
         for name in native.HOT:
             (pkg / f"{name}.py").write_text(_copy(name, texts[name], stamp, files), encoding="utf-8")
         _compile(Path(tmp), quiet)
-        built = [p for p in pkg.iterdir() if p.suffix in (".so", ".pyd")]
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / native.STAMP_FILE).unlink(missing_ok=True)
-        for old in out_dir.iterdir():
-            if old.suffix in (".so", ".pyd"):
-                old.unlink()
-        for p in built:
-            shutil.copy2(p, out_dir / p.name)
-        part = out_dir / (native.STAMP_FILE + ".part")
-        part.write_bytes(" ".join(files).encode() + b"\n" + stamp)
-        os.replace(part, out_dir / native.STAMP_FILE)
+        install([p for p in pkg.iterdir() if p.suffix in (".so", ".pyd")], out_dir, files, stamp)
     return out_dir
+
+
+def install(built: list[Path], out_dir: Path, files: list[str], stamp: bytes) -> None:
+    """Put the built libraries in ``out_dir``, then the stamp. Each file is written under a name of
+    its own and renamed into place: a report that checked the stamp just before (or a second build's
+    stamp) never loads a library half written (a truncated library loads, then dies of SIGBUS)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / native.STAMP_FILE).unlink(missing_ok=True)
+    names = {p.name for p in built}
+    for old in out_dir.iterdir():
+        if old.suffix in (".so", ".pyd") and old.name not in names:
+            old.unlink(missing_ok=True)  # another build at the same time may have removed it
+    part = f".{os.getpid()}.part"
+    for p in built:
+        shutil.copy2(p, out_dir / (p.name + part))
+        os.replace(out_dir / (p.name + part), out_dir / p.name)
+    (out_dir / (native.STAMP_FILE + part)).write_bytes(" ".join(files).encode() + b"\n" + stamp)
+    os.replace(out_dir / (native.STAMP_FILE + part), out_dir / native.STAMP_FILE)
 
 
 def _compile(tmp: Path, quiet: bool) -> None:
