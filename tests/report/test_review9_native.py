@@ -18,7 +18,7 @@ import pytest
 from budgetspan import attributes as A
 from budgetspan.report import native
 from tests.report.cli import report
-from tests.report.test_hostile_input import line, span
+from tests.report.test_hostile_input import a_run, line, span
 from tests.report.test_native import _PROBE
 
 SRC = Path(native.__file__).resolve().parent.parent.parent  # .../src
@@ -116,3 +116,48 @@ def test_a_report_never_loads_a_library_a_build_is_still_writing(
     assert sorted(p.name for p in out.iterdir() if p.is_file()) == sorted(
         [*libs, native.STAMP_FILE, "__init__.py"]
     )
+
+
+def test_an_installed_package_reports_pure_then_builds_and_reports_compiled(tmp_path: Path) -> None:
+    """budgetspan as a wheel installs it (in a fresh environment's site-packages; the dependencies
+    from this one): the report runs pure, then the README's build command compiles it (mypy
+    refused a site-packages directory in MYPYPATH: the build always failed there), then the report
+    runs compiled with the same bytes. Compiles (~40 s)."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    shutil.copytree(
+        SRC / "budgetspan",
+        Path(site) / "budgetspan",
+        ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyd", native.STAMP_FILE + "*"),
+    )
+    deps = subprocess.run(
+        [sys.executable, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    (Path(site) / "deps.pth").write_text(deps + "\n")  # a path only: its own .pth files are not read
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", native.PURE_ENV)}
+    path = tmp_path / "traces.jsonl"
+    path.write_text(line(*a_run("r1", workflow="wé")) + "\n")
+
+    def reports() -> tuple[bool, bytes]:
+        used = subprocess.run(
+            [python, "-c", "from budgetspan.report import native; print(native.compiled() is not None)"],
+            env=env, capture_output=True, text=True, check=True, cwd=tmp_path,
+        ).stdout.strip()  # fmt: skip
+        argv = [python, "-m", "budgetspan.cli", "report", str(path), "--format", "json"]
+        run = subprocess.run(argv, env=env, capture_output=True, check=True, cwd=tmp_path)
+        return used == "True", run.stdout
+
+    pure_used, pure_out = reports()
+    assert not pure_used and "wé".encode() in pure_out
+    build = subprocess.run(
+        [python, "-m", "budgetspan.report.native_build", "--quiet"],
+        env=env, capture_output=True, text=True, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr[-2000:]
+    assert reports() == (True, pure_out)

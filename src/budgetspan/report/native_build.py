@@ -16,6 +16,7 @@ import ast
 import os
 import re
 import shutil
+import site
 import subprocess
 import sys
 import tempfile
@@ -128,13 +129,23 @@ def _compile(tmp: Path, quiet: bool) -> None:
     run = subprocess.run(
         [sys.executable, "setup.py", "build_ext", "--inplace"],
         cwd=tmp,
-        env={**os.environ, "MYPYPATH": str(_PACKAGE.parent)},
+        env=_mypy_env(),
         capture_output=quiet,
         text=True,
         check=False,
     )
     if run.returncode != 0:
         raise RuntimeError(f"mypyc build failed:\n{(run.stderr or '')[-3000:]}")
+
+
+def _mypy_env() -> dict[str, str]:
+    """mypy must type the copies against these sources: from a source tree through MYPYPATH;
+    installed (a wheel), it finds them itself, and refuses a site-packages directory in MYPYPATH."""
+    env = {k: v for k, v in os.environ.items() if k != "MYPYPATH"}
+    installed = [*site.getsitepackages(), *([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])]
+    if str(_PACKAGE.parent) not in {str(Path(p).resolve()) for p in installed}:
+        env["MYPYPATH"] = str(_PACKAGE.parent)
+    return env
 
 
 def main(argv: list[str]) -> int:
