@@ -1,7 +1,9 @@
-"""Review 9: inputs on which the compiled report (``report.native``) and the pure one could part.
+"""Review 9: the compiled report (``report.native``) against the pure one, and its build.
 
-mypyc divides two small ints (under 2**62) as two doubles, where Python rounds the exact quotient
-once: past 2**53 ns (104 days) the two can differ in the last bit, and so did the report's bytes.
+mypyc divides two small ints as two doubles, where Python rounds the exact quotient once (past
+2**53 ns the report's bytes differed); runs finished together came out in a set's order (other
+bytes per process); a build copied its libraries in place (a report could load one half written);
+an installed package could not be built at all (site-packages in MYPYPATH).
 """
 
 from __future__ import annotations
@@ -118,11 +120,13 @@ def test_a_report_never_loads_a_library_a_build_is_still_writing(
     )
 
 
-def test_an_installed_package_reports_pure_then_builds_and_reports_compiled(tmp_path: Path) -> None:
+def test_an_installed_package_reports_pure_then_builds_and_reports_compiled(
+    built: None, tmp_path: Path
+) -> None:
     """budgetspan as a wheel installs it (in a fresh environment's site-packages; the dependencies
     from this one): the report runs pure, then the README's build command compiles it (mypy
     refused a site-packages directory in MYPYPATH: the build always failed there), then the report
-    runs compiled with the same bytes. Compiles (~40 s)."""
+    runs compiled with the same bytes. Compiles (~40 s; where the compiled report is built here)."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = str(venv / "bin" / "python")
