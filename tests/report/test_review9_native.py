@@ -165,3 +165,15 @@ def test_an_installed_package_reports_pure_then_builds_and_reports_compiled(
     )  # fmt: skip
     assert build.returncode == 0, build.stderr[-2000:]
     assert reports() == (True, pure_out)
+
+
+@pytest.mark.parametrize("stamp", ["1_000", " 7", "+7", "\u0661\u0662"])
+def test_a_timestamp_that_is_not_plain_digits_is_named(stamp: str, tmp_path: Path) -> None:
+    """``int()`` takes underscores, blanks, a sign and other scripts' digits: the fast readings
+    took such a timestamp, where the checked one (and OTLP) say it is not an integer."""
+    bad = a_run("bad")
+    bad[0]["startTimeUnixNano"] = stamp
+    path = tmp_path / "traces.jsonl"
+    path.write_text(line(*a_run("good")) + "\n" + line(*bad) + "\n", encoding="utf-8")
+    code, _, err = report(str(path), "--format", "json")
+    assert code == 1 and ":2: span 1: startTimeUnixNano is not an integer (a string)" in err
