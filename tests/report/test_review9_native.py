@@ -3,7 +3,8 @@
 mypyc divides two small ints as two doubles, where Python rounds the exact quotient once (past
 2**53 ns the report's bytes differed); runs finished together came out in a set's order (other
 bytes per process); a build copied its libraries in place (a report could load one half written);
-an installed package could not be built at all (site-packages in MYPYPATH).
+an installed package could not be built at all (site-packages in MYPYPATH); both fast readings
+took timestamps ``int()`` takes and OTLP does not ("1_000", " 7").
 """
 
 from __future__ import annotations
