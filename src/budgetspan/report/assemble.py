@@ -136,7 +136,7 @@ class RunAssembler:
             if kind == "run":
                 ready.append(key)
             elif key in self._traces:  # the trace's root was read a window ago: its implicit runs are done
-                for rid in self._traces[key].runs:
+                for rid in sorted(self._traces[key].runs):  # a set: its order changes per process
                     run = self._runs[rid]
                     if not run.closing and run.traces == {key}:
                         run.closing = True

@@ -16,6 +16,7 @@ import ast
 import os
 import re
 import shutil
+import site
 import subprocess
 import sys
 import tempfile
@@ -96,18 +97,26 @@ def build(out_dir: Path | None = None, quiet: bool = False) -> Path:
         for name in native.HOT:
             (pkg / f"{name}.py").write_text(_copy(name, texts[name], stamp, files), encoding="utf-8")
         _compile(Path(tmp), quiet)
-        built = [p for p in pkg.iterdir() if p.suffix in (".so", ".pyd")]
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / native.STAMP_FILE).unlink(missing_ok=True)
-        for old in out_dir.iterdir():
-            if old.suffix in (".so", ".pyd"):
-                old.unlink()
-        for p in built:
-            shutil.copy2(p, out_dir / p.name)
-        part = out_dir / (native.STAMP_FILE + ".part")
-        part.write_bytes(" ".join(files).encode() + b"\n" + stamp)
-        os.replace(part, out_dir / native.STAMP_FILE)
+        install([p for p in pkg.iterdir() if p.suffix in (".so", ".pyd")], out_dir, files, stamp)
     return out_dir
+
+
+def install(built: list[Path], out_dir: Path, files: list[str], stamp: bytes) -> None:
+    """Put the built libraries in ``out_dir``, then the stamp. Each file is written under a name of
+    its own and renamed into place: a report that checked the stamp just before (or a second build's
+    stamp) never loads a library half written (a truncated library loads, then dies of SIGBUS)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / native.STAMP_FILE).unlink(missing_ok=True)
+    names = {p.name for p in built}
+    for old in out_dir.iterdir():
+        if old.suffix in (".so", ".pyd") and old.name not in names:
+            old.unlink(missing_ok=True)  # another build at the same time may have removed it
+    part = f".{os.getpid()}.part"
+    for p in built:
+        shutil.copy2(p, out_dir / (p.name + part))
+        os.replace(out_dir / (p.name + part), out_dir / p.name)
+    (out_dir / (native.STAMP_FILE + part)).write_bytes(" ".join(files).encode() + b"\n" + stamp)
+    os.replace(out_dir / (native.STAMP_FILE + part), out_dir / native.STAMP_FILE)
 
 
 def _compile(tmp: Path, quiet: bool) -> None:
@@ -120,13 +129,23 @@ def _compile(tmp: Path, quiet: bool) -> None:
     run = subprocess.run(
         [sys.executable, "setup.py", "build_ext", "--inplace"],
         cwd=tmp,
-        env={**os.environ, "MYPYPATH": str(_PACKAGE.parent)},
+        env=_mypy_env(),
         capture_output=quiet,
         text=True,
         check=False,
     )
     if run.returncode != 0:
         raise RuntimeError(f"mypyc build failed:\n{(run.stderr or '')[-3000:]}")
+
+
+def _mypy_env() -> dict[str, str]:
+    """mypy must type the copies against these sources: from a source tree through MYPYPATH;
+    installed (a wheel), it finds them itself, and refuses a site-packages directory in MYPYPATH."""
+    env = {k: v for k, v in os.environ.items() if k != "MYPYPATH"}
+    installed = [*site.getsitepackages(), *([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])]
+    if str(_PACKAGE.parent) not in {str(Path(p).resolve()) for p in installed}:
+        env["MYPYPATH"] = str(_PACKAGE.parent)
+    return env
 
 
 def main(argv: list[str]) -> int:

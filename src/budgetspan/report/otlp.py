@@ -337,7 +337,9 @@ def _fast_request(data: Any, keep: Keep) -> list[SpanRec]:
                 start, end = s["startTimeUnixNano"], s["endTimeUnixNano"]
                 if type(start) is not str or type(end) is not str or len(start) > 20 or len(end) > 20:
                     raise ValueError
-                start, end = int(start), int(end)  # ValueError unless digits
+                if not (start.isdigit() and end.isdigit() and start.isascii() and end.isascii()):
+                    raise ValueError  # ``int`` takes " 7", "+7", "1_000", other scripts' digits
+                start, end = int(start), int(end)
                 if start < 0 or end < 0 or start >= _MAX_NS or end >= _MAX_NS:
                     raise ValueError
                 status = s.get("status")

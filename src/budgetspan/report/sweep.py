@@ -49,7 +49,9 @@ def phase_times(start: int, end: int, intervals: list[Interval]) -> dict[str, fl
             if deepest:
                 d = -deepest[0]
                 k = kinds[d]
-                share[d] += (when - t) if k == 1 else (when - t) / k
+                # float first: compiled (mypyc), int / int is two doubles divided; pure, the exact
+                # quotient rounded once (past 2**53 ns they differed in the last bit)
+                share[d] += (when - t) if k == 1 else float(when - t) / k
             else:
                 out[OTHER] += when - t
             t = when
