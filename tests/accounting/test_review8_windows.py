@@ -3,7 +3,6 @@ it applies (a real redis-server; the scope clock of ``scope_clock``)."""
 
 from __future__ import annotations
 
-import shutil
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -16,17 +15,6 @@ from budgetspan.accounting.memory import InMemoryLedger
 from budgetspan.accounting.redis_ledger import RedisLedger
 from budgetspan.accounting.scopes import Scope, ScopeBudget, ScopeRef
 from budgetspan.accounting.windows import IDLE_TTL_S, parse_window
-
-
-@pytest.fixture
-def redis_ledger(redis_url: str) -> RedisLedger:
-    if shutil.which("redis-server") is None:
-        pytest.skip("Debian redis-server not installed")
-    import redis
-
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
-    return RedisLedger(client)
 
 
 def _ref(name: str, window: str, tz: str = "UTC", calls: int = 100) -> ScopeRef:

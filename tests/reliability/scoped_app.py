@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import openai
 import pytest
 
 import budgetspan
@@ -65,3 +66,8 @@ def on_either_ledger(usage: dict[str, int]) -> Any:
             yield clock
 
     return app
+
+
+def client_of(server: LLMServer) -> openai.OpenAI:
+    """The real openai SDK on the local server, without retries (a refusal is not retried)."""
+    return openai.OpenAI(api_key="t", base_url=server.base_url + "/v1", max_retries=0)

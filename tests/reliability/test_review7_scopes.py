@@ -20,7 +20,7 @@ from budgetspan import config as bs_config
 from budgetspan.runs import context
 from tests.accounting.redis_server import redis
 from tests.instrumentation.llm_server import LLMServer
-from tests.reliability.scoped_app import T0, local_server, on_either_ledger
+from tests.reliability.scoped_app import T0, client_of, local_server, on_either_ledger
 
 MODEL = "gpt-4o-mini"  # $0.15 / $0.60 per million input / output tokens
 #: The server reports far less than each call's worst case (max_tokens=50): what a call holds
@@ -32,10 +32,6 @@ WORST_USD = 16 * 0.15e-6 + 50 * 0.60e-6
 
 server = local_server
 app = on_either_ledger(USAGE)
-
-
-def _client(server: LLMServer) -> openai.OpenAI:
-    return openai.OpenAI(api_key="t", base_url=server.base_url + "/v1", max_retries=0)
 
 
 def _ask(client: openai.OpenAI, **kw: Any) -> Any:
@@ -104,7 +100,7 @@ def test_calls_in_flight_when_a_window_rolls_over_settle_nothing_in_the_next_one
     budgetspan.set_scope_budget(
         "tenant", "acme", budgetspan.Budget(max_cost_usd=2.5 * WORST_USD), window=window
     )
-    client = _client(server)
+    client = client_of(server)
     before = _Holding(client, 2)  # a run whose two streams are read after its window ended
     try:
         _roll_over(request, client, clock, window, before)
@@ -147,7 +143,7 @@ def test_spend_for_a_window_the_budget_does_not_keep_says_so_instead_of_zero(
     $0.00 and 0 calls (it had made 3); asking for a Tokyo day answered the UTC day's figures."""
     budgetspan.set_scope_budget("tenant", "acme", budgetspan.Budget(max_cost_usd=1.0), window="month")
     budgetspan.set_scope_budget("tenant", "globex", budgetspan.Budget(max_cost_usd=1.0), window="day")
-    client = _client(server)
+    client = client_of(server)
     _spend_in(client, 3, tenant="acme")
     _spend_in(client, 2, tenant="globex")
     assert budgetspan.spend(tenant="acme").model_calls == 3
@@ -165,7 +161,7 @@ def test_spend_for_a_window_the_budget_does_not_keep_says_so_instead_of_zero(
 def test_spend_at_a_past_time_of_a_rolling_window_says_so(app: Any, server: LLMServer) -> None:
     """A rolling window's record is the current one: ``at=`` yesterday answered today's figures."""
     budgetspan.set_scope_budget("user", "ann", budgetspan.Budget(max_model_calls=9), window="rolling-day")
-    _spend_in(_client(server), 2, user="ann")
+    _spend_in(client_of(server), 2, user="ann")
     assert budgetspan.spend(user="ann").model_calls == 2
     with pytest.raises(ValueError, match="rolling"):
         budgetspan.spend(user="ann", at=T0 - 86_400)
@@ -178,7 +174,7 @@ def test_yesterdays_spend_is_readable_all_of_today(
     answered 0 calls (the window had 2), on both ledgers (Redis: the hash expired 01:00)."""
     clock = app
     budgetspan.set_scope_budget("user", "ann", budgetspan.Budget(max_model_calls=9), window="day")
-    _spend_in(_client(server), 2, user="ann")
+    _spend_in(client_of(server), 2, user="ann")
     if isinstance(context.get_ledger(), budgetspan.RedisLedger):  # Redis expires on its own clock
         ttl = redis.Redis.from_url(request.getfixturevalue("redis_url")).ttl(
             "budgetspan:scope:user:ann:2025-12-05"
@@ -216,7 +212,7 @@ def test_a_thread_pool_of_one_tenants_runs_at_its_limit_sends_not_one_call_over(
     budgetspan.set_scope_budget(
         "tenant", "acme", budgetspan.Budget(max_model_calls=20, max_cost_usd=12 * WORST_USD), window="day"
     )
-    client = _client(server)
+    client = client_of(server)
 
     def one(_: int) -> int:
         made = 0
@@ -331,7 +327,7 @@ def test_an_async_lookup_is_refused_when_set_not_dropped_at_each_run(
     coroutine_in_disguise: Any = lambda kind, name: plans(kind, name)  # noqa: E731
     budgetspan.set_scope_lookup(coroutine_in_disguise)
     budgetspan.set_scope_budget("tenant", "default", budgetspan.Budget(max_model_calls=2))
-    said = [_in_one_run(_client(server), 1)[0] for _ in range(3)]
+    said = [_in_one_run(client_of(server), 1)[0] for _ in range(3)]
     assert said == [1, 1, 0]  # the kind's default still holds
     assert "internal error in scope budgets: TypeError" in caplog.text
     gc.collect()
@@ -359,7 +355,7 @@ def test_a_window_ends_at_its_calendar_edge(
     clock = app
     clock[0] = datetime.fromisoformat(start).timestamp()
     budgetspan.set_scope_budget("tenant", "acme", budgetspan.Budget(max_model_calls=1), window=window, tz=tz)
-    client = _client(server)
+    client = client_of(server)
     assert _in_one_run(client, 1) == (1, None)
     assert _in_one_run(client, 1) == (0, "made")
     with pytest.raises(budgetspan.BudgetExhausted) as info:
@@ -423,7 +419,7 @@ def test_a_workflow_window_and_the_users_default_from_the_config_file(
     )
     monkeypatch.setenv("BUDGETSPAN_CONFIG", str(path))
     bs_config.set_config(None)
-    client = _client(server)
+    client = client_of(server)
     said = []
     for user in ("ann", "bob", "cy"):
         try:
@@ -451,7 +447,7 @@ def test_a_workflow_window_and_the_users_default_from_the_config_file(
 def test_a_tenant_blocked_with_a_zero_limit_sends_nothing(app: Any, server: LLMServer, limit: str) -> None:
     """A suspended customer's plan: 0 calls, $0 or 0 tokens a day; not taken for 'no limit'."""
     budgetspan.set_scope_budget("tenant", "acme", budgetspan.Budget(**{limit: 0}), window="day", warn_at=0.5)
-    assert _in_one_run(_client(server), 1)[0] == 0
+    assert _in_one_run(client_of(server), 1)[0] == 0
     assert len(server.requests) == 0
 
 
@@ -468,7 +464,7 @@ def test_the_tenant_cost_metric_counts_a_stream_read_after_its_run(app: Any, ser
     metrics = ScopeMetrics(registry, "acme")
     events.add_listener(metrics)
     try:
-        client = _client(server)
+        client = client_of(server)
         with budgetspan.run("chat", tenant="acme"):
             stream = _ask(client, stream=True, stream_options={"include_usage": True})
         _read([stream])
@@ -493,7 +489,7 @@ def test_a_default_set_in_code_comes_before_the_config_files_default(
     monkeypatch.setenv("BUDGETSPAN_CONFIG", str(path))
     bs_config.set_config(None)
     budgetspan.set_scope_budget("tenant", "default", budgetspan.Budget(max_model_calls=1), window="day")
-    client = _client(server)
+    client = client_of(server)
     assert [_in_one_run(client, 1)[0] for _ in range(3)] == [1, 0, 0]  # acme: the default set in code
     outcomes = []
     for _ in range(3):
@@ -535,7 +531,7 @@ def test_every_refusal_of_a_run_stopped_by_a_scope_says_what_the_scope_spent(
     """An agent loop catches the refusal and tries again: the run stays stopped, and each refusal
     must say what the tenant made (was: 'has made 0 of its 2 daily model calls' from the second on)."""
     budgetspan.set_scope_budget("tenant", "acme", budgetspan.Budget(max_model_calls=2), window="day")
-    client = _client(server)
+    client = client_of(server)
     said = []
     with budgetspan.run("chat", tenant="acme", suppress_exhausted=True):
         for _ in range(4):

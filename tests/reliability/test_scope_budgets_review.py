@@ -21,7 +21,7 @@ from budgetspan import config as bs_config
 from budgetspan.accounting.scopes import REGISTRY
 from budgetspan.runs import context
 from tests.instrumentation.llm_server import LLMServer
-from tests.reliability.scoped_app import local_server, on_either_ledger
+from tests.reliability.scoped_app import client_of, local_server, on_either_ledger
 
 MODEL = "gpt-4o-mini"  # $0.15 / $0.60 per million input / output tokens
 #: The server reports no more than each call's worst case (a short prompt, max_tokens=50): the
@@ -32,10 +32,6 @@ CALL_USD = 1 * 0.15e-6 + 50 * 0.60e-6
 
 server = local_server
 app = on_either_ledger(USAGE)
-
-
-def _client(server: LLMServer) -> openai.OpenAI:
-    return openai.OpenAI(api_key="t", base_url=server.base_url + "/v1", max_retries=0)
 
 
 def _ask(client: openai.OpenAI, **kw: Any) -> Any:
@@ -50,7 +46,7 @@ def test_a_scope_dollar_limit_holds_the_worst_case_of_calls_in_flight(app: Any, 
     budgetspan.set_scope_budget(
         "tenant", "acme", budgetspan.Budget(max_cost_usd=CALL_USD * 2.5), window="day"
     )
-    client = _client(server)
+    client = client_of(server)
     streams, refused = [], []
     with budgetspan.run("chat", tenant="acme", suppress_exhausted=True):
         for _ in range(4):
@@ -72,7 +68,7 @@ def test_a_scope_dollar_limit_smaller_than_one_call_refuses_it_before_it_is_sent
     budgetspan.set_scope_budget("tenant", "acme", budgetspan.Budget(max_cost_usd=CALL_USD / 3), window="day")
     with pytest.raises(budgetspan.BudgetExhausted) as info:
         with budgetspan.run("chat", tenant="acme"):
-            _ask(_client(server))
+            _ask(client_of(server))
     assert len(server.requests) == 0  # was: sent, and $0.00003 spent against $0.00001
     assert info.value.explanation.startswith("Stopped: tenant acme has spent $0.00 of its $1.005e-05 daily")
 
@@ -87,7 +83,7 @@ def test_an_unpriced_model_under_a_tenant_dollar_limit_follows_the_unpriced_poli
     budgetspan.set_scope_budget("tenant", "acme", budgetspan.Budget(max_cost_usd=1.0), window="day")
     with pytest.raises(budgetspan.BudgetExhausted) as info:
         with budgetspan.run("chat", tenant="acme"):
-            _ask(_client(server), model="house-model-7b")
+            _ask(client_of(server), model="house-model-7b")
     assert info.value.reason == "unpriced_model"
     assert len(server.requests) == 0
 
@@ -120,10 +116,10 @@ def test_a_lookup_that_fails_for_one_scope_leaves_the_other_budgets_in_force(
         return None
 
     budgetspan.set_scope_lookup(plans)
-    said = _runs(_client(server), 4, tenant="acme", user="ann")
+    said = _runs(client_of(server), 4, tenant="acme", user="ann")
     assert said[:2] == ["ok", "ok"] and len(server.requests) == 2
     assert said[2] == "Stopped: tenant acme has made 2 of its 2 daily model calls; resets at 00:00 UTC."
-    assert _runs(_client(server), 4, tenant="globex", user="bob").count("ok") == 3  # the users' default
+    assert _runs(client_of(server), 4, tenant="globex", user="bob").count("ok") == 3  # the users' default
     assert "internal error in scope budgets: ConnectionError" in caplog.text
 
 
@@ -132,7 +128,7 @@ def test_a_lookup_answer_of_the_wrong_type_is_an_internal_error_not_a_lost_budge
 ) -> None:
     budgetspan.set_scope_budget("tenant", "acme", budgetspan.Budget(max_model_calls=1), window="day")
     budgetspan.set_scope_lookup(lambda kind, name: {"max_model_calls": 5} if kind == "user" else None)
-    assert _runs(_client(server), 3, tenant="acme", user="ann").count("ok") == 1
+    assert _runs(client_of(server), 3, tenant="acme", user="ann").count("ok") == 1
 
 
 def test_a_stream_read_after_its_run_ended_is_spent_in_the_tenant_window(app: Any, server: LLMServer) -> None:
@@ -140,7 +136,7 @@ def test_a_stream_read_after_its_run_ended_is_spent_in_the_tenant_window(app: An
     after the block: the run has closed, but the tenant's day has not. The stream's cost lands in
     the tenant's window (was: lost, the tenant's spend 0 and its worst case held all day)."""
     budgetspan.set_scope_budget("tenant", "acme", budgetspan.Budget(max_cost_usd=1.0), window="day")
-    client = _client(server)
+    client = client_of(server)
     with budgetspan.run("chat", tenant="acme"):
         stream = _ask(client, stream=True)
     for _ in stream:
@@ -154,7 +150,7 @@ def test_work_that_outlives_its_run_is_still_held_to_the_tenant_budget(app: Any,
     run limit applies any more, but the tenant's day is not over (was: 5 of 5 sent under the
     tenant's 2, and none counted in its window)."""
     budgetspan.set_scope_budget("tenant", "acme", budgetspan.Budget(max_model_calls=2), window="day")
-    client = _client(server)
+    client = client_of(server)
     go, said = threading.Event(), []
 
     def later() -> None:
@@ -182,7 +178,7 @@ def test_a_rolling_window_says_when_it_resets_from_its_first_call(app: Any, serv
     say 03:30 (was: the hour counted from the refused run's start)."""
     clock = app
     budgetspan.set_scope_budget("tenant", "acme", budgetspan.Budget(max_model_calls=2), window="rolling-hour")
-    client = _client(server)
+    client = client_of(server)
     assert _runs(client, 2, tenant="acme") == ["ok", "ok"]
     clock[0] += 1800
     [said] = _runs(client, 1, tenant="acme")
@@ -204,7 +200,7 @@ def test_the_repeated_hour_at_the_end_of_summer_time_is_a_window_of_its_own(
     budgetspan.set_scope_budget(
         "tenant", "acme", budgetspan.Budget(max_model_calls=2), window="hour", tz="Europe/Paris"
     )
-    client = _client(server)
+    client = client_of(server)
     assert _runs(client, 3, tenant="acme")[:2] == ["ok", "ok"]
     clock[0] += 3600  # 01:30 UTC: 02:30 CET, the second 02:00 hour
     assert _runs(client, 1, tenant="acme") == ["ok"]
@@ -245,7 +241,7 @@ def test_a_scope_refusal_by_the_next_calls_worst_case_says_so(app: Any, server: 
     budgetspan.set_scope_budget("tenant", "acme", budgetspan.Budget(max_cost_usd=CALL_USD / 3), window="day")
     with pytest.raises(budgetspan.BudgetExhausted) as info:
         with budgetspan.run("chat", tenant="acme"):
-            _ask(_client(server))
+            _ask(client_of(server))
     said = info.value.explanation
     assert re.search(
         r"has spent \$0\.00 of its \$1\.005e-05 daily budget \(the next call could have cost up to \$0\.0000[1-9]\d more\)",
@@ -268,7 +264,7 @@ def test_a_scope_refusal_is_not_put_to_the_runs_on_limit_policy(
         asked.append(reached.reason)
         return budgetspan.Extend(max_model_calls=5) if decision == "extend" else budgetspan.Stop()
 
-    client = _client(server)
+    client = client_of(server)
     with pytest.raises(budgetspan.BudgetExhausted) as info:
         with budgetspan.run("chat", tenant="acme", on_limit=supervisor):
             for _ in range(4):
@@ -286,7 +282,7 @@ def test_a_numeric_id_is_the_same_scope_as_its_text(app: Any, server: LLMServer)
     and the other way round (was: no budget found, 4 of 4 sent under 2, spend 0)."""
     budgetspan.set_scope_budget("tenant", "123", budgetspan.Budget(max_model_calls=2), window="day")
     budgetspan.set_scope_budget("user", 7, budgetspan.Budget(max_model_calls=3), window="day")  # type: ignore[arg-type]
-    client = _client(server)
+    client = client_of(server)
     assert _runs(client, 4, tenant=123).count("ok") == 2  # type: ignore[arg-type]
     assert budgetspan.spend(tenant=123).model_calls == 2  # type: ignore[arg-type]
     assert _runs(client, 4, user="7").count("ok") == 3
@@ -307,9 +303,9 @@ def test_a_nested_runs_cost_counts_once_in_the_tenant_cost_metric(app: Any, serv
     events.add_listener(metrics)
     try:
         with budgetspan.run("triage", tenant="globex"), budgetspan.run("lookup"):
-            _ask(_client(server))
+            _ask(client_of(server))
         with budgetspan.run("triage", tenant="globex"), budgetspan.run("bill", tenant="initech"):
-            _ask(_client(server))  # spent in globex's run and initech's: one call for each tenant
+            _ask(client_of(server))  # spent in globex's run and initech's: one call for each tenant
     finally:
         events.remove_listener(metrics)
     call = 1000 * 0.15e-6 + 50 * 0.60e-6
@@ -330,7 +326,7 @@ def test_an_empty_scope_name_is_no_scope_and_says_so(app: Any, server: LLMServer
 def test_a_run_refusal_by_the_next_calls_worst_case_says_so(app: Any, server: LLMServer) -> None:
     """Two streams in flight hold 100 of the run's 120 output tokens; the third is refused by its
     worst case. The explanation must say so, not 'Stopped at 0 of 120 output tokens' alone."""
-    client = _client(server)
+    client = client_of(server)
     streams = []
     with pytest.raises(budgetspan.BudgetExhausted) as info:
         with budgetspan.run("chat", max_output_tokens=120):
@@ -355,7 +351,7 @@ def test_an_async_on_warn_callback_runs(app: Any, server: LLMServer) -> None:
         budgetspan.set_scope_budget(
             "tenant", name, budgetspan.Budget(max_model_calls=4), window="day", warn_at=0.5, on_warn=notify
         )
-    assert _runs(_client(server), 3, tenant="sync-co") == ["ok"] * 3
+    assert _runs(client_of(server), 3, tenant="sync-co") == ["ok"] * 3
     aclient = openai.AsyncOpenAI(api_key="t", base_url=server.base_url + "/v1", max_retries=0)
 
     async def main() -> None:

@@ -20,6 +20,7 @@ import pytest
 
 from budgetspan import attributes as A
 from budgetspan.report import native
+from tests.report import test_native
 from tests.report.cli import report
 from tests.report.test_hostile_input import a_run, line, span
 from tests.report.test_native import _PROBE
@@ -27,12 +28,7 @@ from tests.report.test_native import _PROBE
 SRC = Path(native.__file__).resolve().parent.parent.parent  # .../src
 
 
-@pytest.fixture(scope="module")
-def built() -> None:
-    if native.compiled() is None:
-        if os.environ.get("BUDGETSPAN_TEST_NATIVE") == "1":
-            pytest.fail("the compiled report is not built (python -m budgetspan.report.native_build)")
-        pytest.skip("the compiled report is not built (python -m budgetspan.report.native_build)")
+built = test_native.built  # (the same fixture: skip, or fail under scripts/test, when not built)
 
 
 def _at(d: dict[str, Any], start_ns: int, end_ns: int) -> dict[str, Any]:
