@@ -499,23 +499,6 @@ def test_a_default_set_in_code_comes_before_the_config_files_default(
     assert outcomes == ["success", "success", "budget_exhausted"]  # its own table: 2
 
 
-@pytest.mark.parametrize(
-    ("text", "said"),
-    [
-        # the workflow's form on a tenant: was 'window "{'max-cost-usd':-5}": expected one of hour, ...'
-        ("[tenants.acme.window]\nmax_cost_usd = 5\n", "[tenants.acme]: window is a value here"),
-        ('[tenants.""]\nmax_cost_usd = 5\n', "an empty name names no scope"),  # was accepted
-        ('[users.default]\nmax_cost_usd = 5\nwindow = "rolling"\n', "rolling-hour, rolling-day"),
-    ],
-)
-def test_a_scope_table_written_wrong_says_what_to_write(tmp_path: Any, text: str, said: str) -> None:
-    path = tmp_path / "budgets.toml"
-    path.write_text(text)
-    with pytest.raises(bs_config.ConfigError) as info:
-        bs_config.load_config({"BUDGETSPAN_CONFIG": str(path)})
-    assert said in str(info.value)
-
-
 def test_top_n_tenants_in_capitals_is_not_a_tenant_named_so() -> None:
     """``BUDGETSPAN_METRICS_TENANTS=TOP:5`` was an allow-list of one tenant named 'TOP:5'."""
     from budgetspan.processors.scope_metrics import TenantLabels

@@ -217,6 +217,11 @@ def test_the_repeated_hour_at_the_end_of_summer_time_is_a_window_of_its_own(
         ("[tenant.acme]\nmax_cost_usd = 5\n", "[tenants.NAME]"),
         # a misspelt key: the message lists a scope table's keys, not a run's
         ("[tenants.acme]\nmax_cost = 5\n", "window (hour, day, month"),
+        # review 7: the workflow's form on a tenant (was 'window "{'max-cost-usd':-5}": expected
+        # one of hour, ...'); an empty name (was accepted); "rolling" alone
+        ("[tenants.acme.window]\nmax_cost_usd = 5\n", "[tenants.acme]: window is a value here"),
+        ('[tenants.""]\nmax_cost_usd = 5\n', "an empty name names no scope"),
+        ('[users.default]\nmax_cost_usd = 5\nwindow = "rolling"\n', "rolling-hour, rolling-day"),
     ],
 )
 def test_a_scope_table_mistake_is_a_config_error_that_says_what_a_scope_takes(

@@ -87,25 +87,21 @@ class Window:
             return Bounds("all", 0.0, None)
         if self.rolling:
             return Bounds("rolling", t, t + ROLLING_S[self.period])
-        with self._lock:
-            cached = self._cache[0] if self._cache else None
-            if cached is not None and cached.start <= t < (cached.end or 0.0):
-                return cached
-        found = self._calendar(t)
-        with self._lock:
-            self._cache[:] = [found]
-        return found
+        return self._calendar_at(self._cache, t)
 
     def following(self, bounds: Bounds) -> Bounds:
         """The calendar window after ``bounds`` (the latest asked kept apart from ``bounds``')."""
-        t = bounds.end if bounds.end is not None else bounds.start
+        return self._calendar_at(self._next, bounds.end if bounds.end is not None else bounds.start)
+
+    def _calendar_at(self, slot: list[Bounds], t: float) -> Bounds:
+        """The calendar window ``t`` falls in, from ``slot`` (the one last found) while it holds."""
         with self._lock:
-            cached = self._next[0] if self._next else None
+            cached = slot[0] if slot else None
         if cached is not None and cached.start <= t < (cached.end or 0.0):
             return cached
         found = self._calendar(t)
         with self._lock:
-            self._next[:] = [found]
+            slot[:] = [found]
         return found
 
     def _calendar(self, t: float) -> Bounds:
