@@ -3,7 +3,7 @@
     PYTHONPATH=src .venv/bin/python bench/bench_redis_ledger.py [--procs 1 2 4 8 --seconds 1 --rounds 5]
     PYTHONPATH=src .venv/bin/python bench/bench_redis_ledger.py --instructions   # valgrind
 
-Starts its own redis-server on loopback (no persistence). Three kinds of cycle:
+Starts its own redis-server on loopback (no persistence). Kinds of cycle:
 
 - ``ledger``: ``RedisLedger.reserve`` (a model call with a worst case) + ``commit`` (its tokens
   and cost), on one run shared by every worker, with a limit of every kind, none reachable (on
@@ -16,6 +16,9 @@ Starts its own redis-server on loopback (no persistence). Three kinds of cycle:
 - ``floor-5-keys``: a fairer floor for ``ledger-4-scopes``: two trivial scripts that each read 5
   string keys (80 bytes, a window's size) with one MGET and write them back with one MSET, what
   any atomic reservation in a run and 4 windows must do at least;
+- ``one-script-1-key``, ``one-script-5-keys``: one script per cycle (as the ledger sends) that reads
+  its keys with one MGET and writes each back with a SET that keeps its expiry, and does nothing
+  else: the least any atomic reservation in a run (and 4 windows, each with its own expiry) must do;
 - ``redis-py``: the same two trivial scripts through ``redis.Redis.evalsha``, for reference.
 
 Wall clock: for each process count P, P worker processes run one kind side by side for
@@ -50,7 +53,15 @@ from collections.abc import Callable
 from typing import Any
 
 RUN_ID = "bench-shared-run"
-KINDS = ("ledger", "ledger-4-scopes", "floor", "floor-5-keys", "redis-py")
+KINDS = (
+    "ledger",
+    "ledger-4-scopes",
+    "floor",
+    "floor-5-keys",
+    "one-script-1-key",
+    "one-script-5-keys",
+    "redis-py",
+)
 
 
 def _free_port() -> int:
@@ -187,6 +198,38 @@ def _five_keys_cycle(port: int) -> Callable[[], None]:
     return cycle
 
 
+#: The least any design that reserves in a run and N-1 windows with one script per cycle (as the
+#: ledger does: the settlement rides on the next reservation) must do: read the N keys and write
+#: each back keeping its expiry. No accounting at all.
+_ONE_SCRIPT_N_KEYS = """
+local v = redis.call('MGET', unpack(KEYS))
+for i = 1, #KEYS do redis.call('SET', KEYS[i], v[i], 'KEEPTTL') end
+return 1
+"""
+
+
+def _one_script_cycle(n: int) -> Callable[[int], Callable[[], None]]:
+    def make(port: int) -> Callable[[], None]:
+        import redis
+
+        from budgetspan.accounting.redis_wire import Script as _Script
+        from budgetspan.accounting.redis_wire import Server as _Server
+
+        client = redis.Redis(port=port)
+        keys = tuple(f"bench-one-{n}:{i}" for i in range(n))
+        for key in keys:
+            client.set(key, b"\x00" * 88, ex=3600)  # (a window's packed string is 88 bytes)
+        server = _Server(client, 60)
+        script = _Script.of(_ONE_SCRIPT_N_KEYS)
+
+        def cycle() -> None:
+            server.run(script, keys, (), 60)
+
+        return cycle
+
+    return make
+
+
 def _redis_py_cycle(port: int) -> Callable[[], None]:
     import redis
 
@@ -205,6 +248,8 @@ CYCLES = {
     "ledger-4-scopes": _scoped_cycle,
     "floor": _floor_cycle,
     "floor-5-keys": _five_keys_cycle,
+    "one-script-1-key": _one_script_cycle(1),
+    "one-script-5-keys": _one_script_cycle(5),
     "redis-py": _redis_py_cycle,
 }
 

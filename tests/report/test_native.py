@@ -124,3 +124,25 @@ def test_the_command_gives_the_same_bytes_both_ways_on_every_hostile_line(
     code, out, err = compiled
     assert code == 1 and f"{len(HOSTILE)} bad lines skipped".encode() in err
     assert b"wf2" in out  # the good runs around them are reported
+
+
+def test_a_build_killed_while_copying_leaves_no_part_file_after_the_next(tmp_path: Path) -> None:
+    """``install`` writes each library as NAME.PID.part, then renames it; a build killed in between
+    left the part file for good. The next build removes those of dead processes only: a build
+    running at the same time (a live pid) keeps its own."""
+    from budgetspan.report import native_build
+
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead_pid = int(dead.stdout)  # a process that has exited
+    (out / f"core__mypyc.so.{dead_pid}.part").write_bytes(b"half")
+    (out / f"{native.STAMP_FILE}.{dead_pid}.part").write_bytes(b"half")
+    live = out / f"analysis.so.{os.getppid()}.part"
+    live.write_bytes(b"being written")
+    library = tmp_path / "core__mypyc.so"
+    library.write_bytes(b"library")
+    native_build.install([library], out, ["report/analysis.py"], b"stamp")
+    assert sorted(p.name for p in out.iterdir()) == sorted(["core__mypyc.so", native.STAMP_FILE, live.name])

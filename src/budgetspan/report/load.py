@@ -24,6 +24,8 @@ from budgetspan.report.otlp import BadLine, Keep, SpanRec, parse_line, parse_req
 #: export batch with message content.
 MAX_LINE_BYTES: Final = 256 * 2**20
 _SKIP_BYTES: Final = 2**20
+STDIN: Final = "-"  # a path that reads standard input (a file named "-" is "./-")
+STDIN_NAME: Final = "<stdin>"  # its name in messages
 
 
 def _bounded_lines(f: IO[bytes], limit: int) -> Iterator[bytes | None]:
@@ -124,9 +126,14 @@ class SpanReader:
 
     def read(self, paths: Sequence[str]) -> Iterator[list[SpanRec]]:
         """The spans of each good line, file after file, in file order."""
-        bar = Progress(_total_size(paths), self.progress, self.progress_stream)
+        bar = Progress(_total_size([p for p in paths if p != STDIN]), self.progress, self.progress_stream)
         try:
             for p in paths:
+                if p == STDIN:  # a pipe: ``zcat traces.jsonl.gz | budgetspan report -``
+                    yield from self._lines(
+                        _bounded_lines(sys.stdin.buffer, self.max_line_bytes), STDIN_NAME, bar
+                    )
+                    continue
                 try:
                     with open(p, "rb") as f:
                         yield from self._lines(_bounded_lines(f, self.max_line_bytes), p, bar)

@@ -109,7 +109,7 @@ def install(built: list[Path], out_dir: Path, files: list[str], stamp: bytes) ->
     (out_dir / native.STAMP_FILE).unlink(missing_ok=True)
     names = {p.name for p in built}
     for old in out_dir.iterdir():
-        if old.suffix in (".so", ".pyd") and old.name not in names:
+        if (old.suffix in (".so", ".pyd") and old.name not in names) or _left_by_a_dead_build(old):
             old.unlink(missing_ok=True)  # another build at the same time may have removed it
     part = f".{os.getpid()}.part"
     for p in built:
@@ -117,6 +117,21 @@ def install(built: list[Path], out_dir: Path, files: list[str], stamp: bytes) ->
         os.replace(out_dir / (p.name + part), out_dir / p.name)
     (out_dir / (native.STAMP_FILE + part)).write_bytes(" ".join(files).encode() + b"\n" + stamp)
     os.replace(out_dir / (native.STAMP_FILE + part), out_dir / native.STAMP_FILE)
+
+
+def _left_by_a_dead_build(path: Path) -> bool:
+    """A ``NAME.PID.part`` whose build was killed while copying (never loaded, but it took space).
+    A live build's own part files are left alone: it renames them into place itself."""
+    name, _, pid = path.name.removesuffix(".part").rpartition(".")
+    if not path.name.endswith(".part") or not name or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):
+        return False  # another user's live process; a number no process can have is not ours
+    return False
 
 
 def _compile(tmp: Path, quiet: bool) -> None:

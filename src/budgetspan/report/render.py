@@ -312,7 +312,12 @@ def _savings(out: _Out, s: Savings) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("files", nargs="+", metavar="FILE", help="OTLP JSON lines (BUDGETSPAN_TRACES_FILE output)")
+    p.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="OTLP JSON lines (BUDGETSPAN_TRACES_FILE output); - reads standard input",
+    )
     p.add_argument(
         "--plan",
         metavar="PLAN.toml",
@@ -375,7 +380,9 @@ def _report(args: argparse.Namespace, stdout: IO[str] | None, stderr: IO[str] | 
         return 2
     _notes(analysis, bound, stderr)
     if reader.spans_read == 0:  # an empty or span-less file is a failed trace, not an empty report
-        names = ", ".join(str(f) for f in args.files) or "standard input"
+        from budgetspan.report.load import STDIN
+
+        names = ", ".join("standard input" if f == STDIN else str(f) for f in args.files)
         print(f"budgetspan report: no spans in {safe(names)}: nothing to report.", file=stderr)
         return 1
     errors = reader.error_count
