@@ -59,3 +59,16 @@ def test_empty_standard_input_says_so() -> None:
     done = _report("-", stdin=b"")
     assert done.returncode == 1
     assert "no spans in standard input" in done.stderr.decode()
+
+
+def test_a_closed_standard_input_is_named_not_a_crash() -> None:
+    done = subprocess.run(
+        f"{sys.executable} -m budgetspan.cli report - <&-",
+        shell=True,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert b"Traceback" not in done.stderr
+    assert b"<stdin>:0: cannot read the file (closed)" in done.stderr

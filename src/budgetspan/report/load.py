@@ -9,6 +9,7 @@ retried export) once.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import time
@@ -129,16 +130,19 @@ class SpanReader:
         bar = Progress(_total_size([p for p in paths if p != STDIN]), self.progress, self.progress_stream)
         try:
             for p in paths:
-                if p == STDIN:  # a pipe: ``zcat traces.jsonl.gz | budgetspan report -``
-                    yield from self._lines(
-                        _bounded_lines(sys.stdin.buffer, self.max_line_bytes), STDIN_NAME, bar
-                    )
-                    continue
+                name = STDIN_NAME if p == STDIN else p
                 try:
-                    with open(p, "rb") as f:
-                        yield from self._lines(_bounded_lines(f, self.max_line_bytes), p, bar)
+                    if p != STDIN:
+                        with open(p, "rb") as f:
+                            yield from self._lines(_bounded_lines(f, self.max_line_bytes), p, bar)
+                        continue
+                    # a pipe: ``zcat traces.jsonl.gz | budgetspan report -``
+                    stdin = getattr(sys.stdin, "buffer", None)  # None: closed (``<&-``)
+                    if stdin is None:
+                        raise OSError(errno.EBADF, "closed")
+                    yield from self._lines(_bounded_lines(stdin, self.max_line_bytes), name, bar)
                 except OSError as e:
-                    self._error(LoadError(p, 0, f"cannot read the file ({e.strerror})"))
+                    self._error(LoadError(name, 0, f"cannot read the file ({e.strerror})"))
         finally:
             bar.close()
 
