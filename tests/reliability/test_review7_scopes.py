@@ -155,7 +155,8 @@ def test_spend_for_a_window_the_budget_does_not_keep_says_so_instead_of_zero(
     with pytest.raises(ValueError, match="tenant globex"):
         budgetspan.spend(tenant="globex", window="rolling-day")
     assert budgetspan.spend(tenant="globex", window="day").model_calls == 2
-    assert budgetspan.spend(tenant="initech", window="day").model_calls == 0  # no budget, no record
+    with pytest.raises(ValueError, match="initech has no budget"):  # nothing kept: not an answer of 0
+        budgetspan.spend(tenant="initech", window="day")
 
 
 def test_spend_at_a_past_time_of_a_rolling_window_says_so(app: Any, server: LLMServer) -> None:
