@@ -171,7 +171,7 @@ def test_spend_at_a_past_time_of_a_rolling_window_says_so(app: Any, server: LLMS
 def test_yesterdays_spend_is_readable_all_of_today(
     app: Any, server: LLMServer, request: pytest.FixtureRequest
 ) -> None:
-    """The README's ``budgetspan.spend(user="ann", at=yesterday_ts)``: at 10:00 the next day it
+    """The README's ``budgetspan.spend(..., at=yesterday_ts)``: at 10:00 the next day it
     answered 0 calls (the window had 2), on both ledgers (Redis: the hash expired 01:00)."""
     clock = app
     budgetspan.set_scope_budget("user", "ann", budgetspan.Budget(max_model_calls=9), window="day")
