@@ -617,6 +617,9 @@ def test_workers_sharing_a_run_keep_it_open_until_the_last_closes(redis_url: str
         two.reserve("shared", CallKind.TOOL)  # the count went on: 3 of 3
     assert two.close("shared").tool_calls == 3
     assert not one.client.exists(key)  # the last one out deletes it
+    one.open("shared", Budget(max_tool_calls=3), Mode.ENFORCE)  # the id opened again later: a new run
+    one.reserve("shared", CallKind.TOOL)
+    assert one.close("shared").tool_calls == 1  # (the README says so: a fresh budget)
 
 
 def test_one_process_opening_a_run_twice_keeps_it_until_the_last_close(ledger: RedisLedger) -> None:

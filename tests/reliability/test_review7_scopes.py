@@ -155,7 +155,8 @@ def test_spend_for_a_window_the_budget_does_not_keep_says_so_instead_of_zero(
     with pytest.raises(ValueError, match="tenant globex"):
         budgetspan.spend(tenant="globex", window="rolling-day")
     assert budgetspan.spend(tenant="globex", window="day").model_calls == 2
-    assert budgetspan.spend(tenant="initech", window="day").model_calls == 0  # no budget, no record
+    with pytest.raises(ValueError, match="initech has no budget"):  # nothing kept: not an answer of 0
+        budgetspan.spend(tenant="initech", window="day")
 
 
 def test_spend_at_a_past_time_of_a_rolling_window_says_so(app: Any, server: LLMServer) -> None:
@@ -170,7 +171,7 @@ def test_spend_at_a_past_time_of_a_rolling_window_says_so(app: Any, server: LLMS
 def test_yesterdays_spend_is_readable_all_of_today(
     app: Any, server: LLMServer, request: pytest.FixtureRequest
 ) -> None:
-    """The README's ``budgetspan.spend(user="ann", at=yesterday_ts)``: at 10:00 the next day it
+    """The README's ``budgetspan.spend(..., at=yesterday_ts)``: at 10:00 the next day it
     answered 0 calls (the window had 2), on both ledgers (Redis: the hash expired 01:00)."""
     clock = app
     budgetspan.set_scope_budget("user", "ann", budgetspan.Budget(max_model_calls=9), window="day")

@@ -278,6 +278,11 @@ def _money(x: float) -> str:
     return f"${x:.{1 - math.floor(math.log10(x))}f}"
 
 
+def _count(x: float) -> str:
+    """A limit or count as a person writes it: 2,000,000 (not 2e+06), 0.5 for a fraction."""
+    return f"{x:,.0f}" if float(x).is_integer() else f"{x:g}"
+
+
 def explain(
     reason: str,
     limit: float | None,
@@ -293,14 +298,14 @@ def explain(
     ``detail`` replaces the head (a loop says which call repeated); ``notes`` follow it
     ("1 model call kept for the final answer", "extended once by $0.10 after approval").
     """
-    lim = "?" if limit is None else (f"{limit:g}")
+    lim = "?" if limit is None else _count(limit)
     head = {
         "max_model_calls": f"Stopped after {usage.model_calls} of {lim} model calls",
         "max_tool_calls": f"Stopped after {usage.tool_calls} of {lim} tool calls",
         "max_steps": f"Stopped after {usage.steps} of {lim} steps",
-        "max_input_tokens": f"Stopped at {usage.input_tokens} of {lim} input tokens",
-        "max_output_tokens": f"Stopped at {usage.output_tokens} of {lim} output tokens",
-        "max_total_tokens": f"Stopped at {usage.total_tokens} of {lim} tokens",
+        "max_input_tokens": f"Stopped at {usage.input_tokens:,} of {lim} input tokens",
+        "max_output_tokens": f"Stopped at {usage.output_tokens:,} of {lim} output tokens",
+        "max_total_tokens": f"Stopped at {usage.total_tokens:,} of {lim} tokens",
         "max_cost_usd": "Stopped at the cost limit",
         "max_wall_clock_s": f"Stopped at the {lim} s time limit after {usage.wall_clock_s:.1f} s",
         "max_retries": f"Stopped after {usage.retries} of {lim} retries",
@@ -321,7 +326,7 @@ def explain(
     if usage.tool_calls or reason in ("max_tool_calls", "tool.max_calls"):
         parts.append(f"{usage.tools_finished} of {usage.tool_calls} tools finished")
     if reason != "max_model_calls" and usage.model_calls:
-        parts.append(f"{usage.model_calls} model calls made")
+        parts.append(f"{usage.model_calls} model call{'s' if usage.model_calls != 1 else ''} made")
     if reason == "max_cost_usd" and limit is not None:
         parts.append(f"{_money(usage.cost_usd)} of {_money(float(limit))} spent")
     else:

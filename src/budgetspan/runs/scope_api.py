@@ -74,7 +74,10 @@ def spend(
     """What one scope has used in its current window (or the window ``at`` a Unix time falls in)
     in the current ledger: ``budgetspan.spend(tenant="acme", window="day").cost_usd``.
 
-    ``window`` and ``tz`` default to the scope's budget's; a scope with no record is all zeros.
+    ``window`` and ``tz`` default to the scope's budget's; a scope with a budget and no record yet
+    is all zeros. Only scopes with a budget are kept: one with no budget in this process is read
+    from the ``window`` named (another process's budget keeps it on Redis), a ValueError when it
+    names none or there is no record (0 would be a figure not known, given as none spent).
     ``at=`` a window whose record is no longer kept (ended before the last one) is a ValueError.
     """
     given = zip(SCOPE_KINDS, (conversation, user, tenant, workflow), strict=True)
@@ -85,6 +88,8 @@ def spend(
         raise ValueError("spend(): name exactly one of tenant=, user=, conversation=, workflow=")
     kind, name = named[0]
     limits = REGISTRY.find(kind, name, get_config().scopes)
+    if limits is None and window is None:
+        raise ValueError(f"spend(): {kind} {name} has no budget here: {_not_kept(kind)}")
     own = limits.window if limits is not None else None
     chosen = _asked(own or Window(), window, tz)
     if own is not None and not _same(own, chosen):
@@ -105,9 +110,21 @@ def spend(
             f"spend(): {kind} {name}: the {_said(chosen)} window at {at!r} is no longer kept "
             "(a window's record is kept until the end of the window after it)"
         )
-    label = bounds.label
-    found = context.get_ledger().scope_usage(scope_key(kind, name, label))
+    found = context.get_ledger().scope_usage(scope_key(kind, name, bounds.label))
+    if found is None and limits is None:  # (no budget here, no record: nothing says it was kept)
+        raise ValueError(
+            f"spend(): {kind} {name} has no budget here and no {_said(chosen)} record: {_not_kept(kind)}"
+        )
     return found if found is not None else Usage()
+
+
+def _not_kept(kind: str) -> str:
+    """Why a scope without a budget is not answered with 0: only scopes with a budget are kept."""
+    traces = f"; budgetspan report --by {kind} reads it from traces" if kind in ("tenant", "user") else ""
+    return (
+        f"only scopes with a budget are kept (give it one, or every {kind} a 'default'; another "
+        f"process's budget: name its window=){traces}"
+    )
 
 
 def _text(w: Window) -> str:
