@@ -369,3 +369,21 @@ def test_an_async_on_warn_callback_runs(app: Any, server: LLMServer) -> None:
 
     asyncio.run(main())
     assert heard == [("sync-co", 2), ("async-co", 2)]
+
+
+def test_a_window_without_a_limit_counts_every_tenants_spend_and_refuses_nothing(
+    app: Any, server: LLMServer
+) -> None:
+    """``[tenants.default]`` with a window alone, the README's way to ``spend()`` any tenant: it was
+    no scope at all, and ``spend()`` answered 0 calls and $0 for tenants that had spent."""
+    budgetspan.set_scope_budget("tenant", "default", budgetspan.Budget(), window="day")
+    client = client_of(server)
+    for tenant, calls in (("zz", 3), ("yy", 12)):
+        with budgetspan.run("chat", tenant=tenant):
+            for _ in range(calls):
+                _ask(client)
+    assert len(server.requests) == 15  # nothing refused
+    assert budgetspan.spend(tenant="zz").model_calls == 3
+    yy = budgetspan.spend(tenant="yy", window="day")
+    assert (yy.model_calls, yy.output_tokens) == (12, 600)
+    assert yy.cost_usd == pytest.approx(12 * CALL_USD)

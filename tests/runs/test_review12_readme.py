@@ -50,3 +50,19 @@ def test_a_scope_without_a_budget_is_not_answered_as_zero_spend(
     with budgetspan.run("chat", tenant="zz") as run:
         run.commit(run.reserve(CallKind.MODEL), Spend(input_tokens=10, output_tokens=5, cost_usd=0.3))
     assert budgetspan.spend(tenant="zz").cost_usd == pytest.approx(0.3)
+
+
+def test_a_window_alone_counts_every_tenants_spend_and_refuses_nothing(
+    scope_clock: list[float], tracing: object
+) -> None:
+    """The README's way to query every tenant: ``[tenants.default]`` with a window and no limit."""
+    budgetspan.set_scope_budget("tenant", "default", Budget(), window="day")
+    for tenant, calls in (("zz", 3), ("yy", 40)):
+        with budgetspan.run("chat", tenant=tenant) as run:
+            for _ in range(calls):
+                run.commit(
+                    run.reserve(CallKind.MODEL), Spend(input_tokens=10, output_tokens=5, cost_usd=0.01)
+                )
+    assert budgetspan.spend(tenant="zz").model_calls == 3
+    assert budgetspan.spend(tenant="yy").cost_usd == pytest.approx(0.40)
+    assert budgetspan.spend(tenant="yy", window="day").input_tokens == 400

@@ -452,12 +452,14 @@ def scope_key(kind: str, name: str, label: str) -> str:
 
 
 def resolve(members: Sequence[tuple[str, str | None]], tables: ScopeTables | None) -> tuple[Scope, ...]:
-    """The scopes among ``members`` ((kind, name) pairs) that have a budget, in reservation order."""
+    """The scopes among ``members`` ((kind, name) pairs) that have a budget, in reservation order.
+    A budget without a limit is kept too: its window counts the scope's spend for ``spend()``
+    (``[tenants.default]`` with a window alone tracks every tenant) and refuses nothing."""
     found: list[Scope] = []
     for kind, name in members:
         if not name:
             continue
         limits = REGISTRY.find(kind, name, tables)
-        if limits is not None and not limits.budget.is_unlimited:
+        if limits is not None:
             found.append(Scope(kind, name, limits))
     return tuple(found)
