@@ -28,6 +28,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from budgetspan import attributes as A
+from budgetspan import events
 from budgetspan.accounting.budget import Budget
 from budgetspan.accounting.ledger import CallKind
 from budgetspan.accounting.pricing import PriceResolver, default_resolver
@@ -168,7 +169,8 @@ class Tier:
             self.internal_error("collector.sweep")
 
     def internal_error(self, where: str) -> None:
-        log.warning("budgetspan collector: %s failed; the span passes unchanged", where, exc_info=True)
+        # The type only (its text may quote what the span carried); the frames at DEBUG.
+        events.log_failure(log, "budgetspan collector: %s failed; the span passes unchanged", where)
         try:
             with self.lock:
                 self.metrics.internal_errors.child(where, "collector").inc()
