@@ -3,6 +3,7 @@ never overwrites, bounded run state, run-id runs, and no exception ever escaping
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -260,3 +261,30 @@ def test_a_tier_error_is_logged_without_its_message(caplog: pytest.LogCaptureFix
     )
     assert "collector.dict_span" in logged and "ValueError" in logged
     assert "SECRET" not in logged
+
+
+def test_an_exception_event_quoting_the_prompt_is_redacted_on_a_genai_span() -> None:
+    """review11: a provider's 400 quoting the prompt, recorded by a foreign instrumentation
+    (OpenLLMetry, pydantic-ai: the SDK's ``record_exception``) as an ``exception`` event: its
+    message and its stack trace (whose last line is the message) went through the tier with
+    content redaction on. The type stays; with ``keep_content`` everything stays."""
+    quoted = "openai.BadRequestError: Error code: 400 - Invalid content: 'PROMPT-SECRET'"
+    event = {
+        "name": "exception",
+        "attributes": {
+            "exception.type": "openai.BadRequestError",
+            "exception.message": quoted,
+            "exception.stacktrace": 'Traceback (most recent call last):\n  File "a.py", line 1\n' + quoted,
+            "exception.escaped": "False",
+        },
+    }
+    chat = {A.GEN_AI_OPERATION_NAME: "chat", A.GEN_AI_REQUEST_MODEL: "gpt-4o-mini"}
+    redacted = _span(1, 1, None, dict(chat), status=2, events=[json.loads(json.dumps(event))])
+    kept = _span(2, 1, None, dict(chat), status=2, events=[json.loads(json.dumps(event))])
+    dict_spans(_tier(), "svc", [redacted])
+    dict_spans(_tier(keep_content=True), "svc", [kept])
+    assert redacted["events"][0]["attributes"] == {
+        "exception.type": "openai.BadRequestError",
+        "exception.escaped": "False",
+    }
+    assert "PROMPT-SECRET" in kept["events"][0]["attributes"]["exception.message"]
