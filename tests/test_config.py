@@ -178,6 +178,10 @@ def test_a_profile_or_a_reserve_given_twice_is_a_config_error(text: str) -> None
         ("BUDGETSPAN_METRICS_TENANTS", "top:-1"),  # was silently no tenant label at all
         ("BUDGETSPAN_METRICS_TENANTS", "top:" + "9" * 5000),
         ("BUDGETSPAN_TRACES_FILE", "/"),  # a directory: was a warning with a traceback, no spans written
+        # review11: these three ran the program with a warning (and a traceback), exit 0
+        ("BUDGETSPAN_TRACES_FILE", "/etc/passwd/spans.jsonl"),  # under a file: no spans written
+        ("BUDGETSPAN_METRICS_ADDR", "not an address"),  # metrics endpoint off
+        ("BUDGETSPAN_METRICS_ADDR", "999.1.1.1"),
     ],
 )
 def test_every_switch_with_a_bad_value_is_a_config_error_naming_it(name: str, value: str) -> None:
@@ -199,6 +203,13 @@ def test_good_switch_values_pass() -> None:
         "BUDGETSPAN_LITELLM_COST": "litellm",
     }
     assert load_config(env).mode.value == "enforce"
+    for addr in ("0.0.0.0", "::1", "localhost", "metrics.internal.example"):
+        load_config({"BUDGETSPAN_METRICS_ADDR": addr})
+
+
+def test_a_traces_file_in_a_directory_still_to_be_made_passes(tmp_path: Any) -> None:
+    """The exporter makes the missing directories: only a path that cannot be made is refused."""
+    load_config({"BUDGETSPAN_TRACES_FILE": str(tmp_path / "new" / "dirs" / "spans.jsonl")})
 
 
 @pytest.mark.parametrize(
@@ -211,6 +222,8 @@ def test_good_switch_values_pass() -> None:
         ("BUDGETSPAN_THREADS", "maybe"),
         ("BUDGETSPAN_METRICS_TENANTS", "top:x"),
         ("BUDGETSPAN_TRACES_FILE", "/"),
+        ("BUDGETSPAN_TRACES_FILE", "/etc/passwd/spans.jsonl"),  # review11: ran, a traceback, exit 0
+        ("BUDGETSPAN_METRICS_ADDR", "not an address"),  # review11: ran, metrics off, exit 0
     ],
 )
 def test_a_config_error_under_opentelemetry_instrument_is_one_line_and_status_2(
