@@ -182,6 +182,9 @@ def test_a_profile_or_a_reserve_given_twice_is_a_config_error(text: str) -> None
         ("BUDGETSPAN_TRACES_FILE", "/etc/passwd/spans.jsonl"),  # under a file: no spans written
         ("BUDGETSPAN_METRICS_ADDR", "not an address"),  # metrics endpoint off
         ("BUDGETSPAN_METRICS_ADDR", "999.1.1.1"),
+        # review11: every run logged two errors (the metrics listener's FileNotFoundError), exit 0
+        ("PROMETHEUS_MULTIPROC_DIR", "/nonexistent/multiproc"),
+        ("PROMETHEUS_MULTIPROC_DIR", "/etc/passwd"),
     ],
 )
 def test_every_switch_with_a_bad_value_is_a_config_error_naming_it(name: str, value: str) -> None:
@@ -205,6 +208,7 @@ def test_good_switch_values_pass() -> None:
     assert load_config(env).mode.value == "enforce"
     for addr in ("0.0.0.0", "::1", "localhost", "metrics.internal.example"):
         load_config({"BUDGETSPAN_METRICS_ADDR": addr})
+    load_config({"PROMETHEUS_MULTIPROC_DIR": "/tmp"})
 
 
 def test_a_traces_file_in_a_directory_still_to_be_made_passes(tmp_path: Any) -> None:
@@ -224,6 +228,7 @@ def test_a_traces_file_in_a_directory_still_to_be_made_passes(tmp_path: Any) -> 
         ("BUDGETSPAN_TRACES_FILE", "/"),
         ("BUDGETSPAN_TRACES_FILE", "/etc/passwd/spans.jsonl"),  # review11: ran, a traceback, exit 0
         ("BUDGETSPAN_METRICS_ADDR", "not an address"),  # review11: ran, metrics off, exit 0
+        ("PROMETHEUS_MULTIPROC_DIR", "/nonexistent/multiproc"),  # review11: two errors logged per run
     ],
 )
 def test_a_config_error_under_opentelemetry_instrument_is_one_line_and_status_2(

@@ -55,6 +55,7 @@ from budgetspan.attributes import (
     ENV_MODE,
     ENV_OPENAI_STREAM_USAGE,
     ENV_PRICES,
+    ENV_PROMETHEUS_MULTIPROC_DIR,
     ENV_PROPAGATE_THREADS,
     ENV_TRACES_FILE,
     ENV_UNPRICED,
@@ -394,7 +395,7 @@ def _digits(text: str, most: int) -> bool:
 
 
 def check_switches(env: Mapping[str, str]) -> None:
-    """The metrics port and address, the label caps, the tenant labels, the traces file (one spans
+    """The metrics port and address, the multiprocess directory, the label caps, the tenant labels, the traces file (one spans
     can be appended to) and the on/off and choice switches. Raises ConfigError."""
     port = env.get(ENV_METRICS_PORT, "").strip()
     if port and not (_digits(port, 5) and int(port) <= 65535):
@@ -415,6 +416,11 @@ def check_switches(env: Mapping[str, str]) -> None:
     problem = _unwritable(traces) if traces else None
     if problem:
         raise ConfigError(f"{ENV_TRACES_FILE}={traces[:80]!r} {problem}; expected a file to append spans to")
+    multiproc = env.get(ENV_PROMETHEUS_MULTIPROC_DIR, "")  # (as prometheus-client reads it)
+    if multiproc and not (os.path.isdir(multiproc) and os.access(multiproc, os.W_OK)):
+        raise ConfigError(
+            f"{ENV_PROMETHEUS_MULTIPROC_DIR}={multiproc[:80]!r}: expected a directory to write metrics to"
+        )
     addr = env.get(ENV_METRICS_ADDR, "").strip()
     if addr and not _is_host(addr):
         raise ConfigError(
