@@ -288,3 +288,24 @@ def test_an_exception_event_quoting_the_prompt_is_redacted_on_a_genai_span() -> 
         "exception.escaped": "False",
     }
     assert "PROMPT-SECRET" in kept["events"][0]["attributes"]["exception.message"]
+
+
+def test_huge_distinct_model_names_are_not_held_whole_by_the_tier() -> None:
+    """review11: as in-process, the tier's caches kept raw label values as keys (any service's
+    spans reach it): 1,000 model names of 100,000 characters are now held as cut labels."""
+    import gc
+    import tracemalloc
+
+    tier = _tier()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(1000):
+            chat = {A.GEN_AI_OPERATION_NAME: "chat", A.GEN_AI_REQUEST_MODEL: f"{i:05d}" + "m" * 100_000}
+            dict_spans(tier, "svc", [_span(i + 1, 1, None, chat)])
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 20_000_000, f"{held / 1e6:.0f} MB held"

@@ -24,7 +24,7 @@ from budgetspan.processors.buckets import (
     TOKEN_BUCKETS,
     UTILISATION_BUCKETS,
 )
-from budgetspan.processors.labels import LabelCaps, SeriesCap, max_series_from_env
+from budgetspan.processors.labels import LabelCaps, SeriesCap, cacheable, max_series_from_env
 from budgetspan.processors.metric_cells import LocalCollector, LocalFamily
 
 _CACHE_LIMIT = 4096
@@ -46,7 +46,7 @@ class Family:
         if c is None:
             key = self.series_cap(tuple(cap(v) for cap, v in zip(self.caps, values, strict=True)))
             c = self.metric.labels(*key)
-            if len(self.cache) < _CACHE_LIMIT:
+            if len(self.cache) < _CACHE_LIMIT and cacheable(values):
                 self.cache[values] = c
         return c
 
@@ -221,7 +221,7 @@ class TierMetrics:
         cells = self._model_cells.get(key)
         if cells is None:
             cells = ModelCells(self, key)
-            if len(self._model_cells) < _CACHE_LIMIT:
+            if len(self._model_cells) < _CACHE_LIMIT and cacheable(key):
                 self._model_cells[key] = cells
         return cells
 
