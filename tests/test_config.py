@@ -300,3 +300,42 @@ def test_budget_extended_and_merged_keep_loop_options() -> None:
     assert Budget().merged(b).max_repeated_calls == 3
     with pytest.raises(ValueError, match="reserve_for_final"):
         Budget(reserve_for_final={"tool.max_calls": 1})
+
+
+@pytest.mark.parametrize("name", ["BUDGETSPAN_CONFIG", "BUDGETSPAN_PRICES"])
+def test_a_config_file_that_is_no_regular_file_is_a_config_error_not_a_hang(tmp_path: Any, name: str) -> None:
+    """review11: a FIFO blocked the program's start for ever (under opentelemetry-instrument, in
+    ``sitecustomize``), ``/dev/zero`` was read until the kernel killed the process (status 137)."""
+    import os
+    import threading
+
+    fifo = tmp_path / "budgets.toml"
+    os.mkfifo(fifo)
+    found: list[BaseException] = []
+
+    def load(value: str) -> None:
+        try:
+            load_config({name: value})
+        except BaseException as e:
+            found.append(e)
+
+    for value in (str(fifo), "/dev/zero"):
+        reader = threading.Thread(target=load, args=(value,), daemon=True)
+        reader.start()
+        reader.join(timeout=20)
+        if reader.is_alive():  # blocked in open(): let it go before failing
+            with open(fifo, "wb"):
+                pass
+            reader.join(timeout=5)
+            pytest.fail(f"{name}={value} blocked")
+        assert (
+            isinstance(found[-1], ConfigError) and name in str(found[-1]) and "regular file" in str(found[-1])
+        )
+
+
+def test_a_huge_config_file_is_refused_before_it_is_read(tmp_path: Any) -> None:
+    path = tmp_path / "budgets.toml"
+    with open(path, "wb") as f:
+        f.truncate(200 * 1024 * 1024)  # sparse: no disk used
+    with pytest.raises(ConfigError, match="BUDGETSPAN_CONFIG.*larger than"):
+        load_config({"BUDGETSPAN_CONFIG": str(path)})
