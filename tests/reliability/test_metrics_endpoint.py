@@ -248,3 +248,32 @@ def test_a_request_with_bare_newlines_is_answered(served: Served) -> None:
         sock.sendall(b"GET /metrics HTTP/1.1\n\nHEAD /metrics HTTP/1.1\r\nConnection: close\r\n\r\n")
         answer = _read_all(sock)  # a pipelined pair, one in each style
     assert answer.count(b"HTTP/1.1 200 OK\r\n") == 2
+
+
+class _Errors:
+    def __init__(self) -> None:
+        self.where: list[str] = []
+
+    def on_internal_error(self, where: str) -> None:
+        self.where.append(where)
+
+
+@pytest.mark.parametrize("served", [{"reuse": 0.0}], indirect=True)
+def test_a_malformed_accept_header_gets_the_text_format_not_an_internal_error(served: Served) -> None:
+    """review11: ``Accept: application/openmetrics-text; version=abc`` (prometheus-client's
+    ``choose_encoder`` raises TypeError) was an HTTP 500, a budgetspan internal error and a warning
+    per request: any client of the endpoint could fire the internal-errors alert and fill the log.
+    A header that cannot be read is answered as one that says nothing: the text format."""
+    errors = _Errors()
+    events.add_listener(errors)
+    try:
+        conn = http.client.HTTPConnection(served.host, served.port, timeout=10)
+        conn.request("GET", "/metrics", headers={"Accept": "application/openmetrics-text; version=abc"})
+        resp = conn.getresponse()
+        body = resp.read().decode()
+        conn.close()
+    finally:
+        events.remove_listener(errors)
+    assert resp.status == 200 and resp.getheader("Content-Type", "").startswith("text/plain; version=0.0.4")
+    assert "budgetspan_" in body or body == ""
+    assert errors.where == []

@@ -68,7 +68,10 @@ class Exposition:
 
     def body(self, accept: str, gzipped: bool) -> tuple[str, bytes]:
         """(content type, body) for a request's ``Accept``; raises if a collector fails."""
-        encoder, content_type = choose_encoder(accept)
+        try:
+            encoder, content_type = choose_encoder(accept)
+        except Exception:  # a header it cannot read ("version=abc": TypeError) is the client's fault
+            encoder, content_type = choose_encoder("")  # the text format, as for no header
         key = (content_type, gzipped)
         now = time.monotonic()
         hit = self._cache.get(key)
