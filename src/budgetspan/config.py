@@ -422,7 +422,7 @@ def check_switches(env: Mapping[str, str]) -> None:
             f"{ENV_PROMETHEUS_MULTIPROC_DIR}={multiproc[:80]!r}: expected a directory to write metrics to"
         )
     addr = env.get(ENV_METRICS_ADDR, "").strip()
-    if addr and not _is_host(addr):
+    if addr and not is_host(addr):
         raise ConfigError(
             f"{ENV_METRICS_ADDR}={addr[:40]!r}: expected an IP address (127.0.0.1, 0.0.0.0, ::) or a host name"
         )
@@ -449,7 +449,7 @@ def _unwritable(path: str) -> str | None:
 _LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 
-def _is_host(addr: str) -> bool:
+def is_host(addr: str) -> bool:
     """An IP address, or a host name's syntax (not all digits: ``999.1.1.1`` is no address)."""
     try:
         ipaddress.ip_address(addr)

@@ -37,3 +37,21 @@ def test_the_tiers_endpoint_bounds_its_connections(monkeypatch: pytest.MonkeyPat
     finally:
         for s in idle:
             s.close()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        (A.ENV_COLLECTOR_KEEP_CONTENT, "ture"),  # was silently "redact": a typo'd switch ignored
+        (A.ENV_COLLECTOR_METRICS_PORT, "9" * 5000),  # was ValueError (int's 4,300-digit limit)
+        (A.ENV_COLLECTOR_METRICS_ADDR, "not an address"),  # was a gaierror traceback in rotel
+    ],
+)
+def test_a_bad_collector_variable_is_a_config_error_naming_it(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(A.ENV_COLLECTOR_METRICS_PORT, "0")
+    monkeypatch.setenv(name, value)
+    with pytest.raises(serve.ConfigError) as info:
+        serve.start_tier()
+    assert str(info.value).startswith(name + "=") and len(str(info.value)) < 200

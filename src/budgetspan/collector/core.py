@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 _ACCOUNTED = A.MODEL_OPERATIONS | {A.OP_EXECUTE_TOOL, A.OP_RETRIEVAL}
 _TRUE = ("1", "true", "yes", "on")
+_BOOLEAN = (*_TRUE, "0", "false", "no", "off")
 _TOKEN_KEYS = (
     (A.GEN_AI_USAGE_INPUT_TOKENS, "input"),
     (A.GEN_AI_USAGE_OUTPUT_TOKENS, "output"),
@@ -66,7 +67,12 @@ class TierOptions:
     def from_env(cls, env: Mapping[str, str] | None = None) -> TierOptions:
         """Options from ``BUDGETSPAN_COLLECTOR_*``; a bad value is a ``ConfigError`` naming it."""
         env = os.environ if env is None else env
-        keep = env.get(A.ENV_COLLECTOR_KEEP_CONTENT, "").strip().lower() in _TRUE
+        keep_raw = env.get(A.ENV_COLLECTOR_KEEP_CONTENT, "").strip().lower()
+        if keep_raw and keep_raw not in _BOOLEAN:  # a typo'd switch is said, not taken as "off"
+            raise ConfigError(
+                f"{A.ENV_COLLECTOR_KEEP_CONTENT}={keep_raw[:40]!r}: expected one of {', '.join(_BOOLEAN)}"
+            )
+        keep = keep_raw in _TRUE
         return cls(
             keep_content=keep,
             window_s=_positive(env, A.ENV_COLLECTOR_WINDOW_S, DEFAULT_WINDOW_S),
