@@ -339,3 +339,24 @@ def test_a_huge_config_file_is_refused_before_it_is_read(tmp_path: Any) -> None:
         f.truncate(200 * 1024 * 1024)  # sparse: no disk used
     with pytest.raises(ConfigError, match="BUDGETSPAN_CONFIG.*larger than"):
         load_config({"BUDGETSPAN_CONFIG": str(path)})
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"BUDGETSPAN_BUDGET": "max_model_calls=" + "9" * 5000},
+        {"BUDGETSPAN_BUDGET": "x" * 100_000 + "=1"},
+        {"BUDGETSPAN_MODE": "y" * 100_000},
+        {"BUDGETSPAN_UNPRICED": "z" * 100_000},
+        {"BUDGETSPAN_CONFIG": "/nonexistent/" + "d" * 3000},
+    ],
+    ids=["budget-value", "budget-name", "mode", "unpriced", "config-path"],
+)
+def test_a_huge_value_makes_a_short_message(env: dict[str, str]) -> None:
+    """review11: the one message quoted the value whole (a 100,000-character BUDGETSPAN_MODE
+    gave a 100,051-character line on stderr); a long value is cut, its length said."""
+    with pytest.raises(ConfigError) as info:
+        load_config(env)
+    text = str(info.value)
+    assert next(iter(env)) in text and len(text) < 1000, len(text)
+    assert "characters)" in text

@@ -14,6 +14,7 @@ A bad value is a ``ConfigError`` naming the variable and the accepted form, rais
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import os
@@ -70,7 +71,14 @@ RESERVE_KEY = "reserve_for_final"
 
 
 class ConfigError(ValueError):
-    """A configuration value that cannot be used. The message names the source and the form."""
+    """A configuration value that cannot be used. The message names the source and the form;
+    a word of it over 200 characters (a value quoted whole) is cut, its length said."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(_LONG_WORD.sub(lambda m: f"{m[0][:120]}...({len(m[0])} characters)", message))
+
+
+_LONG_WORD = re.compile(r"\S{201,}")
 
 
 INLINE_FORM = (
@@ -395,8 +403,9 @@ def _digits(text: str, most: int) -> bool:
 
 
 def check_switches(env: Mapping[str, str]) -> None:
-    """The metrics port and address, the multiprocess directory, the label caps, the tenant labels, the traces file (one spans
-    can be appended to) and the on/off and choice switches. Raises ConfigError."""
+    """The metrics port, address and multiprocess directory, the label caps, the tenant labels,
+    the traces file (one spans can be appended to), the on/off and choice switches. Raises
+    ConfigError."""
     port = env.get(ENV_METRICS_PORT, "").strip()
     if port and not (_digits(port, 5) and int(port) <= 65535):
         raise ConfigError(
@@ -418,9 +427,7 @@ def check_switches(env: Mapping[str, str]) -> None:
         raise ConfigError(f"{ENV_TRACES_FILE}={traces[:80]!r} {problem}; expected a file to append spans to")
     multiproc = env.get(ENV_PROMETHEUS_MULTIPROC_DIR, "")  # (as prometheus-client reads it)
     if multiproc and not (os.path.isdir(multiproc) and os.access(multiproc, os.W_OK)):
-        raise ConfigError(
-            f"{ENV_PROMETHEUS_MULTIPROC_DIR}={multiproc[:80]!r}: expected a directory to write metrics to"
-        )
+        raise ConfigError(f"{ENV_PROMETHEUS_MULTIPROC_DIR}={multiproc!r}: expected a writable directory")
     addr = env.get(ENV_METRICS_ADDR, "").strip()
     if addr and not is_host(addr):
         raise ConfigError(
@@ -451,11 +458,8 @@ _LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 def is_host(addr: str) -> bool:
     """An IP address, or a host name's syntax (not all digits: ``999.1.1.1`` is no address)."""
-    try:
-        ipaddress.ip_address(addr)
-        return True
-    except ValueError:
-        pass
+    with contextlib.suppress(ValueError):
+        return bool(ipaddress.ip_address(addr))
     labels = addr.removesuffix(".").split(".")
     return len(addr) <= 253 and all(_LABEL.fullmatch(x) for x in labels) and not labels[-1].isdigit()
 
