@@ -185,6 +185,10 @@ def test_a_profile_or_a_reserve_given_twice_is_a_config_error(text: str) -> None
         # review11: every run logged two errors (the metrics listener's FileNotFoundError), exit 0
         ("PROMETHEUS_MULTIPROC_DIR", "/nonexistent/multiproc"),
         ("PROMETHEUS_MULTIPROC_DIR", "/etc/passwd"),
+        # review11: bytes not UTF-8 (os.environ holds them as lone surrogates): the workflow
+        # attribute was dropped from every span, with an encoder traceback per span
+        ("BUDGETSPAN_WORKFLOW", "shop\udcff"),
+        ("BUDGETSPAN_WORKFLOW", "shop\x1b[2J"),
     ],
 )
 def test_every_switch_with_a_bad_value_is_a_config_error_naming_it(name: str, value: str) -> None:

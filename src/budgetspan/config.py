@@ -71,8 +71,7 @@ RESERVE_KEY = "reserve_for_final"
 
 
 class ConfigError(ValueError):
-    """A configuration value that cannot be used. The message names the source and the form;
-    a word of it over 200 characters (a value quoted whole) is cut, its length said."""
+    """A value that cannot be used, named with the form expected (a word over 200 characters cut)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(_LONG_WORD.sub(lambda m: f"{m[0][:120]}...({len(m[0])} characters)", message))
@@ -381,6 +380,8 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         except PriceConfigError as e:
             raise ConfigError(str(e)) from None
     workflow = env.get(ENV_WORKFLOW, "").strip()
+    if not workflow.isprintable():  # bytes not UTF-8 (lone surrogates) left it off every span
+        raise ConfigError(f"{ENV_WORKFLOW}={workflow!r}: expected a name in printable text")
     return Config(
         default, parse_mode(env.get(ENV_MODE)), profiles, workflows, tools, unpriced, scopes, workflow
     )
@@ -404,8 +405,7 @@ def _digits(text: str, most: int) -> bool:
 
 def check_switches(env: Mapping[str, str]) -> None:
     """The metrics port, address and multiprocess directory, the label caps, the tenant labels,
-    the traces file (one spans can be appended to), the on/off and choice switches. Raises
-    ConfigError."""
+    the traces file (one spans can be appended to), the on/off and choice switches."""
     port = env.get(ENV_METRICS_PORT, "").strip()
     if port and not (_digits(port, 5) and int(port) <= 65535):
         raise ConfigError(
