@@ -178,6 +178,17 @@ def test_a_profile_or_a_reserve_given_twice_is_a_config_error(text: str) -> None
         ("BUDGETSPAN_METRICS_TENANTS", "top:-1"),  # was silently no tenant label at all
         ("BUDGETSPAN_METRICS_TENANTS", "top:" + "9" * 5000),
         ("BUDGETSPAN_TRACES_FILE", "/"),  # a directory: was a warning with a traceback, no spans written
+        # review11: these three ran the program with a warning (and a traceback), exit 0
+        ("BUDGETSPAN_TRACES_FILE", "/etc/passwd/spans.jsonl"),  # under a file: no spans written
+        ("BUDGETSPAN_METRICS_ADDR", "not an address"),  # metrics endpoint off
+        ("BUDGETSPAN_METRICS_ADDR", "999.1.1.1"),
+        # review11: every run logged two errors (the metrics listener's FileNotFoundError), exit 0
+        ("PROMETHEUS_MULTIPROC_DIR", "/nonexistent/multiproc"),
+        ("PROMETHEUS_MULTIPROC_DIR", "/etc/passwd"),
+        # review11: bytes not UTF-8 (os.environ holds them as lone surrogates): the workflow
+        # attribute was dropped from every span, with an encoder traceback per span
+        ("BUDGETSPAN_WORKFLOW", "shop\udcff"),
+        ("BUDGETSPAN_WORKFLOW", "shop\x1b[2J"),
     ],
 )
 def test_every_switch_with_a_bad_value_is_a_config_error_naming_it(name: str, value: str) -> None:
@@ -199,6 +210,14 @@ def test_good_switch_values_pass() -> None:
         "BUDGETSPAN_LITELLM_COST": "litellm",
     }
     assert load_config(env).mode.value == "enforce"
+    for addr in ("0.0.0.0", "::1", "localhost", "metrics.internal.example"):
+        load_config({"BUDGETSPAN_METRICS_ADDR": addr})
+    load_config({"PROMETHEUS_MULTIPROC_DIR": "/tmp"})
+
+
+def test_a_traces_file_in_a_directory_still_to_be_made_passes(tmp_path: Any) -> None:
+    """The exporter makes the missing directories: only a path that cannot be made is refused."""
+    load_config({"BUDGETSPAN_TRACES_FILE": str(tmp_path / "new" / "dirs" / "spans.jsonl")})
 
 
 @pytest.mark.parametrize(
@@ -211,6 +230,9 @@ def test_good_switch_values_pass() -> None:
         ("BUDGETSPAN_THREADS", "maybe"),
         ("BUDGETSPAN_METRICS_TENANTS", "top:x"),
         ("BUDGETSPAN_TRACES_FILE", "/"),
+        ("BUDGETSPAN_TRACES_FILE", "/etc/passwd/spans.jsonl"),  # review11: ran, a traceback, exit 0
+        ("BUDGETSPAN_METRICS_ADDR", "not an address"),  # review11: ran, metrics off, exit 0
+        ("PROMETHEUS_MULTIPROC_DIR", "/nonexistent/multiproc"),  # review11: two errors logged per run
     ],
 )
 def test_a_config_error_under_opentelemetry_instrument_is_one_line_and_status_2(
@@ -282,3 +304,63 @@ def test_budget_extended_and_merged_keep_loop_options() -> None:
     assert Budget().merged(b).max_repeated_calls == 3
     with pytest.raises(ValueError, match="reserve_for_final"):
         Budget(reserve_for_final={"tool.max_calls": 1})
+
+
+@pytest.mark.parametrize("name", ["BUDGETSPAN_CONFIG", "BUDGETSPAN_PRICES"])
+def test_a_config_file_that_is_no_regular_file_is_a_config_error_not_a_hang(tmp_path: Any, name: str) -> None:
+    """review11: a FIFO blocked the program's start for ever (under opentelemetry-instrument, in
+    ``sitecustomize``), ``/dev/zero`` was read until the kernel killed the process (status 137)."""
+    import os
+    import threading
+
+    fifo = tmp_path / "budgets.toml"
+    os.mkfifo(fifo)
+    found: list[BaseException] = []
+
+    def load(value: str) -> None:
+        try:
+            load_config({name: value})
+        except BaseException as e:
+            found.append(e)
+
+    for value in (str(fifo), "/dev/zero"):
+        reader = threading.Thread(target=load, args=(value,), daemon=True)
+        reader.start()
+        reader.join(timeout=20)
+        if reader.is_alive():  # blocked in open(): let it go before failing
+            with open(fifo, "wb"):
+                pass
+            reader.join(timeout=5)
+            pytest.fail(f"{name}={value} blocked")
+        assert (
+            isinstance(found[-1], ConfigError) and name in str(found[-1]) and "regular file" in str(found[-1])
+        )
+
+
+def test_a_huge_config_file_is_refused_before_it_is_read(tmp_path: Any) -> None:
+    path = tmp_path / "budgets.toml"
+    with open(path, "wb") as f:
+        f.truncate(200 * 1024 * 1024)  # sparse: no disk used
+    with pytest.raises(ConfigError, match="BUDGETSPAN_CONFIG.*larger than"):
+        load_config({"BUDGETSPAN_CONFIG": str(path)})
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"BUDGETSPAN_BUDGET": "max_model_calls=" + "9" * 5000},
+        {"BUDGETSPAN_BUDGET": "x" * 100_000 + "=1"},
+        {"BUDGETSPAN_MODE": "y" * 100_000},
+        {"BUDGETSPAN_UNPRICED": "z" * 100_000},
+        {"BUDGETSPAN_CONFIG": "/nonexistent/" + "d" * 3000},
+    ],
+    ids=["budget-value", "budget-name", "mode", "unpriced", "config-path"],
+)
+def test_a_huge_value_makes_a_short_message(env: dict[str, str]) -> None:
+    """review11: the one message quoted the value whole (a 100,000-character BUDGETSPAN_MODE
+    gave a 100,051-character line on stderr); a long value is cut, its length said."""
+    with pytest.raises(ConfigError) as info:
+        load_config(env)
+    text = str(info.value)
+    assert next(iter(env)) in text and len(text) < 1000, len(text)
+    assert "characters)" in text

@@ -170,13 +170,14 @@ def watch_job(args: argparse.Namespace) -> int:
     import redis
 
     from budgetspan.jobs.store import JobStore
+    from budgetspan.report.text import safe  # a label or an error's text may hold escape sequences
 
     store = JobStore(redis.Redis.from_url(args.redis))
     for entry in store.watch(args.job, timeout_s=args.timeout):
         if entry.get("kind") == "end":
-            print(f"{entry.get('outcome')}: {entry.get('label')}", flush=True)
+            print(safe(f"{entry.get('outcome')}: {entry.get('label')}"), flush=True)
             return 0 if entry.get("outcome") == "success" else 1
-        print(f"{float(entry.get('elapsed_s') or 0):6.1f}s  {entry.get('label')}", flush=True)
+        print(f"{float(entry.get('elapsed_s') or 0):6.1f}s  {safe(str(entry.get('label')))}", flush=True)
     print(f"job {args.job}: no end within {args.timeout} s", file=sys.stderr)
     return 2
 

@@ -14,8 +14,11 @@ A bad value is a ``ConfigError`` naming the variable and the accepted form, rais
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +48,7 @@ from budgetspan.attributes import (
     ENV_CONFIG,
     ENV_ENFORCE_FOREIGN,
     ENV_LITELLM_COST,
+    ENV_METRICS_ADDR,
     ENV_METRICS_MAX_LABEL_VALUES,
     ENV_METRICS_MAX_SERIES,
     ENV_METRICS_PORT,
@@ -52,6 +56,7 @@ from budgetspan.attributes import (
     ENV_MODE,
     ENV_OPENAI_STREAM_USAGE,
     ENV_PRICES,
+    ENV_PROMETHEUS_MULTIPROC_DIR,
     ENV_PROPAGATE_THREADS,
     ENV_TRACES_FILE,
     ENV_UNPRICED,
@@ -66,7 +71,13 @@ RESERVE_KEY = "reserve_for_final"
 
 
 class ConfigError(ValueError):
-    """A configuration value that cannot be used. The message names the source and the form."""
+    """A value that cannot be used, named with the form expected (a word over 200 characters cut)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(_LONG_WORD.sub(lambda m: f"{m[0][:120]}...({len(m[0])} characters)", message))
+
+
+_LONG_WORD = re.compile(r"\S{201,}")
 
 
 INLINE_FORM = (
@@ -369,6 +380,8 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         except PriceConfigError as e:
             raise ConfigError(str(e)) from None
     workflow = env.get(ENV_WORKFLOW, "").strip()
+    if not workflow.isprintable():  # bytes not UTF-8 (lone surrogates) left it off every span
+        raise ConfigError(f"{ENV_WORKFLOW}={workflow!r}: expected a name in printable text")
     return Config(
         default, parse_mode(env.get(ENV_MODE)), profiles, workflows, tools, unpriced, scopes, workflow
     )
@@ -391,8 +404,8 @@ def _digits(text: str, most: int) -> bool:
 
 
 def check_switches(env: Mapping[str, str]) -> None:
-    """The metrics port, the label caps, the tenant labels, the traces file (not a directory) and
-    the on/off and choice switches. Raises ConfigError."""
+    """The metrics port, address and multiprocess directory, the label caps, the tenant labels,
+    the traces file (one spans can be appended to), the on/off and choice switches."""
     port = env.get(ENV_METRICS_PORT, "").strip()
     if port and not (_digits(port, 5) and int(port) <= 65535):
         raise ConfigError(
@@ -409,14 +422,46 @@ def check_switches(env: Mapping[str, str]) -> None:
             "N a positive integer"
         )
     traces = env.get(ENV_TRACES_FILE, "").strip()
-    if traces and os.path.isdir(traces):
+    problem = _unwritable(traces) if traces else None
+    if problem:
+        raise ConfigError(f"{ENV_TRACES_FILE}={traces[:80]!r} {problem}; expected a file to append spans to")
+    multiproc = env.get(ENV_PROMETHEUS_MULTIPROC_DIR, "")  # (as prometheus-client reads it)
+    if multiproc and not (os.path.isdir(multiproc) and os.access(multiproc, os.W_OK)):
+        raise ConfigError(f"{ENV_PROMETHEUS_MULTIPROC_DIR}={multiproc!r}: expected a writable directory")
+    addr = env.get(ENV_METRICS_ADDR, "").strip()
+    if addr and not is_host(addr):
         raise ConfigError(
-            f"{ENV_TRACES_FILE}={traces[:80]!r} is a directory; expected a file to append spans to"
+            f"{ENV_METRICS_ADDR}={addr[:40]!r}: expected an IP address (127.0.0.1, 0.0.0.0, ::) or a host name"
         )
     for name, choices in _CHOICES.items():
         raw = env.get(name, "").strip()
         if raw and raw.lower() not in choices:
             raise ConfigError(f"{name}={raw[:40]!r}: expected one of {', '.join(choices)}")
+
+
+def _unwritable(path: str) -> str | None:
+    """Why spans cannot be appended to ``path`` (None: they can; missing directories are made)."""
+    if os.path.isdir(path):
+        return "is a directory"
+    if os.path.exists(path):
+        return None if os.access(path, os.W_OK) else "cannot be written"
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):  # the exporter makes the missing directories
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f"cannot be made ({parent!r} is not a directory)"
+    return None if os.access(parent, os.W_OK) else f"cannot be made ({parent!r} cannot be written)"
+
+
+_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def is_host(addr: str) -> bool:
+    """An IP address, or a host name's syntax (not all digits: ``999.1.1.1`` is no address)."""
+    with contextlib.suppress(ValueError):
+        return bool(ipaddress.ip_address(addr))
+    labels = addr.removesuffix(".").split(".")
+    return len(addr) <= 253 and all(_LABEL.fullmatch(x) for x in labels) and not labels[-1].isdigit()
 
 
 _current: Config | None = None

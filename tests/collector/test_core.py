@@ -3,6 +3,8 @@ never overwrites, bounded run state, run-id runs, and no exception ever escaping
 
 from __future__ import annotations
 
+import json
+import logging
 from typing import Any
 
 import pytest
@@ -200,3 +202,110 @@ def test_time_to_first_chunk_under_the_conventions_name_or_the_old_one_and_token
         if s.name == A.M_TOKEN_DETAILS + "_total"
     }
     assert details == {"cache_read": 80}
+
+
+# --- review11: the tier's series cap and its log lines ------------------------------------------
+
+
+def _series(registry: CollectorRegistry) -> dict[str, set[tuple[tuple[str, str], ...]]]:
+    families: dict[str, set[tuple[tuple[str, str], ...]]] = {}
+    for family in registry.collect():
+        for sample in family.samples:
+            if sample.name.endswith(("_bucket", "_created")):
+                continue
+            labels = tuple(sorted(sample.labels.items()))
+            families.setdefault(family.name, set()).add(labels)
+    return families
+
+
+def test_the_tier_caps_series_per_family_as_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per-label caps alone let a family grow as their product (issue 15); the tier had no series
+    cap: 30 workflows x 30 models x 10 tools gave 19,198 exposition lines. With
+    BUDGETSPAN_METRICS_MAX_SERIES=40 each family holds 40 series plus its folded ones, and every
+    call is still counted (in ``other``)."""
+    monkeypatch.setenv(A.ENV_METRICS_MAX_SERIES, "40")
+    reg = CollectorRegistry()
+    tier = Tier(TierOptions(), load_config({}), registry=reg)
+    spans, n = [], 0
+    for w in range(30):
+        for m in range(30):
+            n += 1
+            chat = {
+                A.GEN_AI_OPERATION_NAME: "chat",
+                A.GEN_AI_PROVIDER_NAME: "openai",
+                A.GEN_AI_REQUEST_MODEL: f"model-{m}",
+                A.WORKFLOW: f"wf-{w}",
+                A.GEN_AI_USAGE_INPUT_TOKENS: 1,
+                A.GEN_AI_USAGE_OUTPUT_TOKENS: 1,
+            }
+            spans.append(_span(n, 1, None, chat))
+    dict_spans(tier, "svc", spans)
+    families = _series(reg)
+    for name, sets in families.items():
+        assert len(sets) <= 40 + 2, (name, len(sets))  # + one folded series per fixed label value
+    calls = sum(s.value for fam in reg.collect() for s in fam.samples if s.name == A.M_MODEL_CALLS + "_total")
+    assert calls == 900
+
+
+def test_a_tier_error_is_logged_without_its_message(caplog: pytest.LogCaptureFixture) -> None:
+    """An exception's text may quote what a span carried (``int('<the field>')``): the tier's log
+    names the error's type, as budgetspan's in-process ``internal_error`` does, never its text."""
+    caplog.set_level(logging.DEBUG)
+    tier = _tier()
+    bad = _span(1, 1, None, {A.GEN_AI_OPERATION_NAME: "chat"}, start="SECRET-start-field")
+    dict_spans(tier, "svc", [bad])
+    assert tier.metrics.internal_errors.child("collector.dict_span", "collector").value == 1
+    logged = "\n".join(
+        r.getMessage() + (logging.Formatter().formatException(r.exc_info) if r.exc_info else "")
+        for r in caplog.records
+    )
+    assert "collector.dict_span" in logged and "ValueError" in logged
+    assert "SECRET" not in logged
+
+
+def test_an_exception_event_quoting_the_prompt_is_redacted_on_a_genai_span() -> None:
+    """review11: a provider's 400 quoting the prompt, recorded by a foreign instrumentation
+    (OpenLLMetry, pydantic-ai: the SDK's ``record_exception``) as an ``exception`` event: its
+    message and its stack trace (whose last line is the message) went through the tier with
+    content redaction on. The type stays; with ``keep_content`` everything stays."""
+    quoted = "openai.BadRequestError: Error code: 400 - Invalid content: 'PROMPT-SECRET'"
+    event = {
+        "name": "exception",
+        "attributes": {
+            "exception.type": "openai.BadRequestError",
+            "exception.message": quoted,
+            "exception.stacktrace": 'Traceback (most recent call last):\n  File "a.py", line 1\n' + quoted,
+            "exception.escaped": "False",
+        },
+    }
+    chat = {A.GEN_AI_OPERATION_NAME: "chat", A.GEN_AI_REQUEST_MODEL: "gpt-4o-mini"}
+    redacted = _span(1, 1, None, dict(chat), status=2, events=[json.loads(json.dumps(event))])
+    kept = _span(2, 1, None, dict(chat), status=2, events=[json.loads(json.dumps(event))])
+    dict_spans(_tier(), "svc", [redacted])
+    dict_spans(_tier(keep_content=True), "svc", [kept])
+    assert redacted["events"][0]["attributes"] == {
+        "exception.type": "openai.BadRequestError",
+        "exception.escaped": "False",
+    }
+    assert "PROMPT-SECRET" in kept["events"][0]["attributes"]["exception.message"]
+
+
+def test_huge_distinct_model_names_are_not_held_whole_by_the_tier() -> None:
+    """review11: as in-process, the tier's caches kept raw label values as keys (any service's
+    spans reach it): 1,000 model names of 100,000 characters are now held as cut labels."""
+    import gc
+    import tracemalloc
+
+    tier = _tier()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(1000):
+            chat = {A.GEN_AI_OPERATION_NAME: "chat", A.GEN_AI_REQUEST_MODEL: f"{i:05d}" + "m" * 100_000}
+            dict_spans(tier, "svc", [_span(i + 1, 1, None, chat)])
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 20_000_000, f"{held / 1e6:.0f} MB held"

@@ -4,6 +4,7 @@ loopback HTTP server as the webhook)."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -119,3 +120,29 @@ def test_a_failed_jobs_end_carries_the_errors_text_only_with_content_capture(
     store.submitted(spec.job_id, spec.workflow)
     end = execute(spec, job, (), {}, JobLedger(store.client, store))
     assert end is not None and end.explanation == "Failed: LookupError: no customer for ann@example.com"
+
+
+_ADDRESS = "ann" + ".secret@example.com"  # made at run time: the logged frames show source lines
+
+
+def refusing_callback(end: JobEnd) -> None:
+    """A notify target (``module:function``) that fails quoting what it was given."""
+    raise ValueError(f"cannot email {_ADDRESS} about {end.job_id}")
+
+
+def test_a_failing_notify_callback_is_logged_without_its_text(
+    store: JobStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """review11: the user's notify callback's exception was logged whole (``exc_info``), its
+    message (a customer's address) included; now its type, as for every other user callback."""
+    caplog.set_level(logging.DEBUG)
+    store.submitted("hook-9", "triage")
+    end = JobEnd("hook-9", "success", "Done", {})
+    assert store.end(end)
+    assert not deliver(store, f"{__name__}:refusing_callback", end, tries=1)
+    logged = "\n".join(
+        r.getMessage() + (logging.Formatter().formatException(r.exc_info) if r.exc_info else "")
+        for r in caplog.records
+    )
+    assert "hook-9" in logged and "ValueError" in logged
+    assert "ann.secret" not in logged

@@ -234,3 +234,28 @@ def test_rendering_hands_the_interpreter_over_with_a_real_sleep(monkeypatch: pyt
     assert text.count(b"budgetspan_tool_calls_total{") == 300
     assert len(sleeps) >= 300 * 2 // metric_cells.CHECK_EVERY
     assert min(sleeps) > 0
+
+
+def test_huge_distinct_label_values_are_not_held_whole() -> None:
+    """review11: a label is cut at 120 characters, but the caps and the families' child caches
+    kept the raw values as keys: 2,000 model names of 100,000 characters (a proxy passing a
+    caller's ``model`` through) held 202 MB in the metrics listener. Held now: the cut values."""
+    import gc
+    import tracemalloc
+
+    registry = CollectorRegistry()
+    metrics = M.BudgetspanMetrics(registry)
+    metrics.on_call_end(model_record("wf", "warm-up"))
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(2000):
+            metrics.on_call_end(model_record("wf", f"{i:05d}" + "m" * 100_000))
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 20_000_000, f"{held / 1e6:.0f} MB held"
+    exposition = generate_latest(registry).decode()
+    assert "m" * 121 not in exposition and 'model="00001' in exposition

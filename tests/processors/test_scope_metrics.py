@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 import budgetspan
 from budgetspan import events
@@ -68,3 +68,18 @@ def test_warnings_exhaustions_and_tenant_spend(scoped: tuple[CollectorRegistry, 
     assert _value(registry, "budgetspan_scope_exhaustions_total", scope="tenant", tenant="other") == 1
     assert _value(registry, "budgetspan_tenant_cost_usd_total", tenant="acme") == 0.5
     assert _value(registry, "budgetspan_tenant_cost_usd_total", tenant="other") == 0.5
+
+
+@pytest.mark.parametrize("setting", ["top:3", "acme-\ud800\x1b[2J, " + "t" * 5000])
+def test_a_hostile_tenant_name_is_cleaned_before_it_is_a_label(setting: str) -> None:
+    """review11: tenant names (a request's header, a JSON body) were label values as given under
+    ``top:N`` or an allow-list: a lone surrogate made every later scrape fail
+    (``UnicodeEncodeError``, as the model name of issue 15), an escape sequence reached the
+    exposition raw, a 5,000-character name was a 5,000-character label."""
+    registry = CollectorRegistry()
+    metrics = ScopeMetrics(registry, tenants=setting)
+    for tenant in ("acme-\ud800\x1b[2J", "t" * 5000):
+        metrics.cost.labels(metrics.tenant(tenant, 1.0)).inc(1.0)
+    exposition = generate_latest(registry).decode()  # raised UnicodeEncodeError
+    assert "\x1b" not in exposition and "t" * 121 not in exposition
+    assert 'tenant="acme-\ufffd\ufffd[2J"' in exposition and f'tenant="{"t" * 120}"' in exposition

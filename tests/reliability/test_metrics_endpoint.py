@@ -248,3 +248,62 @@ def test_a_request_with_bare_newlines_is_answered(served: Served) -> None:
         sock.sendall(b"GET /metrics HTTP/1.1\n\nHEAD /metrics HTTP/1.1\r\nConnection: close\r\n\r\n")
         answer = _read_all(sock)  # a pipelined pair, one in each style
     assert answer.count(b"HTTP/1.1 200 OK\r\n") == 2
+
+
+class _Errors:
+    def __init__(self) -> None:
+        self.where: list[str] = []
+
+    def on_internal_error(self, where: str) -> None:
+        self.where.append(where)
+
+
+@pytest.mark.parametrize("served", [{"reuse": 0.0}], indirect=True)
+def test_a_malformed_accept_header_gets_the_text_format_not_an_internal_error(served: Served) -> None:
+    """review11: ``Accept: application/openmetrics-text; version=abc`` (prometheus-client's
+    ``choose_encoder`` raises TypeError) was an HTTP 500, a budgetspan internal error and a warning
+    per request: any client of the endpoint could fire the internal-errors alert and fill the log.
+    A header that cannot be read is answered as one that says nothing: the text format."""
+    errors = _Errors()
+    events.add_listener(errors)
+    try:
+        conn = http.client.HTTPConnection(served.host, served.port, timeout=10)
+        conn.request("GET", "/metrics", headers={"Accept": "application/openmetrics-text; version=abc"})
+        resp = conn.getresponse()
+        body = resp.read().decode()
+        conn.close()
+    finally:
+        events.remove_listener(errors)
+    assert resp.status == 200 and resp.getheader("Content-Type", "").startswith("text/plain; version=0.0.4")
+    assert "budgetspan_" in body or body == ""
+    assert errors.where == []
+
+
+def test_three_thousand_pipelined_requests_are_all_answered(served: Served) -> None:
+    """review11: after each response the server answered a pipelined request already read by
+    calling itself: a client reading as fast as it sent 3,000 requests got 660 answers, then two
+    RecursionErrors (budgetspan internal errors: any client could fire the alert) and silence."""
+    errors = _Errors()
+    events.add_listener(errors)
+    got = bytearray()
+    try:
+        with socket.create_connection((served.host, served.port), timeout=10) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+
+            def read() -> None:
+                try:
+                    while chunk := sock.recv(1 << 20):
+                        got.extend(chunk)
+                        if got.count(b"HTTP/1.1 200 OK\r\n") >= 3000:
+                            return
+                except OSError:
+                    pass
+
+            reader = threading.Thread(target=read)
+            reader.start()
+            sock.sendall(b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 3000)
+            reader.join(timeout=60)
+    finally:
+        events.remove_listener(errors)
+    assert got.count(b"HTTP/1.1 200 OK\r\n") == 3000
+    assert errors.where == []

@@ -427,3 +427,26 @@ def test_frames_are_formatted_without_parsing_source() -> None:
     assert parsed == []
     assert 'in lookup\n    return table["x"] + table[key]' in frames and "^" not in frames
     assert "KeyError (message not logged)" in text and "ann@" not in text
+
+
+def test_a_lone_surrogate_from_the_provider_is_cleaned_on_the_span(
+    exported: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    """review11: ``"model": "gpt-\\ud800"`` (valid JSON) went onto the chat span as given: the OTLP
+    encoder dropped the attribute and logged a traceback, span after span (the metrics label was
+    cleaned, the span's attribute was not); the response id too."""
+    body = chat_body(rid="chatcmpl-\udfff")
+    body["model"] = "gpt-\ud800"
+    raw = json.dumps(body).encode()
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, content=raw, headers={"content-type": "application/json"})
+
+    with budgetspan.run("surrogate"):
+        sync_client(answer).chat.completions.create(model=MODEL, messages=messages())
+    (chat,) = [s for s in exported.get_finished_spans() if s.name.startswith("chat")]
+    assert chat.attributes["gen_ai.response.model"] == "gpt-\ufffd"
+    assert chat.attributes["gen_ai.response.id"] == "chatcmpl-\ufffd"
+    caplog.clear()
+    wire = encode_spans([chat]).SerializeToString()
+    assert "gpt-\ufffd".encode() in wire and not [r for r in caplog.records if "encode" in r.getMessage()]

@@ -111,17 +111,24 @@ def estimate_attributes(estimate: Spend | None) -> dict[str, Any]:
 
 log = logging.getLogger(__name__)
 _warned_unpriced: set[tuple[str | None, str | None]] = set()
+#: Models named in the warning; past them one line says so (a model name may be a caller's: a
+#: proxy passing its users' ``model`` through made a warning and a name held for ever per name).
+MOST_WARNED = 100
 
 
 def warn_unpriced_once(provider: str | None, model: str | None, run: Run) -> None:
-    """Say once per model that a run with a dollar limit cannot count its calls in dollars."""
+    """Say once per model that a run with a dollar limit cannot count its calls in dollars (the
+    names quoted with ``%r``: a newline in one wrote a forged line into the application's log)."""
     key = (provider, model)
-    if key in _warned_unpriced:
+    if key in _warned_unpriced or len(_warned_unpriced) > MOST_WARNED:
         return
     _warned_unpriced.add(key)
+    if len(_warned_unpriced) > MOST_WARNED:
+        log.warning("budgetspan: %d models have no known price; further ones are not named", MOST_WARNED)
+        return
     log.warning(
-        "budgetspan: %s/%s has no known price; its calls are not counted in dollars against the "
-        "max_cost_usd of run %s (workflow %s). Name its price in %s, or set %s=refuse.",
+        "budgetspan: %r/%r has no known price; its calls are not counted in dollars against the "
+        "max_cost_usd of run %s (workflow %r). Name its price in %s, or set %s=refuse.",
         provider,
         model,
         run.id,

@@ -10,7 +10,7 @@ and stay. The rule errs on the side of removing: a key under a content prefix go
 from __future__ import annotations
 
 import functools
-from typing import Final
+from typing import Any, Final
 
 from budgetspan import attributes as A
 
@@ -56,6 +56,17 @@ CONTENT_EVENTS: Final = frozenset(
         "gen_ai.client.inference.operation.details",
     }
 )
+#: An ``exception`` event's text: its message, and its stack trace, whose last line is the message,
+#: may quote the prompt (a provider's 400) or a tool's input. Its type and ``escaped`` stay.
+EXCEPTION_EVENT: Final = "exception"
+EXCEPTION_TEXT_KEYS: Final = frozenset({"exception.message", "exception.stacktrace"})
+
+
+def is_event_content(event: Any, key: str) -> bool:
+    """Whether the attribute ``key`` of a span event named ``event`` is content."""
+    if event == EXCEPTION_EVENT:
+        return key in EXCEPTION_TEXT_KEYS or is_content(key)
+    return event in CONTENT_EVENTS or is_content(key)
 
 
 @functools.lru_cache(maxsize=4096)

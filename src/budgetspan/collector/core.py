@@ -28,6 +28,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from budgetspan import attributes as A
+from budgetspan import events
 from budgetspan.accounting.budget import Budget
 from budgetspan.accounting.ledger import CallKind
 from budgetspan.accounting.pricing import PriceResolver, default_resolver
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 _ACCOUNTED = A.MODEL_OPERATIONS | {A.OP_EXECUTE_TOOL, A.OP_RETRIEVAL}
 _TRUE = ("1", "true", "yes", "on")
+_BOOLEAN = (*_TRUE, "0", "false", "no", "off")
 _TOKEN_KEYS = (
     (A.GEN_AI_USAGE_INPUT_TOKENS, "input"),
     (A.GEN_AI_USAGE_OUTPUT_TOKENS, "output"),
@@ -65,7 +67,12 @@ class TierOptions:
     def from_env(cls, env: Mapping[str, str] | None = None) -> TierOptions:
         """Options from ``BUDGETSPAN_COLLECTOR_*``; a bad value is a ``ConfigError`` naming it."""
         env = os.environ if env is None else env
-        keep = env.get(A.ENV_COLLECTOR_KEEP_CONTENT, "").strip().lower() in _TRUE
+        keep_raw = env.get(A.ENV_COLLECTOR_KEEP_CONTENT, "").strip().lower()
+        if keep_raw and keep_raw not in _BOOLEAN:  # a typo'd switch is said, not taken as "off"
+            raise ConfigError(
+                f"{A.ENV_COLLECTOR_KEEP_CONTENT}={keep_raw[:40]!r}: expected one of {', '.join(_BOOLEAN)}"
+            )
+        keep = keep_raw in _TRUE
         return cls(
             keep_content=keep,
             window_s=_positive(env, A.ENV_COLLECTOR_WINDOW_S, DEFAULT_WINDOW_S),
@@ -168,7 +175,8 @@ class Tier:
             self.internal_error("collector.sweep")
 
     def internal_error(self, where: str) -> None:
-        log.warning("budgetspan collector: %s failed; the span passes unchanged", where, exc_info=True)
+        # The type only (its text may quote what the span carried); the frames at DEBUG.
+        events.log_failure(log, "budgetspan collector: %s failed; the span passes unchanged", where)
         try:
             with self.lock:
                 self.metrics.internal_errors.child(where, "collector").inc()

@@ -16,7 +16,7 @@ from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 from budgetspan import attributes as A
-from budgetspan.collector.content import CONTENT_EVENTS, is_content
+from budgetspan.collector.content import is_content, is_event_content
 from budgetspan.collector.core import Edit, SpanFacts, Tier
 from budgetspan.collector.normalise import is_candidate
 
@@ -147,9 +147,9 @@ def _rotel_apply(span: Any, attributes: Any, keys: list[str], attrs: dict[str, A
     if edit.redact_events:
         for event in span.events:
             ev_attrs = event.attributes
-            whole = event.name in CONTENT_EVENTS
+            name = event.name
             for i in range(len(ev_attrs) - 1, -1, -1):
-                if whole or is_content(ev_attrs[i].key):
+                if is_event_content(name, ev_attrs[i].key):
                     del ev_attrs[i]
 
 
@@ -209,5 +209,5 @@ def _dict_span(tier: Tier, service: str, span: MutableMapping[str, Any]) -> None
     if edit.redact_events:
         for event in span.get("events", []):
             ev = event.get("attributes", {})
-            whole = event.get("name") in CONTENT_EVENTS
-            event["attributes"] = {k: v for k, v in ev.items() if not (whole or is_content(k))}
+            name = event.get("name")
+            event["attributes"] = {k: v for k, v in ev.items() if not is_event_content(name, k)}

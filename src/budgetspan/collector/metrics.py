@@ -3,8 +3,8 @@
 The same names, label names, buckets and exposition code as in-process
 (``processors/metrics.py`` and ``processors/metric_cells.py``, imported rather than copied), so the
 bundled dashboards and alert rules read collector-tier data unchanged; ``service`` (the
-resource's ``service.name``) is the one label added. Label values are capped per label as
-in-process (then ``other``). One lock per update: rotel may call the processor from several
+resource's ``service.name``) is the one label added. Label values are capped per label and label
+sets per family as in-process (then ``other``). One lock per update: rotel may call the processor from several
 threads; the scrape copies the numbers without it (``LocalFamily.snapshot``).
 """
 
@@ -24,27 +24,29 @@ from budgetspan.processors.buckets import (
     TOKEN_BUCKETS,
     UTILISATION_BUCKETS,
 )
-from budgetspan.processors.labels import LabelCaps
+from budgetspan.processors.labels import LabelCaps, SeriesCap, cacheable, max_series_from_env
 from budgetspan.processors.metric_cells import LocalCollector, LocalFamily
 
 _CACHE_LIMIT = 4096
 
 
 class Family:
-    """A labelled family (``service`` last) with capped values and cached children."""
+    """A labelled family (``service`` last) with capped values, a series cap and cached children."""
 
-    __slots__ = ("cache", "caps", "metric")
+    __slots__ = ("cache", "caps", "metric", "series_cap")
 
-    def __init__(self, metric: LocalFamily, caps: LabelCaps) -> None:
+    def __init__(self, metric: LocalFamily, caps: LabelCaps, max_series: int) -> None:
         self.metric = metric
         self.caps = tuple(caps[name] for name in metric.label_names)
+        self.series_cap = SeriesCap(metric.name, metric.label_names, max_series)
         self.cache: dict[tuple[Any, ...], Any] = {}
 
     def child(self, *values: Any) -> Any:
         c = self.cache.get(values)
         if c is None:
-            c = self.metric.labels(*(cap(v) for cap, v in zip(self.caps, values, strict=True)))
-            if len(self.cache) < _CACHE_LIMIT:
+            key = self.series_cap(tuple(cap(v) for cap, v in zip(self.caps, values, strict=True)))
+            c = self.metric.labels(*key)
+            if len(self.cache) < _CACHE_LIMIT and cacheable(values):
                 self.cache[values] = c
         return c
 
@@ -63,9 +65,15 @@ class TierMetrics:
     """The families the tier feeds; callers hold ``lock`` around updates."""
 
     # long: one declaration per metric family, in the in-process order; splitting it would scatter the list
-    def __init__(self, registry: CollectorRegistry | None, max_label_values: int | None = None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None,
+        max_label_values: int | None = None,
+        max_series: int | None = None,
+    ) -> None:
         self.lock = threading.Lock()
         self.caps = LabelCaps(max_label_values)
+        self.max_series = max_series if max_series is not None else max_series_from_env()
         self._model_cells: dict[tuple[str, ...], ModelCells] = {}
         self._families: list[LocalFamily] = []
         wf, out, reason, phase = A.L_WORKFLOW, A.L_OUTCOME, A.L_REASON, A.L_PHASE
@@ -213,7 +221,7 @@ class TierMetrics:
         cells = self._model_cells.get(key)
         if cells is None:
             cells = ModelCells(self, key)
-            if len(self._model_cells) < _CACHE_LIMIT:
+            if len(self._model_cells) < _CACHE_LIMIT and cacheable(key):
                 self._model_cells[key] = cells
         return cells
 
@@ -222,7 +230,7 @@ class TierMetrics:
     ) -> Family:
         metric = LocalFamily(kind, name, doc, (*labels, A.L_SERVICE), buckets)
         self._families.append(metric)
-        return Family(metric, self.caps)
+        return Family(metric, self.caps, self.max_series)
 
 
 class ModelCells:

@@ -21,7 +21,13 @@ from typing import Any
 
 from budgetspan import attributes as A
 from budgetspan.accounting.pricing import PriceResolver, default_resolver
-from budgetspan.collector.content import CONTENT_EVENTS, CONTENT_KEYS, CONTENT_PREFIXES
+from budgetspan.collector.content import (
+    CONTENT_EVENTS,
+    CONTENT_KEYS,
+    CONTENT_PREFIXES,
+    EXCEPTION_EVENT,
+    EXCEPTION_TEXT_KEYS,
+)
 from budgetspan.collector.normalise import OPERATION_BY_REQUEST_TYPE, TEXT_SOURCES, TOKEN_SOURCES
 from budgetspan.runs.phases import DEFAULT_PHASE_BY_OPERATION
 
@@ -114,6 +120,10 @@ def redaction() -> tuple[list[str], list[str]]:
     names = " or ".join(f'name == "{n}"' for n in sorted(CONTENT_EVENTS))
     event = [f'delete_matching_keys(attributes, ".*") where {names}']
     event += [f'delete_key(attributes, "{k}")' for k in sorted(CONTENT_KEYS)]
+    event += [
+        f'delete_key(attributes, "{k}") where name == "{EXCEPTION_EVENT}"'
+        for k in sorted(EXCEPTION_TEXT_KEYS)
+    ]
     return span, event
 
 

@@ -1,7 +1,10 @@
 """The tier inside a collector process: built from the environment, metrics served over HTTP.
 
-Exposition: ``prometheus_client.start_http_server`` on a thread of the process that hosts the
-tier (rotel's embedded interpreter), reading the same cells the processor writes, under one lock.
+Exposition: the in-process endpoint's ``MetricsServer`` (one thread, at most 32 connections,
+bounded idle time; prometheus-client's ``start_http_server`` started a thread per connection
+without limit) on a thread of the process that hosts the tier (rotel's embedded interpreter),
+reading the same cells the processor writes. Every scrape renders afresh (``reuse=0``): a
+collector's exposition is read by one Prometheus, and tests read it right after a batch.
 Measured against the alternatives (bench/README.md): serving from the collector's own process
 needs no second process, no shared files and no push; a scrape costs the processor a lock hold
 of well under a millisecond. A thread also closes runs that have gone idle, so the live-runs
@@ -15,11 +18,12 @@ import os
 import threading
 import time
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from budgetspan import attributes as A
 from budgetspan.collector.core import Tier, TierOptions
-from budgetspan.config import ConfigError
+from budgetspan.config import ConfigError, is_host
+from budgetspan.processors.metrics_server import MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +36,14 @@ def start_tier() -> Tier:
     tier = Tier(TierOptions.from_env(), registry=registry)
     port = os.environ.get(A.ENV_COLLECTOR_METRICS_PORT, "").strip()
     if port:
-        if not port.isdigit() or int(port) > 65535:
-            raise ConfigError(f"{A.ENV_COLLECTOR_METRICS_PORT}={port!r}: expected a port number")
+        if not (port.isascii() and port.isdigit() and len(port) <= 5 and int(port) <= 65535):
+            raise ConfigError(f"{A.ENV_COLLECTOR_METRICS_PORT}={port[:40]!r}: expected a port number")
         addr = os.environ.get(A.ENV_COLLECTOR_METRICS_ADDR, "").strip() or DEFAULT_METRICS_ADDR
-        start_http_server(int(port), addr=addr, registry=registry)
+        if not is_host(addr):
+            raise ConfigError(
+                f"{A.ENV_COLLECTOR_METRICS_ADDR}={addr[:40]!r}: expected an IP address or a host name"
+            )
+        MetricsServer(registry, addr, int(port), reuse=0.0).start()
     threading.Thread(target=_sweep_forever, args=(tier,), name="budgetspan-sweeper", daemon=True).start()
     tier.resolver.is_priced("openai", "gpt-4o-mini")  # the price table loads now, not under the first batch
     return tier

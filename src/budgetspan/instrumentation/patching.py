@@ -87,6 +87,12 @@ def worst_output_tokens(model: str | None, max_tokens: int | None, n: Any = None
     return per_choice * (positive_int(n) or 1)
 
 
+def encodable(text: str) -> str:
+    """``text`` with its lone surrogates (valid JSON, ``"gpt-\\ud800"``) as U+FFFD: the OTLP
+    encoder drops an attribute it cannot encode in UTF-8 and logs a traceback, span after span."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 class ResultObserver(Observer):
     """What every model observer keeps: id, model, finish reasons, answer text, tool calls."""
 
@@ -100,11 +106,11 @@ class ResultObserver(Observer):
 
     def _model(self, model: Any) -> None:
         if isinstance(model, str) and model and self.call.response_model is None:
-            self.call.response_model = model
+            self.call.response_model = model if model.isascii() else encodable(model)
 
     def _id(self, value: Any) -> None:
         if isinstance(value, str) and self.response_id is None:
-            self.response_id = value
+            self.response_id = value if value.isascii() else encodable(value)
 
     def _head(self, response: Any) -> None:
         """The first id and model seen (a whole response, a chunk, a start event)."""

@@ -15,6 +15,7 @@ import logging
 import time
 import urllib.request
 
+from budgetspan.events import log_failure
 from budgetspan.jobs.store import JobEnd, JobStore
 
 log = logging.getLogger(__name__)
@@ -48,12 +49,13 @@ def deliver(store: JobStore, target: str | None, end: JobEnd, tries: int = 3) ->
             store.mark_notified(end.job_id)
             return True
         except Exception:
-            log.warning(
+            # The error's type only: a callback's text may quote the job's content.
+            log_failure(
+                log,
                 "budgetspan: notifying the end of job %s failed (try %d of %d)",
                 end.job_id,
                 attempt + 1,
                 tries,
-                exc_info=True,
             )
             time.sleep(0.2 * 2**attempt)
     return False

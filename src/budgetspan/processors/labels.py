@@ -50,6 +50,12 @@ def clean_value(raw: str) -> str:
     return "".join(_printable(ch) for ch in value)
 
 
+def cacheable(values: tuple[object, ...]) -> bool:
+    """Whether raw label values may be kept as a cache key: none longer than a label is cut to
+    (2,000 model names of 100,000 characters held 200 MB in the families' caches)."""
+    return all(type(v) is not str or len(v) <= MAX_VALUE_LENGTH for v in values)
+
+
 def _printable(ch: str) -> str:
     if ch.isprintable():
         return ch
@@ -96,6 +102,11 @@ class LabelCap(_Cap):
         return self._admit(key)
 
     def _admit(self, key: str) -> str:
+        if len(key) > MAX_VALUE_LENGTH:  # kept as cut: the label is cut there anyway
+            key = key[:MAX_VALUE_LENGTH]
+            hit = self._seen.get(key)
+            if hit is not None:
+                return hit
         clean = clean_value(key) if key else UNKNOWN
         with self._lock:
             hit = self._seen.get(key)

@@ -43,7 +43,7 @@ from budgetspan.processors.buckets import (
     TOKEN_BUCKETS,
     UTILISATION_BUCKETS,
 )
-from budgetspan.processors.labels import LabelCaps, SeriesCap, max_series_from_env
+from budgetspan.processors.labels import LabelCaps, SeriesCap, cacheable, max_series_from_env
 from budgetspan.processors.metric_cells import LocalCollector, LocalFamily
 from budgetspan.processors.step_costs import StepCosts
 from budgetspan.runs import context
@@ -92,7 +92,7 @@ class _Family:
         if c is None:
             key = self.series_cap(tuple(cap(v) for cap, v in zip(self.caps, values, strict=True)))
             c = self.metric.labels(*key)
-            if len(self.cache) < _CACHE_LIMIT:
+            if len(self.cache) < _CACHE_LIMIT and cacheable(values):
                 self.cache[values] = c
         return c
 
@@ -372,7 +372,7 @@ class BudgetspanMetrics:
         s = self._model_series.get(key)
         if s is None:
             s = _ModelSeries()
-            if len(self._model_series) < _CACHE_LIMIT:
+            if len(self._model_series) < _CACHE_LIMIT and cacheable(key):
                 self._model_series[key] = s
         # Each labelled child is looked up once per label set, then kept on ``s``: a model call
         # touches up to 7 series, and a family lookup (tuple, dict, caps) costs about a µs.

@@ -36,7 +36,7 @@ from budgetspan import attributes as A
 from budgetspan import events
 from budgetspan.accounting.prompt_cache import spend_saving
 from budgetspan.processors import buckets
-from budgetspan.processors.labels import LabelCaps
+from budgetspan.processors.labels import LabelCaps, cacheable
 from budgetspan.processors.metrics import _sane
 from budgetspan.processors.step_costs import StepCosts
 from budgetspan.runs import context
@@ -249,7 +249,7 @@ class OTelMetrics:
         if cached is not None:
             return cached
         built = {label: self.caps[label](value) for label, value in pairs}
-        if len(self._attrs) < _CACHE_LIMIT:
+        if len(self._attrs) < _CACHE_LIMIT and cacheable(tuple(value for _, value in pairs)):
             self._attrs[pairs] = built
         return built
 
@@ -268,7 +268,7 @@ class OTelMetrics:
             built[A.ERROR_TYPE] = r.status
         if token_type is not None:
             built[A.GEN_AI_TOKEN_TYPE] = token_type
-        if len(self._attrs) < _CACHE_LIMIT:
+        if len(self._attrs) < _CACHE_LIMIT and cacheable(key):
             self._attrs[key] = built
         return built
 

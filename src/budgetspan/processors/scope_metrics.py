@@ -24,6 +24,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
 from budgetspan import attributes as A
 from budgetspan.accounting.scopes import SCOPE_KINDS
+from budgetspan.processors.labels import clean_value
 from budgetspan.processors.metrics import multiprocess_mode
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ class TenantLabels:
         if raw.lower().startswith("top:"):
             self.top = max(0, int(raw[4:] or 0))
         elif raw:
-            self.allowed = {name.strip() for name in raw.split(",") if name.strip()}
+            self.allowed = {clean_value(name.strip()) for name in raw.split(",") if name.strip()}
         self._sketch: dict[str, tuple[float, float]] = {}
         self._top: dict[str, None] = {}  # (in the order admitted: of equals, the oldest goes first)
         self._lock = threading.Lock()
@@ -58,6 +59,8 @@ class TenantLabels:
     def __call__(self, tenant: str | None, cost: float = 0.0) -> str:
         if not tenant:
             return OTHER
+        # A name from a request is cleaned as any label value (a lone surrogate failed every scrape).
+        tenant = clean_value(tenant)
         if tenant in self.allowed:
             return tenant
         if self.top <= 0:
