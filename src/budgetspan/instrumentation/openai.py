@@ -25,9 +25,11 @@ from budgetspan.instrumentation.patching import (
     given,
     model_call,
     positive_int,
+    request_text_tokens,
     retry_patches,
     wrapper_for,
 )
+from budgetspan.instrumentation.response_context import carried, remember
 from budgetspan.instrumentation.usage import field, openai_embeddings_usage, openai_usage, pick
 
 # --- provider detection -----------------------------------------------------------------------
@@ -233,7 +235,9 @@ class ResponsesObserver(ResultObserver):
                 for part in field(item, "content") or ():
                     if field(part, "type") == "output_text" and isinstance(field(part, "text"), str):
                         self.text.append(field(part, "text"))
-        self.set_usage(openai_usage(field(response, "usage")))
+        usage = openai_usage(field(response, "usage"))
+        remember(response, usage)  # what a call chained to it will carry (``response_context``)
+        self.set_usage(usage)
 
     def on_item(self, item: Any) -> None:
         kind = field(item, "type")
@@ -307,6 +311,9 @@ def _ask_for_stream_usage(call: Call, kwargs: dict[str, Any]) -> bool:
 
 def _responses_call(instance: Any, _args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Call, Observer]:
     call = _new_call(A.OP_CHAT, instance, kwargs, positive_int(kwargs.get("max_output_tokens")))
+    context = carried(kwargs)
+    if context:  # an earlier exchange the server prepends, billed as input: part of the worst case
+        call.worst_case_input_tokens = context + request_text_tokens(kwargs)
     capture = capture_content()
     if capture:
         inp = given(kwargs.get("input"))

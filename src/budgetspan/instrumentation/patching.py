@@ -70,8 +70,13 @@ def model_call(
         provider=provider,
         model=model,
         worst_case_tokens=worst_output_tokens(model, max_tokens, kwargs.get("n")),
-        input_estimate=lambda: request_tokens(given(kwargs[k]) for k in _REQUEST_TEXT if k in kwargs),
+        input_estimate=lambda: request_text_tokens(kwargs),
     )
+
+
+def request_text_tokens(kwargs: dict[str, Any]) -> int:
+    """The estimated input tokens of a request's own text (``calls.estimate``)."""
+    return request_tokens(given(kwargs[k]) for k in _REQUEST_TEXT if k in kwargs)
 
 
 #: The request fields whose text the model reads (OpenAI chat, responses, completions; Anthropic).
