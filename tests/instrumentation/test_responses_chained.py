@@ -106,3 +106,43 @@ async def test_a_chained_call_within_the_budget_goes_and_says_its_worst_case(
     assert second.attributes[A.WORST_CASE_COST] >= cost(CONTEXT + 50, 100)
     assert unseen.attributes[A.WORST_CASE_COST] < cost(1_000, 100)  # unknown context adds nothing
     assert run.usage.input_tokens == CONTEXT + 2 * (CONTEXT + 60)
+
+
+# --- background responses -------------------------------------------------------------------
+# ``background=True`` answers at once with a queued response and no usage; the server goes on
+# generating, billed, after the call returned. Its output is unknown, never zero: charged its
+# worst case (was: the input estimate only, ~$0 for a call that may write 16k tokens).
+
+
+def queued(rid: str) -> Any:
+    return json_answer(
+        {
+            "id": rid,
+            "object": "response",
+            "created_at": 1,
+            "model": MODEL,
+            "status": "queued",
+            "background": True,
+            "output": [],
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": [],
+            "usage": None,
+        }
+    )
+
+
+def test_a_background_response_is_charged_its_worst_case(instrumented: Any, server: LocalServer) -> None:
+    server.reset(queued("resp_q1"), queued("resp_q2"))
+    worst = cost(0, 20_000)  # (and the input estimate)
+    with budgetspan.run("r", max_cost_usd=1.5 * worst) as run, pytest.raises(budgetspan.BudgetExhausted):
+        for _ in range(2):
+            client(server).responses.create(
+                model=MODEL, input="research this", background=True, max_output_tokens=20_000
+            )
+    assert len(server.requests) == 1  # the second could spend as much again: refused
+    assert run.usage.output_tokens == 20_000 and run.usage.unreported_usage_calls == 1
+    assert run.usage.cost_usd >= worst
+    [span] = instrumented.spans("chat")
+    assert span.attributes[A.USAGE_UNREPORTED] is True
+    assert span.attributes[A.USAGE_ESTIMATED_OUTPUT] == 20_000

@@ -236,6 +236,10 @@ class ResponsesObserver(ResultObserver):
                     if field(part, "type") == "output_text" and isinstance(field(part, "text"), str):
                         self.text.append(field(part, "text"))
         usage = openai_usage(field(response, "usage"))
+        if usage is None and status in ("queued", "in_progress"):
+            # ``background=True``: the server writes (and bills) the answer after the call
+            # returned; unknown, never zero, so its output is charged at its worst case
+            self.call.output_estimate = self.call.worst_case_tokens
         remember(response, usage)  # what a call chained to it will carry (``response_context``)
         self.set_usage(usage)
 
