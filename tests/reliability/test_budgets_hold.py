@@ -126,6 +126,46 @@ def test_tools_in_threads_and_executors_spend_from_the_run(wire: Recorder, patte
     assert run.usage.tool_calls == 2 and run.outcome is budgetspan.Outcome.BUDGET_EXHAUSTED
 
 
+@pytest.mark.parametrize("pattern", ["map", "starmap", "apply_async", "imap_unordered"])
+def test_tools_in_a_thread_pool_made_before_the_run_spend_from_it(wire: Recorder, pattern: str) -> None:
+    """``multiprocessing.pool.ThreadPool`` starts its workers when it is made (often at import,
+    long before the run): each task must carry the run it was given in (review10; was: 6 of 6
+    bodies ran under ``max_tool_calls=2``, the run saw 0 tool calls)."""
+    from multiprocessing.pool import ThreadPool
+
+    lookup, ran = _counted_tool()
+
+    def guarded(i: int) -> bool:
+        try:
+            lookup(i)
+            return True
+        except budgetspan.BudgetExhausted:
+            return False
+
+    with ThreadPool(3) as pool:
+        pool.map(abs, range(3))  # the workers are up before the run
+        with budgetspan.run("pool", max_tool_calls=2, suppress_exhausted=True) as run:
+            if pattern == "map":
+                done = pool.map(guarded, range(6))
+            elif pattern == "starmap":
+                done = pool.starmap(guarded, [(i,) for i in range(6)])
+            elif pattern == "apply_async":
+                done = [r.get() for r in [pool.apply_async(guarded, (i,)) for i in range(6)]]
+            else:
+                done = list(pool.imap_unordered(guarded, range(6)))
+    assert len(ran) == 2 and sorted(done) == [False] * 4 + [True] * 2
+    assert run.usage.tool_calls == 2 and run.outcome is budgetspan.Outcome.BUDGET_EXHAUSTED
+
+
+def test_a_process_pool_is_left_alone(wire: Recorder) -> None:
+    """The control: a process pool's function must stay picklable (each process counts apart)."""
+    import multiprocessing
+
+    with budgetspan.run("pool"), multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.map(abs, [-1, -2]) == [1, 2]
+        assert pool.apply_async(abs, (-3,)).get(timeout=10) == 3
+
+
 def test_a_thread_with_only_the_otel_context_spends_from_the_declared_run(wire: Recorder) -> None:
     ThreadsInstrumentor().uninstrument()  # only the OpenTelemetry context travels, as with otel's own
     c = client(wire)

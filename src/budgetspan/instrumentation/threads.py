@@ -1,5 +1,5 @@
 """The run follows the work into threads: ``Thread``, ``ThreadPoolExecutor`` and so
-``loop.run_in_executor`` and ``asyncio.to_thread``.
+``loop.run_in_executor`` and ``asyncio.to_thread``, and ``multiprocessing.pool.ThreadPool``.
 
 A thread starts with an empty context, so a call made in it would not know the run it serves and
 would be charged to an implicit run beside it: a budget that silently does not hold. As
@@ -15,7 +15,8 @@ import concurrent.futures
 import contextvars
 import os
 import threading
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+from multiprocessing.pool import Pool, ThreadPool
 from typing import Any
 
 import wrapt
@@ -52,6 +53,30 @@ def _start(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     return wrapped(*args, **kwargs)
 
 
+#: ``Pool`` methods that take the function its workers run first (``map``, ``starmap`` and their
+#: ``_async`` forms go through ``_map_async``; ``apply`` through ``apply_async``).
+_POOL_METHODS = ("apply_async", "_map_async", "imap", "imap_unordered")
+
+
+def _carried(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``func`` run in a copy of the current context at each call: a pool runs one function in
+    several workers at once, and one context cannot be entered twice at a time."""
+    ctx = contextvars.copy_context()
+
+    def carried(*args: Any, **kwargs: Any) -> Any:
+        return ctx.copy().run(func, *args, **kwargs)
+
+    return carried
+
+
+def _pool_task(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    """A ``ThreadPool``'s workers were started when it was made, often before the run: its tasks
+    carry the context they were given in. A process pool is left alone (its function is pickled)."""
+    if args and isinstance(instance, ThreadPool) and _worth_carrying():
+        return wrapped(_carried(args[0]), *args[1:], **kwargs)
+    return wrapped(*args, **kwargs)
+
+
 class ThreadsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """Carries budgetspan's run into threads and thread pools (stdlib only, always available)."""
 
@@ -63,10 +88,14 @@ class ThreadsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             return
         wrapt.wrap_function_wrapper(concurrent.futures.ThreadPoolExecutor, "submit", _submit)
         wrapt.wrap_function_wrapper(threading.Thread, "start", _start)
+        for name in _POOL_METHODS:
+            wrapt.wrap_function_wrapper(Pool, name, _pool_task)
         self._wrapped = True
 
     def _uninstrument(self, **kwargs: Any) -> None:
         if getattr(self, "_wrapped", False):
             unwrap(concurrent.futures.ThreadPoolExecutor, "submit")
             unwrap(threading.Thread, "start")
+            for name in _POOL_METHODS:
+                unwrap(Pool, name)
             self._wrapped = False
