@@ -105,6 +105,11 @@ class MessagesObserver(ResultObserver):
         if self.stream_usage.on_event(item):
             self.set_usage(self.stream_usage.spend())
 
+    def finish(self) -> None:
+        super().finish()
+        if self.stream_usage.raw_input is not None and not self.stream_usage.final:
+            self.charge_received_output()  # left or cut before its final count
+
 
 # --- messages.create / parse -------------------------------------------------------------------
 

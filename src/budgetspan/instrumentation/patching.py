@@ -9,6 +9,7 @@ reaches both providers at once.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from budgetspan import attributes as A
@@ -144,6 +145,20 @@ class ResultObserver(Observer):
                     attrs[A.GEN_AI_OUTPUT_MESSAGES] = encoded
         if text and call.run is not None:
             call.run.record_model_answer(text)
+
+    def charge_received_output(self) -> None:
+        """A stream left or cut before its final output count: the count it has is a
+        provisional one (Anthropic's ``message_start`` says 1), and the server bills what it
+        wrote. The text received is estimated (``budgetspan.usage.estimated.output_tokens``)
+        and charged where it is more."""
+        usage = self.call.usage
+        if usage is None:
+            return
+        calls_text = content_json(self.tool_calls) if self.tool_calls else None
+        received = text_tokens("".join(self.text) + (calls_text or ""))
+        if received > (usage.output_tokens or 0):
+            self.call.end_attributes[A.USAGE_ESTIMATED_OUTPUT] = received
+            self.set_usage(replace(usage, output_tokens=received, cost_usd=None))
 
 
 #: Builds the call and its observer from the patched method's ``instance``, ``args`` and ``kwargs``

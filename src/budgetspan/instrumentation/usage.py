@@ -175,13 +175,16 @@ class AnthropicStreamUsage:
     restate the input side). Cumulative means it replaces, never adds: 3 then 171 is 171.
     """
 
-    __slots__ = ("cache_read", "cache_write", "output", "raw_input")
+    __slots__ = ("cache_read", "cache_write", "final", "output", "raw_input")
 
     def __init__(self) -> None:
         self.raw_input: int | None = None
         self.output: int | None = None
         self.cache_read: int | None = None
         self.cache_write: int | None = None
+        #: Whether the output count is the final one (a ``message_delta``'s), not the provisional
+        #: one of ``message_start`` (1): a stream left or cut before it never had its count.
+        self.final = False
 
     def _take(self, usage: Any) -> None:
         for attr, name in (
@@ -206,6 +209,7 @@ class AnthropicStreamUsage:
         if usage is None:
             return False
         self._take(usage)
+        self.final = self.final or (kind == "message_delta" and self.output is not None)
         return True
 
     def spend(self) -> Spend | None:
