@@ -115,6 +115,24 @@ def test_stream_left_early_ends_once(genai_instrumented: Any, llm_server: LLMSer
     assert run.usage.input_tokens == INPUT  # the prompt count came with the first chunk
 
 
+def test_a_stream_left_before_its_output_count_is_charged_what_it_received(
+    genai_instrumented: Any, llm_server: LLMServer
+) -> None:
+    """review10: the API's chunks repeat the prompt count; the output count comes with the last
+    one. A stream left before it had 0 output tokens charged for all it received."""
+    llm_server.settings.text = ["lorem ipsum " * 100] * 5 + ["."]
+    with budgetspan.run("r") as run:
+        stream = client(llm_server).models.generate_content_stream(model=MODEL, contents="hi")
+        received = [next(stream).text for _ in range(5)]
+        stream.close()
+    assert len("".join(received)) == 6000
+    [span] = model_spans(genai_instrumented)
+    assert run.usage.input_tokens == INPUT
+    assert run.usage.output_tokens == 2000  # was 0
+    assert span.attributes[A.USAGE_ESTIMATED_OUTPUT] == 2000
+    assert run.usage.cost_usd > expected_cost() - 1e-9
+
+
 async def test_async_generate_content_and_stream(genai_instrumented: Any, llm_server: LLMServer) -> None:
     aio = client(llm_server).aio
     async with budgetspan.run("r") as run:

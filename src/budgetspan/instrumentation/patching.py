@@ -124,6 +124,8 @@ class ResultObserver(Observer):
             # its estimate is charged when the provider reports no usage (else nothing reads it)
             calls_text = content_json(self.tool_calls) if self.tool_calls else None
             call.output_estimate = text_tokens((text or "") + (calls_text or ""))
+        elif (text or self.tool_calls) and call.usage is not None and call.usage.output_tokens is None:
+            self.charge_received_output()  # left before the output count (Gemini's comes last)
         if call.span is not None:
             attrs = call.end_attributes
             if attrs is None:
