@@ -14,6 +14,7 @@ from typing import Any
 
 from budgetspan import attributes as A
 from budgetspan.accounting.model_limits import max_output_tokens
+from budgetspan.accounting.pricing import default_resolver
 from budgetspan.calls.call import Call
 from budgetspan.calls.estimate import request_tokens, text_tokens
 from budgetspan.calls.pricing import reported
@@ -70,7 +71,7 @@ def model_call(
         attrs,
         provider=provider,
         model=model,
-        worst_case_tokens=worst_output_tokens(model, max_tokens, kwargs.get("n")),
+        worst_case_tokens=worst_output_tokens(model, max_tokens, kwargs.get("n"), provider),
         input_estimate=lambda: request_text_tokens(kwargs),
     )
 
@@ -84,10 +85,17 @@ def request_text_tokens(kwargs: dict[str, Any]) -> int:
 _REQUEST_TEXT = ("messages", "system", "tools", "functions", "input", "instructions", "prompt")
 
 
-def worst_output_tokens(model: str | None, max_tokens: int | None, n: Any = None) -> int | None:
-    """The most output tokens a request can bring back: its limit (or the model's maximum) for
-    each of its ``n`` choices; None when neither is known."""
-    per_choice = max_tokens or max_output_tokens(model)
+def worst_output_tokens(
+    model: str | None, max_tokens: int | None, n: Any = None, provider: str = ""
+) -> int | None:
+    """The most output tokens a request can bring back: its limit (or the model's maximum, also
+    of the model a deployment name answered as) for each of its ``n`` choices; None when neither
+    is known."""
+    per_choice = (
+        max_tokens
+        or max_output_tokens(model)
+        or max_output_tokens(default_resolver().answered_as(provider, model))
+    )
     if per_choice is None:
         return None
     return per_choice * (positive_int(n) or 1)
