@@ -166,6 +166,52 @@ def test_a_process_pool_is_left_alone(wire: Recorder) -> None:
         assert pool.apply_async(abs, (-3,)).get(timeout=10) == 3
 
 
+def test_an_inbound_requests_thread_pool_spends_from_its_trace_run(wire: Recorder, lean: Any) -> None:
+    """No run declared (zero-code): each inbound request's trace is the run, also for the calls
+    its handler makes in a thread pool (review10; was: those went to the process's run, so a
+    request's budget did not see them and every request's threads shared one budget: 2 of 4
+    sent in the first request, 0 of 4 in the second)."""
+    from budgetspan.config import load_config, set_config
+
+    set_config(load_config({"BUDGETSPAN_BUDGET": "max_model_calls=2"}))
+    tracer = lean.provider.get_tracer("server")
+    sent_per_request = []
+    for _request in range(2):
+        before = len(wire.requests)
+        with tracer.start_as_current_span("POST /answer"), concurrent.futures.ThreadPoolExecutor(2) as pool:
+            outcomes = list(pool.map(lambda _: attempts(1, lambda: chat(client(wire))), range(4)))
+        sent_per_request.append(len(wire.requests) - before)
+        assert sum(ok for ok, _ in outcomes) == sent_per_request[-1]
+    assert sent_per_request == [2, 2]
+
+
+@pytest.mark.parametrize("kind", ["executor", "thread_pool"])
+def test_a_pools_workers_keep_no_run_of_their_own(wire: Recorder, kind: str) -> None:
+    """A pool's worker threads start at its first task, often inside a run: a task given
+    outside any run later must not run in that (ended) run, whose limits no longer apply
+    (review10; was: 3 of 3 sent, charged to the ended run, past the process's own budget)."""
+    from multiprocessing.pool import ThreadPool
+
+    from budgetspan.config import load_config, set_config
+
+    set_config(load_config({"BUDGETSPAN_BUDGET": "max_model_calls=1"}))  # the process's run
+
+    def one(_: Any = None) -> tuple[int, int]:
+        return attempts(1, lambda: chat(client(wire)))
+
+    pool: Any = None
+    try:
+        with budgetspan.run("first", max_model_calls=5) as first:
+            pool = concurrent.futures.ThreadPoolExecutor(1) if kind == "executor" else ThreadPool(1)
+            (pool.submit(one).result() if kind == "executor" else pool.apply(one))  # workers start here
+        results = [pool.submit(one).result() if kind == "executor" else pool.apply(one) for _ in range(3)]
+    finally:
+        pool.shutdown() if kind == "executor" else pool.terminate()
+    assert first.usage.model_calls == 1
+    assert [ok for ok, _ in results] == [1, 0, 0]  # the process's run: one model call
+    assert len(wire.requests) == 2
+
+
 def test_a_thread_with_only_the_otel_context_spends_from_the_declared_run(wire: Recorder) -> None:
     ThreadsInstrumentor().uninstrument()  # only the OpenTelemetry context travels, as with otel's own
     c = client(wire)

@@ -5,8 +5,9 @@ A thread starts with an empty context, so a call made in it would not know the r
 would be charged to an implicit run beside it: a budget that silently does not hold. As
 OpenTelemetry's threading instrumentation carries the trace context, this carries the whole
 ``contextvars`` context (budgetspan's run, phase and the OpenTelemetry context with it) from where
-the thread is started or the task submitted, but only while a budgetspan run or phase is current:
-other programs' threads are left as they are. ``BUDGETSPAN_THREADS=false`` turns it off.
+the thread is started or the task submitted, but only while a budgetspan run or phase, or a trace
+(the run of a request when none is declared), is current: other threads are left as they are.
+``BUDGETSPAN_THREADS=false`` turns it off.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from multiprocessing.pool import Pool, ThreadPool
 from typing import Any
 
 import wrapt
+from opentelemetry import trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 from opentelemetry.instrumentation.utils import unwrap
 
@@ -34,7 +36,13 @@ def enabled(environ: Any = None) -> bool:
 
 
 def _worth_carrying() -> bool:
-    return context.current_run() is not None or context.current_phase() is not None
+    """A declared run or phase is current, or a trace: with no run declared, the trace is the run
+    (an inbound request), and a thread without it would spend from the process's run instead."""
+    return (
+        context.current_run() is not None
+        or context.current_phase() is not None
+        or trace.get_current_span().get_span_context().is_valid
+    )
 
 
 def _submit(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
@@ -44,8 +52,20 @@ def _submit(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     return wrapped(*args, **kwargs)
 
 
+def _pool_workers() -> tuple[Any, ...]:
+    """The bodies of pool worker threads: each task they run carries its own context (``_submit``,
+    ``_pool_task``); the worker itself must keep none, or a task given outside any run later
+    would run in the run the pool happened to start in (ended, its limits no longer applying)."""
+    import multiprocessing.pool
+    from concurrent.futures import thread
+
+    return tuple(
+        w for w in (getattr(thread, "_worker", None), getattr(multiprocessing.pool, "worker", None)) if w
+    )
+
+
 def _start(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    if _worth_carrying():
+    if _worth_carrying() and getattr(instance, "_target", None) not in _pool_workers():
         # On the instance, so that a subclass's own ``run`` is carried too.
         ctx = contextvars.copy_context()
         body = instance.run
