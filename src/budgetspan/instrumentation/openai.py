@@ -313,7 +313,7 @@ def _ask_for_stream_usage(call: Call, kwargs: dict[str, Any]) -> bool:
     return True
 
 
-def _responses_call(instance: Any, _args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Call, Observer]:
+def responses_call(instance: Any, _args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Call, Observer]:
     call = _new_call(A.OP_CHAT, instance, kwargs, positive_int(kwargs.get("max_output_tokens")))
     context = carried(kwargs)
     if context:  # an earlier exchange the server prepends, billed as input: part of the worst case
@@ -348,7 +348,7 @@ def _embeddings_call(instance: Any, _args: tuple[Any, ...], kwargs: dict[str, An
 
 
 _CHAT_WRAPPER = wrapper_for(_chat_call, "openai call setup")
-_RESPONSES_WRAPPER = wrapper_for(_responses_call, "openai call setup")
+_RESPONSES_WRAPPER = wrapper_for(responses_call, "openai call setup")
 _TEXT_WRAPPER = wrapper_for(_text_completion_call, "openai call setup")
 _EMBEDDINGS_WRAPPER = wrapper_for(_embeddings_call, "openai call setup")
 
