@@ -253,3 +253,48 @@ def test_a_stream_with_its_final_count_is_charged_the_count(instrumented: Any) -
         stream.get_final_message()
     assert run.usage.output_tokens == 3000
     assert A.USAGE_ESTIMATED_OUTPUT not in instrumented.only("chat").attributes
+
+
+# --- one-hour cache writes (review10) -------------------------------------------------------------
+# ``cache_control: {"ttl": "1h"}`` writes cost twice the input price, five-minute ones 1.25 times;
+# the usage splits them in ``cache_creation``. All writes were priced at the five-minute rate.
+
+SONNET = "claude-sonnet-4-5-20250929"
+ONE_HOUR = {
+    "input_tokens": 10,
+    "output_tokens": 5,
+    "cache_creation_input_tokens": 50_000,
+    "cache_read_input_tokens": 0,
+    "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 50_000},
+}
+
+
+def one_hour_cost() -> float:
+    from budgetspan.accounting.pricing import default_resolver
+
+    resolver = default_resolver()
+    five_minutes = resolver.cost("anthropic", SONNET, 50_010, 5, 0, 50_000)
+    uncached = resolver.cost("anthropic", SONNET, 50_010, 0)  # the input rate at this size
+    assert five_minutes is not None and uncached is not None
+    return five_minutes + 50_000 * (2.0 - 1.25) * uncached / 50_010  # $0.30 of writes, not $0.1875
+
+
+def test_one_hour_cache_writes_are_priced_at_their_rate(instrumented: Any) -> None:
+    rec = Recorder(json_response(anthropic_message(model=SONNET, usage=ONE_HOUR)))
+    with budgetspan.run("c") as run:
+        client(rec).messages.create(**{**ARGS, "model": SONNET})
+    assert run.usage.cost_usd == pytest.approx(one_hour_cost())
+    assert instrumented.only("chat").attributes[A.GEN_AI_USAGE_COST] == pytest.approx(one_hour_cost())
+
+
+def test_one_hour_cache_writes_in_a_stream(instrumented: Any) -> None:
+    start = {k: v for k, v in ONE_HOUR.items() if k != "output_tokens"} | {"output_tokens": 1}
+    events = anthropic_events(model=SONNET, start_usage=start, delta_usage={"output_tokens": 5})
+    with (
+        budgetspan.run("c") as run,
+        client(Recorder(sse_response(anthropic_sse(events)))).messages.stream(
+            **{**ARGS, "model": SONNET}
+        ) as stream,
+    ):
+        stream.get_final_message()
+    assert run.usage.cost_usd == pytest.approx(one_hour_cost())

@@ -159,6 +159,12 @@ def anthropic_usage(usage: Any) -> Spend | None:
     return _spend(inp, out, cr, cw)
 
 
+def anthropic_one_hour_writes(usage: Any) -> int:
+    """The cache writes of a one-hour TTL (``cache_creation.ephemeral_1h_input_tokens``): they
+    cost twice the input price, where five-minute writes (the rest) cost 1.25 times."""
+    return count(field(field(usage, "cache_creation"), "ephemeral_1h_input_tokens")) or 0
+
+
 _ANTHROPIC_USAGE_FIELDS = (
     "input_tokens",
     "output_tokens",
