@@ -1,10 +1,7 @@
 """The ``openai`` SDK's own WebSocket mode for the Responses API (``client.responses.connect()``),
-against a local Responses WebSocket server (review10). Not instrumented: a ``response.create``
-frame sent on a connection is counted by no limit and its usage charged nowhere. The Agents SDK's
-WebSocket transport, which does not go through this connection class, is budgeted
-(``test_openai_agents.py``); this one is left, as a known gap, for a later change: events can be
-read by ``recv``, ``recv_bytes`` + ``parse_event``, iteration or ``on`` handlers, and a
-connection reconnects and queues frames by itself, so each path needs its own hook."""
+against a local Responses WebSocket server (review10): each ``response.create`` event is a model
+call, reserved before it is sent and settled from ``response.completed`` (was: not instrumented,
+2 of 2 sent under ``max_model_calls=1``, the run saw 0 calls and 0 tokens)."""
 
 from __future__ import annotations
 
@@ -15,6 +12,7 @@ import openai
 import pytest
 
 import budgetspan
+from budgetspan import attributes as A
 from tests.instrumentation.responses_ws_server import ResponsesWebSocketServer
 
 
@@ -42,11 +40,6 @@ def test_the_raw_connection_reaches_the_server(
     assert [f["type"] for f in ws_server.frames] == ["response.create"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="openai's client.responses.connect() WebSocket mode is not instrumented: its "
-    "response.create frames are counted by no limit (2 of 2 sent under max_model_calls=1)",
-)
 def test_a_raw_websocket_response_is_a_budgeted_model_call(
     instrumented: Any, ws_server: ResponsesWebSocketServer
 ) -> None:
@@ -55,5 +48,29 @@ def test_a_raw_websocket_response_is_a_budgeted_model_call(
         ask(connection, "hi")
         with pytest.raises(budgetspan.BudgetExhausted):
             ask(connection, "again")
+    assert len(ws_server.frames) == 1
+    assert run.usage.model_calls == 1 and run.usage.input_tokens == 40
+    assert run.usage.cost_usd > 0  # priced: the provider is the client's (api.openai.com would be "openai")
+    [span] = instrumented.spans("chat")
+    assert span.attributes[A.GEN_AI_USAGE_OUTPUT_TOKENS] == 6
+
+
+async def test_an_async_connection_and_a_frame_queued_before_it_connects(
+    instrumented: Any, ws_server: ResponsesWebSocketServer
+) -> None:
+    client = openai.AsyncOpenAI(base_url=ws_server.url, api_key="k")
+    async with budgetspan.run("ws", max_model_calls=1) as run:
+        manager = client.responses.connect()
+        manager.send(
+            {"type": "response.create", "model": "gpt-4o-mini", "input": "queued"}
+        )  # sent at connect
+        with pytest.raises(budgetspan.BudgetExhausted):
+            manager.send({"type": "response.create", "model": "gpt-4o-mini", "input": "one more"})
+        async with manager as connection:
+            async for event in connection:
+                if event.type == "response.completed":
+                    break
+            with pytest.raises(budgetspan.BudgetExhausted):
+                await connection.response.create(model="gpt-4o-mini", input="again")
     assert len(ws_server.frames) == 1
     assert run.usage.model_calls == 1 and run.usage.input_tokens == 40
