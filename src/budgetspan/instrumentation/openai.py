@@ -19,7 +19,7 @@ from budgetspan import attributes as A
 from budgetspan.calls.call import Call
 from budgetspan.config import capture_content
 from budgetspan.instrumentation.observers import Observer, content_json
-from budgetspan.instrumentation.openai_ws import PATCHES as websocket_patches
+from budgetspan.instrumentation.openai_ws import patches as websocket_patches
 from budgetspan.instrumentation.patch_table import PatchInstrumentor, sync_and_async
 from budgetspan.instrumentation.patching import (
     ResultObserver,
@@ -370,5 +370,5 @@ class OpenAIInstrumentor(PatchInstrumentor):
         *sync_and_async(_COMPLETIONS, _TEXT_WRAPPER, "Completions.create"),
         *sync_and_async(_EMBEDDINGS, _EMBEDDINGS_WRAPPER, "Embeddings.create"),
         *retry_patches(_BASE),
-        *websocket_patches,  # the Responses API over a WebSocket (``openai_ws``)
+        *websocket_patches(responses_call),  # the Responses API over a WebSocket (``openai_ws``)
     )

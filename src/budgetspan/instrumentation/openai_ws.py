@@ -12,6 +12,7 @@ the provider (from the client the manager was made by) as for ``responses.create
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from budgetspan.events import internal_error
@@ -53,10 +54,8 @@ def _begin(obj: Any, event: Any) -> Any:
     data = event.to_dict() if callable(getattr(event, "to_dict", None)) else event
     if not isinstance(data, dict) or data.get("type") != "response.create":
         return None
-    from budgetspan.instrumentation.openai import responses_call
-
     kwargs = {key: value for key, value in data.items() if key != "type"}
-    return responses_call(_Owner(_client_of(obj)), (), {**kwargs, "stream": True})
+    return _build[0](_Owner(_client_of(obj)), (), {**kwargs, "stream": True})
 
 
 def _waiting(obj: Any) -> deque[Any]:
@@ -167,7 +166,15 @@ def _rows(module: str) -> tuple[Patch, ...]:
     )
 
 
-PATCHES = (
-    *_rows("openai.resources.responses.responses"),
-    *_rows("openai.resources.beta.responses.responses"),
-)
+#: Makes a Responses call and its observer (``openai.responses_call``, given by ``patches``: the
+#: OpenAI instrumentation imports this module, not the other way round).
+_build: list[Callable[[Any, tuple[Any, ...], dict[str, Any]], Any]] = []
+
+
+def patches(build: Callable[[Any, tuple[Any, ...], dict[str, Any]], Any]) -> tuple[Patch, ...]:
+    """The rows of the OpenAI instrumentation's patch table, its calls made by ``build``."""
+    _build[:] = [build]
+    return (
+        *_rows("openai.resources.responses.responses"),
+        *_rows("openai.resources.beta.responses.responses"),
+    )
