@@ -44,6 +44,7 @@ class QuietHandler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 64  # (the default 5 resets a burst of parallel calls)
 
     def __init__(self, handler: type[BaseHTTPRequestHandler], quiet_errors: bool) -> None:
         super().__init__(("127.0.0.1", 0), handler)

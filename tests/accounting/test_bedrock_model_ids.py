@@ -63,3 +63,20 @@ def test_an_unknown_bedrock_model_is_unpriced_not_free() -> None:
     resolver = PriceResolver()
     assert resolver.cost("aws.bedrock", "arn:aws:bedrock:us-east-1:1:provisioned-model/abc", 10, 10) is None
     assert resolver.cost("aws.bedrock", "anthropic.claude-not-a-model-v1:0", 10, 10) is None
+
+
+@pytest.mark.parametrize(
+    ("model", "most"),
+    [
+        ("gpt-4.5-preview", 16_384),  # was gpt-4's 8,192: half its worst case held
+        ("chatgpt-4o-latest", 16_384),  # was unknown
+        ("claude-opus-4-5-20251101", 64_000),  # was Opus 4's 32,000
+        ("us.anthropic.claude-opus-4-5-20251101-v1:0", 64_000),
+        ("claude-opus-4-1-20250805", 32_000),
+        ("gemini-3-pro-preview", 65_536),  # was unknown
+        ("gpt-4-0613", 8_192),
+    ],
+)
+def test_newer_models_hold_their_whole_maximum_output(model: str, most: int) -> None:
+    """review10: a model's maximum output is its worst case when a request sets no limit."""
+    assert max_output_tokens(model) == most

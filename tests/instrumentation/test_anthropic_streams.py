@@ -210,3 +210,91 @@ def test_beta_messages_are_instrumented_too(instrumented: Any) -> None:
     assert first.attributes[A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] == 50
     assert second.attributes[A.GEN_AI_USAGE_OUTPUT_TOKENS] == 7
     assert second.attributes[A.STREAM_END] == "consumed"
+
+
+# --- a stream that ends before its final count (review10) ---------------------------------------
+# ``message_start`` says ``output_tokens: 1``, a provisional figure; the real count comes in the
+# last ``message_delta``. A stream left (or cut) before it had been charged 1 output token for
+# thousands received; the server bills what it wrote. The text received is estimated instead.
+
+LONG = tuple("lorem ipsum dolor sit amet " * 20 for _ in range(30))  # 16,200 characters
+LONG_ESTIMATE = 16_200 // 3
+
+
+def test_a_stream_left_before_its_final_count_is_charged_what_it_received(instrumented: Any) -> None:
+    rec = Recorder(sse_response(anthropic_sse(anthropic_events(pieces=LONG))))
+    with budgetspan.run("s") as run, client(rec).messages.stream(**ARGS) as stream:
+        for n, _ in enumerate(stream.text_stream, 1):
+            if n == len(LONG):
+                break  # every piece received, the final message_delta not
+    span = instrumented.only("chat")
+    assert span.attributes[A.STREAM_END] == "closed"
+    assert run.usage.output_tokens == LONG_ESTIMATE  # was 1
+    assert span.attributes[A.USAGE_ESTIMATED_OUTPUT] == LONG_ESTIMATE
+    assert run.usage.cost_usd > LONG_ESTIMATE * 1.25 / 1e6  # claude-3-haiku: $1.25 per M output
+
+
+def test_a_stream_cut_before_its_final_count_is_charged_what_it_received(instrumented: Any) -> None:
+    head = anthropic_sse(anthropic_events(pieces=LONG)[:-3])  # up to the last content_block_delta
+    with budgetspan.run("s") as run:
+        with pytest.raises((httpx2.ReadError, anthropic.APIConnectionError)):
+            with client(Recorder(broken_sse(head))).messages.stream(**ARGS) as stream:
+                stream.get_final_message()
+    assert run.usage.output_tokens == LONG_ESTIMATE
+    assert instrumented.only("chat").attributes[A.STREAM_END] == "error"
+
+
+def test_a_stream_with_its_final_count_is_charged_the_count(instrumented: Any) -> None:
+    """The control: the reported count stands, even below the estimate, and is not marked."""
+    rec = Recorder(
+        sse_response(anthropic_sse(anthropic_events(pieces=LONG, delta_usage={"output_tokens": 3000})))
+    )
+    with budgetspan.run("s") as run, client(rec).messages.stream(**ARGS) as stream:
+        stream.get_final_message()
+    assert run.usage.output_tokens == 3000
+    assert A.USAGE_ESTIMATED_OUTPUT not in instrumented.only("chat").attributes
+
+
+# --- one-hour cache writes (review10) -------------------------------------------------------------
+# ``cache_control: {"ttl": "1h"}`` writes cost twice the input price, five-minute ones 1.25 times;
+# the usage splits them in ``cache_creation``. All writes were priced at the five-minute rate.
+
+SONNET = "claude-sonnet-4-5-20250929"
+ONE_HOUR = {
+    "input_tokens": 10,
+    "output_tokens": 5,
+    "cache_creation_input_tokens": 50_000,
+    "cache_read_input_tokens": 0,
+    "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 50_000},
+}
+
+
+def one_hour_cost() -> float:
+    from budgetspan.accounting.pricing import default_resolver
+
+    resolver = default_resolver()
+    five_minutes = resolver.cost("anthropic", SONNET, 50_010, 5, 0, 50_000)
+    uncached = resolver.cost("anthropic", SONNET, 50_010, 0)  # the input rate at this size
+    assert five_minutes is not None and uncached is not None
+    return five_minutes + 50_000 * (2.0 - 1.25) * uncached / 50_010  # $0.30 of writes, not $0.1875
+
+
+def test_one_hour_cache_writes_are_priced_at_their_rate(instrumented: Any) -> None:
+    rec = Recorder(json_response(anthropic_message(model=SONNET, usage=ONE_HOUR)))
+    with budgetspan.run("c") as run:
+        client(rec).messages.create(**{**ARGS, "model": SONNET})
+    assert run.usage.cost_usd == pytest.approx(one_hour_cost())
+    assert instrumented.only("chat").attributes[A.GEN_AI_USAGE_COST] == pytest.approx(one_hour_cost())
+
+
+def test_one_hour_cache_writes_in_a_stream(instrumented: Any) -> None:
+    start = {k: v for k, v in ONE_HOUR.items() if k != "output_tokens"} | {"output_tokens": 1}
+    events = anthropic_events(model=SONNET, start_usage=start, delta_usage={"output_tokens": 5})
+    with (
+        budgetspan.run("c") as run,
+        client(Recorder(sse_response(anthropic_sse(events)))).messages.stream(
+            **{**ARGS, "model": SONNET}
+        ) as stream,
+    ):
+        stream.get_final_message()
+    assert run.usage.cost_usd == pytest.approx(one_hour_cost())

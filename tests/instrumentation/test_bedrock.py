@@ -381,6 +381,28 @@ def test_invoke_model_stream_anthropic_exact(bedrock: Any, server: LocalServer) 
     assert run.usage.output_tokens == 9 and run.partial["last_model_answer"] == "Hi"
 
 
+def test_invoke_model_stream_anthropic_cut_before_its_final_count(bedrock: Any, server: LocalServer) -> None:
+    """review10: a body cut after its text but before ``message_delta`` had 1 output token (the
+    provisional count of ``message_start``) charged for all it received: now its estimate."""
+    start, text = anthropic_chunks()[:2]
+    pieces = [
+        chunk_event(
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "word " * 60}}
+        )
+        for _ in range(10)
+    ]
+    server.reset(event_stream(start, text, *pieces))  # the connection closes there
+    body = {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 5000, **CONVERSE}
+    with budgetspan.run("r") as run:
+        response = local(server).invoke_model_with_response_stream(modelId=HAIKU, body=json.dumps(body))
+        assert len(list(response["body"])) == 12
+    (span,) = calls(bedrock)
+    received = -(-(2 + 10 * 300) // 3)
+    assert span.attributes[A.USAGE_ESTIMATED_OUTPUT] == received
+    assert run.usage.output_tokens == received  # was 1
+    assert run.usage.input_tokens == 57  # reported, kept
+
+
 def test_invoke_model_stream_llama_from_invocation_metrics(bedrock: Any, server: LocalServer) -> None:
     metrics = {"inputTokenCount": 5, "outputTokenCount": 2, "invocationLatency": 5, "firstByteLatency": 2}
     server.reset(

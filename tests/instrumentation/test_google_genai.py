@@ -16,6 +16,7 @@ from budgetspan import attributes as A
 from budgetspan.accounting.pricing import default_resolver
 from budgetspan.instrumentation.google_genai import gemini_usage, model_id
 from tests.instrumentation.llm_server import GEMINI_USAGE, LLMServer, assert_usage
+from tests.instrumentation.local_server import LocalServer, json_answer
 
 MODEL = "gemini-2.5-flash"
 #: The fake's usageMetadata in OpenTelemetry terms: input includes the cached part, output the thoughts.
@@ -113,6 +114,77 @@ def test_stream_left_early_ends_once(genai_instrumented: Any, llm_server: LLMSer
     assert span.attributes[A.STREAM_END] in ("closed", "abandoned")
     assert run.usage.model_calls == 1
     assert run.usage.input_tokens == INPUT  # the prompt count came with the first chunk
+
+
+def test_a_stream_left_before_its_output_count_is_charged_what_it_received(
+    genai_instrumented: Any, llm_server: LLMServer
+) -> None:
+    """review10: the API's chunks repeat the prompt count; the output count comes with the last
+    one. A stream left before it had 0 output tokens charged for all it received."""
+    llm_server.settings.text = ["lorem ipsum " * 100] * 5 + ["."]
+    with budgetspan.run("r") as run:
+        stream = client(llm_server).models.generate_content_stream(model=MODEL, contents="hi")
+        received = [next(stream).text for _ in range(5)]
+        stream.close()
+    assert len("".join(received)) == 6000
+    [span] = model_spans(genai_instrumented)
+    assert run.usage.input_tokens == INPUT
+    assert run.usage.output_tokens == 2000  # was 0
+    assert span.attributes[A.USAGE_ESTIMATED_OUTPUT] == 2000
+    assert run.usage.cost_usd > expected_cost() - 1e-9
+
+
+def retrying(server: LocalServer, attempts: int = 5) -> genai.Client:
+    """A client with the SDK's own retries on (``HttpRetryOptions``: off unless asked for)."""
+    options = types.HttpRetryOptions(
+        attempts=attempts, initial_delay=0.01, max_delay=0.01, http_status_codes=[500]
+    )
+    c = genai.Client(
+        api_key="test", http_options=types.HttpOptions(base_url=server.url, retry_options=options)
+    )
+    _clients.append(c)
+    return c
+
+
+GEMINI_FAIL = json_answer({"error": {"code": 500, "message": "overloaded", "status": "INTERNAL"}}, 500)
+
+
+def gemini_ok() -> Any:
+    return json_answer(
+        {
+            "candidates": [
+                {"content": {"role": "model", "parts": [{"text": "ok"}]}, "finishReason": "STOP", "index": 0}
+            ],
+            "usageMetadata": GEMINI_USAGE,
+            "modelVersion": MODEL,
+        }
+    )
+
+
+def test_the_sdks_retries_are_held_to_max_retries(genai_instrumented: Any, server: LocalServer) -> None:
+    """review10: the SDK's retries (``HttpRetryOptions``) ran below the patched request method:
+    5 requests under ``max_retries=1``. Each attempt after the first is a retry, refused at the
+    limit before it is sent."""
+    server.reset(GEMINI_FAIL, GEMINI_FAIL, GEMINI_FAIL, GEMINI_FAIL, gemini_ok())
+    with budgetspan.run("r", max_retries=1) as run, pytest.raises(budgetspan.BudgetExhausted) as info:
+        retrying(server).models.generate_content(model=MODEL, contents="hi")
+    assert info.value.reason == "max_retries"
+    assert len(server.requests) == 2
+    assert run.usage.retries == 1
+
+
+async def test_the_sdks_async_retries_within_the_budget_are_counted(
+    genai_instrumented: Any, server: LocalServer
+) -> None:
+    server.reset(GEMINI_FAIL, GEMINI_FAIL, gemini_ok())
+    async with budgetspan.run("r", max_retries=3) as run:
+        response = await retrying(server).aio.models.generate_content(model=MODEL, contents="hi")
+        server.reset(gemini_ok())
+        await retrying(server).aio.models.generate_content(model=MODEL, contents="again")  # no retry
+    assert response.text == "ok"
+    assert (run.usage.model_calls, run.usage.retries) == (2, 2)
+    [first, _] = model_spans(genai_instrumented)
+    assert first.attributes[A.RETRIES] == 2
 
 
 async def test_async_generate_content_and_stream(genai_instrumented: Any, llm_server: LLMServer) -> None:

@@ -6,6 +6,7 @@ cost is budgetspan's unless ``BUDGETSPAN_LITELLM_COST=litellm``."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +18,7 @@ import budgetspan
 from budgetspan import attributes as A
 from budgetspan.accounting.pricing import PriceResolver, TokenPrice, default_resolver, set_default_resolver
 from tests.instrumentation.llm_server import LLMServer, assert_usage
+from tests.instrumentation.local_server import LocalServer, json_answer
 
 MODEL = "gpt-4o-mini"
 INPUT, OUTPUT = 21, 5  # the fake's usage
@@ -236,3 +238,98 @@ def test_configure_and_opentelemetry_instrument_find_both_instrumentors() -> Non
     assert {"GoogleGenAIInstrumentor", "LiteLLMInstrumentor"} <= found
     names = {e.name for e in entry_points(group="opentelemetry_instrumentor")}
     assert {"budgetspan_google_genai", "budgetspan_litellm"} <= names
+
+
+# --- LiteLLM's own retries and fallbacks (review10) --------------------------------------------
+# LiteLLM catches a refusal raised inside it (the OpenAI SDK's retry hook) like any provider
+# error, then retries (``num_retries``) or falls back (``fallbacks``) by calling itself again:
+# those attempts were let through uncounted, so ``max_retries`` did not hold and the refusal
+# never reached the caller (4 requests under ``max_retries=1``, a fallback request under
+# ``max_retries=0``, and an answer).
+
+FAIL = json_answer({"error": {"message": "overloaded"}}, 500)
+
+
+def ok_answer(model: str = MODEL) -> Any:
+    return json_answer(
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 1,
+            "model": model,
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}
+            ],
+            "usage": {"prompt_tokens": INPUT, "completion_tokens": OUTPUT, "total_tokens": INPUT + OUTPUT},
+        }
+    )
+
+
+def local(server: LocalServer, **kw: Any) -> dict[str, Any]:
+    return {
+        "model": f"openai/{MODEL}",
+        "api_base": f"{server.url}/v1",
+        "api_key": "k",
+        "messages": MESSAGES,
+        **kw,
+    }
+
+
+def models_sent(server: LocalServer) -> list[str]:
+    return [json.loads(r.body)["model"] for r in server.requests]
+
+
+def test_num_retries_are_held_to_max_retries(litellm_instrumented: Any, server: LocalServer) -> None:
+    server.reset(FAIL, FAIL, FAIL, ok_answer())
+    with budgetspan.run("r", max_retries=1) as run, pytest.raises(budgetspan.BudgetExhausted) as info:
+        litellm.completion(**local(server, num_retries=3))
+    assert info.value.reason == "max_retries"
+    assert len(server.requests) == 2  # the call and its one permitted retry
+    assert run.usage.retries == 1 and run.outcome == "budget_exhausted"
+
+
+async def test_async_num_retries_are_held_to_max_retries(
+    litellm_instrumented: Any, server: LocalServer
+) -> None:
+    server.reset(FAIL, FAIL, FAIL, ok_answer())
+    async with budgetspan.run("r", max_retries=1) as run:
+        with pytest.raises(budgetspan.BudgetExhausted) as info:
+            await litellm.acompletion(**local(server, num_retries=3))
+    assert info.value.reason == "max_retries"
+    assert len(server.requests) == 2
+    assert run.usage.retries == 1
+
+
+def test_a_fallback_is_an_attempt_refused_at_max_retries(
+    litellm_instrumented: Any, server: LocalServer
+) -> None:
+    server.reset(FAIL, ok_answer("gpt-4o"))
+    with budgetspan.run("r", max_retries=0), pytest.raises(budgetspan.BudgetExhausted) as info:
+        litellm.completion(**local(server, fallbacks=["openai/gpt-4o"]))
+    assert info.value.reason == "max_retries"
+    assert models_sent(server) == [MODEL]  # the fallback model was never asked
+
+
+def test_a_fallback_within_the_budget_is_counted_and_priced(
+    litellm_instrumented: Any, server: LocalServer
+) -> None:
+    server.reset(FAIL, FAIL, FAIL, ok_answer("gpt-4o"))
+    with budgetspan.run("r", max_retries=5) as run:
+        response = litellm.completion(**local(server, fallbacks=["openai/gpt-4o"]))
+    assert response.choices[0].message.content == "hi"
+    assert models_sent(server) == [MODEL, MODEL, MODEL, "gpt-4o"]  # 2 SDK retries, then the fallback
+    assert (run.usage.model_calls, run.usage.retries) == (1, 3)
+    assert run.usage.cost_usd == pytest.approx(default_resolver().cost("openai", "gpt-4o", INPUT, OUTPUT, 0))
+
+
+async def test_a_call_without_retries_is_no_retry(litellm_instrumented: Any, llm_server: LLMServer) -> None:
+    """The control: one request per call, whole or streamed, sync or async, is never taken for a retry."""
+    async with budgetspan.run("r", max_retries=0) as run:
+        litellm.completion(messages=MESSAGES, **args(llm_server))
+        list(litellm.completion(messages=MESSAGES, stream=True, **args(llm_server)))
+        await litellm.acompletion(messages=MESSAGES, **args(llm_server))
+        stream = await litellm.acompletion(messages=MESSAGES, stream=True, **args(llm_server))
+        [chunk async for chunk in stream]
+        litellm.completion(messages=MESSAGES, **args(llm_server), num_retries=2, fallbacks=["openai/gpt-4o"])
+    assert (run.usage.model_calls, run.usage.retries, run.outcome) == (5, 0, "success")
+    assert len(llm_server.requests) == 5

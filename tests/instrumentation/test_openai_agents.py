@@ -329,3 +329,58 @@ async def test_a_tool_past_its_own_cap_is_a_tool_error_for_the_model(
         i for i in result.to_input_list() if isinstance(i, dict) and i.get("type") == "function_call_output"
     ]
     assert len(outputs) == 2 and "error occurred while running the tool" in str(outputs[1]["output"])
+
+
+# --- the Responses API over a WebSocket (review10) -----------------------------------------------
+# ``OpenAIProvider(use_responses_websocket=True)`` sends each request as a ``response.create``
+# frame on a WebSocket, not through ``client.responses.create``: was 3 of 3 sent under
+# ``max_model_calls=1``, the run saw 0 model calls and 0 tokens.
+
+
+@pytest.fixture
+def ws_server() -> Iterator[Any]:
+    from tests.instrumentation.responses_ws_server import ResponsesWebSocketServer
+
+    with ResponsesWebSocketServer() as server:
+        yield server
+
+
+def ws_run_config(server: Any) -> RunConfig:
+    from agents import OpenAIProvider
+
+    return RunConfig(
+        model_provider=OpenAIProvider(base_url=server.url, api_key="k", use_responses_websocket=True)
+    )
+
+
+async def test_websocket_requests_are_budgeted_model_calls(agents_on: Tracing, ws_server: Any) -> None:
+    from tests.instrumentation.responses_ws_server import USAGE
+
+    agent = Agent(name="brief", instructions="be brief", model="gpt-4o-mini")
+    config = ws_run_config(ws_server)
+    async with budgetspan.run("ws", max_model_calls=2) as run:
+        for _ in range(2):
+            assert (await Runner.run(agent, "weather?", run_config=config)).final_output == "Sunny."
+        with pytest.raises(budgetspan.BudgetExhausted) as info:
+            await Runner.run(agent, "again?", run_config=config)
+    assert info.value.reason == "max_model_calls"
+    assert [f["type"] for f in ws_server.frames] == ["response.create"] * 2  # the third never sent
+    assert (run.usage.model_calls, run.usage.input_tokens, run.usage.output_tokens) == (
+        2,
+        2 * USAGE["input_tokens"],
+        2 * USAGE["output_tokens"],
+    )
+    spans = agents_on.spans("chat")
+    assert len(spans) == 2 and spans[0].attributes[A.GEN_AI_USAGE_INPUT_TOKENS] == USAGE["input_tokens"]
+    assert run.usage.cost_usd > 0
+
+
+async def test_a_streamed_websocket_run_is_counted_too(agents_on: Tracing, ws_server: Any) -> None:
+    agent = Agent(name="brief", instructions="be brief", model="gpt-4o-mini")
+    async with budgetspan.run("ws") as run:
+        result = Runner.run_streamed(agent, "weather?", run_config=ws_run_config(ws_server))
+        [event async for event in result.stream_events()]
+    assert result.final_output == "Sunny."
+    assert run.usage.model_calls == 1 and run.usage.output_tokens == 6
+    [span] = agents_on.spans("chat")
+    assert span.attributes[A.STREAM_END] == "consumed"

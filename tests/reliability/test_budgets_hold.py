@@ -126,6 +126,92 @@ def test_tools_in_threads_and_executors_spend_from_the_run(wire: Recorder, patte
     assert run.usage.tool_calls == 2 and run.outcome is budgetspan.Outcome.BUDGET_EXHAUSTED
 
 
+@pytest.mark.parametrize("pattern", ["map", "starmap", "apply_async", "imap_unordered"])
+def test_tools_in_a_thread_pool_made_before_the_run_spend_from_it(wire: Recorder, pattern: str) -> None:
+    """``multiprocessing.pool.ThreadPool`` starts its workers when it is made (often at import,
+    long before the run): each task must carry the run it was given in (review10; was: 6 of 6
+    bodies ran under ``max_tool_calls=2``, the run saw 0 tool calls)."""
+    from multiprocessing.pool import ThreadPool
+
+    lookup, ran = _counted_tool()
+
+    def guarded(i: int) -> bool:
+        try:
+            lookup(i)
+            return True
+        except budgetspan.BudgetExhausted:
+            return False
+
+    with ThreadPool(3) as pool:
+        pool.map(abs, range(3))  # the workers are up before the run
+        with budgetspan.run("pool", max_tool_calls=2, suppress_exhausted=True) as run:
+            if pattern == "map":
+                done = pool.map(guarded, range(6))
+            elif pattern == "starmap":
+                done = pool.starmap(guarded, [(i,) for i in range(6)])
+            elif pattern == "apply_async":
+                done = [r.get() for r in [pool.apply_async(guarded, (i,)) for i in range(6)]]
+            else:
+                done = list(pool.imap_unordered(guarded, range(6)))
+    assert len(ran) == 2 and sorted(done) == [False] * 4 + [True] * 2
+    assert run.usage.tool_calls == 2 and run.outcome is budgetspan.Outcome.BUDGET_EXHAUSTED
+
+
+def test_a_process_pool_is_left_alone(wire: Recorder) -> None:
+    """The control: a process pool's function must stay picklable (each process counts apart)."""
+    import multiprocessing
+
+    with budgetspan.run("pool"), multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.map(abs, [-1, -2]) == [1, 2]
+        assert pool.apply_async(abs, (-3,)).get(timeout=10) == 3
+
+
+def test_an_inbound_requests_thread_pool_spends_from_its_trace_run(wire: Recorder, lean: Any) -> None:
+    """No run declared (zero-code): each inbound request's trace is the run, also for the calls
+    its handler makes in a thread pool (review10; was: those went to the process's run, so a
+    request's budget did not see them and every request's threads shared one budget: 2 of 4
+    sent in the first request, 0 of 4 in the second)."""
+    from budgetspan.config import load_config, set_config
+
+    set_config(load_config({"BUDGETSPAN_BUDGET": "max_model_calls=2"}))
+    tracer = lean.provider.get_tracer("server")
+    sent_per_request = []
+    for _request in range(2):
+        before = len(wire.requests)
+        with tracer.start_as_current_span("POST /answer"), concurrent.futures.ThreadPoolExecutor(2) as pool:
+            outcomes = list(pool.map(lambda _: attempts(1, lambda: chat(client(wire))), range(4)))
+        sent_per_request.append(len(wire.requests) - before)
+        assert sum(ok for ok, _ in outcomes) == sent_per_request[-1]
+    assert sent_per_request == [2, 2]
+
+
+@pytest.mark.parametrize("kind", ["executor", "thread_pool"])
+def test_a_pools_workers_keep_no_run_of_their_own(wire: Recorder, kind: str) -> None:
+    """A pool's worker threads start at its first task, often inside a run: a task given
+    outside any run later must not run in that (ended) run, whose limits no longer apply
+    (review10; was: 3 of 3 sent, charged to the ended run, past the process's own budget)."""
+    from multiprocessing.pool import ThreadPool
+
+    from budgetspan.config import load_config, set_config
+
+    set_config(load_config({"BUDGETSPAN_BUDGET": "max_model_calls=1"}))  # the process's run
+
+    def one(_: Any = None) -> tuple[int, int]:
+        return attempts(1, lambda: chat(client(wire)))
+
+    pool: Any = None
+    try:
+        with budgetspan.run("first", max_model_calls=5) as first:
+            pool = concurrent.futures.ThreadPoolExecutor(1) if kind == "executor" else ThreadPool(1)
+            (pool.submit(one).result() if kind == "executor" else pool.apply(one))  # workers start here
+        results = [pool.submit(one).result() if kind == "executor" else pool.apply(one) for _ in range(3)]
+    finally:
+        pool.shutdown() if kind == "executor" else pool.terminate()
+    assert first.usage.model_calls == 1
+    assert [ok for ok, _ in results] == [1, 0, 0]  # the process's run: one model call
+    assert len(wire.requests) == 2
+
+
 def test_a_thread_with_only_the_otel_context_spends_from_the_declared_run(wire: Recorder) -> None:
     ThreadsInstrumentor().uninstrument()  # only the OpenTelemetry context travels, as with otel's own
     c = client(wire)

@@ -15,6 +15,8 @@ _MAX_OUTPUT: tuple[tuple[str, int], ...] = (
     ("gpt-4o-mini", 16_384),
     ("gpt-4o", 16_384),
     ("gpt-4.1", 32_768),
+    ("gpt-4.5", 16_384),  # (not gpt-4's 8,192)
+    ("chatgpt-4o", 16_384),
     ("gpt-4-turbo", 4_096),
     ("gpt-4", 8_192),
     ("gpt-3.5-turbo", 4_096),
@@ -32,9 +34,11 @@ _MAX_OUTPUT: tuple[tuple[str, int], ...] = (
     ("claude-sonnet-4", 64_000),
     ("claude-haiku-4", 64_000),
     ("claude-opus-4", 32_000),
+    ("claude-opus-4-5", 64_000),  # (not Opus 4's 32,000)
     ("gemini-1.5", 8_192),
     ("gemini-2.0", 8_192),
     ("gemini-2.5", 65_536),
+    ("gemini-3", 65_536),
     ("mistral-large", 32_768),
     ("mistral-small", 32_768),
     ("deepseek-chat", 8_192),

@@ -127,6 +127,9 @@ class PriceResolver:
         # tokens for a flat price, the genai-prices object for any other, None when unpriced.
         self._rates: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
+        #: Names no price table knows (an Azure OpenAI deployment, a gateway's alias) -> the
+        #: priced model their last answer named (``learn_name``).
+        self._answered_as: dict[tuple[str, str], str] = {}
 
     def _model_price(self, provider: str, model: str) -> Any:
         key = (provider, model)
@@ -148,6 +151,26 @@ class PriceResolver:
 
     def is_priced(self, provider: str, model: str) -> bool:
         return self._model_price(provider, model) is not None
+
+    def learn_name(self, provider: str, name: str, answered: str) -> None:
+        """A call to ``name``, which no price table knows, was answered by the priced model
+        ``answered``: ``name`` is priced as it from now on, worst cases included (else every
+        later call's worst case is unknown and a dollar limit holds none of them)."""
+        if self._answered_as.get((provider, name)) == answered or self.is_priced(provider, name):
+            return
+        if not self.is_priced(provider, answered):
+            return
+        with self._lock:
+            if len(self._answered_as) > 1024:
+                self._answered_as.clear()
+            self._answered_as[(provider, name)] = answered
+            self._cache[(provider, name)] = self._cache.get((provider, answered))
+            self._rates[(provider, name)] = self._rates.get((provider, answered))
+        self._worst_case_cost.cache_clear()  # (it may hold "unknown" for the name)
+
+    def answered_as(self, provider: str, name: str | None) -> str | None:
+        """The priced model a name no price table knows was last answered by (``learn_name``)."""
+        return self._answered_as.get((provider, name)) if name else None
 
     def cost(
         self,

@@ -4,6 +4,11 @@ Estimate: one token per 3 bytes of UTF-8 text, plus 4 tokens per message. Byte-l
 tokenizers (OpenAI's o200k/cl100k, Anthropic's, Llama's) average 3.5-4.5 bytes per token on
 English prose and code, about 3 on CJK text, so the estimate is typically 0-35% above the true
 count and rarely below it; it is an estimate, marked as one wherever it is used.
+
+An image part (OpenAI's ``image_url`` / ``input_image``, Anthropic's ``image``) counts as
+``IMAGE_TOKENS`` whatever its JSON text: a URL's few bytes or a base64 payload's hundreds of
+thousands say nothing of what a model reads (OpenAI's gpt-4o reads up to ~1,450 tokens of a high
+detail image, Anthropic up to ~1,600 of a 1.15-megapixel one, Gemini 258 per tile).
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from typing import Any
 
 BYTES_PER_TOKEN = 3
 TOKENS_PER_MESSAGE = 4
+IMAGE_TOKENS = 1_600
+_IMAGE_TYPES = frozenset({"image_url", "input_image", "image"})
 
 
 def text_tokens(text: str) -> int:
@@ -31,10 +38,26 @@ def request_tokens(parts: Iterable[Any]) -> int:
         if part is None:
             continue
         text = part if isinstance(part, str) else _ENCODER.encode(part)
+        if '"image' in text and not isinstance(part, str):  # (cheap: most requests have none)
+            images = [0]
+            text = _ENCODER.encode(_without_images(part, images))
+            total += IMAGE_TOKENS * images[0]
         total += text_tokens(text)
         if isinstance(part, (list, tuple)):
             total += TOKENS_PER_MESSAGE * len(part)
     return total
+
+
+def _without_images(value: Any, images: list[int]) -> Any:
+    """``value`` with its image parts taken out (counted in ``images[0]``)."""
+    if isinstance(value, dict):
+        if value.get("type") in _IMAGE_TYPES:
+            images[0] += 1
+            return None
+        return {key: _without_images(item, images) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_without_images(item, images) for item in value]
+    return value
 
 
 def _plain(value: Any) -> Any:

@@ -36,6 +36,8 @@ def call_cost(
             spend.cache_write_tokens,
         )
         if cost is not None:
+            if name is response_model and model:  # a deployment or alias name: its price learnt
+                resolver.learn_name(provider or "", model, name)
             return cost
     return None
 

@@ -13,12 +13,15 @@ read, so iteration, ``text_stream``, ``get_final_message()`` and ``close()`` all
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import wrapt
 
 from budgetspan import attributes as A
+from budgetspan.accounting.ledger import Spend
 from budgetspan.calls.call import Call
+from budgetspan.calls.pricing import call_cost
 from budgetspan.config import capture_content
 from budgetspan.events import internal_error
 from budgetspan.instrumentation.observers import Observer, capture_input_messages
@@ -34,7 +37,12 @@ from budgetspan.instrumentation.patching import (
 )
 from budgetspan.instrumentation.sdk_call import in_model_call
 from budgetspan.instrumentation.streams import AsyncStreamProxy, SyncStreamProxy
-from budgetspan.instrumentation.usage import AnthropicStreamUsage, anthropic_usage, field
+from budgetspan.instrumentation.usage import (
+    AnthropicStreamUsage,
+    anthropic_one_hour_writes,
+    anthropic_usage,
+    field,
+)
 
 
 def _provider(instance: Any) -> tuple[str, str | None, int | None]:
@@ -66,6 +74,12 @@ class MessagesObserver(ResultObserver):
     def __init__(self, call: Call, capture: bool = False) -> None:
         super().__init__(call, capture)
         self.stream_usage = AnthropicStreamUsage()
+        self.one_hour_writes = 0  # cache writes of a one-hour TTL (priced 2x input, not 1.25x)
+
+    def set_usage(self, spend: Spend | None) -> None:
+        if spend is not None and self.one_hour_writes and spend.cost_usd is None:
+            spend = one_hour_priced(self.call, spend, self.one_hour_writes)
+        super().set_usage(spend)
 
     def _stop_reason(self, reason: Any) -> None:
         if isinstance(reason, str):
@@ -81,7 +95,9 @@ class MessagesObserver(ResultObserver):
                     self.text.append(field(block, "text"))
                 elif kind == "tool_use":
                     self.tool_calls.append({"id": field(block, "id"), "name": field(block, "name")})
-        self.set_usage(anthropic_usage(field(response, "usage")))
+        usage = field(response, "usage")
+        self.one_hour_writes = anthropic_one_hour_writes(usage)
+        self.set_usage(anthropic_usage(usage))
 
     def on_item(self, item: Any) -> None:
         kind = field(item, "type")
@@ -98,12 +114,30 @@ class MessagesObserver(ResultObserver):
             return
         if kind == "message_start":
             self._head(field(item, "message"))
+            self.one_hour_writes = anthropic_one_hour_writes(field(field(item, "message"), "usage"))
         elif kind == "message_delta":
             self._stop_reason(field(field(item, "delta"), "stop_reason"))
         else:
             return
         if self.stream_usage.on_event(item):
             self.set_usage(self.stream_usage.spend())
+
+    def finish(self) -> None:
+        super().finish()
+        if self.stream_usage.raw_input is not None and not self.stream_usage.final:
+            self.charge_received_output()  # left or cut before its final count
+
+
+def one_hour_priced(call: Call, spend: Spend, one_hour: int) -> Spend:
+    """``spend`` with its cost: the price of its figures (every cache write at the five-minute
+    rate, 1.25x input) and 0.75x the input rate more for each one-hour write; unpriced stays so."""
+    cost = call_cost(call.provider, call.model, call.response_model, spend)
+    plain = call_cost(call.provider, call.model, call.response_model, Spend(spend.input_tokens, 0))
+    if cost is None or plain is None or not spend.input_tokens:
+        return spend
+    return replace(
+        spend, cost_usd=cost + min(one_hour, spend.input_tokens) * 0.75 * plain / spend.input_tokens
+    )
 
 
 # --- messages.create / parse -------------------------------------------------------------------

@@ -197,6 +197,17 @@ class InvokeObserver(BedrockObserver):
         if changed:
             self.set_usage(self._stream_usage())
 
+    def finish(self) -> None:
+        super().finish()
+        anthropic = self.anthropic
+        if (
+            self.anthropic_seen
+            and anthropic.raw_input is not None
+            and not anthropic.final
+            and self.metrics is None
+        ):
+            self.charge_received_output()  # an Anthropic body left or cut before its final count
+
     def _stream_usage(self) -> Spend | None:
         """Anthropic's own events (they carry the cache figures), else Bedrock's closing
         metrics, else Llama's running counts."""

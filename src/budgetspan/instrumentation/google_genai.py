@@ -1,6 +1,7 @@
 """Google Gen AI SDK (``google-genai``) instrumentation: Gemini API and Vertex AI, sync and async,
 whole responses and streams; the Python functions the SDK calls itself (automatic function
-calling) are budgeted tool calls.
+calling) are budgeted tool calls, and the SDK's own retries (``HttpRetryOptions``) count against
+``max_retries``, each refused at the limit before it is sent.
 
 ``client.models.generate_content`` may send several requests: automatic function calling calls
 the model again after running the functions, and automatic continuation resumes a long answer
@@ -21,6 +22,7 @@ totals of its request, so the last one is the request's usage.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 from budgetspan import attributes as A
@@ -32,6 +34,7 @@ from budgetspan.instrumentation.openai import provider_from_url
 from budgetspan.instrumentation.patch_table import PatchInstrumentor, sync_and_async
 from budgetspan.instrumentation.patching import ResultObserver, Where, model_call, positive_int, wrapper_for
 from budgetspan.instrumentation.retrieval import atraced_tool, traced_tool
+from budgetspan.instrumentation.sdk_call import CURRENT_CALL
 from budgetspan.instrumentation.usage import count, field, pick
 
 SYSTEM = "google_genai"
@@ -193,6 +196,36 @@ def _function_wrapper(asynchronous: bool) -> Callable[..., Any]:
     return wrapper
 
 
+# --- the SDK's own retries ----------------------------------------------------------------------
+
+#: The model call whose first request has been sent in this context: the SDK's retries
+#: (``HttpRetryOptions``, off unless asked for) send the same request again below the patched
+#: method, each one ``_request_once`` more.
+_SENT: ContextVar[Call | None] = ContextVar("budgetspan_genai_sent", default=None)
+
+
+def _attempt() -> None:
+    """Past a call's first request, one more attempt: a retry, refused before it is sent at
+    ``max_retries`` (``BudgetExhausted`` is no error the SDK retries)."""
+    call = CURRENT_CALL.get()
+    if call is None:
+        return
+    if _SENT.get() is call:
+        call.retry()
+    else:
+        _SENT.set(call)
+
+
+def _request_once(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    _attempt()
+    return wrapped(*args, **kwargs)
+
+
+async def _async_request_once(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    _attempt()
+    return await wrapped(*args, **kwargs)
+
+
 # --- patch table --------------------------------------------------------------------------------
 
 _WRAPPER = wrapper_for(_call, "google-genai call setup")
@@ -211,4 +244,6 @@ class GoogleGenAIInstrumentor(PatchInstrumentor):
         *sync_and_async(_MODELS, _STREAM_WRAPPER, "Models._generate_content_stream"),
         (_FUNCTIONS, "invoke_function_from_dict_args", _function_wrapper(False)),
         (_FUNCTIONS, "invoke_function_from_dict_args_async", _function_wrapper(True)),
+        ("google.genai._api_client", "BaseApiClient._request_once", _request_once),
+        ("google.genai._api_client", "BaseApiClient._async_request_once", _async_request_once),
     )

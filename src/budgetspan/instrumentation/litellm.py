@@ -20,6 +20,13 @@ estimate. In a stream that asked for usage from a provider that sends none, Lite
 tokens itself (its tokenizer) and returns them as the usage chunk, unmarked: budgetspan records
 them as reported (never 0, but LiteLLM's count, not the provider's).
 
+Retries and fallbacks: LiteLLM catches any error inside it (also a refusal by budgetspan) and
+tries again by calling itself (``num_retries``, ``fallbacks``, ``context_window_fallback_dict``).
+Every request it begins after the first one of the call (``Logging.pre_call``, called once before
+each request it sends) is a retry of the call, counted against ``max_retries`` and refused before
+it is sent; the OpenAI SDK's own retries inside LiteLLM count as for the SDK. A refusal that
+LiteLLM wrapped in its own exception reaches the caller as the ``BudgetExhausted`` it was.
+
 Cost: budgetspan's price (genai-prices, ``BUDGETSPAN_PRICES``) by default, as for every other
 library. ``BUDGETSPAN_LITELLM_COST=litellm`` takes LiteLLM's own figure instead (its
 ``response_cost``, or its price table for a stream's usage); the span then says
@@ -30,17 +37,21 @@ from __future__ import annotations
 
 import logging
 import os
+from contextvars import ContextVar
 from dataclasses import replace
 from typing import Any
 
 from budgetspan import attributes as A
+from budgetspan.accounting.budget import BudgetExhausted
 from budgetspan.accounting.ledger import Spend
 from budgetspan.calls.call import Call
 from budgetspan.config import capture_content
+from budgetspan.instrumentation.agents import budget_error
 from budgetspan.instrumentation.observers import Observer, content_json
 from budgetspan.instrumentation.openai import ChatObserver, _ask_for_stream_usage, provider_from_url
 from budgetspan.instrumentation.patch_table import PatchInstrumentor
 from budgetspan.instrumentation.patching import model_call, positive_int, wrapper_for
+from budgetspan.instrumentation.sdk_call import CURRENT_CALL, in_model_call
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +225,84 @@ class LiteLLMObserver(ChatObserver):
 # --- wrappers -----------------------------------------------------------------------------------
 
 
+class _Attempts:
+    """The requests LiteLLM began within one budgeted call, and a refusal of one of them."""
+
+    __slots__ = ("begun", "refused")
+
+    def __init__(self) -> None:
+        self.begun = 0
+        self.refused: BudgetExhausted | None = None
+
+
+#: Set for the length of a budgeted ``completion`` / ``acompletion`` (LiteLLM's re-entries, its
+#: executor thread and its fallback loop see it: they run in a copy of the caller's context).
+_ATTEMPTS: ContextVar[_Attempts | None] = ContextVar("budgetspan_litellm_attempts", default=None)
+
 _factory = wrapper_for(_new_call, "litellm call setup")
+
+
+def _refusal(attempts: _Attempts, error: Exception) -> BudgetExhausted | None:
+    """The refusal the caller should see instead of ``error``: the one LiteLLM wrapped in it, or
+    the one that stopped a later attempt (LiteLLM reports the first attempt's error)."""
+    found = budget_error(error) or attempts.refused
+    return None if found is error else found
+
+
+def _counted(asynchronous: bool) -> Any:
+    """The call wrapper of ``wrapper_for``, with the attempts of the call counted (``_pre_call``)
+    and a refusal LiteLLM wrapped unwrapped. LiteLLM's re-entries go straight through."""
+    inner = _factory(asynchronous)
+    if asynchronous:
+
+        async def awrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+            if in_model_call():
+                return await inner(wrapped, instance, args, kwargs)
+            attempts = _Attempts()
+            token = _ATTEMPTS.set(attempts)
+            try:
+                return await inner(wrapped, instance, args, kwargs)
+            except Exception as e:
+                refusal = _refusal(attempts, e)
+                if refusal is None:
+                    raise
+                raise refusal from None
+            finally:
+                _ATTEMPTS.reset(token)
+
+        return awrapper
+
+    def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        if in_model_call():
+            return inner(wrapped, instance, args, kwargs)
+        attempts = _Attempts()
+        token = _ATTEMPTS.set(attempts)
+        try:
+            return inner(wrapped, instance, args, kwargs)
+        except Exception as e:
+            refusal = _refusal(attempts, e)
+            if refusal is None:
+                raise
+            raise refusal from None
+        finally:
+            _ATTEMPTS.reset(token)
+
+    return wrapper
+
+
+def _pre_call(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    """``Logging.pre_call``, which LiteLLM calls before each request it sends: past the first
+    request of a budgeted call, one more attempt (``max_retries``), refused before it is sent."""
+    attempts, call = _ATTEMPTS.get(), CURRENT_CALL.get()
+    if attempts is not None and call is not None:
+        attempts.begun += 1
+        if attempts.begun > 1:
+            try:
+                call.retry()
+            except BudgetExhausted as refused:
+                attempts.refused = refused
+                raise
+    return wrapped(*args, **kwargs)
 
 
 class LiteLLMInstrumentor(PatchInstrumentor):
@@ -222,9 +310,12 @@ class LiteLLMInstrumentor(PatchInstrumentor):
 
     DEPENDENCIES = ("litellm >= 1.60",)
     #: ``litellm.completion`` and ``acompletion``, bound in both modules at import (``acompletion``
-    #: calls ``litellm.main.completion``).
-    PATCHES = tuple(
-        (module, name, _factory(name == "acompletion"))
-        for module in ("litellm", "litellm.main")
-        for name in ("completion", "acompletion")
+    #: calls ``litellm.main.completion``); the hook LiteLLM calls before each request.
+    PATCHES = (
+        *(
+            (module, name, _counted(name == "acompletion"))
+            for module in ("litellm", "litellm.main")
+            for name in ("completion", "acompletion")
+        ),
+        ("litellm.litellm_core_utils.litellm_logging", "Logging.pre_call", _pre_call),
     )

@@ -19,15 +19,18 @@ from budgetspan import attributes as A
 from budgetspan.calls.call import Call
 from budgetspan.config import capture_content
 from budgetspan.instrumentation.observers import Observer, content_json
+from budgetspan.instrumentation.openai_ws import patches as websocket_patches
 from budgetspan.instrumentation.patch_table import PatchInstrumentor, sync_and_async
 from budgetspan.instrumentation.patching import (
     ResultObserver,
     given,
     model_call,
     positive_int,
+    request_text_tokens,
     retry_patches,
     wrapper_for,
 )
+from budgetspan.instrumentation.response_context import carried, remember
 from budgetspan.instrumentation.usage import field, openai_embeddings_usage, openai_usage, pick
 
 # --- provider detection -----------------------------------------------------------------------
@@ -233,7 +236,13 @@ class ResponsesObserver(ResultObserver):
                 for part in field(item, "content") or ():
                     if field(part, "type") == "output_text" and isinstance(field(part, "text"), str):
                         self.text.append(field(part, "text"))
-        self.set_usage(openai_usage(field(response, "usage")))
+        usage = openai_usage(field(response, "usage"))
+        if usage is None and status in ("queued", "in_progress"):
+            # ``background=True``: the server writes (and bills) the answer after the call
+            # returned; unknown, never zero, so its output is charged at its worst case
+            self.call.output_estimate = self.call.worst_case_tokens
+        remember(response, usage)  # what a call chained to it will carry (``response_context``)
+        self.set_usage(usage)
 
     def on_item(self, item: Any) -> None:
         kind = field(item, "type")
@@ -305,8 +314,11 @@ def _ask_for_stream_usage(call: Call, kwargs: dict[str, Any]) -> bool:
     return True
 
 
-def _responses_call(instance: Any, _args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Call, Observer]:
+def responses_call(instance: Any, _args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Call, Observer]:
     call = _new_call(A.OP_CHAT, instance, kwargs, positive_int(kwargs.get("max_output_tokens")))
+    context = carried(kwargs)
+    if context:  # an earlier exchange the server prepends, billed as input: part of the worst case
+        call.worst_case_input_tokens = context + request_text_tokens(kwargs)
     capture = capture_content()
     if capture:
         inp = given(kwargs.get("input"))
@@ -337,7 +349,7 @@ def _embeddings_call(instance: Any, _args: tuple[Any, ...], kwargs: dict[str, An
 
 
 _CHAT_WRAPPER = wrapper_for(_chat_call, "openai call setup")
-_RESPONSES_WRAPPER = wrapper_for(_responses_call, "openai call setup")
+_RESPONSES_WRAPPER = wrapper_for(responses_call, "openai call setup")
 _TEXT_WRAPPER = wrapper_for(_text_completion_call, "openai call setup")
 _EMBEDDINGS_WRAPPER = wrapper_for(_embeddings_call, "openai call setup")
 
@@ -358,4 +370,5 @@ class OpenAIInstrumentor(PatchInstrumentor):
         *sync_and_async(_COMPLETIONS, _TEXT_WRAPPER, "Completions.create"),
         *sync_and_async(_EMBEDDINGS, _EMBEDDINGS_WRAPPER, "Embeddings.create"),
         *retry_patches(_BASE),
+        *websocket_patches(responses_call),  # the Responses API over a WebSocket (``openai_ws``)
     )

@@ -38,6 +38,7 @@ from budgetspan.instrumentation.agents import (
     record_handoff,
     stopped_run,
 )
+from budgetspan.instrumentation.openai_agents_ws import PATCHES as websocket_patches
 from budgetspan.instrumentation.patch_table import PatchInstrumentor
 from budgetspan.instrumentation.retrieval import atraced_tool
 
@@ -238,4 +239,5 @@ class OpenAIAgentsInstrumentor(PatchInstrumentor):
         ("agents.run_internal.turn_resolution", "execute_handoffs", _execute_handoffs),
         ("agents.run", "AgentRunner.run", _surface_refusal),  # also run_sync
         ("agents.run", "start_streaming", _surface_refusal),  # run_streamed: raised by stream_events
+        *websocket_patches,  # the Responses API over a WebSocket: model calls (openai_agents_ws)
     )

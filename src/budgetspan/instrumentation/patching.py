@@ -9,10 +9,12 @@ reaches both providers at once.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from budgetspan import attributes as A
 from budgetspan.accounting.model_limits import max_output_tokens
+from budgetspan.accounting.pricing import default_resolver
 from budgetspan.calls.call import Call
 from budgetspan.calls.estimate import request_tokens, text_tokens
 from budgetspan.calls.pricing import reported
@@ -69,19 +71,31 @@ def model_call(
         attrs,
         provider=provider,
         model=model,
-        worst_case_tokens=worst_output_tokens(model, max_tokens, kwargs.get("n")),
-        input_estimate=lambda: request_tokens(given(kwargs[k]) for k in _REQUEST_TEXT if k in kwargs),
+        worst_case_tokens=worst_output_tokens(model, max_tokens, kwargs.get("n"), provider),
+        input_estimate=lambda: request_text_tokens(kwargs),
     )
+
+
+def request_text_tokens(kwargs: dict[str, Any]) -> int:
+    """The estimated input tokens of a request's own text (``calls.estimate``)."""
+    return request_tokens(given(kwargs[k]) for k in _REQUEST_TEXT if k in kwargs)
 
 
 #: The request fields whose text the model reads (OpenAI chat, responses, completions; Anthropic).
 _REQUEST_TEXT = ("messages", "system", "tools", "functions", "input", "instructions", "prompt")
 
 
-def worst_output_tokens(model: str | None, max_tokens: int | None, n: Any = None) -> int | None:
-    """The most output tokens a request can bring back: its limit (or the model's maximum) for
-    each of its ``n`` choices; None when neither is known."""
-    per_choice = max_tokens or max_output_tokens(model)
+def worst_output_tokens(
+    model: str | None, max_tokens: int | None, n: Any = None, provider: str = ""
+) -> int | None:
+    """The most output tokens a request can bring back: its limit (or the model's maximum, also
+    of the model a deployment name answered as) for each of its ``n`` choices; None when neither
+    is known."""
+    per_choice = (
+        max_tokens
+        or max_output_tokens(model)
+        or max_output_tokens(default_resolver().answered_as(provider, model))
+    )
     if per_choice is None:
         return None
     return per_choice * (positive_int(n) or 1)
@@ -124,6 +138,8 @@ class ResultObserver(Observer):
             # its estimate is charged when the provider reports no usage (else nothing reads it)
             calls_text = content_json(self.tool_calls) if self.tool_calls else None
             call.output_estimate = text_tokens((text or "") + (calls_text or ""))
+        elif (text or self.tool_calls) and call.usage is not None and call.usage.output_tokens is None:
+            self.charge_received_output()  # left before the output count (Gemini's comes last)
         if call.span is not None:
             attrs = call.end_attributes
             if attrs is None:
@@ -145,6 +161,20 @@ class ResultObserver(Observer):
                     attrs[A.GEN_AI_OUTPUT_MESSAGES] = encoded
         if text and call.run is not None:
             call.run.record_model_answer(text)
+
+    def charge_received_output(self) -> None:
+        """A stream left or cut before its final output count: the count it has is a
+        provisional one (Anthropic's ``message_start`` says 1), and the server bills what it
+        wrote. The text received is estimated (``budgetspan.usage.estimated.output_tokens``)
+        and charged where it is more."""
+        usage = self.call.usage
+        if usage is None:
+            return
+        calls_text = content_json(self.tool_calls) if self.tool_calls else None
+        received = text_tokens("".join(self.text) + (calls_text or ""))
+        if received > (usage.output_tokens or 0):
+            self.call.end_attributes[A.USAGE_ESTIMATED_OUTPUT] = received
+            self.set_usage(replace(usage, output_tokens=received, cost_usd=None))
 
 
 #: Builds the call and its observer from the patched method's ``instance``, ``args`` and ``kwargs``

@@ -159,6 +159,12 @@ def anthropic_usage(usage: Any) -> Spend | None:
     return _spend(inp, out, cr, cw)
 
 
+def anthropic_one_hour_writes(usage: Any) -> int:
+    """The cache writes of a one-hour TTL (``cache_creation.ephemeral_1h_input_tokens``): they
+    cost twice the input price, where five-minute writes (the rest) cost 1.25 times."""
+    return count(field(field(usage, "cache_creation"), "ephemeral_1h_input_tokens")) or 0
+
+
 _ANTHROPIC_USAGE_FIELDS = (
     "input_tokens",
     "output_tokens",
@@ -175,13 +181,16 @@ class AnthropicStreamUsage:
     restate the input side). Cumulative means it replaces, never adds: 3 then 171 is 171.
     """
 
-    __slots__ = ("cache_read", "cache_write", "output", "raw_input")
+    __slots__ = ("cache_read", "cache_write", "final", "output", "raw_input")
 
     def __init__(self) -> None:
         self.raw_input: int | None = None
         self.output: int | None = None
         self.cache_read: int | None = None
         self.cache_write: int | None = None
+        #: Whether the output count is the final one (a ``message_delta``'s), not the provisional
+        #: one of ``message_start`` (1): a stream left or cut before it never had its count.
+        self.final = False
 
     def _take(self, usage: Any) -> None:
         for attr, name in (
@@ -206,6 +215,7 @@ class AnthropicStreamUsage:
         if usage is None:
             return False
         self._take(usage)
+        self.final = self.final or (kind == "message_delta" and self.output is not None)
         return True
 
     def spend(self) -> Spend | None:
