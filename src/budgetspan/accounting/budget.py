@@ -57,6 +57,11 @@ LOOP_ACTIONS = ("stop", "warn")
 #: Tool caps: they refuse the tool (``ToolRefused``), not the run.
 TOOL_CAP_REASONS = ("tool.max_calls", "tool.max_retries")
 EXTRA_NAMES = (*LOOP_LIMIT_NAMES, *LOOP_ACTION_NAMES, "reserve_for_final")
+#: The limits that count (whole numbers), by name, in budgets and tool limits.
+COUNT_NAMES = frozenset((*INT_LIMIT_NAMES, "max_calls", *LOOP_LIMIT_NAMES))
+#: The largest count a limit may be: a float (Redis's Lua number) carries every count up to it
+#: exactly; 10**23 calls is a typo, not a budget.
+MAX_COUNT = 2**53
 
 
 def _check_limit(name: str, value: Any) -> float | int | None:
@@ -69,9 +74,12 @@ def _check_limit(name: str, value: Any) -> float | int | None:
         raise ValueError(f"{name} must be finite, got {value!r}")
     if value < 0:
         raise ValueError(f"{name} must be >= 0, got {value!r}")
-    if name in INT_LIMIT_NAMES or name in ("max_calls", *LOOP_LIMIT_NAMES):
+    if name in COUNT_NAMES:
         if isinstance(value, float) and not value.is_integer():
             raise ValueError(f"{name} must be a whole number, got {value!r}")
+        if value > MAX_COUNT:
+            got = repr(value) if value < 1e30 else "more"  # (repr of a 5,000-digit int raises)
+            raise ValueError(f"{name} must be at most 2**53, got {got}")
         return int(value)
     return float(value)
 
