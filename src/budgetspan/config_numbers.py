@@ -16,9 +16,10 @@ integer (``3``, not ``3.0``), never a bool.
 
 from __future__ import annotations
 
+import argparse
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from budgetspan.accounting.budget import (
@@ -136,3 +137,29 @@ def count_at_most(text: str, most: int) -> int:
     except ValueError:
         return -1
     return value if value <= most else -1
+
+
+def count_option(least: int) -> Callable[[str], int]:
+    """An ``argparse`` type: a count in the grammar above, at least ``least`` (``int`` took
+    ``--top -5``, ``+3``, ``1_000`` and ``١٢``)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = count_text(text.strip())
+        except ValueError as e:
+            if not text.strip().startswith("-"):
+                raise argparse.ArgumentTypeError(f"{text!r} {e}") from None
+            value = -1
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{text!r} must be at least {least}")
+        return value
+
+    return parse
+
+
+def amount_option(text: str) -> float:
+    """An ``argparse`` type: an amount in the grammar above (``float`` took ``nan`` and ``-1``)."""
+    try:
+        return amount_text(text.strip())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r} {e}") from None
