@@ -209,3 +209,27 @@ def test_under_opentelemetry_instrument_a_bad_limit_stops_the_program_with_statu
     errors = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and "the program ran" not in proc.stdout, proc.stderr[-2000:]
     assert len(errors) == 1 and name in errors[0] and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["collector", "--max-runs", "0.5"],  # was int: refused by argparse anyway, but "١٢" became 12
+        ["collector", "--max-runs", "١٢"],
+        ["collector", "--window-s", "nan"],  # was passed on to the collector process
+        ["collector", "--metrics-port", "70000"],
+        ["collector", "--ready-timeout", "-1"],
+        ["collector-config", "--sample-percent", "inf"],
+        ["demo", "--metrics-port", "+9464"],
+        ["demo", "--every", "1_0"],
+    ],
+)
+def test_every_numeric_command_line_option_takes_the_grammar(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from budgetspan import cli
+
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and f"argument {argv[1]}: {argv[2]!r}" in err, err

@@ -139,9 +139,9 @@ def count_at_most(text: str, most: int) -> int:
     return value if value <= most else -1
 
 
-def count_option(least: int) -> Callable[[str], int]:
-    """An ``argparse`` type: a count in the grammar above, at least ``least`` (``int`` took
-    ``--top -5``, ``+3``, ``1_000`` and ``١٢``)."""
+def count_option(least: int, most: int = MAX_COUNT) -> Callable[[str], int]:
+    """An ``argparse`` type: a count in the grammar above, from ``least`` to ``most`` (``int``
+    took ``--top -5``, ``+3``, ``1_000`` and ``١٢``)."""
 
     def parse(text: str) -> int:
         try:
@@ -152,6 +152,8 @@ def count_option(least: int) -> Callable[[str], int]:
             value = -1
         if value < least:
             raise argparse.ArgumentTypeError(f"{text!r} must be at least {least}")
+        if value > most:
+            raise argparse.ArgumentTypeError(f"{text!r} must be at most {most}")
         return value
 
     return parse
