@@ -90,6 +90,7 @@ def test_a_long_bad_value_is_cut_in_the_message() -> None:
         ("[profiles.p]\nmax_model_calls = 1e23", "max_model_calls"),
         ("[profiles.p]\nmax_model_calls = '١٢'", "max_model_calls"),
         ("[profiles.p]\nmax_cost_usd = inf", "max_cost_usd"),
+        ("[profiles.p]\nmax_cost_usd = 1" + "0" * 400, "max_cost_usd"),  # was OverflowError (int to float)
         ("[profiles.p]\nmax_cost_usd = nan", "max_cost_usd"),
         ("[profiles.p]\nmax_cost_usd = -0.1", "max_cost_usd"),
         ("[profiles.p]\nmax_cost_usd = '1_0'", "max_cost_usd"),
@@ -134,6 +135,8 @@ def test_a_count_past_two_to_the_53_is_refused_from_code_too() -> None:
         Budget(max_model_calls=2**53 + 1)
     with pytest.raises(ValueError, match="max_calls"):
         ToolLimits(max_calls=10**23)
+    with pytest.raises(ValueError, match="max_cost_usd must be finite"):
+        Budget(max_cost_usd=10**400)  # was OverflowError
     assert Budget(max_model_calls=2**53).max_model_calls == 2**53
 
 

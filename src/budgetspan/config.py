@@ -61,7 +61,7 @@ from budgetspan.attributes import (
     ENV_UNPRICED,
     ENV_WORKFLOW,
 )
-from budgetspan.config_numbers import ConfigError as ConfigError  # (its home since config_numbers)
+from budgetspan.config_numbers import ConfigError as ConfigError  # (defined with the number grammar)
 from budgetspan.config_numbers import amount_text, count_at_most, limit_value
 
 UNPRICED_POLICIES = ("warn", "refuse")
