@@ -106,6 +106,7 @@ def test_a_long_bad_value_is_cut_in_the_message() -> None:
         ("[tenants.acme]\nmax_cost_usd = 5\nwarn_at = '١'", "warn_at"),
         ("[tenants.acme]\nmax_cost_usd = 5\nwarn_at = '0_5'", "warn_at"),
         ("[tenants.acme]\nmax_cost_usd = 5\nwarn_at = nan", "warn_at"),
+        ("[tenants.acme]\nmax_cost_usd = 5\nwarn_at = 1" + "0" * 400, "warn_at"),  # was OverflowError
     ],
 )
 def test_toml_limits_take_the_same_bounds(tmp_path: Path, body: str, needle: str) -> None:

@@ -248,11 +248,15 @@ def _scope_budget(where: str, table: Mapping[str, Any]) -> ScopeBudget:
     warn = table.get("warn_at")
     if warn is not None and (isinstance(warn, bool) or not isinstance(warn, (int, float, str))):
         raise ConfigError(f"{where}: warn_at={warn!r} is not a number; expected {SCOPE_FORM}")
-    if isinstance(warn, str):
-        try:
+    try:
+        if isinstance(warn, str):
             amount_text(warn.strip())
-        except ValueError:
-            raise ConfigError(f"{where}: warn_at={warn!r} is not a number; expected {SCOPE_FORM}") from None
+        elif isinstance(warn, int) and warn > 1:  # (TOML's 10**400 would overflow float())
+            raise ValueError
+    except ValueError:
+        raise ConfigError(
+            f"{where}: warn_at={str(warn)[:40]!r} is not a share in (0, 1]; expected {SCOPE_FORM}"
+        ) from None
     try:
         return scope_budget_from_table(where, table, lambda w, t, a: _limits_table(w, t, a, SCOPE_FORM))
     except ValueError as e:
