@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from budgetspan import attributes as A
 from budgetspan.attributes import VERSION as __version__
+from budgetspan.config_numbers import amount_option
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -92,7 +93,7 @@ def _add_jobs(sub: Any) -> None:
         default=os.environ.get("BUDGETSPAN_REDIS_URL", "redis://127.0.0.1:6379/0"),
         help="the Redis of the jobs (default: $BUDGETSPAN_REDIS_URL or redis://127.0.0.1:6379/0)",
     )
-    watch.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    watch.add_argument("--timeout", type=amount_option, default=None, help="give up after this many seconds")
 
 
 def _add_assets(sub: Any) -> None:

@@ -26,7 +26,6 @@ from typing import Any
 from budgetspan.accounting.budget import (
     LIMIT_NAMES,
     LOOP_ACTION_NAMES,
-    LOOP_ACTIONS,
     LOOP_LIMIT_NAMES,
     TOOL_LIMIT_NAMES,
     Budget,
@@ -62,22 +61,14 @@ from budgetspan.attributes import (
     ENV_UNPRICED,
     ENV_WORKFLOW,
 )
+from budgetspan.config_numbers import ConfigError as ConfigError  # (defined with the number grammar)
+from budgetspan.config_numbers import amount_text, count_at_most, limit_value
 
 UNPRICED_POLICIES = ("warn", "refuse")
 #: What a budget may say besides its limits: loop limits and their actions (``stop`` | ``warn``),
 #: and ``reserve_for_final`` (a table in TOML; ``reserve_for_final.NAME=VALUE`` inline).
 BUDGET_KEYS = (*LIMIT_NAMES, *LOOP_LIMIT_NAMES, *LOOP_ACTION_NAMES)
 RESERVE_KEY = "reserve_for_final"
-
-
-class ConfigError(ValueError):
-    """A value that cannot be used, named with the form expected (a word over 200 characters cut)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(_LONG_WORD.sub(lambda m: f"{m[0][:120]}...({len(m[0])} characters)", message))
-
-
-_LONG_WORD = re.compile(r"\S{201,}")
 
 
 INLINE_FORM = (
@@ -107,28 +98,6 @@ BUILTIN_PROFILES: dict[str, Budget] = {
 }
 
 
-def _limit_value(source: str, name: str, raw: Any, form: str) -> Any:
-    if name in LOOP_ACTION_NAMES:
-        action = str(raw).strip().lower()
-        if action not in LOOP_ACTIONS:
-            raise ConfigError(f"{source}: {name}={raw!r}: expected one of {', '.join(LOOP_ACTIONS)}")
-        return action
-    value = raw
-    if isinstance(raw, str):
-        text = raw.strip().lower()
-        if text in ("none", "off", "unlimited", ""):
-            return None
-        try:
-            value = float(text) if any(c in text for c in ".e") or text in ("inf", "nan") else int(text)
-        except ValueError:
-            raise ConfigError(f"{source}: {name}={raw!r} is not a number; expected {form}") from None
-    try:
-        Budget(**{name: value}) if name in BUDGET_KEYS else ToolLimits(**{name: value})
-    except ValueError as e:
-        raise ConfigError(f"{source}: {e}; expected {form}") from None
-    return value
-
-
 def _limits_table(
     source: str, table: Mapping[str, Any], allowed: tuple[str, ...], form: str
 ) -> dict[str, Any]:
@@ -141,7 +110,7 @@ def _limits_table(
             continue
         if k not in allowed:
             raise ConfigError(f"{source}: unknown key {k!r}; expected {form}")
-        out[k] = _limit_value(source, k, v, form) if k != "profile" else v
+        out[k] = limit_value(source, k, v, form) if k != "profile" else v
     return out
 
 
@@ -163,8 +132,8 @@ def parse_inline_budget(
     base = Budget()
     seen: set[str] = set()
     for part in text.split(","):
-        if not part.strip():
-            continue
+        if not part.strip():  # "3,," or a trailing comma: a limit lost in editing?
+            raise ConfigError(f"{source}={text!r}: an empty item between commas; expected {INLINE_FORM}")
         if "=" not in part:
             raise ConfigError(f"{source}: {part.strip()!r} has no '='; expected {INLINE_FORM}")
         name, raw = (s.strip() for s in part.split("=", 1))
@@ -181,11 +150,11 @@ def parse_inline_budget(
             if kept not in LIMIT_NAMES:
                 raise ConfigError(f"{source}: unknown limit {kept!r} to reserve; expected {INLINE_FORM}")
             reserve = values.setdefault(RESERVE_KEY, {})
-            reserve[kept] = _limit_value(source, kept, raw, INLINE_FORM)
+            reserve[kept] = limit_value(source, kept, raw, INLINE_FORM)
             continue
         if name not in BUDGET_KEYS:
             raise ConfigError(f"{source}: unknown limit {name!r}; expected {INLINE_FORM}")
-        values[name] = _limit_value(source, name, raw, INLINE_FORM)
+        values[name] = limit_value(source, name, raw, INLINE_FORM)
     return base.merged(**values)
 
 
@@ -279,11 +248,15 @@ def _scope_budget(where: str, table: Mapping[str, Any]) -> ScopeBudget:
     warn = table.get("warn_at")
     if warn is not None and (isinstance(warn, bool) or not isinstance(warn, (int, float, str))):
         raise ConfigError(f"{where}: warn_at={warn!r} is not a number; expected {SCOPE_FORM}")
-    if isinstance(warn, str):
-        try:
-            float(warn)
-        except ValueError:
-            raise ConfigError(f"{where}: warn_at={warn!r} is not a number; expected {SCOPE_FORM}") from None
+    try:
+        if isinstance(warn, str):
+            amount_text(warn.strip())
+        elif isinstance(warn, int) and warn > 1:  # (TOML's 10**400 would overflow float())
+            raise ValueError
+    except ValueError:
+        raise ConfigError(
+            f"{where}: warn_at={str(warn)[:40]!r} is not a share in (0, 1]; expected {SCOPE_FORM}"
+        ) from None
     try:
         return scope_budget_from_table(where, table, lambda w, t, a: _limits_table(w, t, a, SCOPE_FORM))
     except ValueError as e:
@@ -398,25 +371,20 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
-def _digits(text: str, most: int) -> bool:
-    """Plain ASCII digits, at most ``most`` of them (a 5,000-digit number never reaches ``int``)."""
-    return text.isascii() and text.isdigit() and len(text) <= most
-
-
 def check_switches(env: Mapping[str, str]) -> None:
     """The metrics port, address and multiprocess directory, the label caps, the tenant labels,
     the traces file (one spans can be appended to), the on/off and choice switches."""
     port = env.get(ENV_METRICS_PORT, "").strip()
-    if port and not (_digits(port, 5) and int(port) <= 65535):
+    if port and count_at_most(port, 65535) < 0:
         raise ConfigError(
             f"{ENV_METRICS_PORT}={port[:40]!r}: expected a port number, 0 to 65535 (0: any free port)"
         )
     for name in (ENV_METRICS_MAX_LABEL_VALUES, ENV_METRICS_MAX_SERIES):
         raw = env.get(name, "").strip()
-        if raw and not (_digits(raw, 9) and int(raw) >= 1):
+        if raw and count_at_most(raw, 999_999_999) < 1:
             raise ConfigError(f"{name}={raw[:40]!r}: expected a positive integer")
     tenants = env.get(ENV_METRICS_TENANTS, "").strip()
-    if tenants.lower().startswith("top:") and not (_digits(tenants[4:], 9) and int(tenants[4:]) >= 1):
+    if tenants.lower().startswith("top:") and count_at_most(tenants[4:], 999_999_999) < 1:
         raise ConfigError(
             f"{ENV_METRICS_TENANTS}={tenants[:40]!r}: expected tenant names (acme,globex) or top:N, "
             "N a positive integer"

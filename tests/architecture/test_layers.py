@@ -16,6 +16,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("attributes",),
     ("events",),
     ("accounting",),
+    ("config_numbers",),  # ConfigError and the grammar of numbers in configuration (under config)
     ("config",),
     ("runs",),
     ("cache",),  # keys from the run's identity; used by calls (@tool(cache=...))

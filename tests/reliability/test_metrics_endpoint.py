@@ -204,6 +204,37 @@ def test_keep_alive_head_gzip_and_refusals(served: Served) -> None:
         assert sock.recv(100).startswith(b"HTTP/1.1 431")
 
 
+@pytest.mark.parametrize(
+    ("accept_encoding", "gzipped"),
+    [
+        ("gzip;q=0", False),  # q=0: "not acceptable" (RFC 9110 12.4.2); it was sent gzip
+        ("gzip; q=0.000, identity", False),
+        ("deflate, gzip;Q=0", False),
+        ("br;q=1, gzip ; q=0.0", False),
+        ("identity", False),
+        ("x-gzipped", False),
+        ("gzip;q=abc", False),  # no valid weight: the body every client can read
+        ("gzip;q=1.5", False),
+        ("gzip", True),
+        ("gzip;", True),  # an empty parameter: no weight, so 1
+        ("GZIP;q=0.5", True),
+        ("deflate;q=1, gzip;q=0.001", True),
+        ("x-gzip", True),
+        ("br, gzip;q=1.000", True),
+    ],
+)
+def test_gzip_only_when_the_client_accepts_it(served: Served, accept_encoding: str, gzipped: bool) -> None:
+    conn = http.client.HTTPConnection(served.host, served.port, timeout=10)
+    try:
+        conn.request("GET", "/metrics", headers={"Accept-Encoding": accept_encoding})
+        resp = conn.getresponse()
+        body = resp.read()
+    finally:
+        conn.close()
+    assert resp.status == 200 and (resp.getheader("Content-Encoding") == "gzip") is gzipped
+    assert b"# HELP budgetspan_runs_total" in (gzip.decompress(body) if gzipped else body)
+
+
 @pytest.mark.parametrize("served", [{"max_connections": 8, "idle_timeout_s": 30.0}], indirect=True)
 def test_connections_that_never_read_their_responses_cannot_lock_out_a_scraper(served: Served) -> None:
     """Connections that pipeline requests and never read (each stuck sending a response) filled

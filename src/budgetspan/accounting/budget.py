@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -57,6 +58,11 @@ LOOP_ACTIONS = ("stop", "warn")
 #: Tool caps: they refuse the tool (``ToolRefused``), not the run.
 TOOL_CAP_REASONS = ("tool.max_calls", "tool.max_retries")
 EXTRA_NAMES = (*LOOP_LIMIT_NAMES, *LOOP_ACTION_NAMES, "reserve_for_final")
+#: The limits that count (whole numbers), by name, in budgets and tool limits.
+COUNT_NAMES = frozenset((*INT_LIMIT_NAMES, "max_calls", *LOOP_LIMIT_NAMES))
+#: The largest count a limit may be: a float (Redis's Lua number) carries every count up to it
+#: exactly; 10**23 calls is a typo, not a budget.
+MAX_COUNT = 2**53
 
 
 def _check_limit(name: str, value: Any) -> float | int | None:
@@ -67,12 +73,20 @@ def _check_limit(name: str, value: Any) -> float | int | None:
         raise ValueError(f"{name} must be a number or None, got {value!r}")
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value!r}")
+    if isinstance(value, int) and abs(value) > 10**30:  # (repr of a 5,000-digit int raises)
+        got = f"an integer of {value.bit_length()} bits"
+    else:
+        got = repr(value)
     if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
-    if name in INT_LIMIT_NAMES or name in ("max_calls", *LOOP_LIMIT_NAMES):
+        raise ValueError(f"{name} must be >= 0, got {got}")
+    if name in COUNT_NAMES:
         if isinstance(value, float) and not value.is_integer():
-            raise ValueError(f"{name} must be a whole number, got {value!r}")
+            raise ValueError(f"{name} must be a whole number, got {got}")
+        if value > MAX_COUNT:  # (also inf)
+            raise ValueError(f"{name} must be at most 2**53, got {got}")
         return int(value)
+    if value > sys.float_info.max:  # an int past float's range (TOML reads 10**400 as one)
+        raise ValueError(f"{name} must be finite, got {got}")
     return float(value)
 
 

@@ -38,6 +38,7 @@ from budgetspan.collector.normalise import apply_plan, token_count
 from budgetspan.collector.shape import shape_of
 from budgetspan.collector.window import DEFAULT_MAX_RUNS, DEFAULT_WINDOW_S, RunState, RunWindow
 from budgetspan.config import Config, ConfigError, load_config
+from budgetspan.config_numbers import env_amount, env_count
 from budgetspan.runs.phases import DEFAULT_PHASE_BY_OPERATION
 
 log = logging.getLogger(__name__)
@@ -75,25 +76,12 @@ class TierOptions:
         keep = keep_raw in _TRUE
         return cls(
             keep_content=keep,
-            window_s=_positive(env, A.ENV_COLLECTOR_WINDOW_S, DEFAULT_WINDOW_S),
-            max_runs=int(_positive(env, A.ENV_COLLECTOR_MAX_RUNS, DEFAULT_MAX_RUNS)),
+            window_s=env_amount(env, A.ENV_COLLECTOR_WINDOW_S, DEFAULT_WINDOW_S),
+            max_runs=env_count(env, A.ENV_COLLECTOR_MAX_RUNS, DEFAULT_MAX_RUNS, least=1),
             plain_scopes=frozenset(
                 name.strip() for name in env.get(A.ENV_COLLECTOR_PLAIN_SCOPES, "").split(",") if name.strip()
             ),
         )
-
-
-def _positive(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-        if not math.isfinite(value) or value <= 0:
-            raise ValueError
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r}: expected a positive number") from None
-    return value
 
 
 @dataclass(slots=True)

@@ -25,6 +25,7 @@ from pathlib import Path
 from types import FrameType
 
 from budgetspan import attributes as A
+from budgetspan.config_numbers import amount_option, count_option
 
 PROCESSOR = Path(__file__).with_name("rotel_processor.py")
 
@@ -34,11 +35,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--otlp-http-endpoint", default="127.0.0.1:4318", help="OTLP/HTTP receiver")
     p.add_argument("--exporter-endpoint", help="forward spans here over OTLP (none: discard them)")
     p.add_argument("--exporter-protocol", choices=("http", "grpc"), default="http")
-    p.add_argument("--metrics-port", type=int, default=9464, help="Prometheus /metrics of the tier")
+    p.add_argument(
+        "--metrics-port", type=count_option(0, 65535), default=9464, help="Prometheus /metrics of the tier"
+    )
     p.add_argument("--metrics-addr", default="127.0.0.1")
     p.add_argument("--keep-content", action="store_true", help="do not redact message content")
-    p.add_argument("--window-s", type=float, help="close a run idle this long (default 300)")
-    p.add_argument("--max-runs", type=int, help="runs held at once (default 50000)")
+    p.add_argument("--window-s", type=amount_option, help="close a run idle this long (default 300)")
+    p.add_argument("--max-runs", type=count_option(1), help="runs held at once (default 50000)")
     p.add_argument(
         "--plain-scope",
         action="append",
@@ -47,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="an instrumentation scope free of GenAI data: its spans are not read (neither priced nor "
         "redacted), only a root ends its trace's run; repeat for several",
     )
-    p.add_argument("--ready-timeout", type=float, default=30.0)
+    p.add_argument("--ready-timeout", type=amount_option, default=30.0)
     p.add_argument("--processor", default=str(PROCESSOR), help=argparse.SUPPRESS)
     p.add_argument("rotel_args", nargs="*", help="more rotel options, after --")
 

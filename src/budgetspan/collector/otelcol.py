@@ -29,6 +29,7 @@ from budgetspan.collector.content import (
     EXCEPTION_TEXT_KEYS,
 )
 from budgetspan.collector.normalise import OPERATION_BY_REQUEST_TYPE, TEXT_SOURCES, TOKEN_SOURCES
+from budgetspan.config_numbers import amount_option
 from budgetspan.runs.phases import DEFAULT_PHASE_BY_OPERATION
 
 DEFAULT_MODELS = (
@@ -45,7 +46,7 @@ MTOK = 1_000_000
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", default=",".join(DEFAULT_MODELS), help="provider/model,... to price")
     p.add_argument("--exporter-endpoint", default="backend:4317", help="where traces go (OTLP/gRPC)")
-    p.add_argument("--sample-percent", type=float, default=10.0, help="share of ordinary traces kept")
+    p.add_argument("--sample-percent", type=amount_option, default=10.0, help="share of ordinary traces kept")
     p.add_argument("--load-balance", help="comma-separated collector hosts: emit the first tier")
 
 

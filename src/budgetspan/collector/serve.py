@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from budgetspan import attributes as A
 from budgetspan.collector.core import Tier, TierOptions
 from budgetspan.config import ConfigError, is_host
+from budgetspan.config_numbers import count_at_most
 from budgetspan.processors.metrics_server import MetricsServer
 
 log = logging.getLogger(__name__)
@@ -36,14 +37,14 @@ def start_tier() -> Tier:
     tier = Tier(TierOptions.from_env(), registry=registry)
     port = os.environ.get(A.ENV_COLLECTOR_METRICS_PORT, "").strip()
     if port:
-        if not (port.isascii() and port.isdigit() and len(port) <= 5 and int(port) <= 65535):
+        if count_at_most(port, 65535) < 0:
             raise ConfigError(f"{A.ENV_COLLECTOR_METRICS_PORT}={port[:40]!r}: expected a port number")
         addr = os.environ.get(A.ENV_COLLECTOR_METRICS_ADDR, "").strip() or DEFAULT_METRICS_ADDR
         if not is_host(addr):
             raise ConfigError(
                 f"{A.ENV_COLLECTOR_METRICS_ADDR}={addr[:40]!r}: expected an IP address or a host name"
             )
-        MetricsServer(registry, addr, int(port), reuse=0.0).start()
+        MetricsServer(registry, addr, count_at_most(port, 65535), reuse=0.0).start()
     threading.Thread(target=_sweep_forever, args=(tier,), name="budgetspan-sweeper", daemon=True).start()
     tier.resolver.is_priced("openai", "gpt-4o-mini")  # the price table loads now, not under the first batch
     return tier

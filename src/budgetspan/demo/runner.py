@@ -27,6 +27,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 import budgetspan
 from budgetspan import attributes as A
 from budgetspan.config import Config, ConfigError, get_config, parse_config_file, set_config
+from budgetspan.config_numbers import amount_option, count_at_most, count_option
 from budgetspan.demo import jobs as demo_jobs
 from budgetspan.demo.agent import SupportAgent, TicketResult
 from budgetspan.demo.data import TICKETS, Ticket
@@ -81,13 +82,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--metrics-port",
-        type=int,
+        type=count_option(0, 65535),
         metavar="PORT",
         help=f"metrics port (default with --serve: $BUDGETSPAN_METRICS_PORT, else {DEFAULT_METRICS_PORT}; 0: any free port)",
     )
     p.add_argument(
         "--every",
-        type=float,
+        type=amount_option,
         metavar="SECONDS",
         help="with --serve: run the tickets again every SECONDS, so dashboards see live rates",
     )
@@ -109,7 +110,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="then draft 16 more tickets on two routes (a cheap model, a strong one) and show which "
         "is cheaper per resolved ticket (the report's routing evaluation)",
     )
-    p.add_argument("--latency-scale", type=float, default=1.0, help=argparse.SUPPRESS)
+    p.add_argument("--latency-scale", type=amount_option, default=1.0, help=argparse.SUPPRESS)
 
 
 def options_from(args: argparse.Namespace) -> DemoOptions:
@@ -256,7 +257,8 @@ def run_demo(opts: DemoOptions, out: IO[str] | None = None) -> int:
     metrics_port = opts.metrics_port
     if opts.serve and metrics_port is None:
         from_env = os.environ.get(A.ENV_METRICS_PORT, "").strip()
-        metrics_port = int(from_env) if from_env.isdigit() else DEFAULT_METRICS_PORT
+        port = count_at_most(from_env, 65535)  # (str.isdigit took "²", which int() refuses)
+        metrics_port = port if port >= 0 else DEFAULT_METRICS_PORT
 
     server: ModelServer | None = None
     host: demo_jobs.JobsHost | None = None

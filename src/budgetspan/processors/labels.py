@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from budgetspan import attributes as A
+from budgetspan.config_numbers import count_at_most
 
 log = logging.getLogger(__name__)
 
@@ -168,11 +169,8 @@ def _positive_int_from_env(name: str, default: int) -> int:
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
-    try:
-        value = int(raw)
-        if value < 1:
-            raise ValueError
-    except ValueError:
+    value = count_at_most(raw, 999_999_999)  # (as configure() checked it)
+    if value < 1:
         log.error("budgetspan: %s=%r is not a positive integer; using %d", name, raw, default)
         return default
     return value

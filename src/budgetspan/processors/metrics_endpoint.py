@@ -19,6 +19,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from budgetspan import attributes as A
 from budgetspan import events
+from budgetspan.config_numbers import count_at_most
 from budgetspan.processors.metrics import BudgetspanMetrics, multiprocess_mode
 from budgetspan.processors.metrics_server import MetricsServer
 from budgetspan.processors.scope_metrics import ScopeMetrics
@@ -64,11 +65,8 @@ def port_from_env() -> int | None:
     raw = os.environ.get(A.ENV_METRICS_PORT, "").strip()
     if not raw:
         return None
-    try:
-        port = int(raw)
-        if not 0 <= port <= 65535:
-            raise ValueError
-    except ValueError:
+    port = count_at_most(raw, 65535)  # (configure() refused a bad one already: the same grammar)
+    if port < 0:
         log.error(
             "budgetspan: %s=%r is not a port number (0-65535); the metrics endpoint is off",
             A.ENV_METRICS_PORT,

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import re
 import selectors
 import socket
 import threading
@@ -325,7 +326,7 @@ class MetricsServer:
             return _simple(405, "Method Not Allowed", b"Allow: GET, HEAD\r\n"), False
         if target.split("?", 1)[0] == "/favicon.ico":
             return _simple(404, "Not Found"), False
-        gzipped = "gzip" in headers.get("accept-encoding", "")
+        gzipped = accepts_gzip(headers.get("accept-encoding", ""))
         try:
             content_type, body = self.exposition.body(headers.get("accept", ""), gzipped)
         except Exception:
@@ -334,6 +335,27 @@ class MetricsServer:
         extra = b"Content-Encoding: gzip\r\n" if gzipped else b""
         head_out = _head(200, "OK", content_type, len(body), keep, extra)
         return (head_out if method == "HEAD" else head_out + body), keep
+
+
+_QVALUE = re.compile(r"q=(0(\.[0-9]{0,3})?|1(\.0{0,3})?)", re.IGNORECASE)
+
+
+def accepts_gzip(header: str) -> bool:
+    """Whether an ``Accept-Encoding`` header names gzip (or x-gzip) with a weight above 0.
+
+    ``gzip;q=0`` means "not acceptable" (RFC 9110, 12.4.2): it was served gzip because the
+    header held the word. A weight that is no qvalue (``q=abc``, ``q=1.5``) counts as a refusal:
+    the plain body is one every client can read. ``*`` is not read as gzip, for the same reason."""
+    for item in header.split(","):
+        coding, *params = (part.strip() for part in item.split(";"))
+        if coding.lower() not in ("gzip", "x-gzip"):
+            continue
+        weights = [p.replace(" ", "") for p in params if p[:1] in ("q", "Q")]
+        if not weights:
+            return True
+        found = _QVALUE.fullmatch(weights[-1])
+        return found is not None and float(found[1]) > 0
+    return False
 
 
 def _head_end(buf: bytes) -> tuple[int, int] | None:

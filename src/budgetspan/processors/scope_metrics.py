@@ -24,6 +24,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
 from budgetspan import attributes as A
 from budgetspan.accounting.scopes import SCOPE_KINDS
+from budgetspan.config_numbers import count_at_most
 from budgetspan.processors.labels import clean_value
 from budgetspan.processors.metrics import multiprocess_mode
 
@@ -47,7 +48,7 @@ class TenantLabels:
         self.allowed: set[str] = set()
         self.top = 0
         if raw.lower().startswith("top:"):
-            self.top = max(0, int(raw[4:] or 0))
+            self.top = max(0, count_at_most(raw[4:], 999_999_999))  # as configure() checked it
         elif raw:
             self.allowed = {clean_value(name.strip()) for name in raw.split(",") if name.strip()}
         self._sketch: dict[str, tuple[float, float]] = {}

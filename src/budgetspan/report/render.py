@@ -21,6 +21,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
+from budgetspan.config_numbers import count_option
 from budgetspan.report import native, routing_cli
 from budgetspan.report.bounds import MAX_SPANS_IN_FLIGHT, WINDOW
 from budgetspan.report.by_scope import BY as SCOPE_BY
@@ -324,13 +325,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="per-run estimates to compare against: [workflows.NAME] with any of " + ", ".join(PLAN_ITEMS),
     )
     p.add_argument("--format", choices=FORMATS, default="table")
-    p.add_argument("--top", type=int, default=5, help="how many largest contributors to list")
+    p.add_argument("--top", type=count_option(1), default=5, help="how many largest contributors to list")
     p.add_argument(
         "--progress", action="store_true", help="show a progress bar even when stderr is not a terminal"
     )
     p.add_argument(
         "--max-spans-in-flight",
-        type=int,
+        type=count_option(1),
         default=MAX_SPANS_IN_FLIGHT,
         metavar="N",
         help="hold at most N spans of runs not yet complete; past it, the oldest runs are reported "

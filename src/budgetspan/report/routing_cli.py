@@ -7,6 +7,7 @@ import argparse
 from collections.abc import Iterable, Mapping
 from typing import IO, TYPE_CHECKING
 
+from budgetspan.config_numbers import count_option
 from budgetspan.report.bounds import MAX_TIMELINES
 from budgetspan.report.by_scope import BY as SCOPE_BY
 from budgetspan.report.results import Analysis
@@ -41,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--html", metavar="DIR", help="also write a self-contained HTML report to DIR/index.html")
     p.add_argument(
         "--html-max-timelines",
-        type=int,
+        type=count_option(0),
         default=MAX_TIMELINES,
         metavar="N",
         help=f"per-run timelines in the HTML report (the first N runs; default {MAX_TIMELINES:,})",
