@@ -128,6 +128,7 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
         self._local_runs: set[str] = set()
         self._lock = threading.Lock()
         self._pending = PendingSettlements(self._send_pending, settle_lag_s)
+        self._server.on_change = self._server_changed  # (redis_outage)
         _flush_at_process_end(self)
 
     @staticmethod
@@ -171,8 +172,9 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
             known.remember(ticket, script, text, tool)
         return reply
 
-    def _open_on_redis(self, run_id: str, known: RunMirror, openers: int, within: float) -> None:
-        """Open the run (``openers`` 1) or restore it (0) on Redis from the budget and the mirror."""
+    def _open_on_redis(self, run_id: str, known: RunMirror, openers: int, within: float) -> bool:
+        """Open the run (``openers`` 1) or restore it (0) on Redis from the budget and the mirror;
+        whether its hash was made."""
         with known.lock:
             fields = budget_fields(known.budget, known.mode)
             if known.started_at is not None:
@@ -197,6 +199,7 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
             known.clock_from_short = known.clock_from - (float(keep) if keep else 0.0)
             known.refreshed = _now()
         known.remember(ticket, "open", text)
+        return bool(created == 1)
 
     def _restore(self, run_id: str, known: RunMirror, within: float) -> None:
         self._lost(run_id, known)

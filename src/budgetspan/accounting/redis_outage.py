@@ -1,11 +1,13 @@
 """The Redis ledger when Redis cannot be reached (``on_error``): account the run locally from
-then on (``open``, and observe mode), or report it and try Redis again next time (``closed``)."""
+then on (``open``, and observe mode), or report it and try Redis again next time (``closed``);
+and when another server answers (restarted, failed over): set the open runs back."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from budgetspan import events
 from budgetspan.accounting.budget import Budget
@@ -24,6 +26,11 @@ class OutageOnRedis:
     _local: InMemoryLedger
     _local_runs: set[str]
     _lock: threading.Lock
+    _errors: tuple[type[BaseException], ...]
+    # (RedisLedger's own; declared here, not defined: a mixin's stub would hide the real one)
+    _open_on_redis: Callable[[str, RunMirror, int, float], bool]
+    _within: Callable[[RunMirror | None], float]
+    _lost: Callable[[str, RunMirror], None]
 
     def _mode(self, run_id: str) -> Mode:
         known = self._known.get(run_id)
@@ -60,3 +67,34 @@ class OutageOnRedis:
             "budgetspan: Redis ledger unreachable for run %s (%s: %s); this process accounts the run "
             "locally from now on (counts restart from zero)",
         )
+
+    def _server_changed(self, before: bytes, after: bytes) -> None:
+        """Another Redis answers (``redis_wire``: its ``run_id`` changed): restarted, or a replica
+        promoted. Its copy of a run may be gone or older than what this process last heard (a
+        snapshot taken before the last calls, replication lag): a run's count would start again
+        below what was spent. Each run open here on Redis is set back to at least what this
+        process knew, before the script that noticed is sent. Never raises."""
+        with self._lock:
+            runs = [(rid, known) for rid, known in self._known.items() if rid not in self._local_runs]
+        for run_id, known in runs:
+            try:
+                made = self._open_on_redis(run_id, known, 0, self._within(known))
+            except self._errors as e:  # (the call that noticed meets the same failure)
+                self._report(run_id, e, "budgetspan: Redis ledger unreachable for run %s (%s: %s)")
+                continue
+            if made:
+                self._lost(run_id, known)
+                continue
+            if "rolled back" not in known.logged:
+                known.logged.add("rolled back")
+                log.warning(
+                    "budgetspan: Redis restarted or failed over while run %s was open (server "
+                    "run_id %s, was %s): its record there may be older than what this process "
+                    "knew, and was set back to at least that. Scope windows (tenant, user, "
+                    "conversation, workflow budgets) may have lost what was written after the "
+                    "server's last snapshot: run that Redis with appendonly yes",
+                    run_id,
+                    after.decode(errors="replace"),
+                    before.decode(errors="replace"),
+                )
+            events.emit("on_internal_error", "redis_ledger")

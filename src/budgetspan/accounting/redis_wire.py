@@ -13,6 +13,12 @@ handshake are bounded too.
 it again and the call is retried once; a server without functions (Redis 6) or a user not allowed
 to load them gets each script with ``EVALSHA`` (the script itself when the server lacks it).
 
+**Which server.** Each new connection (and each reconnection) asks ``INFO server`` for the
+server's ``run_id`` before any script goes on it: another id means a restart or a failover, whose
+copy of a run may be older than what this process heard (a snapshot, replication lag), and
+``on_change`` is called first (``RedisLedger`` sets its open runs back). A user not allowed
+``INFO`` is not asked again.
+
 A call whose wait runs out drops its connection (a late reply must never be read as the answer
 to the next command); its script may still run when the server wakes, which counts a call that
 was not made (an overshoot of the count, never an undercount).
@@ -23,7 +29,9 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
-from collections.abc import Sequence
+import re
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,12 +59,22 @@ class Server:
         self.functions = True
         #: When this process last refreshed each scope window without an end (``redis_scopes``).
         self.refreshed: dict[str, float] = {}
+        #: The ``run_id`` of the server last connected to; ``on_change(before, after)`` is called
+        #: when a new connection finds another (``_connected``).
+        self.server_id: bytes | None = None
+        self.on_change: Callable[[bytes, bytes], None] | None = None
+        self._ask_id = True
+        self._id_lock = threading.Lock()
 
     def run(self, script: Script, key: str | tuple[Any, ...], args: Sequence[Any], within_s: float) -> Any:
         """The script's reply, waited for at most ``within_s``; the connection is dropped on any
         failure (a late reply must never be read as the answer to the next command)."""
         conn = self.pool.get_connection(*self._checkout_args)
         try:
+            if not getattr(conn, "_budgetspan_watched", False):
+                conn._budgetspan_watched = True
+                conn.register_connect_callback(self._connected)
+                self._connected(conn)
             if script.function and self.functions:
                 try:
                     return self._ask(conn, within_s, script.fcall(key, args))
@@ -88,6 +106,27 @@ class Server:
             log.warning("budgetspan: Redis cannot load the ledger's functions (%s); using scripts", e)
             self.functions = False
             return False
+
+    def _connected(self, conn: Any) -> None:
+        """A connection made or made again (redis-py calls this from ``connect``): which server
+        answers; another one than before is reported (``on_change``) before any script is sent."""
+        if not self._ask_id:
+            return
+        try:
+            info = self._ask(conn, self.timeout_s, pack(("INFO", "server")))
+        except self._response_error:  # INFO not allowed for this user, or renamed
+            self._ask_id = False
+            return
+        except BaseException:
+            conn.disconnect()
+            raise
+        found = re.search(rb"run_id:(\w+)", info if isinstance(info, bytes) else str(info).encode())
+        if found is None:
+            return
+        with self._id_lock:
+            before, self.server_id = self.server_id, found.group(1)
+        if before is not None and before != found.group(1) and self.on_change is not None:
+            self.on_change(before, found.group(1))
 
     def _ask(self, conn: Any, within_s: float, command: bytes) -> Any:
         conn.send_packed_command([command])
