@@ -4,6 +4,8 @@ may drop budget keys. A real ``redis-server`` each time, restarted on the same a
 
 from __future__ import annotations
 
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from budgetspan.accounting.budget import Budget
 from budgetspan.accounting.ledger import CallKind, LedgerRefused, Mode, Spend
 from budgetspan.accounting.redis_ledger import RedisLedger
 from tests.accounting.redis_server import needs_redis_server, redis, start_redis, stop
+from tests.processes import free_port
 
 pytestmark = needs_redis_server
 
@@ -92,3 +95,55 @@ def test_a_connection_reset_on_the_same_server_restores_nothing(
         assert internal_errors == [] and "restarted or failed over" not in caplog.text
     finally:
         stop(proc)
+
+
+def test_a_redis_that_evicts_keys_when_full_is_said_at_once(
+    tmp_path: Path, internal_errors: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found: with ``maxmemory`` and an evicting policy (allkeys-lru; the volatile-* ones too,
+    every budget key has an expiry) Redis drops a tenant's daily window when full, and the
+    tenant's next call starts a fresh window: measured, 8 calls sent under a tenant's
+    max_model_calls=6, nothing said. The process keeps nothing per scope, so it cannot see the
+    window go; it now says, at its first connection, that this server can do it."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            *("redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""),
+            *("--dir", str(tmp_path), "--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru"),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        client = redis.Redis(port=port)
+        for _ in range(200):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        ledger = RedisLedger(client)
+        for run in ("a", "b"):
+            ledger.open(run, Budget(max_model_calls=3), Mode.ENFORCE)
+            ledger.reserve(run, CallKind.MODEL)
+            ledger.close(run)
+        said = [r.getMessage() for r in caplog.records if "maxmemory-policy" in r.getMessage()]
+        assert len(said) == 1 and "allkeys-lru" in said[0] and "noeviction" in said[0]
+        assert internal_errors == ["redis_ledger"]  # (budgetspan_internal_errors_total)
+    finally:
+        stop(proc)
+
+
+def test_a_redis_that_refuses_writes_when_full_is_not_warned_about(
+    redis_url: str, internal_errors: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """noeviction (or no maxmemory): nothing to say."""
+    client = redis.Redis.from_url(redis_url)
+    client.config_set("maxmemory", "64mb")
+    try:
+        ledger = RedisLedger(client)
+        ledger.open("r", Budget(max_model_calls=3), Mode.ENFORCE)
+        ledger.reserve("r", CallKind.MODEL)
+        ledger.close("r")
+        assert "maxmemory-policy" not in caplog.text and internal_errors == []
+    finally:
+        client.config_set("maxmemory", "0")

@@ -13,11 +13,12 @@ handshake are bounded too.
 it again and the call is retried once; a server without functions (Redis 6) or a user not allowed
 to load them gets each script with ``EVALSHA`` (the script itself when the server lacks it).
 
-**Which server.** Each new connection (and each reconnection) asks ``INFO server`` for the
-server's ``run_id`` before any script goes on it: another id means a restart or a failover, whose
-copy of a run may be older than what this process heard (a snapshot, replication lag), and
-``on_change`` is called first (``RedisLedger`` sets its open runs back). A user not allowed
-``INFO`` is not asked again.
+**Which server.** Each new connection (and each reconnection) asks ``INFO`` for the server's
+``run_id`` before any script goes on it: another id means a restart or a failover, whose copy of a
+run may be older than what this process heard (a snapshot, replication lag), and ``on_change`` is
+called first (``RedisLedger`` sets its open runs back). A server that evicts keys when full
+(``maxmemory`` with a policy other than ``noeviction``) can drop a scope window unseen: said once
+per server (a warning and an internal error). A user not allowed ``INFO`` is not asked again.
 
 A call whose wait runs out drops its connection (a late reply must never be read as the answer
 to the next command); its script may still run when the server wakes, which counts a call that
@@ -35,6 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from budgetspan import events
 from budgetspan.accounting.redis_library import BODIES, CORE
 
 log = logging.getLogger(__name__)
@@ -113,18 +115,21 @@ class Server:
         if not self._ask_id:
             return
         try:
-            info = self._ask(conn, self.timeout_s, pack(("INFO", "server")))
+            info = self._ask(conn, self.timeout_s, pack(("INFO",)))
         except self._response_error:  # INFO not allowed for this user, or renamed
             self._ask_id = False
             return
         except BaseException:
             conn.disconnect()
             raise
-        found = re.search(rb"run_id:(\w+)", info if isinstance(info, bytes) else str(info).encode())
+        text = info if isinstance(info, bytes) else str(info).encode()
+        found = re.search(rb"run_id:(\w+)", text)
         if found is None:
             return
         with self._id_lock:
             before, self.server_id = self.server_id, found.group(1)
+        if before != found.group(1):
+            _evictions(text)
         if before is not None and before != found.group(1) and self.on_change is not None:
             self.on_change(before, found.group(1))
 
@@ -133,6 +138,23 @@ class Server:
         if not conn.can_read(timeout=within_s):
             raise self._timeout(f"no reply from Redis within {within_s:.3g} s")
         return conn.read_response(disable_decoding=True)
+
+
+def _evictions(info: bytes) -> None:
+    """Say so when the server (``INFO``'s text) may evict keys: a scope window (a tenant's day)
+    dropped when Redis is full starts again from zero, and no process can see it go."""
+    limit = re.search(rb"\nmaxmemory:(\d+)", info)
+    policy = re.search(rb"\nmaxmemory_policy:([\w-]+)", info)
+    if limit is None or policy is None or int(limit.group(1)) == 0 or policy.group(1) == b"noeviction":
+        return
+    log.warning(
+        "budgetspan: the Redis of the ledger evicts keys when full (maxmemory-policy %s, maxmemory "
+        "%s bytes): it can drop a run's or a scope window's record, and a tenant's or user's "
+        "window then starts again from zero unseen. Set maxmemory-policy noeviction on it",
+        policy.group(1).decode(),
+        limit.group(1).decode(),
+    )
+    events.emit("on_internal_error", "redis_ledger")
 
 
 class Packed(bytes):
