@@ -16,7 +16,8 @@ from budgetspan import events
 from budgetspan.accounting.budget import Budget
 from budgetspan.accounting.ledger import CallKind, LedgerRefused, Mode, Spend
 from budgetspan.accounting.redis_ledger import RedisLedger
-from tests.accounting.redis_server import needs_redis_server, redis, start_redis, stop
+from budgetspan.accounting.redis_pending import RETRY_S
+from tests.accounting.redis_server import frozen, needs_redis_server, redis, run_figures, start_redis, stop
 from tests.processes import free_port
 
 pytestmark = needs_redis_server
@@ -147,3 +148,35 @@ def test_a_redis_that_refuses_writes_when_full_is_not_warned_about(
         assert "maxmemory-policy" not in caplog.text and internal_errors == []
     finally:
         client.config_set("maxmemory", "0")
+
+
+@pytest.mark.parametrize("on_error", ["open", "closed"])
+def test_a_settlement_whose_reply_was_lost_is_not_applied_twice(
+    tmp_path: Path, on_error: str, internal_errors: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found: Redis stopped (SIGSTOP) past ``timeout_s`` while a settlement waited to be sent; the
+    settling thread timed out, kept it and sent it again, and when Redis woke it ran every copy
+    (a script sent on a dropped connection still runs). Call A's $0.60 worst case was given back
+    twice, taking call B's $0.30 with it, and its $0.01 counted twice: held $0.00, spent $0.02,
+    and a peer's $0.90 call was granted with B in flight under max_cost_usd=1 (an overshoot past
+    the documented bound), nothing said. A settlement whose script may have run is never sent
+    again now (its worst case may stay held: more spend seen, never less), and that is said."""
+    proc, port = start_redis(tmp_path)
+    try:
+        mine = RedisLedger(redis.Redis(port=port), on_error=on_error, timeout_s=0.5)  # lag 0.05 s
+        peer = RedisLedger(redis.Redis(port=port), on_error=on_error, timeout_s=0.5)
+        for ledger in (mine, peer):
+            ledger.open("r", Budget(max_cost_usd=1.0), Mode.ENFORCE)
+        a = mine.reserve("r", CallKind.MODEL, worst_case_cost=0.6)
+        mine.reserve("r", CallKind.MODEL, worst_case_cost=0.3)  # B, in flight to the end
+        with frozen(proc):
+            mine.commit(a, Spend(cost_usd=0.01))  # pending; the thread sends it, times out...
+            time.sleep(0.55 + RETRY_S + 0.95)  # ...and (before) sent it again after RETRY_S
+        time.sleep(1.0)  # awake: every copy sent has run
+        held, spent = run_figures(redis.Redis(port=port), mine.key("r"), "held:cost_usd", "cost_usd")
+        assert held >= 0.3 - 1e-9 and spent <= 0.01 + 1e-9
+        with pytest.raises(LedgerRefused):  # $0.01 + B's $0.30 + $0.90 > $1
+            peer.reserve("r", CallKind.MODEL, worst_case_cost=0.9)
+        assert internal_errors and "may have run" in caplog.text
+    finally:
+        stop(proc)

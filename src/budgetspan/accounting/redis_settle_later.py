@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -14,6 +15,9 @@ from budgetspan.accounting.ledger import CallKind, LedgerRefused, Mode, Refusal,
 from budgetspan.accounting.memory import InMemoryLedger
 from budgetspan.accounting.redis_mirror import refusal_from
 from budgetspan.accounting.redis_pending import RETRY_S, Pending, PendingSettlements
+from budgetspan.accounting.redis_wire import may_have_run
+
+log = logging.getLogger("budgetspan.accounting.redis_ledger")
 
 
 class SettleLaterOnRedis:
@@ -46,8 +50,11 @@ class SettleLaterOnRedis:
         try:
             both = (pending.args[0] + args[0], *pending.args[1:], args[1])  # (numbers packed in one)
             reply = self._call("settle_reserve", run_id, both, tool, scopes=scopes)
-        except BaseException:
-            self._pending.put_back(run_id, pending)
+        except BaseException as e:
+            if may_have_run(e):  # never twice: the worst case may stay held (more seen, not less)
+                _unsure(run_id, e)
+            else:
+                self._pending.put_back(run_id, pending)
             raise
         settled, reply = reply.split(b" ", 1)
         redis_scopes.warn(settled, pending.reservation.scopes)
@@ -80,6 +87,9 @@ class SettleLaterOnRedis:
             except KeyError:  # the run is closed: nothing to settle
                 return
             except self._errors as e:
+                if background and may_have_run(e):  # never twice (``_unsure``)
+                    _unsure(run_id, e)
+                    return
                 if background:
                     self._pending.put_back(run_id, pending, RETRY_S)
                     return
@@ -140,6 +150,21 @@ class SettleLaterOnRedis:
             yield holder
         finally:
             self.close(holder)
+
+
+def _unsure(run_id: str, error: BaseException) -> None:
+    """A settlement sent to Redis whose reply never came (a timeout, a connection lost): it may
+    have run, so it is not sent again (twice, it would give back another call's worst case too).
+    If it did not run, its worst case stays held until the run ends: peers see more spend than
+    there is, never less."""
+    log.warning(
+        "budgetspan: a settlement of run %s got no reply from Redis (%s: %s) and may have run: not "
+        "sent again; if it did not run, the call's worst case stays held on Redis",
+        run_id,
+        type(error).__name__,
+        error,
+    )
+    events.emit("on_internal_error", "redis_ledger")
 
 
 #: The suffix of a closed run's record for its late calls (``_after_close``).

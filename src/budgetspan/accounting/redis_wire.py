@@ -22,7 +22,9 @@ per server (a warning and an internal error). A user not allowed ``INFO`` is not
 
 A call whose wait runs out drops its connection (a late reply must never be read as the answer
 to the next command); its script may still run when the server wakes, which counts a call that
-was not made (an overshoot of the count, never an undercount).
+was not made (an overshoot of the count, never an undercount). Such a failure, after the script
+was sent, is marked (``may_have_run``): a settlement must not be sent again (it would be applied
+twice, giving back another call's worst case).
 """
 
 from __future__ import annotations
@@ -72,11 +74,13 @@ class Server:
         """The script's reply, waited for at most ``within_s``; the connection is dropped on any
         failure (a late reply must never be read as the answer to the next command)."""
         conn = self.pool.get_connection(*self._checkout_args)
+        sent = False
         try:
             if not getattr(conn, "_budgetspan_watched", False):
                 conn._budgetspan_watched = True
                 conn.register_connect_callback(self._connected)
                 self._connected(conn)
+            sent = True
             if script.function and self.functions:
                 try:
                     return self._ask(conn, within_s, script.fcall(key, args))
@@ -93,8 +97,10 @@ class Server:
             except self._no_script:  # a restarted or flushed server: send the script itself
                 keys = (key,) if type(key) is str else key
                 return self._ask(conn, within_s, pack(("EVAL", script.body, len(keys), *keys, *args)))
-        except BaseException:
+        except BaseException as e:
             conn.disconnect()
+            if sent and not isinstance(e, self._response_error):  # (an error reply: it did not run)
+                e.budgetspan_may_have_run = True  # type: ignore[attr-defined]
             raise
         finally:
             self.pool.release(conn)
@@ -138,6 +144,12 @@ class Server:
         if not conn.can_read(timeout=within_s):
             raise self._timeout(f"no reply from Redis within {within_s:.3g} s")
         return conn.read_response(disable_decoding=True)
+
+
+def may_have_run(error: BaseException) -> bool:
+    """Whether ``Server.run`` failed with ``error`` after sending the script (a timeout, a
+    connection lost): the server may run it, or have run it, all the same."""
+    return bool(getattr(error, "budgetspan_may_have_run", False))
 
 
 def _evictions(info: bytes) -> None:
