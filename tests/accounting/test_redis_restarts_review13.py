@@ -17,6 +17,8 @@ from budgetspan.accounting.budget import Budget
 from budgetspan.accounting.ledger import CallKind, LedgerRefused, Mode, Spend
 from budgetspan.accounting.redis_ledger import RedisLedger
 from budgetspan.accounting.redis_pending import RETRY_S
+from budgetspan.accounting.scopes import Scope, ScopeBudget
+from budgetspan.accounting.windows import parse_window
 from tests.accounting.redis_server import frozen, needs_redis_server, redis, run_figures, start_redis, stop
 from tests.processes import free_port
 
@@ -180,3 +182,31 @@ def test_a_settlement_whose_reply_was_lost_is_not_applied_twice(
         assert internal_errors and "may have run" in caplog.text
     finally:
         stop(proc)
+
+
+@pytest.mark.parametrize("on_error", ["open", "closed"])
+def test_a_full_redis_refuses_or_goes_local_and_still_answers_spend(redis_url: str, on_error: str) -> None:
+    """``maxmemory`` reached with ``noeviction``: Redis refuses writes (OOM). A call is refused as
+    ``ledger_unavailable`` (closed) or accounted in the process (open), never an error to the
+    program. Found: a scope window's spend could not be read either (``spend()`` raised
+    OutOfMemoryError, and ``budgetspan report``-style dashboards asking went blind while the
+    server could answer a read): the read is now a function that does not write (``no-writes``)."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    ledger = RedisLedger(client, on_error=on_error)
+    tenant = Scope("tenant", "full", ScopeBudget(Budget(max_model_calls=5), parse_window("day")))
+    ledger.open("r", Budget(), Mode.ENFORCE)
+    ledger.commit(ledger.reserve("r", CallKind.MODEL, scopes=(tenant.ref(),)), Spend(10, 5))
+    ledger.flush()
+    client.config_set("maxmemory", "1")  # full at once
+    try:
+        if on_error == "closed":
+            with pytest.raises(LedgerRefused) as info:
+                ledger.reserve("r", CallKind.MODEL, scopes=(tenant.ref(),))
+            assert info.value.refusal.reason == "ledger_unavailable"
+        else:
+            assert ledger.reserve("r", CallKind.MODEL, scopes=(tenant.ref(),)).fallback
+        used = ledger.scope_usage(tenant.ref().key)
+        assert used is not None and (used.model_calls, used.input_tokens) == (1, 10)
+    finally:
+        client.config_set("maxmemory", "0")

@@ -254,9 +254,13 @@ class Script:
 #: The library's version: its functions' names change with its code, so that processes running
 #: two versions of budgetspan against one server each call their own.
 VERSION = hashlib.sha1(CORE.encode()).hexdigest()[:12]
+#: The functions that only read, registered ``no-writes``: Redis runs them when it is full
+#: (``maxmemory`` with ``noeviction`` refuses every other function), so ``spend()`` still answers.
+READ_ONLY = ("window",)
 LIBRARY = f"#!lua name=budgetspan_{VERSION}\n{CORE}\n" + "".join(
-    f"redis.register_function('budgetspan_{VERSION}_{name}', "
-    f"function(keys, argv) return call(op_{name}, keys, argv) end)\n"
+    f"redis.register_function{{function_name='budgetspan_{VERSION}_{name}', "
+    f"callback=function(keys, argv) return call(op_{name}, keys, argv) end"
+    + (", flags={'no-writes'}}\n" if name in READ_ONLY else "}\n")
     for name in BODIES
 )
 SCRIPTS = {
