@@ -210,3 +210,23 @@ def test_a_full_redis_refuses_or_goes_local_and_still_answers_spend(redis_url: s
         assert used is not None and (used.model_calls, used.input_tokens) == (1, 10)
     finally:
         client.config_set("maxmemory", "0")
+
+
+def test_a_run_whose_open_never_reached_redis_is_not_called_lost(
+    tmp_path: Path, internal_errors: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """``on_error="closed"``, Redis down when the run opens (reported: unreachable), up again
+    for its first call. Found: the call restored the run and also warned it "was missing from the
+    Redis ledger (Redis restarted ...). Scope windows ... start again from zero", a second
+    internal error for a loss that never happened (nothing had been written)."""
+    proc, port = start_redis(tmp_path)
+    stop(proc)
+    ledger = RedisLedger(redis.Redis(port=port), on_error="closed")
+    ledger.open("r", Budget(max_model_calls=2), Mode.ENFORCE)
+    proc, _ = start_redis(tmp_path, port)
+    try:
+        assert len(_granted(ledger, 3)) == 2
+        assert internal_errors == ["redis_ledger"] and "unreachable" in caplog.text
+        assert "missing from the Redis ledger" not in caplog.text
+    finally:
+        stop(proc)

@@ -201,23 +201,6 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
         known.remember(ticket, "open", text)
         return bool(created == 1)
 
-    def _restore(self, run_id: str, known: RunMirror, within: float) -> None:
-        self._lost(run_id, known)
-        self._open_on_redis(run_id, known, 0, within)
-
-    def _lost(self, run_id: str, known: RunMirror) -> None:
-        """The run's hash was gone while the run is open here: an internal error, logged once."""
-        if "lost" not in known.logged:
-            known.logged.add("lost")
-            log.warning(
-                "budgetspan: run %s was missing from the Redis ledger (Redis restarted, the key "
-                "expired or was deleted); restored from what this process last knew. Scope windows "
-                "(tenant, user, conversation, workflow budgets) lost with it start again from zero: "
-                "run that Redis with persistence",
-                run_id,
-            )
-        events.emit("on_internal_error", "redis_ledger")
-
     # --- the Ledger interface -------------------------------------------------------------------
     def open(self, run_id: str, budget: Budget, mode: Mode, started_at: float | None = None) -> None:
         with self._lock:

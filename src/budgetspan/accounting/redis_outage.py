@@ -30,7 +30,6 @@ class OutageOnRedis:
     # (RedisLedger's own; declared here, not defined: a mixin's stub would hide the real one)
     _open_on_redis: Callable[[str, RunMirror, int, float], bool]
     _within: Callable[[RunMirror | None], float]
-    _lost: Callable[[str, RunMirror], None]
 
     def _mode(self, run_id: str) -> Mode:
         known = self._known.get(run_id)
@@ -67,6 +66,26 @@ class OutageOnRedis:
             "budgetspan: Redis ledger unreachable for run %s (%s: %s); this process accounts the run "
             "locally from now on (counts restart from zero)",
         )
+
+    def _restore(self, run_id: str, known: RunMirror, within: float) -> None:
+        """The run's hash is gone while the run is open here: made again from what this process
+        knew. Not a loss where the run's open never reached Redis (reported then)."""
+        if known.started_at is not None:
+            self._lost(run_id, known)
+        self._open_on_redis(run_id, known, 0, within)
+
+    def _lost(self, run_id: str, known: RunMirror) -> None:
+        """The run's hash was gone while the run is open here: an internal error, logged once."""
+        if "lost" not in known.logged:
+            known.logged.add("lost")
+            log.warning(
+                "budgetspan: run %s was missing from the Redis ledger (Redis restarted, the key "
+                "expired or was deleted); restored from what this process last knew. Scope windows "
+                "(tenant, user, conversation, workflow budgets) lost with it start again from zero: "
+                "run that Redis with persistence",
+                run_id,
+            )
+        events.emit("on_internal_error", "redis_ledger")
 
     def _server_changed(self, before: bytes, after: bytes) -> None:
         """Another Redis answers (``redis_wire``: its ``run_id`` changed): restarted, or a replica
