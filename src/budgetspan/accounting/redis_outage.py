@@ -111,7 +111,7 @@ class OutageOnRedis:
                     "run_id %s, was %s): its record there may be older than what this process "
                     "knew, and was set back to at least that. Scope windows (tenant, user, "
                     "conversation, workflow budgets) may have lost what was written after the "
-                    "server's last snapshot: run that Redis with appendonly yes",
+                    "server's last save (nothing with appendonly yes) and are not restored",
                     run_id,
                     after.decode(errors="replace"),
                     before.decode(errors="replace"),
