@@ -230,3 +230,39 @@ def test_a_run_whose_open_never_reached_redis_is_not_called_lost(
         assert "missing from the Redis ledger" not in caplog.text
     finally:
         stop(proc)
+
+
+def test_a_flush_of_every_run_waits_for_a_stopped_redis_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found: at exit (and before ``spend()``) every run's pending settlement was sent in turn,
+    each waiting ``timeout_s`` for a stopped Redis: 20 runs held a process's exit 10.3 s at
+    ``timeout_s=0.5`` (40 s at the default 2 s; "every wait bounded by timeout_s"). Now the first
+    failure ends the flush's round trips: the others stay pending (sent later by the thread; at
+    exit their worst cases stay held, as a killed process leaves them), and that is said."""
+    proc, port = start_redis(tmp_path)
+    try:
+        ledger = RedisLedger(redis.Redis(port=port), timeout_s=0.5, settle_lag_s=600)
+        runs = [f"r{i}" for i in range(5)]
+        for run in runs:
+            ledger.open(run, Budget(max_model_calls=5), Mode.ENFORCE)
+            ledger.commit(ledger.reserve(run, CallKind.MODEL, worst_case_cost=0.5), Spend(10, 5))
+        tried = []
+        run_script = ledger._server.run
+
+        def counted(*args: Any) -> Any:
+            tried.append(args[1])
+            return run_script(*args)
+
+        ledger._server.run = counted  # type: ignore[method-assign]
+        with frozen(proc):
+            ledger.flush()
+        assert len(tried) == 1  # one wait, not five
+        assert "not sent" in caplog.text
+        ledger.flush()  # Redis awake: the four left are sent now
+        for run in runs[1:]:
+            assert ledger.usage(run).input_tokens == 10
+            held = run_figures(redis.Redis(port=port), ledger.key(run), "held:cost_usd")
+            assert held == [0.0]
+    finally:
+        stop(proc)

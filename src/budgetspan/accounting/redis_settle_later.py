@@ -76,33 +76,47 @@ class SettleLaterOnRedis:
         redis_scopes.warn(status, scopes)
         return refusal_from(reason, limit, None)
 
-    def _send_pending(self, run_id: str, pending: Pending, background: bool = False) -> None:
+    def _send_pending(self, run_id: str, pending: Pending, background: bool = False) -> bool:
         """A pending settlement on its own round trip. If Redis fails it: the flushing thread
-        keeps it for later (the worst case stays held); otherwise as ``commit`` would have."""
+        keeps it for later (the worst case stays held); otherwise as ``commit`` would have.
+        False: Redis failed it."""
         res = pending.reservation
+        failed = False
         if run_id not in self._local_runs:
             try:
                 self._settle(run_id, pending.args, res.tool, res.scopes)
-                return
+                return True
             except KeyError:  # the run is closed: nothing to settle
-                return
+                return True
             except self._errors as e:
                 if background and may_have_run(e):  # never twice (``_unsure``)
                     _unsure(run_id, e)
-                    return
+                    return False
                 if background:
                     self._pending.put_back(run_id, pending, RETRY_S)
-                    return
+                    return False
                 self._outage(run_id, e)
+                failed = True
         res.done = False  # the local ledger marks it done itself
         finished, unreported, unpriced = pending.options
         self._local.commit(res, pending.spend, finished=finished, unreported=unreported, unpriced=unpriced)
+        return not failed
 
     def flush(self, run_id: str | None = None) -> None:
         """Send the settlements still pending in this process (of ``run_id``; None: of every run)."""
-        if run_id is None:
+        if run_id is None:  # (at exit, before ``spend()``: one wait for a Redis that fails, not one per run)
+            left = 0
             for rid, each in self._pending.take_all().items():
-                self._send_pending(rid, each)
+                if left or not self._send_pending(rid, each):
+                    if left:
+                        self._pending.put_back(rid, each, RETRY_S)
+                    left += 1
+            if left > 1:
+                log.warning(
+                    "budgetspan: Redis failed a settlement; %d more not sent now (kept for later; a "
+                    "process that exits leaves their worst cases held on Redis)",
+                    left - 1,
+                )
             return
         pending = self._pending.take(run_id)
         if pending is not None:
