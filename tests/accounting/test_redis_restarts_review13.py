@@ -266,3 +266,36 @@ def test_a_flush_of_every_run_waits_for_a_stopped_redis_once(
             assert held == [0.0]
     finally:
         stop(proc)
+
+
+def test_a_run_that_goes_local_goes_on_from_what_it_knew_not_from_zero(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``on_error="open"``: Redis fails mid-run and the run is accounted in the process. Found: it
+    counted again from zero, so each process got the run's whole budget again for the rest of the
+    run, however long after Redis came back (measured: a Redis restart mid-call, 4 processes on one
+    run of max_model_calls=40: 80 requests sent, 40 of them by the process that went local). Now it
+    goes on from the figures and held worst cases Redis last told it (peers' later calls unseen)."""
+    proc, port = start_redis(tmp_path)
+    try:
+        ledger = RedisLedger(redis.Redis(port=port), settle_lag_s=0)
+        ledger.open("r", Budget(max_model_calls=4, max_cost_usd=1.0), Mode.ENFORCE)
+        for _ in range(2):
+            ledger.commit(
+                ledger.reserve("r", CallKind.MODEL, worst_case_cost=0.1), Spend(10, 5, cost_usd=0.05)
+            )
+        in_flight = ledger.reserve("r", CallKind.MODEL, worst_case_cost=0.5)  # 3 of 4, $0.50 held
+        stop(proc)
+        with pytest.raises(LedgerRefused) as info:  # $0.10 spent + $0.50 held + $0.50 > $1
+            ledger.reserve("r", CallKind.MODEL, worst_case_cost=0.5)
+        assert info.value.refusal.reason == "max_cost_usd"
+        ledger.commit(in_flight, Spend(10, 5, cost_usd=0.05))  # its $0.50 given back, here
+        granted = [ledger.reserve("r", CallKind.MODEL, worst_case_cost=0.1)]  # the 4th of 4...
+        with pytest.raises(LedgerRefused) as info:
+            ledger.reserve("r", CallKind.MODEL)  # ...the 5th refused (was: 4 more granted)
+        assert info.value.refusal.reason == "max_model_calls" and all(res.fallback for res in granted)
+        used = ledger.close("r")
+        assert (used.model_calls, used.input_tokens, used.cost_usd) == (4, 30, pytest.approx(0.15))
+        assert "from what it last knew" in caplog.text
+    finally:
+        stop(proc)

@@ -27,9 +27,10 @@ run's deadline. **Clamped** (``redis_mirror``): absurd figures are clamped, neve
 When Redis cannot be reached (``on_error``):
 
 - ``"open"`` (default): the user's program goes on. The run is accounted in a process-local
-  ledger from that moment to its end, with the same budget, counting again from zero; the outage
-  is logged once per run and reported as an internal error (``budgetspan_internal_errors_total``).
-  Limits still hold per process; across processes they can be overshot during the outage.
+  ledger from that moment to its end, with the same budget, going on from what Redis last told
+  this process (its scope windows from zero); the outage is logged once per run and reported as
+  an internal error (``budgetspan_internal_errors_total``). Limits still hold per process; across
+  processes they can be overshot by peers' calls this process had not heard of.
 - ``"closed"``: a call that cannot be reserved is refused (reason ``ledger_unavailable``): nothing
   runs unaccounted (observe mode refuses nothing: as ``open``). Each later call tries Redis again.
 

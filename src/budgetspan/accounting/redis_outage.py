@@ -13,7 +13,8 @@ from budgetspan import events
 from budgetspan.accounting.budget import Budget
 from budgetspan.accounting.ledger import Mode
 from budgetspan.accounting.memory import InMemoryLedger
-from budgetspan.accounting.redis_mirror import RunMirror
+from budgetspan.accounting.redis_mirror import RunMirror, mirrored_fields, usage_from
+from budgetspan.accounting.rule import Held
 
 log = logging.getLogger("budgetspan.accounting.redis_ledger")
 
@@ -59,12 +60,21 @@ class OutageOnRedis:
             if known is None:
                 known = RunMirror(Budget(), Mode.ENFORCE, time.monotonic())
             self._local.open(run_id, known.budget, known.mode, started_at=known.started_monotonic)
+            if known.seen:  # (its figures, and the worst cases held, as Redis last told this process)
+                with known.lock:
+                    fields = mirrored_fields(known)
+                held = (
+                    float(fields.get(f"held:{name}", 0))
+                    for name in ("cost_usd", "input_tokens", "output_tokens")
+                )
+                cost, held_in, held_out = held
+                self._local.carry(run_id, usage_from(fields), Held(cost, int(held_in), int(held_out)))
             self._local_runs.add(run_id)
         self._report(
             run_id,
             error,
             "budgetspan: Redis ledger unreachable for run %s (%s: %s); this process accounts the run "
-            "locally from now on (counts restart from zero)",
+            "locally from now on, from what it last knew of it (its scope windows from zero)",
         )
 
     def _restore(self, run_id: str, known: RunMirror, within: float) -> None:
