@@ -41,11 +41,11 @@ def internal_errors() -> Iterator[list[str]]:
     events.remove_listener(listener)
 
 
-def _granted(ledger: RedisLedger, attempts: int) -> list[Any]:
+def _granted(ledger: RedisLedger, attempts: int, run: str = "r") -> list[Any]:
     granted = []
     for _ in range(attempts):
         try:
-            granted.append(ledger.reserve("r", CallKind.MODEL))
+            granted.append(ledger.reserve(run, CallKind.MODEL))
         except LedgerRefused as refused:
             assert refused.refusal.reason == "max_model_calls"
     return granted
@@ -297,5 +297,26 @@ def test_a_run_that_goes_local_goes_on_from_what_it_knew_not_from_zero(
         used = ledger.close("r")
         assert (used.model_calls, used.input_tokens, used.cost_usd) == (4, 30, pytest.approx(0.15))
         assert "from what it last knew" in caplog.text
+    finally:
+        stop(proc)
+
+
+def test_a_run_opened_by_the_call_that_finds_a_new_server_is_opened_once(tmp_path: Path) -> None:
+    """The restore after a server change must not count as an opener the run being opened by the
+    very call that noticed the change: it was opened twice (its record then outlived its close by
+    ``ttl_s``, and the same run id opened again later would have found the old spend)."""
+    proc, port = start_redis(tmp_path)
+    try:
+        ledger = RedisLedger(redis.Redis(port=port), settle_lag_s=0)
+        ledger.open("a", Budget(max_model_calls=3), Mode.ENFORCE)
+        ledger.reserve("a", CallKind.MODEL)
+        redis.Redis(port=port).save()
+        stop(proc)
+        proc, _ = start_redis(tmp_path, port)
+        ledger.open("b", Budget(max_model_calls=3), Mode.ENFORCE)  # this call meets the new server
+        ledger.reserve("b", CallKind.MODEL)
+        ledger.close("b")
+        assert not redis.Redis(port=port).exists(ledger.key("b"))  # its only opener closed it
+        assert len(_granted(ledger, 3, "a")) == 2  # (run "a" restored: 1 of 3 made)
     finally:
         stop(proc)

@@ -104,7 +104,11 @@ class OutageOnRedis:
         below what was spent. Each run open here on Redis is set back to at least what this
         process knew, before the script that noticed is sent. Never raises."""
         with self._lock:
-            runs = [(rid, known) for rid, known in self._known.items() if rid not in self._local_runs]
+            runs = [  # (not a run whose open has not reached Redis: being opened, or failed then)
+                (rid, known)
+                for rid, known in self._known.items()
+                if rid not in self._local_runs and known.started_at is not None
+            ]
         for run_id, known in runs:
             try:
                 made = self._open_on_redis(run_id, known, 0, self._within(known))
