@@ -144,6 +144,14 @@ class InMemoryLedger(Ledger):
                 limited=not budget.is_unlimited,
             )
 
+    def carry(self, run_id: str, usage: Usage, held: Held) -> None:
+        """Start an open run's figures and held worst cases from what another ledger knew of it:
+        a run ``RedisLedger`` moves here when Redis fails goes on from there, not from zero."""
+        book = self._runs.get(run_id)
+        if book is not None:
+            with book.lock:
+                book.usage, book.held = usage.copy(), held
+
     def _book(self, run_id: str) -> _RunBook:
         book = self._runs.get(run_id)
         if book is None:

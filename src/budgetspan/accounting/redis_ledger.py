@@ -27,9 +27,10 @@ run's deadline. **Clamped** (``redis_mirror``): absurd figures are clamped, neve
 When Redis cannot be reached (``on_error``):
 
 - ``"open"`` (default): the user's program goes on. The run is accounted in a process-local
-  ledger from that moment to its end, with the same budget, counting again from zero; the outage
-  is logged once per run and reported as an internal error (``budgetspan_internal_errors_total``).
-  Limits still hold per process; across processes they can be overshot during the outage.
+  ledger from that moment to its end, with the same budget, going on from what Redis last told
+  this process (its scope windows from zero); the outage is logged once per run and reported as
+  an internal error (``budgetspan_internal_errors_total``). Limits still hold per process; across
+  processes they can be overshot by peers' calls this process had not heard of.
 - ``"closed"``: a call that cannot be reserved is refused (reason ``ledger_unavailable``): nothing
   runs unaccounted (observe mode refuses nothing: as ``open``). Each later call tries Redis again.
 
@@ -128,6 +129,7 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
         self._local_runs: set[str] = set()
         self._lock = threading.Lock()
         self._pending = PendingSettlements(self._send_pending, settle_lag_s)
+        self._server.on_change = self._server_changed  # (redis_outage)
         _flush_at_process_end(self)
 
     @staticmethod
@@ -171,8 +173,9 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
             known.remember(ticket, script, text, tool)
         return reply
 
-    def _open_on_redis(self, run_id: str, known: RunMirror, openers: int, within: float) -> None:
-        """Open the run (``openers`` 1) or restore it (0) on Redis from the budget and the mirror."""
+    def _open_on_redis(self, run_id: str, known: RunMirror, openers: int, within: float) -> bool:
+        """Open the run (``openers`` 1) or restore it (0) on Redis from the budget and the mirror;
+        whether its hash was made."""
         with known.lock:
             fields = budget_fields(known.budget, known.mode)
             if known.started_at is not None:
@@ -197,23 +200,7 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
             known.clock_from_short = known.clock_from - (float(keep) if keep else 0.0)
             known.refreshed = _now()
         known.remember(ticket, "open", text)
-
-    def _restore(self, run_id: str, known: RunMirror, within: float) -> None:
-        self._lost(run_id, known)
-        self._open_on_redis(run_id, known, 0, within)
-
-    def _lost(self, run_id: str, known: RunMirror) -> None:
-        """The run's hash was gone while the run is open here: an internal error, logged once."""
-        if "lost" not in known.logged:
-            known.logged.add("lost")
-            log.warning(
-                "budgetspan: run %s was missing from the Redis ledger (Redis restarted, the key "
-                "expired or was deleted); restored from what this process last knew. Scope windows "
-                "(tenant, user, conversation, workflow budgets) lost with it start again from zero: "
-                "run that Redis with persistence",
-                run_id,
-            )
-        events.emit("on_internal_error", "redis_ledger")
+        return bool(created == 1)
 
     # --- the Ledger interface -------------------------------------------------------------------
     def open(self, run_id: str, budget: Budget, mode: Mode, started_at: float | None = None) -> None:

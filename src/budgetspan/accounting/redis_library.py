@@ -10,7 +10,9 @@ from budgetspan.accounting.redis_scripts import PRELUDE
 
 # Open a run, or restore a lost one: create the hash from ARGV's fields if it does not exist (the
 # first process to open a shared run sets its budget: figures and limits packed, the rest as text
-# fields, the open count among them); otherwise add ARGV[2] to its open count. ARGV: ttl seconds, openers to add, then field,
+# fields, the open count among them); otherwise add ARGV[2] to its open count, or (ARGV[2] '0': a
+# restore over a hash another server kept, older than what the process knew: ``RedisLedger``)
+# raise each figure and tool count to at least the pair's. ARGV: ttl seconds, openers to add, then field,
 # value pairs. Reply: {created (1/0), started_at, the wall-clock limit, server time seconds,
 # microseconds, mirror, the wall-clock time kept for the final answer}.
 OPEN_BODY = """
@@ -39,6 +41,20 @@ if redis.call('EXISTS', h) == 0 then
   write()
 elseif ARGV[2] ~= '0' then
   redis.call('HINCRBY', h, 'opened', ARGV[2])
+else
+  local tools = {}
+  for i = 3, #ARGV, 2 do
+    if string.sub(ARGV[i], 1, 5) == 'tool:' then tools[#tools + 1] = ARGV[i] end
+  end
+  if read(tools) then
+    for i = 3, #ARGV, 2 do
+      local name, value = ARGV[i], tonumber(ARGV[i + 1])
+      if value and (FIG[name] or string.sub(name, 1, 5) == 'tool:') and value > (s[name] or 0) then
+        put(name, value)
+      end
+    end
+    write()
+  end
 end
 expire_at_least(h, ARGV[1])
 s = {}

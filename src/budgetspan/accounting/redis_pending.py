@@ -182,7 +182,7 @@ class PendingSettlements:
     """At most one pending settlement per run, and the thread that sends those that waited
     ``lag_s`` (``send(run_id, pending, True)``; it must not raise). A forked child starts afresh."""
 
-    def __init__(self, send: Callable[[str, Pending, bool], None], lag_s: float) -> None:
+    def __init__(self, send: Callable[[str, Pending, bool], object], lag_s: float) -> None:
         self.lag_s = lag_s
         self._send = send
         self._fresh()

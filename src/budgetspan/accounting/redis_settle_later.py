@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -14,6 +15,9 @@ from budgetspan.accounting.ledger import CallKind, LedgerRefused, Mode, Refusal,
 from budgetspan.accounting.memory import InMemoryLedger
 from budgetspan.accounting.redis_mirror import refusal_from
 from budgetspan.accounting.redis_pending import RETRY_S, Pending, PendingSettlements
+from budgetspan.accounting.redis_wire import may_have_run
+
+log = logging.getLogger("budgetspan.accounting.redis_ledger")
 
 
 class SettleLaterOnRedis:
@@ -46,8 +50,11 @@ class SettleLaterOnRedis:
         try:
             both = (pending.args[0] + args[0], *pending.args[1:], args[1])  # (numbers packed in one)
             reply = self._call("settle_reserve", run_id, both, tool, scopes=scopes)
-        except BaseException:
-            self._pending.put_back(run_id, pending)
+        except BaseException as e:
+            if may_have_run(e):  # never twice: the worst case may stay held (more seen, not less)
+                _unsure(run_id, e)
+            else:
+                self._pending.put_back(run_id, pending)
             raise
         settled, reply = reply.split(b" ", 1)
         redis_scopes.warn(settled, pending.reservation.scopes)
@@ -69,30 +76,47 @@ class SettleLaterOnRedis:
         redis_scopes.warn(status, scopes)
         return refusal_from(reason, limit, None)
 
-    def _send_pending(self, run_id: str, pending: Pending, background: bool = False) -> None:
+    def _send_pending(self, run_id: str, pending: Pending, background: bool = False) -> bool:
         """A pending settlement on its own round trip. If Redis fails it: the flushing thread
-        keeps it for later (the worst case stays held); otherwise as ``commit`` would have."""
+        keeps it for later (the worst case stays held); otherwise as ``commit`` would have.
+        False: Redis failed it."""
         res = pending.reservation
+        failed = False
         if run_id not in self._local_runs:
             try:
                 self._settle(run_id, pending.args, res.tool, res.scopes)
-                return
+                return True
             except KeyError:  # the run is closed: nothing to settle
-                return
+                return True
             except self._errors as e:
+                if background and may_have_run(e):  # never twice (``_unsure``)
+                    _unsure(run_id, e)
+                    return False
                 if background:
                     self._pending.put_back(run_id, pending, RETRY_S)
-                    return
+                    return False
                 self._outage(run_id, e)
+                failed = True
         res.done = False  # the local ledger marks it done itself
         finished, unreported, unpriced = pending.options
         self._local.commit(res, pending.spend, finished=finished, unreported=unreported, unpriced=unpriced)
+        return not failed
 
     def flush(self, run_id: str | None = None) -> None:
         """Send the settlements still pending in this process (of ``run_id``; None: of every run)."""
-        if run_id is None:
+        if run_id is None:  # (at exit, before ``spend()``: one wait for a Redis that fails, not one per run)
+            left = 0
             for rid, each in self._pending.take_all().items():
-                self._send_pending(rid, each)
+                if left or not self._send_pending(rid, each):
+                    if left:
+                        self._pending.put_back(rid, each, RETRY_S)
+                    left += 1
+            if left > 1:
+                log.warning(
+                    "budgetspan: Redis failed a settlement; %d more not sent now (kept for later; a "
+                    "process that exits leaves their worst cases held on Redis)",
+                    left - 1,
+                )
             return
         pending = self._pending.take(run_id)
         if pending is not None:
@@ -140,6 +164,21 @@ class SettleLaterOnRedis:
             yield holder
         finally:
             self.close(holder)
+
+
+def _unsure(run_id: str, error: BaseException) -> None:
+    """A settlement sent to Redis whose reply never came (a timeout, a connection lost): it may
+    have run, so it is not sent again (twice, it would give back another call's worst case too).
+    If it did not run, its worst case stays held until the run ends: peers see more spend than
+    there is, never less."""
+    log.warning(
+        "budgetspan: a settlement of run %s got no reply from Redis (%s: %s) and may have run: not "
+        "sent again; if it did not run, the call's worst case stays held on Redis",
+        run_id,
+        type(error).__name__,
+        error,
+    )
+    events.emit("on_internal_error", "redis_ledger")
 
 
 #: The suffix of a closed run's record for its late calls (``_after_close``).

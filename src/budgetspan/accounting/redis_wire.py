@@ -13,9 +13,18 @@ handshake are bounded too.
 it again and the call is retried once; a server without functions (Redis 6) or a user not allowed
 to load them gets each script with ``EVALSHA`` (the script itself when the server lacks it).
 
+**Which server.** Each new connection (and each reconnection) asks ``INFO`` for the server's
+``run_id`` before any script goes on it: another id means a restart or a failover, whose copy of a
+run may be older than what this process heard (a snapshot, replication lag), and ``on_change`` is
+called first (``RedisLedger`` sets its open runs back). A server that evicts keys when full
+(``maxmemory`` with a policy other than ``noeviction``) can drop a scope window unseen: said once
+per server (a warning and an internal error). A user not allowed ``INFO`` is not asked again.
+
 A call whose wait runs out drops its connection (a late reply must never be read as the answer
 to the next command); its script may still run when the server wakes, which counts a call that
-was not made (an overshoot of the count, never an undercount).
+was not made (an overshoot of the count, never an undercount). Such a failure, after the script
+was sent, is marked (``may_have_run``): a settlement must not be sent again (it would be applied
+twice, giving back another call's worst case).
 """
 
 from __future__ import annotations
@@ -23,10 +32,13 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
-from collections.abc import Sequence
+import re
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from budgetspan import events
 from budgetspan.accounting.redis_library import BODIES, CORE
 
 log = logging.getLogger(__name__)
@@ -51,12 +63,24 @@ class Server:
         self.functions = True
         #: When this process last refreshed each scope window without an end (``redis_scopes``).
         self.refreshed: dict[str, float] = {}
+        #: The ``run_id`` of the server last connected to; ``on_change(before, after)`` is called
+        #: when a new connection finds another (``_connected``).
+        self.server_id: bytes | None = None
+        self.on_change: Callable[[bytes, bytes], None] | None = None
+        self._ask_id = True
+        self._id_lock = threading.Lock()
 
     def run(self, script: Script, key: str | tuple[Any, ...], args: Sequence[Any], within_s: float) -> Any:
         """The script's reply, waited for at most ``within_s``; the connection is dropped on any
         failure (a late reply must never be read as the answer to the next command)."""
         conn = self.pool.get_connection(*self._checkout_args)
+        sent = False
         try:
+            if not getattr(conn, "_budgetspan_watched", False):
+                conn._budgetspan_watched = True
+                conn.register_connect_callback(self._connected)
+                self._connected(conn)
+            sent = True
             if script.function and self.functions:
                 try:
                     return self._ask(conn, within_s, script.fcall(key, args))
@@ -73,8 +97,10 @@ class Server:
             except self._no_script:  # a restarted or flushed server: send the script itself
                 keys = (key,) if type(key) is str else key
                 return self._ask(conn, within_s, pack(("EVAL", script.body, len(keys), *keys, *args)))
-        except BaseException:
+        except BaseException as e:
             conn.disconnect()
+            if sent and not isinstance(e, self._response_error):  # (an error reply: it did not run)
+                e.budgetspan_may_have_run = True  # type: ignore[attr-defined]
             raise
         finally:
             self.pool.release(conn)
@@ -89,11 +115,58 @@ class Server:
             self.functions = False
             return False
 
+    def _connected(self, conn: Any) -> None:
+        """A connection made or made again (redis-py calls this from ``connect``): which server
+        answers; another one than before is reported (``on_change``) before any script is sent."""
+        if not self._ask_id:
+            return
+        try:
+            info = self._ask(conn, self.timeout_s, pack(("INFO",)))
+        except self._response_error:  # INFO not allowed for this user, or renamed
+            self._ask_id = False
+            return
+        except BaseException:
+            conn.disconnect()
+            raise
+        text = info if isinstance(info, bytes) else str(info).encode()
+        found = re.search(rb"run_id:(\w+)", text)
+        if found is None:
+            return
+        with self._id_lock:
+            before, self.server_id = self.server_id, found.group(1)
+        if before != found.group(1):
+            _evictions(text)
+        if before is not None and before != found.group(1) and self.on_change is not None:
+            self.on_change(before, found.group(1))
+
     def _ask(self, conn: Any, within_s: float, command: bytes) -> Any:
         conn.send_packed_command([command])
         if not conn.can_read(timeout=within_s):
             raise self._timeout(f"no reply from Redis within {within_s:.3g} s")
         return conn.read_response(disable_decoding=True)
+
+
+def may_have_run(error: BaseException) -> bool:
+    """Whether ``Server.run`` failed with ``error`` after sending the script (a timeout, a
+    connection lost): the server may run it, or have run it, all the same."""
+    return bool(getattr(error, "budgetspan_may_have_run", False))
+
+
+def _evictions(info: bytes) -> None:
+    """Say so when the server (``INFO``'s text) may evict keys: a scope window (a tenant's day)
+    dropped when Redis is full starts again from zero, and no process can see it go."""
+    limit = re.search(rb"\nmaxmemory:(\d+)", info)
+    policy = re.search(rb"\nmaxmemory_policy:([\w-]+)", info)
+    if limit is None or policy is None or int(limit.group(1)) == 0 or policy.group(1) == b"noeviction":
+        return
+    log.warning(
+        "budgetspan: the Redis of the ledger evicts keys when full (maxmemory-policy %s, maxmemory "
+        "%s bytes): it can drop a run's or a scope window's record, and a tenant's or user's "
+        "window then starts again from zero unseen. Set maxmemory-policy noeviction on it",
+        policy.group(1).decode(),
+        limit.group(1).decode(),
+    )
+    events.emit("on_internal_error", "redis_ledger")
 
 
 class Packed(bytes):
@@ -181,9 +254,13 @@ class Script:
 #: The library's version: its functions' names change with its code, so that processes running
 #: two versions of budgetspan against one server each call their own.
 VERSION = hashlib.sha1(CORE.encode()).hexdigest()[:12]
+#: The functions that only read, registered ``no-writes``: Redis runs them when it is full
+#: (``maxmemory`` with ``noeviction`` refuses every other function), so ``spend()`` still answers.
+READ_ONLY = ("window",)
 LIBRARY = f"#!lua name=budgetspan_{VERSION}\n{CORE}\n" + "".join(
-    f"redis.register_function('budgetspan_{VERSION}_{name}', "
-    f"function(keys, argv) return call(op_{name}, keys, argv) end)\n"
+    f"redis.register_function{{function_name='budgetspan_{VERSION}_{name}', "
+    f"callback=function(keys, argv) return call(op_{name}, keys, argv) end"
+    + (", flags={'no-writes'}}\n" if name in READ_ONLY else "}\n")
     for name in BODIES
 )
 SCRIPTS = {
