@@ -202,15 +202,11 @@ def _rows(module: str) -> tuple[Patch, ...]:
 _build: list[Callable[[Any, tuple[Any, ...], dict[str, Any]], Any]] = []
 
 
-#: Where the connections' ``close`` is defined (a row whose class does not define it is skipped).
-_CLOSE_ROWS: tuple[Patch, ...] = (
+#: Where the SDK defines the connections' ``close`` (shared with its other WebSocket APIs: a
+#: connection without calls waiting is left as it was).
+_BASE_CLOSE_ROWS: tuple[Patch, ...] = (
     ("openai._websocket_connection", "WebSocketConnectionBase.close", _close),
     ("openai._websocket_connection", "AsyncWebSocketConnectionBase.close", _aclose),
-    *(
-        (module, f"{prefix}ResponsesConnection.close", wrapper)
-        for module in ("openai.resources.responses.responses", "openai.resources.beta.responses.responses")
-        for prefix, wrapper in (("", _close), ("Async", _aclose))
-    ),
 )
 
 
@@ -220,5 +216,5 @@ def patches(build: Callable[[Any, tuple[Any, ...], dict[str, Any]], Any]) -> tup
     return (
         *_rows("openai.resources.responses.responses"),
         *_rows("openai.resources.beta.responses.responses"),
-        *_CLOSE_ROWS,
+        *_BASE_CLOSE_ROWS,
     )
