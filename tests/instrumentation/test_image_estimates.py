@@ -129,3 +129,13 @@ def test_google_genai_image_parts_count_as_images() -> None:
         with_image = [types.Content(role="user", parts=[types.Part.from_text(text="What is this?"), image])]
         added = request_tokens([with_image]) - request_tokens([text])
         assert IMAGE_TOKENS <= added < IMAGE_TOKENS + 200  # (+ the JSON of the part's empty fields)
+
+
+def test_a_bedrock_converse_image_block_counts_as_an_image() -> None:
+    """review15: Converse's ``{"image": {"format", "source": {"bytes"}}}`` has no ``type``: a
+    300 KB picture was estimated from its bytes (100,043 tokens)."""
+    question = {"text": "What is this?"}
+    image = {"image": {"format": "png", "source": {"bytes": bytes(range(256)) * 1200}}}
+    with_image = [{"role": "user", "content": [question, image]}]
+    added = request_tokens([with_image]) - request_tokens([[{"role": "user", "content": [question]}]])
+    assert IMAGE_TOKENS <= added < IMAGE_TOKENS + 20

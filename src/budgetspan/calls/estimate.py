@@ -6,7 +6,7 @@ English prose and code, about 3 on CJK text, so the estimate is typically 0-35% 
 count and rarely below it; it is an estimate, marked as one wherever it is used.
 
 An image part (OpenAI's ``image_url`` / ``input_image``, Anthropic's ``image``, Gemini's inline
-or file data of an ``image/*`` type) counts as ``IMAGE_TOKENS`` whatever its JSON text: a URL's few bytes or a base64 payload's hundreds of
+or file data of an ``image/*`` type, Bedrock Converse's ``image`` block) counts as ``IMAGE_TOKENS`` whatever its JSON text: a URL's few bytes or a base64 payload's hundreds of
 thousands say nothing of what a model reads (OpenAI's gpt-4o reads up to ~1,450 tokens of a high
 detail image, Anthropic up to ~1,600 of a 1.15-megapixel one, Gemini 258 per tile).
 """
@@ -65,7 +65,11 @@ def _without_images(value: Any, images: list[int]) -> Any:
 
 
 def _is_image_data(value: dict[Any, Any]) -> bool:
-    """Gemini's ``inline_data`` (raw bytes) or ``file_data`` (a URI) of an image."""
+    """Gemini's ``inline_data`` (raw bytes) or ``file_data`` (a URI) of an image, or a Bedrock
+    Converse image block (``{"image": {"format", "source"}}``, no ``type``)."""
+    image = value.get("image")
+    if isinstance(image, dict) and "source" in image:
+        return True
     mime = value.get("mime_type") or value.get("mimeType")
     has_data = any(key in value for key in ("data", "file_uri", "fileUri"))
     return isinstance(mime, str) and mime.startswith("image/") and has_data
