@@ -248,15 +248,18 @@ def _scope_budget(where: str, table: Mapping[str, Any]) -> ScopeBudget:
     warn = table.get("warn_at")
     if warn is not None and (isinstance(warn, bool) or not isinstance(warn, (int, float, str))):
         raise ConfigError(f"{where}: warn_at={warn!r} is not a number; expected {SCOPE_FORM}")
-    try:
-        if isinstance(warn, str):
+    if isinstance(warn, str):
+        try:
             amount_text(warn.strip())
-        elif isinstance(warn, int) and warn > 1:  # (TOML's 10**400 would overflow float())
-            raise ValueError
-    except ValueError:
+        except ValueError:
+            raise ConfigError(
+                f"{where}: warn_at={warn[:40]!r} is not a number; expected {SCOPE_FORM}"
+            ) from None
+    elif isinstance(warn, int) and warn > 10**30:  # (TOML's 10**400 would overflow float())
         raise ConfigError(
-            f"{where}: warn_at={str(warn)[:40]!r} is not a share in (0, 1]; expected {SCOPE_FORM}"
-        ) from None
+            f"{where}: warn_at must be a share in (0, 1], got an integer of {warn.bit_length()} bits; "
+            f"expected {SCOPE_FORM}"
+        )
     try:
         return scope_budget_from_table(where, table, lambda w, t, a: _limits_table(w, t, a, SCOPE_FORM))
     except ValueError as e:

@@ -131,3 +131,17 @@ def test_a_negative_rate_set_in_code_prices_nothing() -> None:
     r = PriceResolver({("acme", "m"): pricing.TokenPrice(-1.0, 2.0)})
     assert r.cost("acme", "m", 1000, 10) is None
     assert r.cost("acme", "m", 1000, 10, 100, 0) is None
+
+
+def test_a_learnt_name_is_learnt_again_after_the_price_cache_was_emptied() -> None:
+    """A deployment name priced as the model its answer named (``learn_name``) stays priced once
+    the resolver's cache has been emptied (past 4,096 model names): the next answer teaches it
+    again (was: forgotten for good, every later call's worst case unknown)."""
+    resolver = PriceResolver()
+    resolver.learn_name("openai", "prod-chat", "gpt-4o-2024-08-06")
+    assert resolver.is_priced("openai", "prod-chat")
+    for n in range(4_200):  # other names looked up: the cache is emptied once
+        resolver.is_priced("openai", f"alias-{n}")
+    resolver.learn_name("openai", "prod-chat", "gpt-4o-2024-08-06")  # the next answer
+    assert resolver.is_priced("openai", "prod-chat")
+    assert resolver.worst_case_cost("openai", "prod-chat", 100, 1_000) is not None

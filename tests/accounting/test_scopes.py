@@ -44,6 +44,10 @@ def test_the_explanation_names_the_scope_and_the_reset(scope_clock: list[float])
     ref = _scope("tenant", "acme", Budget(max_cost_usd=200))
     text = explain_scope(ref, "max_cost_usd", 200.0, 200.0, None)
     assert text == "Stopped: tenant acme has spent $200.00 of its $200 daily budget; resets at 00:00 UTC."
+    large = _scope("tenant", "globex", Budget(max_cost_usd=1_500_000))
+    assert "spent $1,500,000.00 of its $1,500,000 daily budget" in explain_scope(
+        large, "max_cost_usd", 1.5e6, 1.5e6, None
+    )
     month = _scope("user", "ann", Budget(max_total_tokens=2_000_000), "month")
     assert explain_scope(month, "max_total_tokens", 2e6, 1_999_990, 500) == (
         "Stopped: user ann has used 1,999,990 of its 2,000,000 monthly total tokens (the next call "

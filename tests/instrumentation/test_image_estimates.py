@@ -98,3 +98,44 @@ def test_the_estimate_of_text_alone_is_unchanged() -> None:
     without = [{"role": "user", "content": [{"type": "text", "text": "What is in these pictures?"}]}]
     assert request_tokens([with_image]) > IMAGE_TOKENS
     assert request_tokens([with_image]) - request_tokens([without]) < IMAGE_TOKENS + 20
+
+
+def test_an_inline_image_through_google_genai_is_not_held_as_its_bytes(
+    genai_instrumented: Any, llm_server: Any
+) -> None:
+    """review15: google-genai's image part (``Part.from_bytes``, a pydantic model whose
+    ``inline_data`` holds raw bytes) was estimated from the bytes' repr: a 300 KB picture held a
+    360,194-token worst case and was refused under ``max_input_tokens=10000``."""
+    from google import genai
+    from google.genai import types
+
+    picture = bytes(range(256)) * 1200
+    gemini = genai.Client(api_key="test", http_options=types.HttpOptions(base_url=llm_server.base_url))
+    with budgetspan.run("r", max_input_tokens=10_000) as run:
+        gemini.models.generate_content(
+            model="gemini-2.5-flash",
+            contents=["What is in this picture?", types.Part.from_bytes(data=picture, mime_type="image/png")],
+        )
+    assert len(llm_server.requests) == 1 and run.usage.model_calls == 1
+
+
+def test_google_genai_image_parts_count_as_images() -> None:
+    from google.genai import types
+
+    picture = types.Part.from_bytes(data=bytes(range(256)) * 1200, mime_type="image/jpeg")
+    by_uri = types.Part.from_uri(file_uri="gs://bucket/cat.png", mime_type="image/png")
+    text = [types.Content(role="user", parts=[types.Part.from_text(text="What is this?")])]
+    for image in (picture, by_uri):
+        with_image = [types.Content(role="user", parts=[types.Part.from_text(text="What is this?"), image])]
+        added = request_tokens([with_image]) - request_tokens([text])
+        assert IMAGE_TOKENS <= added < IMAGE_TOKENS + 200  # (+ the JSON of the part's empty fields)
+
+
+def test_a_bedrock_converse_image_block_counts_as_an_image() -> None:
+    """review15: Converse's ``{"image": {"format", "source": {"bytes"}}}`` has no ``type``: a
+    300 KB picture was estimated from its bytes (100,043 tokens)."""
+    question = {"text": "What is this?"}
+    image = {"image": {"format": "png", "source": {"bytes": bytes(range(256)) * 1200}}}
+    with_image = [{"role": "user", "content": [question, image]}]
+    added = request_tokens([with_image]) - request_tokens([[{"role": "user", "content": [question]}]])
+    assert IMAGE_TOKENS <= added < IMAGE_TOKENS + 20

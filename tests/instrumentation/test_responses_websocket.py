@@ -74,3 +74,31 @@ async def test_an_async_connection_and_a_frame_queued_before_it_connects(
                 await connection.response.create(model="gpt-4o-mini", input="again")
     assert len(ws_server.frames) == 1
     assert run.usage.model_calls == 1 and run.usage.input_tokens == 40
+
+
+def test_a_connection_closed_before_its_response_completed_ends_the_call(
+    instrumented: Any, ws_server: ResponsesWebSocketServer
+) -> None:
+    """A response left unread when its connection closes: its call ends there (its span written,
+    its reservation settled), not held for the rest of the run."""
+    client = openai.OpenAI(base_url=ws_server.url, api_key="k")
+    with budgetspan.run("ws", max_model_calls=2) as run:
+        with client.responses.connect() as connection:
+            connection.response.create(model="gpt-4o-mini", input="hi")
+            assert connection.recv().type == "response.created"
+        [span] = instrumented.spans("chat")
+        assert span.attributes[A.STREAM_END] == "closed"
+        assert run.usage.model_calls == 1 and run.usage.input_tokens > 0  # estimated, never 0
+
+
+async def test_an_async_connection_closed_before_its_response_completed_ends_the_call(
+    instrumented: Any, ws_server: ResponsesWebSocketServer
+) -> None:
+    client = openai.AsyncOpenAI(base_url=ws_server.url, api_key="k")
+    async with budgetspan.run("ws", max_model_calls=2) as run:
+        async with client.responses.connect() as connection:
+            await connection.response.create(model="gpt-4o-mini", input="hi")
+            assert (await connection.recv()).type == "response.created"
+        [span] = instrumented.spans("chat")
+        assert span.attributes[A.STREAM_END] == "closed"
+        assert run.usage.model_calls == 1 and run.usage.input_tokens > 0

@@ -282,17 +282,17 @@ class Usage:
         return d
 
 
-def _money(x: float) -> str:
-    """Cents; below a cent four places; below that two significant digits ($0.000032, never a
-    '$0.0000' for a call that costs something)."""
+def as_dollars(x: float) -> str:
+    """Cents ($1,500.00); below a cent four places; below that two significant digits
+    ($0.000032, never a '$0.0000' for a call that costs something)."""
     if x >= 0.01 or x <= 0:
-        return f"${x:.2f}"
+        return f"${x:,.2f}"
     if x >= 0.0001:
         return f"${x:.4f}"
     return f"${x:.{1 - math.floor(math.log10(x))}f}"
 
 
-def _count(x: float) -> str:
+def as_figure(x: float) -> str:
     """A limit or count as a person writes it: 2,000,000 (not 2e+06), 0.5 for a fraction."""
     return f"{x:,.0f}" if float(x).is_integer() else f"{x:g}"
 
@@ -312,7 +312,7 @@ def explain(
     ``detail`` replaces the head (a loop says which call repeated); ``notes`` follow it
     ("1 model call kept for the final answer", "extended once by $0.10 after approval").
     """
-    lim = "?" if limit is None else _count(limit)
+    lim = "?" if limit is None else as_figure(limit)
     head = {
         "max_model_calls": f"Stopped after {usage.model_calls} of {lim} model calls",
         "max_tool_calls": f"Stopped after {usage.tool_calls} of {lim} tool calls",
@@ -333,7 +333,7 @@ def explain(
     }.get(reason, f"Stopped at limit {reason}")
     head = detail or head
     if worst:
-        amount = _money(worst) if reason == "max_cost_usd" else f"{worst:,.0f} tokens"
+        amount = as_dollars(worst) if reason == "max_cost_usd" else f"{worst:,.0f} tokens"
         head += f" (the next call could have used up to {amount} more"
         head += ")" if reason == "max_cost_usd" else "; a lower max_tokens on the request reserves less)"
     parts = [head, *notes]
@@ -342,9 +342,9 @@ def explain(
     if reason != "max_model_calls" and usage.model_calls:
         parts.append(f"{usage.model_calls} model call{'s' if usage.model_calls != 1 else ''} made")
     if reason == "max_cost_usd" and limit is not None:
-        parts.append(f"{_money(usage.cost_usd)} of {_money(float(limit))} spent")
+        parts.append(f"{as_dollars(usage.cost_usd)} of {as_dollars(float(limit))} spent")
     else:
-        spent = _money(usage.cost_usd) + " spent"
+        spent = as_dollars(usage.cost_usd) + " spent"
         if usage.unpriced_calls:
             spent += f" (+{usage.unpriced_calls} unpriced calls)"
         parts.append(spent)

@@ -128,7 +128,7 @@ class PriceResolver:
         self._rates: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
         #: Names no price table knows (an Azure OpenAI deployment, a gateway's alias) -> the
-        #: priced model their last answer named (``learn_name``).
+        #: priced model an answer to them named (``learn_name``; kept until forgotten).
         self._answered_as: dict[tuple[str, str], str] = {}
 
     def _model_price(self, provider: str, model: str) -> Any:
@@ -156,20 +156,26 @@ class PriceResolver:
         """A call to ``name``, which no price table knows, was answered by the priced model
         ``answered``: ``name`` is priced as it from now on, worst cases included (else every
         later call's worst case is unknown and a dollar limit holds none of them)."""
-        if self._answered_as.get((provider, name)) == answered or self.is_priced(provider, name):
+        # (Asked of the cache, not of ``_answered_as``: a name learnt before the cache was
+        # emptied is learnt again.)
+        if self.is_priced(provider, name):
             return
-        if not self.is_priced(provider, answered):
+        price = self._model_price(provider, answered)
+        if price is None:
             return
         with self._lock:
-            if len(self._answered_as) > 1024:
+            if len(self._answered_as) > 1024:  # forgotten whole, to be learnt again as answered
+                for key in self._answered_as:
+                    self._cache.pop(key, None)
+                    self._rates.pop(key, None)
                 self._answered_as.clear()
             self._answered_as[(provider, name)] = answered
-            self._cache[(provider, name)] = self._cache.get((provider, answered))
-            self._rates[(provider, name)] = self._rates.get((provider, answered))
+            self._cache[(provider, name)] = price
+            self._rates[(provider, name)] = _rates(price)
         self._worst_case_cost.cache_clear()  # (it may hold "unknown" for the name)
 
     def answered_as(self, provider: str, name: str | None) -> str | None:
-        """The priced model a name no price table knows was last answered by (``learn_name``)."""
+        """The priced model a name no price table knows was learnt as (``learn_name``)."""
         return self._answered_as.get((provider, name)) if name else None
 
     def cost(

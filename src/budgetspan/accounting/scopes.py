@@ -24,7 +24,7 @@ from typing import Any
 
 from budgetspan import events
 from budgetspan.accounting import windows
-from budgetspan.accounting.budget import LIMIT_NAMES, LOOP_LIMIT_NAMES, Budget, Usage, _money
+from budgetspan.accounting.budget import LIMIT_NAMES, LOOP_LIMIT_NAMES, Budget, Usage, as_dollars, as_figure
 from budgetspan.accounting.windows import NO_WINDOW, Bounds, Window, parse_window
 
 #: The scope kinds, innermost first: the order a call reserves in (after its run).
@@ -139,9 +139,9 @@ def explain_scope(
     lim = 0.0 if limit is None else float(limit)
     used = 0.0 if spent is None else float(spent)
     if reason == "max_cost_usd":
-        head = f"has spent {_money(used)} of its ${lim:g} {adjective} budget"
+        head = f"has spent {as_dollars(used)} of its ${as_figure(lim)} {adjective} budget"
         if worst:
-            head += f" (the next call could have cost up to {_money(worst)} more)"
+            head += f" (the next call could have cost up to {as_dollars(worst)} more)"
     elif reason.endswith("_tokens"):
         what = reason.removeprefix("max_").replace("_", " ")
         head = f"has used {used:,.0f} of its {lim:,.0f} {adjective} {what}"

@@ -5,8 +5,8 @@ tokenizers (OpenAI's o200k/cl100k, Anthropic's, Llama's) average 3.5-4.5 bytes p
 English prose and code, about 3 on CJK text, so the estimate is typically 0-35% above the true
 count and rarely below it; it is an estimate, marked as one wherever it is used.
 
-An image part (OpenAI's ``image_url`` / ``input_image``, Anthropic's ``image``) counts as
-``IMAGE_TOKENS`` whatever its JSON text: a URL's few bytes or a base64 payload's hundreds of
+An image part (OpenAI's ``image_url`` / ``input_image``, Anthropic's ``image``, Gemini's inline
+or file data of an ``image/*`` type, Bedrock Converse's ``image`` block) counts as ``IMAGE_TOKENS`` whatever its JSON text: a URL's few bytes or a base64 payload's hundreds of
 thousands say nothing of what a model reads (OpenAI's gpt-4o reads up to ~1,450 tokens of a high
 detail image, Anthropic up to ~1,600 of a 1.15-megapixel one, Gemini 258 per tile).
 """
@@ -49,15 +49,30 @@ def request_tokens(parts: Iterable[Any]) -> int:
 
 
 def _without_images(value: Any, images: list[int]) -> Any:
-    """``value`` with its image parts taken out (counted in ``images[0]``)."""
+    """``value`` with its image parts taken out (counted in ``images[0]``); SDK objects are read
+    as their data, as the encoder reads them (google-genai's parts are pydantic models)."""
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        value = dump()
     if isinstance(value, dict):
-        if value.get("type") in _IMAGE_TYPES:
+        if value.get("type") in _IMAGE_TYPES or _is_image_data(value):
             images[0] += 1
             return None
         return {key: _without_images(item, images) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [_without_images(item, images) for item in value]
     return value
+
+
+def _is_image_data(value: dict[Any, Any]) -> bool:
+    """Gemini's ``inline_data`` (raw bytes) or ``file_data`` (a URI) of an image, or a Bedrock
+    Converse image block (``{"image": {"format", "source"}}``, no ``type``)."""
+    image = value.get("image")
+    if isinstance(image, dict) and "source" in image:
+        return True
+    mime = value.get("mime_type") or value.get("mimeType")
+    has_data = any(key in value for key in ("data", "file_uri", "fileUri"))
+    return isinstance(mime, str) and mime.startswith("image/") and has_data
 
 
 def _plain(value: Any) -> Any:

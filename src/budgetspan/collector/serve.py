@@ -1,6 +1,6 @@
 """The tier inside a collector process: built from the environment, metrics served over HTTP.
 
-Exposition: the in-process endpoint's ``MetricsServer`` (one thread, at most 32 connections,
+Exposition: the in-process endpoint's ``MetricsServer`` (one thread, ``MAX_CONNECTIONS`` at once,
 bounded idle time; prometheus-client's ``start_http_server`` started a thread per connection
 without limit) on a thread of the process that hosts the tier (rotel's embedded interpreter),
 reading the same cells the processor writes. Every scrape renders afresh (``reuse=0``): a
@@ -37,14 +37,15 @@ def start_tier() -> Tier:
     tier = Tier(TierOptions.from_env(), registry=registry)
     port = os.environ.get(A.ENV_COLLECTOR_METRICS_PORT, "").strip()
     if port:
-        if count_at_most(port, 65535) < 0:
+        number = count_at_most(port, 65535)
+        if number < 0:
             raise ConfigError(f"{A.ENV_COLLECTOR_METRICS_PORT}={port[:40]!r}: expected a port number")
         addr = os.environ.get(A.ENV_COLLECTOR_METRICS_ADDR, "").strip() or DEFAULT_METRICS_ADDR
         if not is_host(addr):
             raise ConfigError(
                 f"{A.ENV_COLLECTOR_METRICS_ADDR}={addr[:40]!r}: expected an IP address or a host name"
             )
-        MetricsServer(registry, addr, count_at_most(port, 65535), reuse=0.0).start()
+        MetricsServer(registry, addr, number, reuse=0.0).start()
     threading.Thread(target=_sweep_forever, args=(tier,), name="budgetspan-sweeper", daemon=True).start()
     tier.resolver.is_priced("openai", "gpt-4o-mini")  # the price table loads now, not under the first batch
     return tier

@@ -226,13 +226,25 @@ class LiteLLMObserver(ChatObserver):
 
 
 class _Attempts:
-    """The requests LiteLLM began within one budgeted call, and a refusal of one of them."""
+    """The requests LiteLLM began within one budgeted call, and a refusal of one of them. Entered
+    for the call's length: a refusal LiteLLM wrapped (or reported as the first attempt's error)
+    leaves it as the ``BudgetExhausted`` it was."""
 
-    __slots__ = ("begun", "refused")
+    __slots__ = ("_token", "begun", "refused")
 
     def __init__(self) -> None:
         self.begun = 0
         self.refused: BudgetExhausted | None = None
+
+    def __enter__(self) -> None:
+        self._token = _ATTEMPTS.set(self)
+
+    def __exit__(self, et: Any, error: BaseException | None, tb: Any) -> None:
+        _ATTEMPTS.reset(self._token)
+        if isinstance(error, Exception):
+            refusal = _refusal(self, error)
+            if refusal is not None:
+                raise refusal from None
 
 
 #: Set for the length of a budgeted ``completion`` / ``acompletion`` (LiteLLM's re-entries, its
@@ -258,34 +270,16 @@ def _counted(asynchronous: bool) -> Any:
         async def awrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
             if in_model_call():
                 return await inner(wrapped, instance, args, kwargs)
-            attempts = _Attempts()
-            token = _ATTEMPTS.set(attempts)
-            try:
+            with _Attempts():
                 return await inner(wrapped, instance, args, kwargs)
-            except Exception as e:
-                refusal = _refusal(attempts, e)
-                if refusal is None:
-                    raise
-                raise refusal from None
-            finally:
-                _ATTEMPTS.reset(token)
 
         return awrapper
 
     def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         if in_model_call():
             return inner(wrapped, instance, args, kwargs)
-        attempts = _Attempts()
-        token = _ATTEMPTS.set(attempts)
-        try:
+        with _Attempts():
             return inner(wrapped, instance, args, kwargs)
-        except Exception as e:
-            refusal = _refusal(attempts, e)
-            if refusal is None:
-                raise
-            raise refusal from None
-        finally:
-            _ATTEMPTS.reset(token)
 
     return wrapper
 

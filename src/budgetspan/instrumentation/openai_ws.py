@@ -5,8 +5,10 @@ Each one is reserved when it is sent (``BudgetExhausted`` before it leaves: on t
 or queued on the connection manager before it connects) and waits in the connection's order of
 requests; the events read back (``recv``, iteration and handlers all parse them with
 ``parse_event``) go to the oldest one waiting, whose call ends at its ``response.completed``,
-``response.incomplete``, ``response.failed`` or ``error``. Usage, a chained call's context and
-the provider (from the client the manager was made by) as for ``responses.create``.
+``response.incomplete``, ``response.failed`` or ``error``, or when the connection closes first
+(then as a stream closed early: else its span was never written and its reservation held for the
+rest of the run). Usage, a chained call's context and the provider (from the client the manager
+was made by) as for ``responses.create``.
 """
 
 from __future__ import annotations
@@ -121,11 +123,40 @@ def _observe(queue: deque[Any], event: Any) -> None:
     observer.on_item(event)
     if kind in _LAST:
         queue.popleft()
-        try:
-            observer.finish()
-        except Exception:
-            internal_error("openai websocket finish")
-        call.end(status=_LAST[kind], stream_end="consumed")
+        _settle(call, observer, _LAST[kind], "consumed")
+
+
+def _settle(call: Any, observer: Any, status: str | None, stream_end: str) -> None:
+    try:
+        observer.finish()
+    except Exception:
+        internal_error("openai websocket finish")
+    call.end(status=status, stream_end=stream_end)
+
+
+def _abandon(connection: Any) -> None:
+    """The responses still unanswered when their connection closes end there, closed early."""
+    try:
+        queue = vars(connection).pop(_CALLS, None)
+        while queue:
+            call, observer = queue.popleft()
+            _settle(call, observer, None, "closed")
+    except Exception:
+        internal_error("openai websocket close")
+
+
+def _close(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        _abandon(instance)
+
+
+async def _aclose(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    try:
+        return await wrapped(*args, **kwargs)
+    finally:
+        _abandon(instance)
 
 
 def _adopt(manager: Any, connection: Any) -> None:
@@ -171,10 +202,19 @@ def _rows(module: str) -> tuple[Patch, ...]:
 _build: list[Callable[[Any, tuple[Any, ...], dict[str, Any]], Any]] = []
 
 
+#: Where the SDK defines the connections' ``close`` (shared with its other WebSocket APIs: a
+#: connection without calls waiting is left as it was).
+_BASE_CLOSE_ROWS: tuple[Patch, ...] = (
+    ("openai._websocket_connection", "WebSocketConnectionBase.close", _close),
+    ("openai._websocket_connection", "AsyncWebSocketConnectionBase.close", _aclose),
+)
+
+
 def patches(build: Callable[[Any, tuple[Any, ...], dict[str, Any]], Any]) -> tuple[Patch, ...]:
     """The rows of the OpenAI instrumentation's patch table, its calls made by ``build``."""
     _build[:] = [build]
     return (
         *_rows("openai.resources.responses.responses"),
         *_rows("openai.resources.beta.responses.responses"),
+        *_BASE_CLOSE_ROWS,
     )

@@ -142,8 +142,6 @@ class ResultObserver(Observer):
             self.charge_received_output()  # left before the output count (Gemini's comes last)
         if call.span is not None:
             attrs = call.end_attributes
-            if attrs is None:
-                attrs = call.end_attributes = {}
             if self.response_id:
                 attrs[A.GEN_AI_RESPONSE_ID] = self.response_id
             if self.finish_reasons:

@@ -8,7 +8,7 @@ extensions) and the usage from the ledger (with Redis, every process's).
 
 from __future__ import annotations
 
-from budgetspan.accounting.budget import Budget, Usage, _count, _money
+from budgetspan.accounting.budget import Budget, Usage, as_dollars, as_figure
 
 #: The order and the words of the one-line form.
 _WORDS: dict[str, str] = {
@@ -31,10 +31,10 @@ def left(budget: Budget, usage: Usage) -> dict[str, float]:
 
 def _one(name: str, limit: float, rest: float) -> str:
     if name == "max_cost_usd":
-        return f"{_money(rest)} of {_money(limit)}"
+        return f"{as_dollars(rest)} of {as_dollars(limit)}"
     if name == "max_wall_clock_s":
-        return f"{rest:.0f} of {_count(limit)} seconds"
-    return f"{_count(rest)} of {_count(limit)} {_WORDS[name]}"
+        return f"{rest:.0f} of {as_figure(limit)} seconds"
+    return f"{as_figure(rest)} of {as_figure(limit)} {_WORDS[name]}"
 
 
 def text(budget: Budget, usage: Usage) -> str:
