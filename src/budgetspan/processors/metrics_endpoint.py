@@ -128,6 +128,29 @@ def stop_server() -> None:
         server.shutdown()
 
 
+def _after_fork_in_child() -> None:
+    """A child forked from a process that serves /metrics (a Celery prefork pool, a pre-forking
+    web server, ``multiprocessing``) counts in its own copy of the registry, which nothing serves:
+    without multiprocess mode the parent's endpoint never shows what the child does. Said once
+    per child, not silently."""
+    server = _server
+    if server is None or multiprocess_mode():
+        return
+    host, port = server.server_address[:2]
+    log.warning(
+        "budgetspan: process %d was forked from one serving Prometheus metrics on %s:%s: its "
+        "metrics (the runs, calls and jobs it runs) are not on that endpoint. Set "
+        "PROMETHEUS_MULTIPROC_DIR to a writable directory before start to serve every process's sum.",
+        os.getpid(),
+        host,
+        port,
+    )
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class MetricsSpanProcessor(SpanProcessor):
     """No-op for spans (metrics come from events); closes the endpoint when the provider shuts down."""
 

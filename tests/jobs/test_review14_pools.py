@@ -1,0 +1,138 @@
+"""Review 14: budgeted jobs on Celery's real pools (prefork and threads), with a real redis-server
+and the real ``openai`` SDK against the loopback model server that counts every request reaching it.
+Several jobs run at once in one worker; a pool process is killed mid-call; a job spawns sub-jobs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from budgetspan.jobs import JobStore, wait_for_end
+from tests.accounting.redis_server import redis
+from tests.jobs.conftest import ROOT, scrape, value
+from tests.jobs.model_server import ModelServer
+from tests.processes import free_port
+
+
+class PoolWorker:
+    """``celery -A tests.jobs.pool_app worker --pool=POOL -c N`` as its own process."""
+
+    def __init__(self, pool: str, env: dict[str, str], client: redis.Redis, log: Path) -> None:
+        self.pool, self.env, self.client, self.log = pool, env, client, log
+        self.name = pool + ("-multiproc" if "PROMETHEUS_MULTIPROC_DIR" in env else "")
+        self.metrics_url = f"http://127.0.0.1:{env['BUDGETSPAN_METRICS_PORT']}/metrics"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "celery", "-A", "tests.jobs.pool_app", "worker", f"--pool={self.pool}"]
+        cmd += ["-c", "3", "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "warning"]
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while not self.client.exists(f"test:worker-ready:{self.proc.pid}"):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the Celery worker did not start: {self.log.read_text()[-3000:]}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def model_server() -> Iterator[ModelServer]:
+    server = ModelServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def app_module(redis_url: str, model_server: ModelServer) -> Any:
+    os.environ["POOL_TEST_REDIS"] = redis_url
+    os.environ["POOL_TEST_MODEL"] = model_server.url
+    from tests.jobs import pool_app
+
+    return pool_app
+
+
+@pytest.fixture(scope="module", params=["prefork", "prefork-multiproc", "threads"])
+def worker(
+    request: pytest.FixtureRequest,
+    redis_url: str,
+    model_server: ModelServer,
+    app_module: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[PoolWorker]:
+    env = dict(
+        os.environ,
+        POOL_TEST_REDIS=redis_url,
+        POOL_TEST_MODEL=model_server.url,
+        PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
+        BUDGETSPAN_METRICS_PORT=str(free_port()),
+    )
+    env.pop("BUDGETSPAN_BUDGET", None)
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    pool, _, multiproc = request.param.partition("-")
+    if multiproc:  # the pool's processes write their metrics to files; the parent serves the sum
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path_factory.mktemp("prom"))
+    client = redis.Redis.from_url(redis_url)
+    w = PoolWorker(pool, env, client, tmp_path_factory.mktemp("worker") / "worker.log")
+    w.start()
+    yield w
+    w.stop()
+
+
+def notified(client: redis.Redis, job_id: str) -> list[dict[str, Any]]:
+    return [
+        n for n in (json.loads(x) for x in client.lrange("test:notified", 0, -1)) if n["job_id"] == job_id
+    ]
+
+
+def test_jobs_running_at_once_each_hold_their_budget(
+    worker: PoolWorker, app_module: Any, model_server: ModelServer
+) -> None:
+    jobs, store = app_module.jobs, JobStore(app_module.client)
+    ids = [
+        jobs.submit(
+            app_module.agent, 5, workflow="pooled", budget={"max_model_calls": 3}, job_id=f"{worker.name}-{i}"
+        )
+        for i in range(6)
+    ]
+    ends = [wait_for_end(store, job_id, timeout_s=60) for job_id in ids]
+    for job_id, end in zip(ids, ends, strict=True):
+        assert end is not None and end.outcome == "budget_exhausted", end
+        assert model_server.steps(job_id) == [0, 1, 2]  # the 4th call was refused before it left
+        assert end.usage["model_calls"] == 3
+        assert not app_module.client.exists(f"budgetspan:run:{job_id}")  # nothing left held
+        assert not app_module.client.hlen(f"budgetspan:job:{job_id}:calls")
+    pids = {int(p) for job_id in ids for p in app_module.client.lrange(f"test:pids:{job_id}", 0, -1)}
+    if worker.pool == "prefork":
+        assert worker.proc is not None and worker.proc.pid not in pids  # ran in the pool's children
+    if worker.name == "prefork":  # the pool's children count apart from the served registry: said
+        assert "forked from one serving Prometheus metrics" in worker.log.read_text()
+        assert "PROMETHEUS_MULTIPROC_DIR" in worker.log.read_text()
+        return
+    # The worker's /metrics counts every job's end, wherever in the pool it ran.
+    deadline = time.monotonic() + 10
+    while True:
+        counted = value(
+            scrape(worker.metrics_url), "budgetspan_jobs_total", workflow="pooled", state="budget_exhausted"
+        )
+        if counted >= 6 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert counted == 6
