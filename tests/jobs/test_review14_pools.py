@@ -207,4 +207,3 @@ def test_sub_jobs_submitted_from_a_job_spend_from_its_budget(
         assert wait_for_end(JobStore(client), child, timeout_s=60) is not None
     sent = len(model_server.steps(job_id)) + sum(len(model_server.steps(c)) for c in children)
     assert sent <= 3, f"{sent} model calls under a job budget of 3"
-
