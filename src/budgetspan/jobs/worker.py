@@ -80,7 +80,9 @@ def execute(
 
 def submitted(store: JobStore, spec: JobSpec) -> None:
     """Record a job as queued (the queue adapter calls it just before sending the task)."""
-    store.submitted(spec.job_id, spec.workflow)
+    from budgetspan.accounting.redis_ledger import RedisLedger
+
+    store.submitted(spec.job_id, spec.workflow, [RedisLedger.key(p.run_id) for p in spec.parents])
     events.emit("on_job_state", spec.workflow, "queued")
 
 
@@ -117,6 +119,15 @@ def _publisher(store: JobStore, job_id: str) -> Callable[[Milestone], None]:
     return publish
 
 
+def _parent_runs(spec: JobSpec, ledger: JobLedger) -> Run | None:
+    """The runs the job was submitted from, as they stand on the shared ledger (not opened here:
+    their records are held open by the job), innermost last made: the job's run spends from them."""
+    parent: Run | None = None
+    for p in reversed(spec.parents):
+        parent = Run(p.workflow, p.budget, p.mode, run_id=p.run_id, ledger=ledger, parent=parent)
+    return parent
+
+
 def _run_scope(spec: JobSpec) -> RunScope:
     """The job's run: its id, budget, mode and identity, all from the job's headers."""
     return RunScope(
@@ -148,6 +159,7 @@ def _attempt(
     error: BaseException | None = None
     run: Run | None = None
     attached = False
+    parents = context.enter_run(_parent_runs(spec, ledger)) if spec.parents else None
     try:
         with scope as run:
             ledger.attach(job_id, attempt)
@@ -169,6 +181,8 @@ def _attempt(
         progress.close()
         if attached:
             ledger.detach(job_id)
+        if parents is not None:
+            context.exit_run(parents)
         _current.reset(job_token)
     assert run is not None
     partial = dict(run.partial)
@@ -189,6 +203,9 @@ def _explanation(run: Run, error: BaseException | None) -> str:
     usage = run.final_usage or Usage()
     if run.exhausted is not None:
         return run.exhausted.explain(usage)
+    for outer in run.ancestors():  # stopped by a run it was submitted from (a sub-job)
+        if outer.exhausted is not None:
+            return outer.exhausted.explanation
     if error is not None:
         # The end goes to Redis, the webhook and the progress stream: an error's text (a prompt,
         # a customer's address) only with content capture on, like on spans.
