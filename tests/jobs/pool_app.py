@@ -74,3 +74,22 @@ def fanout(children: int, steps: int) -> list[str]:
         jobs.submit(agent, steps, job_id=f"{job}-c{c}", notify="tests.jobs.pool_app:on_end")
         for c in range(children)
     ]
+
+
+@jobs.task(name="pool.flaky", autoretry_for=(ConnectionError,), max_retries=2, default_retry_delay=0)
+def flaky(steps: int) -> list[str]:
+    """Fails with ConnectionError on its first attempt after one call; Celery is asked to retry it."""
+    job = current_job_id()
+    first = client.incr(f"test:flaky:{job}") == 1
+    answers = [_call(job, 0 if first else 10 + i) for i in range(1 if first else steps)]
+    if first:
+        raise ConnectionError("the first attempt fails")
+    return answers
+
+
+@jobs.task(name="pool.broken", autoretry_for=(ConnectionError,), max_retries=1, default_retry_delay=0)
+def broken() -> None:
+    """One call, then ConnectionError, on every attempt: Celery retries it once, then it fails."""
+    job = current_job_id()
+    _call(job, int(client.incr(f"test:broken:{job}")))
+    raise ConnectionError("down")

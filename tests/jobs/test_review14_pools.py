@@ -209,3 +209,27 @@ def test_sub_jobs_submitted_from_a_job_spend_from_its_budget(
     for child in children:
         assert not client.exists(f"budgetspan:run:{child}")
         assert "held_runs" not in JobStore(client).state(child)
+
+
+def test_a_task_retried_by_celery_autoretry_keeps_one_budget(
+    worker: PoolWorker, app_module: Any, model_server: ModelServer
+) -> None:
+    """``autoretry_for`` on a job's task: Celery runs it again (was: the job ended ``failure``
+    after the first attempt, the option silently ignored), with the same run and budget."""
+    jobs, client, store = app_module.jobs, app_module.client, JobStore(app_module.client)
+    job_id = jobs.submit(
+        app_module.flaky, 5, workflow="pooled", budget={"max_model_calls": 4}, job_id=f"{worker.name}-flaky"
+    )
+    end = wait_for_end(store, job_id, timeout_s=60)
+    assert end is not None and end.attempts == 2, end
+    assert model_server.steps(job_id) == [0, 10, 11, 12]  # 4 calls over both attempts, not 1 + 4
+    assert end.outcome == "budget_exhausted" and end.usage["model_calls"] == 4
+    assert not client.exists(f"budgetspan:run:{job_id}")  # the record kept for the retry went at the end
+    assert "held_runs" not in store.state(job_id)
+
+    broken = jobs.submit(app_module.broken, workflow="pooled", job_id=f"{worker.name}-broken")
+    end = wait_for_end(store, broken, timeout_s=60)
+    assert end is not None and end.outcome == "failure" and end.attempts == 2, end
+    assert end.explanation == "Failed: ConnectionError"
+    assert end.usage["model_calls"] == 2 and model_server.steps(broken) == [1, 2]
+    assert not client.exists(f"budgetspan:run:{broken}")

@@ -69,7 +69,15 @@ def test_the_runs_a_sub_job_spends_from_survive_the_headers() -> None:
 
 
 def test_a_run_on_the_process_s_own_ledger_is_no_parent_a_worker_could_reach() -> None:
-    with budgetspan.run("local", max_model_calls=2):  # the in-memory ledger: no other process sees it
-        spec = JobSpec.new("child")
+    from budgetspan.accounting.memory import InMemoryLedger
+    from budgetspan.runs import context
+
+    previous = context.get_ledger()
+    context.set_ledger(InMemoryLedger())
+    try:
+        with budgetspan.run("local", max_model_calls=2):  # no other process sees this ledger
+            spec = JobSpec.new("child")
+    finally:
+        context.set_ledger(previous)
     assert spec.parents == ()
     assert "budgetspan-parents" not in spec.headers()

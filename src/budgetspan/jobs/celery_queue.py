@@ -48,6 +48,20 @@ def _headers(request: Any) -> dict[str, Any]:
     return found
 
 
+def _retried_by(task: Any) -> Callable[[BaseException], bool]:
+    """Whether Celery's ``autoretry_for`` will run the task again after this error (its retries
+    left, ``dont_autoretry_for`` respected): the job then goes on with the same run and budget."""
+    auto = tuple(getattr(task, "autoretry_for", ()) or ())
+    dont = tuple(getattr(task, "dont_autoretry_for", ()) or ())
+    limit = getattr(task, "max_retries", None)
+    left = limit is None or int(getattr(task.request, "retries", 0) or 0) < int(limit)
+
+    def retried(exc: BaseException) -> bool:
+        return bool(auto) and left and isinstance(exc, auto) and not isinstance(exc, dont)
+
+    return retried
+
+
 class CeleryJobs:
     """Budgeted jobs on ``app``; ``client`` is the ``redis.Redis`` of the shared ledger and job state."""
 
@@ -81,7 +95,7 @@ class CeleryJobs:
                     spec = JobSpec.from_headers(_headers(task.request))
                 except KeyError:  # sent without submit(): an ordinary call, unbudgeted here
                     return fn(*args, **kwargs)
-                end = worker.execute(spec, fn, args, kwargs, self.ledger())
+                end = worker.execute(spec, fn, args, kwargs, self.ledger(), _retried_by(task))
                 return None if end is None else end.outcome
 
             opts = {"acks_late": True, "reject_on_worker_lost": True, "ignore_result": True, **options}

@@ -56,18 +56,23 @@ end
 return state
 """
 
-# A job submitted from declared runs on the Redis ledger keeps their records (KEYS[2..]) open
-# until it ends: one opener more on each that is still there, noted in the job hash (KEYS[1]).
+# A job keeps ledger records (KEYS[2..]) open until it ends: those of the declared runs it was
+# submitted from, and its own between an attempt that failed and the queue's retry. One opener
+# more on each that is still there, noted in the job hash (KEYS[1]).
 _HOLD = """
 local held = {}
+local before = redis.call('HGET', KEYS[1], 'held_runs')
+if before then held = cjson.decode(before) end
+local n = 0
 for i = 2, #KEYS do
   if redis.call('EXISTS', KEYS[i]) == 1 then
     redis.call('HINCRBY', KEYS[i], 'opened', 1)
     held[#held + 1] = KEYS[i]
+    n = n + 1
   end
 end
-if #held > 0 then redis.call('HSET', KEYS[1], 'held_runs', cjson.encode(held)) end
-return #held
+if n > 0 then redis.call('HSET', KEYS[1], 'held_runs', cjson.encode(held)) end
+return n
 """
 
 # The first end also gives back the openers the job held (a record goes with its last opener).
@@ -144,7 +149,11 @@ class JobStore:
         )
         self.client.expire(key, self.ttl_s)
         if hold:
-            self._hold(keys=[key, *hold])
+            self.hold(job_id, hold)
+
+    def hold(self, job_id: str, run_keys: Sequence[str]) -> int:
+        """Keep the ledger records ``run_keys`` open (one opener more each) until the job ends."""
+        return int(self._hold(keys=[self.key(job_id), *run_keys]))
 
     def request_cancel(self, job_id: str) -> str:
         """Mark the job cancelled; returns its state before (``queued``, ``running``, ``ended``...).

@@ -54,9 +54,17 @@ def checkpoint(step: str, compute: Callable[[], T]) -> T:
 
 
 def execute(
-    spec: JobSpec, fn: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any], ledger: JobLedger
+    spec: JobSpec,
+    fn: Callable[..., Any],
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    ledger: JobLedger,
+    retry: Callable[[BaseException], bool] | None = None,
 ) -> JobEnd | None:
-    """One attempt of the job; its end (None when the job was cancelled or had ended before)."""
+    """One attempt of the job; its end (None when the job was cancelled or had ended before).
+    ``retry``: whether the queue will run the job again after this error (Celery's
+    ``autoretry_for``): then the error is raised, no end is recorded, and the run's record is
+    kept for the next attempt, which goes on with the same budget."""
     store = ledger.store
     if context.get_ledger() is not ledger:
         context.set_ledger(ledger)  # the worker's runs spend from the shared ledger
@@ -69,7 +77,7 @@ def execute(
     try:
         if attempt == 1 and wait is not None:
             _queue_delay(spec, wait)
-        end = _attempt(spec, fn, args, kwargs, ledger, attempt, wait)
+        end = _attempt(spec, fn, args, kwargs, ledger, attempt, wait, retry)
     finally:
         otel_context.detach(token)
     if store.end(end):
@@ -151,6 +159,7 @@ def _attempt(
     ledger: JobLedger,
     attempt: int,
     wait: float | None,
+    retry: Callable[[BaseException], bool] | None = None,
 ) -> JobEnd:
     store, job_id = ledger.store, spec.job_id
     scope = _run_scope(spec)
@@ -171,11 +180,15 @@ def _attempt(
             watch = CancelWatch(store, job_id, run).start()  # in-flight async calls, from now on
             try:
                 run.result = fn(*args, **kwargs)
+            except Exception as exc:
+                if retry is not None and retry(exc):  # the queue runs it again: keep its record
+                    store.hold(job_id, [ledger.key(job_id)])
+                raise
             finally:
                 watch.close()
     except BudgetExhausted:
         pass  # suppressed by the scope; here for an enclosing run's refusal
-    except Exception as exc:  # the job failed: recorded, notified, not retried by the queue
+    except Exception as exc:  # the job failed: recorded, notified (unless the queue retries it)
         error = exc
     finally:
         progress.close()
@@ -185,6 +198,14 @@ def _attempt(
             context.exit_run(parents)
         _current.reset(job_token)
     assert run is not None
+    if error is not None and retry is not None and retry(error):
+        raise error  # no end: the next attempt goes on with the job's run
+    return _end_of(run, error, store, job_id, attempt, wait)
+
+
+def _end_of(
+    run: Run, error: BaseException | None, store: JobStore, job_id: str, attempt: int, wait: float | None
+) -> JobEnd:
     partial = dict(run.partial)
     partial["steps"] = store.steps(job_id)
     return JobEnd(
