@@ -226,6 +226,16 @@ def test_a_task_retried_by_celery_autoretry_keeps_one_budget(
     assert end.outcome == "budget_exhausted" and end.usage["model_calls"] == 4
     assert not client.exists(f"budgetspan:run:{job_id}")  # the record kept for the retry went at the end
     assert "held_runs" not in store.state(job_id)
+    watch = subprocess.run(
+        [sys.executable, "-m", "budgetspan.cli", "jobs", "watch", job_id, "--redis", app_module.REDIS_URL],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert watch.returncode == 1, watch.stderr  # one end, after the last attempt: budget_exhausted
+    ends = [line for line in watch.stdout.splitlines() if "budget_exhausted" in line or "Failed" in line]
+    assert len(ends) == 1 and "4 of 4 model calls" in ends[0], watch.stdout
 
     broken = jobs.submit(app_module.broken, workflow="pooled", job_id=f"{worker.name}-broken")
     end = wait_for_end(store, broken, timeout_s=60)
