@@ -93,3 +93,10 @@ def broken() -> None:
     job = current_job_id()
     _call(job, int(client.incr(f"test:broken:{job}")))
     raise ConnectionError("down")
+
+
+@jobs.task(name="pool.slow", time_limit=3)
+def slow(steps: int) -> list[str]:
+    """``steps`` calls under Celery's hard time limit of 3 s (the test holds one of them)."""
+    job = current_job_id()
+    return [_call(job, i) for i in range(steps)]

@@ -243,3 +243,35 @@ def test_a_task_retried_by_celery_autoretry_keeps_one_budget(
     assert end.explanation == "Failed: ConnectionError"
     assert end.usage["model_calls"] == 2 and model_server.steps(broken) == [1, 2]
     assert not client.exists(f"budgetspan:run:{broken}")
+
+
+def test_a_job_past_celery_s_hard_time_limit_ends_and_holds_nothing(
+    worker: PoolWorker, app_module: Any, model_server: ModelServer
+) -> None:
+    if worker.pool != "prefork":
+        pytest.skip("only the prefork pool enforces time limits (it kills the pool process)")
+    jobs, client, store = app_module.jobs, app_module.client, JobStore(app_module.client)
+    job_id = f"{worker.name}-slow"
+    gate = model_server.gate(job_id, 1)  # step 1 is held past the 3 s limit: Celery kills the process
+    try:
+        jobs.submit(
+            app_module.slow,
+            3,
+            workflow="pooled",
+            budget={"max_model_calls": 5},
+            job_id=job_id,
+            notify="tests.jobs.pool_app:on_end",
+        )
+        end = wait_for_end(store, job_id, timeout_s=30)
+    finally:
+        gate.set()
+    assert end is not None, store.state(job_id)
+    assert end.outcome == "failure" and end.explanation == "Failed: TimeLimitExceeded", end
+    assert model_server.steps(job_id) == [0, 1]
+    assert end.usage["model_calls"] == 2  # the call in flight was sent: it counts
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not notified(client, job_id):
+        time.sleep(0.1)
+    assert len(notified(client, job_id)) == 1
+    assert not client.exists(f"budgetspan:run:{job_id}")  # the killed attempt's call is given back
+    assert not client.hlen(f"budgetspan:job:{job_id}:calls")

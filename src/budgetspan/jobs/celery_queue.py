@@ -23,6 +23,7 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from budgetspan import events
 from budgetspan.accounting.budget import Budget
 from budgetspan.accounting.ledger import Mode
 from budgetspan.jobs import worker
@@ -77,6 +78,7 @@ class CeleryJobs:
         for key, value in RECOMMENDED_CONF.items():
             app.conf.setdefault(key, value)
         signals.task_revoked.connect(self._on_revoked, weak=False)
+        signals.task_failure.connect(self._on_failure, weak=False)
 
     # the worker ----------------------------------------------------------------------------------
     def ledger(self) -> JobLedger:
@@ -116,6 +118,23 @@ class CeleryJobs:
         except KeyError:
             return
         deliver_pending(self.store, spec.notify, spec.job_id)
+
+    def _on_failure(
+        self, sender: Any = None, task_id: str | None = None, exception: Any = None, **_: Any
+    ) -> None:
+        """A hard time limit killed the pool process running a job: Celery acknowledges the task
+        (no retry) and says so only here, in the worker's parent. End the job there."""
+        from celery.exceptions import TimeLimitExceeded
+
+        if task_id is None or not isinstance(exception, TimeLimitExceeded) or sender is None:
+            return
+        if getattr(sender, "name", None) not in self._functions:
+            return
+        try:
+            # (a ledger of its own: the pool forks its next processes from this one)
+            worker.abandon(JobLedger(self.client, self.store, **self._ledger_options), task_id, exception)
+        except Exception:
+            events.internal_error("jobs.time_limit")
 
     # any process ---------------------------------------------------------------------------------
     def submit(

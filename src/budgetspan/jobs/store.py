@@ -139,7 +139,9 @@ class JobStore:
         return PREFIX + job_id + (":" + part if part else "")
 
     # the submitter ---------------------------------------------------------------------------
-    def submitted(self, job_id: str, workflow: str, hold: Sequence[str] = ()) -> None:
+    def submitted(
+        self, job_id: str, workflow: str, hold: Sequence[str] = (), notify: str | None = None
+    ) -> None:
         """Record the job as queued; ``hold``: the ledger keys of the runs it spends from, kept
         open until it ends (an ended parent run would take its spend with it)."""
         sec, usec = self.client.time()
@@ -147,6 +149,8 @@ class JobStore:
         self.client.hset(
             key, mapping={"state": "queued", "workflow": workflow, "submitted_at": sec + usec / 1e6}
         )
+        if notify:  # for an end recorded where the message's headers are not at hand
+            self.client.hset(key, "notify", notify)
         self.client.expire(key, self.ttl_s)
         if hold:
             self.hold(job_id, hold)

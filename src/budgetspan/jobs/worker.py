@@ -90,7 +90,9 @@ def submitted(store: JobStore, spec: JobSpec) -> None:
     """Record a job as queued (the queue adapter calls it just before sending the task)."""
     from budgetspan.accounting.redis_ledger import RedisLedger
 
-    store.submitted(spec.job_id, spec.workflow, [RedisLedger.key(p.run_id) for p in spec.parents])
+    store.submitted(
+        spec.job_id, spec.workflow, [RedisLedger.key(p.run_id) for p in spec.parents], notify=spec.notify
+    )
     events.emit("on_job_state", spec.workflow, "queued")
 
 
@@ -259,6 +261,29 @@ def cancel(store: JobStore, job_id: str) -> str:
     return before
 
 
+def abandon(ledger: JobLedger, job_id: str, error: BaseException) -> JobEnd | None:
+    """End a running job whose attempt was killed with no retry to follow (Celery's hard time
+    limit kills the pool process; only the worker's parent hears of it): what it held is given
+    back, the end recorded and notified, instead of a job "running" for ever."""
+    store = ledger.store
+    state = store.state(job_id)
+    if state.get("state") != "running":
+        return None
+    usage = ledger.abandon(job_id)
+    end = JobEnd(
+        job_id,
+        "failure",
+        f"Failed: {type(error).__name__}",
+        {"steps": store.steps(job_id)},
+        attempts=int(state.get("attempts") or 0),
+        usage=usage.as_dict(),
+    )
+    if store.end(end):
+        events.emit("on_job_state", state.get("workflow", "unknown"), "failure")
+    deliver(store, state.get("notify") or None, store.ended(job_id) or end)
+    return end
+
+
 def wait_for_end(store: JobStore, job_id: str, timeout_s: float, poll_s: float = 0.05) -> JobEnd | None:
     """The job's recorded end, waiting up to ``timeout_s`` for it."""
     deadline = time.monotonic() + timeout_s
@@ -269,4 +294,4 @@ def wait_for_end(store: JobStore, job_id: str, timeout_s: float, poll_s: float =
         time.sleep(poll_s)
 
 
-__all__ = ["cancel", "checkpoint", "current_job_id", "execute", "submitted", "wait_for_end"]
+__all__ = ["abandon", "cancel", "checkpoint", "current_job_id", "execute", "submitted", "wait_for_end"]
