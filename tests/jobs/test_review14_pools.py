@@ -167,6 +167,16 @@ def test_a_pool_process_killed_mid_call_the_retry_pays_it_once(
     assert not client.exists(f"budgetspan:run:{job_id}")
     assert not client.hlen(f"budgetspan:job:{job_id}:calls")
     assert len(notified(client, job_id)) >= 1
+    if worker.name == "prefork-multiproc":  # the killed process's live run is not live for ever
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _live_runs(worker) != 0:
+            time.sleep(0.2)
+        assert _live_runs(worker) == 0
+
+
+def _live_runs(worker: PoolWorker) -> float:
+    samples = scrape(worker.metrics_url)
+    return sum(v for (name, _), v in samples.items() if name == "budgetspan_live_runs")
 
 
 def test_a_countdown_job_runs_once_and_holds_its_budget(
