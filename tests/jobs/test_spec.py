@@ -55,3 +55,29 @@ def test_new_takes_the_submitting_runs_identity_and_names_the_job_in_baggage() -
     assert "budgetspan.run.id=job-1" in spec.trace["baggage"]  # W3C baggage: the job's run
     back = JobSpec.from_headers(spec.headers())
     assert back == spec
+
+
+def test_the_runs_a_sub_job_spends_from_survive_the_headers() -> None:
+    from budgetspan.jobs.spec import ParentRun
+
+    parents = (
+        ParentRun("inner", "fanout", Budget(max_model_calls=3), Mode.ENFORCE),
+        ParentRun("outer", "batch", Budget(max_cost_usd=1.5, profile="bg"), Mode.OBSERVE),
+    )
+    spec = JobSpec("j2", "child", Budget(), Mode.ENFORCE, parents=parents)
+    assert JobSpec.from_headers(spec.headers()) == spec
+
+
+def test_a_run_on_the_process_s_own_ledger_is_no_parent_a_worker_could_reach() -> None:
+    from budgetspan.accounting.memory import InMemoryLedger
+    from budgetspan.runs import context
+
+    previous = context.get_ledger()
+    context.set_ledger(InMemoryLedger())
+    try:
+        with budgetspan.run("local", max_model_calls=2):  # no other process sees this ledger
+            spec = JobSpec.new("child")
+    finally:
+        context.set_ledger(previous)
+    assert spec.parents == ()
+    assert "budgetspan-parents" not in spec.headers()

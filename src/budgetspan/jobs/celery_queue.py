@@ -23,6 +23,7 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from budgetspan import events
 from budgetspan.accounting.budget import Budget
 from budgetspan.accounting.ledger import Mode
 from budgetspan.jobs import worker
@@ -48,6 +49,20 @@ def _headers(request: Any) -> dict[str, Any]:
     return found
 
 
+def _retried_by(task: Any) -> Callable[[BaseException], bool]:
+    """Whether Celery's ``autoretry_for`` will run the task again after this error (its retries
+    left, ``dont_autoretry_for`` respected): the job then goes on with the same run and budget."""
+    auto = tuple(getattr(task, "autoretry_for", ()) or ())
+    dont = tuple(getattr(task, "dont_autoretry_for", ()) or ())
+    limit = getattr(task, "max_retries", None)
+    left = limit is None or int(getattr(task.request, "retries", 0) or 0) < int(limit)
+
+    def retried(exc: BaseException) -> bool:
+        return bool(auto) and left and isinstance(exc, auto) and not isinstance(exc, dont)
+
+    return retried
+
+
 class CeleryJobs:
     """Budgeted jobs on ``app``; ``client`` is the ``redis.Redis`` of the shared ledger and job state."""
 
@@ -63,6 +78,7 @@ class CeleryJobs:
         for key, value in RECOMMENDED_CONF.items():
             app.conf.setdefault(key, value)
         signals.task_revoked.connect(self._on_revoked, weak=False)
+        signals.task_failure.connect(self._on_failure, weak=False)
 
     # the worker ----------------------------------------------------------------------------------
     def ledger(self) -> JobLedger:
@@ -81,7 +97,7 @@ class CeleryJobs:
                     spec = JobSpec.from_headers(_headers(task.request))
                 except KeyError:  # sent without submit(): an ordinary call, unbudgeted here
                     return fn(*args, **kwargs)
-                end = worker.execute(spec, fn, args, kwargs, self.ledger())
+                end = worker.execute(spec, fn, args, kwargs, self.ledger(), _retried_by(task))
                 return None if end is None else end.outcome
 
             opts = {"acks_late": True, "reject_on_worker_lost": True, "ignore_result": True, **options}
@@ -102,6 +118,23 @@ class CeleryJobs:
         except KeyError:
             return
         deliver_pending(self.store, spec.notify, spec.job_id)
+
+    def _on_failure(
+        self, sender: Any = None, task_id: str | None = None, exception: Any = None, **_: Any
+    ) -> None:
+        """A hard time limit killed the pool process running a job: Celery acknowledges the task
+        (no retry) and says so only here, in the worker's parent. End the job there."""
+        from celery.exceptions import TimeLimitExceeded
+
+        if task_id is None or not isinstance(exception, TimeLimitExceeded) or sender is None:
+            return
+        if getattr(sender, "name", None) not in self._functions:
+            return
+        try:
+            # (a ledger of its own: the pool forks its next processes from this one)
+            worker.abandon(JobLedger(self.client, self.store, **self._ledger_options), task_id, exception)
+        except Exception:
+            events.internal_error("jobs.time_limit")
 
     # any process ---------------------------------------------------------------------------------
     def submit(

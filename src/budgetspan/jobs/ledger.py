@@ -21,6 +21,7 @@ import json
 import threading
 from typing import Any
 
+from budgetspan.accounting.budget import Usage
 from budgetspan.accounting.ledger import CallKind, Refusal, Reservation, Spend
 from budgetspan.accounting.redis_ledger import RedisLedger
 from budgetspan.jobs.store import JobStore
@@ -58,11 +59,15 @@ class JobLedger(RedisLedger):
         with self._journal_lock:
             self._attempts[job_id] = attempt
         self._opened(keys=[self.store.key(job_id), self.key(job_id)])
+        return self._give_back(job_id, keep=attempt)
+
+    def _give_back(self, job_id: str, keep: int | None) -> int:
+        """Release the journaled reservations of every attempt but ``keep``; how many."""
         key = self.store.key(job_id, "calls")
         taken = 0
         for name, raw in self.client.hgetall(key).items():
             field = name.decode() if isinstance(name, bytes) else str(name)
-            if field.split(":", 1)[0] == str(attempt):
+            if field.split(":", 1)[0] == str(keep):
                 continue
             held = json.loads(raw)
             orphan = Reservation(
@@ -77,6 +82,22 @@ class JobLedger(RedisLedger):
                 super().release(orphan)
                 taken += 1
         return taken
+
+    def abandon(self, job_id: str) -> Usage:
+        """The job's attempt was killed and no attempt follows (Celery's hard time limit): its
+        calls in flight were sent and stay counted (their usage unknown), the journal goes, its
+        opener comes off the run (the record goes with the last); the run's usage, or an empty
+        one when its record is gone."""
+        self.client.delete(self.store.key(job_id, "calls"))
+        dead = int(self.client.hget(self.store.key(job_id), "open_attempts") or 0)
+        self.client.hset(self.store.key(job_id), "open_attempts", 0)
+        usage = Usage()
+        for _ in range(dead):
+            try:
+                usage = self._read(job_id, close=True)
+            except KeyError:
+                break
+        return usage
 
     def detach(self, job_id: str) -> None:
         """The attempt has closed the job's run."""

@@ -33,6 +33,7 @@ H_TENANT = "budgetspan-tenant"
 H_USER = "budgetspan-user"
 H_PERMISSIONS = "budgetspan-permissions"  # a JSON list
 H_CONVERSATION = "budgetspan-conversation"
+H_PARENTS = "budgetspan-parents"  # a JSON list of the submitting run and its enclosing runs
 TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
 
 
@@ -64,6 +65,50 @@ def budget_from_json(text: str) -> Budget:
 
 
 @dataclass(frozen=True)
+class ParentRun:
+    """A declared run the job was submitted from (or one enclosing it): the job spends from it too,
+    as a nested run spends from its parents. Only runs kept on a shared Redis ledger travel."""
+
+    run_id: str
+    workflow: str
+    budget: Budget
+    mode: Mode
+
+    def as_json(self) -> dict[str, str]:
+        return {
+            "id": self.run_id,
+            "workflow": self.workflow,
+            "budget": budget_to_json(self.budget),
+            "mode": self.mode.value,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, str]) -> ParentRun:
+        return cls(
+            str(data["id"]),
+            str(data["workflow"]),
+            budget_from_json(str(data["budget"])),
+            Mode(str(data["mode"])),
+        )
+
+
+def parents_here() -> tuple[ParentRun, ...]:
+    """The current declared run and those enclosing it, innermost first, when they are kept on a
+    Redis ledger (a job's worker can reach them there); none on a process's own ledger."""
+    from budgetspan.accounting.redis_ledger import RedisLedger
+
+    here = context.current_run()
+    if here is None or here.implicit or not isinstance(here.ledger, RedisLedger):
+        return ()
+    chain = [here, *here.ancestors()]
+    return tuple(
+        ParentRun(r.id, r.workflow, r.budget, r.mode)
+        for r in chain
+        if not r.implicit and isinstance(r.ledger, RedisLedger)
+    )
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """One job: ``job_id`` is also the id of the run that spends its budget."""
 
@@ -78,6 +123,7 @@ class JobSpec:
     user: str | None = None
     permissions: frozenset[str] = frozenset()
     conversation_id: str | None = None
+    parents: tuple[ParentRun, ...] = ()  # innermost first
 
     @classmethod
     def new(
@@ -116,6 +162,7 @@ class JobSpec:
                 permissions if permissions is not None else (here.permissions if here else ())
             ),
             conversation_id=conversation_id or (here.conversation_id if here else None),
+            parents=parents_here(),
         )
 
     def headers(self) -> dict[str, str]:
@@ -135,6 +182,8 @@ class JobSpec:
                 out[name] = value
         if self.permissions:
             out[H_PERMISSIONS] = json.dumps(sorted(self.permissions))
+        if self.parents:
+            out[H_PARENTS] = json.dumps([p.as_json() for p in self.parents])
         out.update(self.trace)
         return out
 
@@ -152,7 +201,8 @@ class JobSpec:
             user=headers.get(H_USER) or None,
             permissions=frozenset(json.loads(headers.get(H_PERMISSIONS) or "[]")),
             conversation_id=headers.get(H_CONVERSATION) or None,
+            parents=tuple(ParentRun.from_json(p) for p in json.loads(headers.get(H_PARENTS) or "[]")),
         )
 
 
-__all__ = ["TRACE_HEADERS", "JobSpec", "budget_from_json", "budget_to_json"]
+__all__ = ["TRACE_HEADERS", "JobSpec", "ParentRun", "budget_from_json", "budget_to_json", "parents_here"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -56,11 +56,40 @@ end
 return state
 """
 
+# A job keeps ledger records (KEYS[2..]) open until it ends: those of the declared runs it was
+# submitted from, and its own between an attempt that failed and the queue's retry. One opener
+# more on each that is still there, noted in the job hash (KEYS[1]).
+_HOLD = """
+local held = {}
+local before = redis.call('HGET', KEYS[1], 'held_runs')
+if before then held = cjson.decode(before) end
+local n = 0
+for i = 2, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    redis.call('HINCRBY', KEYS[i], 'opened', 1)
+    held[#held + 1] = KEYS[i]
+    n = n + 1
+  end
+end
+if n > 0 then redis.call('HSET', KEYS[1], 'held_runs', cjson.encode(held)) end
+return n
+"""
+
+# The first end also gives back the openers the job held (a record goes with its last opener).
 _END = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'ended' then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], unpack(ARGV, 3))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
+local held = redis.call('HGET', KEYS[1], 'held_runs')
+if held then
+  for _, key in ipairs(cjson.decode(held)) do
+    if redis.call('EXISTS', key) == 1 and redis.call('HINCRBY', key, 'opened', -1) <= 0 then
+      redis.call('DEL', key)
+    end
+  end
+  redis.call('HDEL', KEYS[1], 'held_runs')
+end
 return 1
 """
 
@@ -103,19 +132,32 @@ class JobStore:
         self._begin = client.register_script(_BEGIN)
         self._cancel = client.register_script(_CANCEL)
         self._end = client.register_script(_END)
+        self._hold = client.register_script(_HOLD)
 
     @staticmethod
     def key(job_id: str, part: str = "") -> str:
         return PREFIX + job_id + (":" + part if part else "")
 
     # the submitter ---------------------------------------------------------------------------
-    def submitted(self, job_id: str, workflow: str) -> None:
+    def submitted(
+        self, job_id: str, workflow: str, hold: Sequence[str] = (), notify: str | None = None
+    ) -> None:
+        """Record the job as queued; ``hold``: the ledger keys of the runs it spends from, kept
+        open until it ends (an ended parent run would take its spend with it)."""
         sec, usec = self.client.time()
         key = self.key(job_id)
         self.client.hset(
             key, mapping={"state": "queued", "workflow": workflow, "submitted_at": sec + usec / 1e6}
         )
+        if notify:  # for an end recorded where the message's headers are not at hand
+            self.client.hset(key, "notify", notify)
         self.client.expire(key, self.ttl_s)
+        if hold:
+            self.hold(job_id, hold)
+
+    def hold(self, job_id: str, run_keys: Sequence[str]) -> int:
+        """Keep the ledger records ``run_keys`` open (one opener more each) until the job ends."""
+        return int(self._hold(keys=[self.key(job_id), *run_keys]))
 
     def request_cancel(self, job_id: str) -> str:
         """Mark the job cancelled; returns its state before (``queued``, ``running``, ``ended``...).

@@ -54,9 +54,17 @@ def checkpoint(step: str, compute: Callable[[], T]) -> T:
 
 
 def execute(
-    spec: JobSpec, fn: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any], ledger: JobLedger
+    spec: JobSpec,
+    fn: Callable[..., Any],
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    ledger: JobLedger,
+    retry: Callable[[BaseException], bool] | None = None,
 ) -> JobEnd | None:
-    """One attempt of the job; its end (None when the job was cancelled or had ended before)."""
+    """One attempt of the job; its end (None when the job was cancelled or had ended before).
+    ``retry``: whether the queue will run the job again after this error (Celery's
+    ``autoretry_for``): then the error is raised, no end is recorded, and the run's record is
+    kept for the next attempt, which goes on with the same budget."""
     store = ledger.store
     if context.get_ledger() is not ledger:
         context.set_ledger(ledger)  # the worker's runs spend from the shared ledger
@@ -69,7 +77,7 @@ def execute(
     try:
         if attempt == 1 and wait is not None:
             _queue_delay(spec, wait)
-        end = _attempt(spec, fn, args, kwargs, ledger, attempt, wait)
+        end = _attempt(spec, fn, args, kwargs, ledger, attempt, wait, retry)
     finally:
         otel_context.detach(token)
     if store.end(end):
@@ -80,7 +88,11 @@ def execute(
 
 def submitted(store: JobStore, spec: JobSpec) -> None:
     """Record a job as queued (the queue adapter calls it just before sending the task)."""
-    store.submitted(spec.job_id, spec.workflow)
+    from budgetspan.accounting.redis_ledger import RedisLedger
+
+    store.submitted(
+        spec.job_id, spec.workflow, [RedisLedger.key(p.run_id) for p in spec.parents], notify=spec.notify
+    )
     events.emit("on_job_state", spec.workflow, "queued")
 
 
@@ -117,6 +129,15 @@ def _publisher(store: JobStore, job_id: str) -> Callable[[Milestone], None]:
     return publish
 
 
+def _parent_runs(spec: JobSpec, ledger: JobLedger) -> Run | None:
+    """The runs the job was submitted from, as they stand on the shared ledger (not opened here:
+    their records are held open by the job), innermost last made: the job's run spends from them."""
+    parent: Run | None = None
+    for p in reversed(spec.parents):
+        parent = Run(p.workflow, p.budget, p.mode, run_id=p.run_id, ledger=ledger, parent=parent)
+    return parent
+
+
 def _run_scope(spec: JobSpec) -> RunScope:
     """The job's run: its id, budget, mode and identity, all from the job's headers."""
     return RunScope(
@@ -140,6 +161,7 @@ def _attempt(
     ledger: JobLedger,
     attempt: int,
     wait: float | None,
+    retry: Callable[[BaseException], bool] | None = None,
 ) -> JobEnd:
     store, job_id = ledger.store, spec.job_id
     scope = _run_scope(spec)
@@ -148,6 +170,7 @@ def _attempt(
     error: BaseException | None = None
     run: Run | None = None
     attached = False
+    parents = context.enter_run(_parent_runs(spec, ledger)) if spec.parents else None
     try:
         with scope as run:
             ledger.attach(job_id, attempt)
@@ -159,18 +182,32 @@ def _attempt(
             watch = CancelWatch(store, job_id, run).start()  # in-flight async calls, from now on
             try:
                 run.result = fn(*args, **kwargs)
+            except Exception as exc:
+                if retry is not None and retry(exc):  # the queue runs it again: keep its record
+                    store.hold(job_id, [ledger.key(job_id)])
+                raise
             finally:
                 watch.close()
     except BudgetExhausted:
         pass  # suppressed by the scope; here for an enclosing run's refusal
-    except Exception as exc:  # the job failed: recorded, notified, not retried by the queue
+    except Exception as exc:  # the job failed: recorded, notified (unless the queue retries it)
         error = exc
     finally:
         progress.close()
         if attached:
             ledger.detach(job_id)
+        if parents is not None:
+            context.exit_run(parents)
         _current.reset(job_token)
     assert run is not None
+    if error is not None and retry is not None and retry(error):
+        raise error  # no end: the next attempt goes on with the job's run
+    return _end_of(run, error, store, job_id, attempt, wait)
+
+
+def _end_of(
+    run: Run, error: BaseException | None, store: JobStore, job_id: str, attempt: int, wait: float | None
+) -> JobEnd:
     partial = dict(run.partial)
     partial["steps"] = store.steps(job_id)
     return JobEnd(
@@ -189,6 +226,9 @@ def _explanation(run: Run, error: BaseException | None) -> str:
     usage = run.final_usage or Usage()
     if run.exhausted is not None:
         return run.exhausted.explain(usage)
+    for outer in run.ancestors():  # stopped by a run it was submitted from (a sub-job)
+        if outer.exhausted is not None:
+            return outer.exhausted.explanation
     if error is not None:
         # The end goes to Redis, the webhook and the progress stream: an error's text (a prompt,
         # a customer's address) only with content capture on, like on spans.
@@ -221,6 +261,29 @@ def cancel(store: JobStore, job_id: str) -> str:
     return before
 
 
+def abandon(ledger: JobLedger, job_id: str, error: BaseException) -> JobEnd | None:
+    """End a running job whose attempt was killed with no retry to follow (Celery's hard time
+    limit kills the pool process; only the worker's parent hears of it): what it held is given
+    back, the end recorded and notified, instead of a job "running" for ever."""
+    store = ledger.store
+    state = store.state(job_id)
+    if state.get("state") != "running":
+        return None
+    usage = ledger.abandon(job_id)
+    end = JobEnd(
+        job_id,
+        "failure",
+        f"Failed: {type(error).__name__}",
+        {"steps": store.steps(job_id)},
+        attempts=int(state.get("attempts") or 0),
+        usage=usage.as_dict(),
+    )
+    if store.end(end):
+        events.emit("on_job_state", state.get("workflow", "unknown"), "failure")
+    deliver(store, state.get("notify") or None, store.ended(job_id) or end)
+    return end
+
+
 def wait_for_end(store: JobStore, job_id: str, timeout_s: float, poll_s: float = 0.05) -> JobEnd | None:
     """The job's recorded end, waiting up to ``timeout_s`` for it."""
     deadline = time.monotonic() + timeout_s
@@ -231,4 +294,4 @@ def wait_for_end(store: JobStore, job_id: str, timeout_s: float, poll_s: float =
         time.sleep(poll_s)
 
 
-__all__ = ["cancel", "checkpoint", "current_job_id", "execute", "submitted", "wait_for_end"]
+__all__ = ["abandon", "cancel", "checkpoint", "current_job_id", "execute", "submitted", "wait_for_end"]

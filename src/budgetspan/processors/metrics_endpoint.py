@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -56,8 +56,51 @@ def exposition_registry() -> CollectorRegistry:
     from prometheus_client import multiprocess
 
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    registry.register(_Reaping(multiprocess.MultiProcessCollector(None)))  # type: ignore[no-untyped-call]
     return registry
+
+
+class _Reaping:
+    """The workers' sum, less the live gauges (``budgetspan_live_runs``) of processes that are
+    gone. Why: a worker killed mid-run (a Celery pool process, an OOM kill) left its live runs
+    counted for ever unless someone called ``mark_process_dead``, which no Celery hook does."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def collect(self) -> Any:
+        try:
+            forget_dead_processes(os.environ[A.ENV_PROMETHEUS_MULTIPROC_DIR])
+        except Exception:
+            events.internal_error("metrics.reap")
+        return self.inner.collect()
+
+
+def forget_dead_processes(path: str) -> list[int]:
+    """``mark_process_dead`` for every process with live-gauge files in ``path`` that no longer
+    exists (on this host); the pids forgotten."""
+    from prometheus_client import multiprocess
+
+    gone = []
+    for name in os.listdir(path):
+        if not (name.startswith("gauge_live") and name.endswith(".db")):
+            continue
+        pid_text = name[: -len(".db")].rsplit("_", 1)[-1]
+        if not pid_text.isdigit() or _alive(int(pid_text)):
+            continue
+        multiprocess.mark_process_dead(int(pid_text), path)  # type: ignore[no-untyped-call]
+        gone.append(int(pid_text))
+    return gone
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def port_from_env() -> int | None:
@@ -126,6 +169,29 @@ def stop_server() -> None:
         server, _server = _server, None
     if server is not None:
         server.shutdown()
+
+
+def _after_fork_in_child() -> None:
+    """A child forked from a process that serves /metrics (a Celery prefork pool, a pre-forking
+    web server, ``multiprocessing``) counts in its own copy of the registry, which nothing serves:
+    without multiprocess mode the parent's endpoint never shows what the child does. Said once
+    per child, not silently."""
+    server = _server
+    if server is None or multiprocess_mode():
+        return
+    host, port = server.server_address[:2]
+    log.warning(
+        "budgetspan: process %d was forked from one serving Prometheus metrics on %s:%s: its "
+        "metrics (the runs, calls and jobs it runs) are not on that endpoint. Set "
+        "PROMETHEUS_MULTIPROC_DIR to a writable directory before start to serve every process's sum.",
+        os.getpid(),
+        host,
+        port,
+    )
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class MetricsSpanProcessor(SpanProcessor):
