@@ -4,9 +4,11 @@ each (a module that tests one ledger only defines its own ``ledger``)."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 
 import pytest
 
+from budgetspan import events
 from budgetspan.accounting.ledger import Ledger
 from budgetspan.accounting.memory import InMemoryLedger
 from budgetspan.accounting.redis_ledger import RedisLedger
@@ -30,3 +32,20 @@ def redis_ledger(redis_url: str) -> RedisLedger:
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
     return RedisLedger(client)
+
+
+class _InternalErrors:
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def on_internal_error(self, where: str) -> None:
+        self.seen.append(where)
+
+
+@pytest.fixture
+def internal_errors() -> Iterator[list[str]]:
+    """Where budgetspan reported internal errors (``budgetspan_internal_errors_total``) in the test."""
+    listener = _InternalErrors()
+    events.add_listener(listener)
+    yield listener.seen
+    events.remove_listener(listener)

@@ -23,8 +23,11 @@ needs_redis_server = pytest.mark.skipif(
 )
 
 
-def start_redis(directory: Path, port: int | None = None) -> tuple[subprocess.Popen[bytes], int]:
-    """A redis-server on ``port`` (a free one by default), empty, answering PING."""
+def start_redis(
+    directory: Path, port: int | None = None, *options: str
+) -> tuple[subprocess.Popen[bytes], int]:
+    """A redis-server on ``port`` (a free one by default), empty, answering PING; ``options`` are
+    more of its command line (``"--maxmemory", "64mb"``)."""
     port = port or free_port()
     proc = subprocess.Popen(
         [
@@ -39,6 +42,7 @@ def start_redis(directory: Path, port: int | None = None) -> tuple[subprocess.Po
             "no",
             "--dir",
             str(directory),
+            *options,
         ],
         stdout=subprocess.DEVNULL,
     )

@@ -4,15 +4,12 @@ may drop budget keys. A real ``redis-server`` each time, restarted on the same a
 
 from __future__ import annotations
 
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from budgetspan import events
 from budgetspan.accounting.budget import Budget
 from budgetspan.accounting.ledger import CallKind, LedgerRefused, Mode, Spend
 from budgetspan.accounting.redis_ledger import RedisLedger
@@ -20,25 +17,8 @@ from budgetspan.accounting.redis_pending import RETRY_S
 from budgetspan.accounting.scopes import Scope, ScopeBudget
 from budgetspan.accounting.windows import parse_window
 from tests.accounting.redis_server import frozen, needs_redis_server, redis, run_figures, start_redis, stop
-from tests.processes import free_port
 
 pytestmark = needs_redis_server
-
-
-class _InternalErrors:
-    def __init__(self) -> None:
-        self.seen: list[str] = []
-
-    def on_internal_error(self, where: str) -> None:
-        self.seen.append(where)
-
-
-@pytest.fixture
-def internal_errors() -> Iterator[list[str]]:
-    listener = _InternalErrors()
-    events.add_listener(listener)
-    yield listener.seen
-    events.remove_listener(listener)
 
 
 def _granted(ledger: RedisLedger, attempts: int, run: str = "r") -> list[Any]:
@@ -108,22 +88,9 @@ def test_a_redis_that_evicts_keys_when_full_is_said_at_once(
     tenant's next call starts a fresh window: measured, 8 calls sent under a tenant's
     max_model_calls=6, nothing said. The process keeps nothing per scope, so it cannot see the
     window go; it now says, at its first connection, that this server can do it."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            *("redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""),
-            *("--dir", str(tmp_path), "--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru"),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
+    proc, port = start_redis(tmp_path, None, "--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru")
     try:
         client = redis.Redis(port=port)
-        for _ in range(200):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
         ledger = RedisLedger(client)
         for run in ("a", "b"):
             ledger.open(run, Budget(max_model_calls=3), Mode.ENFORCE)
