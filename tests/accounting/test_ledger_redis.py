@@ -407,24 +407,6 @@ def test_one_round_trip_per_reserve_and_per_settle(
 # --- a live run is never forgotten ---------------------------------------------------------------
 
 
-class _InternalErrors:
-    def __init__(self) -> None:
-        self.seen: list[str] = []
-
-    def on_internal_error(self, where: str) -> None:
-        self.seen.append(where)
-
-
-@pytest.fixture
-def internal_errors() -> Iterator[list[str]]:
-    from budgetspan import events
-
-    listener = _InternalErrors()
-    events.add_listener(listener)
-    yield listener.seen
-    events.remove_listener(listener)
-
-
 @pytest.mark.parametrize("on_error", ["open", "closed"])
 def test_a_run_whose_key_vanished_is_restored_with_what_this_process_knew(
     redis_url: str, on_error: str, internal_errors: list[str], caplog: pytest.LogCaptureFixture

@@ -54,13 +54,6 @@ class PoolWorker:
 
 
 @pytest.fixture(scope="module")
-def model_server() -> Iterator[ModelServer]:
-    server = ModelServer()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def app_module(redis_url: str, model_server: ModelServer) -> Any:
     os.environ["POOL_TEST_REDIS"] = redis_url
     os.environ["POOL_TEST_MODEL"] = model_server.url
