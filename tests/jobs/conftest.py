@@ -4,6 +4,7 @@ submit to the worker live in one module (test_celery_jobs.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -104,3 +106,15 @@ def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
 
 def value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def notifications(client: redis.Redis, job_id: str, timeout_s: float = 30) -> list[dict[str, Any]]:
+    """The notifications the worker delivered for ``job_id``, waiting for the first: a job's end is
+    recorded before it is delivered (``budgetspan.jobs.notify``)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = [json.loads(x) for x in client.lrange("test:notified", 0, -1)]
+        mine = [n for n in found if n["job_id"] == job_id]
+        if mine or time.monotonic() > deadline:
+            return mine
+        time.sleep(0.05)

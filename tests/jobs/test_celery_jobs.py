@@ -4,32 +4,19 @@ metrics from the worker's /metrics."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
 from typing import Any
 
-import redis
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
 from budgetspan import events
 from budgetspan.jobs import JobStore, wait_for_end
 from budgetspan.processors.metrics import BudgetspanMetrics
-from tests.jobs.conftest import ROOT, Worker, scrape, value
+from tests.jobs.conftest import ROOT, Worker, notifications, scrape, value
 from tests.jobs.model_server import ModelServer
-
-
-def notifications(client: redis.Redis, job_id: str, timeout_s: float = 30) -> list[dict[str, Any]]:
-    """The notifications the worker delivered for ``job_id`` (waiting for the first)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = [json.loads(x) for x in client.lrange("test:notified", 0, -1)]
-        mine = [n for n in found if n["job_id"] == job_id]
-        if mine or time.monotonic() > deadline:
-            return mine
-        time.sleep(0.05)
 
 
 def spans_of_trace(worker: Worker, trace_id: str, timeout_s: float = 15) -> list[str]:

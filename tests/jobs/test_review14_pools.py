@@ -4,7 +4,6 @@ Several jobs run at once in one worker; a pool process is killed mid-call; a job
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -18,7 +17,7 @@ import pytest
 
 from budgetspan.jobs import JobStore, wait_for_end
 from tests.accounting.redis_server import redis
-from tests.jobs.conftest import ROOT, scrape, value
+from tests.jobs.conftest import ROOT, notifications, scrape, value
 from tests.jobs.model_server import ModelServer
 from tests.processes import free_port
 
@@ -89,12 +88,6 @@ def worker(
     w.stop()
 
 
-def notified(client: redis.Redis, job_id: str) -> list[dict[str, Any]]:
-    return [
-        n for n in (json.loads(x) for x in client.lrange("test:notified", 0, -1)) if n["job_id"] == job_id
-    ]
-
-
 def test_jobs_running_at_once_each_hold_their_budget(
     worker: PoolWorker, app_module: Any, model_server: ModelServer
 ) -> None:
@@ -159,7 +152,7 @@ def test_a_pool_process_killed_mid_call_the_retry_pays_it_once(
     assert end.outcome == "budget_exhausted" and end.usage["model_calls"] == 4
     assert not client.exists(f"budgetspan:run:{job_id}")
     assert not client.hlen(f"budgetspan:job:{job_id}:calls")
-    assert len(notified(client, job_id)) >= 1
+    assert len(notifications(client, job_id)) >= 1
     if worker.name == "prefork-multiproc":  # the killed process's live run is not live for ever
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and _live_runs(worker) != 0:
@@ -272,9 +265,6 @@ def test_a_job_past_celery_s_hard_time_limit_ends_and_holds_nothing(
     assert end.outcome == "failure" and end.explanation == "Failed: TimeLimitExceeded", end
     assert model_server.steps(job_id) == [0, 1]
     assert end.usage["model_calls"] == 2  # the call in flight was sent: it counts
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not notified(client, job_id):
-        time.sleep(0.1)
-    assert len(notified(client, job_id)) == 1
+    assert len(notifications(client, job_id)) == 1
     assert not client.exists(f"budgetspan:run:{job_id}")  # the killed attempt's call is given back
     assert not client.hlen(f"budgetspan:job:{job_id}:calls")
