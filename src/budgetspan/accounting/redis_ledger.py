@@ -53,6 +53,7 @@ from budgetspan.accounting import redis_scopes, windows
 from budgetspan.accounting.budget import Budget, Limit, ToolLimits, Usage
 from budgetspan.accounting.ledger import CallKind, Ledger, LedgerRefused, Mode, Refusal, Reservation, Spend
 from budgetspan.accounting.memory import InMemoryLedger
+from budgetspan.accounting.redis_carry import Carried, CarryToRedis
 from budgetspan.accounting.redis_extend import ExtendOnRedis
 from budgetspan.accounting.redis_mirror import (
     RunMirror,
@@ -95,7 +96,7 @@ REFRESH_AFTER = 0.1
 _now = time.monotonic  # (the clock of those refreshes: a test moves it)
 
 
-class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
+class RedisLedger(SettleLaterOnRedis, OutageOnRedis, CarryToRedis, ExtendOnRedis, Ledger):
     """Ledger on a Redis server (a ``redis.Redis`` client; any thread). See the module's docstring.
 
     ``timeout_s``: the longest any call waits for Redis. ``ttl_s``: how long a run's hash outlives
@@ -130,6 +131,7 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
         self._lock = threading.Lock()
         self._pending = PendingSettlements(self._send_pending, settle_lag_s)
         self._server.on_change = self._server_changed  # (redis_outage)
+        self._init_carry()
         _flush_at_process_end(self)
 
     @staticmethod
@@ -216,6 +218,8 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
             self._open_on_redis(run_id, known, 1, self._within(known))
         except self._errors as e:
             self._outage(run_id, e)
+            return
+        self.carry_back()  # (Redis answers: what the process accounted without it goes there)
 
     def reserve(
         self,
@@ -331,6 +335,11 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
             except self._errors as e:
                 self._outage(run_id, e)
             reservation.done = False  # the local ledger marks it done itself
+        elif reservation.fallback:
+            flags = (finished, unreported, unpriced)
+            self._note_local(
+                run_id, Carried(reservation.kind, reservation.tool, spend, flags, reservation.scopes)
+            )
         return self._local.commit(
             reservation, spend, finished=finished, unreported=unreported, unpriced=unpriced
         )
@@ -345,6 +354,7 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
                 return None
             except self._errors as e:
                 self._outage(run_id, e)
+        self._note_local(run_id, Carried(None, None, spend, (False,) * 3, tuple(scopes)))
         return self._local.add_spend(run_id, spend, scopes)
 
     def release(self, reservation: Reservation) -> None:
@@ -435,15 +445,19 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, ExtendOnRedis, Ledger):
         if local:
             return self._local.close(run_id) if last else self._local.usage(run_id)
         try:
-            return self._read(run_id, close=True)
+            used = self._read(run_id, close=True)
         except KeyError:
             self._lost(run_id, known)
+            return usage_of(known)
         except self._errors as e:
             self._report(run_id, e, "budgetspan: Redis ledger unreachable for run %s (%s: %s)")
-        return usage_of(known)
+            return usage_of(known)
+        self.carry_back()  # (Redis answers: what the process accounted without it goes there)
+        return used
 
     def scope_usage(self, key: str) -> Usage | None:
         self.flush()  # this process's settlements, in every scope window
+        self.carry_back()  # and the calls it accounted while Redis could not be reached
         return redis_scopes.usage(self._server, key, self._server.timeout_s)
 
     def deadline(self, run_id: str) -> float | None:
@@ -480,5 +494,6 @@ def _flush_at_exit(ledger: weakref.ref[RedisLedger]) -> None:
     if still is not None:
         try:
             still.flush()
+            still.carry_back()
         except Exception:
             events.internal_error("redis_ledger")

@@ -74,7 +74,8 @@ class OutageOnRedis:
             run_id,
             error,
             "budgetspan: Redis ledger unreachable for run %s (%s: %s); this process accounts the run "
-            "locally from now on, from what it last knew of it (its scope windows from zero)",
+            "locally from now on, from what it last knew of it (its scope windows counted here from "
+            "zero meanwhile; its calls are added to them on Redis once Redis answers again)",
         )
 
     def _restore(self, run_id: str, known: RunMirror, within: float) -> None:

@@ -1,0 +1,151 @@
+"""The calls a run accounted in this process while Redis could not be reached (``on_error="open"``,
+observe mode: ``redis_outage``), carried to their scope windows on Redis once it answers again.
+
+Without this, a tenant's, user's or conversation's window on Redis (what ``spend()`` and every
+other process see) never counted what a run spent during an outage: the window's limit held for
+everyone else as if those calls had not been made. Each call is carried once, when Redis answers
+again: at the end of a run, at ``spend()`` and at exit. It is carried as a forced call of a record
+of its own (no limits, observe mode: never refused, since it was already made) that holds its
+spend as its worst case until the settlement adds it: if Redis fails between the two, the window
+holds the spend (peers see it, as held) rather than losing it. A call that Redis failed after
+reserving it on Redis is not carried: it is counted there already, its worst case held.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from budgetspan import events
+from budgetspan.accounting.budget import Budget
+from budgetspan.accounting.ledger import CallKind, Mode, Reservation, Spend
+
+log = logging.getLogger("budgetspan.accounting.redis_ledger")
+
+#: How many calls waiting to be carried a process keeps (then the oldest are dropped, said once).
+CARRY_MAX = 100_000
+#: The suffix of the record a carry opens on Redis (a run id never holds this character).
+CARRIER = "\x1fcarried-"
+
+
+@dataclass(slots=True, frozen=True)
+class Carried:
+    """One call (``kind`` None: spend added after the fact) accounted in this process."""
+
+    kind: CallKind | None
+    tool: str | None
+    spend: Spend | None
+    flags: tuple[bool, bool, bool]  # finished, unreported, unpriced
+    scopes: tuple[Any, ...]
+
+
+class CarryToRedis:
+    """Mixed into ``RedisLedger``: note the locally accounted calls that have scope windows, and
+    carry them to Redis (``carry_back``)."""
+
+    _tickets: Iterator[int]
+    _local_runs: set[str]
+    # (RedisLedger's own; declared here, not defined: a mixin's stub would hide the real one)
+    open: Callable[..., None]
+    close: Callable[..., Any]
+    reserve: Callable[..., Reservation]
+    commit: Callable[..., Any]
+    release: Callable[[Reservation], None]
+    add_spend: Callable[..., Any]
+
+    def _init_carry(self) -> None:
+        self._to_carry: deque[Carried] = deque()
+        self._carry_lock = threading.Lock()
+        self._dropped = 0
+
+    def _note_local(self, run_id: str, carried: Carried) -> None:
+        """A call of ``run_id`` settled in this process: to be carried (if it has windows)."""
+        if not carried.scopes or CARRIER in run_id:
+            return
+        with self._carry_lock:
+            if len(self._to_carry) >= CARRY_MAX:
+                self._to_carry.popleft()
+                self._dropped += 1
+                if self._dropped == 1:
+                    log.warning(
+                        "budgetspan: more than %d calls made while Redis could not be reached wait "
+                        "to be counted in their scope windows on Redis; the oldest are dropped",
+                        CARRY_MAX,
+                    )
+            self._to_carry.append(carried)
+
+    def carry_back(self) -> None:
+        """Carry the calls noted so far to their windows on Redis; those Redis fails stay for the
+        next try. Never raises."""
+        if not self._to_carry:  # (the common case, read without the lock: a deque's length is atomic)
+            return
+        with self._carry_lock:
+            if not self._to_carry:
+                return
+            taken = list(self._to_carry)
+            self._to_carry.clear()
+        try:
+            left = self._carry(taken)
+        except Exception:
+            events.internal_error("redis_ledger.carry_back")
+            return
+        if left:
+            with self._carry_lock:
+                self._to_carry.extendleft(reversed(left))
+
+    def _carry(self, taken: Sequence[Carried]) -> list[Carried]:
+        """Carry ``taken`` in order; the ones not carried (Redis failed) are returned."""
+        with self._carrier() as holder:
+            for i, call in enumerate(taken):
+                if call.kind is None:
+                    if not self._carry_spend(holder, call):
+                        return list(taken[i:])
+                    continue
+                reservation = self.reserve(
+                    holder,
+                    call.kind,
+                    tool=call.tool,
+                    force=True,
+                    scopes=call.scopes,
+                    **_spend_as_worst(call.spend),
+                )
+                if reservation.fallback:  # Redis failed it: made in this process, undone
+                    self.release(reservation)
+                    return list(taken[i:])
+                finished, unreported, unpriced = call.flags
+                self.commit(
+                    reservation, call.spend, finished=finished, unreported=unreported, unpriced=unpriced
+                )
+        return []
+
+    def _carry_spend(self, holder: str, call: Carried) -> bool:
+        """Spend added after the fact; False if Redis failed it (the record went local)."""
+        assert call.spend is not None
+        self.add_spend(holder, call.spend, call.scopes)
+        return holder not in self._local_runs
+
+    @contextmanager
+    def _carrier(self) -> Iterator[str]:
+        """A record of its own on Redis for one carry, closed (and gone) after it."""
+        holder = f"{CARRIER}{next(self._tickets)}"
+        self.open(holder, Budget(), Mode.OBSERVE)
+        try:
+            yield holder
+        finally:
+            self.close(holder)
+
+
+def _spend_as_worst(spend: Spend | None) -> dict[str, Any]:
+    """The call's spend as the worst case its carrying reservation holds until it settles."""
+    if spend is None:
+        return {}
+    return {
+        "worst_case_cost": spend.cost_usd,
+        "worst_case_tokens": spend.output_tokens,
+        "worst_case_input_tokens": spend.input_tokens,
+    }
