@@ -5,6 +5,7 @@ with SIGSTOP past the ledger's timeout."""
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -144,3 +145,23 @@ def test_spend_added_after_the_fact_during_the_outage_is_carried(server: Server)
     used = ledger.scope_usage(tenant.ref().key)
     assert used is not None and (used.input_tokens, used.output_tokens) == (140, 70)
     assert used.model_calls == 3
+
+
+def _carry_in_child(ledger: RedisLedger) -> None:
+    ledger.carry_back()
+
+
+def test_a_child_forked_with_calls_to_carry_leaves_them_to_its_parent(server: Server) -> None:
+    """A pre-forking server or pool forks after the outage: parent and child both carried the
+    same calls (counted twice) unless the child forgets them."""
+    ledger, tenant = _ledger(server.port), _tenant()
+    with server.down():
+        ledger.open("r", Budget(), Mode.ENFORCE)
+        _calls_in_outage(ledger, tenant)
+        ledger.close("r")
+    child = multiprocessing.get_context("fork").Process(target=_carry_in_child, args=(ledger,))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    used = ledger.scope_usage(tenant.ref().key)
+    assert used is not None and (used.model_calls, used.tool_calls) == (3, 1)

@@ -14,7 +14,9 @@ reserving it on Redis is not carried: it is counted there already, its worst cas
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -59,9 +61,15 @@ class CarryToRedis:
     add_spend: Callable[..., Any]
 
     def _init_carry(self) -> None:
+        """Also in a child forked with this ledger: its parent carries what was noted before the
+        fork (both would count it), and the lock may have been held by a thread that is not there."""
         self._to_carry: deque[Carried] = deque()
         self._carry_lock = threading.Lock()
         self._dropped = 0
+
+    def _forget_at_fork(self) -> None:
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _init_in_child(ref))
 
     def _note_local(self, run_id: str, carried: Carried) -> None:
         """A call of ``run_id`` settled in this process: to be carried (if it has windows)."""
@@ -138,6 +146,12 @@ class CarryToRedis:
             yield holder
         finally:
             self.close(holder)
+
+
+def _init_in_child(ref: weakref.ref[CarryToRedis]) -> None:
+    ledger = ref()
+    if ledger is not None:
+        ledger._init_carry()
 
 
 def _spend_as_worst(spend: Spend | None) -> dict[str, Any]:

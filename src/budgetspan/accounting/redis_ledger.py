@@ -132,6 +132,7 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, CarryToRedis, ExtendOnRedis
         self._pending = PendingSettlements(self._send_pending, settle_lag_s)
         self._server.on_change = self._server_changed  # (redis_outage)
         self._init_carry()
+        self._forget_at_fork()
         _flush_at_process_end(self)
 
     @staticmethod
