@@ -24,8 +24,11 @@ MODEL_URL = os.environ.get("POOL_TEST_MODEL", "http://127.0.0.1:1/v1")
 NOTIFIED = "test:notified"
 
 app = Celery("pool_test", broker=REDIS_URL)
+_transport: dict[str, Any] = {"visibility_timeout": float(os.environ.get("POOL_TEST_VISIBILITY", "60"))}
+if os.environ.get("POOL_TEST_RESTORE_S"):  # kombu's sweep of unacknowledged messages (default ~100 s)
+    _transport.update(unacked_restore_interval=float(os.environ["POOL_TEST_RESTORE_S"]), unacked_restore_throttle=1)
 app.conf.update(
-    broker_transport_options={"visibility_timeout": float(os.environ.get("POOL_TEST_VISIBILITY", "60"))},
+    broker_transport_options=_transport,
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
 )
