@@ -30,7 +30,7 @@ app.conf.update(
     worker_hijack_root_logger=False,
 )
 client = redis.Redis.from_url(REDIS_URL)
-jobs = CeleryJobs(app, client)
+jobs = CeleryJobs(app, client, lease_s=3)  # a killed worker's job: taken over ≤ 3 s after
 
 
 def _instrument(**_: Any) -> None:

@@ -26,14 +26,18 @@ NOTIFIED = "test:notified"
 app = Celery("pool_test", broker=REDIS_URL)
 _transport: dict[str, Any] = {"visibility_timeout": float(os.environ.get("POOL_TEST_VISIBILITY", "60"))}
 if os.environ.get("POOL_TEST_RESTORE_S"):  # kombu's sweep of unacknowledged messages (default ~100 s)
-    _transport.update(unacked_restore_interval=float(os.environ["POOL_TEST_RESTORE_S"]), unacked_restore_throttle=1)
+    _transport.update(
+        unacked_restore_interval=float(os.environ["POOL_TEST_RESTORE_S"]), unacked_restore_throttle=1
+    )
 app.conf.update(
     broker_transport_options=_transport,
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
 )
 client = redis.Redis.from_url(REDIS_URL)
-jobs = CeleryJobs(app, client)
+jobs = CeleryJobs(
+    app, client, lease_s=float(os.environ.get("POOL_TEST_LEASE", "3"))
+)  # a dead attempt's job: taken over ≤ 3 s after
 
 
 def _instrument(**_: Any) -> None:

@@ -186,3 +186,37 @@ def test_a_countdown_beyond_the_visibility_timeout_runs_the_job_once(
     assert end.queue_wait_s is not None and end.queue_wait_s >= 2 * VISIBILITY_S
     assert int(store.state(job_id)["duplicates"]) >= 1
     _assert_one_end(client, job_id, "budget_exhausted")
+
+
+def test_the_live_attempt_killed_while_a_duplicate_waits_the_duplicate_takes_over(
+    worker: TwoSlotWorker, jobs: CeleryJobs, model_server: ModelServer
+) -> None:
+    """The waiting delivery is not refused for good: when the live attempt dies, its lease
+    expires (3 s here) and a waiting delivery runs the job as the next attempt, paying the dead
+    attempt's call in flight once."""
+    if worker.pool != "prefork":
+        pytest.skip("a threads pool has no process of its own to kill")
+    client, store = jobs.client, JobStore(jobs.client)
+    job_id = f"{worker.pool}-killed"
+    gate = model_server.gate(job_id, 1)
+    try:
+        jobs.submit(
+            jobs.app.signature("pool.agent"),
+            5,
+            workflow="redelivered",
+            budget={"max_model_calls": 4},
+            job_id=job_id,
+            notify="tests.jobs.pool_app:on_end",
+        )
+        model_server.wait_for(job_id, 1)
+        assert _second_delivery(client, model_server, job_id, timeout_s=20)
+        [child] = {int(p) for p in client.lrange(f"test:pids:{job_id}", 0, -1)}
+        os.kill(child, signal.SIGKILL)  # the live attempt dies with step 1 in flight
+    finally:
+        gate.set()
+    end = wait_for_end(store, job_id, timeout_s=30)
+    _drained(client)
+    assert model_server.steps(job_id) == [0, 1, 1, 2, 3]  # step 1 sent again, counted once
+    assert end is not None and end.outcome == "budget_exhausted" and end.attempts == 2, end
+    assert end.usage["model_calls"] == 4
+    _assert_one_end(client, job_id, "budget_exhausted")

@@ -13,8 +13,9 @@ The adapter only does what is Celery's: send with the job's headers and ``task_i
 them back in the worker, revoke. Everything else is queue-independent (``jobs.worker``), so RQ, arq
 or Dramatiq need the same three things. Tasks are acknowledged late and rejected when the worker is
 lost, so the broker delivers a task again when its worker dies (with Redis, after the
-``visibility_timeout``, which must exceed the longest job). Delivery is at least once; a job runs
-one attempt at a time.
+``visibility_timeout``, which should exceed the longest job and countdown). Delivery is at least
+once; a job runs one attempt at a time: a delivery that comes while an attempt is live (the Redis
+broker's visibility timeout passed) waits for it, under the attempt's lease (``jobs.lease``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from budgetspan.jobs import worker
 from budgetspan.jobs.ledger import JobLedger
 from budgetspan.jobs.notify import deliver_pending
 from budgetspan.jobs.spec import H_JOB, JobSpec
-from budgetspan.jobs.store import JobStore
+from budgetspan.jobs.store import DEFAULT_LEASE_S, JobStore
 
 #: What a worker needs for "a dead worker's task is delivered again" (merged into the app's conf).
 RECOMMENDED_CONF: dict[str, Any] = {
@@ -66,12 +67,21 @@ def _retried_by(task: Any) -> Callable[[BaseException], bool]:
 class CeleryJobs:
     """Budgeted jobs on ``app``; ``client`` is the ``redis.Redis`` of the shared ledger and job state."""
 
-    def __init__(self, app: Any, client: Any, *, ledger_options: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        app: Any,
+        client: Any,
+        *,
+        ledger_options: Mapping[str, Any] | None = None,
+        lease_s: float = DEFAULT_LEASE_S,
+    ) -> None:
+        """``lease_s``: how long a running attempt's lease lasts unrenewed (``jobs.lease``): the
+        wait before a dead attempt's job is taken over by its next delivery."""
         from celery import signals
 
         self.app = app
         self.client = client
-        self.store = JobStore(client)
+        self.store = JobStore(client, lease_s=lease_s)
         self._ledger_options = dict(ledger_options or {})
         self._ledger: JobLedger | None = None
         self._functions: dict[str, Callable[..., Any]] = {}

@@ -10,7 +10,11 @@ Keys (``budgetspan:job:<id>``, all with a time to live):
 - ``:steps``: checkpointed step results, so a retried task does not redo (nor pay for) finished steps;
 - ``:cancel``: a pub/sub channel where a cancel of a running job is published (``jobs.cancel_watch``);
 - ``:calls``: the reservations an attempt holds in the ledger, so a retry can take over those of an
-  attempt that died (``jobs.ledger``).
+  attempt that died (``jobs.ledger``);
+- ``:lease``: the live attempt's claim on the job (its owner token, expiring after ``lease_s`` unless
+  renewed: ``jobs.lease``), from its start until its end is notified. A delivery that finds it held
+  by another is a duplicate of a live attempt (the broker delivered the message again while the job
+  runs or waits for its countdown): it waits, and counts itself in the job hash's ``duplicates``.
 
 Every state change that another process may race (start, cancel, end) is one Lua script.
 """
@@ -26,9 +30,16 @@ from typing import Any
 PREFIX = "budgetspan:job:"
 DEFAULT_TTL_S = 7 * 86_400
 
+DEFAULT_LEASE_S = 10.0
+
+# KEYS: the job hash, its lease. ARGV: the hash's time to live, the attempt's owner token ('' for
+# none: no lease taken), the lease's time to live (ms). A lease held by another: 'busy', nothing
+# changed (also when the job has ended: the holder has not notified it yet).
 _BEGIN = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[2] then return {2, 'busy', '0', '0'} end
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'cancelled' or state == 'ended' then return {0, state, '0', '0'} end
 if not state then redis.call('HSET', KEYS[1], 'submitted_at', tostring(now)) end
@@ -39,7 +50,15 @@ if not redis.call('HGET', KEYS[1], 'started_at') then
 end
 redis.call('HSET', KEYS[1], 'state', 'running')
 redis.call('EXPIRE', KEYS[1], ARGV[1])
+if ARGV[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3]) end
 return {1, 'running', tostring(n), redis.call('HGET', KEYS[1], 'queue_wait_s')}
+"""
+
+# The lease's holder renews it (ARGV[2]: ms) or gives it up (no ARGV[2]); anyone else: 0.
+_LEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return redis.call('DEL', KEYS[1])
 """
 
 _CANCEL = """
@@ -126,9 +145,11 @@ def _text(value: Any) -> str:
 class JobStore:
     """The jobs' Redis keys, over a ``redis.Redis`` client (the ledger's Redis or another)."""
 
-    def __init__(self, client: Any, ttl_s: int = DEFAULT_TTL_S) -> None:
+    def __init__(self, client: Any, ttl_s: int = DEFAULT_TTL_S, lease_s: float = DEFAULT_LEASE_S) -> None:
         self.client = client
         self.ttl_s = ttl_s
+        self.lease_s = lease_s
+        self._lease = client.register_script(_LEASE)
         self._begin = client.register_script(_BEGIN)
         self._cancel = client.register_script(_CANCEL)
         self._end = client.register_script(_END)
@@ -169,10 +190,29 @@ class JobStore:
         return cls.key(job_id, "cancel")
 
     # the worker ------------------------------------------------------------------------------
-    def begin(self, job_id: str) -> tuple[bool, int, float | None]:
-        """Start an attempt: (go on, attempt number, queue wait). False when cancelled or ended."""
-        go, _, n, wait = self._begin(keys=[self.key(job_id)], args=[self.ttl_s])
-        return bool(go), int(n), float(wait) if go else None
+    def begin(self, job_id: str, owner: str = "") -> tuple[str, int, float | None]:
+        """Start an attempt holding the job's lease as ``owner`` (none if ``""``): ``("go", attempt
+        number, queue wait)``; ``("busy", 0, None)`` while another attempt holds the lease (the
+        job is live: this delivery is a duplicate); ``("ended" | "cancelled", 0, None)``."""
+        go, state, n, wait = self._begin(
+            keys=[self.key(job_id), self.key(job_id, "lease")],
+            args=[self.ttl_s, owner, max(1, int(self.lease_s * 1000))],
+        )
+        if int(go) == 1:
+            return "go", int(n), float(wait)
+        return _text(state), 0, None
+
+    def renew_lease(self, job_id: str, owner: str) -> bool:
+        """Extend ``owner``'s lease on the job by ``lease_s``; False when it is not (or no longer) its."""
+        return bool(self._lease(keys=[self.key(job_id, "lease")], args=[owner, int(self.lease_s * 1000)]))
+
+    def release_lease(self, job_id: str, owner: str) -> bool:
+        """Give the lease up (only ``owner``'s): a later delivery of the job goes on at once."""
+        return bool(self._lease(keys=[self.key(job_id, "lease")], args=[owner]))
+
+    def note_duplicate(self, job_id: str) -> int:
+        """Count a delivery that found the job live under another attempt's lease."""
+        return int(self.client.hincrby(self.key(job_id), "duplicates", 1))
 
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self.client.hget(self.key(job_id), "cancel_requested") == b"1")
@@ -260,4 +300,4 @@ class JobStore:
                         return
 
 
-__all__ = ["DEFAULT_TTL_S", "JobEnd", "JobStore"]
+__all__ = ["DEFAULT_LEASE_S", "DEFAULT_TTL_S", "JobEnd", "JobStore"]

@@ -1,7 +1,8 @@
 """Running one attempt of a job, whatever queue delivered it: the queue adapter reads the
 ``JobSpec`` from the message headers and calls ``execute``.
 
-An attempt: start it in the store (skipped when the job was cancelled or has ended: then only a
+An attempt: start it in the store, taking the job's lease (``jobs.lease``; a delivery that finds
+another attempt live waits for it; skipped when the job was cancelled or has ended: then only a
 pending notification is delivered), enter the W3C trace context that came with the job, run the
 function inside ``budgetspan.run(..., run_id=job_id)`` on the shared ledger, publish its milestones
 to the job's stream, record the end, notify.
@@ -9,7 +10,9 @@ to the job's stream, record the end, notify.
 
 from __future__ import annotations
 
+import logging
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any, TypeVar
@@ -22,6 +25,7 @@ from budgetspan import events
 from budgetspan.accounting.budget import BudgetExhausted, Usage
 from budgetspan.config import capture_content
 from budgetspan.jobs.cancel_watch import CancelWatch
+from budgetspan.jobs.lease import Lease
 from budgetspan.jobs.ledger import JobLedger
 from budgetspan.jobs.notify import deliver, deliver_pending
 from budgetspan.jobs.spec import JobSpec
@@ -32,6 +36,7 @@ from budgetspan.runs.run import Run
 from budgetspan.runs.scopes import RunScope
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 _current: ContextVar[tuple[JobStore, str] | None] = ContextVar("budgetspan_job", default=None)
 
 
@@ -68,22 +73,47 @@ def execute(
     store = ledger.store
     if context.get_ledger() is not ledger:
         context.set_ledger(ledger)  # the worker's runs spend from the shared ledger
-    go, attempt, wait = store.begin(spec.job_id)
-    if not go:
+    owner = uuid.uuid4().hex
+    status, attempt, wait = _begin(store, spec, owner)
+    if status != "go":
         deliver_pending(store, spec.notify, spec.job_id)
         return None
-    events.emit("on_job_state", spec.workflow, "running" if attempt == 1 else "retried")
-    token = otel_context.attach(propagate.extract(dict(spec.trace)))
+    lease = Lease(store, spec.job_id, owner).start()  # held until the end is notified
     try:
-        if attempt == 1 and wait is not None:
-            _queue_delay(spec, wait)
-        end = _attempt(spec, fn, args, kwargs, ledger, attempt, wait, retry)
+        events.emit("on_job_state", spec.workflow, "running" if attempt == 1 else "retried")
+        token = otel_context.attach(propagate.extract(dict(spec.trace)))
+        try:
+            if attempt == 1 and wait is not None:
+                _queue_delay(spec, wait)
+            end = _attempt(spec, fn, args, kwargs, ledger, attempt, wait, retry)
+        finally:
+            otel_context.detach(token)
+        if store.end(end):
+            events.emit("on_job_state", spec.workflow, end.outcome)
+        deliver(store, spec.notify, store.ended(spec.job_id) or end)
     finally:
-        otel_context.detach(token)
-    if store.end(end):
-        events.emit("on_job_state", spec.workflow, end.outcome)
-    deliver(store, spec.notify, store.ended(spec.job_id) or end)
+        lease.close()
     return end
+
+
+def _begin(store: JobStore, spec: JobSpec, owner: str) -> tuple[str, int, float | None]:
+    """Start an attempt as ``owner``. A delivery of a job whose live attempt holds the lease is a
+    duplicate (the broker's visibility timeout passed while the job ran or waited for its
+    countdown): it waits until the job ends or the lease expires (the holder died: it takes over),
+    counted once in the job hash and in ``budgetspan_jobs_total{state="duplicate"}``."""
+    status, attempt, wait = store.begin(spec.job_id, owner)
+    if status == "busy":
+        store.note_duplicate(spec.job_id)
+        events.emit("on_job_state", spec.workflow, "duplicate")
+        log.warning(
+            "budgetspan: job %s delivered again while an attempt runs it (a visibility timeout "
+            "shorter than the job or its countdown?): this delivery waits for that attempt",
+            spec.job_id,
+        )
+    while status == "busy":
+        time.sleep(min(1.0, store.lease_s / 4))
+        status, attempt, wait = store.begin(spec.job_id, owner)
+    return status, attempt, wait
 
 
 def submitted(store: JobStore, spec: JobSpec) -> None:
