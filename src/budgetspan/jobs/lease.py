@@ -10,9 +10,9 @@ takes the lease (``JobStore.begin``) and a thread here renews it every third of 
 the attempt's end is notified; a delivery that finds it held waits (``worker.execute``) until the
 job has ended (then it only delivers a pending notification) or the lease has expired (its holder
 died: it takes over as the next attempt, as before). Waiting, not refusing: the broker took the
-first delivery back when it delivered the message again (an ack or a requeue of the first finds
-nothing), so the duplicate is the only copy left; acknowledged and dropped, a job whose live
-attempt then died would never run again.
+first delivery back when it delivered the message again (its unacknowledged entry is now the
+duplicate's), so the duplicate is the only copy the broker can deliver again; acknowledged and
+dropped, a job whose live attempt then died would never run again.
 
 A holder that cannot renew in time (a process frozen, or cut off from Redis, for longer than
 ``lease_s``) loses the lease and a waiting delivery takes over; this one says so in a warning.
