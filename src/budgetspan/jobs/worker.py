@@ -103,16 +103,22 @@ def _begin(store: JobStore, spec: JobSpec, owner: str) -> tuple[str, int, float 
     counted once in the job hash and in ``budgetspan_jobs_total{state="duplicate"}``."""
     status, attempt, wait = store.begin(spec.job_id, owner)
     if status == "busy":
-        store.note_duplicate(spec.job_id)
-        events.emit("on_job_state", spec.workflow, "duplicate")
         log.warning(
             "budgetspan: job %s delivered again while an attempt runs it (a visibility timeout "
             "shorter than the job or its countdown?): this delivery waits for that attempt",
             spec.job_id,
         )
+        events.emit("on_job_state", spec.workflow, "duplicate")
+    noted = False
     while status == "busy":
-        time.sleep(min(1.0, store.lease_s / 4))
-        status, attempt, wait = store.begin(spec.job_id, owner)
+        try:
+            if not noted:
+                noted = bool(store.note_duplicate(spec.job_id))
+            time.sleep(min(1.0, store.lease_s / 4))
+            status, attempt, wait = store.begin(spec.job_id, owner)
+        except Exception:  # Redis unreachable a moment: this delivery may be the job's only copy
+            events.internal_error("jobs.duplicate_wait")
+            time.sleep(min(1.0, store.lease_s / 4))
     return status, attempt, wait
 
 
