@@ -112,7 +112,7 @@ WOULD_REFUSE: Final = "budgetspan.observe.would_refuse"  # observe mode: the lim
 # A streamed request (the GenAI conventions' name; was budgetspan.stream).
 GEN_AI_REQUEST_STREAM: Final = "gen_ai.request.stream"
 STREAM: Final = GEN_AI_REQUEST_STREAM
-STREAM_END: Final = "budgetspan.stream.end"  # consumed | closed | abandoned | error | cancelled
+STREAM_END: Final = "budgetspan.stream.end"  # consumed | closed | abandoned | error | cancelled | reconnected
 
 # span events
 EVENT_BUDGET_EXHAUSTED: Final = "budgetspan.budget_exhausted"
