@@ -31,6 +31,7 @@ from budgetspan.instrumentation.patching import (
     wrapper_for,
 )
 from budgetspan.instrumentation.response_context import carried, remember
+from budgetspan.instrumentation.tool_fees import FeePlan, openai_plan, openai_response
 from budgetspan.instrumentation.usage import field, openai_embeddings_usage, openai_usage, pick
 
 # --- provider detection -----------------------------------------------------------------------
@@ -221,7 +222,16 @@ class TextCompletionObserver(_ChoicesObserver):
 
 
 class ResponsesObserver(ResultObserver):
-    """Responses API: a Response (or dict), or its server-sent events."""
+    """Responses API: a Response (or dict), or its server-sent events; built-in tools' fees
+    (web search, file search, code containers, images) counted in its cost (``tool_fees``)."""
+
+    def __init__(self, call: Call, capture: bool = False, fees: FeePlan | None = None) -> None:
+        super().__init__(call, capture)
+        self.fees = fees if fees is not None else FeePlan(call.provider)
+
+    def finish(self) -> None:
+        self.fees.write(self.call.end_attributes)
+        super().finish()
 
     def on_response(self, response: Any) -> None:
         self._head(response)
@@ -236,7 +246,8 @@ class ResponsesObserver(ResultObserver):
                 for part in field(item, "content") or ():
                     if field(part, "type") == "output_text" and isinstance(field(part, "text"), str):
                         self.text.append(field(part, "text"))
-        usage = openai_usage(field(response, "usage"))
+        openai_response(self.fees, response)
+        usage = self.fees.into(openai_usage(field(response, "usage")))
         if usage is None and status in ("queued", "in_progress"):
             # ``background=True``: the server writes (and bills) the answer after the call
             # returned; unknown, never zero, so its output is charged at its worst case
@@ -328,7 +339,7 @@ def responses_call(instance: Any, _args: tuple[Any, ...], kwargs: dict[str, Any]
         if isinstance(instructions, str) and isinstance(inp, list):
             inp = [{"role": "system", "content": instructions}, *inp]
         _put_content(call, A.GEN_AI_INPUT_MESSAGES, inp)
-    return call, ResponsesObserver(call, capture)
+    return call, ResponsesObserver(call, capture, openai_plan(call.provider, kwargs, call.attributes))
 
 
 def _text_completion_call(
