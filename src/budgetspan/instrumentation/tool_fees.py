@@ -12,7 +12,6 @@ call's cost (``Spend.tool_fees_usd``) and onto its span.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from typing import Any
 
 from budgetspan import attributes as A
@@ -57,56 +56,47 @@ _warned: set[tuple[str | None, str]] = set()
 
 
 class FeePlan:
-    """One call's built-in tools: what the request enables, what the response used."""
+    """One call's built-in tools: what the request enables, what the response used. Made for
+    every Responses and Messages call, so nothing is made until a tool is seen (class defaults)."""
 
-    __slots__ = (
-        "_seen",
-        "charges",
-        "code",
-        "container_id",
-        "container_memory",
-        "estimated",
-        "image",
-        "provider",
-        "search",
-        "unknown",
-        "uses",
-    )
+    search = "web_search_preview"  # which search fee a web_search_call is (the dearer when unsaid)
+    container_memory: Any = None
+    image: tuple[Any, Any] = (None, None)  # the request's image quality and size
+    unknown: tuple[str, ...] = ()  # tool types with no known fee
+    uses: dict[str, int] | None = None  # uses by tool
+    charges: dict[str, float] | None = None  # USD by tool
+    estimated = False
+    code = False  # Anthropic code execution used, its container not charged yet
+    container_id: Any = None
+    _seen: set[str] | None = None  # item ids counted (a stream restates them)
 
     def __init__(self, provider: str | None) -> None:
         self.provider = provider
-        self.search = "web_search_preview"  # which search fee a web_search_call is (the dearer unsaid)
-        self.container_memory: Any = None
-        self.image: tuple[Any, Any] = (None, None)  # the request's image quality and size
-        self.unknown: list[str] = []  # tool types with no known fee
-        self.uses: Counter[str] = Counter()
-        self.charges: dict[str, float] = {}  # USD by tool
-        self.estimated = False
-        self.code = False  # Anthropic code execution used, its container not charged yet
-        self.container_id: Any = None
-        self._seen: set[str] = set()  # item ids counted (a stream restates them)
 
     @property
     def usd(self) -> float:
-        return sum(self.charges.values())
+        return sum(self.charges.values()) if self.charges else 0.0
 
     def add(self, tool: str, usd: float | None, n: int = 1, estimated: bool = False) -> None:
         """``n`` more uses of ``tool`` at ``usd`` each (None: no known price)."""
         if usd is None:
             self.not_priced(tool)
             return
-        self.uses[tool] += n
+        if self.uses is None or self.charges is None:
+            self.uses, self.charges = {}, {}
+        self.uses[tool] = self.uses.get(tool, 0) + n
         self.charges[tool] = self.charges.get(tool, 0.0) + usd * n
         self.estimated = self.estimated or estimated or (fees.family(self.provider), tool) in fees.ESTIMATED
 
     def reported(self, tool: str, n: int) -> None:
         """A cumulative count of uses the provider reported (a stream restates it: not added)."""
-        if n > self.uses[tool]:
-            self.add(tool, fees.fee(self.provider, tool), n - self.uses[tool])
+        had = self.uses.get(tool, 0) if self.uses else 0
+        if n > had:
+            self.add(tool, fees.fee(self.provider, tool), n - had)
 
     def not_priced(self, tool: str) -> None:
         if tool not in self.unknown:
-            self.unknown.append(tool)
+            self.unknown = (*self.unknown, tool)
         key = (self.provider, tool)
         if key not in _warned and len(_warned) < 100:
             _warned.add(key)
@@ -151,7 +141,9 @@ class FeePlan:
         """Whether an item with id ``key`` is seen the first time (no id: always)."""
         if not isinstance(key, str):
             return True
-        if key in self._seen:
+        if self._seen is None:
+            self._seen = set()
+        elif key in self._seen:
             return False
         self._seen.add(key)
         return True
@@ -171,9 +163,12 @@ def _hold(attributes: dict[str, Any], per_use: list[float], bound: int | None, c
 def openai_plan(provider: str | None, kwargs: dict[str, Any], attributes: dict[str, Any]) -> FeePlan:
     """The plan of a Responses request; its worst case into ``attributes``."""
     plan = FeePlan(provider)
+    tools = kwargs.get("tools")
+    if not tools:
+        return plan
     per_use: list[float] = []
     container = 0.0
-    for tool in given(kwargs.get("tools")) or ():
+    for tool in given(tools) or ():
         kind = field(tool, "type")
         if not isinstance(kind, str) or kind in _OPENAI_FREE:
             continue
@@ -225,9 +220,12 @@ def openai_response(plan: FeePlan, response: Any) -> None:
 def anthropic_plan(provider: str | None, kwargs: dict[str, Any], attributes: dict[str, Any]) -> FeePlan:
     """The plan of a Messages request (``max_uses`` bounds each server tool apart)."""
     plan = FeePlan(provider)
+    tools = kwargs.get("tools")
+    if not tools:
+        return plan
     per_use: list[float] = []
     container = 0.0
-    for tool in given(kwargs.get("tools")) or ():
+    for tool in given(tools) or ():
         kind = field(tool, "type")
         if not isinstance(kind, str) or kind == "custom" or kind.startswith(_ANTHROPIC_CLIENT_PREFIXES):
             continue
