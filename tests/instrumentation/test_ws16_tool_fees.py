@@ -26,6 +26,7 @@ from tests.replay import (
     expected_cost,
     json_response,
     openai_client,
+    openai_sse,
     sse_response,
 )
 
@@ -243,3 +244,50 @@ def test_anthropic_code_execution_is_an_estimated_container_fee(instrumented: An
     span = instrumented.only("chat")
     assert span.attributes[A.TOOL_FEES_USD] == pytest.approx(0.05 * 5 / 60)
     assert span.attributes[A.TOOL_FEES_ESTIMATED] is True
+
+
+def test_openai_stream_counts_the_searches_of_its_completed_response(instrumented: Any) -> None:
+    done = response(search(1))
+    events = [
+        {
+            "type": "response.created",
+            "sequence_number": 0,
+            "response": {**done, "status": "in_progress", "output": []},
+        },
+        {"type": "response.completed", "sequence_number": 1, "response": done},
+    ]
+    rec = Recorder(sse_response(openai_sse(events, done=False)))
+    with budgetspan.run("fees", max_cost_usd=1.0) as run:
+        stream = openai_client(rec).responses.create(
+            model="gpt-4o-mini", input="weather?", tools=[{"type": "web_search"}], stream=True
+        )
+        assert [e.type for e in stream] == ["response.created", "response.completed"]
+    assert instrumented.only("chat").attributes[A.TOOL_FEES_USD] == pytest.approx(0.01)
+    assert run.usage.cost_usd == pytest.approx(TOKENS + 0.01)
+
+
+def test_anthropic_search_blocks_count_where_usage_does_not_say(instrumented: Any) -> None:
+    """An answer whose usage has no ``server_tool_use``: its 2 search blocks are 2 searches."""
+    body = anthropic_message()
+    body["content"] = [
+        *(
+            {"type": "server_tool_use", "id": f"srvtoolu_{n}", "name": "web_search", "input": {"query": "q"}}
+            for n in range(2)
+        ),
+        *body["content"],
+    ]
+    rec = Recorder(json_response(body))
+    with budgetspan.run("fees", max_cost_usd=1.0):
+        claude(rec).messages.create(**ARGS, tools=[SEARCH_TOOL])
+    assert instrumented.only("chat").attributes[A.TOOL_FEES_USD] == pytest.approx(0.02)
+
+
+def test_openai_hosted_shell_in_a_container_is_said_unpriced(instrumented: Any) -> None:
+    rec = Recorder(json_response(response()))
+    with budgetspan.run("fees", max_cost_usd=1.0):
+        openai_client(rec).responses.create(
+            model="gpt-4o-mini",
+            input="ls",
+            tools=[{"type": "shell", "environment": {"type": "container_auto"}}],
+        )
+    assert list(instrumented.only("chat").attributes[A.TOOL_FEES_UNPRICED]) == ["shell (container_auto)"]

@@ -111,3 +111,21 @@ def test_a_reconnect_ends_the_call_sent_on_the_dropped_connection(instrumented: 
         assert spans[0].attributes[A.USAGE_UNREPORTED] is True
         assert spans[1].attributes[A.GEN_AI_USAGE_INPUT_TOKENS] == 40  # its own usage
         assert run.usage.model_calls == 2 and run.usage.unreported_usage_calls == 1
+
+
+async def test_an_async_connection_collected_without_close_ends_its_waiting_call(
+    instrumented: Any, ws_server: ResponsesWebSocketServer
+) -> None:
+    client = openai.AsyncOpenAI(base_url=ws_server.url, api_key="k")
+    async with budgetspan.run("ws", max_model_calls=3) as run:
+        manager = client.responses.connect()
+        connection = await manager.enter()
+        await connection.response.create(model="gpt-4o-mini", input="hi")
+        assert (await connection.recv()).type == "response.created"
+        socket = connection._connection
+        del connection, manager
+        gc.collect()
+        [span] = instrumented.spans("chat")
+        assert span.attributes[A.STREAM_END] == "abandoned"
+        assert run.usage.model_calls == 1 and run.usage.unreported_usage_calls == 1
+        await socket.close()

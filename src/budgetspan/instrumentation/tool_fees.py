@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 #: Request tool types billed by their tokens alone (no per-use fee).
 _OPENAI_FREE = frozenset(
     {"function", "custom", "mcp", "computer", "computer_use_preview", "local_shell", "apply_patch"}
-    | {"namespace", "shell"}
+    | {"namespace"}
 )
 _OPENAI_TOOLS = {  # request tool type -> fee name
     "web_search": "web_search",
@@ -69,6 +69,7 @@ class FeePlan:
     code = False  # Anthropic code execution used, its container not charged yet
     container_id: Any = None
     _seen: set[str] | None = None  # item ids counted (a stream restates them)
+    blocks: dict[str, int] | None = None  # Anthropic server tool blocks by name
 
     def __init__(self, provider: str | None) -> None:
         self.provider = provider
@@ -170,6 +171,10 @@ def openai_plan(provider: str | None, kwargs: dict[str, Any], attributes: dict[s
     container = 0.0
     for tool in given(tools) or ():
         kind = field(tool, "type")
+        if kind == "shell":  # the hosted shell runs in a container: a fee no price is known for
+            if field(field(tool, "environment"), "type") == "container_auto":
+                plan.not_priced("shell (container_auto)")
+            continue
         if not isinstance(kind, str) or kind in _OPENAI_FREE:
             continue
         name = _OPENAI_TOOLS.get(kind)
@@ -263,14 +268,20 @@ def anthropic_usage(plan: FeePlan, usage: Any) -> None:
 
 
 def anthropic_block(plan: FeePlan, block: Any) -> None:
-    """A ``server_tool_use`` content block: code execution (charged by container), or a tool
-    whose uses ``usage`` does not count."""
-    if field(block, "type") != "server_tool_use":
+    """A ``server_tool_use`` content block: code execution (charged by container), a search or
+    fetch (counted here too, in case ``usage`` does not say: the larger count stands), or a tool
+    with no known fee."""
+    if field(block, "type") != "server_tool_use" or not plan.first(field(block, "id")):
         return
     name = field(block, "name")
     if name in _CODE_EXECUTION:
         plan.code = True
-    elif isinstance(name, str) and name not in ("web_search", "web_fetch"):
+    elif name in ("web_search", "web_fetch"):
+        if plan.blocks is None:
+            plan.blocks = {}
+        plan.blocks[name] = n = plan.blocks.get(name, 0) + 1
+        plan.reported(name, n)
+    elif isinstance(name, str):
         plan.not_priced(name)
 
 
