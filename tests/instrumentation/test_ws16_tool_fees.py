@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 import anthropic
+import openai
 import pytest
 
 import budgetspan
@@ -291,3 +292,27 @@ def test_openai_hosted_shell_in_a_container_is_said_unpriced(instrumented: Any) 
             tools=[{"type": "shell", "environment": {"type": "container_auto"}}],
         )
     assert list(instrumented.only("chat").attributes[A.TOOL_FEES_UNPRICED]) == ["shell (container_auto)"]
+
+
+# --- over a real local HTTP server (tests/instrumentation/local_server.py) ----------------------
+
+
+def test_over_http_openai_searches_and_anthropic_searches_are_counted(instrumented: Any, server: Any) -> None:
+    """The same through a real socket: an OpenAI-compatible address (a gateway in front of OpenAI:
+    OpenAI's fees) and Anthropic's SDK pointed at the local server."""
+    from tests.instrumentation.local_server import json_answer
+
+    usage = {"input_tokens": 10, "output_tokens": 5, "server_tool_use": {"web_search_requests": 1}}
+    server.reset(json_answer(response(search(1), search(2))), json_answer(anthropic_message(usage=usage)))
+    with budgetspan.run("fees", max_cost_usd=1.0) as run:
+        oai = openai.OpenAI(base_url=f"{server.url}/v1", api_key="k", max_retries=0)
+        oai.responses.create(model="gpt-4o-mini", input="weather?", tools=[{"type": "web_search"}])
+        ant = anthropic.Anthropic(base_url=server.url, api_key="k", max_retries=0)
+        ant.messages.create(**ARGS, tools=[SEARCH_TOOL])
+    first, second = instrumented.spans("chat")
+    assert first.attributes[A.GEN_AI_PROVIDER_NAME] == "openai_compatible"
+    assert first.attributes[A.TOOL_FEES_USD] == pytest.approx(0.02)
+    assert second.attributes[A.TOOL_FEES_USD] == pytest.approx(0.01)
+    fees_in_cost = first.attributes[A.GEN_AI_USAGE_COST] + second.attributes[A.GEN_AI_USAGE_COST]
+    assert run.usage.cost_usd == pytest.approx(fees_in_cost) and fees_in_cost > 0.03
+    assert len(server.requests) == 2

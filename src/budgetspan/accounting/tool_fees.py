@@ -30,15 +30,20 @@ FAMILY = {
     "aws.bedrock": "anthropic",
 }
 
+#: Where the figures come from: list prices on the providers' own pages (OpenAI's API pricing
+#: page, "Built-in tools"; Anthropic's pricing page and its web search, web fetch and code
+#: execution tool docs), as of 2025-12, written here by hand (no network at run time).
+SOURCE = "provider pricing pages, list prices, 2025-12"
+
 #: (family, tool) -> USD per use.
 FEES: dict[tuple[str, str], float] = {
-    ("openai", "web_search"): 10.0 / 1000,
-    ("openai", "web_search_preview"): 25.0 / 1000,
-    ("openai", "file_search"): 2.5 / 1000,
+    ("openai", "web_search"): 10.0 / 1000,  # $10.00 / 1k calls
+    ("openai", "web_search_preview"): 25.0 / 1000,  # $25.00 / 1k calls (non-reasoning models)
+    ("openai", "file_search"): 2.5 / 1000,  # $2.50 / 1k calls
     ("openai", "code_interpreter"): 0.03,  # a 1 GB container (the default)
-    ("anthropic", "web_search"): 10.0 / 1000,
-    ("anthropic", "web_fetch"): 0.0,
-    ("anthropic", "code_execution"): 0.05 * 5 / 60,  # one container's 5-minute minimum
+    ("anthropic", "web_search"): 10.0 / 1000,  # $10 / 1k searches
+    ("anthropic", "web_fetch"): 0.0,  # "no additional charges beyond standard token costs"
+    ("anthropic", "code_execution"): 0.05 * 5 / 60,  # $0.05 / container-hour, 5-minute minimum
 }
 
 #: OpenAI code interpreter containers by ``memory_limit``.
