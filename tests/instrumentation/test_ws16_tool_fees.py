@@ -316,3 +316,29 @@ def test_over_http_openai_searches_and_anthropic_searches_are_counted(instrument
     fees_in_cost = first.attributes[A.GEN_AI_USAGE_COST] + second.attributes[A.GEN_AI_USAGE_COST]
     assert run.usage.cost_usd == pytest.approx(fees_in_cost) and fees_in_cost > 0.03
     assert len(server.requests) == 2
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"server_tool_use": "three"},
+        {"server_tool_use": {"web_search_requests": -3}},
+        {"server_tool_use": {"web_search_requests": "3"}},
+        {"server_tool_use": {"web_search_requests": True}},
+        {"server_tool_use": [1, 2]},
+        {"server_tool_use": {7: 3}},
+    ],
+)
+def test_malformed_tool_counts_are_unreported_never_an_error(usage: dict[str, Any]) -> None:
+    plan = tool_fees.FeePlan("anthropic")
+    tool_fees.anthropic_usage(plan, usage)
+    tool_fees.openai_response(plan, {"output": 5})
+    tool_fees.anthropic_block(plan, {"type": "server_tool_use", "name": ["web_search"]})
+    assert plan.usd == 0.0 and not plan.uses
+
+
+def test_a_callers_tools_iterator_is_never_consumed() -> None:
+    tools = iter([{"type": "web_search"}])
+    attributes: dict[str, Any] = {}
+    tool_fees.openai_plan("openai", {"tools": tools}, attributes)
+    assert next(tools) == {"type": "web_search"}

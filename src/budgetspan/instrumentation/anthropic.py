@@ -105,7 +105,8 @@ class MessagesObserver(ResultObserver):
                     self.text.append(field(block, "text"))
                 elif kind == "tool_use":
                     self.tool_calls.append({"id": field(block, "id"), "name": field(block, "name")})
-        for block in field(response, "content") or ():
+        content = field(response, "content")
+        for block in content if isinstance(content, list) else ():
             anthropic_block(self.fees, block)
         anthropic_container(self.fees, field(response, "container"))
         usage = field(response, "usage")

@@ -169,7 +169,7 @@ def openai_plan(provider: str | None, kwargs: dict[str, Any], attributes: dict[s
         return plan
     per_use: list[float] = []
     container = 0.0
-    for tool in given(tools) or ():
+    for tool in tools if isinstance(tools, (list, tuple)) else ():  # (never a caller's iterator)
         kind = field(tool, "type")
         if kind == "shell":  # the hosted shell runs in a container: a fee no price is known for
             if field(field(tool, "environment"), "type") == "container_auto":
@@ -198,7 +198,8 @@ def openai_plan(provider: str | None, kwargs: dict[str, Any], attributes: dict[s
 def openai_response(plan: FeePlan, response: Any) -> None:
     """Count the built-in tool calls among a Response's output items."""
     provider = plan.provider
-    for item in field(response, "output") or ():
+    items = field(response, "output")
+    for item in items if isinstance(items, list) else ():
         kind = field(item, "type")
         if not isinstance(kind, str) or not kind.endswith("_call") or kind in _OPENAI_FREE_ITEMS:
             continue
@@ -230,7 +231,7 @@ def anthropic_plan(provider: str | None, kwargs: dict[str, Any], attributes: dic
         return plan
     per_use: list[float] = []
     container = 0.0
-    for tool in given(tools) or ():
+    for tool in tools if isinstance(tools, (list, tuple)) else ():  # (never a caller's iterator)
         kind = field(tool, "type")
         if not isinstance(kind, str) or kind == "custom" or kind.startswith(_ANTHROPIC_CLIENT_PREFIXES):
             continue
@@ -249,16 +250,15 @@ def anthropic_plan(provider: str | None, kwargs: dict[str, Any], attributes: dic
 def anthropic_usage(plan: FeePlan, usage: Any) -> None:
     """``usage.server_tool_use``: cumulative counts of searches and fetches (and any newer one)."""
     counts = field(usage, "server_tool_use")
-    if counts is None:
-        return
-    names = (
-        counts
-        if isinstance(counts, dict)
-        else {**vars(counts), **(getattr(counts, "__pydantic_extra__", None) or {})}
-    )
+    if isinstance(counts, dict):
+        names: Any = counts
+    elif isinstance(getattr(counts, "__dict__", None), dict):  # an SDK model (and its extras)
+        names = {**vars(counts), **(getattr(counts, "__pydantic_extra__", None) or {})}
+    else:
+        return  # absent, or not what the API sends
     for key in names:
         n = count(field(counts, key))
-        if not n or not key.endswith("_requests"):
+        if not n or not isinstance(key, str) or not key.endswith("_requests"):
             continue
         tool = _SERVER_COUNTS.get(key)
         if tool is None:
@@ -274,6 +274,8 @@ def anthropic_block(plan: FeePlan, block: Any) -> None:
     if field(block, "type") != "server_tool_use" or not plan.first(field(block, "id")):
         return
     name = field(block, "name")
+    if not isinstance(name, str):
+        return
     if name in _CODE_EXECUTION:
         plan.code = True
     elif name in ("web_search", "web_fetch"):
@@ -281,7 +283,7 @@ def anthropic_block(plan: FeePlan, block: Any) -> None:
             plan.blocks = {}
         plan.blocks[name] = n = plan.blocks.get(name, 0) + 1
         plan.reported(name, n)
-    elif isinstance(name, str):
+    else:
         plan.not_priced(name)
 
 
