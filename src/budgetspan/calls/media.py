@@ -97,8 +97,9 @@ def _compressed_pages(raw: bytes) -> int:
             break
         start += 6
         start += 2 if raw[start : start + 2] == b"\r\n" else 1
-        try:
-            text = zlib.decompressobj().decompress(raw[start:], left)
+        end = raw.find(b"endstream", start)
+        try:  # (a view up to its end: no copy of the rest of the file per stream)
+            text = zlib.decompressobj().decompress(memoryview(raw)[start : end if end > 0 else None], left)
         except zlib.error:
             continue
         pages += len(_PAGE.findall(text))
