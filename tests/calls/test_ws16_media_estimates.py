@@ -1,7 +1,7 @@
 """ws16: audio and PDF parts of a request estimated from their content, not their bytes.
 
-A 1 MB PDF of 2 pages was ~470,000 tokens (one per 3 base64 characters) and refused any call under
-a real budget; a 10-second WAV ~145,000. Now a PDF is its page count (``/Type /Page`` objects) x a
+A 1 MB PDF of 2 pages was ~445,000 tokens (one per 3 base64 characters) and refused any call under
+a real budget; a 10-second WAV ~142,000. Now a PDF is its page count (``/Type /Page`` objects) x a
 per-page figure, a WAV its duration (from its header) x tokens per second; unreadable content falls
 back to the byte estimate. The files are made here (a minimal PDF, a WAV by the ``wave`` module).
 """
@@ -72,7 +72,7 @@ def b64(data: bytes) -> str:
 
 def test_a_pdf_is_its_pages() -> None:
     """OpenAI chat ``file``, Responses ``input_file``, Anthropic ``document``, Gemini and Bedrock
-    inline bytes: 2 pages of a 1 MB PDF are 2 x PDF_PAGE_TOKENS (was ~470,000)."""
+    inline bytes: 2 pages of a 1 MB PDF are 2 x PDF_PAGE_TOKENS (was ~445,000)."""
     doc = pdf(2, padding=1_000_000)
     url = "data:application/pdf;base64," + b64(doc)
     shapes: list[Any] = [
@@ -99,7 +99,7 @@ def test_a_wav_is_its_duration() -> None:
         {"inline_data": {"mime_type": "audio/wav", "data": data}},
     ):
         tokens = request_tokens([[{"role": "user", "content": [part]}]])
-        assert 10 * AUDIO_TOKENS_PER_S <= tokens < 10 * AUDIO_TOKENS_PER_S + 100  # was ~145,000
+        assert 10 * AUDIO_TOKENS_PER_S <= tokens < 10 * AUDIO_TOKENS_PER_S + 100  # was ~142,000
 
 
 def test_unreadable_content_falls_back_to_its_bytes() -> None:
@@ -114,7 +114,7 @@ def test_unreadable_content_falls_back_to_its_bytes() -> None:
 
 def test_a_two_page_pdf_fits_a_budget_it_was_refused_under(instrumented: Any) -> None:
     """The real openai SDK (recording local transport): ``max_input_tokens=20,000`` and a 1 MB,
-    2-page PDF: sent (was: refused, its worst case ~470,000 input tokens)."""
+    2-page PDF: sent (was: refused, its worst case ~445,000 input tokens)."""
     usage = {"prompt_tokens": 6000, "completion_tokens": 5, "total_tokens": 6005}
     body = {
         "id": "c",

@@ -1,7 +1,7 @@
 """Audio and PDF parts of a request, estimated from their content (``calls.estimate``).
 
 One token per 3 bytes is right for text and far off for media: a 1 MB PDF of 2 pages read as
-~470,000 tokens, a 10-second WAV as ~145,000, and refused calls that fit. Where it is cheap and
+~445,000 tokens, a 10-second WAV as ~142,000, and refused calls that fit. Where it is cheap and
 exact enough, the content is read instead:
 
 - a WAV's duration from its header (``fmt `` byte rate, ``data`` size) x ``AUDIO_TOKENS_PER_S``;
