@@ -250,6 +250,8 @@ def anthropic_plan(provider: str | None, kwargs: dict[str, Any], attributes: dic
 def anthropic_usage(plan: FeePlan, usage: Any) -> None:
     """``usage.server_tool_use``: cumulative counts of searches and fetches (and any newer one)."""
     counts = field(usage, "server_tool_use")
+    if counts is None:  # (most answers: first, it is the cheap test)
+        return
     if isinstance(counts, dict):
         names: Any = counts
     elif isinstance(getattr(counts, "__dict__", None), dict):  # an SDK model (and its extras)
