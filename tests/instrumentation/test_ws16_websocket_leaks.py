@@ -129,3 +129,31 @@ async def test_an_async_connection_collected_without_close_ends_its_waiting_call
         assert span.attributes[A.STREAM_END] == "abandoned"
         assert run.usage.model_calls == 1 and run.usage.unreported_usage_calls == 1
         await socket.close()
+
+
+async def test_an_agents_sdk_websocket_request_cut_after_its_first_event_ends_estimated(
+    tracing: Any,
+) -> None:
+    """The Agents SDK's websocket mode (``use_responses_websocket=True``): a connection dropped
+    after ``response.created`` ends that request's call (error, estimated), not held for the run.
+    (Already so: each request's events go through a stream proxy; kept as a guard.)"""
+    from agents import Agent, OpenAIProvider, RunConfig, Runner
+    from agents.tracing import set_trace_processors
+
+    from budgetspan.instrumentation.openai import OpenAIInstrumentor
+    from budgetspan.instrumentation.openai_agents import OpenAIAgentsInstrumentor
+    from tests.conftest import instrumentors_on
+
+    set_trace_processors([])
+    with DroppingServer() as server, instrumentors_on(OpenAIInstrumentor(), OpenAIAgentsInstrumentor()):
+        config = RunConfig(
+            model_provider=OpenAIProvider(base_url=server.url, api_key="k", use_responses_websocket=True)
+        )
+        agent = Agent(name="brief", instructions="be brief", model="gpt-4o-mini")
+        async with budgetspan.run("ws", max_model_calls=3) as run:
+            with pytest.raises(Exception) as info:
+                await Runner.run(agent, "weather?", run_config=config)
+            assert not isinstance(info.value, budgetspan.BudgetExhausted)
+            spans = tracing.spans("chat")
+            assert spans and all(s.attributes[A.USAGE_UNREPORTED] is True for s in spans)
+            assert run.usage.model_calls == len(spans) == run.usage.unreported_usage_calls
