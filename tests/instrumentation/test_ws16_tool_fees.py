@@ -342,3 +342,31 @@ def test_a_callers_tools_iterator_is_never_consumed() -> None:
     attributes: dict[str, Any] = {}
     tool_fees.openai_plan("openai", {"tools": tools}, attributes)
     assert next(tools) == {"type": "web_search"}
+
+
+def test_a_chat_search_model_call_counts_its_search(instrumented: Any) -> None:
+    """Chat Completions with ``web_search_options`` (a search model searches before each answer):
+    one search at the preview rate, held before and counted in the cost, marked estimated."""
+    body = {
+        "id": "c",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o-mini-search-preview",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "Sunny."}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
+    }
+    rec = Recorder(json_response(body))
+    with budgetspan.run("fees", max_cost_usd=1.0) as run:
+        openai_client(rec).chat.completions.create(
+            model="gpt-4o-mini-search-preview",
+            messages=[{"role": "user", "content": "weather?"}],
+            web_search_options={},
+        )
+    tokens = expected_cost("openai", "gpt-4o-mini-search-preview", 100, 20) or 0.0
+    span = instrumented.only("chat")
+    assert span.attributes[A.TOOL_FEES_WORST_CASE] == pytest.approx(0.025)
+    assert span.attributes[A.TOOL_FEES_ESTIMATED] is True
+    assert span.attributes[A.GEN_AI_USAGE_COST] == pytest.approx(tokens + 0.025)
+    assert run.usage.cost_usd == pytest.approx(tokens + 0.025)

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from budgetspan import attributes as A
+from budgetspan.accounting.ledger import Spend
 from budgetspan.calls.call import Call
 from budgetspan.config import capture_content
 from budgetspan.instrumentation.observers import Observer, content_json
@@ -31,7 +32,7 @@ from budgetspan.instrumentation.patching import (
     wrapper_for,
 )
 from budgetspan.instrumentation.response_context import carried, remember
-from budgetspan.instrumentation.tool_fees import FeePlan, openai_plan, openai_response
+from budgetspan.instrumentation.tool_fees import FeePlan, chat_plan, openai_plan, openai_response
 from budgetspan.instrumentation.usage import field, openai_embeddings_usage, openai_usage, pick
 
 # --- provider detection -----------------------------------------------------------------------
@@ -169,6 +170,15 @@ class ChatObserver(_ChoicesObserver):
     """ChatCompletion / ParsedChatCompletion objects (or dicts) and ChatCompletionChunk items."""
 
     hide_usage_chunk = False  # set when budgetspan asked for the usage chunk (not the caller)
+    fees: FeePlan | None = None  # a search model's search (``web_search_options``), if any
+
+    def set_usage(self, spend: Spend | None) -> None:
+        super().set_usage(spend if self.fees is None else self.fees.into(spend))
+
+    def finish(self) -> None:
+        if self.fees is not None:
+            self.fees.write(self.call.end_attributes)
+        super().finish()
 
     def hidden(self, item: Any) -> bool:
         return self.hide_usage_chunk and not field(item, "choices") and field(item, "usage") is not None
@@ -286,6 +296,7 @@ def _chat_call(instance: Any, _args: tuple[Any, ...], kwargs: dict[str, Any]) ->
     if capture:
         _put_content(call, A.GEN_AI_INPUT_MESSAGES, given(kwargs.get("messages")))
     observer = ChatObserver(call, capture)
+    observer.fees = chat_plan(call.provider, kwargs, call.attributes)
     if kwargs.get("stream") is True and _ask_for_stream_usage(call, kwargs):
         observer.hide_usage_chunk = True
     return call, observer

@@ -195,6 +195,20 @@ def openai_plan(provider: str | None, kwargs: dict[str, Any], attributes: dict[s
     return plan
 
 
+def chat_plan(provider: str | None, kwargs: dict[str, Any], attributes: dict[str, Any]) -> FeePlan | None:
+    """Chat Completions with ``web_search_options`` (the search models): each request searches
+    the web first, one search at the preview rate, counted with the call (estimated: the fee is
+    per search, and one per request is what the docs describe); None for any other chat call."""
+    if given(kwargs.get("web_search_options")) is None:
+        return None
+    plan = FeePlan(provider)
+    price = fees.fee(provider, "web_search_preview")
+    plan.add("web_search_preview", price, estimated=True)
+    if price is not None:
+        attributes[A.TOOL_FEES_WORST_CASE] = price
+    return plan
+
+
 def openai_response(plan: FeePlan, response: Any) -> None:
     """Count the built-in tool calls among a Response's output items."""
     provider = plan.provider
