@@ -170,15 +170,6 @@ class ChatObserver(_ChoicesObserver):
     """ChatCompletion / ParsedChatCompletion objects (or dicts) and ChatCompletionChunk items."""
 
     hide_usage_chunk = False  # set when budgetspan asked for the usage chunk (not the caller)
-    fees: FeePlan | None = None  # a search model's search (``web_search_options``), if any
-
-    def set_usage(self, spend: Spend | None) -> None:
-        super().set_usage(spend if self.fees is None else self.fees.into(spend))
-
-    def finish(self) -> None:
-        if self.fees is not None:
-            self.fees.write(self.call.end_attributes)
-        super().finish()
 
     def hidden(self, item: Any) -> bool:
         return self.hide_usage_chunk and not field(item, "choices") and field(item, "usage") is not None
@@ -219,6 +210,22 @@ class ChatObserver(_ChoicesObserver):
             name = field(field(tc, "function"), "name")
             if isinstance(name, str):
                 self.tool_calls.append({"id": field(tc, "id"), "name": name})
+
+
+class SearchChatObserver(ChatObserver):
+    """A chat call with ``web_search_options`` (a search model): its search fee in its cost
+    (``tool_fees.chat_plan``); a class apart, so other chat calls pay nothing for it."""
+
+    def __init__(self, call: Call, capture: bool, fees: FeePlan) -> None:
+        super().__init__(call, capture)
+        self.fees = fees
+
+    def set_usage(self, spend: Spend | None) -> None:
+        super().set_usage(self.fees.into(spend))
+
+    def finish(self) -> None:
+        self.fees.write(self.call.end_attributes)
+        super().finish()
 
 
 class TextCompletionObserver(_ChoicesObserver):
@@ -295,8 +302,8 @@ def _chat_call(instance: Any, _args: tuple[Any, ...], kwargs: dict[str, Any]) ->
     capture = capture_content()
     if capture:
         _put_content(call, A.GEN_AI_INPUT_MESSAGES, given(kwargs.get("messages")))
-    observer = ChatObserver(call, capture)
-    observer.fees = chat_plan(call.provider, kwargs, call.attributes)
+    fees = chat_plan(call.provider, kwargs, call.attributes)
+    observer = ChatObserver(call, capture) if fees is None else SearchChatObserver(call, capture, fees)
     if kwargs.get("stream") is True and _ask_for_stream_usage(call, kwargs):
         observer.hide_usage_chunk = True
     return call, observer
