@@ -112,7 +112,7 @@ WOULD_REFUSE: Final = "budgetspan.observe.would_refuse"  # observe mode: the lim
 # A streamed request (the GenAI conventions' name; was budgetspan.stream).
 GEN_AI_REQUEST_STREAM: Final = "gen_ai.request.stream"
 STREAM: Final = GEN_AI_REQUEST_STREAM
-STREAM_END: Final = "budgetspan.stream.end"  # consumed | closed | abandoned | error | cancelled
+STREAM_END: Final = "budgetspan.stream.end"  # consumed | closed | abandoned | error | cancelled | reconnected
 
 # span events
 EVENT_BUDGET_EXHAUSTED: Final = "budgetspan.budget_exhausted"
@@ -380,3 +380,12 @@ ENV_RUNBOOK_BASE_URL: Final = "BUDGETSPAN_RUNBOOK_BASE_URL"
 M_TOKEN_DETAILS: Final = "budgetspan_token_details"  # counter: workflow, provider, model, type
 OTEL_M_TOKEN_DETAILS: Final = ("budgetspan.token_details", "{token}")  # -> budgetspan_token_details_total
 TOKEN_SUBSETS: Final = frozenset({"cache_read", "cache_write", "reasoning"})
+
+# --- Built-in tool fees (instrumentation/tool_fees.py, accounting/tool_fees.py) ------------------
+# Per-use fees of providers' server-side tools (web search, file search, code containers, images),
+# included in gen_ai.usage.cost and said apart here; the worst case is held before the call.
+TOOL_FEES_USD: Final = "budgetspan.cost.tool_fees_usd"  # what of gen_ai.usage.cost is tool fees
+TOOL_FEES_USES: Final = "budgetspan.tool_fees.uses"  # ["web_search=2", "file_search=1"]
+TOOL_FEES_ESTIMATED: Final = "budgetspan.cost.tool_fees_estimated"  # a fee billed by time, or unsaid size
+TOOL_FEES_UNPRICED: Final = "budgetspan.cost.tool_fees_unpriced"  # tool types with no known fee
+TOOL_FEES_WORST_CASE: Final = "budgetspan.cost.tool_fees_worst_case_usd"  # held before the call

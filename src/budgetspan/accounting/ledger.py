@@ -81,6 +81,8 @@ class Spend:
     cache_write_tokens: int | None = None
     reasoning_tokens: int | None = None
     cost_usd: float | None = None
+    #: Built-in tools' per-use fees (web search...), added to the tokens' price (``tool_fees``).
+    tool_fees_usd: float | None = None
 
 
 class LedgerRefused(Exception):

@@ -36,6 +36,7 @@ from budgetspan.calls.pricing import (
     reported,
     usage_attributes,
     warn_unpriced_once,
+    worst_case_cost,
 )
 from budgetspan.calls.span_write import sampler_reads_attributes, write_end_attributes
 from budgetspan.config import capture_content, get_config
@@ -170,11 +171,9 @@ class Call(AsyncBounds):
             if self.is_model and _limited(self.run, lambda b: b.spend_limited):
                 self._estimate_input()
                 if self.worst_case_cost is None and self.model:
-                    self.worst_case_cost = default_resolver().worst_case_cost(
-                        self.provider or "",
-                        self.model,
-                        self.worst_case_input_tokens or 0,
-                        self.worst_case_tokens,
+                    wc_in, wc_out = self.worst_case_input_tokens, self.worst_case_tokens
+                    self.worst_case_cost = worst_case_cost(
+                        self.provider, self.model, wc_in, wc_out, self.attributes
                     )
         except Exception:
             internal_error("Call.start")

@@ -38,8 +38,22 @@ def call_cost(
         if cost is not None:
             if name is response_model and model:  # a deployment or alias name: its price learnt
                 resolver.learn_name(provider or "", model, name)
-            return cost
+            return cost + spend.tool_fees_usd if spend.tool_fees_usd else cost
     return None
+
+
+def worst_case_cost(
+    provider: str | None,
+    model: str,
+    input_tokens: int | None,
+    output_tokens: int | None,
+    attributes: dict[str, Any],
+) -> float | None:
+    """The call's worst case: its tokens' (``PriceResolver.worst_case_cost``) and the built-in
+    tools' fees it may run up (``A.TOOL_FEES_WORST_CASE``, set by the instrumentation)."""
+    cost = default_resolver().worst_case_cost(provider or "", model, input_tokens or 0, output_tokens)
+    fees = attributes.get(A.TOOL_FEES_WORST_CASE)
+    return cost + fees if cost is not None and isinstance(fees, float) else cost
 
 
 def reported(spend: Spend | None) -> bool:

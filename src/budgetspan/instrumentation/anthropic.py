@@ -37,6 +37,13 @@ from budgetspan.instrumentation.patching import (
 )
 from budgetspan.instrumentation.sdk_call import in_model_call
 from budgetspan.instrumentation.streams import AsyncStreamProxy, SyncStreamProxy
+from budgetspan.instrumentation.tool_fees import (
+    FeePlan,
+    anthropic_block,
+    anthropic_container,
+    anthropic_plan,
+)
+from budgetspan.instrumentation.tool_fees import anthropic_usage as server_tool_usage
 from budgetspan.instrumentation.usage import (
     AnthropicStreamUsage,
     anthropic_one_hour_writes,
@@ -62,7 +69,7 @@ def _new_call(instance: Any, kwargs: dict[str, Any], streaming: bool) -> tuple[C
     capture = capture_content()
     if capture:
         capture_input_messages(call.attributes, given(kwargs.get("messages")), given(kwargs.get("system")))
-    return call, MessagesObserver(call, capture)
+    return call, MessagesObserver(call, capture, anthropic_plan(call.provider, kwargs, call.attributes))
 
 
 class MessagesObserver(ResultObserver):
@@ -71,12 +78,15 @@ class MessagesObserver(ResultObserver):
     Anthropic has one ``stop_reason``, the latest seen: ``finish_reasons`` holds it alone.
     """
 
-    def __init__(self, call: Call, capture: bool = False) -> None:
+    def __init__(self, call: Call, capture: bool = False, fees: FeePlan | None = None) -> None:
         super().__init__(call, capture)
         self.stream_usage = AnthropicStreamUsage()
         self.one_hour_writes = 0  # cache writes of a one-hour TTL (priced 2x input, not 1.25x)
+        #: Server tools' fees (web search, code execution), counted in the cost (``tool_fees``).
+        self.fees = fees if fees is not None else FeePlan(call.provider)
 
     def set_usage(self, spend: Spend | None) -> None:
+        spend = self.fees.into(spend)
         if spend is not None and self.one_hour_writes and spend.cost_usd is None:
             spend = one_hour_priced(self.call, spend, self.one_hour_writes)
         super().set_usage(spend)
@@ -95,7 +105,12 @@ class MessagesObserver(ResultObserver):
                     self.text.append(field(block, "text"))
                 elif kind == "tool_use":
                     self.tool_calls.append({"id": field(block, "id"), "name": field(block, "name")})
+        content = field(response, "content")
+        for block in content if isinstance(content, list) else ():
+            anthropic_block(self.fees, block)
+        anthropic_container(self.fees, field(response, "container"))
         usage = field(response, "usage")
+        server_tool_usage(self.fees, usage)
         self.one_hour_writes = anthropic_one_hour_writes(usage)
         self.set_usage(anthropic_usage(usage))
 
@@ -111,18 +126,22 @@ class MessagesObserver(ResultObserver):
             block = field(item, "content_block")
             if field(block, "type") == "tool_use":
                 self.tool_calls.append({"id": field(block, "id"), "name": field(block, "name")})
+            anthropic_block(self.fees, block)
             return
         if kind == "message_start":
             self._head(field(item, "message"))
             self.one_hour_writes = anthropic_one_hour_writes(field(field(item, "message"), "usage"))
         elif kind == "message_delta":
             self._stop_reason(field(field(item, "delta"), "stop_reason"))
+            anthropic_container(self.fees, field(field(item, "delta"), "container"))
+            server_tool_usage(self.fees, field(item, "usage"))
         else:
             return
         if self.stream_usage.on_event(item):
             self.set_usage(self.stream_usage.spend())
 
     def finish(self) -> None:
+        self.fees.write(self.call.end_attributes)
         super().finish()
         if self.stream_usage.raw_input is not None and not self.stream_usage.final:
             self.charge_received_output()  # left or cut before its final count

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from budgetspan import attributes as A
+from budgetspan.accounting.ledger import Spend
 from budgetspan.calls.call import Call
 from budgetspan.config import capture_content
 from budgetspan.instrumentation.observers import Observer, content_json
@@ -31,6 +32,7 @@ from budgetspan.instrumentation.patching import (
     wrapper_for,
 )
 from budgetspan.instrumentation.response_context import carried, remember
+from budgetspan.instrumentation.tool_fees import FeePlan, chat_plan, openai_plan, openai_response
 from budgetspan.instrumentation.usage import field, openai_embeddings_usage, openai_usage, pick
 
 # --- provider detection -----------------------------------------------------------------------
@@ -210,6 +212,22 @@ class ChatObserver(_ChoicesObserver):
                 self.tool_calls.append({"id": field(tc, "id"), "name": name})
 
 
+class SearchChatObserver(ChatObserver):
+    """A chat call with ``web_search_options`` (a search model): its search fee in its cost
+    (``tool_fees.chat_plan``); a class apart, so other chat calls pay nothing for it."""
+
+    def __init__(self, call: Call, capture: bool, fees: FeePlan) -> None:
+        super().__init__(call, capture)
+        self.fees = fees
+
+    def set_usage(self, spend: Spend | None) -> None:
+        super().set_usage(self.fees.into(spend))
+
+    def finish(self) -> None:
+        self.fees.write(self.call.end_attributes)
+        super().finish()
+
+
 class TextCompletionObserver(_ChoicesObserver):
     """The legacy Completions API (``choices[].text``), whole or streamed."""
 
@@ -221,7 +239,16 @@ class TextCompletionObserver(_ChoicesObserver):
 
 
 class ResponsesObserver(ResultObserver):
-    """Responses API: a Response (or dict), or its server-sent events."""
+    """Responses API: a Response (or dict), or its server-sent events; built-in tools' fees
+    (web search, file search, code containers, images) counted in its cost (``tool_fees``)."""
+
+    def __init__(self, call: Call, capture: bool = False, fees: FeePlan | None = None) -> None:
+        super().__init__(call, capture)
+        self.fees = fees if fees is not None else FeePlan(call.provider)
+
+    def finish(self) -> None:
+        self.fees.write(self.call.end_attributes)
+        super().finish()
 
     def on_response(self, response: Any) -> None:
         self._head(response)
@@ -236,7 +263,8 @@ class ResponsesObserver(ResultObserver):
                 for part in field(item, "content") or ():
                     if field(part, "type") == "output_text" and isinstance(field(part, "text"), str):
                         self.text.append(field(part, "text"))
-        usage = openai_usage(field(response, "usage"))
+        openai_response(self.fees, response)
+        usage = self.fees.into(openai_usage(field(response, "usage")))
         if usage is None and status in ("queued", "in_progress"):
             # ``background=True``: the server writes (and bills) the answer after the call
             # returned; unknown, never zero, so its output is charged at its worst case
@@ -274,7 +302,8 @@ def _chat_call(instance: Any, _args: tuple[Any, ...], kwargs: dict[str, Any]) ->
     capture = capture_content()
     if capture:
         _put_content(call, A.GEN_AI_INPUT_MESSAGES, given(kwargs.get("messages")))
-    observer = ChatObserver(call, capture)
+    fees = chat_plan(call.provider, kwargs, call.attributes)
+    observer = ChatObserver(call, capture) if fees is None else SearchChatObserver(call, capture, fees)
     if kwargs.get("stream") is True and _ask_for_stream_usage(call, kwargs):
         observer.hide_usage_chunk = True
     return call, observer
@@ -328,7 +357,7 @@ def responses_call(instance: Any, _args: tuple[Any, ...], kwargs: dict[str, Any]
         if isinstance(instructions, str) and isinstance(inp, list):
             inp = [{"role": "system", "content": instructions}, *inp]
         _put_content(call, A.GEN_AI_INPUT_MESSAGES, inp)
-    return call, ResponsesObserver(call, capture)
+    return call, ResponsesObserver(call, capture, openai_plan(call.provider, kwargs, call.attributes))
 
 
 def _text_completion_call(

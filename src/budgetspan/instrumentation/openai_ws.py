@@ -7,12 +7,16 @@ requests; the events read back (``recv``, iteration and handlers all parse them 
 ``parse_event``) go to the oldest one waiting, whose call ends at its ``response.completed``,
 ``response.incomplete``, ``response.failed`` or ``error``, or when the connection closes first
 (then as a stream closed early: else its span was never written and its reservation held for the
-rest of the run). Usage, a chained call's context and the provider (from the client the manager
-was made by) as for ``responses.create``.
+rest of the run), when the connection is garbage-collected unclosed (``abandoned``), or when the
+SDK reconnects after a drop (``reconnected``: a response sent on the dropped connection is never
+answered on the new one; those sent while it reconnects are, and go on waiting). Such calls are
+charged their estimate and marked unreported. Usage, a chained call's context and the provider
+(from the client the manager was made by) as for ``responses.create``.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -65,6 +69,8 @@ def _waiting(obj: Any) -> deque[Any]:
     if queue is None:
         queue = deque()
         setattr(obj, _CALLS, queue)
+        # Collected unclosed: its calls end then (the finalizer holds the queue, not ``obj``).
+        weakref.finalize(obj, _end_all, queue, "abandoned")
     return queue
 
 
@@ -134,15 +140,56 @@ def _settle(call: Any, observer: Any, status: str | None, stream_end: str) -> No
     call.end(status=status, stream_end=stream_end)
 
 
-def _abandon(connection: Any) -> None:
-    """The responses still unanswered when their connection closes end there, closed early."""
+def _end_all(queue: deque[Any] | None, stream_end: str) -> None:
+    """End the calls still waiting in ``queue`` (their usage estimated: never answered)."""
     try:
-        queue = vars(connection).pop(_CALLS, None)
         while queue:
             call, observer = queue.popleft()
-            _settle(call, observer, None, "closed")
+            _settle(call, observer, None, stream_end)
     except Exception:
-        internal_error("openai websocket close")
+        internal_error("openai websocket end")
+
+
+def _abandon(connection: Any) -> None:
+    """The responses still unanswered when their connection closes end there, closed early."""
+    _end_all(vars(connection).pop(_CALLS, None), "closed")
+
+
+def _lost(connection: Any) -> list[Any]:
+    """The calls sent on a connection before it dropped (those a reconnect will never answer)."""
+    queue = vars(connection).get(_CALLS)
+    return list(queue) if queue else []
+
+
+def _drop(connection: Any, lost: list[Any]) -> None:
+    """A reconnect succeeded: the calls sent on the old connection end (``reconnected``); those
+    sent while it reconnected (queued by the SDK, sent on the new one) go on waiting."""
+    try:
+        queue = vars(connection).get(_CALLS)
+        gone: deque[Any] = deque()
+        for item in lost:
+            if queue and item in queue:  # (not answered meanwhile)
+                queue.remove(item)
+                gone.append(item)
+        _end_all(gone, "reconnected")
+    except Exception:
+        internal_error("openai websocket reconnect")
+
+
+def _reconnect(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    lost = _lost(instance)
+    recovered = wrapped(*args, **kwargs)
+    if recovered:
+        _drop(instance, lost)
+    return recovered
+
+
+async def _areconnect(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    lost = _lost(instance)
+    recovered = await wrapped(*args, **kwargs)
+    if recovered:
+        _drop(instance, lost)
+    return recovered
 
 
 def _close(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
@@ -166,6 +213,7 @@ def _adopt(manager: Any, connection: Any) -> None:
         queued = vars(manager).pop(_CALLS, None)
         if queued:
             _waiting(connection).extend(queued)
+            queued.clear()  # (the manager's finalizer holds it: now the connection's to end)
     except Exception:
         internal_error("openai websocket connect")
 
@@ -207,6 +255,8 @@ _build: list[Callable[[Any, tuple[Any, ...], dict[str, Any]], Any]] = []
 _BASE_CLOSE_ROWS: tuple[Patch, ...] = (
     ("openai._websocket_connection", "WebSocketConnectionBase.close", _close),
     ("openai._websocket_connection", "AsyncWebSocketConnectionBase.close", _aclose),
+    ("openai._websocket_connection", "WebSocketConnectionBase._reconnect", _reconnect),
+    ("openai._websocket_connection", "AsyncWebSocketConnectionBase._reconnect", _areconnect),
 )
 
 
