@@ -285,13 +285,14 @@ def test_anthropic_search_blocks_count_where_usage_does_not_say(instrumented: An
 
 def test_openai_hosted_shell_in_a_container_is_said_unpriced(instrumented: Any) -> None:
     rec = Recorder(json_response(response()))
-    with budgetspan.run("fees", max_cost_usd=1.0):
+    with budgetspan.run("fees", max_cost_usd=1.0) as run:
         openai_client(rec).responses.create(
             model="gpt-4o-mini",
             input="ls",
             tools=[{"type": "shell", "environment": {"type": "container_auto"}}],
         )
     assert list(instrumented.only("chat").attributes[A.TOOL_FEES_UNPRICED]) == ["shell (container_auto)"]
+    assert run.usage.unpriced_calls == 1  # counted as the run's unpriced calls, not as $0 in silence
 
 
 # --- over a real local HTTP server (tests/instrumentation/local_server.py) ----------------------

@@ -361,7 +361,8 @@ class Call(AsyncBounds):
             self.cost_usd = call_cost(self.provider, self.model, self.response_model, spend)
         if unreported:
             spend = self.estimate = self._estimate()
-        unpriced = self.is_model and not unreported and self.cost_usd is None
+        priced = self.cost_usd is not None and A.TOOL_FEES_UNPRICED not in self.end_attributes  # (fees too)
+        unpriced = self.is_model and not unreported and not priced
         if self.span is not None:
             self._finish_span(self.span, error, status, stream_end, unreported)
         if status == "ok" and self._deadline is not None:
