@@ -41,7 +41,7 @@ class _ReadAgain(Exception):
     """What this reading does not take in place: ``otlp.parse_line`` reads the line."""
 
 
-_RS: Any = rsnative.reader()  # the Rust reader (``rsread/``), or None
+_RS: Any = None  # the Rust reader (``rsread/``) once ``use_rust`` found it built, else None
 _RS_STATES: dict[int, tuple[Keep, tuple[Any, ...]]] = {}
 _SPANREC_FIELDS = (
     "trace_id",
@@ -56,6 +56,14 @@ _SPANREC_FIELDS = (
     "operation",
     "is_phase",
 )
+
+
+def use_rust(on: bool) -> bool:
+    """Read lines with the Rust reader first (``on`` and built from the sources on disk) or not;
+    ``native.modules()`` decides, as it decides compiled or pure. Returns whether it is in use."""
+    global _RS
+    _RS = rsnative.reader() if on else None
+    return _RS is not None
 
 
 def _rs_state(keep: Keep) -> tuple[Any, ...]:
@@ -186,4 +194,4 @@ def _spans(request: Any, keep: Keep) -> list[SpanRec]:
     return out
 
 
-__all__ = ["parse_line_fast"]
+__all__ = ["parse_line_fast", "use_rust"]

@@ -63,7 +63,10 @@ def main(argv: list[str]) -> int:
     try:
         where = build()
     except (RuntimeError, OSError) as e:
-        print(f"budgetspan: the report's Rust reader was not built ({e}); lines are read in Python.", file=sys.stderr)
+        print(
+            f"budgetspan: the report's Rust reader was not built ({e}); lines are read in Python.",
+            file=sys.stderr,
+        )
         return 1
     if "--quiet" not in argv:
         print(f"built the report's Rust reader: {where}; in use while its sources are unchanged")
