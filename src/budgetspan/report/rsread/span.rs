@@ -352,12 +352,12 @@ pub unsafe fn read(line: &[u8], c: &Config) -> R<Owned> {
     }
     let out = Owned::new(PyList_New(0))?;
     let mut s = Scan::new(line);
-    let mut last_trace: Option<(Cow<str>, Owned)> = None;
+    let mut ids = Ids::default();
     wrapper(&mut s, b"resourceSpans", |s| {
         wrapper(s, b"scopeSpans", |s| {
             wrapper(s, b"spans", |s| {
                 let sp = span(s)?;
-                let rec = make(&sp, c, &mut last_trace)?;
+                let rec = make(&sp, c, &mut ids)?;
                 if PyList_Append(out.0, rec.0) != 0 {
                     PyErr_Clear();
                     return Err(());
@@ -469,7 +469,27 @@ unsafe fn attrs(sp: &Span<'_>, c: &Config) -> R<(Owned, bool)> {
     Ok((d, op_text))
 }
 
-unsafe fn make<'a>(sp: &Span<'a>, c: &Config, last_trace: &mut Option<(Cow<'a, str>, Owned)>) -> R<Owned> {
+/// One str per distinct id within a line: a span's parent id is the very object of its parent's
+/// span id (and the spans of a trace share their trace id's), so the report's index lookups by
+/// them find the hash cached and stop at the identity test (no compare of the text).
+#[derive(Default)]
+struct Ids<'a> {
+    seen: HashMap<Cow<'a, str>, Owned, BuildHasherDefault<Fnv>>,
+}
+
+impl<'a> Ids<'a> {
+    unsafe fn get(&mut self, id: &Cow<'a, str>) -> R<*mut PyObject> {
+        if let Some(o) = self.seen.get(id) {
+            return Ok(o.0);
+        }
+        let o = text(id)?;
+        let p = o.0;
+        self.seen.insert(id.clone(), o);
+        Ok(p) // borrowed: the map holds it while the line is read, the span's field after
+    }
+}
+
+unsafe fn make<'a>(sp: &Span<'a>, c: &Config, ids: &mut Ids<'a>) -> R<Owned> {
     let (trace_id, span_id) = (sp.trace_id.as_ref().ok_or(())?, sp.span_id.as_ref().ok_or(())?);
     let name = sp.name.as_ref().ok_or(())?;
     let (start, end) = (nanos(sp.start.as_ref().ok_or(())?)?, nanos(sp.end.as_ref().ok_or(())?)?);
@@ -485,16 +505,12 @@ unsafe fn make<'a>(sp: &Span<'a>, c: &Config, last_trace: &mut Option<(Cow<'a, s
         }
     };
     // the spans of one trace come together: one str for their trace id
-    if !matches!(last_trace, Some((t, _)) if t == trace_id) {
-        *last_trace = Some((trace_id.clone(), text(trace_id)?));
-    }
-    let trace = &last_trace.as_ref().ok_or(())?.1;
     let rec = Owned::new(PyObject_Call(c.object_new, c.new_args, std::ptr::null_mut()))?;
     let n = &c.names;
-    set(&rec, n[0], trace.0)?;
-    set(&rec, n[1], text(span_id)?.0)?;
+    set(&rec, n[0], ids.get(trace_id)?)?;
+    set(&rec, n[1], ids.get(span_id)?)?;
     match &sp.parent_id {
-        Some(p) if !p.is_empty() => set(&rec, n[2], text(p)?.0)?,
+        Some(p) if !p.is_empty() => set(&rec, n[2], ids.get(p)?)?,
         _ => set(&rec, n[2], none())?,
     }
     set(&rec, n[3], shared_text(name)?.0)?;
