@@ -48,6 +48,8 @@ pub struct PyModuleDef {
     pub m_free: *mut c_void,
 }
 
+pub type NewFunc = unsafe extern "C" fn(*mut PyObject, *mut PyObject, *mut PyObject) -> *mut PyObject;
+pub const PY_TP_NEW: c_int = 65; // typeslots.h
 pub const METH_FASTCALL: c_int = 0x0080;
 pub const PYTHON_API_VERSION: c_int = 1013;
 
@@ -72,6 +74,8 @@ extern "C" {
     pub fn PyTuple_Size(o: *mut PyObject) -> Py_ssize_t;
     pub fn PyTuple_GetItem(o: *mut PyObject, i: Py_ssize_t) -> *mut PyObject;
     pub fn PyDict_New() -> *mut PyObject;
+    pub fn PyTuple_New(n: Py_ssize_t) -> *mut PyObject;
+    pub fn PyType_GetSlot(t: *mut PyObject, slot: c_int) -> *mut c_void;
     pub fn PyDict_SetItem(d: *mut PyObject, k: *mut PyObject, v: *mut PyObject) -> c_int;
     pub fn PyDict_GetItem(d: *mut PyObject, k: *mut PyObject) -> *mut PyObject;
     pub fn PyList_New(n: Py_ssize_t) -> *mut PyObject;

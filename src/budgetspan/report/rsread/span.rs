@@ -10,7 +10,7 @@ use crate::json::{Scan, R};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::os::raw::c_char;
+use std::os::raw::{c_char, c_void};
 
 /// What the Python side hands over once per `Keep` (`fastread._native_state`), kept alive for
 /// good (a handful per process): the kept keys (their own str objects, so each span's dict is
@@ -20,8 +20,9 @@ pub struct Config {
     prefixes: Vec<Vec<u8>>,
     on_key: Vec<u8>,
     on_value: Vec<u8>,
-    object_new: *mut PyObject,
-    new_args: *mut PyObject,
+    span_rec: *mut PyObject,
+    tp_new: NewFunc,
+    no_args: *mut PyObject,
     events_fn: *mut PyObject,
     names: [*mut PyObject; 11],
     op_key: *mut PyObject,
@@ -91,8 +92,12 @@ unsafe fn build_config(state: *mut PyObject) -> Option<Config> {
         prefixes: strs(item(1))?.into_iter().map(|(b, _)| b).collect(),
         on_key: utf8(item(2))?,
         on_value: utf8(item(3))?,
-        object_new: item(4),
-        new_args: item(5),
+        span_rec: PyTuple_GetItem(item(5), 0),
+        tp_new: std::mem::transmute::<*mut c_void, Option<NewFunc>>(PyType_GetSlot(
+            PyTuple_GetItem(item(5), 0),
+            PY_TP_NEW,
+        ))?,
+        no_args: Owned::new(PyTuple_New(0)).ok()?.into_raw(), // kept for good, as the config
         events_fn: item(6),
         names,
         op_key: item(8),
@@ -505,7 +510,9 @@ unsafe fn make<'a>(sp: &Span<'a>, c: &Config, ids: &mut Ids<'a>) -> R<Owned> {
         }
     };
     // the spans of one trace come together: one str for their trace id
-    let rec = Owned::new(PyObject_Call(c.object_new, c.new_args, std::ptr::null_mut()))?;
+    // the class's own allocator, called directly (``SpanRec.__new__(SpanRec)`` without the call
+    // through the ``__new__`` wrapper): every field is set below
+    let rec = Owned::new((c.tp_new)(c.span_rec, c.no_args, std::ptr::null_mut()))?;
     let n = &c.names;
     set(&rec, n[0], ids.get(trace_id)?)?;
     set(&rec, n[1], ids.get(span_id)?)?;
