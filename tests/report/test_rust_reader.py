@@ -162,3 +162,14 @@ def test_an_edited_rust_source_is_never_run_stale(rust: Any, tmp_path: Path) -> 
         rsnative.sources_on_disk(str(tmp_path / "budgetspan" / "report"))
     )
     assert not _uses_rust(tmp_path)  # the stamp alone is not enough: the library carries its own
+
+
+def test_no_rustc_is_said_and_leaves_python_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from budgetspan.report import rsread_build
+
+    monkeypatch.setattr(rsread_build.shutil, "which", lambda name: None)
+    monkeypatch.setattr(rsread_build.Path, "home", staticmethod(lambda: tmp_path))
+    assert rsread_build.main(["--quiet"]) == 1
+    assert "Rust reader was not built (no rustc" in capsys.readouterr().err

@@ -29,6 +29,15 @@ RUSTC_FLAGS = (
 )
 
 
+def find_rustc() -> str | None:
+    """On the PATH, else where rustup puts it (a CI shell may not have sourced ~/.cargo/env)."""
+    found = shutil.which("rustc")
+    if found is None:
+        rustup = Path.home() / ".cargo" / "bin" / "rustc"
+        found = str(rustup) if rustup.is_file() else None
+    return found
+
+
 def library_name() -> str:
     return rsnative.MODULE + (sysconfig.get_config_var("EXT_SUFFIX") or ".so")
 
@@ -36,9 +45,9 @@ def library_name() -> str:
 def build(out_dir: Path | None = None) -> Path:
     """Compile and install; returns the library's path. Raises RuntimeError/OSError on failure."""
     out_dir = out_dir or _HERE / rsnative.NATIVE_DIR
-    rustc = shutil.which("rustc")
+    rustc = find_rustc()
     if rustc is None:
-        raise RuntimeError("no rustc on the PATH")
+        raise RuntimeError("no rustc on the PATH nor in ~/.cargo/bin")
     stamp = rsnative.sources_on_disk(str(_HERE))
     with tempfile.TemporaryDirectory(prefix="budgetspan-rsread-") as tmp:
         built = Path(tmp) / library_name()
