@@ -14,8 +14,10 @@
 //! spans, 2.08x -> 1.62x the orjson loop) and 9,723M -> 7,020M (100k, 2.00x -> 1.44x); CPU time
 //! 1.9x the loop at 10k and 100k, 2.1x at 1M (it was 2.7x, 3.0x, 3.6x at the same load).
 
+mod config;
 mod ffi;
 mod json;
+mod records;
 mod span;
 
 use ffi::*;
@@ -28,7 +30,11 @@ const SOURCE: &[u8] = concat!(
     "\0",
     include_str!("json.rs"),
     "\0",
-    include_str!("span.rs")
+    include_str!("span.rs"),
+    "\0",
+    include_str!("records.rs"),
+    "\0",
+    include_str!("config.rs")
 )
 .as_bytes();
 
@@ -48,7 +54,7 @@ unsafe extern "C" fn read_line(
         return std::ptr::null_mut(); // not bytes: a programming error, raised
     }
     let bytes = std::slice::from_raw_parts(buf as *const u8, len as usize);
-    let config = match span::config_for(state) {
+    let config = match config::config_for(state) {
         Some(c) => c,
         None => {
             PyErr_SetString(PyExc_TypeError, c"read_line: a bad state tuple".as_ptr());
