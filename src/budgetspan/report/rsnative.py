@@ -15,7 +15,14 @@ import importlib
 import os
 from typing import Any, Final
 
-SOURCES: Final = ("lib.rs", "ffi.rs", "json.rs", "span.rs", "records.rs", "config.rs")  # in ``lib.rs``'s ``SOURCE`` order
+SOURCES: Final = (
+    "lib.rs",
+    "ffi.rs",
+    "json.rs",
+    "span.rs",
+    "records.rs",
+    "config.rs",
+)  # in ``lib.rs``'s ``SOURCE`` order
 CRATE_DIR: Final = "rsread"
 NATIVE_DIR: Final = "_native"  # as ``native.NATIVE_DIR`` (not imported: the report's start-up)
 MODULE: Final = "_rsread"
