@@ -1,5 +1,6 @@
-"""The report's fast reading (msgspec, ``report/fastread.py``) reads every line as the orjson
-reading (``otlp.parse_line``) does: the same spans, or the same bad-line message."""
+"""The report's fast reading (msgspec, ``report/fastread.py``), and the Rust reader in front of it
+when built (``report/rsread/``), read every line as the orjson reading (``otlp.parse_line``)
+does: the same spans, or the same bad-line message."""
 
 from __future__ import annotations
 
@@ -10,12 +11,15 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 
 from budgetspan import attributes as A
+from budgetspan.report import fastread, rsnative
 from budgetspan.report.analysis import REPORT_KEEP
 from budgetspan.report.fastread import parse_line_fast
 from budgetspan.report.otlp import BadLine, Keep, SpanRec, parse_line
 from budgetspan.report.routing_cli import detail_keep
 from tests.report.cli import report
 from tests.report.test_hostile_input import HOSTILE, a_run, line, lines
+
+RUST = rsnative.reader()  # the Rust reader (report/rsread/) when built: tests/report/test_rust_reader.py
 
 
 def _fields(s: SpanRec) -> str:
@@ -44,10 +48,19 @@ def _read(reader: Any, text: bytes, keep: Keep) -> list[str] | str:
         return f"BadLine: {e}"
 
 
+def _rust_first(text: bytes, keep: Keep) -> list[SpanRec]:
+    """The Rust reader's spans, or (None: read again) the Python fast reading's."""
+    spans = RUST.read_line(text, fastread._rs_state(keep)) if RUST is not None else None
+    return parse_line_fast(text, keep) if spans is None else spans
+
+
 def assert_same_reading(text: str | bytes) -> None:
+    """The msgspec reading, and the Rust reader when built, read ``text`` as the orjson one."""
     raw = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
     for keep in (REPORT_KEEP, detail_keep()):
-        assert _read(parse_line_fast, raw, keep) == _read(parse_line, raw, keep)
+        want = _read(parse_line, raw, keep)
+        assert _read(parse_line_fast, raw, keep) == want
+        assert _read(_rust_first, raw, keep) == want
 
 
 def _run_with(*extra: dict[str, Any], span: int = 0, **fields: Any) -> str:

@@ -22,6 +22,7 @@ import msgspec
 import orjson
 
 from budgetspan import attributes as A
+from budgetspan.report import rsnative
 from budgetspan.report.otlp import Keep, SpanRec, _events, _int, parse_line
 from budgetspan.report.otlp_schema import NONE as _NONE
 from budgetspan.report.otlp_schema import Request
@@ -40,8 +41,63 @@ class _ReadAgain(Exception):
     """What this reading does not take in place: ``otlp.parse_line`` reads the line."""
 
 
+_RS: Any = None  # the Rust reader (``rsread/``) once ``use_rust`` found it built, else None
+_RS_STATES: dict[int, tuple[Keep, tuple[Any, ...]]] = {}
+_SPANREC_FIELDS = (
+    "trace_id",
+    "span_id",
+    "parent_id",
+    "name",
+    "start_ns",
+    "end_ns",
+    "attrs",
+    "error",
+    "events",
+    "operation",
+    "is_phase",
+)
+
+
+def use_rust(on: bool) -> bool:
+    """Read lines with the Rust reader first (``on`` and built from the sources on disk) or not;
+    ``native.modules()`` decides, as it decides compiled or pure. Returns whether it is in use."""
+    global _RS
+    _RS = rsnative.reader() if on else None
+    return _RS is not None
+
+
+def _rs_state(keep: Keep) -> tuple[Any, ...]:
+    """What the Rust reader needs for ``keep``, made once per ``Keep`` (it keeps it for good):
+    the kept keys as the report's own str objects, and how to make a ``SpanRec``."""
+    found = _RS_STATES.get(id(keep))
+    if found is None or found[0] is not keep:
+
+        def events(raw: bytes) -> list[tuple[str, dict[str, Any]]]:
+            return _events(orjson.loads(raw), keep)
+
+        state = (
+            tuple(keep.keys),
+            keep.prefixes,
+            *keep.prefixes_on,
+            SpanRec.__new__,  # a compiled SpanRec refuses object.__new__
+            (SpanRec,),
+            events,
+            _SPANREC_FIELDS,
+            _OPERATION,
+            _DUPLICATE,
+            _PHASE,
+        )
+        found = _RS_STATES[id(keep)] = (keep, state)
+    return found[1]
+
+
 def parse_line_fast(line: bytes, keep: Keep) -> list[SpanRec]:
-    """The spans of one line, as ``otlp.parse_line(line, keep)`` gives them. Raises BadLine."""
+    """The spans of one line, as ``otlp.parse_line(line, keep)`` gives them. Raises BadLine.
+    The Rust reader first when built (it returns None for what it does not read exactly so)."""
+    if _RS is not None:
+        spans: list[SpanRec] | None = _RS.read_line(line, _rs_state(keep))
+        if spans is not None:
+            return spans
     try:
         return _spans(_decode(line), keep)
     except (_ReadAgain, *_FAILED):
@@ -138,4 +194,4 @@ def _spans(request: Any, keep: Keep) -> list[SpanRec]:
     return out
 
 
-__all__ = ["parse_line_fast"]
+__all__ = ["parse_line_fast", "use_rust"]

@@ -64,11 +64,14 @@ def compiled() -> tuple[ModuleType, ModuleType] | None:
 
 
 def modules() -> tuple[ModuleType, ModuleType]:
-    """(load, analysis): compiled when up to date (see the module's docstring), else pure."""
-    if os.environ.get(PURE_ENV) != "1":
-        found = compiled()
-        if found is not None:
-            return found
-    from budgetspan.report import analysis, load
+    """(load, analysis): compiled when up to date (see the module's docstring), else pure; their
+    reading uses the Rust reader when it is built and up to date (``rsnative``), unless pure."""
+    pure = os.environ.get(PURE_ENV) == "1"
+    found = None if pure else compiled()
+    if found is None:
+        from budgetspan.report import analysis, fastread, load
 
-    return load, analysis
+        fastread.use_rust(not pure)
+        return load, analysis
+    importlib.import_module(f"budgetspan.report.{NATIVE_DIR}.fastread").use_rust(True)
+    return found

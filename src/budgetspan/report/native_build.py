@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from budgetspan.report import native
+from budgetspan.report import native, rsnative, rsread_build
 
 _PACKAGE = Path(__file__).resolve().parent.parent  # .../budgetspan
 
@@ -109,7 +109,12 @@ def install(built: list[Path], out_dir: Path, files: list[str], stamp: bytes) ->
     (out_dir / native.STAMP_FILE).unlink(missing_ok=True)
     names = {p.name for p in built}
     for old in out_dir.iterdir():
-        if (old.suffix in (".so", ".pyd") and old.name not in names) or _left_by_a_dead_build(old):
+        stale = (
+            old.suffix in (".so", ".pyd")
+            and old.name not in names
+            and not old.name.startswith(rsnative.MODULE)
+        )
+        if stale or _left_by_a_dead_build(old):
             old.unlink(missing_ok=True)  # another build at the same time may have removed it
     part = f".{os.getpid()}.part"
     for p in built:
@@ -164,7 +169,16 @@ def _mypy_env() -> dict[str, str]:
 
 
 def main(argv: list[str]) -> int:
+    """The mypyc build, then the Rust reader's (``rsread_build``): each may fail on its own (no C
+    compiler, no rustc), saying so; the report then runs what was built, pure Python otherwise.
+    The exit status is the mypyc build's (the Rust reader is optional: no rustc is no error)."""
     quiet = "--quiet" in argv
+    status = _mypyc_main(quiet)
+    rsread_build.main(argv)
+    return status
+
+
+def _mypyc_main(quiet: bool) -> int:
     try:
         where = build(quiet=quiet)
     except (RuntimeError, OSError) as e:

@@ -1,0 +1,169 @@
+//! The `SpanRec`s of the spans read (`span.rs`): Python objects made through the C API.
+
+use crate::config::{Config, Fnv};
+use crate::ffi::*;
+use crate::json::R;
+use crate::span::{Kept, Span, Value};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+use std::os::raw::c_char;
+
+unsafe fn text(t: &str) -> R<Owned> {
+    Owned::new(PyUnicode_FromStringAndSize(t.as_ptr() as *const c_char, t.len() as Py_ssize_t))
+}
+
+/// A timestamp: 1 to 20 ASCII digits, below 2**64 (`fastread._spans`' checks).
+fn nanos(t: &str) -> R<u64> {
+    if t.is_empty() || t.len() > 20 || !t.bytes().all(|c| c.is_ascii_digit()) {
+        return Err(());
+    }
+    t.parse::<u64>().map_err(|_| ())
+}
+
+unsafe fn set(o: &Owned, name: *mut PyObject, v: *mut PyObject) -> R<()> {
+    if PyObject_SetAttr(o.0, name, v) != 0 {
+        PyErr_Clear();
+        return Err(());
+    }
+    Ok(())
+}
+
+/// Kept texts are mostly a few values over and over (workflows, phases, models, operations, a
+/// run's id on each of its spans): one str object each, so the report's later dict lookups and
+/// comparisons on them find the hash cached and the same object. Bounded: cleared when full.
+static mut TEXTS: Option<HashMap<Vec<u8>, Owned, BuildHasherDefault<Fnv>>> = None;
+const MAX_TEXTS: usize = 4096;
+const MAX_TEXT_LEN: usize = 64;
+
+unsafe fn shared_text(t: &str) -> R<Owned> {
+    if t.len() > MAX_TEXT_LEN {
+        return text(t);
+    }
+    let texts = (*std::ptr::addr_of_mut!(TEXTS)).get_or_insert_with(HashMap::default);
+    if let Some(o) = texts.get(t.as_bytes()) {
+        Py_IncRef(o.0);
+        return Ok(Owned(o.0));
+    }
+    if texts.len() >= MAX_TEXTS {
+        texts.clear();
+    }
+    let o = text(t)?;
+    Py_IncRef(o.0);
+    texts.insert(t.as_bytes().to_vec(), Owned(o.0));
+    Ok(o)
+}
+
+unsafe fn kept_value(v: &Value<'_>) -> R<Owned> {
+    match v.kept()? {
+        Kept::Text(t) => shared_text(t),
+        Kept::Int(n) => Owned::new(PyLong_FromUnsignedLongLong(n)),
+        Kept::Float(d) => Owned::new(PyFloat_FromDouble(d)),
+        Kept::Bool(b) => {
+            let o = boolean(b);
+            Py_IncRef(o);
+            Ok(Owned(o))
+        }
+    }
+}
+
+unsafe fn put(d: &Owned, k: *mut PyObject, v: &Owned) -> R<()> {
+    if PyDict_SetItem(d.0, k, v.0) != 0 {
+        PyErr_Clear();
+        return Err(());
+    }
+    Ok(())
+}
+
+/// The span's attribute dict: the kept keys, then on a run span the prefixed numbers; and
+/// whether the operation's value is text (its last kept value was a string: a prefixed key
+/// equal to it would get the same value again).
+unsafe fn attrs(sp: &Span<'_>, c: &Config) -> R<(Owned, bool)> {
+    let d = Owned::new(PyDict_New())?;
+    let (mut run_span, mut op_text) = (false, false);
+    for a in &sp.attrs {
+        if let Some(&k) = c.keys.get(a.key) {
+            let v = a.value.as_ref().ok_or(())?;
+            put(&d, k, &kept_value(v)?)?;
+            if k == c.op_key {
+                op_text = matches!(v.kept(), Ok(Kept::Text(_)));
+            }
+            if a.key == c.on_key.as_slice() {
+                // the last value wins, as in the dict `attrs.get(on_key) == on_value` reads
+                run_span = matches!(v.kept(), Ok(Kept::Text(t)) if t.as_bytes() == c.on_value.as_slice());
+            }
+        }
+    }
+    if run_span && !c.prefixes.is_empty() {
+        for a in &sp.attrs {
+            if c.prefixes.iter().any(|p| a.key.starts_with(p)) {
+                let v = a.value.as_ref().ok_or(())?;
+                let k = text(std::str::from_utf8_unchecked(a.key))?;
+                put(&d, k.0, &kept_value(v)?)?;
+            }
+        }
+    }
+    Ok((d, op_text))
+}
+
+/// One str per distinct id within a line: a span's parent id is the very object of its parent's
+/// span id (and the spans of a trace share their trace id's), so the report's index lookups by
+/// them find the hash cached and stop at the identity test (no compare of the text).
+#[derive(Default)]
+pub struct Ids<'a> {
+    seen: HashMap<Cow<'a, str>, Owned, BuildHasherDefault<Fnv>>,
+}
+
+impl<'a> Ids<'a> {
+    pub unsafe fn get(&mut self, id: &Cow<'a, str>) -> R<*mut PyObject> {
+        if let Some(o) = self.seen.get(id) {
+            return Ok(o.0);
+        }
+        let o = text(id)?;
+        let p = o.0;
+        self.seen.insert(id.clone(), o);
+        Ok(p) // borrowed: the map holds it while the line is read, the span's field after
+    }
+}
+
+pub unsafe fn make<'a>(sp: &Span<'a>, c: &Config, ids: &mut Ids<'a>) -> R<Owned> {
+    let (trace_id, span_id) = (sp.trace_id.as_ref().ok_or(())?, sp.span_id.as_ref().ok_or(())?);
+    let name = sp.name.as_ref().ok_or(())?;
+    let (start, end) = (nanos(sp.start.as_ref().ok_or(())?)?, nanos(sp.end.as_ref().ok_or(())?)?);
+    if trace_id.is_empty() || span_id.is_empty() {
+        return Err(());
+    }
+    let (attrs, op_is_text) = attrs(sp, c)?;
+    let events = match sp.events {
+        None => Owned::new(PyList_New(0))?,
+        Some(raw) => {
+            let b = Owned::new(PyBytes_FromStringAndSize(raw.as_ptr() as *const c_char, raw.len() as Py_ssize_t))?;
+            Owned::new(PyObject_CallFunctionObjArgs(c.events_fn, b.0, std::ptr::null_mut::<PyObject>()))?
+        }
+    };
+    // the spans of one trace come together: one str for their trace id
+    // the class's own allocator, called directly (``SpanRec.__new__(SpanRec)`` without the call
+    // through the ``__new__`` wrapper): every field is set below
+    let rec = Owned::new((c.tp_new)(c.span_rec, c.no_args, std::ptr::null_mut()))?;
+    let n = &c.names;
+    set(&rec, n[0], ids.get(trace_id)?)?;
+    set(&rec, n[1], ids.get(span_id)?)?;
+    match &sp.parent_id {
+        Some(p) if !p.is_empty() => set(&rec, n[2], ids.get(p)?)?,
+        _ => set(&rec, n[2], none())?,
+    }
+    set(&rec, n[3], shared_text(name)?.0)?;
+    set(&rec, n[4], Owned::new(PyLong_FromUnsignedLongLong(start))?.0)?;
+    set(&rec, n[5], Owned::new(PyLong_FromUnsignedLongLong(end))?.0)?;
+    set(&rec, n[6], attrs.0)?;
+    set(&rec, n[7], boolean(sp.error))?;
+    set(&rec, n[8], events.0)?;
+    // `SpanRec.__post_init__`: the operation unless a duplicate; a phase block
+    let op = PyDict_GetItem(attrs.0, c.op_key);
+    let dup = PyDict_GetItem(attrs.0, c.dup_key);
+    let operation = if op_is_text && dup != boolean(true) { op } else { none() };
+    set(&rec, n[9], operation)?;
+    let phase = operation == none() && !PyDict_GetItem(attrs.0, c.phase_key).is_null() && name.starts_with("phase ");
+    set(&rec, n[10], boolean(phase))?;
+    Ok(rec)
+}
