@@ -1,8 +1,14 @@
 """The run a call is accounted to when no run was declared around it.
 
 In order: the declared run current in this context; the declared run of this trace (a thread
-that received only the OpenTelemetry context); an implicit run per trace (an inbound request);
-an implicit run for the whole process (a script).
+that received only the OpenTelemetry context); an implicit run per local root span of a trace (an
+inbound request: its server span, whose parent is remote or absent); an implicit run for the whole
+process (a script).
+
+Requests of one upstream trace (a gateway or an orchestrator fanning out with one ``traceparent``)
+are separate requests, each with its own budget: a span is marked at its start with the span id of
+its local root (``note_span_start``), and the implicit run is kept by (trace, local root). A span
+the processor did not see start has no mark: its run is kept by the trace alone, as before.
 """
 
 from __future__ import annotations
@@ -10,15 +16,19 @@ from __future__ import annotations
 import atexit
 import threading
 from collections import OrderedDict
+from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 
 from budgetspan.config import get_config
 from budgetspan.runs import context, registry
 from budgetspan.runs.run import Run
 
 _lock = threading.Lock()
-_trace_runs: OrderedDict[int, Run] = OrderedDict()
+#: (trace id, local root span id or None where unknown) -> the implicit run of that request
+_trace_runs: OrderedDict[tuple[int, int | None], Run] = OrderedDict()
+_ROOT = "_budgetspan_local_root"  # the mark a span carries: its local root's span id
 _MAX_TRACE_RUNS = 10_000  # implicit runs whose root span was never seen end by eviction
 _process_run: Run | None = None
 
@@ -28,11 +38,28 @@ def resolve_run() -> Run:
     run = context.current_run()
     if run is not None:
         return run
-    ctx = trace.get_current_span().get_span_context()
+    span = trace.get_current_span()
+    ctx = span.get_span_context()
     if ctx.is_valid:
         declared = registry.run_of_trace(ctx.trace_id)
-        return declared if declared is not None else _trace_run(ctx.trace_id)
+        if declared is not None:
+            return declared
+        return _trace_run((ctx.trace_id, getattr(span, _ROOT, None)))
     return _get_process_run()
+
+
+def note_span_start(span: Any, parent_context: Context | None) -> None:
+    """Mark ``span`` (an SDK span, just started) with the span id of its local root: its own
+    when its parent is remote or absent, else its local parent's mark (none when the parent was
+    not marked)."""
+    parent = span.parent
+    if parent is None or parent.is_remote:
+        root = span.get_span_context().span_id
+    else:
+        root = getattr(trace.get_current_span(parent_context), _ROOT, None)
+        if root is None:
+            return
+    setattr(span, _ROOT, root)
 
 
 def _new_implicit_run() -> Run:
@@ -43,20 +70,20 @@ def _new_implicit_run() -> Run:
     return run
 
 
-def _trace_run(trace_id: int) -> Run:
+def _trace_run(key: tuple[int, int | None]) -> Run:
     with _lock:
-        run = _trace_runs.get(trace_id)
+        run = _trace_runs.get(key)
         if run is not None:
             return run
     run = _new_implicit_run()
     evicted: list[Run] = []
     with _lock:
-        existing = _trace_runs.get(trace_id)
+        existing = _trace_runs.get(key)
         if existing is not None:
             evicted.append(run)  # lost a race: end our duplicate quietly
             run = existing
         else:
-            _trace_runs[trace_id] = run
+            _trace_runs[key] = run
             while len(_trace_runs) > _MAX_TRACE_RUNS:
                 evicted.append(_trace_runs.popitem(last=False)[1])
     for old in evicted:
@@ -64,22 +91,24 @@ def _trace_run(trace_id: int) -> Run:
     return run
 
 
-def end_trace_run(trace_id: int, error: bool = False) -> None:
-    """The local root span of a trace ended: its implicit run ends too."""
+def end_trace_run(trace_id: int, span_id: int, error: bool = False) -> None:
+    """A local root span of a trace ended: its implicit run ends too, and the trace's run kept
+    for spans without a mark."""
     with _lock:
-        run = _trace_runs.pop(trace_id, None)
-    if run is not None:
-        if error:
-            run.fail()
-        run._end(None)
+        runs = [_trace_runs.pop((trace_id, key), None) for key in (span_id, None)]
+    for run in runs:
+        if run is not None:
+            if error:
+                run.fail()
+            run._end(None)
 
 
 def has_trace_runs() -> bool:
     return bool(_trace_runs)
 
 
-def has_trace_run(trace_id: int) -> bool:
-    return trace_id in _trace_runs
+def has_trace_run(trace_id: int, span_id: int) -> bool:
+    return (trace_id, span_id) in _trace_runs or (trace_id, None) in _trace_runs
 
 
 def _get_process_run() -> Run:
