@@ -13,24 +13,51 @@ from __future__ import annotations
 
 import json
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from budgetspan.events import internal_error
-from budgetspan.instrumentation.observers import Observer
+from budgetspan.instrumentation.streams import StreamState
 
 _MAX_JSON_BYTES = 32 << 20  # a JSON body larger than this is not kept (nor parsed) for the close
 _SSE_STARTS = (b"data:", b"event:", b"id:", b":")
 
 
 class BodyTap:
-    """What passed through one raw response's body; ``standby()`` returns True when another
-    reader owns the body (the call ended, a parsed stream reads it)."""
+    """What passed through one raw response's body."""
 
-    def __init__(self, observer: Observer, standby: Callable[[], bool], sse: bool) -> None:
-        self.observer, self.standby, self.sse = observer, standby, sse
+    def __init__(self, state: StreamState, sse: bool) -> None:
+        self.state, self.observer, self.sse = state, state.observer, sse
         self.buffer = bytearray()
         self.broken = False  # a parse failed once: stop reading (never break the caller's body)
+        self.reading = False  # the caller reads through the tap: the response's close (made by
+        # the HTTP library inside the read, also on a cancellation) leaves the ending to the tap
+
+    def begin(self) -> bool:
+        """The caller starts reading; whether the tap owns this read (else the SDK does)."""
+        owner = not self.standby()
+        self.reading = owner
+        return owner
+
+    def end(self, error: BaseException | None) -> None:
+        """The read ended: consumed (``error`` None), closed by the caller, or an error."""
+        owner, self.reading = self.reading, False
+        if not owner:
+            return
+        body = self.json_body()
+        if isinstance(body, dict):
+            try:
+                self.observer.on_response(body)
+            except Exception:
+                internal_error("raw body")
+        if error is None or isinstance(error, GeneratorExit):
+            self.state.finish(None, "consumed" if error is None else "closed")
+        else:
+            self.state.stopped(error)
+
+    def standby(self) -> bool:
+        """Another reader owns the body (the call ended, the SDK's ``parse()`` reads it)."""
+        return self.state.ended or self.state.in_next
 
     def feed(self, data: bytes) -> None:
         if self.broken or self.standby() or not data:
@@ -77,11 +104,12 @@ class BodyTap:
             return None
 
 
-def tap_body(http: Any, observer: Observer, standby: Callable[[], bool]) -> BodyTap | None:
-    """Tap ``http``'s ``iter_bytes`` / ``aiter_bytes`` (instance hooks, holding ``http`` weakly);
-    None when it has neither."""
+def tap_body(http: Any, state: StreamState) -> BodyTap | None:
+    """Tap ``http``'s ``iter_bytes`` / ``aiter_bytes`` (instance hooks, holding ``http`` weakly),
+    bounded by the run's wall clock as a parsed stream is (a sync read stops at its next piece
+    after the deadline, an async one is cancelled at it); None when it has neither."""
     content_type = str(getattr(http, "headers", {}).get("content-type", ""))
-    tap = BodyTap(observer, standby, "event-stream" in content_type)
+    tap = BodyTap(state, "event-stream" in content_type)
     cls = type(http)
     ref = weakref.ref(http)
     iter_bytes, aiter_bytes = getattr(cls, "iter_bytes", None), getattr(cls, "aiter_bytes", None)
@@ -94,9 +122,18 @@ def tap_body(http: Any, observer: Observer, standby: Callable[[], bool]) -> Body
             target = ref()
             if target is None:
                 return
-            for data in iter_bytes(target, *args, **kwargs):
-                tap.feed(data)
-                yield data
+            owner = tap.begin()
+            try:
+                for data in iter_bytes(target, *args, **kwargs):
+                    tap.feed(data)
+                    late = state.call.past_deadline() if owner else None
+                    if late is not None:
+                        _stop(state, target, late)
+                    yield data
+            except BaseException as e:
+                tap.end(e if owner else None)
+                raise
+            tap.end(None)
 
         http.iter_bytes = tapped
     if aiter_bytes is not None:
@@ -105,9 +142,31 @@ def tap_body(http: Any, observer: Observer, standby: Callable[[], bool]) -> Body
             target = ref()
             if target is None:
                 return
-            async for data in aiter_bytes(target, *args, **kwargs):
-                tap.feed(data)
-                yield data
+            owner = tap.begin()
+            if owner and not state.watched:
+                state.watched = True
+                state.call.watch_stream()
+            try:
+                async for data in aiter_bytes(target, *args, **kwargs):
+                    tap.feed(data)
+                    yield data
+            except BaseException as e:
+                stop = state.call.stream_stop(e) if owner and not state.ended else None
+                tap.end(stop or (e if owner else None))
+                if stop is not None:
+                    raise stop from None
+                raise
+            tap.end(None)
 
         http.aiter_bytes = atapped
     return tap
+
+
+def _stop(state: StreamState, http: Any, exhausted: BaseException) -> None:
+    """A sync raw read past the run's deadline: the call ends there, the response is closed."""
+    state.finish(exhausted, "error")
+    try:
+        http.close()
+    except Exception:
+        internal_error("raw body close at deadline")
+    raise exhausted

@@ -54,7 +54,7 @@ def watch_raw(call: Call, observer: Observer, raw: Any, asynchronous: bool) -> N
     tap = None
     if http is not None:  # the body as the caller reads it raw (``iter_lines``...)
         try:
-            tap = tap_body(http, observer, lambda: state.ended or state.in_next)
+            tap = tap_body(http, state)
         except Exception:
             internal_error("raw body tap")
     _hook_close_raw(state, http, observer, tap)
@@ -121,7 +121,7 @@ def _hook_close_raw(state: StreamState, http: Any, observer: Observer, tap: Body
     http_ref = weakref.ref(http)  # the hook lives on ``http``: hold it weakly (no cycle)
 
     def closed() -> None:
-        if state.ended or state.in_next:
+        if state.ended or state.in_next or (tap is not None and tap.reading):
             return
         body = _body_json(http_ref())
         if body is None and tap is not None:
