@@ -120,3 +120,17 @@ def test_a_call_answered_in_time_is_charged_what_it_reported(model: SlowModel) -
     with budgetspan.run("in-time") as run:
         _create(client)
     assert (run.usage.output_tokens, run.usage.unreported_usage_calls) == (1000, 0)
+
+
+def test_attempts_the_sdk_retried_after_a_read_timeout_are_charged_too(model: SlowModel) -> None:
+    # each attempt reached the server, which bills it: 3 attempts a call (max_retries=2)
+    client = openai.OpenAI(api_key="t", base_url=f"{model.url}/v1", max_retries=2, timeout=0.3)
+    with budgetspan.run("sdk-retries", max_cost_usd=LIMIT, suppress_exhausted=True) as run:
+        for _ in range(10):
+            try:
+                _create(client)
+            except openai.APITimeoutError:
+                pass
+    wait_for(lambda: model.requests >= 4, 5, "the requests to reach the server")
+    assert model.requests == 4  # was 12: 4 calls of 3 attempts, each call charged once
+    assert run.usage.output_tokens == 4000 and run.exhausted is not None
