@@ -28,7 +28,6 @@ from budgetspan.runs.run import Run
 _lock = threading.Lock()
 #: (trace id, local root span id or None where unknown) -> the implicit run of that request
 _trace_runs: OrderedDict[tuple[int, int | None], Run] = OrderedDict()
-_ROOT = "_budgetspan_local_root"  # the mark a span carries: its local root's span id
 _MAX_TRACE_RUNS = 10_000  # implicit runs whose root span was never seen end by eviction
 _process_run: Run | None = None
 
@@ -41,10 +40,9 @@ def resolve_run() -> Run:
     span = trace.get_current_span()
     ctx = span.get_span_context()
     if ctx.is_valid:
-        declared = registry.run_of_trace(ctx.trace_id)
-        if declared is not None:
-            return declared
-        return _trace_run((ctx.trace_id, getattr(span, _ROOT, None)))
+        root = registry.local_root(span)
+        declared = registry.run_of_trace(ctx.trace_id, root)
+        return declared if declared is not None else _trace_run((ctx.trace_id, root))
     return _get_process_run()
 
 
@@ -56,10 +54,10 @@ def note_span_start(span: Any, parent_context: Context | None) -> None:
     if parent is None or parent.is_remote:
         root = span.get_span_context().span_id
     else:
-        root = getattr(trace.get_current_span(parent_context), _ROOT, None)
+        root = registry.local_root(trace.get_current_span(parent_context))
         if root is None:
             return
-    setattr(span, _ROOT, root)
+    setattr(span, registry.LOCAL_ROOT, root)
 
 
 def _new_implicit_run() -> Run:
