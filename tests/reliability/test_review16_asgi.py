@@ -55,6 +55,10 @@ async def ask(key: str, n: int, wait: str = ""):
         refused = e.reason
     return {"sent": sent, "refused": refused}
 
+@app.get("/pid")
+async def pid():
+    return {"pid": os.getpid()}
+
 @app.get("/release")
 async def release(name: str):
     gates.setdefault(name, asyncio.Event()).set()
@@ -69,9 +73,10 @@ def _disabled() -> str:
     return ",".join(sorted(names - {"budgetspan_openai", "fastapi"}))
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[str, ModelServer]]:
-    """The app under ``opentelemetry-instrument uvicorn``; yields its URL and the model server."""
+@pytest.fixture(params=[1], ids=["1-worker"])
+def served(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[str, ModelServer]]:
+    """The app under ``opentelemetry-instrument uvicorn --workers N``; yields its URL and the
+    model server."""
     model = ModelServer()
     (tmp_path / "app.py").write_text(APP)
     port = free_port()
@@ -88,7 +93,8 @@ def served(tmp_path: Path) -> Iterator[tuple[str, ModelServer]]:
     log = tmp_path / "server.log"
     with log.open("w") as err:
         proc = subprocess.Popen(
-            [str(zero_code.INSTRUMENT), sys.executable, "-m", "uvicorn", "app:app", "--port", str(port)],
+            [str(zero_code.INSTRUMENT), sys.executable, "-m", "uvicorn", "app:app", "--port", str(port)]
+            + ["--workers", str(request.param)],
             cwd=tmp_path,
             env=env,
             stdout=err,
@@ -132,3 +138,16 @@ def test_requests_of_one_upstream_trace_each_hold_their_own_budget(
     )
     assert answer == {"sent": 2, "refused": "max_model_calls"}  # was 3: a fresh budget after b ended
     assert model.steps("a") == [0, 1] and model.steps("b") == [0, 1]
+
+
+@pytest.mark.skipif(not zero_code.INSTRUMENT.exists(), reason="opentelemetry-instrument not installed")
+@pytest.mark.parametrize("served", [2], ids=["2-workers"], indirect=True)
+def test_each_request_of_each_uvicorn_worker_holds_its_budget(served: tuple[str, ModelServer]) -> None:
+    url, model = served
+    from concurrent.futures import ThreadPoolExecutor
+
+    wait_for(lambda: len({_get(f"{url}/pid")["pid"] for _ in range(20)}) == 2, 60, "both workers")
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda i: _get(f"{url}/ask?key=w{i}&n=4"), range(16)))
+    assert answers == [{"sent": 2, "refused": "max_model_calls"}] * 16
+    assert all(model.steps(f"w{i}") == [0, 1] for i in range(16))
