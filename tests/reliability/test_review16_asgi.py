@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from importlib.metadata import entry_points
@@ -21,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from tests.http_server import QuietHandler, Serving
 from tests.instrumentation import zero_code
 from tests.jobs.model_server import ModelServer
 from tests.processes import free_port, stop_process, wait_for
@@ -35,6 +38,7 @@ APP = """
 import asyncio, os
 import openai
 from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
 import budgetspan
 
 app = FastAPI()
@@ -55,6 +59,19 @@ async def ask(key: str, n: int, wait: str = ""):
         refused = e.reason
     return {"sent": sent, "refused": refused}
 
+@app.get("/sse")
+async def sse(key: str):
+    client = openai.AsyncOpenAI(api_key="t", base_url=os.environ["STREAM_URL"], max_retries=0)
+
+    async def relay():
+        stream = await client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": key}], stream=True, max_tokens=2000)
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                yield f"data: {chunk.choices[0].delta.content}\\n\\n"
+
+    return StreamingResponse(relay(), media_type="text/event-stream")
+
 @app.get("/pid")
 async def pid():
     return {"pid": os.getpid()}
@@ -73,11 +90,16 @@ def _disabled() -> str:
     return ",".join(sorted(names - {"budgetspan_openai", "fastapi"}))
 
 
+def _options(port: int, workers: int) -> list[str]:
+    return ["--port", str(port), "--workers", str(workers)]
+
+
 @pytest.fixture(params=[1], ids=["1-worker"])
 def served(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[str, ModelServer]]:
     """The app under ``opentelemetry-instrument uvicorn --workers N``; yields its URL and the
     model server."""
     model = ModelServer()
+    streams = _STREAMS["current"] = StreamServer().start()
     (tmp_path / "app.py").write_text(APP)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BUDGETSPAN_", "OTEL_"))}
@@ -89,12 +111,19 @@ def served(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[str
         PYTHONPATH=os.pathsep.join([str(zero_code.sdk_site(tmp_path)), str(ROOT / "src")]),
         BUDGETSPAN_BUDGET="max_model_calls=2",
         MODEL_URL=model.url,
+        STREAM_URL=f"{streams.url}/v1",
     )
     log = tmp_path / "server.log"
     with log.open("w") as err:
         proc = subprocess.Popen(
-            [str(zero_code.INSTRUMENT), sys.executable, "-m", "uvicorn", "app:app", "--port", str(port)]
-            + ["--workers", str(request.param)],
+            [
+                str(zero_code.INSTRUMENT),
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "app:app",
+                *_options(port, request.param),
+            ],
             cwd=tmp_path,
             env=env,
             stdout=err,
@@ -102,11 +131,49 @@ def served(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[str
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: urllib.request.urlopen(f"{url}/release?name=x", timeout=2), 60, "the app")
+        try:
+            wait_for(lambda: urllib.request.urlopen(f"{url}/release?name=x", timeout=2), 60, "the app")
+        except AssertionError:
+            raise AssertionError(log.read_text()[-3000:]) from None
         yield url, model
     finally:
         stop_process(proc)
         model.stop()
+        streams.stop()
+
+
+_STREAMS: dict[str, StreamServer] = {}  # the stream server of the app being served
+
+
+class StreamServer(Serving):
+    """Streams 100 chunks, one every 50 ms, to each chat request; notes which streams' clients
+    hung up before the end (``hung_up``) and which were written to the end (``finished``)."""
+
+    def __init__(self) -> None:
+        self.hung_up: set[str] = set()
+        self.finished: set[str] = set()
+        server = self
+
+        class Handler(QuietHandler):
+            def do_POST(self) -> None:
+                key = json.loads(self.body())["messages"][-1]["content"]
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                base = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini"}
+                try:
+                    for _ in range(100):
+                        time.sleep(0.05)
+                        chunk = {**base, "choices": [{"index": 0, "delta": {"content": "word " * 20}}]}
+                        self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                        self.wfile.flush()
+                except OSError:
+                    server.hung_up.add(key)
+                    return
+                server.finished.add(key)
+                self.close_connection = True
+
+        super().__init__(Handler, quiet_errors=True)
 
 
 def _get(url: str, traceparent: str | None = None) -> dict[str, Any]:
@@ -151,3 +218,21 @@ def test_each_request_of_each_uvicorn_worker_holds_its_budget(served: tuple[str,
         answers = list(pool.map(lambda i: _get(f"{url}/ask?key=w{i}&n=4"), range(16)))
     assert answers == [{"sent": 2, "refused": "max_model_calls"}] * 16
     assert all(model.steps(f"w{i}") == [0, 1] for i in range(16))
+
+
+@pytest.mark.skipif(not zero_code.INSTRUMENT.exists(), reason="opentelemetry-instrument not installed")
+def test_a_client_leaving_an_sse_relay_closes_the_model_stream(served: tuple[str, ModelServer]) -> None:
+    """The browser goes away mid-answer: the relay's model stream is closed (the provider stops
+    generating and billing), not read on to its end."""
+    url, _ = served
+    streams = _STREAMS["current"]
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"GET /sse?key=leaver HTTP/1.1\r\nHost: x\r\n\r\n")
+        received = b""
+        while received.count(b"data:") < 3:
+            received += sock.recv(65536)
+    wait_for(
+        lambda: "leaver" in streams.hung_up or "leaver" in streams.finished, 20, "the model stream's end"
+    )
+    assert streams.hung_up == {"leaver"} and not streams.finished  # stopped, not 100 chunks
