@@ -161,6 +161,7 @@ class Call(AsyncBounds):
 
     def start(self, *, can_await: bool = False) -> Call:
         """Reserve and open the span. Raises BudgetExhausted if a limit refuses the call."""
+        context.check_not_abandoned()  # (ToolTimeout: in a timed-out tool's abandoned body)
         try:
             self.run = resolve_run()
             self.phase = context.current_phase() or DEFAULT_PHASE_BY_OPERATION.get(
