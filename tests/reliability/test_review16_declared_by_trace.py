@@ -79,3 +79,34 @@ def test_a_thread_with_only_the_otel_context_spends_from_its_own_requests_run(
     other.join()
     assert results == ["sent", "sent", "refused"] and len(wire.requests) == 2
     assert (run_a.usage.model_calls, runs["b"].usage.model_calls) == (2, 0)  # was (0, 2)
+
+
+def test_spans_of_a_provider_without_budgetspan_share_their_requests_run(
+    lean: Any, wire: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No run declared: a request's server span (budgetspan's processor on its provider) and a
+    framework's span under it from a provider without that processor (so without the request's
+    mark) are one request, one budget (not split into two runs, each with the whole budget)."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from budgetspan import config as bs_config
+
+    monkeypatch.setenv("BUDGETSPAN_BUDGET", "max_model_calls=2")
+    bs_config.set_config(None)
+    web, framework = lean.provider.get_tracer("web"), TracerProvider().get_tracer("framework")
+    c = openai.OpenAI(api_key="t", http_client=wire.sync(), max_retries=0)
+    results: list[str] = []
+
+    def ask() -> None:
+        try:
+            c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+            results.append("sent")
+        except budgetspan.BudgetExhausted:
+            results.append("refused")
+
+    with web.start_as_current_span("GET /a", context=_upstream(0xA), kind=SpanKind.SERVER):
+        ask()
+        with framework.start_as_current_span("graph step"):
+            ask()
+            ask()
+    assert results == ["sent", "sent", "refused"] and len(wire.requests) == 2

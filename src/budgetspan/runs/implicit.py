@@ -28,6 +28,7 @@ from budgetspan.runs.run import Run
 _lock = threading.Lock()
 #: (trace id, local root span id or None where unknown) -> the implicit run of that request
 _trace_runs: OrderedDict[tuple[int, int | None], Run] = OrderedDict()
+_first_root: dict[int, int] = {}  # trace id -> the local root of its first marked implicit run
 _MAX_TRACE_RUNS = 10_000  # implicit runs whose root span was never seen end by eviction
 _process_run: Run | None = None
 
@@ -68,22 +69,40 @@ def _new_implicit_run() -> Run:
     return run
 
 
+def _find(trace_id: int, root: int | None) -> Run | None:
+    """The implicit run of (trace, root); a span without a mark (a provider budgetspan's processor
+    is not on) and a marked one of the same trace share one run, never split a request's budget
+    (under ``_lock``)."""
+    run = _trace_runs.get((trace_id, root))
+    if run is not None:
+        return run
+    if root is not None:
+        return _trace_runs.get((trace_id, None))
+    first = _first_root.get(trace_id)
+    return None if first is None else _trace_runs.get((trace_id, first))
+
+
 def _trace_run(key: tuple[int, int | None]) -> Run:
     with _lock:
-        run = _trace_runs.get(key)
+        run = _find(*key)
         if run is not None:
             return run
     run = _new_implicit_run()
     evicted: list[Run] = []
     with _lock:
-        existing = _trace_runs.get(key)
+        existing = _find(*key)
         if existing is not None:
             evicted.append(run)  # lost a race: end our duplicate quietly
             run = existing
         else:
             _trace_runs[key] = run
+            if key[1] is not None:
+                _first_root.setdefault(key[0], key[1])
             while len(_trace_runs) > _MAX_TRACE_RUNS:
-                evicted.append(_trace_runs.popitem(last=False)[1])
+                (trace_id, root), old = _trace_runs.popitem(last=False)
+                if root is not None and _first_root.get(trace_id) == root:
+                    del _first_root[trace_id]
+                evicted.append(old)
     for old in evicted:
         old._end(None)
     return run
@@ -94,6 +113,8 @@ def end_trace_run(trace_id: int, span_id: int, error: bool = False) -> None:
     for spans without a mark."""
     with _lock:
         runs = [_trace_runs.pop((trace_id, key), None) for key in (span_id, None)]
+        if _first_root.get(trace_id) == span_id:
+            del _first_root[trace_id]
     for run in runs:
         if run is not None:
             if error:
