@@ -59,8 +59,8 @@ def lean(monkeypatch: pytest.MonkeyPatch) -> Iterator[Lean]:
     bs_implicit.end_process_run()
     with bs_implicit._lock:
         stale = list(bs_implicit._trace_runs)
-    for trace_id in stale:
-        bs_implicit.end_trace_run(trace_id)
+    for trace_id, root in stale:
+        bs_implicit.end_trace_run(trace_id, root or 0)
     for extra in [x for x in events._listeners if x not in listeners]:
         events.remove_listener(extra)
     for missing in listeners:

@@ -27,7 +27,7 @@ from budgetspan.accounting.ledger import CallKind, Mode, Refusal, Reservation, S
 from budgetspan.accounting.pricing import default_resolver
 from budgetspan.calls import foreign
 from budgetspan.calls.bounds import AsyncBounds
-from budgetspan.calls.outcome import record_failure, status_of
+from budgetspan.calls.outcome import cut_short, record_failure, status_of
 from budgetspan.calls.pricing import (
     call_cost,
     estimate_attributes,
@@ -162,6 +162,7 @@ class Call(AsyncBounds):
 
     def start(self, *, can_await: bool = False) -> Call:
         """Reserve and open the span. Raises BudgetExhausted if a limit refuses the call."""
+        context.check_not_abandoned()  # (ToolTimeout: in a timed-out tool's abandoned body)
         try:
             self.run = resolve_run()
             self.phase = context.current_phase() or DEFAULT_PHASE_BY_OPERATION.get(
@@ -360,6 +361,8 @@ class Call(AsyncBounds):
         if self.is_model and spend is not None and not unreported:
             self.cost_usd = call_cost(self.provider, self.model, self.response_model, spend)
         if unreported:
+            if self.output_estimate is None and stream_end is None and cut_short(error):
+                self.output_estimate = self.worst_case_tokens  # sent, unread: billed, maybe whole
             spend = self.estimate = self._estimate()
         priced = self.cost_usd is not None and A.TOOL_FEES_UNPRICED not in self.end_attributes  # (fees too)
         unpriced = self.is_model and not unreported and not priced
@@ -378,11 +381,7 @@ class Call(AsyncBounds):
                 if rest is not None and rest.cost_usd and run.ended:
                     events.emit("on_late_spend", run, rest.cost_usd)
                 run.commit(
-                    self.reservation,
-                    rest,
-                    finished=status == "ok",
-                    unreported=unreported,
-                    unpriced=unpriced,
+                    self.reservation, rest, finished=status == "ok", unreported=unreported, unpriced=unpriced
                 )
         events.emit("on_call_end", self._record(duration, status, self.usage, unreported, unpriced))
 

@@ -25,6 +25,25 @@ def status_of(error: BaseException | None) -> str:
     return "error"
 
 
+#: Timeouts of the SDKs and HTTP clients that are no ``TimeoutError`` (openai's and anthropic's
+#: ``APITimeoutError``, httpx's ``ReadTimeout``, urllib3's and botocore's ``ReadTimeoutError``).
+_TIMEOUT_NAMES = frozenset({"APITimeoutError", "ReadTimeout", "ReadTimeoutError"})
+_CUT_REASONS = frozenset({"max_wall_clock_s", "cancelled"})
+
+
+def cut_short(error: BaseException | None) -> bool:
+    """Whether a call ended waiting for its answer: cancelled, timed out, stopped by the run's
+    deadline or cancel. Its request most likely reached the server, which answers (and bills)
+    whether or not the caller is still there."""
+    if error is None:
+        return False
+    if isinstance(error, (asyncio.CancelledError, TimeoutError)):
+        return True
+    if isinstance(error, BudgetExhausted):
+        return error.reason in _CUT_REASONS
+    return any(cls.__name__ in _TIMEOUT_NAMES for cls in type(error).__mro__)
+
+
 def record_failure(
     span: Span, attrs: dict[str, Any], error: BaseException | None, status: str, redact: bool
 ) -> None:

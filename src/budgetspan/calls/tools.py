@@ -25,7 +25,7 @@ from budgetspan.cache.core import Cacher, Outcome
 from budgetspan.cache.policy import Cache
 from budgetspan.calls.call import Call
 from budgetspan.calls.tool_cache import note_outcome, serve_hit
-from budgetspan.runs import loops
+from budgetspan.runs import context, loops
 from budgetspan.runs.run import Run
 
 P = ParamSpec("P")
@@ -59,6 +59,8 @@ def _run_bounded(name: str, timeout_s: float, func: Callable[..., Any], args: An
     thread per call (not a bounded pool), so bodies that never return cannot starve later tools.
     """
     ctx = contextvars.copy_context()
+    abandoned: list[Callable[[], BaseException]] = []
+    ctx.run(context.enter_abandonable, abandoned)
     done = threading.Event()
     outcome: dict[str, Any] = {}
 
@@ -86,6 +88,7 @@ def _run_bounded(name: str, timeout_s: float, func: Callable[..., Any], args: An
             timeout_s,
             stuck,
         )
+        abandoned.append(lambda: ToolTimeout(name, timeout_s))  # its later calls are refused
         raise ToolTimeout(name, timeout_s)
     if "error" in outcome:
         raise outcome["error"]

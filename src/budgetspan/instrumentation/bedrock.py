@@ -110,6 +110,18 @@ def _body_max_tokens(body: dict[str, Any]) -> int | None:
     return None
 
 
+#: InvokeModel body fields read above (as messages, system, tools, prompt, input) or not text.
+_READ_FIELDS = frozenset({"messages", "system", "tools", "prompt", "inputText", "texts", "input"})
+
+
+def _other_text(body: dict[str, Any]) -> list[Any] | None:
+    """The rest of an InvokeModel body's text and structures, whatever the model family names
+    them (Cohere's ``message``, ``chat_history``, ``documents``, ``preamble``...): estimated too,
+    so an unknown field's prompt is never 0 tokens (numbers and flags are left out)."""
+    rest = [v for k, v in body.items() if k not in _READ_FIELDS and isinstance(v, (str, list, dict))]
+    return rest or None
+
+
 def _invoke_operation(model: Any, body: dict[str, Any]) -> str:
     if isinstance(model, str) and "embed" in model.lower():
         return A.OP_EMBEDDINGS
@@ -132,6 +144,7 @@ def _invoke_call(client: Any, params: dict[str, Any], streaming: bool) -> tuple[
         "tools": body.get("tools"),
         "prompt": body.get("prompt"),
         "input": [body.get(k) for k in ("inputText", "texts", "input") if body.get(k) is not None] or None,
+        "instructions": _other_text(body),
     }
     operation = _invoke_operation(model, body)
     max_tokens = None if operation == A.OP_EMBEDDINGS else _body_max_tokens(body)

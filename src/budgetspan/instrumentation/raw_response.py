@@ -10,6 +10,7 @@ from typing import Any
 from budgetspan.calls.call import Call
 from budgetspan.events import internal_error
 from budgetspan.instrumentation.observers import Observer
+from budgetspan.instrumentation.raw_body import BodyTap, tap_body
 from budgetspan.instrumentation.streams import (
     AsyncStreamProxy,
     StreamState,
@@ -38,8 +39,9 @@ def watch_raw(call: Call, observer: Observer, raw: Any, asynchronous: bool) -> N
     """``with_raw_response`` / ``with_streaming_response``: count once, read what we can.
 
     A JSON body already read is parsed now. Otherwise ``parse()`` is watched (a parsed stream
-    comes back behind our proxy, once; a parsed response gives its usage), and the HTTP
-    response's close (or the object's collection) ends the call, as unreported if nothing was seen.
+    comes back behind our proxy, once; a parsed response gives its usage), a body the caller
+    reads raw is read as it passes (``raw_body``), and the HTTP response's close (or the object's
+    collection) ends the call, as unreported if nothing was seen.
     """
     http = raw.http_response
     body = _body_json(http)
@@ -49,7 +51,13 @@ def watch_raw(call: Call, observer: Observer, raw: Any, asynchronous: bool) -> N
         return
     state = StreamState(call, observer)
     _hook_parse(raw, state, asynchronous)
-    _hook_close_raw(state, http, observer)
+    tap = None
+    if http is not None:  # the body as the caller reads it raw (``iter_lines``...)
+        try:
+            tap = tap_body(http, state)
+        except Exception:
+            internal_error("raw body tap")
+    _hook_close_raw(state, http, observer, tap)
     state.finalizer = weakref.finalize(raw, finalize, state)
 
 
@@ -109,13 +117,15 @@ def _hook_parse(raw: Any, state: StreamState, asynchronous: bool) -> None:
         raw.parse = parse
 
 
-def _hook_close_raw(state: StreamState, http: Any, observer: Observer) -> None:
+def _hook_close_raw(state: StreamState, http: Any, observer: Observer, tap: BodyTap | None) -> None:
     http_ref = weakref.ref(http)  # the hook lives on ``http``: hold it weakly (no cycle)
 
     def closed() -> None:
-        if state.ended or state.in_next:
+        if state.ended or state.in_next or (tap is not None and tap.reading):
             return
         body = _body_json(http_ref())
+        if body is None and tap is not None:
+            body = tap.json_body()  # read in pieces by the caller
         if isinstance(body, dict):
             try:
                 observer.on_response(body)

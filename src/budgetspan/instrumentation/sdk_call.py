@@ -7,11 +7,14 @@ that knows the provider's shapes. Inside ``suppress_instrumentation()`` the meth
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any
 
+from budgetspan.accounting.ledger import Refusal, Spend
 from budgetspan.calls.call import Call
+from budgetspan.calls.pricing import call_cost
 from budgetspan.events import internal_error
 from budgetspan.instrumentation.observers import Observer
 from budgetspan.instrumentation.raw_response import watch_raw
@@ -22,6 +25,7 @@ from budgetspan.instrumentation.streams import (
     is_raw,
     is_stream,
 )
+from budgetspan.runs.run import Run
 
 #: The model call whose SDK request is running in this context (for the retry hook).
 CURRENT_CALL: ContextVar[Call | None] = ContextVar("budgetspan_current_model_call", default=None)
@@ -113,10 +117,50 @@ def in_model_call() -> bool:
 # --- retries ------------------------------------------------------------------------------------
 
 
+#: The HTTP clients' timeouts after the request was written (httpx's): the server answers and
+#: bills it anyway. A connect or pool timeout sent nothing.
+_SENT_TIMEOUTS = frozenset({"ReadTimeout", "WriteTimeout"})
+
+
 def _count_retry() -> None:
     call = CURRENT_CALL.get()
     if call is not None:
-        call.retry()  # BudgetExhausted (max_retries) propagates: the retry is not sent
+        error = sys.exc_info()[1]  # (the SDKs sleep for a retry inside their ``except`` block)
+        if error is not None and type(error).__name__ in _SENT_TIMEOUTS:
+            _charge_lost_attempt(call)
+        call.retry()  # BudgetExhausted (max_retries, or the limit the lost attempt reached) propagates
+
+
+def _charge_lost_attempt(call: Call) -> None:
+    """An attempt the SDK gave up waiting for and sends again: the server still writes and bills
+    it, unseen, so its worst case (input estimate and output) is spent, as for a call cut short."""
+    run, reservation = call.run, call.reservation
+    if run is None or reservation is None or not call.is_model:
+        return
+    try:
+        figures = Spend(call.worst_case_input_tokens, call.worst_case_tokens)
+        figures.cost_usd = call_cost(call.provider, call.model, call.response_model, figures)
+        run.add_spend(figures, reservation)
+        over = _no_room_for(run, figures)
+    except Exception:
+        internal_error("lost attempt")
+        return
+    if over is not None:  # the next attempt's worst case no longer fits: it is not sent
+        raise run.exhaust(Refusal(over, run.budget.limits()[over]))
+
+
+def _no_room_for(run: Run, attempt: Spend) -> str | None:
+    """The token or dollar limit whose rest (the limit less the run's usage) cannot hold one more
+    such attempt, if any."""
+    inp, out = attempt.input_tokens or 0, attempt.output_tokens or 0
+    needs = {
+        "max_cost_usd": attempt.cost_usd or 0.0,
+        "max_input_tokens": inp,
+        "max_output_tokens": out,
+        "max_total_tokens": inp + out,
+    }
+    left = run.remaining()
+    return next((name for name, need in needs.items() if need and name in left and left[name] < need), None)
 
 
 def retry_hook(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:

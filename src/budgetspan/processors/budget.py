@@ -92,6 +92,10 @@ class BudgetSpanProcessor(SpanProcessor):
         self.closers: list[Callable[[], None]] = []
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        try:
+            implicit.note_span_start(span, parent_context)  # each request its own implicit run
+        except Exception:
+            events.log_failure(log, "budgetspan: marking a span's local root failed")
         scope = span.instrumentation_scope
         if scope is not None and scope.name == A.INSTRUMENTATION_SCOPE:
             return  # budgetspan's own: reserved by its wrapper
@@ -173,9 +177,9 @@ class BudgetSpanProcessor(SpanProcessor):
                 if (
                     ctx is not None
                     and (parent is None or parent.is_remote)
-                    and implicit.has_trace_run(ctx.trace_id)
+                    and implicit.has_trace_run(ctx.trace_id, ctx.span_id)
                 ):
-                    implicit.end_trace_run(ctx.trace_id, error=not span.status.is_ok)
+                    implicit.end_trace_run(ctx.trace_id, ctx.span_id, error=not span.status.is_ok)
         except Exception:
             events.log_failure(log, "budgetspan: accounting a finished span failed")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -35,6 +35,12 @@ _step: ContextVar[str | None] = ContextVar("budgetspan_step", default=None)
 _fallback: ContextVar[tuple[str, str] | None] = ContextVar("budgetspan_fallback", default=None)
 #: Inside a counted call: the call object (or True, for ``in_call()`` blocks); None outside.
 _call: ContextVar[Any] = ContextVar("budgetspan_call", default=None)
+
+#: Inside sync tool bodies run in a thread of their own: a box per body, filled (with the maker of
+#: the error its later calls raise) when the body is abandoned at its timeout.
+_abandoned: ContextVar[tuple[list[Callable[[], BaseException]], ...]] = ContextVar(
+    "budgetspan_abandoned", default=()
+)
 
 _ledger: Ledger = InMemoryLedger()
 _tracer_provider: TracerProvider | None = None
@@ -117,6 +123,20 @@ def in_call() -> Iterator[bool]:
         yield outer
     finally:
         _call.reset(token)
+
+
+def enter_abandonable(box: list[Callable[[], BaseException]]) -> None:
+    """The code run in this context from here is a body its caller may abandon (filling ``box``);
+    call it in the body's own context (``ctx.run``): an enclosing body's box still counts."""
+    _abandoned.set((*_abandoned.get(), box))
+
+
+def check_not_abandoned() -> None:
+    """A call made by a body abandoned at its timeout (or inside one) is refused: the body stops
+    at its next call instead of spending on, unseen, after its caller gave up (and after the run)."""
+    for box in _abandoned.get():
+        if box:
+            raise box[0]()
 
 
 def get_ledger() -> Ledger:

@@ -152,7 +152,7 @@ class Run(AtLimit, Quality):
                 self.trace_id = self.span.get_span_context().trace_id or None
             except Exception:
                 events.internal_error("Run span")  # the run is still accounted, without a span
-        registry.add(self, self.trace_id)
+        registry.add(self, self.trace_id, registry.local_root(self.span))
         events.emit("on_run_start", self)
 
     def scope_refs(self) -> tuple[ScopeRef, ...]:
