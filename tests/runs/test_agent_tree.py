@@ -181,9 +181,9 @@ async def test_small_agent_span_tree(instrumented: Tracing, policies: Any) -> No
     # Each call's time is measured inside its span, so the sum never exceeds the spans' (a double
     # count would); the two tools each waited 0.2 s, so it holds at least that (a lost call would
     # not). No upper bound on how long anything took: that is the benchmarks' business. (The run
-    # times each call around its span: on a loaded machine that adds up to tens of ms, far below
-    # the 0.2 s a double count would add.)
-    assert 0.39 <= ra[A.RUN_BUSY_S] <= busy + 0.05
+    # times each call around its span: on a loaded machine that adds up to tens of ms, below the
+    # 0.2 s a double count would add; the margin is 0.12 s, as a loaded machine once passed 0.05.)
+    assert 0.39 <= ra[A.RUN_BUSY_S] <= busy + 0.12
     tools = [s for s in spans if s.name.startswith("execute_tool")]
     assert len(tools) == 2
     assert max(s.start_time for s in tools) < min(s.end_time for s in tools)  # side by side
