@@ -65,6 +65,8 @@ class CarryToRedis:
         fork (both would count it), and the lock may have been held by a thread that is not there."""
         self._to_carry: deque[Carried] = deque()
         self._carry_lock = threading.Lock()
+        self._carrying = threading.Lock()  # one carry at a time: in order, and never nested
+        self._carrier_thread: int | None = None
         self._dropped = 0
 
     def _forget_at_fork(self) -> None:
@@ -92,6 +94,16 @@ class CarryToRedis:
         next try. Never raises."""
         if not self._to_carry:  # (the common case, read without the lock: a deque's length is atomic)
             return
+        if self._carrier_thread == threading.get_ident():
+            return  # the carry's own record opened or closed: ``open``/``close`` call us again
+        with self._carrying:  # (another thread carrying: wait for it, then carry what it left)
+            self._carrier_thread = threading.get_ident()
+            try:
+                self._carry_noted()
+            finally:
+                self._carrier_thread = None
+
+    def _carry_noted(self) -> None:
         with self._carry_lock:
             if not self._to_carry:
                 return

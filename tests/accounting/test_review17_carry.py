@@ -1,0 +1,146 @@
+"""Review 17: attacks on the carry of calls made during a Redis outage (``redis_carry``), against a
+real redis-server: many threads making calls while others carry, Redis going down and up several
+times in one run, a day that rolled over before the carry, exit with Redis frozen."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from budgetspan.accounting import windows
+from budgetspan.accounting.budget import Budget
+from budgetspan.accounting.ledger import CallKind, Mode
+from budgetspan.accounting.redis_ledger import RedisLedger
+from tests.accounting.redis_server import needs_redis_server, redis
+from tests.accounting.test_redis_carry import Server, _call, _ledger, _tenant, server
+
+pytestmark = needs_redis_server
+__all__ = ["server"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _go_local(ledger: RedisLedger, server: Server, run: str) -> None:
+    """Open ``run`` and make it go local: Redis down at its first call."""
+    ledger.open(run, Budget(), Mode.OBSERVE)
+    with server.down():
+        _call(ledger, run, _tenant())
+
+
+def test_calls_made_in_many_threads_while_others_carry_are_each_counted_once(
+    server: Server, internal_errors: list[str]
+) -> None:
+    """Was: a carry's own record's open carried again (``open`` calls ``carry_back``), nested as
+    deep as the threads kept noting calls: RecursionError, the batch taken lost."""
+    ledger, tenant = _ledger(server.port), _tenant(max_model_calls=10**6)
+    runs = [f"r{i}" for i in range(6)]
+    for run in runs:
+        _go_local(ledger, server, run)  # each run accounted in the process from now on
+    internal_errors.clear()
+    calls, done = 400, threading.Event()
+    depth, deepest = threading.local(), [0]
+    carry = ledger._carry
+
+    def counted(taken: Any) -> Any:  # (how deep carries nest)
+        depth.n = getattr(depth, "n", 0) + 1
+        deepest[0] = max(deepest[0], depth.n)
+        try:
+            return carry(taken)
+        finally:
+            depth.n -= 1
+
+    ledger._carry = counted  # type: ignore[method-assign]
+
+    def caller(run: str) -> None:
+        for _ in range(calls):
+            _call(ledger, run, tenant)
+
+    def carrier() -> None:
+        while not done.is_set():
+            ledger.scope_usage(tenant.ref().key)
+
+    callers = [threading.Thread(target=caller, args=(run,)) for run in runs]
+    carriers = [threading.Thread(target=carrier) for _ in range(2)]
+    for t in carriers + callers:
+        t.start()
+    for t in callers:
+        t.join(120)
+    done.set()
+    for t in carriers:
+        t.join(120)
+    used = ledger.scope_usage(tenant.ref().key)
+    assert used is not None and used.model_calls == len(runs) * (calls + 1)
+    assert internal_errors == []
+    assert deepest[0] == 1  # one carry at a time in a thread
+    assert not [r for r in ledger._known if "carried" in r]  # no carrier record left open
+
+
+def test_redis_down_and_up_three_times_in_one_run(server: Server) -> None:
+    ledger, tenant = _ledger(server.port), _tenant()
+    ledger.open("r", Budget(), Mode.ENFORCE)
+    _call(ledger, "r", tenant)  # on Redis
+    for _ in range(3):
+        with server.down():
+            _call(ledger, "r", tenant)  # in the process (the run stays there)
+            _call(ledger, "r", tenant)
+            ledger.carry_back()  # Redis still down: kept
+        ledger.open("other", Budget(), Mode.ENFORCE)  # Redis answers: carried
+        ledger.close("other")
+    ledger.close("r")
+    used = ledger.scope_usage(tenant.ref().key)
+    assert used is not None and used.model_calls == 7
+
+
+def test_a_call_carried_after_its_day_ended_counts_in_its_own_day(server: Server) -> None:
+    """The tenant's window of the day the call was made, not the day it is carried on."""
+    day = 86_400.0
+    yesterday = (time.time() // day - 1) * day + 3600
+    ledger, tenant = _ledger(server.port), _tenant()
+    windows.set_clock(lambda: yesterday)
+    try:
+        old_key = tenant.ref().key
+        ledger.open("r", Budget(), Mode.ENFORCE)
+        with server.down():
+            _call(ledger, "r", tenant)
+            _call(ledger, "r", tenant, CallKind.TOOL)
+    finally:
+        windows.set_clock(None)
+    ledger.close("r")  # today: carried
+    new_key = tenant.ref().key
+    assert new_key != old_key
+    old = ledger.scope_usage(old_key)
+    assert old is not None and (old.model_calls, old.tool_calls) == (1, 1)
+    assert ledger.scope_usage(new_key) in (None, type(old)())
+
+
+def test_exit_with_redis_frozen_waits_no_longer_than_the_timeouts(server: Server) -> None:
+    """Calls to carry and Redis frozen at exit: the process ends (flush, then one carry's open,
+    each bounded by ``timeout_s``)."""
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from tests.accounting.test_redis_carry import _call, _ledger, _tenant
+        from budgetspan.accounting.budget import Budget
+        from budgetspan.accounting.ledger import Mode
+        ledger, tenant = _ledger({server.port}), _tenant()
+        ledger.open("r", Budget(), Mode.ENFORCE)
+        os.kill({server.proc.pid}, signal.SIGSTOP)
+        _call(ledger, "r", tenant)
+        _call(ledger, "r", tenant)
+        print("exiting", flush=True)
+        """
+    )
+    env = {"PYTHONPATH": f"{ROOT / 'src'}:{ROOT}", "PATH": "/usr/bin:/bin"}
+    with server.frozen():  # (SIGCONT at the end; the child stops it too)
+        started = time.monotonic()
+        out = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, timeout=60, cwd=ROOT
+        )
+        took = time.monotonic() - started
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
+    assert b"exiting" in out.stdout
+    assert took < 20  # (timeout_s 0.3: a hang would be the subprocess timeout)
