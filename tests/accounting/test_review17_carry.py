@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from budgetspan.accounting import windows
 from budgetspan.accounting.budget import Budget
 from budgetspan.accounting.ledger import CallKind, Mode
@@ -144,3 +146,31 @@ def test_exit_with_redis_frozen_waits_no_longer_than_the_timeouts(server: Server
     assert out.returncode == 0, out.stderr.decode()[-2000:]
     assert b"exiting" in out.stdout
     assert took < 20  # (timeout_s 0.3: a hang would be the subprocess timeout)
+
+
+def test_spend_asked_during_the_outage_waits_once_and_says_nothing_of_the_carry(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Was: each ``spend()`` (and each ``remaining_text``) during the outage first tried to open a
+    carry's record (a ``timeout_s`` wait), then read the window (another), and logged a warning
+    naming that record ("unreachable for run \\x1fcarried-4"), once per ask."""
+    ledger, tenant = _ledger(server.port), _tenant()
+    ledger.open("r", Budget(), Mode.ENFORCE)
+    opened: list[str] = []
+    open_ = ledger.open
+
+    def noted_open(run_id: str, *args: Any, **kwargs: Any) -> None:
+        opened.append(run_id)
+        open_(run_id, *args, **kwargs)
+
+    ledger.open = noted_open  # type: ignore[method-assign]
+    with server.frozen():
+        _call(ledger, "r", tenant)  # in the process from now on
+        caplog.clear()
+        for _ in range(3):
+            with pytest.raises(redis.RedisError):
+                ledger.scope_usage(tenant.ref().key)
+    assert opened == []
+    assert not [r for r in caplog.records if "carried" in r.getMessage()]
+    used = ledger.scope_usage(tenant.ref().key)  # Redis answers: carried, then read
+    assert used is not None and used.input_tokens == 10  # (2 calls: its reservation ran on waking)

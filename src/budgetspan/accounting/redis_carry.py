@@ -89,6 +89,9 @@ class CarryToRedis:
                     )
             self._to_carry.append(carried)
 
+    def has_to_carry(self) -> bool:
+        return bool(self._to_carry)  # (read without the lock: a deque's length is atomic)
+
     def carry_back(self) -> None:
         """Carry the calls noted so far to their windows on Redis; those Redis fails stay for the
         next try. Never raises."""

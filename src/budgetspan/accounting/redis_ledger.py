@@ -458,7 +458,9 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, CarryToRedis, ExtendOnRedis
 
     def scope_usage(self, key: str) -> Usage | None:
         self.flush()  # this process's settlements, in every scope window
-        self.carry_back()  # and the calls it accounted while Redis could not be reached
+        if self.has_to_carry():  # and the calls it accounted while Redis could not be reached,
+            redis_scopes.usage(self._server, key, self._server.timeout_s)  # if Redis answers (one wait)
+            self.carry_back()
         return redis_scopes.usage(self._server, key, self._server.timeout_s)
 
     def deadline(self, run_id: str) -> float | None:
