@@ -47,11 +47,11 @@ def test_calls_made_in_many_threads_while_others_carry_are_each_counted_once(
     depth, deepest = threading.local(), [0]
     carry = ledger._carry
 
-    def counted(taken: Any) -> Any:  # (how deep carries nest)
+    def counted(*args: Any) -> Any:  # (how deep carries nest)
         depth.n = getattr(depth, "n", 0) + 1
         deepest[0] = max(deepest[0], depth.n)
         try:
-            return carry(taken)
+            return carry(*args)
         finally:
             depth.n -= 1
 
@@ -74,6 +74,8 @@ def test_calls_made_in_many_threads_while_others_carry_are_each_counted_once(
     done.set()
     for t in carriers:
         t.join(120)
+    for _ in range(1000):  # (a slice of timeout_s per carry)
+        ledger.carry_back()
     used = ledger.scope_usage(tenant.ref().key)
     assert used is not None and used.model_calls == len(runs) * (calls + 1)
     assert internal_errors == []
@@ -174,3 +176,23 @@ def test_spend_asked_during_the_outage_waits_once_and_says_nothing_of_the_carry(
     assert not [r for r in caplog.records if "carried" in r.getMessage()]
     used = ledger.scope_usage(tenant.ref().key)  # Redis answers: carried, then read
     assert used is not None and used.input_tokens == 10  # (2 calls: its reservation ran on waking)
+
+
+def test_a_long_outages_calls_are_carried_a_slice_at_a_time(server: Server) -> None:
+    """Was: the process's next run's ``open`` carried every call noted, two round trips each, before
+    it returned: 100,000 calls held the user's program 224 s there (and so would exit). Now each
+    trigger carries for ``timeout_s`` at most, in order, the rest at the next ones."""
+    ledger, tenant = _ledger(server.port), _tenant(max_model_calls=10**6)
+    _go_local(ledger, server, "r")
+    calls = 5000  # 10,000 round trips: longer than timeout_s (0.3 s) on any machine
+    for _ in range(calls):
+        _call(ledger, "r", tenant)
+    ledger.open("next", Budget(), Mode.OBSERVE)
+    assert ledger.has_to_carry()  # (not all carried by that one open)
+    for _ in range(1000):
+        if not ledger.has_to_carry():
+            break
+        ledger.close("next")
+        ledger.open("next", Budget(), Mode.OBSERVE)
+    used = ledger.scope_usage(tenant.ref().key)
+    assert used is not None and used.model_calls == calls + 1  # each once, none lost

@@ -4,7 +4,8 @@ observe mode: ``redis_outage``), carried to their scope windows on Redis once it
 Without this, a tenant's, user's or conversation's window on Redis (what ``spend()`` and every
 other process see) never counted what a run spent during an outage: the window's limit held for
 everyone else as if those calls had not been made. Each call is carried once, when Redis answers
-again: at the end of a run, at ``spend()`` and at exit. It is carried as a forced call of a record
+again: at a run's open or end, at ``spend()`` and at exit, for ``timeout_s`` at most each time (two
+round trips a call), one carry at a time. It is carried as a forced call of a record
 of its own (no limits, observe mode: never refused, since it was already made) that holds its
 spend as its worst case until the settlement adds it: if Redis fails between the two, the window
 holds the spend (peers see it, as held) rather than losing it. A call that Redis failed after
@@ -16,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -26,6 +28,7 @@ from typing import Any
 from budgetspan import events
 from budgetspan.accounting.budget import Budget
 from budgetspan.accounting.ledger import CallKind, Mode, Reservation, Spend
+from budgetspan.accounting.redis_wire import Server
 
 log = logging.getLogger("budgetspan.accounting.redis_ledger")
 
@@ -51,6 +54,7 @@ class CarryToRedis:
     carry them to Redis (``carry_back``)."""
 
     _tickets: Iterator[int]
+    _server: Server
     _local_runs: set[str]
     # (RedisLedger's own; declared here, not defined: a mixin's stub would hide the real one)
     open: Callable[..., None]
@@ -93,8 +97,9 @@ class CarryToRedis:
         return bool(self._to_carry)  # (read without the lock: a deque's length is atomic)
 
     def carry_back(self) -> None:
-        """Carry the calls noted so far to their windows on Redis; those Redis fails stay for the
-        next try. Never raises."""
+        """Carry the calls noted so far to their windows on Redis, in order, for ``timeout_s`` at
+        most (two round trips a call: a long outage's calls would hold the caller for minutes); those
+        left, or that Redis fails, stay for the next try. Never raises."""
         if not self._to_carry:  # (the common case, read without the lock: a deque's length is atomic)
             return
         if self._carrier_thread == threading.get_ident():
@@ -113,7 +118,7 @@ class CarryToRedis:
             taken = list(self._to_carry)
             self._to_carry.clear()
         try:
-            left = self._carry(taken)
+            left = self._carry(taken, time.monotonic() + self._server.timeout_s)
         except Exception:
             events.internal_error("redis_ledger.carry_back")
             return
@@ -121,10 +126,13 @@ class CarryToRedis:
             with self._carry_lock:
                 self._to_carry.extendleft(reversed(left))
 
-    def _carry(self, taken: Sequence[Carried]) -> list[Carried]:
-        """Carry ``taken`` in order; the ones not carried (Redis failed) are returned."""
+    def _carry(self, taken: Sequence[Carried], until: float) -> list[Carried]:
+        """Carry ``taken`` in order; the ones not carried (Redis failed, or ``until`` passed) are
+        returned."""
         with self._carrier() as holder:
             for i, call in enumerate(taken):
+                if i and time.monotonic() >= until:
+                    return list(taken[i:])
                 if call.kind is None:
                     if not self._carry_spend(holder, call):
                         return list(taken[i:])

@@ -498,5 +498,11 @@ def _flush_at_exit(ledger: weakref.ref[RedisLedger]) -> None:
         try:
             still.flush()
             still.carry_back()
+            if still.has_to_carry():
+                log.warning(
+                    "budgetspan: calls made while Redis could not be reached were not all added to "
+                    "their scope windows on Redis before exit (Redis failed, or %.1f s did not suffice)",
+                    still._server.timeout_s,
+                )
         except Exception:
             events.internal_error("redis_ledger")
