@@ -94,14 +94,27 @@ class CarryToRedis:
             self._to_carry.append(carried)
 
     def has_to_carry(self) -> bool:
-        return bool(self._to_carry)  # (read without the lock: a deque's length is atomic)
+        return bool(self._to_carry)
 
-    def carry_back(self) -> None:
+    def carry_at_exit(self) -> None:
+        self.carry_back()
+        if self._to_carry:
+            log.warning(
+                "budgetspan: calls made while Redis could not be reached were not all added to their "
+                "scope windows on Redis before exit (Redis failed, or %.1f s did not suffice)",
+                self._server.timeout_s,
+            )
+
+    def carry_back(self, answers: Callable[[], object] | None = None) -> None:
         """Carry the calls noted so far to their windows on Redis, in order, for ``timeout_s`` at
         most (two round trips a call: a long outage's calls would hold the caller for minutes); those
-        left, or that Redis fails, stay for the next try. Never raises."""
+        left, or that Redis fails, stay for the next try. ``answers``: first ask Redis this (it
+        raises if Redis does not answer: ``spend()`` during an outage waits once, for its read).
+        Never raises but from ``answers``."""
         if not self._to_carry:  # (the common case, read without the lock: a deque's length is atomic)
             return
+        if answers is not None:
+            answers()
         if self._carrier_thread == threading.get_ident():
             return  # the carry's own record opened or closed: ``open``/``close`` call us again
         with self._carrying:  # (another thread carrying: wait for it, then carry what it left)

@@ -457,10 +457,8 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, CarryToRedis, ExtendOnRedis
         return used
 
     def scope_usage(self, key: str) -> Usage | None:
-        self.flush()  # this process's settlements, in every scope window
-        if self.has_to_carry():  # and the calls it accounted while Redis could not be reached,
-            redis_scopes.usage(self._server, key, self._server.timeout_s)  # if Redis answers (one wait)
-            self.carry_back()
+        self.flush()  # this process's settlements; then its calls made while Redis failed (if it answers)
+        self.carry_back(lambda: redis_scopes.usage(self._server, key, self._server.timeout_s))
         return redis_scopes.usage(self._server, key, self._server.timeout_s)
 
     def deadline(self, run_id: str) -> float | None:
@@ -497,12 +495,6 @@ def _flush_at_exit(ledger: weakref.ref[RedisLedger]) -> None:
     if still is not None:
         try:
             still.flush()
-            still.carry_back()
-            if still.has_to_carry():
-                log.warning(
-                    "budgetspan: calls made while Redis could not be reached were not all added to "
-                    "their scope windows on Redis before exit (Redis failed, or %.1f s did not suffice)",
-                    still._server.timeout_s,
-                )
+            still.carry_at_exit()
         except Exception:
             events.internal_error("redis_ledger")
