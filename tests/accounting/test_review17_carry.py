@@ -196,3 +196,35 @@ def test_a_long_outages_calls_are_carried_a_slice_at_a_time(server: Server) -> N
         ledger.open("next", Budget(), Mode.OBSERVE)
     used = ledger.scope_usage(tenant.ref().key)
     assert used is not None and used.model_calls == calls + 1  # each once, none lost
+
+
+def test_a_run_opened_while_another_thread_carries_does_not_wait_for_that_carry(server: Server) -> None:
+    """Was (after the carries were made one at a time): each thread opening a run queued behind
+    the carry in progress, then carried a slice itself: N threads, N slices of ``timeout_s``."""
+    ledger, tenant = _ledger(server.port), _tenant()
+    _go_local(ledger, server, "r")
+    _call(ledger, "r", tenant)
+    carry, inside, go_on = ledger._carry, threading.Event(), threading.Event()
+
+    def held(*args: Any) -> Any:
+        inside.set()
+        go_on.wait(30)
+        return carry(*args)
+
+    ledger._carry = held  # type: ignore[method-assign]
+    carrier = threading.Thread(target=ledger.carry_back)
+    carrier.start()
+    assert inside.wait(30)
+    _call(ledger, "r", tenant)  # noted while the carry is held
+    opener = threading.Thread(target=ledger.open, args=("other", Budget(), Mode.OBSERVE))
+    opener.start()
+    opener.join(10)
+    try:
+        assert not opener.is_alive()  # it left the carry to the thread carrying
+    finally:
+        go_on.set()
+        carrier.join(30)
+        opener.join(30)
+    ledger.carry_back()
+    used = ledger.scope_usage(tenant.ref().key)
+    assert used is not None and used.model_calls == 3

@@ -117,12 +117,16 @@ class CarryToRedis:
             answers()
         if self._carrier_thread == threading.get_ident():
             return  # the carry's own record opened or closed: ``open``/``close`` call us again
-        with self._carrying:  # (another thread carrying: wait for it, then carry what it left)
+        # Another thread carrying: leave it to that one (each run opened would wait a slice in
+        # turn), but for ``spend()``, which waits to read what it carries.
+        if not self._carrying.acquire(blocking=answers is not None):
+            return
+        try:
             self._carrier_thread = threading.get_ident()
-            try:
-                self._carry_noted()
-            finally:
-                self._carrier_thread = None
+            self._carry_noted()
+        finally:
+            self._carrier_thread = None
+            self._carrying.release()
 
     def _carry_noted(self) -> None:
         with self._carry_lock:
