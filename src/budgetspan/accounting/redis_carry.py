@@ -97,6 +97,7 @@ class CarryToRedis:
         return bool(self._to_carry)
 
     def carry_at_exit(self) -> None:
+        """The last carry (one slice: exit is not held longer); what is left is said, not lost silently."""
         self.carry_back()
         if self._to_carry:
             log.warning(
