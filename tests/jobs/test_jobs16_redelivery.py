@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,37 +20,17 @@ from budgetspan.jobs.celery_queue import CeleryJobs
 from tests.accounting.redis_server import redis
 from tests.jobs.conftest import ROOT, notifications
 from tests.jobs.model_server import ModelServer
+from tests.jobs.test_review14_pools import PoolWorker
 
 VISIBILITY_S = 2
 LEASE_S = 3
 
 
-class TwoSlotWorker:
+class TwoSlotWorker(PoolWorker):
     """``celery -A tests.jobs.pool_app worker --pool=POOL -c 2``, visibility timeout 2 s."""
 
     def __init__(self, pool: str, env: dict[str, str], client: redis.Redis, log: Path) -> None:
-        self.pool, self.env, self.client, self.log = pool, env, client, log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        cmd = [sys.executable, "-m", "celery", "-A", "tests.jobs.pool_app", "worker", f"--pool={self.pool}"]
-        cmd += ["-c", "2", "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "warning"]
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while not self.client.exists(f"test:worker-ready:{self.proc.pid}"):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the Celery worker did not start: {self.log.read_text()[-3000:]}")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        super().__init__(pool, env, client, log, slots=2)
 
 
 @pytest.fixture(scope="module", params=["prefork", "threads"])

@@ -23,17 +23,27 @@ from tests.processes import free_port
 
 
 class PoolWorker:
-    """``celery -A tests.jobs.pool_app worker --pool=POOL -c N`` as its own process."""
+    """``celery -A tests.jobs.pool_app worker --pool=POOL -c SLOTS`` as its own process."""
 
-    def __init__(self, pool: str, env: dict[str, str], client: redis.Redis, log: Path) -> None:
-        self.pool, self.env, self.client, self.log = pool, env, client, log
+    def __init__(
+        self, pool: str, env: dict[str, str], client: redis.Redis, log: Path, slots: int = 3
+    ) -> None:
+        self.pool, self.env, self.client, self.log, self.slots = pool, env, client, log, slots
         self.name = pool + ("-multiproc" if "PROMETHEUS_MULTIPROC_DIR" in env else "")
-        self.metrics_url = f"http://127.0.0.1:{env['BUDGETSPAN_METRICS_PORT']}/metrics"
+        self.metrics_url = f"http://127.0.0.1:{env.get('BUDGETSPAN_METRICS_PORT')}/metrics"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         cmd = [sys.executable, "-m", "celery", "-A", "tests.jobs.pool_app", "worker", f"--pool={self.pool}"]
-        cmd += ["-c", "3", "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "warning"]
+        cmd += [
+            "-c",
+            str(self.slots),
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-l",
+            "warning",
+        ]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60

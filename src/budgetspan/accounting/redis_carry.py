@@ -4,7 +4,8 @@ observe mode: ``redis_outage``), carried to their scope windows on Redis once it
 Without this, a tenant's, user's or conversation's window on Redis (what ``spend()`` and every
 other process see) never counted what a run spent during an outage: the window's limit held for
 everyone else as if those calls had not been made. Each call is carried once, when Redis answers
-again: at the end of a run, at ``spend()`` and at exit. It is carried as a forced call of a record
+again: at a run's open or end, at ``spend()`` and at exit, for ``timeout_s`` at most each time (two
+round trips a call), one carry at a time. It is carried as a forced call of a record
 of its own (no limits, observe mode: never refused, since it was already made) that holds its
 spend as its worst case until the settlement adds it: if Redis fails between the two, the window
 holds the spend (peers see it, as held) rather than losing it. A call that Redis failed after
@@ -16,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -26,6 +28,7 @@ from typing import Any
 from budgetspan import events
 from budgetspan.accounting.budget import Budget
 from budgetspan.accounting.ledger import CallKind, Mode, Reservation, Spend
+from budgetspan.accounting.redis_wire import Server
 
 log = logging.getLogger("budgetspan.accounting.redis_ledger")
 
@@ -51,6 +54,7 @@ class CarryToRedis:
     carry them to Redis (``carry_back``)."""
 
     _tickets: Iterator[int]
+    _server: Server
     _local_runs: set[str]
     # (RedisLedger's own; declared here, not defined: a mixin's stub would hide the real one)
     open: Callable[..., None]
@@ -65,6 +69,8 @@ class CarryToRedis:
         fork (both would count it), and the lock may have been held by a thread that is not there."""
         self._to_carry: deque[Carried] = deque()
         self._carry_lock = threading.Lock()
+        self._carrying = threading.Lock()  # one carry at a time: in order, and never nested
+        self._carrier_thread: int | None = None
         self._dropped = 0
 
     def _forget_at_fork(self) -> None:
@@ -87,18 +93,50 @@ class CarryToRedis:
                     )
             self._to_carry.append(carried)
 
-    def carry_back(self) -> None:
-        """Carry the calls noted so far to their windows on Redis; those Redis fails stay for the
-        next try. Never raises."""
+    def has_to_carry(self) -> bool:
+        return bool(self._to_carry)
+
+    def carry_at_exit(self) -> None:
+        """The last carry (one slice: exit is not held longer); what is left is said, not lost silently."""
+        self.carry_back()
+        if self._to_carry:
+            log.warning(
+                "budgetspan: calls made while Redis could not be reached were not all added to their "
+                "scope windows on Redis before exit (Redis failed, or %.1f s did not suffice)",
+                self._server.timeout_s,
+            )
+
+    def carry_back(self, answers: Callable[[], object] | None = None) -> None:
+        """Carry the calls noted so far to their windows on Redis, in order, for ``timeout_s`` at
+        most (two round trips a call: a long outage's calls would hold the caller for minutes); those
+        left, or that Redis fails, stay for the next try. ``answers``: first ask Redis this (it
+        raises if Redis does not answer: ``spend()`` during an outage waits once, for its read).
+        Never raises but from ``answers``."""
         if not self._to_carry:  # (the common case, read without the lock: a deque's length is atomic)
             return
+        if answers is not None:
+            answers()
+        if self._carrier_thread == threading.get_ident():
+            return  # the carry's own record opened or closed: ``open``/``close`` call us again
+        # Another thread carrying: leave it to that one (each run opened would wait a slice in
+        # turn), but for ``spend()``, which waits to read what it carries.
+        if not self._carrying.acquire(blocking=answers is not None):
+            return
+        try:
+            self._carrier_thread = threading.get_ident()
+            self._carry_noted()
+        finally:
+            self._carrier_thread = None
+            self._carrying.release()
+
+    def _carry_noted(self) -> None:
         with self._carry_lock:
             if not self._to_carry:
                 return
             taken = list(self._to_carry)
             self._to_carry.clear()
         try:
-            left = self._carry(taken)
+            left = self._carry(taken, time.monotonic() + self._server.timeout_s)
         except Exception:
             events.internal_error("redis_ledger.carry_back")
             return
@@ -106,10 +144,13 @@ class CarryToRedis:
             with self._carry_lock:
                 self._to_carry.extendleft(reversed(left))
 
-    def _carry(self, taken: Sequence[Carried]) -> list[Carried]:
-        """Carry ``taken`` in order; the ones not carried (Redis failed) are returned."""
+    def _carry(self, taken: Sequence[Carried], until: float) -> list[Carried]:
+        """Carry ``taken`` in order; the ones not carried (Redis failed, or ``until`` passed) are
+        returned."""
         with self._carrier() as holder:
             for i, call in enumerate(taken):
+                if i and time.monotonic() >= until:
+                    return list(taken[i:])
                 if call.kind is None:
                     if not self._carry_spend(holder, call):
                         return list(taken[i:])

@@ -457,8 +457,8 @@ class RedisLedger(SettleLaterOnRedis, OutageOnRedis, CarryToRedis, ExtendOnRedis
         return used
 
     def scope_usage(self, key: str) -> Usage | None:
-        self.flush()  # this process's settlements, in every scope window
-        self.carry_back()  # and the calls it accounted while Redis could not be reached
+        self.flush()  # this process's settlements; then its calls made while Redis failed (if it answers)
+        self.carry_back(lambda: redis_scopes.usage(self._server, key, self._server.timeout_s))
         return redis_scopes.usage(self._server, key, self._server.timeout_s)
 
     def deadline(self, run_id: str) -> float | None:
@@ -495,6 +495,6 @@ def _flush_at_exit(ledger: weakref.ref[RedisLedger]) -> None:
     if still is not None:
         try:
             still.flush()
-            still.carry_back()
+            still.carry_at_exit()
         except Exception:
             events.internal_error("redis_ledger")

@@ -13,6 +13,7 @@ from budgetspan import events
 from budgetspan.accounting.budget import Budget
 from budgetspan.accounting.ledger import Mode
 from budgetspan.accounting.memory import InMemoryLedger
+from budgetspan.accounting.redis_carry import CARRIER
 from budgetspan.accounting.redis_mirror import RunMirror, mirrored_fields, usage_from
 from budgetspan.accounting.rule import Held
 
@@ -45,6 +46,8 @@ class OutageOnRedis:
             self._report(run_id, error, "budgetspan: Redis ledger unreachable for run %s (%s: %s)")
 
     def _report(self, run_id: str, error: BaseException, message: str) -> None:
+        if CARRIER in run_id:  # a carry's own record: its calls stay noted for the next try, and
+            return  # the outage was reported for the run that made them (a new record each try)
         known = self._known.get(run_id)
         if known is None or "unreachable" not in known.logged:
             if known is not None:

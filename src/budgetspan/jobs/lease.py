@@ -15,7 +15,8 @@ duplicate's), so the duplicate is the only copy the broker can deliver again; ac
 dropped, a job whose live attempt then died would never run again.
 
 A holder that cannot renew in time (a process frozen, or cut off from Redis, for longer than
-``lease_s``) loses the lease and a waiting delivery takes over; this one says so in a warning.
+``lease_s``) loses the lease if a waiting delivery took over meanwhile (this one says so in a
+warning); if none did, its next renewal takes the lease back (also after Redis restarted empty).
 """
 
 from __future__ import annotations
@@ -43,8 +44,10 @@ class Lease:
         return self
 
     def close(self) -> None:
-        """Stop renewing and give the lease up: a later delivery of the job need not wait."""
+        """Stop renewing and give the lease up: a later delivery of the job need not wait. (The
+        renewal in flight first: it would take the lease back once given up.)"""
         self._stop.set()
+        self._thread.join(self.store.lease_s)
         try:
             self.store.release_lease(self.job_id, self.owner)
         except Exception:

@@ -54,10 +54,14 @@ if ARGV[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3]) end
 return {1, 'running', tostring(n), redis.call('HGET', KEYS[1], 'queue_wait_s')}
 """
 
-# The lease's holder renews it (ARGV[2]: ms) or gives it up (no ARGV[2]); anyone else: 0.
+# The lease's holder renews it (ARGV[2]: ms), also taking it back when it expired (or went with a
+# Redis restarted empty) and no other delivery took it; or gives it up (no ARGV[2]). Held by
+# another: 0.
 _LEASE = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if ARGV[2] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+if ARGV[2] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
+if not holder then return 0 end
 return redis.call('DEL', KEYS[1])
 """
 
@@ -203,8 +207,10 @@ class JobStore:
         return _text(state), 0, None
 
     def renew_lease(self, job_id: str, owner: str) -> bool:
-        """Extend ``owner``'s lease on the job by ``lease_s``; False when it is not (or no longer) its."""
-        return bool(self._lease(keys=[self.key(job_id, "lease")], args=[owner, int(self.lease_s * 1000)]))
+        """Extend ``owner``'s lease on the job by ``lease_s`` (taken back if free); False when
+        another holds it."""
+        ms = max(1, int(self.lease_s * 1000))
+        return bool(self._lease(keys=[self.key(job_id, "lease")], args=[owner, ms]))
 
     def release_lease(self, job_id: str, owner: str) -> bool:
         """Give the lease up (only ``owner``'s): a later delivery of the job goes on at once."""
