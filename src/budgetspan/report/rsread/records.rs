@@ -85,7 +85,7 @@ unsafe fn attrs(sp: &Span<'_>, c: &Config) -> R<(Owned, bool)> {
         if let Some(&k) = c.keys.get(a.key) {
             let v = a.value.as_ref().ok_or(())?;
             put(&d, k, &kept_value(v)?)?;
-            if k == c.op_key {
+            if a.key == c.op_name.as_slice() {
                 op_text = matches!(v.kept(), Ok(Kept::Text(_)));
             }
             if a.key == c.on_key.as_slice() {
