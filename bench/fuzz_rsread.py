@@ -178,8 +178,21 @@ STRINGS = (
 )
 
 
+def literal(rng: random.Random) -> str:
+    """A random number literal up to ~34 characters: the edges of the length limits and of rounding."""
+    digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 22)))
+    out = rng.choice(["", "-"]) + digits.lstrip("0") or "0"
+    if rng.random() < 0.6:
+        out += "." + "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 17)))
+    if rng.random() < 0.4:
+        out += rng.choice("eE") + rng.choice(["", "+", "-"]) + str(rng.choice([0, 1, 5, 22, 300, 308, 309, 324, 400]))
+    return out
+
+
 def number(rng: random.Random) -> Any:
     r = rng.random()
+    if r < 0.2:
+        return Raw(literal(rng))
     if r < 0.5:
         return Raw(rng.choice(NUMBERS))
     if r < 0.7:
@@ -405,7 +418,7 @@ def case(rng: random.Random, seeds: list[str]) -> bytes:
         b = text_.encode("utf-8", "surrogatepass")
         if rng.random() < 0.3:
             b = byte_mutation(rng, b)
-        return b
+        return b + rng.choice([b"", b"", b"\n", b"\r\n", b" \n"])
     b = line.encode()
     for _ in range(rng.choice([1, 1, 2, 4])):
         b = byte_mutation(rng, b)
@@ -432,40 +445,52 @@ def seed_lines() -> list[str]:
     return found
 
 
-def run_cases(seed: int, count: int, trace: Path | None = None) -> tuple[int, int, list[str]]:
+def run_cases(seed: int, count: int, trace: Path | None = None, extra: int = 0) -> tuple[int, int, list[str]]:
     """``count`` cases from ``seed``: (cases, read by Rust, problems). With ``trace``, each case is
-    written there before it is read (a crash leaves its input behind)."""
+    written there before it is read (a crash leaves its input behind); after each, ``extra`` lines
+    more, its bytes changed again, read by Rust only (a crash or a raise is all they can show)."""
+    sys.setrecursionlimit(20000)
     rs = rsnative.reader()
     if rs is None:
         raise SystemExit("the Rust reader is not built (python -m budgetspan.report.rsread_build)")
     modules, seeds, rng = readers(), seed_lines(), random.Random(seed)
     read, problems = 0, []
     for _ in range(count):
-        b = case(rng, seeds)
+        try:
+            b = case(rng, seeds)
+        except RecursionError:  # this script's own writer, on a value nested too deep for it
+            continue
         if trace is not None:
             trace.write_bytes(b)
         found = compare(rs, modules, b)
         read += rs.read_line(b, modules[-1][1]._rs_state(modules[-1][2][0])) is not None
+        for _ in range(extra):  # more bytes changed, read by Rust only: a crash or a raise is all we look for
+            b = byte_mutation(rng, b)
+            if trace is not None:
+                trace.write_bytes(b)
+            for keep in KEEPS:
+                rs.read_line(b, fastread._rs_state(keep))
         if found:
             problems.append(json.dumps({"line": b.decode("latin-1"), "problems": found}))
     return count, read, problems
 
 
-def worker(seed: int, count: int, trace: str | None) -> None:
-    n, read, problems = run_cases(seed, count, Path(trace) if trace else None)
+def worker(seed: int, count: int, trace: str | None, extra: int) -> None:
+    n, read, problems = run_cases(seed, count, Path(trace) if trace else None, extra)
     for p in problems:
         print(p)
-    print(json.dumps({"cases": n, "read_by_rust": read}))
+    print(json.dumps({"cases": n, "read_by_rust": read, "rust_only": n * extra}))
 
 
-def long_run(minutes: float, batch: int, out: Path) -> None:
+def long_run(minutes: float, batch: int, out: Path, extra: int) -> None:
     """Batches in subprocesses until time is up; a crash is re-run traced to keep its input."""
-    deadline, seed, total, read, bad = time.time() + minutes * 60, 0, 0, 0, 0
-    cmd = [sys.executable, __file__, "--worker", "--count", str(batch)]
+    deadline, seed, total, read, bad, only = time.time() + minutes * 60, 0, 0, 0, 0, 0
+    start = time.time()
+    cmd = [sys.executable, __file__, "--worker", "--count", str(batch), "--extra", str(extra)]
     while time.time() < deadline:
         seed += 1
         run = subprocess.run([*cmd, "--seed", str(seed)], capture_output=True, text=True, check=False)
-        if run.returncode != 0:
+        if run.returncode < 0:  # killed by a signal: a crash
             trace = out.with_suffix(f".crash{seed}")
             again = subprocess.run(
                 [*cmd, "--seed", str(seed), "--trace", str(trace)], capture_output=True, check=False
@@ -474,13 +499,17 @@ def long_run(minutes: float, batch: int, out: Path) -> None:
             print(run.stderr[-2000:])
             bad += 1
             continue
+        if run.returncode != 0:  # this script's own failure
+            raise SystemExit(f"seed {seed}: worker failed:\n{run.stderr[-3000:]}")
         *problems, summary = run.stdout.strip().splitlines()
         with out.open("a") as f:
             f.writelines(p + "\n" for p in problems)
         bad += len(problems)
         total += json.loads(summary)["cases"]
         read += json.loads(summary)["read_by_rust"]
-    print(f"{total} lines in {seed} batches, {read} read by Rust (REPORT_KEEP), {bad} problems -> {out}")
+        only += json.loads(summary)["rust_only"]
+    print(f"{total} lines compared in {seed} batches ({read} read by Rust with the report's keep), {only} more")
+    print(f"read by Rust only (x{len(KEEPS)} keeps), {time.time() - start:.0f}s: {bad} problems -> {out}")
 
 
 def rss_kb() -> int:
@@ -489,38 +518,44 @@ def rss_kb() -> int:
 
 
 def leaks(reads: int) -> None:
-    """Reads the same lines ``reads`` times in all (read whole, and refused only at their end, after
-    every span was made); RSS and the refcounts of shared objects must not grow."""
+    """Reads the same lines ``reads`` times in all (read whole, refused only at their end after
+    every span was made, refused early), with each ``Keep`` (events read on the odd one), then
+    lines whose texts are new each time (the shared-text cache filled and cleared); RSS and the
+    refcounts of shared objects must not grow."""
     rs, seeds = rsnative.reader(), seed_lines()
-    state = fastread._rs_state(REPORT_KEEP)
-    good = [s.encode() for s in seeds[:12]]
-    lines = (
-        good + [b + b" x" for b in good] + [b.replace(b'"spanId"', b'"spanId":"a","spanId"', 1) for b in good]
-    )
-    first = rs.read_line(good[0], state)
-    watched = {
-        "None": None,
-        "True": True,
-        "False": False,
-        "a name": first[0].name,
-        "a trace id": first[0].trace_id,
-    }
-    watched.update({f"key {k}": k for k in list(state[0])[:3]})
+    states = [fastread._rs_state(k) for k in KEEPS]
+    good = [s.encode() for s in seeds[:40]]
+    with_event = good[0].replace(b'"attributes"', b'"events":[{"name":"ev","attributes":[]}],"attributes"', 1)
+    good.append(with_event)
+    lines = good + [b + b" x" for b in good] + [b.replace(b'"spanId"', b'"spanId":"a","spanId"', 1) for b in good]
+    first = rs.read_line(with_event, states[2])
+    assert first and first[0].events == [("ev", {})], "the odd keep reads the event"
+    watched = {"None": None, "True": True, "False": False, "a name": first[0].name, "a trace id": first[0].trace_id}
+    watched.update({f"key {k}": k for k in list(states[0][0])[:3]})
+    watched.update({"events fn": states[2][6], "state": states[0]})
+    read = sum(rs.read_line(b, states[0]) is not None for b in lines)
     del first
 
     def counts() -> dict[str, int]:
         return {k: sys.getrefcount(v) for k, v in watched.items()}
 
-    for i in range(20000):
-        rs.read_line(lines[i % len(lines)], state)
+    def churn(n: int, template: bytes) -> None:
+        for i in range(n):
+            rs.read_line(template.replace(b"@", str(i).encode()), states[i % 3])
+
+    template = good[0].replace(b'"stringValue": "r"', b'"stringValue": "r@"').replace(b'"name": "', b'"name": "@')
+    for i in range(30000):
+        rs.read_line(lines[i % len(lines)], states[i % 3])
+    churn(30000, template)
     before, rss0, t0 = counts(), rss_kb(), time.time()
     for i in range(reads):
-        rs.read_line(lines[i % len(lines)], state)
-    after, rss1 = counts(), rss_kb()
+        rs.read_line(lines[i % len(lines)], states[i % 3])
+    rss1 = rss_kb()
+    churn(reads // 4, template)
+    after, rss2 = counts(), rss_kb()
     grew = {k: after[k] - before[k] for k in before if after[k] != before[k]}
-    print(
-        f"{reads} reads of {len(lines)} lines in {time.time() - t0:.0f}s: RSS {rss0} -> {rss1} kB; refcounts grew: {grew}"
-    )
+    print(f"{reads} reads of {len(lines)} lines ({read} read, not refused) and {reads // 4} of new texts")
+    print(f"in {time.time() - t0:.0f}s: RSS {rss0} -> {rss1} -> {rss2} kB; refcounts grew: {grew}")
 
 
 def main() -> None:
@@ -533,13 +568,14 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--count", type=int, default=1000)
     p.add_argument("--trace")
+    p.add_argument("--extra", type=int, default=8, help="lines read by Rust only after each compared one")
     a = p.parse_args()
     if a.worker:
-        worker(a.seed, a.count, a.trace)
+        worker(a.seed, a.count, a.trace, a.extra)
     elif a.leaks:
         leaks(a.leaks)
     else:
-        long_run(a.minutes, a.batch, Path(a.out))
+        long_run(a.minutes, a.batch, Path(a.out), a.extra)
 
 
 if __name__ == "__main__":

@@ -8,14 +8,17 @@ lines, the long run is the bench script (bench/README.md). Each defect found has
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from budgetspan.report import fastread, rsnative
-from budgetspan.report.otlp import Keep
+from budgetspan.report.otlp import BadLine, Keep
 from tests.report.test_hostile_input import a_run, line
 
 BENCH = Path(__file__).resolve().parent.parent.parent / "bench"
@@ -38,6 +41,14 @@ def _both(text: str | bytes, keep: Keep) -> tuple[Any, Any]:
     )
 
 
+def _both_or_bad(raw: bytes, keep: Keep) -> tuple[Any, Any]:
+    try:
+        return _both(raw, keep)
+    except BadLine as e:  # Python names the line: Rust must have refused it
+        fastread.use_rust(False)
+        return RUST.read_line(raw, fastread._rs_state(keep)), f"BadLine: {e}"
+
+
 def test_the_operation_is_found_when_the_kept_keys_are_not_the_module_constants() -> None:
     """Defect: the operation's key was compared by identity with ``A.GEN_AI_OPERATION_NAME``; a
     ``Keep`` whose keys are equal strings made at run time got ``operation=None`` from Rust."""
@@ -50,3 +61,50 @@ def test_fuzzed_lines_read_the_same_or_refused() -> None:
     cases, read, problems = fuzz_rsread.run_cases(seed=17, count=3000)
     assert cases == 3000 and read > 100  # the reader does read lines, not only refuse them
     assert problems == []
+
+
+_KEYS = sorted(fuzz_rsread.ODD_KEEP.keys | {"budgetspan.limit.x", "budgetspan.usage.y", "x1", "other"})
+_SCALARS = st.one_of(
+    st.fixed_dictionaries(
+        {"stringValue": st.one_of(st.text(max_size=80), st.sampled_from(["chat", "invoke_agent", "wf"]))}
+    ),
+    st.fixed_dictionaries({"boolValue": st.booleans()}),
+    st.fixed_dictionaries({"intValue": st.one_of(st.integers(), st.text("0123456789-+ _", max_size=22))}),
+    st.fixed_dictionaries(
+        {"doubleValue": st.one_of(st.floats(), st.integers(), st.sampled_from(["NaN", "Infinity", "1.5"]))}
+    ),
+    st.fixed_dictionaries({"bytesValue": st.text(max_size=8)}),
+    st.just({}),
+)
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: st.one_of(
+        st.fixed_dictionaries({"arrayValue": st.fixed_dictionaries({"values": st.lists(inner, max_size=3)})}),
+        st.fixed_dictionaries(
+            {
+                "kvlistValue": st.fixed_dictionaries(
+                    {
+                        "values": st.lists(
+                            st.fixed_dictionaries({"key": st.text(max_size=4), "value": inner}), max_size=3
+                        )
+                    }
+                )
+            }
+        ),
+        st.tuples(inner, inner).map(lambda p: {**p[0], **p[1]}),  # two fields in one value
+    ),
+    max_leaves=6,
+)
+_KVS = st.lists(st.fixed_dictionaries({"key": st.sampled_from(_KEYS), "value": _VALUES}), max_size=6)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@given(kvs=_KVS, keep=st.sampled_from(fuzz_rsread.KEEPS), span=st.integers(0, 2), ascii=st.booleans())
+def test_hypothesis_attribute_values_read_the_same_or_refused(
+    kvs: list[Any], keep: Keep, span: int, ascii: bool
+) -> None:
+    data = json.loads(line(*a_run("r")))
+    data["resourceSpans"][0]["scopeSpans"][0]["spans"][span]["attributes"][1:1] = kvs
+    raw = json.dumps(data, ensure_ascii=ascii).encode("utf-8", "surrogatepass")
+    got, want = _both_or_bad(raw, keep)
+    assert got is None or got == want
