@@ -181,7 +181,7 @@ STRINGS = (
 def literal(rng: random.Random) -> str:
     """A random number literal up to ~34 characters: the edges of the length limits and of rounding."""
     digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 22)))
-    out = rng.choice(["", "-"]) + digits.lstrip("0") or "0"
+    out = rng.choice(["", "-"]) + (digits.lstrip("0") or "0")
     if rng.random() < 0.6:
         out += "." + "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 17)))
     if rng.random() < 0.4:
@@ -464,14 +464,15 @@ def run_cases(seed: int, count: int, trace: Path | None = None, extra: int = 0) 
             trace.write_bytes(b)
         found = compare(rs, modules, b)
         read += rs.read_line(b, modules[-1][1]._rs_state(modules[-1][2][0])) is not None
-        for _ in range(extra):  # more bytes changed, read by Rust only: a crash or a raise is all we look for
-            b = byte_mutation(rng, b)
-            if trace is not None:
-                trace.write_bytes(b)
-            for keep in KEEPS:
-                rs.read_line(b, fastread._rs_state(keep))
         if found:
             problems.append(json.dumps({"line": b.decode("latin-1"), "problems": found}))
+        more = b
+        for _ in range(extra):  # more bytes changed, read by Rust only: a crash or a raise is all we look for
+            more = byte_mutation(rng, more)
+            if trace is not None:
+                trace.write_bytes(more)
+            for keep in KEEPS:
+                rs.read_line(more, fastread._rs_state(keep))
     return count, read, problems
 
 

@@ -125,3 +125,17 @@ def test_a_report_of_fuzzed_lines_is_the_same_bytes_with_and_without_rust(tmp_pa
     for fmt in ("json", "table"):
         code, out, err = report(str(path), "--format", fmt)
         assert code in (0, 1) and out, err
+
+
+@pytest.mark.parametrize(
+    "literal", ["-0", "0", "-0.0", "-0e0", "7", "-7", "123456789012345678", "-99999999999999999"]
+)
+def test_a_double_given_as_an_integer_literal_is_that_integer_as_a_float(literal: str) -> None:
+    """Defect: ``"doubleValue": -0`` read as -0.0 by Rust; msgspec reads the integer 0, then 0.0."""
+    text = line(*a_run("r")).replace(
+        '"attributes": [',
+        '"attributes": [{"key": "budgetspan.cost.unpriced", "value": {"doubleValue": %s}}, ' % literal,
+        1,
+    )
+    got, want = _both(text, fuzz_rsread.KEEPS[0])
+    assert got is not None and got == want
