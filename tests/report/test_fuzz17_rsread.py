@@ -53,7 +53,7 @@ def _both_or_bad(raw: bytes, keep: Keep) -> tuple[Any, Any]:
 def test_the_operation_is_found_when_the_kept_keys_are_not_the_module_constants() -> None:
     """Defect: the operation's key was compared by identity with ``A.GEN_AI_OPERATION_NAME``; a
     ``Keep`` whose keys are equal strings made at run time got ``operation=None`` from Rust."""
-    keep = fuzz_rsread.ODD_KEEP
+    keep = fuzz_rsread.KEEPS[2]
     got, want = _both(line(*a_run("r")), keep)
     assert got is not None and got == want
 
@@ -64,7 +64,7 @@ def test_fuzzed_lines_read_the_same_or_refused() -> None:
     assert problems == []
 
 
-_KEYS = sorted(fuzz_rsread.ODD_KEEP.keys | {"budgetspan.limit.x", "budgetspan.usage.y", "x1", "other"})
+_KEYS = sorted(fuzz_rsread.KEEPS[2].keys | {"budgetspan.limit.x", "budgetspan.usage.y", "x1", "other"})
 _SCALARS = st.one_of(
     st.fixed_dictionaries(
         {"stringValue": st.one_of(st.text(max_size=80), st.sampled_from(["chat", "invoke_agent", "wf"]))}
@@ -134,7 +134,7 @@ def test_a_double_given_as_an_integer_literal_is_that_integer_as_a_float(literal
     """Defect: ``"doubleValue": -0`` read as -0.0 by Rust; msgspec reads the integer 0, then 0.0."""
     text = line(*a_run("r")).replace(
         '"attributes": [',
-        '"attributes": [{"key": "budgetspan.cost.unpriced", "value": {"doubleValue": %s}}, ' % literal,
+        '"attributes": [{"key": "budgetspan.cost.unpriced", "value": {"doubleValue": ' + literal + "}}, ",
         1,
     )
     got, want = _both(text, fuzz_rsread.KEEPS[0])
