@@ -139,3 +139,30 @@ def test_a_double_given_as_an_integer_literal_is_that_integer_as_a_float(literal
     )
     got, want = _both(text, fuzz_rsread.KEEPS[0])
     assert got is not None and got == want
+
+
+class _InterruptedOnce:
+    """Event names whose first lookup is interrupted, as a Ctrl-C landing there would be."""
+
+    def __init__(self) -> None:
+        self.fired = False
+
+    def __contains__(self, name: object) -> bool:
+        if not self.fired:
+            self.fired = True
+            raise KeyboardInterrupt
+        return False
+
+
+def test_a_ctrl_c_in_the_events_python_call_is_raised_not_swallowed() -> None:
+    """Defect: the Rust reader cleared any error of the events' Python call, a KeyboardInterrupt
+    too, and handed the line to the Python reading: the Ctrl-C was lost."""
+    base = fuzz_rsread.KEEPS[0]
+    keep = Keep(base.keys, _InterruptedOnce(), base.prefixes, base.prefixes_on)  # type: ignore[arg-type]
+    text = line(*a_run("r")).replace('"attributes"', '"events": [{"name": "x"}], "attributes"', 1).encode()
+    fastread.use_rust(True)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fastread.parse_line_fast(text, keep)
+    finally:
+        fastread.use_rust(False)

@@ -138,7 +138,7 @@ pub unsafe fn make<'a>(sp: &Span<'a>, c: &Config, ids: &mut Ids<'a>) -> R<Owned>
         None => Owned::new(PyList_New(0))?,
         Some(raw) => {
             let b = Owned::new(PyBytes_FromStringAndSize(raw.as_ptr() as *const c_char, raw.len() as Py_ssize_t))?;
-            Owned::new(PyObject_CallFunctionObjArgs(c.events_fn, b.0, std::ptr::null_mut::<PyObject>()))?
+            called(PyObject_CallFunctionObjArgs(c.events_fn, b.0, std::ptr::null_mut::<PyObject>()))?
         }
     };
     // the spans of one trace come together: one str for their trace id
