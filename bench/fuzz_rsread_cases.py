@@ -212,6 +212,24 @@ def any_value(rng: random.Random, depth: int = 0) -> Any:
     return v
 
 
+def plain_value(rng: random.Random) -> Any:
+    """A well-formed scalar AnyValue, the kinds the Rust reader reads in place."""
+    return rng.choice(
+        [
+            lambda: {"stringValue": text(rng)},
+            lambda: {"boolValue": rng.random() < 0.5},
+            lambda: {
+                "intValue": str(rng.choice([0, 7, rng.randint(0, 10 ** rng.randint(1, 19))])).zfill(
+                    rng.randint(0, 3)
+                )
+            },
+            lambda: {"doubleValue": number(rng)},
+            lambda: {"doubleValue": rng.uniform(-1e3, 1e3)},
+            lambda: {"intValue": "5", "boolValue": rng.random() < 0.5},
+        ]
+    )()
+
+
 def kv(rng: random.Random, depth: int = 0) -> Any:
     keys = sorted(REPORT_KEEP.keys | DETAIL_KEEP.keys | ODD_KEEP.keys)
     r = rng.random()
@@ -238,7 +256,7 @@ def rng_json(rng: random.Random, depth: int = 0) -> Any:
 # --- writing JSON with odd spellings ---------------------------------------------------------
 
 
-def dump_str(s: str, rng: random.Random, ascii_only: bool) -> str:
+def dump_str(s: str, rng: random.Random, ascii_only: bool, rate: float = 0.02) -> str:
     """A JSON string, some characters escaped as \\uXXXX (surrogates as pairs, or alone as given)."""
     out = ['"']
     for ch in s:
@@ -248,7 +266,7 @@ def dump_str(s: str, rng: random.Random, ascii_only: bool) -> str:
             or c < 0x20
             or 0xD800 <= c < 0xE000
             or (ascii_only and c > 0x7E)
-            or rng.random() < 0.02
+            or rng.random() < rate
         ):
             if c > 0xFFFF:
                 c -= 0x10000
@@ -263,7 +281,10 @@ def dump_str(s: str, rng: random.Random, ascii_only: bool) -> str:
     return "".join(out)
 
 
-def dump(v: Any, rng: random.Random, ascii_only: bool = False, escape_keys: float = 0.0) -> str:
+def dump(
+    v: Any, rng: random.Random, ascii_only: bool = False, escape_keys: float = 0.0, rate: float = 0.0
+) -> str:
+    """JSON text of ``v``: ``rate`` of the string values' characters escaped, keys escaped by chance."""
     ws = rng.choice(["", "", " ", "\n", "\t ", "\r\n"]) if rng.random() < 0.1 else ""
     if isinstance(v, Raw):
         return v.text
@@ -271,13 +292,13 @@ def dump(v: Any, rng: random.Random, ascii_only: bool = False, escape_keys: floa
         pairs = v.pairs if isinstance(v, Dup) else list(v.items())
         parts = []
         for k, x in pairs:
-            key = dump_str(k, random.Random(0) if rng.random() >= escape_keys else rng, ascii_only)
-            parts.append(f"{key}{ws}:{ws}{dump(x, rng, ascii_only, escape_keys)}")
+            key = dump_str(k, rng, ascii_only, 0.02 if rng.random() < escape_keys else 0.0)
+            parts.append(f"{key}{ws}:{ws}{dump(x, rng, ascii_only, escape_keys, rate)}")
         return "{" + ws + ("," + ws).join(parts) + ws + "}"
     if isinstance(v, list):
-        return "[" + ws + ("," + ws).join(dump(x, rng, ascii_only, escape_keys) for x in v) + ws + "]"
+        return "[" + ws + ("," + ws).join(dump(x, rng, ascii_only, escape_keys, rate) for x in v) + ws + "]"
     if isinstance(v, str):
-        return dump_str(v, rng, ascii_only)
+        return dump_str(v, rng, ascii_only, rate)
     if isinstance(v, float) and v != v:
         return "NaN"
     return json.dumps(v)
@@ -393,13 +414,24 @@ def case(rng: random.Random, seeds: list[str]) -> bytes:
     """One fuzzed line: a seed line changed in its structure, in its bytes, or both."""
     line = rng.choice(seeds)
     r = rng.random()
+    if r < 0.25:  # values the reader reads itself, mostly: a fast path compared, not only refused
+        tree = json.loads(line)
+        lists = _attr_lists(tree)
+        for _ in range(rng.randint(1, 4)):
+            if lists:
+                items = rng.choice(lists)
+                items.insert(rng.randint(0, len(items)), {"key": kv(rng)["key"], "value": plain_value(rng)})
+        return dump(tree, rng, rng.random() < 0.3, 0.0, rng.choice([0.0, 0.0, 0.01])).encode(
+            "utf-8", "surrogatepass"
+        )
     if r < 0.75:
-        tree: Any = json.loads(line)
+        tree = json.loads(line)
         for _ in range(rng.choice([1, 1, 1, 2, 3, 6])):
             if isinstance(tree, Dup):
                 break
             tree = tree_mutation(rng, tree)
-        text_ = dump(tree, rng, ascii_only=rng.random() < 0.2, escape_keys=rng.choice([0.0, 0.0, 0.0, 0.05]))
+        rate = rng.choice([0.0, 0.0, 0.02])
+        text_ = dump(tree, rng, rng.random() < 0.2, rng.choice([0.0, 0.0, 0.0, 0.05]), rate)
         b = text_.encode("utf-8", "surrogatepass")
         if rng.random() < 0.3:
             b = byte_mutation(rng, b)
