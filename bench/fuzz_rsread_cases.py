@@ -353,9 +353,24 @@ def tree_mutation(rng: random.Random, tree: Any) -> Any:
         for _ in range(deep):
             wrapped = [wrapped] if rng.random() < 0.5 else {"d": wrapped}
         parent[path[-1]] = wrapped
+    elif isinstance(node, dict) and "spanId" in node and rng.random() < 0.5:
+        node["events"] = [event(rng) for _ in range(rng.randint(0, 3))]
     elif isinstance(node, dict):
         node[rng.choice(["kind", "flags", "x", "status", "events", "parentSpanId", "code"])] = rng_json(rng)
     return tree
+
+
+def event(rng: random.Random) -> Any:
+    """A span event, mostly one a ``Keep`` reads (its attributes then read by ``otlp._events``)."""
+    name = rng.choice(["ev", A.EVENT_WOULD_EXHAUST, text(rng), 5])
+    out: dict[str, Any] = {
+        "name": name,
+        "timeUnixNano": "1",
+        "attributes": [kv(rng) for _ in range(rng.randint(0, 2))],
+    }
+    if rng.random() < 0.1:
+        del out["name"]
+    return out
 
 
 TOKENS = [
