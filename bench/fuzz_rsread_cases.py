@@ -355,9 +355,29 @@ def tree_mutation(rng: random.Random, tree: Any) -> Any:
         parent[path[-1]] = wrapped
     elif isinstance(node, dict) and "spanId" in node and rng.random() < 0.5:
         node["events"] = [event(rng) for _ in range(rng.randint(0, 3))]
+    elif isinstance(node, dict) and "spanId" in node:
+        field = rng.choice(list(SPAN_FIELDS))
+        node[field] = rng.choice(SPAN_FIELDS[field])
     elif isinstance(node, dict):
         node[rng.choice(["kind", "flags", "x", "status", "events", "parentSpanId", "code"])] = rng_json(rng)
     return tree
+
+
+_TIMES = ["0", "1", "18446744073709551615", "18446744073709551616", "00000000000000000001", "-1", " 1", "+1"]
+_TIMES += ["1e3", "", "\u0661", 5, None, "123456789012345678901"]
+_IDS = ["", "a", "b3a27b8a4b408221", "x" * 100, "\u00e9", None, 5]
+SPAN_FIELDS: dict[str, list[Any]] = {
+    "status": [{"code": c} for c in (2, 1, 0, "STATUS_CODE_ERROR", "STATUS_CODE_OK", "2", -0, True, None)]
+    + [{"code": Raw(c)} for c in ("2.0", "-0", "2e0", "02", "99999999999999999999")]
+    + [{}, None, {"message": "x", "code": 2}, [], "error"],
+    "startTimeUnixNano": _TIMES,
+    "endTimeUnixNano": _TIMES,
+    "traceId": _IDS,
+    "spanId": _IDS,
+    "parentSpanId": _IDS,
+    "name": ["phase x", "phase", "phase ", "Phase x", "", "chat", None, 5],
+    "attributes": [None, [], {}, "x", [None], [{}], [{"key": "budgetspan.phase"}]],
+}
 
 
 def event(rng: random.Random) -> Any:
