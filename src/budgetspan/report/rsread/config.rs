@@ -19,6 +19,7 @@ pub struct Config {
     pub events_fn: *mut PyObject,
     pub names: [*mut PyObject; 11],
     pub op_key: *mut PyObject,
+    pub op_name: Vec<u8>, // its text: the kept keys may be equal strings, not this object
     pub dup_key: *mut PyObject,
     pub phase_key: *mut PyObject,
 }
@@ -94,6 +95,7 @@ unsafe fn build_config(state: *mut PyObject) -> Option<Config> {
         events_fn: item(6),
         names,
         op_key: item(8),
+        op_name: utf8(item(8))?,
         dup_key: item(9),
         phase_key: item(10),
     })

@@ -58,12 +58,16 @@ extern "C" {
     pub static mut _Py_TrueStruct: PyObject;
     pub static mut _Py_FalseStruct: PyObject;
     pub static mut PyExc_TypeError: *mut PyObject;
+    pub static mut PyExc_Exception: *mut PyObject;
 
     pub fn PyModule_Create2(def: *mut PyModuleDef, apiver: c_int) -> *mut PyObject;
     pub fn Py_IncRef(o: *mut PyObject);
     pub fn Py_DecRef(o: *mut PyObject);
     pub fn PyErr_Clear();
     pub fn PyErr_SetString(t: *mut PyObject, msg: *const c_char);
+    pub fn PyErr_ExceptionMatches(exc: *mut PyObject) -> c_int;
+    pub fn PyErr_Fetch(t: *mut *mut PyObject, v: *mut *mut PyObject, tb: *mut *mut PyObject);
+    pub fn PyErr_Restore(t: *mut PyObject, v: *mut PyObject, tb: *mut PyObject);
 
     pub fn PyBytes_AsStringAndSize(o: *mut PyObject, buf: *mut *mut c_char, len: *mut Py_ssize_t) -> c_int;
     pub fn PyBytes_FromStringAndSize(s: *const c_char, len: Py_ssize_t) -> *mut PyObject;
@@ -110,6 +114,21 @@ impl Drop for Owned {
     fn drop(&mut self) {
         unsafe { Py_DecRef(self.0) }
     }
+}
+
+/// An error that is not an `Exception` (KeyboardInterrupt, SystemExit) raised by the Python
+/// code the reader calls (the events' reading): set aside, not cleared, and raised again by
+/// `read_line` once the line's objects are released, as the Python reading would let it through.
+pub static mut INTERRUPT: [*mut PyObject; 3] = [std::ptr::null_mut(); 3];
+
+/// A failed call into Python code: Err, the error cleared, or kept for `read_line` (above).
+pub unsafe fn called(p: *mut PyObject) -> Result<Owned, ()> {
+    if p.is_null() && PyErr_ExceptionMatches(PyExc_Exception) == 0 {
+        let [t, v, tb] = &mut *std::ptr::addr_of_mut!(INTERRUPT);
+        PyErr_Fetch(t, v, tb);
+        return Err(());
+    }
+    Owned::new(p)
 }
 
 pub fn none() -> *mut PyObject {

@@ -63,6 +63,11 @@ unsafe extern "C" fn read_line(
     };
     match span::read(bytes, config) {
         Ok(list) => list.into_raw(),
+        Err(()) if !INTERRUPT[0].is_null() => {
+            let [t, v, tb] = std::mem::replace(&mut *std::ptr::addr_of_mut!(INTERRUPT), [std::ptr::null_mut(); 3]);
+            PyErr_Restore(t, v, tb); // a KeyboardInterrupt in the events' reading: raised
+            std::ptr::null_mut()
+        }
         Err(()) => {
             let none = none();
             Py_IncRef(none);

@@ -85,7 +85,7 @@ unsafe fn attrs(sp: &Span<'_>, c: &Config) -> R<(Owned, bool)> {
         if let Some(&k) = c.keys.get(a.key) {
             let v = a.value.as_ref().ok_or(())?;
             put(&d, k, &kept_value(v)?)?;
-            if k == c.op_key {
+            if a.key == c.op_name.as_slice() {
                 op_text = matches!(v.kept(), Ok(Kept::Text(_)));
             }
             if a.key == c.on_key.as_slice() {
@@ -138,7 +138,7 @@ pub unsafe fn make<'a>(sp: &Span<'a>, c: &Config, ids: &mut Ids<'a>) -> R<Owned>
         None => Owned::new(PyList_New(0))?,
         Some(raw) => {
             let b = Owned::new(PyBytes_FromStringAndSize(raw.as_ptr() as *const c_char, raw.len() as Py_ssize_t))?;
-            Owned::new(PyObject_CallFunctionObjArgs(c.events_fn, b.0, std::ptr::null_mut::<PyObject>()))?
+            called(PyObject_CallFunctionObjArgs(c.events_fn, b.0, std::ptr::null_mut::<PyObject>()))?
         }
     };
     // the spans of one trace come together: one str for their trace id

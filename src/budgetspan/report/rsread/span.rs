@@ -119,8 +119,10 @@ fn value<'a>(s: &mut Scan<'a>) -> R<Value<'a>> {
                     s.string()?;
                     v.double_text = true;
                 } else {
-                    let d = s.number()?.as_f64()?;
-                    v.double = Some(d);
+                    let n = s.number()?;
+                    // an integer literal is read as an int, then made a float (msgspec's
+                    // `float | str`): `-0` is 0.0, not the -0.0 a float parse gives
+                    v.double = Some(if n.integer { n.as_i64()? as f64 } else { n.as_f64()? });
                 }
             }
             _ => {
