@@ -101,27 +101,18 @@ impl<'a> Scan<'a> {
 
     /// Before the next key of an object: true if there is one (after `{` or a `,`).
     pub fn next_key(&mut self, first: &mut bool) -> R<bool> {
-        match self.peek() {
-            b'}' => {
-                self.i += 1;
-                Ok(false)
-            }
-            b',' if !*first => {
-                self.i += 1;
-                Ok(true)
-            }
-            _ if *first => {
-                *first = false;
-                Ok(true)
-            }
-            _ => Err(()),
-        }
+        self.next_in(b'}', first)
     }
 
     /// Before the next element of an array (after `[` or a `,`).
     pub fn next_item(&mut self, first: &mut bool) -> R<bool> {
+        self.next_in(b']', first)
+    }
+
+    /// Before the next member of an object or array that `close` ends: false at its end.
+    fn next_in(&mut self, close: u8, first: &mut bool) -> R<bool> {
         match self.peek() {
-            b']' => {
+            c if c == close => {
                 self.i += 1;
                 Ok(false)
             }
