@@ -242,7 +242,8 @@ def _workflow_stat(name: str, wf: _Workflow, top: int) -> WorkflowStat:
     total_cost = sum(r.cost_usd for r in runs)
     outcomes = Counter(r.outcome for r in runs)
     successes = outcomes.get("success", 0)
-    phase_cost_total = sum(st.cost_usd for r in runs for st in r.phases.values())
+    by_phase, every_phase = _by_phase(runs)
+    phase_cost_total = sum(st.cost_usd for st in every_phase)  # in run order, as the runs' own sums
     contributors = [
         Contributor(
             c_name,
@@ -268,7 +269,7 @@ def _workflow_stat(name: str, wf: _Workflow, top: int) -> WorkflowStat:
         total_cost_usd=total_cost,
         total_time_s=total_time,
         cost_per_success=total_cost / successes if successes else None,
-        phases=_phase_summaries(runs, total_time, phase_cost_total),
+        phases=_phase_summaries(by_phase, total_time, phase_cost_total),
         top_by_time=by_time[:top],
         top_by_cost=by_cost[:top],
         exhaustions=_rates(exhausted, n),
@@ -280,14 +281,37 @@ def _workflow_stat(name: str, wf: _Workflow, top: int) -> WorkflowStat:
     )
 
 
-def _phase_summaries(runs: list[RunStat], total_time: float, phase_cost_total: float) -> list[PhaseSummary]:
-    names = [p for p in PHASE_ORDER if any(p in r.phases for r in runs)]
-    names += sorted({p for r in runs for p in r.phases} - set(names))
+def _by_phase(runs: list[RunStat]) -> tuple[dict[str, list[PhaseStat]], list[PhaseStat]]:
+    """Each phase's figures run by run, and all of them in run order, read in one pass: the runs
+    are the bulk of what the report holds, so each pass over them reads memory no cache holds
+    (measured: 1M spans, 82k runs: 16 passes over the runs' phases took 0.5 s of 10 s CPU)."""
+    by_phase: dict[str, list[PhaseStat]] = {}
+    every: list[PhaseStat] = []
+    for r in runs:
+        for p, st in r.phases.items():
+            found = by_phase.get(p)
+            if found is None:
+                found = by_phase[p] = []
+            found.append(st)
+            every.append(st)
+    return by_phase, every
+
+
+def _phase_summaries(
+    by_phase: dict[str, list[PhaseStat]], total_time: float, phase_cost_total: float
+) -> list[PhaseSummary]:
+    names = [p for p in PHASE_ORDER if p in by_phase]
+    names += sorted(set(by_phase) - set(names))
     phases = []
     for p in names:
-        per_run = [r.phases[p] for r in runs if p in r.phases]
-        times = [st.time_s for st in per_run]
-        cost = sum(st.cost_usd for st in per_run)
+        per_run = by_phase[p]
+        times: list[float] = []
+        cost = 0.0
+        calls = 0
+        for st in per_run:  # one pass: the phases of 80k runs are read from memory, not a cache
+            times.append(st.time_s)
+            cost += st.cost_usd  # in run order, as ``sum`` added them
+            calls += st.model_calls + st.tool_calls + st.retrievals  # ``st.calls``, without the call
         phases.append(
             PhaseSummary(
                 p,
@@ -298,7 +322,7 @@ def _phase_summaries(runs: list[RunStat], total_time: float, phase_cost_total: f
                 percentile(times, 95),
                 cost,
                 cost / phase_cost_total if phase_cost_total else 0.0,
-                sum(st.calls for st in per_run),
+                calls,
             )
         )
     return phases
