@@ -80,7 +80,7 @@ def test_a_report_never_loads_a_library_a_build_is_still_writing(
     """A build of the package's copy (the same libraries as its own build), and, while it copies
     each library, a second build of the same sources ending (its stamp back) and a report starting:
     the report runs compiled, never loading a half-written library (a truncated one died of SIGBUS)."""
-    from budgetspan.report import native_build
+    from budgetspan.report import native_build, native_install
 
     shutil.copytree(SRC / "budgetspan", tmp_path / "budgetspan", ignore=shutil.ignore_patterns("__pycache__"))
     out = tmp_path / "budgetspan" / "report" / native.NATIVE_DIR
@@ -108,7 +108,7 @@ def test_a_report_never_loads_a_library_a_build_is_still_writing(
         return copy(src, dst)
 
     monkeypatch.setattr(native_build, "_compile", compiled_again)
-    monkeypatch.setattr(native_build.shutil, "copy2", copy_while_a_report_starts)
+    monkeypatch.setattr(native_install.shutil, "copy2", copy_while_a_report_starts)
     native_build.build(out, quiet=True)
     assert probes == [(0, "True True")] * len(libs)
     assert (out / native.STAMP_FILE).read_bytes() == stamp

@@ -15,14 +15,13 @@ from __future__ import annotations
 import ast
 import os
 import re
-import shutil
 import site
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from budgetspan.report import native, rsnative, rsread_build
+from budgetspan.report import native, native_install, rsnative, rsread_build
 
 _PACKAGE = Path(__file__).resolve().parent.parent  # .../budgetspan
 
@@ -102,26 +101,23 @@ def build(out_dir: Path | None = None, quiet: bool = False) -> Path:
 
 
 def install(built: list[Path], out_dir: Path, files: list[str], stamp: bytes) -> None:
-    """Put the built libraries in ``out_dir``, then the stamp. Each file is written under a name of
-    its own and renamed into place: a report that checked the stamp just before (or a second build's
-    stamp) never loads a library half written (a truncated library loads, then dies of SIGBUS)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / native.STAMP_FILE).unlink(missing_ok=True)
+    """Put the built libraries in ``out_dir``, then the stamp (``native_install``); libraries of
+    an earlier build that this one has not (the Rust reader's aside) and files a killed build left
+    are removed."""
     names = {p.name for p in built}
-    for old in out_dir.iterdir():
-        stale = (
-            old.suffix in (".so", ".pyd")
-            and old.name not in names
-            and not old.name.startswith(rsnative.MODULE)
-        )
-        if stale or _left_by_a_dead_build(old):
-            old.unlink(missing_ok=True)  # another build at the same time may have removed it
-    part = f".{os.getpid()}.part"
-    for p in built:
-        shutil.copy2(p, out_dir / (p.name + part))
-        os.replace(out_dir / (p.name + part), out_dir / p.name)
-    (out_dir / (native.STAMP_FILE + part)).write_bytes(" ".join(files).encode() + b"\n" + stamp)
-    os.replace(out_dir / (native.STAMP_FILE + part), out_dir / native.STAMP_FILE)
+
+    def tidy() -> None:
+        for old in out_dir.iterdir():
+            stale = (
+                old.suffix in (".so", ".pyd")
+                and old.name not in names
+                and not old.name.startswith(rsnative.MODULE)
+            )
+            if stale or _left_by_a_dead_build(old):
+                old.unlink(missing_ok=True)  # another build at the same time may have removed it
+
+    stamp_text = " ".join(files).encode() + b"\n" + stamp
+    native_install.install(built, out_dir, native.STAMP_FILE, stamp_text, tidy)
 
 
 def _left_by_a_dead_build(path: Path) -> bool:

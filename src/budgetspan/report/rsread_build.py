@@ -1,13 +1,12 @@
 """Build the report's Rust reader: ``python -m budgetspan.report.rsread_build`` (``native_build`` runs it too).
 
 ``rustc`` compiles ``rsread/lib.rs`` (no crates, no cargo: nothing to fetch; ~10 s) into a temporary
-directory; the library is then renamed into ``_native/`` and the stamp written last, so a report
-never loads a half-written library, and a failed build leaves the Python reading in use.
+directory; the library is then put in ``_native/`` and the stamp written last (``native_install``),
+so a report never loads a half-written library, and a failed build leaves the Python reading in use.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
-from budgetspan.report import rsnative
+from budgetspan.report import native_install, rsnative
 
 _HERE = Path(__file__).resolve().parent
 RUSTC_FLAGS = (
@@ -57,15 +56,8 @@ def build(out_dir: Path | None = None) -> Path:
             raise RuntimeError(f"rustc failed:\n{run.stderr[-3000:]}")
         if stamp != rsnative.sources_on_disk(str(_HERE)):
             raise RuntimeError("the Rust sources changed while they were compiled; build again")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / rsnative.STAMP_FILE).unlink(missing_ok=True)
-        part = f".{os.getpid()}.part"
-        target = out_dir / library_name()
-        shutil.copy2(built, out_dir / (target.name + part))
-        os.replace(out_dir / (target.name + part), target)
-        (out_dir / (rsnative.STAMP_FILE + part)).write_bytes(stamp)
-        os.replace(out_dir / (rsnative.STAMP_FILE + part), out_dir / rsnative.STAMP_FILE)
-    return target
+        native_install.install([built], out_dir, rsnative.STAMP_FILE, stamp)
+    return out_dir / library_name()
 
 
 def main(argv: list[str]) -> int:
