@@ -12,7 +12,8 @@ from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any
 
-from budgetspan.accounting.ledger import Refusal, Spend
+from budgetspan.accounting.ledger import Spend
+from budgetspan.accounting.rule import Held, spend_refusal
 from budgetspan.calls.call import Call
 from budgetspan.calls.pricing import call_cost
 from budgetspan.events import internal_error
@@ -25,7 +26,6 @@ from budgetspan.instrumentation.streams import (
     is_raw,
     is_stream,
 )
-from budgetspan.runs.run import Run
 
 #: The model call whose SDK request is running in this context (for the retry hook).
 CURRENT_CALL: ContextVar[Call | None] = ContextVar("budgetspan_current_model_call", default=None)
@@ -141,26 +141,14 @@ def _charge_lost_attempt(call: Call) -> None:
         figures = Spend(call.worst_case_input_tokens, call.worst_case_tokens)
         figures.cost_usd = call_cost(call.provider, call.model, call.response_model, figures)
         run.add_spend(figures, reservation)
-        over = _no_room_for(run, figures)
+        # The next attempt's worst case is the same as this one's: refused if it no longer fits.
+        worst = Held(figures.cost_usd or 0.0, figures.input_tokens or 0, figures.output_tokens or 0)
+        over = spend_refusal(run.budget, run.usage, worst=worst)
     except Exception:
         internal_error("lost attempt")
         return
-    if over is not None:  # the next attempt's worst case no longer fits: it is not sent
-        raise run.exhaust(Refusal(over, run.budget.limits()[over]))
-
-
-def _no_room_for(run: Run, attempt: Spend) -> str | None:
-    """The token or dollar limit whose rest (the limit less the run's usage) cannot hold one more
-    such attempt, if any."""
-    inp, out = attempt.input_tokens or 0, attempt.output_tokens or 0
-    needs = {
-        "max_cost_usd": attempt.cost_usd or 0.0,
-        "max_input_tokens": inp,
-        "max_output_tokens": out,
-        "max_total_tokens": inp + out,
-    }
-    left = run.remaining()
-    return next((name for name, need in needs.items() if need and name in left and left[name] < need), None)
+    if over is not None:  # the next attempt is not sent
+        raise run.exhaust(over)
 
 
 def retry_hook(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
