@@ -150,6 +150,13 @@ class FeePlan:
         return True
 
 
+def _requested_tools(kwargs: dict[str, Any]) -> list[Any] | tuple[Any, ...]:
+    """The request's ``tools`` when given as a list or tuple; never a caller's iterator (reading
+    it here would leave the SDK nothing to send)."""
+    tools = kwargs.get("tools")
+    return tools if isinstance(tools, (list, tuple)) else ()
+
+
 def _hold(attributes: dict[str, Any], per_use: list[float], bound: int | None, container: float) -> None:
     """The worst case: one use of each per-use tool, or ``bound`` uses of the dearest (OpenAI's
     ``max_tool_calls`` bounds them all together); plus one code container."""
@@ -164,12 +171,9 @@ def _hold(attributes: dict[str, Any], per_use: list[float], bound: int | None, c
 def openai_plan(provider: str | None, kwargs: dict[str, Any], attributes: dict[str, Any]) -> FeePlan:
     """The plan of a Responses request; its worst case into ``attributes``."""
     plan = FeePlan(provider)
-    tools = kwargs.get("tools")
-    if not tools:
-        return plan
     per_use: list[float] = []
     container = 0.0
-    for tool in tools if isinstance(tools, (list, tuple)) else ():  # (never a caller's iterator)
+    for tool in _requested_tools(kwargs):
         kind = field(tool, "type")
         if kind == "shell":  # the hosted shell runs in a container: a fee no price is known for
             if field(field(tool, "environment"), "type") == "container_auto":
@@ -240,12 +244,9 @@ def openai_response(plan: FeePlan, response: Any) -> None:
 def anthropic_plan(provider: str | None, kwargs: dict[str, Any], attributes: dict[str, Any]) -> FeePlan:
     """The plan of a Messages request (``max_uses`` bounds each server tool apart)."""
     plan = FeePlan(provider)
-    tools = kwargs.get("tools")
-    if not tools:
-        return plan
     per_use: list[float] = []
     container = 0.0
-    for tool in tools if isinstance(tools, (list, tuple)) else ():  # (never a caller's iterator)
+    for tool in _requested_tools(kwargs):
         kind = field(tool, "type")
         if not isinstance(kind, str) or kind == "custom" or kind.startswith(_ANTHROPIC_CLIENT_PREFIXES):
             continue
