@@ -15,10 +15,8 @@ reserving it on Redis is not carried: it is counted there already, its worst cas
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -28,6 +26,7 @@ from typing import Any
 from budgetspan import events
 from budgetspan.accounting.budget import Budget
 from budgetspan.accounting.ledger import CallKind, Mode, Reservation, Spend
+from budgetspan.accounting.redis_pending import afresh_in_forked_child
 from budgetspan.accounting.redis_wire import Server
 
 log = logging.getLogger("budgetspan.accounting.redis_ledger")
@@ -74,8 +73,7 @@ class CarryToRedis:
         self._dropped = 0
 
     def _forget_at_fork(self) -> None:
-        ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _init_in_child(ref))
+        afresh_in_forked_child(self, CarryToRedis._init_carry)
 
     def _note_local(self, run_id: str, carried: Carried) -> None:
         """A call of ``run_id`` settled in this process: to be carried (if it has windows)."""
@@ -187,12 +185,6 @@ class CarryToRedis:
             yield holder
         finally:
             self.close(holder)
-
-
-def _init_in_child(ref: weakref.ref[CarryToRedis]) -> None:
-    ledger = ref()
-    if ledger is not None:
-        ledger._init_carry()
 
 
 def _spend_as_worst(spend: Spend | None) -> dict[str, Any]:

@@ -28,9 +28,9 @@ When Redis cannot be reached (``on_error``):
 
 - ``"open"`` (default): the user's program goes on. The run is accounted in a process-local
   ledger from that moment to its end, with the same budget, going on from what Redis last told
-  this process (its scope windows from zero); the outage is logged once per run and reported as
-  an internal error (``budgetspan_internal_errors_total``). Limits still hold per process; across
-  processes they can be overshot by peers' calls this process had not heard of.
+  this process (its windows' calls carried to Redis once it answers: ``redis_carry``); the outage
+  is logged once per run, an internal error (``budgetspan_internal_errors_total``). Limits still
+  hold per process; across processes they can be overshot by peers' calls this process had not heard of.
 - ``"closed"``: a call that cannot be reserved is refused (reason ``ledger_unavailable``): nothing
   runs unaccounted (observe mode refuses nothing: as ``open``). Each later call tries Redis again.
 

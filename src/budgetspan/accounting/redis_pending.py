@@ -23,7 +23,7 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from budgetspan import events
 from budgetspan.accounting import rule
@@ -178,6 +178,22 @@ def reached(known: RunMirror, spend: Spend | None) -> Refusal | None:
     return rule.spend_refusal(b, used)
 
 
+T = TypeVar("T")
+
+
+def afresh_in_forked_child(owner: T, fresh: Callable[[T], object]) -> None:
+    """``fresh(owner)`` in every child forked while ``owner`` lives (held weakly): a child must
+    not send or carry what its parent will, nor wait on a lock a parent's thread held at the fork."""
+    ref = weakref.ref(owner)
+
+    def in_child() -> None:
+        still = ref()
+        if still is not None:
+            fresh(still)
+
+    os.register_at_fork(after_in_child=in_child)
+
+
 class PendingSettlements:
     """At most one pending settlement per run, and the thread that sends those that waited
     ``lag_s`` (``send(run_id, pending, True)``; it must not raise). A forked child starts afresh."""
@@ -186,14 +202,7 @@ class PendingSettlements:
         self.lag_s = lag_s
         self._send = send
         self._fresh()
-        me = weakref.ref(self)
-
-        def in_child() -> None:
-            still = me()
-            if still is not None:
-                still._fresh()
-
-        os.register_at_fork(after_in_child=in_child)
+        afresh_in_forked_child(self, PendingSettlements._fresh)
 
     def _fresh(self) -> None:
         """Nothing pending, no thread: at start, and in a forked child, which must neither send its
