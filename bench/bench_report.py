@@ -22,7 +22,9 @@ Files (in ``--dir``, /tmp by default; never in the repository):
 - one run of N tool calls that all overlap (each starts before the previous one ends), for the
   phase split.
 
-Measured, each in its own process (wall clock; peak RSS from ``wait4``'s ``ru_maxrss``):
+Measured, each in its own process (wall clock; peak RSS from ``wait4``'s ``ru_maxrss``), loop and
+report alternated ``--repeat`` times (5 by default), the medians shown with the range of the
+rounds' CPU ratios (CPU time on a shared machine moves ±20% from one run to the next):
 
 - ``orjson loop``: ``for line in file: orjson.loads(line)`` plus a count of the spans, the floor
   for anything that reads every line;
@@ -37,6 +39,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -241,37 +244,36 @@ def measure(argv: list[str]) -> tuple[float, float, str]:
         return took, usage.ru_maxrss / 1024, out.read()
 
 
-def throughput(directory: Path, sizes: list[int]) -> None:
+def throughput(directory: Path, sizes: list[int], repeat: int) -> None:
+    """Loop and report run one after the other ``repeat`` times per size (alternated, so a slow
+    spell of the shared machine falls on both); the figures are the medians of the rounds, and
+    the last column the range of the per-round CPU ratios."""
     print(
         "| spans | file | orjson loop | report | report ÷ loop | CPU loop / report (÷) "
-        "| peak RSS loop | peak RSS report |"
+        "| CPU ÷ per round | peak RSS loop | peak RSS report |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     measure([PY, "-m", "budgetspan.cli", "report", str(demo_traces(directory))])  # bytecode written
+    report_argv = ["-m", "budgetspan.cli", "report", "--format", "json", "--max-spans-in-flight", "250000"]
     for n in sizes:
         path = replicated(directory, n)
-        loop_s, loop_mb, counted = measure([PY, "-c", ORJSON_LOOP, str(path)])
-        loop_cpu = LAST_CPU[0]
-        spans = int(counted)
-        rep_s, rep_mb, _ = measure(
-            [
-                PY,
-                "-m",
-                "budgetspan.cli",
-                "report",
-                str(path),
-                "--format",
-                "json",
-                "--max-spans-in-flight",
-                "250000",
-            ]
+        rounds = []
+        for _ in range(repeat):
+            loop_s, loop_mb, counted = measure([PY, "-c", ORJSON_LOOP, str(path)])
+            loop_cpu = LAST_CPU[0]
+            rep_s, rep_mb, _ = measure([PY, *report_argv, str(path)])
+            rounds.append((loop_s, loop_cpu, loop_mb, rep_s, LAST_CPU[0], rep_mb))
+        loop_s, loop_cpu, loop_mb, rep_s, rep_cpu, rep_mb = (
+            statistics.median(r[i] for r in rounds) for i in range(6)
         )
+        ratios = sorted(r[4] / r[1] for r in rounds)
+        spans = int(counted)
         size = path.stat().st_size / 1e6
         print(
             f"| {spans:,} | {size:,.0f} MB | {loop_s:.2f} s ({spans / loop_s / 1000:,.0f}k/s) "
             f"| {rep_s:.2f} s ({spans / rep_s / 1000:,.0f}k/s) | {rep_s / loop_s:.2f} "
-            f"| {loop_cpu:.2f} / {LAST_CPU[0]:.2f} s ({LAST_CPU[0] / loop_cpu:.2f}) "
-            f"| {loop_mb:,.0f} MB | {rep_mb:,.0f} MB |",
+            f"| {loop_cpu:.2f} / {rep_cpu:.2f} s (**{rep_cpu / loop_cpu:.2f}**) "
+            f"| {ratios[0]:.2f}-{ratios[-1]:.2f} ({repeat}) | {loop_mb:,.0f} MB | {rep_mb:,.0f} MB |",
             flush=True,
         )
 
@@ -330,6 +332,7 @@ def main() -> None:
     p.add_argument("--spans", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
     p.add_argument("--overlap", type=int, nargs="*", default=[2_000, 8_000, 32_000])
     p.add_argument("--overlap-only", action="store_true")
+    p.add_argument("--repeat", type=int, default=5, help="alternated loop/report rounds per size (medians)")
     p.add_argument(
         "--instructions", action="store_true", help="CPU instructions (callgrind) of loop and report"
     )
@@ -344,7 +347,7 @@ def main() -> None:
         instruction_ratios(directory, args.spans, args.stages)
         return
     if not args.overlap_only:
-        throughput(directory, args.spans)
+        throughput(directory, args.spans, args.repeat)
         print()
     overlap(directory, args.overlap)
 
