@@ -371,3 +371,42 @@ def test_a_chat_search_model_call_counts_its_search(instrumented: Any) -> None:
     assert span.attributes[A.TOOL_FEES_ESTIMATED] is True
     assert span.attributes[A.GEN_AI_USAGE_COST] == pytest.approx(tokens + 0.025)
     assert run.usage.cost_usd == pytest.approx(tokens + 0.025)
+
+
+@pytest.fixture
+def refuse_unpriced(monkeypatch: pytest.MonkeyPatch) -> Any:
+    from budgetspan import config as bs_config
+
+    monkeypatch.setenv(A.ENV_UNPRICED, "refuse")
+    bs_config.set_config(None)
+    yield
+    monkeypatch.delenv(A.ENV_UNPRICED)
+    bs_config.set_config(None)
+
+
+def test_refuse_stops_a_call_with_an_unknown_built_in_tool_before_it_is_sent(
+    instrumented: Any, refuse_unpriced: Any
+) -> None:
+    """``BUDGETSPAN_UNPRICED=refuse`` under a dollar limit: a request whose built-in tool has no
+    known fee is refused before it leaves (was: sent, and counted unpriced after)."""
+    rec = Recorder(json_response(response()))
+    with budgetspan.run("fees", max_cost_usd=1.0, suppress_exhausted=True) as run:
+        openai_client(rec).responses.create(
+            model="gpt-4o-mini", input="x", tools=[{"type": "satellite_imagery"}]
+        )
+    assert rec.requests == [] and run.exhausted is not None
+    assert run.exhausted.reason == "unpriced_model" and "'satellite_imagery'" in (
+        run.exhausted.explanation or ""
+    )
+    server_tool = {"type": "satellite_20260101", "name": "satellite"}
+    with budgetspan.run("fees", max_cost_usd=1.0, suppress_exhausted=True) as run:
+        claude(rec).messages.create(**ARGS, tools=[server_tool])
+    assert rec.requests == [] and run.exhausted is not None and run.exhausted.reason == "unpriced_model"
+    # known fees, or no dollar limit: sent
+    with budgetspan.run("fees", max_cost_usd=1.0) as run:
+        openai_client(rec).responses.create(model="gpt-4o-mini", input="x", tools=[{"type": "web_search"}])
+    with budgetspan.run("fees", max_model_calls=5) as run:
+        openai_client(rec).responses.create(
+            model="gpt-4o-mini", input="x", tools=[{"type": "satellite_imagery"}]
+        )
+    assert len(rec.requests) == 2

@@ -23,23 +23,22 @@ from opentelemetry.trace import Span, SpanContext, SpanKind
 from budgetspan import attributes as A
 from budgetspan import events
 from budgetspan.accounting.budget import Budget, Limit, ToolLimits
-from budgetspan.accounting.ledger import CallKind, Mode, Refusal, Reservation, Spend
-from budgetspan.accounting.pricing import default_resolver
+from budgetspan.accounting.ledger import CallKind, Refusal, Reservation, Spend
 from budgetspan.calls import foreign
 from budgetspan.calls.bounds import AsyncBounds
 from budgetspan.calls.outcome import cut_short, record_failure, status_of
 from budgetspan.calls.pricing import (
     call_cost,
+    check_unpriced,
     estimate_attributes,
     highest,
     increase,
     reported,
     usage_attributes,
-    warn_unpriced_once,
     worst_case_cost,
 )
 from budgetspan.calls.span_write import sampler_reads_attributes, write_end_attributes
-from budgetspan.config import capture_content, get_config
+from budgetspan.config import capture_content
 from budgetspan.events import CallRecord, internal_error
 from budgetspan.runs import context, limits, loops
 from budgetspan.runs.implicit import resolve_run
@@ -179,8 +178,9 @@ class Call(AsyncBounds):
         except Exception:
             internal_error("Call.start")
             self.run = None
-        if self.is_model and self.run is not None:
-            self._check_unpriced(self.run)  # BudgetExhausted propagates under the "refuse" policy
+        run = self.run
+        if self.is_model and run is not None and _limited(run, lambda b: b.max_cost_usd is not None):
+            check_unpriced(self.provider, self.model, self.attributes, run)  # BudgetExhausted: "refuse"
         self._reserve(can_await)  # BudgetExhausted propagates: the call must not start
         try:
             remaining = self.run.remaining_s() if self.run is not None else None
@@ -190,26 +190,6 @@ class Call(AsyncBounds):
         except Exception:
             internal_error("Call.start span")
         return self
-
-    def _check_unpriced(self, run: Run) -> None:
-        """A model with no known price, in a run with a dollar limit: its calls cannot be counted
-        in dollars. ``BUDGETSPAN_UNPRICED=refuse`` refuses them; ``warn`` (the default) lets them
-        through, says so once per model in the log and on each span, and the run's explanation
-        counts them ("+N unpriced calls")."""
-        if not _limited(run, lambda b: b.max_cost_usd is not None):
-            return
-        try:
-            priced = self.model is not None and default_resolver().is_priced(self.provider or "", self.model)
-            policy = get_config().unpriced
-        except Exception:
-            internal_error("Call unpriced check")
-            return
-        if priced:
-            return
-        self.attributes[A.COST_UNPRICED_POLICY] = policy
-        if policy == "refuse" and run.mode is Mode.ENFORCE:
-            raise run.exhaust(Refusal(Limit.UNPRICED.value, None, tool=self.model))
-        warn_unpriced_once(self.provider, self.model, run)
 
     def _reserve(self, can_await: bool = False) -> None:
         run = self.run

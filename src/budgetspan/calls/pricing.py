@@ -6,8 +6,11 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from budgetspan import attributes as A
-from budgetspan.accounting.ledger import Spend
+from budgetspan.accounting.budget import Limit
+from budgetspan.accounting.ledger import Mode, Refusal, Spend
 from budgetspan.accounting.pricing import default_resolver
+from budgetspan.config import get_config
+from budgetspan.events import internal_error
 
 if TYPE_CHECKING:
     from budgetspan.runs.run import Run
@@ -152,3 +155,31 @@ def warn_unpriced_once(provider: str | None, model: str | None, run: Run) -> Non
         A.ENV_PRICES,
         A.ENV_UNPRICED,
     )
+
+
+def check_unpriced(provider: str | None, model: str | None, attributes: dict[str, Any], run: Run) -> None:
+    """A model call that cannot be counted in dollars, in a run with a dollar limit: a model with
+    no known price, or a built-in tool with no known fee (named in ``attributes`` by the request's
+    fee plan before it is sent). ``BUDGETSPAN_UNPRICED=refuse`` refuses it; ``warn`` (the default)
+    lets it through, says so once per model in the log and on each span, and the run's
+    explanation counts it ("+N unpriced calls")."""
+    try:
+        priced = model is not None and default_resolver().is_priced(provider or "", model)
+        policy = get_config().unpriced
+    except Exception:
+        internal_error("Call unpriced check")
+        return
+    tools = attributes.get(A.TOOL_FEES_UNPRICED)
+    if priced and not tools:
+        return
+    attributes[A.COST_UNPRICED_POLICY] = policy
+    if policy == "refuse" and run.mode is Mode.ENFORCE:
+        if priced:
+            names = ", ".join(repr(t) for t in tools or ())
+            detail = (
+                f"Stopped: a built-in tool with no known fee ({names}) was requested under a dollar limit"
+            )
+            raise run.exhaust(Refusal(Limit.UNPRICED.value, None, tool=model), detail=detail)
+        raise run.exhaust(Refusal(Limit.UNPRICED.value, None, tool=model))
+    if not priced:
+        warn_unpriced_once(provider, model, run)

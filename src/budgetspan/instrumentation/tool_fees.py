@@ -157,9 +157,15 @@ def _requested_tools(kwargs: dict[str, Any]) -> list[Any] | tuple[Any, ...]:
     return tools if isinstance(tools, (list, tuple)) else ()
 
 
-def _hold(attributes: dict[str, Any], per_use: list[float], bound: int | None, container: float) -> None:
+def _hold(
+    plan: FeePlan, attributes: dict[str, Any], per_use: list[float], bound: int | None, container: float
+) -> None:
     """The worst case: one use of each per-use tool, or ``bound`` uses of the dearest (OpenAI's
-    ``max_tool_calls`` bounds them all together); plus one code container."""
+    ``max_tool_calls`` bounds them all together); plus one code container. Tools with no known
+    fee are named before the call is sent, so ``BUDGETSPAN_UNPRICED=refuse`` can refuse it
+    (``calls.pricing.check_unpriced``)."""
+    if plan.unknown:
+        attributes[A.TOOL_FEES_UNPRICED] = list(plan.unknown)
     if per_use or container:
         total = (max(per_use) * bound if bound else sum(per_use)) if per_use else 0.0
         attributes[A.TOOL_FEES_WORST_CASE] = total + container
@@ -195,7 +201,7 @@ def openai_plan(provider: str | None, kwargs: dict[str, Any], attributes: dict[s
             per_use.append(price)
             if name == "web_search":
                 plan.search = name
-    _hold(attributes, per_use, positive_int(given(kwargs.get("max_tool_calls"))), container)
+    _hold(plan, attributes, per_use, positive_int(given(kwargs.get("max_tool_calls"))), container)
     return plan
 
 
@@ -258,7 +264,7 @@ def anthropic_plan(provider: str | None, kwargs: dict[str, Any], attributes: dic
             container = price
         else:
             per_use.append(price * (positive_int(field(tool, "max_uses")) or 1))
-    _hold(attributes, per_use, None, container)
+    _hold(plan, attributes, per_use, None, container)
     return plan
 
 
