@@ -205,17 +205,20 @@ class ToolHow(TypedDict, total=False):
     partial: Callable[[Any], Any] | None
 
 
-def _start_tool(name: str, system: str, how: ToolHow) -> tuple[Call, float | None] | None:
-    """A started tool call and its timeout, or None to let the tool through untouched (suppressed,
-    or the same tool as the enclosing call). BudgetExhausted propagates: a tool over its limits
-    never runs."""
+def _new_tool(name: str, system: str, how: ToolHow) -> Call | None:
+    """A tool call to start, or None to let the tool through untouched (suppressed, or the same
+    tool as the enclosing call)."""
     server = how.get("server")
     if suppressed() or _same_tool(name, server) is not None:
         return None
     call = tool_call(name, server=server, call_id=how.get("call_id"), read_only=how.get("read_only", False))
     call.attributes[A.TOOL_SYSTEM] = system
     call.attributes[A.GEN_AI_TOOL_TYPE] = how.get("tool_type", A.TOOL_TYPE_FUNCTION)
-    call.start()
+    return call
+
+
+def _timeout(call: Call, name: str) -> float | None:
+    """A started tool call's timeout (``[tools.NAME] timeout_s``), noted on its span."""
     limits = ToolLimits()
     try:
         if call.run is not None:
@@ -224,7 +227,7 @@ def _start_tool(name: str, system: str, how: ToolHow) -> tuple[Call, float | Non
             call.span.set_attribute(A.TOOL_TIMEOUT_S, limits.timeout_s)
     except Exception:
         internal_error("tool limits")
-    return call, limits.timeout_s
+    return limits.timeout_s
 
 
 def _finish_tool(call: Call, name: str, result: Any, how: ToolHow) -> None:
@@ -247,11 +250,12 @@ def _finish_tool(call: Call, name: str, result: Any, how: ToolHow) -> None:
 def traced_tool(
     wrapped: Callable[..., Any], args: Any, kwargs: Any, *, name: str, system: str, **how: Unpack[ToolHow]
 ) -> Any:
-    """Run a synchronous tool as one budgeted call: limits, timeout (abandoned thread), retries."""
-    started = _start_tool(name, system, how)
-    if started is None:
+    """Run a synchronous tool as one budgeted call: limits, timeout (abandoned thread), retries.
+    BudgetExhausted propagates from the start: a tool over its limits never runs."""
+    call = _new_tool(name, system, how)
+    if call is None:
         return wrapped(*args, **kwargs)
-    call, timeout_s = started
+    timeout_s = _timeout(call.start(), name)
     token = _tool.set(call)
     try:
         result = run_tool(call, name, timeout_s, wrapped, args, kwargs)
@@ -264,11 +268,13 @@ def traced_tool(
 async def atraced_tool(
     wrapped: AsyncMethod, args: Any, kwargs: Any, *, name: str, system: str, **how: Unpack[ToolHow]
 ) -> Any:
-    """Run an async tool as one budgeted call; past its timeout it is cancelled (status timeout)."""
-    started = _start_tool(name, system, how)
-    if started is None:
+    """Run an async tool as one budgeted call; past its timeout it is cancelled (status timeout).
+    Started with ``astart``: the run's async ``on_limit`` policy is awaited on the caller's event
+    loop (was: run on a loop of its own in another thread, the caller's loop blocked meanwhile)."""
+    call = _new_tool(name, system, how)
+    if call is None:
         return await wrapped(*args, **kwargs)
-    call, timeout_s = started
+    timeout_s = _timeout(await call.astart(), name)
     token = _tool.set(call)
     try:
         result = await arun_tool(call, name, timeout_s, wrapped, args, kwargs)
