@@ -122,3 +122,24 @@ async def test_async_on_limit_policy_is_awaited_on_the_callers_loop(instrumented
     assert loops == [True]
     assert second.content[0].text == "order A-2: shipped"
     assert run.usage.tool_calls == 2 and run.outcome is budgetspan.Outcome.SUCCESS
+
+
+async def test_max_repeated_calls_stops_an_mcp_tool_loop(instrumented: Tracing) -> None:
+    """The same MCP call with the same result again and again is a loop: the third is refused
+    before it is sent (was: loops were watched for ``@budgetspan.tool`` functions only, 5 of 5 sent)."""
+    async with connect() as session:
+        before = len(await _seen(session))
+        with pytest.raises(budgetspan.BudgetExhausted) as info:
+            async with budgetspan.run("support", max_repeated_calls=3) as run:
+                for _ in range(5):
+                    await session.call_tool("lookup_order", {"order_id": "A-1"})
+        sent = len(await _seen(session)) - before
+    assert sent == 2
+    assert info.value.reason == "no_progress" and run.usage.tool_calls == 2
+
+
+async def test_max_repeated_calls_lets_calls_with_new_arguments_through(instrumented: Tracing) -> None:
+    async with connect() as session, budgetspan.run("support", max_repeated_calls=2) as run:
+        for i in range(4):
+            await session.call_tool("lookup_order", {"order_id": f"A-{i}"})
+    assert run.usage.tool_calls == 4 and run.outcome is budgetspan.Outcome.SUCCESS

@@ -91,6 +91,7 @@ def _traced_call(wrapped: Any, session: Any, args: Any, kwargs: Any) -> Any:
             server=_server_name(session),
             read_only=read_only,
             is_error=_is_error,
+            arguments=((), {"arguments": arg(args, kwargs, 1, "arguments")}),
         )
     )
 

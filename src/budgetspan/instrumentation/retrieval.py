@@ -29,7 +29,7 @@ from opentelemetry.trace import SpanKind
 from budgetspan import attributes as A
 from budgetspan.accounting.budget import ToolLimits
 from budgetspan.calls.call import Call
-from budgetspan.calls.tools import arun_tool, run_tool, tool_call
+from budgetspan.calls.tools import arun_tool, loop_step, run_tool, tool_call
 from budgetspan.events import internal_error
 from budgetspan.instrumentation.patch_table import suppressed
 
@@ -195,7 +195,11 @@ class ToolHow(TypedDict, total=False):
     """How an instrumented tool call is described, beyond its name and system (keyword arguments
     of :func:`traced_tool` and :func:`atraced_tool`). ``is_error`` tells an error *result* (the tool
     answered, but with a failure) from a success; ``partial`` picks what of a successful result goes
-    into the run's partial results (a framework's result wrapper holds the tool's own output)."""
+    into the run's partial results (a framework's result wrapper holds the tool's own output).
+    ``arguments`` (args, kwargs: the tool's own, no per-call ids) make the call's signature for the
+    run's loop watch (``max_repeated_calls``, ``max_steps_without_progress``), and ``progress``
+    picks what of a result is compared there (default: all of it); without ``arguments`` the
+    call is not watched."""
 
     tool_type: str
     server: str | None
@@ -203,6 +207,8 @@ class ToolHow(TypedDict, total=False):
     read_only: bool
     is_error: Callable[[Any], bool] | None
     partial: Callable[[Any], Any] | None
+    arguments: tuple[Any, Any] | None
+    progress: Callable[[Any], Any] | None
 
 
 def _new_tool(name: str, system: str, how: ToolHow) -> Call | None:
@@ -211,7 +217,13 @@ def _new_tool(name: str, system: str, how: ToolHow) -> Call | None:
     server = how.get("server")
     if suppressed() or _same_tool(name, server) is not None:
         return None
-    call = tool_call(name, server=server, call_id=how.get("call_id"), read_only=how.get("read_only", False))
+    call = tool_call(
+        name,
+        server=server,
+        call_id=how.get("call_id"),
+        read_only=how.get("read_only", False),
+        arguments=how.get("arguments"),
+    )
     call.attributes[A.TOOL_SYSTEM] = system
     call.attributes[A.GEN_AI_TOOL_TYPE] = how.get("tool_type", A.TOOL_TYPE_FUNCTION)
     return call
@@ -239,12 +251,26 @@ def _finish_tool(call: Call, name: str, result: Any, how: ToolHow) -> None:
         except Exception:
             internal_error("tool result")
     call.end(status="error" if failed else None)
+    _loop_step(call, name, result, how)
     if not failed and call.run is not None:
         partial = how.get("partial")
         try:
             call.run.record_tool_result(name, partial(result) if partial is not None else result)
         except Exception:
             internal_error("tool partial result")
+
+
+def _loop_step(call: Call, name: str, result: Any, how: ToolHow) -> None:
+    """One step of the run's loop watch (a watched call only: its signature was taken at its start)."""
+    if call.signature is None:
+        return
+    progress = how.get("progress")
+    try:
+        seen = progress(result) if progress is not None else result
+    except Exception:
+        internal_error("tool progress")
+        return
+    loop_step(call, name, seen)
 
 
 def traced_tool(
@@ -259,6 +285,9 @@ def traced_tool(
     token = _tool.set(call)
     try:
         result = run_tool(call, name, timeout_s, wrapped, args, kwargs)
+    except Exception as error:
+        loop_step(call, name, error=error)
+        raise
     finally:
         _tool.reset(token)
     _finish_tool(call, name, result, how)
@@ -278,6 +307,9 @@ async def atraced_tool(
     token = _tool.set(call)
     try:
         result = await arun_tool(call, name, timeout_s, wrapped, args, kwargs)
+    except Exception as error:
+        loop_step(call, name, error=error)
+        raise
     finally:
         _tool.reset(token)
     _finish_tool(call, name, result, how)
