@@ -143,3 +143,19 @@ async def test_max_repeated_calls_lets_calls_with_new_arguments_through(instrume
         for i in range(4):
             await session.call_tool("lookup_order", {"order_id": f"A-{i}"})
     assert run.usage.tool_calls == 4 and run.outcome is budgetspan.Outcome.SUCCESS
+
+
+async def test_concurrent_sampling_calls_send_exactly_the_limit(
+    instrumented: Tracing, chat_server: ChatServer, tag: str
+) -> None:
+    """Three tool calls in parallel, each asking for 2 model calls, under ``max_model_calls=4``."""
+    model = f"fake-r1-{tag}"
+    async with connect(sampling_callback=_sampler(chat_server, model)) as session:
+        async with budgetspan.run("support", max_model_calls=4, suppress_exhausted=True) as run:
+            results = await asyncio.gather(
+                *(session.call_tool("summarize", {"text": f"order A-{i}", "times": 2}) for i in range(3)),
+                return_exceptions=True,
+            )
+    assert len(chat_server.for_model(model)) == 4 and run.usage.model_calls == 4
+    assert sum(isinstance(r, budgetspan.BudgetExhausted) for r in results) >= 1
+    assert run.outcome is budgetspan.Outcome.BUDGET_EXHAUSTED
