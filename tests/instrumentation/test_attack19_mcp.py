@@ -159,3 +159,32 @@ async def test_concurrent_sampling_calls_send_exactly_the_limit(
     assert len(chat_server.for_model(model)) == 4 and run.usage.model_calls == 4
     assert sum(isinstance(r, budgetspan.BudgetExhausted) for r in results) >= 1
     assert run.outcome is budgetspan.Outcome.BUDGET_EXHAUSTED
+
+
+async def test_prefixed_adapter_tool_forwarding_to_mcp_is_one_tool_call(instrumented: Tracing) -> None:
+    """langchain-mcp-adapters' ``MultiServerMCPClient(..., tool_name_prefix=True)`` names each
+    LangChain tool ``{server}_{tool}``: the MCP call inside it is the same call, counted once
+    (was: counted twice, so ``max_tool_calls=2`` let 1 of 2 calls through)."""
+    from langchain_core.tools import StructuredTool
+
+    from budgetspan.instrumentation.langchain import LangChainInstrumentor
+
+    with instrumentors_on(LangChainInstrumentor()):
+        async with connect() as session:
+
+            async def lookup_order(order_id: str) -> str:
+                result = await session.call_tool("lookup_order", {"order_id": order_id})
+                return str(result.content[0].text)
+
+            tool = StructuredTool.from_function(
+                coroutine=lookup_order, name="orders_lookup_order", description="Status of one order."
+            )
+            before = len(await _seen(session))
+            async with budgetspan.run("support", max_tool_calls=2) as run:
+                answers = [await tool.ainvoke({"order_id": f"A-{i}"}) for i in range(2)]
+            sent = len(await _seen(session)) - before
+    assert answers == ["order A-0: shipped", "order A-1: shipped"] and sent == 2
+    assert run.usage.tool_calls == 2 and run.usage.tools_finished == 2
+    spans = instrumented.spans("execute_tool orders_lookup_order")
+    assert len(spans) == 2 and instrumented.spans("execute_tool lookup_order") == []
+    assert all(dict(s.attributes or {})["budgetspan.tool.server"] == "orders" for s in spans)

@@ -177,9 +177,14 @@ def retrieval_wrapper(
 
 
 def _same_tool(name: str, server: str | None) -> Call | None:
-    """The enclosing instrumented tool call if it is this same tool (counted once), else None."""
+    """The enclosing instrumented tool call if it is this same tool (counted once), else None.
+    An MCP tool (one with a ``server``) is also the same as an enclosing tool named
+    ``{prefix}_{name}``: langchain-mcp-adapters names its tools so with ``tool_name_prefix=True``
+    (was: counted twice, ``max_tool_calls=2`` let 1 of 2 adapter calls through)."""
     outer = _tool.get()
-    if outer is None or outer.tool != name:
+    if outer is None or outer.tool is None:
+        return None
+    if outer.tool != name and not (server and outer.tool.endswith("_" + name)):
         return None
     if server:
         try:
