@@ -188,3 +188,32 @@ async def test_prefixed_adapter_tool_forwarding_to_mcp_is_one_tool_call(instrume
     spans = instrumented.spans("execute_tool orders_lookup_order")
     assert len(spans) == 2 and instrumented.spans("execute_tool lookup_order") == []
     assert all(dict(s.attributes or {})["budgetspan.tool.server"] == "orders" for s in spans)
+
+
+async def test_mcp_tools_cap_holds_through_a_prefixed_adapter_tool(
+    instrumented: Tracing, config_file: Callable[[str], None]
+) -> None:
+    """``[tools.lookup_order]`` (the MCP tool's own name) still holds through a prefixed adapter
+    tool: such a call is not folded, its cap applies (and it counts as a second tool call)."""
+    from langchain_core.tools import StructuredTool
+
+    from budgetspan.instrumentation.langchain import LangChainInstrumentor
+
+    config_file("[tools.lookup_order]\nmax_calls = 1\n")
+    with instrumentors_on(LangChainInstrumentor()):
+        async with connect() as session:
+
+            async def lookup_order(order_id: str) -> str:
+                result = await session.call_tool("lookup_order", {"order_id": order_id})
+                return str(result.content[0].text)
+
+            tool = StructuredTool.from_function(
+                coroutine=lookup_order, name="orders_lookup_order", description="Status of one order."
+            )
+            before = len(await _seen(session))
+            async with budgetspan.run("support"):
+                await tool.ainvoke({"order_id": "A-0"})
+                with pytest.raises(budgetspan.BudgetExhausted):
+                    await tool.ainvoke({"order_id": "A-1"})
+            sent = len(await _seen(session)) - before
+    assert sent == 1

@@ -179,12 +179,16 @@ def retrieval_wrapper(
 def _same_tool(name: str, server: str | None) -> Call | None:
     """The enclosing instrumented tool call if it is this same tool (counted once), else None.
     An MCP tool (one with a ``server``) is also the same as an enclosing tool named
-    ``{prefix}_{name}``: langchain-mcp-adapters names its tools so with ``tool_name_prefix=True``
-    (was: counted twice, ``max_tool_calls=2`` let 1 of 2 adapter calls through)."""
+    ``{prefix}_{name}``, as langchain-mcp-adapters names its tools with ``tool_name_prefix=True``
+    (was: counted twice, ``max_tool_calls=2`` let 1 of 2 adapter calls through), unless the run
+    has per-tool limits (``[tools.NAME]``) for the MCP name itself: those hold only on a call
+    counted under that name, so it is counted again (stricter, never looser)."""
     outer = _tool.get()
     if outer is None or outer.tool is None:
         return None
-    if outer.tool != name and not (server and outer.tool.endswith("_" + name)):
+    if outer.tool != name and not (
+        server and outer.tool.endswith("_" + name) and not _own_limits(outer, name)
+    ):
         return None
     if server:
         try:
@@ -194,6 +198,20 @@ def _same_tool(name: str, server: str | None) -> Call | None:
         except Exception:
             internal_error("tool fold")
     return outer
+
+
+def _own_limits(outer: Call, name: str) -> bool:
+    """Whether the run of ``outer`` (or an enclosing run) has per-tool limits for ``name``."""
+    run = outer.run
+    try:
+        while run is not None:
+            if run.budget.tool_limits(name) != ToolLimits():
+                return True
+            run = run.parent
+    except Exception:
+        internal_error("tool fold limits")
+        return True
+    return False
 
 
 class ToolHow(TypedDict, total=False):
