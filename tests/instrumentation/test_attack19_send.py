@@ -114,29 +114,38 @@ def _run(graph: Any, asynchronous: bool, limits: dict[str, Any]) -> tuple[Any, B
 
 
 @pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
-@pytest.mark.parametrize(
-    ("limits", "reason"),
-    [({"max_model_calls": 3}, "max_model_calls"), ({"max_cost_usd": 0.00012}, "max_cost_usd")],
-)
 def test_model_workers_spend_from_the_one_run_and_the_limit_holds_exactly(
-    graph_tracing: Tracing,
-    chat_server: ChatServer,
-    tag: str,
-    asynchronous: bool,
-    limits: dict[str, Any],
-    reason: str,
+    graph_tracing: Tracing, chat_server: ChatServer, tag: str, asynchronous: bool
 ) -> None:
-    """8 branches, room for 3 calls (gpt-4o-mini, ``max_tokens=50``: about $0.00003 each at
-    worst, its input estimate included): 3 reserved, the 4th refused. An async graph cancels the branches still in flight when
-    one fails, so up to 3 reach the server; a sync graph lets the 3 finish."""
-    model = "gpt-4o-mini"
-    before = len(chat_server.requests)
+    """8 branches under ``max_model_calls=3``: 3 reserved, the 4th refused. An async graph cancels
+    the branches still in flight when one fails, so up to 3 reach the server; a sync graph lets
+    the 3 finish."""
+    model = f"fake-r1-{tag}"
     graph = _graph(chat_server, model, Fetched(), asynchronous, "model")
-    run, stopped = _run(graph, asynchronous, limits)
-    sent = len(chat_server.requests) - before
-    assert stopped is not None and stopped.reason == reason
+    run, stopped = _run(graph, asynchronous, {"max_model_calls": 3})
+    sent = len(chat_server.for_model(model))
+    assert stopped is not None and stopped.reason == "max_model_calls"
     assert run.usage.model_calls == 3
     assert sent == 3 if not asynchronous else sent <= 3
+    assert run.outcome is budgetspan.Outcome.BUDGET_EXHAUSTED
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_model_workers_hold_max_cost_usd_with_every_branch_in_flight(
+    graph_tracing: Tracing, chat_server: ChatServer, asynchronous: bool
+) -> None:
+    """gpt-4o-mini, ``max_tokens=50``: about $0.00003 held per call before it is sent, settled
+    with the (much smaller) reported usage when it ends, so how many fit depends on how many were
+    in flight together: at least 3, never more spent than the limit."""
+    limit = 0.00012
+    before = len(chat_server.requests)
+    graph = _graph(chat_server, "gpt-4o-mini", Fetched(), asynchronous, "model")
+    run, stopped = _run(graph, asynchronous, {"max_cost_usd": limit})
+    sent = len(chat_server.requests) - before
+    assert stopped is not None and stopped.reason == "max_cost_usd"
+    assert 3 <= run.usage.model_calls < len(ITEMS)
+    assert sent == run.usage.model_calls if not asynchronous else sent <= run.usage.model_calls
+    assert run.usage.cost_usd <= limit
     assert run.outcome is budgetspan.Outcome.BUDGET_EXHAUSTED
 
 
