@@ -393,3 +393,27 @@ def test_a_functional_api_app_alone_is_instrumented_its_retry_policy_not_retryin
     assert result["reason"] == "max_tool_calls"
     assert result["attempts"] == ["paris", "oslo"]  # oslo refused once, not retried
     assert result["warnings"] == [] and result["errors"] == []
+
+
+@pytest.mark.parametrize("mode", ["invoke", "ainvoke"])
+def test_max_repeated_calls_stops_a_react_agent_calling_the_same_tool(
+    graph_tracing: Tracing, chat_server: ChatServer, tag: str, mode: str
+) -> None:
+    """Five rounds of get_weather("Paris"), each with the same answer: the third is a loop, refused
+    before its body runs (was: loops were watched for ``@budgetspan.tool`` functions only, 5 bodies
+    ran). The ToolMessage's call id differs each round: only its content counts as the result."""
+    model, bodies, agent = _weather_agent(chat_server, "fake-r5", tag)
+
+    async def ainvoke() -> None:
+        async with budgetspan.run("trip", max_repeated_calls=3):
+            await agent.ainvoke(Q)
+
+    with pytest.raises(budgetspan.BudgetExhausted) as info:
+        if mode == "ainvoke":
+            asyncio.run(ainvoke())
+        else:
+            with budgetspan.run("trip", max_repeated_calls=3):
+                agent.invoke(Q)
+    assert info.value.reason == "no_progress"
+    assert bodies.ran == ["Paris", "Paris"]
+    assert len(chat_server.for_model(model)) == 3

@@ -290,7 +290,8 @@ def test_each_instrumentation_is_skipped_cleanly_without_its_library() -> None:
         "LlamaIndexInstrumentor": 2,
         # _call_tool x2, run x2, take_step x3, WorkflowHandler.stop_event_result, FunctionTool.call/acall
         "LlamaIndexAgentsInstrumentor": 10,
-        "MCPInstrumentor": 3,  # ClientSession.call_tool, Client.call_tool, list_tools (hints)
+        # ClientSession.call_tool, Client.call_tool, list_tools (hints), dispatch_input_request (sampling)
+        "MCPInstrumentor": 4,
         "ChromaInstrumentor": 2,
         "QdrantInstrumentor": 6,  # query_points, _batch_, _groups on both clients
     }

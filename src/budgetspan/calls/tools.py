@@ -175,10 +175,10 @@ def tool(
 def _finished(call: Call, name: str, result: Any) -> None:
     if call.run is not None:
         call.run.record_tool_result(name, result)
-        _step(call, name, result)
+        loop_step(call, name, result)
 
 
-def _step(call: Call, name: str, result: Any = None, error: BaseException | None = None) -> None:
+def loop_step(call: Call, name: str, result: Any = None, error: BaseException | None = None) -> None:
     """One step for the run's loop watch (its signature was taken when the call started)."""
     if call.run is None or call.signature is None or isinstance(error, BudgetExhausted):
         return
@@ -221,7 +221,7 @@ def _sync_tool(
         try:
             result = run_tool(call, tool_name, timeout_s, func, args, kwargs)
         except Exception as error:
-            _step(call, tool_name, error=error)
+            loop_step(call, tool_name, error=error)
             raise
         _succeeded(call, tool_name, outcome, result)
         return result
@@ -254,7 +254,7 @@ def _async_tool(
         try:
             result = await arun_tool(call, tool_name, timeout_s, func, args, kwargs)
         except Exception as error:
-            _step(call, tool_name, error=error)
+            loop_step(call, tool_name, error=error)
             raise
         _succeeded(call, tool_name, outcome, result)
         return result
@@ -348,4 +348,4 @@ def _retry(call: Call, error: BaseException) -> bool:
     return True
 
 
-__all__ = ["ToolTimeout", "arun_tool", "run_tool", "tool", "tool_call"]
+__all__ = ["ToolTimeout", "arun_tool", "loop_step", "run_tool", "tool", "tool_call"]

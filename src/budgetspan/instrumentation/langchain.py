@@ -80,6 +80,21 @@ def _tool_name(instance: Any) -> str:
     return str(getattr(instance, "name", None) or type(instance).__name__)
 
 
+def _tool_input(args: Any, kwargs: Any) -> Any:
+    """The tool's own input, for the loop watch's signature (a whole tool call's id left out)."""
+    given = args[0] if args else kwargs.get("tool_input")
+    if isinstance(given, dict) and given.get("type") == "tool_call":
+        return given.get("args")
+    return given
+
+
+def _progress(result: Any) -> Any:
+    """What of a tool's answer the loop watch compares: a ``ToolMessage``'s content and status,
+    not its call id (new each round)."""
+    content = getattr(result, "content", None)
+    return result if content is None else [content, getattr(result, "status", None)]
+
+
 def _tool_wrapper(asynchronous: bool) -> Callable[..., Any]:
     traced = atraced_tool if asynchronous else traced_tool
 
@@ -99,6 +114,8 @@ def _tool_wrapper(asynchronous: bool) -> Callable[..., Any]:
             call_id=kwargs.get("tool_call_id"),
             read_only=_read_only(instance),
             is_error=_is_error_message,
+            arguments=((_tool_input(args, kwargs),), {}),
+            progress=_progress,
         )
 
     return wrapper

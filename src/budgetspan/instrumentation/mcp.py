@@ -8,15 +8,29 @@ the call is recorded with status ``timeout``. A result with ``isError`` is an er
 finished tool. Listing tools or resources is not a tool call: ``list_tools`` is only read to learn
 which tools the server marks read-only (``readOnlyHint``), so those calls carry
 ``budgetspan.read_only`` and sequential independent reads can be found later.
+
+A server may ask the client for work while a tool call runs (sampling: a model call; elicitation,
+roots). The SDK answers in its receive loop, a task started with the session, often before the
+run: its context is not the run's. Each tool call in flight notes its context on its session,
+and the server's request is answered in that context (the latest call's, when several of one
+session are in flight: the request does not say which call it serves), so a sampling model call
+is counted in the run, under the tool's span (was: charged to the process, 3 sent under
+``max_model_calls=1``). A call whose run stopped at a limit meanwhile (its sampling refused, the
+server answering with an error result) raises the run's ``BudgetExhausted``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import weakref
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from budgetspan import attributes as A
+from budgetspan.accounting.budget import BudgetExhausted
 from budgetspan.events import internal_error
+from budgetspan.instrumentation.agents import stopped_run
 from budgetspan.instrumentation.patch_table import PatchInstrumentor
 from budgetspan.instrumentation.retrieval import arg, atraced_tool
 
@@ -24,6 +38,8 @@ SYSTEM = "mcp"
 
 # session -> {tool name: read-only hint}, learned from the session's own tools/list answers
 _read_only: weakref.WeakKeyDictionary[Any, dict[str, bool]] = weakref.WeakKeyDictionary()
+# session -> the contexts of its tool calls in flight, oldest first (the runs its server serves)
+_serving: weakref.WeakKeyDictionary[Any, list[contextvars.Context]] = weakref.WeakKeyDictionary()
 
 
 def _server_name(session: Any) -> str | None:
@@ -64,17 +80,79 @@ def _traced_call(wrapped: Any, session: Any, args: Any, kwargs: Any) -> Any:
         read_only = _read_only.get(session, {}).get(name, False)
     except Exception:
         internal_error("mcp read-only hint")
-    return atraced_tool(
-        wrapped,
-        args,
-        kwargs,
-        name=name,
-        system=SYSTEM,
-        tool_type=A.TOOL_TYPE_EXTENSION,
-        server=_server_name(session),
-        read_only=read_only,
-        is_error=_is_error,
+    return _raise_if_stopped(
+        atraced_tool(
+            _serving_call(wrapped, session),
+            args,
+            kwargs,
+            name=name,
+            system=SYSTEM,
+            tool_type=A.TOOL_TYPE_EXTENSION,
+            server=_server_name(session),
+            read_only=read_only,
+            is_error=_is_error,
+            arguments=((), {"arguments": arg(args, kwargs, 1, "arguments")}),
+        )
     )
+
+
+async def _raise_if_stopped(call: Awaitable[Any]) -> Any:
+    """The tool's result, or the run's ``BudgetExhausted`` for a call that failed (an error
+    result, an ``MCPError``) after its run stopped at a limit while it ran (the server's sampling
+    request was refused: the server answers with an error)."""
+    try:
+        result = await call
+    except BudgetExhausted:
+        raise
+    except Exception as error:
+        stopped = stopped_run()
+        if stopped is not None:
+            raise stopped from error
+        raise
+    if _is_error(result):
+        stopped = stopped_run()
+        if stopped is not None:
+            raise stopped
+    return result
+
+
+def _serving_call(wrapped: Callable[..., Awaitable[Any]], session: Any) -> Callable[..., Awaitable[Any]]:
+    """``wrapped``, noting on ``session`` the context it runs in (the tool call's, inside its span)
+    until it returns."""
+
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        context = contextvars.copy_context()
+        try:
+            _serving.setdefault(session, []).append(context)
+        except Exception:
+            internal_error("mcp serving call")
+        try:
+            return await wrapped(*args, **kwargs)
+        finally:
+            try:
+                _serving.get(session, []).remove(context)
+            except Exception:
+                internal_error("mcp serving call")
+
+    return call
+
+
+def _dispatch_input_request(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    """A server's request to the client (sampling, elicitation, roots), answered in the context of
+    the session's tool call in flight."""
+    try:
+        calls = _serving.get(instance)
+        context = calls[-1] if calls else None
+        asyncio.get_running_loop()  # (trio via anyio: answered as it comes)
+    except Exception:  # RuntimeError: no asyncio loop
+        context = None
+    if context is None:
+        return wrapped(*args, **kwargs)
+    return _answer_in(context.copy(), wrapped, args, kwargs)
+
+
+async def _answer_in(context: contextvars.Context, wrapped: Any, args: Any, kwargs: Any) -> Any:
+    return await asyncio.get_running_loop().create_task(wrapped(*args, **kwargs), context=context)
 
 
 def _remember_hints(session: Any, result: Any) -> None:
@@ -107,4 +185,5 @@ class MCPInstrumentor(PatchInstrumentor):
         ("mcp.client.session", "ClientSession.call_tool", _call_tool),
         ("mcp.client.client", "Client.call_tool", _client_call_tool),
         ("mcp.client.session", "ClientSession.list_tools", _list_tools),
+        ("mcp.client.session", "ClientSession.dispatch_input_request", _dispatch_input_request),
     )

@@ -29,7 +29,7 @@ from opentelemetry.trace import SpanKind
 from budgetspan import attributes as A
 from budgetspan.accounting.budget import ToolLimits
 from budgetspan.calls.call import Call
-from budgetspan.calls.tools import arun_tool, run_tool, tool_call
+from budgetspan.calls.tools import arun_tool, loop_step, run_tool, tool_call
 from budgetspan.events import internal_error
 from budgetspan.instrumentation.patch_table import suppressed
 
@@ -177,9 +177,18 @@ def retrieval_wrapper(
 
 
 def _same_tool(name: str, server: str | None) -> Call | None:
-    """The enclosing instrumented tool call if it is this same tool (counted once), else None."""
+    """The enclosing instrumented tool call if it is this same tool (counted once), else None.
+    An MCP tool (one with a ``server``) is also the same as an enclosing tool named
+    ``{prefix}_{name}``, as langchain-mcp-adapters names its tools with ``tool_name_prefix=True``
+    (was: counted twice, ``max_tool_calls=2`` let 1 of 2 adapter calls through), unless the run
+    has per-tool limits (``[tools.NAME]``) for the MCP name itself: those hold only on a call
+    counted under that name, so it is counted again (stricter, never looser)."""
     outer = _tool.get()
-    if outer is None or outer.tool != name:
+    if outer is None or outer.tool is None:
+        return None
+    if outer.tool != name and not (
+        server and outer.tool.endswith("_" + name) and not _own_limits(outer, name)
+    ):
         return None
     if server:
         try:
@@ -191,11 +200,29 @@ def _same_tool(name: str, server: str | None) -> Call | None:
     return outer
 
 
+def _own_limits(outer: Call, name: str) -> bool:
+    """Whether the run of ``outer`` (or an enclosing run) has per-tool limits for ``name``."""
+    run = outer.run
+    try:
+        while run is not None:
+            if run.budget.tool_limits(name) != ToolLimits():
+                return True
+            run = run.parent
+    except Exception:
+        internal_error("tool fold limits")
+        return True
+    return False
+
+
 class ToolHow(TypedDict, total=False):
     """How an instrumented tool call is described, beyond its name and system (keyword arguments
     of :func:`traced_tool` and :func:`atraced_tool`). ``is_error`` tells an error *result* (the tool
     answered, but with a failure) from a success; ``partial`` picks what of a successful result goes
-    into the run's partial results (a framework's result wrapper holds the tool's own output)."""
+    into the run's partial results (a framework's result wrapper holds the tool's own output).
+    ``arguments`` (args, kwargs: the tool's own, no per-call ids) make the call's signature for the
+    run's loop watch (``max_repeated_calls``, ``max_steps_without_progress``), and ``progress``
+    picks what of a result is compared there (default: all of it); without ``arguments`` the
+    call is not watched."""
 
     tool_type: str
     server: str | None
@@ -203,19 +230,30 @@ class ToolHow(TypedDict, total=False):
     read_only: bool
     is_error: Callable[[Any], bool] | None
     partial: Callable[[Any], Any] | None
+    arguments: tuple[Any, Any] | None
+    progress: Callable[[Any], Any] | None
 
 
-def _start_tool(name: str, system: str, how: ToolHow) -> tuple[Call, float | None] | None:
-    """A started tool call and its timeout, or None to let the tool through untouched (suppressed,
-    or the same tool as the enclosing call). BudgetExhausted propagates: a tool over its limits
-    never runs."""
+def _new_tool(name: str, system: str, how: ToolHow) -> Call | None:
+    """A tool call to start, or None to let the tool through untouched (suppressed, or the same
+    tool as the enclosing call)."""
     server = how.get("server")
     if suppressed() or _same_tool(name, server) is not None:
         return None
-    call = tool_call(name, server=server, call_id=how.get("call_id"), read_only=how.get("read_only", False))
+    call = tool_call(
+        name,
+        server=server,
+        call_id=how.get("call_id"),
+        read_only=how.get("read_only", False),
+        arguments=how.get("arguments"),
+    )
     call.attributes[A.TOOL_SYSTEM] = system
     call.attributes[A.GEN_AI_TOOL_TYPE] = how.get("tool_type", A.TOOL_TYPE_FUNCTION)
-    call.start()
+    return call
+
+
+def _timeout(call: Call, name: str) -> float | None:
+    """A started tool call's timeout (``[tools.NAME] timeout_s``), noted on its span."""
     limits = ToolLimits()
     try:
         if call.run is not None:
@@ -224,7 +262,7 @@ def _start_tool(name: str, system: str, how: ToolHow) -> tuple[Call, float | Non
             call.span.set_attribute(A.TOOL_TIMEOUT_S, limits.timeout_s)
     except Exception:
         internal_error("tool limits")
-    return call, limits.timeout_s
+    return limits.timeout_s
 
 
 def _finish_tool(call: Call, name: str, result: Any, how: ToolHow) -> None:
@@ -236,6 +274,7 @@ def _finish_tool(call: Call, name: str, result: Any, how: ToolHow) -> None:
         except Exception:
             internal_error("tool result")
     call.end(status="error" if failed else None)
+    _loop_step(call, name, result, how)
     if not failed and call.run is not None:
         partial = how.get("partial")
         try:
@@ -244,17 +283,34 @@ def _finish_tool(call: Call, name: str, result: Any, how: ToolHow) -> None:
             internal_error("tool partial result")
 
 
+def _loop_step(call: Call, name: str, result: Any, how: ToolHow) -> None:
+    """One step of the run's loop watch (a watched call only: its signature was taken at its start)."""
+    if call.signature is None:
+        return
+    progress = how.get("progress")
+    try:
+        seen = progress(result) if progress is not None else result
+    except Exception:
+        internal_error("tool progress")
+        return
+    loop_step(call, name, seen)
+
+
 def traced_tool(
     wrapped: Callable[..., Any], args: Any, kwargs: Any, *, name: str, system: str, **how: Unpack[ToolHow]
 ) -> Any:
-    """Run a synchronous tool as one budgeted call: limits, timeout (abandoned thread), retries."""
-    started = _start_tool(name, system, how)
-    if started is None:
+    """Run a synchronous tool as one budgeted call: limits, timeout (abandoned thread), retries.
+    BudgetExhausted propagates from the start: a tool over its limits never runs."""
+    call = _new_tool(name, system, how)
+    if call is None:
         return wrapped(*args, **kwargs)
-    call, timeout_s = started
+    timeout_s = _timeout(call.start(), name)
     token = _tool.set(call)
     try:
         result = run_tool(call, name, timeout_s, wrapped, args, kwargs)
+    except Exception as error:
+        loop_step(call, name, error=error)
+        raise
     finally:
         _tool.reset(token)
     _finish_tool(call, name, result, how)
@@ -264,14 +320,19 @@ def traced_tool(
 async def atraced_tool(
     wrapped: AsyncMethod, args: Any, kwargs: Any, *, name: str, system: str, **how: Unpack[ToolHow]
 ) -> Any:
-    """Run an async tool as one budgeted call; past its timeout it is cancelled (status timeout)."""
-    started = _start_tool(name, system, how)
-    if started is None:
+    """Run an async tool as one budgeted call; past its timeout it is cancelled (status timeout).
+    Started with ``astart``: the run's async ``on_limit`` policy is awaited on the caller's event
+    loop (was: run on a loop of its own in another thread, the caller's loop blocked meanwhile)."""
+    call = _new_tool(name, system, how)
+    if call is None:
         return await wrapped(*args, **kwargs)
-    call, timeout_s = started
+    timeout_s = _timeout(await call.astart(), name)
     token = _tool.set(call)
     try:
         result = await arun_tool(call, name, timeout_s, wrapped, args, kwargs)
+    except Exception as error:
+        loop_step(call, name, error=error)
+        raise
     finally:
         _tool.reset(token)
     _finish_tool(call, name, result, how)
