@@ -23,7 +23,7 @@ from budgetspan.report.textfmt import to_jsonable
 
 # Runs (or other list items) written by one ``orjson.dumps`` call: ~2.7 kB of JSON a run, so ~86 kB
 # a piece, which stays in the CPU's caches (measured at 1M spans, CPU time of the JSON output,
-# medians of 5: 1 run 0.95 s, 8 0.91, 32 0.90, 128 0.91, 512 1.07; /tmp/out19-batch.py).
+# medians of 5: 1 run 0.95 s, 8 0.91, 32 0.90, 128 0.91, 512 1.07; bench/README.md, tenth stop).
 BATCH = 32
 WRITE_SIZE = 64 * 1024  # bytes a write at least (``write_json``)
 
@@ -40,7 +40,7 @@ def write_json(a: Analysis, stdout: IO[str]) -> None:
 
     Measured gain (with ``_items_json``' batches): the JSON output of 1M spans (68,697 runs) to
     /dev/null, CPU time in process, medians of 6 alternated runs: text layer, one dumps per run
-    1.01 s; batches as text 0.87 s; batches as bytes 0.80 s (/tmp/out19-paths.py)."""
+    1.01 s; batches as text 0.87 s; batches as bytes 0.80 s (bench/README.md, tenth stop)."""
     sink = _utf8_buffer(stdout)
     if sink is None:
         stdout.writelines(json_chunks(a))
@@ -113,7 +113,7 @@ def _items_json(items: Sequence[Any]) -> bytes | memoryview:
     separated by commas, without the brackets: one ``orjson.dumps`` of ``{"": items}`` cut to its
     middle, which orjson indents as the document does (no indenting afterwards).
 
-    Measured gain, with batches of 256 runs and against one dumps and one indent per run: see
+    Measured gain, with batches of ``BATCH`` runs against one dumps and one indent per run: see
     ``write_json`` (the ``_indent`` replace, a concatenation and a call per run are gone).
     orjson refuses a value (a lone surrogate, an integer beyond 64 bits): that batch item by
     item, as ``_dumps`` writes them."""
