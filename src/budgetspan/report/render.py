@@ -10,27 +10,24 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import gc
 import math
-import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from types import ModuleType
 from typing import IO, TYPE_CHECKING, Any
-
-import orjson
 
 from budgetspan.config_numbers import count_option
 from budgetspan.report import native, routing_cli
 from budgetspan.report.bounds import MAX_SPANS_IN_FLIGHT, WINDOW
 from budgetspan.report.by_scope import BY as SCOPE_BY
 from budgetspan.report.by_scope import render_by
+from budgetspan.report.jsondoc import json_chunks, write_json
 from budgetspan.report.plan import PLAN_ITEMS, PlanError, load_plan
 from budgetspan.report.results import Analysis, Contributor, RunStat, Savings, WorkflowStat
 from budgetspan.report.text import safe
 from budgetspan.report.textfmt import Out as _Out
-from budgetspan.report.textfmt import Table, money, num, pct, secs, to_jsonable
+from budgetspan.report.textfmt import Table, money, num, pct, secs
 
 if TYPE_CHECKING:
     from budgetspan.report.load import LoadError, SpanReader
@@ -196,75 +193,6 @@ def runs_table(runs: Sequence[RunStat], *, label: dict[str, str] | None = None) 
     return t
 
 
-def json_chunks(a: Analysis) -> Iterator[str]:
-    """The JSON document of ``to_jsonable(a)`` (indented), piece by piece: one piece per run, so
-    a report of a million runs is never one string (nor one tree of dicts) in memory."""
-    fields = [f.name for f in dataclasses.fields(a)]
-    yield "{"
-    for i, name in enumerate(fields):
-        yield ("," if i else "") + f'\n  "{name}": '  # field names: plain identifiers
-        value = getattr(a, name)
-        if isinstance(value, list) and value:
-            yield "["
-            for j, item in enumerate(value):
-                shallow = _run_json(item) if type(item) is RunStat else item  # orjson writes dataclasses
-                yield ("," if j else "") + "\n    " + _indent(_dumps(shallow), 4)
-            yield "\n  ]"
-        else:
-            yield _indent(_dumps(value), 2)
-    yield "\n}\n"
-
-
-_RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunStat))
-
-
-def _run_json(run: RunStat) -> dict[str, Any]:
-    """``to_jsonable(run)`` one level deep: orjson writes the nested dicts and lists itself, in
-    field order, with non-finite floats as null, as ``to_jsonable`` does (same bytes). Phases go
-    as dicts: orjson writes a dataclass with slots field by field, ~6k instructions a phase here
-    against ~1.5k for this dict (measured: 10k spans, 819 runs, -11M instructions in all).
-
-    Measured gain: the JSON output of 100k spans (8,232 runs) went from 0.91 s to 0.20 s (CPU
-    time, in process); the recursive ``to_jsonable`` made ~60 Python calls per run. With the
-    ASCII test in ``_dumps``, ``budgetspan report`` on 10k spans went from 2,896M to 1,698M CPU
-    instructions (callgrind, whole process, start-up included; see bench/README.md)."""
-    d = {name: getattr(run, name) for name in _RUN_FIELDS}
-    d["phases"] = {
-        p: {
-            "time_s": st.time_s,
-            "cost_usd": st.cost_usd,
-            "model_calls": st.model_calls,
-            "tool_calls": st.tool_calls,
-            "retrievals": st.retrievals,
-        }
-        for p, st in run.phases.items()
-    }
-    d["wall_s"] = run.wall_s
-    return d
-
-
-# Characters JSON allows raw that a terminal may obey: written as \u escapes (still the same JSON).
-_JSON_UNSAFE = re.compile("[\u007f-\u009f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-
-
-def _dumps(value: Any) -> str:
-    """Indented JSON: orjson (C, fast), with what a terminal could obey escaped; ``json`` for what
-    orjson refuses (a lone surrogate, from spans given in memory)."""
-    try:
-        text = orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
-    except TypeError:
-        import json
-
-        return json.dumps(to_jsonable(value), indent=2)
-    if text.isascii() and "\x7f" not in text:  # the usual case, and both tests run in C: no scan
-        return text
-    return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
-
-
-def _indent(text: str, spaces: int) -> str:
-    return text.replace("\n", "\n" + " " * spaces)
-
-
 def render(a: Analysis, fmt: str = "table") -> str:
     if fmt == "json":
         return "".join(json_chunks(a))
@@ -340,15 +268,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     routing_cli.add_arguments(p)  # the routing evaluation and the HTML report
 
 
-def run_report(args: argparse.Namespace, stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> int:
+def run_report(
+    args: argparse.Namespace,
+    stdout: IO[str] | None = None,
+    stderr: IO[str] | None = None,
+    *,
+    finish: Callable[[int], object] | None = None,
+) -> int:
+    """The report; its exit status. ``finish`` (the command line's ``cli.end_process``) is called
+    with that status while the analysis is still held: it may end the process without freeing it."""
     # The cyclic collector stays off until the analysis is freed: back on while the analysis is
     # held (its output), its first pass would scan every object it holds, as it stood when the
     # collector was turned off (measured: 1M spans, 56 passes, 1.4 s of 25 s CPU; 100k, 70 ms).
+    held: list[Analysis] = []
     with _no_cyclic_gc():
-        return _report(args, stdout, stderr)
+        status = _report(args, stdout, stderr, held)
+        if finish is not None:
+            finish(status)
+        held.clear()  # the analysis is freed here
+    return status
 
 
-def _report(args: argparse.Namespace, stdout: IO[str] | None, stderr: IO[str] | None) -> int:
+def _report(
+    args: argparse.Namespace, stdout: IO[str] | None, stderr: IO[str] | None, held: list[Analysis]
+) -> int:
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     plan = None
@@ -370,11 +313,12 @@ def _report(args: argparse.Namespace, stdout: IO[str] | None, stderr: IO[str] | 
     reader, analysis_module = _reader(args, stderr, bad_line)
     bound = max(1, args.max_spans_in_flight)
     analysis, details = _analyze(args, reader, plan, bound, analysis_module)
+    held.append(analysis)  # freed by the caller (``run_report``)
     if args.by in SCOPE_BY:  # runs grouped by who they served
         stdout.write(render_by(analysis.runs, args.by, args.format))
     elif args.format == "json":
         if not routing_cli.by_routing(args):  # then the JSON document is the routing evaluation
-            stdout.writelines(json_chunks(analysis))
+            write_json(analysis, stdout)
     else:
         stdout.write(render(analysis, args.format))
     if details is not None and routing_cli.write_extras(args, analysis, details, stdout, stderr):
