@@ -210,11 +210,10 @@ def end_process(status: int) -> None:
     os._exit(status)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The command; its exit status. Without ``argv``, the process's own command line (the
-    ``budgetspan`` script, ``python -m budgetspan.cli``): ``report`` then ends the process itself
-    once its output is written (``end_process``)."""
-    own_process = argv is None
+def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int:
+    """The command (``argv``, by default the process's command line); its exit status.
+    ``own_process`` (``console``): ``report`` ends the process itself once its output is written
+    (``end_process``)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] != ["report"]:  # the report prints its own messages (~20M instructions less)
         import logging
@@ -249,5 +248,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
+def console() -> None:
+    """The ``budgetspan`` script and ``python -m budgetspan.cli``: the only callers whose process
+    is the command's own, so the only ones where ``report`` may end it (``end_process``)."""
+    sys.exit(main(own_process=True))
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    console()
