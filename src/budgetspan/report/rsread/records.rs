@@ -21,8 +21,13 @@ fn nanos(t: &str) -> R<u64> {
     t.parse::<u64>().map_err(|_| ())
 }
 
-unsafe fn set(o: &Owned, name: *mut PyObject, v: *mut PyObject) -> R<()> {
-    if PyObject_SetAttr(o.0, name, v) != 0 {
+/// Field `i` of the new `SpanRec` (`config.field_setters`: its setter called directly).
+unsafe fn set(o: &Owned, c: &Config, i: usize, v: *mut PyObject) -> R<()> {
+    let failed = match &c.setters {
+        Some(s) => (s[i].set)(s[i].descr.0, o.0, v) != 0,
+        None => PyObject_SetAttr(o.0, c.names[i], v) != 0,
+    };
+    if failed {
         PyErr_Clear();
         return Err(());
     }
@@ -145,25 +150,24 @@ pub unsafe fn make<'a>(sp: &Span<'a>, c: &Config, ids: &mut Ids<'a>) -> R<Owned>
     // the class's own allocator, called directly (``SpanRec.__new__(SpanRec)`` without the call
     // through the ``__new__`` wrapper): every field is set below
     let rec = Owned::new((c.tp_new)(c.span_rec, c.no_args, std::ptr::null_mut()))?;
-    let n = &c.names;
-    set(&rec, n[0], ids.get(trace_id)?)?;
-    set(&rec, n[1], ids.get(span_id)?)?;
+    set(&rec, c, 0, ids.get(trace_id)?)?;
+    set(&rec, c, 1, ids.get(span_id)?)?;
     match &sp.parent_id {
-        Some(p) if !p.is_empty() => set(&rec, n[2], ids.get(p)?)?,
-        _ => set(&rec, n[2], none())?,
+        Some(p) if !p.is_empty() => set(&rec, c, 2, ids.get(p)?)?,
+        _ => set(&rec, c, 2, none())?,
     }
-    set(&rec, n[3], shared_text(name)?.0)?;
-    set(&rec, n[4], Owned::new(PyLong_FromUnsignedLongLong(start))?.0)?;
-    set(&rec, n[5], Owned::new(PyLong_FromUnsignedLongLong(end))?.0)?;
-    set(&rec, n[6], attrs.0)?;
-    set(&rec, n[7], boolean(sp.error))?;
-    set(&rec, n[8], events.0)?;
+    set(&rec, c, 3, shared_text(name)?.0)?;
+    set(&rec, c, 4, Owned::new(PyLong_FromUnsignedLongLong(start))?.0)?;
+    set(&rec, c, 5, Owned::new(PyLong_FromUnsignedLongLong(end))?.0)?;
+    set(&rec, c, 6, attrs.0)?;
+    set(&rec, c, 7, boolean(sp.error))?;
+    set(&rec, c, 8, events.0)?;
     // `SpanRec.__post_init__`: the operation unless a duplicate; a phase block
     let op = PyDict_GetItem(attrs.0, c.op_key);
     let dup = PyDict_GetItem(attrs.0, c.dup_key);
     let operation = if op_is_text && dup != boolean(true) { op } else { none() };
-    set(&rec, n[9], operation)?;
+    set(&rec, c, 9, operation)?;
     let phase = operation == none() && !PyDict_GetItem(attrs.0, c.phase_key).is_null() && name.starts_with("phase ");
-    set(&rec, n[10], boolean(phase))?;
+    set(&rec, c, 10, boolean(phase))?;
     Ok(rec)
 }
