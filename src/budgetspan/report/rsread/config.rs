@@ -9,7 +9,7 @@ use std::os::raw::c_void;
 /// good (a handful per process): the kept keys (their own str objects, so each span's dict is
 /// keyed by the very strings the report looks up), and what makes a `SpanRec`.
 pub struct Config {
-    pub keys: HashMap<Vec<u8>, *mut PyObject, BuildHasherDefault<Fnv>>,
+    pub keys: HashMap<Vec<u8>, *mut PyObject, BuildHasherDefault<WordHash>>,
     pub prefixes: Vec<Vec<u8>>,
     pub on_key: Vec<u8>,
     pub on_value: Vec<u8>,
@@ -25,21 +25,44 @@ pub struct Config {
     pub phase_key: *mut PyObject,
 }
 
-/// FNV-1a: the keys are short and ours; the std hasher (SipHash) was 7% of the reader's work.
+/// The hasher of the reader's own maps (kept keys, shared texts, a line's ids): the keys are
+/// short and ours, and none of these maps is a Python dict. The std hasher (SipHash) was 7% of
+/// the reader's work; FNV-1a after it, a byte at a time, still a chain of one multiply per byte.
 #[derive(Default)]
-pub struct Fnv(u64);
+pub struct WordHash(u64);
 
-impl Hasher for Fnv {
+const WORD_MUL: u64 = 0x9e37_79b9_7f4a_7c15; // odd, bits spread (2**64 / the golden ratio)
+
+/// `h` with `bytes` folded in eight at a time (the last word zero-padded): one multiply per
+/// word instead of one per byte (attribute keys are ~20-30 bytes, ids 16 and 32, looked up or
+/// hashed once or more per attribute and per span). Measured gain (callgrind,
+/// `bench/bench_report.py`'s STAGES 1 minus 0 on the 100k-span file), with `Ids::get`'s one hash
+/// per new id: reading 3,237.0M -> 3,115.2M instructions (-1.2k a span).
+fn mix_words(mut h: u64, bytes: &[u8]) -> u64 {
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        h = (h.rotate_left(23) ^ u64::from_le_bytes(w.try_into().unwrap_or([0; 8]))).wrapping_mul(WORD_MUL);
+    }
+    let rest = words.remainder();
+    let mut last = [0u8; 8];
+    last[..rest.len()].copy_from_slice(rest);
+    // the length goes in with the last word: "ab" and "ab\0" differ
+    let tail = u64::from_le_bytes(last) ^ ((bytes.len() as u64) << 56);
+    (h.rotate_left(23) ^ tail).wrapping_mul(WORD_MUL)
+}
+
+impl Hasher for WordHash {
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
-        for &c in bytes {
-            h = (h ^ c as u64).wrapping_mul(0x100_0000_01b3);
-        }
-        self.0 = h;
+        self.0 = mix_words(self.0, bytes);
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.0 = (self.0.rotate_left(23) ^ i as u64).wrapping_mul(WORD_MUL);
     }
 
     fn finish(&self) -> u64 {
-        self.0
+        // the table picks buckets by the low bits: fold the high ones (most mixed) into them
+        self.0 ^ (self.0 >> 29)
     }
 }
 
@@ -138,11 +161,11 @@ unsafe fn mro_lookup(mro: *mut PyObject, name: *mut PyObject) -> Option<Owned> {
 /// MRO with `_PyType_Lookup`, then the same call), without the walk per field (11 per span). Only
 /// when the class's `tp_setattro` is `PyObject_GenericSetAttr` and every field is found in the MRO
 /// as a descriptor with a setter (the compiled class's getset descriptors, the dataclass's slots);
-/// else None, and `PyObject_SetAttr` sets them. The same setter runs with the same arguments, so the
-/// same checks and errors (Err: the line is read again). The class is not changed after it is made.
-/// Measured gain (callgrind, `bench/bench_report.py`'s STAGES 1 minus 0 on the 100k-span file): reading
-/// 3,414.8M -> 3,289.7M instructions (-1.25k a span, -3.7%); CPU time of the reading at 1M spans,
-/// medians of 6 alternated pairs: 4.01 s -> 3.53 s (noisy machine).
+/// else None, and `PyObject_SetAttr` sets them. The same setter runs with the same arguments, so
+/// the same checks and errors (Err: the line is read again). The class is not changed after it is
+/// made. Measured gain (callgrind, `bench/bench_report.py`'s STAGES 1 minus 0 on the 100k-span
+/// file): reading 3,414.8M -> 3,289.7M instructions (-1.25k a span, -3.7%); CPU time of the reading
+/// at 1M spans, medians of 6 alternated pairs: 4.01 s -> 3.53 s (noisy machine).
 unsafe fn field_setters(cls: *mut PyObject, names: &[*mut PyObject; 11]) -> Option<[FieldSetter; 11]> {
     let generic: SetAttroFunc = PyObject_GenericSetAttr;
     let setattro = PyType_GetSlot(cls, PY_TP_SETATTRO);
