@@ -164,8 +164,7 @@ unsafe fn mro_lookup(mro: *mut PyObject, name: *mut PyObject) -> Option<Owned> {
 /// else None, and `PyObject_SetAttr` sets them. The same setter runs with the same arguments, so
 /// the same checks and errors (Err: the line is read again). The class is not changed after it is
 /// made. Measured gain (callgrind, `bench/bench_report.py`'s STAGES 1 minus 0 on the 100k-span
-/// file): reading 3,414.8M -> 3,289.7M instructions (-1.25k a span, -3.7%); CPU time of the reading
-/// at 1M spans, medians of 6 alternated pairs: 4.01 s -> 3.53 s (noisy machine).
+/// file): reading 3,414.8M -> 3,289.7M instructions (-1.25k a span, -3.7%).
 unsafe fn field_setters(cls: *mut PyObject, names: &[*mut PyObject; 11]) -> Option<[FieldSetter; 11]> {
     let generic: SetAttroFunc = PyObject_GenericSetAttr;
     let setattro = PyType_GetSlot(cls, PY_TP_SETATTRO);
