@@ -9,7 +9,7 @@ use std::os::raw::c_void;
 /// good (a handful per process): the kept keys (their own str objects, so each span's dict is
 /// keyed by the very strings the report looks up), and what makes a `SpanRec`.
 pub struct Config {
-    pub keys: HashMap<Vec<u8>, *mut PyObject, BuildHasherDefault<Fnv>>,
+    pub keys: HashMap<Vec<u8>, *mut PyObject, BuildHasherDefault<WordHash>>,
     pub prefixes: Vec<Vec<u8>>,
     pub on_key: Vec<u8>,
     pub on_value: Vec<u8>,
@@ -18,27 +18,51 @@ pub struct Config {
     pub no_args: *mut PyObject,
     pub events_fn: *mut PyObject,
     pub names: [*mut PyObject; 11],
+    pub setters: Option<[FieldSetter; 11]>, // None: each field set by `PyObject_SetAttr`
     pub op_key: *mut PyObject,
     pub op_name: Vec<u8>, // its text: the kept keys may be equal strings, not this object
     pub dup_key: *mut PyObject,
     pub phase_key: *mut PyObject,
 }
 
-/// FNV-1a: the keys are short and ours; the std hasher (SipHash) was 7% of the reader's work.
+/// The hasher of the reader's own maps (kept keys, shared texts, a line's ids): the keys are
+/// short and ours, and none of these maps is a Python dict. The std hasher (SipHash) was 7% of
+/// the reader's work; FNV-1a after it, a byte at a time, still a chain of one multiply per byte.
 #[derive(Default)]
-pub struct Fnv(u64);
+pub struct WordHash(u64);
 
-impl Hasher for Fnv {
+const WORD_MUL: u64 = 0x9e37_79b9_7f4a_7c15; // odd, bits spread (2**64 / the golden ratio)
+
+/// `h` with `bytes` folded in eight at a time (the last word zero-padded): one multiply per
+/// word instead of one per byte (attribute keys are ~20-30 bytes, ids 16 and 32, looked up or
+/// hashed once or more per attribute and per span). Measured gain (callgrind,
+/// `bench/bench_report.py`'s STAGES 1 minus 0 on the 100k-span file), with `Ids::get`'s one hash
+/// per new id: reading 3,237.0M -> 3,115.2M instructions (-1.2k a span).
+fn mix_words(mut h: u64, bytes: &[u8]) -> u64 {
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        h = (h.rotate_left(23) ^ u64::from_le_bytes(w.try_into().unwrap_or([0; 8]))).wrapping_mul(WORD_MUL);
+    }
+    let rest = words.remainder();
+    let mut last = [0u8; 8];
+    last[..rest.len()].copy_from_slice(rest);
+    // the length goes in with the last word: "ab" and "ab\0" differ
+    let tail = u64::from_le_bytes(last) ^ ((bytes.len() as u64) << 56);
+    (h.rotate_left(23) ^ tail).wrapping_mul(WORD_MUL)
+}
+
+impl Hasher for WordHash {
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
-        for &c in bytes {
-            h = (h ^ c as u64).wrapping_mul(0x100_0000_01b3);
-        }
-        self.0 = h;
+        self.0 = mix_words(self.0, bytes);
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.0 = (self.0.rotate_left(23) ^ i as u64).wrapping_mul(WORD_MUL);
     }
 
     fn finish(&self) -> u64 {
-        self.0
+        // the table picks buckets by the low bits: fold the high ones (most mixed) into them
+        self.0 ^ (self.0 >> 29)
     }
 }
 
@@ -94,11 +118,73 @@ unsafe fn build_config(state: *mut PyObject) -> Option<Config> {
         no_args: Owned::new(PyTuple_New(0)).ok()?.into_raw(), // kept for good, as the config
         events_fn: item(6),
         names,
+        setters: field_setters(PyTuple_GetItem(item(5), 0), &names),
         op_key: item(8),
         op_name: utf8(item(8))?,
         dup_key: item(9),
         phase_key: item(10),
     })
+}
+
+/// One `SpanRec` field's descriptor (a getset descriptor on the compiled class, a member
+/// descriptor on the pure dataclass's slots) and its type's `tp_descr_set`.
+pub struct FieldSetter {
+    pub set: DescrSetFunc,
+    pub descr: Owned, // kept for good, as the config
+}
+
+/// The descriptor `_PyType_Lookup` finds for `name`: in the first class of `mro` whose own
+/// dict holds it. None if none does, or on any error but a missing key.
+unsafe fn mro_lookup(mro: *mut PyObject, name: *mut PyObject) -> Option<Owned> {
+    let n = PyTuple_Size(mro);
+    if n < 0 {
+        PyErr_Clear();
+        return None;
+    }
+    for i in 0..n {
+        let dict = Owned::new(PyObject_GetAttrString(PyTuple_GetItem(mro, i), c"__dict__".as_ptr())).ok()?;
+        let found = PyObject_GetItem(dict.0, name);
+        if !found.is_null() {
+            return Some(Owned(found));
+        }
+        let missing = PyErr_ExceptionMatches(PyExc_KeyError) != 0;
+        PyErr_Clear();
+        if !missing {
+            return None;
+        }
+    }
+    None
+}
+
+/// Each `SpanRec` field set by calling its descriptor's `tp_descr_set` directly: what
+/// `PyObject_SetAttr` ends in for a class with the generic `__setattr__` (intern the name, walk the
+/// MRO with `_PyType_Lookup`, then the same call), without the walk per field (11 per span). Only
+/// when the class's `tp_setattro` is `PyObject_GenericSetAttr` and every field is found in the MRO
+/// as a descriptor with a setter (the compiled class's getset descriptors, the dataclass's slots);
+/// else None, and `PyObject_SetAttr` sets them. The same setter runs with the same arguments, so
+/// the same checks and errors (Err: the line is read again). The class is not changed after it is
+/// made. Measured gain (callgrind, `bench/bench_report.py`'s STAGES 1 minus 0 on the 100k-span
+/// file): reading 3,414.8M -> 3,289.7M instructions (-1.25k a span, -3.7%).
+unsafe fn field_setters(cls: *mut PyObject, names: &[*mut PyObject; 11]) -> Option<[FieldSetter; 11]> {
+    let generic: SetAttroFunc = PyObject_GenericSetAttr;
+    let setattro = PyType_GetSlot(cls, PY_TP_SETATTRO);
+    if setattro.is_null() || setattro != generic as *mut c_void {
+        PyErr_Clear();
+        return None;
+    }
+    let mro = Owned::new(PyObject_GetAttrString(cls, c"__mro__".as_ptr())).ok()?;
+    let mut out = Vec::with_capacity(names.len());
+    for &name in names {
+        let descr = mro_lookup(mro.0, name)?;
+        let kind = Owned::new(PyObject_Type(descr.0)).ok()?;
+        let set = PyType_GetSlot(kind.0, PY_TP_DESCR_SET);
+        if set.is_null() {
+            PyErr_Clear(); // no setter, or a static type's slot unreadable (before 3.10)
+            return None;
+        }
+        out.push(FieldSetter { set: std::mem::transmute::<*mut c_void, DescrSetFunc>(set), descr });
+    }
+    out.try_into().ok()
 }
 
 /// The reading for `state` (looked up by identity: the Python side makes one per `Keep`).

