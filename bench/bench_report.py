@@ -228,9 +228,12 @@ _ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 PURE_ENV = "BUDGETSPAN_REPORT_PURE"  # report.native.PURE_ENV
 
 
-def measure(argv: list[str]) -> tuple[float, float, str]:
+def measure(argv: list[str], keep_output: bool = True) -> tuple[float, float, str]:
     """(wall seconds, peak RSS in MB, stdout) of one process; its CPU seconds (user + system, less
-    moved by other load on a shared machine than wall time) in ``LAST_CPU``."""
+    moved by other load on a shared machine than wall time) in ``LAST_CPU``. Without
+    ``keep_output`` its stdout is written to a file and not read back: a child started by
+    ``subprocess`` (vfork, then exec) inherits this process's peak RSS in its own, so a report's
+    JSON read here made every later child's peak look as large (370 MB for the orjson loop)."""
     with tempfile.TemporaryFile("w+") as out:
         t0 = time.perf_counter()
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.DEVNULL, cwd=ROOT, env=_ENV)
@@ -241,7 +244,7 @@ def measure(argv: list[str]) -> tuple[float, float, str]:
         if proc.returncode not in (0, 1):
             raise SystemExit(f"{argv} failed with {proc.returncode}")
         out.seek(0)
-        return took, usage.ru_maxrss / 1024, out.read()
+        return took, usage.ru_maxrss / 1024, out.read() if keep_output else ""
 
 
 def throughput(directory: Path, sizes: list[int], repeat: int) -> None:
@@ -253,7 +256,9 @@ def throughput(directory: Path, sizes: list[int], repeat: int) -> None:
         "| CPU ÷ per round | peak RSS loop | peak RSS report |"
     )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    measure([PY, "-m", "budgetspan.cli", "report", str(demo_traces(directory))])  # bytecode written
+    measure(
+        [PY, "-m", "budgetspan.cli", "report", str(demo_traces(directory))], keep_output=False
+    )  # bytecode
     report_argv = ["-m", "budgetspan.cli", "report", "--format", "json", "--max-spans-in-flight", "250000"]
     for n in sizes:
         path = replicated(directory, n)
@@ -261,7 +266,7 @@ def throughput(directory: Path, sizes: list[int], repeat: int) -> None:
         for _ in range(repeat):
             loop_s, loop_mb, counted = measure([PY, "-c", ORJSON_LOOP, str(path)])
             loop_cpu = LAST_CPU[0]
-            rep_s, rep_mb, _ = measure([PY, *report_argv, str(path)])
+            rep_s, rep_mb, _ = measure([PY, *report_argv, str(path)], keep_output=False)
             rounds.append((loop_s, loop_cpu, loop_mb, rep_s, LAST_CPU[0], rep_mb))
         loop_s, loop_cpu, loop_mb, rep_s, rep_cpu, rep_mb = (
             statistics.median(r[i] for r in rounds) for i in range(6)
@@ -298,7 +303,9 @@ def instructions(argv: list[str]) -> int:
 def instruction_ratios(directory: Path, sizes: list[int], stages: bool) -> None:
     print("| spans | orjson loop | report | report ÷ loop |")
     print("|---:|---:|---:|---:|")
-    measure([PY, "-m", "budgetspan.cli", "report", str(demo_traces(directory))])  # bytecode written
+    measure(
+        [PY, "-m", "budgetspan.cli", "report", str(demo_traces(directory))], keep_output=False
+    )  # bytecode
     for n in sizes:
         path = replicated(directory, n)
         loop = instructions([PY, "-c", ORJSON_LOOP, str(path)])
