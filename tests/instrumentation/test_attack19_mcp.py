@@ -161,24 +161,29 @@ async def test_concurrent_sampling_calls_send_exactly_the_limit(
     assert run.outcome is budgetspan.Outcome.BUDGET_EXHAUSTED
 
 
+def _prefixed_tool(session: Any) -> Any:
+    """A LangChain tool named as langchain-mcp-adapters names it with ``tool_name_prefix=True``
+    (``{server}_{tool}``), calling the MCP tool ``lookup_order`` (the adapter is not installed)."""
+    from langchain_core.tools import StructuredTool
+
+    async def lookup_order(order_id: str) -> str:
+        result = await session.call_tool("lookup_order", {"order_id": order_id})
+        return str(result.content[0].text)
+
+    return StructuredTool.from_function(
+        coroutine=lookup_order, name="orders_lookup_order", description="Status of one order."
+    )
+
+
 async def test_prefixed_adapter_tool_forwarding_to_mcp_is_one_tool_call(instrumented: Tracing) -> None:
     """langchain-mcp-adapters' ``MultiServerMCPClient(..., tool_name_prefix=True)`` names each
     LangChain tool ``{server}_{tool}``: the MCP call inside it is the same call, counted once
     (was: counted twice, so ``max_tool_calls=2`` let 1 of 2 calls through)."""
-    from langchain_core.tools import StructuredTool
-
     from budgetspan.instrumentation.langchain import LangChainInstrumentor
 
     with instrumentors_on(LangChainInstrumentor()):
         async with connect() as session:
-
-            async def lookup_order(order_id: str) -> str:
-                result = await session.call_tool("lookup_order", {"order_id": order_id})
-                return str(result.content[0].text)
-
-            tool = StructuredTool.from_function(
-                coroutine=lookup_order, name="orders_lookup_order", description="Status of one order."
-            )
+            tool = _prefixed_tool(session)
             before = len(await _seen(session))
             async with budgetspan.run("support", max_tool_calls=2) as run:
                 answers = [await tool.ainvoke({"order_id": f"A-{i}"}) for i in range(2)]
@@ -195,21 +200,12 @@ async def test_mcp_tools_cap_holds_through_a_prefixed_adapter_tool(
 ) -> None:
     """``[tools.lookup_order]`` (the MCP tool's own name) still holds through a prefixed adapter
     tool: such a call is not folded, its cap applies (and it counts as a second tool call)."""
-    from langchain_core.tools import StructuredTool
-
     from budgetspan.instrumentation.langchain import LangChainInstrumentor
 
     config_file("[tools.lookup_order]\nmax_calls = 1\n")
     with instrumentors_on(LangChainInstrumentor()):
         async with connect() as session:
-
-            async def lookup_order(order_id: str) -> str:
-                result = await session.call_tool("lookup_order", {"order_id": order_id})
-                return str(result.content[0].text)
-
-            tool = StructuredTool.from_function(
-                coroutine=lookup_order, name="orders_lookup_order", description="Status of one order."
-            )
+            tool = _prefixed_tool(session)
             before = len(await _seen(session))
             async with budgetspan.run("support"):
                 await tool.ainvoke({"order_id": "A-0"})
