@@ -28,9 +28,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from budgetspan import attributes as A
-from budgetspan.accounting.budget import BudgetExhausted
 from budgetspan.events import internal_error
-from budgetspan.instrumentation.agents import stopped_run
+from budgetspan.instrumentation.agents import raise_refusal, stopped_run
 from budgetspan.instrumentation.patch_table import PatchInstrumentor
 from budgetspan.instrumentation.retrieval import arg, atraced_tool
 
@@ -99,15 +98,12 @@ def _traced_call(wrapped: Any, session: Any, args: Any, kwargs: Any) -> Any:
 async def _raise_if_stopped(call: Awaitable[Any]) -> Any:
     """The tool's result, or the run's ``BudgetExhausted`` for a call that failed (an error
     result, an ``MCPError``) after its run stopped at a limit while it ran (the server's sampling
-    request was refused: the server answers with an error)."""
+    request was refused: the server answers with an error); an error carrying a refusal raises
+    that refusal (``agents.raise_refusal``, as the framework wrappers do)."""
     try:
         result = await call
-    except BudgetExhausted:
-        raise
     except Exception as error:
-        stopped = stopped_run()
-        if stopped is not None:
-            raise stopped from error
+        raise_refusal(error)
         raise
     if _is_error(result):
         stopped = stopped_run()
